@@ -57,7 +57,8 @@ impl Initramfs {
 
     /// Adds a copy of a host file.
     pub fn copy(&mut self, path: &str, mode: u32, source: &Path) -> io::Result<&mut Self> {
-        let content = std::fs::read(source).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
+        let content =
+            std::fs::read(source).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
         Ok(self.file(path, mode, content))
     }
 
@@ -80,9 +81,14 @@ impl Initramfs {
     fn write_archive(&self, path: &Path) -> io::Result<()> {
         let mut out = BufWriter::new(File::create(path)?);
         for (ino, (name, mode, content)) in self.entries.iter().enumerate() {
-            let size = u32::try_from(content.len()).map_err(|_| io::Error::other(format!("{name}: too large for cpio")))?;
+            let size =
+                u32::try_from(content.len()).map_err(|_| io::Error::other(format!("{name}: too large for cpio")))?;
             let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
-            let mut w = Builder::new(name).ino(ino as u32 + 1).mode(*mode).nlink(nlink).write(&mut out, size);
+            let mut w = Builder::new(name)
+                .ino(ino as u32 + 1)
+                .mode(*mode)
+                .nlink(nlink)
+                .write(&mut out, size);
             w.write_all(content)?;
             w.finish()?;
         }
@@ -100,7 +106,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("initramfs-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.cpio");
-        Initramfs::new().file("bin/tool", 0o755, b"hello".to_vec()).symlink("sbin/x", "/bin/tool").write_to(&path).unwrap();
+        Initramfs::new()
+            .file("bin/tool", 0o755, b"hello".to_vec())
+            .symlink("sbin/x", "/bin/tool")
+            .write_to(&path)
+            .unwrap();
         let mut names = Vec::new();
         let mut input = File::open(&path).unwrap();
         loop {
@@ -118,7 +128,12 @@ mod tests {
         }
         assert_eq!(
             names,
-            [("bin".into(), 0o40755), ("bin/tool".into(), 0o100755), ("sbin".into(), 0o40755), ("sbin/x".into(), 0o120777)]
+            [
+                ("bin".into(), 0o40755),
+                ("bin/tool".into(), 0o100755),
+                ("sbin".into(), 0o40755),
+                ("sbin/x".into(), 0o120777)
+            ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

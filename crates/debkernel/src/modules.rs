@@ -32,7 +32,11 @@ fn name_of(path: &str) -> String {
 impl ModuleIndex {
     pub fn load(dir: &Path) -> std::io::Result<ModuleIndex> {
         let dep = fs::read_to_string(dir.join("modules.dep"))?;
-        Ok(Self::parse(dir, &dep, &fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default()))
+        Ok(Self::parse(
+            dir,
+            &dep,
+            &fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default(),
+        ))
     }
 
     pub fn parse(dir: &Path, modules_dep: &str, modules_builtin: &str) -> ModuleIndex {
@@ -45,7 +49,11 @@ impl ModuleIndex {
             })
             .collect();
         let builtin = modules_builtin.lines().map(name_of).collect();
-        ModuleIndex { dir: dir.to_path_buf(), modules, builtin }
+        ModuleIndex {
+            dir: dir.to_path_buf(),
+            modules,
+            builtin,
+        }
     }
 
     /// Absolute paths of the modules needed for `names`, dependencies first,
@@ -92,7 +100,10 @@ kernel/fs/netfs/netfs.ko:\n\
 garbage line without colon\n";
 
     fn rel(paths: Vec<PathBuf>) -> Vec<String> {
-        paths.iter().map(|p| p.strip_prefix("/m").unwrap().display().to_string()).collect()
+        paths
+            .iter()
+            .map(|p| p.strip_prefix("/m").unwrap().display().to_string())
+            .collect()
     }
 
     #[test]

@@ -12,7 +12,11 @@ const COMPLETE_STAMP: &str = ".hull-unpacked";
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
     #[error("{tool} is not installed ({why}); install it with: apt-get install {package}")]
-    ToolMissing { tool: &'static str, package: &'static str, why: String },
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+        why: String,
+    },
     #[error("apt knows no kernel package behind {metapackage}: run `apt-get update` first ({detail})")]
     Unresolved { metapackage: String, detail: String },
     #[error("`{command}` failed: {stderr}")]
@@ -24,7 +28,10 @@ pub enum PackageError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
-    move |source| PackageError::Io { path: path.to_path_buf(), source }
+    move |source| PackageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// An unpacked kernel package.
@@ -62,7 +69,11 @@ impl KernelPackage {
     pub fn open_cached(cache_dir: &Path, package: &str) -> Option<KernelPackage> {
         let root = cache_dir.join(package);
         let release = fs::read_to_string(root.join(COMPLETE_STAMP)).ok()?;
-        let kernel = KernelPackage { package: package.to_string(), release: release.trim().to_string(), root };
+        let kernel = KernelPackage {
+            package: package.to_string(),
+            release: release.trim().to_string(),
+            root,
+        };
         kernel.vmlinuz().is_file().then_some(kernel)
     }
 }
@@ -79,19 +90,36 @@ pub fn fetch(metapackage: &str, cache_dir: &Path) -> Result<KernelPackage, Packa
     let download_dir = cache_dir.join(format!(".download-{package}"));
     let _ = fs::remove_dir_all(&download_dir);
     fs::create_dir_all(&download_dir).map_err(io_err(&download_dir))?;
-    run(Command::new("apt-get").args(["download", "-q", &package]).current_dir(&download_dir), "apt-get", "apt")?;
+    run(
+        Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&download_dir),
+        "apt-get",
+        "apt",
+    )?;
     let deb = fs::read_dir(&download_dir)
         .map_err(io_err(&download_dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| PackageError::Malformed { package: package.clone(), why: "apt-get download produced no .deb".into() })?;
+        .ok_or_else(|| PackageError::Malformed {
+            package: package.clone(),
+            why: "apt-get download produced no .deb".into(),
+        })?;
 
     let staging = cache_dir.join(format!(".unpack-{package}"));
     let _ = fs::remove_dir_all(&staging);
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging), "dpkg-deb", "dpkg")?;
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging),
+        "dpkg-deb",
+        "dpkg",
+    )?;
     let release = release_of(&staging, &package)?;
     // The package ships no modules.dep (postinst makes it); build it the same way.
-    run(Command::new("depmod").arg("-b").arg(&staging).arg(&release), "depmod", "kmod")?;
+    run(
+        Command::new("depmod").arg("-b").arg(&staging).arg(&release),
+        "depmod",
+        "kmod",
+    )?;
     fs::write(staging.join(COMPLETE_STAMP), &release).map_err(io_err(&staging))?;
     let root = cache_dir.join(&package);
     let _ = fs::remove_dir_all(&root);
@@ -102,13 +130,22 @@ pub fn fetch(metapackage: &str, cache_dir: &Path) -> Result<KernelPackage, Packa
 
 /// `linux-image-amd64` depends on exactly one `linux-image-<abi>-amd64`.
 fn resolve_metapackage(metapackage: &str) -> Result<String, PackageError> {
-    let out = run(Command::new("apt-cache").args(["depends", "--important", metapackage]), "apt-cache", "apt")?;
-    let unresolved = |detail: &str| PackageError::Unresolved { metapackage: metapackage.into(), detail: detail.into() };
+    let out = run(
+        Command::new("apt-cache").args(["depends", "--important", metapackage]),
+        "apt-cache",
+        "apt",
+    )?;
+    let unresolved = |detail: &str| PackageError::Unresolved {
+        metapackage: metapackage.into(),
+        detail: detail.into(),
+    };
     let mut candidates = out
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .filter(|p| p.starts_with("linux-image-") && !p.contains('<'));
-    let package = candidates.next().ok_or_else(|| unresolved("no linux-image dependency listed"))?;
+    let package = candidates
+        .next()
+        .ok_or_else(|| unresolved("no linux-image dependency listed"))?;
     Ok(package.to_string())
 }
 
@@ -119,20 +156,26 @@ fn release_of(root: &Path, package: &str) -> Result<String, PackageError> {
         .map_err(io_err(&dir))?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok());
-    let release = releases
-        .next()
-        .ok_or_else(|| PackageError::Malformed { package: package.into(), why: "no lib/modules/RELEASE".into() })?;
+    let release = releases.next().ok_or_else(|| PackageError::Malformed {
+        package: package.into(),
+        why: "no lib/modules/RELEASE".into(),
+    })?;
     if !root.join("boot").join(format!("vmlinuz-{release}")).is_file() {
-        return Err(PackageError::Malformed { package: package.into(), why: format!("no boot/vmlinuz-{release}") });
+        return Err(PackageError::Malformed {
+            package: package.into(),
+            why: format!("no boot/vmlinuz-{release}"),
+        });
     }
     Ok(release)
 }
 
 /// Runs a command, returning stdout; maps "not found" to an install hint.
 fn run(cmd: &mut Command, tool: &'static str, package: &'static str) -> Result<String, PackageError> {
-    let out = cmd
-        .output()
-        .map_err(|e| PackageError::ToolMissing { tool, package, why: e.to_string() })?;
+    let out = cmd.output().map_err(|e| PackageError::ToolMissing {
+        tool,
+        package,
+        why: e.to_string(),
+    })?;
     if !out.status.success() {
         return Err(PackageError::CommandFailed {
             command: format!("{cmd:?}"),

@@ -1,14 +1,8 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Test and benchmark support shared by hull's VM tests and benchmarks:
+//! guest fixtures (the Debian cloud kernel with a busybox initramfs), the QEMU
+//! peer that hull is measured against, and median/p95 reporting to JSON under
+//! `target/bench/`.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod bench;
+pub mod guest;
+pub mod qemu;

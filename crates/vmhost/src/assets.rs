@@ -50,7 +50,7 @@ pub fn prepare(cache_dir: &Path) -> Result<Assets, AssetsError> {
     }
     let key = hex::encode(&hash.finalize()[..12]);
     let initramfs = cache_dir.join(format!("initramfs-{key}.cpio"));
-    if !initramfs.is_file() {
+    if !is_complete_archive(&initramfs) {
         build_initramfs(&initramfs, busybox, &init, &modules)?;
         remove_stale(cache_dir, &initramfs);
     }
@@ -58,12 +58,17 @@ pub fn prepare(cache_dir: &Path) -> Result<Assets, AssetsError> {
 }
 
 fn build_initramfs(dest: &Path, busybox: Vec<u8>, init: &str, modules: &[PathBuf]) -> Result<(), AssetsError> {
-    let io = |source| AssetsError::Io { path: dest.to_path_buf(), source };
+    let io = |source| AssetsError::Io {
+        path: dest.to_path_buf(),
+        source,
+    };
     let mut archive = Initramfs::new();
     for dir in ["proc", "sys", "dev", "host", "rw", "newroot", "modules"] {
         archive.dir(dir);
     }
-    archive.file("bin/busybox", 0o755, busybox).file("init", 0o755, init.as_bytes().to_vec());
+    archive
+        .file("bin/busybox", 0o755, busybox)
+        .file("init", 0o755, init.as_bytes().to_vec());
     let mut order = String::new();
     for module in modules {
         let name = module.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -73,6 +78,16 @@ fn build_initramfs(dest: &Path, busybox: Vec<u8>, init: &str, modules: &[PathBuf
     }
     archive.file("modules/order", 0o644, order.into_bytes());
     archive.write_to(dest).map_err(io)
+}
+
+/// A newc archive ends with the trailer entry (padded to 4 bytes); a
+/// truncated or foreign file does not.
+fn is_complete_archive(path: &Path) -> bool {
+    let Ok(bytes) = fs::read(path) else { return false };
+    let end = bytes.len().saturating_sub(16);
+    bytes
+        .get(end.saturating_sub(32)..)
+        .is_some_and(|tail| tail.windows(10).any(|w| w == b"TRAILER!!!"))
 }
 
 fn remove_stale(cache_dir: &Path, keep: &Path) {
@@ -90,7 +105,11 @@ fn remove_stale(cache_dir: &Path, keep: &Path) {
 fn is_static_elf(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |o: usize| elf.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
     if elf.get(..5) != Some(b"\x7fELF\x02") {
         return false;
     }
@@ -98,7 +117,9 @@ fn is_static_elf(elf: &[u8]) -> bool {
         return false;
     };
     (0..phnum).all(|i| {
-        let offset = usize::try_from(phoff).unwrap_or(usize::MAX).saturating_add(i.saturating_mul(phentsize));
+        let offset = usize::try_from(phoff)
+            .unwrap_or(usize::MAX)
+            .saturating_add(i.saturating_mul(phentsize));
         u32_at(offset).is_some_and(|p_type| p_type != 3)
     })
 }

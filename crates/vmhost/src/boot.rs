@@ -16,6 +16,7 @@ use crate::assets::{Assets, AssetsError};
 use crate::script::run_script;
 
 const QEMU: &str = "qemu-system-x86_64";
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 const READY_MARKER: &str = "@@vmhost:ready@@";
 const EXITED_MARKER: &str = "@@vmhost:exited@@";
 const TAIL_LINES: usize = 40;
@@ -52,7 +53,11 @@ pub enum RunError {
         "not enough memory for the test host: it needs {needed} MiB ({requested} MiB guest + {QEMU_OVERHEAD_MIB} MiB for QEMU) \
          but only {available} MiB are available; lower --memory or free memory"
     )]
-    NotEnoughMemory { requested: u64, needed: u64, available: u64 },
+    NotEnoughMemory {
+        requested: u64,
+        needed: u64,
+        available: u64,
+    },
     #[error("{0}")]
     Assets(#[from] AssetsError),
     #[error("a writable share must be an existing directory whose path has no spaces or commas: {0}")]
@@ -104,13 +109,23 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
     fs::write(run_dir.0.join("run.sh"), script).map_err(io("writing run.sh"))?;
 
     let mut shares = vec![("run".to_string(), run_dir.0.clone())];
-    shares.extend(options.rw_shares.iter().enumerate().map(|(i, p)| (format!("rw{i}"), p.clone())));
+    shares.extend(
+        options
+            .rw_shares
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("rw{i}"), p.clone())),
+    );
     let shares_arg: Vec<String> = shares.iter().map(|(tag, p)| format!("{tag}:{}", p.display())).collect();
     let loglevel = if options.verbose { "" } else { "quiet loglevel=1" };
 
     let mut qemu = Command::new(QEMU);
-    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-display", "none"])
-        .args(["-nodefaults", "-no-user-config", "-no-reboot", "-serial", "stdio"])
+    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-display", "none"]);
+    // qboot skips SeaBIOS's device scan: about a second less per boot under TCG.
+    if Path::new(QBOOT).is_file() {
+        qemu.args(["-bios", QBOOT]);
+    }
+    qemu.args(["-nodefaults", "-no-user-config", "-no-reboot", "-serial", "stdio"])
         .arg("-smp")
         .arg(options.cpus.to_string())
         .arg("-m")
@@ -120,11 +135,17 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
         .arg("-initrd")
         .arg(&assets.initramfs)
         .arg("-append")
-        .arg(format!("console=ttyS0 {loglevel} panic=-1 vmhost.shares={}", shares_arg.join(",")))
+        .arg(format!(
+            "console=ttyS0 {loglevel} panic=-1 vmhost.shares={}",
+            shares_arg.join(",")
+        ))
         .arg("-virtfs")
         .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap");
     for (tag, path) in &shares {
-        qemu.arg("-virtfs").arg(format!("local,path={},mount_tag={tag},security_model=none,multidevs=remap", path.display()));
+        qemu.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag={tag},security_model=none,multidevs=remap",
+            path.display()
+        ));
     }
     qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: prctl is async-signal-safe; QEMU must die with us, never outlive us.
@@ -157,16 +178,28 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
         if Instant::now() >= deadline {
             kill(&mut child);
             readers.into_iter().for_each(|r| drop(r.join()));
-            return Err(RunError::TimeLimit { limit: options.time_limit, tail: console.tail() });
+            return Err(RunError::TimeLimit {
+                limit: options.time_limit,
+                tail: console.tail(),
+            });
         }
         thread::sleep(Duration::from_millis(20));
     };
     readers.into_iter().for_each(|r| drop(r.join()));
     let total = start.elapsed();
-    let status = fs::read_to_string(run_dir.0.join("status")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let status = fs::read_to_string(run_dir.0.join("status"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
     match (status, console.ready_after()) {
-        (Some(status), Some(ready_after)) => Ok(Outcome { status, ready_after, total }),
-        _ => Err(RunError::NoStatus { qemu: exit.to_string(), tail: console.tail() }),
+        (Some(status), Some(ready_after)) => Ok(Outcome {
+            status,
+            ready_after,
+            total,
+        }),
+        _ => Err(RunError::NoStatus {
+            qemu: exit.to_string(),
+            tail: console.tail(),
+        }),
     }
 }
 
@@ -185,7 +218,11 @@ fn check_memory(requested: u64) -> Result<(), RunError> {
     let available = available_kib / 1024;
     let needed = requested.saturating_add(QEMU_OVERHEAD_MIB);
     if requested < 256 || needed > available {
-        return Err(RunError::NotEnoughMemory { requested, needed: needed.max(256 + QEMU_OVERHEAD_MIB), available });
+        return Err(RunError::NotEnoughMemory {
+            requested,
+            needed: needed.max(256 + QEMU_OVERHEAD_MIB),
+            available,
+        });
     }
     Ok(())
 }
@@ -214,10 +251,15 @@ impl Drop for RunDir {
 
 /// Run directories of vmhost processes that were killed before cleaning up.
 fn remove_stale_run_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(RUN_DIR_PREFIX).and_then(|rest| rest.split('-').next()) else {
+        let Some(pid) = name
+            .strip_prefix(RUN_DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
             continue;
         };
         if !Path::new("/proc").join(pid).exists() {
@@ -243,8 +285,16 @@ struct ConsoleState {
 
 impl Console {
     fn new(verbose: bool, start: Instant) -> Console {
-        let state = ConsoleState { tail: VecDeque::new(), ready_after: None, streaming: false, verbose };
-        Console { state: Arc::new(Mutex::new(state)), start }
+        let state = ConsoleState {
+            tail: VecDeque::new(),
+            ready_after: None,
+            streaming: false,
+            verbose,
+        };
+        Console {
+            state: Arc::new(Mutex::new(state)),
+            start,
+        }
     }
 
     fn follow(&self, source: Option<Box<dyn Read + Send>>) -> thread::JoinHandle<()> {
@@ -290,7 +340,10 @@ impl Console {
     }
 
     fn tail(&self) -> String {
-        self.state.lock().map(|s| s.tail.iter().map(|l| format!("  | {l}\n")).collect()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.tail.iter().map(|l| format!("  | {l}\n")).collect())
+            .unwrap_or_default()
     }
 
     fn ready_after(&self) -> Option<Duration> {

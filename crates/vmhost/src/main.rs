@@ -46,7 +46,9 @@ enum Action {
 }
 
 fn default_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 fn parse_mib(text: &str) -> Result<u64, String> {
@@ -56,7 +58,11 @@ fn parse_mib(text: &str) -> Result<u64, String> {
         Some((i, 'M' | 'm')) => (&text[..i], 1),
         _ => (text, 1),
     };
-    digits.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).ok_or_else(|| format!("not a size: {text:?} (try 6G or 4096M)"))
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("not a size: {text:?} (try 6G or 4096M)"))
 }
 
 fn main() -> ExitCode {
@@ -70,7 +76,12 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Action::Prepare) = cli.action {
-        println!("kernel {} ({})\ninitramfs {}", assets.kernel.release, assets.kernel.vmlinuz().display(), assets.initramfs.display());
+        println!(
+            "kernel {} ({})\ninitramfs {}",
+            assets.kernel.release,
+            assets.kernel.vmlinuz().display(),
+            assets.initramfs.display()
+        );
         return ExitCode::SUCCESS;
     }
     if cli.command.is_empty() {
@@ -91,7 +102,10 @@ fn main() -> ExitCode {
     match vmhost::run(&assets, &options) {
         Ok(outcome) => {
             if cli.verbose {
-                eprintln!("vmhost: command started after {:?}, finished after {:?}", outcome.ready_after, outcome.total);
+                eprintln!(
+                    "vmhost: command started after {:?}, finished after {:?}",
+                    outcome.ready_after, outcome.total
+                );
             }
             ExitCode::from(u8::try_from(outcome.status).unwrap_or(255))
         }

@@ -40,7 +40,11 @@ mod tests {
             &["printf".into(), "%s|%s".into(), tricky.into(), "$TRICKY".into()],
         );
         assert!(!script.contains("bad-name"));
-        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{tricky}|$TRICKY"));
     }
 }

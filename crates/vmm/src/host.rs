@@ -69,10 +69,14 @@ pub fn classify_at(paths: &HostPaths) -> HostKvm {
         } else {
             ""
         };
-        return HostKvm::Unavailable { reason: format!("cannot open {}: {e}{hint}", paths.dev_kvm.display()) };
+        return HostKvm::Unavailable {
+            reason: format!("cannot open {}: {e}{hint}", paths.dev_kvm.display()),
+        };
     }
     if paths.sys_module.join("kvm_pvm").exists() {
-        return HostKvm::Pvm { evidence: format!("{} is loaded", paths.sys_module.join("kvm_pvm").display()) };
+        return HostKvm::Pvm {
+            evidence: format!("{} is loaded", paths.sys_module.join("kvm_pvm").display()),
+        };
     }
     let cpuinfo = std::fs::read_to_string(paths.cpuinfo).unwrap_or_default();
     let flags: Vec<&str> = cpuinfo
@@ -85,7 +89,9 @@ pub fn classify_at(paths: &HostPaths) -> HostKvm {
     } else if flags.contains(&"svm") {
         HostKvm::Hardware { vendor: "AMD-V" }
     } else {
-        HostKvm::Pvm { evidence: "/dev/kvm works but the CPU has neither the vmx nor the svm flag".into() }
+        HostKvm::Pvm {
+            evidence: "/dev/kvm works but the CPU has neither the vmx nor the svm flag".into(),
+        }
     }
 }
 
@@ -139,7 +145,11 @@ mod tests {
             if kvm {
                 fs::write(dir.join("kvm"), "").unwrap();
             }
-            fs::write(dir.join("cpuinfo"), format!("processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")).unwrap();
+            fs::write(
+                dir.join("cpuinfo"),
+                format!("processor\t: 0\nflags\t\t: fpu sse2 {flags}\n"),
+            )
+            .unwrap();
             FakeHost { dir }
         }
 
@@ -160,24 +170,41 @@ mod tests {
 
     #[test]
     fn hardware_vendors_are_recognised() {
-        assert_eq!(FakeHost::new("svm", true, false, "svm").classify(), HostKvm::Hardware { vendor: "AMD-V" });
-        assert_eq!(FakeHost::new("vmx", true, false, "vmx").classify(), HostKvm::Hardware { vendor: "Intel VT-x" });
+        assert_eq!(
+            FakeHost::new("svm", true, false, "svm").classify(),
+            HostKvm::Hardware { vendor: "AMD-V" }
+        );
+        assert_eq!(
+            FakeHost::new("vmx", true, false, "vmx").classify(),
+            HostKvm::Hardware { vendor: "Intel VT-x" }
+        );
     }
 
     #[test]
     fn pvm_module_or_missing_flags_mean_pvm() {
-        assert!(matches!(FakeHost::new("pvm", true, true, "svm").classify(), HostKvm::Pvm { .. }));
-        assert!(matches!(FakeHost::new("noflag", true, false, "").classify(), HostKvm::Pvm { .. }));
+        assert!(matches!(
+            FakeHost::new("pvm", true, true, "svm").classify(),
+            HostKvm::Pvm { .. }
+        ));
+        assert!(matches!(
+            FakeHost::new("noflag", true, false, "").classify(),
+            HostKvm::Pvm { .. }
+        ));
     }
 
     #[test]
     fn missing_dev_kvm_is_unavailable() {
-        assert!(matches!(FakeHost::new("nokvm", false, false, "svm").classify(), HostKvm::Unavailable { .. }));
+        assert!(matches!(
+            FakeHost::new("nokvm", false, false, "svm").classify(),
+            HostKvm::Unavailable { .. }
+        ));
     }
 
     #[test]
     fn pvm_is_refused_with_the_options_unless_allowed() {
-        let pvm = HostKvm::Pvm { evidence: "kvm_pvm loaded".into() };
+        let pvm = HostKvm::Pvm {
+            evidence: "kvm_pvm loaded".into(),
+        };
         let message = check_guest_capable(pvm.clone(), false).unwrap_err().to_string();
         assert!(message.contains("standard guest kernel"), "{message}");
         assert!(message.contains(ALLOW_PVM_ENV), "{message}");

@@ -1,0 +1,51 @@
+//! Guest fixtures: Debian's cloud kernel and a busybox initramfs that loads
+//! the virtio modules a hull guest uses and reports that its init ran.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use debkernel::{Initramfs, KernelPackage};
+
+/// Printed by the fixture's init once its modules are loaded.
+pub const GUEST_READY_MARKER: &str = "@@guest:ready@@";
+
+/// The virtio drivers a hull guest needs: disks, vsock, entropy, and the
+/// ACPI-described virtio-mmio transport.
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng"];
+
+/// The cloud kernel, fetched once into hull's data directory.
+pub fn cloud_kernel() -> Result<KernelPackage> {
+    runtime::setup_guest_kernel().context("setting up the guest kernel (hull setup)")
+}
+
+/// Builds (or reuses) a busybox initramfs for `kernel` at `dest`.
+pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path) -> Result<PathBuf> {
+    let modules = kernel.module_index()?.resolve(GUEST_MODULES)?;
+    let mut archive = Initramfs::new();
+    archive
+        .copy("bin/busybox", 0o755, Path::new("/bin/busybox"))
+        .context("apt-get install busybox-static")?;
+    archive.dir("proc").dir("sys").dir("dev");
+    let mut order = String::new();
+    for module in &modules {
+        let name = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        archive.copy(&format!("modules/{name}"), 0o644, module)?;
+        order.push_str(&name);
+        order.push(' ');
+    }
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         B=/bin/busybox\n\
+         $B mount -t proc proc /proc; $B mount -t sysfs sys /sys\n\
+         for m in {order}; do $B insmod /modules/$m || echo \"insmod $m failed\"; done\n\
+         echo {GUEST_READY_MARKER}\n\
+         $B poweroff -f\n"
+    );
+    archive.file("init", 0o755, init.into_bytes());
+    archive.write_to(dest)?;
+    Ok(dest.to_path_buf())
+}
