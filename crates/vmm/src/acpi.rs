@@ -3,13 +3,13 @@
 //! but matches `LNRO0005` devices in the DSDT; the FADT is hardware-reduced
 //! with a sleep/reset register, which is how the guest powers off.
 
-use acpi_tables::aml::{self, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::*;
@@ -46,44 +46,55 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
 
 fn dsdt(slots: &[MmioSlot]) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, 1);
-    let com1_crs = aml::ResourceTemplate::new(vec![
-        &aml::IO::new(COM1_PORT, COM1_PORT, 1, 8),
-        &aml::Interrupt::new(true, true, false, false, COM1_IRQ),
-    ]);
-    let com1 = aml::Device::new(
+    // Temporaries live to the end of each statement, so each device is built
+    // and serialized in one.
+    dsdt.append_slice(&bytes(&aml::Device::new(
         "_SB_.COM1".into(),
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
             &aml::Name::new("_UID".into(), &aml::ZERO),
-            &aml::Name::new("_CRS".into(), &com1_crs),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(COM1_PORT, COM1_PORT, 1, 8),
+                    &aml::Interrupt::new(true, true, false, false, COM1_IRQ),
+                ]),
+            ),
         ],
-    );
-    dsdt.append_slice(&bytes(&com1));
+    )));
     for (i, slot) in slots.iter().enumerate() {
-        let crs = aml::ResourceTemplate::new(vec![
-            &aml::Memory32Fixed::new(true, slot.base as u32, VIRTIO_MMIO_SIZE as u32),
-            &aml::Interrupt::new(true, true, false, false, slot.irq),
-        ]);
-        let uid = i as u32;
-        let device = aml::Device::new(
+        dsdt.append_slice(&bytes(&aml::Device::new(
             format!("_SB_.V{i:03X}").as_str().into(),
             vec![
                 &aml::Name::new("_HID".into(), &"LNRO0005"),
-                &aml::Name::new("_UID".into(), &uid),
+                &aml::Name::new("_UID".into(), &(i as u32)),
                 &aml::Name::new("_CCA".into(), &aml::ONE),
-                &aml::Name::new("_CRS".into(), &crs),
+                &aml::Name::new(
+                    "_CRS".into(),
+                    &aml::ResourceTemplate::new(vec![
+                        &aml::Memory32Fixed::new(true, slot.base as u32, VIRTIO_MMIO_SIZE as u32),
+                        &aml::Interrupt::new(true, true, false, false, slot.irq),
+                    ]),
+                ),
             ],
-        );
-        dsdt.append_slice(&bytes(&device));
+        )));
     }
-    let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8, &0u8, &0u8, &0u8]));
-    dsdt.append_slice(&bytes(&s5));
+    dsdt.append_slice(&bytes(&aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&5u8, &0u8, &0u8, &0u8]),
+    )));
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let port = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(ACPI_SLEEP_PORT));
+    let port = GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(ACPI_SLEEP_PORT),
+    );
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, 1)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
@@ -135,7 +146,9 @@ pub fn write_tables(memory: &GuestMemoryMmap, vcpus: u8, slots: &[MmioSlot]) -> 
         (madt_addr, madt),
     ];
     for (addr, table) in tables {
-        memory.write_slice(&table, GuestAddress(addr)).map_err(|e| AcpiError::Memory(e.to_string()))?;
+        memory
+            .write_slice(&table, GuestAddress(addr))
+            .map_err(|e| AcpiError::Memory(e.to_string()))?;
     }
     Ok(GuestAddress(rsdp_addr))
 }
@@ -150,7 +163,16 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        let slots = [MmioSlot { base: MMIO_START, irq: 5 }, MmioSlot { base: MMIO_START + 0x1000, irq: 6 }];
+        let slots = [
+            MmioSlot {
+                base: MMIO_START,
+                irq: 5,
+            },
+            MmioSlot {
+                base: MMIO_START + 0x1000,
+                irq: 6,
+            },
+        ];
         for table in [dsdt(&slots), fadt(0x1000), madt(2)] {
             let length = u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize;
             assert_eq!(length, table.len(), "{:?}", std::str::from_utf8(&table[..4]));

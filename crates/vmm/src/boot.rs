@@ -16,7 +16,10 @@ pub enum BootError {
     #[error("cannot open {path}: {source}")]
     Open { path: String, source: std::io::Error },
     #[error("{path} is not a loadable bzImage: {source}")]
-    Kernel { path: String, source: linux_loader::loader::Error },
+    Kernel {
+        path: String,
+        source: linux_loader::loader::Error,
+    },
     #[error("the initramfs {path} ({size} bytes) does not fit in guest memory; give the VM more memory")]
     InitrdTooLarge { path: String, size: u64 },
     #[error("kernel command line: {0}")]
@@ -45,10 +48,19 @@ pub fn load(
     cmdline: &str,
     rsdp: GuestAddress,
 ) -> Result<LoadedKernel, BootError> {
-    let open = |p: &Path| File::open(p).map_err(|source| BootError::Open { path: p.display().to_string(), source });
+    let open = |p: &Path| {
+        File::open(p).map_err(|source| BootError::Open {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     let mut kernel_file = open(kernel_path)?;
-    let loaded = BzImage::load(memory, None, &mut kernel_file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|source| BootError::Kernel { path: kernel_path.display().to_string(), source })?;
+    let loaded = BzImage::load(memory, None, &mut kernel_file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+        BootError::Kernel {
+            path: kernel_path.display().to_string(),
+            source,
+        }
+    })?;
     let mut header = loaded.setup_header.ok_or_else(|| BootError::Kernel {
         path: kernel_path.display().to_string(),
         source: linux_loader::loader::Error::InvalidKernelStartAddress,
@@ -60,13 +72,24 @@ pub fn load(
 
     let mem_end = memory.last_addr().raw_value() + 1;
     if let Some(path) = initrd_path {
-        let data = std::fs::read(path).map_err(|source| BootError::Open { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| BootError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         let size = data.len() as u64;
         // Highest page-aligned spot below the end of RAM and the kernel's limit.
         let limit = mem_end.min(u64::from(header.initrd_addr_max) + 1);
-        let addr = limit.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= loaded.kernel_end);
-        let addr = addr.ok_or_else(|| BootError::InitrdTooLarge { path: path.display().to_string(), size })?;
-        memory.write_slice(&data, GuestAddress(addr)).map_err(|e| BootError::Memory(e.to_string()))?;
+        let addr = limit
+            .checked_sub(size)
+            .map(|a| a & !0xfff)
+            .filter(|&a| a >= loaded.kernel_end);
+        let addr = addr.ok_or_else(|| BootError::InitrdTooLarge {
+            path: path.display().to_string(),
+            size,
+        })?;
+        memory
+            .write_slice(&data, GuestAddress(addr))
+            .map_err(|e| BootError::Memory(e.to_string()))?;
         header.ramdisk_image = addr as u32;
         header.ramdisk_size = size as u32;
     }
@@ -80,15 +103,21 @@ pub fn load(
         header.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     }
 
-    let mut params = boot_params { hdr: header, acpi_rsdp_addr: rsdp.raw_value(), ..Default::default() };
+    let mut params = boot_params {
+        hdr: header,
+        acpi_rsdp_addr: rsdp.raw_value(),
+        ..Default::default()
+    };
     let ram = [(0, EBDA_START), (HIMEM_START, mem_end - HIMEM_START)];
     for (i, (start, len)) in ram.iter().enumerate() {
         params.e820_table[i].addr = *start;
         params.e820_table[i].size = *len;
-        params.e820_table[i].type_ = E820_RAM;
+        params.e820_table[i].r#type = E820_RAM;
     }
     params.e820_entries = ram.len() as u8;
     LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE)), memory)
         .map_err(|e| BootError::Memory(e.to_string()))?;
-    Ok(LoadedKernel { entry: loaded.kernel_load.unchecked_add(STARTUP_64_OFFSET) })
+    Ok(LoadedKernel {
+        entry: loaded.kernel_load.unchecked_add(STARTUP_64_OFFSET),
+    })
 }

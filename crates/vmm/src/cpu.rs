@@ -10,7 +10,10 @@ use crate::layout::*;
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
     #[error("KVM refused the vCPU set-up ({what}): {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("writing page tables/GDT to guest memory: {0}")]
     Memory(String),
 }
@@ -21,7 +24,9 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
 
 /// The CPUID the host's KVM supports, shared by all vCPUs (patched per vCPU).
 pub fn supported_cpuid(kvm_fd: &Kvm) -> Result<CpuId, CpuError> {
-    kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))
+    kvm_fd
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))
 }
 
 const CPUID_HYPERVISOR_BIT: u32 = 1 << 31;
@@ -52,13 +57,17 @@ fn vcpu_cpuid(base: &CpuId, id: u8, count: u8) -> Result<CpuId, CpuError> {
 pub fn write_boot_tables(memory: &GuestMemoryMmap) -> Result<(), CpuError> {
     let mem = |e: vm_memory::GuestMemoryError| CpuError::Memory(e.to_string());
     for (i, entry) in GDT_TABLE.iter().enumerate() {
-        memory.write_obj(*entry, GuestAddress(GDT + (i as u64) * 8)).map_err(mem)?;
+        memory
+            .write_obj(*entry, GuestAddress(GDT + (i as u64) * 8))
+            .map_err(mem)?;
     }
     memory.write_obj(0u64, GuestAddress(IDT)).map_err(mem)?;
     memory.write_obj(PDPTE | 0x03, GuestAddress(PML4)).map_err(mem)?;
     memory.write_obj(PDE | 0x03, GuestAddress(PDPTE)).map_err(mem)?;
     for i in 0..512u64 {
-        memory.write_obj((i << 21) | 0x83, GuestAddress(PDE + i * 8)).map_err(mem)?;
+        memory
+            .write_obj((i << 21) | 0x83, GuestAddress(PDE + i * 8))
+            .map_err(mem)?;
     }
     Ok(())
 }
@@ -105,7 +114,8 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// Configures vCPU `id` of `count` to enter the kernel at `entry` (only vCPU
 /// 0 runs from there; the others wait for the kernel's INIT/SIPI).
 pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8, entry: GuestAddress) -> Result<(), CpuError> {
-    vcpu.set_cpuid2(&vcpu_cpuid(cpuid, id, count)?).map_err(kvm("KVM_SET_CPUID2"))?;
+    vcpu.set_cpuid2(&vcpu_cpuid(cpuid, id, count)?)
+        .map_err(kvm("KVM_SET_CPUID2"))?;
 
     let msrs = [
         (MSR_IA32_SYSENTER_CS, 0),
@@ -117,18 +127,28 @@ pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8, entry: GuestAd
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
         (MSR_IA32_TSC, 0),
-        (MSR_IA32_MISC_ENABLE, 1), // fast strings
+        (MSR_IA32_MISC_ENABLE, 1),          // fast strings
         (MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, write-back by default
     ];
-    let entries: Vec<kvm_msr_entry> =
-        msrs.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
+    let entries: Vec<kvm_msr_entry> = msrs
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
     let msrs = Msrs::from_entries(&entries).map_err(|_| CpuError::Kvm {
         what: "building MSRs",
         source: kvm_ioctls::Error::new(libc::EINVAL),
     })?;
     vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
 
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))?;
 
     // LINT0: ExtINT (the PIC), LINT1: NMI.
@@ -188,7 +208,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_long_mode_segments() {
         let code = segment(1, GDT_TABLE[1]);
-        assert_eq!((code.selector, code.type_, code.l, code.db, code.present, code.s), (8, 0xb, 1, 0, 1, 1));
+        assert_eq!(
+            (code.selector, code.type_, code.l, code.db, code.present, code.s),
+            (8, 0xb, 1, 0, 1, 1)
+        );
         let data = segment(2, GDT_TABLE[2]);
         assert_eq!((data.selector, data.type_, data.db, data.g), (16, 3, 1, 1));
     }

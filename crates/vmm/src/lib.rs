@@ -1,6 +1,14 @@
 //! hull's microVM monitor: KVM, guest memory, vCPUs, boot, devices.
 //!
-//! One `hull-vmm` process runs one VM. This library also tells whether the host's
-//! KVM can run a standard guest kernel at all (`host`).
+//! One `hull-vmm` process runs one VM. The guest is Debian's stock cloud
+//! kernel: it boots through the Linux 64-bit boot protocol (`boot`, `cpu`) and
+//! finds its devices through ACPI tables (`acpi`). This library also tells
+//! whether the host's KVM can run a standard guest kernel at all (`host`).
 
+pub mod acpi;
+pub mod boot;
+pub mod cpu;
+pub mod devices;
 pub mod host;
+pub mod layout;
+pub mod vm;

@@ -1,0 +1,67 @@
+//! `hull-vmm`: one microVM per process.
+//!
+//! Exit status: 0 the guest powered off; 2 the guest reset or panicked;
+//! 1 the VMM failed (the reason is on stderr); killed by a signal otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::vm::{self, GuestExit, VmConfig};
+
+#[derive(Parser)]
+#[command(name = "hull-vmm", about = "Run one KVM microVM")]
+struct Args {
+    /// The guest kernel (bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, default_value = "console=ttyS0 quiet panic=-1")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Write the guest console here.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Copy the guest console to stderr.
+    #[arg(long)]
+    console: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = vmm::host::require_guest_capable() {
+        eprintln!("hull-vmm: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory_mib: args.memory,
+        vcpus: args.cpus,
+        serial_log: args.serial_log,
+        console_echo: args.console,
+    };
+    match vm::run(&config) {
+        Ok(GuestExit::Poweroff) => ExitCode::SUCCESS,
+        Ok(GuestExit::Reset { panic_message }) => {
+            match panic_message {
+                Some(console) => eprintln!("hull-vmm: the guest kernel panicked:\n{console}"),
+                None => eprintln!("hull-vmm: the guest reset itself"),
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("hull-vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

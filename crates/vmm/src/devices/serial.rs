@@ -1,0 +1,78 @@
+//! The 8250 UART on COM1: the guest's console, captured to a log file.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Raises the UART's interrupt through an irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Bytes of recent console output kept for error messages.
+const TAIL_BYTES: usize = 16 * 1024;
+
+/// Where console output goes: a log file, optionally our stderr, and a tail
+/// kept in memory to explain a crash.
+pub struct ConsoleSink {
+    pub log: Option<File>,
+    pub echo: bool,
+    pub tail: VecDeque<u8>,
+}
+
+impl ConsoleSink {
+    pub fn new(log: Option<File>, echo: bool) -> Self {
+        ConsoleSink {
+            log,
+            echo,
+            tail: VecDeque::with_capacity(TAIL_BYTES),
+        }
+    }
+
+    /// The last `lines` lines the guest printed.
+    pub fn last_lines(&self, lines: usize) -> String {
+        let text: Vec<u8> = self.tail.iter().copied().collect();
+        let text = String::from_utf8_lossy(&text).replace('\r', "");
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(log) = self.log.as_mut() {
+            log.write_all(buf)?;
+        }
+        for &b in buf {
+            if self.tail.len() == TAIL_BYTES {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(b);
+        }
+        if self.echo {
+            let _ = io::stderr().write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(log) = self.log.as_mut() {
+            log.flush()?;
+        }
+        Ok(())
+    }
+}
+
+pub type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>;
+
+pub fn console(irq: EventFd, sink: ConsoleSink) -> Console {
+    Serial::new(IrqTrigger(irq), sink)
+}
