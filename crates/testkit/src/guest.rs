@@ -18,8 +18,13 @@ pub fn cloud_kernel() -> Result<KernelPackage> {
     runtime::setup_guest_kernel().context("setting up the guest kernel (hull setup)")
 }
 
-/// Builds (or reuses) a busybox initramfs for `kernel` at `dest`.
-pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path) -> Result<PathBuf> {
+/// What the fixture's init does after loading its modules and printing the ready marker.
+pub const POWEROFF: &str = "$B poweroff -f";
+/// Ends init, which makes the kernel panic ("Attempted to kill init").
+pub const KILL_INIT: &str = "exit 1";
+
+/// Builds a busybox initramfs for `kernel` at `dest` whose init ends with `then`.
+pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path, then: &str) -> Result<PathBuf> {
     let modules = kernel.module_index()?.resolve(GUEST_MODULES)?;
     let mut archive = Initramfs::new();
     archive
@@ -43,7 +48,7 @@ pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path) -> Result<PathBuf>
          $B mount -t proc proc /proc; $B mount -t sysfs sys /sys\n\
          for m in {order}; do $B insmod /modules/$m || echo \"insmod $m failed\"; done\n\
          echo {GUEST_READY_MARKER}\n\
-         $B poweroff -f\n"
+         {then}\n"
     );
     archive.file("init", 0o755, init.into_bytes());
     archive.write_to(dest)?;

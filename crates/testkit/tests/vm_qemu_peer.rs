@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use testkit::{guest, qemu};
+use testkit::boot::{qemu_command, timed_boot};
+use testkit::guest;
 use vmm::host::HostKvm;
 
 #[test]
@@ -18,9 +19,13 @@ fn kvm_is_hardware_and_qemu_microvm_boots_the_cloud_kernel() {
     let kernel = guest::cloud_kernel().expect("guest kernel");
     let dir = std::env::temp_dir().join(format!("vm-qemu-peer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("guest.cpio")).expect("initramfs");
-    let (elapsed, console) =
-        qemu::microvm_boot(&kernel.vmlinuz(), &initramfs, 256, Duration::from_secs(300)).expect("boot");
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("guest.cpio"), guest::POWEROFF).expect("initramfs");
+    let run = timed_boot(
+        qemu_command(&kernel.vmlinuz(), &initramfs, 256),
+        Duration::from_secs(300),
+    )
+    .expect("boot");
+    let (elapsed, console) = (run.ready_after, run.console);
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(console.iter().any(|l| l.contains(guest::GUEST_READY_MARKER)));
     let failed: Vec<_> = console

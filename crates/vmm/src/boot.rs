@@ -68,6 +68,12 @@ pub fn load(
 
     let mut cmd = Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
     cmd.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    // This machine resets through the i8042; the kernel's default after a
+    // panic is a real-mode jump into a BIOS that is not there.
+    if !cmdline.split_whitespace().any(|w| w.starts_with("reboot=")) {
+        cmd.insert_str("reboot=k")
+            .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    }
     load_cmdline(memory, GuestAddress(CMDLINE), &cmd).map_err(|e| BootError::Cmdline(e.to_string()))?;
 
     let mem_end = memory.last_addr().raw_value() + 1;

@@ -19,6 +19,8 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live in the legacy BIOS area, outside the e820 RAM ranges.
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x100000;
+/// Where a real-mode reset starts executing (below the 1 MiB boundary here).
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// The kernel is loaded at 1 MiB.
 pub const HIMEM_START: u64 = 0x100000;
 /// Devices live in a hole below 4 GiB; guest RAM ends before it.

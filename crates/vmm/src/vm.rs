@@ -176,13 +176,9 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     let _ = std::io::Write::flush(console.writer_mut());
     Ok(match request {
         PowerRequest::Poweroff => GuestExit::Poweroff,
-        PowerRequest::Reset => {
-            let tail = console.writer().last_lines(30);
-            let panicked = tail.contains("Kernel panic");
-            GuestExit::Reset {
-                panic_message: panicked.then_some(tail),
-            }
-        }
+        PowerRequest::Reset => GuestExit::Reset {
+            panic_message: console.writer().panic_report(),
+        },
     })
 }
 
@@ -224,6 +220,8 @@ fn run_vcpu(id: u8, mut vcpu: VcpuFd, shared: &Shared) -> Result<PowerRequest, V
                     }
                 } else if let Some(request) = power_request(port, data) {
                     return Ok(request);
+                } else if std::env::var_os("HULL_VMM_TRACE").is_some() {
+                    eprintln!("hull-vmm: vcpu{id} out {port:#x} {data:x?}");
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {

@@ -1,4 +1,7 @@
 //! `hull-bench`: benchmarks that print median and p95 and write JSON under `target/bench/`.
+//!
+//! Guest boots need hardware KVM: where this host has none, a boot benchmark
+//! re-runs itself inside `vmhost` and says so in its report.
 
 use std::time::Duration;
 
@@ -6,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use testkit::bench::{self, Summary};
-use testkit::{guest, qemu};
+use testkit::boot::{self, timed_boot, timed_boot_with};
+use testkit::guest;
+use vmm::host::HostKvm;
 
 #[derive(Parser)]
 #[command(about = "hull's benchmarks: medians and p95s, JSON under target/bench/")]
@@ -17,103 +22,138 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// The emulated test host: time from start to the command running, and a
-    /// QEMU-KVM cold boot of the cloud kernel inside it (the baseline peers).
+    /// The emulated test host: time from its start to the command running,
+    /// then the `boot` benchmark inside it.
     Vmhost {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
-    /// Cold boots of the cloud kernel + busybox initramfs under QEMU-KVM microvm
-    /// (needs hardware KVM: run it directly there, or inside vmhost).
-    QemuBoot {
-        #[arg(long, default_value_t = 5)]
+    /// Cold boots of the cloud kernel + a busybox initramfs (virtio modules
+    /// loaded) under hull-vmm and under QEMU-KVM microvm, interleaved; and
+    /// hull-vmm's own resident memory beyond guest RAM.
+    Boot {
+        #[arg(long, default_value_t = 10)]
         runs: usize,
     },
 }
 
+const GUEST_MIB: u32 = 256;
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Vmhost { runs } => vmhost_bench(runs),
-        Bench::QemuBoot { runs } => qemu_boot_bench(runs).map(|_| ()),
+        Bench::Boot { runs } => {
+            if matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
+                boot_bench(runs)
+            } else {
+                println!("no hardware KVM here: running the boot benchmark inside vmhost");
+                let args = vec!["boot".to_string(), "--runs".into(), runs.to_string()];
+                inside_vmhost(args).map(|_| ())
+            }
+        }
     }
 }
 
 fn print_line(what: &str, s: &Summary) {
     println!(
-        "{what:<48} median {:>9.1} ms   p95 {:>9.1} ms   (n={})",
+        "{what:<44} median {:>9.1} ms   p95 {:>9.1} ms   (n={})",
         s.median_ms, s.p95_ms, s.samples
     );
 }
 
-fn qemu_boot_bench(runs: usize) -> Result<Summary> {
+fn boot_bench(runs: usize) -> Result<()> {
     let kernel = guest::cloud_kernel()?;
     let dir = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("guest.cpio"))?;
-    let mut samples = Vec::new();
+    // The guest lingers a second after ready so hull-vmm's memory can be read.
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("guest.cpio"), "$B sleep 1; $B poweroff -f")?;
+    let (mut hull, mut qemu, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (elapsed, _) = qemu::microvm_boot(&kernel.vmlinuz(), &initramfs, 256, Duration::from_secs(300))?;
-        samples.push(elapsed);
+        let command = boot::hull_vmm_command(&kernel.vmlinuz(), &initramfs, GUEST_MIB)?;
+        let (run, own_rss) = timed_boot_with(command, BOOT_LIMIT, |pid| boot::vmm_own_rss_kib(pid, GUEST_MIB))?;
+        if !run.status.success() {
+            bail!("hull-vmm failed ({}): {}", run.status, run.console.join("\n"));
+        }
+        hull.push(run.ready_after);
+        rss.extend(own_rss);
+        let run = timed_boot(boot::qemu_command(&kernel.vmlinuz(), &initramfs, GUEST_MIB), BOOT_LIMIT)?;
+        qemu.push(run.ready_after);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let summary = Summary::of(&samples).context("no runs")?;
-    print_line("QEMU-KVM microvm cold boot to guest ready", &summary);
+    let hull = Summary::of(&hull).context("no runs")?;
+    let qemu = Summary::of(&qemu).context("no runs")?;
+    print_line("hull-vmm: spawn to guest ready", &hull);
+    print_line("QEMU-KVM microvm: spawn to guest ready", &qemu);
+    let ratio = hull.median_ms / qemu.median_ms;
+    println!("hull/QEMU median ratio: {ratio:.2}");
+    rss.sort_unstable();
+    let rss_median = rss.get(rss.len() / 2).copied();
+    let rss_max = rss.last().copied();
+    if let (Some(median), Some(max)) = (rss_median, rss_max) {
+        println!("hull-vmm resident memory beyond guest RAM: median {median} KiB, max {max} KiB");
+    }
     let report = json!({
-        "bench": "qemu-boot",
-        "what": "qemu-system-x86_64 -accel kvm -M microvm,acpi=on: spawn to busybox init with virtio modules loaded",
+        "bench": "boot",
+        "what": "spawn to busybox init with virtio modules loaded, Debian cloud kernel, 256 MiB, 1 vCPU",
         "kernel": kernel.release,
         "environment": bench::environment(),
-        "cold_boot": summary.to_json(),
+        "hull_vmm": hull.to_json(),
+        "qemu_microvm": qemu.to_json(),
+        "hull_over_qemu_median": (ratio * 1000.0).round() / 1000.0,
+        "hull_vmm_own_rss_kib": { "median": rss_median, "max": rss_max, "samples": rss.len() },
     });
-    let path = bench::write_report("qemu-boot", &report)?;
+    let path = bench::write_report("boot", &report)?;
     println!("wrote {}", path.display());
-    Ok(summary)
+    Ok(())
 }
 
-fn vmhost_bench(runs: usize) -> Result<()> {
+/// Runs `hull-bench ARGS` inside vmhost, with target/bench writable.
+fn inside_vmhost(args: Vec<String>) -> Result<vmhost::Outcome> {
     let assets = vmhost::prepare(&vmhost::cache_dir())?;
-    guest::cloud_kernel()?; // fetched here: the test host has no network
+    guest::cloud_kernel()?; // fetched out here: the test host has no network
     let bench_dir = bench::bench_dir();
     std::fs::create_dir_all(&bench_dir)?;
-    let bench_dir = bench_dir.canonicalize()?;
-    let options = |command: Vec<String>| vmhost::RunOptions {
+    let mut command = vec![std::env::current_exe()?.display().to_string()];
+    command.extend(args);
+    let outcome = vmhost::run(&assets, &vmhost_options(bench_dir.canonicalize()?, command))?;
+    if outcome.status != 0 {
+        bail!("the benchmark inside vmhost failed with status {}", outcome.status);
+    }
+    Ok(outcome)
+}
+
+fn vmhost_options(bench_dir: std::path::PathBuf, command: Vec<String>) -> vmhost::RunOptions {
+    vmhost::RunOptions {
         memory_mib: 4096,
         cpus: 2,
-        time_limit: Duration::from_secs(1200),
-        rw_shares: vec![bench_dir.clone()],
+        time_limit: Duration::from_secs(1800),
+        rw_shares: vec![bench_dir],
         verbose: false,
         env: std::env::vars().collect(),
         cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
         command,
-    };
+    }
+}
+
+fn vmhost_bench(runs: usize) -> Result<()> {
+    let assets = vmhost::prepare(&vmhost::cache_dir())?;
+    let bench_dir = bench::bench_dir();
+    std::fs::create_dir_all(&bench_dir)?;
     let mut ready = Vec::new();
     for _ in 0..runs {
-        let outcome = vmhost::run(&assets, &options(vec!["true".into()]))?;
+        let outcome = vmhost::run(&assets, &vmhost_options(bench_dir.canonicalize()?, vec!["true".into()]))?;
         ready.push(outcome.ready_after);
     }
     let ready = Summary::of(&ready).context("no runs")?;
-    print_line("vmhost start to command running", &ready);
-
-    let me = std::env::current_exe()?;
-    let inner = vec![
-        me.display().to_string(),
-        "qemu-boot".into(),
-        "--runs".into(),
-        runs.to_string(),
-    ];
-    let outcome = vmhost::run(&assets, &options(inner))?;
-    if outcome.status != 0 {
-        bail!(
-            "the QEMU boot benchmark inside vmhost failed with status {}",
-            outcome.status
-        );
-    }
-    let inner_report: serde_json::Value = serde_json::from_slice(&std::fs::read(bench_dir.join("qemu-boot.json"))?)?;
+    print_line("vmhost: start to command running", &ready);
+    inside_vmhost(vec!["boot".into(), "--runs".into(), runs.to_string()])?;
+    let inner: serde_json::Value = serde_json::from_slice(&std::fs::read(bench_dir.join("boot.json"))?)?;
     let report = json!({
         "bench": "vmhost",
         "environment": bench::environment(),
         "vmhost_start_to_command": ready.to_json(),
-        "qemu_kvm_cold_boot_inside_vmhost": inner_report,
+        "boots_inside_vmhost": inner,
     });
     let path = bench::write_report("vmhost", &report)?;
     println!("wrote {}", path.display());

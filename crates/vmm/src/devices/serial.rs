@@ -37,12 +37,14 @@ impl ConsoleSink {
         }
     }
 
-    /// The last `lines` lines the guest printed.
-    pub fn last_lines(&self, lines: usize) -> String {
+    /// If the guest's kernel panicked: the console from the panic line on
+    /// (at most 40 lines).
+    pub fn panic_report(&self) -> Option<String> {
         let text: Vec<u8> = self.tail.iter().copied().collect();
         let text = String::from_utf8_lossy(&text).replace('\r', "");
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.iter().rposition(|l| l.contains("Kernel panic"))?;
+        Some(lines[start..].iter().take(40).copied().collect::<Vec<_>>().join("\n"))
     }
 }
 
@@ -75,4 +77,25 @@ pub type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>
 
 pub fn console(irq: EventFd, sink: ConsoleSink) -> Console {
     Serial::new(IrqTrigger(irq), sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_found_in_the_tail_and_reported_from_its_first_line() {
+        let mut sink = ConsoleSink::new(None, false);
+        assert_eq!(sink.panic_report(), None);
+        sink.write_all(
+            b"booting\r\n[ 1.0] Kernel panic - not syncing: Attempted to kill init!\r\n[ 1.1] Call Trace:\r\n",
+        )
+        .unwrap();
+        let report = sink.panic_report().unwrap();
+        assert!(report.starts_with("[ 1.0] Kernel panic"));
+        assert!(report.ends_with("Call Trace:"));
+        // The tail is bounded however much the guest prints.
+        sink.write_all(&vec![b'x'; 3 * TAIL_BYTES]).unwrap();
+        assert_eq!(sink.tail.len(), TAIL_BYTES);
+    }
 }

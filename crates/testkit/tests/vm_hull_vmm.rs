@@ -1,0 +1,76 @@
+//! VM tests: hull-vmm boots the stock Debian cloud kernel, its ACPI-described
+//! devices are found, and the way the guest ends comes back as the exit status.
+
+use std::time::Duration;
+
+use testkit::boot::{hull_vmm_command, timed_boot};
+use testkit::guest;
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vm-hull-vmm-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn boots_the_cloud_kernel_to_init_and_powers_off_cleanly() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("poweroff");
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), guest::POWEROFF).unwrap();
+    let run = timed_boot(hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap(), LIMIT).unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "hull-vmm should report a clean poweroff:\n{console}"
+    );
+    assert!(!console.contains("failed"), "{console}");
+    eprintln!("hull-vmm: guest ready after {:?}", run.ready_after);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_guest_kernel_panic_is_reported_with_its_console() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("panic");
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), guest::KILL_INIT).unwrap();
+    let run = timed_boot(hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap(), LIMIT).unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(2), "{console}");
+    assert!(console.contains("hull-vmm: the guest kernel panicked"), "{console}");
+    assert!(console.contains("Attempted to kill init"), "{console}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: needs hardware KVM; run through scripts/test"]
+fn bad_configurations_are_refused_before_booting() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let vmm = testkit::boot::workspace_binary("hull-vmm").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--memory", "16"], "guest memory must be between"),
+        (&["--memory", "99999999"], "guest memory must be between"),
+        (&["--cpus", "0"], "vCPUs asked for"),
+        (&["--initrd", "/nonexistent/initrd"], "cannot open /nonexistent/initrd"),
+    ];
+    for (args, expected) in cases {
+        let out = std::process::Command::new(&vmm)
+            .arg("--kernel")
+            .arg(kernel.vmlinuz())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let out = std::process::Command::new(&vmm)
+        .args(["--kernel", "/etc/hostname"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a loadable bzImage"));
+}
