@@ -19,7 +19,7 @@ pub struct BootRun {
 }
 
 /// The kernel command line both VMMs boot with.
-pub const CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+pub const CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
 
 /// A binary of this workspace, found beside the running executable
 /// (`target/debug/` for binaries, `target/debug/deps/` for tests).
@@ -61,7 +61,7 @@ pub fn qemu_command(kernel: &Path, initramfs: &Path, memory_mib: u32) -> Command
     cmd
 }
 
-/// `hull-vmm` booting `kernel`, its console on stderr.
+/// `hull-vmm` booting `kernel`, its console on stderr (add `--disk` and more to it).
 pub fn hull_vmm_command(kernel: &Path, initramfs: &Path, memory_mib: u32) -> Result<Command> {
     let mut cmd = Command::new(workspace_binary("hull-vmm")?);
     cmd.arg("--kernel")

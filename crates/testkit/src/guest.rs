@@ -45,7 +45,7 @@ pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path, then: &str) -> Res
     let init = format!(
         "#!/bin/busybox sh\n\
          B=/bin/busybox\n\
-         $B mount -t proc proc /proc; $B mount -t sysfs sys /sys\n\
+         $B mount -t proc proc /proc; $B mount -t sysfs sys /sys; $B mount -t devtmpfs dev /dev\n\
          for m in {order}; do $B insmod /modules/$m || echo \"insmod $m failed\"; done\n\
          echo {GUEST_READY_MARKER}\n\
          {then}\n"

@@ -74,3 +74,45 @@ fn bad_configurations_are_refused_before_booting() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a loadable bzImage"));
 }
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn disks_and_entropy_reach_the_guest_through_acpi_described_virtio_mmio() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("devices");
+    let image = dir.join("image.raw");
+    let mut content = b"hull-disk-marker".to_vec();
+    content.resize(1 << 20, 0);
+    std::fs::write(&image, &content).unwrap();
+    let scratch_disk = dir.join("scratch.raw");
+    std::fs::write(&scratch_disk, vec![0u8; 1 << 20]).unwrap();
+    let script = "echo vda-size=$($B cat /sys/block/vda/size) vda-ro=$($B cat /sys/block/vda/ro); \
+                  echo vda-head=$($B head -c 16 /dev/vda); \
+                  echo from-the-guest | $B dd of=/dev/vdb bs=512 seek=3 conv=fsync 2>/dev/null; \
+                  echo vda-write=$($B dd if=/dev/zero of=/dev/vda bs=512 count=1 2>&1 >/dev/null | $B head -1 | $B cut -c1-14); \
+                  echo rng=$($B head -c 16 /dev/hwrng | $B od -An -tx1 | $B tr -d ' '); \
+                  $B poweroff -f";
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let mut command = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    command
+        .arg("--disk")
+        .arg(format!("{}:ro", image.display()))
+        .arg("--disk")
+        .arg(&scratch_disk);
+    let run = timed_boot(command, LIMIT).unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(0), "{console}");
+    assert!(console.contains("vda-size=2048 vda-ro=1"), "{console}");
+    assert!(console.contains("vda-head=hull-disk-marker"), "{console}");
+    assert!(
+        console.contains("vda-write=dd: error"),
+        "a read-only disk took a write:\n{console}"
+    );
+    let rng = console.lines().find_map(|l| l.strip_prefix("rng=")).unwrap_or_default();
+    assert_eq!(rng.len(), 32, "{console}");
+    assert_ne!(rng, "00000000000000000000000000000000");
+    let written = std::fs::read(&scratch_disk).unwrap();
+    assert_eq!(&written[3 * 512..3 * 512 + 15], b"from-the-guest\n");
+    assert_eq!(std::fs::read(&image).unwrap(), content, "the read-only disk changed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,8 +11,13 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::acpi::MmioSlot;
 use crate::devices::legacy::{power_request, PowerRequest};
 use crate::devices::serial::{self, Console, ConsoleSink};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::layout::*;
 use crate::{acpi, boot, cpu};
 
@@ -30,6 +35,14 @@ pub struct VmConfig {
     pub serial_log: Option<PathBuf>,
     /// Also copy the console to our stderr.
     pub console_echo: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 /// How the guest ended.
@@ -64,6 +77,10 @@ pub enum VmError {
     Acpi(#[from] acpi::AcpiError),
     #[error("console log {path}: {source}")]
     SerialLog { path: String, source: std::io::Error },
+    #[error("disk {path}: {source}")]
+    Disk { path: String, source: std::io::Error },
+    #[error("{count} devices asked for; at most {max} fit")]
+    TooManyDevices { count: usize, max: usize },
     #[error("vCPU {id} stopped: {reason}")]
     Vcpu { id: u8, reason: String },
 }
@@ -106,7 +123,60 @@ pub fn validate(config: &VmConfig) -> Result<(), VmError> {
 /// Everything the vCPU threads share.
 struct Shared {
     console: Mutex<Console>,
+    /// virtio-mmio devices; device `i` answers at `MMIO_START + i * VIRTIO_MMIO_SIZE`.
+    virtio: Vec<Mutex<MmioTransport>>,
     exits: mpsc::Sender<Result<PowerRequest, VmError>>,
+}
+
+impl Shared {
+    fn virtio_at(&self, addr: u64) -> Option<(&Mutex<MmioTransport>, u64)> {
+        let offset = addr.checked_sub(MMIO_START)?;
+        let device = self.virtio.get(usize::try_from(offset / VIRTIO_MMIO_SIZE).ok()?)?;
+        Some((device, offset % VIRTIO_MMIO_SIZE))
+    }
+}
+
+fn eventfd() -> Result<EventFd, VmError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Kvm {
+        what: "an eventfd",
+        source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+/// The devices the guest gets: disks first (vda, vdb, ...), then the entropy source.
+fn virtio_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+) -> Result<Vec<(MmioSlot, MmioTransport)>, VmError> {
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        let block = Block::open(&disk.path, disk.read_only).map_err(|source| VmError::Disk {
+            path: disk.path.display().to_string(),
+            source,
+        })?;
+        models.push(Box::new(block));
+    }
+    models.push(Box::new(Rng));
+    let max = (IOAPIC_PINS - VIRTIO_FIRST_IRQ) as usize;
+    if models.len() > max {
+        return Err(VmError::TooManyDevices {
+            count: models.len(),
+            max,
+        });
+    }
+    let mut devices = Vec::new();
+    for (i, model) in models.into_iter().enumerate() {
+        let slot = MmioSlot {
+            base: MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
+            irq: VIRTIO_FIRST_IRQ + i as u32,
+        };
+        let irq = eventfd()?;
+        vm.register_irqfd(&irq, slot.irq).map_err(kvm_err("KVM_IRQFD"))?;
+        let interrupt = Arc::new(Interrupt::new(irq));
+        devices.push((slot, MmioTransport::new(model, memory.clone(), interrupt)));
+    }
+    Ok(devices)
 }
 
 /// Boots the VM and runs it until the guest powers off or resets.
@@ -125,7 +195,9 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
     let memory = guest_memory(&vm, config.memory_mib)?;
-    let rsdp = acpi::write_tables(&memory, config.vcpus, &[])?;
+    let devices = virtio_devices(&vm, config, &memory)?;
+    let slots: Vec<MmioSlot> = devices.iter().map(|(slot, _)| *slot).collect();
+    let rsdp = acpi::write_tables(&memory, config.vcpus, &slots)?;
     let kernel = boot::load(&memory, &config.kernel, config.initrd.as_deref(), &config.cmdline, rsdp)?;
     cpu::write_boot_tables(&memory)?;
 
@@ -136,14 +208,15 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         })?),
         None => None,
     };
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Kvm {
-        what: "an eventfd",
-        source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
+    let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("KVM_IRQFD"))?;
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         console: Mutex::new(serial::console(serial_irq, ConsoleSink::new(log, config.console_echo))),
+        virtio: devices
+            .into_iter()
+            .map(|(_, transport)| Mutex::new(transport))
+            .collect(),
         exits: tx,
     });
 
@@ -209,6 +282,11 @@ fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
     Ok(memory)
 }
 
+/// A device whose lock was poisoned by a panic is still the best state we have.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run_vcpu(id: u8, mut vcpu: VcpuFd, shared: &Shared) -> Result<PowerRequest, VmError> {
     let fail = |reason: String| VmError::Vcpu { id, reason };
     loop {
@@ -238,8 +316,16 @@ fn run_vcpu(id: u8, mut vcpu: VcpuFd, shared: &Shared) -> Result<PowerRequest, V
                 };
                 data.fill(value);
             }
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0),
-            Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Hlt) => {}
+            Ok(VcpuExit::MmioRead(addr, data)) => match shared.virtio_at(addr) {
+                Some((device, offset)) => lock(device).read(offset, data),
+                None => data.fill(0),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some((device, offset)) = shared.virtio_at(addr) {
+                    lock(device).write(offset, data);
+                }
+            }
+            Ok(VcpuExit::Hlt) => {}
             Ok(VcpuExit::Shutdown) => return Ok(PowerRequest::Reset),
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 return Ok(if kind == kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN {

@@ -69,7 +69,8 @@ fn boot_bench(runs: usize) -> Result<()> {
     // The guest lingers a second after ready so hull-vmm's memory can be read.
     let initramfs = guest::busybox_initramfs(&kernel, &dir.join("guest.cpio"), "$B sleep 1; $B poweroff -f")?;
     let (mut hull, mut qemu, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
+    for run in 1..=runs {
+        eprintln!("boot run {run}/{runs}");
         let command = boot::hull_vmm_command(&kernel.vmlinuz(), &initramfs, GUEST_MIB)?;
         let (run, own_rss) = timed_boot_with(command, BOOT_LIMIT, |pid| boot::vmm_own_rss_kib(pid, GUEST_MIB))?;
         if !run.status.success() {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::vm::{self, GuestExit, VmConfig};
+use vmm::vm::{self, DiskConfig, GuestExit, VmConfig};
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
@@ -19,7 +19,7 @@ struct Args {
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// The kernel command line.
-    #[arg(long, default_value = "console=ttyS0 quiet panic=-1")]
+    #[arg(long, default_value = "console=ttyS0 quiet panic=-1 pci=off")]
     cmdline: String,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
@@ -33,6 +33,23 @@ struct Args {
     /// Copy the guest console to stderr.
     #[arg(long)]
     console: bool,
+    /// A virtio-blk disk: PATH or PATH:ro (repeatable; the guest sees vda, vdb, ...).
+    #[arg(long = "disk", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let (path, read_only) = match spec.strip_suffix(":ro") {
+        Some(path) => (path, true),
+        None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+    };
+    if path.is_empty() {
+        return Err("a disk needs a path: PATH or PATH:ro".into());
+    }
+    Ok(DiskConfig {
+        path: path.into(),
+        read_only,
+    })
 }
 
 fn main() -> ExitCode {
@@ -49,6 +66,7 @@ fn main() -> ExitCode {
         vcpus: args.cpus,
         serial_log: args.serial_log,
         console_echo: args.console,
+        disks: args.disks,
     };
     match vm::run(&config) {
         Ok(GuestExit::Poweroff) => ExitCode::SUCCESS,

@@ -1,0 +1,264 @@
+//! The virtio-mmio transport (version 2): the register window the guest
+//! driver programs, queue set-up, feature negotiation, status, interrupts.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{read_config, Interrupt, VirtioDevice};
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x4c55_4848; // "HHUL"
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_FAILED: u32 = 0x80;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, memory: GuestMemoryMmap, interrupt: Arc<Interrupt>) -> Self {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .filter_map(|&max| Queue::new(max).ok())
+            .collect();
+        MmioTransport {
+            device,
+            memory,
+            interrupt,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+        }
+    }
+
+    fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        // Queues are configured only before DRIVER_OK.
+        if self.driver_ok() {
+            return None;
+        }
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            read_config(&self.device.config(), offset - 0x100, data);
+            return;
+        }
+        let features_word = |features: u64, select: u32| match select {
+            0 => features as u32,
+            1 => (features >> 32) as u32,
+            _ => 0,
+        };
+        let value = match offset {
+            0x000 => MAGIC,
+            0x004 => VERSION,
+            0x008 => self.device.device_type(),
+            0x00c => VENDOR,
+            0x010 => features_word(self.device.features(), self.device_features_select),
+            0x034 => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            0x044 => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            0x060 => self.interrupt.status(),
+            0x070 => self.status,
+            0x0fc => self.config_generation,
+            _ => 0,
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data.fill(0);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 {
+            return; // no writable configuration fields
+        }
+        let Ok(raw) = <[u8; 4]>::try_from(data) else { return };
+        let value = u32::from_le_bytes(raw);
+        match offset {
+            0x014 => self.device_features_select = value,
+            0x020 => {
+                let shift = match self.driver_features_select {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                let mask = 0xffff_ffffu64 << shift;
+                self.driver_features = (self.driver_features & !mask) | (u64::from(value) << shift);
+            }
+            0x024 => self.driver_features_select = value,
+            0x030 => self.queue_select = value,
+            0x038 => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value.min(u32::from(u16::MAX)) as u16);
+                }
+            }
+            0x044 => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            0x050 => self.notify(value as usize),
+            0x064 => self.interrupt.ack(value),
+            0x070 => self.set_status(value),
+            0x080 => self.set_address(|q, v| q.set_desc_table_address(Some(v), None), value),
+            0x084 => self.set_address(|q, v| q.set_desc_table_address(None, Some(v)), value),
+            0x090 => self.set_address(|q, v| q.set_avail_ring_address(Some(v), None), value),
+            0x094 => self.set_address(|q, v| q.set_avail_ring_address(None, Some(v)), value),
+            0x0a0 => self.set_address(|q, v| q.set_used_ring_address(Some(v), None), value),
+            0x0a4 => self.set_address(|q, v| q.set_used_ring_address(None, Some(v)), value),
+            _ => {}
+        }
+    }
+
+    fn set_address(&mut self, set: impl FnOnce(&mut Queue, u32), value: u32) {
+        if let Some(q) = self.selected_queue() {
+            set(q, value);
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let mut value = value;
+        // FEATURES_OK only holds if the driver asked for nothing we did not offer.
+        if value & STATUS_FEATURES_OK != 0 && self.driver_features & !self.device.features() != 0 {
+            value &= !STATUS_FEATURES_OK;
+        }
+        if value & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0 {
+            let queues_ok = self
+                .queues
+                .iter()
+                .filter(|q| q.ready())
+                .all(|q| q.is_valid(&self.memory));
+            let negotiated = value & (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)
+                == (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+            if !queues_ok || !negotiated {
+                value |= STATUS_FAILED;
+            }
+        }
+        self.status = value;
+    }
+
+    fn notify(&mut self, index: usize) {
+        if !self.driver_ok() {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
+            return;
+        };
+        if self.device.process_queue(index, queue, &self.memory) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rng::Rng;
+    use super::super::testing::memory;
+    use super::*;
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn transport() -> MmioTransport {
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        MmioTransport::new(Box::new(Rng), memory(), interrupt)
+    }
+
+    fn read32(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn identifies_itself_and_negotiates() {
+        let mut t = transport();
+        assert_eq!((read32(&mut t, 0), read32(&mut t, 4), read32(&mut t, 8)), (MAGIC, 2, 4));
+        t.write(0x14, &1u32.to_le_bytes());
+        assert_eq!(read32(&mut t, 0x10), 1, "VIRTIO_F_VERSION_1 in the high word");
+        t.write(0x24, &1u32.to_le_bytes());
+        t.write(0x20, &1u32.to_le_bytes());
+        t.write(
+            0x70,
+            &(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK).to_le_bytes(),
+        );
+        assert_ne!(read32(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn unoffered_features_and_bad_queues_fail_negotiation() {
+        let mut t = transport();
+        t.write(0x24, &0u32.to_le_bytes());
+        t.write(0x20, &0xffff_ffffu32.to_le_bytes());
+        t.write(
+            0x70,
+            &(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK).to_le_bytes(),
+        );
+        assert_eq!(read32(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+
+        let mut t = transport();
+        t.write(0x38, &16u32.to_le_bytes());
+        t.write(0x80, &0xffff_f000u32.to_le_bytes()); // far outside guest memory
+        t.write(0x44, &1u32.to_le_bytes());
+        t.write(
+            0x70,
+            &(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK).to_le_bytes(),
+        );
+        assert_ne!(read32(&mut t, 0x70) & STATUS_FAILED, 0);
+        t.write(0x50, &0u32.to_le_bytes()); // notify on a failed device: ignored
+    }
+
+    #[test]
+    fn odd_accesses_are_harmless() {
+        let mut t = transport();
+        let mut one = [0u8; 1];
+        t.read(0x1000_0000, &mut one);
+        t.write(0x50, &[1, 2]);
+        t.write(0x30, &99u32.to_le_bytes());
+        assert_eq!(read32(&mut t, 0x34), 0, "no such queue");
+        t.write(0x50, &99u32.to_le_bytes());
+    }
+}

@@ -1,0 +1,126 @@
+//! virtio devices on the virtio-mmio transport (version 2). The guest is
+//! untrusted: every descriptor it hands us is checked against guest memory by
+//! `vm-memory` and against the request's own rules here, and a bad request
+//! fails that request (an error status, a zero-length used entry), never the VMM.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// The feature bit every modern (non-legacy) device offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// virtio device ids.
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+
+/// A device's interrupt line and its virtio-mmio interrupt status.
+pub struct Interrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+const INT_USED_RING: u32 = 1;
+const INT_CONFIG: u32 = 2;
+
+impl Interrupt {
+    pub fn new(irq: EventFd) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    pub fn irq(&self) -> &EventFd {
+        &self.irq
+    }
+
+    pub fn signal_used_queue(&self) {
+        self.raise(INT_USED_RING);
+    }
+
+    pub fn signal_config_change(&self) {
+        self.raise(INT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        let _ = self.irq.write(1);
+    }
+
+    fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// What a device model implements; the transport does the rest.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered (including `VIRTIO_F_VERSION_1`).
+    fn features(&self) -> u64;
+    /// The device's configuration space.
+    fn config(&self) -> Vec<u8>;
+    /// Serves every available request of queue `index`; returns whether
+    /// anything was put in the used ring.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool;
+}
+
+/// Copies `config[offset..]` into `data`, zero beyond the end (bounds-checked).
+pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else { return };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Guest memory with a mock split queue, for feeding devices hostile chains.
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    pub const QUEUE_SIZE: u16 = 16;
+    pub const MEM_SIZE: usize = 0x10_0000;
+
+    pub fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// A queue whose avail ring holds one chain starting at descriptor 0.
+    pub fn queue_with(memory: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Queue {
+        let mock = MockSplitQueue::new(memory, QUEUE_SIZE);
+        mock.add_desc_chains(descs, 0).unwrap();
+        mock.create_queue().unwrap()
+    }
+
+    /// The length the device reported in used-ring entry `index`.
+    pub fn used_len(memory: &GuestMemoryMmap, queue: &Queue, index: u64) -> u32 {
+        use vm_memory::Bytes;
+        memory
+            .read_obj::<u32>(GuestAddress(queue.used_ring() + 4 + index * 8 + 4))
+            .unwrap()
+    }
+
+    pub const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+    pub const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+}
