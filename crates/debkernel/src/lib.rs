@@ -10,7 +10,7 @@ mod initramfs;
 mod modules;
 mod package;
 
-pub use initramfs::Initramfs;
+pub use initramfs::{is_static_elf, Initramfs};
 pub use modules::{ModuleIndex, ModuleNotFound};
 pub use package::{fetch, KernelPackage, PackageError};
 

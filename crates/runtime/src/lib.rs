@@ -1,6 +1,10 @@
-//! One host's container lifecycle. For now: where hull keeps its data, and
-//! setting up the guest kernel (Debian's cloud kernel, unpacked into the data
-//! directory, never installed into the host's /boot).
+//! One host's container lifecycle: where hull keeps its data, the guest
+//! (Debian's cloud kernel and an initramfs with hull-agent, set up once), root
+//! filesystem disks, and running a container in a fresh microVM.
+
+pub mod guest;
+pub mod rootfs;
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -22,4 +26,21 @@ pub fn kernels_dir() -> PathBuf {
 /// package behind `linux-image-cloud-amd64`.
 pub fn setup_guest_kernel() -> Result<KernelPackage, debkernel::PackageError> {
     debkernel::fetch(debkernel::CLOUD_METAPACKAGE, &kernels_dir())
+}
+
+/// Writes `content` to `path` atomically (temp file + rename).
+pub(crate) fn write_atomic(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A binary installed beside the running one (`hull-vmm` next to `hull`).
+pub fn sibling_binary(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }

@@ -35,7 +35,7 @@ pub struct Assets {
 pub fn prepare(cache_dir: &Path) -> Result<Assets, AssetsError> {
     let kernel = debkernel::fetch(GENERIC_METAPACKAGE, &cache_dir.join("kernels"))?;
     let busybox = fs::read(BUSYBOX).map_err(|_| AssetsError::NoStaticBusybox)?;
-    if !is_static_elf(&busybox) {
+    if !debkernel::is_static_elf(&busybox) {
         return Err(AssetsError::NoStaticBusybox);
     }
     let modules = kernel.module_index()?.resolve(BOOT_MODULES)?;
@@ -101,29 +101,6 @@ fn remove_stale(cache_dir: &Path, keep: &Path) {
     }
 }
 
-/// A static ELF has no PT_INTERP program header.
-fn is_static_elf(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    if elf.get(..5) != Some(b"\x7fELF\x02") {
-        return false;
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return false;
-    };
-    (0..phnum).all(|i| {
-        let offset = usize::try_from(phoff)
-            .unwrap_or(usize::MAX)
-            .saturating_add(i.saturating_mul(phentsize));
-        u32_at(offset).is_some_and(|p_type| p_type != 3)
-    })
-}
-
 /// The test host's PID 1. Shares are passed on the kernel command line as
 /// `vmhost.shares=TAG:PATH,...`; the first is the run directory holding
 /// `run.sh`, where the command's exit status is written back.
@@ -172,10 +149,10 @@ mod tests {
     fn static_and_dynamic_elves_are_told_apart() {
         let busybox = fs::read(BUSYBOX);
         if let Ok(busybox) = busybox {
-            assert!(is_static_elf(&busybox), "{BUSYBOX} should be the static one");
+            assert!(debkernel::is_static_elf(&busybox), "{BUSYBOX} should be the static one");
         }
-        assert!(!is_static_elf(&fs::read("/bin/sh").unwrap()));
-        assert!(!is_static_elf(b"\x7fELF\x02 truncated"));
-        assert!(!is_static_elf(b""));
+        assert!(!debkernel::is_static_elf(&fs::read("/bin/sh").unwrap()));
+        assert!(!debkernel::is_static_elf(b"\x7fELF\x02 truncated"));
+        assert!(!debkernel::is_static_elf(b""));
     }
 }

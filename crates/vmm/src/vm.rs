@@ -17,6 +17,7 @@ use crate::devices::serial::{self, Console, ConsoleSink};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::layout::*;
 use crate::{acpi, boot, cpu};
@@ -37,6 +38,14 @@ pub struct VmConfig {
     pub console_echo: bool,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// virtio-vsock, its host side a unix socket.
+    pub vsock: Option<VsockConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +88,8 @@ pub enum VmError {
     SerialLog { path: String, source: std::io::Error },
     #[error("disk {path}: {source}")]
     Disk { path: String, source: std::io::Error },
+    #[error("vsock socket {path}: {source}")]
+    Vsock { path: String, source: std::io::Error },
     #[error("{count} devices asked for; at most {max} fit")]
     TooManyDevices { count: usize, max: usize },
     #[error("vCPU {id} stopped: {reason}")]
@@ -157,6 +168,13 @@ fn virtio_devices(
         })?;
         models.push(Box::new(block));
     }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|source| VmError::Vsock {
+            path: vsock.uds_path.display().to_string(),
+            source,
+        })?;
+        models.push(Box::new(device));
+    }
     models.push(Box::new(Rng));
     let max = (IOAPIC_PINS - VIRTIO_FIRST_IRQ) as usize;
     if models.len() > max {
@@ -220,6 +238,10 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         exits: tx,
     });
 
+    for index in 0..shared.virtio.len() {
+        spawn_backend(&shared, index)?;
+    }
+
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
@@ -280,6 +302,34 @@ fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(memory)
+}
+
+/// Devices with host-side I/O (vsock sockets) get a thread that waits for it.
+fn spawn_backend(shared: &Arc<Shared>, index: usize) -> Result<(), VmError> {
+    let Some(fd) = lock(&shared.virtio[index]).backend_fd() else {
+        return Ok(());
+    };
+    let shared = shared.clone();
+    thread::Builder::new()
+        .name(format!("virtio{index}"))
+        .spawn(move || loop {
+            let mut pollfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the fd lives as long as the device, which outlives this thread.
+            let n = unsafe { libc::poll(&mut pollfd, 1, -1) };
+            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return;
+            }
+            lock(&shared.virtio[index]).poll();
+        })
+        .map(|_| ())
+        .map_err(|e| VmError::Vcpu {
+            id: 0,
+            reason: format!("device thread: {e}"),
+        })
 }
 
 /// A device whose lock was poisoned by a panic is still the best state we have.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::vm::{self, DiskConfig, GuestExit, VmConfig};
+use vmm::vm::{self, DiskConfig, GuestExit, VmConfig, VsockConfig};
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
@@ -36,6 +36,12 @@ struct Args {
     /// A virtio-blk disk: PATH or PATH:ro (repeatable; the guest sees vda, vdb, ...).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
+    /// virtio-vsock: the unix socket of its host side (guest→host port P connects to PATH_P).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
@@ -67,6 +73,10 @@ fn main() -> ExitCode {
         serial_log: args.serial_log,
         console_echo: args.console,
         disks: args.disks,
+        vsock: args.vsock_uds.map(|uds_path| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds_path,
+        }),
     };
     match vm::run(&config) {
         Ok(GuestExit::Poweroff) => ExitCode::SUCCESS,

@@ -151,7 +151,8 @@ impl VirtioDevice for Block {
         self.sectors.to_le_bytes().to_vec()
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, _index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.first_mut() else { return false };
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(memory) {
             let head = chain.head_index();
@@ -204,7 +205,7 @@ mod tests {
     fn request(block: &mut Block, memory: &GuestMemoryMmap, descs: &[virtio_queue::desc::RawDescriptor]) -> u32 {
         memory.write_obj(0xffu8, GuestAddress(0xa000)).unwrap();
         let mut queue = queue_with(memory, descs);
-        assert!(block.process_queue(0, &mut queue, memory));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), memory));
         used_len(memory, &queue, 0)
     }
 
@@ -344,7 +345,7 @@ mod tests {
         ] {
             header(&memory, VIRTIO_BLK_T_IN, 0);
             let mut queue = queue_with(&memory, &descs);
-            block.process_queue(0, &mut queue, &memory);
+            block.process_queue(0, std::slice::from_mut(&mut queue), &memory);
         }
         assert_eq!(std::fs::read(&path).unwrap().len(), 8 * 512, "the disk is intact");
         std::fs::remove_file(path).unwrap();

@@ -183,13 +183,22 @@ impl MmioTransport {
     }
 
     fn notify(&mut self, index: usize) {
-        if !self.driver_ok() {
+        if !self.driver_ok() || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
-            return;
-        };
-        if self.device.process_queue(index, queue, &self.memory) {
+        if self.device.process_queue(index, &mut self.queues, &self.memory) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// The device's host-side descriptor, if it has I/O of its own.
+    pub fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// Host-side I/O is ready: let the device move data.
+    pub fn poll(&mut self) {
+        if self.driver_ok() && self.device.poll(&mut self.queues, &self.memory) {
             self.interrupt.signal_used_queue();
         }
     }

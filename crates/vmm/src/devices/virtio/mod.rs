@@ -6,6 +6,7 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,6 +20,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// virtio device ids.
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// A device's interrupt line and its virtio-mmio interrupt status.
 pub struct Interrupt {
@@ -72,9 +74,18 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// The device's configuration space.
     fn config(&self) -> Vec<u8>;
-    /// Serves every available request of queue `index`; returns whether
-    /// anything was put in the used ring.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool;
+    /// The guest notified queue `index`: serve what it made available.
+    /// Returns whether anything was put in a used ring.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool;
+    /// A device with host-side I/O of its own (sockets) exposes a file
+    /// descriptor that becomes readable when `poll` has work.
+    fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
+    /// Host-side I/O is ready; returns whether anything was put in a used ring.
+    fn poll(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
+        false
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero beyond the end (bounds-checked).

@@ -28,7 +28,8 @@ impl VirtioDevice for Rng {
         Vec::new()
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, _index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.first_mut() else { return false };
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(memory) {
             let head = chain.head_index();
@@ -85,7 +86,7 @@ mod tests {
             &memory,
             &[desc(0x8000, 32, NEXT | WRITE, 1), desc(0x9000, 32, WRITE, 0)],
         );
-        assert!(Rng.process_queue(0, &mut queue, &memory));
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &memory));
         assert_eq!(used_len(&memory, &queue, 0), 64);
         let mut bytes = [0u8; 32];
         memory.read_slice(&mut bytes, GuestAddress(0x8000)).unwrap();
@@ -109,7 +110,7 @@ mod tests {
         ];
         for descs in cases {
             let mut queue = queue_with(&memory, &descs);
-            Rng.process_queue(0, &mut queue, &memory);
+            Rng.process_queue(0, std::slice::from_mut(&mut queue), &memory);
             assert!(used_len(&memory, &queue, 0) <= MAX_BYTES_PER_REQUEST as u32);
         }
     }

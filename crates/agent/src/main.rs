@@ -1,0 +1,259 @@
+//! `hull-agent`: PID 1 inside every hull guest.
+//!
+//! It loads the kernel modules the initramfs carries, connects to the host
+//! over vsock, and runs the one container command the host asks for: root
+//! filesystem disk mounted read-only under a tmpfs overlay, the usual
+//! /proc, /sys, /dev, /dev/pts, /dev/shm and /tmp, hostname, uid:gid,
+//! environment and working directory. Standard streams travel over the same
+//! vsock connection; signals from the host are delivered; orphans are
+//! reaped; the exit status (or killing signal) is reported; then the VM
+//! powers off.
+
+mod mounts;
+mod vsock;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use proto::{read_frame, write_frame, Control, Frame, RunSpec, CHUNK, PROTOCOL_VERSION};
+
+/// Where the container's root filesystem is assembled.
+const ROOT: &str = "/mnt/root";
+/// The list of modules (file names in load order) the initramfs carries.
+const MODULES_DIR: &str = "/lib/modules/hull";
+
+type Sink = Arc<Mutex<File>>;
+
+fn main() {
+    if let Err(e) = mounts::early() {
+        console(&format!("early mounts failed: {e}"));
+    }
+    load_modules();
+    match vsock::connect_host(proto::AGENT_PORT) {
+        Ok(conn) => serve(conn),
+        Err(e) => console(&format!("cannot reach the host over vsock: {e}")),
+    }
+    power_off();
+}
+
+fn console(message: &str) {
+    eprintln!("hull-agent: {message}");
+}
+
+fn load_modules() {
+    let order = std::fs::read_to_string(format!("{MODULES_DIR}/order")).unwrap_or_default();
+    for name in order.split_whitespace() {
+        let path = format!("{MODULES_DIR}/{name}");
+        let loaded = File::open(&path).and_then(|file| {
+            use std::os::unix::io::AsRawFd;
+            let params = CString::default();
+            // SAFETY: finit_module reads the open module file and an empty parameter string.
+            let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        });
+        if let Err(e) = loaded {
+            console(&format!("loading {name}: {e}"));
+        }
+    }
+}
+
+fn send(sink: &Sink, frame: &Frame) -> bool {
+    match sink.lock() {
+        Ok(mut out) => write_frame(&mut *out, frame).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn fail(sink: &Sink, message: String, exit_code: i32) {
+    console(&message);
+    send(sink, &Frame::Control(Control::Failed { message, exit_code }));
+}
+
+fn serve(conn: File) {
+    let mut input = match conn.try_clone() {
+        Ok(input) => input,
+        Err(e) => return console(&format!("vsock: {e}")),
+    };
+    let sink: Sink = Arc::new(Mutex::new(conn));
+    let hello = Control::Hello {
+        version: PROTOCOL_VERSION,
+        agent: env!("CARGO_PKG_VERSION").into(),
+    };
+    if !send(&sink, &Frame::Control(hello)) {
+        return console("the host closed the connection");
+    }
+    let spec = match read_frame(&mut input) {
+        Ok(Some(Frame::Control(Control::Run(spec)))) => spec,
+        Ok(Some(Frame::Control(Control::Failed { message, .. }))) => return console(&format!("host: {message}")),
+        Ok(other) => return fail(&sink, format!("expected a run request, got {other:?}"), 125),
+        Err(e) => return fail(&sink, format!("reading the run request: {e}"), 125),
+    };
+    if let Err(e) = mounts::container_root(&spec, ROOT) {
+        return fail(&sink, format!("preparing the root filesystem: {e}"), 125);
+    }
+    if let Err(e) = sethostname(&spec.hostname) {
+        console(&format!("sethostname: {e}"));
+    }
+    let mut child = match spawn(&spec) {
+        Ok(child) => child,
+        Err((message, code)) => return fail(&sink, message, code),
+    };
+    let pid = child.id();
+    send(&sink, &Frame::Control(Control::Started { pid }));
+
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(pump(out, sink.clone(), Frame::Stdout));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(pump(err, sink.clone(), Frame::Stderr));
+    }
+    let stdin = child.stdin.take();
+    thread::spawn(move || host_input(input, stdin, pid));
+
+    let (code, signal) = reap_until(pid);
+    // The container ends with its main process: nothing else survives it.
+    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    for p in pumps {
+        let _ = p.join();
+    }
+    send(&sink, &Frame::Control(Control::Exited { code, signal }));
+    drop(child);
+}
+
+/// Copies one of the command's output pipes to the host.
+fn pump(mut source: impl Read + Send + 'static, sink: Sink, wrap: fn(Vec<u8>) -> Frame) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if !send(&sink, &wrap(buf[..n].to_vec())) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Frames from the host after the run request: standard input and signals.
+fn host_input(mut input: File, mut stdin: Option<std::process::ChildStdin>, pid: u32) {
+    loop {
+        match read_frame(&mut input) {
+            Ok(Some(Frame::Stdin(data))) => {
+                if let Some(pipe) = stdin.as_mut() {
+                    if pipe.write_all(&data).is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            Ok(Some(Frame::StdinEof)) => stdin = None,
+            Ok(Some(Frame::Control(Control::Signal { signal }))) => {
+                // SAFETY: plain kill(2) to the command's pid.
+                unsafe { libc::kill(pid as i32, signal) };
+            }
+            Ok(Some(other)) => console(&format!("ignoring unexpected frame {other:?}")),
+            Ok(None) => return,
+            Err(e) => return console(&format!("host connection: {e}")),
+        }
+    }
+}
+
+/// As PID 1, reaps every child; returns how the command `pid` ended.
+fn reap_until(pid: u32) -> (Option<i32>, Option<i32>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        let reaped = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if reaped < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return (None, None);
+        }
+        if reaped == pid as i32 {
+            let status = std::process::ExitStatus::from_raw(status);
+            return (status.code(), status.signal());
+        }
+    }
+}
+
+fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
+    let Some(program) = spec.argv.first() else {
+        return Err(("no command given".into(), 125));
+    };
+    let root = std::path::Path::new(ROOT);
+    let cwd = root.join(spec.cwd.trim_start_matches('/'));
+    // Like Docker, a missing working directory is created.
+    if let Err(e) = std::fs::create_dir_all(&cwd) {
+        return Err((format!("working directory {}: {e}", spec.cwd), 125));
+    }
+    let mut command = Command::new(program);
+    command.args(&spec.argv[1..]).env_clear();
+    for entry in &spec.env {
+        if let Some((key, value)) = entry.split_once('=') {
+            command.env(key, value);
+        }
+    }
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
+    let (uid, gid) = (spec.uid, spec.gid);
+    let cwd = CString::new(spec.cwd.clone()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let root = c"/mnt/root";
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::setsid();
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Signals the agent ignores must not stay ignored in the command.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => (format!("{program}: command not found"), 127),
+        std::io::ErrorKind::PermissionDenied => (format!("{program}: permission denied"), 126),
+        _ => (format!("{program}: {e}"), 126),
+    })
+}
+
+fn sethostname(name: &str) -> std::io::Result<()> {
+    // SAFETY: pointer and length describe `name`.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers; as PID 1 we end the VM.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // Only reached when not PID 1 (a developer running the binary by hand).
+    std::process::exit(0)
+}

@@ -1,0 +1,82 @@
+//! The guest's filesystems: the agent's own (early) and the container's root.
+
+use std::ffi::CString;
+use std::io;
+
+use proto::RunSpec;
+
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"));
+    let (source_c, target_c, fstype_c, data_c) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
+    std::fs::create_dir_all(target)?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            flags,
+            data_c.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mount {fstype} {source} on {target}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// /proc, /sys and /dev for the agent itself.
+pub fn early() -> io::Result<()> {
+    mount("proc", "/proc", "proc", 0, "")?;
+    mount("sysfs", "/sys", "sysfs", 0, "")?;
+    mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
+    Ok(())
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// Mounts the image disk read-only with a tmpfs overlay on top at `root`,
+/// and the kernel filesystems a container expects inside it.
+pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
+    mount(&spec.root_device, "/mnt/image", &spec.root_fstype, libc::MS_RDONLY, "")?;
+    mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755")?;
+    std::fs::create_dir_all("/mnt/rw/upper")?;
+    std::fs::create_dir_all("/mnt/rw/work")?;
+    mount(
+        "overlay",
+        root,
+        "overlay",
+        0,
+        "lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work",
+    )?;
+    let inside = |p: &str| format!("{root}{p}");
+    mount("proc", &inside("/proc"), "proc", NOSUID_NODEV_NOEXEC, "")?;
+    mount(
+        "sysfs",
+        &inside("/sys"),
+        "sysfs",
+        NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
+        "",
+    )?;
+    mount("devtmpfs", &inside("/dev"), "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
+    mount(
+        "devpts",
+        &inside("/dev/pts"),
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )?;
+    mount("shm", &inside("/dev/shm"), "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")?;
+    mount(
+        "tmpfs",
+        &inside("/tmp"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    )?;
+    Ok(())
+}

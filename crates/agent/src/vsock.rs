@@ -1,0 +1,50 @@
+//! The agent's vsock connection to the host.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::FromRawFd;
+use std::time::Duration;
+
+const VMADDR_CID_HOST: u32 = 2;
+
+/// Connects to host port `port`, retrying while the device comes up.
+pub fn connect_host(port: u32) -> io::Result<File> {
+    let mut last = io::Error::other("no attempt");
+    for _ in 0..100 {
+        match try_connect(port) {
+            Ok(file) => return Ok(file),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(last)
+}
+
+fn try_connect(port: u32) -> io::Result<File> {
+    // SAFETY: plain socket(2); the fd is owned by the File below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let addr = libc::sockaddr_vm {
+        svm_family: libc::AF_VSOCK as libc::sa_family_t,
+        svm_reserved1: 0,
+        svm_port: port,
+        svm_cid: VMADDR_CID_HOST,
+        svm_zero: [0; 4],
+    };
+    // SAFETY: addr is a valid sockaddr_vm of the given size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}

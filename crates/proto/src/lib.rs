@@ -1,0 +1,212 @@
+//! The host↔agent protocol: one definition used by both ends.
+//!
+//! A connection carries frames: a little-endian `u32` length (of what
+//! follows), a one-byte kind, and a payload. Control messages are JSON;
+//! standard streams are raw bytes, so output costs no encoding. The agent
+//! opens with `Hello` carrying its protocol version; a host that speaks
+//! another version answers `Failed` and closes. Frames come from the other
+//! side of a VM boundary: a length over `MAX_FRAME`, an unknown kind or bad
+//! JSON is an error, never a panic or an unbounded allocation.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The vsock port the agent connects out to on the host (CID 2).
+pub const AGENT_PORT: u32 = 1024;
+/// Largest frame either side accepts (kind byte + payload).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Stream data is sent in chunks of at most this much.
+pub const CHUNK: usize = 64 * 1024;
+
+/// What the host asks the agent to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    /// Whether the host will send standard input (otherwise it is /dev/null).
+    pub stdin: bool,
+    /// The root filesystem's block device in the guest, e.g. `/dev/vda`.
+    pub root_device: String,
+    pub root_fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// Agent → host, first: who is speaking.
+    Hello { version: u32, agent: String },
+    /// Host → agent: run this.
+    Run(RunSpec),
+    /// Agent → host: the command is running.
+    Started { pid: u32 },
+    /// Host → agent: deliver a signal to the command.
+    Signal { signal: i32 },
+    /// Agent → host: the command ended (exit code, or the signal that killed it).
+    Exited { code: Option<i32>, signal: Option<i32> },
+    /// Either way: the request cannot be carried out. `exit_code` follows the
+    /// shell's convention (127: command not found, 126: not executable).
+    Failed { message: String, exit_code: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Control(Control),
+    Stdin(Vec<u8>),
+    /// Host → agent: no more standard input.
+    StdinEof,
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+const KIND_CONTROL: u8 = 0;
+const KIND_STDIN: u8 = 1;
+const KIND_STDIN_EOF: u8 = 2;
+const KIND_STDOUT: u8 = 3;
+const KIND_STDERR: u8 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    Oversized(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed control message: {0}")]
+    BadControl(#[from] serde_json::Error),
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Writes one frame. Payloads over `MAX_FRAME` are refused (split streams with `CHUNK`).
+pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), ProtoError> {
+    let (kind, payload): (u8, std::borrow::Cow<[u8]>) = match frame {
+        Frame::Control(c) => (KIND_CONTROL, serde_json::to_vec(c)?.into()),
+        Frame::Stdin(b) => (KIND_STDIN, b.as_slice().into()),
+        Frame::StdinEof => (KIND_STDIN_EOF, (&[][..]).into()),
+        Frame::Stdout(b) => (KIND_STDOUT, b.as_slice().into()),
+        Frame::Stderr(b) => (KIND_STDERR, b.as_slice().into()),
+    };
+    let len = payload.len() + 1;
+    if len > MAX_FRAME {
+        return Err(ProtoError::Oversized(len));
+    }
+    let mut buf = Vec::with_capacity(len + 4);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(&payload);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream (between frames).
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, ProtoError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtoError::Oversized(len));
+    }
+    if len == 0 {
+        return Err(ProtoError::Empty);
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    let payload = body.split_off(1);
+    Ok(Some(match body[0] {
+        KIND_CONTROL => Frame::Control(serde_json::from_slice(&payload)?),
+        KIND_STDIN => Frame::Stdin(payload),
+        KIND_STDIN_EOF => Frame::StdinEof,
+        KIND_STDOUT => Frame::Stdout(payload),
+        KIND_STDERR => Frame::Stderr(payload),
+        other => return Err(ProtoError::UnknownKind(other)),
+    }))
+}
+
+/// The shell's exit status for a command's end: its code, or 128 + signal.
+pub fn shell_status(code: Option<i32>, signal: Option<i32>) -> i32 {
+    match (code, signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(frame: Frame) {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &frame).unwrap();
+        assert_eq!(read_frame(&mut buf.as_slice()).unwrap(), Some(frame));
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        round_trip(Frame::Control(Control::Hello {
+            version: PROTOCOL_VERSION,
+            agent: "x".into(),
+        }));
+        round_trip(Frame::Control(Control::Run(RunSpec {
+            argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
+            env: vec!["A=B".into()],
+            cwd: "/".into(),
+            uid: 1,
+            gid: 2,
+            hostname: "h".into(),
+            stdin: true,
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+        })));
+        round_trip(Frame::Control(Control::Exited {
+            code: None,
+            signal: Some(9),
+        }));
+        round_trip(Frame::Stdout(vec![0, 1, 2, 255]));
+        round_trip(Frame::Stderr(Vec::new()));
+        round_trip(Frame::Stdin(b"in".to_vec()));
+        round_trip(Frame::StdinEof);
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        let frame = |bytes: &[u8]| read_frame(&mut &bytes[..]);
+        assert!(matches!(frame(&u32::MAX.to_le_bytes()), Err(ProtoError::Oversized(_))));
+        assert!(matches!(frame(&0u32.to_le_bytes()), Err(ProtoError::Empty)));
+        assert!(matches!(frame(&[2, 0, 0, 0, 9, 0]), Err(ProtoError::UnknownKind(9))));
+        assert!(matches!(
+            frame(&[3, 0, 0, 0, 0, b'{', b'x']),
+            Err(ProtoError::BadControl(_))
+        ));
+        assert!(
+            matches!(frame(&[9, 0, 0, 0, 3, 1]), Err(ProtoError::Io(_))),
+            "truncated"
+        );
+        assert!(matches!(frame(&[]), Ok(None)));
+        let mut big = Vec::new();
+        assert!(matches!(
+            write_frame(&mut big, &Frame::Stdout(vec![0; MAX_FRAME])),
+            Err(ProtoError::Oversized(_))
+        ));
+    }
+
+    #[test]
+    fn statuses_follow_the_shell() {
+        assert_eq!(shell_status(Some(42), None), 42);
+        assert_eq!(shell_status(None, Some(9)), 137);
+    }
+}

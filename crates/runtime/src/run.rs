@@ -1,0 +1,342 @@
+//! Running one container command in a fresh microVM: start `hull-vmm`, wait
+//! for the agent to call in over vsock, hand it the command, relay standard
+//! streams and signals, and return the command's exit status.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::{read_frame, write_frame, Control, Frame, RunSpec, PROTOCOL_VERSION};
+
+use crate::guest::{Guest, GuestError};
+use crate::rootfs::{self, RootfsError};
+
+/// Docker's default PATH for containers.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub rootfs: PathBuf,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries added to the defaults (PATH, HOSTNAME, HOME).
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub memory_mib: u64,
+    pub cpus: u8,
+    /// Relay our standard input to the command.
+    pub interactive: bool,
+    /// How long the guest may take to reach its agent.
+    pub boot_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Host(#[from] vmm::host::HostKvmError),
+    #[error("{0}")]
+    Guest(#[from] GuestError),
+    #[error("{0}")]
+    Rootfs(#[from] RootfsError),
+    #[error("{0}")]
+    Config(#[from] vmm::vm::VmError),
+    #[error("hull-vmm not found beside hull; build the workspace (cargo build)")]
+    NoVmm,
+    #[error("the VM stopped before its agent started ({status}).{console}")]
+    EarlyExit { status: String, console: String },
+    #[error("the guest did not reach its agent within {timeout:?}; it was stopped.{console}")]
+    BootTimeout { timeout: Duration, console: String },
+    #[error("the agent speaks protocol version {agent}, this hull speaks {PROTOCOL_VERSION}: run `hull setup` again")]
+    Version { agent: u32 },
+    #[error("the connection to the guest broke ({detail}).{console}")]
+    Lost { detail: String, console: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// A per-VM directory (vsock sockets, console log), removed when dropped.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The VMM process; killed if still running when dropped.
+struct Vmm(Child);
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    hex::encode(bytes)
+}
+
+/// The last lines of the guest console, formatted for an error message.
+fn console_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let tail = &lines[lines.len().saturating_sub(20)..];
+    if tail.is_empty() {
+        return String::new();
+    }
+    format!(
+        " Last lines of the guest console:\n{}",
+        tail.iter().map(|l| format!("  | {l}\n")).collect::<String>()
+    )
+}
+
+/// Runs `request` in a new microVM and returns the command's exit status
+/// (128 + signal when a signal killed it, 127 when it was not found).
+pub fn run(request: &RunRequest) -> Result<i32, RunError> {
+    vmm::host::require_guest_capable()?;
+    let guest = Guest::current()?;
+    let vmm_binary = crate::sibling_binary("hull-vmm").ok_or(RunError::NoVmm)?;
+    let vm_config = vmm::vm::VmConfig {
+        kernel: guest.kernel.clone(),
+        initrd: Some(guest.initramfs.clone()),
+        cmdline: String::new(),
+        memory_mib: request.memory_mib,
+        vcpus: request.cpus,
+        serial_log: None,
+        console_echo: false,
+        disks: Vec::new(),
+        vsock: None,
+    };
+    vmm::vm::validate(&vm_config)?;
+    let disk = rootfs::disk_for(&request.rootfs)?;
+
+    let id = new_id();
+    let dir = crate::data_dir().join("run").join(&id);
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let dir = RunDir(dir);
+    let uds = dir.0.join("vsock.sock");
+    let console_log = dir.0.join("console.log");
+    let listener =
+        UnixListener::bind(format!("{}_{}", uds.display(), proto::AGENT_PORT)).map_err(io("vsock listener"))?;
+    listener.set_nonblocking(true).map_err(io("vsock listener"))?;
+
+    let mut command = Command::new(&vmm_binary);
+    command
+        .arg("--kernel")
+        .arg(&guest.kernel)
+        .arg("--initrd")
+        .arg(&guest.initramfs)
+        .args(["--cmdline", "console=ttyS0 quiet panic=-1 pci=off"])
+        .arg("--memory")
+        .arg(request.memory_mib.to_string())
+        .arg("--cpus")
+        .arg(request.cpus.to_string())
+        .arg("--disk")
+        .arg(format!("{}:ro", disk.display()))
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--serial-log")
+        .arg(&console_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Terminal signals are ours to relay to the container, not the VMM's to die of.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; the VMM must not outlive hull.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut vmm = Vmm(command
+        .spawn()
+        .map_err(io(format!("starting {}", vmm_binary.display())))?);
+
+    let conn = wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?;
+    drop(listener);
+    let status = converse(conn, request, &id, &console_log)?;
+    // The agent powers the VM off after reporting; give it a moment, then make sure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && matches!(vmm.0.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(vmm);
+    Ok(status)
+}
+
+fn wait_for_agent(
+    listener: &UnixListener,
+    vmm: &mut Vmm,
+    timeout: Duration,
+    log: &Path,
+) -> Result<UnixStream, RunError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).map_err(io("vsock connection"))?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io("accepting the agent's connection")(e)),
+        }
+        if let Ok(Some(status)) = vmm.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut err) = vmm.0.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            let status = if stderr.trim().is_empty() {
+                status.to_string()
+            } else {
+                stderr.trim().to_string()
+            };
+            return Err(RunError::EarlyExit {
+                status,
+                console: console_tail(log),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(RunError::BootTimeout {
+                timeout,
+                console: console_tail(log),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn converse(conn: UnixStream, request: &RunRequest, id: &str, log: &Path) -> Result<i32, RunError> {
+    let lost = |detail: String| RunError::Lost {
+        detail,
+        console: console_tail(log),
+    };
+    let mut input = conn.try_clone().map_err(io("vsock connection"))?;
+    let sink = Arc::new(Mutex::new(conn));
+    let send = |sink: &Arc<Mutex<UnixStream>>, frame: &Frame| -> bool {
+        sink.lock().is_ok_and(|mut s| write_frame(&mut *s, frame).is_ok())
+    };
+    match read_frame(&mut input) {
+        Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == PROTOCOL_VERSION => {}
+        Ok(Some(Frame::Control(Control::Hello { version, .. }))) => {
+            let message = format!("protocol version {PROTOCOL_VERSION} required");
+            send(
+                &sink,
+                &Frame::Control(Control::Failed {
+                    message,
+                    exit_code: 125,
+                }),
+            );
+            return Err(RunError::Version { agent: version });
+        }
+        Ok(other) => return Err(lost(format!("expected the agent's hello, got {other:?}"))),
+        Err(e) => return Err(lost(e.to_string())),
+    }
+    let hostname = id.to_string();
+    let mut env = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        format!("HOSTNAME={hostname}"),
+        "HOME=/root".to_string(),
+    ];
+    for entry in &request.env {
+        let key = entry.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(entry.clone());
+    }
+    let spec = RunSpec {
+        argv: request.argv.clone(),
+        env,
+        cwd: request.workdir.clone(),
+        uid: request.uid,
+        gid: request.gid,
+        hostname,
+        stdin: request.interactive,
+        root_device: "/dev/vda".into(),
+        root_fstype: "ext4".into(),
+    };
+    if !send(&sink, &Frame::Control(Control::Run(spec))) {
+        return Err(lost("sending the command".into()));
+    }
+    if request.interactive {
+        let sink = sink.clone();
+        std::thread::spawn(move || relay_stdin(&sink));
+    }
+    relay_signals(sink.clone());
+
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut status = None;
+    loop {
+        match read_frame(&mut input) {
+            Ok(Some(Frame::Stdout(data))) => {
+                let _ = stdout.write_all(&data).and_then(|_| stdout.flush());
+            }
+            Ok(Some(Frame::Stderr(data))) => {
+                let _ = stderr.write_all(&data).and_then(|_| stderr.flush());
+            }
+            Ok(Some(Frame::Control(Control::Exited { code, signal }))) => {
+                status = Some(proto::shell_status(code, signal));
+                break;
+            }
+            Ok(Some(Frame::Control(Control::Failed { message, exit_code }))) => {
+                let _ = writeln!(stderr, "hull: {message}");
+                status = Some(exit_code);
+                break;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => return Err(lost(e.to_string())),
+        }
+    }
+    status.ok_or_else(|| lost("the guest went away before the command finished".into()))
+}
+
+fn relay_stdin(sink: &Arc<Mutex<UnixStream>>) {
+    let mut stdin = std::io::stdin();
+    let mut buf = vec![0u8; proto::CHUNK];
+    loop {
+        let frame = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => Frame::StdinEof,
+            Ok(n) => Frame::Stdin(buf[..n].to_vec()),
+        };
+        let eof = frame == Frame::StdinEof;
+        let sent = sink.lock().is_ok_and(|mut s| write_frame(&mut *s, &frame).is_ok());
+        if eof || !sent {
+            return;
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP to hull go to the container's command.
+fn relay_signals(sink: Arc<Mutex<UnixStream>>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let frame = Frame::Control(Control::Signal { signal });
+            if !sink.lock().is_ok_and(|mut s| write_frame(&mut *s, &frame).is_ok()) {
+                return;
+            }
+        }
+    });
+}
