@@ -122,7 +122,11 @@ fn serve(conn: File) {
         pumps.push(pump(err, sink.clone(), Frame::Stderr));
     }
     let stdin = child.stdin.take();
-    thread::spawn(move || host_input(input, stdin, pid));
+    let (host_gone, host_gone_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        host_input(input, stdin, pid);
+        let _ = host_gone.send(());
+    });
 
     let (code, signal) = reap_until(pid);
     // The container ends with its main process: nothing else survives it.
@@ -132,6 +136,11 @@ fn serve(conn: File) {
         let _ = p.join();
     }
     send(&sink, &Frame::Control(Control::Exited { code, signal }));
+    // Powering off now could drop output still queued in the vsock device:
+    // wait until the host, having read everything, closes the connection.
+    if host_gone_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+        console("the host did not close the connection; powering off anyway");
+    }
     drop(child);
 }
 

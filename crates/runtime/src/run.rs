@@ -306,6 +306,8 @@ fn converse(conn: UnixStream, request: &RunRequest, id: &str, log: &Path) -> Res
             Err(e) => return Err(lost(e.to_string())),
         }
     }
+    // Closing tells the agent everything arrived; it powers off only then.
+    let _ = input.shutdown(std::net::Shutdown::Both);
     status.ok_or_else(|| lost("the guest went away before the command finished".into()))
 }
 

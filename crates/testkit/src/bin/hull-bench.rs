@@ -68,7 +68,12 @@ fn boot_bench(runs: usize) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     // The guest lingers a second after ready so hull-vmm's memory can be read.
     let initramfs = guest::busybox_initramfs(&kernel, &dir.join("guest.cpio"), "$B sleep 1; $B poweroff -f")?;
-    let (mut hull, mut qemu, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/true"))?;
+    let hull_cli = boot::workspace_binary("hull")?;
+    let (mut hull, mut qemu, mut rss, mut run_true) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
         eprintln!("boot run {run}/{runs}");
         let command = boot::hull_vmm_command(&kernel.vmlinuz(), &initramfs, GUEST_MIB)?;
@@ -80,12 +85,25 @@ fn boot_bench(runs: usize) -> Result<()> {
         rss.extend(own_rss);
         let run = timed_boot(boot::qemu_command(&kernel.vmlinuz(), &initramfs, GUEST_MIB), BOOT_LIMIT)?;
         qemu.push(run.ready_after);
+        let start = std::time::Instant::now();
+        let status = std::process::Command::new(&hull_cli)
+            .arg("run")
+            .arg("--rootfs")
+            .arg(&rootfs)
+            .args(["--", "true"])
+            .status()?;
+        if !status.success() {
+            bail!("hull run ... true failed: {status}");
+        }
+        run_true.push(start.elapsed());
     }
     let _ = std::fs::remove_dir_all(&dir);
     let hull = Summary::of(&hull).context("no runs")?;
     let qemu = Summary::of(&qemu).context("no runs")?;
     print_line("hull-vmm: spawn to guest ready", &hull);
     print_line("QEMU-KVM microvm: spawn to guest ready", &qemu);
+    let run_true = Summary::of(&run_true).context("no runs")?;
+    print_line("hull run --rootfs busybox -- true, end to end", &run_true);
     let ratio = hull.median_ms / qemu.median_ms;
     println!("hull/QEMU median ratio: {ratio:.2}");
     rss.sort_unstable();
@@ -101,6 +119,7 @@ fn boot_bench(runs: usize) -> Result<()> {
         "environment": bench::environment(),
         "hull_vmm": hull.to_json(),
         "qemu_microvm": qemu.to_json(),
+        "hull_run_true_end_to_end": run_true.to_json(),
         "hull_over_qemu_median": (ratio * 1000.0).round() / 1000.0,
         "hull_vmm_own_rss_kib": { "median": rss_median, "max": rss_max, "samples": rss.len() },
     });
