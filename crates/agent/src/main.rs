@@ -10,6 +10,7 @@
 //! powers off.
 
 mod mounts;
+mod user;
 mod vsock;
 
 use std::ffi::CString;
@@ -215,6 +216,7 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
     if let Err(e) = std::fs::create_dir_all(&cwd) {
         return Err((format!("working directory {}: {e}", spec.cwd), 125));
     }
+    let identity = user::resolve(root, &spec.user).map_err(|e| (e, 125))?;
     let mut command = Command::new(program);
     command.args(&spec.argv[1..]).env_clear();
     for entry in &spec.env {
@@ -222,9 +224,13 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
             command.env(key, value);
         }
     }
+    // Like Docker, HOME comes from the user's passwd entry unless it was set.
+    if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
+        command.env("HOME", &identity.home);
+    }
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
-    let (uid, gid) = (spec.uid, spec.gid);
+    let (uid, gid, groups) = (identity.uid, identity.gid, identity.groups);
     let cwd = CString::new(spec.cwd.clone()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -234,7 +240,7 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
                 return Err(std::io::Error::last_os_error());
             }
             libc::setsid();
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // Signals the agent ignores must not stay ignored in the command.

@@ -39,11 +39,15 @@ pub fn early() -> io::Result<()> {
 
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
-/// Mounts the image disk read-only with a tmpfs overlay on top at `root`,
-/// and the kernel filesystems a container expects inside it.
+/// Mounts the image disk read-only with the container's writable disk (or a
+/// tmpfs) as the overlay's upper layer at `root`, and the kernel
+/// filesystems a container expects inside it.
 pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
     mount(&spec.root_device, "/mnt/image", &spec.root_fstype, libc::MS_RDONLY, "")?;
-    mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755")?;
+    match &spec.rw_device {
+        Some(device) => mount(device, "/mnt/rw", "ext4", libc::MS_NOATIME, "")?,
+        None => mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755")?,
+    }
     std::fs::create_dir_all("/mnt/rw/upper")?;
     std::fs::create_dir_all("/mnt/rw/work")?;
     mount(

@@ -1,5 +1,8 @@
 //! `hull`: run containers, each in its own KVM microVM.
 
+mod images;
+mod progress;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,45 +33,110 @@ enum Command {
     },
     /// Run a command in a fresh microVM and exit with its status.
     Run(RunArgs),
+    /// Download an image from a registry: [REGISTRY/]NAME[:TAG|@DIGEST].
+    ///
+    /// Plain HTTP is used only for loopback registries and those listed in
+    /// HULL_INSECURE_REGISTRIES (comma-separated host:port). Credentials come
+    /// from ~/.docker/config.json (`docker login`).
+    Pull {
+        name: String,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List images.
+    Images {
+        /// Only image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Give an image another name: hull tag SOURCE TARGET.
+    Tag { source: String, target: String },
+    /// Remove images (refused while a container uses one, unless forced).
+    Rmi {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Load images from a `docker save` tarball or an OCI image layout (directory or tar).
+    Load {
+        #[arg(short, long, value_name = "FILE")]
+        input: PathBuf,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List images.
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show images' details as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove images.
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove untagged unused images, and blobs, partial downloads and disks nothing references.
+    Prune,
 }
 
 #[derive(Args)]
 #[command(
-    long_about = "Run CMD in a fresh KVM microVM with ROOTFS as its root filesystem. CMD's standard output and \
-                  error appear on hull's; with -i, hull's standard input is passed to it. hull exits with CMD's \
-                  exit status: 128+N when signal N killed it, 127 when CMD was not found. Ctrl-C (SIGINT), \
-                  SIGTERM and SIGHUP are passed on to CMD. ROOTFS may be a directory (turned into an ext4 disk \
-                  image once and cached by content) or an ext4 image. The root filesystem is read-only with a \
-                  throwaway writable layer on top."
+    long_about = "Run CMD in a fresh KVM microVM, with IMAGE (pulled first if it is not in the store) or \
+                  --rootfs as its root filesystem. The image's Entrypoint, Cmd, Env, WorkingDir and User apply as \
+                  in Docker; CMD replaces Cmd. CMD's standard output and error appear on hull's; with -i, hull's \
+                  standard input is passed to it. hull exits with CMD's exit status: 128+N when signal N killed \
+                  it, 127 when CMD was not found, 125 when hull itself failed. Ctrl-C (SIGINT), SIGTERM and \
+                  SIGHUP are passed on to CMD. The image is shared read-only; the container writes to its own \
+                  sparse disk, discarded when it ends.\n\nExamples:\n  hull run busybox echo hello\n  \
+                  hull run --rootfs ./rootfs -- sh -c 'echo hi'"
 )]
 struct RunArgs {
-    /// Root filesystem: a directory or an ext4 disk image.
+    /// Root filesystem instead of an image: a directory (made into an ext4
+    /// disk image once, cached by content) or an ext4 image.
     #[arg(long)]
-    rootfs: PathBuf,
+    rootfs: Option<PathBuf>,
     /// Guest memory, e.g. 256M or 1G.
     #[arg(long, short = 'm', default_value = "256M", value_parser = parse_mib)]
     memory: u64,
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
-    /// Set an environment variable (repeatable).
+    /// Set an environment variable (repeatable); a bare KEY takes hull's own value.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
     /// Working directory inside the container (created if missing).
-    #[arg(short = 'w', long = "workdir", default_value = "/")]
-    workdir: String,
-    /// Run as UID[:GID] (numeric).
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// Run as USER[:GROUP], names (from the container's /etc/passwd and /etc/group) or numbers.
     #[arg(short = 'u', long = "user", value_parser = parse_user)]
-    user: Option<(u32, u32)>,
+    user: Option<String>,
+    /// Replace the image's entrypoint ("" clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
     /// Seconds the guest may take to boot to its agent.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<String>,
+    /// IMAGE then CMD and its arguments (with --rootfs: only CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE [CMD]")]
+    args: Vec<String>,
 }
 
 fn parse_mib(text: &str) -> Result<u64, String> {
@@ -88,14 +156,21 @@ fn parse_mib(text: &str) -> Result<u64, String> {
 fn parse_env(text: &str) -> Result<String, String> {
     match text.split_once('=') {
         Some((key, _)) if !key.is_empty() && !key.contains('\0') => Ok(text.to_string()),
+        None if !text.is_empty() && !text.contains('\0') => match std::env::var(text) {
+            Ok(value) => Ok(format!("{text}={value}")),
+            Err(_) => Ok(text.to_string()),
+        },
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
 }
 
-fn parse_user(text: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{text:?} is not UID or UID:GID (numbers)");
-    let (uid, gid) = text.split_once(':').unwrap_or((text, text));
-    Ok((uid.parse().map_err(|_| bad())?, gid.parse().map_err(|_| bad())?))
+fn parse_user(text: &str) -> Result<String, String> {
+    let valid_part = |p: &str| !p.is_empty() && !p.contains(['\0', '/', ' ']);
+    match text.split_once(':') {
+        None if valid_part(text) => Ok(text.to_string()),
+        Some((user, group)) if valid_part(user) && valid_part(group) && !group.contains(':') => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not USER, USER:GROUP, UID or UID:GID")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -103,6 +178,29 @@ fn main() -> ExitCode {
         Command::Host => host(),
         Command::Setup { agent } => setup(agent),
         Command::Run(args) => run(args),
+        Command::Pull { name, quiet } => done(images::pull(&name, quiet).map(|_| true)),
+        Command::Images { quiet } | Command::Image(ImageCommand::Ls { quiet }) => {
+            done(images::list(quiet).map(|_| true))
+        }
+        Command::Image(ImageCommand::Inspect { names }) => done(images::inspect(&names)),
+        Command::Tag { source, target } => done(images::tag(&source, &target).map(|_| true)),
+        Command::Rmi { force, names } | Command::Image(ImageCommand::Rm { force, names }) => {
+            done(images::remove(&names, force))
+        }
+        Command::Load { input, quiet } => done(images::load(&input, quiet).map(|_| true)),
+        Command::Image(ImageCommand::Prune) => done(images::prune().map(|_| true)),
+    }
+}
+
+/// Exit status for a command that succeeded (fully or not) or failed.
+fn done(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("hull: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -140,14 +238,33 @@ fn setup(agent: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let (uid, gid) = args.user.unwrap_or((0, 0));
+    let mut rest = args.args.into_iter();
+    let source = match args.rootfs {
+        Some(rootfs) => runtime::run::Source::Rootfs(rootfs),
+        None => {
+            let Some(name) = rest.next() else {
+                eprintln!("hull run: give an IMAGE (or --rootfs DIR); see hull run --help");
+                return ExitCode::from(125);
+            };
+            match images::resolve_or_pull(&name) {
+                Ok(record) => runtime::run::Source::Image(Box::new(record)),
+                Err(e) => {
+                    eprintln!("hull: {e:#}");
+                    return ExitCode::from(125);
+                }
+            }
+        }
+    };
+    let entrypoint = args.entrypoint.map(|e| if e.is_empty() { Vec::new() } else { vec![e] });
     let request = runtime::run::RunRequest {
-        rootfs: args.rootfs,
-        argv: args.command,
-        env: args.env,
-        workdir: args.workdir,
-        uid,
-        gid,
+        source,
+        overrides: image::config::Overrides {
+            entrypoint,
+            cmd: rest.collect(),
+            env: args.env,
+            workdir: args.workdir,
+            user: args.user,
+        },
         memory_mib: args.memory,
         cpus: args.cpus,
         interactive: args.interactive,

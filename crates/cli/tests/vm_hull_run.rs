@@ -99,14 +99,14 @@ fn output_status_env_cwd_user_and_streams() {
     );
     assert_eq!(
         stdout,
-        "hello there\n/work/dir\nuid=0 gid=0\npath=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        "hello there\n/work/dir\nuid=0 gid=0 groups=0\npath=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
     );
     assert_eq!(text(&out.stderr), "to-stderr\n");
 
     let out = run(&root, &["-u", "1000:1001"], &["id"]);
     assert_eq!(
         (out.status.code(), text(&out.stdout)),
-        (Some(0), "uid=1000 gid=1001\n".to_string())
+        (Some(0), "uid=1000 gid=1001 groups=1001\n".to_string())
     );
 
     let out = run(&root, &[], &["false"]);

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame either side accepts (kind byte + payload).
@@ -28,14 +28,18 @@ pub struct RunSpec {
     /// `KEY=VALUE` entries.
     pub env: Vec<String>,
     pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// `user[:group]` as names or numbers, resolved against the container's
+    /// own /etc/passwd and /etc/group (Docker's `-u`); empty means root.
+    pub user: String,
     pub hostname: String,
     /// Whether the host will send standard input (otherwise it is /dev/null).
     pub stdin: bool,
     /// The root filesystem's block device in the guest, e.g. `/dev/vda`.
     pub root_device: String,
     pub root_fstype: String,
+    /// The container's own writable disk (ext4), the overlay's upper layer;
+    /// `None` keeps the writes in guest memory.
+    pub rw_device: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,12 +169,12 @@ mod tests {
             argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
             env: vec!["A=B".into()],
             cwd: "/".into(),
-            uid: 1,
-            gid: 2,
+            user: "app:staff".into(),
             hostname: "h".into(),
             stdin: true,
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
+            rw_device: Some("/dev/vdb".into()),
         })));
         round_trip(Frame::Control(Control::Exited {
             code: None,

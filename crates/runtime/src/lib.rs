@@ -1,10 +1,13 @@
 //! One host's container lifecycle: where hull keeps its data, the guest
 //! (Debian's cloud kernel and an initramfs with hull-agent, set up once), root
-//! filesystem disks, and running a container in a fresh microVM.
+//! filesystem disks, writable disks, which containers use which image, and
+//! running a container in a fresh microVM.
 
 pub mod guest;
 pub mod rootfs;
 pub mod run;
+pub mod usage;
+pub mod writable;
 
 use std::path::PathBuf;
 

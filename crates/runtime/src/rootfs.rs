@@ -4,7 +4,6 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -14,10 +13,8 @@ pub enum RootfsError {
     Missing(PathBuf),
     #[error("rootfs {0} is empty")]
     Empty(PathBuf),
-    #[error("mkfs.ext4 is not installed ({0}); install it with: apt-get install e2fsprogs")]
-    NoMkfs(std::io::Error),
-    #[error("building the disk image for {dir}: {detail}")]
-    Build { dir: PathBuf, detail: String },
+    #[error("{0}")]
+    Disk(#[from] image::disk::DiskError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -29,7 +26,7 @@ pub fn disk_for(rootfs: &Path) -> Result<PathBuf, RootfsError> {
     if meta.is_file() {
         return Ok(rootfs.to_path_buf());
     }
-    let (digest, bytes) = digest_tree(rootfs)?;
+    let (digest, bytes, entries) = digest_tree(rootfs)?;
     let cache = crate::data_dir().join("rootfs");
     fs::create_dir_all(&cache).map_err(|source| RootfsError::Io {
         what: format!("creating {}", cache.display()),
@@ -39,24 +36,13 @@ pub fn disk_for(rootfs: &Path) -> Result<PathBuf, RootfsError> {
     if image.is_file() {
         return Ok(image);
     }
-    // Room for the files, their metadata and the journal.
-    let size_mib = bytes / (1 << 20) * 5 / 4 + 32;
     let tmp = cache.join(format!(".{digest}.{}.tmp", std::process::id()));
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "hull-rootfs", "-E", "lazy_itable_init=1", "-d"])
-        .arg(rootfs)
-        .arg(&tmp)
-        .arg(format!("{size_mib}M"))
-        .output()
-        .map_err(RootfsError::NoMkfs)?;
-    if !out.status.success() {
-        let _ = fs::remove_file(&tmp);
-        let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(RootfsError::Build {
-            dir: rootfs.to_path_buf(),
-            detail,
-        });
-    }
+    image::disk::mkfs_ext4(
+        Some(rootfs),
+        &tmp,
+        image::disk::ext4_size_mib(bytes, entries),
+        "hull-rootfs",
+    )?;
     fs::rename(&tmp, &image).map_err(|source| RootfsError::Io {
         what: format!("storing {}", image.display()),
         source,
@@ -66,14 +52,14 @@ pub fn disk_for(rootfs: &Path) -> Result<PathBuf, RootfsError> {
 
 /// A digest of every entry's path, type, mode, owner and content (symlink
 /// targets included), and the total size of the files.
-fn digest_tree(root: &Path) -> Result<(String, u64), RootfsError> {
+fn digest_tree(root: &Path) -> Result<(String, u64, u64), RootfsError> {
     let io = |what: &Path| {
         let what = what.display().to_string();
         move |source| RootfsError::Io { what, source }
     };
     let mut hash = Sha256::new();
     let mut total = 0u64;
-    let mut entries = 0usize;
+    let mut entries = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let mut children: Vec<PathBuf> = fs::read_dir(&dir)
@@ -108,7 +94,7 @@ fn digest_tree(root: &Path) -> Result<(String, u64), RootfsError> {
     if entries == 0 {
         return Err(RootfsError::Empty(root.to_path_buf()));
     }
-    Ok((hex::encode(&hash.finalize()[..16]), total))
+    Ok((hex::encode(&hash.finalize()[..16]), total, entries))
 }
 
 #[cfg(test)]
@@ -122,7 +108,7 @@ mod tests {
         fs::create_dir_all(dir.join("bin")).unwrap();
         assert!(matches!(digest_tree(&dir.join("bin")), Err(RootfsError::Empty(_))));
         fs::write(dir.join("bin/a"), "one").unwrap();
-        let (first, size) = digest_tree(&dir).unwrap();
+        let (first, size, _) = digest_tree(&dir).unwrap();
         assert_eq!(size, 3);
         fs::write(dir.join("bin/a"), "two").unwrap();
         assert_ne!(digest_tree(&dir).unwrap().0, first);

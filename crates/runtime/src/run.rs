@@ -11,23 +11,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use image::config::{ConfigError, Overrides, Process};
+use image::disk::DiskError;
+use image::StoreError;
 use proto::{read_frame, write_frame, Control, Frame, RunSpec, PROTOCOL_VERSION};
 
 use crate::guest::{Guest, GuestError};
 use crate::rootfs::{self, RootfsError};
 
-/// Docker's default PATH for containers.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// What the container's root filesystem comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory (made into a cached ext4 image) or an ext4 image file.
+    Rootfs(PathBuf),
+    /// An image in the store: its shared read-only disk, and its config.
+    Image(Box<image::ImageRecord>),
+}
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    pub rootfs: PathBuf,
-    pub argv: Vec<String>,
-    /// `KEY=VALUE` entries added to the defaults (PATH, HOSTNAME, HOME).
-    pub env: Vec<String>,
-    pub workdir: String,
-    pub uid: u32,
-    pub gid: u32,
+    pub source: Source,
+    /// Command line, environment, working directory and user, each
+    /// overriding the image's config.
+    pub overrides: Overrides,
     pub memory_mib: u64,
     pub cpus: u8,
     /// Relay our standard input to the command.
@@ -46,6 +52,12 @@ pub enum RunError {
     Rootfs(#[from] RootfsError),
     #[error("{0}")]
     Config(#[from] vmm::vm::VmError),
+    #[error("{0}")]
+    Image(#[from] ConfigError),
+    #[error("{0}")]
+    Disk(#[from] DiskError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
     #[error("hull-vmm not found beside hull; build the workspace (cargo build)")]
     NoVmm,
     #[error("the VM stopped before its agent started ({status}).{console}")]
@@ -126,12 +138,28 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         vsock: None,
     };
     vmm::vm::validate(&vm_config)?;
-    let disk = rootfs::disk_for(&request.rootfs)?;
+    let (disk, process) = match &request.source {
+        Source::Rootfs(path) => (
+            rootfs::disk_for(path)?,
+            image::config::process(None, &request.overrides)?,
+        ),
+        Source::Image(record) => {
+            let store = image::Store::open(&crate::data_dir())?;
+            let config = image::config::load(&store, &record.id)?;
+            let process = image::config::process(Some(&config), &request.overrides)?;
+            (image::disk::image_disk(&store, record)?, process)
+        }
+    };
 
     let id = new_id();
     let dir = crate::data_dir().join("run").join(&id);
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let dir = RunDir(dir);
+    if let Source::Image(record) = &request.source {
+        crate::usage::record(&dir.0, &record.id).map_err(io("recording the container's image"))?;
+    }
+    let writable = dir.0.join("rw.ext4");
+    crate::writable::create(&writable)?;
     let uds = dir.0.join("vsock.sock");
     let console_log = dir.0.join("console.log");
     let listener =
@@ -151,6 +179,8 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         .arg(request.cpus.to_string())
         .arg("--disk")
         .arg(format!("{}:ro", disk.display()))
+        .arg("--disk")
+        .arg(&writable)
         .arg("--vsock-uds")
         .arg(&uds)
         .arg("--serial-log")
@@ -173,7 +203,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
 
     let conn = wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?;
     drop(listener);
-    let status = converse(conn, request, &id, &console_log)?;
+    let status = converse(conn, request, &process, &id, &console_log)?;
     // The agent powers the VM off after reporting; give it a moment, then make sure.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && matches!(vmm.0.try_wait(), Ok(None)) {
@@ -224,7 +254,7 @@ fn wait_for_agent(
     }
 }
 
-fn converse(conn: UnixStream, request: &RunRequest, id: &str, log: &Path) -> Result<i32, RunError> {
+fn converse(conn: UnixStream, request: &RunRequest, process: &Process, id: &str, log: &Path) -> Result<i32, RunError> {
     let lost = |detail: String| RunError::Lost {
         detail,
         console: console_tail(log),
@@ -251,26 +281,20 @@ fn converse(conn: UnixStream, request: &RunRequest, id: &str, log: &Path) -> Res
         Err(e) => return Err(lost(e.to_string())),
     }
     let hostname = id.to_string();
-    let mut env = vec![
-        format!("PATH={DEFAULT_PATH}"),
-        format!("HOSTNAME={hostname}"),
-        "HOME=/root".to_string(),
-    ];
-    for entry in &request.env {
-        let key = entry.split('=').next().unwrap_or_default();
-        env.retain(|e| e.split('=').next() != Some(key));
-        env.push(entry.clone());
+    let mut env = process.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.insert(1.min(env.len()), format!("HOSTNAME={hostname}"));
     }
     let spec = RunSpec {
-        argv: request.argv.clone(),
+        argv: process.argv.clone(),
         env,
-        cwd: request.workdir.clone(),
-        uid: request.uid,
-        gid: request.gid,
+        cwd: process.workdir.clone(),
+        user: process.user.clone(),
         hostname,
         stdin: request.interactive,
         root_device: "/dev/vda".into(),
         root_fstype: "ext4".into(),
+        rw_device: Some("/dev/vdb".into()),
     };
     if !send(&sink, &Frame::Control(Control::Run(spec))) {
         return Err(lost("sending the command".into()));

@@ -1,0 +1,310 @@
+//! OCI image fixtures for tests and benchmarks: layer tarballs built entry
+//! by entry (whiteouts, opaque directories, links, devices, owners), OCI
+//! image layouts written from them, and a real registry (Debian's
+//! `docker-registry`) on 127.0.0.1 to push them to with `skopeo copy`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A layer tarball, built entry by entry.
+pub struct LayerBuilder {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+impl Default for LayerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LayerBuilder {
+    pub fn new() -> LayerBuilder {
+        LayerBuilder {
+            builder: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    pub fn dir(mut self, path: &str, mode: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0, 0, 0);
+        self.builder
+            .append_data(&mut h, path, std::io::empty())
+            .expect("tar dir");
+        self
+    }
+
+    pub fn file(self, path: &str, data: &[u8]) -> Self {
+        self.file_owned(path, data, 0o644, 0, 0)
+    }
+
+    pub fn file_owned(mut self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, uid, gid, data.len() as u64);
+        self.builder.append_data(&mut h, path, data).expect("tar file");
+        self
+    }
+
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0, 0, 0);
+        self.builder.append_link(&mut h, path, target).expect("tar symlink");
+        self
+    }
+
+    pub fn hardlink(mut self, path: &str, target: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Link, 0o644, 0, 0, 0);
+        self.builder.append_link(&mut h, path, target).expect("tar hardlink");
+        self
+    }
+
+    pub fn char_device(mut self, path: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Char, 0o666, 0, 0, 0);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        self.builder
+            .append_data(&mut h, path, std::io::empty())
+            .expect("tar device");
+        self
+    }
+
+    /// Deletes `path` of lower layers.
+    pub fn whiteout(self, path: &str) -> Self {
+        let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
+        let wh = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
+        self.file(&wh, b"")
+    }
+
+    /// Hides everything lower layers put in `dir`.
+    pub fn opaque(self, dir: &str) -> Self {
+        self.file(&format!("{dir}/.wh..wh..opq"), b"")
+    }
+
+    /// Every regular file of `dir` (recursively) under `prefix`, keeping symlinks.
+    pub fn tree(mut self, dir: &Path, prefix: &str) -> Self {
+        self.builder.follow_symlinks(false);
+        self.builder.append_dir_all(prefix, dir).expect("tar tree");
+        self
+    }
+
+    pub fn build(self) -> Vec<u8> {
+        self.builder.into_inner().expect("tar finish")
+    }
+}
+
+/// How a layer is stored in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// An image to write as an OCI layout.
+pub struct ImageSpec {
+    pub layers: Vec<(Vec<u8>, Compression)>,
+    /// The `config` object of the image config (Entrypoint, Cmd, Env, …).
+    pub config: Value,
+    pub architecture: String,
+}
+
+fn write_blob(layout: &Path, bytes: &[u8]) -> Result<(String, u64)> {
+    let digest = sha256(bytes);
+    let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok((digest, bytes.len() as u64))
+}
+
+fn compress(tar: &[u8], how: Compression) -> Result<(Vec<u8>, &'static str)> {
+    Ok(match how {
+        Compression::None => (tar.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(tar)?;
+            (gz.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
+        }
+        Compression::Zstd => (zstd::encode_all(tar, 3)?, "application/vnd.oci.image.layer.v1.tar+zstd"),
+    })
+}
+
+/// Writes one image's blobs into `layout` and returns its manifest descriptor.
+fn write_image(layout: &Path, image: &ImageSpec) -> Result<Value> {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (tar, how) in &image.layers {
+        diff_ids.push(sha256(tar));
+        let (blob, media_type) = compress(tar, *how)?;
+        let (digest, size) = write_blob(layout, &blob)?;
+        layers.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
+    }
+    let config = json!({
+        "created": "2026-01-02T03:04:05Z",
+        "architecture": image.architecture,
+        "os": "linux",
+        "config": image.config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (config_digest, config_size) = write_blob(layout, &serde_json::to_vec(&config)?)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": layers,
+    });
+    let (digest, size) = write_blob(layout, &serde_json::to_vec(&manifest)?)?;
+    Ok(json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest,
+        "size": size,
+        "platform": {"architecture": image.architecture, "os": "linux"},
+    }))
+}
+
+/// Writes an OCI image layout at `layout` holding `images` under `tag`: one
+/// image directly, several as a multi-platform index.
+pub fn write_layout(layout: &Path, tag: &str, images: &[ImageSpec]) -> Result<()> {
+    let _ = std::fs::remove_dir_all(layout);
+    std::fs::create_dir_all(layout.join("blobs/sha256"))?;
+    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut descriptors = Vec::new();
+    for image in images {
+        descriptors.push(write_image(layout, image)?);
+    }
+    let mut top = if descriptors.len() == 1 {
+        descriptors.remove(0)
+    } else {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": descriptors,
+        });
+        let (digest, size) = write_blob(layout, &serde_json::to_vec(&index)?)?;
+        json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": size})
+    };
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    let index = json!({"schemaVersion": 2, "manifests": [top]});
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(())
+}
+
+/// A busybox root filesystem as a layer: /bin/busybox and its applets.
+pub fn busybox_layer(applets: &[&str]) -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed (/bin/busybox)");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file_owned("bin/busybox", &busybox, 0o755, 0, 0);
+    for applet in applets {
+        layer = layer.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    layer.build()
+}
+
+/// Debian's `docker-registry` serving from a temporary directory on 127.0.0.1.
+pub struct Registry {
+    child: Child,
+    pub dir: PathBuf,
+    pub addr: String,
+}
+
+impl Registry {
+    /// Starts a registry; `htpasswd` (a file's contents) turns on basic auth.
+    pub fn start(name: &str, htpasswd: Option<&str>) -> Result<Registry> {
+        let dir = std::env::temp_dir().join(format!("hull-registry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage"))?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match htpasswd {
+            Some(content) => {
+                std::fs::write(dir.join("htpasswd"), content)?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: hull-test\n    path: {}\n",
+                    dir.join("htpasswd").display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+            dir.join("storage").display()
+        );
+        std::fs::write(dir.join("config.yml"), config)?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting docker-registry (apt-get install docker-registry)")?;
+        let registry = Registry { child, dir, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("docker-registry did not start listening on {}", registry.addr);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(registry)
+    }
+
+    /// Pushes an OCI layout's tag to `repo:tag` here (with --all for indexes).
+    pub fn push(&self, layout: &Path, layout_tag: &str, target: &str, creds: Option<&str>) -> Result<()> {
+        let mut command = Command::new("skopeo");
+        command
+            .args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{layout_tag}", layout.display()))
+            .arg(format!("docker://{}/{target}", self.addr));
+        if let Some(creds) = creds {
+            command.arg(format!("--dest-creds={creds}"));
+        }
+        let out = command.output().context("running skopeo (apt-get install skopeo)")?;
+        if !out.status.success() {
+            bail!("skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The registry's stored copy of a blob.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
