@@ -35,6 +35,20 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// OCI images: pull of a ~100 MiB multi-layer image from a loopback
+    /// registry, building its disk, and the host disk one more container
+    /// costs, beside skopeo copy + umoci unpack of the same image; then
+    /// `hull run IMAGE true` with the image present (inside vmhost here).
+    Image {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// `hull run IMAGE true` end to end with the image in the store (needs
+    /// hardware KVM: `image` runs it inside vmhost where there is none).
+    ImageRun {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
 }
 
 const GUEST_MIB: u32 = 256;
@@ -43,6 +57,8 @@ const BOOT_LIMIT: Duration = Duration::from_secs(300);
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Vmhost { runs } => vmhost_bench(runs),
+        Bench::Image { runs } => image_bench::pull_and_disk(runs),
+        Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Boot { runs } => {
             if matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
                 boot_bench(runs)
@@ -55,7 +71,10 @@ fn main() -> Result<()> {
     }
 }
 
-fn print_line(what: &str, s: &Summary) {
+#[path = "hull-bench/image_bench.rs"]
+mod image_bench;
+
+pub(crate) fn print_line(what: &str, s: &Summary) {
     println!(
         "{what:<44} median {:>9.1} ms   p95 {:>9.1} ms   (n={})",
         s.median_ms, s.p95_ms, s.samples
@@ -129,7 +148,7 @@ fn boot_bench(runs: usize) -> Result<()> {
 }
 
 /// Runs `hull-bench ARGS` inside vmhost, with target/bench writable.
-fn inside_vmhost(args: Vec<String>) -> Result<vmhost::Outcome> {
+pub(crate) fn inside_vmhost(args: Vec<String>) -> Result<vmhost::Outcome> {
     let assets = vmhost::prepare(&vmhost::cache_dir())?;
     guest::cloud_kernel()?; // fetched out here: the test host has no network
     let bench_dir = bench::bench_dir();
