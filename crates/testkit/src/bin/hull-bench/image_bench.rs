@@ -80,6 +80,7 @@ pub fn pull_and_disk(runs: usize) -> Result<()> {
         std::env::set_var("HULL_DATA_DIR", &data);
         runtime::writable::create(&scratch)?;
         extra_container_bytes = image::disk::allocated_bytes(&scratch);
+        std::env::remove_var("HULL_DATA_DIR");
 
         let oci = work.join(format!("skopeo{i}"));
         skopeo.push(run(Command::new("skopeo")
