@@ -166,13 +166,23 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         UnixListener::bind(format!("{}_{}", uds.display(), proto::AGENT_PORT)).map_err(io("vsock listener"))?;
     listener.set_nonblocking(true).map_err(io("vsock listener"))?;
 
+    // HULL_DEBUG_CONSOLE=1: the whole guest console on our stderr, live.
+    let debug_console = std::env::var_os("HULL_DEBUG_CONSOLE").is_some();
     let mut command = Command::new(&vmm_binary);
+    if debug_console {
+        command.arg("--console");
+    }
     command
         .arg("--kernel")
         .arg(&guest.kernel)
         .arg("--initrd")
         .arg(&guest.initramfs)
-        .args(["--cmdline", "console=ttyS0 quiet panic=-1 pci=off"])
+        .arg("--cmdline")
+        .arg(if debug_console {
+            "console=ttyS0 panic=-1 pci=off"
+        } else {
+            "console=ttyS0 quiet panic=-1 pci=off"
+        })
         .arg("--memory")
         .arg(request.memory_mib.to_string())
         .arg("--cpus")
@@ -187,7 +197,11 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         .arg(&console_log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(if debug_console {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        })
         // Terminal signals are ours to relay to the container, not the VMM's to die of.
         .process_group(0);
     // SAFETY: prctl is async-signal-safe; the VMM must not outlive hull.
