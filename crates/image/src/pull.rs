@@ -30,6 +30,8 @@ const MANIFEST_TYPES: &[&str] = &[
 ];
 /// Layers downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
+/// Tries per blob before a broken transfer fails the pull (each resumes).
+const DOWNLOAD_ATTEMPTS: u32 = 3;
 pub const PLATFORM_OS: &str = "linux";
 pub const PLATFORM_ARCH: &str = "amd64";
 
@@ -341,6 +343,42 @@ async fn fetch_blob(
         return Ok(());
     }
     let mut partial = partial;
+    let mut attempt = 1;
+    loop {
+        match download(client, oci_ref, digest, size, &mut partial, progress).await? {
+            Attempt::Complete => break,
+            // What arrived stays in partial/: the next attempt (or pull) resumes from there.
+            Attempt::Interrupted(why) if attempt >= DOWNLOAD_ATTEMPTS => return Err(blob_err(why)),
+            Attempt::Interrupted(_) => attempt += 1,
+        }
+    }
+    // Renamed while still locked, so a waiting pull finds the blob in place.
+    store.commit_blob(digest, &partial_path)?;
+    drop(partial);
+    progress(PullEvent::Complete { id });
+    Ok(())
+}
+
+enum Attempt {
+    Complete,
+    Interrupted(String),
+}
+
+/// One attempt at bringing `partial` up to the whole blob, resuming from
+/// what it holds. A mismatched digest empties it and is an error.
+async fn download(
+    client: &Client,
+    oci_ref: &oci_client::Reference,
+    digest: &Digest,
+    size: u64,
+    partial: &mut File,
+    progress: &Progress,
+) -> Result<Attempt, PullError> {
+    let id = digest.short().to_string();
+    let blob_err = |detail: String| PullError::Blob {
+        digest: digest.clone(),
+        detail,
+    };
     let mut hasher = Sha256::new();
     let mut have = partial.metadata().map(|m| m.len()).unwrap_or(0);
     if have > size {
@@ -351,7 +389,7 @@ async fn fetch_blob(
         // Resuming: the digest must cover the bytes already there.
         partial.seek(SeekFrom::Start(0)).map_err(|e| blob_err(e.to_string()))?;
         let mut buf = vec![0u8; 1 << 20];
-        let mut reader = (&partial).take(have);
+        let mut reader = (&*partial).take(have);
         loop {
             let n = reader.read(&mut buf).map_err(|e| blob_err(e.to_string()))?;
             if n == 0 {
@@ -397,11 +435,14 @@ async fn fetch_blob(
             Ok(chunk) => chunk,
             // With every byte in, the client's own digest check failed: ours below decides.
             Err(_) if written == size => break,
-            Err(e) => return Err(blob_err(format!("download interrupted after {written} bytes: {e}"))),
+            Err(e) => {
+                return Ok(Attempt::Interrupted(format!(
+                    "download interrupted after {written} bytes: {e}"
+                )));
+            }
         };
         if written + chunk.len() as u64 > size {
-            drop(partial);
-            let _ = std::fs::remove_file(&partial_path);
+            partial.set_len(0).map_err(|e| blob_err(e.to_string()))?;
             return Err(blob_err(format!(
                 "the registry sent more than the declared {size} bytes"
             )));
@@ -421,20 +462,16 @@ async fn fetch_blob(
         }
     }
     if written != size {
-        // Kept in partial/: the next pull resumes from here.
-        return Err(blob_err(format!("download ended after {written} of {size} bytes")));
+        return Ok(Attempt::Interrupted(format!(
+            "download ended after {written} of {size} bytes"
+        )));
     }
     let actual = Digest::from_hasher(hasher);
     if &actual != digest {
-        drop(partial);
-        let _ = std::fs::remove_file(&partial_path);
+        partial.set_len(0).map_err(|e| blob_err(e.to_string()))?;
         return Err(blob_err(format!("content hashes to {actual}; rejected")));
     }
-    // Renamed while still locked, so a waiting pull finds the blob in place.
-    store.commit_blob(digest, &partial_path)?;
-    drop(partial);
-    progress(PullEvent::Complete { id });
-    Ok(())
+    Ok(Attempt::Complete)
 }
 
 /// `pull` for callers without an async runtime of their own.

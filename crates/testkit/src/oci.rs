@@ -308,3 +308,274 @@ impl Drop for Registry {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A small registry of our own, for what docker-registry cannot be made to
+/// do in a test: the bearer-token challenge flow (a token endpoint beside
+/// it) and a connection that breaks in the middle of a blob. It serves the
+/// blobs of an OCI layout under one repository, one request per connection.
+pub struct MockRegistry {
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests seen, as "METHOD PATH [range]".
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+pub struct MockBehaviour {
+    /// Demand `Authorization: Bearer TOKEN`, handed out by `/token` to
+    /// requests with this basic-auth user:password (None: to anyone).
+    pub token: Option<(String, Option<String>)>,
+    /// Break the first transfer of each blob after this many bytes.
+    pub break_blobs_after: Option<usize>,
+}
+
+impl MockRegistry {
+    /// Serves `layout` (written by [`write_layout`]) as `repo:tag`.
+    pub fn start(layout: &Path, repo: &str, tag: &str, behaviour: MockBehaviour) -> Result<MockRegistry> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        listener.set_nonblocking(true)?;
+        let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+        let top = index["manifests"][0]["digest"]
+            .as_str()
+            .context("index without manifests")?
+            .to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let broken: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+        let (layout, repo, tag) = (layout.to_path_buf(), repo.to_string(), tag.to_string());
+        let (stop_flag, log_sink, addr_for_realm) = (stop.clone(), log.clone(), addr.clone());
+        std::thread::spawn(move || {
+            while !stop_flag.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let ctx = MockContext {
+                    layout: layout.clone(),
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    top: top.clone(),
+                    realm: format!("http://{addr_for_realm}/token"),
+                    behaviour: behaviour.clone(),
+                    log: log_sink.clone(),
+                    broken: broken.clone(),
+                };
+                std::thread::spawn(move || {
+                    let _ = ctx.serve(stream);
+                });
+            }
+        });
+        Ok(MockRegistry { addr, stop, log })
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for MockRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+struct MockContext {
+    layout: PathBuf,
+    repo: String,
+    tag: String,
+    top: String,
+    realm: String,
+    behaviour: MockBehaviour,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    broken: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+const TOKEN: &str = "hull-test-token";
+
+impl MockContext {
+    fn serve(&self, stream: std::net::TcpStream) -> std::io::Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        let mut headers = std::collections::HashMap::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+        let range = headers.get("range").cloned();
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!(
+                "{method} {path}{}",
+                range.as_ref().map(|r| format!(" {r}")).unwrap_or_default()
+            ));
+        }
+        let mut out = stream;
+        let respond = |out: &mut std::net::TcpStream, status: &str, extra: &[(String, String)], body: &[u8]| {
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in extra {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            out.write_all(head.as_bytes())?;
+            if method != "HEAD" {
+                out.write_all(body)?;
+            }
+            out.flush()
+        };
+        if path.starts_with("/token") {
+            let allowed = match &self.behaviour.token {
+                Some((_, Some(basic))) => headers
+                    .get("authorization")
+                    .is_some_and(|a| a == &format!("Basic {}", base64(basic.as_bytes()))),
+                _ => true,
+            };
+            return if allowed {
+                let body = json!({"token": TOKEN, "access_token": TOKEN, "expires_in": 300}).to_string();
+                respond(
+                    &mut out,
+                    "200 OK",
+                    &[("Content-Type".into(), "application/json".into())],
+                    body.as_bytes(),
+                )
+            } else {
+                respond(
+                    &mut out,
+                    "401 Unauthorized",
+                    &[],
+                    b"{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"bad credentials\"}]}",
+                )
+            };
+        }
+        if let Some((service, _)) = &self.behaviour.token {
+            if headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}")) {
+                let challenge = format!(
+                    "Bearer realm=\"{}\",service=\"{service}\",scope=\"repository:{}:pull\"",
+                    self.realm, self.repo
+                );
+                return respond(
+                    &mut out,
+                    "401 Unauthorized",
+                    &[
+                        ("WWW-Authenticate".into(), challenge),
+                        ("Content-Type".into(), "application/json".into()),
+                    ],
+                    b"{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}",
+                );
+            }
+        }
+        if path == "/v2/" {
+            return respond(&mut out, "200 OK", &[], b"{}");
+        }
+        let prefix = format!("/v2/{}/", self.repo);
+        let Some(rest) = path.strip_prefix(&prefix) else {
+            return respond(
+                &mut out,
+                "404 Not Found",
+                &[],
+                b"{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"repository name not known to registry\"}]}",
+            );
+        };
+        let (kind, reference) = rest.split_once('/').unwrap_or(("", ""));
+        let digest = if kind == "manifests" && reference == self.tag {
+            self.top.clone()
+        } else {
+            reference.to_string()
+        };
+        let file = self
+            .layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        let Ok(body) =
+            std::fs::read(&file)
+                .map_err(|_| ())
+                .and_then(|b| if digest.starts_with("sha256:") { Ok(b) } else { Err(()) })
+        else {
+            let code = if kind == "manifests" {
+                "MANIFEST_UNKNOWN"
+            } else {
+                "BLOB_UNKNOWN"
+            };
+            return respond(
+                &mut out,
+                "404 Not Found",
+                &[],
+                format!("{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"unknown\"}}]}}").as_bytes(),
+            );
+        };
+        let mut extra = vec![("Docker-Content-Digest".to_string(), digest.clone())];
+        if kind == "manifests" {
+            let media_type: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let media_type = media_type["mediaType"]
+                .as_str()
+                .unwrap_or("application/vnd.oci.image.manifest.v1+json");
+            extra.push(("Content-Type".into(), media_type.to_string()));
+            return respond(&mut out, "200 OK", &extra, &body);
+        }
+        // Blobs: ranges honoured; the first transfer may break on purpose.
+        let start = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(body.len());
+        let first_time = self
+            .broken
+            .lock()
+            .map(|mut b| b.insert(digest.clone()))
+            .unwrap_or(false);
+        if let (Some(limit), true) = (self.behaviour.break_blobs_after, first_time) {
+            if body.len() > limit {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                out.write_all(head.as_bytes())?;
+                out.write_all(&body[..limit])?;
+                out.flush()?;
+                return out.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        if start > 0 {
+            extra.push((
+                "Content-Range".into(),
+                format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+            ));
+            return respond(&mut out, "206 Partial Content", &extra, &body[start..]);
+        }
+        respond(&mut out, "200 OK", &extra, &body)
+    }
+}
+
+/// Standard base64, for basic-auth headers in tests.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
