@@ -285,3 +285,42 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+/// Sends `signal` to a `hull run` once its command printed "ready", and
+/// returns hull's exit status.
+fn status_after_signal(root: &Path, script: &str, signal: i32) -> Option<i32> {
+    use std::io::{BufRead, BufReader};
+    let rootfs = root.display().to_string();
+    let mut child = hull(&["run", "--rootfs", &rootfs, "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    child.wait().unwrap().code()
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn signals_to_hull_reach_the_container() {
+    let root = busybox_rootfs("signals");
+    // SIGTERM to hull ends the container's command with it: 128 + 15.
+    let started = std::time::Instant::now();
+    let status = status_after_signal(&root, "echo ready; exec sleep 600", libc::SIGTERM);
+    assert_eq!(status, Some(143));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(300),
+        "the container did not stop"
+    );
+    // Ctrl-C (SIGINT): 128 + 2.
+    assert_eq!(
+        status_after_signal(&root, "echo ready; exec sleep 600", libc::SIGINT),
+        Some(130)
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -488,6 +488,36 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A PAX extended header carrying one record.
+    fn pax(tar: Tar, key: &str, value: &str) -> Tar {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len();
+        while format!("{len}{body}").len() != len {
+            len = format!("{len}{body}").len();
+        }
+        let record = format!("{len}{body}");
+        let header = Tar::header(tar::EntryType::XHeader, 0o644, record.len() as u64);
+        tar.raw(b"PaxHeader", header, record.as_bytes())
+    }
+
+    #[test]
+    fn xattrs_of_files_and_directories_are_kept() {
+        let dir = temp_root("xattrs");
+        let root = dir.join("root");
+        let layer = pax(Tar::new(), "SCHILY.xattr.user.hull", "dir-value").dir("data/");
+        let layer = pax(layer, "SCHILY.xattr.user.hull", "file-value").file("data/file", b"x");
+        apply_layer(&root, &layer.bytes()[..]).unwrap();
+        assert_eq!(
+            xattr::get(root.join("data"), "user.hull").unwrap(),
+            Some(b"dir-value".to_vec())
+        );
+        assert_eq!(
+            xattr::get(root.join("data/file"), "user.hull").unwrap(),
+            Some(b"file-value".to_vec())
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn device_nodes_fifos_and_ownership_are_kept() {
         let dir = temp_root("devices");
