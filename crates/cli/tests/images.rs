@@ -84,6 +84,7 @@ fn app_image(arch: &str) -> ImageSpec {
         .hardlink("home/app/notes-link", "home/app/notes.txt")
         .symlink("etc/motd", "/home/app/notes.txt")
         .char_device("dev/hull-null", 1, 3)
+        .file(&format!("opt/{}/long", "n".repeat(150)), b"a GNU long name")
         .build();
     let changes = LayerBuilder::new()
         .whiteout("etc/doomed")
@@ -177,6 +178,10 @@ fn pull_store_and_disk_of_a_multi_layer_image() {
     );
     assert!(notes.contains("Mode:  0640") && notes.contains("Links: 2"), "{notes}");
     assert_eq!(debugfs(&disk, "cat /opt/old/three"), "3");
+    assert_eq!(
+        debugfs(&disk, &format!("cat /opt/{}/long", "n".repeat(150))),
+        "a GNU long name"
+    );
     let listing = debugfs(&disk, "ls -l /opt/old");
     assert!(
         !listing.contains(" one") && !listing.contains(" two"),

@@ -65,7 +65,7 @@ pub fn decompressed<'a>(blob: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> 
 /// Applies one layer (compressed or not) on top of `root`.
 pub fn apply_layer(root: &Path, blob: impl Read) -> Result<LayerStats, UnpackError> {
     let stream = decompressed(blob).map_err(UnpackError::Tar)?;
-    let mut hashing = HashingReader::new(stream);
+    let mut hashing = HashingReader::new(HeaderGuard::new(stream));
     let mut layer = Layer {
         root,
         created: HashSet::new(),
@@ -96,6 +96,134 @@ pub fn apply_layer(root: &Path, blob: impl Read) -> Result<LayerStats, UnpackErr
         entries: layer.entries,
         bytes: layer.bytes,
     })
+}
+
+/// Largest GNU long name / long link or PAX header a layer may carry (the
+/// tar crate reads them whole into memory).
+const MAX_HEADER_EXTENSION: u64 = 1 << 20;
+
+/// Watches the tar stream go by and refuses header extensions (GNU long
+/// names and links, PAX records) larger than `MAX_HEADER_EXTENSION`, so a
+/// hostile layer cannot make unpacking allocate without bound. It follows
+/// the 512-byte block structure itself, honouring a PAX `size` override.
+struct HeaderGuard<R> {
+    inner: R,
+    /// Bytes of the current entry's data (with padding) still to pass.
+    skip: u64,
+    header: Vec<u8>,
+    /// The data of a PAX header being collected, and how much is left of it.
+    pax: Option<(Vec<u8>, u64)>,
+    size_override: Option<u64>,
+}
+
+impl<R: Read> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            skip: 0,
+            header: Vec::with_capacity(512),
+            pax: None,
+            size_override: None,
+        }
+    }
+
+    fn padded(size: u64) -> u64 {
+        size.div_ceil(512).saturating_mul(512)
+    }
+
+    /// The header's size field: octal, or GNU base-256 for large values.
+    fn size_field(header: &[u8]) -> io::Result<u64> {
+        let field = &header[124..136];
+        if field[0] & 0x80 != 0 {
+            let mut value: u64 = 0;
+            for &b in &field[4..] {
+                value = value
+                    .checked_mul(256)
+                    .ok_or_else(|| io::Error::other("tar size overflows"))?
+                    | b as u64;
+            }
+            return Ok(value);
+        }
+        let text: String = field.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(0);
+        }
+        u64::from_str_radix(text, 8).map_err(|_| io::Error::other(format!("bad tar size field {text:?}")))
+    }
+
+    fn header_done(&mut self) -> io::Result<()> {
+        if self.header.iter().all(|&b| b == 0) {
+            return Ok(()); // end-of-archive blocks
+        }
+        let kind = self.header[156];
+        let mut size = Self::size_field(&self.header)?;
+        let is_extension = matches!(kind, b'L' | b'K' | b'x' | b'g');
+        if is_extension && size > MAX_HEADER_EXTENSION {
+            return Err(io::Error::other(format!(
+                "a tar header extension of {size} bytes exceeds the {MAX_HEADER_EXTENSION}-byte limit"
+            )));
+        }
+        if !is_extension {
+            if let Some(overridden) = self.size_override.take() {
+                size = overridden;
+            }
+        }
+        if kind == b'x' {
+            self.pax = Some((Vec::with_capacity(size as usize), size));
+            self.skip = Self::padded(size) - size;
+            if size == 0 {
+                self.pax_done();
+            }
+        } else {
+            self.skip = Self::padded(size);
+        }
+        Ok(())
+    }
+
+    fn pax_done(&mut self) {
+        if let Some((records, _)) = self.pax.take() {
+            let text = String::from_utf8_lossy(&records);
+            for record in text.lines() {
+                if let Some(value) = record.split_once(' ').and_then(|(_, kv)| kv.strip_prefix("size=")) {
+                    self.size_override = value.trim().parse().ok();
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut i = 0;
+        while i < n {
+            if let Some((records, left)) = self.pax.as_mut() {
+                let take = (*left).min((n - i) as u64) as usize;
+                records.extend_from_slice(&buf[i..i + take]);
+                *left -= take as u64;
+                i += take;
+                if *left == 0 {
+                    self.pax_done();
+                }
+                continue;
+            }
+            if self.skip > 0 {
+                let take = self.skip.min((n - i) as u64) as usize;
+                self.skip -= take as u64;
+                i += take;
+                continue;
+            }
+            let take = (512 - self.header.len()).min(n - i);
+            self.header.extend_from_slice(&buf[i..i + take]);
+            i += take;
+            if self.header.len() == 512 {
+                self.header_done()?;
+                self.header.clear();
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The cleaned components of an entry path, or an error if `..` climbs
@@ -480,6 +608,15 @@ mod tests {
             apply_layer(&root, &abs_hardlink[..]).is_err(),
             "resolved in the root, where it is missing"
         );
+
+        // A GNU long name of 64 MiB is refused before it is read whole.
+        let mut long = Tar::header(tar::EntryType::GNULongName, 0o644, 64 << 20);
+        long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_cksum();
+        let mut huge = long.as_bytes().to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 4096));
+        let err = apply_layer(&root, &huge[..]).unwrap_err().to_string();
+        assert!(err.contains("exceeds the 1048576-byte limit"), "{err}");
 
         let truncated = Tar::new().file("big", &[1u8; 4096]).bytes();
         assert!(apply_layer(&root, &truncated[..1000]).is_err());
