@@ -3,7 +3,6 @@
 //! from OCI image layouts, as a directory or a tar. Every blob is hashed as
 //! it is copied in; one whose content does not match its name is refused.
 
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use crate::digest::Digest;
 use crate::pull::{PLATFORM_ARCH, PLATFORM_OS};
 use crate::reference::ImageRef;
 use crate::store::{ImageRecord, LayerRecord, Store, StoreError, MAX_DOCUMENT};
-use crate::unpack::{self, resolve_in_root};
+use crate::unpack::{self, path_parts, resolve_in_root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -81,15 +80,7 @@ struct Layout<'a> {
 
 impl Layout<'_> {
     fn path(&self, relative: &str) -> Result<PathBuf, LoadError> {
-        let parts: Vec<OsString> = Path::new(relative)
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(c) => Some(c.to_os_string()),
-                std::path::Component::ParentDir => Some(OsString::from("..")),
-                _ => None,
-            })
-            .collect();
-        resolve_in_root(self.root, &parts, true).map_err(|e| LoadError::Bad {
+        resolve_in_root(self.root, &path_parts(Path::new(relative)), true).map_err(|e| LoadError::Bad {
             path: relative.to_string(),
             detail: e.to_string(),
         })

@@ -251,6 +251,18 @@ fn clean_components(raw: &[u8]) -> Result<Vec<OsString>, UnpackError> {
     Ok(parts)
 }
 
+/// The components of `path` that `resolve_in_root` walks: names and `..`
+/// (a leading `/` and `.` say nothing there).
+pub fn path_parts(path: &Path) -> Vec<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(c) => Some(c.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Resolves `parts` under `root` following symlinks as if `root` were `/`:
 /// nothing reached this way is outside `root`. The last component is
 /// followed too only if `follow_last`.
@@ -287,14 +299,7 @@ pub fn resolve_in_root(root: &Path, parts: &[OsString], follow_last: bool) -> io
         if target.is_absolute() {
             resolved.clear();
         }
-        let target_parts: Vec<OsString> = target
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(c) => Some(c.to_os_string()),
-                Component::ParentDir => Some(OsString::from("..")),
-                _ => None,
-            })
-            .collect();
+        let target_parts = path_parts(&target);
         let count = target_parts.len();
         for (i, p) in target_parts.into_iter().enumerate().rev() {
             pending.push_front((p, is_last && i + 1 == count));

@@ -123,7 +123,7 @@ pub fn setup(agent: &Path) -> Result<Guest, GuestError> {
         initramfs,
     };
     let record = serde_json::to_vec_pretty(&guest).map_err(|e| GuestError::Damaged(e.to_string()))?;
-    crate::write_atomic(&record_path(), &record).map_err(io("writing the guest record".into()))?;
+    image::store::write_atomic(&record_path(), &record).map_err(io("writing the guest record".into()))?;
     // Initramfs files of earlier set-ups are no longer referenced.
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {

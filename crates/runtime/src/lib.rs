@@ -31,13 +31,6 @@ pub fn setup_guest_kernel() -> Result<KernelPackage, debkernel::PackageError> {
     debkernel::fetch(debkernel::CLOUD_METAPACKAGE, &kernels_dir())
 }
 
-/// Writes `content` to `path` atomically (temp file + rename).
-pub(crate) fn write_atomic(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// A binary installed beside the running one (`hull-vmm` next to `hull`).
 pub fn sibling_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;

@@ -9,7 +9,7 @@ use image::digest::Digest;
 
 /// Notes in a container's run directory that it uses image `id`.
 pub fn record(run_dir: &Path, id: &Digest) -> std::io::Result<()> {
-    crate::write_atomic(
+    image::store::write_atomic(
         &run_dir.join("image"),
         format!("{id}\n{}\n", std::process::id()).as_bytes(),
     )
