@@ -1,6 +1,7 @@
 //! `hull-agent`: PID 1 inside every hull guest.
 //!
-//! It loads the kernel modules the initramfs carries, connects to the host
+//! It loads the kernel modules the initramfs carries, (in a template) stops
+//! at the snapshot point every clone resumes from, connects to the host
 //! over vsock, and runs the one container command the host asks for: root
 //! filesystem disk mounted read-only under a tmpfs overlay, the usual
 //! /proc, /sys, /dev, /dev/pts, /dev/shm and /tmp, hostname, uid:gid,
@@ -9,6 +10,7 @@
 //! reaped; the exit status (or killing signal) is reported; then the VM
 //! powers off.
 
+mod machine;
 mod mounts;
 mod user;
 mod vsock;
@@ -35,6 +37,7 @@ fn main() {
         console(&format!("early mounts failed: {e}"));
     }
     load_modules();
+    machine::snapshot_point();
     match vsock::connect_host(proto::AGENT_PORT) {
         Ok(conn) => serve(conn),
         Err(e) => console(&format!("cannot reach the host over vsock: {e}")),
@@ -102,6 +105,15 @@ fn serve(conn: File) {
         Ok(other) => return fail(&sink, format!("expected a run request, got {other:?}"), 125),
         Err(e) => return fail(&sink, format!("reading the run request: {e}"), 125),
     };
+    if let Err(e) = machine::reseed(&spec.entropy) {
+        return fail(&sink, format!("reseeding the guest's random generator: {e}"), 125);
+    }
+    if let Err(e) = machine::set_clock(spec.wall_clock_ns) {
+        console(&format!("setting the clock: {e}"));
+    }
+    if let Err(e) = machine::wait_for_disks(&spec) {
+        return fail(&sink, format!("waiting for the disks: {e}"), 125);
+    }
     if let Err(e) = mounts::container_root(&spec, ROOT) {
         return fail(&sink, format!("preparing the root filesystem: {e}"), 125);
     }

@@ -2,6 +2,7 @@
 
 mod images;
 mod progress;
+mod templates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,29 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Manage templates: VMs booted once and saved, that every container VM is cloned from.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Make (or remake) the template for a VM size; `hull run` makes it on first need.
+    Create {
+        /// Guest memory, e.g. 256M or 1G.
+        #[arg(long, short = 'm', default_value = "256M", value_parser = parse_mib)]
+        memory: u64,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u8,
+    },
+    /// List templates.
+    Ls,
+    /// Remove templates (running clones are not affected).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +158,9 @@ struct RunArgs {
     /// Seconds the guest may take to boot to its agent.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
+    /// Boot the guest kernel afresh instead of cloning the template VM (slow).
+    #[arg(long)]
+    cold_boot: bool,
     /// IMAGE then CMD and its arguments (with --rootfs: only CMD).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE [CMD]")]
     args: Vec<String>,
@@ -189,6 +216,9 @@ fn main() -> ExitCode {
         }
         Command::Load { input, quiet } => done(images::load(&input, quiet).map(|_| true)),
         Command::Image(ImageCommand::Prune) => done(images::prune().map(|_| true)),
+        Command::Template(TemplateCommand::Create { memory, cpus }) => done(templates::create(memory, cpus)),
+        Command::Template(TemplateCommand::Ls) => done(templates::list()),
+        Command::Template(TemplateCommand::Rm { names }) => done(templates::remove(&names)),
     }
 }
 
@@ -269,6 +299,7 @@ fn run(args: RunArgs) -> ExitCode {
         cpus: args.cpus,
         interactive: args.interactive,
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        cold_boot: args.cold_boot,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

@@ -13,9 +13,16 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
+/// The I/O port a template guest's agent writes `SNAPSHOT_REQUEST` to once it
+/// is ready: a VMM started to make a template pauses there and saves the VM;
+/// every clone resumes just after that write. Other VMMs ignore it.
+pub const SNAPSHOT_PORT: u16 = 0x0f00;
+pub const SNAPSHOT_REQUEST: u8 = 0x5a;
+/// The kernel command-line word that tells the agent it boots a template.
+pub const TEMPLATE_CMDLINE_FLAG: &str = "hull.template";
 /// Largest frame either side accepts (kind byte + payload).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Stream data is sent in chunks of at most this much.
@@ -40,6 +47,21 @@ pub struct RunSpec {
     /// The container's own writable disk (ext4), the overlay's upper layer;
     /// `None` keeps the writes in guest memory.
     pub rw_device: Option<String>,
+    /// The disks and their sizes: a clone waits until its kernel has seen
+    /// each disk's new size before mounting.
+    pub disks: Vec<DiskSize>,
+    /// Random bytes from the host, mixed into the guest kernel's pool before
+    /// the command runs (clones of one template must not share random state).
+    pub entropy: Vec<u8>,
+    /// The host's wall clock in nanoseconds since the epoch (0: leave it).
+    pub wall_clock_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSize {
+    pub device: String,
+    /// In 512-byte sectors, as /sys/block/*/size counts.
+    pub sectors: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +70,7 @@ pub enum Control {
     /// Agent → host, first: who is speaking.
     Hello { version: u32, agent: String },
     /// Host → agent: run this.
-    Run(RunSpec),
+    Run(Box<RunSpec>),
     /// Agent → host: the command is running.
     Started { pid: u32 },
     /// Host → agent: deliver a signal to the command.
@@ -165,7 +187,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             agent: "x".into(),
         }));
-        round_trip(Frame::Control(Control::Run(RunSpec {
+        round_trip(Frame::Control(Control::Run(Box::new(RunSpec {
             argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
             env: vec!["A=B".into()],
             cwd: "/".into(),
@@ -175,7 +197,13 @@ mod tests {
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
             rw_device: Some("/dev/vdb".into()),
-        })));
+            disks: vec![DiskSize {
+                device: "/dev/vda".into(),
+                sectors: 8,
+            }],
+            entropy: vec![1, 2, 3],
+            wall_clock_ns: 1,
+        }))));
         round_trip(Frame::Control(Control::Exited {
             code: None,
             signal: Some(9),

@@ -6,6 +6,7 @@
 pub mod guest;
 pub mod rootfs;
 pub mod run;
+pub mod template;
 pub mod usage;
 pub mod writable;
 

@@ -40,7 +40,18 @@ pub struct RunRequest {
     pub interactive: bool,
     /// How long the guest may take to reach its agent.
     pub boot_timeout: Duration,
+    /// Boot a fresh kernel instead of cloning the template (the slow path).
+    pub cold_boot: bool,
 }
+
+/// The kernel command line of every hull guest.
+pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
+/// The same, with the kernel's messages on the console.
+const GUEST_CMDLINE_VERBOSE: &str = "console=ttyS0 panic=-1 pci=off";
+/// hull-vmm's exit status for a snapshot it cannot use.
+const VMM_EXIT_BAD_SNAPSHOT: i32 = 3;
+/// Below this much available host memory no new VM is started.
+const MIN_HOST_AVAILABLE_MIB: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -60,6 +71,12 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("hull-vmm not found beside hull; build the workspace (cargo build)")]
     NoVmm,
+    #[error("{0}")]
+    Template(#[from] crate::template::TemplateError),
+    #[error("the template could not be restored: {0}")]
+    BadSnapshot(String),
+    #[error("the host has {available} MiB of memory available; starting another VM needs at least {MIN_HOST_AVAILABLE_MIB} MiB")]
+    HostMemory { available: u64 },
     #[error("the VM stopped before its agent started ({status}).{console}")]
     EarlyExit { status: String, console: String },
     #[error("the guest did not reach its agent within {timeout:?}; it was stopped.{console}")]
@@ -107,7 +124,7 @@ fn new_id() -> String {
 }
 
 /// The last lines of the guest console, formatted for an error message.
-fn console_tail(log: &Path) -> String {
+pub(crate) fn console_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
     let tail = &lines[lines.len().saturating_sub(20)..];
@@ -127,17 +144,33 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
     let guest = Guest::current()?;
     let vmm_binary = crate::sibling_binary("hull-vmm").ok_or(RunError::NoVmm)?;
     let vm_config = vmm::vm::VmConfig {
-        kernel: guest.kernel.clone(),
-        initrd: Some(guest.initramfs.clone()),
-        cmdline: String::new(),
+        start: vmm::vm::Start::Boot {
+            kernel: guest.kernel.clone(),
+            initrd: Some(guest.initramfs.clone()),
+            cmdline: String::new(),
+        },
         memory_mib: request.memory_mib,
         vcpus: request.cpus,
         serial_log: None,
         console_echo: false,
         disks: Vec::new(),
         vsock: None,
+        snapshot_to: None,
     };
     vmm::vm::validate(&vm_config)?;
+    let available = host_available_mib();
+    if available < MIN_HOST_AVAILABLE_MIB {
+        return Err(RunError::HostMemory { available });
+    }
+    let mut template = match request.cold_boot {
+        true => None,
+        false => Some(crate::template::ensure(
+            &guest,
+            &vmm_binary,
+            request.memory_mib,
+            request.cpus,
+        )?),
+    };
     let (disk, process) = match &request.source {
         Source::Rootfs(path) => (
             rootfs::disk_for(path)?,
@@ -165,59 +198,39 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
     let listener =
         UnixListener::bind(format!("{}_{}", uds.display(), proto::AGENT_PORT)).map_err(io("vsock listener"))?;
     listener.set_nonblocking(true).map_err(io("vsock listener"))?;
+    let vm = VmFiles {
+        binary: &vmm_binary,
+        guest: &guest,
+        disk: &disk,
+        writable: &writable,
+        uds: &uds,
+        console_log: &console_log,
+    };
 
-    // HULL_DEBUG_CONSOLE=1: the whole guest console on our stderr, live.
-    let debug_console = std::env::var_os("HULL_DEBUG_CONSOLE").is_some();
-    let mut command = Command::new(&vmm_binary);
-    if debug_console {
-        command.arg("--console");
-    }
-    command
-        .arg("--kernel")
-        .arg(&guest.kernel)
-        .arg("--initrd")
-        .arg(&guest.initramfs)
-        .arg("--cmdline")
-        .arg(if debug_console {
-            "console=ttyS0 panic=-1 pci=off"
-        } else {
-            "console=ttyS0 quiet panic=-1 pci=off"
-        })
-        .arg("--memory")
-        .arg(request.memory_mib.to_string())
-        .arg("--cpus")
-        .arg(request.cpus.to_string())
-        .arg("--disk")
-        .arg(format!("{}:ro", disk.display()))
-        .arg("--disk")
-        .arg(&writable)
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--serial-log")
-        .arg(&console_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(if debug_console {
-            Stdio::inherit()
-        } else {
-            Stdio::piped()
-        })
-        // Terminal signals are ours to relay to the container, not the VMM's to die of.
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; the VMM must not outlive hull.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut vmm = Vmm(command
-        .spawn()
-        .map_err(io(format!("starting {}", vmm_binary.display())))?);
-
-    let conn = wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?;
+    let mut vmm = vm.start(request, template.as_ref())?;
+    let conn = match wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log) {
+        // A damaged or outdated template: make it again, once.
+        Err(RunError::BadSnapshot(reason)) if template.is_some() => {
+            let old = template.take().ok_or(RunError::NoVmm)?;
+            eprintln!("hull: template {} is unusable ({reason}); making it again", old.name);
+            let fresh = crate::template::rebuild(&old, &guest, &vmm_binary)?;
+            vmm = vm.start(request, Some(&fresh))?;
+            wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?
+        }
+        other => other?,
+    };
     drop(listener);
-    let status = converse(conn, request, &process, &id, &console_log)?;
+    let disks = vec![
+        proto::DiskSize {
+            device: "/dev/vda".into(),
+            sectors: sectors(&disk)?,
+        },
+        proto::DiskSize {
+            device: "/dev/vdb".into(),
+            sectors: sectors(&writable)?,
+        },
+    ];
+    let status = converse(conn, request, &process, &id, disks, &console_log)?;
     // The agent powers the VM off after reporting; give it a moment, then make sure.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && matches!(vmm.0.try_wait(), Ok(None)) {
@@ -225,6 +238,94 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
     }
     drop(vmm);
     Ok(status)
+}
+
+fn sectors(disk: &Path) -> Result<u64, RunError> {
+    Ok(std::fs::metadata(disk)
+        .map_err(io(format!("{}", disk.display())))?
+        .len()
+        / 512)
+}
+
+fn host_available_mib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib / 1024)
+}
+
+/// Everything one container VM is started with.
+struct VmFiles<'a> {
+    binary: &'a Path,
+    guest: &'a Guest,
+    disk: &'a Path,
+    writable: &'a Path,
+    uds: &'a Path,
+    console_log: &'a Path,
+}
+
+impl VmFiles<'_> {
+    /// Starts `hull-vmm`: a clone of `template`, or a cold boot without one.
+    fn start(&self, request: &RunRequest, template: Option<&crate::template::Template>) -> Result<Vmm, RunError> {
+        // HULL_DEBUG_CONSOLE=1: the whole guest console on our stderr, live.
+        let debug_console = std::env::var_os("HULL_DEBUG_CONSOLE").is_some();
+        let mut command = Command::new(self.binary);
+        if debug_console {
+            command.arg("--console");
+        }
+        match template {
+            Some(template) => {
+                command.arg("--restore").arg(&template.dir);
+            }
+            None => {
+                command
+                    .arg("--kernel")
+                    .arg(&self.guest.kernel)
+                    .arg("--initrd")
+                    .arg(&self.guest.initramfs)
+                    .arg("--cmdline")
+                    .arg(if debug_console {
+                        GUEST_CMDLINE_VERBOSE
+                    } else {
+                        GUEST_CMDLINE
+                    });
+            }
+        }
+        command
+            .arg("--memory")
+            .arg(request.memory_mib.to_string())
+            .arg("--cpus")
+            .arg(request.cpus.to_string())
+            .arg("--disk")
+            .arg(format!("{}:ro", self.disk.display()))
+            .arg("--disk")
+            .arg(self.writable)
+            .arg("--vsock-uds")
+            .arg(self.uds)
+            .arg("--serial-log")
+            .arg(self.console_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if debug_console {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
+            // Terminal signals are ours to relay to the container, not the VMM's to die of.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; the VMM must not outlive hull.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(Vmm(command
+            .spawn()
+            .map_err(io(format!("starting {}", self.binary.display())))?))
+    }
 }
 
 fn wait_for_agent(
@@ -248,6 +349,10 @@ fn wait_for_agent(
             if let Some(mut err) = vmm.0.stderr.take() {
                 let _ = err.read_to_string(&mut stderr);
             }
+            if status.code() == Some(VMM_EXIT_BAD_SNAPSHOT) {
+                let reason = stderr.trim().trim_start_matches("hull-vmm: ");
+                return Err(RunError::BadSnapshot(reason.to_string()));
+            }
             let status = if stderr.trim().is_empty() {
                 status.to_string()
             } else {
@@ -268,7 +373,14 @@ fn wait_for_agent(
     }
 }
 
-fn converse(conn: UnixStream, request: &RunRequest, process: &Process, id: &str, log: &Path) -> Result<i32, RunError> {
+fn converse(
+    conn: UnixStream,
+    request: &RunRequest,
+    process: &Process,
+    id: &str,
+    disks: Vec<proto::DiskSize>,
+    log: &Path,
+) -> Result<i32, RunError> {
     let lost = |detail: String| RunError::Lost {
         detail,
         console: console_tail(log),
@@ -309,8 +421,13 @@ fn converse(conn: UnixStream, request: &RunRequest, process: &Process, id: &str,
         root_device: "/dev/vda".into(),
         root_fstype: "ext4".into(),
         rw_device: Some("/dev/vdb".into()),
+        disks,
+        entropy: host_entropy()?,
+        wall_clock_ns: std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     };
-    if !send(&sink, &Frame::Control(Control::Run(spec))) {
+    if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));
     }
     if request.interactive {
@@ -347,6 +464,15 @@ fn converse(conn: UnixStream, request: &RunRequest, process: &Process, id: &str,
     // Closing tells the agent everything arrived; it powers off only then.
     let _ = input.shutdown(std::net::Shutdown::Both);
     status.ok_or_else(|| lost("the guest went away before the command finished".into()))
+}
+
+/// 64 bytes from the host's generator for the guest to reseed with.
+fn host_entropy() -> Result<Vec<u8>, RunError> {
+    let mut bytes = vec![0u8; 64];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("reading /dev/urandom"))?;
+    Ok(bytes)
 }
 
 fn relay_stdin(sink: &Arc<Mutex<UnixStream>>) {

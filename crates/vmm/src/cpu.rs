@@ -16,6 +16,8 @@ pub enum CpuError {
     },
     #[error("writing page tables/GDT to guest memory: {0}")]
     Memory(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
@@ -31,7 +33,7 @@ pub fn supported_cpuid(kvm_fd: &Kvm) -> Result<CpuId, CpuError> {
 
 const CPUID_HYPERVISOR_BIT: u32 = 1 << 31;
 
-fn vcpu_cpuid(base: &CpuId, id: u8, count: u8) -> Result<CpuId, CpuError> {
+pub(crate) fn vcpu_cpuid(base: &CpuId, id: u8, count: u8) -> Result<CpuId, CpuError> {
     let mut entries = base.as_slice().to_vec();
     for entry in entries.iter_mut() {
         match entry.function {

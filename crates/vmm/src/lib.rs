@@ -11,4 +11,6 @@ pub mod cpu;
 pub mod devices;
 pub mod host;
 pub mod layout;
+pub mod snapshot;
+pub mod vcpu_state;
 pub mod vm;

@@ -1,20 +1,29 @@
 //! `hull-vmm`: one microVM per process.
 //!
-//! Exit status: 0 the guest powered off; 2 the guest reset or panicked;
-//! 1 the VMM failed (the reason is on stderr); killed by a signal otherwise.
+//! Exit status: 0 the guest powered off (or, making a template, was saved);
+//! 2 the guest reset or panicked; 3 the snapshot to restore is unusable
+//! (missing, damaged, another format or another VM shape: make a new one);
+//! 1 the VMM failed otherwise (the reason is on stderr); killed by a signal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::vm::{self, DiskConfig, GuestExit, VmConfig, VsockConfig};
+use vmm::vm::{self, DiskConfig, GuestExit, Start, VmConfig, VmError, VsockConfig};
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
 struct Args {
     /// The guest kernel (bzImage).
+    #[arg(long, required_unless_present = "restore", conflicts_with = "restore")]
+    kernel: Option<PathBuf>,
+    /// Resume the snapshot in this directory instead of booting; disks and
+    /// vsock given here replace the snapshot's, slot for slot.
     #[arg(long)]
-    kernel: PathBuf,
+    restore: Option<PathBuf>,
+    /// Make a template: save the VM into this directory when its agent asks.
+    #[arg(long)]
+    snapshot_to: Option<PathBuf>,
     /// The initramfs.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -64,10 +73,21 @@ fn main() -> ExitCode {
         eprintln!("hull-vmm: {e}");
         return ExitCode::FAILURE;
     }
+    let start = match (args.restore, args.kernel) {
+        (Some(snapshot), _) => Start::Restore { snapshot },
+        (None, Some(kernel)) => Start::Boot {
+            kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+        },
+        (None, None) => {
+            eprintln!("hull-vmm: give --kernel or --restore");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
+        start,
+        snapshot_to: args.snapshot_to,
         memory_mib: args.memory,
         vcpus: args.cpus,
         serial_log: args.serial_log,
@@ -80,12 +100,20 @@ fn main() -> ExitCode {
     };
     match vm::run(&config) {
         Ok(GuestExit::Poweroff) => ExitCode::SUCCESS,
+        Ok(GuestExit::Snapshotted) => {
+            eprintln!("hull-vmm: the VM was saved");
+            ExitCode::SUCCESS
+        }
         Ok(GuestExit::Reset { panic_message }) => {
             match panic_message {
                 Some(console) => eprintln!("hull-vmm: the guest kernel panicked:\n{console}"),
                 None => eprintln!("hull-vmm: the guest reset itself"),
             }
             ExitCode::from(2)
+        }
+        Err(e @ (VmError::Snapshot(_) | VmError::SnapshotMismatch(_))) => {
+            eprintln!("hull-vmm: {e}");
+            ExitCode::from(3)
         }
         Err(e) => {
             eprintln!("hull-vmm: {e}");

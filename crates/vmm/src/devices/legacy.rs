@@ -9,6 +9,8 @@ use crate::layout::{ACPI_SLEEP_PORT, I8042_COMMAND_PORT};
 pub enum PowerRequest {
     Poweroff,
     Reset,
+    /// A template guest is ready to be saved (honoured only when asked for).
+    Snapshot,
 }
 
 const I8042_RESET_CMD: u8 = 0xfe;
@@ -19,6 +21,7 @@ pub fn power_request(port: u16, data: &[u8]) -> Option<PowerRequest> {
         (ACPI_SLEEP_PORT, Some(v)) if v == SLEEP_POWEROFF => Some(PowerRequest::Poweroff),
         (ACPI_SLEEP_PORT, Some(RESET_VALUE)) => Some(PowerRequest::Reset),
         (I8042_COMMAND_PORT, Some(I8042_RESET_CMD)) => Some(PowerRequest::Reset),
+        (proto::SNAPSHOT_PORT, Some(proto::SNAPSHOT_REQUEST)) => Some(PowerRequest::Snapshot),
         _ => None,
     }
 }
@@ -34,5 +37,10 @@ mod tests {
         assert_eq!(power_request(I8042_COMMAND_PORT, &[0xfe]), Some(PowerRequest::Reset));
         assert_eq!(power_request(ACPI_SLEEP_PORT, &[]), None);
         assert_eq!(power_request(0x80, &[0x34]), None);
+        assert_eq!(
+            power_request(proto::SNAPSHOT_PORT, &[0x5a]),
+            Some(PowerRequest::Snapshot)
+        );
+        assert_eq!(power_request(proto::SNAPSHOT_PORT, &[0]), None);
     }
 }

@@ -4,7 +4,10 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
+
+use crate::snapshot::SerialRegs;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Raises the UART's interrupt through an irqfd.
@@ -77,6 +80,41 @@ pub type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>
 
 pub fn console(irq: EventFd, sink: ConsoleSink) -> Console {
     Serial::new(IrqTrigger(irq), sink)
+}
+
+/// The UART's registers, for a snapshot.
+pub fn registers(console: &Console) -> SerialRegs {
+    let s = console.state();
+    SerialRegs {
+        baud_divisor_low: s.baud_divisor_low,
+        baud_divisor_high: s.baud_divisor_high,
+        interrupt_enable: s.interrupt_enable,
+        interrupt_identification: s.interrupt_identification,
+        line_control: s.line_control,
+        line_status: s.line_status,
+        modem_control: s.modem_control,
+        modem_status: s.modem_status,
+        scratch: s.scratch,
+        in_buffer: s.in_buffer,
+    }
+}
+
+/// A console whose UART continues from a snapshot's registers.
+pub fn restored_console(irq: EventFd, sink: ConsoleSink, regs: &SerialRegs) -> io::Result<Console> {
+    let state = SerialState {
+        baud_divisor_low: regs.baud_divisor_low,
+        baud_divisor_high: regs.baud_divisor_high,
+        interrupt_enable: regs.interrupt_enable,
+        interrupt_identification: regs.interrupt_identification,
+        line_control: regs.line_control,
+        line_status: regs.line_status,
+        modem_control: regs.modem_control,
+        modem_status: regs.modem_status,
+        scratch: regs.scratch,
+        in_buffer: regs.in_buffer.clone(),
+    };
+    Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, sink)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("serial state: {e:?}")))
 }
 
 #[cfg(test)]

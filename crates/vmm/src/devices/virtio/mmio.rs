@@ -7,6 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{read_config, Interrupt, VirtioDevice};
+use crate::snapshot::{DeviceState, QueueRegs};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -49,6 +50,118 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             config_generation: 0,
+        }
+    }
+
+    /// How the driver left this device (for a snapshot; queues paused).
+    pub fn state(&self) -> DeviceState {
+        DeviceState {
+            device_type: self.device.device_type(),
+            features: self.device.features(),
+            config: self.device.config(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueRegs {
+                        max_size: s.max_size,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                        event_idx_enabled: s.event_idx_enabled,
+                        size: s.size,
+                        ready: s.ready,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                    }
+                })
+                .collect(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+        }
+    }
+
+    /// A transport for `device` as a snapshot's driver left it. The device
+    /// must be of the same kind with the same features; its configuration
+    /// (a disk's size) may differ, and then the generation moves on so the
+    /// driver re-reads it (the caller raises the config-change interrupt).
+    /// The state is untrusted: queues are validated against guest memory.
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        state: &DeviceState,
+    ) -> Result<(Self, bool), String> {
+        if device.device_type() != state.device_type || device.features() != state.features {
+            return Err(format!(
+                "the snapshot has a virtio device of type {} with features {:#x} here; this VM gives type {} with features {:#x}",
+                state.device_type,
+                state.features,
+                device.device_type(),
+                device.features()
+            ));
+        }
+        if state.queues.len() != device.queue_max_sizes().len() {
+            return Err(format!("the snapshot's device has {} queues", state.queues.len()));
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (regs, &max) in state.queues.iter().zip(device.queue_max_sizes()) {
+            if regs.max_size != max {
+                return Err(format!("queue size {} in the snapshot, {max} here", regs.max_size));
+            }
+            let queue = Queue::try_from(virtio_queue::QueueState {
+                max_size: regs.max_size,
+                next_avail: regs.next_avail,
+                next_used: regs.next_used,
+                event_idx_enabled: regs.event_idx_enabled,
+                size: regs.size,
+                ready: regs.ready,
+                desc_table: regs.desc_table,
+                avail_ring: regs.avail_ring,
+                used_ring: regs.used_ring,
+            })
+            .map_err(|e| format!("a queue in the snapshot is invalid: {e:?}"))?;
+            if queue.ready() && !queue.is_valid(&memory) {
+                return Err("a queue in the snapshot lies outside guest memory".into());
+            }
+            queues.push(queue);
+        }
+        let config_changed = device.config() != state.config;
+        interrupt
+            .status
+            .store(state.interrupt_status, std::sync::atomic::Ordering::SeqCst);
+        let transport = MmioTransport {
+            device,
+            memory,
+            interrupt,
+            queues,
+            queue_select: state.queue_select,
+            device_features_select: state.device_features_select,
+            driver_features_select: state.driver_features_select,
+            driver_features: state.driver_features,
+            status: state.status,
+            config_generation: state.config_generation.wrapping_add(u32::from(config_changed)),
+        };
+        Ok((transport, config_changed))
+    }
+
+    /// After a restore: the device tells its driver what changed (a clone's
+    /// disk size; vsock connections that no longer exist).
+    pub fn announce_restore(&mut self, config_changed: bool) {
+        if !self.driver_ok() {
+            return;
+        }
+        if config_changed {
+            self.interrupt.signal_config_change();
+        }
+        if self.device.restored(&mut self.queues, &self.memory) {
+            self.interrupt.signal_used_queue();
         }
     }
 

@@ -1,0 +1,292 @@
+//! Templates: one VM per (kernel, initramfs, memory size, vCPU count, VMM),
+//! booted once to "agent ready" and saved; every container VM is a clone of
+//! one. A template's directory is named after a hash of all its inputs, so
+//! a changed input simply means another template: the stale one is removed
+//! when the new one is made. Templates live in `DATA/templates/`.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::guest::Guest;
+
+/// How long a template's boot to "agent ready" may take.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The record beside each template's snapshot.
+const RECORD: &str = "template.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("making the template {name}: {detail}{console}")]
+    Build {
+        name: String,
+        detail: String,
+        console: String,
+    },
+    #[error("no template named {0} (see `hull template ls`)")]
+    NotFound(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
+    let what = what.into();
+    move |source| TemplateError::Io { what, source }
+}
+
+/// A file a template depends on, identified without reading it whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+}
+
+impl Input {
+    fn of(path: &Path) -> Result<Input, TemplateError> {
+        let meta = std::fs::metadata(path).map_err(io(format!("{}", path.display())))?;
+        Ok(Input {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            inode: meta.ino(),
+        })
+    }
+}
+
+/// What a template was made from (`template.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    pub memory_mib: u64,
+    pub cpus: u8,
+    pub kernel: Input,
+    pub initramfs: Input,
+    pub vmm: Input,
+    pub snapshot_format: u32,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub created: u64,
+}
+
+impl TemplateRecord {
+    fn for_inputs(guest: &Guest, vmm: &Path, memory_mib: u64, cpus: u8) -> Result<Self, TemplateError> {
+        Ok(TemplateRecord {
+            memory_mib,
+            cpus,
+            kernel: Input::of(&guest.kernel)?,
+            initramfs: Input::of(&guest.initramfs)?,
+            vmm: Input::of(vmm)?,
+            snapshot_format: vmm::snapshot::FORMAT_VERSION,
+            created: 0,
+        })
+    }
+
+    /// `256m-1c-<hash of every input>`.
+    fn name(&self) -> String {
+        let inputs = TemplateRecord {
+            created: 0,
+            ..self.clone()
+        };
+        let hash = Sha256::digest(serde_json::to_vec(&inputs).unwrap_or_default());
+        format!("{}-{}", shape(self.memory_mib, self.cpus), hex::encode(&hash[..6]))
+    }
+}
+
+fn shape(memory_mib: u64, cpus: u8) -> String {
+    format!("{memory_mib}m-{cpus}c")
+}
+
+/// A ready template: restore `dir` to get a clone.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub dir: PathBuf,
+    pub record: TemplateRecord,
+}
+
+pub fn templates_dir() -> PathBuf {
+    crate::data_dir().join("templates")
+}
+
+fn lock() -> Result<std::fs::File, TemplateError> {
+    let dir = templates_dir();
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let file = std::fs::File::create(dir.join("lock")).map_err(io("the templates lock"))?;
+    // SAFETY: flock on an fd we own; released when the file closes.
+    if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+        return Err(io("locking the templates")(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// The template for these inputs, made first if there is none.
+pub fn ensure(guest: &Guest, vmm: &Path, memory_mib: u64, cpus: u8) -> Result<Template, TemplateError> {
+    let record = TemplateRecord::for_inputs(guest, vmm, memory_mib, cpus)?;
+    let name = record.name();
+    let dir = templates_dir().join(&name);
+    if vmm::snapshot::state_path(&dir).is_file() {
+        return Ok(Template { name, dir, record });
+    }
+    let _lock = lock()?;
+    // Another hull may have made it while we waited for the lock.
+    if vmm::snapshot::state_path(&dir).is_file() {
+        return Ok(Template { name, dir, record });
+    }
+    build(guest, vmm, record)
+}
+
+/// Makes the template for these inputs anew (replacing any).
+pub fn create(guest: &Guest, vmm: &Path, memory_mib: u64, cpus: u8) -> Result<Template, TemplateError> {
+    let record = TemplateRecord::for_inputs(guest, vmm, memory_mib, cpus)?;
+    let _lock = lock()?;
+    build(guest, vmm, record)
+}
+
+/// Throws away a template that failed to restore, and makes it again.
+pub fn rebuild(template: &Template, guest: &Guest, vmm: &Path) -> Result<Template, TemplateError> {
+    let _lock = lock()?;
+    let _ = std::fs::remove_dir_all(&template.dir);
+    build(guest, vmm, template.record.clone())
+}
+
+/// Boots the template VM; its agent asks to be saved once ready. Runs under the lock.
+fn build(guest: &Guest, vmm: &Path, mut record: TemplateRecord) -> Result<Template, TemplateError> {
+    let name = record.name();
+    let root = templates_dir();
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    let fail = |detail: String| TemplateError::Build {
+        name: name.clone(),
+        detail,
+        console: crate::run::console_tail(&tmp.join("console.log")),
+    };
+    // Empty disks hold the slots every clone binds its own disks to: the
+    // image (read-only) and the writable layer.
+    for slot in ["image-slot", "writable-slot"] {
+        std::fs::File::create(tmp.join(slot)).map_err(io("a template disk slot"))?;
+    }
+    let mut child = Command::new(vmm)
+        .arg("--kernel")
+        .arg(&guest.kernel)
+        .arg("--initrd")
+        .arg(&guest.initramfs)
+        .arg("--cmdline")
+        .arg(format!(
+            "{} {}",
+            crate::run::GUEST_CMDLINE,
+            proto::TEMPLATE_CMDLINE_FLAG
+        ))
+        .arg("--memory")
+        .arg(record.memory_mib.to_string())
+        .arg("--cpus")
+        .arg(record.cpus.to_string())
+        .arg("--disk")
+        .arg(format!("{}:ro", tmp.join("image-slot").display()))
+        .arg("--disk")
+        .arg(tmp.join("writable-slot"))
+        .arg("--vsock-uds")
+        .arg(tmp.join("vsock.sock"))
+        .arg("--serial-log")
+        .arg(tmp.join("console.log"))
+        .arg("--snapshot-to")
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io(format!("starting {}", vmm.display())))?;
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(io("waiting for the template VM"))? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "its guest did not reach the agent within {BOOT_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if !status.success() || !vmm::snapshot::state_path(&tmp).is_file() {
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+        }
+        return Err(fail(format!("hull-vmm ended with {status}: {}", stderr.trim())));
+    }
+    for leftover in ["image-slot", "writable-slot", "vsock.sock"] {
+        let _ = std::fs::remove_file(tmp.join(leftover));
+    }
+    record.created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| fail(e.to_string()))?;
+    image::store::write_atomic(&tmp.join(RECORD), &json).map_err(io("writing the template record"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io(format!("moving the template to {}", dir.display())))?;
+    remove_stale(&root, &record, &name);
+    Ok(Template { name, dir, record })
+}
+
+/// Templates of the same shape made from other inputs are stale: drop them.
+fn remove_stale(root: &Path, record: &TemplateRecord, keep: &str) {
+    let prefix = format!("{}-", shape(record.memory_mib, record.cpus));
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name != keep {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A template on disk, for `hull template ls`.
+#[derive(Debug, Clone)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub record: Option<TemplateRecord>,
+    /// Bytes the memory file really occupies on disk.
+    pub memory_bytes: u64,
+}
+
+pub fn list() -> Vec<TemplateInfo> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(templates_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        let record = std::fs::read(entry.path().join(RECORD))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let memory_bytes = std::fs::metadata(vmm::snapshot::memory_path(&entry.path())).map_or(0, |m| m.blocks() * 512);
+        out.push(TemplateInfo {
+            name,
+            record,
+            memory_bytes,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Removes the template `name`. Running clones keep their mapped memory.
+pub fn remove(name: &str) -> Result<(), TemplateError> {
+    if name.is_empty() || name.starts_with('.') || name.contains('/') || name == "lock" {
+        return Err(TemplateError::NotFound(name.into()));
+    }
+    let _lock = lock()?;
+    let dir = templates_dir().join(name);
+    if !dir.is_dir() {
+        return Err(TemplateError::NotFound(name.into()));
+    }
+    std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
+}

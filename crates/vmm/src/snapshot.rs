@@ -1,0 +1,380 @@
+//! Snapshot files: a paused VM's state and its memory.
+//!
+//! A snapshot is a directory with two files:
+//! - `state`: `HULLSNAP`, the format version, the payload length, the payload's
+//!   SHA-256, then the payload (`VmState`, postcard-encoded). Everything is
+//!   checked before a byte is decoded, so a truncated, corrupted or foreign
+//!   file is refused with a clear error and never half-restores a VM.
+//! - `memory`: guest memory, byte for byte, zero pages left as holes. A
+//!   restore maps it `MAP_PRIVATE`: every clone shares its pages through the
+//!   page cache and pays only for the pages it writes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+
+/// Bumped whenever `VmState` changes shape; older snapshots are refused.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"HULLSNAP";
+const HEADER_BYTES: usize = 8 + 4 + 8 + 32;
+/// A state file is a few hundred KiB at most; anything larger is not ours.
+const MAX_PAYLOAD: u64 = 64 << 20;
+pub const STATE_FILE: &str = "state";
+pub const MEMORY_FILE: &str = "memory";
+const PAGE: usize = 4096;
+
+/// Everything but memory that a paused VM is.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmState {
+    pub memory_mib: u64,
+    pub vcpus: Vec<VcpuState>,
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+    pub serial: SerialRegs,
+    /// virtio-mmio devices in slot order.
+    pub devices: Vec<DeviceState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debugregs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    /// (index, value) of every MSR KVM let us read.
+    pub msrs: Vec<(u32, u64)>,
+    pub events: kvm_vcpu_events,
+}
+
+/// The 8250's registers (vm-superio's `SerialState`, which has no serde).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SerialRegs {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+/// One virtio-mmio slot: what device sat there and how its driver left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub device_type: u32,
+    pub features: u64,
+    /// The device's config space when the snapshot was taken (a disk's
+    /// capacity): a clone whose backend differs raises a config change.
+    pub config: Vec<u8>,
+    pub queues: Vec<QueueRegs>,
+    pub queue_select: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub driver_features: u64,
+    pub status: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+}
+
+/// virtio-queue's `QueueState`, which has no serde.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRegs {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0} is not a hull snapshot state file")]
+    NotASnapshot(String),
+    #[error("snapshot {path} has format version {found}; this hull-vmm reads version {FORMAT_VERSION}: recreate the template")]
+    Version { path: String, found: u32 },
+    #[error("snapshot {0} is truncated")]
+    Truncated(String),
+    #[error("snapshot {0} is corrupted (checksum mismatch)")]
+    Corrupted(String),
+    #[error("snapshot {path} cannot be decoded: {detail}")]
+    Decode { path: String, detail: String },
+    #[error(
+        "snapshot memory {path} holds {found} bytes; the state says {expected}: it is truncated or not this snapshot's"
+    )]
+    MemorySize { path: String, found: u64, expected: u64 },
+    #[error("mapping snapshot memory {path}: {detail}")]
+    Map { path: String, detail: String },
+    #[error("encoding the VM state: {0}")]
+    Encode(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
+
+pub fn memory_path(dir: &Path) -> PathBuf {
+    dir.join(MEMORY_FILE)
+}
+
+/// Writes `state` to `dir/state` (temp file, fsync, rename).
+pub fn write_state(dir: &Path, state: &VmState) -> Result<(), SnapshotError> {
+    let payload = postcard::to_stdvec(state).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&Sha256::digest(&payload));
+    bytes.extend_from_slice(&payload);
+    let path = state_path(dir);
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(&bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+/// Reads and checks `dir/state`.
+pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
+    let path = state_path(dir);
+    let shown = path.display().to_string();
+    let mut file = File::open(&path).map_err(io_err(&path))?;
+    let mut header = [0u8; HEADER_BYTES];
+    let mut got = 0;
+    while got < HEADER_BYTES {
+        match file.read(&mut header[got..]).map_err(io_err(&path))? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got < MAGIC.len() || &header[..8] != MAGIC {
+        return Err(SnapshotError::NotASnapshot(shown));
+    }
+    if got < HEADER_BYTES {
+        return Err(SnapshotError::Truncated(shown));
+    }
+    let word = |range: std::ops::Range<usize>| header[range].to_vec();
+    let version = u32::from_le_bytes(word(8..12).try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::Version {
+            path: shown,
+            found: version,
+        });
+    }
+    let len = u64::from_le_bytes(word(12..20).try_into().unwrap_or_default());
+    if len > MAX_PAYLOAD {
+        return Err(SnapshotError::Corrupted(shown));
+    }
+    let mut payload = Vec::with_capacity(len as usize);
+    file.take(len + 1).read_to_end(&mut payload).map_err(io_err(&path))?;
+    if (payload.len() as u64) < len {
+        return Err(SnapshotError::Truncated(shown));
+    }
+    if payload.len() as u64 > len || Sha256::digest(&payload).as_slice() != &header[20..52] {
+        return Err(SnapshotError::Corrupted(shown));
+    }
+    postcard::from_bytes(&payload).map_err(|e| SnapshotError::Decode {
+        path: shown,
+        detail: e.to_string(),
+    })
+}
+
+/// Writes guest memory to `dir/memory`, leaving zero pages as holes.
+pub fn write_memory(dir: &Path, memory: &GuestMemoryMmap) -> Result<(), SnapshotError> {
+    let path = memory_path(dir);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    for region in memory.iter() {
+        let start = region.start_addr().0;
+        let len = region.len() as usize;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| SnapshotError::Map {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        // SAFETY: the region maps `len` bytes at `host` for as long as `memory`
+        // lives, and every vCPU is paused, so nothing writes it while we read.
+        let bytes = unsafe { std::slice::from_raw_parts(host, len) };
+        for (i, page) in bytes.chunks(PAGE).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                continue;
+            }
+            file.write_all_at(page, start + (i * PAGE) as u64)
+                .map_err(io_err(&path))?;
+        }
+        file.set_len(start + len as u64).map_err(io_err(&path))?;
+    }
+    file.sync_all().map_err(io_err(&path))
+}
+
+/// Maps `dir/memory` copy-on-write as guest memory of `mib` MiB at address 0.
+pub fn map_memory(dir: &Path, mib: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+    let path = memory_path(dir);
+    let file = File::open(&path).map_err(io_err(&path))?;
+    let expected = mib << 20;
+    let found = file.metadata().map_err(io_err(&path))?.len();
+    if found != expected {
+        return Err(SnapshotError::MemorySize {
+            path: path.display().to_string(),
+            found,
+            expected,
+        });
+    }
+    let map_err = |detail: String| SnapshotError::Map {
+        path: path.display().to_string(),
+        detail,
+    };
+    let region = MmapRegionBuilder::new(expected as usize)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .with_file_offset(FileOffset::new(file, 0))
+        .build()
+        .map_err(|e| map_err(e.to_string()))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| map_err("bad region".into()))?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| map_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VmState {
+        VmState {
+            memory_mib: 1,
+            vcpus: Vec::new(),
+            pic_master: kvm_irqchip::default(),
+            pic_slave: kvm_irqchip::default(),
+            ioapic: kvm_irqchip::default(),
+            pit: kvm_pit_state2::default(),
+            clock: kvm_clock_data {
+                clock: 12345,
+                ..Default::default()
+            },
+            serial: SerialRegs::default(),
+            devices: vec![DeviceState {
+                device_type: 2,
+                features: 1 << 32,
+                config: vec![1, 2, 3],
+                queues: Vec::new(),
+                queue_select: 0,
+                device_features_select: 0,
+                driver_features_select: 0,
+                driver_features: 0,
+                status: 15,
+                config_generation: 0,
+                interrupt_status: 0,
+            }],
+        }
+    }
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "hull-snap-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = scratch();
+        write_state(&dir, &sample()).unwrap();
+        let back = read_state(&dir).unwrap();
+        assert_eq!(back.clock.clock, 12345);
+        assert_eq!(back.devices, sample().devices);
+    }
+
+    #[test]
+    fn damaged_state_files_are_refused() {
+        let dir = scratch();
+        write_state(&dir, &sample()).unwrap();
+        let path = state_path(&dir);
+        let good = std::fs::read(&path).unwrap();
+
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(matches!(read_state(&dir), Err(SnapshotError::Corrupted(_))));
+
+        std::fs::write(&path, &good[..good.len() - 3]).unwrap();
+        assert!(matches!(read_state(&dir), Err(SnapshotError::Truncated(_))));
+
+        let mut old = good.clone();
+        old[8..12].copy_from_slice(&0u32.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        let err = read_state(&dir).unwrap_err();
+        assert!(err.to_string().contains("format version 0"), "{err}");
+
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(matches!(read_state(&dir), Err(SnapshotError::NotASnapshot(_))));
+
+        let mut huge = good.clone();
+        huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(matches!(read_state(&dir), Err(SnapshotError::Corrupted(_))));
+    }
+
+    #[test]
+    fn memory_is_sparse_and_mapped_copy_on_write() {
+        let dir = scratch();
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        use vm_memory::Bytes;
+        memory.write_slice(b"template", GuestAddress(0x3000)).unwrap();
+        write_memory(&dir, &memory).unwrap();
+        let meta = std::fs::metadata(memory_path(&dir)).unwrap();
+        assert_eq!(meta.len(), 1 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 < 1 << 20, "zero pages are holes");
+
+        let clone = map_memory(&dir, 1).unwrap();
+        let mut buf = [0u8; 8];
+        clone.read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
+        assert_eq!(&buf, b"template");
+        clone.write_slice(b"clone-1!", GuestAddress(0x3000)).unwrap();
+        let again = map_memory(&dir, 1).unwrap();
+        again.read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
+        assert_eq!(&buf, b"template", "a clone's writes stay private");
+
+        assert!(matches!(map_memory(&dir, 2), Err(SnapshotError::MemorySize { .. })));
+    }
+}

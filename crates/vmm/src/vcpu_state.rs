@@ -1,0 +1,119 @@
+//! Saving and restoring one paused vCPU: registers, special registers,
+//! XSAVE/FPU, XCRs, debug registers, local APIC, MSRs and pending events.
+
+use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_MAX_MSR_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
+
+use crate::cpu::{self, CpuError};
+use crate::snapshot::VcpuState;
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
+    move |source| CpuError::Kvm { what, source }
+}
+
+fn invalid(what: &'static str) -> CpuError {
+    CpuError::Kvm {
+        what,
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    }
+}
+
+/// The MSRs KVM can save for a vCPU.
+pub fn msr_indices(kvm_fd: &Kvm) -> Result<Vec<u32>, CpuError> {
+    Ok(kvm_fd
+        .get_msr_index_list()
+        .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
+        .as_slice()
+        .to_vec())
+}
+
+/// KVM's XSAVE area must fit the legacy 4 KiB `kvm_xsave` (no AMX state).
+pub fn check_xsave_size(kvm_fd: &Kvm) -> Result<(), CpuError> {
+    let size = kvm_fd.check_extension_int(Cap::Xsave2);
+    if size > 4096 {
+        return Err(CpuError::Unsupported(format!(
+            "this host's XSAVE state is {size} bytes; hull snapshots hold 4096"
+        )));
+    }
+    Ok(())
+}
+
+fn msrs_of(entries: &[kvm_msr_entry]) -> Result<Msrs, CpuError> {
+    Msrs::from_entries(entries).map_err(|_| invalid("building the MSR list"))
+}
+
+/// Reads every MSR in `indices` that KVM will give; an index it refuses
+/// (a feature this CPU lacks) is left out.
+fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, CpuError> {
+    let mut saved = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(KVM_MAX_MSR_ENTRIES) {
+        let mut pending: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        while !pending.is_empty() {
+            let mut msrs = msrs_of(&pending)?;
+            let read = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
+            saved.extend(msrs.as_slice()[..read].iter().map(|e| (e.index, e.data)));
+            // Entry `read` is the one KVM refused; go on after it.
+            pending.drain(..(read + 1).min(pending.len()));
+        }
+    }
+    Ok(saved)
+}
+
+/// Captures a paused vCPU. Its last exit must have been completed (a
+/// KVM_RUN with `immediate_exit` set) so that no half-done I/O is lost.
+pub fn save(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, CpuError> {
+    Ok(VcpuState {
+        mp_state: vcpu.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?,
+        regs: vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
+        sregs: vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
+        xsave: vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
+        xcrs: vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?,
+        debugregs: vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?,
+        lapic: vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?,
+        msrs: read_msrs(vcpu, msr_indices)?,
+        events: vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+    })
+}
+
+/// Puts vCPU `id` of `count` back as `state` had it (Firecracker's order:
+/// CPUID first, then state whose meaning depends on it, events last).
+pub fn restore(vcpu: &VcpuFd, base_cpuid: &CpuId, id: u8, count: u8, state: &VcpuState) -> Result<(), CpuError> {
+    vcpu.set_cpuid2(&cpu::vcpu_cpuid(base_cpuid, id, count)?)
+        .map_err(kvm("KVM_SET_CPUID2"))?;
+    vcpu.set_mp_state(state.mp_state).map_err(kvm("KVM_SET_MP_STATE"))?;
+    vcpu.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;
+    vcpu.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+    // SAFETY: check_xsave_size held when this state was saved and the kernel
+    // reads exactly one `kvm_xsave`.
+    unsafe { vcpu.set_xsave(&state.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+    vcpu.set_xcrs(&state.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+    vcpu.set_debug_regs(&state.debugregs)
+        .map_err(kvm("KVM_SET_DEBUGREGS"))?;
+    vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+    for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+        let entries: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let written = vcpu.set_msrs(&msrs_of(&entries)?).map_err(kvm("KVM_SET_MSRS"))?;
+        if written < entries.len() {
+            return Err(CpuError::Unsupported(format!(
+                "KVM refused MSR {:#x} from the snapshot",
+                entries[written].index
+            )));
+        }
+    }
+    vcpu.set_vcpu_events(&state.events)
+        .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+    Ok(())
+}
