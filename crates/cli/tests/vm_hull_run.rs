@@ -228,7 +228,8 @@ fn bad_input_gets_clear_errors() {
         );
     }
 
-    let out = run(&root, &["--boot-timeout", "1"], &["true"]);
+    // A clone reaches its agent in well under a second: boot cold to be late.
+    let out = run(&root, &["--cold-boot", "--boot-timeout", "1"], &["true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
         text(&out.stderr).contains("did not reach its agent within 1s"),
@@ -273,8 +274,9 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     let record = serde_json::json!({"kernel_release": guest["kernel_release"], "kernel": guest["kernel"], "initramfs": initramfs});
     std::fs::write(data.join("guest.json"), record.to_string()).unwrap();
     let root = busybox_rootfs("panic");
+    let rootfs = root.display().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["run", "--rootfs", &root.display().to_string(), "--", "true"])
+        .args(["run", "--cold-boot", "--rootfs", &rootfs, "--", "true"])
         .env("HULL_DATA_DIR", &data)
         .output()
         .unwrap();
@@ -282,6 +284,23 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("the VM stopped before its agent started"), "{stderr}");
     assert!(stderr.contains("Kernel panic"), "{stderr}");
+    // The same guest as a template never reaches its snapshot point.
+    let out = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .args(["run", "--rootfs", &rootfs, "--", "true"])
+        .env("HULL_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("making the template"), "{stderr}");
+    assert!(stderr.contains("Kernel panic"), "{stderr}");
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "lock")
+        .collect();
+    assert!(leftovers.is_empty(), "a failed template leaves nothing: {leftovers:?}");
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
 }

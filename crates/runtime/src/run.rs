@@ -106,6 +106,28 @@ impl Drop for RunDir {
 /// The VMM process; killed if still running when dropped.
 struct Vmm(Child);
 
+impl Vmm {
+    /// How the VMM ended (waiting up to `grace`), with its stderr.
+    fn fate(&mut self, grace: Duration) -> String {
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => break None,
+            }
+        };
+        let Some(status) = status else {
+            return "hull-vmm is still running".into();
+        };
+        let mut stderr = String::new();
+        if let Some(mut err) = self.0.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        format!("hull-vmm ended with {status}: {}", stderr.trim())
+    }
+}
+
 impl Drop for Vmm {
     fn drop(&mut self) {
         if matches!(self.0.try_wait(), Ok(None)) {
@@ -230,7 +252,16 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
             sectors: sectors(&writable)?,
         },
     ];
-    let status = converse(conn, request, &process, &id, disks, &console_log)?;
+    let status = match converse(conn, request, &process, &id, disks, &console_log) {
+        // Say what became of the VMM: its exit status and last words.
+        Err(RunError::Lost { detail, console }) => {
+            return Err(RunError::Lost {
+                detail: format!("{detail}; {}", vmm.fate(Duration::from_secs(2))),
+                console,
+            })
+        }
+        other => other?,
+    };
     // The agent powers the VM off after reporting; give it a moment, then make sure.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && matches!(vmm.0.try_wait(), Ok(None)) {

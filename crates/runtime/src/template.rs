@@ -154,14 +154,23 @@ pub fn rebuild(template: &Template, guest: &Guest, vmm: &Path) -> Result<Templat
     build(guest, vmm, template.record.clone())
 }
 
-/// Boots the template VM; its agent asks to be saved once ready. Runs under the lock.
-fn build(guest: &Guest, vmm: &Path, mut record: TemplateRecord) -> Result<Template, TemplateError> {
+/// Boots the template VM; its agent asks to be saved once ready. Runs under
+/// the lock; a failed attempt leaves nothing behind.
+fn build(guest: &Guest, vmm: &Path, record: TemplateRecord) -> Result<Template, TemplateError> {
+    let tmp = templates_dir().join(format!(".{}.tmp", record.name()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let built = build_in(&tmp, guest, vmm, record);
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    built
+}
+
+fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -> Result<Template, TemplateError> {
     let name = record.name();
     let root = templates_dir();
     let dir = root.join(&name);
-    let tmp = root.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    std::fs::create_dir_all(tmp).map_err(io(format!("creating {}", tmp.display())))?;
     let fail = |detail: String| TemplateError::Build {
         name: name.clone(),
         detail,
@@ -196,7 +205,7 @@ fn build(guest: &Guest, vmm: &Path, mut record: TemplateRecord) -> Result<Templa
         .arg("--serial-log")
         .arg(tmp.join("console.log"))
         .arg("--snapshot-to")
-        .arg(&tmp)
+        .arg(tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -216,7 +225,7 @@ fn build(guest: &Guest, vmm: &Path, mut record: TemplateRecord) -> Result<Templa
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    if !status.success() || !vmm::snapshot::state_path(&tmp).is_file() {
+    if !status.success() || !vmm::snapshot::state_path(tmp).is_file() {
         let mut stderr = String::new();
         if let Some(mut err) = child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
@@ -232,7 +241,7 @@ fn build(guest: &Guest, vmm: &Path, mut record: TemplateRecord) -> Result<Templa
     let json = serde_json::to_vec_pretty(&record).map_err(|e| fail(e.to_string()))?;
     image::store::write_atomic(&tmp.join(RECORD), &json).map_err(io("writing the template record"))?;
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(io(format!("moving the template to {}", dir.display())))?;
+    std::fs::rename(tmp, &dir).map_err(io(format!("moving the template to {}", dir.display())))?;
     remove_stale(&root, &record, &name);
     Ok(Template { name, dir, record })
 }

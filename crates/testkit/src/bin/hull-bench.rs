@@ -43,6 +43,19 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Instant clone: `hull run IMAGE true` cloned and cold-booted, restore to
+    /// agent ready, clones per second, memory per idle clone; peers podman
+    /// (same rootfs, no VM) and a QEMU-KVM cold boot (inside vmhost here).
+    Clone {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Idle clones kept at once for the memory figures.
+        #[arg(long, default_value_t = 50)]
+        idle: usize,
+        /// Clones started at once.
+        #[arg(long, default_value_t = 20)]
+        parallel: usize,
+    },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
     ImageRun {
@@ -59,6 +72,9 @@ fn main() -> Result<()> {
         Bench::Vmhost { runs } => vmhost_bench(runs),
         Bench::Image { runs } => image_bench::pull_and_disk(runs),
         Bench::ImageRun { runs } => image_bench::run_true(runs),
+        Bench::Clone { runs, idle, parallel } => {
+            clone_bench::clone_bench(clone_bench::Options { runs, idle, parallel })
+        }
         Bench::Boot { runs } => {
             if matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
                 boot_bench(runs)
@@ -71,6 +87,8 @@ fn main() -> Result<()> {
     }
 }
 
+#[path = "hull-bench/clone_bench.rs"]
+mod clone_bench;
 #[path = "hull-bench/image_bench.rs"]
 mod image_bench;
 

@@ -151,17 +151,13 @@ impl MmioTransport {
         Ok((transport, config_changed))
     }
 
-    /// After a restore: the device tells its driver what changed (a clone's
-    /// disk size; vsock connections that no longer exist).
+    /// After a restore: tells the driver its device's configuration changed
+    /// (a clone's disk size). vsock needs no transport reset: a template is
+    /// saved before its agent opens any connection, so there is none to drop
+    /// (and a late reset would kill the clone's first connection).
     pub fn announce_restore(&mut self, config_changed: bool) {
-        if !self.driver_ok() {
-            return;
-        }
-        if config_changed {
+        if self.driver_ok() && config_changed {
             self.interrupt.signal_config_change();
-        }
-        if self.device.restored(&mut self.queues, &self.memory) {
-            self.interrupt.signal_used_queue();
         }
     }
 

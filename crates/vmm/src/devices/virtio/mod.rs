@@ -82,11 +82,6 @@ pub trait VirtioDevice: Send {
     fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
         None
     }
-    /// The VM was just restored from a snapshot with this fresh backend: tell
-    /// the driver what it must forget. Returns whether a used ring changed.
-    fn restored(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
-        false
-    }
     /// Host-side I/O is ready; returns whether anything was put in a used ring.
     fn poll(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
         false

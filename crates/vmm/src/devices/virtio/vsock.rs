@@ -36,9 +36,6 @@ const SHUTDOWN_RCV: u32 = 1;
 const SHUTDOWN_SEND: u32 = 2;
 const RX: usize = 0;
 const TX: usize = 1;
-const EVENT: usize = 2;
-/// `struct virtio_vsock_event` id: all connections are gone.
-const EVENT_TRANSPORT_RESET: u32 = 0;
 /// What we let the guest have in flight towards one host socket.
 const BUF_ALLOC: u32 = 256 * 1024;
 /// Largest payload we accept in one packet from the guest.
@@ -624,24 +621,6 @@ impl VirtioDevice for Vsock {
 
     fn backend_fd(&self) -> Option<RawFd> {
         Some(self.epoll.as_raw_fd())
-    }
-
-    /// A restored guest may believe in connections this new device never
-    /// had: a transport-reset event makes it drop them all.
-    fn restored(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
-        let Some(queue) = queues.get_mut(EVENT) else {
-            return false;
-        };
-        let Some(chain) = queue.pop_descriptor_chain(memory) else {
-            return false;
-        };
-        let head = chain.head_index();
-        let written = chain
-            .clone()
-            .find(|d| d.is_write_only() && d.len() >= 4)
-            .and_then(|d| memory.write_obj(EVENT_TRANSPORT_RESET, d.addr()).ok())
-            .map_or(0, |_| 4);
-        queue.add_used(memory, head, written).is_ok()
     }
 
     fn poll(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {

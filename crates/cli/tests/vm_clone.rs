@@ -1,0 +1,241 @@
+//! VM tests for instant clone: container VMs restored from a template
+//! snapshot must each run correctly, be distinct machines (entropy, clock,
+//! hostname, disk), and a damaged template must be detected and remade.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "head", "od", "date", "hostname", "test", "true", "sleep", "tr",
+];
+
+/// One ext4 busybox root filesystem for every test (a file, so runs skip
+/// the directory hashing).
+fn rootfs() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hull-clone-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+        }
+        let image = dir.with_extension("ext4");
+        let status = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&dir)
+            .arg(&image)
+            .arg("16M")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mkfs.ext4");
+        image
+    })
+}
+
+fn hull() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hull"))
+}
+
+fn run_sh(script: &str) -> Output {
+    hull()
+        .arg("run")
+        .arg("--rootfs")
+        .arg(rootfs())
+        .args(["--", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok_stdout(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("HULL_DATA_DIR").map_or_else(|| "/var/lib/hull".into(), Into::into)
+}
+
+/// The (one) template for the default VM shape.
+fn template_dir() -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(data_dir().join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("256m-1c-"))
+        })
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn vmm_processes() -> usize {
+    let out = Command::new("pgrep").args(["-x", "hull-vmm"]).output().unwrap();
+    text(&out.stdout).lines().count()
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn clones_are_distinct_machines() {
+    let made = hull().args(["template", "create"]).output().unwrap();
+    let name = ok_stdout(&made).trim().to_string();
+    assert!(name.starts_with("256m-1c-"), "{name}");
+    let listed = ok_stdout(&hull().args(["template", "ls"]).output().unwrap());
+    assert!(listed.contains(&name), "{listed}");
+    // The template's clock stops with it; clones must not wake in its past.
+    std::thread::sleep(Duration::from_secs(5));
+
+    let probe = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/uuid; \
+                 hostname; date +%s; test -e /marker && echo leaked || echo clean; echo mine > /marker; cat /marker";
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let before = unix_now();
+        let stdout = ok_stdout(&run_sh(probe));
+        let after = unix_now();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 6, "{stdout}");
+        let guest_time: u64 = lines[3].parse().unwrap();
+        assert!(
+            guest_time + 1 >= before && guest_time <= after + 1,
+            "guest clock {guest_time}, host between {before} and {after}"
+        );
+        assert_eq!(
+            lines[4], "clean",
+            "a file from another clone or the template is visible"
+        );
+        assert_eq!(lines[5], "mine");
+        seen.push((lines[0].to_string(), lines[1].to_string(), lines[2].to_string()));
+    }
+    assert_eq!(seen[0].0.len(), 64, "{seen:?}");
+    assert_ne!(seen[0].0, seen[1].0, "two clones read the same /dev/urandom bytes");
+    assert_ne!(seen[0].1, seen[1].1, "two clones made the same UUID");
+    assert_ne!(seen[0].2, seen[1].2, "two clones share a hostname");
+
+    // The slow path still works, and is the same machine from the inside.
+    let out = hull()
+        .arg("run")
+        .arg("--cold-boot")
+        .arg("--rootfs")
+        .arg(rootfs())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo cold; test -e /marker && echo leaked || echo clean",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(ok_stdout(&out), "cold\nclean\n");
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn fifty_in_a_row_then_twenty_at_once() {
+    for i in 0..50 {
+        eprintln!("sequential clone {i}");
+        let stdout = ok_stdout(&run_sh(&format!("echo clone {i}")));
+        assert_eq!(stdout, format!("clone {i}\n"));
+    }
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            hull()
+                .arg("run")
+                .arg("--rootfs")
+                .arg(rootfs())
+                .args(["--", "sh", "-c", &format!("sleep 1; echo parallel {i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(ok_stdout(&out), format!("parallel {i}\n"));
+    }
+    assert_eq!(vmm_processes(), 0, "every clone's VMM is gone");
+    let runs = std::fs::read_dir(data_dir().join("run")).map_or(0, |d| d.count());
+    assert_eq!(runs, 0, "every clone's run directory is gone");
+}
+
+/// Damages the template with `damage`, then checks that a run notices,
+/// remakes the template and still succeeds.
+fn damaged_template_is_remade(damage: impl FnOnce(&Path), expect: &str) {
+    ok_stdout(&run_sh("true")); // the template exists
+    let dir = template_dir();
+    damage(&dir);
+    let out = run_sh("echo survived");
+    assert_eq!(ok_stdout(&out), "survived\n");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("is unusable") && stderr.contains(expect), "{stderr}");
+    // The fresh template is used silently.
+    let out = run_sh("echo again");
+    assert_eq!(ok_stdout(&out), "again\n");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_damaged_template_is_detected_and_remade() {
+    damaged_template_is_remade(
+        |dir| {
+            let state = dir.join("state");
+            let mut bytes = std::fs::read(&state).unwrap();
+            let last = bytes.len() - 100;
+            bytes[last] ^= 0x40;
+            std::fs::write(&state, bytes).unwrap();
+        },
+        "corrupted (checksum mismatch)",
+    );
+    damaged_template_is_remade(
+        |dir| {
+            let memory = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("memory"))
+                .unwrap();
+            memory.set_len(4096).unwrap();
+        },
+        "truncated",
+    );
+    damaged_template_is_remade(|dir| std::fs::remove_file(dir.join("memory")).unwrap(), "memory");
+
+    // hull-vmm itself refuses a snapshot of another VM shape, with its own exit status.
+    let dir = template_dir();
+    let vmm = Path::new(env!("CARGO_BIN_EXE_hull")).with_file_name("hull-vmm");
+    let out = Command::new(vmm)
+        .arg("--restore")
+        .arg(&dir)
+        .args(["--memory", "512"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not fit this VM: it is a 256 MiB, 1-vCPU VM"),
+        "{}",
+        text(&out.stderr)
+    );
+}
