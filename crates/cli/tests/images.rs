@@ -470,3 +470,78 @@ fn two_pulls_of_one_image_at_once() {
         assert_eq!(sha256(&content), blob.to_string());
     }
 }
+
+/// A tmpfs of `mib` MiB mounted for the life of the value (the tests run as root).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, mib: u32) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a small tmpfs (needs root)");
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_pull_and_keeps_the_store() {
+    let env = Env::new("full");
+    let _disk = SmallDisk::mount(&env.data, 6);
+    let registry = Registry::start("full", None).unwrap();
+    let small = ImageSpec {
+        layers: vec![(busybox_layer(&["sh"]), Compression::Gzip)],
+        config: json!({"Cmd": ["sh"]}),
+        architecture: "amd64".into(),
+    };
+    // Random bytes do not compress: this layer cannot fit in what is left.
+    let mut noise = vec![0u8; 8 << 20];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in noise.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    let big = ImageSpec {
+        layers: vec![
+            (busybox_layer(&["sh"]), Compression::Gzip),
+            (LayerBuilder::new().file("noise", &noise).build(), Compression::Gzip),
+        ],
+        config: json!({"Cmd": ["sh"]}),
+        architecture: "amd64".into(),
+    };
+    for (name, spec) in [("small", small), ("big", big)] {
+        let layout = env.work.join(name);
+        write_layout(&layout, "v1", &[spec]).unwrap();
+        registry.push(&layout, "v1", &format!("test/{name}:v1"), None).unwrap();
+    }
+    ok(&env.hull(&["pull", "-q", &format!("{}/test/small:v1", registry.addr)]));
+    let before = ok(&env.hull(&["images"]));
+
+    let full = failed(&env.hull(&["pull", "-q", &format!("{}/test/big:v1", registry.addr)]));
+    assert!(full.contains("No space left on device"), "{full}");
+    assert_eq!(ok(&env.hull(&["images"])), before, "the store lists what it did before");
+    for blob in std::fs::read_dir(env.store().root().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let content = std::fs::read(blob.path()).unwrap();
+        assert_eq!(
+            sha256(&content)[7..],
+            *blob.file_name().to_str().unwrap(),
+            "only complete, verified blobs"
+        );
+    }
+    // The image still in the store is intact and usable.
+    ok(&env.hull(&["image", "inspect", &format!("{}/test/small:v1", registry.addr)]));
+}

@@ -2,8 +2,11 @@
 //!
 //! One `hull-vmm` process runs one VM. The guest is Debian's stock cloud
 //! kernel: it boots through the Linux 64-bit boot protocol (`boot`, `cpu`) and
-//! finds its devices through ACPI tables (`acpi`). This library also tells
-//! whether the host's KVM can run a standard guest kernel at all (`host`).
+//! finds its devices through ACPI tables (`acpi`). A VM can be saved when its
+//! guest asks (a template) and restored with its memory mapped copy-on-write
+//! (a clone): `snapshot` holds the files, `vcpu_state` the per-vCPU part.
+//! This library also tells whether the host's KVM can run a standard guest
+//! kernel at all (`host`).
 
 pub mod acpi;
 pub mod boot;
