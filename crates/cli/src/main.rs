@@ -73,6 +73,12 @@ enum Command {
     /// Manage templates: VMs booted once and saved, that every container VM is cloned from.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Run a benchmark (hull-bench: boot, clone, image, vmhost); medians and
+    /// p95s, JSON under target/bench/. Example: hull bench clone.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +224,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Prune) => done(images::prune().map(|_| true)),
         Command::Template(TemplateCommand::Create { memory, cpus }) => done(templates::create(memory, cpus)),
         Command::Template(TemplateCommand::Ls) => done(templates::list()),
+        Command::Bench { args } => bench(&args),
         Command::Template(TemplateCommand::Rm { names }) => done(templates::remove(&names)),
     }
 }
@@ -232,6 +239,18 @@ fn done(result: anyhow::Result<bool>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hull bench ...` is `hull-bench ...`, built beside hull.
+fn bench(args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let Some(binary) = runtime::sibling_binary("hull-bench") else {
+        eprintln!("hull: hull-bench not found beside hull; build the workspace (cargo build --workspace)");
+        return ExitCode::FAILURE;
+    };
+    let error = std::process::Command::new(&binary).args(args).exec();
+    eprintln!("hull: starting {}: {error}", binary.display());
+    ExitCode::FAILURE
 }
 
 fn host() -> ExitCode {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
-use testkit::oci::{busybox_layer, sha256, write_layout, Compression, ImageSpec, LayerBuilder, Registry};
+use testkit::oci::{busybox_layer, debian_image, sha256, write_layout, Compression, ImageSpec, LayerBuilder, Registry};
 
 struct Env {
     data: PathBuf,
@@ -544,4 +544,37 @@ fn a_full_disk_fails_the_pull_and_keeps_the_store() {
     }
     // The image still in the store is intact and usable.
     ok(&env.hull(&["image", "inspect", &format!("{}/test/small:v1", registry.addr)]));
+}
+
+#[test]
+fn a_debootstrap_debian_image_pulls_into_a_faithful_disk() {
+    let env = Env::new("debian");
+    let registry = Registry::start("debian", None).unwrap();
+    let layout = env.work.join("layout");
+    write_layout(&layout, "v1", &[debian_image().unwrap()]).unwrap();
+    registry.push(&layout, "v1", "test/debian:minbase", None).unwrap();
+    let name = format!("{}/test/debian:minbase", registry.addr);
+    ok(&env.hull(&["pull", "-q", &name]));
+    let store = env.store();
+    let disk = image::disk::image_disk(&store, &store.resolve(&name).unwrap()).unwrap();
+
+    assert!(debugfs(&disk, "cat /etc/debian_version").starts_with("12."));
+    let shadow = debugfs(&disk, "stat /etc/shadow");
+    assert!(
+        shadow.contains("Mode:  0640") && shadow.contains("Group:    42"),
+        "{shadow}"
+    );
+    let passwd_bin = debugfs(&disk, "stat /usr/bin/passwd");
+    assert!(passwd_bin.contains("Mode:  04755"), "setuid kept: {passwd_bin}");
+    assert!(
+        debugfs(&disk, "stat /bin").contains("Fast link dest: \"usr/bin\""),
+        "merged /usr"
+    );
+    let home = debugfs(&disk, "stat /home/app");
+    assert!(home.contains("User:  1000") && home.contains("Mode:  0750"), "{home}");
+    assert!(!debugfs(&disk, "stat /etc/motd").contains("Inode:"), "whiteout");
+    let doc = debugfs(&disk, "ls /usr/share/doc");
+    assert!(doc.contains("hull-note") && !doc.contains("coreutils"), "opaque: {doc}");
+    let status = debugfs(&disk, "cat /var/lib/dpkg/status");
+    assert!(status.contains("Package: coreutils"), "the dpkg database came along");
 }

@@ -7,7 +7,7 @@
 use std::process::{Command, Output};
 
 use serde_json::json;
-use testkit::oci::{busybox_layer, write_layout, Compression, ImageSpec, LayerBuilder, Registry};
+use testkit::oci::{busybox_layer, debian_image, write_layout, Compression, ImageSpec, LayerBuilder, Registry};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -152,4 +152,39 @@ fn images_run_with_their_config_on_shared_disks() {
     assert_eq!(run_dirs, 0);
     drop(registry);
     std::fs::remove_dir_all(&work).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_debootstrap_debian_image_runs_as_docker_would() {
+    let data = std::env::temp_dir().join(format!("hull-vm-debian-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy("/var/lib/hull/guest.json", data.join("guest.json")).expect("hull setup ran");
+    let registry = Registry::start("vm-debian", None).unwrap();
+    let layout = data.join("layout");
+    write_layout(&layout, "v1", &[debian_image().unwrap()]).unwrap();
+    registry.push(&layout, "v1", "test/debian:minbase", None).unwrap();
+    let name = format!("{}/test/debian:minbase", registry.addr);
+
+    let out = hull(&data, &["run", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("12."),
+        "default Cmd: {}",
+        text(&out.stdout)
+    );
+
+    let probe = "id; pwd; echo $GREETING; ls /usr/share/doc; test -e /etc/motd || echo no-motd; \
+                 stat -c '%a %U %G' /etc/shadow; dpkg-query -W -f='${Status}\\n' coreutils; \
+                 touch mine && ls -l mine | cut -d' ' -f3,4";
+    let out = hull(&data, &["run", &name, "sh", "-c", probe]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        stdout,
+        "uid=1000(app) gid=1000(app) groups=1000(app)\n/home/app\ndebian\nhull-note\nno-motd\n640 root shadow\n\
+         install ok installed\napp app\n"
+    );
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -46,8 +46,12 @@ impl LayerBuilder {
         h
     }
 
-    pub fn dir(mut self, path: &str, mode: u32) -> Self {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0, 0, 0);
+    pub fn dir(self, path: &str, mode: u32) -> Self {
+        self.dir_owned(path, mode, 0, 0)
+    }
+
+    pub fn dir_owned(mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, uid, gid, 0);
         self.builder
             .append_data(&mut h, path, std::io::empty())
             .expect("tar dir");
@@ -207,6 +211,63 @@ pub fn write_layout(layout: &Path, tag: &str, images: &[ImageSpec]) -> Result<()
     let index = json!({"schemaVersion": 2, "manifests": [top]});
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
     Ok(())
+}
+
+/// The Debian tree `scripts/debian-rootfs` makes (debootstrap minbase);
+/// an error says how to make it.
+pub fn debian_rootfs() -> Result<PathBuf> {
+    let dir = std::env::var_os("HULL_DEBIAN_ROOTFS")
+        .map_or_else(|| PathBuf::from("/var/cache/hull/debian-minbase"), PathBuf::from);
+    if !dir.join("etc/debian_version").is_file() {
+        bail!("{} has no Debian tree: run scripts/debian-rootfs", dir.display());
+    }
+    Ok(dir)
+}
+
+/// A Debian image from the debootstrap tree: the tree (zstd), then a layer
+/// (gzip) that adds a user `app` (1000) with a home, deletes /etc/motd
+/// (whiteout) and replaces /usr/share/doc (opaque). Runs as `app`.
+pub fn debian_image() -> Result<ImageSpec> {
+    let root = debian_rootfs()?;
+    let mut base = LayerBuilder::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&root)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        base = if kind.is_symlink() {
+            // bookworm's merged /usr: /bin -> usr/bin and friends.
+            let target = std::fs::read_link(&path)?;
+            base.symlink(&name, &target.to_string_lossy())
+        } else if kind.is_dir() {
+            base.tree(&path, &name)
+        } else {
+            base.file(&name, &std::fs::read(&path)?)
+        };
+    }
+    let passwd = std::fs::read_to_string(root.join("etc/passwd"))? + "app:x:1000:1000:app:/home/app:/bin/sh\n";
+    let group = std::fs::read_to_string(root.join("etc/group"))? + "app:x:1000:\n";
+    let changes = LayerBuilder::new()
+        .file_owned("etc/passwd", passwd.as_bytes(), 0o644, 0, 0)
+        .file_owned("etc/group", group.as_bytes(), 0o644, 0, 0)
+        .whiteout("etc/motd")
+        .opaque("usr/share/doc")
+        .file("usr/share/doc/hull-note", b"only this\n")
+        .dir("home", 0o755)
+        .dir_owned("home/app", 0o750, 1000, 1000)
+        .file_owned("home/app/.profile", b"# app\n", 0o644, 1000, 1000)
+        .build();
+    Ok(ImageSpec {
+        layers: vec![(base.build(), Compression::Zstd), (changes, Compression::Gzip)],
+        config: json!({
+            "Cmd": ["cat", "/etc/debian_version"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=debian"],
+            "WorkingDir": "/home/app",
+            "User": "app",
+        }),
+        architecture: "amd64".into(),
+    })
 }
 
 /// A busybox root filesystem as a layer: /bin/busybox and its applets.

@@ -51,9 +51,11 @@ pub fn clone_bench(options: Options) -> Result<()> {
     std::fs::create_dir_all(&data)?;
     std::fs::copy(runtime::data_dir().join("guest.json"), data.join("guest.json"))
         .context("the guest is set up (hull setup)")?;
+    // The QEMU peer's kernel, from the real data directory (before it changes).
+    let kernel = guest::cloud_kernel()?;
     // This process makes writable disks itself, in the bench's data directory.
     std::env::set_var("HULL_DATA_DIR", &data);
-    let result = measure(&work, &data, &options);
+    let result = measure(&work, &data, &kernel, &options);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -65,6 +67,9 @@ fn hull(data: &Path) -> Result<Command> {
 }
 
 fn timed(command: &mut Command) -> Result<Duration> {
+    if std::env::var_os("HULL_BENCH_VERBOSE").is_some() {
+        eprintln!("  {command:?}");
+    }
     let start = Instant::now();
     let out = command.output().with_context(|| format!("running {command:?}"))?;
     if !out.status.success() {
@@ -73,7 +78,7 @@ fn timed(command: &mut Command) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn measure(work: &Path, data: &Path, options: &Options) -> Result<()> {
+fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options: &Options) -> Result<()> {
     // A busybox image in the store, its disk built and the template made.
     let layout = work.join("layout");
     let spec = ImageSpec {
@@ -102,7 +107,7 @@ fn measure(work: &Path, data: &Path, options: &Options) -> Result<()> {
         cloned.push(timed(hull(data)?.args(["run", &id, "true"]))?);
         cold.push(timed(hull(data)?.args(["run", "--cold-boot", &id, "true"]))?);
         if podman {
-            peer_podman.push(timed(Command::new("podman").args(podman_args(&rootfs)))?);
+            peer_podman.push(timed(Command::new("podman").args(podman_args(work, &rootfs)))?);
         }
     }
 
@@ -136,8 +141,7 @@ fn measure(work: &Path, data: &Path, options: &Options) -> Result<()> {
     let memory: Vec<Rollup> = idle.iter().filter_map(|c| Rollup::of(c.child.id())).collect();
     drop(idle);
 
-    let kernel = guest::cloud_kernel()?;
-    let initramfs = guest::busybox_initramfs(&kernel, &work.join("qemu.cpio"), "$B poweroff -f")?;
+    let initramfs = guest::busybox_initramfs(kernel, &work.join("qemu.cpio"), "$B poweroff -f")?;
     let mut qemu = Vec::new();
     for _ in 0..options.runs.min(5) {
         let run = timed_boot(
@@ -289,8 +293,18 @@ fn podman_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn podman_args(rootfs: &Path) -> Vec<String> {
+/// `podman run --rm` of `rootfs` with its own storage under `work` (vfs: the
+/// test host's root is itself an overlay) and no systemd.
+fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
+    let dir = |name: &str| work.join(name).display().to_string();
     vec![
+        "--root".into(),
+        dir("podman-root"),
+        "--runroot".into(),
+        dir("podman-run"),
+        "--storage-driver=vfs".into(),
+        "--cgroup-manager=cgroupfs".into(),
+        "--events-backend=file".into(),
         "run".into(),
         "--rm".into(),
         "--network=none".into(),
