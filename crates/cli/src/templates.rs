@@ -7,19 +7,7 @@ pub fn create(memory_mib: u64, cpus: u8) -> anyhow::Result<bool> {
     vmm::host::require_guest_capable()?;
     let guest = runtime::guest::Guest::current()?;
     let vmm = runtime::sibling_binary("hull-vmm").context("hull-vmm not found beside hull")?;
-    let config = vmm::vm::VmConfig {
-        start: vmm::vm::Start::Restore {
-            snapshot: Default::default(),
-        },
-        memory_mib,
-        vcpus: cpus,
-        serial_log: None,
-        console_echo: false,
-        disks: Vec::new(),
-        vsock: None,
-        snapshot_to: None,
-    };
-    vmm::vm::validate(&config)?;
+    vmm::vm::validate_shape(memory_mib, cpus)?;
     let made = template::create(&guest, &vmm, memory_mib, cpus)?;
     println!("{}", made.name);
     Ok(true)

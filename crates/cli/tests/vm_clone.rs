@@ -41,14 +41,64 @@ fn hull() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hull"))
 }
 
-fn run_sh(script: &str) -> Output {
-    hull()
-        .arg("run")
-        .arg("--rootfs")
-        .arg(rootfs())
-        .args(["--", "sh", "-c", script])
+/// Runs `command` to completion, but no longer than two minutes (nothing
+/// here should take that long): past that the test fails showing what the
+/// VMs were doing, instead of hanging until the suite's time limit.
+fn finish(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let report = hang_report();
+            let _ = child.kill();
+            panic!("{command:?} ran past its 120 s deadline\n{report}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// What a `hull` that hit the deadline leaves to look at: the consoles of
+/// the VMs still around and the state of every hull-vmm thread.
+fn hang_report() -> String {
+    let mut report = String::new();
+    for dir in std::fs::read_dir(data_dir().join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let console = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(15).collect();
+        report += &format!(
+            "== {}\n{}\n",
+            dir.path().display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let threads = Command::new("ps")
+        .args(["-eLo", "pid,tid,stat,wchan:24,comm"])
         .output()
-        .unwrap()
+        .unwrap();
+    report += &text(&threads.stdout)
+        .lines()
+        .filter(|l| l.contains("hull") || l.contains("vcpu") || l.contains("virtio") || l.starts_with("    PID"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    report
+}
+
+fn run_sh(script: &str) -> Output {
+    finish(
+        hull()
+            .arg("run")
+            .arg("--rootfs")
+            .arg(rootfs())
+            .args(["--", "sh", "-c", script]),
+    )
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -101,7 +151,7 @@ fn vmm_processes() -> usize {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn clones_are_distinct_machines() {
-    let made = hull().args(["template", "create"]).output().unwrap();
+    let made = finish(hull().args(["template", "create"]));
     let name = ok_stdout(&made).trim().to_string();
     assert!(name.starts_with("256m-1c-"), "{name}");
     let listed = ok_stdout(&hull().args(["template", "ls"]).output().unwrap());
@@ -160,22 +210,25 @@ fn fifty_in_a_row_then_twenty_at_once() {
         let stdout = ok_stdout(&run_sh(&format!("echo clone {i}")));
         assert_eq!(stdout, format!("clone {i}\n"));
     }
-    let children: Vec<_> = (0..20)
-        .map(|i| {
-            hull()
-                .arg("run")
-                .arg("--rootfs")
-                .arg(rootfs())
-                .args(["--", "sh", "-c", &format!("sleep 1; echo parallel {i}")])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(ok_stdout(&out), format!("parallel {i}\n"));
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..20)
+            .map(|i| {
+                scope.spawn(move || {
+                    let script = format!("sleep 1; echo parallel {i}");
+                    finish(
+                        hull()
+                            .arg("run")
+                            .arg("--rootfs")
+                            .arg(rootfs())
+                            .args(["--", "sh", "-c", &script]),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().expect("a clone's run")).collect()
+    });
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(ok_stdout(out), format!("parallel {i}\n"));
     }
     assert_eq!(vmm_processes(), 0, "every clone's VMM is gone");
     let runs = std::fs::read_dir(data_dir().join("run")).map_or(0, |d| d.count());

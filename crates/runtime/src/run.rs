@@ -1,6 +1,8 @@
-//! Running one container command in a fresh microVM: start `hull-vmm`, wait
-//! for the agent to call in over vsock, hand it the command, relay standard
-//! streams and signals, and return the command's exit status.
+//! Running one container command in its own microVM: start `hull-vmm` (a
+//! clone of the template for this VM shape, or a cold boot), wait for the
+//! agent to call in over vsock, hand it the command with fresh entropy, the
+//! time and its disks' sizes, relay standard streams and signals, and return
+//! the command's exit status.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -165,21 +167,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
     let vmm_binary = crate::sibling_binary("hull-vmm").ok_or(RunError::NoVmm)?;
-    let vm_config = vmm::vm::VmConfig {
-        start: vmm::vm::Start::Boot {
-            kernel: guest.kernel.clone(),
-            initrd: Some(guest.initramfs.clone()),
-            cmdline: String::new(),
-        },
-        memory_mib: request.memory_mib,
-        vcpus: request.cpus,
-        serial_log: None,
-        console_echo: false,
-        disks: Vec::new(),
-        vsock: None,
-        snapshot_to: None,
-    };
-    vmm::vm::validate(&vm_config)?;
+    vmm::vm::validate_shape(request.memory_mib, request.cpus)?;
     let available = host_available_mib();
     if available < MIN_HOST_AVAILABLE_MIB {
         return Err(RunError::HostMemory { available });

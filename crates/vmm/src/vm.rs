@@ -141,18 +141,20 @@ fn host_memory_mib() -> u64 {
 
 /// Checks a configuration before anything is allocated.
 pub fn validate(config: &VmConfig) -> Result<(), VmError> {
+    validate_shape(config.memory_mib, config.vcpus)
+}
+
+/// Checks a VM's memory size and vCPU count.
+pub fn validate_shape(memory_mib: u64, vcpus: u8) -> Result<(), VmError> {
     let max = (MAX_MEMORY >> 20).min(host_memory_mib());
-    if config.memory_mib < MIN_MEMORY_MIB || config.memory_mib > max {
+    if !(MIN_MEMORY_MIB..=max).contains(&memory_mib) {
         return Err(VmError::MemorySize {
-            requested: config.memory_mib,
+            requested: memory_mib,
             max,
         });
     }
-    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-        return Err(VmError::VcpuCount {
-            vcpus: config.vcpus,
-            max: MAX_VCPUS,
-        });
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(VmError::VcpuCount { vcpus, max: MAX_VCPUS });
     }
     Ok(())
 }
