@@ -267,12 +267,7 @@ fn sectors(disk: &Path) -> Result<u64, RunError> {
 }
 
 fn host_available_mib() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(u64::MAX, |kib| kib / 1024)
+    vmm::host::meminfo_mib("MemAvailable").unwrap_or(u64::MAX)
 }
 
 /// Everything one container VM is started with.

@@ -20,7 +20,7 @@ pub enum CpuError {
     Unsupported(String),
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
+pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
     move |source| CpuError::Kvm { what, source }
 }
 
@@ -132,19 +132,7 @@ pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8, entry: GuestAd
         (MSR_IA32_MISC_ENABLE, 1),          // fast strings
         (MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, write-back by default
     ];
-    let entries: Vec<kvm_msr_entry> = msrs
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| CpuError::Kvm {
-        what: "building MSRs",
-        source: kvm_ioctls::Error::new(libc::EINVAL),
-    })?;
-    vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+    vcpu.set_msrs(&msr_list(&msrs)?).map_err(kvm("KVM_SET_MSRS"))?;
 
     let fpu = kvm_fpu {
         fcw: 0x37f,
@@ -192,6 +180,22 @@ pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8, entry: GuestAd
     };
     vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))?;
     Ok(())
+}
+
+/// KVM's MSR list from (index, value) pairs (at most `KVM_MAX_MSR_ENTRIES`).
+pub(crate) fn msr_list(pairs: &[(u32, u64)]) -> Result<Msrs, CpuError> {
+    let entries: Vec<kvm_msr_entry> = pairs
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| CpuError::Kvm {
+        what: "building MSRs",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })
 }
 
 /// Sets the delivery mode (bits 8..10) of a local vector table register.

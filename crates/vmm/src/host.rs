@@ -49,6 +49,17 @@ impl Default for HostPaths<'static> {
     }
 }
 
+/// A /proc/meminfo field (e.g. `MemTotal`) in MiB, if the kernel reports it.
+pub fn meminfo_mib(field: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let label = format!("{field}:");
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(label.as_str()))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+}
+
 /// Classifies this host's KVM.
 pub fn classify() -> HostKvm {
     classify_at(&HostPaths::default())

@@ -1,22 +1,11 @@
 //! Saving and restoring one paused vCPU: registers, special registers,
 //! XSAVE/FPU, XCRs, debug registers, local APIC, MSRs and pending events.
 
-use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_MAX_MSR_ENTRIES};
+use kvm_bindings::{CpuId, KVM_MAX_MSR_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
-use crate::cpu::{self, CpuError};
+use crate::cpu::{self, kvm, CpuError};
 use crate::snapshot::VcpuState;
-
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
-    move |source| CpuError::Kvm { what, source }
-}
-
-fn invalid(what: &'static str) -> CpuError {
-    CpuError::Kvm {
-        what,
-        source: kvm_ioctls::Error::new(libc::EINVAL),
-    }
-}
 
 /// The MSRs KVM can save for a vCPU.
 pub fn msr_indices(kvm_fd: &Kvm) -> Result<Vec<u32>, CpuError> {
@@ -38,24 +27,14 @@ pub fn check_xsave_size(kvm_fd: &Kvm) -> Result<(), CpuError> {
     Ok(())
 }
 
-fn msrs_of(entries: &[kvm_msr_entry]) -> Result<Msrs, CpuError> {
-    Msrs::from_entries(entries).map_err(|_| invalid("building the MSR list"))
-}
-
 /// Reads every MSR in `indices` that KVM will give; an index it refuses
 /// (a feature this CPU lacks) is left out.
 fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, CpuError> {
     let mut saved = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(KVM_MAX_MSR_ENTRIES) {
-        let mut pending: Vec<kvm_msr_entry> = chunk
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
+        let mut pending: Vec<(u32, u64)> = chunk.iter().map(|&index| (index, 0)).collect();
         while !pending.is_empty() {
-            let mut msrs = msrs_of(&pending)?;
+            let mut msrs = cpu::msr_list(&pending)?;
             let read = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
             saved.extend(msrs.as_slice()[..read].iter().map(|e| (e.index, e.data)));
             // Entry `read` is the one KVM refused; go on after it.
@@ -97,19 +76,11 @@ pub fn restore(vcpu: &VcpuFd, base_cpuid: &CpuId, id: u8, count: u8, state: &Vcp
         .map_err(kvm("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
     for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
-        let entries: Vec<kvm_msr_entry> = chunk
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
-        let written = vcpu.set_msrs(&msrs_of(&entries)?).map_err(kvm("KVM_SET_MSRS"))?;
-        if written < entries.len() {
+        let written = vcpu.set_msrs(&cpu::msr_list(chunk)?).map_err(kvm("KVM_SET_MSRS"))?;
+        if written < chunk.len() {
             return Err(CpuError::Unsupported(format!(
                 "KVM refused MSR {:#x} from the snapshot",
-                entries[written].index
+                chunk[written].0
             )));
         }
     }

@@ -130,13 +130,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub const MAX_VCPUS: u8 = 32;
 
 fn host_memory_mib() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib / 1024)
-        .unwrap_or(u64::MAX)
+    crate::host::meminfo_mib("MemTotal").unwrap_or(u64::MAX)
 }
 
 /// Checks a configuration before anything is allocated.
