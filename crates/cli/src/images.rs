@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use image::{ImageRecord, ImageRef, Store};
-use serde_json::{json, Value};
 
 pub fn open_store() -> Result<Store> {
     Store::open(&runtime::data_dir()).context("opening the image store")
@@ -133,38 +132,13 @@ pub fn list(quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Docker's `image inspect` shape for one image.
-pub fn inspect_json(store: &Store, record: &ImageRecord) -> Result<Value> {
-    let config: Value =
-        serde_json::from_slice(&store.read_document(&record.id)?).context("parsing the image config")?;
-    Ok(json!({
-        "Id": record.id.to_string(),
-        "RepoTags": store.tags_of(&record.id)?,
-        "RepoDigests": record.repo_digests,
-        "Created": record.created.clone().unwrap_or_default(),
-        "Architecture": record.architecture,
-        "Os": record.os,
-        "Size": record.size(),
-        "Config": config.get("config").cloned().unwrap_or(Value::Null),
-        "RootFS": {
-            "Type": "layers",
-            "Layers": record.diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-        },
-        "Metadata": { "hull": {
-            "Manifest": record.manifest.to_string(),
-            "ChainID": record.chain_id().map(|c| c.to_string()),
-            "Layers": record.layers,
-        }},
-    }))
-}
-
 pub fn inspect(names: &[String]) -> Result<bool> {
     let store = open_store()?;
     let mut out = Vec::new();
     let mut all_found = true;
     for name in names {
         match store.resolve(name) {
-            Ok(record) => out.push(inspect_json(&store, &record)?),
+            Ok(record) => out.push(image::inspect::docker_json(&store, &record)?),
             Err(e) => {
                 eprintln!("Error: {e}");
                 all_found = false;

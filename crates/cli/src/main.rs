@@ -319,6 +319,7 @@ fn run(args: RunArgs) -> ExitCode {
         interactive: args.interactive,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         cold_boot: args.cold_boot,
+        hostname: None,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the user asked for on the command line, each overriding the image.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Overrides {
     pub entrypoint: Option<Vec<String>>,
     /// Empty: the image's `Cmd`.

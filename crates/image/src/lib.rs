@@ -7,6 +7,7 @@
 pub mod config;
 pub mod digest;
 pub mod disk;
+pub mod inspect;
 pub mod load;
 pub mod pull;
 pub mod reference;

@@ -4,9 +4,12 @@
 //! templates (a VM booted once and saved), and running a container in a
 //! microVM cloned from its template (or booted cold).
 
+pub mod container;
+pub mod container_log;
 pub mod guest;
 pub mod rootfs;
 pub mod run;
+pub mod shim;
 pub mod template;
 pub mod usage;
 pub mod writable;
@@ -20,6 +23,11 @@ pub fn data_dir() -> PathBuf {
     std::env::var_os("HULL_DATA_DIR")
         .map(Into::into)
         .unwrap_or_else(|| "/var/lib/hull".into())
+}
+
+/// Where hulld's containers keep their files, one directory per container ID.
+pub fn containers_dir() -> PathBuf {
+    data_dir().join("containers")
 }
 
 /// Where guest kernel packages are unpacked.
@@ -41,4 +49,9 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
         .take(2)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// The host's memory in bytes (`MemTotal`).
+pub fn host_memory_bytes() -> u64 {
+    vmm::host::meminfo_mib("MemTotal").unwrap_or(0) * 1024 * 1024
 }

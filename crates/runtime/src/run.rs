@@ -44,6 +44,46 @@ pub struct RunRequest {
     pub boot_timeout: Duration,
     /// Boot a fresh kernel instead of cloning the template (the slow path).
     pub cold_boot: bool,
+    /// The guest's hostname (default: the container's ID).
+    pub hostname: Option<String>,
+}
+
+/// Which of the command's output streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Steers a running container's command: signals and standard input.
+#[derive(Clone)]
+pub struct Steer(Arc<Mutex<UnixStream>>);
+
+impl Steer {
+    fn send(&self, frame: &Frame) -> bool {
+        self.0.lock().is_ok_and(|mut s| write_frame(&mut *s, frame).is_ok())
+    }
+
+    /// Delivers `signal` to the command; false once the guest is gone.
+    pub fn signal(&self, signal: i32) -> bool {
+        self.send(&Frame::Control(Control::Signal { signal }))
+    }
+
+    /// Feeds the command's standard input (in `proto::CHUNK` pieces).
+    pub fn stdin(&self, data: &[u8]) -> bool {
+        data.chunks(proto::CHUNK).all(|c| self.send(&Frame::Stdin(c.to_vec())))
+    }
+
+    pub fn stdin_eof(&self) -> bool {
+        self.send(&Frame::StdinEof)
+    }
+}
+
+/// Where a container's output goes, and who is told it started.
+pub trait Attachment {
+    fn output(&mut self, stream: OutputStream, data: &[u8]);
+    /// The command runs: `steer` reaches it until it ends.
+    fn started(&mut self, steer: Steer);
 }
 
 /// The kernel command line of every hull guest.
@@ -162,8 +202,55 @@ pub(crate) fn console_tail(log: &Path) -> String {
 }
 
 /// Runs `request` in a new microVM and returns the command's exit status
-/// (128 + signal when a signal killed it, 127 when it was not found).
+/// (128 + signal when a signal killed it, 127 when it was not found). Our
+/// standard streams are the command's; SIGINT, SIGTERM and SIGHUP are relayed.
 pub fn run(request: &RunRequest) -> Result<i32, RunError> {
+    let id = new_id();
+    let dir = crate::data_dir().join("run").join(&id);
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let dir = RunDir(dir);
+    if let Source::Image(record) = &request.source {
+        crate::usage::record(&dir.0, &record.id, Some(std::process::id()))
+            .map_err(io("recording the container's image"))?;
+    }
+    run_in(
+        &dir.0,
+        &id,
+        request,
+        &mut Terminal {
+            stdin: request.interactive,
+        },
+    )
+}
+
+/// Our own standard streams and signals, for `hull run`.
+struct Terminal {
+    stdin: bool,
+}
+
+impl Attachment for Terminal {
+    fn output(&mut self, stream: OutputStream, data: &[u8]) {
+        let _ = match stream {
+            OutputStream::Stdout => std::io::stdout()
+                .write_all(data)
+                .and_then(|_| std::io::stdout().flush()),
+            OutputStream::Stderr => std::io::stderr().write_all(data),
+        };
+    }
+
+    fn started(&mut self, steer: Steer) {
+        if self.stdin {
+            let steer = steer.clone();
+            std::thread::spawn(move || relay_stdin(&steer));
+        }
+        relay_signals(steer);
+    }
+}
+
+/// Runs `request` in a new microVM whose files (writable disk, vsock
+/// sockets, console log) live in `dir`; a writable disk already there is
+/// kept, so a restarted container sees its earlier writes.
+pub fn run_in(dir: &Path, id: &str, request: &RunRequest, attachment: &mut dyn Attachment) -> Result<i32, RunError> {
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
     let vmm_binary = crate::sibling_binary("hull-vmm").ok_or(RunError::NoVmm)?;
@@ -194,19 +281,15 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         }
     };
 
-    let id = new_id();
-    let dir = crate::data_dir().join("run").join(&id);
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    let dir = RunDir(dir);
-    if let Source::Image(record) = &request.source {
-        crate::usage::record(&dir.0, &record.id).map_err(io("recording the container's image"))?;
+    let writable = dir.join("rw.ext4");
+    if !writable.exists() {
+        crate::writable::create(&writable)?;
     }
-    let writable = dir.0.join("rw.ext4");
-    crate::writable::create(&writable)?;
-    let uds = dir.0.join("vsock.sock");
-    let console_log = dir.0.join("console.log");
-    let listener =
-        UnixListener::bind(format!("{}_{}", uds.display(), proto::AGENT_PORT)).map_err(io("vsock listener"))?;
+    let uds = dir.join("vsock.sock");
+    let console_log = dir.join("console.log");
+    let agent_socket = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
+    let _ = std::fs::remove_file(&agent_socket);
+    let listener = UnixListener::bind(&agent_socket).map_err(io("vsock listener"))?;
     listener.set_nonblocking(true).map_err(io("vsock listener"))?;
     let vm = VmFiles {
         binary: &vmm_binary,
@@ -230,6 +313,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         other => other?,
     };
     drop(listener);
+    let _ = std::fs::remove_file(&agent_socket);
     let disks = vec![
         proto::DiskSize {
             device: "/dev/vda".into(),
@@ -240,7 +324,11 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
             sectors: sectors(&writable)?,
         },
     ];
-    let status = match converse(conn, request, &process, &id, disks, &console_log) {
+    let hostname = request
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let status = match converse(conn, request, &process, &hostname, disks, &console_log, attachment) {
         // Say what became of the VMM: its exit status and last words.
         Err(RunError::Lost { detail, console }) => {
             return Err(RunError::Lost {
@@ -391,9 +479,10 @@ fn converse(
     conn: UnixStream,
     request: &RunRequest,
     process: &Process,
-    id: &str,
+    hostname: &str,
     disks: Vec<proto::DiskSize>,
     log: &Path,
+    attachment: &mut dyn Attachment,
 ) -> Result<i32, RunError> {
     let lost = |detail: String| RunError::Lost {
         detail,
@@ -420,7 +509,7 @@ fn converse(
         Ok(other) => return Err(lost(format!("expected the agent's hello, got {other:?}"))),
         Err(e) => return Err(lost(e.to_string())),
     }
-    let hostname = id.to_string();
+    let hostname = hostname.to_string();
     let mut env = process.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.insert(1.min(env.len()), format!("HOSTNAME={hostname}"));
@@ -444,29 +533,19 @@ fn converse(
     if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));
     }
-    if request.interactive {
-        let sink = sink.clone();
-        std::thread::spawn(move || relay_stdin(&sink));
-    }
-    relay_signals(sink.clone());
+    attachment.started(Steer(sink.clone()));
 
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
     let mut status = None;
     loop {
         match read_frame(&mut input) {
-            Ok(Some(Frame::Stdout(data))) => {
-                let _ = stdout.write_all(&data).and_then(|_| stdout.flush());
-            }
-            Ok(Some(Frame::Stderr(data))) => {
-                let _ = stderr.write_all(&data).and_then(|_| stderr.flush());
-            }
+            Ok(Some(Frame::Stdout(data))) => attachment.output(OutputStream::Stdout, &data),
+            Ok(Some(Frame::Stderr(data))) => attachment.output(OutputStream::Stderr, &data),
             Ok(Some(Frame::Control(Control::Exited { code, signal }))) => {
                 status = Some(proto::shell_status(code, signal));
                 break;
             }
             Ok(Some(Frame::Control(Control::Failed { message, exit_code }))) => {
-                let _ = writeln!(stderr, "hull: {message}");
+                attachment.output(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
                 status = Some(exit_code);
                 break;
             }
@@ -489,32 +568,30 @@ fn host_entropy() -> Result<Vec<u8>, RunError> {
     Ok(bytes)
 }
 
-fn relay_stdin(sink: &Arc<Mutex<UnixStream>>) {
+fn relay_stdin(steer: &Steer) {
     let mut stdin = std::io::stdin();
     let mut buf = vec![0u8; proto::CHUNK];
     loop {
-        let frame = match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => Frame::StdinEof,
-            Ok(n) => Frame::Stdin(buf[..n].to_vec()),
-        };
-        let eof = frame == Frame::StdinEof;
-        let sent = sink.lock().is_ok_and(|mut s| write_frame(&mut *s, &frame).is_ok());
-        if eof || !sent {
-            return;
+        match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                steer.stdin_eof();
+                return;
+            }
+            Ok(n) if !steer.stdin(&buf[..n]) => return,
+            Ok(_) => {}
         }
     }
 }
 
 /// SIGINT, SIGTERM and SIGHUP to hull go to the container's command.
-fn relay_signals(sink: Arc<Mutex<UnixStream>>) {
+fn relay_signals(steer: Steer) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
     };
     std::thread::spawn(move || {
         for signal in signals.forever() {
-            let frame = Frame::Control(Control::Signal { signal });
-            if !sink.lock().is_ok_and(|mut s| write_frame(&mut *s, &frame).is_ok()) {
+            if !steer.signal(signal) {
                 return;
             }
         }

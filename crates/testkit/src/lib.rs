@@ -7,4 +7,5 @@
 pub mod bench;
 pub mod boot;
 pub mod guest;
+pub mod hulld;
 pub mod oci;

@@ -640,3 +640,29 @@ pub fn base64(data: &[u8]) -> String {
     }
     out
 }
+
+/// The busybox applets a plain test image carries.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "true", "false", "id", "hostname", "ls", "env", "wc", "head", "yes", "touch", "pwd",
+    "rm", "kill", "uname", "date",
+];
+
+/// A one-layer busybox image with `config` (Cmd, Env, …), for tests that
+/// need a small image in a registry.
+pub fn busybox_image(config: Value) -> ImageSpec {
+    ImageSpec {
+        layers: vec![(busybox_layer(BUSYBOX_APPLETS), Compression::Gzip)],
+        config,
+        architecture: "amd64".into(),
+    }
+}
+
+/// Writes `image` as a layout under `work` and pushes it to `registry` as
+/// `target` (`repo:tag`); returns the name to pull it by.
+pub fn push_image(registry: &Registry, work: &Path, image: ImageSpec, target: &str) -> Result<String> {
+    let layout = work.join(format!("layout-{}", target.replace(['/', ':'], "-")));
+    write_layout(&layout, "t", &[image])?;
+    registry.push(&layout, "t", target, None)?;
+    let _ = std::fs::remove_dir_all(&layout);
+    Ok(format!("{}/{target}", registry.addr))
+}

@@ -1,0 +1,229 @@
+//! The Docker Engine API's frame: the router, API-version negotiation
+//! (`/v1.NN/` prefixes, the `Api-Version` header), and errors in Docker's
+//! shape (`{"message": "..."}` with the status code the CLI expects).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::daemon::Daemon;
+
+/// The newest API version hulld speaks, and the oldest it accepts.
+pub const API_VERSION: &str = "1.51";
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// An error answered in Docker's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+    pub fn internal(message: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!("{}", self.message);
+        }
+        (self.status, Json(json!({ "message": self.message }))).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        use crate::store::StoreError as E;
+        let status = match &e {
+            E::NoSuchContainer(_) => StatusCode::NOT_FOUND,
+            E::NameInUse { .. } => StatusCode::CONFLICT,
+            E::Ambiguous(_) => StatusCode::BAD_REQUEST,
+            E::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<image::StoreError> for ApiError {
+    fn from(e: image::StoreError) -> ApiError {
+        use image::StoreError as E;
+        let status = match &e {
+            E::NoSuchImage(_) => StatusCode::NOT_FOUND,
+            E::Reference(_) | E::Digest(_) => StatusCode::BAD_REQUEST,
+            E::InUse { .. } | E::MultipleTags { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<runtime::container::ContainerError> for ApiError {
+    fn from(e: runtime::container::ContainerError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+/// Runs blocking work (files, processes) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("internal task failed: {e}")))?
+}
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    use crate::{containers, images, streams, system};
+    Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/containers/create", post(containers::create))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/{id}/json", get(containers::inspect))
+        .route("/containers/{id}/start", post(containers::start))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/restart", post(containers::restart))
+        .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/wait", post(containers::wait))
+        .route("/containers/{id}/rename", post(containers::rename))
+        .route("/containers/{id}/resize", post(containers::resize))
+        .route("/containers/{id}/logs", get(streams::logs))
+        .route("/containers/{id}/attach", post(streams::attach))
+        .route("/containers/{id}", delete(containers::remove))
+        .route("/images/json", get(images::list))
+        .route("/images/create", post(images::pull))
+        .route(
+            "/images/{*rest}",
+            get(images::get_by_name)
+                .post(images::post_by_name)
+                .delete(images::remove),
+        )
+        .fallback(|request: Request| async move {
+            ApiError::not_found(format!("page not found: {} {}", request.method(), request.uri().path()))
+        })
+        .with_state(daemon)
+}
+
+/// Parses `1.44` into (1, 44).
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Strips a `/v1.NN` prefix after checking the version, routes, and adds
+/// the headers every Docker answer carries.
+pub async fn dispatch(router: Router, mut request: Request) -> Result<Response, Infallible> {
+    tracing::debug!("{} {}", request.method(), request.uri());
+    if let Err(refusal) = strip_version(&mut request) {
+        return Ok(with_headers(refusal.into_response()));
+    }
+    let response = match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    Ok(with_headers(response))
+}
+
+fn strip_version(request: &mut Request) -> Result<(), ApiError> {
+    let path = request.uri().path();
+    let Some(rest) = path.strip_prefix("/v") else {
+        return Ok(());
+    };
+    let (version, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(wanted) = parse_version(version) else {
+        return Ok(());
+    };
+    let oldest = parse_version(MIN_API_VERSION).unwrap_or((1, 24));
+    let newest = parse_version(API_VERSION).unwrap_or((1, 51));
+    if wanted < oldest {
+        return Err(ApiError::bad_request(format!(
+            "client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
+        )));
+    }
+    if wanted > newest {
+        return Err(ApiError::bad_request(format!(
+            "client version {version} is too new. Maximum supported API version is {API_VERSION}"
+        )));
+    }
+    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let uri: Uri = format!("/{tail}{query}")
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("bad request path: {e}")))?;
+    *request.uri_mut() = uri;
+    Ok(())
+}
+
+fn with_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    headers.insert("Ostype", HeaderValue::from_static("linux"));
+    headers.insert("Docker-Experimental", HeaderValue::from_static("false"));
+    headers.insert(
+        "Server",
+        HeaderValue::from_static(concat!("hull/", env!("CARGO_PKG_VERSION"), " (linux)")),
+    );
+    response
+}
+
+/// An empty answer with `status`.
+pub fn empty(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// A boolean query parameter as Docker's clients send them (`1`, `true`).
+pub fn flag(value: &Option<String>) -> bool {
+    matches!(value.as_deref(), Some("1" | "true" | "True" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_paths_are_stripped_and_checked() {
+        let mut request = Request::builder()
+            .uri("/v1.50/containers/json?all=1")
+            .body(Body::empty())
+            .unwrap();
+        strip_version(&mut request).unwrap();
+        assert_eq!(request.uri().to_string(), "/containers/json?all=1");
+        let mut old = Request::builder().uri("/v1.12/info").body(Body::empty()).unwrap();
+        let err = strip_version(&mut old).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("too old"), "{}", err.message);
+        let mut new = Request::builder().uri("/v1.99/info").body(Body::empty()).unwrap();
+        assert!(strip_version(&mut new).unwrap_err().message.contains("too new"));
+        let mut plain = Request::builder().uri("/volumes/v1").body(Body::empty()).unwrap();
+        strip_version(&mut plain).unwrap();
+        assert_eq!(plain.uri().path(), "/volumes/v1");
+    }
+}

@@ -1,0 +1,784 @@
+//! The container endpoints: create, list, inspect, start, stop, restart,
+//! kill, wait, rename, resize, remove. Each container is a microVM run by
+//! its own supervisor; its Docker configuration lives in the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use image::config::Overrides;
+use runtime::container::{ContainerDir, ContainerSpec, RunState, RunStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{blocking, empty, flag, ApiError};
+use crate::daemon::{Daemon, Event};
+use crate::store::ContainerRecord;
+
+/// A VM's size when the client names none.
+const DEFAULT_MEMORY_MIB: u64 = 256;
+/// How long `stop` waits after SIGTERM by default, and after SIGKILL.
+const DEFAULT_STOP_SECONDS: u64 = 10;
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateBody {
+    image: String,
+    cmd: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: String,
+    user: String,
+    hostname: String,
+    labels: Option<HashMap<String, String>>,
+    tty: bool,
+    open_stdin: bool,
+    stop_signal: Option<String>,
+    stop_timeout: Option<u64>,
+    host_config: HostConfigBody,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct HostConfigBody {
+    memory: i64,
+    nano_cpus: i64,
+    auto_remove: bool,
+    restart_policy: RestartPolicy,
+    binds: Option<Vec<String>>,
+    mounts: Option<Vec<Value>>,
+    port_bindings: Option<HashMap<String, Value>>,
+    privileged: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct RestartPolicy {
+    name: String,
+    maximum_retry_count: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NameQuery {
+    name: Option<String>,
+}
+
+/// Docker's rule for container names.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    hex::encode(buf)
+}
+
+/// A name like Docker's (`adjective_noun`), for containers created without one.
+fn generated_name(taken: &dyn Fn(&str) -> bool) -> String {
+    const LEFT: &[&str] = &[
+        "agile", "bold", "brave", "calm", "clever", "eager", "fair", "gentle", "happy", "keen", "lucid", "merry",
+        "nimble", "proud", "quick", "quiet", "sharp", "steady", "swift", "tidy", "vivid", "wise", "witty", "zen",
+    ];
+    const RIGHT: &[&str] = &[
+        "babbage", "curie", "darwin", "euler", "fermat", "gauss", "hopper", "hypatia", "kepler", "lamport", "lovelace",
+        "noether", "pascal", "ritchie", "shannon", "thompson", "torvalds", "turing", "wozniak",
+    ];
+    loop {
+        let r = random_hex(4);
+        let n = u32::from_str_radix(&r, 16).unwrap_or(0) as usize;
+        let name = format!("{}_{}", LEFT[n % LEFT.len()], RIGHT[(n / LEFT.len()) % RIGHT.len()]);
+        if !taken(&name) {
+            return name;
+        }
+        let numbered = format!("{name}_{}", n % 100);
+        if !taken(&numbered) {
+            return numbered;
+        }
+    }
+}
+
+pub async fn create(
+    State(daemon): State<Arc<Daemon>>,
+    Query(query): Query<NameQuery>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let raw: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let parsed: CreateBody = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
+    let id = blocking(move || create_blocking(&daemon, query.name, parsed, raw)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "Id": id, "Warnings": [] }))))
+}
+
+fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw: Value) -> Result<String, ApiError> {
+    if body.image.is_empty() {
+        return Err(ApiError::bad_request(
+            "no image given: the container config needs an Image",
+        ));
+    }
+    let host = &body.host_config;
+    if host.binds.as_ref().is_some_and(|b| !b.is_empty()) || host.mounts.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::bad_request(
+            "volumes and bind mounts are not supported by hull yet (-v, --mount)",
+        ));
+    }
+    if host.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request(
+            "port publishing is not supported by hull yet (-p)",
+        ));
+    }
+    if host.privileged {
+        return Err(ApiError::bad_request(
+            "--privileged is not supported: every container is its own VM",
+        ));
+    }
+    let policy = host.restart_policy.name.as_str();
+    if !matches!(policy, "" | "no" | "always" | "unless-stopped" | "on-failure") {
+        return Err(ApiError::bad_request(format!("invalid restart policy '{policy}'")));
+    }
+    if host.restart_policy.maximum_retry_count != 0 && policy != "on-failure" {
+        return Err(ApiError::bad_request(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'",
+        ));
+    }
+    if host.auto_remove && !matches!(policy, "" | "no") {
+        return Err(ApiError::bad_request(
+            "can't create 'AutoRemove' container with restart policy",
+        ));
+    }
+    if host.memory < 0 || host.nano_cpus < 0 {
+        return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
+    }
+    let memory_mib = match host.memory {
+        0 => DEFAULT_MEMORY_MIB,
+        bytes => (bytes as u64).div_ceil(1 << 20),
+    };
+    let cpus = match host.nano_cpus {
+        0 => 1,
+        nano => u8::try_from((nano as u64).div_ceil(1_000_000_000))
+            .map_err(|_| ApiError::bad_request("too many CPUs: a VM has at most 255"))?,
+    };
+    vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let record = daemon.images.resolve(&body.image)?;
+    let config = image::config::load(&daemon.images, &record.id).map_err(ApiError::internal)?;
+    // `--entrypoint ""` arrives as [""]: no entrypoint at all.
+    let entrypoint = body
+        .entrypoint
+        .clone()
+        .map(|e| e.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
+    let overrides = Overrides {
+        entrypoint,
+        cmd: body.cmd.clone().unwrap_or_default(),
+        env: body.env.clone().unwrap_or_default(),
+        workdir: Some(body.working_dir.clone()).filter(|w| !w.is_empty()),
+        user: Some(body.user.clone()).filter(|u| !u.is_empty()),
+    };
+    let process =
+        image::config::process(Some(&config), &overrides).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let id = random_hex(32);
+    let name = match name.filter(|n| !n.is_empty()) {
+        Some(name) => {
+            let name = name.strip_prefix('/').unwrap_or(&name).to_string();
+            if !valid_name(&name) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                )));
+            }
+            name
+        }
+        None => {
+            let records = daemon.containers.all()?;
+            generated_name(&|n| records.iter().any(|r| r.name == n))
+        }
+    };
+    let hostname = match body.hostname.as_str() {
+        "" => id[..12].to_string(),
+        h => h.to_string(),
+    };
+    let mut docker_config = raw.clone();
+    if let Some(object) = docker_config.as_object_mut() {
+        object.remove("HostConfig");
+        object.remove("NetworkingConfig");
+        object.insert("Hostname".into(), json!(hostname));
+        object.insert("Image".into(), json!(body.image));
+        if body.env.is_none() || object.get("Env").is_some_and(Value::is_null) {
+            object.insert("Env".into(), json!(process.env));
+        }
+        object.insert("Labels".into(), json!(body.labels.clone().unwrap_or_default()));
+    }
+    let (path, args) = process
+        .argv
+        .split_first()
+        .map_or((String::new(), Vec::new()), |(p, a)| (p.clone(), a.to_vec()));
+    let record = ContainerRecord {
+        id: id.clone(),
+        name,
+        created: runtime::container::now_rfc3339(),
+        image: body.image.clone(),
+        image_id: record.id.to_string(),
+        path,
+        args,
+        config: docker_config,
+        host_config: raw.get("HostConfig").cloned().unwrap_or_else(|| json!({})),
+        restart_count: 0,
+        manually_stopped: false,
+    };
+    daemon.containers.insert(&record)?;
+    let spec = ContainerSpec {
+        image: Some(daemon.images.resolve(&body.image)?.id),
+        rootfs: None,
+        overrides,
+        memory_mib,
+        cpus,
+        hostname,
+        open_stdin: body.open_stdin,
+        cold_boot: false,
+    };
+    if let Err(e) = ContainerDir::new(&id).create(&spec) {
+        let _ = daemon.containers.remove(&id);
+        let _ = ContainerDir::new(&id).remove();
+        return Err(e.into());
+    }
+    let _ = body.tty; // recorded in Config; the stream format follows it
+    tracing::info!("created container {id} ({})", record.name);
+    Ok(id)
+}
+
+/// A container's record and the state of its latest run.
+fn lookup(daemon: &Daemon, reference: &str) -> Result<(ContainerRecord, Option<RunState>), ApiError> {
+    let record = daemon.containers.find(reference)?;
+    let state = ContainerDir::new(&record.id).state()?;
+    Ok((record, state))
+}
+
+fn is_running(state: &Option<RunState>) -> bool {
+    matches!(state, Some(s) if s.status == RunStatus::Running)
+}
+
+/// Docker's state word.
+fn status_word(state: &Option<RunState>) -> &'static str {
+    match state {
+        None => "created",
+        Some(s) if s.status == RunStatus::Running => "running",
+        Some(_) => "exited",
+    }
+}
+
+/// "3 seconds", "About a minute", as Docker's `ps` prints durations.
+fn human_duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s < 1 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".into(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s if s < 14 * 86400 => format!("{} days", s / 86400),
+        s if s < 60 * 86400 => format!("{} weeks", s / (7 * 86400)),
+        s if s < 730 * 86400 => format!("{} months", s / (30 * 86400)),
+        s => format!("{} years", s / (365 * 86400)),
+    }
+}
+
+fn since(time: &str) -> chrono::Duration {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .map(|t| chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .unwrap_or_default()
+}
+
+fn status_line(state: &Option<RunState>) -> String {
+    match state {
+        None => "Created".into(),
+        Some(s) if s.status == RunStatus::Running => format!("Up {}", human_duration(since(&s.started_at))),
+        Some(s) => format!(
+            "Exited ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            human_duration(since(s.finished_at.as_deref().unwrap_or_default()))
+        ),
+    }
+}
+
+fn unix_seconds(time: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time).map_or(0, |t| t.timestamp())
+}
+
+fn command_line(record: &ContainerRecord) -> String {
+    std::iter::once(record.path.as_str())
+        .chain(record.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    all: Option<String>,
+    limit: Option<i64>,
+    filters: Option<String>,
+}
+
+/// `filters` as the CLI sends it: `{"key":["v"]}` or the older `{"key":{"v":true}}`.
+pub fn parse_filters(text: Option<&str>) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(HashMap::new());
+    };
+    let value: HashMap<String, Value> =
+        serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
+    let mut filters = HashMap::new();
+    for (key, v) in value {
+        let values = match v {
+            Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Value::Object(o) => o.keys().cloned().collect(),
+            _ => return Err(ApiError::bad_request(format!("invalid filter '{key}'"))),
+        };
+        filters.insert(key, values);
+    }
+    Ok(filters)
+}
+
+fn matches_filters(
+    filters: &HashMap<String, Vec<String>>,
+    record: &ContainerRecord,
+    state: &Option<RunState>,
+) -> Result<bool, ApiError> {
+    for (key, wanted) in filters {
+        let ok = match key.as_str() {
+            "status" => wanted.iter().any(|w| w == status_word(state)),
+            "name" => wanted.iter().any(|w| record.name.contains(w.trim_start_matches('/'))),
+            "id" => wanted.iter().any(|w| record.id.starts_with(w.as_str())),
+            "ancestor" => wanted
+                .iter()
+                .any(|w| record.image == *w || record.image_id.contains(w.as_str()) || record.image.split(':').next() == Some(w)),
+            "label" => wanted.iter().all(|w| {
+                let labels = &record.config["Labels"];
+                match w.split_once('=') {
+                    Some((k, v)) => labels[k].as_str() == Some(v),
+                    None => labels.get(w).is_some(),
+                }
+            }),
+            "exited" => wanted
+                .iter()
+                .any(|w| matches!(state, Some(s) if s.status == RunStatus::Exited && s.exit_code.map(|c| c.to_string()).as_deref() == Some(w))),
+            other => return Err(ApiError::bad_request(format!("invalid filter '{other}'"))),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let filters = parse_filters(query.filters.as_deref())?;
+    let all = flag(&query.all) || query.limit.is_some_and(|l| l > 0) || filters.contains_key("status");
+    let rows = blocking(move || {
+        let mut records = daemon.containers.all()?;
+        records.sort_by(|a, b| b.created.cmp(&a.created));
+        let mut rows = Vec::new();
+        for record in records {
+            let state = ContainerDir::new(&record.id).state().unwrap_or(None);
+            if (!all && !is_running(&state)) || !matches_filters(&filters, &record, &state)? {
+                continue;
+            }
+            rows.push(json!({
+                "Id": record.id,
+                "Names": [format!("/{}", record.name)],
+                "Image": record.image,
+                "ImageID": record.image_id,
+                "Command": command_line(&record),
+                "Created": unix_seconds(&record.created),
+                "Ports": [],
+                "Labels": record.config["Labels"],
+                "State": status_word(&state),
+                "Status": status_line(&state),
+                "HostConfig": { "NetworkMode": "none" },
+                "NetworkSettings": { "Networks": {} },
+                "Mounts": [],
+            }));
+            if query.limit.is_some_and(|l| l > 0 && rows.len() as i64 >= l) {
+                break;
+            }
+        }
+        Ok(rows)
+    })
+    .await?;
+    Ok(Json(Value::Array(rows)))
+}
+
+pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (record, state) = blocking(move || lookup(&daemon, &id)).await?;
+    Ok(Json(inspect_json(&record, &state)))
+}
+
+pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>) -> Value {
+    let dir = ContainerDir::new(&record.id);
+    let zero_time = "0001-01-01T00:00:00Z";
+    let running = is_running(state);
+    json!({
+        "Id": record.id,
+        "Created": record.created,
+        "Path": record.path,
+        "Args": record.args,
+        "State": {
+            "Status": status_word(state),
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": state.as_ref().filter(|_| running).map_or(0, |s| s.pid),
+            "ExitCode": state.as_ref().and_then(|s| s.exit_code).unwrap_or(0),
+            "Error": state.as_ref().map(|s| s.error.clone()).unwrap_or_default(),
+            "StartedAt": state.as_ref().map_or(zero_time.to_string(), |s| s.started_at.clone()),
+            "FinishedAt": state.as_ref().and_then(|s| s.finished_at.clone()).unwrap_or(zero_time.to_string()),
+        },
+        "Image": record.image_id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": dir.log_path(),
+        "Name": format!("/{}", record.name),
+        "RestartCount": record.restart_count,
+        "Driver": "hull",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": record.host_config,
+        "GraphDriver": { "Name": "hull", "Data": { "WritableDisk": dir.writable_disk() } },
+        "Mounts": [],
+        "Config": record.config,
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxID": "",
+            "Ports": {},
+            "Networks": {},
+            "IPAddress": "",
+            "Gateway": "",
+            "MacAddress": "",
+        },
+    })
+}
+
+pub async fn start(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        if is_running(&state) {
+            return Ok(empty(StatusCode::NOT_MODIFIED));
+        }
+        daemon.containers.modify(&record.id, |r| r.manually_stopped = false)?;
+        daemon.start(&record.id)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StopQuery {
+    t: Option<i64>,
+    signal: Option<String>,
+}
+
+/// A signal by name (`TERM`, `SIGTERM`) or number.
+pub fn parse_signal(text: &str) -> Result<i32, ApiError> {
+    if let Ok(n) = text.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = text.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let number = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        "PIPE" => libc::SIGPIPE,
+        _ => return Err(ApiError::bad_request(format!("Invalid signal: {text}"))),
+    };
+    Ok(number)
+}
+
+/// Waits until the container is no longer running, up to `limit`.
+fn wait_stopped(dir: &ContainerDir, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while dir.is_running() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// SIGTERM (or the container's stop signal), then SIGKILL after `timeout`,
+/// then the VM itself if the guest does not answer.
+fn stop_blocking(daemon: &Daemon, record: &ContainerRecord, timeout: Duration, signal: i32) -> Result<(), ApiError> {
+    daemon.containers.modify(&record.id, |r| r.manually_stopped = true)?;
+    let dir = ContainerDir::new(&record.id);
+    if let Ok(mut conn) = dir.connect() {
+        let _ = conn.signal(signal);
+        if wait_stopped(&dir, timeout) {
+            return Ok(());
+        }
+        let _ = conn.signal(libc::SIGKILL);
+        if wait_stopped(&dir, KILL_GRACE) {
+            return Ok(());
+        }
+    }
+    dir.kill_hard();
+    if wait_stopped(&dir, KILL_GRACE) {
+        Ok(())
+    } else {
+        Err(ApiError::internal(format!("container {} did not stop", record.id)))
+    }
+}
+
+fn stop_settings(record: &ContainerRecord, query: &StopQuery) -> Result<(Duration, i32), ApiError> {
+    let seconds = match query.t {
+        Some(t) if t < 0 => 0,
+        Some(t) => t as u64,
+        None => record.config["StopTimeout"].as_u64().unwrap_or(DEFAULT_STOP_SECONDS),
+    };
+    let signal = match query.signal.as_deref().or(record.config["StopSignal"].as_str()) {
+        Some(s) if !s.is_empty() => parse_signal(s)?,
+        _ => libc::SIGTERM,
+    };
+    Ok((Duration::from_secs(seconds), signal))
+}
+
+pub async fn stop(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        if !is_running(&state) {
+            return Ok(empty(StatusCode::NOT_MODIFIED));
+        }
+        let (timeout, signal) = stop_settings(&record, &query)?;
+        stop_blocking(&daemon, &record, timeout, signal)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+pub async fn restart(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        if is_running(&state) {
+            let (timeout, signal) = stop_settings(&record, &query)?;
+            stop_blocking(&daemon, &record, timeout, signal)?;
+        }
+        daemon.containers.modify(&record.id, |r| r.manually_stopped = false)?;
+        daemon.start(&record.id)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KillQuery {
+    signal: Option<String>,
+}
+
+pub async fn kill(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<KillQuery>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        let signal = match query.signal.as_deref() {
+            Some(s) if !s.is_empty() => parse_signal(s)?,
+            _ => libc::SIGKILL,
+        };
+        let not_running = || {
+            ApiError::conflict(format!(
+                "Cannot kill container: {id}: container {} is not running",
+                record.id
+            ))
+        };
+        if !is_running(&state) {
+            return Err(not_running());
+        }
+        let dir = ContainerDir::new(&record.id);
+        let mut conn = dir.connect().map_err(|_| not_running())?;
+        conn.signal(signal).map_err(|_| not_running())?;
+        if signal == libc::SIGKILL && !wait_stopped(&dir, KILL_GRACE) {
+            // The guest did not act on it: end the VM.
+            dir.kill_hard();
+        }
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WaitQuery {
+    condition: Option<String>,
+}
+
+/// Answers at once with the headers, then with the exit status when the
+/// condition is met (the CLI waits on this before it starts the container).
+pub async fn wait(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let condition = query.condition.unwrap_or_else(|| "not-running".into());
+    if !matches!(condition.as_str(), "not-running" | "next-exit" | "removed") {
+        return Err(ApiError::bad_request(format!("invalid condition: \"{condition}\"")));
+    }
+    // Listen before looking, so an exit in between is not missed.
+    let mut events = daemon.events.subscribe();
+    let lookup_daemon = daemon.clone();
+    let (record, state) = blocking(move || lookup(&lookup_daemon, &id)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
+    tokio::spawn(async move {
+        let body = |code: i32| json!({ "StatusCode": code, "Error": null }).to_string();
+        if condition == "not-running" && !is_running(&state) {
+            let code = state.as_ref().and_then(|s| s.exit_code).unwrap_or(0);
+            let _ = tx.send(Ok(body(code))).await;
+            return;
+        }
+        loop {
+            match events.recv().await {
+                Ok(Event::Exited { id, code }) if id == record.id && condition != "removed" => {
+                    let _ = tx.send(Ok(body(code))).await;
+                    return;
+                }
+                Ok(Event::Removed { id, code }) if id == record.id => {
+                    let _ = tx.send(Ok(body(code))).await;
+                    return;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+            if tx.is_closed() {
+                return; // the client went away
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert("Content-Type", axum::http::HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+pub async fn rename(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<NameQuery>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let name = query.name.unwrap_or_default();
+        let name = name.strip_prefix('/').unwrap_or(&name).to_string();
+        if !valid_name(&name) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        let record = daemon.containers.find(&id)?;
+        daemon.containers.modify(&record.id, |r| r.name = name)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+/// Terminal resize: accepted; without a terminal in the guest there is nothing to size.
+pub async fn resize(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    blocking(move || lookup(&daemon, &id)).await?;
+    Ok(empty(StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    force: Option<String>,
+}
+
+pub async fn remove(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        if is_running(&state) {
+            if !flag(&query.force) {
+                return Err(ApiError::conflict(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                    record.name
+                )));
+            }
+            daemon.containers.modify(&record.id, |r| r.manually_stopped = true)?;
+            let dir = ContainerDir::new(&record.id);
+            dir.kill_hard();
+            if !wait_stopped(&dir, KILL_GRACE) {
+                return Err(ApiError::internal(format!("container {} did not stop", record.id)));
+            }
+        }
+        let code = ContainerDir::new(&record.id)
+            .state()
+            .ok()
+            .flatten()
+            .and_then(|s| s.exit_code)
+            .unwrap_or(0);
+        daemon.remove(&record.id, code)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_signals_and_filters_follow_docker() {
+        assert!(valid_name("web-1.a_b"));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name("a"));
+        assert!(!valid_name("we b"));
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("kill").unwrap(), 9);
+        assert_eq!(parse_signal("10").unwrap(), 10);
+        assert!(parse_signal("BOGUS").is_err());
+        assert!(parse_signal("0").is_err());
+        let f = parse_filters(Some(r#"{"status":["exited"],"label":{"a=b":true}}"#)).unwrap();
+        assert_eq!(f["status"], ["exited"]);
+        assert_eq!(f["label"], ["a=b"]);
+        assert!(parse_filters(Some("{bad")).is_err());
+        assert_eq!(human_duration(chrono::Duration::seconds(75)), "About a minute");
+        assert_eq!(human_duration(chrono::Duration::seconds(5)), "5 seconds");
+        let taken = |n: &str| n.starts_with('a');
+        assert!(!generated_name(&taken).starts_with('a'));
+    }
+}

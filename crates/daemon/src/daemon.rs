@@ -1,0 +1,200 @@
+//! hulld's state and the life of its containers: starting one (its
+//! supervisor, `hull-shim`, runs the VM and outlives hulld), watching each
+//! running container for its end, and what happens then (`--rm`, restart
+//! policies), told to waiters as events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runtime::container::{ContainerDir, RunStatus};
+use tokio::sync::broadcast;
+
+use crate::api::ApiError;
+use crate::store::{ContainerRecord, ContainerStore};
+
+/// What happened to a container, for `wait` and attached streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started { id: String },
+    Exited { id: String, code: i32 },
+    Removed { id: String, code: i32 },
+}
+
+pub struct Daemon {
+    pub containers: ContainerStore,
+    pub images: Arc<image::Store>,
+    pub events: broadcast::Sender<Event>,
+    /// The runtime the container watchers (threads) report back to.
+    pub handle: tokio::runtime::Handle,
+}
+
+impl Daemon {
+    pub fn new(containers: ContainerStore, images: image::Store) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            containers,
+            images: Arc::new(images),
+            events: broadcast::channel(1024).0,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn emit(&self, event: Event) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// After a restart of hulld: watch every container that still runs.
+    pub fn recover(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let mut running = 0;
+        for record in self.containers.all()? {
+            if ContainerDir::new(&record.id).is_running() {
+                running += 1;
+                self.watch(&record.id);
+            }
+        }
+        Ok(running)
+    }
+
+    /// Starts a container that is not running (blocking).
+    pub fn start(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let dir = ContainerDir::new(id);
+        let state = dir.start().map_err(ApiError::internal)?;
+        if state.status != RunStatus::Running {
+            return Err(ApiError::internal(state.error));
+        }
+        self.emit(Event::Started { id: id.to_string() });
+        self.watch(id);
+        Ok(())
+    }
+
+    /// A thread that waits for the container's end (told by its supervisor,
+    /// or seen in its state if the supervisor cannot be reached), then
+    /// hands over to `exited`.
+    fn watch(self: &Arc<Self>, id: &str) {
+        let daemon = self.clone();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let dir = ContainerDir::new(&id);
+            if let Ok(mut conn) = dir.connect() {
+                conn.wait_exit();
+            }
+            while dir.is_running() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let handle = daemon.handle.clone();
+            handle.spawn(async move { daemon.exited(id).await });
+        });
+    }
+
+    async fn exited(self: Arc<Self>, id: String) {
+        let dir = ContainerDir::new(&id);
+        let code = match dir.state() {
+            Ok(Some(state)) => state.exit_code.unwrap_or(255),
+            _ => 255,
+        };
+        tracing::info!("container {id} exited with {code}");
+        self.emit(Event::Exited { id: id.clone(), code });
+        let Ok(record) = self.containers.find(&id) else {
+            return; // removed meanwhile
+        };
+        if auto_remove(&record) {
+            let daemon = self.clone();
+            let _ = crate::api::blocking(move || daemon.remove(&id, code)).await;
+            return;
+        }
+        if let Some(delay) = restart_delay(&record, code) {
+            tokio::time::sleep(delay).await;
+            let daemon = self.clone();
+            let _ = crate::api::blocking(move || {
+                // Stopped, removed or started by hand meanwhile: leave it.
+                let record = daemon.containers.find(&id)?;
+                if record.manually_stopped || ContainerDir::new(&id).is_running() {
+                    return Ok(());
+                }
+                daemon.containers.modify(&id, |r| r.restart_count += 1)?;
+                tracing::info!("restarting container {id} (policy)");
+                daemon.start(&id)
+            })
+            .await
+            .map_err(|e| tracing::warn!("restarting {}: {}", record.id, e.message));
+        }
+    }
+
+    /// Removes a container that is not running: its files and its record.
+    pub fn remove(&self, id: &str, code: i32) -> Result<(), ApiError> {
+        ContainerDir::new(id).remove()?;
+        self.containers.remove(id)?;
+        self.emit(Event::Removed {
+            id: id.to_string(),
+            code,
+        });
+        Ok(())
+    }
+}
+
+pub fn auto_remove(record: &ContainerRecord) -> bool {
+    record.host_config["AutoRemove"].as_bool() == Some(true)
+}
+
+/// Whether the restart policy restarts a container that ended with
+/// `code`, and after how long (doubling from 100 ms, as Docker does, up to
+/// a minute).
+fn restart_delay(record: &ContainerRecord, code: i32) -> Option<Duration> {
+    let policy = &record.host_config["RestartPolicy"];
+    let restart = match policy["Name"].as_str().unwrap_or("") {
+        "always" | "unless-stopped" => true,
+        "on-failure" => {
+            let max = policy["MaximumRetryCount"].as_u64().unwrap_or(0);
+            code != 0 && (max == 0 || u64::from(record.restart_count) < max)
+        }
+        _ => false,
+    };
+    // A container stopped by hand stays stopped, whatever its policy.
+    if !restart || record.manually_stopped {
+        return None;
+    }
+    let doublings = record.restart_count.min(10);
+    Some(Duration::from_millis(100u64 << doublings).min(Duration::from_secs(60)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn with_policy(name: &str, max: u64, count: u32, stopped: bool) -> ContainerRecord {
+        ContainerRecord {
+            id: "x".into(),
+            name: "x".into(),
+            created: String::new(),
+            image: String::new(),
+            image_id: String::new(),
+            path: String::new(),
+            args: vec![],
+            config: json!({}),
+            host_config: json!({"RestartPolicy": {"Name": name, "MaximumRetryCount": max}}),
+            restart_count: count,
+            manually_stopped: stopped,
+        }
+    }
+
+    #[test]
+    fn restart_policies_follow_docker() {
+        assert_eq!(restart_delay(&with_policy("no", 0, 0, false), 1), None);
+        assert_eq!(restart_delay(&with_policy("", 0, 0, false), 1), None);
+        assert!(restart_delay(&with_policy("always", 0, 0, false), 0).is_some());
+        assert!(restart_delay(&with_policy("unless-stopped", 0, 0, false), 0).is_some());
+        assert_eq!(restart_delay(&with_policy("unless-stopped", 0, 0, true), 0), None);
+        assert_eq!(restart_delay(&with_policy("on-failure", 0, 0, false), 0), None);
+        assert!(restart_delay(&with_policy("on-failure", 2, 1, false), 3).is_some());
+        assert_eq!(restart_delay(&with_policy("on-failure", 2, 2, false), 3), None);
+        assert_eq!(
+            restart_delay(&with_policy("always", 0, 3, false), 0),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            restart_delay(&with_policy("always", 0, 40, false), 0),
+            Some(Duration::from_secs(60))
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! `hulld`: hull's daemon. It serves the Docker Engine API on a unix socket
+//! so the unmodified `docker` CLI and Docker SDKs drive hull, with every
+//! container in its own microVM. Containers are run by their own
+//! supervisors (`hull-shim`) and outlive hulld: a restarted hulld finds them
+//! again. Container records live in an embedded store (redb).
+
+#![recursion_limit = "256"]
+
+mod api;
+mod containers;
+mod daemon;
+mod images;
+mod store;
+mod streams;
+mod system;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hulld",
+    version,
+    about = "hull's daemon: the Docker Engine API over containers in microVMs"
+)]
+struct Args {
+    /// The unix socket to serve the Docker Engine API on.
+    #[arg(long, default_value = "/run/hull/docker.sock")]
+    socket: PathBuf,
+    /// hull's data directory (default: $HULL_DATA_DIR, else /var/lib/hull).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(dir) = &args.data_dir {
+        // Before any thread starts: the runtime and the supervisors read it.
+        std::env::set_var("HULL_DATA_DIR", dir);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HULL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let data = runtime::data_dir();
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let containers = store::ContainerStore::open(&data.join("hulld.redb"))?;
+    let images = image::Store::open(&data).context("opening the image store")?;
+    let daemon = daemon::Daemon::new(containers, images);
+    let running = daemon.recover().map_err(|e| anyhow::anyhow!(e.message))?;
+
+    let listener = bind(&args.socket)?;
+    tracing::info!(
+        "hulld {} serving the Docker Engine API (v{}) on unix://{}; data in {}; {running} container(s) running",
+        env!("CARGO_PKG_VERSION"),
+        api::API_VERSION,
+        args.socket.display(),
+        data.display()
+    );
+    let router = api::router(daemon);
+    let service = tower::service_fn(move |request| api::dispatch(router.clone(), request));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("hulld stopping; containers keep running");
+    };
+    axum::serve(listener, tower::make::Shared::new(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+/// Binds the API socket, replacing a stale one but never a live daemon's.
+fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another daemon is already serving {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}

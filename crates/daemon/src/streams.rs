@@ -1,0 +1,355 @@
+//! A container's output and input as Docker streams them: `logs` (with
+//! `--follow`, `--tail`, `--since`, `--until`, `--timestamps`) and the
+//! hijacked `attach` connection. Without a terminal, output goes in Docker's
+//! multiplexed framing (an 8-byte header naming stdout or stderr, then the
+//! bytes); with one, raw. Both read the container's json-file log, so a
+//! client that comes late or goes away never touches the container.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use runtime::container::ContainerDir;
+use runtime::container_log::{end_offset, LogEntry, LogReader};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::api::{blocking, flag, ApiError};
+use crate::daemon::{Daemon, Event};
+
+/// How often a followed log is looked at for new lines.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(10);
+
+type Chunks = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Docker's stream framing: stream number (1 stdout, 2 stderr), three zero
+/// bytes, the big-endian length, then the data.
+pub fn multiplexed(stderr: bool, data: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(data.len() + 8);
+    frame.extend_from_slice(&[if stderr { 2 } else { 1 }, 0, 0, 0]);
+    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// Which entries go out, and how.
+#[derive(Debug, Clone)]
+struct Selection {
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+    timestamps: bool,
+    since: Option<f64>,
+    until: Option<f64>,
+}
+
+impl Selection {
+    fn encode(&self, entry: &LogEntry) -> Option<Vec<u8>> {
+        let wanted = if entry.is_stderr() { self.stderr } else { self.stdout };
+        if !wanted {
+            return None;
+        }
+        let time = chrono::DateTime::parse_from_rfc3339(&entry.time).ok();
+        let seconds = time.map(|t| t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) / 1e9);
+        if let (Some(since), Some(at)) = (self.since, seconds) {
+            if at < since {
+                return None;
+            }
+        }
+        if let (Some(until), Some(at)) = (self.until, seconds) {
+            if at > until {
+                return None;
+            }
+        }
+        let text = match self.timestamps {
+            true => format!("{} {}", entry.time, entry.log),
+            false => entry.log.clone(),
+        };
+        Some(match self.tty {
+            true => text.into_bytes(),
+            false => multiplexed(entry.is_stderr(), text.as_bytes()),
+        })
+    }
+}
+
+/// `since`/`until` as the CLI sends them: Unix seconds with an optional
+/// fraction (it turns durations and dates into that itself).
+fn parse_time(text: &Option<String>) -> Result<Option<f64>, ApiError> {
+    match text.as_deref() {
+        None | Some("") | Some("0") => Ok(None),
+        Some(t) => t
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid time value: {t}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    stdout: Option<String>,
+    stderr: Option<String>,
+    follow: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    timestamps: Option<String>,
+    tail: Option<String>,
+}
+
+pub async fn logs(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let record = blocking(move || Ok(daemon.containers.find(&id)?)).await?;
+    let selection = Selection {
+        stdout: flag(&query.stdout),
+        stderr: flag(&query.stderr),
+        tty: record.config["Tty"].as_bool() == Some(true),
+        timestamps: flag(&query.timestamps),
+        since: parse_time(&query.since)?,
+        until: parse_time(&query.until)?,
+    };
+    if !selection.stdout && !selection.stderr {
+        return Err(ApiError::bad_request(
+            "Bad parameters: you must choose at least one stream",
+        ));
+    }
+    let tail = match query.tail.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid tail value: {n}")))?,
+        ),
+    };
+    let follow = flag(&query.follow);
+    let (tx, rx) = mpsc::channel(64);
+    let dir = ContainerDir::new(&record.id);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match LogReader::open(&dir.log_path(), 0) {
+            Ok(Some(reader)) => reader,
+            _ => return,
+        };
+        let mut first: Vec<Vec<u8>> = reader.read_new().iter().filter_map(|e| selection.encode(e)).collect();
+        if let Some(n) = tail {
+            first.drain(..first.len().saturating_sub(n));
+        }
+        for chunk in first {
+            if tx.blocking_send(Ok(chunk.into())).is_err() {
+                return;
+            }
+        }
+        if follow {
+            let ended = || !dir.is_running();
+            follow_log(&mut reader, &selection, &tx, &ended);
+        }
+    });
+    let content_type = match record.config["Tty"].as_bool() == Some(true) {
+        true => "application/vnd.docker.raw-stream",
+        false => "application/vnd.docker.multiplexed-stream",
+    };
+    let mut response = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    Ok(response)
+}
+
+/// Sends new entries as they are written until `ended()` (then what is left)
+/// or until the client goes away.
+fn follow_log(reader: &mut LogReader, selection: &Selection, tx: &Chunks, ended: &dyn Fn() -> bool) {
+    loop {
+        let over = ended();
+        let entries = reader.read_new();
+        for entry in &entries {
+            if let Some(chunk) = selection.encode(entry) {
+                if tx.blocking_send(Ok(chunk.into())).is_err() {
+                    return;
+                }
+            }
+        }
+        if over || tx.is_closed() {
+            return;
+        }
+        if entries.is_empty() {
+            std::thread::sleep(FOLLOW_INTERVAL);
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AttachQuery {
+    stdin: Option<String>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+}
+
+/// The hijacked attach: `101 Switching Protocols`, then the container's
+/// output from now on until its command ends, and the client's bytes to its
+/// standard input (end of input is passed on).
+pub async fn attach(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<AttachQuery>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let lookup = daemon.clone();
+    let record = blocking(move || Ok(lookup.containers.find(&id)?)).await?;
+    let tty = record.config["Tty"].as_bool() == Some(true);
+    let selection = Selection {
+        stdout: flag(&query.stdout),
+        stderr: flag(&query.stderr),
+        tty,
+        timestamps: false,
+        since: None,
+        until: None,
+    };
+    let with_stdin = flag(&query.stdin) && record.config["OpenStdin"].as_bool() == Some(true);
+    let dir = ContainerDir::new(&record.id);
+    let offset = end_offset(&dir.log_path());
+    // Listen before answering, so an exit right after start is not missed.
+    let mut events = daemon.events.subscribe();
+    let upgrade = hyper::upgrade::on(&mut request);
+    let id = record.id.clone();
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("attach to {id}: the upgrade failed: {e}");
+                return;
+            }
+        };
+        let (client_in, mut client_out) = tokio::io::split(TokioIo::new(upgraded));
+        let ended = Arc::new(AtomicBool::new(false));
+        {
+            let ended = ended.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(Event::Exited { id: e, .. } | Event::Removed { id: e, .. }) if e == id => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        _ => {}
+                    }
+                }
+                ended.store(true, Ordering::SeqCst);
+            });
+        }
+        if with_stdin {
+            tokio::spawn(pump_stdin(client_in, dir.clone(), ended.clone()));
+        }
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        let log = dir.log_path();
+        let output_ended = ended.clone();
+        tokio::task::spawn_blocking(move || {
+            // The log may not exist until the container first runs.
+            let mut reader = loop {
+                if let Ok(Some(reader)) = LogReader::open(&log, offset) {
+                    break reader;
+                }
+                if output_ended.load(Ordering::SeqCst) || tx.is_closed() {
+                    return;
+                }
+                std::thread::sleep(FOLLOW_INTERVAL);
+            };
+            follow_log(&mut reader, &selection, &tx, &|| output_ended.load(Ordering::SeqCst));
+        });
+        while let Some(Ok(chunk)) = rx.recv().await {
+            if client_out.write_all(&chunk).await.is_err() || client_out.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = client_out.shutdown().await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .header(
+            header::CONTENT_TYPE,
+            match tty {
+                true => "application/vnd.docker.raw-stream",
+                false => "application/vnd.docker.multiplexed-stream",
+            },
+        )
+        .body(Body::empty())
+        .map_err(ApiError::internal)
+}
+
+/// Client bytes → the container's supervisor, framed; end of input too.
+/// Waits for the supervisor if the container has not started yet.
+async fn pump_stdin(mut client: impl tokio::io::AsyncRead + Unpin, dir: ContainerDir, ended: Arc<AtomicBool>) {
+    let mut shim: Option<tokio::net::UnixStream> = None;
+    let mut buf = vec![0u8; proto::CHUNK];
+    loop {
+        let frame = match client.read(&mut buf).await {
+            Ok(0) | Err(_) => proto::Frame::StdinEof,
+            Ok(n) => proto::Frame::Stdin(buf[..n].to_vec()),
+        };
+        while shim.is_none() {
+            if ended.load(Ordering::SeqCst) {
+                return;
+            }
+            match tokio::net::UnixStream::connect(dir.socket_path()).await {
+                Ok(s) => shim = Some(s),
+                Err(_) => tokio::time::sleep(FOLLOW_INTERVAL).await,
+            }
+        }
+        let eof = frame == proto::Frame::StdinEof;
+        let mut bytes = Vec::new();
+        if proto::write_frame(&mut bytes, &frame).is_err() {
+            return;
+        }
+        let Some(conn) = shim.as_mut() else { return };
+        if conn.write_all(&bytes).await.is_err() || eof {
+            // Keep the connection until the supervisor has read the end.
+            let _ = conn.flush().await;
+            if eof {
+                let mut sink = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut sink)).await;
+            }
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_selection_follow_docker() {
+        assert_eq!(multiplexed(true, b"ab"), [2, 0, 0, 0, 0, 0, 0, 2, b'a', b'b']);
+        let entry = LogEntry {
+            log: "hi\n".into(),
+            stream: "stdout".into(),
+            time: "2026-01-01T00:00:10.5Z".into(),
+        };
+        let mut s = Selection {
+            stdout: true,
+            stderr: false,
+            tty: false,
+            timestamps: true,
+            since: None,
+            until: None,
+        };
+        let framed = s.encode(&entry).unwrap();
+        assert_eq!(&framed[..4], &[1, 0, 0, 0]);
+        assert!(framed.ends_with(b"2026-01-01T00:00:10.5Z hi\n"));
+        s.since = Some(1_767_225_611.0);
+        assert!(s.encode(&entry).is_none(), "before since");
+        s.since = None;
+        s.until = Some(1_767_225_609.0);
+        assert!(s.encode(&entry).is_none(), "after until");
+        s.until = None;
+        s.stdout = false;
+        assert!(s.encode(&entry).is_none());
+        assert!(parse_time(&Some("x".into())).is_err());
+        assert_eq!(parse_time(&Some("12.5".into())).unwrap(), Some(12.5));
+    }
+}

@@ -1,0 +1,268 @@
+//! The real `docker` CLI against hulld, for everything that needs no VM:
+//! API negotiation, system information, images (pull from a real registry
+//! on loopback, list, inspect, tag, remove) and containers that are
+//! created, listed, renamed and removed, with Docker's errors for bad input.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Output;
+
+use serde_json::json;
+use testkit::hulld::Hulld;
+use testkit::oci::{busybox_image, push_image, Registry};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "docker failed ({:?}): {}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn fails(out: &Output, code: i32, message: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {} stderr: {stderr}",
+        text(&out.stdout)
+    );
+    assert!(stderr.contains(message), "expected {message:?} in: {stderr}");
+}
+
+/// One raw HTTP/1.1 request on the API socket: the status line and headers, and the body.
+fn raw(hulld: &Hulld, request: &str) -> (String, String) {
+    let mut conn = UnixStream::connect(&hulld.socket).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn the_cli_negotiates_the_api_and_reads_the_system() {
+    let hulld = Hulld::start("system").unwrap();
+    let version = ok(&hulld.docker(&["version"]));
+    assert!(version.contains("Server: hull"), "{version}");
+    assert!(version.contains("1.51 (minimum version 1.24)"), "{version}");
+    let os = ok(&hulld.docker(&["info", "--format", "{{.OperatingSystem}} {{.Containers}} {{.Driver}}"]));
+    assert_eq!(os.trim(), "hull (containers in KVM microVMs) 0 hull");
+
+    let (head, body) = raw(&hulld, "HEAD /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("api-version: 1.51"), "{head}");
+    assert!(body.is_empty());
+    let (head, body) = raw(
+        &hulld,
+        "GET /v1.50/_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200") && body == "OK", "{head}{body}");
+    let (head, body) = raw(
+        &hulld,
+        "GET /v1.12/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(body.contains("client version 1.12 is too old"), "{body}");
+    let (head, body) = raw(
+        &hulld,
+        "GET /nothing/here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 404") && body.contains("\"message\""),
+        "{head}{body}"
+    );
+    let (head, body) = raw(
+        &hulld,
+        "POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{bad}",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("invalid JSON"),
+        "{head}{body}"
+    );
+
+    // A second daemon on the same socket is refused; the first keeps serving.
+    let second = std::process::Command::new(testkit::boot::workspace_binary("hulld").unwrap())
+        .arg("--socket")
+        .arg(&hulld.socket)
+        .arg("--data-dir")
+        .arg(hulld.work.join("other"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("already serving"),
+        "{}",
+        text(&second.stderr)
+    );
+    ok(&hulld.docker(&["version"]));
+}
+
+#[test]
+fn images_are_pulled_listed_tagged_inspected_and_removed() {
+    let hulld = Hulld::start("images").unwrap();
+    let registry = Registry::start("hulld-images", None).unwrap();
+    let name = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+
+    let out = ok(&hulld.docker(&["pull", &name]));
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {name}")),
+        "{out}"
+    );
+    assert!(out.contains("Digest: sha256:"), "{out}");
+    let again = ok(&hulld.docker(&["pull", &name]));
+    assert!(again.contains("Image is up to date"), "{again}");
+
+    let listed = ok(&hulld.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+    assert_eq!(listed.trim(), name);
+    let os = ok(&hulld.docker(&["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", &name]));
+    assert_eq!(os.trim(), "linux/amd64");
+    ok(&hulld.docker(&["tag", &name, "mine:latest"]));
+    let listed = ok(&hulld.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+    assert!(listed.contains("mine:latest"), "{listed}");
+    let untagged = ok(&hulld.docker(&["rmi", "mine"]));
+    assert!(untagged.contains("Untagged: mine:latest"), "{untagged}");
+
+    fails(
+        &hulld.docker(&["pull", &format!("{}/test/absent:v1", registry.addr)]),
+        1,
+        "not found",
+    );
+    fails(
+        &hulld.docker(&["image", "inspect", "nothing:here"]),
+        1,
+        "No such image: nothing:here",
+    );
+    fails(&hulld.docker(&["rmi", "nothing:here"]), 1, "No such image");
+
+    // An image a container uses is kept unless forced.
+    ok(&hulld.docker(&["create", "--name", "user", &name]));
+    fails(&hulld.docker(&["rmi", &name]), 1, "image is being used");
+    ok(&hulld.docker(&["rm", "user"]));
+    let removed = ok(&hulld.docker(&["rmi", &name]));
+    assert!(removed.contains("Deleted: sha256:"), "{removed}");
+    assert_eq!(ok(&hulld.docker(&["images", "-q"])).trim(), "");
+}
+
+#[test]
+fn containers_are_created_listed_renamed_and_removed() {
+    let hulld = Hulld::start("create").unwrap();
+    let registry = Registry::start("hulld-create", None).unwrap();
+    let name = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    let bare = push_image(&registry, &hulld.work, busybox_image(json!({})), "test/bare:v1").unwrap();
+
+    // Not in the store: `docker create` pulls it, as Docker does.
+    let created = hulld.docker(&["create", "--name", "web", "-l", "tier=front", &name, "echo", "hi"]);
+    let id = ok(&created).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(
+        text(&created.stderr).contains("Unable to find image"),
+        "{}",
+        text(&created.stderr)
+    );
+
+    let row = ok(&hulld.docker(&["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}} {{.Command}}"]));
+    assert_eq!(row.trim(), format!("{} web Created \"echo hi\"", &id[..12]));
+    assert_eq!(ok(&hulld.docker(&["ps", "-q"])).trim(), "", "not running");
+    let filtered = ok(&hulld.docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=tier=front",
+        "--filter",
+        "status=created",
+    ]));
+    assert_eq!(filtered.trim(), &id[..12]);
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq", "--filter", "name=nomatch"])).trim(), "");
+    let state = ok(&hulld.docker(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.Name}} {{.Config.Hostname}} {{.Path}} {{.Args}} {{.Config.Labels.tier}}",
+        "web",
+    ]));
+    assert_eq!(state.trim(), format!("created /web {} echo [hi] front", &id[..12]));
+
+    fails(
+        &hulld.docker(&["create", "--name", "web", &name]),
+        1,
+        "is already in use by container",
+    );
+    fails(
+        &hulld.docker(&["create", "--name", "-bad", &name]),
+        1,
+        "Invalid container name",
+    );
+    fails(
+        &hulld.docker(&["create", "-p", "80:80", &name]),
+        1,
+        "port publishing is not supported",
+    );
+    fails(
+        &hulld.docker(&["create", "-v", "/tmp:/tmp", &name]),
+        1,
+        "bind mounts are not supported",
+    );
+    fails(&hulld.docker(&["create", &bare]), 1, "No command specified");
+    fails(
+        &hulld.docker(&["create", "--pull", "never", "absent:v9"]),
+        1,
+        "No such image",
+    );
+    fails(&hulld.docker(&["create", "-m", "1t", &name]), 1, "memory");
+    let body =
+        format!(r#"{{"Image":"{name}","HostConfig":{{"AutoRemove":true,"RestartPolicy":{{"Name":"always"}}}}}}"#);
+    let (head, answer) = raw(
+        &hulld,
+        &format!(
+            "POST /v1.51/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && answer.contains("AutoRemove"),
+        "{head}{answer}"
+    );
+
+    ok(&hulld.docker(&["rename", "web", "web2"]));
+    fails(&hulld.docker(&["inspect", "web"]), 1, "No such");
+    assert_eq!(
+        ok(&hulld.docker(&["ps", "-a", "--format", "{{.Names}}"])).trim(),
+        "web2"
+    );
+    // A created container: logs are empty, wait answers at once, kill refuses.
+    assert_eq!(ok(&hulld.docker(&["logs", "web2"])), "");
+    assert_eq!(ok(&hulld.docker(&["wait", "web2"])).trim(), "0");
+    fails(&hulld.docker(&["kill", "web2"]), 1, "is not running");
+
+    // Records survive a daemon restart.
+    let mut hulld = hulld;
+    hulld.restart().unwrap();
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq"])).trim(), &id[..12]);
+    ok(&hulld.docker(&["rm", &id[..6]]));
+    fails(&hulld.docker(&["rm", "web2"]), 1, "No such container: web2");
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq"])).trim(), "");
+    assert!(
+        !hulld.data.join("containers").join(&id).exists(),
+        "the container's files are gone"
+    );
+}

@@ -1,0 +1,336 @@
+//! A container hulld keeps, as files in its own directory: what to run
+//! (`spec.json`), how its last run went (`state.json`, written by its
+//! supervisor), its log (Docker's json-file format), its writable disk and,
+//! while it runs, the supervisor's socket. The supervisor, `hull-shim`, is a
+//! process of its own so that containers outlive hulld; this module starts
+//! it, reads what it wrote and talks to it.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image::config::Overrides;
+use image::digest::Digest;
+use proto::{write_frame, Control, Frame};
+use serde::{Deserialize, Serialize};
+
+/// Everything a container's VM is started from; written once, at create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The image in the store (its ID), or `None` with `rootfs`.
+    pub image: Option<Digest>,
+    pub rootfs: Option<PathBuf>,
+    pub overrides: Overrides,
+    pub memory_mib: u64,
+    pub cpus: u8,
+    pub hostname: String,
+    /// Keep the command's standard input open for attached clients (`-i`).
+    pub open_stdin: bool,
+    pub cold_boot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Exited,
+}
+
+/// How the container's latest run is going, as its supervisor wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    pub status: RunStatus,
+    /// The supervisor's PID and its start time (clock ticks after boot), so
+    /// a reused PID is not mistaken for it.
+    pub pid: u32,
+    pub pid_start: u64,
+    /// RFC 3339 with nanoseconds, UTC.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why the container could not run (empty when it did).
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("hull-shim not found beside this binary; build the workspace (cargo build)")]
+    NoShim,
+    #[error("the container's supervisor failed to start: {0}")]
+    ShimFailed(String),
+    #[error("the container's record is damaged ({path}): {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("the container is not running")]
+    NotRunning,
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let what = what.into();
+    move |source| ContainerError::Io { what, source }
+}
+
+/// One container's directory.
+#[derive(Debug, Clone)]
+pub struct ContainerDir {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+impl ContainerDir {
+    pub fn new(id: &str) -> ContainerDir {
+        ContainerDir {
+            id: id.to_string(),
+            path: crate::containers_dir().join(id),
+        }
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.path.join("spec.json")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("container-json.log")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.path.join("shim.sock")
+    }
+    pub fn writable_disk(&self) -> PathBuf {
+        self.path.join("rw.ext4")
+    }
+
+    /// Makes the directory and records `spec` (and the image it uses).
+    pub fn create(&self, spec: &ContainerSpec) -> Result<(), ContainerError> {
+        std::fs::create_dir_all(&self.path).map_err(io(format!("creating {}", self.path.display())))?;
+        let bytes = serde_json::to_vec_pretty(spec).map_err(|e| ContainerError::Damaged {
+            path: self.spec_path(),
+            detail: e.to_string(),
+        })?;
+        image::store::write_atomic(&self.spec_path(), &bytes).map_err(io("writing the container spec"))?;
+        if let Some(image) = &spec.image {
+            crate::usage::record(&self.path, image, None).map_err(io("recording the container's image"))?;
+        }
+        Ok(())
+    }
+
+    pub fn spec(&self) -> Result<ContainerSpec, ContainerError> {
+        read_json(&self.spec_path())?.ok_or_else(|| ContainerError::Damaged {
+            path: self.spec_path(),
+            detail: "missing".into(),
+        })
+    }
+
+    /// The latest run's state; `None` if it never ran. A supervisor that
+    /// died without saying so (killed) reads as exited with status 137.
+    pub fn state(&self) -> Result<Option<RunState>, ContainerError> {
+        let Some(mut state) = read_json::<RunState>(&self.state_path())? else {
+            return Ok(None);
+        };
+        if state.status == RunStatus::Running && !process_alive(state.pid, state.pid_start) {
+            // It may have finished between our read and this check.
+            if let Some(fresh) = read_json::<RunState>(&self.state_path())? {
+                if fresh.status == RunStatus::Exited {
+                    return Ok(Some(fresh));
+                }
+            }
+            state.status = RunStatus::Exited;
+            state.exit_code = Some(137);
+            state.finished_at = Some(now_rfc3339());
+            state.error = "the container's supervisor (hull-shim) was killed".into();
+        }
+        Ok(Some(state))
+    }
+
+    pub fn write_state(&self, state: &RunState) -> Result<(), ContainerError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| ContainerError::Damaged {
+            path: self.state_path(),
+            detail: e.to_string(),
+        })?;
+        image::store::write_atomic(&self.state_path(), &bytes).map_err(io("writing the container state"))
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state(), Ok(Some(s)) if s.status == RunStatus::Running)
+    }
+
+    /// Starts the supervisor, which starts the VM, and returns once it runs
+    /// (its state says so), or with the reason it could not start.
+    pub fn start(&self) -> Result<RunState, ContainerError> {
+        let shim = crate::sibling_binary("hull-shim").ok_or(ContainerError::NoShim)?;
+        let errors = self.path.join("shim.err");
+        let err_file = std::fs::File::create(&errors).map_err(io("creating the supervisor's error log"))?;
+        let mut command = Command::new(shim);
+        command
+            .arg(&self.path)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .env("HULL_DATA_DIR", crate::data_dir());
+        // SAFETY: setsid is async-signal-safe; the supervisor gets its own
+        // session so that nothing aimed at hulld's terminal or group reaches it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(io("starting hull-shim"))?;
+        let pid = child.id();
+        // Whoever started it reaps it (hulld may be gone by then: init does).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(state)) = read_json::<RunState>(&self.state_path()) {
+                if state.pid == pid {
+                    std::thread::spawn(move || child.wait());
+                    return Ok(state);
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut text = String::new();
+                let _ = std::fs::File::open(&errors).and_then(|mut f| f.read_to_string(&mut text));
+                return Err(ContainerError::ShimFailed(format!("{status}: {}", text.trim())));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ContainerError::ShimFailed("it did not report within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A connection to the running container's supervisor.
+    pub fn connect(&self) -> Result<ShimConnection, ContainerError> {
+        let stream = UnixStream::connect(self.socket_path()).map_err(|_| ContainerError::NotRunning)?;
+        Ok(ShimConnection(stream))
+    }
+
+    /// Kills the VM outright (its supervisor, which takes the VMM with it).
+    pub fn kill_hard(&self) {
+        if let Ok(Some(state)) = self.state() {
+            if state.status == RunStatus::Running {
+                // SAFETY: plain kill(2) of the PID the live supervisor recorded.
+                unsafe { libc::kill(state.pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Removes every file of the container.
+    pub fn remove(&self) -> Result<(), ContainerError> {
+        match std::fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("removing {}", self.path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A client of one container's supervisor: signals and standard input go
+/// in; `Exited` comes back when the command ends.
+pub struct ShimConnection(pub UnixStream);
+
+impl ShimConnection {
+    pub fn signal(&mut self, signal: i32) -> Result<(), ContainerError> {
+        self.send(&Frame::Control(Control::Signal { signal }))
+    }
+
+    pub fn send(&mut self, frame: &Frame) -> Result<(), ContainerError> {
+        write_frame(&mut self.0, frame).map_err(|_| ContainerError::NotRunning)
+    }
+
+    /// Blocks until the command ends; its exit status.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        loop {
+            match proto::read_frame(&mut self.0) {
+                Ok(Some(Frame::Control(Control::Exited { code, signal }))) => {
+                    return Some(proto::shell_status(code, signal))
+                }
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ContainerError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ContainerError::Damaged {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), if it lives.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it do not.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn process_alive(pid: u32, start: u64) -> bool {
+    let is_zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(true);
+    !is_zombie && process_start_time(pid) == Some(start)
+}
+
+/// Now, as Docker writes times: RFC 3339 with nanoseconds, UTC.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let start = process_start_time(me).expect("own start time");
+        assert!(process_alive(me, start));
+        assert!(!process_alive(me, start + 1));
+        assert!(!process_alive(u32::MAX - 1, start));
+    }
+
+    #[test]
+    fn a_dead_supervisor_reads_as_exited_137() {
+        let dir = tempfile::tempdir().unwrap();
+        let container = ContainerDir {
+            id: "c".into(),
+            path: dir.path().to_path_buf(),
+        };
+        assert_eq!(container.state().unwrap(), None);
+        container
+            .write_state(&RunState {
+                status: RunStatus::Running,
+                pid: std::process::id(),
+                pid_start: 1,
+                started_at: now_rfc3339(),
+                finished_at: None,
+                exit_code: None,
+                error: String::new(),
+            })
+            .unwrap();
+        let state = container.state().unwrap().unwrap();
+        assert_eq!(state.status, RunStatus::Exited);
+        assert_eq!(state.exit_code, Some(137));
+        std::fs::write(container.state_path(), b"{not json").unwrap();
+        assert!(matches!(container.state(), Err(ContainerError::Damaged { .. })));
+    }
+}

@@ -1,0 +1,172 @@
+//! The supervisor of one hulld container (`hull-shim DIR ID`): runs its VM,
+//! appends the command's output to the container's log, records its state,
+//! and serves a unix socket on which clients (hulld, before and after a
+//! restart of hulld) send signals and standard input and hear when the
+//! command ends. It is a process of its own so the container outlives hulld.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::{read_frame, write_frame, Control, Frame};
+
+use crate::container::{now_rfc3339, process_start_time, ContainerDir, ContainerError, RunState, RunStatus};
+use crate::container_log::LogWriter;
+use crate::run::{Attachment, OutputStream, RunRequest, Source, Steer};
+
+/// How long a container's guest may take to reach its agent.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What clients sent before the command was running, and the way to it after.
+#[derive(Default)]
+struct Pending {
+    steer: Option<Steer>,
+    queued: Vec<Frame>,
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    control: Arc<Mutex<Pending>>,
+    clients: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl Shared {
+    /// Passes a client's frame to the command, or keeps it until it runs.
+    fn deliver(&self, frame: Frame) {
+        let Ok(mut control) = self.control.lock() else { return };
+        match &control.steer {
+            Some(steer) => forward(steer, &frame),
+            None => control.queued.push(frame),
+        }
+    }
+}
+
+fn forward(steer: &Steer, frame: &Frame) {
+    match frame {
+        Frame::Control(Control::Signal { signal }) => steer.signal(*signal),
+        Frame::Stdin(data) => steer.stdin(data),
+        Frame::StdinEof => steer.stdin_eof(),
+        _ => true,
+    };
+}
+
+struct Supervised {
+    log: LogWriter,
+    shared: Shared,
+}
+
+impl Attachment for Supervised {
+    fn output(&mut self, stream: OutputStream, data: &[u8]) {
+        self.log.write(stream, data);
+    }
+
+    fn started(&mut self, steer: Steer) {
+        if let Ok(mut control) = self.shared.control.lock() {
+            for frame in std::mem::take(&mut control.queued) {
+                forward(&steer, &frame);
+            }
+            control.steer = Some(steer);
+        }
+    }
+}
+
+/// Runs the container in `dir` to its end; the container's exit status.
+pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
+    let spec = dir.spec()?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| ContainerError::Io { what, source }
+    };
+    let socket = dir.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(io("binding the supervisor's socket"))?;
+    let shared = Shared::default();
+    let pid = std::process::id();
+    let mut state = RunState {
+        status: RunStatus::Running,
+        pid,
+        pid_start: process_start_time(pid).unwrap_or_default(),
+        started_at: now_rfc3339(),
+        finished_at: None,
+        exit_code: None,
+        error: String::new(),
+    };
+    dir.write_state(&state)?;
+    {
+        let shared = shared.clone();
+        std::thread::spawn(move || serve(listener, shared));
+    }
+
+    let mut supervised = Supervised {
+        log: LogWriter::open(&dir.log_path()).map_err(io("opening the container log"))?,
+        shared: shared.clone(),
+    };
+    let result = request_for(&spec).and_then(|request| {
+        crate::run::run_in(&dir.path, &dir.id, &request, &mut supervised).map_err(|e| e.to_string())
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(message) => {
+            supervised
+                .log
+                .write(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
+            state.error = message;
+            125
+        }
+    };
+    supervised.log.flush();
+    state.status = RunStatus::Exited;
+    state.exit_code = Some(code);
+    state.finished_at = Some(now_rfc3339());
+    let _ = std::fs::remove_file(&socket);
+    dir.write_state(&state)?;
+    let exited = Frame::Control(Control::Exited {
+        code: Some(code),
+        signal: None,
+    });
+    if let Ok(clients) = shared.clients.lock() {
+        for mut client in clients.iter() {
+            let _ = write_frame(&mut client, &exited);
+        }
+    }
+    Ok(code)
+}
+
+fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunRequest, String> {
+    let source = match (&spec.image, &spec.rootfs) {
+        (Some(id), _) => {
+            let store = image::Store::open(&crate::data_dir()).map_err(|e| e.to_string())?;
+            Source::Image(Box::new(store.image(id).map_err(|e| e.to_string())?))
+        }
+        (None, Some(rootfs)) => Source::Rootfs(rootfs.clone()),
+        (None, None) => return Err("the container has neither an image nor a root filesystem".into()),
+    };
+    Ok(RunRequest {
+        source,
+        overrides: spec.overrides.clone(),
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        interactive: spec.open_stdin,
+        boot_timeout: BOOT_TIMEOUT,
+        cold_boot: spec.cold_boot,
+        hostname: Some(spec.hostname.clone()),
+    })
+}
+
+/// Accepts clients: each may send signals and standard input, and is told
+/// when the command ends.
+fn serve(listener: UnixListener, shared: Shared) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        if let (Ok(copy), Ok(mut clients)) = (conn.try_clone(), shared.clients.lock()) {
+            clients.push(copy);
+        }
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            // Frames from a client are untrusted too: a bad one ends that client.
+            while let Ok(Some(frame)) = read_frame(&mut conn) {
+                shared.deliver(frame);
+            }
+        });
+    }
+}

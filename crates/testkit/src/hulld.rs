@@ -1,0 +1,133 @@
+//! A `hulld` of a test's own: a temporary data directory (sharing the
+//! machine's guest set-up) and socket, driven with the real `docker` CLI.
+//! Dropping it stops hulld and every container it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Hulld {
+    child: Option<Child>,
+    pub work: PathBuf,
+    pub data: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Hulld {
+    /// Starts hulld in a fresh directory named after `name`.
+    pub fn start(name: &str) -> Result<Hulld> {
+        let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let data = work.join("data");
+        std::fs::create_dir_all(&data)?;
+        // The guest (kernel, initramfs) set up by `hull setup`, when there is one.
+        let _ = std::fs::copy("/var/lib/hull/guest.json", data.join("guest.json"));
+        let mut hulld = Hulld {
+            child: None,
+            socket: work.join("docker.sock"),
+            work,
+            data,
+        };
+        hulld.spawn()?;
+        Ok(hulld)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.join("hulld.log"))?;
+        let child = Command::new(crate::boot::workspace_binary("hulld")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting hulld")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if Instant::now() > deadline {
+                bail!("hulld did not start serving: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// hulld's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work.join("hulld.log")).unwrap_or_default()
+    }
+
+    /// Stops hulld (SIGTERM) and starts it again; containers keep running.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_daemon();
+        self.spawn()
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `docker ARGS` against this hulld.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_command(args).output().expect("running the docker CLI")
+    }
+
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("docker");
+        command
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.work.join("docker-config"))
+            .env_remove("DOCKER_CONTEXT");
+        command
+    }
+
+    /// The supervisors (hull-shim) of containers that still run.
+    pub fn running_supervisors(&self) -> Vec<u32> {
+        supervisors(&self.data)
+    }
+}
+
+fn supervisors(data: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(data.join("containers")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("state.json")).ok())
+        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .filter(|s| s["status"] == "running")
+        .filter_map(|s| s["pid"].as_u64())
+        .map(|pid| pid as u32)
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("hull-shim")))
+        .collect()
+}
+
+impl Drop for Hulld {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        for pid in supervisors(&self.data) {
+            // SAFETY: kill(2) of a supervisor this test's hulld started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
