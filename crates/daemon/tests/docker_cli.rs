@@ -266,3 +266,23 @@ fn containers_are_created_listed_renamed_and_removed() {
         "the container's files are gone"
     );
 }
+
+#[test]
+fn the_python_docker_sdk_drives_hulld() {
+    let hulld = Hulld::start("sdk").unwrap();
+    let registry = Registry::start("hulld-sdk", None).unwrap();
+    let name = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/docker_sdk.py"))
+        .arg(&hulld.socket)
+        .arg(&name)
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out).trim(), "sdk ok", "{}", text(&out.stderr));
+}

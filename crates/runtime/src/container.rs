@@ -98,8 +98,13 @@ impl ContainerDir {
     pub fn log_path(&self) -> PathBuf {
         self.path.join("container-json.log")
     }
+    /// The directory of the container's sockets (its supervisor's and the
+    /// VM's vsock), kept short: under the run directory, by ID prefix.
+    pub fn socket_dir(&self) -> PathBuf {
+        crate::run_dir().join("c").join(&self.id[..self.id.len().min(16)])
+    }
     pub fn socket_path(&self) -> PathBuf {
-        self.path.join("shim.sock")
+        self.socket_dir().join("shim.sock")
     }
     pub fn writable_disk(&self) -> PathBuf {
         self.path.join("rw.ext4")
@@ -224,6 +229,7 @@ impl ContainerDir {
 
     /// Removes every file of the container.
     pub fn remove(&self) -> Result<(), ContainerError> {
+        let _ = std::fs::remove_dir_all(self.socket_dir());
         match std::fs::remove_dir_all(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(io(format!("removing {}", self.path.display()))(e))

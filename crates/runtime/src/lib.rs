@@ -25,6 +25,14 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| "/var/lib/hull".into())
 }
 
+/// Where unix sockets go (`HULL_RUN_DIR`, default `/run/hull`): a socket's
+/// path must fit in 108 bytes, which a data directory may not leave room for.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("HULL_RUN_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| "/run/hull".into())
+}
+
 /// Where hulld's containers keep their files, one directory per container ID.
 pub fn containers_dir() -> PathBuf {
     data_dir().join("containers")

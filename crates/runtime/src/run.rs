@@ -215,6 +215,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
     }
     run_in(
         &dir.0,
+        &dir.0,
         &id,
         request,
         &mut Terminal {
@@ -247,10 +248,16 @@ impl Attachment for Terminal {
     }
 }
 
-/// Runs `request` in a new microVM whose files (writable disk, vsock
-/// sockets, console log) live in `dir`; a writable disk already there is
-/// kept, so a restarted container sees its earlier writes.
-pub fn run_in(dir: &Path, id: &str, request: &RunRequest, attachment: &mut dyn Attachment) -> Result<i32, RunError> {
+/// Runs `request` in a new microVM whose files (writable disk, console log)
+/// live in `dir` and whose vsock sockets live in `sockets`; a writable disk
+/// already there is kept, so a restarted container sees its earlier writes.
+pub fn run_in(
+    dir: &Path,
+    sockets: &Path,
+    id: &str,
+    request: &RunRequest,
+    attachment: &mut dyn Attachment,
+) -> Result<i32, RunError> {
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
     let vmm_binary = crate::sibling_binary("hull-vmm").ok_or(RunError::NoVmm)?;
@@ -285,7 +292,7 @@ pub fn run_in(dir: &Path, id: &str, request: &RunRequest, attachment: &mut dyn A
     if !writable.exists() {
         crate::writable::create(&writable)?;
     }
-    let uds = dir.join("vsock.sock");
+    let uds = sockets.join("vsock.sock");
     let console_log = dir.join("console.log");
     let agent_socket = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
     let _ = std::fs::remove_file(&agent_socket);

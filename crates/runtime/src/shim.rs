@@ -78,7 +78,8 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         move |source| ContainerError::Io { what, source }
     };
     let socket = dir.socket_path();
-    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir_all(dir.socket_dir());
+    std::fs::create_dir_all(dir.socket_dir()).map_err(io("creating the socket directory"))?;
     let listener = UnixListener::bind(&socket).map_err(io("binding the supervisor's socket"))?;
     let shared = Shared::default();
     let pid = std::process::id();
@@ -102,7 +103,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         shared: shared.clone(),
     };
     let result = request_for(&spec).and_then(|request| {
-        crate::run::run_in(&dir.path, &dir.id, &request, &mut supervised).map_err(|e| e.to_string())
+        crate::run::run_in(&dir.path, &dir.socket_dir(), &dir.id, &request, &mut supervised).map_err(|e| e.to_string())
     });
     let code = match result {
         Ok(code) => code,
@@ -118,7 +119,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     state.status = RunStatus::Exited;
     state.exit_code = Some(code);
     state.finished_at = Some(now_rfc3339());
-    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir_all(dir.socket_dir());
     dir.write_state(&state)?;
     let exited = Frame::Control(Control::Exited {
         code: Some(code),

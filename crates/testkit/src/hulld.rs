@@ -44,6 +44,7 @@ impl Hulld {
             .arg(&self.socket)
             .arg("--data-dir")
             .arg(&self.data)
+            .env("HULL_RUN_DIR", self.work.join("run"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

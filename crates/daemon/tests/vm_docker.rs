@@ -1,0 +1,286 @@
+//! VM tests: the real `docker` CLI runs containers through hulld, each in
+//! its own microVM cloned from the template: foreground and detached runs,
+//! exit statuses, stdout and stderr kept apart, standard input, logs kept
+//! after exit, stop/kill/start/restart/wait, restart policies, a daemon
+//! restart while containers run, many `--rm` runs in a row and at once
+//! with nothing left behind.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::hulld::Hulld;
+use testkit::oci::{busybox_image, push_image, Registry};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "docker failed ({:?}): {}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Polls `check` for up to a minute (the test host is an emulated machine).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn setup(name: &str) -> (Hulld, Registry, String) {
+    let hulld = Hulld::start(name).unwrap();
+    let registry = Registry::start(name, None).unwrap();
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    (hulld, registry, image)
+}
+
+fn inspect(hulld: &Hulld, format: &str, container: &str) -> String {
+    ok(&hulld.docker(&["inspect", "--format", format, container]))
+        .trim()
+        .to_string()
+}
+
+fn no_leftovers(hulld: &Hulld) {
+    eventually("every supervisor to end", || hulld.running_supervisors().is_empty());
+    let vmms = std::process::Command::new("pgrep")
+        .args(["-f", &hulld.data.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&vmms.stdout).trim(),
+        "",
+        "no process of this data directory is left"
+    );
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn docker_run_in_the_foreground_and_detached() {
+    let (mut hulld, _registry, image) = setup("vm-run");
+
+    // Foreground: output, separate streams, the exit status; --rm leaves nothing.
+    let out = hulld.docker(&[
+        "run",
+        "--rm",
+        &image,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; hostname; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("out\n"), "{stdout}");
+    assert_eq!(
+        stdout.lines().nth(1).map(str::len),
+        Some(12),
+        "the hostname is the short ID: {stdout}"
+    );
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq"])).trim(), "", "--rm removed it");
+
+    // Standard input, to its end.
+    let mut child = hulld
+        .docker_command(&["run", "-i", "--rm", &image, "sh", "-c", "wc -l; echo done"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(ok(&out), "3\ndone\n");
+
+    // Environment, user, workdir, hostname and name.
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--name",
+        "conf",
+        "-e",
+        "GREETING=hi",
+        "-u",
+        "1000",
+        "-w",
+        "/tmp",
+        "--hostname",
+        "box",
+        &image,
+        "sh",
+        "-c",
+        "echo $GREETING $(id -u) $(pwd) $(hostname)",
+    ]));
+    assert_eq!(out, "hi 1000 /tmp box\n");
+    assert_eq!(
+        inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "conf"),
+        "exited 0"
+    );
+    assert_eq!(
+        ok(&hulld.docker(&["logs", "conf"])),
+        "hi 1000 /tmp box\n",
+        "logs outlive the run"
+    );
+
+    // Detached: runs on, logs stream, stop sends SIGTERM.
+    let id = ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "sleeper",
+        &image,
+        "sh",
+        "-c",
+        "echo started; trap 'echo bye; exit 5' TERM; while true; do sleep 1; done",
+    ]))
+    .trim()
+    .to_string();
+    assert_eq!(id.len(), 64);
+    eventually("the detached container's output", || {
+        text(&hulld.docker(&["logs", "sleeper"]).stdout) == "started\n"
+    });
+    assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+    let ps = ok(&hulld.docker(&["ps", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(ps.starts_with("sleeper Up"), "{ps}");
+    let refused = hulld.docker(&["rm", "sleeper"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("container is running"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // hulld restarts; the container did not notice.
+    hulld.restart().unwrap();
+    assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+    let follow = hulld
+        .docker_command(&["logs", "-f", "sleeper"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(&hulld.docker(&["stop", "sleeper"]));
+    let followed = follow.wait_with_output().unwrap();
+    assert_eq!(ok(&followed), "started\nbye\n", "logs -f ends when the container does");
+    assert_eq!(
+        inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "sleeper"),
+        "exited 5"
+    );
+
+    // Start again (the writable disk is kept), kill, wait.
+    ok(&hulld.docker(&["start", "sleeper"]));
+    eventually("the second run's output", || {
+        text(&hulld.docker(&["logs", "sleeper"]).stdout) == "started\nbye\nstarted\n"
+    });
+    ok(&hulld.docker(&["kill", "sleeper"]));
+    assert_eq!(ok(&hulld.docker(&["wait", "sleeper"])).trim(), "137");
+    let timestamps = ok(&hulld.docker(&["logs", "-t", "--tail", "1", "sleeper"]));
+    assert!(
+        timestamps.ends_with("Z started\n") && timestamps.starts_with("20"),
+        "{timestamps}"
+    );
+
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--name",
+        "disk",
+        &image,
+        "sh",
+        "-c",
+        "echo more >> /kept; cat /kept",
+    ]));
+    assert_eq!(out, "more\n");
+    let again = ok(&hulld.docker(&["start", "-a", "disk"]));
+    assert_eq!(again, "more\nmore\n", "a restarted container keeps its writes");
+
+    ok(&hulld.docker(&["restart", "-t", "1", "sleeper"]));
+    assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+    // Its trap is set once it has said so.
+    eventually("the third run's output", || {
+        text(&hulld.docker(&["logs", "sleeper"]).stdout).matches("started").count() == 3
+    });
+    let waiter = hulld
+        .docker_command(&["wait", "sleeper"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(&hulld.docker(&["stop", "-t", "30", "sleeper"]));
+    let waited = waiter.wait_with_output().unwrap();
+    assert_eq!(text(&waited.stdout).trim(), "5", "wait answers with the exit status");
+    ok(&hulld.docker(&["start", "sleeper"]));
+    ok(&hulld.docker(&["rm", "-f", "sleeper"]));
+    let gone = hulld.docker(&["inspect", "sleeper"]);
+    assert!(text(&gone.stderr).contains("No such"), "{}", text(&gone.stderr));
+    ok(&hulld.docker(&["rm", "conf", "disk"]));
+    no_leftovers(&hulld);
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn restart_policies_and_many_containers() {
+    let (hulld, _registry, image) = setup("vm-many");
+
+    // on-failure:2 runs it three times in all.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        &image,
+        "sh",
+        "-c",
+        "echo try; exit 1",
+    ]));
+    eventually("two restarts", || {
+        inspect(&hulld, "{{.RestartCount}} {{.State.Status}}", "flaky") == "2 exited"
+            && text(&hulld.docker(&["logs", "flaky"]).stdout) == "try\ntry\ntry\n"
+    });
+    ok(&hulld.docker(&["rm", "flaky"]));
+
+    // Many in a row, and several at once; nothing is left behind.
+    let runs = 30;
+    for i in 0..runs {
+        let out = hulld.docker(&["run", "--rm", &image, "echo", &format!("run {i}")]);
+        assert_eq!(ok(&out), format!("run {i}\n"));
+    }
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            hulld
+                .docker_command(&[
+                    "run",
+                    "--rm",
+                    &image,
+                    "sh",
+                    "-c",
+                    &format!("sleep 1; echo parallel {i}"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        assert_eq!(ok(&child.wait_with_output().unwrap()), format!("parallel {i}\n"));
+    }
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq"])).trim(), "");
+    no_leftovers(&hulld);
+    let dirs = std::fs::read_dir(hulld.data.join("containers")).map_or(0, |d| d.count());
+    assert_eq!(dirs, 0, "every container directory is gone");
+}
