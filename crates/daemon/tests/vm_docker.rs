@@ -28,9 +28,9 @@ fn ok(out: &Output) -> String {
     text(&out.stdout)
 }
 
-/// Polls `check` for up to a minute (the test host is an emulated machine).
+/// Polls `check` for up to two minutes (the test host is an emulated machine).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
@@ -48,6 +48,8 @@ fn setup(name: &str) -> (Hulld, Registry, String) {
     )
     .unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
+    // The first container makes the template every later one is cloned from.
+    assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
     (hulld, registry, image)
 }
 

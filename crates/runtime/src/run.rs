@@ -424,10 +424,16 @@ impl VmFiles<'_> {
             })
             // Terminal signals are ours to relay to the container, not the VMM's to die of.
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; the VMM must not outlive hull.
+        // The VMM must not outlive its parent (hull, or a container's
+        // supervisor) -- including a parent killed before prctl took effect.
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent is gone"));
+                }
                 Ok(())
             });
         }

@@ -120,7 +120,13 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
     let loglevel = if options.verbose { "" } else { "quiet loglevel=1" };
 
     let mut qemu = Command::new(QEMU);
-    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-display", "none"]);
+    // HULL_VMHOST_TCG=single: one host thread for every vCPU (slower; for
+    // telling multi-threaded TCG races apart from other faults).
+    let tcg = match std::env::var("HULL_VMHOST_TCG").as_deref() {
+        Ok("single") => "tcg,thread=single",
+        _ => "tcg,thread=multi",
+    };
+    qemu.args(["-accel", tcg, "-cpu", "max", "-display", "none"]);
     // qboot skips SeaBIOS's device scan: about a second less per boot under TCG.
     if Path::new(QBOOT).is_file() {
         qemu.args(["-bios", QBOOT]);

@@ -56,6 +56,13 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         parallel: usize,
     },
+    /// The docker CLI against hulld: `docker run --rm IMAGE true` and a
+    /// detached run, beside `podman run --rm` of the same rootfs (inside
+    /// vmhost here).
+    Docker {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
     ImageRun {
@@ -72,6 +79,7 @@ fn main() -> Result<()> {
         Bench::Vmhost { runs } => vmhost_bench(runs),
         Bench::Image { runs } => image_bench::pull_and_disk(runs),
         Bench::ImageRun { runs } => image_bench::run_true(runs),
+        Bench::Docker { runs } => docker_bench::docker_bench(runs),
         Bench::Clone { runs, idle, parallel } => {
             clone_bench::clone_bench(clone_bench::Options { runs, idle, parallel })
         }
@@ -89,6 +97,8 @@ fn main() -> Result<()> {
 
 #[path = "hull-bench/clone_bench.rs"]
 mod clone_bench;
+#[path = "hull-bench/docker_bench.rs"]
+mod docker_bench;
 #[path = "hull-bench/image_bench.rs"]
 mod image_bench;
 

@@ -66,7 +66,7 @@ fn hull(data: &Path) -> Result<Command> {
     Ok(command)
 }
 
-fn timed(command: &mut Command) -> Result<Duration> {
+pub(crate) fn timed(command: &mut Command) -> Result<Duration> {
     if std::env::var_os("HULL_BENCH_VERBOSE").is_some() {
         eprintln!("  {command:?}");
     }
@@ -269,7 +269,7 @@ fn allocated(path: &Path) -> u64 {
 }
 
 /// Copies the image disk's files out with debugfs (no mount needed).
-fn unpack_rootfs(disk: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn unpack_rootfs(disk: &Path, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     let status = Command::new("debugfs")
         .arg("-R")
@@ -284,7 +284,7 @@ fn unpack_rootfs(disk: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn podman_available() -> bool {
+pub(crate) fn podman_available() -> bool {
     Command::new("podman")
         .arg("--version")
         .stdout(Stdio::null())
@@ -295,7 +295,7 @@ fn podman_available() -> bool {
 
 /// `podman run --rm` of `rootfs` with its own storage under `work` (vfs: the
 /// test host's root is itself an overlay) and no systemd.
-fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
+pub(crate) fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
     let dir = |name: &str| work.join(name).display().to_string();
     vec![
         "--root".into(),

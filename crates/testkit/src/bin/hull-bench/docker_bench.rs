@@ -1,0 +1,87 @@
+//! `hull-bench docker`: the real docker CLI against hulld, end to end.
+//!
+//! In one run, one environment (inside vmhost where KVM is not hardware):
+//! `docker run --rm IMAGE true` through hulld (a microVM per container,
+//! cloned from the template), beside `podman run --rm` of the same root
+//! filesystem (a plain container, no VM).
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use testkit::bench::{self, Summary};
+use testkit::hulld::Hulld;
+use testkit::oci::{busybox_image, push_image, Registry};
+use vmm::host::HostKvm;
+
+use crate::clone_bench::{podman_args, podman_available, timed, unpack_rootfs};
+use crate::{inside_vmhost, print_line};
+
+pub fn docker_bench(runs: usize) -> Result<()> {
+    if !matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
+        println!("no hardware KVM here: running the docker benchmark inside vmhost");
+        inside_vmhost(vec!["docker".into(), "--runs".into(), runs.to_string()])?;
+        return Ok(());
+    }
+    let hulld = Hulld::start("bench")?;
+    let registry = Registry::start("bench-docker", None)?;
+    let image = push_image(&registry, &hulld.work, busybox_image(json!({"Cmd": ["sh"]})), "bench/box:v1")?;
+    timed(hulld.docker_command(&["pull", "-q", &image]).stdout(std::process::Stdio::null()))?;
+    // The first run makes the template; it is not measured.
+    let template = timed(&mut hulld.docker_command(&["run", "--rm", &image, "true"]))?;
+
+    let store = image::Store::open(&hulld.data)?;
+    let record = store.resolve(&image)?;
+    let rootfs = hulld.work.join("rootfs");
+    unpack_rootfs(&image::disk::image_disk(&store, &record)?, &rootfs)?;
+    let podman = podman_available();
+
+    let (mut docker, mut detached, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 1..=runs {
+        eprintln!("docker bench: run {i}/{runs}");
+        docker.push(timed(&mut hulld.docker_command(&["run", "--rm", &image, "true"]))?);
+        let name = format!("d{i}");
+        detached.push(timed(hulld.docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"]).stdout(std::process::Stdio::null()))?);
+        timed(hulld.docker_command(&["rm", "-f", &name]).stdout(std::process::Stdio::null()))?;
+        if podman {
+            peer.push(timed(Command::new("podman").args(podman_args(&hulld.work, &rootfs)))?);
+        }
+    }
+    let docker = Summary::of(&docker).context("no runs")?;
+    let detached = Summary::of(&detached).context("no runs")?;
+    let peer = Summary::of(&peer);
+
+    let environment = bench::environment();
+    println!("environment: {environment}");
+    println!("first docker run (makes the template): {:.1} s", template.as_secs_f64());
+    print_line("docker run --rm IMAGE true (hulld)", &docker);
+    print_line("docker run -d IMAGE sleep 60 (hulld)", &detached);
+    let ratio = match &peer {
+        Some(p) => {
+            print_line("peer: podman run --rm (no VM)", p);
+            let ratio = docker.median_ms / p.median_ms;
+            println!("docker run --rm via hulld / podman run --rm: {ratio:.2} (target <= 2)");
+            Some(ratio)
+        }
+        None => {
+            println!("peer: podman is not installed here; no podman figures");
+            None
+        }
+    };
+    println!("docker exec: not measured (exec is not implemented yet)");
+    let path = bench::write_report(
+        "docker",
+        &json!({
+            "environment": environment,
+            "runs": runs,
+            "docker_run_rm_true": docker.to_json(),
+            "docker_run_detached": detached.to_json(),
+            "podman_run_rm_true": peer.as_ref().map(Summary::to_json),
+            "ratio_docker_to_podman": ratio,
+            "first_run_with_template_ms": template.as_millis() as u64,
+            "docker_exec": null,
+        }),
+    )?;
+    println!("report: {}", path.display());
+    Ok(())
+}
