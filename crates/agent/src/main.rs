@@ -8,7 +8,9 @@
 //! environment and working directory. Standard streams travel over the same
 //! vsock connection; signals from the host are delivered; orphans are
 //! reaped; the exit status (or killing signal) is reported; then the VM
-//! powers off.
+//! powers off. While the command runs, the agent listens on vsock port
+//! `EXEC_PORT` for more processes in the container (`docker exec`), one
+//! connection each.
 
 mod machine;
 mod mounts;
@@ -23,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use proto::{read_frame, write_frame, Control, Frame, RunSpec, CHUNK, PROTOCOL_VERSION};
+use proto::{read_frame, write_frame, Control, ExecSpec, Frame, RunSpec, CHUNK, PROTOCOL_VERSION};
 
 /// Where the container's root filesystem is assembled.
 const ROOT: &str = "/mnt/root";
@@ -120,12 +122,17 @@ fn serve(conn: File) {
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));
     }
-    let mut child = match spawn(&spec) {
+    let reaper = Reaper::start();
+    let mut child = match spawn(&ProcessSpec::of_run(&spec)) {
         Ok(child) => child,
         Err((message, code)) => return fail(&sink, message, code),
     };
     let pid = child.id();
     send(&sink, &Frame::Control(Control::Started { pid }));
+    {
+        let reaper = reaper.clone();
+        thread::spawn(move || serve_execs(reaper));
+    }
 
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -141,7 +148,7 @@ fn serve(conn: File) {
         let _ = host_gone.send(());
     });
 
-    let (code, signal) = reap_until(pid);
+    let (code, signal) = reaper.wait_for(pid);
     // The container ends with its main process: nothing else survives it.
     // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
     unsafe { libc::kill(-1, libc::SIGKILL) };
@@ -200,25 +207,142 @@ fn host_input(mut input: File, mut stdin: Option<std::process::ChildStdin>, pid:
 }
 
 /// As PID 1, reaps every child; returns how the command `pid` ended.
-fn reap_until(pid: u32) -> (Option<i32>, Option<i32>) {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid out-pointer.
-        let reaped = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if reaped < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+/// Reaps every child (PID 1 inherits orphans too) and keeps the statuses
+/// of the processes someone waits for: the command and each exec.
+#[derive(Clone)]
+struct Reaper(
+    Arc<(
+        Mutex<std::collections::HashMap<i32, (Option<i32>, Option<i32>)>>,
+        std::sync::Condvar,
+    )>,
+);
+
+impl Reaper {
+    fn start() -> Reaper {
+        let reaper = Reaper(Arc::default());
+        let shared = reaper.clone();
+        thread::spawn(move || loop {
+            let mut status = 0;
+            // SAFETY: waitpid(2) with a valid out-pointer.
+            let reaped = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if reaped < 0 {
+                // No children right now (ECHILD) or interrupted: look again soon.
+                thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
-            return (None, None);
-        }
-        if reaped == pid as i32 {
             let status = std::process::ExitStatus::from_raw(status);
-            return (status.code(), status.signal());
+            let (lock, changed) = &*shared.0;
+            if let Ok(mut done) = lock.lock() {
+                done.insert(reaped, (status.code(), status.signal()));
+                // Orphans nobody waits for must not pile up.
+                if done.len() > 4096 {
+                    done.clear();
+                }
+            }
+            changed.notify_all();
+        });
+        reaper
+    }
+
+    /// Blocks until `pid` has ended: its exit code, or the killing signal.
+    fn wait_for(&self, pid: u32) -> (Option<i32>, Option<i32>) {
+        let (lock, changed) = &*self.0;
+        let Ok(mut done) = lock.lock() else {
+            return (None, None);
+        };
+        loop {
+            if let Some(status) = done.remove(&(pid as i32)) {
+                return status;
+            }
+            done = match changed.wait(done) {
+                Ok(guard) => guard,
+                Err(_) => return (None, None),
+            };
         }
     }
 }
 
-fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
+/// Accepts exec connections from the host for as long as the command runs.
+fn serve_execs(reaper: Reaper) {
+    let listener = match vsock::listen(proto::EXEC_PORT) {
+        Ok(listener) => listener,
+        Err(e) => return console(&format!("exec listener: {e}")),
+    };
+    loop {
+        match vsock::accept(&listener) {
+            Ok(conn) => {
+                let reaper = reaper.clone();
+                thread::spawn(move || serve_exec(conn, reaper));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return console(&format!("exec listener: {e}")),
+        }
+    }
+}
+
+/// One exec: its request, the process, its streams and its exit status.
+fn serve_exec(conn: File, reaper: Reaper) {
+    let Ok(mut input) = conn.try_clone() else { return };
+    let sink: Sink = Arc::new(Mutex::new(conn));
+    let spec = match read_frame(&mut input) {
+        Ok(Some(Frame::Control(Control::Exec(spec)))) => spec,
+        Ok(other) => return fail(&sink, format!("expected an exec request, got {other:?}"), 125),
+        Err(e) => return fail(&sink, format!("reading the exec request: {e}"), 125),
+    };
+    let mut child = match spawn(&ProcessSpec::of_exec(&spec)) {
+        Ok(child) => child,
+        Err((message, code)) => return fail(&sink, message, code),
+    };
+    let pid = child.id();
+    send(&sink, &Frame::Control(Control::Started { pid }));
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(pump(out, sink.clone(), Frame::Stdout));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(pump(err, sink.clone(), Frame::Stderr));
+    }
+    let stdin = child.stdin.take();
+    thread::spawn(move || host_input(input, stdin, pid));
+    let (code, signal) = reaper.wait_for(pid);
+    for p in pumps {
+        let _ = p.join();
+    }
+    send(&sink, &Frame::Control(Control::Exited { code, signal }));
+}
+
+/// What `spawn` needs of a command or an exec.
+struct ProcessSpec<'a> {
+    argv: &'a [String],
+    env: &'a [String],
+    cwd: &'a str,
+    user: &'a str,
+    stdin: bool,
+}
+
+impl<'a> ProcessSpec<'a> {
+    fn of_run(spec: &'a RunSpec) -> ProcessSpec<'a> {
+        ProcessSpec {
+            argv: &spec.argv,
+            env: &spec.env,
+            cwd: &spec.cwd,
+            user: &spec.user,
+            stdin: spec.stdin,
+        }
+    }
+
+    fn of_exec(spec: &'a ExecSpec) -> ProcessSpec<'a> {
+        ProcessSpec {
+            argv: &spec.argv,
+            env: &spec.env,
+            cwd: &spec.cwd,
+            user: &spec.user,
+            stdin: spec.stdin,
+        }
+    }
+}
+
+fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
     let Some(program) = spec.argv.first() else {
         return Err(("no command given".into(), 125));
     };
@@ -228,10 +352,10 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
     if let Err(e) = std::fs::create_dir_all(&cwd) {
         return Err((format!("working directory {}: {e}", spec.cwd), 125));
     }
-    let identity = user::resolve(root, &spec.user).map_err(|e| (e, 125))?;
+    let identity = user::resolve(root, spec.user).map_err(|e| (e, 125))?;
     let mut command = Command::new(program);
     command.args(&spec.argv[1..]).env_clear();
-    for entry in &spec.env {
+    for entry in spec.env {
         if let Some((key, value)) = entry.split_once('=') {
             command.env(key, value);
         }
@@ -243,7 +367,7 @@ fn spawn(spec: &RunSpec) -> Result<Child, (String, i32)> {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
     let (uid, gid, groups) = (identity.uid, identity.gid, identity.groups);
-    let cwd = CString::new(spec.cwd.clone()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
+    let cwd = CString::new(spec.cwd).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {

@@ -48,3 +48,54 @@ fn try_connect(port: u32) -> io::Result<File> {
     }
     Ok(file)
 }
+
+/// A listening vsock socket on `port` of this guest, for connections the
+/// host opens (through the VMM's `CONNECT port`).
+pub fn listen(port: u32) -> io::Result<File> {
+    // SAFETY: plain socket(2); the fd is owned by the File below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let addr = libc::sockaddr_vm {
+        svm_family: libc::AF_VSOCK as libc::sa_family_t,
+        svm_reserved1: 0,
+        svm_port: port,
+        svm_cid: libc::VMADDR_CID_ANY,
+        svm_zero: [0; 4],
+    };
+    // SAFETY: addr is a valid sockaddr_vm of the given size; fd is ours.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as u32,
+        )
+    };
+    // SAFETY: listen(2) on our own socket.
+    if rc != 0 || unsafe { libc::listen(fd, 16) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// The next connection on a socket from `listen`.
+pub fn accept(listener: &File) -> io::Result<File> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: accept4(2) on our listening socket; no address wanted.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from accept4 that we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}

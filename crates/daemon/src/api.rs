@@ -99,7 +99,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    use crate::{containers, images, streams, system};
+    use crate::{containers, exec, images, streams, system};
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -117,6 +117,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}", delete(containers::remove))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/resize", post(exec::resize))
+        .route("/exec/{id}/json", get(exec::inspect))
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::pull))
         .route(

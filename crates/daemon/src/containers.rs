@@ -77,7 +77,7 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn random_hex(bytes: usize) -> String {
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
     hex::encode(buf)
@@ -230,9 +230,12 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         path,
         args,
         config: docker_config,
-        host_config: raw.get("HostConfig").cloned().unwrap_or_else(|| json!({})),
+        host_config: host_config_with_defaults(raw.get("HostConfig")),
         restart_count: 0,
         manually_stopped: false,
+        process_env: process.env.clone(),
+        process_workdir: process.workdir.clone(),
+        process_user: process.user.clone(),
     };
     daemon.containers.insert(&record)?;
     let spec = ContainerSpec {
@@ -253,6 +256,29 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     let _ = body.tty; // recorded in Config; the stream format follows it
     tracing::info!("created container {id} ({})", record.name);
     Ok(id)
+}
+
+/// The client's HostConfig with what Docker fills in and tools read
+/// (the SDKs look at `LogConfig.Type` before reading logs).
+fn host_config_with_defaults(given: Option<&Value>) -> Value {
+    let mut host = given.cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    let defaults = [
+        ("LogConfig", json!({"Type": "json-file", "Config": {}})),
+        ("NetworkMode", json!("none")),
+        ("RestartPolicy", json!({"Name": "no", "MaximumRetryCount": 0})),
+        ("Runtime", json!("hull")),
+    ];
+    if let Some(object) = host.as_object_mut() {
+        for (key, value) in defaults {
+            let missing = object
+                .get(key)
+                .is_none_or(|v| v.is_null() || v.as_str() == Some("") || v.get("Type").is_some_and(|t| t == ""));
+            if missing {
+                object.insert(key.to_string(), value);
+            }
+        }
+    }
+    host
 }
 
 /// A container's record and the state of its latest run.

@@ -24,6 +24,7 @@ pub struct Daemon {
     pub containers: ContainerStore,
     pub images: Arc<image::Store>,
     pub events: broadcast::Sender<Event>,
+    pub execs: crate::exec::Execs,
     /// The runtime the container watchers (threads) report back to.
     pub handle: tokio::runtime::Handle,
 }
@@ -34,6 +35,7 @@ impl Daemon {
             containers,
             images: Arc::new(images),
             events: broadcast::channel(1024).0,
+            execs: crate::exec::Execs::default(),
             handle: tokio::runtime::Handle::current(),
         })
     }
@@ -175,6 +177,9 @@ mod tests {
             host_config: json!({"RestartPolicy": {"Name": name, "MaximumRetryCount": max}}),
             restart_count: count,
             manually_stopped: stopped,
+            process_env: vec![],
+            process_workdir: String::new(),
+            process_user: String::new(),
         }
     }
 

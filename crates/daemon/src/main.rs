@@ -9,6 +9,7 @@
 mod api;
 mod containers;
 mod daemon;
+mod exec;
 mod images;
 mod store;
 mod streams;

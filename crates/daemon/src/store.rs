@@ -30,6 +30,14 @@ pub struct ContainerRecord {
     pub restart_count: u32,
     /// Stopped by a user (`unless-stopped` then stays stopped).
     pub manually_stopped: bool,
+    /// The container process's environment, working directory and user
+    /// after the image's config and the overrides: what an exec inherits.
+    #[serde(default)]
+    pub process_env: Vec<String>,
+    #[serde(default)]
+    pub process_workdir: String,
+    #[serde(default)]
+    pub process_user: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +174,9 @@ mod tests {
             host_config: Value::Null,
             restart_count: 0,
             manually_stopped: false,
+            process_env: vec![],
+            process_workdir: String::new(),
+            process_user: String::new(),
         }
     }
 

@@ -253,6 +253,8 @@ fn containers_are_created_listed_renamed_and_removed() {
     assert_eq!(ok(&hulld.docker(&["logs", "web2"])), "");
     assert_eq!(ok(&hulld.docker(&["wait", "web2"])).trim(), "0");
     fails(&hulld.docker(&["kill", "web2"]), 1, "is not running");
+    fails(&hulld.docker(&["exec", "web2", "true"]), 1, "is not running");
+    fails(&hulld.docker(&["exec", "nothing", "true"]), 1, "No such container: nothing");
 
     // Records survive a daemon restart.
     let mut hulld = hulld;

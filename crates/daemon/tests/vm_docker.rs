@@ -61,15 +61,20 @@ fn inspect(hulld: &Hulld, format: &str, container: &str) -> String {
 
 fn no_leftovers(hulld: &Hulld) {
     eventually("every supervisor to end", || hulld.running_supervisors().is_empty());
-    let vmms = std::process::Command::new("pgrep")
-        .args(["-f", &hulld.data.display().to_string()])
+    // Supervisors and VMMs name a path in the data directory (hulld itself does too).
+    let pattern = format!("hull-(vmm|shim) .*{}", hulld.data.display());
+    let found = std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
         .output()
         .unwrap();
-    assert_eq!(
-        text(&vmms.stdout).trim(),
-        "",
-        "no process of this data directory is left"
-    );
+    let left: Vec<String> = text(&found.stdout)
+        .lines()
+        .map(|pid| {
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!("{pid}: {}", cmdline.replace('\0', " "))
+        })
+        .collect();
+    assert!(left.is_empty(), "processes of this data directory are left: {left:#?}");
 }
 
 #[test]
@@ -169,6 +174,38 @@ fn docker_run_in_the_foreground_and_detached() {
     // hulld restarts; the container did not notice.
     hulld.restart().unwrap();
     assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+
+    // exec into it (after the restart): streams, status, env, user, workdir, stdin.
+    let out = hulld.docker(&["exec", "sleeper", "sh", "-c", "echo in; echo err >&2; exit 4"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(4), "in\n".into(), "err\n".into())
+    );
+    let out = ok(&hulld.docker(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-u",
+        "1000",
+        "-w",
+        "/tmp",
+        "sleeper",
+        "sh",
+        "-c",
+        "echo $X $(id -u) $(pwd) $PATH",
+    ]));
+    assert_eq!(out, "1 1000 /tmp /bin\n", "the image's env is inherited");
+    let mut child = hulld
+        .docker_command(&["exec", "-i", "sleeper", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"12345").unwrap();
+    assert_eq!(ok(&child.wait_with_output().unwrap()).trim(), "5");
+    let missing = hulld.docker(&["exec", "sleeper", "no-such-command"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", text(&missing.stderr));
     let follow = hulld
         .docker_command(&["logs", "-f", "sleeper"])
         .stdout(Stdio::piped())
@@ -181,6 +218,13 @@ fn docker_run_in_the_foreground_and_detached() {
     assert_eq!(
         inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "sleeper"),
         "exited 5"
+    );
+    let refused = hulld.docker(&["exec", "sleeper", "true"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("is not running"),
+        "{}",
+        text(&refused.stderr)
     );
 
     // Start again (the writable disk is kept), kill, wait.
@@ -213,7 +257,10 @@ fn docker_run_in_the_foreground_and_detached() {
     assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
     // Its trap is set once it has said so.
     eventually("the third run's output", || {
-        text(&hulld.docker(&["logs", "sleeper"]).stdout).matches("started").count() == 3
+        text(&hulld.docker(&["logs", "sleeper"]).stdout)
+            .matches("started")
+            .count()
+            == 3
     });
     let waiter = hulld
         .docker_command(&["wait", "sleeper"])
@@ -254,6 +301,16 @@ fn restart_policies_and_many_containers() {
             && text(&hulld.docker(&["logs", "flaky"]).stdout) == "try\ntry\ntry\n"
     });
     ok(&hulld.docker(&["rm", "flaky"]));
+
+    // The Python Docker SDK runs containers too (foreground, detached, logs, kill, wait).
+    let sdk = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/docker_sdk.py"))
+        .arg(&hulld.socket)
+        .arg(&image)
+        .arg("--run")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&sdk).trim(), "sdk ok", "{}", text(&sdk.stderr));
 
     // Many in a row, and several at once; nothing is left behind.
     let runs = 30;

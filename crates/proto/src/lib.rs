@@ -13,9 +13,13 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
+/// The vsock port the agent listens on, once the container runs, for more
+/// processes in it (`docker exec`): one connection per process, opened by
+/// the host with an `Exec` request.
+pub const EXEC_PORT: u32 = 1025;
 /// The I/O port a template guest's agent writes `SNAPSHOT_REQUEST` to once it
 /// is ready: a VMM started to make a template pauses there and saves the VM;
 /// every clone resumes just after that write. Other VMMs ignore it.
@@ -57,6 +61,18 @@ pub struct RunSpec {
     pub wall_clock_ns: u64,
 }
 
+/// Another process in a running container (`docker exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries (the host merges the container's and the exec's).
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// As in `RunSpec`.
+    pub user: String,
+    pub stdin: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSize {
     pub device: String,
@@ -71,6 +87,8 @@ pub enum Control {
     Hello { version: u32, agent: String },
     /// Host → agent: run this.
     Run(Box<RunSpec>),
+    /// Host → agent, first on an exec connection: run this process too.
+    Exec(Box<ExecSpec>),
     /// Agent → host: the command is running.
     Started { pid: u32 },
     /// Host → agent: deliver a signal to the command.
@@ -203,6 +221,13 @@ mod tests {
             }],
             entropy: vec![1, 2, 3],
             wall_clock_ns: 1,
+        }))));
+        round_trip(Frame::Control(Control::Exec(Box::new(ExecSpec {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            stdin: false,
         }))));
         round_trip(Frame::Control(Control::Exited {
             code: None,

@@ -25,8 +25,17 @@ pub fn docker_bench(runs: usize) -> Result<()> {
     }
     let hulld = Hulld::start("bench")?;
     let registry = Registry::start("bench-docker", None)?;
-    let image = push_image(&registry, &hulld.work, busybox_image(json!({"Cmd": ["sh"]})), "bench/box:v1")?;
-    timed(hulld.docker_command(&["pull", "-q", &image]).stdout(std::process::Stdio::null()))?;
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"]})),
+        "bench/box:v1",
+    )?;
+    timed(
+        hulld
+            .docker_command(&["pull", "-q", &image])
+            .stdout(std::process::Stdio::null()),
+    )?;
     // The first run makes the template; it is not measured.
     let template = timed(&mut hulld.docker_command(&["run", "--rm", &image, "true"]))?;
 
@@ -41,8 +50,16 @@ pub fn docker_bench(runs: usize) -> Result<()> {
         eprintln!("docker bench: run {i}/{runs}");
         docker.push(timed(&mut hulld.docker_command(&["run", "--rm", &image, "true"]))?);
         let name = format!("d{i}");
-        detached.push(timed(hulld.docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"]).stdout(std::process::Stdio::null()))?);
-        timed(hulld.docker_command(&["rm", "-f", &name]).stdout(std::process::Stdio::null()))?;
+        detached.push(timed(
+            hulld
+                .docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"])
+                .stdout(std::process::Stdio::null()),
+        )?);
+        timed(
+            hulld
+                .docker_command(&["rm", "-f", &name])
+                .stdout(std::process::Stdio::null()),
+        )?;
         if podman {
             peer.push(timed(Command::new("podman").args(podman_args(&hulld.work, &rootfs)))?);
         }

@@ -1,0 +1,337 @@
+//! `docker exec`: more processes in a running container. hulld opens a
+//! vsock connection into the container's VM (the VMM's `CONNECT port`
+//! handshake on its socket), asks the agent to run the process, and relays
+//! its streams over the hijacked connection (multiplexed without a terminal,
+//! raw with one) and its exit status to `GET /exec/{id}/json`. Frames from
+//! the guest are bounds-checked by the protocol; a broken guest connection
+//! ends the exec, never hulld.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use hyper_util::rt::TokioIo;
+use proto::{read_frame, write_frame, Control, ExecSpec, Frame};
+use runtime::container::ContainerDir;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::api::{blocking, empty, ApiError};
+use crate::daemon::Daemon;
+use crate::streams::multiplexed;
+
+/// One exec instance, as `GET /exec/{id}/json` shows it.
+#[derive(Debug, Clone)]
+pub struct ExecRecord {
+    pub id: String,
+    pub container: String,
+    pub spec: ExecSpec,
+    pub tty: bool,
+    pub attach_stdin: bool,
+    pub running: bool,
+    pub started: bool,
+    pub exit_code: Option<i32>,
+    pub pid: u32,
+}
+
+/// Exec instances by ID (kept in memory, as Docker keeps them).
+#[derive(Default)]
+pub struct Execs(Mutex<HashMap<String, ExecRecord>>);
+
+impl Execs {
+    fn get(&self, id: &str) -> Result<ExecRecord, ApiError> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).cloned())
+            .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut ExecRecord)) {
+        if let Some(record) = self.0.lock().ok().as_mut().and_then(|m| m.get_mut(id)) {
+            change(record);
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateBody {
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    user: String,
+    working_dir: String,
+    tty: bool,
+    attach_stdin: bool,
+    privileged: bool,
+}
+
+pub async fn create(
+    State(daemon): State<Arc<Daemon>>,
+    Path(container): Path<String>,
+    Json(body): Json<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let argv = body.cmd.clone().unwrap_or_default();
+    if argv.is_empty() {
+        return Err(ApiError::bad_request("No exec command specified"));
+    }
+    if body.privileged {
+        return Err(ApiError::bad_request(
+            "--privileged is not supported: every container is its own VM",
+        ));
+    }
+    let lookup = daemon.clone();
+    let record = blocking(move || {
+        let record = lookup.containers.find(&container)?;
+        if !ContainerDir::new(&record.id).is_running() {
+            return Err(ApiError::conflict(format!("container {} is not running", record.id)));
+        }
+        Ok(record)
+    })
+    .await?;
+    let mut env = record.process_env.clone();
+    for entry in body.env.unwrap_or_default() {
+        image::config::set_env(&mut env, &entry);
+    }
+    let spec = ExecSpec {
+        argv,
+        env,
+        cwd: Some(body.working_dir)
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| record.process_workdir.clone()),
+        user: Some(body.user)
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| record.process_user.clone()),
+        stdin: body.attach_stdin,
+    };
+    let id = crate::containers::random_hex(32);
+    let exec = ExecRecord {
+        id: id.clone(),
+        container: record.id,
+        spec,
+        tty: body.tty,
+        attach_stdin: body.attach_stdin,
+        running: false,
+        started: false,
+        exit_code: None,
+        pid: 0,
+    };
+    if let Ok(mut execs) = daemon.execs.0.lock() {
+        execs.insert(id.clone(), exec);
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "Id": id }))))
+}
+
+pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let e = daemon.execs.get(&id)?;
+    Ok(Json(json!({
+        "ID": e.id,
+        "ContainerID": e.container,
+        "Running": e.running,
+        "ExitCode": e.exit_code,
+        "Pid": e.pid,
+        "OpenStdin": e.attach_stdin,
+        "OpenStdout": true,
+        "OpenStderr": true,
+        "CanRemove": false,
+        "DetachKeys": "",
+        "ProcessConfig": {
+            "entrypoint": e.spec.argv.first(),
+            "arguments": e.spec.argv.get(1..).unwrap_or_default(),
+            "privileged": false,
+            "tty": e.tty,
+            "user": e.spec.user,
+        },
+    })))
+}
+
+/// Terminal resize: accepted; there is no terminal in the guest yet.
+pub async fn resize(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    daemon.execs.get(&id)?;
+    Ok(empty(StatusCode::OK))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct StartBody {
+    detach: bool,
+}
+
+/// Opens a connection to the agent's exec port through the VMM's socket.
+fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(dir.socket_dir().join("vsock.sock"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("CONNECT {}\n", proto::EXEC_PORT).as_bytes())?;
+    // The answer is one short line; more than 64 bytes is not the VMM talking.
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(std::io::Read::take(stream.try_clone()?, 64));
+    reader.read_until(b'\n', &mut line)?;
+    if !line.starts_with(b"OK ") {
+        return Err(std::io::Error::other(format!(
+            "the VM refused the connection: {}",
+            String::from_utf8_lossy(&line).trim()
+        )));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
+
+pub async fn start(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(std::mem::take(request.body_mut()), 1 << 20)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))?;
+    let start: StartBody = match body.is_empty() {
+        true => StartBody::default(),
+        false => serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?,
+    };
+    let exec = daemon.execs.get(&id)?;
+    if exec.started {
+        return Err(ApiError::conflict(format!("exec {id} has already been started")));
+    }
+    daemon.execs.update(&id, |e| {
+        e.started = true;
+        e.running = true;
+    });
+    let dir = ContainerDir::new(&exec.container);
+    let spec = exec.spec.clone();
+    let guest = blocking(move || {
+        let mut conn = connect_agent(&dir).map_err(|e| ApiError::conflict(format!("container is not running: {e}")))?;
+        write_frame(&mut conn, &Frame::Control(Control::Exec(Box::new(spec))))
+            .map_err(|e| ApiError::internal(format!("sending the exec request: {e}")))?;
+        Ok(conn)
+    })
+    .await;
+    let guest = match guest {
+        Ok(g) => g,
+        Err(e) => {
+            daemon.execs.update(&id, |r| {
+                r.running = false;
+                r.exit_code = Some(126);
+            });
+            return Err(e);
+        }
+    };
+    // Guest frames → client bytes, on a thread (the protocol reads blocking).
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+    {
+        let daemon = daemon.clone();
+        let id = id.clone();
+        let tty = exec.tty;
+        let mut reader = guest.try_clone().map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(move || relay_guest_output(&mut reader, &out_tx, &daemon, &id, tty));
+    }
+    if start.detach {
+        tokio::spawn(async move {
+            let mut out_rx = out_rx;
+            while out_rx.recv().await.is_some() {}
+        });
+        return Ok(empty(StatusCode::OK));
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    let with_stdin = exec.attach_stdin;
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let (mut client_in, mut client_out) = tokio::io::split(TokioIo::new(upgraded));
+        if with_stdin {
+            // Client bytes → framed standard input, written on a thread.
+            let (in_tx, mut in_rx) = mpsc::channel::<Frame>(16);
+            let mut writer = guest;
+            std::thread::spawn(move || {
+                while let Some(frame) = in_rx.blocking_recv() {
+                    let eof = frame == Frame::StdinEof;
+                    if write_frame(&mut writer, &frame).is_err() || eof {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; proto::CHUNK];
+                loop {
+                    let frame = match client_in.read(&mut buf).await {
+                        Ok(0) | Err(_) => Frame::StdinEof,
+                        Ok(n) => Frame::Stdin(buf[..n].to_vec()),
+                    };
+                    let eof = frame == Frame::StdinEof;
+                    if in_tx.send(frame).await.is_err() || eof {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut out_rx = out_rx;
+        while let Some(chunk) = out_rx.recv().await {
+            if client_out.write_all(&chunk).await.is_err() || client_out.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = client_out.shutdown().await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .header(
+            header::CONTENT_TYPE,
+            match exec.tty {
+                true => "application/vnd.docker.raw-stream",
+                false => "application/vnd.docker.multiplexed-stream",
+            },
+        )
+        .body(Body::empty())
+        .map_err(ApiError::internal)
+}
+
+/// Reads the agent's frames for one exec: output to the client, then the
+/// exit status into the exec's record (before the client's stream ends, so
+/// the CLI's `GET /exec/{id}/json` that follows sees it).
+fn relay_guest_output(reader: &mut UnixStream, out: &mpsc::Sender<Bytes>, daemon: &Daemon, id: &str, tty: bool) {
+    let encode = |stderr: bool, data: &[u8]| -> Bytes {
+        match tty {
+            true => Bytes::copy_from_slice(data),
+            false => multiplexed(stderr, data).into(),
+        }
+    };
+    let mut code = None;
+    loop {
+        match read_frame(reader) {
+            Ok(Some(Frame::Stdout(data))) => {
+                let _ = out.blocking_send(encode(false, &data));
+            }
+            Ok(Some(Frame::Stderr(data))) => {
+                let _ = out.blocking_send(encode(true, &data));
+            }
+            Ok(Some(Frame::Control(Control::Started { pid }))) => daemon.execs.update(id, |e| e.pid = pid),
+            Ok(Some(Frame::Control(Control::Exited { code: c, signal }))) => {
+                code = Some(proto::shell_status(c, signal));
+                break;
+            }
+            Ok(Some(Frame::Control(Control::Failed { message, exit_code }))) => {
+                let _ = out.blocking_send(encode(true, format!("hull: exec failed: {message}\n").as_bytes()));
+                code = Some(exit_code);
+                break;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // A guest that went away without a status: the container ended under it.
+    let code = code.unwrap_or(137);
+    daemon.execs.update(id, |e| {
+        e.running = false;
+        e.exit_code = Some(code);
+    });
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+}
