@@ -206,16 +206,13 @@ fn host_input(mut input: File, mut stdin: Option<std::process::ChildStdin>, pid:
     }
 }
 
-/// As PID 1, reaps every child; returns how the command `pid` ended.
 /// Reaps every child (PID 1 inherits orphans too) and keeps the statuses
 /// of the processes someone waits for: the command and each exec.
 #[derive(Clone)]
-struct Reaper(
-    Arc<(
-        Mutex<std::collections::HashMap<i32, (Option<i32>, Option<i32>)>>,
-        std::sync::Condvar,
-    )>,
-);
+struct Reaper(Arc<(Mutex<Statuses>, std::sync::Condvar)>);
+
+/// PID → (exit code, killing signal) of the processes reaped so far.
+type Statuses = std::collections::HashMap<i32, (Option<i32>, Option<i32>)>;
 
 impl Reaper {
     fn start() -> Reaper {
@@ -281,17 +278,25 @@ fn serve_execs(reaper: Reaper) {
 }
 
 /// One exec: its request, the process, its streams and its exit status.
+/// The connection stays open until the host closes it: closing first could
+/// lose the last frame on its way out.
 fn serve_exec(conn: File, reaper: Reaper) {
     let Ok(mut input) = conn.try_clone() else { return };
     let sink: Sink = Arc::new(Mutex::new(conn));
     let spec = match read_frame(&mut input) {
         Ok(Some(Frame::Control(Control::Exec(spec)))) => spec,
-        Ok(other) => return fail(&sink, format!("expected an exec request, got {other:?}"), 125),
+        Ok(other) => {
+            fail(&sink, format!("expected an exec request, got {other:?}"), 125);
+            return wait_for_host_close(input);
+        }
         Err(e) => return fail(&sink, format!("reading the exec request: {e}"), 125),
     };
     let mut child = match spawn(&ProcessSpec::of_exec(&spec)) {
         Ok(child) => child,
-        Err((message, code)) => return fail(&sink, message, code),
+        Err((message, code)) => {
+            fail(&sink, message, code);
+            return wait_for_host_close(input);
+        }
     };
     let pid = child.id();
     send(&sink, &Frame::Control(Control::Started { pid }));
@@ -303,12 +308,28 @@ fn serve_exec(conn: File, reaper: Reaper) {
         pumps.push(pump(err, sink.clone(), Frame::Stderr));
     }
     let stdin = child.stdin.take();
-    thread::spawn(move || host_input(input, stdin, pid));
+    let (host_gone, host_gone_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        host_input(input, stdin, pid);
+        let _ = host_gone.send(());
+    });
     let (code, signal) = reaper.wait_for(pid);
     for p in pumps {
         let _ = p.join();
     }
     send(&sink, &Frame::Control(Control::Exited { code, signal }));
+    let _ = host_gone_rx.recv_timeout(std::time::Duration::from_secs(10));
+}
+
+/// Reads (and drops) what the host still sends until it closes, for at
+/// most 10 s.
+fn wait_for_host_close(mut input: File) {
+    let (done, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        while let Ok(Some(_)) = read_frame(&mut input) {}
+        let _ = done.send(());
+    });
+    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(10));
 }
 
 /// What `spawn` needs of a command or an exec.

@@ -255,6 +255,7 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     }
     let _ = body.tty; // recorded in Config; the stream format follows it
     tracing::info!("created container {id} ({})", record.name);
+    daemon.container_event_of(&record, "create", &[]);
     Ok(id)
 }
 
@@ -605,6 +606,7 @@ pub async fn stop(
         }
         let (timeout, signal) = stop_settings(&record, &query)?;
         stop_blocking(&daemon, &record, timeout, signal)?;
+        daemon.container_event_of(&record, "stop", &[]);
         Ok(empty(StatusCode::NO_CONTENT))
     })
     .await
@@ -623,6 +625,7 @@ pub async fn restart(
         }
         daemon.containers.modify(&record.id, |r| r.manually_stopped = false)?;
         daemon.start(&record.id)?;
+        daemon.container_event_of(&record, "restart", &[]);
         Ok(empty(StatusCode::NO_CONTENT))
     })
     .await
@@ -656,6 +659,7 @@ pub async fn kill(
         let dir = ContainerDir::new(&record.id);
         let mut conn = dir.connect().map_err(|_| not_running())?;
         conn.signal(signal).map_err(|_| not_running())?;
+        daemon.container_event_of(&record, "kill", &[("signal", &signal.to_string())]);
         if signal == libc::SIGKILL && !wait_stopped(&dir, KILL_GRACE) {
             // The guest did not act on it: end the VM.
             dir.kill_hard();
@@ -733,7 +737,8 @@ pub async fn rename(
             )));
         }
         let record = daemon.containers.find(&id)?;
-        daemon.containers.modify(&record.id, |r| r.name = name)?;
+        let renamed = daemon.containers.modify(&record.id, |r| r.name = name)?;
+        daemon.container_event_of(&renamed, "rename", &[("oldName", &format!("/{}", record.name))]);
         Ok(empty(StatusCode::NO_CONTENT))
     })
     .await

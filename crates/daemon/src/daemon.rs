@@ -25,6 +25,7 @@ pub struct Daemon {
     pub images: Arc<image::Store>,
     pub events: broadcast::Sender<Event>,
     pub execs: crate::exec::Execs,
+    pub events_log: crate::events::EventLog,
     /// The runtime the container watchers (threads) report back to.
     pub handle: tokio::runtime::Handle,
 }
@@ -36,8 +37,31 @@ impl Daemon {
             images: Arc::new(images),
             events: broadcast::channel(1024).0,
             execs: crate::exec::Execs::default(),
+            events_log: crate::events::EventLog::default(),
             handle: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// A container event for `docker events`: its name, image and labels
+    /// as attributes, plus `extra`.
+    pub fn container_event(&self, id: &str, action: &str, extra: &[(&str, &str)]) {
+        let Ok(record) = self.containers.find(id) else { return };
+        self.container_event_of(&record, action, extra);
+    }
+
+    pub fn container_event_of(&self, record: &ContainerRecord, action: &str, extra: &[(&str, &str)]) {
+        let labels: Vec<(String, String)> = record.config["Labels"]
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut attributes: Vec<(&str, &str)> = vec![("name", &record.name), ("image", &record.image)];
+        attributes.extend(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        attributes.extend_from_slice(extra);
+        self.events_log.emit("container", action, &record.id, &attributes);
     }
 
     fn emit(&self, event: Event) {
@@ -65,6 +89,7 @@ impl Daemon {
             return Err(ApiError::internal(state.error));
         }
         self.emit(Event::Started { id: id.to_string() });
+        self.container_event(id, "start", &[]);
         self.watch(id);
         Ok(())
     }
@@ -95,6 +120,7 @@ impl Daemon {
             _ => 255,
         };
         tracing::info!("container {id} exited with {code}");
+        self.container_event(&id, "die", &[("exitCode", &code.to_string())]);
         self.emit(Event::Exited { id: id.clone(), code });
         let Ok(record) = self.containers.find(&id) else {
             return; // removed meanwhile
@@ -124,8 +150,12 @@ impl Daemon {
 
     /// Removes a container that is not running: its files and its record.
     pub fn remove(&self, id: &str, code: i32) -> Result<(), ApiError> {
+        let record = self.containers.find(id).ok();
         ContainerDir::new(id).remove()?;
         self.containers.remove(id)?;
+        if let Some(record) = record {
+            self.container_event_of(&record, "destroy", &[]);
+        }
         self.emit(Event::Removed {
             id: id.to_string(),
             code,

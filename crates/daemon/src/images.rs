@@ -120,6 +120,7 @@ pub async fn pull(State(daemon): State<Arc<Daemon>>, Query(query): Query<PullQue
     let tag = reference.tag().unwrap_or("latest").to_string();
     let _ = tx.send(json!({"status": format!("Pulling from {}", reference.familiar_repository()), "id": tag}));
     let images = daemon.images.clone();
+    let events = daemon.clone();
     tokio::spawn(async move {
         let before = images.resolve(&name).ok().map(|r| r.id);
         match image::pull::pull(images, &reference, progress).await {
@@ -130,6 +131,8 @@ pub async fn pull(State(daemon): State<Arc<Daemon>>, Query(query): Query<PullQue
                     format!("Status: Downloaded newer image for {reference}")
                 };
                 let _ = tx.send(json!({ "status": status }));
+                let name = reference.to_string();
+                events.events_log.emit("image", "pull", &name, &[("name", &name)]);
             }
             Err(e) => {
                 let message = e.to_string();
@@ -189,7 +192,12 @@ pub async fn post_by_name(
         Some(tag) => format!("{repo}:{tag}"),
         None => repo,
     };
-    blocking(move || Ok(daemon.images.tag(&name, &target)?)).await?;
+    blocking(move || {
+        daemon.images.tag(&name, &target)?;
+        daemon.events_log.emit("image", "tag", &name, &[("name", &target)]);
+        Ok(())
+    })
+    .await?;
     Ok(empty(StatusCode::CREATED))
 }
 
@@ -207,9 +215,16 @@ pub async fn remove(
     let force = flag(&query.force);
     let lines = blocking(move || {
         let users = runtime::usage::images_in_use();
-        Ok(daemon
+        let lines = daemon
             .images
-            .remove(&name, force, &|id| users.get(id).cloned().unwrap_or_default())?)
+            .remove(&name, force, &|id| users.get(id).cloned().unwrap_or_default())?;
+        for line in &lines {
+            if let Some((kind, what)) = line.split_once(": ") {
+                let action = if kind == "Deleted" { "delete" } else { "untag" };
+                daemon.events_log.emit("image", action, what, &[("name", what)]);
+            }
+        }
+        Ok(lines)
     })
     .await?;
     let items: Vec<Value> = lines

@@ -9,6 +9,7 @@
 mod api;
 mod containers;
 mod daemon;
+mod events;
 mod exec;
 mod images;
 mod store;

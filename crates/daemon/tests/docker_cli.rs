@@ -254,7 +254,31 @@ fn containers_are_created_listed_renamed_and_removed() {
     assert_eq!(ok(&hulld.docker(&["wait", "web2"])).trim(), "0");
     fails(&hulld.docker(&["kill", "web2"]), 1, "is not running");
     fails(&hulld.docker(&["exec", "web2", "true"]), 1, "is not running");
-    fails(&hulld.docker(&["exec", "nothing", "true"]), 1, "No such container: nothing");
+    fails(
+        &hulld.docker(&["exec", "nothing", "true"]),
+        1,
+        "No such container: nothing",
+    );
+
+    // What happened so far, as `docker events` tells it.
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let events = ok(&hulld.docker(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+    ]));
+    assert_eq!(events, "container create web\ncontainer rename web2\n", "{events}");
 
     // Records survive a daemon restart.
     let mut hulld = hulld;
