@@ -3,7 +3,7 @@
 //! In one run, one environment (inside vmhost where KVM is not hardware):
 //! `docker run --rm IMAGE true` through hulld (a microVM per container,
 //! cloned from the template), beside `podman run --rm` of the same root
-//! filesystem (a plain container, no VM).
+//! filesystem (a plain container, no VM); and `docker exec CTR true`.
 
 use std::process::Command;
 
@@ -64,6 +64,28 @@ pub fn docker_bench(runs: usize) -> Result<()> {
             peer.push(timed(Command::new("podman").args(podman_args(&hulld.work, &rootfs)))?);
         }
     }
+    // `docker exec CTR true` into one running container.
+    timed(
+        hulld
+            .docker_command(&["run", "-d", "--name", "target", &image, "sleep", "3600"])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    // The agent listens for execs once the command runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !hulld.docker(&["exec", "target", "true"]).status.success() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "exec never worked");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut exec = Vec::new();
+    for _ in 0..runs {
+        exec.push(timed(&mut hulld.docker_command(&["exec", "target", "true"]))?);
+    }
+    timed(
+        hulld
+            .docker_command(&["rm", "-f", "target"])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let exec = Summary::of(&exec).context("no runs")?;
     let docker = Summary::of(&docker).context("no runs")?;
     let detached = Summary::of(&detached).context("no runs")?;
     let peer = Summary::of(&peer);
@@ -85,7 +107,7 @@ pub fn docker_bench(runs: usize) -> Result<()> {
             None
         }
     };
-    println!("docker exec: not measured (exec is not implemented yet)");
+    print_line("docker exec CTR true (hulld)", &exec);
     let path = bench::write_report(
         "docker",
         &json!({
@@ -96,7 +118,7 @@ pub fn docker_bench(runs: usize) -> Result<()> {
             "podman_run_rm_true": peer.as_ref().map(Summary::to_json),
             "ratio_docker_to_podman": ratio,
             "first_run_with_template_ms": template.as_millis() as u64,
-            "docker_exec": null,
+            "docker_exec_true": exec.to_json(),
         }),
     )?;
     println!("report: {}", path.display());
