@@ -127,13 +127,25 @@ fn serve(conn: File) {
         Ok(child) => child,
         Err((message, code)) => return fail(&sink, message, code),
     };
-    let pid = child.id();
-    send(&sink, &Frame::Control(Control::Started { pid }));
     {
         let reaper = reaper.clone();
         thread::spawn(move || serve_execs(reaper));
     }
+    relay(&mut child, &sink, input, &reaper, || {
+        // The container ends with its main process: nothing else survives it.
+        // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+    });
+}
 
+/// Relays a started process's output to the host and the host's input and
+/// signals to it, waits for it (`on_exit` runs then), and reports how it
+/// ended. Closing first could drop output still queued in the vsock
+/// device, so this returns once the host, having read everything, closes
+/// the connection (or after 10 s).
+fn relay(child: &mut Child, sink: &Sink, input: File, reaper: &Reaper, on_exit: impl FnOnce()) {
+    let pid = child.id();
+    send(sink, &Frame::Control(Control::Started { pid }));
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(pump(out, sink.clone(), Frame::Stdout));
@@ -147,21 +159,15 @@ fn serve(conn: File) {
         host_input(input, stdin, pid);
         let _ = host_gone.send(());
     });
-
     let (code, signal) = reaper.wait_for(pid);
-    // The container ends with its main process: nothing else survives it.
-    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+    on_exit();
     for p in pumps {
         let _ = p.join();
     }
-    send(&sink, &Frame::Control(Control::Exited { code, signal }));
-    // Powering off now could drop output still queued in the vsock device:
-    // wait until the host, having read everything, closes the connection.
+    send(sink, &Frame::Control(Control::Exited { code, signal }));
     if host_gone_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
-        console("the host did not close the connection; powering off anyway");
+        console("the host did not close the connection");
     }
-    drop(child);
 }
 
 /// Copies one of the command's output pipes to the host.
@@ -298,27 +304,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
             return wait_for_host_close(input);
         }
     };
-    let pid = child.id();
-    send(&sink, &Frame::Control(Control::Started { pid }));
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(pump(out, sink.clone(), Frame::Stdout));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(pump(err, sink.clone(), Frame::Stderr));
-    }
-    let stdin = child.stdin.take();
-    let (host_gone, host_gone_rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        host_input(input, stdin, pid);
-        let _ = host_gone.send(());
-    });
-    let (code, signal) = reaper.wait_for(pid);
-    for p in pumps {
-        let _ = p.join();
-    }
-    send(&sink, &Frame::Control(Control::Exited { code, signal }));
-    let _ = host_gone_rx.recv_timeout(std::time::Duration::from_secs(10));
+    relay(&mut child, &sink, input, &reaper, || {});
 }
 
 /// Reads (and drops) what the host still sends until it closes, for at

@@ -20,7 +20,8 @@ pub fn connect_host(port: u32) -> io::Result<File> {
     Err(last)
 }
 
-fn try_connect(port: u32) -> io::Result<File> {
+/// A new vsock stream socket and the address (`cid`, `port`) to use it with.
+fn socket(cid: u32, port: u32) -> io::Result<(File, libc::sockaddr_vm)> {
     // SAFETY: plain socket(2); the fd is owned by the File below.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -32,9 +33,16 @@ fn try_connect(port: u32) -> io::Result<File> {
         svm_family: libc::AF_VSOCK as libc::sa_family_t,
         svm_reserved1: 0,
         svm_port: port,
-        svm_cid: VMADDR_CID_HOST,
+        svm_cid: cid,
         svm_zero: [0; 4],
     };
+    Ok((file, addr))
+}
+
+fn try_connect(port: u32) -> io::Result<File> {
+    use std::os::unix::io::AsRawFd;
+    let (file, addr) = socket(VMADDR_CID_HOST, port)?;
+    let fd = file.as_raw_fd();
     // SAFETY: addr is a valid sockaddr_vm of the given size.
     let rc = unsafe {
         libc::connect(
@@ -52,20 +60,9 @@ fn try_connect(port: u32) -> io::Result<File> {
 /// A listening vsock socket on `port` of this guest, for connections the
 /// host opens (through the VMM's `CONNECT port`).
 pub fn listen(port: u32) -> io::Result<File> {
-    // SAFETY: plain socket(2); the fd is owned by the File below.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let addr = libc::sockaddr_vm {
-        svm_family: libc::AF_VSOCK as libc::sa_family_t,
-        svm_reserved1: 0,
-        svm_port: port,
-        svm_cid: libc::VMADDR_CID_ANY,
-        svm_zero: [0; 4],
-    };
+    use std::os::unix::io::AsRawFd;
+    let (file, addr) = socket(libc::VMADDR_CID_ANY, port)?;
+    let fd = file.as_raw_fd();
     // SAFETY: addr is a valid sockaddr_vm of the given size; fd is ours.
     let rc = unsafe {
         libc::bind(

@@ -204,6 +204,41 @@ pub fn empty(status: StatusCode) -> Response {
     response
 }
 
+/// A streamed answer (logs, pull progress, events, wait) of `content_type`;
+/// its headers go out at once.
+pub fn streaming<S, B>(stream: S, content_type: &'static str) -> Response
+where
+    S: futures_util::Stream<Item = Result<B, std::io::Error>> + Send + 'static,
+    B: Into<axum::body::Bytes> + 'static,
+{
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Docker's content type for a container's streams: raw with a terminal,
+/// multiplexed without.
+pub fn stream_type(tty: bool) -> &'static str {
+    match tty {
+        true => "application/vnd.docker.raw-stream",
+        false => "application/vnd.docker.multiplexed-stream",
+    }
+}
+
+/// `101 Switching Protocols`: the connection now carries attach or exec streams.
+pub fn hijacked(tty: bool) -> Result<Response, ApiError> {
+    use axum::http::header;
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .header(header::CONTENT_TYPE, stream_type(tty))
+        .body(Body::empty())
+        .map_err(ApiError::internal)
+}
+
 /// A boolean query parameter as Docker's clients send them (`1`, `true`).
 pub fn flag(value: &Option<String>) -> bool {
     matches!(value.as_deref(), Some("1" | "true" | "True" | "yes"))

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -715,12 +714,10 @@ pub async fn wait(
             }
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert("Content-Type", axum::http::HeaderValue::from_static("application/json"));
-    Ok(response)
+    Ok(crate::api::streaming(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        "application/json",
+    ))
 }
 
 pub async fn rename(

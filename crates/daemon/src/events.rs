@@ -7,9 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::header;
+
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -195,12 +195,10 @@ pub async fn stream(State(daemon): State<Arc<Daemon>>, Query(query): Query<Event
             }
         }
     });
-    let mut response = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(crate::api::streaming(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        "application/json",
+    ))
 }
 
 #[cfg(test)]

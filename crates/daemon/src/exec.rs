@@ -12,9 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::api::{blocking, empty, ApiError};
+use crate::api::{blocking, empty, hijacked, ApiError};
 use crate::daemon::Daemon;
 use crate::streams::multiplexed;
 
@@ -279,19 +279,7 @@ pub async fn start(
         }
         let _ = client_out.shutdown().await;
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "tcp")
-        .header(
-            header::CONTENT_TYPE,
-            match exec.tty {
-                true => "application/vnd.docker.raw-stream",
-                false => "application/vnd.docker.multiplexed-stream",
-            },
-        )
-        .body(Body::empty())
-        .map_err(ApiError::internal)
+    hijacked(exec.tty)
 }
 
 /// Reads the agent's frames for one exec: output to the client, then the

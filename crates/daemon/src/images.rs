@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use image::pull::PullEvent;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::api::{blocking, empty, flag, ApiError};
+use crate::api::{blocking, empty, flag, streaming, ApiError};
 use crate::daemon::Daemon;
 
 pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
@@ -144,12 +144,7 @@ pub async fn pull(State(daemon): State<Arc<Daemon>>, Query(query): Query<PullQue
     let body = futures_util::StreamExt::map(lines, |line| {
         Ok::<_, std::io::Error>(Bytes::from(format!("{line}\r\n")))
     });
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(streaming(body, "application/json"))
 }
 
 /// `GET /images/{name}/json`.

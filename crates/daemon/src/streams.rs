@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use runtime::container::ContainerDir;
@@ -20,7 +19,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::api::{blocking, flag, ApiError};
+use crate::api::{blocking, flag, hijacked, stream_type, streaming, ApiError};
 use crate::daemon::{Daemon, Event};
 
 /// How often a followed log is looked at for new lines.
@@ -149,15 +148,10 @@ pub async fn logs(
             follow_log(&mut reader, &selection, &tx, &ended);
         }
     });
-    let content_type = match record.config["Tty"].as_bool() == Some(true) {
-        true => "application/vnd.docker.raw-stream",
-        false => "application/vnd.docker.multiplexed-stream",
-    };
-    let mut response = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    Ok(response)
+    Ok(streaming(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        stream_type(record.config["Tty"].as_bool() == Some(true)),
+    ))
 }
 
 /// Sends new entries as they are written until `ended()` (then what is left)
@@ -266,19 +260,7 @@ pub async fn attach(
         }
         let _ = client_out.shutdown().await;
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "tcp")
-        .header(
-            header::CONTENT_TYPE,
-            match tty {
-                true => "application/vnd.docker.raw-stream",
-                false => "application/vnd.docker.multiplexed-stream",
-            },
-        )
-        .body(Body::empty())
-        .map_err(ApiError::internal)
+    hijacked(tty)
 }
 
 /// Client bytes → the container's supervisor, framed; end of input too.

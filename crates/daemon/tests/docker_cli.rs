@@ -8,23 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::process::Output;
 
 use serde_json::json;
-use testkit::hulld::Hulld;
+use testkit::hulld::{ok, text, Hulld};
 use testkit::oci::{busybox_image, push_image, Registry};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "docker failed ({:?}): {}{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 fn fails(out: &Output, code: i32, message: &str) {
     let stderr = text(&out.stderr);

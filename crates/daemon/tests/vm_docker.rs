@@ -6,27 +6,12 @@
 //! with nothing left behind.
 
 use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::hulld::Hulld;
+use testkit::hulld::{ok, text, Hulld};
 use testkit::oci::{busybox_image, push_image, Registry};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "docker failed ({:?}): {}{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// Polls `check` for up to two minutes (the test host is an emulated machine).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {

@@ -132,3 +132,20 @@ impl Drop for Hulld {
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
+
+/// Bytes as text, for assertions on a command's output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The standard output of a docker command that must have succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "docker failed ({:?}): {}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
