@@ -212,6 +212,9 @@ fn host_input(mut input: File, mut stdin: Option<std::process::ChildStdin>, pid:
     }
 }
 
+/// Held by `spawn` and by the reaper while it reaps.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
 /// Reaps every child (PID 1 inherits orphans too) and keeps the statuses
 /// of the processes someone waits for: the command and each exec.
 #[derive(Clone)]
@@ -225,24 +228,37 @@ impl Reaper {
         let reaper = Reaper(Arc::default());
         let shared = reaper.clone();
         thread::spawn(move || loop {
-            let mut status = 0;
-            // SAFETY: waitpid(2) with a valid out-pointer.
-            let reaped = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if reaped < 0 {
-                // No children right now (ECHILD) or interrupted: look again soon.
+            // Sleep until some child can be reaped, without reaping it yet.
+            // SAFETY: waitid(2) with a valid, zeroed siginfo out-pointer.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } != 0 {
+                // No children at all (ECHILD), or interrupted: look again soon.
                 thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
-            let status = std::process::ExitStatus::from_raw(status);
-            let (lock, changed) = &*shared.0;
-            if let Ok(mut done) = lock.lock() {
-                done.insert(reaped, (status.code(), status.signal()));
-                // Orphans nobody waits for must not pile up.
-                if done.len() > 4096 {
-                    done.clear();
+            {
+                // Never while a spawn is under way: std reaps a child whose
+                // exec failed itself, and panics if someone else got it first.
+                let _spawning = SPAWN_LOCK.lock();
+                loop {
+                    let mut status = 0;
+                    // SAFETY: waitpid(2) with a valid out-pointer.
+                    let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                    if reaped <= 0 {
+                        break;
+                    }
+                    let status = std::process::ExitStatus::from_raw(status);
+                    let (lock, changed) = &*shared.0;
+                    if let Ok(mut done) = lock.lock() {
+                        done.insert(reaped, (status.code(), status.signal()));
+                        // Orphans nobody waits for must not pile up.
+                        if done.len() > 4096 {
+                            done.clear();
+                        }
+                    }
+                    changed.notify_all();
                 }
             }
-            changed.notify_all();
         });
         reaper
     }
@@ -391,6 +407,7 @@ fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
             Ok(())
         });
     }
+    let _spawning = SPAWN_LOCK.lock();
     command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => (format!("{program}: command not found"), 127),
         std::io::ErrorKind::PermissionDenied => (format!("{program}: permission denied"), 126),
