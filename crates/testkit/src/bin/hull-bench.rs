@@ -193,7 +193,12 @@ pub(crate) fn inside_vmhost(args: Vec<String>) -> Result<vmhost::Outcome> {
 fn vmhost_options(bench_dir: std::path::PathBuf, command: Vec<String>) -> vmhost::RunOptions {
     vmhost::RunOptions {
         memory_mib: 4096,
-        cpus: 2,
+        // HULL_BENCH_VMHOST_CPUS: the test host's vCPUs (1 is the steadiest
+        // on a 2-core machine; see scripts/test).
+        cpus: std::env::var("HULL_BENCH_VMHOST_CPUS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(2),
         time_limit: Duration::from_secs(1800),
         rw_shares: vec![bench_dir],
         verbose: false,
