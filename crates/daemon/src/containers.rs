@@ -168,8 +168,8 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     };
     vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
-    let record = daemon.images.resolve(&body.image)?;
-    let config = image::config::load(&daemon.images, &record.id).map_err(ApiError::internal)?;
+    let image = daemon.images.resolve(&body.image)?;
+    let config = image::config::load(&daemon.images, &image.id).map_err(ApiError::internal)?;
     // `--entrypoint ""` arrives as [""]: no entrypoint at all.
     let entrypoint = body
         .entrypoint
@@ -225,7 +225,7 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         name,
         created: runtime::container::now_rfc3339(),
         image: body.image.clone(),
-        image_id: record.id.to_string(),
+        image_id: image.id.to_string(),
         path,
         args,
         config: docker_config,
@@ -238,7 +238,7 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     };
     daemon.containers.insert(&record)?;
     let spec = ContainerSpec {
-        image: Some(daemon.images.resolve(&body.image)?.id),
+        image: Some(image.id),
         rootfs: None,
         overrides,
         memory_mib,
@@ -252,7 +252,6 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         let _ = ContainerDir::new(&id).remove();
         return Err(e.into());
     }
-    let _ = body.tty; // recorded in Config; the stream format follows it
     tracing::info!("created container {id} ({})", record.name);
     daemon.container_event_of(&record, "create", &[]);
     Ok(id)
