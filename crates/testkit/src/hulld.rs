@@ -110,14 +110,16 @@ fn supervisors(data: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(data.join("containers")) else {
         return Vec::new();
     };
+    // The runtime's own reading: running only while the recorded supervisor lives.
     entries
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("state.json")).ok())
-        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .filter(|s| s["status"] == "running")
-        .filter_map(|s| s["pid"].as_u64())
-        .map(|pid| pid as u32)
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("hull-shim")))
+        .map(|e| runtime::container::ContainerDir {
+            id: e.file_name().to_string_lossy().into_owned(),
+            path: e.path(),
+        })
+        .filter_map(|dir| dir.state().ok().flatten())
+        .filter(|state| state.status == runtime::container::RunStatus::Running)
+        .map(|state| state.pid)
         .collect()
 }
 
