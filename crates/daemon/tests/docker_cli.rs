@@ -32,6 +32,20 @@ fn raw(hulld: &Hulld, request: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// A hulld of its own and a registry holding `test/box:v1` (busybox, `Cmd: sh`).
+fn with_box_image(name: &str) -> (Hulld, Registry, String) {
+    let hulld = Hulld::start(name).unwrap();
+    let registry = Registry::start(&format!("hulld-{name}"), None).unwrap();
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    (hulld, registry, image)
+}
+
 #[test]
 fn the_cli_negotiates_the_api_and_reads_the_system() {
     let hulld = Hulld::start("system").unwrap();
@@ -92,15 +106,7 @@ fn the_cli_negotiates_the_api_and_reads_the_system() {
 
 #[test]
 fn images_are_pulled_listed_tagged_inspected_and_removed() {
-    let hulld = Hulld::start("images").unwrap();
-    let registry = Registry::start("hulld-images", None).unwrap();
-    let name = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"]})),
-        "test/box:v1",
-    )
-    .unwrap();
+    let (hulld, registry, name) = with_box_image("images");
 
     let out = ok(&hulld.docker(&["pull", &name]));
     assert!(out.contains("Pull complete"), "{out}");
@@ -145,15 +151,7 @@ fn images_are_pulled_listed_tagged_inspected_and_removed() {
 
 #[test]
 fn containers_are_created_listed_renamed_and_removed() {
-    let hulld = Hulld::start("create").unwrap();
-    let registry = Registry::start("hulld-create", None).unwrap();
-    let name = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"]})),
-        "test/box:v1",
-    )
-    .unwrap();
+    let (hulld, registry, name) = with_box_image("create");
     let bare = push_image(&registry, &hulld.work, busybox_image(json!({})), "test/bare:v1").unwrap();
 
     // Not in the store: `docker create` pulls it, as Docker does.
@@ -280,15 +278,7 @@ fn containers_are_created_listed_renamed_and_removed() {
 
 #[test]
 fn the_python_docker_sdk_drives_hulld() {
-    let hulld = Hulld::start("sdk").unwrap();
-    let registry = Registry::start("hulld-sdk", None).unwrap();
-    let name = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"]})),
-        "test/box:v1",
-    )
-    .unwrap();
+    let (hulld, _registry, name) = with_box_image("sdk");
     let out = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/docker_sdk.py"))
         .arg(&hulld.socket)
