@@ -14,6 +14,8 @@
 
 mod machine;
 mod mounts;
+mod report;
+mod terminal;
 mod user;
 mod vsock;
 
@@ -25,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use proto::{read_frame, write_frame, Control, ExecSpec, Frame, RunSpec, CHUNK, PROTOCOL_VERSION};
+use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, CHUNK, PROTOCOL_VERSION};
 
 /// Where the container's root filesystem is assembled.
 const ROOT: &str = "/mnt/root";
@@ -123,15 +125,15 @@ fn serve(conn: File) {
         console(&format!("sethostname: {e}"));
     }
     let reaper = Reaper::start();
-    let mut child = match spawn(&ProcessSpec::of_run(&spec)) {
-        Ok(child) => child,
+    let mut process = match spawn(&spec.process) {
+        Ok(process) => process,
         Err((message, code)) => return fail(&sink, message, code),
     };
     {
         let reaper = reaper.clone();
         thread::spawn(move || serve_execs(reaper));
     }
-    relay(&mut child, &sink, input, &reaper, || {
+    relay(&mut process, &sink, input, &reaper, || {
         // The container ends with its main process: nothing else survives it.
         // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
         unsafe { libc::kill(-1, libc::SIGKILL) };
@@ -143,26 +145,62 @@ fn serve(conn: File) {
 /// ended. Closing first could drop output still queued in the vsock
 /// device, so this returns once the host, having read everything, closes
 /// the connection (or after 10 s).
-fn relay(child: &mut Child, sink: &Sink, input: File, reaper: &Reaper, on_exit: impl FnOnce()) {
+fn relay(process: &mut Spawned, sink: &Sink, input: File, reaper: &Reaper, on_exit: impl FnOnce()) {
+    let child = &mut process.child;
     let pid = child.id();
     send(sink, &Frame::Control(Control::Started { pid }));
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(pump(out, sink.clone(), Frame::Stdout));
+    let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
+    let mut pumps = 0;
+    let mut start_pump = |source: Box<dyn Read + Send>, wrap: fn(Vec<u8>) -> Frame| {
+        let (sink, pumped) = (sink.clone(), pumped.clone());
+        pumps += 1;
+        thread::spawn(move || {
+            pump(source, &sink, wrap);
+            let _ = pumped.send(());
+        });
+    };
+    let mut input_to = HostInput {
+        stdin: None,
+        terminal: None,
+        pid,
+    };
+    match &process.terminal {
+        Some(terminal) => {
+            if let Ok(output) = terminal.try_clone() {
+                start_pump(Box::new(output), Frame::Stdout);
+            }
+            input_to.terminal = terminal.try_clone().ok();
+        }
+        None => {
+            if let Some(out) = child.stdout.take() {
+                start_pump(Box::new(out), Frame::Stdout);
+            }
+            if let Some(err) = child.stderr.take() {
+                start_pump(Box::new(err), Frame::Stderr);
+            }
+            input_to.stdin = child.stdin.take().map(|s| Box::new(s) as Box<dyn Write + Send>);
+        }
     }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(pump(err, sink.clone(), Frame::Stderr));
-    }
-    let stdin = child.stdin.take();
     let (host_gone, host_gone_rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
-        host_input(input, stdin, pid);
+        input_to.serve(input);
         let _ = host_gone.send(());
     });
     let (code, signal) = reaper.wait_for(pid);
     on_exit();
-    for p in pumps {
-        let _ = p.join();
+    // Output still buffered is sent first; a terminal may be held open by
+    // something the process left running, so that wait is bounded.
+    let pumps_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let bounded = process.terminal.is_some();
+    for _ in 0..pumps {
+        let left = pumps_deadline.saturating_duration_since(std::time::Instant::now());
+        let done = match bounded {
+            true => pumps_done.recv_timeout(left).is_ok(),
+            false => pumps_done.recv().is_ok(),
+        };
+        if !done {
+            break;
+        }
     }
     send(sink, &Frame::Control(Control::Exited { code, signal }));
     if host_gone_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
@@ -170,44 +208,66 @@ fn relay(child: &mut Child, sink: &Sink, input: File, reaper: &Reaper, on_exit: 
     }
 }
 
-/// Copies one of the command's output pipes to the host.
-fn pump(mut source: impl Read + Send + 'static, sink: Sink, wrap: fn(Vec<u8>) -> Frame) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match source.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if !send(&sink, &wrap(buf[..n].to_vec())) {
-                        break;
-                    }
+/// Copies one of the process's outputs (a pipe, or its terminal: that
+/// read fails with EIO once the process side is closed) to the host.
+fn pump(mut source: impl Read, sink: &Sink, wrap: fn(Vec<u8>) -> Frame) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if !send(sink, &wrap(buf[..n].to_vec())) {
+                    break;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
-    })
+    }
 }
 
-/// Frames from the host after the run request: standard input and signals.
-fn host_input(mut input: File, mut stdin: Option<std::process::ChildStdin>, pid: u32) {
-    loop {
-        match read_frame(&mut input) {
-            Ok(Some(Frame::Stdin(data))) => {
-                if let Some(pipe) = stdin.as_mut() {
-                    if pipe.write_all(&data).is_err() {
-                        stdin = None;
+/// Where the host's frames for a running process go.
+struct HostInput {
+    /// The process's standard input pipe (without a terminal).
+    stdin: Option<Box<dyn Write + Send>>,
+    /// Its terminal: input is typed into it, and it can be resized.
+    terminal: Option<File>,
+    pid: u32,
+}
+
+impl HostInput {
+    /// Frames from the host after the request: standard input, signals and
+    /// terminal sizes. On a terminal, the end of input is not passed on
+    /// (as with Docker, the process keeps its terminal).
+    fn serve(mut self, mut input: File) {
+        loop {
+            match read_frame(&mut input) {
+                Ok(Some(Frame::Stdin(data))) => {
+                    let writer: Option<&mut dyn Write> = match (&mut self.stdin, &mut self.terminal) {
+                        (Some(pipe), _) => Some(pipe),
+                        (None, Some(terminal)) => Some(terminal),
+                        (None, None) => None,
+                    };
+                    if writer.is_some_and(|w| w.write_all(&data).is_err()) {
+                        self.stdin = None;
                     }
                 }
+                Ok(Some(Frame::StdinEof)) => self.stdin = None,
+                Ok(Some(Frame::Control(Control::Signal { signal }))) => {
+                    // SAFETY: plain kill(2) to the process's pid.
+                    unsafe { libc::kill(self.pid as i32, signal) };
+                }
+                Ok(Some(Frame::Control(Control::Resize { rows, cols }))) => {
+                    if let Some(terminal) = &self.terminal {
+                        if let Err(e) = terminal::resize(terminal, proto::TerminalSize { rows, cols }) {
+                            console(&format!("resizing the terminal: {e}"));
+                        }
+                    }
+                }
+                Ok(Some(other)) => console(&format!("ignoring unexpected frame {other:?}")),
+                Ok(None) => return,
+                Err(e) => return console(&format!("host connection: {e}")),
             }
-            Ok(Some(Frame::StdinEof)) => stdin = None,
-            Ok(Some(Frame::Control(Control::Signal { signal }))) => {
-                // SAFETY: plain kill(2) to the command's pid.
-                unsafe { libc::kill(pid as i32, signal) };
-            }
-            Ok(Some(other)) => console(&format!("ignoring unexpected frame {other:?}")),
-            Ok(None) => return,
-            Err(e) => return console(&format!("host connection: {e}")),
         }
     }
 }
@@ -299,28 +359,37 @@ fn serve_execs(reaper: Reaper) {
     }
 }
 
-/// One exec: its request, the process, its streams and its exit status.
-/// The connection stays open until the host closes it: closing first could
-/// lose the last frame on its way out.
+/// One exec: its request, the process, its streams and its exit status;
+/// or one report on the guest. The connection stays open until the host
+/// closes it: closing first could lose the last frame on its way out.
 fn serve_exec(conn: File, reaper: Reaper) {
     let Ok(mut input) = conn.try_clone() else { return };
     let sink: Sink = Arc::new(Mutex::new(conn));
     let spec = match read_frame(&mut input) {
         Ok(Some(Frame::Control(Control::Exec(spec)))) => spec,
+        Ok(Some(Frame::Control(Control::Stats))) => {
+            send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
+            return wait_for_host_close(input);
+        }
+        Ok(Some(Frame::Control(Control::Top))) => {
+            let processes = report::processes();
+            send(&sink, &Frame::Control(Control::Processes { processes }));
+            return wait_for_host_close(input);
+        }
         Ok(other) => {
             fail(&sink, format!("expected an exec request, got {other:?}"), 125);
             return wait_for_host_close(input);
         }
         Err(e) => return fail(&sink, format!("reading the exec request: {e}"), 125),
     };
-    let mut child = match spawn(&ProcessSpec::of_exec(&spec)) {
-        Ok(child) => child,
+    let mut process = match spawn(&spec) {
+        Ok(process) => process,
         Err((message, code)) => {
             fail(&sink, message, code);
             return wait_for_host_close(input);
         }
     };
-    relay(&mut child, &sink, input, &reaper, || {});
+    relay(&mut process, &sink, input, &reaper, || {});
 }
 
 /// Reads (and drops) what the host still sends until it closes, for at
@@ -334,38 +403,13 @@ fn wait_for_host_close(mut input: File) {
     let _ = done_rx.recv_timeout(std::time::Duration::from_secs(10));
 }
 
-/// What `spawn` needs of a command or an exec.
-struct ProcessSpec<'a> {
-    argv: &'a [String],
-    env: &'a [String],
-    cwd: &'a str,
-    user: &'a str,
-    stdin: bool,
+/// A started process, and the agent's side of its terminal if it has one.
+struct Spawned {
+    child: Child,
+    terminal: Option<File>,
 }
 
-impl<'a> ProcessSpec<'a> {
-    fn of_run(spec: &'a RunSpec) -> ProcessSpec<'a> {
-        ProcessSpec {
-            argv: &spec.argv,
-            env: &spec.env,
-            cwd: &spec.cwd,
-            user: &spec.user,
-            stdin: spec.stdin,
-        }
-    }
-
-    fn of_exec(spec: &'a ExecSpec) -> ProcessSpec<'a> {
-        ProcessSpec {
-            argv: &spec.argv,
-            env: &spec.env,
-            cwd: &spec.cwd,
-            user: &spec.user,
-            stdin: spec.stdin,
-        }
-    }
-}
-
-fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
+fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
     let Some(program) = spec.argv.first() else {
         return Err(("no command given".into(), 125));
     };
@@ -375,10 +419,10 @@ fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
     if let Err(e) = std::fs::create_dir_all(&cwd) {
         return Err((format!("working directory {}: {e}", spec.cwd), 125));
     }
-    let identity = user::resolve(root, spec.user).map_err(|e| (e, 125))?;
+    let identity = user::resolve(root, &spec.user).map_err(|e| (e, 125))?;
     let mut command = Command::new(program);
     command.args(&spec.argv[1..]).env_clear();
-    for entry in spec.env {
+    for entry in &spec.env {
         if let Some((key, value)) = entry.split_once('=') {
             command.env(key, value);
         }
@@ -387,10 +431,29 @@ fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
     if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
         command.env("HOME", &identity.home);
     }
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
+    if spec.tty.is_some() && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
+        command.env("TERM", "xterm");
+    }
+    let mut terminal = None;
+    match spec.tty {
+        Some(size) => {
+            let pty = terminal::open(&format!("{ROOT}/dev/pts"), size)
+                .map_err(|e| (format!("opening a terminal: {e}"), 125))?;
+            let slave = |file: &File| file.try_clone().map_err(|e| (format!("opening a terminal: {e}"), 125));
+            command
+                .stdin(slave(&pty.slave)?)
+                .stdout(slave(&pty.slave)?)
+                .stderr(pty.slave);
+            terminal = Some(pty.master);
+        }
+        None => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
+        }
+    }
+    let with_terminal = terminal.is_some();
     let (uid, gid, groups) = (identity.uid, identity.gid, identity.groups);
-    let cwd = CString::new(spec.cwd).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
+    let cwd = CString::new(spec.cwd.as_str()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -399,6 +462,10 @@ fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
                 return Err(std::io::Error::last_os_error());
             }
             libc::setsid();
+            // The terminal on standard input becomes the session's own.
+            if with_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -408,11 +475,12 @@ fn spawn(spec: &ProcessSpec) -> Result<Child, (String, i32)> {
         });
     }
     let _spawning = SPAWN_LOCK.lock();
-    command.spawn().map_err(|e| match e.kind() {
+    let child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => (format!("{program}: command not found"), 127),
         std::io::ErrorKind::PermissionDenied => (format!("{program}: permission denied"), 126),
         _ => (format!("{program}: {e}"), 126),
-    })
+    })?;
+    Ok(Spawned { child, terminal })
 }
 
 fn sethostname(name: &str) -> std::io::Result<()> {

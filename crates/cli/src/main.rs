@@ -317,6 +317,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory_mib: args.memory,
         cpus: args.cpus,
         interactive: args.interactive,
+        tty: None,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         cold_boot: args.cold_boot,
         hostname: None,

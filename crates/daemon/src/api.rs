@@ -85,7 +85,11 @@ impl From<image::StoreError> for ApiError {
 
 impl From<runtime::container::ContainerError> for ApiError {
     fn from(e: runtime::container::ContainerError) -> ApiError {
-        ApiError::internal(e)
+        use runtime::container::ContainerError;
+        match e {
+            ContainerError::NotRunning | ContainerError::Starting => ApiError::conflict(e.to_string()),
+            _ => ApiError::internal(e),
+        }
     }
 }
 
@@ -99,7 +103,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    use crate::{containers, events, exec, images, streams, system};
+    use crate::{containers, events, exec, images, monitor, streams, system};
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -115,6 +119,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/wait", post(containers::wait))
         .route("/containers/{id}/rename", post(containers::rename))
         .route("/containers/{id}/resize", post(containers::resize))
+        .route("/containers/{id}/pause", post(containers::pause))
+        .route("/containers/{id}/unpause", post(containers::unpause))
+        .route("/containers/{id}/stats", get(monitor::stats))
+        .route("/containers/{id}/top", get(monitor::top))
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}", delete(containers::remove))

@@ -1,5 +1,5 @@
 //! The container endpoints: create, list, inspect, start, stop, restart,
-//! kill, wait, rename, resize, remove. Each container is a microVM run by
+//! kill, wait, pause, unpause, rename, resize, remove. Each container is a microVM run by
 //! its own supervisor; its Docker configuration lives in the store.
 
 use std::collections::HashMap;
@@ -54,6 +54,8 @@ struct HostConfigBody {
     mounts: Option<Vec<Value>>,
     port_bindings: Option<HashMap<String, Value>>,
     privileged: bool,
+    /// The client terminal's `[height, width]` (with `Tty`).
+    console_size: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +247,14 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         cpus,
         hostname,
         open_stdin: body.open_stdin,
+        tty: body.tty.then(|| {
+            let size = body.host_config.console_size.as_deref().unwrap_or_default();
+            let dimension = |i: usize| size.get(i).map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16);
+            proto::TerminalSize {
+                rows: dimension(0),
+                cols: dimension(1),
+            }
+        }),
         cold_boot: false,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
@@ -295,6 +305,7 @@ fn is_running(state: &Option<RunState>) -> bool {
 fn status_word(state: &Option<RunState>) -> &'static str {
     match state {
         None => "created",
+        Some(s) if s.paused => "paused",
         Some(s) if s.status == RunStatus::Running => "running",
         Some(_) => "exited",
     }
@@ -327,6 +338,7 @@ fn since(time: &str) -> chrono::Duration {
 fn status_line(state: &Option<RunState>) -> String {
     match state {
         None => "Created".into(),
+        Some(s) if s.paused => format!("Up {} (Paused)", human_duration(since(&s.started_at))),
         Some(s) if s.status == RunStatus::Running => format!("Up {}", human_duration(since(&s.started_at))),
         Some(s) => format!(
             "Exited ({}) {} ago",
@@ -459,7 +471,7 @@ pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>) -> Value
         "State": {
             "Status": status_word(state),
             "Running": running,
-            "Paused": false,
+            "Paused": state.as_ref().is_some_and(|s| s.paused),
             "Restarting": false,
             "OOMKilled": false,
             "Dead": false,
@@ -561,6 +573,7 @@ fn wait_stopped(dir: &ContainerDir, limit: Duration) -> bool {
 fn stop_blocking(daemon: &Daemon, record: &ContainerRecord, timeout: Duration, signal: i32) -> Result<(), ApiError> {
     daemon.containers.modify(&record.id, |r| r.manually_stopped = true)?;
     let dir = ContainerDir::new(&record.id);
+    resume_for_signal(daemon, record, &dir);
     if let Ok(mut conn) = dir.connect() {
         let _ = conn.signal(signal);
         if wait_stopped(&dir, timeout) {
@@ -655,6 +668,7 @@ pub async fn kill(
             return Err(not_running());
         }
         let dir = ContainerDir::new(&record.id);
+        resume_for_signal(&daemon, &record, &dir);
         let mut conn = dir.connect().map_err(|_| not_running())?;
         conn.signal(signal).map_err(|_| not_running())?;
         daemon.container_event_of(&record, "kill", &[("signal", &signal.to_string())]);
@@ -665,6 +679,38 @@ pub async fn kill(
         Ok(empty(StatusCode::NO_CONTENT))
     })
     .await
+}
+
+/// A paused VM cannot act on a signal: as Docker does, it is resumed.
+fn resume_for_signal(daemon: &Daemon, record: &ContainerRecord, dir: &ContainerDir) {
+    if matches!(dir.state(), Ok(Some(s)) if s.paused) && dir.set_paused(false).is_ok() {
+        daemon.container_event_of(record, "unpause", &[]);
+    }
+}
+
+/// `pause` (true) or `unpause`: the whole VM stops or goes on.
+fn set_paused(daemon: &Daemon, reference: &str, paused: bool) -> Result<Response, ApiError> {
+    let (record, state) = lookup(daemon, reference)?;
+    let id = &record.id;
+    match &state {
+        Some(s) if s.status == RunStatus::Running && s.paused == paused => {
+            let already = if paused { "already paused" } else { "not paused" };
+            return Err(ApiError::conflict(format!("Container {id} is {already}")));
+        }
+        Some(s) if s.status == RunStatus::Running => {}
+        _ => return Err(ApiError::conflict(format!("Container {id} is not running"))),
+    }
+    ContainerDir::new(id).set_paused(paused)?;
+    daemon.container_event_of(&record, if paused { "pause" } else { "unpause" }, &[]);
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub async fn pause(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    blocking(move || set_paused(&daemon, &id, true)).await
+}
+
+pub async fn unpause(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    blocking(move || set_paused(&daemon, &id, false)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -740,10 +786,49 @@ pub async fn rename(
     .await
 }
 
-/// Terminal resize: accepted; without a terminal in the guest there is nothing to size.
-pub async fn resize(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    blocking(move || lookup(&daemon, &id)).await?;
-    Ok(empty(StatusCode::OK))
+#[derive(Debug, Deserialize)]
+pub struct ResizeQuery {
+    h: Option<String>,
+    w: Option<String>,
+}
+
+impl ResizeQuery {
+    /// The terminal size asked for; Docker's 400 for a bad number.
+    pub fn size(&self) -> Result<proto::TerminalSize, ApiError> {
+        let dimension = |text: &Option<String>, what: &str| -> Result<u16, ApiError> {
+            match text.as_deref() {
+                None | Some("") => Ok(0),
+                Some(t) => t
+                    .parse::<u16>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid terminal {what}: {t}"))),
+            }
+        };
+        Ok(proto::TerminalSize {
+            rows: dimension(&self.h, "height")?,
+            cols: dimension(&self.w, "width")?,
+        })
+    }
+}
+
+/// Resizes the terminal of a container started with `-t` (without one,
+/// there is nothing to size and the request is accepted, as Docker does).
+pub async fn resize(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<ResizeQuery>,
+) -> Result<Response, ApiError> {
+    let size = query.size()?;
+    blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        if !is_running(&state) {
+            return Err(ApiError::conflict(format!("Container {} is not running", record.id)));
+        }
+        if record.config["Tty"].as_bool() == Some(true) {
+            ContainerDir::new(&record.id).connect()?.resize(size)?;
+        }
+        Ok(empty(StatusCode::OK))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
-use proto::{read_frame, write_frame, Control, ExecSpec, Frame};
-use runtime::container::ContainerDir;
+use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, TerminalSize};
+use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,13 +34,15 @@ use crate::streams::multiplexed;
 pub struct ExecRecord {
     pub id: String,
     pub container: String,
-    pub spec: ExecSpec,
-    pub tty: bool,
+    pub spec: ProcessSpec,
     pub attach_stdin: bool,
     pub running: bool,
     pub started: bool,
     pub exit_code: Option<i32>,
     pub pid: u32,
+    /// The connection to the agent while the process runs: input, and
+    /// terminal sizes, go through it.
+    pub guest: Option<Arc<Mutex<UnixStream>>>,
 }
 
 /// Exec instances by ID (kept in memory, as Docker keeps them).
@@ -73,6 +75,8 @@ pub struct CreateBody {
     tty: bool,
     attach_stdin: bool,
     privileged: bool,
+    /// The client terminal's `[height, width]` (with `Tty`).
+    console_size: Option<Vec<u64>>,
 }
 
 pub async fn create(
@@ -92,8 +96,15 @@ pub async fn create(
     let lookup = daemon.clone();
     let record = blocking(move || {
         let record = lookup.containers.find(&container)?;
-        if !ContainerDir::new(&record.id).is_running() {
-            return Err(ApiError::conflict(format!("container {} is not running", record.id)));
+        match ContainerDir::new(&record.id).state()? {
+            Some(s) if s.paused => {
+                return Err(ApiError::conflict(format!(
+                    "Container {} is paused, unpause the container before exec",
+                    record.id
+                )))
+            }
+            Some(s) if s.status == RunStatus::Running => {}
+            _ => return Err(ApiError::conflict(format!("container {} is not running", record.id))),
         }
         Ok(record)
     })
@@ -102,7 +113,9 @@ pub async fn create(
     for entry in body.env.unwrap_or_default() {
         image::config::set_env(&mut env, &entry);
     }
-    let spec = ExecSpec {
+    let size = body.console_size.as_deref().unwrap_or_default();
+    let dimension = |i: usize| size.get(i).map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16);
+    let spec = ProcessSpec {
         argv,
         env,
         cwd: Some(body.working_dir)
@@ -112,18 +125,22 @@ pub async fn create(
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| record.process_user.clone()),
         stdin: body.attach_stdin,
+        tty: body.tty.then(|| TerminalSize {
+            rows: dimension(0),
+            cols: dimension(1),
+        }),
     };
     let id = crate::containers::random_hex(32);
     let exec = ExecRecord {
         id: id.clone(),
         container: record.id,
         spec,
-        tty: body.tty,
         attach_stdin: body.attach_stdin,
         running: false,
         started: false,
         exit_code: None,
         pid: 0,
+        guest: None,
     };
     if let Ok(mut execs) = daemon.execs.0.lock() {
         execs.insert(id.clone(), exec);
@@ -148,15 +165,34 @@ pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) 
             "entrypoint": e.spec.argv.first(),
             "arguments": e.spec.argv.get(1..).unwrap_or_default(),
             "privileged": false,
-            "tty": e.tty,
+            "tty": e.spec.tty.is_some(),
             "user": e.spec.user,
         },
     })))
 }
 
-/// Terminal resize: accepted; there is no terminal in the guest yet.
-pub async fn resize(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    daemon.execs.get(&id)?;
+/// Resizes a running exec's terminal (without one it is accepted and does nothing).
+pub async fn resize(
+    State(daemon): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(query): Query<crate::containers::ResizeQuery>,
+) -> Result<Response, ApiError> {
+    let size = query.size()?;
+    let exec = daemon.execs.get(&id)?;
+    let (Some(guest), true) = (exec.guest, exec.running) else {
+        return Err(ApiError::conflict(format!("exec {id} is not running")));
+    };
+    if exec.spec.tty.is_some() {
+        blocking(move || {
+            let resize = Frame::Control(Control::Resize {
+                rows: size.rows,
+                cols: size.cols,
+            });
+            let mut conn = guest.lock().map_err(|_| ApiError::internal("exec connection"))?;
+            write_frame(&mut *conn, &resize).map_err(|e| ApiError::conflict(format!("exec {id}: {e}")))
+        })
+        .await?;
+    }
     Ok(empty(StatusCode::OK))
 }
 
@@ -166,8 +202,24 @@ pub struct StartBody {
     detach: bool,
 }
 
-/// Opens a connection to the agent's exec port through the VMM's socket.
-fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
+/// How long a container that runs may take to start taking execs (its VM
+/// may still be starting right after `docker run -d` returns).
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens a connection to the agent's exec port through the VMM's socket,
+/// waiting for the agent while the container runs but is not ready yet.
+pub fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + AGENT_READY_TIMEOUT;
+    loop {
+        match try_connect_agent(dir) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if std::time::Instant::now() >= deadline || !dir.is_running() => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn try_connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
     let mut stream = UnixStream::connect(dir.socket_dir().join("vsock.sock"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(format!("CONNECT {}\n", proto::EXEC_PORT).as_bytes())?;
@@ -226,10 +278,10 @@ pub async fn start(
     };
     // Guest frames → client bytes, on a thread (the protocol reads blocking).
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+    let tty = exec.spec.tty.is_some();
     {
         let daemon = daemon.clone();
         let id = id.clone();
-        let tty = exec.tty;
         let mut reader = guest.try_clone().map_err(ApiError::internal)?;
         tokio::task::spawn_blocking(move || relay_guest_output(&mut reader, &out_tx, &daemon, &id, tty));
     }
@@ -240,6 +292,8 @@ pub async fn start(
         });
         return Ok(empty(StatusCode::OK));
     }
+    let guest = Arc::new(Mutex::new(guest));
+    daemon.execs.update(&id, |e| e.guest = Some(guest.clone()));
     let upgrade = hyper::upgrade::on(&mut request);
     let with_stdin = exec.attach_stdin;
     tokio::spawn(async move {
@@ -248,11 +302,11 @@ pub async fn start(
         if with_stdin {
             // Client bytes → framed standard input, written on a thread.
             let (in_tx, mut in_rx) = mpsc::channel::<Frame>(16);
-            let mut writer = guest;
             std::thread::spawn(move || {
                 while let Some(frame) = in_rx.blocking_recv() {
                     let eof = frame == Frame::StdinEof;
-                    if write_frame(&mut writer, &frame).is_err() || eof {
+                    let sent = guest.lock().is_ok_and(|mut g| write_frame(&mut *g, &frame).is_ok());
+                    if !sent || eof {
                         return;
                     }
                 }
@@ -279,7 +333,7 @@ pub async fn start(
         }
         let _ = client_out.shutdown().await;
     });
-    hijacked(exec.tty)
+    hijacked(tty)
 }
 
 /// Reads the agent's frames for one exec: output to the client, then the
@@ -320,6 +374,7 @@ fn relay_guest_output(reader: &mut UnixStream, out: &mpsc::Sender<Bytes>, daemon
     daemon.execs.update(id, |e| {
         e.running = false;
         e.exit_code = Some(code);
+        e.guest = None;
     });
     let _ = reader.shutdown(std::net::Shutdown::Both);
 }

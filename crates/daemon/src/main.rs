@@ -12,6 +12,7 @@ mod daemon;
 mod events;
 mod exec;
 mod images;
+mod monitor;
 mod store;
 mod streams;
 mod system;

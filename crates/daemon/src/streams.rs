@@ -204,6 +204,9 @@ pub async fn attach(
         until: None,
     };
     let with_stdin = flag(&query.stdin) && record.config["OpenStdin"].as_bool() == Some(true);
+    // Docker's StdinOnce: the first attached client's end of input is the
+    // container's (`run -i`); otherwise clients come and go (`run -dit`).
+    let stdin_once = record.config["StdinOnce"].as_bool() == Some(true);
     let dir = ContainerDir::new(&record.id);
     let offset = end_offset(&dir.log_path());
     // Listen before answering, so an exit right after start is not missed.
@@ -235,7 +238,7 @@ pub async fn attach(
             });
         }
         if with_stdin {
-            tokio::spawn(pump_stdin(client_in, dir.clone(), ended.clone()));
+            tokio::spawn(pump_stdin(client_in, dir.clone(), ended.clone(), stdin_once));
         }
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let log = dir.log_path();
@@ -263,13 +266,20 @@ pub async fn attach(
     hijacked(tty)
 }
 
-/// Client bytes → the container's supervisor, framed; end of input too.
-/// Waits for the supervisor if the container has not started yet.
-async fn pump_stdin(mut client: impl tokio::io::AsyncRead + Unpin, dir: ContainerDir, ended: Arc<AtomicBool>) {
+/// Client bytes → the container's supervisor, framed; end of input too
+/// when `pass_eof`. Waits for the supervisor if the container has not
+/// started yet.
+async fn pump_stdin(
+    mut client: impl tokio::io::AsyncRead + Unpin,
+    dir: ContainerDir,
+    ended: Arc<AtomicBool>,
+    pass_eof: bool,
+) {
     let mut shim: Option<tokio::net::UnixStream> = None;
     let mut buf = vec![0u8; proto::CHUNK];
     loop {
         let frame = match client.read(&mut buf).await {
+            Ok(0) | Err(_) if !pass_eof => return,
             Ok(0) | Err(_) => proto::Frame::StdinEof,
             Ok(n) => proto::Frame::Stdin(buf[..n].to_vec()),
         };

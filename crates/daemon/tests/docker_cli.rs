@@ -3,8 +3,6 @@
 //! on loopback, list, inspect, tag, remove) and containers that are
 //! created, listed, renamed and removed, with Docker's errors for bad input.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::process::Output;
 
 use serde_json::json;
@@ -23,15 +21,6 @@ fn fails(out: &Output, code: i32, message: &str) {
 }
 
 /// One raw HTTP/1.1 request on the API socket: the status line and headers, and the body.
-fn raw(hulld: &Hulld, request: &str) -> (String, String) {
-    let mut conn = UnixStream::connect(&hulld.socket).unwrap();
-    conn.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    (head.to_string(), body.to_string())
-}
-
 /// A hulld of its own and a registry holding `test/box:v1` (busybox, `Cmd: sh`).
 fn with_box_image(name: &str) -> (Hulld, Registry, String) {
     let hulld = Hulld::start(name).unwrap();
@@ -55,32 +44,21 @@ fn the_cli_negotiates_the_api_and_reads_the_system() {
     let os = ok(&hulld.docker(&["info", "--format", "{{.OperatingSystem}} {{.Containers}} {{.Driver}}"]));
     assert_eq!(os.trim(), "hull (containers in KVM microVMs) 0 hull");
 
-    let (head, body) = raw(&hulld, "HEAD /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (head, body) = hulld.raw("HEAD /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_lowercase().contains("api-version: 1.51"), "{head}");
     assert!(body.is_empty());
-    let (head, body) = raw(
-        &hulld,
-        "GET /v1.50/_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (head, body) = hulld.raw("GET /v1.50/_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200") && body == "OK", "{head}{body}");
-    let (head, body) = raw(
-        &hulld,
-        "GET /v1.12/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (head, body) = hulld.raw("GET /v1.12/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert!(body.contains("client version 1.12 is too old"), "{body}");
-    let (head, body) = raw(
-        &hulld,
-        "GET /nothing/here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (head, body) = hulld.raw("GET /nothing/here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(
         head.starts_with("HTTP/1.1 404") && body.contains("\"message\""),
         "{head}{body}"
     );
-    let (head, body) = raw(
-        &hulld,
-        "POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{bad}",
+    let (head, body) = hulld.raw("POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{bad}",
     );
     assert!(
         head.starts_with("HTTP/1.1 400") && body.contains("invalid JSON"),
@@ -214,9 +192,7 @@ fn containers_are_created_listed_renamed_and_removed() {
     fails(&hulld.docker(&["create", "-m", "1t", &name]), 1, "memory");
     let body =
         format!(r#"{{"Image":"{name}","HostConfig":{{"AutoRemove":true,"RestartPolicy":{{"Name":"always"}}}}}}"#);
-    let (head, answer) = raw(
-        &hulld,
-        &format!(
+    let (head, answer) = hulld.raw(&format!(
             "POST /v1.51/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),

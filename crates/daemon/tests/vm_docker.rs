@@ -328,3 +328,168 @@ fn restart_policies_and_many_containers() {
     let dirs = std::fs::read_dir(hulld.data.join("containers")).map_or(0, |d| d.count());
     assert_eq!(dirs, 0, "every container directory is gone");
 }
+
+/// The container's terminal size and the like, read through `docker exec`.
+fn exec_out(hulld: &Hulld, container: &str, command: &str) -> String {
+    ok(&hulld.docker(&["exec", container, "sh", "-c", command]))
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn terminals_attach_pause_stats_and_top() {
+    let (hulld, _registry, image) = setup("vm-tty");
+
+    // -it: a pty in the guest, of the client terminal's size.
+    let out = hulld.in_terminal(
+        &format!("stty rows 40 cols 100; docker run -it --rm {image} sh -c 'tty; stty size; echo $TERM; exit 7'"),
+        b"",
+    );
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{screen}{}", text(&out.stderr));
+    assert!(screen.contains("/dev/pts/0"), "{screen}");
+    assert!(
+        screen.contains("40 100"),
+        "the guest terminal has the client's size: {screen}"
+    );
+    assert!(screen.contains("xterm"), "{screen}");
+    // Typed input reaches an interactive shell, which answers on the terminal.
+    let out = hulld.in_terminal(
+        &format!("docker run -it --rm {image} sh"),
+        b"echo hello-$((6*7))\nexit 3\n",
+    );
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{screen}{}", text(&out.stderr));
+    assert!(screen.contains("hello-42"), "{screen}");
+
+    // A detached container with a terminal: exec -it gets its own, resizes reach both.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "term",
+        &image,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]));
+    let out = hulld.in_terminal("stty rows 30 cols 90; docker exec -it term sh -c 'tty; stty size'", b"");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}{}\n{}", text(&out.stderr), hulld.log());
+    assert!(screen.contains("/dev/pts/1") && screen.contains("30 90"), "{screen}");
+    let (head, _) = hulld.raw(
+        "POST /containers/term/resize?h=50&w=120 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(exec_out(&hulld, "term", "stty -F /dev/pts/0 size"), "50 120\n");
+    let (head, body) = hulld.raw(
+        "POST /containers/term/resize?h=tall&w=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("invalid terminal height"),
+        "{head}{body}"
+    );
+    let logs = ok(&hulld.docker(&["logs", "term"]));
+    assert_eq!(logs, "", "nothing was written to the terminal");
+
+    // top and stats read from inside the VM.
+    let top = ok(&hulld.docker(&["top", "term"]));
+    assert!(top.starts_with("UID"), "{top}");
+    assert!(top.contains("sh -c trap"), "the container's command is listed: {top}");
+    assert!(!top.contains("hull-agent"), "the agent is not the container's: {top}");
+    let refused = hulld.docker(&["top", "term", "aux"]);
+    assert!(
+        text(&refused.stderr).contains("ps options are not supported"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let stats = ok(&hulld.docker(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.MemUsage}} {{.PIDs}}",
+        "term",
+    ]));
+    let fields: Vec<&str> = stats.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"term"), "{stats}");
+    assert!(stats.contains("/ 256MiB"), "the limit is the VM's memory: {stats}");
+    assert!(!stats.contains(" 0B /"), "the guest uses some memory: {stats}");
+
+    // pause stops the whole VM; unpause resumes it where it was.
+    ok(&hulld.docker(&["pause", "term"]));
+    assert_eq!(
+        inspect(&hulld, "{{.State.Status}} {{.State.Paused}}", "term"),
+        "paused true"
+    );
+    let ps = ok(&hulld.docker(&["ps", "--filter", "status=paused", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(ps.starts_with("term Up") && ps.contains("(Paused)"), "{ps}");
+    let refused = hulld.docker(&["exec", "term", "true"]);
+    assert!(text(&refused.stderr).contains("is paused"), "{}", text(&refused.stderr));
+    let refused = hulld.docker(&["pause", "term"]);
+    assert!(
+        text(&refused.stderr).contains("already paused"),
+        "{}",
+        text(&refused.stderr)
+    );
+    ok(&hulld.docker(&["unpause", "term"]));
+    assert_eq!(inspect(&hulld, "{{.State.Status}}", "term"), "running");
+    assert_eq!(exec_out(&hulld, "term", "echo alive"), "alive\n");
+    // Stopping a paused container resumes it so it can act on SIGTERM.
+    ok(&hulld.docker(&["pause", "term"]));
+    ok(&hulld.docker(&["stop", "-t", "20", "term"]));
+    assert_eq!(
+        inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "term"),
+        "exited 0"
+    );
+    let events = ok(&hulld.docker(&[
+        "events",
+        "--since",
+        "10m",
+        "--until",
+        "0s",
+        "--filter",
+        "container=term",
+        "--format",
+        "{{.Action}}",
+    ]));
+    assert!(events.contains("pause\n") && events.contains("unpause\n"), "{events}");
+
+    // attach to a running container: its output from then on, input to it.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "reader",
+        &image,
+        "sh",
+        "-c",
+        "echo ready; read line; echo got $line; exit 4",
+    ]));
+    eventually("the reader's first line", || {
+        text(&hulld.docker(&["logs", "reader"]).stdout) == "ready\n"
+    });
+    let mut child = hulld
+        .docker_command(&["attach", "reader"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(4), "got hello\n".to_string()),
+        "{}",
+        text(&out.stderr)
+    );
+    let refused = hulld.docker(&["attach", "reader"]);
+    assert!(
+        text(&refused.stderr).contains("stopped container"),
+        "{}",
+        text(&refused.stderr)
+    );
+    ok(&hulld.docker(&["rm", "term", "reader"]));
+    no_leftovers(&hulld);
+}

@@ -13,12 +13,13 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
 /// processes in it (`docker exec`): one connection per process, opened by
-/// the host with an `Exec` request.
+/// the host with an `Exec` request; or for one report on the guest
+/// (`Stats`, `Top`) answered on the same connection.
 pub const EXEC_PORT: u32 = 1025;
 /// The I/O port a template guest's agent writes `SNAPSHOT_REQUEST` to once it
 /// is ready: a VMM started to make a template pauses there and saves the VM;
@@ -32,19 +33,37 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Stream data is sent in chunks of at most this much.
 pub const CHUNK: usize = 64 * 1024;
 
-/// What the host asks the agent to run.
+/// One process in a container: the command, or an exec beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunSpec {
+pub struct ProcessSpec {
     pub argv: Vec<String>,
-    /// `KEY=VALUE` entries.
+    /// `KEY=VALUE` entries (for an exec, the host merges the container's
+    /// and the exec's).
     pub env: Vec<String>,
     pub cwd: String,
     /// `user[:group]` as names or numbers, resolved against the container's
     /// own /etc/passwd and /etc/group (Docker's `-u`); empty means root.
     pub user: String,
-    pub hostname: String,
     /// Whether the host will send standard input (otherwise it is /dev/null).
     pub stdin: bool,
+    /// Run on a terminal of this size (a pty in the guest, Docker's `-t`):
+    /// its output is one stream, sent as `Stdout`, and `Resize` changes the
+    /// size. `None`: pipes.
+    pub tty: Option<TerminalSize>,
+}
+
+/// A terminal's size in characters (0 × 0: unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What the host asks the agent to run, and the machine to run it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub process: ProcessSpec,
+    pub hostname: String,
     /// The root filesystem's block device in the guest, e.g. `/dev/vda`.
     pub root_device: String,
     pub root_fstype: String,
@@ -61,17 +80,39 @@ pub struct RunSpec {
     pub wall_clock_ns: u64,
 }
 
-/// Another process in a running container (`docker exec`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecSpec {
-    pub argv: Vec<String>,
-    /// `KEY=VALUE` entries (the host merges the container's and the exec's).
-    pub env: Vec<String>,
-    pub cwd: String,
-    /// As in `RunSpec`.
-    pub user: String,
-    pub stdin: bool,
+/// The guest's CPU time and memory, as its kernel counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// CPU time spent working (not idle or waiting), all CPUs, in ns.
+    pub cpu_busy_ns: u64,
+    /// Of that, in user mode.
+    pub cpu_user_ns: u64,
+    /// CPU time of every kind, all CPUs, in ns (the denominator for a share).
+    pub cpu_total_ns: u64,
+    pub online_cpus: u32,
+    pub memory_total: u64,
+    pub memory_available: u64,
+    /// The container's processes (the agent and kernel threads not counted).
+    pub processes: u32,
 }
+
+/// One of the container's processes, for `docker top`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// When it started, in seconds since the epoch (guest clock).
+    pub started: u64,
+    /// CPU time used so far, in ms.
+    pub cpu_ms: u64,
+    /// Its controlling terminal (`pts/0`), or empty.
+    pub tty: String,
+    pub command: String,
+}
+
+/// The most processes one `Processes` answer lists (it must fit a frame).
+pub const MAX_PROCESSES: usize = 2000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSize {
@@ -88,11 +129,21 @@ pub enum Control {
     /// Host → agent: run this.
     Run(Box<RunSpec>),
     /// Host → agent, first on an exec connection: run this process too.
-    Exec(Box<ExecSpec>),
+    Exec(Box<ProcessSpec>),
+    /// Host → agent, first on an exec connection: report CPU and memory.
+    Stats,
+    /// Agent → host: the answer to `Stats`.
+    StatsReport(GuestStats),
+    /// Host → agent, first on an exec connection: list the processes.
+    Top,
+    /// Agent → host: the answer to `Top` (at most `MAX_PROCESSES`).
+    Processes { processes: Vec<GuestProcess> },
     /// Agent → host: the command is running.
     Started { pid: u32 },
     /// Host → agent: deliver a signal to the command.
     Signal { signal: i32 },
+    /// Host → agent: the terminal's new size (with `tty` only).
+    Resize { rows: u16, cols: u16 },
     /// Agent → host: the command ended (exit code, or the signal that killed it).
     Exited { code: Option<i32>, signal: Option<i32> },
     /// Either way: the request cannot be carried out. `exit_code` follows the
@@ -205,13 +256,17 @@ mod tests {
             version: PROTOCOL_VERSION,
             agent: "x".into(),
         }));
-        round_trip(Frame::Control(Control::Run(Box::new(RunSpec {
+        let process = ProcessSpec {
             argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
             env: vec!["A=B".into()],
             cwd: "/".into(),
             user: "app:staff".into(),
-            hostname: "h".into(),
             stdin: true,
+            tty: Some(TerminalSize { rows: 24, cols: 80 }),
+        };
+        round_trip(Frame::Control(Control::Run(Box::new(RunSpec {
+            process: process.clone(),
+            hostname: "h".into(),
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
             rw_device: Some("/dev/vdb".into()),
@@ -222,13 +277,24 @@ mod tests {
             entropy: vec![1, 2, 3],
             wall_clock_ns: 1,
         }))));
-        round_trip(Frame::Control(Control::Exec(Box::new(ExecSpec {
-            argv: vec!["true".into()],
-            env: vec![],
-            cwd: "/".into(),
-            user: String::new(),
-            stdin: false,
-        }))));
+        round_trip(Frame::Control(Control::Exec(Box::new(process))));
+        round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));
+        round_trip(Frame::Control(Control::StatsReport(GuestStats {
+            cpu_busy_ns: 5,
+            online_cpus: 1,
+            ..GuestStats::default()
+        })));
+        round_trip(Frame::Control(Control::Processes {
+            processes: vec![GuestProcess {
+                pid: 7,
+                ppid: 1,
+                uid: 0,
+                started: 1,
+                cpu_ms: 2,
+                tty: "pts/0".into(),
+                command: "sh -c x".into(),
+            }],
+        }));
         round_trip(Frame::Control(Control::Exited {
             code: None,
             signal: Some(9),

@@ -29,6 +29,9 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// Keep the command's standard input open for attached clients (`-i`).
     pub open_stdin: bool,
+    /// Run the command on a terminal of this (initial) size (`-t`).
+    #[serde(default)]
+    pub tty: Option<proto::TerminalSize>,
     pub cold_boot: bool,
 }
 
@@ -53,6 +56,12 @@ pub struct RunState {
     pub exit_code: Option<i32>,
     /// Why the container could not run (empty when it did).
     pub error: String,
+    /// The VMM's PID once the VM is up (0 before and after).
+    #[serde(default)]
+    pub vmm_pid: u32,
+    /// Whether the whole VM is paused (read from the VMM process, not stored).
+    #[serde(skip)]
+    pub paused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +74,8 @@ pub enum ContainerError {
     Damaged { path: PathBuf, detail: String },
     #[error("the container is not running")]
     NotRunning,
+    #[error("the container's VM is still starting")]
+    Starting,
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -149,7 +160,35 @@ impl ContainerDir {
             state.finished_at = Some(now_rfc3339());
             state.error = "the container's supervisor (hull-shim) was killed".into();
         }
+        state.paused = state.status == RunStatus::Running && self.vmm_of(&state).is_some_and(vmm_stopped);
         Ok(Some(state))
+    }
+
+    /// The running VMM's PID, if it is still the supervisor's child.
+    fn vmm_of(&self, state: &RunState) -> Option<u32> {
+        let pid = state.vmm_pid;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let parent: u32 = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()?;
+        (pid != 0 && parent == state.pid).then_some(pid)
+    }
+
+    /// Pauses or resumes the whole VM: every vCPU and device thread of its
+    /// VMM stops (SIGSTOP) or goes on (SIGCONT), as Docker freezes a
+    /// container's processes. Returns once every thread has stopped.
+    pub fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
+        let state = self.state()?.filter(|s| s.status == RunStatus::Running);
+        let state = state.ok_or(ContainerError::NotRunning)?;
+        let vmm = self.vmm_of(&state).ok_or(ContainerError::Starting)?;
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: plain kill(2) of the supervisor's own child, checked just above.
+        if unsafe { libc::kill(vmm as i32, signal) } != 0 {
+            return Err(io("signalling the VMM")(std::io::Error::last_os_error()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while vmm_stopped(vmm) != paused && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     pub fn write_state(&self, state: &RunState) -> Result<(), ContainerError> {
@@ -248,6 +287,13 @@ impl ShimConnection {
         self.send(&Frame::Control(Control::Signal { signal }))
     }
 
+    pub fn resize(&mut self, size: proto::TerminalSize) -> Result<(), ContainerError> {
+        self.send(&Frame::Control(Control::Resize {
+            rows: size.rows,
+            cols: size.cols,
+        }))
+    }
+
     pub fn send(&mut self, frame: &Frame) -> Result<(), ContainerError> {
         write_frame(&mut self.0, frame).map_err(|_| ContainerError::NotRunning)
     }
@@ -286,6 +332,23 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may hold spaces; fields after it do not.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether every thread of process `pid` is stopped (by SIGSTOP).
+fn vmm_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 fn process_alive(pid: u32, start: u64) -> bool {
@@ -331,6 +394,8 @@ mod tests {
                 finished_at: None,
                 exit_code: None,
                 error: String::new(),
+                vmm_pid: 0,
+                paused: false,
             })
             .unwrap();
         let state = container.state().unwrap().unwrap();

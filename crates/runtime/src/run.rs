@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use image::config::{ConfigError, Overrides, Process};
 use image::disk::DiskError;
 use image::StoreError;
-use proto::{read_frame, write_frame, Control, Frame, RunSpec, PROTOCOL_VERSION};
+use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, RunSpec, TerminalSize, PROTOCOL_VERSION};
 
 use crate::guest::{Guest, GuestError};
 use crate::rootfs::{self, RootfsError};
@@ -40,6 +40,8 @@ pub struct RunRequest {
     pub cpus: u8,
     /// Relay our standard input to the command.
     pub interactive: bool,
+    /// Run the command on a terminal of this size in the guest (`-t`).
+    pub tty: Option<TerminalSize>,
     /// How long the guest may take to reach its agent.
     pub boot_timeout: Duration,
     /// Boot a fresh kernel instead of cloning the template (the slow path).
@@ -77,6 +79,25 @@ impl Steer {
     pub fn stdin_eof(&self) -> bool {
         self.send(&Frame::StdinEof)
     }
+
+    /// Resizes the command's terminal (when it runs on one).
+    pub fn resize(&self, size: TerminalSize) -> bool {
+        self.send(&Frame::Control(Control::Resize {
+            rows: size.rows,
+            cols: size.cols,
+        }))
+    }
+
+    /// Passes on a frame a client of the container sent: a signal, input,
+    /// or a terminal size; anything else is not a client's to send.
+    pub fn forward(&self, frame: &Frame) -> bool {
+        match frame {
+            Frame::Control(Control::Signal { .. } | Control::Resize { .. }) | Frame::Stdin(_) | Frame::StdinEof => {
+                self.send(frame)
+            }
+            _ => true,
+        }
+    }
 }
 
 /// Where a container's output goes, and who is told it started.
@@ -84,6 +105,8 @@ pub trait Attachment {
     fn output(&mut self, stream: OutputStream, data: &[u8]);
     /// The command runs: `steer` reaches it until it ends.
     fn started(&mut self, steer: Steer);
+    /// The VM's agent called in: `vmm_pid` is the VMM process running it.
+    fn vm_ready(&mut self, _vmm_pid: u32) {}
 }
 
 /// The kernel command line of every hull guest.
@@ -321,6 +344,7 @@ pub fn run_in(
     };
     drop(listener);
     let _ = std::fs::remove_file(&agent_socket);
+    attachment.vm_ready(vmm.0.id());
     let disks = vec![
         proto::DiskSize {
             device: "/dev/vda".into(),
@@ -528,12 +552,15 @@ fn converse(
         env.insert(1.min(env.len()), format!("HOSTNAME={hostname}"));
     }
     let spec = RunSpec {
-        argv: process.argv.clone(),
-        env,
-        cwd: process.workdir.clone(),
-        user: process.user.clone(),
+        process: ProcessSpec {
+            argv: process.argv.clone(),
+            env,
+            cwd: process.workdir.clone(),
+            user: process.user.clone(),
+            stdin: request.interactive,
+            tty: request.tty,
+        },
         hostname,
-        stdin: request.interactive,
         root_device: "/dev/vda".into(),
         root_fstype: "ext4".into(),
         rw_device: Some("/dev/vdb".into()),

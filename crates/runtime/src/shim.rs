@@ -35,24 +35,19 @@ impl Shared {
     fn deliver(&self, frame: Frame) {
         let Ok(mut control) = self.control.lock() else { return };
         match &control.steer {
-            Some(steer) => forward(steer, &frame),
+            Some(steer) => {
+                steer.forward(&frame);
+            }
             None => control.queued.push(frame),
         }
     }
 }
 
-fn forward(steer: &Steer, frame: &Frame) {
-    match frame {
-        Frame::Control(Control::Signal { signal }) => steer.signal(*signal),
-        Frame::Stdin(data) => steer.stdin(data),
-        Frame::StdinEof => steer.stdin_eof(),
-        _ => true,
-    };
-}
-
 struct Supervised {
     log: LogWriter,
     shared: Shared,
+    dir: ContainerDir,
+    state: RunState,
 }
 
 impl Attachment for Supervised {
@@ -63,9 +58,17 @@ impl Attachment for Supervised {
     fn started(&mut self, steer: Steer) {
         if let Ok(mut control) = self.shared.control.lock() {
             for frame in std::mem::take(&mut control.queued) {
-                forward(&steer, &frame);
+                steer.forward(&frame);
             }
             control.steer = Some(steer);
+        }
+    }
+
+    fn vm_ready(&mut self, vmm_pid: u32) {
+        // Recorded so that hulld can pause and resume the whole VM.
+        self.state.vmm_pid = vmm_pid;
+        if let Err(e) = self.dir.write_state(&self.state) {
+            eprintln!("hull-shim: recording the VMM's PID: {e}");
         }
     }
 }
@@ -91,6 +94,8 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         finished_at: None,
         exit_code: None,
         error: String::new(),
+        vmm_pid: 0,
+        paused: false,
     };
     dir.write_state(&state)?;
     {
@@ -101,6 +106,8 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     let mut supervised = Supervised {
         log: LogWriter::open(&dir.log_path()).map_err(io("opening the container log"))?,
         shared: shared.clone(),
+        dir: dir.clone(),
+        state: state.clone(),
     };
     let result = request_for(&spec).and_then(|request| {
         crate::run::run_in(&dir.path, &dir.socket_dir(), &dir.id, &request, &mut supervised).map_err(|e| e.to_string())
@@ -117,6 +124,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     };
     supervised.log.flush();
     state.status = RunStatus::Exited;
+    state.vmm_pid = 0;
     state.exit_code = Some(code);
     state.finished_at = Some(now_rfc3339());
     let _ = std::fs::remove_dir_all(dir.socket_dir());
@@ -148,6 +156,7 @@ fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunRequest, Str
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
         interactive: spec.open_stdin,
+        tty: spec.tty,
         boot_timeout: BOOT_TIMEOUT,
         cold_boot: spec.cold_boot,
         hostname: Some(spec.hostname.clone()),

@@ -100,6 +100,38 @@ impl Hulld {
         command
     }
 
+    /// `shell` (docker commands, through `sh -c`) on a terminal of its own,
+    /// as a user types at one (`script` makes the pty); `input` is typed,
+    /// then the end of input. Output is the terminal's (echo included).
+    pub fn in_terminal(&self, shell: &str, input: &[u8]) -> Output {
+        let mut child = Command::new("script")
+            .args(["-qec", shell, "/dev/null"])
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.work.join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running script (util-linux)");
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, input).expect("typing into the terminal");
+        }
+        child.wait_with_output().expect("waiting for script")
+    }
+
+    /// One raw HTTP/1.1 request to hulld's socket (it should say
+    /// `Connection: close`): the answer's head and body.
+    pub fn raw(&self, request: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::os::unix::net::UnixStream::connect(&self.socket).expect("connecting to hulld");
+        conn.write_all(request.as_bytes()).expect("sending the request");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("reading the answer");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        (head.to_string(), body.to_string())
+    }
+
     /// The supervisors (hull-shim) of containers that still run.
     pub fn running_supervisors(&self) -> Vec<u32> {
         supervisors(&self.data)
