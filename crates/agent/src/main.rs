@@ -12,6 +12,7 @@
 //! `EXEC_PORT` for more processes in the container (`docker exec`), one
 //! connection each.
 
+mod archive;
 mod machine;
 mod mounts;
 mod report;
@@ -31,12 +32,19 @@ use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, CHUNK, PROTOCO
 
 /// Where the container's root filesystem is assembled.
 const ROOT: &str = "/mnt/root";
+
 /// The list of modules (file names in load order) the initramfs carries.
 const MODULES_DIR: &str = "/lib/modules/hull";
 
 type Sink = Arc<Mutex<File>>;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, helper, op] = args.as_slice() {
+        if helper == archive::HELPER_ARG {
+            std::process::exit(archive::helper_main(op));
+        }
+    }
     if let Err(e) = mounts::early() {
         console(&format!("early mounts failed: {e}"));
     }
@@ -376,6 +384,31 @@ fn serve_exec(conn: File, reaper: Reaper) {
             send(&sink, &Frame::Control(Control::Processes { processes }));
             return wait_for_host_close(input);
         }
+        Ok(Some(Frame::Control(Control::Diff))) => {
+            let changes = archive::changes(std::path::Path::new(mounts::UPPER), std::path::Path::new(mounts::IMAGE));
+            for part in changes.chunks(proto::MAX_CHANGES) {
+                send(&sink, &Frame::Control(Control::Changes { changes: part.to_vec() }));
+            }
+            send(
+                &sink,
+                &Frame::Control(Control::Exited {
+                    code: Some(0),
+                    signal: None,
+                }),
+            );
+            return wait_for_host_close(input);
+        }
+        Ok(Some(Frame::Control(Control::Archive(op)))) => match archive::helper_argv(&op) {
+            Ok(argv) => Box::new(ProcessSpec {
+                argv,
+                env: vec![],
+                cwd: "/".into(),
+                user: String::new(),
+                stdin: matches!(op, proto::ArchiveOp::Put { .. }),
+                tty: None,
+            }),
+            Err(e) => return fail(&sink, e, 125),
+        },
         Ok(other) => {
             fail(&sink, format!("expected an exec request, got {other:?}"), 125);
             return wait_for_host_close(input);

@@ -37,25 +37,29 @@ pub fn early() -> io::Result<()> {
     Ok(())
 }
 
+/// The image's filesystem and the container's writes: the overlay's layers.
+pub const IMAGE: &str = "/mnt/image";
+pub const UPPER: &str = "/mnt/rw/upper";
+
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// Mounts the image disk read-only with the container's writable disk (or a
 /// tmpfs) as the overlay's upper layer at `root`, and the kernel
 /// filesystems a container expects inside it.
 pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
-    mount(&spec.root_device, "/mnt/image", &spec.root_fstype, libc::MS_RDONLY, "")?;
+    mount(&spec.root_device, IMAGE, &spec.root_fstype, libc::MS_RDONLY, "")?;
     match &spec.rw_device {
         Some(device) => mount(device, "/mnt/rw", "ext4", libc::MS_NOATIME, "")?,
         None => mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755")?,
     }
-    std::fs::create_dir_all("/mnt/rw/upper")?;
+    std::fs::create_dir_all(UPPER)?;
     std::fs::create_dir_all("/mnt/rw/work")?;
     mount(
         "overlay",
         root,
         "overlay",
         0,
-        "lowerdir=/mnt/image,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work",
+        &format!("lowerdir={IMAGE},upperdir={UPPER},workdir=/mnt/rw/work"),
     )?;
     let inside = |p: &str| format!("{root}{p}");
     mount("proc", &inside("/proc"), "proc", NOSUID_NODEV_NOEXEC, "")?;

@@ -103,7 +103,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    use crate::{containers, events, exec, images, monitor, streams, system};
+    use crate::{archive, containers, events, exec, images, monitor, streams, system};
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -123,6 +123,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/stats", get(monitor::stats))
         .route("/containers/{id}/top", get(monitor::top))
+        .route(
+            "/containers/{id}/archive",
+            get(archive::get).head(archive::stat).put(archive::put),
+        )
+        .route("/containers/{id}/export", get(archive::export))
+        .route("/containers/{id}/changes", get(archive::changes))
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}", delete(containers::remove))

@@ -7,6 +7,7 @@
 #![recursion_limit = "256"]
 
 mod api;
+mod archive;
 mod containers;
 mod daemon;
 mod events;

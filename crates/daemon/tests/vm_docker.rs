@@ -490,6 +490,83 @@ fn terminals_attach_pause_stats_and_top() {
         "{}",
         text(&refused.stderr)
     );
+
+    // Files of a running container: cp both ways, diff, export.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /data/sub && echo hi > /data/a && rm /bin/wc && touch /ready; trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]));
+    eventually("the container's files", || {
+        hulld
+            .docker(&["exec", "files", "sh", "-c", "test -f /ready"])
+            .status
+            .success()
+    });
+    let host = hulld.work.join("cp");
+    std::fs::create_dir_all(&host).unwrap();
+    ok(&hulld.docker(&["cp", "files:/data", host.join("out").to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(host.join("out/a")).unwrap(), "hi\n");
+    assert!(host.join("out/sub").is_dir());
+    std::fs::write(host.join("in.txt"), "from the host\n").unwrap();
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/"]));
+    assert_eq!(exec_out(&hulld, "files", "cat /data/in.txt"), "from the host\n");
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/renamed.txt"]));
+    assert_eq!(exec_out(&hulld, "files", "cat /data/renamed.txt"), "from the host\n");
+    let tar = hulld.docker(&["cp", "files:/data/a", "-"]);
+    assert!(tar.status.success() && tar.stdout.windows(3).any(|w| w == b"hi\n"));
+    let missing = hulld.docker(&["cp", "files:/nowhere", host.to_str().unwrap()]);
+    assert!(
+        text(&missing.stderr).contains("Could not find the file /nowhere in container"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let diff = ok(&hulld.docker(&["diff", "files"]));
+    for line in [
+        "A /data",
+        "A /data/a",
+        "A /data/in.txt",
+        "C /bin",
+        "D /bin/wc",
+        "A /ready",
+    ] {
+        assert!(diff.lines().any(|l| l == line), "{line} in {diff}");
+    }
+    assert!(!diff.contains("/proc"), "the kernel's mounts are not changes: {diff}");
+    let exported = host.join("files.tar");
+    ok(&hulld.docker(&["export", "-o", exported.to_str().unwrap(), "files"]));
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let names = text(&listing.stdout);
+    assert!(
+        names.lines().any(|l| l == "bin/busybox") && names.lines().any(|l| l == "data/a"),
+        "{names}"
+    );
+    assert!(
+        !names.lines().any(|l| l == "bin/wc"),
+        "deleted files are not exported: {names}"
+    );
+    assert!(
+        !names.contains("proc/self"),
+        "the kernel's mounts are not entered: {names}"
+    );
+    assert_eq!(ok(&hulld.docker(&["port", "files"])), "", "no ports are published");
+    ok(&hulld.docker(&["rm", "-f", "files"]));
+    let refused = hulld.docker(&["cp", "term:/bin/sh", host.to_str().unwrap()]);
+    assert!(
+        text(&refused.stderr).contains("is not running"),
+        "{}",
+        text(&refused.stderr)
+    );
+
     ok(&hulld.docker(&["rm", "term", "reader"]));
     no_leftovers(&hulld);
 }

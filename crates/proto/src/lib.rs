@@ -111,6 +111,54 @@ pub struct GuestProcess {
     pub command: String,
 }
 
+/// A file operation in a container's root; paths are absolute in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ArchiveOp {
+    /// Describe `path` (JSON `PathStat` on standard output).
+    Stat { path: String },
+    /// A tar stream of `path` (a directory with its contents), named by
+    /// its last component.
+    Get { path: String },
+    /// Unpack the tar stream on standard input into directory `path`.
+    Put {
+        path: String,
+        no_overwrite_dir_non_dir: bool,
+    },
+    /// A tar stream of the whole root filesystem (`docker export`).
+    Export,
+}
+
+/// Exit statuses of an archive operation.
+pub const ARCHIVE_OK: i32 = 0;
+pub const ARCHIVE_FAILED: i32 = 1;
+pub const ARCHIVE_NOT_FOUND: i32 = 2;
+pub const ARCHIVE_NOT_A_DIRECTORY: i32 = 3;
+
+/// What `docker cp` learns of a path (Docker's `X-Docker-Container-Path-Stat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStat {
+    pub name: String,
+    pub size: u64,
+    /// Go's `os.FileMode` bits, as Docker sends them.
+    pub mode: u32,
+    /// RFC 3339.
+    pub mtime: String,
+    #[serde(rename = "linkTarget")]
+    pub link_target: String,
+}
+
+/// One change to a container's filesystem against its image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub path: String,
+    /// Docker's kinds: 0 modified, 1 added, 2 deleted.
+    pub kind: u8,
+}
+
+/// The most changes one `Changes` frame carries.
+pub const MAX_CHANGES: usize = 2000;
+
 /// The most processes one `Processes` answer lists (it must fit a frame).
 pub const MAX_PROCESSES: usize = 2000;
 
@@ -138,6 +186,18 @@ pub enum Control {
     Top,
     /// Agent → host: the answer to `Top` (at most `MAX_PROCESSES`).
     Processes { processes: Vec<GuestProcess> },
+    /// Host → agent, first on an exec connection: a file operation in the
+    /// container's root (`docker cp`, `export`), run as a process: its
+    /// output (a tar stream, or the stat as JSON) comes as `Stdout`, its
+    /// input (a tar stream to unpack) goes as `Stdin`, its errors as
+    /// `Stderr`, and its status (`ARCHIVE_*`) as `Exited`.
+    Archive(ArchiveOp),
+    /// Host → agent, first on an exec connection: what the container
+    /// changed in its filesystem (`docker diff`).
+    Diff,
+    /// Agent → host: part of the answer to `Diff` (several may come, each
+    /// at most `MAX_CHANGES` long), then `Exited`.
+    Changes { changes: Vec<Change> },
     /// Agent → host: the command is running.
     Started { pid: u32 },
     /// Host → agent: deliver a signal to the command.
@@ -279,6 +339,16 @@ mod tests {
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));
+        round_trip(Frame::Control(Control::Archive(ArchiveOp::Put {
+            path: "/tmp".into(),
+            no_overwrite_dir_non_dir: true,
+        })));
+        round_trip(Frame::Control(Control::Changes {
+            changes: vec![Change {
+                path: "/etc".into(),
+                kind: 0,
+            }],
+        }));
         round_trip(Frame::Control(Control::StatsReport(GuestStats {
             cpu_busy_ns: 5,
             online_cpus: 1,
