@@ -191,14 +191,10 @@ pub fn load(input: &Path, quiet: bool) -> Result<()> {
 pub fn prune() -> Result<()> {
     let store = open_store()?;
     let users = runtime::usage::images_in_use();
-    for record in store.images()? {
-        if store.tags_of(&record.id)?.is_empty() && !users.contains_key(&record.id) {
-            for line in store.remove(record.id.hex(), false, &|_| Vec::new())? {
-                println!("{line}");
-            }
-        }
+    let (report, freed) = store.prune(false, &|id| users.contains_key(id))?;
+    for line in report {
+        println!("{line}");
     }
-    let freed = store.collect_garbage()?;
     println!("Total reclaimed space: {}", human_size(freed));
     Ok(())
 }

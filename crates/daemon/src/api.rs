@@ -138,6 +138,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/exec/{id}/json", get(exec::inspect))
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::pull))
+        .route("/images/load", post(images::load))
+        .route("/images/get", get(images::save_many))
+        .route("/images/prune", post(images::prune))
+        .route("/containers/prune", post(containers::prune))
+        .route("/system/df", get(system::disk_usage))
+        .route("/networks/prune", post(system::prune_networks))
+        .route("/volumes/prune", post(system::prune_volumes))
+        .route("/build/prune", post(system::prune_build_cache))
         .route(
             "/images/{*rest}",
             get(images::get_by_name)

@@ -429,21 +429,7 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
             if (!all && !is_running(&state)) || !matches_filters(&filters, &record, &state)? {
                 continue;
             }
-            rows.push(json!({
-                "Id": record.id,
-                "Names": [format!("/{}", record.name)],
-                "Image": record.image,
-                "ImageID": record.image_id,
-                "Command": command_line(&record),
-                "Created": unix_seconds(&record.created),
-                "Ports": [],
-                "Labels": record.config["Labels"],
-                "State": status_word(&state),
-                "Status": status_line(&state),
-                "HostConfig": { "NetworkMode": "none" },
-                "NetworkSettings": { "Networks": {} },
-                "Mounts": [],
-            }));
+            rows.push(row(&record, &state));
             if query.limit.is_some_and(|l| l > 0 && rows.len() as i64 >= l) {
                 break;
             }
@@ -452,6 +438,58 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
     })
     .await?;
     Ok(Json(Value::Array(rows)))
+}
+
+/// A container as `docker ps` lists it.
+pub fn row(record: &ContainerRecord, state: &Option<RunState>) -> Value {
+    json!({
+        "Id": record.id,
+        "Names": [format!("/{}", record.name)],
+        "Image": record.image,
+        "ImageID": record.image_id,
+        "Command": command_line(record),
+        "Created": unix_seconds(&record.created),
+        "Ports": [],
+        "Labels": record.config["Labels"],
+        "State": status_word(state),
+        "Status": status_line(state),
+        "HostConfig": { "NetworkMode": "none" },
+        "NetworkSettings": { "Networks": {} },
+        "Mounts": [],
+    })
+}
+
+/// The space a container's own writes take: its writable disk's blocks.
+pub fn writable_size(id: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(ContainerDir::new(id).writable_disk()).map_or(0, |m| m.blocks() * 512)
+}
+
+/// `POST /containers/prune`: removes every container that is not running
+/// (optionally only those with the `label` filters).
+pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let filters = parse_filters(query.filters.as_deref())?;
+    if let Some(other) = filters.keys().find(|k| *k != "label") {
+        return Err(ApiError::bad_request(format!(
+            "invalid filter '{other}': hull prunes containers by 'label' only"
+        )));
+    }
+    blocking(move || {
+        let mut deleted = Vec::new();
+        let mut freed = 0;
+        for record in daemon.containers.all()? {
+            let state = ContainerDir::new(&record.id).state().unwrap_or(None);
+            if is_running(&state) || !matches_filters(&filters, &record, &state)? {
+                continue;
+            }
+            let size = writable_size(&record.id);
+            daemon.remove(&record.id, state.as_ref().and_then(|s| s.exit_code).unwrap_or(0))?;
+            freed += size;
+            deleted.push(record.id);
+        }
+        Ok(Json(json!({ "ContainersDeleted": deleted, "SpaceReclaimed": freed })))
+    })
+    .await
 }
 
 pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

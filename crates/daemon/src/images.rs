@@ -1,14 +1,15 @@
 //! The image endpoints: list, pull (Docker's JSON progress stream, so the
-//! CLI draws its bars), inspect, tag, remove. Image names may hold slashes
-//! and a registry port, so `/images/{name}/json` and `/images/{name}/tag`
-//! are told apart by their last segment.
+//! CLI draws its bars), inspect, history, tag, remove, prune, save and
+//! load. Image names may hold slashes and a registry port, so
+//! `/images/{name}/json`, `/history`, `/get` and `/tag` are told apart by
+//! their last segment.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use image::pull::PullEvent;
 use image::ImageRef;
@@ -20,8 +21,13 @@ use crate::api::{blocking, empty, flag, streaming, ApiError};
 use crate::daemon::Daemon;
 
 pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
-    let rows = blocking(move || {
-        let store = &daemon.images;
+    let rows = blocking(move || rows(&daemon.images)).await?;
+    Ok(Json(Value::Array(rows)))
+}
+
+/// The rows of `docker images` (also part of `docker system df`).
+pub fn rows(store: &image::Store) -> Result<Vec<Value>, ApiError> {
+    {
         let tags = store.tags()?;
         let users = runtime::usage::images_in_use();
         let mut rows = Vec::new();
@@ -49,9 +55,7 @@ pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiE
             }));
         }
         Ok(rows)
-    })
-    .await?;
-    Ok(Json(Value::Array(rows)))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,18 +151,237 @@ pub async fn pull(State(daemon): State<Arc<Daemon>>, Query(query): Query<PullQue
     Ok(streaming(body, "application/json"))
 }
 
-/// `GET /images/{name}/json`.
-pub async fn get_by_name(State(daemon): State<Arc<Daemon>>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
-    let Some(name) = rest.strip_suffix("/json") else {
-        return Err(ApiError::not_found(format!("page not found: GET /images/{rest}")));
-    };
+/// `GET /images/{name}/json`, `/images/{name}/history`, `/images/{name}/get`.
+pub async fn get_by_name(State(daemon): State<Arc<Daemon>>, Path(rest): Path<String>) -> Result<Response, ApiError> {
+    let (name, what) = rest.rsplit_once('/').unwrap_or((&rest, ""));
     let name = name.to_string();
-    let value = blocking(move || {
-        let record = daemon.images.resolve(&name)?;
-        Ok(image::inspect::docker_json(&daemon.images, &record)?)
+    match what {
+        "json" => {
+            let value = blocking(move || {
+                let record = daemon.images.resolve(&name)?;
+                Ok(image::inspect::docker_json(&daemon.images, &record)?)
+            })
+            .await?;
+            Ok(Json(value).into_response())
+        }
+        "history" => Ok(Json(blocking(move || history(&daemon.images, &name)).await?).into_response()),
+        "get" => save(daemon, vec![name]).await,
+        _ => Err(ApiError::not_found(format!("page not found: GET /images/{rest}"))),
+    }
+}
+
+/// `docker history`: the config's history, newest first, each entry that
+/// made a layer with that layer's size.
+fn history(store: &image::Store, name: &str) -> Result<Value, ApiError> {
+    let record = store.resolve(name)?;
+    let config = image::config::load(store, &record.id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let seconds = |time: Option<&String>| {
+        time.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or(0, |t| t.timestamp())
+    };
+    let mut layers = record.layers.iter();
+    let mut rows: Vec<Value> = match config.history() {
+        Some(entries) if !entries.is_empty() => entries
+            .iter()
+            .map(|entry| {
+                let size = match entry.empty_layer() {
+                    Some(true) => 0,
+                    _ => layers.next().map_or(0, |l| l.size),
+                };
+                json!({
+                    "Id": "<missing>",
+                    "Created": seconds(entry.created().as_ref()),
+                    "CreatedBy": entry.created_by().clone().unwrap_or_default(),
+                    "Tags": null,
+                    "Size": size,
+                    "Comment": entry.comment().clone().unwrap_or_default(),
+                })
+            })
+            .collect(),
+        // No history recorded: one row per layer.
+        _ => layers
+            .map(|l| {
+                json!({
+                    "Id": "<missing>",
+                    "Created": seconds(record.created.as_ref()),
+                    "CreatedBy": "",
+                    "Tags": null,
+                    "Size": l.size,
+                    "Comment": "",
+                })
+            })
+            .collect(),
+    };
+    rows.reverse();
+    if let Some(newest) = rows.first_mut() {
+        newest["Id"] = json!(record.id.to_string());
+        newest["Tags"] = json!(store.tags_of(&record.id)?);
+    }
+    Ok(Value::Array(rows))
+}
+
+/// A blocking writer that hands what is written to a streamed response.
+struct BodyWriter(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl std::io::Write for BodyWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(data)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `docker save`: the images `names` mean, as a tar stream.
+async fn save(daemon: Arc<Daemon>, names: Vec<String>) -> Result<Response, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::bad_request("no image names given"));
+    }
+    let store = daemon.images.clone();
+    let items = blocking(move || Ok(image::save::select(&store, &names)?)).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let store = daemon.images.clone();
+    tokio::task::spawn_blocking(move || {
+        let writer = std::io::BufWriter::with_capacity(256 * 1024, BodyWriter(tx.clone()));
+        if let Err(e) = image::save::save(&store, &items, writer) {
+            tracing::warn!("saving images: {e}");
+            // Cut the stream short: the client must not take it for whole.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    Ok(streaming(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        "application/x-tar",
+    ))
+}
+
+/// `GET /images/get?names=a&names=b`.
+pub async fn save_many(State(daemon): State<Arc<Daemon>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let names: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "names")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    save(daemon, names).await
+}
+
+/// `POST /images/load`: a `docker save` tar or an OCI layout tar in the
+/// body; answers with Docker's `Loaded image: …` lines.
+pub async fn load(
+    State(daemon): State<Arc<Daemon>>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let scratch = daemon
+        .images
+        .root()
+        .join("partial")
+        .join(format!("upload.{}", crate::containers::random_hex(8)));
+    let result = receive_and_load(&daemon, &scratch, request).await;
+    let _ = tokio::fs::remove_file(&scratch).await;
+    let loaded = result?;
+    let mut lines = Vec::new();
+    for image in &loaded {
+        let id = image.record.id.to_string();
+        if image.tags.is_empty() {
+            lines.push(format!("Loaded image ID: {id}"));
+        }
+        for tag in &image.tags {
+            lines.push(format!("Loaded image: {tag}"));
+            daemon.events_log.emit("image", "load", &id, &[("name", tag)]);
+        }
+    }
+    // Sent even with `quiet`, which silences progress only (as Docker does).
+    let body: String = lines
+        .iter()
+        .map(|line| format!("{}\r\n", json!({ "stream": format!("{line}\n") })))
+        .collect();
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Writes the request body to `scratch`, then loads the images in it.
+async fn receive_and_load(
+    daemon: &Arc<Daemon>,
+    scratch: &std::path::Path,
+    request: axum::extract::Request,
+) -> Result<Vec<image::load::Loaded>, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(scratch).await.map_err(ApiError::internal)?;
+    let mut body = request.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the archive: {e}")))?;
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.sync_all().await.map_err(ApiError::internal)?;
+    drop(file);
+    let store = daemon.images.clone();
+    let scratch = scratch.to_path_buf();
+    blocking(move || {
+        image::load::load(&store, &scratch).map_err(|e| match e {
+            image::load::LoadError::Store(e) => ApiError::from(e),
+            image::load::LoadError::Io { .. } => ApiError::internal(e),
+            bad => ApiError::bad_request(bad.to_string()),
+        })
     })
-    .await?;
-    Ok(Json(value))
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PruneQuery {
+    filters: Option<String>,
+}
+
+/// `POST /images/prune`: dangling images (or, with `dangling=false`, every
+/// image no container uses).
+pub async fn prune(
+    State(daemon): State<Arc<Daemon>>,
+    Query(query): Query<PruneQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filters = crate::containers::parse_filters(query.filters.as_deref())?;
+    let mut all = false;
+    for (key, values) in &filters {
+        match (key.as_str(), values.as_slice()) {
+            ("dangling", [v]) if v == "false" || v == "0" => all = true,
+            ("dangling", [v]) if v == "true" || v == "1" => {}
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid filter '{other}': hull prunes images by 'dangling' only"
+                )))
+            }
+        }
+    }
+    blocking(move || {
+        let users = runtime::usage::images_in_use();
+        let (lines, freed) = daemon.images.prune(all, &|id| users.contains_key(id))?;
+        Ok(Json(json!({
+            "ImagesDeleted": report(&daemon, &lines),
+            "SpaceReclaimed": freed,
+        })))
+    })
+    .await
+}
+
+/// Docker's `[{"Untagged": …}, {"Deleted": …}]` for the store's report
+/// lines, each also an event.
+fn report(daemon: &Daemon, lines: &[String]) -> Value {
+    let items = lines
+        .iter()
+        .filter_map(|line| {
+            let (kind, what) = line.split_once(": ")?;
+            let action = if kind == "Deleted" { "delete" } else { "untag" };
+            daemon.events_log.emit("image", action, what, &[("name", what)]);
+            Some(json!({ kind: what }))
+        })
+        .collect();
+    Value::Array(items)
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,26 +431,12 @@ pub async fn remove(
     Query(query): Query<RemoveQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let force = flag(&query.force);
-    let lines = blocking(move || {
+    blocking(move || {
         let users = runtime::usage::images_in_use();
         let lines = daemon
             .images
             .remove(&name, force, &|id| users.get(id).cloned().unwrap_or_default())?;
-        for line in &lines {
-            if let Some((kind, what)) = line.split_once(": ") {
-                let action = if kind == "Deleted" { "delete" } else { "untag" };
-                daemon.events_log.emit("image", action, what, &[("name", what)]);
-            }
-        }
-        Ok(lines)
+        Ok(Json(report(&daemon, &lines)))
     })
-    .await?;
-    let items: Vec<Value> = lines
-        .iter()
-        .filter_map(|line| {
-            let (kind, what) = line.split_once(": ")?;
-            Some(json!({ kind: what }))
-        })
-        .collect();
-    Ok(Json(Value::Array(items)))
+    .await
 }

@@ -1,4 +1,6 @@
-//! `/_ping`, `/version` and `/info`: what the docker CLI asks first.
+//! `/_ping`, `/version` and `/info` (what the docker CLI asks first),
+//! `docker system df`, and the prunes `docker system prune` asks for of
+//! objects hull does not have yet (networks, volumes, build cache).
 
 use std::sync::Arc;
 
@@ -119,4 +121,63 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// `docker system df`: images, containers (their writable disks), and the
+/// volumes and build cache hull does not have yet.
+pub async fn disk_usage(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
+    crate::api::blocking(move || {
+        let mut images = crate::images::rows(&daemon.images)?;
+        // Layers count once however many images share them.
+        let records = daemon.images.images()?;
+        let mut layer_users: std::collections::HashMap<&image::digest::Digest, (u64, usize)> = Default::default();
+        for layer in records.iter().flat_map(|r| &r.layers) {
+            layer_users.entry(&layer.digest).or_insert((layer.size, 0)).1 += 1;
+        }
+        let layers_size: u64 = layer_users.values().map(|(size, _)| size).sum();
+        for row in &mut images {
+            let record = records.iter().find(|r| row["Id"].as_str() == Some(&r.id.to_string()));
+            let shared: u64 = record.map_or(0, |r| {
+                r.layers
+                    .iter()
+                    .filter(|l| layer_users.get(&l.digest).is_some_and(|(_, users)| *users > 1))
+                    .map(|l| l.size)
+                    .sum()
+            });
+            row["SharedSize"] = json!(shared);
+        }
+        let mut containers = Vec::new();
+        for record in daemon.containers.all()? {
+            let state = ContainerDir::new(&record.id).state().unwrap_or(None);
+            let mut row = crate::containers::row(&record, &state);
+            let size_rw = crate::containers::writable_size(&record.id);
+            let image_size = daemon.images.resolve(&record.image_id).map_or(0, |i| i.size());
+            row["SizeRw"] = json!(size_rw);
+            row["SizeRootFs"] = json!(size_rw + image_size);
+            containers.push(row);
+        }
+        Ok(Json(json!({
+            "LayersSize": layers_size,
+            "Images": images,
+            "Containers": containers,
+            "Volumes": [],
+            "BuildCache": [],
+        })))
+    })
+    .await
+}
+
+/// hull has no networks of its own yet: there is nothing to prune.
+pub async fn prune_networks() -> Json<Value> {
+    Json(json!({ "NetworksDeleted": [] }))
+}
+
+/// hull has no volumes yet: there is nothing to prune.
+pub async fn prune_volumes() -> Json<Value> {
+    Json(json!({ "VolumesDeleted": [], "SpaceReclaimed": 0 }))
+}
+
+/// hull builds no images: there is no build cache to prune.
+pub async fn prune_build_cache() -> Json<Value> {
+    Json(json!({ "CachesDeleted": [], "SpaceReclaimed": 0 }))
 }

@@ -263,3 +263,78 @@ fn the_python_docker_sdk_drives_hulld() {
         .unwrap();
     assert_eq!(ok(&out).trim(), "sdk ok", "{}", text(&out.stderr));
 }
+
+#[test]
+fn images_are_saved_loaded_pruned_and_counted() {
+    let (hulld, _registry, image) = with_box_image("save");
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    let history = ok(&hulld.docker(&["history", "--format", "{{.CreatedBy}}|{{.Size}}", &image]));
+    let rows: Vec<&str> = history.lines().collect();
+    assert_eq!(rows.len(), 2, "{history}");
+    assert_eq!(rows[0], "testkit: config|0B", "newest first: {history}");
+    assert!(
+        rows[1].starts_with("testkit: layer 0|") && !rows[1].ends_with("|0B"),
+        "{history}"
+    );
+    fails(&hulld.docker(&["history", "nothing:here"]), 1, "No such image");
+
+    // save, remove, load back: the same image under the same name.
+    let id = ok(&hulld.docker(&["image", "inspect", "--format", "{{.Id}}", &image]))
+        .trim()
+        .to_string();
+    let archive = hulld.work.join("box.tar");
+    ok(&hulld.docker(&["save", "-o", archive.to_str().unwrap(), &image]));
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let names = text(&listing.stdout);
+    for entry in ["manifest.json", "index.json", "oci-layout"] {
+        assert!(names.lines().any(|l| l == entry), "{entry} in {names}");
+    }
+    ok(&hulld.docker(&["rmi", &image]));
+    let loaded = ok(&hulld.docker(&["load", "-i", archive.to_str().unwrap()]));
+    assert!(loaded.contains(&format!("Loaded image: {image}")), "{loaded}");
+    let again = ok(&hulld.docker(&["image", "inspect", "--format", "{{.Id}}", &image]));
+    assert_eq!(again.trim(), id);
+    // skopeo reads it as an OCI archive too.
+    let skopeo = std::process::Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(skopeo.status.success(), "{}", text(&skopeo.stderr));
+    let garbage = hulld.work.join("garbage.tar");
+    std::fs::write(&garbage, b"not a tar at all").unwrap();
+    let refused = hulld.docker(&["load", "-i", garbage.to_str().unwrap()]);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(text(&refused.stderr).contains("archive"), "{}", text(&refused.stderr));
+    ok(&hulld.docker(&["image", "inspect", &image]));
+
+    // An image saved by ID loads untagged: dangling, and pruned.
+    let untagged = hulld.work.join("untagged.tar");
+    ok(&hulld.docker(&["save", "-o", untagged.to_str().unwrap(), &id]));
+    ok(&hulld.docker(&["rmi", &image]));
+    let loaded = ok(&hulld.docker(&["load", "-i", untagged.to_str().unwrap()]));
+    assert!(loaded.contains(&format!("Loaded image ID: {id}")), "{loaded}");
+    let pruned = ok(&hulld.docker(&["image", "prune", "-f"]));
+    assert!(pruned.contains(&format!("deleted: {id}")), "{pruned}");
+    assert_eq!(ok(&hulld.docker(&["images", "-q"])), "");
+
+    // prune -a keeps what a container uses; container prune removes stopped ones.
+    ok(&hulld.docker(&["load", "-i", archive.to_str().unwrap()]));
+    let container = ok(&hulld.docker(&["create", "--name", "user", &image, "true"]))
+        .trim()
+        .to_string();
+    ok(&hulld.docker(&["image", "prune", "-a", "-f"]));
+    ok(&hulld.docker(&["image", "inspect", &image]));
+    let df = ok(&hulld.docker(&["system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"]));
+    assert!(df.contains("Images 1 1") && df.contains("Containers 1 0"), "{df}");
+    let pruned = ok(&hulld.docker(&["container", "prune", "-f"]));
+    assert!(pruned.contains(&container), "{pruned}");
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq"])), "");
+    let pruned = ok(&hulld.docker(&["system", "prune", "-a", "-f"]));
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert_eq!(ok(&hulld.docker(&["images", "-q"])), "", "nothing used it any more");
+}

@@ -415,6 +415,22 @@ impl Store {
         Ok(report)
     }
 
+    /// `docker image prune`: removes images no container uses that have no
+    /// tag (or, with `all`, every image no container uses), then what only
+    /// they referenced. Docker's lines (`Untagged: …`, `Deleted: …`) and the
+    /// bytes freed.
+    pub fn prune(&self, all: bool, in_use: &dyn Fn(&Digest) -> bool) -> Result<(Vec<String>, u64), StoreError> {
+        let mut report = Vec::new();
+        for record in self.images()? {
+            if in_use(&record.id) || (!all && !self.tags_of(&record.id)?.is_empty()) {
+                continue;
+            }
+            report.extend(self.remove(record.id.hex(), true, &|_| Vec::new())?);
+        }
+        let freed = self.collect_garbage()?;
+        Ok((report, freed))
+    }
+
     /// Removes blobs, stale partial downloads and disks that no image
     /// record references. Returns the bytes freed.
     pub fn collect_garbage(&self) -> Result<u64, StoreError> {

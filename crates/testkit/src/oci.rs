@@ -169,6 +169,10 @@ fn write_image(layout: &Path, image: &ImageSpec) -> Result<Value> {
         "os": "linux",
         "config": image.config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": (0..image.layers.len())
+            .map(|i| json!({"created": "2026-01-02T03:04:05Z", "created_by": format!("testkit: layer {i}")}))
+            .chain([json!({"created": "2026-01-02T03:04:05Z", "created_by": "testkit: config", "empty_layer": true})])
+            .collect::<Vec<_>>(),
     });
     let (config_digest, config_size) = write_blob(layout, &serde_json::to_vec(&config)?)?;
     let manifest = json!({
