@@ -270,10 +270,7 @@ pub async fn save_many(State(daemon): State<Arc<Daemon>>, RawQuery(query): RawQu
 
 /// `POST /images/load`: a `docker save` tar or an OCI layout tar in the
 /// body; answers with Docker's `Loaded image: …` lines.
-pub async fn load(
-    State(daemon): State<Arc<Daemon>>,
-    request: axum::extract::Request,
-) -> Result<Response, ApiError> {
+pub async fn load(State(daemon): State<Arc<Daemon>>, request: axum::extract::Request) -> Result<Response, ApiError> {
     let scratch = daemon
         .images
         .root()

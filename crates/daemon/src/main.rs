@@ -17,6 +17,7 @@ mod monitor;
 mod store;
 mod streams;
 mod system;
+mod tls;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -37,6 +38,19 @@ struct Args {
     /// hull's data directory (default: $HULL_DATA_DIR, else /var/lib/hull).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also serve the API over TCP on ADDRESS:PORT, with TLS and client
+    /// certificates (dockerd's `--tlsverify`); needs the three files below.
+    #[arg(long, value_name = "ADDRESS:PORT", requires_all = ["tlscacert", "tlscert", "tlskey"])]
+    tls_listen: Option<std::net::SocketAddr>,
+    /// The CA that client certificates must be signed by.
+    #[arg(long, value_name = "PEM")]
+    tlscacert: Option<PathBuf>,
+    /// The server's certificate.
+    #[arg(long, value_name = "PEM")]
+    tlscert: Option<PathBuf>,
+    /// The server's private key.
+    #[arg(long, value_name = "PEM")]
+    tlskey: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -65,6 +79,17 @@ async fn serve(args: Args) -> Result<()> {
     let daemon = daemon::Daemon::new(containers, images);
     let running = daemon.recover().map_err(|e| anyhow::anyhow!(e.message))?;
 
+    let tls = match (args.tls_listen, &args.tlscacert, &args.tlscert, &args.tlskey) {
+        (Some(address), Some(ca), Some(cert), Some(key)) => {
+            let files = tls::TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            Some((address, tls::server_config(&files)?))
+        }
+        _ => None,
+    };
     let listener = bind(&args.socket)?;
     tracing::info!(
         "hulld {} serving the Docker Engine API (v{}) on unix://{}; data in {}; {running} container(s) running",
@@ -74,6 +99,19 @@ async fn serve(args: Args) -> Result<()> {
         data.display()
     );
     let router = api::router(daemon);
+    if let Some((address, config)) = tls {
+        // Bound before the unix socket answers, so a started hulld serves both.
+        let tcp = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        tracing::info!("also serving tcp://{address} (TLS, client certificates required)");
+        let router = router.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tls::serve(tcp, config, router).await {
+                tracing::error!("the TLS listener stopped: {e:#}");
+            }
+        });
+    }
     let service = tower::service_fn(move |request| api::dispatch(router.clone(), request));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -338,3 +338,205 @@ fn images_are_saved_loaded_pruned_and_counted() {
     assert!(pruned.contains("Total reclaimed space"), "{pruned}");
     assert_eq!(ok(&hulld.docker(&["images", "-q"])), "", "nothing used it any more");
 }
+
+/// `openssl` with `args` in `dir`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+}
+
+/// A CA (`NAME-ca.pem`) and, signed by it, a certificate for `subject`
+/// (`NAME-cert.pem`, `NAME-key.pem`) with `extension` (an extfile line).
+fn certificate(dir: &std::path::Path, name: &str, subject: &str, extension: &str) {
+    let (ca_key, ca) = (format!("{name}-ca-key.pem"), format!("{name}-ca.pem"));
+    let (key, csr, cert) = (
+        format!("{name}-key.pem"),
+        format!("{name}.csr"),
+        format!("{name}-cert.pem"),
+    );
+    openssl(dir, &["genrsa", "-out", &ca_key, "2048"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &ca_key,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hull test CA",
+            "-out",
+            &ca,
+        ],
+    );
+    openssl(dir, &["genrsa", "-out", &key, "2048"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={subject}"),
+            "-out",
+            &csr,
+        ],
+    );
+    std::fs::write(dir.join(format!("{name}.ext")), extension).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &cert,
+        ],
+    );
+}
+
+#[test]
+fn the_api_is_served_over_tls_to_clients_with_a_certificate() {
+    let certs = std::env::temp_dir().join(format!("hulld-tls-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&certs);
+    std::fs::create_dir_all(&certs).unwrap();
+    certificate(
+        &certs,
+        "server",
+        "127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    // The client's certificate is signed by the server's CA, as dockerd's set-up has it.
+    openssl(&certs, &["genrsa", "-out", "key.pem", "2048"]);
+    openssl(
+        &certs,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=client",
+            "-out",
+            "client.csr",
+        ],
+    );
+    std::fs::write(certs.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        &certs,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "server-ca.pem",
+            "-CAkey",
+            "server-ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "cert.pem",
+        ],
+    );
+    std::fs::copy(certs.join("server-ca.pem"), certs.join("ca.pem")).unwrap();
+    // A stranger: a client certificate from another CA.
+    certificate(&certs, "stranger", "stranger", "extendedKeyUsage=clientAuth\n");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let path = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let hulld = Hulld::start_with(
+        "tls",
+        &[
+            "--tls-listen",
+            &address,
+            "--tlscacert",
+            &path("ca.pem"),
+            "--tlscert",
+            &path("server-cert.pem"),
+            "--tlskey",
+            &path("server-key.pem"),
+        ],
+    )
+    .unwrap();
+    let docker = |env: &[(&str, String)], args: &[&str]| {
+        let mut command = std::process::Command::new("docker");
+        command
+            .args(args)
+            .env("DOCKER_HOST", format!("tcp://{address}"))
+            .env("DOCKER_CONFIG", hulld.work.join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let verified = [("DOCKER_TLS_VERIFY", "1".to_string()), ("DOCKER_CERT_PATH", path(""))];
+    let version = ok(&docker(&verified, &["version", "--format", "{{.Server.Version}}"]));
+    assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(ok(&docker(&verified, &["ps", "-aq"])), "");
+    let events = ok(&docker(&verified, &["events", "--since", "1h", "--until", "0s"]));
+    assert_eq!(events, "", "a streamed answer ends cleanly over TLS");
+
+    // No client certificate, another CA's, or no TLS at all: refused.
+    let refusals = [
+        docker(&[], &["--tls", "--tlscacert", &path("ca.pem"), "version"]),
+        docker(
+            &[],
+            &[
+                "--tlsverify",
+                "--tlscacert",
+                &path("ca.pem"),
+                "--tlscert",
+                &path("stranger-cert.pem"),
+                "--tlskey",
+                &path("stranger-key.pem"),
+                "version",
+            ],
+        ),
+        docker(&[], &["version"]),
+    ];
+    for refused in refusals {
+        assert!(!refused.status.success(), "{}", text(&refused.stdout));
+        assert!(!text(&refused.stdout).contains("Server:"), "{}", text(&refused.stdout));
+    }
+    // The unix socket still serves, and hulld survived the strangers.
+    assert!(ok(&hulld.docker(&["version"])).contains("Server: hull"));
+    let bad_files = std::process::Command::new(testkit::boot::workspace_binary("hulld").unwrap())
+        .args(["--socket", "/tmp/never-bound.sock", "--tls-listen", &address])
+        .output()
+        .unwrap();
+    assert!(
+        text(&bad_files.stderr).contains("--tlscacert"),
+        "{}",
+        text(&bad_files.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 
 pub struct Hulld {
     child: Option<Child>,
+    /// hulld's arguments beyond its socket and data directory.
+    extra_args: Vec<String>,
     pub work: PathBuf,
     pub data: PathBuf,
     pub socket: PathBuf,
@@ -18,6 +20,11 @@ pub struct Hulld {
 impl Hulld {
     /// Starts hulld in a fresh directory named after `name`.
     pub fn start(name: &str) -> Result<Hulld> {
+        Hulld::start_with(name, &[])
+    }
+
+    /// The same, with more of hulld's arguments (`--tls-listen`, …).
+    pub fn start_with(name: &str, extra_args: &[&str]) -> Result<Hulld> {
         let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let data = work.join("data");
@@ -26,6 +33,7 @@ impl Hulld {
         let _ = std::fs::copy("/var/lib/hull/guest.json", data.join("guest.json"));
         let mut hulld = Hulld {
             child: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             socket: work.join("docker.sock"),
             work,
             data,
@@ -44,6 +52,7 @@ impl Hulld {
             .arg(&self.socket)
             .arg("--data-dir")
             .arg(&self.data)
+            .args(&self.extra_args)
             .env("HULL_RUN_DIR", self.work.join("run"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

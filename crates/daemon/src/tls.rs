@@ -1,0 +1,98 @@
+//! The Docker Engine API over TCP, as dockerd's `--tlsverify` serves it:
+//! TLS with client certificates, every client's certificate checked
+//! against the given CA. There is no plain-TCP mode: the API runs VMs and
+//! reads their files, so whoever reaches it must be someone the CA vouched
+//! for. Each connection gets its own task, with a deadline on the handshake,
+//! so a silent client holds up no one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the TLS listener's certificates are (dockerd's flag names).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading certificates from {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading certificates from {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// The server's TLS settings: its certificate and key, and client
+/// certificates required and verified against the CA.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certificates(&files.ca)? {
+        roots
+            .add(ca)
+            .with_context(|| format!("the CA certificate in {}", files.ca.display()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("setting up client certificate verification")?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(&files.cert)?, key)
+        .context("the server certificate and key do not go together")?;
+    Ok(Arc::new(config))
+}
+
+/// Serves the API (`router`) on `listener` over TLS until the process ends.
+pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: axum::Router) -> Result<()> {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait, do not spin.
+                tracing::warn!("accepting a TCP connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::info!("TLS client {peer} refused: {e}"),
+                Err(_) => return tracing::info!("TLS client {peer} did not finish its handshake"),
+            };
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                crate::api::dispatch(router.clone(), request.map(axum::body::Body::new))
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("TLS client {peer}: {e}");
+            }
+        });
+    }
+}
