@@ -108,6 +108,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/auth", post(images::login))
         .route("/events", get(events::stream))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))

@@ -94,7 +94,72 @@ fn progress_line(event: &PullEvent) -> Option<Value> {
     })
 }
 
-pub async fn pull(State(daemon): State<Arc<Daemon>>, Query(query): Query<PullQuery>) -> Result<Response, ApiError> {
+/// What the CLI puts in `X-Registry-Auth` (base64url JSON), and `docker
+/// login` posts to `/auth`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    username: String,
+    password: String,
+    serveraddress: String,
+    registrytoken: String,
+}
+
+/// The credentials the client sent for a pull; `None` when it sent none
+/// (then hulld's own Docker config is used, if it has any).
+fn registry_auth(headers: &axum::http::HeaderMap) -> Result<Option<image::pull::RegistryAuth>, ApiError> {
+    use base64::Engine;
+    let Some(value) = headers.get("X-Registry-Auth") else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::bad_request("invalid X-Registry-Auth header: not base64-encoded JSON");
+    let text = value.to_str().map_err(|_| invalid())?.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let lenient = |alphabet| {
+        base64::engine::GeneralPurpose::new(
+            alphabet,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        )
+    };
+    let bytes = lenient(&base64::alphabet::URL_SAFE)
+        .decode(text)
+        .or_else(|_| lenient(&base64::alphabet::STANDARD).decode(text))
+        .map_err(|_| invalid())?;
+    let auth: AuthConfig = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    Ok(if !auth.registrytoken.is_empty() {
+        Some(image::pull::RegistryAuth::Bearer(auth.registrytoken))
+    } else if !auth.username.is_empty() {
+        Some(image::pull::RegistryAuth::Basic(auth.username, auth.password))
+    } else {
+        None
+    })
+}
+
+/// `POST /auth` (`docker login`): checks the credentials with the registry.
+pub async fn login(Json(auth): Json<AuthConfig>) -> Result<Json<Value>, ApiError> {
+    // `https://host/v1/` or `host:port`: the registry's host and port.
+    let server = auth.serveraddress.trim();
+    let server = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let server = server.split('/').next().unwrap_or_default();
+    let server = match server {
+        "" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    };
+    image::pull::check_login(server, &auth.username, &auth.password)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    Ok(Json(json!({ "Status": "Login Succeeded", "IdentityToken": "" })))
+}
+
+pub async fn pull(
+    State(daemon): State<Arc<Daemon>>,
+    Query(query): Query<PullQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let sent_auth = registry_auth(&headers)?;
     if query.from_src.is_some() {
         return Err(ApiError::bad_request(
             "importing a root filesystem (docker import) is not supported by hull yet",
@@ -127,7 +192,8 @@ pub async fn pull(State(daemon): State<Arc<Daemon>>, Query(query): Query<PullQue
     let events = daemon.clone();
     tokio::spawn(async move {
         let before = images.resolve(&name).ok().map(|r| r.id);
-        match image::pull::pull(images, &reference, progress).await {
+        let auth = sent_auth.unwrap_or_else(|| image::pull::credentials(&reference));
+        match image::pull::pull(images, &reference, auth, progress).await {
             Ok(record) => {
                 let status = if before.as_ref() == Some(&record.id) {
                     format!("Status: Image is up to date for {reference}")

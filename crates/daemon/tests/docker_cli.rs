@@ -540,3 +540,56 @@ fn the_api_is_served_over_tls_to_clients_with_a_certificate() {
     );
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+#[test]
+fn docker_login_and_pulls_carry_the_clients_credentials() {
+    let hulld = Hulld::start("auth").unwrap();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let registry = Registry::start("hulld-auth", Some(&format!("tester:{hash}\n"))).unwrap();
+    let layout = hulld.work.join("layout");
+    testkit::oci::write_layout(&layout, "t", &[busybox_image(json!({"Cmd": ["sh"]}))]).unwrap();
+    registry
+        .push(&layout, "t", "private/box:v1", Some("tester:s3cret"))
+        .unwrap();
+    let name = format!("{}/private/box:v1", registry.addr);
+
+    // hulld has no credentials of its own: without the client's, denied.
+    let denied = hulld.docker(&["pull", &name]);
+    assert!(!denied.status.success());
+    let said = text(&denied.stderr);
+    assert!(
+        said.contains("pull access denied") || said.contains("authentication"),
+        "{said}"
+    );
+
+    let login = |password: &str| {
+        let mut child = hulld
+            .docker_command(&["login", "-u", "tester", "--password-stdin", &registry.addr])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let refused = login("wrong");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("unauthorized"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let accepted = login("s3cret");
+    assert!(ok(&accepted).contains("Login Succeeded"));
+    // The CLI now sends X-Registry-Auth with the pull.
+    ok(&hulld.docker(&["pull", "-q", &name]));
+    ok(&hulld.docker(&["image", "inspect", &name]));
+
+    let (head, body) = hulld.raw(&format!(
+        "POST /images/create?fromImage={name} HTTP/1.1\r\nHost: x\r\nX-Registry-Auth: !!not base64!!\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(body.contains("invalid X-Registry-Auth"), "{body}");
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol, SizedStream};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
+pub use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
@@ -139,10 +139,73 @@ fn registry_error(reference: &ImageRef, e: OciDistributionError) -> PullError {
     }
 }
 
-/// Pulls `reference` into `store`, tags it, and returns its record.
-pub async fn pull(store: Arc<Store>, reference: &ImageRef, progress: Progress) -> Result<ImageRecord, PullError> {
+/// Checks a login the way `docker login` does: the registry's `/v2/`
+/// with the credentials, and, when it answers with a bearer challenge, a
+/// token from its token service with them. `server` is `host[:port]`.
+pub async fn check_login(server: &str, user: &str, password: &str) -> Result<(), PullError> {
+    let failed = |detail: String| PullError::Registry {
+        registry: server.to_string(),
+        detail,
+    };
+    let probe = ImageRef::parse(&format!("{server}/hull-login-check")).map_err(|e| failed(e.to_string()))?;
+    let scheme = if probe.insecure_registry_allowed() {
+        "http"
+    } else {
+        "https"
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let answer = client
+        .get(format!("{scheme}://{server}/v2/"))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if answer.status().is_success() {
+        return Ok(());
+    }
+    let challenge = answer
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let denied = || PullError::Registry {
+        registry: server.to_string(),
+        detail: "login failed: unauthorized: incorrect username or password".into(),
+    };
+    let Some(params) = challenge.strip_prefix("Bearer ") else {
+        return Err(denied());
+    };
+    // realm="…",service="…": ask the token service with the credentials.
+    let field = |name: &str| {
+        params.split(',').find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"').to_string())
+        })
+    };
+    let realm = field("realm").ok_or_else(denied)?;
+    let mut request = client.get(&realm).basic_auth(user, Some(password));
+    if let Some(service) = field("service") {
+        request = request.query(&[("service", service)]);
+    }
+    let token = request.send().await.map_err(|e| failed(e.to_string()))?;
+    match token.status().is_success() {
+        true => Ok(()),
+        false => Err(denied()),
+    }
+}
+
+/// Pulls `reference` into `store` with `auth`, tags it, and returns its record.
+pub async fn pull(
+    store: Arc<Store>,
+    reference: &ImageRef,
+    auth: RegistryAuth,
+    progress: Progress,
+) -> Result<ImageRecord, PullError> {
     let client = Arc::new(client_for(reference));
-    let auth = credentials(reference);
     let oci_ref = reference.oci().clone();
     let (bytes, _) = client
         .pull_manifest_raw(&oci_ref, &auth, MANIFEST_TYPES)
@@ -484,5 +547,5 @@ pub fn pull_blocking(store: Arc<Store>, reference: &ImageRef, progress: Progress
             registry: reference.registry().to_string(),
             detail: format!("starting the network runtime: {e}"),
         })?;
-    runtime.block_on(pull(store, reference, progress))
+    runtime.block_on(pull(store, reference, credentials(reference), progress))
 }
