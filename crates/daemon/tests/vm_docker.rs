@@ -297,13 +297,13 @@ fn restart_policies_and_many_containers() {
         .unwrap();
     assert_eq!(ok(&sdk).trim(), "sdk ok", "{}", text(&sdk.stderr));
 
-    // Many in a row, and several at once; nothing is left behind.
-    let runs = 12;
+    // A hundred in a row, and ten at once; nothing is left behind.
+    let runs = 100;
     for i in 0..runs {
         let out = hulld.docker(&["run", "--rm", &image, "echo", &format!("run {i}")]);
         assert_eq!(ok(&out), format!("run {i}\n"));
     }
-    let children: Vec<_> = (0..5)
+    let children: Vec<_> = (0..10)
         .map(|i| {
             hulld
                 .docker_command(&[

@@ -192,7 +192,11 @@ pub(crate) fn inside_vmhost(args: Vec<String>) -> Result<vmhost::Outcome> {
 
 fn vmhost_options(bench_dir: std::path::PathBuf, command: Vec<String>) -> vmhost::RunOptions {
     vmhost::RunOptions {
-        memory_mib: 4096,
+        // HULL_BENCH_VMHOST_MIB: the test host's memory (many idle clones need more).
+        memory_mib: std::env::var("HULL_BENCH_VMHOST_MIB")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(4096),
         // HULL_BENCH_VMHOST_CPUS: the test host's vCPUs (1 is the steadiest
         // on a 2-core machine; see scripts/test).
         cpus: std::env::var("HULL_BENCH_VMHOST_CPUS")

@@ -134,8 +134,19 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
 
     // Idle clones: restored, agent connected, nothing running.
     let mut idle = Vec::new();
+    let idle_start = Instant::now();
     for i in 0..options.idle {
         idle.push(harness.start(&format!("i{i}"))?);
+        if (i + 1) % 10 == 0 || i + 1 == options.idle {
+            // Where a large count stops scaling shows here, not only at the end.
+            eprintln!(
+                "clone bench: {} idle clones ready after {:.1} s; host MemAvailable {} MiB; load {}",
+                i + 1,
+                idle_start.elapsed().as_secs_f64(),
+                vmm::host::meminfo_mib("MemAvailable").unwrap_or(0),
+                std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+            );
+        }
     }
     std::thread::sleep(Duration::from_secs(2));
     let memory: Vec<Rollup> = idle.iter().filter_map(|c| Rollup::of(c.child.id())).collect();
