@@ -133,6 +133,9 @@ fn serve(conn: File) {
         console(&format!("sethostname: {e}"));
     }
     let reaper = Reaper::start();
+    if spec.process.argv.is_empty() {
+        return hold(&sink, input, reaper);
+    }
     let mut process = match spawn(&spec.process) {
         Ok(process) => process,
         Err((message, code)) => return fail(&sink, message, code),
@@ -146,6 +149,34 @@ fn serve(conn: File) {
         // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
         unsafe { libc::kill(-1, libc::SIGKILL) };
     });
+}
+
+/// A run without a command: the container's filesystems, mounted, are
+/// reached only through the exec port (the host works on a stopped
+/// container's files this way), until the host says it is done (end of
+/// input, or closing).
+fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
+    {
+        let reaper = reaper.clone();
+        thread::spawn(move || serve_execs(reaper));
+    }
+    loop {
+        match read_frame(&mut input) {
+            Ok(Some(Frame::StdinEof)) | Ok(None) | Err(_) => break,
+            Ok(Some(_)) => {}
+        }
+    }
+    // Nothing else may still be writing to the disks when the VM powers off.
+    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    send(
+        sink,
+        &Frame::Control(Control::Exited {
+            code: Some(0),
+            signal: None,
+        }),
+    );
+    wait_for_host_close(input);
 }
 
 /// Relays a started process's output to the host and the host's input and

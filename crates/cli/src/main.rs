@@ -321,6 +321,7 @@ fn run(args: RunArgs) -> ExitCode {
         boot_timeout: Duration::from_secs(args.boot_timeout),
         cold_boot: args.cold_boot,
         hostname: None,
+        hold: false,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

@@ -87,7 +87,9 @@ impl From<runtime::container::ContainerError> for ApiError {
     fn from(e: runtime::container::ContainerError) -> ApiError {
         use runtime::container::ContainerError;
         match e {
-            ContainerError::NotRunning | ContainerError::Starting => ApiError::conflict(e.to_string()),
+            ContainerError::NotRunning | ContainerError::Starting | ContainerError::Busy => {
+                ApiError::conflict(e.to_string())
+            }
             _ => ApiError::internal(e),
         }
     }

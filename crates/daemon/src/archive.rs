@@ -1,9 +1,11 @@
-//! A running container's files: `docker cp` both ways (`HEAD`, `GET` and
+//! A container's files: `docker cp` both ways (`HEAD`, `GET` and
 //! `PUT /containers/{id}/archive`), `docker export` and `docker diff`. The
 //! work happens inside the VM: hulld asks the agent (on its exec port) for
 //! an archive operation, which runs chrooted in the container's root, and
-//! relays the tar stream. Errors come back as Docker's: 404 for a missing
-//! path, 400 for an extraction point that is not a directory.
+//! relays the tar stream. A stopped container's VM is started for the
+//! operation without its command (`runtime::held`) and ends with it.
+//! Errors come back as Docker's: 404 for a missing path, 400 for an
+//! extraction point that is not a directory.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -28,8 +30,31 @@ use crate::daemon::Daemon;
 /// The header `docker cp` reads a path's description from.
 const PATH_STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
 
-/// The container's directory, if its VM can be asked (running, not paused).
-fn running_dir(daemon: &Daemon, reference: &str) -> Result<ContainerDir, ApiError> {
+/// A VM with the container's files: its own run, or one held for this.
+enum Reach {
+    Running(ContainerDir),
+    Held(runtime::held::HeldContainer),
+}
+
+impl Reach {
+    fn id(&self) -> &str {
+        match self {
+            Reach::Running(dir) => &dir.id,
+            Reach::Held(held) => &held.id,
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        match self {
+            Reach::Running(dir) => crate::exec::connect_agent(dir),
+            Reach::Held(held) => crate::exec::connect_agent_at(&held.vsock_path(), &|| held.is_up()),
+        }
+    }
+}
+
+/// The container's files: through its running VM, or a VM held for the
+/// operation if it is stopped (blocking: that VM starts first).
+fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
     let record = daemon.containers.find(reference)?;
     let dir = ContainerDir::new(&record.id);
     match dir.state()? {
@@ -37,18 +62,15 @@ fn running_dir(daemon: &Daemon, reference: &str) -> Result<ContainerDir, ApiErro
             "Container {} is paused: hull reaches a container's files through its VM, unpause it first",
             record.id
         ))),
-        Some(s) if s.status == RunStatus::Running => Ok(dir),
-        _ => Err(ApiError::conflict(format!(
-            "Container {} is not running: hull reaches a container's files through its VM, start it first",
-            record.id
-        ))),
+        Some(s) if s.status == RunStatus::Running => Ok(Reach::Running(dir)),
+        _ => Ok(Reach::Held(runtime::held::HeldContainer::start(&dir)?)),
     }
 }
 
 /// Starts `op` in the container's VM.
-fn open(dir: &ContainerDir, request: Control) -> Result<UnixStream, ApiError> {
+fn open(reach: &Reach, request: Control) -> Result<UnixStream, ApiError> {
     let unreachable = |e: String| ApiError::conflict(format!("cannot reach the container's agent: {e}"));
-    let mut conn = crate::exec::connect_agent(dir).map_err(|e| unreachable(e.to_string()))?;
+    let mut conn = reach.connect().map_err(|e| unreachable(e.to_string()))?;
     write_frame(&mut conn, &Frame::Control(request)).map_err(|e| unreachable(e.to_string()))?;
     Ok(conn)
 }
@@ -109,15 +131,15 @@ fn finish(conn: &mut UnixStream, mut out: impl FnMut(Vec<u8>) -> bool) -> Outcom
 }
 
 /// The stat of `path` in the container, as the header value Docker sends.
-fn stat_header(dir: &ContainerDir, path: &str) -> Result<HeaderValue, ApiError> {
-    let mut conn = open(dir, Control::Archive(ArchiveOp::Stat { path: path.into() }))?;
+fn stat_header(reach: &Reach, path: &str) -> Result<HeaderValue, ApiError> {
+    let mut conn = open(reach, Control::Archive(ArchiveOp::Stat { path: path.into() }))?;
     let mut answer = Vec::new();
     let outcome = finish(&mut conn, |data| {
         answer.extend_from_slice(&data);
         answer.len() < 64 * 1024
     });
     if outcome.code != proto::ARCHIVE_OK {
-        return Err(outcome.into_error(path, &dir.id));
+        return Err(outcome.into_error(path, reach.id()));
     }
     let stat: PathStat = serde_json::from_slice(&answer)
         .map_err(|e| ApiError::internal(format!("the agent's answer for {path}: {e}")))?;
@@ -148,17 +170,18 @@ pub async fn stat(
     Query(query): Query<ArchiveQuery>,
 ) -> Result<Response, ApiError> {
     let path = query.path()?;
-    let header = blocking(move || stat_header(&running_dir(&daemon, &id)?, &path)).await?;
+    let header = blocking(move || stat_header(&reach(&daemon, &id)?, &path)).await?;
     let mut response = empty(StatusCode::OK);
     response.headers_mut().insert(PATH_STAT_HEADER, header);
     Ok(response)
 }
 
-/// Streams an archive operation's output as the response body.
-fn stream_tar(dir: ContainerDir, request: Control, what: String) -> Response {
+/// Streams an archive operation's output as the response body (a held
+/// VM lives until the stream ends).
+fn stream_tar(reach: Reach, request: Control, what: String) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
-        let mut conn = match open(&dir, request) {
+        let mut conn = match open(&reach, request) {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!("{what}: {e:?}"),
         };
@@ -179,26 +202,26 @@ pub async fn get(
     Query(query): Query<ArchiveQuery>,
 ) -> Result<Response, ApiError> {
     let path = query.path()?;
-    let (dir, header) = blocking({
+    let (reach, header) = blocking({
         let path = path.clone();
         move || {
-            let dir = running_dir(&daemon, &id)?;
-            let header = stat_header(&dir, &path)?;
-            Ok((dir, header))
+            let reach = reach(&daemon, &id)?;
+            let header = stat_header(&reach, &path)?;
+            Ok((reach, header))
         }
     })
     .await?;
-    let what = format!("copying {path} out of {}", dir.id);
-    let mut response = stream_tar(dir, Control::Archive(ArchiveOp::Get { path }), what);
+    let what = format!("copying {path} out of {}", reach.id());
+    let mut response = stream_tar(reach, Control::Archive(ArchiveOp::Get { path }), what);
     response.headers_mut().insert(PATH_STAT_HEADER, header);
     Ok(response)
 }
 
 /// `GET /containers/{id}/export`: the whole root filesystem as a tar stream.
 pub async fn export(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let dir = blocking(move || running_dir(&daemon, &id)).await?;
-    let what = format!("exporting {}", dir.id);
-    Ok(stream_tar(dir, Control::Archive(ArchiveOp::Export), what))
+    let reach = blocking(move || reach(&daemon, &id)).await?;
+    let what = format!("exporting {}", reach.id());
+    Ok(stream_tar(reach, Control::Archive(ArchiveOp::Export), what))
 }
 
 /// `PUT /containers/{id}/archive`: unpacks the request's tar stream into
@@ -214,15 +237,17 @@ pub async fn put(
         path: path.clone(),
         no_overwrite_dir_non_dir: flag(&query.no_overwrite_dir_non_dir),
     };
-    let mut conn = blocking(move || {
-        let dir = running_dir(&daemon, &id)?;
-        open(&dir, Control::Archive(op)).map(|conn| (conn, dir.id))
+    let (mut conn, reach) = blocking(move || {
+        let reach = reach(&daemon, &id)?;
+        let conn = open(&reach, Control::Archive(op))?;
+        Ok((conn, reach))
     })
     .await?;
+    let container = reach.id().to_string();
     // Request body → standard input frames, written on a thread.
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || {
-        let (stream, container) = &mut conn;
+        let stream = &mut conn;
         let mut sent = true;
         while let Some(chunk) = rx.blocking_recv() {
             sent = chunk
@@ -237,7 +262,8 @@ pub async fn put(
             let _ = stream.flush();
         }
         let outcome = finish(stream, |_| true);
-        (outcome, container.clone())
+        drop(reach); // a held VM ends once its work is done
+        outcome
     });
     let mut body = request.into_body().into_data_stream();
     let mut body_error = None;
@@ -255,7 +281,7 @@ pub async fn put(
         }
     }
     drop(tx);
-    let (outcome, container) = writer.await.map_err(ApiError::internal)?;
+    let outcome = writer.await.map_err(ApiError::internal)?;
     if let Some(e) = body_error {
         return Err(ApiError::bad_request(format!("reading the archive: {e}")));
     }
@@ -268,8 +294,8 @@ pub async fn put(
 /// `GET /containers/{id}/changes`: `docker diff`.
 pub async fn changes(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let changes = blocking(move || {
-        let dir = running_dir(&daemon, &id)?;
-        let mut conn = open(&dir, Control::Diff)?;
+        let reach = reach(&daemon, &id)?;
+        let mut conn = open(&reach, Control::Diff)?;
         let mut changes = Vec::new();
         loop {
             match read_frame(&mut conn) {

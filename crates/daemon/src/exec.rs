@@ -206,21 +206,27 @@ pub struct StartBody {
 /// may still be starting right after `docker run -d` returns).
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Opens a connection to the agent's exec port through the VMM's socket,
-/// waiting for the agent while the container runs but is not ready yet.
+/// Opens a connection to a running container's agent (see `connect_agent_at`).
 pub fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
+    connect_agent_at(&dir.socket_dir().join("vsock.sock"), &|| dir.is_running())
+}
+
+/// Opens a connection to the agent's exec port through the VMM's socket
+/// `vsock`, waiting for the agent while `alive()` (the VM may still be
+/// starting, as right after `docker run -d` returns).
+pub fn connect_agent_at(vsock: &std::path::Path, alive: &dyn Fn() -> bool) -> std::io::Result<UnixStream> {
     let deadline = std::time::Instant::now() + AGENT_READY_TIMEOUT;
     loop {
-        match try_connect_agent(dir) {
+        match try_connect_agent(vsock) {
             Ok(stream) => return Ok(stream),
-            Err(e) if std::time::Instant::now() >= deadline || !dir.is_running() => return Err(e),
+            Err(e) if std::time::Instant::now() >= deadline || !alive() => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
 
-fn try_connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(dir.socket_dir().join("vsock.sock"))?;
+fn try_connect_agent(vsock: &std::path::Path) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(vsock)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(format!("CONNECT {}\n", proto::EXEC_PORT).as_bytes())?;
     // The answer is one short line; more than 64 bytes is not the VMM talking.

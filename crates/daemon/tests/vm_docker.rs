@@ -559,13 +559,35 @@ fn terminals_attach_pause_stats_and_top() {
         "the kernel's mounts are not entered: {names}"
     );
     assert_eq!(ok(&hulld.docker(&["port", "files"])), "", "no ports are published");
+
+    // A stopped container's files: its VM is started without its command for each operation.
+    ok(&hulld.docker(&["stop", "-t", "20", "files"]));
+    let copied = host.join("stopped.txt");
+    ok(&hulld.docker(&["cp", "files:/data/in.txt", copied.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "from the host\n");
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/later.txt"]));
+    let diff = ok(&hulld.docker(&["diff", "files"]));
+    assert!(diff.lines().any(|l| l == "A /data/later.txt"), "{diff}");
+    assert_eq!(inspect(&hulld, "{{.State.Status}}", "files"), "exited", "still stopped");
+    ok(&hulld.docker(&["start", "files"]));
+    eventually("the restarted container", || {
+        hulld
+            .docker(&["exec", "files", "sh", "-c", "test -f /data/later.txt"])
+            .status
+            .success()
+    });
     ok(&hulld.docker(&["rm", "-f", "files"]));
-    let refused = hulld.docker(&["cp", "term:/bin/sh", host.to_str().unwrap()]);
+    // The usual way to put a file into a container before its first run.
+    ok(&hulld.docker(&["create", "--name", "fresh", &image, "cat", "/config.txt"]));
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "fresh:/config.txt"]));
+    assert_eq!(ok(&hulld.docker(&["start", "-a", "fresh"])), "from the host\n");
+    let missing = hulld.docker(&["cp", "fresh:/nowhere", host.to_str().unwrap()]);
     assert!(
-        text(&refused.stderr).contains("is not running"),
+        text(&missing.stderr).contains("Could not find the file"),
         "{}",
-        text(&refused.stderr)
+        text(&missing.stderr)
     );
+    ok(&hulld.docker(&["rm", "fresh"]));
 
     ok(&hulld.docker(&["rm", "term", "reader"]));
     no_leftovers(&hulld);

@@ -60,6 +60,9 @@ pub struct TerminalSize {
 }
 
 /// What the host asks the agent to run, and the machine to run it on.
+/// A process with no `argv` holds the container instead: its filesystems
+/// are mounted and reached through `EXEC_PORT` until the host sends
+/// `StdinEof` (or closes); then the agent reports `Exited` with status 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub process: ProcessSpec,

@@ -76,6 +76,10 @@ pub enum ContainerError {
     NotRunning,
     #[error("the container's VM is still starting")]
     Starting,
+    #[error("the container's disks are in use (it started, or another file operation runs): try again")]
+    Busy,
+    #[error("the container's VM could not hold its files: {0}")]
+    Hold(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -264,6 +268,32 @@ impl ContainerDir {
                 unsafe { libc::kill(state.pid as i32, libc::SIGKILL) };
             }
         }
+    }
+
+    /// Locks the container's disks for one VM: the supervisor's run
+    /// (`wait`ing for it) or a held container's (`Busy` if taken). The
+    /// lock lasts as long as the file, and dies with its process.
+    pub fn lock_disks(&self, wait: bool) -> Result<std::fs::File, ContainerError> {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.join("disks.lock"))
+            .map_err(io("opening the disks' lock"))?;
+        let mode = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&file), mode) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => ContainerError::Busy,
+                _ => io("locking the container's disks")(e),
+            });
+        }
+        Ok(file)
     }
 
     /// Removes every file of the container.

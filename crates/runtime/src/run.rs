@@ -48,6 +48,9 @@ pub struct RunRequest {
     pub cold_boot: bool,
     /// The guest's hostname (default: the container's ID).
     pub hostname: Option<String>,
+    /// Run no command: hold the container's filesystems mounted for the
+    /// agent's exec port until end of input (see `runtime::held`).
+    pub hold: bool,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -298,18 +301,26 @@ pub fn run_in(
             request.cpus,
         )?),
     };
-    let (disk, process) = match &request.source {
-        Source::Rootfs(path) => (
-            rootfs::disk_for(path)?,
-            image::config::process(None, &request.overrides)?,
-        ),
+    // Holding runs no command, whatever the image's says.
+    let overrides = match request.hold {
+        true => Overrides {
+            entrypoint: Some(vec!["hold".into()]),
+            ..request.overrides.clone()
+        },
+        false => request.overrides.clone(),
+    };
+    let (disk, mut process) = match &request.source {
+        Source::Rootfs(path) => (rootfs::disk_for(path)?, image::config::process(None, &overrides)?),
         Source::Image(record) => {
             let store = image::Store::open(&crate::data_dir())?;
             let config = image::config::load(&store, &record.id)?;
-            let process = image::config::process(Some(&config), &request.overrides)?;
+            let process = image::config::process(Some(&config), &overrides)?;
             (image::disk::image_disk(&store, record)?, process)
         }
     };
+    if request.hold {
+        process.argv.clear();
+    }
 
     let writable = dir.join("rw.ext4");
     if !writable.exists() {

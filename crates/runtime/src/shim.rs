@@ -98,6 +98,9 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         paused: false,
     };
     dir.write_state(&state)?;
+    // The disks are this run's alone (a held container may have them for a
+    // moment: then this waits).
+    let _disks = dir.lock_disks(true)?;
     {
         let shared = shared.clone();
         std::thread::spawn(move || serve(listener, shared));
@@ -141,7 +144,8 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     Ok(code)
 }
 
-fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunRequest, String> {
+/// How a container's VM is started from its spec.
+pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunRequest, String> {
     let source = match (&spec.image, &spec.rootfs) {
         (Some(id), _) => {
             let store = image::Store::open(&crate::data_dir()).map_err(|e| e.to_string())?;
@@ -160,6 +164,7 @@ fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunRequest, Str
         boot_timeout: BOOT_TIMEOUT,
         cold_boot: spec.cold_boot,
         hostname: Some(spec.hostname.clone()),
+        hold: false,
     })
 }
 
