@@ -247,14 +247,7 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         cpus,
         hostname,
         open_stdin: body.open_stdin,
-        tty: body.tty.then(|| {
-            let size = body.host_config.console_size.as_deref().unwrap_or_default();
-            let dimension = |i: usize| size.get(i).map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16);
-            proto::TerminalSize {
-                rows: dimension(0),
-                cols: dimension(1),
-            }
-        }),
+        tty: body.tty.then(|| console_size(body.host_config.console_size.as_deref())),
         cold_boot: false,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
@@ -824,6 +817,19 @@ pub async fn rename(
     .await
 }
 
+/// A terminal size from the client's `ConsoleSize` (`[height, width]`;
+/// missing: unknown, 0 × 0).
+pub fn console_size(size: Option<&[u64]>) -> proto::TerminalSize {
+    let dimension = |i: usize| {
+        size.and_then(|s| s.get(i))
+            .map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16)
+    };
+    proto::TerminalSize {
+        rows: dimension(0),
+        cols: dimension(1),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ResizeQuery {
     h: Option<String>,
@@ -910,6 +916,23 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_sizes_come_from_console_size_and_resize() {
+        let size = console_size(Some(&[40, 100]));
+        assert_eq!((size.rows, size.cols), (40, 100));
+        let unknown = console_size(None);
+        assert_eq!((unknown.rows, unknown.cols), (0, 0));
+        assert_eq!(console_size(Some(&[1 << 40, 3])).rows, u16::MAX, "clamped, not wrapped");
+        let query = |h: &str, w: &str| ResizeQuery {
+            h: Some(h.into()),
+            w: Some(w.into()),
+        };
+        assert_eq!(query("50", "120").size().unwrap().cols, 120);
+        assert!(query("tall", "1").size().is_err());
+        assert!(query("-1", "1").size().is_err());
+        assert!(query("70000", "1").size().is_err());
+    }
 
     #[test]
     fn names_signals_and_filters_follow_docker() {

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use hyper_util::rt::TokioIo;
-use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, TerminalSize};
+use proto::{read_frame, write_frame, Control, Frame, ProcessSpec};
 use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -113,8 +113,6 @@ pub async fn create(
     for entry in body.env.unwrap_or_default() {
         image::config::set_env(&mut env, &entry);
     }
-    let size = body.console_size.as_deref().unwrap_or_default();
-    let dimension = |i: usize| size.get(i).map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16);
     let spec = ProcessSpec {
         argv,
         env,
@@ -125,10 +123,9 @@ pub async fn create(
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| record.process_user.clone()),
         stdin: body.attach_stdin,
-        tty: body.tty.then(|| TerminalSize {
-            rows: dimension(0),
-            cols: dimension(1),
-        }),
+        tty: body
+            .tty
+            .then(|| crate::containers::console_size(body.console_size.as_deref())),
     };
     let id = crate::containers::random_hex(32);
     let exec = ExecRecord {

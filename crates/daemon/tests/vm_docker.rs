@@ -490,6 +490,34 @@ fn terminals_attach_pause_stats_and_top() {
         "{}",
         text(&refused.stderr)
     );
+    // A client that vanishes mid-attach (killed) hurts neither the container nor hulld.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "chatty",
+        &image,
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.1; done",
+    ]));
+    let mut client = hulld
+        .docker_command(&["attach", "chatty"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(client.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"tick\n");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(inspect(&hulld, "{{.State.Running}}", "chatty"), "true");
+    assert_eq!(exec_out(&hulld, "chatty", "echo still here"), "still here\n");
+    ok(&hulld.docker(&["rm", "-f", "chatty"]));
 
     // Files of a running container: cp both ways, diff, export.
     ok(&hulld.docker(&[

@@ -118,6 +118,8 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
     );
     let shares_arg: Vec<String> = shares.iter().map(|(tag, p)| format!("{tag}:{}", p.display())).collect();
     let loglevel = if options.verbose { "" } else { "quiet loglevel=1" };
+    // HULL_VMHOST_APPEND: more kernel parameters for the test host (experiments).
+    let extra = std::env::var("HULL_VMHOST_APPEND").unwrap_or_default();
 
     let mut qemu = Command::new(QEMU);
     // HULL_VMHOST_TCG=single: one host thread for every vCPU (slower; for
@@ -142,7 +144,7 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
         .arg(&assets.initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 {loglevel} panic=-1 vmhost.shares={}",
+            "console=ttyS0 {loglevel} panic=-1 {extra} vmhost.shares={}",
             shares_arg.join(",")
         ))
         .arg("-virtfs")
