@@ -7,6 +7,8 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use crate::cpu::{self, kvm, CpuError};
 use crate::snapshot::VcpuState;
 
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
 /// The MSRs KVM can save for a vCPU.
 pub fn msr_indices(kvm_fd: &Kvm) -> Result<Vec<u32>, CpuError> {
     Ok(kvm_fd
@@ -75,7 +77,13 @@ pub fn restore(vcpu: &VcpuFd, base_cpuid: &CpuId, id: u8, count: u8, state: &Vcp
     vcpu.set_debug_regs(&state.debugregs)
         .map_err(kvm("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
-    for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+    // KVM reads a TSC deadline against the guest's TSC: that must be
+    // restored first, or the timer fires at a wrong time, maybe never
+    // (Firecracker #4099). KVM's index list happens to have that order;
+    // this does not rely on it.
+    let mut msrs = state.msrs.clone();
+    msrs.sort_by_key(|&(index, _)| index == MSR_IA32_TSC_DEADLINE);
+    for chunk in msrs.chunks(KVM_MAX_MSR_ENTRIES) {
         let written = vcpu.set_msrs(&cpu::msr_list(chunk)?).map_err(kvm("KVM_SET_MSRS"))?;
         if written < chunk.len() {
             return Err(CpuError::Unsupported(format!(
