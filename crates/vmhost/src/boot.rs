@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::assets::{Assets, AssetsError};
+use crate::kick;
 use crate::script::run_script;
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -133,6 +134,11 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
     if Path::new(QBOOT).is_file() {
         qemu.args(["-bios", QBOOT]);
     }
+    // QMP, for the interrupt kick (see `kick`); it also lets a developer
+    // look into a test host that stopped (`info lapic`, `info registers`).
+    let qmp_socket = run_dir.0.with_extension("qmp");
+    let _ = fs::remove_file(&qmp_socket);
+    qemu.args(kick::qmp_args(&qmp_socket));
     qemu.args(["-nodefaults", "-no-user-config", "-no-reboot", "-serial", "stdio"])
         .arg("-smp")
         .arg(options.cpus.to_string())
@@ -168,6 +174,14 @@ pub fn run(assets: &Assets, options: &RunOptions) -> Result<Outcome, RunError> {
 
     let start = Instant::now();
     let mut child = qemu.spawn().map_err(RunError::QemuMissing)?;
+    // HULL_VMHOST_KICK=0 turns the kick off (to watch the freeze it prevents).
+    let stop_kicking = Arc::new(AtomicBool::new(false));
+    let kicker = match std::env::var("HULL_VMHOST_KICK").as_deref() {
+        Ok("0") => None,
+        _ => Some(kick::start(&qmp_socket, stop_kicking.clone())),
+    };
+    let _qmp_socket = RemoveOnDrop(qmp_socket);
+    let _kicker = StopOnDrop(stop_kicking, kicker);
     let console = Console::new(options.verbose, start);
     let readers = [
         console.follow(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
@@ -233,6 +247,27 @@ fn check_memory(requested: u64) -> Result<(), RunError> {
         });
     }
     Ok(())
+}
+
+/// A file removed on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The kick thread, stopped and joined on drop.
+struct StopOnDrop(Arc<AtomicBool>, Option<thread::JoinHandle<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.1.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A per-run directory shared read-write with the guest; removed on drop.

@@ -10,6 +10,7 @@
 
 mod assets;
 mod boot;
+mod kick;
 mod script;
 
 pub use assets::{prepare, Assets, AssetsError};
