@@ -197,12 +197,13 @@ fn vmhost_options(bench_dir: std::path::PathBuf, command: Vec<String>) -> vmhost
             .ok()
             .and_then(|m| m.parse().ok())
             .unwrap_or(4096),
-        // HULL_BENCH_VMHOST_CPUS: the test host's vCPUs (1 is the steadiest
-        // on a 2-core machine; see scripts/test).
+        // HULL_BENCH_VMHOST_CPUS: the test host's vCPUs. 1 by default: with
+        // 2, the test host still loses interrupts between its CPUs (soft
+        // lockups); vmhost's kick keeps 1 going (see crates/vmhost/src/kick.rs).
         cpus: std::env::var("HULL_BENCH_VMHOST_CPUS")
             .ok()
             .and_then(|c| c.parse().ok())
-            .unwrap_or(2),
+            .unwrap_or(1),
         time_limit: Duration::from_secs(1800),
         rw_shares: vec![bench_dir],
         verbose: false,
