@@ -57,13 +57,26 @@ impl Reach {
 fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
     let record = daemon.containers.find(reference)?;
     let dir = ContainerDir::new(&record.id);
-    match dir.state()? {
-        Some(s) if s.paused => Err(ApiError::conflict(format!(
-            "Container {} is paused: hull reaches a container's files through its VM, unpause it first",
-            record.id
-        ))),
-        Some(s) if s.status == RunStatus::Running => Ok(Reach::Running(dir)),
-        _ => Ok(Reach::Held(runtime::held::HeldContainer::start(&dir)?)),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match dir.state()? {
+            Some(s) if s.paused => {
+                return Err(ApiError::conflict(format!(
+                    "Container {} is paused: hull reaches a container's files through its VM, unpause it first",
+                    record.id
+                )))
+            }
+            Some(s) if s.status == RunStatus::Running => return Ok(Reach::Running(dir)),
+            _ => match runtime::held::HeldContainer::start(&dir) {
+                Ok(held) => return Ok(Reach::Held(held)),
+                // A supervisor that is just ending (or starting) has the disks
+                // for a moment: look again.
+                Err(runtime::container::ContainerError::Busy) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
     }
 }
 

@@ -100,7 +100,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     dir.write_state(&state)?;
     // The disks are this run's alone (a held container may have them for a
     // moment: then this waits).
-    let _disks = dir.lock_disks(true)?;
+    let disks = dir.lock_disks(true)?;
     {
         let shared = shared.clone();
         std::thread::spawn(move || serve(listener, shared));
@@ -126,6 +126,8 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         }
     };
     supervised.log.flush();
+    // The VM is gone: its disks are free before anyone reads "exited".
+    drop(disks);
     state.status = RunStatus::Exited;
     state.vmm_pid = 0;
     state.exit_code = Some(code);
