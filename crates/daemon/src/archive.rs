@@ -82,10 +82,7 @@ fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
 
 /// Starts `op` in the container's VM.
 fn open(reach: &Reach, request: Control) -> Result<UnixStream, ApiError> {
-    let unreachable = |e: String| ApiError::conflict(format!("cannot reach the container's agent: {e}"));
-    let mut conn = reach.connect().map_err(|e| unreachable(e.to_string()))?;
-    write_frame(&mut conn, &Frame::Control(request)).map_err(|e| unreachable(e.to_string()))?;
-    Ok(conn)
+    crate::exec::request_agent(reach.connect(), request)
 }
 
 /// How an archive operation ended: its status and what it said on stderr.

@@ -203,6 +203,16 @@ pub struct StartBody {
 /// may still be starting right after `docker run -d` returns).
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Sends the first request on a new agent connection (`connection`, from
+/// `connect_agent` or `connect_agent_at`); an agent that cannot be reached
+/// is a 409.
+pub fn request_agent(connection: std::io::Result<UnixStream>, request: Control) -> Result<UnixStream, ApiError> {
+    let unreachable = |e: String| ApiError::conflict(format!("cannot reach the container's agent: {e}"));
+    let mut conn = connection.map_err(|e| unreachable(e.to_string()))?;
+    write_frame(&mut conn, &Frame::Control(request)).map_err(|e| unreachable(e.to_string()))?;
+    Ok(conn)
+}
+
 /// Opens a connection to a running container's agent (see `connect_agent_at`).
 pub fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
     connect_agent_at(&dir.socket_dir().join("vsock.sock"), &|| dir.is_running())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Json;
-use proto::{read_frame, write_frame, Control, Frame, GuestStats};
+use proto::{read_frame, Control, Frame, GuestStats};
 use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,10 +26,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Asks the agent of a running container for one report.
 fn ask_agent(dir: &ContainerDir, request: Control) -> Result<Control, ApiError> {
     let unreachable = |e: String| ApiError::conflict(format!("cannot reach the container's agent: {e}"));
-    let mut conn = crate::exec::connect_agent(dir).map_err(|e| unreachable(e.to_string()))?;
+    let mut conn = crate::exec::request_agent(crate::exec::connect_agent(dir), request)?;
     conn.set_read_timeout(Some(REPORT_TIMEOUT))
         .map_err(ApiError::internal)?;
-    write_frame(&mut conn, &Frame::Control(request)).map_err(|e| unreachable(e.to_string()))?;
     let answer = read_frame(&mut conn);
     let _ = conn.shutdown(std::net::Shutdown::Both);
     match answer {
