@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -486,6 +487,7 @@ fn wait_for_agent(
 ) -> Result<UnixStream, RunError> {
     let deadline = Instant::now() + timeout;
     loop {
+        wait_readable(listener, Duration::from_millis(20));
         match listener.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false).map_err(io("vsock connection"))?;
@@ -519,8 +521,22 @@ fn wait_for_agent(
                 console: console_tail(log),
             });
         }
-        std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Sleeps until `fd` is readable (a listener: a connection is waiting) or
+/// `timeout` passes. Waiting in poll(2) rather than in a sleep loop leaves
+/// the CPU to the VM being waited for, which matters on a small host.
+pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
+    let mut ready = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call; an error or a
+    // signal only ends the wait early, and the caller looks again.
+    unsafe { libc::poll(&mut ready, 1, ms) };
 }
 
 fn converse(

@@ -15,5 +15,6 @@ pub mod devices;
 pub mod host;
 pub mod layout;
 pub mod snapshot;
+pub mod trace;
 pub mod vcpu_state;
 pub mod vm;

@@ -23,7 +23,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::layout::*;
 use crate::snapshot::{self, DeviceState, VmState};
-use crate::{acpi, boot, cpu, vcpu_state};
+use crate::{acpi, boot, cpu, trace, vcpu_state};
 
 /// The smallest guest the stock kernel plus an initramfs boots in.
 pub const MIN_MEMORY_MIB: u64 = 64;
@@ -269,6 +269,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// resets, or, making a template, has been saved.
 pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     validate(config)?;
+    trace::mark("arguments checked");
     let kvm = Kvm::new().map_err(VmError::NoKvm)?;
     let msr_indices = match &config.snapshot_to {
         Some(_) => {
@@ -287,6 +288,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    trace::mark("VM created");
 
     let restore = match &config.start {
         Start::Restore { snapshot } => {
@@ -309,6 +311,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         None => anonymous_memory(config.memory_mib)?,
     };
     register_memory(&vm, &memory, config.memory_mib)?;
+    trace::mark("memory mapped");
     let devices = virtio_devices(
         &vm,
         config,
@@ -362,6 +365,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     if let Some((_, state)) = &restore {
         restore_vm_state(&vm, state)?;
     }
+    trace::mark("vCPUs and irqchip set");
 
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -404,6 +408,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
             })?;
         threads.push(handle);
     }
+    trace::mark("vCPUs running");
     // The first vCPU to stop decides; the others die with the process.
     let first = rx.recv().map_err(|_| VmError::Vcpu {
         id: 0,
@@ -611,7 +616,7 @@ fn run_vcpu(id: u8, vcpu: &mut VcpuFd, shared: &Shared) -> Result<Stop, VmError>
                         shared.pausing.store(true, Ordering::SeqCst);
                         return Ok(Stop::Power(request));
                     }
-                } else if std::env::var_os("HULL_VMM_TRACE").is_some() {
+                } else if trace::enabled() {
                     eprintln!("hull-vmm: vcpu{id} out {port:#x} {data:x?}");
                 }
             }

@@ -68,11 +68,14 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
 }
 
 fn main() -> ExitCode {
+    vmm::trace::start();
     let args = Args::parse();
+    vmm::trace::mark("arguments parsed");
     if let Err(e) = vmm::host::require_guest_capable() {
         eprintln!("hull-vmm: {e}");
         return ExitCode::FAILURE;
     }
+    vmm::trace::mark("host KVM checked");
     let start = match (args.restore, args.kernel) {
         (Some(snapshot), _) => Start::Restore { snapshot },
         (None, Some(kernel)) => Start::Boot {

@@ -396,6 +396,7 @@ impl PendingClone {
     /// Waits for the agent's connection and its hello frame.
     fn wait(mut self) -> Result<ReadyClone> {
         loop {
+            runtime::run::wait_readable(&self.listener, Duration::from_millis(50));
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     stream.set_nonblocking(false)?;
@@ -419,7 +420,6 @@ impl PendingClone {
                 let _ = self.child.kill();
                 bail!("a clone did not reach its agent within {READY_LIMIT:?}");
             }
-            std::thread::sleep(Duration::from_micros(200));
         }
     }
 }

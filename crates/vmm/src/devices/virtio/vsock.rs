@@ -337,6 +337,7 @@ impl Vsock {
     }
 
     fn guest_connects(&mut self, hdr: Header) {
+        crate::trace::mark("the guest connects over vsock");
         let path = PathBuf::from(format!("{}_{}", self.uds_path.display(), hdr.dst_port));
         let stream = (self.connections.len() < MAX_CONNECTIONS)
             .then(|| UnixStream::connect(&path).ok())
