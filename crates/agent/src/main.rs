@@ -95,6 +95,9 @@ fn send(sink: &Sink, frame: &Frame) -> bool {
 
 fn fail(sink: &Sink, message: String, exit_code: i32) {
     console(&message);
+    // Like an exit: what was written is on the disks before the host hears.
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
     send(sink, &Frame::Control(Control::Failed { message, exit_code }));
 }
 
@@ -144,11 +147,19 @@ fn serve(conn: File) {
         let reaper = reaper.clone();
         thread::spawn(move || serve_execs(reaper));
     }
-    relay(&mut process, &sink, input, &reaper, || {
-        // The container ends with its main process: nothing else survives it.
-        // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
-        unsafe { libc::kill(-1, libc::SIGKILL) };
-    });
+    let ending = reaper.clone();
+    relay(&mut process, &sink, input, &reaper, move || end_container(&ending));
+}
+
+/// The container ends with its main process: nothing else survives it, and
+/// its writes are on the disks before the host hears of the end, so the
+/// host may end the VM then without waiting for the guest to power off.
+fn end_container(reaper: &Reaper) {
+    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    reaper.wait_childless(std::time::Duration::from_secs(1));
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
 }
 
 /// A run without a command: the container's filesystems, mounted, are
@@ -166,9 +177,7 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
             Ok(Some(_)) => {}
         }
     }
-    // Nothing else may still be writing to the disks when the VM powers off.
-    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+    end_container(&reaper);
     send(
         sink,
         &Frame::Control(Control::Exited {
@@ -317,10 +326,15 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 /// Reaps every child (PID 1 inherits orphans too) and keeps the statuses
 /// of the processes someone waits for: the command and each exec.
 #[derive(Clone)]
-struct Reaper(Arc<(Mutex<Statuses>, std::sync::Condvar)>);
+struct Reaper(Arc<(Mutex<Reaped>, std::sync::Condvar)>);
 
-/// PID → (exit code, killing signal) of the processes reaped so far.
-type Statuses = std::collections::HashMap<i32, (Option<i32>, Option<i32>)>;
+#[derive(Default)]
+struct Reaped {
+    /// PID → (exit code, killing signal) of the processes reaped so far.
+    statuses: std::collections::HashMap<i32, (Option<i32>, Option<i32>)>,
+    /// The reaper found no children left (every orphan is PID 1's child).
+    childless: bool,
+}
 
 impl Reaper {
     fn start() -> Reaper {
@@ -332,6 +346,13 @@ impl Reaper {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) } != 0 {
                 // No children at all (ECHILD), or interrupted: look again soon.
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                    let (lock, changed) = &*shared.0;
+                    if let Ok(mut reaped) = lock.lock() {
+                        reaped.childless = true;
+                    }
+                    changed.notify_all();
+                }
                 thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
@@ -349,10 +370,10 @@ impl Reaper {
                     let status = std::process::ExitStatus::from_raw(status);
                     let (lock, changed) = &*shared.0;
                     if let Ok(mut done) = lock.lock() {
-                        done.insert(reaped, (status.code(), status.signal()));
+                        done.statuses.insert(reaped, (status.code(), status.signal()));
                         // Orphans nobody waits for must not pile up.
-                        if done.len() > 4096 {
-                            done.clear();
+                        if done.statuses.len() > 4096 {
+                            done.statuses.clear();
                         }
                     }
                     changed.notify_all();
@@ -369,12 +390,31 @@ impl Reaper {
             return (None, None);
         };
         loop {
-            if let Some(status) = done.remove(&(pid as i32)) {
+            if let Some(status) = done.statuses.remove(&(pid as i32)) {
                 return status;
             }
             done = match changed.wait(done) {
                 Ok(guard) => guard,
                 Err(_) => return (None, None),
+            };
+        }
+    }
+
+    /// Blocks until the reaper finds no child left (looking afresh from
+    /// now), or `limit` passes.
+    fn wait_childless(&self, limit: std::time::Duration) {
+        let (lock, changed) = &*self.0;
+        let Ok(mut reaped) = lock.lock() else { return };
+        reaped.childless = false;
+        let deadline = std::time::Instant::now() + limit;
+        while !reaped.childless {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            reaped = match changed.wait_timeout(reaped, left) {
+                Ok((guard, _)) => guard,
+                Err(_) => return,
             };
         }
     }

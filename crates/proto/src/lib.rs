@@ -12,8 +12,8 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Bumped whenever a message changes shape or meaning.
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -208,6 +208,9 @@ pub enum Control {
     /// Host → agent: the terminal's new size (with `tty` only).
     Resize { rows: u16, cols: u16 },
     /// Agent → host: the command ended (exit code, or the signal that killed it).
+    /// On the run connection it (like `Failed`) comes after every other guest
+    /// process has ended and the guest's disks are synced: the host may end
+    /// the VM on it.
     Exited { code: Option<i32>, signal: Option<i32> },
     /// Either way: the request cannot be carried out. `exit_code` follows the
     /// shell's convention (127: command not found, 126: not executable).

@@ -218,7 +218,8 @@ impl ContainerDir {
             .arg(&self.path)
             .arg(&self.id)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // Closed by the shim once its state is written (or by its end).
+            .stdout(Stdio::piped())
             .stderr(err_file)
             .env("HULL_DATA_DIR", crate::data_dir());
         // SAFETY: setsid is async-signal-safe; the supervisor gets its own
@@ -230,6 +231,7 @@ impl ContainerDir {
             });
         }
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
+        let reported = child.stdout.take();
         let pid = child.id();
         // Whoever started it reaps it (hulld may be gone by then: init does).
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -250,7 +252,10 @@ impl ContainerDir {
                 let _ = child.wait();
                 return Err(ContainerError::ShimFailed("it did not report within 10 s".into()));
             }
-            std::thread::sleep(Duration::from_millis(2));
+            match &reported {
+                Some(pipe) => crate::run::wait_readable(pipe, Duration::from_millis(50)),
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
         }
     }
 
