@@ -80,6 +80,8 @@ pub fn environment() -> Value {
         "kvm": host.to_string(),
         "inside_vmhost": inside_vmhost,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        // hull's binaries are the bench's siblings, built the same way.
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }
 
