@@ -44,6 +44,9 @@ fn main() {
         if helper == archive::HELPER_ARG {
             std::process::exit(archive::helper_main(op));
         }
+        if helper == mounts::HELPER_ARG {
+            std::process::exit(mounts::helper_main(op));
+        }
     }
     if let Err(e) = mounts::early() {
         console(&format!("early mounts failed: {e}"));
@@ -131,6 +134,9 @@ fn serve(conn: File) {
     }
     if let Err(e) = mounts::container_root(&spec, ROOT) {
         return fail(&sink, format!("preparing the root filesystem: {e}"), 125);
+    }
+    if let Err(e) = mounts::volumes(&spec, ROOT) {
+        return fail(&sink, e.to_string(), 125);
     }
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));

@@ -3,7 +3,10 @@
 use std::ffi::CString;
 use std::io;
 
-use proto::RunSpec;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use proto::{MountSpec, RunSpec};
 
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"));
@@ -87,4 +90,67 @@ pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
         "mode=1777",
     )?;
     Ok(())
+}
+
+/// The agent run as `/proc/self/exe hull-mount SPEC` mounts one volume.
+pub const HELPER_ARG: &str = "hull-mount";
+
+/// Mounts the container's volumes over its root, each by a helper chrooted
+/// into `root`, so the mount point (made if missing) resolves inside the
+/// container, symlinks included, as Docker resolves it.
+pub fn volumes(spec: &RunSpec, root: &str) -> io::Result<()> {
+    for volume in &spec.mounts {
+        let json = serde_json::to_string(volume).map_err(io::Error::other)?;
+        let root = CString::new(root).map_err(io::Error::other)?;
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .args([HELPER_ARG, &json])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = command.output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "mounting the volume on {}: {}",
+                volume.target,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The helper's `main`: makes the mount point and mounts the volume there.
+/// A fresh volume's empty `lost+found` is removed, so the volume starts
+/// empty as Docker's do (programs that want an empty data directory
+/// refuse one that holds it); e2fsck remakes it when it needs it.
+pub fn helper_main(spec: &str) -> i32 {
+    let result = serde_json::from_str::<MountSpec>(spec)
+        .map_err(|e| io::Error::other(format!("bad mount request: {e}")))
+        .and_then(|volume| {
+            let mut flags = libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV;
+            if volume.read_only {
+                flags |= libc::MS_RDONLY;
+            }
+            mount(&volume.device, &volume.target, "ext4", flags, "")?;
+            if !volume.read_only {
+                let _ = std::fs::remove_dir(format!("{}/lost+found", volume.target));
+            }
+            Ok(())
+        });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }

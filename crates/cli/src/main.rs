@@ -161,6 +161,9 @@ struct RunArgs {
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Mount a named volume: NAME:/path[:ro] (made if missing; repeatable, at most 4).
+    #[arg(short = 'v', long = "volume", value_name = "NAME:PATH[:ro]", value_parser = runtime::volume::parse_bind)]
+    volumes: Vec<runtime::volume::VolumeMount>,
     /// Seconds the guest may take to boot to its agent.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
@@ -322,6 +325,7 @@ fn run(args: RunArgs) -> ExitCode {
         cold_boot: args.cold_boot,
         hostname: None,
         hold: false,
+        volumes: args.volumes,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

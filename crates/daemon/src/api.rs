@@ -105,7 +105,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    use crate::{archive, containers, events, exec, images, monitor, streams, system};
+    use crate::{archive, containers, events, exec, images, monitor, streams, system, volumes};
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -147,7 +147,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/prune", post(containers::prune))
         .route("/system/df", get(system::disk_usage))
         .route("/networks/prune", post(system::prune_networks))
-        .route("/volumes/prune", post(system::prune_volumes))
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route("/volumes/{name}", get(volumes::inspect).delete(volumes::remove))
         .route("/build/prune", post(system::prune_build_cache))
         .route(
             "/images/{*rest}",

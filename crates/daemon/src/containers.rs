@@ -40,6 +40,7 @@ struct CreateBody {
     open_stdin: bool,
     stop_signal: Option<String>,
     stop_timeout: Option<u64>,
+    volumes: Option<HashMap<String, Value>>,
     host_config: HostConfigBody,
 }
 
@@ -127,11 +128,6 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         ));
     }
     let host = &body.host_config;
-    if host.binds.as_ref().is_some_and(|b| !b.is_empty()) || host.mounts.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::bad_request(
-            "volumes and bind mounts are not supported by hull yet (-v, --mount)",
-        ));
-    }
     if host.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) {
         return Err(ApiError::bad_request(
             "port publishing is not supported by hull yet (-p)",
@@ -171,6 +167,18 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let image = daemon.images.resolve(&body.image)?;
+    // `-v /path`: an anonymous volume (the body's Volumes; the image's own
+    // VOLUMEs stay in the writable layer).
+    let anonymous: Vec<String> = body
+        .volumes
+        .as_ref()
+        .map(|v| v.keys().cloned().collect())
+        .unwrap_or_default();
+    let volumes = crate::volumes::for_create(
+        host.binds.as_deref().unwrap_or_default(),
+        host.mounts.as_deref().unwrap_or_default(),
+        &anonymous,
+    )?;
     let config = image::config::load(&daemon.images, &image.id).map_err(ApiError::internal)?;
     // `--entrypoint ""` arrives as [""]: no entrypoint at all.
     let entrypoint = body
@@ -249,6 +257,7 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         open_stdin: body.open_stdin,
         tty: body.tty.then(|| console_size(body.host_config.console_size.as_deref())),
         cold_boot: false,
+        volumes,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);
@@ -448,8 +457,14 @@ pub fn row(record: &ContainerRecord, state: &Option<RunState>) -> Value {
         "Status": status_line(state),
         "HostConfig": { "NetworkMode": "none" },
         "NetworkSettings": { "Networks": {} },
-        "Mounts": [],
+        "Mounts": container_mounts(&record.id),
     })
+}
+
+/// The container's volumes, as Docker lists its mounts.
+fn container_mounts(id: &str) -> Value {
+    let volumes = ContainerDir::new(id).spec().map(|s| s.volumes).unwrap_or_default();
+    crate::volumes::mounts_json(&volumes)
 }
 
 /// The space a container's own writes take: its writable disk's blocks.
@@ -476,7 +491,7 @@ pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQu
                 continue;
             }
             let size = writable_size(&record.id);
-            daemon.remove(&record.id, state.as_ref().and_then(|s| s.exit_code).unwrap_or(0))?;
+            daemon.remove(&record.id, state.as_ref().and_then(|s| s.exit_code).unwrap_or(0), false)?;
             freed += size;
             deleted.push(record.id);
         }
@@ -527,7 +542,7 @@ pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>) -> Value
         "ExecIDs": null,
         "HostConfig": record.host_config,
         "GraphDriver": { "Name": "hull", "Data": { "WritableDisk": dir.writable_disk() } },
-        "Mounts": [],
+        "Mounts": container_mounts(&record.id),
         "Config": record.config,
         "NetworkSettings": {
             "Bridge": "",
@@ -878,6 +893,8 @@ pub async fn resize(
 #[derive(Debug, Deserialize)]
 pub struct RemoveQuery {
     force: Option<String>,
+    /// Remove the container's anonymous volumes too.
+    v: Option<String>,
 }
 
 pub async fn remove(
@@ -907,7 +924,7 @@ pub async fn remove(
             .flatten()
             .and_then(|s| s.exit_code)
             .unwrap_or(0);
-        daemon.remove(&record.id, code)?;
+        daemon.remove(&record.id, code, flag(&query.v))?;
         Ok(empty(StatusCode::NO_CONTENT))
     })
     .await

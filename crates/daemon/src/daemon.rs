@@ -81,9 +81,23 @@ impl Daemon {
         Ok(running)
     }
 
-    /// Starts a container that is not running (blocking).
+    /// Starts a container that is not running (blocking). An `--rm`
+    /// container that cannot start is removed, as Docker does.
     pub fn start(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let started = self.start_once(id);
+        if started.is_err() && self.containers.find(id).is_ok_and(|r| auto_remove(&r)) {
+            let _ = self.remove(id, 125, true);
+        }
+        started
+    }
+
+    fn start_once(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let dir = ContainerDir::new(id);
+        // A volume another VM has is refused here, with a 409, rather than
+        // by the supervisor after it started (it checks again, race-free).
+        for mount in dir.spec()?.volumes {
+            drop(runtime::volume::lock(&mount.name)?);
+        }
         let state = dir.start().map_err(ApiError::internal)?;
         if state.status != RunStatus::Running {
             return Err(ApiError::internal(state.error));
@@ -127,7 +141,7 @@ impl Daemon {
         };
         if auto_remove(&record) {
             let daemon = self.clone();
-            let _ = crate::api::blocking(move || daemon.remove(&id, code)).await;
+            let _ = crate::api::blocking(move || daemon.remove(&id, code, true)).await;
             return;
         }
         if let Some(delay) = restart_delay(&record, code) {
@@ -149,10 +163,16 @@ impl Daemon {
     }
 
     /// Removes a container that is not running: its files and its record.
-    pub fn remove(&self, id: &str, code: i32) -> Result<(), ApiError> {
+    /// Removes the container's files and record; with `anonymous_volumes`,
+    /// also the anonymous volumes it alone used (`rm -v`, `--rm`).
+    pub fn remove(&self, id: &str, code: i32, anonymous_volumes: bool) -> Result<(), ApiError> {
         let record = self.containers.find(id).ok();
+        let volumes = ContainerDir::new(id).spec().map(|s| s.volumes).unwrap_or_default();
         ContainerDir::new(id).remove()?;
         self.containers.remove(id)?;
+        if anonymous_volumes {
+            crate::volumes::remove_anonymous(self, &volumes);
+        }
         if let Some(record) = record {
             self.container_event_of(&record, "destroy", &[]);
         }

@@ -18,6 +18,7 @@ mod store;
 mod streams;
 mod system;
 mod tls;
+mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

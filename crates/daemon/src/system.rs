@@ -123,8 +123,8 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// `docker system df`: images, containers (their writable disks), and the
-/// volumes and build cache hull does not have yet.
+/// `docker system df`: images, containers (their writable disks), volumes,
+/// and the build cache hull does not have.
 pub async fn disk_usage(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
     crate::api::blocking(move || {
         let mut images = crate::images::rows(&daemon.images)?;
@@ -160,7 +160,7 @@ pub async fn disk_usage(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>
             "LayersSize": layers_size,
             "Images": images,
             "Containers": containers,
-            "Volumes": [],
+            "Volumes": crate::volumes::usage_rows(&daemon)?,
             "BuildCache": [],
         })))
     })
@@ -170,11 +170,6 @@ pub async fn disk_usage(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>
 /// hull has no networks of its own yet: there is nothing to prune.
 pub async fn prune_networks() -> Json<Value> {
     Json(json!({ "NetworksDeleted": [] }))
-}
-
-/// hull has no volumes yet: there is nothing to prune.
-pub async fn prune_volumes() -> Json<Value> {
-    Json(json!({ "VolumesDeleted": [], "SpaceReclaimed": 0 }))
 }
 
 /// hull builds no images: there is no build cache to prune.

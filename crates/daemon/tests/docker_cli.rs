@@ -593,3 +593,78 @@ fn docker_login_and_pulls_carry_the_clients_credentials() {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert!(body.contains("invalid X-Registry-Auth"), "{body}");
 }
+
+#[test]
+fn volumes_are_created_listed_inspected_pruned_and_removed() {
+    let (hulld, _registry, image) = with_box_image("volumes");
+    assert_eq!(
+        ok(&hulld.docker(&["volume", "create", "--label", "team=db", "pgdata"])),
+        "pgdata\n"
+    );
+    // Creating it again is no error, as in Docker.
+    ok(&hulld.docker(&["volume", "create", "pgdata"]));
+    let anonymous = ok(&hulld.docker(&["volume", "create"])).trim().to_string();
+    assert_eq!(anonymous.len(), 64);
+    let listed = ok(&hulld.docker(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]));
+    assert!(listed.contains("local pgdata"), "{listed}");
+    assert_eq!(
+        ok(&hulld.docker(&["volume", "ls", "-q", "--filter", "label=team=db"])),
+        "pgdata\n"
+    );
+    assert_eq!(
+        ok(&hulld.docker(&[
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Name}} {{.Scope}} {{.Labels.team}}",
+            "pgdata"
+        ])),
+        "pgdata local db\n"
+    );
+    fails(&hulld.docker(&["volume", "inspect", "nothing"]), 1, "no such volume");
+    fails(
+        &hulld.docker(&["volume", "create", "bad name"]),
+        1,
+        "invalid volume name",
+    );
+    fails(
+        &hulld.docker(&["volume", "create", "-d", "nfs", "x1"]),
+        1,
+        "not supported",
+    );
+
+    // A container refers to its volumes: not removable (unless forced),
+    // and not pruned; a host path is refused at create.
+    ok(&hulld.docker(&["create", "--name", "db", "-v", "pgdata:/var/lib/data", &image, "true"]));
+    let mounts = ok(&hulld.docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}}{{end}}",
+        "db",
+    ]));
+    assert_eq!(mounts, "volume pgdata /var/lib/data\n");
+    fails(&hulld.docker(&["volume", "rm", "pgdata"]), 1, "volume is in use");
+    fails(
+        &hulld.docker(&["create", "-v", "/etc:/x", &image, "true"]),
+        1,
+        "host paths",
+    );
+    fails(
+        &hulld.docker(&["create", "-v", "pgdata:relative", &image, "true"]),
+        1,
+        "",
+    );
+    let df = ok(&hulld.docker(&["system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"]));
+    assert!(df.contains("Local Volumes 2 1"), "{df}");
+    // prune: only anonymous volumes by default; --all takes unused named ones too.
+    ok(&hulld.docker(&["volume", "create", "spare"]));
+    let pruned = ok(&hulld.docker(&["volume", "prune", "-f"]));
+    assert!(pruned.contains(&anonymous), "{pruned}");
+    let left = ok(&hulld.docker(&["volume", "ls", "-q"]));
+    assert_eq!(left, "pgdata\nspare\n");
+    ok(&hulld.docker(&["volume", "prune", "-a", "-f"]));
+    assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "pgdata\n");
+    ok(&hulld.docker(&["rm", "db"]));
+    ok(&hulld.docker(&["volume", "rm", "pgdata"]));
+    assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "");
+}

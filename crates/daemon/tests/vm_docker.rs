@@ -620,3 +620,88 @@ fn terminals_attach_pause_stats_and_top() {
     ok(&hulld.docker(&["rm", "term", "reader"]));
     no_leftovers(&hulld);
 }
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn volumes_keep_data_between_containers() {
+    let (hulld, _registry, image) = setup("vm-vol");
+
+    // A named volume starts empty, keeps what one container wrote for the next.
+    ok(&hulld.docker(&["volume", "create", "data"]));
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/srv/data",
+        &image,
+        "sh",
+        "-c",
+        "ls -A /srv/data; echo kept > /srv/data/f; echo written",
+    ]));
+    assert_eq!(out, "written\n", "a new volume is empty (no lost+found)");
+    let out = ok(&hulld.docker(&["run", "--rm", "-v", "data:/in:ro", &image, "cat", "/in/f"]));
+    assert_eq!(out, "kept\n");
+    // Read-only means read-only; the image's own files are untouched.
+    let out = hulld.docker(&["run", "--rm", "-v", "data:/in:ro", &image, "sh", "-c", "echo x > /in/g"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("Read-only"), "{}", text(&out.stderr));
+    // --mount type=volume creates the volume when missing.
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=volume,source=made,target=/m",
+        &image,
+        "sh",
+        "-c",
+        "echo m > /m/x; cat /m/x",
+    ]));
+    assert_eq!(out, "m\n");
+    let names = ok(&hulld.docker(&["volume", "ls", "-q"]));
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["data", "made"]);
+
+    // One running VM at a time has a volume; a volume in use is not removed.
+    ok(&hulld.docker(&["run", "-d", "--name", "holder", "-v", "data:/d", &image, "sleep", "300"]));
+    assert_eq!(
+        inspect(
+            &hulld,
+            "{{range .Mounts}}{{.Name}} {{.Destination}} {{.RW}}{{end}}",
+            "holder"
+        ),
+        "data /d true"
+    );
+    let out = hulld.docker(&["run", "--rm", "-v", "data:/d", &image, "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("in use"), "{}", text(&out.stderr));
+    let out = hulld.docker(&["volume", "rm", "data"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("in use"), "{}", text(&out.stderr));
+    ok(&hulld.docker(&["rm", "-f", "holder"]));
+
+    // -v /path: an anonymous volume, removed with its container by rm -v.
+    ok(&hulld.docker(&[
+        "run",
+        "--name",
+        "anon",
+        "-v",
+        "/scratch",
+        &image,
+        "sh",
+        "-c",
+        "echo a > /scratch/a",
+    ]));
+    let anon = inspect(&hulld, "{{range .Mounts}}{{.Name}}{{end}}", "anon");
+    assert_eq!(anon.len(), 64, "an anonymous volume's name: {anon}");
+    assert!(ok(&hulld.docker(&["volume", "ls", "-q"])).contains(&anon));
+    ok(&hulld.docker(&["rm", "-v", "anon"]));
+    assert!(!ok(&hulld.docker(&["volume", "ls", "-q"])).contains(&anon));
+
+    // Host directories cannot be bound into a VM: a clear refusal.
+    let out = hulld.docker(&["run", "--rm", "-v", "/etc:/host-etc", &image, "true"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("host paths"), "{}", text(&out.stderr));
+
+    ok(&hulld.docker(&["volume", "rm", "data", "made"]));
+    assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "");
+    no_leftovers(&hulld);
+}

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -76,6 +76,8 @@ pub struct RunSpec {
     /// The disks and their sizes: a clone waits until its kernel has seen
     /// each disk's new size before mounting.
     pub disks: Vec<DiskSize>,
+    /// Volumes: further ext4 disks mounted inside the container's root.
+    pub mounts: Vec<MountSpec>,
     /// Random bytes from the host, mixed into the guest kernel's pool before
     /// the command runs (clones of one template must not share random state).
     pub entropy: Vec<u8>,
@@ -164,6 +166,15 @@ pub const MAX_CHANGES: usize = 2000;
 
 /// The most processes one `Processes` answer lists (it must fit a frame).
 pub const MAX_PROCESSES: usize = 2000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// The block device in the guest, e.g. `/dev/vdc`.
+    pub device: String,
+    /// An absolute path inside the container (created if missing).
+    pub target: String,
+    pub read_only: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSize {
@@ -339,6 +350,11 @@ mod tests {
             disks: vec![DiskSize {
                 device: "/dev/vda".into(),
                 sectors: 8,
+            }],
+            mounts: vec![MountSpec {
+                device: "/dev/vdc".into(),
+                target: "/data".into(),
+                read_only: true,
             }],
             entropy: vec![1, 2, 3],
             wall_clock_ns: 1,

@@ -33,6 +33,9 @@ pub struct ContainerSpec {
     #[serde(default)]
     pub tty: Option<proto::TerminalSize>,
     pub cold_boot: bool,
+    /// Named volumes and where they are mounted.
+    #[serde(default)]
+    pub volumes: Vec<crate::volume::VolumeMount>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,26 +282,10 @@ impl ContainerDir {
     /// (`wait`ing for it) or a held container's (`Busy` if taken). The
     /// lock lasts as long as the file, and dies with its process.
     pub fn lock_disks(&self, wait: bool) -> Result<std::fs::File, ContainerError> {
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.path.join("disks.lock"))
-            .map_err(io("opening the disks' lock"))?;
-        let mode = if wait {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_EX | libc::LOCK_NB
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&file), mode) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => ContainerError::Busy,
-                _ => io("locking the container's disks")(e),
-            });
-        }
-        Ok(file)
+        crate::lock_file(&self.path.join("disks.lock"), wait).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => ContainerError::Busy,
+            _ => io("locking the container's disks")(e),
+        })
     }
 
     /// Removes every file of the container.

@@ -13,6 +13,7 @@ pub mod run;
 pub mod shim;
 pub mod template;
 pub mod usage;
+pub mod volume;
 pub mod writable;
 
 use std::path::PathBuf;
@@ -63,4 +64,24 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
 /// The host's memory in bytes (`MemTotal`).
 pub fn host_memory_bytes() -> u64 {
     vmm::host::meminfo_mib("MemTotal").unwrap_or(0) * 1024 * 1024
+}
+
+/// Opens (creating) `path` and takes an exclusive flock on it, waiting for
+/// it or not; without waiting, a lock held elsewhere is `WouldBlock`.
+pub(crate) fn lock_file(path: &std::path::Path, wait: bool) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let mode = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&file), mode) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }

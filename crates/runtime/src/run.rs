@@ -52,6 +52,8 @@ pub struct RunRequest {
     /// Run no command: hold the container's filesystems mounted for the
     /// agent's exec port until end of input (see `runtime::held`).
     pub hold: bool,
+    /// Named volumes to mount (made if missing, as Docker does).
+    pub volumes: Vec<crate::volume::VolumeMount>,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -154,6 +156,10 @@ pub enum RunError {
     Version { agent: u32 },
     #[error("the connection to the guest broke ({detail}).{console}")]
     Lost { detail: String, console: String },
+    #[error("{0}")]
+    Volume(#[from] crate::volume::VolumeError),
+    #[error("{0}")]
+    Mounts(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -327,6 +333,14 @@ pub fn run_in(
     if !writable.exists() {
         crate::writable::create(&writable)?;
     }
+    crate::volume::check_mounts(&request.volumes).map_err(RunError::Mounts)?;
+    // Each volume is this VM's alone while it runs.
+    let mut _volume_locks = Vec::new();
+    for mount in &request.volumes {
+        crate::volume::create(&mount.name, Default::default(), false)?;
+        _volume_locks.push(crate::volume::lock(&mount.name)?);
+    }
+    let volume_disks = crate::volume::slot_disks(&request.volumes)?;
     let uds = sockets.join("vsock.sock");
     let console_log = dir.join("console.log");
     let agent_socket = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
@@ -338,6 +352,7 @@ pub fn run_in(
         guest: &guest,
         disk: &disk,
         writable: &writable,
+        volumes: &volume_disks,
         uds: &uds,
         console_log: &console_log,
     };
@@ -357,7 +372,8 @@ pub fn run_in(
     drop(listener);
     let _ = std::fs::remove_file(&agent_socket);
     attachment.vm_ready(vmm.0.id());
-    let disks = vec![
+    // The guest names the disks in slot order: vda, vdb, then the volumes.
+    let mut disks = vec![
         proto::DiskSize {
             device: "/dev/vda".into(),
             sectors: sectors(&disk)?,
@@ -367,11 +383,33 @@ pub fn run_in(
             sectors: sectors(&writable)?,
         },
     ];
+    let mut mounts = Vec::new();
+    for ((mount, path), letter) in request.volumes.iter().zip(&volume_disks).zip('c'..) {
+        let device = format!("/dev/vd{letter}");
+        disks.push(proto::DiskSize {
+            device: device.clone(),
+            sectors: sectors(path)?,
+        });
+        mounts.push(proto::MountSpec {
+            device,
+            target: mount.target.clone(),
+            read_only: mount.read_only,
+        });
+    }
     let hostname = request
         .hostname
         .clone()
         .unwrap_or_else(|| id.chars().take(12).collect());
-    let status = match converse(conn, request, &process, &hostname, disks, &console_log, attachment) {
+    let guest_disks = GuestDisks { disks, mounts };
+    let status = match converse(
+        conn,
+        request,
+        &process,
+        &hostname,
+        guest_disks,
+        &console_log,
+        attachment,
+    ) {
         // Say what became of the VMM: its exit status and last words.
         Err(RunError::Lost { detail, console }) => {
             return Err(RunError::Lost {
@@ -385,6 +423,12 @@ pub fn run_in(
     // ends now, without waiting for the guest kernel to power off.
     drop(vmm);
     Ok(status)
+}
+
+/// The disks as the guest names them, and the volumes among them.
+struct GuestDisks {
+    disks: Vec<proto::DiskSize>,
+    mounts: Vec<proto::MountSpec>,
 }
 
 fn sectors(disk: &Path) -> Result<u64, RunError> {
@@ -404,6 +448,8 @@ struct VmFiles<'a> {
     guest: &'a Guest,
     disk: &'a Path,
     writable: &'a Path,
+    /// One per spare slot: volumes' disks, then empty placeholders.
+    volumes: &'a [PathBuf],
     uds: &'a Path,
     console_log: &'a Path,
 }
@@ -443,7 +489,11 @@ impl VmFiles<'_> {
             .arg("--disk")
             .arg(format!("{}:ro", self.disk.display()))
             .arg("--disk")
-            .arg(self.writable)
+            .arg(self.writable);
+        for disk in self.volumes {
+            command.arg("--disk").arg(disk);
+        }
+        command
             .arg("--vsock-uds")
             .arg(self.uds)
             .arg("--serial-log")
@@ -541,7 +591,7 @@ fn converse(
     request: &RunRequest,
     process: &Process,
     hostname: &str,
-    disks: Vec<proto::DiskSize>,
+    guest_disks: GuestDisks,
     log: &Path,
     attachment: &mut dyn Attachment,
 ) -> Result<i32, RunError> {
@@ -588,7 +638,8 @@ fn converse(
         root_device: "/dev/vda".into(),
         root_fstype: "ext4".into(),
         rw_device: Some("/dev/vdb".into()),
-        disks,
+        disks: guest_disks.disks,
+        mounts: guest_disks.mounts,
         entropy: host_entropy()?,
         wall_clock_ns: std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)

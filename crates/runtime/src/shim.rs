@@ -177,6 +177,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         cold_boot: spec.cold_boot,
         hostname: Some(spec.hostname.clone()),
         hold: false,
+        volumes: spec.volumes.clone(),
     })
 }
 

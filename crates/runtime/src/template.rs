@@ -68,6 +68,9 @@ pub struct TemplateRecord {
     pub initramfs: Input,
     pub vmm: Input,
     pub snapshot_format: u32,
+    /// Spare disk slots for volumes (beyond the image and writable disks).
+    #[serde(default)]
+    pub volume_slots: u8,
     /// Seconds since the epoch.
     #[serde(default)]
     pub created: u64,
@@ -82,6 +85,7 @@ impl TemplateRecord {
             initramfs: Input::of(&guest.initramfs)?,
             vmm: Input::of(vmm)?,
             snapshot_format: vmm::snapshot::FORMAT_VERSION,
+            volume_slots: crate::volume::MAX_PER_CONTAINER as u8,
             created: 0,
         })
     }
@@ -177,11 +181,17 @@ fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -
         console: crate::run::console_tail(&tmp.join("console.log")),
     };
     // Empty disks hold the slots every clone binds its own disks to: the
-    // image (read-only) and the writable layer.
-    for slot in ["image-slot", "writable-slot"] {
+    // image (read-only), the writable layer, and the volumes.
+    let volume_slots: Vec<String> = (0..record.volume_slots).map(|i| format!("volume-slot-{i}")).collect();
+    let slots = ["image-slot".to_string(), "writable-slot".to_string()]
+        .into_iter()
+        .chain(volume_slots.iter().cloned())
+        .collect::<Vec<_>>();
+    for slot in &slots {
         std::fs::File::create(tmp.join(slot)).map_err(io("a template disk slot"))?;
     }
-    let mut child = Command::new(vmm)
+    let mut child = Command::new(vmm);
+    child
         .arg("--kernel")
         .arg(&guest.kernel)
         .arg("--initrd")
@@ -199,7 +209,11 @@ fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -
         .arg("--disk")
         .arg(format!("{}:ro", tmp.join("image-slot").display()))
         .arg("--disk")
-        .arg(tmp.join("writable-slot"))
+        .arg(tmp.join("writable-slot"));
+    for slot in &volume_slots {
+        child.arg("--disk").arg(tmp.join(slot));
+    }
+    let mut child = child
         .arg("--vsock-uds")
         .arg(tmp.join("vsock.sock"))
         .arg("--serial-log")
@@ -232,7 +246,7 @@ fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -
         }
         return Err(fail(format!("hull-vmm ended with {status}: {}", stderr.trim())));
     }
-    for leftover in ["image-slot", "writable-slot", "vsock.sock"] {
+    for leftover in slots.iter().map(String::as_str).chain(["vsock.sock"]) {
         let _ = std::fs::remove_file(tmp.join(leftover));
     }
     record.created = SystemTime::now()

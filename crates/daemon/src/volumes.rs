@@ -1,0 +1,323 @@
+//! The volume endpoints (create, list, inspect, remove, prune) and what a
+//! container's create asks of volumes: `-v NAME:/path[:ro]` (Binds),
+//! `--mount type=volume,...` (Mounts) and `-v /path` (an anonymous volume).
+//! A volume is an ext4 disk (`runtime::volume`), so host paths cannot be
+//! bound into a container: that is refused with a clear error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use runtime::container::ContainerDir;
+use runtime::volume::{self, VolumeError, VolumeMount, VolumeRecord};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{blocking, empty, flag, ApiError};
+use crate::daemon::Daemon;
+
+impl From<VolumeError> for ApiError {
+    fn from(e: VolumeError) -> ApiError {
+        let status = match &e {
+            VolumeError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
+            VolumeError::InUse(_) => StatusCode::CONFLICT,
+            VolumeError::Damaged { .. } | VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// Docker's JSON for a volume.
+fn volume_json(record: &VolumeRecord) -> Value {
+    let disk = volume::disk_path(&record.name).unwrap_or_default();
+    json!({
+        "Name": record.name,
+        "Driver": "local",
+        "Mountpoint": disk,
+        "CreatedAt": record.created_at,
+        "Labels": labels_of(record),
+        "Scope": "local",
+        "Options": {},
+        "Status": { "Format": "ext4 disk" },
+    })
+}
+
+/// The volume's labels; an anonymous one carries Docker's mark of that.
+fn labels_of(record: &VolumeRecord) -> BTreeMap<String, String> {
+    let mut labels = record.labels.clone();
+    if record.anonymous {
+        labels.insert("com.docker.volume.anonymous".into(), String::new());
+    }
+    labels
+}
+
+/// The volumes each container uses: volume name → container IDs.
+fn users(daemon: &Daemon) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let mut users: HashMap<String, Vec<String>> = HashMap::new();
+    for record in daemon.containers.all()? {
+        let Ok(spec) = ContainerDir::new(&record.id).spec() else {
+            continue;
+        };
+        for mount in spec.volumes {
+            users.entry(mount.name).or_default().push(record.id.clone());
+        }
+    }
+    Ok(users)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateBody {
+    name: String,
+    driver: String,
+    driver_opts: Option<HashMap<String, String>>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: CreateBody = match body.is_empty() {
+        true => CreateBody::default(),
+        false => {
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid volume config: {e}")))?
+        }
+    };
+    if !matches!(body.driver.as_str(), "" | "local") {
+        return Err(ApiError::bad_request(format!(
+            "volume driver \"{}\" is not supported: hull's volumes are local disks",
+            body.driver
+        )));
+    }
+    if body.driver_opts.as_ref().is_some_and(|o| !o.is_empty()) {
+        return Err(ApiError::bad_request("volume driver options are not supported"));
+    }
+    // Unnamed, it is anonymous (pruned by default), as in Docker.
+    let (name, anonymous) = match body.name.as_str() {
+        "" => (crate::containers::random_hex(32), true),
+        name => (name.to_string(), false),
+    };
+    let labels = body.labels.unwrap_or_default();
+    let (record, _) = blocking(move || Ok(volume::create(&name, labels, anonymous)?)).await?;
+    Ok((StatusCode::CREATED, Json(volume_json(&record))))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    filters: Option<String>,
+}
+
+/// `docker volume ls`, with the `name`, `dangling` and `label` filters.
+pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let filters = crate::containers::parse_filters(query.filters.as_deref())?;
+    blocking(move || {
+        let users = users(&daemon)?;
+        let mut rows = Vec::new();
+        for record in volume::list()? {
+            let keep = filters.iter().all(|(key, values)| match key.as_str() {
+                "name" => values.iter().any(|v| record.name.contains(v.as_str())),
+                "dangling" => values
+                    .iter()
+                    .any(|v| matches!(v.as_str(), "true" | "1") == !users.contains_key(&record.name)),
+                "label" => values.iter().all(|v| match v.split_once('=') {
+                    Some((k, val)) => record.labels.get(k).is_some_and(|l| l == val),
+                    None => record.labels.contains_key(v),
+                }),
+                "driver" => values.iter().any(|v| v == "local"),
+                _ => true,
+            });
+            if keep {
+                rows.push(volume_json(&record));
+            }
+        }
+        Ok(Json(json!({ "Volumes": rows, "Warnings": [] })))
+    })
+    .await
+}
+
+pub async fn inspect(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let record = volume::get(&name)?.ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))?;
+        Ok(Json(volume_json(&record)))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    force: Option<String>,
+}
+
+/// Refused while a container refers to the volume, as Docker does (even a
+/// stopped one: it mounts the volume again when started), unless forced;
+/// never while a VM has it mounted.
+pub async fn remove(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        if volume::get(&name)?.is_none() {
+            return match flag(&query.force) {
+                true => Ok(empty(StatusCode::NO_CONTENT)),
+                false => Err(ApiError::not_found(format!("get {name}: no such volume"))),
+            };
+        }
+        if let Some(ids) = users(&daemon)?.get(&name) {
+            if !flag(&query.force) {
+                let short: Vec<&str> = ids.iter().map(|id| &id[..12.min(id.len())]).collect();
+                return Err(ApiError::conflict(format!(
+                    "remove {name}: volume is in use - [{}]",
+                    short.join(", ")
+                )));
+            }
+        }
+        volume::remove(&name)?;
+        Ok(empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PruneQuery {
+    filters: Option<String>,
+}
+
+/// Removes unused volumes: anonymous ones only, unless `all=true` (Docker
+/// 23+'s rule).
+pub async fn prune(
+    State(daemon): State<Arc<Daemon>>,
+    Query(query): Query<PruneQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filters = crate::containers::parse_filters(query.filters.as_deref())?;
+    let all = filters
+        .get("all")
+        .is_some_and(|v| v.iter().any(|v| matches!(v.as_str(), "true" | "1")));
+    blocking(move || {
+        let users = users(&daemon)?;
+        let (mut deleted, mut reclaimed) = (Vec::new(), 0u64);
+        for record in volume::list()? {
+            if users.contains_key(&record.name) || !(all || record.anonymous) {
+                continue;
+            }
+            let size = volume::size_on_disk(&record.name);
+            match volume::remove(&record.name) {
+                Ok(()) => {
+                    reclaimed += size;
+                    deleted.push(record.name);
+                }
+                Err(VolumeError::InUse(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Json(json!({ "VolumesDeleted": deleted, "SpaceReclaimed": reclaimed })))
+    })
+    .await
+}
+
+/// `docker system df`'s volume rows.
+pub fn usage_rows(daemon: &Daemon) -> Result<Vec<Value>, ApiError> {
+    let users = users(daemon)?;
+    Ok(volume::list()?
+        .iter()
+        .map(|record| {
+            let mut row = volume_json(record);
+            row["UsageData"] = json!({
+                "Size": volume::size_on_disk(&record.name),
+                "RefCount": users.get(&record.name).map_or(0, Vec::len),
+            });
+            row
+        })
+        .collect())
+}
+
+/// The volumes a container create asks for: Binds (`NAME:/path[:ro]`),
+/// Mounts of type volume, and the anonymous volumes of `-v /path` (the
+/// body's `Volumes` keys not already mounted). Named volumes are made if
+/// missing; anonymous ones are made here.
+pub fn for_create(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<Vec<VolumeMount>, ApiError> {
+    let mut wanted = Vec::new();
+    for bind in binds {
+        wanted.push((volume::parse_bind(bind).map_err(ApiError::bad_request)?, false));
+    }
+    for mount in mounts {
+        let kind = mount["Type"].as_str().unwrap_or("volume");
+        if kind != "volume" {
+            return Err(ApiError::bad_request(format!(
+                "mounts of type {kind} are not supported: each container is a VM; use a volume"
+            )));
+        }
+        let target = mount["Target"].as_str().unwrap_or_default();
+        let target = volume::check_target(target).map_err(ApiError::bad_request)?;
+        let read_only = mount["ReadOnly"].as_bool().unwrap_or(false);
+        let (name, anonymous) = match mount["Source"].as_str().unwrap_or_default() {
+            "" => (crate::containers::random_hex(32), true),
+            source => (source.to_string(), false),
+        };
+        if !volume::valid_name(&name) {
+            return Err(VolumeError::InvalidName(name).into());
+        }
+        wanted.push((
+            VolumeMount {
+                name,
+                target,
+                read_only,
+            },
+            anonymous,
+        ));
+    }
+    for path in anonymous {
+        let target = volume::check_target(path).map_err(ApiError::bad_request)?;
+        if wanted.iter().any(|(m, _)| m.target == target) {
+            continue;
+        }
+        let name = crate::containers::random_hex(32);
+        wanted.push((
+            VolumeMount {
+                name,
+                target,
+                read_only: false,
+            },
+            true,
+        ));
+    }
+    let mounts: Vec<VolumeMount> = wanted.iter().map(|(m, _)| m.clone()).collect();
+    volume::check_mounts(&mounts).map_err(ApiError::bad_request)?;
+    for (mount, anonymous) in &wanted {
+        volume::create(&mount.name, BTreeMap::new(), *anonymous)?;
+    }
+    Ok(mounts)
+}
+
+/// Removes a removed container's anonymous volumes (`docker rm -v`, and
+/// `--rm`), unless another container uses them too.
+pub fn remove_anonymous(daemon: &Daemon, mounts: &[VolumeMount]) {
+    let users = users(daemon).unwrap_or_default();
+    for mount in mounts {
+        let anonymous = volume::get(&mount.name).ok().flatten().is_some_and(|r| r.anonymous);
+        if anonymous && !users.contains_key(&mount.name) {
+            if let Err(e) = volume::remove(&mount.name) {
+                tracing::warn!("removing anonymous volume {}: {e}", mount.name);
+            }
+        }
+    }
+}
+
+/// A container's `Mounts` in inspect and list answers.
+pub fn mounts_json(mounts: &[VolumeMount]) -> Value {
+    json!(mounts
+        .iter()
+        .map(|m| json!({
+            "Type": "volume",
+            "Name": m.name,
+            "Source": volume::disk_path(&m.name).unwrap_or_default(),
+            "Destination": m.target,
+            "Driver": "local",
+            "Mode": if m.read_only { "ro" } else { "" },
+            "RW": !m.read_only,
+            "Propagation": "",
+        }))
+        .collect::<Vec<_>>())
+}

@@ -1,0 +1,343 @@
+//! Named volumes: each an ext4 disk of its own (`DATA/volumes/NAME/`),
+//! attached to a container's VM as one more virtio-blk disk and mounted where
+//! the container asks. A volume outlives its containers. One running VM at a
+//! time may use it: a disk filesystem cannot be shared between two kernels,
+//! so a second one is refused while the first holds the volume's lock.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Volumes one container can have: the template's spare disk slots.
+pub const MAX_PER_CONTAINER: usize = 4;
+
+const RECORD: &str = "volume.json";
+const DISK: &str = "disk.ext4";
+const LOCK: &str = "lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("invalid volume name \"{0}\": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at least 2 characters")]
+    InvalidName(String),
+    #[error("no such volume: {0}")]
+    NotFound(String),
+    #[error("volume {0} is in use by a running container (a volume is one disk: one VM at a time)")]
+    InUse(String),
+    #[error("volume {name}: {detail}")]
+    Damaged { name: String, detail: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let what = what.into();
+    move |source| VolumeError::Io { what, source }
+}
+
+/// What `docker volume inspect` shows of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Made for one container (`-v /path`, an image's VOLUME): Docker calls
+    /// these anonymous and prunes them by default.
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+/// Where a volume is mounted in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub name: String,
+    /// An absolute path inside the container.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+pub fn volumes_dir() -> PathBuf {
+    crate::data_dir().join("volumes")
+}
+
+/// Docker's rule for volume names.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && name.len() <= 255
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn dir_of(name: &str) -> Result<PathBuf, VolumeError> {
+    if !valid_name(name) {
+        return Err(VolumeError::InvalidName(name.to_string()));
+    }
+    Ok(volumes_dir().join(name))
+}
+
+/// The volume's disk, for the VMM.
+pub fn disk_path(name: &str) -> Result<PathBuf, VolumeError> {
+    Ok(dir_of(name)?.join(DISK))
+}
+
+/// The volume's record, or `None` if there is no such volume.
+pub fn get(name: &str) -> Result<Option<VolumeRecord>, VolumeError> {
+    let path = dir_of(name)?.join(RECORD);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| VolumeError::Damaged {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// Creates the volume, or returns the one of that name (as Docker does);
+/// `true` when it was made now.
+pub fn create(
+    name: &str,
+    labels: BTreeMap<String, String>,
+    anonymous: bool,
+) -> Result<(VolumeRecord, bool), VolumeError> {
+    let dir = dir_of(name)?;
+    if let Some(existing) = get(name)? {
+        return Ok((existing, false));
+    }
+    let root = volumes_dir();
+    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+    // Built aside and renamed into place: a volume is whole or absent.
+    let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let record = VolumeRecord {
+        name: name.to_string(),
+        created_at: crate::container::now_rfc3339(),
+        labels,
+        anonymous,
+    };
+    let built = (|| {
+        std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        crate::writable::create(&tmp.join(DISK)).map_err(|e| VolumeError::Damaged {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })?;
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| VolumeError::Damaged {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })?;
+        image::store::write_atomic(&tmp.join(RECORD), &json).map_err(io("writing the volume record"))?;
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(true),
+            // Someone made it meanwhile: theirs stands.
+            Err(_) if dir.join(RECORD).is_file() => Ok(false),
+            Err(e) => Err(io(format!("moving the volume to {}", dir.display()))(e)),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    match built? {
+        true => Ok((record, true)),
+        false => Ok((
+            get(name)?.ok_or_else(|| VolumeError::NotFound(name.to_string()))?,
+            false,
+        )),
+    }
+}
+
+/// Every volume, by name.
+pub fn list() -> Result<Vec<VolumeRecord>, VolumeError> {
+    let mut volumes = Vec::new();
+    let entries = match std::fs::read_dir(volumes_dir()) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(volumes),
+        Err(e) => return Err(io("listing the volumes")(e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !valid_name(&name) {
+            continue; // a build under way (.NAME.tmp) or a stranger
+        }
+        if let Some(record) = get(&name)? {
+            volumes.push(record);
+        }
+    }
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(volumes)
+}
+
+/// Bytes the volume's disk really occupies.
+pub fn size_on_disk(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    disk_path(name)
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.blocks() * 512)
+}
+
+/// Held while a VM has the volume's disk; released when dropped.
+#[derive(Debug)]
+pub struct VolumeLock(#[allow(dead_code)] File);
+
+/// Takes the volume for one VM, or says it is in use.
+pub fn lock(name: &str) -> Result<VolumeLock, VolumeError> {
+    if get(name)?.is_none() {
+        return Err(VolumeError::NotFound(name.to_string()));
+    }
+    let path = dir_of(name)?.join(LOCK);
+    match crate::lock_file(&path, false) {
+        Ok(file) => Ok(VolumeLock(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(VolumeError::InUse(name.to_string())),
+        Err(e) => Err(io(format!("locking {}", path.display()))(e)),
+    }
+}
+
+/// Deletes the volume; refused while a VM has it (the caller checks that no
+/// container refers to it, unless forced).
+pub fn remove(name: &str) -> Result<(), VolumeError> {
+    let dir = dir_of(name)?;
+    if get(name)?.is_none() {
+        return Err(VolumeError::NotFound(name.to_string()));
+    }
+    let _held = lock(name)?;
+    // Renamed away first, so a half-deleted volume is never listed.
+    let doomed = volumes_dir().join(format!(".{name}.{}.rm", std::process::id()));
+    std::fs::rename(&dir, &doomed).map_err(io(format!("removing {}", dir.display())))?;
+    std::fs::remove_dir_all(&doomed).map_err(io(format!("removing {}", doomed.display())))
+}
+
+/// The disks a VM's spare slots are bound to: each volume's disk, then the
+/// empty placeholder for the slots left over.
+pub fn slot_disks(mounts: &[VolumeMount]) -> Result<Vec<PathBuf>, VolumeError> {
+    let mut disks = mounts
+        .iter()
+        .map(|m| disk_path(&m.name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let empty = empty_disk()?;
+    disks.resize(MAX_PER_CONTAINER, empty);
+    Ok(disks)
+}
+
+/// A zero-length disk: what an unused slot is bound to.
+fn empty_disk() -> Result<PathBuf, VolumeError> {
+    let path = crate::data_dir().join("empty.disk");
+    if !path.is_file() {
+        File::create(&path).map_err(io(format!("creating {}", path.display())))?;
+    }
+    Ok(path)
+}
+
+/// Parses a `-v` / Binds entry naming a volume: `NAME:/path[:ro|rw]`.
+/// A host path (`/dir:/path`) is refused: a container is a VM and sees no
+/// host directory.
+pub fn parse_bind(spec: &str) -> Result<VolumeMount, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [source, target] => (*source, *target, ""),
+        [source, target, mode] => (*source, *target, *mode),
+        _ => return Err(format!("invalid volume specification: '{spec}'")),
+    };
+    if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
+        return Err(format!(
+            "bind mounts of host paths are not supported ('{source}'): each container is a VM; use a named volume (NAME:{target})"
+        ));
+    }
+    if !valid_name(source) {
+        return Err(VolumeError::InvalidName(source.to_string()).to_string());
+    }
+    let read_only = match mode {
+        "" | "rw" => false,
+        "ro" => true,
+        other => return Err(format!("invalid mode '{other}' in volume specification '{spec}'")),
+    };
+    Ok(VolumeMount {
+        name: source.to_string(),
+        target: check_target(target)?,
+        read_only,
+    })
+}
+
+/// A mount point: absolute, no `..`, not `/` itself.
+pub fn check_target(target: &str) -> Result<String, String> {
+    let path = Path::new(target);
+    if !path.is_absolute() {
+        return Err(format!("invalid mount path '{target}': it must be absolute"));
+    }
+    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) || target.contains('\0') {
+        return Err(format!("invalid mount path '{target}'"));
+    }
+    if path.parent().is_none() {
+        return Err("invalid mount path '/': a volume cannot replace the root".into());
+    }
+    Ok(target.trim_end_matches('/').to_string())
+}
+
+/// Checks a container's volume list as a whole.
+pub fn check_mounts(mounts: &[VolumeMount]) -> Result<(), String> {
+    if mounts.len() > MAX_PER_CONTAINER {
+        return Err(format!(
+            "{} volumes given: a container has at most {MAX_PER_CONTAINER}",
+            mounts.len()
+        ));
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|o| o.target == m.target) {
+            return Err(format!("duplicate mount point: {}", m.target));
+        }
+        if mounts[..i].iter().any(|o| o.name == m.name) {
+            return Err(format!(
+                "volume {} is given twice: a volume is one disk, mounted once per container",
+                m.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_name_volumes_and_refuse_host_paths() {
+        assert_eq!(
+            parse_bind("data:/var/lib/data:ro").unwrap(),
+            VolumeMount {
+                name: "data".into(),
+                target: "/var/lib/data".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_bind("data:/srv/").unwrap().read_only);
+        assert_eq!(parse_bind("data:/srv/").unwrap().target, "/srv");
+        assert!(parse_bind("/etc:/host-etc").unwrap_err().contains("host paths"));
+        assert!(parse_bind("./x:/x").unwrap_err().contains("host paths"));
+        assert!(parse_bind("data:relative").unwrap_err().contains("absolute"));
+        assert!(parse_bind("data:/a/../b").is_err());
+        assert!(parse_bind("data:/").is_err());
+        assert!(parse_bind("data:/x:rx").unwrap_err().contains("mode"));
+        assert!(parse_bind("a:/x").is_err(), "one-character names are not Docker's");
+        assert!(parse_bind("da ta:/x").is_err());
+        assert!(parse_bind("data").is_err());
+    }
+
+    #[test]
+    fn a_container_mounts_each_volume_once_and_at_most_four() {
+        let m = |name: &str, target: &str| VolumeMount {
+            name: name.into(),
+            target: target.into(),
+            read_only: false,
+        };
+        assert!(check_mounts(&[m("a1", "/a"), m("b1", "/b")]).is_ok());
+        assert!(check_mounts(&[m("a1", "/a"), m("b1", "/a")]).is_err());
+        assert!(check_mounts(&[m("a1", "/a"), m("a1", "/b")]).is_err());
+        let five: Vec<_> = (0..5).map(|i| m(&format!("v{i}"), &format!("/m{i}"))).collect();
+        assert!(check_mounts(&five).unwrap_err().contains("at most 4"));
+    }
+}
