@@ -128,6 +128,34 @@ pub fn volumes(spec: &RunSpec, root: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Fills an empty volume with what the container had at its mount point,
+/// owners, modes, links and times kept, as Docker does on first use (a
+/// volume on /etc/app starts with the image's config). Through a tar
+/// stream: the tar crate already knows every file type.
+fn copy_up(covered: &std::fs::File, target: &str) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let source = format!("/proc/self/fd/{}", covered.as_raw_fd());
+    let (reader, writer) = std::io::pipe()?;
+    let packer = std::thread::spawn(move || -> io::Result<()> {
+        let mut builder = tar::Builder::new(writer);
+        builder.follow_symlinks(false);
+        builder.append_dir_all(".", &source)?;
+        builder.into_inner()?;
+        Ok(())
+    });
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    let unpacked = archive.unpack(target);
+    // The reader goes first: a packer still writing then fails, not blocks.
+    drop(archive);
+    let packed = packer
+        .join()
+        .map_err(|_| io::Error::other("the copy's reader failed"))?;
+    unpacked.and(packed)
+}
+
 /// The helper's `main`: makes the mount point and mounts the volume there.
 /// A fresh volume's empty `lost+found` is removed, so the volume starts
 /// empty as Docker's do (programs that want an empty data directory
@@ -140,9 +168,17 @@ pub fn helper_main(spec: &str) -> i32 {
             if volume.read_only {
                 flags |= libc::MS_RDONLY;
             }
+            std::fs::create_dir_all(&volume.target)?;
+            // Held across the mount: through it the directory the volume
+            // covers can still be read.
+            let covered = std::fs::File::open(&volume.target)?;
             mount(&volume.device, &volume.target, "ext4", flags, "")?;
             if !volume.read_only {
                 let _ = std::fs::remove_dir(format!("{}/lost+found", volume.target));
+                let empty = std::fs::read_dir(&volume.target)?.next().is_none();
+                if empty {
+                    copy_up(&covered, &volume.target)?;
+                }
             }
             Ok(())
         });

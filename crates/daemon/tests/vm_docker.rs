@@ -657,8 +657,12 @@ fn volumes_keep_data_between_containers() {
         "echo m > /m/x; cat /m/x",
     ]));
     assert_eq!(out, "m\n");
+    // An empty volume starts with what the image has where it is mounted
+    // (the shell itself then runs from the volume).
+    let out = ok(&hulld.docker(&["run", "--rm", "-v", "tools:/bin", &image, "sh", "-c", "ls /bin"]));
+    assert!(out.lines().any(|l| l == "sleep"), "{out}");
     let names = ok(&hulld.docker(&["volume", "ls", "-q"]));
-    assert_eq!(names.lines().collect::<Vec<_>>(), ["data", "made"]);
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["data", "made", "tools"]);
 
     // One running VM at a time has a volume; a volume in use is not removed.
     ok(&hulld.docker(&["run", "-d", "--name", "holder", "-v", "data:/d", &image, "sleep", "300"]));
@@ -701,7 +705,7 @@ fn volumes_keep_data_between_containers() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("host paths"), "{}", text(&out.stderr));
 
-    ok(&hulld.docker(&["volume", "rm", "data", "made"]));
+    ok(&hulld.docker(&["volume", "rm", "data", "made", "tools"]));
     assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "");
     no_leftovers(&hulld);
 }
