@@ -1,6 +1,6 @@
 //! One host's container lifecycle: where hull keeps its data, the guest
 //! (Debian's cloud kernel and an initramfs with hull-agent, set up once), root
-//! filesystem disks, writable disks, which containers use which image,
+//! filesystem disks, writable disks, named volumes, which containers use which image,
 //! templates (a VM booted once and saved), and running a container in a
 //! microVM cloned from its template (or booted cold).
 
