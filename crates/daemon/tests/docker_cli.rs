@@ -181,7 +181,7 @@ fn containers_are_created_listed_renamed_and_removed() {
     fails(
         &hulld.docker(&["create", "-v", "/tmp:/tmp", &name]),
         1,
-        "bind mounts are not supported",
+        "bind mounts of host paths are not supported",
     );
     fails(&hulld.docker(&["create", &bare]), 1, "No command specified");
     fails(

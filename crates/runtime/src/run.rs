@@ -335,10 +335,10 @@ pub fn run_in(
     }
     crate::volume::check_mounts(&request.volumes).map_err(RunError::Mounts)?;
     // Each volume is this VM's alone while it runs.
-    let mut _volume_locks = Vec::new();
+    let mut held_volumes = Vec::new();
     for mount in &request.volumes {
         crate::volume::create(&mount.name, Default::default(), false)?;
-        _volume_locks.push(crate::volume::lock(&mount.name)?);
+        held_volumes.push(crate::volume::lock(&mount.name)?);
     }
     let volume_disks = crate::volume::slot_disks(&request.volumes)?;
     let uds = sockets.join("vsock.sock");

@@ -369,15 +369,22 @@ impl Restore {
         let uds = self.dir.join(format!("{name}.sock"));
         let listener = UnixListener::bind(format!("{}_{}", uds.display(), proto::AGENT_PORT))?;
         listener.set_nonblocking(true)?;
+        // The template's volume slots, bound to nothing (as for a container without volumes).
+        let spare_slots = runtime::volume::slot_disks(&[])?;
         let start = Instant::now();
-        let child = Command::new(&self.vmm)
+        let mut command = Command::new(&self.vmm);
+        command
             .arg("--restore")
             .arg(&self.template)
             .args(["--memory", &GUEST_MIB.to_string(), "--cpus", "1"])
             .arg("--disk")
             .arg(format!("{}:ro", self.disk.display()))
             .arg("--disk")
-            .arg(&writable)
+            .arg(&writable);
+        for slot in &spare_slots {
+            command.arg("--disk").arg(slot);
+        }
+        let child = command
             .arg("--vsock-uds")
             .arg(&uds)
             .stdin(Stdio::null())
