@@ -71,12 +71,9 @@ pub struct NameQuery {
     name: Option<String>,
 }
 
-/// Docker's rule for container names.
+/// Docker's rule for container names: the same as for volume names.
 fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && name.len() >= 2
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    runtime::volume::valid_name(name)
 }
 
 pub fn random_hex(bytes: usize) -> String {

@@ -64,7 +64,7 @@ pub fn volumes_dir() -> PathBuf {
     crate::data_dir().join("volumes")
 }
 
-/// Docker's rule for volume names.
+/// Docker's rule for volume (and container) names.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
