@@ -407,13 +407,15 @@ fn terminals_attach_pause_stats_and_top() {
         "stats",
         "--no-stream",
         "--format",
-        "{{.Name}} {{.MemUsage}} {{.PIDs}}",
+        "{{.Name}} {{.MemUsage}} {{.PIDs}} | {{.BlockIO}}",
         "term",
     ]));
     let fields: Vec<&str> = stats.split_whitespace().collect();
     assert_eq!(fields.first(), Some(&"term"), "{stats}");
     assert!(stats.contains("/ 256MiB"), "the limit is the VM's memory: {stats}");
-    assert!(!stats.contains(" 0B /"), "the guest uses some memory: {stats}");
+    let (memory, block_io) = stats.split_once(" | ").unwrap();
+    assert!(!memory.contains(" 0B /"), "the guest uses some memory: {stats}");
+    assert!(!block_io.starts_with("0B /"), "the guest read its image disk: {stats}");
 
     // pause stops the whole VM; unpause resumes it where it was.
     ok(&hulld.docker(&["pause", "term"]));
@@ -590,6 +592,9 @@ fn terminals_attach_pause_stats_and_top() {
 
     // A stopped container's files: its VM is started without its command for each operation.
     ok(&hulld.docker(&["stop", "-t", "20", "files"]));
+    let files_id = inspect(&hulld, "{{.Id}}", "files");
+    let console = hulld.data.join("containers").join(&files_id).join("console.log");
+    let last_console = std::fs::metadata(&console).unwrap().modified().unwrap();
     let copied = host.join("stopped.txt");
     ok(&hulld.docker(&["cp", "files:/data/in.txt", copied.to_str().unwrap()]));
     assert_eq!(std::fs::read_to_string(&copied).unwrap(), "from the host\n");
@@ -597,6 +602,11 @@ fn terminals_attach_pause_stats_and_top() {
     let diff = ok(&hulld.docker(&["diff", "files"]));
     assert!(diff.lines().any(|l| l == "A /data/later.txt"), "{diff}");
     assert_eq!(inspect(&hulld, "{{.State.Status}}", "files"), "exited", "still stopped");
+    assert_eq!(
+        std::fs::metadata(&console).unwrap().modified().unwrap(),
+        last_console,
+        "the last run's console is kept"
+    );
     ok(&hulld.docker(&["start", "files"]));
     eventually("the restarted container", || {
         hulld

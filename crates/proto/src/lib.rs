@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -99,6 +99,10 @@ pub struct GuestStats {
     pub memory_available: u64,
     /// The container's processes (the agent and kernel threads not counted).
     pub processes: u32,
+    /// Bytes read from and written to the VM's disks (image, writable
+    /// layer, volumes), as the guest kernel counts them.
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
 }
 
 /// One of the container's processes, for `docker top`.

@@ -342,7 +342,12 @@ pub fn run_in(
     }
     let volume_disks = crate::volume::slot_disks(&request.volumes)?;
     let uds = sockets.join("vsock.sock");
-    let console_log = dir.join("console.log");
+    // A held VM (a stopped container's files) keeps the console of the
+    // container's last run as it was.
+    let console_log = match request.hold {
+        true => sockets.join("console.log"),
+        false => dir.join("console.log"),
+    };
     let agent_socket = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
     let _ = std::fs::remove_file(&agent_socket);
     let listener = UnixListener::bind(&agent_socket).map_err(io("vsock listener"))?;
