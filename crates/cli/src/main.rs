@@ -3,6 +3,7 @@
 mod images;
 mod progress;
 mod templates;
+mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ enum Command {
     /// Manage templates: VMs booted once and saved, that every container VM is cloned from.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Manage named volumes: ext4 disks that outlive containers (`hull run -v NAME:/path`).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Run a benchmark (hull-bench: boot, clone, image, vmhost); medians and
     /// p95s, JSON under target/bench/. Example: hull bench clone.
     Bench {
@@ -95,6 +99,19 @@ enum TemplateCommand {
     /// List templates.
     Ls,
     /// Remove templates (running clones are not affected).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Make a volume (an existing one of that name is kept).
+    Create { name: String },
+    /// List volumes.
+    Ls,
+    /// Remove volumes (refused while a running VM has one).
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
@@ -227,6 +244,9 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Prune) => done(images::prune().map(|_| true)),
         Command::Template(TemplateCommand::Create { memory, cpus }) => done(templates::create(memory, cpus)),
         Command::Template(TemplateCommand::Ls) => done(templates::list()),
+        Command::Volume(VolumeCommand::Create { name }) => done(volumes::create(&name)),
+        Command::Volume(VolumeCommand::Ls) => done(volumes::list()),
+        Command::Volume(VolumeCommand::Rm { names }) => done(volumes::remove(&names)),
         Command::Bench { args } => bench(&args),
         Command::Template(TemplateCommand::Rm { names }) => done(templates::remove(&names)),
     }

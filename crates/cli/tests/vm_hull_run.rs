@@ -118,6 +118,29 @@ fn output_status_env_cwd_user_and_streams() {
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_volume_keeps_data_between_runs() {
+    let root = busybox_rootfs("volume");
+    let name = format!("hull-run-test-{}", std::process::id());
+    let writable = format!("{name}:/data");
+    let out = run(&root, &["-v", &writable], &["sh", "-c", "echo kept > /data/f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let read_only = format!("{name}:/in:ro");
+    let out = run(&root, &["-v", &read_only], &["cat", "/in/f"]);
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "kept\n".to_string()));
+    let listed = hull(&["volume", "ls"]).output().unwrap();
+    assert!(text(&listed.stdout).contains(&name), "{}", text(&listed.stdout));
+    let out = run(&root, &["-v", "/etc:/x"], &["true"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a host path");
+    assert!(text(&out.stderr).contains("host paths"), "{}", text(&out.stderr));
+    let removed = hull(&["volume", "rm", &name]).output().unwrap();
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let listed = hull(&["volume", "ls"]).output().unwrap();
+    assert!(!text(&listed.stdout).contains(&name));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
 fn ten_mib_of_stdout_and_of_stdin_arrive_intact() {
     let root = busybox_rootfs("bulk");
     let out = run(
