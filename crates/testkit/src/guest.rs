@@ -9,9 +9,15 @@ use debkernel::{Initramfs, KernelPackage};
 /// Printed by the fixture's init once its modules are loaded.
 pub const GUEST_READY_MARKER: &str = "@@guest:ready@@";
 
-/// The virtio drivers a hull guest needs: disks, vsock, entropy, and the
-/// ACPI-described virtio-mmio transport.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "vmw_vsock_virtio_transport", "virtio_rng"];
+/// The virtio drivers a hull guest needs: disks, vsock, entropy, the NIC,
+/// and the ACPI-described virtio-mmio transport.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "vmw_vsock_virtio_transport",
+    "virtio_rng",
+    "virtio_net",
+];
 
 /// The cloud kernel, fetched once into hull's data directory.
 pub fn cloud_kernel() -> Result<KernelPackage> {

@@ -1,5 +1,6 @@
 //! VM tests: hull-vmm boots the stock Debian cloud kernel, its ACPI-described
-//! devices are found, and the way the guest ends comes back as the exit status.
+//! devices are found (disks, entropy, a NIC on a host tap), and the way the
+//! guest ends comes back as the exit status.
 
 use std::time::Duration;
 
@@ -114,5 +115,68 @@ fn disks_and_entropy_reach_the_guest_through_acpi_described_virtio_mmio() {
     let written = std::fs::read(&scratch_disk).unwrap();
     assert_eq!(&written[3 * 512..3 * 512 + 15], b"from-the-guest\n");
     assert_eq!(std::fs::read(&image).unwrap(), content, "the read-only disk changed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_nic_on_a_host_tap_carries_frames_both_ways() {
+    use std::io::Read;
+    use std::process::Command;
+
+    // Where /dev/net/tun is a module (the test host), load it.
+    let _ = Command::new("modprobe").arg("tun").status();
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("net");
+    let tap = format!("hulltest{}", std::process::id() % 100_000);
+    // The guest waits for the host's side of the link, pings it, then
+    // sends a line over TCP.
+    let script = "$B ip link set eth0 up; $B ip addr add 10.77.0.2/24 dev eth0; \
+                  echo mac=$($B cat /sys/class/net/eth0/address); \
+                  for i in $($B seq 1 120); do $B ping -c 1 -W 1 10.77.0.1 >/dev/null 2>&1 && break; done; \
+                  echo ping=$($B ping -c 3 -W 2 10.77.0.1 >/dev/null 2>&1 && echo ok || echo failed); \
+                  echo hello-over-tcp | $B nc 10.77.0.1 7777; \
+                  $B poweroff -f";
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let mut command = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    command.args(["--net-tap", &tap, "--net-mac", "02:00:00:00:00:42"]);
+    // The host side: once hull-vmm has made the tap, address it and listen.
+    let host_side = {
+        let tap = tap.clone();
+        std::thread::spawn(move || -> String {
+            let deadline = std::time::Instant::now() + LIMIT;
+            while !std::path::Path::new(&format!("/sys/class/net/{tap}")).exists() {
+                assert!(std::time::Instant::now() < deadline, "hull-vmm never made {tap}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            for args in [
+                vec!["addr", "add", "10.77.0.1/24", "dev", &tap],
+                vec!["link", "set", &tap, "up"],
+            ] {
+                assert!(
+                    Command::new("ip").args(&args).status().unwrap().success(),
+                    "ip {args:?}"
+                );
+            }
+            let listener = std::net::TcpListener::bind("10.77.0.1:7777").unwrap();
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            conn.read_to_string(&mut line).unwrap();
+            line
+        })
+    };
+    let run = timed_boot(command, LIMIT).unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(0), "{console}");
+    assert!(console.contains("mac=02:00:00:00:00:42"), "{console}");
+    assert!(console.contains("ping=ok"), "{console}");
+    // The guest is gone: the host side has its line, or never will.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(host_side.is_finished(), "no TCP connection arrived:\n{console}");
+    assert_eq!(host_side.join().unwrap(), "hello-over-tcp\n", "{console}");
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{tap}")).exists(),
+        "the tap went with hull-vmm"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

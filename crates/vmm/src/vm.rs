@@ -18,6 +18,7 @@ use crate::devices::legacy::{power_request, PowerRequest};
 use crate::devices::serial::{self, Console, ConsoleSink};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -55,9 +56,19 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-vsock, its host side a unix socket.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net on a host tap device (after the entropy source, so VMs
+    /// without one keep their device slots).
+    pub net: Option<NetConfig>,
     /// Make a template: when the guest asks (`proto::SNAPSHOT_PORT`), pause
     /// and save the VM into this directory, then stop.
     pub snapshot_to: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The tap interface (made if missing, and then gone with the VMM).
+    pub tap: String,
+    pub mac: [u8; 6],
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +121,8 @@ pub enum VmError {
     Disk { path: String, source: std::io::Error },
     #[error("vsock socket {path}: {source}")]
     Vsock { path: String, source: std::io::Error },
+    #[error("tap device {tap}: {source}")]
+    Tap { tap: String, source: std::io::Error },
     #[error("{count} devices asked for; at most {max} fit")]
     TooManyDevices { count: usize, max: usize },
     #[error("vCPU {id} stopped: {reason}")]
@@ -221,6 +234,14 @@ fn virtio_devices(
         models.push(Box::new(device));
     }
     models.push(Box::new(Rng));
+    if let Some(net) = &config.net {
+        let tap_err = |source| VmError::Tap {
+            tap: net.tap.clone(),
+            source,
+        };
+        let tap = crate::devices::virtio::net::open_tap(&net.tap).map_err(tap_err)?;
+        models.push(Box::new(Net::new(net.mac, tap).map_err(tap_err)?));
+    }
     let max = (IOAPIC_PINS - VIRTIO_FIRST_IRQ) as usize;
     if models.len() > max {
         return Err(VmError::TooManyDevices {
@@ -231,11 +252,12 @@ fn virtio_devices(
     if let Some(saved) = saved {
         if saved.len() != models.len() {
             return Err(VmError::SnapshotMismatch(format!(
-                "it has {} devices, this VM {} ({} disks{}, entropy)",
+                "it has {} devices, this VM {} ({} disks{}, entropy{})",
                 saved.len(),
                 models.len(),
                 config.disks.len(),
-                if config.vsock.is_some() { ", vsock" } else { "" }
+                if config.vsock.is_some() { ", vsock" } else { "" },
+                if config.net.is_some() { ", net" } else { "" }
             )));
         }
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::vm::{self, DiskConfig, GuestExit, Start, VmConfig, VmError, VsockConfig};
+use vmm::vm::{self, DiskConfig, GuestExit, NetConfig, Start, VmConfig, VmError, VsockConfig};
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
@@ -48,6 +48,12 @@ struct Args {
     /// virtio-vsock: the unix socket of its host side (guest→host port P connects to PATH_P).
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
+    /// virtio-net on this host tap interface (made if missing).
+    #[arg(long)]
+    net_tap: Option<String>,
+    /// The NIC's MAC address (with --net-tap).
+    #[arg(long, default_value = "02:68:75:6c:6c:01", value_parser = parse_mac)]
+    net_mac: [u8; 6],
     /// The guest's vsock context id.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
@@ -65,6 +71,20 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
         path: path.into(),
         read_only,
     })
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).map_err(|_| format!("not a MAC address: {text}")))
+        .collect::<Result<_, _>>()?;
+    let mac: [u8; 6] = bytes
+        .try_into()
+        .map_err(|_| format!("a MAC address has 6 bytes: {text}"))?;
+    if mac[0] & 1 != 0 {
+        return Err(format!("{text} is a multicast address"));
+    }
+    Ok(mac)
 }
 
 fn main() -> ExitCode {
@@ -96,6 +116,7 @@ fn main() -> ExitCode {
         serial_log: args.serial_log,
         console_echo: args.console,
         disks: args.disks,
+        net: args.net_tap.map(|tap| NetConfig { tap, mac: args.net_mac }),
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,
@@ -122,5 +143,19 @@ fn main() -> ExitCode {
             eprintln!("hull-vmm: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_are_six_unicast_bytes() {
+        assert_eq!(parse_mac("02:68:75:6c:6c:01"), Ok([2, 0x68, 0x75, 0x6c, 0x6c, 1]));
+        assert!(parse_mac("02:68:75:6c:6c").is_err());
+        assert!(parse_mac("02:68:75:6c:6c:01:02").is_err());
+        assert!(parse_mac("zz:68:75:6c:6c:01").is_err());
+        assert!(parse_mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
     }
 }

@@ -1,0 +1,343 @@
+//! virtio-net over a host tap device: frames the guest sends go to the tap,
+//! frames from the tap fill the guest's receive buffers. No offloads are
+//! offered, so every frame travels with a zeroed 12-byte `virtio_net_hdr`
+//! (the VIRTIO_F_VERSION_1 layout) and is at most an Ethernet frame.
+//!
+//! The tap sits in an epoll set armed one-shot: when the guest has no
+//! receive buffers left, the tap is not watched (the frames wait in its
+//! queue) until the guest adds some, so nothing spins.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::{VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1};
+
+const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// The header before every frame (num_buffers included, VERSION_1).
+const HEADER: usize = 12;
+/// The largest frame either way: 1500 bytes of payload, an Ethernet and a
+/// VLAN header (the guest is told nothing larger is possible: no offloads).
+const MAX_FRAME: usize = 1518;
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZE: u16 = 256;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+pub struct Net {
+    mac: [u8; 6],
+    tap: File,
+    epoll: Epoll,
+    /// A frame read from the tap that no receive buffer took yet.
+    pending: Option<Vec<u8>>,
+    /// The tap is in the epoll set, waiting to be readable.
+    armed: bool,
+}
+
+/// Opens (creating if needed) the tap interface `name`, non-blocking.
+pub fn open_tap(name: &str) -> std::io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a tap name has 1 to {} bytes", libc::IFNAMSIZ - 1),
+        ));
+    }
+    let tun = File::options().read(true).write(true).open("/dev/net/tun")?;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut request = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI,
+        _pad: [0; 22],
+    };
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads an ifreq, which `request` lays out, on an open tun fd.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut request) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(tun.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(tun)
+}
+
+impl Net {
+    /// A NIC with address `mac` on `tap` (any non-blocking frame device:
+    /// a tap, or a socket in tests).
+    pub fn new(mac: [u8; 6], tap: File) -> std::io::Result<Net> {
+        let epoll = Epoll::new()?;
+        let mut net = Net {
+            mac,
+            tap,
+            epoll,
+            pending: None,
+            armed: false,
+        };
+        net.epoll.ctl(
+            ControlOperation::Add,
+            net.tap.as_raw_fd(),
+            EpollEvent::new(EventSet::IN | EventSet::ONE_SHOT, 0),
+        )?;
+        net.armed = true;
+        Ok(net)
+    }
+
+    /// A duplicate of a socket or other fd, for tests.
+    #[cfg(test)]
+    fn from_fd(mac: [u8; 6], fd: RawFd) -> std::io::Result<Net> {
+        use std::os::unix::io::FromRawFd;
+        // SAFETY: the caller hands over ownership of an open fd.
+        Net::new(mac, unsafe { File::from_raw_fd(fd) })
+    }
+
+    fn rearm(&mut self) {
+        let rearmed = self.epoll.ctl(
+            ControlOperation::Modify,
+            self.tap.as_raw_fd(),
+            EpollEvent::new(EventSet::IN | EventSet::ONE_SHOT, 0),
+        );
+        self.armed = rearmed.is_ok();
+    }
+
+    /// Moves frames from the tap into receive buffers until either runs
+    /// out; watches the tap again only once it is drained.
+    fn receive(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(RX) else { return false };
+        let mut used = false;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let frame = match self.pending.take() {
+                Some(frame) => frame,
+                None => match self.tap.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => buf[..n].to_vec(),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // Drained (or the tap failed): wait for the next frame.
+                    Err(_) => {
+                        self.rearm();
+                        break;
+                    }
+                },
+            };
+            if frame.len() > MAX_FRAME {
+                continue; // no receive buffer is meant for it: dropped
+            }
+            let Some(chain) = queue.pop_descriptor_chain(memory) else {
+                // No buffers: keep the frame; the guest's next notify resumes.
+                self.pending = Some(frame);
+                break;
+            };
+            let head = chain.head_index();
+            let mut packet = vec![0u8; HEADER];
+            packet[10] = 1; // num_buffers: this one
+            packet.extend_from_slice(&frame);
+            let mut written = 0usize;
+            for desc in chain {
+                if !desc.is_write_only() || written == packet.len() {
+                    break;
+                }
+                let n = (desc.len() as usize).min(packet.len() - written);
+                if memory.write_slice(&packet[written..written + n], desc.addr()).is_err() {
+                    break;
+                }
+                written += n;
+            }
+            // A chain too small for the frame gets nothing: the frame is lost.
+            let len = if written == packet.len() { written as u32 } else { 0 };
+            if queue.add_used(memory, head, len).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Sends every frame the guest queued; a frame that breaks the rules
+    /// or that the tap refuses is dropped, as a NIC drops it.
+    fn transmit(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(TX) else { return false };
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let mut packet = Vec::with_capacity(HEADER + MAX_FRAME);
+            let mut valid = true;
+            for desc in chain {
+                let len = desc.len() as usize;
+                if desc.is_write_only() || packet.len() + len > HEADER + MAX_FRAME {
+                    valid = false;
+                    break;
+                }
+                let start = packet.len();
+                packet.resize(start + len, 0);
+                if memory.read_slice(&mut packet[start..], desc.addr()).is_err() {
+                    valid = false;
+                    break;
+                }
+            }
+            if valid && packet.len() > HEADER {
+                let _ = self.tap.write(&packet[HEADER..]);
+            }
+            if queue.add_used(memory, head, 0).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+    }
+
+    fn config(&self) -> Vec<u8> {
+        self.mac.to_vec()
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        match index {
+            // New receive buffers: deliver what waited for them.
+            RX if !self.armed => self.receive(queues, memory),
+            TX => self.transmit(queues, memory),
+            _ => false,
+        }
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn poll(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let mut events = [EpollEvent::default(); 1];
+        if self.epoll.wait(0, &mut events).unwrap_or(0) == 0 {
+            return false;
+        }
+        self.armed = false; // one-shot: it fired
+        self.receive(queues, memory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use virtio_queue::desc::RawDescriptor;
+    use vm_memory::GuestAddress;
+
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+    /// A NIC whose "tap" is one end of a datagram socket pair (frame
+    /// boundaries kept, like a tap's); the other end is returned.
+    fn nic() -> (Net, UnixDatagram) {
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let fd = std::os::unix::io::IntoRawFd::into_raw_fd(ours);
+        (Net::from_fd(MAC, fd).unwrap(), theirs)
+    }
+
+    /// Both queues, the one at `index` holding `descs` (the mock places
+    /// every queue at one address: the empty one is made first).
+    fn queues_at(memory: &GuestMemoryMmap, index: usize, descs: &[RawDescriptor]) -> Vec<Queue> {
+        let idle = queue_with(memory, &[]);
+        let busy = queue_with(memory, descs);
+        match index {
+            RX => vec![busy, idle],
+            _ => vec![idle, busy],
+        }
+    }
+
+    #[test]
+    fn offers_a_mac_and_two_queues() {
+        let (net, _) = nic();
+        assert_eq!(net.config(), MAC.to_vec());
+        assert_eq!(net.queue_max_sizes().len(), 2);
+        assert_ne!(net.features() & VIRTIO_NET_F_MAC, 0);
+    }
+
+    #[test]
+    fn transmitted_frames_reach_the_tap_without_their_header() {
+        let (mut net, host) = nic();
+        let memory = memory();
+        let mut packet = vec![0u8; HEADER];
+        packet.extend_from_slice(b"an ethernet frame");
+        memory.write_slice(&packet, GuestAddress(0x8000)).unwrap();
+        let mut queues = queues_at(&memory, TX, &[desc(0x8000, packet.len() as u32, 0, 0)]);
+        assert!(net.process_queue(TX, &mut queues, &memory));
+        let mut got = [0u8; 64];
+        let n = host.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], b"an ethernet frame");
+    }
+
+    #[test]
+    fn oversized_or_device_writable_tx_chains_are_dropped() {
+        let (mut net, host) = nic();
+        host.set_nonblocking(true).unwrap();
+        let memory = memory();
+        let too_long = (HEADER + MAX_FRAME + 1) as u32;
+        let mut queues = queues_at(&memory, TX, &[desc(0x8000, too_long, 0, 0)]);
+        assert!(
+            net.process_queue(TX, &mut queues, &memory),
+            "the chain is still returned"
+        );
+        assert!(host.recv(&mut [0u8; 64]).is_err(), "nothing was sent");
+        let mut queues = queues_at(&memory, TX, &[desc(0x8000, 64, WRITE, 0)]);
+        assert!(net.process_queue(TX, &mut queues, &memory));
+        assert!(host.recv(&mut [0u8; 64]).is_err());
+    }
+
+    #[test]
+    fn received_frames_wait_for_buffers_then_arrive_with_a_header() {
+        let (mut net, host) = nic();
+        let memory = memory();
+        host.send(b"frame one").unwrap();
+        // No receive buffers yet: the frame waits, the tap is not watched.
+        let mut queues = queues_at(&memory, TX, &[]);
+        assert!(!net.poll(&mut queues, &memory));
+        assert!(net.pending.is_some() && !net.armed);
+        // The guest adds a buffer and notifies: the frame lands in it.
+        let mut queues = queues_at(&memory, RX, &[desc(0x9000, 2048, WRITE, 0)]);
+        assert!(net.process_queue(RX, &mut queues, &memory));
+        let mut got = vec![0u8; HEADER + 9];
+        memory.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
+        assert_eq!(got[10], 1, "num_buffers");
+        assert_eq!(&got[HEADER..], b"frame one");
+        assert_eq!(used_len(&memory, &queues[RX], 0), (HEADER + 9) as u32);
+        assert!(net.armed, "drained: the tap is watched again");
+    }
+
+    #[test]
+    fn a_receive_buffer_too_small_gets_nothing() {
+        let (mut net, host) = nic();
+        let memory = memory();
+        host.send(&[7u8; 100]).unwrap();
+        let mut queues = queues_at(&memory, RX, &[desc(0x9000, 50, WRITE, 0)]);
+        net.armed = false;
+        assert!(net.process_queue(RX, &mut queues, &memory));
+        assert_eq!(used_len(&memory, &queues[RX], 0), 0);
+    }
+}
