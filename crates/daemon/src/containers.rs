@@ -164,19 +164,29 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let image = daemon.images.resolve(&body.image)?;
-    // `-v /path`: an anonymous volume (the body's Volumes; the image's own
-    // VOLUMEs stay in the writable layer).
-    let anonymous: Vec<String> = body
+    let config = image::config::load(&daemon.images, &image.id).map_err(ApiError::internal)?;
+    // `-v /path` and the image's own VOLUMEs become anonymous volumes where
+    // no named one is mounted.
+    let mut anonymous: Vec<String> = body
         .volumes
         .as_ref()
         .map(|v| v.keys().cloned().collect())
         .unwrap_or_default();
-    let volumes = crate::volumes::for_create(
+    let image_volumes = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.volumes().clone())
+        .unwrap_or_default();
+    for path in image_volumes {
+        if !anonymous.contains(&path) {
+            anonymous.push(path);
+        }
+    }
+    let volumes = crate::volumes::plan(
         host.binds.as_deref().unwrap_or_default(),
         host.mounts.as_deref().unwrap_or_default(),
         &anonymous,
     )?;
-    let config = image::config::load(&daemon.images, &image.id).map_err(ApiError::internal)?;
     // `--entrypoint ""` arrives as [""]: no entrypoint at all.
     let entrypoint = body
         .entrypoint
@@ -243,7 +253,11 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         process_workdir: process.workdir.clone(),
         process_user: process.user.clone(),
     };
-    daemon.containers.insert(&record)?;
+    let mounts = crate::volumes::create_planned(&volumes)?;
+    if let Err(e) = daemon.containers.insert(&record) {
+        crate::volumes::remove_anonymous(daemon, &mounts);
+        return Err(e.into());
+    }
     let spec = ContainerSpec {
         image: Some(image.id),
         rootfs: None,
@@ -254,11 +268,12 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         open_stdin: body.open_stdin,
         tty: body.tty.then(|| console_size(body.host_config.console_size.as_deref())),
         cold_boot: false,
-        volumes,
+        volumes: mounts.clone(),
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);
         let _ = ContainerDir::new(&id).remove();
+        crate::volumes::remove_anonymous(daemon, &mounts);
         return Err(e.into());
     }
     tracing::info!("created container {id} ({})", record.name);

@@ -233,11 +233,14 @@ pub fn usage_rows(daemon: &Daemon) -> Result<Vec<Value>, ApiError> {
         .collect())
 }
 
+/// A container's volumes, checked, and whether each is anonymous; nothing
+/// is made yet (`create_planned`).
+pub struct VolumePlan(Vec<(VolumeMount, bool)>);
+
 /// The volumes a container create asks for: Binds (`NAME:/path[:ro]`),
-/// Mounts of type volume, and the anonymous volumes of `-v /path` (the
-/// body's `Volumes` keys not already mounted). Named volumes are made if
-/// missing; anonymous ones are made here.
-pub fn for_create(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<Vec<VolumeMount>, ApiError> {
+/// Mounts of type volume, and anonymous volumes for the `anonymous` paths
+/// (`-v /path`, the image's VOLUMEs) not already mounted.
+pub fn plan(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<VolumePlan, ApiError> {
     let mut wanted = Vec::new();
     for bind in binds {
         wanted.push((volume::parse_bind(bind).map_err(ApiError::bad_request)?, false));
@@ -285,10 +288,15 @@ pub fn for_create(binds: &[String], mounts: &[Value], anonymous: &[String]) -> R
     }
     let mounts: Vec<VolumeMount> = wanted.iter().map(|(m, _)| m.clone()).collect();
     volume::check_mounts(&mounts).map_err(ApiError::bad_request)?;
-    for (mount, anonymous) in &wanted {
+    Ok(VolumePlan(wanted))
+}
+
+/// Makes the planned volumes (named ones only if missing).
+pub fn create_planned(plan: &VolumePlan) -> Result<Vec<VolumeMount>, ApiError> {
+    for (mount, anonymous) in &plan.0 {
         volume::create(&mount.name, BTreeMap::new(), *anonymous)?;
     }
-    Ok(mounts)
+    Ok(plan.0.iter().map(|(m, _)| m.clone()).collect())
 }
 
 /// Removes a removed container's anonymous volumes (`docker rm -v`, and

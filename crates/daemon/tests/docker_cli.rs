@@ -596,7 +596,7 @@ fn docker_login_and_pulls_carry_the_clients_credentials() {
 
 #[test]
 fn volumes_are_created_listed_inspected_pruned_and_removed() {
-    let (hulld, _registry, image) = with_box_image("volumes");
+    let (hulld, registry, image) = with_box_image("volumes");
     assert_eq!(
         ok(&hulld.docker(&["volume", "create", "--label", "team=db", "pgdata"])),
         "pgdata\n"
@@ -667,4 +667,37 @@ fn volumes_are_created_listed_inspected_pruned_and_removed() {
     ok(&hulld.docker(&["rm", "db"]));
     ok(&hulld.docker(&["volume", "rm", "pgdata"]));
     assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "");
+
+    // An image's VOLUME becomes an anonymous volume, unless a named one is
+    // mounted there; it goes with its container (rm -v).
+    let with_volume = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"], "Volumes": {"/var/lib/db": {}}})),
+        "test/db:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &with_volume]));
+    ok(&hulld.docker(&["create", "--name", "db2", &with_volume]));
+    let mount = ok(&hulld.docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Name}} {{.Destination}}{{end}}",
+        "db2",
+    ]));
+    let (name, destination) = mount.trim().split_once(' ').unwrap();
+    assert_eq!((name.len(), destination), (64, "/var/lib/db"), "{mount}");
+    ok(&hulld.docker(&["create", "--name", "db3", "-v", "named:/var/lib/db", &with_volume]));
+    let mount = ok(&hulld.docker(&["inspect", "--format", "{{range .Mounts}}{{.Name}}{{end}}", "db3"]));
+    assert_eq!(mount, "named\n");
+    // A create that fails leaves no volume behind.
+    fails(
+        &hulld.docker(&["create", "--name", "db2", &with_volume]),
+        1,
+        "already in use",
+    );
+    let volumes = ok(&hulld.docker(&["volume", "ls", "-q"]));
+    assert_eq!(volumes.lines().count(), 2, "{volumes}");
+    ok(&hulld.docker(&["rm", "-v", "db2", "db3"]));
+    assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "named\n");
 }
