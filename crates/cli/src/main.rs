@@ -252,6 +252,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Does `action` to each name, printing the names done and the errors;
+/// whether every one succeeded.
+fn each_named<E: std::fmt::Display>(names: &[String], action: impl Fn(&str) -> Result<(), E>) -> bool {
+    let mut all_ok = true;
+    for name in names {
+        match action(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("hull: {e}");
+                all_ok = false;
+            }
+        }
+    }
+    all_ok
+}
+
 /// Exit status for a command that succeeded (fully or not) or failed.
 fn done(result: anyhow::Result<bool>) -> ExitCode {
     match result {

@@ -37,15 +37,5 @@ pub fn list() -> anyhow::Result<bool> {
 }
 
 pub fn remove(names: &[String]) -> anyhow::Result<bool> {
-    let mut all_ok = true;
-    for name in names {
-        match template::remove(name) {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("hull: {e}");
-                all_ok = false;
-            }
-        }
-    }
-    Ok(all_ok)
+    Ok(crate::each_named(names, template::remove))
 }

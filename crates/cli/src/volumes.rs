@@ -22,15 +22,5 @@ pub fn list() -> anyhow::Result<bool> {
 /// not read hulld's container records: `docker volume rm` also refuses
 /// volumes that stopped containers name.)
 pub fn remove(names: &[String]) -> anyhow::Result<bool> {
-    let mut all_ok = true;
-    for name in names {
-        match volume::remove(name) {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("hull: {e}");
-                all_ok = false;
-            }
-        }
-    }
-    Ok(all_ok)
+    Ok(crate::each_named(names, volume::remove))
 }

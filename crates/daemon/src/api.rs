@@ -164,6 +164,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
+/// A query of only Docker's `filters` (JSON), for list and prune endpoints.
+#[derive(Debug, serde::Deserialize)]
+pub struct FiltersQuery {
+    pub filters: Option<String>,
+}
+
 /// Parses `1.44` into (1, 44).
 pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.split_once('.')?;

@@ -397,16 +397,11 @@ async fn receive_and_load(
     .await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PruneQuery {
-    filters: Option<String>,
-}
-
 /// `POST /images/prune`: dangling images (or, with `dangling=false`, every
 /// image no container uses).
 pub async fn prune(
     State(daemon): State<Arc<Daemon>>,
-    Query(query): Query<PruneQuery>,
+    Query(query): Query<crate::api::FiltersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filters = crate::containers::parse_filters(query.filters.as_deref())?;
     let mut all = false;

@@ -104,13 +104,11 @@ pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>)
     Ok((StatusCode::CREATED, Json(volume_json(&record))))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    filters: Option<String>,
-}
-
 /// `docker volume ls`, with the `name`, `dangling` and `label` filters.
-pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(daemon): State<Arc<Daemon>>,
+    Query(query): Query<crate::api::FiltersQuery>,
+) -> Result<Json<Value>, ApiError> {
     let filters = crate::containers::parse_filters(query.filters.as_deref())?;
     blocking(move || {
         let users = users(&daemon)?;
@@ -180,16 +178,11 @@ pub async fn remove(
     .await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PruneQuery {
-    filters: Option<String>,
-}
-
 /// Removes unused volumes: anonymous ones only, unless `all=true` (Docker
 /// 23+'s rule).
 pub async fn prune(
     State(daemon): State<Arc<Daemon>>,
-    Query(query): Query<PruneQuery>,
+    Query(query): Query<crate::api::FiltersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filters = crate::containers::parse_filters(query.filters.as_deref())?;
     let all = filters
