@@ -170,6 +170,12 @@ pub struct FiltersQuery {
     pub filters: Option<String>,
 }
 
+/// A query of only `force` (a Docker boolean), for remove endpoints.
+#[derive(Debug, serde::Deserialize)]
+pub struct ForceQuery {
+    pub force: Option<String>,
+}
+
 /// Parses `1.44` into (1, 44).
 pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.split_once('.')?;

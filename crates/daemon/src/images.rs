@@ -477,16 +477,11 @@ pub async fn post_by_name(
     Ok(empty(StatusCode::CREATED))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RemoveQuery {
-    force: Option<String>,
-}
-
 /// `DELETE /images/{name}`: Docker's list of untagged and deleted images.
 pub async fn remove(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
-    Query(query): Query<RemoveQuery>,
+    Query(query): Query<crate::api::ForceQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let force = flag(&query.force);
     blocking(move || {

@@ -143,18 +143,13 @@ pub async fn inspect(Path(name): Path<String>) -> Result<Json<Value>, ApiError> 
     .await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RemoveQuery {
-    force: Option<String>,
-}
-
 /// Refused while a container refers to the volume, as Docker does (even a
 /// stopped one: it mounts the volume again when started), unless forced;
 /// never while a VM has it mounted.
 pub async fn remove(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
-    Query(query): Query<RemoveQuery>,
+    Query(query): Query<crate::api::ForceQuery>,
 ) -> Result<Response, ApiError> {
     blocking(move || {
         if volume::get(&name)?.is_none() {
