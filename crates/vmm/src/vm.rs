@@ -66,9 +66,29 @@ pub struct VmConfig {
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// The tap interface (made if missing, and then gone with the VMM).
-    pub tap: String,
+    pub backend: NetBackend,
     pub mac: [u8; 6],
+}
+
+/// What a NIC is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// The tap interface of this name (made if missing, and then gone with the VMM).
+    Tap(String),
+    /// A tap opened by whoever started us, passed down as this fd.
+    TapFd(i32),
+    /// Nothing: frames are dropped (a template's NIC slot, `--network none`).
+    Detached,
+}
+
+impl std::fmt::Display for NetBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetBackend::Tap(name) => write!(f, "{name}"),
+            NetBackend::TapFd(fd) => write!(f, "fd {fd}"),
+            NetBackend::Detached => write!(f, "(detached)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -236,11 +256,15 @@ fn virtio_devices(
     models.push(Box::new(Rng));
     if let Some(net) = &config.net {
         let tap_err = |source| VmError::Tap {
-            tap: net.tap.clone(),
+            tap: net.backend.to_string(),
             source,
         };
-        let tap = crate::devices::virtio::net::open_tap(&net.tap).map_err(tap_err)?;
-        models.push(Box::new(Net::new(net.mac, tap).map_err(tap_err)?));
+        let nic = match &net.backend {
+            NetBackend::Tap(name) => crate::devices::virtio::net::open_tap(name).and_then(|tap| Net::new(net.mac, tap)),
+            NetBackend::TapFd(fd) => Net::on_inherited_tap(net.mac, *fd),
+            NetBackend::Detached => Net::detached(net.mac),
+        };
+        models.push(Box::new(nic.map_err(tap_err)?));
     }
     let max = (IOAPIC_PINS - VIRTIO_FIRST_IRQ) as usize;
     if models.len() > max {

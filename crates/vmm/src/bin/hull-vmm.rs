@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::vm::{self, DiskConfig, GuestExit, NetConfig, Start, VmConfig, VmError, VsockConfig};
+use vmm::vm::{self, DiskConfig, GuestExit, NetBackend, NetConfig, Start, VmConfig, VmError, VsockConfig};
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
@@ -49,9 +49,15 @@ struct Args {
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
     /// virtio-net on this host tap interface (made if missing).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["net_fd", "net_detached"])]
     net_tap: Option<String>,
-    /// The NIC's MAC address (with --net-tap).
+    /// virtio-net on a tap the caller opened and passed down as this fd.
+    #[arg(long, conflicts_with = "net_detached")]
+    net_fd: Option<i32>,
+    /// virtio-net plugged into nothing (a template's NIC slot).
+    #[arg(long)]
+    net_detached: bool,
+    /// The NIC's MAC address.
     #[arg(long, default_value = "02:68:75:6c:6c:01", value_parser = parse_mac)]
     net_mac: [u8; 6],
     /// The guest's vsock context id.
@@ -116,7 +122,16 @@ fn main() -> ExitCode {
         serial_log: args.serial_log,
         console_echo: args.console,
         disks: args.disks,
-        net: args.net_tap.map(|tap| NetConfig { tap, mac: args.net_mac }),
+        net: match (args.net_tap, args.net_fd, args.net_detached) {
+            (Some(tap), _, _) => Some(NetBackend::Tap(tap)),
+            (_, Some(fd), _) => Some(NetBackend::TapFd(fd)),
+            (_, _, true) => Some(NetBackend::Detached),
+            _ => None,
+        }
+        .map(|backend| NetConfig {
+            backend,
+            mac: args.net_mac,
+        }),
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,

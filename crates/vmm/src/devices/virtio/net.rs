@@ -34,6 +34,8 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 pub struct Net {
     mac: [u8; 6],
     tap: File,
+    /// A detached NIC's far end, kept open so its near end never reads EOF.
+    _peer: Option<File>,
     epoll: Epoll,
     /// A frame read from the tap that no receive buffer took yet.
     pending: Option<Vec<u8>>,
@@ -66,14 +68,19 @@ pub fn open_tap(name: &str) -> std::io::Result<File> {
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut request) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    set_nonblocking(&tun)?;
+    Ok(tun)
+}
+
+fn set_nonblocking(file: &File) -> std::io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     unsafe {
-        let flags = libc::fcntl(tun.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok(tun)
+    Ok(())
 }
 
 impl Net {
@@ -84,6 +91,7 @@ impl Net {
         let mut net = Net {
             mac,
             tap,
+            _peer: None,
             epoll,
             pending: None,
             armed: false,
@@ -95,6 +103,33 @@ impl Net {
         )?;
         net.armed = true;
         Ok(net)
+    }
+
+    /// A NIC plugged into nothing: what the guest sends is dropped and
+    /// nothing arrives. Templates and `--network none` clones have one, so
+    /// every VM keeps the same device slots.
+    pub fn detached(mac: [u8; 6]) -> std::io::Result<Net> {
+        let (near, far) = std::os::unix::net::UnixDatagram::pair()?;
+        near.set_nonblocking(true)?;
+        let mut net = Net::new(mac, File::from(std::os::fd::OwnedFd::from(near)))?;
+        net._peer = Some(File::from(std::os::fd::OwnedFd::from(far)));
+        Ok(net)
+    }
+
+    /// A NIC on a tap that the caller opened and passed down as `fd` (the
+    /// runtime makes the tap and attaches it to its bridge; when this
+    /// process ends the tap goes with it).
+    pub fn on_inherited_tap(mac: [u8; 6], fd: RawFd) -> std::io::Result<Net> {
+        use std::os::unix::io::FromRawFd;
+        // SAFETY: fstat on an fd number; a closed one is an error, not UB.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        if fd < 0 || unsafe { libc::fstat(fd, &mut stat) } != 0 {
+            return Err(std::io::Error::other(format!("fd {fd} is not open")));
+        }
+        // SAFETY: the fd is open and was handed to this process to own.
+        let tap = unsafe { File::from_raw_fd(fd) };
+        set_nonblocking(&tap)?;
+        Net::new(mac, tap)
     }
 
     /// A duplicate of a socket or other fd, for tests.
