@@ -4,7 +4,8 @@
 //! at the snapshot point every clone resumes from, connects to the host
 //! over vsock, and runs the one container command the host asks for: root
 //! filesystem disk mounted read-only under a tmpfs overlay, the usual
-//! /proc, /sys, /dev, /dev/pts, /dev/shm and /tmp, hostname, uid:gid,
+//! /proc, /sys, /dev, /dev/pts, /dev/shm and /tmp, hostname, network
+//! (loopback, NICs, /etc/hosts and resolv.conf), uid:gid,
 //! environment and working directory. Standard streams travel over the same
 //! vsock connection; signals from the host are delivered; orphans are
 //! reaped; the exit status (or killing signal) is reported; then the VM
@@ -15,6 +16,7 @@
 mod archive;
 mod machine;
 mod mounts;
+mod network;
 mod report;
 mod terminal;
 mod user;
@@ -140,6 +142,9 @@ fn serve(conn: File) {
     }
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));
+    }
+    if let Err(e) = network::setup(&spec, ROOT) {
+        return fail(&sink, format!("setting up the network: {e}"), 125);
     }
     let reaper = Reaper::start();
     if spec.process.argv.is_empty() {

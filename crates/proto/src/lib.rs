@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -83,6 +83,45 @@ pub struct RunSpec {
     pub entropy: Vec<u8>,
     /// The host's wall clock in nanoseconds since the epoch (0: leave it).
     pub wall_clock_ns: u64,
+    /// The container's network identity. `None` (`--network none`): only
+    /// `lo`, and the NICs stay down.
+    #[serde(default)]
+    pub network: Option<GuestNetwork>,
+}
+
+/// How the guest's network is set up before the command starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// One per NIC the container uses, matched to a guest NIC by slot
+    /// (`eth0` is slot 0): clones share their template's MAC, so the agent
+    /// sets each NIC's own.
+    pub interfaces: Vec<GuestInterface>,
+    /// `/etc/hosts` lines beyond `localhost`: the container's own names
+    /// and `--add-host` entries.
+    pub hosts: Vec<HostEntry>,
+    /// `/etc/resolv.conf`: nameserver addresses, search domains, options.
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+    pub dns_options: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    /// The guest NIC's slot (0 = the first virtio-net device).
+    pub slot: u8,
+    /// `02:42:0a:58:00:02`.
+    pub mac: String,
+    /// CIDR addresses, e.g. `10.88.0.2/16`.
+    pub addresses: Vec<String>,
+    /// The default route's next hop through this NIC, if any.
+    pub gateway: Option<String>,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub address: String,
+    pub names: Vec<String>,
 }
 
 /// The guest's CPU time and memory, as its kernel counts them.
@@ -362,6 +401,22 @@ mod tests {
             }],
             entropy: vec![1, 2, 3],
             wall_clock_ns: 1,
+            network: Some(GuestNetwork {
+                interfaces: vec![GuestInterface {
+                    slot: 0,
+                    mac: "02:42:0a:58:00:02".into(),
+                    addresses: vec!["10.88.0.2/16".into()],
+                    gateway: Some("10.88.0.1".into()),
+                    mtu: 1500,
+                }],
+                hosts: vec![HostEntry {
+                    address: "10.88.0.2".into(),
+                    names: vec!["web".into()],
+                }],
+                nameservers: vec!["10.88.0.1".into()],
+                search: Vec::new(),
+                dns_options: Vec::new(),
+            }),
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));

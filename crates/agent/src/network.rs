@@ -1,0 +1,495 @@
+//! The guest's network: loopback, the container's NICs (MAC, MTU,
+//! addresses, default route), and its /etc/hosts, /etc/resolv.conf and
+//! /etc/hostname. As with Docker, those files live outside the container's
+//! filesystem (in the agent's own RAM root) and are bind-mounted over it,
+//! so the image's files are never rewritten.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use netlink::Netlink;
+use proto::{GuestInterface, GuestNetwork, HostEntry, RunSpec};
+
+/// Where the generated files are kept (the agent's root, not the container's).
+const FILES: &str = "/run/hull/net";
+
+/// virtio_net probes its devices once the agent loads it: a NIC may show up
+/// a moment after the agent asks for it.
+const NIC_WAIT: Duration = Duration::from_secs(2);
+const NIC_POLL: Duration = Duration::from_millis(5);
+
+/// One NIC's settings, checked.
+#[derive(Debug, PartialEq)]
+struct Nic {
+    slot: u8,
+    mac: [u8; 6],
+    addresses: Vec<(IpAddr, u8)>,
+    gateway: Option<Ipv4Addr>,
+    mtu: u32,
+}
+
+/// Sets up the guest's network for `spec` and the files over the
+/// container's root at `root`. Everything the host sent is checked before
+/// anything is changed.
+pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
+    let none = GuestNetwork::default();
+    let network = spec.network.as_ref().unwrap_or(&none);
+    let nics = network.interfaces.iter().map(nic).collect::<Result<Vec<_>, _>>()?;
+    if let Some(twice) = nics
+        .iter()
+        .find(|a| nics.iter().filter(|b| b.slot == a.slot).count() > 1)
+    {
+        return Err(format!("NIC slot {} is given twice", twice.slot));
+    }
+    let mut files = vec![
+        ("hosts", hosts_file(&network.hosts)?),
+        ("hostname", hostname_file(&spec.hostname)?),
+    ];
+    if let Some(resolv) = resolv_conf(network)? {
+        files.push(("resolv.conf", resolv));
+    }
+
+    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+    let lo = nl
+        .link_index("lo")
+        .map_err(|e| format!("lo: {e}"))?
+        .ok_or("the guest has no loopback interface")?;
+    nl.set_up(lo).map_err(|e| format!("lo: {e}"))?;
+    if let Some(last) = nics.iter().map(|nic| nic.slot).max() {
+        let names = wait_for_nics(usize::from(last) + 1)?;
+        for nic in &nics {
+            let name = &names[usize::from(nic.slot)];
+            configure(&mut nl, name, nic).map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+
+    fs::create_dir_all(FILES).map_err(|e| format!("{FILES}: {e}"))?;
+    for (name, contents) in files {
+        let source = Path::new(FILES).join(name);
+        fs::write(&source, contents).map_err(|e| format!("{}: {e}", source.display()))?;
+        mount_point(Path::new(root), name)
+            .and_then(|target| bind(&source, &target))
+            .map_err(|e| format!("/etc/{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks one interface from the host.
+fn nic(interface: &GuestInterface) -> Result<Nic, String> {
+    let addresses = interface
+        .addresses
+        .iter()
+        .map(|cidr| parse_cidr(cidr))
+        .collect::<Result<_, _>>()?;
+    let gateway = match &interface.gateway {
+        None => None,
+        Some(gateway) => Some(
+            gateway
+                .parse()
+                .map_err(|_| format!("invalid gateway {gateway:?} (an IPv4 address is expected)"))?,
+        ),
+    };
+    Ok(Nic {
+        slot: interface.slot,
+        mac: parse_mac(&interface.mac)?,
+        addresses,
+        gateway,
+        mtu: interface.mtu,
+    })
+}
+
+fn configure(nl: &mut Netlink, name: &str, nic: &Nic) -> Result<(), netlink::NetlinkError> {
+    let Some(index) = nl.link_index(name)? else {
+        return Err(netlink::NetlinkError::InvalidInput("the interface vanished".into()));
+    };
+    // Clones share their template's MAC, so each sets its own, before the
+    // link is up.
+    nl.set_mac(index, nic.mac)?;
+    // 0: the host leaves the NIC's own MTU.
+    if nic.mtu != 0 {
+        nl.set_mtu(index, nic.mtu)?;
+    }
+    nl.set_up(index)?;
+    for &(address, prefix_len) in &nic.addresses {
+        nl.add_address(index, address, prefix_len)?;
+    }
+    if let Some(gateway) = nic.gateway {
+        nl.add_default_route(gateway, index)?;
+    }
+    Ok(())
+}
+
+/// The guest's virtio-net NICs in slot order, once there are at least
+/// `count` of them (or after `NIC_WAIT`).
+fn wait_for_nics(count: usize) -> Result<Vec<String>, String> {
+    let deadline = Instant::now() + NIC_WAIT;
+    loop {
+        let nics = virtio_nics().map_err(|e| format!("listing the NICs: {e}"))?;
+        if nics.len() >= count {
+            return Ok(nics);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the container needs {count} network interface(s) but the guest has {} virtio-net NIC(s) after {} s",
+                nics.len(),
+                NIC_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(NIC_POLL);
+    }
+}
+
+/// The virtio-net NICs, ordered by their MMIO windows: the VMM lays its
+/// device slots out in order, and unlike `ethN` names (handed out in probe
+/// order) a window does not depend on when each NIC was probed.
+fn virtio_nics() -> io::Result<Vec<String>> {
+    let iomem = fs::read_to_string("/proc/iomem")?;
+    let mut nics = Vec::new();
+    for entry in fs::read_dir("/sys/class/net")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let class = Path::new("/sys/class/net").join(&name);
+        // Virtual links (lo) have no device.
+        let Ok(device) = fs::canonicalize(class.join("device")) else {
+            continue;
+        };
+        let driver = fs::read_link(device.join("driver")).ok();
+        if driver.as_deref().and_then(Path::file_name) != Some("virtio_net".as_ref()) {
+            continue;
+        }
+        // The virtio device's parent is the virtio-mmio platform device
+        // (`LNRO0005:NN`), which owns the window in /proc/iomem.
+        let platform = device.parent().and_then(Path::file_name).map(|p| p.to_string_lossy());
+        let window = platform
+            .as_deref()
+            .and_then(|platform| mmio_window(&iomem, platform))
+            .ok_or_else(|| io::Error::other(format!("{name}: its MMIO window is not in /proc/iomem")))?;
+        nics.push((window, name));
+    }
+    nics.sort();
+    Ok(nics.into_iter().map(|(_, name)| name).collect())
+}
+
+/// The start of the memory range `/proc/iomem` gives to `device`.
+fn mmio_window(iomem: &str, device: &str) -> Option<u64> {
+    iomem.lines().find_map(|line| {
+        let (range, owner) = line.trim_start().split_once(" : ")?;
+        // The driver's own request may be named "DEVICE RESOURCE".
+        if owner.split(' ').next() != Some(device) {
+            return None;
+        }
+        u64::from_str_radix(range.split_once('-')?.0, 16).ok()
+    })
+}
+
+/// `02:42:0a:58:00:02`.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("invalid MAC address {text:?}");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    match parts.next() {
+        Some(_) => Err(bad()),
+        None => Ok(mac),
+    }
+}
+
+/// `10.88.0.2/16`.
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let bad = || format!("invalid address {text:?} (address/prefix expected)");
+    let (address, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let address: IpAddr = address.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    if prefix > bits {
+        return Err(bad());
+    }
+    Ok((address, prefix))
+}
+
+/// A host name, search domain or resolver option: one non-empty word.
+fn check_word<'a>(what: &str, word: &'a str) -> Result<&'a str, String> {
+    if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid {what} {word:?}"));
+    }
+    Ok(word)
+}
+
+fn hosts_file(entries: &[HostEntry]) -> Result<String, String> {
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for entry in entries {
+        let address: IpAddr = entry
+            .address
+            .parse()
+            .map_err(|_| format!("invalid /etc/hosts address {:?}", entry.address))?;
+        if entry.names.is_empty() {
+            return Err(format!("/etc/hosts entry {address} has no names"));
+        }
+        let names = entry
+            .names
+            .iter()
+            .map(|name| check_word("host name", name))
+            .collect::<Result<Vec<_>, _>>()?;
+        hosts.push_str(&format!("{address}\t{}\n", names.join(" ")));
+    }
+    Ok(hosts)
+}
+
+/// `None` without nameservers: the image's own file stays.
+fn resolv_conf(network: &GuestNetwork) -> Result<Option<String>, String> {
+    if network.nameservers.is_empty() {
+        return Ok(None);
+    }
+    let mut resolv = String::new();
+    for server in &network.nameservers {
+        let address: IpAddr = server.parse().map_err(|_| format!("invalid nameserver {server:?}"))?;
+        resolv.push_str(&format!("nameserver {address}\n"));
+    }
+    let line = |keyword: &str, what: &str, words: &[String]| -> Result<String, String> {
+        let words = words
+            .iter()
+            .map(|word| check_word(what, word))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match words.is_empty() {
+            true => String::new(),
+            false => format!("{keyword} {}\n", words.join(" ")),
+        })
+    };
+    resolv.push_str(&line("search", "search domain", &network.search)?);
+    resolv.push_str(&line("options", "resolver option", &network.dns_options)?);
+    Ok(Some(resolv))
+}
+
+fn hostname_file(hostname: &str) -> Result<String, String> {
+    Ok(format!("{}\n", check_word("hostname", hostname)?))
+}
+
+/// Makes `root/etc/name` a file to mount over (and `/etc` a directory) if
+/// it is not: a symlink there is replaced, never followed, so the mount
+/// stays inside the container.
+fn mount_point(root: &Path, name: &str) -> io::Result<PathBuf> {
+    let etc = root.join("etc");
+    match fs::symlink_metadata(&etc) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(io::Error::other("the container's /etc is not a directory")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&etc)?,
+        Err(e) => return Err(e),
+    }
+    let target = etc.join(name);
+    match fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_dir() => return Err(io::Error::other("it is a directory")),
+        Ok(meta) if meta.is_symlink() => {
+            fs::remove_file(&target)?;
+            fs::write(&target, "")?;
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::write(&target, "")?,
+        Err(e) => return Err(e),
+    }
+    Ok(target)
+}
+
+fn bind(source: &Path, target: &Path) -> io::Result<()> {
+    let c = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other);
+    let (source, target) = (c(source)?, c(target)?);
+    // SAFETY: both paths are NUL-terminated strings alive for the call; a
+    // bind mount reads no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(parse_mac("02:42:0a:58:00:02"), Ok([0x02, 0x42, 0x0a, 0x58, 0x00, 0x02]));
+        assert_eq!(parse_mac("AA:bb:CC:dd:EE:ff"), Ok([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]));
+        for bad in [
+            "",
+            "02:42:0a:58:00",
+            "02:42:0a:58:00:02:03",
+            "2:42:0a:58:00:02",
+            "02:42:0a:58:00:0g",
+            "+2:42:0a:58:00:02",
+            "02-42-0a-58-00-02",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn addresses_need_a_prefix_that_fits() {
+        assert_eq!(parse_cidr("10.88.0.2/16"), Ok(("10.88.0.2".parse().unwrap(), 16)));
+        assert_eq!(parse_cidr("fd00::2/64"), Ok(("fd00::2".parse().unwrap(), 64)));
+        for bad in [
+            "10.88.0.2",
+            "10.88.0.2/33",
+            "fd00::2/129",
+            "10.88.0/16",
+            "10.88.0.2/-1",
+            "/16",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_interface_is_checked_whole() {
+        let mut interface = GuestInterface {
+            slot: 1,
+            mac: "02:42:0a:58:00:02".into(),
+            addresses: vec!["10.88.0.2/16".into()],
+            gateway: Some("10.88.0.1".into()),
+            mtu: 1500,
+        };
+        assert_eq!(
+            nic(&interface),
+            Ok(Nic {
+                slot: 1,
+                mac: [0x02, 0x42, 0x0a, 0x58, 0x00, 0x02],
+                addresses: vec![("10.88.0.2".parse().unwrap(), 16)],
+                gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+                mtu: 1500,
+            })
+        );
+        interface.gateway = Some("fd00::1".into());
+        assert!(nic(&interface).unwrap_err().contains("gateway"));
+    }
+
+    #[test]
+    fn hosts_has_localhost_then_the_entries() {
+        let entries = [
+            HostEntry {
+                address: "10.88.0.2".into(),
+                names: vec!["web".into(), "web.local".into()],
+            },
+            HostEntry {
+                address: "fd00::5".into(),
+                names: vec!["db".into()],
+            },
+        ];
+        assert_eq!(
+            hosts_file(&entries).unwrap(),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             10.88.0.2\tweb web.local\nfd00::5\tdb\n"
+        );
+        assert_eq!(
+            hosts_file(&[]).unwrap(),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        );
+        let bad = |address: &str, name: &str| {
+            hosts_file(&[HostEntry {
+                address: address.into(),
+                names: vec![name.into()],
+            }])
+            .is_err()
+        };
+        assert!(bad("10.0.0.1", "two words"));
+        assert!(bad("10.0.0.1", "line\nbreak"));
+        assert!(bad("10.0.0.1", ""));
+        assert!(bad("not-an-ip", "x"));
+        assert!(hosts_file(&[HostEntry {
+            address: "10.0.0.1".into(),
+            names: vec![]
+        }])
+        .is_err());
+    }
+
+    #[test]
+    fn resolv_conf_lists_servers_search_and_options() {
+        let mut network = GuestNetwork {
+            nameservers: vec!["10.88.0.1".into(), "2001:4860:4860::8888".into()],
+            search: vec!["example.com".into(), "corp".into()],
+            dns_options: vec!["ndots:2".into()],
+            ..GuestNetwork::default()
+        };
+        assert_eq!(
+            resolv_conf(&network).unwrap().unwrap(),
+            "nameserver 10.88.0.1\nnameserver 2001:4860:4860::8888\nsearch example.com corp\noptions ndots:2\n"
+        );
+        network.search.clear();
+        network.dns_options.clear();
+        assert_eq!(
+            resolv_conf(&network).unwrap().unwrap(),
+            "nameserver 10.88.0.1\nnameserver 2001:4860:4860::8888\n"
+        );
+        network.search = vec!["a b".into()];
+        assert!(resolv_conf(&network).is_err());
+        network.search.clear();
+        network.nameservers = vec!["dns.google".into()];
+        assert!(resolv_conf(&network).is_err());
+        // Without nameservers the image's file stays.
+        assert_eq!(resolv_conf(&GuestNetwork::default()), Ok(None));
+    }
+
+    #[test]
+    fn hostname_is_one_word() {
+        assert_eq!(hostname_file("abc123").unwrap(), "abc123\n");
+        assert!(hostname_file("").is_err());
+        assert!(hostname_file("a\nb").is_err());
+    }
+
+    #[test]
+    fn mmio_windows_are_read_from_iomem() {
+        let iomem = "00000000-00000fff : Reserved\n\
+                     d0000000-d0000fff : LNRO0005:00\n  d0000000-d0000fff : LNRO0005:00\n\
+                     d0003000-d0003fff : LNRO0005:03\n  d0004000-d0004fff : LNRO0005:04 LNRO0005:04\n";
+        assert_eq!(mmio_window(iomem, "LNRO0005:03"), Some(0xd000_3000));
+        assert_eq!(mmio_window(iomem, "LNRO0005:00"), Some(0xd000_0000));
+        assert_eq!(mmio_window(iomem, "LNRO0005:04"), Some(0xd000_4000));
+        assert_eq!(mmio_window(iomem, "LNRO0005:01"), None);
+        assert_eq!(mmio_window(iomem, "LNRO0005"), None);
+    }
+
+    #[test]
+    fn etc_targets_become_regular_files_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(&outside, "host file").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/resolv.conf")).unwrap();
+        let target = mount_point(&root, "resolv.conf").unwrap();
+        assert_eq!(target, root.join("etc/resolv.conf"));
+        assert!(fs::symlink_metadata(&target).unwrap().is_file());
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "host file");
+
+        fs::write(root.join("etc/hosts"), "image's").unwrap();
+        mount_point(&root, "hosts").unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/hosts")).unwrap(), "image's");
+
+        fs::create_dir(root.join("etc/hostname")).unwrap();
+        assert!(mount_point(&root, "hostname").is_err());
+
+        let bare = dir.path().join("bare");
+        fs::create_dir(&bare).unwrap();
+        let target = mount_point(&bare, "hosts").unwrap();
+        assert!(fs::symlink_metadata(target).unwrap().is_file());
+
+        let linked_etc = dir.path().join("linked");
+        fs::create_dir(&linked_etc).unwrap();
+        std::os::unix::fs::symlink(&outside, linked_etc.join("etc")).unwrap();
+        assert!(mount_point(&linked_etc, "hosts").is_err());
+    }
+}
