@@ -362,6 +362,7 @@ fn run(args: RunArgs) -> ExitCode {
         hostname: None,
         hold: false,
         volumes: args.volumes,
+        network: Default::default(),
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

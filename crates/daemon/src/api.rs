@@ -105,7 +105,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    use crate::{archive, containers, events, exec, images, monitor, streams, system, volumes};
+    use crate::{archive, containers, events, exec, images, monitor, networks, streams, system, volumes};
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -146,7 +146,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/images/prune", post(images::prune))
         .route("/containers/prune", post(containers::prune))
         .route("/system/df", get(system::disk_usage))
-        .route("/networks/prune", post(system::prune_networks))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route("/networks/{id}", get(networks::inspect).delete(networks::remove))
         .route("/volumes", get(volumes::list))
         .route("/volumes/create", post(volumes::create))
         .route("/volumes/prune", post(volumes::prune))

@@ -53,7 +53,6 @@ struct HostConfigBody {
     restart_policy: RestartPolicy,
     binds: Option<Vec<String>>,
     mounts: Option<Vec<Value>>,
-    port_bindings: Option<HashMap<String, Value>>,
     privileged: bool,
     /// The client terminal's `[height, width]` (with `Tty`).
     console_size: Option<Vec<u64>>,
@@ -125,11 +124,6 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         ));
     }
     let host = &body.host_config;
-    if host.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) {
-        return Err(ApiError::bad_request(
-            "port publishing is not supported by hull yet (-p)",
-        ));
-    }
     if host.privileged {
         return Err(ApiError::bad_request(
             "--privileged is not supported: every container is its own VM",
@@ -203,6 +197,32 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         image::config::process(Some(&config), &overrides).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let id = random_hex(32);
+    let network_request: crate::networking::NetworkRequest = raw
+        .get("HostConfig")
+        .filter(|h| h.is_object())
+        .map(|h| serde_json::from_value(h.clone()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid HostConfig: {e}")))?
+        .unwrap_or_default();
+    let endpoints: HashMap<String, crate::networking::EndpointBody> = raw
+        .pointer("/NetworkingConfig/EndpointsConfig")
+        .filter(|e| e.is_object())
+        .map(|e| serde_json::from_value(e.clone()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid NetworkingConfig: {e}")))?
+        .unwrap_or_default();
+    let mut exposed: Vec<String> = raw
+        .get("ExposedPorts")
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    exposed.extend(
+        config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default(),
+    );
     let name = match name.filter(|n| !n.is_empty()) {
         Some(name) => {
             let name = name.strip_prefix('/').unwrap_or(&name).to_string();
@@ -253,9 +273,28 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         process_workdir: process.workdir.clone(),
         process_user: process.user.clone(),
     };
-    let mounts = crate::volumes::create_planned(&volumes)?;
+    let network = crate::networking::plan(
+        &id,
+        &network_request,
+        &endpoints,
+        raw.get("MacAddress").and_then(Value::as_str).unwrap_or(""),
+        &exposed,
+    )?;
+    let mut record = record;
+    record.host_config["NetworkMode"] = json!(match network_request.network_mode.as_str() {
+        "" => "bridge".to_string(),
+        _ => crate::networking::mode_name(&network),
+    });
+    let mounts = match crate::volumes::create_planned(&volumes) {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            crate::networking::release(&id, &network);
+            return Err(e);
+        }
+    };
     if let Err(e) = daemon.containers.insert(&record) {
         crate::volumes::remove_anonymous(daemon, &mounts);
+        crate::networking::release(&id, &network);
         return Err(e.into());
     }
     let spec = ContainerSpec {
@@ -269,11 +308,13 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         tty: body.tty.then(|| console_size(body.host_config.console_size.as_deref())),
         cold_boot: false,
         volumes: mounts.clone(),
+        network,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);
         let _ = ContainerDir::new(&id).remove();
         crate::volumes::remove_anonymous(daemon, &mounts);
+        crate::networking::release(&id, &spec.network);
         return Err(e.into());
     }
     tracing::info!("created container {id} ({})", record.name);
@@ -456,6 +497,8 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
 
 /// A container as `docker ps` lists it.
 pub fn row(record: &ContainerRecord, state: &Option<RunState>) -> Value {
+    let network = container_network(&record.id);
+    let settings = crate::networking::settings_json(&record.id, &network, is_running(state));
     json!({
         "Id": record.id,
         "Names": [format!("/{}", record.name)],
@@ -463,14 +506,19 @@ pub fn row(record: &ContainerRecord, state: &Option<RunState>) -> Value {
         "ImageID": record.image_id,
         "Command": command_line(record),
         "Created": unix_seconds(&record.created),
-        "Ports": [],
+        "Ports": crate::networking::ps_ports(&network, is_running(state)),
         "Labels": record.config["Labels"],
         "State": status_word(state),
         "Status": status_line(state),
-        "HostConfig": { "NetworkMode": "none" },
-        "NetworkSettings": { "Networks": {} },
+        "HostConfig": { "NetworkMode": record.host_config["NetworkMode"] },
+        "NetworkSettings": { "Networks": settings["Networks"] },
         "Mounts": container_mounts(&record.id),
     })
+}
+
+/// The container's network (none for a record without a spec).
+fn container_network(id: &str) -> runtime::network::ContainerNetwork {
+    ContainerDir::new(id).spec().map(|s| s.network).unwrap_or_default()
 }
 
 /// The container's volumes, as Docker lists its mounts.
@@ -556,15 +604,7 @@ pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>) -> Value
         "GraphDriver": { "Name": "hull", "Data": { "WritableDisk": dir.writable_disk() } },
         "Mounts": container_mounts(&record.id),
         "Config": record.config,
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "Ports": {},
-            "Networks": {},
-            "IPAddress": "",
-            "Gateway": "",
-            "MacAddress": "",
-        },
+        "NetworkSettings": crate::networking::settings_json(&record.id, &container_network(&record.id), running),
     })
 }
 

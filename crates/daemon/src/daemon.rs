@@ -70,6 +70,8 @@ impl Daemon {
     }
 
     /// After a restart of hulld: watch every container that still runs.
+    /// The firewall is made to say exactly what the running containers
+    /// publish (a supervisor killed with its VM left its ports behind).
     pub fn recover(self: &Arc<Self>) -> Result<usize, ApiError> {
         let mut running = 0;
         for record in self.containers.all()? {
@@ -78,7 +80,36 @@ impl Daemon {
                 self.watch(&record.id);
             }
         }
+        self.sync_firewall()?;
         Ok(running)
+    }
+
+    /// Makes hull's firewall say exactly what the store does: every
+    /// network's rules, and the ports of the running containers (a
+    /// supervisor killed with its VM could not take its own back).
+    pub fn sync_firewall(&self) -> Result<(), ApiError> {
+        let networks = runtime::network::list()?;
+        if networks.is_empty() {
+            return Ok(()); // nothing of hull's on this host's firewall
+        }
+        let mut published = Vec::new();
+        for record in self.containers.all()? {
+            let dir = ContainerDir::new(&record.id);
+            if !dir.is_running() {
+                continue;
+            }
+            if let Some((endpoint, ports)) = dir
+                .spec()
+                .ok()
+                .and_then(|s| Some((s.network.endpoint?, s.network.ports)))
+            {
+                published.push((endpoint.address, ports));
+            }
+        }
+        if let Err(e) = runtime::network::firewall::reconcile(&networks, &published) {
+            tracing::warn!("rebuilding hull's firewall rules: {e}");
+        }
+        Ok(())
     }
 
     /// Starts a container that is not running (blocking). An `--rm`
@@ -121,6 +152,9 @@ impl Daemon {
             }
             while dir.is_running() {
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            if dir.spec().is_ok_and(|s| !s.network.ports.is_empty()) {
+                let _ = daemon.sync_firewall();
             }
             let handle = daemon.handle.clone();
             handle.spawn(async move { daemon.exited(id).await });
@@ -167,8 +201,15 @@ impl Daemon {
     /// also the anonymous volumes it alone used (`rm -v`, `--rm`).
     pub fn remove(&self, id: &str, code: i32, anonymous_volumes: bool) -> Result<(), ApiError> {
         let record = self.containers.find(id).ok();
-        let volumes = ContainerDir::new(id).spec().map(|s| s.volumes).unwrap_or_default();
+        let spec = ContainerDir::new(id).spec().ok();
+        let volumes = spec.as_ref().map(|s| s.volumes.clone()).unwrap_or_default();
         ContainerDir::new(id).remove()?;
+        if let Some(spec) = &spec {
+            crate::networking::release(id, &spec.network);
+            if !spec.network.ports.is_empty() {
+                self.sync_firewall()?;
+            }
+        }
         self.containers.remove(id)?;
         if anonymous_volumes {
             crate::volumes::remove_anonymous(self, &volumes);

@@ -14,6 +14,8 @@ mod events;
 mod exec;
 mod images;
 mod monitor;
+mod networking;
+mod networks;
 mod store;
 mod streams;
 mod system;

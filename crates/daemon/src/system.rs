@@ -167,11 +167,6 @@ pub async fn disk_usage(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>
     .await
 }
 
-/// hull has no networks of its own yet: there is nothing to prune.
-pub async fn prune_networks() -> Json<Value> {
-    Json(json!({ "NetworksDeleted": [] }))
-}
-
 /// hull builds no images: there is no build cache to prune.
 pub async fn prune_build_cache() -> Json<Value> {
     Json(json!({ "CachesDeleted": [], "SpaceReclaimed": 0 }))

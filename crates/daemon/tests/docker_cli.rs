@@ -174,9 +174,19 @@ fn containers_are_created_listed_renamed_and_removed() {
         "Invalid container name",
     );
     fails(
-        &hulld.docker(&["create", "-p", "80:80", &name]),
+        &hulld.docker(&["create", "--ip", "172.17.0.9", &name]),
         1,
-        "port publishing is not supported",
+        "user specified IP address is supported on user defined networks only",
+    );
+    fails(
+        &hulld.docker(&["create", "--network", "nosuch", &name]),
+        1,
+        "network nosuch not found",
+    );
+    fails(
+        &hulld.docker(&["create", "--network", "host", &name]),
+        1,
+        "--network host is not supported",
     );
     fails(
         &hulld.docker(&["create", "-v", "/tmp:/tmp", &name]),

@@ -36,6 +36,9 @@ pub struct ContainerSpec {
     /// Named volumes and where they are mounted.
     #[serde(default)]
     pub volumes: Vec<crate::volume::VolumeMount>,
+    /// Its network, address and published ports (none for older records).
+    #[serde(default)]
+    pub network: crate::network::ContainerNetwork,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Modules the agent loads: the virtio-mmio transport (devices come from
-/// ACPI), disks, vsock, entropy, and overlayfs for the container root.
+/// ACPI), disks, the NIC, vsock, entropy, and overlayfs for the container root.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
+    "virtio_net",
     "vmw_vsock_virtio_transport",
     "virtio_rng",
     "overlay",

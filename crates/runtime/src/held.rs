@@ -47,6 +47,8 @@ impl HeldContainer {
         let spec = dir.spec()?;
         let mut request = crate::shim::request_for(&spec).map_err(ContainerError::Hold)?;
         request.hold = true;
+        // A held VM only serves file operations: no NIC, no published ports.
+        request.network = Default::default();
         let sockets = crate::run_dir().join("h").join(&dir.id[..dir.id.len().min(16)]);
         let _ = std::fs::remove_dir_all(&sockets);
         std::fs::create_dir_all(&sockets).map_err(|source| ContainerError::Io {
@@ -56,7 +58,9 @@ impl HeldContainer {
         let (tx, rx) = mpsc::channel();
         let run = {
             let (path, sockets, id) = (dir.path.clone(), sockets.clone(), dir.id.clone());
-            std::thread::spawn(move || crate::run::run_in(&path, &sockets, &id, &request, &mut Handover(Some(tx))))
+            std::thread::spawn(move || {
+                crate::run::run_in(&path, &sockets, &id, &request, &mut Handover(Some(tx)), None)
+            })
         };
         match rx.recv() {
             Ok(steer) => Ok(HeldContainer {

@@ -8,6 +8,7 @@ pub mod container;
 pub mod container_log;
 pub mod guest;
 pub mod held;
+pub mod network;
 pub mod rootfs;
 pub mod run;
 pub mod shim;

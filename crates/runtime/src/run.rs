@@ -54,6 +54,8 @@ pub struct RunRequest {
     pub hold: bool,
     /// Named volumes to mount (made if missing, as Docker does).
     pub volumes: Vec<crate::volume::VolumeMount>,
+    /// The container's network (its address is leased already).
+    pub network: crate::network::ContainerNetwork,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -119,6 +121,8 @@ pub trait Attachment {
 pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
 /// The same, with the kernel's messages on the console.
 const GUEST_CMDLINE_VERBOSE: &str = "console=ttyS0 panic=-1 pci=off";
+/// The fd number a container's tap is passed to hull-vmm as.
+const TAP_FD: i32 = 3;
 /// hull-vmm's exit status for a snapshot it cannot use.
 const VMM_EXIT_BAD_SNAPSHOT: i32 = 3;
 /// Below this much available host memory no new VM is started.
@@ -160,6 +164,10 @@ pub enum RunError {
     Volume(#[from] crate::volume::VolumeError),
     #[error("{0}")]
     Mounts(String),
+    #[error("{0}")]
+    Network(#[from] crate::network::NetworkError),
+    #[error("{0}")]
+    Connectivity(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -254,6 +262,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
         &mut Terminal {
             stdin: request.interactive,
         },
+        None,
     )
 }
 
@@ -284,12 +293,15 @@ impl Attachment for Terminal {
 /// Runs `request` in a new microVM whose files (writable disk, console log)
 /// live in `dir` and whose vsock sockets live in `sockets`; a writable disk
 /// already there is kept, so a restarted container sees its earlier writes.
+/// `nic` is the VM's place on its network if the caller made it already
+/// (to report a failure as a failed start); otherwise it is made here.
 pub fn run_in(
     dir: &Path,
     sockets: &Path,
     id: &str,
     request: &RunRequest,
     attachment: &mut dyn Attachment,
+    nic: Option<crate::network::attach::Attached>,
 ) -> Result<i32, RunError> {
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
@@ -341,6 +353,11 @@ pub fn run_in(
         held_volumes.push(crate::volume::lock(&mount.name)?);
     }
     let volume_disks = crate::volume::slot_disks(&request.volumes)?;
+    // The tap and published ports live as long as this VM.
+    let nic = match nic {
+        Some(nic) => nic,
+        None => crate::network::attach::Attached::new(id, &request.network).map_err(RunError::Connectivity)?,
+    };
     let uds = sockets.join("vsock.sock");
     // A held VM (a stopped container's files) keeps the console of the
     // container's last run as it was.
@@ -360,6 +377,7 @@ pub fn run_in(
         volumes: &volume_disks,
         uds: &uds,
         console_log: &console_log,
+        tap: nic.tap(),
     };
 
     let mut vmm = vm.start(request, template.as_ref())?;
@@ -405,13 +423,17 @@ pub fn run_in(
         .hostname
         .clone()
         .unwrap_or_else(|| id.chars().take(12).collect());
-    let guest_disks = GuestDisks { disks, mounts };
+    let guest_devices = GuestDevices {
+        disks,
+        mounts,
+        network: crate::network::guest_network(&request.network, &hostname)?,
+    };
     let status = match converse(
         conn,
         request,
         &process,
         &hostname,
-        guest_disks,
+        guest_devices,
         &console_log,
         attachment,
     ) {
@@ -430,10 +452,12 @@ pub fn run_in(
     Ok(status)
 }
 
-/// The disks as the guest names them, and the volumes among them.
-struct GuestDisks {
+/// The disks as the guest names them, the volumes among them, and the
+/// network the guest is to set up.
+struct GuestDevices {
     disks: Vec<proto::DiskSize>,
     mounts: Vec<proto::MountSpec>,
+    network: Option<proto::GuestNetwork>,
 }
 
 fn sectors(disk: &Path) -> Result<u64, RunError> {
@@ -457,6 +481,8 @@ struct VmFiles<'a> {
     volumes: &'a [PathBuf],
     uds: &'a Path,
     console_log: &'a Path,
+    /// The container's tap (passed down as fd 3), or a detached NIC.
+    tap: Option<&'a File>,
 }
 
 impl VmFiles<'_> {
@@ -498,6 +524,13 @@ impl VmFiles<'_> {
         for disk in self.volumes {
             command.arg("--disk").arg(disk);
         }
+        // Every VM has the template's NIC slot: on the container's tap, or
+        // plugged into nothing.
+        match self.tap {
+            Some(_) => command.arg("--net-fd").arg(TAP_FD.to_string()),
+            None => command.arg("--net-detached"),
+        };
+        let tap_fd = self.tap.map(AsRawFd::as_raw_fd);
         command
             .arg("--vsock-uds")
             .arg(self.uds)
@@ -515,9 +548,19 @@ impl VmFiles<'_> {
         // The VMM must not outlive its parent (hull, or a container's
         // supervisor) -- including a parent killed before prctl took effect.
         let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe.
+        // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe.
         unsafe {
             command.pre_exec(move || {
+                if let Some(fd) = tap_fd {
+                    // dup2 clears close-on-exec; the same number would keep it.
+                    let passed = match fd == TAP_FD {
+                        true => libc::fcntl(fd, libc::F_SETFD, 0),
+                        false => libc::dup2(fd, TAP_FD),
+                    };
+                    if passed < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if libc::getppid() as u32 != parent {
                     return Err(std::io::Error::other("the parent is gone"));
@@ -596,7 +639,7 @@ fn converse(
     request: &RunRequest,
     process: &Process,
     hostname: &str,
-    guest_disks: GuestDisks,
+    guest_devices: GuestDevices,
     log: &Path,
     attachment: &mut dyn Attachment,
 ) -> Result<i32, RunError> {
@@ -643,12 +686,13 @@ fn converse(
         root_device: "/dev/vda".into(),
         root_fstype: "ext4".into(),
         rw_device: Some("/dev/vdb".into()),
-        disks: guest_disks.disks,
-        mounts: guest_disks.mounts,
+        disks: guest_devices.disks,
+        mounts: guest_devices.mounts,
         entropy: host_entropy()?,
         wall_clock_ns: std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
+        network: guest_devices.network,
     };
     if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));

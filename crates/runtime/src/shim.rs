@@ -97,6 +97,19 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         vmm_pid: 0,
         paused: false,
     };
+    // Its network first: a port that is taken fails the start, as in Docker.
+    let nic = match crate::network::attach::Attached::new(&dir.id, &spec.network) {
+        Ok(nic) => nic,
+        Err(message) => {
+            state.status = RunStatus::Exited;
+            state.exit_code = Some(125);
+            state.finished_at = Some(now_rfc3339());
+            state.error = message;
+            dir.write_state(&state)?;
+            tell_starter();
+            return Ok(125);
+        }
+    };
     dir.write_state(&state)?;
     tell_starter();
     // The disks are this run's alone (a held container may have them for a
@@ -114,7 +127,15 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         state: state.clone(),
     };
     let result = request_for(&spec).and_then(|request| {
-        crate::run::run_in(&dir.path, &dir.socket_dir(), &dir.id, &request, &mut supervised).map_err(|e| e.to_string())
+        crate::run::run_in(
+            &dir.path,
+            &dir.socket_dir(),
+            &dir.id,
+            &request,
+            &mut supervised,
+            Some(nic),
+        )
+        .map_err(|e| e.to_string())
     });
     let code = match result {
         Ok(code) => code,
@@ -178,6 +199,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         hostname: Some(spec.hostname.clone()),
         hold: false,
         volumes: spec.volumes.clone(),
+        network: spec.network.clone(),
     })
 }
 

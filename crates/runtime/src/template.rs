@@ -71,6 +71,9 @@ pub struct TemplateRecord {
     /// Spare disk slots for volumes (beyond the image and writable disks).
     #[serde(default)]
     pub volume_slots: u8,
+    /// NIC slots (detached in the template; a clone plugs in its tap).
+    #[serde(default)]
+    pub nic_slots: u8,
     /// Seconds since the epoch.
     #[serde(default)]
     pub created: u64,
@@ -86,6 +89,7 @@ impl TemplateRecord {
             vmm: Input::of(vmm)?,
             snapshot_format: vmm::snapshot::FORMAT_VERSION,
             volume_slots: crate::volume::MAX_PER_CONTAINER as u8,
+            nic_slots: 1,
             created: 0,
         })
     }
@@ -212,6 +216,9 @@ fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -
         .arg(tmp.join("writable-slot"));
     for slot in &volume_slots {
         child.arg("--disk").arg(tmp.join(slot));
+    }
+    if record.nic_slots > 0 {
+        child.arg("--net-detached");
     }
     let mut child = child
         .arg("--vsock-uds")

@@ -15,6 +15,38 @@ pub struct Hulld {
     pub work: PathBuf,
     pub data: PathBuf,
     pub socket: PathBuf,
+    /// The name of this hulld's nftables table and bridges (`HULL_NET_NAME`),
+    /// its own so that it never touches the host's hull.
+    pub net_name: String,
+}
+
+/// The kernel modules container networks use. A host loads them on
+/// demand; the test host (vmhost) cannot, as its kernel's module helper
+/// runs outside the chroot the tests run in.
+pub fn load_network_modules() {
+    let modules = [
+        "tun",
+        "veth",
+        "bridge",
+        "nf_tables",
+        "nft_chain_nat",
+        "nft_nat",
+        "nft_masq",
+        "nft_fib_ipv4",
+        "nft_ct",
+    ];
+    let _ = Command::new("modprobe")
+        .arg("-qa")
+        .args(modules)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A network name no other test hulld of this machine has.
+fn unique_net_name() -> String {
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{:07x}", (std::process::id() * 16 + n) & 0xfff_ffff)
 }
 
 impl Hulld {
@@ -25,6 +57,7 @@ impl Hulld {
 
     /// The same, with more of hulld's arguments (`--tls-listen`, …).
     pub fn start_with(name: &str, extra_args: &[&str]) -> Result<Hulld> {
+        load_network_modules();
         let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let data = work.join("data");
@@ -37,6 +70,7 @@ impl Hulld {
             socket: work.join("docker.sock"),
             work,
             data,
+            net_name: unique_net_name(),
         };
         hulld.spawn()?;
         Ok(hulld)
@@ -54,6 +88,7 @@ impl Hulld {
             .arg(&self.data)
             .args(&self.extra_args)
             .env("HULL_RUN_DIR", self.work.join("run"))
+            .env("HULL_NET_NAME", &self.net_name)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -172,6 +207,15 @@ impl Drop for Hulld {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(200));
+        // This hulld's own table and default bridge (taps went with the VMs).
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.net_name])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &format!("{}0", self.net_name)])
+            .stderr(Stdio::null())
+            .status();
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }

@@ -1,0 +1,479 @@
+//! A container's network, from Docker's create request to what inspect and
+//! ps show: `--network`, `--ip`, `--mac-address`, `--network-alias`,
+//! `-p`/`-P`, `--add-host`, `--dns*`; and `NetworkSettings`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use runtime::network::{self, ContainerNetwork, Endpoint, NetworkRecord, PortMapping, Protocol};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::ApiError;
+
+/// What a create request says of networking.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkRequest {
+    pub network_mode: String,
+    pub port_bindings: Option<HashMap<String, Option<Vec<PortBindingBody>>>>,
+    pub publish_all_ports: bool,
+    pub extra_hosts: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
+    pub dns_search: Option<Vec<String>>,
+    pub dns_options: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBindingBody {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointBody {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<IpamBody>,
+    pub aliases: Option<Vec<String>>,
+    pub mac_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct IpamBody {
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+}
+
+/// `80/tcp` → (80, tcp).
+fn container_port(key: &str) -> Result<(u16, Protocol), ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid port specification: \"{key}\""));
+    let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+    let protocol = match proto {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => return Err(ApiError::bad_request("sctp ports are not supported by hull")),
+        _ => return Err(bad()),
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((p, protocol)),
+        _ => Err(bad()),
+    }
+}
+
+fn host_ip(text: &str) -> Result<Option<Ipv4Addr>, ApiError> {
+    match text {
+        "" | "0.0.0.0" => Ok(None),
+        "::" => Ok(None),
+        other => match other.parse::<Ipv4Addr>() {
+            Ok(ip) => Ok(Some(ip)),
+            Err(_) if other.parse::<std::net::Ipv6Addr>().is_ok() => Err(ApiError::bad_request(format!(
+                "hull networks are IPv4: cannot publish on {other}"
+            ))),
+            Err(_) => Err(ApiError::bad_request(format!("invalid IP address: {other}"))),
+        },
+    }
+}
+
+/// One host port for a binding: given, the first free of a range, or any free one.
+fn host_port(binding: &PortBindingBody, protocol: Protocol, ip: Option<Ipv4Addr>) -> Result<u16, ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid host port: \"{}\"", binding.host_port));
+    let free = |_| ApiError::conflict("no free host port to publish on");
+    match binding.host_port.split_once('-') {
+        _ if binding.host_port.is_empty() => network::ports::free_port(protocol, ip).map_err(free),
+        None => binding.host_port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad),
+        Some((low, high)) => {
+            let (low, high) = (
+                low.parse::<u16>().map_err(|_| bad())?,
+                high.parse::<u16>().map_err(|_| bad())?,
+            );
+            if low == 0 || low > high {
+                return Err(bad());
+            }
+            (low..=high)
+                .find(|p| {
+                    let probe = PortMapping {
+                        protocol,
+                        host_ip: ip,
+                        host_port: *p,
+                        container_port: 1,
+                    };
+                    network::ports::reserve(&[probe]).is_ok()
+                })
+                .ok_or_else(|| ApiError::conflict(format!("no free host port in {low}-{high}")))
+        }
+    }
+}
+
+/// The published ports of a create request: `-p` bindings, and with `-P`
+/// every exposed port not bound otherwise, on a free host port.
+pub fn port_mappings(request: &NetworkRequest, exposed: &[String]) -> Result<Vec<PortMapping>, ApiError> {
+    let mut out: Vec<PortMapping> = Vec::new();
+    let mut bound = Vec::new();
+    for (key, bindings) in request.port_bindings.iter().flatten() {
+        let (container_port, protocol) = container_port(key)?;
+        bound.push((container_port, protocol));
+        for binding in bindings.iter().flatten() {
+            let ip = host_ip(&binding.host_ip)?;
+            let mapping = PortMapping {
+                protocol,
+                host_ip: ip,
+                host_port: host_port(binding, protocol, ip)?,
+                container_port,
+            };
+            if out.iter().any(|m| {
+                m.protocol == protocol
+                    && m.host_port == mapping.host_port
+                    && (m.host_ip.is_none() || ip.is_none() || m.host_ip == ip)
+            }) {
+                return Err(ApiError::bad_request(format!(
+                    "host port {}/{} is published twice",
+                    mapping.host_port,
+                    protocol.name()
+                )));
+            }
+            out.push(mapping);
+        }
+    }
+    if request.publish_all_ports {
+        for key in exposed {
+            let (container_port, protocol) = container_port(key)?;
+            if bound.contains(&(container_port, protocol)) {
+                continue;
+            }
+            out.push(PortMapping {
+                protocol,
+                host_ip: None,
+                host_port: host_port(&PortBindingBody::default(), protocol, None)?,
+                container_port,
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `--add-host name:address` (Docker also takes `name=address`).
+fn extra_host(text: &str) -> Result<proto::HostEntry, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "invalid argument \"{text}\" for \"--add-host\": expected NAME:ADDRESS"
+        ))
+    };
+    let (name, address) = text.split_once('=').or_else(|| text.split_once(':')).ok_or_else(bad)?;
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
+        return Err(bad());
+    }
+    let address = match address {
+        "host-gateway" => network::ensure_default()?.gateway.to_string(),
+        a => a
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| bad())?
+            .to_string(),
+    };
+    Ok(proto::HostEntry {
+        address,
+        names: vec![name.to_string()],
+    })
+}
+
+fn parse_mac(text: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid MAC address: {text}"));
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| {
+            if b.len() == 2 {
+                u8::from_str_radix(b, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    if bytes.len() != 6 || bytes[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// The network a create request asks for, its address leased to `id`.
+/// On error nothing is leased.
+pub fn plan(
+    id: &str,
+    request: &NetworkRequest,
+    endpoints: &HashMap<String, EndpointBody>,
+    config_mac: &str,
+    exposed: &[String],
+) -> Result<ContainerNetwork, ApiError> {
+    let mode = request.network_mode.as_str();
+    let extra_hosts = request
+        .extra_hosts
+        .iter()
+        .flatten()
+        .map(|h| extra_host(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    for server in request.dns.iter().flatten() {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            return Err(ApiError::bad_request(format!("{server} is not an ip address")));
+        }
+    }
+    let mut net = ContainerNetwork {
+        endpoint: None,
+        ports: Vec::new(),
+        extra_hosts,
+        dns: request.dns.clone().unwrap_or_default(),
+        dns_search: request.dns_search.clone().unwrap_or_default(),
+        dns_options: request.dns_options.clone().unwrap_or_default(),
+    };
+    let record: NetworkRecord = match mode {
+        "none" => {
+            if request.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || request.publish_all_ports {
+                return Err(ApiError::bad_request(
+                    "conflicting options: port publishing and the container type network mode",
+                ));
+            }
+            return Ok(net);
+        }
+        "host" => {
+            return Err(ApiError::bad_request(
+                "--network host is not supported: every hull container is a VM with its own network stack",
+            ))
+        }
+        m if m.starts_with("container:") => {
+            return Err(ApiError::bad_request(
+                "--network container:NAME is not supported yet by hull (each container is its own VM)",
+            ))
+        }
+        "" | "default" | "bridge" => network::ensure_default()?,
+        name => network::find(name)?,
+    };
+    let endpoint = endpoints
+        .get(&record.name)
+        .or_else(|| endpoints.get(mode))
+        .or_else(|| endpoints.values().next());
+    let aliases = endpoint.and_then(|e| e.aliases.clone()).unwrap_or_default();
+    if !aliases.is_empty() && record.name == network::DEFAULT_NETWORK {
+        return Err(ApiError::bad_request(
+            "network-scoped alias is supported only for containers in user defined networks",
+        ));
+    }
+    let requested = match endpoint
+        .and_then(|e| e.ipam_config.as_ref())
+        .map(|i| i.ipv4_address.as_str())
+    {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<Ipv4Addr>()
+                .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {text}")))?,
+        ),
+    };
+    if requested.is_some() && record.name == network::DEFAULT_NETWORK {
+        return Err(ApiError::bad_request(
+            "user specified IP address is supported on user defined networks only",
+        ));
+    }
+    let mac = match endpoint
+        .map(|e| e.mac_address.as_str())
+        .filter(|m| !m.is_empty())
+        .unwrap_or(config_mac)
+    {
+        "" => None,
+        text => Some(parse_mac(text)?),
+    };
+    net.ports = port_mappings(request, exposed)?;
+    let address = network::lease(&record, requested, id)?;
+    net.endpoint = Some(Endpoint {
+        network_id: record.id.clone(),
+        mac: mac.unwrap_or_else(|| network::mac_for(address)),
+        address,
+        aliases,
+    });
+    Ok(net)
+}
+
+/// Gives back a container's address (at its removal, or a failed create).
+pub fn release(id: &str, net: &ContainerNetwork) {
+    if let Some(endpoint) = &net.endpoint {
+        network::release(&endpoint.network_id, endpoint.address, id);
+    }
+}
+
+/// The name the container's network goes by (`none` without one).
+pub fn mode_name(net: &ContainerNetwork) -> String {
+    net.endpoint
+        .as_ref()
+        .and_then(|e| network::load(&e.network_id).ok())
+        .map_or("none".into(), |n| n.name)
+}
+
+/// `NetworkSettings.Ports`: `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
+fn ports_json(net: &ContainerNetwork) -> Value {
+    let mut ports: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for m in &net.ports {
+        ports
+            .entry(format!("{}/{}", m.container_port, m.protocol.name()))
+            .or_default()
+            .push(json!({
+                "HostIp": m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+                "HostPort": m.host_port.to_string(),
+            }));
+    }
+    json!(ports)
+}
+
+/// `docker ps`'s `Ports`.
+pub fn ps_ports(net: &ContainerNetwork, running: bool) -> Value {
+    if !running {
+        return json!([]);
+    }
+    Value::Array(
+        net.ports
+            .iter()
+            .map(|m| {
+                json!({
+                    "IP": m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+                    "PrivatePort": m.container_port,
+                    "PublicPort": m.host_port,
+                    "Type": m.protocol.name(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `NetworkSettings`, as dockerd shows it: addresses while running.
+pub fn settings_json(id: &str, net: &ContainerNetwork, running: bool) -> Value {
+    let mut networks = serde_json::Map::new();
+    let mut top = json!({
+        "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
+        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
+        "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
+        "Ports": if running { ports_json(net) } else { json!({}) },
+    });
+    match net
+        .endpoint
+        .as_ref()
+        .and_then(|e| network::load(&e.network_id).ok().map(|r| (e, r)))
+    {
+        Some((endpoint, record)) => {
+            let shown = |v: String| if running { v } else { String::new() };
+            let endpoint_id = shown(format!("{:0<64}", &id[..id.len().min(32)]));
+            let entry = json!({
+                "IPAMConfig": null, "Links": null,
+                "Aliases": if endpoint.aliases.is_empty() { Value::Null } else { json!(endpoint.aliases) },
+                "MacAddress": shown(endpoint.mac.clone()),
+                "DriverOpts": null,
+                "NetworkID": record.id,
+                "EndpointID": endpoint_id,
+                "Gateway": shown(record.gateway.to_string()),
+                "IPAddress": shown(endpoint.address.to_string()),
+                "IPPrefixLen": if running { record.subnet.prefix_len() } else { 0 },
+                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "DNSNames": null,
+            });
+            if record.name == network::DEFAULT_NETWORK {
+                // The legacy top-level fields describe the default bridge only.
+                for key in ["EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"] {
+                    top[key] = entry[key].clone();
+                }
+            }
+            networks.insert(record.name.clone(), entry);
+        }
+        None => {
+            networks.insert(
+                "none".into(),
+                json!({
+                    "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
+                    "DriverOpts": null, "NetworkID": "", "EndpointID": "", "Gateway": "",
+                    "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                    "GlobalIPv6PrefixLen": 0, "DNSNames": null,
+                }),
+            );
+        }
+    }
+    top["Networks"] = Value::Object(networks);
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bindings(pairs: &[(&str, &str, &str)]) -> NetworkRequest {
+        let mut map: HashMap<String, Option<Vec<PortBindingBody>>> = HashMap::new();
+        for (key, ip, port) in pairs {
+            map.entry(key.to_string())
+                .or_default()
+                .get_or_insert_with(Vec::new)
+                .push(PortBindingBody {
+                    host_ip: ip.to_string(),
+                    host_port: port.to_string(),
+                });
+        }
+        NetworkRequest {
+            port_bindings: Some(map),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn port_bindings_follow_docker() {
+        let got = port_mappings(
+            &bindings(&[("80/tcp", "", "8080"), ("53/udp", "127.0.0.1", "5353")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                PortMapping {
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    container_port: 80
+                },
+                PortMapping {
+                    protocol: Protocol::Udp,
+                    host_ip: Some(Ipv4Addr::LOCALHOST),
+                    host_port: 5353,
+                    container_port: 53
+                },
+            ]
+        );
+        let any = port_mappings(&bindings(&[("80/tcp", "", "")]), &[]).unwrap();
+        assert_ne!(any[0].host_port, 0);
+        for bad in [
+            ("x/tcp", "", "1"),
+            ("80/tcp", "", "99999"),
+            ("80/tcp", "nope", "1"),
+            ("80/icmp", "", "1"),
+            ("80/tcp", "", "9-3"),
+        ] {
+            assert!(port_mappings(&bindings(&[bad]), &[]).is_err(), "{bad:?}");
+        }
+        assert!(port_mappings(&bindings(&[("80/tcp", "", "8080"), ("81/tcp", "", "8080")]), &[]).is_err());
+        let all = NetworkRequest {
+            publish_all_ports: true,
+            ..bindings(&[("80/tcp", "", "8080")])
+        };
+        let got = port_mappings(&all, &["80/tcp".into(), "443/tcp".into()]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().any(|m| m.container_port == 443 && m.host_port != 0));
+    }
+
+    #[test]
+    fn hosts_and_macs_are_checked() {
+        assert_eq!(extra_host("db:10.0.0.5").unwrap().address, "10.0.0.5");
+        assert_eq!(extra_host("db=::1").unwrap().address, "::1");
+        assert!(extra_host("db").is_err());
+        assert!(extra_host("db:notanip").is_err());
+        assert_eq!(parse_mac("02:42:AC:11:00:09").unwrap(), "02:42:ac:11:00:09");
+        assert!(parse_mac("01:00:5e:00:00:01").is_err());
+        assert!(parse_mac("02:42:ac:11:00").is_err());
+    }
+}

@@ -1,0 +1,547 @@
+//! Container networks: each a Linux bridge on the host with a subnet of its
+//! own, its gateway address on the bridge. A container's VM has a tap on
+//! its network's bridge and an address leased from the subnet; outbound
+//! NAT, published ports and isolation are nftables rules in hull's own
+//! table (`firewall`), made when a VM starts and gone with it.
+//!
+//! Networks live in `DATA/networks/ID/network.json`; each address in use is
+//! a lease file `DATA/networks/ID/leases/ADDRESS` naming its container,
+//! created exclusively, so two containers never get one address.
+
+pub mod attach;
+pub mod firewall;
+pub mod host;
+pub mod ports;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use ports::{PortMapping, Protocol};
+
+/// Docker's default network, and the one `docker run` uses without `--network`.
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+/// The name of hull's nftables table and the stem of its bridges' names
+/// (`HULL_NET_NAME`, default `hull`: bridge `hull0`, table `ip hull`). A
+/// test's hulld takes one of its own, so it never touches the host's.
+pub fn host_name() -> String {
+    std::env::var("HULL_NET_NAME")
+        .ok()
+        .filter(|n| (1..=8).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "hull".into())
+}
+/// Where the default network's subnet is chosen from, first free first
+/// (Docker's defaults, then further private ranges).
+const DEFAULT_POOL: &[&str] = &[
+    "172.17.0.0/16",
+    "172.18.0.0/16",
+    "172.19.0.0/16",
+    "172.20.0.0/16",
+    "10.88.0.0/16",
+    "10.89.0.0/16",
+    "192.168.200.0/24",
+];
+/// The MTU of every hull network (the VMM's NIC takes Ethernet frames).
+pub const MTU: u32 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network {0} not found")]
+    NotFound(String),
+    #[error("no free subnet for a network: every candidate clashes with a host route or another network")]
+    NoSubnet,
+    #[error("no available IPv4 addresses on network {0}")]
+    Exhausted(String),
+    #[error("address {address} is not in network {network}'s subnet {subnet}")]
+    OutsideSubnet {
+        address: Ipv4Addr,
+        network: String,
+        subnet: Ipv4Net,
+    },
+    #[error("address {address} is already in use on network {network}")]
+    AddressInUse { address: Ipv4Addr, network: String },
+    #[error("network {name}: {detail}")]
+    Damaged { name: String, detail: String },
+    #[error("network with name {0} already exists")]
+    Exists(String),
+    #[error("invalid network name \"{0}\": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
+    InvalidName(String),
+    #[error("invalid pool request: Pool overlaps with other one on this address space ({0})")]
+    Overlaps(Ipv4Net),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("error while removing network: network {name} id {id} has active endpoints")]
+    HasEndpoints { name: String, id: String },
+    #[error("{0} is a pre-defined network and cannot be removed")]
+    Predefined(String),
+    #[error("{0}")]
+    Host(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Io { what, source }
+}
+
+/// A network, as `docker network inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    /// The Linux bridge on the host.
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// RFC 3339, UTC.
+    pub created: String,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where automatic addresses come from (`--ip-range`); the whole subnet if `None`.
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+}
+
+impl NetworkRecord {
+    /// The default network: Docker's `bridge`, with no names served.
+    pub fn is_default(&self) -> bool {
+        self.name == DEFAULT_NETWORK
+    }
+}
+
+/// What `docker network create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkRequest {
+    pub name: String,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One container's place on a network, chosen at create and kept for the
+/// container's life (a VM keeps its address across restarts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network_id: String,
+    pub address: Ipv4Addr,
+    /// `02:42:xx:xx:xx:xx`, from the address, as Docker makes it.
+    pub mac: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// How a container is networked (part of its spec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerNetwork {
+    /// `None`: `--network none` (only `lo`).
+    pub endpoint: Option<Endpoint>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// `--add-host` entries.
+    #[serde(default)]
+    pub extra_hosts: Vec<proto::HostEntry>,
+    /// `--dns`, `--dns-search`, `--dns-option`; empty: the host's resolvers.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    #[serde(default)]
+    pub dns_options: Vec<String>,
+}
+
+pub fn networks_dir() -> PathBuf {
+    crate::data_dir().join("networks")
+}
+
+fn record_path(id: &str) -> PathBuf {
+    networks_dir().join(id).join("network.json")
+}
+
+fn leases_dir(id: &str) -> PathBuf {
+    networks_dir().join(id).join("leases")
+}
+
+/// Every network hull knows.
+pub fn list() -> Result<Vec<NetworkRecord>, NetworkError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(networks_dir()) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io("listing networks")(e)),
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if id.starts_with('.') {
+            continue;
+        }
+        if let Ok(record) = load(&id) {
+            out.push(record);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The network with this ID.
+pub fn load(id: &str) -> Result<NetworkRecord, NetworkError> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(NetworkError::NotFound(id.into()));
+    }
+    let bytes = std::fs::read(record_path(id)).map_err(|_| NetworkError::NotFound(id.into()))?;
+    serde_json::from_slice(&bytes).map_err(|e| NetworkError::Damaged {
+        name: id.into(),
+        detail: e.to_string(),
+    })
+}
+
+/// A network by name, full ID or unique ID prefix, as Docker looks them up.
+pub fn find(reference: &str) -> Result<NetworkRecord, NetworkError> {
+    let all = list()?;
+    if let Some(n) = all.iter().find(|n| n.name == reference || n.id == reference) {
+        return Ok(n.clone());
+    }
+    let mut prefixed = all
+        .iter()
+        .filter(|n| !reference.is_empty() && n.id.starts_with(reference));
+    match (prefixed.next(), prefixed.next()) {
+        (Some(n), None) => Ok(n.clone()),
+        _ => Err(NetworkError::NotFound(reference.into())),
+    }
+}
+
+fn save(record: &NetworkRecord) -> Result<(), NetworkError> {
+    let dir = networks_dir().join(&record.id);
+    std::fs::create_dir_all(dir.join("leases")).map_err(io(format!("creating {}", dir.display())))?;
+    let json = serde_json::to_vec_pretty(record).map_err(|e| NetworkError::Damaged {
+        name: record.name.clone(),
+        detail: e.to_string(),
+    })?;
+    image::store::write_atomic(&record_path(&record.id), &json).map_err(io("writing the network record"))
+}
+
+fn networks_lock() -> Result<std::fs::File, NetworkError> {
+    std::fs::create_dir_all(networks_dir()).map_err(io("creating the networks directory"))?;
+    crate::lock_file(&networks_dir().join(".lock"), true).map_err(io("locking the networks"))
+}
+
+/// The default `bridge` network, made on first need on a subnet that
+/// clashes with no host route and no other network.
+pub fn ensure_default() -> Result<NetworkRecord, NetworkError> {
+    if let Ok(record) = find(DEFAULT_NETWORK) {
+        return Ok(record);
+    }
+    let _lock = networks_lock()?;
+    if let Ok(record) = find(DEFAULT_NETWORK) {
+        return Ok(record);
+    }
+    make(
+        NetworkRequest {
+            name: DEFAULT_NETWORK.into(),
+            ..Default::default()
+        },
+        format!("{}0", host_name()),
+    )
+}
+
+/// Docker's rule for network names.
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name.len() <= 128
+}
+
+/// A user-defined network (`docker network create`): its subnet as asked,
+/// or the first free one of the pool.
+pub fn create(request: NetworkRequest) -> Result<NetworkRecord, NetworkError> {
+    if !valid_name(&request.name) || ["none", "host", "default"].contains(&request.name.as_str()) {
+        return Err(NetworkError::InvalidName(request.name));
+    }
+    let _lock = networks_lock()?;
+    if list()?.iter().any(|n| n.name == request.name) {
+        return Err(NetworkError::Exists(request.name));
+    }
+    let id = random_id();
+    // Bridge names have at most 15 bytes: the stem (8 at most), a dash, 6 of the ID.
+    let bridge = format!("{}-{}", host_name(), &id[..6]);
+    make_with_id(request, bridge, id)
+}
+
+fn make(request: NetworkRequest, bridge: String) -> Result<NetworkRecord, NetworkError> {
+    make_with_id(request, bridge, random_id())
+}
+
+fn make_with_id(request: NetworkRequest, bridge: String, id: String) -> Result<NetworkRecord, NetworkError> {
+    let taken = taken_subnets()?;
+    let subnet = match request.subnet {
+        Some(subnet) => {
+            let subnet = subnet.trunc();
+            if let Some(clash) = taken.iter().find(|t| overlaps(t, &subnet)) {
+                return Err(NetworkError::Overlaps(*clash));
+            }
+            subnet
+        }
+        None => DEFAULT_POOL
+            .iter()
+            .filter_map(|s| s.parse::<Ipv4Net>().ok())
+            .find(|candidate| !taken.iter().any(|t| overlaps(t, candidate)))
+            .ok_or(NetworkError::NoSubnet)?,
+    };
+    if subnet.prefix_len() > 30 {
+        return Err(NetworkError::InvalidConfig(format!(
+            "subnet {subnet} is too small: a network needs room for a gateway and a container"
+        )));
+    }
+    let gateway = request.gateway.unwrap_or_else(|| first_host(&subnet));
+    if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
+        return Err(NetworkError::InvalidConfig(format!(
+            "invalid gateway {gateway}: it must be a host address of the subnet {subnet}"
+        )));
+    }
+    if let Some(range) = request.ip_range {
+        if !subnet.contains(&range) {
+            return Err(NetworkError::InvalidConfig(format!(
+                "invalid ip-range {range}: it must lie inside the subnet {subnet}"
+            )));
+        }
+    }
+    let record = NetworkRecord {
+        id,
+        name: request.name,
+        bridge,
+        subnet,
+        gateway,
+        created: crate::container::now_rfc3339(),
+        internal: request.internal,
+        labels: request.labels,
+        ip_range: request.ip_range,
+    };
+    save(&record)?;
+    Ok(record)
+}
+
+/// Removes a network no container uses: its record, its bridge and rules.
+pub fn remove(record: &NetworkRecord) -> Result<(), NetworkError> {
+    if record.is_default() {
+        return Err(NetworkError::Predefined(record.name.clone()));
+    }
+    let _lock = networks_lock()?;
+    if !leases(&record.id).is_empty() {
+        return Err(NetworkError::HasEndpoints {
+            name: record.name.clone(),
+            id: record.id.clone(),
+        });
+    }
+    let dir = networks_dir().join(&record.id);
+    // Renamed away first: a half-removed network is never listed.
+    let doomed = networks_dir().join(format!(".removed-{}", record.id));
+    std::fs::rename(&dir, &doomed).map_err(io(format!("removing network {}", record.name)))?;
+    let _ = std::fs::remove_dir_all(&doomed);
+    host::remove_bridge(&record.bridge).map_err(NetworkError::Host)?;
+    if let Ok(rest) = list() {
+        // Only if hull's table exists already: a host without nft never had rules.
+        let _ = firewall::ensure(&rest);
+    }
+    Ok(())
+}
+
+/// Subnets already routed on the host or held by a hull network.
+fn taken_subnets() -> Result<Vec<Ipv4Net>, NetworkError> {
+    let mut taken: Vec<Ipv4Net> = list()?.into_iter().map(|n| n.subnet).collect();
+    taken.extend(host::routed_subnets().map_err(NetworkError::Host)?);
+    Ok(taken)
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn first_host(subnet: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    hex::encode(bytes)
+}
+
+/// Docker's MAC for an address: 02:42 and the four address bytes.
+pub fn mac_for(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Leases an address on `network` to container `owner`: `requested`
+/// (`--ip`), or the lowest free one.
+pub fn lease(network: &NetworkRecord, requested: Option<Ipv4Addr>, owner: &str) -> Result<Ipv4Addr, NetworkError> {
+    let dir = leases_dir(&network.id);
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let usable = |a: Ipv4Addr| {
+        network.subnet.contains(&a)
+            && a != network.subnet.network()
+            && a != network.subnet.broadcast()
+            && a != network.gateway
+    };
+    let automatic = |a: &Ipv4Addr| usable(*a) && network.ip_range.is_none_or(|r| r.contains(a));
+    let take = |address: Ipv4Addr| -> std::io::Result<bool> {
+        match std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(address.to_string()))
+        {
+            Ok(mut file) => {
+                std::io::Write::write_all(&mut file, owner.as_bytes())?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    if let Some(address) = requested {
+        if !usable(address) {
+            return Err(NetworkError::OutsideSubnet {
+                address,
+                network: network.name.clone(),
+                subnet: network.subnet,
+            });
+        }
+        return match take(address).map_err(io("leasing an address"))? {
+            true => Ok(address),
+            false => Err(NetworkError::AddressInUse {
+                address,
+                network: network.name.clone(),
+            }),
+        };
+    }
+    for address in network.subnet.hosts().filter(automatic) {
+        if take(address).map_err(io("leasing an address"))? {
+            return Ok(address);
+        }
+    }
+    Err(NetworkError::Exhausted(network.name.clone()))
+}
+
+/// Gives back `owner`'s lease of `address` (someone else's is left alone).
+pub fn release(network_id: &str, address: Ipv4Addr, owner: &str) {
+    let path = leases_dir(network_id).join(address.to_string());
+    if std::fs::read_to_string(&path).is_ok_and(|held| held == owner) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Every lease on a network: address and owner.
+pub fn leases(network_id: &str) -> Vec<(Ipv4Addr, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(leases_dir(network_id))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(address) = entry.file_name().to_string_lossy().parse::<Ipv4Addr>() else {
+            continue;
+        };
+        if let Ok(owner) = std::fs::read_to_string(entry.path()) {
+            out.push((address, owner));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The guest's side of a container's network, for the agent.
+pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Option<proto::GuestNetwork>, NetworkError> {
+    let Some(endpoint) = &network.endpoint else {
+        return Ok(None);
+    };
+    let record = load(&endpoint.network_id)?;
+    let mut names = vec![hostname.to_string()];
+    names.extend(endpoint.aliases.iter().filter(|a| a.as_str() != hostname).cloned());
+    let mut hosts = vec![proto::HostEntry {
+        address: endpoint.address.to_string(),
+        names,
+    }];
+    hosts.extend(network.extra_hosts.iter().cloned());
+    let nameservers = match network.dns.is_empty() {
+        true => host::resolvers(),
+        false => network.dns.clone(),
+    };
+    Ok(Some(proto::GuestNetwork {
+        interfaces: vec![proto::GuestInterface {
+            slot: 0,
+            mac: endpoint.mac.clone(),
+            addresses: vec![format!("{}/{}", endpoint.address, record.subnet.prefix_len())],
+            gateway: (!record.internal).then(|| record.gateway.to_string()),
+            mtu: MTU,
+        }],
+        hosts,
+        nameservers,
+        search: network.dns_search.clone(),
+        dns_options: network.dns_options.clone(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network() -> NetworkRecord {
+        NetworkRecord {
+            id: "ab".repeat(32),
+            name: "t".into(),
+            bridge: "hullt".into(),
+            subnet: "10.99.0.0/29".parse().unwrap(),
+            gateway: "10.99.0.1".parse().unwrap(),
+            created: String::new(),
+            internal: false,
+            labels: BTreeMap::new(),
+            ip_range: None,
+        }
+    }
+
+    #[test]
+    fn leases_are_exclusive_and_stay_in_the_subnet() {
+        let data = tempfile::tempdir().unwrap();
+        std::env::set_var("HULL_DATA_DIR", data.path());
+        let net = network();
+        save(&net).unwrap();
+        // .0 network, .1 gateway, .7 broadcast: .2 to .6 are free.
+        let got: Vec<Ipv4Addr> = (0..5).map(|i| lease(&net, None, &format!("c{i}")).unwrap()).collect();
+        assert_eq!(got[0], "10.99.0.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(got[4], "10.99.0.6".parse::<Ipv4Addr>().unwrap());
+        assert!(matches!(lease(&net, None, "x"), Err(NetworkError::Exhausted(_))));
+        release(&net.id, got[1], "somebody-else");
+        assert!(matches!(
+            lease(&net, Some(got[1]), "x"),
+            Err(NetworkError::AddressInUse { .. })
+        ));
+        release(&net.id, got[1], "c1");
+        assert_eq!(lease(&net, Some(got[1]), "x").unwrap(), got[1]);
+        for outside in ["10.99.0.1", "10.99.0.7", "10.98.0.3"] {
+            assert!(matches!(
+                lease(&net, Some(outside.parse().unwrap()), "x"),
+                Err(NetworkError::OutsideSubnet { .. })
+            ));
+        }
+        assert_eq!(leases(&net.id).len(), 5);
+        assert_eq!(find("t").unwrap(), net);
+        assert_eq!(find(&net.id[..6]).unwrap(), net);
+        assert!(find("nope").is_err());
+    }
+
+    #[test]
+    fn macs_follow_docker() {
+        assert_eq!(mac_for("172.17.0.2".parse().unwrap()), "02:42:ac:11:00:02");
+    }
+}
