@@ -1,6 +1,7 @@
 //! `hull`: run containers, each in its own KVM microVM.
 
 mod images;
+mod policy;
 mod progress;
 mod templates;
 mod volumes;
@@ -77,6 +78,15 @@ enum Command {
     /// Manage named volumes: ext4 disks that outlive containers (`hull run -v NAME:/path`).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Set who may reach a container hulld runs (enforced on the host, at its
+    /// tap): closed, outbound, peers, published or open (the default).
+    Policy {
+        container: String,
+        level: String,
+        /// hulld's socket (unix://PATH; default DOCKER_HOST, then /run/hull/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
     /// Run a benchmark (hull-bench: boot, clone, image, vmhost); medians and
     /// p95s, JSON under target/bench/. Example: hull bench clone.
     Bench {
@@ -248,6 +258,7 @@ fn main() -> ExitCode {
         Command::Volume(VolumeCommand::Ls) => done(volumes::list()),
         Command::Volume(VolumeCommand::Rm { names }) => done(volumes::remove(&names)),
         Command::Bench { args } => bench(&args),
+        Command::Policy { container, level, host } => done(policy::set(&container, &level, host)),
         Command::Template(TemplateCommand::Rm { names }) => done(templates::remove(&names)),
     }
 }

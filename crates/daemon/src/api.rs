@@ -105,7 +105,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    use crate::{archive, containers, events, exec, images, monitor, networks, streams, system, volumes};
+    use crate::{archive, containers, events, exec, images, monitor, networking, networks, streams, system, volumes};
     Router::new()
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
@@ -126,6 +126,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/stats", get(monitor::stats))
         .route("/containers/{id}/top", get(monitor::top))
+        .route("/containers/{id}/policy", post(networking::set_policy))
         .route(
             "/containers/{id}/archive",
             get(archive::get).head(archive::stat).put(archive::put),
@@ -150,6 +151,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/networks/create", post(networks::create))
         .route("/networks/prune", post(networks::prune))
         .route("/networks/{id}", get(networks::inspect).delete(networks::remove))
+        .route("/networks/{id}/connect", post(networking::connect))
+        .route("/networks/{id}/disconnect", post(networking::disconnect))
         .route("/volumes", get(volumes::list))
         .route("/volumes/create", post(volumes::create))
         .route("/volumes/prune", post(volumes::prune))

@@ -279,6 +279,7 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         &endpoints,
         raw.get("MacAddress").and_then(Value::as_str).unwrap_or(""),
         &exposed,
+        &body.labels.clone().unwrap_or_default(),
     )?;
     let mut record = record;
     record.host_config["NetworkMode"] = json!(match network_request.network_mode.as_str() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runtime::container::{ContainerDir, RunStatus};
+use runtime::network::Policy;
 use tokio::sync::broadcast;
 
 use crate::api::ApiError;
@@ -28,6 +29,8 @@ pub struct Daemon {
     pub events_log: crate::events::EventLog,
     /// The runtime the container watchers (threads) report back to.
     pub handle: tokio::runtime::Handle,
+    /// Name service on each user-defined network's gateway.
+    pub dns: crate::dns::DnsServers,
 }
 
 impl Daemon {
@@ -39,6 +42,7 @@ impl Daemon {
             execs: crate::exec::Execs::default(),
             events_log: crate::events::EventLog::default(),
             handle: tokio::runtime::Handle::current(),
+            dns: crate::dns::DnsServers::default(),
         })
     }
 
@@ -92,21 +96,17 @@ impl Daemon {
         if networks.is_empty() {
             return Ok(()); // nothing of hull's on this host's firewall
         }
-        let mut published = Vec::new();
+        let mut running = Vec::new();
         for record in self.containers.all()? {
             let dir = ContainerDir::new(&record.id);
             if !dir.is_running() {
                 continue;
             }
-            if let Some((endpoint, ports)) = dir
-                .spec()
-                .ok()
-                .and_then(|s| Some((s.network.endpoint?, s.network.ports)))
-            {
-                published.push((endpoint.address, ports));
+            if let Ok(spec) = dir.spec() {
+                running.push((record.id.clone(), spec.network));
             }
         }
-        if let Err(e) = runtime::network::firewall::reconcile(&networks, &published) {
+        if let Err(e) = runtime::network::firewall::reconcile(&networks, &running) {
             tracing::warn!("rebuilding hull's firewall rules: {e}");
         }
         Ok(())
@@ -153,7 +153,10 @@ impl Daemon {
             while dir.is_running() {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if dir.spec().is_ok_and(|s| !s.network.ports.is_empty()) {
+            if dir
+                .spec()
+                .is_ok_and(|s| !s.network.ports.is_empty() || s.network.policy != Policy::Open)
+            {
                 let _ = daemon.sync_firewall();
             }
             let handle = daemon.handle.clone();
@@ -206,7 +209,7 @@ impl Daemon {
         ContainerDir::new(id).remove()?;
         if let Some(spec) = &spec {
             crate::networking::release(id, &spec.network);
-            if !spec.network.ports.is_empty() {
+            if !spec.network.ports.is_empty() || spec.network.policy != Policy::Open {
                 self.sync_firewall()?;
             }
         }

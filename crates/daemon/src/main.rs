@@ -10,6 +10,7 @@ mod api;
 mod archive;
 mod containers;
 mod daemon;
+mod dns;
 mod events;
 mod exec;
 mod images;
@@ -81,6 +82,7 @@ async fn serve(args: Args) -> Result<()> {
     let images = image::Store::open(&data).context("opening the image store")?;
     let daemon = daemon::Daemon::new(containers, images);
     let running = daemon.recover().map_err(|e| anyhow::anyhow!(e.message))?;
+    dns::start_all(&daemon);
 
     let tls = match (args.tls_listen, &args.tlscacert, &args.tlscert, &args.tlskey) {
         (Some(address), Some(ca), Some(cert), Some(key)) => {

@@ -5,11 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use runtime::network::{self, ContainerNetwork, Endpoint, NetworkRecord, PortMapping, Protocol};
+use runtime::network::{self, ContainerNetwork, Endpoint, NetworkRecord, Policy, PortMapping, Protocol};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::ApiError;
+
+/// The label that sets a container's ingress policy at create.
+pub const POLICY_LABEL: &str = "hull.policy";
 
 /// What a create request says of networking.
 #[derive(Debug, Default, Deserialize)]
@@ -207,8 +210,13 @@ pub fn plan(
     endpoints: &HashMap<String, EndpointBody>,
     config_mac: &str,
     exposed: &[String],
+    labels: &HashMap<String, String>,
 ) -> Result<ContainerNetwork, ApiError> {
     let mode = request.network_mode.as_str();
+    let policy = match labels.get(POLICY_LABEL) {
+        Some(level) => level.parse().map_err(ApiError::bad_request)?,
+        None => Policy::Open,
+    };
     let extra_hosts = request
         .extra_hosts
         .iter()
@@ -227,6 +235,7 @@ pub fn plan(
         dns: request.dns.clone().unwrap_or_default(),
         dns_search: request.dns_search.clone().unwrap_or_default(),
         dns_options: request.dns_options.clone().unwrap_or_default(),
+        policy,
     };
     let record: NetworkRecord = match mode {
         "none" => {
@@ -254,13 +263,26 @@ pub fn plan(
         .get(&record.name)
         .or_else(|| endpoints.get(mode))
         .or_else(|| endpoints.values().next());
-    let aliases = endpoint.and_then(|e| e.aliases.clone()).unwrap_or_default();
-    if !aliases.is_empty() && record.name == network::DEFAULT_NETWORK {
+    net.ports = port_mappings(request, exposed)?;
+    net.endpoint = Some(endpoint_on(id, &record, endpoint, config_mac)?);
+    Ok(net)
+}
+
+/// Container `id`'s place on `record` as `body` asks (aliases, address,
+/// MAC), its address leased; nothing is leased on error.
+fn endpoint_on(
+    id: &str,
+    record: &NetworkRecord,
+    body: Option<&EndpointBody>,
+    config_mac: &str,
+) -> Result<Endpoint, ApiError> {
+    let aliases = body.and_then(|e| e.aliases.clone()).unwrap_or_default();
+    if !aliases.is_empty() && record.is_default() {
         return Err(ApiError::bad_request(
             "network-scoped alias is supported only for containers in user defined networks",
         ));
     }
-    let requested = match endpoint
+    let requested = match body
         .and_then(|e| e.ipam_config.as_ref())
         .map(|i| i.ipv4_address.as_str())
     {
@@ -270,12 +292,12 @@ pub fn plan(
                 .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {text}")))?,
         ),
     };
-    if requested.is_some() && record.name == network::DEFAULT_NETWORK {
+    if requested.is_some() && record.is_default() {
         return Err(ApiError::bad_request(
             "user specified IP address is supported on user defined networks only",
         ));
     }
-    let mac = match endpoint
+    let mac = match body
         .map(|e| e.mac_address.as_str())
         .filter(|m| !m.is_empty())
         .unwrap_or(config_mac)
@@ -283,15 +305,108 @@ pub fn plan(
         "" => None,
         text => Some(parse_mac(text)?),
     };
-    net.ports = port_mappings(request, exposed)?;
-    let address = network::lease(&record, requested, id)?;
-    net.endpoint = Some(Endpoint {
+    let address = network::lease(record, requested, id)?;
+    Ok(Endpoint {
         network_id: record.id.clone(),
         mac: mac.unwrap_or_else(|| network::mac_for(address)),
         address,
         aliases,
-    });
-    Ok(net)
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConnectBody {
+    container: String,
+    endpoint_config: Option<EndpointBody>,
+}
+
+/// The container a connect or disconnect names, if it is not running:
+/// hull containers have one NIC, which a running VM keeps for now.
+fn stopped_container(
+    daemon: &crate::daemon::Daemon,
+    reference: &str,
+) -> Result<(crate::store::ContainerRecord, runtime::container::ContainerDir), ApiError> {
+    let record = daemon.containers.find(reference)?;
+    let dir = runtime::container::ContainerDir::new(&record.id);
+    if dir.is_running() {
+        return Err(ApiError::conflict(format!(
+            "container {} is running: hull changes a container's network while it is stopped (stop it, connect or disconnect, start it)",
+            record.name
+        )));
+    }
+    Ok((record, dir))
+}
+
+/// `POST /networks/{id}/connect`: puts a stopped container on a network.
+/// A hull container has one network interface: a second network is refused.
+pub async fn connect(
+    axum::extract::State(daemon): axum::extract::State<std::sync::Arc<crate::daemon::Daemon>>,
+    axum::extract::Path(reference): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    let body: ConnectBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    crate::api::blocking(move || {
+        let record = match reference.as_str() {
+            network::DEFAULT_NETWORK => network::ensure_default()?,
+            other => network::find(other)?,
+        };
+        let (container, dir) = stopped_container(&daemon, &body.container)?;
+        let spec = dir.spec()?;
+        if let Some(current) = &spec.network.endpoint {
+            let name = network::load(&current.network_id).map_or_else(|_| current.network_id.clone(), |n| n.name);
+            return Err(match current.network_id == record.id {
+                true => ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    format!("endpoint with name {} already exists in network {}", container.name, record.name),
+                ),
+                false => ApiError::conflict(format!(
+                    "container {} is on network {name} already: a hull container has one network interface (disconnect it first)",
+                    container.name
+                )),
+            });
+        }
+        let endpoint = endpoint_on(&container.id, &record, body.endpoint_config.as_ref(), "")?;
+        let leased = (endpoint.network_id.clone(), endpoint.address);
+        if let Err(e) = dir.update_spec(|s| s.network.endpoint = Some(endpoint)) {
+            network::release(&leased.0, leased.1, &container.id);
+            return Err(e.into());
+        }
+        daemon.containers.modify(&container.id, |r| r.host_config["NetworkMode"] = json!(record.name))?;
+        Ok(crate::api::empty(axum::http::StatusCode::OK))
+    })
+    .await
+}
+
+/// `POST /networks/{id}/disconnect`: takes a stopped container off a network.
+pub async fn disconnect(
+    axum::extract::State(daemon): axum::extract::State<std::sync::Arc<crate::daemon::Daemon>>,
+    axum::extract::Path(reference): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    let body: ConnectBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    crate::api::blocking(move || {
+        let record = network::find(&reference)?;
+        let (container, dir) = stopped_container(&daemon, &body.container)?;
+        let spec = dir.spec()?;
+        match &spec.network.endpoint {
+            Some(current) if current.network_id == record.id => {
+                dir.update_spec(|s| s.network.endpoint = None)?;
+                network::release(&record.id, current.address, &container.id);
+                Ok(crate::api::empty(axum::http::StatusCode::OK))
+            }
+            _ => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                format!(
+                    "container {} is not connected to network {}",
+                    container.name, record.name
+                ),
+            )),
+        }
+    })
+    .await
 }
 
 /// Gives back a container's address (at its removal, or a failed create).
@@ -476,4 +591,40 @@ mod tests {
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("02:42:ac:11:00").is_err());
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PolicyQuery {
+    level: String,
+}
+
+/// `POST /containers/{id}/policy?level=LEVEL` (hull's own): changes who may
+/// reach a container, at once if it runs; also its `hull.policy` label.
+pub async fn set_policy(
+    axum::extract::State(daemon): axum::extract::State<std::sync::Arc<crate::daemon::Daemon>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<PolicyQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    let policy: Policy = query.level.parse().map_err(ApiError::bad_request)?;
+    crate::api::blocking(move || {
+        let record = daemon.containers.find(&id)?;
+        let dir = runtime::container::ContainerDir::new(&record.id);
+        if dir.spec()?.network.endpoint.is_none() {
+            return Err(ApiError::conflict(format!(
+                "container {} has no network (--network none): there is nothing to police",
+                record.name
+            )));
+        }
+        let spec = dir.update_spec(|s| s.network.policy = policy)?;
+        daemon.containers.modify(&record.id, |r| {
+            if let Some(labels) = r.config.get_mut("Labels").and_then(Value::as_object_mut) {
+                labels.insert(POLICY_LABEL.into(), json!(policy.name()));
+            }
+        })?;
+        if dir.is_running() {
+            network::policy::apply_to(&record.id, &spec.network).map_err(ApiError::internal)?;
+        }
+        Ok(crate::api::empty(axum::http::StatusCode::NO_CONTENT))
+    })
+    .await
 }

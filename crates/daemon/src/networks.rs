@@ -263,20 +263,30 @@ fn network_request(body: CreateBody) -> Result<network::NetworkRequest, ApiError
     })
 }
 
-pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    State(daemon): State<Arc<Daemon>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: CreateBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid network config: {e}")))?;
     let request = network_request(body)?;
-    let record = blocking(move || Ok(network::create(request)?)).await?;
+    let record = blocking(move || {
+        let record = network::create(request)?;
+        daemon.dns.start(&daemon, &record);
+        Ok(record)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": record.id, "Warning": ""}))))
 }
 
-pub async fn remove(Path(reference): Path<String>) -> Result<Response, ApiError> {
+pub async fn remove(State(daemon): State<Arc<Daemon>>, Path(reference): Path<String>) -> Result<Response, ApiError> {
     blocking(move || {
         if reference == "none" || reference == NONE_ID {
             return Err(NetworkError::Predefined("none".into()).into());
         }
-        network::remove(&network::find(&reference)?)?;
+        let record = network::find(&reference)?;
+        network::remove(&record)?;
+        daemon.dns.stop(&record.id);
         Ok(empty(StatusCode::NO_CONTENT))
     })
     .await
@@ -313,7 +323,10 @@ pub async fn prune(
                 continue;
             }
             match network::remove(&record) {
-                Ok(()) => deleted.push(record.name),
+                Ok(()) => {
+                    daemon.dns.stop(&record.id);
+                    deleted.push(record.name)
+                }
                 Err(NetworkError::HasEndpoints { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

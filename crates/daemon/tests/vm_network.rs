@@ -258,3 +258,365 @@ fn containers_have_addresses_published_ports_and_outbound() {
         .sum();
     assert_eq!(leases, 0, "leases are left");
 }
+
+/// What `busybox nslookup NAME` in a container on `network` printed.
+fn nslookup(hulld: &Hulld, image: &str, network: &str, name: &str) -> String {
+    let out = hulld.docker(&["run", "--rm", "--network", network, image, "busybox", "nslookup", name]);
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn user_networks_resolve_names_and_are_isolated() {
+    let hulld = Hulld::start("vm-usernet").unwrap();
+    let registry = Registry::start("vm-usernet", None).unwrap();
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+
+    ok(&hulld.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.0.0/24",
+        "--label",
+        "tier=web",
+        "front",
+    ]));
+    ok(&hulld.docker(&["network", "create", "back"]));
+    ok(&hulld.docker(&["network", "create", "--internal", "priv"]));
+    let listed = ok(&hulld.docker(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]));
+    for row in [
+        "bridge bridge",
+        "none null",
+        "front bridge",
+        "back bridge",
+        "priv bridge",
+    ] {
+        assert!(listed.lines().any(|l| l == row), "{row} in {listed}");
+    }
+    let front = ok(&hulld.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{.Labels.tier}} {{.Internal}}",
+        "front",
+    ]));
+    assert_eq!(front.trim(), "10.77.0.0/24 10.77.0.1 web false");
+    let overlap = hulld.docker(&["network", "create", "--subnet", "10.77.0.0/16", "clash"]);
+    assert!(text(&overlap.stderr).contains("overlaps"), "{}", text(&overlap.stderr));
+    let taken = hulld.docker(&["network", "create", "front"]);
+    assert!(
+        text(&taken.stderr).contains("already exists"),
+        "{}",
+        text(&taken.stderr)
+    );
+
+    // A server with an alias and a fixed address; names resolve on its network.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "api",
+        "--network",
+        "front",
+        "--network-alias",
+        "svc",
+        "--ip",
+        "10.77.0.50",
+        &image,
+        "sh",
+        "-c",
+        "busybox mkdir -p /www && echo api > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]));
+    assert_eq!(
+        inspect(&hulld, "{{.NetworkSettings.Networks.front.IPAddress}}", "api"),
+        "10.77.0.50"
+    );
+    assert_eq!(
+        inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "api"),
+        "",
+        "the legacy field is the default bridge's"
+    );
+    let members = ok(&hulld.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}",
+        "front",
+    ]));
+    assert_eq!(members.trim(), "api 10.77.0.50/24");
+    for name in ["api", "svc", "API"] {
+        let answer = nslookup(&hulld, &image, "front", name);
+        assert!(answer.contains("10.77.0.50"), "{name}: {answer}");
+    }
+    assert!(
+        !nslookup(&hulld, &image, "back", "api").contains("10.77.0.50"),
+        "names stay on their network"
+    );
+
+    // Addresses are checked.
+    let again = hulld.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "front",
+        "--ip",
+        "10.77.0.50",
+        &image,
+        "true",
+    ]);
+    assert!(
+        text(&again.stderr).contains("already in use"),
+        "{}",
+        text(&again.stderr)
+    );
+    let outside = hulld.docker(&["run", "--rm", "--network", "front", "--ip", "10.78.0.5", &image, "true"]);
+    assert!(
+        text(&outside.stderr).contains("is not in network"),
+        "{}",
+        text(&outside.stderr)
+    );
+
+    // The same network reaches the server; another does not; an internal one has no way out.
+    let get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 10.77.0.50 80";
+    let same = hulld.docker(&["run", "--rm", "--network", "front", &image, "sh", "-c", get]);
+    assert!(text(&same.stdout).contains("api"), "{}", text(&same.stderr));
+    let other = hulld.docker(&["run", "--rm", "--network", "back", &image, "sh", "-c", get]);
+    assert!(!text(&other.stdout).contains("api"), "networks are isolated");
+    let private = ok(&hulld.docker(&["run", "--rm", "--network", "priv", &image, "busybox", "ip", "route"]));
+    assert!(
+        !private.contains("default"),
+        "an internal network has no default route: {private}"
+    );
+    let from_private = hulld.docker(&["run", "--rm", "--network", "priv", &image, "sh", "-c", get]);
+    assert!(!text(&from_private.stdout).contains("api"));
+
+    // A network in use stays; an unused one goes, with its bridge.
+    let busy = hulld.docker(&["network", "rm", "front"]);
+    assert!(
+        text(&busy.stderr).contains("has active endpoints"),
+        "{}",
+        text(&busy.stderr)
+    );
+    let bridge = inspect_network_bridge(&hulld, "back");
+    ok(&hulld.docker(&["network", "rm", "back"]));
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists());
+    ok(&hulld.docker(&["rm", "-f", "api"]));
+    let pruned = ok(&hulld.docker(&["network", "prune", "-f"]));
+    assert!(pruned.contains("front") && pruned.contains("priv"), "{pruned}");
+    let listed = ok(&hulld.docker(&["network", "ls", "--format", "{{.Name}}"]));
+    assert_eq!(listed.lines().count(), 2, "only bridge and none are left: {listed}");
+}
+
+fn inspect_network_bridge(hulld: &Hulld, network: &str) -> String {
+    ok(&hulld.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        network,
+    ]))
+    .trim()
+    .to_string()
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn policies_are_enforced_on_the_host_and_change_while_running() {
+    let hulld = Hulld::start("vm-policy").unwrap();
+    let registry = Registry::start("vm-policy", None).unwrap();
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    let serve = "busybox mkdir -p /www && echo served > /www/index.html && exec busybox httpd -f -p 80 -h /www";
+    ok(&hulld.docker(&["run", "-d", "--name", "other", &image, "sh", "-c", serve]));
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "guarded",
+        "--label",
+        "hull.policy=outbound",
+        "-p",
+        "8081:80",
+        &image,
+        "sh",
+        "-c",
+        serve,
+    ]));
+    let guarded = inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "guarded");
+    let other = inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "other");
+    assert_eq!(
+        inspect(&hulld, "{{index .Config.Labels \"hull.policy\"}}", "guarded"),
+        "outbound"
+    );
+    eventually("the open container to serve", || {
+        wget(&format!("http://{other}/")) == "served\n"
+    });
+    let get = |ip: &str| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {ip} 80");
+    let from_guarded = |ip: &str| text(&hulld.docker(&["exec", "guarded", "sh", "-c", &get(ip)]).stdout);
+    let from_other = |ip: &str| text(&hulld.docker(&["exec", "other", "sh", "-c", &get(ip)]).stdout);
+    eventually("the guarded container to serve itself", || {
+        from_guarded("127.0.0.1").contains("served")
+    });
+    let set = |level: &str| {
+        let out = Command::new(testkit::boot::workspace_binary("hull").unwrap())
+            .args([
+                "policy",
+                "guarded",
+                level,
+                "-H",
+                &format!("unix://{}", hulld.socket.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "hull policy {level}: {}", text(&out.stderr));
+    };
+
+    // outbound: it reaches out; nobody reaches in, not even on a new address it gives itself.
+    assert!(from_guarded(&other).contains("served"));
+    assert_eq!(wget(&format!("http://{guarded}/")), "");
+    assert_eq!(wget("http://127.0.0.1:8081/"), "");
+    assert!(!from_other(&guarded).contains("served"));
+    ok(&hulld.docker(&[
+        "exec",
+        "guarded",
+        "busybox",
+        "ip",
+        "addr",
+        "add",
+        "172.17.99.99/16",
+        "dev",
+        "eth0",
+    ]));
+    assert!(
+        !from_other("172.17.99.99").contains("served"),
+        "the policy follows the tap, not an address"
+    );
+
+    // peers: its network's containers reach it, the host does not.
+    set("peers");
+    assert!(from_other(&guarded).contains("served"));
+    assert_eq!(wget(&format!("http://{guarded}/")), "");
+
+    // published: its published port answers on the host too.
+    set("published");
+    assert_eq!(wget("http://127.0.0.1:8081/"), "served\n");
+
+    // closed: not even out.
+    set("closed");
+    assert!(!from_guarded(&other).contains("served"));
+    assert_eq!(wget("http://127.0.0.1:8081/"), "");
+
+    // open: everything, as Docker.
+    set("open");
+    assert_eq!(wget(&format!("http://{guarded}/")), "served\n");
+    assert!(from_guarded(&other).contains("served"));
+    let bad = Command::new(testkit::boot::workspace_binary("hull").unwrap())
+        .args([
+            "policy",
+            "guarded",
+            "shut",
+            "-H",
+            &format!("unix://{}", hulld.socket.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && text(&bad.stderr).contains("invalid policy"));
+    ok(&hulld.docker(&["rm", "-f", "guarded", "other"]));
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_compose_project_comes_up_finds_its_services_by_name_and_goes() {
+    let hulld = Hulld::start("vm-compose").unwrap();
+    let registry = Registry::start("vm-compose", None).unwrap();
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
+        "test/box:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    // `$$` is compose's escape for a `$` the shell is to see.
+    // The address after the `Name:` line (the one before is the server's).
+    let lookup = "busybox nslookup $$1 2>/dev/null | busybox awk \"/^Name/ {n=1} n && /^Address/ {print \\$$2}\"";
+    let file = format!(
+        r#"version: "2.4"
+services:
+  web:
+    image: {image}
+    command: sh -c "busybox mkdir -p /www && echo from-web > /www/index.html && exec busybox httpd -f -p 80 -h /www"
+    ports: ["8090:80"]
+  waiter:
+    image: {image}
+    command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ] && [ -n "$$(find client)" ]; do sleep 1; done; echo all-found; exec sleep 1000'
+  client:
+    image: {image}
+    command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ]; do sleep 1; done; printf "GET / HTTP/1.0\r\n\r\n" | busybox nc -w 5 $$(find web) 80; exec sleep 1000'
+"#
+    );
+    let dir = hulld.work.join("project");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), file).unwrap();
+    let compose = |args: &[&str]| {
+        Command::new("docker-compose")
+            .args(["-p", "proj"])
+            .args(args)
+            .current_dir(&dir)
+            .env("DOCKER_HOST", format!("unix://{}", hulld.socket.display()))
+            .env("COMPOSE_INTERACTIVE_NO_CLI", "1")
+            .output()
+            .expect("docker-compose (Debian's package) runs")
+    };
+    let up = compose(&["up", "-d"]);
+    assert!(up.status.success(), "up: {}{}", text(&up.stdout), text(&up.stderr));
+    let ps = compose(&["ps"]);
+    let listed = text(&ps.stdout);
+    for service in ["proj_web_1", "proj_waiter_1", "proj_client_1"] {
+        assert!(listed.contains(service), "{service} in {listed}");
+    }
+    assert!(listed.contains("0.0.0.0:8090->80/tcp"), "{listed}");
+    eventually("the client to fetch from web by name", || {
+        text(&compose(&["logs", "client"]).stdout).contains("from-web")
+    });
+    eventually("the waiter to find every service", || {
+        text(&compose(&["logs", "waiter"]).stdout).contains("all-found")
+    });
+    eventually("the published port", || wget("http://127.0.0.1:8090/") == "from-web\n");
+    let exec = compose(&["exec", "-T", "web", "cat", "/www/index.html"]);
+    assert_eq!(text(&exec.stdout), "from-web\n", "{}", text(&exec.stderr));
+    let network = ok(&hulld.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{.Name}} {{index .Labels \"com.docker.compose.project\"}}",
+        "proj_default",
+    ]));
+    assert_eq!(network.trim(), "proj_default proj");
+
+    let down = compose(&["down", "-v"]);
+    assert!(down.status.success(), "down: {}", text(&down.stderr));
+    assert_eq!(ok(&hulld.docker(&["ps", "-aq"])), "");
+    let networks = ok(&hulld.docker(&["network", "ls", "--format", "{{.Name}}"]));
+    assert!(!networks.contains("proj_default"), "{networks}");
+    assert_eq!(wget("http://127.0.0.1:8090/"), "");
+    let taps = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("hv"))
+        .count();
+    assert_eq!(taps, 0, "taps are left");
+}

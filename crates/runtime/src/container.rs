@@ -145,6 +145,19 @@ impl ContainerDir {
         Ok(())
     }
 
+    /// Changes the spec (the few things that change after create, such as
+    /// the network policy), written atomically.
+    pub fn update_spec(&self, change: impl FnOnce(&mut ContainerSpec)) -> Result<ContainerSpec, ContainerError> {
+        let mut spec = self.spec()?;
+        change(&mut spec);
+        let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| ContainerError::Damaged {
+            path: self.spec_path(),
+            detail: e.to_string(),
+        })?;
+        image::store::write_atomic(&self.spec_path(), &bytes).map_err(io("writing the container spec"))?;
+        Ok(spec)
+    }
+
     pub fn spec(&self) -> Result<ContainerSpec, ContainerError> {
         read_json(&self.spec_path())?.ok_or_else(|| ContainerError::Damaged {
             path: self.spec_path(),

@@ -34,6 +34,8 @@ pub fn load_network_modules() {
         "nft_masq",
         "nft_fib_ipv4",
         "nft_ct",
+        "nft_meta_bridge",
+        "nf_conntrack_bridge",
     ];
     let _ = Command::new("modprobe")
         .arg("-qa")

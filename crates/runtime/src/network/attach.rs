@@ -11,6 +11,8 @@ pub struct Attached {
     tap: Option<File>,
     _reservations: Vec<ports::Reservation>,
     published: Option<(Vec<PortMapping>, Ipv4Addr)>,
+    /// The container and its network, while it has a policy's rules.
+    policed: Option<(String, ContainerNetwork)>,
 }
 
 impl Attached {
@@ -20,6 +22,7 @@ impl Attached {
             tap: None,
             _reservations: Vec::new(),
             published: None,
+            policed: None,
         };
         let Some(endpoint) = &network.endpoint else {
             return Ok(attached);
@@ -28,6 +31,10 @@ impl Attached {
         let (_, tap) = host::open_tap(&record, id)?;
         attached.tap = Some(tap);
         firewall::ensure(&super::list().map_err(|e| e.to_string())?)?;
+        if network.policy != super::Policy::Open {
+            super::policy::apply_to(id, network)?;
+            attached.policed = Some((id.to_string(), network.clone()));
+        }
         attached._reservations = ports::reserve(&network.ports)?;
         if !network.ports.is_empty() {
             firewall::publish(&network.ports, endpoint.address)?;
@@ -44,6 +51,15 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        if let Some((id, network)) = self.policed.take() {
+            let open = ContainerNetwork {
+                policy: super::Policy::Open,
+                ..network
+            };
+            if let Err(e) = super::policy::apply_to(&id, &open) {
+                eprintln!("hull: removing the container's policy: {e}");
+            }
+        }
         if let Some((ports, address)) = self.published.take() {
             if let Err(e) = firewall::unpublish(&ports, address) {
                 eprintln!("hull: removing published ports: {e}");

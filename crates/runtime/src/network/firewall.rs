@@ -29,7 +29,7 @@ const PORTS_AT: (&str, &str) = ("ports_at_addr", "ports_at_port");
 
 /// One transaction through `nft -j -f`, reading standard input (named
 /// through /proc: a chroot may lack /dev/stdin): all of it applies, or none.
-fn apply(commands: Vec<Value>) -> Result<(), String> {
+pub(super) fn apply(commands: Vec<Value>) -> Result<(), String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let payload = json!({ "nftables": commands }).to_string();
@@ -61,27 +61,37 @@ fn table() -> Value {
     json!({"family": "ip", "name": super::host_name()})
 }
 
+/// A base chain of hull's table in `family`, hooked at `hook`.
+pub(super) fn base_chain(family: &str, name: &str, kind: &str, hook: &str, prio: i32) -> Value {
+    json!({"chain": {"family": family, "table": super::host_name(), "name": name, "type": kind, "hook": hook, "prio": prio, "policy": "accept"}})
+}
+
 fn chain(name: &str, kind: &str, hook: &str, prio: i32) -> Value {
-    json!({"chain": {"family": "ip", "table": super::host_name(), "name": name, "type": kind, "hook": hook, "prio": prio, "policy": "accept"}})
+    base_chain("ip", name, kind, hook, prio)
+}
+
+/// Appends a rule to a chain of hull's table in `family`.
+pub(super) fn family_rule(family: &str, chain: &str, expr: Vec<Value>) -> Value {
+    json!({"add": {"rule": {"family": family, "table": super::host_name(), "chain": chain, "expr": expr}}})
 }
 
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    json!({"add": {"rule": {"family": "ip", "table": super::host_name(), "chain": chain, "expr": expr}}})
+    family_rule("ip", chain, expr)
 }
 
-fn matches(left: Value, op: &str, right: Value) -> Value {
+pub(super) fn matches(left: Value, op: &str, right: Value) -> Value {
     json!({"match": {"op": op, "left": left, "right": right}})
 }
 
-fn iifname() -> Value {
+pub(super) fn iifname() -> Value {
     json!({"meta": {"key": "iifname"}})
 }
 
-fn oifname() -> Value {
+pub(super) fn oifname() -> Value {
     json!({"meta": {"key": "oifname"}})
 }
 
-fn saddr_in(subnet: &ipnet::Ipv4Net) -> Value {
+pub(super) fn saddr_in(subnet: &ipnet::Ipv4Net) -> Value {
     matches(
         json!({"payload": {"protocol": "ip", "field": "saddr"}}),
         "==",
@@ -238,27 +248,23 @@ pub fn unpublish(mappings: &[PortMapping], container: Ipv4Addr) -> Result<(), St
     }
 }
 
-/// Makes the table say exactly this: the network rules of `networks` and
-/// the published ports of the running containers in `published` (stale
-/// ones, of containers that died with their supervisor, go).
-pub fn reconcile(networks: &[NetworkRecord], published: &[(Ipv4Addr, Vec<PortMapping>)]) -> Result<(), String> {
+/// Makes hull's tables say exactly this: the network rules of `networks`,
+/// and the published ports and policies of the `running` containers (ID
+/// and network); what containers that died with their supervisor left goes.
+pub fn reconcile(networks: &[NetworkRecord], running: &[(String, super::ContainerNetwork)]) -> Result<(), String> {
     ensure(networks)?;
     let mut commands: Vec<Value> = [PORTS_ANY.0, PORTS_ANY.1, PORTS_AT.0, PORTS_AT.1]
         .iter()
         .map(|name| json!({"flush": {"map": {"family": "ip", "table": super::host_name(), "name": name}}}))
         .collect();
-    for (address, mappings) in published {
-        commands.extend(elements("add", mappings, *address));
+    for (_, network) in running {
+        if let Some(endpoint) = &network.endpoint {
+            commands.extend(elements("add", &network.ports, endpoint.address));
+        }
     }
-    apply(commands)
-}
-
-/// Removes hull's table (nothing of hull's stays on the host).
-pub fn remove_all() -> Result<(), String> {
-    apply(vec![
-        json!({"add": {"table": table()}}),
-        json!({"delete": {"table": table()}}),
-    ])
+    apply(commands)?;
+    // Apart: a kernel without bridge filtering still gets its NAT and ports.
+    super::policy::rebuild(networks, running)
 }
 
 #[cfg(test)]

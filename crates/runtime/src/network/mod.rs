@@ -11,6 +11,7 @@
 pub mod attach;
 pub mod firewall;
 pub mod host;
+pub mod policy;
 pub mod ports;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub use policy::Policy;
 pub use ports::{PortMapping, Protocol};
 
 /// Docker's default network, and the one `docker run` uses without `--network`.
@@ -156,6 +158,9 @@ pub struct ContainerNetwork {
     pub dns_search: Vec<String>,
     #[serde(default)]
     pub dns_options: Vec<String>,
+    /// Who may reach the container (`hull.policy` label, `hull policy`).
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 pub fn networks_dir() -> PathBuf {
@@ -473,9 +478,12 @@ pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Optio
         names,
     }];
     hosts.extend(network.extra_hosts.iter().cloned());
-    let nameservers = match network.dns.is_empty() {
-        true => host::resolvers(),
-        false => network.dns.clone(),
+    // User-defined networks have hulld's name service on their gateway;
+    // the default bridge uses the host's resolvers, as in Docker.
+    let nameservers = match (network.dns.is_empty(), record.is_default()) {
+        (false, _) => network.dns.clone(),
+        (true, false) => vec![record.gateway.to_string()],
+        (true, true) => host::resolvers(),
     };
     Ok(Some(proto::GuestNetwork {
         interfaces: vec![proto::GuestInterface {
