@@ -226,6 +226,9 @@ fn rfc3339(seconds: i64) -> String {
 
 /// The mount points the agent makes in every container: not changes of its own.
 const KERNEL_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp"];
+/// The files the agent bind-mounts over the container's (`network.rs`):
+/// the container did not change them, as Docker's diff does not show them.
+const NETWORK_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 
 /// What the container changed against its image: the overlay's upper layer
 /// (`upper`) read against the image (`lower`). A whiteout (a 0:0 character
@@ -256,7 +259,8 @@ fn collect_changes(upper: &Path, lower: &Path, at: &Path, found: &mut Vec<Change
             (false, false) => 1,
         };
         let text = path.to_string_lossy().into_owned();
-        let mount_point_of_ours = KERNEL_MOUNTS.contains(&text.as_str()) && !in_image;
+        let mount_point_of_ours =
+            (KERNEL_MOUNTS.contains(&text.as_str()) && !in_image) || NETWORK_FILES.contains(&text.as_str());
         if !mount_point_of_ours {
             found.push(Change { path: text, kind });
         }
@@ -290,6 +294,7 @@ mod tests {
         fs::write(upper.path().join("etc/passwd"), "root\napp").unwrap();
         fs::write(upper.path().join("new"), "x").unwrap();
         fs::create_dir_all(upper.path().join("proc")).unwrap();
+        fs::write(upper.path().join("etc/resolv.conf"), "").unwrap();
         fs::write(lower.path().join("gone"), "x").unwrap();
         let whiteout = std::ffi::CString::new(upper.path().join("gone").to_str().unwrap()).unwrap();
         // SAFETY: mknod with a valid path; a 0:0 character device is overlayfs's whiteout.

@@ -321,6 +321,12 @@ pub struct ConnectBody {
     endpoint_config: Option<EndpointBody>,
 }
 
+impl ConnectBody {
+    fn parse(bytes: &[u8]) -> Result<ConnectBody, ApiError> {
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+    }
+}
+
 /// The container a connect or disconnect names, if it is not running:
 /// hull containers have one NIC, which a running VM keeps for now.
 fn stopped_container(
@@ -345,8 +351,7 @@ pub async fn connect(
     axum::extract::Path(reference): axum::extract::Path<String>,
     body: axum::body::Bytes,
 ) -> Result<axum::response::Response, ApiError> {
-    let body: ConnectBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let body = ConnectBody::parse(&body)?;
     crate::api::blocking(move || {
         let record = match reference.as_str() {
             network::DEFAULT_NETWORK => network::ensure_default()?,
@@ -385,8 +390,7 @@ pub async fn disconnect(
     axum::extract::Path(reference): axum::extract::Path<String>,
     body: axum::body::Bytes,
 ) -> Result<axum::response::Response, ApiError> {
-    let body: ConnectBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    let body = ConnectBody::parse(&body)?;
     crate::api::blocking(move || {
         let record = network::find(&reference)?;
         let (container, dir) = stopped_container(&daemon, &body.container)?;

@@ -65,6 +65,16 @@ impl Drop for Peer {
 }
 
 /// The body at `url`, fetched from the test host (empty if none came).
+/// A hulld of its own and a registry holding a busybox image with
+/// `config`, pulled.
+fn with_box_image(name: &str, config: serde_json::Value) -> (Hulld, Registry, String) {
+    let hulld = Hulld::start(name).unwrap();
+    let registry = Registry::start(name, None).unwrap();
+    let image = push_image(&registry, &hulld.work, busybox_image(config), "test/box:v1").unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    (hulld, registry, image)
+}
+
 fn wget(url: &str) -> String {
     text(&sh(&format!("curl -sS -m 5 {url}")).stdout)
 }
@@ -72,16 +82,10 @@ fn wget(url: &str) -> String {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn containers_have_addresses_published_ports_and_outbound() {
-    let mut hulld = Hulld::start("vm-net").unwrap();
-    let registry = Registry::start("vm-net", None).unwrap();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"], "ExposedPorts": {"80/tcp": {}}})),
-        "test/box:v1",
-    )
-    .unwrap();
-    ok(&hulld.docker(&["pull", "-q", &image]));
+    let (mut hulld, _registry, image) = with_box_image(
+        "vm-net",
+        json!({"Cmd": ["sh"], "Env": ["PATH=/bin"], "ExposedPorts": {"80/tcp": {}}}),
+    );
     // The first container makes the template every later one is cloned from.
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
     let peer = Peer::new(&format!("p{}", &hulld.net_name[1..]));
@@ -126,6 +130,12 @@ fn containers_have_addresses_published_ports_and_outbound() {
     assert!(ports.contains("80/tcp -> 127.0.0.1:9090"), "{ports}");
     let ps = ok(&hulld.docker(&["ps", "--format", "{{.Ports}}"]));
     assert!(ps.contains("0.0.0.0:8080->80/tcp"), "{ps}");
+    // -P: the image's exposed ports on free host ports.
+    ok(&hulld.docker(&["run", "-d", "--name", "all", "-P", &image, "sleep", "600"]));
+    let any = ok(&hulld.docker(&["port", "all", "80"]));
+    let port: u16 = any.trim().rsplit(':').next().unwrap().parse().unwrap();
+    assert!(any.starts_with("0.0.0.0:") && port > 0, "{any}");
+    ok(&hulld.docker(&["rm", "-f", "all"]));
 
     // The host reaches it directly and through both published ports.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -150,6 +160,11 @@ fn containers_have_addresses_published_ports_and_outbound() {
     }
     assert_eq!(wget("http://127.0.0.1:8080/"), "hello from web\n");
     assert_eq!(wget("http://127.0.0.1:9090/"), "hello from web\n");
+    let stats = ok(&hulld.docker(&["stats", "--no-stream", "--format", "{{.NetIO}}", "web"]));
+    assert!(
+        stats.contains(" / ") && !stats.starts_with("0B"),
+        "network I/O in stats: {stats}"
+    );
     // Another namespace reaches the port published on every address, not the 127.0.0.1 one.
     let from_peer = peer.run("curl -sS -m 5 http://192.0.2.1:8080/");
     assert_eq!(
@@ -268,16 +283,7 @@ fn nslookup(hulld: &Hulld, image: &str, network: &str, name: &str) -> String {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn user_networks_resolve_names_and_are_isolated() {
-    let hulld = Hulld::start("vm-usernet").unwrap();
-    let registry = Registry::start("vm-usernet", None).unwrap();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
-        "test/box:v1",
-    )
-    .unwrap();
-    ok(&hulld.docker(&["pull", "-q", &image]));
+    let (hulld, _registry, image) = with_box_image("vm-usernet", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
 
     ok(&hulld.docker(&[
         "network",
@@ -429,16 +435,7 @@ fn inspect_network_bridge(hulld: &Hulld, network: &str) -> String {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn policies_are_enforced_on_the_host_and_change_while_running() {
-    let hulld = Hulld::start("vm-policy").unwrap();
-    let registry = Registry::start("vm-policy", None).unwrap();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
-        "test/box:v1",
-    )
-    .unwrap();
-    ok(&hulld.docker(&["pull", "-q", &image]));
+    let (hulld, _registry, image) = with_box_image("vm-policy", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
     let serve = "busybox mkdir -p /www && echo served > /www/index.html && exec busybox httpd -f -p 80 -h /www";
     ok(&hulld.docker(&["run", "-d", "--name", "other", &image, "sh", "-c", serve]));
     ok(&hulld.docker(&[
@@ -540,16 +537,7 @@ fn policies_are_enforced_on_the_host_and_change_while_running() {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn a_compose_project_comes_up_finds_its_services_by_name_and_goes() {
-    let hulld = Hulld::start("vm-compose").unwrap();
-    let registry = Registry::start("vm-compose", None).unwrap();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
-        "test/box:v1",
-    )
-    .unwrap();
-    ok(&hulld.docker(&["pull", "-q", &image]));
+    let (hulld, _registry, image) = with_box_image("vm-compose", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
     // `$$` is compose's escape for a `$` the shell is to see.
     // The address after the `Name:` line (the one before is the server's).
     let lookup = "busybox nslookup $$1 2>/dev/null | busybox awk \"/^Name/ {n=1} n && /^Address/ {print \\$$2}\"";

@@ -63,6 +63,13 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Networking: what it adds to `docker run`, iperf3 throughput beside a
+    /// veth pair, a published port under wrk beside podman -p, and a
+    /// 1000-port range beside a proxy per port (inside vmhost here).
+    Net {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
     ImageRun {
@@ -80,6 +87,7 @@ fn main() -> Result<()> {
         Bench::Image { runs } => image_bench::pull_and_disk(runs),
         Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Docker { runs } => docker_bench::docker_bench(runs),
+        Bench::Net { runs } => net_bench::net_bench(runs),
         Bench::Clone { runs, idle, parallel } => {
             clone_bench::clone_bench(clone_bench::Options { runs, idle, parallel })
         }
@@ -101,6 +109,8 @@ mod clone_bench;
 mod docker_bench;
 #[path = "hull-bench/image_bench.rs"]
 mod image_bench;
+#[path = "hull-bench/net_bench.rs"]
+mod net_bench;
 
 pub(crate) fn print_line(what: &str, s: &Summary) {
     println!(

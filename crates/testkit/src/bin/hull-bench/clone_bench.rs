@@ -304,9 +304,9 @@ pub(crate) fn podman_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `podman run --rm` of `rootfs` with its own storage under `work` (vfs: the
-/// test host's root is itself an overlay) and no systemd.
-pub(crate) fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
+/// podman's global options: its own storage under `work` (vfs: the test
+/// host's root is itself an overlay) and no systemd.
+pub(crate) fn podman_base_args(work: &Path) -> Vec<String> {
     let dir = |name: &str| work.join(name).display().to_string();
     vec![
         "--root".into(),
@@ -316,13 +316,15 @@ pub(crate) fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
         "--storage-driver=vfs".into(),
         "--cgroup-manager=cgroupfs".into(),
         "--events-backend=file".into(),
-        "run".into(),
-        "--rm".into(),
-        "--network=none".into(),
-        "--rootfs".into(),
-        rootfs.display().to_string(),
-        "true".into(),
     ]
+}
+
+/// `podman run --rm` of `rootfs`, no network.
+pub(crate) fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
+    let mut args = podman_base_args(work);
+    args.extend(["run", "--rm", "--network=none", "--rootfs"].map(String::from));
+    args.extend([rootfs.display().to_string(), "true".into()]);
+    args
 }
 
 /// hull-vmm restores of one template, each with its own writable disk and
