@@ -129,6 +129,12 @@ impl Daemon {
         for mount in dir.spec()?.volumes {
             drop(runtime::volume::lock(&mount.name)?);
         }
+        // Its network's names are served before its guest can ask.
+        if let Some(endpoint) = dir.spec()?.network.endpoint {
+            if let Ok(network) = runtime::network::load(&endpoint.network_id) {
+                self.dns.start(self, &network);
+            }
+        }
         let state = dir.start().map_err(ApiError::internal)?;
         if state.status != RunStatus::Running {
             return Err(ApiError::internal(state.error));

@@ -34,10 +34,18 @@ const MAX_MESSAGE: usize = 4096;
 pub struct DnsServers(Mutex<HashMap<String, JoinHandle<()>>>);
 
 impl DnsServers {
-    /// Serves `network`'s names on its gateway (its bridge made first).
+    /// Serves `network`'s names on its gateway (its bridge made first), if
+    /// it is not served yet.
     pub fn start(&self, daemon: &Arc<Daemon>, network: &NetworkRecord) {
         if network.is_default() {
             return; // Docker's default bridge has no name service
+        }
+        if self
+            .0
+            .lock()
+            .is_ok_and(|s| s.get(&network.id).is_some_and(|t| !t.is_finished()))
+        {
+            return;
         }
         if let Err(e) = runtime::network::host::ensure_bridge(network) {
             tracing::warn!("no name service on network {}: {e}", network.name);
@@ -69,10 +77,14 @@ impl DnsServers {
     }
 }
 
-/// Starts the name service of every user-defined network.
+/// After a restart of hulld: serves the names of every network whose
+/// bridge is up (a network is served from its first container's start on,
+/// so a network nobody used has changed nothing on the host).
 pub fn start_all(daemon: &Arc<Daemon>) {
     for network in runtime::network::list().unwrap_or_default() {
-        daemon.dns.start(daemon, &network);
+        if std::path::Path::new("/sys/class/net").join(&network.bridge).exists() {
+            daemon.dns.start(daemon, &network);
+        }
     }
 }
 

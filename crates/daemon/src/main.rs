@@ -55,6 +55,14 @@ struct Args {
     /// The server's private key.
     #[arg(long, value_name = "PEM")]
     tlskey: Option<PathBuf>,
+    /// The default bridge network's gateway address and subnet, e.g.
+    /// 10.1.0.1/24 (used when that network is first made).
+    #[arg(long, value_name = "ADDRESS/PREFIX", value_parser = runtime::network::AddressPlan::parse_bip)]
+    bip: Option<(std::net::Ipv4Addr, u8)>,
+    /// Where networks' subnets come from: base=CIDR,size=PREFIX (repeatable;
+    /// default 172.17-20.0.0/16, 10.88-89.0.0/16, 192.168.200.0/24).
+    #[arg(long, value_name = "base=CIDR,size=N", value_parser = runtime::network::AddressPlan::parse_pool)]
+    default_address_pool: Vec<(ipnet::Ipv4Net, u8)>,
 }
 
 fn main() -> Result<()> {
@@ -63,6 +71,10 @@ fn main() -> Result<()> {
         // Before any thread starts: the runtime and the supervisors read it.
         std::env::set_var("HULL_DATA_DIR", dir);
     }
+    runtime::network::set_address_plan(runtime::network::AddressPlan {
+        bip: args.bip,
+        pools: args.default_address_pool.clone(),
+    });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HULL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

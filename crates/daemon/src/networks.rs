@@ -263,19 +263,11 @@ fn network_request(body: CreateBody) -> Result<network::NetworkRequest, ApiError
     })
 }
 
-pub async fn create(
-    State(daemon): State<Arc<Daemon>>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: CreateBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid network config: {e}")))?;
     let request = network_request(body)?;
-    let record = blocking(move || {
-        let record = network::create(request)?;
-        daemon.dns.start(&daemon, &record);
-        Ok(record)
-    })
-    .await?;
+    let record = blocking(move || Ok(network::create(request)?)).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": record.id, "Warning": ""}))))
 }
 

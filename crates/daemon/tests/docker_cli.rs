@@ -711,3 +711,74 @@ fn volumes_are_created_listed_inspected_pruned_and_removed() {
     ok(&hulld.docker(&["rm", "-v", "db2", "db3"]));
     assert_eq!(ok(&hulld.docker(&["volume", "ls", "-q"])), "named\n");
 }
+
+#[test]
+fn networks_take_their_subnets_from_the_address_plan() {
+    // Networks nobody uses change nothing on the host: this runs outside a VM.
+    let hulld = Hulld::start_with(
+        "netplan",
+        &[
+            "--bip",
+            "10.123.0.1/24",
+            "--default-address-pool",
+            "base=10.124.0.0/16,size=24",
+        ],
+    )
+    .unwrap();
+    let subnet = |name: &str| {
+        ok(&hulld.docker(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}",
+            name,
+        ]))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(subnet("bridge"), "10.123.0.0/24 10.123.0.1");
+    ok(&hulld.docker(&["network", "create", "one"]));
+    ok(&hulld.docker(&["network", "create", "--internal", "--label", "a=b", "two"]));
+    assert_eq!(subnet("one"), "10.124.0.0/24 10.124.0.1");
+    assert_eq!(subnet("two"), "10.124.1.0/24 10.124.1.1");
+    fails(
+        &hulld.docker(&["network", "create", "--subnet", "10.123.0.0/16", "clash"]),
+        1,
+        "overlaps",
+    );
+    fails(
+        &hulld.docker(&["network", "create", "--gateway", "10.9.9.9", "nosubnet"]),
+        1,
+        "subnet",
+    );
+    fails(
+        &hulld.docker(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.125.0.0/24",
+            "--gateway",
+            "10.125.0.0",
+            "outside",
+        ]),
+        1,
+        "invalid gateway",
+    );
+    fails(&hulld.docker(&["network", "create", "one"]), 1, "already exists");
+    fails(
+        &hulld.docker(&["network", "create", "--driver", "overlay", "ov"]),
+        1,
+        "not supported",
+    );
+    fails(&hulld.docker(&["network", "rm", "bridge"]), 1, "pre-defined");
+    fails(&hulld.docker(&["network", "inspect", "nothing"]), 1, "not found");
+    let labelled = ok(&hulld.docker(&["network", "ls", "--filter", "label=a=b", "--format", "{{.Name}}"]));
+    assert_eq!(labelled.trim(), "two");
+    let pruned = ok(&hulld.docker(&["network", "prune", "-f"]));
+    assert!(pruned.contains("one") && pruned.contains("two"), "{pruned}");
+    assert_eq!(
+        ok(&hulld.docker(&["network", "ls", "-q"])).lines().count(),
+        2,
+        "bridge and none stay"
+    );
+}

@@ -214,10 +214,16 @@ impl Drop for Hulld {
             .args(["delete", "table", "ip", &self.net_name])
             .stderr(Stdio::null())
             .status();
-        let _ = Command::new("ip")
-            .args(["link", "delete", &format!("{}0", self.net_name)])
-            .stderr(Stdio::null())
-            .status();
+        for entry in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // The default bridge (NAME0) and user networks' (NAME-xxxxxx).
+            if name == format!("{}0", self.net_name) || name.starts_with(&format!("{}-", self.net_name)) {
+                let _ = Command::new("ip")
+                    .args(["link", "delete", &name])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }

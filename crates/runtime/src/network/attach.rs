@@ -30,7 +30,7 @@ impl Attached {
         let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
         let (_, tap) = host::open_tap(&record, id)?;
         attached.tap = Some(tap);
-        firewall::ensure(&super::list().map_err(|e| e.to_string())?)?;
+        firewall::ensure_current(&super::list().map_err(|e| e.to_string())?)?;
         if network.policy != super::Policy::Open {
             super::policy::apply_to(id, network)?;
             attached.policed = Some((id.to_string(), network.clone()));

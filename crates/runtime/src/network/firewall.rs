@@ -118,9 +118,49 @@ fn declare_maps(maps: (&str, &str), key_type: &[&str]) -> [Value; 2] {
     [declare(maps.0, "ipv4_addr"), declare(maps.1, "inet_service")]
 }
 
+/// Where the mark of the rules last made is kept: the run directory, which
+/// a reboot empties along with the kernel's tables.
+fn stamp_dir() -> std::path::PathBuf {
+    crate::run_dir().join("net")
+}
+
+/// A name for the per-network rules of `networks` in this table.
+fn stamp(networks: &[NetworkRecord]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(super::host_name());
+    for n in networks {
+        hash.update(format!(
+            "{} {} {} {} {}\n",
+            n.id, n.bridge, n.subnet, n.gateway, n.internal
+        ));
+    }
+    format!("rules-{}", hex::encode(&hash.finalize()[..8]))
+}
+
+/// `ensure`, unless the rules for exactly these networks were made since
+/// boot: a VM's start then spends no `nft` run on them.
+pub fn ensure_current(networks: &[NetworkRecord]) -> Result<(), String> {
+    if stamp_dir().join(stamp(networks)).exists() {
+        return Ok(());
+    }
+    ensure(networks)
+}
+
 /// Makes hull's table, maps and chains (kept if present) and rebuilds the
 /// per-network rules from `networks`.
 pub fn ensure(networks: &[NetworkRecord]) -> Result<(), String> {
+    ensure_rules(networks)?;
+    let dir = stamp_dir();
+    for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_file(old.path());
+    }
+    // Only a mark: failing to write it costs an `nft` run next time.
+    let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(dir.join(stamp(networks)), b""));
+    Ok(())
+}
+
+fn ensure_rules(networks: &[NetworkRecord]) -> Result<(), String> {
     let proto_port = || {
         vec![
             json!({"meta": {"key": "l4proto"}}),
@@ -311,6 +351,9 @@ mod tests {
             labels: Default::default(),
             ip_range: None,
         };
+        // The stamps of made rules go to a run directory of the test's own.
+        let run = tempfile::tempdir().unwrap();
+        std::env::set_var("HULL_RUN_DIR", run.path());
         let (after_publish, after_unpublish, after_reconcile) = in_new_netns(move || {
             let ports: Vec<PortMapping> = (8000..9000)
                 .map(|p| PortMapping {
@@ -329,6 +372,8 @@ mod tests {
             let ip: Ipv4Addr = "10.99.0.2".parse().unwrap();
             ensure(std::slice::from_ref(&network)).unwrap();
             ensure(std::slice::from_ref(&network)).unwrap(); // idempotent
+            assert!(stamp_dir().join(stamp(std::slice::from_ref(&network))).exists());
+            ensure_current(std::slice::from_ref(&network)).unwrap();
             publish(&ports, ip).unwrap();
             let after_publish = listed();
             unpublish(&ports[..999], ip).unwrap();

@@ -47,6 +47,73 @@ const DEFAULT_POOL: &[&str] = &[
     "10.89.0.0/16",
     "192.168.200.0/24",
 ];
+/// Where hull takes new networks' subnets from: hulld's `--bip` and
+/// `--default-address-pool`, as dockerd's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressPlan {
+    /// The default bridge's gateway address and prefix (`--bip 10.1.0.1/24`).
+    pub bip: Option<(Ipv4Addr, u8)>,
+    /// Pools carved into subnets of a size (`base=10.10.0.0/16,size=24`).
+    pub pools: Vec<(Ipv4Net, u8)>,
+}
+
+static ADDRESS_PLAN: std::sync::OnceLock<AddressPlan> = std::sync::OnceLock::new();
+
+/// Sets this process's address plan (once, before any network is made).
+pub fn set_address_plan(plan: AddressPlan) {
+    let _ = ADDRESS_PLAN.set(plan);
+}
+
+impl AddressPlan {
+    /// `base=CIDR,size=N`, dockerd's syntax for `--default-address-pool`.
+    pub fn parse_pool(text: &str) -> Result<(Ipv4Net, u8), String> {
+        let (mut base, mut size) = (None, None);
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("base", cidr)) => base = cidr.parse::<Ipv4Net>().ok(),
+                Some(("size", n)) => size = n.parse::<u8>().ok(),
+                _ => return Err(format!("invalid address pool \"{text}\": expected base=CIDR,size=N")),
+            }
+        }
+        match (base, size) {
+            (Some(base), Some(size)) if size >= base.prefix_len() && size <= 30 => Ok((base.trunc(), size)),
+            _ => Err(format!(
+                "invalid address pool \"{text}\": base must be an IPv4 CIDR and size a prefix between its own and 30"
+            )),
+        }
+    }
+
+    /// `--bip ADDRESS/PREFIX`: the default bridge's gateway and subnet.
+    pub fn parse_bip(text: &str) -> Result<(Ipv4Addr, u8), String> {
+        let net: Ipv4Net = text
+            .parse()
+            .map_err(|_| format!("invalid --bip \"{text}\": expected ADDRESS/PREFIX"))?;
+        let usable = net.prefix_len() <= 30 && net.addr() != net.network() && net.addr() != net.broadcast();
+        match usable {
+            true => Ok((net.addr(), net.prefix_len())),
+            false => Err(format!(
+                "invalid --bip \"{text}\": the address must be a host address of a subnet of at most /30"
+            )),
+        }
+    }
+
+    /// The subnets new networks may take, in order.
+    fn candidates(&self) -> Box<dyn Iterator<Item = Ipv4Net> + '_> {
+        if self.pools.is_empty() {
+            return Box::new(DEFAULT_POOL.iter().filter_map(|s| s.parse::<Ipv4Net>().ok()));
+        }
+        Box::new(
+            self.pools
+                .iter()
+                .flat_map(|(base, size)| base.subnets(*size).into_iter().flatten().take(65536)),
+        )
+    }
+}
+
+fn address_plan() -> AddressPlan {
+    ADDRESS_PLAN.get().cloned().unwrap_or_default()
+}
+
 /// The MTU of every hull network (the VMM's NIC takes Ethernet frames).
 pub const MTU: u32 = 1500;
 
@@ -248,9 +315,12 @@ pub fn ensure_default() -> Result<NetworkRecord, NetworkError> {
     if let Ok(record) = find(DEFAULT_NETWORK) {
         return Ok(record);
     }
+    let bip = address_plan().bip;
     make(
         NetworkRequest {
             name: DEFAULT_NETWORK.into(),
+            subnet: bip.and_then(|(address, prefix)| Ipv4Net::new(address, prefix).ok()),
+            gateway: bip.map(|(address, _)| address),
             ..Default::default()
         },
         format!("{}0", host_name()),
@@ -295,9 +365,8 @@ fn make_with_id(request: NetworkRequest, bridge: String, id: String) -> Result<N
             }
             subnet
         }
-        None => DEFAULT_POOL
-            .iter()
-            .filter_map(|s| s.parse::<Ipv4Net>().ok())
+        None => address_plan()
+            .candidates()
             .find(|candidate| !taken.iter().any(|t| overlaps(t, candidate)))
             .ok_or(NetworkError::NoSubnet)?,
     };
@@ -346,15 +415,17 @@ pub fn remove(record: &NetworkRecord) -> Result<(), NetworkError> {
             id: record.id.clone(),
         });
     }
+    // A network no container ever used has touched nothing on the host.
+    let was_used = std::path::Path::new("/sys/class/net").join(&record.bridge).exists();
     let dir = networks_dir().join(&record.id);
     // Renamed away first: a half-removed network is never listed.
     let doomed = networks_dir().join(format!(".removed-{}", record.id));
     std::fs::rename(&dir, &doomed).map_err(io(format!("removing network {}", record.name)))?;
     let _ = std::fs::remove_dir_all(&doomed);
-    host::remove_bridge(&record.bridge).map_err(NetworkError::Host)?;
-    if let Ok(rest) = list() {
-        // Only if hull's table exists already: a host without nft never had rules.
-        let _ = firewall::ensure(&rest);
+    if was_used {
+        host::remove_bridge(&record.bridge).map_err(NetworkError::Host)?;
+        // Its rules go with it.
+        firewall::ensure(&list()?).map_err(NetworkError::Host)?;
     }
     Ok(())
 }
@@ -546,6 +617,30 @@ mod tests {
         assert_eq!(find("t").unwrap(), net);
         assert_eq!(find(&net.id[..6]).unwrap(), net);
         assert!(find("nope").is_err());
+    }
+
+    #[test]
+    fn address_plans_parse_like_dockerd() {
+        assert_eq!(
+            AddressPlan::parse_pool("base=10.10.0.0/16,size=24"),
+            Ok(("10.10.0.0/16".parse().unwrap(), 24))
+        );
+        assert!(AddressPlan::parse_pool("base=10.10.0.0/16,size=8").is_err());
+        assert!(AddressPlan::parse_pool("10.10.0.0/16").is_err());
+        assert_eq!(
+            AddressPlan::parse_bip("10.1.0.1/24"),
+            Ok(("10.1.0.1".parse().unwrap(), 24))
+        );
+        assert!(
+            AddressPlan::parse_bip("10.1.0.0/24").is_err(),
+            "the network address is no gateway"
+        );
+        let plan = AddressPlan {
+            bip: None,
+            pools: vec![AddressPlan::parse_pool("base=10.10.0.0/16,size=24").unwrap()],
+        };
+        let first: Vec<String> = plan.candidates().take(2).map(|n| n.to_string()).collect();
+        assert_eq!(first, ["10.10.0.0/24", "10.10.1.0/24"]);
     }
 
     #[test]
