@@ -1,6 +1,6 @@
 //! `/_ping`, `/version` and `/info` (what the docker CLI asks first),
-//! `docker system df`, and the prunes `docker system prune` asks for of
-//! objects hull does not have yet (networks, volumes, build cache).
+//! `docker system df`, and the prune `docker system prune` asks for of
+//! what hull does not have (a build cache).
 
 use std::sync::Arc;
 
