@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use testkit::hulld::{ok, text, Hulld};
-use testkit::oci::{busybox_image, push_image, Registry};
+use testkit::oci::{
+    busybox_image, busybox_layer, host_programs_layer, push_image, Compression, ImageSpec, Registry, BUSYBOX_APPLETS,
+};
 
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -82,7 +84,7 @@ fn wget(url: &str) -> String {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn containers_have_addresses_published_ports_and_outbound() {
-    let (mut hulld, _registry, image) = with_box_image(
+    let (mut hulld, registry, image) = with_box_image(
         "vm-net",
         json!({"Cmd": ["sh"], "Env": ["PATH=/bin"], "ExposedPorts": {"80/tcp": {}}}),
     );
@@ -177,6 +179,42 @@ fn containers_have_addresses_published_ports_and_outbound() {
         .run("busybox wget -q -T 3 -O- http://192.0.2.1:9090/")
         .status
         .success());
+
+    // UDP: datagrams to a published UDP port reach the container (Debian's
+    // socat in the image: busybox's nc has no UDP).
+    let udp_image = push_image(
+        &registry,
+        &hulld.work,
+        ImageSpec {
+            layers: vec![
+                (busybox_layer(BUSYBOX_APPLETS), Compression::Gzip),
+                (host_programs_layer(&["/usr/bin/socat"]).unwrap(), Compression::Gzip),
+            ],
+            config: json!({"Cmd": ["sh"], "Env": ["PATH=/usr/bin:/bin"]}),
+            architecture: "amd64".into(),
+        },
+        "test/socat:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &udp_image]));
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "udp",
+        "-p",
+        "127.0.0.1:5353:5353/udp",
+        &udp_image,
+        "socat",
+        "-u",
+        "UDP-RECVFROM:5353,fork",
+        "STDOUT",
+    ]));
+    eventually("a datagram through the published UDP port", || {
+        let _ = sh("echo datagram | socat -u STDIN UDP:127.0.0.1:5353");
+        text(&hulld.docker(&["logs", "udp"]).stdout).contains("datagram")
+    });
+    ok(&hulld.docker(&["rm", "-f", "udp"]));
 
     // Container to container, by hairpin through the published port, and
     // outbound (masqueraded: the peer has no route back to the bridge).

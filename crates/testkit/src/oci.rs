@@ -651,6 +651,37 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "rm", "kill", "uname", "date",
 ];
 
+/// A layer holding host programs (e.g. `/usr/bin/socat`) at their own
+/// paths and the shared libraries they load (by `ldd`), so a test image can
+/// run Debian's tools beside busybox.
+pub fn host_programs_layer(programs: &[&str]) -> Result<Vec<u8>> {
+    let mut layer = LayerBuilder::new()
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .dir("lib", 0o755)
+        .dir("lib64", 0o755);
+    let mut libraries = std::collections::BTreeSet::new();
+    for program in programs {
+        let relative = program.trim_start_matches('/');
+        layer = layer.file_owned(relative, &std::fs::read(program)?, 0o755, 0, 0);
+        let ldd = std::process::Command::new("ldd").arg(program).output()?;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+                libraries.insert(path.to_string());
+            }
+        }
+    }
+    for library in libraries {
+        let name = Path::new(&library)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = if name.starts_with("ld-linux") { "lib64" } else { "lib" };
+        layer = layer.file_owned(&format!("{dir}/{name}"), &std::fs::read(&library)?, 0o755, 0, 0);
+    }
+    Ok(layer.build())
+}
+
 /// A one-layer busybox image with `config` (Cmd, Env, …), for tests that
 /// need a small image in a registry.
 pub fn busybox_image(config: Value) -> ImageSpec {

@@ -20,37 +20,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use testkit::bench::{self, Summary};
 use testkit::hulld::{load_network_modules, Hulld};
-use testkit::oci::{busybox_layer, push_image, Compression, ImageSpec, LayerBuilder, Registry, BUSYBOX_APPLETS};
+use testkit::oci::{busybox_layer, host_programs_layer, push_image, Compression, ImageSpec, Registry, BUSYBOX_APPLETS};
 use vmm::host::HostKvm;
 
 use crate::clone_bench::timed;
 use crate::{inside_vmhost, print_line};
-
-/// A layer with Debian's iperf3 and the libraries it loads.
-fn iperf3_layer() -> Result<Vec<u8>> {
-    let ldd = Command::new("ldd")
-        .arg("/usr/bin/iperf3")
-        .output()
-        .context("ldd (install iperf3)")?;
-    let mut layer = LayerBuilder::new()
-        .dir("usr", 0o755)
-        .dir("usr/bin", 0o755)
-        .dir("lib", 0o755)
-        .dir("lib64", 0o755)
-        .file_owned("usr/bin/iperf3", &std::fs::read("/usr/bin/iperf3")?, 0o755, 0, 0);
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line.split_whitespace().find(|w| w.starts_with('/')).map(str::to_string);
-        let Some(path) = path else { continue };
-        let name = Path::new(&path)
-            .file_name()
-            .context("a library path")?
-            .to_string_lossy()
-            .into_owned();
-        let dir = if name.starts_with("ld-linux") { "lib64" } else { "lib" };
-        layer = layer.file_owned(&format!("{dir}/{name}"), &std::fs::read(&path)?, 0o755, 0, 0);
-    }
-    Ok(layer.build())
-}
 
 /// iperf3's received throughput in Gbit/s from its JSON report.
 fn gbits(report: &[u8]) -> Result<f64> {
@@ -127,7 +101,7 @@ pub fn net_bench(runs: usize) -> Result<()> {
         ImageSpec {
             layers: vec![
                 (busybox_layer(BUSYBOX_APPLETS), Compression::Gzip),
-                (iperf3_layer()?, Compression::Gzip),
+                (host_programs_layer(&["/usr/bin/iperf3"])?, Compression::Gzip),
             ],
             config: json!({"Cmd": ["sh"], "Env": ["PATH=/usr/bin:/bin"]}),
             architecture: "amd64".into(),
