@@ -285,6 +285,15 @@ pub fn hijacked(tty: bool) -> Result<Response, ApiError> {
         .map_err(ApiError::internal)
 }
 
+/// Docker's `label` filter: every wanted `KEY` is present, every
+/// `KEY=VALUE` has that value.
+pub fn labels_match(labels: &std::collections::BTreeMap<String, String>, wanted: &[String]) -> bool {
+    wanted.iter().all(|w| match w.split_once('=') {
+        Some((key, value)) => labels.get(key).is_some_and(|l| l == value),
+        None => labels.contains_key(w),
+    })
+}
+
 /// A boolean query parameter as Docker's clients send them (`1`, `true`).
 pub fn flag(value: &Option<String>) -> bool {
     matches!(value.as_deref(), Some("1" | "true" | "True" | "yes"))

@@ -124,10 +124,7 @@ fn passes(
         "id" => values.iter().any(|v| id.starts_with(v.as_str())),
         "driver" => values.iter().any(|v| v == driver),
         "type" => values.iter().any(|v| (v == "builtin") == builtin),
-        "label" => values.iter().all(|v| match v.split_once('=') {
-            Some((k, val)) => labels.get(k).is_some_and(|l| l == val),
-            None => labels.contains_key(v),
-        }),
+        "label" => crate::api::labels_match(labels, values),
         _ => true,
     })
 }
@@ -303,15 +300,8 @@ pub async fn prune(
         }
         let mut deleted = Vec::new();
         for record in network::list()? {
-            let label_filters: HashMap<String, Vec<String>> = filters
-                .iter()
-                .filter(|(k, _)| k.as_str() == "label")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if record.is_default()
-                || used.contains(&record.id)
-                || !passes(&label_filters, "", "", "", &record.labels, false)
-            {
+            let wanted = filters.get("label").map_or(&[][..], Vec::as_slice);
+            if record.is_default() || used.contains(&record.id) || !crate::api::labels_match(&record.labels, wanted) {
                 continue;
             }
             match network::remove(&record) {

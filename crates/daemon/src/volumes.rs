@@ -119,10 +119,7 @@ pub async fn list(
                 "dangling" => values
                     .iter()
                     .any(|v| matches!(v.as_str(), "true" | "1") == !users.contains_key(&record.name)),
-                "label" => values.iter().all(|v| match v.split_once('=') {
-                    Some((k, val)) => record.labels.get(k).is_some_and(|l| l == val),
-                    None => record.labels.contains_key(v),
-                }),
+                "label" => crate::api::labels_match(&record.labels, values),
                 "driver" => values.iter().any(|v| v == "local"),
                 _ => true,
             });
