@@ -8,6 +8,8 @@
 //! side of a VM boundary: a length over `MAX_FRAME`, an unknown kind or bad
 //! JSON is an error, never a panic or an unbounded allocation.
 
+pub mod vmm_control;
+
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};

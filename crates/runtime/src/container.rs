@@ -82,6 +82,8 @@ pub enum ContainerError {
     NotRunning,
     #[error("the container's VM is still starting")]
     Starting,
+    #[error("the container's VMM refused: {0}")]
+    Control(String),
     #[error("the container's disks are in use (it started, or another file operation runs): try again")]
     Busy,
     #[error("the container's VM could not hold its files: {0}")]
@@ -183,7 +185,9 @@ impl ContainerDir {
             state.finished_at = Some(now_rfc3339());
             state.error = "the container's supervisor (hull-shim) was killed".into();
         }
-        state.paused = state.status == RunStatus::Running && self.vmm_of(&state).is_some_and(vmm_stopped);
+        state.paused = state.status == RunStatus::Running
+            && self.vmm_of(&state).is_some()
+            && self.socket_dir().join(crate::run::PAUSED_MARKER).exists();
         Ok(Some(state))
     }
 
@@ -195,21 +199,36 @@ impl ContainerDir {
         (pid != 0 && parent == state.pid).then_some(pid)
     }
 
-    /// Pauses or resumes the whole VM: every vCPU and device thread of its
-    /// VMM stops (SIGSTOP) or goes on (SIGCONT), as Docker freezes a
-    /// container's processes. Returns once every thread has stopped.
+    /// Pauses or resumes the whole VM through its VMM's control channel:
+    /// every vCPU and device thread parks (as Docker freezes a container's
+    /// processes). Returns once all have.
     pub fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
+        use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
         let state = self.state()?.filter(|s| s.status == RunStatus::Running);
         let state = state.ok_or(ContainerError::NotRunning)?;
-        let vmm = self.vmm_of(&state).ok_or(ContainerError::Starting)?;
-        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
-        // SAFETY: plain kill(2) of the supervisor's own child, checked just above.
-        if unsafe { libc::kill(vmm as i32, signal) } != 0 {
-            return Err(io("signalling the VMM")(std::io::Error::last_os_error()));
+        self.vmm_of(&state).ok_or(ContainerError::Starting)?;
+        let control = self.socket_dir().join(crate::run::VMM_CONTROL_SOCKET);
+        let stream = UnixStream::connect(&control).map_err(|_| ContainerError::Starting)?;
+        // A pause waits for every thread to park (at most 10 s in the VMM).
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .map_err(io("the VMM's control channel"))?;
+        let mut writer = stream.try_clone().map_err(io("the VMM's control channel"))?;
+        let request = if paused { VmmRequest::Pause } else { VmmRequest::Resume };
+        let channel = |e: proto::vmm_control::ControlError| ContainerError::Control(e.to_string());
+        write_message(&mut writer, &request).map_err(channel)?;
+        let reply = read_message::<VmmReply>(&mut std::io::BufReader::new(stream)).map_err(channel)?;
+        match reply {
+            Some(VmmReply::Done) => {}
+            Some(VmmReply::Failed { reason }) => return Err(ContainerError::Control(reason)),
+            other => return Err(ContainerError::Control(format!("unexpected reply {other:?}"))),
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while vmm_stopped(vmm) != paused && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
+        let marker = self.socket_dir().join(crate::run::PAUSED_MARKER);
+        match paused {
+            true => std::fs::write(&marker, b"").map_err(io("marking the VM paused"))?,
+            false => {
+                let _ = std::fs::remove_file(&marker);
+            }
         }
         Ok(())
     }
@@ -370,23 +389,6 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may hold spaces; fields after it do not.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether every thread of process `pid` is stopped (by SIGSTOP).
-fn vmm_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    let mut any = false;
-    for task in tasks.flatten() {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
-        if state != Some('T') {
-            return false;
-        }
-        any = true;
-    }
-    any
 }
 
 fn process_alive(pid: u32, start: u64) -> bool {

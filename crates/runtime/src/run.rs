@@ -121,6 +121,11 @@ pub trait Attachment {
 pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
 /// The same, with the kernel's messages on the console.
 const GUEST_CMDLINE_VERBOSE: &str = "console=ttyS0 panic=-1 pci=off";
+/// The VMM's control socket, in a VM's socket directory.
+pub const VMM_CONTROL_SOCKET: &str = "vmm.ctl";
+/// Present in a VM's socket directory while its VMM is paused.
+pub const PAUSED_MARKER: &str = "paused";
+
 /// The fd number a container's tap is passed to hull-vmm as.
 const TAP_FD: i32 = 3;
 /// hull-vmm's exit status for a snapshot it cannot use.
@@ -359,6 +364,9 @@ pub fn run_in(
         None => crate::network::attach::Attached::new(id, &request.network).map_err(RunError::Connectivity)?,
     };
     let uds = sockets.join("vsock.sock");
+    let control = sockets.join(VMM_CONTROL_SOCKET);
+    // A new VM runs: whatever paused the last one is gone with it.
+    let _ = std::fs::remove_file(sockets.join(PAUSED_MARKER));
     // A held VM (a stopped container's files) keeps the console of the
     // container's last run as it was.
     let console_log = match request.hold {
@@ -376,6 +384,7 @@ pub fn run_in(
         writable: &writable,
         volumes: &volume_disks,
         uds: &uds,
+        control: &control,
         console_log: &console_log,
         tap: nic.tap(),
     };
@@ -480,6 +489,8 @@ struct VmFiles<'a> {
     /// One per spare slot: volumes' disks, then empty placeholders.
     volumes: &'a [PathBuf],
     uds: &'a Path,
+    /// The VMM's control channel (`proto::vmm_control`).
+    control: &'a Path,
     console_log: &'a Path,
     /// The container's tap (passed down as fd 3), or a detached NIC.
     tap: Option<&'a File>,
@@ -534,6 +545,8 @@ impl VmFiles<'_> {
         command
             .arg("--vsock-uds")
             .arg(self.uds)
+            .arg("--control-socket")
+            .arg(self.control)
             .arg("--serial-log")
             .arg(self.console_log)
             .stdin(Stdio::null())

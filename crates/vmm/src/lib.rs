@@ -10,11 +10,17 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod control;
 pub mod cpu;
+pub mod device_manager;
 pub mod devices;
 pub mod host;
 pub mod layout;
+pub mod pause;
+pub mod persist;
+pub mod seccomp;
 pub mod snapshot;
 pub mod trace;
+pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;

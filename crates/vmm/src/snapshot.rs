@@ -23,6 +23,9 @@ use sha2::{Digest, Sha256};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 
+pub use crate::devices::serial::SerialRegs;
+pub use crate::devices::virtio::persist::{DeviceState, QueueRegs};
+
 /// Bumped whenever `VmState` changes shape; older snapshots are refused.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"HULLSNAP";
@@ -60,53 +63,6 @@ pub struct VcpuState {
     /// (index, value) of every MSR KVM let us read.
     pub msrs: Vec<(u32, u64)>,
     pub events: kvm_vcpu_events,
-}
-
-/// The 8250's registers (vm-superio's `SerialState`, which has no serde).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SerialRegs {
-    pub baud_divisor_low: u8,
-    pub baud_divisor_high: u8,
-    pub interrupt_enable: u8,
-    pub interrupt_identification: u8,
-    pub line_control: u8,
-    pub line_status: u8,
-    pub modem_control: u8,
-    pub modem_status: u8,
-    pub scratch: u8,
-    pub in_buffer: Vec<u8>,
-}
-
-/// One virtio-mmio slot: what device sat there and how its driver left it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceState {
-    pub device_type: u32,
-    pub features: u64,
-    /// The device's config space when the snapshot was taken (a disk's
-    /// capacity): a clone whose backend differs raises a config change.
-    pub config: Vec<u8>,
-    pub queues: Vec<QueueRegs>,
-    pub queue_select: u32,
-    pub device_features_select: u32,
-    pub driver_features_select: u32,
-    pub driver_features: u64,
-    pub status: u32,
-    pub config_generation: u32,
-    pub interrupt_status: u32,
-}
-
-/// virtio-queue's `QueueState`, which has no serde.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueRegs {
-    pub max_size: u16,
-    pub next_avail: u16,
-    pub next_used: u16,
-    pub event_idx_enabled: bool,
-    pub size: u16,
-    pub ready: bool,
-    pub desc_table: u64,
-    pub avail_ring: u64,
-    pub used_ring: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,9 @@
 //! Exit status: 0 the guest powered off (or, making a template, was saved);
 //! 2 the guest reset or panicked; 3 the snapshot to restore is unusable
 //! (missing, damaged, another format or another VM shape: make a new one);
-//! 1 the VMM failed otherwise (the reason is on stderr); killed by a signal.
+//! 4 a thread made a system call its seccomp filter forbids (logged on
+//! stderr with the call and the thread); 1 the VMM failed otherwise (the
+//! reason is on stderr); killed by a signal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +62,9 @@ struct Args {
     /// The NIC's MAC address.
     #[arg(long, default_value = "02:68:75:6c:6c:01", value_parser = parse_mac)]
     net_mac: [u8; 6],
+    /// Serve the control channel (pause, resume, describe) on this unix socket.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
     /// The guest's vsock context id.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
     let config = VmConfig {
         start,
         snapshot_to: args.snapshot_to,
+        control_socket: args.control_socket,
         memory_mib: args.memory,
         vcpus: args.cpus,
         serial_log: args.serial_log,

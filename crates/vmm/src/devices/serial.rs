@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 
-use crate::snapshot::SerialRegs;
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Raises the UART's interrupt through an irqfd.
@@ -18,6 +18,21 @@ impl Trigger for IrqTrigger {
     fn trigger(&self) -> io::Result<()> {
         self.0.write(1)
     }
+}
+
+/// The 8250's registers (vm-superio's `SerialState`, which has no serde).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SerialRegs {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
 }
 
 /// Bytes of recent console output kept for error messages.

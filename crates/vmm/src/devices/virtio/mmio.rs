@@ -7,29 +7,31 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{read_config, Interrupt, VirtioDevice};
-use crate::snapshot::{DeviceState, QueueRegs};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x4c55_4848; // "HHUL"
 
+/// The register a driver writes a queue's index to when it has work for it.
+pub const QUEUE_NOTIFY: u64 = 0x050;
+
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_FAILED: u32 = 0x80;
+pub(super) const STATUS_FAILED: u32 = 0x80;
 
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    memory: GuestMemoryMmap,
-    interrupt: Arc<Interrupt>,
-    queues: Vec<Queue>,
-    queue_select: u32,
-    device_features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
-    status: u32,
-    config_generation: u32,
+    pub(super) device: Box<dyn VirtioDevice>,
+    pub(super) memory: GuestMemoryMmap,
+    pub(super) interrupt: Arc<Interrupt>,
+    pub(super) queues: Vec<Queue>,
+    pub(super) queue_select: u32,
+    pub(super) device_features_select: u32,
+    pub(super) driver_features_select: u32,
+    pub(super) driver_features: u64,
+    pub(super) status: u32,
+    pub(super) config_generation: u32,
 }
 
 impl MmioTransport {
@@ -51,104 +53,6 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
         }
-    }
-
-    /// How the driver left this device (for a snapshot; queues paused).
-    pub fn state(&self) -> DeviceState {
-        DeviceState {
-            device_type: self.device.device_type(),
-            features: self.device.features(),
-            config: self.device.config(),
-            queues: self
-                .queues
-                .iter()
-                .map(|q| {
-                    let s = q.state();
-                    QueueRegs {
-                        max_size: s.max_size,
-                        next_avail: s.next_avail,
-                        next_used: s.next_used,
-                        event_idx_enabled: s.event_idx_enabled,
-                        size: s.size,
-                        ready: s.ready,
-                        desc_table: s.desc_table,
-                        avail_ring: s.avail_ring,
-                        used_ring: s.used_ring,
-                    }
-                })
-                .collect(),
-            queue_select: self.queue_select,
-            device_features_select: self.device_features_select,
-            driver_features_select: self.driver_features_select,
-            driver_features: self.driver_features,
-            status: self.status,
-            config_generation: self.config_generation,
-            interrupt_status: self.interrupt.status(),
-        }
-    }
-
-    /// A transport for `device` as a snapshot's driver left it. The device
-    /// must be of the same kind with the same features; its configuration
-    /// (a disk's size) may differ, and then the generation moves on so the
-    /// driver re-reads it (the caller raises the config-change interrupt).
-    /// The state is untrusted: queues are validated against guest memory.
-    pub fn restore(
-        device: Box<dyn VirtioDevice>,
-        memory: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        state: &DeviceState,
-    ) -> Result<(Self, bool), String> {
-        if device.device_type() != state.device_type || device.features() != state.features {
-            return Err(format!(
-                "the snapshot has a virtio device of type {} with features {:#x} here; this VM gives type {} with features {:#x}",
-                state.device_type,
-                state.features,
-                device.device_type(),
-                device.features()
-            ));
-        }
-        if state.queues.len() != device.queue_max_sizes().len() {
-            return Err(format!("the snapshot's device has {} queues", state.queues.len()));
-        }
-        let mut queues = Vec::with_capacity(state.queues.len());
-        for (regs, &max) in state.queues.iter().zip(device.queue_max_sizes()) {
-            if regs.max_size != max {
-                return Err(format!("queue size {} in the snapshot, {max} here", regs.max_size));
-            }
-            let queue = Queue::try_from(virtio_queue::QueueState {
-                max_size: regs.max_size,
-                next_avail: regs.next_avail,
-                next_used: regs.next_used,
-                event_idx_enabled: regs.event_idx_enabled,
-                size: regs.size,
-                ready: regs.ready,
-                desc_table: regs.desc_table,
-                avail_ring: regs.avail_ring,
-                used_ring: regs.used_ring,
-            })
-            .map_err(|e| format!("a queue in the snapshot is invalid: {e:?}"))?;
-            if queue.ready() && !queue.is_valid(&memory) {
-                return Err("a queue in the snapshot lies outside guest memory".into());
-            }
-            queues.push(queue);
-        }
-        let config_changed = device.config() != state.config;
-        interrupt
-            .status
-            .store(state.interrupt_status, std::sync::atomic::Ordering::SeqCst);
-        let transport = MmioTransport {
-            device,
-            memory,
-            interrupt,
-            queues,
-            queue_select: state.queue_select,
-            device_features_select: state.device_features_select,
-            driver_features_select: state.driver_features_select,
-            driver_features: state.driver_features,
-            status: state.status,
-            config_generation: state.config_generation.wrapping_add(u32::from(config_changed)),
-        };
-        Ok((transport, config_changed))
     }
 
     /// After a restore: tells the driver its device's configuration changed
@@ -247,7 +151,7 @@ impl MmioTransport {
                     q.set_ready(value == 1);
                 }
             }
-            0x050 => self.notify(value as usize),
+            QUEUE_NOTIFY => self.notify(value as usize),
             0x064 => self.interrupt.ack(value),
             0x070 => self.set_status(value),
             0x080 => self.set_address(|q, v| q.set_desc_table_address(Some(v), None), value),
@@ -291,13 +195,19 @@ impl MmioTransport {
         self.status = value;
     }
 
-    fn notify(&mut self, index: usize) {
+    /// The guest has work for queue `index` (from the notify register's
+    /// ioeventfd, or a write KVM did not match to one).
+    pub fn notify(&mut self, index: usize) {
         if !self.driver_ok() || !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
         if self.device.process_queue(index, &mut self.queues, &self.memory) {
             self.interrupt.signal_used_queue();
         }
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
     }
 
     /// The device's host-side descriptor, if it has I/O of its own.

@@ -1,0 +1,105 @@
+//! The control channel of one `hull-vmm`: a unix socket on which the VM's
+//! supervisor asks the VMM to pause, resume or describe the VM.
+//!
+//! A message is one line of JSON. The VMM answers each request with one
+//! reply, in order, on the same connection. Lines are bounded
+//! (`MAX_LINE`): the socket is the VMM's, but a bug on either side must not
+//! make the other allocate without limit.
+
+use std::io::{self, BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request or reply line either side accepts.
+pub const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmRequest {
+    /// Stop every vCPU and device thread; the reply comes once all have stopped.
+    Pause,
+    /// Let them go on.
+    Resume,
+    /// How the VM is.
+    Describe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmReply {
+    Done,
+    Described { paused: bool, vcpus: u8, memory_mib: u64 },
+    Failed { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("a control line longer than {MAX_LINE} bytes")]
+    Oversized,
+    #[error("a malformed control message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("the control connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Writes one message as a line.
+pub fn write_message(w: &mut impl Write, message: &impl Serialize) -> Result<(), ControlError> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one message; `Ok(None)` at a clean end of stream.
+pub fn read_message<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> Result<Option<T>, ControlError> {
+    let mut line = Vec::new();
+    // One byte over the limit tells a line that is too long from one that fits.
+    let read = io::Read::take(r, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return match line.len() > MAX_LINE {
+            true => Err(ControlError::Oversized),
+            false => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+        };
+    }
+    Ok(Some(serde_json::from_slice(&line)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_one_per_line() {
+        let mut wire = Vec::new();
+        write_message(&mut wire, &VmmRequest::Pause).unwrap();
+        write_message(&mut wire, &VmmReply::Failed { reason: "no".into() }).unwrap();
+        let mut r = io::BufReader::new(&wire[..]);
+        assert_eq!(read_message::<VmmRequest>(&mut r).unwrap(), Some(VmmRequest::Pause));
+        assert_eq!(
+            read_message::<VmmReply>(&mut r).unwrap(),
+            Some(VmmReply::Failed { reason: "no".into() })
+        );
+        assert_eq!(read_message::<VmmReply>(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn hostile_lines_are_errors() {
+        let long = vec![b'x'; MAX_LINE * 3];
+        let mut r = io::BufReader::new(&long[..]);
+        assert!(matches!(
+            read_message::<VmmRequest>(&mut r),
+            Err(ControlError::Oversized)
+        ));
+        let mut r = io::BufReader::new(&b"\"explode\"\n"[..]);
+        assert!(matches!(
+            read_message::<VmmRequest>(&mut r),
+            Err(ControlError::Malformed(_))
+        ));
+        let mut r = io::BufReader::new(&b"\"pause\""[..]);
+        assert!(matches!(read_message::<VmmRequest>(&mut r), Err(ControlError::Io(_))));
+    }
+}

@@ -1,0 +1,252 @@
+//! The VM's devices and the bus the vCPUs reach them on: the console and
+//! power ports on PIO, the virtio-mmio windows on MMIO.
+//!
+//! Register accesses are served on the vCPU thread that made them. Queue
+//! notifications never reach it: each queue's notify register is an
+//! ioeventfd that the device's own thread waits on, and every device raises
+//! its interrupt through an irqfd, so no guest I/O runs on a vCPU.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::MmioSlot;
+use crate::devices::legacy::{power_request, PowerRequest};
+use crate::devices::serial::{self, Console, ConsoleSink, SerialRegs};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::net::{self, Net};
+use crate::devices::virtio::persist::DeviceState;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{worker, Interrupt, VirtioDevice};
+use crate::layout::*;
+use crate::pause::PauseGate;
+use crate::snapshot::VmState;
+use crate::vm::{eventfd, kvm_err, NetBackend, VmConfig, VmError};
+
+/// One virtio-mmio window and the device behind it.
+struct VirtioSlot {
+    slot: MmioSlot,
+    transport: Arc<Mutex<MmioTransport>>,
+    /// One per queue, signalled by KVM when the guest writes that queue's
+    /// index to the notify register.
+    queue_events: Vec<EventFd>,
+    /// A restore gave the device another configuration (a disk's size).
+    config_changed: bool,
+}
+
+pub struct DeviceManager {
+    console: Mutex<Console>,
+    virtio: Vec<VirtioSlot>,
+}
+
+impl DeviceManager {
+    /// The devices the guest gets: disks first (vda, vdb, ...), then vsock,
+    /// the entropy source and the NIC. Restoring, each takes its slot's
+    /// saved driver state and the console its saved registers.
+    pub fn new(
+        vm: &VmFd,
+        config: &VmConfig,
+        memory: &GuestMemoryMmap,
+        saved: Option<&VmState>,
+    ) -> Result<Self, VmError> {
+        let models = device_models(config)?;
+        let max = (IOAPIC_PINS - VIRTIO_FIRST_IRQ) as usize;
+        if models.len() > max {
+            return Err(VmError::TooManyDevices {
+                count: models.len(),
+                max,
+            });
+        }
+        if let Some(saved) = saved {
+            if saved.devices.len() != models.len() {
+                return Err(VmError::SnapshotMismatch(format!(
+                    "it has {} devices, this VM {} ({} disks{}, entropy{})",
+                    saved.devices.len(),
+                    models.len(),
+                    config.disks.len(),
+                    if config.vsock.is_some() { ", vsock" } else { "" },
+                    if config.net.is_some() { ", net" } else { "" }
+                )));
+            }
+        }
+        let mut virtio = Vec::new();
+        for (i, model) in models.into_iter().enumerate() {
+            let slot = MmioSlot {
+                base: MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
+                irq: VIRTIO_FIRST_IRQ + i as u32,
+            };
+            let irq = eventfd()?;
+            vm.register_irqfd(&irq, slot.irq).map_err(kvm_err("KVM_IRQFD"))?;
+            let mut queue_events = Vec::new();
+            for queue in 0..model.queue_max_sizes().len() as u32 {
+                let event = eventfd()?;
+                let notify = IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY);
+                vm.register_ioevent(&event, &notify, queue)
+                    .map_err(kvm_err("KVM_IOEVENTFD"))?;
+                queue_events.push(event);
+            }
+            let interrupt = Arc::new(Interrupt::new(irq));
+            let (transport, config_changed) = match saved.and_then(|s| s.devices.get(i)) {
+                Some(state) => MmioTransport::restore(model, memory.clone(), interrupt, state)
+                    .map_err(|e| VmError::SnapshotMismatch(format!("device {i}: {e}")))?,
+                None => (MmioTransport::new(model, memory.clone(), interrupt), false),
+            };
+            virtio.push(VirtioSlot {
+                slot,
+                transport: Arc::new(Mutex::new(transport)),
+                queue_events,
+                config_changed,
+            });
+        }
+        Ok(DeviceManager {
+            console: Mutex::new(console(vm, config, saved.map(|s| &s.serial))?),
+            virtio,
+        })
+    }
+
+    /// Where each virtio device sits, for the ACPI tables.
+    pub fn slots(&self) -> Vec<MmioSlot> {
+        self.virtio.iter().map(|d| d.slot).collect()
+    }
+
+    /// After a restore, once the irqchip is back (so no interrupt is lost):
+    /// tells drivers whose device configuration changed.
+    pub fn announce_restore(&self) {
+        for device in &self.virtio {
+            lock(&device.transport).announce_restore(device.config_changed);
+        }
+    }
+
+    /// Starts one thread per virtio device; returns how many there are.
+    pub fn spawn_device_threads(&self, gate: &Arc<PauseGate>) -> Result<usize, VmError> {
+        for (index, device) in self.virtio.iter().enumerate() {
+            let events = device
+                .queue_events
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(crate::vm::thread_err("device"))?;
+            worker::spawn(index, device.transport.clone(), events, gate.clone())?;
+        }
+        Ok(self.virtio.len())
+    }
+
+    pub fn pio_out(&self, port: u16, data: &[u8]) -> Option<PowerRequest> {
+        if let Some(register) = com1_register(port) {
+            if let Some(&byte) = data.first() {
+                let _ = lock(&self.console).write(register, byte);
+            }
+            return None;
+        }
+        power_request(port, data)
+    }
+
+    pub fn pio_in(&self, port: u16, data: &mut [u8]) {
+        let value = match com1_register(port) {
+            Some(register) => lock(&self.console).read(register),
+            None if port == I8042_COMMAND_PORT => 0, // controller idle, no data
+            None => 0xff,                            // nothing there: a floating bus
+        };
+        data.fill(value);
+    }
+
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.virtio_at(addr) {
+            Some((device, offset)) => lock(device).read(offset, data),
+            None => data.fill(0),
+        }
+    }
+
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some((device, offset)) = self.virtio_at(addr) {
+            lock(device).write(offset, data);
+        }
+    }
+
+    fn virtio_at(&self, addr: u64) -> Option<(&Mutex<MmioTransport>, u64)> {
+        let offset = addr.checked_sub(MMIO_START)?;
+        let device = self.virtio.get(usize::try_from(offset / VIRTIO_MMIO_SIZE).ok()?)?;
+        Some((&device.transport, offset % VIRTIO_MMIO_SIZE))
+    }
+
+    /// Every device's driver state (the VM is paused).
+    pub fn device_states(&self) -> Vec<DeviceState> {
+        self.virtio.iter().map(|d| lock(&d.transport).state()).collect()
+    }
+
+    pub fn serial_registers(&self) -> SerialRegs {
+        serial::registers(&lock(&self.console))
+    }
+
+    /// Flushes the console log; returns the kernel's panic report, if any.
+    pub fn finish_console(&self) -> Option<String> {
+        let mut console = lock(&self.console);
+        let _ = std::io::Write::flush(console.writer_mut());
+        console.writer().panic_report()
+    }
+}
+
+fn com1_register(port: u16) -> Option<u8> {
+    (COM1_PORT..COM1_PORT + 8)
+        .contains(&port)
+        .then(|| (port - COM1_PORT) as u8)
+}
+
+fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        let block = Block::open(&disk.path, disk.read_only).map_err(|source| VmError::Disk {
+            path: disk.path.display().to_string(),
+            source,
+        })?;
+        models.push(Box::new(block));
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(|source| VmError::Vsock {
+            path: vsock.uds_path.display().to_string(),
+            source,
+        })?;
+        models.push(Box::new(device));
+    }
+    models.push(Box::new(Rng));
+    if let Some(nic) = &config.net {
+        let tap_err = |source| VmError::Tap {
+            tap: nic.backend.to_string(),
+            source,
+        };
+        let device = match &nic.backend {
+            NetBackend::Tap(name) => net::open_tap(name).and_then(|tap| Net::new(nic.mac, tap)),
+            NetBackend::TapFd(fd) => Net::on_inherited_tap(nic.mac, *fd),
+            NetBackend::Detached => Net::detached(nic.mac),
+        };
+        models.push(Box::new(device.map_err(tap_err)?));
+    }
+    Ok(models)
+}
+
+fn console(vm: &VmFd, config: &VmConfig, saved: Option<&SerialRegs>) -> Result<Console, VmError> {
+    let log = match &config.serial_log {
+        Some(path) => Some(File::create(path).map_err(|source| VmError::SerialLog {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let irq = eventfd()?;
+    vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm_err("KVM_IRQFD"))?;
+    let sink = ConsoleSink::new(log, config.console_echo);
+    match saved {
+        Some(regs) => serial::restored_console(irq, sink, regs).map_err(|e| VmError::SnapshotMismatch(e.to_string())),
+        None => Ok(serial::console(irq, sink)),
+    }
+}
+
+/// A device whose lock was poisoned by a panic is still the best state we have.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

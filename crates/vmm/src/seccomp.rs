@@ -1,0 +1,321 @@
+//! Seccomp filters, one per kind of hull-vmm thread, each allowing only the
+//! system calls that thread makes (with the `ioctl` requests and socket
+//! domain it uses pinned down by argument conditions).
+//!
+//! Every thread installs its filter itself, as its first act: vCPU, device
+//! and control threads before they touch the guest or a client, the VMM
+//! thread once it has started the others and before the VM runs. A call
+//! outside the filter raises SIGSYS; the handler logs the syscall number and
+//! the thread's kind on stderr and ends the process with `EXIT_VIOLATION`.
+//! `HULL_VMM_SECCOMP=log` lets such calls through and leaves them to the
+//! kernel's audit log instead (to find what a changed thread now needs).
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use kvm_bindings::*;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+
+use crate::vm::VmError;
+
+/// hull-vmm's exit status after a forbidden system call.
+pub const EXIT_VIOLATION: i32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: builds the VM, then pauses, saves and ends it.
+    Vmm,
+    Vcpu,
+    /// A virtio device's thread, by device kind (`worker::device_kind`).
+    Device(&'static str),
+    Control,
+}
+
+impl ThreadKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Device(kind) => kind,
+            ThreadKind::Control => "control",
+        }
+    }
+}
+
+const KVMIO: u32 = 0xAE;
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+
+/// What every thread does: allocate, wait on locks, take and return from
+/// the kick signal, write to stderr, read the clock, end.
+const COMMON: &[i64] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_futex,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_write,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// A device thread waits on its eventfds and backend and raises irqfds.
+const DEVICE: &[i64] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_read];
+
+fn syscalls(kind: ThreadKind) -> Vec<i64> {
+    let own: &[i64] = match kind {
+        ThreadKind::Vmm => &[
+            libc::SYS_tgkill,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            // Saving a template: the snapshot's files.
+            libc::SYS_openat,
+            libc::SYS_close,
+            libc::SYS_mkdir,
+            libc::SYS_mkdirat,
+            libc::SYS_statx,
+            libc::SYS_newfstatat,
+            libc::SYS_fstat,
+            libc::SYS_lseek,
+            libc::SYS_pwrite64,
+            libc::SYS_ftruncate,
+            libc::SYS_fallocate,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+        ],
+        ThreadKind::Vcpu => &[],
+        ThreadKind::Device("block") => &[
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+        ],
+        ThreadKind::Device("net") => &[libc::SYS_epoll_ctl],
+        ThreadKind::Device("vsock") => &[
+            libc::SYS_epoll_ctl,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_shutdown,
+            libc::SYS_close,
+        ],
+        ThreadKind::Device(_) => &[],
+        ThreadKind::Control => &[libc::SYS_accept4, libc::SYS_read, libc::SYS_fcntl, libc::SYS_close],
+    };
+    let device: &[i64] = match kind {
+        ThreadKind::Device(_) => DEVICE,
+        _ => &[],
+    };
+    COMMON.iter().chain(device).chain(own).copied().collect()
+}
+
+/// The `ioctl` requests a thread kind may make (on any fd: KVM's numbers do
+/// not clash with the other devices a VMM holds).
+fn ioctls(kind: ThreadKind) -> Vec<u64> {
+    match kind {
+        ThreadKind::Vcpu => vec![KVM_RUN()],
+        ThreadKind::Vmm => vec![
+            KVM_GET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_GET_MSRS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MP_STATE(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XSAVE2(),
+            KVM_GET_XCRS(),
+            KVM_GET_IRQCHIP(),
+            KVM_GET_PIT2(),
+            KVM_GET_CLOCK(),
+            KVM_CHECK_EXTENSION(),
+        ],
+        // Non-blocking connections.
+        ThreadKind::Device("vsock") => vec![libc::FIONBIO],
+        _ => vec![],
+    }
+}
+
+fn condition(arg: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// The number of system calls a thread kind may make (for the README).
+pub fn allowed_count(kind: ThreadKind) -> usize {
+    let mut calls = syscalls(kind);
+    if !ioctls(kind).is_empty() {
+        calls.push(libc::SYS_ioctl);
+    }
+    if kind == ThreadKind::Device("vsock") {
+        calls.push(libc::SYS_socket);
+    }
+    calls.sort_unstable();
+    calls.dedup();
+    calls.len()
+}
+
+/// Compiles the filter of one thread kind.
+pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, VmError> {
+    let fail = |e: &dyn std::fmt::Display| VmError::Seccomp(format!("the {} thread's filter: {e}", kind.label()));
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls(kind).into_iter().map(|s| (s, vec![])).collect();
+    let requests = ioctls(kind);
+    if !requests.is_empty() {
+        let rule = requests
+            .into_iter()
+            .map(|request| condition(1, request))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(&e))?;
+        rules.insert(libc::SYS_ioctl, rule);
+    }
+    if kind == ThreadKind::Device("vsock") {
+        // Unix sockets only: guest connections go to the host side's socket.
+        let unix = condition(0, libc::AF_UNIX as u64).map_err(|e| fail(&e))?;
+        rules.insert(libc::SYS_socket, vec![unix]);
+    }
+    let mismatch = match std::env::var("HULL_VMM_SECCOMP").as_deref() {
+        Ok("log") => SeccompAction::Log,
+        _ => SeccompAction::Trap,
+    };
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| fail(&e))?;
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(|e| fail(&e))?;
+    filter.try_into().map_err(|e: seccompiler::BackendError| fail(&e))
+}
+
+thread_local! {
+    /// The calling thread's kind, for the SIGSYS handler (const: no lazy
+    /// initialisation inside a signal handler).
+    static KIND: Cell<&'static str> = const { Cell::new("vmm") };
+}
+
+/// Confines the calling thread; a thread that cannot be confined must not
+/// run, so the process ends.
+pub fn install(filter: &BpfProgram, kind: ThreadKind) {
+    KIND.with(|k| k.set(kind.label()));
+    if let Err(e) = seccompiler::apply_filter(filter) {
+        eprintln!("hull-vmm: installing the {} thread's seccomp filter: {e}", kind.label());
+        std::process::exit(1);
+    }
+}
+
+/// Installs the SIGSYS handler (before any filter).
+pub fn install_violation_handler() -> Result<(), VmError> {
+    vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_violation)
+        .map_err(|e| VmError::Seccomp(format!("installing the SIGSYS handler: {e}")))
+}
+
+extern "C" fn on_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; for SIGSYS the syscall
+    // number is the int at offset 24 (after si_call_addr) on x86_64.
+    let syscall = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+    let kind = KIND.with(Cell::get);
+    let mut digits = [0u8; 12];
+    let mut at = digits.len();
+    let mut n = syscall.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let parts: [&[u8]; 5] = [
+        b"hull-vmm: seccomp: the ",
+        kind.as_bytes(),
+        b" thread made system call ",
+        &digits[at..],
+        b", which its filter forbids; the VM ends\n",
+    ];
+    for part in parts {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed to every thread.
+        unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };
+    }
+    unsafe { libc::_exit(EXIT_VIOLATION) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_kind_compiles_and_stays_small() {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::Device("block"),
+            ThreadKind::Device("net"),
+            ThreadKind::Device("vsock"),
+            ThreadKind::Device("rng"),
+            ThreadKind::Control,
+        ] {
+            assert!(!filter_for(kind).unwrap().is_empty());
+            assert!(allowed_count(kind) <= 45, "{kind:?}: {}", allowed_count(kind));
+        }
+        assert_eq!(KVM_RUN(), 0xae80);
+    }
+
+    #[test]
+    fn a_forbidden_call_ends_the_process_with_the_violation_logged() {
+        // In a child process: the filter cannot be taken off again.
+        let exe = std::env::current_exe().unwrap();
+        if std::env::var_os("HULL_SECCOMP_CHILD").is_some() {
+            install_violation_handler().unwrap();
+            install(
+                &filter_for(ThreadKind::Device("rng")).unwrap(),
+                ThreadKind::Device("rng"),
+            );
+            // SAFETY: getppid has no preconditions; the filter forbids it here.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+            unreachable!("the filter let getppid through");
+        }
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "seccomp::tests::a_forbidden_call_ends_the_process_with_the_violation_logged",
+            ])
+            .env("HULL_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_VIOLATION), "{stderr}");
+        assert!(
+            stderr.contains(&format!("the rng thread made system call {}", libc::SYS_getppid)),
+            "{stderr}"
+        );
+    }
+}

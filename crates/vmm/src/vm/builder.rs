@@ -1,0 +1,147 @@
+//! Building a VM, from a kernel or from a snapshot: the KVM VM and its
+//! in-kernel irqchip and PIT, guest memory, the devices and the vCPUs, all
+//! set and not yet running.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::{kvm_err, Start, VmConfig, VmError};
+use crate::device_manager::DeviceManager;
+use crate::layout::*;
+use crate::snapshot::{self, VmState};
+use crate::{acpi, boot, cpu, persist, trace, vcpu_state};
+
+/// A VM ready to run.
+pub struct BuiltVm {
+    pub vm: VmFd,
+    pub memory: GuestMemoryMmap,
+    pub devices: DeviceManager,
+    pub vcpus: Vec<VcpuFd>,
+    /// The MSRs a snapshot saves (making a template only).
+    pub msr_indices: Vec<u32>,
+}
+
+pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
+    let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+    let msr_indices = match &config.snapshot_to {
+        Some(_) => {
+            vcpu_state::check_xsave_size(&kvm)?;
+            vcpu_state::msr_indices(&kvm)?
+        }
+        None => Vec::new(),
+    };
+    let vm = create_vm(&kvm)?;
+    trace::mark("VM created");
+
+    let saved = match &config.start {
+        Start::Restore { snapshot } => Some(read_snapshot(snapshot, config)?),
+        Start::Boot { .. } => None,
+    };
+    let memory = match &config.start {
+        Start::Restore { snapshot } => snapshot::map_memory(snapshot, config.memory_mib)?,
+        Start::Boot { .. } => anonymous_memory(config.memory_mib)?,
+    };
+    register_memory(&vm, &memory, config.memory_mib)?;
+    trace::mark("memory mapped");
+    let devices = DeviceManager::new(&vm, config, &memory, saved.as_ref())?;
+
+    let cpuid = cpu::supported_cpuid(&kvm)?;
+    let mut vcpus = Vec::new();
+    match (&config.start, &saved) {
+        (
+            Start::Boot {
+                kernel,
+                initrd,
+                cmdline,
+            },
+            _,
+        ) => {
+            let rsdp = acpi::write_tables(&memory, config.vcpus, &devices.slots())?;
+            let entry = boot::load(&memory, kernel, initrd.as_deref(), cmdline, rsdp)?.entry;
+            cpu::write_boot_tables(&memory)?;
+            for id in 0..config.vcpus {
+                let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+                cpu::configure(&vcpu, &cpuid, id, config.vcpus, entry)?;
+                vcpus.push(vcpu);
+            }
+        }
+        (Start::Restore { .. }, Some(state)) => {
+            for (id, saved_vcpu) in (0..config.vcpus).zip(&state.vcpus) {
+                let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+                vcpu_state::restore(&vcpu, &cpuid, id, config.vcpus, saved_vcpu)?;
+                vcpus.push(vcpu);
+            }
+            persist::restore_vm_state(&vm, state)?;
+            devices.announce_restore();
+        }
+        (Start::Restore { .. }, None) => unreachable!("a restore reads its snapshot first"),
+    }
+    trace::mark("vCPUs and irqchip set");
+    Ok(BuiltVm {
+        vm,
+        memory,
+        devices,
+        vcpus,
+        msr_indices,
+    })
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// A snapshot's state, checked against the shape this VM was asked for.
+fn read_snapshot(dir: &std::path::Path, config: &VmConfig) -> Result<VmState, VmError> {
+    let state = snapshot::read_state(dir)?;
+    if state.memory_mib != config.memory_mib || state.vcpus.len() != usize::from(config.vcpus) {
+        return Err(VmError::SnapshotMismatch(format!(
+            "it is a {} MiB, {}-vCPU VM; {} MiB and {} vCPUs were asked for",
+            state.memory_mib,
+            state.vcpus.len(),
+            config.memory_mib,
+            config.vcpus
+        )));
+    }
+    Ok(state)
+}
+
+fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap, VmError> {
+    let size = (mib << 20) as usize;
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| VmError::Memory {
+        mib,
+        detail: e.to_string(),
+    })
+}
+
+fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap, mib: u64) -> Result<(), VmError> {
+    for (slot, region) in memory.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::Memory {
+                mib,
+                detail: e.to_string(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping is owned by `memory`, which outlives the VM's use of it
+        // (the process exits when the VM stops).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! What a VM is made of: its start, shape, disks, NIC, vsock and console.
+
+use std::path::PathBuf;
+
+use super::VmError;
+use crate::layout::MAX_MEMORY;
+
+/// The smallest guest the stock kernel plus an initramfs boots in.
+pub const MIN_MEMORY_MIB: u64 = 64;
+
+/// The most vCPUs hull gives one VM (APIC ids fit in the MADT's u8 ids).
+pub const MAX_VCPUS: u8 = 32;
+
+/// Where a VM's first instruction comes from.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Boot a kernel through the Linux 64-bit boot protocol.
+    Boot {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// Resume a snapshot directory (`state` + `memory`), its memory mapped
+    /// copy-on-write; the devices get this config's backends.
+    Restore { snapshot: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub start: Start,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// The guest's console is written here.
+    pub serial_log: Option<PathBuf>,
+    /// Also copy the console to our stderr.
+    pub console_echo: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// virtio-vsock, its host side a unix socket.
+    pub vsock: Option<VsockConfig>,
+    /// virtio-net on a host tap device (after the entropy source, so VMs
+    /// without one keep their device slots).
+    pub net: Option<NetConfig>,
+    /// Make a template: when the guest asks (`proto::SNAPSHOT_PORT`), pause
+    /// and save the VM into this directory, then stop.
+    pub snapshot_to: Option<PathBuf>,
+    /// Serve the control channel (`proto::vmm_control`) on this unix socket.
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub backend: NetBackend,
+    pub mac: [u8; 6],
+}
+
+/// What a NIC is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// The tap interface of this name (made if missing, and then gone with the VMM).
+    Tap(String),
+    /// A tap opened by whoever started us, passed down as this fd.
+    TapFd(i32),
+    /// Nothing: frames are dropped (a template's NIC slot, `--network none`).
+    Detached,
+}
+
+impl std::fmt::Display for NetBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetBackend::Tap(name) => write!(f, "{name}"),
+            NetBackend::TapFd(fd) => write!(f, "fd {fd}"),
+            NetBackend::Detached => write!(f, "(detached)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+fn host_memory_mib() -> u64 {
+    crate::host::meminfo_mib("MemTotal").unwrap_or(u64::MAX)
+}
+
+/// Checks a configuration before anything is allocated.
+pub fn validate(config: &VmConfig) -> Result<(), VmError> {
+    validate_shape(config.memory_mib, config.vcpus)
+}
+
+/// Checks a VM's memory size and vCPU count.
+pub fn validate_shape(memory_mib: u64, vcpus: u8) -> Result<(), VmError> {
+    let max = (MAX_MEMORY >> 20).min(host_memory_mib());
+    if !(MIN_MEMORY_MIB..=max).contains(&memory_mib) {
+        return Err(VmError::MemorySize {
+            requested: memory_mib,
+            max,
+        });
+    }
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(VmError::VcpuCount { vcpus, max: MAX_VCPUS });
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! One microVM: built (`builder`), then run by its threads — one per vCPU
+//! (`vcpu`), one per virtio device (`devices::virtio::worker`), the control
+//! channel's (`control`) — while this, the VMM thread, waits for what they
+//! report: the guest's power requests, failures, and control requests,
+//! which it carries out (pause, resume, a template's save).
+
+mod builder;
+mod config;
+mod error;
+
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::vmm_control::{VmmReply, VmmRequest};
+
+pub use config::*;
+pub use error::VmError;
+pub(crate) use error::{eventfd, kvm_err, thread_err};
+
+use crate::devices::legacy::PowerRequest;
+use crate::pause::PauseGate;
+use crate::seccomp::{self, ThreadKind};
+use crate::vcpu::{Vcpu, VcpuContext, VmmEvent};
+use crate::{persist, trace};
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest powered itself off.
+    Poweroff,
+    /// The guest asked to be saved and was (`VmConfig::snapshot_to`).
+    Snapshotted,
+    /// The guest reset (after a kernel panic, `panic_message` holds its console).
+    Reset { panic_message: Option<String> },
+}
+
+/// How long a pause may take before it is reported as failed.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Boots (or restores) the VM and runs it until the guest powers off,
+/// resets, or, making a template, has been saved.
+pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
+    validate(config)?;
+    trace::mark("arguments checked");
+    let built = builder::build(config)?;
+    let devices = Arc::new(built.devices);
+    let gate = Arc::new(PauseGate::new());
+
+    seccomp::install_violation_handler()?;
+    crate::vcpu::install_kick_handler()?;
+    let vmm_filter = seccomp::filter_for(ThreadKind::Vmm)?;
+    let device_threads = devices.spawn_device_threads(&gate)?;
+    let (events, reports) = mpsc::channel();
+    if let Some(path) = &config.control_socket {
+        crate::control::serve(path, events.clone())?;
+    }
+    let context = Arc::new(VcpuContext {
+        devices: devices.clone(),
+        gate: gate.clone(),
+        events,
+        snapshots_allowed: config.snapshot_to.is_some(),
+    });
+    let vcpus = built
+        .vcpus
+        .into_iter()
+        .enumerate()
+        .map(|(id, fd)| Vcpu::spawn(id as u8, fd, context.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(context);
+    seccomp::install(&vmm_filter, ThreadKind::Vmm);
+    trace::mark("vCPUs running");
+
+    let mut vmm = Vmm {
+        gate: &gate,
+        vcpus: &vcpus,
+        members: vcpus.len() + device_threads,
+        config,
+    };
+    let request = vmm.serve(&reports)?;
+    if request == PowerRequest::Snapshot {
+        if let Some(dir) = &config.snapshot_to {
+            vmm.pause()?;
+            persist::save(
+                dir,
+                &built.vm,
+                &devices,
+                &built.memory,
+                &vcpus,
+                &built.msr_indices,
+                config.memory_mib,
+            )?;
+            return Ok(GuestExit::Snapshotted);
+        }
+    }
+    let panic_message = devices.finish_console();
+    Ok(match request {
+        PowerRequest::Poweroff | PowerRequest::Snapshot => GuestExit::Poweroff,
+        PowerRequest::Reset => GuestExit::Reset { panic_message },
+    })
+}
+
+/// The VMM thread's view of the running VM.
+struct Vmm<'a> {
+    gate: &'a PauseGate,
+    vcpus: &'a [Vcpu],
+    /// vCPU and device threads: all park for the VM to be paused.
+    members: usize,
+    config: &'a VmConfig,
+}
+
+impl Vmm<'_> {
+    /// Serves control requests until the guest asks for a power change.
+    fn serve(&mut self, reports: &Receiver<VmmEvent>) -> Result<PowerRequest, VmError> {
+        loop {
+            let event = reports.recv().map_err(|_| VmError::Vcpu {
+                id: 0,
+                reason: "all vCPU threads vanished".into(),
+            })?;
+            match event {
+                VmmEvent::Power(request) => return Ok(request),
+                VmmEvent::Failed(e) => return Err(e),
+                VmmEvent::Control(request, reply) => {
+                    let _ = reply.send(self.control(request));
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, request: VmmRequest) -> VmmReply {
+        let done = |result: Result<(), VmError>| match result {
+            Ok(()) => VmmReply::Done,
+            Err(e) => VmmReply::Failed { reason: e.to_string() },
+        };
+        match request {
+            VmmRequest::Pause => done(self.pause()),
+            VmmRequest::Resume => {
+                self.gate.release();
+                VmmReply::Done
+            }
+            VmmRequest::Describe => VmmReply::Described {
+                paused: self.gate.requested(),
+                vcpus: self.config.vcpus,
+                memory_mib: self.config.memory_mib,
+            },
+        }
+    }
+
+    /// Returns once every vCPU and device thread is parked.
+    fn pause(&mut self) -> Result<(), VmError> {
+        self.gate.request();
+        let vcpus = self.vcpus;
+        if self
+            .gate
+            .wait_parked(self.members, PAUSE_TIMEOUT, || vcpus.iter().for_each(Vcpu::kick))
+        {
+            return Ok(());
+        }
+        self.gate.release();
+        Err(VmError::Save(format!(
+            "the VM's threads did not all stop within {} s",
+            PAUSE_TIMEOUT.as_secs()
+        )))
+    }
+}
