@@ -354,11 +354,13 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, ProtoError> {
 }
 
 /// The shell's exit status for a command's end: its code, or 128 + signal.
+/// Both come from the guest: a code outside 0..=255 or a signal outside
+/// Linux's 1..=64 is reported as 255, never added up into an overflow.
 pub fn shell_status(code: Option<i32>, signal: Option<i32>) -> i32 {
     match (code, signal) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => 255,
+        (Some(code), _) if (0..=255).contains(&code) => code,
+        (None, Some(signal)) if (1..=64).contains(&signal) => 128 + signal,
+        _ => 255,
     }
 }
 
@@ -484,5 +486,11 @@ mod tests {
     fn statuses_follow_the_shell() {
         assert_eq!(shell_status(Some(42), None), 42);
         assert_eq!(shell_status(None, Some(9)), 137);
+        // Numbers from a hostile guest: no overflow, no panic.
+        assert_eq!(shell_status(None, Some(200)), 255);
+        assert_eq!(shell_status(None, Some(i32::MAX)), 255);
+        assert_eq!(shell_status(None, Some(i32::MIN)), 255);
+        assert_eq!(shell_status(Some(-1), None), 255);
+        assert_eq!(shell_status(Some(i32::MAX), Some(9)), 255);
     }
 }

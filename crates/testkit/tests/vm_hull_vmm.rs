@@ -1,10 +1,14 @@
 //! VM tests: hull-vmm boots the stock Debian cloud kernel, its ACPI-described
 //! devices are found (disks, entropy, a NIC on a host tap), and the way the
-//! guest ends comes back as the exit status.
+//! guest ends comes back as the exit status; every thread runs under its
+//! seccomp filter, and the control channel pauses and resumes the VM.
 
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use testkit::boot::{hull_vmm_command, timed_boot};
+use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
+use testkit::boot::{hull_vmm_command, timed_boot, timed_boot_with};
 use testkit::guest;
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -178,5 +182,113 @@ fn a_nic_on_a_host_tap_carries_frames_both_ways() {
         !std::path::Path::new(&format!("/sys/class/net/{tap}")).exists(),
         "the tap went with hull-vmm"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Each thread of process `pid`: (name, the `Seccomp:` mode of its status).
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        threads.push((field("Name:"), field("Seccomp:")));
+    }
+    threads.sort();
+    threads
+}
+
+fn control(stream: &UnixStream, request: VmmRequest) -> VmmReply {
+    write_message(&mut &*stream, &request).unwrap();
+    read_message(&mut BufReader::new(stream)).unwrap().unwrap()
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn every_thread_is_confined_and_the_control_channel_pauses_the_whole_vm() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("confined");
+    let disk = dir.join("scratch.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    // The guest counts on its console for a while (paused in the middle).
+    let script = "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo tick $i; $B sleep 0.05; done; $B poweroff -f";
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let socket = dir.join("vmm.ctl");
+    let log = dir.join("console.log");
+    let mut command = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    command
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--net-detached")
+        .arg("--control-socket")
+        .arg(&socket)
+        .arg("--serial-log")
+        .arg(&log);
+    let (run, checked) = timed_boot_with(command, LIMIT, |pid| {
+        let threads = threads(pid);
+        let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+        for expected in ["hull-vmm", "vcpu0", "block0", "rng1", "net2", "control"] {
+            assert!(names.contains(&expected), "no {expected} thread: {threads:?}");
+        }
+        // Mode 2: a filter, on every thread.
+        assert!(threads.iter().all(|(_, mode)| mode == "2"), "{threads:?}");
+        let stream = UnixStream::connect(&socket).unwrap();
+        assert_eq!(control(&stream, VmmRequest::Pause), VmmReply::Done);
+        let paused_at = std::fs::metadata(&log).unwrap().len();
+        std::thread::sleep(Duration::from_secs(2));
+        let still = std::fs::metadata(&log).unwrap().len();
+        assert!(matches!(
+            control(&stream, VmmRequest::Describe),
+            VmmReply::Described {
+                paused: true,
+                vcpus: 1,
+                memory_mib: 256
+            }
+        ));
+        assert_eq!(control(&stream, VmmRequest::Resume), VmmReply::Done);
+        (paused_at, still)
+    })
+    .unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(0), "{console}");
+    let (paused_at, still) = checked;
+    assert_eq!(paused_at, still, "the console grew while the VM was paused");
+    assert!(
+        std::fs::metadata(&log).unwrap().len() > still,
+        "the guest did not go on after resume"
+    );
+    assert!(console.contains("tick 200"), "{console}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_forbidden_system_call_ends_the_vm_with_the_violation_logged() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("violation");
+    let script = format!(
+        "$B devmem {:#x} 32 1; echo still-running; $B poweroff -f",
+        vmm::layout::SECCOMP_SELFTEST_ADDR
+    );
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), &script).unwrap();
+    let mut command = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    command.arg("--seccomp-selftest");
+    let run = timed_boot(command, LIMIT).unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(vmm::seccomp::EXIT_VIOLATION), "{console}");
+    assert!(
+        console.contains(&format!(
+            "hull-vmm: seccomp: the vcpu thread made system call {}",
+            libc::SYS_getppid
+        )),
+        "{console}"
+    );
+    assert!(!console.contains("still-running"), "{console}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -32,6 +32,9 @@ pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// KVM's TSS and identity map pages (needed on Intel), just below the IOAPIC.
 pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+/// A guest write here makes the vCPU thread break its seccomp filter, when
+/// the VMM was started with `--seccomp-selftest` (tests only).
+pub const SECCOMP_SELFTEST_ADDR: u64 = MMIO_START + 0x00ff_0000;
 /// Largest guest memory that fits below the MMIO hole.
 pub const MAX_MEMORY: u64 = MMIO_START - HIMEM_START;
 

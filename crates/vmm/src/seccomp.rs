@@ -81,6 +81,7 @@ const COMMON: &[i64] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
     libc::SYS_write,
+    libc::SYS_close,
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];
@@ -96,7 +97,6 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_gettid,
             // Saving a template: the snapshot's files.
             libc::SYS_openat,
-            libc::SYS_close,
             libc::SYS_mkdir,
             libc::SYS_mkdirat,
             libc::SYS_statx,
@@ -127,10 +127,13 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_connect,
             libc::SYS_accept4,
             libc::SYS_shutdown,
-            libc::SYS_close,
+            // std's unix streams read and write with recv/send.
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
         ],
         ThreadKind::Device(_) => &[],
-        ThreadKind::Control => &[libc::SYS_accept4, libc::SYS_read, libc::SYS_fcntl, libc::SYS_close],
+        // std's unix streams read and write with recv/send.
+        ThreadKind::Control => &[libc::SYS_accept4, libc::SYS_read, libc::SYS_recvfrom, libc::SYS_sendto],
     };
     let device: &[i64] = match kind {
         ThreadKind::Device(_) => DEVICE,
@@ -139,10 +142,12 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
     COMMON.iter().chain(device).chain(own).copied().collect()
 }
 
-/// The `ioctl` requests a thread kind may make (on any fd: KVM's numbers do
-/// not clash with the other devices a VMM holds).
-fn ioctls(kind: ThreadKind) -> Vec<u64> {
-    match kind {
+/// Calls a thread kind may make only with these values of one argument:
+/// (syscall, argument index, allowed values).
+fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
+    // Debug builds check a descriptor with F_GETFD before closing it.
+    let mut fcntl = vec![libc::F_GETFD as u64];
+    let ioctls = match kind {
         ThreadKind::Vcpu => vec![KVM_RUN()],
         ThreadKind::Vmm => vec![
             KVM_GET_REGS(),
@@ -163,7 +168,21 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         // Non-blocking connections.
         ThreadKind::Device("vsock") => vec![libc::FIONBIO],
         _ => vec![],
+    };
+    let mut calls = vec![];
+    if !ioctls.is_empty() {
+        // On any fd: KVM's numbers do not clash with other devices' a VMM holds.
+        calls.push((libc::SYS_ioctl, 1, ioctls));
     }
+    match kind {
+        // Unix sockets only: guest connections go to the host side's socket.
+        ThreadKind::Device("vsock") => calls.push((libc::SYS_socket, 0, vec![libc::AF_UNIX as u64])),
+        // A second handle on a client's connection.
+        ThreadKind::Control => fcntl.push(libc::F_DUPFD_CLOEXEC as u64),
+        _ => {}
+    }
+    calls.push((libc::SYS_fcntl, 1, fcntl));
+    calls
 }
 
 fn condition(arg: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
@@ -178,12 +197,7 @@ fn condition(arg: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendErr
 /// The number of system calls a thread kind may make (for the README).
 pub fn allowed_count(kind: ThreadKind) -> usize {
     let mut calls = syscalls(kind);
-    if !ioctls(kind).is_empty() {
-        calls.push(libc::SYS_ioctl);
-    }
-    if kind == ThreadKind::Device("vsock") {
-        calls.push(libc::SYS_socket);
-    }
+    calls.extend(restricted(kind).into_iter().map(|(call, _, _)| call));
     calls.sort_unstable();
     calls.dedup();
     calls.len()
@@ -193,19 +207,13 @@ pub fn allowed_count(kind: ThreadKind) -> usize {
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, VmError> {
     let fail = |e: &dyn std::fmt::Display| VmError::Seccomp(format!("the {} thread's filter: {e}", kind.label()));
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls(kind).into_iter().map(|s| (s, vec![])).collect();
-    let requests = ioctls(kind);
-    if !requests.is_empty() {
-        let rule = requests
+    for (call, arg, values) in restricted(kind) {
+        let rule = values
             .into_iter()
-            .map(|request| condition(1, request))
+            .map(|value| condition(arg, value))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| fail(&e))?;
-        rules.insert(libc::SYS_ioctl, rule);
-    }
-    if kind == ThreadKind::Device("vsock") {
-        // Unix sockets only: guest connections go to the host side's socket.
-        let unix = condition(0, libc::AF_UNIX as u64).map_err(|e| fail(&e))?;
-        rules.insert(libc::SYS_socket, vec![unix]);
+        rules.insert(call, rule);
     }
     let mismatch = match std::env::var("HULL_VMM_SECCOMP").as_deref() {
         Ok("log") => SeccompAction::Log,
@@ -284,6 +292,7 @@ mod tests {
             ThreadKind::Control,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());
+            eprintln!("{}: {} system calls", kind.label(), allowed_count(kind));
             assert!(allowed_count(kind) <= 45, "{kind:?}: {}", allowed_count(kind));
         }
         assert_eq!(KVM_RUN(), 0xae80);

@@ -31,6 +31,8 @@ pub struct VcpuContext {
     pub events: Sender<VmmEvent>,
     /// Whether the guest's snapshot request is honoured (template VMs only).
     pub snapshots_allowed: bool,
+    /// See `VmConfig::seccomp_selftest`.
+    pub seccomp_selftest: bool,
 }
 
 /// A running vCPU thread. Its vCPU is locked while it runs and free while
@@ -125,6 +127,10 @@ fn run_once(id: u8, vcpu: &mut VcpuFd, context: &VcpuContext) -> Result<Option<P
         },
         Ok(VcpuExit::IoIn(port, data)) => devices.pio_in(port, data),
         Ok(VcpuExit::MmioRead(addr, data)) => devices.mmio_read(addr, data),
+        Ok(VcpuExit::MmioWrite(crate::layout::SECCOMP_SELFTEST_ADDR, _)) if context.seccomp_selftest => {
+            // SAFETY: getppid has no preconditions; the vCPU filter forbids it.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
         Ok(VcpuExit::MmioWrite(addr, data)) => devices.mmio_write(addr, data),
         Ok(VcpuExit::Hlt) => {}
         Ok(VcpuExit::Shutdown) => return Ok(Some(PowerRequest::Reset)),

@@ -65,6 +65,10 @@ struct Args {
     /// Serve the control channel (pause, resume, describe) on this unix socket.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Tests only: a guest write to a fixed MMIO address makes a vCPU thread
+    /// break its seccomp filter.
+    #[arg(long, hide = true)]
+    seccomp_selftest: bool,
     /// The guest's vsock context id.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         start,
         snapshot_to: args.snapshot_to,
         control_socket: args.control_socket,
+        seccomp_selftest: args.seccomp_selftest,
         memory_mib: args.memory,
         vcpus: args.cpus,
         serial_log: args.serial_log,

@@ -46,6 +46,9 @@ pub struct VmConfig {
     pub snapshot_to: Option<PathBuf>,
     /// Serve the control channel (`proto::vmm_control`) on this unix socket.
     pub control_socket: Option<PathBuf>,
+    /// Tests only: a guest write to `layout::SECCOMP_SELFTEST_ADDR` makes the
+    /// vCPU thread call what its filter forbids.
+    pub seccomp_selftest: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         gate: gate.clone(),
         events,
         snapshots_allowed: config.snapshot_to.is_some(),
+        seccomp_selftest: config.seccomp_selftest,
     });
     let vcpus = built
         .vcpus

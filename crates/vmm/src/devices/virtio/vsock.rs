@@ -43,6 +43,11 @@ const MAX_PKT_PAYLOAD: usize = 64 * 1024;
 /// Host ports we hand out to host-initiated connections start here.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 const MAX_CONNECTIONS: usize = 1024;
+/// Replies (resets, responses, credit updates) waiting for the guest's RX
+/// buffers. At this many the device stops taking the guest's packets until
+/// the guest makes room: a guest that sends without receiving cannot grow
+/// the queue.
+const MAX_PENDING_CONTROL: usize = 256;
 const LISTENER_TOKEN: u64 = u64::MAX;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -418,10 +423,17 @@ impl Vsock {
         }
     }
 
-    /// Takes the guest's packets from the TX queue.
-    fn drain_tx(&mut self, queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
+    /// Takes the guest's packets from the TX queue while replies have room;
+    /// returns whether any was used and whether the replies ran out of room.
+    fn drain_tx(&mut self, queue: &mut Queue, memory: &GuestMemoryMmap) -> (bool, bool) {
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+        loop {
+            if self.control.len() >= MAX_PENDING_CONTROL {
+                return (used, true);
+            }
+            let Some(chain) = queue.pop_descriptor_chain(memory) else {
+                break;
+            };
             let head = chain.head_index();
             let mut packet = Vec::new();
             for desc in chain {
@@ -449,7 +461,7 @@ impl Vsock {
             }
             used = true;
         }
-        used
+        (used, false)
     }
 
     /// Fills the guest's RX buffers: control packets first, then data the
@@ -545,14 +557,22 @@ impl Vsock {
 
     fn pump(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
         let [rx, tx, ..] = queues else { return false };
-        let mut used = self.drain_tx(tx, memory);
-        for conn in self.connections.values_mut() {
-            if !conn.to_host.is_empty() {
-                let _ = conn.flush_to_host();
+        let mut used = false;
+        loop {
+            let (drained, throttled) = self.drain_tx(tx, memory);
+            used |= drained;
+            for conn in self.connections.values_mut() {
+                if !conn.to_host.is_empty() {
+                    let _ = conn.flush_to_host();
+                }
+            }
+            used |= self.fill_rx(rx, memory);
+            // Throttled packets go on once their replies found RX buffers;
+            // otherwise the guest's next RX buffers bring us back.
+            if !throttled || self.control.len() >= MAX_PENDING_CONTROL {
+                return used;
             }
         }
-        used |= self.fill_rx(rx, memory);
-        used
     }
 }
 
@@ -754,6 +774,34 @@ mod tests {
         let mut lying = packet(OP_RW, 5000, 4242, b"abc");
         lying[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
         exchange(&mut dev, &memory, &lying);
+    }
+
+    #[test]
+    fn a_guest_that_sends_without_receiving_cannot_grow_the_reply_queue() {
+        let path = uds("flood");
+        let mut dev = Vsock::new(CID, &path).unwrap();
+        let memory = memory();
+        // Connection requests to ports nobody listens on, and no RX buffers.
+        for round in 0..40u32 {
+            let tx = MockSplitQueue::create(&memory, GuestAddress(0x1_0000), QUEUE_SIZE);
+            for i in 0..QUEUE_SIZE {
+                let addr = 0x4_0000 + u64::from(i) * 0x100;
+                memory
+                    .write_slice(
+                        &packet(OP_REQUEST, 5000 + round, 9000 + u32::from(i), &[]),
+                        GuestAddress(addr),
+                    )
+                    .unwrap();
+            }
+            let chains: Vec<_> = (0..QUEUE_SIZE)
+                .map(|i| desc(0x4_0000 + u64::from(i) * 0x100, HDR as u32, 0, 0))
+                .collect();
+            tx.add_desc_chains(&chains, 0).unwrap();
+            let mut queues = vec![Queue::new(QUEUE_SIZE).unwrap(), tx.create_queue::<Queue>().unwrap()];
+            dev.process_queue(TX, &mut queues, &memory);
+            assert!(dev.control.len() <= MAX_PENDING_CONTROL, "{}", dev.control.len());
+        }
+        assert_eq!(dev.control.len(), MAX_PENDING_CONTROL);
     }
 
     #[test]
