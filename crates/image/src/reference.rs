@@ -57,10 +57,13 @@ impl ImageRef {
 
     /// The repository as Docker shows it: `busybox` for official Docker Hub
     /// images, `user/app` for other Hub images, `host:port/name` elsewhere.
+    /// `library/` goes only before a single name, as Docker has it:
+    /// `library/a/b` shown as `a/b` would name another repository.
     pub fn familiar_repository(&self) -> String {
         if self.registry() == "docker.io" {
             self.repository()
                 .strip_prefix("library/")
+                .filter(|name| !name.contains('/'))
                 .unwrap_or(self.repository())
                 .to_string()
         } else {
@@ -126,6 +129,10 @@ mod tests {
         let pinned = format!("alpine@sha256:{}", "0".repeat(64));
         let r = ImageRef::parse(&pinned).unwrap();
         assert_eq!((r.tag(), r.digest().is_some()), (None, true));
+        // Found by fuzzing: a nested official name kept its `library/`.
+        let r = ImageRef::parse("docker.io/library/a/b").unwrap();
+        assert_eq!(r.to_string(), "library/a/b:latest");
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
         for bad in ["", "Busybox", "a b", "x@sha256:00", "-x"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }

@@ -222,7 +222,34 @@ impl Drop for Vmm {
             let _ = self.0.kill();
         }
         let _ = self.0.wait();
+        // A jailed VMM's waiter removes its cgroup, unless it was killed:
+        // then the VMM ends with it (its lifeline pipe hangs up) and we remove it.
+        let cgroup = vmm::jail::cgroup_of(self.0.id());
+        for _ in 0..100 {
+            match std::fs::remove_dir(&cgroup) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
+                _ => break,
+            }
+        }
     }
+}
+
+/// Lets a jailed VMM (its group, `vmm::jail::ID_BASE`) reach what it needs
+/// in its socket directory: the directory itself (search only) and the
+/// listener sockets guest connections go to.
+fn open_to_jailed_vmm(path: &Path, mode: u32) -> Result<(), RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(0), Some(vmm::jail::ID_BASE))
+        .map_err(io("handing the socket directory to the VMM's group"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("setting the socket directory's mode"))
+}
+
+/// Whether VMMs are jailed: opt-in (`HULL_JAIL=1`) until the whole suite
+/// has run jailed; they must be started by root to take a uid of their own.
+fn jailing() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    std::env::var_os("HULL_JAIL").is_some_and(|v| v == "1") && unsafe { libc::geteuid() == 0 }
 }
 
 fn new_id() -> String {
@@ -377,6 +404,10 @@ pub fn run_in(
     let _ = std::fs::remove_file(&agent_socket);
     let listener = UnixListener::bind(&agent_socket).map_err(io("vsock listener"))?;
     listener.set_nonblocking(true).map_err(io("vsock listener"))?;
+    if jailing() {
+        open_to_jailed_vmm(sockets, 0o710)?;
+        open_to_jailed_vmm(&agent_socket, 0o660)?;
+    }
     let vm = VmFiles {
         binary: &vmm_binary,
         guest: &guest,
@@ -546,7 +577,12 @@ impl VmFiles<'_> {
             .arg("--vsock-uds")
             .arg(self.uds)
             .arg("--control-socket")
-            .arg(self.control)
+            .arg(self.control);
+        if jailing() {
+            // The VM's socket directory holds everything it reaches after it is built.
+            command.arg("--jail").arg(self.uds.parent().unwrap_or(Path::new("/")));
+        }
+        command
             .arg("--serial-log")
             .arg(self.console_log)
             .stdin(Stdio::null())

@@ -292,3 +292,121 @@ fn a_forbidden_system_call_ends_the_vm_with_the_violation_logged() {
     assert!(!console.contains("still-running"), "{console}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The jailed VMM: the only child of its waiter.
+fn jailed_vmm(waiter: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{waiter}/task/{waiter}/children")).unwrap();
+    let children: Vec<u32> = children.split_whitespace().map(|c| c.parse().unwrap()).collect();
+    assert_eq!(children.len(), 1, "{children:?}");
+    children[0]
+}
+
+fn jailed_command(dir: &std::path::Path, script: &str) -> std::process::Command {
+    let kernel = guest::cloud_kernel().unwrap();
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let jail = dir.join("jail");
+    std::fs::create_dir_all(&jail).unwrap();
+    let disk = dir.join("scratch.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut command = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    command
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--net-detached")
+        .arg("--control-socket")
+        .arg(jail.join("vmm.ctl"))
+        .arg("--jail")
+        .arg(&jail);
+    command
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
+    let dir = scratch("jail");
+    let script = "i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo tick $i; $B sleep 0.05; done; $B poweroff -f";
+    let command = jailed_command(&dir, script);
+    let (run, waiter) = timed_boot_with(command, LIMIT, |waiter| {
+        let vmm = jailed_vmm(waiter);
+        let uid = vmm::jail::uid_of(waiter).to_string();
+        assert_eq!(status_field(vmm, "Uid:"), [uid.as_str(); 4].join(" "));
+        let gid = vmm::jail::ID_BASE.to_string();
+        assert_eq!(status_field(vmm, "Gid:"), [gid.as_str(); 4].join(" "));
+        assert_eq!(status_field(vmm, "Groups:"), "");
+        assert_eq!(status_field(vmm, "CapEff:"), "0000000000000000");
+        assert_eq!(status_field(vmm, "CapPrm:"), "0000000000000000");
+        assert_eq!(status_field(vmm, "NoNewPrivs:"), "1");
+        // Every thread of both processes is filtered.
+        let threads: Vec<_> = threads(vmm).into_iter().chain(threads(waiter)).collect();
+        assert!(threads.iter().all(|(_, mode)| mode == "2"), "{threads:?}");
+        assert!(threads.iter().any(|(name, _)| name == "vcpu0"), "{threads:?}");
+        for ns in ["pid", "mnt", "ipc"] {
+            let of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            assert_ne!(of(&vmm.to_string()), of("self"), "{ns} namespace");
+        }
+        // Its root is the jail directory: its sockets, nothing else.
+        let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        root.sort();
+        assert_eq!(root, ["vmm.ctl"]);
+        let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+        assert_eq!(cgroup.trim(), format!("0::/hull/vmm-{waiter}"));
+        let limit = |file: &str| {
+            std::fs::read_to_string(vmm::jail::cgroup_of(waiter).join(file))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(limit("memory.max"), ((256u64 + 128) << 20).to_string());
+        assert_eq!(limit("pids.max"), "33");
+        assert_eq!(limit("cpu.max"), "100000 100000");
+        // The control channel works from inside the jail.
+        let stream = UnixStream::connect(dir.join("jail/vmm.ctl")).unwrap();
+        assert_eq!(control(&stream, VmmRequest::Pause), VmmReply::Done);
+        assert_eq!(control(&stream, VmmRequest::Resume), VmmReply::Done);
+        waiter
+    })
+    .unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(0), "{console}");
+    assert!(console.contains("tick 100"), "{console}");
+    assert!(!vmm::jail::cgroup_of(waiter).exists(), "the waiter removes the cgroup");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_jailed_vmm_dies_with_its_waiter() {
+    let dir = scratch("jail-kill");
+    let command = jailed_command(&dir, "$B sleep 600");
+    let (run, gone) = timed_boot_with(command, LIMIT, |waiter| {
+        let vmm = jailed_vmm(waiter);
+        // SAFETY: kill(2) of the process this test started.
+        assert_eq!(unsafe { libc::kill(waiter as i32, libc::SIGKILL) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{vmm}")).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let gone = !std::path::Path::new(&format!("/proc/{vmm}")).exists();
+        let _ = std::fs::remove_dir(vmm::jail::cgroup_of(waiter));
+        gone
+    })
+    .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(run.status.signal(), Some(libc::SIGKILL));
+    assert!(gone, "the jailed VMM outlived its waiter");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

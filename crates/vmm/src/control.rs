@@ -13,8 +13,9 @@ use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
 use crate::vcpu::VmmEvent;
 use crate::vm::{thread_err, VmError};
 
-/// Binds `path` (owner-only) and serves it on a thread of its own.
-pub fn serve(path: &Path, events: Sender<VmmEvent>) -> Result<(), VmError> {
+/// Binds the control socket at `path`, owner-only (before the VMM is
+/// jailed: the jail's directory is not writable to it).
+pub fn bind(path: &Path) -> Result<UnixListener, VmError> {
     let fail = |source| VmError::Control {
         path: path.display().to_string(),
         source,
@@ -22,6 +23,11 @@ pub fn serve(path: &Path, events: Sender<VmmEvent>) -> Result<(), VmError> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(fail)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    Ok(listener)
+}
+
+/// Serves the control socket on a thread of its own.
+pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) -> Result<(), VmError> {
     let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Control)?;
     std::thread::Builder::new()
         .name("control".into())

@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod device_manager;
 pub mod devices;
 pub mod host;
+pub mod jail;
 pub mod layout;
 pub mod pause;
 pub mod persist;

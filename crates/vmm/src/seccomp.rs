@@ -32,6 +32,10 @@ pub enum ThreadKind {
     /// A virtio device's thread, by device kind (`worker::device_kind`).
     Device(&'static str),
     Control,
+    /// A jailed VMM's waiter (`jail`): it only waits and cleans up.
+    Waiter,
+    /// A jailed VMM's thread that ends it when its waiter dies.
+    Lifeline,
 }
 
 impl ThreadKind {
@@ -41,6 +45,8 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Device(kind) => kind,
             ThreadKind::Control => "control",
+            ThreadKind::Waiter => "waiter",
+            ThreadKind::Lifeline => "lifeline",
         }
     }
 }
@@ -115,6 +121,17 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_unlinkat,
         ],
         ThreadKind::Vcpu => &[],
+        ThreadKind::Lifeline => &[libc::SYS_poll, libc::SYS_ppoll],
+        ThreadKind::Waiter => &[
+            libc::SYS_wait4,
+            libc::SYS_rmdir,
+            libc::SYS_unlinkat,
+            libc::SYS_rt_sigaction,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_tgkill,
+            libc::SYS_kill,
+        ],
         ThreadKind::Device("block") => &[
             libc::SYS_pread64,
             libc::SYS_pwrite64,
@@ -290,6 +307,8 @@ mod tests {
             ThreadKind::Device("vsock"),
             ThreadKind::Device("rng"),
             ThreadKind::Control,
+            ThreadKind::Waiter,
+            ThreadKind::Lifeline,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());
             eprintln!("{}: {} system calls", kind.label(), allowed_count(kind));

@@ -125,44 +125,56 @@ pub fn write_state(dir: &Path, state: &VmState) -> Result<(), SnapshotError> {
 /// Reads and checks `dir/state`.
 pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
     let path = state_path(dir);
-    let shown = path.display().to_string();
     let mut file = File::open(&path).map_err(io_err(&path))?;
-    let mut header = [0u8; HEADER_BYTES];
-    let mut got = 0;
-    while got < HEADER_BYTES {
-        match file.read(&mut header[got..]).map_err(io_err(&path))? {
-            0 => break,
-            n => got += n,
+    // The header, then at most the payload it announces and one byte more
+    // (to tell a longer file): a foreign file is never read whole.
+    let mut bytes = Vec::with_capacity(HEADER_BYTES);
+    (&mut file)
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(&path))?;
+    if let Some(len) = bytes
+        .get(12..20)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+    {
+        if len <= MAX_PAYLOAD {
+            file.take(len + 1).read_to_end(&mut bytes).map_err(io_err(&path))?;
         }
     }
-    if got < MAGIC.len() || &header[..8] != MAGIC {
-        return Err(SnapshotError::NotASnapshot(shown));
+    decode_state(&bytes, &path.display().to_string())
+}
+
+/// Checks and decodes the bytes of a state file; `path_for_errors` names it
+/// in the errors.
+pub fn decode_state(bytes: &[u8], path_for_errors: &str) -> Result<VmState, SnapshotError> {
+    let shown = || path_for_errors.to_string();
+    if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
+        return Err(SnapshotError::NotASnapshot(shown()));
     }
-    if got < HEADER_BYTES {
-        return Err(SnapshotError::Truncated(shown));
-    }
+    let Some((header, payload)) = bytes.split_at_checked(HEADER_BYTES) else {
+        return Err(SnapshotError::Truncated(shown()));
+    };
     let word = |range: std::ops::Range<usize>| header[range].to_vec();
     let version = u32::from_le_bytes(word(8..12).try_into().unwrap_or_default());
     if version != FORMAT_VERSION {
         return Err(SnapshotError::Version {
-            path: shown,
+            path: shown(),
             found: version,
         });
     }
     let len = u64::from_le_bytes(word(12..20).try_into().unwrap_or_default());
     if len > MAX_PAYLOAD {
-        return Err(SnapshotError::Corrupted(shown));
+        return Err(SnapshotError::Corrupted(shown()));
     }
-    let mut payload = Vec::with_capacity(len as usize);
-    file.take(len + 1).read_to_end(&mut payload).map_err(io_err(&path))?;
     if (payload.len() as u64) < len {
-        return Err(SnapshotError::Truncated(shown));
+        return Err(SnapshotError::Truncated(shown()));
     }
-    if payload.len() as u64 > len || Sha256::digest(&payload).as_slice() != &header[20..52] {
-        return Err(SnapshotError::Corrupted(shown));
+    if payload.len() as u64 > len || Sha256::digest(payload).as_slice() != &header[20..52] {
+        return Err(SnapshotError::Corrupted(shown()));
     }
-    postcard::from_bytes(&payload).map_err(|e| SnapshotError::Decode {
-        path: shown,
+    postcard::from_bytes(payload).map_err(|e| SnapshotError::Decode {
+        path: shown(),
         detail: e.to_string(),
     })
 }
@@ -308,6 +320,19 @@ mod tests {
         huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
         assert!(matches!(read_state(&dir), Err(SnapshotError::Corrupted(_))));
+    }
+
+    #[test]
+    fn state_bytes_decode_like_the_file() {
+        let dir = scratch();
+        write_state(&dir, &sample()).unwrap();
+        let bytes = std::fs::read(state_path(&dir)).unwrap();
+        assert_eq!(decode_state(&bytes, "x").unwrap().devices, sample().devices);
+        assert!(matches!(decode_state(&[], "x"), Err(SnapshotError::NotASnapshot(_))));
+        assert!(matches!(
+            decode_state(&bytes[..30], "x"),
+            Err(SnapshotError::Truncated(_))
+        ));
     }
 
     #[test]

@@ -65,6 +65,10 @@ struct Args {
     /// Serve the control channel (pause, resume, describe) on this unix socket.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Jail the VMM (its own uid, namespaces and cgroup), pivoted into this
+    /// directory, which must hold the vsock and control sockets.
+    #[arg(long, conflicts_with = "snapshot_to")]
+    jail: Option<PathBuf>,
     /// Tests only: a guest write to a fixed MMIO address makes a vCPU thread
     /// break its seccomp filter.
     #[arg(long, hide = true)]
@@ -123,11 +127,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = VmConfig {
+    let mut config = VmConfig {
         start,
         snapshot_to: args.snapshot_to,
         control_socket: args.control_socket,
         seccomp_selftest: args.seccomp_selftest,
+        jail: None,
         memory_mib: args.memory,
         vcpus: args.cpus,
         serial_log: args.serial_log,
@@ -148,6 +153,16 @@ fn main() -> ExitCode {
             uds_path,
         }),
     };
+    if let Some(root) = args.jail {
+        match jail(&mut config, &root) {
+            Ok(None) => {}
+            Ok(Some(status)) => return exit_as(status),
+            Err(e) => {
+                eprintln!("hull-vmm: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match vm::run(&config) {
         Ok(GuestExit::Poweroff) => ExitCode::SUCCESS,
         Ok(GuestExit::Snapshotted) => {
@@ -170,6 +185,42 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Forks the jailed VMM; returns its status in the waiter, None in the VMM.
+fn jail(config: &mut VmConfig, root: &std::path::Path) -> Result<Option<std::process::ExitStatus>, VmError> {
+    use vmm::jail::{self, Jail, Side};
+    vm::validate(config)?;
+    let root = root
+        .canonicalize()
+        .map_err(|e| VmError::Jail(format!("{}: {e}", root.display())))?;
+    let (waiter, lifeline) = match jail::fork(config.memory_mib, config.vcpus)? {
+        Side::Waiter(status) => return Ok(Some(status)),
+        Side::Vmm { waiter, lifeline } => (waiter, lifeline),
+    };
+    jail::enter_dir(&root)?;
+    // Named relative to the jail, they stay valid after the pivot.
+    if let Some(vsock) = &mut config.vsock {
+        vsock.uds_path = jail::inside(&root, &vsock.uds_path);
+    }
+    if let Some(control) = &mut config.control_socket {
+        *control = jail::inside(&root, control);
+    }
+    config.jail = Some(Jail { root, waiter, lifeline });
+    Ok(None)
+}
+
+/// Ends the waiter as its VMM ended: the same code, or the same signal.
+fn exit_as(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        // SAFETY: restoring the default action and raising a signal on ourselves.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct VmConfig {
     /// Tests only: a guest write to `layout::SECCOMP_SELFTEST_ADDR` makes the
     /// vCPU thread call what its filter forbids.
     pub seccomp_selftest: bool,
+    /// Lock the VMM down in its jail once the VM is built (`jail`).
+    pub jail: Option<crate::jail::Jail>,
 }
 
 #[derive(Debug, Clone)]

@@ -48,6 +48,8 @@ pub enum VmError {
     Save(String),
     #[error("{0}")]
     Seccomp(String),
+    #[error("jailing the VMM: {0}")]
+    Jail(String),
 }
 
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {

@@ -44,6 +44,12 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     validate(config)?;
     trace::mark("arguments checked");
     let built = builder::build(config)?;
+    let control = config.control_socket.as_deref().map(crate::control::bind).transpose()?;
+    if let Some(jail) = &config.jail {
+        crate::jail::lock_down(jail, config.vcpus)?;
+        crate::jail::watch_waiter(jail)?;
+        trace::mark("jailed");
+    }
     let devices = Arc::new(built.devices);
     let gate = Arc::new(PauseGate::new());
 
@@ -52,8 +58,8 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     let vmm_filter = seccomp::filter_for(ThreadKind::Vmm)?;
     let device_threads = devices.spawn_device_threads(&gate)?;
     let (events, reports) = mpsc::channel();
-    if let Some(path) = &config.control_socket {
-        crate::control::serve(path, events.clone())?;
+    if let Some(listener) = control {
+        crate::control::serve(listener, events.clone())?;
     }
     let context = Arc::new(VcpuContext {
         devices: devices.clone(),
