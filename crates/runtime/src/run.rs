@@ -240,9 +240,9 @@ impl Drop for Vmm {
 fn open_to_jailed_vmm(path: &Path, mode: u32) -> Result<(), RunError> {
     use std::os::unix::fs::PermissionsExt;
     std::os::unix::fs::chown(path, Some(0), Some(vmm::jail::ID_BASE))
-        .map_err(io("handing the socket directory to the VMM's group"))?;
+        .map_err(io(format!("handing {} to the VMM's group", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("setting the socket directory's mode"))
+        .map_err(io(format!("setting the mode of {}", path.display())))
 }
 
 /// Whether VMMs are jailed: opt-in (`HULL_JAIL=1`) until the whole suite

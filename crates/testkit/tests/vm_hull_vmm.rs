@@ -189,16 +189,8 @@ fn a_nic_on_a_host_tap_carries_frames_both_ways() {
 fn threads(pid: u32) -> Vec<(String, String)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        };
-        threads.push((field("Name:"), field("Seccomp:")));
+        let task = format!("{pid}/task/{}", task.file_name().to_string_lossy());
+        threads.push((status_field(&task, "Name:"), status_field(&task, "Seccomp:")));
     }
     threads.sort();
     threads
@@ -293,8 +285,9 @@ fn a_forbidden_system_call_ends_the_vm_with_the_violation_logged() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn status_field(pid: u32, name: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// A field of `/proc/ENTRY/status` (a process, or `PID/task/TID`).
+fn status_field(entry: impl std::fmt::Display, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{entry}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix(name))

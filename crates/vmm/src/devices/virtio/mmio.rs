@@ -19,7 +19,7 @@ const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
-pub(super) const STATUS_FAILED: u32 = 0x80;
+const STATUS_FAILED: u32 = 0x80;
 
 pub struct MmioTransport {
     pub(super) device: Box<dyn VirtioDevice>,
