@@ -247,6 +247,18 @@ thread_local! {
     static KIND: Cell<&'static str> = const { Cell::new("vmm") };
 }
 
+/// Readies the process for filtered threads; call first in `main`, before
+/// any other thread exists. glibc gives a contended thread an arena of its
+/// own, and arenas other than the main one open files: the CPU count
+/// (/sys/devices/system/cpu/online) when the first is made, and
+/// /proc/sys/vm/overcommit_memory when one first shrinks. No device or
+/// vCPU thread may open files (this ended VMs at random), so every thread
+/// shares the main arena; each thread's malloc cache keeps that cheap.
+pub fn prepare_process() {
+    // SAFETY: mallopt takes two integers; no other thread allocates yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 /// Confines the calling thread; a thread that cannot be confined must not
 /// run, so the process ends.
 pub fn install(filter: &BpfProgram, kind: ThreadKind) {

@@ -107,6 +107,7 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 }
 
 fn main() -> ExitCode {
+    vmm::seccomp::prepare_process();
     vmm::trace::start();
     let args = Args::parse();
     vmm::trace::mark("arguments parsed");
