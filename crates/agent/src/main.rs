@@ -14,6 +14,7 @@
 //! connection each.
 
 mod archive;
+mod limits;
 mod machine;
 mod mounts;
 mod network;
@@ -139,6 +140,11 @@ fn serve(conn: File) {
     }
     if let Err(e) = mounts::volumes(&spec, ROOT) {
         return fail(&sink, e.to_string(), 125);
+    }
+    if let Some(max) = spec.pids_limit {
+        if let Err(e) = limits::limit_pids(max) {
+            return fail(&sink, format!("limiting the container to {max} processes: {e}"), 125);
+        }
     }
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));
@@ -572,6 +578,7 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
+            limits::join_in_child()?;
             let root = c"/mnt/root";
             if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
                 return Err(std::io::Error::last_os_error());

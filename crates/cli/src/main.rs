@@ -366,6 +366,8 @@ fn run(args: RunArgs) -> ExitCode {
         },
         memory_mib: args.memory,
         cpus: args.cpus,
+        cpu_limit_millis: None,
+        pids_limit: None,
         interactive: args.interactive,
         tty: None,
         boot_timeout: Duration::from_secs(args.boot_timeout),

@@ -49,6 +49,8 @@ struct CreateBody {
 struct HostConfigBody {
     memory: i64,
     nano_cpus: i64,
+    /// Docker's `--pids-limit`: 0, -1 or absent is no limit.
+    pids_limit: Option<i64>,
     auto_remove: bool,
     restart_policy: RestartPolicy,
     binds: Option<Vec<String>>,
@@ -145,6 +147,11 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     }
     if host.memory < 0 || host.nano_cpus < 0 {
         return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
+    }
+    if host.nano_cpus > 0 && host.nano_cpus < 10_000_000 {
+        return Err(ApiError::bad_request(
+            "Range of CPUs is from 0.01 to 255.00: a VM gets at least 1% of a CPU",
+        ));
     }
     let memory_mib = match host.memory {
         0 => DEFAULT_MEMORY_MIB,
@@ -304,6 +311,9 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         overrides,
         memory_mib,
         cpus,
+        // Docker's --cpus is a share of CPU time: whole vCPUs, capped by the jail's cgroup.
+        cpu_limit_millis: u32::try_from(host.nano_cpus / 1_000_000).ok().filter(|&m| m > 0),
+        pids_limit: host.pids_limit.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0),
         hostname,
         open_stdin: body.open_stdin,
         tty: body.tty.then(|| console_size(body.host_config.console_size.as_deref())),

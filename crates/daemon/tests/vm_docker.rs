@@ -259,8 +259,68 @@ fn docker_run_in_the_foreground_and_detached() {
     ok(&hulld.docker(&["rm", "-f", "sleeper"]));
     let gone = hulld.docker(&["inspect", "sleeper"]);
     assert!(text(&gone.stderr).contains("No such"), "{}", text(&gone.stderr));
+    // Limits: the jailed VMM's cgroup takes --cpus as CPU time; --pids-limit
+    // holds inside the guest, for the command and its execs together.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "limited",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "6",
+        &image,
+        "sleep",
+        "600",
+    ]));
+    assert_eq!(inspect(&hulld, "{{.HostConfig.PidsLimit}}", "limited"), "6");
+    let id = inspect(&hulld, "{{.Id}}", "limited");
+    let cgroup = vmm_cgroup(&id[..16]);
+    assert_eq!(
+        std::fs::read_to_string(cgroup.join("cpu.max")).unwrap().trim(),
+        "50000 100000"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cgroup.join("memory.max")).unwrap().trim(),
+        ((256 + 128) << 20).to_string(),
+        "the guest's memory and the VMM's own"
+    );
+    let forks = hulld.docker(&[
+        "exec",
+        "limited",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 60 & done; echo tried",
+    ]);
+    assert!(
+        text(&forks.stderr).contains("can't fork"),
+        "the seventh process is refused: {}",
+        text(&forks.stderr)
+    );
+    ok(&hulld.docker(&["rm", "-f", "limited"]));
+
     ok(&hulld.docker(&["rm", "conf", "disk"]));
     no_leftovers(&hulld);
+}
+
+/// The cgroup of the jailed VMM whose socket directory is the container's
+/// (`run/c/ID16`).
+fn vmm_cgroup(id16: &str) -> std::path::PathBuf {
+    let marker = format!("/c/{id16}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains("hull-vmm") || !cmdline.contains(&marker) {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        // The jailed VMM (the waiter stays in its parent's group).
+        if let Some(path) = cgroup.trim().strip_prefix("0::").filter(|p| p.contains("/hull/vmm-")) {
+            return std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        }
+    }
+    panic!("no jailed hull-vmm of container {id16}");
 }
 
 #[test]

@@ -89,6 +89,10 @@ pub struct RunSpec {
     /// `lo`, and the NICs stay down.
     #[serde(default)]
     pub network: Option<GuestNetwork>,
+    /// At most this many processes and threads in the container at once
+    /// (Docker's `--pids-limit`); `None`: no limit.
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -421,6 +425,7 @@ mod tests {
                 search: Vec::new(),
                 dns_options: Vec::new(),
             }),
+            pids_limit: Some(64),
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));

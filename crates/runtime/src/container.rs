@@ -26,6 +26,13 @@ pub struct ContainerSpec {
     pub overrides: Overrides,
     pub memory_mib: u64,
     pub cpus: u8,
+    /// CPU time the VM may take, in thousandths of a CPU (`--cpus 1.5`:
+    /// 1500, on 2 vCPUs); `None`: all of its vCPUs.
+    #[serde(default)]
+    pub cpu_limit_millis: Option<u32>,
+    /// At most this many processes in the container (`--pids-limit`).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
     pub hostname: String,
     /// Keep the command's standard input open for attached clients (`-i`).
     pub open_stdin: bool,

@@ -19,6 +19,7 @@ use image::disk::DiskError;
 use image::StoreError;
 use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, RunSpec, TerminalSize, PROTOCOL_VERSION};
 
+use crate::console::ConsoleKeeper;
 use crate::guest::{Guest, GuestError};
 use crate::rootfs::{self, RootfsError};
 
@@ -39,6 +40,11 @@ pub struct RunRequest {
     pub overrides: Overrides,
     pub memory_mib: u64,
     pub cpus: u8,
+    /// CPU time the VM may take, in thousandths of a CPU (its jail's
+    /// cgroup enforces it); `None`: all of its vCPUs.
+    pub cpu_limit_millis: Option<u32>,
+    /// At most this many processes in the container (the agent's limit in the guest).
+    pub pids_limit: Option<u64>,
     /// Relay our standard input to the command.
     pub interactive: bool,
     /// Run the command on a terminal of this size in the guest (`-t`).
@@ -128,6 +134,8 @@ pub const PAUSED_MARKER: &str = "paused";
 
 /// The fd number a container's tap is passed to hull-vmm as.
 const TAP_FD: i32 = 3;
+/// Where hull-vmm finds the write end of its console pipe (`crate::console`).
+const CONSOLE_FD: i32 = 4;
 /// hull-vmm's exit status for a snapshot it cannot use.
 const VMM_EXIT_BAD_SNAPSHOT: i32 = 3;
 /// Below this much available host memory no new VM is started.
@@ -192,7 +200,7 @@ impl Drop for RunDir {
 }
 
 /// The VMM process; killed if still running when dropped.
-struct Vmm(Child);
+struct Vmm(Child, ConsoleKeeper);
 
 impl Vmm {
     /// How the VMM ended (waiting up to `grace`), with its stderr.
@@ -208,6 +216,7 @@ impl Vmm {
         let Some(status) = status else {
             return "hull-vmm is still running".into();
         };
+        self.1.settle(Duration::from_secs(1));
         let mut stderr = String::new();
         if let Some(mut err) = self.0.stderr.take() {
             let _ = err.read_to_string(&mut stderr);
@@ -237,7 +246,7 @@ impl Drop for Vmm {
 /// Lets a jailed VMM (its group, `vmm::jail::ID_BASE`) reach what it needs
 /// in its socket directory: the directory itself (search only) and the
 /// listener sockets guest connections go to.
-fn open_to_jailed_vmm(path: &Path, mode: u32) -> Result<(), RunError> {
+pub fn open_to_jailed_vmm(path: &Path, mode: u32) -> Result<(), RunError> {
     use std::os::unix::fs::PermissionsExt;
     std::os::unix::fs::chown(path, Some(0), Some(vmm::jail::ID_BASE))
         .map_err(io(format!("handing {} to the VMM's group", path.display())))?;
@@ -245,11 +254,12 @@ fn open_to_jailed_vmm(path: &Path, mode: u32) -> Result<(), RunError> {
         .map_err(io(format!("setting the mode of {}", path.display())))
 }
 
-/// Whether VMMs are jailed: opt-in (`HULL_JAIL=1`) until the whole suite
-/// has run jailed; they must be started by root to take a uid of their own.
+/// Whether VMMs are jailed: always when started by root (the only one who
+/// can hand them a uid of their own); `HULL_JAIL=0` turns it off, to tell
+/// whether a problem comes from the jail.
 fn jailing() -> bool {
     // SAFETY: geteuid has no preconditions.
-    std::env::var_os("HULL_JAIL").is_some_and(|v| v == "1") && unsafe { libc::geteuid() == 0 }
+    std::env::var_os("HULL_JAIL").is_none_or(|v| v != "0") && unsafe { libc::geteuid() == 0 }
 }
 
 fn new_id() -> String {
@@ -581,10 +591,18 @@ impl VmFiles<'_> {
         if jailing() {
             // The VM's socket directory holds everything it reaches after it is built.
             command.arg("--jail").arg(self.uds.parent().unwrap_or(Path::new("/")));
+            if let Some(millis) = request.cpu_limit_millis {
+                command.arg("--cpu-limit-millis").arg(millis.to_string());
+            }
         }
+        // The console reaches its log through a pipe (`crate::console`).
+        let (console_source, console_end) = crate::console::pipe().map_err(io("the console's pipe"))?;
+        let console_fd = console_end.as_raw_fd();
+        let keeper = crate::console::ConsoleKeeper::start(console_source, self.console_log)
+            .map_err(io(format!("{}", self.console_log.display())))?;
         command
             .arg("--serial-log")
-            .arg(self.console_log)
+            .arg(format!("/proc/self/fd/{CONSOLE_FD}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if debug_console {
@@ -610,6 +628,9 @@ impl VmFiles<'_> {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                if libc::dup2(console_fd, CONSOLE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if libc::getppid() as u32 != parent {
                     return Err(std::io::Error::other("the parent is gone"));
@@ -617,9 +638,12 @@ impl VmFiles<'_> {
                 Ok(())
             });
         }
-        Ok(Vmm(command
+        let child = command
             .spawn()
-            .map_err(io(format!("starting {}", self.binary.display())))?))
+            .map_err(io(format!("starting {}", self.binary.display())))?;
+        // Only the VMM holds the write end now: the log ends when it does.
+        drop(console_end);
+        Ok(Vmm(child, keeper))
     }
 }
 
@@ -641,6 +665,7 @@ fn wait_for_agent(
             Err(e) => return Err(io("accepting the agent's connection")(e)),
         }
         if let Ok(Some(status)) = vmm.0.try_wait() {
+            vmm.1.settle(Duration::from_secs(1));
             let mut stderr = String::new();
             if let Some(mut err) = vmm.0.stderr.take() {
                 let _ = err.read_to_string(&mut stderr);
@@ -742,6 +767,8 @@ fn converse(
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         network: guest_devices.network,
+        // A held VM runs only hull's own file operations.
+        pids_limit: request.pids_limit.filter(|_| !request.hold),
     };
     if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));

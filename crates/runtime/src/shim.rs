@@ -192,6 +192,8 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         overrides: spec.overrides.clone(),
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
+        cpu_limit_millis: spec.cpu_limit_millis,
+        pids_limit: spec.pids_limit,
         interactive: spec.open_stdin,
         tty: spec.tty,
         boot_timeout: BOOT_TIMEOUT,

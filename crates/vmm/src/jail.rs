@@ -76,11 +76,11 @@ pub fn uid_of(pid: u32) -> u32 {
 
 /// Makes the cgroup, forks into new PID and IPC namespaces. Call while
 /// the process has one thread.
-pub fn fork(memory_mib: u64, vcpus: u8) -> Result<Side, VmError> {
+pub fn fork(limits: &Limits) -> Result<Side, VmError> {
     let waiter = std::process::id();
     let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Waiter)?;
     crate::seccomp::install_violation_handler()?;
-    let cgroup = make_cgroup(waiter, memory_mib, vcpus)?;
+    let cgroup = make_cgroup(waiter, limits)?;
     let mut lifeline = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
     check(unsafe { libc::pipe2(lifeline.as_mut_ptr(), libc::O_CLOEXEC) }, "pipe2")?;
@@ -129,9 +129,56 @@ fn wait(child: libc::pid_t) -> std::process::ExitStatus {
     }
 }
 
+/// What a jailed VMM's cgroup allows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    memory_mib: u64,
+    vcpus: u8,
+    cpu_millis: u32,
+}
+
+impl Limits {
+    /// The limits of a VM of `memory_mib` and `vcpus`, whose CPU time is
+    /// `cpu_millis` thousandths of a CPU (default: all of its vCPUs).
+    pub fn new(memory_mib: u64, vcpus: u8, cpu_millis: Option<u32>) -> Result<Limits, VmError> {
+        let all = u32::from(vcpus) * 1000;
+        let cpu_millis = cpu_millis.unwrap_or(all);
+        // cpu.max takes a quota of at least 1 ms per 100 ms period.
+        if !(10..=all).contains(&cpu_millis) {
+            return Err(VmError::Jail(format!(
+                "a CPU limit of {cpu_millis} thousandths of a CPU: it must lie between 10 and {all} (its {vcpus} vCPUs)"
+            )));
+        }
+        Ok(Limits {
+            memory_mib,
+            vcpus,
+            cpu_millis,
+        })
+    }
+
+    /// The cgroup v2 files that set them, and their contents.
+    fn cgroup_files(&self) -> [(&'static str, String); 4] {
+        [
+            (
+                "memory.max",
+                ((self.memory_mib + MEMORY_OVERHEAD_MIB) << 20).to_string(),
+            ),
+            ("memory.swap.max", "0".to_string()),
+            (
+                "cpu.max",
+                format!("{} {CPU_PERIOD_US}", u64::from(self.cpu_millis) * CPU_PERIOD_US / 1000),
+            ),
+            ("pids.max", (u64::from(self.vcpus) + EXTRA_THREADS).to_string()),
+        ]
+    }
+}
+
+/// cgroup v2's CPU accounting period, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
 /// The VMM's cgroup (cgroup v2), or None where /sys/fs/cgroup is not a
 /// cgroup v2 hierarchy (a cgroup v1 host: the VMM runs without limits).
-fn make_cgroup(waiter: u32, memory_mib: u64, vcpus: u8) -> Result<Option<PathBuf>, VmError> {
+fn make_cgroup(waiter: u32, limits: &Limits) -> Result<Option<PathBuf>, VmError> {
     let root = Path::new("/sys/fs/cgroup");
     if !root.join("cgroup.controllers").exists() {
         return Ok(None);
@@ -150,13 +197,7 @@ fn make_cgroup(waiter: u32, memory_mib: u64, vcpus: u8) -> Result<Option<PathBuf
     // A VMM of an earlier process with this PID that was killed outright.
     let _ = std::fs::remove_dir(&cgroup);
     std::fs::create_dir(&cgroup).map_err(jail_err("making the VMM's cgroup"))?;
-    let limits = [
-        ("memory.max", ((memory_mib + MEMORY_OVERHEAD_MIB) << 20).to_string()),
-        ("memory.swap.max", "0".to_string()),
-        ("cpu.max", format!("{} 100000", u64::from(vcpus) * 100_000)),
-        ("pids.max", (u64::from(vcpus) + EXTRA_THREADS).to_string()),
-    ];
-    for (file, value) in limits {
+    for (file, value) in limits.cgroup_files() {
         let path = cgroup.join(file);
         // memory.swap.max is absent without swap accounting.
         if file == "memory.swap.max" && !path.exists() {
@@ -268,4 +309,38 @@ pub fn watch_waiter(jail: &Jail) -> Result<(), VmError> {
         })
         .map(|_| ())
         .map_err(crate::vm::thread_err("lifeline"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(limits: &Limits, name: &str) -> String {
+        limits.cgroup_files().into_iter().find(|(f, _)| *f == name).unwrap().1
+    }
+
+    #[test]
+    fn limits_follow_the_container_shape_and_its_share_of_cpu() {
+        let whole = Limits::new(512, 2, None).unwrap();
+        assert_eq!(file(&whole, "cpu.max"), "200000 100000");
+        assert_eq!(
+            file(&whole, "memory.max"),
+            ((512 + MEMORY_OVERHEAD_MIB) << 20).to_string()
+        );
+        assert_eq!(file(&whole, "pids.max"), (2 + EXTRA_THREADS).to_string());
+        // docker run --cpus 1.5: two vCPUs, one and a half CPUs' time.
+        assert_eq!(
+            file(&Limits::new(512, 2, Some(1500)).unwrap(), "cpu.max"),
+            "150000 100000"
+        );
+        assert_eq!(file(&Limits::new(512, 1, Some(10)).unwrap(), "cpu.max"), "1000 100000");
+    }
+
+    #[test]
+    fn a_cpu_limit_beyond_the_vcpus_or_below_a_millisecond_is_refused() {
+        for (vcpus, millis) in [(1, 1001), (2, 2001), (1, 9), (1, 0)] {
+            let e = Limits::new(256, vcpus, Some(millis)).unwrap_err().to_string();
+            assert!(e.contains("must lie between 10 and"), "{e}");
+        }
+    }
 }

@@ -69,6 +69,10 @@ struct Args {
     /// directory, which must hold the vsock and control sockets.
     #[arg(long, conflicts_with = "snapshot_to")]
     jail: Option<PathBuf>,
+    /// The jailed VM's CPU time, in thousandths of a CPU (1500: one and a
+    /// half CPUs' worth, at most its vCPUs'); default: all of its vCPUs.
+    #[arg(long, requires = "jail")]
+    cpu_limit_millis: Option<u32>,
     /// Tests only: a guest write to a fixed MMIO address makes a vCPU thread
     /// break its seccomp filter.
     #[arg(long, hide = true)]
@@ -155,7 +159,7 @@ fn main() -> ExitCode {
         }),
     };
     if let Some(root) = args.jail {
-        match jail(&mut config, &root) {
+        match jail(&mut config, &root, args.cpu_limit_millis) {
             Ok(None) => {}
             Ok(Some(status)) => return exit_as(status),
             Err(e) => {
@@ -189,13 +193,18 @@ fn main() -> ExitCode {
 }
 
 /// Forks the jailed VMM; returns its status in the waiter, None in the VMM.
-fn jail(config: &mut VmConfig, root: &std::path::Path) -> Result<Option<std::process::ExitStatus>, VmError> {
-    use vmm::jail::{self, Jail, Side};
+fn jail(
+    config: &mut VmConfig,
+    root: &std::path::Path,
+    cpu_limit_millis: Option<u32>,
+) -> Result<Option<std::process::ExitStatus>, VmError> {
+    use vmm::jail::{self, Jail, Limits, Side};
     vm::validate(config)?;
+    let limits = Limits::new(config.memory_mib, config.vcpus, cpu_limit_millis)?;
     let root = root
         .canonicalize()
         .map_err(|e| VmError::Jail(format!("{}: {e}", root.display())))?;
-    let (waiter, lifeline) = match jail::fork(config.memory_mib, config.vcpus)? {
+    let (waiter, lifeline) = match jail::fork(&limits)? {
         Side::Waiter(status) => return Ok(Some(status)),
         Side::Vmm { waiter, lifeline } => (waiter, lifeline),
     };
