@@ -1,8 +1,8 @@
 //! `hull-bench clone`: instant clone against a cold boot, podman and QEMU.
 //!
 //! In one run, one environment (inside vmhost where KVM is not hardware):
-//! `hull run IMAGE true` cloned and `--cold-boot`; restore to agent-ready
-//! alone; clones started per second with 20 at once; Pss and Private_Dirty
+//! `hull run IMAGE true` cloned (its VMM jailed, and with `HULL_JAIL=0`)
+//! and `--cold-boot`; restore to agent-ready alone, jailed and not; clones started per second with 20 at once; Pss and Private_Dirty
 //! per idle clone; `podman run --rm` of the same rootfs (a plain container,
 //! no VM) and a QEMU-KVM cold boot of the same kernel as peers.
 
@@ -101,10 +101,11 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
     unpack_rootfs(&disk, &rootfs)?;
     let podman = podman_available();
 
-    let (mut cloned, mut cold, mut peer_podman) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cloned, mut unjailed, mut cold, mut peer_podman) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 1..=options.runs {
         eprintln!("clone bench: run {i}/{}", options.runs);
         cloned.push(timed(hull(data)?.args(["run", &id, "true"]))?);
+        unjailed.push(timed(hull(data)?.env("HULL_JAIL", "0").args(["run", &id, "true"]))?);
         cold.push(timed(hull(data)?.args(["run", "--cold-boot", &id, "true"]))?);
         if podman {
             peer_podman.push(timed(Command::new("podman").args(podman_args(work, &rootfs)))?);
@@ -114,16 +115,16 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
     let restore_dir = work.join("restores");
     std::fs::create_dir_all(&restore_dir)?;
     let harness = Restore::new(&template, &disk, &restore_dir)?;
-    let mut restore = Vec::new();
+    let (mut restore, mut restore_jailed) = (Vec::new(), Vec::new());
     for i in 0..options.runs {
-        let clone = harness.start(&format!("r{i}"))?;
-        restore.push(clone.ready_after);
+        restore.push(harness.start(&format!("r{i}"), false)?.ready_after);
+        restore_jailed.push(harness.start(&format!("j{i}"), true)?.ready_after);
     }
 
     // N at once: spawn all, wait until every agent has called in.
     let start = Instant::now();
     let burst: Vec<ReadyClone> = (0..options.parallel)
-        .map(|i| harness.spawn(&format!("p{i}")))
+        .map(|i| harness.spawn(&format!("p{i}"), false))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .map(|pending| pending.wait())
@@ -136,7 +137,7 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
     let mut idle = Vec::new();
     let idle_start = Instant::now();
     for i in 0..options.idle {
-        idle.push(harness.start(&format!("i{i}"))?);
+        idle.push(harness.start(&format!("i{i}"), false)?);
         if (i + 1) % 10 == 0 || i + 1 == options.idle {
             // Where a large count stops scaling shows here, not only at the end.
             eprintln!(
@@ -167,8 +168,10 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
         template_made,
         template_disk: allocated(&vmm::snapshot::memory_path(&template)),
         cloned: Summary::of(&cloned).context("no runs")?,
+        unjailed: Summary::of(&unjailed).context("no runs")?,
         cold: Summary::of(&cold).context("no runs")?,
         restore: Summary::of(&restore).context("no runs")?,
+        restore_jailed: Summary::of(&restore_jailed).context("no runs")?,
         per_second,
         burst_elapsed,
         memory,
@@ -182,8 +185,10 @@ struct Report<'a> {
     template_made: Duration,
     template_disk: u64,
     cloned: Summary,
+    unjailed: Summary,
     cold: Summary,
     restore: Summary,
+    restore_jailed: Summary,
     per_second: f64,
     burst_elapsed: Duration,
     memory: Vec<Rollup>,
@@ -199,9 +204,18 @@ fn report(r: Report) -> Result<()> {
         r.template_made.as_secs_f64(),
         r.template_disk as f64 / (1 << 20) as f64
     );
-    print_line("hull run IMAGE true (clone)", &r.cloned);
+    print_line("hull run IMAGE true (clone, jailed VMM)", &r.cloned);
+    print_line("hull run IMAGE true (clone, HULL_JAIL=0)", &r.unjailed);
     print_line("hull run --cold-boot IMAGE true", &r.cold);
     print_line("restore to agent ready (hull-vmm alone)", &r.restore);
+    print_line("restore to agent ready (hull-vmm --jail)", &r.restore_jailed);
+    let jail_run = r.cloned.median_ms / r.unjailed.median_ms - 1.0;
+    let jail_restore = r.restore_jailed.median_ms / r.restore.median_ms - 1.0;
+    println!(
+        "the jail adds {:+.1}% to hull run and {:+.1}% to a restore (medians)",
+        jail_run * 100.0,
+        jail_restore * 100.0
+    );
     print_line("peer: QEMU-KVM microvm cold boot to ready", &r.qemu);
     match &r.podman {
         Some(p) => print_line("peer: podman run --rm (no VM)", p),
@@ -247,8 +261,12 @@ fn report(r: Report) -> Result<()> {
         "template_made_ms": r.template_made.as_millis() as u64,
         "template_memory_file_bytes": r.template_disk,
         "hull_run_image_true_clone": r.cloned.to_json(),
+        "hull_run_image_true_clone_unjailed": r.unjailed.to_json(),
         "hull_run_image_true_cold_boot": r.cold.to_json(),
         "restore_to_agent_ready": r.restore.to_json(),
+        "restore_to_agent_ready_jailed": r.restore_jailed.to_json(),
+        "jail_adds_to_run_median": (jail_run * 1000.0).round() / 1000.0,
+        "jail_adds_to_restore_median": (jail_restore * 1000.0).round() / 1000.0,
         "parallel": {"clones": r.options.parallel, "all_ready_ms": r.burst_elapsed.as_millis() as u64, "clones_per_second": (r.per_second * 10.0).round() / 10.0},
         "idle_clones": {
             "count": r.memory.len(),
@@ -365,12 +383,21 @@ impl Restore {
         })
     }
 
-    fn spawn(&self, name: &str) -> Result<PendingClone> {
+    /// Starts a clone; `jailed`, its VMM is jailed in a directory of its
+    /// own holding its sockets, as the runtime does.
+    fn spawn(&self, name: &str, jailed: bool) -> Result<PendingClone> {
         let writable = self.dir.join(format!("{name}.ext4"));
         runtime::writable::create(&writable)?;
-        let uds = self.dir.join(format!("{name}.sock"));
-        let listener = UnixListener::bind(format!("{}_{}", uds.display(), proto::AGENT_PORT))?;
+        let sockets = self.dir.join(name);
+        std::fs::create_dir_all(&sockets)?;
+        let uds = sockets.join("vsock.sock");
+        let agent_port = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
+        let listener = UnixListener::bind(&agent_port)?;
         listener.set_nonblocking(true)?;
+        if jailed {
+            runtime::run::open_to_jailed_vmm(&sockets, 0o710)?;
+            runtime::run::open_to_jailed_vmm(&agent_port, 0o660)?;
+        }
         // The template's volume slots, bound to nothing (as for a container without volumes).
         let spare_slots = runtime::volume::slot_disks(&[])?;
         let start = Instant::now();
@@ -386,6 +413,9 @@ impl Restore {
         for slot in &spare_slots {
             command.arg("--disk").arg(slot);
         }
+        if jailed {
+            command.arg("--jail").arg(&sockets);
+        }
         let child = command
             .arg("--vsock-uds")
             .arg(&uds)
@@ -396,8 +426,8 @@ impl Restore {
         Ok(PendingClone { start, child, listener })
     }
 
-    fn start(&self, name: &str) -> Result<ReadyClone> {
-        self.spawn(name)?.wait()
+    fn start(&self, name: &str, jailed: bool) -> Result<ReadyClone> {
+        self.spawn(name, jailed)?.wait()
     }
 }
 
