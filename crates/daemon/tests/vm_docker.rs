@@ -7,20 +7,11 @@
 
 use std::io::Write;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use testkit::hulld::{ok, text, Hulld};
+use testkit::hulld::{eventually, ok, text, Hulld};
 use testkit::oci::{busybox_image, push_image, Registry};
-
-/// Polls `check` for up to two minutes (the test host is an emulated machine).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn setup(name: &str) -> (Hulld, Registry, String) {
     let hulld = Hulld::start(name).unwrap();
@@ -36,12 +27,6 @@ fn setup(name: &str) -> (Hulld, Registry, String) {
     // The first container makes the template every later one is cloned from.
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
     (hulld, registry, image)
-}
-
-fn inspect(hulld: &Hulld, format: &str, container: &str) -> String {
-    ok(&hulld.docker(&["inspect", "--format", format, container]))
-        .trim()
-        .to_string()
 }
 
 fn no_leftovers(hulld: &Hulld) {
@@ -119,7 +104,7 @@ fn docker_run_in_the_foreground_and_detached() {
     ]));
     assert_eq!(out, "hi 1000 /tmp box\n");
     assert_eq!(
-        inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "conf"),
+        hulld.inspect("{{.State.Status}} {{.State.ExitCode}}", "conf"),
         "exited 0"
     );
     assert_eq!(
@@ -145,7 +130,7 @@ fn docker_run_in_the_foreground_and_detached() {
     eventually("the detached container's output", || {
         text(&hulld.docker(&["logs", "sleeper"]).stdout) == "started\n"
     });
-    assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+    assert_eq!(hulld.inspect("{{.State.Running}}", "sleeper"), "true");
     let ps = ok(&hulld.docker(&["ps", "--format", "{{.Names}} {{.Status}}"]));
     assert!(ps.starts_with("sleeper Up"), "{ps}");
     let refused = hulld.docker(&["rm", "sleeper"]);
@@ -158,7 +143,7 @@ fn docker_run_in_the_foreground_and_detached() {
 
     // hulld restarts; the container did not notice.
     hulld.restart().unwrap();
-    assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+    assert_eq!(hulld.inspect("{{.State.Running}}", "sleeper"), "true");
 
     // exec into it (after the restart): streams, status, env, user, workdir, stdin.
     let out = hulld.docker(&["exec", "sleeper", "sh", "-c", "echo in; echo err >&2; exit 4"]);
@@ -201,7 +186,7 @@ fn docker_run_in_the_foreground_and_detached() {
     let followed = follow.wait_with_output().unwrap();
     assert_eq!(ok(&followed), "started\nbye\n", "logs -f ends when the container does");
     assert_eq!(
-        inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "sleeper"),
+        hulld.inspect("{{.State.Status}} {{.State.ExitCode}}", "sleeper"),
         "exited 5"
     );
     let refused = hulld.docker(&["exec", "sleeper", "true"]);
@@ -239,7 +224,7 @@ fn docker_run_in_the_foreground_and_detached() {
     assert_eq!(again, "more\nmore\n", "a restarted container keeps its writes");
 
     ok(&hulld.docker(&["restart", "-t", "1", "sleeper"]));
-    assert_eq!(inspect(&hulld, "{{.State.Running}}", "sleeper"), "true");
+    assert_eq!(hulld.inspect("{{.State.Running}}", "sleeper"), "true");
     // Its trap is set once it has said so.
     eventually("the third run's output", || {
         text(&hulld.docker(&["logs", "sleeper"]).stdout)
@@ -274,8 +259,8 @@ fn docker_run_in_the_foreground_and_detached() {
         "sleep",
         "600",
     ]));
-    assert_eq!(inspect(&hulld, "{{.HostConfig.PidsLimit}}", "limited"), "6");
-    let id = inspect(&hulld, "{{.Id}}", "limited");
+    assert_eq!(hulld.inspect("{{.HostConfig.PidsLimit}}", "limited"), "6");
+    let id = hulld.inspect("{{.Id}}", "limited");
     let cgroup = vmm_cgroup(&id[..16]);
     assert_eq!(
         std::fs::read_to_string(cgroup.join("cpu.max")).unwrap().trim(),
@@ -342,7 +327,7 @@ fn restart_policies_and_many_containers() {
         "echo try; exit 1",
     ]));
     eventually("two restarts", || {
-        inspect(&hulld, "{{.RestartCount}} {{.State.Status}}", "flaky") == "2 exited"
+        hulld.inspect("{{.RestartCount}} {{.State.Status}}", "flaky") == "2 exited"
             && text(&hulld.docker(&["logs", "flaky"]).stdout) == "try\ntry\ntry\n"
     });
     ok(&hulld.docker(&["rm", "flaky"]));
@@ -480,7 +465,7 @@ fn terminals_attach_pause_stats_and_top() {
     // pause stops the whole VM; unpause resumes it where it was.
     ok(&hulld.docker(&["pause", "term"]));
     assert_eq!(
-        inspect(&hulld, "{{.State.Status}} {{.State.Paused}}", "term"),
+        hulld.inspect("{{.State.Status}} {{.State.Paused}}", "term"),
         "paused true"
     );
     let ps = ok(&hulld.docker(&["ps", "--filter", "status=paused", "--format", "{{.Names}} {{.Status}}"]));
@@ -494,13 +479,13 @@ fn terminals_attach_pause_stats_and_top() {
         text(&refused.stderr)
     );
     ok(&hulld.docker(&["unpause", "term"]));
-    assert_eq!(inspect(&hulld, "{{.State.Status}}", "term"), "running");
+    assert_eq!(hulld.inspect("{{.State.Status}}", "term"), "running");
     assert_eq!(exec_out(&hulld, "term", "echo alive"), "alive\n");
     // Stopping a paused container resumes it so it can act on SIGTERM.
     ok(&hulld.docker(&["pause", "term"]));
     ok(&hulld.docker(&["stop", "-t", "20", "term"]));
     assert_eq!(
-        inspect(&hulld, "{{.State.Status}} {{.State.ExitCode}}", "term"),
+        hulld.inspect("{{.State.Status}} {{.State.ExitCode}}", "term"),
         "exited 0"
     );
     let events = ok(&hulld.docker(&[
@@ -577,7 +562,7 @@ fn terminals_attach_pause_stats_and_top() {
     client.kill().unwrap();
     client.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(inspect(&hulld, "{{.State.Running}}", "chatty"), "true");
+    assert_eq!(hulld.inspect("{{.State.Running}}", "chatty"), "true");
     assert_eq!(exec_out(&hulld, "chatty", "echo still here"), "still here\n");
     ok(&hulld.docker(&["rm", "-f", "chatty"]));
 
@@ -652,7 +637,7 @@ fn terminals_attach_pause_stats_and_top() {
 
     // A stopped container's files: its VM is started without its command for each operation.
     ok(&hulld.docker(&["stop", "-t", "20", "files"]));
-    let files_id = inspect(&hulld, "{{.Id}}", "files");
+    let files_id = hulld.inspect("{{.Id}}", "files");
     let console = hulld.data.join("containers").join(&files_id).join("console.log");
     let last_console = std::fs::metadata(&console).unwrap().modified().unwrap();
     let copied = host.join("stopped.txt");
@@ -661,7 +646,7 @@ fn terminals_attach_pause_stats_and_top() {
     ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/later.txt"]));
     let diff = ok(&hulld.docker(&["diff", "files"]));
     assert!(diff.lines().any(|l| l == "A /data/later.txt"), "{diff}");
-    assert_eq!(inspect(&hulld, "{{.State.Status}}", "files"), "exited", "still stopped");
+    assert_eq!(hulld.inspect("{{.State.Status}}", "files"), "exited", "still stopped");
     assert_eq!(
         std::fs::metadata(&console).unwrap().modified().unwrap(),
         last_console,
@@ -737,11 +722,7 @@ fn volumes_keep_data_between_containers() {
     // One running VM at a time has a volume; a volume in use is not removed.
     ok(&hulld.docker(&["run", "-d", "--name", "holder", "-v", "data:/d", &image, "sleep", "300"]));
     assert_eq!(
-        inspect(
-            &hulld,
-            "{{range .Mounts}}{{.Name}} {{.Destination}} {{.RW}}{{end}}",
-            "holder"
-        ),
+        hulld.inspect("{{range .Mounts}}{{.Name}} {{.Destination}} {{.RW}}{{end}}", "holder"),
         "data /d true"
     );
     let out = hulld.docker(&["run", "--rm", "-v", "data:/d", &image, "true"]);
@@ -764,7 +745,7 @@ fn volumes_keep_data_between_containers() {
         "-c",
         "echo a > /scratch/a",
     ]));
-    let anon = inspect(&hulld, "{{range .Mounts}}{{.Name}}{{end}}", "anon");
+    let anon = hulld.inspect("{{range .Mounts}}{{.Name}}{{end}}", "anon");
     assert_eq!(anon.len(), 64, "an anonymous volume's name: {anon}");
     assert!(ok(&hulld.docker(&["volume", "ls", "-q"])).contains(&anon));
     ok(&hulld.docker(&["rm", "-v", "anon"]));

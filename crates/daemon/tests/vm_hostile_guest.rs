@@ -7,11 +7,10 @@
 //! its memory, and a calm container beside them runs on and answers.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde_json::json;
-use testkit::hulld::{ok, text, Hulld};
-use testkit::oci::{busybox_layer, push_image, Compression, ImageSpec, LayerBuilder, Registry, BUSYBOX_APPLETS};
+use testkit::hulld::{eventually, ok, text, Hulld};
+use testkit::oci::{busybox_image_with, push_image, LayerBuilder, Registry};
 
 /// hull-hostile, built static by scripts/test (it runs in the guest).
 fn hostile_program() -> Vec<u8> {
@@ -22,20 +21,6 @@ fn hostile_program() -> Vec<u8> {
             path.display()
         )
     })
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn inspect(hulld: &Hulld, format: &str, container: &str) -> String {
-    ok(&hulld.docker(&["inspect", "--format", format, container]))
-        .trim()
-        .to_string()
 }
 
 /// A process's memory figure from /proc/PID/status, in KiB.
@@ -59,7 +44,7 @@ fn hulld_pid(hulld: &Hulld) -> u32 {
 
 /// The calm container still runs, answers an exec and keeps logging.
 fn calm_is_unharmed(hulld: &Hulld) {
-    assert_eq!(inspect(hulld, "{{.State.Running}}", "calm"), "true");
+    assert_eq!(hulld.inspect("{{.State.Running}}", "calm"), "true");
     assert_eq!(ok(&hulld.docker(&["exec", "calm", "echo", "unharmed"])), "unharmed\n");
     let ticks = |h: &Hulld| ok(&h.docker(&["logs", "calm"])).lines().count();
     let before = ticks(hulld);
@@ -80,20 +65,7 @@ fn a_hostile_guest_ends_only_its_own_container() {
         .dir("usr/bin", 0o755)
         .file_owned("usr/bin/hull-hostile", &hostile_program(), 0o755, 0, 0)
         .build();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        ImageSpec {
-            layers: vec![
-                (busybox_layer(BUSYBOX_APPLETS), Compression::Gzip),
-                (tools, Compression::Gzip),
-            ],
-            config: json!({"Cmd": ["sh"], "Env": ["PATH=/bin:/usr/bin"]}),
-            architecture: "amd64".into(),
-        },
-        "test/hostile:v1",
-    )
-    .unwrap();
+    let image = push_image(&registry, &hulld.work, busybox_image_with(tools), "test/hostile:v1").unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
     // The first container makes the template every later one is cloned from.
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
@@ -128,7 +100,7 @@ fn a_hostile_guest_ends_only_its_own_container() {
     eprintln!("console flood and port scan: {:?}\n{out}", started.elapsed());
     assert!(out.contains("hull-hostile: console:"), "{out}");
     assert!(out.contains("connections accepted"), "{out}");
-    let noisy = inspect(&hulld, "{{.Id}}", "noisy");
+    let noisy = hulld.inspect("{{.Id}}", "noisy");
     let log = hulld.data.join("containers").join(&noisy).join("console.log");
     let older = PathBuf::from(format!("{}.1", log.display()));
     let (size, older_size) = (
@@ -156,15 +128,15 @@ fn a_hostile_guest_ends_only_its_own_container() {
         "hijack-exit",
     ]);
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
-    assert_eq!(inspect(&hulld, "{{.State.ExitCode}}", "hijacker"), "255");
+    assert_eq!(hulld.inspect("{{.State.ExitCode}}", "hijacker"), "255");
     calm_is_unharmed(&hulld);
 
     // A frame header claiming 4 GiB, then noise: refused, and only this
     // container ends, with the reason.
     let out = hulld.docker(&["run", "--name", "garbler", &image, "hull-hostile", "hijack-garbage"]);
     assert!(!out.status.success());
-    assert_eq!(inspect(&hulld, "{{.State.Status}}", "garbler"), "exited");
-    let error = inspect(&hulld, "{{.State.Error}}", "garbler");
+    assert_eq!(hulld.inspect("{{.State.Status}}", "garbler"), "exited");
+    let error = hulld.inspect("{{.State.Error}}", "garbler");
     assert!(error.contains("exceeds"), "the refusal says why: {error}");
     calm_is_unharmed(&hulld);
 

@@ -10,27 +10,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::hulld::{ok, text, Hulld};
-use testkit::oci::{
-    busybox_image, busybox_layer, host_programs_layer, push_image, Compression, ImageSpec, Registry, BUSYBOX_APPLETS,
-};
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use testkit::hulld::{eventually, ok, text, Hulld};
+use testkit::oci::{busybox_image, busybox_image_with, host_programs_layer, push_image, Registry};
 
 fn sh(script: &str) -> Output {
     Command::new("sh").args(["-c", script]).output().unwrap()
-}
-
-fn inspect(hulld: &Hulld, format: &str, container: &str) -> String {
-    ok(&hulld.docker(&["inspect", "--format", format, container]))
-        .trim()
-        .to_string()
 }
 
 /// A network namespace with a veth to the test host: `peer` at
@@ -108,9 +92,9 @@ fn containers_have_addresses_published_ports_and_outbound() {
         "mkdir -p /www && echo hello from web > /www/index.html && exec busybox httpd -f -p 80 -h /www",
     ]));
     let web = web.trim();
-    let address = inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "web");
-    let gateway = inspect(&hulld, "{{.NetworkSettings.Gateway}}", "web");
-    let mac = inspect(&hulld, "{{.NetworkSettings.MacAddress}}", "web");
+    let address = hulld.inspect("{{.NetworkSettings.IPAddress}}", "web");
+    let gateway = hulld.inspect("{{.NetworkSettings.Gateway}}", "web");
+    let mac = hulld.inspect("{{.NetworkSettings.MacAddress}}", "web");
     assert!(address.parse::<std::net::Ipv4Addr>().is_ok(), "IPAddress {address:?}");
     assert!(gateway.parse::<std::net::Ipv4Addr>().is_ok(), "Gateway {gateway:?}");
     let octets: Vec<String> = address
@@ -119,14 +103,10 @@ fn containers_have_addresses_published_ports_and_outbound() {
         .collect();
     assert_eq!(mac, format!("02:42:{}", octets.join(":")));
     assert_eq!(
-        inspect(
-            &hulld,
-            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
-            "web"
-        ),
+        hulld.inspect("{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", "web"),
         "bridge"
     );
-    assert_eq!(inspect(&hulld, "{{.HostConfig.NetworkMode}}", "web"), "bridge");
+    assert_eq!(hulld.inspect("{{.HostConfig.NetworkMode}}", "web"), "bridge");
     let ports = ok(&hulld.docker(&["port", "web"]));
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
     assert!(ports.contains("80/tcp -> 127.0.0.1:9090"), "{ports}");
@@ -185,14 +165,7 @@ fn containers_have_addresses_published_ports_and_outbound() {
     let udp_image = push_image(
         &registry,
         &hulld.work,
-        ImageSpec {
-            layers: vec![
-                (busybox_layer(BUSYBOX_APPLETS), Compression::Gzip),
-                (host_programs_layer(&["/usr/bin/socat"]).unwrap(), Compression::Gzip),
-            ],
-            config: json!({"Cmd": ["sh"], "Env": ["PATH=/usr/bin:/bin"]}),
-            architecture: "amd64".into(),
-        },
+        busybox_image_with(host_programs_layer(&["/usr/bin/socat"]).unwrap()),
         "test/socat:v1",
     )
     .unwrap();
@@ -379,11 +352,11 @@ fn user_networks_resolve_names_and_are_isolated() {
         "busybox mkdir -p /www && echo api > /www/index.html && exec busybox httpd -f -p 80 -h /www",
     ]));
     assert_eq!(
-        inspect(&hulld, "{{.NetworkSettings.Networks.front.IPAddress}}", "api"),
+        hulld.inspect("{{.NetworkSettings.Networks.front.IPAddress}}", "api"),
         "10.77.0.50"
     );
     assert_eq!(
-        inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "api"),
+        hulld.inspect("{{.NetworkSettings.IPAddress}}", "api"),
         "",
         "the legacy field is the default bridge's"
     );
@@ -490,10 +463,10 @@ fn policies_are_enforced_on_the_host_and_change_while_running() {
         "-c",
         serve,
     ]));
-    let guarded = inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "guarded");
-    let other = inspect(&hulld, "{{.NetworkSettings.IPAddress}}", "other");
+    let guarded = hulld.inspect("{{.NetworkSettings.IPAddress}}", "guarded");
+    let other = hulld.inspect("{{.NetworkSettings.IPAddress}}", "other");
     assert_eq!(
-        inspect(&hulld, "{{index .Config.Labels \"hull.policy\"}}", "guarded"),
+        hulld.inspect("{{index .Config.Labels \"hull.policy\"}}", "guarded"),
         "outbound"
     );
     eventually("the open container to serve", || {

@@ -178,6 +178,13 @@ impl Hulld {
         (head.to_string(), body.to_string())
     }
 
+    /// `docker inspect --format FORMAT CONTAINER`, trimmed.
+    pub fn inspect(&self, format: &str, container: &str) -> String {
+        ok(&self.docker(&["inspect", "--format", format, container]))
+            .trim()
+            .to_string()
+    }
+
     /// The supervisors (hull-shim) of containers that still run.
     pub fn running_supervisors(&self) -> Vec<u32> {
         supervisors(&self.data)
@@ -225,6 +232,15 @@ impl Drop for Hulld {
             }
         }
         let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// Polls `check` for up to two minutes (the test host is an emulated machine).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -692,6 +692,18 @@ pub fn busybox_image(config: Value) -> ImageSpec {
     }
 }
 
+/// The busybox image with one more layer (programs under /usr/bin).
+pub fn busybox_image_with(extra: Vec<u8>) -> ImageSpec {
+    ImageSpec {
+        layers: vec![
+            (busybox_layer(BUSYBOX_APPLETS), Compression::Gzip),
+            (extra, Compression::Gzip),
+        ],
+        config: json!({"Cmd": ["sh"], "Env": ["PATH=/usr/bin:/bin"]}),
+        architecture: "amd64".into(),
+    }
+}
+
 /// Writes `image` as a layout under `work` and pushes it to `registry` as
 /// `target` (`repo:tag`); returns the name to pull it by.
 pub fn push_image(registry: &Registry, work: &Path, image: ImageSpec, target: &str) -> Result<String> {

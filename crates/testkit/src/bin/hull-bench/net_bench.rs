@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use testkit::bench::{self, Summary};
 use testkit::hulld::{load_network_modules, Hulld};
-use testkit::oci::{busybox_layer, host_programs_layer, push_image, Compression, ImageSpec, Registry, BUSYBOX_APPLETS};
+use testkit::oci::{busybox_image_with, host_programs_layer, push_image, Registry};
 use vmm::host::HostKvm;
 
 use crate::clone_bench::timed;
@@ -98,14 +98,7 @@ pub fn net_bench(runs: usize) -> Result<()> {
     let image = push_image(
         &registry,
         &hulld.work,
-        ImageSpec {
-            layers: vec![
-                (busybox_layer(BUSYBOX_APPLETS), Compression::Gzip),
-                (host_programs_layer(&["/usr/bin/iperf3"])?, Compression::Gzip),
-            ],
-            config: json!({"Cmd": ["sh"], "Env": ["PATH=/usr/bin:/bin"]}),
-            architecture: "amd64".into(),
-        },
+        busybox_image_with(host_programs_layer(&["/usr/bin/iperf3"])?),
         "bench/net:v1",
     )?;
     let quiet = |args: &[&str]| -> Result<Duration> { timed(hulld.docker_command(args).stdout(Stdio::null())) };
