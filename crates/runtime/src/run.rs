@@ -200,14 +200,19 @@ impl Drop for RunDir {
 }
 
 /// The VMM process; killed if still running when dropped.
-struct Vmm(Child, ConsoleKeeper);
+struct Vmm {
+    process: Child,
+    console: ConsoleKeeper,
+    /// Started with `--jail`: it has a cgroup of its own.
+    jailed: bool,
+}
 
 impl Vmm {
     /// How the VMM ended (waiting up to `grace`), with its stderr.
     fn fate(&mut self, grace: Duration) -> String {
         let deadline = Instant::now() + grace;
         let status = loop {
-            match self.0.try_wait() {
+            match self.process.try_wait() {
                 Ok(Some(status)) => break Some(status),
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 _ => break None,
@@ -216,9 +221,9 @@ impl Vmm {
         let Some(status) = status else {
             return "hull-vmm is still running".into();
         };
-        self.1.settle(Duration::from_secs(1));
+        self.console.settle(Duration::from_secs(1));
         let mut stderr = String::new();
-        if let Some(mut err) = self.0.stderr.take() {
+        if let Some(mut err) = self.process.stderr.take() {
             let _ = err.read_to_string(&mut stderr);
         }
         format!("hull-vmm ended with {status}: {}", stderr.trim())
@@ -227,13 +232,16 @@ impl Vmm {
 
 impl Drop for Vmm {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
+        if matches!(self.process.try_wait(), Ok(None)) {
+            let _ = self.process.kill();
         }
-        let _ = self.0.wait();
+        let _ = self.process.wait();
         // A jailed VMM's waiter removes its cgroup, unless it was killed:
         // then the VMM ends with it (its lifeline pipe hangs up) and we remove it.
-        let cgroup = vmm::jail::cgroup_of(self.0.id());
+        if !self.jailed {
+            return;
+        }
+        let cgroup = vmm::jail::cgroup_of(self.process.id());
         for _ in 0..100 {
             match std::fs::remove_dir(&cgroup) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
@@ -444,7 +452,7 @@ pub fn run_in(
     };
     drop(listener);
     let _ = std::fs::remove_file(&agent_socket);
-    attachment.vm_ready(vmm.0.id());
+    attachment.vm_ready(vmm.process.id());
     // The guest names the disks in slot order: vda, vdb, then the volumes.
     let mut disks = vec![
         proto::DiskSize {
@@ -588,7 +596,8 @@ impl VmFiles<'_> {
             .arg(self.uds)
             .arg("--control-socket")
             .arg(self.control);
-        if jailing() {
+        let jailed = jailing();
+        if jailed {
             // The VM's socket directory holds everything it reaches after it is built.
             command.arg("--jail").arg(self.uds.parent().unwrap_or(Path::new("/")));
             if let Some(millis) = request.cpu_limit_millis {
@@ -643,7 +652,11 @@ impl VmFiles<'_> {
             .map_err(io(format!("starting {}", self.binary.display())))?;
         // Only the VMM holds the write end now: the log ends when it does.
         drop(console_end);
-        Ok(Vmm(child, keeper))
+        Ok(Vmm {
+            process: child,
+            console: keeper,
+            jailed,
+        })
     }
 }
 
@@ -664,10 +677,10 @@ fn wait_for_agent(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(io("accepting the agent's connection")(e)),
         }
-        if let Ok(Some(status)) = vmm.0.try_wait() {
-            vmm.1.settle(Duration::from_secs(1));
+        if let Ok(Some(status)) = vmm.process.try_wait() {
+            vmm.console.settle(Duration::from_secs(1));
             let mut stderr = String::new();
-            if let Some(mut err) = vmm.0.stderr.take() {
+            if let Some(mut err) = vmm.process.stderr.take() {
                 let _ = err.read_to_string(&mut stderr);
             }
             if status.code() == Some(VMM_EXIT_BAD_SNAPSHOT) {

@@ -19,6 +19,7 @@ use seccompiler::{
 };
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
 
+use crate::devices::virtio::DeviceKind;
 use crate::vm::VmError;
 
 /// hull-vmm's exit status after a forbidden system call.
@@ -29,8 +30,8 @@ pub enum ThreadKind {
     /// The main thread: builds the VM, then pauses, saves and ends it.
     Vmm,
     Vcpu,
-    /// A virtio device's thread, by device kind (`worker::device_kind`).
-    Device(&'static str),
+    /// A virtio device's thread.
+    Device(DeviceKind),
     Control,
     /// A jailed VMM's waiter (`jail`): it only waits and cleans up.
     Waiter,
@@ -43,7 +44,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
-            ThreadKind::Device(kind) => kind,
+            ThreadKind::Device(kind) => kind.label(),
             ThreadKind::Control => "control",
             ThreadKind::Waiter => "waiter",
             ThreadKind::Lifeline => "lifeline",
@@ -132,14 +133,14 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_tgkill,
             libc::SYS_kill,
         ],
-        ThreadKind::Device("block") => &[
+        ThreadKind::Device(DeviceKind::Block) => &[
             libc::SYS_pread64,
             libc::SYS_pwrite64,
             libc::SYS_fdatasync,
             libc::SYS_fsync,
         ],
-        ThreadKind::Device("net") => &[libc::SYS_epoll_ctl],
-        ThreadKind::Device("vsock") => &[
+        ThreadKind::Device(DeviceKind::Net) => &[libc::SYS_epoll_ctl],
+        ThreadKind::Device(DeviceKind::Vsock) => &[
             libc::SYS_epoll_ctl,
             libc::SYS_connect,
             libc::SYS_accept4,
@@ -148,7 +149,8 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_recvfrom,
             libc::SYS_sendto,
         ],
-        ThreadKind::Device(_) => &[],
+        // getrandom(2), which every thread may call, is all it needs.
+        ThreadKind::Device(DeviceKind::Rng) => &[],
         // std's unix streams read and write with recv/send.
         ThreadKind::Control => &[libc::SYS_accept4, libc::SYS_read, libc::SYS_recvfrom, libc::SYS_sendto],
     };
@@ -183,7 +185,7 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
             KVM_CHECK_EXTENSION(),
         ],
         // Non-blocking connections.
-        ThreadKind::Device("vsock") => vec![libc::FIONBIO],
+        ThreadKind::Device(DeviceKind::Vsock) => vec![libc::FIONBIO],
         _ => vec![],
     };
     let mut calls = vec![];
@@ -193,7 +195,7 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
     }
     match kind {
         // Unix sockets only: guest connections go to the host side's socket.
-        ThreadKind::Device("vsock") => calls.push((libc::SYS_socket, 0, vec![libc::AF_UNIX as u64])),
+        ThreadKind::Device(DeviceKind::Vsock) => calls.push((libc::SYS_socket, 0, vec![libc::AF_UNIX as u64])),
         // A second handle on a client's connection.
         ThreadKind::Control => fcntl.push(libc::F_DUPFD_CLOEXEC as u64),
         _ => {}
@@ -314,10 +316,10 @@ mod tests {
         for kind in [
             ThreadKind::Vmm,
             ThreadKind::Vcpu,
-            ThreadKind::Device("block"),
-            ThreadKind::Device("net"),
-            ThreadKind::Device("vsock"),
-            ThreadKind::Device("rng"),
+            ThreadKind::Device(DeviceKind::Block),
+            ThreadKind::Device(DeviceKind::Net),
+            ThreadKind::Device(DeviceKind::Vsock),
+            ThreadKind::Device(DeviceKind::Rng),
             ThreadKind::Control,
             ThreadKind::Waiter,
             ThreadKind::Lifeline,
@@ -336,8 +338,8 @@ mod tests {
         if std::env::var_os("HULL_SECCOMP_CHILD").is_some() {
             install_violation_handler().unwrap();
             install(
-                &filter_for(ThreadKind::Device("rng")).unwrap(),
-                ThreadKind::Device("rng"),
+                &filter_for(ThreadKind::Device(DeviceKind::Rng)).unwrap(),
+                ThreadKind::Device(DeviceKind::Rng),
             );
             // SAFETY: getppid has no preconditions; the filter forbids it here.
             unsafe { libc::syscall(libc::SYS_getppid) };

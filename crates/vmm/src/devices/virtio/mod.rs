@@ -26,6 +26,37 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
 
+/// The kinds of virtio device hull-vmm has: each its own thread name and
+/// seccomp filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Block,
+    Net,
+    Vsock,
+    Rng,
+}
+
+impl DeviceKind {
+    pub fn of(device_type: u32) -> Option<DeviceKind> {
+        match device_type {
+            TYPE_BLOCK => Some(DeviceKind::Block),
+            TYPE_NET => Some(DeviceKind::Net),
+            TYPE_VSOCK => Some(DeviceKind::Vsock),
+            TYPE_RNG => Some(DeviceKind::Rng),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceKind::Block => "block",
+            DeviceKind::Net => "net",
+            DeviceKind::Vsock => "vsock",
+            DeviceKind::Rng => "rng",
+        }
+    }
+}
+
 /// A device's interrupt line and its virtio-mmio interrupt status.
 pub struct Interrupt {
     status: AtomicU32,

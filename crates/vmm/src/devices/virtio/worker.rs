@@ -9,7 +9,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::MmioTransport;
-use super::{TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK};
+use super::DeviceKind;
 use crate::device_manager::lock;
 use crate::pause::PauseGate;
 use crate::vm::{thread_err, VmError};
@@ -17,28 +17,19 @@ use crate::vm::{thread_err, VmError};
 const WAKER: u64 = u64::MAX;
 const BACKEND: u64 = u64::MAX - 1;
 
-/// The kind of device a thread serves (its name, and its seccomp filter).
-pub fn device_kind(device_type: u32) -> &'static str {
-    match device_type {
-        TYPE_BLOCK => "block",
-        TYPE_NET => "net",
-        TYPE_VSOCK => "vsock",
-        TYPE_RNG => "rng",
-        _ => "device",
-    }
-}
-
 pub fn spawn(
     index: usize,
     transport: Arc<Mutex<MmioTransport>>,
     queue_events: Vec<EventFd>,
     gate: Arc<PauseGate>,
 ) -> Result<(), VmError> {
-    let (kind, backend) = {
+    let (device_type, backend) = {
         let transport = lock(&transport);
-        (device_kind(transport.device_type()), transport.backend_fd())
+        (transport.device_type(), transport.backend_fd())
     };
-    let name = format!("{kind}{index}");
+    let kind = DeviceKind::of(device_type)
+        .ok_or_else(|| VmError::Seccomp(format!("no filter for device type {device_type}")))?;
+    let name = format!("{}{index}", kind.label());
     let fail = |e: std::io::Error| thread_err(name.clone())(e);
     let epoll = Epoll::new().map_err(fail)?;
     let waker = gate.waker().map_err(fail)?;
