@@ -39,10 +39,30 @@ fn socket(cid: u32, port: u32) -> io::Result<(File, libc::sockaddr_vm)> {
     Ok((file, addr))
 }
 
+/// <linux/vm_sockets.h>: SO_VM_SOCKETS_CONNECT_TIMEOUT (the timeval form).
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+const CONNECT_TIMEOUT_SECS: libc::time_t = 30;
+
 fn try_connect(port: u32) -> io::Result<File> {
     use std::os::unix::io::AsRawFd;
     let (file, addr) = socket(VMADDR_CID_HOST, port)?;
     let fd = file.as_raw_fd();
+    // A host busy starting many VMs may answer after the kernel's 2 s: a
+    // connect that gives up leaves the host a connection nobody speaks on.
+    let timeout = libc::timeval {
+        tv_sec: CONNECT_TIMEOUT_SECS,
+        tv_usec: 0,
+    };
+    // SAFETY: a timeval of the size given, for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
     // SAFETY: addr is a valid sockaddr_vm of the given size.
     let rc = unsafe {
         libc::connect(

@@ -667,15 +667,23 @@ fn wait_for_agent(
     log: &Path,
 ) -> Result<UnixStream, RunError> {
     let deadline = Instant::now() + timeout;
+    // Connections accepted, before the agent's first bytes on them.
+    let mut pending = Vec::new();
     loop {
         wait_readable(listener, Duration::from_millis(20));
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).map_err(io("vsock connection"))?;
-                return Ok(stream);
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(true).map_err(io("vsock connection"))?;
+                    pending.push(stream);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(io("accepting the agent's connection")(e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(io("accepting the agent's connection")(e)),
+        }
+        if let Some(stream) = first_speaking(&mut pending) {
+            stream.set_nonblocking(false).map_err(io("vsock connection"))?;
+            return Ok(stream);
         }
         if let Ok(Some(status)) = vmm.process.try_wait() {
             vmm.console.settle(Duration::from_secs(1));
@@ -704,6 +712,38 @@ fn wait_for_agent(
             });
         }
     }
+}
+
+/// The first of `pending` on which the agent has spoken. One that ended
+/// before a byte is dropped: a guest whose connect timed out (a busy host)
+/// tries again on a new connection, and the VMM still completes the old
+/// one, which the guest then resets.
+fn first_speaking(pending: &mut Vec<UnixStream>) -> Option<UnixStream> {
+    let mut byte = 0u8;
+    let mut i = 0;
+    while i < pending.len() {
+        // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the byte queued.
+        let n = unsafe {
+            libc::recv(
+                pending[i].as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let waiting = n < 0
+            && matches!(
+                std::io::Error::last_os_error().kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            );
+        match n {
+            1 => return Some(pending.swap_remove(i)),
+            _ if waiting => i += 1,
+            // Ended unspoken, or broken.
+            _ => drop(pending.swap_remove(i)),
+        }
+    }
+    None
 }
 
 /// Sleeps until `fd` is readable (a listener: a connection is waiting) or
@@ -849,4 +889,30 @@ fn relay_signals(steer: Steer) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_connection_is_the_first_that_speaks_and_abandoned_ones_go() {
+        let (abandoned, guest_gave_up) = UnixStream::pair().unwrap();
+        let (silent, _guest_waits) = UnixStream::pair().unwrap();
+        let (agent, mut guest) = UnixStream::pair().unwrap();
+        drop(guest_gave_up);
+        for stream in [&abandoned, &silent, &agent] {
+            stream.set_nonblocking(true).unwrap();
+        }
+        let mut pending = vec![abandoned, silent, agent];
+        assert!(first_speaking(&mut pending).is_none(), "nobody has spoken yet");
+        assert_eq!(pending.len(), 2, "the connection that ended unspoken is dropped");
+        guest.write_all(b"hello").unwrap();
+        let mut found = first_speaking(&mut pending).expect("the agent's connection");
+        found.set_nonblocking(false).unwrap();
+        let mut hello = [0u8; 5];
+        found.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello, b"hello", "peeking consumed nothing");
+        assert_eq!(pending.len(), 1, "the silent one still waits");
+    }
 }
