@@ -31,12 +31,23 @@ pub const KILL_INIT: &str = "exit 1";
 
 /// Builds a busybox initramfs for `kernel` at `dest` whose init ends with `then`.
 pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path, then: &str) -> Result<PathBuf> {
+    busybox_initramfs_with(kernel, dest, &[], then)
+}
+
+/// The same, with host programs (e.g. `/usr/bin/fio`) and their libraries.
+pub fn busybox_initramfs_with(kernel: &KernelPackage, dest: &Path, programs: &[&str], then: &str) -> Result<PathBuf> {
     let modules = kernel.module_index()?.resolve(GUEST_MODULES)?;
     let mut archive = Initramfs::new();
     archive
         .copy("bin/busybox", 0o755, Path::new("/bin/busybox"))
         .context("apt-get install busybox-static")?;
     archive.dir("proc").dir("sys").dir("dev");
+    if !programs.is_empty() {
+        archive.dir("usr").dir("usr/bin").dir("lib").dir("lib64");
+    }
+    for (path, source) in crate::oci::program_files(programs)? {
+        archive.copy(&path, 0o755, &source)?;
+    }
     let mut order = String::new();
     for module in &modules {
         let name = module

@@ -660,10 +660,20 @@ pub fn host_programs_layer(programs: &[&str]) -> Result<Vec<u8>> {
         .dir("usr/bin", 0o755)
         .dir("lib", 0o755)
         .dir("lib64", 0o755);
+    for (path, source) in program_files(programs)? {
+        layer = layer.file_owned(&path, &std::fs::read(&source)?, 0o755, 0, 0);
+    }
+    Ok(layer.build())
+}
+
+/// Host programs and the shared libraries they load (by `ldd`): where each
+/// goes in a guest's root (relative: the program at its own path, libraries
+/// in /lib, the loader in /lib64), and the host file.
+pub fn program_files(programs: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
     let mut libraries = std::collections::BTreeSet::new();
     for program in programs {
-        let relative = program.trim_start_matches('/');
-        layer = layer.file_owned(relative, &std::fs::read(program)?, 0o755, 0, 0);
+        files.push((program.trim_start_matches('/').to_string(), PathBuf::from(program)));
         let ldd = std::process::Command::new("ldd").arg(program).output()?;
         for line in String::from_utf8_lossy(&ldd.stdout).lines() {
             if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
@@ -677,9 +687,9 @@ pub fn host_programs_layer(programs: &[&str]) -> Result<Vec<u8>> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let dir = if name.starts_with("ld-linux") { "lib64" } else { "lib" };
-        layer = layer.file_owned(&format!("{dir}/{name}"), &std::fs::read(&library)?, 0o755, 0, 0);
+        files.push((format!("{dir}/{name}"), PathBuf::from(library)));
     }
-    Ok(layer.build())
+    Ok(files)
 }
 
 /// A one-layer busybox image with `config` (Cmd, Env, …), for tests that

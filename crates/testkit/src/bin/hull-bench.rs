@@ -70,6 +70,18 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Block I/O: fio in the same guest on the same ext4 image under
+    /// hull-vmm, QEMU and (optionally) an earlier hull-vmm (inside vmhost here).
+    Block {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds each fio job runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// An earlier hull-vmm binary to measure beside this one.
+        #[arg(long)]
+        baseline_vmm: Option<std::path::PathBuf>,
+    },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
     ImageRun {
@@ -88,6 +100,11 @@ fn main() -> Result<()> {
         Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Docker { runs } => docker_bench::docker_bench(runs),
         Bench::Net { runs } => net_bench::net_bench(runs),
+        Bench::Block {
+            runs,
+            seconds,
+            baseline_vmm,
+        } => block_bench::block_bench(runs, seconds, baseline_vmm),
         Bench::Clone { runs, idle, parallel } => {
             clone_bench::clone_bench(clone_bench::Options { runs, idle, parallel })
         }
@@ -103,6 +120,8 @@ fn main() -> Result<()> {
     }
 }
 
+#[path = "hull-bench/block_bench.rs"]
+mod block_bench;
 #[path = "hull-bench/clone_bench.rs"]
 mod clone_bench;
 #[path = "hull-bench/docker_bench.rs"]
