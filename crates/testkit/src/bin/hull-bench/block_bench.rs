@@ -62,7 +62,7 @@ pub fn block_bench(runs: usize, seconds: u32, baseline: Option<PathBuf>) -> Resu
 
 fn which_fio() -> Result<()> {
     if !Path::new("/usr/bin/fio").exists() {
-        bail!("fio is missing (apt-get install fio; scripts/bench installs it)");
+        bail!("fio is missing (scripts/bench installs it: apt-get install fio)");
     }
     Ok(())
 }
