@@ -416,6 +416,8 @@ impl Restore {
         if jailed {
             command.arg("--jail").arg(&sockets);
         }
+        // The template's NIC slot, plugged into nothing (as for `--network none`).
+        command.arg("--net-detached");
         let child = command
             .arg("--vsock-uds")
             .arg(&uds)
