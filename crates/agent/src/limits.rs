@@ -43,7 +43,7 @@ pub fn limit_pids(max: u64) -> io::Result<()> {
 /// has one. Only write(2): async-signal-safe.
 pub fn join_in_child() -> io::Result<()> {
     if let Some(procs) = CONTAINER_PROCS.get() {
-        // SAFETY: writes two bytes from a static to an open descriptor.
+        // SAFETY: writes one byte ("0": the writer itself) from a static to an open descriptor.
         if unsafe { libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) } != 1 {
             return Err(io::Error::last_os_error());
         }

@@ -422,7 +422,8 @@ pub fn run_in(
     let _ = std::fs::remove_file(&agent_socket);
     let listener = UnixListener::bind(&agent_socket).map_err(io("vsock listener"))?;
     listener.set_nonblocking(true).map_err(io("vsock listener"))?;
-    if jailing() {
+    let jailed = jailing();
+    if jailed {
         open_to_jailed_vmm(sockets, 0o710)?;
         open_to_jailed_vmm(&agent_socket, 0o660)?;
     }
@@ -436,6 +437,7 @@ pub fn run_in(
         control: &control,
         console_log: &console_log,
         tap: nic.tap(),
+        jailed,
     };
 
     let mut vmm = vm.start(request, template.as_ref())?;
@@ -543,6 +545,8 @@ struct VmFiles<'a> {
     console_log: &'a Path,
     /// The container's tap (passed down as fd 3), or a detached NIC.
     tap: Option<&'a File>,
+    /// Jail the VMM in the socket directory (made ready for it already).
+    jailed: bool,
 }
 
 impl VmFiles<'_> {
@@ -596,7 +600,7 @@ impl VmFiles<'_> {
             .arg(self.uds)
             .arg("--control-socket")
             .arg(self.control);
-        let jailed = jailing();
+        let jailed = self.jailed;
         if jailed {
             // The VM's socket directory holds everything it reaches after it is built.
             command.arg("--jail").arg(self.uds.parent().unwrap_or(Path::new("/")));
