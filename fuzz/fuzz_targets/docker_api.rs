@@ -1,12 +1,17 @@
 #![no_main]
-//! What hulld does with Docker API input that lives in library code: image
-//! names (the create body's `Image`, `{name}` in paths) resolved against a
-//! store, the create body's process fields applied to an image config, and
-//! image config blobs as a registry sends them. hulld's own parsers
-//! (filters, create body, binds, networks) are private to its binary crate.
+//! What hulld does with Docker API input before it touches any state: the
+//! container, network, connect and volume create bodies (the
+//! daemon's own parsers, then the volume plan and the process over an image
+//! config), image names resolved against a store, image config blobs as a
+//! registry sends them, versioned request paths, and the query strings
+//! hulld reads itself (filters, signals, logs, terminal sizes, archive
+//! paths).
 
 use std::sync::OnceLock;
 
+use axum::extract::Query;
+use daemon::containers::{parse_filters, parse_signal, ResizeQuery};
+use daemon::create::CreateRequest;
 use image::config::{process, Overrides};
 use image::digest::Digest;
 use image::reference::ImageRef;
@@ -72,31 +77,70 @@ fn image_name(name: &str) {
     }
 }
 
-fn strings(body: &Value, key: &str) -> Option<Vec<String>> {
-    let items = body.get(key)?.as_array()?;
-    Some(items.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-}
-
-fn string(body: &Value, key: &str) -> Option<String> {
-    body.get(key)?.as_str().map(String::from)
-}
-
-/// The create body's process fields over the image's config, and alone.
-fn create_body(body: &Value) {
-    if let Some(name) = body.get("Image").and_then(Value::as_str) {
-        image_name(name);
+/// A container create body as hulld takes it: checked, then its volumes
+/// planned and its process made over the image's config.
+fn create_body(body: &[u8], name: Option<String>) {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        if let Some(name) = value.get("Image").and_then(Value::as_str) {
+            image_name(name);
+        }
     }
-    let overrides = Overrides {
-        entrypoint: strings(body, "Entrypoint").map(|e| e.into_iter().filter(|s| !s.is_empty()).collect()),
-        cmd: strings(body, "Cmd").unwrap_or_default(),
-        env: strings(body, "Env").unwrap_or_default(),
-        workdir: string(body, "WorkingDir").filter(|w| !w.is_empty()),
-        user: string(body, "User").filter(|u| !u.is_empty()),
+    let Ok(request) = CreateRequest::parse(body, name) else {
+        return;
     };
+    assert!(request.memory_mib > 0 && request.cpus > 0, "{request:?}");
+    if let Some(name) = &request.name {
+        assert!(daemon::create::valid_name(name), "{name:?}");
+    }
+    let _ = daemon::volumes::plan(&request.binds, &request.mounts, &request.anonymous_volumes);
     for config in [Some(&images().config), None] {
-        if let Ok(p) = process(config, &overrides) {
+        if let Ok(p) = process(config, &request.overrides) {
             assert!(p.argv.first().is_some_and(|a| !a.is_empty()), "{p:?}");
         }
+    }
+}
+
+/// `text` as the query string of a request hulld serves.
+fn query<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    let uri: axum::http::Uri = format!("/x?{text}").parse().ok()?;
+    Query::<T>::try_from_uri(&uri).ok().map(|q| q.0)
+}
+
+fn query_strings(text: &str) {
+    if let Some(q) = query::<daemon::api::FiltersQuery>(text) {
+        let _ = parse_filters(q.filters.as_deref());
+    }
+    let _ = parse_filters(Some(text));
+    let _ = parse_signal(text);
+    if let Some(q) = query::<ResizeQuery>(text) {
+        let _ = q.size();
+    }
+    if let Some(q) = query::<daemon::streams::LogsQuery>(text) {
+        let _ = q.selection(false);
+    }
+    if let Some(q) = query::<daemon::archive::ArchiveQuery>(text) {
+        let _ = q.path();
+    }
+}
+
+/// A request path as a client sends it, `/v1.44/...` stripped or refused.
+fn request_path(text: &str) {
+    let Ok(uri) = text.parse::<axum::http::Uri>() else {
+        return;
+    };
+    let before = uri.clone();
+    let mut request = axum::http::Request::builder()
+        .uri(uri)
+        .body(axum::body::Body::empty())
+        .expect("a request of a parsed URI");
+    if daemon::api::strip_version(&mut request).is_ok() {
+        // Routed as the path after the version, with the same query.
+        let after = request.uri();
+        assert!(
+            before.path().ends_with(after.path().trim_start_matches('/')),
+            "{before:?} became {after:?}"
+        );
+        assert_eq!(before.query(), after.query(), "{before:?} became {after:?}");
     }
 }
 
@@ -104,21 +148,44 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 3 {
-        0 => {
-            if let Ok(body) = serde_json::from_slice::<Value>(rest) {
-                create_body(&body);
-            }
-        }
+    let text = std::str::from_utf8(rest).ok();
+    match mode % 9 {
+        0 => create_body(rest, None),
         1 => {
             // An image config blob from a registry, then a container of it.
             if let Ok(config) = serde_json::from_slice::<ImageConfiguration>(rest) {
                 let _ = process(Some(&config), &Overrides::default());
             }
         }
-        _ => {
-            if let Ok(name) = std::str::from_utf8(rest) {
+        2 => {
+            if let Some(name) = text {
                 image_name(name);
+            }
+        }
+        3 => {
+            // The `name` query parameter with a body: the name is the part before a newline.
+            let (name, body) = rest.split_at(rest.iter().position(|&b| b == b'\n').unwrap_or(0));
+            create_body(body, std::str::from_utf8(name).ok().map(String::from));
+        }
+        4 => {
+            let _ = daemon::networks::parse_create(rest);
+        }
+        5 => {
+            let _ = daemon::networking::ConnectBody::parse(rest);
+        }
+        6 => {
+            if let Ok(request) = daemon::volumes::VolumeRequest::parse(rest) {
+                assert!(runtime::volume::valid_name(&request.name), "{:?}", request.name);
+            }
+        }
+        7 => {
+            if let Some(text) = text {
+                query_strings(text);
+            }
+        }
+        _ => {
+            if let Some(text) = text {
+                request_path(text);
             }
         }
     }

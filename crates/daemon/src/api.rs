@@ -202,7 +202,9 @@ pub async fn dispatch(router: Router, mut request: Request) -> Result<Response, 
     Ok(with_headers(response))
 }
 
-fn strip_version(request: &mut Request) -> Result<(), ApiError> {
+/// Docker's versioned paths: `/v1.44/containers/json` is routed as
+/// `/containers/json`, refused outside the versions hull speaks.
+pub fn strip_version(request: &mut Request) -> Result<(), ApiError> {
     let path = request.uri().path();
     let Some(rest) = path.strip_prefix("/v") else {
         return Ok(());

@@ -165,7 +165,7 @@ pub struct ArchiveQuery {
 }
 
 impl ArchiveQuery {
-    fn path(&self) -> Result<String, ApiError> {
+    pub fn path(&self) -> Result<String, ApiError> {
         match self.path.as_deref() {
             Some(p) if !p.is_empty() => Ok(p.to_string()),
             _ => Err(ApiError::bad_request("path must not be empty")),

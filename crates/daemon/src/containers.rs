@@ -10,71 +10,22 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use image::config::Overrides;
 use runtime::container::{ContainerDir, ContainerSpec, RunState, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{blocking, empty, flag, ApiError};
+use crate::create::{valid_name, CreateRequest};
 use crate::daemon::{Daemon, Event};
 use crate::store::ContainerRecord;
 
-/// A VM's size when the client names none.
-const DEFAULT_MEMORY_MIB: u64 = 256;
 /// How long `stop` waits after SIGTERM by default, and after SIGKILL.
 const DEFAULT_STOP_SECONDS: u64 = 10;
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-struct CreateBody {
-    image: String,
-    cmd: Option<Vec<String>>,
-    entrypoint: Option<Vec<String>>,
-    env: Option<Vec<String>>,
-    working_dir: String,
-    user: String,
-    hostname: String,
-    labels: Option<HashMap<String, String>>,
-    tty: bool,
-    open_stdin: bool,
-    stop_signal: Option<String>,
-    stop_timeout: Option<u64>,
-    volumes: Option<HashMap<String, Value>>,
-    host_config: HostConfigBody,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-struct HostConfigBody {
-    memory: i64,
-    nano_cpus: i64,
-    /// Docker's `--pids-limit`: 0, -1 or absent is no limit.
-    pids_limit: Option<i64>,
-    auto_remove: bool,
-    restart_policy: RestartPolicy,
-    binds: Option<Vec<String>>,
-    mounts: Option<Vec<Value>>,
-    privileged: bool,
-    /// The client terminal's `[height, width]` (with `Tty`).
-    console_size: Option<Vec<u64>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-struct RestartPolicy {
-    name: String,
-    maximum_retry_count: i64,
-}
-
 #[derive(Debug, Deserialize)]
 pub struct NameQuery {
     name: Option<String>,
-}
-
-/// Docker's rule for container names: the same as for volume names.
-fn valid_name(name: &str) -> bool {
-    runtime::volume::valid_name(name)
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -112,163 +63,60 @@ pub async fn create(
     Query(query): Query<NameQuery>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let raw: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let parsed: CreateBody = serde_json::from_value(raw.clone())
-        .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
-    let id = blocking(move || create_blocking(&daemon, query.name, parsed, raw)).await?;
+    let request = CreateRequest::parse(&body, query.name)?;
+    let id = blocking(move || create_blocking(&daemon, request)).await?;
     Ok((StatusCode::CREATED, Json(json!({ "Id": id, "Warnings": [] }))))
 }
 
-fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw: Value) -> Result<String, ApiError> {
-    if body.image.is_empty() {
-        return Err(ApiError::bad_request(
-            "no image given: the container config needs an Image",
-        ));
-    }
-    let host = &body.host_config;
-    if host.privileged {
-        return Err(ApiError::bad_request(
-            "--privileged is not supported: every container is its own VM",
-        ));
-    }
-    let policy = host.restart_policy.name.as_str();
-    if !matches!(policy, "" | "no" | "always" | "unless-stopped" | "on-failure") {
-        return Err(ApiError::bad_request(format!("invalid restart policy '{policy}'")));
-    }
-    if host.restart_policy.maximum_retry_count != 0 && policy != "on-failure" {
-        return Err(ApiError::bad_request(
-            "invalid restart policy: maximum retry count can only be used with 'on-failure'",
-        ));
-    }
-    if host.auto_remove && !matches!(policy, "" | "no") {
-        return Err(ApiError::bad_request(
-            "can't create 'AutoRemove' container with restart policy",
-        ));
-    }
-    if host.memory < 0 || host.nano_cpus < 0 {
-        return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
-    }
-    if host.nano_cpus > 0 && host.nano_cpus < 10_000_000 {
-        return Err(ApiError::bad_request(
-            "Range of CPUs is from 0.01 to 255.00: a VM gets at least 1% of a CPU",
-        ));
-    }
-    let memory_mib = match host.memory {
-        0 => DEFAULT_MEMORY_MIB,
-        bytes => (bytes as u64).div_ceil(1 << 20),
-    };
-    let cpus = match host.nano_cpus {
-        0 => 1,
-        nano => u8::try_from((nano as u64).div_ceil(1_000_000_000))
-            .map_err(|_| ApiError::bad_request("too many CPUs: a VM has at most 255"))?,
-    };
-    vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
-
-    let image = daemon.images.resolve(&body.image)?;
+fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String, ApiError> {
+    let image = daemon.images.resolve(&request.image)?;
     let config = image::config::load(&daemon.images, &image.id).map_err(ApiError::internal)?;
+    let image_config = config.config().as_ref();
     // `-v /path` and the image's own VOLUMEs become anonymous volumes where
     // no named one is mounted.
-    let mut anonymous: Vec<String> = body
-        .volumes
-        .as_ref()
-        .map(|v| v.keys().cloned().collect())
-        .unwrap_or_default();
-    let image_volumes = config
-        .config()
-        .as_ref()
-        .and_then(|c| c.volumes().clone())
-        .unwrap_or_default();
-    for path in image_volumes {
+    let mut anonymous = request.anonymous_volumes.clone();
+    for path in image_config.and_then(|c| c.volumes().clone()).unwrap_or_default() {
         if !anonymous.contains(&path) {
             anonymous.push(path);
         }
     }
-    let volumes = crate::volumes::plan(
-        host.binds.as_deref().unwrap_or_default(),
-        host.mounts.as_deref().unwrap_or_default(),
-        &anonymous,
-    )?;
-    // `--entrypoint ""` arrives as [""]: no entrypoint at all.
-    let entrypoint = body
-        .entrypoint
-        .clone()
-        .map(|e| e.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
-    let overrides = Overrides {
-        entrypoint,
-        cmd: body.cmd.clone().unwrap_or_default(),
-        env: body.env.clone().unwrap_or_default(),
-        workdir: Some(body.working_dir.clone()).filter(|w| !w.is_empty()),
-        user: Some(body.user.clone()).filter(|u| !u.is_empty()),
-    };
+    let volumes = crate::volumes::plan(&request.binds, &request.mounts, &anonymous)?;
+    request
+        .network
+        .expose(&image_config.and_then(|c| c.exposed_ports().clone()).unwrap_or_default())?;
     let process =
-        image::config::process(Some(&config), &overrides).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        image::config::process(Some(&config), &request.overrides).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let id = random_hex(32);
-    let network_request: crate::networking::NetworkRequest = raw
-        .get("HostConfig")
-        .filter(|h| h.is_object())
-        .map(|h| serde_json::from_value(h.clone()))
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("invalid HostConfig: {e}")))?
-        .unwrap_or_default();
-    let endpoints: HashMap<String, crate::networking::EndpointBody> = raw
-        .pointer("/NetworkingConfig/EndpointsConfig")
-        .filter(|e| e.is_object())
-        .map(|e| serde_json::from_value(e.clone()))
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("invalid NetworkingConfig: {e}")))?
-        .unwrap_or_default();
-    let mut exposed: Vec<String> = raw
-        .get("ExposedPorts")
-        .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    exposed.extend(
-        config
-            .config()
-            .as_ref()
-            .and_then(|c| c.exposed_ports().clone())
-            .unwrap_or_default(),
-    );
-    let name = match name.filter(|n| !n.is_empty()) {
-        Some(name) => {
-            let name = name.strip_prefix('/').unwrap_or(&name).to_string();
-            if !valid_name(&name) {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-                )));
-            }
-            name
-        }
+    let name = match request.name.take() {
+        Some(name) => name,
         None => {
             let records = daemon.containers.all()?;
             generated_name(&|n| records.iter().any(|r| r.name == n))
         }
     };
-    let hostname = match body.hostname.as_str() {
-        "" => id[..12].to_string(),
-        h => h.to_string(),
-    };
+    let hostname = request.hostname.take().unwrap_or_else(|| id[..12].to_string());
+    let raw = &request.raw;
     let mut docker_config = raw.clone();
     if let Some(object) = docker_config.as_object_mut() {
         object.remove("HostConfig");
         object.remove("NetworkingConfig");
         object.insert("Hostname".into(), json!(hostname));
-        object.insert("Image".into(), json!(body.image));
-        if body.env.is_none() || object.get("Env").is_some_and(Value::is_null) {
+        object.insert("Image".into(), json!(request.image));
+        if !request.env_given {
             object.insert("Env".into(), json!(process.env));
         }
-        object.insert("Labels".into(), json!(body.labels.clone().unwrap_or_default()));
+        object.insert("Labels".into(), json!(request.labels));
     }
     let (path, args) = process
         .argv
         .split_first()
         .map_or((String::new(), Vec::new()), |(p, a)| (p.clone(), a.to_vec()));
-    let record = ContainerRecord {
+    let mut record = ContainerRecord {
         id: id.clone(),
         name,
         created: runtime::container::now_rfc3339(),
-        image: body.image.clone(),
+        image: request.image.clone(),
         image_id: image.id.to_string(),
         path,
         args,
@@ -280,18 +128,10 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
         process_workdir: process.workdir.clone(),
         process_user: process.user.clone(),
     };
-    let network = crate::networking::plan(
-        &id,
-        &network_request,
-        &endpoints,
-        raw.get("MacAddress").and_then(Value::as_str).unwrap_or(""),
-        &exposed,
-        &body.labels.clone().unwrap_or_default(),
-    )?;
-    let mut record = record;
-    record.host_config["NetworkMode"] = json!(match network_request.network_mode.as_str() {
-        "" => "bridge".to_string(),
-        _ => crate::networking::mode_name(&network),
+    let network = crate::networking::plan(&id, &request.network)?;
+    record.host_config["NetworkMode"] = json!(match request.network.is_default_mode() {
+        true => "bridge".to_string(),
+        false => crate::networking::mode_name(&network),
     });
     let mounts = match crate::volumes::create_planned(&volumes) {
         Ok(mounts) => mounts,
@@ -308,15 +148,14 @@ fn create_blocking(daemon: &Daemon, name: Option<String>, body: CreateBody, raw:
     let spec = ContainerSpec {
         image: Some(image.id),
         rootfs: None,
-        overrides,
-        memory_mib,
-        cpus,
-        // Docker's --cpus is a share of CPU time: whole vCPUs, capped by the jail's cgroup.
-        cpu_limit_millis: u32::try_from(host.nano_cpus / 1_000_000).ok().filter(|&m| m > 0),
-        pids_limit: host.pids_limit.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0),
+        overrides: request.overrides,
+        memory_mib: request.memory_mib,
+        cpus: request.cpus,
+        cpu_limit_millis: request.cpu_limit_millis,
+        pids_limit: request.pids_limit,
         hostname,
-        open_stdin: body.open_stdin,
-        tty: body.tty.then(|| console_size(body.host_config.console_size.as_deref())),
+        open_stdin: request.open_stdin,
+        tty: request.tty,
         cold_boot: false,
         volumes: mounts.clone(),
         network,
@@ -895,19 +734,6 @@ pub async fn rename(
     .await
 }
 
-/// A terminal size from the client's `ConsoleSize` (`[height, width]`;
-/// missing: unknown, 0 × 0).
-pub fn console_size(size: Option<&[u64]>) -> proto::TerminalSize {
-    let dimension = |i: usize| {
-        size.and_then(|s| s.get(i))
-            .map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16)
-    };
-    proto::TerminalSize {
-        rows: dimension(0),
-        cols: dimension(1),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 pub struct ResizeQuery {
     h: Option<String>,
@@ -996,6 +822,7 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::create::console_size;
 
     #[test]
     fn terminal_sizes_come_from_console_size_and_resize() {

@@ -125,7 +125,7 @@ pub async fn create(
         stdin: body.attach_stdin,
         tty: body
             .tty
-            .then(|| crate::containers::console_size(body.console_size.as_deref())),
+            .then(|| crate::create::console_size(body.console_size.as_deref())),
     };
     let id = crate::containers::random_hex(32);
     let exec = ExecRecord {

@@ -1,33 +1,13 @@
-//! `hulld`: hull's daemon. It serves the Docker Engine API on a unix socket
-//! so the unmodified `docker` CLI and Docker SDKs drive hull, with every
-//! container in its own microVM. Containers are run by their own
-//! supervisors (`hull-shim`) and outlive hulld: a restarted hulld finds them
-//! again. Container records live in an embedded store (redb).
-
-#![recursion_limit = "256"]
-
-mod api;
-mod archive;
-mod containers;
-mod daemon;
-mod dns;
-mod events;
-mod exec;
-mod images;
-mod monitor;
-mod networking;
-mod networks;
-mod store;
-mod streams;
-mod system;
-mod tls;
-mod volumes;
+//! `hulld`: hull's daemon. It serves the Docker Engine API (the `daemon`
+//! library) on a unix socket, and optionally over TLS, so the unmodified
+//! `docker` CLI and Docker SDKs drive hull.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use daemon::{api, dns, store, tls};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,7 +72,7 @@ async fn serve(args: Args) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let containers = store::ContainerStore::open(&data.join("hulld.redb"))?;
     let images = image::Store::open(&data).context("opening the image store")?;
-    let daemon = daemon::Daemon::new(containers, images);
+    let daemon = daemon::daemon::Daemon::new(containers, images);
     let running = daemon.recover().map_err(|e| anyhow::anyhow!(e.message))?;
     dns::start_all(&daemon);
 

@@ -80,22 +80,37 @@ fn host_ip(text: &str) -> Result<Option<Ipv4Addr>, ApiError> {
     }
 }
 
-/// One host port for a binding: given, the first free of a range, or any free one.
-fn host_port(binding: &PortBindingBody, protocol: Protocol, ip: Option<Ipv4Addr>) -> Result<u16, ApiError> {
-    let bad = || ApiError::bad_request(format!("invalid host port: \"{}\"", binding.host_port));
-    let free = |_| ApiError::conflict("no free host port to publish on");
-    match binding.host_port.split_once('-') {
-        _ if binding.host_port.is_empty() => network::ports::free_port(protocol, ip).map_err(free),
-        None => binding.host_port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad),
-        Some((low, high)) => {
-            let (low, high) = (
-                low.parse::<u16>().map_err(|_| bad())?,
-                high.parse::<u16>().map_err(|_| bad())?,
-            );
-            if low == 0 || low > high {
-                return Err(bad());
-            }
-            (low..=high)
+/// The host side of a `-p` binding, as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPort {
+    /// Any free port.
+    Any,
+    One(u16),
+    /// The first free port of `low..=high`.
+    Range(u16, u16),
+}
+
+impl HostPort {
+    fn parse(text: &str) -> Result<HostPort, ApiError> {
+        let bad = || ApiError::bad_request(format!("invalid host port: \"{text}\""));
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        match text.split_once('-') {
+            _ if text.is_empty() => Ok(HostPort::Any),
+            None => Ok(HostPort::One(port(text)?)),
+            Some((low, high)) => match (port(low)?, port(high)?) {
+                (low, high) if low <= high => Ok(HostPort::Range(low, high)),
+                _ => Err(bad()),
+            },
+        }
+    }
+
+    /// The port to publish on: the given one, or one found free now.
+    fn choose(self, protocol: Protocol, ip: Option<Ipv4Addr>) -> Result<u16, ApiError> {
+        match self {
+            HostPort::One(port) => Ok(port),
+            HostPort::Any => network::ports::free_port(protocol, ip)
+                .map_err(|_| ApiError::conflict("no free host port to publish on")),
+            HostPort::Range(low, high) => (low..=high)
                 .find(|p| {
                     let probe = PortMapping {
                         protocol,
@@ -105,51 +120,78 @@ fn host_port(binding: &PortBindingBody, protocol: Protocol, ip: Option<Ipv4Addr>
                     };
                     network::ports::reserve(&[probe]).is_ok()
                 })
-                .ok_or_else(|| ApiError::conflict(format!("no free host port in {low}-{high}")))
+                .ok_or_else(|| ApiError::conflict(format!("no free host port in {low}-{high}"))),
         }
     }
 }
 
-/// The published ports of a create request: `-p` bindings, and with `-P`
-/// every exposed port not bound otherwise, on a free host port.
-pub fn port_mappings(request: &NetworkRequest, exposed: &[String]) -> Result<Vec<PortMapping>, ApiError> {
-    let mut out: Vec<PortMapping> = Vec::new();
-    let mut bound = Vec::new();
+/// One `-p` binding, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRequest {
+    pub protocol: Protocol,
+    pub container_port: u16,
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: HostPort,
+}
+
+/// The `-p` bindings of a request, parsed.
+fn port_requests(request: &NetworkRequest) -> Result<Vec<PortRequest>, ApiError> {
+    let mut out = Vec::new();
     for (key, bindings) in request.port_bindings.iter().flatten() {
         let (container_port, protocol) = container_port(key)?;
-        bound.push((container_port, protocol));
         for binding in bindings.iter().flatten() {
-            let ip = host_ip(&binding.host_ip)?;
-            let mapping = PortMapping {
+            out.push(PortRequest {
                 protocol,
-                host_ip: ip,
-                host_port: host_port(binding, protocol, ip)?,
                 container_port,
-            };
-            if out.iter().any(|m| {
-                m.protocol == protocol
-                    && m.host_port == mapping.host_port
-                    && (m.host_ip.is_none() || ip.is_none() || m.host_ip == ip)
-            }) {
-                return Err(ApiError::bad_request(format!(
-                    "host port {}/{} is published twice",
-                    mapping.host_port,
-                    protocol.name()
-                )));
-            }
-            out.push(mapping);
+                host_ip: host_ip(&binding.host_ip)?,
+                host_port: HostPort::parse(&binding.host_port)?,
+            });
         }
     }
-    if request.publish_all_ports {
-        for key in exposed {
-            let (container_port, protocol) = container_port(key)?;
-            if bound.contains(&(container_port, protocol)) {
+    Ok(out)
+}
+
+/// The published ports: the `-p` bindings, and with `-P` (`publish_all`)
+/// every `exposed` port not bound otherwise, on a free host port.
+fn port_mappings(
+    requests: &[PortRequest],
+    bound: &[(u16, Protocol)],
+    publish_all: bool,
+    exposed: &[(u16, Protocol)],
+) -> Result<Vec<PortMapping>, ApiError> {
+    let mut out: Vec<PortMapping> = Vec::new();
+    for request in requests {
+        let (protocol, ip) = (request.protocol, request.host_ip);
+        let mapping = PortMapping {
+            protocol,
+            host_ip: ip,
+            host_port: request.host_port.choose(protocol, ip)?,
+            container_port: request.container_port,
+        };
+        if out.iter().any(|m| {
+            m.protocol == protocol
+                && m.host_port == mapping.host_port
+                && (m.host_ip.is_none() || ip.is_none() || m.host_ip == ip)
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "host port {}/{} is published twice",
+                mapping.host_port,
+                protocol.name()
+            )));
+        }
+        out.push(mapping);
+    }
+    if publish_all {
+        let mut done: Vec<(u16, Protocol)> = bound.to_vec();
+        for &(container_port, protocol) in exposed {
+            if done.contains(&(container_port, protocol)) {
                 continue;
             }
+            done.push((container_port, protocol));
             out.push(PortMapping {
                 protocol,
                 host_ip: None,
-                host_port: host_port(&PortBindingBody::default(), protocol, None)?,
+                host_port: HostPort::Any.choose(protocol, None)?,
                 container_port,
             });
         }
@@ -158,8 +200,16 @@ pub fn port_mappings(request: &NetworkRequest, exposed: &[String]) -> Result<Vec
     Ok(out)
 }
 
+/// Where an `--add-host` name points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostAddress {
+    Ip(std::net::IpAddr),
+    /// `host-gateway`: the default bridge's gateway, known once it exists.
+    Gateway,
+}
+
 /// `--add-host name:address` (Docker also takes `name=address`).
-fn extra_host(text: &str) -> Result<proto::HostEntry, ApiError> {
+fn extra_host(text: &str) -> Result<(String, HostAddress), ApiError> {
     let bad = || {
         ApiError::bad_request(format!(
             "invalid argument \"{text}\" for \"--add-host\": expected NAME:ADDRESS"
@@ -170,17 +220,10 @@ fn extra_host(text: &str) -> Result<proto::HostEntry, ApiError> {
         return Err(bad());
     }
     let address = match address {
-        "host-gateway" => network::ensure_default()?.gateway.to_string(),
-        a => a
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .map_err(|_| bad())?
-            .to_string(),
+        "host-gateway" => HostAddress::Gateway,
+        a => HostAddress::Ip(a.trim_matches(|c| c == '[' || c == ']').parse().map_err(|_| bad())?),
     };
-    Ok(proto::HostEntry {
-        address,
-        names: vec![name.to_string()],
-    })
+    Ok((name.to_string(), address))
 }
 
 fn parse_mac(text: &str) -> Result<String, ApiError> {
@@ -202,128 +245,243 @@ fn parse_mac(text: &str) -> Result<String, ApiError> {
     Ok(text.to_ascii_lowercase())
 }
 
-/// The network a create request asks for, its address leased to `id`.
-/// On error nothing is leased.
-pub fn plan(
-    id: &str,
-    request: &NetworkRequest,
-    endpoints: &HashMap<String, EndpointBody>,
-    config_mac: &str,
-    exposed: &[String],
-    labels: &HashMap<String, String>,
-) -> Result<ContainerNetwork, ApiError> {
-    let mode = request.network_mode.as_str();
-    let policy = match labels.get(POLICY_LABEL) {
-        Some(level) => level.parse().map_err(ApiError::bad_request)?,
-        None => Policy::Open,
-    };
-    let extra_hosts = request
-        .extra_hosts
-        .iter()
-        .flatten()
-        .map(|h| extra_host(h))
-        .collect::<Result<Vec<_>, _>>()?;
-    for server in request.dns.iter().flatten() {
-        if server.parse::<std::net::IpAddr>().is_err() {
-            return Err(ApiError::bad_request(format!("{server} is not an ip address")));
+/// A container's place on one network as asked: aliases, address, MAC.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointRequest {
+    aliases: Vec<String>,
+    address: Option<Ipv4Addr>,
+    mac: Option<String>,
+}
+
+impl EndpointRequest {
+    /// `body`'s fields, checked; `config_mac` (the create body's
+    /// `MacAddress`) where the endpoint names none.
+    pub fn parse(body: Option<&EndpointBody>, config_mac: &str) -> Result<EndpointRequest, ApiError> {
+        let address = match body
+            .and_then(|e| e.ipam_config.as_ref())
+            .map(|i| i.ipv4_address.as_str())
+        {
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<Ipv4Addr>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {text}")))?,
+            ),
+        };
+        let mac = match body
+            .map(|e| e.mac_address.as_str())
+            .filter(|m| !m.is_empty())
+            .unwrap_or(config_mac)
+        {
+            "" => None,
+            text => Some(parse_mac(text)?),
+        };
+        Ok(EndpointRequest {
+            aliases: body.and_then(|e| e.aliases.clone()).unwrap_or_default(),
+            address,
+            mac,
+        })
+    }
+}
+
+/// Which network a container asks to be on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    None,
+    Default,
+    Named(String),
+}
+
+/// A create request's networking, parsed and checked: nothing is looked
+/// up, leased or bound until `plan`.
+#[derive(Debug)]
+pub struct NetworkIntent {
+    mode: Mode,
+    /// The mode as the client wrote it (endpoints may be keyed by it).
+    mode_text: String,
+    policy: Policy,
+    extra_hosts: Vec<(String, HostAddress)>,
+    dns: Vec<String>,
+    dns_search: Vec<String>,
+    dns_options: Vec<String>,
+    ports: Vec<PortRequest>,
+    bound: Vec<(u16, Protocol)>,
+    publish_all: bool,
+    exposed: Vec<(u16, Protocol)>,
+    endpoints: Vec<(String, EndpointRequest)>,
+    config_endpoint: EndpointRequest,
+}
+
+impl NetworkIntent {
+    /// The networking of a create request: its HostConfig fields, its
+    /// `NetworkingConfig.EndpointsConfig`, its `MacAddress`, the ports it
+    /// exposes and its labels (`hull.policy`).
+    pub fn parse(
+        request: &NetworkRequest,
+        endpoints: &HashMap<String, EndpointBody>,
+        config_mac: &str,
+        exposed: &[String],
+        labels: &HashMap<String, String>,
+    ) -> Result<NetworkIntent, ApiError> {
+        let mode_text = request.network_mode.clone();
+        let mode = match mode_text.as_str() {
+            "none" => Mode::None,
+            "host" => {
+                return Err(ApiError::bad_request(
+                    "--network host is not supported: every hull container is a VM with its own network stack",
+                ))
+            }
+            m if m.starts_with("container:") => {
+                return Err(ApiError::bad_request(
+                    "--network container:NAME is not supported yet by hull (each container is its own VM)",
+                ))
+            }
+            "" | "default" | "bridge" => Mode::Default,
+            name => Mode::Named(name.to_string()),
+        };
+        if mode == Mode::None
+            && (request.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || request.publish_all_ports)
+        {
+            return Err(ApiError::bad_request(
+                "conflicting options: port publishing and the container type network mode",
+            ));
         }
+        let policy = match labels.get(POLICY_LABEL) {
+            Some(level) => level.parse().map_err(ApiError::bad_request)?,
+            None => Policy::Open,
+        };
+        for server in request.dns.iter().flatten() {
+            if server.parse::<std::net::IpAddr>().is_err() {
+                return Err(ApiError::bad_request(format!("{server} is not an ip address")));
+            }
+        }
+        let mut bound = Vec::new();
+        for key in request.port_bindings.iter().flatten().map(|(k, _)| k) {
+            bound.push(container_port(key)?);
+        }
+        let mut parsed_endpoints = Vec::new();
+        for (name, body) in endpoints {
+            parsed_endpoints.push((name.clone(), EndpointRequest::parse(Some(body), config_mac)?));
+        }
+        // Docker picks the first endpoint when none is keyed by the network.
+        parsed_endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(NetworkIntent {
+            mode,
+            mode_text,
+            policy,
+            extra_hosts: request
+                .extra_hosts
+                .iter()
+                .flatten()
+                .map(|h| extra_host(h))
+                .collect::<Result<_, _>>()?,
+            dns: request.dns.clone().unwrap_or_default(),
+            dns_search: request.dns_search.clone().unwrap_or_default(),
+            dns_options: request.dns_options.clone().unwrap_or_default(),
+            ports: port_requests(request)?,
+            bound,
+            publish_all: request.publish_all_ports,
+            exposed: exposed.iter().map(|k| container_port(k)).collect::<Result<_, _>>()?,
+            endpoints: parsed_endpoints,
+            config_endpoint: EndpointRequest::parse(None, config_mac)?,
+        })
+    }
+
+    /// Adds ports the image exposes (for `-P`).
+    pub fn expose(&mut self, keys: &[String]) -> Result<(), ApiError> {
+        for key in keys {
+            self.exposed.push(container_port(key)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the request names no network of its own (`NetworkMode` empty).
+    pub fn is_default_mode(&self) -> bool {
+        self.mode_text.is_empty()
+    }
+}
+
+/// The network `intent` asks for, its address leased to `id` and its host
+/// ports chosen. On error nothing is leased.
+pub fn plan(id: &str, intent: &NetworkIntent) -> Result<ContainerNetwork, ApiError> {
+    let mut extra_hosts = Vec::new();
+    for (name, address) in &intent.extra_hosts {
+        let address = match address {
+            HostAddress::Ip(ip) => ip.to_string(),
+            HostAddress::Gateway => network::ensure_default()?.gateway.to_string(),
+        };
+        extra_hosts.push(proto::HostEntry {
+            address,
+            names: vec![name.clone()],
+        });
     }
     let mut net = ContainerNetwork {
         endpoint: None,
         ports: Vec::new(),
         extra_hosts,
-        dns: request.dns.clone().unwrap_or_default(),
-        dns_search: request.dns_search.clone().unwrap_or_default(),
-        dns_options: request.dns_options.clone().unwrap_or_default(),
-        policy,
+        dns: intent.dns.clone(),
+        dns_search: intent.dns_search.clone(),
+        dns_options: intent.dns_options.clone(),
+        policy: intent.policy,
     };
-    let record: NetworkRecord = match mode {
-        "none" => {
-            if request.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || request.publish_all_ports {
-                return Err(ApiError::bad_request(
-                    "conflicting options: port publishing and the container type network mode",
-                ));
-            }
-            return Ok(net);
-        }
-        "host" => {
-            return Err(ApiError::bad_request(
-                "--network host is not supported: every hull container is a VM with its own network stack",
-            ))
-        }
-        m if m.starts_with("container:") => {
-            return Err(ApiError::bad_request(
-                "--network container:NAME is not supported yet by hull (each container is its own VM)",
-            ))
-        }
-        "" | "default" | "bridge" => network::ensure_default()?,
-        name => network::find(name)?,
+    let record: NetworkRecord = match &intent.mode {
+        Mode::None => return Ok(net),
+        Mode::Default => network::ensure_default()?,
+        Mode::Named(name) => network::find(name)?,
     };
-    let endpoint = endpoints
-        .get(&record.name)
-        .or_else(|| endpoints.get(mode))
-        .or_else(|| endpoints.values().next());
-    net.ports = port_mappings(request, exposed)?;
-    net.endpoint = Some(endpoint_on(id, &record, endpoint, config_mac)?);
+    let keyed = |key: &str| intent.endpoints.iter().find(|(k, _)| k == key).map(|(_, e)| e);
+    let endpoint = keyed(&record.name)
+        .or_else(|| keyed(&intent.mode_text))
+        .or_else(|| intent.endpoints.first().map(|(_, e)| e))
+        .unwrap_or(&intent.config_endpoint);
+    net.ports = port_mappings(&intent.ports, &intent.bound, intent.publish_all, &intent.exposed)?;
+    net.endpoint = Some(endpoint_on(id, &record, endpoint)?);
     Ok(net)
 }
 
-/// Container `id`'s place on `record` as `body` asks (aliases, address,
-/// MAC), its address leased; nothing is leased on error.
-fn endpoint_on(
-    id: &str,
-    record: &NetworkRecord,
-    body: Option<&EndpointBody>,
-    config_mac: &str,
-) -> Result<Endpoint, ApiError> {
-    let aliases = body.and_then(|e| e.aliases.clone()).unwrap_or_default();
-    if !aliases.is_empty() && record.is_default() {
+/// Container `id`'s place on `record` as `request` asks, its address
+/// leased; nothing is leased on error.
+fn endpoint_on(id: &str, record: &NetworkRecord, request: &EndpointRequest) -> Result<Endpoint, ApiError> {
+    if !request.aliases.is_empty() && record.is_default() {
         return Err(ApiError::bad_request(
             "network-scoped alias is supported only for containers in user defined networks",
         ));
     }
-    let requested = match body
-        .and_then(|e| e.ipam_config.as_ref())
-        .map(|i| i.ipv4_address.as_str())
-    {
-        None | Some("") => None,
-        Some(text) => Some(
-            text.parse::<Ipv4Addr>()
-                .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {text}")))?,
-        ),
-    };
-    if requested.is_some() && record.is_default() {
+    if request.address.is_some() && record.is_default() {
         return Err(ApiError::bad_request(
             "user specified IP address is supported on user defined networks only",
         ));
     }
-    let mac = match body
-        .map(|e| e.mac_address.as_str())
-        .filter(|m| !m.is_empty())
-        .unwrap_or(config_mac)
-    {
-        "" => None,
-        text => Some(parse_mac(text)?),
-    };
-    let address = network::lease(record, requested, id)?;
+    let address = network::lease(record, request.address, id)?;
     Ok(Endpoint {
         network_id: record.id.clone(),
-        mac: mac.unwrap_or_else(|| network::mac_for(address)),
+        mac: request.mac.clone().unwrap_or_else(|| network::mac_for(address)),
         address,
-        aliases,
+        aliases: request.aliases.clone(),
     })
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct ConnectBody {
+struct ConnectJson {
     container: String,
     endpoint_config: Option<EndpointBody>,
 }
 
+/// The body of a network connect or disconnect, parsed and checked.
+#[derive(Debug)]
+pub struct ConnectBody {
+    pub container: String,
+    pub endpoint: EndpointRequest,
+}
+
 impl ConnectBody {
-    fn parse(bytes: &[u8]) -> Result<ConnectBody, ApiError> {
-        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+    pub fn parse(bytes: &[u8]) -> Result<ConnectBody, ApiError> {
+        let json: ConnectJson =
+            serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+        Ok(ConnectBody {
+            endpoint: EndpointRequest::parse(json.endpoint_config.as_ref(), "")?,
+            container: json.container,
+        })
     }
 }
 
@@ -372,7 +530,7 @@ pub async fn connect(
                 )),
             });
         }
-        let endpoint = endpoint_on(&container.id, &record, body.endpoint_config.as_ref(), "")?;
+        let endpoint = endpoint_on(&container.id, &record, &body.endpoint)?;
         let leased = (endpoint.network_id.clone(), endpoint.address);
         if let Err(e) = dir.update_spec(|s| s.network.endpoint = Some(endpoint)) {
             network::release(&leased.0, leased.1, &container.id);
@@ -540,6 +698,11 @@ mod tests {
         }
     }
 
+    fn port_mappings(request: &NetworkRequest, exposed: &[String]) -> Result<Vec<PortMapping>, ApiError> {
+        let intent = NetworkIntent::parse(request, &HashMap::new(), "", exposed, &HashMap::new())?;
+        super::port_mappings(&intent.ports, &intent.bound, intent.publish_all, &intent.exposed)
+    }
+
     #[test]
     fn port_bindings_follow_docker() {
         let got = port_mappings(
@@ -587,8 +750,10 @@ mod tests {
 
     #[test]
     fn hosts_and_macs_are_checked() {
-        assert_eq!(extra_host("db:10.0.0.5").unwrap().address, "10.0.0.5");
-        assert_eq!(extra_host("db=::1").unwrap().address, "::1");
+        let ip = |text: &str| HostAddress::Ip(text.parse().unwrap());
+        assert_eq!(extra_host("db:10.0.0.5").unwrap(), ("db".into(), ip("10.0.0.5")));
+        assert_eq!(extra_host("db=::1").unwrap(), ("db".into(), ip("::1")));
+        assert_eq!(extra_host("gw:host-gateway").unwrap().1, HostAddress::Gateway);
         assert!(extra_host("db").is_err());
         assert!(extra_host("db:notanip").is_err());
         assert_eq!(parse_mac("02:42:AC:11:00:09").unwrap(), "02:42:ac:11:00:09");

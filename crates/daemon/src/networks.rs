@@ -216,8 +216,10 @@ fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<Option<T>, ApiE
     }
 }
 
-/// The request as the runtime takes it, or what in it hull refuses.
-fn network_request(body: CreateBody) -> Result<network::NetworkRequest, ApiError> {
+/// A network create body as the runtime takes it, or what in it hull refuses.
+pub fn parse_create(body: &[u8]) -> Result<network::NetworkRequest, ApiError> {
+    let body: CreateBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid network config: {e}")))?;
     if !matches!(body.driver.as_str(), "" | "bridge") {
         return Err(ApiError::bad_request(format!(
             "network driver {} is not supported: hull networks are bridges",
@@ -261,9 +263,7 @@ fn network_request(body: CreateBody) -> Result<network::NetworkRequest, ApiError
 }
 
 pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: CreateBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid network config: {e}")))?;
-    let request = network_request(body)?;
+    let request = parse_create(&body)?;
     let record = blocking(move || Ok(network::create(request)?)).await?;
     Ok((StatusCode::CREATED, Json(json!({"Id": record.id, "Warning": ""}))))
 }

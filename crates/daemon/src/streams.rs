@@ -39,7 +39,7 @@ pub fn multiplexed(stderr: bool, data: &[u8]) -> Vec<u8> {
 
 /// Which entries go out, and how.
 #[derive(Debug, Clone)]
-struct Selection {
+pub struct Selection {
     stdout: bool,
     stderr: bool,
     tty: bool,
@@ -100,32 +100,41 @@ pub struct LogsQuery {
     tail: Option<String>,
 }
 
+impl LogsQuery {
+    /// What the query selects from a container's log (`tty`: whether it
+    /// has a terminal), and how many lines from the end (`tail`).
+    pub fn selection(&self, tty: bool) -> Result<(Selection, Option<usize>), ApiError> {
+        let selection = Selection {
+            stdout: flag(&self.stdout),
+            stderr: flag(&self.stderr),
+            tty,
+            timestamps: flag(&self.timestamps),
+            since: parse_time(&self.since)?,
+            until: parse_time(&self.until)?,
+        };
+        if !selection.stdout && !selection.stderr {
+            return Err(ApiError::bad_request(
+                "Bad parameters: you must choose at least one stream",
+            ));
+        }
+        let tail = match self.tail.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(n) => Some(
+                n.parse::<usize>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid tail value: {n}")))?,
+            ),
+        };
+        Ok((selection, tail))
+    }
+}
+
 pub async fn logs(
     State(daemon): State<Arc<Daemon>>,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let record = blocking(move || Ok(daemon.containers.find(&id)?)).await?;
-    let selection = Selection {
-        stdout: flag(&query.stdout),
-        stderr: flag(&query.stderr),
-        tty: record.config["Tty"].as_bool() == Some(true),
-        timestamps: flag(&query.timestamps),
-        since: parse_time(&query.since)?,
-        until: parse_time(&query.until)?,
-    };
-    if !selection.stdout && !selection.stderr {
-        return Err(ApiError::bad_request(
-            "Bad parameters: you must choose at least one stream",
-        ));
-    }
-    let tail = match query.tail.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| ApiError::bad_request(format!("invalid tail value: {n}")))?,
-        ),
-    };
+    let (selection, tail) = query.selection(record.config["Tty"].as_bool() == Some(true))?;
     let follow = flag(&query.follow);
     let (tx, rx) = mpsc::channel(64);
     let dir = ContainerDir::new(&record.id);

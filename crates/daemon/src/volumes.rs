@@ -78,29 +78,47 @@ pub struct CreateBody {
     labels: Option<BTreeMap<String, String>>,
 }
 
-pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: CreateBody = match body.is_empty() {
-        true => CreateBody::default(),
-        false => {
-            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid volume config: {e}")))?
+/// A volume create request, checked: the name (a random one when unnamed,
+/// and then anonymous, as in Docker) and the labels.
+#[derive(Debug)]
+pub struct VolumeRequest {
+    pub name: String,
+    pub anonymous: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl VolumeRequest {
+    pub fn parse(body: &[u8]) -> Result<VolumeRequest, ApiError> {
+        let body: CreateBody = match body.is_empty() {
+            true => CreateBody::default(),
+            false => serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid volume config: {e}")))?,
+        };
+        if !matches!(body.driver.as_str(), "" | "local") {
+            return Err(ApiError::bad_request(format!(
+                "volume driver \"{}\" is not supported: hull's volumes are local disks",
+                body.driver
+            )));
         }
-    };
-    if !matches!(body.driver.as_str(), "" | "local") {
-        return Err(ApiError::bad_request(format!(
-            "volume driver \"{}\" is not supported: hull's volumes are local disks",
-            body.driver
-        )));
+        if body.driver_opts.as_ref().is_some_and(|o| !o.is_empty()) {
+            return Err(ApiError::bad_request("volume driver options are not supported"));
+        }
+        let (name, anonymous) = match body.name.as_str() {
+            "" => (crate::containers::random_hex(32), true),
+            name if volume::valid_name(name) => (name.to_string(), false),
+            name => return Err(VolumeError::InvalidName(name.to_string()).into()),
+        };
+        Ok(VolumeRequest {
+            name,
+            anonymous,
+            labels: body.labels.unwrap_or_default(),
+        })
     }
-    if body.driver_opts.as_ref().is_some_and(|o| !o.is_empty()) {
-        return Err(ApiError::bad_request("volume driver options are not supported"));
-    }
-    // Unnamed, it is anonymous (pruned by default), as in Docker.
-    let (name, anonymous) = match body.name.as_str() {
-        "" => (crate::containers::random_hex(32), true),
-        name => (name.to_string(), false),
-    };
-    let labels = body.labels.unwrap_or_default();
-    let (record, _) = blocking(move || Ok(volume::create(&name, labels, anonymous)?)).await?;
+}
+
+pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request = VolumeRequest::parse(&body)?;
+    let (record, _) = blocking(move || Ok(volume::create(&request.name, request.labels, request.anonymous)?)).await?;
     Ok((StatusCode::CREATED, Json(volume_json(&record))))
 }
 

@@ -1,0 +1,224 @@
+//! The container create request (`POST /containers/create`), parsed and
+//! checked before anything is looked up, leased or made: every refusal a
+//! client can cause with its body happens here, with Docker's wording.
+
+use std::collections::HashMap;
+
+use image::config::Overrides;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::ApiError;
+use crate::networking::{EndpointBody, NetworkIntent, NetworkRequest};
+
+/// A VM's size when the client names none.
+const DEFAULT_MEMORY_MIB: u64 = 256;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateBody {
+    image: String,
+    cmd: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: String,
+    user: String,
+    hostname: String,
+    labels: Option<HashMap<String, String>>,
+    tty: bool,
+    open_stdin: bool,
+    volumes: Option<HashMap<String, Value>>,
+    host_config: HostConfigBody,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct HostConfigBody {
+    memory: i64,
+    nano_cpus: i64,
+    /// Docker's `--pids-limit`: 0, -1 or absent is no limit.
+    pids_limit: Option<i64>,
+    auto_remove: bool,
+    restart_policy: RestartPolicy,
+    binds: Option<Vec<String>>,
+    mounts: Option<Vec<Value>>,
+    privileged: bool,
+    /// The client terminal's `[height, width]` (with `Tty`).
+    console_size: Option<Vec<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct RestartPolicy {
+    name: String,
+    maximum_retry_count: i64,
+}
+
+/// A create request, checked. `raw` is the body as sent, which the record
+/// keeps (inspect shows it back).
+#[derive(Debug)]
+pub struct CreateRequest {
+    pub raw: Value,
+    pub image: String,
+    /// The name asked for, checked and without a leading `/`.
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    pub memory_mib: u64,
+    pub cpus: u8,
+    /// Docker's `--cpus` as a share of CPU time, for the jail's cgroup.
+    pub cpu_limit_millis: Option<u32>,
+    pub pids_limit: Option<u64>,
+    pub overrides: Overrides,
+    /// Whether the body set `Env` (else the image's environment is shown).
+    pub env_given: bool,
+    pub labels: HashMap<String, String>,
+    pub tty: Option<proto::TerminalSize>,
+    pub open_stdin: bool,
+    pub binds: Vec<String>,
+    pub mounts: Vec<Value>,
+    /// `-v /path`: anonymous volumes.
+    pub anonymous_volumes: Vec<String>,
+    pub network: NetworkIntent,
+}
+
+impl CreateRequest {
+    /// `body` as sent, and the `name` query parameter.
+    pub fn parse(body: &[u8], name: Option<String>) -> Result<CreateRequest, ApiError> {
+        let raw: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        let body: CreateBody = serde_json::from_value(raw.clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
+        if body.image.is_empty() {
+            return Err(ApiError::bad_request(
+                "no image given: the container config needs an Image",
+            ));
+        }
+        let host = &body.host_config;
+        if host.privileged {
+            return Err(ApiError::bad_request(
+                "--privileged is not supported: every container is its own VM",
+            ));
+        }
+        let policy = host.restart_policy.name.as_str();
+        if !matches!(policy, "" | "no" | "always" | "unless-stopped" | "on-failure") {
+            return Err(ApiError::bad_request(format!("invalid restart policy '{policy}'")));
+        }
+        if host.restart_policy.maximum_retry_count != 0 && policy != "on-failure" {
+            return Err(ApiError::bad_request(
+                "invalid restart policy: maximum retry count can only be used with 'on-failure'",
+            ));
+        }
+        if host.auto_remove && !matches!(policy, "" | "no") {
+            return Err(ApiError::bad_request(
+                "can't create 'AutoRemove' container with restart policy",
+            ));
+        }
+        if host.memory < 0 || host.nano_cpus < 0 {
+            return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
+        }
+        if host.nano_cpus > 0 && host.nano_cpus < 10_000_000 {
+            return Err(ApiError::bad_request(
+                "Range of CPUs is from 0.01 to 255.00: a VM gets at least 1% of a CPU",
+            ));
+        }
+        let memory_mib = match host.memory {
+            0 => DEFAULT_MEMORY_MIB,
+            bytes => (bytes as u64).div_ceil(1 << 20),
+        };
+        let cpus = match host.nano_cpus {
+            0 => 1,
+            nano => u8::try_from((nano as u64).div_ceil(1_000_000_000))
+                .map_err(|_| ApiError::bad_request("too many CPUs: a VM has at most 255"))?,
+        };
+        vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(name) => {
+                let name = name.strip_prefix('/').unwrap_or(&name).to_string();
+                if !valid_name(&name) {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        let labels = body.labels.clone().unwrap_or_default();
+        let network = network_intent(&raw, &labels)?;
+        // `--entrypoint ""` arrives as [""]: no entrypoint at all.
+        let overrides = Overrides {
+            entrypoint: body
+                .entrypoint
+                .map(|e| e.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>()),
+            cmd: body.cmd.unwrap_or_default(),
+            env: body.env.clone().unwrap_or_default(),
+            workdir: Some(body.working_dir).filter(|w| !w.is_empty()),
+            user: Some(body.user).filter(|u| !u.is_empty()),
+        };
+        let host = body.host_config;
+        Ok(CreateRequest {
+            env_given: body.env.is_some() && !raw.get("Env").is_some_and(Value::is_null),
+            image: body.image,
+            name,
+            hostname: Some(body.hostname).filter(|h| !h.is_empty()),
+            memory_mib,
+            cpus,
+            // Docker's --cpus is a share of CPU time: whole vCPUs, capped by the jail's cgroup.
+            cpu_limit_millis: u32::try_from(host.nano_cpus / 1_000_000).ok().filter(|&m| m > 0),
+            pids_limit: host.pids_limit.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0),
+            overrides,
+            labels,
+            tty: body.tty.then(|| console_size(host.console_size.as_deref())),
+            open_stdin: body.open_stdin,
+            binds: host.binds.unwrap_or_default(),
+            mounts: host.mounts.unwrap_or_default(),
+            anonymous_volumes: body.volumes.map(|v| v.into_keys().collect()).unwrap_or_default(),
+            network,
+            raw,
+        })
+    }
+}
+
+/// The networking fields of a create body: HostConfig's, the
+/// `NetworkingConfig`, `MacAddress` and `ExposedPorts`.
+fn network_intent(raw: &Value, labels: &HashMap<String, String>) -> Result<NetworkIntent, ApiError> {
+    let request: NetworkRequest = raw
+        .get("HostConfig")
+        .filter(|h| h.is_object())
+        .map(|h| serde_json::from_value(h.clone()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid HostConfig: {e}")))?
+        .unwrap_or_default();
+    let endpoints: HashMap<String, EndpointBody> = raw
+        .pointer("/NetworkingConfig/EndpointsConfig")
+        .filter(|e| e.is_object())
+        .map(|e| serde_json::from_value(e.clone()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid NetworkingConfig: {e}")))?
+        .unwrap_or_default();
+    let exposed: Vec<String> = raw
+        .get("ExposedPorts")
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let mac = raw.get("MacAddress").and_then(Value::as_str).unwrap_or("");
+    NetworkIntent::parse(&request, &endpoints, mac, &exposed, labels)
+}
+
+/// Docker's rule for container names: the same as for volume names.
+pub fn valid_name(name: &str) -> bool {
+    runtime::volume::valid_name(name)
+}
+
+/// A terminal size from the client's `ConsoleSize` (`[height, width]`;
+/// missing: unknown, 0 × 0).
+pub fn console_size(size: Option<&[u64]>) -> proto::TerminalSize {
+    let dimension = |i: usize| {
+        size.and_then(|s| s.get(i))
+            .map_or(0, |&n| n.min(u64::from(u16::MAX)) as u16)
+    };
+    proto::TerminalSize {
+        rows: dimension(0),
+        cols: dimension(1),
+    }
+}

@@ -1,0 +1,25 @@
+//! hull's daemon as a library: the Docker Engine API over containers in
+//! microVMs. The `hulld` binary serves it; the fuzz targets call its
+//! parsers of API input directly. Containers are run by their own
+//! supervisors (`hull-shim`) and outlive hulld: a restarted hulld finds them
+//! again. Container records live in an embedded store (redb).
+
+#![recursion_limit = "256"]
+
+pub mod api;
+pub mod archive;
+pub mod containers;
+pub mod create;
+pub mod daemon;
+pub mod dns;
+pub mod events;
+pub mod exec;
+pub mod images;
+pub mod monitor;
+pub mod networking;
+pub mod networks;
+pub mod store;
+pub mod streams;
+pub mod system;
+pub mod tls;
+pub mod volumes;
