@@ -134,8 +134,8 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_kill,
         ],
         ThreadKind::Device(DeviceKind::Block) => &[
-            libc::SYS_pread64,
-            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
             libc::SYS_fdatasync,
             libc::SYS_fsync,
         ],
