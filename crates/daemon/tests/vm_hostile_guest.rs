@@ -34,12 +34,7 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn hulld_pid(hulld: &Hulld) -> u32 {
-    let pattern = format!("hulld .*{}", hulld.data.display());
-    let found = std::process::Command::new("pgrep")
-        .args(["-f", &pattern])
-        .output()
-        .unwrap();
-    text(&found.stdout).lines().next().unwrap().trim().parse().unwrap()
+    hulld.processes_of("hulld").first().expect("hulld runs").0
 }
 
 /// The calm container still runs, answers an exec and keeps logging.

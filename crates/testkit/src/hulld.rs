@@ -189,6 +189,47 @@ impl Hulld {
     pub fn running_supervisors(&self) -> Vec<u32> {
         supervisors(&self.data)
     }
+
+    /// The processes of `programs` (a pgrep pattern such as
+    /// `hull-(vmm|shim)`) that name this hulld's data directory, as
+    /// hulld, supervisors and VMMs do: "PID: command line" each.
+    pub fn processes_of(&self, programs: &str) -> Vec<(u32, String)> {
+        let pattern = format!("{programs} .*{}", self.data.display());
+        let found = Command::new("pgrep").args(["-f", &pattern]).output();
+        let found = found.map(|o| text(&o.stdout)).unwrap_or_default();
+        found
+            .lines()
+            .filter_map(|pid| pid.trim().parse().ok())
+            .map(|pid: u32| {
+                let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                (pid, cmdline.replace('\0', " "))
+            })
+            .collect()
+    }
+
+    /// Asserts that no container of this hulld left a supervisor or VMM.
+    pub fn assert_no_leftovers(&self) {
+        eventually("every supervisor to end", || self.running_supervisors().is_empty());
+        let left = self.processes_of("hull-(vmm|shim)");
+        assert!(left.is_empty(), "processes of this data directory are left: {left:#?}");
+    }
+
+    /// A hulld with `test/box:v1` (busybox, `sh`) pulled from a registry of
+    /// its own and run once, so the template exists: (hulld, registry, image).
+    pub fn with_busybox(name: &str) -> Result<(Hulld, crate::oci::Registry, String)> {
+        let hulld = Hulld::start(name)?;
+        let registry = crate::oci::Registry::start(name, None)?;
+        let image = crate::oci::push_image(
+            &registry,
+            &hulld.work,
+            crate::oci::busybox_image(serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
+            "test/box:v1",
+        )?;
+        ok(&hulld.docker(&["pull", "-q", &image]));
+        // The first container makes the template every later one is cloned from.
+        assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
+        Ok((hulld, registry, image))
+    }
 }
 
 fn supervisors(data: &Path) -> Vec<u32> {

@@ -1,0 +1,313 @@
+//! VM tests: interactive containers through the real `docker` CLI, each a
+//! microVM cloned from the template: terminals (`-it`, sizes, resize),
+//! attach and detach, pause and unpause, stats and top. Its own binary (and
+//! so its own test host) to keep each VM test binary well inside its time
+//! limit.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use testkit::hulld::{eventually, ok, text, Hulld};
+
+/// The container's terminal size and the like, read through `docker exec`.
+fn exec_out(hulld: &Hulld, container: &str, command: &str) -> String {
+    ok(&hulld.docker(&["exec", container, "sh", "-c", command]))
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn terminals_attach_pause_stats_and_top() {
+    let (hulld, _registry, image) = Hulld::with_busybox("vm-tty").unwrap();
+
+    // -it: a pty in the guest, of the client terminal's size.
+    let out = hulld.in_terminal(
+        &format!("stty rows 40 cols 100; docker run -it --rm {image} sh -c 'tty; stty size; echo $TERM; exit 7'"),
+        b"",
+    );
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{screen}{}", text(&out.stderr));
+    assert!(screen.contains("/dev/pts/0"), "{screen}");
+    assert!(
+        screen.contains("40 100"),
+        "the guest terminal has the client's size: {screen}"
+    );
+    assert!(screen.contains("xterm"), "{screen}");
+    // Typed input reaches an interactive shell, which answers on the terminal.
+    let out = hulld.in_terminal(
+        &format!("docker run -it --rm {image} sh"),
+        b"echo hello-$((6*7))\nexit 3\n",
+    );
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{screen}{}", text(&out.stderr));
+    assert!(screen.contains("hello-42"), "{screen}");
+
+    // A detached container with a terminal: exec -it gets its own, resizes reach both.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "term",
+        &image,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]));
+    let out = hulld.in_terminal("stty rows 30 cols 90; docker exec -it term sh -c 'tty; stty size'", b"");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}{}\n{}", text(&out.stderr), hulld.log());
+    assert!(screen.contains("/dev/pts/1") && screen.contains("30 90"), "{screen}");
+    let (head, _) = hulld.raw(
+        "POST /containers/term/resize?h=50&w=120 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(exec_out(&hulld, "term", "stty -F /dev/pts/0 size"), "50 120\n");
+    let (head, body) = hulld.raw(
+        "POST /containers/term/resize?h=tall&w=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("invalid terminal height"),
+        "{head}{body}"
+    );
+    let logs = ok(&hulld.docker(&["logs", "term"]));
+    assert_eq!(logs, "", "nothing was written to the terminal");
+
+    // top and stats read from inside the VM.
+    let top = ok(&hulld.docker(&["top", "term"]));
+    assert!(top.starts_with("UID"), "{top}");
+    assert!(top.contains("sh -c trap"), "the container's command is listed: {top}");
+    assert!(!top.contains("hull-agent"), "the agent is not the container's: {top}");
+    let refused = hulld.docker(&["top", "term", "aux"]);
+    assert!(
+        text(&refused.stderr).contains("ps options are not supported"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let stats = ok(&hulld.docker(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.MemUsage}} {{.PIDs}} | {{.BlockIO}}",
+        "term",
+    ]));
+    let fields: Vec<&str> = stats.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"term"), "{stats}");
+    assert!(stats.contains("/ 256MiB"), "the limit is the VM's memory: {stats}");
+    let (memory, block_io) = stats.split_once(" | ").unwrap();
+    assert!(!memory.contains(" 0B /"), "the guest uses some memory: {stats}");
+    assert!(!block_io.starts_with("0B /"), "the guest read its image disk: {stats}");
+
+    // pause stops the whole VM; unpause resumes it where it was.
+    ok(&hulld.docker(&["pause", "term"]));
+    assert_eq!(
+        hulld.inspect("{{.State.Status}} {{.State.Paused}}", "term"),
+        "paused true"
+    );
+    let ps = ok(&hulld.docker(&["ps", "--filter", "status=paused", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(ps.starts_with("term Up") && ps.contains("(Paused)"), "{ps}");
+    let refused = hulld.docker(&["exec", "term", "true"]);
+    assert!(text(&refused.stderr).contains("is paused"), "{}", text(&refused.stderr));
+    let refused = hulld.docker(&["pause", "term"]);
+    assert!(
+        text(&refused.stderr).contains("already paused"),
+        "{}",
+        text(&refused.stderr)
+    );
+    ok(&hulld.docker(&["unpause", "term"]));
+    assert_eq!(hulld.inspect("{{.State.Status}}", "term"), "running");
+    assert_eq!(exec_out(&hulld, "term", "echo alive"), "alive\n");
+    // Stopping a paused container resumes it so it can act on SIGTERM.
+    ok(&hulld.docker(&["pause", "term"]));
+    ok(&hulld.docker(&["stop", "-t", "20", "term"]));
+    assert_eq!(
+        hulld.inspect("{{.State.Status}} {{.State.ExitCode}}", "term"),
+        "exited 0"
+    );
+    let events = ok(&hulld.docker(&[
+        "events",
+        "--since",
+        "10m",
+        "--until",
+        "0s",
+        "--filter",
+        "container=term",
+        "--format",
+        "{{.Action}}",
+    ]));
+    assert!(events.contains("pause\n") && events.contains("unpause\n"), "{events}");
+
+    // attach to a running container: its output from then on, input to it.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "reader",
+        &image,
+        "sh",
+        "-c",
+        "echo ready; read line; echo got $line; exit 4",
+    ]));
+    eventually("the reader's first line", || {
+        text(&hulld.docker(&["logs", "reader"]).stdout) == "ready\n"
+    });
+    let mut child = hulld
+        .docker_command(&["attach", "reader"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(4), "got hello\n".to_string()),
+        "{}",
+        text(&out.stderr)
+    );
+    let refused = hulld.docker(&["attach", "reader"]);
+    assert!(
+        text(&refused.stderr).contains("stopped container"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // A client that vanishes mid-attach (killed) hurts neither the container nor hulld.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "chatty",
+        &image,
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.1; done",
+    ]));
+    let mut client = hulld
+        .docker_command(&["attach", "chatty"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(client.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"tick\n");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hulld.inspect("{{.State.Running}}", "chatty"), "true");
+    assert_eq!(exec_out(&hulld, "chatty", "echo still here"), "still here\n");
+    ok(&hulld.docker(&["rm", "-f", "chatty"]));
+
+    // Files of a running container: cp both ways, diff, export.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /data/sub && echo hi > /data/a && rm /bin/wc && touch /ready; trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]));
+    eventually("the container's files", || {
+        hulld
+            .docker(&["exec", "files", "sh", "-c", "test -f /ready"])
+            .status
+            .success()
+    });
+    let host = hulld.work.join("cp");
+    std::fs::create_dir_all(&host).unwrap();
+    ok(&hulld.docker(&["cp", "files:/data", host.join("out").to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(host.join("out/a")).unwrap(), "hi\n");
+    assert!(host.join("out/sub").is_dir());
+    std::fs::write(host.join("in.txt"), "from the host\n").unwrap();
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/"]));
+    assert_eq!(exec_out(&hulld, "files", "cat /data/in.txt"), "from the host\n");
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/renamed.txt"]));
+    assert_eq!(exec_out(&hulld, "files", "cat /data/renamed.txt"), "from the host\n");
+    let tar = hulld.docker(&["cp", "files:/data/a", "-"]);
+    assert!(tar.status.success() && tar.stdout.windows(3).any(|w| w == b"hi\n"));
+    let missing = hulld.docker(&["cp", "files:/nowhere", host.to_str().unwrap()]);
+    assert!(
+        text(&missing.stderr).contains("Could not find the file /nowhere in container"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let diff = ok(&hulld.docker(&["diff", "files"]));
+    for line in [
+        "A /data",
+        "A /data/a",
+        "A /data/in.txt",
+        "C /bin",
+        "D /bin/wc",
+        "A /ready",
+    ] {
+        assert!(diff.lines().any(|l| l == line), "{line} in {diff}");
+    }
+    assert!(!diff.contains("/proc"), "the kernel's mounts are not changes: {diff}");
+    let exported = host.join("files.tar");
+    ok(&hulld.docker(&["export", "-o", exported.to_str().unwrap(), "files"]));
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let names = text(&listing.stdout);
+    assert!(
+        names.lines().any(|l| l == "bin/busybox") && names.lines().any(|l| l == "data/a"),
+        "{names}"
+    );
+    assert!(
+        !names.lines().any(|l| l == "bin/wc"),
+        "deleted files are not exported: {names}"
+    );
+    assert!(
+        !names.contains("proc/self"),
+        "the kernel's mounts are not entered: {names}"
+    );
+    assert_eq!(ok(&hulld.docker(&["port", "files"])), "", "no ports are published");
+
+    // A stopped container's files: its VM is started without its command for each operation.
+    ok(&hulld.docker(&["stop", "-t", "20", "files"]));
+    let files_id = hulld.inspect("{{.Id}}", "files");
+    let console = hulld.data.join("containers").join(&files_id).join("console.log");
+    let last_console = std::fs::metadata(&console).unwrap().modified().unwrap();
+    let copied = host.join("stopped.txt");
+    ok(&hulld.docker(&["cp", "files:/data/in.txt", copied.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "from the host\n");
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "files:/data/later.txt"]));
+    let diff = ok(&hulld.docker(&["diff", "files"]));
+    assert!(diff.lines().any(|l| l == "A /data/later.txt"), "{diff}");
+    assert_eq!(hulld.inspect("{{.State.Status}}", "files"), "exited", "still stopped");
+    assert_eq!(
+        std::fs::metadata(&console).unwrap().modified().unwrap(),
+        last_console,
+        "the last run's console is kept"
+    );
+    ok(&hulld.docker(&["start", "files"]));
+    eventually("the restarted container", || {
+        hulld
+            .docker(&["exec", "files", "sh", "-c", "test -f /data/later.txt"])
+            .status
+            .success()
+    });
+    ok(&hulld.docker(&["rm", "-f", "files"]));
+    // The usual way to put a file into a container before its first run.
+    ok(&hulld.docker(&["create", "--name", "fresh", &image, "cat", "/config.txt"]));
+    ok(&hulld.docker(&["cp", host.join("in.txt").to_str().unwrap(), "fresh:/config.txt"]));
+    assert_eq!(ok(&hulld.docker(&["start", "-a", "fresh"])), "from the host\n");
+    let missing = hulld.docker(&["cp", "fresh:/nowhere", host.to_str().unwrap()]);
+    assert!(
+        text(&missing.stderr).contains("Could not find the file"),
+        "{}",
+        text(&missing.stderr)
+    );
+    ok(&hulld.docker(&["rm", "fresh"]));
+
+    ok(&hulld.docker(&["rm", "term", "reader"]));
+    hulld.assert_no_leftovers();
+}
