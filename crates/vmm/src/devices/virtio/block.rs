@@ -14,6 +14,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Volati
 use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 
 const SECTOR: u64 = 512;
+/// The device says how many data segments a request may have; without it
+/// Linux sends one segment per request, and a 1 MiB read becomes hundreds.
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const VIRTIO_BLK_T_IN: u32 = 0;
@@ -26,6 +29,9 @@ const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 const ID_BYTES: usize = 20;
 /// Largest data transfer one request may ask for.
 const MAX_REQUEST_BYTES: u64 = 16 << 20;
+const QUEUE_SIZE: u16 = 256;
+/// Data segments per request: the queue's size less the header and status.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// The most buffers one preadv/pwritev takes (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
@@ -214,16 +220,20 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[256]
+        &[QUEUE_SIZE]
     }
 
     fn features(&self) -> u64 {
         let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | ro
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | ro
     }
 
+    /// capacity (sectors), size_max (unused: no F_SIZE_MAX), seg_max.
     fn config(&self) -> Vec<u8> {
-        self.sectors.to_le_bytes().to_vec()
+        let mut config = self.sectors.to_le_bytes().to_vec();
+        config.extend_from_slice(&0u32.to_le_bytes());
+        config.extend_from_slice(&SEG_MAX.to_le_bytes());
+        config
     }
 
     fn process_queue(&mut self, _index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
