@@ -238,15 +238,8 @@ impl Drop for Vmm {
         let _ = self.process.wait();
         // A jailed VMM's waiter removes its cgroup, unless it was killed:
         // then the VMM ends with it (its lifeline pipe hangs up) and we remove it.
-        if !self.jailed {
-            return;
-        }
-        let cgroup = vmm::jail::cgroup_of(self.process.id());
-        for _ in 0..100 {
-            match std::fs::remove_dir(&cgroup) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
-                _ => break,
-            }
+        if self.jailed {
+            vmm::jail::remove_cgroup_of(self.process.id());
         }
     }
 }

@@ -69,6 +69,19 @@ pub fn cgroup_of(pid: u32) -> PathBuf {
     Path::new(CGROUP_PARENT).join(format!("vmm-{pid}"))
 }
 
+/// Removes the cgroup of a VMM whose waiter (PID `pid`) was killed before
+/// it could: the VMM ends with its waiter (its lifeline hangs up) and the
+/// group stays busy until it has, so this waits up to a second.
+pub fn remove_cgroup_of(pid: u32) {
+    let cgroup = cgroup_of(pid);
+    for _ in 0..100 {
+        match std::fs::remove_dir(&cgroup) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => break,
+        }
+    }
+}
+
 /// The uid a VMM whose waiter has PID `pid` runs as.
 pub fn uid_of(pid: u32) -> u32 {
     ID_BASE + pid

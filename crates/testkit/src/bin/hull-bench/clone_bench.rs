@@ -358,11 +358,13 @@ struct PendingClone {
     start: Instant,
     child: Child,
     listener: UnixListener,
+    jailed: bool,
 }
 
 struct ReadyClone {
     ready_after: Duration,
     child: Child,
+    jailed: bool,
     _agent: UnixStream,
 }
 
@@ -370,6 +372,10 @@ impl Drop for ReadyClone {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The killed waiter left its cgroup; the VMM in it ends with it.
+        if self.jailed {
+            vmm::jail::remove_cgroup_of(self.child.id());
+        }
     }
 }
 
@@ -425,7 +431,12 @@ impl Restore {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
-        Ok(PendingClone { start, child, listener })
+        Ok(PendingClone {
+            start,
+            child,
+            listener,
+            jailed,
+        })
     }
 
     fn start(&self, name: &str, jailed: bool) -> Result<ReadyClone> {
@@ -448,6 +459,7 @@ impl PendingClone {
                     return Ok(ReadyClone {
                         ready_after: self.start.elapsed(),
                         child: self.child,
+                        jailed: self.jailed,
                         _agent: stream,
                     });
                 }
