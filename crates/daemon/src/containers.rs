@@ -206,9 +206,10 @@ fn is_running(state: &Option<RunState>) -> bool {
     matches!(state, Some(s) if s.status == RunStatus::Running)
 }
 
-/// Docker's state word.
-fn status_word(state: &Option<RunState>) -> &'static str {
+/// Docker's state word (`restarting`: waiting out its restart delay).
+fn status_word(state: &Option<RunState>, restarting: bool) -> &'static str {
     match state {
+        _ if restarting => "restarting",
         None => "created",
         Some(s) if s.paused => "paused",
         Some(s) if s.status == RunStatus::Running => "running",
@@ -240,16 +241,14 @@ fn since(time: &str) -> chrono::Duration {
         .unwrap_or_default()
 }
 
-fn status_line(state: &Option<RunState>) -> String {
+fn status_line(state: &Option<RunState>, restarting: bool) -> String {
+    let ended = |s: &RunState| human_duration(since(s.finished_at.as_deref().unwrap_or_default()));
     match state {
+        Some(s) if restarting => format!("Restarting ({}) {} ago", s.exit_code.unwrap_or(0), ended(s)),
         None => "Created".into(),
         Some(s) if s.paused => format!("Up {} (Paused)", human_duration(since(&s.started_at))),
         Some(s) if s.status == RunStatus::Running => format!("Up {}", human_duration(since(&s.started_at))),
-        Some(s) => format!(
-            "Exited ({}) {} ago",
-            s.exit_code.unwrap_or(0),
-            human_duration(since(s.finished_at.as_deref().unwrap_or_default()))
-        ),
+        Some(s) => format!("Exited ({}) {} ago", s.exit_code.unwrap_or(0), ended(s)),
     }
 }
 
@@ -294,10 +293,11 @@ fn matches_filters(
     filters: &HashMap<String, Vec<String>>,
     record: &ContainerRecord,
     state: &Option<RunState>,
+    restarting: bool,
 ) -> Result<bool, ApiError> {
     for (key, wanted) in filters {
         let ok = match key.as_str() {
-            "status" => wanted.iter().any(|w| w == status_word(state)),
+            "status" => wanted.iter().any(|w| w == status_word(state, restarting)),
             "name" => wanted.iter().any(|w| record.name.contains(w.trim_start_matches('/'))),
             "id" => wanted.iter().any(|w| record.id.starts_with(w.as_str())),
             "ancestor" => wanted
@@ -331,10 +331,13 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
         let mut rows = Vec::new();
         for record in records {
             let state = ContainerDir::new(&record.id).state().unwrap_or(None);
-            if (!all && !is_running(&state)) || !matches_filters(&filters, &record, &state)? {
+            let restarting = daemon.is_restarting(&record.id);
+            // As in Docker, a container waiting to restart counts as running.
+            if (!all && !is_running(&state) && !restarting) || !matches_filters(&filters, &record, &state, restarting)?
+            {
                 continue;
             }
-            rows.push(row(&record, &state));
+            rows.push(row(&record, &state, restarting));
             if query.limit.is_some_and(|l| l > 0 && rows.len() as i64 >= l) {
                 break;
             }
@@ -346,7 +349,7 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
 }
 
 /// A container as `docker ps` lists it.
-pub fn row(record: &ContainerRecord, state: &Option<RunState>) -> Value {
+pub fn row(record: &ContainerRecord, state: &Option<RunState>, restarting: bool) -> Value {
     let network = container_network(&record.id);
     let settings = crate::networking::settings_json(&record.id, &network, is_running(state));
     json!({
@@ -358,8 +361,8 @@ pub fn row(record: &ContainerRecord, state: &Option<RunState>) -> Value {
         "Created": unix_seconds(&record.created),
         "Ports": crate::networking::ps_ports(&network, is_running(state)),
         "Labels": record.config["Labels"],
-        "State": status_word(state),
-        "Status": status_line(state),
+        "State": status_word(state, restarting),
+        "Status": status_line(state, restarting),
         "HostConfig": { "NetworkMode": record.host_config["NetworkMode"] },
         "NetworkSettings": { "Networks": settings["Networks"] },
         "Mounts": container_mounts(&record.id),
@@ -397,7 +400,8 @@ pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQu
         let mut freed = 0;
         for record in daemon.containers.all()? {
             let state = ContainerDir::new(&record.id).state().unwrap_or(None);
-            if is_running(&state) || !matches_filters(&filters, &record, &state)? {
+            let restarting = daemon.is_restarting(&record.id);
+            if is_running(&state) || restarting || !matches_filters(&filters, &record, &state, restarting)? {
                 continue;
             }
             let size = writable_size(&record.id);
@@ -411,11 +415,18 @@ pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQu
 }
 
 pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (record, state) = blocking(move || lookup(&daemon, &id)).await?;
-    Ok(Json(inspect_json(&record, &state)))
+    let (record, state, restarting) = blocking(move || {
+        let (record, state) = lookup(&daemon, &id)?;
+        let restarting = daemon.is_restarting(&record.id);
+        Ok((record, state, restarting))
+    })
+    .await?;
+    Ok(Json(inspect_json(&record, &state, restarting)))
 }
 
-pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>) -> Value {
+/// `restarting`: waiting out its restart delay, which Docker shows as
+/// running and restarting at once.
+pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>, restarting: bool) -> Value {
     let dir = ContainerDir::new(&record.id);
     let zero_time = "0001-01-01T00:00:00Z";
     let running = is_running(state);
@@ -425,10 +436,10 @@ pub fn inspect_json(record: &ContainerRecord, state: &Option<RunState>) -> Value
         "Path": record.path,
         "Args": record.args,
         "State": {
-            "Status": status_word(state),
-            "Running": running,
+            "Status": status_word(state, restarting),
+            "Running": running || restarting,
             "Paused": state.as_ref().is_some_and(|s| s.paused),
-            "Restarting": false,
+            "Restarting": restarting,
             "OOMKilled": false,
             "Dead": false,
             "Pid": state.as_ref().filter(|_| running).map_or(0, |s| s.pid),
@@ -561,6 +572,11 @@ pub async fn stop(
     blocking(move || {
         let (record, state) = lookup(&daemon, &id)?;
         if !is_running(&state) {
+            // Waiting to restart: it stays down now, as Docker's stop does.
+            if daemon.cancel_restart(&record.id)? {
+                daemon.container_event_of(&record, "stop", &[]);
+                return Ok(empty(StatusCode::NO_CONTENT));
+            }
             return Ok(empty(StatusCode::NOT_MODIFIED));
         }
         let (timeout, signal) = stop_settings(&record, &query)?;
@@ -793,6 +809,15 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     blocking(move || {
         let (record, state) = lookup(&daemon, &id)?;
+        if !is_running(&state) && daemon.is_restarting(&record.id) {
+            if !flag(&query.force) {
+                return Err(ApiError::conflict(format!(
+                    "cannot remove container \"/{}\": container is restarting: stop the container before removing or force remove",
+                    record.name
+                )));
+            }
+            daemon.cancel_restart(&record.id)?;
+        }
         if is_running(&state) {
             if !flag(&query.force) {
                 return Err(ApiError::conflict(format!(

@@ -31,6 +31,9 @@ pub struct Daemon {
     pub handle: tokio::runtime::Handle,
     /// Name service on each user-defined network's gateway.
     pub dns: crate::dns::DnsServers,
+    /// Containers that ended and wait out their restart policy's delay:
+    /// Docker's "restarting" state.
+    restarting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Daemon {
@@ -43,7 +46,34 @@ impl Daemon {
             events_log: crate::events::EventLog::default(),
             handle: tokio::runtime::Handle::current(),
             dns: crate::dns::DnsServers::default(),
+            restarting: Default::default(),
         })
+    }
+
+    /// Whether container `id` waits to be restarted under its policy.
+    pub fn is_restarting(&self, id: &str) -> bool {
+        self.restarting.lock().is_ok_and(|set| set.contains(id))
+    }
+
+    /// Marks container `id` as waiting to restart, or as no longer; says
+    /// whether it was.
+    fn set_restarting(&self, id: &str, restarting: bool) -> bool {
+        let Ok(mut set) = self.restarting.lock() else {
+            return false;
+        };
+        match restarting {
+            true => !set.insert(id.to_string()),
+            false => set.remove(id),
+        }
+    }
+
+    /// Calls off a pending restart (`stop`, `rm -f`): the container stays down.
+    pub fn cancel_restart(&self, id: &str) -> Result<bool, ApiError> {
+        if !self.is_restarting(id) {
+            return Ok(false);
+        }
+        self.containers.modify(id, |r| r.manually_stopped = true)?;
+        Ok(self.set_restarting(id, false))
     }
 
     /// A container event for `docker events`: its name, image and labels
@@ -188,9 +218,11 @@ impl Daemon {
             return;
         }
         if let Some(delay) = restart_delay(&record, code) {
+            self.set_restarting(&id, true);
             tokio::time::sleep(delay).await;
             let daemon = self.clone();
             let _ = crate::api::blocking(move || {
+                daemon.set_restarting(&id, false);
                 // Stopped, removed or started by hand meanwhile: leave it.
                 let record = daemon.containers.find(&id)?;
                 if record.manually_stopped || ContainerDir::new(&id).is_running() {
@@ -220,6 +252,7 @@ impl Daemon {
             }
         }
         self.containers.remove(id)?;
+        self.set_restarting(id, false);
         if anonymous_volumes {
             crate::volumes::remove_anonymous(self, &volumes);
         }

@@ -149,7 +149,7 @@ pub async fn disk_usage(State(daemon): State<Arc<Daemon>>) -> Result<Json<Value>
         let mut containers = Vec::new();
         for record in daemon.containers.all()? {
             let state = ContainerDir::new(&record.id).state().unwrap_or(None);
-            let mut row = crate::containers::row(&record, &state);
+            let mut row = crate::containers::row(&record, &state, daemon.is_restarting(&record.id));
             let size_rw = crate::containers::writable_size(&record.id);
             let image_size = daemon.images.resolve(&record.image_id).map_or(0, |i| i.size());
             row["SizeRw"] = json!(size_rw);

@@ -295,6 +295,50 @@ fn restart_policies_and_many_containers() {
     });
     ok(&hulld.docker(&["rm", "flaky"]));
 
+    // Between its runs a container under `--restart always` is restarting
+    // (and running, as Docker shows it): listed by `ps`, not removable
+    // without -f, and `stop` calls the next run off. From the sixth restart
+    // on the wait is 6.4 s, time enough to look.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "bouncy",
+        "--restart",
+        "always",
+        &image,
+        "sh",
+        "-c",
+        "exit 3",
+    ]));
+    let shown = |h: &Hulld| {
+        h.inspect(
+            "{{.RestartCount}} {{.State.Status}} {{.State.Restarting}} {{.State.Running}}",
+            "bouncy",
+        )
+    };
+    eventually("a sixth restart's wait", || {
+        let now = shown(&hulld);
+        now.ends_with("restarting true true") && now.split(' ').next().and_then(|n| n.parse::<u32>().ok()) >= Some(6)
+    });
+    let listed = ok(&hulld.docker(&["ps", "--filter", "name=bouncy", "--format", "{{.Status}}"]));
+    assert!(listed.starts_with("Restarting (3)"), "{listed}");
+    let refused = hulld.docker(&["rm", "bouncy"]);
+    assert!(
+        text(&refused.stderr).contains("container is restarting: stop the container before removing or force remove"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let count = shown(&hulld).split(' ').next().unwrap_or_default().to_string();
+    ok(&hulld.docker(&["stop", "bouncy"]));
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(
+        shown(&hulld),
+        format!("{count} exited false false"),
+        "the pending restart was called off"
+    );
+    ok(&hulld.docker(&["rm", "bouncy"]));
+
     // The Python Docker SDK runs containers too (foreground, detached, logs, kill, wait).
     let sdk = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/docker_sdk.py"))
