@@ -364,7 +364,7 @@ impl NetworkIntent {
         }
         // Docker picks the first endpoint when none is keyed by the network.
         parsed_endpoints.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(NetworkIntent {
+        let mut intent = NetworkIntent {
             mode,
             mode_text,
             policy,
@@ -380,16 +380,21 @@ impl NetworkIntent {
             ports: port_requests(request)?,
             bound,
             publish_all: request.publish_all_ports,
-            exposed: exposed.iter().map(|k| container_port(k)).collect::<Result<_, _>>()?,
+            exposed: Vec::new(),
             endpoints: parsed_endpoints,
             config_endpoint: EndpointRequest::parse(None, config_mac)?,
-        })
+        };
+        intent.expose(exposed)?;
+        Ok(intent)
     }
 
-    /// Adds ports the image exposes (for `-P`).
+    /// Adds exposed ports (the image's): they matter only to `-P`, and
+    /// only then must they parse, as in Docker.
     pub fn expose(&mut self, keys: &[String]) -> Result<(), ApiError> {
-        for key in keys {
-            self.exposed.push(container_port(key)?);
+        if self.publish_all {
+            for key in keys {
+                self.exposed.push(container_port(key)?);
+            }
         }
         Ok(())
     }
@@ -743,7 +748,9 @@ mod tests {
             publish_all_ports: true,
             ..bindings(&[("80/tcp", "", "8080")])
         };
-        let got = port_mappings(&all, &["80/tcp".into(), "443/tcp".into()]).unwrap();
+        // Exposed ports matter (and must parse) only with -P.
+        assert!(port_mappings(&bindings(&[]), &["9/sctp".into()]).unwrap().is_empty());
+        let got = port_mappings(&all, &["80/tcp".into(), "443/tcp".into(), "443/tcp".into()]).unwrap();
         assert_eq!(got.len(), 2);
         assert!(got.iter().any(|m| m.container_port == 443 && m.host_port != 0));
     }
