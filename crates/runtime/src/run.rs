@@ -8,9 +8,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -199,12 +197,11 @@ impl Drop for RunDir {
     }
 }
 
-/// The VMM process; killed if still running when dropped.
+/// The VMM process; killed if still running when dropped (and its cgroup
+/// removed, `vmm::jail::VmmProcess`).
 struct Vmm {
-    process: Child,
+    process: vmm::jail::VmmProcess,
     console: ConsoleKeeper,
-    /// Started with `--jail`: it has a cgroup of its own.
-    jailed: bool,
 }
 
 impl Vmm {
@@ -227,20 +224,6 @@ impl Vmm {
             let _ = err.read_to_string(&mut stderr);
         }
         format!("hull-vmm ended with {status}: {}", stderr.trim())
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if matches!(self.process.try_wait(), Ok(None)) {
-            let _ = self.process.kill();
-        }
-        let _ = self.process.wait();
-        // A jailed VMM's waiter removes its cgroup, unless it was killed:
-        // then the VMM ends with it (its lifeline pipe hangs up) and we remove it.
-        if self.jailed {
-            vmm::jail::remove_cgroup_of(self.process.id());
-        }
     }
 }
 
@@ -547,7 +530,7 @@ impl VmFiles<'_> {
     fn start(&self, request: &RunRequest, template: Option<&crate::template::Template>) -> Result<Vmm, RunError> {
         // HULL_DEBUG_CONSOLE=1: the whole guest console on our stderr, live.
         let debug_console = std::env::var_os("HULL_DEBUG_CONSOLE").is_some();
-        let mut command = Command::new(self.binary);
+        let mut command = vmm::jail::VmmCommand::new(self.binary);
         if debug_console {
             command.arg("--console");
         }
@@ -584,75 +567,48 @@ impl VmFiles<'_> {
         // Every VM has the template's NIC slot: on the container's tap, or
         // plugged into nothing.
         match self.tap {
-            Some(_) => command.arg("--net-fd").arg(TAP_FD.to_string()),
+            Some(tap) => command
+                .arg("--net-fd")
+                .arg(TAP_FD.to_string())
+                .pass_fd(tap.as_raw_fd(), TAP_FD),
             None => command.arg("--net-detached"),
         };
-        let tap_fd = self.tap.map(AsRawFd::as_raw_fd);
         command
             .arg("--vsock-uds")
             .arg(self.uds)
             .arg("--control-socket")
             .arg(self.control);
-        let jailed = self.jailed;
-        if jailed {
+        if self.jailed {
+            let limits = vmm::jail::Limits::new(request.memory_mib, request.cpus, request.cpu_limit_millis)?;
             // The VM's socket directory holds everything it reaches after it is built.
-            command.arg("--jail").arg(self.uds.parent().unwrap_or(Path::new("/")));
-            if let Some(millis) = request.cpu_limit_millis {
-                command.arg("--cpu-limit-millis").arg(millis.to_string());
-            }
+            command.jail(self.uds.parent().unwrap_or(Path::new("/")), limits);
         }
         // The console reaches its log through a pipe (`crate::console`).
         let (console_source, console_end) = crate::console::pipe().map_err(io("the console's pipe"))?;
-        let console_fd = console_end.as_raw_fd();
         let keeper = crate::console::ConsoleKeeper::start(console_source, self.console_log)
             .map_err(io(format!("{}", self.console_log.display())))?;
         command
             .arg("--serial-log")
             .arg(format!("/proc/self/fd/{CONSOLE_FD}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .pass_fd(console_end.as_raw_fd(), CONSOLE_FD)
+            .stdout(vmm::jail::Output::Null)
             .stderr(if debug_console {
-                Stdio::inherit()
+                vmm::jail::Output::Inherit
             } else {
-                Stdio::piped()
+                vmm::jail::Output::Piped
             })
             // Terminal signals are ours to relay to the container, not the VMM's to die of.
-            .process_group(0);
-        // The VMM must not outlive its parent (hull, or a container's
-        // supervisor) -- including a parent killed before prctl took effect.
-        let parent = std::process::id();
-        // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some(fd) = tap_fd {
-                    // dup2 clears close-on-exec; the same number would keep it.
-                    let passed = match fd == TAP_FD {
-                        true => libc::fcntl(fd, libc::F_SETFD, 0),
-                        false => libc::dup2(fd, TAP_FD),
-                    };
-                    if passed < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::dup2(console_fd, CONSOLE_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("the parent is gone"));
-                }
-                Ok(())
-            });
-        }
-        let child = command
+            .process_group();
+        // The VMM must not outlive us: it gets SIGKILL when the thread that
+        // started it ends (and, jailed, when its lifeline hangs up).
+        let process = command
             .spawn()
             .map_err(io(format!("starting {}", self.binary.display())))?;
         // Only the VMM holds the write end now: the log ends when it does.
         drop(console_end);
         Ok(Vmm {
-            process: child,
+            process,
             console: keeper,
-            jailed,
         })
     }
 }

@@ -91,11 +91,83 @@ pub fn timed_boot_with<T>(
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {command:?}"))?;
-    let (tx, rx) = mpsc::channel();
     let streams: Vec<Box<dyn Read + Send>> = vec![
         Box::new(child.stdout.take().context("stdout")?),
         Box::new(child.stderr.take().context("stderr")?),
     ];
+    watch(child, streams, start, limit, at_ready)
+}
+
+/// Like `timed_boot_with`, the hull-vmm `command` jailed in `root` as the
+/// runtime jails it (`vmm::jail::VmmCommand`).
+pub fn timed_jailed_boot_with<T>(
+    command: &Command,
+    root: &Path,
+    limits: vmm::jail::Limits,
+    limit: Duration,
+    at_ready: impl FnOnce(u32) -> T,
+) -> Result<(BootRun, T)> {
+    use vmm::jail::{Output, VmmCommand};
+    let start = Instant::now();
+    let mut child = VmmCommand::from_command(command)
+        .jail(root, limits)
+        .stdout(Output::Piped)
+        .stderr(Output::Piped)
+        .spawn()
+        .with_context(|| format!("starting {command:?} jailed"))?;
+    let streams: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().context("stdout")?),
+        Box::new(child.stderr.take().context("stderr")?),
+    ];
+    watch(child, streams, start, limit, at_ready)
+}
+
+/// A VMM process being timed: std's, or one started by `vmm::jail`.
+trait Watched {
+    fn id(&self) -> u32;
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>>;
+    fn kill(&mut self) -> std::io::Result<()>;
+    fn wait(&mut self) -> std::io::Result<ExitStatus>;
+}
+
+impl Watched for std::process::Child {
+    fn id(&self) -> u32 {
+        std::process::Child::id(self)
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        std::process::Child::try_wait(self)
+    }
+    fn kill(&mut self) -> std::io::Result<()> {
+        std::process::Child::kill(self)
+    }
+    fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        std::process::Child::wait(self)
+    }
+}
+
+impl Watched for vmm::jail::VmmProcess {
+    fn id(&self) -> u32 {
+        vmm::jail::VmmProcess::id(self)
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        vmm::jail::VmmProcess::try_wait(self)
+    }
+    fn kill(&mut self) -> std::io::Result<()> {
+        vmm::jail::VmmProcess::kill(self)
+    }
+    fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        vmm::jail::VmmProcess::wait(self)
+    }
+}
+
+fn watch<T>(
+    mut child: impl Watched,
+    streams: Vec<Box<dyn Read + Send>>,
+    start: Instant,
+    limit: Duration,
+    at_ready: impl FnOnce(u32) -> T,
+) -> Result<(BootRun, T)> {
+    let (tx, rx) = mpsc::channel();
     let readers: Vec<_> = streams
         .into_iter()
         .map(|stream| {

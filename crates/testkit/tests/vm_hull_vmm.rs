@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
-use testkit::boot::{hull_vmm_command, timed_boot, timed_boot_with};
+use testkit::boot::{hull_vmm_command, timed_boot, timed_boot_with, timed_jailed_boot_with};
 use testkit::guest;
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -297,14 +297,6 @@ fn status_field(entry: impl std::fmt::Display, name: &str) -> String {
         .join(" ")
 }
 
-/// The jailed VMM: the only child of its waiter.
-fn jailed_vmm(waiter: u32) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{waiter}/task/{waiter}/children")).unwrap();
-    let children: Vec<u32> = children.split_whitespace().map(|c| c.parse().unwrap()).collect();
-    assert_eq!(children.len(), 1, "{children:?}");
-    children[0]
-}
-
 fn jailed_command(dir: &std::path::Path, script: &str) -> std::process::Command {
     let kernel = guest::cloud_kernel().unwrap();
     let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
@@ -318,10 +310,24 @@ fn jailed_command(dir: &std::path::Path, script: &str) -> std::process::Command 
         .arg(&disk)
         .arg("--net-detached")
         .arg("--control-socket")
-        .arg(jail.join("vmm.ctl"))
-        .arg("--jail")
-        .arg(&jail);
+        .arg(jail.join("vmm.ctl"));
     command
+}
+
+/// Boots `command` jailed in DIR/jail, as the runtime starts its VMMs.
+fn jailed_boot<T>(
+    dir: &std::path::Path,
+    command: std::process::Command,
+    at_ready: impl FnOnce(u32) -> T,
+) -> anyhow::Result<(testkit::boot::BootRun, T)> {
+    let limits = vmm::jail::Limits::new(256, 1, None).unwrap();
+    timed_jailed_boot_with(&command, &dir.join("jail"), limits, LIMIT, at_ready)
+}
+
+/// The cgroup `pid` is in, as a path under /sys/fs/cgroup.
+fn cgroup_dir(pid: u32) -> std::path::PathBuf {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    std::path::Path::new("/sys/fs/cgroup").join(line.trim().trim_start_matches("0::/"))
 }
 
 #[test]
@@ -330,9 +336,8 @@ fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
     let dir = scratch("jail");
     let script = "i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo tick $i; $B sleep 0.05; done; $B poweroff -f";
     let command = jailed_command(&dir, script);
-    let (run, waiter) = timed_boot_with(command, LIMIT, |waiter| {
-        let vmm = jailed_vmm(waiter);
-        let uid = vmm::jail::uid_of(waiter).to_string();
+    let (run, cgroup) = jailed_boot(&dir, command, |vmm| {
+        let uid = vmm::jail::uid_of(vmm).to_string();
         assert_eq!(status_field(vmm, "Uid:"), [uid.as_str(); 4].join(" "));
         let gid = vmm::jail::ID_BASE.to_string();
         assert_eq!(status_field(vmm, "Gid:"), [gid.as_str(); 4].join(" "));
@@ -340,8 +345,8 @@ fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
         assert_eq!(status_field(vmm, "CapEff:"), "0000000000000000");
         assert_eq!(status_field(vmm, "CapPrm:"), "0000000000000000");
         assert_eq!(status_field(vmm, "NoNewPrivs:"), "1");
-        // Every thread of both processes is filtered.
-        let threads: Vec<_> = threads(vmm).into_iter().chain(threads(waiter)).collect();
+        // Every thread is filtered; no other process is left (no waiter).
+        let threads = threads(vmm);
         assert!(threads.iter().all(|(_, mode)| mode == "2"), "{threads:?}");
         assert!(threads.iter().any(|(name, _)| name == "vcpu0"), "{threads:?}");
         for ns in ["pid", "mnt", "ipc"] {
@@ -355,14 +360,20 @@ fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
             .collect();
         root.sort();
         assert_eq!(root, ["vmm.ctl"]);
-        let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
-        assert_eq!(cgroup.trim(), format!("0::/hull/vmm-{waiter}"));
-        let limit = |file: &str| {
-            std::fs::read_to_string(vmm::jail::cgroup_of(waiter).join(file))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
+        // Born in its own group, made by its starter (this test).
+        let cgroup = cgroup_dir(vmm);
+        let name = cgroup.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(cgroup.starts_with(vmm::jail::CGROUP_PARENT), "{cgroup:?}");
+        assert!(name.starts_with(&format!("vmm-{}-", std::process::id())), "{cgroup:?}");
+        // The VMM is its only process (KVM adds its own worker threads,
+        // children of kthreadd, to the group of the VM's creator).
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+        let users: Vec<&str> = procs
+            .split_whitespace()
+            .filter(|p| status_field(p, "PPid:") != "2")
+            .collect();
+        assert_eq!(users, [vmm.to_string()]);
+        let limit = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap().trim().to_string();
         assert_eq!(limit("memory.max"), ((256u64 + 128) << 20).to_string());
         assert_eq!(limit("pids.max"), "33");
         assert_eq!(limit("cpu.max"), "100000 100000");
@@ -370,36 +381,68 @@ fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
         let stream = UnixStream::connect(dir.join("jail/vmm.ctl")).unwrap();
         assert_eq!(control(&stream, VmmRequest::Pause), VmmReply::Done);
         assert_eq!(control(&stream, VmmRequest::Resume), VmmReply::Done);
-        waiter
+        cgroup
     })
     .unwrap();
     let console = run.console.join("\n");
     assert_eq!(run.status.code(), Some(0), "{console}");
     assert!(console.contains("tick 100"), "{console}");
-    assert!(!vmm::jail::cgroup_of(waiter).exists(), "the waiter removes the cgroup");
+    assert!(!cgroup.exists(), "the starter removes the cgroup");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
-fn a_jailed_vmm_dies_with_its_waiter() {
+fn a_jailed_vmm_dies_with_its_starter_and_its_cgroup_is_cleared() {
+    // A starter of its own (this test binary, re-run), killed once ready.
+    if let Some(dir) = std::env::var_os("HULL_JAIL_STARTER").map(std::path::PathBuf::from) {
+        let command = jailed_command(&dir, "$B sleep 600");
+        let _ = jailed_boot(&dir, command, |vmm| {
+            std::fs::write(dir.join("vmm.pid"), vmm.to_string()).unwrap();
+            std::thread::sleep(Duration::from_secs(600));
+        });
+        return;
+    }
     let dir = scratch("jail-kill");
-    let command = jailed_command(&dir, "$B sleep 600");
-    let (run, gone) = timed_boot_with(command, LIMIT, |waiter| {
-        let vmm = jailed_vmm(waiter);
-        // SAFETY: kill(2) of the process this test started.
-        assert_eq!(unsafe { libc::kill(waiter as i32, libc::SIGKILL) }, 0);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::path::Path::new(&format!("/proc/{vmm}")).exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+    let mut starter = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "a_jailed_vmm_dies_with_its_starter_and_its_cgroup_is_cleared",
+        ])
+        .env("HULL_JAIL_STARTER", &dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let vmm = loop {
+        if let Some(pid) = std::fs::read_to_string(dir.join("vmm.pid"))
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            break pid;
         }
-        let gone = !std::path::Path::new(&format!("/proc/{vmm}")).exists();
-        let _ = std::fs::remove_dir(vmm::jail::cgroup_of(waiter));
-        gone
-    })
-    .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(run.status.signal(), Some(libc::SIGKILL));
-    assert!(gone, "the jailed VMM outlived its waiter");
+        assert!(std::time::Instant::now() < deadline, "the jailed guest never got ready");
+        assert!(starter.try_wait().unwrap().is_none(), "the starter ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let cgroup = cgroup_dir(vmm);
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{vmm}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{vmm}")).exists(),
+        "the jailed VMM outlived its starter"
+    );
+    // Left behind by the killed starter: the next starter clears it.
+    assert!(cgroup.exists());
+    let mut next = vmm::jail::VmmCommand::new("/bin/true");
+    let limits = vmm::jail::Limits::new(64, 1, None).unwrap();
+    next.jail(dir.join("jail"), limits).stderr(vmm::jail::Output::Null);
+    let _ = next.spawn().map(|mut p| p.wait());
+    assert!(!cgroup.exists(), "an orphaned VMM cgroup stays");
     std::fs::remove_dir_all(&dir).unwrap();
 }

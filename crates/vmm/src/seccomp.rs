@@ -33,9 +33,7 @@ pub enum ThreadKind {
     /// A virtio device's thread.
     Device(DeviceKind),
     Control,
-    /// A jailed VMM's waiter (`jail`): it only waits and cleans up.
-    Waiter,
-    /// A jailed VMM's thread that ends it when its waiter dies.
+    /// A jailed VMM's thread that ends it when its starter dies.
     Lifeline,
 }
 
@@ -46,7 +44,6 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Device(kind) => kind.label(),
             ThreadKind::Control => "control",
-            ThreadKind::Waiter => "waiter",
             ThreadKind::Lifeline => "lifeline",
         }
     }
@@ -123,16 +120,6 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
         ],
         ThreadKind::Vcpu => &[],
         ThreadKind::Lifeline => &[libc::SYS_poll, libc::SYS_ppoll],
-        ThreadKind::Waiter => &[
-            libc::SYS_wait4,
-            libc::SYS_rmdir,
-            libc::SYS_unlinkat,
-            libc::SYS_rt_sigaction,
-            libc::SYS_getpid,
-            libc::SYS_gettid,
-            libc::SYS_tgkill,
-            libc::SYS_kill,
-        ],
         ThreadKind::Device(DeviceKind::Block) => &[
             libc::SYS_preadv,
             libc::SYS_pwritev,
@@ -321,7 +308,6 @@ mod tests {
             ThreadKind::Device(DeviceKind::Vsock),
             ThreadKind::Device(DeviceKind::Rng),
             ThreadKind::Control,
-            ThreadKind::Waiter,
             ThreadKind::Lifeline,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());

@@ -65,14 +65,14 @@ struct Args {
     /// Serve the control channel (pause, resume, describe) on this unix socket.
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// Jail the VMM (its own uid, namespaces and cgroup), pivoted into this
-    /// directory, which must hold the vsock and control sockets.
-    #[arg(long, conflicts_with = "snapshot_to")]
+    /// Lock the VMM down (its own uid, no capabilities), pivoted into this
+    /// directory, which must hold the vsock and control sockets. Set by
+    /// `vmm::jail::VmmCommand`, which starts it in its namespaces and cgroup.
+    #[arg(long, conflicts_with = "snapshot_to", requires = "lifeline_fd")]
     jail: Option<PathBuf>,
-    /// The jailed VM's CPU time, in thousandths of a CPU (1500: one and a
-    /// half CPUs' worth, at most its vCPUs'); default: all of its vCPUs.
+    /// The jailed VMM ends when this descriptor (a pipe's read end) hangs up.
     #[arg(long, requires = "jail")]
-    cpu_limit_millis: Option<u32>,
+    lifeline_fd: Option<i32>,
     /// Tests only: a guest write to a fixed MMIO address makes a vCPU thread
     /// break its seccomp filter.
     #[arg(long, hide = true)]
@@ -159,13 +159,9 @@ fn main() -> ExitCode {
         }),
     };
     if let Some(root) = args.jail {
-        match jail(&mut config, &root, args.cpu_limit_millis) {
-            Ok(None) => {}
-            Ok(Some(status)) => return exit_as(status),
-            Err(e) => {
-                eprintln!("hull-vmm: {e}");
-                return ExitCode::FAILURE;
-            }
+        if let Err(e) = jail(&mut config, &root, args.lifeline_fd.unwrap_or(-1)) {
+            eprintln!("hull-vmm: {e}");
+            return ExitCode::FAILURE;
         }
     }
     match vm::run(&config) {
@@ -192,45 +188,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Forks the jailed VMM; returns its status in the waiter, None in the VMM.
-fn jail(
-    config: &mut VmConfig,
-    root: &std::path::Path,
-    cpu_limit_millis: Option<u32>,
-) -> Result<Option<std::process::ExitStatus>, VmError> {
-    use vmm::jail::{self, Jail, Limits, Side};
+/// Enters the jail: from here on the sockets are named relative to it.
+fn jail(config: &mut VmConfig, root: &std::path::Path, lifeline: i32) -> Result<(), VmError> {
+    use vmm::jail::{self, Jail};
     vm::validate(config)?;
-    let limits = Limits::new(config.memory_mib, config.vcpus, cpu_limit_millis)?;
-    let root = root
-        .canonicalize()
-        .map_err(|e| VmError::Jail(format!("{}: {e}", root.display())))?;
-    let (waiter, lifeline) = match jail::fork(&limits)? {
-        Side::Waiter(status) => return Ok(Some(status)),
-        Side::Vmm { waiter, lifeline } => (waiter, lifeline),
-    };
-    jail::enter_dir(&root)?;
+    let jail = Jail::enter(root, lifeline)?;
     // Named relative to the jail, they stay valid after the pivot.
     if let Some(vsock) = &mut config.vsock {
-        vsock.uds_path = jail::inside(&root, &vsock.uds_path);
+        vsock.uds_path = jail::inside(&jail.root, &vsock.uds_path);
     }
     if let Some(control) = &mut config.control_socket {
-        *control = jail::inside(&root, control);
+        *control = jail::inside(&jail.root, control);
     }
-    config.jail = Some(Jail { root, waiter, lifeline });
-    Ok(None)
-}
-
-/// Ends the waiter as its VMM ended: the same code, or the same signal.
-fn exit_as(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(signal) = status.signal() {
-        // SAFETY: restoring the default action and raising a signal on ourselves.
-        unsafe {
-            libc::signal(signal, libc::SIG_DFL);
-            libc::raise(signal);
-        }
-    }
-    ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
+    config.jail = Some(jail);
+    Ok(())
 }
 
 #[cfg(test)]

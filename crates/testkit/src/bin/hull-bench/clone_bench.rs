@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -356,27 +356,15 @@ struct Restore {
 
 struct PendingClone {
     start: Instant,
-    child: Child,
+    child: vmm::jail::VmmProcess,
     listener: UnixListener,
-    jailed: bool,
 }
 
+/// Dropped, its VMM is killed (`vmm::jail::VmmProcess`).
 struct ReadyClone {
     ready_after: Duration,
-    child: Child,
-    jailed: bool,
+    child: vmm::jail::VmmProcess,
     _agent: UnixStream,
-}
-
-impl Drop for ReadyClone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The killed waiter left its cgroup; the VMM in it ends with it.
-        if self.jailed {
-            vmm::jail::remove_cgroup_of(self.child.id());
-        }
-    }
 }
 
 impl Restore {
@@ -407,7 +395,7 @@ impl Restore {
         // The template's volume slots, bound to nothing (as for a container without volumes).
         let spare_slots = runtime::volume::slot_disks(&[])?;
         let start = Instant::now();
-        let mut command = Command::new(&self.vmm);
+        let mut command = vmm::jail::VmmCommand::new(&self.vmm);
         command
             .arg("--restore")
             .arg(&self.template)
@@ -420,23 +408,17 @@ impl Restore {
             command.arg("--disk").arg(slot);
         }
         if jailed {
-            command.arg("--jail").arg(&sockets);
+            command.jail(&sockets, vmm::jail::Limits::new(GUEST_MIB, 1, None)?);
         }
         // The template's NIC slot, plugged into nothing (as for `--network none`).
         command.arg("--net-detached");
         let child = command
             .arg("--vsock-uds")
             .arg(&uds)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        Ok(PendingClone {
-            start,
-            child,
-            listener,
-            jailed,
-        })
+            .stdout(vmm::jail::Output::Null)
+            .spawn()
+            .with_context(|| format!("starting {}", self.vmm.display()))?;
+        Ok(PendingClone { start, child, listener })
     }
 
     fn start(&self, name: &str, jailed: bool) -> Result<ReadyClone> {
@@ -459,7 +441,6 @@ impl PendingClone {
                     return Ok(ReadyClone {
                         ready_after: self.start.elapsed(),
                         child: self.child,
-                        jailed: self.jailed,
                         _agent: stream,
                     });
                 }
