@@ -159,6 +159,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         cold_boot: false,
         volumes: mounts.clone(),
         network,
+        log: request.log,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);
@@ -177,12 +178,22 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
 fn host_config_with_defaults(given: Option<&Value>) -> Value {
     let mut host = given.cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
     let defaults = [
-        ("LogConfig", json!({"Type": "json-file", "Config": {}})),
         ("NetworkMode", json!("none")),
         ("RestartPolicy", json!({"Name": "no", "MaximumRetryCount": 0})),
         ("Runtime", json!("hull")),
     ];
     if let Some(object) = host.as_object_mut() {
+        // The driver's name filled in, the options kept as given.
+        let log = object.entry("LogConfig").or_insert_with(|| json!({}));
+        if !log.is_object() {
+            *log = json!({});
+        }
+        if log.get("Type").and_then(Value::as_str).is_none_or(str::is_empty) {
+            log["Type"] = json!("json-file");
+        }
+        if !log.get("Config").is_some_and(Value::is_object) {
+            log["Config"] = json!({});
+        }
         for (key, value) in defaults {
             let missing = object
                 .get(key)

@@ -45,6 +45,16 @@ struct HostConfigBody {
     privileged: bool,
     /// The client terminal's `[height, width]` (with `Tty`).
     console_size: Option<Vec<u64>>,
+    log_config: LogConfigBody,
+}
+
+/// `--log-driver` and `--log-opt`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct LogConfigBody {
+    #[serde(rename = "Type")]
+    driver: Option<String>,
+    config: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +89,7 @@ pub struct CreateRequest {
     /// `-v /path`: anonymous volumes.
     pub anonymous_volumes: Vec<String>,
     pub network: NetworkIntent,
+    pub log: runtime::log_config::LogConfig,
 }
 
 impl CreateRequest {
@@ -156,6 +167,11 @@ impl CreateRequest {
             user: Some(body.user).filter(|u| !u.is_empty()),
         };
         let host = body.host_config;
+        let log = runtime::log_config::LogConfig::parse(
+            host.log_config.driver.as_deref().unwrap_or(""),
+            &host.log_config.config.clone().unwrap_or_default(),
+        )
+        .map_err(ApiError::bad_request)?;
         Ok(CreateRequest {
             env_given: body.env.is_some() && !raw.get("Env").is_some_and(Value::is_null),
             image: body.image,
@@ -174,6 +190,7 @@ impl CreateRequest {
             mounts: host.mounts.unwrap_or_default(),
             anonymous_volumes: body.volumes.map(|v| v.into_keys().collect()).unwrap_or_default(),
             network,
+            log,
             raw,
         })
     }

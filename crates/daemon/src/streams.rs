@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use runtime::container::ContainerDir;
 use runtime::container_log::{end_offset, LogEntry, LogReader};
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -134,16 +136,23 @@ pub async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let record = blocking(move || Ok(daemon.containers.find(&id)?)).await?;
+    if record.host_config.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("none") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "configured logging driver does not support reading",
+        ));
+    }
     let (selection, tail) = query.selection(record.config["Tty"].as_bool() == Some(true))?;
     let follow = flag(&query.follow);
     let (tx, rx) = mpsc::channel(64);
     let dir = ContainerDir::new(&record.id);
     tokio::task::spawn_blocking(move || {
-        let mut reader = match LogReader::open(&dir.log_path(), 0) {
-            Ok(Some(reader)) => reader,
+        let (entries, reader) = match LogReader::read_all(&dir.log_path()) {
+            Ok((entries, Some(reader))) => (entries, reader),
             _ => return,
         };
-        let mut first: Vec<Vec<u8>> = reader.read_new().iter().filter_map(|e| selection.encode(e)).collect();
+        let mut reader = reader;
+        let mut first: Vec<Vec<u8>> = entries.iter().filter_map(|e| selection.encode(e)).collect();
         if let Some(n) = tail {
             first.drain(..first.len().saturating_sub(n));
         }

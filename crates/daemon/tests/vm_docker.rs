@@ -76,6 +76,46 @@ fn docker_run_in_the_foreground_and_detached() {
         "logs outlive the run"
     );
 
+    // Logs rotate as Docker's do: at most max-file files of about max-size
+    // bytes; `logs` reads the kept files, oldest first.
+    let chatty = ok(&hulld.docker(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-opt",
+        "max-size=1k",
+        "--log-opt",
+        "max-file=2",
+        &image,
+        "seq",
+        "1",
+        "400",
+    ]));
+    assert_eq!(chatty.lines().count(), 400, "attached output is not cut by rotation");
+    let log = std::path::PathBuf::from(hulld.inspect("{{.LogPath}}", "chatty"));
+    let rotated = |n: u32| std::path::PathBuf::from(format!("{}.{n}", log.display()));
+    assert!(log.exists() && rotated(1).exists() && !rotated(2).exists());
+    for file in [log.clone(), rotated(1)] {
+        let size = std::fs::metadata(&file).unwrap().len();
+        assert!(size < 1000 + 100, "{file:?} holds {size} bytes");
+    }
+    let kept: Vec<u32> = ok(&hulld.docker(&["logs", "chatty"]))
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(kept.len() > 10 && kept.len() < 60, "{kept:?}");
+    assert_eq!(kept, (401 - kept.len() as u32..=400).collect::<Vec<_>>());
+    // `none` keeps nothing to read, yet an attached client gets the output.
+    let quiet = ok(&hulld.docker(&["run", "--name", "quiet", "--log-driver", "none", &image, "echo", "hi"]));
+    assert_eq!(quiet, "hi\n");
+    let unread = hulld.docker(&["logs", "quiet"]);
+    assert!(
+        text(&unread.stderr).contains("configured logging driver does not support reading"),
+        "{}",
+        text(&unread.stderr)
+    );
+    ok(&hulld.docker(&["rm", "chatty", "quiet"]));
+
     // Detached: runs on, logs stream, stop sends SIGTERM.
     let id = ok(&hulld.docker(&[
         "run",
@@ -263,7 +303,7 @@ fn vmm_cgroup(id16: &str) -> std::path::PathBuf {
             continue;
         }
         let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-        // The jailed VMM (the waiter stays in its parent's group).
+        // The jailed VMM, born in its own group.
         if let Some(path) = cgroup.trim().strip_prefix("0::").filter(|p| p.contains("/hull/vmm-")) {
             return std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
         }

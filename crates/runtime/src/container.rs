@@ -46,6 +46,9 @@ pub struct ContainerSpec {
     /// Its network, address and published ports (none for older records).
     #[serde(default)]
     pub network: crate::network::ContainerNetwork,
+    /// How its log is kept (`--log-driver`, `--log-opt`).
+    #[serde(default)]
+    pub log: crate::log_config::LogConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,11 +2,17 @@
 //! line, `{"log":"text\n","stream":"stdout","time":"…"}`, split at newlines
 //! (a line longer than 16 KiB goes out in pieces, as Docker does). The log is
 //! kept after the container ends and read by hulld for `logs`, `logs -f` and
-//! attach.
+//! attach. With `--log-opt max-size` it is rotated as Docker rotates it:
+//! once the file holds max-size bytes, `LOG.1` becomes `LOG.2` and so on,
+//! `LOG` becomes `LOG.1`, and at most max-file files are kept (with one,
+//! the file is emptied instead). Readers follow the log across rotations.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::log_config::LogConfig;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,17 +36,60 @@ impl LogEntry {
 
 /// Appends a command's output to its log, a line at a time.
 pub struct LogWriter {
+    path: PathBuf,
     file: File,
+    /// Bytes in `file`.
+    size: u64,
+    max_size: Option<u64>,
+    max_file: u32,
     pending: [Vec<u8>; 2],
 }
 
+/// The `n`th rotated file of the log at `path` (`LOG.n`).
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+fn open_for_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl LogWriter {
-    pub fn open(path: &Path) -> std::io::Result<LogWriter> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    pub fn open(path: &Path, config: &LogConfig) -> std::io::Result<LogWriter> {
+        let file = open_for_append(path)?;
         Ok(LogWriter {
+            path: path.to_path_buf(),
+            size: file.metadata()?.len(),
             file,
+            max_size: config.max_size,
+            max_file: config.max_file.max(1),
             pending: [Vec::new(), Vec::new()],
         })
+    }
+
+    /// Starts a new file (Docker's order: the check comes before a write).
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if self.max_file == 1 {
+            self.file.set_len(0)?;
+        } else {
+            for n in (1..self.max_file - 1).rev() {
+                let from = rotated_path(&self.path, n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated_path(&self.path, n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
+            self.file = open_for_append(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
     }
 
     pub fn write(&mut self, stream: OutputStream, data: &[u8]) {
@@ -78,8 +127,15 @@ impl LogWriter {
         };
         if let Ok(mut line) = serde_json::to_vec(&entry) {
             line.push(b'\n');
+            if self.max_size.is_some_and(|max| self.size >= max) {
+                if let Err(e) = self.rotate() {
+                    eprintln!("hull-shim: rotating {}: {e}", self.path.display());
+                }
+            }
             // One write per entry, so a reader never sees half a line (O_APPEND).
-            let _ = self.file.write_all(&line);
+            if self.file.write_all(&line).is_ok() {
+                self.size += line.len() as u64;
+            }
         }
     }
 }
@@ -87,7 +143,10 @@ impl LogWriter {
 /// Reads a log from a byte offset on, a whole line at a time; a line still
 /// being written (no newline yet) is left for the next read.
 pub struct LogReader {
+    path: PathBuf,
     reader: BufReader<File>,
+    /// The inode being read: another one at `path` means the log rotated.
+    inode: u64,
     offset: u64,
 }
 
@@ -99,11 +158,33 @@ impl LogReader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        let inode = file.metadata()?.ino();
         file.seek(SeekFrom::Start(offset))?;
         Ok(Some(LogReader {
+            path: path.to_path_buf(),
             reader: BufReader::new(file),
+            inode,
             offset,
         }))
+    }
+
+    /// The whole log, rotated files first: what `docker logs` shows.
+    pub fn read_all(path: &Path) -> std::io::Result<(Vec<LogEntry>, Option<LogReader>)> {
+        // The current file first, so a rotation meanwhile repeats entries
+        // rather than losing them.
+        let current = LogReader::open(path, 0)?;
+        let mut entries = Vec::new();
+        let rotated = (1..).take_while(|&n| rotated_path(path, n).exists()).count() as u32;
+        for n in (1..=rotated).rev() {
+            if let Some(mut old) = LogReader::open(&rotated_path(path, n), 0)? {
+                entries.extend(old.read_file());
+            }
+        }
+        let current = current.map(|mut reader| {
+            entries.extend(reader.read_new());
+            reader
+        });
+        Ok((entries, current))
     }
 
     /// Where the next read starts.
@@ -111,9 +192,33 @@ impl LogReader {
         self.offset
     }
 
-    /// The entries written since the last call. Lines that are not valid
-    /// entries (a damaged log) are skipped.
+    /// The entries written since the last call, following the log to its
+    /// next file when it rotated. Lines that are not valid entries (a
+    /// damaged log) are skipped.
     pub fn read_new(&mut self) -> Vec<LogEntry> {
+        let mut entries = self.read_file();
+        match std::fs::metadata(&self.path) {
+            // Rotated: the old file no longer grows once renamed, so what
+            // it got before is read, then the new file from its start.
+            Ok(meta) if meta.ino() != self.inode => {
+                entries.extend(self.read_file());
+                if let Ok(Some(next)) = LogReader::open(&self.path, 0) {
+                    *self = next;
+                    entries.extend(self.read_file());
+                }
+            }
+            // Emptied (a single file rotates in place).
+            Ok(meta) if meta.len() < self.offset && self.reader.seek(SeekFrom::Start(0)).is_ok() => {
+                self.offset = 0;
+                entries.extend(self.read_file());
+            }
+            _ => {}
+        }
+        entries
+    }
+
+    /// The complete entries of the file being read, from where it was left.
+    fn read_file(&mut self) -> Vec<LogEntry> {
         let mut entries = Vec::new();
         let mut line = Vec::new();
         loop {
@@ -150,7 +255,7 @@ mod tests {
     fn output_becomes_docker_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let mut log = LogWriter::open(&path).unwrap();
+        let mut log = LogWriter::open(&path, &LogConfig::default()).unwrap();
         log.write(OutputStream::Stdout, b"one\ntw");
         log.write(OutputStream::Stderr, b"err\n");
         log.write(OutputStream::Stdout, b"o\nthree");
@@ -179,7 +284,7 @@ mod tests {
     fn long_lines_are_split_and_partial_lines_wait() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let mut log = LogWriter::open(&path).unwrap();
+        let mut log = LogWriter::open(&path, &LogConfig::default()).unwrap();
         log.write(OutputStream::Stdout, &vec![b'x'; MAX_MESSAGE * 2 + 5]);
         let mut reader = LogReader::open(&path, 0).unwrap().unwrap();
         assert_eq!(reader.read_new().len(), 2);
@@ -200,5 +305,64 @@ mod tests {
         let entries = reader.read_new();
         assert_eq!(entries.len(), 1, "the damaged line is skipped");
         assert_eq!(entries[0].log, "a\n");
+    }
+
+    fn rotating(max_size: u64, max_file: u32) -> LogConfig {
+        LogConfig {
+            max_size: Some(max_size),
+            max_file,
+            ..LogConfig::default()
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_at_most_max_file_files_and_readers_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = LogWriter::open(&path, &rotating(500, 3)).unwrap();
+        let mut follower = None;
+        let mut followed = Vec::new();
+        for i in 0..100 {
+            log.write(OutputStream::Stdout, format!("line {i}\n").as_bytes());
+            follower = follower.or_else(|| LogReader::open(&path, 0).unwrap());
+            followed.extend(follower.as_mut().unwrap().read_new().into_iter().map(|e| e.log));
+        }
+        // Every line followed, in order, across the rotations.
+        let all: Vec<String> = (0..100).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(followed, all);
+        assert!(rotated_path(&path, 2).exists());
+        assert!(!rotated_path(&path, 3).exists());
+        for file in [path.clone(), rotated_path(&path, 1), rotated_path(&path, 2)] {
+            let len = std::fs::metadata(&file).unwrap().len();
+            // At most one entry beyond max-size, as in Docker.
+            assert!(len < 500 + 100, "{file:?}: {len}");
+        }
+        // `logs` reads the kept files, oldest first: the last lines, in order.
+        let (kept, _) = LogReader::read_all(&path).unwrap();
+        let kept: Vec<String> = kept.into_iter().map(|e| e.log).collect();
+        assert!(kept.len() > 10 && kept.len() < 100, "{}", kept.len());
+        assert_eq!(kept[..], all[100 - kept.len()..]);
+    }
+
+    #[test]
+    fn a_single_file_is_emptied_and_a_reopened_log_keeps_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = LogWriter::open(&path, &rotating(200, 1)).unwrap();
+        let mut follower = LogReader::open(&path, 0).unwrap().unwrap();
+        let mut followed = 0;
+        for i in 0..50 {
+            log.write(OutputStream::Stderr, format!("entry {i}\n").as_bytes());
+            followed += follower.read_new().len();
+        }
+        assert_eq!(followed, 50);
+        assert!(std::fs::metadata(&path).unwrap().len() < 300);
+        assert!(!rotated_path(&path, 1).exists());
+        drop(log);
+        let before = std::fs::metadata(&path).unwrap().len();
+        let mut again = LogWriter::open(&path, &rotating(before, 2)).unwrap();
+        again.write(OutputStream::Stdout, b"after\n");
+        assert!(rotated_path(&path, 1).exists());
+        assert_eq!(LogReader::read_all(&path).unwrap().0.last().unwrap().log, "after\n");
     }
 }

@@ -9,6 +9,7 @@ pub mod container;
 pub mod container_log;
 pub mod guest;
 pub mod held;
+pub mod log_config;
 pub mod network;
 pub mod rootfs;
 pub mod run;

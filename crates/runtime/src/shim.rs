@@ -121,7 +121,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     }
 
     let mut supervised = Supervised {
-        log: LogWriter::open(&dir.log_path()).map_err(io("opening the container log"))?,
+        log: LogWriter::open(&dir.log_path(), &spec.log).map_err(io("opening the container log"))?,
         shared: shared.clone(),
         dir: dir.clone(),
         state: state.clone(),
