@@ -199,10 +199,10 @@ impl LogReader {
         let mut entries = self.read_file();
         match std::fs::metadata(&self.path) {
             // Rotated: the old file no longer grows once renamed, so what
-            // it got before is read, then the new file from its start.
+            // it got before is read, then each newer file in order.
             Ok(meta) if meta.ino() != self.inode => {
                 entries.extend(self.read_file());
-                if let Ok(Some(next)) = LogReader::open(&self.path, 0) {
+                for next in self.newer_files() {
                     *self = next;
                     entries.extend(self.read_file());
                 }
@@ -215,6 +215,43 @@ impl LogReader {
             _ => {}
         }
         entries
+    }
+
+    /// After a rotation, the files written since ours, oldest first (the
+    /// log being written last), opened together between two rotations.
+    /// Ours is found by its inode among `LOG.1`, `LOG.2`…; if it is gone
+    /// (the reader fell more than max-file files behind), from the oldest kept.
+    fn newer_files(&self) -> Vec<LogReader> {
+        let inode_of = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).ok();
+        for _ in 0..10 {
+            let rotated: Vec<PathBuf> = (1..)
+                .map(|n| rotated_path(&self.path, n))
+                .take_while(|p| p.exists())
+                .collect();
+            let ours = rotated.iter().position(|p| inode_of(p) == Some(self.inode));
+            let newer = &rotated[..ours.unwrap_or(rotated.len())];
+            let opened: Vec<LogReader> = newer
+                .iter()
+                .rev()
+                .chain([&self.path])
+                .filter_map(|p| LogReader::open(p, 0).ok().flatten())
+                .map(|mut reader| {
+                    // Each keeps the name of the log, which the last one is.
+                    reader.path = self.path.clone();
+                    reader
+                })
+                .collect();
+            // No rotation while they were opened: the same file still
+            // follows the newest of them.
+            let settled = match ours {
+                Some(k) => inode_of(&rotated[k]) == Some(self.inode),
+                None => true,
+            } && opened.last().map(|r| r.inode) == inode_of(&self.path);
+            if settled && opened.len() == newer.len() + 1 {
+                return opened;
+            }
+        }
+        LogReader::open(&self.path, 0).ok().flatten().into_iter().collect()
     }
 
     /// The complete entries of the file being read, from where it was left.
@@ -342,6 +379,26 @@ mod tests {
         let kept: Vec<String> = kept.into_iter().map(|e| e.log).collect();
         assert!(kept.len() > 10 && kept.len() < 100, "{}", kept.len());
         assert_eq!(kept[..], all[100 - kept.len()..]);
+    }
+
+    #[test]
+    fn a_reader_several_rotations_behind_finds_its_way_through_the_kept_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = LogWriter::open(&path, &rotating(300, 8)).unwrap();
+        log.write(OutputStream::Stdout, b"first\n");
+        let mut follower = LogReader::open(&path, 0).unwrap().unwrap();
+        let mut followed = Vec::new();
+        for i in 0..120 {
+            log.write(OutputStream::Stdout, format!("line {i}\n").as_bytes());
+            // About five files go by between two reads.
+            if i % 20 == 19 {
+                followed.extend(follower.read_new().into_iter().map(|e| e.log));
+            }
+        }
+        let mut all = vec!["first\n".to_string()];
+        all.extend((0..120).map(|i| format!("line {i}\n")));
+        assert_eq!(followed, all);
     }
 
     #[test]
