@@ -492,6 +492,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
                 env: vec![],
                 cwd: "/".into(),
                 user: String::new(),
+                groups: Vec::new(),
                 stdin: matches!(op, proto::ArchiveOp::Put { .. }),
                 tty: None,
             }),
@@ -540,7 +541,7 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
     if let Err(e) = std::fs::create_dir_all(&cwd) {
         return Err((format!("working directory {}: {e}", spec.cwd), 125));
     }
-    let identity = user::resolve(root, &spec.user).map_err(|e| (e, 125))?;
+    let identity = user::resolve(root, &spec.user, &spec.groups).map_err(|e| (e, 125))?;
     let mut command = Command::new(program);
     command.args(&spec.argv[1..]).env_clear();
     for entry in &spec.env {

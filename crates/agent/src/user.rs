@@ -69,8 +69,9 @@ fn groups(root: &Path) -> Vec<GroupEntry> {
         .collect()
 }
 
-/// Resolves `spec` (`""`, `user`, `uid`, `user:group`, `uid:gid`, …) inside `root`.
-pub fn resolve(root: &Path, spec: &str) -> Result<Identity, String> {
+/// Resolves `spec` (`""`, `user`, `uid`, `user:group`, `uid:gid`, …) inside
+/// `root`, with the groups of `--group-add` (names or numbers) added.
+pub fn resolve(root: &Path, spec: &str, extra_groups: &[String]) -> Result<Identity, String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -113,6 +114,19 @@ pub fn resolve(root: &Path, spec: &str) -> Result<Identity, String> {
     if !supplementary.contains(&gid) {
         supplementary.insert(0, gid);
     }
+    for group in extra_groups {
+        let extra = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => all_groups
+                .iter()
+                .find(|g| &g.name == group)
+                .map(|g| g.gid)
+                .ok_or_else(|| format!("unable to find group {group}: no matching entries in group file"))?,
+        };
+        if !supplementary.contains(&extra) {
+            supplementary.push(extra);
+        }
+    }
     Ok(Identity {
         uid,
         gid,
@@ -135,23 +149,29 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\nstaff:x:50:app,other\n").unwrap();
-        let id = resolve(&root, "").unwrap();
+        let id = resolve(&root, "", &[]).unwrap();
         assert_eq!((id.uid, id.gid, id.home.as_str()), (0, 0, "/root"));
-        let id = resolve(&root, "app").unwrap();
+        let id = resolve(&root, "app", &[]).unwrap();
         assert_eq!(
             (id.uid, id.gid, id.groups.clone(), id.home.as_str()),
             (1000, 1000, vec![1000, 50], "/home/app")
         );
-        let id = resolve(&root, "app:staff").unwrap();
+        let id = resolve(&root, "app:staff", &[]).unwrap();
         assert_eq!((id.uid, id.gid), (1000, 50));
-        let id = resolve(&root, "4242:7").unwrap();
+        let id = resolve(&root, "4242:7", &[]).unwrap();
         assert_eq!((id.uid, id.gid, id.home.as_str()), (4242, 7, "/"));
-        assert!(resolve(&root, "nobody")
+        assert!(resolve(&root, "nobody", &[])
             .unwrap_err()
             .contains("unable to find user nobody"));
-        assert!(resolve(&root, "app:nogroup")
+        assert!(resolve(&root, "app:nogroup", &[])
             .unwrap_err()
             .contains("unable to find group nogroup"));
+        // --group-add: names from the container's /etc/group, or numbers.
+        let extra = ["staff".to_string(), "777".to_string(), "app".to_string()];
+        assert_eq!(resolve(&root, "", &extra).unwrap().groups, vec![0, 50, 777, 1000]);
+        assert!(resolve(&root, "", &["wheel".to_string()])
+            .unwrap_err()
+            .contains("unable to find group wheel"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -363,6 +363,7 @@ fn run(args: RunArgs) -> ExitCode {
             env: args.env,
             workdir: args.workdir,
             user: args.user,
+            group_add: Vec::new(),
         },
         memory_mib: args.memory,
         cpus: args.cpus,

@@ -46,6 +46,8 @@ struct HostConfigBody {
     /// The client terminal's `[height, width]` (with `Tty`).
     console_size: Option<Vec<u64>>,
     log_config: LogConfigBody,
+    /// `--group-add`.
+    group_add: Option<Vec<String>>,
 }
 
 /// `--log-driver` and `--log-opt`.
@@ -165,7 +167,11 @@ impl CreateRequest {
             env: body.env.clone().unwrap_or_default(),
             workdir: Some(body.working_dir).filter(|w| !w.is_empty()),
             user: Some(body.user).filter(|u| !u.is_empty()),
+            group_add: body.host_config.group_add.clone().unwrap_or_default(),
         };
+        if let Some(bad) = overrides.group_add.iter().find(|g| g.is_empty() || g.contains(':')) {
+            return Err(ApiError::bad_request(format!("invalid group in --group-add: {bad:?}")));
+        }
         let host = body.host_config;
         let log = runtime::log_config::LogConfig::parse(
             host.log_config.driver.as_deref().unwrap_or(""),

@@ -60,19 +60,30 @@ fn docker_run_in_the_foreground_and_detached() {
         "/tmp",
         "--hostname",
         "box",
+        "--group-add",
+        "777",
+        "--group-add",
+        "4242",
         &image,
         "sh",
         "-c",
-        "echo $GREETING $(id -u) $(pwd) $(hostname)",
+        "echo $GREETING $(id -u) $(pwd) $(hostname) $(id -G)",
     ]));
-    assert_eq!(out, "hi 1000 /tmp box\n");
+    assert_eq!(out, "hi 1000 /tmp box 0 777 4242\n");
+    let unknown = hulld.docker(&["run", "--rm", "--group-add", "nosuch", &image, "true"]);
+    assert_eq!(unknown.status.code(), Some(125), "{}", text(&unknown.stderr));
+    assert!(
+        text(&unknown.stderr).contains("unable to find group nosuch"),
+        "{}",
+        text(&unknown.stderr)
+    );
     assert_eq!(
         hulld.inspect("{{.State.Status}} {{.State.ExitCode}}", "conf"),
         "exited 0"
     );
     assert_eq!(
         ok(&hulld.docker(&["logs", "conf"])),
-        "hi 1000 /tmp box\n",
+        "hi 1000 /tmp box 0 777 4242\n",
         "logs outlive the run"
     );
 
@@ -259,10 +270,14 @@ fn docker_run_in_the_foreground_and_detached() {
         "0.5",
         "--pids-limit",
         "6",
+        "--group-add",
+        "777",
         &image,
         "sleep",
         "600",
     ]));
+    // An exec takes the container's extra groups, as in Docker.
+    assert_eq!(ok(&hulld.docker(&["exec", "limited", "id", "-G"])), "0 777\n");
     assert_eq!(hulld.inspect("{{.HostConfig.PidsLimit}}", "limited"), "6");
     let id = hulld.inspect("{{.Id}}", "limited");
     let cgroup = vmm_cgroup(&id[..16]);

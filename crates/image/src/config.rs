@@ -21,6 +21,9 @@ pub struct Overrides {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// Docker's `--group-add`: more groups, names or numbers.
+    #[serde(default)]
+    pub group_add: Vec<String>,
 }
 
 /// The container's process, ready for the agent.
@@ -31,6 +34,8 @@ pub struct Process {
     pub workdir: String,
     /// `user[:group]`, names or numbers; empty means root.
     pub user: String,
+    /// Supplementary groups beyond the user's own (`--group-add`).
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +111,7 @@ pub fn process(image: Option<&ImageConfiguration>, overrides: &Overrides) -> Res
         env,
         workdir,
         user,
+        groups: overrides.group_add.clone(),
     })
 }
 

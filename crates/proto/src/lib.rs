@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -46,6 +46,10 @@ pub struct ProcessSpec {
     /// `user[:group]` as names or numbers, resolved against the container's
     /// own /etc/passwd and /etc/group (Docker's `-u`); empty means root.
     pub user: String,
+    /// Supplementary groups beyond the user's own (Docker's `--group-add`),
+    /// names resolved against the container's /etc/group, or numbers.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Whether the host will send standard input (otherwise it is /dev/null).
     pub stdin: bool,
     /// Run on a terminal of this size (a pty in the guest, Docker's `-t`):
@@ -389,6 +393,7 @@ mod tests {
             env: vec!["A=B".into()],
             cwd: "/".into(),
             user: "app:staff".into(),
+            groups: vec!["audio".into(), "44".into()],
             stdin: true,
             tty: Some(TerminalSize { rows: 24, cols: 80 }),
         };

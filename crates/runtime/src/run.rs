@@ -759,6 +759,7 @@ fn converse(
             env,
             cwd: process.workdir.clone(),
             user: process.user.clone(),
+            groups: process.groups.clone(),
             stdin: request.interactive,
             tty: request.tty,
         },
