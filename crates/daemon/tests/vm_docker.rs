@@ -332,6 +332,18 @@ fn vmm_cgroup(id16: &str) -> std::path::PathBuf {
 fn restart_policies_and_many_containers() {
     let (hulld, _registry, image) = Hulld::with_busybox("vm-many").unwrap();
 
+    // Start means running: pause and exec work the moment `run -d` returns
+    // (no "still starting" answer, which dockerd never gives).
+    for i in 0..20 {
+        let name = format!("quick{i}");
+        ok(&hulld.docker(&["run", "-d", "--name", &name, &image, "sleep", "600"]));
+        ok(&hulld.docker(&["pause", &name]));
+        assert_eq!(hulld.inspect("{{.State.Status}}", &name), "paused");
+        ok(&hulld.docker(&["unpause", &name]));
+        assert_eq!(ok(&hulld.docker(&["exec", &name, "echo", "ready"])), "ready\n");
+        ok(&hulld.docker(&["rm", "-f", &name]));
+    }
+
     // on-failure:2 runs it three times in all.
     ok(&hulld.docker(&[
         "run",

@@ -80,6 +80,10 @@ pub struct RunState {
     pub paused: bool,
 }
 
+/// How long an operation on a container that was just started waits for
+/// its VM (a restore takes milliseconds; a cold boot under emulation, seconds).
+const VM_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("hull-shim not found beside this binary; build the workspace (cargo build)")]
@@ -209,16 +213,34 @@ impl ContainerDir {
         (pid != 0 && parent == state.pid).then_some(pid)
     }
 
+    /// A connection to the VMM's control channel of a running container,
+    /// once its VM is up: right after `start` it may still be restoring,
+    /// and Docker's clients expect `pause` to work then (dockerd has no
+    /// "still starting" answer).
+    fn vmm_control(&self) -> Result<UnixStream, ContainerError> {
+        let control = self.socket_dir().join(crate::run::VMM_CONTROL_SOCKET);
+        let deadline = Instant::now() + VM_READY_TIMEOUT;
+        loop {
+            let state = self.state()?.filter(|s| s.status == RunStatus::Running);
+            let state = state.ok_or(ContainerError::NotRunning)?;
+            if self.vmm_of(&state).is_some() {
+                if let Ok(stream) = UnixStream::connect(&control) {
+                    return Ok(stream);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ContainerError::Starting);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Pauses or resumes the whole VM through its VMM's control channel:
     /// every vCPU and device thread parks (as Docker freezes a container's
     /// processes). Returns once all have.
     pub fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
         use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
-        let state = self.state()?.filter(|s| s.status == RunStatus::Running);
-        let state = state.ok_or(ContainerError::NotRunning)?;
-        self.vmm_of(&state).ok_or(ContainerError::Starting)?;
-        let control = self.socket_dir().join(crate::run::VMM_CONTROL_SOCKET);
-        let stream = UnixStream::connect(&control).map_err(|_| ContainerError::Starting)?;
+        let stream = self.vmm_control()?;
         // A pause waits for every thread to park (at most 10 s in the VMM).
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
