@@ -376,7 +376,7 @@ fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
         let limit = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap().trim().to_string();
         assert_eq!(limit("memory.max"), ((256u64 + 128) << 20).to_string());
         assert_eq!(limit("pids.max"), "33");
-        assert_eq!(limit("cpu.max"), "100000 100000");
+        assert_eq!(limit("cpu.max"), "max 100000");
         // The control channel works from inside the jail.
         let stream = UnixStream::connect(dir.join("jail/vmm.ctl")).unwrap();
         assert_eq!(control(&stream, VmmRequest::Pause), VmmReply::Done);

@@ -33,8 +33,6 @@ pub enum ThreadKind {
     /// A virtio device's thread.
     Device(DeviceKind),
     Control,
-    /// A jailed VMM's thread that ends it when its starter dies.
-    Lifeline,
 }
 
 impl ThreadKind {
@@ -44,7 +42,6 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Device(kind) => kind.label(),
             ThreadKind::Control => "control",
-            ThreadKind::Lifeline => "lifeline",
         }
     }
 }
@@ -119,7 +116,6 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_unlinkat,
         ],
         ThreadKind::Vcpu => &[],
-        ThreadKind::Lifeline => &[libc::SYS_poll, libc::SYS_ppoll],
         ThreadKind::Device(DeviceKind::Block) => &[
             libc::SYS_preadv,
             libc::SYS_pwritev,
@@ -308,7 +304,6 @@ mod tests {
             ThreadKind::Device(DeviceKind::Vsock),
             ThreadKind::Device(DeviceKind::Rng),
             ThreadKind::Control,
-            ThreadKind::Lifeline,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());
             eprintln!("{}: {} system calls", kind.label(), allowed_count(kind));

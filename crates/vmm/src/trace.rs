@@ -6,12 +6,30 @@ use std::time::Instant;
 
 /// The environment variable that turns the marks on.
 pub const TRACE_ENV: &str = "HULL_VMM_TRACE";
+/// Set by `jail::VmmCommand` when tracing: CLOCK_MONOTONIC at the spawn, in
+/// nanoseconds, so the first mark shows what the clone and exec took.
+pub const SPAWNED_ENV: &str = "HULL_VMM_TRACE_SPAWNED_NS";
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
 
 static ORIGIN: OnceLock<Option<Instant>> = OnceLock::new();
 
 /// Starts the clock (call first thing in `main`); marks are relative to it.
 pub fn start() {
     ORIGIN.get_or_init(|| std::env::var_os(TRACE_ENV).map(|_| Instant::now()));
+    let spawned = std::env::var(SPAWNED_ENV).ok().and_then(|ns| ns.parse::<u64>().ok());
+    if let (true, Some(spawned)) = (enabled(), spawned) {
+        let ms = monotonic_ns().saturating_sub(spawned) as f64 / 1e6;
+        eprintln!("hull-vmm trace: main reached {ms:.3} ms after the spawn");
+    }
 }
 
 /// Whether marks are printed.

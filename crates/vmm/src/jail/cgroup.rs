@@ -15,7 +15,7 @@ pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/hull";
 /// Guest memory plus this is what the VMM's cgroup may use: page tables,
 /// KVM's own structures, device buffers.
 const MEMORY_OVERHEAD_MIB: u64 = 128;
-/// The VMM's threads beyond one per vCPU (devices, control, lifeline).
+/// The VMM's threads beyond one per vCPU (devices, control).
 pub(crate) const EXTRA_THREADS: u64 = 32;
 /// cgroup v2's CPU accounting period, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
@@ -25,19 +25,20 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub struct Limits {
     memory_mib: u64,
     vcpus: u8,
-    cpu_millis: u32,
+    /// `None`: no CPU quota, as Docker without `--cpus` (the vCPUs bound
+    /// the guest; a quota of exactly them throttled restores by ~10%).
+    cpu_millis: Option<u32>,
 }
 
 impl Limits {
     /// The limits of a VM of `memory_mib` and `vcpus`, whose CPU time is
-    /// `cpu_millis` thousandths of a CPU (default: all of its vCPUs).
+    /// `cpu_millis` thousandths of a CPU (default: no quota).
     pub fn new(memory_mib: u64, vcpus: u8, cpu_millis: Option<u32>) -> Result<Limits, VmError> {
         let all = u32::from(vcpus) * 1000;
-        let cpu_millis = cpu_millis.unwrap_or(all);
         // cpu.max takes a quota of at least 1 ms per 100 ms period.
-        if !(10..=all).contains(&cpu_millis) {
+        if let Some(millis) = cpu_millis.filter(|m| !(10..=all).contains(m)) {
             return Err(VmError::Jail(format!(
-                "a CPU limit of {cpu_millis} thousandths of a CPU: it must lie between 10 and {all} (its {vcpus} vCPUs)"
+                "a CPU limit of {millis} thousandths of a CPU: it must lie between 10 and {all} (its {vcpus} vCPUs)"
             )));
         }
         Ok(Limits {
@@ -57,7 +58,10 @@ impl Limits {
             ("memory.swap.max", "0".to_string()),
             (
                 "cpu.max",
-                format!("{} {CPU_PERIOD_US}", u64::from(self.cpu_millis) * CPU_PERIOD_US / 1000),
+                match self.cpu_millis {
+                    Some(millis) => format!("{} {CPU_PERIOD_US}", u64::from(millis) * CPU_PERIOD_US / 1000),
+                    None => format!("max {CPU_PERIOD_US}"),
+                },
             ),
             ("pids.max", (u64::from(self.vcpus) + EXTRA_THREADS).to_string()),
         ]
@@ -162,7 +166,7 @@ mod tests {
     #[test]
     fn limits_follow_the_container_shape_and_its_share_of_cpu() {
         let whole = Limits::new(512, 2, None).unwrap();
-        assert_eq!(file(&whole, "cpu.max"), "200000 100000");
+        assert_eq!(file(&whole, "cpu.max"), "max 100000", "no quota unless asked");
         assert_eq!(
             file(&whole, "memory.max"),
             ((512 + MEMORY_OVERHEAD_MIB) << 20).to_string()

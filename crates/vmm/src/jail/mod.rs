@@ -51,8 +51,7 @@ pub struct Jail {
     /// The uid the VMM takes (`uid_of` its PID on the host).
     pub uid: u32,
     /// The read end of a pipe whose write end only the VMM's starter
-    /// holds: it hangs up when the starter dies. (PR_SET_PDEATHSIG follows
-    /// the starter's thread, not its process.)
+    /// holds: hung up, the starter died (`lock_down`).
     pub lifeline: i32,
 }
 
@@ -114,6 +113,7 @@ pub fn lock_down(jail: &Jail, vcpus: u8) -> Result<(), VmError> {
     // SAFETY: the calls below take NUL-terminated strings that outlive them.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)")?;
+        crate::trace::mark("jail: mount namespace");
         check(
             libc::mount(
                 std::ptr::null(),
@@ -139,10 +139,12 @@ pub fn lock_down(jail: &Jail, vcpus: u8) -> Result<(), VmError> {
             libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int,
             "pivot_root",
         )?;
+        crate::trace::mark("jail: pivoted");
         check(
             libc::umount2(dot.as_ptr(), libc::MNT_DETACH),
             "detaching the host's root",
         )?;
+        crate::trace::mark("jail: host root detached");
         check(libc::chdir(slash.as_ptr()), "chdir /")?;
         for (resource, limit) in [
             (libc::RLIMIT_NOFILE, OPEN_FILES),
@@ -162,31 +164,22 @@ pub fn lock_down(jail: &Jail, vcpus: u8) -> Result<(), VmError> {
         check(libc::setresuid(uid, uid, uid), "setresuid")?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")?;
         check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")?;
+        // Changing credentials cleared the parent-death signal the starter
+        // set: set it again, then make sure the starter did not die in
+        // between (its lifeline would have hung up). No thread has to watch.
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "parent-death signal",
+        )?;
+        let mut lifeline = libc::pollfd {
+            fd: jail.lifeline,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut lifeline, 1, 0) != 0 {
+            return Err(VmError::Jail("the VMM's starter is gone".into()));
+        }
+        libc::close(jail.lifeline);
     }
     Ok(())
-}
-
-/// Ends the VMM when its starter dies (its lifeline hangs up).
-pub fn watch_lifeline(jail: &Jail) -> Result<(), VmError> {
-    let lifeline = jail.lifeline;
-    let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Lifeline)?;
-    std::thread::Builder::new()
-        .name("lifeline".into())
-        .spawn(move || {
-            crate::seccomp::install(&filter, crate::seccomp::ThreadKind::Lifeline);
-            let mut fd = libc::pollfd {
-                fd: lifeline,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; nothing writes to the pipe, so any
-            // wake-up other than EINTR is the hang-up.
-            while unsafe { libc::poll(&mut fd, 1, -1) } < 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-            {}
-            // SAFETY: ends the whole process at once.
-            unsafe { libc::_exit(137) };
-        })
-        .map(|_| ())
-        .map_err(crate::vm::thread_err("lifeline"))
 }

@@ -238,7 +238,13 @@ impl VmmCommand {
         let argv_owned = std::iter::once(Ok(program.clone()))
             .chain(args.iter().map(|a| c_string(a)))
             .collect::<std::io::Result<Vec<_>>>()?;
+        let spawned = std::env::var_os(crate::trace::TRACE_ENV).map(|_| {
+            let now = crate::trace::monotonic_ns().to_string();
+            (OsString::from(crate::trace::SPAWNED_ENV), OsString::from(now))
+        });
         let env_owned = std::env::vars_os()
+            .filter(|(k, _)| k != crate::trace::SPAWNED_ENV)
+            .chain(spawned)
             .map(|(k, v)| {
                 let mut kv = k;
                 kv.push("=");

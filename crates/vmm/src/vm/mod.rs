@@ -47,7 +47,6 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     let control = config.control_socket.as_deref().map(crate::control::bind).transpose()?;
     if let Some(jail) = &config.jail {
         crate::jail::lock_down(jail, config.vcpus)?;
-        crate::jail::watch_lifeline(jail)?;
         trace::mark("jailed");
     }
     let devices = Arc::new(built.devices);
