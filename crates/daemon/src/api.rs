@@ -87,9 +87,10 @@ impl From<runtime::container::ContainerError> for ApiError {
     fn from(e: runtime::container::ContainerError) -> ApiError {
         use runtime::container::ContainerError;
         match e {
-            ContainerError::NotRunning | ContainerError::Starting | ContainerError::Busy => {
-                ApiError::conflict(e.to_string())
-            }
+            ContainerError::NotRunning
+            | ContainerError::Starting
+            | ContainerError::Busy
+            | ContainerError::NotLive(_) => ApiError::conflict(e.to_string()),
             _ => ApiError::internal(e),
         }
     }
@@ -121,6 +122,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/kill", post(containers::kill))
         .route("/containers/{id}/wait", post(containers::wait))
         .route("/containers/{id}/rename", post(containers::rename))
+        .route("/containers/{id}/update", post(crate::update::update))
         .route("/containers/{id}/resize", post(containers::resize))
         .route("/containers/{id}/pause", post(containers::pause))
         .route("/containers/{id}/unpause", post(containers::unpause))

@@ -61,9 +61,9 @@ struct LogConfigBody {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct RestartPolicy {
-    name: String,
-    maximum_retry_count: i64,
+pub struct RestartPolicy {
+    pub name: String,
+    pub maximum_retry_count: i64,
 }
 
 /// A create request, checked. `raw` is the body as sent, which the record
@@ -112,16 +112,8 @@ impl CreateRequest {
                 "--privileged is not supported: every container is its own VM",
             ));
         }
-        let policy = host.restart_policy.name.as_str();
-        if !matches!(policy, "" | "no" | "always" | "unless-stopped" | "on-failure") {
-            return Err(ApiError::bad_request(format!("invalid restart policy '{policy}'")));
-        }
-        if host.restart_policy.maximum_retry_count != 0 && policy != "on-failure" {
-            return Err(ApiError::bad_request(
-                "invalid restart policy: maximum retry count can only be used with 'on-failure'",
-            ));
-        }
-        if host.auto_remove && !matches!(policy, "" | "no") {
+        check_restart_policy(&host.restart_policy.name, host.restart_policy.maximum_retry_count)?;
+        if host.auto_remove && !matches!(host.restart_policy.name.as_str(), "" | "no") {
             return Err(ApiError::bad_request(
                 "can't create 'AutoRemove' container with restart policy",
             ));
@@ -226,6 +218,24 @@ fn network_intent(raw: &Value, labels: &HashMap<String, String>) -> Result<Netwo
         .unwrap_or_default();
     let mac = raw.get("MacAddress").and_then(Value::as_str).unwrap_or("");
     NetworkIntent::parse(&request, &endpoints, mac, &exposed, labels)
+}
+
+/// A restart policy as Docker checks it (create and update alike).
+pub fn check_restart_policy(name: &str, maximum_retry_count: i64) -> Result<(), ApiError> {
+    if !matches!(name, "" | "no" | "always" | "unless-stopped" | "on-failure") {
+        return Err(ApiError::bad_request(format!("invalid restart policy '{name}'")));
+    }
+    if maximum_retry_count < 0 {
+        return Err(ApiError::bad_request(
+            "invalid restart policy: maximum retry count cannot be negative",
+        ));
+    }
+    if maximum_retry_count != 0 && name != "on-failure" {
+        return Err(ApiError::bad_request(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'",
+        ));
+    }
+    Ok(())
 }
 
 /// Docker's rule for container names: the same as for volume names.

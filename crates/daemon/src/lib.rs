@@ -22,4 +22,5 @@ pub mod store;
 pub mod streams;
 pub mod system;
 pub mod tls;
+pub mod update;
 pub mod volumes;

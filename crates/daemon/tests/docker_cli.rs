@@ -306,6 +306,72 @@ fn log_drivers_and_options_are_checked_at_create_and_shown_in_inspect() {
 }
 
 #[test]
+fn docker_update_changes_the_restart_policy_and_a_stopped_containers_resources() {
+    let (hulld, _registry, name) = with_box_image("update");
+    let id = ok(&hulld.docker(&["create", "--name", "upd", &name, "true"]));
+    assert_eq!(
+        ok(&hulld.docker(&["update", "--restart", "on-failure:3", "upd"])).trim(),
+        "upd"
+    );
+    assert_eq!(
+        hulld.inspect(
+            "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+            "upd"
+        ),
+        "on-failure 3"
+    );
+    ok(&hulld.docker(&[
+        "update",
+        "--memory",
+        "512m",
+        "--cpus",
+        "1.5",
+        "--pids-limit",
+        "20",
+        "upd",
+    ]));
+    assert_eq!(
+        hulld.inspect(
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}",
+            "upd"
+        ),
+        "536870912 1500000000 20"
+    );
+    // The next start takes them: the VM's shape is in the container's spec.
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(hulld.data.join("containers").join(id.trim()).join("spec.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            &spec["memory_mib"],
+            &spec["cpus"],
+            &spec["cpu_limit_millis"],
+            &spec["pids_limit"]
+        ),
+        (&json!(512), &json!(2), &json!(1500), &json!(20))
+    );
+    fails(
+        &hulld.docker(&["update", "--restart", "sometimes", "upd"]),
+        1,
+        "invalid restart policy",
+    );
+    fails(&hulld.docker(&["update", "--cpus", "0.001", "upd"]), 1, "Range of CPUs");
+    fails(
+        &hulld.docker(&["update", "--restart", "always", "nosuch"]),
+        1,
+        "No such container",
+    );
+    ok(&hulld.docker(&["create", "--rm", "--name", "gone", &name, "true"]));
+    fails(
+        &hulld.docker(&["update", "--restart", "always", "gone"]),
+        1,
+        "Restart policy cannot be updated because AutoRemove is enabled",
+    );
+    ok(&hulld.docker(&["rm", "upd", "gone"]));
+}
+
+#[test]
 fn the_python_docker_sdk_drives_hulld() {
     let (hulld, _registry, name) = with_box_image("sdk");
     let out = std::process::Command::new("python3")

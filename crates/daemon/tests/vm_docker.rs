@@ -276,10 +276,10 @@ fn docker_run_in_the_foreground_and_detached() {
         "sleep",
         "600",
     ]));
+    let id = hulld.inspect("{{.Id}}", "limited");
     // An exec takes the container's extra groups, as in Docker.
     assert_eq!(ok(&hulld.docker(&["exec", "limited", "id", "-G"])), "0 777\n");
     assert_eq!(hulld.inspect("{{.HostConfig.PidsLimit}}", "limited"), "6");
-    let id = hulld.inspect("{{.Id}}", "limited");
     let cgroup = vmm_cgroup(&id[..16]);
     assert_eq!(
         std::fs::read_to_string(cgroup.join("cpu.max")).unwrap().trim(),
@@ -302,6 +302,13 @@ fn docker_run_in_the_foreground_and_detached() {
         "the seventh process is refused: {}",
         text(&forks.stderr)
     );
+    // `docker update --cpus` changes a running VM's CPU time at once.
+    ok(&hulld.docker(&["update", "--cpus", "0.25", "limited"]));
+    assert_eq!(
+        std::fs::read_to_string(cgroup.join("cpu.max")).unwrap().trim(),
+        "25000 100000"
+    );
+    assert_eq!(hulld.inspect("{{.HostConfig.NanoCpus}}", "limited"), "250000000");
     ok(&hulld.docker(&["rm", "-f", "limited"]));
 
     ok(&hulld.docker(&["rm", "conf", "disk"]));

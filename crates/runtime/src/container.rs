@@ -96,6 +96,9 @@ pub enum ContainerError {
     NotRunning,
     #[error("the container's VM is still starting")]
     Starting,
+    /// A change a running container cannot take now.
+    #[error("{0}")]
+    NotLive(String),
     #[error("the container's VMM refused: {0}")]
     Control(String),
     #[error("the container's disks are in use (it started, or another file operation runs): try again")]
@@ -233,6 +236,23 @@ impl ContainerDir {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Sets a running container's CPU time (`docker update --cpus`) in its
+    /// jailed VMM's cgroup, at once.
+    pub fn set_cpu_limit(&self, millis: Option<u32>) -> Result<(), ContainerError> {
+        let state = self.state()?.filter(|s| s.status == RunStatus::Running);
+        let state = state.ok_or(ContainerError::NotRunning)?;
+        let pid = self.vmm_of(&state).ok_or(ContainerError::Starting)?;
+        let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(io("the VMM's cgroup"))?;
+        let group = line.lines().find_map(|l| l.strip_prefix("0::/")).unwrap_or_default();
+        let cgroup = Path::new("/sys/fs/cgroup").join(group.trim());
+        if group.is_empty() || !cgroup.starts_with(vmm::jail::CGROUP_PARENT) {
+            return Err(ContainerError::NotLive(
+                "the container's VM runs without a cgroup of its own (no jail, or cgroup v1): its CPU limit applies at its next start".into(),
+            ));
+        }
+        std::fs::write(cgroup.join("cpu.max"), vmm::jail::cpu_max(millis)).map_err(io("setting the VMM's cpu.max"))
     }
 
     /// Pauses or resumes the whole VM through its VMM's control channel:

@@ -56,15 +56,17 @@ impl Limits {
                 ((self.memory_mib + MEMORY_OVERHEAD_MIB) << 20).to_string(),
             ),
             ("memory.swap.max", "0".to_string()),
-            (
-                "cpu.max",
-                match self.cpu_millis {
-                    Some(millis) => format!("{} {CPU_PERIOD_US}", u64::from(millis) * CPU_PERIOD_US / 1000),
-                    None => format!("max {CPU_PERIOD_US}"),
-                },
-            ),
+            ("cpu.max", cpu_max(self.cpu_millis)),
             ("pids.max", (u64::from(self.vcpus) + EXTRA_THREADS).to_string()),
         ]
+    }
+}
+
+/// `cpu.max` for `millis` thousandths of a CPU (`None`: no quota).
+pub fn cpu_max(millis: Option<u32>) -> String {
+    match millis {
+        Some(millis) => format!("{} {CPU_PERIOD_US}", u64::from(millis) * CPU_PERIOD_US / 1000),
+        None => format!("max {CPU_PERIOD_US}"),
     }
 }
 

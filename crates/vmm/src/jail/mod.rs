@@ -18,7 +18,7 @@
 mod cgroup;
 mod spawn;
 
-pub use cgroup::{Limits, CGROUP_PARENT};
+pub use cgroup::{cpu_max, Limits, CGROUP_PARENT};
 pub use spawn::{Output, VmmCommand, VmmProcess, LIFELINE_FD};
 
 use std::ffi::CString;
