@@ -107,6 +107,19 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
             object.insert("Env".into(), json!(process.env));
         }
         object.insert("Labels".into(), json!(request.labels));
+        // The image's HEALTHCHECK under what the client set.
+        let image_check = daemon
+            .images
+            .read_document(&image.id)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .map(|config| config["config"]["Healthcheck"].clone())
+            .unwrap_or(Value::Null);
+        let given = object.get("Healthcheck").cloned().unwrap_or(Value::Null);
+        let merged = crate::health::merge(&given, &image_check).map_err(ApiError::bad_request)?;
+        if merged.as_object().is_some_and(|m| !m.is_empty()) {
+            object.insert("Healthcheck".into(), merged);
+        }
     }
     let (path, args) = process
         .argv
@@ -305,6 +318,7 @@ fn matches_filters(
     record: &ContainerRecord,
     state: &Option<RunState>,
     restarting: bool,
+    health: Option<&crate::health::Health>,
 ) -> Result<bool, ApiError> {
     for (key, wanted) in filters {
         let ok = match key.as_str() {
@@ -321,6 +335,9 @@ fn matches_filters(
                     None => labels.get(w).is_some(),
                 }
             }),
+            "health" => wanted
+                .iter()
+                .any(|w| w == health.map_or("none", |h| h.status.name())),
             "exited" => wanted
                 .iter()
                 .any(|w| matches!(state, Some(s) if s.status == RunStatus::Exited && s.exit_code.map(|c| c.to_string()).as_deref() == Some(w))),
@@ -343,12 +360,21 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
         for record in records {
             let state = ContainerDir::new(&record.id).state().unwrap_or(None);
             let restarting = daemon.is_restarting(&record.id);
+            let health = running_health(&daemon, &record.id, &state);
             // As in Docker, a container waiting to restart counts as running.
-            if (!all && !is_running(&state) && !restarting) || !matches_filters(&filters, &record, &state, restarting)?
+            if (!all && !is_running(&state) && !restarting)
+                || !matches_filters(&filters, &record, &state, restarting, health.as_ref())?
             {
                 continue;
             }
-            rows.push(row(&record, &state, restarting));
+            let mut row = row(&record, &state, restarting);
+            if let (Some(health), Some(status)) = (&health, row["Status"].as_str()) {
+                row["Status"] = json!(match health.status {
+                    crate::health::Status::Starting => format!("{status} (health: starting)"),
+                    other => format!("{status} ({})", other.name()),
+                });
+            }
+            rows.push(row);
             if query.limit.is_some_and(|l| l > 0 && rows.len() as i64 >= l) {
                 break;
             }
@@ -357,6 +383,11 @@ pub async fn list(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQue
     })
     .await?;
     Ok(Json(Value::Array(rows)))
+}
+
+/// The health of a running container that has a healthcheck.
+fn running_health(daemon: &Daemon, id: &str, state: &Option<RunState>) -> Option<crate::health::Health> {
+    daemon.health.get(id).filter(|_| is_running(state))
 }
 
 /// A container as `docker ps` lists it.
@@ -412,7 +443,7 @@ pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQu
         for record in daemon.containers.all()? {
             let state = ContainerDir::new(&record.id).state().unwrap_or(None);
             let restarting = daemon.is_restarting(&record.id);
-            if is_running(&state) || restarting || !matches_filters(&filters, &record, &state, restarting)? {
+            if is_running(&state) || restarting || !matches_filters(&filters, &record, &state, restarting, None)? {
                 continue;
             }
             let size = writable_size(&record.id);
@@ -426,13 +457,18 @@ pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQu
 }
 
 pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (record, state, restarting) = blocking(move || {
+    let (record, state, restarting, health) = blocking(move || {
         let (record, state) = lookup(&daemon, &id)?;
         let restarting = daemon.is_restarting(&record.id);
-        Ok((record, state, restarting))
+        let health = running_health(&daemon, &record.id, &state);
+        Ok((record, state, restarting, health))
     })
     .await?;
-    Ok(Json(inspect_json(&record, &state, restarting)))
+    let mut inspected = inspect_json(&record, &state, restarting);
+    if let Some(health) = health {
+        inspected["State"]["Health"] = health.to_json();
+    }
+    Ok(Json(inspected))
 }
 
 /// `restarting`: waiting out its restart delay, which Docker shows as

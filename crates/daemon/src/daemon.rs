@@ -34,6 +34,8 @@ pub struct Daemon {
     /// Containers that ended and wait out their restart policy's delay:
     /// Docker's "restarting" state.
     restarting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Running containers' healthchecks.
+    pub health: crate::health::HealthStates,
 }
 
 impl Daemon {
@@ -47,6 +49,7 @@ impl Daemon {
             handle: tokio::runtime::Handle::current(),
             dns: crate::dns::DnsServers::default(),
             restarting: Default::default(),
+            health: Default::default(),
         })
     }
 
@@ -179,6 +182,7 @@ impl Daemon {
     /// or seen in its state if the supervisor cannot be reached), then
     /// hands over to `exited`.
     fn watch(self: &Arc<Self>, id: &str) {
+        crate::health::monitor(self, id);
         let daemon = self.clone();
         let id = id.to_string();
         std::thread::spawn(move || {

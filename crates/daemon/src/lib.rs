@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dns;
 pub mod events;
 pub mod exec;
+pub mod health;
 pub mod images;
 pub mod monitor;
 pub mod networking;

@@ -369,6 +369,32 @@ fn docker_update_changes_the_restart_policy_and_a_stopped_containers_resources()
         "Restart policy cannot be updated because AutoRemove is enabled",
     );
     ok(&hulld.docker(&["rm", "upd", "gone"]));
+
+    // A healthcheck from the flags, shown in inspect; --no-healthcheck.
+    let checked = ok(&hulld.docker(&[
+        "create",
+        "--health-cmd",
+        "exit 0",
+        "--health-interval",
+        "2s",
+        "--health-retries",
+        "4",
+        &name,
+        "true",
+    ]));
+    assert_eq!(
+        hulld.inspect(
+            "{{json .Config.Healthcheck.Test}} {{.Config.Healthcheck.Interval}} {{.Config.Healthcheck.Retries}}",
+            checked.trim()
+        ),
+        r#"["CMD-SHELL","exit 0"] 2s 4"#
+    );
+    let unchecked = ok(&hulld.docker(&["create", "--no-healthcheck", &name, "true"]));
+    assert_eq!(
+        hulld.inspect("{{json .Config.Healthcheck.Test}}", unchecked.trim()),
+        r#"["NONE"]"#
+    );
+    ok(&hulld.docker(&["rm", checked.trim(), unchecked.trim()]));
 }
 
 #[test]

@@ -339,6 +339,81 @@ fn vmm_cgroup(id16: &str) -> std::path::PathBuf {
 fn restart_policies_and_many_containers() {
     let (hulld, _registry, image) = Hulld::with_busybox("vm-many").unwrap();
 
+    // Healthchecks run in the VM: starting (failures in the start period do
+    // not count), then healthy; a failing check is unhealthy after its retries.
+    let since = ok(&hulld.docker(&["system", "info", "--format", "{{.SystemTime}}"]));
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "checked",
+        "--health-cmd",
+        "test -e /tmp/ready",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        "--health-start-period",
+        "60s",
+        "--health-start-interval",
+        "300ms",
+        &image,
+        "sh",
+        "-c",
+        "sleep 3; touch /tmp/ready; sleep 600",
+    ]));
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "sick",
+        "--health-cmd",
+        "echo not well; exit 3",
+        "--health-interval",
+        "500ms",
+        "--health-retries",
+        "2",
+        &image,
+        "sleep",
+        "600",
+    ]));
+    eventually("the healthcheck to pass", || {
+        hulld.inspect("{{.State.Health.Status}}", "checked") == "healthy"
+    });
+    let log = hulld.inspect("{{range .State.Health.Log}}{{.ExitCode}} {{end}}", "checked");
+    assert!(log.starts_with('1') && log.ends_with('0'), "failed, then passed: {log}");
+    assert_eq!(hulld.inspect("{{.State.Health.FailingStreak}}", "checked"), "0");
+    eventually("the failing check to make it unhealthy", || {
+        hulld.inspect("{{.State.Health.Status}}", "sick") == "unhealthy"
+    });
+    assert_eq!(
+        hulld.inspect(
+            "{{(index .State.Health.Log 0).ExitCode}} {{(index .State.Health.Log 0).Output}}",
+            "sick"
+        ),
+        "3 not well"
+    );
+    let healthy = ok(&hulld.docker(&["ps", "--filter", "health=healthy", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(
+        healthy.starts_with("checked Up ") && healthy.trim_end().ends_with("(healthy)"),
+        "{healthy}"
+    );
+    let sick = ok(&hulld.docker(&["ps", "-q", "--filter", "health=unhealthy"]));
+    assert_eq!(sick.trim(), &hulld.inspect("{{.Id}}", "sick")[..12]);
+    let until = ok(&hulld.docker(&["system", "info", "--format", "{{.SystemTime}}"]));
+    let events = ok(&hulld.docker(&[
+        "events",
+        "--since",
+        since.trim(),
+        "--until",
+        until.trim(),
+        "--format",
+        "{{.Actor.Attributes.name}} {{.Action}}",
+    ]));
+    assert!(events.contains("checked health_status: healthy"), "{events}");
+    assert!(events.contains("sick health_status: unhealthy"), "{events}");
+    ok(&hulld.docker(&["rm", "-f", "checked", "sick"]));
+
     // Start means running: pause and exec work the moment `run -d` returns
     // (no "still starting" answer, which dockerd never gives).
     for i in 0..20 {
