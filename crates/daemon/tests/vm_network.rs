@@ -559,11 +559,18 @@ services:
     image: {image}
     command: sh -c "busybox mkdir -p /www && echo from-web > /www/index.html && exec busybox httpd -f -p 80 -h /www"
     ports: ["8090:80"]
+    healthcheck:
+      test: ["CMD-SHELL", "test -e /www/index.html"]
+      interval: 1s
+      retries: 30
   waiter:
     image: {image}
     command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ] && [ -n "$$(find client)" ]; do sleep 1; done; echo all-found; exec sleep 1000'
   client:
     image: {image}
+    depends_on:
+      web:
+        condition: service_healthy
     command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ]; do sleep 1; done; printf "GET / HTTP/1.0\r\n\r\n" | busybox nc -w 5 $$(find web) 80; exec sleep 1000'
 "#
     );
@@ -582,6 +589,8 @@ services:
     };
     let up = compose(&["up", "-d"]);
     assert!(up.status.success(), "up: {}{}", text(&up.stdout), text(&up.stderr));
+    // The client waited for web's healthcheck (compose reads State.Health).
+    assert_eq!(hulld.inspect("{{.State.Health.Status}}", "proj_web_1"), "healthy");
     let ps = compose(&["ps"]);
     let listed = text(&ps.stdout);
     for service in ["proj_web_1", "proj_waiter_1", "proj_client_1"] {
