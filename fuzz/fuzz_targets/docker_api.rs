@@ -1,6 +1,6 @@
 #![no_main]
 //! What hulld does with Docker API input before it touches any state: the
-//! container, network, connect and volume create bodies (the
+//! container, network, connect, volume create and update bodies (the
 //! daemon's own parsers, then the volume plan and the process over an image
 //! config), image names resolved against a store, image config blobs as a
 //! registry sends them, versioned request paths, and the query strings
@@ -84,6 +84,10 @@ fn create_body(body: &[u8], name: Option<String>) {
         if let Some(name) = value.get("Image").and_then(Value::as_str) {
             image_name(name);
         }
+        // Its healthcheck over the image's (here the body's own again).
+        if let Ok(merged) = daemon::health::merge(&value["Healthcheck"], &value["Healthcheck"]) {
+            let _ = daemon::health::HealthCheck::of(&merged);
+        }
     }
     let Ok(request) = CreateRequest::parse(body, name) else {
         return;
@@ -149,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let text = std::str::from_utf8(rest).ok();
-    match mode % 9 {
+    match mode % 10 {
         0 => create_body(rest, None),
         1 => {
             // An image config blob from a registry, then a container of it.
@@ -182,6 +186,9 @@ fuzz_target!(|data: &[u8]| {
             if let Some(text) = text {
                 query_strings(text);
             }
+        }
+        8 => {
+            let _ = daemon::update::Update::parse(rest);
         }
         _ => {
             if let Some(text) = text {

@@ -30,7 +30,7 @@ struct UpdateBody {
 
 /// The changes asked for, checked.
 #[derive(Debug, Default, PartialEq)]
-struct Update {
+pub struct Update {
     restart_policy: Option<(String, i64)>,
     memory_mib: Option<u64>,
     /// Thousandths of a CPU, and the vCPUs that takes.
@@ -40,7 +40,8 @@ struct Update {
 }
 
 impl Update {
-    fn parse(body: &[u8]) -> Result<Update, ApiError> {
+    /// A `docker update` body, checked (before any state is touched).
+    pub fn parse(body: &[u8]) -> Result<Update, ApiError> {
         let body: UpdateBody = match body.iter().all(u8::is_ascii_whitespace) {
             true => UpdateBody::default(),
             false => serde_json::from_slice(body)
