@@ -147,11 +147,15 @@ pub async fn logs(
     let (tx, rx) = mpsc::channel(64);
     let dir = ContainerDir::new(&record.id);
     tokio::task::spawn_blocking(move || {
-        let (entries, reader) = match LogReader::read_all(&dir.log_path()) {
-            Ok((entries, Some(reader))) => (entries, reader),
-            _ => return,
+        // Right after `start` the supervisor may not have opened the log
+        // yet: a follower waits for it while the container runs.
+        let (entries, mut reader) = loop {
+            match LogReader::read_all(&dir.log_path()) {
+                Ok((entries, Some(reader))) => break (entries, reader),
+                Ok((_, None)) if follow && dir.is_running() && !tx.is_closed() => std::thread::sleep(FOLLOW_INTERVAL),
+                _ => return,
+            }
         };
-        let mut reader = reader;
         let mut first: Vec<Vec<u8>> = entries.iter().filter_map(|e| selection.encode(e)).collect();
         if let Some(n) = tail {
             first.drain(..first.len().saturating_sub(n));
