@@ -118,7 +118,16 @@ fn docker_run_in_the_foreground_and_detached() {
     assert!(kept.len() > 10 && kept.len() < 60, "{kept:?}");
     assert_eq!(kept, (401 - kept.len() as u32..=400).collect::<Vec<_>>());
     // `logs -f` straight after `run -d` waits for the log, then follows it to the end.
-    ok(&hulld.docker(&["run", "-d", "--name", "fast", &image, "sh", "-c", "echo hi; sleep 2; echo bye"]));
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "fast",
+        &image,
+        "sh",
+        "-c",
+        "echo hi; sleep 2; echo bye",
+    ]));
     assert_eq!(ok(&hulld.docker(&["logs", "-f", "fast"])), "hi\nbye\n");
     ok(&hulld.docker(&["rm", "fast"]));
     // `none` keeps nothing to read, yet an attached client gets the output.
