@@ -118,23 +118,9 @@ impl CreateRequest {
                 "can't create 'AutoRemove' container with restart policy",
             ));
         }
-        if host.memory < 0 || host.nano_cpus < 0 {
-            return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
-        }
-        if host.nano_cpus > 0 && host.nano_cpus < 10_000_000 {
-            return Err(ApiError::bad_request(
-                "Range of CPUs is from 0.01 to 255.00: a VM gets at least 1% of a CPU",
-            ));
-        }
-        let memory_mib = match host.memory {
-            0 => DEFAULT_MEMORY_MIB,
-            bytes => (bytes as u64).div_ceil(1 << 20),
-        };
-        let cpus = match host.nano_cpus {
-            0 => 1,
-            nano => u8::try_from((nano as u64).div_ceil(1_000_000_000))
-                .map_err(|_| ApiError::bad_request("too many CPUs: a VM has at most 255"))?,
-        };
+        let (memory_mib, cpu) = vm_resources(host.memory, host.nano_cpus)?;
+        let memory_mib = memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        let cpus = cpu.map_or(1, |(_, vcpus)| vcpus);
         vmm::vm::validate_shape(memory_mib, cpus).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let name = match name.filter(|n| !n.is_empty()) {
             Some(name) => {
@@ -178,7 +164,7 @@ impl CreateRequest {
             memory_mib,
             cpus,
             // Docker's --cpus is a share of CPU time: whole vCPUs, capped by the jail's cgroup.
-            cpu_limit_millis: u32::try_from(host.nano_cpus / 1_000_000).ok().filter(|&m| m > 0),
+            cpu_limit_millis: cpu.map(|(millis, _)| millis),
             pids_limit: host.pids_limit.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0),
             overrides,
             labels,
@@ -218,6 +204,34 @@ fn network_intent(raw: &Value, labels: &HashMap<String, String>) -> Result<Netwo
         .unwrap_or_default();
     let mac = raw.get("MacAddress").and_then(Value::as_str).unwrap_or("");
     NetworkIntent::parse(&request, &endpoints, mac, &exposed, labels)
+}
+
+/// Thousandths of a CPU, and the whole vCPUs they take.
+pub type CpuShare = (u32, u8);
+
+/// Docker's `Memory` (bytes) and `NanoCpus` as a VM's resources, checked
+/// (create and update alike; 0 is "not given"): MiB, and the share of CPU
+/// time in thousandths with the whole vCPUs it takes.
+pub fn vm_resources(memory: i64, nano_cpus: i64) -> Result<(Option<u64>, Option<CpuShare>), ApiError> {
+    if memory < 0 || nano_cpus < 0 {
+        return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
+    }
+    let memory_mib = (memory > 0).then(|| (memory as u64).div_ceil(1 << 20));
+    let cpu = match nano_cpus {
+        0 => None,
+        nano if nano < 10_000_000 => {
+            return Err(ApiError::bad_request(
+                "Range of CPUs is from 0.01 to 255.00: a VM gets at least 1% of a CPU",
+            ))
+        }
+        nano => {
+            let vcpus = u8::try_from((nano as u64).div_ceil(1_000_000_000))
+                .map_err(|_| ApiError::bad_request("too many CPUs: a VM has at most 255"))?;
+            // At most 255,000: the vCPU check above bounds it.
+            Some(((nano / 1_000_000) as u32, vcpus))
+        }
+    };
+    Ok((memory_mib, cpu))
 }
 
 /// A restart policy as Docker checks it (create and update alike).

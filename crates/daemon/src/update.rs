@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{blocking, ApiError};
-use crate::create::{check_restart_policy, RestartPolicy};
+use crate::create::{check_restart_policy, vm_resources, RestartPolicy};
 use crate::daemon::Daemon;
 
 /// What `docker update` sends; zero (or absent) leaves a value as it is.
@@ -54,23 +54,7 @@ impl Update {
             }
             None => None,
         };
-        if body.memory < 0 || body.nano_cpus < 0 {
-            return Err(ApiError::bad_request("memory and CPU limits cannot be negative"));
-        }
-        let memory_mib = (body.memory > 0).then(|| (body.memory as u64).div_ceil(1 << 20));
-        let cpu = match body.nano_cpus {
-            0 => None,
-            nano if nano < 10_000_000 => {
-                return Err(ApiError::bad_request(
-                    "Range of CPUs is from 0.01 to 255.00: a VM gets at least 1% of a CPU",
-                ))
-            }
-            nano => {
-                let vcpus = u8::try_from((nano as u64).div_ceil(1_000_000_000))
-                    .map_err(|_| ApiError::bad_request("too many CPUs: a VM has at most 255"))?;
-                Some(((nano / 1_000_000) as u32, vcpus))
-            }
-        };
+        let (memory_mib, cpu) = vm_resources(body.memory, body.nano_cpus)?;
         let pids_limit = body.pids_limit.map(|n| u64::try_from(n).ok().filter(|&n| n > 0));
         Ok(Update {
             restart_policy,
