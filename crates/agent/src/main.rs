@@ -472,6 +472,17 @@ fn serve_exec(conn: File, reaper: Reaper) {
             send(&sink, &Frame::Control(Control::Processes { processes }));
             return wait_for_host_close(input);
         }
+        Ok(Some(Frame::Control(Control::Network(network)))) => {
+            if let Err(e) = network::reconfigure(&network, ROOT) {
+                return fail(&sink, format!("changing the network: {e}"), 125);
+            }
+            let done = Control::Exited {
+                code: Some(0),
+                signal: None,
+            };
+            send(&sink, &Frame::Control(done));
+            return wait_for_host_close(input);
+        }
         Ok(Some(Frame::Control(Control::Diff))) => {
             let changes = archive::changes(std::path::Path::new(mounts::UPPER), std::path::Path::new(mounts::IMAGE));
             for part in changes.chunks(proto::MAX_CHANGES) {

@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use netlink::Netlink;
@@ -23,7 +24,7 @@ const NIC_WAIT: Duration = Duration::from_secs(2);
 const NIC_POLL: Duration = Duration::from_millis(5);
 
 /// One NIC's settings, checked.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Nic {
     slot: u8,
     mac: [u8; 6],
@@ -32,19 +33,16 @@ struct Nic {
     mtu: u32,
 }
 
+/// The NICs as they are set now: what a later change starts from.
+static CURRENT: Mutex<Vec<Nic>> = Mutex::new(Vec::new());
+
 /// Sets up the guest's network for `spec` and the files over the
 /// container's root at `root`. Everything the host sent is checked before
 /// anything is changed.
 pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
     let none = GuestNetwork::default();
     let network = spec.network.as_ref().unwrap_or(&none);
-    let nics = network.interfaces.iter().map(nic).collect::<Result<Vec<_>, _>>()?;
-    if let Some(twice) = nics
-        .iter()
-        .find(|a| nics.iter().filter(|b| b.slot == a.slot).count() > 1)
-    {
-        return Err(format!("NIC slot {} is given twice", twice.slot));
-    }
+    let nics = checked_nics(network)?;
     let mut files = vec![
         ("hosts", hosts_file(&network.hosts)?),
         ("hostname", hostname_file(&spec.hostname)?),
@@ -59,21 +57,109 @@ pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
         .map_err(|e| format!("lo: {e}"))?
         .ok_or("the guest has no loopback interface")?;
     nl.set_up(lo).map_err(|e| format!("lo: {e}"))?;
-    if let Some(last) = nics.iter().map(|nic| nic.slot).max() {
-        let names = wait_for_nics(usize::from(last) + 1)?;
-        for nic in &nics {
-            let name = &names[usize::from(nic.slot)];
-            configure(&mut nl, name, nic).map_err(|e| format!("{name}: {e}"))?;
+    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    change_nics(&mut nl, &current, &nics)?;
+    *current = nics;
+    write_files(root, &files)
+}
+
+/// Moves a running container to the networks of `network` (`docker network
+/// connect` and `disconnect`): NICs whose settings changed are cleared and
+/// set anew, those no longer used go down, and /etc/hosts and
+/// /etc/resolv.conf are rewritten in place, as Docker rewrites them.
+pub fn reconfigure(network: &GuestNetwork, root: &str) -> Result<(), String> {
+    let nics = checked_nics(network)?;
+    let mut files = vec![("hosts", hosts_file(&network.hosts)?)];
+    if let Some(resolv) = resolv_conf(network)? {
+        files.push(("resolv.conf", resolv));
+    }
+    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+    let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    change_nics(&mut nl, &current, &nics)?;
+    *current = nics;
+    write_files(root, &files)
+}
+
+fn checked_nics(network: &GuestNetwork) -> Result<Vec<Nic>, String> {
+    let nics = network.interfaces.iter().map(nic).collect::<Result<Vec<_>, _>>()?;
+    if let Some(twice) = nics
+        .iter()
+        .find(|a| nics.iter().filter(|b| b.slot == a.slot).count() > 1)
+    {
+        return Err(format!("NIC slot {} is given twice", twice.slot));
+    }
+    Ok(nics)
+}
+
+/// Takes the NICs from `old` to `new` settings. NICs that leave, or whose
+/// addresses change, are cleared and set down first (their routes go with
+/// them), so a default route moving to another NIC finds its place free.
+fn change_nics(nl: &mut Netlink, old: &[Nic], new: &[Nic]) -> Result<(), String> {
+    let Some(last) = old.iter().chain(new).map(|nic| nic.slot).max() else {
+        return Ok(());
+    };
+    let names = wait_for_nics(usize::from(last) + 1)?;
+    let name = |nic: &Nic| &names[usize::from(nic.slot)];
+    let now = |nic: &Nic| new.iter().find(|n| n.slot == nic.slot);
+    let before = |nic: &Nic| old.iter().find(|o| o.slot == nic.slot);
+    // Only a default route gained: the NIC's addresses and connections stay.
+    let route_gained = |o: &Nic, n: &Nic| {
+        o.gateway.is_none()
+            && n.gateway.is_some()
+            && Nic {
+                gateway: None,
+                ..n.clone()
+            } == *o
+    };
+    for nic in old {
+        match now(nic) {
+            Some(n) if n == nic || route_gained(nic, n) => {}
+            _ => clear(nl, name(nic), nic).map_err(|e| format!("{}: {e}", name(nic)))?,
         }
     }
+    for nic in new {
+        let result = match before(nic) {
+            Some(o) if o == nic => continue,
+            Some(o) if route_gained(o, nic) => match nic.gateway {
+                Some(gateway) => nl
+                    .link_index(name(nic))
+                    .and_then(|index| match index {
+                        Some(index) => nl.add_default_route(gateway, index),
+                        None => Err(netlink::NetlinkError::InvalidInput("the interface vanished".into())),
+                    }),
+                None => continue,
+            },
+            _ => configure(nl, name(nic), nic),
+        };
+        result.map_err(|e| format!("{}: {e}", name(nic)))?;
+    }
+    Ok(())
+}
 
+/// Takes a NIC's addresses away and sets it down (which drops its routes).
+fn clear(nl: &mut Netlink, name: &str, nic: &Nic) -> Result<(), netlink::NetlinkError> {
+    let Some(index) = nl.link_index(name)? else {
+        return Ok(());
+    };
+    for &(address, prefix_len) in &nic.addresses {
+        nl.delete_address(index, address, prefix_len)?;
+    }
+    nl.set_down(index)
+}
+
+/// Writes the generated files and, the first time, mounts each over the
+/// container's own; later writes reach the container through the mount.
+fn write_files(root: &str, files: &[(&str, String)]) -> Result<(), String> {
     fs::create_dir_all(FILES).map_err(|e| format!("{FILES}: {e}"))?;
     for (name, contents) in files {
         let source = Path::new(FILES).join(name);
+        let mounted = source.exists();
         fs::write(&source, contents).map_err(|e| format!("{}: {e}", source.display()))?;
-        mount_point(Path::new(root), name)
-            .and_then(|target| bind(&source, &target))
-            .map_err(|e| format!("/etc/{name}: {e}"))?;
+        if !mounted {
+            mount_point(Path::new(root), name)
+                .and_then(|target| bind(&source, &target))
+                .map_err(|e| format!("/etc/{name}: {e}"))?;
+        }
     }
     Ok(())
 }

@@ -162,8 +162,8 @@ impl Daemon {
         for mount in dir.spec()?.volumes {
             drop(runtime::volume::lock(&mount.name)?);
         }
-        // Its network's names are served before its guest can ask.
-        if let Some(endpoint) = dir.spec()?.network.endpoint {
+        // Its networks' names are served before its guest can ask.
+        for endpoint in dir.spec()?.network.endpoints {
             if let Ok(network) = runtime::network::load(&endpoint.network_id) {
                 self.dns.start(self, &network);
             }

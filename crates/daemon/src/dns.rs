@@ -97,37 +97,55 @@ async fn serve(daemon: Arc<Daemon>, network: NetworkRecord, socket: Arc<UdpSocke
         let query = buf[..len].to_vec();
         let (daemon, network, socket) = (daemon.clone(), network.clone(), socket.clone());
         tokio::spawn(async move {
-            if let Some(answer) = answer(&daemon, &network, &query).await {
+            if let Some(answer) = answer(&daemon, &network, client.ip(), &query).await {
                 let _ = socket.send_to(&answer, client).await;
             }
         });
     }
 }
 
-/// The names of the running containers on a network: name, short ID and
-/// aliases, lower case.
-fn names_on(daemon: &Daemon, network_id: &str) -> HashMap<String, Ipv4Addr> {
+/// The names a container asking from `client` on network `network_id`
+/// may resolve: those of the running containers on any network it is on
+/// (as Docker's resolver answers), each name, short ID and alias in lower
+/// case. A name on several of those networks resolves to its address on
+/// the network asked.
+fn names_for(daemon: &Daemon, network_id: &str, client: std::net::IpAddr) -> HashMap<String, Ipv4Addr> {
+    let running: Vec<(crate::store::ContainerRecord, runtime::network::ContainerNetwork)> = daemon
+        .containers
+        .all()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|record| {
+            let dir = ContainerDir::new(&record.id);
+            let network = dir.spec().ok()?.network;
+            dir.is_running().then_some((record, network))
+        })
+        .collect();
+    let mut networks = vec![network_id.to_string()];
+    let asking = running
+        .iter()
+        .find(|(_, n)| n.on(network_id).is_some_and(|e| std::net::IpAddr::V4(e.address) == client));
+    if let Some((_, network)) = asking {
+        networks.extend(network.endpoints.iter().map(|e| e.network_id.clone()));
+    }
     let mut names = HashMap::new();
-    for record in daemon.containers.all().unwrap_or_default() {
-        let dir = ContainerDir::new(&record.id);
-        let Some(endpoint) = dir.spec().ok().and_then(|s| s.network.endpoint) else {
-            continue;
-        };
-        if endpoint.network_id != network_id || !dir.is_running() {
-            continue;
-        }
-        let short = record.id.chars().take(12).collect::<String>();
-        for name in [record.name.clone(), short]
-            .into_iter()
-            .chain(endpoint.aliases.iter().cloned())
-        {
-            names.insert(name.to_ascii_lowercase(), endpoint.address);
+    // The networks in order, the one asked first: its addresses win.
+    for net in networks.iter().rev() {
+        for (record, network) in &running {
+            let Some(endpoint) = network.on(net) else { continue };
+            let short = record.id.chars().take(12).collect::<String>();
+            for name in [record.name.clone(), short]
+                .into_iter()
+                .chain(endpoint.aliases.iter().cloned())
+            {
+                names.insert(name.to_ascii_lowercase(), endpoint.address);
+            }
         }
     }
     names
 }
 
-async fn answer(daemon: &Arc<Daemon>, network: &NetworkRecord, query: &[u8]) -> Option<Vec<u8>> {
+async fn answer(daemon: &Arc<Daemon>, network: &NetworkRecord, client: std::net::IpAddr, query: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     if request.metadata.message_type != MessageType::Query {
         return None;
@@ -147,7 +165,7 @@ async fn answer(daemon: &Arc<Daemon>, network: &NetworkRecord, query: &[u8]) -> 
     let wanted = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
     let names = {
         let (daemon, id) = (daemon.clone(), network.id.clone());
-        tokio::task::spawn_blocking(move || names_on(&daemon, &id)).await.ok()?
+        tokio::task::spawn_blocking(move || names_for(&daemon, &id, client)).await.ok()?
     };
     if let Some(address) = names.get(&wanted) {
         response.metadata.authoritative = true;

@@ -17,6 +17,7 @@ pub mod exec;
 pub mod health;
 pub mod images;
 pub mod monitor;
+pub mod network_connect;
 pub mod networking;
 pub mod networks;
 pub mod store;

@@ -24,7 +24,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Asks the agent of a running container for one report.
-fn ask_agent(dir: &ContainerDir, request: Control) -> Result<Control, ApiError> {
+pub(crate) fn ask_agent(dir: &ContainerDir, request: Control) -> Result<Control, ApiError> {
     let unreachable = |e: String| ApiError::conflict(format!("cannot reach the container's agent: {e}"));
     let mut conn = crate::exec::request_agent(crate::exec::connect_agent(dir), request)?;
     conn.set_read_timeout(Some(REPORT_TIMEOUT))
@@ -166,24 +166,28 @@ fn stats_json(record: &ContainerRecord, memory_limit: u64, now: &Sample, before:
                 { "major": 253, "minor": 0, "op": "write", "value": guest.disk_write_bytes },
             ],
         },
-        "networks": network_stats(&record.id),
+        "networks": network_stats(&record.id, &ContainerDir::new(&record.id).spec().map(|s| s.network).unwrap_or_default()),
         "num_procs": 0,
         "storage_stats": {},
     })
 }
 
-/// The container's NIC as Docker shows it (`eth0`), read from its tap on
-/// the host: what the host received, the container sent.
-fn network_stats(id: &str) -> Value {
-    let Some(c) = runtime::network::host::tap_counters(&runtime::network::host::tap_name(id)) else {
-        return json!({});
-    };
-    json!({
-        "eth0": {
-            "rx_bytes": c.rx_bytes, "rx_packets": c.rx_packets, "rx_errors": 0, "rx_dropped": 0,
-            "tx_bytes": c.tx_bytes, "tx_packets": c.tx_packets, "tx_errors": 0, "tx_dropped": 0,
-        }
-    })
+/// The container's NICs as Docker shows them (`eth0`, ...), read from
+/// their taps on the host: what the host received, the container sent.
+fn network_stats(id: &str, network: &runtime::network::ContainerNetwork) -> Value {
+    let mut nics = serde_json::Map::new();
+    for endpoint in &network.endpoints {
+        let tap = runtime::network::host::tap_name(id, endpoint.slot);
+        let Some(c) = runtime::network::host::tap_counters(&tap) else { continue };
+        nics.insert(
+            format!("eth{}", endpoint.slot),
+            json!({
+                "rx_bytes": c.rx_bytes, "rx_packets": c.rx_packets, "rx_errors": 0, "rx_dropped": 0,
+                "tx_bytes": c.tx_bytes, "tx_packets": c.tx_packets, "tx_errors": 0, "tx_dropped": 0,
+            }),
+        );
+    }
+    Value::Object(nics)
 }
 
 /// `GET /containers/{id}/stats`: a JSON document a second (streamed), or

@@ -420,7 +420,7 @@ pub fn plan(id: &str, intent: &NetworkIntent) -> Result<ContainerNetwork, ApiErr
         });
     }
     let mut net = ContainerNetwork {
-        endpoint: None,
+        endpoints: Vec::new(),
         ports: Vec::new(),
         extra_hosts,
         dns: intent.dns.clone(),
@@ -428,24 +428,55 @@ pub fn plan(id: &str, intent: &NetworkIntent) -> Result<ContainerNetwork, ApiErr
         dns_options: intent.dns_options.clone(),
         policy: intent.policy,
     };
-    let record: NetworkRecord = match &intent.mode {
+    let primary: NetworkRecord = match &intent.mode {
         Mode::None => return Ok(net),
         Mode::Default => network::ensure_default()?,
         Mode::Named(name) => network::find(name)?,
     };
-    let keyed = |key: &str| intent.endpoints.iter().find(|(k, _)| k == key).map(|(_, e)| e);
-    let endpoint = keyed(&record.name)
-        .or_else(|| keyed(&intent.mode_text))
-        .or_else(|| intent.endpoints.first().map(|(_, e)| e))
-        .unwrap_or(&intent.config_endpoint);
+    // Each endpoint is keyed by a network's name or ID: the mode's network
+    // first (Docker takes the only endpoint for it, however keyed), then
+    // the others, each one more NIC.
+    let mut wanted: Vec<(NetworkRecord, &EndpointRequest)> = Vec::new();
+    let mut primary_request = None;
+    for (key, request) in &intent.endpoints {
+        let record = match key.as_str() {
+            network::DEFAULT_NETWORK | "default" => network::ensure_default()?,
+            _ if *key == intent.mode_text => primary.clone(),
+            other => network::find(other)?,
+        };
+        if record.id == primary.id {
+            primary_request = Some(request);
+        } else if !wanted.iter().any(|(r, _)| r.id == record.id) {
+            wanted.push((record, request));
+        }
+    }
+    wanted.insert(0, (primary, primary_request.unwrap_or(&intent.config_endpoint)));
+    if wanted.len() > usize::from(network::MAX_NETWORKS_PER_CONTAINER) {
+        return Err(too_many_networks(wanted.len()));
+    }
     net.ports = port_mappings(&intent.ports, &intent.bound, intent.publish_all, &intent.exposed)?;
-    net.endpoint = Some(endpoint_on(id, &record, endpoint)?);
+    for (slot, (record, request)) in wanted.iter().enumerate() {
+        match endpoint_on(id, record, request, slot as u8) {
+            Ok(endpoint) => net.endpoints.push(endpoint),
+            Err(e) => {
+                release(id, &net);
+                return Err(e);
+            }
+        }
+    }
     Ok(net)
+}
+
+pub(crate) fn too_many_networks(count: usize) -> ApiError {
+    ApiError::bad_request(format!(
+        "{count} networks asked for: a hull container can be on at most {} networks (one NIC each in its VM)",
+        network::MAX_NETWORKS_PER_CONTAINER
+    ))
 }
 
 /// Container `id`'s place on `record` as `request` asks, its address
 /// leased; nothing is leased on error.
-fn endpoint_on(id: &str, record: &NetworkRecord, request: &EndpointRequest) -> Result<Endpoint, ApiError> {
+pub(crate) fn endpoint_on(id: &str, record: &NetworkRecord, request: &EndpointRequest, slot: u8) -> Result<Endpoint, ApiError> {
     if !request.aliases.is_empty() && record.is_default() {
         return Err(ApiError::bad_request(
             "network-scoped alias is supported only for containers in user defined networks",
@@ -462,6 +493,7 @@ fn endpoint_on(id: &str, record: &NetworkRecord, request: &EndpointRequest) -> R
         mac: request.mac.clone().unwrap_or_else(|| network::mac_for(address)),
         address,
         aliases: request.aliases.clone(),
+        slot,
     })
 }
 
@@ -490,103 +522,16 @@ impl ConnectBody {
     }
 }
 
-/// The container a connect or disconnect names, if it is not running:
-/// hull containers have one NIC, which a running VM keeps for now.
-fn stopped_container(
-    daemon: &crate::daemon::Daemon,
-    reference: &str,
-) -> Result<(crate::store::ContainerRecord, runtime::container::ContainerDir), ApiError> {
-    let record = daemon.containers.find(reference)?;
-    let dir = runtime::container::ContainerDir::new(&record.id);
-    if dir.is_running() {
-        return Err(ApiError::conflict(format!(
-            "container {} is running: hull changes a container's network while it is stopped (stop it, connect or disconnect, start it)",
-            record.name
-        )));
-    }
-    Ok((record, dir))
-}
-
-/// `POST /networks/{id}/connect`: puts a stopped container on a network.
-/// A hull container has one network interface: a second network is refused.
-pub async fn connect(
-    axum::extract::State(daemon): axum::extract::State<std::sync::Arc<crate::daemon::Daemon>>,
-    axum::extract::Path(reference): axum::extract::Path<String>,
-    body: axum::body::Bytes,
-) -> Result<axum::response::Response, ApiError> {
-    let body = ConnectBody::parse(&body)?;
-    crate::api::blocking(move || {
-        let record = match reference.as_str() {
-            network::DEFAULT_NETWORK => network::ensure_default()?,
-            other => network::find(other)?,
-        };
-        let (container, dir) = stopped_container(&daemon, &body.container)?;
-        let spec = dir.spec()?;
-        if let Some(current) = &spec.network.endpoint {
-            let name = network::load(&current.network_id).map_or_else(|_| current.network_id.clone(), |n| n.name);
-            return Err(match current.network_id == record.id {
-                true => ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    format!("endpoint with name {} already exists in network {}", container.name, record.name),
-                ),
-                false => ApiError::conflict(format!(
-                    "container {} is on network {name} already: a hull container has one network interface (disconnect it first)",
-                    container.name
-                )),
-            });
-        }
-        let endpoint = endpoint_on(&container.id, &record, &body.endpoint)?;
-        let leased = (endpoint.network_id.clone(), endpoint.address);
-        if let Err(e) = dir.update_spec(|s| s.network.endpoint = Some(endpoint)) {
-            network::release(&leased.0, leased.1, &container.id);
-            return Err(e.into());
-        }
-        daemon.containers.modify(&container.id, |r| r.host_config["NetworkMode"] = json!(record.name))?;
-        Ok(crate::api::empty(axum::http::StatusCode::OK))
-    })
-    .await
-}
-
-/// `POST /networks/{id}/disconnect`: takes a stopped container off a network.
-pub async fn disconnect(
-    axum::extract::State(daemon): axum::extract::State<std::sync::Arc<crate::daemon::Daemon>>,
-    axum::extract::Path(reference): axum::extract::Path<String>,
-    body: axum::body::Bytes,
-) -> Result<axum::response::Response, ApiError> {
-    let body = ConnectBody::parse(&body)?;
-    crate::api::blocking(move || {
-        let record = network::find(&reference)?;
-        let (container, dir) = stopped_container(&daemon, &body.container)?;
-        let spec = dir.spec()?;
-        match &spec.network.endpoint {
-            Some(current) if current.network_id == record.id => {
-                dir.update_spec(|s| s.network.endpoint = None)?;
-                network::release(&record.id, current.address, &container.id);
-                Ok(crate::api::empty(axum::http::StatusCode::OK))
-            }
-            _ => Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                format!(
-                    "container {} is not connected to network {}",
-                    container.name, record.name
-                ),
-            )),
-        }
-    })
-    .await
-}
-
-/// Gives back a container's address (at its removal, or a failed create).
+/// Gives back a container's addresses (at its removal, or a failed create).
 pub fn release(id: &str, net: &ContainerNetwork) {
-    if let Some(endpoint) = &net.endpoint {
+    for endpoint in &net.endpoints {
         network::release(&endpoint.network_id, endpoint.address, id);
     }
 }
 
-/// The name the container's network goes by (`none` without one).
+/// The name the container's first network goes by (`none` without one).
 pub fn mode_name(net: &ContainerNetwork) -> String {
-    net.endpoint
-        .as_ref()
+    net.primary()
         .and_then(|e| network::load(&e.network_id).ok())
         .map_or("none".into(), |n| n.name)
 }
@@ -637,46 +582,45 @@ pub fn settings_json(id: &str, net: &ContainerNetwork, running: bool) -> Value {
         "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
         "Ports": if running { ports_json(net) } else { json!({}) },
     });
-    match net
-        .endpoint
-        .as_ref()
-        .and_then(|e| network::load(&e.network_id).ok().map(|r| (e, r)))
-    {
-        Some((endpoint, record)) => {
-            let shown = |v: String| if running { v } else { String::new() };
-            let endpoint_id = shown(format!("{:0<64}", &id[..id.len().min(32)]));
-            let entry = json!({
-                "IPAMConfig": null, "Links": null,
-                "Aliases": if endpoint.aliases.is_empty() { Value::Null } else { json!(endpoint.aliases) },
-                "MacAddress": shown(endpoint.mac.clone()),
-                "DriverOpts": null,
-                "NetworkID": record.id,
-                "EndpointID": endpoint_id,
-                "Gateway": shown(record.gateway.to_string()),
-                "IPAddress": shown(endpoint.address.to_string()),
-                "IPPrefixLen": if running { record.subnet.prefix_len() } else { 0 },
-                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-                "DNSNames": null,
-            });
-            if record.name == network::DEFAULT_NETWORK {
-                // The legacy top-level fields describe the default bridge only.
-                for key in ["EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"] {
-                    top[key] = entry[key].clone();
-                }
+    let on: Vec<(&Endpoint, NetworkRecord)> = net
+        .endpoints
+        .iter()
+        .filter_map(|e| network::load(&e.network_id).ok().map(|r| (e, r)))
+        .collect();
+    for (endpoint, record) in &on {
+        let shown = |v: String| if running { v } else { String::new() };
+        let endpoint_id = shown(format!("{:0<62}{:02x}", &id[..id.len().min(31)], endpoint.slot));
+        let entry = json!({
+            "IPAMConfig": null, "Links": null,
+            "Aliases": if endpoint.aliases.is_empty() { Value::Null } else { json!(endpoint.aliases) },
+            "MacAddress": shown(endpoint.mac.clone()),
+            "DriverOpts": null,
+            "NetworkID": record.id,
+            "EndpointID": endpoint_id,
+            "Gateway": shown(record.gateway.to_string()),
+            "IPAddress": shown(endpoint.address.to_string()),
+            "IPPrefixLen": if running { record.subnet.prefix_len() } else { 0 },
+            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "DNSNames": null,
+        });
+        if record.name == network::DEFAULT_NETWORK {
+            // The legacy top-level fields describe the default bridge only.
+            for key in ["EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"] {
+                top[key] = entry[key].clone();
             }
-            networks.insert(record.name.clone(), entry);
         }
-        None => {
-            networks.insert(
-                "none".into(),
-                json!({
-                    "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
-                    "DriverOpts": null, "NetworkID": "", "EndpointID": "", "Gateway": "",
-                    "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
-                    "GlobalIPv6PrefixLen": 0, "DNSNames": null,
-                }),
-            );
-        }
+        networks.insert(record.name.clone(), entry);
+    }
+    if on.is_empty() {
+        networks.insert(
+            "none".into(),
+            json!({
+                "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
+                "DriverOpts": null, "NetworkID": "", "EndpointID": "", "Gateway": "",
+                "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                "GlobalIPv6PrefixLen": 0, "DNSNames": null,
+            }),
+        );
     }
     top["Networks"] = Value::Object(networks);
     top
@@ -785,7 +729,7 @@ pub async fn set_policy(
     crate::api::blocking(move || {
         let record = daemon.containers.find(&id)?;
         let dir = runtime::container::ContainerDir::new(&record.id);
-        if dir.spec()?.network.endpoint.is_none() {
+        if dir.spec()?.network.endpoints.is_empty() {
             return Err(ApiError::conflict(format!(
                 "container {} has no network (--network none): there is nothing to police",
                 record.name

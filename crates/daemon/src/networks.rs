@@ -47,7 +47,7 @@ fn attached(daemon: &Daemon) -> Result<HashMap<String, Vec<Member>>, ApiError> {
         if !dir.is_running() {
             continue;
         }
-        if let Some(endpoint) = dir.spec().ok().and_then(|s| s.network.endpoint) {
+        for endpoint in dir.spec().map(|s| s.network.endpoints).unwrap_or_default() {
             out.entry(endpoint.network_id.clone()).or_default().push((
                 record.id.clone(),
                 record.name.clone(),
@@ -290,12 +290,8 @@ pub async fn prune(
     blocking(move || {
         let mut used = std::collections::HashSet::new();
         for record in daemon.containers.all()? {
-            if let Some(endpoint) = ContainerDir::new(&record.id)
-                .spec()
-                .ok()
-                .and_then(|s| s.network.endpoint)
-            {
-                used.insert(endpoint.network_id);
+            if let Ok(spec) = ContainerDir::new(&record.id).spec() {
+                used.extend(spec.network.endpoints.into_iter().map(|e| e.network_id));
             }
         }
         let mut deleted = Vec::new();

@@ -917,3 +917,79 @@ fn networks_take_their_subnets_from_the_address_plan() {
         "bridge and none stay"
     );
 }
+
+#[test]
+fn stopped_containers_join_and_leave_up_to_four_networks() {
+    // Nothing runs, so nothing on the host changes: this runs outside a VM.
+    let (hulld, _registry, image) = with_box_image("netjoin");
+    for name in ["front", "back", "third", "fourth", "fifth"] {
+        ok(&hulld.docker(&["network", "create", name]));
+    }
+    // Two networks at create (docker run --network a --network b).
+    ok(&hulld.docker(&[
+        "create",
+        "--name",
+        "app",
+        "--network",
+        "front",
+        "--network",
+        "back",
+        &image,
+        "true",
+    ]));
+    let networks = |name: &str| {
+        ok(&hulld.docker(&[
+            "inspect",
+            "--format",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}{{.HostConfig.NetworkMode}}",
+            name,
+        ]))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(networks("app"), "back front front");
+    fails(
+        &hulld.docker(&["network", "connect", "front", "app"]),
+        1,
+        "endpoint with name app already exists in network front",
+    );
+    ok(&hulld.docker(&["network", "connect", "--alias", "db", "third", "app"]));
+    ok(&hulld.docker(&["network", "connect", "bridge", "app"]));
+    assert_eq!(networks("app"), "back bridge front third front");
+    // A fifth network needs a fifth NIC.
+    fails(
+        &hulld.docker(&["network", "connect", "fourth", "app"]),
+        1,
+        "at most 4 networks",
+    );
+    let aliases = ok(&hulld.docker(&[
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.Networks.third.Aliases}}",
+        "app",
+    ]));
+    assert_eq!(aliases.trim(), "[db]");
+    ok(&hulld.docker(&["network", "disconnect", "back", "app"]));
+    fails(
+        &hulld.docker(&["network", "disconnect", "back", "app"]),
+        1,
+        "is not connected to network back",
+    );
+    // The freed slot takes the next network.
+    ok(&hulld.docker(&["network", "connect", "fourth", "app"]));
+    assert_eq!(networks("app"), "bridge fourth front third front");
+    fails(
+        &hulld.docker(&[
+            "create", "--network", "front", "--network", "back", "--network", "third", "--network", "fourth",
+            "--network", "fifth", &image,
+        ]),
+        1,
+        "at most 4 networks",
+    );
+    fails(&hulld.docker(&["network", "rm", "fourth"]), 1, "has active endpoints");
+    // Removing the container gives every address back.
+    ok(&hulld.docker(&["rm", "app"]));
+    for name in ["front", "back", "third", "fourth", "fifth"] {
+        ok(&hulld.docker(&["network", "rm", name]));
+    }
+}

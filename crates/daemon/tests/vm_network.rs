@@ -431,6 +431,83 @@ fn user_networks_resolve_names_and_are_isolated() {
     assert_eq!(listed.lines().count(), 2, "only bridge and none are left: {listed}");
 }
 
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn running_containers_join_and_leave_networks() {
+    let (hulld, _registry, image) = with_box_image("vm-join", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
+    ok(&hulld.docker(&["network", "create", "--subnet", "10.78.0.0/24", "front"]));
+    ok(&hulld.docker(&["network", "create", "--subnet", "10.79.0.0/24", "back"]));
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "back",
+        "--ip",
+        "10.79.0.10",
+        &image,
+        "sh",
+        "-c",
+        "busybox mkdir -p /www && echo db > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]));
+    let app = ok(&hulld.docker(&["run", "-d", "--name", "app", "--network", "front", &image, "busybox", "sleep", "600"]));
+    let app = app.trim();
+    let exec = |script: &str| {
+        let out = hulld.docker(&["exec", "app", "sh", "-c", script]);
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    };
+    let get_db = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 db 80; \
+                  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 10.79.0.10 80";
+    assert!(!exec(get_db).contains("\ndb"), "back is out of reach from front");
+
+    // Joined while running: a second NIC, its address, names and routes.
+    ok(&hulld.docker(&["network", "connect", "back", "app"]));
+    let back_ip = hulld.inspect("{{.NetworkSettings.Networks.back.IPAddress}}", "app");
+    assert!(back_ip.starts_with("10.79.0."), "{back_ip}");
+    let addresses = exec("busybox ip -o -4 addr");
+    assert!(addresses.contains(&format!("inet {back_ip}/24")), "{addresses}");
+    assert!(addresses.contains("inet 10.78.0."), "still on front: {addresses}");
+    let reached = exec(get_db);
+    assert!(reached.contains("\ndb"), "db by name and by address: {reached}");
+    let hosts = exec("cat /etc/hosts");
+    assert!(hosts.contains(&back_ip), "/etc/hosts names the new address: {hosts}");
+    let members = ok(&hulld.docker(&["network", "inspect", "--format", "{{range .Containers}}{{.Name}} {{end}}", "back"]));
+    assert!(members.contains("app") && members.contains("db"), "{members}");
+    let taps = || {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&format!("hv{}", &app[..12])))
+            .count()
+    };
+    assert_eq!(taps(), 2, "a tap per network");
+
+    // Off the first network: its address and route go, the other NIC takes the default route.
+    ok(&hulld.docker(&["network", "disconnect", "front", "app"]));
+    let addresses = exec("busybox ip -o -4 addr");
+    assert!(!addresses.contains("10.78.0."), "{addresses}");
+    let routes = exec("busybox ip route");
+    assert!(routes.contains("default via 10.79.0.1"), "{routes}");
+    assert!(exec(get_db).contains("\ndb"), "back still works");
+    eventually("the tap to go with its NIC", || taps() == 1);
+    let shown = hulld.inspect("{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", "app");
+    assert_eq!(shown.trim(), "back");
+
+    // Off every network, then back on one: slots are reused.
+    ok(&hulld.docker(&["network", "disconnect", "back", "app"]));
+    assert!(!exec("busybox ip -o -4 addr").contains("10.79.0."));
+    ok(&hulld.docker(&["network", "connect", "front", "app"]));
+    let addresses = exec("busybox ip -o -4 addr");
+    assert!(addresses.contains("inet 10.78.0."), "{addresses}");
+    let denied = hulld.docker(&["network", "disconnect", "back", "app"]);
+    assert!(text(&denied.stderr).contains("is not connected"), "{}", text(&denied.stderr));
+
+    ok(&hulld.docker(&["rm", "-f", "app", "db"]));
+    assert_eq!(taps(), 0, "no tap outlives its container");
+    ok(&hulld.docker(&["network", "rm", "front", "back"]));
+}
+
 fn inspect_network_bridge(hulld: &Hulld, network: &str) -> String {
     ok(&hulld.docker(&[
         "network",

@@ -167,6 +167,15 @@ impl Netlink {
         }
     }
 
+    /// Removes `address/prefix_len` from the link; an address not there is fine.
+    pub fn delete_address(&mut self, index: u32, address: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
+        let message = RouteNetlinkMessage::DelAddress(address_message(index, address, prefix_len)?);
+        match self.request("deleting an address", message, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// The link's addresses (IPv4 and IPv6) with their prefix lengths.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
         let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
@@ -440,6 +449,10 @@ fn new_bridge(name: &str) -> RouteNetlinkMessage {
 }
 
 fn new_address(index: u32, address: IpAddr, prefix_len: u8) -> Result<RouteNetlinkMessage, NetlinkError> {
+    address_message(index, address, prefix_len).map(RouteNetlinkMessage::NewAddress)
+}
+
+fn address_message(index: u32, address: IpAddr, prefix_len: u8) -> Result<AddressMessage, NetlinkError> {
     let bits = if address.is_ipv4() { 32 } else { 128 };
     if prefix_len > bits {
         return Err(NetlinkError::InvalidInput(format!(
@@ -468,7 +481,7 @@ fn new_address(index: u32, address: IpAddr, prefix_len: u8) -> Result<RouteNetli
                 .push(AddressAttribute::Broadcast(Ipv4Addr::from(u32::from(ip) | host_bits)));
         }
     }
-    Ok(RouteNetlinkMessage::NewAddress(message))
+    Ok(message)
 }
 
 fn new_default_route(gateway: Ipv4Addr, index: u32) -> RouteNetlinkMessage {

@@ -69,6 +69,9 @@ fn links_addresses_and_routes() {
         let addresses = nl.addresses(bridge).unwrap();
         assert!(addresses.contains(&(address, 24)), "{addresses:?}");
         assert!(addresses.contains(&(v6, 64)), "{addresses:?}");
+        nl.delete_address(bridge, v6, 64).unwrap();
+        nl.delete_address(bridge, v6, 64).unwrap();
+        assert!(!nl.addresses(bridge).unwrap().contains(&(v6, 64)), "deleted");
 
         let _tap = tap("hulltap0");
         let port = nl.link_index("hulltap0").unwrap().expect("the tap");

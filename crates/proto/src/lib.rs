@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -262,6 +262,11 @@ pub enum Control {
     /// Host → agent, first on an exec connection: what the container
     /// changed in its filesystem (`docker diff`).
     Diff,
+    /// Host → agent, first on an exec connection: the container's networks
+    /// changed while it runs (its VM's NICs were plugged or unplugged):
+    /// set the guest's NICs, /etc/hosts and /etc/resolv.conf to this.
+    /// Answered with `Exited` (code 0) or `Failed`.
+    Network(GuestNetwork),
     /// Agent → host: part of the answer to `Diff` (several may come, each
     /// at most `MAX_CHANGES` long), then `Exited`.
     Changes { changes: Vec<Change> },

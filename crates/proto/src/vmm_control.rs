@@ -1,5 +1,6 @@
 //! The control channel of one `hull-vmm`: a unix socket on which the VM's
-//! supervisor asks the VMM to pause, resume or describe the VM.
+//! supervisor asks the VMM to pause, resume or describe the VM, or to plug
+//! a NIC into a tap (its descriptor passed with the request).
 //!
 //! A message is one line of JSON. The VMM answers each request with one
 //! reply, in order, on the same connection. Lines are bounded
@@ -22,6 +23,11 @@ pub enum VmmRequest {
     Resume,
     /// How the VM is.
     Describe,
+    /// Plug NIC `slot` into the tap whose descriptor comes with this
+    /// request (`SCM_RIGHTS`, non-blocking), in place of what it was on.
+    PlugNic { slot: u8 },
+    /// Plug NIC `slot` into nothing.
+    UnplugNic { slot: u8 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +55,14 @@ pub fn write_message(w: &mut impl Write, message: &impl Serialize) -> Result<(),
     w.write_all(&line)?;
     w.flush()?;
     Ok(())
+}
+
+/// Parses one line (with or without its newline) already read.
+pub fn parse_message<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ControlError> {
+    if line.len() > MAX_LINE {
+        return Err(ControlError::Oversized);
+    }
+    Ok(serde_json::from_slice(line)?)
 }
 
 /// Reads one message; `Ok(None)` at a clean end of stream.

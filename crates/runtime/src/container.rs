@@ -259,22 +259,9 @@ impl ContainerDir {
     /// every vCPU and device thread parks (as Docker freezes a container's
     /// processes). Returns once all have.
     pub fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
-        use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
-        let stream = self.vmm_control()?;
-        // A pause waits for every thread to park (at most 10 s in the VMM).
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .map_err(io("the VMM's control channel"))?;
-        let mut writer = stream.try_clone().map_err(io("the VMM's control channel"))?;
+        use proto::vmm_control::VmmRequest;
         let request = if paused { VmmRequest::Pause } else { VmmRequest::Resume };
-        let channel = |e: proto::vmm_control::ControlError| ContainerError::Control(e.to_string());
-        write_message(&mut writer, &request).map_err(channel)?;
-        let reply = read_message::<VmmReply>(&mut std::io::BufReader::new(stream)).map_err(channel)?;
-        match reply {
-            Some(VmmReply::Done) => {}
-            Some(VmmReply::Failed { reason }) => return Err(ContainerError::Control(reason)),
-            other => return Err(ContainerError::Control(format!("unexpected reply {other:?}"))),
-        }
+        self.ask_vmm(request, None)?;
         let marker = self.socket_dir().join(crate::run::PAUSED_MARKER);
         match paused {
             true => std::fs::write(&marker, b"").map_err(io("marking the VM paused"))?,
@@ -283,6 +270,51 @@ impl ContainerDir {
             }
         }
         Ok(())
+    }
+
+    /// Plugs NIC `slot` of a running container's VM into `tap`, or into
+    /// nothing (`docker network connect` and `disconnect`).
+    pub fn plug_nic(&self, slot: u8, tap: Option<&std::fs::File>) -> Result<(), ContainerError> {
+        use proto::vmm_control::VmmRequest;
+        match tap {
+            Some(tap) => self.ask_vmm(VmmRequest::PlugNic { slot }, Some(tap)),
+            None => self.ask_vmm(VmmRequest::UnplugNic { slot }, None),
+        }
+    }
+
+    /// Sends one request (and `fd`, if any) on the VMM's control channel
+    /// and waits for its reply.
+    fn ask_vmm(&self, request: proto::vmm_control::VmmRequest, fd: Option<&std::fs::File>) -> Result<(), ContainerError> {
+        use proto::vmm_control::{read_message, write_message, VmmReply};
+        use std::os::unix::io::AsRawFd;
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        let stream = self.vmm_control()?;
+        // A pause waits for every thread to park (at most 10 s in the VMM).
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .map_err(io("the VMM's control channel"))?;
+        let channel = |e: proto::vmm_control::ControlError| ContainerError::Control(e.to_string());
+        match fd {
+            Some(fd) => {
+                let mut line = serde_json::to_vec(&request).map_err(|e| ContainerError::Control(e.to_string()))?;
+                line.push(b'\n');
+                let sent = stream
+                    .send_with_fd(&line[..], fd.as_raw_fd())
+                    .map_err(|e| ContainerError::Control(format!("sending to the VMM: {e}")))?;
+                if sent != line.len() {
+                    return Err(ContainerError::Control("the VMM took part of a request".into()));
+                }
+            }
+            None => {
+                let mut writer = stream.try_clone().map_err(io("the VMM's control channel"))?;
+                write_message(&mut writer, &request).map_err(channel)?;
+            }
+        }
+        match read_message::<VmmReply>(&mut std::io::BufReader::new(stream)).map_err(channel)? {
+            Some(VmmReply::Done) => Ok(()),
+            Some(VmmReply::Failed { reason }) => Err(ContainerError::Control(reason)),
+            other => Err(ContainerError::Control(format!("unexpected reply {other:?}"))),
+        }
     }
 
     pub fn write_state(&self, state: &RunState) -> Result<(), ContainerError> {

@@ -130,8 +130,9 @@ pub const VMM_CONTROL_SOCKET: &str = "vmm.ctl";
 /// Present in a VM's socket directory while its VMM is paused.
 pub const PAUSED_MARKER: &str = "paused";
 
-/// The fd number a container's tap is passed to hull-vmm as.
-const TAP_FD: i32 = 3;
+/// The fd number the tap of a container's NIC 0 is passed to hull-vmm as
+/// (NIC N's is N more; above the jail's lifeline).
+const FIRST_TAP_FD: i32 = 10;
 /// Where hull-vmm finds the write end of its console pipe (`crate::console`).
 const CONSOLE_FD: i32 = 4;
 /// hull-vmm's exit status for a snapshot it cannot use.
@@ -412,7 +413,7 @@ pub fn run_in(
         uds: &uds,
         control: &control,
         console_log: &console_log,
-        tap: nic.tap(),
+        taps: nic.taps().collect(),
         jailed,
     };
 
@@ -519,8 +520,8 @@ struct VmFiles<'a> {
     /// The VMM's control channel (`proto::vmm_control`).
     control: &'a Path,
     console_log: &'a Path,
-    /// The container's tap (passed down as fd 3), or a detached NIC.
-    tap: Option<&'a File>,
+    /// The container's taps, by NIC slot; the other slots are plugged into nothing.
+    taps: Vec<(u8, &'a File)>,
     /// Jail the VMM in the socket directory (made ready for it already).
     jailed: bool,
 }
@@ -564,15 +565,16 @@ impl VmFiles<'_> {
         for disk in self.volumes {
             command.arg("--disk").arg(disk);
         }
-        // Every VM has the template's NIC slot: on the container's tap, or
-        // plugged into nothing.
-        match self.tap {
-            Some(tap) => command
+        // Every VM has the template's NIC slots: on the container's taps,
+        // or plugged into nothing.
+        command.arg("--net-slots").arg(vmm::vm::MAX_NICS.to_string());
+        for (slot, tap) in &self.taps {
+            let fd = FIRST_TAP_FD + i32::from(*slot);
+            command
                 .arg("--net-fd")
-                .arg(TAP_FD.to_string())
-                .pass_fd(tap.as_raw_fd(), TAP_FD),
-            None => command.arg("--net-detached"),
-        };
+                .arg(format!("{slot}={fd}"))
+                .pass_fd(tap.as_raw_fd(), fd);
+        }
         command
             .arg("--vsock-uds")
             .arg(self.uds)

@@ -89,7 +89,7 @@ impl TemplateRecord {
             vmm: Input::of(vmm)?,
             snapshot_format: vmm::snapshot::FORMAT_VERSION,
             volume_slots: crate::volume::MAX_PER_CONTAINER as u8,
-            nic_slots: 1,
+            nic_slots: vmm::vm::MAX_NICS,
             created: 0,
         })
     }
@@ -217,9 +217,7 @@ fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -
     for slot in &volume_slots {
         child.arg("--disk").arg(tmp.join(slot));
     }
-    if record.nic_slots > 0 {
-        child.arg("--net-detached");
-    }
+    child.arg("--net-slots").arg(record.nic_slots.to_string());
     let mut child = child
         .arg("--vsock-uds")
         .arg(tmp.join("vsock.sock"))

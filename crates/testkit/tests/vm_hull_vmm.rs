@@ -217,7 +217,7 @@ fn every_thread_is_confined_and_the_control_channel_pauses_the_whole_vm() {
     command
         .arg("--disk")
         .arg(&disk)
-        .arg("--net-detached")
+        .args(["--net-slots", "1"])
         .arg("--control-socket")
         .arg(&socket)
         .arg("--serial-log")
@@ -308,7 +308,7 @@ fn jailed_command(dir: &std::path::Path, script: &str) -> std::process::Command 
     command
         .arg("--disk")
         .arg(&disk)
-        .arg("--net-detached")
+        .args(["--net-slots", "1"])
         .arg("--control-socket")
         .arg(jail.join("vmm.ctl"));
     command

@@ -1,14 +1,16 @@
 //! The control channel: a unix socket on which the VM's supervisor sends
-//! typed requests (`proto::vmm_control`). Its thread only parses and
+//! typed requests (`proto::vmm_control`), a tap's descriptor with a
+//! request to plug a NIC. Its thread only parses and
 //! relays: every request is carried out by the VMM thread, which owns the VM.
 
-use std::io::BufReader;
+use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 
-use proto::vmm_control::{read_message, write_message, VmmReply, VmmRequest};
+use proto::vmm_control::{parse_message, write_message, ControlError, VmmReply, VmmRequest, MAX_LINE};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::vcpu::VmmEvent;
 use crate::vm::{thread_err, VmError};
@@ -44,9 +46,13 @@ pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) -> Result<(), VmE
 
 fn serve_client(stream: UnixStream, events: &Sender<VmmEvent>) {
     let Ok(mut writer) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(stream);
+    let mut incoming = Incoming {
+        stream,
+        buffer: Vec::new(),
+        fd: None,
+    };
     loop {
-        let request = match read_message::<VmmRequest>(&mut reader) {
+        let (request, fd) = match incoming.next() {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {
@@ -55,7 +61,7 @@ fn serve_client(stream: UnixStream, events: &Sender<VmmEvent>) {
             }
         };
         let (reply_to, reply) = mpsc::channel();
-        if events.send(VmmEvent::Control(request, reply_to)).is_err() {
+        if events.send(VmmEvent::Control(request, fd, reply_to)).is_err() {
             return;
         }
         let reply = reply.recv().unwrap_or(VmmReply::Failed {
@@ -64,5 +70,88 @@ fn serve_client(stream: UnixStream, events: &Sender<VmmEvent>) {
         if write_message(&mut writer, &reply).is_err() {
             return;
         }
+    }
+}
+
+/// Requests as they arrive, each with the descriptor (a tap) that came
+/// with it, if any.
+struct Incoming {
+    stream: UnixStream,
+    buffer: Vec<u8>,
+    /// A descriptor received and not yet given to a request.
+    fd: Option<File>,
+}
+
+impl Incoming {
+    fn next(&mut self) -> Result<Option<(VmmRequest, Option<File>)>, ControlError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let request = parse_message(&line)?;
+                return Ok(Some((request, self.fd.take())));
+            }
+            if self.buffer.len() > MAX_LINE {
+                return Err(ControlError::Oversized);
+            }
+            let mut chunk = [0u8; 512];
+            // One descriptor at most: the kernel closes any more that were sent.
+            let (read, fd) = self.stream.recv_with_fd(&mut chunk).map_err(std::io::Error::from)?;
+            if read == 0 {
+                return match self.buffer.is_empty() {
+                    true => Ok(None),
+                    false => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                };
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+            if fd.is_some() {
+                self.fd = fd;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    fn connected() -> (Incoming, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let incoming = Incoming {
+            stream: ours,
+            buffer: Vec::new(),
+            fd: None,
+        };
+        (incoming, theirs)
+    }
+
+    #[test]
+    fn a_descriptor_comes_with_its_request() {
+        let (mut incoming, client) = connected();
+        let tap = File::open("/dev/null").unwrap();
+        client.send_with_fd(&b"{\"plug_nic\":{\"slot\":2}}\n"[..], tap.as_raw_fd()).unwrap();
+        std::io::Write::write_all(&mut &client, b"\"describe\"\n").unwrap();
+        let (request, fd) = incoming.next().unwrap().unwrap();
+        assert_eq!(request, VmmRequest::PlugNic { slot: 2 });
+        assert!(fd.is_some());
+        let (request, fd) = incoming.next().unwrap().unwrap();
+        assert_eq!(request, VmmRequest::Describe);
+        assert!(fd.is_none(), "a descriptor goes with one request only");
+        drop(client);
+        assert!(incoming.next().unwrap().is_none());
+    }
+
+    #[test]
+    fn hostile_lines_end_the_connection_with_an_error() {
+        let (mut incoming, client) = connected();
+        std::io::Write::write_all(&mut &client, &vec![b'x'; MAX_LINE * 2]).unwrap();
+        assert!(matches!(incoming.next(), Err(ControlError::Oversized)));
+        let (mut incoming, client) = connected();
+        std::io::Write::write_all(&mut &client, b"{\"plug_nic\":{\"slot\":300}}\n").unwrap();
+        assert!(matches!(incoming.next(), Err(ControlError::Malformed(_))));
+        let (mut incoming, client) = connected();
+        std::io::Write::write_all(&mut &client, b"\"pause\"").unwrap();
+        drop(client);
+        assert!(matches!(incoming.next(), Err(ControlError::Io(_))));
     }
 }

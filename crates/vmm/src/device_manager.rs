@@ -65,12 +65,12 @@ impl DeviceManager {
         if let Some(saved) = saved {
             if saved.devices.len() != models.len() {
                 return Err(VmError::SnapshotMismatch(format!(
-                    "it has {} devices, this VM {} ({} disks{}, entropy{})",
+                    "it has {} devices, this VM {} ({} disks{}, entropy, {} NICs)",
                     saved.devices.len(),
                     models.len(),
                     config.disks.len(),
                     if config.vsock.is_some() { ", vsock" } else { "" },
-                    if config.net.is_some() { ", net" } else { "" }
+                    config.nics.len()
                 )));
             }
         }
@@ -174,6 +174,23 @@ impl DeviceManager {
         Some((&device.transport, offset % VIRTIO_MMIO_SIZE))
     }
 
+    /// Plugs NIC `slot` (the guest's eth`slot`) into `tap`, or into
+    /// nothing, while the guest runs.
+    pub fn plug_nic(&self, slot: u8, tap: Option<File>) -> Result<(), VmError> {
+        let nic = self
+            .virtio
+            .iter()
+            .filter(|d| lock(&d.transport).device_type() == crate::devices::virtio::TYPE_NET)
+            .nth(usize::from(slot))
+            .ok_or(VmError::NoSuchNic(slot))?;
+        lock(&nic.transport)
+            .plug(tap)
+            .map_err(|source| VmError::Tap {
+                tap: format!("NIC {slot}"),
+                source,
+            })
+    }
+
     /// Every device's driver state (the VM is paused).
     pub fn device_states(&self) -> Vec<DeviceState> {
         self.virtio.iter().map(|d| lock(&d.transport).state()).collect()
@@ -214,7 +231,7 @@ fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmErro
         models.push(Box::new(device));
     }
     models.push(Box::new(Rng));
-    if let Some(nic) = &config.net {
+    for nic in &config.nics {
         let tap_err = |source| VmError::Tap {
             tap: nic.backend.to_string(),
             source,

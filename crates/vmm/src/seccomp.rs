@@ -114,6 +114,8 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_renameat2,
             libc::SYS_unlink,
             libc::SYS_unlinkat,
+            // Plugging a NIC into another tap.
+            libc::SYS_epoll_ctl,
         ],
         ThreadKind::Vcpu => &[],
         ThreadKind::Device(DeviceKind::Block) => &[
@@ -135,7 +137,14 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
         // getrandom(2), which every thread may call, is all it needs.
         ThreadKind::Device(DeviceKind::Rng) => &[],
         // std's unix streams read and write with recv/send.
-        ThreadKind::Control => &[libc::SYS_accept4, libc::SYS_read, libc::SYS_recvfrom, libc::SYS_sendto],
+        // recvmsg: a tap's descriptor comes with a request to plug a NIC.
+        ThreadKind::Control => &[
+            libc::SYS_accept4,
+            libc::SYS_read,
+            libc::SYS_recvfrom,
+            libc::SYS_recvmsg,
+            libc::SYS_sendto,
+        ],
     };
     let device: &[i64] = match kind {
         ThreadKind::Device(_) => DEVICE,

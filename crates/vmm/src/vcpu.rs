@@ -20,8 +20,13 @@ pub enum VmmEvent {
     Power(PowerRequest),
     /// A vCPU could not go on.
     Failed(VmError),
-    /// A request on the control channel, and where its reply goes.
-    Control(proto::vmm_control::VmmRequest, Sender<proto::vmm_control::VmmReply>),
+    /// A request on the control channel, the descriptor that came with it,
+    /// and where its reply goes.
+    Control(
+        proto::vmm_control::VmmRequest,
+        Option<std::fs::File>,
+        Sender<proto::vmm_control::VmmReply>,
+    ),
 }
 
 /// What every vCPU thread shares.

@@ -1,6 +1,7 @@
-//! A running VM's place on its network: its tap on the bridge, the
-//! firewall's rules for its network, and its published ports (reserved on
-//! the host and forwarded), all undone when it is dropped with the VM.
+//! A running VM's place on its networks: a tap on each network's bridge,
+//! the firewall's rules for its networks, and its published ports
+//! (reserved on the host and forwarded), all undone when it is dropped
+//! with the VM; and joining or leaving a network while the VM runs.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -8,7 +9,8 @@ use std::net::Ipv4Addr;
 use super::{firewall, host, ports, ContainerNetwork, PortMapping};
 
 pub struct Attached {
-    tap: Option<File>,
+    /// One per network, with the NIC slot it goes to.
+    taps: Vec<(u8, File)>,
     _reservations: Vec<ports::Reservation>,
     published: Option<(Vec<PortMapping>, Ipv4Addr)>,
     /// The container and its network, while it has a policy's rules.
@@ -16,20 +18,20 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Plugs container `id` into its network (nothing for `--network none`).
+    /// Plugs container `id` into its networks (nothing for `--network none`).
     pub fn new(id: &str, network: &ContainerNetwork) -> Result<Attached, String> {
         let mut attached = Attached {
-            tap: None,
+            taps: Vec::new(),
             _reservations: Vec::new(),
             published: None,
             policed: None,
         };
-        let Some(endpoint) = &network.endpoint else {
+        let Some(primary) = network.primary() else {
             return Ok(attached);
         };
-        let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
-        let (_, tap) = host::open_tap(&record, id)?;
-        attached.tap = Some(tap);
+        for endpoint in &network.endpoints {
+            attached.taps.push((endpoint.slot, tap_for(id, endpoint)?));
+        }
         firewall::ensure_current(&super::list().map_err(|e| e.to_string())?)?;
         if network.policy != super::Policy::Open {
             super::policy::apply_to(id, network)?;
@@ -37,15 +39,43 @@ impl Attached {
         }
         attached._reservations = ports::reserve(&network.ports)?;
         if !network.ports.is_empty() {
-            firewall::publish(&network.ports, endpoint.address)?;
-            attached.published = Some((network.ports.clone(), endpoint.address));
+            firewall::publish(&network.ports, primary.address)?;
+            attached.published = Some((network.ports.clone(), primary.address));
         }
         Ok(attached)
     }
 
-    /// The tap for the VMM to take (it stays open here too until the drop).
-    pub fn tap(&self) -> Option<&File> {
-        self.tap.as_ref()
+    /// The taps for the VMM to take, by NIC slot (they stay open here too
+    /// until the drop).
+    pub fn taps(&self) -> impl Iterator<Item = (u8, &File)> {
+        self.taps.iter().map(|(slot, tap)| (*slot, tap))
+    }
+}
+
+/// A tap on `endpoint`'s network for NIC `endpoint.slot` of container `id`.
+fn tap_for(id: &str, endpoint: &super::Endpoint) -> Result<File, String> {
+    let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
+    Ok(host::open_tap(&record, id, endpoint.slot)?.1)
+}
+
+/// Readies a running container (`id`, networked as `network`, which
+/// already lists `endpoint`) for one more network: its network's rules and
+/// its policy on the new NIC. Returns the tap, for the VMM to plug in.
+pub fn join(id: &str, endpoint: &super::Endpoint, network: &ContainerNetwork) -> Result<File, String> {
+    let tap = tap_for(id, endpoint)?;
+    firewall::ensure_current(&super::list().map_err(|e| e.to_string())?)?;
+    if network.policy != super::Policy::Open {
+        super::policy::apply_to(id, network)?;
+    }
+    Ok(tap)
+}
+
+/// What a running container leaving a network leaves behind on the host:
+/// its policy on that NIC (the tap went with the VMM's descriptor).
+pub fn leave(id: &str, endpoint: &super::Endpoint, network: &ContainerNetwork) -> Result<(), String> {
+    match network.policy {
+        super::Policy::Open => Ok(()),
+        _ => super::policy::lift(id, endpoint, network),
     }
 }
 

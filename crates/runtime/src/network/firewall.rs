@@ -298,7 +298,7 @@ pub fn reconcile(networks: &[NetworkRecord], running: &[(String, super::Containe
         .map(|name| json!({"flush": {"map": {"family": "ip", "table": super::host_name(), "name": name}}}))
         .collect();
     for (_, network) in running {
-        if let Some(endpoint) = &network.endpoint {
+        if let Some(endpoint) = network.primary() {
             commands.extend(elements("add", &network.ports, endpoint.address));
         }
     }

@@ -68,10 +68,11 @@ pub fn remove_bridge(name: &str) -> Result<(), String> {
     }
 }
 
-/// A tap for container `id`'s VM, on `network`'s bridge and up.
-pub fn open_tap(network: &NetworkRecord, id: &str) -> Result<(String, File), String> {
+/// A tap for NIC `slot` of container `id`'s VM, on `network`'s bridge
+/// and up (non-blocking, as hull-vmm wants it).
+pub fn open_tap(network: &NetworkRecord, id: &str, slot: u8) -> Result<(String, File), String> {
     let bridge = ensure_bridge(network)?;
-    let name = tap_name(id);
+    let name = tap_name(id, slot);
     let tap = vmm::devices::virtio::net::open_tap(&name).map_err(|e| format!("creating tap {name}: {e}"))?;
     let mut nl = open()?;
     let index = nl
@@ -85,9 +86,14 @@ pub fn open_tap(network: &NetworkRecord, id: &str) -> Result<(String, File), Str
     Ok((name, tap))
 }
 
-/// `hv` and the first 12 characters of the container's ID (fits IFNAMSIZ).
-pub fn tap_name(id: &str) -> String {
-    format!("hv{}", id.chars().take(12).collect::<String>())
+/// `hv`, the first 12 characters of the container's ID, and the slot of
+/// any NIC but the first (fits IFNAMSIZ).
+pub fn tap_name(id: &str, slot: u8) -> String {
+    let stem: String = id.chars().take(12).collect();
+    match slot {
+        0 => format!("hv{stem}"),
+        _ => format!("hv{stem}{}", slot % 10),
+    }
 }
 
 /// A tap's byte and packet counters as the container sees them (the host

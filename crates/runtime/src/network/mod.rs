@@ -196,8 +196,12 @@ pub struct NetworkRequest {
     pub labels: BTreeMap<String, String>,
 }
 
-/// One container's place on a network, chosen at create and kept for the
-/// container's life (a VM keeps its address across restarts).
+/// The most networks one container can be on at once: one NIC slot of its
+/// VM each (every clone has its template's slots; virtio-mmio has no hot-plug).
+pub const MAX_NETWORKS_PER_CONTAINER: u8 = vmm::vm::MAX_NICS;
+
+/// One container's place on a network, chosen at create (or connect) and
+/// kept until it leaves that network (a VM keeps its address across restarts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub network_id: String,
@@ -206,13 +210,19 @@ pub struct Endpoint {
     pub mac: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The VM's NIC on this network: the guest's eth`slot`.
+    #[serde(default)]
+    pub slot: u8,
 }
 
 /// How a container is networked (part of its spec).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredNetwork")]
 pub struct ContainerNetwork {
-    /// `None`: `--network none` (only `lo`).
-    pub endpoint: Option<Endpoint>,
+    /// The networks it is on, in the order it joined them; empty:
+    /// `--network none` (only `lo`). The first holds its default route, its
+    /// published ports and the name it is known by outside.
+    pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
     /// `--add-host` entries.
@@ -228,6 +238,62 @@ pub struct ContainerNetwork {
     /// Who may reach the container (`hull.policy` label, `hull policy`).
     #[serde(default)]
     pub policy: Policy,
+}
+
+/// A stored spec, from before a container could be on several networks
+/// (`endpoint`) or after (`endpoints`).
+#[derive(Deserialize)]
+struct StoredNetwork {
+    #[serde(default)]
+    endpoint: Option<Endpoint>,
+    #[serde(default)]
+    endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    ports: Vec<PortMapping>,
+    #[serde(default)]
+    extra_hosts: Vec<proto::HostEntry>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    dns_search: Vec<String>,
+    #[serde(default)]
+    dns_options: Vec<String>,
+    #[serde(default)]
+    policy: Policy,
+}
+
+impl From<StoredNetwork> for ContainerNetwork {
+    fn from(stored: StoredNetwork) -> Self {
+        let mut endpoints = stored.endpoints;
+        if endpoints.is_empty() {
+            endpoints.extend(stored.endpoint);
+        }
+        ContainerNetwork {
+            endpoints,
+            ports: stored.ports,
+            extra_hosts: stored.extra_hosts,
+            dns: stored.dns,
+            dns_search: stored.dns_search,
+            dns_options: stored.dns_options,
+            policy: stored.policy,
+        }
+    }
+}
+
+impl ContainerNetwork {
+    /// The network that holds the default route and the published ports.
+    pub fn primary(&self) -> Option<&Endpoint> {
+        self.endpoints.first()
+    }
+
+    pub fn on(&self, network_id: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.network_id == network_id)
+    }
+
+    /// The lowest NIC slot no endpoint uses, if one is left.
+    pub fn free_slot(&self) -> Option<u8> {
+        (0..MAX_NETWORKS_PER_CONTAINER).find(|slot| self.endpoints.iter().all(|e| e.slot != *slot))
+    }
 }
 
 pub fn networks_dir() -> PathBuf {
@@ -538,32 +604,54 @@ pub fn leases(network_id: &str) -> Vec<(Ipv4Addr, String)> {
 
 /// The guest's side of a container's network, for the agent.
 pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Option<proto::GuestNetwork>, NetworkError> {
-    let Some(endpoint) = &network.endpoint else {
+    if network.endpoints.is_empty() {
         return Ok(None);
-    };
-    let record = load(&endpoint.network_id)?;
-    let mut names = vec![hostname.to_string()];
-    names.extend(endpoint.aliases.iter().filter(|a| a.as_str() != hostname).cloned());
-    let mut hosts = vec![proto::HostEntry {
-        address: endpoint.address.to_string(),
-        names,
-    }];
+    }
+    let records = network
+        .endpoints
+        .iter()
+        .map(|e| load(&e.network_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut hosts = Vec::new();
+    for endpoint in &network.endpoints {
+        let mut names = vec![hostname.to_string()];
+        names.extend(endpoint.aliases.iter().filter(|a| a.as_str() != hostname).cloned());
+        hosts.push(proto::HostEntry {
+            address: endpoint.address.to_string(),
+            names,
+        });
+    }
     hosts.extend(network.extra_hosts.iter().cloned());
-    // User-defined networks have hulld's name service on their gateway;
-    // the default bridge uses the host's resolvers, as in Docker.
-    let nameservers = match (network.dns.is_empty(), record.is_default()) {
+    // User-defined networks have hulld's name service on their gateway
+    // (each answers for every network the asking container is on); the
+    // default bridge uses the host's resolvers, as in Docker.
+    let named = network.endpoints.iter().zip(&records).find(|(_, r)| !r.is_default());
+    let nameservers = match (network.dns.is_empty(), named) {
         (false, _) => network.dns.clone(),
-        (true, false) => vec![record.gateway.to_string()],
-        (true, true) => host::resolvers(),
+        (true, Some((_, record))) => vec![record.gateway.to_string()],
+        (true, None) => host::resolvers(),
     };
-    Ok(Some(proto::GuestNetwork {
-        interfaces: vec![proto::GuestInterface {
-            slot: 0,
+    // One default route: through the first network that has a way out.
+    let routed = network
+        .endpoints
+        .iter()
+        .zip(&records)
+        .find(|(_, r)| !r.internal)
+        .map(|(e, _)| e.slot);
+    let interfaces = network
+        .endpoints
+        .iter()
+        .zip(&records)
+        .map(|(endpoint, record)| proto::GuestInterface {
+            slot: endpoint.slot,
             mac: endpoint.mac.clone(),
             addresses: vec![format!("{}/{}", endpoint.address, record.subnet.prefix_len())],
-            gateway: (!record.internal).then(|| record.gateway.to_string()),
+            gateway: (routed == Some(endpoint.slot)).then(|| record.gateway.to_string()),
             mtu: MTU,
-        }],
+        })
+        .collect();
+    Ok(Some(proto::GuestNetwork {
+        interfaces,
         hosts,
         nameservers,
         search: network.dns_search.clone(),

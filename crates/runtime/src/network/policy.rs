@@ -107,8 +107,7 @@ fn accept() -> Value {
 
 /// The commands that give container `id` (its tap) `network.policy`,
 /// replacing what it had: its chains are made anew, its map entries set.
-fn commands_for(id: &str, network: &ContainerNetwork, record: &NetworkRecord) -> Vec<Value> {
-    let tap = host::tap_name(id);
+fn commands_for(tap: &str, network: &ContainerNetwork, record: &NetworkRecord) -> Vec<Value> {
     let (ingress, egress) = (ingress_chain(&tap), egress_chain(&tap));
     let chain_ref = |name: &str| json!({"family": FAMILY, "table": super::host_name(), "name": name});
     let element = |map: &str, verb: &str, chain: Option<&str>| {
@@ -190,14 +189,28 @@ fn commands_for(id: &str, network: &ContainerNetwork, record: &NetworkRecord) ->
     commands
 }
 
-/// Gives a running container (`id`) its network's policy now.
+/// Gives a running container (`id`) its policy now, on each of its NICs.
 pub fn apply_to(id: &str, network: &ContainerNetwork) -> Result<(), String> {
-    let Some(endpoint) = &network.endpoint else {
+    if network.endpoints.is_empty() {
         return Ok(());
-    };
-    let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
+    }
     let mut commands = base();
-    commands.extend(commands_for(id, network, &record));
+    for endpoint in &network.endpoints {
+        let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
+        commands.extend(commands_for(&host::tap_name(id, endpoint.slot), network, &record));
+    }
+    apply(commands)
+}
+
+/// Takes any policy off one NIC of container `id` (it left that network).
+pub fn lift(id: &str, endpoint: &super::Endpoint, network: &ContainerNetwork) -> Result<(), String> {
+    let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
+    let open = ContainerNetwork {
+        policy: Policy::Open,
+        ..network.clone()
+    };
+    let mut commands = base();
+    commands.extend(commands_for(&host::tap_name(id, endpoint.slot), &open, &record));
     apply(commands)
 }
 
@@ -210,18 +223,19 @@ pub(super) fn rebuild(networks: &[NetworkRecord], running: &[(String, ContainerN
     ];
     if running
         .iter()
-        .all(|(_, n)| n.policy == Policy::Open || n.endpoint.is_none())
+        .all(|(_, n)| n.policy == Policy::Open || n.endpoints.is_empty())
     {
         return apply(commands);
     }
     commands.extend(base());
     for (id, network) in running {
-        let Some(endpoint) = &network.endpoint else { continue };
         if network.policy == Policy::Open {
             continue;
         }
-        if let Some(record) = networks.iter().find(|n| n.id == endpoint.network_id) {
-            commands.extend(commands_for(id, network, record));
+        for endpoint in &network.endpoints {
+            if let Some(record) = networks.iter().find(|n| n.id == endpoint.network_id) {
+                commands.extend(commands_for(&host::tap_name(id, endpoint.slot), network, record));
+            }
         }
     }
     apply(commands)

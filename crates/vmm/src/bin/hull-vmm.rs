@@ -50,16 +50,19 @@ struct Args {
     /// virtio-vsock: the unix socket of its host side (guest→host port P connects to PATH_P).
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
-    /// virtio-net on this host tap interface (made if missing).
-    #[arg(long, conflicts_with_all = ["net_fd", "net_detached"])]
+    /// NIC 0 on this host tap interface (made if missing).
+    #[arg(long, conflicts_with = "net_fd")]
     net_tap: Option<String>,
-    /// virtio-net on a tap the caller opened and passed down as this fd.
-    #[arg(long, conflicts_with = "net_detached")]
-    net_fd: Option<i32>,
-    /// virtio-net plugged into nothing (a template's NIC slot).
-    #[arg(long)]
-    net_detached: bool,
-    /// The NIC's MAC address.
+    /// NIC SLOT on a tap the caller opened and passed down as FD: SLOT=FD
+    /// (repeatable).
+    #[arg(long, value_parser = parse_net_fd)]
+    net_fd: Vec<(u8, i32)>,
+    /// The VM has this many NICs (eth0, eth1, ...); those no tap is given
+    /// for are plugged into nothing, until one is plugged in through the
+    /// control channel.
+    #[arg(long, default_value_t = 0)]
+    net_slots: u8,
+    /// NIC 0's MAC address (NIC N's last byte is N more).
     #[arg(long, default_value = "02:68:75:6c:6c:01", value_parser = parse_mac)]
     net_mac: [u8; 6],
     /// Serve the control channel (pause, resume, describe) on this unix socket.
@@ -96,6 +99,40 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
     })
 }
 
+fn parse_net_fd(spec: &str) -> Result<(u8, i32), String> {
+    let bad = || format!("{spec}: SLOT=FD is expected, e.g. 0=3");
+    let (slot, fd) = spec.split_once('=').ok_or_else(bad)?;
+    let slot = slot.parse().map_err(|_| bad())?;
+    let fd = fd.parse().map_err(|_| bad())?;
+    if slot >= vm::MAX_NICS || fd < 0 {
+        return Err(format!("{spec}: slots are 0 to {}", vm::MAX_NICS - 1));
+    }
+    Ok((slot, fd))
+}
+
+/// The VM's NICs in slot order: the given taps, the rest plugged into nothing.
+fn nics(args: &Args) -> Result<Vec<NetConfig>, String> {
+    let given = args.net_fd.iter().map(|&(slot, _)| slot + 1).max().unwrap_or(0);
+    let count = args.net_slots.max(given).max(u8::from(args.net_tap.is_some()));
+    if count > vm::MAX_NICS {
+        return Err(format!("{count} NICs asked for; at most {} fit", vm::MAX_NICS));
+    }
+    let mut nics = Vec::new();
+    for slot in 0..count {
+        let fds: Vec<i32> = args.net_fd.iter().filter(|&&(s, _)| s == slot).map(|&(_, fd)| fd).collect();
+        let backend = match (&args.net_tap, fds.as_slice()) {
+            (Some(tap), _) if slot == 0 => NetBackend::Tap(tap.clone()),
+            (_, []) => NetBackend::Detached,
+            (_, [fd]) => NetBackend::TapFd(*fd),
+            _ => return Err(format!("NIC {slot} is given more than one tap")),
+        };
+        let mut mac = args.net_mac;
+        mac[5] = mac[5].wrapping_add(slot);
+        nics.push(NetConfig { backend, mac });
+    }
+    Ok(nics)
+}
+
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
         .split(':')
@@ -120,6 +157,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     vmm::trace::mark("host KVM checked");
+    let nics = match nics(&args) {
+        Ok(nics) => nics,
+        Err(e) => {
+            eprintln!("hull-vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let start = match (args.restore, args.kernel) {
         (Some(snapshot), _) => Start::Restore { snapshot },
         (None, Some(kernel)) => Start::Boot {
@@ -143,16 +187,7 @@ fn main() -> ExitCode {
         serial_log: args.serial_log,
         console_echo: args.console,
         disks: args.disks,
-        net: match (args.net_tap, args.net_fd, args.net_detached) {
-            (Some(tap), _, _) => Some(NetBackend::Tap(tap)),
-            (_, Some(fd), _) => Some(NetBackend::TapFd(fd)),
-            (_, _, true) => Some(NetBackend::Detached),
-            _ => None,
-        }
-        .map(|backend| NetConfig {
-            backend,
-            mac: args.net_mac,
-        }),
+        nics,
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,

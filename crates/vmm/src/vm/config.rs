@@ -38,9 +38,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-vsock, its host side a unix socket.
     pub vsock: Option<VsockConfig>,
-    /// virtio-net on a host tap device (after the entropy source, so VMs
-    /// without one keep their device slots).
-    pub net: Option<NetConfig>,
+    /// virtio-net NICs, in slot order (after the entropy source, so VMs
+    /// without one keep their device slots): the guest's eth0, eth1, ...
+    pub nics: Vec<NetConfig>,
     /// Make a template: when the guest asks (`proto::SNAPSHOT_PORT`), pause
     /// and save the VM into this directory, then stop.
     pub snapshot_to: Option<PathBuf>,
@@ -52,6 +52,9 @@ pub struct VmConfig {
     /// Lock the VMM down in its jail once the VM is built (`jail`).
     pub jail: Option<crate::jail::Jail>,
 }
+
+/// The most NICs a VM can have (each takes a virtio-mmio slot and an interrupt line).
+pub const MAX_NICS: u8 = 4;
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {

@@ -18,6 +18,7 @@ pub use config::*;
 pub use error::VmError;
 pub(crate) use error::{eventfd, kvm_err, thread_err};
 
+use crate::device_manager::DeviceManager;
 use crate::devices::legacy::PowerRequest;
 use crate::pause::PauseGate;
 use crate::seccomp::{self, ThreadKind};
@@ -82,6 +83,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         vcpus: &vcpus,
         members: vcpus.len() + device_threads,
         config,
+        devices: &devices,
     };
     let request = vmm.serve(&reports)?;
     if request == PowerRequest::Snapshot {
@@ -113,6 +115,7 @@ struct Vmm<'a> {
     /// vCPU and device threads: all park for the VM to be paused.
     members: usize,
     config: &'a VmConfig,
+    devices: &'a DeviceManager,
 }
 
 impl Vmm<'_> {
@@ -126,14 +129,14 @@ impl Vmm<'_> {
             match event {
                 VmmEvent::Power(request) => return Ok(request),
                 VmmEvent::Failed(e) => return Err(e),
-                VmmEvent::Control(request, reply) => {
-                    let _ = reply.send(self.control(request));
+                VmmEvent::Control(request, fd, reply) => {
+                    let _ = reply.send(self.control(request, fd));
                 }
             }
         }
     }
 
-    fn control(&mut self, request: VmmRequest) -> VmmReply {
+    fn control(&mut self, request: VmmRequest, fd: Option<std::fs::File>) -> VmmReply {
         let done = |result: Result<(), VmError>| match result {
             Ok(()) => VmmReply::Done,
             Err(e) => VmmReply::Failed { reason: e.to_string() },
@@ -149,6 +152,13 @@ impl Vmm<'_> {
                 vcpus: self.config.vcpus,
                 memory_mib: self.config.memory_mib,
             },
+            VmmRequest::PlugNic { slot } => match fd {
+                Some(tap) => done(self.devices.plug_nic(slot, Some(tap))),
+                None => VmmReply::Failed {
+                    reason: "no tap descriptor came with the request".into(),
+                },
+            },
+            VmmRequest::UnplugNic { slot } => done(self.devices.plug_nic(slot, None)),
         }
     }
 

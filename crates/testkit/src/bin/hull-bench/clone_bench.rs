@@ -410,8 +410,8 @@ impl Restore {
         if jailed {
             command.jail(&sockets, vmm::jail::Limits::new(GUEST_MIB, 1, None)?);
         }
-        // The template's NIC slot, plugged into nothing (as for `--network none`).
-        command.arg("--net-detached");
+        // The template's NIC slots, plugged into nothing (as for `--network none`).
+        command.arg("--net-slots").arg(vmm::vm::MAX_NICS.to_string());
         let child = command
             .arg("--vsock-uds")
             .arg(&uds)

@@ -215,6 +215,11 @@ impl MmioTransport {
         self.device.backend_fd()
     }
 
+    /// Plugs the device's host side into `backend` (`VirtioDevice::plug`).
+    pub fn plug(&mut self, backend: Option<std::fs::File>) -> std::io::Result<()> {
+        self.device.plug(backend)
+    }
+
     /// Host-side I/O is ready: let the device move data.
     pub fn poll(&mut self) {
         if self.driver_ok() && self.device.poll(&mut self.queues, &self.memory) {

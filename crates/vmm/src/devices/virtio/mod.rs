@@ -121,6 +121,14 @@ pub trait VirtioDevice: Send {
     fn poll(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
         false
     }
+    /// Plugs the device's host side into `backend`, or into nothing, while
+    /// the guest runs (a NIC's tap).
+    fn plug(&mut self, _backend: Option<std::fs::File>) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this device has no host side to plug",
+        ))
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero beyond the end (bounds-checked).

@@ -6,6 +6,11 @@
 //! The tap sits in an epoll set armed one-shot: when the guest has no
 //! receive buffers left, the tap is not watched (the frames wait in its
 //! queue) until the guest adds some, so nothing spins.
+//!
+//! A NIC may be plugged into nothing (a template's slots, a container not
+//! on that many networks) and plugged into a tap, or unplugged, while the
+//! guest runs (`docker network connect` and `disconnect`): the guest keeps
+//! its device and only the frames stop or start flowing.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -33,9 +38,8 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 
 pub struct Net {
     mac: [u8; 6],
-    tap: File,
-    /// A detached NIC's far end, kept open so its near end never reads EOF.
-    _peer: Option<File>,
+    /// `None`: plugged into nothing.
+    tap: Option<File>,
     epoll: Epoll,
     /// A frame read from the tap that no receive buffer took yet.
     pending: Option<Vec<u8>>,
@@ -87,33 +91,46 @@ impl Net {
     /// A NIC with address `mac` on `tap` (any non-blocking frame device:
     /// a tap, or a socket in tests).
     pub fn new(mac: [u8; 6], tap: File) -> std::io::Result<Net> {
-        let epoll = Epoll::new()?;
-        let mut net = Net {
-            mac,
-            tap,
-            _peer: None,
-            epoll,
-            pending: None,
-            armed: false,
-        };
-        net.epoll.ctl(
-            ControlOperation::Add,
-            net.tap.as_raw_fd(),
-            EpollEvent::new(EventSet::IN | EventSet::ONE_SHOT, 0),
-        )?;
-        net.armed = true;
+        let mut net = Net::detached(mac)?;
+        net.plug(Some(tap))?;
         Ok(net)
     }
 
     /// A NIC plugged into nothing: what the guest sends is dropped and
-    /// nothing arrives. Templates and `--network none` clones have one, so
+    /// nothing arrives. Templates and `--network none` clones have them, so
     /// every VM keeps the same device slots.
     pub fn detached(mac: [u8; 6]) -> std::io::Result<Net> {
-        let (near, far) = std::os::unix::net::UnixDatagram::pair()?;
-        near.set_nonblocking(true)?;
-        let mut net = Net::new(mac, File::from(std::os::fd::OwnedFd::from(near)))?;
-        net._peer = Some(File::from(std::os::fd::OwnedFd::from(far)));
-        Ok(net)
+        Ok(Net {
+            mac,
+            tap: None,
+            epoll: Epoll::new()?,
+            pending: None,
+            armed: false,
+        })
+    }
+
+    /// Plugs the NIC into `tap` (already non-blocking), or into nothing,
+    /// in place of what it was on. A frame that waited for a receive buffer
+    /// belonged to the old network and is dropped.
+    pub fn plug(&mut self, tap: Option<File>) -> std::io::Result<()> {
+        if let Some(old) = self.tap.take() {
+            // Closing it would drop it from the set too; a failure changes nothing.
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, old.as_raw_fd(), EpollEvent::default());
+        }
+        self.pending = None;
+        self.armed = false;
+        if let Some(tap) = tap {
+            self.epoll.ctl(
+                ControlOperation::Add,
+                tap.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::ONE_SHOT, 0),
+            )?;
+            self.armed = true;
+            self.tap = Some(tap);
+        }
+        Ok(())
     }
 
     /// A NIC on a tap that the caller opened and passed down as `fd` (the
@@ -141,9 +158,10 @@ impl Net {
     }
 
     fn rearm(&mut self) {
+        let Some(tap) = &self.tap else { return };
         let rearmed = self.epoll.ctl(
             ControlOperation::Modify,
-            self.tap.as_raw_fd(),
+            tap.as_raw_fd(),
             EpollEvent::new(EventSet::IN | EventSet::ONE_SHOT, 0),
         );
         self.armed = rearmed.is_ok();
@@ -158,12 +176,13 @@ impl Net {
         loop {
             let frame = match self.pending.take() {
                 Some(frame) => frame,
-                None => match self.tap.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => buf[..n].to_vec(),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                None => match self.tap.as_mut().map(|tap| tap.read(&mut buf)) {
+                    // Plugged into nothing: nothing arrives.
+                    None | Some(Ok(0)) => break,
+                    Some(Ok(n)) => buf[..n].to_vec(),
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     // Drained (or the tap failed): wait for the next frame.
-                    Err(_) => {
+                    Some(Err(_)) => {
                         self.rearm();
                         break;
                     }
@@ -224,8 +243,8 @@ impl Net {
                     break;
                 }
             }
-            if valid && packet.len() > HEADER {
-                let _ = self.tap.write(&packet[HEADER..]);
+            if let (true, true, Some(tap)) = (valid, packet.len() > HEADER, self.tap.as_mut()) {
+                let _ = tap.write(&packet[HEADER..]);
             }
             if queue.add_used(memory, head, 0).is_err() {
                 break;
@@ -264,6 +283,10 @@ impl VirtioDevice for Net {
 
     fn backend_fd(&self) -> Option<RawFd> {
         Some(self.epoll.as_raw_fd())
+    }
+
+    fn plug(&mut self, backend: Option<File>) -> std::io::Result<()> {
+        Net::plug(self, backend)
     }
 
     fn poll(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
@@ -363,6 +386,39 @@ mod tests {
         assert_eq!(&got[HEADER..], b"frame one");
         assert_eq!(used_len(&memory, &queues[RX], 0), (HEADER + 9) as u32);
         assert!(net.armed, "drained: the tap is watched again");
+    }
+
+    #[test]
+    fn a_nic_is_plugged_into_another_tap_and_unplugged_while_running() {
+        let (mut net, old) = nic();
+        old.set_nonblocking(true).unwrap();
+        let memory = memory();
+        let (new, host) = UnixDatagram::pair().unwrap();
+        new.set_nonblocking(true).unwrap();
+        net.plug(Some(File::from(std::os::fd::OwnedFd::from(new)))).unwrap();
+        // Frames the guest sends go to the new tap only.
+        let mut packet = vec![0u8; HEADER];
+        packet.extend_from_slice(b"to the new network");
+        memory.write_slice(&packet, GuestAddress(0x8000)).unwrap();
+        let mut queues = queues_at(&memory, TX, &[desc(0x8000, packet.len() as u32, 0, 0)]);
+        assert!(net.process_queue(TX, &mut queues, &memory));
+        let mut got = [0u8; 64];
+        let n = host.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], b"to the new network");
+        assert!(old.recv(&mut got).is_err(), "the old tap got nothing");
+        // And frames from the new tap reach the guest.
+        host.send(b"from the new network").unwrap();
+        let mut queues = queues_at(&memory, RX, &[desc(0x9000, 2048, WRITE, 0)]);
+        assert!(net.poll(&mut queues, &memory));
+        assert_eq!(used_len(&memory, &queues[RX], 0), (HEADER + 20) as u32);
+        // Unplugged: what the guest sends is dropped, nothing arrives.
+        net.plug(None).unwrap();
+        assert!(host.send(b"too late").is_err(), "the VMM let go of the tap");
+        let mut queues = queues_at(&memory, RX, &[desc(0x9000, 2048, WRITE, 0)]);
+        assert!(!net.poll(&mut queues, &memory));
+        assert!(!net.process_queue(RX, &mut queues, &memory));
+        let mut queues = queues_at(&memory, TX, &[desc(0x8000, packet.len() as u32, 0, 0)]);
+        assert!(net.process_queue(TX, &mut queues, &memory), "the chain is returned");
     }
 
     #[test]
