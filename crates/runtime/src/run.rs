@@ -380,8 +380,9 @@ pub fn run_in(
         held_volumes.push(crate::volume::lock(&mount.name)?);
     }
     let volume_disks = crate::volume::slot_disks(&request.volumes)?;
-    // The tap and published ports live as long as this VM.
-    let nic = match nic {
+    // The published ports live as long as this VM; the taps as long as
+    // its VMM holds them.
+    let mut nic = match nic {
         Some(nic) => nic,
         None => crate::network::attach::Attached::new(id, &request.network).map_err(RunError::Connectivity)?,
     };
@@ -432,6 +433,8 @@ pub fn run_in(
     drop(listener);
     let _ = std::fs::remove_file(&agent_socket);
     attachment.vm_ready(vmm.process.id());
+    // Only the VMM holds the taps now, so a NIC it unplugs takes its tap away.
+    nic.close_taps();
     // The guest names the disks in slot order: vda, vdb, then the volumes.
     let mut disks = vec![
         proto::DiskSize {

@@ -45,10 +45,16 @@ impl Attached {
         Ok(attached)
     }
 
-    /// The taps for the VMM to take, by NIC slot (they stay open here too
-    /// until the drop).
+    /// The taps for the VMM to take, by NIC slot (they stay open here
+    /// too, for a VMM started again, until `close_taps`).
     pub fn taps(&self) -> impl Iterator<Item = (u8, &File)> {
         self.taps.iter().map(|(slot, tap)| (*slot, tap))
+    }
+
+    /// Lets go of the taps once the VM runs on them: each lives exactly as
+    /// long as the VMM holds it.
+    pub fn close_taps(&mut self) {
+        self.taps.clear();
     }
 }
 
