@@ -121,12 +121,10 @@ fn change_nics(nl: &mut Netlink, old: &[Nic], new: &[Nic]) -> Result<(), String>
         let result = match before(nic) {
             Some(o) if o == nic => continue,
             Some(o) if route_gained(o, nic) => match nic.gateway {
-                Some(gateway) => nl
-                    .link_index(name(nic))
-                    .and_then(|index| match index {
-                        Some(index) => nl.add_default_route(gateway, index),
-                        None => Err(netlink::NetlinkError::InvalidInput("the interface vanished".into())),
-                    }),
+                Some(gateway) => nl.link_index(name(nic)).and_then(|index| match index {
+                    Some(index) => nl.add_default_route(gateway, index),
+                    None => Err(netlink::NetlinkError::InvalidInput("the interface vanished".into())),
+                }),
                 None => continue,
             },
             _ => configure(nl, name(nic), nic),

@@ -122,9 +122,10 @@ fn names_for(daemon: &Daemon, network_id: &str, client: std::net::IpAddr) -> Has
         })
         .collect();
     let mut networks = vec![network_id.to_string()];
-    let asking = running
-        .iter()
-        .find(|(_, n)| n.on(network_id).is_some_and(|e| std::net::IpAddr::V4(e.address) == client));
+    let asking = running.iter().find(|(_, n)| {
+        n.on(network_id)
+            .is_some_and(|e| std::net::IpAddr::V4(e.address) == client)
+    });
     if let Some((_, network)) = asking {
         networks.extend(network.endpoints.iter().map(|e| e.network_id.clone()));
     }
@@ -145,7 +146,12 @@ fn names_for(daemon: &Daemon, network_id: &str, client: std::net::IpAddr) -> Has
     names
 }
 
-async fn answer(daemon: &Arc<Daemon>, network: &NetworkRecord, client: std::net::IpAddr, query: &[u8]) -> Option<Vec<u8>> {
+async fn answer(
+    daemon: &Arc<Daemon>,
+    network: &NetworkRecord,
+    client: std::net::IpAddr,
+    query: &[u8],
+) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     if request.metadata.message_type != MessageType::Query {
         return None;
@@ -165,7 +171,9 @@ async fn answer(daemon: &Arc<Daemon>, network: &NetworkRecord, client: std::net:
     let wanted = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
     let names = {
         let (daemon, id) = (daemon.clone(), network.id.clone());
-        tokio::task::spawn_blocking(move || names_for(&daemon, &id, client)).await.ok()?
+        tokio::task::spawn_blocking(move || names_for(&daemon, &id, client))
+            .await
+            .ok()?
     };
     if let Some(address) = names.get(&wanted) {
         response.metadata.authoritative = true;

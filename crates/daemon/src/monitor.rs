@@ -178,7 +178,9 @@ fn network_stats(id: &str, network: &runtime::network::ContainerNetwork) -> Valu
     let mut nics = serde_json::Map::new();
     for endpoint in &network.endpoints {
         let tap = runtime::network::host::tap_name(id, endpoint.slot);
-        let Some(c) = runtime::network::host::tap_counters(&tap) else { continue };
+        let Some(c) = runtime::network::host::tap_counters(&tap) else {
+            continue;
+        };
         nics.insert(
             format!("eth{}", endpoint.slot),
             json!({

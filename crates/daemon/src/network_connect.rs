@@ -36,7 +36,10 @@ pub async fn connect(
         if spec.network.on(&record.id).is_some() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                format!("endpoint with name {} already exists in network {}", container.name, record.name),
+                format!(
+                    "endpoint with name {} already exists in network {}",
+                    container.name, record.name
+                ),
             ));
         }
         let slot = spec
@@ -73,8 +76,14 @@ pub async fn connect(
 
 /// Plugs a running container's VM into one more network; on failure the
 /// NIC is unplugged again (the caller forgets the endpoint).
-fn join_live(dir: &ContainerDir, spec: &ContainerSpec, endpoint: &Endpoint, record: &NetworkRecord) -> Result<(), ApiError> {
-    let failed = |what: &str, e: String| ApiError::internal(format!("connecting to network {}: {what}: {e}", record.name));
+fn join_live(
+    dir: &ContainerDir,
+    spec: &ContainerSpec,
+    endpoint: &Endpoint,
+    record: &NetworkRecord,
+) -> Result<(), ApiError> {
+    let failed =
+        |what: &str, e: String| ApiError::internal(format!("connecting to network {}: {what}: {e}", record.name));
     let tap = attach::join(&dir.id, endpoint, &spec.network).map_err(|e| failed("the host side", e))?;
     dir.plug_nic(endpoint.slot, Some(&tap))
         .map_err(|e| failed("the VM's NIC", e.to_string()))?;
@@ -115,7 +124,10 @@ pub async fn disconnect(
         let Some(endpoint) = spec.network.on(&record.id).cloned() else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                format!("container {} is not connected to network {}", container.name, record.name),
+                format!(
+                    "container {} is not connected to network {}",
+                    container.name, record.name
+                ),
             ));
         };
         if dir.is_running() {
@@ -166,6 +178,10 @@ fn leave_live(
 
 /// Docker's network event: the network is the actor, the container an attribute.
 fn network_event(daemon: &Daemon, action: &str, record: &NetworkRecord, container: &str) {
-    let attributes = [("container", container), ("name", record.name.as_str()), ("type", "bridge")];
+    let attributes = [
+        ("container", container),
+        ("name", record.name.as_str()),
+        ("type", "bridge"),
+    ];
     daemon.events_log.emit("network", action, &record.id, &attributes);
 }

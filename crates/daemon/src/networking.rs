@@ -476,7 +476,12 @@ pub(crate) fn too_many_networks(count: usize) -> ApiError {
 
 /// Container `id`'s place on `record` as `request` asks, its address
 /// leased; nothing is leased on error.
-pub(crate) fn endpoint_on(id: &str, record: &NetworkRecord, request: &EndpointRequest, slot: u8) -> Result<Endpoint, ApiError> {
+pub(crate) fn endpoint_on(
+    id: &str,
+    record: &NetworkRecord,
+    request: &EndpointRequest,
+    slot: u8,
+) -> Result<Endpoint, ApiError> {
     if !request.aliases.is_empty() && record.is_default() {
         return Err(ApiError::bad_request(
             "network-scoped alias is supported only for containers in user defined networks",

@@ -980,8 +980,18 @@ fn stopped_containers_join_and_leave_up_to_four_networks() {
     assert_eq!(networks("app"), "bridge fourth front third front");
     fails(
         &hulld.docker(&[
-            "create", "--network", "front", "--network", "back", "--network", "third", "--network", "fourth",
-            "--network", "fifth", &image,
+            "create",
+            "--network",
+            "front",
+            "--network",
+            "back",
+            "--network",
+            "third",
+            "--network",
+            "fourth",
+            "--network",
+            "fifth",
+            &image,
         ]),
         1,
         "at most 4 networks",

@@ -451,7 +451,18 @@ fn running_containers_join_and_leave_networks() {
         "-c",
         "busybox mkdir -p /www && echo db > /www/index.html && exec busybox httpd -f -p 80 -h /www",
     ]));
-    let app = ok(&hulld.docker(&["run", "-d", "--name", "app", "--network", "front", &image, "busybox", "sleep", "600"]));
+    let app = ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "app",
+        "--network",
+        "front",
+        &image,
+        "busybox",
+        "sleep",
+        "600",
+    ]));
     let app = app.trim();
     let exec = |script: &str| {
         let out = hulld.docker(&["exec", "app", "sh", "-c", script]);
@@ -472,7 +483,13 @@ fn running_containers_join_and_leave_networks() {
     assert!(reached.contains("\ndb"), "db by name and by address: {reached}");
     let hosts = exec("cat /etc/hosts");
     assert!(hosts.contains(&back_ip), "/etc/hosts names the new address: {hosts}");
-    let members = ok(&hulld.docker(&["network", "inspect", "--format", "{{range .Containers}}{{.Name}} {{end}}", "back"]));
+    let members = ok(&hulld.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .Containers}}{{.Name}} {{end}}",
+        "back",
+    ]));
     assert!(members.contains("app") && members.contains("db"), "{members}");
     let taps = || {
         std::fs::read_dir("/sys/class/net")
@@ -501,7 +518,11 @@ fn running_containers_join_and_leave_networks() {
     let addresses = exec("busybox ip -o -4 addr");
     assert!(addresses.contains("inet 10.78.0."), "{addresses}");
     let denied = hulld.docker(&["network", "disconnect", "back", "app"]);
-    assert!(text(&denied.stderr).contains("is not connected"), "{}", text(&denied.stderr));
+    assert!(
+        text(&denied.stderr).contains("is not connected"),
+        "{}",
+        text(&denied.stderr)
+    );
 
     ok(&hulld.docker(&["rm", "-f", "app", "db"]));
     eventually("no tap to outlive its container", || taps() == 0);

@@ -284,7 +284,11 @@ impl ContainerDir {
 
     /// Sends one request (and `fd`, if any) on the VMM's control channel
     /// and waits for its reply.
-    fn ask_vmm(&self, request: proto::vmm_control::VmmRequest, fd: Option<&std::fs::File>) -> Result<(), ContainerError> {
+    fn ask_vmm(
+        &self,
+        request: proto::vmm_control::VmmRequest,
+        fd: Option<&std::fs::File>,
+    ) -> Result<(), ContainerError> {
         use proto::vmm_control::{read_message, write_message, VmmReply};
         use std::os::unix::io::AsRawFd;
         use vmm_sys_util::sock_ctrl_msg::ScmSocket;

@@ -129,7 +129,9 @@ mod tests {
     fn a_descriptor_comes_with_its_request() {
         let (mut incoming, client) = connected();
         let tap = File::open("/dev/null").unwrap();
-        client.send_with_fd(&b"{\"plug_nic\":{\"slot\":2}}\n"[..], tap.as_raw_fd()).unwrap();
+        client
+            .send_with_fd(&b"{\"plug_nic\":{\"slot\":2}}\n"[..], tap.as_raw_fd())
+            .unwrap();
         std::io::Write::write_all(&mut &client, b"\"describe\"\n").unwrap();
         let (request, fd) = incoming.next().unwrap().unwrap();
         assert_eq!(request, VmmRequest::PlugNic { slot: 2 });

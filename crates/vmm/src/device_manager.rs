@@ -183,12 +183,10 @@ impl DeviceManager {
             .filter(|d| lock(&d.transport).device_type() == crate::devices::virtio::TYPE_NET)
             .nth(usize::from(slot))
             .ok_or(VmError::NoSuchNic(slot))?;
-        lock(&nic.transport)
-            .plug(tap)
-            .map_err(|source| VmError::Tap {
-                tap: format!("NIC {slot}"),
-                source,
-            })
+        lock(&nic.transport).plug(tap).map_err(|source| VmError::Tap {
+            tap: format!("NIC {slot}"),
+            source,
+        })
     }
 
     /// Every device's driver state (the VM is paused).

@@ -108,7 +108,7 @@ fn accept() -> Value {
 /// The commands that give container `id` (its tap) `network.policy`,
 /// replacing what it had: its chains are made anew, its map entries set.
 fn commands_for(tap: &str, network: &ContainerNetwork, record: &NetworkRecord) -> Vec<Value> {
-    let (ingress, egress) = (ingress_chain(&tap), egress_chain(&tap));
+    let (ingress, egress) = (ingress_chain(tap), egress_chain(tap));
     let chain_ref = |name: &str| json!({"family": FAMILY, "table": super::host_name(), "name": name});
     let element = |map: &str, verb: &str, chain: Option<&str>| {
         let elem = match chain {

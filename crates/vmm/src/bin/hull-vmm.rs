@@ -119,7 +119,12 @@ fn nics(args: &Args) -> Result<Vec<NetConfig>, String> {
     }
     let mut nics = Vec::new();
     for slot in 0..count {
-        let fds: Vec<i32> = args.net_fd.iter().filter(|&&(s, _)| s == slot).map(|&(_, fd)| fd).collect();
+        let fds: Vec<i32> = args
+            .net_fd
+            .iter()
+            .filter(|&&(s, _)| s == slot)
+            .map(|&(_, fd)| fd)
+            .collect();
         let backend = match (&args.net_tap, fds.as_slice()) {
             (Some(tap), _) if slot == 0 => NetBackend::Tap(tap.clone()),
             (_, []) => NetBackend::Detached,
