@@ -677,10 +677,76 @@ mod tests {
         }
     }
 
+    /// One data directory for every test here: the variable is the
+    /// process's, and tests run in parallel.
+    fn use_test_data_dir() {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+        std::env::set_var("HULL_DATA_DIR", dir.path());
+    }
+
+    #[test]
+    fn specs_from_before_several_networks_still_read() {
+        let old =
+            r#"{"endpoint": {"network_id": "n1", "address": "10.0.0.2", "mac": "02:42:0a:00:00:02"}, "ports": []}"#;
+        let network: ContainerNetwork = serde_json::from_str(old).unwrap();
+        assert_eq!(network.endpoints.len(), 1);
+        assert_eq!(
+            (network.endpoints[0].network_id.as_str(), network.endpoints[0].slot),
+            ("n1", 0)
+        );
+        let none: ContainerNetwork = serde_json::from_str(r#"{"endpoint": null}"#).unwrap();
+        assert!(none.endpoints.is_empty());
+        // And what is written now reads back the same.
+        let again: ContainerNetwork = serde_json::from_str(&serde_json::to_string(&network).unwrap()).unwrap();
+        assert_eq!(again, network);
+    }
+
+    #[test]
+    fn a_guest_on_several_networks_gets_one_default_route_and_every_name() {
+        use_test_data_dir();
+        let private = NetworkRecord {
+            id: "cd".repeat(32),
+            name: "p".into(),
+            bridge: "hullp".into(),
+            internal: true,
+            subnet: "10.98.0.0/24".parse().unwrap(),
+            gateway: "10.98.0.1".parse().unwrap(),
+            ..network()
+        };
+        let public = network();
+        save(&private).unwrap();
+        save(&public).unwrap();
+        let endpoint = |record: &NetworkRecord, address: &str, slot| Endpoint {
+            network_id: record.id.clone(),
+            address: address.parse().unwrap(),
+            mac: mac_for(address.parse().unwrap()),
+            aliases: vec!["db".into()],
+            slot,
+        };
+        let mut net = ContainerNetwork {
+            endpoints: vec![endpoint(&private, "10.98.0.2", 0), endpoint(&public, "10.99.0.3", 2)],
+            ..ContainerNetwork::default()
+        };
+        let guest = guest_network(&net, "app").unwrap().unwrap();
+        let routes: Vec<_> = guest.interfaces.iter().map(|i| (i.slot, i.gateway.clone())).collect();
+        assert_eq!(
+            routes,
+            vec![(0, None), (2, Some("10.99.0.1".into()))],
+            "the way out is the public network's"
+        );
+        assert_eq!(guest.nameservers, vec!["10.98.0.1".to_string()]);
+        let named: Vec<_> = guest.hosts.iter().map(|h| h.address.as_str()).collect();
+        assert_eq!(named, ["10.98.0.2", "10.99.0.3"]);
+        assert_eq!(net.free_slot(), Some(1));
+        net.endpoints.push(endpoint(&public, "10.99.0.4", 1));
+        net.endpoints.push(endpoint(&public, "10.99.0.5", 3));
+        assert_eq!(net.free_slot(), None, "every NIC slot is taken");
+    }
+
     #[test]
     fn leases_are_exclusive_and_stay_in_the_subnet() {
-        let data = tempfile::tempdir().unwrap();
-        std::env::set_var("HULL_DATA_DIR", data.path());
+        use_test_data_dir();
         let net = network();
         save(&net).unwrap();
         // .0 network, .1 gateway, .7 broadcast: .2 to .6 are free.
