@@ -657,12 +657,14 @@ services:
     image: {image}
     command: sh -c "busybox mkdir -p /www && echo from-web > /www/index.html && exec busybox httpd -f -p 80 -h /www"
     ports: ["8090:80"]
+    networks: [default, back]
     healthcheck:
       test: ["CMD-SHELL", "test -e /www/index.html"]
       interval: 1s
       retries: 30
   waiter:
     image: {image}
+    networks: [default, back]
     command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ] && [ -n "$$(find client)" ]; do sleep 1; done; echo all-found; exec sleep 1000'
   client:
     image: {image}
@@ -670,6 +672,8 @@ services:
       web:
         condition: service_healthy
     command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ]; do sleep 1; done; printf "GET / HTTP/1.0\r\n\r\n" | busybox nc -w 5 $$(find web) 80; exec sleep 1000'
+networks:
+  back: {{}}
 "#
     );
     let dir = hulld.work.join("project");
@@ -704,6 +708,16 @@ services:
     eventually("the published port", || wget("http://127.0.0.1:8090/") == "from-web\n");
     let exec = compose(&["exec", "-T", "web", "cat", "/www/index.html"]);
     assert_eq!(text(&exec.stdout), "from-web\n", "{}", text(&exec.stderr));
+    // Services on two networks (compose connects the second before start)
+    // reach each other on either.
+    let web_back = hulld.inspect("{{.NetworkSettings.Networks.proj_back.IPAddress}}", "proj_web_1");
+    let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 {web_back} 80");
+    let across = compose(&["exec", "-T", "waiter", "sh", "-c", &get]);
+    assert!(
+        text(&across.stdout).contains("from-web"),
+        "web at {web_back} on back: {}",
+        text(&across.stderr)
+    );
     let network = ok(&hulld.docker(&[
         "network",
         "inspect",
@@ -717,7 +731,10 @@ services:
     assert!(down.status.success(), "down: {}", text(&down.stderr));
     assert_eq!(ok(&hulld.docker(&["ps", "-aq"])), "");
     let networks = ok(&hulld.docker(&["network", "ls", "--format", "{{.Name}}"]));
-    assert!(!networks.contains("proj_default"), "{networks}");
+    assert!(
+        !networks.contains("proj_default") && !networks.contains("proj_back"),
+        "{networks}"
+    );
     assert_eq!(wget("http://127.0.0.1:8090/"), "");
     let taps = std::fs::read_dir("/sys/class/net")
         .unwrap()
