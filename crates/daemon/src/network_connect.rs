@@ -32,6 +32,7 @@ pub async fn connect(
         };
         let container = daemon.containers.find(&body.container)?;
         let dir = ContainerDir::new(&container.id);
+        refuse_if_paused(&dir, &container.name)?;
         let spec = dir.spec()?;
         if spec.network.on(&record.id).is_some() {
             return Err(ApiError::new(
@@ -72,6 +73,16 @@ pub async fn connect(
         Ok(crate::api::empty(StatusCode::OK))
     })
     .await
+}
+
+/// A paused VM cannot answer for its guest's side of a change.
+fn refuse_if_paused(dir: &ContainerDir, name: &str) -> Result<(), ApiError> {
+    match dir.state()? {
+        Some(state) if state.paused => Err(ApiError::conflict(format!(
+            "container {name} is paused: unpause it to change its networks"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Plugs a running container's VM into one more network; on failure the
@@ -120,6 +131,7 @@ pub async fn disconnect(
         };
         let container = daemon.containers.find(&body.container)?;
         let dir = ContainerDir::new(&container.id);
+        refuse_if_paused(&dir, &container.name)?;
         let spec = dir.spec()?;
         let Some(endpoint) = spec.network.on(&record.id).cloned() else {
             return Err(ApiError::new(

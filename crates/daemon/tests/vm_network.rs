@@ -499,6 +499,12 @@ fn running_containers_join_and_leave_networks() {
             .count()
     };
     assert_eq!(taps(), 2, "a tap per network");
+    // A paused VM's guest cannot take part: refused, and nothing changes.
+    ok(&hulld.docker(&["pause", "app"]));
+    let refused = hulld.docker(&["network", "disconnect", "back", "app"]);
+    assert!(text(&refused.stderr).contains("is paused"), "{}", text(&refused.stderr));
+    ok(&hulld.docker(&["unpause", "app"]));
+    assert!(exec(get_db).contains("\ndb"), "still on back after the pause");
 
     // Off the first network: its address and route go, the other NIC takes the default route.
     ok(&hulld.docker(&["network", "disconnect", "front", "app"]));

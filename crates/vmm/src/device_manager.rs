@@ -6,6 +6,7 @@
 //! ioeventfd that the device's own thread waits on, and every device raises
 //! its interrupt through an irqfd, so no guest I/O runs on a vCPU.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +23,7 @@ use crate::devices::virtio::net::{self, Net};
 use crate::devices::virtio::persist::DeviceState;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
-use crate::devices::virtio::{worker, Interrupt, VirtioDevice};
+use crate::devices::virtio::{worker, DeviceKind, Interrupt, VirtioDevice};
 use crate::layout::*;
 use crate::pause::PauseGate;
 use crate::snapshot::VmState;
@@ -122,18 +123,44 @@ impl DeviceManager {
         }
     }
 
-    /// Starts one thread per virtio device; returns how many there are.
+    /// Starts the device threads: one per device, but one for all the
+    /// NICs. Returns how many.
     pub fn spawn_device_threads(&self, gate: &Arc<PauseGate>) -> Result<usize, VmError> {
+        let mut filters = HashMap::new();
+        let mut groups: Vec<(String, Vec<worker::Served>)> = Vec::new();
+        let mut nics: Vec<worker::Served> = Vec::new();
+        let mut first_nic = None;
         for (index, device) in self.virtio.iter().enumerate() {
-            let events = device
+            let queue_events = device
                 .queue_events
                 .iter()
                 .map(EventFd::try_clone)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(crate::vm::thread_err("device"))?;
-            worker::spawn(index, device.transport.clone(), events, gate.clone())?;
+            let served = worker::Served {
+                transport: device.transport.clone(),
+                queue_events,
+            };
+            let kind = DeviceKind::of(lock(&device.transport).device_type());
+            match kind {
+                Some(DeviceKind::Net) => {
+                    first_nic.get_or_insert(index);
+                    nics.push(served);
+                }
+                _ => {
+                    let label = kind.map_or("device", DeviceKind::label);
+                    groups.push((format!("{label}{index}"), vec![served]));
+                }
+            }
         }
-        Ok(self.virtio.len())
+        if let Some(first) = first_nic {
+            groups.push((format!("net{first}"), nics));
+        }
+        let count = groups.len();
+        for (name, devices) in groups {
+            worker::spawn(name, devices, gate.clone(), &mut filters)?;
+        }
+        Ok(count)
     }
 
     pub fn pio_out(&self, port: u16, data: &[u8]) -> Option<PowerRequest> {

@@ -56,7 +56,9 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     seccomp::install_violation_handler()?;
     crate::vcpu::install_kick_handler()?;
     let vmm_filter = seccomp::filter_for(ThreadKind::Vmm)?;
+    trace::mark("handlers and the VMM's filter ready");
     let device_threads = devices.spawn_device_threads(&gate)?;
+    trace::mark("device threads started");
     let (events, reports) = mpsc::channel();
     if let Some(listener) = control {
         crate::control::serve(listener, events.clone())?;
@@ -151,6 +153,9 @@ impl Vmm<'_> {
                 paused: self.gate.requested(),
                 vcpus: self.config.vcpus,
                 memory_mib: self.config.memory_mib,
+            },
+            VmmRequest::PlugNic { .. } | VmmRequest::UnplugNic { .. } if self.gate.requested() => VmmReply::Failed {
+                reason: "the VM is paused: resume it to change its NICs".into(),
             },
             VmmRequest::PlugNic { slot } => match fd {
                 Some(tap) => done(self.devices.plug_nic(slot, Some(tap))),

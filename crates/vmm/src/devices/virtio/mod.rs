@@ -28,7 +28,7 @@ pub const TYPE_VSOCK: u32 = 19;
 
 /// The kinds of virtio device hull-vmm has: each its own thread name and
 /// seccomp filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
     Block,
     Net,

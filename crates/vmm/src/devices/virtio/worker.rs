@@ -1,10 +1,14 @@
-//! A virtio device's own thread: it waits on the device's queue
-//! notifications (ioeventfds), its host-side backend and the pause gate's
-//! waker, and serves each under the device's lock.
+//! A virtio device thread: it waits on its devices' queue notifications
+//! (ioeventfds), their host-side backends and the pause gate's waker, and
+//! serves each under its device's lock. Most devices have a thread each;
+//! a VM's NICs share one (a container uses one or two of its four slots,
+//! and a thread costs more to start than the others' idle NICs to watch).
 
+use std::collections::HashMap;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
+use seccompiler::BpfProgram;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,44 +19,64 @@ use crate::pause::PauseGate;
 use crate::vm::{thread_err, VmError};
 
 const WAKER: u64 = u64::MAX;
-const BACKEND: u64 = u64::MAX - 1;
+/// A token's low bits: the queue, or this for the device's backend.
+const BACKEND: u64 = 0xff;
+/// A token's high bits: the device's place in its thread's list.
+const DEVICE_SHIFT: u32 = 8;
 
+/// One device a thread serves: its transport and its queues' notifications.
+pub struct Served {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub queue_events: Vec<EventFd>,
+}
+
+/// Starts the thread named `name` for `devices` (all of one kind).
+/// Filters are compiled once per device kind (`filters` keeps them).
 pub fn spawn(
-    index: usize,
-    transport: Arc<Mutex<MmioTransport>>,
-    queue_events: Vec<EventFd>,
+    name: String,
+    devices: Vec<Served>,
     gate: Arc<PauseGate>,
+    filters: &mut HashMap<DeviceKind, BpfProgram>,
 ) -> Result<(), VmError> {
-    let (device_type, backend) = {
-        let transport = lock(&transport);
-        (transport.device_type(), transport.backend_fd())
+    let fail = |e: std::io::Error| thread_err(name.clone())(e);
+    let device_type = match devices.first() {
+        Some(first) => lock(&first.transport).device_type(),
+        None => return Ok(()),
     };
     let kind = DeviceKind::of(device_type)
         .ok_or_else(|| VmError::Seccomp(format!("no filter for device type {device_type}")))?;
-    let name = format!("{}{index}", kind.label());
-    let fail = |e: std::io::Error| thread_err(name.clone())(e);
     let epoll = Epoll::new().map_err(fail)?;
     let waker = gate.waker().map_err(fail)?;
     let watch = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
     watch(waker.as_raw_fd(), WAKER).map_err(fail)?;
-    if let Some(fd) = backend {
-        watch(fd, BACKEND).map_err(fail)?;
+    for (index, device) in devices.iter().enumerate() {
+        let base = (index as u64) << DEVICE_SHIFT;
+        if let Some(fd) = lock(&device.transport).backend_fd() {
+            watch(fd, base | BACKEND).map_err(fail)?;
+        }
+        for (queue, event) in device.queue_events.iter().enumerate() {
+            watch(event.as_raw_fd(), base | queue as u64).map_err(fail)?;
+        }
     }
-    for (queue, event) in queue_events.iter().enumerate() {
-        watch(event.as_raw_fd(), queue as u64).map_err(fail)?;
-    }
-    let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Device(kind))?;
+    let filter = match filters.get(&kind) {
+        Some(filter) => filter.clone(),
+        None => {
+            let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Device(kind))?;
+            filters.insert(kind, filter.clone());
+            filter
+        }
+    };
     std::thread::Builder::new()
-        .name(name.clone())
+        .name(name)
         .spawn(move || {
             crate::seccomp::install(&filter, crate::seccomp::ThreadKind::Device(kind));
-            serve(&epoll, &waker, &queue_events, &transport, &gate)
+            serve(&epoll, &waker, &devices, &gate)
         })
         .map(|_| ())
         .map_err(thread_err("device"))
 }
 
-fn serve(epoll: &Epoll, waker: &EventFd, queue_events: &[EventFd], transport: &Mutex<MmioTransport>, gate: &PauseGate) {
+fn serve(epoll: &Epoll, waker: &EventFd, devices: &[Served], gate: &PauseGate) {
     let mut events = [EpollEvent::default(); 8];
     loop {
         let ready = match epoll.wait(-1, &mut events) {
@@ -61,16 +85,21 @@ fn serve(epoll: &Epoll, waker: &EventFd, queue_events: &[EventFd], transport: &M
             Err(_) => return,
         };
         for event in &events[..ready] {
-            match event.data() {
-                WAKER => {
-                    let _ = waker.read();
-                }
-                BACKEND => lock(transport).poll(),
+            let token = event.data();
+            if token == WAKER {
+                let _ = waker.read();
+                continue;
+            }
+            let Some(device) = devices.get((token >> DEVICE_SHIFT) as usize) else {
+                continue;
+            };
+            match token & BACKEND {
+                BACKEND => lock(&device.transport).poll(),
                 queue => {
-                    if let Some(notify) = queue_events.get(queue as usize) {
+                    if let Some(notify) = device.queue_events.get(queue as usize) {
                         // Several notifies since the last read are served as one.
                         let _ = notify.read();
-                        lock(transport).notify(queue as usize);
+                        lock(&device.transport).notify(queue as usize);
                     }
                 }
             }
