@@ -31,8 +31,9 @@ fuzz_target!(|data: &[u8]| {
             }
             Turn::Target => match u.int_in_range(0..=2u8)? {
                 0 => {
-                    // A frame from the host side; the socket drops what does not fit.
-                    let len = u.int_in_range(0..=2048)?;
+                    // A packet (header and frame) from the host side, up to
+                    // past the largest segment; the socket drops what does not fit.
+                    let len = u.int_in_range(0..=70_000)?;
                     let _ = host.send(u.bytes(len)?);
                 }
                 1 => {
@@ -40,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 _ => {
                     // Take what the guest sent, so the socket does not fill up.
-                    let mut frame = [0u8; 4096];
+                    let mut frame = vec![0u8; 70_000];
                     while host.recv(&mut frame).is_ok() {}
                 }
             },
