@@ -5,7 +5,8 @@
 //!   `--network none`, interleaved (the target: under 10% more);
 //! - TCP throughput (iperf3, Debian's, copied into the image) host →
 //!   container and container → container, beside a veth pair between two
-//!   network namespaces;
+//!   network namespaces and beside QEMU (the same kernel, virtio-net on a
+//!   tap through vhost-net where the host has it) serving iperf3;
 //! - requests per second and latency through a published port (wrk on the
 //!   host, busybox httpd in the container), beside podman with `-p`;
 //! - publishing a 1000-port range: the time it adds to `docker run -d` and
@@ -173,6 +174,7 @@ pub fn net_bench(runs: usize) -> Result<()> {
     let _ = Command::new("sh")
         .args(["-c", &format!("ip netns del {ns}a; ip netns del {ns}b")])
         .status();
+    let qemu = qemu_iperf(&hulld.work, &ns).map_err(|e| format!("{e:#}"));
 
     // A published port under load, beside podman's -p.
     let serve = "busybox mkdir -p /www && echo hello > /www/index.html && exec busybox httpd -f -p 80 -h /www";
@@ -234,6 +236,15 @@ pub fn net_bench(runs: usize) -> Result<()> {
         c2c / v
     );
     println!("iperf3 veth pair (peer)         {v:>7.2} Gbit/s");
+    match &qemu {
+        Ok(q) => println!(
+            "iperf3 host -> QEMU guest (peer) {:>6.2} Gbit/s ({}); hull / QEMU: {:.2}",
+            q.gbits,
+            q.backend,
+            h2c / q.gbits
+        ),
+        Err(e) => println!("iperf3 host -> QEMU guest (peer) failed here: {e}"),
+    }
     println!(
         "published port (wrk, 10 conns)  {:>7.0} req/s, p50 {:.2} ms, p95 {:.2} ms",
         hull_http.0, hull_http.1, hull_http.2
@@ -262,7 +273,7 @@ pub fn net_bench(runs: usize) -> Result<()> {
             "network_overhead_fraction": added,
             "iperf3_gbits": {"host_to_container": h2c, "container_to_container": c2c, "veth_pair": v,
                 "samples": {"host_to_container": host_to_ctr, "container_to_container": ctr_to_ctr, "veth": veth}},
-            "qemu_vhost_net": "not measured in this run",
+            "qemu_host_to_guest": qemu.as_ref().map(|q| json!({"gbits": q.gbits, "backend": q.backend, "samples": q.samples, "hull_over_qemu": h2c / q.gbits})).unwrap_or_else(|e| json!({"failed": e})),
             "published_port_wrk": {"rps": hull_http.0, "p50_ms": hull_http.1, "p95_ms": hull_http.2},
             "podman_published_port_wrk": podman_http.as_ref().map(|p| json!({"rps": p.0, "p50_ms": p.1, "p95_ms": p.2})).unwrap_or_else(|e| json!({"failed": e})),
             "docker_run_detached_1000_ports": ranged.to_json(),
@@ -273,6 +284,83 @@ pub fn net_bench(runs: usize) -> Result<()> {
     )?;
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// What the QEMU peer carried.
+struct QemuRun {
+    gbits: f64,
+    samples: Vec<f64>,
+    /// `vhost-net`, or `userspace virtio-net` where the host has no vhost-net.
+    backend: &'static str,
+}
+
+/// The peer the issue names: QEMU (microvm, the same kernel, one vCPU)
+/// with virtio-net on a tap, through vhost-net where the host has it,
+/// serving iperf3 from a busybox initramfs; the host is the client, as
+/// for the container.
+fn qemu_iperf(work: &Path, ns: &str) -> Result<QemuRun> {
+    let kernel = testkit::guest::cloud_kernel()?;
+    let vhost = Command::new("modprobe")
+        .arg("vhost_net")
+        .status()
+        .is_ok_and(|s| s.success())
+        && Path::new("/dev/vhost-net").exists();
+    let tap = format!("{ns}q");
+    let made = Command::new("sh")
+        .args(["-c", &format!("ip tuntap add dev {tap} mode tap vnet_hdr && ip addr add 10.252.0.1/24 dev {tap} && ip link set {tap} up")])
+        .status()?;
+    if !made.success() {
+        bail!("making tap {tap} failed");
+    }
+    let then =
+        "$B mkdir -p /tmp; $B ip link set lo up; $B ip addr add 10.252.0.2/24 dev eth0; $B ip link set eth0 up; \
+                exec /usr/bin/iperf3 -s";
+    let result: Result<Vec<f64>> = (|| {
+        let initramfs =
+            testkit::guest::busybox_initramfs_with(&kernel, &work.join("qemu-net.cpio"), &["/usr/bin/iperf3"], then)?;
+        let mut command = testkit::boot::qemu_command(&kernel.vmlinuz(), &initramfs, 256);
+        command
+            .args([
+                "-netdev",
+                &format!(
+                    "tap,id=n0,ifname={tap},script=no,downscript=no,vhost={}",
+                    if vhost { "on" } else { "off" }
+                ),
+                "-device",
+                "virtio-net-device,netdev=n0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut qemu = command.spawn().context("starting qemu-system-x86_64")?;
+        let served = wait_for("iperf3 in the QEMU guest", || {
+            std::net::TcpStream::connect_timeout(&"10.252.0.2:5201".parse().unwrap(), Duration::from_secs(1)).is_ok()
+        });
+        let mut samples = Vec::new();
+        if served.is_ok() {
+            for _ in 0..3 {
+                let out = Command::new("iperf3")
+                    .args(["-c", "10.252.0.2", "-t", "5", "-J"])
+                    .output()?;
+                samples.push(gbits(&out.stdout)?);
+            }
+        }
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        served?;
+        Ok(samples)
+    })();
+    let _ = Command::new("ip").args(["link", "del", &tap]).status();
+    let mut samples = result?;
+    Ok(QemuRun {
+        gbits: median(&mut samples),
+        samples,
+        backend: if vhost {
+            "vhost-net"
+        } else {
+            "userspace virtio-net: no vhost-net here"
+        },
+    })
 }
 
 /// The Pss of container `name`'s supervisor (hull-shim), in KiB.
