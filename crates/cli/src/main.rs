@@ -237,6 +237,7 @@ fn parse_user(text: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    runtime::private_files();
     match Cli::parse().command {
         Command::Host => host(),
         Command::Setup { agent } => setup(agent),

@@ -19,6 +19,10 @@ struct Args {
     /// The unix socket to serve the Docker Engine API on.
     #[arg(long, default_value = "/run/hull/docker.sock")]
     socket: PathBuf,
+    /// The group that may use the API socket (0660); default: `hull`, if
+    /// that group exists, else only root may (0600).
+    #[arg(long, short = 'G')]
+    group: Option<String>,
     /// hull's data directory (default: $HULL_DATA_DIR, else /var/lib/hull).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -45,7 +49,11 @@ struct Args {
     default_address_pool: Vec<(ipnet::Ipv4Net, u8)>,
 }
 
+/// The API socket's group when there is one of this name (dockerd's is `docker`).
+const DEFAULT_GROUP: &str = "hull";
+
 fn main() -> Result<()> {
+    runtime::private_files();
     let args = Args::parse();
     if let Some(dir) = &args.data_dir {
         // Before any thread starts: the runtime and the supervisors read it.
@@ -68,8 +76,8 @@ fn main() -> Result<()> {
 }
 
 async fn serve(args: Args) -> Result<()> {
-    let data = runtime::data_dir();
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let data = runtime::ensure_private_data_dir()
+        .with_context(|| format!("making the data directory {}", runtime::data_dir().display()))?;
     let containers = store::ContainerStore::open(&data.join("hulld.redb"))?;
     let images = image::Store::open(&data).context("opening the image store")?;
     let daemon = daemon::daemon::Daemon::new(containers, images);
@@ -87,7 +95,8 @@ async fn serve(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    let listener = bind(&args.socket)?;
+    let group = socket_group(args.group.as_deref())?;
+    let listener = bind(&args.socket, group)?;
     tracing::info!(
         "hulld {} serving the Docker Engine API (v{}) on unix://{}; data in {}; {running} container(s) running",
         env!("CARGO_PKG_VERSION"),
@@ -126,10 +135,35 @@ async fn serve(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Binds the API socket, replacing a stale one but never a live daemon's.
-fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+/// The group that may use the API socket: `--group`, else `hull` where
+/// that group exists (as dockerd's `-G docker`); `None`: root alone.
+fn socket_group(named: Option<&str>) -> Result<Option<u32>> {
+    let lookup = |name: &str| -> Result<Option<u32>> {
+        let c_name = std::ffi::CString::new(name).with_context(|| format!("invalid group name {name:?}"))?;
+        // SAFETY: getgrnam reads a NUL-terminated name; the entry is read at once.
+        let entry = unsafe { libc::getgrnam(c_name.as_ptr()) };
+        // SAFETY: a non-null entry is a valid `group` until the next getgr* call.
+        Ok((!entry.is_null()).then(|| unsafe { (*entry).gr_gid }))
+    };
+    match named {
+        Some(name) => match lookup(name)? {
+            Some(gid) => Ok(Some(gid)),
+            None => bail!("--group {name}: there is no such group"),
+        },
+        None => lookup(DEFAULT_GROUP),
+    }
+}
+
+/// Binds the API socket, replacing a stale one but never a live daemon's:
+/// 0660, of `group` where there is one (else root's alone, 0600).
+fn bind(path: &std::path::Path, group: Option<u32>) -> Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            // The socket's group must be able to reach it.
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("setting the mode of {}", parent.display()))?;
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -138,7 +172,12 @@ fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    }
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(listener)
 }

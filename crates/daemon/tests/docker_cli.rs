@@ -23,7 +23,12 @@ fn fails(out: &Output, code: i32, message: &str) {
 /// One raw HTTP/1.1 request on the API socket: the status line and headers, and the body.
 /// A hulld of its own and a registry holding `test/box:v1` (busybox, `Cmd: sh`).
 fn with_box_image(name: &str) -> (Hulld, Registry, String) {
-    let hulld = Hulld::start(name).unwrap();
+    with_box_image_args(name, &[])
+}
+
+/// The same, hulld started with `args` too.
+fn with_box_image_args(name: &str, args: &[&str]) -> (Hulld, Registry, String) {
+    let hulld = Hulld::start_with(name, args).unwrap();
     let registry = Registry::start(&format!("hulld-{name}"), None).unwrap();
     let image = push_image(
         &registry,
@@ -1002,4 +1007,59 @@ fn stopped_containers_join_and_leave_up_to_four_networks() {
     for name in ["front", "back", "third", "fourth", "fifth"] {
         ok(&hulld.docker(&["network", "rm", name]));
     }
+}
+
+#[test]
+fn hull_files_are_private_and_the_socket_is_its_groups() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    // `daemon` (gid 1) stands in for a `hull` group.
+    let (hulld, _registry, image) = with_box_image_args("modes", &["--group", "daemon"]);
+    let socket = std::fs::metadata(&hulld.socket).unwrap();
+    assert_eq!(
+        (socket.permissions().mode() & 0o777, socket.gid()),
+        (0o660, 1),
+        "root:daemon 0660"
+    );
+    assert_eq!(mode(&hulld.data), 0o700, "the data directory is root's alone");
+    ok(&hulld.docker(&["volume", "create", "private"]));
+    ok(&hulld.docker(&["create", "--name", "quiet", "-v", "private:/srv", &image, "true"]));
+    let mut checked = 0;
+    let mut walk = vec![hulld.data.clone()];
+    while let Some(dir) = walk.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.path().symlink_metadata().unwrap();
+            // guest.json is the test's copy of the host's, made by the test.
+            if meta.is_symlink() || entry.file_name() == "guest.json" {
+                continue;
+            }
+            let bits = meta.permissions().mode() & 0o077;
+            assert_eq!(
+                bits,
+                0,
+                "{} is open to others: {:o}",
+                entry.path().display(),
+                meta.permissions().mode()
+            );
+            checked += 1;
+            if meta.is_dir() {
+                walk.push(entry.path());
+            }
+        }
+    }
+    assert!(checked > 10, "the store was walked ({checked} entries)");
+    let refused = std::process::Command::new(testkit::boot::workspace_binary("hulld").unwrap())
+        .arg("--socket")
+        .arg(hulld.work.join("other.sock"))
+        .arg("--data-dir")
+        .arg(hulld.work.join("other"))
+        .args(["--group", "no-such-group-here"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("no such group"),
+        "{}",
+        text(&refused.stderr)
+    );
 }

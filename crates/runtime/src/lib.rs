@@ -30,6 +30,26 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| "/var/lib/hull".into())
 }
 
+/// Makes every file and directory this process (and what it starts)
+/// creates private to its owner, as dockerd's are: containers' disks,
+/// volumes, unpacked layers and logs are 0600, directories 0700. Called
+/// first thing by hull, hulld and hull-shim; what another user must reach
+/// (the API socket, a jailed VMM's socket directory) is opened up by name.
+pub fn private_files() {
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
+}
+
+/// Creates hull's data directory if needed and makes it root's alone
+/// (0700), an older one included.
+pub fn ensure_private_data_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 /// Where unix sockets go (`HULL_RUN_DIR`, default `/run/hull`): a socket's
 /// path must fit in 108 bytes, which a data directory may not leave room for.
 pub fn run_dir() -> PathBuf {

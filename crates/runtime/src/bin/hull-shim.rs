@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir, id] = args.as_slice() else {
         eprintln!("usage: hull-shim CONTAINER_DIR CONTAINER_ID (started by hulld)");
