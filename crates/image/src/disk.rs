@@ -87,7 +87,10 @@ pub fn image_disk(store: &Store, record: &ImageRecord) -> Result<PathBuf, DiskEr
 
 fn build(store: &Store, record: &ImageRecord, work: &Path, disk: &Path) -> Result<(), DiskError> {
     let root = work.join("rootfs");
-    fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+    // The build directory stays private; the image's root is 0755 (unless a
+    // layer says otherwise), whatever hull's umask.
+    fs::create_dir_all(work).map_err(io(format!("creating {}", work.display())))?;
+    unpack::create_implicit_dirs(&root).map_err(io(format!("creating {}", root.display())))?;
     let (mut bytes, mut entries) = (0u64, 0u64);
     for (index, layer) in record.layers.iter().enumerate() {
         let blob = store.blob_path(&layer.digest);

@@ -354,7 +354,7 @@ impl Layer<'_> {
             return remove_any(&parent.join(OsStr::from_bytes(hidden))).map_err(|e| fail(e.to_string()));
         }
 
-        fs::create_dir_all(&parent).map_err(|e| fail(format!("creating its parent: {e}")))?;
+        create_implicit_dirs(&parent).map_err(|e| fail(format!("creating its parent: {e}")))?;
         let dst = parent.join(name);
         let kind = entry.header().entry_type();
         let existing = fs::symlink_metadata(&dst).ok();
@@ -455,7 +455,7 @@ impl Layer<'_> {
     /// Hides everything lower layers put in `dir`.
     fn make_opaque(&mut self, dir: &Path) -> io::Result<()> {
         let Ok(children) = fs::read_dir(dir) else {
-            return fs::create_dir_all(dir);
+            return create_implicit_dirs(dir);
         };
         for child in children {
             let path = child?.path();
@@ -464,6 +464,26 @@ impl Layer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Creates `dir` and its missing parents as a layer's implicit
+/// directories: 0755 whatever the process's umask (hull's is 077), as
+/// Docker makes them.
+pub fn create_implicit_dirs(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_implicit_dirs(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
