@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::api::ApiError;
 use crate::daemon::Daemon;
+use crate::store::ContainerRecord;
 use crate::networking::{endpoint_on, too_many_networks, ConnectBody};
 
 /// `POST /networks/{id}/connect`.
@@ -26,14 +27,7 @@ pub async fn connect(
 ) -> Result<Response, ApiError> {
     let body = ConnectBody::parse(&body)?;
     crate::api::blocking(move || {
-        let record = match reference.as_str() {
-            network::DEFAULT_NETWORK => network::ensure_default()?,
-            other => network::find(other)?,
-        };
-        let container = daemon.containers.find(&body.container)?;
-        let dir = ContainerDir::new(&container.id);
-        refuse_if_paused(&dir, &container.name)?;
-        let spec = dir.spec()?;
+        let (record, container, dir, spec) = parties(&daemon, &reference, &body.container)?;
         if spec.network.on(&record.id).is_some() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -73,6 +67,25 @@ pub async fn connect(
         Ok(crate::api::empty(StatusCode::OK))
     })
     .await
+}
+
+/// The network and the container a connect or disconnect names, the
+/// container's directory and spec; a paused container is refused (its
+/// guest cannot answer for its side of the change).
+fn parties(
+    daemon: &Daemon,
+    network_ref: &str,
+    container_ref: &str,
+) -> Result<(NetworkRecord, ContainerRecord, ContainerDir, ContainerSpec), ApiError> {
+    let record = match network_ref {
+        network::DEFAULT_NETWORK => network::ensure_default()?,
+        other => network::find(other)?,
+    };
+    let container = daemon.containers.find(container_ref)?;
+    let dir = ContainerDir::new(&container.id);
+    refuse_if_paused(&dir, &container.name)?;
+    let spec = dir.spec()?;
+    Ok((record, container, dir, spec))
 }
 
 /// A paused VM cannot answer for its guest's side of a change.
@@ -125,14 +138,7 @@ pub async fn disconnect(
 ) -> Result<Response, ApiError> {
     let body = ConnectBody::parse(&body)?;
     crate::api::blocking(move || {
-        let record = match reference.as_str() {
-            network::DEFAULT_NETWORK => network::ensure_default()?,
-            other => network::find(other)?,
-        };
-        let container = daemon.containers.find(&body.container)?;
-        let dir = ContainerDir::new(&container.id);
-        refuse_if_paused(&dir, &container.name)?;
-        let spec = dir.spec()?;
+        let (record, container, dir, spec) = parties(&daemon, &reference, &body.container)?;
         let Some(endpoint) = spec.network.on(&record.id).cloned() else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
