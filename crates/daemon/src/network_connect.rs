@@ -16,8 +16,8 @@ use serde_json::json;
 
 use crate::api::ApiError;
 use crate::daemon::Daemon;
-use crate::store::ContainerRecord;
 use crate::networking::{endpoint_on, too_many_networks, ConnectBody};
+use crate::store::ContainerRecord;
 
 /// `POST /networks/{id}/connect`.
 pub async fn connect(
