@@ -53,8 +53,7 @@ pub async fn connect(
         };
         if dir.is_running() {
             if let Err(e) = join_live(&dir, &spec, &endpoint, &record) {
-                let _ = dir.update_spec(|s| s.network.endpoints.retain(|e| e.network_id != record.id));
-                network::release(&record.id, endpoint.address, &container.id);
+                let _ = forget(&dir, &endpoint);
                 return Err(e);
             }
         }
@@ -86,6 +85,13 @@ fn parties(
     refuse_if_paused(&dir, &container.name)?;
     let spec = dir.spec()?;
     Ok((record, container, dir, spec))
+}
+
+/// Takes `endpoint` out of the container's spec and gives its address back.
+fn forget(dir: &ContainerDir, endpoint: &Endpoint) -> Result<(), ApiError> {
+    dir.update_spec(|s| s.network.endpoints.retain(|e| e.network_id != endpoint.network_id))?;
+    network::release(&endpoint.network_id, endpoint.address, &dir.id);
+    Ok(())
 }
 
 /// A paused VM cannot answer for its guest's side of a change.
@@ -151,8 +157,7 @@ pub async fn disconnect(
         if dir.is_running() {
             leave_live(&dir, &spec, &endpoint, &record, &container.name)?;
         }
-        dir.update_spec(|s| s.network.endpoints.retain(|e| e.network_id != record.id))?;
-        network::release(&record.id, endpoint.address, &container.id);
+        forget(&dir, &endpoint)?;
         network_event(&daemon, "disconnect", &record, &container.id);
         Ok(crate::api::empty(StatusCode::OK))
     })

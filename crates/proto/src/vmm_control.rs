@@ -50,11 +50,17 @@ pub enum ControlError {
 
 /// Writes one message as a line.
 pub fn write_message(w: &mut impl Write, message: &impl Serialize) -> Result<(), ControlError> {
-    let mut line = serde_json::to_vec(message)?;
-    line.push(b'\n');
-    w.write_all(&line)?;
+    w.write_all(&encode_message(message)?)?;
     w.flush()?;
     Ok(())
+}
+
+/// One message as the line written for it (for a caller that sends it
+/// itself, e.g. with a descriptor beside it).
+pub fn encode_message(message: &impl Serialize) -> Result<Vec<u8>, ControlError> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Parses one line (with or without its newline) already read.

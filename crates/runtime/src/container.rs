@@ -289,8 +289,8 @@ impl ContainerDir {
         request: proto::vmm_control::VmmRequest,
         fd: Option<&std::fs::File>,
     ) -> Result<(), ContainerError> {
-        use proto::vmm_control::{read_message, write_message, VmmReply};
-        use std::os::unix::io::AsRawFd;
+        use proto::vmm_control::{encode_message, read_message, VmmReply};
+        use std::os::unix::io::{AsRawFd, RawFd};
         use vmm_sys_util::sock_ctrl_msg::ScmSocket;
         let stream = self.vmm_control()?;
         // A pause waits for every thread to park (at most 10 s in the VMM).
@@ -298,21 +298,14 @@ impl ContainerDir {
             .set_read_timeout(Some(Duration::from_secs(15)))
             .map_err(io("the VMM's control channel"))?;
         let channel = |e: proto::vmm_control::ControlError| ContainerError::Control(e.to_string());
-        match fd {
-            Some(fd) => {
-                let mut line = serde_json::to_vec(&request).map_err(|e| ContainerError::Control(e.to_string()))?;
-                line.push(b'\n');
-                let sent = stream
-                    .send_with_fd(&line[..], fd.as_raw_fd())
-                    .map_err(|e| ContainerError::Control(format!("sending to the VMM: {e}")))?;
-                if sent != line.len() {
-                    return Err(ContainerError::Control("the VMM took part of a request".into()));
-                }
-            }
-            None => {
-                let mut writer = stream.try_clone().map_err(io("the VMM's control channel"))?;
-                write_message(&mut writer, &request).map_err(channel)?;
-            }
+        // One sendmsg per request, so a descriptor travels with its line.
+        let line = encode_message(&request).map_err(channel)?;
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let sent = stream
+            .send_with_fds(&[&line[..]], &fds)
+            .map_err(|e| ContainerError::Control(format!("sending to the VMM: {e}")))?;
+        if sent != line.len() {
+            return Err(ContainerError::Control("the VMM took part of a request".into()));
         }
         match read_message::<VmmReply>(&mut std::io::BufReader::new(stream)).map_err(channel)? {
             Some(VmmReply::Done) => Ok(()),
