@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::api::{blocking, empty, flag, ApiError};
 use crate::create::{valid_name, CreateRequest};
 use crate::daemon::{Daemon, Event};
-use crate::store::ContainerRecord;
+use crate::store::{ContainerRecord, StoreError};
 
 /// How long `stop` waits after SIGTERM by default, and after SIGKILL.
 const DEFAULT_STOP_SECONDS: u64 = 10;
@@ -58,6 +58,12 @@ fn generated_name(taken: &dyn Fn(&str) -> bool) -> String {
     }
 }
 
+/// A generated name no container has now.
+fn unused_generated_name(daemon: &Daemon) -> Result<String, ApiError> {
+    let records = daemon.containers.all()?;
+    Ok(generated_name(&|n| records.iter().any(|r| r.name == n)))
+}
+
 pub async fn create(
     State(daemon): State<Arc<Daemon>>,
     Query(query): Query<NameQuery>,
@@ -88,12 +94,10 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         image::config::process(Some(&config), &request.overrides).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let id = random_hex(32);
+    let generated = request.name.is_none();
     let name = match request.name.take() {
         Some(name) => name,
-        None => {
-            let records = daemon.containers.all()?;
-            generated_name(&|n| records.iter().any(|r| r.name == n))
-        }
+        None => unused_generated_name(daemon)?,
     };
     let hostname = request.hostname.take().unwrap_or_else(|| id[..12].to_string());
     let raw = &request.raw;
@@ -153,7 +157,15 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
             return Err(e);
         }
     };
-    if let Err(e) = daemon.containers.insert(&record) {
+    let inserted = loop {
+        match daemon.containers.insert(&record) {
+            // A create running beside this one took the same generated name
+            // between the choice and the insert: choose again.
+            Err(StoreError::NameInUse { .. }) if generated => record.name = unused_generated_name(daemon)?,
+            other => break other,
+        }
+    };
+    if let Err(e) = inserted {
         crate::volumes::remove_anonymous(daemon, &mounts);
         crate::networking::release(&id, &network);
         return Err(e.into());

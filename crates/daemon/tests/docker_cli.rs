@@ -1063,3 +1063,27 @@ fn hull_files_are_private_and_the_socket_is_its_groups() {
         text(&refused.stderr)
     );
 }
+
+#[test]
+fn unnamed_containers_created_at_once_all_get_names() {
+    // 40 generated names from 456 at once: without a retry on a clash
+    // between choosing a name and storing it, some creates would fail.
+    let (hulld, _registry, image) = with_box_image("manynames");
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    let children: Vec<_> = (0..40)
+        .map(|_| {
+            hulld
+                .docker_command(&["create", &image, "true"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        ok(&child.wait_with_output().unwrap());
+    }
+    let names = ok(&hulld.docker(&["ps", "-a", "--format", "{{.Names}}"]));
+    let unique: std::collections::HashSet<&str> = names.lines().collect();
+    assert_eq!(unique.len(), 40, "{names}");
+}
