@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use proto::{MountSpec, RunSpec};
+use proto::{MountSource, MountSpec, RunSpec};
 
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"));
@@ -95,13 +95,39 @@ pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
 /// The agent run as `/proc/self/exe hull-mount SPEC` mounts one volume.
 pub const HELPER_ARG: &str = "hull-mount";
 
-/// Mounts the container's volumes over its root, each by a helper chrooted
-/// into `root`, so the mount point (made if missing) resolves inside the
-/// container, symlinks included, as Docker resolves it.
+/// Where the agent mounts the VM's shared host directories (virtio-fs):
+/// outside the container's root, each bound into it where asked.
+const SHARES: &str = "/shares";
+/// The descriptor a bind mount's helper finds its shared directory on.
+const SHARE_FD: libc::c_int = 3;
+
+/// Mounts the container's volumes and bind mounts over its root, each by a
+/// helper chrooted into `root`, so the mount point (made if missing)
+/// resolves inside the container, symlinks included, as Docker resolves it.
 pub fn volumes(spec: &RunSpec, root: &str) -> io::Result<()> {
+    let shares = spec
+        .mounts
+        .iter()
+        .any(|m| matches!(m.source, MountSource::Share { .. }));
+    if shares {
+        mount(
+            proto::SHARES_TAG,
+            SHARES,
+            "virtiofs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "",
+        )?;
+    }
     for volume in &spec.mounts {
         let json = serde_json::to_string(volume).map_err(io::Error::other)?;
         let root = CString::new(root).map_err(io::Error::other)?;
+        // A shared directory is reached before the chroot hides it, and
+        // handed to the helper as a descriptor.
+        let share = match volume.source {
+            MountSource::Share { index } => Some(std::fs::File::open(format!("{SHARES}/{index}"))?),
+            MountSource::Disk { .. } => None,
+        };
+        let share_fd = share.as_ref().map(std::os::unix::io::AsRawFd::as_raw_fd);
         let mut command = Command::new("/proc/self/exe");
         command
             .args([HELPER_ARG, &json])
@@ -110,6 +136,11 @@ pub fn volumes(spec: &RunSpec, root: &str) -> io::Result<()> {
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
+                if let Some(fd) = share_fd {
+                    if libc::dup2(fd, SHARE_FD) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -156,31 +187,17 @@ fn copy_up(covered: &std::fs::File, target: &str) -> io::Result<()> {
     unpacked.and(packed)
 }
 
-/// The helper's `main`: makes the mount point and mounts the volume there.
-/// A fresh volume's empty `lost+found` is removed, so the volume starts
-/// empty as Docker's do (programs that want an empty data directory
-/// refuse one that holds it); e2fsck remakes it when it needs it.
+/// The helper's `main`: makes the mount point and mounts the volume (or
+/// binds the shared directory) there.
 pub fn helper_main(spec: &str) -> i32 {
     let result = serde_json::from_str::<MountSpec>(spec)
         .map_err(|e| io::Error::other(format!("bad mount request: {e}")))
         .and_then(|volume| {
-            let mut flags = libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV;
-            if volume.read_only {
-                flags |= libc::MS_RDONLY;
-            }
             std::fs::create_dir_all(&volume.target)?;
-            // Held across the mount: through it the directory the volume
-            // covers can still be read.
-            let covered = std::fs::File::open(&volume.target)?;
-            mount(&volume.device, &volume.target, "ext4", flags, "")?;
-            if !volume.read_only {
-                let _ = std::fs::remove_dir(format!("{}/lost+found", volume.target));
-                let empty = std::fs::read_dir(&volume.target)?.next().is_none();
-                if empty {
-                    copy_up(&covered, &volume.target)?;
-                }
+            match &volume.source {
+                MountSource::Disk { device } => mount_volume(device, &volume),
+                MountSource::Share { .. } => bind_share(&volume),
             }
-            Ok(())
         });
     match result {
         Ok(()) => 0,
@@ -189,4 +206,40 @@ pub fn helper_main(spec: &str) -> i32 {
             1
         }
     }
+}
+
+/// A volume's disk on its mount point. A fresh volume's empty `lost+found`
+/// is removed, so the volume starts empty as Docker's do (programs that
+/// want an empty data directory refuse one that holds it); e2fsck remakes
+/// it when it needs it.
+fn mount_volume(device: &str, volume: &MountSpec) -> io::Result<()> {
+    let mut flags = libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV;
+    if volume.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // Held across the mount: through it the directory the volume covers
+    // can still be read.
+    let covered = std::fs::File::open(&volume.target)?;
+    mount(device, &volume.target, "ext4", flags, "")?;
+    if !volume.read_only {
+        let _ = std::fs::remove_dir(format!("{}/lost+found", volume.target));
+        let empty = std::fs::read_dir(&volume.target)?.next().is_none();
+        if empty {
+            copy_up(&covered, &volume.target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The shared directory on descriptor `SHARE_FD` bound on the mount point,
+/// as Docker binds a host path: no copy, read-only if asked (the host
+/// enforces it too).
+fn bind_share(volume: &MountSpec) -> io::Result<()> {
+    let source = format!("/proc/self/fd/{SHARE_FD}");
+    mount(&source, &volume.target, "", libc::MS_BIND, "")?;
+    if volume.read_only {
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        mount("", &volume.target, "", flags, "")?;
+    }
+    Ok(())
 }

@@ -188,9 +188,10 @@ struct RunArgs {
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Mount a named volume: NAME:/path[:ro] (made if missing; repeatable, at most 4).
-    #[arg(short = 'v', long = "volume", value_name = "NAME:PATH[:ro]", value_parser = runtime::volume::parse_bind)]
-    volumes: Vec<runtime::volume::VolumeMount>,
+    /// Mount a named volume (NAME:/path[:ro], made if missing; at most 4) or
+    /// a host directory (/host/dir:/path[:ro], shared with the VM); repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "NAME|/DIR:PATH[:ro]", value_parser = runtime::volume::parse_volume_flag)]
+    volumes: Vec<runtime::volume::VolumeFlag>,
     /// Seconds the guest may take to boot to its agent.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
@@ -356,6 +357,20 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let entrypoint = args.entrypoint.map(|e| if e.is_empty() { Vec::new() } else { vec![e] });
+    let (mut volumes, mut binds) = (Vec::new(), Vec::new());
+    for flag in args.volumes {
+        match flag {
+            runtime::volume::VolumeFlag::Volume(volume) => volumes.push(volume),
+            // As `docker run -v`: a missing host directory is made.
+            runtime::volume::VolumeFlag::Bind(bind) => match bind.resolve(runtime::bind::MissingSource::Create) {
+                Ok(bind) => binds.push(bind),
+                Err(e) => {
+                    eprintln!("hull: {e}");
+                    return ExitCode::from(125);
+                }
+            },
+        }
+    }
     let request = runtime::run::RunRequest {
         source,
         overrides: image::config::Overrides {
@@ -376,7 +391,8 @@ fn run(args: RunArgs) -> ExitCode {
         cold_boot: args.cold_boot,
         hostname: None,
         hold: false,
-        volumes: args.volumes,
+        volumes,
+        binds,
         network: Default::default(),
     };
     match runtime::run::run(&request) {

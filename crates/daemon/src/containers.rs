@@ -150,6 +150,13 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         true => "bridge".to_string(),
         false => crate::networking::mode_name(&network),
     });
+    let binds = match crate::volumes::resolve_binds(&volumes) {
+        Ok(binds) => binds,
+        Err(e) => {
+            crate::networking::release(&id, &network);
+            return Err(e);
+        }
+    };
     let mounts = match crate::volumes::create_planned(&volumes) {
         Ok(mounts) => mounts,
         Err(e) => {
@@ -183,6 +190,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         tty: request.tty,
         cold_boot: false,
         volumes: mounts.clone(),
+        binds,
         network,
         log: request.log,
     };
@@ -430,8 +438,9 @@ fn container_network(id: &str) -> runtime::network::ContainerNetwork {
 
 /// The container's volumes, as Docker lists its mounts.
 fn container_mounts(id: &str) -> Value {
-    let volumes = ContainerDir::new(id).spec().map(|s| s.volumes).unwrap_or_default();
-    crate::volumes::mounts_json(&volumes)
+    let spec = ContainerDir::new(id).spec().ok();
+    let (volumes, binds) = spec.map(|s| (s.volumes, s.binds)).unwrap_or_default();
+    crate::volumes::mounts_json(&volumes, &binds)
 }
 
 /// The space a container's own writes take: its writable disk's blocks.

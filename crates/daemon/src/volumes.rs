@@ -1,8 +1,9 @@
 //! The volume endpoints (create, list, inspect, remove, prune) and what a
-//! container's create asks of volumes: `-v NAME:/path[:ro]` (Binds),
-//! `--mount type=volume,...` (Mounts) and `-v /path` (an anonymous volume).
-//! A volume is an ext4 disk (`runtime::volume`), so host paths cannot be
-//! bound into a container: that is refused with a clear error.
+//! container's create asks of volumes and host directories: `-v
+//! NAME:/path[:ro]` and `-v /host/dir:/path[:ro]` (Binds), `--mount
+//! type=volume|bind,...` (Mounts) and `-v /path` (an anonymous volume). A
+//! volume is an ext4 disk (`runtime::volume`); a host directory is shared
+//! with the VM through virtio-fs (`runtime::bind`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
+use runtime::bind::{BindMount, MissingSource};
 use runtime::container::ContainerDir;
-use runtime::volume::{self, VolumeError, VolumeMount, VolumeRecord};
+use runtime::volume::{self, VolumeError, VolumeFlag, VolumeMount, VolumeRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -236,26 +238,50 @@ pub fn usage_rows(daemon: &Daemon) -> Result<Vec<Value>, ApiError> {
         .collect())
 }
 
-/// A container's volumes, checked, and whether each is anonymous; nothing
-/// is made yet (`create_planned`).
-pub struct VolumePlan(Vec<(VolumeMount, bool)>);
+/// A container's volumes, checked, and whether each is anonymous, and its
+/// bind mounts; nothing is made or looked up on the host yet
+/// (`resolve_binds`, `create_planned`).
+pub struct VolumePlan {
+    volumes: Vec<(VolumeMount, bool)>,
+    binds: Vec<(BindMount, MissingSource)>,
+}
 
-/// The volumes a container create asks for: Binds (`NAME:/path[:ro]`),
-/// Mounts of type volume, and anonymous volumes for the `anonymous` paths
-/// (`-v /path`, the image's VOLUMEs) not already mounted.
+/// The volumes and host directories a container create asks for: Binds
+/// (`NAME:/path[:ro]`, `/host/dir:/path[:ro]`), Mounts of type volume or
+/// bind, and anonymous volumes for the `anonymous` paths (`-v /path`, the
+/// image's VOLUMEs) not already mounted.
 pub fn plan(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<VolumePlan, ApiError> {
     let mut wanted = Vec::new();
+    let mut host_dirs = Vec::new();
     for bind in binds {
-        wanted.push((volume::parse_bind(bind).map_err(ApiError::bad_request)?, false));
+        match volume::parse_volume_flag(bind).map_err(ApiError::bad_request)? {
+            VolumeFlag::Volume(volume) => wanted.push((volume, false)),
+            VolumeFlag::Bind(bind) => host_dirs.push((bind, MissingSource::Create)),
+        }
     }
     for mount in mounts {
         let kind = mount["Type"].as_str().unwrap_or("volume");
+        let target = mount["Target"].as_str().unwrap_or_default();
+        if kind == "bind" {
+            let mode = match mount["ReadOnly"].as_bool().unwrap_or(false) {
+                true => "ro",
+                false => "",
+            };
+            let propagation = mount["BindOptions"]["Propagation"].as_str().unwrap_or_default();
+            let bind = BindMount::parse(
+                mount["Source"].as_str().unwrap_or_default(),
+                target,
+                &format!("{mode},{propagation}"),
+            )
+            .map_err(|e| ApiError::bad_request(format!("invalid mount config for type \"bind\": {e}")))?;
+            host_dirs.push((bind, MissingSource::Refuse));
+            continue;
+        }
         if kind != "volume" {
             return Err(ApiError::bad_request(format!(
-                "mounts of type {kind} are not supported: each container is a VM; use a volume"
+                "mounts of type {kind} are not supported: use a volume or a bind mount"
             )));
         }
-        let target = mount["Target"].as_str().unwrap_or_default();
         let target = volume::check_target(target).map_err(ApiError::bad_request)?;
         let read_only = mount["ReadOnly"].as_bool().unwrap_or(false);
         let (name, anonymous) = match mount["Source"].as_str().unwrap_or_default() {
@@ -291,15 +317,30 @@ pub fn plan(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<
     }
     let mounts: Vec<VolumeMount> = wanted.iter().map(|(m, _)| m.clone()).collect();
     volume::check_mounts(&mounts).map_err(ApiError::bad_request)?;
-    Ok(VolumePlan(wanted))
+    let targets: Vec<&str> = mounts.iter().map(|m| m.target.as_str()).collect();
+    let binds: Vec<BindMount> = host_dirs.iter().map(|(b, _)| b.clone()).collect();
+    runtime::bind::check(&binds, &targets).map_err(ApiError::bad_request)?;
+    Ok(VolumePlan {
+        volumes: wanted,
+        binds: host_dirs,
+    })
+}
+
+/// Looks the planned bind mounts' directories up on the host (`-v` makes a
+/// missing one, as Docker does; `--mount` refuses it).
+pub fn resolve_binds(plan: &VolumePlan) -> Result<Vec<BindMount>, ApiError> {
+    plan.binds
+        .iter()
+        .map(|(bind, missing)| bind.clone().resolve(*missing).map_err(ApiError::bad_request))
+        .collect()
 }
 
 /// Makes the planned volumes (named ones only if missing).
 pub fn create_planned(plan: &VolumePlan) -> Result<Vec<VolumeMount>, ApiError> {
-    for (mount, anonymous) in &plan.0 {
+    for (mount, anonymous) in &plan.volumes {
         volume::create(&mount.name, BTreeMap::new(), *anonymous)?;
     }
-    Ok(plan.0.iter().map(|(m, _)| m.clone()).collect())
+    Ok(plan.volumes.iter().map(|(m, _)| m.clone()).collect())
 }
 
 /// Removes a removed container's anonymous volumes (`docker rm -v`, and
@@ -317,10 +358,9 @@ pub fn remove_anonymous(daemon: &Daemon, mounts: &[VolumeMount]) {
 }
 
 /// A container's `Mounts` in inspect and list answers.
-pub fn mounts_json(mounts: &[VolumeMount]) -> Value {
-    json!(mounts
-        .iter()
-        .map(|m| json!({
+pub fn mounts_json(mounts: &[VolumeMount], binds: &[BindMount]) -> Value {
+    let volumes = mounts.iter().map(|m| {
+        json!({
             "Type": "volume",
             "Name": m.name,
             "Source": volume::disk_path(&m.name).unwrap_or_default(),
@@ -329,6 +369,17 @@ pub fn mounts_json(mounts: &[VolumeMount]) -> Value {
             "Mode": if m.read_only { "ro" } else { "" },
             "RW": !m.read_only,
             "Propagation": "",
-        }))
-        .collect::<Vec<_>>())
+        })
+    });
+    let binds = binds.iter().map(|b| {
+        json!({
+            "Type": "bind",
+            "Source": b.source,
+            "Destination": b.target,
+            "Mode": if b.read_only { "ro" } else { "" },
+            "RW": !b.read_only,
+            "Propagation": "rprivate",
+        })
+    });
+    json!(volumes.chain(binds).collect::<Vec<_>>())
 }

@@ -194,9 +194,14 @@ fn containers_are_created_listed_renamed_and_removed() {
         "--network host is not supported",
     );
     fails(
-        &hulld.docker(&["create", "-v", "/tmp:/tmp", &name]),
+        &hulld.docker(&["create", "--mount", "type=bind,source=/nonexistent-hull-test,target=/x", &name]),
         1,
-        "bind mounts of host paths are not supported",
+        "bind source path does not exist: /nonexistent-hull-test",
+    );
+    fails(
+        &hulld.docker(&["create", "-v", "/tmp:/tmp:rshared", &name]),
+        1,
+        "bind propagation 'rshared' is not supported",
     );
     fails(&hulld.docker(&["create", &bare]), 1, "No command specified");
     fails(
@@ -784,7 +789,7 @@ fn volumes_are_created_listed_inspected_pruned_and_removed() {
     );
 
     // A container refers to its volumes: not removable (unless forced),
-    // and not pruned; a host path is refused at create.
+    // and not pruned; a host directory is bound (a file is refused).
     ok(&hulld.docker(&["create", "--name", "db", "-v", "pgdata:/var/lib/data", &image, "true"]));
     let mounts = ok(&hulld.docker(&[
         "inspect",
@@ -794,10 +799,23 @@ fn volumes_are_created_listed_inspected_pruned_and_removed() {
     ]));
     assert_eq!(mounts, "volume pgdata /var/lib/data\n");
     fails(&hulld.docker(&["volume", "rm", "pgdata"]), 1, "volume is in use");
+    let shared = hulld.work.join("shared");
+    let bind = format!("{}:/x:ro", shared.display());
+    ok(&hulld.docker(&["create", "--name", "dev", "-v", &bind, &image, "true"]));
+    assert!(shared.is_dir(), "-v makes a missing host directory, as Docker does");
+    let mounts = ok(&hulld.docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Type}} {{.Source}} {{.Destination}} {{.RW}}{{end}}",
+        "dev",
+    ]));
+    assert_eq!(mounts, format!("bind {} /x false\n", shared.display()));
+    ok(&hulld.docker(&["rm", "dev"]));
+    assert!(shared.is_dir(), "a bind mount's directory outlives its container");
     fails(
-        &hulld.docker(&["create", "-v", "/etc:/x", &image, "true"]),
+        &hulld.docker(&["create", "-v", "/etc/hostname:/x", &image, "true"]),
         1,
-        "host paths",
+        "single file",
     );
     fails(
         &hulld.docker(&["create", "-v", "pgdata:relative", &image, "true"]),

@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -82,7 +82,8 @@ pub struct RunSpec {
     /// The disks and their sizes: a clone waits until its kernel has seen
     /// each disk's new size before mounting.
     pub disks: Vec<DiskSize>,
-    /// Volumes: further ext4 disks mounted inside the container's root.
+    /// Volumes (further ext4 disks) and bind mounts (host directories
+    /// shared through virtio-fs), mounted inside the container's root.
     pub mounts: Vec<MountSpec>,
     /// Random bytes from the host, mixed into the guest kernel's pool before
     /// the command runs (clones of one template must not share random state).
@@ -222,12 +223,24 @@ pub const MAX_PROCESSES: usize = 2000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
-    /// The block device in the guest, e.g. `/dev/vdc`.
-    pub device: String,
+    pub source: MountSource,
     /// An absolute path inside the container (created if missing).
     pub target: String,
     pub read_only: bool,
 }
+
+/// What a container mount is of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MountSource {
+    /// An ext4 disk (a volume), e.g. `/dev/vdc`.
+    Disk { device: String },
+    /// Host directory `index` of the VM's virtio-fs device (its `/index`).
+    Share { index: u32 },
+}
+
+/// The virtio-fs tag the agent mounts shared host directories from.
+pub const SHARES_TAG: &str = "hull";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSize {
@@ -412,11 +425,20 @@ mod tests {
                 device: "/dev/vda".into(),
                 sectors: 8,
             }],
-            mounts: vec![MountSpec {
-                device: "/dev/vdc".into(),
-                target: "/data".into(),
-                read_only: true,
-            }],
+            mounts: vec![
+                MountSpec {
+                    source: MountSource::Disk {
+                        device: "/dev/vdc".into(),
+                    },
+                    target: "/data".into(),
+                    read_only: true,
+                },
+                MountSpec {
+                    source: MountSource::Share { index: 1 },
+                    target: "/src".into(),
+                    read_only: false,
+                },
+            ],
             entropy: vec![1, 2, 3],
             wall_clock_ns: 1,
             network: Some(GuestNetwork {

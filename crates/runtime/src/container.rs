@@ -43,6 +43,9 @@ pub struct ContainerSpec {
     /// Named volumes and where they are mounted.
     #[serde(default)]
     pub volumes: Vec<crate::volume::VolumeMount>,
+    /// Host directories and where they are mounted.
+    #[serde(default)]
+    pub binds: Vec<crate::bind::BindMount>,
     /// Its network, address and published ports (none for older records).
     #[serde(default)]
     pub network: crate::network::ContainerNetwork,

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Modules the agent loads: the virtio-mmio transport (devices come from
-/// ACPI), disks, the NIC, vsock, entropy, and overlayfs for the container root.
+/// ACPI), disks, the NIC, vsock, entropy, overlayfs for the container root
+/// and virtio-fs for bind mounts.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
@@ -16,6 +17,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "virtio_rng",
     "overlay",
+    "virtiofs",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! templates (a VM booted once and saved), and running a container in a
 //! microVM cloned from its template (or booted cold).
 
+pub mod bind;
 pub mod console;
 pub mod container;
 pub mod container_log;

@@ -58,6 +58,8 @@ pub struct RunRequest {
     pub hold: bool,
     /// Named volumes to mount (made if missing, as Docker does).
     pub volumes: Vec<crate::volume::VolumeMount>,
+    /// Host directories to mount (checked and resolved already).
+    pub binds: Vec<crate::bind::BindMount>,
     /// The container's network (its address is leased already).
     pub network: crate::network::ContainerNetwork,
 }
@@ -373,6 +375,8 @@ pub fn run_in(
         crate::writable::create(&writable)?;
     }
     crate::volume::check_mounts(&request.volumes).map_err(RunError::Mounts)?;
+    let volume_targets: Vec<&str> = request.volumes.iter().map(|v| v.target.as_str()).collect();
+    crate::bind::check(&request.binds, &volume_targets).map_err(RunError::Mounts)?;
     // Each volume is this VM's alone while it runs.
     let mut held_volumes = Vec::new();
     for mount in &request.volumes {
@@ -454,9 +458,17 @@ pub fn run_in(
             sectors: sectors(path)?,
         });
         mounts.push(proto::MountSpec {
-            device,
+            source: proto::MountSource::Disk { device },
             target: mount.target.clone(),
             read_only: mount.read_only,
+        });
+    }
+    // The VM shares the bind mounts' directories in order: /0, /1, ...
+    for (index, bind) in (0..).zip(&request.binds) {
+        mounts.push(proto::MountSpec {
+            source: proto::MountSource::Share { index },
+            target: bind.target.clone(),
+            read_only: bind.read_only,
         });
     }
     let hostname = request
@@ -571,6 +583,11 @@ impl VmFiles<'_> {
         // Every VM has the template's NIC slots: on the container's taps,
         // or plugged into nothing.
         command.arg("--net-slots").arg(vmm::vm::MAX_NICS.to_string());
+        // And its virtio-fs device, sharing the bind mounts' directories.
+        command.arg("--fs");
+        for bind in &request.binds {
+            command.arg("--share").arg(crate::bind::share_arg(bind));
+        }
         for (slot, tap) in &self.taps {
             let fd = FIRST_TAP_FD + i32::from(*slot);
             command

@@ -201,6 +201,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         hostname: Some(spec.hostname.clone()),
         hold: false,
         volumes: spec.volumes.clone(),
+        binds: spec.binds.clone(),
         network: spec.network.clone(),
     })
 }

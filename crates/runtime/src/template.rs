@@ -218,6 +218,8 @@ fn build_in(tmp: &Path, guest: &Guest, vmm: &Path, mut record: TemplateRecord) -
         child.arg("--disk").arg(tmp.join(slot));
     }
     child.arg("--net-slots").arg(record.nic_slots.to_string());
+    // virtio-fs, sharing nothing: a clone gives it its bind mounts' directories.
+    child.arg("--fs");
     let mut child = child
         .arg("--vsock-uds")
         .arg(tmp.join("vsock.sock"))

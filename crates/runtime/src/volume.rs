@@ -237,15 +237,36 @@ fn empty_disk() -> Result<PathBuf, VolumeError> {
 /// A host path (`/dir:/path`) is refused: a container is a VM and sees no
 /// host directory.
 pub fn parse_bind(spec: &str) -> Result<VolumeMount, String> {
+    match parse_volume_flag(spec)? {
+        VolumeFlag::Volume(volume) => Ok(volume),
+        VolumeFlag::Bind(bind) => Err(format!(
+            "'{}' is a host path: a named volume is expected here",
+            bind.source.display()
+        )),
+    }
+}
+
+/// What `-v SRC:DST[:MODE]` asks for: a named volume, or, when SRC is an
+/// absolute host path, a bind mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeFlag {
+    Volume(VolumeMount),
+    Bind(crate::bind::BindMount),
+}
+
+pub fn parse_volume_flag(spec: &str) -> Result<VolumeFlag, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
         [source, target] => (*source, *target, ""),
         [source, target, mode] => (*source, *target, *mode),
         _ => return Err(format!("invalid volume specification: '{spec}'")),
     };
-    if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
+    if source.starts_with('/') {
+        return crate::bind::BindMount::parse(source, target, mode).map(VolumeFlag::Bind);
+    }
+    if source.starts_with('.') || source.starts_with('~') {
         return Err(format!(
-            "bind mounts of host paths are not supported ('{source}'): each container is a VM; use a named volume (NAME:{target})"
+            "invalid bind source '{source}': a host path must be absolute (the docker CLI makes it so)"
         ));
     }
     if !valid_name(source) {
@@ -256,11 +277,11 @@ pub fn parse_bind(spec: &str) -> Result<VolumeMount, String> {
         "ro" => true,
         other => return Err(format!("invalid mode '{other}' in volume specification '{spec}'")),
     };
-    Ok(VolumeMount {
+    Ok(VolumeFlag::Volume(VolumeMount {
         name: source.to_string(),
         target: check_target(target)?,
         read_only,
-    })
+    }))
 }
 
 /// A mount point: absolute, no `..`, not `/` itself.
@@ -316,8 +337,16 @@ mod tests {
         );
         assert!(!parse_bind("data:/srv/").unwrap().read_only);
         assert_eq!(parse_bind("data:/srv/").unwrap().target, "/srv");
-        assert!(parse_bind("/etc:/host-etc").unwrap_err().contains("host paths"));
-        assert!(parse_bind("./x:/x").unwrap_err().contains("host paths"));
+        assert!(parse_bind("/etc:/host-etc").unwrap_err().contains("host path"));
+        assert!(parse_bind("./x:/x").unwrap_err().contains("absolute"));
+        assert_eq!(
+            parse_volume_flag("/etc:/host-etc:ro").unwrap(),
+            VolumeFlag::Bind(crate::bind::BindMount {
+                source: "/etc".into(),
+                target: "/host-etc".into(),
+                read_only: true
+            })
+        );
         assert!(parse_bind("data:relative").unwrap_err().contains("absolute"));
         assert!(parse_bind("data:/a/../b").is_err());
         assert!(parse_bind("data:/").is_err());

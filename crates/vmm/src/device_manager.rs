@@ -18,6 +18,7 @@ use crate::acpi::MmioSlot;
 use crate::devices::legacy::{power_request, PowerRequest};
 use crate::devices::serial::{self, Console, ConsoleSink, SerialRegs};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{self, Net};
 use crate::devices::virtio::persist::DeviceState;
@@ -141,6 +142,9 @@ impl DeviceManager {
                 transport: device.transport.clone(),
                 queue_events,
             };
+            if !lock(&device.transport).serves() {
+                continue;
+            }
             let kind = DeviceKind::of(lock(&device.transport).device_type());
             match kind {
                 Some(DeviceKind::Net) => {
@@ -267,6 +271,9 @@ fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmErro
             NetBackend::Detached => Net::detached(nic.mac),
         };
         models.push(Box::new(device.map_err(tap_err)?));
+    }
+    if let Some(shares) = &config.shares {
+        models.push(Box::new(Fs::new(shares).map_err(VmError::Share)?));
     }
     Ok(models)
 }

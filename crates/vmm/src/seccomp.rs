@@ -134,6 +134,44 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_recvfrom,
             libc::SYS_sendto,
         ],
+        // FUSE requests on the shared directories, each as the guest's
+        // user: the passthrough file system's calls.
+        ThreadKind::Device(DeviceKind::Fs) => &[
+            libc::SYS_openat,
+            libc::SYS_newfstatat,
+            libc::SYS_fstat,
+            libc::SYS_statx,
+            libc::SYS_fstatfs,
+            libc::SYS_lseek,
+            libc::SYS_getdents64,
+            libc::SYS_readlinkat,
+            libc::SYS_mkdirat,
+            libc::SYS_mknodat,
+            libc::SYS_symlinkat,
+            libc::SYS_linkat,
+            libc::SYS_unlinkat,
+            libc::SYS_renameat2,
+            libc::SYS_fchownat,
+            libc::SYS_fchmod,
+            libc::SYS_fchmodat,
+            libc::SYS_utimensat,
+            libc::SYS_ftruncate,
+            libc::SYS_fallocate,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_copy_file_range,
+            libc::SYS_fgetxattr,
+            libc::SYS_flistxattr,
+            libc::SYS_setresuid,
+            libc::SYS_setresgid,
+            libc::SYS_capget,
+            libc::SYS_capset,
+            libc::SYS_dup,
+        ],
         // getrandom(2), which every thread may call, is all it needs.
         ThreadKind::Device(DeviceKind::Rng) => &[],
         // std's unix streams read and write with recv/send.
@@ -190,6 +228,8 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
         ThreadKind::Device(DeviceKind::Vsock) => calls.push((libc::SYS_socket, 0, vec![libc::AF_UNIX as u64])),
         // A second handle on a client's connection.
         ThreadKind::Control => fcntl.push(libc::F_DUPFD_CLOEXEC as u64),
+        // Open flags of a file the guest opens again (O_APPEND, O_DIRECT).
+        ThreadKind::Device(DeviceKind::Fs) => fcntl.extend([libc::F_GETFL as u64, libc::F_SETFL as u64]),
         _ => {}
     }
     calls.push((libc::SYS_fcntl, 1, fcntl));
@@ -312,6 +352,7 @@ mod tests {
             ThreadKind::Device(DeviceKind::Net),
             ThreadKind::Device(DeviceKind::Vsock),
             ThreadKind::Device(DeviceKind::Rng),
+            ThreadKind::Device(DeviceKind::Fs),
             ThreadKind::Control,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());

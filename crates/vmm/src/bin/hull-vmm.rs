@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmm::devices::virtio::fs::Share;
 use vmm::vm::{self, DiskConfig, GuestExit, NetBackend, NetConfig, Start, VmConfig, VmError, VsockConfig};
 
 #[derive(Parser)]
@@ -65,6 +66,14 @@ struct Args {
     /// NIC 0's MAC address (NIC N's last byte is N more).
     #[arg(long, default_value = "02:68:75:6c:6c:01", value_parser = parse_mac)]
     net_mac: [u8; 6],
+    /// Give the VM its virtio-fs device (tag `hull`), sharing nothing unless
+    /// --share says what. A clone must say it when its template had it.
+    #[arg(long)]
+    fs: bool,
+    /// Share this host directory through virtio-fs: PATH or PATH:ro
+    /// (repeatable; the guest sees the Nth as /N of the `hull` file system).
+    #[arg(long = "share", value_parser = parse_share)]
+    shares: Vec<Share>,
     /// Serve the control channel (pause, resume, describe) on this unix socket.
     #[arg(long)]
     control_socket: Option<PathBuf>,
@@ -85,15 +94,31 @@ struct Args {
     vsock_cid: u64,
 }
 
-fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
-    let (path, read_only) = match spec.strip_suffix(":ro") {
+/// `PATH`, `PATH:rw` or `PATH:ro`: the path and whether read-only.
+fn split_mode(spec: &str) -> (&str, bool) {
+    match spec.strip_suffix(":ro") {
         Some(path) => (path, true),
         None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
-    };
+    }
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let (path, read_only) = split_mode(spec);
     if path.is_empty() {
         return Err("a disk needs a path: PATH or PATH:ro".into());
     }
     Ok(DiskConfig {
+        path: path.into(),
+        read_only,
+    })
+}
+
+fn parse_share(spec: &str) -> Result<Share, String> {
+    let (path, read_only) = split_mode(spec);
+    if !path.starts_with('/') {
+        return Err(format!("{spec}: a shared directory is an absolute PATH or PATH:ro"));
+    }
+    Ok(Share {
         path: path.into(),
         read_only,
     })
@@ -193,6 +218,7 @@ fn main() -> ExitCode {
         console_echo: args.console,
         disks: args.disks,
         nics,
+        shares: (args.fs || !args.shares.is_empty()).then_some(args.shares),
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,

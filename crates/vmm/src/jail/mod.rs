@@ -31,6 +31,26 @@ use crate::vm::VmError;
 /// is also the group every jailed VMM runs in.
 pub const ID_BASE: u32 = 0x5E00_0000;
 const OPEN_FILES: u64 = 4096;
+/// A VM that shares host directories holds a descriptor per file its guest
+/// has looked up (until the guest forgets it).
+const OPEN_FILES_SHARING: u64 = 1 << 20;
+
+/// What a VMM that shares host directories keeps: virtio-fs acts on files
+/// as the guest's user (its thread takes that uid and gid for each
+/// request), so it stays uid 0 with these and nothing else, as virtiofsd
+/// does. A VMM that shares nothing keeps no capability and runs as a uid
+/// of its own.
+const FILE_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    // linkat(AT_EMPTY_PATH), for the guest's hard links. It would also
+    // allow open_by_handle_at, which no thread's seccomp filter allows.
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+];
 
 fn jail_err(what: &str) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     move |e| VmError::Jail(format!("{what}: {e}"))
@@ -103,8 +123,9 @@ pub fn inside(root: &Path, path: &Path) -> PathBuf {
 
 /// Once the VM is built and before its threads start: a mount namespace
 /// whose root is `root`, the VMM's own uid and group, no capabilities,
-/// `no_new_privs`, resource limits.
-pub fn lock_down(jail: &Jail, vcpus: u8) -> Result<(), VmError> {
+/// `no_new_privs`, resource limits. A VMM that `shares` host directories
+/// stays uid 0 with only `FILE_CAPS`.
+pub fn lock_down(jail: &Jail, vcpus: u8, shares: bool) -> Result<(), VmError> {
     let root = jail.root.as_path();
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| VmError::Jail("a path holds a NUL".into()));
     let root_c = c(root)?;
@@ -146,22 +167,34 @@ pub fn lock_down(jail: &Jail, vcpus: u8) -> Result<(), VmError> {
         )?;
         crate::trace::mark("jail: host root detached");
         check(libc::chdir(slash.as_ptr()), "chdir /")?;
-        for (resource, limit) in [
-            (libc::RLIMIT_NOFILE, OPEN_FILES),
+        let mut limits = vec![
+            (
+                libc::RLIMIT_NOFILE,
+                if shares { OPEN_FILES_SHARING } else { OPEN_FILES },
+            ),
             (libc::RLIMIT_CORE, 0),
-            // Threads count against the uid, which is this VMM's alone.
-            (libc::RLIMIT_NPROC, u64::from(vcpus) + cgroup::EXTRA_THREADS),
-        ] {
+        ];
+        if !shares {
+            // Threads count against the uid, which is this VMM's alone
+            // (uid 0's count is the whole host's: the cgroup's pids.max
+            // bounds a sharing VMM's threads).
+            limits.push((libc::RLIMIT_NPROC, u64::from(vcpus) + cgroup::EXTRA_THREADS));
+        }
+        for (resource, limit) in limits {
             let limit = libc::rlimit {
                 rlim_cur: limit,
                 rlim_max: limit,
             };
             check(libc::setrlimit(resource, &limit), "setrlimit")?;
         }
-        let uid = jail.uid;
         check(libc::setgroups(0, std::ptr::null()), "setgroups")?;
-        check(libc::setresgid(ID_BASE, ID_BASE, ID_BASE), "setresgid")?;
-        check(libc::setresuid(uid, uid, uid), "setresuid")?;
+        if shares {
+            keep_only_file_caps()?;
+        } else {
+            let uid = jail.uid;
+            check(libc::setresgid(ID_BASE, ID_BASE, ID_BASE), "setresgid")?;
+            check(libc::setresuid(uid, uid, uid), "setresuid")?;
+        }
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")?;
         check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")?;
         // Changing credentials cleared the parent-death signal the starter
@@ -181,5 +214,20 @@ pub fn lock_down(jail: &Jail, vcpus: u8) -> Result<(), VmError> {
         }
         libc::close(jail.lifeline);
     }
+    Ok(())
+}
+
+/// Drops every capability but `FILE_CAPS`, from the bounding set too.
+fn keep_only_file_caps() -> Result<(), VmError> {
+    let keep: caps::CapsHashSet = FILE_CAPS.iter().copied().collect();
+    let fail = |e: caps::errors::CapsError| VmError::Jail(format!("dropping capabilities: {e}"));
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            caps::drop(None, caps::CapSet::Bounding, cap).map_err(fail)?;
+        }
+    }
+    caps::set(None, caps::CapSet::Inheritable, &caps::CapsHashSet::new()).map_err(fail)?;
+    caps::set(None, caps::CapSet::Effective, &keep).map_err(fail)?;
+    caps::set(None, caps::CapSet::Permitted, &keep).map_err(fail)?;
     Ok(())
 }

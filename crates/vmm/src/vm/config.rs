@@ -41,6 +41,9 @@ pub struct VmConfig {
     /// virtio-net NICs, in slot order (after the entropy source, so VMs
     /// without one keep their device slots): the guest's eth0, eth1, ...
     pub nics: Vec<NetConfig>,
+    /// virtio-fs, after the NICs: `None` no device; `Some` the device,
+    /// sharing these host directories (none in a template).
+    pub shares: Option<Vec<crate::devices::virtio::fs::Share>>,
     /// Make a template: when the guest asks (`proto::SNAPSHOT_PORT`), pause
     /// and save the VM into this directory, then stop.
     pub snapshot_to: Option<PathBuf>,

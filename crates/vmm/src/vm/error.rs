@@ -32,6 +32,8 @@ pub enum VmError {
     Vsock { path: String, source: std::io::Error },
     #[error("tap device {tap}: {source}")]
     Tap { tap: String, source: std::io::Error },
+    #[error("{0}")]
+    Share(#[from] crate::devices::virtio::fs::ShareError),
     #[error("the VM has no NIC {0}")]
     NoSuchNic(u8),
     #[error("control socket {path}: {source}")]

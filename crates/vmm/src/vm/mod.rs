@@ -47,7 +47,8 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     let built = builder::build(config)?;
     let control = config.control_socket.as_deref().map(crate::control::bind).transpose()?;
     if let Some(jail) = &config.jail {
-        crate::jail::lock_down(jail, config.vcpus)?;
+        let shares = config.shares.as_ref().is_some_and(|s| !s.is_empty());
+        crate::jail::lock_down(jail, config.vcpus, shares)?;
         trace::mark("jailed");
     }
     let devices = Arc::new(built.devices);

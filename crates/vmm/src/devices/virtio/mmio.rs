@@ -113,6 +113,10 @@ impl MmioTransport {
                 .map_or(0, |q| u32::from(q.ready())),
             0x060 => self.interrupt.status(),
             0x070 => self.status,
+            // No shared memory regions: their length reads as all ones
+            // (a zero length would be a region, which virtio-fs then
+            // fails to reserve for DAX).
+            0x0b0..=0x0bc => u32::MAX,
             0x0fc => self.config_generation,
             _ => 0,
         };
@@ -208,6 +212,11 @@ impl MmioTransport {
 
     pub fn device_type(&self) -> u32 {
         self.device.device_type()
+    }
+
+    /// Whether the device needs a thread (`VirtioDevice::serves`).
+    pub fn serves(&self) -> bool {
+        self.device.serves()
     }
 
     /// The device's host-side descriptor, if it has I/O of its own.

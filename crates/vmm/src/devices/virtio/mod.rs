@@ -4,6 +4,7 @@
 //! fails that request (an error status, a zero-length used entry), never the VMM.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod persist;
@@ -25,6 +26,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// The kinds of virtio device hull-vmm has: each its own thread name and
 /// seccomp filter.
@@ -34,6 +36,7 @@ pub enum DeviceKind {
     Net,
     Vsock,
     Rng,
+    Fs,
 }
 
 impl DeviceKind {
@@ -43,6 +46,7 @@ impl DeviceKind {
             TYPE_NET => Some(DeviceKind::Net),
             TYPE_VSOCK => Some(DeviceKind::Vsock),
             TYPE_RNG => Some(DeviceKind::Rng),
+            TYPE_FS => Some(DeviceKind::Fs),
             _ => None,
         }
     }
@@ -53,6 +57,7 @@ impl DeviceKind {
             DeviceKind::Net => "net",
             DeviceKind::Vsock => "vsock",
             DeviceKind::Rng => "rng",
+            DeviceKind::Fs => "fs",
         }
     }
 }
@@ -123,6 +128,11 @@ pub trait VirtioDevice: Send {
     }
     /// Plugs the device's host side into `backend`, or into nothing, while
     /// the guest runs (a NIC's tap).
+    /// Whether the device has anything to serve: one that has not (an
+    /// unused virtio-fs) gets no thread.
+    fn serves(&self) -> bool {
+        true
+    }
     fn plug(&mut self, _backend: Option<std::fs::File>) -> std::io::Result<()> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,

@@ -1,0 +1,221 @@
+//! VM tests: host directories bind-mounted into containers (`-v
+//! /host/dir:/path[:ro]`, `--mount type=bind`), shared with each VM through
+//! hull-vmm's virtio-fs device. One hulld and one image for all of them.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use testkit::hulld::{eventually, ok, text, Hulld};
+use testkit::oci::{busybox_layer, push_image, Compression, ImageSpec, Registry};
+
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "true", "id", "ls", "touch", "rm", "mkdir", "chown", "chmod", "mount", "ln", "sync",
+    "stat", "mv",
+];
+
+struct Setup {
+    hulld: Hulld,
+    _registry: Registry,
+    image: String,
+}
+
+fn setup() -> Setup {
+    let hulld = Hulld::start("vm-binds").unwrap();
+    let registry = Registry::start("vm-binds", None).unwrap();
+    let image = ImageSpec {
+        layers: vec![(busybox_layer(APPLETS), Compression::Gzip)],
+        config: serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}),
+        architecture: "amd64".into(),
+    };
+    let image = push_image(&registry, &hulld.work, image, "test/binds:v1").unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    Setup {
+        hulld,
+        _registry: registry,
+        image,
+    }
+}
+
+fn host_dir(hulld: &Hulld, name: &str) -> PathBuf {
+    let dir = hulld.work.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bind(dir: &Path, target: &str, mode: &str) -> String {
+    format!("{}:{target}{mode}", dir.display())
+}
+
+/// The docker command failed with status 125 and this in its message.
+fn refused(out: &std::process::Output, message: &str) {
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn bind_mounts_share_host_directories_both_ways() {
+    let Setup { hulld, image, .. } = setup();
+    let dir = host_dir(&hulld, "app");
+    std::fs::write(dir.join("hello"), "from the host\n").unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+
+    // Read what the host put there; write as root and as another user:
+    // the host sees the files with the container's owners.
+    let script = "cat /data/hello && echo from-root > /data/by-root && mkdir /data/sub && \
+                  chown 1234:2345 /data/sub && ls /data";
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind(&dir, "/data", ""),
+        &image,
+        "sh",
+        "-c",
+        script,
+    ]));
+    assert!(out.starts_with("from the host\n"), "{out}");
+    assert!(out.contains("by-root") && out.contains("sub"), "{out}");
+    assert_eq!(std::fs::read_to_string(dir.join("by-root")).unwrap(), "from-root\n");
+    let root_file = std::fs::metadata(dir.join("by-root")).unwrap();
+    assert_eq!((root_file.uid(), root_file.gid()), (0, 0));
+    let sub = std::fs::metadata(dir.join("sub")).unwrap();
+    assert_eq!((sub.uid(), sub.gid()), (1234, 2345));
+    ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "-u",
+        "1000:1001",
+        "-v",
+        &bind(&dir, "/data", ""),
+        &image,
+        "sh",
+        "-c",
+        "echo mine > /data/by-user",
+    ]));
+    let user_file = std::fs::metadata(dir.join("by-user")).unwrap();
+    assert_eq!((user_file.uid(), user_file.gid()), (1000, 1001));
+
+    // A running container sees the host's later edits.
+    let mount = format!("type=bind,source={},target=/data", dir.display());
+    ok(&hulld.docker(&[
+        "run", "-d", "--name", "watcher", "--mount", &mount, &image, "sleep", "600",
+    ]));
+    std::fs::write(dir.join("late"), "edited on the host\n").unwrap();
+    eventually("the host's new file in the container", || {
+        text(&hulld.docker(&["exec", "watcher", "cat", "/data/late"]).stdout) == "edited on the host\n"
+    });
+    std::fs::write(dir.join("late"), "edited again\n").unwrap();
+    eventually("the host's edit in the container", || {
+        text(&hulld.docker(&["exec", "watcher", "cat", "/data/late"]).stdout) == "edited again\n"
+    });
+    let mounts = hulld.inspect(
+        "{{range .Mounts}}{{.Type}} {{.Source}} {{.Destination}} {{.RW}}{{end}}",
+        "watcher",
+    );
+    assert_eq!(mounts, format!("bind {} /data true", dir.display()));
+
+    // Written and synced, then the VM is killed: the data is on the host.
+    ok(&hulld.docker(&[
+        "exec",
+        "watcher",
+        "sh",
+        "-c",
+        "echo durable > /data/synced && sync /data/synced",
+    ]));
+    let vmms = hulld.processes_of("hull-vmm");
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    // SAFETY: kill(2) of the VMM this test's container runs in.
+    unsafe { libc::kill(vmms[0].0 as i32, libc::SIGKILL) };
+    eventually("the container to end with its VM", || {
+        hulld.inspect("{{.State.Running}}", "watcher") == "false"
+    });
+    assert_eq!(std::fs::read_to_string(dir.join("synced")).unwrap(), "durable\n");
+    ok(&hulld.docker(&["rm", "-f", "watcher"]));
+    hulld.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn read_only_binds_hold_against_guest_root_and_nothing_escapes() {
+    let Setup { hulld, image, .. } = setup();
+    let dir = host_dir(&hulld, "config");
+    std::fs::write(dir.join("app.conf"), "key=value\n").unwrap();
+    // Planted on the host: links that point out of the shared directory.
+    let secret = host_dir(&hulld, "secret").join("only-on-the-host");
+    std::fs::write(&secret, "secret\n").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("absolute-link")).unwrap();
+    std::os::unix::fs::symlink("../secret/only-on-the-host", dir.join("relative-link")).unwrap();
+
+    // Root in the guest cannot write, not even after remounting read-write:
+    // the host's mount of the directory is read-only.
+    let script = "cat /data/app.conf; echo x > /data/new; echo status=$?; \
+                  mount -o remount,rw /data; echo y > /data/new2; echo status=$?; \
+                  rm /data/app.conf; echo status=$?";
+    let out = text(
+        &hulld
+            .docker(&[
+                "run",
+                "--rm",
+                "-v",
+                &bind(&dir, "/data", ":ro"),
+                &image,
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout,
+    );
+    assert!(out.starts_with("key=value\n"), "{out}");
+    assert_eq!(out.matches("status=1").count(), 3, "{out}");
+    assert!(!dir.join("new").exists() && !dir.join("new2").exists());
+    assert!(dir.join("app.conf").exists());
+
+    // Links resolve inside the guest, never to the host's files; `..`
+    // stops at the container's own root.
+    let script = "cat /data/absolute-link; echo status=$?; cat /data/relative-link; echo status=$?; \
+                  ls /data/../../; ln -s /etc/passwd /data/made-link 2>/dev/null; true";
+    let out = text(
+        &hulld
+            .docker(&[
+                "run",
+                "--rm",
+                "-v",
+                &bind(&dir, "/data", ""),
+                &image,
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout,
+    );
+    assert!(!out.contains("secret"), "{out}");
+    assert_eq!(out.matches("status=1").count(), 2, "{out}");
+    assert!(out.contains("bin"), "the container's own root: {out}");
+
+    // Bad requests: Docker's messages, nothing made.
+    let missing = hulld.work.join("missing");
+    let mount = format!("type=bind,source={},target=/data", missing.display());
+    refused(
+        &hulld.docker(&["run", "--rm", "--mount", &mount, &image, "true"]),
+        "bind source path does not exist",
+    );
+    assert!(!missing.exists());
+    refused(
+        &hulld.docker(&["run", "--rm", "-v", &bind(&secret, "/f", ""), &image, "true"]),
+        "single file",
+    );
+    // `-v` makes a missing directory, as Docker does.
+    let made = hulld.work.join("made-by-v");
+    ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind(&made, "/data", ""),
+        &image,
+        "touch",
+        "/data/x",
+    ]));
+    assert!(made.join("x").is_file());
+    hulld.assert_no_leftovers();
+}

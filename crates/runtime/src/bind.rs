@@ -1,0 +1,167 @@
+//! Bind mounts: host directories a container sees at a path of its own
+//! (`-v /host/dir:/path[:ro]`, `--mount type=bind,...`), shared into its VM
+//! through virtio-fs (`vmm::devices::virtio::fs`): writes land on the host
+//! at once, with the container's uid and gid, as with Docker.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The most bind mounts one container has (the VM's shared directories).
+pub const MAX_PER_CONTAINER: usize = vmm::devices::virtio::fs::MAX_SHARES;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// An absolute host path, symlinks resolved when the container was made.
+    pub source: PathBuf,
+    /// An absolute path inside the container.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What a missing source gets, as in Docker: `-v` makes the directory,
+/// `--mount` refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSource {
+    Create,
+    Refuse,
+}
+
+impl BindMount {
+    /// A bind mount of host path `source` (absolute) on `target`; `mode` is
+    /// `-v`'s third field: `ro`, `rw`, SELinux's `z`/`Z` (no meaning
+    /// in a VM) and `private`/`rprivate` propagation, comma-separated.
+    pub fn parse(source: &str, target: &str, mode: &str) -> Result<BindMount, String> {
+        if !source.starts_with('/') {
+            return Err(format!("invalid bind source '{source}': a host path must be absolute"));
+        }
+        let mut read_only = false;
+        for option in mode.split(',').filter(|o| !o.is_empty()) {
+            match option {
+                "ro" => read_only = true,
+                "rw" | "z" | "Z" | "private" | "rprivate" => {}
+                "shared" | "rshared" | "slave" | "rslave" => {
+                    return Err(format!(
+                        "bind propagation '{option}' is not supported: the container is in a VM, which no host mount event reaches"
+                    ))
+                }
+                other => return Err(format!("invalid mode: {other}")),
+            }
+        }
+        Ok(BindMount {
+            source: PathBuf::from(source),
+            target: crate::volume::check_target(target)?,
+            read_only,
+        })
+    }
+
+    /// Checks the source on the host (made first, if `missing` says so) and
+    /// records it with its symlinks resolved.
+    pub fn resolve(mut self, missing: MissingSource) -> Result<BindMount, String> {
+        let shown = self.source.display().to_string();
+        if missing == MissingSource::Create && !self.source.exists() {
+            std::fs::create_dir_all(&self.source)
+                .map_err(|e| format!("error while creating mount source path '{shown}': {e}"))?;
+        }
+        let resolved = self.source.canonicalize().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("invalid mount config for type \"bind\": bind source path does not exist: {shown}")
+            }
+            _ => format!("invalid mount config for type \"bind\": {shown}: {e}"),
+        })?;
+        if !resolved.is_dir() {
+            return Err(format!(
+                "bind-mounting a single file ({shown}) is not supported: hull shares directories with a container's VM; mount the directory that holds it"
+            ));
+        }
+        self.source = resolved;
+        Ok(self)
+    }
+}
+
+/// Checks a container's bind mounts against each other and its volumes'
+/// mount points.
+pub fn check(binds: &[BindMount], volume_targets: &[&str]) -> Result<(), String> {
+    if binds.len() > MAX_PER_CONTAINER {
+        return Err(format!(
+            "{} bind mounts given: a container has at most {MAX_PER_CONTAINER}",
+            binds.len()
+        ));
+    }
+    for (i, bind) in binds.iter().enumerate() {
+        if binds[..i].iter().any(|o| o.target == bind.target) || volume_targets.contains(&bind.target.as_str()) {
+            return Err(format!("duplicate mount point: {}", bind.target));
+        }
+    }
+    Ok(())
+}
+
+/// hull-vmm's `--share` argument for `bind`.
+pub fn share_arg(bind: &BindMount) -> std::ffi::OsString {
+    let mut arg = bind.source.as_os_str().to_owned();
+    if bind.read_only {
+        arg.push(":ro");
+    }
+    arg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_docker_s() {
+        let bind = BindMount::parse("/srv/app", "/app/", "ro,Z").unwrap();
+        assert_eq!(
+            bind,
+            BindMount {
+                source: "/srv/app".into(),
+                target: "/app".into(),
+                read_only: true
+            }
+        );
+        assert!(!BindMount::parse("/srv", "/app", "rw,rprivate").unwrap().read_only);
+        assert!(BindMount::parse("/srv", "/app", "rshared")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(BindMount::parse("/srv", "/app", "bogus")
+            .unwrap_err()
+            .contains("invalid mode"));
+        assert!(BindMount::parse("srv", "/app", "").unwrap_err().contains("absolute"));
+        assert!(BindMount::parse("/srv", "app", "").is_err());
+        assert!(BindMount::parse("/srv", "/", "").is_err());
+    }
+
+    #[test]
+    fn missing_sources_are_made_or_refused_and_files_refused() {
+        let dir = std::env::temp_dir().join(format!("hull-bind-test-{}", std::process::id()));
+        let missing = dir.join("made");
+        let bind = BindMount::parse(missing.to_str().unwrap(), "/data", "").unwrap();
+        let err = bind.clone().resolve(MissingSource::Refuse).unwrap_err();
+        assert!(err.contains("bind source path does not exist"), "{err}");
+        assert!(!missing.exists());
+        let made = bind.resolve(MissingSource::Create).unwrap();
+        assert!(made.source.is_dir());
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = BindMount::parse(file.to_str().unwrap(), "/f", "")
+            .unwrap()
+            .resolve(MissingSource::Refuse)
+            .unwrap_err();
+        assert!(err.contains("single file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mount_points_are_not_shared() {
+        let bind = |target: &str| BindMount {
+            source: "/srv".into(),
+            target: target.into(),
+            read_only: false,
+        };
+        assert!(check(&[bind("/a"), bind("/b")], &["/c"]).is_ok());
+        assert!(check(&[bind("/a"), bind("/a")], &[]).is_err());
+        assert!(check(&[bind("/a")], &["/a"]).is_err());
+    }
+}

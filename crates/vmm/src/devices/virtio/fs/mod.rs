@@ -1,0 +1,278 @@
+//! virtio-fs: host directories shared into the guest (bind mounts), served
+//! inside hull-vmm by `fuse-backend-rs` (its passthrough file system under
+//! its VFS, as Dragonball does). An external vhost-user virtiofsd would
+//! have to map guest memory itself, and a clone's memory is a private
+//! copy-on-write mapping no other process can see.
+//!
+//! A VM has one virtio-fs device (tag [`TAG`]) from boot, so every clone of
+//! a template has it; the directories it shares are given when the clone
+//! starts and appear in the guest as `/0`, `/1`, ... of that one file
+//! system. Each is opened as a detached mount of its own (`open_tree`),
+//! `nodev`, `nosuid` and, for `:ro`, read-only: the host kernel refuses a
+//! write, whatever the guest does, and device nodes a guest makes cannot
+//! be opened through it.
+
+mod bridge;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::{Vfs, VfsOptions};
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::{VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
+
+/// The tag the guest mounts (`mount -t virtiofs hull /dir`).
+pub const TAG: &str = "hull";
+/// The most directories one VM shares.
+pub const MAX_SHARES: usize = 64;
+/// How long the guest may trust what it looked up: a host-side change is
+/// seen within this (Docker's bind mounts see it at once; hot-reload tools
+/// poll at about this pace).
+const CACHE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The high-priority queue (FORGET, INTERRUPT) and one request queue.
+const QUEUE_SIZES: &[u16] = &[128, 256];
+
+/// A host directory to share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+pub struct Fs {
+    /// `None` while nothing is shared: requests are not served (only a
+    /// guest that mounts the tag by itself sends any).
+    server: Option<Server<Arc<Vfs>>>,
+    /// Detached mounts of the shares, kept open for the VM's life.
+    _mounts: Vec<File>,
+    bridge: bridge::Bridge,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("sharing {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("{0} directories asked to share; at most {MAX_SHARES}")]
+    TooMany(usize),
+    #[error("sharing {path}: {detail}")]
+    Vfs { path: String, detail: String },
+}
+
+impl Fs {
+    /// A device sharing `shares` as `/0`, `/1`, ... Must run before the
+    /// jail hides the host's directories and `/proc`.
+    pub fn new(shares: &[Share]) -> Result<Fs, ShareError> {
+        if shares.len() > MAX_SHARES {
+            return Err(ShareError::TooMany(shares.len()));
+        }
+        if shares.is_empty() {
+            return Ok(Fs {
+                server: None,
+                _mounts: Vec::new(),
+                bridge: bridge::Bridge::default(),
+            });
+        }
+        // The host and other containers change these files too: every
+        // open asks the host (no zero-message opens, whose pages the guest
+        // would keep for ever) and the host's size and times win (no
+        // writeback cache, which makes the guest's own authoritative).
+        let vfs = Vfs::new(VfsOptions {
+            no_open: false,
+            no_opendir: false,
+            no_writeback: true,
+            ..VfsOptions::default()
+        });
+        let mut mounts = Vec::new();
+        for (index, share) in shares.iter().enumerate() {
+            let shown = share.path.display().to_string();
+            let open_err = |source| ShareError::Open {
+                path: shown.clone(),
+                source,
+            };
+            let mount = detached_mount(&share.path, share.read_only).map_err(open_err)?;
+            // Through the magic link, then `.`: passthrough opens its root
+            // with O_NOFOLLOW, which only the last component obeys.
+            let root = format!("/proc/self/fd/{}/.", mount.as_raw_fd());
+            let fs = PassthroughFs::<()>::new(Config {
+                root_dir: root,
+                cache_policy: CachePolicy::Auto,
+                attr_timeout: CACHE_TIMEOUT,
+                entry_timeout: CACHE_TIMEOUT,
+                // Imported here, before the jail hides /proc: not again
+                // when the guest's INIT comes.
+                do_import: false,
+                ..Default::default()
+            })
+            .map_err(open_err)?;
+            fs.import().map_err(open_err)?;
+            vfs.mount(Box::new(fs), &format!("/{index}"))
+                .map_err(|e| ShareError::Vfs {
+                    path: shown.clone(),
+                    detail: format!("{e:?}"),
+                })?;
+            mounts.push(mount);
+        }
+        Ok(Fs {
+            server: Some(Server::new(Arc::new(vfs))),
+            _mounts: mounts,
+            bridge: bridge::Bridge::default(),
+        })
+    }
+}
+
+/// `path` as a mount of its own that belongs to no namespace's tree:
+/// `nodev`, `nosuid`, read-only if asked, the host's mounts untouched.
+fn detached_mount(path: &Path, read_only: bool) -> std::io::Result<File> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string; the returned descriptor is ours.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new descriptor.
+    let mount = unsafe { File::from_raw_fd(fd as i32) };
+    if !mount.metadata()?.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attr.attr_set = libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID;
+    if read_only {
+        attr.attr_set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    // SAFETY: `attr` is a valid mount_attr of the size passed.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(mount)
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    /// `struct virtio_fs_config`: the tag (36 bytes, NUL-padded) and the
+    /// number of request queues.
+    fn config(&self) -> Vec<u8> {
+        let mut config = vec![0u8; 40];
+        config[..TAG.len()].copy_from_slice(TAG.as_bytes());
+        config[36..].copy_from_slice(&1u32.to_le_bytes());
+        config
+    }
+
+    fn serves(&self) -> bool {
+        self.server.is_some()
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let Some(server) = &self.server else { return false };
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
+        self.bridge.serve(queue, memory, |reader, writer| {
+            // A request the server cannot decode is answered with what it
+            // wrote (nothing): the guest's request fails, not the VMM.
+            server.handle_message(reader, writer.into(), None, None).unwrap_or(0)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const FUSE_INIT: u32 = 26;
+
+    /// A FUSE request header and body, as the guest's driver lays them out.
+    fn request(opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
+        let len = 40 + body.len() as u32;
+        let mut bytes = Vec::new();
+        bytes.extend(len.to_le_bytes());
+        bytes.extend(opcode.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes()); // unique
+        bytes.extend(nodeid.to_le_bytes());
+        bytes.extend([0u8; 16]); // uid, gid, pid, extlen, padding
+        bytes.extend(body);
+        bytes
+    }
+
+    fn init_body() -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend(7u32.to_le_bytes());
+        body.extend(38u32.to_le_bytes());
+        body.extend(0x20000u32.to_le_bytes());
+        body.extend(0xffff_ffffu32.to_le_bytes());
+        body.extend(0xffff_ffffu32.to_le_bytes());
+        body.extend([0u8; 44]);
+        body
+    }
+
+    /// Serves one request; returns the reply's length and error field.
+    fn serve(fs: &mut Fs, bytes: &[u8]) -> (u32, i32) {
+        let memory = memory();
+        memory.write_slice(bytes, GuestAddress(0x8000)).unwrap();
+        let mut queues = vec![
+            Queue::new(16).unwrap(),
+            queue_with(
+                &memory,
+                &[desc(0x8000, bytes.len() as u32, NEXT, 1), desc(0x9000, 4096, WRITE, 0)],
+            ),
+        ];
+        assert!(fs.process_queue(1, &mut queues, &memory));
+        let len: u32 = memory.read_obj(GuestAddress(0x9000)).unwrap();
+        let error: i32 = memory.read_obj(GuestAddress(0x9004)).unwrap();
+        assert_eq!(used_len(&memory, &queues[1], 0), len);
+        (len, error)
+    }
+
+    #[test]
+    fn answers_the_guest_s_init() {
+        let dir = std::env::temp_dir().join(format!("hull-fs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut fs = Fs::new(&[Share {
+            path: dir.clone(),
+            read_only: false,
+        }])
+        .unwrap();
+        let (len, error) = serve(&mut fs, &request(FUSE_INIT, 0, &init_body()));
+        assert_eq!(error, 0);
+        assert!(len > 16, "{len}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
