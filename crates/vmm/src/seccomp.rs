@@ -357,7 +357,13 @@ mod tests {
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());
             eprintln!("{}: {} system calls", kind.label(), allowed_count(kind));
-            assert!(allowed_count(kind) <= 45, "{kind:?}: {}", allowed_count(kind));
+            // The file server does what a whole file system's clients ask.
+            let most = if kind == ThreadKind::Device(DeviceKind::Fs) {
+                60
+            } else {
+                45
+            };
+            assert!(allowed_count(kind) <= most, "{kind:?}: {}", allowed_count(kind));
         }
         assert_eq!(KVM_RUN(), 0xae80);
     }
