@@ -124,7 +124,7 @@ pub fn volumes(spec: &RunSpec, root: &str) -> io::Result<()> {
         // A shared directory is reached before the chroot hides it, and
         // handed to the helper as a descriptor.
         let share = match volume.source {
-            MountSource::Share { index } => Some(std::fs::File::open(format!("{SHARES}/{index}"))?),
+            MountSource::Share { index, .. } => Some(std::fs::File::open(format!("{SHARES}/{index}"))?),
             MountSource::Disk { .. } => None,
         };
         let share_fd = share.as_ref().map(std::os::unix::io::AsRawFd::as_raw_fd);
@@ -196,7 +196,7 @@ pub fn helper_main(spec: &str) -> i32 {
             std::fs::create_dir_all(&volume.target)?;
             match &volume.source {
                 MountSource::Disk { device } => mount_volume(device, &volume),
-                MountSource::Share { .. } => bind_share(&volume),
+                MountSource::Share { fill_if_empty, .. } => bind_share(&volume, *fill_if_empty),
             }
         });
     match result {
@@ -232,11 +232,15 @@ fn mount_volume(device: &str, volume: &MountSpec) -> io::Result<()> {
 }
 
 /// The shared directory on descriptor `SHARE_FD` bound on the mount point,
-/// as Docker binds a host path: no copy, read-only if asked (the host
-/// enforces it too).
-fn bind_share(volume: &MountSpec) -> io::Result<()> {
+/// read-only if asked (the host enforces it too). A bind mount covers what
+/// was there; an empty shared volume starts with it, as a disk volume does.
+fn bind_share(volume: &MountSpec, fill_if_empty: bool) -> io::Result<()> {
     let source = format!("/proc/self/fd/{SHARE_FD}");
+    let covered = std::fs::File::open(&volume.target)?;
     mount(&source, &volume.target, "", libc::MS_BIND, "")?;
+    if fill_if_empty && !volume.read_only && std::fs::read_dir(&volume.target)?.next().is_none() {
+        copy_up(&covered, &volume.target)?;
+    }
     if volume.read_only {
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
         mount("", &volume.target, "", flags, "")?;

@@ -117,8 +117,14 @@ enum TemplateCommand {
 
 #[derive(Subcommand)]
 enum VolumeCommand {
-    /// Make a volume (an existing one of that name is kept).
-    Create { name: String },
+    /// Make a volume (an existing one of that name is kept): a directory
+    /// shared by every container that mounts it, or with --disk an ext4
+    /// disk for one running container at a time.
+    Create {
+        name: String,
+        #[arg(long)]
+        disk: bool,
+    },
     /// List volumes.
     Ls,
     /// Remove volumes (refused while a running VM has one).
@@ -256,7 +262,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Prune) => done(images::prune().map(|_| true)),
         Command::Template(TemplateCommand::Create { memory, cpus }) => done(templates::create(memory, cpus)),
         Command::Template(TemplateCommand::Ls) => done(templates::list()),
-        Command::Volume(VolumeCommand::Create { name }) => done(volumes::create(&name)),
+        Command::Volume(VolumeCommand::Create { name, disk }) => done(volumes::create(&name, disk)),
         Command::Volume(VolumeCommand::Ls) => done(volumes::list()),
         Command::Volume(VolumeCommand::Rm { names }) => done(volumes::remove(&names)),
         Command::Bench { args } => bench(&args),

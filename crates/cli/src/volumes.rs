@@ -3,17 +3,26 @@
 
 use runtime::volume;
 
-pub fn create(name: &str) -> anyhow::Result<bool> {
-    let (record, _) = volume::create(name, Default::default(), false)?;
+/// Makes a shared volume (a directory), or with `disk` an ext4 disk.
+pub fn create(name: &str, disk: bool) -> anyhow::Result<bool> {
+    let kind = match disk {
+        true => volume::VolumeKind::Disk,
+        false => volume::VolumeKind::Shared,
+    };
+    let (record, _) = volume::create(name, Default::default(), false, kind)?;
     println!("{}", record.name);
     Ok(true)
 }
 
 pub fn list() -> anyhow::Result<bool> {
-    println!("{:<40} {:>12} {:<30}", "NAME", "DISK", "CREATED");
+    println!("{:<40} {:<7} {:>12} {:<30}", "NAME", "KIND", "SIZE", "CREATED");
     for record in volume::list()? {
-        let disk = format!("{:.1}MiB", volume::size_on_disk(&record.name) as f64 / (1 << 20) as f64);
-        println!("{:<40} {:>12} {:<30}", record.name, disk, record.created_at);
+        let size = format!("{:.1}MiB", volume::size_on_disk(&record) as f64 / (1 << 20) as f64);
+        let kind = match record.kind {
+            volume::VolumeKind::Disk => "disk",
+            volume::VolumeKind::Shared => "shared",
+        };
+        println!("{:<40} {:<7} {:>12} {:<30}", record.name, kind, size, record.created_at);
     }
     Ok(true)
 }

@@ -118,7 +118,7 @@ fn output_status_env_cwd_user_and_streams() {
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
-fn a_volume_keeps_data_between_runs() {
+fn a_volume_keeps_data_between_runs_and_a_host_directory_is_shared() {
     let root = busybox_rootfs("volume");
     let name = format!("hull-run-test-{}", std::process::id());
     let writable = format!("{name}:/data");
@@ -129,9 +129,18 @@ fn a_volume_keeps_data_between_runs() {
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "kept\n".to_string()));
     let listed = hull(&["volume", "ls"]).output().unwrap();
     assert!(text(&listed.stdout).contains(&name), "{}", text(&listed.stdout));
-    let out = run(&root, &["-v", "/etc:/x"], &["true"]);
-    assert_eq!(out.status.code(), Some(2), "clap refuses a host path");
-    assert!(text(&out.stderr).contains("host paths"), "{}", text(&out.stderr));
+    // A host directory is shared with the VM; a relative one is refused.
+    let shared = root.with_extension("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("greeting"), "from the host\n").unwrap();
+    let bind = format!("{}:/x", shared.display());
+    let out = run(&root, &["-v", &bind], &["sh", "-c", "cat /x/greeting; echo back > /x/reply"]);
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "from the host\n".to_string()));
+    assert_eq!(std::fs::read_to_string(shared.join("reply")).unwrap(), "back\n");
+    std::fs::remove_dir_all(&shared).unwrap();
+    let out = run(&root, &["-v", "./x:/x"], &["true"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a relative host path");
+    assert!(text(&out.stderr).contains("absolute"), "{}", text(&out.stderr));
     let removed = hull(&["volume", "rm", &name]).output().unwrap();
     assert!(removed.status.success(), "{}", text(&removed.stderr));
     let listed = hull(&["volume", "ls"]).output().unwrap();

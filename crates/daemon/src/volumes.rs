@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::Json;
 use runtime::bind::{BindMount, MissingSource};
 use runtime::container::ContainerDir;
-use runtime::volume::{self, VolumeError, VolumeFlag, VolumeMount, VolumeRecord};
+use runtime::volume::{self, VolumeError, VolumeFlag, VolumeKind, VolumeMount, VolumeRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -26,7 +26,8 @@ impl From<VolumeError> for ApiError {
         let status = match &e {
             VolumeError::InvalidName(_) => StatusCode::BAD_REQUEST,
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
-            VolumeError::InUse(_) => StatusCode::CONFLICT,
+            VolumeError::InUse(_) | VolumeError::SharedInUse(_) => StatusCode::CONFLICT,
+            VolumeError::TooManyDisks(_) => StatusCode::BAD_REQUEST,
             VolumeError::Damaged { .. } | VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -35,16 +36,22 @@ impl From<VolumeError> for ApiError {
 
 /// Docker's JSON for a volume.
 fn volume_json(record: &VolumeRecord) -> Value {
-    let disk = volume::disk_path(&record.name).unwrap_or_default();
+    let (options, format) = match record.kind {
+        VolumeKind::Disk => (
+            json!({"type": "disk"}),
+            "ext4 disk, for one running container at a time",
+        ),
+        VolumeKind::Shared => (json!({}), "directory, shared through virtio-fs"),
+    };
     json!({
         "Name": record.name,
         "Driver": "local",
-        "Mountpoint": disk,
+        "Mountpoint": volume::mountpoint(record),
         "CreatedAt": record.created_at,
         "Labels": labels_of(record),
         "Scope": "local",
-        "Options": {},
-        "Status": { "Format": "ext4 disk" },
+        "Options": options,
+        "Status": { "Format": format },
     })
 }
 
@@ -87,6 +94,7 @@ pub struct VolumeRequest {
     pub name: String,
     pub anonymous: bool,
     pub labels: BTreeMap<String, String>,
+    pub kind: VolumeKind,
 }
 
 impl VolumeRequest {
@@ -102,8 +110,19 @@ impl VolumeRequest {
                 body.driver
             )));
         }
-        if body.driver_opts.as_ref().is_some_and(|o| !o.is_empty()) {
-            return Err(ApiError::bad_request("volume driver options are not supported"));
+        // Docker's local driver takes mount options; hull's takes one: an
+        // ext4 disk instead of a shared directory.
+        let mut kind = VolumeKind::Shared;
+        for (option, value) in body.driver_opts.unwrap_or_default() {
+            match (option.as_str(), value.as_str()) {
+                ("type", "disk") => kind = VolumeKind::Disk,
+                ("type", "" | "shared") => kind = VolumeKind::Shared,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "volume option {option}={value} is not supported: hull's local volumes are shared directories, or with type=disk ext4 disks for one running container"
+                    )))
+                }
+            }
         }
         let (name, anonymous) = match body.name.as_str() {
             "" => (crate::containers::random_hex(32), true),
@@ -114,13 +133,22 @@ impl VolumeRequest {
             name,
             anonymous,
             labels: body.labels.unwrap_or_default(),
+            kind,
         })
     }
 }
 
 pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = VolumeRequest::parse(&body)?;
-    let (record, _) = blocking(move || Ok(volume::create(&request.name, request.labels, request.anonymous)?)).await?;
+    let (record, _) = blocking(move || {
+        Ok(volume::create(
+            &request.name,
+            request.labels,
+            request.anonymous,
+            request.kind,
+        )?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(volume_json(&record))))
 }
 
@@ -207,13 +235,13 @@ pub async fn prune(
             if users.contains_key(&record.name) || !(all || record.anonymous) {
                 continue;
             }
-            let size = volume::size_on_disk(&record.name);
+            let size = volume::size_on_disk(&record);
             match volume::remove(&record.name) {
                 Ok(()) => {
                     reclaimed += size;
                     deleted.push(record.name);
                 }
-                Err(VolumeError::InUse(_)) => {}
+                Err(VolumeError::InUse(_) | VolumeError::SharedInUse(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -230,7 +258,7 @@ pub fn usage_rows(daemon: &Daemon) -> Result<Vec<Value>, ApiError> {
         .map(|record| {
             let mut row = volume_json(record);
             row["UsageData"] = json!({
-                "Size": volume::size_on_disk(&record.name),
+                "Size": volume::size_on_disk(record),
                 "RefCount": users.get(&record.name).map_or(0, Vec::len),
             });
             row
@@ -338,7 +366,7 @@ pub fn resolve_binds(plan: &VolumePlan) -> Result<Vec<BindMount>, ApiError> {
 /// Makes the planned volumes (named ones only if missing).
 pub fn create_planned(plan: &VolumePlan) -> Result<Vec<VolumeMount>, ApiError> {
     for (mount, anonymous) in &plan.volumes {
-        volume::create(&mount.name, BTreeMap::new(), *anonymous)?;
+        volume::create(&mount.name, BTreeMap::new(), *anonymous, VolumeKind::Shared)?;
     }
     Ok(plan.volumes.iter().map(|(m, _)| m.clone()).collect())
 }
@@ -363,7 +391,7 @@ pub fn mounts_json(mounts: &[VolumeMount], binds: &[BindMount]) -> Value {
         json!({
             "Type": "volume",
             "Name": m.name,
-            "Source": volume::disk_path(&m.name).unwrap_or_default(),
+            "Source": volume::get(&m.name).ok().flatten().map(|r| volume::mountpoint(&r)).unwrap_or_default(),
             "Destination": m.target,
             "Driver": "local",
             "Mode": if m.read_only { "ro" } else { "" },

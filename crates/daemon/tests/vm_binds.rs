@@ -1,6 +1,6 @@
 //! VM tests: host directories bind-mounted into containers (`-v
-//! /host/dir:/path[:ro]`, `--mount type=bind`), shared with each VM through
-//! hull-vmm's virtio-fs device. One hulld and one image for all of them.
+//! /host/dir:/path[:ro]`, `--mount type=bind`) and shared volumes, shared
+//! with each VM through hull-vmm's virtio-fs device.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -217,5 +217,54 @@ fn read_only_binds_hold_against_guest_root_and_nothing_escapes() {
         "/data/x",
     ]));
     assert!(made.join("x").is_file());
+    hulld.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_shared_volume_is_used_by_several_running_containers_at_once() {
+    let Setup { hulld, image, .. } = setup();
+    ok(&hulld.docker(&["volume", "create", "common"]));
+    let mountpoint = hulld.inspect("{{.Mountpoint}}", "common");
+    assert!(mountpoint.ends_with("/volumes/common/_data"), "{mountpoint}");
+    assert!(Path::new(&mountpoint).is_dir());
+    for name in ["writer", "reader"] {
+        ok(&hulld.docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-v",
+            "common:/shared",
+            &image,
+            "sleep",
+            "600",
+        ]));
+    }
+    // Each sees the other's writes, and the host sees both at the Mountpoint.
+    ok(&hulld.docker(&["exec", "writer", "sh", "-c", "echo from-writer > /shared/note"]));
+    eventually("the writer's file in the reader", || {
+        text(&hulld.docker(&["exec", "reader", "cat", "/shared/note"]).stdout) == "from-writer\n"
+    });
+    ok(&hulld.docker(&["exec", "reader", "sh", "-c", "echo reply >> /shared/note"]));
+    eventually("the reader's line in the writer", || {
+        text(&hulld.docker(&["exec", "writer", "cat", "/shared/note"]).stdout) == "from-writer\nreply\n"
+    });
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&mountpoint).join("note")).unwrap(),
+        "from-writer\nreply\n"
+    );
+    let mounts = hulld.inspect("{{range .Mounts}}{{.Type}} {{.Name}} {{.Source}}{{end}}", "reader");
+    assert_eq!(mounts, format!("volume common {mountpoint}"));
+    // In use: not removed.
+    let out = hulld.docker(&["volume", "rm", "common"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&hulld.docker(&["rm", "-f", "writer", "reader"]));
+    ok(&hulld.docker(&["volume", "rm", "common"]));
+    assert!(!Path::new(&mountpoint).exists());
     hulld.assert_no_leftovers();
 }

@@ -235,8 +235,14 @@ pub struct MountSpec {
 pub enum MountSource {
     /// An ext4 disk (a volume), e.g. `/dev/vdc`.
     Disk { device: String },
-    /// Host directory `index` of the VM's virtio-fs device (its `/index`).
-    Share { index: u32 },
+    /// Host directory `index` of the VM's virtio-fs device (its `/index`);
+    /// a shared volume's starts with what the container has at the mount
+    /// point when it is empty.
+    Share {
+        index: u32,
+        #[serde(default)]
+        fill_if_empty: bool,
+    },
 }
 
 /// The virtio-fs tag the agent mounts shared host directories from.
@@ -434,7 +440,10 @@ mod tests {
                     read_only: true,
                 },
                 MountSpec {
-                    source: MountSource::Share { index: 1 },
+                    source: MountSource::Share {
+                        index: 1,
+                        fill_if_empty: true,
+                    },
                     target: "/src".into(),
                     read_only: false,
                 },

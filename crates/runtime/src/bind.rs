@@ -97,13 +97,24 @@ pub fn check(binds: &[BindMount], volume_targets: &[&str]) -> Result<(), String>
     Ok(())
 }
 
-/// hull-vmm's `--share` argument for `bind`.
-pub fn share_arg(bind: &BindMount) -> std::ffi::OsString {
-    let mut arg = bind.source.as_os_str().to_owned();
-    if bind.read_only {
-        arg.push(":ro");
+/// A directory a container's VM shares: a bind mount's, or a shared
+/// volume's, which starts with the image's files at its mount point when
+/// it is empty, as Docker's volumes do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub mount: BindMount,
+    pub fill_if_empty: bool,
+}
+
+impl Share {
+    /// hull-vmm's `--share` argument.
+    pub fn vmm_arg(&self) -> std::ffi::OsString {
+        let mut arg = self.mount.source.as_os_str().to_owned();
+        if self.mount.read_only {
+            arg.push(":ro");
+        }
+        arg
     }
-    arg
 }
 
 #[cfg(test)]

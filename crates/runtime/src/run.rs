@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use image::config::{ConfigError, Overrides, Process};
 use image::disk::DiskError;
 use image::StoreError;
+
+use crate::volume::VolumeKind;
 use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, RunSpec, TerminalSize, PROTOCOL_VERSION};
 
 use crate::console::ConsoleKeeper;
@@ -377,13 +379,36 @@ pub fn run_in(
     crate::volume::check_mounts(&request.volumes).map_err(RunError::Mounts)?;
     let volume_targets: Vec<&str> = request.volumes.iter().map(|v| v.target.as_str()).collect();
     crate::bind::check(&request.binds, &volume_targets).map_err(RunError::Mounts)?;
-    // Each volume is this VM's alone while it runs.
+    // What the VM's virtio-fs shares, in order (/0, /1, ...): the bind
+    // mounts' directories, then the shared volumes'.
+    let mut shares: Vec<crate::bind::Share> = request
+        .binds
+        .iter()
+        .map(|bind| crate::bind::Share {
+            mount: bind.clone(),
+            fill_if_empty: false,
+        })
+        .collect();
+    // A disk volume is this VM's alone while it runs; a shared one is
+    // held beside the other VMs that have it.
     let mut held_volumes = Vec::new();
+    let mut disk_volumes = Vec::new();
     for mount in &request.volumes {
-        crate::volume::create(&mount.name, Default::default(), false)?;
+        let (record, _) = crate::volume::create(&mount.name, Default::default(), false, VolumeKind::Shared)?;
         held_volumes.push(crate::volume::lock(&mount.name)?);
+        match record.kind {
+            VolumeKind::Disk => disk_volumes.push(mount.clone()),
+            VolumeKind::Shared => shares.push(crate::bind::Share {
+                mount: crate::bind::BindMount {
+                    source: crate::volume::mountpoint(&record),
+                    target: mount.target.clone(),
+                    read_only: mount.read_only,
+                },
+                fill_if_empty: true,
+            }),
+        }
     }
-    let volume_disks = crate::volume::slot_disks(&request.volumes)?;
+    let volume_disks = crate::volume::slot_disks(&disk_volumes)?;
     // The published ports live as long as this VM; the taps as long as
     // its VMM holds them.
     let mut nic = match nic {
@@ -415,6 +440,7 @@ pub fn run_in(
         disk: &disk,
         writable: &writable,
         volumes: &volume_disks,
+        shares: &shares,
         uds: &uds,
         control: &control,
         console_log: &console_log,
@@ -451,7 +477,7 @@ pub fn run_in(
         },
     ];
     let mut mounts = Vec::new();
-    for ((mount, path), letter) in request.volumes.iter().zip(&volume_disks).zip('c'..) {
+    for ((mount, path), letter) in disk_volumes.iter().zip(&volume_disks).zip('c'..) {
         let device = format!("/dev/vd{letter}");
         disks.push(proto::DiskSize {
             device: device.clone(),
@@ -463,12 +489,14 @@ pub fn run_in(
             read_only: mount.read_only,
         });
     }
-    // The VM shares the bind mounts' directories in order: /0, /1, ...
-    for (index, bind) in (0..).zip(&request.binds) {
+    for (index, share) in (0..).zip(&shares) {
         mounts.push(proto::MountSpec {
-            source: proto::MountSource::Share { index },
-            target: bind.target.clone(),
-            read_only: bind.read_only,
+            source: proto::MountSource::Share {
+                index,
+                fill_if_empty: share.fill_if_empty,
+            },
+            target: share.mount.target.clone(),
+            read_only: share.mount.read_only,
         });
     }
     let hostname = request
@@ -531,6 +559,8 @@ struct VmFiles<'a> {
     writable: &'a Path,
     /// One per spare slot: volumes' disks, then empty placeholders.
     volumes: &'a [PathBuf],
+    /// The directories its virtio-fs shares.
+    shares: &'a [crate::bind::Share],
     uds: &'a Path,
     /// The VMM's control channel (`proto::vmm_control`).
     control: &'a Path,
@@ -583,10 +613,11 @@ impl VmFiles<'_> {
         // Every VM has the template's NIC slots: on the container's taps,
         // or plugged into nothing.
         command.arg("--net-slots").arg(vmm::vm::MAX_NICS.to_string());
-        // And its virtio-fs device, sharing the bind mounts' directories.
+        // And its virtio-fs device, sharing the bind mounts' and shared
+        // volumes' directories.
         command.arg("--fs");
-        for bind in &request.binds {
-            command.arg("--share").arg(crate::bind::share_arg(bind));
+        for share in self.shares {
+            command.arg("--share").arg(share.vmm_arg());
         }
         for (slot, tap) in &self.taps {
             let fd = FIRST_TAP_FD + i32::from(*slot);

@@ -1,8 +1,14 @@
-//! Named volumes: each an ext4 disk of its own (`DATA/volumes/NAME/`),
-//! attached to a container's VM as one more virtio-blk disk and mounted where
-//! the container asks. A volume outlives its containers. One running VM at a
-//! time may use it: a disk filesystem cannot be shared between two kernels,
-//! so a second one is refused while the first holds the volume's lock.
+//! Named volumes (`DATA/volumes/NAME/`), which outlive their containers, of
+//! two kinds:
+//! - **shared** (the default, as Docker's local volumes): a directory,
+//!   `_data`, that every running container mounting the volume shares
+//!   through its VM's virtio-fs device, and that the host sees at the
+//!   volume's `Mountpoint`;
+//! - **disk** (`docker volume create -o type=disk`): an ext4 disk attached
+//!   to a container's VM as one more virtio-blk disk, for block-device speed
+//!   and a journal of its own. One running VM at a time may use it: a disk
+//!   filesystem cannot be shared between two kernels, so a second one is
+//!   refused while the first holds the volume's lock.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -10,11 +16,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Volumes one container can have: the template's spare disk slots.
+/// Disk volumes one container can have: the template's spare disk slots.
 pub const MAX_PER_CONTAINER: usize = 4;
 
 const RECORD: &str = "volume.json";
 const DISK: &str = "disk.ext4";
+/// A shared volume's directory, named as Docker names it.
+const DATA: &str = "_data";
 const LOCK: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +31,12 @@ pub enum VolumeError {
     InvalidName(String),
     #[error("no such volume: {0}")]
     NotFound(String),
-    #[error("volume {0} is in use by a running container (a volume is one disk: one VM at a time)")]
+    #[error("volume {0} is in use by a running container (a disk volume: one VM at a time)")]
     InUse(String),
+    #[error("volume {0} is in use by a running container")]
+    SharedInUse(String),
+    #[error("{0} disk volumes given: a container has at most {MAX_PER_CONTAINER} (shared volumes have no such limit)")]
+    TooManyDisks(usize),
     #[error("volume {name}: {detail}")]
     Damaged { name: String, detail: String },
     #[error("{what}: {source}")]
@@ -48,6 +60,20 @@ pub struct VolumeRecord {
     /// these anonymous and prunes them by default.
     #[serde(default)]
     pub anonymous: bool,
+    /// Volumes made before shared ones existed are disks.
+    #[serde(default)]
+    pub kind: VolumeKind,
+}
+
+/// How a volume keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    /// An ext4 disk, for one running container at a time.
+    #[default]
+    Disk,
+    /// A host directory shared with every container that mounts it.
+    Shared,
 }
 
 /// Where a volume is mounted in a container.
@@ -85,6 +111,16 @@ pub fn disk_path(name: &str) -> Result<PathBuf, VolumeError> {
     Ok(dir_of(name)?.join(DISK))
 }
 
+/// Where the volume's data is on the host: a shared volume's directory, a
+/// disk volume's disk (Docker's `Mountpoint`).
+pub fn mountpoint(record: &VolumeRecord) -> PathBuf {
+    let dir = volumes_dir().join(&record.name);
+    match record.kind {
+        VolumeKind::Disk => dir.join(DISK),
+        VolumeKind::Shared => dir.join(DATA),
+    }
+}
+
 /// The volume's record, or `None` if there is no such volume.
 pub fn get(name: &str) -> Result<Option<VolumeRecord>, VolumeError> {
     let path = dir_of(name)?.join(RECORD);
@@ -107,6 +143,7 @@ pub fn create(
     name: &str,
     labels: BTreeMap<String, String>,
     anonymous: bool,
+    kind: VolumeKind,
 ) -> Result<(VolumeRecord, bool), VolumeError> {
     let dir = dir_of(name)?;
     if let Some(existing) = get(name)? {
@@ -122,13 +159,24 @@ pub fn create(
         created_at: crate::container::now_rfc3339(),
         labels,
         anonymous,
+        kind,
     };
     let built = (|| {
         std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        crate::writable::create(&tmp.join(DISK)).map_err(|e| VolumeError::Damaged {
-            name: name.to_string(),
-            detail: e.to_string(),
-        })?;
+        match kind {
+            VolumeKind::Disk => crate::writable::create(&tmp.join(DISK)).map_err(|e| VolumeError::Damaged {
+                name: name.to_string(),
+                detail: e.to_string(),
+            })?,
+            VolumeKind::Shared => {
+                let data = tmp.join(DATA);
+                std::fs::create_dir(&data).map_err(io(format!("creating {}", data.display())))?;
+                // Containers' users write here; the data directory keeps the
+                // volume's own mode (0700) from exposing it to the host's.
+                std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .map_err(io(format!("creating {}", data.display())))?;
+            }
+        }
         let json = serde_json::to_vec_pretty(&record).map_err(|e| VolumeError::Damaged {
             name: name.to_string(),
             detail: e.to_string(),
@@ -172,29 +220,55 @@ pub fn list() -> Result<Vec<VolumeRecord>, VolumeError> {
     Ok(volumes)
 }
 
-/// Bytes the volume's disk really occupies.
-pub fn size_on_disk(name: &str) -> u64 {
+/// Bytes the volume's data really occupies (a shared volume's files are
+/// counted, links not followed).
+pub fn size_on_disk(record: &VolumeRecord) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    disk_path(name)
-        .ok()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map_or(0, |m| m.blocks() * 512)
+    fn walk(path: &Path) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return 0;
+        };
+        let own = meta.blocks() * 512;
+        if !meta.is_dir() {
+            return own;
+        }
+        let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
+        own + entries.map(|e| walk(&e.path())).sum::<u64>()
+    }
+    walk(&mountpoint(record))
 }
 
-/// Held while a VM has the volume's disk; released when dropped.
+/// Held while a VM has the volume; released when dropped.
 #[derive(Debug)]
 pub struct VolumeLock(#[allow(dead_code)] File);
 
-/// Takes the volume for one VM, or says it is in use.
+/// Takes the volume for one VM: a disk volume for it alone, a shared one
+/// beside the others that have it. Says so if it cannot.
 pub fn lock(name: &str) -> Result<VolumeLock, VolumeError> {
-    if get(name)?.is_none() {
-        return Err(VolumeError::NotFound(name.to_string()));
+    let record = get(name)?.ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+    match record.kind {
+        VolumeKind::Disk => flock(name, libc::LOCK_EX),
+        VolumeKind::Shared => flock(name, libc::LOCK_SH),
     }
+}
+
+fn flock(name: &str, mode: libc::c_int) -> Result<VolumeLock, VolumeError> {
     let path = dir_of(name)?.join(LOCK);
-    match crate::lock_file(&path, false) {
-        Ok(file) => Ok(VolumeLock(file)),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(VolumeError::InUse(name.to_string())),
-        Err(e) => Err(io(format!("locking {}", path.display()))(e)),
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("locking {}", path.display())))?;
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&file), mode | libc::LOCK_NB) } == 0 {
+        return Ok(VolumeLock(file));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock if mode == libc::LOCK_SH => Err(VolumeError::SharedInUse(name.to_string())),
+        std::io::ErrorKind::WouldBlock => Err(VolumeError::InUse(name.to_string())),
+        _ => Err(io(format!("locking {}", path.display()))(e)),
     }
 }
 
@@ -205,7 +279,10 @@ pub fn remove(name: &str) -> Result<(), VolumeError> {
     if get(name)?.is_none() {
         return Err(VolumeError::NotFound(name.to_string()));
     }
-    let _held = lock(name)?;
+    let _held = flock(name, libc::LOCK_EX).map_err(|e| match e {
+        VolumeError::InUse(name) => VolumeError::SharedInUse(name),
+        other => other,
+    })?;
     // Renamed away first, so a half-deleted volume is never listed.
     let doomed = volumes_dir().join(format!(".{name}.{}.rm", std::process::id()));
     std::fs::rename(&dir, &doomed).map_err(io(format!("removing {}", dir.display())))?;
@@ -215,6 +292,9 @@ pub fn remove(name: &str) -> Result<(), VolumeError> {
 /// The disks a VM's spare slots are bound to: each volume's disk, then the
 /// empty placeholder for the slots left over.
 pub fn slot_disks(mounts: &[VolumeMount]) -> Result<Vec<PathBuf>, VolumeError> {
+    if mounts.len() > MAX_PER_CONTAINER {
+        return Err(VolumeError::TooManyDisks(mounts.len()));
+    }
     let mut disks = mounts
         .iter()
         .map(|m| disk_path(&m.name))
@@ -301,9 +381,12 @@ pub fn check_target(target: &str) -> Result<String, String> {
 
 /// Checks a container's volume list as a whole.
 pub fn check_mounts(mounts: &[VolumeMount]) -> Result<(), String> {
-    if mounts.len() > MAX_PER_CONTAINER {
+    // Disk volumes are counted against the disk slots when the container
+    // starts (`slot_disks`): only then is each volume's kind known.
+    let most = MAX_PER_CONTAINER + crate::bind::MAX_PER_CONTAINER;
+    if mounts.len() > most {
         return Err(format!(
-            "{} volumes given: a container has at most {MAX_PER_CONTAINER}",
+            "{} volumes given: a container has at most {most}",
             mounts.len()
         ));
     }
@@ -313,7 +396,7 @@ pub fn check_mounts(mounts: &[VolumeMount]) -> Result<(), String> {
         }
         if mounts[..i].iter().any(|o| o.name == m.name) {
             return Err(format!(
-                "volume {} is given twice: a volume is one disk, mounted once per container",
+                "volume {} is given twice: a volume is mounted once per container",
                 m.name
             ));
         }
@@ -357,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn a_container_mounts_each_volume_once_and_at_most_four() {
+    fn a_container_mounts_each_volume_once_and_at_most_four_disks() {
         let m = |name: &str, target: &str| VolumeMount {
             name: name.into(),
             target: target.into(),
@@ -367,6 +450,12 @@ mod tests {
         assert!(check_mounts(&[m("a1", "/a"), m("b1", "/a")]).is_err());
         assert!(check_mounts(&[m("a1", "/a"), m("a1", "/b")]).is_err());
         let five: Vec<_> = (0..5).map(|i| m(&format!("v{i}"), &format!("/m{i}"))).collect();
-        assert!(check_mounts(&five).unwrap_err().contains("at most 4"));
+        assert!(
+            check_mounts(&five).is_ok(),
+            "shared volumes are not limited to the disk slots"
+        );
+        assert!(matches!(slot_disks(&five), Err(VolumeError::TooManyDisks(5))));
+        let many: Vec<_> = (0..69).map(|i| m(&format!("v{i}"), &format!("/m{i}"))).collect();
+        assert!(check_mounts(&many).unwrap_err().contains("at most 68"));
     }
 }
