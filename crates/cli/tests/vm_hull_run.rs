@@ -134,8 +134,15 @@ fn a_volume_keeps_data_between_runs_and_a_host_directory_is_shared() {
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(shared.join("greeting"), "from the host\n").unwrap();
     let bind = format!("{}:/x", shared.display());
-    let out = run(&root, &["-v", &bind], &["sh", "-c", "cat /x/greeting; echo back > /x/reply"]);
-    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "from the host\n".to_string()));
+    let out = run(
+        &root,
+        &["-v", &bind],
+        &["sh", "-c", "cat /x/greeting; echo back > /x/reply"],
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "from the host\n".to_string())
+    );
     assert_eq!(std::fs::read_to_string(shared.join("reply")).unwrap(), "back\n");
     std::fs::remove_dir_all(&shared).unwrap();
     let out = run(&root, &["-v", "./x:/x"], &["true"]);

@@ -109,6 +109,12 @@ fn bind_mounts_share_host_directories_both_ways() {
     eventually("the host's edit in the container", || {
         text(&hulld.docker(&["exec", "watcher", "cat", "/data/late"]).stdout) == "edited again\n"
     });
+    // A directory larger than one read of it, listed while it is deleted
+    // (the test host's /tmp is overlayfs, whose positions shift).
+    let script = "mkdir /data/many && i=0 && while [ $i -lt 150 ]; do touch /data/many/file-$i; i=$((i+1)); done \
+                  && rm -rf /data/many && echo removed";
+    assert_eq!(ok(&hulld.docker(&["exec", "watcher", "sh", "-c", script])), "removed\n");
+    assert!(!dir.join("many").exists());
     let mounts = hulld.inspect(
         "{{range .Mounts}}{{.Type}} {{.Source}} {{.Destination}} {{.RW}}{{end}}",
         "watcher",

@@ -13,6 +13,7 @@
 //! be opened through it.
 
 mod bridge;
+mod stable_dirs;
 
 use std::ffi::CString;
 use std::fs::File;
@@ -113,7 +114,7 @@ impl Fs {
             })
             .map_err(open_err)?;
             fs.import().map_err(open_err)?;
-            vfs.mount(Box::new(fs), &format!("/{index}"))
+            vfs.mount(Box::new(stable_dirs::StableDirs::new(fs)), &format!("/{index}"))
                 .map_err(|e| ShareError::Vfs {
                     path: shown.clone(),
                     detail: format!("{e:?}"),
