@@ -41,11 +41,13 @@ struct Listed {
     name: CString,
 }
 
+/// Open listings by (directory inode, handle).
+type Listings = HashMap<(u64, u64), Arc<Vec<Listed>>>;
+
 /// A file system whose directory listings are read whole at their start.
 pub struct StableDirs<F> {
     inner: F,
-    /// By (directory inode, handle).
-    listings: Mutex<HashMap<(u64, u64), Arc<Vec<Listed>>>>,
+    listings: Mutex<Listings>,
 }
 
 impl<F: FileSystem<Inode = u64, Handle = u64>> StableDirs<F> {
@@ -56,7 +58,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> StableDirs<F> {
         }
     }
 
-    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Arc<Vec<Listed>>>> {
+    fn listings(&self) -> std::sync::MutexGuard<'_, Listings> {
         self.listings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
