@@ -10,13 +10,14 @@ use debkernel::{Initramfs, KernelPackage};
 pub const GUEST_READY_MARKER: &str = "@@guest:ready@@";
 
 /// The virtio drivers a hull guest needs: disks, vsock, entropy, the NIC,
-/// and the ACPI-described virtio-mmio transport.
+/// virtio-fs, and the ACPI-described virtio-mmio transport.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "vmw_vsock_virtio_transport",
     "virtio_rng",
     "virtio_net",
+    "virtiofs",
 ];
 
 /// The cloud kernel, fetched once into hull's data directory.
@@ -36,6 +37,18 @@ pub fn busybox_initramfs(kernel: &KernelPackage, dest: &Path, then: &str) -> Res
 
 /// The same, with host programs (e.g. `/usr/bin/fio`) and their libraries.
 pub fn busybox_initramfs_with(kernel: &KernelPackage, dest: &Path, programs: &[&str], then: &str) -> Result<PathBuf> {
+    busybox_initramfs_with_files(kernel, dest, programs, &[], then)
+}
+
+/// The same, with host files at paths of their own too (`(path in the
+/// guest without the leading /, host file)`).
+pub fn busybox_initramfs_with_files(
+    kernel: &KernelPackage,
+    dest: &Path,
+    programs: &[&str],
+    files: &[(&str, &Path)],
+    then: &str,
+) -> Result<PathBuf> {
     let modules = kernel.module_index()?.resolve(GUEST_MODULES)?;
     let mut archive = Initramfs::new();
     archive
@@ -47,6 +60,9 @@ pub fn busybox_initramfs_with(kernel: &KernelPackage, dest: &Path, programs: &[&
     }
     for (path, source) in crate::oci::program_files(programs)? {
         archive.copy(&path, 0o755, &source)?;
+    }
+    for (path, source) in files {
+        archive.copy(path, 0o644, source)?;
     }
     let mut order = String::new();
     for module in &modules {

@@ -82,6 +82,16 @@ enum Bench {
         #[arg(long)]
         baseline_vmm: Option<std::path::PathBuf>,
     },
+    /// File I/O: fio and a 20k-file unpack through a hull bind mount
+    /// (virtio-fs), a hull disk volume, QEMU + virtiofsd on the same
+    /// directory, and the host (inside vmhost here).
+    Fs {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds each fio job runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
     ImageRun {
@@ -100,6 +110,7 @@ fn main() -> Result<()> {
         Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Docker { runs } => docker_bench::docker_bench(runs),
         Bench::Net { runs } => net_bench::net_bench(runs),
+        Bench::Fs { runs, seconds } => fs_bench::fs_bench(runs, seconds),
         Bench::Block {
             runs,
             seconds,
@@ -126,6 +137,8 @@ mod block_bench;
 mod clone_bench;
 #[path = "hull-bench/docker_bench.rs"]
 mod docker_bench;
+#[path = "hull-bench/fs_bench.rs"]
+mod fs_bench;
 #[path = "hull-bench/image_bench.rs"]
 mod image_bench;
 #[path = "hull-bench/net_bench.rs"]

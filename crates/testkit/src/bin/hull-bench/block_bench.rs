@@ -23,8 +23,8 @@ use crate::inside_vmhost;
 
 const GUEST_MIB: u32 = 512;
 const LIMIT: Duration = Duration::from_secs(900);
-const BEGIN: &str = "@@fio:begin@@";
-const END: &str = "@@fio:end@@";
+pub(crate) const BEGIN: &str = "@@fio:begin@@";
+pub(crate) const END: &str = "@@fio:end@@";
 
 /// fio's jobs, one after another (`--stonewall`), as its command line.
 const JOBS: &[(&str, &str)] = &[
@@ -60,7 +60,7 @@ pub fn block_bench(runs: usize, seconds: u32, baseline: Option<PathBuf>) -> Resu
     result
 }
 
-fn which_fio() -> Result<()> {
+pub(crate) fn which_fio() -> Result<()> {
     if !Path::new("/usr/bin/fio").exists() {
         bail!("fio is missing (scripts/bench installs it: apt-get install fio)");
     }
@@ -133,7 +133,7 @@ fn guest_script(seconds: u32) -> String {
 }
 
 /// fio's JSON between the markers on a console.
-fn fio_report(console: &[String]) -> Result<Value> {
+pub(crate) fn fio_report(console: &[String]) -> Result<Value> {
     let begin = console
         .iter()
         .position(|l| l.contains(BEGIN))
@@ -148,7 +148,7 @@ fn fio_report(console: &[String]) -> Result<Value> {
 }
 
 /// A job's figures: IOPS, MiB/s, completion latency median and p95 (µs).
-fn figures(report: &Value, job: &str) -> Result<[f64; 4]> {
+pub(crate) fn figures(report: &Value, job: &str) -> Result<[f64; 4]> {
     let entry = report["jobs"]
         .as_array()
         .and_then(|jobs| jobs.iter().find(|j| j["jobname"] == job))
@@ -170,7 +170,7 @@ fn figures(report: &Value, job: &str) -> Result<[f64; 4]> {
     ])
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

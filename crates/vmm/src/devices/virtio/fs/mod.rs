@@ -85,6 +85,7 @@ impl Fs {
         // open asks the host (no zero-message opens, whose pages the guest
         // would keep for ever) and the host's size and times win (no
         // writeback cache, which makes the guest's own authoritative).
+        raise_open_files_limit();
         let vfs = Vfs::new(VfsOptions {
             no_open: false,
             no_opendir: false,
@@ -110,6 +111,9 @@ impl Fs {
                 // Imported here, before the jail hides /proc: not again
                 // when the guest's INIT comes.
                 do_import: false,
+                // O_DIRECT stays in the guest (its page cache is bypassed);
+                // the host's tmpfs and overlayfs would refuse it.
+                allow_direct_io: false,
                 ..Default::default()
             })
             .map_err(open_err)?;
@@ -126,6 +130,23 @@ impl Fs {
             _mounts: mounts,
             bridge: bridge::Bridge::default(),
         })
+    }
+}
+
+/// The passthrough file system holds a descriptor per inode the guest has
+/// looked up: the soft limit on open files goes up to the hard one (the
+/// jail sets both higher for a VM that shares directories).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

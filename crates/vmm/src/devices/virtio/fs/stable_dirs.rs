@@ -175,6 +175,14 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         Ok(())
     }
 
+    /// The guest unmounted. The passthrough file system would start afresh
+    /// by opening its root by path again, which the jail has hidden (and
+    /// which would change the process's umask): its inodes are kept instead,
+    /// so a later mount finds the root where it was.
+    fn destroy(&self) {
+        self.listings().clear();
+    }
+
     fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
         self.listings().remove(&(inode, handle));
         self.inner.releasedir(ctx, inode, flags, handle)
@@ -182,10 +190,6 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         self.inner.init(capable)
-    }
-
-    fn destroy(&self) {
-        self.inner.destroy()
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
