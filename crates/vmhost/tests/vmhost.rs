@@ -22,12 +22,16 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Run directories (`vmhost-run-PID-N`) whose vmhost is gone: another
+/// vmhost running beside the tests (a benchmark, a user's) keeps its own.
 fn leftovers() -> Vec<String> {
-    let ours = "vmhost-run-";
     let dirs = std::fs::read_dir(std::env::temp_dir()).unwrap();
     dirs.flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(ours))
+        .filter(|n| {
+            let pid = n.strip_prefix("vmhost-run-").and_then(|rest| rest.split('-').next());
+            pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
         .collect()
 }
 
