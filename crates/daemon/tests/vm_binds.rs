@@ -46,6 +46,11 @@ fn bind(dir: &Path, target: &str, mode: &str) -> String {
     format!("{}:{target}{mode}", dir.display())
 }
 
+/// `docker run --rm -v MOUNT IMAGE sh -c SCRIPT`.
+fn sh_with(hulld: &Hulld, image: &str, mount: &str, script: &str) -> std::process::Output {
+    hulld.docker(&["run", "--rm", "-v", mount, image, "sh", "-c", script])
+}
+
 /// The docker command failed with status 125 and this in its message.
 fn refused(out: &std::process::Output, message: &str) {
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stdout));
@@ -64,16 +69,7 @@ fn bind_mounts_share_host_directories_both_ways() {
     // the host sees the files with the container's owners.
     let script = "cat /data/hello && echo from-root > /data/by-root && mkdir /data/sub && \
                   chown 1234:2345 /data/sub && ls /data";
-    let out = ok(&hulld.docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &bind(&dir, "/data", ""),
-        &image,
-        "sh",
-        "-c",
-        script,
-    ]));
+    let out = ok(&sh_with(&hulld, &image, &bind(&dir, "/data", ""), script));
     assert!(out.starts_with("from the host\n"), "{out}");
     assert!(out.contains("by-root") && out.contains("sub"), "{out}");
     assert_eq!(std::fs::read_to_string(dir.join("by-root")).unwrap(), "from-root\n");
@@ -158,20 +154,7 @@ fn read_only_binds_hold_against_guest_root_and_nothing_escapes() {
     let script = "cat /data/app.conf; echo x > /data/new; echo status=$?; \
                   mount -o remount,rw /data; echo y > /data/new2; echo status=$?; \
                   rm /data/app.conf; echo status=$?";
-    let out = text(
-        &hulld
-            .docker(&[
-                "run",
-                "--rm",
-                "-v",
-                &bind(&dir, "/data", ":ro"),
-                &image,
-                "sh",
-                "-c",
-                script,
-            ])
-            .stdout,
-    );
+    let out = text(&sh_with(&hulld, &image, &bind(&dir, "/data", ":ro"), script).stdout);
     assert!(out.starts_with("key=value\n"), "{out}");
     assert_eq!(out.matches("status=1").count(), 3, "{out}");
     assert!(!dir.join("new").exists() && !dir.join("new2").exists());
@@ -181,20 +164,7 @@ fn read_only_binds_hold_against_guest_root_and_nothing_escapes() {
     // stops at the container's own root.
     let script = "cat /data/absolute-link; echo status=$?; cat /data/relative-link; echo status=$?; \
                   ls /data/../../; ln -s /etc/passwd /data/made-link 2>/dev/null; true";
-    let out = text(
-        &hulld
-            .docker(&[
-                "run",
-                "--rm",
-                "-v",
-                &bind(&dir, "/data", ""),
-                &image,
-                "sh",
-                "-c",
-                script,
-            ])
-            .stdout,
-    );
+    let out = text(&sh_with(&hulld, &image, &bind(&dir, "/data", ""), script).stdout);
     assert!(!out.contains("secret"), "{out}");
     assert_eq!(out.matches("status=1").count(), 2, "{out}");
     assert!(out.contains("bin"), "the container's own root: {out}");

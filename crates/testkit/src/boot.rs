@@ -40,8 +40,13 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
 
 /// `qemu-system-x86_64 -accel kvm -M microvm,acpi=on` booting `kernel`.
 pub fn qemu_command(kernel: &Path, initramfs: &Path, memory_mib: u32) -> Command {
+    qemu_command_on("microvm,acpi=on", kernel, initramfs, memory_mib)
+}
+
+/// The same on the machine `machine` (`-M`), e.g. with a memory backend.
+pub fn qemu_command_on(machine: &str, kernel: &Path, initramfs: &Path, memory_mib: u32) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "kvm", "-M", "microvm,acpi=on", "-cpu", "host", "-smp", "1"])
+    cmd.args(["-accel", "kvm", "-M", machine, "-cpu", "host", "-smp", "1"])
         .args([
             "-nodefaults",
             "-no-user-config",

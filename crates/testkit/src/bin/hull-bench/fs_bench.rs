@@ -170,31 +170,13 @@ fn virtiofsd(dir: &Path, socket: &Path, log: &Path) -> Result<Child> {
 }
 
 fn qemu_with_virtiofs(kernel: &Path, initramfs: &Path, socket: &Path) -> Command {
-    let mut command = Command::new("qemu-system-x86_64");
+    let mut command = boot::qemu_command_on("microvm,acpi=on,memory-backend=mem", kernel, initramfs, GUEST_MIB);
     command
-        .args(["-accel", "kvm", "-cpu", "host", "-smp", "1"])
-        .args(["-M", "microvm,acpi=on,memory-backend=mem"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-m")
-        .arg(GUEST_MIB.to_string())
         .arg("-object")
         .arg(format!("memory-backend-memfd,id=mem,size={GUEST_MIB}M,share=on"))
         .arg("-chardev")
         .arg(format!("socket,id=vfs,path={}", socket.display()))
-        .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=hull"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", boot::CMDLINE]);
+        .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=hull"]);
     command
 }
 
