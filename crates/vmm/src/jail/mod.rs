@@ -33,7 +33,7 @@ pub const ID_BASE: u32 = 0x5E00_0000;
 const OPEN_FILES: u64 = 4096;
 /// A VM that shares host directories holds a descriptor per file its guest
 /// has looked up (until the guest forgets it).
-const OPEN_FILES_SHARING: u64 = 1 << 20;
+const OPEN_FILES_SHARING: u64 = crate::devices::virtio::fs::OPEN_FILES;
 
 /// What a VMM that shares host directories keeps: virtio-fs acts on files
 /// as the guest's user (its thread takes that uid and gid for each

@@ -34,6 +34,9 @@ use super::{VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 pub const TAG: &str = "hull";
 /// The most directories one VM shares.
 pub const MAX_SHARES: usize = 64;
+/// Open files a VMM that shares directories may hold (one per inode its
+/// guest has looked up).
+pub const OPEN_FILES: u64 = 1 << 20;
 /// How long the guest may trust what it looked up: a host-side change is
 /// seen within this (Docker's bind mounts see it at once; hot-reload tools
 /// poll at about this pace).
@@ -134,16 +137,27 @@ impl Fs {
 }
 
 /// The passthrough file system holds a descriptor per inode the guest has
-/// looked up: the soft limit on open files goes up to the hard one (the
-/// jail sets both higher for a VM that shares directories).
+/// looked up: the limit on open files goes up to `OPEN_FILES` (as root;
+/// otherwise the soft limit to the hard one). The jail sets the same.
 fn raise_open_files_limit() {
+    let wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .map_or(OPEN_FILES, |most| most.min(OPEN_FILES));
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit on a valid struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted.max(limit.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 && limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
