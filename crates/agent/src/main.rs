@@ -14,6 +14,7 @@
 //! connection each.
 
 mod archive;
+mod host_changes;
 mod limits;
 mod machine;
 mod mounts;
@@ -476,11 +477,12 @@ fn serve_exec(conn: File, reaper: Reaper) {
             if let Err(e) = network::reconfigure(&network, ROOT) {
                 return fail(&sink, format!("changing the network: {e}"), 125);
             }
-            let done = Control::Exited {
-                code: Some(0),
-                signal: None,
-            };
-            send(&sink, &Frame::Control(done));
+            succeeded(&sink);
+            return wait_for_host_close(input);
+        }
+        Ok(Some(Frame::Control(Control::SharesChanged { changes }))) => {
+            host_changes::replay(&changes);
+            succeeded(&sink);
             return wait_for_host_close(input);
         }
         Ok(Some(Frame::Control(Control::Diff))) => {
@@ -488,13 +490,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
             for part in changes.chunks(proto::MAX_CHANGES) {
                 send(&sink, &Frame::Control(Control::Changes { changes: part.to_vec() }));
             }
-            send(
-                &sink,
-                &Frame::Control(Control::Exited {
-                    code: Some(0),
-                    signal: None,
-                }),
-            );
+            succeeded(&sink);
             return wait_for_host_close(input);
         }
         Ok(Some(Frame::Control(Control::Archive(op)))) => match archive::helper_argv(&op) {
@@ -523,6 +519,15 @@ fn serve_exec(conn: File, reaper: Reaper) {
         }
     };
     relay(&mut process, &sink, input, &reaper, || {});
+}
+
+/// Answers a request that runs no process: done.
+fn succeeded(sink: &Sink) {
+    let done = Control::Exited {
+        code: Some(0),
+        signal: None,
+    };
+    send(sink, &Frame::Control(done));
 }
 
 /// Reads (and drops) what the host still sends until it closes, for at

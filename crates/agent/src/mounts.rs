@@ -97,7 +97,7 @@ pub const HELPER_ARG: &str = "hull-mount";
 
 /// Where the agent mounts the VM's shared host directories (virtio-fs):
 /// outside the container's root, each bound into it where asked.
-const SHARES: &str = "/shares";
+pub const SHARES: &str = "/shares";
 /// The descriptor a bind mount's helper finds its shared directory on.
 const SHARE_FD: libc::c_int = 3;
 

@@ -7,10 +7,8 @@
 //! ends the exec, never hulld.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -201,10 +199,6 @@ pub struct StartBody {
     detach: bool,
 }
 
-/// How long a container that runs may take to start taking execs (its VM
-/// may still be starting right after `docker run -d` returns).
-const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Sends the first request on a new agent connection (`connection`, from
 /// `connect_agent` or `connect_agent_at`); an agent that cannot be reached
 /// is a 409.
@@ -221,35 +215,9 @@ pub fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
 }
 
 /// Opens a connection to the agent's exec port through the VMM's socket
-/// `vsock`, waiting for the agent while `alive()` (the VM may still be
-/// starting, as right after `docker run -d` returns).
+/// `vsock`, waiting for the agent while `alive()`.
 pub fn connect_agent_at(vsock: &std::path::Path, alive: &dyn Fn() -> bool) -> std::io::Result<UnixStream> {
-    let deadline = std::time::Instant::now() + AGENT_READY_TIMEOUT;
-    loop {
-        match try_connect_agent(vsock) {
-            Ok(stream) => return Ok(stream),
-            Err(e) if std::time::Instant::now() >= deadline || !alive() => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn try_connect_agent(vsock: &std::path::Path) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(vsock)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(format!("CONNECT {}\n", proto::EXEC_PORT).as_bytes())?;
-    // The answer is one short line; more than 64 bytes is not the VMM talking.
-    let mut line = Vec::new();
-    let mut reader = BufReader::new(std::io::Read::take(stream.try_clone()?, 64));
-    reader.read_until(b'\n', &mut line)?;
-    if !line.starts_with(b"OK ") {
-        return Err(std::io::Error::other(format!(
-            "the VM refused the connection: {}",
-            String::from_utf8_lossy(&line).trim()
-        )));
-    }
-    stream.set_read_timeout(None)?;
-    Ok(stream)
+    runtime::agent_link::connect(vsock, alive)
 }
 
 pub async fn start(

@@ -1,12 +1,16 @@
 //! VM tests: host directories bind-mounted into containers (`-v
 //! /host/dir:/path[:ro]`, `--mount type=bind`) and shared volumes, shared
-//! with each VM through hull-vmm's virtio-fs device.
+//! with each VM through hull-vmm's virtio-fs device; host changes raise
+//! inotify events in the container.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use testkit::hulld::{eventually, ok, text, Hulld};
-use testkit::oci::{busybox_layer, push_image, Compression, ImageSpec, Registry};
+use testkit::oci::{
+    busybox_image_with, busybox_layer, hostile_tools_layer, push_image, Compression, ImageSpec, Registry,
+};
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "sleep", "true", "id", "ls", "touch", "rm", "mkdir", "chown", "chmod", "mount", "ln", "sync",
@@ -242,5 +246,103 @@ fn a_shared_volume_is_used_by_several_running_containers_at_once() {
     ok(&hulld.docker(&["rm", "-f", "writer", "reader"]));
     ok(&hulld.docker(&["volume", "rm", "common"]));
     assert!(!Path::new(&mountpoint).exists());
+    hulld.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn host_changes_raise_inotify_events_in_the_container() {
+    let Setup {
+        hulld,
+        _registry: registry,
+        ..
+    } = setup();
+    let image = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image_with(hostile_tools_layer()),
+        "test/watcher:v1",
+    )
+    .unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    let project = host_dir(&hulld, "project");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("src/app.js"), "version 1").unwrap();
+    let config = host_dir(&hulld, "config");
+    std::fs::write(config.join("settings"), "a=1").unwrap();
+    // A file watcher, as a dev server's: one directory of a read-write
+    // bind, one of a read-only one.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dev",
+        "-v",
+        &bind(&project, "/app", ""),
+        "-v",
+        &bind(&config, "/config", ":ro"),
+        &image,
+        "hull-hostile",
+        "inotify:/app/src,/config",
+    ]));
+    let logs = || text(&hulld.docker(&["logs", "dev"]).stdout);
+    eventually("the watcher to start", || logs().contains("watching"));
+    let seen = |event: &str| {
+        let started = Instant::now();
+        eventually(event, || logs().contains(event));
+        eprintln!("{event}: seen {:?} after the host's change", started.elapsed());
+    };
+
+    std::fs::write(project.join("src/app.js"), "version 2, longer").unwrap();
+    seen("inotify /app/src MODIFY app.js");
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "dev", "cat", "/app/src/app.js"])),
+        "version 2, longer"
+    );
+    // The same length: the guest's cached pages must not hide it.
+    std::fs::write(project.join("src/app.js"), "version 3, LONGER").unwrap();
+    eventually("the second edit", || logs().matches("MODIFY app.js").count() >= 2);
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "dev", "cat", "/app/src/app.js"])),
+        "version 3, LONGER"
+    );
+
+    std::fs::write(project.join("src/new.js"), "new").unwrap();
+    seen("inotify /app/src CREATE new.js");
+    std::fs::create_dir(project.join("src/lib")).unwrap();
+    seen("inotify /app/src CREATE,ISDIR lib");
+    std::fs::remove_file(project.join("src/new.js")).unwrap();
+    seen("inotify /app/src DELETE new.js");
+    std::fs::remove_dir(project.join("src/lib")).unwrap();
+    seen("inotify /app/src DELETE,ISDIR lib");
+    std::fs::rename(project.join("src/app.js"), project.join("src/main.js")).unwrap();
+    seen("inotify /app/src DELETE app.js");
+    seen("inotify /app/src CREATE main.js");
+    assert_eq!(ok(&hulld.docker(&["exec", "dev", "ls", "/app/src"])), "main.js\n");
+
+    std::fs::write(config.join("settings"), "a=2").unwrap();
+    seen("inotify /config MODIFY settings");
+    assert_eq!(ok(&hulld.docker(&["exec", "dev", "cat", "/config/settings"])), "a=2");
+    // Read-only stays read-only for the container.
+    let write = hulld.docker(&["exec", "dev", "sh", "-c", "echo x > /config/settings"]);
+    assert!(!write.status.success());
+    assert_eq!(std::fs::read_to_string(config.join("settings")).unwrap(), "a=2");
+
+    // The container's own change raises its event too (the guest's own).
+    ok(&hulld.docker(&["exec", "dev", "touch", "/app/src/own.js"]));
+    seen("inotify /app/src CREATE own.js");
+    assert!(project.join("src/own.js").exists());
+    // Nothing the replays did reached the host.
+    let mut names: Vec<String> = std::fs::read_dir(project.join("src"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["main.js", "own.js"]);
+    assert_eq!(
+        std::fs::read_to_string(project.join("src/main.js")).unwrap(),
+        "version 3, LONGER"
+    );
+    ok(&hulld.docker(&["rm", "-f", "dev"]));
     hulld.assert_no_leftovers();
 }

@@ -10,18 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use testkit::hulld::{eventually, ok, text, Hulld};
-use testkit::oci::{busybox_image_with, push_image, LayerBuilder, Registry};
-
-/// hull-hostile, built static by scripts/test (it runs in the guest).
-fn hostile_program() -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/agent/release/hull-hostile");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; scripts/test builds it (cargo rustc -p hostile-guest --release --target-dir target/agent -- -C target-feature=+crt-static)",
-            path.display()
-        )
-    })
-}
+use testkit::oci::{busybox_image_with, hostile_tools_layer, push_image, Registry};
 
 /// A process's memory figure from /proc/PID/status, in KiB.
 fn memory_kib(pid: u32, field: &str) -> u64 {
@@ -55,11 +44,7 @@ fn a_hostile_guest_ends_only_its_own_container() {
     let cap = runtime::console::log_max();
     let hulld = Hulld::start("vm-hostile").unwrap();
     let registry = Registry::start("vm-hostile", None).unwrap();
-    let tools = LayerBuilder::new()
-        .dir("usr", 0o755)
-        .dir("usr/bin", 0o755)
-        .file_owned("usr/bin/hull-hostile", &hostile_program(), 0o755, 0, 0)
-        .build();
+    let tools = hostile_tools_layer();
     let image = push_image(&registry, &hulld.work, busybox_image_with(tools), "test/hostile:v1").unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
     // The first container makes the template every later one is cloned from.

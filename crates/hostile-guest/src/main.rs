@@ -13,6 +13,10 @@
 //! - `hijack-garbage`: in the agent's name, sends a frame header claiming
 //!   4 GiB and then noise.
 //!
+//! - `inotify:DIR[,DIR...]`: watches the directories with inotify and
+//!   prints each event as `inotify DIR EVENTS NAME`, without end (the
+//!   inotify test of vm_binds: what a dev server's file watcher sees).
+//!
 //! It prints what it did; it stops at the first act it cannot do.
 
 use std::fs::File;
@@ -32,6 +36,7 @@ fn main() {
             "hijack-flood" => number(arg).and_then(|bytes| hijack(|conn| flood_output(conn, bytes))),
             "hijack-exit" => hijack(report_impossible_exit),
             "hijack-garbage" => hijack(send_garbage),
+            "inotify" => print_inotify_events(arg),
             _ => Err(format!("unknown act {act}")),
         };
         match done {
@@ -40,6 +45,49 @@ fn main() {
                 println!("hull-hostile: {act}: {e}");
                 std::process::exit(1);
             }
+        }
+    }
+}
+
+fn print_inotify_events(dirs: &str) -> Result<String, String> {
+    use inotify::{EventMask, Inotify, WatchMask};
+    let mut inotify = Inotify::init().map_err(|e| format!("inotify: {e}"))?;
+    let mut watched = std::collections::HashMap::new();
+    for dir in dirs.split(',') {
+        let wd = inotify
+            .watches()
+            .add(dir, WatchMask::ALL_EVENTS)
+            .map_err(|e| format!("watching {dir}: {e}"))?;
+        watched.insert(wd, dir.to_owned());
+    }
+    println!("hull-hostile: inotify: watching {dirs}");
+    let names = [
+        (EventMask::CREATE, "CREATE"),
+        (EventMask::DELETE, "DELETE"),
+        (EventMask::MODIFY, "MODIFY"),
+        (EventMask::ATTRIB, "ATTRIB"),
+        (EventMask::CLOSE_WRITE, "CLOSE_WRITE"),
+        (EventMask::MOVED_FROM, "MOVED_FROM"),
+        (EventMask::MOVED_TO, "MOVED_TO"),
+        (EventMask::ISDIR, "ISDIR"),
+    ];
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let events = inotify
+            .read_events_blocking(&mut buffer)
+            .map_err(|e| format!("reading events: {e}"))?;
+        for event in events {
+            let masks: Vec<&str> = names
+                .iter()
+                .filter(|(mask, _)| event.mask.contains(*mask))
+                .map(|(_, name)| *name)
+                .collect();
+            if masks.is_empty() || masks == ["ISDIR"] {
+                continue;
+            }
+            let dir = watched.get(&event.wd).map_or("?", String::as_str);
+            let name = event.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            println!("inotify {dir} {} {name}", masks.join(","));
         }
     }
 }

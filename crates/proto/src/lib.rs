@@ -8,6 +8,7 @@
 //! side of a VM boundary: a length over `MAX_FRAME`, an unknown kind or bad
 //! JSON is an error, never a panic or an unbounded allocation.
 
+pub mod host_changes;
 pub mod vmm_control;
 
 use std::io::{self, Read, Write};
@@ -15,7 +16,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -286,6 +287,11 @@ pub enum Control {
     /// set the guest's NICs, /etc/hosts and /etc/resolv.conf to this.
     /// Answered with `Exited` (code 0) or `Failed`.
     Network(GuestNetwork),
+    /// Host → agent, first on an exec connection: the host changed these
+    /// entries of the VM's shared directories (at most
+    /// `host_changes::MAX_HOST_CHANGES`); raise their inotify events in the
+    /// guest. Answered with `Exited` (code 0).
+    SharesChanged { changes: Vec<host_changes::HostChange> },
     /// Agent → host: part of the answer to `Diff` (several may come, each
     /// at most `MAX_CHANGES` long), then `Exited`.
     Changes { changes: Vec<Change> },

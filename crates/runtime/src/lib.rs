@@ -4,6 +4,7 @@
 //! templates (a VM booted once and saved), and running a container in a
 //! microVM cloned from its template (or booted cold).
 
+pub mod agent_link;
 pub mod bind;
 pub mod console;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod log_config;
 pub mod network;
 pub mod rootfs;
 pub mod run;
+pub mod share_watch;
 pub mod shim;
 pub mod template;
 pub mod usage;

@@ -465,6 +465,12 @@ pub fn run_in(
     attachment.vm_ready(vmm.process.id());
     // Only the VMM holds the taps now, so a NIC it unplugs takes its tap away.
     nic.close_taps();
+    // The host's changes in the shared directories raise inotify events in
+    // the container, for as long as it runs.
+    let _share_watch = match request.hold {
+        true => None,
+        false => crate::share_watch::start(shares.iter().map(|s| s.mount.source.clone()).collect(), uds.clone()),
+    };
     // The guest names the disks in slot order: vda, vdb, then the volumes.
     let mut disks = vec![
         proto::DiskSize {

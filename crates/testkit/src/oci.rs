@@ -702,6 +702,23 @@ pub fn busybox_image(config: Value) -> ImageSpec {
     }
 }
 
+/// A layer with hull-hostile (crates/hostile-guest) at /usr/bin: a static
+/// program that runs in the guest, built by scripts/test.
+pub fn hostile_tools_layer() -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/agent/release/hull-hostile");
+    let program = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; scripts/test builds it (cargo rustc -p hostile-guest --release --target-dir target/agent -- -C target-feature=+crt-static)",
+            path.display()
+        )
+    });
+    LayerBuilder::new()
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .file_owned("usr/bin/hull-hostile", &program, 0o755, 0, 0)
+        .build()
+}
+
 /// The busybox image with one more layer (programs under /usr/bin).
 pub fn busybox_image_with(extra: Vec<u8>) -> ImageSpec {
     ImageSpec {

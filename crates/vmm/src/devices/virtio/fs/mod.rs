@@ -13,6 +13,7 @@
 //! be opened through it.
 
 mod bridge;
+mod replay;
 mod stable_dirs;
 
 use std::ffi::CString;

@@ -11,7 +11,8 @@
 //! when the guest starts reading it (offset 0) and serves that listing by
 //! position, as a local file system keeps its place in a directory that
 //! changes; READDIRPLUS looks each name up as it is served, so a name
-//! deleted meanwhile is left out. Every other call goes straight through.
+//! deleted meanwhile is left out. Requests that replay a host change
+//! (`replay`) are answered there; every other call goes straight through.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -25,6 +26,8 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 use fuse_backend_rs::api::BackendFileSystem;
+
+use super::replay;
 
 /// The most entries one listing holds (a larger directory is listed up to
 /// here); the most listings open at once (a guest opening directories
@@ -193,14 +196,20 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name)
+        match replay::requested(ctx) {
+            Some(asked) => replay::lookup(&self.inner, ctx, asked, parent, name),
+            None => self.inner.lookup(ctx, parent, name),
+        }
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
-        self.inner.forget(ctx, inode, count)
+        if !replay::is_stand_in(inode) {
+            self.inner.forget(ctx, inode, count)
+        }
     }
 
-    fn batch_forget(&self, ctx: &Context, requests: Vec<(Self::Inode, u64)>) {
+    fn batch_forget(&self, ctx: &Context, mut requests: Vec<(Self::Inode, u64)>) {
+        requests.retain(|(inode, _)| !replay::is_stand_in(*inode));
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -210,6 +219,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         inode: Self::Inode,
         handle: Option<Self::Handle>,
     ) -> io::Result<(stat64, Duration)> {
+        if replay::is_stand_in(inode) {
+            return Ok(replay::stand_in_getattr(inode));
+        }
         self.inner.getattr(ctx, inode, handle)
     }
 
@@ -221,6 +233,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         handle: Option<Self::Handle>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
+        if let Some(asked) = replay::requested(ctx) {
+            return replay::setattr(&self.inner, ctx, asked, inode, handle);
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -229,6 +244,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn symlink(&self, ctx: &Context, linkname: &CStr, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        if let Some(asked) = replay::requested(ctx) {
+            return replay::create(&self.inner, ctx, asked, parent, name, libc::S_IFLNK);
+        }
         self.inner.symlink(ctx, linkname, parent, name)
     }
 
@@ -241,18 +259,30 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        if let Some(asked) = replay::requested(ctx) {
+            return replay::create(&self.inner, ctx, asked, inode, name, mode);
+        }
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
     fn mkdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
+        if let Some(asked) = replay::requested(ctx) {
+            return replay::create(&self.inner, ctx, asked, parent, name, libc::S_IFDIR);
+        }
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        if let Some(asked) = replay::requested(ctx) {
+            return replay::remove(&self.inner, ctx, asked, parent, name);
+        }
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        if let Some(asked) = replay::requested(ctx) {
+            return replay::remove(&self.inner, ctx, asked, parent, name);
+        }
         self.inner.rmdir(ctx, parent, name)
     }
 
