@@ -11,7 +11,11 @@ use proto::{MountSource, MountSpec, RunSpec};
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"));
     let (source_c, target_c, fstype_c, data_c) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
-    std::fs::create_dir_all(target)?;
+    // A missing mount point is made a directory; a file stays one (a
+    // single file's bind).
+    if std::fs::symlink_metadata(target).is_err() {
+        std::fs::create_dir_all(target)?;
+    }
     // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
     let rc = unsafe {
         libc::mount(
@@ -123,8 +127,13 @@ pub fn volumes(spec: &RunSpec, root: &str) -> io::Result<()> {
         let root = CString::new(root).map_err(io::Error::other)?;
         // A shared directory is reached before the chroot hides it, and
         // handed to the helper as a descriptor.
-        let share = match volume.source {
-            MountSource::Share { index, .. } => Some(std::fs::File::open(format!("{SHARES}/{index}"))?),
+        let share = match &volume.source {
+            MountSource::Share { index, file: None, .. } => Some(std::fs::File::open(format!("{SHARES}/{index}"))?),
+            MountSource::Share {
+                index,
+                file: Some(name),
+                ..
+            } => Some(open_shared_file(&format!("{SHARES}/{index}"), name)?),
             MountSource::Disk { .. } => None,
         };
         let share_fd = share.as_ref().map(std::os::unix::io::AsRawFd::as_raw_fd);
@@ -192,11 +201,15 @@ fn copy_up(covered: &std::fs::File, target: &str) -> io::Result<()> {
 pub fn helper_main(spec: &str) -> i32 {
     let result = serde_json::from_str::<MountSpec>(spec)
         .map_err(|e| io::Error::other(format!("bad mount request: {e}")))
-        .and_then(|volume| {
-            std::fs::create_dir_all(&volume.target)?;
-            match &volume.source {
-                MountSource::Disk { device } => mount_volume(device, &volume),
-                MountSource::Share { fill_if_empty, .. } => bind_share(&volume, *fill_if_empty),
+        .and_then(|volume| match &volume.source {
+            MountSource::Share { file: Some(_), .. } => bind_shared_file(&volume),
+            MountSource::Disk { device } => {
+                std::fs::create_dir_all(&volume.target)?;
+                mount_volume(device, &volume)
+            }
+            MountSource::Share { fill_if_empty, .. } => {
+                std::fs::create_dir_all(&volume.target)?;
+                bind_share(&volume, *fill_if_empty)
             }
         });
     match result {
@@ -227,6 +240,51 @@ fn mount_volume(device: &str, volume: &MountSpec) -> io::Result<()> {
         if empty {
             copy_up(&covered, &volume.target)?;
         }
+    }
+    Ok(())
+}
+
+/// The one file of a share (its directory holds nothing else the guest
+/// can see), without following a symlink.
+fn open_shared_file(share: &str, name: &str) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::other(format!("bad shared file name {name:?}")));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(format!("{share}/{name}"))
+}
+
+/// The shared file on descriptor `SHARE_FD` bound on the target, a file
+/// (made empty if missing, as Docker makes it), read-only if asked.
+fn bind_shared_file(volume: &MountSpec) -> io::Result<()> {
+    let target = std::path::Path::new(&volume.target);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::metadata(target) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(io::Error::other(format!(
+                "cannot mount a file on directory {}: are you trying to mount a directory onto a file (or vice-versa)?",
+                volume.target
+            )))
+        }
+        Ok(_) => {}
+        Err(_) => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(target)?;
+        }
+    }
+    let source = format!("/proc/self/fd/{SHARE_FD}");
+    mount(&source, &volume.target, "", libc::MS_BIND, "")?;
+    if volume.read_only {
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        mount("", &volume.target, "", flags, "")?;
     }
     Ok(())
 }

@@ -181,10 +181,6 @@ fn read_only_binds_hold_against_guest_root_and_nothing_escapes() {
         "bind source path does not exist",
     );
     assert!(!missing.exists());
-    refused(
-        &hulld.docker(&["run", "--rm", "-v", &bind(&secret, "/f", ""), &image, "true"]),
-        "single file",
-    );
     // `-v` makes a missing directory, as Docker does.
     let made = hulld.work.join("made-by-v");
     ok(&hulld.docker(&[
@@ -197,6 +193,60 @@ fn read_only_binds_hold_against_guest_root_and_nothing_escapes() {
         "/data/x",
     ]));
     assert!(made.join("x").is_file());
+    hulld.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_single_file_is_bound_alone() {
+    let Setup { hulld, image, .. } = setup();
+    let dir = host_dir(&hulld, "etc");
+    std::fs::write(dir.join("app.conf"), "key=1\n").unwrap();
+    std::fs::write(dir.join("sibling"), "secret\n").unwrap();
+    let file = dir.join("app.conf");
+
+    // Read-only: read, and refused to root even after a remount.
+    let script = "cat /etc/app.conf; echo x > /etc/app.conf; echo status=$?; \
+                  mount -o remount,rw /etc/app.conf; echo y > /etc/app.conf; echo status=$?";
+    let run = sh_with(&hulld, &image, &bind(&file, "/etc/app.conf", ":ro"), script);
+    let out = text(&run.stdout);
+    assert!(out.starts_with("key=1\n"), "{out}{}", text(&run.stderr));
+    assert_eq!(out.matches("status=1").count(), 2, "{out}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "key=1\n");
+
+    // Read-write, on a target the image lacks (made, as Docker makes it).
+    ok(&sh_with(
+        &hulld,
+        &image,
+        &bind(&file, "/conf/d/app.conf", ""),
+        "echo key=2 > /conf/d/app.conf",
+    ));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "key=2\n");
+
+    // Root in the guest mounting the shared file system itself sees the
+    // file alone, and can change neither its directory nor its siblings.
+    let script = "mkdir /m && mount -t virtiofs hull /m && ls -a /m/0; \
+                  cat /m/0/sibling; echo status=$?; chmod 777 /m/0; echo status=$?; \
+                  touch /m/0/new; echo status=$?; mv /m/0/app.conf /m/0/moved; echo status=$?; \
+                  ln /m/0/app.conf /m/0/linked; echo status=$?";
+    let out = text(&sh_with(&hulld, &image, &bind(&file, "/etc/app.conf", ""), script).stdout);
+    let listed: Vec<&str> = out.lines().take_while(|l| !l.starts_with("status=")).collect();
+    assert_eq!(listed, ["app.conf"], "{out}");
+    assert!(!out.contains("secret"), "{out}");
+    assert_eq!(out.matches("status=1").count(), 5, "{out}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app.conf", "sibling"]);
+    let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+    assert_ne!(mode, 0o777);
+
+    // A file on a directory: refused with Docker's hint.
+    let out = sh_with(&hulld, &image, &bind(&file, "/bin", ""), "true");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("onto a file"), "{}", text(&out.stderr));
     hulld.assert_no_leftovers();
 }
 

@@ -243,6 +243,10 @@ pub enum MountSource {
         index: u32,
         #[serde(default)]
         fill_if_empty: bool,
+        /// One file shared (its directory with the rest hidden): its name
+        /// in the share, bound on the target, which is a file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
 }
 
@@ -449,9 +453,19 @@ mod tests {
                     source: MountSource::Share {
                         index: 1,
                         fill_if_empty: true,
+                        file: None,
                     },
                     target: "/src".into(),
                     read_only: false,
+                },
+                MountSpec {
+                    source: MountSource::Share {
+                        index: 2,
+                        fill_if_empty: false,
+                        file: Some("app.conf".into()),
+                    },
+                    target: "/etc/app.conf".into(),
+                    read_only: true,
                 },
             ],
             entropy: vec![1, 2, 3],

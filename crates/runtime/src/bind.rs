@@ -1,5 +1,5 @@
-//! Bind mounts: host directories a container sees at a path of its own
-//! (`-v /host/dir:/path[:ro]`, `--mount type=bind,...`), shared into its VM
+//! Bind mounts: host directories and files a container sees at a path of
+//! its own (`-v /host/dir:/path[:ro]`, `--mount type=bind,...`), shared into its VM
 //! through virtio-fs (`vmm::devices::virtio::fs`): writes land on the host
 //! at once, with the container's uid and gid, as with Docker.
 
@@ -70,10 +70,16 @@ impl BindMount {
             }
             _ => format!("invalid mount config for type \"bind\": {shown}: {e}"),
         })?;
-        if !resolved.is_dir() {
+        let kind = std::fs::metadata(&resolved)
+            .map_err(|e| format!("invalid mount config for type \"bind\": {shown}: {e}"))?
+            .file_type();
+        if !kind.is_dir() && !kind.is_file() {
             return Err(format!(
-                "bind-mounting a single file ({shown}) is not supported: hull shares directories with a container's VM; mount the directory that holds it"
+                "bind-mounting {shown} is not supported: hull shares directories and regular files with a container's VM, not sockets, devices or FIFOs, which would not reach across it"
             ));
+        }
+        if kind.is_file() && resolved.file_name().and_then(|n| n.to_str()).is_none() {
+            return Err(format!("bind-mounting {shown}: a file's name must be UTF-8"));
         }
         self.source = resolved;
         Ok(self)
@@ -107,6 +113,15 @@ pub struct Share {
 }
 
 impl Share {
+    /// The shared file's name when one file is shared (its directory is
+    /// served with the rest hidden): the guest binds that name.
+    pub fn file_name(&self) -> Option<String> {
+        match self.mount.source.is_file() {
+            true => self.mount.source.file_name()?.to_str().map(str::to_owned),
+            false => None,
+        }
+    }
+
     /// hull-vmm's `--share` argument.
     pub fn vmm_arg(&self) -> std::ffi::OsString {
         let mut arg = self.mount.source.as_os_str().to_owned();
@@ -145,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_sources_are_made_or_refused_and_files_refused() {
+    fn missing_sources_are_made_or_refused_and_only_files_and_dirs_shared() {
         let dir = std::env::temp_dir().join(format!("hull-bind-test-{}", std::process::id()));
         let missing = dir.join("made");
         let bind = BindMount::parse(missing.to_str().unwrap(), "/data", "").unwrap();
@@ -156,11 +171,22 @@ mod tests {
         assert!(made.source.is_dir());
         let file = dir.join("file");
         std::fs::write(&file, b"x").unwrap();
-        let err = BindMount::parse(file.to_str().unwrap(), "/f", "")
+        let share = |source: &std::path::Path| Share {
+            mount: BindMount::parse(source.to_str().unwrap(), "/f", "")
+                .unwrap()
+                .resolve(MissingSource::Refuse)
+                .unwrap(),
+            fill_if_empty: false,
+        };
+        assert_eq!(share(&file).file_name().as_deref(), Some("file"));
+        assert_eq!(share(&dir).file_name(), None);
+        let socket = dir.join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = BindMount::parse(socket.to_str().unwrap(), "/s", "")
             .unwrap()
             .resolve(MissingSource::Refuse)
             .unwrap_err();
-        assert!(err.contains("single file"), "{err}");
+        assert!(err.contains("not supported"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

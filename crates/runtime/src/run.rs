@@ -469,7 +469,7 @@ pub fn run_in(
     // the container, for as long as it runs.
     let _share_watch = match request.hold {
         true => None,
-        false => crate::share_watch::start(shares.iter().map(|s| s.mount.source.clone()).collect(), uds.clone()),
+        false => crate::share_watch::start(&shares, uds.clone()),
     };
     // The guest names the disks in slot order: vda, vdb, then the volumes.
     let mut disks = vec![
@@ -500,6 +500,7 @@ pub fn run_in(
             source: proto::MountSource::Share {
                 index,
                 fill_if_empty: share.fill_if_empty,
+                file: share.file_name(),
             },
             target: share.mount.target.clone(),
             read_only: share.mount.read_only,

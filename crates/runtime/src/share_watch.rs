@@ -44,12 +44,13 @@ impl Drop for ShareWatch {
     }
 }
 
-/// Starts watching `roots` (share `i` is `roots[i]`) for the VM whose vsock
+/// Starts watching `shares` (in the VM's order) for the VM whose vsock
 /// socket is `vsock`. Nothing to watch, or no inotify, starts nothing.
-pub fn start(roots: Vec<PathBuf>, vsock: PathBuf) -> Option<ShareWatch> {
-    if roots.is_empty() {
+pub fn start(shares: &[crate::bind::Share], vsock: PathBuf) -> Option<ShareWatch> {
+    if shares.is_empty() {
         return None;
     }
+    let roots = shares.iter().map(Root::of).collect();
     let inotify = match Inotify::init() {
         Ok(inotify) => inotify,
         Err(e) => {
@@ -79,11 +80,39 @@ pub fn start(roots: Vec<PathBuf>, vsock: PathBuf) -> Option<ShareWatch> {
     })
 }
 
+/// What one share watches: a directory, or one file's directory for that
+/// file alone.
+struct Root {
+    dir: PathBuf,
+    only: Option<std::ffi::OsString>,
+}
+
+impl Root {
+    fn of(share: &crate::bind::Share) -> Root {
+        let source = &share.mount.source;
+        match (share.file_name(), source.parent()) {
+            (Some(name), Some(dir)) => Root {
+                dir: dir.to_path_buf(),
+                only: Some(name.into()),
+            },
+            _ => Root {
+                dir: source.clone(),
+                only: None,
+            },
+        }
+    }
+
+    /// Whether `rel` (in the share) is out of this share's sight.
+    fn hides(&self, rel: &Path) -> bool {
+        self.only.as_ref().is_some_and(|only| rel.as_os_str() != only)
+    }
+}
+
 struct Watcher {
     inotify: Inotify,
     /// Each watched directory: its share and its path in it.
     dirs: HashMap<WatchDescriptor, (u32, PathBuf)>,
-    roots: Vec<PathBuf>,
+    roots: Vec<Root>,
     /// `MAX_WATCHES` was reached (said once).
     full: bool,
 }
@@ -114,7 +143,9 @@ impl Watcher {
                 }
                 return;
             }
-            let dir = self.roots[share as usize].join(&rel);
+            let root = &self.roots[share as usize];
+            let dir = root.dir.join(&rel);
+            let one_file = root.only.is_some();
             let Ok(wd) = self.inotify.watches().add(&dir, mask) else {
                 continue;
             };
@@ -123,6 +154,9 @@ impl Watcher {
             for entry in entries.flatten() {
                 let Ok(kind) = entry.file_type() else { continue };
                 let child = rel.join(entry.file_name());
+                if one_file {
+                    continue;
+                }
                 if let Some(found) = found.as_deref_mut() {
                     if let Some(change) = change(share, &child, HostChangeKind::Created(entry_type(kind))) {
                         found.push(change);
@@ -176,9 +210,13 @@ impl Watcher {
                 continue;
             };
             let rel = dir.join(name);
+            let root = &self.roots[share as usize];
+            if root.hides(&rel) {
+                continue;
+            }
             let is_dir = mask.contains(EventMask::ISDIR);
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-                let Ok(meta) = std::fs::symlink_metadata(self.roots[share as usize].join(&rel)) else {
+                let Ok(meta) = std::fs::symlink_metadata(root.dir.join(&rel)) else {
                     continue;
                 };
                 changes.push(change(
@@ -321,7 +359,10 @@ mod tests {
         let mut watcher = Watcher {
             inotify: Inotify::init().unwrap(),
             dirs: HashMap::new(),
-            roots: vec![root.path().to_path_buf()],
+            roots: vec![Root {
+                dir: root.path().to_path_buf(),
+                only: None,
+            }],
             full: false,
         };
         watcher.watch_tree(0, PathBuf::new(), None);

@@ -14,6 +14,7 @@
 
 mod bridge;
 mod replay;
+mod single_file;
 mod stable_dirs;
 
 use std::ffi::CString;
@@ -31,6 +32,22 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 
+/// What is served for `path`: the directory itself, or a file's
+/// directory and the file that alone is seen in it.
+fn split_file(path: &Path) -> std::io::Result<(PathBuf, Option<single_file::OnlyFile>)> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Ok((path.to_path_buf(), None));
+    }
+    let file = path.canonicalize()?;
+    match (file.parent(), file.file_name()) {
+        (Some(dir), Some(name)) => {
+            let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).map_err(std::io::Error::other)?;
+            Ok((dir.to_path_buf(), Some(single_file::OnlyFile::new(name))))
+        }
+        _ => Err(std::io::Error::other("a file without a directory")),
+    }
+}
+
 /// The tag the guest mounts (`mount -t virtiofs hull /dir`).
 pub const TAG: &str = "hull";
 /// The most directories one VM shares.
@@ -45,7 +62,8 @@ const CACHE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The high-priority queue (FORGET, INTERRUPT) and one request queue.
 const QUEUE_SIZES: &[u16] = &[128, 256];
 
-/// A host directory to share.
+/// A host directory to share, or one file (served as its directory with
+/// everything else hidden: see `single_file`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
     pub path: PathBuf,
@@ -103,7 +121,8 @@ impl Fs {
                 path: shown.clone(),
                 source,
             };
-            let mount = detached_mount(&share.path, share.read_only).map_err(open_err)?;
+            let (dir, only) = split_file(&share.path).map_err(open_err)?;
+            let mount = detached_mount(&dir, share.read_only).map_err(open_err)?;
             // Through the magic link, then `.`: passthrough opens its root
             // with O_NOFOLLOW, which only the last component obeys.
             let root = format!("/proc/self/fd/{}/.", mount.as_raw_fd());
@@ -122,7 +141,7 @@ impl Fs {
             })
             .map_err(open_err)?;
             fs.import().map_err(open_err)?;
-            vfs.mount(Box::new(stable_dirs::StableDirs::new(fs)), &format!("/{index}"))
+            vfs.mount(Box::new(stable_dirs::StableDirs::new(fs, only)), &format!("/{index}"))
                 .map_err(|e| ShareError::Vfs {
                     path: shown.clone(),
                     detail: format!("{e:?}"),

@@ -12,7 +12,8 @@
 //! position, as a local file system keeps its place in a directory that
 //! changes; READDIRPLUS looks each name up as it is served, so a name
 //! deleted meanwhile is left out. Requests that replay a host change
-//! (`replay`) are answered there; every other call goes straight through.
+//! (`replay`) are answered there, a one-file share's directory is kept
+//! out of sight (`single_file`); every other call goes straight through.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -28,6 +29,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::api::BackendFileSystem;
 
 use super::replay;
+use super::single_file::OnlyFile;
 
 /// The most entries one listing holds (a larger directory is listed up to
 /// here); the most listings open at once (a guest opening directories
@@ -51,14 +53,27 @@ type Listings = HashMap<(u64, u64), Arc<Vec<Listed>>>;
 pub struct StableDirs<F> {
     inner: F,
     listings: Mutex<Listings>,
+    /// For a share of one file: what keeps the rest of its directory out of
+    /// sight and unchanged.
+    only: Option<OnlyFile>,
 }
 
 impl<F: FileSystem<Inode = u64, Handle = u64>> StableDirs<F> {
-    pub fn new(inner: F) -> Self {
+    pub fn new(inner: F, only: Option<OnlyFile>) -> Self {
         StableDirs {
             inner,
             listings: Mutex::new(HashMap::new()),
+            only,
         }
+    }
+
+    /// Refuses a change to directory `dir` that a one-file share forbids.
+    fn may_change(&self, dir: u64) -> io::Result<()> {
+        self.only.as_ref().map_or(Ok(()), |only| only.change(dir))
+    }
+
+    fn may_look_up(&self, parent: u64, name: &CStr) -> io::Result<()> {
+        self.only.as_ref().map_or(Ok(()), |only| only.lookup(parent, name))
     }
 
     fn listings(&self) -> std::sync::MutexGuard<'_, Listings> {
@@ -83,6 +98,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> StableDirs<F> {
                     return Ok(0);
                 }
                 last = entry.offset;
+                if self.only.as_ref().is_some_and(|only| only.hides(inode, entry.name)) {
+                    return Ok(entry.name.len() + 24);
+                }
                 entries.push(Listed {
                     ino: entry.ino,
                     type_: entry.type_,
@@ -196,6 +214,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        self.may_look_up(parent, name)?;
         match replay::requested(ctx) {
             Some(asked) => replay::lookup(&self.inner, ctx, asked, parent, name),
             None => self.inner.lookup(ctx, parent, name),
@@ -233,6 +252,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         handle: Option<Self::Handle>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
+        self.may_change(inode)?;
         if let Some(asked) = replay::requested(ctx) {
             return replay::setattr(&self.inner, ctx, asked, inode, handle);
         }
@@ -244,6 +264,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn symlink(&self, ctx: &Context, linkname: &CStr, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        self.may_change(parent)?;
         if let Some(asked) = replay::requested(ctx) {
             return replay::create(&self.inner, ctx, asked, parent, name, libc::S_IFLNK);
         }
@@ -259,6 +280,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.may_change(inode)?;
         if let Some(asked) = replay::requested(ctx) {
             return replay::create(&self.inner, ctx, asked, inode, name, mode);
         }
@@ -266,6 +288,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn mkdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
+        self.may_change(parent)?;
         if let Some(asked) = replay::requested(ctx) {
             return replay::create(&self.inner, ctx, asked, parent, name, libc::S_IFDIR);
         }
@@ -273,6 +296,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.may_change(parent)?;
         if let Some(asked) = replay::requested(ctx) {
             return replay::remove(&self.inner, ctx, asked, parent, name);
         }
@@ -280,6 +304,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.may_change(parent)?;
         if let Some(asked) = replay::requested(ctx) {
             return replay::remove(&self.inner, ctx, asked, parent, name);
         }
@@ -295,10 +320,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
+        self.may_change(olddir)?;
+        self.may_change(newdir)?;
         self.inner.rename(ctx, olddir, oldname, newdir, newname, flags)
     }
 
     fn link(&self, ctx: &Context, inode: Self::Inode, newparent: Self::Inode, newname: &CStr) -> io::Result<Entry> {
+        self.may_change(newparent)?;
         self.inner.link(ctx, inode, newparent, newname)
     }
 
@@ -319,6 +347,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        self.may_change(parent)?;
         self.inner.create(ctx, parent, name, args)
     }
 
@@ -402,6 +431,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
+        self.may_change(inode)?;
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -414,6 +444,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for StableDirs<F> {
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.may_change(inode)?;
         self.inner.removexattr(ctx, inode, name)
     }
 
