@@ -176,7 +176,10 @@ fn qemu_with_virtiofs(kernel: &Path, initramfs: &Path, socket: &Path) -> Command
         .arg(format!("memory-backend-memfd,id=mem,size={GUEST_MIB}M,share=on"))
         .arg("-chardev")
         .arg(format!("socket,id=vfs,path={}", socket.display()))
-        .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=hull"]);
+        .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=hull"])
+        // QEMU's virtio-mmio speaks the legacy interface unless told not
+        // to, and virtiofsd (libvhost-user) serves only modern devices.
+        .args(["-global", "virtio-mmio.force-legacy=false"]);
     command
 }
 
