@@ -1106,6 +1106,30 @@ fn hull_files_are_private_and_the_socket_is_its_groups() {
 }
 
 #[test]
+fn one_image_pulled_by_many_at_once_is_stored_whole() {
+    // Each pull stores the image's manifest and config; at once, they
+    // once shared a temporary file and one rename took another's away
+    // (rarely here: image::store's unit test catches that race every time).
+    let (hulld, _registry, image) = with_box_image("manypulls");
+    let children: Vec<_> = (0..16)
+        .map(|_| {
+            hulld
+                .docker_command(&["pull", "-q", &image])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        ok(&child.wait_with_output().unwrap());
+    }
+    let images = ok(&hulld.docker(&["images", "-q"]));
+    assert_eq!(images.lines().count(), 1, "{images}");
+    ok(&hulld.docker(&["create", &image, "true"]));
+}
+
+#[test]
 fn unnamed_containers_created_at_once_all_get_names() {
     // 40 generated names from 456 at once: without a retry on a clash
     // between choosing a name and storing it, some creates would fail.

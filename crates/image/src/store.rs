@@ -101,14 +101,25 @@ pub struct Store {
 /// An exclusive hold on the store's records, released when dropped.
 pub struct StoreLock(#[allow(dead_code)] File);
 
-/// Writes `data` to `path` through a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// A hidden temporary name beside `path`, unique to this call: two
+/// threads making the same file at once (two pulls of one image's
+/// manifest, two containers' first writable disk) must not write into or
+/// rename away each other's.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    dir.join(format!(".{name}.{}.{made}.tmp", std::process::id()))
+}
+
+/// Writes `data` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_sibling(path);
     let result = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(data)?;
@@ -519,6 +530,28 @@ mod tests {
             architecture: "amd64".into(),
             os: "linux".into(),
         }
+    }
+
+    #[test]
+    fn one_path_written_from_many_threads_at_once_always_succeeds() {
+        let dir = std::env::temp_dir().join(format!("hull-store-writes-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("manifest");
+        std::thread::scope(|scope| {
+            for thread in 0..8u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &[thread; 64]).unwrap();
+                    }
+                });
+            }
+        });
+        let written = std::fs::read(&path).unwrap();
+        assert!(written.len() == 64 && written.iter().all(|b| *b == written[0]));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

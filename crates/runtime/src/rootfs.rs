@@ -36,7 +36,7 @@ pub fn disk_for(rootfs: &Path) -> Result<PathBuf, RootfsError> {
     if image.is_file() {
         return Ok(image);
     }
-    let tmp = cache.join(format!(".{digest}.{}.tmp", std::process::id()));
+    let tmp = image::store::temp_sibling(&image);
     image::disk::mkfs_ext4(
         Some(rootfs),
         &tmp,

@@ -152,7 +152,7 @@ pub fn create(
     let root = volumes_dir();
     std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
     // Built aside and renamed into place: a volume is whole or absent.
-    let tmp = root.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = image::store::temp_sibling(&dir);
     let _ = std::fs::remove_dir_all(&tmp);
     let record = VolumeRecord {
         name: name.to_string(),

@@ -19,7 +19,7 @@ fn template() -> PathBuf {
 pub fn create(path: &Path) -> Result<(), DiskError> {
     let template = template();
     if !template.is_file() {
-        let tmp = template.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = image::store::temp_sibling(&template);
         mkfs_ext4(None, &tmp, WRITABLE_MIB, "hull-rw")?;
         std::fs::rename(&tmp, &template).map_err(|e| DiskError::Mkfs {
             path: template.clone(),
