@@ -257,6 +257,7 @@ impl Daemon {
         }
         self.containers.remove(id)?;
         self.set_restarting(id, false);
+        self.health.forget(id);
         if anonymous_volumes {
             crate::volumes::remove_anonymous(self, &volumes);
         }

@@ -190,6 +190,13 @@ impl HealthStates {
         }
     }
 
+    /// Forgets a removed container's health.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut states) = self.0.lock() {
+            states.remove(id);
+        }
+    }
+
     fn update(&self, id: &str, change: impl FnOnce(&mut Health) -> Option<Status>) -> Option<Status> {
         self.0.lock().ok()?.get_mut(id).and_then(change)
     }
@@ -309,6 +316,15 @@ mod tests {
             exit_code: code,
             output: String::new(),
         }
+    }
+
+    #[test]
+    fn a_forgotten_container_s_health_is_gone() {
+        let states = HealthStates::default();
+        states.set("a", Health::new());
+        states.set("b", Health::new());
+        states.forget("a");
+        assert!(states.get("a").is_none() && states.get("b").is_some());
     }
 
     #[test]
