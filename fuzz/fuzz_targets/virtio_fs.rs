@@ -1,6 +1,8 @@
 #![no_main]
 //! virtio-fs under a hostile driver: FUSE requests of every kind, well
-//! formed or not, on a scratch directory shared as the device's `/0`.
+//! formed or not, on a scratch directory (or one file of it) shared as the
+//! device's `/0`, as any user, root, or under the group ids of the agent's
+//! replays of host changes.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -8,6 +10,7 @@ use std::sync::OnceLock;
 use arbitrary::Unstructured;
 use hull_fuzz::{drive, Guest, Turn};
 use libfuzzer_sys::fuzz_target;
+use proto::host_changes::Replay;
 use vmm::devices::virtio::fs::{Fs, Share};
 use vmm::devices::virtio::VirtioDevice;
 
@@ -18,6 +21,17 @@ use vmm::devices::virtio::VirtioDevice;
 const OPCODES: &[u32] = &[
     26, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25, 27, 28, 29, 30, 34, 35, 36,
     38, 40, 42, 43, 44, 45, 46, 47, 0, 99, 4096,
+];
+
+/// Group ids of requests: root's, a user's, and the replays' (see
+/// proto::host_changes).
+const GIDS: [u32; 6] = [
+    0,
+    1000,
+    Replay::Modify.gid(),
+    Replay::Create.gid(),
+    Replay::DeleteFile.gid(),
+    Replay::DeleteDir.gid(),
 ];
 
 fn shared_dir() -> &'static PathBuf {
@@ -33,8 +47,12 @@ fn shared_dir() -> &'static PathBuf {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
+    let path = match u.ratio(1, 4).unwrap_or(false) {
+        true => shared_dir().join("file"),
+        false => shared_dir().clone(),
+    };
     let share = Share {
-        path: shared_dir().clone(),
+        path,
         read_only: u.arbitrary::<bool>().unwrap_or(false),
     };
     let mut fs = Fs::new(&[share]).expect("sharing the scratch directory");
@@ -58,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 let node: u64 = if u.ratio(3, 4)? { u.int_in_range(0..=8)? } else { u.arbitrary()? };
                 header[16..24].copy_from_slice(&node.to_le_bytes());
                 header[24..28].copy_from_slice(&u.choose(&[0u32, 1000])?.to_le_bytes());
+                header[28..32].copy_from_slice(&u.choose(&GIDS)?.to_le_bytes());
                 guest.write(at, &header);
             }
         }

@@ -36,7 +36,7 @@ const REPLAY_GID_BASE: u32 = 0x7fff_ff00;
 impl Replay {
     const ALL: [Replay; 4] = [Replay::Modify, Replay::Create, Replay::DeleteFile, Replay::DeleteDir];
 
-    pub fn gid(self) -> u32 {
+    pub const fn gid(self) -> u32 {
         REPLAY_GID_BASE + self as u32
     }
 
