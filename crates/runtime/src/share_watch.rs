@@ -184,10 +184,12 @@ impl Watcher {
                     break;
                 }
             }
+            // A batch the agent cannot take (it serves no exec yet while
+            // the container starts; the VM may be ending) is dropped: the
+            // watch goes on until it is stopped.
             for batch in changes.list.chunks(MAX_HOST_CHANGES) {
                 if send(vsock, batch.to_vec()).is_err() {
-                    // The VM is gone (or going): so is this watch.
-                    return;
+                    break;
                 }
             }
         }
