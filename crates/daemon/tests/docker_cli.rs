@@ -1105,16 +1105,12 @@ fn hull_files_are_private_and_the_socket_is_its_groups() {
     );
 }
 
-#[test]
-fn one_image_pulled_by_many_at_once_is_stored_whole() {
-    // Each pull stores the image's manifest and config; at once, they
-    // once shared a temporary file and one rename took another's away
-    // (rarely here: image::store's unit test catches that race every time).
-    let (hulld, _registry, image) = with_box_image("manypulls");
-    let children: Vec<_> = (0..16)
+/// Runs the docker command `times` times at once; each must succeed.
+fn all_at_once(hulld: &Hulld, times: usize, args: &[&str]) {
+    let children: Vec<_> = (0..times)
         .map(|_| {
             hulld
-                .docker_command(&["pull", "-q", &image])
+                .docker_command(args)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -1124,6 +1120,15 @@ fn one_image_pulled_by_many_at_once_is_stored_whole() {
     for child in children {
         ok(&child.wait_with_output().unwrap());
     }
+}
+
+#[test]
+fn one_image_pulled_by_many_at_once_is_stored_whole() {
+    // Each pull stores the image's manifest and config; at once, they
+    // once shared a temporary file and one rename took another's away
+    // (rarely here: image::store's unit test catches that race every time).
+    let (hulld, _registry, image) = with_box_image("manypulls");
+    all_at_once(&hulld, 16, &["pull", "-q", &image]);
     let images = ok(&hulld.docker(&["images", "-q"]));
     assert_eq!(images.lines().count(), 1, "{images}");
     ok(&hulld.docker(&["create", &image, "true"]));
@@ -1135,19 +1140,7 @@ fn unnamed_containers_created_at_once_all_get_names() {
     // between choosing a name and storing it, some creates would fail.
     let (hulld, _registry, image) = with_box_image("manynames");
     ok(&hulld.docker(&["pull", "-q", &image]));
-    let children: Vec<_> = (0..40)
-        .map(|_| {
-            hulld
-                .docker_command(&["create", &image, "true"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        ok(&child.wait_with_output().unwrap());
-    }
+    all_at_once(&hulld, 40, &["create", &image, "true"]);
     let names = ok(&hulld.docker(&["ps", "-a", "--format", "{{.Names}}"]));
     let unique: std::collections::HashSet<&str> = names.lines().collect();
     assert_eq!(unique.len(), 40, "{names}");

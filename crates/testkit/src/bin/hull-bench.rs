@@ -91,6 +91,13 @@ enum Bench {
         /// Seconds each fio job runs.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// The peers to run, comma-separated (hull_share, hull_disk, host,
+        /// qemu_virtiofsd); all by default.
+        #[arg(long, default_value = "hull_share,hull_disk,host,qemu_virtiofsd")]
+        peers: String,
+        /// Small files in the metadata job (unpacked, then listed).
+        #[arg(long, default_value_t = 20_000)]
+        files: usize,
     },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
@@ -110,7 +117,12 @@ fn main() -> Result<()> {
         Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Docker { runs } => docker_bench::docker_bench(runs),
         Bench::Net { runs } => net_bench::net_bench(runs),
-        Bench::Fs { runs, seconds } => fs_bench::fs_bench(runs, seconds),
+        Bench::Fs {
+            runs,
+            seconds,
+            peers,
+            files,
+        } => fs_bench::fs_bench(runs, seconds, &peers, files),
         Bench::Block {
             runs,
             seconds,
