@@ -243,7 +243,11 @@ pub async fn start(
     let dir = ContainerDir::new(&exec.container);
     let spec = exec.spec.clone();
     let guest = blocking(move || {
-        let mut conn = connect_agent(&dir).map_err(|e| ApiError::conflict(format!("container is not running: {e}")))?;
+        let mut conn = connect_agent(&dir).map_err(|e| {
+            // The CLI shows a failed upgrade as its status alone: say why here.
+            tracing::warn!("exec in {}: the agent could not be reached: {e}", dir.id);
+            ApiError::conflict(format!("container is not running: {e}"))
+        })?;
         write_frame(&mut conn, &Frame::Control(Control::Exec(Box::new(spec))))
             .map_err(|e| ApiError::internal(format!("sending the exec request: {e}")))?;
         Ok(conn)

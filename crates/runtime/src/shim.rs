@@ -15,7 +15,7 @@ use crate::container_log::LogWriter;
 use crate::run::{Attachment, OutputStream, RunRequest, Source, Steer};
 
 /// How long a container's guest may take to reach its agent.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What clients sent before the command was running, and the way to it after.
 #[derive(Default)]

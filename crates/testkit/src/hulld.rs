@@ -249,8 +249,41 @@ fn supervisors(data: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The last `lines` lines of the file at `path` (empty if unreadable).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Hulld {
+    /// On a failing test: what hulld and each container's guest said last,
+    /// since the docker CLI shows only the status of some failures (an exec
+    /// it could not upgrade is "received 409", without hulld's reason).
+    fn print_diagnostics(&self) {
+        eprintln!(
+            "== hulld's log, last 60 lines\n{}",
+            tail(&self.work.join("hulld.log"), 60)
+        );
+        let containers = self.data.join("containers");
+        for entry in std::fs::read_dir(containers).into_iter().flatten().flatten() {
+            let console = entry.path().join("console.log");
+            if console.exists() {
+                eprintln!(
+                    "== container {} console, last 25 lines\n{}",
+                    entry.file_name().to_string_lossy(),
+                    tail(&console, 25)
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Hulld {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_diagnostics();
+        }
         self.stop_daemon();
         for pid in supervisors(&self.data) {
             // SAFETY: kill(2) of a supervisor this test's hulld started.
