@@ -5,6 +5,7 @@
 //! finds its devices through ACPI tables (`acpi`). A VM can be saved when its
 //! guest asks (a template) and restored with its memory mapped copy-on-write
 //! (a clone): `snapshot` holds the files, `vcpu_state` the per-vCPU part.
+//! A running VM can be moved to another hull-vmm (`migration`).
 //! This library also tells whether the host's KVM can run a standard guest
 //! kernel at all (`host`).
 
@@ -17,6 +18,7 @@ pub mod devices;
 pub mod host;
 pub mod jail;
 pub mod layout;
+pub mod migration;
 pub mod pause;
 pub mod persist;
 pub mod seccomp;

@@ -1,0 +1,158 @@
+//! The destination's side: answer the source's hello, take its pages into
+//! guest memory, keep its state, and run the guest only on `Go`.
+//!
+//! Everything from the source is checked before it is used: page numbers
+//! against the guest's size, each frame in its place, the state once.
+//! Until `Go`, nothing here has run the guest: a migration that fails
+//! leaves a VM that its supervisor discards.
+
+use std::io::{Read, Write};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::send::unexpected;
+use super::stream::{read_frame, write_frame, Frame, Hello, Welcome, PAGE_SIZE, VERSION};
+use super::MigrationError;
+
+/// Reads the source's hello. The caller checks it against what it can
+/// run (`check_hello`) and prepares guest memory to match (the template's
+/// pages, or zeros) before `welcome`.
+pub fn read_hello(conn: &mut impl Read) -> Result<Hello, MigrationError> {
+    match read_frame(conn)? {
+        Some(Frame::Hello(hello)) => Ok(hello),
+        other => Err(unexpected("a hello", other)),
+    }
+}
+
+/// Why this destination cannot take the VM `hello` announces, if it cannot.
+pub fn check_hello(hello: &Hello, memory_bytes: u64) -> Result<(), String> {
+    if hello.version != VERSION {
+        return Err(format!(
+            "the source speaks migration version {}; this hull-vmm speaks {VERSION}",
+            hello.version
+        ));
+    }
+    if hello.page_size as usize != PAGE_SIZE {
+        return Err(format!("the source's pages are {} bytes", hello.page_size));
+    }
+    if hello.memory_bytes != memory_bytes {
+        return Err(format!(
+            "the VM has {} MiB of memory; this destination was made for {} MiB",
+            hello.memory_bytes >> 20,
+            memory_bytes >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Answers the hello: refused with `reason`, or accepted, saying whether
+/// guest memory already holds the source's template.
+pub fn welcome(conn: &mut impl Write, answer: Result<bool, String>) -> Result<(), MigrationError> {
+    let welcome = match &answer {
+        Ok(has_template) => Welcome::Accepted {
+            has_template: *has_template,
+        },
+        Err(reason) => Welcome::Refused { reason: reason.clone() },
+    };
+    write_frame(conn, &Frame::Welcome(welcome))?;
+    answer.map(|_| ()).map_err(MigrationError::Refused)
+}
+
+/// What the source sent, once it is all here.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The VM's state, as the source's `Source::state` encoded it.
+    pub state: Vec<u8>,
+    pub rounds: u32,
+    pub pages: u64,
+}
+
+/// Takes pages into `memory` until the source is done; its progress
+/// (round, dirty pages) goes to `progress`.
+pub fn receive_memory(
+    conn: &mut impl Read,
+    memory: &GuestMemoryMmap,
+    memory_bytes: u64,
+    progress: &mut dyn FnMut(u32, u64),
+) -> Result<Incoming, MigrationError> {
+    let guest_pages = memory_bytes / PAGE_SIZE as u64;
+    let in_guest = |first: u64, count: u64| -> Result<GuestAddress, MigrationError> {
+        match first.checked_add(count) {
+            Some(end) if count > 0 && end <= guest_pages => Ok(GuestAddress(first * PAGE_SIZE as u64)),
+            _ => Err(MigrationError::OutOfRange {
+                first,
+                count,
+                pages: guest_pages,
+            }),
+        }
+    };
+    let write = |data: &[u8], at: GuestAddress| {
+        memory
+            .write_slice(data, at)
+            .map_err(|e| MigrationError::Memory(format!("writing guest memory at {:#x}: {e}", at.0)))
+    };
+    let zeros = vec![0u8; PAGE_SIZE];
+    let mut incoming = Incoming {
+        state: Vec::new(),
+        rounds: 0,
+        pages: 0,
+    };
+    let mut state = None;
+    loop {
+        match read_frame(conn)? {
+            Some(Frame::Pages { first, data }) => {
+                let count = (data.len() / PAGE_SIZE) as u64;
+                write(&data, in_guest(first, count)?)?;
+                incoming.pages += count;
+            }
+            Some(Frame::Zeros { first, count }) => {
+                let at = in_guest(first, u64::from(count))?;
+                for page in 0..u64::from(count) {
+                    write(&zeros, GuestAddress(at.0 + page * PAGE_SIZE as u64))?;
+                }
+                incoming.pages += u64::from(count);
+            }
+            Some(Frame::RoundEnd { round, dirty_pages }) => {
+                incoming.rounds = round + 1;
+                progress(round, dirty_pages);
+            }
+            Some(Frame::State(bytes)) if state.is_none() => state = Some(bytes),
+            Some(Frame::Done) => match state.take() {
+                Some(bytes) => {
+                    incoming.state = bytes;
+                    return Ok(incoming);
+                }
+                None => return Err(MigrationError::Unexpected("done before the VM state".into())),
+            },
+            Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
+            other => return Err(unexpected("pages, a round's end, the state or done", other)),
+        }
+    }
+}
+
+/// Tells the source the VM is ready to run here and waits for its `Go`:
+/// only after `Ok` may the caller run the guest (then `resumed`).
+pub fn ready<C: Read + Write>(conn: &mut C) -> Result<(), MigrationError> {
+    write_frame(conn, &Frame::Ready)?;
+    match read_frame(conn)? {
+        Some(Frame::Go) => Ok(()),
+        Some(Frame::Abort { reason }) => Err(MigrationError::Aborted(reason)),
+        other => Err(unexpected("go", other)),
+    }
+}
+
+/// Tells the source the guest runs here.
+pub fn resumed(conn: &mut impl Write) -> Result<(), MigrationError> {
+    write_frame(conn, &Frame::Resumed)?;
+    Ok(())
+}
+
+/// Tells the source this side gives up (it keeps running its guest).
+pub fn abort(conn: &mut impl Write, reason: &str) {
+    let _ = write_frame(
+        conn,
+        &Frame::Abort {
+            reason: reason.to_string(),
+        },
+    );
+}

@@ -1,0 +1,416 @@
+//! The source's side: pre-copy of a running guest's memory, then the
+//! switch-over.
+//!
+//! Round 0 sends what the destination lacks (a clone's own pages when the
+//! destination maps the same template; every non-zero page otherwise) while
+//! the guest runs with dirty logging on. Each later round sends the pages
+//! written during the one before. Once what is left would take no longer
+//! than the downtime budget at the bandwidth just measured, the guest is
+//! paused, the last dirty pages and the VM's state go, and the source waits
+//! for the destination to say it holds everything (`Ready`). Only then does
+//! it send `Go`, after which it never runs the guest again: a VM is never
+//! running on both hosts (if `Go` is lost, it runs on neither, and a
+//! supervisor sees that). A guest that dirties memory faster than the link
+//! drains it is throttled (auto-converge); past `Limits::max_time` or
+//! `max_rounds`, the migration is abandoned and the guest runs on, here.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::pages::{DirtyLog, PageSet};
+use super::stream::{read_frame, write_frame, Frame, Hello, StreamError, Welcome, MAX_PAGES_PER_FRAME, PAGE_SIZE};
+use super::MigrationError;
+
+/// When to switch over, and when to give up.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The longest the guest may stand still for the last round and its state.
+    pub downtime: Duration,
+    /// Past this, the migration is abandoned and the guest runs on here.
+    pub max_time: Duration,
+    /// As many pre-copy rounds at most (the same fate past it).
+    pub max_rounds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            downtime: Duration::from_millis(50),
+            max_time: Duration::from_secs(300),
+            max_rounds: 100,
+        }
+    }
+}
+
+/// Auto-converge, as QEMU's: a first throttle, its step, and its ceiling
+/// (percent of the vCPUs' time taken away).
+const THROTTLE_FIRST: u8 = 20;
+const THROTTLE_STEP: u8 = 10;
+const THROTTLE_MAX: u8 = 99;
+
+/// The running VM as the sender sees it.
+pub trait Source {
+    fn memory(&self) -> &GuestMemoryMmap;
+    /// Stops every vCPU and device (the guest stands still).
+    fn pause(&mut self) -> Result<(), String>;
+    /// Lets them run again (a migration that failed before `Go`).
+    fn resume(&mut self);
+    /// Takes `percent` of the vCPUs' time away (0: none).
+    fn throttle(&mut self, percent: u8);
+    /// The paused VM's state, encoded for the destination.
+    fn state(&mut self) -> Result<Vec<u8>, String>;
+}
+
+/// How a round went, as the sender reports it while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub round: u32,
+    /// In this round.
+    pub pages_sent: u64,
+    /// In this round, frames and all.
+    pub bytes_sent: u64,
+    /// Written by the guest during this round: the next round's work.
+    pub dirty_pages: u64,
+    /// The guest's rate of dirtying memory, bytes a second.
+    pub dirty_rate: u64,
+    /// This round's throughput, bytes a second.
+    pub bandwidth: u64,
+    /// How long the guest would stand still if it switched over now.
+    pub expected_downtime: Duration,
+    /// Percent of the vCPUs' time taken away.
+    pub throttle: u8,
+}
+
+/// What a migration that ended well did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Pre-copy rounds, the final (paused) one not counted.
+    pub rounds: u32,
+    pub bytes_sent: u64,
+    pub pages_sent: u64,
+    /// Pages sent as "all zeros", without their bytes.
+    pub zero_pages: u64,
+    pub total: Duration,
+    /// From the pause to the destination's word that it runs the guest.
+    pub downtime: Duration,
+    pub max_throttle: u8,
+    /// False if the link broke after `Go`: the destination may or may not run it.
+    pub confirmed: bool,
+}
+
+/// Counts the bytes written through it.
+struct Counted<'a, S> {
+    inner: &'a mut S,
+    written: u64,
+}
+
+impl<S: Write> Write for Counted<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Pages and zero runs on their way into frames.
+struct Batch {
+    first: u64,
+    data: Vec<u8>,
+    zeros_first: u64,
+    zeros: u32,
+    pages_sent: u64,
+    zero_pages: u64,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            first: 0,
+            data: Vec::with_capacity(MAX_PAGES_PER_FRAME * PAGE_SIZE),
+            zeros_first: 0,
+            zeros: 0,
+            pages_sent: 0,
+            zero_pages: 0,
+        }
+    }
+
+    fn page(&mut self, w: &mut impl Write, page: u64, bytes: &[u8], skip_zeros: bool) -> Result<(), StreamError> {
+        let zero = bytes.iter().all(|&b| b == 0);
+        if zero && skip_zeros {
+            return self.flush(w);
+        }
+        self.pages_sent += 1;
+        if zero {
+            self.flush_data(w)?;
+            if self.zeros > 0 && self.zeros_first + u64::from(self.zeros) != page {
+                self.flush_zeros(w)?;
+            }
+            if self.zeros == 0 {
+                self.zeros_first = page;
+            }
+            self.zeros += 1;
+            self.zero_pages += 1;
+            return Ok(());
+        }
+        self.flush_zeros(w)?;
+        let next = self.first + (self.data.len() / PAGE_SIZE) as u64;
+        if !self.data.is_empty() && (next != page || self.data.len() == MAX_PAGES_PER_FRAME * PAGE_SIZE) {
+            self.flush_data(w)?;
+        }
+        if self.data.is_empty() {
+            self.first = page;
+        }
+        self.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush_data(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
+        if !self.data.is_empty() {
+            let data = std::mem::replace(&mut self.data, Vec::with_capacity(MAX_PAGES_PER_FRAME * PAGE_SIZE));
+            write_frame(
+                w,
+                &Frame::Pages {
+                    first: self.first,
+                    data,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn flush_zeros(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
+        if self.zeros > 0 {
+            write_frame(
+                w,
+                &Frame::Zeros {
+                    first: self.zeros_first,
+                    count: self.zeros,
+                },
+            )?;
+            self.zeros = 0;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
+        self.flush_data(w)?;
+        self.flush_zeros(w)
+    }
+}
+
+/// Sends `set`'s pages as they are now; zero pages are left out when the
+/// destination's copy is known to be zero (`skip_zeros`).
+fn send_pages(
+    w: &mut impl Write,
+    memory: &GuestMemoryMmap,
+    set: &PageSet,
+    skip_zeros: bool,
+    batch: &mut Batch,
+) -> Result<(), MigrationError> {
+    let mut page_bytes = vec![0u8; PAGE_SIZE];
+    for (first, count) in set.runs() {
+        for page in first..first + count {
+            // The guest may be writing this page as it is read: then it is in
+            // the dirty log again and goes again in the next round.
+            memory
+                .read_slice(&mut page_bytes, GuestAddress(page * PAGE_SIZE as u64))
+                .map_err(|e| MigrationError::Memory(format!("reading guest page {page}: {e}")))?;
+            batch.page(w, page, &page_bytes, skip_zeros)?;
+        }
+    }
+    batch.flush(w)?;
+    Ok(())
+}
+
+/// Migrates the VM `source` over `conn`. `hello` announces it;
+/// `first_round(has_template)` is what round 0 sends (a clone's own pages if
+/// the destination has its template, else every page). On an error before
+/// `Go` the guest runs on here, unthrottled, and the destination is told.
+pub fn send<C: Read + Write>(
+    conn: &mut C,
+    source: &mut dyn Source,
+    dirty: &mut dyn DirtyLog,
+    hello: Hello,
+    first_round: &dyn Fn(bool) -> PageSet,
+    limits: &Limits,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report, MigrationError> {
+    let started = Instant::now();
+    let mut paused = false;
+    let result = precopy_and_switch(
+        conn,
+        source,
+        dirty,
+        hello,
+        first_round,
+        limits,
+        progress,
+        started,
+        &mut paused,
+    );
+    if let Err(e) = &result {
+        if !matches!(e, MigrationError::Refused(_) | MigrationError::Aborted(_)) {
+            let _ = write_frame(conn, &Frame::Abort { reason: e.to_string() });
+        }
+        dirty.stop();
+        source.throttle(0);
+        if paused {
+            source.resume();
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn precopy_and_switch<C: Read + Write>(
+    conn: &mut C,
+    source: &mut dyn Source,
+    dirty: &mut dyn DirtyLog,
+    hello: Hello,
+    first_round: &dyn Fn(bool) -> PageSet,
+    limits: &Limits,
+    progress: &mut dyn FnMut(&Progress),
+    started: Instant,
+    paused: &mut bool,
+) -> Result<Report, MigrationError> {
+    write_frame(conn, &Frame::Hello(hello))?;
+    let has_template = match read_frame(conn)? {
+        Some(Frame::Welcome(Welcome::Accepted { has_template })) => has_template,
+        Some(Frame::Welcome(Welcome::Refused { reason })) => return Err(MigrationError::Refused(reason)),
+        other => return Err(unexpected("a welcome", other)),
+    };
+    dirty.start().map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+    let mut set = first_round(has_template);
+    let mut skip_zeros = !has_template;
+    let mut batch = Batch::new();
+    let mut total_bytes = 0;
+    let mut round = 0u32;
+    let mut throttle = 0u8;
+    let mut max_throttle = 0u8;
+    let mut rounds_not_shrinking = 0;
+    loop {
+        let round_started = Instant::now();
+        let pages_before = batch.pages_sent;
+        let mut counted = Counted {
+            inner: &mut *conn,
+            written: 0,
+        };
+        send_pages(&mut counted, source.memory(), &set, skip_zeros, &mut batch)?;
+        let next = dirty.take().map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+        write_frame(
+            &mut counted,
+            &Frame::RoundEnd {
+                round,
+                dirty_pages: next.count(),
+            },
+        )?;
+        let bytes = counted.written;
+        total_bytes += bytes;
+        skip_zeros = false;
+        let elapsed = round_started.elapsed().max(Duration::from_micros(100));
+        let bandwidth = (bytes as f64 / elapsed.as_secs_f64()).max(1.0);
+        let dirty_bytes = next.count() * PAGE_SIZE as u64;
+        let expected_downtime = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth);
+        progress(&Progress {
+            round,
+            pages_sent: batch.pages_sent - pages_before,
+            bytes_sent: bytes,
+            dirty_pages: next.count(),
+            dirty_rate: (dirty_bytes as f64 / elapsed.as_secs_f64()) as u64,
+            bandwidth: bandwidth as u64,
+            expected_downtime,
+            throttle,
+        });
+        set = next;
+        round += 1;
+        if expected_downtime <= limits.downtime {
+            break;
+        }
+        if started.elapsed() >= limits.max_time || round >= limits.max_rounds {
+            return Err(MigrationError::DidNotConverge {
+                rounds: round,
+                seconds: started.elapsed().as_secs(),
+                left: dirty_bytes,
+            });
+        }
+        // The guest wrote more than half of what this round sent: it is
+        // outrunning the link; two such rounds in a row and it is slowed.
+        rounds_not_shrinking = match dirty_bytes * 2 > bytes {
+            true => rounds_not_shrinking + 1,
+            false => 0,
+        };
+        if rounds_not_shrinking >= 2 && throttle < THROTTLE_MAX {
+            throttle = match throttle {
+                0 => THROTTLE_FIRST,
+                t => t.saturating_add(THROTTLE_STEP).min(THROTTLE_MAX),
+            };
+            max_throttle = max_throttle.max(throttle);
+            source.throttle(throttle);
+            rounds_not_shrinking = 0;
+        }
+    }
+
+    // Switch-over: the guest stands still from here.
+    let paused_at = Instant::now();
+    source.pause().map_err(MigrationError::Source)?;
+    *paused = true;
+    source.throttle(0);
+    set.add(&dirty.take().map_err(|e| MigrationError::DirtyLog(e.to_string()))?);
+    dirty.stop();
+    let mut counted = Counted {
+        inner: &mut *conn,
+        written: 0,
+    };
+    send_pages(&mut counted, source.memory(), &set, false, &mut batch)?;
+    let state = source.state().map_err(MigrationError::Source)?;
+    write_frame(&mut counted, &Frame::State(state))?;
+    write_frame(&mut counted, &Frame::Done)?;
+    total_bytes += counted.written;
+    match read_frame(conn)? {
+        Some(Frame::Ready) => {}
+        Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
+        other => return Err(unexpected("ready", other)),
+    }
+    write_frame(conn, &Frame::Go)?;
+    // Committed: from here this side never runs the guest again.
+    *paused = false;
+    let confirmed = matches!(read_frame(conn), Ok(Some(Frame::Resumed)));
+    Ok(Report {
+        rounds: round,
+        bytes_sent: total_bytes,
+        pages_sent: batch.pages_sent,
+        zero_pages: batch.zero_pages,
+        total: started.elapsed(),
+        downtime: paused_at.elapsed(),
+        max_throttle,
+        confirmed,
+    })
+}
+
+pub(super) fn unexpected(wanted: &str, got: Option<Frame>) -> MigrationError {
+    MigrationError::Unexpected(match got {
+        None => format!("the peer closed the stream where {wanted} was due"),
+        Some(frame) => format!("{} where {wanted} was due", frame_name(&frame)),
+    })
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "a hello",
+        Frame::Welcome(_) => "a welcome",
+        Frame::Pages { .. } => "pages",
+        Frame::Zeros { .. } => "zero pages",
+        Frame::RoundEnd { .. } => "a round's end",
+        Frame::State(_) => "the VM state",
+        Frame::Done => "done",
+        Frame::Ready => "ready",
+        Frame::Go => "go",
+        Frame::Resumed => "resumed",
+        Frame::Abort { .. } => "an abort",
+    }
+}

@@ -1,0 +1,375 @@
+//! The migration stream: the frames two hull-vmm processes exchange over
+//! one byte stream (a socket its supervisor connected; TLS, if any, is the
+//! supervisor's).
+//!
+//! A frame is its kind (1 byte), its payload's length (u32, little-endian),
+//! the payload, and a CRC-32 of all three: a frame that is cut, flipped or
+//! foreign is refused before a byte of it is used. Each kind has its own
+//! largest payload, so a peer cannot make the other allocate more than one
+//! state's worth. Page data travels raw; everything else is postcard.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The stream's version: a destination refuses any other.
+pub const VERSION: u32 = 1;
+/// Guest pages are this big on x86-64.
+pub const PAGE_SIZE: usize = 4096;
+/// At most this many pages travel in one `Pages` frame (1 MiB).
+pub const MAX_PAGES_PER_FRAME: usize = 256;
+/// A VM's state (vCPUs, interrupt controllers, devices) is a few hundred
+/// KiB; this bounds what a destination accepts for it.
+pub const MAX_STATE: usize = 64 << 20;
+/// Every other frame is small.
+const MAX_SMALL: usize = 64 << 10;
+const HEADER: usize = 1 + 4;
+const TRAILER: usize = 4;
+
+/// What the source sends first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub page_size: u32,
+    pub memory_bytes: u64,
+    /// The content hash of the template whose memory the source's guest
+    /// began as (a clone's), if any: a destination that maps the same
+    /// template is sent only the pages the clone changed.
+    pub template: Option<[u8; 32]>,
+}
+
+/// The destination's answer to `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Go on; `has_template` says whether the destination's memory already
+    /// holds the template's pages.
+    Accepted {
+        has_template: bool,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// One frame, either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome(Welcome),
+    /// `data.len() / PAGE_SIZE` pages from page number `first`.
+    Pages {
+        first: u64,
+        data: Vec<u8>,
+    },
+    /// `count` pages from page number `first` that are all zeros now.
+    Zeros {
+        first: u64,
+        count: u32,
+    },
+    /// The end of a pre-copy round (progress only).
+    RoundEnd {
+        round: u32,
+        dirty_pages: u64,
+    },
+    /// The paused VM's state, opaque to the stream.
+    State(Vec<u8>),
+    /// The source sent everything.
+    Done,
+    /// The destination holds the whole VM and would run it on `Go`.
+    Ready,
+    /// The source has stopped for good: the destination runs the VM.
+    Go,
+    /// The destination runs the VM.
+    Resumed,
+    /// Either side gives up; the source's VM keeps running.
+    Abort {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the migration connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the migration stream ended in the middle of a frame")]
+    Truncated,
+    #[error("the migration stream is corrupted (a frame's checksum does not match)")]
+    Checksum,
+    #[error("the migration stream has an unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("a migration frame of kind {kind} announces {len} bytes; at most {max} are allowed")]
+    Oversized { kind: u8, len: usize, max: usize },
+    #[error("a malformed migration frame: {0}")]
+    Malformed(String),
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const PAGES: u8 = 3;
+    pub const ZEROS: u8 = 4;
+    pub const ROUND_END: u8 = 5;
+    pub const STATE: u8 = 6;
+    pub const DONE: u8 = 7;
+    pub const READY: u8 = 8;
+    pub const GO: u8 = 9;
+    pub const RESUMED: u8 = 10;
+    pub const ABORT: u8 = 11;
+}
+
+fn max_payload(kind: u8) -> Result<usize, StreamError> {
+    Ok(match kind {
+        kind::PAGES => 8 + MAX_PAGES_PER_FRAME * PAGE_SIZE,
+        kind::STATE => MAX_STATE,
+        kind::HELLO..=kind::ABORT => MAX_SMALL,
+        other => return Err(StreamError::UnknownKind(other)),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
+    postcard::to_stdvec(value).map_err(|e| StreamError::Malformed(e.to_string()))
+}
+
+fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, StreamError> {
+    postcard::from_bytes(payload).map_err(|e| StreamError::Malformed(e.to_string()))
+}
+
+/// Writes one frame (and flushes).
+pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
+    let (kind, payload): (u8, std::borrow::Cow<[u8]>) = match frame {
+        Frame::Hello(hello) => (kind::HELLO, encode(hello)?.into()),
+        Frame::Welcome(welcome) => (kind::WELCOME, encode(welcome)?.into()),
+        Frame::Pages { first, data } => {
+            if data.is_empty() || data.len() % PAGE_SIZE != 0 || data.len() > MAX_PAGES_PER_FRAME * PAGE_SIZE {
+                return Err(StreamError::Malformed(format!("{} bytes of pages", data.len())));
+            }
+            let mut payload = Vec::with_capacity(8 + data.len());
+            payload.extend_from_slice(&first.to_le_bytes());
+            payload.extend_from_slice(data);
+            (kind::PAGES, payload.into())
+        }
+        Frame::Zeros { first, count } => (kind::ZEROS, encode(&(first, count))?.into()),
+        Frame::RoundEnd { round, dirty_pages } => (kind::ROUND_END, encode(&(round, dirty_pages))?.into()),
+        Frame::State(bytes) => (kind::STATE, bytes.as_slice().into()),
+        Frame::Done => (kind::DONE, Vec::new().into()),
+        Frame::Ready => (kind::READY, Vec::new().into()),
+        Frame::Go => (kind::GO, Vec::new().into()),
+        Frame::Resumed => (kind::RESUMED, Vec::new().into()),
+        Frame::Abort { reason } => (kind::ABORT, encode(reason)?.into()),
+    };
+    let max = max_payload(kind)?;
+    if payload.len() > max {
+        return Err(StreamError::Oversized {
+            kind,
+            len: payload.len(),
+            max,
+        });
+    }
+    let mut header = [0u8; HEADER];
+    header[0] = kind;
+    header[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+    crc.update(&payload);
+    w.write_all(&header)?;
+    w.write_all(&payload)?;
+    w.write_all(&crc.finalize().to_le_bytes())?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes; a stream that ends first is `Truncated`.
+fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<(), StreamError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => StreamError::Truncated,
+        _ => StreamError::Io(e),
+    })
+}
+
+/// Reads one frame; `Ok(None)` if the stream ended cleanly before it.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
+    let mut header = [0u8; HEADER];
+    // A clean end is one between frames.
+    match r.read(&mut header[..1]) {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return read_frame(r),
+        Err(e) => return Err(e.into()),
+    }
+    read_exact(r, &mut header[1..])?;
+    let kind = header[0];
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let max = max_payload(kind)?;
+    if len > max {
+        return Err(StreamError::Oversized { kind, len, max });
+    }
+    let mut payload = vec![0u8; len];
+    read_exact(r, &mut payload)?;
+    let mut trailer = [0u8; TRAILER];
+    read_exact(r, &mut trailer)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+    crc.update(&payload);
+    if crc.finalize() != u32::from_le_bytes(trailer) {
+        return Err(StreamError::Checksum);
+    }
+    let empty = |frame: Frame| match payload.is_empty() {
+        true => Ok(frame),
+        false => Err(StreamError::Malformed(format!("frame kind {kind} carries {len} bytes"))),
+    };
+    Ok(Some(match kind {
+        kind::HELLO => Frame::Hello(decode(&payload)?),
+        kind::WELCOME => Frame::Welcome(decode(&payload)?),
+        kind::PAGES => {
+            let (first, data) = payload
+                .split_first_chunk::<8>()
+                .ok_or_else(|| StreamError::Malformed("a pages frame without its page number".into()))?;
+            if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+                return Err(StreamError::Malformed(format!(
+                    "a pages frame of {} bytes (not whole pages)",
+                    data.len()
+                )));
+            }
+            Frame::Pages {
+                first: u64::from_le_bytes(*first),
+                data: data.to_vec(),
+            }
+        }
+        kind::ZEROS => {
+            let (first, count) = decode(&payload)?;
+            Frame::Zeros { first, count }
+        }
+        kind::ROUND_END => {
+            let (round, dirty_pages) = decode(&payload)?;
+            Frame::RoundEnd { round, dirty_pages }
+        }
+        kind::STATE => Frame::State(payload),
+        kind::DONE => empty(Frame::Done)?,
+        kind::READY => empty(Frame::Ready)?,
+        kind::GO => empty(Frame::Go)?,
+        kind::RESUMED => empty(Frame::Resumed)?,
+        kind::ABORT => Frame::Abort {
+            reason: decode(&payload)?,
+        },
+        other => return Err(StreamError::UnknownKind(other)),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                version: VERSION,
+                page_size: PAGE_SIZE as u32,
+                memory_bytes: 256 << 20,
+                template: Some([7; 32]),
+            }),
+            Frame::Welcome(Welcome::Accepted { has_template: true }),
+            Frame::Welcome(Welcome::Refused { reason: "no".into() }),
+            Frame::Pages {
+                first: 3,
+                data: vec![0xab; 2 * PAGE_SIZE],
+            },
+            Frame::Zeros { first: 9, count: 4 },
+            Frame::RoundEnd {
+                round: 2,
+                dirty_pages: 17,
+            },
+            Frame::State(vec![1, 2, 3]),
+            Frame::Done,
+            Frame::Ready,
+            Frame::Go,
+            Frame::Resumed,
+            Frame::Abort {
+                reason: "cancelled".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let mut bytes = Vec::new();
+        for frame in frames() {
+            write_frame(&mut bytes, &frame).unwrap();
+        }
+        let mut r = bytes.as_slice();
+        for frame in frames() {
+            assert_eq!(read_frame(&mut r).unwrap(), Some(frame));
+        }
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_frames_are_refused() {
+        let mut good = Vec::new();
+        write_frame(
+            &mut good,
+            &Frame::Pages {
+                first: 1,
+                data: vec![5; PAGE_SIZE],
+            },
+        )
+        .unwrap();
+        let mut flipped = good.clone();
+        flipped[100] ^= 1;
+        assert!(matches!(
+            read_frame(&mut flipped.as_slice()),
+            Err(StreamError::Checksum)
+        ));
+        assert!(matches!(
+            read_frame(&mut &good[..good.len() - 1]),
+            Err(StreamError::Truncated)
+        ));
+        assert!(matches!(read_frame(&mut &good[..3]), Err(StreamError::Truncated)));
+        let mut unknown = good.clone();
+        unknown[0] = 99;
+        assert!(matches!(
+            read_frame(&mut unknown.as_slice()),
+            Err(StreamError::UnknownKind(99))
+        ));
+        // A length far past the kind's limit is refused before allocating.
+        let mut huge = vec![kind::STATE];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut huge.as_slice()),
+            Err(StreamError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn pages_frames_hold_whole_pages_only() {
+        let mut bytes = Vec::new();
+        assert!(write_frame(
+            &mut bytes,
+            &Frame::Pages {
+                first: 0,
+                data: vec![1; 100]
+            }
+        )
+        .is_err());
+        assert!(write_frame(
+            &mut bytes,
+            &Frame::Pages {
+                first: 0,
+                data: vec![1; (MAX_PAGES_PER_FRAME + 1) * PAGE_SIZE]
+            }
+        )
+        .is_err());
+        assert!(bytes.is_empty());
+        // A hand-made frame with half a page is refused on reading.
+        let mut payload = 0u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(&[0; 100]);
+        let mut frame = vec![kind::PAGES];
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut frame.as_slice()),
+            Err(StreamError::Malformed(_))
+        ));
+    }
+}

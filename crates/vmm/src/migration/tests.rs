@@ -1,0 +1,369 @@
+//! Both sides of a migration over a socket pair, with a simulated guest
+//! that writes its memory between the sender's looks at the dirty log.
+
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::receive::{check_hello, read_hello, ready, receive_memory, resumed, welcome};
+use super::stream::{write_frame, Frame, PAGE_SIZE, VERSION};
+use super::*;
+
+const PAGES: u64 = 1024;
+const BYTES: u64 = PAGES * PAGE_SIZE as u64;
+
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), BYTES as usize)]).unwrap()
+}
+
+fn page_of(memory: &GuestMemoryMmap, page: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; PAGE_SIZE];
+    memory
+        .read_slice(&mut bytes, GuestAddress(page * PAGE_SIZE as u64))
+        .unwrap();
+    bytes
+}
+
+fn fill(memory: &GuestMemoryMmap, page: u64, byte: u8) {
+    memory
+        .write_slice(&[byte; PAGE_SIZE], GuestAddress(page * PAGE_SIZE as u64))
+        .unwrap();
+}
+
+/// The guest: its memory, what it wrote since the last look, and how the
+/// sender has treated it.
+struct Guest {
+    memory: GuestMemoryMmap,
+    written: PageSet,
+    logging: bool,
+    paused: bool,
+    resumed: bool,
+    throttles: Vec<u8>,
+    throttle: u8,
+    /// Pages the guest writes between two looks, unthrottled.
+    writes_per_look: u64,
+    next_page: u64,
+    counter: u8,
+}
+
+impl Guest {
+    fn new(writes_per_look: u64) -> Arc<Mutex<Guest>> {
+        let memory = memory();
+        // Some pages hold data, most are zero.
+        for page in (0..PAGES).step_by(3) {
+            fill(&memory, page, (page % 250) as u8 + 1);
+        }
+        Arc::new(Mutex::new(Guest {
+            memory,
+            written: PageSet::empty(PAGES),
+            logging: false,
+            paused: false,
+            resumed: false,
+            throttles: Vec::new(),
+            throttle: 0,
+            writes_per_look,
+            next_page: 0,
+            counter: 0,
+        }))
+    }
+
+    /// The guest runs for a while: fewer writes the more it is throttled.
+    fn run(&mut self) {
+        if self.paused {
+            return;
+        }
+        let writes = self.writes_per_look * u64::from(100 - self.throttle) / 100;
+        for _ in 0..writes {
+            self.counter = self.counter.wrapping_add(1).max(1);
+            let page = self.next_page % PAGES;
+            fill(&self.memory, page, self.counter);
+            if self.logging {
+                self.written.insert(page);
+            }
+            self.next_page += 7;
+        }
+    }
+}
+
+struct AsSource(Arc<Mutex<Guest>>, GuestMemoryMmap);
+struct AsDirtyLog(Arc<Mutex<Guest>>);
+
+impl Source for AsSource {
+    fn memory(&self) -> &GuestMemoryMmap {
+        &self.1
+    }
+    fn pause(&mut self) -> Result<(), String> {
+        self.0.lock().unwrap().paused = true;
+        Ok(())
+    }
+    fn resume(&mut self) {
+        let mut guest = self.0.lock().unwrap();
+        guest.paused = false;
+        guest.resumed = true;
+    }
+    fn throttle(&mut self, percent: u8) {
+        let mut guest = self.0.lock().unwrap();
+        guest.throttle = percent;
+        guest.throttles.push(percent);
+    }
+    fn state(&mut self) -> Result<Vec<u8>, String> {
+        Ok(b"vcpus and devices".to_vec())
+    }
+}
+
+impl DirtyLog for AsDirtyLog {
+    fn start(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap().logging = true;
+        Ok(())
+    }
+    fn take(&mut self) -> std::io::Result<PageSet> {
+        let mut guest = self.0.lock().unwrap();
+        guest.run();
+        Ok(std::mem::replace(&mut guest.written, PageSet::empty(PAGES)))
+    }
+    fn stop(&mut self) {
+        self.0.lock().unwrap().logging = false;
+    }
+}
+
+fn hello(template: Option<[u8; 32]>) -> Hello {
+    Hello {
+        version: VERSION,
+        page_size: PAGE_SIZE as u32,
+        memory_bytes: BYTES,
+        template,
+    }
+}
+
+/// A destination that takes everything, over `conn`, into `memory` (which
+/// holds `template`'s pages, if any). Its memory and what it received.
+fn destination(
+    mut conn: UnixStream,
+    memory: GuestMemoryMmap,
+    template: Option<[u8; 32]>,
+) -> thread::JoinHandle<Result<(GuestMemoryMmap, Vec<u8>), MigrationError>> {
+    thread::spawn(move || {
+        let hello = read_hello(&mut conn)?;
+        let check = check_hello(&hello, BYTES).map(|_| template.is_some() && hello.template == template);
+        welcome(&mut conn, check)?;
+        let incoming = receive_memory(&mut conn, &memory, BYTES, &mut |_, _| {})?;
+        ready(&mut conn)?;
+        resumed(&mut conn)?;
+        Ok((memory, incoming.state))
+    })
+}
+
+fn migrate(
+    guest: &Arc<Mutex<Guest>>,
+    conn: &mut UnixStream,
+    template: Option<[u8; 32]>,
+    first_round: &dyn Fn(bool) -> PageSet,
+    limits: &Limits,
+) -> (Result<Report, MigrationError>, Vec<Progress>) {
+    let memory = guest.lock().unwrap().memory.clone();
+    let mut source = AsSource(guest.clone(), memory);
+    let mut dirty = AsDirtyLog(guest.clone());
+    let mut rounds = Vec::new();
+    let result = send::send(
+        conn,
+        &mut source,
+        &mut dirty,
+        hello(template),
+        first_round,
+        limits,
+        &mut |p| rounds.push(p.clone()),
+    );
+    (result, rounds)
+}
+
+fn assert_same_memory(a: &GuestMemoryMmap, b: &GuestMemoryMmap) {
+    for page in 0..PAGES {
+        assert_eq!(page_of(a, page), page_of(b, page), "page {page} differs");
+    }
+}
+
+#[test]
+fn a_running_guest_arrives_whole_and_zero_pages_stay_home() {
+    let guest = Guest::new(40);
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    let limits = Limits {
+        downtime: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let (report, rounds) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &limits);
+    let report = report.unwrap();
+    let (arrived, state) = dest.join().unwrap().unwrap();
+    assert_eq!(state, b"vcpus and devices");
+    assert!(report.confirmed);
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    // Round 0 sent the non-zero pages only: a third of the guest, and the
+    // pages the guest wrote while it ran.
+    assert!(rounds[0].pages_sent < PAGES / 2, "{:?}", rounds[0]);
+    assert!(report.bytes_sent < BYTES / 2, "{report:?}");
+    let guest = guest.lock().unwrap();
+    assert!(guest.paused && !guest.resumed, "the source stays paused for good");
+    assert!(!guest.logging);
+}
+
+#[test]
+fn a_clone_sends_only_its_own_pages_to_a_destination_with_its_template() {
+    let template = memory();
+    for page in 0..PAGES {
+        fill(&template, page, 9);
+    }
+    let guest = Guest::new(0);
+    let (memory_now, own_pages) = {
+        let g = guest.lock().unwrap();
+        for page in 0..PAGES {
+            fill(&g.memory, page, 9);
+        }
+        // The clone changed three pages, and zeroed one.
+        fill(&g.memory, 10, 1);
+        fill(&g.memory, 11, 2);
+        fill(&g.memory, 500, 3);
+        fill(&g.memory, 700, 0);
+        let mut own = PageSet::empty(PAGES);
+        for page in [10, 11, 500, 700] {
+            own.insert(page);
+        }
+        (g.memory.clone(), own)
+    };
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let id = Some([5; 32]);
+    let dest = destination(there, template, id);
+    let first = |has_template: bool| match has_template {
+        true => own_pages.clone(),
+        false => PageSet::full(PAGES),
+    };
+    let (report, _) = migrate(&guest, &mut here, id, &first, &Limits::default());
+    let report = report.unwrap();
+    let (arrived, _) = dest.join().unwrap().unwrap();
+    assert_same_memory(&memory_now, &arrived);
+    assert_eq!(report.pages_sent, 4);
+    assert_eq!(report.zero_pages, 1, "the zeroed page went as zeros");
+    assert!(report.bytes_sent < 4 * PAGE_SIZE as u64, "{report:?}");
+}
+
+#[test]
+fn a_guest_outrunning_the_link_is_throttled_until_it_converges() {
+    // 90 pages a look: none at 99% throttle.
+    let guest = Guest::new(90);
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    // No downtime at all: only a guest throttled to a standstill converges.
+    let limits = Limits {
+        downtime: Duration::ZERO,
+        ..Limits::default()
+    };
+    let (report, rounds) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &limits);
+    let report = report.unwrap();
+    let (arrived, _) = dest.join().unwrap().unwrap();
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    assert_eq!(report.max_throttle, 99, "{rounds:?}");
+    assert!(rounds.windows(2).all(|w| w[0].throttle <= w[1].throttle));
+    let throttles = guest.lock().unwrap().throttles.clone();
+    assert_eq!(&throttles[..3], &[20, 30, 40]);
+    assert_eq!(throttles.last(), Some(&0), "unthrottled once paused");
+}
+
+#[test]
+fn a_migration_that_cannot_converge_is_abandoned_and_the_guest_runs_on() {
+    let guest = Guest::new(200);
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    let limits = Limits {
+        downtime: Duration::ZERO,
+        max_rounds: 4,
+        ..Limits::default()
+    };
+    let (report, _) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &limits);
+    let err = report.unwrap_err();
+    assert!(matches!(err, MigrationError::DidNotConverge { rounds: 4, .. }), "{err}");
+    assert!(err.to_string().contains("runs on here"));
+    let dest_err = dest.join().unwrap().unwrap_err();
+    assert!(matches!(dest_err, MigrationError::Aborted(_)), "{dest_err}");
+    let guest = guest.lock().unwrap();
+    assert!(!guest.paused && !guest.logging && guest.throttle == 0);
+}
+
+#[test]
+fn a_destination_of_another_size_refuses_before_anything_is_sent() {
+    let guest = Guest::new(10);
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let dest = thread::spawn(move || {
+        let hello = read_hello(&mut there).unwrap();
+        welcome(&mut there, check_hello(&hello, BYTES * 2).map(|_| false))
+    });
+    let (report, rounds) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &Limits::default());
+    let err = report.unwrap_err();
+    assert!(err.to_string().contains("8 MiB"), "{err}");
+    assert!(matches!(dest.join().unwrap(), Err(MigrationError::Refused(_))));
+    assert!(rounds.is_empty());
+    assert!(!guest.lock().unwrap().logging);
+}
+
+#[test]
+fn a_destination_that_fails_after_the_state_leaves_the_source_running() {
+    let guest = Guest::new(10);
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let dest = thread::spawn(move || {
+        let hello = read_hello(&mut there).unwrap();
+        welcome(&mut there, Ok(false)).unwrap();
+        assert_eq!(hello.memory_bytes, BYTES);
+        receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
+        receive::abort(&mut there, "restoring the vCPUs failed");
+    });
+    let (report, _) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &Limits::default());
+    dest.join().unwrap();
+    let err = report.unwrap_err();
+    assert!(err.to_string().contains("restoring the vCPUs failed"), "{err}");
+    let guest = guest.lock().unwrap();
+    assert!(
+        guest.resumed && !guest.paused,
+        "paused for the switch-over, then resumed"
+    );
+}
+
+#[test]
+fn hostile_sources_are_refused_without_touching_memory_beyond_the_guest() {
+    let memory = memory();
+    let cases: Vec<(Vec<Frame>, &str)> = vec![
+        (
+            vec![Frame::Pages {
+                first: PAGES,
+                data: vec![1; PAGE_SIZE],
+            }],
+            "beyond",
+        ),
+        (
+            vec![Frame::Zeros {
+                first: u64::MAX,
+                count: 2,
+            }],
+            "beyond",
+        ),
+        (
+            vec![Frame::Zeros {
+                first: 1,
+                count: u32::MAX,
+            }],
+            "beyond",
+        ),
+        (vec![Frame::Done], "before the VM state"),
+        (vec![Frame::State(vec![1]), Frame::State(vec![2])], "out of order"),
+        (vec![Frame::Go], "out of order"),
+        (vec![], "closed the stream"),
+    ];
+    for (frames, expected) in cases {
+        let mut bytes = Vec::new();
+        for frame in &frames {
+            write_frame(&mut bytes, frame).unwrap();
+        }
+        let err = receive_memory(&mut bytes.as_slice(), &memory, BYTES, &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains(expected), "{frames:?}: {err}");
+    }
+}
