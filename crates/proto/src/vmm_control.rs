@@ -1,6 +1,7 @@
 //! The control channel of one `hull-vmm`: a unix socket on which the VM's
-//! supervisor asks the VMM to pause, resume or describe the VM, or to plug
-//! a NIC into a tap (its descriptor passed with the request).
+//! supervisor asks the VMM to pause, resume or describe the VM, to plug
+//! a NIC into a tap, or to migrate the VM over a connection (the tap's or
+//! the connection's descriptor passed with the request).
 //!
 //! A message is one line of JSON. The VMM answers each request with one
 //! reply, in order, on the same connection. Lines are bounded
@@ -28,14 +29,38 @@ pub enum VmmRequest {
     PlugNic { slot: u8 },
     /// Plug NIC `slot` into nothing.
     UnplugNic { slot: u8 },
+    /// Send the running VM to another hull-vmm over the connection whose
+    /// descriptor comes with this request; switch over once the rest fits
+    /// in `downtime_ms`, give up after `max_seconds` (the VM runs on here).
+    /// Answered once it has ended: `Migrated`, after which this VMM ends,
+    /// or `Failed`, and the VM runs on.
+    Migrate { downtime_ms: u32, max_seconds: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmmReply {
     Done,
-    Described { paused: bool, vcpus: u8, memory_mib: u64 },
-    Failed { reason: String },
+    Described {
+        paused: bool,
+        vcpus: u8,
+        memory_mib: u64,
+    },
+    /// The VM runs on the destination (if `confirmed`; else the link broke
+    /// after the source let go, and the destination may or may not run it).
+    Migrated {
+        rounds: u32,
+        bytes_sent: u64,
+        pages_sent: u64,
+        zero_pages: u64,
+        total_ms: u64,
+        downtime_ms: u64,
+        max_throttle: u8,
+        confirmed: bool,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -292,27 +292,15 @@ impl ContainerDir {
         request: proto::vmm_control::VmmRequest,
         fd: Option<&std::fs::File>,
     ) -> Result<(), ContainerError> {
-        use proto::vmm_control::{encode_message, read_message, VmmReply};
-        use std::os::unix::io::{AsRawFd, RawFd};
-        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        use proto::vmm_control::VmmReply;
         let stream = self.vmm_control()?;
         // A pause waits for every thread to park (at most 10 s in the VMM).
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
             .map_err(io("the VMM's control channel"))?;
-        let channel = |e: proto::vmm_control::ControlError| ContainerError::Control(e.to_string());
-        // One sendmsg per request, so a descriptor travels with its line.
-        let line = encode_message(&request).map_err(channel)?;
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        let sent = stream
-            .send_with_fds(&[&line[..]], &fds)
-            .map_err(|e| ContainerError::Control(format!("sending to the VMM: {e}")))?;
-        if sent != line.len() {
-            return Err(ContainerError::Control("the VMM took part of a request".into()));
-        }
-        match read_message::<VmmReply>(&mut std::io::BufReader::new(stream)).map_err(channel)? {
-            Some(VmmReply::Done) => Ok(()),
-            Some(VmmReply::Failed { reason }) => Err(ContainerError::Control(reason)),
+        match vmm::control::ask(&stream, &request, fd).map_err(|e| ContainerError::Control(e.to_string()))? {
+            VmmReply::Done => Ok(()),
+            VmmReply::Failed { reason } => Err(ContainerError::Control(reason)),
             other => Err(ContainerError::Control(format!("unexpected reply {other:?}"))),
         }
     }

@@ -446,3 +446,114 @@ fn a_jailed_vmm_dies_with_its_starter_and_its_cgroup_is_cleared() {
     assert!(!cgroup.exists(), "an orphaned VMM cgroup stays");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The console lines of `logs` read as one stream (a line may begin in one
+/// VMM's log and end in the next one's).
+fn ticks(logs: &[&std::path::Path]) -> Vec<u32> {
+    let text: String = logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("migrate");
+    // Shared storage: both VMMs open the same disk; only its use moves.
+    let disk = dir.join("scratch.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let script = "i=0; while [ $i -lt 150 ]; do i=$((i+1)); echo tick $i; $B sleep 0.05; done; \
+                  echo written-after-the-move | $B dd of=/dev/vda bs=512 seek=2 conv=fsync 2>/dev/null; \
+                  $B poweroff -f";
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let (source_ctl, source_log) = (dir.join("source.ctl"), dir.join("source.log"));
+    let (incoming, dest_log, dest_err) = (dir.join("incoming.sock"), dir.join("dest.log"), dir.join("dest.err"));
+    let mut source = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    source
+        .arg("--disk")
+        .arg(&disk)
+        .args(["--net-slots", "1"])
+        .arg("--control-socket")
+        .arg(&source_ctl)
+        .arg("--serial-log")
+        .arg(&source_log);
+    let mut destination = std::process::Command::new(testkit::boot::workspace_binary("hull-vmm").unwrap());
+    destination
+        .arg("--incoming")
+        .arg(&incoming)
+        .args(["--memory", "256", "--net-slots", "1"])
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--serial-log")
+        .arg(&dest_log)
+        .stderr(std::fs::File::create(&dest_err).unwrap());
+    let (run, (reply, mut dest)) = timed_boot_with(source, LIMIT, |_| {
+        let dest = destination.spawn().unwrap();
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !(incoming.exists() && ticks(&[&source_log]).len() >= 20) {
+            assert!(std::time::Instant::now() < deadline, "neither counting nor listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let link = UnixStream::connect(&incoming).unwrap();
+        let control = UnixStream::connect(&source_ctl).unwrap();
+        let request = VmmRequest::Migrate {
+            downtime_ms: 50,
+            max_seconds: 200,
+        };
+        (vmm::control::ask(&control, &request, Some(&link)).unwrap(), dest)
+    })
+    .unwrap();
+    let console = run.console.join("\n");
+    let VmmReply::Migrated {
+        confirmed,
+        bytes_sent,
+        pages_sent,
+        downtime_ms,
+        rounds,
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}\n{console}");
+    };
+    assert_eq!(
+        run.status.code(),
+        Some(5),
+        "the source ends once the VM moved:\n{console}"
+    );
+    assert!(console.contains("migrated"), "{console}");
+    assert!(confirmed, "the destination said it runs the VM");
+    eprintln!("migrated in {rounds} rounds: {pages_sent} pages, {bytes_sent} bytes, downtime {downtime_ms} ms");
+    // The zero pages of a 256 MiB guest stayed home.
+    assert!(bytes_sent < 200 << 20, "{bytes_sent}");
+    let status = dest.wait().unwrap();
+    let dest_stderr = std::fs::read_to_string(&dest_err).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the destination powers off at the end:\n{dest_stderr}"
+    );
+    let before = ticks(&[&source_log]);
+    let after = ticks(&[&dest_log]);
+    assert!(
+        !after.is_empty(),
+        "the guest went on at the destination:\n{dest_stderr}"
+    );
+    assert!(*before.last().unwrap() < 150, "it moved while counting");
+    assert_eq!(
+        ticks(&[&source_log, &dest_log]),
+        (1..=150).collect::<Vec<_>>(),
+        "no tick lost or repeated across the move"
+    );
+    let written = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        &written[1024..1024 + 22],
+        b"written-after-the-move",
+        "the disk works there"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

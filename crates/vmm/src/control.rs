@@ -28,6 +28,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, VmError> {
     Ok(listener)
 }
 
+/// The client's side: sends `request` (with `fd`, in the same sendmsg so
+/// that the descriptor travels with its line) on a connected control
+/// socket and reads the reply.
+pub fn ask(
+    stream: &UnixStream,
+    request: &VmmRequest,
+    fd: Option<&impl std::os::unix::io::AsRawFd>,
+) -> Result<VmmReply, ControlError> {
+    let line = proto::vmm_control::encode_message(request)?;
+    let fds: Vec<std::os::unix::io::RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let sent = stream
+        .send_with_fds(&[&line[..]], &fds)
+        .map_err(|e| ControlError::Io(e.into()))?;
+    if sent != line.len() {
+        return Err(ControlError::Io(std::io::Error::other(
+            "the VMM took part of a request",
+        )));
+    }
+    proto::vmm_control::read_message(&mut std::io::BufReader::new(stream))?
+        .ok_or_else(|| ControlError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+}
+
 /// Serves the control socket on a thread of its own.
 pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) -> Result<(), VmError> {
     let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Control)?;
@@ -61,13 +83,22 @@ fn serve_client(stream: UnixStream, events: &Sender<VmmEvent>) {
             }
         };
         let (reply_to, reply) = mpsc::channel();
-        if events.send(VmmEvent::Control(request, fd, reply_to)).is_err() {
+        let (written_tx, written) = mpsc::channel();
+        let event = VmmEvent::Control {
+            request,
+            fd,
+            reply: reply_to,
+            written,
+        };
+        if events.send(event).is_err() {
             return;
         }
         let reply = reply.recv().unwrap_or(VmmReply::Failed {
             reason: "the VM is stopping".into(),
         });
-        if write_message(&mut writer, &reply).is_err() {
+        let sent = write_message(&mut writer, &reply);
+        let _ = written_tx.send(());
+        if sent.is_err() {
             return;
         }
     }

@@ -24,6 +24,22 @@ pub fn save(
     msr_indices: &[u32],
     memory_mib: u64,
 ) -> Result<(), VmError> {
+    let state = capture(vm, devices, vcpus, msr_indices, memory_mib)?;
+    std::fs::create_dir_all(dir).map_err(|e| VmError::Save(format!("{}: {e}", dir.display())))?;
+    snapshot::write_memory(dir, memory)?;
+    snapshot::write_state(dir, &state)?;
+    Ok(())
+}
+
+/// Everything but memory that the paused VM is (a snapshot's state, or a
+/// migration's last word).
+pub fn capture(
+    vm: &VmFd,
+    devices: &DeviceManager,
+    vcpus: &[Vcpu],
+    msr_indices: &[u32],
+    memory_mib: u64,
+) -> Result<VmState, VmError> {
     let mut vcpu_states = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         vcpu_states.push(vcpu_state::save(&lock(&vcpu.fd), msr_indices)?);
@@ -47,10 +63,7 @@ pub fn save(
         serial: devices.serial_registers(),
         devices: devices.device_states(),
     };
-    std::fs::create_dir_all(dir).map_err(|e| VmError::Save(format!("{}: {e}", dir.display())))?;
-    snapshot::write_memory(dir, memory)?;
-    snapshot::write_state(dir, &state)?;
-    Ok(())
+    Ok(state)
 }
 
 /// Puts the in-kernel PIT, clock and interrupt controllers back.

@@ -62,6 +62,7 @@ ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
 ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
 ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
 
 /// What every thread does: allocate, wait on locks, take and return from
 /// the kick signal, write to stderr, read the clock, end.
@@ -116,6 +117,9 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_unlinkat,
             // Plugging a NIC into another tap.
             libc::SYS_epoll_ctl,
+            // Migrating: the connection, and /proc/self/pagemap's entries.
+            libc::SYS_read,
+            libc::SYS_pread64,
         ],
         ThreadKind::Vcpu => &[],
         ThreadKind::Device(DeviceKind::Block) => &[
@@ -213,6 +217,8 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
             KVM_GET_PIT2(),
             KVM_GET_CLOCK(),
             KVM_CHECK_EXTENSION(),
+            // A migration's state: the MSRs to save.
+            KVM_GET_MSR_INDEX_LIST(),
         ],
         // Non-blocking connections.
         ThreadKind::Device(DeviceKind::Vsock) => vec![libc::FIONBIO],

@@ -104,8 +104,9 @@ pub fn memory_path(dir: &Path) -> PathBuf {
     dir.join(MEMORY_FILE)
 }
 
-/// Writes `state` to `dir/state` (temp file, fsync, rename).
-pub fn write_state(dir: &Path, state: &VmState) -> Result<(), SnapshotError> {
+/// `state` as the bytes of a state file (header, checksum, payload): what
+/// `write_state` stores and a migration sends.
+pub fn encode_state(state: &VmState) -> Result<Vec<u8>, SnapshotError> {
     let payload = postcard::to_stdvec(state).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
     bytes.extend_from_slice(MAGIC);
@@ -113,6 +114,30 @@ pub fn write_state(dir: &Path, state: &VmState) -> Result<(), SnapshotError> {
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&Sha256::digest(&payload));
     bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+/// A snapshot's identity: the SHA-256 of its state, which its state file
+/// carries. States differ between any two saved VMs (registers, clock), so
+/// two hosts holding a template with the same identity hold the same
+/// snapshot, its memory file included (written with it, never changed).
+pub fn snapshot_id(dir: &Path) -> Result<[u8; 32], SnapshotError> {
+    let path = state_path(dir);
+    let mut header = [0u8; HEADER_BYTES];
+    File::open(&path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(io_err(&path))?;
+    if &header[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::NotASnapshot(path.display().to_string()));
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&header[20..52]);
+    Ok(id)
+}
+
+/// Writes `state` to `dir/state` (temp file, fsync, rename).
+pub fn write_state(dir: &Path, state: &VmState) -> Result<(), SnapshotError> {
+    let bytes = encode_state(state)?;
     let path = state_path(dir);
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
     let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -320,6 +345,24 @@ mod tests {
         huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
         assert!(matches!(read_state(&dir), Err(SnapshotError::Corrupted(_))));
+    }
+
+    #[test]
+    fn a_snapshot_is_known_by_its_state_digest() {
+        let dir = scratch();
+        write_state(&dir, &sample()).unwrap();
+        let id = snapshot_id(&dir).unwrap();
+        assert_eq!(&id[..], &encode_state(&sample()).unwrap()[20..52]);
+        let mut other = sample();
+        other.clock.clock += 1;
+        write_state(&dir, &other).unwrap();
+        assert_ne!(snapshot_id(&dir).unwrap(), id);
+        std::fs::write(
+            state_path(&dir),
+            b"not a snapshot, but long enough to hold a header......",
+        )
+        .unwrap();
+        assert!(matches!(snapshot_id(&dir), Err(SnapshotError::NotASnapshot(_))));
     }
 
     #[test]

@@ -21,12 +21,14 @@ pub enum VmmEvent {
     /// A vCPU could not go on.
     Failed(VmError),
     /// A request on the control channel, the descriptor that came with it,
-    /// and where its reply goes.
-    Control(
-        proto::vmm_control::VmmRequest,
-        Option<std::fs::File>,
-        Sender<proto::vmm_control::VmmReply>,
-    ),
+    /// where its reply goes, and word that the reply was written (a VMM
+    /// that ends after its reply waits for that).
+    Control {
+        request: proto::vmm_control::VmmRequest,
+        fd: Option<std::fs::File>,
+        reply: Sender<proto::vmm_control::VmmReply>,
+        written: std::sync::mpsc::Receiver<()>,
+    },
 }
 
 /// What every vCPU thread shares.

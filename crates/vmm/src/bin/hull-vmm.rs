@@ -4,8 +4,9 @@
 //! 2 the guest reset or panicked; 3 the snapshot to restore is unusable
 //! (missing, damaged, another format or another VM shape: make a new one);
 //! 4 a thread made a system call its seccomp filter forbids (logged on
-//! stderr with the call and the thread); 1 the VMM failed otherwise (the
-//! reason is on stderr); killed by a signal.
+//! stderr with the call and the thread); 5 the VM was migrated to another
+//! hull-vmm and runs there; 1 the VMM failed otherwise (the reason is on
+//! stderr); killed by a signal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,16 +15,28 @@ use clap::Parser;
 use vmm::devices::virtio::fs::Share;
 use vmm::vm::{self, DiskConfig, GuestExit, NetBackend, NetConfig, Start, VmConfig, VmError, VsockConfig};
 
+/// The exit status of a VMM whose VM moved to another (`--incoming`) one.
+const EXIT_MIGRATED: u8 = 5;
+
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
 struct Args {
     /// The guest kernel (bzImage).
-    #[arg(long, required_unless_present = "restore", conflicts_with = "restore")]
+    #[arg(long, required_unless_present_any = ["restore", "incoming"], conflicts_with_all = ["restore", "incoming"])]
     kernel: Option<PathBuf>,
     /// Resume the snapshot in this directory instead of booting; disks and
     /// vsock given here replace the snapshot's, slot for slot.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "incoming")]
     restore: Option<PathBuf>,
+    /// Take a running VM migrated from another hull-vmm, which connects to
+    /// a unix socket made at this path; disks, NICs and vsock given here
+    /// replace the source's, slot for slot.
+    #[arg(long, conflicts_with = "snapshot_to")]
+    incoming: Option<PathBuf>,
+    /// With --incoming: the template snapshot this host has; a clone of it
+    /// arrives as its own pages only.
+    #[arg(long, requires = "incoming")]
+    template: Option<PathBuf>,
     /// Make a template: save the VM into this directory when its agent asks.
     #[arg(long)]
     snapshot_to: Option<PathBuf>,
@@ -195,6 +208,10 @@ fn main() -> ExitCode {
         }
     };
     let start = match (args.restore, args.kernel) {
+        _ if args.incoming.is_some() => Start::Incoming {
+            listen: args.incoming.unwrap_or_default(),
+            template: args.template,
+        },
         (Some(snapshot), _) => Start::Restore { snapshot },
         (None, Some(kernel)) => Start::Boot {
             kernel,
@@ -202,7 +219,7 @@ fn main() -> ExitCode {
             cmdline: args.cmdline,
         },
         (None, None) => {
-            eprintln!("hull-vmm: give --kernel or --restore");
+            eprintln!("hull-vmm: give --kernel, --restore or --incoming");
             return ExitCode::FAILURE;
         }
     };
@@ -235,6 +252,10 @@ fn main() -> ExitCode {
         Ok(GuestExit::Snapshotted) => {
             eprintln!("hull-vmm: the VM was saved");
             ExitCode::SUCCESS
+        }
+        Ok(GuestExit::MigratedAway) => {
+            eprintln!("hull-vmm: the VM was migrated; it runs on the destination");
+            ExitCode::from(EXIT_MIGRATED)
         }
         Ok(GuestExit::Reset { panic_message }) => {
             match panic_message {

@@ -1,18 +1,19 @@
 //! Live migration of a running VM between two hull-vmm processes: the
-//! stream they speak (`stream`), sets of guest pages and the dirty log
-//! (`pages`), the source's pre-copy and switch-over (`send`) and the
+//! stream they speak (`stream`), sets of guest pages (`pages`), what the
+//! host kernel knows of them (`pagemap`: written pages), the source's pre-copy and switch-over (`send`) and the
 //! destination's side (`receive`).
 //!
 //! The stream carries memory and an opaque state blob; what the state is
 //! (vCPUs, interrupt controllers, devices: the snapshot's `VmState`) and
 //! how the connection was made (hulld to hulld, over TLS) are the callers'.
 
+pub mod pagemap;
 pub mod pages;
 pub mod receive;
 pub mod send;
 pub mod stream;
 
-pub use pages::{DirtyLog, PageSet};
+pub use pages::PageSet;
 pub use send::{Limits, Progress, Report, Source};
 pub use stream::{Hello, StreamError};
 

@@ -1,5 +1,4 @@
-//! Sets of guest pages, and where the sender learns which pages the guest
-//! wrote since it last looked (`DirtyLog`: KVM's dirty log in a VM).
+//! Sets of guest pages: what a round sends, what the guest dirtied.
 
 /// A set of guest page numbers, one bit each, in KVM's dirty-log layout
 /// (page `64 * w + b` is bit `b` of word `w`).
@@ -91,16 +90,6 @@ impl PageSet {
         }
         runs
     }
-}
-
-/// The pages the guest wrote since the last `take` (or since `start`).
-pub trait DirtyLog {
-    /// Starts logging; pages written from now on are reported.
-    fn start(&mut self) -> std::io::Result<()>;
-    /// The pages written since the last call, clearing the log.
-    fn take(&mut self) -> std::io::Result<PageSet>;
-    /// Stops logging (the guest runs at full speed again).
-    fn stop(&mut self);
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::pages::{DirtyLog, PageSet};
+use super::pages::PageSet;
 use super::stream::{read_frame, write_frame, Frame, Hello, StreamError, Welcome, MAX_PAGES_PER_FRAME, PAGE_SIZE};
 use super::MigrationError;
 
@@ -53,12 +53,20 @@ const THROTTLE_MAX: u8 = 99;
 /// The running VM as the sender sees it.
 pub trait Source {
     fn memory(&self) -> &GuestMemoryMmap;
+    /// Starts tracking the pages written from now on, by the guest or by
+    /// the VMM's devices on its behalf.
+    fn start_dirty_log(&mut self) -> std::io::Result<()>;
+    /// The pages written since the last call (or the start), clearing the log.
+    fn take_dirty(&mut self) -> std::io::Result<PageSet>;
+    fn stop_dirty_log(&mut self);
     /// Stops every vCPU and device (the guest stands still).
     fn pause(&mut self) -> Result<(), String>;
     /// Lets them run again (a migration that failed before `Go`).
     fn resume(&mut self);
-    /// Takes `percent` of the vCPUs' time away (0: none).
+    /// Takes `percent` of the vCPUs' time away from now on (0: none).
     fn throttle(&mut self, percent: u8);
+    /// Called between frames: a throttled source keeps its duty cycle here.
+    fn tick(&mut self) {}
     /// The paused VM's state, encoded for the destination.
     fn state(&mut self) -> Result<Vec<u8>, String>;
 }
@@ -207,7 +215,7 @@ impl Batch {
 /// destination's copy is known to be zero (`skip_zeros`).
 fn send_pages(
     w: &mut impl Write,
-    memory: &GuestMemoryMmap,
+    source: &mut dyn Source,
     set: &PageSet,
     skip_zeros: bool,
     batch: &mut Batch,
@@ -217,10 +225,14 @@ fn send_pages(
         for page in first..first + count {
             // The guest may be writing this page as it is read: then it is in
             // the dirty log again and goes again in the next round.
-            memory
+            source
+                .memory()
                 .read_slice(&mut page_bytes, GuestAddress(page * PAGE_SIZE as u64))
                 .map_err(|e| MigrationError::Memory(format!("reading guest page {page}: {e}")))?;
             batch.page(w, page, &page_bytes, skip_zeros)?;
+            if page % MAX_PAGES_PER_FRAME as u64 == 0 {
+                source.tick();
+            }
         }
     }
     batch.flush(w)?;
@@ -234,7 +246,6 @@ fn send_pages(
 pub fn send<C: Read + Write>(
     conn: &mut C,
     source: &mut dyn Source,
-    dirty: &mut dyn DirtyLog,
     hello: Hello,
     first_round: &dyn Fn(bool) -> PageSet,
     limits: &Limits,
@@ -242,22 +253,12 @@ pub fn send<C: Read + Write>(
 ) -> Result<Report, MigrationError> {
     let started = Instant::now();
     let mut paused = false;
-    let result = precopy_and_switch(
-        conn,
-        source,
-        dirty,
-        hello,
-        first_round,
-        limits,
-        progress,
-        started,
-        &mut paused,
-    );
+    let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, started, &mut paused);
     if let Err(e) = &result {
         if !matches!(e, MigrationError::Refused(_) | MigrationError::Aborted(_)) {
             let _ = write_frame(conn, &Frame::Abort { reason: e.to_string() });
         }
-        dirty.stop();
+        source.stop_dirty_log();
         source.throttle(0);
         if paused {
             source.resume();
@@ -270,7 +271,6 @@ pub fn send<C: Read + Write>(
 fn precopy_and_switch<C: Read + Write>(
     conn: &mut C,
     source: &mut dyn Source,
-    dirty: &mut dyn DirtyLog,
     hello: Hello,
     first_round: &dyn Fn(bool) -> PageSet,
     limits: &Limits,
@@ -284,7 +284,9 @@ fn precopy_and_switch<C: Read + Write>(
         Some(Frame::Welcome(Welcome::Refused { reason })) => return Err(MigrationError::Refused(reason)),
         other => return Err(unexpected("a welcome", other)),
     };
-    dirty.start().map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+    source
+        .start_dirty_log()
+        .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
     let mut set = first_round(has_template);
     let mut skip_zeros = !has_template;
     let mut batch = Batch::new();
@@ -300,8 +302,10 @@ fn precopy_and_switch<C: Read + Write>(
             inner: &mut *conn,
             written: 0,
         };
-        send_pages(&mut counted, source.memory(), &set, skip_zeros, &mut batch)?;
-        let next = dirty.take().map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+        send_pages(&mut counted, source, &set, skip_zeros, &mut batch)?;
+        let next = source
+            .take_dirty()
+            .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
         write_frame(
             &mut counted,
             &Frame::RoundEnd {
@@ -356,17 +360,21 @@ fn precopy_and_switch<C: Read + Write>(
     }
 
     // Switch-over: the guest stands still from here.
+    source.throttle(0);
     let paused_at = Instant::now();
     source.pause().map_err(MigrationError::Source)?;
     *paused = true;
-    source.throttle(0);
-    set.add(&dirty.take().map_err(|e| MigrationError::DirtyLog(e.to_string()))?);
-    dirty.stop();
+    set.add(
+        &source
+            .take_dirty()
+            .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
+    );
+    source.stop_dirty_log();
     let mut counted = Counted {
         inner: &mut *conn,
         written: 0,
     };
-    send_pages(&mut counted, source.memory(), &set, false, &mut batch)?;
+    send_pages(&mut counted, source, &set, false, &mut batch)?;
     let state = source.state().map_err(MigrationError::Source)?;
     write_frame(&mut counted, &Frame::State(state))?;
     write_frame(&mut counted, &Frame::Done)?;

@@ -89,11 +89,22 @@ impl Guest {
 }
 
 struct AsSource(Arc<Mutex<Guest>>, GuestMemoryMmap);
-struct AsDirtyLog(Arc<Mutex<Guest>>);
 
 impl Source for AsSource {
     fn memory(&self) -> &GuestMemoryMmap {
         &self.1
+    }
+    fn start_dirty_log(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap().logging = true;
+        Ok(())
+    }
+    fn take_dirty(&mut self) -> std::io::Result<PageSet> {
+        let mut guest = self.0.lock().unwrap();
+        guest.run();
+        Ok(std::mem::replace(&mut guest.written, PageSet::empty(PAGES)))
+    }
+    fn stop_dirty_log(&mut self) {
+        self.0.lock().unwrap().logging = false;
     }
     fn pause(&mut self) -> Result<(), String> {
         self.0.lock().unwrap().paused = true;
@@ -111,21 +122,6 @@ impl Source for AsSource {
     }
     fn state(&mut self) -> Result<Vec<u8>, String> {
         Ok(b"vcpus and devices".to_vec())
-    }
-}
-
-impl DirtyLog for AsDirtyLog {
-    fn start(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap().logging = true;
-        Ok(())
-    }
-    fn take(&mut self) -> std::io::Result<PageSet> {
-        let mut guest = self.0.lock().unwrap();
-        guest.run();
-        Ok(std::mem::replace(&mut guest.written, PageSet::empty(PAGES)))
-    }
-    fn stop(&mut self) {
-        self.0.lock().unwrap().logging = false;
     }
 }
 
@@ -165,17 +161,10 @@ fn migrate(
 ) -> (Result<Report, MigrationError>, Vec<Progress>) {
     let memory = guest.lock().unwrap().memory.clone();
     let mut source = AsSource(guest.clone(), memory);
-    let mut dirty = AsDirtyLog(guest.clone());
     let mut rounds = Vec::new();
-    let result = send::send(
-        conn,
-        &mut source,
-        &mut dirty,
-        hello(template),
-        first_round,
-        limits,
-        &mut |p| rounds.push(p.clone()),
-    );
+    let result = send::send(conn, &mut source, hello(template), first_round, limits, &mut |p| {
+        rounds.push(p.clone())
+    });
     (result, rounds)
 }
 

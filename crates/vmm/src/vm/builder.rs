@@ -20,6 +20,12 @@ pub struct BuiltVm {
     pub vcpus: Vec<VcpuFd>,
     /// The MSRs a snapshot saves (making a template only).
     pub msr_indices: Vec<u32>,
+    /// Kept for a migration's state (the MSR list); the jail has no /dev/kvm.
+    pub kvm: Kvm,
+    /// The template this VM's memory is mapped from, if it is a clone.
+    pub clone_of: Option<[u8; 32]>,
+    /// A migrated VM's source, to be told that the VM runs here.
+    pub incoming: Option<std::fs::File>,
 }
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
@@ -34,13 +40,24 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     let vm = create_vm(&kvm)?;
     trace::mark("VM created");
 
-    let saved = match &config.start {
-        Start::Restore { snapshot } => Some(read_snapshot(snapshot, config)?),
-        Start::Boot { .. } => None,
-    };
-    let memory = match &config.start {
-        Start::Restore { snapshot } => snapshot::map_memory(snapshot, config.memory_mib)?,
-        Start::Boot { .. } => anonymous_memory(config.memory_mib)?,
+    let mut incoming = None;
+    let (memory, saved, clone_of) = match &config.start {
+        Start::Restore { snapshot } => {
+            let saved = read_snapshot(snapshot, config)?;
+            let memory = snapshot::map_memory(snapshot, config.memory_mib)?;
+            let id = match config.control_socket {
+                // Only a VM with a control channel can be migrated.
+                Some(_) => Some(snapshot::snapshot_id(snapshot)?),
+                None => None,
+            };
+            (memory, Some(saved), id)
+        }
+        Start::Boot { .. } => (anonymous_memory(config.memory_mib)?, None, None),
+        Start::Incoming { listen, template } => {
+            let arrived = super::incoming::receive(listen, template.as_deref(), config)?;
+            incoming = Some(arrived.conn);
+            (arrived.memory, Some(arrived.state), arrived.clone_of)
+        }
     };
     register_memory(&vm, &memory, config.memory_mib)?;
     trace::mark("memory mapped");
@@ -66,7 +83,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
                 vcpus.push(vcpu);
             }
         }
-        (Start::Restore { .. }, Some(state)) => {
+        (Start::Restore { .. } | Start::Incoming { .. }, Some(state)) => {
             for (id, saved_vcpu) in (0..config.vcpus).zip(&state.vcpus) {
                 let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
                 vcpu_state::restore(&vcpu, &cpuid, id, config.vcpus, saved_vcpu)?;
@@ -75,15 +92,24 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             persist::restore_vm_state(&vm, state)?;
             devices.announce_restore();
         }
-        (Start::Restore { .. }, None) => unreachable!("a restore reads its snapshot first"),
+        (Start::Restore { .. } | Start::Incoming { .. }, None) => {
+            return Err(VmError::SnapshotMismatch("no saved state to start from".into()))
+        }
     }
     trace::mark("vCPUs and irqchip set");
+    if let Some(source) = incoming.as_mut() {
+        // All here and set: the guest runs here once the source lets go.
+        crate::migration::receive::ready(source).map_err(|e| VmError::Migration(e.to_string()))?;
+    }
     Ok(BuiltVm {
         vm,
         memory,
         devices,
         vcpus,
         msr_indices,
+        kvm,
+        clone_of,
+        incoming,
     })
 }
 
@@ -104,6 +130,12 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 /// A snapshot's state, checked against the shape this VM was asked for.
 fn read_snapshot(dir: &std::path::Path, config: &VmConfig) -> Result<VmState, VmError> {
     let state = snapshot::read_state(dir)?;
+    check_shape(&state, config)?;
+    Ok(state)
+}
+
+/// Whether a saved or migrated VM's state has the memory and vCPUs asked for.
+pub(super) fn check_shape(state: &VmState, config: &VmConfig) -> Result<(), VmError> {
     if state.memory_mib != config.memory_mib || state.vcpus.len() != usize::from(config.vcpus) {
         return Err(VmError::SnapshotMismatch(format!(
             "it is a {} MiB, {}-vCPU VM; {} MiB and {} vCPUs were asked for",
@@ -113,10 +145,10 @@ fn read_snapshot(dir: &std::path::Path, config: &VmConfig) -> Result<VmState, Vm
             config.vcpus
         )));
     }
-    Ok(state)
+    Ok(())
 }
 
-fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap, VmError> {
+pub(super) fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap, VmError> {
     let size = (mib << 20) as usize;
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| VmError::Memory {
         mib,

@@ -23,6 +23,11 @@ pub enum Start {
     /// Resume a snapshot directory (`state` + `memory`), its memory mapped
     /// copy-on-write; the devices get this config's backends.
     Restore { snapshot: PathBuf },
+    /// Take a running VM from another hull-vmm, which connects to a unix
+    /// socket made at `listen`; if it is a clone of the snapshot at
+    /// `template`, memory is mapped from it and only the clone's own pages
+    /// travel. The devices get this config's backends, as in a restore.
+    Incoming { listen: PathBuf, template: Option<PathBuf> },
 }
 
 #[derive(Debug, Clone)]

@@ -54,6 +54,8 @@ pub enum VmError {
     Seccomp(String),
     #[error("jailing the VMM: {0}")]
     Jail(String),
+    #[error("taking the migrated VM: {0}")]
+    Migration(String),
 }
 
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {

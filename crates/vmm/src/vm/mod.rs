@@ -2,11 +2,14 @@
 //! (`vcpu`), one per virtio device (`devices::virtio::worker`), the control
 //! channel's (`control`) — while this, the VMM thread, waits for what they
 //! report: the guest's power requests, failures, and control requests,
-//! which it carries out (pause, resume, a template's save).
+//! which it carries out (pause, resume, a template's save, a migration to
+//! another hull-vmm: `migrate`; `incoming` is the other end).
 
 mod builder;
 mod config;
 mod error;
+mod incoming;
+mod migrate;
 
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -34,6 +37,14 @@ pub enum GuestExit {
     Snapshotted,
     /// The guest reset (after a kernel panic, `panic_message` holds its console).
     Reset { panic_message: Option<String> },
+    /// The VM was migrated: it runs on another hull-vmm now.
+    MigratedAway,
+}
+
+/// Why the VMM thread stopped serving.
+enum Ended {
+    Power(PowerRequest),
+    MigratedAway,
 }
 
 /// How long a pause may take before it is reported as failed.
@@ -44,8 +55,14 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     validate(config)?;
     trace::mark("arguments checked");
-    let built = builder::build(config)?;
+    let mut built = builder::build(config)?;
     let control = config.control_socket.as_deref().map(crate::control::bind).transpose()?;
+    // What a migration reads of memory pages, opened while /proc is there.
+    let pagemap = match migrate::memory_span(&built.memory) {
+        Some((base, pages)) if control.is_some() => crate::migration::pagemap::Pagemap::open(base, pages)
+            .map_err(|e| format!("this VM cannot be migrated: /proc/self/pagemap: {e}")),
+        _ => Err("this VM cannot be migrated (no control channel)".to_string()),
+    };
     if let Some(jail) = &config.jail {
         let shares = config.shares.as_ref().is_some_and(|s| !s.is_empty());
         crate::jail::lock_down(jail, config.vcpus, shares)?;
@@ -80,6 +97,10 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     drop(context);
     seccomp::install(&vmm_filter, ThreadKind::Vmm);
     trace::mark("vCPUs running");
+    if let Some(mut source) = built.incoming.take() {
+        // Best effort: the source let go at `Go`; this only completes its report.
+        let _ = crate::migration::receive::resumed(&mut source);
+    }
 
     let mut vmm = Vmm {
         gate: &gate,
@@ -87,8 +108,16 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         members: vcpus.len() + device_threads,
         config,
         devices: &devices,
+        vm: &built.vm,
+        kvm: &built.kvm,
+        memory: &built.memory,
+        pagemap,
+        clone_of: built.clone_of,
     };
-    let request = vmm.serve(&reports)?;
+    let request = match vmm.serve(&reports)? {
+        Ended::Power(request) => request,
+        Ended::MigratedAway => return Ok(GuestExit::MigratedAway),
+    };
     if request == PowerRequest::Snapshot {
         if let Some(dir) = &config.snapshot_to {
             vmm.pause()?;
@@ -119,21 +148,42 @@ struct Vmm<'a> {
     members: usize,
     config: &'a VmConfig,
     devices: &'a DeviceManager,
+    vm: &'a kvm_ioctls::VmFd,
+    kvm: &'a kvm_ioctls::Kvm,
+    memory: &'a vm_memory::GuestMemoryMmap,
+    /// What a migration reads of guest pages, or why there is none.
+    pagemap: Result<crate::migration::pagemap::Pagemap, String>,
+    /// The identity of the template this VM is a clone of, if it is one.
+    clone_of: Option<[u8; 32]>,
 }
 
 impl Vmm<'_> {
-    /// Serves control requests until the guest asks for a power change.
-    fn serve(&mut self, reports: &Receiver<VmmEvent>) -> Result<PowerRequest, VmError> {
+    /// Serves control requests until the guest asks for a power change or
+    /// the VM has moved to another host.
+    fn serve(&mut self, reports: &Receiver<VmmEvent>) -> Result<Ended, VmError> {
         loop {
             let event = reports.recv().map_err(|_| VmError::Vcpu {
                 id: 0,
                 reason: "all vCPU threads vanished".into(),
             })?;
             match event {
-                VmmEvent::Power(request) => return Ok(request),
+                VmmEvent::Power(request) => return Ok(Ended::Power(request)),
                 VmmEvent::Failed(e) => return Err(e),
-                VmmEvent::Control(request, fd, reply) => {
-                    let _ = reply.send(self.control(request, fd));
+                VmmEvent::Control {
+                    request,
+                    fd,
+                    reply,
+                    written,
+                } => {
+                    let answer = self.control(request, fd);
+                    let migrated = matches!(answer, VmmReply::Migrated { .. });
+                    let _ = reply.send(answer);
+                    if migrated {
+                        // The supervisor learns the outcome from the reply:
+                        // it goes out before this VMM ends.
+                        let _ = written.recv_timeout(Duration::from_secs(5));
+                        return Ok(Ended::MigratedAway);
+                    }
                 }
             }
         }
@@ -165,6 +215,19 @@ impl Vmm<'_> {
                 },
             },
             VmmRequest::UnplugNic { slot } => done(self.devices.plug_nic(slot, None)),
+            VmmRequest::Migrate { .. } if self.gate.requested() => VmmReply::Failed {
+                reason: "the VM is paused: resume it to migrate it".into(),
+            },
+            VmmRequest::Migrate {
+                downtime_ms,
+                max_seconds,
+            } => match fd {
+                Some(conn) => migrate::migrate(self, conn, downtime_ms, max_seconds)
+                    .unwrap_or_else(|reason| VmmReply::Failed { reason }),
+                None => VmmReply::Failed {
+                    reason: "no connection descriptor came with the request".into(),
+                },
+            },
         }
     }
 

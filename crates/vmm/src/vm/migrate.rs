@@ -1,0 +1,232 @@
+//! Sending this running VM to another hull-vmm (`VmmRequest::Migrate`,
+//! the connection's descriptor passed with it): the VM as a
+//! `migration::Source`. Written pages come from the soft-dirty bits,
+//! read and cleared with every vCPU and device thread parked (so no write
+//! falls between the two); pauses and the throttle's duty cycle go
+//! through the pause gate; the state is what a snapshot captures.
+
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use proto::vmm_control::VmmReply;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::Vmm;
+use crate::migration::pagemap::Pagemap;
+use crate::migration::send::{self, Limits, Progress, Source};
+use crate::migration::stream::{Hello, PAGE_SIZE, VERSION};
+use crate::migration::PageSet;
+use crate::{persist, snapshot, vcpu_state};
+
+/// The throttle's period: a throttled guest stands still for its share
+/// of every such slice.
+const THROTTLE_PERIOD: Duration = Duration::from_millis(100);
+
+/// The host address of guest page 0 and the number of pages, for a VM's
+/// one memory region.
+pub(super) fn memory_span(memory: &GuestMemoryMmap) -> Option<(u64, u64)> {
+    let region = memory.iter().next()?;
+    let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()?;
+    Some((host as u64, region.len() / PAGE_SIZE as u64))
+}
+
+struct Outgoing<'v, 'a> {
+    vmm: &'v mut Vmm<'a>,
+    pagemap: &'v Pagemap,
+    paused: bool,
+    throttle: u8,
+    /// When the throttle's current phase began, and whether it is the
+    /// phase in which the guest stands still.
+    phase_since: Instant,
+    held: bool,
+}
+
+impl Outgoing<'_, '_> {
+    fn stop_world(&mut self) -> std::io::Result<()> {
+        self.vmm.pause().map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    /// Lets the world go on, unless the throttle holds it now.
+    fn restart_world(&mut self) {
+        if !self.held {
+            self.vmm.gate.release();
+        }
+    }
+}
+
+impl Source for Outgoing<'_, '_> {
+    fn memory(&self) -> &GuestMemoryMmap {
+        self.vmm.memory
+    }
+
+    fn start_dirty_log(&mut self) -> std::io::Result<()> {
+        self.pagemap.check_soft_dirty()?;
+        // Writes from here on show; round 0 reads every page after this.
+        self.pagemap.clear_soft_dirty()
+    }
+
+    fn take_dirty(&mut self) -> std::io::Result<PageSet> {
+        if self.paused {
+            let dirty = self.pagemap.soft_dirty()?;
+            self.pagemap.clear_soft_dirty()?;
+            return Ok(dirty);
+        }
+        self.stop_world()?;
+        let taken = self.pagemap.soft_dirty().and_then(|dirty| {
+            self.pagemap.clear_soft_dirty()?;
+            Ok(dirty)
+        });
+        self.restart_world();
+        taken
+    }
+
+    fn stop_dirty_log(&mut self) {}
+
+    fn pause(&mut self) -> Result<(), String> {
+        self.vmm.pause().map_err(|e| e.to_string())?;
+        self.paused = true;
+        Ok(())
+    }
+
+    fn resume(&mut self) {
+        self.paused = false;
+        self.held = false;
+        self.vmm.gate.release();
+    }
+
+    fn throttle(&mut self, percent: u8) {
+        self.throttle = percent;
+        if percent == 0 && self.held {
+            self.held = false;
+            if !self.paused {
+                self.vmm.gate.release();
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.throttle == 0 || self.paused {
+            return;
+        }
+        let stand_still = THROTTLE_PERIOD * u32::from(self.throttle) / 100;
+        let phase = match self.held {
+            true => stand_still,
+            false => THROTTLE_PERIOD - stand_still,
+        };
+        if self.phase_since.elapsed() < phase {
+            return;
+        }
+        self.phase_since = Instant::now();
+        if self.held {
+            self.held = false;
+            self.vmm.gate.release();
+        } else {
+            // No waiting for every thread to park: slowing is enough.
+            self.held = true;
+            self.vmm.gate.request();
+            self.vmm.vcpus.iter().for_each(crate::vcpu::Vcpu::kick);
+        }
+    }
+
+    fn state(&mut self) -> Result<Vec<u8>, String> {
+        let kvm = self.vmm.kvm;
+        vcpu_state::check_xsave_size(kvm).map_err(|e| e.to_string())?;
+        let msrs = vcpu_state::msr_indices(kvm).map_err(|e| e.to_string())?;
+        let state = persist::capture(
+            self.vmm.vm,
+            self.vmm.devices,
+            self.vmm.vcpus,
+            &msrs,
+            self.vmm.config.memory_mib,
+        )
+        .map_err(|e| e.to_string())?;
+        snapshot::encode_state(&state).map_err(|e| e.to_string())
+    }
+}
+
+/// Sends the VM over `conn`. Ok: the destination runs it and this VMM is
+/// to end; Err: the VM runs on here.
+pub(super) fn migrate(vmm: &mut Vmm, conn: File, downtime_ms: u32, max_seconds: u32) -> Result<VmmReply, String> {
+    // Borrowed for the migration, given back if it fails.
+    let pagemap = std::mem::replace(&mut vmm.pagemap, Err("a migration is under way".into()))?;
+    let result = migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds);
+    vmm.pagemap = Ok(pagemap);
+    result
+}
+
+fn migrate_with(
+    vmm: &mut Vmm,
+    pagemap: &Pagemap,
+    conn: File,
+    downtime_ms: u32,
+    max_seconds: u32,
+) -> Result<VmmReply, String> {
+    let memory_bytes = vmm.config.memory_mib << 20;
+    let clone_of = vmm.clone_of;
+    let private = match clone_of {
+        // Read now, before round 0 starts writing soft-dirty state.
+        Some(_) => Some(
+            pagemap
+                .private_pages()
+                .map_err(|e| format!("reading the clone's pages: {e}"))?,
+        ),
+        None => None,
+    };
+    let pages = memory_bytes / PAGE_SIZE as u64;
+    let first_round = |has_template: bool| match (&private, has_template) {
+        (Some(own), true) => own.clone(),
+        _ => PageSet::full(pages),
+    };
+    let hello = Hello {
+        version: VERSION,
+        page_size: PAGE_SIZE as u32,
+        memory_bytes,
+        template: clone_of,
+    };
+    let limits = Limits {
+        downtime: Duration::from_millis(u64::from(downtime_ms)),
+        max_time: Duration::from_secs(u64::from(max_seconds)),
+        ..Limits::default()
+    };
+    let mut conn = conn;
+    let mut outgoing = Outgoing {
+        vmm,
+        pagemap,
+        paused: false,
+        throttle: 0,
+        phase_since: Instant::now(),
+        held: false,
+    };
+    let report = send::send(
+        &mut conn,
+        &mut outgoing,
+        hello,
+        &first_round,
+        &limits,
+        &mut |p: &Progress| {
+            eprintln!(
+                "hull-vmm: migration round {}: {} pages ({} bytes) sent at {} MB/s; {} pages dirtied ({} MB/s); \
+                 downtime now {} ms; throttle {}%",
+                p.round,
+                p.pages_sent,
+                p.bytes_sent,
+                p.bandwidth / 1_000_000,
+                p.dirty_pages,
+                p.dirty_rate / 1_000_000,
+                p.expected_downtime.as_millis(),
+                p.throttle
+            )
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(VmmReply::Migrated {
+        rounds: report.rounds,
+        bytes_sent: report.bytes_sent,
+        pages_sent: report.pages_sent,
+        zero_pages: report.zero_pages,
+        total_ms: report.total.as_millis() as u64,
+        downtime_ms: report.downtime.as_millis() as u64,
+        max_throttle: report.max_throttle,
+        confirmed: report.confirmed,
+    })
+}
