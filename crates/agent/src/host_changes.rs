@@ -15,13 +15,24 @@ use crate::mounts::SHARES;
 /// Replays `changes` in order. A change the guest already knows (a file it
 /// wrote itself, an entry it has looked up since) fails harmlessly.
 pub fn replay(changes: &[HostChange]) {
+    // Each share's root opened once a batch (a batch is mostly one share's).
+    let mut shares: Vec<(u32, io::Result<OwnedFd>)> = Vec::new();
     for change in changes {
-        let _ = replay_one(change);
+        let share = match shares.iter().position(|(index, _)| *index == change.share) {
+            Some(at) => &shares[at].1,
+            None => {
+                let root = open_beneath(None, &format!("{SHARES}/{}", change.share));
+                shares.push((change.share, root));
+                &shares[shares.len() - 1].1
+            }
+        };
+        if let Ok(share) = share {
+            let _ = replay_one(share, change);
+        }
     }
-    set_fsgid(0);
 }
 
-fn replay_one(change: &HostChange) -> io::Result<()> {
+fn replay_one(share: &OwnedFd, change: &HostChange) -> io::Result<()> {
     if !is_inside(&change.path) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -29,8 +40,7 @@ fn replay_one(change: &HostChange) -> io::Result<()> {
         Some((dir, name)) => (dir, name),
         None => (".", change.path.as_str()),
     };
-    let share = open_beneath(None, &format!("{SHARES}/{}", change.share))?;
-    let parent = open_beneath(Some(&share), dir)?;
+    let parent = open_beneath(Some(share), dir)?;
     let name = CString::new(name).map_err(io::Error::other)?;
     let at = parent.as_raw_fd();
     match change.kind {

@@ -99,6 +99,16 @@ enum Bench {
         #[arg(long, default_value_t = 20_000)]
         files: usize,
     },
+    /// Live migration of a running guest between two VMMs on this host:
+    /// downtime, total time and bytes sent, hull-vmm beside QEMU, idle and
+    /// dirtying memory (inside vmhost here).
+    Migrate {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Guest memory sizes in MiB, comma-separated.
+        #[arg(long, default_value = "256,1024", value_delimiter = ',')]
+        memory: Vec<u32>,
+    },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
     ImageRun {
@@ -117,6 +127,7 @@ fn main() -> Result<()> {
         Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Docker { runs } => docker_bench::docker_bench(runs),
         Bench::Net { runs } => net_bench::net_bench(runs),
+        Bench::Migrate { runs, memory } => migrate_bench::migrate_bench(runs, &memory),
         Bench::Fs {
             runs,
             seconds,
@@ -153,6 +164,8 @@ mod docker_bench;
 mod fs_bench;
 #[path = "hull-bench/image_bench.rs"]
 mod image_bench;
+#[path = "hull-bench/migrate_bench.rs"]
+mod migrate_bench;
 #[path = "hull-bench/net_bench.rs"]
 mod net_bench;
 

@@ -1,0 +1,329 @@
+//! `hull-bench migrate`: live migration of a running guest on one host,
+//! hull-vmm to hull-vmm beside QEMU to QEMU (its `migrate` over a unix
+//! socket, as its users run it: default downtime limit of 300 ms, no
+//! auto-converge), with the same kernel, busybox guest and memory size:
+//! downtime, total time and bytes sent, for a guest that is idle and for
+//! one that rewrites a 32 MiB tmpfs file over and over. Each run checks
+//! that the guest goes on at the destination (a failed peer looks fast).
+//! Runs are interleaved; medians and p95.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use testkit::bench::{self, Summary};
+use testkit::boot::{self, timed_boot_with};
+use testkit::guest;
+use vmm::host::HostKvm;
+
+use crate::inside_vmhost;
+
+const LIMIT: Duration = Duration::from_secs(600);
+/// hull-vmm's downtime budget (the issue's target).
+const HULL_DOWNTIME_MS: u32 = 50;
+/// A line the guest prints twice a second, wherever it runs.
+const ALIVE: &str = "alive";
+
+/// What the guest does while it is moved.
+#[derive(Clone, Copy)]
+enum Load {
+    Idle,
+    /// Rewrites a 32 MiB file on a tmpfs, with a short pause each time.
+    Dirtying,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Idle => "idle",
+            Load::Dirtying => "dirtying",
+        }
+    }
+
+    fn script(self) -> String {
+        match self {
+            Load::Idle => format!("while true; do echo {ALIVE}; $B sleep 0.5; done"),
+            Load::Dirtying => format!(
+                "$B mkdir -p /scratch; $B mount -t tmpfs -o size=64m tmpfs /scratch; \
+                 while true; do $B dd if=/dev/zero of=/scratch/buffer bs=1M count=32 2>/dev/null; \
+                 echo {ALIVE}; $B sleep 0.2; done"
+            ),
+        }
+    }
+}
+
+/// One migration's figures.
+struct Moved {
+    downtime: Duration,
+    total: Duration,
+    bytes: u64,
+}
+
+pub fn migrate_bench(runs: usize, sizes: &[u32]) -> Result<()> {
+    if !matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
+        println!("no hardware KVM here: running the migration benchmark inside vmhost");
+        let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
+        inside_vmhost(vec![
+            "migrate".into(),
+            "--runs".into(),
+            runs.to_string(),
+            "--memory".into(),
+            sizes.join(","),
+        ])?;
+        return Ok(());
+    }
+    let kernel = guest::cloud_kernel()?;
+    let work = std::env::temp_dir().join(format!("hull-bench-migrate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut rows = Vec::new();
+    for &mib in sizes {
+        for load in [Load::Idle, Load::Dirtying] {
+            let initramfs =
+                guest::busybox_initramfs(&kernel, &work.join(format!("{}.cpio", load.name())), &load.script())?;
+            let (mut hull, mut qemu) = (Vec::new(), Vec::new());
+            for run in 1..=runs {
+                eprintln!("migrate {mib} MiB {} run {run}/{runs}", load.name());
+                let dir = work.join(format!("{mib}-{}-{run}", load.name()));
+                std::fs::create_dir_all(&dir)?;
+                hull.push(hull_run(&kernel.vmlinuz(), &initramfs, mib, &dir.join("hull"))?);
+                qemu.push(qemu_run(&kernel.vmlinuz(), &initramfs, mib, &dir.join("qemu"))?);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            rows.push(report_row(mib, load, &hull, &qemu)?);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let report = json!({
+        "bench": "migrate",
+        "what": "live migration of a running busybox guest (Debian cloud kernel, 1 vCPU) between two VMMs on one host, over a unix socket",
+        "hull_vmm": format!("downtime budget {HULL_DOWNTIME_MS} ms, auto-converge"),
+        "qemu": "QEMU's defaults: downtime-limit 300 ms, no auto-converge, migrate unix:",
+        "kernel": kernel.release,
+        "environment": bench::environment(),
+        "runs": runs,
+        "rows": rows,
+    });
+    let path = bench::write_report("migrate", &report)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Value> {
+    let summary =
+        |moved: &[Moved], pick: fn(&Moved) -> Duration| Summary::of(&moved.iter().map(pick).collect::<Vec<_>>());
+    let bytes = |moved: &[Moved]| -> Vec<u64> {
+        let mut b: Vec<u64> = moved.iter().map(|m| m.bytes).collect();
+        b.sort_unstable();
+        b
+    };
+    let mut peers = serde_json::Map::new();
+    for (name, moved) in [("hull_vmm", hull), ("qemu", qemu)] {
+        let downtime = summary(moved, |m| m.downtime).context("no runs")?;
+        let total = summary(moved, |m| m.total).context("no runs")?;
+        let sent = bytes(moved);
+        let median_bytes = sent[sent.len() / 2];
+        println!(
+            "{mib:>5} MiB {:<9} {name:<9} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
+            load.name(),
+            downtime.median_ms,
+            downtime.p95_ms,
+            total.median_ms,
+            median_bytes as f64 / (1 << 20) as f64
+        );
+        peers.insert(
+            name.into(),
+            json!({
+                "downtime": downtime.to_json(),
+                "total": total.to_json(),
+                "bytes_sent_median": median_bytes,
+                "bytes_sent": sent,
+            }),
+        );
+    }
+    Ok(json!({ "memory_mib": mib, "load": load.name(), "peers": peers }))
+}
+
+/// Waits until `path` exists.
+fn wait_for(path: &Path) -> Result<()> {
+    let deadline = Instant::now() + LIMIT;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} never appeared", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Waits until the destination's console (`log`) shows the guest alive,
+/// then ends the destination.
+fn check_alive_and_end(mut destination: Child, log: &Path, who: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let result = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l.contains(ALIVE)) {
+            break Ok(());
+        }
+        if let Ok(Some(status)) = destination.try_wait() {
+            break Err(anyhow::anyhow!(
+                "{who}: the destination ended ({status}) without the guest going on"
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!("{who}: the guest did not go on at the destination"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = destination.kill();
+    let _ = destination.wait();
+    result
+}
+
+fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, dir: &Path) -> Result<Moved> {
+    std::fs::create_dir_all(dir)?;
+    let (control, incoming, dest_log) = (dir.join("source.ctl"), dir.join("in.sock"), dir.join("dest.log"));
+    let mut source = boot::hull_vmm_command(kernel, initramfs, mib)?;
+    source.arg("--control-socket").arg(&control);
+    let mut destination = Command::new(boot::workspace_binary("hull-vmm")?);
+    destination
+        .arg("--incoming")
+        .arg(&incoming)
+        .args(["--memory", &mib.to_string(), "--serial-log"])
+        .arg(&dest_log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(proto::vmm_control::VmmReply, Child)> {
+        let destination = destination.spawn().context("starting the destination hull-vmm")?;
+        wait_for(&incoming)?;
+        // The load runs a while first.
+        std::thread::sleep(Duration::from_secs(2));
+        let link = UnixStream::connect(&incoming)?;
+        let control = UnixStream::connect(&control)?;
+        let request = proto::vmm_control::VmmRequest::Migrate {
+            downtime_ms: HULL_DOWNTIME_MS,
+            max_seconds: 300,
+        };
+        let reply = vmm::control::ask(&control, &request, Some(&link))?;
+        Ok((reply, destination))
+    })?;
+    let (reply, destination) = moved?;
+    let proto::vmm_control::VmmReply::Migrated {
+        downtime_ms,
+        total_ms,
+        bytes_sent,
+        confirmed: true,
+        ..
+    } = reply
+    else {
+        bail!("hull-vmm did not migrate: {reply:?}\n{}", run.console.join("\n"));
+    };
+    if run.status.code() != Some(5) {
+        bail!("the source hull-vmm ended with {}", run.status);
+    }
+    check_alive_and_end(destination, &dest_log, "hull-vmm")?;
+    Ok(Moved {
+        downtime: Duration::from_millis(downtime_ms),
+        total: Duration::from_millis(total_ms),
+        bytes: bytes_sent,
+    })
+}
+
+/// A QMP connection.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Result<Qmp> {
+        wait_for(path)?;
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(LIMIT))?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        let mut greeting = String::new();
+        qmp.reader.read_line(&mut greeting)?;
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    /// Runs one command; its `return`, past any events.
+    fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let line = json!({ "execute": command, "arguments": arguments });
+        writeln!(self.writer, "{line}")?;
+        loop {
+            let mut answer = String::new();
+            if self.reader.read_line(&mut answer)? == 0 {
+                bail!("QMP closed during {command}");
+            }
+            let answer: Value = serde_json::from_str(&answer)?;
+            if let Some(value) = answer.get("return") {
+                return Ok(value.clone());
+            }
+            if let Some(error) = answer.get("error") {
+                bail!("QMP {command}: {error}");
+            }
+        }
+    }
+}
+
+fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, dir: &Path) -> Result<Moved> {
+    std::fs::create_dir_all(dir)?;
+    let (source_qmp, dest_qmp) = (dir.join("source.qmp"), dir.join("dest.qmp"));
+    let (incoming, dest_log): (PathBuf, PathBuf) = (dir.join("in.sock"), dir.join("dest.log"));
+    let mut source = boot::qemu_command(kernel, initramfs, mib);
+    source
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", source_qmp.display()));
+    let mut destination = boot::qemu_command(kernel, initramfs, mib);
+    destination
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", dest_qmp.display()))
+        .arg("-incoming")
+        .arg(format!("unix:{}", incoming.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&dest_log)?)
+        .stderr(Stdio::null());
+    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(Value, Child)> {
+        let destination = destination.spawn().context("starting the destination QEMU")?;
+        wait_for(&incoming)?;
+        let mut qmp = Qmp::connect(&source_qmp)?;
+        std::thread::sleep(Duration::from_secs(2));
+        qmp.execute("migrate", json!({ "uri": format!("unix:{}", incoming.display()) }))?;
+        let deadline = Instant::now() + LIMIT;
+        let status = loop {
+            let status = qmp.execute("query-migrate", json!({}))?;
+            match status.get("status").and_then(Value::as_str) {
+                Some("completed") => break status,
+                Some("failed" | "cancelled") => bail!("QEMU's migration failed: {status}"),
+                _ if Instant::now() > deadline => bail!("QEMU's migration did not end: {status}"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let _ = qmp.execute("quit", json!({}));
+        Ok((status, destination))
+    })?;
+    let (status, destination) = moved?;
+    let _ = run;
+    let number = |key: &str| status.get(key).and_then(Value::as_u64);
+    let downtime = number("downtime").context("QEMU gave no downtime")?;
+    let total = number("total-time").context("QEMU gave no total time")?;
+    let bytes = status
+        .get("ram")
+        .and_then(|r| r.get("transferred"))
+        .and_then(Value::as_u64)
+        .context("QEMU gave no bytes transferred")?;
+    check_alive_and_end(destination, &dest_log, "QEMU")?;
+    Ok(Moved {
+        downtime: Duration::from_millis(downtime),
+        total: Duration::from_millis(total),
+        bytes,
+    })
+}
