@@ -86,6 +86,12 @@ impl Vcpu {
         Ok(Vcpu { fd, thread })
     }
 
+    /// Whether the vCPU's thread has ended (the guest powered off, reset,
+    /// or the vCPU failed): it will never park.
+    pub fn has_ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Knocks the vCPU out of KVM_RUN (to see a pause request).
     pub fn kick(&self) {
         use vmm_sys_util::signal::Killable;

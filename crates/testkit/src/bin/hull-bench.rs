@@ -108,6 +108,10 @@ enum Bench {
         /// Guest memory sizes in MiB, comma-separated.
         #[arg(long, default_value = "256,1024", value_delimiter = ',')]
         memory: Vec<u32>,
+        /// Both VMMs' downtime budget (QEMU's default; hull's own default,
+        /// 50 ms, is for hardware, not the emulated test host).
+        #[arg(long, default_value_t = 300)]
+        downtime_ms: u32,
     },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
@@ -127,7 +131,11 @@ fn main() -> Result<()> {
         Bench::ImageRun { runs } => image_bench::run_true(runs),
         Bench::Docker { runs } => docker_bench::docker_bench(runs),
         Bench::Net { runs } => net_bench::net_bench(runs),
-        Bench::Migrate { runs, memory } => migrate_bench::migrate_bench(runs, &memory),
+        Bench::Migrate {
+            runs,
+            memory,
+            downtime_ms,
+        } => migrate_bench::migrate_bench(runs, &memory, downtime_ms),
         Bench::Fs {
             runs,
             seconds,

@@ -85,6 +85,34 @@ impl Pagemap {
         (&self.clear_refs).write_all(b"4")
     }
 
+    /// Maps guest memory with 4 KiB pages from now on: a transparent huge
+    /// page is one soft-dirty bit for 2 MiB, and a guest that touches a few
+    /// bytes in each of a few dozen of them every round (its kernel does)
+    /// would never converge. Each huge mapping is split (a protection
+    /// change on part of it splits it) and no new one is made. Call with
+    /// the VM paused: a guest write to the page briefly read-only would fail.
+    pub fn split_huge_pages(&self) -> io::Result<()> {
+        const HUGE: u64 = 2 << 20;
+        let len = self.pages * PAGE_SIZE as u64;
+        let check = |status: libc::c_int| match status {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        };
+        // SAFETY: madvise(2) on the guest's own mapping; advice only.
+        check(unsafe { libc::madvise(self.base as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE) })?;
+        let mut at = self.base.next_multiple_of(HUGE);
+        while at + HUGE <= self.base + len {
+            let page = at as *mut libc::c_void;
+            // SAFETY: one page of the guest's mapping made read-only and
+            // writable again at once, with every guest and device thread
+            // parked (the caller's duty), so nothing writes it meanwhile.
+            check(unsafe { libc::mprotect(page, PAGE_SIZE, libc::PROT_READ) })?;
+            check(unsafe { libc::mprotect(page, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE) })?;
+            at += HUGE;
+        }
+        Ok(())
+    }
+
     /// Checks that this kernel keeps soft-dirty bits (CONFIG_MEM_SOFT_DIRTY):
     /// a page of our own, written after a clear, must show as written.
     pub fn check_soft_dirty(&self) -> io::Result<()> {

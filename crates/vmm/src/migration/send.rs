@@ -83,7 +83,7 @@ pub struct Progress {
     pub dirty_pages: u64,
     /// The guest's rate of dirtying memory, bytes a second.
     pub dirty_rate: u64,
-    /// This round's throughput, bytes a second.
+    /// The link's throughput, bytes a second (the best a round's sending reached).
     pub bandwidth: u64,
     /// How long the guest would stand still if it switched over now.
     pub expected_downtime: Duration,
@@ -295,6 +295,10 @@ fn precopy_and_switch<C: Read + Write>(
     let mut throttle = 0u8;
     let mut max_throttle = 0u8;
     let mut rounds_not_shrinking = 0;
+    // The link's throughput: the best a round's sending reached. A small
+    // round spends most of its time on fixed costs (the dirty log's sync,
+    // a frame's latency) and would make the link look slower than it is.
+    let mut link = 1.0f64;
     loop {
         let round_started = Instant::now();
         let pages_before = batch.pages_sent;
@@ -303,6 +307,8 @@ fn precopy_and_switch<C: Read + Write>(
             written: 0,
         };
         send_pages(&mut counted, source, &set, skip_zeros, &mut batch)?;
+        let sending = round_started.elapsed().max(Duration::from_micros(100));
+        link = link.max(counted.written as f64 / sending.as_secs_f64());
         let next = source
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
@@ -317,7 +323,7 @@ fn precopy_and_switch<C: Read + Write>(
         total_bytes += bytes;
         skip_zeros = false;
         let elapsed = round_started.elapsed().max(Duration::from_micros(100));
-        let bandwidth = (bytes as f64 / elapsed.as_secs_f64()).max(1.0);
+        let bandwidth = link;
         let dirty_bytes = next.count() * PAGE_SIZE as u64;
         let expected_downtime = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth);
         progress(&Progress {

@@ -61,6 +61,10 @@ impl Source for Outgoing<'_, '_> {
 
     fn start_dirty_log(&mut self) -> std::io::Result<()> {
         self.pagemap.check_soft_dirty()?;
+        self.stop_world()?;
+        let split = self.pagemap.split_huge_pages();
+        self.restart_world();
+        split?;
         // Writes from here on show; round 0 reads every page after this.
         self.pagemap.clear_soft_dirty()
     }

@@ -242,6 +242,9 @@ impl Vmm<'_> {
             return Ok(());
         }
         self.gate.release();
+        if self.vcpus.iter().any(Vcpu::has_ended) {
+            return Err(VmError::Save("the guest has powered off or reset".into()));
+        }
         Err(VmError::Save(format!(
             "the VM's threads did not all stop within {} s",
             PAUSE_TIMEOUT.as_secs()
