@@ -117,7 +117,8 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
             libc::SYS_unlinkat,
             // Plugging a NIC into another tap.
             libc::SYS_epoll_ctl,
-            // Migrating: the connection, and /proc/self/pagemap's entries.
+            // Migrating: the connection (its reads bounded in time), and
+            // /proc/self/pagemap's entries.
             libc::SYS_read,
             libc::SYS_pread64,
         ],
@@ -234,6 +235,8 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
         ThreadKind::Device(DeviceKind::Vsock) => calls.push((libc::SYS_socket, 0, vec![libc::AF_UNIX as u64])),
         // A second handle on a client's connection.
         ThreadKind::Control => fcntl.push(libc::F_DUPFD_CLOEXEC as u64),
+        // A migration's connection: its reads bounded in time, nothing else.
+        ThreadKind::Vmm => calls.push((libc::SYS_setsockopt, 2, vec![libc::SO_RCVTIMEO as u64])),
         // Open flags of a file the guest opens again (O_APPEND, O_DIRECT).
         ThreadKind::Device(DeviceKind::Fs) => fcntl.extend([libc::F_GETFL as u64, libc::F_SETFL as u64]),
         _ => {}

@@ -356,3 +356,26 @@ fn hostile_sources_are_refused_without_touching_memory_beyond_the_guest() {
         assert!(err.to_string().contains(expected), "{frames:?}: {err}");
     }
 }
+
+#[test]
+fn a_destination_that_hangs_after_the_state_leaves_the_source_running() {
+    let guest = Guest::new(10);
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    // The VMM bounds its waits on the connection (SO_RCVTIMEO); here, briefly.
+    here.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let dest = thread::spawn(move || {
+        read_hello(&mut there).unwrap();
+        welcome(&mut there, Ok(false)).unwrap();
+        receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
+        // Never says Ready; keeps the connection open a while.
+        thread::sleep(Duration::from_secs(2));
+    });
+    let (report, _) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &Limits::default());
+    let err = report.unwrap_err();
+    assert!(matches!(err, MigrationError::Stream(StreamError::Io(_))), "{err}");
+    {
+        let guest = guest.lock().unwrap();
+        assert!(guest.resumed && !guest.paused, "the guest runs on here");
+    }
+    dest.join().unwrap();
+}

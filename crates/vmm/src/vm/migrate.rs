@@ -148,6 +148,35 @@ impl Source for Outgoing<'_, '_> {
     }
 }
 
+/// How long the destination may take to answer (its welcome, its word
+/// that it holds the VM): the guest stands still while the source waits
+/// for the second, so a destination that hangs must not hold it for ever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bounds every read on the connection (a socket) by `ANSWER_TIMEOUT`.
+fn limit_waits(conn: &File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let timeout = libc::timeval {
+        tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt(2) with a valid descriptor and a timeval of the
+    // size given.
+    let status = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Sends the VM over `conn`. Ok: the destination runs it and this VMM is
 /// to end; Err: the VM runs on here.
 pub(super) fn migrate(vmm: &mut Vmm, conn: File, downtime_ms: u32, max_seconds: u32) -> Result<VmmReply, String> {
@@ -193,6 +222,7 @@ fn migrate_with(
         ..Limits::default()
     };
     let mut conn = conn;
+    limit_waits(&conn).map_err(|e| format!("the migration connection: {e}"))?;
     let mut outgoing = Outgoing {
         vmm,
         pagemap,
