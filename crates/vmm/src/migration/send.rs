@@ -251,9 +251,8 @@ pub fn send<C: Read + Write>(
     limits: &Limits,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, MigrationError> {
-    let started = Instant::now();
     let mut paused = false;
-    let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, started, &mut paused);
+    let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, &mut paused);
     if let Err(e) = &result {
         if !matches!(e, MigrationError::Refused(_) | MigrationError::Aborted(_)) {
             let _ = write_frame(conn, &Frame::Abort { reason: e.to_string() });
@@ -267,7 +266,7 @@ pub fn send<C: Read + Write>(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `send`'s work; `paused` says whether the guest stands still when it fails.
 fn precopy_and_switch<C: Read + Write>(
     conn: &mut C,
     source: &mut dyn Source,
@@ -275,9 +274,9 @@ fn precopy_and_switch<C: Read + Write>(
     first_round: &dyn Fn(bool) -> PageSet,
     limits: &Limits,
     progress: &mut dyn FnMut(&Progress),
-    started: Instant,
     paused: &mut bool,
 ) -> Result<Report, MigrationError> {
+    let started = Instant::now();
     write_frame(conn, &Frame::Hello(hello))?;
     let has_template = match read_frame(conn)? {
         Some(Frame::Welcome(Welcome::Accepted { has_template })) => has_template,
