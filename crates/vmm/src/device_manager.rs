@@ -220,6 +220,12 @@ impl DeviceManager {
         })
     }
 
+    /// Puts every device's writes on its backend's storage (the VM is
+    /// paused and leaving this host: the next host reads the disks).
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.virtio.iter().try_for_each(|d| lock(&d.transport).flush())
+    }
+
     /// Every device's driver state (the VM is paused).
     pub fn device_states(&self) -> Vec<DeviceState> {
         self.virtio.iter().map(|d| lock(&d.transport).state()).collect()

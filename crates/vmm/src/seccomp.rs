@@ -235,8 +235,16 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
         ThreadKind::Device(DeviceKind::Vsock) => calls.push((libc::SYS_socket, 0, vec![libc::AF_UNIX as u64])),
         // A second handle on a client's connection.
         ThreadKind::Control => fcntl.push(libc::F_DUPFD_CLOEXEC as u64),
-        // A migration's connection: its reads bounded in time, nothing else.
-        ThreadKind::Vmm => calls.push((libc::SYS_setsockopt, 2, vec![libc::SO_RCVTIMEO as u64])),
+        // A migration's connection: made blocking, its reads and writes
+        // bounded in time, nothing else.
+        ThreadKind::Vmm => {
+            fcntl.extend([libc::F_GETFL as u64, libc::F_SETFL as u64]);
+            calls.push((
+                libc::SYS_setsockopt,
+                2,
+                vec![libc::SO_RCVTIMEO as u64, libc::SO_SNDTIMEO as u64],
+            ));
+        }
         // Open flags of a file the guest opens again (O_APPEND, O_DIRECT).
         ThreadKind::Device(DeviceKind::Fs) => fcntl.extend([libc::F_GETFL as u64, libc::F_SETFL as u64]),
         _ => {}

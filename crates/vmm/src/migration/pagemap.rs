@@ -98,8 +98,12 @@ impl Pagemap {
             0 => Ok(()),
             _ => Err(io::Error::last_os_error()),
         };
-        // SAFETY: madvise(2) on the guest's own mapping; advice only.
-        check(unsafe { libc::madvise(self.base as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE) })?;
+        // SAFETY: madvise(2) on the guest's own mapping; advice only. A
+        // kernel without transparent huge pages refuses it: none to split.
+        match check(unsafe { libc::madvise(self.base as *mut libc::c_void, len as usize, libc::MADV_NOHUGEPAGE) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+            other => other?,
+        }
         let mut at = self.base.next_multiple_of(HUGE);
         while at + HUGE <= self.base + len {
             let page = at as *mut libc::c_void;

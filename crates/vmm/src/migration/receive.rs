@@ -113,7 +113,7 @@ pub fn receive_memory(
                 incoming.pages += u64::from(count);
             }
             Some(Frame::RoundEnd { round, dirty_pages }) => {
-                incoming.rounds = round + 1;
+                incoming.rounds = round.saturating_add(1);
                 progress(round, dirty_pages);
             }
             Some(Frame::State(bytes)) if state.is_none() => state = Some(bytes),

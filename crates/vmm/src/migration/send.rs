@@ -230,9 +230,9 @@ fn send_pages(
                 .read_slice(&mut page_bytes, GuestAddress(page * PAGE_SIZE as u64))
                 .map_err(|e| MigrationError::Memory(format!("reading guest page {page}: {e}")))?;
             batch.page(w, page, &page_bytes, skip_zeros)?;
-            if page % MAX_PAGES_PER_FRAME as u64 == 0 {
-                source.tick();
-            }
+            // A throttled guest's duty cycle is kept by the clock, not by
+            // how many pages go (late rounds send few).
+            source.tick();
         }
     }
     batch.flush(w)?;
@@ -241,26 +241,28 @@ fn send_pages(
 
 /// Migrates the VM `source` over `conn`. `hello` announces it;
 /// `first_round(has_template)` is what round 0 sends (a clone's own pages if
-/// the destination has its template, else every page). On an error before
+/// the destination has its template, else every page), asked for once the
+/// dirty log runs (so that no write falls between the two). On an error before
 /// `Go` the guest runs on here, unthrottled, and the destination is told.
 pub fn send<C: Read + Write>(
     conn: &mut C,
     source: &mut dyn Source,
     hello: Hello,
-    first_round: &dyn Fn(bool) -> PageSet,
+    first_round: &dyn Fn(bool) -> std::io::Result<PageSet>,
     limits: &Limits,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, MigrationError> {
     let mut paused = false;
     let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, &mut paused);
     if let Err(e) = &result {
-        if !matches!(e, MigrationError::Refused(_) | MigrationError::Aborted(_)) {
-            let _ = write_frame(conn, &Frame::Abort { reason: e.to_string() });
-        }
+        // The guest first: telling the destination may block on the link.
         source.stop_dirty_log();
         source.throttle(0);
         if paused {
             source.resume();
+        }
+        if !matches!(e, MigrationError::Refused(_) | MigrationError::Aborted(_)) {
+            let _ = write_frame(conn, &Frame::Abort { reason: e.to_string() });
         }
     }
     result
@@ -271,7 +273,7 @@ fn precopy_and_switch<C: Read + Write>(
     conn: &mut C,
     source: &mut dyn Source,
     hello: Hello,
-    first_round: &dyn Fn(bool) -> PageSet,
+    first_round: &dyn Fn(bool) -> std::io::Result<PageSet>,
     limits: &Limits,
     progress: &mut dyn FnMut(&Progress),
     paused: &mut bool,
@@ -286,7 +288,7 @@ fn precopy_and_switch<C: Read + Write>(
     source
         .start_dirty_log()
         .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
-    let mut set = first_round(has_template);
+    let mut set = first_round(has_template).map_err(|e| MigrationError::Source(format!("the VM's own pages: {e}")))?;
     let mut skip_zeros = !has_template;
     let mut batch = Batch::new();
     let mut total_bytes = 0;
@@ -308,6 +310,7 @@ fn precopy_and_switch<C: Read + Write>(
         send_pages(&mut counted, source, &set, skip_zeros, &mut batch)?;
         let sending = round_started.elapsed().max(Duration::from_micros(100));
         link = link.max(counted.written as f64 / sending.as_secs_f64());
+        source.tick();
         let next = source
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;

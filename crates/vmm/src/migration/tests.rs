@@ -156,7 +156,7 @@ fn migrate(
     guest: &Arc<Mutex<Guest>>,
     conn: &mut UnixStream,
     template: Option<[u8; 32]>,
-    first_round: &dyn Fn(bool) -> PageSet,
+    first_round: &dyn Fn(bool) -> std::io::Result<PageSet>,
     limits: &Limits,
 ) -> (Result<Report, MigrationError>, Vec<Progress>) {
     let memory = guest.lock().unwrap().memory.clone();
@@ -183,7 +183,7 @@ fn a_running_guest_arrives_whole_and_zero_pages_stay_home() {
         downtime: Duration::from_secs(5),
         ..Limits::default()
     };
-    let (report, rounds) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &limits);
+    let (report, rounds) = migrate(&guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
     let report = report.unwrap();
     let (arrived, state) = dest.join().unwrap().unwrap();
     assert_eq!(state, b"vcpus and devices");
@@ -224,9 +224,11 @@ fn a_clone_sends_only_its_own_pages_to_a_destination_with_its_template() {
     let (mut here, there) = UnixStream::pair().unwrap();
     let id = Some([5; 32]);
     let dest = destination(there, template, id);
-    let first = |has_template: bool| match has_template {
-        true => own_pages.clone(),
-        false => PageSet::full(PAGES),
+    let first = |has_template: bool| {
+        Ok(match has_template {
+            true => own_pages.clone(),
+            false => PageSet::full(PAGES),
+        })
     };
     let (report, _) = migrate(&guest, &mut here, id, &first, &Limits::default());
     let report = report.unwrap();
@@ -248,7 +250,7 @@ fn a_guest_outrunning_the_link_is_throttled_until_it_converges() {
         downtime: Duration::ZERO,
         ..Limits::default()
     };
-    let (report, rounds) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &limits);
+    let (report, rounds) = migrate(&guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
     let report = report.unwrap();
     let (arrived, _) = dest.join().unwrap().unwrap();
     assert_same_memory(&guest.lock().unwrap().memory, &arrived);
@@ -269,7 +271,7 @@ fn a_migration_that_cannot_converge_is_abandoned_and_the_guest_runs_on() {
         max_rounds: 4,
         ..Limits::default()
     };
-    let (report, _) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &limits);
+    let (report, _) = migrate(&guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
     let err = report.unwrap_err();
     assert!(matches!(err, MigrationError::DidNotConverge { rounds: 4, .. }), "{err}");
     assert!(err.to_string().contains("runs on here"));
@@ -287,7 +289,13 @@ fn a_destination_of_another_size_refuses_before_anything_is_sent() {
         let hello = read_hello(&mut there).unwrap();
         welcome(&mut there, check_hello(&hello, BYTES * 2).map(|_| false))
     });
-    let (report, rounds) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &Limits::default());
+    let (report, rounds) = migrate(
+        &guest,
+        &mut here,
+        None,
+        &|_| Ok(PageSet::full(PAGES)),
+        &Limits::default(),
+    );
     let err = report.unwrap_err();
     assert!(err.to_string().contains("8 MiB"), "{err}");
     assert!(matches!(dest.join().unwrap(), Err(MigrationError::Refused(_))));
@@ -306,7 +314,13 @@ fn a_destination_that_fails_after_the_state_leaves_the_source_running() {
         receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
         receive::abort(&mut there, "restoring the vCPUs failed");
     });
-    let (report, _) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &Limits::default());
+    let (report, _) = migrate(
+        &guest,
+        &mut here,
+        None,
+        &|_| Ok(PageSet::full(PAGES)),
+        &Limits::default(),
+    );
     dest.join().unwrap();
     let err = report.unwrap_err();
     assert!(err.to_string().contains("restoring the vCPUs failed"), "{err}");
@@ -370,7 +384,13 @@ fn a_destination_that_hangs_after_the_state_leaves_the_source_running() {
         // Never says Ready; keeps the connection open a while.
         thread::sleep(Duration::from_secs(2));
     });
-    let (report, _) = migrate(&guest, &mut here, None, &|_| PageSet::full(PAGES), &Limits::default());
+    let (report, _) = migrate(
+        &guest,
+        &mut here,
+        None,
+        &|_| Ok(PageSet::full(PAGES)),
+        &Limits::default(),
+    );
     let err = report.unwrap_err();
     assert!(matches!(err, MigrationError::Stream(StreamError::Io(_))), "{err}");
     {

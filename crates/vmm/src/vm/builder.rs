@@ -24,7 +24,8 @@ pub struct BuiltVm {
     pub kvm: Kvm,
     /// The template this VM's memory is mapped from, if it is a clone.
     pub clone_of: Option<[u8; 32]>,
-    /// A migrated VM's source, to be told that the VM runs here.
+    /// A migrated VM's source: told when the VM is ready to run here, and
+    /// then that it runs (`run`).
     pub incoming: Option<std::fs::File>,
 }
 
@@ -97,10 +98,6 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
         }
     }
     trace::mark("vCPUs and irqchip set");
-    if let Some(source) = incoming.as_mut() {
-        // All here and set: the guest runs here once the source lets go.
-        crate::migration::receive::ready(source).map_err(|e| VmError::Migration(e.to_string()))?;
-    }
     Ok(BuiltVm {
         vm,
         memory,

@@ -133,6 +133,12 @@ impl Source for Outgoing<'_, '_> {
     }
 
     fn state(&mut self) -> Result<Vec<u8>, String> {
+        // What the guest was told is written must be on the disks the next
+        // host opens, not in this host's page cache.
+        self.vmm
+            .devices
+            .flush()
+            .map_err(|e| format!("flushing the disks: {e}"))?;
         let kvm = self.vmm.kvm;
         vcpu_state::check_xsave_size(kvm).map_err(|e| e.to_string())?;
         let msrs = vcpu_state::msr_indices(kvm).map_err(|e| e.to_string())?;
@@ -148,40 +154,59 @@ impl Source for Outgoing<'_, '_> {
     }
 }
 
-/// How long the destination may take to answer (its welcome, its word
-/// that it holds the VM): the guest stands still while the source waits
-/// for the second, so a destination that hangs must not hold it for ever.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one read or write on the connection may wait: the guest stands
+/// still while the source waits for the destination's word that it holds
+/// the VM, so a destination that hangs (or stops reading) must not hold it
+/// for ever.
+const LINK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bounds every read on the connection (a socket) by `ANSWER_TIMEOUT`.
-fn limit_waits(conn: &File) -> std::io::Result<()> {
+/// Readies the connection (a socket): blocking (a supervisor built on an
+/// async runtime may hand over a non-blocking one), and every read and
+/// write bounded by `LINK_TIMEOUT`.
+fn prepare_link(conn: &File) -> std::io::Result<()> {
     use std::os::unix::io::AsRawFd;
+    let fd = conn.as_raw_fd();
+    let check = |status: libc::c_int| match status {
+        -1 => Err(std::io::Error::last_os_error()),
+        ok => Ok(ok),
+    };
+    // SAFETY: fcntl(2) on a valid descriptor.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if flags & libc::O_NONBLOCK != 0 {
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    }
     let timeout = libc::timeval {
-        tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
+        tv_sec: LINK_TIMEOUT.as_secs() as libc::time_t,
         tv_usec: 0,
     };
-    // SAFETY: setsockopt(2) with a valid descriptor and a timeval of the
-    // size given.
-    let status = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    match status {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt(2) with a valid descriptor and a timeval of
+        // the size given.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
     }
+    Ok(())
 }
 
 /// Sends the VM over `conn`. Ok: the destination runs it and this VMM is
 /// to end; Err: the VM runs on here.
 pub(super) fn migrate(vmm: &mut Vmm, conn: File, downtime_ms: u32, max_seconds: u32) -> Result<VmmReply, String> {
     // Borrowed for the migration, given back if it fails.
-    let pagemap = std::mem::replace(&mut vmm.pagemap, Err("a migration is under way".into()))?;
+    let pagemap = match std::mem::replace(&mut vmm.pagemap, Err("a migration is under way".into())) {
+        Ok(pagemap) => pagemap,
+        Err(why) => {
+            vmm.pagemap = Err(why.clone());
+            return Err(why);
+        }
+    };
     let result = migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds);
     vmm.pagemap = Ok(pagemap);
     result
@@ -196,19 +221,12 @@ fn migrate_with(
 ) -> Result<VmmReply, String> {
     let memory_bytes = vmm.config.memory_mib << 20;
     let clone_of = vmm.clone_of;
-    let private = match clone_of {
-        // Read now, before round 0 starts writing soft-dirty state.
-        Some(_) => Some(
-            pagemap
-                .private_pages()
-                .map_err(|e| format!("reading the clone's pages: {e}"))?,
-        ),
-        None => None,
-    };
     let pages = memory_bytes / PAGE_SIZE as u64;
-    let first_round = |has_template: bool| match (&private, has_template) {
-        (Some(own), true) => own.clone(),
-        _ => PageSet::full(pages),
+    // Read when round 0 starts, after the dirty log: a template page the
+    // clone first writes in between is then in one set or the other.
+    let first_round = |has_template: bool| match (clone_of, has_template) {
+        (Some(_), true) => pagemap.private_pages(),
+        _ => Ok(PageSet::full(pages)),
     };
     let hello = Hello {
         version: VERSION,
@@ -222,7 +240,7 @@ fn migrate_with(
         ..Limits::default()
     };
     let mut conn = conn;
-    limit_waits(&conn).map_err(|e| format!("the migration connection: {e}"))?;
+    prepare_link(&conn).map_err(|e| format!("the migration connection: {e}"))?;
     let mut outgoing = Outgoing {
         vmm,
         pagemap,

@@ -77,6 +77,10 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     trace::mark("handlers and the VMM's filter ready");
     let device_threads = devices.spawn_device_threads(&gate)?;
     trace::mark("device threads started");
+    if built.incoming.is_some() {
+        // A migrated VM stands still until its source lets go (below).
+        gate.request();
+    }
     let (events, reports) = mpsc::channel();
     if let Some(listener) = control {
         crate::control::serve(listener, events.clone())?;
@@ -98,7 +102,11 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     seccomp::install(&vmm_filter, ThreadKind::Vmm);
     trace::mark("vCPUs running");
     if let Some(mut source) = built.incoming.take() {
-        // Best effort: the source let go at `Go`; this only completes its report.
+        // Every thread is up and parked, nothing left that can fail: the
+        // source may let go, and the guest runs here from its `Go` on.
+        crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;
+        gate.release();
+        // Best effort: this only completes the source's report.
         let _ = crate::migration::receive::resumed(&mut source);
     }
 

@@ -215,6 +215,10 @@ enum RequestError {
 }
 
 impl VirtioDevice for Block {
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }

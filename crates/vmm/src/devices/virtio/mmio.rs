@@ -55,6 +55,11 @@ impl MmioTransport {
         }
     }
 
+    /// See `VirtioDevice::flush`.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.device.flush()
+    }
+
     /// After a restore: tells the driver its device's configuration changed
     /// (a clone's disk size). vsock needs no transport reset: a template is
     /// saved before its agent opens any connection, so there is none to drop

@@ -133,6 +133,11 @@ pub trait VirtioDevice: Send {
     fn serves(&self) -> bool {
         true
     }
+    /// Puts what the device wrote on its backend's storage (a disk's page
+    /// cache to the disk): the VM is leaving this host.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
     fn plug(&mut self, _backend: Option<std::fs::File>) -> std::io::Result<()> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
