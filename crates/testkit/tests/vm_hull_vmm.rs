@@ -579,3 +579,100 @@ fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {
+    let dir = scratch("clone-migrate");
+    let guest = runtime::guest::Guest::current().unwrap();
+    let vmm_binary = testkit::boot::workspace_binary("hull-vmm").unwrap();
+    let template = runtime::template::ensure(&guest, &vmm_binary, 256, 1).unwrap();
+    let record = &template.record;
+    // Each side: the template's device slots, with its own empty disks
+    // and vsock socket, as a container's VMM binds its own.
+    let vmm = |side: &str| {
+        let mut command = std::process::Command::new(&vmm_binary);
+        command.args(["--memory", "256", "--cpus", "1", "--fs"]);
+        for disk in 0..2 + record.volume_slots {
+            let path = dir.join(format!("{side}-disk-{disk}"));
+            std::fs::File::create(&path).unwrap();
+            let spec = match disk {
+                0 => format!("{}:ro", path.display()),
+                _ => path.display().to_string(),
+            };
+            command.arg("--disk").arg(spec);
+        }
+        command
+            .args(["--net-slots", &record.nic_slots.to_string()])
+            .arg("--vsock-uds")
+            .arg(dir.join(format!("{side}.vsock")))
+            .arg("--serial-log")
+            .arg(dir.join(format!("{side}.log")))
+            .arg("--control-socket")
+            .arg(dir.join(format!("{side}.ctl")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{side}.err"))).unwrap());
+        command
+    };
+    // The host end the clone's agent reaches once restored: it connects
+    // and waits for work, idle.
+    let agent_port =
+        std::os::unix::net::UnixListener::bind(format!("{}_{}", dir.join("source.vsock").display(), proto::AGENT_PORT))
+            .unwrap();
+    let mut source = vmm("source");
+    source.arg("--restore").arg(&template.dir);
+    let mut source = source.spawn().unwrap();
+    let (_agent, _) = agent_port.accept().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let incoming = dir.join("incoming.sock");
+    let mut destination = vmm("dest");
+    destination
+        .arg("--incoming")
+        .arg(&incoming)
+        .arg("--template")
+        .arg(&template.dir);
+    let mut destination = destination.spawn().unwrap();
+    while !incoming.exists() {
+        assert!(destination.try_wait().unwrap().is_none(), "the destination ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let link = UnixStream::connect(&incoming).unwrap();
+    let source_control = UnixStream::connect(dir.join("source.ctl")).unwrap();
+    let request = VmmRequest::Migrate {
+        downtime_ms: 2000,
+        max_seconds: 250,
+    };
+    let reply = vmm::control::ask(&source_control, &request, Some(&link)).unwrap();
+    let source_status = source.wait().unwrap();
+    let err = |side: &str| std::fs::read_to_string(dir.join(format!("{side}.err"))).unwrap_or_default();
+    let VmmReply::Migrated {
+        bytes_sent,
+        pages_sent,
+        zero_pages,
+        confirmed,
+        ..
+    } = reply
+    else {
+        let _ = destination.kill();
+        panic!("{reply:?}\n{}", err("source"));
+    };
+    eprintln!("an idle clone moved: {pages_sent} pages ({zero_pages} zero), {bytes_sent} bytes");
+    assert_eq!(source_status.code(), Some(5), "{}", err("source"));
+    assert!(confirmed);
+    // The target: an idle clone sends under 4 MiB once the
+    // destination has its template (a 256 MiB guest).
+    assert!(bytes_sent < 4 << 20, "{bytes_sent} bytes for an idle clone");
+    // The guest runs there: its vCPU and device threads park and go on.
+    let dest_control = UnixStream::connect(dir.join("dest.ctl")).unwrap();
+    assert_eq!(
+        control(&dest_control, VmmRequest::Pause),
+        VmmReply::Done,
+        "{}",
+        err("dest")
+    );
+    assert_eq!(control(&dest_control, VmmRequest::Resume), VmmReply::Done);
+    assert!(destination.try_wait().unwrap().is_none(), "{}", err("dest"));
+    destination.kill().unwrap();
+    destination.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
