@@ -103,14 +103,14 @@ pub fn receive_memory(
             Some(Frame::Pages { first, data }) => {
                 let count = (data.len() / PAGE_SIZE) as u64;
                 write(&data, in_guest(first, count)?)?;
-                incoming.pages += count;
+                incoming.pages = incoming.pages.saturating_add(count);
             }
             Some(Frame::Zeros { first, count }) => {
                 let at = in_guest(first, u64::from(count))?;
                 for page in 0..u64::from(count) {
                     write(&zeros, GuestAddress(at.0 + page * PAGE_SIZE as u64))?;
                 }
-                incoming.pages += u64::from(count);
+                incoming.pages = incoming.pages.saturating_add(u64::from(count));
             }
             Some(Frame::RoundEnd { round, dirty_pages }) => {
                 incoming.rounds = round.saturating_add(1);
