@@ -4,8 +4,7 @@
 //! the pages, then the state, from which the VM is built as a restore
 //! builds it. The guest runs only once the source says `Go` (`builder`).
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,9 +38,8 @@ pub(super) fn receive(listen: &Path, template: Option<&Path>, config: &VmConfig)
         path: listen.display().to_string(),
         source,
     };
-    let _ = std::fs::remove_file(listen);
-    let listener = UnixListener::bind(listen).map_err(listen_err)?;
-    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    // Made as the control socket is: owner-only, a stale one replaced.
+    let listener = crate::control::bind(listen)?;
     let (mut conn, _) = listener.accept().map_err(listen_err)?;
     let _ = std::fs::remove_file(listen);
     conn.set_read_timeout(Some(SILENCE)).map_err(listen_err)?;
