@@ -149,6 +149,12 @@ pub fn write_state(dir: &Path, state: &VmState) -> Result<(), SnapshotError> {
 
 /// Reads and checks `dir/state`.
 pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
+    read_state_with_id(dir).map(|(state, _)| state)
+}
+
+/// `read_state`, and the snapshot's identity (`snapshot_id`) from the same
+/// bytes.
+pub fn read_state_with_id(dir: &Path) -> Result<(VmState, [u8; 32]), SnapshotError> {
     let path = state_path(dir);
     let mut file = File::open(&path).map_err(io_err(&path))?;
     // The header, then at most the payload it announces and one byte more
@@ -167,7 +173,11 @@ pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
             file.take(len + 1).read_to_end(&mut bytes).map_err(io_err(&path))?;
         }
     }
-    decode_state(&bytes, &path.display().to_string())
+    let state = decode_state(&bytes, &path.display().to_string())?;
+    // Decoded, so the header is whole and its digest is the payload's.
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&bytes[20..52]);
+    Ok((state, id))
 }
 
 /// Checks and decodes the bytes of a state file; `path_for_errors` names it
@@ -353,6 +363,7 @@ mod tests {
         write_state(&dir, &sample()).unwrap();
         let id = snapshot_id(&dir).unwrap();
         assert_eq!(&id[..], &encode_state(&sample()).unwrap()[20..52]);
+        assert_eq!(read_state_with_id(&dir).unwrap().1, id);
         let mut other = sample();
         other.clock.clock += 1;
         write_state(&dir, &other).unwrap();

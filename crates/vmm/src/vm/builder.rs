@@ -44,14 +44,9 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     let mut incoming = None;
     let (memory, saved, clone_of) = match &config.start {
         Start::Restore { snapshot } => {
-            let saved = read_snapshot(snapshot, config)?;
+            let (saved, id) = read_snapshot(snapshot, config)?;
             let memory = snapshot::map_memory(snapshot, config.memory_mib)?;
-            let id = match config.control_socket {
-                // Only a VM with a control channel can be migrated.
-                Some(_) => Some(snapshot::snapshot_id(snapshot)?),
-                None => None,
-            };
-            (memory, Some(saved), id)
+            (memory, Some(saved), Some(id))
         }
         Start::Boot { .. } => (anonymous_memory(config.memory_mib)?, None, None),
         Start::Incoming { listen, template } => {
@@ -124,11 +119,12 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     Ok(vm)
 }
 
-/// A snapshot's state, checked against the shape this VM was asked for.
-fn read_snapshot(dir: &std::path::Path, config: &VmConfig) -> Result<VmState, VmError> {
-    let state = snapshot::read_state(dir)?;
+/// A snapshot's state, checked against the shape this VM was asked for,
+/// and its identity (what a migration names this clone's template by).
+fn read_snapshot(dir: &std::path::Path, config: &VmConfig) -> Result<(VmState, [u8; 32]), VmError> {
+    let (state, id) = snapshot::read_state_with_id(dir)?;
     check_shape(&state, config)?;
-    Ok(state)
+    Ok((state, id))
 }
 
 /// Whether a saved or migrated VM's state has the memory and vCPUs asked for.
