@@ -223,11 +223,12 @@ fn fifty_in_a_row_then_twenty_at_once() {
     }
     // Twenty clones at once need twenty times the CPU of one, and a slow
     // machine (the emulated test host, one core) cannot run them faster than
-    // one after another: each may take three times that, and as long to reach
-    // its agent. What this checks is that all twenty run right at once; their
-    // speed is `scripts/bench clone`'s.
+    // one after another: each may take five times that (a run here went
+    // from 55 s to 136 s beside a compiler), and as long to reach its agent.
+    // What this checks is that all twenty run right at once; their speed is
+    // `scripts/bench clone`'s.
     let one = after_first.map_or(DEADLINE, |t| t.elapsed() / 49);
-    let deadline = DEADLINE.max(one * 20 * 3);
+    let deadline = DEADLINE.max(one * 20 * 5);
     eprintln!("one clone took {one:?}; twenty at once get {deadline:?} each");
     let outputs: Vec<Output> = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..20)
