@@ -615,9 +615,10 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
     }
     let _spawning = SPAWN_LOCK.lock();
     let child = command.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => (format!("{program}: command not found"), 127),
-        std::io::ErrorKind::PermissionDenied => (format!("{program}: permission denied"), 126),
-        _ => (format!("{program}: {e}"), 126),
+        // Docker's words: its CLI and SDKs map them to exit statuses 127 and 126.
+        std::io::ErrorKind::NotFound => (format!("exec: \"{program}\": executable file not found in $PATH"), 127),
+        std::io::ErrorKind::PermissionDenied => (format!("exec: \"{program}\": permission denied"), 126),
+        _ => (format!("exec: \"{program}\": {e}"), 126),
     })?;
     Ok(Spawned { child, terminal })
 }

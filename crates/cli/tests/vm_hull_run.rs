@@ -242,7 +242,7 @@ fn bad_input_gets_clear_errors() {
     let out = run(&root, &[], &["no-such-command", "arg"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(
-        text(&out.stderr).contains("no-such-command: command not found"),
+        text(&out.stderr).contains("exec: \"no-such-command\": executable file not found in $PATH"),
         "{}",
         text(&out.stderr)
     );

@@ -91,6 +91,12 @@ impl From<runtime::container::ContainerError> for ApiError {
             | ContainerError::Starting
             | ContainerError::Busy
             | ContainerError::NotLive(_) => ApiError::conflict(e.to_string()),
+            // A command that is missing or not executable is the request's
+            // fault, as in Docker (its CLI then exits 127 or 126).
+            ContainerError::DidNotStart {
+                exit_code: Some(126 | 127),
+                ..
+            } => ApiError::bad_request(e.to_string()),
             _ => ApiError::internal(e),
         }
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime::container::{ContainerDir, RunStatus};
+use runtime::container::ContainerDir;
 use runtime::network::Policy;
 use tokio::sync::broadcast;
 
@@ -168,10 +168,7 @@ impl Daemon {
                 self.dns.start(self, &network);
             }
         }
-        let state = dir.start().map_err(ApiError::internal)?;
-        if state.status != RunStatus::Running {
-            return Err(ApiError::internal(state.error));
-        }
+        dir.start()?;
         self.emit(Event::Started { id: id.to_string() });
         self.container_event(id, "start", &[]);
         self.watch(id);

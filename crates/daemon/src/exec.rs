@@ -34,6 +34,8 @@ pub struct ExecRecord {
     pub container: String,
     pub spec: ProcessSpec,
     pub attach_stdin: bool,
+    /// As the client wrote them, and as read (Docker's default if none).
+    pub detach_keys: (String, Vec<u8>),
     pub running: bool,
     pub started: bool,
     pub exit_code: Option<i32>,
@@ -72,6 +74,7 @@ pub struct CreateBody {
     working_dir: String,
     tty: bool,
     attach_stdin: bool,
+    detach_keys: String,
     privileged: bool,
     /// The client terminal's `[height, width]` (with `Tty`).
     console_size: Option<Vec<u64>>,
@@ -86,6 +89,7 @@ pub async fn create(
     if argv.is_empty() {
         return Err(ApiError::bad_request("No exec command specified"));
     }
+    let detach_keys = crate::detach::keys(Some(&body.detach_keys), "escape")?;
     if body.privileged {
         return Err(ApiError::bad_request(
             "--privileged is not supported: every container is its own VM",
@@ -133,6 +137,7 @@ pub async fn create(
         container: record.id,
         spec,
         attach_stdin: body.attach_stdin,
+        detach_keys: (body.detach_keys, detach_keys),
         running: false,
         started: false,
         exit_code: None,
@@ -157,7 +162,7 @@ pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) 
         "OpenStdout": true,
         "OpenStderr": true,
         "CanRemove": false,
-        "DetachKeys": "",
+        "DetachKeys": e.detach_keys.0,
         "ProcessConfig": {
             "entrypoint": e.spec.argv.first(),
             "arguments": e.spec.argv.get(1..).unwrap_or_default(),
@@ -283,6 +288,14 @@ pub async fn start(
     daemon.execs.update(&id, |e| e.guest = Some(guest.clone()));
     let upgrade = hyper::upgrade::on(&mut request);
     let with_stdin = exec.attach_stdin;
+    // As for an attach: a terminal's input is watched for the detach keys
+    // and its end is not the process's.
+    let detached = Arc::new(tokio::sync::Notify::new());
+    let mut input = crate::streams::ClientInput {
+        pass_eof: !tty,
+        escape: tty.then(|| crate::detach::Escape::new(exec.detach_keys.1.clone())),
+        detached: detached.clone(),
+    };
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let (mut client_in, mut client_out) = tokio::io::split(TokioIo::new(upgraded));
@@ -301,19 +314,26 @@ pub async fn start(
             tokio::spawn(async move {
                 let mut buf = vec![0u8; proto::CHUNK];
                 loop {
-                    let frame = match client_in.read(&mut buf).await {
-                        Ok(0) | Err(_) => Frame::StdinEof,
-                        Ok(n) => Frame::Stdin(buf[..n].to_vec()),
-                    };
-                    let eof = frame == Frame::StdinEof;
-                    if in_tx.send(frame).await.is_err() || eof {
+                    let read = client_in.read(&mut buf).await.ok();
+                    let (frame, more) = input.take(read.map(|n| &buf[..n]));
+                    if let Some(frame) = frame {
+                        if in_tx.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !more {
                         return;
                     }
                 }
             });
         }
         let mut out_rx = out_rx;
-        while let Some(chunk) = out_rx.recv().await {
+        loop {
+            let chunk = tokio::select! {
+                chunk = out_rx.recv() => chunk,
+                _ = detached.notified() => break,
+            };
+            let Some(chunk) = chunk else { break };
             if client_out.write_all(&chunk).await.is_err() || client_out.flush().await.is_err() {
                 break;
             }

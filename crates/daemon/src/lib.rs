@@ -11,6 +11,7 @@ pub mod archive;
 pub mod containers;
 pub mod create;
 pub mod daemon;
+pub mod detach;
 pub mod dns;
 pub mod events;
 pub mod exec;

@@ -203,17 +203,28 @@ pub struct AttachQuery {
     stdin: Option<String>,
     stdout: Option<String>,
     stderr: Option<String>,
+    #[serde(rename = "detachKeys")]
+    detach_keys: Option<String>,
+    /// The output so far first.
+    logs: Option<String>,
+    /// The live streams (off: only `logs`, then the connection ends).
+    stream: Option<String>,
 }
 
 /// The hijacked attach: `101 Switching Protocols`, then the container's
-/// output from now on until its command ends, and the client's bytes to its
-/// standard input (end of input is passed on).
+/// output (what it wrote so far with `logs`; from now on until its command
+/// ends with `stream`) and the client's bytes to its standard input (with
+/// `stream`; without it the connection ends once `logs` are sent). As in dockerd, a terminal's input is watched for the
+/// detach keys, and its end is not the container's (`run -it` detaches
+/// rather than ending the shell); without a terminal a `StdinOnce`
+/// container's input ends with the client's.
 pub async fn attach(
     State(daemon): State<Arc<Daemon>>,
     Path(id): Path<String>,
     Query(query): Query<AttachQuery>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
+    let escape = crate::detach::keys(query.detach_keys.as_deref(), "detach")?;
     let lookup = daemon.clone();
     let record = blocking(move || Ok(lookup.containers.find(&id)?)).await?;
     let tty = record.config["Tty"].as_bool() == Some(true);
@@ -225,12 +236,17 @@ pub async fn attach(
         since: None,
         until: None,
     };
-    let with_stdin = flag(&query.stdin) && record.config["OpenStdin"].as_bool() == Some(true);
+    let live = flag(&query.stream);
+    let with_stdin = live && flag(&query.stdin) && record.config["OpenStdin"].as_bool() == Some(true);
     // Docker's StdinOnce: the first attached client's end of input is the
     // container's (`run -i`); otherwise clients come and go (`run -dit`).
     let stdin_once = record.config["StdinOnce"].as_bool() == Some(true);
     let dir = ContainerDir::new(&record.id);
-    let offset = end_offset(&dir.log_path());
+    let offset = if flag(&query.logs) {
+        0
+    } else {
+        end_offset(&dir.log_path())
+    };
     // Listen before answering, so an exit right after start is not missed.
     let mut events = daemon.events.subscribe();
     let upgrade = hyper::upgrade::on(&mut request);
@@ -259,26 +275,38 @@ pub async fn attach(
                 ended.store(true, Ordering::SeqCst);
             });
         }
+        let detached = Arc::new(tokio::sync::Notify::new());
         if with_stdin {
-            tokio::spawn(pump_stdin(client_in, dir.clone(), ended.clone(), stdin_once));
+            let input = ClientInput {
+                pass_eof: stdin_once && !tty,
+                escape: tty.then(|| crate::detach::Escape::new(escape)),
+                detached: detached.clone(),
+            };
+            tokio::spawn(pump_stdin(client_in, dir.clone(), ended.clone(), input));
         }
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let log = dir.log_path();
         let output_ended = ended.clone();
+        let over = move || !live || output_ended.load(Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             // The log may not exist until the container first runs.
             let mut reader = loop {
                 if let Ok(Some(reader)) = LogReader::open(&log, offset) {
                     break reader;
                 }
-                if output_ended.load(Ordering::SeqCst) || tx.is_closed() {
+                if over() || tx.is_closed() {
                     return;
                 }
                 std::thread::sleep(FOLLOW_INTERVAL);
             };
-            follow_log(&mut reader, &selection, &tx, &|| output_ended.load(Ordering::SeqCst));
+            follow_log(&mut reader, &selection, &tx, &over);
         });
-        while let Some(Ok(chunk)) = rx.recv().await {
+        loop {
+            let chunk = tokio::select! {
+                chunk = rx.recv() => chunk,
+                _ = detached.notified() => break,
+            };
+            let Some(Ok(chunk)) = chunk else { break };
             if client_out.write_all(&chunk).await.is_err() || client_out.flush().await.is_err() {
                 break;
             }
@@ -288,22 +316,52 @@ pub async fn attach(
     hijacked(tty)
 }
 
-/// Client bytes → the container's supervisor, framed; end of input too
-/// when `pass_eof`. Waits for the supervisor if the container has not
-/// started yet.
+/// How a client's input is passed on.
+pub struct ClientInput {
+    /// Its end is the process's end of input.
+    pub pass_eof: bool,
+    /// A terminal's: watched for the detach keys.
+    pub escape: Option<crate::detach::Escape>,
+    /// Told when the client typed them.
+    pub detached: Arc<tokio::sync::Notify>,
+}
+
+impl ClientInput {
+    /// What one read of the client's input (`None`: its end, or an error)
+    /// passes on, and whether to read on.
+    pub fn take(&mut self, read: Option<&[u8]>) -> (Option<proto::Frame>, bool) {
+        let Some(bytes) = read.filter(|b| !b.is_empty()) else {
+            return (self.pass_eof.then_some(proto::Frame::StdinEof), false);
+        };
+        let Some(escape) = self.escape.as_mut() else {
+            return (Some(proto::Frame::Stdin(bytes.to_vec())), true);
+        };
+        let (typed, detached) = escape.feed(bytes);
+        if detached {
+            self.detached.notify_one();
+        }
+        ((!typed.is_empty()).then_some(proto::Frame::Stdin(typed)), !detached)
+    }
+}
+
+/// Client bytes → the container's supervisor, framed, as `input` says.
+/// Waits for the supervisor if the container has not started yet.
 async fn pump_stdin(
     mut client: impl tokio::io::AsyncRead + Unpin,
     dir: ContainerDir,
     ended: Arc<AtomicBool>,
-    pass_eof: bool,
+    mut input: ClientInput,
 ) {
     let mut shim: Option<tokio::net::UnixStream> = None;
     let mut buf = vec![0u8; proto::CHUNK];
     loop {
-        let frame = match client.read(&mut buf).await {
-            Ok(0) | Err(_) if !pass_eof => return,
-            Ok(0) | Err(_) => proto::Frame::StdinEof,
-            Ok(n) => proto::Frame::Stdin(buf[..n].to_vec()),
+        let read = client.read(&mut buf).await.ok();
+        let (frame, more) = input.take(read.map(|n| &buf[..n]));
+        let Some(frame) = frame else {
+            if more {
+                continue;
+            }
+            return;
         };
         while shim.is_none() {
             if ended.load(Ordering::SeqCst) {
@@ -320,7 +378,7 @@ async fn pump_stdin(
             return;
         }
         let Some(conn) = shim.as_mut() else { return };
-        if conn.write_all(&bytes).await.is_err() || eof {
+        if conn.write_all(&bytes).await.is_err() || eof || !more {
             // Keep the connection until the supervisor has read the end.
             let _ = conn.flush().await;
             if eof {

@@ -311,3 +311,135 @@ fn terminals_attach_pause_stats_and_top() {
     ok(&hulld.docker(&["rm", "term", "reader"]));
     hulld.assert_no_leftovers();
 }
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn start_returns_once_the_command_runs() {
+    let (hulld, _registry, image) = Hulld::with_busybox("vm-start").unwrap();
+    // `run -d` returns once the command runs: a pause, a top and an exec
+    // straight after it act on the running process, never "still starting".
+    for i in 0..20 {
+        let name = format!("quick{i}");
+        ok(&hulld.docker(&["run", "-d", "--name", &name, &image, "sleep", "600"]));
+        ok(&hulld.docker(&["pause", &name]));
+        assert_eq!(
+            ok(&hulld.docker(&["inspect", "-f", "{{.State.Status}}", &name])).trim(),
+            "paused"
+        );
+        ok(&hulld.docker(&["unpause", &name]));
+        let top = ok(&hulld.docker(&["top", &name]));
+        assert!(top.contains("sleep 600"), "round {i}: {top}");
+        assert_eq!(exec_out(&hulld, &name, "echo in-$((40+2))"), "in-42\n", "round {i}");
+        ok(&hulld.docker(&["rm", "-f", &name]));
+    }
+    // `docker start` too, and a command that ends at once still started.
+    ok(&hulld.docker(&["create", "--name", "again", &image, "sleep", "600"]));
+    ok(&hulld.docker(&["start", "again"]));
+    ok(&hulld.docker(&["pause", "again"]));
+    ok(&hulld.docker(&["rm", "-f", "again"]));
+    ok(&hulld.docker(&["run", "-d", "--name", "brief", &image, "true"]));
+    assert_eq!(ok(&hulld.docker(&["wait", "brief"])).trim(), "0");
+    ok(&hulld.docker(&["rm", "brief"]));
+
+    // A command that is not there fails the start as in Docker: 127, its
+    // message, and the reason in the container's state.
+    let missing = hulld.docker(&["run", "-d", "--name", "missing", &image, "no-such-command"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains(r#"exec: "no-such-command": executable file not found in $PATH"#),
+        "{}",
+        text(&missing.stderr)
+    );
+    let state = ok(&hulld.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}} {{.State.Error}}",
+        "missing",
+    ]));
+    assert!(state.starts_with("exited 127 exec: \"no-such-command\""), "{state}");
+    let again = hulld.docker(&["start", "missing"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("executable file not found"),
+        "{}",
+        text(&again.stderr)
+    );
+    ok(&hulld.docker(&["rm", "missing"]));
+}
+
+/// One hijacked request written whole (`typed` follows the head at once):
+/// what hulld sent back before it closed the connection.
+fn hijack(hulld: &Hulld, head: &str, typed: &[u8]) -> String {
+    use std::io::Read;
+    let mut conn = std::os::unix::net::UnixStream::connect(&hulld.socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(typed).unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .expect("hulld closes the connection once the keys are typed");
+    text(&answer)
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn detach_keys_leave_the_process_running() {
+    let (hulld, _registry, image) = Hulld::with_busybox("vm-detach").unwrap();
+    let running = |name: &str| hulld.inspect("{{.State.Status}}", name) == "running";
+
+    // run -it, then ctrl-p ctrl-q: the client leaves, the shell runs on.
+    // (The keys go once the client's terminal is raw: a cooked one would
+    // take ctrl-q as flow control.)
+    let (status, screen) = hulld.typed_in_terminal(
+        &format!("docker run -it --name shell {image} sh"),
+        &[("", b"echo first-$((1+1))\n"), ("first-2", b"\x10\x11")],
+    );
+    assert!(
+        running("shell"),
+        "the shell ended with its client's detach ({status:?}): {screen}"
+    );
+    // attach with other keys; the typed line reaches the same shell.
+    let (status, screen) = hulld.typed_in_terminal(
+        "docker attach --detach-keys ctrl-x,y shell",
+        &[("", b"echo second-$((2+2))\n"), ("second-4", b"\x18y")],
+    );
+    assert!(running("shell"), "({status:?}): {screen}");
+    // exec -it: the exec's process runs on after its client detaches.
+    let (status, screen) = hulld.typed_in_terminal(
+        "docker exec -it shell sh -c 'echo exec-$((3+3)); sleep 600'",
+        &[("exec-6", b"\x10\x11")],
+    );
+    let top = ok(&hulld.docker(&["top", "shell"]));
+    assert!(top.contains("sleep 600"), "({status:?}) {screen}\n{top}");
+
+    // hulld watches a terminal's input itself (an SDK has no escape proxy):
+    // the keys end the connection and never reach the shell.
+    let answer = hijack(
+        &hulld,
+        "POST /containers/shell/attach?stream=1&stdin=1&stdout=1&detachKeys=ctrl-a,b HTTP/1.1\r\n\
+         Host: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n",
+        b"echo third\n\x01b echo never\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(running("shell"));
+    let logs = text(&hulld.docker(&["logs", "shell"]).stdout);
+    assert!(!logs.contains("never"), "input after the keys was dropped: {logs}");
+    // Keys that cannot be read are refused as dockerd refuses them.
+    let (head, body) = hulld.raw(
+        "POST /containers/shell/attach?stream=1&stdin=1&stdout=1&detachKeys=ctrl-1 HTTP/1.1\r\n\
+         Host: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("Invalid detach keys (ctrl-1) provided"),
+        "{head}{body}"
+    );
+    let (head, body) = hulld.raw(
+        "POST /containers/shell/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 43\r\nConnection: close\r\n\r\n{\"Cmd\":[\"true\"],\"DetachKeys\":\"ctrl-1,ctrl\"}",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("Invalid escape keys"),
+        "{head}{body}"
+    );
+    ok(&hulld.docker(&["rm", "-f", "shell"]));
+}

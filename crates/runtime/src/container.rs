@@ -99,6 +99,10 @@ pub enum ContainerError {
     NotRunning,
     #[error("the container's VM is still starting")]
     Starting,
+    /// The VM or the container's process did not start; `exit_code` as
+    /// Docker records it (127: no such command, 126: not executable).
+    #[error("{message}")]
+    DidNotStart { exit_code: Option<i32>, message: String },
     /// A change a running container cannot take now.
     #[error("{0}")]
     NotLive(String),
@@ -317,8 +321,11 @@ impl ContainerDir {
         matches!(self.state(), Ok(Some(s)) if s.status == RunStatus::Running)
     }
 
-    /// Starts the supervisor, which starts the VM, and returns once it runs
-    /// (its state says so), or with the reason it could not start.
+    /// Starts the supervisor, which starts the VM, and returns once the
+    /// container's process runs (as runc's start does: a `pause` or `exec`
+    /// right after it finds the command running), or with the reason it
+    /// could not start. The state returned may already say "exited": the
+    /// command ran and ended.
     pub fn start(&self) -> Result<RunState, ContainerError> {
         let shim = crate::sibling_binary("hull-shim").ok_or(ContainerError::NoShim)?;
         let errors = self.path.join("shim.err");
@@ -328,7 +335,7 @@ impl ContainerDir {
             .arg(&self.path)
             .arg(&self.id)
             .stdin(Stdio::null())
-            // Closed by the shim once its state is written (or by its end).
+            // The shim writes `shim::RUNNING` here once the process runs.
             .stdout(Stdio::piped())
             .stderr(err_file)
             .env("HULL_DATA_DIR", crate::data_dir());
@@ -341,30 +348,67 @@ impl ContainerDir {
             });
         }
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
-        let reported = child.stdout.take();
+        let mut report = child.stdout.take().map(Report::new);
         let pid = child.id();
-        // Whoever started it reaps it (hulld may be gone by then: init does).
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The supervisor records its state at once; after that it has as
+        // long as it lives (it bounds the guest's boot itself).
+        let record_deadline = Instant::now() + Duration::from_secs(10);
+        let mut ran = false;
         loop {
-            if let Ok(Some(state)) = read_json::<RunState>(&self.state_path()) {
-                if state.pid == pid {
+            let heard = match report.as_mut() {
+                Some(pipe) => pipe.read(Duration::from_millis(50)),
+                None => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    Heard::Closed
+                }
+            };
+            if heard == Heard::Closed {
+                report = None;
+            }
+            let state = read_json::<RunState>(&self.state_path())
+                .ok()
+                .flatten()
+                .filter(|state| state.pid == pid);
+            let ended = !matches!(child.try_wait(), Ok(None));
+            let finished = ended || report.is_none() || state.as_ref().is_some_and(|s| s.status == RunStatus::Exited);
+            // The byte comes before the supervisor's end and its last state:
+            // once either is seen, one more look finds it if it was sent.
+            ran = ran
+                || heard == Heard::Running
+                || (finished
+                    && report
+                        .as_mut()
+                        .is_some_and(|pipe| pipe.read(Duration::ZERO) == Heard::Running));
+            if ran {
+                if let Some(state) = state {
+                    // Whoever started it reaps it (hulld may be gone by then: init does).
                     std::thread::spawn(move || child.wait());
                     return Ok(state);
                 }
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut text = String::new();
-                let _ = std::fs::File::open(&errors).and_then(|mut f| f.read_to_string(&mut text));
-                return Err(ContainerError::ShimFailed(format!("{status}: {}", text.trim())));
+            if finished && !ran {
+                // Closed without the byte: the supervisor is ending.
+                let _ = child.wait();
+                return match self.state() {
+                    Ok(Some(state)) if state.pid == pid => Err(ContainerError::DidNotStart {
+                        exit_code: state.exit_code,
+                        message: if state.error.is_empty() {
+                            "the container's command did not start (see its log)".into()
+                        } else {
+                            state.error
+                        },
+                    }),
+                    _ => {
+                        let mut text = String::new();
+                        let _ = std::fs::File::open(&errors).and_then(|mut f| f.read_to_string(&mut text));
+                        Err(ContainerError::ShimFailed(text.trim().to_string()))
+                    }
+                };
             }
-            if Instant::now() > deadline {
+            if state.is_none() && Instant::now() > record_deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(ContainerError::ShimFailed("it did not report within 10 s".into()));
-            }
-            match &reported {
-                Some(pipe) => crate::run::wait_readable(pipe, Duration::from_millis(50)),
-                None => std::thread::sleep(Duration::from_millis(2)),
             }
         }
     }
@@ -474,6 +518,49 @@ fn process_alive(pid: u32, start: u64) -> bool {
 /// Now, as Docker writes times: RFC 3339 with nanoseconds, UTC.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// What a starting supervisor said on its report pipe.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    Running,
+    Closed,
+    Nothing,
+}
+
+/// The read end of a supervisor's report pipe (non-blocking).
+struct Report(std::process::ChildStdout);
+
+impl Report {
+    fn new(pipe: std::process::ChildStdout) -> Report {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: F_GETFL/F_SETFL on a pipe this process owns.
+        unsafe {
+            let flags = libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        Report(pipe)
+    }
+
+    /// Waits up to `timeout` for the supervisor's word.
+    fn read(&mut self, timeout: Duration) -> Heard {
+        crate::run::wait_readable(&self.0, timeout);
+        let mut bytes = [0u8; 16];
+        match self.0.read(&mut bytes) {
+            Ok(0) => Heard::Closed,
+            Ok(n) if bytes[..n].contains(&crate::shim::RUNNING[0]) => Heard::Running,
+            Ok(_) => Heard::Nothing,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Heard::Nothing
+            }
+            Err(_) => Heard::Closed,
+        }
+    }
 }
 
 #[cfg(test)]

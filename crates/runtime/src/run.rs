@@ -119,8 +119,12 @@ impl Steer {
 /// Where a container's output goes, and who is told it started.
 pub trait Attachment {
     fn output(&mut self, stream: OutputStream, data: &[u8]);
-    /// The command runs: `steer` reaches it until it ends.
+    /// The command was sent: `steer` reaches it until it ends.
     fn started(&mut self, steer: Steer);
+    /// The agent started the command's process (`pid` in the guest).
+    fn running(&mut self, _pid: u32) {}
+    /// The command could not start (or the agent gave up on it): why.
+    fn failed(&mut self, _message: &str) {}
     /// The VM's agent called in: `vmm_pid` is the VMM process running it.
     fn vm_ready(&mut self, _vmm_pid: u32) {}
 }
@@ -851,8 +855,10 @@ fn converse(
                 status = Some(proto::shell_status(code, signal));
                 break;
             }
+            Ok(Some(Frame::Control(Control::Started { pid }))) => attachment.running(pid),
             Ok(Some(Frame::Control(Control::Failed { message, exit_code }))) => {
                 attachment.output(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
+                attachment.failed(&message);
                 status = Some(exit_code);
                 break;
             }

@@ -48,6 +48,8 @@ struct Supervised {
     shared: Shared,
     dir: ContainerDir,
     state: RunState,
+    /// Why the command could not start, as the agent said.
+    failure: Option<String>,
 }
 
 impl Attachment for Supervised {
@@ -62,6 +64,14 @@ impl Attachment for Supervised {
             }
             control.steer = Some(steer);
         }
+    }
+
+    fn running(&mut self, _pid: u32) {
+        tell_starter();
+    }
+
+    fn failed(&mut self, message: &str) {
+        self.failure = Some(message.to_string());
     }
 
     fn vm_ready(&mut self, vmm_pid: u32) {
@@ -106,12 +116,12 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
             state.finished_at = Some(now_rfc3339());
             state.error = message;
             dir.write_state(&state)?;
-            tell_starter();
             return Ok(125);
         }
     };
+    // Written before the VM starts, so that hulld can stop a container
+    // whose guest is still booting.
     dir.write_state(&state)?;
-    tell_starter();
     // The disks are this run's alone (a held container may have them for a
     // moment: then this waits).
     let disks = dir.lock_disks(true)?;
@@ -125,6 +135,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         shared: shared.clone(),
         dir: dir.clone(),
         state: state.clone(),
+        failure: None,
     };
     let result = request_for(&spec).and_then(|request| {
         crate::run::run_in(
@@ -147,6 +158,9 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
             125
         }
     };
+    if let Some(message) = supervised.failure.take() {
+        state.error = message;
+    }
     supervised.log.flush();
     // The VM is gone: its disks are free before anyone reads "exited".
     drop(disks);
@@ -168,14 +182,20 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     Ok(code)
 }
 
-/// Closes standard output, a pipe whose end tells `ContainerDir::start`
-/// that the state file is written (no polling of the file meanwhile).
+/// Tells `ContainerDir::start`, on standard output (a pipe), that the
+/// container's process runs: one byte, then the pipe is closed. A pipe
+/// closed without it (the supervisor ended) means the start failed.
 fn tell_starter() {
+    // SAFETY: a one-byte write from a valid buffer to fd 1.
+    unsafe { libc::write(libc::STDOUT_FILENO, RUNNING.as_ptr().cast(), RUNNING.len()) };
     if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
         // SAFETY: dup2 onto fd 1 replaces the pipe with /dev/null; both fds are valid.
         unsafe { libc::dup2(std::os::unix::io::AsRawFd::as_raw_fd(&null), libc::STDOUT_FILENO) };
     }
 }
+
+/// The byte `tell_starter` writes once the container's process runs.
+pub(crate) const RUNNING: &[u8; 1] = b"R";
 
 /// How a container's VM is started from its spec.
 pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunRequest, String> {

@@ -150,7 +150,63 @@ impl Hulld {
     /// as a user types at one (`script` makes the pty); `input` is typed,
     /// then the end of input. Output is the terminal's (echo included).
     pub fn in_terminal(&self, shell: &str, input: &[u8]) -> Output {
-        let mut child = Command::new("script")
+        let mut child = self.terminal(shell);
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, input).expect("typing into the terminal");
+        }
+        child.wait_with_output().expect("waiting for script")
+    }
+
+    /// `shell` on a terminal of its own, typed at step by step: each step's
+    /// keys once the screen shows its text (so that keys a terminal in
+    /// cooked mode would take, such as ctrl-q, reach a client that has made
+    /// it raw). The exit status and the screen; a step or an end that does
+    /// not come within two minutes fails the test, showing the screen.
+    pub fn typed_in_terminal(&self, shell: &str, steps: &[(&str, &[u8])]) -> (Option<i32>, String) {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        let mut child = self.terminal(shell);
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let (screen, mut stdout) = (screen.clone(), child.stdout.take().expect("script's output"));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                    screen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            })
+        };
+        let shown = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+        let mut stdin = child.stdin.take().expect("script's input");
+        for (wait_for, keys) in steps {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !shown().contains(wait_for) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("the terminal did not show {wait_for:?} within 2 minutes:\n{}", shown());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stdin.write_all(keys).expect("typing into the terminal");
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for script") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the terminal's command did not end within 2 minutes:\n{}", shown());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drop(stdin);
+        let _ = reader.join();
+        (status.code(), shown())
+    }
+
+    fn terminal(&self, shell: &str) -> Child {
+        Command::new("script")
             .args(["-qec", shell, "/dev/null"])
             .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
             .env("DOCKER_CONFIG", self.work.join("docker-config"))
@@ -159,11 +215,7 @@ impl Hulld {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("running script (util-linux)");
-        if let Some(mut stdin) = child.stdin.take() {
-            std::io::Write::write_all(&mut stdin, input).expect("typing into the terminal");
-        }
-        child.wait_with_output().expect("waiting for script")
+            .expect("running script (util-linux)")
     }
 
     /// One raw HTTP/1.1 request to hulld's socket (it should say

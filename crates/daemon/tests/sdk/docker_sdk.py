@@ -47,11 +47,29 @@ def main():
 
             time.sleep(0.1)
         assert detached.logs() == b"up\n", detached.logs()
+        # An attach for the output so far only (no stream) returns with it.
+        assert detached.attach(stdout=True, stderr=True, logs=True, stream=False) == b"up\n"
         detached.reload()
         assert detached.status == "running", detached.status
+        # Started means running: a pause at once is taken (no 409).
+        detached.pause()
+        detached.reload()
+        assert detached.status == "paused", detached.status
+        detached.unpause()
         detached.kill()
         assert detached.wait()["StatusCode"] == 137
         detached.remove()
+        # A command that is not there fails the start with Docker's 400.
+        try:
+            client.containers.run(image, ["no-such-command"], detach=True, name="sdk-missing")
+            raise AssertionError("a missing command started")
+        except APIError as e:
+            assert e.status_code == 400, e
+            assert "executable file not found" in str(e), e
+        missing = client.containers.get("sdk-missing")
+        assert missing.attrs["State"]["ExitCode"] == 127, missing.attrs["State"]
+        assert "executable file not found" in missing.attrs["State"]["Error"], missing.attrs["State"]
+        missing.remove()
 
     created.remove()
     try:
