@@ -87,6 +87,10 @@ pub struct RunState {
 /// its VM (a restore takes milliseconds; a cold boot under emulation, seconds).
 const VM_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a new supervisor may take to plug in the container's networks
+/// and record its state.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(120);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("hull-shim not found beside this binary; build the workspace (cargo build)")]
@@ -350,9 +354,11 @@ impl ContainerDir {
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
         let mut report = child.stdout.take().map(Report::new);
         let pid = child.id();
-        // The supervisor records its state at once; after that it has as
-        // long as it lives (it bounds the guest's boot itself).
-        let record_deadline = Instant::now() + Duration::from_secs(10);
+        // The supervisor records its state once its networks are plugged
+        // (seconds; 10 s was too few for a tenth start beside nine booting
+        // VMs on one emulated core); after that it has as long as it lives
+        // (it bounds the guest's boot itself).
+        let record_deadline = Instant::now() + RECORD_TIMEOUT;
         let mut ran = false;
         loop {
             let heard = match report.as_mut() {
@@ -408,7 +414,10 @@ impl ContainerDir {
             if state.is_none() && Instant::now() > record_deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(ContainerError::ShimFailed("it did not report within 10 s".into()));
+                return Err(ContainerError::ShimFailed(format!(
+                    "it did not record its state within {} s",
+                    RECORD_TIMEOUT.as_secs()
+                )));
             }
         }
     }
