@@ -8,16 +8,18 @@ use std::time::{Duration, Instant};
 
 /// How long a container that runs may take to start taking execs: its VM
 /// may still be starting right after `docker run -d` returns, and its
-/// supervisor gives the guest `BOOT_TIMEOUT` to reach its agent, then
-/// mounts and starts the command (a shorter wait here failed execs into
-/// containers that went on to start, on a slow test host).
-const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(crate::shim::BOOT_TIMEOUT.as_secs() + 60);
+/// supervisor gives the guest `shim::boot_timeout()` to reach its agent,
+/// then mounts and starts the command (a shorter wait here failed execs
+/// into containers that went on to start, on a slow test host).
+fn agent_ready_timeout() -> Duration {
+    crate::shim::boot_timeout() + Duration::from_secs(60)
+}
 
 /// Opens a connection to the agent's exec port through the VMM's socket
 /// `vsock`, waiting for the agent while `alive()` (the VM may still be
 /// starting, as right after `docker run -d` returns).
 pub fn connect(vsock: &Path, alive: &dyn Fn() -> bool) -> std::io::Result<UnixStream> {
-    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let deadline = Instant::now() + agent_ready_timeout();
     loop {
         match try_connect(vsock) {
             Ok(stream) => return Ok(stream),

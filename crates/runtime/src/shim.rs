@@ -14,8 +14,16 @@ use crate::container::{now_rfc3339, process_start_time, ContainerDir, ContainerE
 use crate::container_log::LogWriter;
 use crate::run::{Attachment, OutputStream, RunRequest, Source, Steer};
 
-/// How long a container's guest may take to reach its agent.
-pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a container's guest may take to reach its agent, unless
+/// `HULL_BOOT_TIMEOUT` (seconds, 1 to 3600) says otherwise: a host that
+/// starts many VMs at once on few cores needs longer.
+pub(crate) fn boot_timeout() -> Duration {
+    std::env::var("HULL_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| (1..=3600).contains(s))
+        .map_or(Duration::from_secs(120), Duration::from_secs)
+}
 
 /// What clients sent before the command was running, and the way to it after.
 #[derive(Default)]
@@ -216,7 +224,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         pids_limit: spec.pids_limit,
         interactive: spec.open_stdin,
         tty: spec.tty,
-        boot_timeout: BOOT_TIMEOUT,
+        boot_timeout: boot_timeout(),
         cold_boot: spec.cold_boot,
         hostname: Some(spec.hostname.clone()),
         hold: false,

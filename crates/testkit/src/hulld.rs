@@ -91,6 +91,10 @@ impl Hulld {
             .args(&self.extra_args)
             .env("HULL_RUN_DIR", self.work.join("run"))
             .env("HULL_NET_NAME", &self.net_name)
+            // Several clones booting at once inside the emulated test host,
+            // beside another one, took over the default 120 s to reach their
+            // agents on a slow day: a hang is still caught, later.
+            .env("HULL_BOOT_TIMEOUT", "600")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
