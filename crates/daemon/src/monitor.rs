@@ -22,6 +22,10 @@ use crate::store::ContainerRecord;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Docker samples stats once a second.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// What a single document's CPU share is measured over. The docker CLI
+/// gives up on `stats --no-stream` after 2 s, and that document needs two
+/// samples, each a round trip to the agent (slow on a loaded host).
+const ONE_DOCUMENT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Asks the agent of a running container for one report.
 pub(crate) fn ask_agent(dir: &ContainerDir, request: Control) -> Result<Control, ApiError> {
@@ -193,7 +197,7 @@ fn network_stats(id: &str, network: &runtime::network::ContainerNetwork) -> Valu
 }
 
 /// `GET /containers/{id}/stats`: a JSON document a second (streamed), or
-/// one (after a second's sampling, unless `one-shot`).
+/// one (after half a second's sampling, unless `one-shot`).
 pub async fn stats(
     State(daemon): State<Arc<Daemon>>,
     Path(id): Path<String>,
@@ -208,8 +212,9 @@ pub async fn stats(
     tokio::task::spawn_blocking(move || {
         let mut before = None;
         if !stream && !one_shot {
+            let started = std::time::Instant::now();
             before = Some(sample(&dir));
-            std::thread::sleep(STATS_INTERVAL);
+            std::thread::sleep(ONE_DOCUMENT_INTERVAL.saturating_sub(started.elapsed()));
         }
         loop {
             let now = sample(&dir);
