@@ -56,7 +56,8 @@ pub trait Source {
     /// Starts tracking the pages written from now on, by the guest or by
     /// the VMM's devices on its behalf.
     fn start_dirty_log(&mut self) -> std::io::Result<()>;
-    /// The pages written since the last call (or the start), clearing the log.
+    /// The pages written since the last call (or the start), clearing the
+    /// log — except the last call, with the guest paused, which need not.
     fn take_dirty(&mut self) -> std::io::Result<PageSet>;
     fn stop_dirty_log(&mut self);
     /// Stops every vCPU and device (the guest stands still).

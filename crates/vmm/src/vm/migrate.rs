@@ -71,9 +71,11 @@ impl Source for Outgoing<'_, '_> {
 
     fn take_dirty(&mut self) -> std::io::Result<PageSet> {
         if self.paused {
-            let dirty = self.pagemap.soft_dirty()?;
-            self.pagemap.clear_soft_dirty()?;
-            return Ok(dirty);
+            // The last scan: the guest stands still until it moves or
+            // resumes here, and a new migration clears the bits when its log
+            // starts. Clearing now would walk every page table entry and
+            // make KVM drop the guest's nested page tables, in the downtime.
+            return self.pagemap.soft_dirty();
         }
         self.stop_world()?;
         let taken = self.pagemap.soft_dirty().and_then(|dirty| {
