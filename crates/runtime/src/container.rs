@@ -87,10 +87,6 @@ pub struct RunState {
 /// its VM (a restore takes milliseconds; a cold boot under emulation, seconds).
 const VM_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a new supervisor may take to plug in the container's networks
-/// and record its state.
-const RECORD_TIMEOUT: Duration = Duration::from_secs(120);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("hull-shim not found beside this binary; build the workspace (cargo build)")]
@@ -354,70 +350,52 @@ impl ContainerDir {
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
         let mut report = child.stdout.take().map(Report::new);
         let pid = child.id();
-        // The supervisor records its state once its networks are plugged
-        // (seconds; 10 s was too few for a tenth start beside nine booting
-        // VMs on one emulated core); after that it has as long as it lives
-        // (it bounds the guest's boot itself).
-        let record_deadline = Instant::now() + RECORD_TIMEOUT;
-        let mut ran = false;
-        loop {
-            let heard = match report.as_mut() {
-                Some(pipe) => pipe.read(Duration::from_millis(50)),
-                None => {
-                    std::thread::sleep(Duration::from_millis(20));
-                    Heard::Closed
+        // Nothing is polled meanwhile (a state file read twenty times a
+        // second by each of ten starts took the CPU their guests needed on
+        // the emulated test host): the supervisor's byte wakes this, or the
+        // pipe's end when it exits. It bounds the guest's boot itself; a
+        // first run's image disk takes as long as the image is big.
+        let ran = loop {
+            let Some(pipe) = report.as_mut() else { break false };
+            match pipe.read(Duration::from_secs(1)) {
+                Heard::Running => break true,
+                Heard::Closed => break false,
+                // A supervisor gone while a child of its holds the pipe.
+                Heard::Nothing if !matches!(child.try_wait(), Ok(None)) => {
+                    break pipe.read(Duration::ZERO) == Heard::Running
                 }
-            };
-            if heard == Heard::Closed {
-                report = None;
+                Heard::Nothing => {}
             }
-            let state = read_json::<RunState>(&self.state_path())
-                .ok()
-                .flatten()
-                .filter(|state| state.pid == pid);
-            let ended = !matches!(child.try_wait(), Ok(None));
-            let finished = ended || report.is_none() || state.as_ref().is_some_and(|s| s.status == RunStatus::Exited);
-            // The byte comes before the supervisor's end and its last state:
-            // once either is seen, one more look finds it if it was sent.
-            ran = ran
-                || heard == Heard::Running
-                || (finished
-                    && report
-                        .as_mut()
-                        .is_some_and(|pipe| pipe.read(Duration::ZERO) == Heard::Running));
-            if ran {
-                if let Some(state) = state {
+        };
+        if ran {
+            // Its state was written before the byte.
+            return match self.state() {
+                Ok(Some(state)) if state.pid == pid => {
                     // Whoever started it reaps it (hulld may be gone by then: init does).
                     std::thread::spawn(move || child.wait());
-                    return Ok(state);
+                    Ok(state)
                 }
-            }
-            if finished && !ran {
-                // Closed without the byte: the supervisor is ending.
-                let _ = child.wait();
-                return match self.state() {
-                    Ok(Some(state)) if state.pid == pid => Err(ContainerError::DidNotStart {
-                        exit_code: state.exit_code,
-                        message: if state.error.is_empty() {
-                            "the container's command did not start (see its log)".into()
-                        } else {
-                            state.error
-                        },
-                    }),
-                    _ => {
-                        let mut text = String::new();
-                        let _ = std::fs::File::open(&errors).and_then(|mut f| f.read_to_string(&mut text));
-                        Err(ContainerError::ShimFailed(text.trim().to_string()))
-                    }
-                };
-            }
-            if state.is_none() && Instant::now() > record_deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ContainerError::ShimFailed(format!(
-                    "it did not record its state within {} s",
-                    RECORD_TIMEOUT.as_secs()
-                )));
+                Ok(_) => Err(ContainerError::ShimFailed(
+                    "it started the command but left no state".into(),
+                )),
+                Err(e) => Err(e),
+            };
+        }
+        // Closed without the byte: the supervisor is ending.
+        let _ = child.wait();
+        match self.state() {
+            Ok(Some(state)) if state.pid == pid => Err(ContainerError::DidNotStart {
+                exit_code: state.exit_code,
+                message: if state.error.is_empty() {
+                    "the container's command did not start (see its log)".into()
+                } else {
+                    state.error
+                },
+            }),
+            _ => {
+                let mut text = String::new();
+                let _ = std::fs::File::open(&errors).and_then(|mut f| f.read_to_string(&mut text));
+                Err(ContainerError::ShimFailed(text.trim().to_string()))
             }
         }
     }
