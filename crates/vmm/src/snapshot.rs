@@ -30,6 +30,10 @@ pub use crate::devices::virtio::persist::{DeviceState, QueueRegs};
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"HULLSNAP";
 const HEADER_BYTES: usize = 8 + 4 + 8 + 32;
+/// Where the header holds the payload's length (little-endian u64) and its
+/// SHA-256, which is also the snapshot's identity.
+const LENGTH: std::ops::Range<usize> = 12..20;
+const DIGEST: std::ops::Range<usize> = 20..HEADER_BYTES;
 /// A state file is a few hundred KiB at most; anything larger is not ours.
 const MAX_PAYLOAD: u64 = 64 << 20;
 pub const STATE_FILE: &str = "state";
@@ -131,7 +135,7 @@ pub fn snapshot_id(dir: &Path) -> Result<[u8; 32], SnapshotError> {
         return Err(SnapshotError::NotASnapshot(path.display().to_string()));
     }
     let mut id = [0u8; 32];
-    id.copy_from_slice(&header[20..52]);
+    id.copy_from_slice(&header[DIGEST]);
     Ok(id)
 }
 
@@ -165,7 +169,7 @@ pub fn read_state_with_id(dir: &Path) -> Result<(VmState, [u8; 32]), SnapshotErr
         .read_to_end(&mut bytes)
         .map_err(io_err(&path))?;
     if let Some(len) = bytes
-        .get(12..20)
+        .get(LENGTH)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
     {
@@ -176,7 +180,7 @@ pub fn read_state_with_id(dir: &Path) -> Result<(VmState, [u8; 32]), SnapshotErr
     let state = decode_state(&bytes, &path.display().to_string())?;
     // Decoded, so the header is whole and its digest is the payload's.
     let mut id = [0u8; 32];
-    id.copy_from_slice(&bytes[20..52]);
+    id.copy_from_slice(&bytes[DIGEST]);
     Ok((state, id))
 }
 
@@ -198,14 +202,14 @@ pub fn decode_state(bytes: &[u8], path_for_errors: &str) -> Result<VmState, Snap
             found: version,
         });
     }
-    let len = u64::from_le_bytes(word(12..20).try_into().unwrap_or_default());
+    let len = u64::from_le_bytes(word(LENGTH).try_into().unwrap_or_default());
     if len > MAX_PAYLOAD {
         return Err(SnapshotError::Corrupted(shown()));
     }
     if (payload.len() as u64) < len {
         return Err(SnapshotError::Truncated(shown()));
     }
-    if payload.len() as u64 > len || Sha256::digest(payload).as_slice() != &header[20..52] {
+    if payload.len() as u64 > len || Sha256::digest(payload).as_slice() != &header[DIGEST] {
         return Err(SnapshotError::Corrupted(shown()));
     }
     postcard::from_bytes(payload).map_err(|e| SnapshotError::Decode {
