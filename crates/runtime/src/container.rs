@@ -348,21 +348,25 @@ impl ContainerDir {
             });
         }
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
-        let mut report = child.stdout.take().map(Report::new);
         let pid = child.id();
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ContainerError::ShimFailed("no pipe to hear it on".into()));
+        };
+        let mut report = Report::new(stdout);
         // Nothing is polled meanwhile (a state file read twenty times a
         // second by each of ten starts took the CPU their guests needed on
         // the emulated test host): the supervisor's byte wakes this, or the
         // pipe's end when it exits. It bounds the guest's boot itself; a
         // first run's image disk takes as long as the image is big.
         let ran = loop {
-            let Some(pipe) = report.as_mut() else { break false };
-            match pipe.read(Duration::from_secs(1)) {
+            match report.read(Duration::from_secs(1)) {
                 Heard::Running => break true,
                 Heard::Closed => break false,
                 // A supervisor gone while a child of its holds the pipe.
                 Heard::Nothing if !matches!(child.try_wait(), Ok(None)) => {
-                    break pipe.read(Duration::ZERO) == Heard::Running
+                    break report.read(Duration::ZERO) == Heard::Running
                 }
                 Heard::Nothing => {}
             }
