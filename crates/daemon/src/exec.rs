@@ -20,7 +20,7 @@ use proto::{read_frame, write_frame, Control, Frame, ProcessSpec};
 use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::api::{blocking, empty, hijacked, ApiError};
@@ -328,17 +328,7 @@ pub async fn start(
             });
         }
         let mut out_rx = out_rx;
-        loop {
-            let chunk = tokio::select! {
-                chunk = out_rx.recv() => chunk,
-                _ = detached.notified() => break,
-            };
-            let Some(chunk) = chunk else { break };
-            if client_out.write_all(&chunk).await.is_err() || client_out.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = client_out.shutdown().await;
+        crate::streams::forward_output(&mut out_rx, &mut client_out, &detached, Some).await;
     });
     hijacked(tty)
 }

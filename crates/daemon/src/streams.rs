@@ -214,10 +214,11 @@ pub struct AttachQuery {
 /// The hijacked attach: `101 Switching Protocols`, then the container's
 /// output (what it wrote so far with `logs`; from now on until its command
 /// ends with `stream`) and the client's bytes to its standard input (with
-/// `stream`; without it the connection ends once `logs` are sent). As in dockerd, a terminal's input is watched for the
-/// detach keys, and its end is not the container's (`run -it` detaches
-/// rather than ending the shell); without a terminal a `StdinOnce`
-/// container's input ends with the client's.
+/// `stream`; without it the connection ends once `logs` are sent). As in
+/// dockerd, a terminal's input is watched for the detach keys, and its end
+/// is not the container's (`run -it` detaches rather than ending the
+/// shell); without a terminal a `StdinOnce` container's input ends with the
+/// client's.
 pub async fn attach(
     State(daemon): State<Arc<Daemon>>,
     Path(id): Path<String>,
@@ -301,19 +302,30 @@ pub async fn attach(
             };
             follow_log(&mut reader, &selection, &tx, &over);
         });
-        loop {
-            let chunk = tokio::select! {
-                chunk = rx.recv() => chunk,
-                _ = detached.notified() => break,
-            };
-            let Some(Ok(chunk)) = chunk else { break };
-            if client_out.write_all(&chunk).await.is_err() || client_out.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = client_out.shutdown().await;
+        forward_output(&mut rx, &mut client_out, &detached, Result::ok).await;
     });
     hijacked(tty)
+}
+
+/// Output chunks to a hijacked client (attach or exec) until they end, the
+/// client goes or it typed the detach keys; then its side is shut.
+pub async fn forward_output<T>(
+    chunks: &mut mpsc::Receiver<T>,
+    client: &mut (impl tokio::io::AsyncWrite + Unpin),
+    detached: &tokio::sync::Notify,
+    bytes: impl Fn(T) -> Option<Bytes>,
+) {
+    loop {
+        let chunk = tokio::select! {
+            chunk = chunks.recv() => chunk,
+            _ = detached.notified() => break,
+        };
+        let Some(chunk) = chunk.and_then(&bytes) else { break };
+        if client.write_all(&chunk).await.is_err() || client.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown().await;
 }
 
 /// How a client's input is passed on.
