@@ -1,5 +1,6 @@
 //! File operations in the container's root for the host (`docker cp`,
-//! `docker export`), and what the container changed (`docker diff`).
+//! `docker export`), what the container changed (`docker diff`) and its
+//! writable layer as an image layer (`docker commit`).
 //!
 //! An archive operation runs as a process of its own: the agent starts
 //! itself (`/proc/self/exe hull-archive OP`) chrooted into the container's
@@ -230,6 +231,91 @@ const KERNEL_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"
 /// the container did not change them, as Docker's diff does not show them.
 const NETWORK_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 
+/// Whether `path` in the upper layer is a mount point or file the agent
+/// made for the container rather than one the container wrote.
+fn made_by_the_agent(path: &str, in_image: bool) -> bool {
+    (KERNEL_MOUNTS.contains(&path) && !in_image) || NETWORK_FILES.contains(&path)
+}
+
+/// overlayfs's mark of a deleted path: a 0:0 character device.
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// overlayfs's mark of a directory that hides the image's one beneath it
+/// (it was removed and made again).
+fn is_opaque(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut value = [0u8; 2];
+    // SAFETY: a NUL-terminated path, a NUL-terminated name, and a buffer of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    n == 1 && value[0] == b'y'
+}
+
+/// The container's writable layer as an OCI image layer, for `docker
+/// commit`: the overlay's upper directory (`upper`, read against the
+/// image at `lower`) with whiteouts written as `.wh.NAME` files and opaque
+/// directories marked by a `.wh..wh..opq` entry, as the layer format has
+/// them; what the agent made for the container is left out.
+pub fn write_layer(upper: &Path, lower: &Path, out: impl Write) -> io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    layer_dir(&mut builder, upper, lower, Path::new(""))?;
+    builder.into_inner()?.flush()
+}
+
+fn layer_dir<W: Write>(builder: &mut tar::Builder<W>, upper: &Path, lower: &Path, at: &Path) -> io::Result<()> {
+    let mut children: Vec<_> = fs::read_dir(upper.join(at))?
+        .filter_map(|e| Some(e.ok()?.file_name()))
+        .collect();
+    children.sort();
+    for child in children {
+        let relative = at.join(&child);
+        let path = upper.join(&relative);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue; // gone meanwhile
+        };
+        let in_image = fs::symlink_metadata(lower.join(&relative)).is_ok();
+        let absolute = Path::new("/").join(&relative);
+        if made_by_the_agent(&absolute.to_string_lossy(), in_image) || meta.file_type().is_socket() {
+            continue;
+        }
+        if is_whiteout(&meta) {
+            let mut name = std::ffi::OsString::from(".wh.");
+            name.push(&child);
+            append_marker(builder, &at.join(name), meta.mtime())?;
+            continue;
+        }
+        builder.append_path_with_name(&path, &relative)?;
+        if meta.is_dir() {
+            if is_opaque(&path) {
+                append_marker(builder, &relative.join(".wh..wh..opq"), meta.mtime())?;
+            }
+            layer_dir(builder, upper, lower, &relative)?;
+        }
+    }
+    Ok(())
+}
+
+/// An empty file that marks a deletion in the layer format.
+fn append_marker<W: Write>(builder: &mut tar::Builder<W>, name: &Path, mtime: i64) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(0);
+    header.set_mode(0o600);
+    header.set_mtime(mtime.max(0) as u64);
+    builder.append_data(&mut header, name, io::empty())
+}
+
 /// What the container changed against its image: the overlay's upper layer
 /// (`upper`) read against the image (`lower`). A whiteout (a 0:0 character
 /// device) is a deletion; anything else is a change if the image has the
@@ -251,7 +337,7 @@ fn collect_changes(upper: &Path, lower: &Path, at: &Path, found: &mut Vec<Change
         let Ok(meta) = fs::symlink_metadata(upper.join(relative)) else {
             continue;
         };
-        let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
+        let whiteout = is_whiteout(&meta);
         let in_image = fs::symlink_metadata(lower.join(relative)).is_ok();
         let kind = match (whiteout, in_image) {
             (true, _) => 2,
@@ -259,9 +345,7 @@ fn collect_changes(upper: &Path, lower: &Path, at: &Path, found: &mut Vec<Change
             (false, false) => 1,
         };
         let text = path.to_string_lossy().into_owned();
-        let mount_point_of_ours =
-            (KERNEL_MOUNTS.contains(&text.as_str()) && !in_image) || NETWORK_FILES.contains(&text.as_str());
-        if !mount_point_of_ours {
+        if !made_by_the_agent(&text, in_image) {
             found.push(Change { path: text, kind });
         }
         if meta.is_dir() {
@@ -306,5 +390,46 @@ mod tests {
         let got = changes(upper.path(), lower.path());
         let listed: Vec<(u8, &str)> = got.iter().map(|c| (c.kind, c.path.as_str())).collect();
         assert_eq!(listed, [(0, "/etc"), (0, "/etc/passwd"), (2, "/gone"), (1, "/new")]);
+    }
+
+    #[test]
+    fn the_writable_layer_is_written_in_the_layer_format() {
+        let upper = tempfile::tempdir().unwrap();
+        let lower = tempfile::tempdir().unwrap();
+        fs::create_dir_all(lower.path().join("var/cache")).unwrap();
+        fs::create_dir_all(upper.path().join("etc")).unwrap();
+        fs::write(upper.path().join("etc/app.conf"), "port=80").unwrap();
+        fs::write(upper.path().join("etc/hosts"), "made by the agent").unwrap();
+        fs::create_dir_all(upper.path().join("proc")).unwrap();
+        std::os::unix::fs::symlink("app.conf", upper.path().join("etc/link")).unwrap();
+        let whiteout = std::ffi::CString::new(upper.path().join("gone").to_str().unwrap()).unwrap();
+        // SAFETY: mknod with a valid path; a 0:0 character device is overlayfs's whiteout.
+        assert_eq!(unsafe { libc::mknod(whiteout.as_ptr(), libc::S_IFCHR | 0o600, 0) }, 0);
+        let remade = upper.path().join("var/cache");
+        fs::create_dir_all(&remade).unwrap();
+        let remade_c = std::ffi::CString::new(remade.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path and name, and a one-byte value.
+        let opaque = unsafe {
+            libc::lsetxattr(
+                remade_c.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        } == 0;
+        let mut tar = Vec::new();
+        write_layer(upper.path(), lower.path(), &mut tar).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let mut expected = vec!["etc", "etc/app.conf", "etc/link", ".wh.gone", "var", "var/cache"];
+        if opaque {
+            expected.push("var/cache/.wh..wh..opq");
+        }
+        assert_eq!(names, expected, "opaque marks readable here: {opaque}");
     }
 }

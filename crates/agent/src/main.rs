@@ -493,6 +493,18 @@ fn serve_exec(conn: File, reaper: Reaper) {
             succeeded(&sink);
             return wait_for_host_close(input);
         }
+        Ok(Some(Frame::Control(Control::Layer))) => {
+            let out = std::io::BufWriter::with_capacity(proto::CHUNK, StdoutFrames(&sink));
+            match archive::write_layer(
+                std::path::Path::new(mounts::UPPER),
+                std::path::Path::new(mounts::IMAGE),
+                out,
+            ) {
+                Ok(()) => succeeded(&sink),
+                Err(e) => fail(&sink, format!("reading the container's writable layer: {e}"), 1),
+            }
+            return wait_for_host_close(input);
+        }
         Ok(Some(Frame::Control(Control::Archive(op)))) => match archive::helper_argv(&op) {
             Ok(argv) => Box::new(ProcessSpec {
                 argv,
@@ -522,6 +534,23 @@ fn serve_exec(conn: File, reaper: Reaper) {
 }
 
 /// Answers a request that runs no process: done.
+/// Bytes written to it go to the host as standard output frames.
+struct StdoutFrames<'a>(&'a Sink);
+
+impl std::io::Write for StdoutFrames<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let part = &data[..data.len().min(proto::CHUNK)];
+        if !send(self.0, &Frame::Stdout(part.to_vec())) {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        Ok(part.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn succeeded(sink: &Sink) {
     let done = Control::Exited {
         code: Some(0),

@@ -4,6 +4,8 @@
 //! hostile tarball cannot escape, and one read-only disk per image (cached by
 //! chain ID) that every container of that image shares.
 
+pub mod changes;
+pub mod commit;
 pub mod config;
 pub mod digest;
 pub mod disk;

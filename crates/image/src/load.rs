@@ -17,6 +17,9 @@ use crate::reference::ImageRef;
 use crate::store::{ImageRecord, LayerRecord, Store, StoreError, MAX_DOCUMENT};
 use crate::unpack::{self, path_parts, resolve_in_root};
 
+/// The media type of a layer stored as a plain tar (its digest is its diff ID).
+pub const PLAIN_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: neither a docker save archive (manifest.json) nor an OCI image layout (index.json)")]
@@ -194,28 +197,11 @@ fn load_docker_save(layout: &Layout) -> Result<Vec<Loaded>, LoadError> {
             layers.push(LayerRecord {
                 digest,
                 size,
-                media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
+                media_type: PLAIN_LAYER.into(),
             });
         }
         // The classic format has no manifest: write the one a registry would serve.
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": config_bytes.len(),
-                "digest": config_digest.to_string(),
-            },
-            "layers": layers.iter().map(|l| serde_json::json!({
-                "mediaType": l.media_type, "size": l.size, "digest": l.digest.to_string(),
-            })).collect::<Vec<_>>(),
-        });
-        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| LoadError::Bad {
-            path: "manifest.json".into(),
-            detail: e.to_string(),
-        })?;
-        let manifest_digest = Digest::of(&manifest_bytes);
-        layout.store.put_blob(&manifest_digest, &manifest_bytes)?;
+        let manifest_digest = write_manifest(layout.store, &config_bytes, &config_digest, &layers)?;
         let tags = normalize_tags(entry.repo_tags.unwrap_or_default())?;
         loaded.push(finish(
             layout.store,
@@ -287,6 +273,32 @@ fn load_oci_layout(layout: &Layout) -> Result<Vec<Loaded>, LoadError> {
         loaded.push(finish(layout.store, &config, config_digest, digest, layers, tags)?);
     }
     Ok(loaded)
+}
+
+/// Stores the manifest a registry would serve for an image that arrived
+/// without one (the classic save format, commit, import).
+pub(crate) fn write_manifest(
+    store: &Store,
+    config_bytes: &[u8],
+    config_digest: &Digest,
+    layers: &[LayerRecord],
+) -> Result<Digest, StoreError> {
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": config_bytes.len(),
+            "digest": config_digest.to_string(),
+        },
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": l.media_type, "size": l.size, "digest": l.digest.to_string(),
+        })).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = manifest.to_string().into_bytes();
+    let manifest_digest = Digest::of(&manifest_bytes);
+    store.put_blob(&manifest_digest, &manifest_bytes)?;
+    Ok(manifest_digest)
 }
 
 fn parse_digest(text: &str) -> Result<Digest, LoadError> {

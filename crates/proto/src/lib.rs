@@ -286,6 +286,10 @@ pub enum Control {
     /// Host → agent, first on an exec connection: what the container
     /// changed in its filesystem (`docker diff`).
     Diff,
+    /// Host → agent, first on an exec connection: the container's writable
+    /// layer as an image layer tar (`docker commit`) on standard output
+    /// frames, then `Exited`.
+    Layer,
     /// Host → agent, first on an exec connection: the container's networks
     /// changed while it runs (its VM's NICs were plugged or unplugged):
     /// set the guest's NICs, /etc/hosts and /etc/resolv.conf to this.
