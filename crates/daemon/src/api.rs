@@ -148,6 +148,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
         .route("/exec/{id}/json", get(exec::inspect))
+        .route("/commit", post(crate::commit::commit))
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::pull))
         .route("/images/load", post(images::load))

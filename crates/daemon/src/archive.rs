@@ -31,7 +31,7 @@ use crate::daemon::Daemon;
 const PATH_STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
 
 /// A VM with the container's files: its own run, or one held for this.
-enum Reach {
+pub(crate) enum Reach {
     Running(ContainerDir),
     Held(runtime::held::HeldContainer),
 }
@@ -54,7 +54,7 @@ impl Reach {
 
 /// The container's files: through its running VM, or a VM held for the
 /// operation if it is stopped (blocking: that VM starts first).
-fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
+pub(crate) fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
     let record = daemon.containers.find(reference)?;
     let dir = ContainerDir::new(&record.id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -81,14 +81,14 @@ fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
 }
 
 /// Starts `op` in the container's VM.
-fn open(reach: &Reach, request: Control) -> Result<UnixStream, ApiError> {
+pub(crate) fn open(reach: &Reach, request: Control) -> Result<UnixStream, ApiError> {
     crate::exec::request_agent(reach.connect(), request)
 }
 
 /// How an archive operation ended: its status and what it said on stderr.
-struct Outcome {
-    code: i32,
-    message: String,
+pub(crate) struct Outcome {
+    pub code: i32,
+    pub message: String,
 }
 
 impl Outcome {
@@ -105,7 +105,7 @@ impl Outcome {
 }
 
 /// Reads an operation's frames to its end: standard output to `out`.
-fn finish(conn: &mut UnixStream, mut out: impl FnMut(Vec<u8>) -> bool) -> Outcome {
+pub(crate) fn finish(conn: &mut UnixStream, mut out: impl FnMut(Vec<u8>) -> bool) -> Outcome {
     let mut message = String::new();
     let mut code = None;
     loop {

@@ -154,17 +154,18 @@ pub async fn login(Json(auth): Json<AuthConfig>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({ "Status": "Login Succeeded", "IdentityToken": "" })))
 }
 
+/// `POST /images/create`: a pull (`fromImage`) or an import (`fromSrc`).
 pub async fn pull(
     State(daemon): State<Arc<Daemon>>,
     Query(query): Query<PullQuery>,
+    RawQuery(raw_query): RawQuery,
     headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let sent_auth = registry_auth(&headers)?;
     if query.from_src.is_some() {
-        return Err(ApiError::bad_request(
-            "importing a root filesystem (docker import) is not supported by hull yet",
-        ));
+        return crate::commit::import(daemon, raw_query, body).await;
     }
+    let sent_auth = registry_auth(&headers)?;
     if let Some(platform) = query.platform.as_deref().filter(|p| !p.is_empty()) {
         if !platform.starts_with("linux/amd64") && platform != "linux" {
             return Err(ApiError::bad_request(format!(

@@ -500,6 +500,146 @@ fn images_are_saved_loaded_pruned_and_counted() {
 }
 
 /// `openssl` with `args` in `dir`, which must succeed.
+/// Serves `body` once over HTTP on loopback; the URL to fetch it from.
+fn serve_once(body: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = conn.read(&mut request);
+        let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = conn.write_all(head.as_bytes());
+        let _ = conn.write_all(&body);
+    });
+    format!("http://127.0.0.1:{port}/rootfs.tgz")
+}
+
+#[test]
+fn images_are_imported_from_tarballs_files_and_urls_with_changes() {
+    let hulld = Hulld::start("import").unwrap();
+    let root = hulld.work.join("rootfs");
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    std::fs::write(root.join("app/run.sh"), "#!/bin/sh\necho imported\n").unwrap();
+    std::fs::write(root.join("motd"), "hello\n").unwrap();
+    let tgz = hulld.work.join("rootfs.tgz");
+    let made = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-czf")
+        .arg(&tgz)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let plain_digest = {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("gunzip -c {} | sha256sum", tgz.display()))
+            .output()
+            .unwrap();
+        format!("sha256:{}", text(&out.stdout).split_whitespace().next().unwrap())
+    };
+
+    // A file, with changes and a message: the config, comment and single layer are Docker's.
+    let id = ok(&hulld.docker(&[
+        "import",
+        "-c",
+        "CMD [\"/app/run.sh\"]",
+        "-c",
+        "ENV MODE=prod",
+        "-c",
+        "EXPOSE 8080",
+        "-m",
+        "first import",
+        tgz.to_str().unwrap(),
+        "imp/app:v1",
+    ]));
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let seen = ok(&hulld.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}|{{json .Config.Cmd}}|{{json .Config.Env}}|{{json .Config.ExposedPorts}}|{{.Comment}}|{{json .RootFS.Layers}}",
+        "imp/app:v1",
+    ]));
+    assert_eq!(
+        seen.trim(),
+        format!(
+            "{}|[\"/app/run.sh\"]|[\"MODE=prod\"]|{{\"8080/tcp\":{{}}}}|first import|[\"{plain_digest}\"]",
+            id.trim()
+        )
+    );
+    let history = ok(&hulld.docker(&["history", "--format", "{{.Comment}}", "imp/app:v1"]));
+    assert_eq!(history.trim(), "first import");
+    assert!(ok(&hulld.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])).contains("imp/app:v1"));
+
+    // Standard input, untagged but for the name given; a URL, with Docker's default comment.
+    let from_stdin = hulld
+        .docker_command(&["import", "-", "imp/stdin"])
+        .stdin(std::fs::File::open(&tgz).unwrap())
+        .output()
+        .unwrap();
+    assert!(from_stdin.status.success(), "{}", text(&from_stdin.stderr));
+    let url = serve_once(std::fs::read(&tgz).unwrap());
+    ok(&hulld.docker(&["import", &url, "imp/url:1"]));
+    let comment = ok(&hulld.docker(&["image", "inspect", "--format", "{{.Comment}}", "imp/url:1"]));
+    assert_eq!(comment.trim(), format!("Imported from {url}"));
+    // The same content makes the same layer: one blob under three images.
+    let layers = ok(&hulld.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RootFS.Layers}}",
+        "imp/stdin",
+        "imp/url:1",
+    ]));
+    assert_eq!(layers.matches(&plain_digest).count(), 2, "{layers}");
+
+    // It saves as any image does.
+    let saved = hulld.work.join("imported.tar");
+    ok(&hulld.docker(&["save", "-o", saved.to_str().unwrap(), "imp/app:v1"]));
+    assert!(std::fs::metadata(&saved).unwrap().len() > 0);
+
+    // Bad input: Docker's words, and nothing stored.
+    let garbage = hulld.work.join("garbage.tar");
+    std::fs::write(&garbage, vec![b'x'; 2048]).unwrap();
+    fails(
+        &hulld.docker(&["import", garbage.to_str().unwrap(), "imp/bad"]),
+        1,
+        "not a tar archive",
+    );
+    fails(
+        &hulld.docker(&["import", "-c", "RUN rm -rf /", tgz.to_str().unwrap(), "imp/bad"]),
+        1,
+        "run is not a valid change command",
+    );
+    fails(
+        &hulld.docker(&["import", "-c", "EXPOSE 99999", tgz.to_str().unwrap(), "imp/bad"]),
+        1,
+        "invalid containerPort",
+    );
+    let bzip = hulld.work.join("rootfs.tar.bz2");
+    std::fs::write(&bzip, b"BZh91AY&SY not really").unwrap();
+    fails(
+        &hulld.docker(&["import", bzip.to_str().unwrap(), "imp/bad"]),
+        1,
+        "bzip2 tarballs are not supported",
+    );
+    // The CLI reads anything but http(s) as a file; the API is asked directly.
+    let (head, body) = hulld.raw(
+        "POST /images/create?fromSrc=ftp://example/x.tar&repo=imp/bad HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("only http and https"),
+        "{head}\n{body}"
+    );
+    fails(&hulld.docker(&["image", "inspect", "imp/bad"]), 1, "No such image");
+    let partial: Vec<_> = std::fs::read_dir(hulld.data.join("images/partial")).unwrap().collect();
+    assert!(partial.is_empty(), "scratch files left behind: {partial:?}");
+}
+
 fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)

@@ -22,8 +22,68 @@ pub enum NewImageError {
     NotATar(String),
     #[error("the parent image's config: {0}")]
     ParentConfig(String),
+    #[error("{0} tarballs are not supported: compress with gzip or zstd, or not at all")]
+    Compression(&'static str),
+    #[error("downloading {url}: {detail}")]
+    Download { url: String, detail: String },
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// A fresh name in the store's scratch directory for `what`.
+pub fn scratch_path(store: &Store, what: &str) -> std::path::PathBuf {
+    crate::store::temp_sibling(&store.root().join("partial").join(what))
+}
+
+/// The plain tar inside `tarball` (gzip, zstd or none), written to a
+/// scratch file whose path is returned; `tarball` itself is left alone.
+pub fn plain_layer(store: &Store, tarball: &Path) -> Result<std::path::PathBuf, NewImageError> {
+    let mut input = File::open(tarball).map_err(io_err(format!("opening {}", tarball.display())))?;
+    let mut head = [0u8; 6];
+    let n = input
+        .read(&mut head)
+        .map_err(io_err(format!("reading {}", tarball.display())))?;
+    if head[..n].starts_with(b"BZh") {
+        return Err(NewImageError::Compression("bzip2"));
+    }
+    if head[..n].starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(NewImageError::Compression("xz"));
+    }
+    let input = File::open(tarball).map_err(io_err(format!("opening {}", tarball.display())))?;
+    let mut plain = crate::unpack::decompressed(input).map_err(io_err(format!("reading {}", tarball.display())))?;
+    let layer = scratch_path(store, "layer.tar");
+    let result = File::create(&layer)
+        .and_then(|mut out| io::copy(&mut plain, &mut out))
+        .map_err(|e| NewImageError::NotATar(format!("decompressing: {e}")));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&layer);
+        return Err(e);
+    }
+    Ok(layer)
+}
+
+/// Fetches `url` (http or https) to `out`, for `docker import URL`.
+pub async fn download(url: &str, out: &Path) -> Result<(), NewImageError> {
+    let failed = |detail: String| NewImageError::Download {
+        url: url.to_string(),
+        detail,
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(failed("only http and https URLs can be imported".into()));
+    }
+    let mut response = reqwest::get(url).await.map_err(|e| failed(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("the server answered {}", response.status())));
+    }
+    let mut file = tokio::fs::File::create(out)
+        .await
+        .map_err(|e| failed(format!("creating {}: {e}", out.display())))?;
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(e.to_string()))? {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+            .await
+            .map_err(|e| failed(format!("writing {}: {e}", out.display())))?;
+    }
+    Ok(())
 }
 
 /// What the new image is made of, beside its layer.
