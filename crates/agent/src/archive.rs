@@ -64,6 +64,7 @@ fn run(op: ArchiveOp) -> OpResult {
             let meta = lstat(&path)?;
             let mut builder = tar::Builder::new(stdout.lock());
             builder.follow_symlinks(false);
+            builder.sparse(false); // plain files, as dockerd writes them
             walk(
                 &mut builder,
                 Path::new(&path),
@@ -80,6 +81,7 @@ fn run(op: ArchiveOp) -> OpResult {
             let meta = lstat("/")?;
             let mut builder = tar::Builder::new(stdout.lock());
             builder.follow_symlinks(false);
+            builder.sparse(false); // plain files, as dockerd writes them
             walk(&mut builder, Path::new("/"), Path::new(""), meta.dev()).map_err(failed("exporting"))?;
             builder
                 .into_inner()
@@ -269,6 +271,7 @@ fn is_opaque(dir: &Path) -> bool {
 pub fn write_layer(upper: &Path, lower: &Path, out: impl Write) -> io::Result<()> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
+    builder.sparse(false); // plain files, as dockerd writes them
     layer_dir(&mut builder, upper, lower, Path::new(""))?;
     builder.into_inner()?.flush()
 }

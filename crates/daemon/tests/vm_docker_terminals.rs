@@ -1,6 +1,7 @@
 //! VM tests: interactive containers through the real `docker` CLI, each a
 //! microVM cloned from the template: terminals (`-it`, sizes, resize),
-//! attach and detach, pause and unpause, stats and top. Its own binary (and
+//! attach and detach, pause and unpause, stats and top; and images made
+//! from containers and their files (commit, export and import). Its own binary (and
 //! so its own test host) to keep each VM test binary well inside its time
 //! limit.
 
@@ -442,4 +443,126 @@ fn detach_keys_leave_the_process_running() {
         "{head}{body}"
     );
     ok(&hulld.docker(&["rm", "-f", "shell"]));
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn commit_and_import_make_images_that_run() {
+    let (hulld, _registry, image) = Hulld::with_busybox("vm-commit").unwrap();
+    let run = |args: &[&str]| ok(&hulld.docker(&[&["run", "--rm"], args].concat()));
+
+    // A stopped container's changes: new files, a deleted applet, a changed environment.
+    ok(&hulld.docker(&[
+        "run",
+        "--name",
+        "made",
+        &image,
+        "sh",
+        "-c",
+        "busybox mkdir -p /srv/app /opt && echo v1 > /srv/app/version && echo keep > /opt/f && rm /bin/yes",
+    ]));
+    let id = ok(&hulld.docker(&[
+        "commit",
+        "-a",
+        "Ann <ann@example.com>",
+        "-m",
+        "add the app",
+        "-c",
+        "CMD [\"cat\", \"/srv/app/version\"]",
+        "-c",
+        "ENV STAGE=two",
+        "made",
+        "committed/app:v1",
+    ]));
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(run(&["committed/app:v1"]), "v1\n", "the new command and the new file");
+    assert_eq!(
+        run(&[
+            "committed/app:v1",
+            "sh",
+            "-c",
+            "echo $STAGE; cat /opt/f; test -e /bin/yes || echo deleted"
+        ]),
+        "two\nkeep\ndeleted\n"
+    );
+    let seen = ok(&hulld.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Author}}|{{.Comment}}|{{len .RootFS.Layers}}",
+        "committed/app:v1",
+    ]));
+    assert_eq!(seen.trim(), "Ann <ann@example.com>|add the app|2");
+    let history = ok(&hulld.docker(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}|{{.Comment}}",
+        "committed/app:v1",
+    ]));
+    let newest = history.lines().next().unwrap_or_default();
+    assert!(
+        newest.starts_with("sh -c busybox mkdir") && newest.ends_with("|add the app"),
+        "{history}"
+    );
+
+    // A running container, committed as it runs, on the committed image: a
+    // directory removed and made again hides the one beneath it.
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        "committed/app:v1",
+        "sh",
+        "-c",
+        "echo live > /srv/app/version; rm -r /opt; busybox mkdir /opt; echo new > /opt/g; touch /ready; sleep 600",
+    ]));
+    eventually("the running container made its changes", || {
+        hulld
+            .docker(&["exec", "live", "sh", "-c", "test -e /ready"])
+            .status
+            .success()
+    });
+    ok(&hulld.docker(&["commit", "live", "committed/app:v2"]));
+    assert!(ok(&hulld.docker(&["top", "live"])).contains("sleep 600"), "it runs on");
+    assert_eq!(
+        run(&["committed/app:v2", "sh", "-c", "cat /srv/app/version; ls /opt"]),
+        "live\ng\n"
+    );
+    let layers = ok(&hulld.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{len .RootFS.Layers}}",
+        "committed/app:v2",
+    ]));
+    assert_eq!(layers.trim(), "3");
+
+    // Import: the stopped container's whole filesystem, exported, is an image of its own.
+    let exported = hulld.work.join("made.tar");
+    ok(&hulld.docker(&["export", "-o", exported.to_str().unwrap(), "made"]));
+    ok(&hulld.docker(&[
+        "import",
+        "-c",
+        "CMD [\"cat\", \"/srv/app/version\"]",
+        exported.to_str().unwrap(),
+        "imported:1",
+    ]));
+    assert_eq!(run(&["imported:1"]), "v1\n");
+
+    // Docker's refusals.
+    let missing = hulld.docker(&["commit", "no-such-container", "x:1"]);
+    assert!(
+        text(&missing.stderr).contains("No such container"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let bad = hulld.docker(&["commit", "-c", "RUN true", "made", "x:1"]);
+    assert!(
+        text(&bad.stderr).contains("run is not a valid change command"),
+        "{}",
+        text(&bad.stderr)
+    );
+    ok(&hulld.docker(&["rm", "-f", "live", "made"]));
 }

@@ -168,7 +168,7 @@ fn pairs(instruction: &'static str, text: &str) -> Result<Vec<(String, String)>,
     words
         .into_iter()
         .map(|word| match word.split_once('=') {
-            Some((key, _)) if key.is_empty() => Err(bad(instruction, format!("{word:?}: a name cannot be empty"))),
+            Some(("", _)) => Err(bad(instruction, format!("{word:?}: a name cannot be empty"))),
             Some((key, value)) => Ok((key.to_string(), value.to_string())),
             None => Err(bad(instruction, format!("{word:?} is not NAME=VALUE"))),
         })

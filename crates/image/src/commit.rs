@@ -194,14 +194,15 @@ fn check_and_hash(layer: &Path) -> Result<(Digest, u64), NewImageError> {
         hasher: Sha256::new(),
         size: 0,
     };
-    let mut archive = tar::Archive::new(&mut hashed);
-    let entries = archive.entries().map_err(|e| NewImageError::NotATar(e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| NewImageError::NotATar(e.to_string()))?;
-        entry.path().map_err(|e| NewImageError::NotATar(e.to_string()))?;
-        io::copy(&mut entry, &mut io::sink()).map_err(|e| NewImageError::NotATar(e.to_string()))?;
+    {
+        let mut archive = tar::Archive::new(&mut hashed);
+        let entries = archive.entries().map_err(|e| NewImageError::NotATar(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| NewImageError::NotATar(e.to_string()))?;
+            entry.path().map_err(|e| NewImageError::NotATar(e.to_string()))?;
+            io::copy(&mut entry, &mut io::sink()).map_err(|e| NewImageError::NotATar(e.to_string()))?;
+        }
     }
-    drop(archive);
     // What follows the end-of-archive blocks is hashed too: it is part of the blob.
     io::copy(&mut hashed, &mut io::sink()).map_err(io_err(format!("reading {}", layer.display())))?;
     Ok((Digest::from_hasher(hashed.hasher), hashed.size))

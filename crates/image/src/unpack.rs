@@ -23,6 +23,10 @@ use crate::digest::{Digest, HashingReader};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The largest file a layer may hold as a sparse entry: a few bytes of
+/// archive must not ask for an arbitrarily large image disk.
+const MAX_SPARSE_FILE: u64 = 4 << 30;
+
 /// How many symlinks one path may traverse (Linux's own limit).
 const MAX_SYMLINKS: usize = 40;
 
@@ -376,8 +380,19 @@ impl Layer<'_> {
                         .push((dst.clone(), FileTime::from_unix_time(mtime as i64, 0)));
                 }
             }
-            T::Regular | T::Continuous | T::Symlink => {
-                if kind != T::Symlink {
+            // A GNU sparse file reads back whole (the tar crate fills its holes).
+            T::Regular | T::Continuous | T::GNUSparse | T::Symlink => {
+                if kind == T::GNUSparse {
+                    // Its holes cost nothing to send but count in the image disk's size.
+                    let real = entry.header().as_gnu().and_then(|g| g.real_size().ok());
+                    let real = real.ok_or_else(|| fail("a sparse file without its real size".into()))?;
+                    if real > MAX_SPARSE_FILE {
+                        return Err(fail(format!(
+                            "a sparse file of {real} bytes exceeds the {MAX_SPARSE_FILE}-byte limit"
+                        )));
+                    }
+                    self.bytes += real;
+                } else if kind != T::Symlink {
                     self.bytes += entry.size();
                 }
                 entry.unpack(&dst).map_err(|e| fail(e.to_string()))?;
@@ -660,6 +675,49 @@ mod tests {
         let record = format!("{len}{body}");
         let header = Tar::header(tar::EntryType::XHeader, 0o644, record.len() as u64);
         tar.raw(b"PaxHeader", header, record.as_bytes())
+    }
+
+    /// A tar of `file` as the tar crate writes a file with holes: GNU sparse.
+    fn sparse_tar_of(file: &Path) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.sparse(true);
+        builder.append_path_with_name(file, "data/sparse").unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let kinds: Vec<_> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().header().entry_type())
+            .collect();
+        assert_eq!(kinds, [tar::EntryType::GNUSparse], "written as a sparse entry");
+        bytes
+    }
+
+    #[test]
+    fn sparse_files_unpack_whole_within_a_bound() {
+        let dir = temp_root("sparse");
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        let file = dir.join("holes");
+        let mut f = fs::File::create(&file).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(5 << 20)).unwrap();
+        std::io::Write::write_all(&mut f, b"data in the middle").unwrap();
+        drop(f);
+        let stats = apply_layer(&root, sparse_tar_of(&file).as_slice()).unwrap();
+        assert_eq!(fs::read(root.join("data/sparse")).unwrap(), fs::read(&file).unwrap());
+        assert!(stats.bytes >= 8 << 20, "counted at its real size: {}", stats.bytes);
+
+        let huge = dir.join("huge");
+        fs::File::create(&huge).unwrap().set_len(MAX_SPARSE_FILE + 1).unwrap();
+        let mut f = fs::OpenOptions::new().write(true).open(&huge).unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        drop(f);
+        let err = apply_layer(&root, sparse_tar_of(&huge).as_slice())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceeds the"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
