@@ -1,7 +1,9 @@
-//! The container's limits inside its guest: Docker's `--pids-limit` as a
-//! cgroup v2 group (`/sys/fs/cgroup/container`) whose `pids.max` bounds the
-//! container's processes and threads, its command's and its execs' alike.
-//! (Memory and CPU are the VM's own size and its VMM's cgroup on the host.)
+//! The container's cgroup inside its guest (`/sys/fs/cgroup/container`,
+//! cgroup v2): every process of the container, its command's and its
+//! execs' alike, joins it. Its `pids.max` is Docker's `--pids-limit`, and
+//! freezing it holds the container still while `docker commit` reads its
+//! files. (Memory and CPU are the VM's own size and its VMM's cgroup on
+//! the host.)
 
 use std::fs::File;
 use std::io;
@@ -14,9 +16,9 @@ const CONTAINER: &str = "/sys/fs/cgroup/container";
 /// The container group's `cgroup.procs`, open for the children to join it.
 static CONTAINER_PROCS: OnceLock<File> = OnceLock::new();
 
-/// Puts every process started from now on into a group of at most `max`
-/// tasks.
-pub fn limit_pids(max: u64) -> io::Result<()> {
+/// Makes the container's group, which every process started from now on
+/// joins, bounded to `pids_max` tasks if given.
+pub fn container_group(pids_max: Option<u64>) -> io::Result<()> {
     std::fs::create_dir_all(CGROUP_ROOT)?;
     let cgroup2 = |path: &str| std::ffi::CString::new(path).map_err(io::Error::other);
     let (source, target, fstype) = (cgroup2("cgroup2")?, cgroup2(CGROUP_ROOT)?, cgroup2("cgroup2")?);
@@ -28,14 +30,36 @@ pub fn limit_pids(max: u64) -> io::Result<()> {
             return Err(e);
         }
     }
-    std::fs::write(format!("{CGROUP_ROOT}/cgroup.subtree_control"), "+pids")?;
     match std::fs::create_dir(CONTAINER) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
-    std::fs::write(format!("{CONTAINER}/pids.max"), max.to_string())?;
+    if let Some(max) = pids_max {
+        std::fs::write(format!("{CGROUP_ROOT}/cgroup.subtree_control"), "+pids")?;
+        std::fs::write(format!("{CONTAINER}/pids.max"), max.to_string())?;
+    }
     let procs = File::options().write(true).open(format!("{CONTAINER}/cgroup.procs"))?;
     let _ = CONTAINER_PROCS.set(procs);
+    Ok(())
+}
+
+/// Holds every process of the container still (`true`) or lets them go
+/// on; a freeze returns once the kernel reports the group frozen.
+pub fn freeze(frozen: bool) -> io::Result<()> {
+    std::fs::write(format!("{CONTAINER}/cgroup.freeze"), if frozen { "1" } else { "0" })?;
+    if frozen {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(format!("{CONTAINER}/cgroup.events"))?.contains("frozen 1") {
+            if std::time::Instant::now() > deadline {
+                let _ = std::fs::write(format!("{CONTAINER}/cgroup.freeze"), "0");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the container did not freeze within 10 s",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
     Ok(())
 }
 

@@ -142,10 +142,8 @@ fn serve(conn: File) {
     if let Err(e) = mounts::volumes(&spec, ROOT) {
         return fail(&sink, e.to_string(), 125);
     }
-    if let Some(max) = spec.pids_limit {
-        if let Err(e) = limits::limit_pids(max) {
-            return fail(&sink, format!("limiting the container to {max} processes: {e}"), 125);
-        }
+    if let Err(e) = limits::container_group(spec.pids_limit) {
+        return fail(&sink, format!("making the container's cgroup: {e}"), 125);
     }
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));
@@ -493,15 +491,24 @@ fn serve_exec(conn: File, reaper: Reaper) {
             succeeded(&sink);
             return wait_for_host_close(input);
         }
-        Ok(Some(Frame::Control(Control::Layer))) => {
+        Ok(Some(Frame::Control(Control::Layer { pause }))) => {
+            if pause {
+                if let Err(e) = limits::freeze(true) {
+                    fail(&sink, format!("pausing the container: {e}"), 1);
+                    return wait_for_host_close(input);
+                }
+            }
             let out = std::io::BufWriter::with_capacity(proto::CHUNK, StdoutFrames(&sink));
-            match archive::write_layer(
+            let written = archive::write_layer(
                 std::path::Path::new(mounts::UPPER),
                 std::path::Path::new(mounts::IMAGE),
                 out,
-            ) {
-                Ok(()) => succeeded(&sink),
-                Err(e) => fail(&sink, format!("reading the container's writable layer: {e}"), 1),
+            );
+            let thawed = if pause { limits::freeze(false) } else { Ok(()) };
+            match (written, thawed) {
+                (Ok(()), Ok(())) => succeeded(&sink),
+                (Err(e), _) => fail(&sink, format!("reading the container's writable layer: {e}"), 1),
+                (_, Err(e)) => fail(&sink, format!("unpausing the container: {e}"), 1),
             }
             return wait_for_host_close(input);
         }

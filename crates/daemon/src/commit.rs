@@ -83,8 +83,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// `POST /commit?container=&repo=&tag=&comment=&author=&changes=`: the
-/// body, if any, is a run config that overrides the container's.
+/// `POST /commit?container=&repo=&tag=&comment=&author=&changes=&pause=`:
+/// the body, if any, is a run config that overrides the container's.
 pub async fn commit(
     State(daemon): State<Arc<Daemon>>,
     RawQuery(query): RawQuery,
@@ -117,7 +117,9 @@ pub async fn commit(
             }
         }
         image::changes::apply(&mut config, &params.all("changes")).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let layer = read_layer(&daemon, &record)?;
+        // Docker pauses the container unless told not to.
+        let pause = !matches!(params.get("pause").as_str(), "0" | "false" | "False");
+        let layer = read_layer(&daemon, &record, pause)?;
         let created_by = std::iter::once(record.path.as_str())
             .chain(record.args.iter().map(String::as_str))
             .collect::<Vec<_>>()
@@ -201,10 +203,10 @@ fn container_run_config(mut config: Map<String, Value>, record: &ContainerRecord
 }
 
 /// The container's writable layer, through its VM, in a scratch file of
-/// the image store.
-fn read_layer(daemon: &Daemon, record: &ContainerRecord) -> Result<std::path::PathBuf, ApiError> {
+/// the image store; with `pause`, its processes are frozen meanwhile.
+fn read_layer(daemon: &Daemon, record: &ContainerRecord, pause: bool) -> Result<std::path::PathBuf, ApiError> {
     let reach = crate::archive::reach(daemon, &record.id)?;
-    let mut conn = crate::archive::open(&reach, proto::Control::Layer)?;
+    let mut conn = crate::archive::open(&reach, proto::Control::Layer { pause })?;
     let path = image::commit::scratch_path(&daemon.images, "commit.tar");
     let mut file =
         std::fs::File::create(&path).map_err(|e| ApiError::internal(format!("creating {}: {e}", path.display())))?;

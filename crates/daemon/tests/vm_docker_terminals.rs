@@ -463,6 +463,7 @@ fn commit_and_import_make_images_that_run() {
     ]));
     let id = ok(&hulld.docker(&[
         "commit",
+        "--pause=false",
         "-a",
         "Ann <ann@example.com>",
         "-m",
@@ -524,8 +525,10 @@ fn commit_and_import_make_images_that_run() {
             .status
             .success()
     });
+    // Paused while its layer is read (Docker's default), and thawed after.
     ok(&hulld.docker(&["commit", "live", "committed/app:v2"]));
     assert!(ok(&hulld.docker(&["top", "live"])).contains("sleep 600"), "it runs on");
+    assert_eq!(exec_out(&hulld, "live", "echo thawed"), "thawed\n");
     assert_eq!(
         run(&["committed/app:v2", "sh", "-c", "cat /srv/app/version; ls /opt"]),
         "live\ng\n"

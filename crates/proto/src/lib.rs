@@ -288,8 +288,9 @@ pub enum Control {
     Diff,
     /// Host → agent, first on an exec connection: the container's writable
     /// layer as an image layer tar (`docker commit`) on standard output
-    /// frames, then `Exited`.
-    Layer,
+    /// frames, then `Exited`; with `pause`, the container's processes are
+    /// frozen while it is read.
+    Layer { pause: bool },
     /// Host → agent, first on an exec connection: the container's networks
     /// changed while it runs (its VM's NICs were plugged or unplugged):
     /// set the guest's NICs, /etc/hosts and /etc/resolv.conf to this.
