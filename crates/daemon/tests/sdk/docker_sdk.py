@@ -2,7 +2,9 @@
 the CLI. Usage: docker_sdk.py SOCKET IMAGE [--run]; --run also runs
 containers (needs a machine that can run VMs). Exits non-zero on failure."""
 
+import io
 import sys
+import tarfile
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -25,6 +27,20 @@ def main():
         raise AssertionError("an absent image was found")
     except ImageNotFound:
         pass
+
+    # An import from a tarball made here, with a change.
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        data = b"imported by the sdk\n"
+        info = tarfile.TarInfo("etc/motd")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    client.api.import_image_from_data(
+        layer.getvalue(), repository="sdk/imported", tag="v1", changes=['CMD ["cat", "/etc/motd"]']
+    )
+    imported = client.images.get("sdk/imported:v1")
+    assert imported.attrs["Config"]["Cmd"] == ["cat", "/etc/motd"], imported.attrs["Config"]
+    assert len(imported.attrs["RootFS"]["Layers"]) == 1, imported.attrs["RootFS"]
 
     created = client.containers.create(image, ["echo", "hi"], name="sdk-one", labels={"via": "sdk"})
     assert created.status == "created", created.status
@@ -56,6 +72,11 @@ def main():
         detached.reload()
         assert detached.status == "paused", detached.status
         detached.unpause()
+        # A commit of the running container, with a change, runs as its own image.
+        detached.exec_run(["sh", "-c", "echo committed > /note"])
+        committed = detached.commit(repository="sdk/committed", tag="v1", changes=['CMD ["cat", "/note"]'], message="m")
+        assert committed.attrs["Comment"] == "m", committed.attrs
+        assert client.containers.run("sdk/committed:v1", remove=True) == b"committed\n"
         detached.kill()
         assert detached.wait()["StatusCode"] == 137
         detached.remove()
