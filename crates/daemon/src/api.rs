@@ -144,6 +144,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}", delete(containers::remove))
+        .route("/containers/{id}/{alias}", delete(crate::links::remove))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/resize", post(exec::resize))
@@ -201,6 +202,7 @@ pub fn parse_version(text: &str) -> Option<(u32, u32)> {
 /// the headers every Docker answer carries.
 pub async fn dispatch(router: Router, mut request: Request) -> Result<Response, Infallible> {
     tracing::debug!("{} {}", request.method(), request.uri());
+    collapse_slashes(&mut request);
     if let Err(refusal) = strip_version(&mut request) {
         return Ok(with_headers(refusal.into_response()));
     }
@@ -209,6 +211,25 @@ pub async fn dispatch(router: Router, mut request: Request) -> Result<Response, 
         Err(never) => match never {},
     };
     Ok(with_headers(response))
+}
+
+/// `/containers//web/db` (the CLI's `rm --link /web/db`) as `/containers/web/db`:
+/// no route has an empty segment.
+fn collapse_slashes(request: &mut Request) {
+    let path = request.uri().path();
+    if !path.contains("//") {
+        return;
+    }
+    let mut collapsed = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && collapsed.ends_with('/')) {
+            collapsed.push(c);
+        }
+    }
+    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    if let Ok(uri) = format!("{collapsed}{query}").parse::<Uri>() {
+        *request.uri_mut() = uri;
+    }
 }
 
 /// Docker's versioned paths: `/v1.44/containers/json` is routed as

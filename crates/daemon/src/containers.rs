@@ -145,7 +145,24 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         process_workdir: process.workdir.clone(),
         process_user: process.user.clone(),
     };
-    let network = crate::networking::plan(&id, &request.network)?;
+    let mut network = crate::networking::plan(&id, &request.network)?;
+    // Links add names and (on the default bridge) variables before the
+    // container's own environment, which wins over them.
+    let links = match crate::links::resolve(daemon, &request.links, &record.name, &network) {
+        Ok(links) => links,
+        Err(e) => {
+            crate::networking::release(&id, &network);
+            return Err(e);
+        }
+    };
+    if !links.stored.is_empty() {
+        network.extra_hosts.extend(links.hosts);
+        request.overrides.env = links.env.into_iter().chain(request.overrides.env).collect();
+        let process = image::config::process(Some(&config), &request.overrides)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        record.process_env = process.env;
+        record.host_config["Links"] = json!(links.stored);
+    }
     record.host_config["NetworkMode"] = json!(match request.network.is_default_mode() {
         true => "bridge".to_string(),
         false => crate::networking::mode_name(&network),

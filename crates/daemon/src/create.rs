@@ -48,6 +48,8 @@ struct HostConfigBody {
     log_config: LogConfigBody,
     /// `--group-add`.
     group_add: Option<Vec<String>>,
+    /// `--link NAME[:ALIAS]`.
+    links: Option<Vec<String>>,
 }
 
 /// `--log-driver` and `--log-opt`.
@@ -91,6 +93,7 @@ pub struct CreateRequest {
     /// `-v /path`: anonymous volumes.
     pub anonymous_volumes: Vec<String>,
     pub network: NetworkIntent,
+    pub links: Vec<crate::links::Link>,
     pub log: runtime::log_config::LogConfig,
 }
 
@@ -174,6 +177,7 @@ impl CreateRequest {
             mounts: host.mounts.unwrap_or_default(),
             anonymous_volumes: body.volumes.map(|v| v.into_keys().collect()).unwrap_or_default(),
             network,
+            links: crate::links::parse(&host.links.unwrap_or_default())?,
             log,
             raw,
         })

@@ -18,6 +18,7 @@ pub mod events;
 pub mod exec;
 pub mod health;
 pub mod images;
+pub mod links;
 pub mod monitor;
 pub mod network_connect;
 pub mod networking;

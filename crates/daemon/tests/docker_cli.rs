@@ -1100,6 +1100,55 @@ fn networks_take_their_subnets_from_the_address_plan() {
 }
 
 #[test]
+fn links_are_checked_recorded_and_removed() {
+    // Nothing runs: what a link writes into a guest is vm_network's.
+    let (hulld, _registry, image) = with_box_image("links");
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    ok(&hulld.docker(&["create", "--name", "db", "--expose", "5432", &image, "true"]));
+    ok(&hulld.docker(&[
+        "create", "--name", "web", "--link", "db:my-db", "--link", "db", &image, "true",
+    ]));
+    assert_eq!(
+        hulld.inspect("{{json .HostConfig.Links}}", "web"),
+        r#"["/db:/web/my-db","/db:/web/db"]"#
+    );
+    // docker rm --link: the CLI's request path has a double slash.
+    ok(&hulld.docker(&["rm", "--link", "/web/my-db"]));
+    assert_eq!(hulld.inspect("{{json .HostConfig.Links}}", "web"), r#"["/db:/web/db"]"#);
+    fails(
+        &hulld.docker(&["rm", "--link", "/web/my-db"]),
+        1,
+        "Could not find container for entity id /web/my-db",
+    );
+    assert_eq!(
+        hulld.inspect("{{.Name}}", "db"),
+        "/db",
+        "removing a link leaves the container linked to"
+    );
+    fails(
+        &hulld.docker(&["create", "--link", "nothing:x", &image, "true"]),
+        1,
+        "could not get container for nothing",
+    );
+    fails(
+        &hulld.docker(&["create", "--network", "none", "--link", "db", &image, "true"]),
+        1,
+        "--network=none can't be used with links",
+    );
+    ok(&hulld.docker(&["network", "create", "apart"]));
+    fails(
+        &hulld.docker(&["create", "--network", "apart", "--link", "db", &image, "true"]),
+        1,
+        "Cannot link to /db, as it does not belong to the network apart",
+    );
+    assert_eq!(
+        ok(&hulld.docker(&["ps", "-aq"])).lines().count(),
+        2,
+        "the refused creates left nothing"
+    );
+}
+
+#[test]
 fn stopped_containers_join_and_leave_up_to_four_networks() {
     // Nothing runs, so nothing on the host changes: this runs outside a VM.
     let (hulld, _registry, image) = with_box_image("netjoin");

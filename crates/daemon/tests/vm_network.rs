@@ -142,6 +142,20 @@ fn containers_have_addresses_published_ports_and_outbound() {
     }
     assert_eq!(wget("http://127.0.0.1:8080/"), "hello from web\n");
     assert_eq!(wget("http://127.0.0.1:9090/"), "hello from web\n");
+    // A legacy link on the default bridge: its variables and its name.
+    let linked = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "--name",
+        "client",
+        "--link",
+        "web:front",
+        &image,
+        "sh",
+        "-c",
+        "echo $FRONT_PORT_80_TCP $FRONT_NAME $FRONT_ENV_PATH; busybox wget -q -O- http://front/",
+    ]));
+    assert_eq!(linked, format!("tcp://{address}:80 /client/front\nhello from web\n"));
     let stats = ok(&hulld.docker(&["stats", "--no-stream", "--format", "{{.NetIO}}", "web"]));
     assert!(
         stats.contains(" / ") && !stats.starts_with("0B"),
