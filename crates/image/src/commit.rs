@@ -10,9 +10,8 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest as _, Sha256};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, HashingReader};
 use crate::load::{write_manifest, PLAIN_LAYER};
 use crate::store::{io_err, ImageRecord, LayerRecord, Store, StoreError};
 
@@ -189,11 +188,7 @@ pub fn create(store: &Store, layer: &Path, new: NewImage) -> Result<ImageRecord,
 /// its end (the image disk unpacks it later, and must not find it broken).
 fn check_and_hash(layer: &Path) -> Result<(Digest, u64), NewImageError> {
     let file = File::open(layer).map_err(io_err(format!("opening {}", layer.display())))?;
-    let mut hashed = Hashed {
-        inner: file,
-        hasher: Sha256::new(),
-        size: 0,
-    };
+    let mut hashed = HashingReader::new(file);
     {
         let mut archive = tar::Archive::new(&mut hashed);
         let entries = archive.entries().map_err(|e| NewImageError::NotATar(e.to_string()))?;
@@ -204,24 +199,9 @@ fn check_and_hash(layer: &Path) -> Result<(Digest, u64), NewImageError> {
         }
     }
     // What follows the end-of-archive blocks is hashed too: it is part of the blob.
-    io::copy(&mut hashed, &mut io::sink()).map_err(io_err(format!("reading {}", layer.display())))?;
-    Ok((Digest::from_hasher(hashed.hasher), hashed.size))
-}
-
-/// A reader that hashes and counts what passes through it.
-struct Hashed<R> {
-    inner: R,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<R: Read> Read for Hashed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
+    Ok(hashed
+        .finish()
+        .map_err(io_err(format!("reading {}", layer.display())))?)
 }
 
 #[cfg(test)]
