@@ -157,6 +157,7 @@ impl Daemon {
 
     fn start_once(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let dir = ContainerDir::new(id);
+        crate::links::check_at_start(self, &self.containers.find(id)?, &dir.spec()?.network)?;
         // A volume another VM has is refused here, with a 409, rather than
         // by the supervisor after it started (it checks again, race-free).
         for mount in dir.spec()?.volumes {

@@ -6,7 +6,9 @@
 //! dockerd writes them. On a user-defined network a link is only a name,
 //! as there. `DELETE /containers/PARENT/ALIAS?link=1` (`docker rm --link`)
 //! removes a link from the parent's record. Addresses are leased at
-//! create, so what a link says stays true while both containers exist.
+//! create, so what a link says stays true while both containers exist;
+//! each start checks that the linked containers still exist, run, and
+//! have the address this one was given for them.
 
 use std::sync::Arc;
 
@@ -175,6 +177,54 @@ fn environment(alias: &str, name: &str, address: &str, ports: &[(u16, String)], 
         }
     }
     env
+}
+
+/// Before each start, as dockerd checks: every container linked to still
+/// exists and runs, at the address this container's `/etc/hosts` has for
+/// it (hull writes links at create; a container made anew under the old
+/// name has another address, and this container must be made anew too).
+pub fn check_at_start(
+    daemon: &Daemon,
+    record: &crate::store::ContainerRecord,
+    network: &ContainerNetwork,
+) -> Result<(), ApiError> {
+    let stored: Vec<String> = serde_json::from_value(record.host_config["Links"].clone()).unwrap_or_default();
+    for link in parse(&stored)? {
+        let child = daemon
+            .containers
+            .find(&link.container)
+            .map_err(|_| ApiError::conflict(format!("Cannot link to /{}, as it does not exist", link.container)))?;
+        let running = ContainerDir::new(&child.id)
+            .state()?
+            .is_some_and(|s| s.status == runtime::container::RunStatus::Running);
+        if !running {
+            return Err(ApiError::conflict(format!(
+                "Cannot link to a non running container: /{} AS /{}/{}",
+                child.name, record.name, link.alias
+            )));
+        }
+        let recorded = network
+            .extra_hosts
+            .iter()
+            .find(|h| h.names.first() == Some(&link.alias))
+            .map(|h| h.address.clone());
+        let current = ContainerDir::new(&child.id)
+            .spec()?
+            .network
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect::<Vec<_>>();
+        if let Some(recorded) = recorded {
+            if !current.contains(&recorded) {
+                return Err(ApiError::conflict(format!(
+                    "/{} is linked to /{} at {recorded}, which that container no longer has: it was made anew; remove and create /{} again",
+                    record.name, child.name, record.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, serde::Deserialize)]

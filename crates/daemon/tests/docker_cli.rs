@@ -1125,6 +1125,12 @@ fn links_are_checked_recorded_and_removed() {
         "/db",
         "removing a link leaves the container linked to"
     );
+    // As dockerd: a start needs its linked containers running.
+    fails(
+        &hulld.docker(&["start", "web"]),
+        1,
+        "Cannot link to a non running container: /db AS /web/db",
+    );
     fails(
         &hulld.docker(&["create", "--link", "nothing:x", &image, "true"]),
         1,
