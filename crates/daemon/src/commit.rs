@@ -239,9 +239,22 @@ fn read_layer(daemon: &Daemon, record: &ContainerRecord, pause: bool) -> Result<
 pub async fn import(daemon: Arc<Daemon>, query: Option<String>, body: Body) -> Result<Response, ApiError> {
     let params = Params::parse(query);
     let source = params.get("fromSrc");
-    let tags = params.tags()?;
-    let mut config = Map::new();
-    image::changes::apply(&mut config, &params.all("changes")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let checked = params.tags().and_then(|tags| {
+        let mut config = Map::new();
+        image::changes::apply(&mut config, &params.all("changes"))
+            .map(|()| (tags, config))
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    });
+    let (tags, config) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            // Read the tarball to its end first: a client still sending it
+            // would see a broken pipe instead of the answer.
+            let mut stream = body.into_data_stream();
+            while let Some(Ok(_)) = stream.next().await {}
+            return Err(e);
+        }
+    };
     let tarball = image::commit::scratch_path(&daemon.images, "import");
     let received = if source == "-" {
         receive(body, &tarball).await
