@@ -79,10 +79,6 @@ fn new_image_error(e: NewImageError) -> ApiError {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
 /// `POST /commit?container=&repo=&tag=&comment=&author=&changes=&pause=`:
 /// the body, if any, is a run config that overrides the container's.
 pub async fn commit(
@@ -109,7 +105,7 @@ pub async fn commit(
             &image::digest::Digest::parse(&record.image_id)
                 .map_err(|e| ApiError::internal(format!("container {} names a bad image ID: {e}", record.id)))?,
         )?;
-        let image_config = image_run_config(&daemon.images, &parent)?;
+        let image_config = daemon.images.run_config(&parent.id)?;
         let mut config = container_run_config(image_config, &record);
         for (key, value) in requested {
             if !value.is_null() {
@@ -127,7 +123,7 @@ pub async fn commit(
         let new = NewImage {
             parent: Some(&parent),
             config,
-            created: now(),
+            created: runtime::container::now_rfc3339(),
             created_by,
             author: params.get("author"),
             comment: params.get("comment"),
@@ -148,18 +144,6 @@ pub async fn commit(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(json!({ "Id": id }))).into_response())
-}
-
-/// The image's run config (`config` in its config document).
-fn image_run_config(store: &image::Store, image: &image::ImageRecord) -> Result<Map<String, Value>, ApiError> {
-    let bytes = store.read_document(&image.id)?;
-    let document: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::internal(format!("the config of image {}: {e}", image.id)))?;
-    Ok(document
-        .get("config")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default())
 }
 
 /// The config a container ran with, as dockerd keeps it: the image's,
@@ -275,7 +259,7 @@ pub async fn import(daemon: Arc<Daemon>, query: Option<String>, body: Body) -> R
         let new = NewImage {
             parent: None,
             config,
-            created: now(),
+            created: runtime::container::now_rfc3339(),
             created_by: String::new(),
             author: String::new(),
             comment: if message.is_empty() {

@@ -114,10 +114,9 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         // The image's HEALTHCHECK under what the client set.
         let image_check = daemon
             .images
-            .read_document(&image.id)
+            .run_config(&image.id)
             .ok()
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-            .map(|config| config["config"]["Healthcheck"].clone())
+            .and_then(|config| config.get("Healthcheck").cloned())
             .unwrap_or(Value::Null);
         let given = object.get("Healthcheck").cloned().unwrap_or(Value::Null);
         let merged = crate::health::merge(&given, &image_check).map_err(ApiError::bad_request)?;

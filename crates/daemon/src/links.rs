@@ -137,9 +137,8 @@ fn exposed_ports(daemon: &Daemon, child: &crate::store::ContainerRecord) -> Vec<
         .unwrap_or_default();
     let image_config = image::digest::Digest::parse(&child.image_id)
         .ok()
-        .and_then(|id| daemon.images.read_document(&id).ok())
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-    if let Some(Value::Object(ports)) = image_config.as_ref().and_then(|c| c.pointer("/config/ExposedPorts")) {
+        .and_then(|id| daemon.images.run_config(&id).ok());
+    if let Some(Value::Object(ports)) = image_config.as_ref().and_then(|c| c.get("ExposedPorts")) {
         keys.extend(ports.keys().cloned());
     }
     let mut ports: Vec<(u16, String)> = keys

@@ -231,6 +231,22 @@ impl Store {
         Ok(bytes)
     }
 
+    /// An image's run config (Docker's `config` object in its config
+    /// document: `Cmd`, `Env`, `Healthcheck`, ...), as stored, unknown keys
+    /// kept; empty if the document has none.
+    pub fn run_config(&self, id: &Digest) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+        let bytes = self.read_document(id)?;
+        let document: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
+            path: self.blob_path(id),
+            detail: format!("the image config does not parse: {e}"),
+        })?;
+        Ok(document
+            .get("config")
+            .and_then(serde_json::Value::as_object)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     fn record_path(&self, id: &Digest) -> PathBuf {
         self.root.join("images").join(format!("{}.json", id.hex()))
     }
