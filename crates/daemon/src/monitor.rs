@@ -26,6 +26,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// gives up on `stats --no-stream` after 2 s, and that document needs two
 /// samples, each a round trip to the agent (slow on a loaded host).
 const ONE_DOCUMENT_INTERVAL: Duration = Duration::from_millis(500);
+/// A first sample slower than this is sent alone (CPU share since boot)
+/// rather than risk a second slow round trip past the CLI's 2 s.
+const SECOND_SAMPLE_BUDGET: Duration = Duration::from_millis(600);
 
 /// Asks the agent of a running container for one report.
 pub(crate) fn ask_agent(dir: &ContainerDir, request: Control) -> Result<Control, ApiError> {
@@ -211,13 +214,19 @@ pub async fn stats(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(2);
     tokio::task::spawn_blocking(move || {
         let mut before = None;
+        let mut first = None;
         if !stream && !one_shot {
             let started = std::time::Instant::now();
-            before = Some(sample(&dir));
-            std::thread::sleep(ONE_DOCUMENT_INTERVAL.saturating_sub(started.elapsed()));
+            let early = sample(&dir);
+            if started.elapsed() < SECOND_SAMPLE_BUDGET {
+                before = Some(early);
+                std::thread::sleep(ONE_DOCUMENT_INTERVAL.saturating_sub(started.elapsed()));
+            } else {
+                first = Some(early);
+            }
         }
         loop {
-            let now = sample(&dir);
+            let now = first.take().unwrap_or_else(|| sample(&dir));
             let document = stats_json(&record, memory_limit, &now, before.as_ref());
             if tx.blocking_send(Ok(format!("{document}\n"))).is_err() || !stream || !dir.is_running() {
                 return;
