@@ -599,11 +599,12 @@ pub fn parse_signal(text: &str) -> Result<i32, ApiError> {
     Ok(number)
 }
 
-/// Waits until the container is no longer running, up to `limit`.
+/// Waits until the container is no longer running, up to `limit` (one
+/// beyond any clock, as a client's `-t` may ask: until it stops).
 fn wait_stopped(dir: &ContainerDir, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now().checked_add(limit);
     while dir.is_running() {
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -635,13 +636,13 @@ fn stop_blocking(daemon: &Daemon, record: &ContainerRecord, timeout: Duration, s
     }
 }
 
-fn stop_settings(record: &ContainerRecord, query: &StopQuery) -> Result<(Duration, i32), ApiError> {
-    let seconds = match query.t {
-        Some(t) if t < 0 => 0,
-        Some(t) => t as u64,
-        None => record.config["StopTimeout"].as_u64().unwrap_or(DEFAULT_STOP_SECONDS),
+fn stop_settings(config: &Value, query: &StopQuery) -> Result<(Duration, i32), ApiError> {
+    // As dockerd: a negative timeout waits for the container to stop.
+    let seconds = match query.t.or(config["StopTimeout"].as_i64()) {
+        Some(t) => u64::try_from(t).unwrap_or(u64::MAX),
+        None => DEFAULT_STOP_SECONDS,
     };
-    let signal = match query.signal.as_deref().or(record.config["StopSignal"].as_str()) {
+    let signal = match query.signal.as_deref().or(config["StopSignal"].as_str()) {
         Some(s) if !s.is_empty() => parse_signal(s)?,
         _ => libc::SIGTERM,
     };
@@ -663,7 +664,7 @@ pub async fn stop(
             }
             return Ok(empty(StatusCode::NOT_MODIFIED));
         }
-        let (timeout, signal) = stop_settings(&record, &query)?;
+        let (timeout, signal) = stop_settings(&record.config, &query)?;
         stop_blocking(&daemon, &record, timeout, signal)?;
         daemon.container_event_of(&record, "stop", &[]);
         Ok(empty(StatusCode::NO_CONTENT))
@@ -679,7 +680,7 @@ pub async fn restart(
     blocking(move || {
         let (record, state) = lookup(&daemon, &id)?;
         if is_running(&state) {
-            let (timeout, signal) = stop_settings(&record, &query)?;
+            let (timeout, signal) = stop_settings(&record.config, &query)?;
             stop_blocking(&daemon, &record, timeout, signal)?;
         }
         daemon.containers.modify(&record.id, |r| r.manually_stopped = false)?;
@@ -969,5 +970,37 @@ mod tests {
         assert_eq!(human_duration(chrono::Duration::seconds(5)), "5 seconds");
         let taken = |n: &str| n.starts_with('a');
         assert!(!generated_name(&taken).starts_with('a'));
+    }
+
+    #[test]
+    fn stop_timeouts_of_any_size_are_waits_not_overflows() {
+        let query = |t| StopQuery { t, signal: None };
+        let config = serde_json::json!({ "StopTimeout": 3, "StopSignal": "SIGINT" });
+        assert_eq!(
+            stop_settings(&config, &query(None)).unwrap(),
+            (Duration::from_secs(3), 2)
+        );
+        assert_eq!(
+            stop_settings(&config, &query(Some(1))).unwrap().0,
+            Duration::from_secs(1)
+        );
+        let forever = Duration::from_secs(u64::MAX);
+        assert_eq!(stop_settings(&config, &query(Some(-1))).unwrap().0, forever);
+        assert_eq!(
+            stop_settings(&config, &query(Some(i64::MAX))).unwrap().0.as_secs(),
+            i64::MAX as u64
+        );
+        let negative = serde_json::json!({ "StopTimeout": -1 });
+        assert_eq!(
+            stop_settings(&negative, &query(None)).unwrap(),
+            (forever, libc::SIGTERM)
+        );
+        let unset = serde_json::json!({});
+        assert_eq!(
+            stop_settings(&unset, &query(None)).unwrap().0,
+            Duration::from_secs(DEFAULT_STOP_SECONDS)
+        );
+        // A container that is not running has stopped, whatever the limit.
+        assert!(wait_stopped(&ContainerDir::new("no-such-container"), forever));
     }
 }
