@@ -494,16 +494,20 @@ pub async fn prune(State(daemon): State<Arc<Daemon>>, Query(query): Query<ListQu
 }
 
 pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (record, state, restarting, health) = blocking(move || {
+    let (record, state, restarting, health, execs) = blocking(move || {
         let (record, state) = lookup(&daemon, &id)?;
         let restarting = daemon.is_restarting(&record.id);
         let health = running_health(&daemon, &record.id, &state);
-        Ok((record, state, restarting, health))
+        let execs = daemon.execs.running_in(&record.id);
+        Ok((record, state, restarting, health, execs))
     })
     .await?;
     let mut inspected = inspect_json(&record, &state, restarting);
     if let Some(health) = health {
         inspected["State"]["Health"] = health.to_json();
+    }
+    if !execs.is_empty() {
+        inspected["ExecIDs"] = json!(execs);
     }
     Ok(Json(inspected))
 }

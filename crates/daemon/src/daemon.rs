@@ -239,8 +239,8 @@ impl Daemon {
         }
     }
 
-    /// Removes a container that is not running: its files and its record.
-    /// Removes the container's files and record; with `anonymous_volumes`,
+    /// Removes a container that is not running: its files, its record and
+    /// its execs; with `anonymous_volumes`,
     /// also the anonymous volumes it alone used (`rm -v`, `--rm`).
     pub fn remove(&self, id: &str, code: i32, anonymous_volumes: bool) -> Result<(), ApiError> {
         let record = self.containers.find(id).ok();
@@ -256,6 +256,7 @@ impl Daemon {
         self.containers.remove(id)?;
         self.set_restarting(id, false);
         self.health.forget(id);
+        self.execs.forget_container(id);
         if anonymous_volumes {
             crate::volumes::remove_anonymous(self, &volumes);
         }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -20,7 +21,6 @@ use proto::{read_frame, write_frame, Control, Frame, ProcessSpec};
 use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::api::{blocking, empty, hijacked, ApiError};
@@ -43,13 +43,57 @@ pub struct ExecRecord {
     /// The connection to the agent while the process runs: input, and
     /// terminal sizes, go through it.
     pub guest: Option<Arc<Mutex<UnixStream>>>,
+    /// When its process ended (kept a while after for `exec inspect`).
+    pub finished: Option<Instant>,
 }
+
+/// How long an ended exec stays inspectable (dockerd's exec GC runs every
+/// five minutes).
+const FINISHED_KEPT: Duration = Duration::from_secs(300);
 
 /// Exec instances by ID (kept in memory, as Docker keeps them).
 #[derive(Default)]
 pub struct Execs(Mutex<HashMap<String, ExecRecord>>);
 
 impl Execs {
+    /// Adds an exec, and drops those that ended long ago: a client making
+    /// execs in a long-lived container must not grow hulld without bound.
+    fn insert(&self, exec: ExecRecord) {
+        if let Ok(mut execs) = self.0.lock() {
+            execs.retain(|_, e| e.finished.is_none_or(|at| at.elapsed() < FINISHED_KEPT));
+            execs.insert(exec.id.clone(), exec);
+        }
+    }
+
+    /// Records the end of an exec's process.
+    fn finish(&self, id: &str, code: i32) {
+        self.update(id, |e| {
+            e.running = false;
+            e.exit_code = Some(code);
+            e.guest = None;
+            e.finished = Some(Instant::now());
+        });
+    }
+
+    /// The container's execs whose process runs (inspect's `ExecIDs`).
+    pub fn running_in(&self, container: &str) -> Vec<String> {
+        let Ok(execs) = self.0.lock() else { return Vec::new() };
+        let mut ids: Vec<String> = execs
+            .values()
+            .filter(|e| e.container == container && e.running)
+            .map(|e| e.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Forgets a removed container's execs, as dockerd does.
+    pub fn forget_container(&self, container: &str) {
+        if let Ok(mut execs) = self.0.lock() {
+            execs.retain(|_, e| e.container != container);
+        }
+    }
+
     fn get(&self, id: &str) -> Result<ExecRecord, ApiError> {
         self.0
             .lock()
@@ -143,10 +187,9 @@ pub async fn create(
         exit_code: None,
         pid: 0,
         guest: None,
+        finished: None,
     };
-    if let Ok(mut execs) = daemon.execs.0.lock() {
-        execs.insert(id.clone(), exec);
-    }
+    daemon.execs.insert(exec);
     Ok((StatusCode::CREATED, Json(json!({ "Id": id }))))
 }
 
@@ -261,10 +304,7 @@ pub async fn start(
     let guest = match guest {
         Ok(g) => g,
         Err(e) => {
-            daemon.execs.update(&id, |r| {
-                r.running = false;
-                r.exit_code = Some(126);
-            });
+            daemon.execs.finish(&id, 126);
             return Err(e);
         }
     };
@@ -291,46 +331,36 @@ pub async fn start(
     // As for an attach: a terminal's input is watched for the detach keys
     // and its end is not the process's.
     let detached = Arc::new(tokio::sync::Notify::new());
-    let mut input = crate::streams::ClientInput {
+    let input = crate::client_input::ClientInput {
         pass_eof: !tty,
         escape: tty.then(|| crate::detach::Escape::new(exec.detach_keys.1.clone())),
         detached: detached.clone(),
     };
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let (mut client_in, mut client_out) = tokio::io::split(TokioIo::new(upgraded));
+        let (client_in, mut client_out) = tokio::io::split(TokioIo::new(upgraded));
         if with_stdin {
-            // Client bytes → framed standard input, written on a thread.
-            let (in_tx, mut in_rx) = mpsc::channel::<Frame>(16);
-            std::thread::spawn(move || {
-                while let Some(frame) = in_rx.blocking_recv() {
-                    let eof = frame == Frame::StdinEof;
-                    let sent = guest.lock().is_ok_and(|mut g| write_frame(&mut *g, &frame).is_ok());
-                    if !sent || eof {
-                        return;
-                    }
-                }
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; proto::CHUNK];
-                loop {
-                    let read = client_in.read(&mut buf).await.ok();
-                    let (frame, more) = input.take(read.map(|n| &buf[..n]));
-                    if let Some(frame) = frame {
-                        if in_tx.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
-                    if !more {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(crate::client_input::pump(client_in, input, GuestInput(guest)));
         }
         let mut out_rx = out_rx;
         crate::streams::forward_output(&mut out_rx, &mut client_out, &detached, Some).await;
     });
     hijacked(tty)
+}
+
+/// The agent's exec connection as the sink of the client's input: a
+/// blocking socket (shared with resizes), written off the runtime.
+struct GuestInput(Arc<Mutex<UnixStream>>);
+
+impl crate::client_input::InputSink for GuestInput {
+    async fn send(&mut self, frame: &Frame) -> bool {
+        let (guest, frame) = (self.0.clone(), frame.clone());
+        tokio::task::spawn_blocking(move || guest.lock().is_ok_and(|mut g| write_frame(&mut *g, &frame).is_ok()))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn finish(&mut self, _eof: bool) {}
 }
 
 /// Reads the agent's frames for one exec: output to the client, then the
@@ -368,10 +398,60 @@ fn relay_guest_output(reader: &mut UnixStream, out: &mpsc::Sender<Bytes>, daemon
     }
     // A guest that went away without a status: the container ended under it.
     let code = code.unwrap_or(137);
-    daemon.execs.update(id, |e| {
-        e.running = false;
-        e.exit_code = Some(code);
-        e.guest = None;
-    });
+    daemon.execs.finish(id, code);
     let _ = reader.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(id: &str, container: &str) -> ExecRecord {
+        ExecRecord {
+            id: id.into(),
+            container: container.into(),
+            spec: ProcessSpec {
+                argv: vec!["true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: String::new(),
+                groups: Vec::new(),
+                stdin: false,
+                tty: None,
+            },
+            attach_stdin: false,
+            detach_keys: (String::new(), Vec::new()),
+            running: false,
+            started: false,
+            exit_code: None,
+            pid: 0,
+            guest: None,
+            finished: None,
+        }
+    }
+
+    #[test]
+    fn execs_are_kept_while_inspectable_and_go_with_their_container() {
+        let execs = Execs::default();
+        execs.insert(exec("a", "one"));
+        execs.insert(exec("b", "one"));
+        execs.insert(exec("c", "two"));
+        execs.update("a", |e| e.running = true);
+        execs.update("c", |e| e.running = true);
+        assert_eq!(execs.running_in("one"), ["a"]);
+        execs.finish("a", 3);
+        let a = execs.get("a").unwrap();
+        assert!(!a.running && a.exit_code == Some(3) && a.finished.is_some());
+        assert!(execs.running_in("one").is_empty());
+
+        // One that ended long ago goes when the next is made.
+        execs.update("a", |e| e.finished = Instant::now().checked_sub(FINISHED_KEPT * 2));
+        execs.insert(exec("d", "two"));
+        assert!(execs.get("a").is_err(), "ended long ago");
+        assert!(execs.get("b").is_ok(), "never started: kept");
+
+        execs.forget_container("two");
+        assert!(execs.get("c").is_err() && execs.get("d").is_err());
+        assert!(execs.get("b").is_ok());
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod client_input;
 pub mod commit;
 pub mod containers;
 pub mod create;

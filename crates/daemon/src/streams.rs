@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::api::{blocking, flag, hijacked, stream_type, streaming, ApiError};
+use crate::client_input::{ClientInput, InputSink};
 use crate::daemon::{Daemon, Event};
 
 /// How often a followed log is looked at for new lines.
@@ -283,7 +284,12 @@ pub async fn attach(
                 escape: tty.then(|| crate::detach::Escape::new(escape)),
                 detached: detached.clone(),
             };
-            tokio::spawn(pump_stdin(client_in, dir.clone(), ended.clone(), input));
+            let supervisor = SupervisorInput {
+                dir: dir.clone(),
+                ended: ended.clone(),
+                conn: None,
+            };
+            tokio::spawn(crate::client_input::pump(client_in, input, supervisor));
         }
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let log = dir.log_path();
@@ -328,76 +334,38 @@ pub async fn forward_output<T>(
     let _ = client.shutdown().await;
 }
 
-/// How a client's input is passed on.
-pub struct ClientInput {
-    /// Its end is the process's end of input.
-    pub pass_eof: bool,
-    /// A terminal's: watched for the detach keys.
-    pub escape: Option<crate::detach::Escape>,
-    /// Told when the client typed them.
-    pub detached: Arc<tokio::sync::Notify>,
-}
-
-impl ClientInput {
-    /// What one read of the client's input (`None`: its end, or an error)
-    /// passes on, and whether to read on.
-    pub fn take(&mut self, read: Option<&[u8]>) -> (Option<proto::Frame>, bool) {
-        let Some(bytes) = read.filter(|b| !b.is_empty()) else {
-            return (self.pass_eof.then_some(proto::Frame::StdinEof), false);
-        };
-        let Some(escape) = self.escape.as_mut() else {
-            return (Some(proto::Frame::Stdin(bytes.to_vec())), true);
-        };
-        let (typed, detached) = escape.feed(bytes);
-        if detached {
-            self.detached.notify_one();
-        }
-        ((!typed.is_empty()).then_some(proto::Frame::Stdin(typed)), !detached)
-    }
-}
-
-/// Client bytes → the container's supervisor, framed, as `input` says.
-/// Waits for the supervisor if the container has not started yet.
-async fn pump_stdin(
-    mut client: impl tokio::io::AsyncRead + Unpin,
+/// The container's supervisor as the sink of an attached client's input.
+/// It is reached at the first frame: the container may not have started
+/// yet.
+struct SupervisorInput {
     dir: ContainerDir,
     ended: Arc<AtomicBool>,
-    mut input: ClientInput,
-) {
-    let mut shim: Option<tokio::net::UnixStream> = None;
-    let mut buf = vec![0u8; proto::CHUNK];
-    loop {
-        let read = client.read(&mut buf).await.ok();
-        let (frame, more) = input.take(read.map(|n| &buf[..n]));
-        let Some(frame) = frame else {
-            if more {
-                continue;
+    conn: Option<tokio::net::UnixStream>,
+}
+
+impl InputSink for SupervisorInput {
+    async fn send(&mut self, frame: &proto::Frame) -> bool {
+        while self.conn.is_none() {
+            if self.ended.load(Ordering::SeqCst) {
+                return false;
             }
-            return;
-        };
-        while shim.is_none() {
-            if ended.load(Ordering::SeqCst) {
-                return;
-            }
-            match tokio::net::UnixStream::connect(dir.socket_path()).await {
-                Ok(s) => shim = Some(s),
+            match tokio::net::UnixStream::connect(self.dir.socket_path()).await {
+                Ok(s) => self.conn = Some(s),
                 Err(_) => tokio::time::sleep(FOLLOW_INTERVAL).await,
             }
         }
-        let eof = frame == proto::Frame::StdinEof;
         let mut bytes = Vec::new();
-        if proto::write_frame(&mut bytes, &frame).is_err() {
-            return;
-        }
-        let Some(conn) = shim.as_mut() else { return };
-        if conn.write_all(&bytes).await.is_err() || eof || !more {
+        let Some(conn) = self.conn.as_mut() else { return false };
+        proto::write_frame(&mut bytes, frame).is_ok() && conn.write_all(&bytes).await.is_ok()
+    }
+
+    async fn finish(&mut self, eof: bool) {
+        let Some(conn) = self.conn.as_mut() else { return };
+        let _ = conn.flush().await;
+        if eof {
             // Keep the connection until the supervisor has read the end.
-            let _ = conn.flush().await;
-            if eof {
-                let mut sink = [0u8; 64];
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut sink)).await;
-            }
-            return;
+            let mut sink = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut sink)).await;
         }
     }
 }
