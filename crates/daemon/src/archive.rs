@@ -301,15 +301,29 @@ pub async fn put(
     Ok(empty(StatusCode::OK))
 }
 
+/// The most a `docker diff` holds in hulld (paths and their kinds).
+const MAX_CHANGES_LISTED: usize = 256 << 20;
+
 /// `GET /containers/{id}/changes`: `docker diff`.
 pub async fn changes(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let changes = blocking(move || {
         let reach = reach(&daemon, &id)?;
         let mut conn = open(&reach, Control::Diff)?;
         let mut changes = Vec::new();
+        let mut listed = 0usize;
         loop {
             match read_frame(&mut conn) {
-                Ok(Some(Frame::Control(Control::Changes { changes: part }))) => changes.extend(part),
+                Ok(Some(Frame::Control(Control::Changes { changes: part }))) => {
+                    // The guest says how long the list is: hulld bounds what it holds.
+                    listed = part.iter().fold(listed, |n, c| n.saturating_add(c.path.len() + 16));
+                    if listed > MAX_CHANGES_LISTED {
+                        return Err(ApiError::internal(format!(
+                            "the container's changes are more than hulld lists ({} MiB of paths); docker export reads them all",
+                            MAX_CHANGES_LISTED >> 20
+                        )));
+                    }
+                    changes.extend(part)
+                }
                 Ok(Some(Frame::Control(Control::Exited { .. }))) => break,
                 Ok(other) => {
                     return Err(ApiError::internal(format!(
