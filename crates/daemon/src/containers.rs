@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::api::{blocking, empty, flag, ApiError};
 use crate::create::{valid_name, CreateRequest};
-use crate::daemon::{Daemon, Event};
+use crate::daemon::Daemon;
 use crate::store::{ContainerRecord, StoreError};
 
 /// How long `stop` waits after SIGTERM by default, and after SIGKILL.
@@ -783,7 +783,7 @@ pub async fn wait(
         return Err(ApiError::bad_request(format!("invalid condition: \"{condition}\"")));
     }
     // Listen before looking, so an exit in between is not missed.
-    let mut events = daemon.events.subscribe();
+    let mut events = daemon.events_log.subscribe();
     let lookup_daemon = daemon.clone();
     let (record, state) = blocking(move || lookup(&lookup_daemon, &id)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
@@ -796,12 +796,12 @@ pub async fn wait(
         }
         loop {
             match events.recv().await {
-                Ok(Event::Exited { id, code }) if id == record.id && condition != "removed" => {
-                    let _ = tx.send(Ok(body(code))).await;
+                Ok(e) if e.is_container(&record.id, "die") && condition != "removed" => {
+                    let _ = tx.send(Ok(body(e.exit_code.unwrap_or(255)))).await;
                     return;
                 }
-                Ok(Event::Removed { id, code }) if id == record.id => {
-                    let _ = tx.send(Ok(body(code))).await;
+                Ok(e) if e.is_container(&record.id, "destroy") => {
+                    let _ = tx.send(Ok(body(e.exit_code.unwrap_or(0)))).await;
                     return;
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

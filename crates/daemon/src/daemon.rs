@@ -8,23 +8,13 @@ use std::time::Duration;
 
 use runtime::container::ContainerDir;
 use runtime::network::Policy;
-use tokio::sync::broadcast;
 
 use crate::api::ApiError;
 use crate::store::{ContainerRecord, ContainerStore};
 
-/// What happened to a container, for `wait` and attached streams.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Started { id: String },
-    Exited { id: String, code: i32 },
-    Removed { id: String, code: i32 },
-}
-
 pub struct Daemon {
     pub containers: ContainerStore,
     pub images: Arc<image::Store>,
-    pub events: broadcast::Sender<Event>,
     pub execs: crate::exec::Execs,
     pub events_log: crate::events::EventLog,
     /// The runtime the container watchers (threads) report back to.
@@ -43,7 +33,6 @@ impl Daemon {
         Arc::new(Daemon {
             containers,
             images: Arc::new(images),
-            events: broadcast::channel(1024).0,
             execs: crate::exec::Execs::default(),
             events_log: crate::events::EventLog::default(),
             handle: tokio::runtime::Handle::current(),
@@ -87,6 +76,17 @@ impl Daemon {
     }
 
     pub fn container_event_of(&self, record: &ContainerRecord, action: &str, extra: &[(&str, &str)]) {
+        self.container_event_with_code(record, action, extra, None);
+    }
+
+    /// As `container_event_of`, with the container's exit code (die, destroy).
+    fn container_event_with_code(
+        &self,
+        record: &ContainerRecord,
+        action: &str,
+        extra: &[(&str, &str)],
+        exit_code: Option<i32>,
+    ) {
         let labels: Vec<(String, String)> = record.config["Labels"]
             .as_object()
             .map(|l| {
@@ -98,12 +98,8 @@ impl Daemon {
         let mut attributes: Vec<(&str, &str)> = vec![("name", &record.name), ("image", &record.image)];
         attributes.extend(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         attributes.extend_from_slice(extra);
-        self.events_log.emit("container", action, &record.id, &attributes);
-    }
-
-    fn emit(&self, event: Event) {
-        // Nobody listening is fine.
-        let _ = self.events.send(event);
+        self.events_log
+            .emit_with_code("container", action, &record.id, &attributes, exit_code);
     }
 
     /// After a restart of hulld: watch every container that still runs.
@@ -170,7 +166,6 @@ impl Daemon {
             }
         }
         dir.start()?;
-        self.emit(Event::Started { id: id.to_string() });
         self.container_event(id, "start", &[]);
         self.watch(id);
         Ok(())
@@ -209,11 +204,10 @@ impl Daemon {
             _ => 255,
         };
         tracing::info!("container {id} exited with {code}");
-        self.container_event(&id, "die", &[("exitCode", &code.to_string())]);
-        self.emit(Event::Exited { id: id.clone(), code });
         let Ok(record) = self.containers.find(&id) else {
             return; // removed meanwhile
         };
+        self.container_event_with_code(&record, "die", &[("exitCode", &code.to_string())], Some(code));
         if auto_remove(&record) {
             let daemon = self.clone();
             let _ = crate::api::blocking(move || daemon.remove(&id, code, true)).await;
@@ -261,12 +255,8 @@ impl Daemon {
             crate::volumes::remove_anonymous(self, &volumes);
         }
         if let Some(record) = record {
-            self.container_event_of(&record, "destroy", &[]);
+            self.container_event_with_code(&record, "destroy", &[], Some(code));
         }
-        self.emit(Event::Removed {
-            id: id.to_string(),
-            code,
-        });
         Ok(())
     }
 }

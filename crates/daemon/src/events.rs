@@ -29,6 +29,9 @@ pub struct DockerEvent {
     pub id: String,
     pub attributes: HashMap<String, String>,
     pub time_nano: i128,
+    /// A container's exit code, on its `die` and `destroy`: for hulld's
+    /// waiters (`docker events` shows die's as the `exitCode` attribute).
+    pub exit_code: Option<i32>,
 }
 
 impl DockerEvent {
@@ -44,6 +47,11 @@ impl DockerEvent {
             "time": self.time_nano / 1_000_000_000,
             "timeNano": self.time_nano,
         })
+    }
+
+    /// Whether this is container `id`'s `action`.
+    pub fn is_container(&self, id: &str, action: &str) -> bool {
+        self.kind == "container" && self.id == id && self.action == action
     }
 
     fn seconds(&self) -> f64 {
@@ -67,14 +75,33 @@ impl Default for EventLog {
 }
 
 impl EventLog {
+    /// Events from now on, as they happen: `docker events`, and hulld's
+    /// own waiters (`wait`, an attach's end) on a container's die/destroy.
+    pub fn subscribe(&self) -> broadcast::Receiver<DockerEvent> {
+        self.live.subscribe()
+    }
+
     /// Records `action` on a container or an image with its attributes.
     pub fn emit(&self, kind: &'static str, action: &str, id: &str, attributes: &[(&str, &str)]) {
+        self.emit_with_code(kind, action, id, attributes, None);
+    }
+
+    /// As `emit`, with a container's exit code for hulld's waiters.
+    pub fn emit_with_code(
+        &self,
+        kind: &'static str,
+        action: &str,
+        id: &str,
+        attributes: &[(&str, &str)],
+        exit_code: Option<i32>,
+    ) {
         let event = DockerEvent {
             kind,
             action: action.to_string(),
             id: id.to_string(),
             attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             time_nano: chrono::Utc::now().timestamp_nanos_opt().map_or(0, i128::from),
+            exit_code,
         };
         if let Ok(mut history) = self.history.lock() {
             if history.len() == HISTORY {
@@ -140,7 +167,7 @@ pub async fn stream(State(daemon): State<Arc<Daemon>>, Query(query): Query<Event
         return Err(ApiError::bad_request(format!("invalid filter '{bad}'")));
     }
     // Subscribe before reading the history, so nothing falls between them.
-    let mut live = daemon.events_log.live.subscribe();
+    let mut live = daemon.events_log.subscribe();
     let past: Vec<DockerEvent> = match since {
         Some(since) => daemon
             .events_log

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{blocking, flag, hijacked, stream_type, streaming, ApiError};
 use crate::client_input::{ClientInput, InputSink};
-use crate::daemon::{Daemon, Event};
+use crate::daemon::Daemon;
 
 /// How often a followed log is looked at for new lines.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(10);
@@ -250,7 +250,7 @@ pub async fn attach(
         end_offset(&dir.log_path())
     };
     // Listen before answering, so an exit right after start is not missed.
-    let mut events = daemon.events.subscribe();
+    let mut events = daemon.events_log.subscribe();
     let upgrade = hyper::upgrade::on(&mut request);
     let id = record.id.clone();
     tokio::spawn(async move {
@@ -269,7 +269,7 @@ pub async fn attach(
             tokio::spawn(async move {
                 loop {
                     match events.recv().await {
-                        Ok(Event::Exited { id: e, .. } | Event::Removed { id: e, .. }) if e == id => break,
+                        Ok(e) if e.is_container(&id, "die") || e.is_container(&id, "destroy") => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         _ => {}
                     }
