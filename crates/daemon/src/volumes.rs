@@ -2,8 +2,9 @@
 //! container's create asks of volumes and host directories: `-v
 //! NAME:/path[:ro]` and `-v /host/dir:/path[:ro]` (Binds), `--mount
 //! type=volume|bind,...` (Mounts) and `-v /path` (an anonymous volume). A
-//! volume is an ext4 disk (`runtime::volume`); a host directory is shared
-//! with the VM through virtio-fs (`runtime::bind`).
+//! volume is a shared directory by default, or an ext4 disk with `-o
+//! type=disk` (`runtime::volume`); shared volumes and host directories
+//! reach the VM through virtio-fs (`runtime::bind`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
