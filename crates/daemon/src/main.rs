@@ -59,6 +59,7 @@ fn main() -> Result<()> {
         // Before any thread starts: the runtime and the supervisors read it.
         std::env::set_var("HULL_DATA_DIR", dir);
     }
+    runtime::network::host::load_modules();
     runtime::network::set_address_plan(runtime::network::AddressPlan {
         bip: args.bip,
         pools: args.default_address_pool.clone(),

@@ -65,17 +65,21 @@ impl Guest {
 }
 
 /// Where the static agent is looked for: `HULL_AGENT`, then the build of
-/// `scripts/build-agent` (`target/agent/release/`) beside this binary's target dir.
+/// `scripts/build-agent` (`target/agent/release/`) beside this binary's
+/// target dir, then an installed one (`PREFIX/lib/hull/` for
+/// `PREFIX/bin/hull`, where `scripts/setup` puts it).
 pub fn find_agent() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("HULL_AGENT") {
         return Some(path.into());
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
+    let built = exe
+        .ancestors()
         .skip(1)
         .take(3)
-        .map(|dir| dir.join("agent/release/hull-agent"))
-        .find(|p| p.is_file())
+        .map(|dir| dir.join("agent/release/hull-agent"));
+    let installed = exe.ancestors().nth(2).map(|prefix| prefix.join("lib/hull/hull-agent"));
+    built.chain(installed).find(|p| p.is_file())
 }
 
 /// Fetches the kernel, builds the initramfs around `agent`, records both.

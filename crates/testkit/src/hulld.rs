@@ -20,28 +20,9 @@ pub struct Hulld {
     pub net_name: String,
 }
 
-/// The kernel modules container networks use. A host loads them on
-/// demand; the test host (vmhost) cannot, as its kernel's module helper
-/// runs outside the chroot the tests run in.
+/// The kernel modules container networks use (hulld loads them too).
 pub fn load_network_modules() {
-    let modules = [
-        "tun",
-        "veth",
-        "bridge",
-        "nf_tables",
-        "nft_chain_nat",
-        "nft_nat",
-        "nft_masq",
-        "nft_fib_ipv4",
-        "nft_ct",
-        "nft_meta_bridge",
-        "nf_conntrack_bridge",
-    ];
-    let _ = Command::new("modprobe")
-        .arg("-qa")
-        .args(modules)
-        .stderr(Stdio::null())
-        .status();
+    runtime::network::host::load_modules();
 }
 
 /// A network name no other test hulld of this machine has.

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use netlink::Netlink;
@@ -13,6 +14,31 @@ use super::NetworkRecord;
 
 fn open() -> Result<Netlink, String> {
     Netlink::open().map_err(|e| format!("netlink: {e}"))
+}
+
+/// Loads the kernel modules container networks use, as dockerd does at
+/// its start: a host would load most on demand, but not where the
+/// kernel's module helper cannot run (a chroot such as the test host's,
+/// a host with autoloading off). Missing ones show up later, named.
+pub fn load_modules() {
+    let modules = [
+        "tun",
+        "veth",
+        "bridge",
+        "nf_tables",
+        "nft_chain_nat",
+        "nft_nat",
+        "nft_masq",
+        "nft_fib_ipv4",
+        "nft_ct",
+        "nft_meta_bridge",
+        "nf_conntrack_bridge",
+    ];
+    let _ = Command::new("modprobe")
+        .arg("-qa")
+        .args(modules)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Subnets the host routes already (a new network must not clash with them).
