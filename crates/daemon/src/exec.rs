@@ -47,6 +47,25 @@ pub struct ExecRecord {
     pub finished: Option<Instant>,
 }
 
+impl ExecRecord {
+    /// A new exec, not yet started.
+    fn new(id: &str, container: &str, spec: ProcessSpec, detach_keys: (String, Vec<u8>)) -> ExecRecord {
+        ExecRecord {
+            id: id.to_string(),
+            container: container.to_string(),
+            attach_stdin: spec.stdin,
+            spec,
+            detach_keys,
+            running: false,
+            started: false,
+            exit_code: None,
+            pid: 0,
+            guest: None,
+            finished: None,
+        }
+    }
+}
+
 /// How long an ended exec stays inspectable (dockerd's exec GC runs every
 /// five minutes).
 const FINISHED_KEPT: Duration = Duration::from_secs(300);
@@ -176,19 +195,7 @@ pub async fn create(
             .then(|| crate::create::console_size(body.console_size.as_deref())),
     };
     let id = crate::containers::random_hex(32);
-    let exec = ExecRecord {
-        id: id.clone(),
-        container: record.id,
-        spec,
-        attach_stdin: body.attach_stdin,
-        detach_keys: (body.detach_keys, detach_keys),
-        running: false,
-        started: false,
-        exit_code: None,
-        pid: 0,
-        guest: None,
-        finished: None,
-    };
+    let exec = ExecRecord::new(&id, &record.id, spec, (body.detach_keys, detach_keys));
     daemon.execs.insert(exec);
     Ok((StatusCode::CREATED, Json(json!({ "Id": id }))))
 }
@@ -407,27 +414,16 @@ mod tests {
     use super::*;
 
     fn exec(id: &str, container: &str) -> ExecRecord {
-        ExecRecord {
-            id: id.into(),
-            container: container.into(),
-            spec: ProcessSpec {
-                argv: vec!["true".into()],
-                env: Vec::new(),
-                cwd: "/".into(),
-                user: String::new(),
-                groups: Vec::new(),
-                stdin: false,
-                tty: None,
-            },
-            attach_stdin: false,
-            detach_keys: (String::new(), Vec::new()),
-            running: false,
-            started: false,
-            exit_code: None,
-            pid: 0,
-            guest: None,
-            finished: None,
-        }
+        let spec = ProcessSpec {
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            groups: Vec::new(),
+            stdin: false,
+            tty: None,
+        };
+        ExecRecord::new(id, container, spec, (String::new(), Vec::new()))
     }
 
     #[test]
