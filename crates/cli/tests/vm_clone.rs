@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use testkit::own_dirs::OwnDirs;
+
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "head", "od", "date", "hostname", "test", "true", "sleep", "tr",
 ];
@@ -37,8 +39,17 @@ fn rootfs() -> &'static Path {
     })
 }
 
+/// This test binary's own hull data and run directories: its templates
+/// and VMs, never a host's.
+fn dirs() -> &'static OwnDirs {
+    static DIRS: OnceLock<OwnDirs> = OnceLock::new();
+    DIRS.get_or_init(|| OwnDirs::new(Path::new(env!("CARGO_TARGET_TMPDIR")), "vm_clone"))
+}
+
 fn hull() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hull"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hull"));
+    dirs().apply(&mut command);
+    command
 }
 
 /// How long one `hull` run here may take: two minutes (nothing here should
@@ -126,7 +137,7 @@ fn ok_stdout(out: &Output) -> String {
 }
 
 fn data_dir() -> PathBuf {
-    std::env::var_os("HULL_DATA_DIR").map_or_else(|| "/var/lib/hull".into(), Into::into)
+    dirs().data.clone()
 }
 
 /// The (one) template for the default VM shape.
@@ -152,9 +163,8 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn vmm_processes() -> usize {
-    let out = Command::new("pgrep").args(["-x", "hull-vmm"]).output().unwrap();
-    text(&out.stdout).lines().count()
+fn vmm_processes() -> Vec<(u32, String)> {
+    dirs().vmm_processes()
 }
 
 #[test]
@@ -253,7 +263,7 @@ fn fifty_in_a_row_then_twenty_at_once() {
     for (i, out) in outputs.iter().enumerate() {
         assert_eq!(ok_stdout(out), format!("parallel {i}\n"));
     }
-    assert_eq!(vmm_processes(), 0, "every clone's VMM is gone");
+    assert_eq!(vmm_processes(), [], "every clone's VMM is gone");
     let runs = std::fs::read_dir(data_dir().join("run")).map_or(0, |d| d.count());
     assert_eq!(runs, 0, "every clone's run directory is gone");
 }

@@ -5,6 +5,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use testkit::own_dirs::OwnDirs;
 
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh",
@@ -35,9 +38,16 @@ fn busybox_rootfs(name: &str) -> PathBuf {
     root
 }
 
+/// This test binary's own hull data and run directories: its templates
+/// and VMs, never a host's.
+fn dirs() -> &'static OwnDirs {
+    static DIRS: OnceLock<OwnDirs> = OnceLock::new();
+    DIRS.get_or_init(|| OwnDirs::new(Path::new(env!("CARGO_TARGET_TMPDIR")), "vm_hull_run"))
+}
+
 fn hull(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hull"));
-    command.args(args);
+    dirs().apply(&mut command).args(args);
     command
 }
 
@@ -66,15 +76,13 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn run_dirs() -> usize {
-    let dir = std::env::var("HULL_DATA_DIR").unwrap_or_else(|_| "/var/lib/hull".into());
-    std::fs::read_dir(Path::new(&dir).join("run"))
+    std::fs::read_dir(dirs().data.join("run"))
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
 fn vmm_processes() -> usize {
-    let out = Command::new("pgrep").args(["-x", "hull-vmm"]).output().unwrap();
-    text(&out.stdout).lines().count()
+    dirs().vmm_processes().len()
 }
 
 #[test]
@@ -278,8 +286,7 @@ fn bad_input_gets_clear_errors() {
 
     // A data directory nobody ran `hull setup` in.
     let fresh = std::env::temp_dir().join(format!("hull-run-fresh-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["run", "--rootfs", &root.display().to_string(), "--", "true"])
+    let out = hull(&["run", "--rootfs", &root.display().to_string(), "--", "true"])
         .env("HULL_DATA_DIR", &fresh)
         .output()
         .unwrap();
@@ -314,8 +321,7 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     std::fs::write(data.join("guest.json"), record.to_string()).unwrap();
     let root = busybox_rootfs("panic");
     let rootfs = root.display().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["run", "--cold-boot", "--rootfs", &rootfs, "--", "true"])
+    let out = hull(&["run", "--cold-boot", "--rootfs", &rootfs, "--", "true"])
         .env("HULL_DATA_DIR", &data)
         .output()
         .unwrap();
@@ -324,8 +330,7 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     assert!(stderr.contains("the VM stopped before its agent started"), "{stderr}");
     assert!(stderr.contains("Kernel panic"), "{stderr}");
     // The same guest as a template never reaches its snapshot point.
-    let out = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["run", "--rootfs", &rootfs, "--", "true"])
+    let out = hull(&["run", "--rootfs", &rootfs, "--", "true"])
         .env("HULL_DATA_DIR", &data)
         .output()
         .unwrap();

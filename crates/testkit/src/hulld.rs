@@ -231,17 +231,7 @@ impl Hulld {
     /// `hull-(vmm|shim)`) that name this hulld's data directory, as
     /// hulld, supervisors and VMMs do: "PID: command line" each.
     pub fn processes_of(&self, programs: &str) -> Vec<(u32, String)> {
-        let pattern = format!("{programs} .*{}", self.data.display());
-        let found = Command::new("pgrep").args(["-f", &pattern]).output();
-        let found = found.map(|o| text(&o.stdout)).unwrap_or_default();
-        found
-            .lines()
-            .filter_map(|pid| pid.trim().parse().ok())
-            .map(|pid: u32| {
-                let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                (pid, cmdline.replace('\0', " "))
-            })
-            .collect()
+        crate::own_dirs::processes_naming(programs, &self.data)
     }
 
     /// Asserts that no container of this hulld left a supervisor or VMM.

@@ -9,3 +9,4 @@ pub mod boot;
 pub mod guest;
 pub mod hulld;
 pub mod oci;
+pub mod own_dirs;
