@@ -176,6 +176,8 @@ mod image_bench;
 mod migrate_bench;
 #[path = "hull-bench/net_bench.rs"]
 mod net_bench;
+#[path = "hull-bench/podman_peer.rs"]
+mod podman_peer;
 
 pub(crate) fn print_line(what: &str, s: &Summary) {
     println!(

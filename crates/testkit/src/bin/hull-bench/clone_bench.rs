@@ -3,8 +3,8 @@
 //! In one run, one environment (inside vmhost where KVM is not hardware):
 //! `hull run IMAGE true` cloned (its VMM jailed, and with `HULL_JAIL=0`)
 //! and `--cold-boot`; restore to agent-ready alone, jailed and not; clones started per second with 20 at once; Pss and Private_Dirty
-//! per idle clone; `podman run --rm` of the same rootfs (a plain container,
-//! no VM) and a QEMU-KVM cold boot of the same kernel as peers.
+//! per idle clone; `podman run --rm --network=none` of the same rootfs as an
+//! image in podman's overlay store (a plain container, no VM) and a QEMU-KVM cold boot of the same kernel as peers.
 
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -99,7 +99,7 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
     // The same root filesystem as a directory, for podman.
     let rootfs = work.join("rootfs");
     unpack_rootfs(&disk, &rootfs)?;
-    let podman = podman_available();
+    let podman = crate::podman_peer::Podman::with_rootfs(work, &rootfs)?;
 
     let (mut cloned, mut unjailed, mut cold, mut peer_podman) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 1..=options.runs {
@@ -107,8 +107,9 @@ fn measure(work: &Path, data: &Path, kernel: &debkernel::KernelPackage, options:
         cloned.push(timed(hull(data)?.args(["run", &id, "true"]))?);
         unjailed.push(timed(hull(data)?.env("HULL_JAIL", "0").args(["run", &id, "true"]))?);
         cold.push(timed(hull(data)?.args(["run", "--cold-boot", &id, "true"]))?);
-        if podman {
-            peer_podman.push(timed(Command::new("podman").args(podman_args(work, &rootfs)))?);
+        // hull run has no network: neither has the peer.
+        if let Some(podman) = &podman {
+            peer_podman.push(timed(&mut podman.run_rm(false, &["true"]))?);
         }
     }
 
@@ -311,38 +312,6 @@ pub(crate) fn unpack_rootfs(disk: &Path, dest: &Path) -> Result<()> {
         bail!("debugfs rdump of {} failed", disk.display());
     }
     Ok(())
-}
-
-pub(crate) fn podman_available() -> bool {
-    Command::new("podman")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// podman's global options: its own storage under `work` (vfs: the test
-/// host's root is itself an overlay) and no systemd.
-pub(crate) fn podman_base_args(work: &Path) -> Vec<String> {
-    let dir = |name: &str| work.join(name).display().to_string();
-    vec![
-        "--root".into(),
-        dir("podman-root"),
-        "--runroot".into(),
-        dir("podman-run"),
-        "--storage-driver=vfs".into(),
-        "--cgroup-manager=cgroupfs".into(),
-        "--events-backend=file".into(),
-    ]
-}
-
-/// `podman run --rm` of `rootfs`, no network.
-pub(crate) fn podman_args(work: &Path, rootfs: &Path) -> Vec<String> {
-    let mut args = podman_base_args(work);
-    args.extend(["run", "--rm", "--network=none", "--rootfs"].map(String::from));
-    args.extend([rootfs.display().to_string(), "true".into()]);
-    args
 }
 
 /// hull-vmm restores of one template, each with its own writable disk and

@@ -400,25 +400,12 @@ fn podman_http(work: &Path, image: &str, hulld: &Hulld) -> Result<(f64, f64, f64
     let rootfs = work.join("podman-rootfs");
     crate::clone_bench::unpack_rootfs(&image::disk::image_disk(&store, &record)?, &rootfs)?;
     let serve = "busybox mkdir -p /www && echo hello > /www/index.html && exec busybox httpd -f -p 80 -h /www";
-    // podman's CNI bridge writes iptables rules (through nft_compat) with
-    // these matches; the test host cannot load modules on demand.
-    let _ = Command::new("modprobe")
-        .args([
-            "-qa",
-            "nft_compat",
-            "xt_comment",
-            "xt_conntrack",
-            "xt_MASQUERADE",
-            "xt_mark",
-            "xt_multiport",
-        ])
-        .args(["xt_addrtype", "xt_nat", "xt_tcpudp", "iptable_nat", "iptable_filter"])
-        .status();
-    let base = crate::clone_bench::podman_base_args(work);
-    let out = Command::new("podman")
-        .args(&base)
-        .args(["run", "-d", "--name", "benchweb", "-p", "18081:80", "--rootfs"])
-        .arg(&rootfs)
+    let Some(podman) = crate::podman_peer::Podman::with_rootfs(work, &rootfs)? else {
+        bail!("podman is not installed here");
+    };
+    let out = podman
+        .command()
+        .args(["run", "-d", "--name", "benchweb", "-p", "18081:80", podman.image()])
         .args(["sh", "-c", serve])
         .output()?;
     if !out.status.success() {
@@ -431,9 +418,6 @@ fn podman_http(work: &Path, image: &str, hulld: &Hulld) -> Result<(f64, f64, f64
             .is_ok_and(|s| s.success())
     })
     .and_then(|_| wrk("http://127.0.0.1:18081/", work));
-    let _ = Command::new("podman")
-        .args(&base)
-        .args(["rm", "-f", "benchweb"])
-        .output();
+    let _ = podman.command().args(["rm", "-f", "benchweb"]).output();
     result
 }
