@@ -381,6 +381,8 @@ impl Restore {
         }
         // The template's NIC slots, plugged into nothing (as for `--network none`).
         command.arg("--net-slots").arg(vmm::vm::MAX_NICS.to_string());
+        // And its virtio-fs device, sharing nothing (a container without binds).
+        command.arg("--fs");
         let child = command
             .arg("--vsock-uds")
             .arg(&uds)
