@@ -32,11 +32,10 @@ use crate::streams::multiplexed;
 pub struct ExecRecord {
     pub id: String,
     pub container: String,
+    /// `spec.stdin`: the client sends standard input (`OpenStdin`).
     pub spec: ProcessSpec,
-    pub attach_stdin: bool,
     /// As the client wrote them, and as read (Docker's default if none).
     pub detach_keys: (String, Vec<u8>),
-    pub running: bool,
     pub started: bool,
     pub exit_code: Option<i32>,
     pub pid: u32,
@@ -48,15 +47,20 @@ pub struct ExecRecord {
 }
 
 impl ExecRecord {
+    /// Started and not yet ended.
+    pub fn running(&self) -> bool {
+        self.started && self.finished.is_none()
+    }
+}
+
+impl ExecRecord {
     /// A new exec, not yet started.
     fn new(id: &str, container: &str, spec: ProcessSpec, detach_keys: (String, Vec<u8>)) -> ExecRecord {
         ExecRecord {
             id: id.to_string(),
             container: container.to_string(),
-            attach_stdin: spec.stdin,
             spec,
             detach_keys,
-            running: false,
             started: false,
             exit_code: None,
             pid: 0,
@@ -87,7 +91,6 @@ impl Execs {
     /// Records the end of an exec's process.
     fn finish(&self, id: &str, code: i32) {
         self.update(id, |e| {
-            e.running = false;
             e.exit_code = Some(code);
             e.guest = None;
             e.finished = Some(Instant::now());
@@ -99,7 +102,7 @@ impl Execs {
         let Ok(execs) = self.0.lock() else { return Vec::new() };
         let mut ids: Vec<String> = execs
             .values()
-            .filter(|e| e.container == container && e.running)
+            .filter(|e| e.container == container && e.running())
             .map(|e| e.id.clone())
             .collect();
         ids.sort();
@@ -205,10 +208,10 @@ pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) 
     Ok(Json(json!({
         "ID": e.id,
         "ContainerID": e.container,
-        "Running": e.running,
+        "Running": e.running(),
         "ExitCode": e.exit_code,
         "Pid": e.pid,
-        "OpenStdin": e.attach_stdin,
+        "OpenStdin": e.spec.stdin,
         "OpenStdout": true,
         "OpenStderr": true,
         "CanRemove": false,
@@ -231,7 +234,8 @@ pub async fn resize(
 ) -> Result<Response, ApiError> {
     let size = query.size()?;
     let exec = daemon.execs.get(&id)?;
-    let (Some(guest), true) = (exec.guest, exec.running) else {
+    let running = exec.running();
+    let (Some(guest), true) = (exec.guest, running) else {
         return Err(ApiError::conflict(format!("exec {id} is not running")));
     };
     if exec.spec.tty.is_some() {
@@ -291,10 +295,7 @@ pub async fn start(
     if exec.started {
         return Err(ApiError::conflict(format!("exec {id} has already been started")));
     }
-    daemon.execs.update(&id, |e| {
-        e.started = true;
-        e.running = true;
-    });
+    daemon.execs.update(&id, |e| e.started = true);
     let dir = ContainerDir::new(&exec.container);
     let spec = exec.spec.clone();
     let guest = blocking(move || {
@@ -334,7 +335,7 @@ pub async fn start(
     let guest = Arc::new(Mutex::new(guest));
     daemon.execs.update(&id, |e| e.guest = Some(guest.clone()));
     let upgrade = hyper::upgrade::on(&mut request);
-    let with_stdin = exec.attach_stdin;
+    let with_stdin = exec.spec.stdin;
     // As for an attach: a terminal's input is watched for the detach keys
     // and its end is not the process's.
     let detached = Arc::new(tokio::sync::Notify::new());
@@ -432,12 +433,12 @@ mod tests {
         execs.insert(exec("a", "one"));
         execs.insert(exec("b", "one"));
         execs.insert(exec("c", "two"));
-        execs.update("a", |e| e.running = true);
-        execs.update("c", |e| e.running = true);
+        execs.update("a", |e| e.started = true);
+        execs.update("c", |e| e.started = true);
         assert_eq!(execs.running_in("one"), ["a"]);
         execs.finish("a", 3);
         let a = execs.get("a").unwrap();
-        assert!(!a.running && a.exit_code == Some(3) && a.finished.is_some());
+        assert!(!a.running() && a.exit_code == Some(3) && a.finished.is_some());
         assert!(execs.running_in("one").is_empty());
 
         // One that ended long ago goes when the next is made.

@@ -20,11 +20,6 @@ pub struct Hulld {
     pub net_name: String,
 }
 
-/// The kernel modules container networks use (hulld loads them too).
-pub fn load_network_modules() {
-    runtime::network::host::load_modules();
-}
-
 /// A network name no other test hulld of this machine has.
 fn unique_net_name() -> String {
     static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -40,7 +35,7 @@ impl Hulld {
 
     /// The same, with more of hulld's arguments (`--tls-listen`, …).
     pub fn start_with(name: &str, extra_args: &[&str]) -> Result<Hulld> {
-        load_network_modules();
+        runtime::network::host::load_modules();
         let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let data = work.join("data");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use testkit::bench::{self, Summary};
-use testkit::hulld::{load_network_modules, Hulld};
+use testkit::hulld::Hulld;
 use testkit::oci::{busybox_image_with, host_programs_layer, push_image, Registry};
 use vmm::host::HostKvm;
 
@@ -93,7 +93,7 @@ pub fn net_bench(runs: usize) -> Result<()> {
         inside_vmhost(vec!["net".into(), "--runs".into(), runs.to_string()])?;
         return Ok(());
     }
-    load_network_modules();
+    runtime::network::host::load_modules();
     let hulld = Hulld::start("bench-net")?;
     let registry = Registry::start("bench-net", None)?;
     let image = push_image(
