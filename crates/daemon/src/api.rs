@@ -111,6 +111,23 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("internal task failed: {e}")))?
 }
 
+/// The largest request body read whole (JSON configs); archives and images
+/// are streamed instead, without a size limit, as dockerd does.
+const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// How long a streamed upload (a tarball) may pause between two chunks.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The next chunk of a streamed upload; an error when the client's body
+/// breaks off or stalls for longer than `UPLOAD_IDLE`.
+pub async fn next_chunk(body: &mut axum::body::BodyDataStream) -> Option<Result<axum::body::Bytes, String>> {
+    use futures_util::StreamExt;
+    match tokio::time::timeout(UPLOAD_IDLE, body.next()).await {
+        Ok(chunk) => chunk.map(|c| c.map_err(|e| e.to_string())),
+        Err(_) => Some(Err(format!("the client sent nothing for {} s", UPLOAD_IDLE.as_secs()))),
+    }
+}
+
 pub fn router(daemon: Arc<Daemon>) -> Router {
     use crate::{archive, containers, events, exec, images, monitor, networking, networks, streams, system, volumes};
     Router::new()
@@ -177,6 +194,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .fallback(|request: Request| async move {
             ApiError::not_found(format!("page not found: {} {}", request.method(), request.uri().path()))
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)
 }
 
@@ -210,6 +228,14 @@ pub async fn dispatch(router: Router, mut request: Request) -> Result<Response, 
         Ok(response) => response,
         Err(never) => match never {},
     };
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's own refusal is plain text; clients expect Docker's JSON.
+        let refusal = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large: at most {MAX_BODY_BYTES} bytes"),
+        );
+        return Ok(with_headers(refusal.into_response()));
+    }
     Ok(with_headers(response))
 }
 

@@ -17,7 +17,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use base64::Engine;
-use futures_util::StreamExt;
 use proto::{read_frame, write_frame, ArchiveOp, Control, Frame, PathStat};
 use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
@@ -26,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{blocking, empty, flag, streaming, ApiError};
 use crate::daemon::Daemon;
+use crate::slots::StreamSlot;
 
 /// The header `docker cp` reads a path's description from.
 const PATH_STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
@@ -188,9 +188,10 @@ pub async fn stat(
 
 /// Streams an archive operation's output as the response body (a held
 /// VM lives until the stream ends).
-fn stream_tar(reach: Reach, request: Control, what: String) -> Response {
+fn stream_tar(reach: Reach, request: Control, what: String, slot: StreamSlot) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut conn = match open(&reach, request) {
             Ok(conn) => conn,
             Err(e) => return tracing::warn!("{what}: {e:?}"),
@@ -212,6 +213,7 @@ pub async fn get(
     Query(query): Query<ArchiveQuery>,
 ) -> Result<Response, ApiError> {
     let path = query.path()?;
+    let slot = daemon.streams.take_with_thread()?;
     let (reach, header) = blocking({
         let path = path.clone();
         move || {
@@ -222,16 +224,17 @@ pub async fn get(
     })
     .await?;
     let what = format!("copying {path} out of {}", reach.id());
-    let mut response = stream_tar(reach, Control::Archive(ArchiveOp::Get { path }), what);
+    let mut response = stream_tar(reach, Control::Archive(ArchiveOp::Get { path }), what, slot);
     response.headers_mut().insert(PATH_STAT_HEADER, header);
     Ok(response)
 }
 
 /// `GET /containers/{id}/export`: the whole root filesystem as a tar stream.
 pub async fn export(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let slot = daemon.streams.take_with_thread()?;
     let reach = blocking(move || reach(&daemon, &id)).await?;
     let what = format!("exporting {}", reach.id());
-    Ok(stream_tar(reach, Control::Archive(ArchiveOp::Export), what))
+    Ok(stream_tar(reach, Control::Archive(ArchiveOp::Export), what, slot))
 }
 
 /// `PUT /containers/{id}/archive`: unpacks the request's tar stream into
@@ -277,7 +280,7 @@ pub async fn put(
     });
     let mut body = request.into_body().into_data_stream();
     let mut body_error = None;
-    while let Some(chunk) = body.next().await {
+    while let Some(chunk) = crate::api::next_chunk(&mut body).await {
         match chunk {
             Ok(data) => {
                 if tx.send(data).await.is_err() {
@@ -285,7 +288,7 @@ pub async fn put(
                 }
             }
             Err(e) => {
-                body_error = Some(e.to_string());
+                body_error = Some(e);
                 break;
             }
         }

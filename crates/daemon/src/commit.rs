@@ -13,7 +13,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use image::commit::{NewImage, NewImageError};
 use image::ImageRef;
 use serde_json::{json, Map, Value};
@@ -235,7 +234,7 @@ pub async fn import(daemon: Arc<Daemon>, query: Option<String>, body: Body) -> R
             // Read the tarball to its end first: a client still sending it
             // would see a broken pipe instead of the answer.
             let mut stream = body.into_data_stream();
-            while let Some(Ok(_)) = stream.next().await {}
+            while let Some(Ok(_)) = crate::api::next_chunk(&mut stream).await {}
             return Err(e);
         }
     };
@@ -288,7 +287,7 @@ async fn receive(body: Body, path: &std::path::Path) -> Result<(), ApiError> {
         .await
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", path.display())))?;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = crate::api::next_chunk(&mut stream).await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the tarball: {e}")))?;
         tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
             .await

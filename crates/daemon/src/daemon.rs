@@ -26,10 +26,14 @@ pub struct Daemon {
     restarting: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Running containers' healthchecks.
     pub health: crate::health::HealthStates,
+    /// Places for long-lived streams (`logs -f`, attach, events…).
+    pub streams: crate::slots::StreamSlots,
+    /// Wakes log followers when a container's log grows.
+    pub log_watcher: crate::follow::LogWatcher,
 }
 
 impl Daemon {
-    pub fn new(containers: ContainerStore, images: image::Store) -> Arc<Daemon> {
+    pub fn new(containers: ContainerStore, images: image::Store, streams: crate::slots::StreamSlots) -> Arc<Daemon> {
         Arc::new(Daemon {
             containers,
             images: Arc::new(images),
@@ -39,6 +43,8 @@ impl Daemon {
             dns: crate::dns::DnsServers::default(),
             restarting: Default::default(),
             health: Default::default(),
+            streams,
+            log_watcher: crate::follow::LogWatcher::start(),
         })
     }
 

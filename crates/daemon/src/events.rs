@@ -166,6 +166,7 @@ pub async fn stream(State(daemon): State<Arc<Daemon>>, Query(query): Query<Event
     {
         return Err(ApiError::bad_request(format!("invalid filter '{bad}'")));
     }
+    let slot = daemon.streams.take()?;
     // Subscribe before reading the history, so nothing falls between them.
     let mut live = daemon.events_log.subscribe();
     let past: Vec<DockerEvent> = match since {
@@ -179,6 +180,7 @@ pub async fn stream(State(daemon): State<Arc<Daemon>>, Query(query): Query<Event
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
+        let _slot = slot;
         let line = |e: &DockerEvent| Ok(Bytes::from(format!("{}\n", e.to_json())));
         let mut last_seen = 0i128;
         for event in &past {
@@ -201,7 +203,12 @@ pub async fn stream(State(daemon): State<Arc<Daemon>>, Query(query): Query<Event
                 }
                 None => Duration::from_secs(3600),
             };
-            match tokio::time::timeout(remaining, live.recv()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(remaining, live.recv()) => next,
+                // The client went away.
+                _ = tx.closed() => return,
+            };
+            match next {
                 Ok(Ok(event)) => {
                     // Already sent from the history.
                     if event.time_nano <= last_seen {
@@ -214,11 +221,7 @@ pub async fn stream(State(daemon): State<Arc<Daemon>>, Query(query): Query<Event
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => return,
                 Err(_) if until.is_some() => return,
-                Err(_) => {
-                    if tx.is_closed() {
-                        return;
-                    }
-                }
+                Err(_) => {}
             }
         }
     });

@@ -295,6 +295,9 @@ pub async fn start(
     if exec.started {
         return Err(ApiError::conflict(format!("exec {id} has already been started")));
     }
+    // The guest's output is relayed by a thread for the exec's whole life.
+    let slot = daemon.streams.take_with_thread()?;
+    let conn = request.extensions().get::<crate::listen::ConnFd>().copied();
     daemon.execs.update(&id, |e| e.started = true);
     let dir = ContainerDir::new(&exec.container);
     let spec = exec.spec.clone();
@@ -323,7 +326,10 @@ pub async fn start(
         let daemon = daemon.clone();
         let id = id.clone();
         let mut reader = guest.try_clone().map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || relay_guest_output(&mut reader, &out_tx, &daemon, &id, tty));
+        tokio::task::spawn_blocking(move || {
+            relay_guest_output(&mut reader, &out_tx, &daemon, &id, tty);
+            drop(slot);
+        });
     }
     if start.detach {
         tokio::spawn(async move {
@@ -351,7 +357,7 @@ pub async fn start(
             tokio::spawn(crate::client_input::pump(client_in, input, GuestInput(guest)));
         }
         let mut out_rx = out_rx;
-        crate::streams::forward_output(&mut out_rx, &mut client_out, &detached, Some).await;
+        crate::streams::forward_output(&mut out_rx, &mut client_out, &detached, conn, Some).await;
     });
     hijacked(tty)
 }

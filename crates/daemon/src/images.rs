@@ -308,11 +308,13 @@ async fn save(daemon: Arc<Daemon>, names: Vec<String>) -> Result<Response, ApiEr
     if names.is_empty() {
         return Err(ApiError::bad_request("no image names given"));
     }
+    let slot = daemon.streams.take_with_thread()?;
     let store = daemon.images.clone();
     let items = blocking(move || Ok(image::save::select(&store, &names)?)).await?;
     let (tx, rx) = mpsc::channel(16);
     let store = daemon.images.clone();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let writer = std::io::BufWriter::with_capacity(256 * 1024, BodyWriter(tx.clone()));
         if let Err(e) = image::save::save(&store, &items, writer) {
             tracing::warn!("saving images: {e}");
@@ -376,11 +378,10 @@ async fn receive_and_load(
     scratch: &std::path::Path,
     request: axum::extract::Request,
 ) -> Result<Vec<image::load::Loaded>, ApiError> {
-    use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let mut file = tokio::fs::File::create(scratch).await.map_err(ApiError::internal)?;
     let mut body = request.into_body().into_data_stream();
-    while let Some(chunk) = body.next().await {
+    while let Some(chunk) = crate::api::next_chunk(&mut body).await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the archive: {e}")))?;
         file.write_all(&chunk).await.map_err(ApiError::internal)?;
     }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use daemon::{api, dns, store, tls};
+use daemon::listen::{self, ClientLimits, Connections};
+use daemon::{api, dns, slots, store, tls};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +48,18 @@ struct Args {
     /// default 172.17-20.0.0/16, 10.88-89.0.0/16, 192.168.200.0/24).
     #[arg(long, value_name = "base=CIDR,size=N", value_parser = runtime::network::AddressPlan::parse_pool)]
     default_address_pool: Vec<(ipnet::Ipv4Net, u8)>,
+    /// How many clients may hold a long-lived stream at once (`logs -f`,
+    /// `attach`, `events`, `stats`, `exec`); the next one gets a 503.
+    #[arg(long, value_name = "N", default_value_t = slots::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_streams: u32,
+    /// How many connections the TLS listener takes at once (the unix
+    /// socket takes a stream's worth more than --max-streams).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Seconds a client has to send a request's head, and an idle
+    /// keep-alive connection stays open.
+    #[arg(long, value_name = "SECONDS", default_value_t = listen::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    header_timeout: u64,
 }
 
 /// The API socket's group when there is one of this name (dockerd's is `docker`).
@@ -68,6 +81,7 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HULL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    listen::raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -81,7 +95,7 @@ async fn serve(args: Args) -> Result<()> {
         .with_context(|| format!("making the data directory {}", runtime::data_dir().display()))?;
     let containers = store::ContainerStore::open(&data.join("hulld.redb"))?;
     let images = image::Store::open(&data).context("opening the image store")?;
-    let daemon = daemon::daemon::Daemon::new(containers, images);
+    let daemon = daemon::daemon::Daemon::new(containers, images, slots::StreamSlots::new(args.max_streams as usize));
     let running = daemon.recover().map_err(|e| anyhow::anyhow!(e.message))?;
     dns::start_all(&daemon);
 
@@ -106,32 +120,39 @@ async fn serve(args: Args) -> Result<()> {
         data.display()
     );
     let router = api::router(daemon);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let header_timeout = std::time::Duration::from_secs(args.header_timeout);
     if let Some((address, config)) = tls {
         // Bound before the unix socket answers, so a started hulld serves both.
         let tcp = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;
         tracing::info!("also serving tcp://{address} (TLS, client certificates required)");
-        let router = router.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tls::serve(tcp, config, router).await {
-                tracing::error!("the TLS listener stopped: {e:#}");
-            }
-        });
+        let limits = ClientLimits {
+            header_timeout,
+            max_connections: args.max_connections as usize,
+        };
+        tokio::spawn(tls::serve(
+            tcp,
+            config,
+            Connections::new(router.clone(), limits, stopping.clone()),
+        ));
     }
-    let service = tower::service_fn(move |request| api::dispatch(router.clone(), request));
-    let shutdown = async {
+    tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
         tracing::info!("hulld stopping; containers keep running");
+        let _ = stop.send(true);
+    });
+    let limits = ClientLimits {
+        header_timeout,
+        // Every stream may hold a connection, and others still get in.
+        max_connections: args.max_streams as usize + 1024,
     };
-    axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+    listen::serve_unix(listener, Connections::new(router, limits, stopping)).await;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

@@ -208,31 +208,50 @@ pub async fn stats(
 ) -> Result<Response, ApiError> {
     let stream = query.stream.as_deref().is_none_or(|s| s == "1" || s == "true");
     let one_shot = crate::api::flag(&query.one_shot);
-    let record = blocking(move || Ok(daemon.containers.find(&id)?)).await?;
+    let lookup = daemon.clone();
+    let record = blocking(move || Ok(lookup.containers.find(&id)?)).await?;
     let dir = ContainerDir::new(&record.id);
     let memory_limit = dir.spec().map_or(0, |s| s.memory_mib * 1024 * 1024);
+    let slot = match stream {
+        true => Some(daemon.streams.take()?),
+        false => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(2);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
+        let _slot = slot;
+        let sampled = |dir: &ContainerDir| {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || (sample(&dir), dir.is_running()))
+        };
         let mut before = None;
         let mut first = None;
         if !stream && !one_shot {
             let started = std::time::Instant::now();
-            let early = sample(&dir);
+            let Ok((early, _)) = sampled(&dir).await else { return };
             if started.elapsed() < SECOND_SAMPLE_BUDGET {
                 before = Some(early);
-                std::thread::sleep(ONE_DOCUMENT_INTERVAL.saturating_sub(started.elapsed()));
+                tokio::time::sleep(ONE_DOCUMENT_INTERVAL.saturating_sub(started.elapsed())).await;
             } else {
                 first = Some(early);
             }
         }
         loop {
-            let now = first.take().unwrap_or_else(|| sample(&dir));
+            let (now, running) = match first.take() {
+                Some(now) => (now, true),
+                None => match sampled(&dir).await {
+                    Ok(sampled) => sampled,
+                    Err(_) => return,
+                },
+            };
             let document = stats_json(&record, memory_limit, &now, before.as_ref());
-            if tx.blocking_send(Ok(format!("{document}\n"))).is_err() || !stream || !dir.is_running() {
+            if tx.send(Ok(format!("{document}\n"))).await.is_err() || !stream || !running {
                 return;
             }
             before = Some(now);
-            std::thread::sleep(STATS_INTERVAL);
+            tokio::select! {
+                _ = tokio::time::sleep(STATS_INTERVAL) => {}
+                _ = tx.closed() => return,
+            }
         }
     });
     Ok(streaming(

@@ -25,8 +25,9 @@ use crate::api::{blocking, flag, hijacked, stream_type, streaming, ApiError};
 use crate::client_input::{ClientInput, InputSink};
 use crate::daemon::Daemon;
 
-/// How often a followed log is looked at for new lines.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(10);
+/// How often an attached client's input waits for the container's
+/// supervisor to be reachable (right after start).
+const CONNECT_RETRY: Duration = Duration::from_millis(10);
 
 type Chunks = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
@@ -136,7 +137,8 @@ pub async fn logs(
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let record = blocking(move || Ok(daemon.containers.find(&id)?)).await?;
+    let lookup = daemon.clone();
+    let record = blocking(move || Ok(lookup.containers.find(&id)?)).await?;
     if record.host_config.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("none") {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -145,30 +147,34 @@ pub async fn logs(
     }
     let (selection, tail) = query.selection(record.config["Tty"].as_bool() == Some(true))?;
     let follow = flag(&query.follow);
-    let (tx, rx) = mpsc::channel(64);
+    let slot = match follow {
+        true => Some(daemon.streams.take()?),
+        false => None,
+    };
     let dir = ContainerDir::new(&record.id);
-    tokio::task::spawn_blocking(move || {
-        // Right after `start` the supervisor may not have opened the log
-        // yet: a follower waits for it while the container runs.
-        let (entries, mut reader) = loop {
-            match LogReader::read_all(&dir.log_path()) {
-                Ok((entries, Some(reader))) => break (entries, reader),
-                Ok((_, None)) if follow && dir.is_running() && !tx.is_closed() => std::thread::sleep(FOLLOW_INTERVAL),
-                _ => return,
-            }
-        };
+    // Listen before reading, so an end meanwhile is not missed.
+    let ending = Ending::new(&daemon, &record.id, Some(dir.clone()));
+    let watch = daemon.log_watcher.watch(&dir.path);
+    let (first, reader) = blocking(move || {
+        let (entries, reader) = LogReader::read_all(&dir.log_path()).map_err(ApiError::internal)?;
         let mut first: Vec<Vec<u8>> = entries.iter().filter_map(|e| selection.encode(e)).collect();
         if let Some(n) = tail {
             first.drain(..first.len().saturating_sub(n));
         }
+        let follow = follow && dir.is_running();
+        Ok((first, follow.then_some((reader, dir, selection))))
+    })
+    .await?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
         for chunk in first {
-            if tx.blocking_send(Ok(chunk.into())).is_err() {
+            if tx.send(Ok(chunk.into())).await.is_err() {
                 return;
             }
         }
-        if follow {
-            let ended = || !dir.is_running();
-            follow_log(&mut reader, &selection, &tx, &ended);
+        if let Some((reader, dir, selection)) = reader {
+            let _slot = slot;
+            follow_log(reader, &dir.log_path(), 0, &selection, &tx, watch, ending).await;
         }
     });
     Ok(streaming(
@@ -177,24 +183,84 @@ pub async fn logs(
     ))
 }
 
-/// Sends new entries as they are written until `ended()` (then what is left)
-/// or until the client goes away.
-fn follow_log(reader: &mut LogReader, selection: &Selection, tx: &Chunks, ended: &dyn Fn() -> bool) {
+/// When a follower is done: its container's die or destroy event, or (for
+/// `logs -f`, whose container was running) a look now and then that finds
+/// it no longer running.
+struct Ending {
+    events: tokio::sync::broadcast::Receiver<crate::events::DockerEvent>,
+    id: String,
+    running: Option<ContainerDir>,
+    over: bool,
+}
+
+/// How often a `logs -f` follower checks that its container still runs,
+/// beside its events.
+const RUNNING_CHECK: Duration = Duration::from_secs(5);
+
+impl Ending {
+    fn new(daemon: &Daemon, id: &str, running: Option<ContainerDir>) -> Ending {
+        Ending {
+            events: daemon.events_log.subscribe(),
+            id: id.to_string(),
+            running,
+            over: false,
+        }
+    }
+
+    /// Waits for the next sign of the end.
+    async fn wait(&mut self) {
+        use tokio::sync::broadcast::error::RecvError;
+        tokio::select! {
+            event = self.events.recv() => match event {
+                Ok(e) => self.over = e.is_container(&self.id, "die") || e.is_container(&self.id, "destroy"),
+                Err(RecvError::Closed) => self.over = true,
+                Err(RecvError::Lagged(_)) => self.check(),
+            },
+            _ = tokio::time::sleep(RUNNING_CHECK), if self.running.is_some() => self.check(),
+        }
+    }
+
+    fn check(&mut self) {
+        if let Some(dir) = &self.running {
+            self.over = !dir.is_running();
+        }
+    }
+}
+
+/// Sends a log's new entries as they are written until `ending` says the
+/// container ended (then what is left) or the client goes away. `reader`
+/// is opened at `offset` of `log` once the log exists.
+async fn follow_log(
+    reader: impl Into<Option<LogReader>>,
+    log: &std::path::Path,
+    offset: u64,
+    selection: &Selection,
+    tx: &Chunks,
+    mut watch: crate::follow::LogWatch,
+    mut ending: Ending,
+) {
+    let mut reader = reader.into();
     loop {
-        let over = ended();
-        let entries = reader.read_new();
-        for entry in &entries {
-            if let Some(chunk) = selection.encode(entry) {
-                if tx.blocking_send(Ok(chunk.into())).is_err() {
-                    return;
+        let over = ending.over;
+        if reader.is_none() {
+            reader = LogReader::open(log, offset).ok().flatten();
+        }
+        if let Some(reader) = reader.as_mut() {
+            for entry in reader.read_new() {
+                if let Some(chunk) = selection.encode(&entry) {
+                    if tx.send(Ok(chunk.into())).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
-        if over || tx.is_closed() {
+        if over {
             return;
         }
-        if entries.is_empty() {
-            std::thread::sleep(FOLLOW_INTERVAL);
+        tokio::select! {
+            _ = watch.grown() => {}
+            _ = ending.wait() => {}
+            _ = tx.closed() => return,
         }
     }
 }
@@ -249,8 +315,12 @@ pub async fn attach(
     } else {
         end_offset(&dir.log_path())
     };
+    let slot = daemon.streams.take()?;
     // Listen before answering, so an exit right after start is not missed.
     let mut events = daemon.events_log.subscribe();
+    let ending = Ending::new(&daemon, &record.id, None);
+    let watch = daemon.log_watcher.watch(&dir.path);
+    let conn = request.extensions().get::<crate::listen::ConnFd>().copied();
     let upgrade = hyper::upgrade::on(&mut request);
     let id = record.id.clone();
     tokio::spawn(async move {
@@ -263,7 +333,7 @@ pub async fn attach(
         };
         let (client_in, mut client_out) = tokio::io::split(TokioIo::new(upgraded));
         let ended = Arc::new(AtomicBool::new(false));
-        {
+        let end_watcher = {
             let ended = ended.clone();
             let id = id.clone();
             tokio::spawn(async move {
@@ -275,8 +345,8 @@ pub async fn attach(
                     }
                 }
                 ended.store(true, Ordering::SeqCst);
-            });
-        }
+            })
+        };
         let detached = Arc::new(tokio::sync::Notify::new());
         if with_stdin {
             let input = ClientInput {
@@ -292,39 +362,55 @@ pub async fn attach(
             tokio::spawn(crate::client_input::pump(client_in, input, supervisor));
         }
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-        let log = dir.log_path();
-        let output_ended = ended.clone();
-        let over = move || !live || output_ended.load(Ordering::SeqCst);
-        tokio::task::spawn_blocking(move || {
-            // The log may not exist until the container first runs.
-            let mut reader = loop {
-                if let Ok(Some(reader)) = LogReader::open(&log, offset) {
-                    break reader;
+        tokio::spawn(async move {
+            let log = dir.log_path();
+            match live {
+                true => follow_log(None, &log, offset, &selection, &tx, watch, ending).await,
+                // Only what was written so far.
+                false => {
+                    let entries = LogReader::open(&log, offset)
+                        .ok()
+                        .flatten()
+                        .map(|mut r| r.read_new())
+                        .unwrap_or_default();
+                    for chunk in entries.iter().filter_map(|e| selection.encode(e)) {
+                        if tx.send(Ok(chunk.into())).await.is_err() {
+                            return;
+                        }
+                    }
                 }
-                if over() || tx.is_closed() {
-                    return;
-                }
-                std::thread::sleep(FOLLOW_INTERVAL);
-            };
-            follow_log(&mut reader, &selection, &tx, &over);
+            }
         });
-        forward_output(&mut rx, &mut client_out, &detached, Result::ok).await;
+        forward_output(&mut rx, &mut client_out, &detached, conn, Result::ok).await;
+        // The client is gone: nothing waits on the container's end any more.
+        end_watcher.abort();
+        drop(slot);
     });
     hijacked(tty)
 }
 
 /// Output chunks to a hijacked client (attach or exec) until they end, the
-/// client goes or it typed the detach keys; then its side is shut.
+/// client goes or it typed the detach keys; then its side is shut. A client
+/// that closed its connection while no output came is noticed within
+/// `LEFT_CHECK` when hulld knows its descriptor (a TCP client that vanished
+/// without closing is not).
 pub async fn forward_output<T>(
     chunks: &mut mpsc::Receiver<T>,
     client: &mut (impl tokio::io::AsyncWrite + Unpin),
     detached: &tokio::sync::Notify,
+    conn: Option<crate::listen::ConnFd>,
     bytes: impl Fn(T) -> Option<Bytes>,
 ) {
+    let mut left_check = tokio::time::interval(LEFT_CHECK);
+    left_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let chunk = tokio::select! {
             chunk = chunks.recv() => chunk,
             _ = detached.notified() => break,
+            _ = left_check.tick(), if conn.is_some() => match conn.is_some_and(|c| c.peer_left()) {
+                true => break,
+                false => continue,
+            },
         };
         let Some(chunk) = chunk.and_then(&bytes) else { break };
         if client.write_all(&chunk).await.is_err() || client.flush().await.is_err() {
@@ -333,6 +419,9 @@ pub async fn forward_output<T>(
     }
     let _ = client.shutdown().await;
 }
+
+/// How often a hijacked stream with no output checks that its client is there.
+const LEFT_CHECK: Duration = Duration::from_secs(2);
 
 /// The container's supervisor as the sink of an attached client's input.
 /// It is reached at the first frame: the container may not have started
@@ -351,7 +440,7 @@ impl InputSink for SupervisorInput {
             }
             match tokio::net::UnixStream::connect(self.dir.socket_path()).await {
                 Ok(s) => self.conn = Some(s),
-                Err(_) => tokio::time::sleep(FOLLOW_INTERVAL).await,
+                Err(_) => tokio::time::sleep(CONNECT_RETRY).await,
             }
         }
         let mut bytes = Vec::new();

@@ -5,16 +5,18 @@
 //! for. Each connection gets its own task, with a deadline on the handshake,
 //! so a silent client holds up no one.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+use crate::listen::Connections;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,11 +64,17 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Serves the API (`router`) on `listener` over TLS until the process ends.
-pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: axum::Router) -> Result<()> {
+/// Serves the API on `listener` over TLS until hulld stops. A connection
+/// over the cap is closed before its handshake.
+pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, connections: Connections) {
     let acceptor = TlsAcceptor::from(config);
+    let mut stop = connections.stop();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = crate::listen::stopping(&mut stop) => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors and the like: wait, do not spin.
@@ -75,24 +83,21 @@ pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, rou
                 continue;
             }
         };
+        let Some(permit) = connections.admit() else {
+            tracing::info!("TLS client {peer} refused: too many connections");
+            continue;
+        };
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
+            let fd = tcp.as_raw_fd();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::info!("TLS client {peer} refused: {e}"),
                 Err(_) => return tracing::info!("TLS client {peer} did not finish its handshake"),
             };
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                crate::api::dispatch(router.clone(), request.map(axum::body::Body::new))
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("TLS client {peer}: {e}");
-            }
+            connections.serve(tls, fd, permit).await;
         });
     }
+    connections.drained().await;
 }

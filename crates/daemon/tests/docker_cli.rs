@@ -781,6 +781,8 @@ fn the_api_is_served_over_tls_to_clients_with_a_certificate() {
             &path("server-cert.pem"),
             "--tlskey",
             &path("server-key.pem"),
+            "--max-connections",
+            "2",
         ],
     )
     .unwrap();
@@ -829,6 +831,19 @@ fn the_api_is_served_over_tls_to_clients_with_a_certificate() {
     }
     // The unix socket still serves, and hulld survived the strangers.
     assert!(ok(&hulld.docker(&["version"])).contains("Server: hull"));
+
+    // Two connections held (`--max-connections 2`, not even a handshake):
+    // the next client is turned away at once; once they close, served again.
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let turned_away = docker(&verified, &["ps", "-aq"]);
+    assert!(!turned_away.status.success(), "{}", text(&turned_away.stdout));
+    drop(held);
+    testkit::hulld::eventually("a TLS client is served again", || {
+        docker(&verified, &["ps", "-aq"]).status.success()
+    });
     let bad_files = std::process::Command::new(testkit::boot::workspace_binary("hulld").unwrap())
         .args(["--socket", "/tmp/never-bound.sock", "--tls-listen", &address])
         .output()
