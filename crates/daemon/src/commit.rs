@@ -148,7 +148,9 @@ pub async fn commit(
 /// The config a container ran with, as dockerd keeps it: the image's,
 /// with what the container's create request set on top.
 fn container_run_config(mut config: Map<String, Value>, record: &ContainerRecord) -> Map<String, Value> {
-    let given = |key: &str| record.config.get(key).filter(|v| !v.is_null() && *v != "");
+    // Key by key, as the image config is JSON too.
+    let container = serde_json::to_value(&record.config).unwrap_or_default();
+    let given = |key: &str| container.get(key).filter(|v| !v.is_null() && *v != "" && *v != false);
     if !record.process_env.is_empty() {
         config.insert("Env".into(), json!(record.process_env));
     }
@@ -328,8 +330,11 @@ mod tests {
             image_id: String::new(),
             path: "top".into(),
             args: vec![],
-            config: json!({"Entrypoint": ["top"], "Labels": {"b": "2"}, "User": "", "WorkingDir": "/w"}),
-            host_config: json!({}),
+            config: serde_json::from_value(
+                json!({"Entrypoint": ["top"], "Labels": {"b": "2"}, "User": "", "WorkingDir": "/w"}),
+            )
+            .unwrap(),
+            host_config: Default::default(),
             restart_count: 0,
             manually_stopped: false,
             process_env: vec!["PATH=/bin".into(), "A=1".into()],

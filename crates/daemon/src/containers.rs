@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::api::{blocking, empty, flag, ApiError};
 use crate::create::{valid_name, CreateRequest};
 use crate::daemon::Daemon;
+use crate::docker_config::{Config, HostConfig};
 use crate::store::{ContainerRecord, StoreError};
 
 /// How long `stop` waits after SIGTERM by default, and after SIGKILL.
@@ -136,7 +137,8 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         image_id: image.id.to_string(),
         path,
         args,
-        config: docker_config,
+        config: serde_json::from_value(docker_config)
+            .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?,
         host_config: host_config_with_defaults(raw.get("HostConfig")),
         restart_count: 0,
         manually_stopped: false,
@@ -160,12 +162,12 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         let process = image::config::process(Some(&config), &request.overrides)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         record.process_env = process.env;
-        record.host_config["Links"] = json!(links.stored);
+        record.host_config.links = Some(links.stored);
     }
-    record.host_config["NetworkMode"] = json!(match request.network.is_default_mode() {
+    record.host_config.network_mode = match request.network.is_default_mode() {
         true => "bridge".to_string(),
         false => crate::networking::mode_name(&network),
-    });
+    };
     let binds = match crate::volumes::resolve_binds(&volumes) {
         Ok(binds) => binds,
         Err(e) => {
@@ -222,37 +224,12 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
     Ok(id)
 }
 
-/// The client's HostConfig with what Docker fills in and tools read
-/// (the SDKs look at `LogConfig.Type` before reading logs).
-fn host_config_with_defaults(given: Option<&Value>) -> Value {
-    let mut host = given.cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
-    let defaults = [
-        ("NetworkMode", json!("none")),
-        ("RestartPolicy", json!({"Name": "no", "MaximumRetryCount": 0})),
-        ("Runtime", json!("hull")),
-    ];
-    if let Some(object) = host.as_object_mut() {
-        // The driver's name filled in, the options kept as given.
-        let log = object.entry("LogConfig").or_insert_with(|| json!({}));
-        if !log.is_object() {
-            *log = json!({});
-        }
-        if log.get("Type").and_then(Value::as_str).is_none_or(str::is_empty) {
-            log["Type"] = json!("json-file");
-        }
-        if !log.get("Config").is_some_and(Value::is_object) {
-            log["Config"] = json!({});
-        }
-        for (key, value) in defaults {
-            let missing = object
-                .get(key)
-                .is_none_or(|v| v.is_null() || v.as_str() == Some("") || v.get("Type").is_some_and(|t| t == ""));
-            if missing {
-                object.insert(key.to_string(), value);
-            }
-        }
-    }
-    host
+/// The client's HostConfig with what Docker fills in and tools read.
+fn host_config_with_defaults(given: Option<&Value>) -> HostConfig {
+    let given = given.cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    serde_json::from_value::<HostConfig>(given)
+        .unwrap_or_default()
+        .with_defaults()
 }
 
 /// A container's record and the state of its latest run.
@@ -365,10 +342,10 @@ fn matches_filters(
                 .iter()
                 .any(|w| record.image == *w || record.image_id.contains(w.as_str()) || record.image.split(':').next() == Some(w)),
             "label" => wanted.iter().all(|w| {
-                let labels = &record.config["Labels"];
+                let labels = &record.config.labels;
                 match w.split_once('=') {
-                    Some((k, v)) => labels[k].as_str() == Some(v),
-                    None => labels.get(w).is_some(),
+                    Some((k, v)) => labels.get(k).is_some_and(|l| l == v),
+                    None => labels.contains_key(w),
                 }
             }),
             "health" => wanted
@@ -438,10 +415,10 @@ pub fn row(record: &ContainerRecord, state: &Option<RunState>, restarting: bool)
         "Command": command_line(record),
         "Created": unix_seconds(&record.created),
         "Ports": crate::networking::ps_ports(&network, is_running(state)),
-        "Labels": record.config["Labels"],
+        "Labels": record.config.labels,
         "State": status_word(state, restarting),
         "Status": status_line(state, restarting),
-        "HostConfig": { "NetworkMode": record.host_config["NetworkMode"] },
+        "HostConfig": { "NetworkMode": record.host_config.network_mode },
         "NetworkSettings": { "Networks": settings["Networks"] },
         "Mounts": container_mounts(&record.id),
     })
@@ -640,13 +617,13 @@ fn stop_blocking(daemon: &Daemon, record: &ContainerRecord, timeout: Duration, s
     }
 }
 
-fn stop_settings(config: &Value, query: &StopQuery) -> Result<(Duration, i32), ApiError> {
+fn stop_settings(config: &Config, query: &StopQuery) -> Result<(Duration, i32), ApiError> {
     // As dockerd: a negative timeout waits for the container to stop.
-    let seconds = match query.t.or(config["StopTimeout"].as_i64()) {
+    let seconds = match query.t.or(config.stop_timeout) {
         Some(t) => u64::try_from(t).unwrap_or(u64::MAX),
         None => DEFAULT_STOP_SECONDS,
     };
-    let signal = match query.signal.as_deref().or(config["StopSignal"].as_str()) {
+    let signal = match query.signal.as_deref().or(config.stop_signal.as_deref()) {
         Some(s) if !s.is_empty() => parse_signal(s)?,
         _ => libc::SIGTERM,
     };
@@ -876,7 +853,7 @@ pub async fn resize(
         if !is_running(&state) {
             return Err(ApiError::conflict(format!("Container {} is not running", record.id)));
         }
-        if record.config["Tty"].as_bool() == Some(true) {
+        if record.config.tty {
             ContainerDir::new(&record.id).connect()?.resize(size)?;
         }
         Ok(empty(StatusCode::OK))
@@ -979,7 +956,11 @@ mod tests {
     #[test]
     fn stop_timeouts_of_any_size_are_waits_not_overflows() {
         let query = |t| StopQuery { t, signal: None };
-        let config = serde_json::json!({ "StopTimeout": 3, "StopSignal": "SIGINT" });
+        let config = Config {
+            stop_timeout: Some(3),
+            stop_signal: Some("SIGINT".into()),
+            ..Config::default()
+        };
         assert_eq!(
             stop_settings(&config, &query(None)).unwrap(),
             (Duration::from_secs(3), 2)
@@ -994,12 +975,15 @@ mod tests {
             stop_settings(&config, &query(Some(i64::MAX))).unwrap().0.as_secs(),
             i64::MAX as u64
         );
-        let negative = serde_json::json!({ "StopTimeout": -1 });
+        let negative = Config {
+            stop_timeout: Some(-1),
+            ..Config::default()
+        };
         assert_eq!(
             stop_settings(&negative, &query(None)).unwrap(),
             (forever, libc::SIGTERM)
         );
-        let unset = serde_json::json!({});
+        let unset = Config::default();
         assert_eq!(
             stop_settings(&unset, &query(None)).unwrap().0,
             Duration::from_secs(DEFAULT_STOP_SECONDS)

@@ -27,6 +27,15 @@ struct CreateBody {
     labels: Option<HashMap<String, String>>,
     tty: bool,
     open_stdin: bool,
+    // Only checked here: hulld reads them from the record (`docker_config`).
+    #[serde(rename = "StdinOnce")]
+    _stdin_once: bool,
+    #[serde(rename = "StopSignal")]
+    _stop_signal: Option<String>,
+    #[serde(rename = "StopTimeout")]
+    _stop_timeout: Option<i64>,
+    exposed_ports: Option<std::collections::BTreeMap<String, Value>>,
+    mac_address: String,
     volumes: Option<HashMap<String, Value>>,
     host_config: HostConfigBody,
 }
@@ -41,7 +50,7 @@ struct HostConfigBody {
     auto_remove: bool,
     restart_policy: RestartPolicy,
     binds: Option<Vec<String>>,
-    mounts: Option<Vec<Value>>,
+    mounts: Option<Vec<crate::docker_config::Mount>>,
     privileged: bool,
     /// The client terminal's `[height, width]` (with `Tty`).
     console_size: Option<Vec<u64>>,
@@ -61,12 +70,7 @@ struct LogConfigBody {
     config: Option<std::collections::BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct RestartPolicy {
-    pub name: String,
-    pub maximum_retry_count: i64,
-}
+pub use crate::docker_config::RestartPolicy;
 
 /// A create request, checked. `raw` is the body as sent, which the record
 /// keeps (inspect shows it back).
@@ -89,7 +93,7 @@ pub struct CreateRequest {
     pub tty: Option<proto::TerminalSize>,
     pub open_stdin: bool,
     pub binds: Vec<String>,
-    pub mounts: Vec<Value>,
+    pub mounts: Vec<crate::docker_config::Mount>,
     /// `-v /path`: anonymous volumes.
     pub anonymous_volumes: Vec<String>,
     pub network: NetworkIntent,
@@ -138,7 +142,8 @@ impl CreateRequest {
             None => None,
         };
         let labels = body.labels.clone().unwrap_or_default();
-        let network = network_intent(&raw, &labels)?;
+        let exposed: Vec<String> = body.exposed_ports.iter().flat_map(|p| p.keys().cloned()).collect();
+        let network = network_intent(&raw, &body.mac_address, &exposed, &labels)?;
         // `--entrypoint ""` arrives as [""]: no entrypoint at all.
         let overrides = Overrides {
             entrypoint: body
@@ -160,7 +165,8 @@ impl CreateRequest {
         )
         .map_err(ApiError::bad_request)?;
         Ok(CreateRequest {
-            env_given: body.env.is_some() && !raw.get("Env").is_some_and(Value::is_null),
+            // `"Env": null` reads as not given.
+            env_given: body.env.is_some(),
             image: body.image,
             name,
             hostname: Some(body.hostname).filter(|h| !h.is_empty()),
@@ -186,7 +192,12 @@ impl CreateRequest {
 
 /// The networking fields of a create body: HostConfig's, the
 /// `NetworkingConfig`, `MacAddress` and `ExposedPorts`.
-fn network_intent(raw: &Value, labels: &HashMap<String, String>) -> Result<NetworkIntent, ApiError> {
+fn network_intent(
+    raw: &Value,
+    mac: &str,
+    exposed: &[String],
+    labels: &HashMap<String, String>,
+) -> Result<NetworkIntent, ApiError> {
     let request: NetworkRequest = raw
         .get("HostConfig")
         .filter(|h| h.is_object())
@@ -201,13 +212,7 @@ fn network_intent(raw: &Value, labels: &HashMap<String, String>) -> Result<Netwo
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("invalid NetworkingConfig: {e}")))?
         .unwrap_or_default();
-    let exposed: Vec<String> = raw
-        .get("ExposedPorts")
-        .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    let mac = raw.get("MacAddress").and_then(Value::as_str).unwrap_or("");
-    NetworkIntent::parse(&request, &endpoints, mac, &exposed, labels)
+    NetworkIntent::parse(&request, &endpoints, mac, exposed, labels)
 }
 
 /// Thousandths of a CPU, and the whole vCPUs they take.

@@ -93,16 +93,8 @@ impl Daemon {
         extra: &[(&str, &str)],
         exit_code: Option<i32>,
     ) {
-        let labels: Vec<(String, String)> = record.config["Labels"]
-            .as_object()
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut attributes: Vec<(&str, &str)> = vec![("name", &record.name), ("image", &record.image)];
-        attributes.extend(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        attributes.extend(record.config.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         attributes.extend_from_slice(extra);
         self.events_log
             .emit_with_code("container", action, &record.id, &attributes, exit_code);
@@ -268,18 +260,18 @@ impl Daemon {
 }
 
 pub fn auto_remove(record: &ContainerRecord) -> bool {
-    record.host_config["AutoRemove"].as_bool() == Some(true)
+    record.host_config.auto_remove
 }
 
 /// Whether the restart policy restarts a container that ended with
 /// `code`, and after how long (doubling from 100 ms, as Docker does, up to
 /// a minute).
 fn restart_delay(record: &ContainerRecord, code: i32) -> Option<Duration> {
-    let policy = &record.host_config["RestartPolicy"];
-    let restart = match policy["Name"].as_str().unwrap_or("") {
+    let policy = &record.host_config.restart_policy;
+    let restart = match policy.name.as_str() {
         "always" | "unless-stopped" => true,
         "on-failure" => {
-            let max = policy["MaximumRetryCount"].as_u64().unwrap_or(0);
+            let max = u64::try_from(policy.maximum_retry_count).unwrap_or(0);
             code != 0 && (max == 0 || u64::from(record.restart_count) < max)
         }
         _ => false,
@@ -295,7 +287,6 @@ fn restart_delay(record: &ContainerRecord, code: i32) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn with_policy(name: &str, max: u64, count: u32, stopped: bool) -> ContainerRecord {
         ContainerRecord {
@@ -306,8 +297,14 @@ mod tests {
             image_id: String::new(),
             path: String::new(),
             args: vec![],
-            config: json!({}),
-            host_config: json!({"RestartPolicy": {"Name": name, "MaximumRetryCount": max}}),
+            config: Default::default(),
+            host_config: crate::docker_config::HostConfig {
+                restart_policy: crate::docker_config::RestartPolicy {
+                    name: name.into(),
+                    maximum_retry_count: max as i64,
+                },
+                ..Default::default()
+            },
             restart_count: count,
             manually_stopped: stopped,
             process_env: vec![],

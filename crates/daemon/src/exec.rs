@@ -191,7 +191,7 @@ pub async fn create(
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| record.process_user.clone()),
         // The container's --group-add holds for its execs too, as in Docker.
-        groups: serde_json::from_value(record.host_config["GroupAdd"].clone()).unwrap_or_default(),
+        groups: record.host_config.groups(),
         stdin: body.attach_stdin,
         tty: body
             .tty

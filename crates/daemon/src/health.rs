@@ -57,15 +57,28 @@ pub fn merge(container: &Value, image: &Value) -> Result<Value, String> {
     Ok(merged)
 }
 
+/// Docker's `Healthcheck`: durations in nanoseconds, 0 for the default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct HealthConfig {
+    test: Option<Vec<String>>,
+    interval: Option<i64>,
+    timeout: Option<i64>,
+    start_period: Option<i64>,
+    start_interval: Option<i64>,
+    retries: Option<i64>,
+}
+
 impl HealthCheck {
     /// The check `config` (Docker's `Healthcheck`) describes; `None` for
     /// none, or `NONE`.
     pub fn of(config: &Value) -> Result<Option<HealthCheck>, String> {
-        let test: Vec<String> = match config.get("Test") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(test) => serde_json::from_value(test.clone())
-                .map_err(|_| "the healthcheck's Test must be a list of strings".to_string())?,
-        };
+        if config.is_null() {
+            return Ok(None);
+        }
+        let config: HealthConfig =
+            serde_json::from_value(config.clone()).map_err(|e| format!("invalid Healthcheck: {e}"))?;
+        let test = config.test.unwrap_or_default();
         let argv = match test.split_first() {
             None => return Ok(None),
             Some((kind, _)) if kind == "NONE" => return Ok(None),
@@ -75,25 +88,25 @@ impl HealthCheck {
             }
             Some((kind, _)) => return Err(format!("invalid healthcheck test {kind:?}: use CMD, CMD-SHELL or NONE")),
         };
-        let duration = |key: &str, default: Duration| -> Result<Duration, String> {
-            match config.get(key).and_then(Value::as_i64).unwrap_or(0) {
+        let duration = |key: &str, given: Option<i64>, default: Duration| -> Result<Duration, String> {
+            match given.unwrap_or(0) {
                 0 => Ok(default),
                 ns if ns < 1_000_000 => Err(format!("{key} in Healthcheck cannot be less than 1ms")),
                 ns => Ok(Duration::from_nanos(ns as u64)),
             }
         };
-        let retries = match config.get("Retries").and_then(Value::as_i64).unwrap_or(0) {
+        let retries = match config.retries.unwrap_or(0) {
             n if n < 0 => return Err("Retries in Healthcheck cannot be negative".into()),
             0 => DEFAULT_RETRIES,
             n => u32::try_from(n).unwrap_or(u32::MAX),
         };
         Ok(Some(HealthCheck {
             argv,
-            interval: duration("Interval", DEFAULT_INTERVAL)?,
-            timeout: duration("Timeout", DEFAULT_TIMEOUT)?,
+            interval: duration("Interval", config.interval, DEFAULT_INTERVAL)?,
+            timeout: duration("Timeout", config.timeout, DEFAULT_TIMEOUT)?,
             retries,
-            start_period: duration("StartPeriod", Duration::ZERO)?,
-            start_interval: duration("StartInterval", DEFAULT_START_INTERVAL)?,
+            start_period: duration("StartPeriod", config.start_period, Duration::ZERO)?,
+            start_interval: duration("StartInterval", config.start_interval, DEFAULT_START_INTERVAL)?,
         }))
     }
 }
@@ -206,7 +219,10 @@ impl HealthStates {
 /// restart of hulld), if it has a healthcheck: a thread for its run.
 pub fn monitor(daemon: &Arc<Daemon>, id: &str) {
     let Ok(record) = daemon.containers.find(id) else { return };
-    let Ok(Some(check)) = HealthCheck::of(&record.config["Healthcheck"]) else {
+    let Some(config) = &record.config.healthcheck else {
+        return;
+    };
+    let Ok(Some(check)) = HealthCheck::of(config) else {
         return;
     };
     let dir = ContainerDir::new(id);
@@ -256,7 +272,7 @@ fn probe(dir: &ContainerDir, record: &ContainerRecord, check: &HealthCheck) -> P
         env: record.process_env.clone(),
         cwd: record.process_workdir.clone(),
         user: record.process_user.clone(),
-        groups: serde_json::from_value(record.host_config["GroupAdd"].clone()).unwrap_or_default(),
+        groups: record.host_config.groups(),
         stdin: false,
         tty: None,
     };
@@ -352,7 +368,7 @@ mod tests {
         );
         for (config, message) in [
             (json!({"Test": ["SHELL", "x"]}), "invalid healthcheck test"),
-            (json!({"Test": "CMD true"}), "list of strings"),
+            (json!({"Test": "CMD true"}), "invalid Healthcheck"),
             (
                 json!({"Test": ["CMD", "true"], "Interval": 5}),
                 "Interval in Healthcheck cannot be less than 1ms",

@@ -15,6 +15,7 @@ pub mod create;
 pub mod daemon;
 pub mod detach;
 pub mod dns;
+pub mod docker_config;
 pub mod events;
 pub mod exec;
 pub mod follow;

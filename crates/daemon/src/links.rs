@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use runtime::container::ContainerDir;
 use runtime::network::ContainerNetwork;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::api::{blocking, empty, flag, ApiError};
 use crate::daemon::Daemon;
@@ -98,7 +98,7 @@ pub fn resolve(
                 child.name, primary_record.name
             )));
         };
-        let hostname = child.config.get("Hostname").and_then(Value::as_str).unwrap_or_default();
+        let hostname = child.config.hostname.as_str();
         let mut names = vec![link.alias.clone()];
         for name in [hostname, child.name.as_str()] {
             if !name.is_empty() && !names.iter().any(|n| n == name) {
@@ -131,8 +131,8 @@ pub fn resolve(
 fn exposed_ports(daemon: &Daemon, child: &crate::store::ContainerRecord) -> Vec<(u16, String)> {
     let mut keys: Vec<String> = child
         .config
-        .get("ExposedPorts")
-        .and_then(Value::as_object)
+        .exposed_ports
+        .as_ref()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     let image_config = image::digest::Digest::parse(&child.image_id)
@@ -187,7 +187,7 @@ pub fn check_at_start(
     record: &crate::store::ContainerRecord,
     network: &ContainerNetwork,
 ) -> Result<(), ApiError> {
-    let stored: Vec<String> = serde_json::from_value(record.host_config["Links"].clone()).unwrap_or_default();
+    let stored = record.host_config.links();
     for link in parse(&stored)? {
         let child = daemon
             .containers
@@ -242,7 +242,7 @@ pub async fn remove(
     }
     blocking(move || {
         let record = daemon.containers.find(&parent)?;
-        let links: Vec<String> = serde_json::from_value(record.host_config["Links"].clone()).unwrap_or_default();
+        let links = record.host_config.links();
         let suffix = format!(":/{}/{alias}", record.name);
         if !links.iter().any(|l| l.ends_with(&suffix)) {
             return Err(ApiError::not_found(format!(
@@ -252,7 +252,7 @@ pub async fn remove(
         }
         daemon.containers.modify(&record.id, |r| {
             let kept: Vec<String> = links.iter().filter(|l| !l.ends_with(&suffix)).cloned().collect();
-            r.host_config["Links"] = if kept.is_empty() { Value::Null } else { json!(kept) };
+            r.host_config.links = (!kept.is_empty()).then_some(kept);
         })?;
         Ok(empty(StatusCode::NO_CONTENT))
     })

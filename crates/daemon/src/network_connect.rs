@@ -12,7 +12,6 @@ use axum::response::Response;
 use proto::Control;
 use runtime::container::{ContainerDir, ContainerSpec};
 use runtime::network::{self, attach, ContainerNetwork, Endpoint, NetworkRecord};
-use serde_json::json;
 
 use crate::api::ApiError;
 use crate::daemon::Daemon;
@@ -60,7 +59,7 @@ pub async fn connect(
         if was_none {
             daemon
                 .containers
-                .modify(&container.id, |r| r.host_config["NetworkMode"] = json!(record.name))?;
+                .modify(&container.id, |r| r.host_config.network_mode = record.name.clone())?;
         }
         network_event(&daemon, "connect", &record, &container.id);
         Ok(crate::api::empty(StatusCode::OK))

@@ -742,9 +742,7 @@ pub async fn set_policy(
         }
         let spec = dir.update_spec(|s| s.network.policy = policy)?;
         daemon.containers.modify(&record.id, |r| {
-            if let Some(labels) = r.config.get_mut("Labels").and_then(Value::as_object_mut) {
-                labels.insert(POLICY_LABEL.into(), json!(policy.name()));
-            }
+            r.config.labels.insert(POLICY_LABEL.into(), policy.name().into());
         })?;
         if dir.is_running() {
             network::policy::apply_to(&record.id, &spec.network).map_err(ApiError::internal)?;

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 
@@ -25,8 +24,8 @@ pub struct ContainerRecord {
     pub path: String,
     pub args: Vec<String>,
     /// Docker's `Config` and `HostConfig`, as created.
-    pub config: Value,
-    pub host_config: Value,
+    pub config: crate::docker_config::Config,
+    pub host_config: crate::docker_config::HostConfig,
     pub restart_count: u32,
     /// Stopped by a user (`unless-stopped` then stays stopped).
     pub manually_stopped: bool,
@@ -170,8 +169,8 @@ mod tests {
             image_id: "sha256:00".into(),
             path: "sh".into(),
             args: vec![],
-            config: Value::Null,
-            host_config: Value::Null,
+            config: Default::default(),
+            host_config: Default::default(),
             restart_count: 0,
             manually_stopped: false,
             process_env: vec![],
@@ -205,5 +204,31 @@ mod tests {
         assert_eq!(store.find("data").unwrap().id, "abd456");
         store.remove("abc123").unwrap();
         assert_eq!(store.all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_stored_before_config_was_typed_still_read() {
+        // As hulld stored them when Config and HostConfig were kept as sent.
+        let stored =
+            br#"{"id":"abc","name":"web","created":"2026-11-30T10:00:00Z","image":"box","image_id":"sha256:00",
+            "path":"sh","args":[],"restart_count":2,"manually_stopped":false,
+            "config":{"Tty":true,"OpenStdin":true,"StdinOnce":true,"Labels":{"a":"1"},"Cmd":["sh"],"Hostname":"abc",
+                      "StopTimeout":null,"Healthcheck":null,"AttachStdout":true},
+            "host_config":{"NetworkMode":"bridge","RestartPolicy":{"Name":"on-failure","MaximumRetryCount":3},
+                           "LogConfig":{"Type":"json-file","Config":{"max-size":"1m"}},"GroupAdd":["wheel"],
+                           "Links":null,"Binds":["/a:/b"],"Runtime":"hull"}}"#;
+        let record: ContainerRecord = serde_json::from_slice(stored).unwrap();
+        assert!(record.config.tty && record.config.open_stdin && record.config.stdin_once);
+        assert_eq!(record.config.labels["a"], "1");
+        assert_eq!(record.config.other["AttachStdout"], true);
+        assert_eq!(record.host_config.restart_policy.maximum_retry_count, 3);
+        assert_eq!(record.host_config.log_config.config["max-size"], "1m");
+        assert_eq!(record.host_config.groups(), ["wheel"]);
+        assert!(record.host_config.links().is_empty());
+        assert_eq!(record.host_config.other["Binds"], serde_json::json!(["/a:/b"]));
+        // Kept across a write and a read.
+        let again: ContainerRecord = serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(again.config, record.config);
+        assert_eq!(again.host_config, record.host_config);
     }
 }

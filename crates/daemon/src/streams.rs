@@ -17,7 +17,6 @@ use hyper_util::rt::TokioIo;
 use runtime::container::ContainerDir;
 use runtime::container_log::{end_offset, LogEntry, LogReader};
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -139,13 +138,13 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let lookup = daemon.clone();
     let record = blocking(move || Ok(lookup.containers.find(&id)?)).await?;
-    if record.host_config.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("none") {
+    if record.host_config.log_config.driver == "none" {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "configured logging driver does not support reading",
         ));
     }
-    let (selection, tail) = query.selection(record.config["Tty"].as_bool() == Some(true))?;
+    let (selection, tail) = query.selection(record.config.tty)?;
     let follow = flag(&query.follow);
     let slot = match follow {
         true => Some(daemon.streams.take()?),
@@ -179,7 +178,7 @@ pub async fn logs(
     });
     Ok(streaming(
         tokio_stream::wrappers::ReceiverStream::new(rx),
-        stream_type(record.config["Tty"].as_bool() == Some(true)),
+        stream_type(record.config.tty),
     ))
 }
 
@@ -295,7 +294,7 @@ pub async fn attach(
     let escape = crate::detach::keys(query.detach_keys.as_deref(), "detach")?;
     let lookup = daemon.clone();
     let record = blocking(move || Ok(lookup.containers.find(&id)?)).await?;
-    let tty = record.config["Tty"].as_bool() == Some(true);
+    let tty = record.config.tty;
     let selection = Selection {
         stdout: flag(&query.stdout),
         stderr: flag(&query.stderr),
@@ -305,10 +304,10 @@ pub async fn attach(
         until: None,
     };
     let live = flag(&query.stream);
-    let with_stdin = live && flag(&query.stdin) && record.config["OpenStdin"].as_bool() == Some(true);
+    let with_stdin = live && flag(&query.stdin) && record.config.open_stdin;
     // Docker's StdinOnce: the first attached client's end of input is the
     // container's (`run -i`); otherwise clients come and go (`run -dit`).
-    let stdin_once = record.config["StdinOnce"].as_bool() == Some(true);
+    let stdin_once = record.config.stdin_once;
     let dir = ContainerDir::new(&record.id);
     let offset = if flag(&query.logs) {
         0

@@ -121,16 +121,19 @@ pub async fn update(
         let updated = daemon.containers.modify(&record.id, |record| {
             let host = &mut record.host_config;
             if let Some((name, max)) = &update.restart_policy {
-                host["RestartPolicy"] = json!({"Name": name, "MaximumRetryCount": max});
+                host.restart_policy = RestartPolicy {
+                    name: name.clone(),
+                    maximum_retry_count: *max,
+                };
             }
             if let Some(memory) = update.memory_mib {
-                host["Memory"] = json!(memory << 20);
+                host.memory = i64::try_from(memory << 20).unwrap_or(i64::MAX);
             }
             if let Some((millis, _)) = update.cpu {
-                host["NanoCpus"] = json!(u64::from(millis) * 1_000_000);
+                host.nano_cpus = i64::from(millis) * 1_000_000;
             }
             if let Some(limit) = update.pids_limit {
-                host["PidsLimit"] = json!(limit.unwrap_or(0));
+                host.pids_limit = Some(limit.map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)));
             }
         })?;
         daemon.container_event_of(&updated, "update", &[]);

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::api::{blocking, empty, flag, ApiError};
 use crate::daemon::Daemon;
+use crate::docker_config::Mount;
 
 impl From<VolumeError> for ApiError {
     fn from(e: VolumeError) -> ApiError {
@@ -279,7 +280,7 @@ pub struct VolumePlan {
 /// (`NAME:/path[:ro]`, `/host/dir:/path[:ro]`), Mounts of type volume or
 /// bind, and anonymous volumes for the `anonymous` paths (`-v /path`, the
 /// image's VOLUMEs) not already mounted.
-pub fn plan(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<VolumePlan, ApiError> {
+pub fn plan(binds: &[String], mounts: &[Mount], anonymous: &[String]) -> Result<VolumePlan, ApiError> {
     let mut wanted = Vec::new();
     let mut host_dirs = Vec::new();
     for bind in binds {
@@ -289,20 +290,19 @@ pub fn plan(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<
         }
     }
     for mount in mounts {
-        let kind = mount["Type"].as_str().unwrap_or("volume");
-        let target = mount["Target"].as_str().unwrap_or_default();
+        let kind = match mount.kind.as_str() {
+            "" => "volume",
+            kind => kind,
+        };
+        let target = mount.target.as_str();
         if kind == "bind" {
-            let mode = match mount["ReadOnly"].as_bool().unwrap_or(false) {
+            let mode = match mount.read_only {
                 true => "ro",
                 false => "",
             };
-            let propagation = mount["BindOptions"]["Propagation"].as_str().unwrap_or_default();
-            let bind = BindMount::parse(
-                mount["Source"].as_str().unwrap_or_default(),
-                target,
-                &format!("{mode},{propagation}"),
-            )
-            .map_err(|e| ApiError::bad_request(format!("invalid mount config for type \"bind\": {e}")))?;
+            let propagation = &mount.bind_options.propagation;
+            let bind = BindMount::parse(&mount.source, target, &format!("{mode},{propagation}"))
+                .map_err(|e| ApiError::bad_request(format!("invalid mount config for type \"bind\": {e}")))?;
             host_dirs.push((bind, MissingSource::Refuse));
             continue;
         }
@@ -312,8 +312,8 @@ pub fn plan(binds: &[String], mounts: &[Value], anonymous: &[String]) -> Result<
             )));
         }
         let target = volume::check_target(target).map_err(ApiError::bad_request)?;
-        let read_only = mount["ReadOnly"].as_bool().unwrap_or(false);
-        let (name, anonymous) = match mount["Source"].as_str().unwrap_or_default() {
+        let read_only = mount.read_only;
+        let (name, anonymous) = match mount.source.as_str() {
             "" => (crate::containers::random_hex(32), true),
             source => (source.to_string(), false),
         };
