@@ -152,6 +152,27 @@ fn raise_open_file_limit() {
 
 const STREAMS: usize = 1000;
 
+/// 20 raw `GET /containers/json` and 5 `docker ps -a`, timed.
+fn list_timings(hulld: &Hulld, expected: &str) -> (testkit::bench::Summary, testkit::bench::Summary) {
+    let mut list_times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (head, body) = hulld.raw("GET /containers/json?all=1 HTTP/1.1\r\nHost: hull\r\nConnection: close\r\n\r\n");
+        list_times.push(started.elapsed());
+        assert_eq!(status(&head), "200", "{head}");
+        assert!(body.contains(expected), "{body}");
+    }
+    let mut ps_times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let listed = ok(&hulld.docker(&["ps", "-a", "--format", "{{.Names}}"]));
+        ps_times.push(started.elapsed());
+        assert!(listed.contains("running") && listed.contains("created"), "{listed}");
+    }
+    let summary = |times: &[Duration]| testkit::bench::Summary::of(times).expect("samples");
+    (summary(&list_times), summary(&ps_times))
+}
+
 #[test]
 fn a_thousand_streams_do_not_stall_docker_ps_and_their_slots_come_back() {
     raise_open_file_limit();
@@ -161,6 +182,8 @@ fn a_thousand_streams_do_not_stall_docker_ps_and_their_slots_come_back() {
         .trim()
         .to_string();
     let mut running = FakeRunning::new(&hulld, &image, "running");
+
+    let (list_before, ps_before) = list_timings(&hulld, &created);
 
     // 400 attached to a container that never started, 400 following a
     // running one's log, 200 watching events: each holds its stream.
@@ -183,33 +206,19 @@ fn a_thousand_streams_do_not_stall_docker_ps_and_their_slots_come_back() {
     let opened_in = started.elapsed();
 
     // The API answers as before while they are all held.
-    let mut list_times = Vec::new();
-    for _ in 0..20 {
-        let started = Instant::now();
-        let (head, body) = hulld.raw("GET /containers/json?all=1 HTTP/1.1\r\nHost: hull\r\nConnection: close\r\n\r\n");
-        list_times.push(started.elapsed());
-        assert_eq!(status(&head), "200", "{head}");
-        assert!(body.contains(&created), "{body}");
-    }
-    let mut ps_times = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let listed = ok(&hulld.docker(&["ps", "-a", "--format", "{{.Names}}"]));
-        ps_times.push(started.elapsed());
-        assert!(listed.contains("running") && listed.contains("created"), "{listed}");
-    }
-    let list = testkit::bench::Summary::of(&list_times).unwrap();
-    let ps = testkit::bench::Summary::of(&ps_times).unwrap();
+    let (list, ps) = list_timings(&hulld, &created);
     eprintln!(
-        "{STREAMS} streams opened in {opened_in:?}; then GET /containers/json median {:.1} ms p95 {:.1} ms, docker ps median {:.1} ms p95 {:.1} ms",
-        list.median_ms, list.p95_ms, ps.median_ms, ps.p95_ms
+        "{STREAMS} streams opened in {opened_in:?}; GET /containers/json median {:.1} ms p95 {:.1} ms (before: {:.1}/{:.1}), docker ps median {:.1} ms p95 {:.1} ms (before: {:.1}/{:.1})",
+        list.median_ms, list.p95_ms, list_before.median_ms, list_before.p95_ms, ps.median_ms, ps.p95_ms, ps_before.median_ms, ps_before.p95_ms
     );
     testkit::bench::write_report(
         "streams",
         &json!({
             "streams_held": STREAMS,
             "open_all_ms": opened_in.as_millis() as u64,
+            "containers_json_before": list_before.to_json(),
             "containers_json_while_held": list.to_json(),
+            "docker_ps_before": ps_before.to_json(),
             "docker_ps_while_held": ps.to_json(),
             "environment": testkit::bench::environment(),
         }),
