@@ -304,8 +304,7 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     // A guest whose initramfs has no agent: its init is a shell script that exits.
     let data = std::env::temp_dir().join(format!("hull-data-panic-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
-    let guest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read("/var/lib/hull/guest.json").expect("hull setup ran")).unwrap();
+    let guest: serde_json::Value = serde_json::from_slice(&std::fs::read(testkit::test_guest_json()).unwrap()).unwrap();
     let initramfs = data.join("panic.cpio");
     let status = Command::new("sh")
         .arg("-c")

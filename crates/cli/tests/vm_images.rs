@@ -66,7 +66,7 @@ fn images_run_with_their_config_on_shared_disks() {
     std::fs::create_dir_all(&work).unwrap();
     let data = work.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::copy("/var/lib/hull/guest.json", data.join("guest.json")).expect("hull setup ran");
+    std::fs::copy(testkit::test_guest_json(), data.join("guest.json")).unwrap();
 
     let registry = Registry::start("vm", None).unwrap();
     let layout = work.join("layout");
@@ -160,7 +160,7 @@ fn a_debootstrap_debian_image_runs_as_docker_would() {
     let data = std::env::temp_dir().join(format!("hull-vm-debian-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::copy("/var/lib/hull/guest.json", data.join("guest.json")).expect("hull setup ran");
+    std::fs::copy(testkit::test_guest_json(), data.join("guest.json")).unwrap();
     let registry = Registry::start("vm-debian", None).unwrap();
     let layout = data.join("layout");
     write_layout(&layout, "v1", &[debian_image().unwrap()]).unwrap();

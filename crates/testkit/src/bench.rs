@@ -55,10 +55,7 @@ fn round(ms: f64) -> f64 {
 
 /// `target/bench` of this workspace (or of `CARGO_TARGET_DIR`).
 pub fn bench_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("bench")
+    crate::target_dir().join("bench")
 }
 
 /// Writes `report` as `target/bench/NAME.json` (temp file + rename).

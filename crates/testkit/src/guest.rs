@@ -20,9 +20,10 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtiofs",
 ];
 
-/// The cloud kernel, fetched once into hull's data directory.
+/// The cloud kernel, fetched once into the tests' guest directory.
 pub fn cloud_kernel() -> Result<KernelPackage> {
-    runtime::setup_guest_kernel().context("setting up the guest kernel (hull setup)")
+    let kernels = crate::test_guest_dir().join("kernels");
+    debkernel::fetch(debkernel::CLOUD_METAPACKAGE, &kernels).context("setting up the guest kernel")
 }
 
 /// What the fixture's init does after loading its modules and printing the ready marker.

@@ -40,8 +40,10 @@ impl Hulld {
         let _ = std::fs::remove_dir_all(&work);
         let data = work.join("data");
         std::fs::create_dir_all(&data)?;
-        // The guest (kernel, initramfs) set up by `hull setup`, when there is one.
-        let _ = std::fs::copy("/var/lib/hull/guest.json", data.join("guest.json"));
+        // The tests' guest (kernel, initramfs), when there is one: tests
+        // that start no VM need none.
+        let guest = crate::test_guest_dir().join("guest.json");
+        let _ = std::fs::copy(guest, data.join("guest.json"));
         let mut hulld = Hulld {
             child: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),

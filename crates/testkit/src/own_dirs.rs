@@ -1,14 +1,11 @@
 //! Data and run directories of a test process's own, for tests that drive
 //! `hull` directly (hulld's tests get theirs from [`crate::hulld::Hulld`]):
-//! the machine's guest set-up is shared (its `guest.json`), but templates,
+//! the tests' guest set-up is shared (its `guest.json`), but templates,
 //! disks, sockets and VMs are the test's, so a host's own hull — its
 //! templates and running containers — is never touched or counted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The machine's guest set-up, made by `hull setup` (scripts/test runs it).
-const HOST_GUEST: &str = "/var/lib/hull/guest.json";
 
 pub struct OwnDirs {
     pub data: PathBuf,
@@ -25,7 +22,7 @@ impl OwnDirs {
         let (data, run) = (root.join("data"), root.join("run"));
         std::fs::create_dir_all(&data).expect("making the test's data directory");
         std::fs::create_dir_all(&run).expect("making the test's run directory");
-        std::fs::copy(HOST_GUEST, data.join("guest.json")).expect("hull setup ran (scripts/test runs it)");
+        std::fs::copy(crate::test_guest_json(), data.join("guest.json")).expect("copying the test guest's guest.json");
         OwnDirs { data, run }
     }
 

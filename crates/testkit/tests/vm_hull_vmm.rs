@@ -584,6 +584,10 @@ fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {
     let dir = scratch("clone-migrate");
+    // The template is made in this test's own data directory, not the host's.
+    let own = testkit::own_dirs::OwnDirs::new(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), "clone-migrate-data");
+    std::env::set_var("HULL_DATA_DIR", &own.data);
+    std::env::set_var("HULL_RUN_DIR", &own.run);
     let guest = runtime::guest::Guest::current().unwrap();
     let vmm_binary = testkit::boot::workspace_binary("hull-vmm").unwrap();
     let template = runtime::template::ensure(&guest, &vmm_binary, 256, 1).unwrap();
