@@ -88,17 +88,33 @@ pub fn fetch(metapackage: &str, cache_dir: &Path) -> Result<KernelPackage, Packa
     }
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
     let download_dir = cache_dir.join(format!(".download-{package}"));
+    let staging = cache_dir.join(format!(".unpack-{package}"));
+    let fetched = download_and_unpack(&package, cache_dir, &download_dir, &staging);
+    // Done or failed, the scratch directories go (a failed fetch used to
+    // leave a downloaded .deb and a half-unpacked tree behind).
     let _ = fs::remove_dir_all(&download_dir);
-    fs::create_dir_all(&download_dir).map_err(io_err(&download_dir))?;
+    let _ = fs::remove_dir_all(&staging);
+    fetched
+}
+
+fn download_and_unpack(
+    package: &str,
+    cache_dir: &Path,
+    download_dir: &Path,
+    staging: &Path,
+) -> Result<KernelPackage, PackageError> {
+    let package = package.to_string();
+    let _ = fs::remove_dir_all(download_dir);
+    fs::create_dir_all(download_dir).map_err(io_err(download_dir))?;
     run(
         Command::new("apt-get")
             .args(["download", "-q", &package])
-            .current_dir(&download_dir),
+            .current_dir(download_dir),
         "apt-get",
         "apt",
     )?;
-    let deb = fs::read_dir(&download_dir)
-        .map_err(io_err(&download_dir))?
+    let deb = fs::read_dir(download_dir)
+        .map_err(io_err(download_dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| PackageError::Malformed {
@@ -106,25 +122,23 @@ pub fn fetch(metapackage: &str, cache_dir: &Path) -> Result<KernelPackage, Packa
             why: "apt-get download produced no .deb".into(),
         })?;
 
-    let staging = cache_dir.join(format!(".unpack-{package}"));
-    let _ = fs::remove_dir_all(&staging);
+    let _ = fs::remove_dir_all(staging);
     run(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging),
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(staging),
         "dpkg-deb",
         "dpkg",
     )?;
-    let release = release_of(&staging, &package)?;
+    let release = release_of(staging, &package)?;
     // The package ships no modules.dep (postinst makes it); build it the same way.
     run(
-        Command::new("depmod").arg("-b").arg(&staging).arg(&release),
+        Command::new("depmod").arg("-b").arg(staging).arg(&release),
         "depmod",
         "kmod",
     )?;
-    fs::write(staging.join(COMPLETE_STAMP), &release).map_err(io_err(&staging))?;
+    fs::write(staging.join(COMPLETE_STAMP), &release).map_err(io_err(staging))?;
     let root = cache_dir.join(&package);
     let _ = fs::remove_dir_all(&root);
-    fs::rename(&staging, &root).map_err(io_err(&root))?;
-    let _ = fs::remove_dir_all(&download_dir);
+    fs::rename(staging, &root).map_err(io_err(&root))?;
     Ok(KernelPackage { package, release, root })
 }
 
