@@ -11,20 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use testkit::hulld::{eventually, ok, Hulld};
-use testkit::oci::{busybox_image, push_image, Registry};
+use testkit::oci::Registry;
 
 /// A hulld of its own started with `args`, a registry holding
 /// `test/box:v1`, and the image's name.
 fn hulld_with_image(name: &str, args: &[&str]) -> (Hulld, Registry, String) {
-    let hulld = Hulld::start_with(name, args).unwrap();
-    let registry = Registry::start(&format!("hulld-{name}"), None).unwrap();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"]})),
-        "test/box:v1",
-    )
-    .unwrap();
+    let (hulld, registry, image) = Hulld::with_registry(name, args, json!({"Cmd": ["sh"]})).unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
     (hulld, registry, image)
 }

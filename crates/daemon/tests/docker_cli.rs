@@ -28,16 +28,7 @@ fn with_box_image(name: &str) -> (Hulld, Registry, String) {
 
 /// The same, hulld started with `args` too.
 fn with_box_image_args(name: &str, args: &[&str]) -> (Hulld, Registry, String) {
-    let hulld = Hulld::start_with(name, args).unwrap();
-    let registry = Registry::start(&format!("hulld-{name}"), None).unwrap();
-    let image = push_image(
-        &registry,
-        &hulld.work,
-        busybox_image(json!({"Cmd": ["sh"]})),
-        "test/box:v1",
-    )
-    .unwrap();
-    (hulld, registry, image)
+    Hulld::with_registry(name, args, json!({"Cmd": ["sh"]})).unwrap()
 }
 
 #[test]

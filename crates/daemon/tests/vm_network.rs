@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use testkit::hulld::{eventually, ok, text, Hulld};
-use testkit::oci::{busybox_image, busybox_image_with, host_programs_layer, push_image, Registry};
+use testkit::oci::{busybox_image_with, host_programs_layer, push_image, Registry};
 
 fn sh(script: &str) -> Output {
     Command::new("sh").args(["-c", script]).output().unwrap()
@@ -50,17 +50,15 @@ impl Drop for Peer {
     }
 }
 
-/// The body at `url`, fetched from the test host (empty if none came).
 /// A hulld of its own and a registry holding a busybox image with
 /// `config`, pulled.
 fn with_box_image(name: &str, config: serde_json::Value) -> (Hulld, Registry, String) {
-    let hulld = Hulld::start(name).unwrap();
-    let registry = Registry::start(name, None).unwrap();
-    let image = push_image(&registry, &hulld.work, busybox_image(config), "test/box:v1").unwrap();
+    let (hulld, registry, image) = Hulld::with_registry(name, &[], config).unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
     (hulld, registry, image)
 }
 
+/// The body at `url`, fetched from the test host (empty if none came).
 fn wget(url: &str) -> String {
     text(&sh(&format!("curl -sS -m 5 {url}")).stdout)
 }

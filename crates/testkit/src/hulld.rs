@@ -238,17 +238,25 @@ impl Hulld {
         assert!(left.is_empty(), "processes of this data directory are left: {left:#?}");
     }
 
+    /// A hulld started with `args` and a registry of its own holding
+    /// `test/box:v1`, busybox with image config `config` (not pulled):
+    /// (hulld, registry, image).
+    pub fn with_registry(
+        name: &str,
+        args: &[&str],
+        config: serde_json::Value,
+    ) -> Result<(Hulld, crate::oci::Registry, String)> {
+        let hulld = Hulld::start_with(name, args)?;
+        let registry = crate::oci::Registry::start(&format!("hulld-{name}"), None)?;
+        let image = crate::oci::push_image(&registry, &hulld.work, crate::oci::busybox_image(config), "test/box:v1")?;
+        Ok((hulld, registry, image))
+    }
+
     /// A hulld with `test/box:v1` (busybox, `sh`) pulled from a registry of
     /// its own and run once, so the template exists: (hulld, registry, image).
     pub fn with_busybox(name: &str) -> Result<(Hulld, crate::oci::Registry, String)> {
-        let hulld = Hulld::start(name)?;
-        let registry = crate::oci::Registry::start(name, None)?;
-        let image = crate::oci::push_image(
-            &registry,
-            &hulld.work,
-            crate::oci::busybox_image(serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]})),
-            "test/box:v1",
-        )?;
+        let config = serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]});
+        let (hulld, registry, image) = Hulld::with_registry(name, &[], config)?;
         ok(&hulld.docker(&["pull", "-q", &image]));
         // The first container makes the template every later one is cloned from.
         assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
