@@ -52,6 +52,11 @@ fn main() {
             std::process::exit(mounts::helper_main(op));
         }
     }
+    // Not dumpable: a container's process, root or not, can neither trace
+    // the agent nor take its descriptors (the host connection) without
+    // CAP_SYS_PTRACE, which Docker's default set leaves out.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if let Err(e) = mounts::early() {
         console(&format!("early mounts failed: {e}"));
     }
@@ -521,6 +526,9 @@ fn serve_exec(conn: File, reaper: Reaper) {
                 groups: Vec::new(),
                 stdin: matches!(op, proto::ArchiveOp::Put { .. }),
                 tty: None,
+                // hull's own tool, not the container's code: it keeps
+                // owners, modes and device files as they are.
+                capabilities: proto::capabilities::ALL.iter().map(|c| c.to_string()).collect(),
             }),
             Err(e) => return fail(&sink, e, 125),
         },
@@ -626,6 +634,7 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
         }
     }
     let with_terminal = terminal.is_some();
+    let dropped = dropped_capabilities(&spec.capabilities).map_err(|e| (e, 125))?;
     let (uid, gid, groups) = (identity.uid, identity.gid, identity.groups);
     let cwd = CString::new(spec.cwd.as_str()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -641,6 +650,9 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
             if with_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // While still root with every capability: what the process may
+            // not keep leaves its bounding set, so no exec brings it back.
+            drop_capabilities(&dropped)?;
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -657,6 +669,73 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
         _ => (format!("exec: \"{program}\": {e}"), 126),
     })?;
     Ok(Spawned { child, terminal })
+}
+
+/// The capability numbers this kernel has that `kept` does not name.
+fn dropped_capabilities(kept: &[String]) -> Result<Vec<u32>, String> {
+    let kept: Vec<u32> = kept
+        .iter()
+        .map(|name| proto::capabilities::number(name).ok_or_else(|| format!("unknown capability {name:?}")))
+        .collect::<Result<_, _>>()?;
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(proto::capabilities::ALL.len() as u32 - 1);
+    Ok((0..=last).filter(|n| !kept.contains(n)).collect())
+}
+
+/// In a child before exec: drops `dropped` from the bounding set and
+/// empties the inheritable and ambient sets, so that what the command
+/// (root or not) can ever hold is what it was given. Only raw syscalls.
+fn drop_capabilities(dropped: &[u32]) -> std::io::Result<()> {
+    // SAFETY: prctl and capget/capset on structures of our own.
+    unsafe {
+        for &cap in dropped {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData::default(); 2];
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for half in &mut data {
+            half.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`: one of two 32-bit halves.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 fn sethostname(name: &str) -> std::io::Result<()> {

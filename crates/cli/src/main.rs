@@ -191,6 +191,12 @@ struct RunArgs {
     /// Replace the image's entrypoint ("" clears it).
     #[arg(long)]
     entrypoint: Option<String>,
+    /// Keep a capability beyond Docker's default set (NAME or ALL; repeatable).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability of Docker's default set (NAME or ALL; repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -377,6 +383,13 @@ fn run(args: RunArgs) -> ExitCode {
             },
         }
     }
+    let capabilities = match proto::capabilities::resolve(&args.cap_add, &args.cap_drop) {
+        Ok(kept) => kept,
+        Err(e) => {
+            eprintln!("hull: {e}");
+            return ExitCode::from(125);
+        }
+    };
     let request = runtime::run::RunRequest {
         source,
         overrides: image::config::Overrides {
@@ -400,6 +413,7 @@ fn run(args: RunArgs) -> ExitCode {
         volumes,
         binds,
         network: Default::default(),
+        capabilities,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

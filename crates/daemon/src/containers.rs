@@ -211,6 +211,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         binds,
         network,
         log: request.log,
+        capabilities: request.capabilities,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);

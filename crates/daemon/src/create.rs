@@ -59,6 +59,8 @@ struct HostConfigBody {
     group_add: Option<Vec<String>>,
     /// `--link NAME[:ALIAS]`.
     links: Option<Vec<String>>,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
 }
 
 /// `--log-driver` and `--log-opt`.
@@ -99,6 +101,8 @@ pub struct CreateRequest {
     pub network: NetworkIntent,
     pub links: Vec<crate::links::Link>,
     pub log: runtime::log_config::LogConfig,
+    /// What the container's processes keep (`--cap-add`, `--cap-drop`).
+    pub capabilities: Vec<String>,
 }
 
 impl CreateRequest {
@@ -159,6 +163,11 @@ impl CreateRequest {
             return Err(ApiError::bad_request(format!("invalid group in --group-add: {bad:?}")));
         }
         let host = body.host_config;
+        let capabilities = proto::capabilities::resolve(
+            host.cap_add.as_deref().unwrap_or_default(),
+            host.cap_drop.as_deref().unwrap_or_default(),
+        )
+        .map_err(ApiError::bad_request)?;
         let log = runtime::log_config::LogConfig::parse(
             host.log_config.driver.as_deref().unwrap_or(""),
             &host.log_config.config.clone().unwrap_or_default(),
@@ -185,6 +194,7 @@ impl CreateRequest {
             network,
             links: crate::links::parse(&host.links.unwrap_or_default())?,
             log,
+            capabilities,
             raw,
         })
     }

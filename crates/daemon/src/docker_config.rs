@@ -70,6 +70,11 @@ pub struct HostConfig {
     pub pids_limit: Option<i64>,
     #[serde(default, deserialize_with = "lenient")]
     pub runtime: String,
+    /// `--cap-add`, `--cap-drop`.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub cap_add: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub cap_drop: Option<Vec<String>>,
     /// Everything else, as sent.
     #[serde(flatten)]
     pub other: Map<String, Value>,
@@ -134,6 +139,16 @@ impl HostConfig {
 
     pub fn links(&self) -> Vec<String> {
         self.links.clone().unwrap_or_default()
+    }
+
+    /// The capabilities the container's processes keep (checked at create;
+    /// Docker's default set should a stored record say otherwise).
+    pub fn capabilities(&self) -> Vec<String> {
+        let (add, drop) = (
+            self.cap_add.clone().unwrap_or_default(),
+            self.cap_drop.clone().unwrap_or_default(),
+        );
+        proto::capabilities::resolve(&add, &drop).unwrap_or_else(|_| proto::capabilities::docker_default())
     }
 }
 

@@ -196,6 +196,8 @@ pub async fn create(
         tty: body
             .tty
             .then(|| crate::create::console_size(body.console_size.as_deref())),
+        // The container's, as in Docker.
+        capabilities: record.host_config.capabilities(),
     };
     let id = crate::containers::random_hex(32);
     let exec = ExecRecord::new(&id, &record.id, spec, (body.detach_keys, detach_keys));
@@ -429,6 +431,7 @@ mod tests {
             groups: Vec::new(),
             stdin: false,
             tty: None,
+            capabilities: Vec::new(),
         };
         ExecRecord::new(id, container, spec, (String::new(), Vec::new()))
     }

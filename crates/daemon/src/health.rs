@@ -275,6 +275,7 @@ fn probe(dir: &ContainerDir, record: &ContainerRecord, check: &HealthCheck) -> P
         groups: record.host_config.groups(),
         stdin: false,
         tty: None,
+        capabilities: record.host_config.capabilities(),
     };
     let (exit_code, output) = match run(dir, spec, check.timeout) {
         Ok(result) => result,

@@ -199,6 +199,11 @@ fn containers_are_created_listed_renamed_and_removed() {
         1,
         "bind propagation 'rshared' is not supported",
     );
+    fails(
+        &hulld.docker(&["create", "--cap-add", "FLY", &name]),
+        1,
+        "unknown capability: \"CAP_FLY\"",
+    );
     fails(&hulld.docker(&["create", &bare]), 1, "No command specified");
     fails(
         &hulld.docker(&["create", "--pull", "never", "absent:v9"]),

@@ -50,9 +50,21 @@ fn bind(dir: &Path, target: &str, mode: &str) -> String {
     format!("{}:{target}{mode}", dir.display())
 }
 
-/// `docker run --rm -v MOUNT IMAGE sh -c SCRIPT`.
+/// `docker run --rm -v MOUNT IMAGE sh -c SCRIPT`, as root with every
+/// capability (it may mount and remount): the host's side holds on its own.
 fn sh_with(hulld: &Hulld, image: &str, mount: &str, script: &str) -> std::process::Output {
-    hulld.docker(&["run", "--rm", "-v", mount, image, "sh", "-c", script])
+    hulld.docker(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "ALL",
+        "-v",
+        mount,
+        image,
+        "sh",
+        "-c",
+        script,
+    ])
 }
 
 /// The docker command failed with status 125 and this in its message.

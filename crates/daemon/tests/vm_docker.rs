@@ -87,6 +87,65 @@ fn docker_run_in_the_foreground_and_detached() {
         "logs outlive the run"
     );
 
+    // Capabilities as in Docker: its default set (no CAP_NET_ADMIN: root
+    // cannot change the guest's network), changed by --cap-add and
+    // --cap-drop, the container's for its execs, none for another user.
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        &image,
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status; busybox ip link add d0 type dummy 2>&1; true",
+    ]));
+    assert!(
+        out.starts_with("CapEff:\t00000000a80425fb\n"),
+        "Docker's default set: {out}"
+    );
+    assert!(out.contains("Operation not permitted"), "{out}");
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "capped",
+        "--cap-add",
+        "net_admin",
+        "--cap-drop",
+        "MKNOD",
+        &image,
+        "sleep",
+        "600",
+    ]));
+    let effective = |args: &[&str]| {
+        let mut exec = vec!["exec"];
+        exec.extend_from_slice(args);
+        exec.extend_from_slice(&["capped", "busybox", "grep", "CapEff", "/proc/self/status"]);
+        ok(&hulld.docker(&exec))
+    };
+    assert_eq!(
+        effective(&[]),
+        "CapEff:\t00000000a00435fb\n",
+        "NET_ADMIN added, MKNOD dropped"
+    );
+    assert_eq!(effective(&["-u", "1000"]), "CapEff:\t0000000000000000\n");
+    assert_eq!(
+        hulld.inspect("{{.HostConfig.CapAdd}} {{.HostConfig.CapDrop}}", "capped"),
+        "[CAP_NET_ADMIN] [CAP_MKNOD]"
+    );
+    ok(&hulld.docker(&["rm", "-f", "capped"]));
+    let none = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "ALL",
+        &image,
+        "busybox",
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]));
+    assert_eq!(none, "CapEff:\t0000000000000000\n");
+
     // Logs rotate as Docker's do: at most max-file files of about max-size
     // bytes; `logs` reads the kept files, oldest first.
     ok(&hulld.docker(&[

@@ -96,12 +96,27 @@ fn a_hostile_guest_ends_only_its_own_container() {
     );
     calm_is_unharmed(&hulld);
 
-    // The agent's connection, taken over: a flood of output in its name,
-    // then an exit status no process can have. The host takes both.
+    // With Docker's default capabilities (no CAP_SYS_PTRACE) and an agent
+    // that is not dumpable, root in the container cannot take the agent's
+    // connection at all.
+    let out = hulld.docker(&["run", "--rm", &image, "hull-hostile", "hijack-exit"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("pidfd_getfd on the agent (PID 1): Operation not permitted"),
+        "{}",
+        text(&out.stdout)
+    );
+    calm_is_unharmed(&hulld);
+
+    // Granted CAP_SYS_PTRACE (or through a guest kernel bug) it can: a flood
+    // of output in the agent's name, then an exit status no process can
+    // have. The host takes both.
     let out = hulld.docker(&[
         "run",
         "--name",
         "hijacker",
+        "--cap-add",
+        "SYS_PTRACE",
         &image,
         "hull-hostile",
         "hijack-flood:16777216",
@@ -113,7 +128,16 @@ fn a_hostile_guest_ends_only_its_own_container() {
 
     // A frame header claiming 4 GiB, then noise: refused, and only this
     // container ends, with the reason.
-    let out = hulld.docker(&["run", "--name", "garbler", &image, "hull-hostile", "hijack-garbage"]);
+    let out = hulld.docker(&[
+        "run",
+        "--name",
+        "garbler",
+        "--cap-add",
+        "SYS_PTRACE",
+        &image,
+        "hull-hostile",
+        "hijack-garbage",
+    ]);
     assert!(!out.status.success());
     assert_eq!(hulld.inspect("{{.State.Status}}", "garbler"), "exited");
     let error = hulld.inspect("{{.State.Error}}", "garbler");

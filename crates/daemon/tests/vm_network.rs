@@ -570,6 +570,9 @@ fn policies_are_enforced_on_the_host_and_change_while_running() {
         "-d",
         "--name",
         "guarded",
+        // Root in the guest that may change its own network.
+        "--cap-add",
+        "NET_ADMIN",
         "--label",
         "hull.policy=outbound",
         "-p",

@@ -6,8 +6,9 @@
 //! - `ports:FIRST-LAST`: opens vsock connections to the host on every port
 //!   in the range.
 //! - `hijack-flood:BYTES`: takes the agent's own connection to the host
-//!   (pidfd_getfd on PID 1: the container shares the agent's PID namespace)
-//!   and sends BYTES of output frames in the agent's name.
+//!   (pidfd_getfd on PID 1: the container shares the agent's PID namespace;
+//!   it needs `--cap-add SYS_PTRACE`) and sends BYTES of output frames in
+//!   the agent's name.
 //! - `hijack-exit`: in the agent's name, reports an exit with code 99999
 //!   and signal 200.
 //! - `hijack-garbage`: in the agent's name, sends a frame header claiming
@@ -182,6 +183,11 @@ fn hijack(act: impl FnOnce(&mut File) -> Result<String, String>) -> Result<Strin
             )
         };
         if fd < 0 {
+            // Not allowed (no CAP_SYS_PTRACE, or the agent not dumpable):
+            // say so rather than look on.
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                return Err(os_err("pidfd_getfd on the agent (PID 1)"));
+            }
             continue;
         }
         // SAFETY: a fresh descriptor.

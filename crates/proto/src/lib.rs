@@ -8,6 +8,7 @@
 //! side of a VM boundary: a length over `MAX_FRAME`, an unknown kind or bad
 //! JSON is an error, never a panic or an unbounded allocation.
 
+pub mod capabilities;
 pub mod host_changes;
 pub mod vmm_control;
 
@@ -57,6 +58,10 @@ pub struct ProcessSpec {
     /// its output is one stream, sent as `Stdout`, and `Resize` changes the
     /// size. `None`: pipes.
     pub tty: Option<TerminalSize>,
+    /// The capabilities the process keeps (`CAP_…` names); the agent drops
+    /// the rest from its bounding set. Docker's default set when absent.
+    #[serde(default = "capabilities::docker_default")]
+    pub capabilities: Vec<String>,
 }
 
 /// A terminal's size in characters (0 × 0: unknown).
@@ -435,6 +440,7 @@ mod tests {
             groups: vec!["audio".into(), "44".into()],
             stdin: true,
             tty: Some(TerminalSize { rows: 24, cols: 80 }),
+            capabilities: capabilities::docker_default(),
         };
         round_trip(Frame::Control(Control::Run(Box::new(RunSpec {
             process: process.clone(),

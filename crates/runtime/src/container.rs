@@ -52,6 +52,10 @@ pub struct ContainerSpec {
     /// How its log is kept (`--log-driver`, `--log-opt`).
     #[serde(default)]
     pub log: crate::log_config::LogConfig,
+    /// The capabilities its processes keep (Docker's default set for older
+    /// records).
+    #[serde(default = "proto::capabilities::docker_default")]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,6 +64,8 @@ pub struct RunRequest {
     pub binds: Vec<crate::bind::BindMount>,
     /// The container's network (its address is leased already).
     pub network: crate::network::ContainerNetwork,
+    /// The capabilities the command keeps (`proto::capabilities`).
+    pub capabilities: Vec<String>,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -826,6 +828,7 @@ fn converse(
             groups: process.groups.clone(),
             stdin: request.interactive,
             tty: request.tty,
+            capabilities: request.capabilities.clone(),
         },
         hostname,
         root_device: "/dev/vda".into(),

@@ -231,6 +231,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         volumes: spec.volumes.clone(),
         binds: spec.binds.clone(),
         network: spec.network.clone(),
+        capabilities: spec.capabilities.clone(),
     })
 }
 
