@@ -32,6 +32,8 @@ struct Shared {
 }
 
 struct State {
+    /// The event task ended: no more watches, followers poll.
+    stopped: bool,
     watches: Watches,
     by_dir: HashMap<PathBuf, Watched>,
     by_wd: HashMap<WatchDescriptor, PathBuf>,
@@ -63,6 +65,7 @@ impl LogWatcher {
         let mut events = inotify.into_event_stream(vec![0u8; 16 * 1024])?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
+                stopped: false,
                 watches,
                 by_dir: HashMap::new(),
                 by_wd: HashMap::new(),
@@ -75,9 +78,8 @@ impl LogWatcher {
                 match event {
                     Ok(event) => shared.wake(&event.wd, event.mask, event.name.as_deref()),
                     Err(e) => {
-                        tracing::warn!("the log watcher stopped; followers that wait on it now poll: {e}");
-                        shared.wake_all();
-                        return;
+                        tracing::warn!("the log watcher stopped; followers now poll: {e}");
+                        return shared.stop();
                     }
                 }
             }
@@ -98,6 +100,9 @@ impl LogWatcher {
 impl Shared {
     fn add(&self, dir: &Path) -> Option<watch::Receiver<u64>> {
         let mut state = self.state.lock().ok()?;
+        if state.stopped {
+            return None;
+        }
         if let Some(watched) = state.by_dir.get_mut(dir) {
             watched.followers += 1;
             return Some(watched.grew.subscribe());
@@ -163,6 +168,15 @@ impl Shared {
         if gone || about_the_log {
             watched.grew.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Drops every follower's sender: each one's next wait finds it gone
+    /// and polls from then on.
+    fn stop(&self) {
+        let Ok(mut state) = self.state.lock() else { return };
+        state.stopped = true;
+        state.by_dir.clear();
+        state.by_wd.clear();
     }
 
     fn wake_all(&self) {
@@ -231,5 +245,22 @@ mod tests {
         drop(second);
         assert!(shared.state.lock().unwrap().by_dir.is_empty());
         assert!(shared.state.lock().unwrap().by_wd.is_empty());
+    }
+
+    #[tokio::test]
+    async fn followers_poll_once_the_watcher_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let watcher = LogWatcher::start();
+        let mut follower = watcher.watch(dir.path());
+        watcher.shared.as_ref().unwrap().stop();
+        // Its wait ends at once (the sender is gone), then it polls.
+        tokio::time::timeout(Duration::from_secs(1), follower.grown())
+            .await
+            .unwrap();
+        assert!(follower.grew.is_none());
+        let started = std::time::Instant::now();
+        follower.grown().await;
+        assert!(started.elapsed() >= POLL_INTERVAL);
+        assert!(watcher.watch(dir.path()).grew.is_none(), "new followers poll");
     }
 }
