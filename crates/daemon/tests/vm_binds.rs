@@ -24,7 +24,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let hulld = Hulld::start("vm-binds").unwrap();
+    setup_with_env(&[])
+}
+
+fn setup_with_env(env: &[(&str, &str)]) -> Setup {
+    let hulld = Hulld::start_with_env("vm-binds", &[], env).unwrap();
     let registry = Registry::start("vm-binds", None).unwrap();
     let image = ImageSpec {
         layers: vec![(busybox_layer(APPLETS), Compression::Gzip)],
@@ -406,5 +410,82 @@ fn host_changes_raise_inotify_events_in_the_container() {
         "version 3, LONGER"
     );
     ok(&hulld.docker(&["rm", "-f", "dev"]));
+    hulld.assert_no_leftovers();
+}
+
+/// Descriptors process `pid` holds.
+fn descriptors_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Active objects of the guest kernel's slab cache `cache`, from the
+/// container's `/proc/slabinfo`.
+fn slab_objects(hulld: &Hulld, container: &str, cache: &str) -> usize {
+    let slabinfo = ok(&hulld.docker(&["exec", container, "cat", "/proc/slabinfo"]));
+    slabinfo
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(cache)).then(|| fields.next().and_then(|n| n.parse().ok()))?
+        })
+        .unwrap_or_else(|| panic!("no {cache} in the guest's slabinfo"))
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_large_tree_is_listed_with_bounded_host_descriptors() {
+    const MOST_OPEN: usize = 500;
+    let most_open = MOST_OPEN.to_string();
+    let Setup { hulld, image, .. } = setup_with_env(&[("HULL_FS_OPEN_INODES", &most_open)]);
+    let dir = host_dir(&hulld, "tree");
+    for d in 0..20 {
+        std::fs::create_dir(dir.join(format!("d{d}"))).unwrap();
+        for f in 0..1000 {
+            std::fs::write(dir.join(format!("d{d}/f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "lister",
+        "-v",
+        &bind(&dir, "/data", ""),
+        &image,
+        "sleep",
+        "600",
+    ]));
+    let vmms = hulld.processes_of("hull-vmm");
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let before = descriptors_of(vmms[0].0);
+
+    // `ls -l` looks up and stats every one of the 20,020 names; the guest
+    // keeps them all (its fuse_inode cache shows it).
+    let started = Instant::now();
+    let listing = ok(&hulld.docker(&["exec", "lister", "ls", "-lR", "/data"]));
+    let took = started.elapsed();
+    let files = listing.lines().filter(|line| line.starts_with("-rw")).count();
+    assert_eq!(files, 20_000, "{}", &listing[..listing.len().min(2000)]);
+    let cached = slab_objects(&hulld, "lister", "fuse_inode");
+    assert!(cached >= 20_000, "the guest holds {cached} FUSE inodes");
+    let held = descriptors_of(vmms[0].0);
+    eprintln!(
+        "ls -lR of 20,000 files: {took:.1?}; the guest holds {cached} FUSE inodes, \
+         hull-vmm {held} descriptors ({before} before, at most {MOST_OPEN} for inodes)"
+    );
+    assert!(
+        held <= before + MOST_OPEN + 16,
+        "hull-vmm holds {held} descriptors ({before} before the listing)"
+    );
+
+    // Inodes closed long ago answer as the files they were, and changes
+    // through the guest still land on the host.
+    let script = "cat /data/d0/f0 /data/d0/f1 && echo && mv /data/d0/f2 /data/moved && cat /data/moved";
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "lister", "sh", "-c", script])),
+        "0/00/1\n0/2"
+    );
+    assert!(dir.join("moved").exists() && !dir.join("d0/f2").exists());
+    ok(&hulld.docker(&["rm", "-f", "lister"]));
     hulld.assert_no_leftovers();
 }

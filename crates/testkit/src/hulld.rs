@@ -12,6 +12,8 @@ pub struct Hulld {
     child: Option<Child>,
     /// hulld's arguments beyond its socket and data directory.
     extra_args: Vec<String>,
+    /// Environment variables hulld (and so its containers' VMMs) gets.
+    extra_env: Vec<(String, String)>,
     pub work: PathBuf,
     pub data: PathBuf,
     pub socket: PathBuf,
@@ -35,6 +37,11 @@ impl Hulld {
 
     /// The same, with more of hulld's arguments (`--tls-listen`, …).
     pub fn start_with(name: &str, extra_args: &[&str]) -> Result<Hulld> {
+        Hulld::start_with_env(name, extra_args, &[])
+    }
+
+    /// The same, with environment variables of its own.
+    pub fn start_with_env(name: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Hulld> {
         runtime::network::host::load_modules();
         let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
@@ -47,6 +54,7 @@ impl Hulld {
         let mut hulld = Hulld {
             child: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             socket: work.join("docker.sock"),
             work,
             data,
@@ -67,6 +75,7 @@ impl Hulld {
             .arg("--data-dir")
             .arg(&self.data)
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("HULL_RUN_DIR", self.work.join("run"))
             .env("HULL_NET_NAME", &self.net_name)
             // Several clones booting at once inside the emulated test host,

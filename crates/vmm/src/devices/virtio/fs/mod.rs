@@ -12,6 +12,7 @@
 //! write, whatever the guest does, and device nodes a guest makes cannot
 //! be opened through it.
 
+mod bounded_inodes;
 mod bridge;
 mod replay;
 mod single_file;
@@ -52,9 +53,14 @@ fn split_file(path: &Path) -> std::io::Result<(PathBuf, Option<single_file::Only
 pub const TAG: &str = "hull";
 /// The most directories one VM shares.
 pub const MAX_SHARES: usize = 64;
-/// Open files a VMM that shares directories may hold (one per inode its
-/// guest has looked up).
+/// Open files a VMM that shares directories may hold: the inodes below,
+/// and the files its guest holds open.
 pub const OPEN_FILES: u64 = 1 << 20;
+/// The most inodes a VM's shares keep a host descriptor for at once,
+/// split evenly between its shares (`bounded_inodes`); the guest may hold
+/// any number. `HULL_FS_OPEN_INODES` sets another figure.
+pub const OPEN_INODES: usize = 1 << 16;
+pub const OPEN_INODES_ENV: &str = "HULL_FS_OPEN_INODES";
 /// How long the guest may trust what it looked up: a host-side change is
 /// seen within this (Docker's bind mounts see it at once; hot-reload tools
 /// poll at about this pace).
@@ -114,6 +120,11 @@ impl Fs {
             no_writeback: true,
             ..VfsOptions::default()
         });
+        let open_inodes = std::env::var(OPEN_INODES_ENV)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(OPEN_INODES);
+        let per_share = (open_inodes / shares.len()).max(16);
         let mut mounts = Vec::new();
         for (index, share) in shares.iter().enumerate() {
             let shown = share.path.display().to_string();
@@ -141,6 +152,7 @@ impl Fs {
             })
             .map_err(open_err)?;
             fs.import().map_err(open_err)?;
+            let fs = bounded_inodes::BoundedInodes::new(fs, per_share).map_err(open_err)?;
             vfs.mount(Box::new(stable_dirs::StableDirs::new(fs, only)), &format!("/{index}"))
                 .map_err(|e| ShareError::Vfs {
                     path: shown.clone(),
