@@ -55,7 +55,13 @@ fuzz_target!(|data: &[u8]| {
         path,
         read_only: u.arbitrary::<bool>().unwrap_or(false),
     };
-    let mut fs = Fs::new(&[share]).expect("sharing the scratch directory");
+    // Half the time so few inodes keep a descriptor that closing and
+    // finding them again is exercised too.
+    let open_inodes = match u.arbitrary::<bool>().unwrap_or(false) {
+        true => 3,
+        false => vmm::devices::virtio::fs::OPEN_INODES,
+    };
+    let mut fs = Fs::with_open_inodes(&[share], open_inodes).expect("sharing the scratch directory");
     let Ok(mut guest) = Guest::new(&mut u, fs.queue_max_sizes()) else {
         return;
     };

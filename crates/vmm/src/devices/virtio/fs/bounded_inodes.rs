@@ -166,10 +166,9 @@ impl Table {
                 self.open -= 1;
             }
             self.touch(id);
-            let node = &self.nodes[&id];
-            if node.children > 0 {
+            let Some(node) = self.nodes.get(&id).filter(|node| node.children == 0) else {
                 continue;
-            }
+            };
             let host = node.host;
             self.set_place(id, None, &mut candidates);
             if self.by_host.get(&host) == Some(&id) {
@@ -336,9 +335,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
         let id = {
             let mut table = self.table();
             let table = &mut *table;
-            let id = match table.by_host.get(&host).copied() {
-                Some(id) => {
-                    let node = table.nodes.get_mut(&id).expect("indexed nodes exist");
+            let known = table.by_host.get(&host).copied();
+            let id = match known.and_then(|id| Some((id, table.nodes.get_mut(&id)?))) {
+                Some((id, node)) => {
                     node.guest_refs += 1;
                     match node.inner {
                         Some(_) => forget.push(entry.inode),
@@ -369,9 +368,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
                     id
                 }
             };
-            let already_there = table.nodes[&id]
-                .place
-                .as_ref()
+            let already_there = table
+                .nodes
+                .get(&id)
+                .and_then(|node| node.place.as_ref())
                 .is_some_and(|(p, n)| *p == parent && **n == *name);
             if named && !already_there {
                 table.set_place(id, Some((parent, name.to_owned())), &mut gone);

@@ -99,6 +99,16 @@ impl Fs {
     /// A device sharing `shares` as `/0`, `/1`, ... Must run before the
     /// jail hides the host's directories and `/proc`.
     pub fn new(shares: &[Share]) -> Result<Fs, ShareError> {
+        let open_inodes = std::env::var(OPEN_INODES_ENV)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(OPEN_INODES);
+        Fs::with_open_inodes(shares, open_inodes)
+    }
+
+    /// The same, keeping a host descriptor for at most `open_inodes` of
+    /// the inodes the guest holds.
+    pub fn with_open_inodes(shares: &[Share], open_inodes: usize) -> Result<Fs, ShareError> {
         if shares.len() > MAX_SHARES {
             return Err(ShareError::TooMany(shares.len()));
         }
@@ -120,11 +130,7 @@ impl Fs {
             no_writeback: true,
             ..VfsOptions::default()
         });
-        let open_inodes = std::env::var(OPEN_INODES_ENV)
-            .ok()
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(OPEN_INODES);
-        let per_share = (open_inodes / shares.len()).max(16);
+        let per_share = open_inodes / shares.len();
         let mut mounts = Vec::new();
         for (index, share) in shares.iter().enumerate() {
             let shown = share.path.display().to_string();
