@@ -19,6 +19,7 @@ mod limits;
 mod machine;
 mod mounts;
 mod network;
+mod pid_namespace;
 mod report;
 mod terminal;
 mod user;
@@ -32,6 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use pid_namespace::Pids;
 use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, CHUNK, PROTOCOL_VERSION};
 
 /// Where the container's root filesystem is assembled.
@@ -160,7 +162,8 @@ fn serve(conn: File) {
     if spec.process.argv.is_empty() {
         return hold(&sink, input, reaper);
     }
-    let mut process = match spawn(&spec.process) {
+    let pids = if spec.pid_host { Pids::Vm } else { Pids::New };
+    let mut process = match spawn(&spec.process, pids) {
         Ok(process) => process,
         Err((message, code)) => return fail(&sink, message, code),
     };
@@ -465,8 +468,8 @@ fn serve_execs(reaper: Reaper) {
 fn serve_exec(conn: File, reaper: Reaper) {
     let Ok(mut input) = conn.try_clone() else { return };
     let sink: Sink = Arc::new(Mutex::new(conn));
-    let spec = match read_frame(&mut input) {
-        Ok(Some(Frame::Control(Control::Exec(spec)))) => spec,
+    let (spec, pids) = match read_frame(&mut input) {
+        Ok(Some(Frame::Control(Control::Exec(spec)))) => (spec, Pids::Container),
         Ok(Some(Frame::Control(Control::Stats))) => {
             send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
             return wait_for_host_close(input);
@@ -518,18 +521,21 @@ fn serve_exec(conn: File, reaper: Reaper) {
             return wait_for_host_close(input);
         }
         Ok(Some(Frame::Control(Control::Archive(op)))) => match archive::helper_argv(&op) {
-            Ok(argv) => Box::new(ProcessSpec {
-                argv,
-                env: vec![],
-                cwd: "/".into(),
-                user: String::new(),
-                groups: Vec::new(),
-                stdin: matches!(op, proto::ArchiveOp::Put { .. }),
-                tty: None,
-                // hull's own tool, not the container's code: it keeps
-                // owners, modes and device files as they are.
-                capabilities: proto::capabilities::ALL.iter().map(|c| c.to_string()).collect(),
-            }),
+            Ok(argv) => (
+                Box::new(ProcessSpec {
+                    argv,
+                    env: vec![],
+                    cwd: "/".into(),
+                    user: String::new(),
+                    groups: Vec::new(),
+                    stdin: matches!(op, proto::ArchiveOp::Put { .. }),
+                    tty: None,
+                    // hull's own tool, not the container's code: it keeps
+                    // owners, modes and device files as they are.
+                    capabilities: proto::capabilities::ALL.iter().map(|c| c.to_string()).collect(),
+                }),
+                Pids::Vm,
+            ),
             Err(e) => return fail(&sink, e, 125),
         },
         Ok(other) => {
@@ -538,7 +544,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
         }
         Err(e) => return fail(&sink, format!("reading the exec request: {e}"), 125),
     };
-    let mut process = match spawn(&spec) {
+    let mut process = match spawn(&spec, pids) {
         Ok(process) => process,
         Err((message, code)) => {
             fail(&sink, message, code);
@@ -591,7 +597,8 @@ struct Spawned {
     terminal: Option<File>,
 }
 
-fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
+/// Starts `spec` in the container's root, in the PID namespace `pids` says.
+fn spawn(spec: &ProcessSpec, pids: Pids) -> Result<Spawned, (String, i32)> {
     let Some(program) = spec.argv.first() else {
         return Err(("no command given".into(), 125));
     };
@@ -642,7 +649,23 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
         command.pre_exec(move || {
             limits::join_in_child()?;
             let root = c"/mnt/root";
-            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+            if libc::chroot(root.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // PID 1 of a namespace of its own: a /proc of that namespace,
+            // over the VM's, for it and its execs.
+            if pids == Pids::New
+                && libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             libc::setsid();
@@ -662,12 +685,23 @@ fn spawn(spec: &ProcessSpec) -> Result<Spawned, (String, i32)> {
         });
     }
     let _spawning = SPAWN_LOCK.lock();
-    let child = command.spawn().map_err(|e| match e.kind() {
+    let entered =
+        pid_namespace::enter(pids).map_err(|e| (format!("entering the container's PID namespace: {e}"), 125))?;
+    let spawned = command.spawn();
+    drop(entered);
+    let child = spawned.map_err(|e| match e.kind() {
         // Docker's words: its CLI and SDKs map them to exit statuses 127 and 126.
         std::io::ErrorKind::NotFound => (format!("exec: \"{program}\": executable file not found in $PATH"), 127),
         std::io::ErrorKind::PermissionDenied => (format!("exec: \"{program}\": permission denied"), 126),
         _ => (format!("exec: \"{program}\": {e}"), 126),
     })?;
+    if pids == Pids::New {
+        if let Err(e) = pid_namespace::remember_container(child.id()) {
+            console(&format!(
+                "the container's PID namespace: {e}; its execs start in the VM's"
+            ));
+        }
+    }
     Ok(Spawned { child, terminal })
 }
 

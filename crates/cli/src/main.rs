@@ -197,6 +197,10 @@ struct RunArgs {
     /// Drop a capability of Docker's default set (NAME or ALL; repeatable).
     #[arg(long = "cap-drop", value_name = "CAP")]
     cap_drop: Vec<String>,
+    /// PID namespace: "host" shares the VM's (the agent's) instead of the
+    /// command being PID 1 of its own.
+    #[arg(long = "pid", value_name = "host", value_parser = ["host"])]
+    pid: Option<String>,
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -414,6 +418,7 @@ fn run(args: RunArgs) -> ExitCode {
         binds,
         network: Default::default(),
         capabilities,
+        pid_host: args.pid.is_some(),
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

@@ -212,6 +212,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         network,
         log: request.log,
         capabilities: request.capabilities,
+        pid_host: request.pid_host,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);

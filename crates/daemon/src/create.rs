@@ -61,6 +61,8 @@ struct HostConfigBody {
     links: Option<Vec<String>>,
     cap_add: Option<Vec<String>>,
     cap_drop: Option<Vec<String>>,
+    /// `--pid`: "" (its own namespace) or "host" (the VM's).
+    pid_mode: String,
 }
 
 /// `--log-driver` and `--log-opt`.
@@ -73,6 +75,19 @@ struct LogConfigBody {
 }
 
 pub use crate::docker_config::RestartPolicy;
+
+/// `HostConfig.PidMode`: whether the command shares the VM's namespace.
+/// Another container's namespace is in another VM, out of reach.
+fn pid_mode(mode: &str) -> Result<bool, ApiError> {
+    match mode {
+        "" | "private" => Ok(false),
+        "host" => Ok(true),
+        _ if mode.starts_with("container:") => Err(ApiError::bad_request(format!(
+            "--pid {mode} is not supported: each container runs in its own VM, so one cannot join another's PID namespace"
+        ))),
+        _ => Err(ApiError::bad_request(format!("invalid --pid: {mode:?}"))),
+    }
+}
 
 /// A create request, checked. `raw` is the body as sent, which the record
 /// keeps (inspect shows it back).
@@ -103,6 +118,8 @@ pub struct CreateRequest {
     pub log: runtime::log_config::LogConfig,
     /// What the container's processes keep (`--cap-add`, `--cap-drop`).
     pub capabilities: Vec<String>,
+    /// `--pid host`: the command shares the VM's PID namespace.
+    pub pid_host: bool,
 }
 
 impl CreateRequest {
@@ -163,6 +180,7 @@ impl CreateRequest {
             return Err(ApiError::bad_request(format!("invalid group in --group-add: {bad:?}")));
         }
         let host = body.host_config;
+        let pid_host = pid_mode(&host.pid_mode)?;
         let capabilities = proto::capabilities::resolve(
             host.cap_add.as_deref().unwrap_or_default(),
             host.cap_drop.as_deref().unwrap_or_default(),
@@ -195,6 +213,7 @@ impl CreateRequest {
             links: crate::links::parse(&host.links.unwrap_or_default())?,
             log,
             capabilities,
+            pid_host,
             raw,
         })
     }

@@ -204,6 +204,11 @@ fn containers_are_created_listed_renamed_and_removed() {
         1,
         "unknown capability: \"CAP_FLY\"",
     );
+    fails(
+        &hulld.docker(&["create", "--pid", "container:other", &name]),
+        1,
+        "each container runs in its own VM",
+    );
     fails(&hulld.docker(&["create", &bare]), 1, "No command specified");
     fails(
         &hulld.docker(&["create", "--pull", "never", "absent:v9"]),

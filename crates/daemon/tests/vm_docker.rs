@@ -132,7 +132,47 @@ fn docker_run_in_the_foreground_and_detached() {
         hulld.inspect("{{.HostConfig.CapAdd}} {{.HostConfig.CapDrop}}", "capped"),
         "[CAP_NET_ADMIN] [CAP_MKNOD]"
     );
+    // Its own PID namespace, as under Docker: the command is PID 1 and
+    // sees only its own processes; an exec joins it, and `docker top`
+    // still lists them.
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "capped", "cat", "/proc/1/cmdline"])),
+        "sleep\x00600\x00"
+    );
+    let listed = ok(&hulld.docker(&[
+        "exec",
+        "capped",
+        "sh",
+        "-c",
+        "echo $$; for p in /proc/[0-9]*; do echo ${p#/proc/}; done",
+    ]));
+    let mut lines = listed.lines();
+    let shell = lines.next().unwrap_or_default().to_string();
+    let mut seen: Vec<&str> = lines.collect();
+    seen.sort_unstable();
+    let mut expected = vec!["1", shell.as_str()];
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "only the command and the exec: {listed}");
+    assert!(ok(&hulld.docker(&["top", "capped"])).contains("sleep 600"));
     ok(&hulld.docker(&["rm", "-f", "capped"]));
+    // `--pid host`: the VM's namespace, where the agent (/init) is PID 1.
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "--pid",
+        "host",
+        &image,
+        "sh",
+        "-c",
+        "cat /proc/1/comm; echo $$",
+    ]));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("init"), "{out}");
+    assert_ne!(lines.next(), Some("1"), "{out}");
+    assert_eq!(
+        ok(&hulld.docker(&["run", "--rm", &image, "sh", "-c", "echo $$"])),
+        "1\n"
+    );
     let none = ok(&hulld.docker(&[
         "run",
         "--rm",

@@ -96,10 +96,19 @@ fn a_hostile_guest_ends_only_its_own_container() {
     );
     calm_is_unharmed(&hulld);
 
-    // With Docker's default capabilities (no CAP_SYS_PTRACE) and an agent
-    // that is not dumpable, root in the container cannot take the agent's
-    // connection at all.
+    // In its own PID namespace (Docker's default) the container does not
+    // see the agent at all: PID 1 is itself.
     let out = hulld.docker(&["run", "--rm", &image, "hull-hostile", "hijack-exit"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("holds no connection to the host"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Beside the agent (`--pid host`, the VM's namespace) but with Docker's
+    // default capabilities (no CAP_SYS_PTRACE) and an agent that is not
+    // dumpable, it cannot take the agent's connection either.
+    let out = hulld.docker(&["run", "--rm", "--pid", "host", &image, "hull-hostile", "hijack-exit"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
         text(&out.stdout).contains("pidfd_getfd on the agent (PID 1): Operation not permitted"),
@@ -108,13 +117,16 @@ fn a_hostile_guest_ends_only_its_own_container() {
     );
     calm_is_unharmed(&hulld);
 
-    // Granted CAP_SYS_PTRACE (or through a guest kernel bug) it can: a flood
+    // Beside it and granted CAP_SYS_PTRACE (or through a guest kernel bug)
+    // it can: a flood
     // of output in the agent's name, then an exit status no process can
     // have. The host takes both.
     let out = hulld.docker(&[
         "run",
         "--name",
         "hijacker",
+        "--pid",
+        "host",
         "--cap-add",
         "SYS_PTRACE",
         &image,
@@ -132,6 +144,8 @@ fn a_hostile_guest_ends_only_its_own_container() {
         "run",
         "--name",
         "garbler",
+        "--pid",
+        "host",
         "--cap-add",
         "SYS_PTRACE",
         &image,

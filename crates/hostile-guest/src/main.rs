@@ -6,7 +6,7 @@
 //! - `ports:FIRST-LAST`: opens vsock connections to the host on every port
 //!   in the range.
 //! - `hijack-flood:BYTES`: takes the agent's own connection to the host
-//!   (pidfd_getfd on PID 1: the container shares the agent's PID namespace;
+//!   (pidfd_getfd on PID 1: run with `--pid host` to share the agent's PID namespace;
 //!   it needs `--cap-add SYS_PTRACE`) and sends BYTES of output frames in
 //!   the agent's name.
 //! - `hijack-exit`: in the agent's name, reports an exit with code 99999

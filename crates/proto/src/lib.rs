@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 13;
+pub const PROTOCOL_VERSION: u32 = 14;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -104,6 +104,10 @@ pub struct RunSpec {
     /// (Docker's `--pids-limit`); `None`: no limit.
     #[serde(default)]
     pub pids_limit: Option<u64>,
+    /// The command shares the VM's PID namespace, beside the agent
+    /// (Docker's `--pid host`); else it is PID 1 of a namespace of its own.
+    #[serde(default)]
+    pub pid_host: bool,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -498,6 +502,7 @@ mod tests {
                 dns_options: Vec::new(),
             }),
             pids_limit: Some(64),
+            pid_host: true,
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));

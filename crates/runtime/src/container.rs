@@ -56,6 +56,9 @@ pub struct ContainerSpec {
     /// records).
     #[serde(default = "proto::capabilities::docker_default")]
     pub capabilities: Vec<String>,
+    /// Its command shares the VM's PID namespace (`--pid host`).
+    #[serde(default)]
+    pub pid_host: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

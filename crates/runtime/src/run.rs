@@ -66,6 +66,8 @@ pub struct RunRequest {
     pub network: crate::network::ContainerNetwork,
     /// The capabilities the command keeps (`proto::capabilities`).
     pub capabilities: Vec<String>,
+    /// The command shares the VM's PID namespace (`--pid host`).
+    pub pid_host: bool,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -843,6 +845,7 @@ fn converse(
         network: guest_devices.network,
         // A held VM runs only hull's own file operations.
         pids_limit: request.pids_limit.filter(|_| !request.hold),
+        pid_host: request.pid_host,
     };
     if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));

@@ -232,6 +232,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         binds: spec.binds.clone(),
         network: spec.network.clone(),
         capabilities: spec.capabilities.clone(),
+        pid_host: spec.pid_host,
     })
 }
 

@@ -1,0 +1,101 @@
+//! The container's own PID namespace: its command is PID 1 there, as under
+//! Docker, and sees none of the VM's other processes (the agent, its
+//! helpers); execs join it. `--pid host` (the VM's namespace, the only
+//! "host" a container in its own VM has) keeps the command beside the
+//! agent.
+//!
+//! A thread's children go to its `pid_for_children` namespace, which
+//! `unshare`/`setns` change for that thread alone: the spawning thread
+//! switches for one spawn, under the spawn lock, and switches back.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::sync::{Mutex, OnceLock};
+
+/// Where a process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pids {
+    /// A new namespace, whose PID 1 it is (the container's command).
+    New,
+    /// The container's namespace (an exec), or the VM's when the container
+    /// has none of its own.
+    Container,
+    /// The VM's, beside the agent (its own helpers).
+    Vm,
+}
+
+/// The container's namespace, once its command started in one.
+static CONTAINER: Mutex<Option<File>> = Mutex::new(None);
+
+fn vm_namespace() -> std::io::Result<&'static File> {
+    static VM: OnceLock<File> = OnceLock::new();
+    if let Some(file) = VM.get() {
+        return Ok(file);
+    }
+    // The agent's own (active) namespace, which unshare never changes.
+    let file = File::open("/proc/self/ns/pid")?;
+    Ok(VM.get_or_init(|| file))
+}
+
+fn set_for_children(namespace: &File) -> std::io::Result<()> {
+    // SAFETY: setns on a namespace descriptor we hold.
+    match unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWPID) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// While alive, this thread's children start in the namespace asked for;
+/// dropped, in the VM's again. Held with the spawn lock.
+pub struct Entered {
+    switched: bool,
+}
+
+/// Makes this thread's next children start where `pids` says.
+pub fn enter(pids: Pids) -> std::io::Result<Entered> {
+    // Opened first: the way back must be there before leaving.
+    vm_namespace()?;
+    match pids {
+        Pids::Vm => Ok(Entered { switched: false }),
+        Pids::New => {
+            // SAFETY: unshare of this thread's pid_for_children only.
+            if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Entered { switched: true })
+        }
+        Pids::Container => {
+            let container = CONTAINER.lock().unwrap_or_else(|e| e.into_inner());
+            match container.as_ref() {
+                Some(namespace) => {
+                    set_for_children(namespace)?;
+                    Ok(Entered { switched: true })
+                }
+                None => Ok(Entered { switched: false }),
+            }
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.switched {
+            if let Ok(vm) = vm_namespace() {
+                // Back to the VM's (always allowed: the thread's own active
+                // namespace); failing, later helpers would start in the
+                // container's, so the agent says so.
+                if let Err(e) = set_for_children(vm) {
+                    crate::console(&format!("returning to the VM's PID namespace: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the namespace the container's command `pid` (a PID of the VM's
+/// namespace) started in, for its execs.
+pub fn remember_container(pid: u32) -> std::io::Result<()> {
+    let namespace = File::open(format!("/proc/{pid}/ns/pid"))?;
+    *CONTAINER.lock().unwrap_or_else(|e| e.into_inner()) = Some(namespace);
+    Ok(())
+}
