@@ -885,22 +885,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
-    use std::path::Path;
 
-    use fuse_backend_rs::passthrough::{Config, PassthroughFs};
-
+    use super::super::test_passthrough as passthrough;
     use super::*;
-
-    fn passthrough(dir: &Path) -> PassthroughFs<()> {
-        let fs = PassthroughFs::<()>::new(Config {
-            root_dir: dir.display().to_string(),
-            do_import: false,
-            ..Default::default()
-        })
-        .unwrap();
-        fs.import().unwrap();
-        fs
-    }
 
     fn ctx() -> Context {
         Context::default()

@@ -284,6 +284,20 @@ impl VirtioDevice for Fs {
     }
 }
 
+/// A passthrough file system over `dir`, as the unit tests of the layers
+/// above it use one.
+#[cfg(test)]
+fn test_passthrough(dir: &Path) -> PassthroughFs<()> {
+    let fs = PassthroughFs::<()>::new(Config {
+        root_dir: dir.display().to_string(),
+        do_import: false,
+        ..Default::default()
+    })
+    .unwrap();
+    fs.import().unwrap();
+    fs
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;

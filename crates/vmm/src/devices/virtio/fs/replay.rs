@@ -142,21 +142,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_passthrough as fs;
     use super::*;
-    use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
     const ROOT: u64 = 1;
-
-    fn fs(dir: &std::path::Path) -> PassthroughFs<()> {
-        let fs = PassthroughFs::<()>::new(Config {
-            root_dir: dir.display().to_string(),
-            do_import: false,
-            ..Default::default()
-        })
-        .unwrap();
-        fs.import().unwrap();
-        fs
-    }
 
     fn as_replay(replay: Replay) -> Context {
         Context {
