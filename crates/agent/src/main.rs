@@ -534,7 +534,10 @@ fn serve_exec(conn: File, reaper: Reaper) {
                     // owners, modes and device files as they are.
                     capabilities: proto::capabilities::ALL.iter().map(|c| c.to_string()).collect(),
                 }),
-                Pids::Vm,
+                // In the container's namespace: after the chroot its
+                // `/proc/self/exe` is looked up in the container's /proc,
+                // which shows only that namespace's processes.
+                Pids::Container,
             ),
             Err(e) => return fail(&sink, e, 125),
         },

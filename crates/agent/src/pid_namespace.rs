@@ -1,8 +1,8 @@
 //! The container's own PID namespace: its command is PID 1 there, as under
-//! Docker, and sees none of the VM's other processes (the agent, its
-//! helpers); execs join it. `--pid host` (the VM's namespace, the only
-//! "host" a container in its own VM has) keeps the command beside the
-//! agent.
+//! Docker, and sees none of the VM's other processes (the agent, its mount
+//! helpers); execs and hull's file helper (`docker cp`) join it. `--pid
+//! host` (the VM's namespace, the only "host" a container in its own VM
+//! has) keeps the command beside the agent.
 //!
 //! A thread's children go to its `pid_for_children` namespace, which
 //! `unshare`/`setns` change for that thread alone: the spawning thread
@@ -17,10 +17,10 @@ use std::sync::{Mutex, OnceLock};
 pub enum Pids {
     /// A new namespace, whose PID 1 it is (the container's command).
     New,
-    /// The container's namespace (an exec), or the VM's when the container
-    /// has none of its own.
+    /// The container's namespace (an exec, hull's file helper), or the
+    /// VM's when the container has none of its own.
     Container,
-    /// The VM's, beside the agent (its own helpers).
+    /// The VM's, beside the agent (`--pid host`).
     Vm,
 }
 
