@@ -3,8 +3,10 @@ the CLI. Usage: docker_sdk.py SOCKET IMAGE [--run]; --run also runs
 containers (needs a machine that can run VMs). Exits non-zero on failure."""
 
 import io
+import struct
 import sys
 import tarfile
+import time
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -59,8 +61,6 @@ def main():
         for _ in range(600):
             if detached.logs() == b"up\n":
                 break
-            import time
-
             time.sleep(0.1)
         assert detached.logs() == b"up\n", detached.logs()
         # An attach for the output so far only (no stream) returns with it.
@@ -72,6 +72,8 @@ def main():
         detached.reload()
         assert detached.status == "paused", detached.status
         detached.unpause()
+        execs_in_every_start_mode(client, detached)
+        attach_cancelled_loses_nothing(client, image)
         # A commit of the running container, with a change, runs as its own image.
         detached.exec_run(["sh", "-c", "echo committed > /note"])
         committed = detached.commit(repository="sdk/committed", tag="v1", changes=['CMD ["cat", "/note"]'], message="m")
@@ -99,6 +101,93 @@ def main():
     except NotFound:
         pass
     print("sdk ok")
+
+
+def frames(raw):
+    """Splits dockerd's multiplexed stream into (stream, bytes) frames."""
+    out, at = [], 0
+    while at < len(raw):
+        kind, size = struct.unpack(">BxxxL", raw[at : at + 8])
+        out.append((kind, raw[at + 8 : at + 8 + size]))
+        at += 8 + size
+    return out
+
+
+def read_all(sock):
+    """Everything the hijacked socket `exec_start(socket=True)` gave sends."""
+    raw = getattr(sock, "_sock", sock)
+    data = b""
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            raw.close()
+            return data
+        data += chunk
+
+
+def execs_in_every_start_mode(client, container):
+    """Exec output framed as dockerd frames it, whichever way it is started:
+    multiplexed without a terminal, raw with one; attached, streamed,
+    detached and on the hijacked socket; and exec inspect complete."""
+    api = client.api
+    result = container.exec_run(["sh", "-c", "echo out; echo err >&2; exit 3"], demux=True)
+    assert result.exit_code == 3, result
+    assert result.output == (b"out\n", b"err\n"), result.output
+    result = container.exec_run(["sh", "-c", "echo out; echo err >&2"], tty=True)
+    assert result.output == b"out\r\nerr\r\n", result.output
+    streamed = container.exec_run(["sh", "-c", "echo a; echo b"], stream=True)
+    assert b"".join(streamed.output) == b"a\nb\n"
+
+    # Detached: the call returns at once, the exec runs on, inspect follows it.
+    exec_id = api.exec_create(container.id, ["sh", "-c", "sleep 1; echo late > /late"], tty=True)["Id"]
+    api.exec_start(exec_id, detach=True)
+    info = api.exec_inspect(exec_id)
+    assert info["ProcessConfig"]["tty"] is True, info
+    assert info["ProcessConfig"]["entrypoint"] == "sh", info
+    assert info["OpenStdin"] is False and info["ContainerID"] == container.id, info
+    for _ in range(600):
+        info = api.exec_inspect(exec_id)
+        if not info["Running"]:
+            break
+        time.sleep(0.1)
+    assert info["Running"] is False and info["ExitCode"] == 0, info
+    assert container.exec_run(["cat", "/late"]).output == b"late\n"
+
+    # The hijacked socket: frames without a terminal, raw bytes with one.
+    exec_id = api.exec_create(container.id, ["sh", "-c", "echo one; echo two >&2"])["Id"]
+    streams = {}
+    for kind, data in frames(read_all(api.exec_start(exec_id, socket=True))):
+        streams[kind] = streams.get(kind, b"") + data
+    assert streams == {1: b"one\n", 2: b"two\n"}, streams
+    exec_id = api.exec_create(container.id, ["sh", "-c", "echo raw"], tty=True)["Id"]
+    raw = read_all(api.exec_start(exec_id, socket=True, tty=True))
+    assert raw == b"raw\r\n", raw
+    assert api.exec_inspect(exec_id)["ExitCode"] == 0
+
+
+def attach_cancelled_loses_nothing(client, image):
+    """A streaming attach cancelled part way: the container runs on, its log
+    has every line, and a new attach (logs and stream) gets them all and
+    goes on."""
+    script = "i=0; while [ $i -lt 100000 ]; do echo $i; i=$((i+1)); sleep 0.05; done"
+    counter = client.containers.run(image, ["sh", "-c", script], detach=True)
+    stream = counter.attach(stdout=True, stderr=True, stream=True, logs=False)
+    first = next(stream)
+    assert first.strip(), first
+    stream.close()
+    time.sleep(1)
+    counter.reload()
+    assert counter.status == "running", counter.status
+    lines = counter.logs().split()
+    assert len(lines) > 5 and lines == [str(i).encode() for i in range(len(lines))], lines
+    again = counter.attach(stdout=True, stderr=True, stream=True, logs=True)
+    got = b""
+    while got.count(b"\n") < len(lines) + 5:
+        got += next(again)
+    again.close()
+    seen = got.split()
+    assert seen[: len(lines) + 5] == [str(i).encode() for i in range(len(lines) + 5)], seen
+    counter.remove(force=True)
 
 
 if __name__ == "__main__":
