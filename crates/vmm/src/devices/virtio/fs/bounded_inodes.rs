@@ -124,7 +124,8 @@ impl Table {
     }
 
     /// Moves `id` to `place` (or nowhere), keeping the parents' child
-    /// counts and the place index right; returns nodes left unreferenced.
+    /// counts and the place index right; the parents it leaves go to `gone`
+    /// (for `collect`).
     fn set_place(&mut self, id: u64, place: Option<(u64, CString)>, gone: &mut Vec<u64>) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         let old = std::mem::replace(&mut node.place, place.clone());
@@ -161,10 +162,7 @@ impl Table {
             }
             // Forgotten by the guest: its descriptor goes now, the node when
             // no other node is found through it.
-            if let Some(inner) = self.nodes.get_mut(&id).and_then(|n| n.inner.take()) {
-                forget.push(inner);
-                self.open -= 1;
-            }
+            self.close(id, forget);
             self.touch(id);
             let Some(node) = self.nodes.get(&id).filter(|node| node.children == 0) else {
                 continue;
@@ -180,6 +178,35 @@ impl Table {
         }
     }
 
+    /// Gives node `id` the passthrough's inode `inner` (one reference) if it
+    /// has none, else gives that reference back; returns the node's open
+    /// inode (`None`: no such node, `inner` given back).
+    fn open_with(&mut self, id: u64, inner: u64, forget: &mut Vec<u64>) -> Option<u64> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            forget.push(inner);
+            return None;
+        };
+        match node.inner {
+            Some(open) => {
+                forget.push(inner);
+                Some(open)
+            }
+            None => {
+                node.inner = Some(inner);
+                self.open += 1;
+                Some(inner)
+            }
+        }
+    }
+
+    /// Closes node `id`'s passthrough inode, if it has one open.
+    fn close(&mut self, id: u64, forget: &mut Vec<u64>) {
+        if let Some(inner) = self.nodes.get_mut(&id).and_then(|node| node.inner.take()) {
+            forget.push(inner);
+            self.open -= 1;
+        }
+    }
+
     /// Closes the least recently used nodes beyond `most_open`, but not
     /// `keep` (which the request in hand is about to use).
     fn close_beyond(&mut self, most_open: usize, keep: u64, forget: &mut Vec<u64>) {
@@ -192,12 +219,10 @@ impl Table {
                 kept = Some(used);
                 continue;
             }
-            let Some(node) = self.nodes.get_mut(&id) else { continue };
-            node.used = None;
-            if let Some(inner) = node.inner.take() {
-                forget.push(inner);
-                self.open -= 1;
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.used = None;
             }
+            self.close(id, forget);
         }
         if let Some(used) = kept {
             self.closable.insert(used, keep);
@@ -290,22 +315,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
                 break;
             }
             let mut table = self.table();
-            let Some(node) = table.nodes.get_mut(&node_id) else {
-                forget.push(entry.inode);
+            let Some(open) = table.open_with(node_id, entry.inode, &mut forget) else {
                 result = Err(errno(libc::ESTALE));
                 break;
             };
-            match node.inner {
-                Some(open) => {
-                    forget.push(entry.inode);
-                    base = open;
-                }
-                None => {
-                    node.inner = Some(entry.inode);
-                    table.open += 1;
-                    base = entry.inode;
-                }
-            }
+            base = open;
             table.touch(node_id);
             result = Ok(base);
         }
@@ -336,38 +350,31 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
             let mut table = self.table();
             let table = &mut *table;
             let known = table.by_host.get(&host).copied();
-            let id = match known.and_then(|id| Some((id, table.nodes.get_mut(&id)?))) {
-                Some((id, node)) => {
-                    node.guest_refs += 1;
-                    match node.inner {
-                        Some(_) => forget.push(entry.inode),
-                        None => {
-                            node.inner = Some(entry.inode);
-                            table.open += 1;
-                        }
-                    }
-                    id
-                }
+            let id = match known.filter(|id| table.nodes.contains_key(id)) {
+                Some(id) => id,
                 None => {
                     let id = table.next_id;
                     table.next_id += 1;
                     table.nodes.insert(
                         id,
                         Node {
-                            inner: Some(entry.inode),
+                            inner: None,
                             place: None,
                             host,
-                            guest_refs: 1,
+                            guest_refs: 0,
                             opens: 0,
                             children: 0,
                             used: None,
                         },
                     );
                     table.by_host.insert(host, id);
-                    table.open += 1;
                     id
                 }
             };
+            if let Some(node) = table.nodes.get_mut(&id) {
+                node.guest_refs += 1;
+            }
+            table.open_with(id, entry.inode, forget);
             let already_there = table
                 .nodes
                 .get(&id)
