@@ -354,12 +354,29 @@ fn a_jailed_vmm_has_its_own_uid_namespaces_root_and_cgroup() {
             assert_ne!(of(&vmm.to_string()), of("self"), "{ns} namespace");
         }
         // Its root is the jail directory: its sockets, nothing else.
-        let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        root.sort();
-        assert_eq!(root, ["vmm.ctl"]);
+        let names = |dir: String| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(format!("/proc/{vmm}/root")), ["vmm.ctl"]);
+        // Every thread is in that one mount namespace, with that root,
+        // which holds the jail's mount and nothing of the host's.
+        let main_ns = std::fs::read_link(format!("/proc/{vmm}/ns/mnt")).unwrap();
+        for task in names(format!("/proc/{vmm}/task")) {
+            let ns = std::fs::read_link(format!("/proc/{vmm}/task/{task}/ns/mnt")).unwrap();
+            assert_eq!(ns, main_ns, "thread {task}");
+            assert_eq!(
+                names(format!("/proc/{vmm}/task/{task}/root")),
+                ["vmm.ctl"],
+                "thread {task}"
+            );
+        }
+        let mounts = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
+        assert_eq!(mounts.lines().count(), 1, "{mounts}");
         // Born in its own group, made by its starter (this test).
         let cgroup = cgroup_dir(vmm);
         let name = cgroup.file_name().unwrap().to_string_lossy().into_owned();

@@ -278,7 +278,6 @@ fn main() -> ExitCode {
 /// Enters the jail: from here on the sockets are named relative to it.
 fn jail(config: &mut VmConfig, root: &std::path::Path, lifeline: i32) -> Result<(), VmError> {
     use vmm::jail::{self, Jail};
-    vm::validate(config)?;
     let jail = Jail::enter(root, lifeline)?;
     // Named relative to the jail, they stay valid after the pivot.
     if let Some(vsock) = &mut config.vsock {
