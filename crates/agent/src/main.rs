@@ -15,6 +15,7 @@
 
 mod archive;
 mod host_changes;
+mod init;
 mod limits;
 mod machine;
 mod mounts;
@@ -46,6 +47,9 @@ type Sink = Arc<Mutex<File>>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if init::is_init(&args) {
+        std::process::exit(init::main(&args));
+    }
     if let [_, helper, op] = args.as_slice() {
         if helper == archive::HELPER_ARG {
             std::process::exit(archive::helper_main(op));
@@ -163,7 +167,7 @@ fn serve(conn: File) {
         return hold(&sink, input, reaper);
     }
     let pids = if spec.pid_host { Pids::Vm } else { Pids::New };
-    let mut process = match spawn(&spec.process, pids) {
+    let mut process = match spawn(&spec.process, pids, spec.init) {
         Ok(process) => process,
         Err((message, code)) => return fail(&sink, message, code),
     };
@@ -547,7 +551,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
         }
         Err(e) => return fail(&sink, format!("reading the exec request: {e}"), 125),
     };
-    let mut process = match spawn(&spec, pids) {
+    let mut process = match spawn(&spec, pids, false) {
         Ok(process) => process,
         Err((message, code)) => {
             fail(&sink, message, code);
@@ -600,8 +604,9 @@ struct Spawned {
     terminal: Option<File>,
 }
 
-/// Starts `spec` in the container's root, in the PID namespace `pids` says.
-fn spawn(spec: &ProcessSpec, pids: Pids) -> Result<Spawned, (String, i32)> {
+/// Starts `spec` in the container's root, in the PID namespace `pids`
+/// says; `init`, under the small init (`init`) as Docker's `--init`.
+fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String, i32)> {
     let Some(program) = spec.argv.first() else {
         return Err(("no command given".into(), 125));
     };
@@ -612,8 +617,22 @@ fn spawn(spec: &ProcessSpec, pids: Pids) -> Result<Spawned, (String, i32)> {
         return Err((format!("working directory {}: {e}", spec.cwd), 125));
     }
     let identity = user::resolve(root, &spec.user, &spec.groups).map_err(|e| (e, 125))?;
-    let mut command = Command::new(program);
-    command.args(&spec.argv[1..]).env_clear();
+    let mut command = match init {
+        // `/proc/self/exe` is looked up in the container's /proc, after
+        // the chroot: it is this agent, which runs the command as the init.
+        true => {
+            let mut command = Command::new("/proc/self/exe");
+            let line = init::command_line(&spec.argv);
+            command.arg0(&line[0]).args(&line[1..]);
+            command
+        }
+        false => {
+            let mut command = Command::new(program);
+            command.args(&spec.argv[1..]);
+            command
+        }
+    };
+    command.env_clear();
     for entry in &spec.env {
         if let Some((key, value)) = entry.split_once('=') {
             command.env(key, value);

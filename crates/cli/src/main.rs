@@ -201,6 +201,10 @@ struct RunArgs {
     /// command being PID 1 of its own.
     #[arg(long = "pid", value_name = "host", value_parser = ["host"])]
     pid: Option<String>,
+    /// Run a small init as PID 1 that starts the command, forwards signals
+    /// to it and reaps orphaned processes (Docker's `--init`).
+    #[arg(long)]
+    init: bool,
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -419,6 +423,7 @@ fn run(args: RunArgs) -> ExitCode {
         network: Default::default(),
         capabilities,
         pid_host: args.pid.is_some(),
+        init: args.init,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

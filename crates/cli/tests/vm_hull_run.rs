@@ -355,17 +355,56 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     std::fs::remove_dir_all(&data).unwrap();
 }
 
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn an_init_starts_the_command_and_reaps_its_orphans() {
+    let root = busybox_rootfs("init");
+    // Docker's docker-init is PID 1, the command its first child; an
+    // orphan comes to the init and is reaped (no zombie left).
+    let script = "cat /proc/1/cmdline; echo; echo $$; (sleep 0.2 &); sleep 1; cat /proc/[0-9]*/stat";
+    let out = run(&root, &["--init"], &["sh", "-c", script]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("/sbin/docker-init\0--\0sh\0-c\0{script}\0").as_str())
+    );
+    assert_eq!(lines.next(), Some("2"));
+    let states: Vec<&str> = lines
+        .map(|stat| stat.rsplit_once(") ").map_or("?", |(_, rest)| &rest[..1]))
+        .collect();
+    assert!(!states.is_empty() && !states.contains(&"Z"), "{stdout}");
+    // Its status is the command's; a missing command is 127, as with
+    // Docker's init; the command is not PID 1, so it can be killed.
+    assert_eq!(run(&root, &["--init"], &["sh", "-c", "exit 3"]).status.code(), Some(3));
+    let out = run(&root, &["--init"], &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        text(&out.stderr).contains("docker-init: exec no-such-command failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&root, &["--init"], &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// Sends `signal` to a `hull run` once its command printed "ready", and
 /// returns hull's exit status. The command runs beside the agent (`--pid
-/// host`): as PID 1 of its own namespace it would ignore the signals it
-/// sets no handler for, as under Docker.
-fn status_after_signal(root: &Path, script: &str, signal: i32) -> Option<i32> {
+/// host`) or under an init (`--init`): as PID 1 of its own namespace it
+/// would ignore the signals it sets no handler for, as under Docker.
+fn status_after_signal(root: &Path, how: &str, script: &str, signal: i32) -> Option<i32> {
     use std::io::{BufRead, BufReader};
     let rootfs = root.display().to_string();
-    let mut child = hull(&["run", "--pid", "host", "--rootfs", &rootfs, "--", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let how: &[&str] = match how {
+        "init" => &["--init"],
+        _ => &["--pid", "host"],
+    };
+    let mut args = vec!["run"];
+    args.extend_from_slice(how);
+    args.extend_from_slice(&["--rootfs", &rootfs, "--", "sh", "-c", script]);
+    let mut child = hull(&args).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -382,7 +421,7 @@ fn signals_to_hull_reach_the_container() {
     let root = busybox_rootfs("signals");
     // SIGTERM to hull ends the container's command with it: 128 + 15.
     let started = std::time::Instant::now();
-    let status = status_after_signal(&root, "echo ready; exec sleep 600", libc::SIGTERM);
+    let status = status_after_signal(&root, "host", "echo ready; exec sleep 600", libc::SIGTERM);
     assert_eq!(status, Some(143));
     assert!(
         started.elapsed() < std::time::Duration::from_secs(300),
@@ -390,8 +429,14 @@ fn signals_to_hull_reach_the_container() {
     );
     // Ctrl-C (SIGINT): 128 + 2.
     assert_eq!(
-        status_after_signal(&root, "echo ready; exec sleep 600", libc::SIGINT),
+        status_after_signal(&root, "host", "echo ready; exec sleep 600", libc::SIGINT),
         Some(130)
+    );
+    // Under `--init` the init forwards it to the command, which has no
+    // handler and ends (as PID 1 itself it would ignore it).
+    assert_eq!(
+        status_after_signal(&root, "init", "echo ready; exec sleep 600", libc::SIGTERM),
+        Some(143)
     );
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -213,6 +213,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         log: request.log,
         capabilities: request.capabilities,
         pid_host: request.pid_host,
+        init: request.init,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);

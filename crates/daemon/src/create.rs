@@ -63,6 +63,8 @@ struct HostConfigBody {
     cap_drop: Option<Vec<String>>,
     /// `--pid`: "" (its own namespace) or "host" (the VM's).
     pid_mode: String,
+    /// `--init`; `null` is the daemon's default (no init, as dockerd's).
+    init: Option<bool>,
 }
 
 /// `--log-driver` and `--log-opt`.
@@ -120,6 +122,8 @@ pub struct CreateRequest {
     pub capabilities: Vec<String>,
     /// `--pid host`: the command shares the VM's PID namespace.
     pub pid_host: bool,
+    /// `--init`.
+    pub init: bool,
 }
 
 impl CreateRequest {
@@ -214,6 +218,7 @@ impl CreateRequest {
             log,
             capabilities,
             pid_host,
+            init: host.init.unwrap_or(false),
             raw,
         })
     }

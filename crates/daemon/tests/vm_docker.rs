@@ -173,6 +173,11 @@ fn docker_run_in_the_foreground_and_detached() {
         ok(&hulld.docker(&["run", "--rm", &image, "sh", "-c", "echo $$"])),
         "1\n"
     );
+    // `--init`: Docker's docker-init is PID 1, the command its child.
+    assert_eq!(
+        ok(&hulld.docker(&["run", "--rm", "--init", &image, "sh", "-c", "cat /proc/1/comm; echo $$"])),
+        "docker-init\n2\n"
+    );
     let none = ok(&hulld.docker(&[
         "run",
         "--rm",

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 14;
+pub const PROTOCOL_VERSION: u32 = 15;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -108,6 +108,10 @@ pub struct RunSpec {
     /// (Docker's `--pid host`); else it is PID 1 of a namespace of its own.
     #[serde(default)]
     pub pid_host: bool,
+    /// A small init runs first (Docker's `--init`): it starts the command,
+    /// forwards signals to it, reaps orphans and exits with its status.
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -503,6 +507,7 @@ mod tests {
             }),
             pids_limit: Some(64),
             pid_host: true,
+            init: true,
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));

@@ -59,6 +59,9 @@ pub struct ContainerSpec {
     /// Its command shares the VM's PID namespace (`--pid host`).
     #[serde(default)]
     pub pid_host: bool,
+    /// Docker's `--init`.
+    #[serde(default)]
+    pub init: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,6 +68,8 @@ pub struct RunRequest {
     pub capabilities: Vec<String>,
     /// The command shares the VM's PID namespace (`--pid host`).
     pub pid_host: bool,
+    /// A small init starts the command (`--init`, `proto::RunSpec::init`).
+    pub init: bool,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -846,6 +848,7 @@ fn converse(
         // A held VM runs only hull's own file operations.
         pids_limit: request.pids_limit.filter(|_| !request.hold),
         pid_host: request.pid_host,
+        init: request.init,
     };
     if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));

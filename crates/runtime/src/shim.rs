@@ -233,6 +233,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         network: spec.network.clone(),
         capabilities: spec.capabilities.clone(),
         pid_host: spec.pid_host,
+        init: spec.init,
     })
 }
 
