@@ -394,13 +394,9 @@ fn an_init_starts_the_command_and_reaps_its_orphans() {
 /// returns hull's exit status. The command runs beside the agent (`--pid
 /// host`) or under an init (`--init`): as PID 1 of its own namespace it
 /// would ignore the signals it sets no handler for, as under Docker.
-fn status_after_signal(root: &Path, how: &str, script: &str, signal: i32) -> Option<i32> {
+fn status_after_signal(root: &Path, how: &[&str], script: &str, signal: i32) -> Option<i32> {
     use std::io::{BufRead, BufReader};
     let rootfs = root.display().to_string();
-    let how: &[&str] = match how {
-        "init" => &["--init"],
-        _ => &["--pid", "host"],
-    };
     let mut args = vec!["run"];
     args.extend_from_slice(how);
     args.extend_from_slice(&["--rootfs", &rootfs, "--", "sh", "-c", script]);
@@ -421,7 +417,7 @@ fn signals_to_hull_reach_the_container() {
     let root = busybox_rootfs("signals");
     // SIGTERM to hull ends the container's command with it: 128 + 15.
     let started = std::time::Instant::now();
-    let status = status_after_signal(&root, "host", "echo ready; exec sleep 600", libc::SIGTERM);
+    let status = status_after_signal(&root, &["--pid", "host"], "echo ready; exec sleep 600", libc::SIGTERM);
     assert_eq!(status, Some(143));
     assert!(
         started.elapsed() < std::time::Duration::from_secs(300),
@@ -429,13 +425,13 @@ fn signals_to_hull_reach_the_container() {
     );
     // Ctrl-C (SIGINT): 128 + 2.
     assert_eq!(
-        status_after_signal(&root, "host", "echo ready; exec sleep 600", libc::SIGINT),
+        status_after_signal(&root, &["--pid", "host"], "echo ready; exec sleep 600", libc::SIGINT),
         Some(130)
     );
     // Under `--init` the init forwards it to the command, which has no
     // handler and ends (as PID 1 itself it would ignore it).
     assert_eq!(
-        status_after_signal(&root, "init", "echo ready; exec sleep 600", libc::SIGTERM),
+        status_after_signal(&root, &["--init"], "echo ready; exec sleep 600", libc::SIGTERM),
         Some(143)
     );
     std::fs::remove_dir_all(&root).unwrap();
