@@ -11,7 +11,6 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::device_manager::{lock, DeviceManager};
 use crate::devices::legacy::PowerRequest;
 use crate::pause::PauseGate;
-use crate::trace;
 use crate::vm::{thread_err, VmError};
 
 /// What the VMM thread hears from vCPU threads and the control channel.
@@ -135,7 +134,6 @@ fn run_once(id: u8, vcpu: &mut VcpuFd, context: &VcpuContext) -> Result<Option<P
             }
             Some(PowerRequest::Snapshot) => {}
             Some(request) => return Ok(Some(request)),
-            None if trace::enabled() => eprintln!("hull-vmm: vcpu{id} out {port:#x} {data:x?}"),
             None => {}
         },
         Ok(VcpuExit::IoIn(port, data)) => devices.pio_in(port, data),

@@ -371,7 +371,9 @@ fn precopy_and_switch<C: Read + Write>(
     // Switch-over: the guest stands still from here.
     source.throttle(0);
     let paused_at = Instant::now();
+    crate::trace::mark("migration: pausing");
     source.pause().map_err(MigrationError::Source)?;
+    crate::trace::mark("migration: paused");
     *paused = true;
     set.add(
         &source
@@ -379,24 +381,30 @@ fn precopy_and_switch<C: Read + Write>(
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
     );
     source.stop_dirty_log();
+    crate::trace::mark("migration: last dirty pages read");
     let mut counted = Counted {
         inner: &mut *conn,
         written: 0,
     };
     send_pages(&mut counted, source, &set, false, &mut batch)?;
+    crate::trace::mark("migration: last pages sent");
     let state = source.state().map_err(MigrationError::Source)?;
+    crate::trace::mark("migration: state captured");
     write_frame(&mut counted, &Frame::State(state))?;
     write_frame(&mut counted, &Frame::Done)?;
+    crate::trace::mark("migration: state sent");
     total_bytes += counted.written;
     match read_frame(conn)? {
         Some(Frame::Ready) => {}
         Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
         other => return Err(unexpected("ready", other)),
     }
+    crate::trace::mark("migration: destination ready");
     write_frame(conn, &Frame::Go)?;
     // Committed: from here this side never runs the guest again.
     *paused = false;
     let confirmed = matches!(read_frame(conn), Ok(Some(Frame::Resumed)));
+    crate::trace::mark("migration: destination runs the guest");
     Ok(Report {
         rounds: round,
         bytes_sent: total_bytes,

@@ -210,8 +210,11 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         .arg(&incoming)
         .args(["--memory", &mib.to_string(), "--serial-log"])
         .arg(&dest_log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::null());
+    // Traced (HULL_VMM_TRACE), the destination's marks go beside the source's.
+    if std::env::var_os(vmm::trace::TRACE_ENV).is_none() {
+        destination.stderr(Stdio::null());
+    }
     let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(proto::vmm_control::VmmReply, Child)> {
         let destination = destination.spawn().context("starting the destination hull-vmm")?;
         wait_for(&incoming)?;
@@ -227,6 +230,12 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         Ok((reply, destination))
     })?;
     let (reply, destination) = moved?;
+    if std::env::var_os(vmm::trace::TRACE_ENV).is_some() {
+        run.console
+            .iter()
+            .filter(|line| line.contains("hull-vmm trace: "))
+            .for_each(|line| eprintln!("source {line}"));
+    }
     let proto::vmm_control::VmmReply::Migrated {
         downtime_ms,
         total_ms,
