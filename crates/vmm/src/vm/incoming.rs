@@ -85,6 +85,7 @@ fn take(
         eprintln!("hull-vmm: migration round {round} in; {dirty} pages to come again")
     })
     .map_err(failed)?;
+    crate::trace::mark("migration: the state is in");
     let state = snapshot::decode_state(&arrived.state, "the migrated VM's state")?;
     super::builder::check_shape(&state, config)?;
     eprintln!(

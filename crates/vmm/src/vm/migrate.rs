@@ -141,9 +141,11 @@ impl Source for Outgoing<'_, '_> {
             .devices
             .flush()
             .map_err(|e| format!("flushing the disks: {e}"))?;
+        crate::trace::mark("migration: disks flushed");
         let kvm = self.vmm.kvm;
         vcpu_state::check_xsave_size(kvm).map_err(|e| e.to_string())?;
         let msrs = vcpu_state::msr_indices(kvm).map_err(|e| e.to_string())?;
+        crate::trace::mark("migration: host constants read");
         let state = persist::capture(
             self.vmm.vm,
             self.vmm.devices,
@@ -152,6 +154,7 @@ impl Source for Outgoing<'_, '_> {
             self.vmm.config.memory_mib,
         )
         .map_err(|e| e.to_string())?;
+        crate::trace::mark("migration: state captured, encoding");
         snapshot::encode_state(&state).map_err(|e| e.to_string())
     }
 }

@@ -105,6 +105,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         // Every thread is up and parked, nothing left that can fail: the
         // source may let go, and the guest runs here from its `Go` on.
         crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;
+        trace::mark("migration: go");
         gate.release();
         // Best effort: this only completes the source's report.
         let _ = crate::migration::receive::resumed(&mut source);
