@@ -389,7 +389,7 @@ fn precopy_and_switch<C: Read + Write>(
     send_pages(&mut counted, source, &set, false, &mut batch)?;
     crate::trace::mark("migration: last pages sent");
     let state = source.state().map_err(MigrationError::Source)?;
-    crate::trace::mark("migration: state captured");
+    crate::trace::mark("migration: state encoded");
     write_frame(&mut counted, &Frame::State(state))?;
     write_frame(&mut counted, &Frame::Done)?;
     crate::trace::mark("migration: state sent");

@@ -212,7 +212,8 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         .arg(&dest_log)
         .stdout(Stdio::null());
     // Traced (HULL_VMM_TRACE), the destination's marks go beside the source's.
-    if std::env::var_os(vmm::trace::TRACE_ENV).is_none() {
+    let traced = std::env::var_os(vmm::trace::TRACE_ENV).is_some();
+    if !traced {
         destination.stderr(Stdio::null());
     }
     let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(proto::vmm_control::VmmReply, Child)> {
@@ -230,7 +231,7 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         Ok((reply, destination))
     })?;
     let (reply, destination) = moved?;
-    if std::env::var_os(vmm::trace::TRACE_ENV).is_some() {
+    if traced {
         run.console
             .iter()
             .filter(|line| line.contains("hull-vmm trace: "))
