@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -38,7 +39,7 @@ struct VirtioSlot {
     /// index to the notify register.
     queue_events: Vec<EventFd>,
     /// A restore gave the device another configuration (a disk's size).
-    config_changed: bool,
+    config_changed: AtomicBool,
 }
 
 pub struct DeviceManager {
@@ -65,16 +66,7 @@ impl DeviceManager {
             });
         }
         if let Some(saved) = saved {
-            if saved.devices.len() != models.len() {
-                return Err(VmError::SnapshotMismatch(format!(
-                    "it has {} devices, this VM {} ({} disks{}, entropy, {} NICs)",
-                    saved.devices.len(),
-                    models.len(),
-                    config.disks.len(),
-                    if config.vsock.is_some() { ", vsock" } else { "" },
-                    config.nics.len()
-                )));
-            }
+            check_device_count(saved, models.len(), config)?;
         }
         let mut virtio = Vec::new();
         for (i, model) in models.into_iter().enumerate() {
@@ -102,13 +94,28 @@ impl DeviceManager {
                 slot,
                 transport: Arc::new(Mutex::new(transport)),
                 queue_events,
-                config_changed,
+                config_changed: AtomicBool::new(config_changed),
             });
         }
         Ok(DeviceManager {
             console: Mutex::new(console(vm, config, saved.map(|s| &s.serial))?),
             virtio,
         })
+    }
+
+    /// A migrated VM's device state, taken by the devices this VMM made
+    /// before it arrived (their threads parked): each transport's driver
+    /// state and the console's registers. On an error the VM is discarded.
+    pub fn apply_state(&self, config: &VmConfig, state: &VmState) -> Result<(), VmError> {
+        check_device_count(state, self.virtio.len(), config)?;
+        for (i, (device, saved)) in self.virtio.iter().zip(&state.devices).enumerate() {
+            let changed = lock(&device.transport)
+                .apply_state(saved)
+                .map_err(|e| VmError::SnapshotMismatch(format!("device {i}: {e}")))?;
+            device.config_changed.store(changed, Ordering::SeqCst);
+        }
+        let mut console = lock(&self.console);
+        serial::continue_from(&mut console, &state.serial).map_err(|e| VmError::SnapshotMismatch(e.to_string()))
     }
 
     /// Where each virtio device sits, for the ACPI tables.
@@ -120,7 +127,7 @@ impl DeviceManager {
     /// tells drivers whose device configuration changed.
     pub fn announce_restore(&self) {
         for device in &self.virtio {
-            lock(&device.transport).announce_restore(device.config_changed);
+            lock(&device.transport).announce_restore(device.config_changed.load(Ordering::SeqCst));
         }
     }
 
@@ -299,6 +306,21 @@ fn console(vm: &VmFd, config: &VmConfig, saved: Option<&SerialRegs>) -> Result<C
         Some(regs) => serial::restored_console(irq, sink, regs).map_err(|e| VmError::SnapshotMismatch(e.to_string())),
         None => Ok(serial::console(irq, sink)),
     }
+}
+
+/// Whether a saved VM has as many devices as this one (`count`).
+fn check_device_count(saved: &VmState, count: usize, config: &VmConfig) -> Result<(), VmError> {
+    if saved.devices.len() == count {
+        return Ok(());
+    }
+    Err(VmError::SnapshotMismatch(format!(
+        "it has {} devices, this VM {} ({} disks{}, entropy, {} NICs)",
+        saved.devices.len(),
+        count,
+        config.disks.len(),
+        if config.vsock.is_some() { ", vsock" } else { "" },
+        config.nics.len()
+    )))
 }
 
 /// A device whose lock was poisoned by a panic is still the best state we have.

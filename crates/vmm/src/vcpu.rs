@@ -103,18 +103,24 @@ impl Vcpu {
 /// Runs the vCPU until the guest asks for a power change; parks whenever
 /// the gate asks.
 fn run(id: u8, fd: &Mutex<VcpuFd>, context: &VcpuContext) -> Result<PowerRequest, VmError> {
+    // A migrated VM's vCPUs park before they ever run: their state is
+    // still to come, and there is no exit in flight to finish.
+    let mut entered = false;
     loop {
         let mut vcpu = lock(fd);
         while !context.gate.requested() {
+            entered = true;
             if let Some(request) = run_once(id, &mut vcpu, context)? {
                 return Ok(request);
             }
         }
-        // Finish the exit in flight (a port write, an MMIO read) so the vCPU
-        // holds no half-done instruction while parked.
-        vcpu.set_kvm_immediate_exit(1);
-        let _ = vcpu.run();
-        vcpu.set_kvm_immediate_exit(0);
+        if entered {
+            // Finish the exit in flight (a port write, an MMIO read) so the
+            // vCPU holds no half-done instruction while parked.
+            vcpu.set_kvm_immediate_exit(1);
+            let _ = vcpu.run();
+            vcpu.set_kvm_immediate_exit(0);
+        }
         drop(vcpu);
         context.gate.park();
     }

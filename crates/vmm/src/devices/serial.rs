@@ -132,6 +132,16 @@ pub fn restored_console(irq: EventFd, sink: ConsoleSink, regs: &SerialRegs) -> i
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("serial state: {e:?}")))
 }
 
+/// Gives `console` a saved UART's registers, keeping its interrupt and
+/// output.
+pub fn continue_from(console: &mut Console, regs: &SerialRegs) -> io::Result<()> {
+    let irq = console.interrupt_evt().0.try_clone()?;
+    let placeholder = Serial::new(IrqTrigger(irq.try_clone()?), ConsoleSink::new(None, false));
+    let old = std::mem::replace(console, placeholder);
+    *console = restored_console(irq, old.into_writer(), regs)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,9 +24,12 @@ pub struct BuiltVm {
     pub kvm: Kvm,
     /// The template this VM's memory is mapped from, if it is a clone.
     pub clone_of: Option<[u8; 32]>,
-    /// A migrated VM's source: told when the VM is ready to run here, and
-    /// then that it runs (`run`).
+    /// A migrating VM's source, whose pages and state are still to come
+    /// (`vm::run`: `incoming::receive`, then `apply_state`); then told when
+    /// the VM is ready to run here, and that it runs.
     pub incoming: Option<std::fs::File>,
+    /// The CPUID the vCPUs get (a migrated VM's, with its state).
+    pub cpuid: kvm_bindings::CpuId,
 }
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
@@ -50,9 +53,9 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
         }
         Start::Boot { .. } => (anonymous_memory(config.memory_mib)?, None, None),
         Start::Incoming { listen, template } => {
-            let arrived = super::incoming::receive(listen, template.as_deref(), config)?;
-            incoming = Some(arrived.conn);
-            (arrived.memory, Some(arrived.state), arrived.clone_of)
+            let accepted = super::incoming::accept(listen, template.as_deref(), config)?;
+            incoming = Some(accepted.conn);
+            (accepted.memory, None, accepted.clone_of)
         }
     };
     register_memory(&vm, &memory, config.memory_mib)?;
@@ -80,17 +83,19 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             }
         }
         (Start::Restore { .. } | Start::Incoming { .. }, Some(state)) => {
-            for (id, saved_vcpu) in (0..config.vcpus).zip(&state.vcpus) {
-                let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-                vcpu_state::restore(&vcpu, &cpuid, id, config.vcpus, saved_vcpu)?;
-                vcpus.push(vcpu);
+            for id in 0..config.vcpus {
+                vcpus.push(vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?);
             }
-            persist::restore_vm_state(&vm, state)?;
+            restore_vcpus_and_chips(&vm, &vcpus, &cpuid, config, state)?;
             devices.announce_restore();
         }
-        (Start::Restore { .. } | Start::Incoming { .. }, None) => {
-            return Err(VmError::SnapshotMismatch("no saved state to start from".into()))
+        (Start::Incoming { .. }, None) => {
+            // Their state comes with the VM's (`apply_state`).
+            for id in 0..config.vcpus {
+                vcpus.push(vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?);
+            }
         }
+        (Start::Restore { .. }, None) => return Err(VmError::SnapshotMismatch("no saved state to start from".into())),
     }
     trace::mark("vCPUs and irqchip set");
     Ok(BuiltVm {
@@ -102,7 +107,39 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
         kvm,
         clone_of,
         incoming,
+        cpuid,
     })
+}
+
+/// A restored or migrated VM's vCPU registers and in-kernel chips.
+fn restore_vcpus_and_chips<'a>(
+    vm: &VmFd,
+    vcpus: impl IntoIterator<Item = &'a VcpuFd>,
+    cpuid: &kvm_bindings::CpuId,
+    config: &VmConfig,
+    state: &VmState,
+) -> Result<(), VmError> {
+    for ((id, vcpu), saved_vcpu) in (0..config.vcpus).zip(vcpus).zip(&state.vcpus) {
+        vcpu_state::restore(vcpu, cpuid, id, config.vcpus, saved_vcpu)?;
+    }
+    persist::restore_vm_state(vm, state)
+}
+
+/// A migrated VM's state, arrived, given to the VM made before it came:
+/// vCPUs, chips, and devices (whose threads are parked).
+pub(super) fn apply_state<'a>(
+    vm: &VmFd,
+    devices: &DeviceManager,
+    vcpus: impl IntoIterator<Item = &'a VcpuFd>,
+    cpuid: &kvm_bindings::CpuId,
+    config: &VmConfig,
+    state: &VmState,
+) -> Result<(), VmError> {
+    restore_vcpus_and_chips(vm, vcpus, cpuid, config, state)?;
+    devices.apply_state(config, state)?;
+    devices.announce_restore();
+    trace::mark("migration: the state is applied");
+    Ok(())
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {

@@ -1,8 +1,10 @@
 //! Taking a running VM from another hull-vmm (`Start::Incoming`): one
 //! connection on the listening socket, the source's hello, guest memory
-//! mapped from the same template when this host has it (zeros otherwise),
-//! the pages, then the state, from which the VM is built as a restore
-//! builds it. The guest runs only once the source says `Go` (`builder`).
+//! mapped from the same template when this host has it (zeros otherwise).
+//! Then the VMM makes the VM's devices and vCPUs, jails itself and starts
+//! its device and vCPU threads (parked) while the pages come, and only the
+//! state, applied in place, is left for the downtime. The guest runs only once
+//! the source says `Go` (`vm::run`).
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -18,11 +20,14 @@ use crate::snapshot::{self, VmState};
 /// How long the source may stay silent before this side gives up.
 const SILENCE: Duration = Duration::from_secs(120);
 
-/// A VM's memory and state, arrived; the source is still on `conn`.
-pub(super) struct Arrived {
+/// A VM being taken: its source's hello answered, guest memory mapped
+/// (from the same template when this host has it); its pages and state
+/// are still to come on `conn` (`receive`), while the VMM makes the VM's
+/// devices, vCPUs and threads, so that little is left for the downtime.
+pub(super) struct Accepted {
     pub memory: GuestMemoryMmap,
-    pub state: VmState,
-    /// A file, so that the jailed VMM writes to it with write(2).
+    /// A file, so that the jailed VMM reads and writes it with read(2) and
+    /// write(2).
     pub conn: std::fs::File,
     /// The template whose pages the memory is mapped from, if it is.
     pub clone_of: Option<[u8; 32]>,
@@ -32,8 +37,8 @@ fn failed(e: MigrationError) -> VmError {
     VmError::Migration(e.to_string())
 }
 
-/// Waits on `listen` for the source, then takes the VM `config` describes.
-pub(super) fn receive(listen: &Path, template: Option<&Path>, config: &VmConfig) -> Result<Arrived, VmError> {
+/// Waits on `listen` for the source and accepts the VM `config` describes.
+pub(super) fn accept(listen: &Path, template: Option<&Path>, config: &VmConfig) -> Result<Accepted, VmError> {
     let listen_err = |source| VmError::Control {
         path: listen.display().to_string(),
         source,
@@ -43,10 +48,9 @@ pub(super) fn receive(listen: &Path, template: Option<&Path>, config: &VmConfig)
     let (mut conn, _) = listener.accept().map_err(listen_err)?;
     let _ = std::fs::remove_file(listen);
     conn.set_read_timeout(Some(SILENCE)).map_err(listen_err)?;
-    match take(&mut conn, template, config) {
-        Ok((memory, state, clone_of)) => Ok(Arrived {
+    match hello(&mut conn, template, config) {
+        Ok((memory, clone_of)) => Ok(Accepted {
             memory,
-            state,
             conn: std::os::fd::OwnedFd::from(conn).into(),
             clone_of,
         }),
@@ -57,11 +61,11 @@ pub(super) fn receive(listen: &Path, template: Option<&Path>, config: &VmConfig)
     }
 }
 
-fn take(
+fn hello(
     conn: &mut UnixStream,
     template: Option<&Path>,
     config: &VmConfig,
-) -> Result<(GuestMemoryMmap, VmState, Option<[u8; 32]>), VmError> {
+) -> Result<(GuestMemoryMmap, Option<[u8; 32]>), VmError> {
     let hello = read_hello(conn).map_err(failed)?;
     let memory_bytes = config.memory_mib << 20;
     let ours = match template.map(snapshot::snapshot_id).transpose() {
@@ -81,7 +85,25 @@ fn take(
         _ => super::builder::anonymous_memory(config.memory_mib)?,
     };
     welcome(conn, Ok(clone_of.is_some())).map_err(failed)?;
-    let arrived = receive_memory(conn, &memory, memory_bytes, &mut |round, dirty| {
+    Ok((memory, clone_of))
+}
+
+/// Takes the pages into `memory` and then the VM's state, checked against
+/// `config`. On an error the source is told.
+pub(super) fn receive(
+    conn: &mut std::fs::File,
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<VmState, VmError> {
+    let taken = take(conn, memory, config);
+    if let Err(e) = &taken {
+        receive::abort(conn, &e.to_string());
+    }
+    taken
+}
+
+fn take(conn: &mut std::fs::File, memory: &GuestMemoryMmap, config: &VmConfig) -> Result<VmState, VmError> {
+    let arrived = receive_memory(conn, memory, config.memory_mib << 20, &mut |round, dirty| {
         eprintln!("hull-vmm: migration round {round} in; {dirty} pages to come again")
     })
     .map_err(failed)?;
@@ -92,5 +114,5 @@ fn take(
         "hull-vmm: the VM arrived: {} pages in {} rounds",
         arrived.pages, arrived.rounds
     );
-    Ok((memory, state, clone_of))
+    Ok(state)
 }

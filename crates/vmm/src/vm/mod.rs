@@ -78,7 +78,8 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     let device_threads = devices.spawn_device_threads(&gate)?;
     trace::mark("device threads started");
     if built.incoming.is_some() {
-        // A migrated VM stands still until its source lets go (below).
+        // A migrated VM stands still until its source lets go (below): its
+        // vCPU threads park as they start.
         gate.request();
     }
     let (events, reports) = mpsc::channel();
@@ -99,16 +100,36 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         .map(|(id, fd)| Vcpu::spawn(id as u8, fd, context.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     drop(context);
-    seccomp::install(&vmm_filter, ThreadKind::Vmm);
-    trace::mark("vCPUs running");
+    trace::mark("vCPU threads started");
     if let Some(mut source) = built.incoming.take() {
-        // Every thread is up and parked, nothing left that can fail: the
-        // source may let go, and the guest runs here from its `Go` on.
+        // Everything so far was made while the source still runs the
+        // guest: what is left for the downtime is its state, applied in
+        // place while every thread is parked (none may touch guest memory
+        // while pages arrive, nor a transport while its state is put in).
+        if !gate.wait_parked(vcpus.len() + device_threads, PAUSE_TIMEOUT, || {}) {
+            return Err(VmError::Migration("the VM's threads did not stand still".into()));
+        }
+        let state = incoming::receive(&mut source, &built.memory, config)?;
+        let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
+        builder::apply_state(
+            &built.vm,
+            &devices,
+            vcpu_fds.iter().map(|fd| &**fd),
+            &built.cpuid,
+            config,
+            &state,
+        )?;
+        drop(vcpu_fds);
+        seccomp::install(&vmm_filter, ThreadKind::Vmm);
+        // Nothing left that can fail: the source may let go, and the guest
+        // runs here from its `Go` on.
         crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;
-        trace::mark("migration: go");
         gate.release();
+        trace::mark("migration: go; the guest runs here");
         // Best effort: this only completes the source's report.
         let _ = crate::migration::receive::resumed(&mut source);
+    } else {
+        seccomp::install(&vmm_filter, ThreadKind::Vmm);
     }
 
     let mut vmm = Vmm {

@@ -77,17 +77,28 @@ impl MmioTransport {
         }
     }
 
-    /// A transport for `device` as a snapshot's driver left it. The device
-    /// must be of the same kind with the same features; its configuration
-    /// (a disk's size) may differ, and then the generation moves on so the
-    /// driver re-reads it (the caller raises the config-change interrupt).
-    /// The state is untrusted: queues are validated against guest memory.
+    /// A transport for `device` as a snapshot's driver left it
+    /// (`apply_state`).
     pub fn restore(
         device: Box<dyn VirtioDevice>,
         memory: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         state: &DeviceState,
     ) -> Result<(Self, bool), String> {
+        let mut transport = MmioTransport::new(device, memory, interrupt);
+        let config_changed = transport.apply_state(state)?;
+        Ok((transport, config_changed))
+    }
+
+    /// Takes a snapshot's (or a migrated VM's) driver state, in place: a
+    /// migration's destination makes its devices before the state arrives.
+    /// The device must be of the same kind with the same features; its
+    /// configuration (a disk's size) may differ, and then the generation
+    /// moves on so the driver re-reads it (true is returned: the caller
+    /// raises the config-change interrupt). The state is untrusted: queues
+    /// are validated against guest memory. On an error nothing is changed.
+    pub fn apply_state(&mut self, state: &DeviceState) -> Result<bool, String> {
+        let device = &self.device;
         if device.device_type() != state.device_type || device.features() != state.features {
             return Err(format!(
                 "the snapshot has a virtio device of type {} with features {:#x} here; this VM gives type {} with features {:#x}",
@@ -117,27 +128,22 @@ impl MmioTransport {
                 used_ring: regs.used_ring,
             })
             .map_err(|e| format!("a queue in the snapshot is invalid: {e:?}"))?;
-            if queue.ready() && !queue.is_valid(&memory) {
+            if queue.ready() && !queue.is_valid(&self.memory) {
                 return Err("a queue in the snapshot lies outside guest memory".into());
             }
             queues.push(queue);
         }
         let config_changed = device.config() != state.config;
-        interrupt
+        self.interrupt
             .status
             .store(state.interrupt_status, std::sync::atomic::Ordering::SeqCst);
-        let transport = MmioTransport {
-            device,
-            memory,
-            interrupt,
-            queues,
-            queue_select: state.queue_select,
-            device_features_select: state.device_features_select,
-            driver_features_select: state.driver_features_select,
-            driver_features: state.driver_features,
-            status: state.status,
-            config_generation: state.config_generation.wrapping_add(u32::from(config_changed)),
-        };
-        Ok((transport, config_changed))
+        self.queues = queues;
+        self.queue_select = state.queue_select;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.config_generation = state.config_generation.wrapping_add(u32::from(config_changed));
+        Ok(config_changed)
     }
 }
