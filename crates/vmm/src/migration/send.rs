@@ -5,9 +5,10 @@
 //! destination maps the same template; every non-zero page otherwise) while
 //! the guest runs with dirty logging on. Each later round sends the pages
 //! written during the one before. Once what is left would take no longer
-//! than the downtime budget at the bandwidth just measured, the guest is
-//! paused, the last dirty pages and the VM's state go, and the source waits
-//! for the destination to say it holds everything (`Ready`). Only then does
+//! than the downtime budget at the bandwidth measured, and has stopped
+//! shrinking (a few rounds more at most), the guest is paused, the last
+//! dirty pages and the VM's state go, and the source waits for the
+//! destination to say it holds everything (`Ready`). Only then does
 //! it send `Go`, after which it never runs the guest again: a VM is never
 //! running on both hosts (if `Go` is lost, it runs on neither, and a
 //! supervisor sees that). A guest that dirties memory faster than the link
@@ -43,6 +44,11 @@ impl Default for Limits {
         }
     }
 }
+
+/// Rounds past the first that fits the downtime budget, while the dirty
+/// set still shrinks; and a set too small to be worth another.
+const EXTRA_ROUNDS: u32 = 4;
+const SMALL_ENOUGH: u64 = 64;
 
 /// Auto-converge, as QEMU's: a first throttle, its step, and its ceiling
 /// (percent of the vCPUs' time taken away).
@@ -297,6 +303,7 @@ fn precopy_and_switch<C: Read + Write>(
     let mut throttle = 0u8;
     let mut max_throttle = 0u8;
     let mut rounds_not_shrinking = 0;
+    let mut extra_rounds = 0;
     // The link's throughput: the best a round's sending reached. A small
     // round spends most of its time on fixed costs (the dirty log's sync,
     // a frame's latency) and would make the link look slower than it is.
@@ -339,10 +346,17 @@ fn precopy_and_switch<C: Read + Write>(
             expected_downtime,
             throttle,
         });
+        let shrinking = next.count() * 4 < set.count() * 3 && next.count() > SMALL_ENOUGH;
         set = next;
         round += 1;
-        if expected_downtime <= limits.downtime {
+        // Within the budget, a set still shrinking by a quarter a round
+        // (an idle guest's) is worth another round: what is left is sent
+        // with the guest paused, at a rate the estimate overstates.
+        if expected_downtime <= limits.downtime && (!shrinking || extra_rounds == EXTRA_ROUNDS) {
             break;
+        }
+        if expected_downtime <= limits.downtime {
+            extra_rounds += 1;
         }
         if started.elapsed() >= limits.max_time || round >= limits.max_rounds {
             return Err(MigrationError::DidNotConverge {

@@ -45,6 +45,8 @@ struct Guest {
     throttle: u8,
     /// Pages the guest writes between two looks, unthrottled.
     writes_per_look: u64,
+    /// A guest settling down (going idle): half as many writes each look.
+    settling: bool,
     next_page: u64,
     counter: u8,
 }
@@ -65,6 +67,7 @@ impl Guest {
             throttles: Vec::new(),
             throttle: 0,
             writes_per_look,
+            settling: false,
             next_page: 0,
             counter: 0,
         }))
@@ -84,6 +87,9 @@ impl Guest {
                 self.written.insert(page);
             }
             self.next_page += 7;
+        }
+        if self.settling {
+            self.writes_per_look /= 2;
         }
     }
 }
@@ -237,6 +243,32 @@ fn a_clone_sends_only_its_own_pages_to_a_destination_with_its_template() {
     assert_eq!(report.pages_sent, 4);
     assert_eq!(report.zero_pages, 1, "the zeroed page went as zeros");
     assert!(report.bytes_sent < 4 * PAGE_SIZE as u64, "{report:?}");
+}
+
+#[test]
+fn a_guest_settling_down_gets_more_rounds_while_its_dirty_set_shrinks() {
+    let steady = Guest::new(40);
+    let settling = Guest::new(600);
+    settling.lock().unwrap().settling = true;
+    let limits = Limits {
+        downtime: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let mut last_sets = Vec::new();
+    for guest in [&steady, &settling] {
+        let (mut here, there) = UnixStream::pair().unwrap();
+        let dest = destination(there, memory(), None);
+        let (report, rounds) = migrate(guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
+        report.unwrap();
+        let (arrived, _) = dest.join().unwrap().unwrap();
+        assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+        last_sets.push((rounds.len(), rounds.last().unwrap().dirty_pages));
+    }
+    // Everything fits the budget at once; the steady guest's set does not
+    // shrink, so it switches over after the first round. The settling one
+    // goes on while its set shrinks (600, 300, 150, 75 pages) and leaves
+    // 37 for the pause.
+    assert_eq!(last_sets, [(1, 40), (5, 37)]);
 }
 
 #[test]
