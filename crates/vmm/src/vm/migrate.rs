@@ -39,6 +39,8 @@ struct Outgoing<'v, 'a> {
     /// phase in which the guest stands still.
     phase_since: Instant,
     held: bool,
+    /// The MSRs to save, read from the host before the guest is paused.
+    msrs: Vec<u32>,
 }
 
 impl Outgoing<'_, '_> {
@@ -142,15 +144,11 @@ impl Source for Outgoing<'_, '_> {
             .flush()
             .map_err(|e| format!("flushing the disks: {e}"))?;
         crate::trace::mark("migration: disks flushed");
-        let kvm = self.vmm.kvm;
-        vcpu_state::check_xsave_size(kvm).map_err(|e| e.to_string())?;
-        let msrs = vcpu_state::msr_indices(kvm).map_err(|e| e.to_string())?;
-        crate::trace::mark("migration: host constants read");
         let state = persist::capture(
             self.vmm.vm,
             self.vmm.devices,
             self.vmm.vcpus,
-            &msrs,
+            &self.msrs,
             self.vmm.config.memory_mib,
         )
         .map_err(|e| e.to_string())?;
@@ -246,6 +244,9 @@ fn migrate_with(
     };
     let mut conn = conn;
     prepare_link(&conn).map_err(|e| format!("the migration connection: {e}"))?;
+    // Host constants, read now rather than with the guest paused.
+    vcpu_state::check_xsave_size(vmm.kvm).map_err(|e| e.to_string())?;
+    let msrs = vcpu_state::msr_indices(vmm.kvm).map_err(|e| e.to_string())?;
     let mut outgoing = Outgoing {
         vmm,
         pagemap,
@@ -253,6 +254,7 @@ fn migrate_with(
         throttle: 0,
         phase_since: Instant::now(),
         held: false,
+        msrs,
     };
     let report = send::send(
         &mut conn,
