@@ -5,7 +5,10 @@
 //! for hardware, and the emulated test host is 20-50x slower), with the
 //! same kernel, busybox guest and memory size:
 //! downtime, total time and bytes sent, for a guest that is idle and for
-//! one that rewrites a 32 MiB tmpfs file over and over. Each run checks
+//! one that rewrites a 32 MiB tmpfs file over and over. Downtime is the
+//! same window for both: the source's pause to the guest running at the
+//! destination (QEMU's from its STOP and RESUME events; its own figure,
+//! which ends at the source's last byte, is reported beside it). Each run checks
 //! that the guest goes on at the destination (a failed peer looks fast).
 //! Runs are interleaved; medians and p95.
 
@@ -58,7 +61,11 @@ impl Load {
 
 /// One migration's figures.
 struct Moved {
+    /// From the source's pause to the guest running at the destination.
     downtime: Duration,
+    /// QEMU's own downtime figure, which ends when the source has sent its
+    /// last bytes: it leaves out the destination's load and start.
+    reported_downtime: Option<Duration>,
     total: Duration,
     bytes: u64,
 }
@@ -150,15 +157,21 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
             total.median_ms,
             median_bytes as f64 / (1 << 20) as f64
         );
-        peers.insert(
-            name.into(),
-            json!({
-                "downtime": downtime.to_json(),
-                "total": total.to_json(),
-                "bytes_sent_median": median_bytes,
-                "bytes_sent": sent,
-            }),
-        );
+        let mut peer = json!({
+            "downtime": downtime.to_json(),
+            "total": total.to_json(),
+            "bytes_sent_median": median_bytes,
+            "bytes_sent": sent,
+        });
+        let reported: Vec<Duration> = moved.iter().filter_map(|m| m.reported_downtime).collect();
+        if let Some(reported) = Summary::of(&reported) {
+            println!(
+                "{:>28} its own downtime figure (to the source's last byte) median {:>7.1} ms p95 {:>7.1} ms",
+                name, reported.median_ms, reported.p95_ms
+            );
+            peer["reported_downtime"] = reported.to_json();
+        }
+        peers.insert(name.into(), peer);
     }
     Ok(json!({ "memory_mib": mib, "load": load.name(), "peers": peers }))
 }
@@ -253,15 +266,17 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
     check_alive_and_end(destination, &dest_log, "hull-vmm")?;
     Ok(Moved {
         downtime: Duration::from_millis(downtime_ms),
+        reported_downtime: None,
         total: Duration::from_millis(total_ms),
         bytes: bytes_sent,
     })
 }
 
-/// A QMP connection.
+/// A QMP connection, and the events it has heard.
 struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    events: Vec<Value>,
 }
 
 impl Qmp {
@@ -272,6 +287,7 @@ impl Qmp {
         let mut qmp = Qmp {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            events: Vec::new(),
         };
         let mut greeting = String::new();
         qmp.reader.read_line(&mut greeting)?;
@@ -279,22 +295,52 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// The next message, events kept aside.
+    fn next(&mut self, during: &str) -> Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("QMP closed during {during}");
+        }
+        let message: Value = serde_json::from_str(&line)?;
+        if message.get("event").is_some() {
+            self.events.push(message.clone());
+        }
+        Ok(message)
+    }
+
     /// Runs one command; its `return`, past any events.
     fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
         let line = json!({ "execute": command, "arguments": arguments });
         writeln!(self.writer, "{line}")?;
         loop {
-            let mut answer = String::new();
-            if self.reader.read_line(&mut answer)? == 0 {
-                bail!("QMP closed during {command}");
-            }
-            let answer: Value = serde_json::from_str(&answer)?;
+            let answer = self.next(command)?;
             if let Some(value) = answer.get("return") {
                 return Ok(value.clone());
             }
             if let Some(error) = answer.get("error") {
                 bail!("QMP {command}: {error}");
             }
+        }
+    }
+}
+
+impl Qmp {
+    /// When the event `name` happened (QEMU's wall clock), waiting for it.
+    fn event_time(&mut self, name: &str) -> Result<Duration> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let seen = self.events.iter().find(|e| e["event"] == name);
+            if let Some(timestamp) = seen.map(|e| &e["timestamp"]) {
+                let (seconds, micros) = (timestamp["seconds"].as_u64(), timestamp["microseconds"].as_u64());
+                let (Some(seconds), Some(micros)) = (seconds, micros) else {
+                    bail!("QMP event {name} without a timestamp: {timestamp}");
+                };
+                return Ok(Duration::from_secs(seconds) + Duration::from_micros(micros));
+            }
+            if Instant::now() > deadline {
+                bail!("QEMU never sent {name}");
+            }
+            self.next(name)?;
         }
     }
 }
@@ -316,9 +362,10 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&dest_log)?)
         .stderr(Stdio::null());
-    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(Value, Child)> {
+    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(Value, Duration, Child)> {
         let destination = destination.spawn().context("starting the destination QEMU")?;
         wait_for(&incoming)?;
+        let mut arriving = Qmp::connect(&dest_qmp)?;
         let mut qmp = Qmp::connect(&source_qmp)?;
         std::thread::sleep(Duration::from_secs(2));
         qmp.execute("migrate-set-parameters", json!({ "downtime-limit": downtime_ms }))?;
@@ -333,10 +380,18 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         };
+        // The same window as hull-vmm's figure: the source's stop to the
+        // guest running at the destination (both QEMUs stamp events with
+        // this host's clock).
+        let stopped = qmp.event_time("STOP")?;
+        let resumed = arriving.event_time("RESUME")?;
         let _ = qmp.execute("quit", json!({}));
-        Ok((status, destination))
+        let stopped_to_running = resumed
+            .checked_sub(stopped)
+            .context("QEMU's destination resumed before its source stopped")?;
+        Ok((status, stopped_to_running, destination))
     })?;
-    let (status, destination) = moved?;
+    let (status, stopped_to_running, destination) = moved?;
     let _ = run;
     let number = |key: &str| status.get(key).and_then(Value::as_u64);
     let downtime = number("downtime").context("QEMU gave no downtime")?;
@@ -348,7 +403,8 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         .context("QEMU gave no bytes transferred")?;
     check_alive_and_end(destination, &dest_log, "QEMU")?;
     Ok(Moved {
-        downtime: Duration::from_millis(downtime),
+        downtime: stopped_to_running,
+        reported_downtime: Some(Duration::from_millis(downtime)),
         total: Duration::from_millis(total),
         bytes,
     })
