@@ -25,7 +25,9 @@ use crate::devices::virtio::net::{self, Net};
 use crate::devices::virtio::persist::DeviceState;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
-use crate::devices::virtio::{worker, DeviceKind, Interrupt, VirtioDevice};
+use crate::devices::virtio::{
+    worker, DeviceKind, Interrupt, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET, TYPE_RNG, TYPE_VSOCK,
+};
 use crate::layout::*;
 use crate::pause::PauseGate;
 use crate::snapshot::VmState;
@@ -116,6 +118,11 @@ impl DeviceManager {
         }
         let mut console = lock(&self.console);
         serial::continue_from(&mut console, &state.serial).map_err(|e| VmError::SnapshotMismatch(e.to_string()))
+    }
+
+    /// The virtio devices' types, in slot order.
+    pub fn device_types(&self) -> Vec<u32> {
+        self.virtio.iter().map(|d| lock(&d.transport).device_type()).collect()
     }
 
     /// Where each virtio device sits, for the ACPI tables.
@@ -256,6 +263,22 @@ fn com1_register(port: u16) -> Option<u8> {
         .then(|| (port - COM1_PORT) as u8)
 }
 
+/// The virtio device types `config` gives, in slot order: what
+/// `device_models` makes, known before any device is (a migration's
+/// destination checks its source's against it).
+pub fn layout(config: &VmConfig) -> Vec<u32> {
+    let mut types = vec![TYPE_BLOCK; config.disks.len()];
+    if config.vsock.is_some() {
+        types.push(TYPE_VSOCK);
+    }
+    types.push(TYPE_RNG);
+    types.extend(config.nics.iter().map(|_| TYPE_NET));
+    if config.shares.is_some() {
+        types.push(TYPE_FS);
+    }
+    types
+}
+
 fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
@@ -288,6 +311,10 @@ fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmErro
     if let Some(shares) = &config.shares {
         models.push(Box::new(Fs::new(shares).map_err(VmError::Share)?));
     }
+    debug_assert_eq!(
+        models.iter().map(|m| m.device_type()).collect::<Vec<_>>(),
+        layout(config)
+    );
     Ok(models)
 }
 

@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::send::unexpected;
-use super::stream::{read_frame, write_frame, Frame, Hello, Welcome, PAGE_SIZE, VERSION};
+use super::stream::{read_frame, write_frame, Frame, Hello, VmShape, Welcome, PAGE_SIZE, VERSION};
 use super::MigrationError;
+use crate::devices::virtio::DeviceKind;
 
 /// Reads the source's hello. The caller checks it against what it can
 /// run (`check_hello`) and prepares guest memory to match (the template's
@@ -24,8 +25,9 @@ pub fn read_hello(conn: &mut impl Read) -> Result<Hello, MigrationError> {
     }
 }
 
-/// Why this destination cannot take the VM `hello` announces, if it cannot.
-pub fn check_hello(hello: &Hello, memory_bytes: u64) -> Result<(), String> {
+/// Why this destination, made as `ours`, cannot take the VM `hello`
+/// announces, if it cannot.
+pub fn check_hello(hello: &Hello, ours: &VmShape) -> Result<(), String> {
     if hello.version != VERSION {
         return Err(format!(
             "the source speaks migration version {}; this hull-vmm speaks {VERSION}",
@@ -35,14 +37,45 @@ pub fn check_hello(hello: &Hello, memory_bytes: u64) -> Result<(), String> {
     if hello.page_size as usize != PAGE_SIZE {
         return Err(format!("the source's pages are {} bytes", hello.page_size));
     }
-    if hello.memory_bytes != memory_bytes {
+    let theirs = &hello.shape;
+    if theirs.memory_bytes != ours.memory_bytes {
         return Err(format!(
             "the VM has {} MiB of memory; this destination was made for {} MiB",
-            hello.memory_bytes >> 20,
-            memory_bytes >> 20
+            theirs.memory_bytes >> 20,
+            ours.memory_bytes >> 20
+        ));
+    }
+    if theirs.vcpus != ours.vcpus {
+        return Err(format!(
+            "the VM has {} vCPUs; this destination was made for {}",
+            theirs.vcpus, ours.vcpus
+        ));
+    }
+    if theirs.devices != ours.devices {
+        return Err(format!(
+            "the VM's devices are {}; this destination was made with {}",
+            device_names(&theirs.devices),
+            device_names(&ours.devices)
         ));
     }
     Ok(())
+}
+
+/// Device types as "block, vsock, rng, net" (a type this VMM does not know
+/// by its number). The source's list is untrusted: at most 64 are named.
+fn device_names(types: &[u32]) -> String {
+    let mut names: Vec<String> = types
+        .iter()
+        .take(64)
+        .map(|&t| DeviceKind::of(t).map_or_else(|| format!("type {t}"), |kind| kind.label().to_string()))
+        .collect();
+    if types.len() > 64 {
+        names.push(format!("... ({} in all)", types.len()));
+    }
+    match names.is_empty() {
+        true => "none".into(),
+        false => format!("[{}]", names.join(", ")),
+    }
 }
 
 /// Answers the hello: refused with `reason`, or accepted, saying whether

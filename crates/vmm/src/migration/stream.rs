@@ -12,8 +12,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// The stream's version: a destination refuses any other.
-pub const VERSION: u32 = 1;
+/// The stream's version: a destination refuses any other. 2: the hello
+/// carries the VM's vCPUs and devices.
+pub const VERSION: u32 = 2;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
@@ -31,11 +32,22 @@ const TRAILER: usize = 4;
 pub struct Hello {
     pub version: u32,
     pub page_size: u32,
-    pub memory_bytes: u64,
+    pub shape: VmShape,
     /// The content hash of the template whose memory the source's guest
     /// began as (a clone's), if any: a destination that maps the same
     /// template is sent only the pages the clone changed.
     pub template: Option<[u8; 32]>,
+}
+
+/// What a destination must have been made like to take a VM, checked
+/// before any page travels (a mismatch found only in the state would cost
+/// the whole pre-copy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmShape {
+    pub memory_bytes: u64,
+    pub vcpus: u32,
+    /// Its virtio devices' types, in slot order.
+    pub devices: Vec<u32>,
 }
 
 /// The destination's answer to `Hello`.
@@ -264,7 +276,11 @@ mod tests {
             Frame::Hello(Hello {
                 version: VERSION,
                 page_size: PAGE_SIZE as u32,
-                memory_bytes: 256 << 20,
+                shape: VmShape {
+                    memory_bytes: 256 << 20,
+                    vcpus: 2,
+                    devices: vec![2, 2, 19, 4, 1],
+                },
                 template: Some([7; 32]),
             }),
             Frame::Welcome(Welcome::Accepted { has_template: true }),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::receive::{check_hello, read_hello, ready, receive_memory, resumed, welcome};
-use super::stream::{write_frame, Frame, PAGE_SIZE, VERSION};
+use super::stream::{write_frame, Frame, VmShape, PAGE_SIZE, VERSION};
 use super::*;
 
 const PAGES: u64 = 1024;
@@ -131,11 +131,20 @@ impl Source for AsSource {
     }
 }
 
+/// The simulated guest's make: 1 vCPU, a disk, vsock, entropy and a NIC.
+fn shape() -> VmShape {
+    VmShape {
+        memory_bytes: BYTES,
+        vcpus: 1,
+        devices: vec![2, 19, 4, 1],
+    }
+}
+
 fn hello(template: Option<[u8; 32]>) -> Hello {
     Hello {
         version: VERSION,
         page_size: PAGE_SIZE as u32,
-        memory_bytes: BYTES,
+        shape: shape(),
         template,
     }
 }
@@ -149,7 +158,7 @@ fn destination(
 ) -> thread::JoinHandle<Result<(GuestMemoryMmap, Vec<u8>), MigrationError>> {
     thread::spawn(move || {
         let hello = read_hello(&mut conn)?;
-        let check = check_hello(&hello, BYTES).map(|_| template.is_some() && hello.template == template);
+        let check = check_hello(&hello, &shape()).map(|_| template.is_some() && hello.template == template);
         welcome(&mut conn, check)?;
         let incoming = receive_memory(&mut conn, &memory, BYTES, &mut |_, _| {})?;
         ready(&mut conn)?;
@@ -314,25 +323,43 @@ fn a_migration_that_cannot_converge_is_abandoned_and_the_guest_runs_on() {
 }
 
 #[test]
-fn a_destination_of_another_size_refuses_before_anything_is_sent() {
-    let guest = Guest::new(10);
-    let (mut here, mut there) = UnixStream::pair().unwrap();
-    let dest = thread::spawn(move || {
-        let hello = read_hello(&mut there).unwrap();
-        welcome(&mut there, check_hello(&hello, BYTES * 2).map(|_| false))
-    });
-    let (report, rounds) = migrate(
-        &guest,
-        &mut here,
-        None,
-        &|_| Ok(PageSet::full(PAGES)),
-        &Limits::default(),
-    );
-    let err = report.unwrap_err();
-    assert!(err.to_string().contains("8 MiB"), "{err}");
-    assert!(matches!(dest.join().unwrap(), Err(MigrationError::Refused(_))));
-    assert!(rounds.is_empty());
-    assert!(!guest.lock().unwrap().logging);
+fn a_destination_made_for_another_vm_refuses_before_anything_is_sent() {
+    let bigger = VmShape {
+        memory_bytes: BYTES * 2,
+        ..shape()
+    };
+    let two_vcpus = VmShape { vcpus: 2, ..shape() };
+    let no_nic = VmShape {
+        devices: vec![2, 19, 4],
+        ..shape()
+    };
+    for (ours, why) in [
+        (bigger, "8 MiB"),
+        (two_vcpus, "the VM has 1 vCPUs; this destination was made for 2"),
+        (
+            no_nic,
+            "the VM's devices are [block, vsock, rng, net]; this destination was made with [block, vsock, rng]",
+        ),
+    ] {
+        let guest = Guest::new(10);
+        let (mut here, mut there) = UnixStream::pair().unwrap();
+        let dest = thread::spawn(move || {
+            let hello = read_hello(&mut there).unwrap();
+            welcome(&mut there, check_hello(&hello, &ours).map(|_| false))
+        });
+        let (report, rounds) = migrate(
+            &guest,
+            &mut here,
+            None,
+            &|_| Ok(PageSet::full(PAGES)),
+            &Limits::default(),
+        );
+        let err = report.unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(matches!(dest.join().unwrap(), Err(MigrationError::Refused(_))));
+        assert!(rounds.is_empty());
+        assert!(!guest.lock().unwrap().logging);
+    }
 }
 
 #[test]
@@ -342,7 +369,7 @@ fn a_destination_that_fails_after_the_state_leaves_the_source_running() {
     let dest = thread::spawn(move || {
         let hello = read_hello(&mut there).unwrap();
         welcome(&mut there, Ok(false)).unwrap();
-        assert_eq!(hello.memory_bytes, BYTES);
+        assert_eq!(hello.shape, shape());
         receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
         receive::abort(&mut there, "restoring the vCPUs failed");
     });

@@ -14,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{VmConfig, VmError};
 use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
+use crate::migration::stream::VmShape;
 use crate::migration::MigrationError;
 use crate::snapshot::{self, VmState};
 
@@ -75,7 +76,12 @@ fn hello(
             return Err(e.into());
         }
     };
-    if let Err(reason) = check_hello(&hello, memory_bytes) {
+    let made = VmShape {
+        memory_bytes,
+        vcpus: config.vcpus.into(),
+        devices: crate::device_manager::layout(config),
+    };
+    if let Err(reason) = check_hello(&hello, &made) {
         let _ = welcome(conn, Err(reason.clone()));
         return Err(VmError::Migration(format!("refused the VM: {reason}")));
     }

@@ -14,7 +14,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use super::Vmm;
 use crate::migration::pagemap::Pagemap;
 use crate::migration::send::{self, Limits, Progress, Source};
-use crate::migration::stream::{Hello, PAGE_SIZE, VERSION};
+use crate::migration::stream::{Hello, VmShape, PAGE_SIZE, VERSION};
 use crate::migration::PageSet;
 use crate::{persist, snapshot, vcpu_state};
 
@@ -234,7 +234,11 @@ fn migrate_with(
     let hello = Hello {
         version: VERSION,
         page_size: PAGE_SIZE as u32,
-        memory_bytes,
+        shape: VmShape {
+            memory_bytes,
+            vcpus: vmm.vcpus.len() as u32,
+            devices: vmm.devices.device_types(),
+        },
         template: clone_of,
     };
     let limits = Limits {
