@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use pid_namespace::Pids;
-use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, CHUNK, PROTOCOL_VERSION};
+use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, ProtoError, CHUNK, PROTOCOL_VERSION};
 
 /// Where the container's root filesystem is assembled.
 const ROOT: &str = "/mnt/root";
@@ -119,20 +119,54 @@ fn fail(sink: &Sink, message: String, exit_code: i32) {
     send(sink, &Frame::Control(Control::Failed { message, exit_code }));
 }
 
-fn serve(conn: File) {
-    let mut input = match conn.try_clone() {
-        Ok(input) => input,
-        Err(e) => return console(&format!("vsock: {e}")),
-    };
-    let sink: Sink = Arc::new(Mutex::new(conn));
-    let hello = Control::Hello {
-        version: PROTOCOL_VERSION,
-        agent: env!("CARGO_PKG_VERSION").into(),
-    };
-    if !send(&sink, &Frame::Control(hello)) {
-        return console("the host closed the connection");
+/// Says hello to the host and waits for its request. A connection reset
+/// meanwhile means the VM was moved to another host (its VMM resets the
+/// guest's vsock transport): the agent, holding no container yet, says
+/// hello again to the host it is on now. The connection, its writing half
+/// and the host's first frame.
+fn await_request(mut conn: File) -> Option<(Sink, File, Result<Option<Frame>, ProtoError>)> {
+    loop {
+        let mut input = match conn.try_clone() {
+            Ok(input) => input,
+            Err(e) => {
+                console(&format!("vsock: {e}"));
+                return None;
+            }
+        };
+        let hello = Control::Hello {
+            version: PROTOCOL_VERSION,
+            agent: env!("CARGO_PKG_VERSION").into(),
+        };
+        let said = write_frame(&mut conn, &Frame::Control(hello));
+        let greeted = said.is_ok();
+        let first = match said {
+            Ok(()) => read_frame(&mut input),
+            Err(e) => Err(e),
+        };
+        let reset = matches!(&first, Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset);
+        if !reset {
+            if !greeted {
+                console("the host closed the connection");
+                return None;
+            }
+            return Some((Arc::new(Mutex::new(conn)), input, first));
+        }
+        console("the host connection was reset (the VM moved?): connecting again");
+        conn = match vsock::connect_host(proto::AGENT_PORT) {
+            Ok(conn) => conn,
+            Err(e) => {
+                console(&format!("cannot reach the host over vsock: {e}"));
+                return None;
+            }
+        };
     }
-    let spec = match read_frame(&mut input) {
+}
+
+fn serve(conn: File) {
+    let Some((sink, input, first)) = await_request(conn) else {
+        return;
+    };
+    let spec = match first {
         Ok(Some(Frame::Control(Control::Run(spec)))) => spec,
         Ok(Some(Frame::Control(Control::Failed { message, .. }))) => return console(&format!("host: {message}")),
         Ok(other) => return fail(&sink, format!("expected a run request, got {other:?}"), 125),

@@ -644,6 +644,12 @@ fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {
     source.arg("--restore").arg(&template.dir);
     let mut source = source.spawn().unwrap();
     let (_agent, _) = agent_port.accept().unwrap();
+    // The destination's host end: the agent, holding no container yet,
+    // says hello there once the move has reset its connection.
+    let agent_there =
+        std::os::unix::net::UnixListener::bind(format!("{}_{}", dir.join("dest.vsock").display(), proto::AGENT_PORT))
+            .unwrap();
+    agent_there.set_nonblocking(true).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let incoming = dir.join("incoming.sock");
     let mut destination = vmm("dest");
@@ -683,6 +689,30 @@ fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {
     // The target: an idle clone sends under 4 MiB once the
     // destination has its template (a 256 MiB guest).
     assert!(bytes_sent < 4 << 20, "{bytes_sent} bytes for an idle clone");
+    // The destination reset the guest's vsock transport: the agent lost
+    // the old host's connection at once and came to this host.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut agent = loop {
+        match agent_there.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the agent never reached the destination's host\n{}",
+                    err("dest")
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    agent.set_nonblocking(false).unwrap();
+    agent.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let hello = proto::read_frame(&mut agent).unwrap();
+    assert!(
+        matches!(hello, Some(proto::Frame::Control(proto::Control::Hello { .. }))),
+        "{hello:?}"
+    );
     // The guest runs there: its vCPU and device threads park and go on.
     let dest_control = UnixStream::connect(dir.join("dest.ctl")).unwrap();
     assert_eq!(

@@ -125,6 +125,15 @@ impl DeviceManager {
         self.virtio.iter().map(|d| lock(&d.transport).device_type()).collect()
     }
 
+    /// A migrated VM, its state applied and its guest not yet running here:
+    /// each device tells its driver what stayed behind (vsock: its
+    /// connections).
+    pub fn announce_arrival(&self) {
+        for device in &self.virtio {
+            lock(&device.transport).arrived();
+        }
+    }
+
     /// Where each virtio device sits, for the ACPI tables.
     pub fn slots(&self) -> Vec<MmioSlot> {
         self.virtio.iter().map(|d| d.slot).collect()

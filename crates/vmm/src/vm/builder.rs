@@ -138,6 +138,7 @@ pub(super) fn apply_state<'a>(
     restore_vcpus_and_chips(vm, vcpus, cpuid, config, state)?;
     devices.apply_state(config, state)?;
     devices.announce_restore();
+    devices.announce_arrival();
     trace::mark("migration: the state is applied");
     Ok(())
 }

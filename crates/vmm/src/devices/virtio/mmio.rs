@@ -234,6 +234,13 @@ impl MmioTransport {
         self.device.plug(backend)
     }
 
+    /// The VM has just arrived from another host (`VirtioDevice::arrived`).
+    pub fn arrived(&mut self) {
+        if self.driver_ok() && self.device.arrived(&mut self.queues, &self.memory) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
     /// Host-side I/O is ready: let the device move data.
     pub fn poll(&mut self) {
         if self.driver_ok() && self.device.poll(&mut self.queues, &self.memory) {

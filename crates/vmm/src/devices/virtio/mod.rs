@@ -126,18 +126,24 @@ pub trait VirtioDevice: Send {
     fn poll(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
         false
     }
-    /// Plugs the device's host side into `backend`, or into nothing, while
-    /// the guest runs (a NIC's tap).
     /// Whether the device has anything to serve: one that has not (an
     /// unused virtio-fs) gets no thread.
     fn serves(&self) -> bool {
         true
+    }
+    /// The VM has just arrived from another host (a live migration), its
+    /// guest not yet running here: the device tells the driver what did not
+    /// come with it. Returns whether anything was put in a used ring.
+    fn arrived(&mut self, _queues: &mut [Queue], _memory: &GuestMemoryMmap) -> bool {
+        false
     }
     /// Puts what the device wrote on its backend's storage (a disk's page
     /// cache to the disk): the VM is leaving this host.
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    /// Plugs the device's host side into `backend`, or into nothing, while
+    /// the guest runs (a NIC's tap).
     fn plug(&mut self, _backend: Option<std::fs::File>) -> std::io::Result<()> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,

@@ -36,6 +36,9 @@ const SHUTDOWN_RCV: u32 = 1;
 const SHUTDOWN_SEND: u32 = 2;
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// virtio-vsock's one event: every connection is gone.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// What we let the guest have in flight towards one host socket.
 const BUF_ALLOC: u32 = 256 * 1024;
 /// Largest payload we accept in one packet from the guest.
@@ -595,6 +598,12 @@ fn header_for(guest_cid: u64, conn: &Connection, op: u16) -> Header {
 fn write_packet(memory: &GuestMemoryMmap, descs: &[Descriptor], hdr: &Header, payload: &[u8]) -> u32 {
     let mut bytes = hdr.bytes().to_vec();
     bytes.extend_from_slice(payload);
+    write_bytes(memory, descs, &bytes)
+}
+
+/// Writes `bytes` into the chain's device-writable buffers, as far as they
+/// reach; returns the bytes written.
+fn write_bytes(memory: &GuestMemoryMmap, descs: &[Descriptor], bytes: &[u8]) -> u32 {
     let mut written = 0usize;
     for desc in descs.iter().filter(|d| d.is_write_only()) {
         if written == bytes.len() {
@@ -642,6 +651,24 @@ impl VirtioDevice for Vsock {
 
     fn backend_fd(&self) -> Option<RawFd> {
         Some(self.epoll.as_raw_fd())
+    }
+
+    /// The guest's connections stayed with the old host's sockets: a
+    /// transport reset makes the driver drop them all at once (and read
+    /// the guest CID again), as QEMU and Firecracker do, so programs see
+    /// ECONNRESET instead of waiting on connections that are gone.
+    fn arrived(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(EVENT) else {
+            return false;
+        };
+        let Some(chain) = queue.pop_descriptor_chain(memory) else {
+            eprintln!("hull-vmm: vsock: the driver posted no event buffer; its connections are not told they are gone");
+            return false;
+        };
+        let head = chain.head_index();
+        let descs: Vec<Descriptor> = chain.collect();
+        let len = write_bytes(memory, &descs, &EVENT_TRANSPORT_RESET.to_le_bytes());
+        queue.add_used(memory, head, len).is_ok()
     }
 
     fn poll(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
@@ -753,6 +780,40 @@ mod tests {
         assert_eq!(data, b"hello guest");
         drop(host);
         let _ = std::fs::remove_file(format!("{}_1024", path.display()));
+    }
+
+    #[test]
+    fn a_vm_that_arrived_from_another_host_has_its_transport_reset() {
+        let path = uds("arrived");
+        let mut dev = Vsock::new(CID, &path).unwrap();
+        let memory = memory();
+        let queue = |with_buffer: bool| {
+            let mock = MockSplitQueue::create(&memory, GuestAddress(0x3_0000), QUEUE_SIZE);
+            if with_buffer {
+                memory.write_slice(&[0xff; 8], GuestAddress(0x6_0000)).unwrap();
+                mock.add_desc_chains(&[desc(0x6_0000, 8, WRITE, 0)], 0).unwrap();
+            }
+            mock.create_queue::<Queue>().unwrap()
+        };
+        let unused = || {
+            MockSplitQueue::new(&memory, QUEUE_SIZE)
+                .create_queue::<Queue>()
+                .unwrap()
+        };
+        // No event buffer posted: nothing to tell, and nothing breaks.
+        let mut queues = vec![unused(), unused(), queue(false)];
+        assert!(!dev.arrived(&mut queues, &memory));
+        let mut queues = vec![unused(), unused(), queue(true)];
+        assert!(dev.arrived(&mut queues, &memory));
+        assert_eq!(queues[EVENT].next_used(), 1);
+        assert_eq!(used_len(&memory, &queues[EVENT], 0), 4);
+        let mut event = [0u8; 8];
+        memory.read_slice(&mut event, GuestAddress(0x6_0000)).unwrap();
+        assert_eq!(
+            event,
+            [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            "the event id: TRANSPORT_RESET"
+        );
     }
 
     #[test]
