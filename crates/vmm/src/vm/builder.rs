@@ -63,7 +63,12 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     let devices = DeviceManager::new(&vm, config, &memory, saved.as_ref())?;
 
     let cpuid = cpu::supported_cpuid(&kvm)?;
-    let mut vcpus = Vec::new();
+    if matches!((&config.start, &saved), (Start::Restore { .. }, None)) {
+        return Err(VmError::SnapshotMismatch("no saved state to start from".into()));
+    }
+    let vcpus = (0..config.vcpus)
+        .map(|id| vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU")))
+        .collect::<Result<Vec<_>, _>>()?;
     match (&config.start, &saved) {
         (
             Start::Boot {
@@ -76,26 +81,16 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             let rsdp = acpi::write_tables(&memory, config.vcpus, &devices.slots())?;
             let entry = boot::load(&memory, kernel, initrd.as_deref(), cmdline, rsdp)?.entry;
             cpu::write_boot_tables(&memory)?;
-            for id in 0..config.vcpus {
-                let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-                cpu::configure(&vcpu, &cpuid, id, config.vcpus, entry)?;
-                vcpus.push(vcpu);
+            for (id, vcpu) in (0..config.vcpus).zip(&vcpus) {
+                cpu::configure(vcpu, &cpuid, id, config.vcpus, entry)?;
             }
         }
-        (Start::Restore { .. } | Start::Incoming { .. }, Some(state)) => {
-            for id in 0..config.vcpus {
-                vcpus.push(vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?);
-            }
+        (Start::Restore { .. }, Some(state)) => {
             restore_vcpus_and_chips(&vm, &vcpus, &cpuid, config, state)?;
             devices.announce_restore();
         }
-        (Start::Incoming { .. }, None) => {
-            // Their state comes with the VM's (`apply_state`).
-            for id in 0..config.vcpus {
-                vcpus.push(vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?);
-            }
-        }
-        (Start::Restore { .. }, None) => return Err(VmError::SnapshotMismatch("no saved state to start from".into())),
+        // A migrated VM's vCPUs get their state with the VM's (`apply_state`).
+        (Start::Incoming { .. }, _) | (Start::Restore { .. }, None) => {}
     }
     trace::mark("vCPUs and irqchip set");
     Ok(BuiltVm {
