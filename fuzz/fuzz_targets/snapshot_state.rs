@@ -2,13 +2,14 @@
 //! The snapshot state-file decoder: the input as a whole file, or as a
 //! payload behind a valid header (so it gets past the checksum to the
 //! postcard decoder). Now and then through a real file too, where
-//! `read_state` must judge it exactly as `decode_state` does.
+//! `read_state` must judge it exactly as `decode_state` does. The same
+//! bytes also as a migration's unsealed state (`decode_unsealed`).
 
 use std::mem::discriminant;
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use vmm::snapshot::{decode_state, read_state, state_path, FORMAT_VERSION};
+use vmm::snapshot::{decode_state, decode_unsealed, read_state, state_path, FORMAT_VERSION};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -24,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         file.extend_from_slice(rest);
         file
     };
+    let _ = decode_unsealed(rest, "fuzz");
     let decoded = decode_state(&bytes, "fuzz");
     if mode & 0x0e == 0 {
         let dir = hull_fuzz::scratch_dir().join(format!("hull-fuzz-snapshot-{}", std::process::id()));

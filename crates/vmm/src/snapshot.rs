@@ -121,6 +121,37 @@ pub fn encode_state(state: &VmState) -> Result<Vec<u8>, SnapshotError> {
     Ok(bytes)
 }
 
+/// The state for a stream whose frames carry their own checksum (a
+/// migration's): its format version and the encoded state, without the
+/// file's digest, which would only be computed and checked twice more
+/// while the guest stands still.
+pub fn encode_unsealed(state: &VmState) -> Result<Vec<u8>, SnapshotError> {
+    let bytes = FORMAT_VERSION.to_le_bytes().to_vec();
+    postcard::to_extend(state, bytes).map_err(|e| SnapshotError::Encode(e.to_string()))
+}
+
+/// What `encode_unsealed` made; `what` names it in errors.
+pub fn decode_unsealed(bytes: &[u8], what: &str) -> Result<VmState, SnapshotError> {
+    let Some((version, payload)) = bytes.split_first_chunk::<4>() else {
+        return Err(SnapshotError::Truncated(what.to_string()));
+    };
+    let found = u32::from_le_bytes(*version);
+    if found != FORMAT_VERSION {
+        return Err(SnapshotError::Decode {
+            path: what.to_string(),
+            detail: format!("state format version {found}; this hull-vmm reads version {FORMAT_VERSION}"),
+        });
+    }
+    decode_payload(payload, what)
+}
+
+fn decode_payload(payload: &[u8], what: &str) -> Result<VmState, SnapshotError> {
+    postcard::from_bytes(payload).map_err(|e| SnapshotError::Decode {
+        path: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
 /// A snapshot's identity: the SHA-256 of its state, which its state file
 /// carries. States differ between any two saved VMs (registers, clock), so
 /// two hosts holding a template with the same identity hold the same
@@ -212,10 +243,7 @@ pub fn decode_state(bytes: &[u8], path_for_errors: &str) -> Result<VmState, Snap
     if payload.len() as u64 > len || Sha256::digest(payload).as_slice() != &header[DIGEST] {
         return Err(SnapshotError::Corrupted(shown()));
     }
-    postcard::from_bytes(payload).map_err(|e| SnapshotError::Decode {
-        path: shown(),
-        detail: e.to_string(),
-    })
+    decode_payload(payload, path_for_errors)
 }
 
 /// Writes guest memory to `dir/memory`, leaving zero pages as holes.
@@ -378,6 +406,25 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(snapshot_id(&dir), Err(SnapshotError::NotASnapshot(_))));
+    }
+
+    #[test]
+    fn a_migrated_state_goes_unsealed_and_checks_its_format_version() {
+        let mut bytes = encode_unsealed(&sample()).unwrap();
+        assert_eq!(decode_unsealed(&bytes, "x").unwrap().devices, sample().devices);
+        assert!(matches!(
+            decode_unsealed(&bytes[..3], "x"),
+            Err(SnapshotError::Truncated(_))
+        ));
+        assert!(matches!(
+            decode_unsealed(&bytes[..40], "x"),
+            Err(SnapshotError::Decode { .. })
+        ));
+        bytes[0] ^= 0x80;
+        let Err(e) = decode_unsealed(&bytes, "the migrated VM's state") else {
+            panic!("another format version was taken");
+        };
+        assert!(e.to_string().contains("format version"), "{e}");
     }
 
     #[test]

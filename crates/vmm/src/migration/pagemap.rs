@@ -21,6 +21,11 @@ const SWAPPED: u64 = 1 << 62;
 const FILE_OR_SHARED: u64 = 1 << 61;
 const SOFT_DIRTY: u64 = 1 << 55;
 
+/// One pagemap entry from its eight bytes.
+fn entry(raw: &[u8]) -> u64 {
+    u64::from_le_bytes(raw.try_into().unwrap_or_default())
+}
+
 pub struct Pagemap {
     pagemap: File,
     clear_refs: File,
@@ -43,25 +48,30 @@ impl Pagemap {
     /// One pagemap entry per page from host address `base` on.
     fn entries(&self, base: u64, pages: u64) -> io::Result<Vec<u64>> {
         let mut bytes = vec![0u8; pages as usize * 8];
+        self.read_entries(base, &mut bytes)?;
+        Ok(bytes.chunks_exact(8).map(entry).collect())
+    }
+
+    /// Fills `bytes` with the pagemap entries from host address `base` on.
+    fn read_entries(&self, base: u64, bytes: &mut [u8]) -> io::Result<()> {
         let offset = base / PAGE_SIZE as u64 * 8;
-        self.pagemap.read_exact_at(&mut bytes, offset)?;
-        Ok(bytes
-            .chunks_exact(8)
-            .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
-            .collect())
+        self.pagemap.read_exact_at(bytes, offset)
     }
 
     fn guest_pages_where(&self, wanted: impl Fn(u64) -> bool) -> io::Result<PageSet> {
         let mut set = PageSet::empty(self.pages);
-        // In pieces: 64 MiB of guest a read.
+        // In pieces: 64 MiB of guest a read, into one buffer (this runs
+        // with the guest paused, once).
         const CHUNK: u64 = 16384;
+        let mut bytes = vec![0u8; CHUNK.min(self.pages) as usize * 8];
         let mut first = 0;
         while first < self.pages {
             let count = CHUNK.min(self.pages - first);
-            let entries = self.entries(self.base + first * PAGE_SIZE as u64, count)?;
-            for (i, &entry) in entries.iter().enumerate() {
-                if wanted(entry) {
-                    set.insert(first + i as u64);
+            let bytes = &mut bytes[..count as usize * 8];
+            self.read_entries(self.base + first * PAGE_SIZE as u64, bytes)?;
+            for (page, raw) in (first..).zip(bytes.chunks_exact(8)) {
+                if wanted(entry(raw)) {
+                    set.insert(page);
                 }
             }
             first += count;

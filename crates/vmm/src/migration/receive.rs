@@ -6,7 +6,7 @@
 //! Until `Go`, nothing here has run the guest: a migration that fails
 //! leaves a VM that its supervisor discards.
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -91,6 +91,9 @@ pub fn welcome(conn: &mut impl Write, answer: Result<bool, String>) -> Result<()
     answer.map(|_| ()).map_err(MigrationError::Refused)
 }
 
+/// How much of the stream is read at once.
+const IN_BUFFER: usize = 256 << 10;
+
 /// What the source sent, once it is all here.
 #[derive(Debug)]
 pub struct Incoming {
@@ -100,10 +103,11 @@ pub struct Incoming {
     pub pages: u64,
 }
 
-/// Takes pages into `memory` until the source is done; its progress
-/// (round, dirty pages) goes to `progress`.
-pub fn receive_memory(
-    conn: &mut impl Read,
+/// Takes pages into `memory` until the source is done, answering each
+/// round's end once its pages are in; progress (round, pages it sent) goes
+/// to `progress`.
+pub fn receive_memory<C: Read + Write>(
+    conn: &mut C,
     memory: &GuestMemoryMmap,
     memory_bytes: u64,
     progress: &mut dyn FnMut(u32, u64),
@@ -131,8 +135,10 @@ pub fn receive_memory(
         pages: 0,
     };
     let mut state = None;
+    // Many frames a read: a source's late rounds are runs of small frames.
+    let mut input = BufReader::with_capacity(IN_BUFFER, &mut *conn);
     loop {
-        match read_frame(conn)? {
+        match read_frame(&mut input)? {
             Some(Frame::Pages { first, data }) => {
                 let count = (data.len() / PAGE_SIZE) as u64;
                 write(&data, in_guest(first, count)?)?;
@@ -145,11 +151,16 @@ pub fn receive_memory(
                 }
                 incoming.pages = incoming.pages.saturating_add(u64::from(count));
             }
-            Some(Frame::RoundEnd { round, dirty_pages }) => {
+            Some(Frame::RoundEnd { round, pages }) => {
+                write_frame(input.get_mut(), &Frame::RoundIn { round })?;
                 incoming.rounds = round.saturating_add(1);
-                progress(round, dirty_pages);
+                progress(round, pages);
             }
             Some(Frame::State(bytes)) if state.is_none() => state = Some(bytes),
+            // The source waits for `Ready` now: nothing may follow.
+            Some(Frame::Done) if !input.buffer().is_empty() => {
+                return Err(MigrationError::Unexpected("more after done".into()))
+            }
             Some(Frame::Done) => match state.take() {
                 Some(bytes) => {
                     incoming.state = bytes;

@@ -15,13 +15,15 @@
 //! drains it is throttled (auto-converge); past `Limits::max_time` or
 //! `max_rounds`, the migration is abandoned and the guest runs on, here.
 
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::pages::PageSet;
-use super::stream::{read_frame, write_frame, Frame, Hello, StreamError, Welcome, MAX_PAGES_PER_FRAME, PAGE_SIZE};
+use super::stream::{
+    put_frame, read_frame, write_frame, Frame, Hello, StreamError, Welcome, MAX_PAGES_PER_FRAME, PAGE_SIZE,
+};
 use super::MigrationError;
 
 /// When to switch over, and when to give up.
@@ -49,6 +51,10 @@ impl Default for Limits {
 /// set still shrinks; and a set too small to be worth another.
 const EXTRA_ROUNDS: u32 = 4;
 const SMALL_ENOUGH: u64 = 64;
+
+/// Frames are gathered into writes of up to this much (larger pages
+/// frames go as they are): each write wakes the destination.
+const OUT_BUFFER: usize = 256 << 10;
 
 /// Auto-converge, as QEMU's: a first throttle, its step, and its ceiling
 /// (percent of the vCPUs' time taken away).
@@ -187,7 +193,7 @@ impl Batch {
     fn flush_data(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
         if !self.data.is_empty() {
             let data = std::mem::replace(&mut self.data, Vec::with_capacity(MAX_PAGES_PER_FRAME * PAGE_SIZE));
-            write_frame(
+            put_frame(
                 w,
                 &Frame::Pages {
                     first: self.first,
@@ -200,7 +206,7 @@ impl Batch {
 
     fn flush_zeros(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
         if self.zeros > 0 {
-            write_frame(
+            put_frame(
                 w,
                 &Frame::Zeros {
                     first: self.zeros_first,
@@ -304,9 +310,9 @@ fn precopy_and_switch<C: Read + Write>(
     let mut max_throttle = 0u8;
     let mut rounds_not_shrinking = 0;
     let mut extra_rounds = 0;
-    // The link's throughput: the best a round's sending reached. A small
-    // round spends most of its time on fixed costs (the dirty log's sync,
-    // a frame's latency) and would make the link look slower than it is.
+    // The link's throughput: the best a round reached, from its first page
+    // sent to the destination's receipt. A small round spends most of its
+    // time on a round trip and would make the link look slower than it is.
     let mut link = 1.0f64;
     loop {
         let round_started = Instant::now();
@@ -315,21 +321,31 @@ fn precopy_and_switch<C: Read + Write>(
             inner: &mut *conn,
             written: 0,
         };
-        send_pages(&mut counted, source, &set, skip_zeros, &mut batch)?;
-        let sending = round_started.elapsed().max(Duration::from_micros(100));
-        link = link.max(counted.written as f64 / sending.as_secs_f64());
+        let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
+        send_pages(&mut out, source, &set, skip_zeros, &mut batch)?;
+        write_frame(
+            &mut out,
+            &Frame::RoundEnd {
+                round,
+                pages: batch.pages_sent - pages_before,
+            },
+        )?;
+        drop(out);
+        let bytes = counted.written;
+        // Once the destination holds the round, nothing is left in flight:
+        // the time so far is the link's, and a pause from here waits for
+        // no backlog.
+        match read_frame(conn)? {
+            Some(Frame::RoundIn { round: done }) if done == round => {}
+            Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
+            other => return Err(unexpected("the round's receipt", other)),
+        }
+        let delivering = round_started.elapsed().max(Duration::from_micros(100));
+        link = link.max(bytes as f64 / delivering.as_secs_f64());
         source.tick();
         let next = source
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
-        write_frame(
-            &mut counted,
-            &Frame::RoundEnd {
-                round,
-                dirty_pages: next.count(),
-            },
-        )?;
-        let bytes = counted.written;
         total_bytes += bytes;
         skip_zeros = false;
         let elapsed = round_started.elapsed().max(Duration::from_micros(100));
@@ -400,12 +416,19 @@ fn precopy_and_switch<C: Read + Write>(
         inner: &mut *conn,
         written: 0,
     };
-    send_pages(&mut counted, source, &set, false, &mut batch)?;
+    let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
+    send_pages(&mut out, source, &set, false, &mut batch)?;
+    // Sent now: a destination on another core takes them while this one
+    // captures the state.
+    out.flush().map_err(StreamError::Io)?;
     crate::trace::mark("migration: last pages sent");
     let state = source.state().map_err(MigrationError::Source)?;
-    crate::trace::mark("migration: state encoded");
-    write_frame(&mut counted, &Frame::State(state))?;
-    write_frame(&mut counted, &Frame::Done)?;
+    if crate::trace::enabled() {
+        crate::trace::mark(&format!("migration: state encoded, {} bytes", state.len()));
+    }
+    put_frame(&mut out, &Frame::State(state))?;
+    write_frame(&mut out, &Frame::Done)?;
+    drop(out);
     crate::trace::mark("migration: state sent");
     total_bytes += counted.written;
     match read_frame(conn)? {
@@ -445,6 +468,7 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Pages { .. } => "pages",
         Frame::Zeros { .. } => "zero pages",
         Frame::RoundEnd { .. } => "a round's end",
+        Frame::RoundIn { .. } => "a round's receipt",
         Frame::State(_) => "the VM state",
         Frame::Done => "done",
         Frame::Ready => "ready",

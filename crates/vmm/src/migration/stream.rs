@@ -13,8 +13,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The stream's version: a destination refuses any other. 2: the hello
-/// carries the VM's vCPUs and devices.
-pub const VERSION: u32 = 2;
+/// carries the VM's vCPUs and devices. 3: the state goes without the
+/// snapshot file's digest (its frame has a CRC); the destination answers
+/// each round's end (`RoundIn`).
+pub const VERSION: u32 = 3;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
@@ -78,10 +80,17 @@ pub enum Frame {
         first: u64,
         count: u32,
     },
-    /// The end of a pre-copy round (progress only).
+    /// The end of a pre-copy round, which sent `pages`.
     RoundEnd {
         round: u32,
-        dirty_pages: u64,
+        pages: u64,
+    },
+    /// The destination's answer to `RoundEnd`: the round's pages are all
+    /// in its memory. The source reads the dirty log only then, so that
+    /// nothing sent is still on its way (in socket buffers) when the guest
+    /// is paused, and its bandwidth figure is the link's, end to end.
+    RoundIn {
+        round: u32,
     },
     /// The paused VM's state, opaque to the stream.
     State(Vec<u8>),
@@ -127,13 +136,14 @@ mod kind {
     pub const GO: u8 = 9;
     pub const RESUMED: u8 = 10;
     pub const ABORT: u8 = 11;
+    pub const ROUND_IN: u8 = 12;
 }
 
 fn max_payload(kind: u8) -> Result<usize, StreamError> {
     Ok(match kind {
         kind::PAGES => 8 + MAX_PAGES_PER_FRAME * PAGE_SIZE,
         kind::STATE => MAX_STATE,
-        kind::HELLO..=kind::ABORT => MAX_SMALL,
+        kind::HELLO..=kind::ROUND_IN => MAX_SMALL,
         other => return Err(StreamError::UnknownKind(other)),
     })
 }
@@ -146,47 +156,54 @@ fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, StreamError> {
     postcard::from_bytes(payload).map_err(|e| StreamError::Malformed(e.to_string()))
 }
 
-/// Writes one frame (and flushes).
+/// Writes one frame and flushes `w`: the peer gets it now.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
-    let (kind, payload): (u8, std::borrow::Cow<[u8]>) = match frame {
-        Frame::Hello(hello) => (kind::HELLO, encode(hello)?.into()),
-        Frame::Welcome(welcome) => (kind::WELCOME, encode(welcome)?.into()),
+    put_frame(w, frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Writes one frame into `w` without flushing it: a buffered writer
+/// gathers a run of frames into a few large writes (each write wakes the
+/// peer; in the downtime, every wake-up counts).
+pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
+    // A pages frame's payload is its first page number, then the pages,
+    // written from where they are (no copy of up to 1 MiB per frame).
+    let (kind, payload, pages): (u8, std::borrow::Cow<[u8]>, &[u8]) = match frame {
+        Frame::Hello(hello) => (kind::HELLO, encode(hello)?.into(), &[]),
+        Frame::Welcome(welcome) => (kind::WELCOME, encode(welcome)?.into(), &[]),
         Frame::Pages { first, data } => {
             if data.is_empty() || data.len() % PAGE_SIZE != 0 || data.len() > MAX_PAGES_PER_FRAME * PAGE_SIZE {
                 return Err(StreamError::Malformed(format!("{} bytes of pages", data.len())));
             }
-            let mut payload = Vec::with_capacity(8 + data.len());
-            payload.extend_from_slice(&first.to_le_bytes());
-            payload.extend_from_slice(data);
-            (kind::PAGES, payload.into())
+            (kind::PAGES, first.to_le_bytes().to_vec().into(), data.as_slice())
         }
-        Frame::Zeros { first, count } => (kind::ZEROS, encode(&(first, count))?.into()),
-        Frame::RoundEnd { round, dirty_pages } => (kind::ROUND_END, encode(&(round, dirty_pages))?.into()),
-        Frame::State(bytes) => (kind::STATE, bytes.as_slice().into()),
-        Frame::Done => (kind::DONE, Vec::new().into()),
-        Frame::Ready => (kind::READY, Vec::new().into()),
-        Frame::Go => (kind::GO, Vec::new().into()),
-        Frame::Resumed => (kind::RESUMED, Vec::new().into()),
-        Frame::Abort { reason } => (kind::ABORT, encode(reason)?.into()),
+        Frame::Zeros { first, count } => (kind::ZEROS, encode(&(first, count))?.into(), &[]),
+        Frame::RoundEnd { round, pages } => (kind::ROUND_END, encode(&(round, pages))?.into(), &[]),
+        Frame::RoundIn { round } => (kind::ROUND_IN, encode(round)?.into(), &[]),
+        Frame::State(bytes) => (kind::STATE, bytes.as_slice().into(), &[]),
+        Frame::Done => (kind::DONE, Vec::new().into(), &[]),
+        Frame::Ready => (kind::READY, Vec::new().into(), &[]),
+        Frame::Go => (kind::GO, Vec::new().into(), &[]),
+        Frame::Resumed => (kind::RESUMED, Vec::new().into(), &[]),
+        Frame::Abort { reason } => (kind::ABORT, encode(reason)?.into(), &[]),
     };
+    let len = payload.len() + pages.len();
     let max = max_payload(kind)?;
-    if payload.len() > max {
-        return Err(StreamError::Oversized {
-            kind,
-            len: payload.len(),
-            max,
-        });
+    if len > max {
+        return Err(StreamError::Oversized { kind, len, max });
     }
     let mut header = [0u8; HEADER];
     header[0] = kind;
-    header[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[1..].copy_from_slice(&(len as u32).to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header);
     crc.update(&payload);
+    crc.update(pages);
     w.write_all(&header)?;
     w.write_all(&payload)?;
+    w.write_all(pages)?;
     w.write_all(&crc.finalize().to_le_bytes())?;
-    w.flush()?;
     Ok(())
 }
 
@@ -252,9 +269,12 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             Frame::Zeros { first, count }
         }
         kind::ROUND_END => {
-            let (round, dirty_pages) = decode(&payload)?;
-            Frame::RoundEnd { round, dirty_pages }
+            let (round, pages) = decode(&payload)?;
+            Frame::RoundEnd { round, pages }
         }
+        kind::ROUND_IN => Frame::RoundIn {
+            round: decode(&payload)?,
+        },
         kind::STATE => Frame::State(payload),
         kind::DONE => empty(Frame::Done)?,
         kind::READY => empty(Frame::Ready)?,
@@ -290,10 +310,8 @@ mod tests {
                 data: vec![0xab; 2 * PAGE_SIZE],
             },
             Frame::Zeros { first: 9, count: 4 },
-            Frame::RoundEnd {
-                round: 2,
-                dirty_pages: 17,
-            },
+            Frame::RoundEnd { round: 2, pages: 17 },
+            Frame::RoundIn { round: 2 },
             Frame::State(vec![1, 2, 3]),
             Frame::Done,
             Frame::Ready,

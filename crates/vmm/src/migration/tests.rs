@@ -9,7 +9,7 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::receive::{check_hello, read_hello, ready, receive_memory, resumed, welcome};
-use super::stream::{write_frame, Frame, VmShape, PAGE_SIZE, VERSION};
+use super::stream::{read_frame, write_frame, Frame, VmShape, PAGE_SIZE, VERSION};
 use super::*;
 
 const PAGES: u64 = 1024;
@@ -49,6 +49,8 @@ struct Guest {
     settling: bool,
     next_page: u64,
     counter: u8,
+    /// The sender's looks at the dirty log.
+    looks: u32,
 }
 
 impl Guest {
@@ -70,6 +72,7 @@ impl Guest {
             settling: false,
             next_page: 0,
             counter: 0,
+            looks: 0,
         }))
     }
 
@@ -106,6 +109,7 @@ impl Source for AsSource {
     }
     fn take_dirty(&mut self) -> std::io::Result<PageSet> {
         let mut guest = self.0.lock().unwrap();
+        guest.looks += 1;
         guest.run();
         Ok(std::mem::replace(&mut guest.written, PageSet::empty(PAGES)))
     }
@@ -183,6 +187,15 @@ fn migrate(
     (result, rounds)
 }
 
+/// `migrate` to a destination without the template: every page goes.
+fn migrate_whole(
+    guest: &Arc<Mutex<Guest>>,
+    conn: &mut UnixStream,
+    limits: &Limits,
+) -> (Result<Report, MigrationError>, Vec<Progress>) {
+    migrate(guest, conn, None, &|_| Ok(PageSet::full(PAGES)), limits)
+}
+
 fn assert_same_memory(a: &GuestMemoryMmap, b: &GuestMemoryMmap) {
     for page in 0..PAGES {
         assert_eq!(page_of(a, page), page_of(b, page), "page {page} differs");
@@ -198,7 +211,7 @@ fn a_running_guest_arrives_whole_and_zero_pages_stay_home() {
         downtime: Duration::from_secs(5),
         ..Limits::default()
     };
-    let (report, rounds) = migrate(&guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
+    let (report, rounds) = migrate_whole(&guest, &mut here, &limits);
     let report = report.unwrap();
     let (arrived, state) = dest.join().unwrap().unwrap();
     assert_eq!(state, b"vcpus and devices");
@@ -255,6 +268,54 @@ fn a_clone_sends_only_its_own_pages_to_a_destination_with_its_template() {
 }
 
 #[test]
+fn the_dirty_log_is_read_only_once_the_destination_holds_the_round() {
+    let guest = Guest::new(10);
+    let seen = guest.clone();
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let dest = thread::spawn(move || {
+        read_hello(&mut there).unwrap();
+        welcome(&mut there, Ok(false)).unwrap();
+        let memory = memory();
+        // Round 0 by hand, its receipt late: the sender waits for it.
+        loop {
+            match read_frame(&mut there).unwrap() {
+                Some(Frame::RoundEnd { round: 0, pages }) => {
+                    assert!(pages > 0);
+                    break;
+                }
+                Some(Frame::Pages { first, data }) => memory
+                    .write_slice(&data, GuestAddress(first * PAGE_SIZE as u64))
+                    .unwrap(),
+                Some(Frame::Zeros { .. }) => {}
+                other => panic!("{other:?} in round 0"),
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            seen.lock().unwrap().looks,
+            0,
+            "the dirty log was read before the receipt"
+        );
+        write_frame(&mut there, &Frame::RoundIn { round: 0 }).unwrap();
+        receive_memory(&mut there, &memory, BYTES, &mut |_, _| {}).unwrap();
+        ready(&mut there).unwrap();
+        resumed(&mut there).unwrap();
+    });
+    let (report, rounds) = migrate_whole(&guest, &mut here, &Limits::default());
+    dest.join().unwrap();
+    assert!(report.unwrap().confirmed);
+    // Round 0's bandwidth is bytes over the time to its receipt: the
+    // destination's 200 ms are in it.
+    let first = &rounds[0];
+    assert!(
+        first.bandwidth <= first.bytes_sent * 5,
+        "{} bytes/s for {} bytes",
+        first.bandwidth,
+        first.bytes_sent
+    );
+}
+
+#[test]
 fn a_guest_settling_down_gets_more_rounds_while_its_dirty_set_shrinks() {
     let steady = Guest::new(40);
     let settling = Guest::new(600);
@@ -267,7 +328,7 @@ fn a_guest_settling_down_gets_more_rounds_while_its_dirty_set_shrinks() {
     for guest in [&steady, &settling] {
         let (mut here, there) = UnixStream::pair().unwrap();
         let dest = destination(there, memory(), None);
-        let (report, rounds) = migrate(guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
+        let (report, rounds) = migrate_whole(guest, &mut here, &limits);
         report.unwrap();
         let (arrived, _) = dest.join().unwrap().unwrap();
         assert_same_memory(&guest.lock().unwrap().memory, &arrived);
@@ -291,7 +352,7 @@ fn a_guest_outrunning_the_link_is_throttled_until_it_converges() {
         downtime: Duration::ZERO,
         ..Limits::default()
     };
-    let (report, rounds) = migrate(&guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
+    let (report, rounds) = migrate_whole(&guest, &mut here, &limits);
     let report = report.unwrap();
     let (arrived, _) = dest.join().unwrap().unwrap();
     assert_same_memory(&guest.lock().unwrap().memory, &arrived);
@@ -312,7 +373,7 @@ fn a_migration_that_cannot_converge_is_abandoned_and_the_guest_runs_on() {
         max_rounds: 4,
         ..Limits::default()
     };
-    let (report, _) = migrate(&guest, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
+    let (report, _) = migrate_whole(&guest, &mut here, &limits);
     let err = report.unwrap_err();
     assert!(matches!(err, MigrationError::DidNotConverge { rounds: 4, .. }), "{err}");
     assert!(err.to_string().contains("runs on here"));
@@ -347,13 +408,7 @@ fn a_destination_made_for_another_vm_refuses_before_anything_is_sent() {
             let hello = read_hello(&mut there).unwrap();
             welcome(&mut there, check_hello(&hello, &ours).map(|_| false))
         });
-        let (report, rounds) = migrate(
-            &guest,
-            &mut here,
-            None,
-            &|_| Ok(PageSet::full(PAGES)),
-            &Limits::default(),
-        );
+        let (report, rounds) = migrate_whole(&guest, &mut here, &Limits::default());
         let err = report.unwrap_err();
         assert!(err.to_string().contains(why), "{err}");
         assert!(matches!(dest.join().unwrap(), Err(MigrationError::Refused(_))));
@@ -373,13 +428,7 @@ fn a_destination_that_fails_after_the_state_leaves_the_source_running() {
         receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
         receive::abort(&mut there, "restoring the vCPUs failed");
     });
-    let (report, _) = migrate(
-        &guest,
-        &mut here,
-        None,
-        &|_| Ok(PageSet::full(PAGES)),
-        &Limits::default(),
-    );
+    let (report, _) = migrate_whole(&guest, &mut here, &Limits::default());
     dest.join().unwrap();
     let err = report.unwrap_err();
     assert!(err.to_string().contains("restoring the vCPUs failed"), "{err}");
@@ -418,14 +467,17 @@ fn hostile_sources_are_refused_without_touching_memory_beyond_the_guest() {
         (vec![Frame::Done], "before the VM state"),
         (vec![Frame::State(vec![1]), Frame::State(vec![2])], "out of order"),
         (vec![Frame::Go], "out of order"),
+        (vec![Frame::State(vec![1]), Frame::Done, Frame::Go], "more after done"),
         (vec![], "closed the stream"),
     ];
     for (frames, expected) in cases {
-        let mut bytes = Vec::new();
+        // A few small frames: they fit in the socket's buffer.
+        let (mut source, mut there) = UnixStream::pair().unwrap();
         for frame in &frames {
-            write_frame(&mut bytes, frame).unwrap();
+            write_frame(&mut source, frame).unwrap();
         }
-        let err = receive_memory(&mut bytes.as_slice(), &memory, BYTES, &mut |_, _| {}).unwrap_err();
+        source.shutdown(std::net::Shutdown::Write).unwrap();
+        let err = receive_memory(&mut there, &memory, BYTES, &mut |_, _| {}).unwrap_err();
         assert!(err.to_string().contains(expected), "{frames:?}: {err}");
     }
 }
@@ -443,13 +495,7 @@ fn a_destination_that_hangs_after_the_state_leaves_the_source_running() {
         // Never says Ready; keeps the connection open a while.
         thread::sleep(Duration::from_secs(2));
     });
-    let (report, _) = migrate(
-        &guest,
-        &mut here,
-        None,
-        &|_| Ok(PageSet::full(PAGES)),
-        &Limits::default(),
-    );
+    let (report, _) = migrate_whole(&guest, &mut here, &Limits::default());
     let err = report.unwrap_err();
     assert!(matches!(err, MigrationError::Stream(StreamError::Io(_))), "{err}");
     {

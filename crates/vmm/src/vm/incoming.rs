@@ -109,13 +109,14 @@ pub(super) fn receive(
 }
 
 fn take(conn: &mut std::fs::File, memory: &GuestMemoryMmap, config: &VmConfig) -> Result<VmState, VmError> {
-    let arrived = receive_memory(conn, memory, config.memory_mib << 20, &mut |round, dirty| {
-        eprintln!("hull-vmm: migration round {round} in; {dirty} pages to come again")
+    let arrived = receive_memory(conn, memory, config.memory_mib << 20, &mut |round, pages| {
+        eprintln!("hull-vmm: migration round {round} in: {pages} pages")
     })
     .map_err(failed)?;
     crate::trace::mark("migration: the state is in");
-    let state = snapshot::decode_state(&arrived.state, "the migrated VM's state")?;
+    let state = snapshot::decode_unsealed(&arrived.state, "the migrated VM's state")?;
     super::builder::check_shape(&state, config)?;
+    crate::trace::mark("migration: the state is decoded");
     eprintln!(
         "hull-vmm: the VM arrived: {} pages in {} rounds",
         arrived.pages, arrived.rounds

@@ -153,7 +153,7 @@ impl Source for Outgoing<'_, '_> {
         )
         .map_err(|e| e.to_string())?;
         crate::trace::mark("migration: state captured, encoding");
-        snapshot::encode_state(&state).map_err(|e| e.to_string())
+        snapshot::encode_unsealed(&state).map_err(|e| e.to_string())
     }
 }
 

@@ -121,6 +121,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         )?;
         drop(vcpu_fds);
         seccomp::install(&vmm_filter, ThreadKind::Vmm);
+        trace::mark("migration: the VMM's filter is on");
         // Nothing left that can fail: the source may let go, and the guest
         // runs here from its `Go` on.
         crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;
