@@ -17,7 +17,7 @@ use kvm_bindings::*;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
 };
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 use crate::devices::virtio::DeviceKind;
 use crate::vm::VmError;
@@ -63,6 +63,19 @@ ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
 ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
 ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
+// A migrated VM's state, put in by the VMM thread on arrival.
+ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
+ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_clock_data);
 
 /// What every thread does: allocate, wait on locks, take and return from
 /// the kick signal, write to stderr, read the clock, end.
@@ -273,9 +286,52 @@ pub fn allowed_count(kind: ThreadKind) -> usize {
 
 /// Compiles the filter of one thread kind.
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, VmError> {
+    compile(kind, restricted(kind))
+}
+
+/// The VMM thread's filter while a migrated VM arrives: its own, and the
+/// ioctls that put the VM's state in. Installed before the pages come, so
+/// that no filter is compiled and installed in the downtime; the VMM's
+/// own filter goes on top once the guest runs (filters stack: from then
+/// on both must allow a call).
+pub fn arrival_filter() -> Result<BpfProgram, VmError> {
+    let mut calls = restricted(ThreadKind::Vmm);
+    let setters = [
+        KVM_SET_REGS(),
+        KVM_SET_SREGS(),
+        KVM_SET_MSRS(),
+        KVM_SET_LAPIC(),
+        KVM_SET_MP_STATE(),
+        KVM_SET_VCPU_EVENTS(),
+        KVM_SET_DEBUGREGS(),
+        KVM_SET_XSAVE(),
+        KVM_SET_XCRS(),
+        KVM_SET_IRQCHIP(),
+        KVM_SET_PIT2(),
+        KVM_SET_CLOCK(),
+    ];
+    let more = [
+        (libc::SYS_ioctl, 1, setters.to_vec()),
+        // The UART is made anew with the saved registers (vm-superio has no
+        // setter), on handles of its interrupt's eventfd.
+        (libc::SYS_fcntl, 1, vec![libc::F_DUPFD_CLOEXEC as u64]),
+        // The VMM's own filter goes on top (`seccompiler::apply_filter`).
+        (libc::SYS_prctl, 0, vec![libc::PR_SET_NO_NEW_PRIVS as u64]),
+        (libc::SYS_seccomp, 0, vec![u64::from(libc::SECCOMP_SET_MODE_FILTER)]),
+    ];
+    for (call, arg, values) in more {
+        match calls.iter_mut().find(|(c, _, _)| *c == call) {
+            Some((_, _, allowed)) => allowed.extend(values),
+            None => calls.push((call, arg, values)),
+        }
+    }
+    compile(ThreadKind::Vmm, calls)
+}
+
+fn compile(kind: ThreadKind, restricted: Vec<(i64, u8, Vec<u64>)>) -> Result<BpfProgram, VmError> {
     let fail = |e: &dyn std::fmt::Display| VmError::Seccomp(format!("the {} thread's filter: {e}", kind.label()));
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls(kind).into_iter().map(|s| (s, vec![])).collect();
-    for (call, arg, values) in restricted(kind) {
+    for (call, arg, values) in restricted {
         let rule = values
             .into_iter()
             .map(|value| condition(arg, value))
@@ -411,6 +467,37 @@ mod tests {
         assert_eq!(out.status.code(), Some(EXIT_VIOLATION), "{stderr}");
         assert!(
             stderr.contains(&format!("the rng thread made system call {}", libc::SYS_getppid)),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn a_vmm_thread_takes_a_state_in_under_the_arrival_filter_then_its_own_goes_on_top() {
+        let exe = std::env::current_exe().unwrap();
+        if std::env::var_os("HULL_SECCOMP_CHILD").is_some() {
+            install_violation_handler().unwrap();
+            install(&arrival_filter().unwrap(), ThreadKind::Vmm);
+            // SAFETY: an ioctl on no descriptor: EBADF, if the filter lets it by.
+            let set_regs = unsafe { libc::ioctl(-1, KVM_SET_REGS() as _, std::ptr::null::<u8>()) };
+            assert_eq!(set_regs, -1);
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EBADF));
+            install(&filter_for(ThreadKind::Vmm).unwrap(), ThreadKind::Vmm);
+            // SAFETY: as above; the VMM's own filter forbids it.
+            unsafe { libc::ioctl(-1, KVM_SET_REGS() as _, std::ptr::null::<u8>()) };
+            unreachable!("the VMM's filter let KVM_SET_REGS through");
+        }
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "seccomp::tests::a_vmm_thread_takes_a_state_in_under_the_arrival_filter_then_its_own_goes_on_top",
+            ])
+            .env("HULL_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_VIOLATION), "{stderr}");
+        assert!(
+            stderr.contains(&format!("the vmm thread made system call {}", libc::SYS_ioctl)),
             "{stderr}"
         );
     }

@@ -28,8 +28,6 @@ pub struct BuiltVm {
     /// (`vm::run`: `incoming::receive`, then `apply_state`); then told when
     /// the VM is ready to run here, and that it runs.
     pub incoming: Option<std::fs::File>,
-    /// The CPUID the vCPUs get (a migrated VM's, with its state).
-    pub cpuid: kvm_bindings::CpuId,
 }
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
@@ -89,8 +87,14 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             restore_vcpus_and_chips(&vm, &vcpus, &cpuid, config, state)?;
             devices.announce_restore();
         }
-        // A migrated VM's vCPUs get their state with the VM's (`apply_state`).
-        (Start::Incoming { .. }, _) | (Start::Restore { .. }, None) => {}
+        // A migrated VM's vCPUs get their CPUID now, while the source still
+        // runs the guest, and the rest with the VM's state (`apply_state`).
+        (Start::Incoming { .. }, _) => {
+            for (id, vcpu) in (0..config.vcpus).zip(&vcpus) {
+                vcpu_state::set_cpuid(vcpu, &cpuid, id, config.vcpus)?;
+            }
+        }
+        (Start::Restore { .. }, None) => {}
     }
     trace::mark("vCPUs and irqchip set");
     Ok(BuiltVm {
@@ -102,14 +106,13 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
         kvm,
         clone_of,
         incoming,
-        cpuid,
     })
 }
 
-/// A restored or migrated VM's vCPU registers and in-kernel chips.
-fn restore_vcpus_and_chips<'a>(
+/// A restored VM's vCPUs and in-kernel chips.
+fn restore_vcpus_and_chips(
     vm: &VmFd,
-    vcpus: impl IntoIterator<Item = &'a VcpuFd>,
+    vcpus: &[VcpuFd],
     cpuid: &kvm_bindings::CpuId,
     config: &VmConfig,
     state: &VmState,
@@ -120,17 +123,20 @@ fn restore_vcpus_and_chips<'a>(
     persist::restore_vm_state(vm, state)
 }
 
-/// A migrated VM's state, arrived, given to the VM made before it came:
-/// vCPUs, chips, and devices (whose threads are parked).
+/// A migrated VM's state, arrived, given to the VM made before it came
+/// (its vCPUs' CPUID already set): vCPUs, chips, and devices (whose
+/// threads are parked).
 pub(super) fn apply_state<'a>(
     vm: &VmFd,
     devices: &DeviceManager,
     vcpus: impl IntoIterator<Item = &'a VcpuFd>,
-    cpuid: &kvm_bindings::CpuId,
     config: &VmConfig,
     state: &VmState,
 ) -> Result<(), VmError> {
-    restore_vcpus_and_chips(vm, vcpus, cpuid, config, state)?;
+    for (vcpu, saved_vcpu) in vcpus.into_iter().zip(&state.vcpus) {
+        vcpu_state::restore_registers(vcpu, saved_vcpu)?;
+    }
+    persist::restore_vm_state(vm, state)?;
     devices.apply_state(config, state)?;
     devices.announce_restore();
     devices.announce_arrival();
