@@ -4,8 +4,12 @@
 //! downtime budget (QEMU's default, 300 ms: hull's own default of 50 ms is
 //! for hardware, and the emulated test host is 20-50x slower), with the
 //! same kernel, busybox guest and memory size:
-//! downtime, total time and bytes sent, for a guest that is idle and for
-//! one that rewrites a 32 MiB tmpfs file over and over. Downtime is the
+//! downtime, total time and bytes sent, for a guest that is idle, one that
+//! rewrites a 32 MiB tmpfs file over and over with a short rest, and one
+//! that rewrites 64 MiB with no rest (each VMM gets `CONVERGE_LIMIT`: a
+//! migration still going then is cancelled and counted as not converged;
+//! inside vmhost the emulated guest writes slower than the link carries,
+//! so both converge). Downtime is the
 //! same window for both: the source's pause to the guest running at the
 //! destination (QEMU's from its STOP and RESUME events; its own figure,
 //! which ends at the source's last byte, is reported beside it). Each run checks
@@ -28,6 +32,9 @@ use vmm::host::HostKvm;
 use crate::inside_vmhost;
 
 const LIMIT: Duration = Duration::from_secs(600);
+/// How long either VMM may take to converge (hull-vmm's `max_seconds`;
+/// QEMU's migration is cancelled then).
+const CONVERGE_LIMIT: Duration = Duration::from_secs(120);
 /// A line the guest prints twice a second, wherever it runs.
 const ALIVE: &str = "alive";
 
@@ -37,6 +44,8 @@ enum Load {
     Idle,
     /// Rewrites a 32 MiB file on a tmpfs, with a short pause each time.
     Dirtying,
+    /// Rewrites a 64 MiB file on a tmpfs without a rest.
+    Continuous,
 }
 
 impl Load {
@@ -44,6 +53,7 @@ impl Load {
         match self {
             Load::Idle => "idle",
             Load::Dirtying => "dirtying",
+            Load::Continuous => "continuous",
         }
     }
 
@@ -55,12 +65,20 @@ impl Load {
                  while true; do $B dd if=/dev/zero of=/scratch/buffer bs=1M count=32 2>/dev/null; \
                  echo {ALIVE}; $B sleep 0.2; done"
             ),
+            Load::Continuous => format!(
+                "$B mkdir -p /scratch; $B mount -t tmpfs -o size=96m tmpfs /scratch; \
+                 while true; do $B dd if=/dev/zero of=/scratch/buffer bs=1M count=64 2>/dev/null; \
+                 echo {ALIVE}; done"
+            ),
         }
     }
 }
 
-/// One migration's figures.
+/// One migration's figures (zero for one that did not converge).
+#[derive(Clone)]
 struct Moved {
+    /// Within `CONVERGE_LIMIT`.
+    converged: bool,
     /// From the source's pause to the guest running at the destination.
     downtime: Duration,
     /// QEMU's own downtime figure, which ends when the source has sent its
@@ -91,7 +109,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
     std::fs::create_dir_all(&work)?;
     let mut rows = Vec::new();
     for &mib in sizes {
-        for load in [Load::Idle, Load::Dirtying] {
+        for load in [Load::Idle, Load::Dirtying, Load::Continuous] {
             let initramfs =
                 guest::busybox_initramfs(&kernel, &work.join(format!("{}.cpio", load.name())), &load.script())?;
             let (mut hull, mut qemu) = (Vec::new(), Vec::new());
@@ -145,12 +163,24 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
     };
     let mut peers = serde_json::Map::new();
     for (name, moved) in [("hull_vmm", hull), ("qemu", qemu)] {
+        let converged: Vec<Moved> = moved.iter().filter(|m| m.converged).cloned().collect();
+        if converged.is_empty() {
+            println!(
+                "{mib:>5} MiB {:<11} {name:<9} did not converge within {} s ({} runs, cancelled)",
+                load.name(),
+                CONVERGE_LIMIT.as_secs(),
+                moved.len()
+            );
+            peers.insert(name.into(), json!({ "converged_runs": 0, "runs": moved.len() }));
+            continue;
+        }
+        let moved = &converged[..];
         let downtime = summary(moved, |m| m.downtime).context("no runs")?;
         let total = summary(moved, |m| m.total).context("no runs")?;
         let sent = bytes(moved);
         let median_bytes = sent[sent.len() / 2];
         println!(
-            "{mib:>5} MiB {:<9} {name:<9} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
+            "{mib:>5} MiB {:<11} {name:<9} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
             load.name(),
             downtime.median_ms,
             downtime.p95_ms,
@@ -158,6 +188,7 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
             median_bytes as f64 / (1 << 20) as f64
         );
         let mut peer = json!({
+            "converged_runs": moved.len(),
             "downtime": downtime.to_json(),
             "total": total.to_json(),
             "bytes_sent_median": median_bytes,
@@ -186,6 +217,19 @@ fn wait_for(path: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Waits until QEMU's cancelled migration has ended (its guest runs on).
+fn wait_cancelled(qmp: &mut Qmp) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = qmp.execute("query-migrate", json!({}))?;
+        match status.get("status").and_then(Value::as_str) {
+            Some("cancelled") => return Ok(()),
+            _ if Instant::now() > deadline => bail!("QEMU's migration was not cancelled: {status}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// Waits until the destination's console (`log`) shows the guest alive,
@@ -229,8 +273,8 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
     if !traced {
         destination.stderr(Stdio::null());
     }
-    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(proto::vmm_control::VmmReply, Child)> {
-        let destination = destination.spawn().context("starting the destination hull-vmm")?;
+    let (run, moved) = timed_boot_with(source, LIMIT, |pid| -> Result<(proto::vmm_control::VmmReply, Child)> {
+        let mut destination = destination.spawn().context("starting the destination hull-vmm")?;
         wait_for(&incoming)?;
         // The load runs a while first.
         std::thread::sleep(Duration::from_secs(2));
@@ -238,12 +282,30 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         let control = UnixStream::connect(&control)?;
         let request = proto::vmm_control::VmmRequest::Migrate {
             downtime_ms,
-            max_seconds: 300,
+            max_seconds: CONVERGE_LIMIT.as_secs() as u32,
         };
         let reply = vmm::control::ask(&control, &request, Some(&link))?;
+        if let proto::vmm_control::VmmReply::Failed { .. } = reply {
+            // Given up: the source runs on; both VMMs are ended here.
+            let _ = destination.kill();
+            let _ = destination.wait();
+            // SAFETY: kill(2) of the source VMM this bench started (by its pid).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
         Ok((reply, destination))
     })?;
     let (reply, destination) = moved?;
+    if let proto::vmm_control::VmmReply::Failed { reason } = &reply {
+        if reason.contains("faster than it could be sent") {
+            return Ok(Moved {
+                converged: false,
+                downtime: Duration::ZERO,
+                reported_downtime: None,
+                total: CONVERGE_LIMIT,
+                bytes: 0,
+            });
+        }
+    }
     if traced {
         run.console
             .iter()
@@ -265,6 +327,7 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
     }
     check_alive_and_end(destination, &dest_log, "hull-vmm")?;
     Ok(Moved {
+        converged: true,
         downtime: Duration::from_millis(downtime_ms),
         reported_downtime: None,
         total: Duration::from_millis(total_ms),
@@ -362,21 +425,30 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&dest_log)?)
         .stderr(Stdio::null());
-    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(Value, Duration, Child)> {
-        let destination = destination.spawn().context("starting the destination QEMU")?;
+    let (run, moved) = timed_boot_with(source, LIMIT, |_| -> Result<(Option<(Value, Duration)>, Child)> {
+        let mut destination = destination.spawn().context("starting the destination QEMU")?;
         wait_for(&incoming)?;
         let mut arriving = Qmp::connect(&dest_qmp)?;
         let mut qmp = Qmp::connect(&source_qmp)?;
         std::thread::sleep(Duration::from_secs(2));
         qmp.execute("migrate-set-parameters", json!({ "downtime-limit": downtime_ms }))?;
         qmp.execute("migrate", json!({ "uri": format!("unix:{}", incoming.display()) }))?;
-        let deadline = Instant::now() + LIMIT;
+        let deadline = Instant::now() + CONVERGE_LIMIT;
         let status = loop {
             let status = qmp.execute("query-migrate", json!({}))?;
             match status.get("status").and_then(Value::as_str) {
                 Some("completed") => break status,
                 Some("failed" | "cancelled") => bail!("QEMU's migration failed: {status}"),
-                _ if Instant::now() > deadline => bail!("QEMU's migration did not end: {status}"),
+                _ if Instant::now() > deadline => {
+                    // Not converging: cancelled, as hull-vmm gives up; the
+                    // source runs on.
+                    qmp.execute("migrate_cancel", json!({}))?;
+                    wait_cancelled(&mut qmp)?;
+                    let _ = qmp.execute("quit", json!({}));
+                    let _ = destination.kill();
+                    let _ = destination.wait();
+                    return Ok((None, destination));
+                }
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         };
@@ -389,10 +461,18 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         let stopped_to_running = resumed
             .checked_sub(stopped)
             .context("QEMU's destination resumed before its source stopped")?;
-        Ok((status, stopped_to_running, destination))
+        Ok((Some((status, stopped_to_running)), destination))
     })?;
-    let (status, stopped_to_running, destination) = moved?;
     let _ = run;
+    let (Some((status, stopped_to_running)), destination) = moved? else {
+        return Ok(Moved {
+            converged: false,
+            downtime: Duration::ZERO,
+            reported_downtime: None,
+            total: CONVERGE_LIMIT,
+            bytes: 0,
+        });
+    };
     let number = |key: &str| status.get(key).and_then(Value::as_u64);
     let downtime = number("downtime").context("QEMU gave no downtime")?;
     let total = number("total-time").context("QEMU gave no total time")?;
@@ -403,6 +483,7 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         .context("QEMU gave no bytes transferred")?;
     check_alive_and_end(destination, &dest_log, "QEMU")?;
     Ok(Moved {
+        converged: true,
         downtime: stopped_to_running,
         reported_downtime: Some(Duration::from_millis(downtime)),
         total: Duration::from_millis(total),
