@@ -444,7 +444,6 @@ mod tests {
     #[test]
     fn a_forbidden_call_ends_the_process_with_the_violation_logged() {
         // In a child process: the filter cannot be taken off again.
-        let exe = std::env::current_exe().unwrap();
         if std::env::var_os("HULL_SECCOMP_CHILD").is_some() {
             install_violation_handler().unwrap();
             install(
@@ -455,25 +454,14 @@ mod tests {
             unsafe { libc::syscall(libc::SYS_getppid) };
             unreachable!("the filter let getppid through");
         }
-        let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "seccomp::tests::a_forbidden_call_ends_the_process_with_the_violation_logged",
-            ])
-            .env("HULL_SECCOMP_CHILD", "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(EXIT_VIOLATION), "{stderr}");
-        assert!(
-            stderr.contains(&format!("the rng thread made system call {}", libc::SYS_getppid)),
-            "{stderr}"
+        violation_in_child(
+            "a_forbidden_call_ends_the_process_with_the_violation_logged",
+            &format!("the rng thread made system call {}", libc::SYS_getppid),
         );
     }
 
     #[test]
     fn a_vmm_thread_takes_a_state_in_under_the_arrival_filter_then_its_own_goes_on_top() {
-        let exe = std::env::current_exe().unwrap();
         if std::env::var_os("HULL_SECCOMP_CHILD").is_some() {
             install_violation_handler().unwrap();
             install(&arrival_filter().unwrap(), ThreadKind::Vmm);
@@ -486,19 +474,22 @@ mod tests {
             unsafe { libc::ioctl(-1, KVM_SET_REGS() as _, std::ptr::null::<u8>()) };
             unreachable!("the VMM's filter let KVM_SET_REGS through");
         }
-        let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "seccomp::tests::a_vmm_thread_takes_a_state_in_under_the_arrival_filter_then_its_own_goes_on_top",
-            ])
+        violation_in_child(
+            "a_vmm_thread_takes_a_state_in_under_the_arrival_filter_then_its_own_goes_on_top",
+            &format!("the vmm thread made system call {}", libc::SYS_ioctl),
+        );
+    }
+
+    /// Runs `test` again in a child process (a filter cannot be taken off
+    /// again), which must end with a violation logged as `logged`.
+    fn violation_in_child(test: &str, logged: &str) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("seccomp::tests::{test}")])
             .env("HULL_SECCOMP_CHILD", "1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(EXIT_VIOLATION), "{stderr}");
-        assert!(
-            stderr.contains(&format!("the vmm thread made system call {}", libc::SYS_ioctl)),
-            "{stderr}"
-        );
+        assert!(stderr.contains(logged), "{stderr}");
     }
 }

@@ -88,6 +88,19 @@ struct Moved {
     bytes: u64,
 }
 
+impl Moved {
+    /// A migration cancelled at `CONVERGE_LIMIT`.
+    fn not_converged() -> Moved {
+        Moved {
+            converged: false,
+            downtime: Duration::ZERO,
+            reported_downtime: None,
+            total: CONVERGE_LIMIT,
+            bytes: 0,
+        }
+    }
+}
+
 pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()> {
     if !matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
         println!("no hardware KVM here: running the migration benchmark inside vmhost");
@@ -297,13 +310,7 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
     let (reply, destination) = moved?;
     if let proto::vmm_control::VmmReply::Failed { reason } = &reply {
         if reason.contains("faster than it could be sent") {
-            return Ok(Moved {
-                converged: false,
-                downtime: Duration::ZERO,
-                reported_downtime: None,
-                total: CONVERGE_LIMIT,
-                bytes: 0,
-            });
+            return Ok(Moved::not_converged());
         }
     }
     if traced {
@@ -465,13 +472,7 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
     })?;
     let _ = run;
     let (Some((status, stopped_to_running)), destination) = moved? else {
-        return Ok(Moved {
-            converged: false,
-            downtime: Duration::ZERO,
-            reported_downtime: None,
-            total: CONVERGE_LIMIT,
-            bytes: 0,
-        });
+        return Ok(Moved::not_converged());
     };
     let number = |key: &str| status.get(key).and_then(Value::as_u64);
     let downtime = number("downtime").context("QEMU gave no downtime")?;
