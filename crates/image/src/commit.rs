@@ -82,7 +82,12 @@ pub async fn download(url: &str, out: &Path) -> Result<(), NewImageError> {
             .await
             .map_err(|e| failed(format!("writing {}: {e}", out.display())))?;
     }
-    Ok(())
+    // A tokio file's last write may still be under way when `write_all`
+    // returns; without this, the tarball was sometimes read before it was
+    // all there (an import from a URL came out as an empty layer).
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(|e| failed(format!("writing {}: {e}", out.display())))
 }
 
 /// What the new image is made of, beside its layer.
