@@ -62,21 +62,16 @@ pub fn save(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, CpuError> {
     })
 }
 
-/// Puts vCPU `id` of `count` back as `state` had it (Firecracker's order:
-/// CPUID first, then state whose meaning depends on it, events last).
-pub fn restore(vcpu: &VcpuFd, base_cpuid: &CpuId, id: u8, count: u8, state: &VcpuState) -> Result<(), CpuError> {
-    set_cpuid(vcpu, base_cpuid, id, count)?;
-    restore_registers(vcpu, state)
-}
-
-/// Gives vCPU `id` of `count` its CPUID: the first step of a restore,
-/// which a migration's destination takes before the state arrives.
+/// Gives vCPU `id` of `count` its CPUID: the first step of a restore
+/// (Firecracker's order), which a migration's destination takes before
+/// the state arrives.
 pub fn set_cpuid(vcpu: &VcpuFd, base_cpuid: &CpuId, id: u8, count: u8) -> Result<(), CpuError> {
     vcpu.set_cpuid2(&cpu::vcpu_cpuid(base_cpuid, id, count)?)
         .map_err(kvm("KVM_SET_CPUID2"))
 }
 
-/// The rest of a restore, once the CPUID is set.
+/// The rest of a restore, once the CPUID is set: state whose meaning
+/// depends on it, events last.
 pub fn restore_registers(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), CpuError> {
     vcpu.set_mp_state(state.mp_state).map_err(kvm("KVM_SET_MP_STATE"))?;
     vcpu.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;

@@ -61,9 +61,6 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     let devices = DeviceManager::new(&vm, config, &memory, saved.as_ref())?;
 
     let cpuid = cpu::supported_cpuid(&kvm)?;
-    if matches!((&config.start, &saved), (Start::Restore { .. }, None)) {
-        return Err(VmError::SnapshotMismatch("no saved state to start from".into()));
-    }
     let vcpus = (0..config.vcpus)
         .map(|id| vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU")))
         .collect::<Result<Vec<_>, _>>()?;
@@ -84,17 +81,14 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             }
         }
         (Start::Restore { .. }, Some(state)) => {
-            restore_vcpus_and_chips(&vm, &vcpus, &cpuid, config, state)?;
+            set_cpuids(&vcpus, &cpuid, config)?;
+            restore_registers_and_chips(&vm, &vcpus, state)?;
             devices.announce_restore();
         }
         // A migrated VM's vCPUs get their CPUID now, while the source still
         // runs the guest, and the rest with the VM's state (`apply_state`).
-        (Start::Incoming { .. }, _) => {
-            for (id, vcpu) in (0..config.vcpus).zip(&vcpus) {
-                vcpu_state::set_cpuid(vcpu, &cpuid, id, config.vcpus)?;
-            }
-        }
-        (Start::Restore { .. }, None) => {}
+        (Start::Incoming { .. }, _) => set_cpuids(&vcpus, &cpuid, config)?,
+        (Start::Restore { .. }, None) => return Err(VmError::SnapshotMismatch("no saved state to start from".into())),
     }
     trace::mark("vCPUs and irqchip set");
     Ok(BuiltVm {
@@ -109,16 +103,24 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     })
 }
 
-/// A restored VM's vCPUs and in-kernel chips.
-fn restore_vcpus_and_chips(
+/// Each vCPU's CPUID: the first step of a restore (Firecracker's order:
+/// CPUID first, then the state whose meaning depends on it).
+fn set_cpuids(vcpus: &[VcpuFd], cpuid: &kvm_bindings::CpuId, config: &VmConfig) -> Result<(), VmError> {
+    for (id, vcpu) in (0..config.vcpus).zip(vcpus) {
+        vcpu_state::set_cpuid(vcpu, cpuid, id, config.vcpus)?;
+    }
+    Ok(())
+}
+
+/// A restored or migrated VM's vCPU registers and in-kernel chips, once
+/// the vCPUs have their CPUID.
+fn restore_registers_and_chips<'a>(
     vm: &VmFd,
-    vcpus: &[VcpuFd],
-    cpuid: &kvm_bindings::CpuId,
-    config: &VmConfig,
+    vcpus: impl IntoIterator<Item = &'a VcpuFd>,
     state: &VmState,
 ) -> Result<(), VmError> {
-    for ((id, vcpu), saved_vcpu) in (0..config.vcpus).zip(vcpus).zip(&state.vcpus) {
-        vcpu_state::restore(vcpu, cpuid, id, config.vcpus, saved_vcpu)?;
+    for (vcpu, saved_vcpu) in vcpus.into_iter().zip(&state.vcpus) {
+        vcpu_state::restore_registers(vcpu, saved_vcpu)?;
     }
     persist::restore_vm_state(vm, state)
 }
@@ -133,10 +135,7 @@ pub(super) fn apply_state<'a>(
     config: &VmConfig,
     state: &VmState,
 ) -> Result<(), VmError> {
-    for (vcpu, saved_vcpu) in vcpus.into_iter().zip(&state.vcpus) {
-        vcpu_state::restore_registers(vcpu, saved_vcpu)?;
-    }
-    persist::restore_vm_state(vm, state)?;
+    restore_registers_and_chips(vm, vcpus, state)?;
     devices.apply_state(config, state)?;
     devices.announce_restore();
     devices.announce_arrival();

@@ -74,9 +74,6 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
     seccomp::install_violation_handler()?;
     crate::vcpu::install_kick_handler()?;
     let vmm_filter = seccomp::filter_for(ThreadKind::Vmm)?;
-    // A migrated VM's state goes in under a filter installed now, not in
-    // the downtime.
-    let arrival_filter = built.incoming.is_some().then(seccomp::arrival_filter).transpose()?;
     trace::mark("handlers and the VMM's filter ready");
     let device_threads = devices.spawn_device_threads(&gate)?;
     trace::mark("device threads started");
@@ -112,9 +109,9 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         if !gate.wait_parked(vcpus.len() + device_threads, PAUSE_TIMEOUT, || {}) {
             return Err(VmError::Migration("the VM's threads did not stand still".into()));
         }
-        if let Some(filter) = &arrival_filter {
-            seccomp::install(filter, ThreadKind::Vmm);
-        }
+        // Its state goes in under a filter installed now, not in the
+        // downtime; the VMM's own goes on top once the guest runs.
+        seccomp::install(&seccomp::arrival_filter()?, ThreadKind::Vmm);
         let state = incoming::receive(&mut source, &built.memory, config)?;
         let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
         builder::apply_state(&built.vm, &devices, vcpu_fds.iter().map(|fd| &**fd), config, &state)?;
@@ -126,10 +123,8 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         trace::mark("migration: go; the guest runs here");
         // Best effort: this only completes the source's report.
         let _ = crate::migration::receive::resumed(&mut source);
-        seccomp::install(&vmm_filter, ThreadKind::Vmm);
-    } else {
-        seccomp::install(&vmm_filter, ThreadKind::Vmm);
     }
+    seccomp::install(&vmm_filter, ThreadKind::Vmm);
 
     let mut vmm = Vmm {
         gate: &gate,
