@@ -15,6 +15,7 @@
 
 mod archive;
 mod host_changes;
+mod host_link;
 mod init;
 mod limits;
 mod machine;
@@ -43,7 +44,7 @@ const ROOT: &str = "/mnt/root";
 /// The list of modules (file names in load order) the initramfs carries.
 const MODULES_DIR: &str = "/lib/modules/hull";
 
-type Sink = Arc<Mutex<File>>;
+type Sink = Arc<host_link::HostLink>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -105,10 +106,7 @@ fn load_modules() {
 }
 
 fn send(sink: &Sink, frame: &Frame) -> bool {
-    match sink.lock() {
-        Ok(mut out) => write_frame(&mut *out, frame).is_ok(),
-        Err(_) => false,
-    }
+    sink.send(frame)
 }
 
 fn fail(sink: &Sink, message: String, exit_code: i32) {
@@ -136,6 +134,7 @@ fn await_request(mut conn: File) -> Option<(Sink, File, Result<Option<Frame>, Pr
         let hello = Control::Hello {
             version: PROTOCOL_VERSION,
             agent: env!("CARGO_PKG_VERSION").into(),
+            resume: None,
         };
         let said = write_frame(&mut conn, &Frame::Control(hello));
         let greeted = said.is_ok();
@@ -149,7 +148,7 @@ fn await_request(mut conn: File) -> Option<(Sink, File, Result<Option<Frame>, Pr
                 console("the host closed the connection");
                 return None;
             }
-            return Some((Arc::new(Mutex::new(conn)), input, first));
+            return Some((Arc::new(host_link::HostLink::resumable(conn)), input, first));
         }
         console("the host connection was reset (the VM moved?): connecting again");
         conn = match vsock::connect_host(proto::AGENT_PORT) {
@@ -234,7 +233,7 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
         thread::spawn(move || serve_execs(reaper));
     }
     loop {
-        match read_frame(&mut input) {
+        match sink.receive(&mut input) {
             Ok(Some(Frame::StdinEof)) | Ok(None) | Err(_) => break,
             Ok(Some(_)) => {}
         }
@@ -247,7 +246,7 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
             signal: None,
         }),
     );
-    wait_for_host_close(input);
+    wait_for_host_close(sink, input);
 }
 
 /// Relays a started process's output to the host and the host's input and
@@ -292,8 +291,9 @@ fn relay(process: &mut Spawned, sink: &Sink, input: File, reaper: &Reaper, on_ex
         }
     }
     let (host_gone, host_gone_rx) = std::sync::mpsc::channel();
+    let link = sink.clone();
     thread::spawn(move || {
-        input_to.serve(input);
+        input_to.serve(&link, input);
         let _ = host_gone.send(());
     });
     let (code, signal) = reaper.wait_for(pid);
@@ -349,9 +349,9 @@ impl HostInput {
     /// Frames from the host after the request: standard input, signals and
     /// terminal sizes. On a terminal, the end of input is not passed on
     /// (as with Docker, the process keeps its terminal).
-    fn serve(mut self, mut input: File) {
+    fn serve(mut self, link: &Sink, mut input: File) {
         loop {
-            match read_frame(&mut input) {
+            match link.receive(&mut input) {
                 Ok(Some(Frame::Stdin(data))) => {
                     let writer: Option<&mut dyn Write> = match (&mut self.stdin, &mut self.terminal) {
                         (Some(pipe), _) => Some(pipe),
@@ -505,29 +505,29 @@ fn serve_execs(reaper: Reaper) {
 /// closes it: closing first could lose the last frame on its way out.
 fn serve_exec(conn: File, reaper: Reaper) {
     let Ok(mut input) = conn.try_clone() else { return };
-    let sink: Sink = Arc::new(Mutex::new(conn));
+    let sink: Sink = Arc::new(host_link::HostLink::plain(conn));
     let (spec, pids) = match read_frame(&mut input) {
         Ok(Some(Frame::Control(Control::Exec(spec)))) => (spec, Pids::Container),
         Ok(Some(Frame::Control(Control::Stats))) => {
             send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::Top))) => {
             let processes = report::processes();
             send(&sink, &Frame::Control(Control::Processes { processes }));
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::Network(network)))) => {
             if let Err(e) = network::reconfigure(&network, ROOT) {
                 return fail(&sink, format!("changing the network: {e}"), 125);
             }
             succeeded(&sink);
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::SharesChanged { changes }))) => {
             host_changes::replay(&changes);
             succeeded(&sink);
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::Diff))) => {
             let changes = archive::changes(std::path::Path::new(mounts::UPPER), std::path::Path::new(mounts::IMAGE));
@@ -535,13 +535,13 @@ fn serve_exec(conn: File, reaper: Reaper) {
                 send(&sink, &Frame::Control(Control::Changes { changes: part.to_vec() }));
             }
             succeeded(&sink);
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::Layer { pause }))) => {
             if pause {
                 if let Err(e) = limits::freeze(true) {
                     fail(&sink, format!("pausing the container: {e}"), 1);
-                    return wait_for_host_close(input);
+                    return wait_for_host_close(&sink, input);
                 }
             }
             let out = std::io::BufWriter::with_capacity(proto::CHUNK, StdoutFrames(&sink));
@@ -556,7 +556,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
                 (Err(e), _) => fail(&sink, format!("reading the container's writable layer: {e}"), 1),
                 (_, Err(e)) => fail(&sink, format!("unpausing the container: {e}"), 1),
             }
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::Archive(op)))) => match archive::helper_argv(&op) {
             Ok(argv) => (
@@ -581,7 +581,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
         },
         Ok(other) => {
             fail(&sink, format!("expected an exec request, got {other:?}"), 125);
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
         Err(e) => return fail(&sink, format!("reading the exec request: {e}"), 125),
     };
@@ -589,7 +589,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
         Ok(process) => process,
         Err((message, code)) => {
             fail(&sink, message, code);
-            return wait_for_host_close(input);
+            return wait_for_host_close(&sink, input);
         }
     };
     relay(&mut process, &sink, input, &reaper, || {});
@@ -623,10 +623,11 @@ fn succeeded(sink: &Sink) {
 
 /// Reads (and drops) what the host still sends until it closes, for at
 /// most 10 s.
-fn wait_for_host_close(mut input: File) {
+fn wait_for_host_close(sink: &Sink, mut input: File) {
     let (done, done_rx) = std::sync::mpsc::channel();
+    let sink = sink.clone();
     thread::spawn(move || {
-        while let Ok(Some(_)) = read_frame(&mut input) {}
+        while let Ok(Some(_)) = sink.receive(&mut input) {}
         let _ = done.send(());
     });
     let _ = done_rx.recv_timeout(std::time::Duration::from_secs(10));

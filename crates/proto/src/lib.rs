@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 15;
+pub const PROTOCOL_VERSION: u32 = 16;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -273,11 +273,35 @@ pub struct DiskSize {
     pub sectors: u64,
 }
 
+/// How far a run connection had got when it broke. Frames are counted
+/// from the first after the host's `Run`, each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// Frames the agent has produced (sent, or queued while the host was away).
+    pub output_frames: u64,
+    /// Frames the agent has read from the host.
+    pub input_frames: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
-    /// Agent → host, first: who is speaking.
-    Hello { version: u32, agent: String },
+    /// Agent → host, first: who is speaking. `resume` is set when the
+    /// agent already runs a container and has lost its host connection
+    /// (its VM moved to another VMM or host): the host answers `Resume`.
+    Hello {
+        version: u32,
+        agent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumePoint>,
+    },
+    /// Host → agent, answering a `Hello` with `resume`: the host holds the
+    /// run connection's first `output_frames` frames from the agent.
+    Resume { output_frames: u64 },
+    /// Agent → host, answering `Resume`: the frames that follow are the run
+    /// connection's from number `from` on (frames the host lacks that the
+    /// agent no longer keeps are lost: then `from` is above what it asked).
+    Replay { from: u64 },
     /// Host → agent: run this.
     Run(Box<RunSpec>),
     /// Host → agent, first on an exec connection: run this process too.
@@ -365,6 +389,13 @@ pub enum ProtoError {
 
 /// Writes one frame. Payloads over `MAX_FRAME` are refused (split streams with `CHUNK`).
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), ProtoError> {
+    w.write_all(&encode_frame(frame)?)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// One frame as it travels: length, kind and payload.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, ProtoError> {
     let (kind, payload): (u8, std::borrow::Cow<[u8]>) = match frame {
         Frame::Control(c) => (KIND_CONTROL, serde_json::to_vec(c)?.into()),
         Frame::Stdin(b) => (KIND_STDIN, b.as_slice().into()),
@@ -380,9 +411,7 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), ProtoError> 
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     buf.push(kind);
     buf.extend_from_slice(&payload);
-    w.write_all(&buf)?;
-    w.flush()?;
-    Ok(())
+    Ok(buf)
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream (between frames).
@@ -439,7 +468,18 @@ mod tests {
         round_trip(Frame::Control(Control::Hello {
             version: PROTOCOL_VERSION,
             agent: "x".into(),
+            resume: None,
         }));
+        round_trip(Frame::Control(Control::Hello {
+            version: PROTOCOL_VERSION,
+            agent: "x".into(),
+            resume: Some(ResumePoint {
+                output_frames: 7,
+                input_frames: 2,
+            }),
+        }));
+        round_trip(Frame::Control(Control::Resume { output_frames: 5 }));
+        round_trip(Frame::Control(Control::Replay { from: 5 }));
         let process = ProcessSpec {
             argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
             env: vec!["A=B".into()],

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod held;
 pub mod log_config;
 pub mod network;
+pub mod rejoin;
 pub mod rootfs;
 pub mod run;
 pub mod share_watch;

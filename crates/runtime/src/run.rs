@@ -855,30 +855,38 @@ fn converse(
     }
     attachment.started(Steer(sink.clone()));
 
-    let mut status = None;
-    loop {
-        match read_frame(&mut input) {
-            Ok(Some(Frame::Stdout(data))) => attachment.output(OutputStream::Stdout, &data),
-            Ok(Some(Frame::Stderr(data))) => attachment.output(OutputStream::Stderr, &data),
-            Ok(Some(Frame::Control(Control::Exited { code, signal }))) => {
-                status = Some(proto::shell_status(code, signal));
-                break;
-            }
-            Ok(Some(Frame::Control(Control::Started { pid }))) => attachment.running(pid),
-            Ok(Some(Frame::Control(Control::Failed { message, exit_code }))) => {
-                attachment.output(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
-                attachment.failed(&message);
-                status = Some(exit_code);
-                break;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => return Err(lost(e.to_string())),
-        }
-    }
+    let mut frames = 0;
+    let status = follow(&mut input, attachment, &mut frames).map_err(|e| lost(e.to_string()))?;
     // Closing tells the agent everything arrived; it powers off only then.
     let _ = input.shutdown(std::net::Shutdown::Both);
     status.ok_or_else(|| lost("the guest went away before the command finished".into()))
+}
+
+/// Passes the run connection's frames to `attachment` until the command
+/// ends: its status, or `None` if the connection ended first. `frames`
+/// counts the frames read, as the agent numbers them for a resume
+/// (`proto::ResumePoint`).
+pub fn follow(
+    input: &mut impl Read,
+    attachment: &mut dyn Attachment,
+    frames: &mut u64,
+) -> Result<Option<i32>, proto::ProtoError> {
+    while let Some(frame) = read_frame(input)? {
+        *frames += 1;
+        match frame {
+            Frame::Stdout(data) => attachment.output(OutputStream::Stdout, &data),
+            Frame::Stderr(data) => attachment.output(OutputStream::Stderr, &data),
+            Frame::Control(Control::Exited { code, signal }) => return Ok(Some(proto::shell_status(code, signal))),
+            Frame::Control(Control::Started { pid }) => attachment.running(pid),
+            Frame::Control(Control::Failed { message, exit_code }) => {
+                attachment.output(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
+                attachment.failed(&message);
+                return Ok(Some(exit_code));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// 64 bytes from the host's generator for the guest to reseed with.
