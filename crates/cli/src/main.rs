@@ -1,6 +1,8 @@
 //! `hull`: run containers, each in its own KVM microVM.
 
+mod hulld_api;
 mod images;
+mod migrate;
 mod policy;
 mod progress;
 mod templates;
@@ -83,6 +85,20 @@ enum Command {
     Policy {
         container: String,
         level: String,
+        /// hulld's socket (unix://PATH; default DOCKER_HOST, then /run/hull/docker.sock).
+        #[arg(long, short = 'H')]
+        host: Option<String>,
+    },
+    /// Move a running container that hulld runs to a new VMM while it runs
+    /// (live migration: memory, processes, disks and output stay).
+    Migrate {
+        container: String,
+        /// The host to move it to (not supported yet: within this host only).
+        #[arg(long)]
+        to: Option<String>,
+        /// The longest the container may stand still, in ms.
+        #[arg(long, default_value_t = 50)]
+        downtime: u32,
         /// hulld's socket (unix://PATH; default DOCKER_HOST, then /run/hull/docker.sock).
         #[arg(long, short = 'H')]
         host: Option<String>,
@@ -281,6 +297,12 @@ fn main() -> ExitCode {
         Command::Volume(VolumeCommand::Rm { names }) => done(volumes::remove(&names)),
         Command::Bench { args } => bench(&args),
         Command::Policy { container, level, host } => done(policy::set(&container, &level, host)),
+        Command::Migrate {
+            container,
+            to,
+            downtime,
+            host,
+        } => done(migrate::run(&container, to.as_deref(), downtime, host)),
         Command::Template(TemplateCommand::Rm { names }) => done(templates::remove(&names)),
     }
 }

@@ -90,7 +90,8 @@ impl From<runtime::container::ContainerError> for ApiError {
             ContainerError::NotRunning
             | ContainerError::Starting
             | ContainerError::Busy
-            | ContainerError::NotLive(_) => ApiError::conflict(e.to_string()),
+            | ContainerError::NotLive(_)
+            | ContainerError::NotMoved(_) => ApiError::conflict(e.to_string()),
             // A command that is missing or not executable is the request's
             // fault, as in Docker (its CLI then exits 127 or 126).
             ContainerError::DidNotStart {
@@ -148,6 +149,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/update", post(crate::update::update))
         .route("/containers/{id}/resize", post(containers::resize))
         .route("/containers/{id}/pause", post(containers::pause))
+        .route("/containers/{id}/migrate", post(crate::migrate::migrate))
         .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/stats", get(monitor::stats))
         .route("/containers/{id}/top", get(monitor::top))

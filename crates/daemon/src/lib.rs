@@ -23,6 +23,7 @@ pub mod health;
 pub mod images;
 pub mod links;
 pub mod listen;
+pub mod migrate;
 pub mod monitor;
 pub mod network_connect;
 pub mod networking;

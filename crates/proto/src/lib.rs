@@ -273,6 +273,23 @@ pub struct DiskSize {
     pub sectors: u64,
 }
 
+/// What a container's move to a new VMM took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    pub rounds: u32,
+    pub bytes_sent: u64,
+    pub pages_sent: u64,
+    pub total_ms: u64,
+    /// From the source's pause to the guest running in the new VMM.
+    pub downtime_ms: u64,
+    /// The most the vCPUs were throttled to converge, in percent.
+    pub max_throttle: u8,
+    /// Output frames the agent no longer had when it came back (0: none lost).
+    pub output_frames_lost: u64,
+    /// The new VMM's process.
+    pub vmm_pid: u32,
+}
+
 /// How far a run connection had got when it broke. Frames are counted
 /// from the first after the host's `Run`, each way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +369,13 @@ pub enum Control {
     /// process has ended and the guest's disks are synced: the host may end
     /// the VM on it.
     Exited { code: Option<i32>, signal: Option<i32> },
+    /// Client → a container's supervisor (hull-shim): move the container's
+    /// VM to a new VMM on this host while it runs (live migration), with
+    /// this downtime budget and deadline. Answered with `Migrated` or
+    /// `Failed` (the VM then runs on where it was).
+    Migrate { downtime_ms: u32, max_seconds: u32 },
+    /// Supervisor → client: the VM runs in its new VMM.
+    Migrated(MigrationReport),
     /// Either way: the request cannot be carried out. `exit_code` follows the
     /// shell's convention (127: command not found, 126: not executable).
     Failed { message: String, exit_code: i32 },
@@ -480,6 +504,15 @@ mod tests {
         }));
         round_trip(Frame::Control(Control::Resume { output_frames: 5 }));
         round_trip(Frame::Control(Control::Replay { from: 5 }));
+        round_trip(Frame::Control(Control::Migrate {
+            downtime_ms: 50,
+            max_seconds: 300,
+        }));
+        round_trip(Frame::Control(Control::Migrated(MigrationReport {
+            rounds: 3,
+            downtime_ms: 40,
+            ..MigrationReport::default()
+        })));
         let process = ProcessSpec {
             argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
             env: vec!["A=B".into()],

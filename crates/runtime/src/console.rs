@@ -29,9 +29,13 @@ pub fn log_max() -> u64 {
 pub struct ConsoleKeeper(Option<JoinHandle<()>>);
 
 impl ConsoleKeeper {
-    /// Starts keeping what arrives on `source` in `log` (truncated first).
-    pub fn start(source: File, log: &Path) -> std::io::Result<ConsoleKeeper> {
-        let mut writer = RotatingLog::create(log.to_path_buf(), log_max())?;
+    /// Starts keeping what arrives on `source` in `log` (truncated first,
+    /// or, for a VM that moved to a new VMM, continued).
+    pub fn start(source: File, log: &Path, continued: bool) -> std::io::Result<ConsoleKeeper> {
+        let mut writer = match continued {
+            true => RotatingLog::append(log.to_path_buf(), log_max())?,
+            false => RotatingLog::create(log.to_path_buf(), log_max())?,
+        };
         let thread = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || writer.copy_from(source))?;
@@ -87,6 +91,17 @@ impl RotatingLog {
             path,
             file: Some(file),
             written: 0,
+            max,
+        })
+    }
+
+    fn append(path: PathBuf, max: u64) -> std::io::Result<RotatingLog> {
+        let file = File::options().create(true).append(true).open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(RotatingLog {
+            path,
+            file: Some(file),
+            written,
             max,
         })
     }
@@ -160,12 +175,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
         let (read, write) = pipe().unwrap();
-        let mut keeper = ConsoleKeeper::start(read, &path).unwrap();
+        let mut keeper = ConsoleKeeper::start(read, &path, false).unwrap();
         let mut write = File::from(write);
         write.write_all(b"[    0.000000] Linux version\n").unwrap();
         drop(write);
         keeper.settle(Duration::from_secs(10));
         assert!(keeper.0.is_none(), "the thread ended at the hang-up");
         assert_eq!(std::fs::read(&path).unwrap(), b"[    0.000000] Linux version\n");
+        // The VM moved to a new VMM: its console goes on in the same log.
+        let (read, write) = pipe().unwrap();
+        let mut keeper = ConsoleKeeper::start(read, &path, true).unwrap();
+        File::from(write).write_all(b"moved\n").unwrap();
+        keeper.settle(Duration::from_secs(10));
+        assert_eq!(std::fs::read(&path).unwrap(), b"[    0.000000] Linux version\nmoved\n");
     }
 }

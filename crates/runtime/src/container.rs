@@ -118,6 +118,9 @@ pub enum ContainerError {
     NotLive(String),
     #[error("the container's VMM refused: {0}")]
     Control(String),
+    /// A move of the VM to a new VMM failed; it runs on where it was.
+    #[error("{0}")]
+    NotMoved(String),
     #[error("the container's disks are in use (it started, or another file operation runs): try again")]
     Busy,
     #[error("the container's VM could not hold its files: {0}")]
@@ -470,6 +473,27 @@ impl ShimConnection {
 
     pub fn send(&mut self, frame: &Frame) -> Result<(), ContainerError> {
         write_frame(&mut self.0, frame).map_err(|_| ContainerError::NotRunning)
+    }
+
+    /// Moves the container's VM to a new VMM on this host while it runs
+    /// (live migration), within `downtime_ms` of pause and `max_seconds`.
+    pub fn migrate(&mut self, downtime_ms: u32, max_seconds: u32) -> Result<proto::MigrationReport, ContainerError> {
+        self.send(&Frame::Control(Control::Migrate {
+            downtime_ms,
+            max_seconds,
+        }))?;
+        loop {
+            match proto::read_frame(&mut self.0) {
+                Ok(Some(Frame::Control(Control::Migrated(report)))) => return Ok(report),
+                Ok(Some(Frame::Control(Control::Failed { message, .. }))) => {
+                    return Err(ContainerError::NotMoved(message))
+                }
+                Ok(Some(Frame::Control(Control::Exited { .. }))) | Ok(None) | Err(_) => {
+                    return Err(ContainerError::NotRunning)
+                }
+                Ok(Some(_)) => {}
+            }
+        }
     }
 
     /// Blocks until the command ends; its exit status.

@@ -12,6 +12,7 @@ pub mod container_log;
 pub mod guest;
 pub mod held;
 pub mod log_config;
+pub mod moving;
 pub mod network;
 pub mod rejoin;
 pub mod rootfs;

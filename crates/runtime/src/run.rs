@@ -84,6 +84,13 @@ pub enum OutputStream {
 pub struct Steer(Arc<Mutex<UnixStream>>);
 
 impl Steer {
+    /// From now on the command is reached through `conn` (its VM moved).
+    pub(crate) fn reconnect(&self, conn: UnixStream) {
+        if let Ok(mut current) = self.0.lock() {
+            *current = conn;
+        }
+    }
+
     fn send(&self, frame: &Frame) -> bool {
         self.0.lock().is_ok_and(|mut s| write_frame(&mut *s, frame).is_ok())
     }
@@ -131,8 +138,13 @@ pub trait Attachment {
     fn running(&mut self, _pid: u32) {}
     /// The command could not start (or the agent gave up on it): why.
     fn failed(&mut self, _message: &str) {}
-    /// The VM's agent called in: `vmm_pid` is the VMM process running it.
+    /// The VM's agent called in: `vmm_pid` is the VMM process running it
+    /// (again after the VM moved to a new VMM).
     fn vm_ready(&mut self, _vmm_pid: u32) {}
+    /// Where clients ask to move the VM to a new VMM while it runs.
+    fn moves(&self) -> Option<crate::moving::Moves> {
+        None
+    }
 }
 
 /// The kernel command line of every hull guest.
@@ -198,7 +210,7 @@ pub enum RunError {
     Io { what: String, source: std::io::Error },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Io { what, source }
 }
@@ -214,14 +226,14 @@ impl Drop for RunDir {
 
 /// The VMM process; killed if still running when dropped (and its cgroup
 /// removed, `vmm::jail::VmmProcess`).
-struct Vmm {
-    process: vmm::jail::VmmProcess,
+pub(crate) struct Vmm {
+    pub(crate) process: vmm::jail::VmmProcess,
     console: ConsoleKeeper,
 }
 
 impl Vmm {
     /// How the VMM ended (waiting up to `grace`), with its stderr.
-    fn fate(&mut self, grace: Duration) -> String {
+    pub(crate) fn fate(&mut self, grace: Duration) -> String {
         let deadline = Instant::now() + grace;
         let status = loop {
             match self.process.try_wait() {
@@ -444,7 +456,9 @@ pub fn run_in(
         open_to_jailed_vmm(sockets, 0o710)?;
         open_to_jailed_vmm(&agent_socket, 0o660)?;
     }
-    let vm = VmFiles {
+    // A move starts a VMM like this one, without the taps (a VM on a host
+    // network is not moved: the migration stream's hello refuses it).
+    let move_files = VmFiles {
         binary: &vmm_binary,
         guest: &guest,
         disk: &disk,
@@ -454,8 +468,12 @@ pub fn run_in(
         uds: &uds,
         control: &control,
         console_log: &console_log,
-        taps: nic.taps().collect(),
+        taps: Vec::new(),
         jailed,
+    };
+    let vm = VmFiles {
+        taps: nic.taps().collect(),
+        ..move_files.clone()
     };
 
     let mut vmm = vm.start(request, template.as_ref())?;
@@ -525,20 +543,29 @@ pub fn run_in(
         mounts,
         network: crate::network::guest_network(&request.network, &hostname)?,
     };
-    let status = match converse(
-        conn,
+    let moves = attachment.moves();
+    let kit = crate::moving::MoveKit {
+        files: move_files,
         request,
-        &process,
-        &hostname,
-        guest_devices,
-        &console_log,
-        attachment,
-    ) {
+        template: template.as_ref(),
+        sockets,
+    };
+    let followed =
+        converse(conn, request, &process, &hostname, guest_devices, attachment).and_then(|(mut input, steer)| {
+            let status = follow_moving(&kit, &mut input, &steer, &mut vmm, attachment, moves.as_ref());
+            // Closing tells the agent everything arrived; it powers off only then.
+            let _ = input.shutdown(std::net::Shutdown::Both);
+            status
+        });
+    if let Some(moves) = &moves {
+        moves.refuse_all("the container's command ended");
+    }
+    let status = match followed {
         // Say what became of the VMM: its exit status and last words.
-        Err(RunError::Lost { detail, console }) => {
+        Err(RunError::Lost { detail, .. }) => {
             return Err(RunError::Lost {
                 detail: format!("{detail}; {}", vmm.fate(Duration::from_secs(2))),
-                console,
+                console: console_tail(&console_log),
             })
         }
         other => other?,
@@ -547,6 +574,41 @@ pub fn run_in(
     // ends now, without waiting for the guest kernel to power off.
     drop(vmm);
     Ok(status)
+}
+
+/// Follows the command to its end, moving its VM to a new VMM whenever a
+/// client asks (`moves`).
+fn follow_moving(
+    kit: &crate::moving::MoveKit,
+    input: &mut UnixStream,
+    steer: &Steer,
+    vmm: &mut Vmm,
+    attachment: &mut dyn Attachment,
+    moves: Option<&crate::moving::Moves>,
+) -> Result<i32, RunError> {
+    let lost = |detail: String| RunError::Lost {
+        detail,
+        console: String::new(),
+    };
+    let mut frames = 0;
+    loop {
+        match follow(input, attachment, &mut frames, moves) {
+            Ok(Followed::Ended(Some(status))) => return Ok(status),
+            Ok(Followed::Ended(None)) => return Err(lost("the guest went away before the command finished".into())),
+            Err(e) => return Err(lost(e.to_string())),
+            Ok(Followed::MoveAsked(asked)) => {
+                let outcome = crate::moving::move_vm(kit, &asked, vmm, input, steer, &mut frames, attachment);
+                match outcome {
+                    Ok(crate::moving::Moved::Running(report)) => asked.answer(Ok(report)),
+                    Ok(crate::moving::Moved::Ended(status, report)) => {
+                        asked.answer(Ok(report));
+                        return Ok(status);
+                    }
+                    Err(why) => asked.answer(Err(why)),
+                }
+            }
+        }
+    }
 }
 
 /// The disks as the guest names them, the volumes among them, and the
@@ -568,8 +630,22 @@ fn host_available_mib() -> u64 {
     vmm::host::meminfo_mib("MemAvailable").unwrap_or(u64::MAX)
 }
 
+/// How a container's VMM gets its VM.
+#[derive(Clone, Copy)]
+pub(crate) enum VmStart<'a> {
+    /// A clone of the template, or a cold boot without one.
+    Fresh(Option<&'a crate::template::Template>),
+    /// From the container's running VMM, which migrates it to this one
+    /// through `listen` (the template, mapped, spares sending its pages).
+    Incoming {
+        listen: &'a Path,
+        template: Option<&'a crate::template::Template>,
+    },
+}
+
 /// Everything one container VM is started with.
-struct VmFiles<'a> {
+#[derive(Clone)]
+pub(crate) struct VmFiles<'a> {
     binary: &'a Path,
     guest: &'a Guest,
     disk: &'a Path,
@@ -578,30 +654,49 @@ struct VmFiles<'a> {
     volumes: &'a [PathBuf],
     /// The directories its virtio-fs shares.
     shares: &'a [crate::bind::Share],
-    uds: &'a Path,
+    pub(crate) uds: &'a Path,
     /// The VMM's control channel (`proto::vmm_control`).
-    control: &'a Path,
-    console_log: &'a Path,
+    pub(crate) control: &'a Path,
+    pub(crate) console_log: &'a Path,
     /// The container's taps, by NIC slot; the other slots are plugged into nothing.
-    taps: Vec<(u8, &'a File)>,
+    pub(crate) taps: Vec<(u8, &'a File)>,
     /// Jail the VMM in the socket directory (made ready for it already).
-    jailed: bool,
+    pub(crate) jailed: bool,
 }
 
-impl VmFiles<'_> {
+impl<'a> VmFiles<'a> {
+    /// The same VM's files, with its sockets named otherwise.
+    pub(crate) fn with_sockets(&self, uds: &'a Path, control: &'a Path) -> VmFiles<'a> {
+        VmFiles {
+            uds,
+            control,
+            ..self.clone()
+        }
+    }
+
     /// Starts `hull-vmm`: a clone of `template`, or a cold boot without one.
     fn start(&self, request: &RunRequest, template: Option<&crate::template::Template>) -> Result<Vmm, RunError> {
+        self.start_as(request, VmStart::Fresh(template))
+    }
+
+    pub(crate) fn start_as(&self, request: &RunRequest, start: VmStart) -> Result<Vmm, RunError> {
         // HULL_DEBUG_CONSOLE=1: the whole guest console on our stderr, live.
         let debug_console = std::env::var_os("HULL_DEBUG_CONSOLE").is_some();
         let mut command = vmm::jail::VmmCommand::new(self.binary);
         if debug_console {
             command.arg("--console");
         }
-        match template {
-            Some(template) => {
+        match start {
+            VmStart::Incoming { listen, template } => {
+                command.arg("--incoming").arg(listen);
+                if let Some(template) = template {
+                    command.arg("--template").arg(&template.dir);
+                }
+            }
+            VmStart::Fresh(Some(template)) => {
                 command.arg("--restore").arg(&template.dir);
             }
-            None => {
+            VmStart::Fresh(None) => {
                 command
                     .arg("--kernel")
                     .arg(&self.guest.kernel)
@@ -655,7 +750,8 @@ impl VmFiles<'_> {
         }
         // The console reaches its log through a pipe (`crate::console`).
         let (console_source, console_end) = crate::console::pipe().map_err(io("the console's pipe"))?;
-        let keeper = crate::console::ConsoleKeeper::start(console_source, self.console_log)
+        let continued = matches!(start, VmStart::Incoming { .. });
+        let keeper = crate::console::ConsoleKeeper::start(console_source, self.console_log, continued)
             .map_err(io(format!("{}", self.console_log.display())))?;
         command
             .arg("--serial-log")
@@ -683,7 +779,7 @@ impl VmFiles<'_> {
     }
 }
 
-fn wait_for_agent(
+pub(crate) fn wait_for_agent(
     listener: &UnixListener,
     vmm: &mut Vmm,
     timeout: Duration,
@@ -784,18 +880,19 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
     unsafe { libc::poll(&mut ready, 1, ms) };
 }
 
+/// Greets the agent and sends it the command: the run connection's
+/// reading half, and the way to steer the command.
 fn converse(
     conn: UnixStream,
     request: &RunRequest,
     process: &Process,
     hostname: &str,
     guest_devices: GuestDevices,
-    log: &Path,
     attachment: &mut dyn Attachment,
-) -> Result<i32, RunError> {
+) -> Result<(UnixStream, Steer), RunError> {
     let lost = |detail: String| RunError::Lost {
         detail,
-        console: console_tail(log),
+        console: String::new(),
     };
     let mut input = conn.try_clone().map_err(io("vsock connection"))?;
     let sink = Arc::new(Mutex::new(conn));
@@ -853,13 +950,9 @@ fn converse(
     if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));
     }
-    attachment.started(Steer(sink.clone()));
-
-    let mut frames = 0;
-    let status = follow(&mut input, attachment, &mut frames).map_err(|e| lost(e.to_string()))?;
-    // Closing tells the agent everything arrived; it powers off only then.
-    let _ = input.shutdown(std::net::Shutdown::Both);
-    status.ok_or_else(|| lost("the guest went away before the command finished".into()))
+    let steer = Steer(sink);
+    attachment.started(steer.clone());
+    Ok((input, steer))
 }
 
 /// Passes the run connection's frames to `attachment` until the command
@@ -867,26 +960,42 @@ fn converse(
 /// counts the frames read, as the agent numbers them for a resume
 /// (`proto::ResumePoint`).
 pub fn follow(
-    input: &mut impl Read,
+    input: &mut UnixStream,
     attachment: &mut dyn Attachment,
     frames: &mut u64,
-) -> Result<Option<i32>, proto::ProtoError> {
-    while let Some(frame) = read_frame(input)? {
+    moves: Option<&crate::moving::Moves>,
+) -> Result<Followed, proto::ProtoError> {
+    loop {
+        if let Some(asked) = moves.and_then(|moves| moves.wait_for(input)) {
+            return Ok(Followed::MoveAsked(asked));
+        }
+        let Some(frame) = read_frame(input)? else {
+            return Ok(Followed::Ended(None));
+        };
         *frames += 1;
         match frame {
             Frame::Stdout(data) => attachment.output(OutputStream::Stdout, &data),
             Frame::Stderr(data) => attachment.output(OutputStream::Stderr, &data),
-            Frame::Control(Control::Exited { code, signal }) => return Ok(Some(proto::shell_status(code, signal))),
+            Frame::Control(Control::Exited { code, signal }) => {
+                return Ok(Followed::Ended(Some(proto::shell_status(code, signal))))
+            }
             Frame::Control(Control::Started { pid }) => attachment.running(pid),
             Frame::Control(Control::Failed { message, exit_code }) => {
                 attachment.output(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
                 attachment.failed(&message);
-                return Ok(Some(exit_code));
+                return Ok(Followed::Ended(Some(exit_code)));
             }
             _ => {}
         }
     }
-    Ok(None)
+}
+
+/// Where following the run connection stopped.
+pub enum Followed {
+    /// The command ended (its status), or the connection did (`None`).
+    Ended(Option<i32>),
+    /// A client asked to move the VM to a new VMM.
+    MoveAsked(crate::moving::MoveRequest),
 }
 
 /// 64 bytes from the host's generator for the guest to reseed with.

@@ -32,10 +32,12 @@ struct Pending {
     queued: Vec<Frame>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Shared {
     control: Arc<Mutex<Pending>>,
     clients: Arc<Mutex<Vec<UnixStream>>>,
+    /// Clients' requests to move the VM to a new VMM.
+    moves: crate::moving::Moves,
 }
 
 impl Shared {
@@ -82,6 +84,10 @@ impl Attachment for Supervised {
         self.failure = Some(message.to_string());
     }
 
+    fn moves(&self) -> Option<crate::moving::Moves> {
+        Some(self.shared.moves.clone())
+    }
+
     fn vm_ready(&mut self, vmm_pid: u32) {
         // Recorded so that hulld can pause and resume the whole VM.
         self.state.vmm_pid = vmm_pid;
@@ -102,7 +108,11 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     let _ = std::fs::remove_dir_all(dir.socket_dir());
     std::fs::create_dir_all(dir.socket_dir()).map_err(io("creating the socket directory"))?;
     let listener = UnixListener::bind(&socket).map_err(io("binding the supervisor's socket"))?;
-    let shared = Shared::default();
+    let shared = Shared {
+        control: Arc::default(),
+        clients: Arc::default(),
+        moves: crate::moving::Moves::new().map_err(io("the supervisor's move requests"))?,
+    };
     let pid = std::process::id();
     let mut state = RunState {
         status: RunStatus::Running,
@@ -249,7 +259,21 @@ fn serve(listener: UnixListener, shared: Shared) {
         std::thread::spawn(move || {
             // Frames from a client are untrusted too: a bad one ends that client.
             while let Ok(Some(frame)) = read_frame(&mut conn) {
-                shared.deliver(frame);
+                match frame {
+                    Frame::Control(Control::Migrate {
+                        downtime_ms,
+                        max_seconds,
+                    }) => {
+                        let answer = match shared.moves.ask(downtime_ms, max_seconds) {
+                            Ok(report) => Control::Migrated(report),
+                            Err(message) => Control::Failed { message, exit_code: 1 },
+                        };
+                        if write_frame(&mut conn, &Frame::Control(answer)).is_err() {
+                            break;
+                        }
+                    }
+                    frame => shared.deliver(frame),
+                }
             }
         });
     }

@@ -243,6 +243,25 @@ impl DeviceManager {
         })
     }
 
+    /// Why the VM's devices cannot move to another VMM, if one cannot.
+    pub fn migration_blocker(&self) -> Option<&'static str> {
+        self.virtio.iter().find_map(|d| lock(&d.transport).migration_blocker())
+    }
+
+    /// The slots of the NICs plugged into a host tap.
+    pub fn nics_on_taps(&self) -> Vec<u8> {
+        let nics = self
+            .virtio
+            .iter()
+            .map(|d| lock(&d.transport))
+            .filter(|t| t.device_type() == crate::devices::virtio::TYPE_NET);
+        (0..)
+            .zip(nics)
+            .filter(|(_, t)| t.plugged())
+            .map(|(slot, _)| slot)
+            .collect()
+    }
+
     /// Puts every device's writes on its backend's storage (the VM is
     /// paused and leaving this host: the next host reads the disks).
     pub fn flush(&self) -> std::io::Result<()> {
@@ -275,6 +294,16 @@ fn com1_register(port: u16) -> Option<u8> {
 /// The virtio device types `config` gives, in slot order: what
 /// `device_models` makes, known before any device is (a migration's
 /// destination checks its source's against it).
+/// The slots of the NICs `config` plugs into a host tap.
+pub fn nics_on_taps(config: &VmConfig) -> Vec<u8> {
+    let on_tap = |nic: &crate::vm::NetConfig| !matches!(nic.backend, crate::vm::NetBackend::Detached);
+    (0..)
+        .zip(&config.nics)
+        .filter(|(_, nic)| on_tap(nic))
+        .map(|(slot, _)| slot)
+        .collect()
+}
+
 pub fn layout(config: &VmConfig) -> Vec<u32> {
     let mut types = vec![TYPE_BLOCK; config.disks.len()];
     if config.vsock.is_some() {

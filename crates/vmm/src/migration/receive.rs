@@ -58,6 +58,13 @@ pub fn check_hello(hello: &Hello, ours: &VmShape) -> Result<(), String> {
             device_names(&ours.devices)
         ));
     }
+    if theirs.nics_on_taps != ours.nics_on_taps {
+        return Err(format!(
+            "the VM's NICs on host taps are {:?}; this destination has taps for {:?}",
+            &theirs.nics_on_taps[..theirs.nics_on_taps.len().min(8)],
+            ours.nics_on_taps
+        ));
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// carries the VM's vCPUs and devices. 3: the state goes without the
 /// snapshot file's digest (its frame has a CRC); the destination answers
 /// each round's end (`RoundIn`).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
@@ -50,6 +50,9 @@ pub struct VmShape {
     pub vcpus: u32,
     /// Its virtio devices' types, in slot order.
     pub devices: Vec<u32>,
+    /// The slots of its NICs that are on a host tap: a destination without
+    /// a tap for one would cut the guest off its network.
+    pub nics_on_taps: Vec<u8>,
 }
 
 /// The destination's answer to `Hello`.
@@ -300,6 +303,7 @@ mod tests {
                     memory_bytes: 256 << 20,
                     vcpus: 2,
                     devices: vec![2, 2, 19, 4, 1],
+                    nics_on_taps: vec![0],
                 },
                 template: Some([7; 32]),
             }),

@@ -141,6 +141,7 @@ fn shape() -> VmShape {
         memory_bytes: BYTES,
         vcpus: 1,
         devices: vec![2, 19, 4, 1],
+        nics_on_taps: vec![0],
     }
 }
 
@@ -394,12 +395,20 @@ fn a_destination_made_for_another_vm_refuses_before_anything_is_sent() {
         devices: vec![2, 19, 4],
         ..shape()
     };
+    let no_tap = VmShape {
+        nics_on_taps: vec![],
+        ..shape()
+    };
     for (ours, why) in [
         (bigger, "8 MiB"),
         (two_vcpus, "the VM has 1 vCPUs; this destination was made for 2"),
         (
             no_nic,
             "the VM's devices are [block, vsock, rng, net]; this destination was made with [block, vsock, rng]",
+        ),
+        (
+            no_tap,
+            "the VM's NICs on host taps are [0]; this destination has taps for []",
         ),
     ] {
         let guest = Guest::new(10);

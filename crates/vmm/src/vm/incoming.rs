@@ -80,6 +80,7 @@ fn hello(
         memory_bytes,
         vcpus: config.vcpus.into(),
         devices: crate::device_manager::layout(config),
+        nics_on_taps: crate::device_manager::nics_on_taps(config),
     };
     if let Err(reason) = check_hello(&hello, &made) {
         let _ = welcome(conn, Err(reason.clone()));

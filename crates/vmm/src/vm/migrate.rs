@@ -210,7 +210,10 @@ pub(super) fn migrate(vmm: &mut Vmm, conn: File, downtime_ms: u32, max_seconds: 
             return Err(why);
         }
     };
-    let result = migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds);
+    let result = match vmm.devices.migration_blocker() {
+        Some(why) => Err(format!("this VM cannot be migrated: {why}")),
+        None => migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds),
+    };
     vmm.pagemap = Ok(pagemap);
     result
 }
@@ -238,6 +241,7 @@ fn migrate_with(
             memory_bytes,
             vcpus: vmm.vcpus.len() as u32,
             devices: vmm.devices.device_types(),
+            nics_on_taps: vmm.devices.nics_on_taps(),
         },
         template: clone_of,
     };

@@ -234,6 +234,16 @@ impl MmioTransport {
         self.device.plug(backend)
     }
 
+    /// Why the device cannot move (`VirtioDevice::migration_blocker`).
+    pub fn migration_blocker(&self) -> Option<&'static str> {
+        self.device.migration_blocker()
+    }
+
+    /// Whether the device's host side is plugged (`VirtioDevice::plugged`).
+    pub fn plugged(&self) -> bool {
+        self.device.plugged()
+    }
+
     /// The VM has just arrived from another host (`VirtioDevice::arrived`).
     pub fn arrived(&mut self) {
         if self.driver_ok() && self.device.arrived(&mut self.queues, &self.memory) {

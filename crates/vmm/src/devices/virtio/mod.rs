@@ -150,6 +150,16 @@ pub trait VirtioDevice: Send {
             "this device has no host side to plug",
         ))
     }
+    /// Why the device's state cannot move with its VM to another VMM, if
+    /// it cannot.
+    fn migration_blocker(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether its host side is plugged into something (a NIC's tap); a
+    /// device that cannot be unplugged always is.
+    fn plugged(&self) -> bool {
+        true
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero beyond the end (bounds-checked).

@@ -336,6 +336,10 @@ impl VirtioDevice for Net {
         Net::plug(self, backend)
     }
 
+    fn plugged(&self) -> bool {
+        self.tap.is_some()
+    }
+
     fn poll(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
         let mut events = [EpollEvent::default(); 1];
         if self.epoll.wait(0, &mut events).unwrap_or(0) == 0 {

@@ -271,6 +271,14 @@ impl VirtioDevice for Fs {
         self.server.is_some()
     }
 
+    /// The guest's view of the shares (its inodes and open files) lives in
+    /// this VMM's tables, which do not travel yet.
+    fn migration_blocker(&self) -> Option<&'static str> {
+        self.server
+            .is_some()
+            .then_some("it shares host directories (virtio-fs), whose open files cannot move to another VMM yet")
+    }
+
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
         let Some(server) = &self.server else { return false };
         let Some(queue) = queues.get_mut(index) else {

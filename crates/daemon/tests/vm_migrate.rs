@@ -1,0 +1,137 @@
+//! VM tests of live migration through hulld (`POST
+//! /containers/{id}/migrate`, `hull migrate`): a running container's VM
+//! moves to a new VMM while it runs, and the container goes on as it was:
+//! its output without a number lost or repeated, exec, pause, stop.
+
+use testkit::hulld::{eventually, ok, text, Hulld};
+
+/// `POST /containers/{id}/migrate?QUERY`: the status line and the body.
+fn migrate(hulld: &Hulld, id: &str, query: &str) -> (String, serde_json::Value) {
+    let (head, body) = hulld.raw(&format!(
+        "POST /containers/{id}/migrate?{query} HTTP/1.1\r\nHost: hull\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, serde_json::from_str(body.trim()).unwrap_or_default())
+}
+
+/// The container's log as numbers, one a line (a line that is not one fails).
+fn counted(hulld: &Hulld, id: &str) -> Vec<u64> {
+    let out = hulld.docker(&["logs", id]);
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        .collect()
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
+    let (hulld, _registry, image) = Hulld::with_busybox("vm-migrate").unwrap();
+    let counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
+    let id = ok(&hulld.docker(&["run", "-d", "--network", "none", &image, "sh", "-c", counter]))
+        .trim()
+        .to_string();
+    eventually("the container counts", || counted(&hulld, &id).len() >= 30);
+    let mut events = hulld.docker_command(&[
+        "events",
+        "--filter",
+        "event=migrate",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.phase}}",
+    ]);
+    let mut events = events.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut vmm_pids = Vec::new();
+    for round in 0..2 {
+        let before = counted(&hulld, &id).len() as u64;
+        // The emulated test host is 20-50x slower than hardware: its budget.
+        let (status, report) = migrate(&hulld, &id, "downtime=2000");
+        assert!(status.contains(" 200 "), "move {round}: {status} {report}");
+        let pid = report["VmmPid"].as_u64().unwrap();
+        eprintln!("move {round}: {report}");
+        assert!(report["Rounds"].as_u64().unwrap() >= 1, "{report}");
+        assert_eq!(report["OutputFramesLost"], 0, "{report}");
+        assert!(alive(pid), "the new VMM runs");
+        vmm_pids.push(pid);
+        // It counts on in the new VMM, past where it was.
+        eventually("the container counts on after the move", || {
+            counted(&hulld, &id).len() as u64 >= before + 60
+        });
+        assert_eq!(hulld.inspect("{{.State.Status}}", &id), "running");
+    }
+    assert!(!alive(vmm_pids[0]), "the first move's VMM ended with the second move");
+    // Everything that reaches the VM goes to the new VMM: exec, pause.
+    assert_eq!(ok(&hulld.docker(&["exec", &id, "echo", "moved"])), "moved\n");
+    ok(&hulld.docker(&["pause", &id]));
+    let (status, report) = migrate(&hulld, &id, "");
+    assert!(status.contains(" 409 "), "{status} {report}");
+    assert!(report["message"].as_str().unwrap().contains("paused"), "{report}");
+    ok(&hulld.docker(&["unpause", &id]));
+    ok(&hulld.docker(&["stop", "-t", "1", &id]));
+    let numbers = counted(&hulld, &id);
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "every number once, across both moves"
+    );
+    ok(&hulld.docker(&["rm", &id]));
+    let _ = events.kill();
+    let seen = text(&events.wait_with_output().unwrap().stdout);
+    assert_eq!(seen.matches("migrate finish").count(), 2, "{seen}");
+    hulld.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn the_log_has_every_number_once_across_moves_and_bad_requests_are_refused() {
+    let (hulld, _registry, image) = Hulld::with_busybox("vm-migrate-log").unwrap();
+    // Counts as fast as it can to a fixed end: many frames are in flight
+    // when the VM moves.
+    let counter = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo $i; done; sleep 600";
+    let id = ok(&hulld.docker(&["run", "-d", "--network", "none", &image, "sh", "-c", counter]))
+        .trim()
+        .to_string();
+    eventually("the container counts", || counted(&hulld, &id).len() >= 100);
+    let (status, report) = migrate(&hulld, &id, "downtime=2000");
+    assert!(status.contains(" 200 "), "{status} {report}");
+    eventually("the container counts to its end", || counted(&hulld, &id).len() >= 3000);
+    let numbers = counted(&hulld, &id);
+    assert_eq!(numbers, (1..=3000).collect::<Vec<_>>(), "no number lost or repeated");
+
+    // Bad requests get Docker's codes and a reason.
+    let (status, _) = migrate(&hulld, &id, "to=elsewhere");
+    assert!(status.contains(" 501 "), "{status}");
+    let (status, report) = migrate(&hulld, &id, "downtime=soon");
+    assert!(status.contains(" 400 "), "{status} {report}");
+    let (status, _) = migrate(&hulld, "nosuchcontainer", "");
+    assert!(status.contains(" 404 "), "{status}");
+    // A container on a host network keeps it: not moved (its VM runs on).
+    let networked = ok(&hulld.docker(&["run", "-d", &image, "sleep", "600"]))
+        .trim()
+        .to_string();
+    let (status, report) = migrate(&hulld, &networked, "downtime=2000");
+    assert!(status.contains(" 409 "), "{status} {report}");
+    assert!(report["message"].as_str().unwrap().contains("taps"), "{report}");
+    assert_eq!(ok(&hulld.docker(&["exec", &networked, "echo", "still"])), "still\n");
+    // Nor one that shares a host directory (its open files there stay).
+    let shared = std::env::temp_dir().join(format!("vm-migrate-share-{}", std::process::id()));
+    std::fs::create_dir_all(&shared).unwrap();
+    let bind = format!("{}:/shared", shared.display());
+    let sharing = ok(&hulld.docker(&["run", "-d", "--network", "none", "-v", &bind, &image, "sleep", "600"]))
+        .trim()
+        .to_string();
+    let (status, report) = migrate(&hulld, &sharing, "downtime=2000");
+    assert!(status.contains(" 409 "), "{status} {report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("shares host directories"),
+        "{report}"
+    );
+    ok(&hulld.docker(&["rm", "-f", &id, &networked, &sharing]));
+    let _ = std::fs::remove_dir_all(&shared);
+    let (status, _) = migrate(&hulld, &id, "");
+    assert!(status.contains(" 404 "), "{status}");
+    hulld.assert_no_leftovers();
+}

@@ -1,0 +1,304 @@
+//! Moving a running container's VM to a new VMM on this host while it runs
+//! (live migration; `docker`'s `POST /containers/{id}/migrate`). A client
+//! of the container's supervisor asks (`Moves::ask`); the thread that runs
+//! the VM takes the request between two of the agent's frames
+//! (`run::follow`), starts a VMM with the same devices waiting for the VM
+//! (`--incoming`, the template mapped so only the clone's own pages
+//! travel), has the running VMM migrate the VM into it, and takes the
+//! agent's run connection back through the new VMM (`rejoin`): the
+//! container's output goes on with nothing lost or repeated. The disks stay
+//! where they are; this host sees them. A failure leaves the VM running in
+//! the VMM it was in.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::vmm_control::{VmmReply, VmmRequest};
+use proto::MigrationReport;
+
+use crate::run::{Attachment, Followed, OutputStream, RunRequest, Steer, VmFiles, VmStart, Vmm};
+
+/// How long the new VMM may take to listen for the VM, and the agent to
+/// come back through it once the VM runs there.
+const NEW_VMM_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Requests to move a container's VM, from its supervisor's clients to the
+/// thread that runs the VM.
+#[derive(Clone)]
+pub struct Moves(Arc<Asked>);
+
+struct Asked {
+    queue: Mutex<VecDeque<MoveRequest>>,
+    /// One byte per request queued: the runner polls `bell` beside the
+    /// agent's connection.
+    bell: UnixStream,
+    ring: UnixStream,
+}
+
+/// One client's request, answered once.
+pub struct MoveRequest {
+    downtime_ms: u32,
+    max_seconds: u32,
+    answer: mpsc::Sender<Result<MigrationReport, String>>,
+}
+
+impl MoveRequest {
+    pub(crate) fn answer(self, outcome: Result<MigrationReport, String>) {
+        let _ = self.answer.send(outcome);
+    }
+}
+
+impl Moves {
+    pub fn new() -> std::io::Result<Moves> {
+        let (bell, ring) = UnixStream::pair()?;
+        bell.set_nonblocking(true)?;
+        Ok(Moves(Arc::new(Asked {
+            queue: Mutex::new(VecDeque::new()),
+            bell,
+            ring,
+        })))
+    }
+
+    /// Asks for the VM to move, and waits for the outcome.
+    pub fn ask(&self, downtime_ms: u32, max_seconds: u32) -> Result<MigrationReport, String> {
+        let (answer, outcome) = mpsc::channel();
+        let request = MoveRequest {
+            downtime_ms,
+            max_seconds,
+            answer,
+        };
+        self.0
+            .queue
+            .lock()
+            .map_err(|_| "the container's supervisor is broken".to_string())?
+            .push_back(request);
+        (&self.0.ring)
+            .write_all(&[1])
+            .map_err(|e| format!("asking for the move: {e}"))?;
+        // The runner answers every request, or drops it when the VM ends.
+        outcome
+            .recv()
+            .unwrap_or_else(|_| Err("the container ended before its VM moved".into()))
+    }
+
+    /// Waits until `input` has a frame to read (then `None`) or a move is
+    /// asked for (the request).
+    pub(crate) fn wait_for(&self, input: &UnixStream) -> Option<MoveRequest> {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.0.bell.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: input.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds for the duration of the call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if ready < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Read the frame; a broken connection shows there.
+                return None;
+            }
+            if fds[0].revents != 0 {
+                if let Some(request) = self.take() {
+                    return Some(request);
+                }
+            }
+            if fds[1].revents != 0 {
+                return None;
+            }
+        }
+    }
+
+    fn take(&self) -> Option<MoveRequest> {
+        let mut byte = [0u8];
+        let _ = (&self.0.bell).read(&mut byte);
+        self.0.queue.lock().ok()?.pop_front()
+    }
+
+    /// Answers every request still waiting: the VM is gone.
+    pub(crate) fn refuse_all(&self, why: &str) {
+        let waiting = self.0.queue.lock().map(|mut q| std::mem::take(&mut *q));
+        for request in waiting.unwrap_or_default() {
+            request.answer(Err(why.to_string()));
+        }
+    }
+}
+
+/// What a move needs of the running container.
+pub(crate) struct MoveKit<'a> {
+    /// The VM's devices, as its VMM was started with them (without taps).
+    pub files: VmFiles<'a>,
+    pub request: &'a RunRequest,
+    pub template: Option<&'a crate::template::Template>,
+    /// The VM's socket directory (its jail).
+    pub sockets: &'a Path,
+}
+
+pub(crate) enum Moved {
+    /// The VM runs in the new VMM, which now is `vmm`.
+    Running(MigrationReport),
+    /// The command ended just before the VM left (its status).
+    Ended(i32, MigrationReport),
+}
+
+/// The new VMM's sockets until the move is done, then renamed to the
+/// VM's own; removed if the move fails.
+struct Staging {
+    incoming: PathBuf,
+    uds: PathBuf,
+    control: PathBuf,
+    agent: PathBuf,
+}
+
+impl Staging {
+    fn new(sockets: &Path) -> Staging {
+        let uds = sockets.join("vsock.moving.sock");
+        Staging {
+            incoming: sockets.join("incoming.sock"),
+            agent: PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT)),
+            control: sockets.join("vmm.moving.ctl"),
+            uds,
+        }
+    }
+
+    fn clear(&self) {
+        for path in [&self.incoming, &self.uds, &self.control, &self.agent] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Moves the VM `vmm` runs into a new VMM (see the module's doc). On
+/// success `vmm` is the new VMM and `input`/`steer` reach the agent
+/// through it; `frames` goes on counting the run connection's frames.
+pub(crate) fn move_vm(
+    kit: &MoveKit,
+    asked: &MoveRequest,
+    vmm: &mut Vmm,
+    input: &mut UnixStream,
+    steer: &Steer,
+    frames: &mut u64,
+    attachment: &mut dyn Attachment,
+) -> Result<Moved, String> {
+    let staging = Staging::new(kit.sockets);
+    staging.clear();
+    let outcome = move_through(kit, &staging, asked, vmm, input, steer, frames, attachment);
+    match &outcome {
+        Ok(Moved::Running(_)) => {
+            // The VM's sockets keep their names: clients find the new VMM there.
+            let renamed = std::fs::rename(&staging.uds, kit.files.uds)
+                .and_then(|()| std::fs::rename(&staging.control, kit.files.control));
+            if let Err(e) = renamed {
+                eprintln!("hull: naming the new VMM's sockets: {e}");
+            }
+            let _ = std::fs::remove_file(&staging.agent);
+            let _ = std::fs::remove_file(&staging.incoming);
+        }
+        _ => staging.clear(),
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn move_through(
+    kit: &MoveKit,
+    staging: &Staging,
+    asked: &MoveRequest,
+    vmm: &mut Vmm,
+    input: &mut UnixStream,
+    steer: &Steer,
+    frames: &mut u64,
+    attachment: &mut dyn Attachment,
+) -> Result<Moved, String> {
+    let agent_port = UnixListener::bind(&staging.agent).map_err(|e| format!("the new VMM's vsock listener: {e}"))?;
+    agent_port
+        .set_nonblocking(true)
+        .map_err(|e| format!("the new VMM's vsock listener: {e}"))?;
+    if kit.files.jailed {
+        crate::run::open_to_jailed_vmm(&staging.agent, 0o660).map_err(|e| e.to_string())?;
+    }
+    let files = kit.files.with_sockets(&staging.uds, &staging.control);
+    let start = VmStart::Incoming {
+        listen: &staging.incoming,
+        template: kit.template,
+    };
+    let mut next = files.start_as(kit.request, start).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + NEW_VMM_PATIENCE;
+    while !staging.incoming.exists() {
+        if Instant::now() >= deadline || !matches!(next.process.try_wait(), Ok(None)) {
+            return Err(format!(
+                "the new VMM did not start: {}",
+                next.fate(Duration::from_secs(1))
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let link = UnixStream::connect(&staging.incoming).map_err(|e| format!("reaching the new VMM: {e}"))?;
+    let control = UnixStream::connect(kit.files.control).map_err(|e| format!("reaching the container's VMM: {e}"))?;
+    let request = VmmRequest::Migrate {
+        downtime_ms: asked.downtime_ms,
+        max_seconds: asked.max_seconds,
+    };
+    let mut report = match vmm::control::ask(&control, &request, Some(&link)) {
+        Ok(VmmReply::Migrated {
+            rounds,
+            bytes_sent,
+            pages_sent,
+            total_ms,
+            downtime_ms,
+            max_throttle,
+            ..
+        }) => MigrationReport {
+            rounds,
+            bytes_sent,
+            pages_sent,
+            total_ms,
+            downtime_ms,
+            max_throttle,
+            output_frames_lost: 0,
+            vmm_pid: next.process.id(),
+        },
+        Ok(VmmReply::Failed { reason }) => return Err(format!("the VM did not move (it runs on): {reason}")),
+        Ok(other) => return Err(format!("the VM did not move (it runs on): the VMM answered {other:?}")),
+        Err(e) => return Err(format!("the VM did not move (it runs on): {e}")),
+    };
+    drop(link);
+    // The old VMM ends now: what it passed on from the agent comes first.
+    if let Ok(Followed::Ended(Some(status))) = crate::run::follow(input, attachment, frames, None) {
+        return Ok(Moved::Ended(status, report));
+    }
+    let log = kit.files.console_log;
+    let mut conn = crate::run::wait_for_agent(&agent_port, &mut next, NEW_VMM_PATIENCE, log)
+        .map_err(|e| format!("the agent did not come back after the move: {e}"))?;
+    let _ = conn.set_read_timeout(Some(NEW_VMM_PATIENCE));
+    let rejoined = crate::rejoin::rejoin(&mut conn, *frames).map_err(|e| e.to_string())?;
+    let _ = conn.set_read_timeout(None);
+    if rejoined.lost > 0 {
+        let note = format!(
+            "hull: {} frames of the container's output were lost while its VM moved\n",
+            rejoined.lost
+        );
+        attachment.output(OutputStream::Stderr, note.as_bytes());
+    }
+    report.output_frames_lost = rejoined.lost;
+    *frames = rejoined.from;
+    steer.reconnect(conn.try_clone().map_err(|e| format!("the agent's connection: {e}"))?);
+    *input = conn;
+    // The old VMM has ended (its VM moved); it is reaped here.
+    drop(std::mem::replace(vmm, next));
+    attachment.vm_ready(report.vmm_pid);
+    Ok(Moved::Running(report))
+}
