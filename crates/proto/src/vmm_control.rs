@@ -35,6 +35,10 @@ pub enum VmmRequest {
     /// Answered once it has ended: `Migrated`, after which this VMM ends,
     /// or `Failed`, and the VM runs on.
     Migrate { downtime_ms: u32, max_seconds: u32 },
+    /// Lend the taps the VM's NICs are on: answered with `Taps` and, in the
+    /// same message (`SCM_RIGHTS`), a descriptor of each, in slot order
+    /// (for a VMM the VM is about to migrate to on this host).
+    Taps,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,10 @@ pub enum VmmReply {
         downtime_ms: u64,
         max_throttle: u8,
         confirmed: bool,
+    },
+    /// The NIC slots whose taps come with this reply, in order.
+    Taps {
+        slots: Vec<u8>,
     },
     Failed {
         reason: String,
@@ -121,9 +129,16 @@ mod tests {
     fn messages_round_trip_one_per_line() {
         let mut wire = Vec::new();
         write_message(&mut wire, &VmmRequest::Pause).unwrap();
+        write_message(&mut wire, &VmmRequest::Taps).unwrap();
+        write_message(&mut wire, &VmmReply::Taps { slots: vec![0, 2] }).unwrap();
         write_message(&mut wire, &VmmReply::Failed { reason: "no".into() }).unwrap();
         let mut r = io::BufReader::new(&wire[..]);
         assert_eq!(read_message::<VmmRequest>(&mut r).unwrap(), Some(VmmRequest::Pause));
+        assert_eq!(read_message::<VmmRequest>(&mut r).unwrap(), Some(VmmRequest::Taps));
+        assert_eq!(
+            read_message::<VmmReply>(&mut r).unwrap(),
+            Some(VmmReply::Taps { slots: vec![0, 2] })
+        );
         assert_eq!(
             read_message::<VmmReply>(&mut r).unwrap(),
             Some(VmmReply::Failed { reason: "no".into() })

@@ -164,20 +164,37 @@ struct Staging {
 }
 
 impl Staging {
+    /// The names in `sockets`, cleared of any an earlier move left.
     fn new(sockets: &Path) -> Staging {
         let uds = sockets.join("vsock.moving.sock");
-        Staging {
+        let staging = Staging {
             incoming: sockets.join("incoming.sock"),
             agent: PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT)),
             control: sockets.join("vmm.moving.ctl"),
             uds,
-        }
+        };
+        staging.remove_all();
+        staging
     }
 
-    fn clear(&self) {
+    fn remove_all(&self) {
         for path in [&self.incoming, &self.uds, &self.control, &self.agent] {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Gives the new VMM's sockets the VM's own names: clients find it there.
+    fn settle(&self, uds: &Path, control: &Path) {
+        let renamed = std::fs::rename(&self.uds, uds).and_then(|()| std::fs::rename(&self.control, control));
+        if let Err(e) = renamed {
+            eprintln!("hull: naming the new VMM's sockets: {e}");
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.remove_all();
     }
 }
 
@@ -194,35 +211,6 @@ pub(crate) fn move_vm(
     attachment: &mut dyn Attachment,
 ) -> Result<Moved, String> {
     let staging = Staging::new(kit.sockets);
-    staging.clear();
-    let outcome = move_through(kit, &staging, asked, vmm, input, steer, frames, attachment);
-    match &outcome {
-        Ok(Moved::Running(_)) => {
-            // The VM's sockets keep their names: clients find the new VMM there.
-            let renamed = std::fs::rename(&staging.uds, kit.files.uds)
-                .and_then(|()| std::fs::rename(&staging.control, kit.files.control));
-            if let Err(e) = renamed {
-                eprintln!("hull: naming the new VMM's sockets: {e}");
-            }
-            let _ = std::fs::remove_file(&staging.agent);
-            let _ = std::fs::remove_file(&staging.incoming);
-        }
-        _ => staging.clear(),
-    }
-    outcome
-}
-
-#[allow(clippy::too_many_arguments)]
-fn move_through(
-    kit: &MoveKit,
-    staging: &Staging,
-    asked: &MoveRequest,
-    vmm: &mut Vmm,
-    input: &mut UnixStream,
-    steer: &Steer,
-    frames: &mut u64,
-    attachment: &mut dyn Attachment,
-) -> Result<Moved, String> {
     let agent_port = UnixListener::bind(&staging.agent).map_err(|e| format!("the new VMM's vsock listener: {e}"))?;
     agent_port
         .set_nonblocking(true)
@@ -230,24 +218,35 @@ fn move_through(
     if kit.files.jailed {
         crate::run::open_to_jailed_vmm(&staging.agent, 0o660).map_err(|e| e.to_string())?;
     }
-    let files = kit.files.with_sockets(&staging.uds, &staging.control);
+    let control = UnixStream::connect(kit.files.control).map_err(|e| format!("reaching the container's VMM: {e}"))?;
+    // The new VMM's NICs go on the same taps: lent by the running VMM, whose
+    // NICs stop reading them at the pause; frames wait in them meanwhile.
+    let taps = vmm::control::borrow_taps(&control)?;
+    let mut files = kit.files.with_sockets(&staging.uds, &staging.control);
+    files.taps = taps.iter().map(|(slot, tap)| (*slot, tap)).collect();
     let start = VmStart::Incoming {
         listen: &staging.incoming,
         template: kit.template,
     };
     let mut next = files.start_as(kit.request, start).map_err(|e| e.to_string())?;
+    // Only the VMMs hold the taps now (a NIC unplugged later takes its tap away).
+    drop(taps);
+    // The socket's name appears at bind(2), before listen(2): until then
+    // a connection is refused.
     let deadline = Instant::now() + NEW_VMM_PATIENCE;
-    while !staging.incoming.exists() {
-        if Instant::now() >= deadline || !matches!(next.process.try_wait(), Ok(None)) {
-            return Err(format!(
-                "the new VMM did not start: {}",
-                next.fate(Duration::from_secs(1))
-            ));
+    let link = loop {
+        match UnixStream::connect(&staging.incoming) {
+            Ok(link) => break link,
+            Err(e) if Instant::now() >= deadline => return Err(format!("reaching the new VMM: {e}")),
+            Err(_) if !matches!(next.process.try_wait(), Ok(None)) => {
+                return Err(format!(
+                    "the new VMM did not start: {}",
+                    next.fate(Duration::from_secs(1))
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let link = UnixStream::connect(&staging.incoming).map_err(|e| format!("reaching the new VMM: {e}"))?;
-    let control = UnixStream::connect(kit.files.control).map_err(|e| format!("reaching the container's VMM: {e}"))?;
+    };
     let request = VmmRequest::Migrate {
         downtime_ms: asked.downtime_ms,
         max_seconds: asked.max_seconds,
@@ -299,6 +298,7 @@ fn move_through(
     *input = conn;
     // The old VMM has ended (its VM moved); it is reaped here.
     drop(std::mem::replace(vmm, next));
+    staging.settle(kit.files.uds, kit.files.control);
     attachment.vm_ready(report.vmm_pid);
     Ok(Moved::Running(report))
 }

@@ -50,6 +50,54 @@ pub fn ask(
         .ok_or_else(|| ControlError::Io(std::io::ErrorKind::UnexpectedEof.into()))
 }
 
+/// The most descriptors one reply brings (a VM's taps).
+const MAX_LENT: usize = 8;
+
+/// Borrows the VM's taps (`VmmRequest::Taps`): each NIC slot on a tap,
+/// with a descriptor of that tap, for a VMM the VM moves to on this host.
+pub fn borrow_taps(stream: &UnixStream) -> Result<Vec<(u8, File)>, String> {
+    use std::io::Write;
+    use std::os::unix::io::FromRawFd;
+    let failed = |e: &dyn std::fmt::Display| format!("borrowing the VM's taps: {e}");
+    let line = proto::vmm_control::encode_message(&VmmRequest::Taps).map_err(|e| failed(&e))?;
+    (&*stream).write_all(&line).map_err(|e| failed(&e))?;
+    let mut received = Vec::new();
+    let mut lent = Vec::new();
+    let line = loop {
+        let mut chunk = [0u8; 512];
+        let mut fds = [-1; MAX_LENT];
+        let mut iov = [libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: chunk.len(),
+        }];
+        // SAFETY: the iovec points into `chunk`, which outlives the call and
+        // may take any bytes.
+        let (read, count) = unsafe { stream.recv_with_fds(&mut iov, &mut fds) }.map_err(|e| failed(&e))?;
+        // SAFETY: the first `count` are descriptors just received, ours alone.
+        lent.extend(fds[..count].iter().map(|&fd| unsafe { File::from_raw_fd(fd) }));
+        if read == 0 {
+            return Err(failed(&"the VMM closed the connection"));
+        }
+        received.extend_from_slice(&chunk[..read]);
+        if let Some(end) = received.iter().position(|&b| b == b'\n') {
+            break received[..=end].to_vec();
+        }
+        if received.len() > MAX_LINE {
+            return Err(failed(&ControlError::Oversized));
+        }
+    };
+    match proto::vmm_control::parse_message::<VmmReply>(&line).map_err(|e| failed(&e))? {
+        VmmReply::Taps { slots } if slots.len() == lent.len() => Ok(slots.into_iter().zip(lent).collect()),
+        VmmReply::Taps { slots } => Err(failed(&format!(
+            "{} descriptors came for {} NICs",
+            lent.len(),
+            slots.len()
+        ))),
+        VmmReply::Failed { reason } => Err(reason),
+        other => Err(failed(&format!("the VMM answered {other:?}"))),
+    }
+}
+
 /// Serves the control socket on a thread of its own.
 pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) -> Result<(), VmError> {
     let filter = crate::seccomp::filter_for(crate::seccomp::ThreadKind::Control)?;
@@ -93,15 +141,33 @@ fn serve_client(stream: UnixStream, events: &Sender<VmmEvent>) {
         if events.send(event).is_err() {
             return;
         }
-        let reply = reply.recv().unwrap_or(VmmReply::Failed {
-            reason: "the VM is stopping".into(),
+        let (reply, lent) = reply.recv().unwrap_or_else(|_| {
+            let stopping = VmmReply::Failed {
+                reason: "the VM is stopping".into(),
+            };
+            (stopping, Vec::new())
         });
-        let sent = write_message(&mut writer, &reply);
+        let sent = match lent.is_empty() {
+            true => write_message(&mut writer, &reply),
+            false => send_with_descriptors(&writer, &reply, &lent),
+        };
         let _ = written_tx.send(());
         if sent.is_err() {
             return;
         }
     }
+}
+
+/// One reply line with `lent` beside it, in one sendmsg.
+fn send_with_descriptors(writer: &UnixStream, reply: &VmmReply, lent: &[File]) -> Result<(), ControlError> {
+    use std::os::unix::io::AsRawFd;
+    let line = proto::vmm_control::encode_message(reply)?;
+    let fds: Vec<_> = lent.iter().map(AsRawFd::as_raw_fd).collect();
+    let sent = writer.send_with_fds(&[&line[..]], &fds).map_err(std::io::Error::from)?;
+    if sent != line.len() {
+        return Err(std::io::Error::other("the client took part of a reply").into());
+    }
+    Ok(())
 }
 
 /// Requests as they arrive, each with the descriptor (a tap) that came

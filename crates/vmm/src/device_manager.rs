@@ -248,6 +248,22 @@ impl DeviceManager {
         self.virtio.iter().find_map(|d| lock(&d.transport).migration_blocker())
     }
 
+    /// A descriptor of each NIC's tap, by slot (the NICs on nothing left out).
+    pub fn lend_taps(&self) -> std::io::Result<Vec<(u8, File)>> {
+        let nics = self
+            .virtio
+            .iter()
+            .map(|d| lock(&d.transport))
+            .filter(|t| t.device_type() == crate::devices::virtio::TYPE_NET);
+        let mut taps = Vec::new();
+        for (slot, nic) in (0..).zip(nics) {
+            if let Some(tap) = nic.lend_backend()? {
+                taps.push((slot, tap));
+            }
+        }
+        Ok(taps)
+    }
+
     /// The slots of the NICs plugged into a host tap.
     pub fn nics_on_taps(&self) -> Vec<u8> {
         let nics = self

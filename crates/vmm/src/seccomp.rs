@@ -193,12 +193,14 @@ fn syscalls(kind: ThreadKind) -> Vec<i64> {
         // getrandom(2), which every thread may call, is all it needs.
         ThreadKind::Device(DeviceKind::Rng) => &[],
         // std's unix streams read and write with recv/send.
-        // recvmsg: a tap's descriptor comes with a request to plug a NIC.
+        // recvmsg: a tap's descriptor comes with a request to plug a NIC;
+        // sendmsg: the taps go with a reply lending them.
         ThreadKind::Control => &[
             libc::SYS_accept4,
             libc::SYS_read,
             libc::SYS_recvfrom,
             libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
             libc::SYS_sendto,
         ],
     };
@@ -250,8 +252,9 @@ fn restricted(kind: ThreadKind) -> Vec<(i64, u8, Vec<u64>)> {
         ThreadKind::Control => fcntl.push(libc::F_DUPFD_CLOEXEC as u64),
         // A migration's connection: made blocking, its reads and writes
         // bounded in time, nothing else.
+        // A second descriptor of a tap, lent to the VMM the VM moves to.
         ThreadKind::Vmm => {
-            fcntl.extend([libc::F_GETFL as u64, libc::F_SETFL as u64]);
+            fcntl.extend([libc::F_GETFL as u64, libc::F_SETFL as u64, libc::F_DUPFD_CLOEXEC as u64]);
             calls.push((
                 libc::SYS_setsockopt,
                 2,
@@ -311,10 +314,10 @@ pub fn arrival_filter() -> Result<BpfProgram, VmError> {
         KVM_SET_CLOCK(),
     ];
     let more = [
+        // (The UART is made anew with the saved registers, vm-superio having
+        // no setter, on handles of its interrupt's eventfd: F_DUPFD_CLOEXEC,
+        // which the VMM's filter allows.)
         (libc::SYS_ioctl, 1, setters.to_vec()),
-        // The UART is made anew with the saved registers (vm-superio has no
-        // setter), on handles of its interrupt's eventfd.
-        (libc::SYS_fcntl, 1, vec![libc::F_DUPFD_CLOEXEC as u64]),
         // The VMM's own filter goes on top (`seccompiler::apply_filter`).
         (libc::SYS_prctl, 0, vec![libc::PR_SET_NO_NEW_PRIVS as u64]),
         (libc::SYS_seccomp, 0, vec![u64::from(libc::SECCOMP_SET_MODE_FILTER)]),

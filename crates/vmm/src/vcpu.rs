@@ -25,7 +25,8 @@ pub enum VmmEvent {
     Control {
         request: proto::vmm_control::VmmRequest,
         fd: Option<std::fs::File>,
-        reply: Sender<proto::vmm_control::VmmReply>,
+        /// The reply, and descriptors to send with it.
+        reply: Sender<(proto::vmm_control::VmmReply, Vec<std::fs::File>)>,
         written: std::sync::mpsc::Receiver<()>,
     },
 }

@@ -199,9 +199,10 @@ impl Vmm<'_> {
                     reply,
                     written,
                 } => {
-                    let answer = self.control(request, fd);
+                    let mut lent = Vec::new();
+                    let answer = self.control(request, fd, &mut lent);
                     let migrated = matches!(answer, VmmReply::Migrated { .. });
-                    let _ = reply.send(answer);
+                    let _ = reply.send((answer, lent));
                     if migrated {
                         // The supervisor learns the outcome from the reply:
                         // it goes out before this VMM ends.
@@ -213,7 +214,8 @@ impl Vmm<'_> {
         }
     }
 
-    fn control(&mut self, request: VmmRequest, fd: Option<std::fs::File>) -> VmmReply {
+    /// Carries out one request; descriptors to send with the reply go in `lent`.
+    fn control(&mut self, request: VmmRequest, fd: Option<std::fs::File>, lent: &mut Vec<std::fs::File>) -> VmmReply {
         let done = |result: Result<(), VmError>| match result {
             Ok(()) => VmmReply::Done,
             Err(e) => VmmReply::Failed { reason: e.to_string() },
@@ -239,6 +241,17 @@ impl Vmm<'_> {
                 },
             },
             VmmRequest::UnplugNic { slot } => done(self.devices.plug_nic(slot, None)),
+            // For the VMM the VM is about to migrate to on this host.
+            VmmRequest::Taps => match self.devices.lend_taps() {
+                Ok(taps) => {
+                    let slots;
+                    (slots, *lent) = taps.into_iter().unzip();
+                    VmmReply::Taps { slots }
+                }
+                Err(e) => VmmReply::Failed {
+                    reason: format!("lending the taps: {e}"),
+                },
+            },
             VmmRequest::Migrate { .. } if self.gate.requested() => VmmReply::Failed {
                 reason: "the VM is paused: resume it to migrate it".into(),
             },

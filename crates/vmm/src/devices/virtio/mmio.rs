@@ -234,6 +234,12 @@ impl MmioTransport {
         self.device.plug(backend)
     }
 
+    /// A descriptor of what the device's host side is plugged into
+    /// (`VirtioDevice::lend_backend`).
+    pub fn lend_backend(&self) -> std::io::Result<Option<std::fs::File>> {
+        self.device.lend_backend()
+    }
+
     /// Why the device cannot move (`VirtioDevice::migration_blocker`).
     pub fn migration_blocker(&self) -> Option<&'static str> {
         self.device.migration_blocker()

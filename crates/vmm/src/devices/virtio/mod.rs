@@ -150,6 +150,12 @@ pub trait VirtioDevice: Send {
             "this device has no host side to plug",
         ))
     }
+    /// A second descriptor of what its host side is plugged into (a NIC's
+    /// tap), for a VMM on this host that takes the VM over; `None` if it is
+    /// on nothing (or has no host side to plug).
+    fn lend_backend(&self) -> std::io::Result<Option<std::fs::File>> {
+        Ok(None)
+    }
     /// Why the device's state cannot move with its VM to another VMM, if
     /// it cannot.
     fn migration_blocker(&self) -> Option<&'static str> {

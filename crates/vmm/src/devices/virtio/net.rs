@@ -340,6 +340,10 @@ impl VirtioDevice for Net {
         self.tap.is_some()
     }
 
+    fn lend_backend(&self) -> std::io::Result<Option<File>> {
+        self.tap.as_ref().map(File::try_clone).transpose()
+    }
+
     fn poll(&mut self, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
         let mut events = [EpollEvent::default(); 1];
         if self.epoll.wait(0, &mut events).unwrap_or(0) == 0 {
