@@ -154,6 +154,15 @@ pub(crate) enum Moved {
     Ended(i32, MigrationReport),
 }
 
+/// Clears the steer's moving state however the move ends.
+struct Moving<'a>(&'a Steer);
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.0.set_moving(false);
+    }
+}
+
 /// The new VMM's sockets until the move is done, then renamed to the
 /// VM's own; removed if the move fails.
 struct Staging {
@@ -251,6 +260,10 @@ pub(crate) fn move_vm(
         downtime_ms: asked.downtime_ms,
         max_seconds: asked.max_seconds,
     };
+    // From here input the old connection may no longer take is kept for
+    // the new one (`Steer::reconnect`), until the move ends either way.
+    steer.set_moving(true);
+    let _moving = Moving(steer);
     let mut report = match vmm::control::ask(&control, &request, Some(&link)) {
         Ok(VmmReply::Migrated {
             rounds,
@@ -294,7 +307,12 @@ pub(crate) fn move_vm(
     }
     report.output_frames_lost = rejoined.lost;
     *frames = rejoined.from;
-    steer.reconnect(conn.try_clone().map_err(|e| format!("the agent's connection: {e}"))?);
+    let writer = conn.try_clone().map_err(|e| format!("the agent's connection: {e}"))?;
+    let input_lost = steer.reconnect(writer, rejoined.agent.input_frames);
+    if input_lost > 0 {
+        let note = format!("hull: {input_lost} frames of the container's input were lost while its VM moved\n");
+        attachment.output(OutputStream::Stderr, note.as_bytes());
+    }
     *input = conn;
     // The old VMM has ended (its VM moved); it is reaped here.
     drop(std::mem::replace(vmm, next));

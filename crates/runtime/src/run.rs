@@ -81,18 +81,79 @@ pub enum OutputStream {
 
 /// Steers a running container's command: signals and standard input.
 #[derive(Clone)]
-pub struct Steer(Arc<Mutex<UnixStream>>);
+pub struct Steer(Arc<Mutex<Steering>>);
+
+/// Input frames sent are kept up to this much, to send again those a moving
+/// VM's agent did not get.
+const KEPT_INPUT_BYTES: usize = 1 << 20;
+
+struct Steering {
+    conn: UnixStream,
+    /// Frames sent on the run connection after `Run` (as the agent counts
+    /// what it reads: `proto::ResumePoint::input_frames`).
+    sent: u64,
+    /// The last of them, encoded: numbers `first_kept..sent`.
+    kept: std::collections::VecDeque<Vec<u8>>,
+    first_kept: u64,
+    kept_bytes: usize,
+    /// The VM is moving: a frame the old connection no longer takes is
+    /// kept for the new one.
+    moving: bool,
+}
 
 impl Steer {
-    /// From now on the command is reached through `conn` (its VM moved).
-    pub(crate) fn reconnect(&self, conn: UnixStream) {
-        if let Ok(mut current) = self.0.lock() {
-            *current = conn;
+    fn new(conn: UnixStream) -> Steer {
+        Steer(Arc::new(Mutex::new(Steering {
+            conn,
+            sent: 0,
+            kept: Default::default(),
+            first_kept: 0,
+            kept_bytes: 0,
+            moving: false,
+        })))
+    }
+
+    /// The VM is moving (`true`) or stays where it was (`false`).
+    pub(crate) fn set_moving(&self, moving: bool) {
+        if let Ok(mut steering) = self.0.lock() {
+            steering.moving = moving;
         }
     }
 
+    /// From now on the command is reached through `conn` (its VM moved),
+    /// whose agent has read `agent_read` frames: those it lacks are sent
+    /// again. How many it lacks that were no longer kept (lost).
+    pub(crate) fn reconnect(&self, mut conn: UnixStream, agent_read: u64) -> u64 {
+        let Ok(mut steering) = self.0.lock() else { return 0 };
+        // From the guest: more than was sent is nonsense, and gets nothing again.
+        let from = agent_read.min(steering.sent).max(steering.first_kept);
+        let lost = from - agent_read.min(steering.sent);
+        let skip = (from - steering.first_kept) as usize;
+        for frame in steering.kept.iter().skip(skip) {
+            if conn.write_all(frame).is_err() {
+                break;
+            }
+        }
+        steering.conn = conn;
+        steering.moving = false;
+        lost
+    }
+
     fn send(&self, frame: &Frame) -> bool {
-        self.0.lock().is_ok_and(|mut s| write_frame(&mut *s, frame).is_ok())
+        let Ok(bytes) = proto::encode_frame(frame) else {
+            return false;
+        };
+        let Ok(mut steering) = self.0.lock() else { return false };
+        let written = steering.conn.write_all(&bytes).is_ok();
+        steering.sent += 1;
+        steering.kept_bytes += bytes.len();
+        steering.kept.push_back(bytes);
+        while steering.kept_bytes > KEPT_INPUT_BYTES {
+            let Some(oldest) = steering.kept.pop_front() else { break };
+            steering.kept_bytes -= oldest.len();
+            steering.first_kept += 1;
+        }
+        written || steering.moving
     }
 
     /// Delivers `signal` to the command; false once the guest is gone.
@@ -895,16 +956,14 @@ fn converse(
         console: String::new(),
     };
     let mut input = conn.try_clone().map_err(io("vsock connection"))?;
-    let sink = Arc::new(Mutex::new(conn));
-    let send = |sink: &Arc<Mutex<UnixStream>>, frame: &Frame| -> bool {
-        sink.lock().is_ok_and(|mut s| write_frame(&mut *s, frame).is_ok())
-    };
+    let mut sink = conn;
+    let send = |sink: &mut UnixStream, frame: &Frame| -> bool { write_frame(sink, frame).is_ok() };
     match read_frame(&mut input) {
         Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == PROTOCOL_VERSION => {}
         Ok(Some(Frame::Control(Control::Hello { version, .. }))) => {
             let message = format!("protocol version {PROTOCOL_VERSION} required");
             send(
-                &sink,
+                &mut sink,
                 &Frame::Control(Control::Failed {
                     message,
                     exit_code: 125,
@@ -947,10 +1006,10 @@ fn converse(
         pid_host: request.pid_host,
         init: request.init,
     };
-    if !send(&sink, &Frame::Control(Control::Run(Box::new(spec)))) {
+    if !send(&mut sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));
     }
-    let steer = Steer(sink);
+    let steer = Steer::new(sink);
     attachment.started(steer.clone());
     Ok((input, steer))
 }
@@ -1040,6 +1099,52 @@ fn relay_signals(steer: Steer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frames_waiting(conn: &mut UnixStream) -> Vec<Frame> {
+        conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        std::iter::from_fn(|| read_frame(conn).ok().flatten()).collect()
+    }
+
+    #[test]
+    fn input_a_moving_vms_agent_did_not_get_is_sent_again_on_its_new_connection() {
+        let (host, mut old_agent) = UnixStream::pair().unwrap();
+        let steer = Steer::new(host);
+        assert!(steer.stdin(b"a") && steer.signal(15));
+        assert_eq!(frames_waiting(&mut old_agent).len(), 2);
+        // The VM moves; the old connection goes, and input goes on meanwhile.
+        steer.set_moving(true);
+        drop(old_agent);
+        assert!(steer.stdin(b"b") && steer.stdin_eof(), "kept while moving");
+        // The agent had read only the first frame.
+        let (host, mut new_agent) = UnixStream::pair().unwrap();
+        assert_eq!(steer.reconnect(host, 1), 0);
+        assert!(steer.resize(TerminalSize { rows: 2, cols: 3 }));
+        assert_eq!(
+            frames_waiting(&mut new_agent),
+            vec![
+                Frame::Control(Control::Signal { signal: 15 }),
+                Frame::Stdin(b"b".to_vec()),
+                Frame::StdinEof,
+                Frame::Control(Control::Resize { rows: 2, cols: 3 }),
+            ]
+        );
+        // Not moving, a broken connection is the guest gone.
+        drop(new_agent);
+        assert!(!steer.stdin(b"c"));
+        // More than is kept: the oldest are counted lost; an agent that
+        // claims more than was sent gets nothing again.
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || while let Ok(Some(_)) = read_frame(&mut agent) {});
+        let big = vec![0u8; proto::CHUNK];
+        steer.set_moving(true);
+        assert!((0..20).all(|_| steer.stdin(&big)));
+        let sent = steer.0.lock().unwrap().sent;
+        assert!(steer.reconnect(host, 0) > 0);
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        assert_eq!(steer.reconnect(host, sent + 5), 0);
+        reader.join().unwrap();
+        assert!(frames_waiting(&mut agent).is_empty());
+    }
 
     #[test]
     fn the_agent_connection_is_the_first_that_speaks_and_abandoned_ones_go() {
