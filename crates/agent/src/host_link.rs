@@ -5,12 +5,12 @@
 //! from the frames it keeps, so the container's output has no gap and no
 //! repeat. An exec's connection ends with the connection.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use proto::sent_frames::SentFrames;
 use proto::{encode_frame, read_frame, write_frame, Control, Frame, ProtoError, ResumePoint, PROTOCOL_VERSION};
 
 use crate::{console, vsock};
@@ -42,12 +42,8 @@ fn reach_host() -> std::io::Result<File> {
 struct State {
     /// The writing half; `None` while the host is away.
     conn: Option<File>,
-    /// The number of the next frame out (the first after `Run` is 0).
-    next: u64,
-    /// Frames out, encoded, oldest first: numbers `first_kept..next`.
-    kept: VecDeque<Vec<u8>>,
-    first_kept: u64,
-    kept_bytes: usize,
+    /// Frames out (the first after `Run` is number 0), the last of them kept.
+    sent: SentFrames,
     /// The first frame not written whole to a connection; it and the
     /// frames after it are queued.
     unwritten: u64,
@@ -81,10 +77,7 @@ impl HostLink {
         HostLink {
             state: Mutex::new(State {
                 conn: Some(conn),
-                next: 0,
-                kept: VecDeque::new(),
-                first_kept: 0,
-                kept_bytes: 0,
+                sent: SentFrames::default(),
                 unwritten: 0,
                 queued_bytes: 0,
                 input_frames: 0,
@@ -93,6 +86,15 @@ impl HostLink {
             changed: Condvar::new(),
             resumable,
             reach: reach_host,
+        }
+    }
+
+    /// Bytes of written frames kept for a replay: none on an exec's link.
+    fn kept_bytes(&self) -> usize {
+        if self.resumable {
+            KEPT_BYTES
+        } else {
+            0
         }
     }
 
@@ -114,8 +116,7 @@ impl HostLink {
         if state.ended {
             return false;
         }
-        let number = state.next;
-        state.next += 1;
+        let number = state.sent.next();
         let nothing_queued = state.unwritten == number;
         let written = match (&mut state.conn, nothing_queued) {
             (Some(conn), true) => conn.write_all(&bytes).and_then(|()| conn.flush()).is_ok(),
@@ -131,11 +132,8 @@ impl HostLink {
             }
             state.queued_bytes += bytes.len();
         }
-        if self.resumable {
-            state.kept_bytes += bytes.len();
-            state.kept.push_back(bytes);
-            state.trim();
-        }
+        state.sent.push(bytes);
+        state.trim(self.kept_bytes());
         true
     }
 
@@ -219,7 +217,7 @@ impl HostLink {
         let retry = |e: &dyn std::fmt::Display| Rejoin::Retry(format!("rejoining the host: {e}"));
         let mut input = conn.try_clone().map_err(|e| retry(&e))?;
         let point = self.lock().map(|state| ResumePoint {
-            output_frames: state.next,
+            output_frames: state.sent.next(),
             input_frames: state.input_frames,
         });
         let hello = Control::Hello {
@@ -239,16 +237,14 @@ impl HostLink {
         };
         // A host may ask for more than it can lack, or for frames no longer
         // kept: it gets what there is, and learns where that starts.
-        let from = asked.clamp(state.first_kept, state.next);
+        let (from, frames) = state.sent.since(asked);
         let mut replay = encode_frame(&Frame::Control(Control::Replay { from })).map_err(|e| retry(&e))?;
-        for frame in state.kept.iter().skip((from - state.first_kept) as usize) {
-            replay.extend_from_slice(frame);
-        }
+        frames.for_each(|frame| replay.extend_from_slice(frame));
         conn.write_all(&replay).map_err(|e| retry(&e))?;
-        state.unwritten = state.next;
+        state.unwritten = state.sent.next();
         state.queued_bytes = 0;
         state.conn = Some(conn);
-        state.trim();
+        state.trim(self.kept_bytes());
         drop(state);
         self.changed.notify_all();
         Ok(input)
@@ -256,13 +252,10 @@ impl HostLink {
 }
 
 impl State {
-    /// Drops the oldest frames written beyond `KEPT_BYTES` (queued ones stay).
-    fn trim(&mut self) {
-        while self.first_kept < self.unwritten && self.kept_bytes - self.queued_bytes > KEPT_BYTES {
-            let Some(oldest) = self.kept.pop_front() else { break };
-            self.kept_bytes -= oldest.len();
-            self.first_kept += 1;
-        }
+    /// Drops the oldest frames written beyond `kept` bytes (queued ones stay).
+    fn trim(&mut self, kept: usize) {
+        let unwritten = self.unwritten;
+        self.sent.trim(kept + self.queued_bytes, unwritten);
     }
 }
 
@@ -297,8 +290,8 @@ mod tests {
         assert!(link.send(&Frame::Stderr(b"2".to_vec())));
         let state = link.lock().unwrap();
         assert!(state.conn.is_none());
-        assert_eq!((state.first_kept, state.unwritten, state.next), (0, 1, 3));
-        assert_eq!(state.kept.len(), 3);
+        assert_eq!((state.sent.since(0).0, state.unwritten, state.sent.next()), (0, 1, 3));
+        assert_eq!(state.sent.since(0).1.count(), 3);
     }
 
     static NEXT_HOST: Mutex<Option<File>> = Mutex::new(None);
@@ -365,7 +358,7 @@ mod tests {
         drop(host);
         assert!(!link.send(&Frame::Stdout(b"x".to_vec())));
         assert!(link.ended());
-        assert!(link.lock().unwrap().kept.is_empty());
+        assert_eq!(link.lock().unwrap().sent.bytes(), 0);
     }
 
     #[test]
@@ -380,12 +373,13 @@ mod tests {
         {
             let state = link.lock().unwrap();
             assert!(
-                state.kept_bytes <= KEPT_BYTES + proto::CHUNK + 5,
+                state.sent.bytes() <= KEPT_BYTES + proto::CHUNK + 5,
                 "{}",
-                state.kept_bytes
+                state.sent.bytes()
             );
-            assert!(state.first_kept > 0);
-            assert_eq!(state.first_kept + state.kept.len() as u64, state.next);
+            let (first, kept) = state.sent.since(0);
+            assert!(first > 0);
+            assert_eq!(first + kept.count() as u64, state.sent.next());
         }
         link.end();
         drop(link);

@@ -10,6 +10,7 @@
 
 pub mod capabilities;
 pub mod host_changes;
+pub mod sent_frames;
 pub mod vmm_control;
 
 use std::io::{self, Read, Write};

@@ -89,13 +89,9 @@ const KEPT_INPUT_BYTES: usize = 1 << 20;
 
 struct Steering {
     conn: UnixStream,
-    /// Frames sent on the run connection after `Run` (as the agent counts
-    /// what it reads: `proto::ResumePoint::input_frames`).
-    sent: u64,
-    /// The last of them, encoded: numbers `first_kept..sent`.
-    kept: std::collections::VecDeque<Vec<u8>>,
-    first_kept: u64,
-    kept_bytes: usize,
+    /// Frames sent on the run connection after `Run`, numbered as the
+    /// agent counts what it reads (`proto::ResumePoint::input_frames`).
+    sent: proto::sent_frames::SentFrames,
     /// The VM is moving: a frame the old connection no longer takes is
     /// kept for the new one.
     moving: bool,
@@ -105,10 +101,7 @@ impl Steer {
     fn new(conn: UnixStream) -> Steer {
         Steer(Arc::new(Mutex::new(Steering {
             conn,
-            sent: 0,
-            kept: Default::default(),
-            first_kept: 0,
-            kept_bytes: 0,
+            sent: Default::default(),
             moving: false,
         })))
     }
@@ -126,10 +119,9 @@ impl Steer {
     pub(crate) fn reconnect(&self, mut conn: UnixStream, agent_read: u64) -> u64 {
         let Ok(mut steering) = self.0.lock() else { return 0 };
         // From the guest: more than was sent is nonsense, and gets nothing again.
-        let from = agent_read.min(steering.sent).max(steering.first_kept);
-        let lost = from - agent_read.min(steering.sent);
-        let skip = (from - steering.first_kept) as usize;
-        for frame in steering.kept.iter().skip(skip) {
+        let (from, frames) = steering.sent.since(agent_read);
+        let lost = from - agent_read.min(from);
+        for frame in frames {
             if conn.write_all(frame).is_err() {
                 break;
             }
@@ -145,14 +137,8 @@ impl Steer {
         };
         let Ok(mut steering) = self.0.lock() else { return false };
         let written = steering.conn.write_all(&bytes).is_ok();
-        steering.sent += 1;
-        steering.kept_bytes += bytes.len();
-        steering.kept.push_back(bytes);
-        while steering.kept_bytes > KEPT_INPUT_BYTES {
-            let Some(oldest) = steering.kept.pop_front() else { break };
-            steering.kept_bytes -= oldest.len();
-            steering.first_kept += 1;
-        }
+        steering.sent.push(bytes);
+        steering.sent.trim(KEPT_INPUT_BYTES, u64::MAX);
         written || steering.moving
     }
 
@@ -517,8 +503,8 @@ pub fn run_in(
         open_to_jailed_vmm(sockets, 0o710)?;
         open_to_jailed_vmm(&agent_socket, 0o660)?;
     }
-    // A move starts a VMM like this one, without the taps (a VM on a host
-    // network is not moved: the migration stream's hello refuses it).
+    // A move starts a VMM like this one, on the taps the running VMM lends
+    // it then (`moving`): its NICs may have changed since.
     let move_files = VmFiles {
         binary: &vmm_binary,
         guest: &guest,
@@ -1138,7 +1124,7 @@ mod tests {
         let big = vec![0u8; proto::CHUNK];
         steer.set_moving(true);
         assert!((0..20).all(|_| steer.stdin(&big)));
-        let sent = steer.0.lock().unwrap().sent;
+        let sent = steer.0.lock().unwrap().sent.next();
         assert!(steer.reconnect(host, 0) > 0);
         let (host, mut agent) = UnixStream::pair().unwrap();
         assert_eq!(steer.reconnect(host, sent + 5), 0);
