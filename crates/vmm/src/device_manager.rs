@@ -231,16 +231,20 @@ impl DeviceManager {
     /// Plugs NIC `slot` (the guest's eth`slot`) into `tap`, or into
     /// nothing, while the guest runs.
     pub fn plug_nic(&self, slot: u8, tap: Option<File>) -> Result<(), VmError> {
-        let nic = self
-            .virtio
-            .iter()
-            .filter(|d| lock(&d.transport).device_type() == crate::devices::virtio::TYPE_NET)
-            .nth(usize::from(slot))
-            .ok_or(VmError::NoSuchNic(slot))?;
+        let (_, nic) = self.nics().find(|(n, _)| *n == slot).ok_or(VmError::NoSuchNic(slot))?;
         lock(&nic.transport).plug(tap).map_err(|source| VmError::Tap {
             tap: format!("NIC {slot}"),
             source,
         })
+    }
+
+    /// The NICs, by slot (the guest's eth0 is slot 0).
+    fn nics(&self) -> impl Iterator<Item = (u8, &VirtioSlot)> {
+        let nics = self
+            .virtio
+            .iter()
+            .filter(|d| lock(&d.transport).device_type() == crate::devices::virtio::TYPE_NET);
+        (0..).zip(nics)
     }
 
     /// Why the VM's devices cannot move to another VMM, if one cannot.
@@ -250,14 +254,9 @@ impl DeviceManager {
 
     /// A descriptor of each NIC's tap, by slot (the NICs on nothing left out).
     pub fn lend_taps(&self) -> std::io::Result<Vec<(u8, File)>> {
-        let nics = self
-            .virtio
-            .iter()
-            .map(|d| lock(&d.transport))
-            .filter(|t| t.device_type() == crate::devices::virtio::TYPE_NET);
         let mut taps = Vec::new();
-        for (slot, nic) in (0..).zip(nics) {
-            if let Some(tap) = nic.lend_backend()? {
+        for (slot, nic) in self.nics() {
+            if let Some(tap) = lock(&nic.transport).lend_backend()? {
                 taps.push((slot, tap));
             }
         }
@@ -266,14 +265,8 @@ impl DeviceManager {
 
     /// The slots of the NICs plugged into a host tap.
     pub fn nics_on_taps(&self) -> Vec<u8> {
-        let nics = self
-            .virtio
-            .iter()
-            .map(|d| lock(&d.transport))
-            .filter(|t| t.device_type() == crate::devices::virtio::TYPE_NET);
-        (0..)
-            .zip(nics)
-            .filter(|(_, t)| t.plugged())
+        self.nics()
+            .filter(|(_, nic)| lock(&nic.transport).plugged())
             .map(|(slot, _)| slot)
             .collect()
     }
