@@ -47,7 +47,7 @@ fn a_hostile_guest_ends_only_its_own_container() {
     let tools = hostile_tools_layer();
     let image = push_image(&registry, &hulld.work, busybox_image_with(tools), "test/hostile:v1").unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
-    // The first container makes the template every later one is cloned from.
+    // The first container makes (or finds, testkit::template_cache) the template every later one is cloned from.
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
     ok(&hulld.docker(&[
         "run",

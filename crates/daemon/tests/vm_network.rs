@@ -70,7 +70,7 @@ fn containers_have_addresses_published_ports_and_outbound() {
         "vm-net",
         json!({"Cmd": ["sh"], "Env": ["PATH=/bin"], "ExposedPorts": {"80/tcp": {}}}),
     );
-    // The first container makes the template every later one is cloned from.
+    // The first container makes (or finds, testkit::template_cache) the template every later one is cloned from.
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
     let peer = Peer::new(&format!("p{}", &hulld.net_name[1..]));
 

@@ -51,6 +51,7 @@ impl Hulld {
         // that start no VM need none.
         let guest = crate::test_guest_dir().join("guest.json");
         let _ = std::fs::copy(guest, data.join("guest.json"));
+        crate::template_cache::seed(&data);
         let mut hulld = Hulld {
             child: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
@@ -262,13 +263,15 @@ impl Hulld {
     }
 
     /// A hulld with `test/box:v1` (busybox, `sh`) pulled from a registry of
-    /// its own and run once, so the template exists: (hulld, registry, image).
+    /// its own and run once, so the template exists (made, or linked from
+    /// an earlier test's: `template_cache`): (hulld, registry, image).
     pub fn with_busybox(name: &str) -> Result<(Hulld, crate::oci::Registry, String)> {
         let config = serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]});
         let (hulld, registry, image) = Hulld::with_registry(name, &[], config)?;
         ok(&hulld.docker(&["pull", "-q", &image]));
         // The first container makes the template every later one is cloned from.
         assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
+        crate::template_cache::keep(&hulld.data);
         Ok((hulld, registry, image))
     }
 }
@@ -346,6 +349,7 @@ impl Drop for Hulld {
                     .status();
             }
         }
+        crate::template_cache::keep(&self.data);
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
