@@ -99,6 +99,9 @@ enum Command {
         /// The longest the container may stand still, in ms.
         #[arg(long, default_value_t = 50)]
         downtime: u32,
+        /// Give up the container's move under way instead (it runs on where it was).
+        #[arg(long, conflicts_with_all = ["to", "downtime"])]
+        cancel: bool,
         /// hulld's socket (unix://PATH; default DOCKER_HOST, then /run/hull/docker.sock).
         #[arg(long, short = 'H')]
         host: Option<String>,
@@ -301,8 +304,12 @@ fn main() -> ExitCode {
             container,
             to,
             downtime,
+            cancel,
             host,
-        } => done(migrate::run(&container, to.as_deref(), downtime, host)),
+        } => done(match cancel {
+            true => migrate::cancel(&container, host),
+            false => migrate::run(&container, to.as_deref(), downtime, host),
+        }),
         Command::Template(TemplateCommand::Rm { names }) => done(templates::remove(&names)),
     }
 }

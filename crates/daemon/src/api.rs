@@ -150,6 +150,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/resize", post(containers::resize))
         .route("/containers/{id}/pause", post(containers::pause))
         .route("/containers/{id}/migrate", post(crate::migrate::migrate))
+        .route("/containers/{id}/migrate/cancel", post(crate::migrate::cancel))
         .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/stats", get(monitor::stats))
         .route("/containers/{id}/top", get(monitor::top))

@@ -2,15 +2,20 @@
 //! running container. Within this host (no `to`), its VM moves to a new
 //! VMM while it runs, keeping its memory, processes, disks, output and
 //! Docker record: a new hull-vmm binary is picked up this way without a
-//! restart. A move to another host is not built yet.
+//! restart. With `progress=1` each pre-copy round is streamed as a JSON
+//! line before the report; `POST /containers/{id}/migrate/cancel` gives a
+//! move under way up. A move to another host is not built yet.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use proto::{MigrationProgress, MigrationReport};
 use runtime::container::{ContainerDir, RunStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
 use crate::api::{blocking, ApiError};
 use crate::daemon::Daemon;
@@ -28,6 +33,9 @@ pub struct MigrateQuery {
     downtime: Option<String>,
     /// Seconds the move may take before it is given up.
     timeout: Option<String>,
+    /// `1`: stream each pre-copy round's progress as a JSON line, then the
+    /// report (or `error`), as `docker pull` streams.
+    progress: Option<String>,
 }
 
 fn number(
@@ -52,7 +60,7 @@ pub async fn migrate(
     State(daemon): State<Arc<Daemon>>,
     Path(id): Path<String>,
     Query(query): Query<MigrateQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if let Some(to) = query.to.as_deref().filter(|t| !t.is_empty()) {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_IMPLEMENTED,
@@ -61,45 +69,119 @@ pub async fn migrate(
     }
     let downtime_ms = number(query.downtime.as_deref(), "downtime", DEFAULT_DOWNTIME_MS, 1..=60_000)?;
     let max_seconds = number(query.timeout.as_deref(), "timeout", DEFAULT_MAX_SECONDS, 1..=3600)?;
+    let progress = crate::api::flag(&query.progress);
+    let (record, dir) = {
+        let daemon = daemon.clone();
+        blocking(move || {
+            let record = daemon.containers.find(&id)?;
+            let dir = ContainerDir::new(&record.id);
+            movable(&record.id, &dir)?;
+            Ok((record, dir))
+        })
+        .await?
+    };
+    // Each round's progress, as JSON lines before the report when asked for.
+    let (lines, mut rounds) = mpsc::unbounded_channel::<Value>();
+    let moving = tokio::task::spawn_blocking(move || {
+        daemon.container_event_of(&record, "migrate", &[("phase", "start")]);
+        let outcome = dir.connect().and_then(|mut conn| {
+            conn.migrate(downtime_ms, max_seconds, &mut |p| {
+                let _ = lines.send(progress_json(&p));
+            })
+        });
+        match outcome {
+            Ok(report) => {
+                daemon.container_event_of(&record, "migrate", &[("phase", "finish")]);
+                Ok(report_json(&record.id, &report))
+            }
+            Err(e) => {
+                daemon.container_event_of(&record, "migrate", &[("phase", "failed")]);
+                Err(ApiError::from(e))
+            }
+        }
+    });
+    if !progress {
+        let outcome = moving.await.map_err(|e| ApiError::internal(e.to_string()))?;
+        return outcome.map(|report| Json(report).into_response());
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        while let Some(line) = rounds.recv().await {
+            let _ = tx.send(json!({ "Progress": line }));
+        }
+        let last = match moving.await {
+            Ok(Ok(report)) => json!({ "Report": report }),
+            Ok(Err(e)) => json!({"errorDetail": {"message": e.message}, "error": e.message}),
+            Err(e) => json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()}),
+        };
+        let _ = tx.send(last);
+    });
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let body = futures_util::StreamExt::map(lines, |line| {
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("{line}\r\n")))
+    });
+    Ok(crate::api::streaming(body, "application/json"))
+}
+
+/// `POST /containers/{id}/migrate/cancel` (`hull migrate --cancel`): gives up
+/// the container's move under way; it runs on where it was. 204, or 409
+/// when no move is under way.
+pub async fn cancel(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     blocking(move || {
         let record = daemon.containers.find(&id)?;
         let dir = ContainerDir::new(&record.id);
-        match dir.state()? {
-            Some(s) if s.status == RunStatus::Running && s.paused => {
-                return Err(ApiError::conflict(format!(
-                    "Container {} is paused: unpause it before migrating it",
-                    record.id
-                )))
-            }
-            Some(s) if s.status == RunStatus::Running && s.vmm_pid != 0 => {}
-            Some(s) if s.status == RunStatus::Running => {
-                return Err(ApiError::conflict(format!("Container {} is still starting", record.id)))
-            }
-            _ => return Err(ApiError::conflict(format!("Container {} is not running", record.id))),
-        }
-        daemon.container_event_of(&record, "migrate", &[("phase", "start")]);
-        let outcome = dir
-            .connect()
-            .and_then(|mut conn| conn.migrate(downtime_ms, max_seconds));
-        let report = match outcome {
-            Ok(report) => report,
-            Err(e) => {
-                daemon.container_event_of(&record, "migrate", &[("phase", "failed")]);
-                return Err(e.into());
-            }
+        let found = match dir.state()? {
+            Some(s) if s.status == RunStatus::Running => dir.connect()?.cancel_migration()?,
+            _ => false,
         };
-        daemon.container_event_of(&record, "migrate", &[("phase", "finish")]);
-        Ok(Json(json!({
-            "Id": record.id,
-            "Rounds": report.rounds,
-            "BytesSent": report.bytes_sent,
-            "PagesSent": report.pages_sent,
-            "TotalMs": report.total_ms,
-            "DowntimeMs": report.downtime_ms,
-            "MaxThrottle": report.max_throttle,
-            "OutputFramesLost": report.output_frames_lost,
-            "VmmPid": report.vmm_pid,
-        })))
+        match found {
+            true => Ok(crate::api::empty(axum::http::StatusCode::NO_CONTENT)),
+            false => Err(ApiError::conflict(format!(
+                "Container {} is not being migrated",
+                record.id
+            ))),
+        }
     })
     .await
+}
+
+/// A running, unpaused container whose VM has started can move.
+fn movable(id: &str, dir: &ContainerDir) -> Result<(), ApiError> {
+    match dir.state()? {
+        Some(s) if s.status == RunStatus::Running && s.paused => Err(ApiError::conflict(format!(
+            "Container {id} is paused: unpause it before migrating it"
+        ))),
+        Some(s) if s.status == RunStatus::Running && s.vmm_pid != 0 => Ok(()),
+        Some(s) if s.status == RunStatus::Running => {
+            Err(ApiError::conflict(format!("Container {id} is still starting")))
+        }
+        _ => Err(ApiError::conflict(format!("Container {id} is not running"))),
+    }
+}
+
+fn progress_json(p: &MigrationProgress) -> Value {
+    json!({
+        "Round": p.round,
+        "PagesSent": p.pages_sent,
+        "BytesSent": p.bytes_sent,
+        "DirtyPages": p.dirty_pages,
+        "DirtyRate": p.dirty_rate,
+        "Bandwidth": p.bandwidth,
+        "ExpectedDowntimeMs": p.expected_downtime_ms,
+        "Throttle": p.throttle,
+    })
+}
+
+fn report_json(id: &str, report: &MigrationReport) -> Value {
+    json!({
+        "Id": id,
+        "Rounds": report.rounds,
+        "BytesSent": report.bytes_sent,
+        "PagesSent": report.pages_sent,
+        "TotalMs": report.total_ms,
+        "DowntimeMs": report.downtime_ms,
+        "MaxThrottle": report.max_throttle,
+        "OutputFramesLost": report.output_frames_lost,
+        "VmmPid": report.vmm_pid,
+    })
 }

@@ -1,7 +1,8 @@
 //! VM tests of live migration through hulld (`POST
 //! /containers/{id}/migrate`, `hull migrate`): a running container's VM
 //! moves to a new VMM while it runs, and the container goes on as it was:
-//! its output without a number lost or repeated, exec, pause, stop.
+//! its output without a number lost or repeated, exec, pause, stop; a
+//! move reports its rounds and can be given up.
 
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
@@ -24,6 +25,15 @@ fn counted(hulld: &Hulld, id: &str) -> Vec<u64> {
         .lines()
         .map(|l| l.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
         .collect()
+}
+
+/// `hull ARGS` against this hulld.
+fn hull_cli(hulld: &Hulld, args: &[&str]) -> std::process::Command {
+    let mut hull = std::process::Command::new(testkit::boot::workspace_binary("hull").unwrap());
+    hull.args(args)
+        .arg("-H")
+        .arg(format!("unix://{}", hulld.socket.display()));
+    hull
 }
 
 fn alive(pid: u64) -> bool {
@@ -99,7 +109,7 @@ fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
-fn the_log_has_every_number_once_across_moves_and_bad_requests_are_refused() {
+fn the_log_has_every_number_once_across_moves_bad_requests_are_refused_and_a_move_is_cancelled() {
     let (hulld, _registry, image) = Hulld::with_busybox("vm-migrate-log").unwrap();
     // Counts as fast as it can to a fixed end: many frames are in flight
     // when the VM moves.
@@ -136,6 +146,47 @@ fn the_log_has_every_number_once_across_moves_and_bad_requests_are_refused() {
     );
     ok(&hulld.docker(&["rm", "-f", &id, &sharing]));
     let _ = std::fs::remove_dir_all(&shared);
+
+    // `hull migrate` prints each pre-copy round as it ends; `hull migrate
+    // --cancel` gives the move up and the container runs on where it was.
+    // The container rewrites memory faster than 1 ms of downtime could
+    // send: the move does not end before the cancel.
+    let dirtier = "awk 'BEGIN { while (1) for (i = 0; i < 100000; i++) a[i] = i }'";
+    let busy = ok(&hulld.docker(&["run", "-d", "--network", "none", &image, "sh", "-c", dirtier]))
+        .trim()
+        .to_string();
+    let vmms_before = hulld.processes_of("hull-vmm");
+    let mut moving = hull_cli(&hulld, &["migrate", "--downtime", "1", &busy])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rounds = std::io::BufReader::new(moving.stderr.take().unwrap()).lines();
+    let first = rounds.next().expect("a round reported").unwrap();
+    assert!(first.starts_with("round 0: "), "{first}");
+    let cancelled = hull_cli(&hulld, &["migrate", "--cancel", &busy]).output().unwrap();
+    assert!(cancelled.status.success(), "{}", text(&cancelled.stderr));
+    let rest: Vec<String> = rounds.map_while(Result::ok).collect();
+    let status = moving.wait().unwrap();
+    assert!(!status.success(), "the cancelled move failed: {rest:?}");
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.contains("cancelled") && l.contains("runs on")),
+        "{rest:?}"
+    );
+    assert_eq!(hulld.inspect("{{.State.Status}}", &busy), "running");
+    assert_eq!(ok(&hulld.docker(&["exec", &busy, "echo", "here"])), "here\n");
+    eventually("only the VM's own VMM is left", || {
+        hulld.processes_of("hull-vmm") == vmms_before
+    });
+    // Nothing under way: nothing to cancel.
+    let again = hull_cli(&hulld, &["migrate", "--cancel", &busy]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("is not being migrated"),
+        "{}",
+        text(&again.stderr)
+    );
+    ok(&hulld.docker(&["rm", "-f", &busy]));
     let (status, _) = migrate(&hulld, &id, "");
     assert!(status.contains(" 404 "), "{status}");
     hulld.assert_no_leftovers();

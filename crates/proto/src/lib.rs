@@ -291,6 +291,25 @@ pub struct MigrationReport {
     pub vmm_pid: u32,
 }
 
+/// Where a migration's pre-copy stands after a round: what the source
+/// sent, what the guest dirtied meanwhile, and the downtime a switch-over
+/// now would take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    pub round: u32,
+    /// What this round sent.
+    pub pages_sent: u64,
+    pub bytes_sent: u64,
+    /// Pages written while it was sent: the next round's.
+    pub dirty_pages: u64,
+    /// Bytes a second the guest dirtied, and the link carried.
+    pub dirty_rate: u64,
+    pub bandwidth: u64,
+    pub expected_downtime_ms: u64,
+    /// How much the vCPUs are slowed (auto-converge), in percent.
+    pub throttle: u8,
+}
+
 /// How far a run connection had got when it broke. Frames are counted
 /// from the first after the host's `Run`, each way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +396,14 @@ pub enum Control {
     Migrate { downtime_ms: u32, max_seconds: u32 },
     /// Supervisor → client: the VM runs in its new VMM.
     Migrated(MigrationReport),
+    /// Supervisor → the client that asked for a move, before `Migrated` or
+    /// `Failed`: a pre-copy round has ended.
+    MigrationProgress(MigrationProgress),
+    /// Client → supervisor: give up the move under way (or asked for); the
+    /// VM runs on where it is. Answered with `MigrationCancelled`.
+    CancelMigration,
+    /// Supervisor → client: whether there was a move to give up.
+    MigrationCancelled { found: bool },
     /// Either way: the request cannot be carried out. `exit_code` follows the
     /// shell's convention (127: command not found, 126: not executable).
     Failed { message: String, exit_code: i32 },
@@ -509,6 +536,13 @@ mod tests {
             downtime_ms: 50,
             max_seconds: 300,
         }));
+        round_trip(Frame::Control(Control::MigrationProgress(MigrationProgress {
+            round: 2,
+            expected_downtime_ms: 30,
+            ..MigrationProgress::default()
+        })));
+        round_trip(Frame::Control(Control::CancelMigration));
+        round_trip(Frame::Control(Control::MigrationCancelled { found: true }));
         round_trip(Frame::Control(Control::Migrated(MigrationReport {
             rounds: 3,
             downtime_ms: 40,

@@ -32,8 +32,10 @@ pub enum VmmRequest {
     /// Send the running VM to another hull-vmm over the connection whose
     /// descriptor comes with this request; switch over once the rest fits
     /// in `downtime_ms`, give up after `max_seconds` (the VM runs on here).
-    /// Answered once it has ended: `Migrated`, after which this VMM ends,
-    /// or `Failed`, and the VM runs on.
+    /// Answered with `Progress` after each pre-copy round, then once it has
+    /// ended: `Migrated`, after which this VMM ends, or `Failed`, and the VM
+    /// runs on. Shutting the migration connection down gives it up (before
+    /// `Go`; the VM then runs on here).
     Migrate { downtime_ms: u32, max_seconds: u32 },
     /// Lend the taps the VM's NICs are on: answered with `Taps` and, in the
     /// same message (`SCM_RIGHTS`), a descriptor of each, in slot order
@@ -62,6 +64,8 @@ pub enum VmmReply {
         max_throttle: u8,
         confirmed: bool,
     },
+    /// A migration's round has ended (more replies follow).
+    Progress(crate::MigrationProgress),
     /// The NIC slots whose taps come with this reply, in order.
     Taps {
         slots: Vec<u8>,

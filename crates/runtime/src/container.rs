@@ -477,17 +477,38 @@ impl ShimConnection {
 
     /// Moves the container's VM to a new VMM on this host while it runs
     /// (live migration), within `downtime_ms` of pause and `max_seconds`.
-    pub fn migrate(&mut self, downtime_ms: u32, max_seconds: u32) -> Result<proto::MigrationReport, ContainerError> {
+    pub fn migrate(
+        &mut self,
+        downtime_ms: u32,
+        max_seconds: u32,
+        progress: &mut dyn FnMut(proto::MigrationProgress),
+    ) -> Result<proto::MigrationReport, ContainerError> {
         self.send(&Frame::Control(Control::Migrate {
             downtime_ms,
             max_seconds,
         }))?;
         loop {
             match proto::read_frame(&mut self.0) {
+                Ok(Some(Frame::Control(Control::MigrationProgress(p)))) => progress(p),
                 Ok(Some(Frame::Control(Control::Migrated(report)))) => return Ok(report),
                 Ok(Some(Frame::Control(Control::Failed { message, .. }))) => {
                     return Err(ContainerError::NotMoved(message))
                 }
+                Ok(Some(Frame::Control(Control::Exited { .. }))) | Ok(None) | Err(_) => {
+                    return Err(ContainerError::NotRunning)
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    /// Gives up the container's move under way (`migrate` on another
+    /// connection); false if there was none.
+    pub fn cancel_migration(&mut self) -> Result<bool, ContainerError> {
+        self.send(&Frame::Control(Control::CancelMigration))?;
+        loop {
+            match proto::read_frame(&mut self.0) {
+                Ok(Some(Frame::Control(Control::MigrationCancelled { found }))) => return Ok(found),
                 Ok(Some(Frame::Control(Control::Exited { .. }))) | Ok(None) | Err(_) => {
                     return Err(ContainerError::NotRunning)
                 }

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::vmm_control::{VmmReply, VmmRequest};
-use proto::MigrationReport;
+use proto::{MigrationProgress, MigrationReport};
 
 use crate::run::{Attachment, Followed, OutputStream, RunRequest, Steer, VmFiles, VmStart, Vmm};
 
@@ -38,18 +38,42 @@ struct Asked {
     /// agent's connection.
     bell: UnixStream,
     ring: UnixStream,
+    under_way: Mutex<UnderWay>,
 }
 
-/// One client's request, answered once.
+/// The move the runner has taken, for `Moves::cancel`.
+#[derive(Default)]
+struct UnderWay {
+    moving: bool,
+    cancelled: bool,
+    /// The migration connection: shut down, it ends the pre-copy (before
+    /// `Go` the VM runs on where it is; after it, the new VMM has it).
+    link: Option<UnixStream>,
+}
+
+/// Why a move cancelled by its user did not happen.
+const CANCELLED: &str = "the migration was cancelled: the VM runs on where it was";
+
+/// What the runner tells the client that asked for a move.
+enum Told {
+    Progress(MigrationProgress),
+    Outcome(Result<MigrationReport, String>),
+}
+
+/// One client's request, answered once (after its rounds' progress).
 pub struct MoveRequest {
     downtime_ms: u32,
     max_seconds: u32,
-    answer: mpsc::Sender<Result<MigrationReport, String>>,
+    answer: mpsc::Sender<Told>,
 }
 
 impl MoveRequest {
     pub(crate) fn answer(self, outcome: Result<MigrationReport, String>) {
-        let _ = self.answer.send(outcome);
+        let _ = self.answer.send(Told::Outcome(outcome));
+    }
+
+    fn progress(&self, progress: MigrationProgress) {
+        let _ = self.answer.send(Told::Progress(progress));
     }
 }
 
@@ -61,11 +85,18 @@ impl Moves {
             queue: Mutex::new(VecDeque::new()),
             bell,
             ring,
+            under_way: Mutex::new(UnderWay::default()),
         })))
     }
 
-    /// Asks for the VM to move, and waits for the outcome.
-    pub fn ask(&self, downtime_ms: u32, max_seconds: u32) -> Result<MigrationReport, String> {
+    /// Asks for the VM to move, and waits for the outcome; each pre-copy
+    /// round's progress goes to `progress` meanwhile.
+    pub fn ask(
+        &self,
+        downtime_ms: u32,
+        max_seconds: u32,
+        progress: &mut dyn FnMut(MigrationProgress),
+    ) -> Result<MigrationReport, String> {
         let (answer, outcome) = mpsc::channel();
         let request = MoveRequest {
             downtime_ms,
@@ -81,9 +112,62 @@ impl Moves {
             .write_all(&[1])
             .map_err(|e| format!("asking for the move: {e}"))?;
         // The runner answers every request, or drops it when the VM ends.
-        outcome
-            .recv()
-            .unwrap_or_else(|_| Err("the container ended before its VM moved".into()))
+        loop {
+            match outcome.recv() {
+                Ok(Told::Progress(p)) => progress(p),
+                Ok(Told::Outcome(outcome)) => return outcome,
+                Err(_) => return Err("the container ended before its VM moved".into()),
+            }
+        }
+    }
+
+    /// Gives up the move under way, or asked for: the VM runs on where it
+    /// is. False if there was none (or it had ended).
+    pub fn cancel(&self) -> bool {
+        let waiting = self.0.queue.lock().map(|mut q| std::mem::take(&mut *q));
+        let mut found = false;
+        for request in waiting.unwrap_or_default() {
+            request.answer(Err(CANCELLED.into()));
+            found = true;
+        }
+        if let Ok(mut under_way) = self.0.under_way.lock() {
+            if under_way.moving {
+                under_way.cancelled = true;
+                if let Some(link) = &under_way.link {
+                    let _ = link.shutdown(std::net::Shutdown::Both);
+                }
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// The move `take` handed out carries on over `link`; Err if it was
+    /// cancelled already.
+    fn carry_on_over(&self, link: &UnixStream) -> Result<(), String> {
+        let mut under_way = self
+            .0
+            .under_way
+            .lock()
+            .map_err(|_| "the move's state is broken".to_string())?;
+        if under_way.cancelled {
+            return Err(CANCELLED.into());
+        }
+        under_way.link = link.try_clone().ok();
+        Ok(())
+    }
+
+    fn was_cancelled(&self) -> bool {
+        self.0.under_way.lock().is_ok_and(|u| u.cancelled)
+    }
+
+    fn under_way(&self, moving: bool) {
+        if let Ok(mut under_way) = self.0.under_way.lock() {
+            *under_way = UnderWay {
+                moving,
+                ..UnderWay::default()
+            };
+        }
     }
 
     /// Waits until `input` has a frame to read (then `None`) or a move is
@@ -125,7 +209,10 @@ impl Moves {
     fn take(&self) -> Option<MoveRequest> {
         let mut byte = [0u8];
         let _ = (&self.0.bell).read(&mut byte);
-        self.0.queue.lock().ok()?.pop_front()
+        let request = self.0.queue.lock().ok()?.pop_front()?;
+        // Until `move_vm` ends: a cancel from here finds it.
+        self.under_way(true);
+        Some(request)
     }
 
     /// Answers every request still waiting: the VM is gone.
@@ -139,6 +226,8 @@ impl Moves {
 
 /// What a move needs of the running container.
 pub(crate) struct MoveKit<'a> {
+    /// Where moves are asked for (none: this VM does not move).
+    pub moves: Option<&'a Moves>,
     /// The VM's devices, as its VMM was started with them (without taps).
     pub files: VmFiles<'a>,
     pub request: &'a RunRequest,
@@ -160,6 +249,15 @@ struct Moving<'a>(&'a Steer);
 impl Drop for Moving<'_> {
     fn drop(&mut self) {
         self.0.set_moving(false);
+    }
+}
+
+/// Marks the move taken from `Moves` over however it ends.
+struct Taken<'a>(&'a Moves);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.under_way(false);
     }
 }
 
@@ -219,6 +317,10 @@ pub(crate) fn move_vm(
     frames: &mut u64,
     attachment: &mut dyn Attachment,
 ) -> Result<Moved, String> {
+    let Some(moves) = kit.moves else {
+        return Err("this container's VM cannot move".into());
+    };
+    let _taken = Taken(moves);
     let staging = Staging::new(kit.sockets);
     let agent_port = UnixListener::bind(&staging.agent).map_err(|e| format!("the new VMM's vsock listener: {e}"))?;
     agent_port
@@ -256,6 +358,7 @@ pub(crate) fn move_vm(
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     };
+    moves.carry_on_over(&link)?;
     let request = VmmRequest::Migrate {
         downtime_ms: asked.downtime_ms,
         max_seconds: asked.max_seconds,
@@ -264,7 +367,8 @@ pub(crate) fn move_vm(
     // the new one (`Steer::reconnect`), until the move ends either way.
     steer.set_moving(true);
     let _moving = Moving(steer);
-    let mut report = match vmm::control::ask(&control, &request, Some(&link)) {
+    let asked_vmm = vmm::control::ask_following(&control, &request, Some(&link), &mut |p| asked.progress(p));
+    let mut report = match asked_vmm {
         Ok(VmmReply::Migrated {
             rounds,
             bytes_sent,
@@ -283,6 +387,7 @@ pub(crate) fn move_vm(
             output_frames_lost: 0,
             vmm_pid: next.process.id(),
         },
+        _ if moves.was_cancelled() => return Err(CANCELLED.into()),
         Ok(VmmReply::Failed { reason }) => return Err(format!("the VM did not move (it runs on): {reason}")),
         Ok(other) => return Err(format!("the VM did not move (it runs on): the VMM answered {other:?}")),
         Err(e) => return Err(format!("the VM did not move (it runs on): {e}")),

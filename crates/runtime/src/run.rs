@@ -592,6 +592,7 @@ pub fn run_in(
     };
     let moves = attachment.moves();
     let kit = crate::moving::MoveKit {
+        moves: moves.as_ref(),
         files: move_files,
         request,
         template: template.as_ref(),
@@ -599,7 +600,7 @@ pub fn run_in(
     };
     let followed =
         converse(conn, request, &process, &hostname, guest_devices, attachment).and_then(|(mut input, steer)| {
-            let status = follow_moving(&kit, &mut input, &steer, &mut vmm, attachment, moves.as_ref());
+            let status = follow_moving(&kit, &mut input, &steer, &mut vmm, attachment);
             // Closing tells the agent everything arrived; it powers off only then.
             let _ = input.shutdown(std::net::Shutdown::Both);
             status
@@ -624,14 +625,13 @@ pub fn run_in(
 }
 
 /// Follows the command to its end, moving its VM to a new VMM whenever a
-/// client asks (`moves`).
+/// client asks (`kit.moves`).
 fn follow_moving(
     kit: &crate::moving::MoveKit,
     input: &mut UnixStream,
     steer: &Steer,
     vmm: &mut Vmm,
     attachment: &mut dyn Attachment,
-    moves: Option<&crate::moving::Moves>,
 ) -> Result<i32, RunError> {
     let lost = |detail: String| RunError::Lost {
         detail,
@@ -639,7 +639,7 @@ fn follow_moving(
     };
     let mut frames = 0;
     loop {
-        match follow(input, attachment, &mut frames, moves) {
+        match follow(input, attachment, &mut frames, kit.moves) {
             Ok(Followed::Ended(Some(status))) => return Ok(status),
             Ok(Followed::Ended(None)) => return Err(lost("the guest went away before the command finished".into())),
             Err(e) => return Err(lost(e.to_string())),

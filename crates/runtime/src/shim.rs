@@ -264,11 +264,21 @@ fn serve(listener: UnixListener, shared: Shared) {
                         downtime_ms,
                         max_seconds,
                     }) => {
-                        let answer = match shared.moves.ask(downtime_ms, max_seconds) {
+                        let mut told = |p| {
+                            let _ = write_frame(&mut conn, &Frame::Control(Control::MigrationProgress(p)));
+                        };
+                        let answer = match shared.moves.ask(downtime_ms, max_seconds, &mut told) {
                             Ok(report) => Control::Migrated(report),
                             Err(message) => Control::Failed { message, exit_code: 1 },
                         };
                         if write_frame(&mut conn, &Frame::Control(answer)).is_err() {
+                            break;
+                        }
+                    }
+                    Frame::Control(Control::CancelMigration) => {
+                        let found = shared.moves.cancel();
+                        let answer = Frame::Control(Control::MigrationCancelled { found });
+                        if write_frame(&mut conn, &answer).is_err() {
                             break;
                         }
                     }

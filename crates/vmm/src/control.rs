@@ -36,6 +36,17 @@ pub fn ask(
     request: &VmmRequest,
     fd: Option<&impl std::os::unix::io::AsRawFd>,
 ) -> Result<VmmReply, ControlError> {
+    ask_following(stream, request, fd, &mut |_| {})
+}
+
+/// `ask`, with each `Progress` that comes before the reply (a migration's
+/// rounds) given to `progress`.
+pub fn ask_following(
+    stream: &UnixStream,
+    request: &VmmRequest,
+    fd: Option<&impl std::os::unix::io::AsRawFd>,
+    progress: &mut dyn FnMut(proto::MigrationProgress),
+) -> Result<VmmReply, ControlError> {
     let line = proto::vmm_control::encode_message(request)?;
     let fds: Vec<std::os::unix::io::RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
     let sent = stream
@@ -46,8 +57,14 @@ pub fn ask(
             "the VMM took part of a request",
         )));
     }
-    proto::vmm_control::read_message(&mut std::io::BufReader::new(stream))?
-        .ok_or_else(|| ControlError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+    let mut replies = std::io::BufReader::new(stream);
+    loop {
+        match proto::vmm_control::read_message(&mut replies)? {
+            Some(VmmReply::Progress(p)) => progress(p),
+            Some(reply) => return Ok(reply),
+            None => return Err(ControlError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        }
+    }
 }
 
 /// The most descriptors one reply brings (a VM's taps).
@@ -141,19 +158,28 @@ fn serve_client(stream: UnixStream, events: &Sender<VmmEvent>) {
         if events.send(event).is_err() {
             return;
         }
-        let (reply, lent) = reply.recv().unwrap_or_else(|_| {
-            let stopping = VmmReply::Failed {
-                reason: "the VM is stopping".into(),
+        // A migration's progress first, then the one reply that ends the request.
+        loop {
+            let (reply, lent) = reply.recv().unwrap_or_else(|_| {
+                let stopping = VmmReply::Failed {
+                    reason: "the VM is stopping".into(),
+                };
+                (stopping, Vec::new())
+            });
+            let last = !matches!(reply, VmmReply::Progress(_));
+            let sent = match lent.is_empty() {
+                true => write_message(&mut writer, &reply),
+                false => send_with_descriptors(&writer, &reply, &lent),
             };
-            (stopping, Vec::new())
-        });
-        let sent = match lent.is_empty() {
-            true => write_message(&mut writer, &reply),
-            false => send_with_descriptors(&writer, &reply, &lent),
-        };
-        let _ = written_tx.send(());
-        if sent.is_err() {
-            return;
+            if last {
+                let _ = written_tx.send(());
+            }
+            if sent.is_err() {
+                return;
+            }
+            if last {
+                break;
+            }
         }
     }
 }

@@ -13,6 +13,11 @@ use crate::devices::legacy::PowerRequest;
 use crate::pause::PauseGate;
 use crate::vm::{thread_err, VmError};
 
+/// Where the VMM thread sends a control request's replies, with the
+/// descriptors to send beside each (a migration's progress comes before
+/// the last reply).
+pub type ReplySender = Sender<(proto::vmm_control::VmmReply, Vec<std::fs::File>)>;
+
 /// What the VMM thread hears from vCPU threads and the control channel.
 pub enum VmmEvent {
     /// The guest powered off, reset or (a template) asked to be saved.
@@ -25,8 +30,7 @@ pub enum VmmEvent {
     Control {
         request: proto::vmm_control::VmmRequest,
         fd: Option<std::fs::File>,
-        /// The reply, and descriptors to send with it.
-        reply: Sender<(proto::vmm_control::VmmReply, Vec<std::fs::File>)>,
+        reply: ReplySender,
         written: std::sync::mpsc::Receiver<()>,
     },
 }

@@ -84,25 +84,9 @@ pub trait Source {
     fn state(&mut self) -> Result<Vec<u8>, String>;
 }
 
-/// How a round went, as the sender reports it while it runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    pub round: u32,
-    /// In this round.
-    pub pages_sent: u64,
-    /// In this round, frames and all.
-    pub bytes_sent: u64,
-    /// Written by the guest during this round: the next round's work.
-    pub dirty_pages: u64,
-    /// The guest's rate of dirtying memory, bytes a second.
-    pub dirty_rate: u64,
-    /// The link's throughput, bytes a second (the best a round's sending reached).
-    pub bandwidth: u64,
-    /// How long the guest would stand still if it switched over now.
-    pub expected_downtime: Duration,
-    /// Percent of the vCPUs' time taken away.
-    pub throttle: u8,
-}
+/// How a round went, as the sender reports it while it runs (the type
+/// the control channel and hull's supervisor pass on).
+pub use proto::MigrationProgress as Progress;
 
 /// What a migration that ended well did.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,7 +343,7 @@ fn precopy_and_switch<C: Read + Write>(
             dirty_pages: next.count(),
             dirty_rate: (dirty_bytes as f64 / elapsed.as_secs_f64()) as u64,
             bandwidth: bandwidth as u64,
-            expected_downtime,
+            expected_downtime_ms: expected_downtime.as_millis() as u64,
             throttle,
         });
         let shrinking = next.count() * 4 < set.count() * 3 && next.count() > SMALL_ENOUGH;

@@ -183,7 +183,7 @@ fn migrate(
     let mut source = AsSource(guest.clone(), memory);
     let mut rounds = Vec::new();
     let result = send::send(conn, &mut source, hello(template), first_round, limits, &mut |p| {
-        rounds.push(p.clone())
+        rounds.push(*p)
     });
     (result, rounds)
 }

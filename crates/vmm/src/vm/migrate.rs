@@ -201,7 +201,14 @@ fn prepare_link(conn: &File) -> std::io::Result<()> {
 
 /// Sends the VM over `conn`. Ok: the destination runs it and this VMM is
 /// to end; Err: the VM runs on here.
-pub(super) fn migrate(vmm: &mut Vmm, conn: File, downtime_ms: u32, max_seconds: u32) -> Result<VmmReply, String> {
+/// Each round's progress goes to `progress` (and hull-vmm's standard error).
+pub(super) fn migrate(
+    vmm: &mut Vmm,
+    conn: File,
+    downtime_ms: u32,
+    max_seconds: u32,
+    progress: &mut dyn FnMut(proto::MigrationProgress),
+) -> Result<VmmReply, String> {
     // Borrowed for the migration, given back if it fails.
     let pagemap = match std::mem::replace(&mut vmm.pagemap, Err("a migration is under way".into())) {
         Ok(pagemap) => pagemap,
@@ -212,7 +219,7 @@ pub(super) fn migrate(vmm: &mut Vmm, conn: File, downtime_ms: u32, max_seconds: 
     };
     let result = match vmm.devices.migration_blocker() {
         Some(why) => Err(format!("this VM cannot be migrated: {why}")),
-        None => migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds),
+        None => migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds, progress),
     };
     vmm.pagemap = Ok(pagemap);
     result
@@ -224,6 +231,7 @@ fn migrate_with(
     conn: File,
     downtime_ms: u32,
     max_seconds: u32,
+    progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
     let memory_bytes = vmm.config.memory_mib << 20;
     let clone_of = vmm.clone_of;
@@ -280,9 +288,10 @@ fn migrate_with(
                 p.bandwidth / 1_000_000,
                 p.dirty_pages,
                 p.dirty_rate / 1_000_000,
-                p.expected_downtime.as_millis(),
+                p.expected_downtime_ms,
                 p.throttle
-            )
+            );
+            progress(*p);
         },
     )
     .map_err(|e| e.to_string())?;

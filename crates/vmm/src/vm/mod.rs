@@ -25,7 +25,7 @@ use crate::device_manager::DeviceManager;
 use crate::devices::legacy::PowerRequest;
 use crate::pause::PauseGate;
 use crate::seccomp::{self, ThreadKind};
-use crate::vcpu::{Vcpu, VcpuContext, VmmEvent};
+use crate::vcpu::{ReplySender, Vcpu, VcpuContext, VmmEvent};
 use crate::{persist, trace};
 
 /// How the guest ended.
@@ -200,7 +200,7 @@ impl Vmm<'_> {
                     written,
                 } => {
                     let mut lent = Vec::new();
-                    let answer = self.control(request, fd, &mut lent);
+                    let answer = self.control(request, fd, &mut lent, &reply);
                     let migrated = matches!(answer, VmmReply::Migrated { .. });
                     let _ = reply.send((answer, lent));
                     if migrated {
@@ -214,8 +214,15 @@ impl Vmm<'_> {
         }
     }
 
-    /// Carries out one request; descriptors to send with the reply go in `lent`.
-    fn control(&mut self, request: VmmRequest, fd: Option<std::fs::File>, lent: &mut Vec<std::fs::File>) -> VmmReply {
+    /// Carries out one request; descriptors to send with the reply go in
+    /// `lent`, replies before the last (a migration's progress) to `early`.
+    fn control(
+        &mut self,
+        request: VmmRequest,
+        fd: Option<std::fs::File>,
+        lent: &mut Vec<std::fs::File>,
+        early: &ReplySender,
+    ) -> VmmReply {
         let done = |result: Result<(), VmError>| match result {
             Ok(()) => VmmReply::Done,
             Err(e) => VmmReply::Failed { reason: e.to_string() },
@@ -259,8 +266,10 @@ impl Vmm<'_> {
                 downtime_ms,
                 max_seconds,
             } => match fd {
-                Some(conn) => migrate::migrate(self, conn, downtime_ms, max_seconds)
-                    .unwrap_or_else(|reason| VmmReply::Failed { reason }),
+                Some(conn) => migrate::migrate(self, conn, downtime_ms, max_seconds, &mut |progress| {
+                    let _ = early.send((VmmReply::Progress(progress), Vec::new()));
+                })
+                .unwrap_or_else(|reason| VmmReply::Failed { reason }),
                 None => VmmReply::Failed {
                     reason: "no connection descriptor came with the request".into(),
                 },
