@@ -3,7 +3,9 @@
 //! new VMM resets the guest's vsock connections, and the agent connects
 //! again, says how far it had got, and sends again what the new host lacks
 //! from the frames it keeps, so the container's output has no gap and no
-//! repeat. An exec's connection ends with the connection.
+//! repeat. An exec's connection is taken back the other way: the host
+//! connects again to the exec port and claims it by the exec's session
+//! (`ResumeExec`); an exec without a session ends with its connection.
 
 use std::fs::File;
 use std::io::Write;
@@ -24,15 +26,29 @@ const QUEUED_BYTES: usize = 4 << 20;
 /// How long the agent looks for a host after its connection broke: a
 /// migration's destination takes the VM's connections once it runs it.
 const RECONNECT_PATIENCE: Duration = Duration::from_secs(600);
+/// How long an exec's link waits for its host to claim it again: the host
+/// does so as soon as the moved VM's new VMM takes connections.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
 
 pub struct HostLink {
     state: Mutex<State>,
     changed: Condvar,
-    /// A broken connection is made again (the run connection), or it ends
-    /// the link (an exec's).
+    /// A broken connection is made again (the run connection) or claimed
+    /// again by the host (an exec's with a session), or it ends the link.
     resumable: bool,
     /// How a new connection to the host is made.
-    reach: fn() -> std::io::Result<File>,
+    reach: Reach,
+    /// A connection the host claimed this link with, and how many of the
+    /// link's frames it had read (`Reach::Claimed`).
+    claim: Mutex<Option<(File, u64)>>,
+    claimed: Condvar,
+}
+
+enum Reach {
+    /// The agent connects (the run connection).
+    Connect(fn() -> std::io::Result<File>),
+    /// The host connects and claims the link (`HostLink::claim`).
+    Claimed,
 }
 
 fn reach_host() -> std::io::Result<File> {
@@ -65,15 +81,21 @@ enum Rejoin {
 impl HostLink {
     /// The run connection: kept across a move of the VM.
     pub fn resumable(conn: File) -> HostLink {
-        HostLink::new(conn, true)
+        HostLink::new(conn, true, Reach::Connect(reach_host))
     }
 
-    /// An exec's connection: it ends when the connection breaks.
+    /// An exec's connection with a session: kept across a move, the host
+    /// claiming it again (`claim`).
+    pub fn claimable(conn: File) -> HostLink {
+        HostLink::new(conn, true, Reach::Claimed)
+    }
+
+    /// A connection that ends the link when it breaks.
     pub fn plain(conn: File) -> HostLink {
-        HostLink::new(conn, false)
+        HostLink::new(conn, false, Reach::Claimed)
     }
 
-    fn new(conn: File, resumable: bool) -> HostLink {
+    fn new(conn: File, resumable: bool, reach: Reach) -> HostLink {
         HostLink {
             state: Mutex::new(State {
                 conn: Some(conn),
@@ -85,7 +107,33 @@ impl HostLink {
             }),
             changed: Condvar::new(),
             resumable,
-            reach: reach_host,
+            reach,
+            claim: Mutex::new(None),
+            claimed: Condvar::new(),
+        }
+    }
+
+    /// The host takes this link back over `conn`, having read
+    /// `output_frames` of its frames; false if the link has ended.
+    pub fn claim(&self, conn: File, output_frames: u64) -> bool {
+        if self.lock().is_none_or(|state| state.ended) {
+            return false;
+        }
+        let Ok(mut claim) = self.claim.lock() else { return false };
+        *claim = Some((conn, output_frames));
+        self.claimed.notify_all();
+        true
+    }
+
+    /// The next claim, waiting until `deadline`.
+    fn next_claim(&self, deadline: Instant) -> Option<(File, u64)> {
+        let mut claim = self.claim.lock().ok()?;
+        loop {
+            if let Some(claimed) = claim.take() {
+                return Some(claimed);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            claim = self.claimed.wait_timeout(claim, left).ok()?.0;
         }
     }
 
@@ -189,11 +237,21 @@ impl HostLink {
         if let Some(mut state) = self.lock() {
             state.conn = None;
         }
-        let deadline = Instant::now() + RECONNECT_PATIENCE;
+        let patience = match self.reach {
+            Reach::Connect(_) => RECONNECT_PATIENCE,
+            Reach::Claimed => CLAIM_PATIENCE,
+        };
+        let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
-            let outcome = match (self.reach)() {
-                Ok(conn) => self.rejoin(conn),
-                Err(e) => Err(Rejoin::Retry(format!("cannot reach the host over vsock: {e}"))),
+            let outcome = match self.reach {
+                Reach::Connect(reach) => match reach() {
+                    Ok(conn) => self.rejoin(conn, None),
+                    Err(e) => Err(Rejoin::Retry(format!("cannot reach the host over vsock: {e}"))),
+                },
+                Reach::Claimed => match self.next_claim(deadline) {
+                    Some((conn, output_frames)) => self.rejoin(conn, Some(output_frames)),
+                    None => break,
+                },
             };
             match outcome {
                 Ok(input) => return Some(input),
@@ -212,8 +270,9 @@ impl HostLink {
     }
 
     /// Says where the connection had got, and sends what the host asks
-    /// for again; the connection's reading half.
-    fn rejoin(&self, mut conn: File) -> Result<File, Rejoin> {
+    /// for again (in its `Resume`, or in its claim: `asked`); the
+    /// connection's reading half.
+    fn rejoin(&self, mut conn: File, asked: Option<u64>) -> Result<File, Rejoin> {
         let retry = |e: &dyn std::fmt::Display| Rejoin::Retry(format!("rejoining the host: {e}"));
         let mut input = conn.try_clone().map_err(|e| retry(&e))?;
         let point = self.lock().map(|state| ResumePoint {
@@ -226,11 +285,14 @@ impl HostLink {
             resume: point,
         };
         write_frame(&mut conn, &Frame::Control(hello)).map_err(|e| retry(&e))?;
-        let asked = match read_frame(&mut input) {
-            Ok(Some(Frame::Control(Control::Resume { output_frames }))) => output_frames,
-            Ok(Some(Frame::Control(Control::Failed { message, .. }))) => return Err(Rejoin::Refused(message)),
-            Ok(other) => return Err(retry(&format!("expected Resume, got {other:?}"))),
-            Err(e) => return Err(retry(&e)),
+        let asked = match asked {
+            Some(asked) => asked,
+            None => match read_frame(&mut input) {
+                Ok(Some(Frame::Control(Control::Resume { output_frames }))) => output_frames,
+                Ok(Some(Frame::Control(Control::Failed { message, .. }))) => return Err(Rejoin::Refused(message)),
+                Ok(other) => return Err(retry(&format!("expected Resume, got {other:?}"))),
+                Err(e) => return Err(retry(&e)),
+            },
         };
         let Some(mut state) = self.lock() else {
             return Err(Rejoin::Refused("the agent's link is broken".into()));
@@ -308,7 +370,7 @@ mod tests {
     fn a_new_host_gets_what_it_lacks_once_in_order_and_then_the_rest() {
         let (agent, mut first_host) = pair();
         let mut link = HostLink::resumable(agent);
-        link.reach = next_host;
+        link.reach = Reach::Connect(next_host);
         let out = |n: u8| Frame::Stdout(vec![n]);
         assert!(link.send(&out(0)) && link.send(&out(1)));
         // The old host read frame 0; frame 1 was lost in flight.
@@ -349,6 +411,34 @@ mod tests {
             greedy.join().unwrap(),
             vec![Frame::Control(Control::Replay { from: 4 })]
         );
+    }
+
+    #[test]
+    fn an_exec_link_is_claimed_back_by_its_host_and_gets_what_it_lacks() {
+        let (agent, mut first_host) = pair();
+        let link = std::sync::Arc::new(HostLink::claimable(agent));
+        let out = |n: u8| Frame::Stdout(vec![n]);
+        assert!(link.send(&out(0)));
+        assert_eq!(read_frame(&mut first_host).unwrap(), Some(out(0)));
+        drop(first_host);
+        assert!(link.send(&out(1)), "queued while the host is away");
+        let (agent, mut host) = pair();
+        let claimer = link.clone();
+        let new_host = std::thread::spawn(move || {
+            assert!(claimer.claim(agent, 1));
+            frames(&mut host)
+        });
+        assert!(link.reconnect().is_some());
+        assert!(link.send(&out(2)));
+        let got = new_host.join().unwrap();
+        let Some(Frame::Control(Control::Hello {
+            resume: Some(point), ..
+        })) = got.first()
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!((point.output_frames, point.input_frames), (2, 0));
+        assert_eq!(got[1..], [Frame::Control(Control::Replay { from: 1 }), out(1), out(2)]);
     }
 
     #[test]

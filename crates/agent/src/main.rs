@@ -46,6 +46,11 @@ const MODULES_DIR: &str = "/lib/modules/hull";
 
 type Sink = Arc<host_link::HostLink>;
 
+/// The links of running execs that have a session, by session: the host
+/// claims one again when its connection broke as the VM moved.
+static EXEC_SESSIONS: Mutex<std::collections::BTreeMap<u64, std::sync::Weak<host_link::HostLink>>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if init::is_init(&args) {
@@ -505,8 +510,38 @@ fn serve_execs(reaper: Reaper) {
 /// closes it: closing first could lose the last frame on its way out.
 fn serve_exec(conn: File, reaper: Reaper) {
     let Ok(mut input) = conn.try_clone() else { return };
-    let sink: Sink = Arc::new(host_link::HostLink::plain(conn));
-    let (spec, pids) = match read_frame(&mut input) {
+    let first = read_frame(&mut input);
+    let session = match &first {
+        Ok(Some(Frame::Control(Control::Exec(spec)))) => spec.session,
+        _ => 0,
+    };
+    let sink: Sink = match session {
+        0 => Arc::new(host_link::HostLink::plain(conn)),
+        _ => {
+            let sink = Arc::new(host_link::HostLink::claimable(conn));
+            if let Ok(mut sessions) = EXEC_SESSIONS.lock() {
+                sessions.retain(|_, link| link.strong_count() > 0);
+                sessions.insert(session, Arc::downgrade(&sink));
+            }
+            sink
+        }
+    };
+    let (spec, pids) = match first {
+        Ok(Some(Frame::Control(Control::ResumeExec { session, output_frames }))) => {
+            let link = EXEC_SESSIONS
+                .lock()
+                .ok()
+                .and_then(|sessions| sessions.get(&session).and_then(std::sync::Weak::upgrade));
+            let claimed = match (link, input.try_clone()) {
+                (Some(link), Ok(conn)) => link.claim(conn, output_frames),
+                _ => false,
+            };
+            if !claimed {
+                fail(&sink, format!("no exec session {session} runs here"), 125);
+                wait_for_host_close(&sink, input);
+            }
+            return;
+        }
         Ok(Some(Frame::Control(Control::Exec(spec)))) => (spec, Pids::Container),
         Ok(Some(Frame::Control(Control::Stats))) => {
             send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
@@ -571,6 +606,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
                     // hull's own tool, not the container's code: it keeps
                     // owners, modes and device files as they are.
                     capabilities: proto::capabilities::ALL.iter().map(|c| c.to_string()).collect(),
+                    session: 0,
                 }),
                 // In the container's namespace: after the chroot its
                 // `/proc/self/exe` is looked up in the container's /proc,

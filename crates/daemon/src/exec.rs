@@ -3,8 +3,10 @@
 //! handshake on its socket), asks the agent to run the process, and relays
 //! its streams over the hijacked connection (multiplexed without a terminal,
 //! raw with one) and its exit status to `GET /exec/{id}/json`. Frames from
-//! the guest are bounds-checked by the protocol; a broken guest connection
-//! ends the exec, never hulld.
+//! the guest are bounds-checked by the protocol. A connection that ends
+//! without the exit status while the container runs (its VM moved to a new
+//! VMM) is taken back through the VM's socket (`runtime::exec_link`); one
+//! that cannot be ends the exec, never hulld.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
@@ -19,6 +21,7 @@ use axum::Json;
 use hyper_util::rt::TokioIo;
 use proto::{read_frame, write_frame, Control, Frame, ProcessSpec};
 use runtime::container::{ContainerDir, RunStatus};
+use runtime::exec_link::ExecLink;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -41,7 +44,7 @@ pub struct ExecRecord {
     pub pid: u32,
     /// The connection to the agent while the process runs: input, and
     /// terminal sizes, go through it.
-    pub guest: Option<Arc<Mutex<UnixStream>>>,
+    pub guest: Option<Arc<ExecLink>>,
     /// When its process ended (kept a while after for `exec inspect`).
     pub finished: Option<Instant>,
 }
@@ -198,6 +201,8 @@ pub async fn create(
             .then(|| crate::create::console_size(body.console_size.as_deref())),
         // The container's, as in Docker.
         capabilities: record.host_config.capabilities(),
+        // Its connection is taken back through the new VMM when the VM moves.
+        session: rand_session(),
     };
     let id = crate::containers::random_hex(32);
     let exec = ExecRecord::new(&id, &record.id, spec, (body.detach_keys, detach_keys));
@@ -228,6 +233,12 @@ pub async fn inspect(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) 
     })))
 }
 
+/// A session number for an exec, by which its connection is taken back
+/// when the VM moves (never 0: no session).
+fn rand_session() -> u64 {
+    u64::from_str_radix(&crate::containers::random_hex(8), 16).map_or(1, |n| n.max(1))
+}
+
 /// Resizes a running exec's terminal (without one it is accepted and does nothing).
 pub async fn resize(
     State(daemon): State<Arc<Daemon>>,
@@ -241,13 +252,13 @@ pub async fn resize(
         return Err(ApiError::conflict(format!("exec {id} is not running")));
     };
     if exec.spec.tty.is_some() {
-        blocking(move || {
-            let resize = Frame::Control(Control::Resize {
-                rows: size.rows,
-                cols: size.cols,
-            });
-            let mut conn = guest.lock().map_err(|_| ApiError::internal("exec connection"))?;
-            write_frame(&mut *conn, &resize).map_err(|e| ApiError::conflict(format!("exec {id}: {e}")))
+        let resize = Frame::Control(Control::Resize {
+            rows: size.rows,
+            cols: size.cols,
+        });
+        blocking(move || match guest.send(&resize) {
+            true => Ok(()),
+            false => Err(ApiError::conflict(format!("exec {id} is not running"))),
         })
         .await?;
     }
@@ -304,17 +315,19 @@ pub async fn start(
     let dir = ContainerDir::new(&exec.container);
     let spec = exec.spec.clone();
     let guest = blocking(move || {
-        let mut conn = connect_agent(&dir).map_err(|e| {
+        let vsock = dir.socket_dir().join("vsock.sock");
+        let session = spec.session;
+        let request = Frame::Control(Control::Exec(Box::new(spec)));
+        let running = dir.clone();
+        let alive = Box::new(move || running.is_running());
+        ExecLink::open(vsock, alive, session, &request).map_err(|e| {
             // The CLI shows a failed upgrade as its status alone: say why here.
             tracing::warn!("exec in {}: the agent could not be reached: {e}", dir.id);
             ApiError::conflict(format!("container is not running: {e}"))
-        })?;
-        write_frame(&mut conn, &Frame::Control(Control::Exec(Box::new(spec))))
-            .map_err(|e| ApiError::internal(format!("sending the exec request: {e}")))?;
-        Ok(conn)
+        })
     })
     .await;
-    let guest = match guest {
+    let (guest, reader) = match guest {
         Ok(g) => g,
         Err(e) => {
             daemon.execs.finish(&id, 126);
@@ -324,12 +337,14 @@ pub async fn start(
     // Guest frames → client bytes, on a thread (the protocol reads blocking).
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
     let tty = exec.spec.tty.is_some();
+    let guest = Arc::new(guest);
     {
         let daemon = daemon.clone();
         let id = id.clone();
-        let mut reader = guest.try_clone().map_err(ApiError::internal)?;
+        let link = guest.clone();
+        daemon.execs.update(&id, |e| e.guest = Some(link.clone()));
         tokio::task::spawn_blocking(move || {
-            relay_guest_output(&mut reader, &out_tx, &daemon, &id, tty);
+            relay_guest_output(reader, &link, &out_tx, &daemon, &id, tty);
             drop(slot);
         });
     }
@@ -340,8 +355,6 @@ pub async fn start(
         });
         return Ok(empty(StatusCode::OK));
     }
-    let guest = Arc::new(Mutex::new(guest));
-    daemon.execs.update(&id, |e| e.guest = Some(guest.clone()));
     let upgrade = hyper::upgrade::on(&mut request);
     let with_stdin = exec.spec.stdin;
     // As for an attach: a terminal's input is watched for the detach keys
@@ -366,12 +379,12 @@ pub async fn start(
 
 /// The agent's exec connection as the sink of the client's input: a
 /// blocking socket (shared with resizes), written off the runtime.
-struct GuestInput(Arc<Mutex<UnixStream>>);
+struct GuestInput(Arc<ExecLink>);
 
 impl crate::client_input::InputSink for GuestInput {
     async fn send(&mut self, frame: &Frame) -> bool {
         let (guest, frame) = (self.0.clone(), frame.clone());
-        tokio::task::spawn_blocking(move || guest.lock().is_ok_and(|mut g| write_frame(&mut *g, &frame).is_ok()))
+        tokio::task::spawn_blocking(move || guest.send(&frame))
             .await
             .unwrap_or(false)
     }
@@ -381,8 +394,16 @@ impl crate::client_input::InputSink for GuestInput {
 
 /// Reads the agent's frames for one exec: output to the client, then the
 /// exit status into the exec's record (before the client's stream ends, so
-/// the CLI's `GET /exec/{id}/json` that follows sees it).
-fn relay_guest_output(reader: &mut UnixStream, out: &mpsc::Sender<Bytes>, daemon: &Daemon, id: &str, tty: bool) {
+/// the CLI's `GET /exec/{id}/json` that follows sees it). A connection that
+/// ends without the status (the VM moved to a new VMM) is taken back.
+fn relay_guest_output(
+    mut reader: UnixStream,
+    link: &ExecLink,
+    out: &mpsc::Sender<Bytes>,
+    daemon: &Daemon,
+    id: &str,
+    tty: bool,
+) {
     let encode = |stderr: bool, data: &[u8]| -> Bytes {
         match tty {
             true => Bytes::copy_from_slice(data),
@@ -390,8 +411,13 @@ fn relay_guest_output(reader: &mut UnixStream, out: &mpsc::Sender<Bytes>, daemon
         }
     };
     let mut code = None;
+    let mut received = 0u64;
     loop {
-        match read_frame(reader) {
+        let frame = read_frame(&mut reader);
+        if matches!(frame, Ok(Some(_))) {
+            received += 1;
+        }
+        match frame {
             Ok(Some(Frame::Stdout(data))) => {
                 let _ = out.blocking_send(encode(false, &data));
             }
@@ -409,13 +435,26 @@ fn relay_guest_output(reader: &mut UnixStream, out: &mpsc::Sender<Bytes>, daemon
                 break;
             }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
+            Ok(None) | Err(_) => match link.resume(received) {
+                Some(resumed) => {
+                    if resumed.lost > 0 {
+                        let note = format!(
+                            "hull: {} frames of the exec's output were lost while its VM moved\n",
+                            resumed.lost
+                        );
+                        let _ = out.blocking_send(encode(true, note.as_bytes()));
+                    }
+                    received += resumed.lost;
+                    reader = resumed.reader;
+                }
+                None => break,
+            },
         }
     }
     // A guest that went away without a status: the container ended under it.
     let code = code.unwrap_or(137);
     daemon.execs.finish(id, code);
-    let _ = reader.shutdown(std::net::Shutdown::Both);
+    link.shutdown();
 }
 
 #[cfg(test)]
@@ -432,6 +471,7 @@ mod tests {
             stdin: false,
             tty: None,
             capabilities: Vec::new(),
+            session: 0,
         };
         ExecRecord::new(id, container, spec, (String::new(), Vec::new()))
     }

@@ -276,6 +276,7 @@ fn probe(dir: &ContainerDir, record: &ContainerRecord, check: &HealthCheck) -> P
         stdin: false,
         tty: None,
         capabilities: record.host_config.capabilities(),
+        session: 0,
     };
     let (exit_code, output) = match run(dir, spec, check.timeout) {
         Ok(result) => result,

@@ -1,7 +1,8 @@
 //! VM tests of live migration through hulld (`POST
 //! /containers/{id}/migrate`, `hull migrate`): a running container's VM
 //! moves to a new VMM while it runs, and the container goes on as it was:
-//! its output without a number lost or repeated, exec, pause, stop; a
+//! its output (and a running exec's, both ways) without a number lost or
+//! repeated, exec, pause, stop; a
 //! move reports its rounds and can be given up.
 
 use std::io::{BufRead, Write};
@@ -66,6 +67,23 @@ fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
     eventually("the container counts on where it was", || {
         counted(&hulld, &id).len() >= before + 20
     });
+    // Execs running across the moves: one writing, one echoing its input.
+    let writer = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo e$i; sleep 0.01; done";
+    let exec_out = hulld
+        .docker_command(&["exec", &id, "sh", "-c", writer])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut echo_exec = hulld
+        .docker_command(&["exec", "-i", &id, "sh", "-c", "while read l; do echo got $l; done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut echo_in = echo_exec.stdin.take().unwrap();
+    let mut echoed = std::io::BufReader::new(echo_exec.stdout.take().unwrap()).lines();
+    echo_in.write_all(b"before\n").unwrap();
+    assert_eq!(echoed.next().unwrap().unwrap(), "got before");
     let mut vmm_pids = Vec::new();
     for round in 0..2 {
         let before = counted(&hulld, &id).len() as u64;
@@ -85,6 +103,24 @@ fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
         assert_eq!(hulld.inspect("{{.State.Status}}", &id), "running");
     }
     assert!(!alive(vmm_pids[0]), "the first move's VMM ended with the second move");
+    // The execs went on through both moves: their connections were taken
+    // back through each new VMM, nothing lost or repeated either way.
+    echo_in.write_all(b"after\n").unwrap();
+    assert_eq!(echoed.next().unwrap().unwrap(), "got after");
+    drop(echo_in);
+    assert!(echo_exec.wait().unwrap().success());
+    ok(&hulld.docker(&["exec", &id, "touch", "/tmp/stop"]));
+    let written = exec_out.wait_with_output().unwrap();
+    assert!(written.status.success(), "{:?}", written.status);
+    let lines: Vec<String> = text(&written.stdout).lines().map(str::to_string).collect();
+    let expected: Vec<String> = (1..=lines.len()).map(|i| format!("e{i}")).collect();
+    assert!(lines.len() > 100, "{} lines", lines.len());
+    assert!(
+        lines == expected,
+        "the exec's output across the moves: {} lines, first wrong at {:?}",
+        lines.len(),
+        lines.iter().zip(&expected).position(|(a, b)| a != b)
+    );
     // Everything that reaches the VM goes to the new VMM: exec, pause.
     assert_eq!(ok(&hulld.docker(&["exec", &id, "echo", "moved"])), "moved\n");
     ok(&hulld.docker(&["pause", &id]));

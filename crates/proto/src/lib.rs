@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 16;
+pub const PROTOCOL_VERSION: u32 = 17;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -63,6 +63,11 @@ pub struct ProcessSpec {
     /// the rest from its bounding set. Docker's default set when absent.
     #[serde(default = "capabilities::docker_default")]
     pub capabilities: Vec<String>,
+    /// For an exec: a number the host picked, by which it takes the exec's
+    /// connection back after the VM moved to a new VMM (`ResumeExec`);
+    /// 0: the exec ends with its connection.
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// A terminal's size in characters (0 × 0: unknown).
@@ -396,6 +401,12 @@ pub enum Control {
     Migrate { downtime_ms: u32, max_seconds: u32 },
     /// Supervisor → client: the VM runs in its new VMM.
     Migrated(MigrationReport),
+    /// Host → agent, first on an exec connection: the connection of the
+    /// exec `session` broke as its VM moved; this one replaces it. The host
+    /// has read `output_frames` of its frames. The agent answers `Hello`
+    /// with its resume point (the host sends again the input the agent
+    /// lacks), then `Replay` and the frames from there, or `Failed`.
+    ResumeExec { session: u64, output_frames: u64 },
     /// Supervisor → the client that asked for a move, before `Migrated` or
     /// `Failed`: a pre-copy round has ended.
     MigrationProgress(MigrationProgress),
@@ -542,6 +553,10 @@ mod tests {
             ..MigrationProgress::default()
         })));
         round_trip(Frame::Control(Control::CancelMigration));
+        round_trip(Frame::Control(Control::ResumeExec {
+            session: 9,
+            output_frames: 3,
+        }));
         round_trip(Frame::Control(Control::MigrationCancelled { found: true }));
         round_trip(Frame::Control(Control::Migrated(MigrationReport {
             rounds: 3,
@@ -557,6 +572,7 @@ mod tests {
             stdin: true,
             tty: Some(TerminalSize { rows: 24, cols: 80 }),
             capabilities: capabilities::docker_default(),
+            session: 0,
         };
         round_trip(Frame::Control(Control::Run(Box::new(RunSpec {
             process: process.clone(),

@@ -9,6 +9,7 @@ pub mod bind;
 pub mod console;
 pub mod container;
 pub mod container_log;
+pub mod exec_link;
 pub mod guest;
 pub mod held;
 pub mod log_config;

@@ -975,6 +975,7 @@ fn converse(
             stdin: request.interactive,
             tty: request.tty,
             capabilities: request.capabilities.clone(),
+            session: 0,
         },
         hostname,
         root_device: "/dev/vda".into(),
