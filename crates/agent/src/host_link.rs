@@ -33,10 +33,7 @@ const CLAIM_PATIENCE: Duration = Duration::from_secs(120);
 pub struct HostLink {
     state: Mutex<State>,
     changed: Condvar,
-    /// A broken connection is made again (the run connection) or claimed
-    /// again by the host (an exec's with a session), or it ends the link.
-    resumable: bool,
-    /// How a new connection to the host is made.
+    /// How a new connection to the host is made, if one is.
     reach: Reach,
     /// A connection the host claimed this link with, and how many of the
     /// link's frames it had read (`Reach::Claimed`).
@@ -47,8 +44,11 @@ pub struct HostLink {
 enum Reach {
     /// The agent connects (the run connection).
     Connect(fn() -> std::io::Result<File>),
-    /// The host connects and claims the link (`HostLink::claim`).
+    /// The host connects and claims the link (`HostLink::claim`; an exec
+    /// with a session).
     Claimed,
+    /// None is: a broken connection ends the link.
+    Never,
 }
 
 fn reach_host() -> std::io::Result<File> {
@@ -81,21 +81,21 @@ enum Rejoin {
 impl HostLink {
     /// The run connection: kept across a move of the VM.
     pub fn resumable(conn: File) -> HostLink {
-        HostLink::new(conn, true, Reach::Connect(reach_host))
+        HostLink::new(conn, Reach::Connect(reach_host))
     }
 
     /// An exec's connection with a session: kept across a move, the host
     /// claiming it again (`claim`).
     pub fn claimable(conn: File) -> HostLink {
-        HostLink::new(conn, true, Reach::Claimed)
+        HostLink::new(conn, Reach::Claimed)
     }
 
     /// A connection that ends the link when it breaks.
     pub fn plain(conn: File) -> HostLink {
-        HostLink::new(conn, false, Reach::Claimed)
+        HostLink::new(conn, Reach::Never)
     }
 
-    fn new(conn: File, resumable: bool, reach: Reach) -> HostLink {
+    fn new(conn: File, reach: Reach) -> HostLink {
         HostLink {
             state: Mutex::new(State {
                 conn: Some(conn),
@@ -106,11 +106,15 @@ impl HostLink {
                 ended: false,
             }),
             changed: Condvar::new(),
-            resumable,
             reach,
             claim: Mutex::new(None),
             claimed: Condvar::new(),
         }
+    }
+
+    /// Whether a broken connection is made again rather than ending the link.
+    fn reconnects(&self) -> bool {
+        !matches!(self.reach, Reach::Never)
     }
 
     /// The host takes this link back over `conn`, having read
@@ -139,7 +143,7 @@ impl HostLink {
 
     /// Bytes of written frames kept for a replay: none on an exec's link.
     fn kept_bytes(&self) -> usize {
-        if self.resumable {
+        if self.reconnects() {
             KEPT_BYTES
         } else {
             0
@@ -174,7 +178,7 @@ impl HostLink {
             state.unwritten = number + 1;
         } else {
             state.conn = None;
-            if !self.resumable {
+            if !self.reconnects() {
                 state.ended = true;
                 return false;
             }
@@ -197,7 +201,7 @@ impl HostLink {
                     }
                     return Ok(Some(frame));
                 }
-                Err(ProtoError::Io(e)) if self.resumable && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                Err(ProtoError::Io(e)) if self.reconnects() && e.kind() == std::io::ErrorKind::ConnectionReset => {
                     console("the host connection was reset (the VM moved?): connecting again");
                     match self.reconnect() {
                         Some(again) => *input = again,
@@ -240,6 +244,7 @@ impl HostLink {
         let patience = match self.reach {
             Reach::Connect(_) => RECONNECT_PATIENCE,
             Reach::Claimed => CLAIM_PATIENCE,
+            Reach::Never => Duration::ZERO,
         };
         let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
@@ -252,6 +257,7 @@ impl HostLink {
                     Some((conn, output_frames)) => self.rejoin(conn, Some(output_frames)),
                     None => break,
                 },
+                Reach::Never => break,
             };
             match outcome {
                 Ok(input) => return Some(input),
