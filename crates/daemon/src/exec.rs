@@ -283,7 +283,7 @@ pub fn request_agent(connection: std::io::Result<UnixStream>, request: Control) 
 
 /// Opens a connection to a running container's agent (see `connect_agent_at`).
 pub fn connect_agent(dir: &ContainerDir) -> std::io::Result<UnixStream> {
-    connect_agent_at(&dir.socket_dir().join("vsock.sock"), &|| dir.is_running())
+    runtime::agent_link::connect_to(dir)
 }
 
 /// Opens a connection to the agent's exec port through the VMM's socket
@@ -315,12 +315,9 @@ pub async fn start(
     let dir = ContainerDir::new(&exec.container);
     let spec = exec.spec.clone();
     let guest = blocking(move || {
-        let vsock = dir.socket_dir().join("vsock.sock");
         let session = spec.session;
         let request = Frame::Control(Control::Exec(Box::new(spec)));
-        let running = dir.clone();
-        let alive = Box::new(move || running.is_running());
-        ExecLink::open(vsock, alive, session, &request).map_err(|e| {
+        ExecLink::open(dir.clone(), session, &request).map_err(|e| {
             // The CLI shows a failed upgrade as its status alone: say why here.
             tracing::warn!("exec in {}: the agent could not be reached: {e}", dir.id);
             ApiError::conflict(format!("container is not running: {e}"))

@@ -29,6 +29,12 @@ pub fn connect(vsock: &Path, alive: &dyn Fn() -> bool) -> std::io::Result<UnixSt
     }
 }
 
+/// `connect` to a running container's agent through its VM's socket,
+/// waiting while the container runs.
+pub fn connect_to(dir: &crate::container::ContainerDir) -> std::io::Result<UnixStream> {
+    connect(&dir.socket_dir().join("vsock.sock"), &|| dir.is_running())
+}
+
 fn try_connect(vsock: &Path) -> std::io::Result<UnixStream> {
     let mut stream = UnixStream::connect(vsock)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;

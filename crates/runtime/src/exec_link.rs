@@ -9,12 +9,13 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use proto::sent_frames::SentFrames;
 use proto::{encode_frame, read_frame, write_frame, Control, Frame};
+
+use crate::container::ContainerDir;
 
 /// Input frames kept for an agent that may not have read them.
 const KEPT_BYTES: usize = 1 << 20;
@@ -22,14 +23,15 @@ const KEPT_BYTES: usize = 1 << 20;
 /// the agent's return through the new VMM take seconds.
 const RESUME_PATIENCE: Duration = Duration::from_secs(120);
 
+#[derive(Debug)]
 pub struct ExecLink {
-    /// The VM's vsock socket: the VMM that runs the VM answers there.
-    vsock: PathBuf,
-    alive: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The container: its VM's socket reaches whichever VMM runs the VM.
+    dir: ContainerDir,
     session: u64,
     writer: Mutex<Writer>,
 }
 
+#[derive(Debug)]
 struct Writer {
     conn: UnixStream,
     /// Frames to the agent after the exec request, the last of them kept.
@@ -44,21 +46,14 @@ pub struct Resumed {
 }
 
 impl ExecLink {
-    /// Sends `request` (the exec) to the agent over `conn`, made through
-    /// `vsock` while `alive()` (the container runs); the link and the
-    /// connection's reading half.
-    pub fn open(
-        vsock: PathBuf,
-        alive: Box<dyn Fn() -> bool + Send + Sync>,
-        session: u64,
-        request: &Frame,
-    ) -> std::io::Result<(ExecLink, UnixStream)> {
-        let mut conn = crate::agent_link::connect(&vsock, &*alive)?;
+    /// Sends `request` (the exec) to the agent of the container `dir`; the
+    /// link and the connection's reading half.
+    pub fn open(dir: ContainerDir, session: u64, request: &Frame) -> std::io::Result<(ExecLink, UnixStream)> {
+        let mut conn = crate::agent_link::connect_to(&dir)?;
         write_frame(&mut conn, request).map_err(std::io::Error::other)?;
         let reader = conn.try_clone()?;
         let link = ExecLink {
-            vsock,
-            alive,
+            dir,
             session,
             writer: Mutex::new(Writer {
                 conn,
@@ -91,7 +86,7 @@ impl ExecLink {
             return None;
         }
         let deadline = Instant::now() + RESUME_PATIENCE;
-        while Instant::now() < deadline && (self.alive)() {
+        while Instant::now() < deadline && self.dir.is_running() {
             match self.try_resume(received) {
                 Ok(resumed) => return Some(resumed),
                 // The agent does not know the session: the exec is gone.
@@ -103,8 +98,7 @@ impl ExecLink {
     }
 
     fn try_resume(&self, received: u64) -> Result<Resumed, Attempt> {
-        let alive = || (self.alive)();
-        let mut conn = crate::agent_link::connect(&self.vsock, &alive).map_err(|_| Attempt::Retry)?;
+        let mut conn = crate::agent_link::connect_to(&self.dir).map_err(|_| Attempt::Retry)?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|_| Attempt::Retry)?;
         let claim = Control::ResumeExec {
@@ -144,15 +138,6 @@ impl ExecLink {
         if let Ok(writer) = self.writer.lock() {
             let _ = writer.conn.shutdown(std::net::Shutdown::Both);
         }
-    }
-}
-
-impl std::fmt::Debug for ExecLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecLink")
-            .field("vsock", &self.vsock)
-            .field("session", &self.session)
-            .finish()
     }
 }
 
