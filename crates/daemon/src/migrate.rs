@@ -81,12 +81,13 @@ pub async fn migrate(
         .await?
     };
     // Each round's progress, as JSON lines before the report when asked for.
-    let (lines, mut rounds) = mpsc::unbounded_channel::<Value>();
+    let (lines, rounds) = mpsc::unbounded_channel::<Value>();
+    let last_line = lines.clone();
     let moving = tokio::task::spawn_blocking(move || {
         daemon.container_event_of(&record, "migrate", &[("phase", "start")]);
         let outcome = dir.connect().and_then(|mut conn| {
             conn.migrate(downtime_ms, max_seconds, &mut |p| {
-                let _ = lines.send(progress_json(&p));
+                let _ = lines.send(json!({ "Progress": progress_json(&p) }));
             })
         });
         match outcome {
@@ -104,19 +105,16 @@ pub async fn migrate(
         let outcome = moving.await.map_err(|e| ApiError::internal(e.to_string()))?;
         return outcome.map(|report| Json(report).into_response());
     }
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    // The rounds' lines are all sent before the move's outcome is known.
     tokio::spawn(async move {
-        while let Some(line) = rounds.recv().await {
-            let _ = tx.send(json!({ "Progress": line }));
-        }
         let last = match moving.await {
             Ok(Ok(report)) => json!({ "Report": report }),
             Ok(Err(e)) => json!({"errorDetail": {"message": e.message}, "error": e.message}),
             Err(e) => json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()}),
         };
-        let _ = tx.send(last);
+        let _ = last_line.send(last);
     });
-    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rounds);
     let body = futures_util::StreamExt::map(lines, |line| {
         Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("{line}\r\n")))
     });
