@@ -2,13 +2,33 @@
 //! The destination's side of a migration: the input as the stream a source
 //! sends into a 64-page guest, either raw or cut into frames that carry a
 //! valid checksum (kind, a 16-bit length, the payload), so that it gets past
-//! the CRC to the frame decoders and the page bounds checks.
+//! the CRC to the frame decoders, the page bounds checks and a travelling
+//! 256 KiB disk's (disk 1; disk 0 does not travel).
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::migration::receive::receive_memory;
+use vmm::migration::IncomingDisks;
 
 const GUEST_BYTES: u64 = 64 * 4096;
+const DISK_BYTES: u64 = 256 << 10;
+
+/// One copy for the whole run: emptied once, written by every input.
+fn disks() -> &'static IncomingDisks {
+    static DISKS: std::sync::OnceLock<IncomingDisks> = std::sync::OnceLock::new();
+    DISKS.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("hull-fuzz-disk-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("the fuzz disk");
+        let _ = std::fs::remove_file(&path);
+        IncomingDisks::new(vec![None, Some((file, DISK_BYTES))]).expect("the fuzz disk")
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, mut rest)) = data.split_first() else {
@@ -32,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_BYTES as usize)]).expect("guest memory");
     let mut link = Link(stream.as_slice());
-    let _ = receive_memory(&mut link, &memory, GUEST_BYTES, &mut |_, _| {});
+    let _ = receive_memory(&mut link, &memory, GUEST_BYTES, disks(), &mut |_, _| {});
 });
 
 /// The source's side of the link: the stream to read; what the

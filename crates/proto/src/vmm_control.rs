@@ -36,7 +36,14 @@ pub enum VmmRequest {
     /// ended: `Migrated`, after which this VMM ends, or `Failed`, and the VM
     /// runs on. Shutting the migration connection down gives it up (before
     /// `Go`; the VM then runs on here).
-    Migrate { downtime_ms: u32, max_seconds: u32 },
+    /// `send_disks`: the read-write disks' content travels too (the
+    /// destination has empty copies: another host); else both see the files.
+    Migrate {
+        downtime_ms: u32,
+        max_seconds: u32,
+        #[serde(default)]
+        send_disks: bool,
+    },
     /// Lend the taps the VM's NICs are on: answered with `Taps` and, in the
     /// same message (`SCM_RIGHTS`), a descriptor of each, in slot order
     /// (for a VMM the VM is about to migrate to on this host).

@@ -362,6 +362,8 @@ pub(crate) fn move_vm(
     let request = VmmRequest::Migrate {
         downtime_ms: asked.downtime_ms,
         max_seconds: asked.max_seconds,
+        // This host sees the disks: they stay where they are.
+        send_disks: false,
     };
     // From here input the old connection may no longer take is kept for
     // the new one (`Steer::reconnect`), until the move ends either way.

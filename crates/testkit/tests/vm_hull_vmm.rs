@@ -478,16 +478,27 @@ fn ticks(logs: &[&std::path::Path]) -> Vec<u32> {
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
-fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
+fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a_gap() {
     let kernel = guest::cloud_kernel().unwrap();
     let dir = scratch("migrate");
-    // Shared storage: both VMMs open the same disk; only its use moves.
-    let disk = dir.join("scratch.raw");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    // As between hosts: the destination has an empty copy of the disk
+    // (stale bytes in it, which must go), and the disk travels.
+    let (disk, dest_disk) = (dir.join("source.raw"), dir.join("dest.raw"));
+    let disk_bytes = 8u64 << 20;
+    let kept = vec![0x5a_u8; 300 << 10];
+    {
+        use std::os::unix::fs::FileExt;
+        let source = std::fs::File::create(&disk).unwrap();
+        source.set_len(disk_bytes).unwrap();
+        source.write_all_at(&kept, 4 << 20).unwrap();
+        let copy = std::fs::File::create(&dest_disk).unwrap();
+        copy.set_len(disk_bytes).unwrap();
+        copy.write_all_at(&[0xee; 64 << 10], 0).unwrap();
+    }
     // The guest counts for as long as it runs, and writes every tenth
-    // number to its disk.
+    // number to a sector of its own on its disk (sector 9 on).
     let script = "i=0; while true; do i=$((i+1)); echo tick $i; \
-                  if [ $((i % 10)) -eq 0 ]; then echo disk $i | $B dd of=/dev/vda bs=512 seek=2 conv=fsync 2>/dev/null; fi; \
+                  if [ $((i % 10)) -eq 0 ]; then echo disk $i | $B dd of=/dev/vda bs=512 seek=$((i / 10 + 8)) conv=fsync 2>/dev/null; fi; \
                   $B sleep 0.05; done";
     let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
     let (source_ctl, source_log) = (dir.join("source.ctl"), dir.join("source.log"));
@@ -505,9 +516,9 @@ fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
     destination
         .arg("--incoming")
         .arg(&incoming)
-        .args(["--memory", "256", "--net-slots", "1"])
+        .args(["--memory", "256", "--net-slots", "1", "--receive-disks"])
         .arg("--disk")
-        .arg(&disk)
+        .arg(&dest_disk)
         .arg("--serial-log")
         .arg(&dest_log)
         .stderr(std::fs::File::create(&dest_err).unwrap());
@@ -525,6 +536,7 @@ fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
         let request = VmmRequest::Migrate {
             downtime_ms: 2000,
             max_seconds: 250,
+            send_disks: true,
         };
         let reply = vmm::control::ask(&control, &request, Some(&link)).unwrap();
         if !matches!(reply, VmmReply::Migrated { .. }) {
@@ -583,17 +595,27 @@ fn a_running_guest_migrates_to_another_vmm_and_counts_on_without_a_gap() {
         (1..=*all.last().unwrap()).collect::<Vec<_>>(),
         "no tick lost or repeated across the move (moved at {moved_at})"
     );
-    let written = std::fs::read(&disk).unwrap();
-    let on_disk: u32 = String::from_utf8_lossy(&written[1024..1040])
-        .trim_matches(char::from(0))
-        .trim()
-        .strip_prefix("disk ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{:?}", &written[1024..1040]));
+    // The destination's copy holds what the source's had (what the guest
+    // wrote there, before and during the move) and what it wrote since.
+    let copy = std::fs::read(&dest_disk).unwrap();
+    assert_eq!(copy.len() as u64, disk_bytes);
+    assert!(copy[..4608].iter().all(|&b| b == 0), "the copy's stale bytes stayed");
     assert!(
-        on_disk > moved_at,
-        "the disk was written at the destination ({on_disk} <= {moved_at})"
+        copy[4 << 20..(4 << 20) + kept.len()] == kept[..],
+        "the source disk's data did not travel"
     );
+    let last = *all.last().unwrap();
+    for n in (10..last.saturating_sub(10)).step_by(10) {
+        let sector = (n as usize / 10 + 8) * 512;
+        let text = String::from_utf8_lossy(&copy[sector..sector + 16]);
+        assert_eq!(
+            text.trim_matches(char::from(0)).trim(),
+            format!("disk {n}"),
+            "sector {} (moved at tick {moved_at})",
+            sector / 512
+        );
+    }
+    assert!(last > moved_at + 20, "the guest wrote its disk at the destination");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -668,6 +690,7 @@ fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {
     let request = VmmRequest::Migrate {
         downtime_ms: 2000,
         max_seconds: 250,
+        send_disks: false,
     };
     let reply = vmm::control::ask(&source_control, &request, Some(&link)).unwrap();
     let source_status = source.wait().unwrap();

@@ -252,6 +252,17 @@ impl DeviceManager {
         self.virtio.iter().find_map(|d| lock(&d.transport).migration_blocker())
     }
 
+    /// The VM's disks, in the guest's order (vda, vdb, ...).
+    pub fn disks(&self) -> std::io::Result<Vec<crate::devices::virtio::block::DiskHandle>> {
+        let mut disks = Vec::new();
+        for device in &self.virtio {
+            if let Some(disk) = lock(&device.transport).disk()? {
+                disks.push(disk);
+            }
+        }
+        Ok(disks)
+    }
+
     /// A descriptor of each NIC's tap, by slot (the NICs on nothing left out).
     pub fn lend_taps(&self) -> std::io::Result<Vec<(u8, File)>> {
         let mut taps = Vec::new();

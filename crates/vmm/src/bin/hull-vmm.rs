@@ -37,6 +37,10 @@ struct Args {
     /// arrives as its own pages only.
     #[arg(long, requires = "incoming")]
     template: Option<PathBuf>,
+    /// With --incoming: the read-write disks given are empty copies that
+    /// the source fills as it sends the VM (it comes from another host).
+    #[arg(long, requires = "incoming")]
+    receive_disks: bool,
     /// Make a template: save the VM into this directory when its agent asks.
     #[arg(long)]
     snapshot_to: Option<PathBuf>,
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
         _ if args.incoming.is_some() => Start::Incoming {
             listen: args.incoming.unwrap_or_default(),
             template: args.template,
+            receive_disks: args.receive_disks,
         },
         (Some(snapshot), _) => Start::Restore { snapshot },
         (None, Some(kernel)) => Start::Boot {

@@ -7,12 +7,14 @@
 //! (vCPUs, interrupt controllers, devices: the snapshot's `VmState`) and
 //! how the connection was made (hulld to hulld, over TLS) are the callers'.
 
+pub mod disks;
 pub mod pagemap;
 pub mod pages;
 pub mod receive;
 pub mod send;
 pub mod stream;
 
+pub use disks::{IncomingDisks, OutgoingDisk};
 pub use pages::PageSet;
 pub use send::{Limits, Progress, Report, Source};
 pub use stream::{Hello, StreamError};
@@ -29,6 +31,8 @@ pub enum MigrationError {
     Unexpected(String),
     #[error("the source sent pages {first}..{first}+{count}, beyond the guest's {pages} pages")]
     OutOfRange { first: u64, count: u64, pages: u64 },
+    #[error("a disk: {0}")]
+    Disk(String),
     #[error("guest memory: {0}")]
     Memory(String),
     #[error("the dirty-page log: {0}")]

@@ -10,8 +10,9 @@ use std::io::{BufReader, Read, Write};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::disks::IncomingDisks;
 use super::send::unexpected;
-use super::stream::{read_frame, write_frame, Frame, Hello, VmShape, Welcome, PAGE_SIZE, VERSION};
+use super::stream::{read_frame, write_frame, DiskShape, Frame, Hello, VmShape, Welcome, PAGE_SIZE, VERSION};
 use super::MigrationError;
 use crate::devices::virtio::DeviceKind;
 
@@ -58,6 +59,13 @@ pub fn check_hello(hello: &Hello, ours: &VmShape) -> Result<(), String> {
             device_names(&ours.devices)
         ));
     }
+    if theirs.disks != ours.disks {
+        return Err(format!(
+            "the VM's disks are {}; this destination's are {}",
+            disk_names(&theirs.disks),
+            disk_names(&ours.disks)
+        ));
+    }
     if theirs.nics_on_taps != ours.nics_on_taps {
         return Err(format!(
             "the VM's NICs on host taps are {:?}; this destination has taps for {:?}",
@@ -66,6 +74,21 @@ pub fn check_hello(hello: &Hello, ours: &VmShape) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Disks as "[1024 MiB rw travels, 512 MiB ro]" (at most 16 named: the
+/// source's list is untrusted).
+fn disk_names(disks: &[DiskShape]) -> String {
+    let named: Vec<String> = disks
+        .iter()
+        .take(16)
+        .map(|d| {
+            let mode = if d.read_only { "ro" } else { "rw" };
+            let travels = if d.travels { " travels" } else { "" };
+            format!("{} bytes {mode}{travels}", d.bytes)
+        })
+        .collect();
+    format!("[{}]{}", named.join(", "), if disks.len() > 16 { " ..." } else { "" })
 }
 
 /// Device types as "block, vsock, rng, net" (a type this VMM does not know
@@ -110,13 +133,14 @@ pub struct Incoming {
     pub pages: u64,
 }
 
-/// Takes pages into `memory` until the source is done, answering each
-/// round's end once its pages are in; progress (round, pages it sent) goes
-/// to `progress`.
+/// Takes pages into `memory` and disk data into `disks` until the source
+/// is done (the disks then synced), answering each round's end once its
+/// pages are in; progress (round, pages it sent) goes to `progress`.
 pub fn receive_memory<C: Read + Write>(
     conn: &mut C,
     memory: &GuestMemoryMmap,
     memory_bytes: u64,
+    disks: &IncomingDisks,
     progress: &mut dyn FnMut(u32, u64),
 ) -> Result<Incoming, MigrationError> {
     let guest_pages = memory_bytes / PAGE_SIZE as u64;
@@ -158,6 +182,8 @@ pub fn receive_memory<C: Read + Write>(
                 }
                 incoming.pages = incoming.pages.saturating_add(u64::from(count));
             }
+            Some(Frame::Disk { disk, offset, data }) => disks.write(disk, offset, &data)?,
+            Some(Frame::DiskZeros { disk, offset, bytes }) => disks.zero(disk, offset, bytes)?,
             Some(Frame::RoundEnd { round, pages }) => {
                 write_frame(input.get_mut(), &Frame::RoundIn { round })?;
                 incoming.rounds = round.saturating_add(1);
@@ -170,13 +196,14 @@ pub fn receive_memory<C: Read + Write>(
             }
             Some(Frame::Done) => match state.take() {
                 Some(bytes) => {
+                    disks.sync()?;
                     incoming.state = bytes;
                     return Ok(incoming);
                 }
                 None => return Err(MigrationError::Unexpected("done before the VM state".into())),
             },
             Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
-            other => return Err(unexpected("pages, a round's end, the state or done", other)),
+            other => return Err(unexpected("pages, disk data, a round's end, the state or done", other)),
         }
     }
 }

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::disks::OutgoingDisk;
 use super::pages::PageSet;
 use super::stream::{
     put_frame, read_frame, write_frame, Frame, Hello, StreamError, Welcome, MAX_PAGES_PER_FRAME, PAGE_SIZE,
 };
 use super::MigrationError;
+use crate::devices::virtio::block::written::CHUNK;
 
 /// When to switch over, and when to give up.
 #[derive(Debug, Clone)]
@@ -82,6 +84,11 @@ pub trait Source {
     fn tick(&mut self) {}
     /// The paused VM's state, encoded for the destination.
     fn state(&mut self) -> Result<Vec<u8>, String>;
+    /// The disks that travel with the VM (none: the destination sees the
+    /// same files).
+    fn disks(&self) -> &[OutgoingDisk] {
+        &[]
+    }
 }
 
 /// How a round went, as the sender reports it while it runs (the type
@@ -236,6 +243,24 @@ fn send_pages(
     Ok(())
 }
 
+/// Sends each travelling disk's `chunk_sets` (in `Source::disks`' order).
+fn send_disks(
+    w: &mut impl Write,
+    source: &dyn Source,
+    chunk_sets: &[PageSet],
+    skip_zeros: bool,
+) -> Result<(), MigrationError> {
+    for (disk, chunks) in source.disks().iter().zip(chunk_sets) {
+        disk.send(w, chunks, skip_zeros)?;
+    }
+    Ok(())
+}
+
+/// The bytes of disk the chunk sets stand for (at most: a last chunk may be short).
+fn chunk_bytes(chunk_sets: &[PageSet]) -> u64 {
+    chunk_sets.iter().map(|s| s.count() * CHUNK).sum()
+}
+
 /// Migrates the VM `source` over `conn`. `hello` announces it;
 /// `first_round(has_template)` is what round 0 sends (a clone's own pages if
 /// the destination has its template, else every page), asked for once the
@@ -251,6 +276,7 @@ pub fn send<C: Read + Write>(
 ) -> Result<Report, MigrationError> {
     let mut paused = false;
     let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, &mut paused);
+    source.disks().iter().for_each(|d| d.written.stop());
     if let Err(e) = &result {
         // The guest first: telling the destination may block on the link.
         source.stop_dirty_log();
@@ -286,6 +312,15 @@ fn precopy_and_switch<C: Read + Write>(
         .start_dirty_log()
         .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
     let mut set = first_round(has_template).map_err(|e| MigrationError::Source(format!("the VM's own pages: {e}")))?;
+    // The disks' writes are logged from before their first pass reads them.
+    let mut chunk_sets = Vec::new();
+    for disk in source.disks() {
+        disk.written.start();
+        let allocated = disk
+            .allocated()
+            .map_err(|e| MigrationError::Disk(format!("disk {}'s extents: {e}", disk.disk)))?;
+        chunk_sets.push(allocated);
+    }
     let mut skip_zeros = !has_template;
     let mut batch = Batch::new();
     let mut total_bytes = 0;
@@ -307,6 +342,8 @@ fn precopy_and_switch<C: Read + Write>(
         };
         let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
         send_pages(&mut out, source, &set, skip_zeros, &mut batch)?;
+        // The destination's copies start empty: zeros need not go first.
+        send_disks(&mut out, source, &chunk_sets, round == 0)?;
         write_frame(
             &mut out,
             &Frame::RoundEnd {
@@ -330,11 +367,12 @@ fn precopy_and_switch<C: Read + Write>(
         let next = source
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+        let next_chunks: Vec<PageSet> = source.disks().iter().map(|d| d.written.take()).collect();
         total_bytes += bytes;
         skip_zeros = false;
         let elapsed = round_started.elapsed().max(Duration::from_micros(100));
         let bandwidth = link;
-        let dirty_bytes = next.count() * PAGE_SIZE as u64;
+        let dirty_bytes = next.count() * PAGE_SIZE as u64 + chunk_bytes(&next_chunks);
         let expected_downtime = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth);
         progress(&Progress {
             round,
@@ -346,8 +384,10 @@ fn precopy_and_switch<C: Read + Write>(
             expected_downtime_ms: expected_downtime.as_millis() as u64,
             throttle,
         });
-        let shrinking = next.count() * 4 < set.count() * 3 && next.count() > SMALL_ENOUGH;
+        let set_bytes = set.count() * PAGE_SIZE as u64 + chunk_bytes(&chunk_sets);
+        let shrinking = dirty_bytes * 4 < set_bytes * 3 && dirty_bytes > SMALL_ENOUGH * PAGE_SIZE as u64;
         set = next;
+        chunk_sets = next_chunks;
         round += 1;
         // Within the budget, a set still shrinking by a quarter a round
         // (an idle guest's) is worth another round: what is left is sent
@@ -395,6 +435,9 @@ fn precopy_and_switch<C: Read + Write>(
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
     );
     source.stop_dirty_log();
+    for (disk, chunks) in source.disks().iter().zip(&mut chunk_sets) {
+        chunks.add(&disk.written.take());
+    }
     crate::trace::mark("migration: last dirty pages read");
     let mut counted = Counted {
         inner: &mut *conn,
@@ -402,6 +445,7 @@ fn precopy_and_switch<C: Read + Write>(
     };
     let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
     send_pages(&mut out, source, &set, false, &mut batch)?;
+    send_disks(&mut out, source, &chunk_sets, false)?;
     // Sent now: a destination on another core takes them while this one
     // captures the state.
     out.flush().map_err(StreamError::Io)?;
@@ -451,6 +495,8 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Welcome(_) => "a welcome",
         Frame::Pages { .. } => "pages",
         Frame::Zeros { .. } => "zero pages",
+        Frame::Disk { .. } => "disk data",
+        Frame::DiskZeros { .. } => "disk zeros",
         Frame::RoundEnd { .. } => "a round's end",
         Frame::RoundIn { .. } => "a round's receipt",
         Frame::State(_) => "the VM state",

@@ -15,12 +15,15 @@ use serde::{Deserialize, Serialize};
 /// The stream's version: a destination refuses any other. 2: the hello
 /// carries the VM's vCPUs and devices. 3: the state goes without the
 /// snapshot file's digest (its frame has a CRC); the destination answers
-/// each round's end (`RoundIn`).
-pub const VERSION: u32 = 4;
+/// each round's end (`RoundIn`). 4: the hello names the NICs on taps. 5:
+/// disks travel (`Disk`, `DiskZeros`; the hello names them).
+pub const VERSION: u32 = 5;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
 pub const MAX_PAGES_PER_FRAME: usize = 256;
+/// At most this many bytes of a disk travel in one `Disk` frame.
+pub const MAX_DISK_BYTES: usize = 1 << 20;
 /// A VM's state (vCPUs, interrupt controllers, devices) is a few hundred
 /// KiB; this bounds what a destination accepts for it.
 pub const MAX_STATE: usize = 64 << 20;
@@ -53,6 +56,18 @@ pub struct VmShape {
     /// The slots of its NICs that are on a host tap: a destination without
     /// a tap for one would cut the guest off its network.
     pub nics_on_taps: Vec<u8>,
+    /// Its disks, in the guest's order.
+    pub disks: Vec<DiskShape>,
+}
+
+/// One of a VM's disks as both sides must agree on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskShape {
+    pub bytes: u64,
+    pub read_only: bool,
+    /// Its content travels in the stream (`Disk` frames) into the
+    /// destination's (empty) copy; otherwise both hosts see the same file.
+    pub travels: bool,
 }
 
 /// The destination's answer to `Hello`.
@@ -82,6 +97,18 @@ pub enum Frame {
     Zeros {
         first: u64,
         count: u32,
+    },
+    /// `data` at byte `offset` of the VM's disk number `disk`.
+    Disk {
+        disk: u8,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// `bytes` of zeros at byte `offset` of disk number `disk`.
+    DiskZeros {
+        disk: u8,
+        offset: u64,
+        bytes: u64,
     },
     /// The end of a pre-copy round, which sent `pages`.
     RoundEnd {
@@ -140,16 +167,22 @@ mod kind {
     pub const RESUMED: u8 = 10;
     pub const ABORT: u8 = 11;
     pub const ROUND_IN: u8 = 12;
+    pub const DISK: u8 = 13;
+    pub const DISK_ZEROS: u8 = 14;
 }
 
 fn max_payload(kind: u8) -> Result<usize, StreamError> {
     Ok(match kind {
         kind::PAGES => 8 + MAX_PAGES_PER_FRAME * PAGE_SIZE,
         kind::STATE => MAX_STATE,
-        kind::HELLO..=kind::ROUND_IN => MAX_SMALL,
+        kind::DISK => DISK_HEADER + MAX_DISK_BYTES,
+        kind::HELLO..=kind::DISK_ZEROS => MAX_SMALL,
         other => return Err(StreamError::UnknownKind(other)),
     })
 }
+
+/// A disk frame's disk number and offset, before its data.
+const DISK_HEADER: usize = 1 + 8;
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
     postcard::to_stdvec(value).map_err(|e| StreamError::Malformed(e.to_string()))
@@ -182,6 +215,15 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
             (kind::PAGES, first.to_le_bytes().to_vec().into(), data.as_slice())
         }
         Frame::Zeros { first, count } => (kind::ZEROS, encode(&(first, count))?.into(), &[]),
+        Frame::Disk { disk, offset, data } => {
+            if data.is_empty() || data.len() > MAX_DISK_BYTES {
+                return Err(StreamError::Malformed(format!("{} bytes of disk", data.len())));
+            }
+            let mut header = vec![*disk];
+            header.extend_from_slice(&offset.to_le_bytes());
+            (kind::DISK, header.into(), data.as_slice())
+        }
+        Frame::DiskZeros { disk, offset, bytes } => (kind::DISK_ZEROS, encode(&(disk, offset, bytes))?.into(), &[]),
         Frame::RoundEnd { round, pages } => (kind::ROUND_END, encode(&(round, pages))?.into(), &[]),
         Frame::RoundIn { round } => (kind::ROUND_IN, encode(round)?.into(), &[]),
         Frame::State(bytes) => (kind::STATE, bytes.as_slice().into(), &[]),
@@ -271,6 +313,23 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             let (first, count) = decode(&payload)?;
             Frame::Zeros { first, count }
         }
+        kind::DISK => {
+            if payload.len() <= DISK_HEADER {
+                return Err(StreamError::Malformed("a disk frame without data".into()));
+            }
+            let (header, data) = payload.split_at(DISK_HEADER);
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&header[1..]);
+            Frame::Disk {
+                disk: header[0],
+                offset: u64::from_le_bytes(offset),
+                data: data.to_vec(),
+            }
+        }
+        kind::DISK_ZEROS => {
+            let (disk, offset, bytes) = decode(&payload)?;
+            Frame::DiskZeros { disk, offset, bytes }
+        }
         kind::ROUND_END => {
             let (round, pages) = decode(&payload)?;
             Frame::RoundEnd { round, pages }
@@ -304,6 +363,11 @@ mod tests {
                     vcpus: 2,
                     devices: vec![2, 2, 19, 4, 1],
                     nics_on_taps: vec![0],
+                    disks: vec![DiskShape {
+                        bytes: 1 << 30,
+                        read_only: false,
+                        travels: true,
+                    }],
                 },
                 template: Some([7; 32]),
             }),
@@ -314,6 +378,16 @@ mod tests {
                 data: vec![0xab; 2 * PAGE_SIZE],
             },
             Frame::Zeros { first: 9, count: 4 },
+            Frame::Disk {
+                disk: 1,
+                offset: 65536,
+                data: vec![7; 300],
+            },
+            Frame::DiskZeros {
+                disk: 0,
+                offset: 1 << 20,
+                bytes: 1 << 16,
+            },
             Frame::RoundEnd { round: 2, pages: 17 },
             Frame::RoundIn { round: 2 },
             Frame::State(vec![1, 2, 3]),

@@ -11,6 +11,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::receive::{check_hello, read_hello, ready, receive_memory, resumed, welcome};
 use super::stream::{read_frame, write_frame, Frame, VmShape, PAGE_SIZE, VERSION};
 use super::*;
+use crate::devices::virtio::block::written::{WrittenChunks, CHUNK};
+
+/// The simulated guest's disk, when it has one.
+const DISK_CHUNKS: u64 = 64;
 
 const PAGES: u64 = 1024;
 const BYTES: u64 = PAGES * PAGE_SIZE as u64;
@@ -51,6 +55,8 @@ struct Guest {
     counter: u8,
     /// The sender's looks at the dirty log.
     looks: u32,
+    /// A disk the guest writes a chunk of at each look, and zeros another.
+    disk: Option<(std::fs::File, Arc<WrittenChunks>)>,
 }
 
 impl Guest {
@@ -73,6 +79,7 @@ impl Guest {
             next_page: 0,
             counter: 0,
             looks: 0,
+            disk: None,
         }))
     }
 
@@ -94,10 +101,20 @@ impl Guest {
         if self.settling {
             self.writes_per_look /= 2;
         }
+        if let Some((file, written)) = &self.disk {
+            use std::os::unix::fs::FileExt;
+            let chunk = u64::from(self.looks) % DISK_CHUNKS;
+            let at = chunk * CHUNK + 512;
+            file.write_all_at(&[self.looks as u8 | 1; 4096], at).unwrap();
+            written.mark(at, 4096);
+            let zeroed = (chunk + DISK_CHUNKS / 2) % DISK_CHUNKS * CHUNK;
+            file.write_all_at(&vec![0; CHUNK as usize], zeroed).unwrap();
+            written.mark(zeroed, CHUNK);
+        }
     }
 }
 
-struct AsSource(Arc<Mutex<Guest>>, GuestMemoryMmap);
+struct AsSource(Arc<Mutex<Guest>>, GuestMemoryMmap, Vec<OutgoingDisk>);
 
 impl Source for AsSource {
     fn memory(&self) -> &GuestMemoryMmap {
@@ -133,6 +150,9 @@ impl Source for AsSource {
     fn state(&mut self) -> Result<Vec<u8>, String> {
         Ok(b"vcpus and devices".to_vec())
     }
+    fn disks(&self) -> &[OutgoingDisk] {
+        &self.2
+    }
 }
 
 /// The simulated guest's make: 1 vCPU, a disk, vsock, entropy and a NIC.
@@ -142,6 +162,7 @@ fn shape() -> VmShape {
         vcpus: 1,
         devices: vec![2, 19, 4, 1],
         nics_on_taps: vec![0],
+        disks: vec![],
     }
 }
 
@@ -165,7 +186,7 @@ fn destination(
         let hello = read_hello(&mut conn)?;
         let check = check_hello(&hello, &shape()).map(|_| template.is_some() && hello.template == template);
         welcome(&mut conn, check)?;
-        let incoming = receive_memory(&mut conn, &memory, BYTES, &mut |_, _| {})?;
+        let incoming = receive_memory(&mut conn, &memory, BYTES, &IncomingDisks::default(), &mut |_, _| {})?;
         ready(&mut conn)?;
         resumed(&mut conn)?;
         Ok((memory, incoming.state))
@@ -180,7 +201,7 @@ fn migrate(
     limits: &Limits,
 ) -> (Result<Report, MigrationError>, Vec<Progress>) {
     let memory = guest.lock().unwrap().memory.clone();
-    let mut source = AsSource(guest.clone(), memory);
+    let mut source = AsSource(guest.clone(), memory, Vec::new());
     let mut rounds = Vec::new();
     let result = send::send(conn, &mut source, hello(template), first_round, limits, &mut |p| {
         rounds.push(*p)
@@ -298,7 +319,7 @@ fn the_dirty_log_is_read_only_once_the_destination_holds_the_round() {
             "the dirty log was read before the receipt"
         );
         write_frame(&mut there, &Frame::RoundIn { round: 0 }).unwrap();
-        receive_memory(&mut there, &memory, BYTES, &mut |_, _| {}).unwrap();
+        receive_memory(&mut there, &memory, BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap();
         ready(&mut there).unwrap();
         resumed(&mut there).unwrap();
     });
@@ -434,7 +455,7 @@ fn a_destination_that_fails_after_the_state_leaves_the_source_running() {
         let hello = read_hello(&mut there).unwrap();
         welcome(&mut there, Ok(false)).unwrap();
         assert_eq!(hello.shape, shape());
-        receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
+        receive_memory(&mut there, &memory(), BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap();
         receive::abort(&mut there, "restoring the vCPUs failed");
     });
     let (report, _) = migrate_whole(&guest, &mut here, &Limits::default());
@@ -486,7 +507,7 @@ fn hostile_sources_are_refused_without_touching_memory_beyond_the_guest() {
             write_frame(&mut source, frame).unwrap();
         }
         source.shutdown(std::net::Shutdown::Write).unwrap();
-        let err = receive_memory(&mut there, &memory, BYTES, &mut |_, _| {}).unwrap_err();
+        let err = receive_memory(&mut there, &memory, BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap_err();
         assert!(err.to_string().contains(expected), "{frames:?}: {err}");
     }
 }
@@ -500,7 +521,7 @@ fn a_destination_that_hangs_after_the_state_leaves_the_source_running() {
     let dest = thread::spawn(move || {
         read_hello(&mut there).unwrap();
         welcome(&mut there, Ok(false)).unwrap();
-        receive_memory(&mut there, &memory(), BYTES, &mut |_, _| {}).unwrap();
+        receive_memory(&mut there, &memory(), BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap();
         // Never says Ready; keeps the connection open a while.
         thread::sleep(Duration::from_secs(2));
     });
@@ -512,4 +533,139 @@ fn a_destination_that_hangs_after_the_state_leaves_the_source_running() {
         assert!(guest.resumed && !guest.paused, "the guest runs on here");
     }
     dest.join().unwrap();
+}
+
+/// A scratch file of `bytes`, removed when dropped.
+struct ScratchFile(std::path::PathBuf, std::fs::File);
+
+impl ScratchFile {
+    fn new(name: &str, bytes: u64) -> ScratchFile {
+        let path = std::env::temp_dir().join(format!("hull-migrate-{name}-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(bytes).unwrap();
+        ScratchFile(path, file)
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_disk_travels_with_its_guest_and_writes_made_meanwhile_are_sent_again() {
+    use std::os::unix::fs::FileExt;
+    let disk_bytes = DISK_CHUNKS * CHUNK;
+    let source_disk = ScratchFile::new("src", disk_bytes);
+    // Data in a few chunks, an allocated chunk of zeros, holes elsewhere.
+    for chunk in [1u64, 2, 40, 63] {
+        source_disk
+            .1
+            .write_all_at(&[chunk as u8; 3000], chunk * CHUNK + 100)
+            .unwrap();
+    }
+    source_disk
+        .1
+        .write_all_at(&vec![0; CHUNK as usize], 10 * CHUNK)
+        .unwrap();
+    // The destination's copy holds stale bytes: it is emptied first.
+    let dest_disk = ScratchFile::new("dst", disk_bytes);
+    dest_disk.1.write_all_at(&[0xee; 8192], 5 * CHUNK).unwrap();
+
+    let guest = Guest::new(20);
+    let written = Arc::new(WrittenChunks::new(disk_bytes));
+    guest.lock().unwrap().disk = Some((source_disk.1.try_clone().unwrap(), written.clone()));
+    let outgoing = OutgoingDisk {
+        disk: 0,
+        file: source_disk.1.try_clone().unwrap(),
+        bytes: disk_bytes,
+        written: written.clone(),
+    };
+    let shape = move || VmShape {
+        disks: vec![stream::DiskShape {
+            bytes: disk_bytes,
+            read_only: false,
+            travels: true,
+        }],
+        ..shape()
+    };
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let dest_file = dest_disk.1.try_clone().unwrap();
+    let dest = thread::spawn(move || {
+        let hello = read_hello(&mut there)?;
+        welcome(&mut there, check_hello(&hello, &shape()).map(|_| false))?;
+        let disks = IncomingDisks::new(vec![Some((dest_file, disk_bytes))]).unwrap();
+        let memory = memory();
+        receive_memory(&mut there, &memory, BYTES, &disks, &mut |_, _| {})?;
+        ready(&mut there)?;
+        resumed(&mut there)?;
+        Ok::<_, MigrationError>(memory)
+    });
+    let memory = guest.lock().unwrap().memory.clone();
+    let mut source = AsSource(guest.clone(), memory, vec![outgoing]);
+    let mut hello = hello(None);
+    hello.shape = shape();
+    let limits = Limits {
+        downtime: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let report = send::send(
+        &mut here,
+        &mut source,
+        hello,
+        &|_| Ok(PageSet::full(PAGES)),
+        &limits,
+        &mut |_| {},
+    )
+    .unwrap();
+    let arrived = dest.join().unwrap().unwrap();
+    assert!(report.confirmed);
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    let read_all = |file: &std::fs::File| {
+        let mut bytes = vec![0u8; disk_bytes as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    };
+    assert!(
+        guest.lock().unwrap().looks > 0,
+        "the guest wrote its disk during the move"
+    );
+    assert!(read_all(&source_disk.1) == read_all(&dest_disk.1), "the disks differ");
+    // The log is off once the move is over.
+    written.mark(0, 1);
+    assert!(written.take().is_empty());
+}
+
+#[test]
+fn a_destination_refuses_disks_it_does_not_expect_and_bytes_past_a_disk() {
+    let dest_disk = ScratchFile::new("bounds", 4 * CHUNK);
+    let disks = IncomingDisks::new(vec![None, Some((dest_disk.1.try_clone().unwrap(), 4 * CHUNK))]).unwrap();
+    assert!(matches!(disks.write(0, 0, &[1; 10]), Err(MigrationError::Disk(_))));
+    assert!(matches!(disks.write(7, 0, &[1; 10]), Err(MigrationError::Disk(_))));
+    assert!(matches!(
+        disks.write(1, 4 * CHUNK - 5, &[1; 10]),
+        Err(MigrationError::Disk(_))
+    ));
+    assert!(matches!(disks.zero(1, u64::MAX - 1, 10), Err(MigrationError::Disk(_))));
+    disks.write(1, 4 * CHUNK - 10, &[1; 10]).unwrap();
+    disks.zero(1, 0, 4 * CHUNK).unwrap();
+    let with_disk = |travels| VmShape {
+        disks: vec![stream::DiskShape {
+            bytes: 4 * CHUNK,
+            read_only: false,
+            travels,
+        }],
+        ..shape()
+    };
+    let mut hello = hello(None);
+    hello.shape = with_disk(true);
+    let refused = check_hello(&hello, &with_disk(false)).unwrap_err();
+    assert!(refused.contains("disks"), "{refused}");
 }

@@ -50,7 +50,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             (memory, Some(saved), Some(id))
         }
         Start::Boot { .. } => (anonymous_memory(config.memory_mib)?, None, None),
-        Start::Incoming { listen, template } => {
+        Start::Incoming { listen, template, .. } => {
             let accepted = super::incoming::accept(listen, template.as_deref(), config)?;
             incoming = Some(accepted.conn);
             (accepted.memory, None, accepted.clone_of)

@@ -27,7 +27,13 @@ pub enum Start {
     /// socket made at `listen`; if it is a clone of the snapshot at
     /// `template`, memory is mapped from it and only the clone's own pages
     /// travel. The devices get this config's backends, as in a restore.
-    Incoming { listen: PathBuf, template: Option<PathBuf> },
+    /// `receive_disks`: the read-write disks given are empty copies the
+    /// source fills (the VM comes from another host).
+    Incoming {
+        listen: PathBuf,
+        template: Option<PathBuf>,
+        receive_disks: bool,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::{VmConfig, VmError};
+use super::{Start, VmConfig, VmError};
+use crate::device_manager::DeviceManager;
 use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
-use crate::migration::stream::VmShape;
-use crate::migration::MigrationError;
+use crate::migration::stream::{DiskShape, VmShape};
+use crate::migration::{IncomingDisks, MigrationError};
 use crate::snapshot::{self, VmState};
 
 /// How long the source may stay silent before this side gives up.
@@ -81,6 +82,7 @@ fn hello(
         vcpus: config.vcpus.into(),
         devices: crate::device_manager::layout(config),
         nics_on_taps: crate::device_manager::nics_on_taps(config),
+        disks: disk_shapes(config)?,
     };
     if let Err(reason) = check_hello(&hello, &made) {
         let _ = welcome(conn, Err(reason.clone()));
@@ -95,22 +97,75 @@ fn hello(
     Ok((memory, clone_of))
 }
 
-/// Takes the pages into `memory` and then the VM's state, checked against
-/// `config`. On an error the source is told.
+/// Whether the read-write disks' content comes with the VM.
+fn receives_disks(config: &VmConfig) -> bool {
+    matches!(
+        config.start,
+        Start::Incoming {
+            receive_disks: true,
+            ..
+        }
+    )
+}
+
+/// The disks `config` gives, as the source's hello must name them.
+fn disk_shapes(config: &VmConfig) -> Result<Vec<DiskShape>, VmError> {
+    let receiving = receives_disks(config);
+    config
+        .disks
+        .iter()
+        .map(|disk| {
+            let bytes = std::fs::metadata(&disk.path)
+                .map_err(|source| VmError::Disk {
+                    path: disk.path.display().to_string(),
+                    source,
+                })?
+                .len();
+            Ok(DiskShape {
+                bytes: crate::devices::virtio::block::whole_sectors(bytes),
+                read_only: disk.read_only,
+                travels: receiving && !disk.read_only,
+            })
+        })
+        .collect()
+}
+
+/// Takes the pages into `memory` (and the disks that travel into the
+/// devices' files) and then the VM's state, checked against `config`. On
+/// an error the source is told.
 pub(super) fn receive(
     conn: &mut std::fs::File,
     memory: &GuestMemoryMmap,
     config: &VmConfig,
+    devices: &DeviceManager,
 ) -> Result<VmState, VmError> {
-    let taken = take(conn, memory, config);
+    let taken = incoming_disks(config, devices).and_then(|disks| take(conn, memory, config, &disks));
     if let Err(e) = &taken {
         receive::abort(conn, &e.to_string());
     }
     taken
 }
 
-fn take(conn: &mut std::fs::File, memory: &GuestMemoryMmap, config: &VmConfig) -> Result<VmState, VmError> {
-    let arrived = receive_memory(conn, memory, config.memory_mib << 20, &mut |round, pages| {
+/// The devices' copies of the disks that travel, emptied for the source.
+fn incoming_disks(config: &VmConfig, devices: &DeviceManager) -> Result<IncomingDisks, VmError> {
+    let receiving = receives_disks(config);
+    let disk_err = |e: std::io::Error| VmError::Migration(format!("the disks that come with the VM: {e}"));
+    let copies = devices
+        .disks()
+        .map_err(disk_err)?
+        .into_iter()
+        .map(|disk| (receiving && !disk.read_only).then_some((disk.file, disk.bytes)))
+        .collect();
+    IncomingDisks::new(copies).map_err(disk_err)
+}
+
+fn take(
+    conn: &mut std::fs::File,
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    disks: &IncomingDisks,
+) -> Result<VmState, VmError> {
+    let arrived = receive_memory(conn, memory, config.memory_mib << 20, disks, &mut |round, pages| {
         eprintln!("hull-vmm: migration round {round} in: {pages} pages")
     })
     .map_err(failed)?;

@@ -14,8 +14,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use super::Vmm;
 use crate::migration::pagemap::Pagemap;
 use crate::migration::send::{self, Limits, Progress, Source};
-use crate::migration::stream::{Hello, VmShape, PAGE_SIZE, VERSION};
-use crate::migration::PageSet;
+use crate::migration::stream::{DiskShape, Hello, VmShape, PAGE_SIZE, VERSION};
+use crate::migration::{OutgoingDisk, PageSet};
 use crate::{persist, snapshot, vcpu_state};
 
 /// The throttle's period: a throttled guest stands still for its share
@@ -41,6 +41,8 @@ struct Outgoing<'v, 'a> {
     held: bool,
     /// The MSRs to save, read from the host before the guest is paused.
     msrs: Vec<u32>,
+    /// The disks whose content travels.
+    disks: Vec<OutgoingDisk>,
 }
 
 impl Outgoing<'_, '_> {
@@ -136,6 +138,10 @@ impl Source for Outgoing<'_, '_> {
         }
     }
 
+    fn disks(&self) -> &[OutgoingDisk] {
+        &self.disks
+    }
+
     fn state(&mut self) -> Result<Vec<u8>, String> {
         // What the guest was told is written must be on the disks the next
         // host opens, not in this host's page cache.
@@ -207,6 +213,7 @@ pub(super) fn migrate(
     conn: File,
     downtime_ms: u32,
     max_seconds: u32,
+    send_disks: bool,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
     // Borrowed for the migration, given back if it fails.
@@ -219,7 +226,7 @@ pub(super) fn migrate(
     };
     let result = match vmm.devices.migration_blocker() {
         Some(why) => Err(format!("this VM cannot be migrated: {why}")),
-        None => migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds, progress),
+        None => migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds, send_disks, progress),
     };
     vmm.pagemap = Ok(pagemap);
     result
@@ -231,8 +238,28 @@ fn migrate_with(
     conn: File,
     downtime_ms: u32,
     max_seconds: u32,
+    send_disks: bool,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
+    let disk_handles = vmm.devices.disks().map_err(|e| format!("the VM's disks: {e}"))?;
+    let disk_shapes = disk_handles
+        .iter()
+        .map(|d| DiskShape {
+            bytes: d.bytes,
+            read_only: d.read_only,
+            travels: send_disks && !d.read_only,
+        })
+        .collect();
+    let disks = (0..)
+        .zip(disk_handles)
+        .filter(|(_, d)| send_disks && !d.read_only)
+        .map(|(disk, d)| OutgoingDisk {
+            disk,
+            file: d.file,
+            bytes: d.bytes,
+            written: d.written,
+        })
+        .collect();
     let memory_bytes = vmm.config.memory_mib << 20;
     let clone_of = vmm.clone_of;
     let pages = memory_bytes / PAGE_SIZE as u64;
@@ -250,6 +277,7 @@ fn migrate_with(
             vcpus: vmm.vcpus.len() as u32,
             devices: vmm.devices.device_types(),
             nics_on_taps: vmm.devices.nics_on_taps(),
+            disks: disk_shapes,
         },
         template: clone_of,
     };
@@ -271,6 +299,7 @@ fn migrate_with(
         phase_since: Instant::now(),
         held: false,
         msrs,
+        disks,
     };
     let report = send::send(
         &mut conn,

@@ -112,7 +112,7 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         // Its state goes in under a filter installed now, not in the
         // downtime; the VMM's own goes on top once the guest runs.
         seccomp::install(&seccomp::arrival_filter()?, ThreadKind::Vmm);
-        let state = incoming::receive(&mut source, &built.memory, config)?;
+        let state = incoming::receive(&mut source, &built.memory, config, &devices)?;
         let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
         builder::apply_state(&built.vm, &devices, vcpu_fds.iter().map(|fd| &**fd), config, &state)?;
         drop(vcpu_fds);
@@ -265,8 +265,9 @@ impl Vmm<'_> {
             VmmRequest::Migrate {
                 downtime_ms,
                 max_seconds,
+                send_disks,
             } => match fd {
-                Some(conn) => migrate::migrate(self, conn, downtime_ms, max_seconds, &mut |progress| {
+                Some(conn) => migrate::migrate(self, conn, downtime_ms, max_seconds, send_disks, &mut |progress| {
                     let _ = early.send((VmmReply::Progress(progress), Vec::new()));
                 })
                 .unwrap_or_else(|reason| VmmReply::Failed { reason }),

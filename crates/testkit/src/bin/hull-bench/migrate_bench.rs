@@ -296,6 +296,7 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         let request = proto::vmm_control::VmmRequest::Migrate {
             downtime_ms,
             max_seconds: CONVERGE_LIMIT.as_secs() as u32,
+            send_disks: false,
         };
         let reply = vmm::control::ask(&control, &request, Some(&link))?;
         if let proto::vmm_control::VmmReply::Failed { .. } = reply {

@@ -240,6 +240,11 @@ impl MmioTransport {
         self.device.lend_backend()
     }
 
+    /// The disk behind the device (`VirtioDevice::disk`).
+    pub fn disk(&self) -> std::io::Result<Option<super::block::DiskHandle>> {
+        self.device.disk()
+    }
+
     /// Why the device cannot move (`VirtioDevice::migration_blocker`).
     pub fn migration_blocker(&self) -> Option<&'static str> {
         self.device.migration_blocker()

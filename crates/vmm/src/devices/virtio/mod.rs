@@ -156,6 +156,11 @@ pub trait VirtioDevice: Send {
     fn lend_backend(&self) -> std::io::Result<Option<std::fs::File>> {
         Ok(None)
     }
+    /// The disk behind the device, for a migration that copies it (`None`:
+    /// not a disk).
+    fn disk(&self) -> std::io::Result<Option<block::DiskHandle>> {
+        Ok(None)
+    }
     /// Why the device's state cannot move with its VM to another VMM, if
     /// it cannot.
     fn migration_blocker(&self) -> Option<&'static str> {

@@ -1,10 +1,14 @@
 //! virtio-blk backed by a host file: read-only or read-write, flush honoured
 //! with fdatasync(2). Data moves between the file and guest memory with one
 //! preadv(2)/pwritev(2) per request, straight into the guest's buffers.
+//! While a migration copies the disk, writes are logged (`written`).
+
+pub mod written;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
@@ -12,6 +16,7 @@ use vm_memory::bitmap::{Bitmap, BitmapSlice, BS};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use written::WrittenChunks;
 
 const SECTOR: u64 = 512;
 /// The device says how many data segments a request may have; without it
@@ -35,11 +40,27 @@ const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// The most buffers one preadv/pwritev takes (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
+/// A disk file of `bytes` as the guest sees it: whole sectors.
+pub fn whole_sectors(bytes: u64) -> u64 {
+    bytes / SECTOR * SECTOR
+}
+
 pub struct Block {
     file: File,
     read_only: bool,
     sectors: u64,
     id: [u8; ID_BYTES],
+    written: Arc<WrittenChunks>,
+}
+
+/// A disk as a migration copies it: a descriptor of its file of its own,
+/// its size, and the log of what the guest writes meanwhile.
+#[derive(Debug)]
+pub struct DiskHandle {
+    pub file: File,
+    pub bytes: u64,
+    pub read_only: bool,
+    pub written: Arc<WrittenChunks>,
 }
 
 impl Block {
@@ -58,6 +79,7 @@ impl Block {
             read_only,
             sectors,
             id,
+            written: Arc::new(WrittenChunks::new(sectors * SECTOR)),
         })
     }
 
@@ -101,6 +123,9 @@ impl Block {
                 }
                 let buffers = guest_buffers(memory, data)?;
                 self.transfer(&buffers, sector * SECTOR, Direction::Write)?;
+                // After the write, so a migration that reads the chunk
+                // before it lands sends it again.
+                self.written.mark(sector * SECTOR, total);
                 Ok((VIRTIO_BLK_S_OK, 0))
             }
             VIRTIO_BLK_T_FLUSH => {
@@ -217,6 +242,15 @@ enum RequestError {
 impl VirtioDevice for Block {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn disk(&self) -> std::io::Result<Option<DiskHandle>> {
+        Ok(Some(DiskHandle {
+            file: self.file.try_clone()?,
+            bytes: self.sectors * SECTOR,
+            read_only: self.read_only,
+            written: Arc::clone(&self.written),
+        }))
     }
 
     fn device_type(&self) -> u32 {
