@@ -669,3 +669,37 @@ fn a_destination_refuses_disks_it_does_not_expect_and_bytes_past_a_disk() {
     let refused = check_hello(&hello, &with_disk(false)).unwrap_err();
     assert!(refused.contains("disks"), "{refused}");
 }
+
+#[test]
+fn the_fuzz_targets_disk_seed_is_a_whole_stream_that_lands() {
+    use std::os::unix::fs::FileExt;
+    // Mode byte, then frames: disk data, disk zeros, pages, a round's end, the state, done.
+    let seed = include_bytes!("../../../../fuzz/seeds/migration_stream/disk");
+    let copy = ScratchFile::new("seed", 256 << 10);
+    copy.1.write_all_at(&[9; 8192], 8192).unwrap();
+    let disks = IncomingDisks::new(vec![None, Some((copy.1.try_clone().unwrap(), 256 << 10))]).unwrap();
+    copy.1.write_all_at(&[9; 4096], 8192).unwrap();
+    let memory = memory();
+    let mut link = (&seed[1..], Vec::new());
+    struct Link<'a>(&'a mut (&'a [u8], Vec<u8>));
+    impl std::io::Read for Link<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0 .0.read(buf)
+        }
+    }
+    impl std::io::Write for Link<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 .1.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let incoming = receive_memory(&mut Link(&mut link), &memory, BYTES, &disks, &mut |_, _| {}).unwrap();
+    assert_eq!(incoming.state, b"state");
+    assert_eq!(page_of(&memory, 2), vec![7; PAGE_SIZE]);
+    let mut bytes = vec![0u8; 12288];
+    copy.1.read_exact_at(&mut bytes, 4096).unwrap();
+    assert_eq!(&bytes[..100], (0..100).collect::<Vec<u8>>().as_slice());
+    assert!(bytes[4096..].iter().all(|&b| b == 0), "the zeros landed");
+}
