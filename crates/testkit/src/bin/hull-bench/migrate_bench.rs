@@ -15,6 +15,12 @@
 //! which ends at the source's last byte, is reported beside it). Each run checks
 //! that the guest goes on at the destination (a failed peer looks fast).
 //! Runs are interleaved; medians and p95.
+//!
+//! Then a whole container's move through hulld (`POST
+//! /containers/{id}/migrate`, as `hull migrate` asks it): an idle busybox
+//! container of each size, moved `runs` times, its own report's downtime,
+//! total time and bytes (the new VMM's start and the agent's return are in
+//! its total), beside the QEMU idle row of the same size from this run.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -148,6 +154,9 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
             }
             rows.push(report_row(mib, load, &hull, &qemu)?);
         }
+        eprintln!("migrate {mib} MiB container: {runs} moves through hulld");
+        let moves = container_moves(mib, runs, downtime_ms)?;
+        rows.push(container_row(mib, &moves, &rows)?);
     }
     let _ = std::fs::remove_dir_all(&work);
     let report = json!({
@@ -218,6 +227,115 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
         peers.insert(name.into(), peer);
     }
     Ok(json!({ "memory_mib": mib, "load": load.name(), "peers": peers }))
+}
+
+/// An idle container of `mib` moved `runs` times through hulld; each move
+/// checked (the container prints on and `docker exec` reaches it).
+fn container_moves(mib: u32, runs: usize, downtime_ms: u32) -> Result<Vec<Moved>> {
+    use testkit::hulld::{text, Hulld};
+    let (hulld, _registry, image) = Hulld::with_busybox("bench-migrate")?;
+    let name = "moving";
+    let script = format!("while true; do echo {ALIVE}; sleep 0.5; done");
+    let started = hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-m",
+        &format!("{mib}m"),
+        &image,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    if !started.status.success() {
+        bail!("docker run: {}", text(&started.stderr));
+    }
+    let alive = || text(&hulld.docker(&["logs", name]).stdout).matches(ALIVE).count();
+    let goes_on = |after: usize| -> Result<()> {
+        let deadline = Instant::now() + LIMIT;
+        while alive() <= after || !hulld.docker(&["exec", name, "true"]).status.success() {
+            if Instant::now() > deadline {
+                bail!("the container did not go on after its move:\n{}", hulld.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    };
+    goes_on(0)?;
+    let mut moves = Vec::new();
+    for run in 1..=runs {
+        eprintln!("migrate {mib} MiB container move {run}/{runs}");
+        let before = alive();
+        let (head, body) = hulld.raw(&format!(
+            "POST /containers/{name}/migrate?downtime={downtime_ms} HTTP/1.1\r\nHost: hull\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        let report: Value = serde_json::from_str(body.trim()).unwrap_or_default();
+        let field = |key: &str| report.get(key).and_then(Value::as_u64);
+        let (Some(downtime), Some(total), Some(bytes)) = (field("DowntimeMs"), field("TotalMs"), field("BytesSent"))
+        else {
+            bail!(
+                "the move failed: {} {}",
+                head.lines().next().unwrap_or_default(),
+                body.trim()
+            );
+        };
+        goes_on(before)?;
+        moves.push(Moved {
+            converged: true,
+            downtime: Duration::from_millis(downtime),
+            reported_downtime: None,
+            total: Duration::from_millis(total),
+            bytes,
+        });
+    }
+    let _ = hulld.docker(&["rm", "-f", name]);
+    Ok(moves)
+}
+
+/// The container's row, with the ratio to QEMU's idle guest of the same size.
+fn container_row(mib: u32, moves: &[Moved], rows: &[Value]) -> Result<Value> {
+    let downtime = Summary::of(&moves.iter().map(|m| m.downtime).collect::<Vec<_>>()).context("no moves")?;
+    let total = Summary::of(&moves.iter().map(|m| m.total).collect::<Vec<_>>()).context("no moves")?;
+    let mut sent: Vec<u64> = moves.iter().map(|m| m.bytes).collect();
+    sent.sort_unstable();
+    let median_bytes = sent[sent.len() / 2];
+    println!(
+        "{mib:>5} MiB {:<11} {:<9} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
+        "idle",
+        "container",
+        downtime.median_ms,
+        downtime.p95_ms,
+        total.median_ms,
+        median_bytes as f64 / (1 << 20) as f64
+    );
+    let qemu_idle = rows
+        .iter()
+        .find(|r| r["memory_mib"] == mib && r["load"] == "idle")
+        .and_then(|r| r["peers"]["qemu"]["downtime"]["median_ms"].as_f64());
+    let ratio = qemu_idle.filter(|q| *q > 0.0).map(|q| downtime.median_ms / q);
+    if let Some(ratio) = ratio {
+        println!(
+            "{:>28} downtime {ratio:.2}x QEMU's idle guest of the same size (this run)",
+            "container"
+        );
+    }
+    Ok(json!({
+        "memory_mib": mib,
+        "load": "idle",
+        "what": "a busybox container moved to a new VMM on its host through hulld (POST /containers/{id}/migrate)",
+        "peers": {
+            "hull_container": {
+                "moves": moves.len(),
+                "downtime": downtime.to_json(),
+                "total": total.to_json(),
+                "bytes_sent_median": median_bytes,
+                "bytes_sent": sent,
+                "downtime_vs_qemu_idle": ratio,
+            }
+        }
+    }))
 }
 
 /// Waits until `path` exists.
