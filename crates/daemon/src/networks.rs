@@ -80,6 +80,14 @@ fn network_json(record: &NetworkRecord, containers: Option<&[Member]>) -> Value 
             )
         })
         .collect();
+    let mut options = serde_json::Map::new();
+    options.insert("com.docker.network.bridge.name".into(), json!(record.bridge));
+    if let Some(vxlan) = &record.vxlan {
+        options.insert("com.docker.network.driver.mtu".into(), json!(record.mtu().to_string()));
+        for (key, value) in vxlan.options() {
+            options.insert(key.into(), json!(value));
+        }
+    }
     json!({
         "Name": record.name,
         "Id": record.id,
@@ -95,7 +103,7 @@ fn network_json(record: &NetworkRecord, containers: Option<&[Member]>) -> Value 
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": false,
         "Containers": attached,
-        "Options": {"com.docker.network.bridge.name": record.bridge},
+        "Options": options,
         "Labels": record.labels,
     })
 }
@@ -229,11 +237,14 @@ pub fn parse_create(body: &[u8]) -> Result<network::NetworkRequest, ApiError> {
     if body.enable_ipv6 {
         return Err(ApiError::bad_request("IPv6 networks are not supported by hull yet"));
     }
-    if let Some(option) = body.options.unwrap_or_default().keys().next() {
+    let options = body.options.unwrap_or_default();
+    // hull's own options only: a network spanning hosts (`network::vxlan`).
+    if let Some(option) = options.keys().find(|k| !network::vxlan::OPTIONS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "network option {option} is not supported by hull"
         )));
     }
+    let vxlan = network::vxlan::Vxlan::from_options(&options).map_err(ApiError::bad_request)?;
     let ipam = body.ipam.unwrap_or_default();
     if !matches!(ipam.driver.as_str(), "" | "default") {
         return Err(ApiError::bad_request(format!(
@@ -259,6 +270,7 @@ pub fn parse_create(body: &[u8]) -> Result<network::NetworkRequest, ApiError> {
         ip_range,
         internal: body.internal,
         labels: body.labels.unwrap_or_default(),
+        vxlan,
     })
 }
 

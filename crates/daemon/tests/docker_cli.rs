@@ -1104,6 +1104,54 @@ fn networks_take_their_subnets_from_the_address_plan() {
     );
     fails(&hulld.docker(&["network", "rm", "bridge"]), 1, "pre-defined");
     fails(&hulld.docker(&["network", "inspect", "nothing"]), 1, "not found");
+    // A network that spans hosts: its VXLAN options, checked, and shown.
+    let spanning = |name: &str, options: &[&str]| {
+        let mut args = vec![
+            "network",
+            "create",
+            "--subnet",
+            "10.126.0.0/24",
+            "--ip-range",
+            "10.126.0.0/25",
+        ];
+        for option in options {
+            args.extend(["-o", option]);
+        }
+        args.push(name);
+        hulld.docker(&args)
+    };
+    ok(&spanning(
+        "span",
+        &["hull.vxlan.id=42", "hull.vxlan.peers=192.0.2.2,192.0.2.3"],
+    ));
+    let options = ok(&hulld.docker(&["network", "inspect", "--format", "{{json .Options}}", "span"]));
+    let options: serde_json::Value = serde_json::from_str(options.trim()).unwrap();
+    assert_eq!(options["hull.vxlan.id"], "42", "{options}");
+    assert_eq!(options["hull.vxlan.peers"], "192.0.2.2,192.0.2.3", "{options}");
+    assert_eq!(options["com.docker.network.driver.mtu"], "1450", "{options}");
+    fails(&spanning("again", &["hull.vxlan.id=42"]), 1, "already uses VXLAN 42");
+    fails(&spanning("badvni", &["hull.vxlan.id=0"]), 1, "invalid hull.vxlan.id");
+    fails(
+        &spanning("badpeer", &["hull.vxlan.id=7", "hull.vxlan.peers=nowhere"]),
+        1,
+        "invalid hull.vxlan.peers",
+    );
+    fails(
+        &spanning("noid", &["hull.vxlan.peers=192.0.2.2"]),
+        1,
+        "needs hull.vxlan.id",
+    );
+    fails(
+        &spanning("other", &["com.docker.network.bridge.name=x"]),
+        1,
+        "not supported",
+    );
+    fails(
+        &hulld.docker(&["network", "create", "-o", "hull.vxlan.id=8", "nosubnet2"]),
+        1,
+        "needs --subnet",
+    );
+    ok(&hulld.docker(&["network", "rm", "span"]));
     let labelled = ok(&hulld.docker(&["network", "ls", "--filter", "label=a=b", "--format", "{{.Name}}"]));
     assert_eq!(labelled.trim(), "two");
     let pruned = ok(&hulld.docker(&["network", "prune", "-f"]));

@@ -14,11 +14,14 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -121,6 +124,49 @@ impl Netlink {
                 Some(link) if link.kind.as_deref() == Some("bridge") => Ok(()),
                 _ => Err(e),
             },
+            other => other.map(drop),
+        }
+    }
+
+    /// Creates a VXLAN link of VNI `id` on UDP `port` (sent from `local`, if
+    /// given), learning where remote MACs are; one already there with the
+    /// same VNI is fine, anything else of that name is `EEXIST`.
+    pub fn create_vxlan(
+        &mut self,
+        name: &str,
+        id: u32,
+        port: u16,
+        local: Option<Ipv4Addr>,
+    ) -> Result<(), NetlinkError> {
+        check_name(name)?;
+        let request = "creating a VXLAN link";
+        match self.request(request, new_vxlan(name, id, port, local), NLM_F_CREATE | NLM_F_EXCL) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match self.link(name)? {
+                Some(link) if link.kind.as_deref() == Some("vxlan") => Ok(()),
+                _ => Err(e),
+            },
+            other => other.map(drop),
+        }
+    }
+
+    /// Sends the VXLAN link's broadcast and unknown frames to `peer` too
+    /// (`bridge fdb append 00:00:00:00:00:00 dev LINK dst PEER`); a peer
+    /// already there is fine.
+    pub fn add_vxlan_peer(&mut self, index: u32, peer: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.flags = NeighbourFlags::Own;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+        let request = RouteNetlinkMessage::NewNeighbour(message);
+        match self.request("adding a VXLAN peer", request, NLM_F_CREATE | NLM_F_APPEND) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             other => other.map(drop),
         }
     }
@@ -445,6 +491,20 @@ fn new_bridge(name: &str) -> RouteNetlinkMessage {
     message
         .attributes
         .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+    RouteNetlinkMessage::NewLink(message)
+}
+
+fn new_vxlan(name: &str, id: u32, port: u16, local: Option<Ipv4Addr>) -> RouteNetlinkMessage {
+    let mut message = LinkMessage::default();
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    let mut data = vec![InfoVxlan::Id(id), InfoVxlan::Port(port), InfoVxlan::Learning(true)];
+    if let Some(local) = local {
+        data.push(InfoVxlan::Local(local));
+    }
+    message.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(data)),
+    ]));
     RouteNetlinkMessage::NewLink(message)
 }
 

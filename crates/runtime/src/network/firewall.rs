@@ -350,6 +350,7 @@ mod tests {
             internal: false,
             labels: Default::default(),
             ip_range: None,
+            vxlan: None,
         };
         // The stamps of made rules go to a run directory of the test's own.
         let run = tempfile::tempdir().unwrap();

@@ -70,9 +70,18 @@ pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, String> {
         .link_index(&network.bridge)
         .map_err(what("finding bridge"))?
         .ok_or_else(|| format!("bridge {} vanished", network.bridge))?;
+    if let Some(vxlan) = &network.vxlan {
+        // The same MAC on every host's bridge: a moved container's ARP
+        // entry for its gateway stays right.
+        nl.set_mac(index, vxlan.gateway_mac())
+            .map_err(what("setting the MAC of bridge"))?;
+    }
     nl.add_address(index, IpAddr::V4(network.gateway), network.subnet.prefix_len())
         .map_err(what("addressing bridge"))?;
     nl.set_up(index).map_err(what("bringing up bridge"))?;
+    if let Some(vxlan) = &network.vxlan {
+        vxlan.attach(&mut nl, index)?;
+    }
     write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
     // Published ports answer on 127.0.0.1 too: such packets, forwarded to
     // the container, may leave through the bridge.
@@ -83,13 +92,11 @@ pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, String> {
     Ok(index)
 }
 
-/// Deletes a network's bridge (gone already is fine).
-pub fn remove_bridge(name: &str) -> Result<(), String> {
+/// Deletes the link `name`, a network's bridge or VXLAN port (gone already is fine).
+pub fn remove_link(name: &str) -> Result<(), String> {
     let mut nl = open()?;
-    match nl.link_index(name).map_err(|e| format!("finding bridge {name}: {e}"))? {
-        Some(index) => nl
-            .delete_link(index)
-            .map_err(|e| format!("deleting bridge {name}: {e}")),
+    match nl.link_index(name).map_err(|e| format!("finding link {name}: {e}"))? {
+        Some(index) => nl.delete_link(index).map_err(|e| format!("deleting link {name}: {e}")),
         None => Ok(()),
     }
 }
@@ -105,7 +112,7 @@ pub fn open_tap(network: &NetworkRecord, id: &str, slot: u8) -> Result<(String, 
         .link_index(&name)
         .map_err(|e| format!("finding tap {name}: {e}"))?
         .ok_or_else(|| format!("tap {name} vanished"))?;
-    nl.set_mtu(index, super::MTU)
+    nl.set_mtu(index, network.mtu())
         .and_then(|_| nl.set_master(index, bridge))
         .and_then(|_| nl.set_up(index))
         .map_err(|e| format!("attaching tap {name} to {}: {e}", network.bridge))?;

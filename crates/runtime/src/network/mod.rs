@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod host;
 pub mod policy;
 pub mod ports;
+pub mod vxlan;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -176,9 +177,20 @@ pub struct NetworkRecord {
     /// Where automatic addresses come from (`--ip-range`); the whole subnet if `None`.
     #[serde(default)]
     pub ip_range: Option<Ipv4Net>,
+    /// The network spans hosts through this VXLAN (`hull.vxlan.*` options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<vxlan::Vxlan>,
 }
 
 impl NetworkRecord {
+    /// Its containers' MTU: a spanning network leaves room for VXLAN.
+    pub fn mtu(&self) -> u32 {
+        match self.vxlan {
+            Some(_) => MTU - vxlan::OVERHEAD,
+            None => MTU,
+        }
+    }
+
     /// The default network: Docker's `bridge`, with no names served.
     pub fn is_default(&self) -> bool {
         self.name == DEFAULT_NETWORK
@@ -194,6 +206,7 @@ pub struct NetworkRequest {
     pub ip_range: Option<Ipv4Net>,
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
+    pub vxlan: Option<vxlan::Vxlan>,
 }
 
 /// The most networks one container can be on at once: one NIC slot of its
@@ -423,6 +436,24 @@ fn make(request: NetworkRequest, bridge: String) -> Result<NetworkRecord, Networ
 
 fn make_with_id(request: NetworkRequest, bridge: String, id: String) -> Result<NetworkRecord, NetworkError> {
     let taken = taken_subnets()?;
+    if let Some(vxlan) = &request.vxlan {
+        // The same subnet on every host: one picked here would differ.
+        if request.subnet.is_none() {
+            return Err(NetworkError::InvalidConfig(format!(
+                "a network that spans hosts ({}) needs --subnet, the same on every host",
+                vxlan::ID_OPTION
+            )));
+        }
+        if let Some(other) = list()?
+            .iter()
+            .find(|n| n.vxlan.as_ref().is_some_and(|v| v.id == vxlan.id))
+        {
+            return Err(NetworkError::InvalidConfig(format!(
+                "network {} already uses VXLAN {} on this host",
+                other.name, vxlan.id
+            )));
+        }
+    }
     let subnet = match request.subnet {
         Some(subnet) => {
             let subnet = subnet.trunc();
@@ -464,6 +495,7 @@ fn make_with_id(request: NetworkRequest, bridge: String, id: String) -> Result<N
         internal: request.internal,
         labels: request.labels,
         ip_range: request.ip_range,
+        vxlan: request.vxlan,
     };
     save(&record)?;
     Ok(record)
@@ -489,7 +521,10 @@ pub fn remove(record: &NetworkRecord) -> Result<(), NetworkError> {
     std::fs::rename(&dir, &doomed).map_err(io(format!("removing network {}", record.name)))?;
     let _ = std::fs::remove_dir_all(&doomed);
     if was_used {
-        host::remove_bridge(&record.bridge).map_err(NetworkError::Host)?;
+        host::remove_link(&record.bridge).map_err(NetworkError::Host)?;
+        if let Some(vxlan) = &record.vxlan {
+            host::remove_link(&vxlan.link_name()).map_err(NetworkError::Host)?;
+        }
         // Its rules go with it.
         firewall::ensure(&list()?).map_err(NetworkError::Host)?;
     }
@@ -647,7 +682,7 @@ pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Optio
             mac: endpoint.mac.clone(),
             addresses: vec![format!("{}/{}", endpoint.address, record.subnet.prefix_len())],
             gateway: (routed == Some(endpoint.slot)).then(|| record.gateway.to_string()),
-            mtu: MTU,
+            mtu: record.mtu(),
         })
         .collect();
     Ok(Some(proto::GuestNetwork {
@@ -674,6 +709,7 @@ mod tests {
             internal: false,
             labels: BTreeMap::new(),
             ip_range: None,
+            vxlan: None,
         }
     }
 
