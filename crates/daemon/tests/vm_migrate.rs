@@ -266,9 +266,17 @@ fn a_tcp_connection_to_a_published_port_stays_open_across_a_move() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(first, "before\n");
+    // What reaches the host on the container's tap: the new VMM announces
+    // the guest's MAC there (RARP) once the guest runs in it.
+    let mac = hulld.inspect("{{.NetworkSettings.MacAddress}}", &id);
+    let watch = RarpWatch::on(&format!("hv{}", &id[..12]));
     let (status, report) = migrate(&hulld, &id, "downtime=2000");
     assert!(status.contains(" 200 "), "{status} {report}");
     eprintln!("moved with its taps: {report}");
+    assert!(
+        watch.saw_announcement(&mac, Duration::from_secs(30)),
+        "no RARP announcement from {mac} after the move"
+    );
     // The same connection, the same server process, in the new VMM.
     assert_eq!(echo(&mut conn, &mut reader, "after"), "after\n");
     assert_eq!(echo(&mut conn, &mut reader, "and on"), "and on\n");
@@ -280,4 +288,72 @@ fn a_tcp_connection_to_a_published_port_stays_open_across_a_move() {
     drop((conn, reader));
     ok(&hulld.docker(&["rm", "-f", &id]));
     hulld.assert_no_leftovers();
+}
+
+/// A raw socket that sees every frame on one host interface (all
+/// protocols: on a bridge's port the bridge takes frames before any
+/// protocol's own packet sockets see them).
+struct RarpWatch(std::os::fd::OwnedFd);
+
+impl RarpWatch {
+    fn on(interface: &str) -> RarpWatch {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2); the descriptor is owned from here.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(interface).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index != 0, "no interface {interface}");
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = index as i32;
+        // SAFETY: bind(2) with an address of the size given.
+        let bound = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(bound, 0, "binding to {interface}: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: setsockopt(2) with a timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        RarpWatch(fd)
+    }
+
+    /// Whether a RARP frame from `mac` (`aa:bb:...`) announcing `mac`
+    /// comes within `patience`.
+    fn saw_announcement(&self, mac: &str, patience: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mac: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        let deadline = Instant::now() + patience;
+        let mut frame = vec![0u8; 1600];
+        while Instant::now() < deadline {
+            // SAFETY: recv(2) into a buffer of the length given.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len(), 0) };
+            // Ethernet: source at 6, type at 12; RARP's sender MAC at 22.
+            if n >= 42 && frame[12..14] == [0x80, 0x35] && frame[6..12] == mac[..] && frame[22..28] == mac[..] {
+                return true;
+            }
+        }
+        false
+    }
 }

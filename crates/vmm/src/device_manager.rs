@@ -274,6 +274,24 @@ impl DeviceManager {
         Ok(taps)
     }
 
+    /// The MACs the guest sends from, by NIC slot (those it has sent on).
+    pub fn guest_macs(&self) -> Vec<(u8, [u8; 6])> {
+        self.nics()
+            .filter_map(|(slot, nic)| Some((slot, lock(&nic.transport).guest_mac()?)))
+            .collect()
+    }
+
+    /// The VM runs here now, moved from another VMM: each NIC in `macs`
+    /// announces its guest's MAC on its tap.
+    pub fn announce_moved(&self, macs: &[(u8, [u8; 6])]) {
+        for (slot, nic) in self.nics() {
+            // A multicast address (the source is not trusted) is no NIC's.
+            if let Some((_, mac)) = macs.iter().find(|(s, mac)| *s == slot && mac[0] & 1 == 0) {
+                lock(&nic.transport).announce(*mac);
+            }
+        }
+    }
+
     /// The slots of the NICs plugged into a host tap.
     pub fn nics_on_taps(&self) -> Vec<u8> {
         self.nics()

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 /// carries the VM's vCPUs and devices. 3: the state goes without the
 /// snapshot file's digest (its frame has a CRC); the destination answers
 /// each round's end (`RoundIn`). 4: the hello names the NICs on taps. 5:
-/// disks travel (`Disk`, `DiskZeros`; the hello names them).
+/// disks travel (`Disk`, `DiskZeros`; the hello names them), and the
+/// hello carries the guest's MACs.
 pub const VERSION: u32 = 5;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
@@ -42,7 +43,13 @@ pub struct Hello {
     /// began as (a clone's), if any: a destination that maps the same
     /// template is sent only the pages the clone changed.
     pub template: Option<[u8; 32]>,
+    /// The MACs the guest sends from, by NIC slot: the destination
+    /// announces them on its taps once the guest runs there.
+    pub guest_macs: SlotMacs,
 }
+
+/// MAC addresses by NIC slot.
+pub type SlotMacs = Vec<(u8, [u8; 6])>;
 
 /// What a destination must have been made like to take a VM, checked
 /// before any page travels (a mismatch found only in the state would cost
@@ -370,6 +377,7 @@ mod tests {
                     }],
                 },
                 template: Some([7; 32]),
+                guest_macs: vec![(0, [2, 0x42, 0xac, 0x11, 0, 2])],
             }),
             Frame::Welcome(Welcome::Accepted { has_template: true }),
             Frame::Welcome(Welcome::Refused { reason: "no".into() }),

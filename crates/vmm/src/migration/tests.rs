@@ -172,6 +172,7 @@ fn hello(template: Option<[u8; 32]>) -> Hello {
         page_size: PAGE_SIZE as u32,
         shape: shape(),
         template,
+        guest_macs: Vec::new(),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct BuiltVm {
     /// (`vm::run`: `incoming::receive`, then `apply_state`); then told when
     /// the VM is ready to run here, and that it runs.
     pub incoming: Option<std::fs::File>,
+    /// A migrating VM's MACs, by NIC slot, to announce once it runs here.
+    pub announce: Vec<(u8, [u8; 6])>,
 }
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
@@ -43,6 +45,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     trace::mark("VM created");
 
     let mut incoming = None;
+    let mut announce = Vec::new();
     let (memory, saved, clone_of) = match &config.start {
         Start::Restore { snapshot } => {
             let (saved, id) = read_snapshot(snapshot, config)?;
@@ -53,6 +56,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
         Start::Incoming { listen, template, .. } => {
             let accepted = super::incoming::accept(listen, template.as_deref(), config)?;
             incoming = Some(accepted.conn);
+            announce = accepted.guest_macs;
             (accepted.memory, None, accepted.clone_of)
         }
     };
@@ -100,6 +104,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
         kvm,
         clone_of,
         incoming,
+        announce,
     })
 }
 

@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use super::{Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
 use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
-use crate::migration::stream::{DiskShape, VmShape};
+use crate::migration::stream::{DiskShape, SlotMacs, VmShape};
 use crate::migration::{IncomingDisks, MigrationError};
 use crate::snapshot::{self, VmState};
 
@@ -33,6 +33,9 @@ pub(super) struct Accepted {
     pub conn: std::fs::File,
     /// The template whose pages the memory is mapped from, if it is.
     pub clone_of: Option<[u8; 32]>,
+    /// What the source's guest sends from, by NIC slot: announced here
+    /// once the guest runs.
+    pub guest_macs: SlotMacs,
 }
 
 fn failed(e: MigrationError) -> VmError {
@@ -51,10 +54,11 @@ pub(super) fn accept(listen: &Path, template: Option<&Path>, config: &VmConfig) 
     let _ = std::fs::remove_file(listen);
     conn.set_read_timeout(Some(SILENCE)).map_err(listen_err)?;
     match hello(&mut conn, template, config) {
-        Ok((memory, clone_of)) => Ok(Accepted {
+        Ok((memory, clone_of, guest_macs)) => Ok(Accepted {
             memory,
             conn: std::os::fd::OwnedFd::from(conn).into(),
             clone_of,
+            guest_macs,
         }),
         Err(e) => {
             receive::abort(&mut conn, &e.to_string());
@@ -67,7 +71,7 @@ fn hello(
     conn: &mut UnixStream,
     template: Option<&Path>,
     config: &VmConfig,
-) -> Result<(GuestMemoryMmap, Option<[u8; 32]>), VmError> {
+) -> Result<(GuestMemoryMmap, Option<[u8; 32]>, SlotMacs), VmError> {
     let hello = read_hello(conn).map_err(failed)?;
     let memory_bytes = config.memory_mib << 20;
     let ours = match template.map(snapshot::snapshot_id).transpose() {
@@ -94,7 +98,7 @@ fn hello(
         _ => super::builder::anonymous_memory(config.memory_mib)?,
     };
     welcome(conn, Ok(clone_of.is_some())).map_err(failed)?;
-    Ok((memory, clone_of))
+    Ok((memory, clone_of, hello.guest_macs))
 }
 
 /// Whether the read-write disks' content comes with the VM.

@@ -280,6 +280,7 @@ fn migrate_with(
             disks: disk_shapes,
         },
         template: clone_of,
+        guest_macs: vmm.devices.guest_macs(),
     };
     let limits = Limits {
         downtime: Duration::from_millis(u64::from(downtime_ms)),

@@ -121,6 +121,8 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;
         gate.release();
         trace::mark("migration: go; the guest runs here");
+        // The network learns the guest's new port now, not when it next speaks.
+        devices.announce_moved(&built.announce);
         // Best effort: this only completes the source's report.
         let _ = crate::migration::receive::resumed(&mut source);
     }

@@ -250,6 +250,16 @@ impl MmioTransport {
         self.device.migration_blocker()
     }
 
+    /// See `VirtioDevice::guest_mac`.
+    pub fn guest_mac(&self) -> Option<[u8; 6]> {
+        self.device.guest_mac()
+    }
+
+    /// See `VirtioDevice::announce`.
+    pub fn announce(&mut self, mac: [u8; 6]) {
+        self.device.announce(mac)
+    }
+
     /// Whether the device's host side is plugged (`VirtioDevice::plugged`).
     pub fn plugged(&self) -> bool {
         self.device.plugged()

@@ -166,6 +166,13 @@ pub trait VirtioDevice: Send {
     fn migration_blocker(&self) -> Option<&'static str> {
         None
     }
+    /// The address the guest sends from (a NIC's), if it has sent.
+    fn guest_mac(&self) -> Option<[u8; 6]> {
+        None
+    }
+    /// The VM has just moved here: tells the network the guest's `mac` is
+    /// behind this device now (a NIC's RARP announcement).
+    fn announce(&mut self, _mac: [u8; 6]) {}
     /// Whether its host side is plugged into something (a NIC's tap); a
     /// device that cannot be unplugged always is.
     fn plugged(&self) -> bool {

@@ -17,6 +17,12 @@
 //! on that many networks) and plugged into a tap, or unplugged, while the
 //! guest runs (`docker network connect` and `disconnect`): the guest keeps
 //! its device and only the frames stop or start flowing.
+//!
+//! The guest's MAC is the one its frames come from (a clone's agent sets
+//! the container's own; the device's config still has the template's).
+//! After a migration the NIC announces it on its new tap with RARP frames,
+//! as QEMU does, so bridges and switches (a VXLAN's far end too) learn the
+//! new port before the guest says anything.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -71,6 +77,29 @@ pub struct Net {
     tx_buffer: Vec<u8>,
     /// The tap is in the epoll set, waiting to be readable.
     armed: bool,
+    /// The source address of the guest's last frame.
+    guest_mac: Option<[u8; 6]>,
+}
+
+/// How many RARP frames announce a moved NIC (QEMU sends five, spaced out;
+/// these go back to back).
+const ANNOUNCEMENTS: usize = 3;
+
+/// A RARP "reverse request" for `mac`, from `mac`, to everyone (60 bytes,
+/// Ethernet's shortest), after a zero `virtio_net_hdr`: what QEMU sends
+/// after a migration (`qemu_announce_self`).
+fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut packet = vec![0u8; HEADER];
+    packet.extend_from_slice(&[0xff; 6]);
+    packet.extend_from_slice(&mac);
+    packet.extend_from_slice(&[0x80, 0x35]); // ETH_P_RARP
+    packet.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]); // Ethernet, IPv4, reverse request
+    packet.extend_from_slice(&mac);
+    packet.extend_from_slice(&[0; 4]);
+    packet.extend_from_slice(&mac);
+    packet.extend_from_slice(&[0; 4]);
+    packet.resize(HEADER + 60, 0);
+    packet
 }
 
 /// Opens (creating if needed) the tap interface `name`, non-blocking.
@@ -143,6 +172,7 @@ impl Net {
             pending: None,
             tx_buffer: Vec::new(),
             armed: false,
+            guest_mac: None,
         })
     }
 
@@ -284,6 +314,9 @@ impl Net {
                 }
             }
             if let (true, true, Some(tap)) = (valid, packet.len() > HEADER, self.tap.as_mut()) {
+                if let Some(source) = packet.get(HEADER + 6..HEADER + 12) {
+                    self.guest_mac = source.try_into().ok();
+                }
                 let _ = tap.write(packet);
             }
             if queue.add_used(memory, head, 0).is_err() {
@@ -334,6 +367,20 @@ impl VirtioDevice for Net {
 
     fn plug(&mut self, backend: Option<File>) -> std::io::Result<()> {
         Net::plug(self, backend)
+    }
+
+    fn guest_mac(&self) -> Option<[u8; 6]> {
+        self.guest_mac
+    }
+
+    fn announce(&mut self, mac: [u8; 6]) {
+        self.guest_mac = Some(mac);
+        if let Some(tap) = self.tap.as_mut() {
+            let frame = rarp_announcement(mac);
+            for _ in 0..ANNOUNCEMENTS {
+                let _ = tap.write(&frame);
+            }
+        }
     }
 
     fn plugged(&self) -> bool {
@@ -423,6 +470,39 @@ mod tests {
         let mut got = vec![0u8; 70_000];
         let n = host.recv(&mut got).unwrap();
         assert_eq!(&got[..n], &packet[..], "a 60 KB segment, header untouched");
+    }
+
+    #[test]
+    fn a_moved_nic_announces_the_mac_its_guest_sends_from() {
+        let (mut net, host) = nic();
+        let memory = memory();
+        let guest = [0x02, 0x42, 0xac, 0x11, 0, 7];
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&guest);
+        frame.extend_from_slice(&[0x08, 0x06]);
+        frame.resize(60, 0);
+        let packet = with_header(&frame);
+        memory.write_slice(&packet, GuestAddress(0x8000)).unwrap();
+        let mut queues = queues_at(&memory, TX, &[desc(0x8000, packet.len() as u32, 0, 0)]);
+        assert!(net.process_queue(TX, &mut queues, &memory));
+        assert_eq!(net.guest_mac(), Some(guest), "not the device's {MAC:?}");
+        let mut got = vec![0u8; 100];
+        host.recv(&mut got).unwrap();
+        // On the new host, with the MAC the old one learnt:
+        let (mut moved, host) = nic();
+        moved.announce(guest);
+        for _ in 0..ANNOUNCEMENTS {
+            let n = host.recv(&mut got).unwrap();
+            assert_eq!(n, HEADER + 60);
+            let frame = &got[HEADER..n];
+            assert_eq!(&frame[..6], &[0xff; 6]);
+            assert_eq!(&frame[6..12], &guest);
+            assert_eq!(&frame[12..14], &[0x80, 0x35]);
+            assert_eq!(&frame[22..28], &guest, "sender");
+            assert_eq!(&frame[32..38], &guest, "target");
+        }
+        // A NIC on nothing announces nothing (and does not fail).
+        Net::detached(MAC).unwrap().announce(guest);
     }
 
     #[test]
