@@ -186,7 +186,7 @@ impl NetworkRecord {
     /// Its containers' MTU: a spanning network leaves room for VXLAN.
     pub fn mtu(&self) -> u32 {
         match self.vxlan {
-            Some(_) => MTU - vxlan::OVERHEAD,
+            Some(_) => vxlan::SPANNING_MTU,
             None => MTU,
         }
     }
@@ -520,11 +520,12 @@ pub fn remove(record: &NetworkRecord) -> Result<(), NetworkError> {
     let doomed = networks_dir().join(format!(".removed-{}", record.id));
     std::fs::rename(&dir, &doomed).map_err(io(format!("removing network {}", record.name)))?;
     let _ = std::fs::remove_dir_all(&doomed);
+    // The VXLAN port first, whatever became of the bridge.
+    if let Some(vxlan) = &record.vxlan {
+        host::remove_link(&vxlan.link_name()).map_err(NetworkError::Host)?;
+    }
     if was_used {
         host::remove_link(&record.bridge).map_err(NetworkError::Host)?;
-        if let Some(vxlan) = &record.vxlan {
-            host::remove_link(&vxlan.link_name()).map_err(NetworkError::Host)?;
-        }
         // Its rules go with it.
         firewall::ensure(&list()?).map_err(NetworkError::Host)?;
     }

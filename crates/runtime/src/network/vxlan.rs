@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 /// The overhead VXLAN adds to a frame (outer Ethernet, IPv4, UDP, VXLAN):
 /// a spanning network's MTU is this much below the underlay's 1500.
 pub const OVERHEAD: u32 = 50;
+/// The MTU of a network that spans hosts.
+pub const SPANNING_MTU: u32 = super::MTU - OVERHEAD;
 /// IANA's VXLAN port (Linux's default is the older 8472).
 pub const DEFAULT_PORT: u16 = 4789;
 /// At most this many peers (each is one flood entry and one copy of every
@@ -85,6 +87,13 @@ impl Vxlan {
         if peers.len() > MAX_PEERS {
             return Err(format!("{PEERS_OPTION}: at most {MAX_PEERS} peers"));
         }
+        if let Some(twice) = peers
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| peers[..i].contains(p).then_some(p))
+        {
+            return Err(format!("{PEERS_OPTION} names {twice} twice"));
+        }
         let local = match options.get(LOCAL_OPTION) {
             None => None,
             Some(local) => Some(
@@ -96,6 +105,12 @@ impl Vxlan {
                     .ok_or_else(|| format!("invalid {LOCAL_OPTION} {local:?}: this host's IPv4 address"))?,
             ),
         };
+        // Flooding to itself would loop this host's frames back in.
+        if let Some(local) = local.filter(|l| peers.contains(l)) {
+            return Err(format!(
+                "{PEERS_OPTION} names this host ({LOCAL_OPTION} {local}): give the other hosts only"
+            ));
+        }
         let port = match options.get(PORT_OPTION) {
             None => DEFAULT_PORT,
             Some(port) => port
@@ -145,7 +160,7 @@ impl Vxlan {
             .link_index(&name)
             .map_err(step("finding VXLAN link"))?
             .ok_or_else(|| format!("VXLAN link {name} vanished"))?;
-        nl.set_mtu(index, super::MTU - OVERHEAD)
+        nl.set_mtu(index, SPANNING_MTU)
             .and_then(|_| nl.set_master(index, bridge))
             .and_then(|_| nl.set_up(index))
             .map_err(step("attaching VXLAN link"))?;
@@ -322,6 +337,12 @@ mod tests {
             vec![("hull.vxlan.id", "1"), ("hull.vxlan.peers", "host.example")],
             vec![("hull.vxlan.id", "1"), ("hull.vxlan.port", "0")],
             vec![("hull.vxlan.id", "1"), ("hull.vxlan.local", "0.0.0.0")],
+            vec![("hull.vxlan.id", "1"), ("hull.vxlan.peers", "192.0.2.2,192.0.2.2")],
+            vec![
+                ("hull.vxlan.id", "1"),
+                ("hull.vxlan.peers", "192.0.2.2,192.0.2.1"),
+                ("hull.vxlan.local", "192.0.2.1"),
+            ],
             vec![("hull.vxlan.peers", "192.0.2.2")],
         ] {
             let err = Vxlan::from_options(&options(&bad)).unwrap_err();

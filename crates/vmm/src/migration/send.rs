@@ -306,6 +306,8 @@ fn precopy_and_switch<C: Read + Write>(
     let has_template = match read_frame(conn)? {
         Some(Frame::Welcome(Welcome::Accepted { has_template })) => has_template,
         Some(Frame::Welcome(Welcome::Refused { reason })) => return Err(MigrationError::Refused(reason)),
+        // A destination that could not read the hello says why.
+        Some(Frame::Abort { reason }) => return Err(MigrationError::Refused(reason)),
         other => return Err(unexpected("a welcome", other)),
     };
     source

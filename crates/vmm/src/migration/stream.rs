@@ -159,6 +159,11 @@ pub enum StreamError {
     Oversized { kind: u8, len: usize, max: usize },
     #[error("a malformed migration frame: {0}")]
     Malformed(String),
+    #[error(
+        "the other side speaks migration version {0}, this hull-vmm {VERSION}: a VM started by another hull-vmm \
+         version moves only once it has been restarted"
+    )]
+    Version(u32),
 }
 
 mod kind {
@@ -197,6 +202,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
 
 fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, StreamError> {
     postcard::from_bytes(payload).map_err(|e| StreamError::Malformed(e.to_string()))
+}
+
+/// A hello; one this version cannot read is refused by the version it
+/// names (every version's hello begins with it).
+fn decode_hello(payload: &[u8]) -> Result<Hello, StreamError> {
+    decode(payload).map_err(|e| match postcard::take_from_bytes::<u32>(payload) {
+        Ok((version, _)) if version != VERSION => StreamError::Version(version),
+        _ => e,
+    })
 }
 
 /// Writes one frame and flushes `w`: the peer gets it now.
@@ -299,7 +313,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
         false => Err(StreamError::Malformed(format!("frame kind {kind} carries {len} bytes"))),
     };
     Ok(Some(match kind {
-        kind::HELLO => Frame::Hello(decode(&payload)?),
+        kind::HELLO => Frame::Hello(decode_hello(&payload)?),
         kind::WELCOME => Frame::Welcome(decode(&payload)?),
         kind::PAGES => {
             let (first, data) = payload
@@ -420,6 +434,21 @@ mod tests {
             assert_eq!(read_frame(&mut r).unwrap(), Some(frame));
         }
         assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_hello_of_another_version_is_refused_by_its_version() {
+        // Version 4's hello had fewer fields: it does not decode as this one's.
+        let mut payload = postcard::to_stdvec(&4u32).unwrap();
+        payload.extend_from_slice(&[0x10, 0x00]);
+        let mut frame = vec![kind::HELLO];
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        let err = read_frame(&mut frame.as_slice()).unwrap_err();
+        assert!(matches!(err, StreamError::Version(4)), "{err}");
+        assert!(err.to_string().contains("version 4"), "{err}");
     }
 
     #[test]

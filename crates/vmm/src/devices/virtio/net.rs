@@ -77,7 +77,9 @@ pub struct Net {
     tx_buffer: Vec<u8>,
     /// The tap is in the epoll set, waiting to be readable.
     armed: bool,
-    /// The source address of the guest's last frame.
+    /// The source address of the guest's first frame since the NIC was
+    /// plugged (the container's MAC: its agent sets it before the link is
+    /// up; later frames may come from a bridge inside the guest).
     guest_mac: Option<[u8; 6]>,
 }
 
@@ -188,6 +190,8 @@ impl Net {
         }
         self.pending = None;
         self.armed = false;
+        // Another network: the guest gives this NIC another MAC.
+        self.guest_mac = None;
         if let Some(tap) = tap {
             self.epoll.ctl(
                 ControlOperation::Add,
@@ -314,8 +318,11 @@ impl Net {
                 }
             }
             if let (true, true, Some(tap)) = (valid, packet.len() > HEADER, self.tap.as_mut()) {
-                if let Some(source) = packet.get(HEADER + 6..HEADER + 12) {
-                    self.guest_mac = source.try_into().ok();
+                if self.guest_mac.is_none() {
+                    self.guest_mac = packet
+                        .get(HEADER + 6..HEADER + 12)
+                        .and_then(|source| <[u8; 6]>::try_from(source).ok())
+                        .filter(|mac| mac[0] & 1 == 0);
                 }
                 let _ = tap.write(packet);
             }
@@ -374,8 +381,8 @@ impl VirtioDevice for Net {
     }
 
     fn announce(&mut self, mac: [u8; 6]) {
-        self.guest_mac = Some(mac);
         if let Some(tap) = self.tap.as_mut() {
+            self.guest_mac = Some(mac);
             let frame = rarp_announcement(mac);
             for _ in 0..ANNOUNCEMENTS {
                 let _ = tap.write(&frame);

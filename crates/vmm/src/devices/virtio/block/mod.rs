@@ -122,10 +122,12 @@ impl Block {
                     return Ok((VIRTIO_BLK_S_IOERR, 0));
                 }
                 let buffers = guest_buffers(memory, data)?;
-                self.transfer(&buffers, sector * SECTOR, Direction::Write)?;
+                let written = self.transfer(&buffers, sector * SECTOR, Direction::Write);
                 // After the write, so a migration that reads the chunk
-                // before it lands sends it again.
+                // before it lands sends it again; a failed write may have
+                // changed part of the file, so it counts too.
                 self.written.mark(sector * SECTOR, total);
+                written?;
                 Ok((VIRTIO_BLK_S_OK, 0))
             }
             VIRTIO_BLK_T_FLUSH => {
