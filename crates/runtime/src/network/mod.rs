@@ -523,6 +523,7 @@ pub fn remove(record: &NetworkRecord) -> Result<(), NetworkError> {
     // The VXLAN port first, whatever became of the bridge.
     if let Some(vxlan) = &record.vxlan {
         host::remove_link(&vxlan.link_name()).map_err(NetworkError::Host)?;
+        vxlan.forget();
     }
     if was_used {
         host::remove_link(&record.bridge).map_err(NetworkError::Host)?;

@@ -13,12 +13,17 @@
 //! host leases from its own part) and the others as peers. Every host's
 //! bridge has the same gateway address and the same MAC (derived from the
 //! VNI, as an EVPN "anycast gateway"): a container that moves keeps a valid
-//! ARP entry for its gateway, which is then the new host's.
+//! ARP entry for its gateway, which is then the new host's. The hosts' own
+//! frames (from that MAC) never cross the tunnel: a bridge-family nftables
+//! rule drops them on the way into any VXLAN link of hull's, so each
+//! host's gateway answers only its own containers and no host sees frames
+//! from its own address come back.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 /// The overhead VXLAN adds to a frame (outer Ethernet, IPv4, UDP, VXLAN):
 /// a spanning network's MTU is this much below the underlay's 1500.
@@ -167,8 +172,58 @@ impl Vxlan {
         for peer in &self.peers {
             nl.add_vxlan_peer(index, *peer).map_err(step("adding a peer to"))?;
         }
-        Ok(())
+        self.keep_gateway_home()
     }
+
+    /// Drops frames from the gateway's MAC on their way into this VXLAN
+    /// link (idempotent: the rule is made anew, the sets' elements stay).
+    fn keep_gateway_home(&self) -> Result<(), String> {
+        let table = gateway_table();
+        let set = |name: &str, kind: &str| json!({"add": {"set": {"family": "bridge", "table": table, "name": name, "type": kind}}});
+        let chain = json!({"family": "bridge", "table": table, "name": "out"});
+        let rule = vec![
+            json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": format!("@{LINKS_SET}")}}),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "saddr"}}, "right": format!("@{GATEWAYS_SET}")}}),
+            json!({"drop": null}),
+        ];
+        let commands = vec![
+            json!({"add": {"table": {"family": "bridge", "name": table}}}),
+            set(LINKS_SET, "ifname"),
+            set(GATEWAYS_SET, "ether_addr"),
+            json!({"add": {"chain": {"family": "bridge", "table": table, "name": "out", "type": "filter", "hook": "postrouting", "prio": 0, "policy": "accept"}}}),
+            json!({"flush": {"chain": chain}}),
+            json!({"add": {"rule": {"family": "bridge", "table": table, "chain": "out", "expr": rule}}}),
+            self.element("add", LINKS_SET, json!(self.link_name())),
+            self.element("add", GATEWAYS_SET, json!(mac_text(self.gateway_mac()))),
+        ];
+        super::firewall::apply(commands).map_err(|e| format!("keeping the gateway of VXLAN {} home: {e}", self.id))
+    }
+
+    fn element(&self, verb: &str, set: &str, value: Value) -> Value {
+        json!({verb: {"element": {"family": "bridge", "table": gateway_table(), "name": set, "elem": [value]}}})
+    }
+
+    /// Takes this network out of the rule (its network is removed); best
+    /// effort: without the table there is nothing to take.
+    pub fn forget(&self) {
+        let _ = super::firewall::apply(vec![
+            self.element("delete", LINKS_SET, json!(self.link_name())),
+            self.element("delete", GATEWAYS_SET, json!(mac_text(self.gateway_mac()))),
+        ]);
+    }
+}
+
+/// hull's bridge table for spanning networks (apart from the policy's,
+/// which is rebuilt whole).
+fn gateway_table() -> String {
+    format!("{}vx", super::host_name())
+}
+
+const LINKS_SET: &str = "links";
+const GATEWAYS_SET: &str = "gateways";
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 #[cfg(test)]
@@ -196,6 +251,40 @@ mod tests {
         })
         .join()
         .unwrap()
+    }
+
+    /// A raw socket (every protocol) on `interface`, reads timing out
+    /// after 100 ms.
+    fn raw_socket(interface: &str) -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2); the descriptor is owned from here.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(interface).unwrap();
+        // SAFETY: sockaddr_ll is plain data; if_nametoindex takes a C string.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        // SAFETY: bind(2) and setsockopt(2) with arguments of the sizes given.
+        unsafe {
+            let size = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd.as_raw_fd(), (&address as *const libc::sockaddr_ll).cast(), size),
+                0
+            );
+            let timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            let size = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+            let option = (&timeout as *const libc::timeval).cast();
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, option, size);
+        }
+        fd
     }
 
     /// Named network namespaces, deleted (with their links) when dropped.
@@ -302,6 +391,26 @@ mod tests {
             back
         });
         assert!(got == sent, "the bytes came back changed");
+        // Host A's own frames stay on host A: its ARP for the container on
+        // host B (from the shared gateway MAC) does not reach it.
+        let gateway_mac = macs[0].unwrap();
+        let sniffer = in_netns(&ctr_b, move || raw_socket(&format!("c{tag}")));
+        in_netns(&host_a, || {
+            let socket = std::net::UdpSocket::bind("10.97.0.1:0").unwrap();
+            let _ = socket.send_to(b"hello", "10.97.0.130:9");
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        let mut frame = vec![0u8; 1600];
+        while std::time::Instant::now() < deadline {
+            use std::os::fd::AsRawFd;
+            // SAFETY: recv(2) into a buffer of the length given.
+            let n = unsafe { libc::recv(sniffer.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len(), 0) };
+            let for_b = n >= 42 && frame[12..14] == [0x08, 0x06] && frame[38..42] == [10, 97, 0, 130];
+            assert!(
+                !(for_b && frame[6..12] == gateway_mac),
+                "host A's ARP crossed the tunnel from the shared gateway MAC"
+            );
+        }
         assert_eq!(echo.join().unwrap().ip().to_string(), "10.97.0.10");
         drop(namespaces);
     }
