@@ -118,19 +118,13 @@ impl Netlink {
     /// link of that name is `EEXIST`.
     pub fn create_bridge(&mut self, name: &str) -> Result<(), NetlinkError> {
         check_name(name)?;
-        let request = "creating a bridge";
-        match self.request(request, new_bridge(name), NLM_F_CREATE | NLM_F_EXCL) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match self.link(name)? {
-                Some(link) if link.kind.as_deref() == Some("bridge") => Ok(()),
-                _ => Err(e),
-            },
-            other => other.map(drop),
-        }
+        self.create_link("creating a bridge", name, new_bridge(name), "bridge")
     }
 
     /// Creates a VXLAN link of VNI `id` on UDP `port` (sent from `local`, if
-    /// given), learning where remote MACs are; one already there with the
-    /// same VNI is fine, anything else of that name is `EEXIST`.
+    /// given), learning where remote MACs are; a VXLAN link already there
+    /// is taken as it is (its name says its VNI), anything else of that
+    /// name is `EEXIST`.
     pub fn create_vxlan(
         &mut self,
         name: &str,
@@ -139,10 +133,21 @@ impl Netlink {
         local: Option<Ipv4Addr>,
     ) -> Result<(), NetlinkError> {
         check_name(name)?;
-        let request = "creating a VXLAN link";
-        match self.request(request, new_vxlan(name, id, port, local), NLM_F_CREATE | NLM_F_EXCL) {
+        self.create_link("creating a VXLAN link", name, new_vxlan(name, id, port, local), "vxlan")
+    }
+
+    /// Sends `message`, a new link named `name`; one of that `kind`
+    /// already there is fine.
+    fn create_link(
+        &mut self,
+        request: &'static str,
+        name: &str,
+        message: RouteNetlinkMessage,
+        kind: &str,
+    ) -> Result<(), NetlinkError> {
+        match self.request(request, message, NLM_F_CREATE | NLM_F_EXCL) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match self.link(name)? {
-                Some(link) if link.kind.as_deref() == Some("vxlan") => Ok(()),
+                Some(link) if link.kind.as_deref() == Some(kind) => Ok(()),
                 _ => Err(e),
             },
             other => other.map(drop),

@@ -16,6 +16,13 @@ use super::stream::{put_frame, Frame, StreamError, MAX_DISK_BYTES};
 use super::MigrationError;
 use crate::devices::virtio::block::written::{WrittenChunks, CHUNK};
 
+/// Whether a disk's content goes with a VM that is `moving` its disks (to
+/// another host): read-write ones do; a read-only one must be the same
+/// bytes on both sides.
+pub fn travels(moving: bool, read_only: bool) -> bool {
+    moving && !read_only
+}
+
 /// A disk the source sends: its number in the guest's order (vda is 0).
 #[derive(Debug)]
 pub struct OutgoingDisk {
@@ -26,6 +33,11 @@ pub struct OutgoingDisk {
 }
 
 impl OutgoingDisk {
+    /// The chunks the guest wrote since the last look (or the log's start).
+    pub fn written_since(&self) -> PageSet {
+        PageSet::from_words(self.written.take(), self.written.chunks())
+    }
+
     /// The chunks that hold data (a sparse file's holes left out).
     pub fn allocated(&self) -> std::io::Result<PageSet> {
         let chunks = self.bytes.div_ceil(CHUNK);
@@ -64,14 +76,13 @@ impl OutgoingDisk {
 
     /// Sends `chunks` as the file holds them now; zero chunks are left out
     /// when the destination's copy is known to be zero there (`skip_zeros`),
-    /// else sent as `DiskZeros`. Returns the bytes of disk covered.
-    pub fn send(&self, w: &mut impl Write, chunks: &PageSet, skip_zeros: bool) -> Result<u64, MigrationError> {
-        let mut covered = 0;
+    /// else sent as `DiskZeros`.
+    pub fn send(&self, w: &mut impl Write, chunks: &PageSet, skip_zeros: bool) -> Result<(), MigrationError> {
         let mut data: Vec<u8> = Vec::with_capacity(MAX_DISK_BYTES);
         let mut data_at = 0;
         let mut zeros_at = 0;
         let mut zeros = 0u64;
-        let mut chunk_bytes = vec![0u8; CHUNK as usize];
+        let mut buffer = vec![0u8; CHUNK as usize];
         for (first, count) in chunks.runs() {
             for chunk in first..first + count {
                 let offset = chunk * CHUNK;
@@ -79,11 +90,10 @@ impl OutgoingDisk {
                 if len == 0 {
                     continue;
                 }
-                let bytes = &mut chunk_bytes[..len];
+                let bytes = &mut buffer[..len];
                 self.file
                     .read_exact_at(bytes, offset)
                     .map_err(|e| MigrationError::Disk(format!("reading disk {} at {offset}: {e}", self.disk)))?;
-                covered += len as u64;
                 let zero = bytes.iter().all(|&b| b == 0);
                 // A run of data or of zeros ends where this chunk does not continue it.
                 if !data.is_empty()
@@ -113,7 +123,7 @@ impl OutgoingDisk {
         }
         self.flush_data(w, data_at, &mut data)?;
         self.flush_zeros(w, zeros_at, &mut zeros)?;
-        Ok(covered)
+        Ok(())
     }
 
     fn flush_data(&self, w: &mut impl Write, offset: u64, data: &mut Vec<u8>) -> Result<(), StreamError> {
@@ -174,6 +184,7 @@ impl IncomingDisks {
         }
     }
 
+    /// Writes `data` at `offset` of disk `disk`'s copy.
     pub fn write(&self, disk: u8, offset: u64, data: &[u8]) -> Result<(), MigrationError> {
         self.copy(disk, offset, data.len() as u64)?
             .write_all_at(data, offset)

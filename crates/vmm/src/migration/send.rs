@@ -369,7 +369,7 @@ fn precopy_and_switch<C: Read + Write>(
         let next = source
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
-        let next_chunks: Vec<PageSet> = source.disks().iter().map(|d| d.written.take()).collect();
+        let next_chunks: Vec<PageSet> = source.disks().iter().map(OutgoingDisk::written_since).collect();
         total_bytes += bytes;
         skip_zeros = false;
         let elapsed = round_started.elapsed().max(Duration::from_micros(100));
@@ -438,7 +438,7 @@ fn precopy_and_switch<C: Read + Write>(
     );
     source.stop_dirty_log();
     for (disk, chunks) in source.disks().iter().zip(&mut chunk_sets) {
-        chunks.add(&disk.written.take());
+        chunks.add(&disk.written_since());
     }
     crate::trace::mark("migration: last dirty pages read");
     let mut counted = Counted {

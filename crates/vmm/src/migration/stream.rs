@@ -338,13 +338,17 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             if payload.len() <= DISK_HEADER {
                 return Err(StreamError::Malformed("a disk frame without data".into()));
             }
-            let (header, data) = payload.split_at(DISK_HEADER);
+            let disk = payload[0];
             let mut offset = [0u8; 8];
-            offset.copy_from_slice(&header[1..]);
+            offset.copy_from_slice(&payload[1..DISK_HEADER]);
+            // The data stays in the buffer it was read into (up to 1 MiB:
+            // moved down in place, not allocated again).
+            let mut data = payload;
+            data.drain(..DISK_HEADER);
             Frame::Disk {
-                disk: header[0],
+                disk,
                 offset: u64::from_le_bytes(offset),
-                data: data.to_vec(),
+                data,
             }
         }
         kind::DISK_ZEROS => {

@@ -641,7 +641,7 @@ fn a_disk_travels_with_its_guest_and_writes_made_meanwhile_are_sent_again() {
     assert!(read_all(&source_disk.1) == read_all(&dest_disk.1), "the disks differ");
     // The log is off once the move is over.
     written.mark(0, 1);
-    assert!(written.take().is_empty());
+    assert!(written.take().iter().all(|w| *w == 0));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use super::{Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
 use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
 use crate::migration::stream::{DiskShape, SlotMacs, VmShape};
-use crate::migration::{IncomingDisks, MigrationError};
+use crate::migration::{disks, IncomingDisks, MigrationError};
 use crate::snapshot::{self, VmState};
 
 /// How long the source may stay silent before this side gives up.
@@ -128,7 +128,7 @@ fn disk_shapes(config: &VmConfig) -> Result<Vec<DiskShape>, VmError> {
             Ok(DiskShape {
                 bytes: crate::devices::virtio::block::whole_sectors(bytes),
                 read_only: disk.read_only,
-                travels: receiving && !disk.read_only,
+                travels: disks::travels(receiving, disk.read_only),
             })
         })
         .collect()
@@ -158,7 +158,7 @@ fn incoming_disks(config: &VmConfig, devices: &DeviceManager) -> Result<Incoming
         .disks()
         .map_err(disk_err)?
         .into_iter()
-        .map(|disk| (receiving && !disk.read_only).then_some((disk.file, disk.bytes)))
+        .map(|disk| disks::travels(receiving, disk.read_only).then_some((disk.file, disk.bytes)))
         .collect();
     IncomingDisks::new(copies).map_err(disk_err)
 }

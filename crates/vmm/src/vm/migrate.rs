@@ -15,7 +15,7 @@ use super::Vmm;
 use crate::migration::pagemap::Pagemap;
 use crate::migration::send::{self, Limits, Progress, Source};
 use crate::migration::stream::{DiskShape, Hello, VmShape, PAGE_SIZE, VERSION};
-use crate::migration::{OutgoingDisk, PageSet};
+use crate::migration::{disks, OutgoingDisk, PageSet};
 use crate::{persist, snapshot, vcpu_state};
 
 /// The throttle's period: a throttled guest stands still for its share
@@ -247,12 +247,12 @@ fn migrate_with(
         .map(|d| DiskShape {
             bytes: d.bytes,
             read_only: d.read_only,
-            travels: send_disks && !d.read_only,
+            travels: disks::travels(send_disks, d.read_only),
         })
         .collect();
     let disks = (0..)
         .zip(disk_handles)
-        .filter(|(_, d)| send_disks && !d.read_only)
+        .filter(|(_, d)| disks::travels(send_disks, d.read_only))
         .map(|(disk, d)| OutgoingDisk {
             disk,
             file: d.file,
