@@ -159,20 +159,29 @@ impl Vxlan {
             let what = format!("{what} {name}");
             move |e: netlink::NetlinkError| format!("{what}: {e}")
         };
+        // Every container start on the network comes here; the link is
+        // put on the bridge and up last, so one found so was set up whole
+        // (peers, MTU, the gateway rule) by an earlier start.
+        if let Some(link) = nl.link(&name).map_err(step("finding VXLAN link"))? {
+            if link.up && link.master == Some(bridge) {
+                return Ok(());
+            }
+        }
         nl.create_vxlan(&name, self.id, self.port, self.local)
             .map_err(step("creating VXLAN link"))?;
         let index = nl
             .link_index(&name)
             .map_err(step("finding VXLAN link"))?
             .ok_or_else(|| format!("VXLAN link {name} vanished"))?;
-        nl.set_mtu(index, SPANNING_MTU)
-            .and_then(|_| nl.set_master(index, bridge))
-            .and_then(|_| nl.set_up(index))
-            .map_err(step("attaching VXLAN link"))?;
+        nl.set_mtu(index, SPANNING_MTU).map_err(step("setting the MTU of"))?;
         for peer in &self.peers {
             nl.add_vxlan_peer(index, *peer).map_err(step("adding a peer to"))?;
         }
-        self.keep_gateway_home()
+        // Before a frame can cross: the hosts' own stay home.
+        self.keep_gateway_home()?;
+        nl.set_master(index, bridge)
+            .and_then(|_| nl.set_up(index))
+            .map_err(step("attaching VXLAN link"))
     }
 
     /// Drops frames from the gateway's MAC on their way into this VXLAN
