@@ -29,6 +29,7 @@ use crate::devices::virtio::{
     worker, DeviceKind, Interrupt, VirtioDevice, TYPE_BLOCK, TYPE_FS, TYPE_NET, TYPE_RNG, TYPE_VSOCK,
 };
 use crate::layout::*;
+use crate::migration::stream::SlotMacs;
 use crate::pause::PauseGate;
 use crate::snapshot::VmState;
 use crate::vm::{eventfd, kvm_err, NetBackend, VmConfig, VmError};
@@ -275,7 +276,7 @@ impl DeviceManager {
     }
 
     /// The MACs the guest sends from, by NIC slot (those it has sent on).
-    pub fn guest_macs(&self) -> Vec<(u8, [u8; 6])> {
+    pub fn guest_macs(&self) -> SlotMacs {
         self.nics()
             .filter_map(|(slot, nic)| Some((slot, lock(&nic.transport).guest_mac()?)))
             .collect()
@@ -283,10 +284,10 @@ impl DeviceManager {
 
     /// The VM runs here now, moved from another VMM: each NIC in `macs`
     /// announces its guest's MAC on its tap.
-    pub fn announce_moved(&self, macs: &[(u8, [u8; 6])]) {
+    pub fn announce_moved(&self, macs: &SlotMacs) {
         for (slot, nic) in self.nics() {
             // A multicast address (the source is not trusted) is no NIC's.
-            if let Some((_, mac)) = macs.iter().find(|(s, mac)| *s == slot && mac[0] & 1 == 0) {
+            if let Some((_, mac)) = macs.iter().find(|(s, mac)| *s == slot && net::is_unicast(mac)) {
                 lock(&nic.transport).announce(*mac);
             }
         }

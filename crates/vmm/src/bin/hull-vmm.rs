@@ -188,7 +188,7 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let mac: [u8; 6] = bytes
         .try_into()
         .map_err(|_| format!("a MAC address has 6 bytes: {text}"))?;
-    if mac[0] & 1 != 0 {
+    if !vmm::devices::virtio::net::is_unicast(&mac) {
         return Err(format!("{text} is a multicast address"));
     }
     Ok(mac)

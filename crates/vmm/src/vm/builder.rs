@@ -29,7 +29,7 @@ pub struct BuiltVm {
     /// the VM is ready to run here, and that it runs.
     pub incoming: Option<std::fs::File>,
     /// A migrating VM's MACs, by NIC slot, to announce once it runs here.
-    pub announce: Vec<(u8, [u8; 6])>,
+    pub announce: crate::migration::stream::SlotMacs,
 }
 
 pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {

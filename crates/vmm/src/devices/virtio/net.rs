@@ -83,6 +83,11 @@ pub struct Net {
     guest_mac: Option<[u8; 6]>,
 }
 
+/// Whether `mac` can be a NIC's own address (not a group address).
+pub fn is_unicast(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0
+}
+
 /// How many RARP frames announce a moved NIC (QEMU sends five, spaced out;
 /// these go back to back).
 const ANNOUNCEMENTS: usize = 3;
@@ -322,7 +327,7 @@ impl Net {
                     self.guest_mac = packet
                         .get(HEADER + 6..HEADER + 12)
                         .and_then(|source| <[u8; 6]>::try_from(source).ok())
-                        .filter(|mac| mac[0] & 1 == 0);
+                        .filter(is_unicast);
                 }
                 let _ = tap.write(packet);
             }
