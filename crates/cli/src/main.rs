@@ -93,7 +93,8 @@ enum Command {
     /// (live migration: memory, processes, disks and output stay).
     Migrate {
         container: String,
-        /// The host to move it to (not supported yet: within this host only).
+        /// The host to move it to: HOST[:PORT] of a hulld started with
+        /// --migration-listen (port 2734 if none); without it, a new VMM here.
         #[arg(long)]
         to: Option<String>,
         /// The longest the container may stand still, in ms.

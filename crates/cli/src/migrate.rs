@@ -1,5 +1,5 @@
-//! `hull migrate CONTAINER`: moves a container hulld runs to a new VMM
-//! while it runs (live migration), through hulld's API, printing each
+//! `hull migrate CONTAINER [--to HOST]`: moves a container hulld runs to
+//! a new VMM, or to another host's hulld, while it runs (live migration), through hulld's API, printing each
 //! pre-copy round as it ends and then what the move took;
 //! `hull migrate --cancel CONTAINER` gives up the move under way.
 
@@ -43,8 +43,12 @@ pub fn run(container: &str, to: Option<&str>, downtime_ms: u32, host: Option<Str
     }
     let report = report.ok_or_else(|| anyhow::anyhow!("hulld's answer ended without the migration's outcome"))?;
     let field = |name: &str| report[name].as_u64().unwrap_or(0);
+    let whither = match report["To"].as_str() {
+        Some(to) => format!(" to {to}"),
+        None => String::new(),
+    };
     println!(
-        "{container}: moved in {} ms ({} rounds, {:.1} MiB sent); downtime {} ms",
+        "{container}: moved{whither} in {} ms ({} rounds, {:.1} MiB sent); downtime {} ms",
         field("TotalMs"),
         field("Rounds"),
         mib(field("BytesSent")),

@@ -30,6 +30,11 @@ pub struct Daemon {
     pub streams: crate::slots::StreamSlots,
     /// Wakes log followers when a container's log grows.
     pub log_watcher: crate::follow::LogWatcher,
+    /// Containers moving to another host: their end here is no death.
+    departing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Arriving containers' data connections, on their way to the move
+    /// that waits for them.
+    pub arrivals: crate::migrate::arriving::Arrivals,
 }
 
 impl Daemon {
@@ -45,7 +50,24 @@ impl Daemon {
             health: Default::default(),
             streams,
             log_watcher: crate::follow::LogWatcher::start(),
+            departing: Default::default(),
+            arrivals: Default::default(),
         })
+    }
+
+    /// Marks container `id` as leaving for another host (`true`) or as
+    /// staying after all.
+    pub fn set_departing(&self, id: &str, departing: bool) {
+        if let Ok(mut set) = self.departing.lock() {
+            match departing {
+                true => set.insert(id.to_string()),
+                false => set.remove(id),
+            };
+        }
+    }
+
+    fn is_departing(&self, id: &str) -> bool {
+        self.departing.lock().is_ok_and(|set| set.contains(id))
     }
 
     /// Whether container `id` waits to be restarted under its policy.
@@ -172,7 +194,7 @@ impl Daemon {
     /// A thread that waits for the container's end (told by its supervisor,
     /// or seen in its state if the supervisor cannot be reached), then
     /// hands over to `exited`.
-    fn watch(self: &Arc<Self>, id: &str) {
+    pub(crate) fn watch(self: &Arc<Self>, id: &str) {
         crate::health::monitor(self, id);
         let daemon = self.clone();
         let id = id.to_string();
@@ -201,6 +223,9 @@ impl Daemon {
             Ok(Some(state)) => state.exit_code.unwrap_or(255),
             _ => 255,
         };
+        if self.is_departing(&id) {
+            return; // it runs on another host: the move forgets it here
+        }
         tracing::info!("container {id} exited with {code}");
         let Ok(record) = self.containers.find(&id) else {
             return; // removed meanwhile
@@ -235,6 +260,17 @@ impl Daemon {
     /// its execs; with `anonymous_volumes`,
     /// also the anonymous volumes it alone used (`rm -v`, `--rm`).
     pub fn remove(&self, id: &str, code: i32, anonymous_volumes: bool) -> Result<(), ApiError> {
+        let record = self.discard(id, anonymous_volumes)?;
+        if let Some(record) = record {
+            self.container_event_with_code(&record, "destroy", &[], Some(code));
+        }
+        Ok(())
+    }
+
+    /// Forgets a container that is not running here (it ended, or runs on
+    /// another host now): its files, its addresses and ports, its record;
+    /// the record it had.
+    pub fn discard(&self, id: &str, anonymous_volumes: bool) -> Result<Option<ContainerRecord>, ApiError> {
         let record = self.containers.find(id).ok();
         let spec = ContainerDir::new(id).spec().ok();
         let volumes = spec.as_ref().map(|s| s.volumes.clone()).unwrap_or_default();
@@ -252,10 +288,8 @@ impl Daemon {
         if anonymous_volumes {
             crate::volumes::remove_anonymous(self, &volumes);
         }
-        if let Some(record) = record {
-            self.container_event_with_code(&record, "destroy", &[], Some(code));
-        }
-        Ok(())
+        self.set_departing(id, false);
+        Ok(record)
     }
 }
 

@@ -60,6 +60,16 @@ struct Args {
     /// keep-alive connection stays open.
     #[arg(long, value_name = "SECONDS", default_value_t = listen::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     header_timeout: u64,
+    /// Take running containers moved here from other hosts' hullds
+    /// (`POST /containers/{id}/migrate?to=THIS_HOST`) on this address
+    /// (port 2734 is what `to` assumes when it names none).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    migration_listen: Option<std::net::SocketAddr>,
+    /// Allow --migration-listen on an address other than loopback: moves
+    /// are not encrypted yet, so only where the network between the hosts
+    /// is trusted.
+    #[arg(long, requires = "migration_listen")]
+    migration_insecure: bool,
 }
 
 /// The API socket's group when there is one of this name (dockerd's is `docker`).
@@ -119,6 +129,9 @@ async fn serve(args: Args) -> Result<()> {
         args.socket.display(),
         data.display()
     );
+    if let Some(address) = args.migration_listen {
+        daemon::migrate::arriving::listen(daemon.clone(), address, args.migration_insecure)?;
+    }
     let router = api::router(daemon);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let header_timeout = std::time::Duration::from_secs(args.header_timeout);

@@ -3,7 +3,8 @@
 //! moves to a new VMM while it runs, and the container goes on as it was:
 //! its output (and a running exec's, both ways) without a number lost or
 //! repeated, exec, pause, stop; a
-//! move reports its rounds and can be given up.
+//! move reports its rounds and can be given up. And to another hulld
+//! (`to=HOST`): the container, its log and its record go there, and back.
 
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
@@ -141,6 +142,99 @@ fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
     assert_eq!(seen.matches("migrate finish").count(), 2, "{seen}");
     assert_eq!(seen.matches("migrate failed").count(), 1, "{seen}");
     hulld.assert_no_leftovers();
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every container ID the hulld has, running or not.
+fn all_ids(hulld: &Hulld) -> String {
+    ok(&hulld.docker(&["ps", "-a", "--no-trunc", "--format", "{{.ID}}"]))
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_running_container_moves_to_another_hulld_and_back_and_counts_on_without_a_gap() {
+    // Two hosts' hullds (own data, run directories and firewall names),
+    // each taking containers on a loopback port.
+    let (source_port, dest_port) = (free_port(), free_port());
+    let source_listen = format!("127.0.0.1:{source_port}");
+    let dest_listen = format!("127.0.0.1:{dest_port}");
+    let (source, _registry, image) =
+        Hulld::with_busybox_args("vm-migrate-src", &["--migration-listen", &source_listen]).unwrap();
+    let dest = Hulld::start_with("vm-migrate-dst", &["--migration-listen", &dest_listen]).unwrap();
+    let counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
+    let id = ok(&source.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "travelling",
+        "--network",
+        "none",
+        "--label",
+        "app=counter",
+        &image,
+        "sh",
+        "-c",
+        counter,
+    ]))
+    .trim()
+    .to_string();
+    eventually("the container counts", || counted(&source, &id).len() >= 30);
+    // A destination without the image refuses before anything moves: the
+    // container runs on here, counting.
+    let (status, report) = migrate(&source, &id, &format!("to={dest_listen}&downtime=2000"));
+    assert!(status.contains(" 409 "), "{status} {report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("pull it here first"),
+        "{report}"
+    );
+    let before = counted(&source, &id).len();
+    eventually("it counts on where it was", || {
+        counted(&source, &id).len() >= before + 20
+    });
+    assert!(!all_ids(&dest).contains(&id));
+    ok(&dest.docker(&["pull", "-q", &image]));
+    let mut hosts = [&source, &dest];
+    let listens = [&source_listen, &dest_listen];
+    for round in 0..2 {
+        let (from, to) = (hosts[0], hosts[1]);
+        let before = counted(from, &id).len() as u64;
+        let (status, report) = migrate(from, &id, &format!("to={}&downtime=2000", listens[1 - round % 2]));
+        eprintln!("move {round}: {report}");
+        assert!(status.contains(" 200 "), "move {round}: {status} {report}");
+        assert_eq!(report["OutputFramesLost"], 0, "{report}");
+        // Only the destination has it now: same ID, name, labels, running.
+        assert!(!all_ids(from).contains(&id), "move {round}: still listed where it was");
+        assert!(all_ids(to).contains(&id), "move {round}: not listed where it went");
+        assert_eq!(
+            to.inspect("{{.Name}} {{.State.Status}} {{.Config.Labels.app}}", &id),
+            "/travelling running counter"
+        );
+        // Its log goes on there from where it was, every number once.
+        eventually("it counts on where it went", || {
+            counted(to, &id).len() as u64 >= before + 60
+        });
+        let numbers = counted(to, &id);
+        assert_eq!(
+            numbers,
+            (1..=numbers.len() as u64).collect::<Vec<_>>(),
+            "move {round}: every number once, across the hosts"
+        );
+        assert_eq!(ok(&to.docker(&["exec", &id, "echo", "here"])), "here\n");
+        hosts.swap(0, 1);
+    }
+    ok(&source.docker(&["stop", "-t", "1", &id]));
+    assert_eq!(source.inspect("{{.State.Status}}", &id), "exited");
+    ok(&source.docker(&["rm", &id]));
+    source.assert_no_leftovers();
+    dest.assert_no_leftovers();
 }
 
 #[test]

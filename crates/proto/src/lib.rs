@@ -292,8 +292,12 @@ pub struct MigrationReport {
     pub max_throttle: u8,
     /// Output frames the agent no longer had when it came back (0: none lost).
     pub output_frames_lost: u64,
-    /// The new VMM's process.
+    /// The new VMM's process (0: the VM went to another host).
     pub vmm_pid: u32,
+    /// Frames of the run connection the source's supervisor read: a VM
+    /// gone to another host is answered there (`Resume`) from this one.
+    #[serde(default)]
+    pub output_frames: u64,
 }
 
 /// Where a migration's pre-copy stands after a round: what the source
@@ -397,8 +401,16 @@ pub enum Control {
     /// Client → a container's supervisor (hull-shim): move the container's
     /// VM to a new VMM on this host while it runs (live migration), with
     /// this downtime budget and deadline. Answered with `Migrated` or
-    /// `Failed` (the VM then runs on where it was).
-    Migrate { downtime_ms: u32, max_seconds: u32 },
+    /// `Failed` (the VM then runs on where it was). `away`: to another
+    /// host, over the connection whose descriptor follows the frame
+    /// (SCM_RIGHTS, with one byte), its disks sent with it; the supervisor
+    /// ends once it has read what the VM said before it left.
+    Migrate {
+        downtime_ms: u32,
+        max_seconds: u32,
+        #[serde(default)]
+        away: bool,
+    },
     /// Supervisor → client: the VM runs in its new VMM.
     Migrated(MigrationReport),
     /// Host → agent, first on an exec connection: the connection of the
@@ -546,6 +558,7 @@ mod tests {
         round_trip(Frame::Control(Control::Migrate {
             downtime_ms: 50,
             max_seconds: 300,
+            away: true,
         }));
         round_trip(Frame::Control(Control::MigrationProgress(MigrationProgress {
             round: 2,

@@ -14,6 +14,15 @@ pub struct SentFrames {
 }
 
 impl SentFrames {
+    /// None kept yet; the next is number `first` (frames before it were
+    /// sent on another host, before the VM moved here).
+    pub fn starting_at(first: u64) -> SentFrames {
+        SentFrames {
+            first,
+            ..SentFrames::default()
+        }
+    }
+
     /// The number the next frame gets (how many were sent).
     pub fn next(&self) -> u64 {
         self.first + self.frames.len() as u64

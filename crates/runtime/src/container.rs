@@ -170,6 +170,12 @@ impl ContainerDir {
         self.path.join("rw.ext4")
     }
 
+    /// Where the image disk of a VM arriving from another host is copied
+    /// (the source's bytes; its guest's page cache holds their blocks).
+    pub fn arriving_image_disk(&self) -> PathBuf {
+        self.path.join("image.arrived.ext4")
+    }
+
     /// Makes the directory and records `spec` (and the image it uses).
     pub fn create(&self, spec: &ContainerSpec) -> Result<(), ContainerError> {
         std::fs::create_dir_all(&self.path).map_err(io(format!("creating {}", self.path.display())))?;
@@ -340,6 +346,18 @@ impl ContainerDir {
     /// could not start. The state returned may already say "exited": the
     /// command ran and ended.
     pub fn start(&self) -> Result<RunState, ContainerError> {
+        self.spawn_supervisor(None)?.until_running()
+    }
+
+    /// Starts the supervisor of a container whose running VM comes from
+    /// another host over `conn` (`shim::supervise`); `Starting::until_running`
+    /// returns once it runs here, which takes the source's word
+    /// (`Control::Resume` on the supervisor's socket).
+    pub fn start_arriving(&self, conn: std::os::fd::OwnedFd) -> Result<Starting, ContainerError> {
+        self.spawn_supervisor(Some(conn))
+    }
+
+    fn spawn_supervisor(&self, arriving: Option<std::os::fd::OwnedFd>) -> Result<Starting, ContainerError> {
         let shim = crate::sibling_binary("hull-shim").ok_or(ContainerError::NoShim)?;
         let errors = self.path.join("shim.err");
         let err_file = std::fs::File::create(&errors).map_err(io("creating the supervisor's error log"))?;
@@ -352,22 +370,74 @@ impl ContainerDir {
             .stdout(Stdio::piped())
             .stderr(err_file)
             .env("HULL_DATA_DIR", crate::data_dir());
-        // SAFETY: setsid is async-signal-safe; the supervisor gets its own
-        // session so that nothing aimed at hulld's terminal or group reaches it.
+        let arriving_fd = arriving.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        if arriving_fd.is_some() {
+            command.arg("--arriving-fd").arg(SHIM_ARRIVING_FD.to_string());
+        }
+        // SAFETY: setsid and dup2 are async-signal-safe; the supervisor gets
+        // its own session so that nothing aimed at hulld's terminal or group
+        // reaches it, and the arriving connection at a known number
+        // (dup2 leaves the copy open across exec).
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::setsid();
+                if let Some(fd) = arriving_fd {
+                    if libc::dup2(fd, SHIM_ARRIVING_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
-        let pid = child.id();
+        // The supervisor has its copy.
+        drop(arriving);
         let Some(stdout) = child.stdout.take() else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(ContainerError::ShimFailed("no pipe to hear it on".into()));
         };
-        let mut report = Report::new(stdout);
+        Ok(Starting {
+            dir: self.clone(),
+            child,
+            report: Report::new(stdout),
+            errors,
+        })
+    }
+}
+
+/// Where an arriving container's supervisor finds its connection.
+const SHIM_ARRIVING_FD: i32 = 3;
+
+/// A supervisor started, not yet running the container's process.
+pub struct Starting {
+    dir: ContainerDir,
+    child: std::process::Child,
+    report: Report,
+    errors: PathBuf,
+}
+
+impl Starting {
+    /// The supervisor's process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends the supervisor (and with it its VM) before its container ran.
+    pub fn abandon(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until the container's process runs, or for why it could not.
+    pub fn until_running(self) -> Result<RunState, ContainerError> {
+        let Starting {
+            dir,
+            mut child,
+            mut report,
+            errors,
+        } = self;
+        let pid = child.id();
         // Nothing is polled meanwhile (a state file read twenty times a
         // second by each of ten starts took the CPU their guests needed on
         // the emulated test host): the supervisor's byte wakes this, or the
@@ -386,7 +456,7 @@ impl ContainerDir {
         };
         if ran {
             // Its state was written before the byte.
-            return match self.state() {
+            return match dir.state() {
                 Ok(Some(state)) if state.pid == pid => {
                     // Whoever started it reaps it (hulld may be gone by then: init does).
                     std::thread::spawn(move || child.wait());
@@ -400,7 +470,7 @@ impl ContainerDir {
         }
         // Closed without the byte: the supervisor is ending.
         let _ = child.wait();
-        match self.state() {
+        match dir.state() {
             Ok(Some(state)) if state.pid == pid => Err(ContainerError::DidNotStart {
                 exit_code: state.exit_code,
                 message: if state.error.is_empty() {
@@ -416,7 +486,9 @@ impl ContainerDir {
             }
         }
     }
+}
 
+impl ContainerDir {
     /// A connection to the running container's supervisor.
     pub fn connect(&self) -> Result<ShimConnection, ContainerError> {
         let stream = UnixStream::connect(self.socket_path()).map_err(|_| ContainerError::NotRunning)?;
@@ -476,17 +548,30 @@ impl ShimConnection {
     }
 
     /// Moves the container's VM to a new VMM on this host while it runs
-    /// (live migration), within `downtime_ms` of pause and `max_seconds`.
+    /// (live migration), within `downtime_ms` of pause and `max_seconds`;
+    /// or, with `away`, to another host over that connection (its hulld's
+    /// to the other host's, where a VMM waits for the VM), its disks with it.
     pub fn migrate(
         &mut self,
         downtime_ms: u32,
         max_seconds: u32,
+        away: Option<&std::os::fd::OwnedFd>,
         progress: &mut dyn FnMut(proto::MigrationProgress),
     ) -> Result<proto::MigrationReport, ContainerError> {
         self.send(&Frame::Control(Control::Migrate {
             downtime_ms,
             max_seconds,
+            away: away.is_some(),
         }))?;
+        if let Some(link) = away {
+            use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+            let fds = [std::os::fd::AsRawFd::as_raw_fd(link)];
+            // One byte, which carries the descriptor, right after the frame.
+            match self.0.send_with_fds(&[&[0u8][..]], &fds) {
+                Ok(1) => {}
+                _ => return Err(ContainerError::NotRunning),
+            }
+        }
         loop {
             match proto::read_frame(&mut self.0) {
                 Ok(Some(Frame::Control(Control::MigrationProgress(p)))) => progress(p),

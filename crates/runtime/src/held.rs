@@ -59,7 +59,7 @@ impl HeldContainer {
         let run = {
             let (path, sockets, id) = (dir.path.clone(), sockets.clone(), dir.id.clone());
             std::thread::spawn(move || {
-                crate::run::run_in(&path, &sockets, &id, &request, &mut Handover(Some(tx)), None)
+                crate::run::run_in(&path, &sockets, &id, &request, &mut Handover(Some(tx)), None, None)
             })
         };
         match rx.recv() {

@@ -64,6 +64,9 @@ enum Told {
 pub struct MoveRequest {
     downtime_ms: u32,
     max_seconds: u32,
+    /// To another host, over this connection (hulld's, to the other
+    /// host's hulld); `None`: to a new VMM on this host.
+    away: Option<std::os::fd::OwnedFd>,
     answer: mpsc::Sender<Told>,
 }
 
@@ -95,12 +98,14 @@ impl Moves {
         &self,
         downtime_ms: u32,
         max_seconds: u32,
+        away: Option<std::os::fd::OwnedFd>,
         progress: &mut dyn FnMut(MigrationProgress),
     ) -> Result<MigrationReport, String> {
         let (answer, outcome) = mpsc::channel();
         let request = MoveRequest {
             downtime_ms,
             max_seconds,
+            away,
             answer,
         };
         self.0
@@ -241,6 +246,8 @@ pub(crate) enum Moved {
     Running(MigrationReport),
     /// The command ended just before the VM left (its status).
     Ended(i32, MigrationReport),
+    /// The VM runs on another host; everything it said here was read.
+    Departed(MigrationReport),
 }
 
 /// Clears the steer's moving state however the move ends.
@@ -321,6 +328,9 @@ pub(crate) fn move_vm(
         return Err("this container's VM cannot move".into());
     };
     let _taken = Taken(moves);
+    if let Some(away) = &asked.away {
+        return move_away(kit, asked, away, moves, input, steer, frames, attachment);
+    }
     let staging = Staging::new(kit.sockets);
     let agent_port = UnixListener::bind(&staging.agent).map_err(|e| format!("the new VMM's vsock listener: {e}"))?;
     agent_port
@@ -370,30 +380,8 @@ pub(crate) fn move_vm(
     steer.set_moving(true);
     let _moving = Moving(steer);
     let asked_vmm = vmm::control::ask_following(&control, &request, Some(&link), &mut |p| asked.progress(p));
-    let mut report = match asked_vmm {
-        Ok(VmmReply::Migrated {
-            rounds,
-            bytes_sent,
-            pages_sent,
-            total_ms,
-            downtime_ms,
-            max_throttle,
-            ..
-        }) => MigrationReport {
-            rounds,
-            bytes_sent,
-            pages_sent,
-            total_ms,
-            downtime_ms,
-            max_throttle,
-            output_frames_lost: 0,
-            vmm_pid: next.process.id(),
-        },
-        _ if moves.was_cancelled() => return Err(CANCELLED.into()),
-        Ok(VmmReply::Failed { reason }) => return Err(format!("the VM did not move (it runs on): {reason}")),
-        Ok(other) => return Err(format!("the VM did not move (it runs on): the VMM answered {other:?}")),
-        Err(e) => return Err(format!("the VM did not move (it runs on): {e}")),
-    };
+    let mut report = migrated(asked_vmm, moves)?;
+    report.vmm_pid = next.process.id();
     drop(link);
     // The old VMM ends now: what it passed on from the agent comes first.
     if let Ok(Followed::Ended(Some(status))) = crate::run::follow(input, attachment, frames, None) {
@@ -426,4 +414,82 @@ pub(crate) fn move_vm(
     staging.settle(kit.files.uds, kit.files.control);
     attachment.vm_ready(report.vmm_pid);
     Ok(Moved::Running(report))
+}
+
+/// The report of a VMM's answer to `Migrate`, or why the VM did not move.
+fn migrated(
+    answer: Result<VmmReply, proto::vmm_control::ControlError>,
+    moves: &Moves,
+) -> Result<MigrationReport, String> {
+    match answer {
+        Ok(VmmReply::Migrated {
+            rounds,
+            bytes_sent,
+            pages_sent,
+            total_ms,
+            downtime_ms,
+            max_throttle,
+            ..
+        }) => Ok(MigrationReport {
+            rounds,
+            bytes_sent,
+            pages_sent,
+            total_ms,
+            downtime_ms,
+            max_throttle,
+            ..MigrationReport::default()
+        }),
+        _ if moves.was_cancelled() => Err(CANCELLED.into()),
+        Ok(VmmReply::Failed { reason }) => Err(format!("the VM did not move (it runs on): {reason}")),
+        Ok(other) => Err(format!("the VM did not move (it runs on): the VMM answered {other:?}")),
+        Err(e) => Err(format!("the VM did not move (it runs on): {e}")),
+    }
+}
+
+/// Moves the VM `vmm` runs to another host over `away` (its hulld's
+/// connection to the other host's, which started a VMM waiting there),
+/// the read-write disks with it. On success everything the agent said
+/// through this host was read (`frames` counts it, for the other host to
+/// resume from) and given to `attachment`; the VMM here has ended.
+#[allow(clippy::too_many_arguments)]
+fn move_away(
+    kit: &MoveKit,
+    asked: &MoveRequest,
+    away: &std::os::fd::OwnedFd,
+    moves: &Moves,
+    input: &mut UnixStream,
+    steer: &Steer,
+    frames: &mut u64,
+    attachment: &mut dyn Attachment,
+) -> Result<Moved, String> {
+    let control = UnixStream::connect(kit.files.control).map_err(|e| format!("reaching the container's VMM: {e}"))?;
+    // `cancel` shuts this down: the connection is a socket of any family.
+    let link = UnixStream::from(away.try_clone().map_err(|e| format!("the migration connection: {e}"))?);
+    moves.carry_on_over(&link)?;
+    let request = VmmRequest::Migrate {
+        downtime_ms: asked.downtime_ms,
+        max_seconds: asked.max_seconds,
+        // The other host does not see this one's files.
+        send_disks: true,
+    };
+    steer.set_moving(true);
+    let _moving = Moving(steer);
+    let answer = vmm::control::ask_following(&control, &request, Some(away), &mut |p| asked.progress(p));
+    let mut report = migrated(answer, moves)?;
+    drop(link);
+    // What the VMM here passed on from the agent before the VM left: all
+    // of it is this host's to keep, up to the connection's end.
+    match crate::run::follow(input, attachment, frames, None) {
+        Ok(crate::run::Followed::Ended(None)) => {}
+        Ok(crate::run::Followed::Ended(Some(_))) => {
+            attachment.output(
+                OutputStream::Stderr,
+                b"hull: the command ended as its VM moved to another host\n",
+            );
+        }
+        Ok(crate::run::Followed::MoveAsked(_)) | Err(_) => {}
+    }
+    report.output_frames = *frames;
+    attachment.departed();
+    Ok(Moved::Departed(report))
 }

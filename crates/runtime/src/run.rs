@@ -99,9 +99,15 @@ struct Steering {
 
 impl Steer {
     fn new(conn: UnixStream) -> Steer {
+        Steer::continuing(conn, 0)
+    }
+
+    /// Steers a command whose agent has read `first` frames already (sent
+    /// on another host, before its VM moved here).
+    fn continuing(conn: UnixStream, first: u64) -> Steer {
         Steer(Arc::new(Mutex::new(Steering {
             conn,
-            sent: Default::default(),
+            sent: proto::sent_frames::SentFrames::starting_at(first),
             moving: false,
         })))
     }
@@ -192,6 +198,9 @@ pub trait Attachment {
     fn moves(&self) -> Option<crate::moving::Moves> {
         None
     }
+    /// The VM moved to another host: everything it said here was given to
+    /// `output`, and the container's life goes on there.
+    fn departed(&mut self) {}
 }
 
 /// The kernel command line of every hull guest.
@@ -208,6 +217,11 @@ pub const PAUSED_MARKER: &str = "paused";
 const FIRST_TAP_FD: i32 = 10;
 /// Where hull-vmm finds the write end of its console pipe (`crate::console`).
 const CONSOLE_FD: i32 = 4;
+/// Where hull-vmm finds the connection a VM from another host comes on.
+const ARRIVING_FD: i32 = 5;
+/// How long a VM arriving from another host may take: its pre-copy, the
+/// source's word of how far its output got, and its agent calling back.
+const ARRIVAL_PATIENCE: Duration = Duration::from_secs(3600);
 /// hull-vmm's exit status for a snapshot it cannot use.
 const VMM_EXIT_BAD_SNAPSHOT: i32 = 3;
 /// Below this much available host memory no new VM is started.
@@ -363,6 +377,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
             stdin: request.interactive,
         },
         None,
+        None,
     )
 }
 
@@ -402,6 +417,7 @@ pub fn run_in(
     request: &RunRequest,
     attachment: &mut dyn Attachment,
     nic: Option<crate::network::attach::Attached>,
+    arrival: Option<Arrival>,
 ) -> Result<i32, RunError> {
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
@@ -434,7 +450,12 @@ pub fn run_in(
             let store = image::Store::open(&crate::data_dir())?;
             let config = image::config::load(&store, &record.id)?;
             let process = image::config::process(Some(&config), &overrides)?;
-            (image::disk::image_disk(&store, record)?, process)
+            let disk = match &arrival {
+                // The source's own bytes: the guest's page cache holds its blocks.
+                Some(arrival) => arrival.image_disk.clone(),
+                None => image::disk::image_disk(&store, record)?,
+            };
+            (disk, process)
         }
     };
     if request.hold {
@@ -523,17 +544,34 @@ pub fn run_in(
         ..move_files.clone()
     };
 
-    let mut vmm = vm.start(request, template.as_ref())?;
-    let conn = match wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log) {
-        // A damaged or outdated template: make it again, once.
-        Err(RunError::BadSnapshot(reason)) if template.is_some() => {
-            let old = template.take().ok_or(RunError::NoVmm)?;
-            eprintln!("hull: template {} is unusable ({reason}); making it again", old.name);
-            let fresh = crate::template::rebuild(&old, &guest, &vmm_binary)?;
-            vmm = vm.start(request, Some(&fresh))?;
-            wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?
+    let (mut vmm, conn, resume_from) = match arrival {
+        Some(arrival) => {
+            let start = VmStart::Arriving {
+                conn: &arrival.conn,
+                template: template.as_ref(),
+            };
+            let mut vmm = vm.start_as(request, start)?;
+            // Only the VMM holds the connection now: its end is the source's sign.
+            drop(arrival.conn);
+            let frames = await_resume(&arrival.resume, &mut vmm)?;
+            let conn = wait_for_agent(&listener, &mut vmm, ARRIVAL_PATIENCE, &console_log)?;
+            (vmm, conn, Some(frames))
         }
-        other => other?,
+        None => {
+            let mut vmm = vm.start(request, template.as_ref())?;
+            let conn = match wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log) {
+                // A damaged or outdated template: make it again, once.
+                Err(RunError::BadSnapshot(reason)) if template.is_some() => {
+                    let old = template.take().ok_or(RunError::NoVmm)?;
+                    eprintln!("hull: template {} is unusable ({reason}); making it again", old.name);
+                    let fresh = crate::template::rebuild(&old, &guest, &vmm_binary)?;
+                    vmm = vm.start(request, Some(&fresh))?;
+                    wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?
+                }
+                other => other?,
+            };
+            (vmm, conn, None)
+        }
     };
     drop(listener);
     let _ = std::fs::remove_file(&agent_socket);
@@ -598,13 +636,16 @@ pub fn run_in(
         template: template.as_ref(),
         sockets,
     };
-    let followed =
-        converse(conn, request, &process, &hostname, guest_devices, attachment).and_then(|(mut input, steer)| {
-            let status = follow_moving(&kit, &mut input, &steer, &mut vmm, attachment);
-            // Closing tells the agent everything arrived; it powers off only then.
-            let _ = input.shutdown(std::net::Shutdown::Both);
-            status
-        });
+    let talking = match resume_from {
+        Some(frames) => rejoin_arrived(conn, frames, attachment),
+        None => converse(conn, request, &process, &hostname, guest_devices, attachment).map(|(i, s)| (i, s, 0)),
+    };
+    let followed = talking.and_then(|(mut input, steer, first_frame)| {
+        let status = follow_moving(&kit, &mut input, &steer, &mut vmm, first_frame, attachment);
+        // Closing tells the agent everything arrived; it powers off only then.
+        let _ = input.shutdown(std::net::Shutdown::Both);
+        status
+    });
     if let Some(moves) = &moves {
         moves.refuse_all("the container's command ended");
     }
@@ -631,13 +672,14 @@ fn follow_moving(
     input: &mut UnixStream,
     steer: &Steer,
     vmm: &mut Vmm,
+    first_frame: u64,
     attachment: &mut dyn Attachment,
 ) -> Result<i32, RunError> {
     let lost = |detail: String| RunError::Lost {
         detail,
         console: String::new(),
     };
-    let mut frames = 0;
+    let mut frames = first_frame;
     loop {
         match follow(input, attachment, &mut frames, kit.moves) {
             Ok(Followed::Ended(Some(status))) => return Ok(status),
@@ -651,11 +693,82 @@ fn follow_moving(
                         asked.answer(Ok(report));
                         return Ok(status);
                     }
+                    // Nothing is left here to run: the container goes on there.
+                    Ok(crate::moving::Moved::Departed(report)) => {
+                        asked.answer(Ok(report));
+                        return Ok(0);
+                    }
                     Err(why) => asked.answer(Err(why)),
                 }
             }
         }
     }
+}
+
+/// A running container's VM coming from another host (`shim::supervise`
+/// of an arriving container).
+pub struct Arrival {
+    /// The migration connection from the source's host (its hulld's).
+    pub conn: std::os::fd::OwnedFd,
+    /// The source's image disk, copied here: not rebuilt from the image,
+    /// since the guest's page cache holds the source disk's blocks.
+    pub image_disk: PathBuf,
+    /// How many of the run connection's frames the source read: once the
+    /// source's supervisor has read them all, hulld sends the number.
+    pub resume: std::sync::mpsc::Receiver<u64>,
+}
+
+/// Waits for the number of frames the source read, while the VM arrives
+/// in `vmm`; an error if the VMM ends first (the move failed).
+fn await_resume(resume: &std::sync::mpsc::Receiver<u64>, vmm: &mut Vmm) -> Result<u64, RunError> {
+    let deadline = Instant::now() + ARRIVAL_PATIENCE;
+    loop {
+        match resume.recv_timeout(Duration::from_millis(200)) {
+            Ok(frames) => return Ok(frames),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(RunError::Connectivity("hulld went away while the VM arrived".into()))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if !matches!(vmm.process.try_wait(), Ok(None)) {
+            return Err(RunError::Connectivity(format!(
+                "the VM did not arrive: {}",
+                vmm.fate(Duration::from_secs(1))
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(RunError::Connectivity("the VM did not arrive in time".into()));
+        }
+    }
+}
+
+/// Takes the run connection of an agent whose VM arrived from another
+/// host: the host there read `frames` of its frames. The run connection's
+/// reading half, the way to steer the command, and the next frame's number.
+fn rejoin_arrived(
+    mut conn: UnixStream,
+    frames: u64,
+    attachment: &mut dyn Attachment,
+) -> Result<(UnixStream, Steer, u64), RunError> {
+    let lost = |detail: String| RunError::Lost {
+        detail,
+        console: String::new(),
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let rejoined = crate::rejoin::rejoin(&mut conn, frames).map_err(|e| lost(e.to_string()))?;
+    let _ = conn.set_read_timeout(None);
+    if rejoined.lost > 0 {
+        let note = format!(
+            "hull: {} frames of the container's output were lost while its VM moved\n",
+            rejoined.lost
+        );
+        attachment.output(OutputStream::Stderr, note.as_bytes());
+    }
+    let writer = conn.try_clone().map_err(io("the agent's connection"))?;
+    let steer = Steer::continuing(writer, rejoined.agent.input_frames);
+    attachment.started(steer.clone());
+    attachment.running(0);
+    Ok((conn, steer, rejoined.from))
 }
 
 /// The disks as the guest names them, the volumes among them, and the
@@ -686,6 +799,12 @@ pub(crate) enum VmStart<'a> {
     /// through `listen` (the template, mapped, spares sending its pages).
     Incoming {
         listen: &'a Path,
+        template: Option<&'a crate::template::Template>,
+    },
+    /// From another host, over `conn` (hulld's connection to that host's
+    /// hulld); its read-write disks come with it into this VM's files.
+    Arriving {
+        conn: &'a std::os::fd::OwnedFd,
         template: Option<&'a crate::template::Template>,
     },
 }
@@ -736,6 +855,16 @@ impl<'a> VmFiles<'a> {
         match start {
             VmStart::Incoming { listen, template } => {
                 command.arg("--incoming").arg(listen);
+                if let Some(template) = template {
+                    command.arg("--template").arg(&template.dir);
+                }
+            }
+            VmStart::Arriving { conn, template } => {
+                command
+                    .arg("--incoming-fd")
+                    .arg(ARRIVING_FD.to_string())
+                    .arg("--receive-disks")
+                    .pass_fd(conn.as_raw_fd(), ARRIVING_FD);
                 if let Some(template) = template {
                     command.arg("--template").arg(&template.dir);
                 }
@@ -797,7 +926,7 @@ impl<'a> VmFiles<'a> {
         }
         // The console reaches its log through a pipe (`crate::console`).
         let (console_source, console_end) = crate::console::pipe().map_err(io("the console's pipe"))?;
-        let continued = matches!(start, VmStart::Incoming { .. });
+        let continued = matches!(start, VmStart::Incoming { .. } | VmStart::Arriving { .. });
         let keeper = crate::console::ConsoleKeeper::start(console_source, self.console_log, continued)
             .map_err(io(format!("{}", self.console_log.display())))?;
         command

@@ -38,6 +38,9 @@ struct Shared {
     clients: Arc<Mutex<Vec<UnixStream>>>,
     /// Clients' requests to move the VM to a new VMM.
     moves: crate::moving::Moves,
+    /// An arriving VM's runner waits on this for how far the source's
+    /// output got (hulld sends `Control::Resume`).
+    resume: Arc<Mutex<Option<std::sync::mpsc::Sender<u64>>>>,
 }
 
 impl Shared {
@@ -60,6 +63,8 @@ struct Supervised {
     state: RunState,
     /// Why the command could not start, as the agent said.
     failure: Option<String>,
+    /// The VM went to another host.
+    departed: bool,
 }
 
 impl Attachment for Supervised {
@@ -88,6 +93,12 @@ impl Attachment for Supervised {
         Some(self.shared.moves.clone())
     }
 
+    fn departed(&mut self) {
+        // hulld sends the log to the other host once the move is answered.
+        self.log.flush();
+        self.departed = true;
+    }
+
     fn vm_ready(&mut self, vmm_pid: u32) {
         // Recorded so that hulld can pause and resume the whole VM.
         self.state.vmm_pid = vmm_pid;
@@ -97,8 +108,14 @@ impl Attachment for Supervised {
     }
 }
 
+/// What the message in an arriving container's state says once it left again.
+pub const DEPARTED: &str = "the container moved to another host";
+
 /// Runs the container in `dir` to its end; the container's exit status.
-pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
+/// `arriving`: its VM comes, running, from another host over this
+/// connection (hulld's, from that host's hulld), with the source's image
+/// disk copied into the container's directory (`ContainerDir::arriving_image_disk`).
+pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> Result<i32, ContainerError> {
     let spec = dir.spec()?;
     let io = |what: &str| {
         let what = what.to_string();
@@ -112,7 +129,20 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         control: Arc::default(),
         clients: Arc::default(),
         moves: crate::moving::Moves::new().map_err(io("the supervisor's move requests"))?,
+        resume: Arc::default(),
     };
+    let arrived = arriving.is_some();
+    let arrival = arriving.map(|conn| {
+        let (told, resume) = std::sync::mpsc::channel();
+        if let Ok(mut waiting) = shared.resume.lock() {
+            *waiting = Some(told);
+        }
+        crate::run::Arrival {
+            conn,
+            image_disk: dir.arriving_image_disk(),
+            resume,
+        }
+    });
     let pid = std::process::id();
     let mut state = RunState {
         status: RunStatus::Running,
@@ -154,6 +184,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
         dir: dir.clone(),
         state: state.clone(),
         failure: None,
+        departed: false,
     };
     let result = request_for(&spec).and_then(|request| {
         crate::run::run_in(
@@ -163,6 +194,7 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
             &request,
             &mut supervised,
             Some(nic),
+            arrival,
         )
         .map_err(|e| e.to_string())
     });
@@ -179,7 +211,14 @@ pub fn supervise(dir: &ContainerDir) -> Result<i32, ContainerError> {
     if let Some(message) = supervised.failure.take() {
         state.error = message;
     }
+    if supervised.departed {
+        state.error = DEPARTED.into();
+    }
     supervised.log.flush();
+    if arrived {
+        // The next run is a fresh VM, on its image's own disk.
+        let _ = std::fs::remove_file(dir.arriving_image_disk());
+    }
     // The VM is gone: its disks are free before anyone reads "exited".
     drop(disks);
     state.status = RunStatus::Exited;
@@ -263,11 +302,24 @@ fn serve(listener: UnixListener, shared: Shared) {
                     Frame::Control(Control::Migrate {
                         downtime_ms,
                         max_seconds,
+                        away,
                     }) => {
+                        // To another host: the connection to it follows the frame.
+                        let link = match away {
+                            true => match receive_fd(&conn) {
+                                Ok(link) => Some(link),
+                                Err(message) => {
+                                    let failed = Control::Failed { message, exit_code: 1 };
+                                    let _ = write_frame(&mut conn, &Frame::Control(failed));
+                                    break;
+                                }
+                            },
+                            false => None,
+                        };
                         let mut told = |p| {
                             let _ = write_frame(&mut conn, &Frame::Control(Control::MigrationProgress(p)));
                         };
-                        let answer = match shared.moves.ask(downtime_ms, max_seconds, &mut told) {
+                        let answer = match shared.moves.ask(downtime_ms, max_seconds, link, &mut told) {
                             Ok(report) => Control::Migrated(report),
                             Err(message) => Control::Failed { message, exit_code: 1 },
                         };
@@ -282,9 +334,35 @@ fn serve(listener: UnixListener, shared: Shared) {
                             break;
                         }
                     }
+                    Frame::Control(Control::Resume { output_frames }) => {
+                        let waiting = shared.resume.lock().ok().and_then(|mut w| w.take());
+                        if let Some(told) = waiting {
+                            let _ = told.send(output_frames);
+                        }
+                    }
                     frame => shared.deliver(frame),
                 }
             }
         });
+    }
+}
+
+/// The descriptor a client sends after a frame (one byte with SCM_RIGHTS).
+fn receive_fd(conn: &UnixStream) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut byte = [0u8; 1];
+    let mut fds = [-1; 1];
+    let mut iov = [libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    }];
+    // SAFETY: the iovec points into `byte`, which outlives the call.
+    let (read, count) =
+        unsafe { conn.recv_with_fds(&mut iov, &mut fds) }.map_err(|e| format!("receiving the connection: {e}"))?;
+    match (read, count) {
+        // SAFETY: a descriptor just received, ours alone.
+        (1, 1) => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) }),
+        _ => Err("the migration request came without its connection".into()),
     }
 }

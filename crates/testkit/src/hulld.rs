@@ -266,8 +266,13 @@ impl Hulld {
     /// its own and run once, so the template exists (made, or linked from
     /// an earlier test's: `template_cache`): (hulld, registry, image).
     pub fn with_busybox(name: &str) -> Result<(Hulld, crate::oci::Registry, String)> {
+        Hulld::with_busybox_args(name, &[])
+    }
+
+    /// `with_busybox`, hulld started with `args` too.
+    pub fn with_busybox_args(name: &str, args: &[&str]) -> Result<(Hulld, crate::oci::Registry, String)> {
         let config = serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]});
-        let (hulld, registry, image) = Hulld::with_registry(name, &[], config)?;
+        let (hulld, registry, image) = Hulld::with_registry(name, args, config)?;
         ok(&hulld.docker(&["pull", "-q", &image]));
         // The first container makes the template every later one is cloned from.
         assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");

@@ -1,19 +1,35 @@
-//! `hull-shim DIR ID`: supervises one hulld container (see `runtime::shim`).
+//! `hull-shim DIR ID [--arriving-fd N]`: supervises one hulld container
+//! (see `runtime::shim`); with `--arriving-fd`, one whose running VM comes
+//! from another host on that (inherited) connection.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, id] = args.as_slice() else {
-        eprintln!("usage: hull-shim CONTAINER_DIR CONTAINER_ID (started by hulld)");
-        return ExitCode::from(2);
+    let (dir, id, arriving) = match args.as_slice() {
+        [dir, id] => (dir, id, None),
+        [dir, id, flag, fd] if flag == "--arriving-fd" => match fd.parse::<i32>() {
+            Ok(fd) if fd > 2 => {
+                use std::os::fd::FromRawFd;
+                // SAFETY: hulld passes this descriptor to this process alone.
+                (dir, id, Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+            }
+            _ => {
+                eprintln!("hull-shim: --arriving-fd takes a descriptor number above 2");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: hull-shim CONTAINER_DIR CONTAINER_ID [--arriving-fd N] (started by hulld)");
+            return ExitCode::from(2);
+        }
     };
     let container = runtime::container::ContainerDir {
         id: id.clone(),
         path: dir.into(),
     };
-    match runtime::shim::supervise(&container) {
+    match runtime::shim::supervise(&container, arriving) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hull-shim: {e}");

@@ -13,33 +13,41 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::devices::virtio::fs::Share;
-use vmm::vm::{self, DiskConfig, GuestExit, NetBackend, NetConfig, Start, VmConfig, VmError, VsockConfig};
+use vmm::vm::{
+    self, DiskConfig, GuestExit, IncomingFrom, NetBackend, NetConfig, Start, VmConfig, VmError, VsockConfig,
+};
 
 /// The exit status of a VMM whose VM moved to another (`--incoming`) one.
 const EXIT_MIGRATED: u8 = 5;
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", about = "Run one KVM microVM")]
+#[command(group(clap::ArgGroup::new("arriving").args(["incoming", "incoming_fd"])))]
 struct Args {
     /// The guest kernel (bzImage).
-    #[arg(long, required_unless_present_any = ["restore", "incoming"], conflicts_with_all = ["restore", "incoming"])]
+    #[arg(long, required_unless_present_any = ["restore", "incoming", "incoming_fd"], conflicts_with_all = ["restore", "incoming", "incoming_fd"])]
     kernel: Option<PathBuf>,
     /// Resume the snapshot in this directory instead of booting; disks and
     /// vsock given here replace the snapshot's, slot for slot.
-    #[arg(long, conflicts_with = "incoming")]
+    #[arg(long, conflicts_with_all = ["incoming", "incoming_fd"])]
     restore: Option<PathBuf>,
     /// Take a running VM migrated from another hull-vmm, which connects to
     /// a unix socket made at this path; disks, NICs and vsock given here
     /// replace the source's, slot for slot.
-    #[arg(long, conflicts_with = "snapshot_to")]
+    #[arg(long, conflicts_with_all = ["snapshot_to", "incoming_fd"])]
     incoming: Option<PathBuf>,
+    /// As --incoming, the source already connected: this descriptor
+    /// (inherited) is the migration connection, of any stream socket
+    /// family (hulld's TCP connection from the source's host).
+    #[arg(long, conflicts_with = "snapshot_to")]
+    incoming_fd: Option<i32>,
     /// With --incoming: the template snapshot this host has; a clone of it
     /// arrives as its own pages only.
-    #[arg(long, requires = "incoming")]
+    #[arg(long, requires = "arriving")]
     template: Option<PathBuf>,
     /// With --incoming: the read-write disks given are empty copies that
     /// the source fills as it sends the VM (it comes from another host).
-    #[arg(long, requires = "incoming")]
+    #[arg(long, requires = "arriving")]
     receive_disks: bool,
     /// Make a template: save the VM into this directory when its agent asks.
     #[arg(long)]
@@ -212,8 +220,11 @@ fn main() -> ExitCode {
         }
     };
     let start = match (args.restore, args.kernel) {
-        _ if args.incoming.is_some() => Start::Incoming {
-            listen: args.incoming.unwrap_or_default(),
+        _ if args.incoming.is_some() || args.incoming_fd.is_some() => Start::Incoming {
+            from: match (args.incoming, args.incoming_fd) {
+                (Some(path), _) => IncomingFrom::Listen(path),
+                (None, fd) => IncomingFrom::Connected(fd.unwrap_or(-1)),
+            },
             template: args.template,
             receive_disks: args.receive_disks,
         },

@@ -53,8 +53,8 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
             (memory, Some(saved), Some(id))
         }
         Start::Boot { .. } => (anonymous_memory(config.memory_mib)?, None, None),
-        Start::Incoming { listen, template, .. } => {
-            let accepted = super::incoming::accept(listen, template.as_deref(), config)?;
+        Start::Incoming { from, template, .. } => {
+            let accepted = super::incoming::accept(from, template.as_deref(), config)?;
             incoming = Some(accepted.conn);
             announce = accepted.guest_macs;
             (accepted.memory, None, accepted.clone_of)

@@ -24,16 +24,26 @@ pub enum Start {
     /// copy-on-write; the devices get this config's backends.
     Restore { snapshot: PathBuf },
     /// Take a running VM from another hull-vmm, which connects to a unix
-    /// socket made at `listen`; if it is a clone of the snapshot at
+    /// socket made at `from` (or is connected already: a descriptor from
+    /// hulld, the other host's migration connection); if it is a clone of the snapshot at
     /// `template`, memory is mapped from it and only the clone's own pages
     /// travel. The devices get this config's backends, as in a restore.
     /// `receive_disks`: the read-write disks given are empty copies the
     /// source fills (the VM comes from another host).
     Incoming {
-        listen: PathBuf,
+        from: IncomingFrom,
         template: Option<PathBuf>,
         receive_disks: bool,
     },
+}
+
+/// Where a migrating VM comes from.
+#[derive(Debug, Clone)]
+pub enum IncomingFrom {
+    /// The source connects to a unix socket made at this path.
+    Listen(PathBuf),
+    /// A connected socket this process inherited (its descriptor number).
+    Connected(i32),
 }
 
 #[derive(Debug, Clone)]

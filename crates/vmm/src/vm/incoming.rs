@@ -6,13 +6,12 @@
 //! state, applied in place, is left for the downtime. The guest runs only once
 //! the source says `Go` (`vm::run`).
 
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::{Start, VmConfig, VmError};
+use super::{IncomingFrom, Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
 use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
 use crate::migration::stream::{DiskShape, SlotMacs, VmShape};
@@ -42,33 +41,85 @@ fn failed(e: MigrationError) -> VmError {
     VmError::Migration(e.to_string())
 }
 
-/// Waits on `listen` for the source and accepts the VM `config` describes.
-pub(super) fn accept(listen: &Path, template: Option<&Path>, config: &VmConfig) -> Result<Accepted, VmError> {
-    let listen_err = |source| VmError::Control {
-        path: listen.display().to_string(),
+/// Waits for the source (on the socket `from` names, or on the connection
+/// it is) and accepts the VM `config` describes.
+pub(super) fn accept(from: &IncomingFrom, template: Option<&Path>, config: &VmConfig) -> Result<Accepted, VmError> {
+    let conn_err = |source| VmError::Control {
+        path: match from {
+            IncomingFrom::Listen(path) => path.display().to_string(),
+            IncomingFrom::Connected(fd) => format!("the migration connection (descriptor {fd})"),
+        },
         source,
     };
-    // Made as the control socket is: owner-only, a stale one replaced.
-    let listener = crate::control::bind(listen)?;
-    let (mut conn, _) = listener.accept().map_err(listen_err)?;
-    let _ = std::fs::remove_file(listen);
-    conn.set_read_timeout(Some(SILENCE)).map_err(listen_err)?;
-    match hello(&mut conn, template, config) {
+    let conn = match from {
+        IncomingFrom::Listen(listen) => {
+            // Made as the control socket is: owner-only, a stale one replaced.
+            let listener = crate::control::bind(listen)?;
+            let (conn, _) = listener.accept().map_err(conn_err)?;
+            let _ = std::fs::remove_file(listen);
+            std::os::fd::OwnedFd::from(conn)
+        }
+        IncomingFrom::Connected(fd) => inherited(*fd).map_err(conn_err)?,
+    };
+    set_silence(&conn, SILENCE).map_err(conn_err)?;
+    let mut file = std::fs::File::from(conn);
+    match hello(&mut file, template, config) {
         Ok((memory, clone_of, guest_macs)) => Ok(Accepted {
             memory,
-            conn: std::os::fd::OwnedFd::from(conn).into(),
+            conn: file,
             clone_of,
             guest_macs,
         }),
         Err(e) => {
-            receive::abort(&mut conn, &e.to_string());
+            receive::abort(&mut file, &e.to_string());
             Err(e)
         }
     }
 }
 
+/// Takes the socket this process was given at descriptor `fd` (a stream
+/// socket of any family: hulld's TCP connection to the source's host).
+fn inherited(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`; an fd
+    // that is not an open socket makes it fail, and nothing is taken.
+    let got = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&raw mut kind).cast(), &mut len) };
+    if got != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if kind != libc::SOCK_STREAM {
+        return Err(std::io::Error::other(format!("descriptor {fd} is not a stream socket")));
+    }
+    // SAFETY: an open stream socket handed to this process for it alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Bounds each read on `conn` by `silence` (SO_RCVTIMEO: any socket family).
+fn set_silence(conn: &impl std::os::fd::AsRawFd, silence: Duration) -> std::io::Result<()> {
+    let timeout = libc::timeval {
+        tv_sec: silence.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid timeval of the size given, on an open socket.
+    let set = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    match set {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 fn hello(
-    conn: &mut UnixStream,
+    conn: &mut std::fs::File,
     template: Option<&Path>,
     config: &VmConfig,
 ) -> Result<(GuestMemoryMmap, Option<[u8; 32]>, SlotMacs), VmError> {

@@ -2,9 +2,15 @@
 //! running container. Within this host (no `to`), its VM moves to a new
 //! VMM while it runs, keeping its memory, processes, disks, output and
 //! Docker record: a new hull-vmm binary is picked up this way without a
-//! restart. With `progress=1` each pre-copy round is streamed as a JSON
-//! line before the report; `POST /containers/{id}/migrate/cancel` gives a
-//! move under way up. A move to another host is not built yet.
+//! restart. With `to=HOST[:PORT]` it moves to the hulld there
+//! (`outgoing`, `arriving`, over `wire`), its writable disk, log and
+//! record with it. With `progress=1` each pre-copy round is streamed as a
+//! JSON line before the report; `POST /containers/{id}/migrate/cancel`
+//! gives a move under way up.
+
+pub mod arriving;
+mod outgoing;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -61,12 +67,12 @@ pub async fn migrate(
     Path(id): Path<String>,
     Query(query): Query<MigrateQuery>,
 ) -> Result<Response, ApiError> {
-    if let Some(to) = query.to.as_deref().filter(|t| !t.is_empty()) {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            format!("migrating to another host ({to}) is not supported yet: only a move to a new VMM on this host (leave out \"to\")"),
-        ));
-    }
+    let to = query
+        .to
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|to| Ok::<_, ApiError>((to.to_string(), outgoing::resolve(to)?)))
+        .transpose()?;
     let downtime_ms = number(query.downtime.as_deref(), "downtime", DEFAULT_DOWNTIME_MS, 1..=60_000)?;
     let max_seconds = number(query.timeout.as_deref(), "timeout", DEFAULT_MAX_SECONDS, 1..=3600)?;
     let progress = crate::api::flag(&query.progress);
@@ -85,19 +91,34 @@ pub async fn migrate(
     let last_line = lines.clone();
     let moving = tokio::task::spawn_blocking(move || {
         daemon.container_event_of(&record, "migrate", &[("phase", "start")]);
-        let outcome = dir.connect().and_then(|mut conn| {
-            conn.migrate(downtime_ms, max_seconds, &mut |p| {
-                let _ = lines.send(json!({ "Progress": progress_json(&p) }));
-            })
-        });
+        let mut told = |p: MigrationProgress| {
+            let _ = lines.send(json!({ "Progress": progress_json(&p) }));
+        };
+        let outcome = match &to {
+            Some((_, address)) => {
+                outgoing::move_to(&daemon, &record, &dir, *address, downtime_ms, max_seconds, &mut told)
+            }
+            None => dir
+                .connect()
+                .and_then(|mut conn| conn.migrate(downtime_ms, max_seconds, None, &mut told))
+                .map_err(ApiError::from),
+        };
         match outcome {
             Ok(report) => {
-                daemon.container_event_of(&record, "migrate", &[("phase", "finish")]);
-                Ok(report_json(&record.id, &report))
+                let to_host = to.as_ref().map(|(name, _)| name.as_str());
+                let extra: Vec<(&str, &str)> = std::iter::once(("phase", "finish"))
+                    .chain(to_host.map(|t| ("to", t)))
+                    .collect();
+                daemon.container_event_of(&record, "migrate", &extra);
+                let mut json = report_json(&record.id, &report);
+                if let Some(to) = to_host {
+                    json["To"] = json!(to);
+                }
+                Ok(json)
             }
             Err(e) => {
                 daemon.container_event_of(&record, "migrate", &[("phase", "failed")]);
-                Err(ApiError::from(e))
+                Err(e)
             }
         }
     });

@@ -1,0 +1,316 @@
+//! The destination's side of a move between hosts (`hulld
+//! --migration-listen`): another host's hulld offers a running container
+//! (`wire::Offer`); this one checks it can take it (no such container or
+//! name here, the image pulled, networks of the same names and subnets, the
+//! same addresses free on them), makes its directory with an empty writable
+//! disk, takes the source's image disk and log so far, and starts the
+//! container's supervisor on the data connection: its VMM takes the VM
+//! and the disks from the source's. Once the source says the VM left (and
+//! how far its output had got), the record is stored and the supervisor
+//! takes the agent back from there. Anything short of that throws the
+//! half-arrived container away; the source's runs on.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use runtime::container::ContainerDir;
+
+use super::wire::{self, Message, Offer};
+use crate::daemon::Daemon;
+
+/// How long a peer may take to say what its connection is for.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the source may take between steps, except the move itself.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// The move itself: the source's deadline is at most an hour.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(3700);
+/// The largest image disk and log taken from a peer.
+const MAX_IMAGE_DISK: u64 = 64 << 30;
+const MAX_LOG: u64 = 16 << 30;
+const MAX_WRITABLE_DISK: u64 = 1 << 40;
+
+/// Data connections on their way to the arrival that gave out their token.
+#[derive(Default)]
+pub struct Arrivals(Mutex<HashMap<String, mpsc::SyncSender<TcpStream>>>);
+
+impl Arrivals {
+    fn expect(&self, token: &str) -> mpsc::Receiver<TcpStream> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if let Ok(mut waiting) = self.0.lock() {
+            waiting.insert(token.to_string(), tx);
+        }
+        rx
+    }
+
+    fn forget(&self, token: &str) {
+        if let Ok(mut waiting) = self.0.lock() {
+            waiting.remove(token);
+        }
+    }
+
+    /// Hands `conn` to the arrival waiting for `token`; false if none is.
+    fn hand_over(&self, token: &str, conn: TcpStream) -> bool {
+        let waiting = self.0.lock().ok().and_then(|mut w| w.remove(token));
+        waiting.is_some_and(|tx| tx.send(conn).is_ok())
+    }
+}
+
+/// Binds `address` for other hosts' hullds. The migration stream carries a
+/// container's memory: in the clear only on loopback, or when the user
+/// says so (`insecure`).
+pub fn listen(daemon: Arc<Daemon>, address: SocketAddr, insecure: bool) -> anyhow::Result<()> {
+    if !address.ip().is_loopback() && !insecure {
+        anyhow::bail!(
+            "--migration-listen {address}: moves between hosts are not encrypted yet, so only a loopback address is \
+             allowed unless --migration-insecure says the network between the hosts is trusted"
+        );
+    }
+    let listener = TcpListener::bind(address).map_err(|e| anyhow::anyhow!("binding {address}: {e}"))?;
+    tracing::info!("taking containers moved from other hosts on tcp://{address}");
+    std::thread::Builder::new()
+        .name("migration-listen".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(conn) => {
+                        let daemon = daemon.clone();
+                        std::thread::spawn(move || serve(&daemon, conn));
+                    }
+                    // Out of descriptors and the like: wait, do not spin.
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn serve(daemon: &Arc<Daemon>, mut conn: TcpStream) {
+    let peer = conn.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let _ = conn.set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT));
+    match wire::receive(&mut conn) {
+        Ok(Message::Offer(offer)) => {
+            let id = offer.record.id.clone();
+            match arrive(daemon, &mut conn, *offer) {
+                Ok(()) => tracing::info!("container {id} arrived from {peer}"),
+                Err(reason) => {
+                    tracing::warn!("container {id} from {peer} did not arrive: {reason}");
+                    let _ = wire::send(&mut conn, &Message::Failed { reason });
+                }
+            }
+        }
+        Ok(Message::Data { token }) => {
+            let _ = conn.set_read_timeout(None);
+            if !daemon.arrivals.hand_over(&token, conn) {
+                tracing::warn!("a migration data connection from {peer} with an unknown token");
+            }
+        }
+        Ok(other) => tracing::warn!("{peer} opened a migration connection with {other:?}"),
+        Err(e) => tracing::warn!("a migration connection from {peer}: {e}"),
+    }
+}
+
+/// What `prepare` made, to throw away if the container does not arrive.
+struct Prepared {
+    dir: ContainerDir,
+    record: crate::store::ContainerRecord,
+}
+
+fn arrive(daemon: &Arc<Daemon>, control: &mut TcpStream, offer: Offer) -> Result<(), String> {
+    let prepared = match prepare(daemon, offer) {
+        Ok(prepared) => prepared,
+        Err(reason) => {
+            let _ = wire::send(control, &Message::Refused { reason: reason.clone() });
+            return Err(reason);
+        }
+    };
+    let token = crate::containers::random_hex(16);
+    let data = daemon.arrivals.expect(&token);
+    let mut shim = None;
+    let arrived = take(daemon, control, &prepared, &token, data, &mut shim);
+    daemon.arrivals.forget(&token);
+    if arrived.is_err() {
+        // Its supervisor ends with the VM it did not get; then its files go.
+        if let Some(starting) = shim {
+            starting.abandon();
+        }
+        prepared.dir.kill_hard();
+        let _ = daemon.discard(&prepared.record.id, false);
+        daemon.container_event_of(&prepared.record, "migrate", &[("phase", "failed")]);
+    }
+    arrived
+}
+
+fn take(
+    daemon: &Arc<Daemon>,
+    control: &mut TcpStream,
+    prepared: &Prepared,
+    token: &str,
+    data: mpsc::Receiver<TcpStream>,
+    shim: &mut Option<runtime::container::Starting>,
+) -> Result<(), String> {
+    let failed = |e: wire::WireError| e.to_string();
+    let dir = &prepared.dir;
+    let record = &prepared.record;
+    daemon.container_event_of(record, "migrate", &[("phase", "start")]);
+    wire::send(control, &Message::Accepted { token: token.into() }).map_err(failed)?;
+    let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
+    let image_disk = new_file(&dir.arriving_image_disk())?;
+    wire::receive_file(control, &image_disk, MAX_IMAGE_DISK).map_err(failed)?;
+    drop(image_disk);
+    let log = new_file(&dir.log_path())?;
+    wire::receive_file(control, &log, MAX_LOG).map_err(failed)?;
+    let conn = data
+        .recv_timeout(STEP_TIMEOUT)
+        .map_err(|_| "the source did not open the data connection".to_string())?;
+    *shim = Some(dir.start_arriving(OwnedFd::from(conn)).map_err(|e| e.to_string())?);
+    // The source's VMM sends the VM now, until it runs here or the move is off.
+    let _ = control.set_read_timeout(Some(MOVE_TIMEOUT));
+    let output_frames = match wire::receive(control).map_err(failed)? {
+        Message::Moved { output_frames } => output_frames,
+        Message::Failed { reason } => return Err(format!("the source gave up: {reason}")),
+        other => return Err(format!("the source sent {other:?} during the move")),
+    };
+    let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
+    // The output the source read after the log so far.
+    wire::receive_file(control, &log, MAX_LOG).map_err(failed)?;
+    drop(log);
+    daemon.containers.insert(record).map_err(|e| e.to_string())?;
+    tell_resume(dir, output_frames)?;
+    let starting = shim.take().ok_or("the supervisor is gone")?;
+    starting.until_running().map_err(|e| e.to_string())?;
+    daemon.watch(&record.id);
+    daemon.container_event_of(record, "migrate", &[("phase", "finish")]);
+    wire::send(control, &Message::Resumed).map_err(failed)
+}
+
+/// Checks the offer against this host and makes the container's place:
+/// its directory and spec (with this host's network IDs), its addresses
+/// leased, an empty writable disk of the source's size.
+fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
+    let Offer {
+        version,
+        record,
+        mut spec,
+        networks,
+        writable_bytes,
+    } = offer;
+    if version != wire::VERSION {
+        return Err(format!(
+            "this host speaks migration protocol {}, the source {version}",
+            wire::VERSION
+        ));
+    }
+    let id = record.id.clone();
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(format!("\"{id}\" is not a container ID"));
+    }
+    if !crate::create::valid_name(&record.name) {
+        return Err(format!("\"{}\" is not a container name", record.name));
+    }
+    if daemon.containers.find(&id).is_ok() {
+        return Err(format!("container {id} is on this host already"));
+    }
+    let all = daemon.containers.all().map_err(|e| e.to_string())?;
+    if let Some(other) = all.iter().find(|r| r.name == record.name) {
+        return Err(format!(
+            "the name \"{}\" is taken on this host (by container {})",
+            record.name, other.id
+        ));
+    }
+    let Some(image) = spec.image.clone().filter(|_| spec.rootfs.is_none()) else {
+        return Err("only a container of an image can move to another host".into());
+    };
+    if !spec.volumes.is_empty() || !spec.binds.is_empty() {
+        return Err("a container with volumes or bind mounts cannot move to another host yet".into());
+    }
+    if daemon.images.image(&image).is_err() {
+        return Err(format!(
+            "image {} ({image}) is not on this host: pull it here first",
+            record.image
+        ));
+    }
+    if writable_bytes == 0 || writable_bytes > MAX_WRITABLE_DISK {
+        return Err(format!("a writable disk of {writable_bytes} bytes"));
+    }
+    if networks.len() != spec.network.endpoints.len() {
+        return Err(format!(
+            "{} network names for {} endpoints",
+            networks.len(),
+            spec.network.endpoints.len()
+        ));
+    }
+    let dir = ContainerDir::new(&id);
+    if dir.path.exists() {
+        return Err(format!(
+            "container {id} left files on this host ({})",
+            dir.path.display()
+        ));
+    }
+    // Its addresses on this host's networks of the same names.
+    let mut leased = Vec::new();
+    let mut lease_all = || -> Result<(), String> {
+        for (endpoint, wanted) in spec.network.endpoints.iter_mut().zip(&networks) {
+            let network = runtime::network::find(&wanted.name)
+                .ok()
+                .filter(|n| n.name == wanted.name)
+                .ok_or_else(|| format!("network \"{}\" is not on this host: create it here first", wanted.name))?;
+            if network.subnet.to_string() != wanted.subnet {
+                return Err(format!(
+                    "network \"{}\" is {} on this host and {} on the source",
+                    wanted.name, network.subnet, wanted.subnet
+                ));
+            }
+            runtime::network::lease(&network, Some(endpoint.address), &id).map_err(|e| e.to_string())?;
+            leased.push((network.id.clone(), endpoint.address));
+            endpoint.network_id = network.id.clone();
+            daemon.dns.start(daemon, &network);
+        }
+        Ok(())
+    };
+    if let Err(reason) = lease_all() {
+        for (network_id, address) in leased {
+            runtime::network::release(&network_id, address, &id);
+        }
+        return Err(reason);
+    }
+    let made = dir.create(&spec).map_err(|e| e.to_string()).and_then(|()| {
+        new_file(&dir.writable_disk())?
+            .set_len(writable_bytes)
+            .map_err(|e| format!("the writable disk: {e}"))
+    });
+    if let Err(reason) = made {
+        crate::networking::release(&id, &spec.network);
+        let _ = dir.remove();
+        return Err(reason);
+    }
+    Ok(Prepared { dir, record })
+}
+
+fn new_file(path: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))
+}
+
+/// Tells the arriving container's supervisor how far the source's output
+/// got, once its socket is there.
+fn tell_resume(dir: &ContainerDir, output_frames: u64) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        match dir.connect() {
+            Ok(mut conn) => {
+                return conn
+                    .send(&proto::Frame::Control(proto::Control::Resume { output_frames }))
+                    .map_err(|e| format!("telling the supervisor where the output resumes: {e}"))
+            }
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("the arriving container's supervisor: {e}")),
+        }
+    }
+}

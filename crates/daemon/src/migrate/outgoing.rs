@@ -1,0 +1,183 @@
+//! The source's side of a move between hosts (`to=HOST`): offers the
+//! container to the other host's hulld, sends it the image disk the VM
+//! runs on and the log so far, opens the data connection and hands it to
+//! the container's supervisor, whose VMM sends the VM and its writable
+//! disk over it. Once the VM has left, the rest of the log and how far
+//! the output had got go to the other host, and when it says the
+//! container runs there, the container is forgotten here. Until the VM
+//! has left, any failure leaves it running here, untouched.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use proto::{MigrationProgress, MigrationReport};
+use runtime::container::ContainerDir;
+
+use super::wire::{self, Message, NetworkName, Offer};
+use crate::api::ApiError;
+use crate::daemon::Daemon;
+use crate::store::ContainerRecord;
+
+/// The port other hosts' hullds take containers on when `to` names none.
+pub const DEFAULT_PORT: u16 = 2734;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the other host may take between steps (checking the offer,
+/// taking the files, resuming the container).
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the supervisor here may take to end once its VM left.
+const SUPERVISOR_END: Duration = Duration::from_secs(30);
+
+/// `HOST[:PORT]` as the other host's migration address.
+pub fn resolve(to: &str) -> Result<SocketAddr, ApiError> {
+    let bad = |why: String| ApiError::bad_request(format!("invalid \"to\" {to:?}: {why}"));
+    let with_port = match to.parse::<SocketAddr>() {
+        Ok(address) => return Ok(address),
+        Err(_) if to.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => to.to_string(),
+        Err(_) => format!("{to}:{DEFAULT_PORT}"),
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("it names no address".into()))
+}
+
+/// Moves the running container `record` (in `dir`) to the hulld at `to`.
+pub fn move_to(
+    daemon: &Arc<Daemon>,
+    record: &ContainerRecord,
+    dir: &ContainerDir,
+    to: SocketAddr,
+    downtime_ms: u32,
+    max_seconds: u32,
+    progress: &mut dyn FnMut(MigrationProgress),
+) -> Result<MigrationReport, ApiError> {
+    let spec = dir.spec()?;
+    if spec.image.is_none() || spec.rootfs.is_some() {
+        return Err(ApiError::conflict(
+            "only a container of an image can move to another host".to_string(),
+        ));
+    }
+    if !spec.volumes.is_empty() || !spec.binds.is_empty() {
+        return Err(ApiError::conflict(
+            "a container with volumes or bind mounts cannot move to another host yet".to_string(),
+        ));
+    }
+    let unreachable = |e: String| ApiError::new(StatusCode::BAD_GATEWAY, format!("the hulld at {to}: {e}"));
+    let failed = |e: wire::WireError| unreachable(e.to_string());
+    let mut networks = Vec::new();
+    for endpoint in &spec.network.endpoints {
+        let network = runtime::network::load(&endpoint.network_id)?;
+        networks.push(NetworkName {
+            name: network.name,
+            subnet: network.subnet.to_string(),
+        });
+    }
+    let writable_bytes = std::fs::metadata(dir.writable_disk())
+        .map_err(|e| ApiError::internal(format!("the writable disk: {e}")))?
+        .len();
+    let image_disk = running_image_disk(daemon, dir, &spec)?;
+    let mut control = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| unreachable(e.to_string()))?;
+    let _ = control.set_nodelay(true);
+    let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
+    let offer = Offer {
+        version: wire::VERSION,
+        record: record.clone(),
+        spec,
+        networks,
+        writable_bytes,
+    };
+    wire::send(&mut control, &Message::Offer(Box::new(offer))).map_err(failed)?;
+    let token = match wire::receive(&mut control).map_err(failed)? {
+        Message::Accepted { token } => token,
+        Message::Refused { reason } | Message::Failed { reason } => {
+            return Err(ApiError::conflict(format!(
+                "the hulld at {to} cannot take the container: {reason}"
+            )))
+        }
+        other => return Err(unreachable(format!("it answered {other:?}"))),
+    };
+    // Read-only while the VM runs: a plain copy.
+    let disk = std::fs::File::open(&image_disk).map_err(|e| ApiError::internal(format!("the image disk: {e}")))?;
+    let disk_bytes = disk.metadata().map_err(ApiError::internal)?.len();
+    wire::send_file(&mut control, &disk, 0, disk_bytes, true).map_err(failed)?;
+    let log = std::fs::File::open(dir.log_path()).map_err(|e| ApiError::internal(format!("the log: {e}")))?;
+    let logged = log.metadata().map_err(ApiError::internal)?.len();
+    wire::send_file(&mut control, &log, 0, logged, false).map_err(failed)?;
+    let mut data = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| unreachable(e.to_string()))?;
+    let _ = data.set_nodelay(true);
+    wire::send(&mut data, &Message::Data { token }).map_err(failed)?;
+    daemon.set_departing(&record.id, true);
+    let moved = dir
+        .connect()
+        .and_then(|mut shim| shim.migrate(downtime_ms, max_seconds, Some(&OwnedFd::from(data)), progress));
+    let report = match moved {
+        Ok(report) => report,
+        Err(e) => {
+            daemon.set_departing(&record.id, false);
+            let _ = wire::send(&mut control, &Message::Failed { reason: e.to_string() });
+            return Err(e.into());
+        }
+    };
+    // The VM has left: the container is the other host's from here.
+    let resumed = finish(&mut control, &report, &log, logged);
+    wait_ended(dir);
+    let _ = daemon.discard(&record.id, false);
+    resumed.map_err(|e| {
+        ApiError::internal(format!(
+            "the VM left for {to}, but the hulld there did not say the container runs: {e}"
+        ))
+    })?;
+    Ok(report)
+}
+
+/// Tells the other host how far the output got, with the log the
+/// supervisor here wrote meanwhile, and waits for its word that the
+/// container runs there.
+fn finish(
+    control: &mut TcpStream,
+    report: &MigrationReport,
+    log: &std::fs::File,
+    sent: u64,
+) -> Result<(), wire::WireError> {
+    wire::send(
+        control,
+        &Message::Moved {
+            output_frames: report.output_frames,
+        },
+    )?;
+    let logged = log.metadata()?.len();
+    wire::send_file(control, log, sent, logged.max(sent), false)?;
+    match wire::receive(control)? {
+        Message::Resumed => Ok(()),
+        Message::Failed { reason } => Err(wire::WireError::Bad(format!("a failure: {reason}"))),
+        other => Err(wire::WireError::Bad(format!("{other:?}"))),
+    }
+}
+
+/// The image disk the container's VM runs on: the one it arrived with
+/// from another host, or its image's.
+fn running_image_disk(
+    daemon: &Daemon,
+    dir: &ContainerDir,
+    spec: &runtime::container::ContainerSpec,
+) -> Result<std::path::PathBuf, ApiError> {
+    let arrived = dir.arriving_image_disk();
+    if arrived.exists() {
+        return Ok(arrived);
+    }
+    let id = spec.image.as_ref().ok_or_else(|| ApiError::internal("no image"))?;
+    let image = daemon.images.image(id)?;
+    image::disk::image_disk(&daemon.images, &image).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Waits for the supervisor here to end (its VM left).
+fn wait_ended(dir: &ContainerDir) {
+    let deadline = Instant::now() + SUPERVISOR_END;
+    while dir.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,238 @@
+//! What two hullds say to each other to move a container (`to=HOST`):
+//! length-prefixed JSON messages on a control connection, files (the image
+//! disk, the log) as bounded segments on it, and a second connection that
+//! carries the VMs' own migration stream (`vmm::migration`) unchanged.
+//! Everything from the peer is untrusted: each message and segment is
+//! bounded before it is read, and offsets are checked against the size
+//! the file was announced with.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::ContainerRecord;
+
+/// This protocol's version; a peer speaking another is refused.
+pub const VERSION: u32 = 1;
+/// The largest message (an offer carries a container's record and spec).
+const MAX_MESSAGE: usize = 1 << 20;
+/// The largest file segment.
+const MAX_SEGMENT: usize = 1 << 20;
+
+/// A container offered to the destination.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Offer {
+    pub version: u32,
+    pub record: ContainerRecord,
+    pub spec: runtime::container::ContainerSpec,
+    /// The name of each of its networks, in its endpoints' order: the
+    /// destination has networks of those names (and subnets).
+    pub networks: Vec<NetworkName>,
+    /// Its writable disk's size (its content comes in the VM's stream).
+    pub writable_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NetworkName {
+    pub name: String,
+    pub subnet: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// Source → destination, first on the control connection.
+    Offer(Box<Offer>),
+    /// Destination → source: send the files, then open the data connection
+    /// with this token.
+    Accepted {
+        token: String,
+    },
+    /// Destination → source: the container cannot come (why).
+    Refused {
+        reason: String,
+    },
+    /// Source → destination, first on the data connection: the VMs'
+    /// migration stream follows.
+    Data {
+        token: String,
+    },
+    /// A file of this size follows as `Segment`s, then `FileEnd`.
+    File {
+        bytes: u64,
+    },
+    /// `len` bytes for `offset` follow, raw.
+    Segment {
+        offset: u64,
+        len: u32,
+    },
+    FileEnd,
+    /// Source → destination: the VM left, and the source read this many
+    /// of its run connection's frames (the destination resumes from
+    /// there); the rest of the log follows as a file.
+    Moved {
+        output_frames: u64,
+    },
+    /// Destination → source: the container runs here.
+    Resumed,
+    /// Either way: the move is off (why).
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("the other host: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the other host sent {0}")]
+    Bad(String),
+}
+
+pub fn send(conn: &mut impl Write, message: &Message) -> Result<(), WireError> {
+    let body = serde_json::to_vec(message).map_err(|e| WireError::Bad(e.to_string()))?;
+    if body.len() > MAX_MESSAGE {
+        return Err(WireError::Bad(format!("a message of {} bytes", body.len())));
+    }
+    let mut framed = Vec::with_capacity(body.len() + 4);
+    framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&body);
+    conn.write_all(&framed)?;
+    Ok(())
+}
+
+pub fn receive(conn: &mut impl Read) -> Result<Message, WireError> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::Bad(format!(
+            "a message of {len} bytes (at most {MAX_MESSAGE})"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(|e| WireError::Bad(format!("a message that does not parse: {e}")))
+}
+
+/// Sends bytes `from..to` of `file` (to is its length or less); chunks of
+/// zeros are left out when `sparse` (the receiver's file starts as a hole).
+pub fn send_file(conn: &mut impl Write, file: &File, from: u64, to: u64, sparse: bool) -> Result<(), WireError> {
+    send(conn, &Message::File { bytes: to })?;
+    let mut chunk = vec![0u8; MAX_SEGMENT];
+    let mut offset = from;
+    while offset < to {
+        let want = (to - offset).min(MAX_SEGMENT as u64) as usize;
+        let read = file.read_at(&mut chunk[..want], offset)?;
+        if read == 0 {
+            break; // the file shrank (a log rotated): what there was is sent
+        }
+        if !(sparse && chunk[..read].iter().all(|&b| b == 0)) {
+            send(
+                conn,
+                &Message::Segment {
+                    offset,
+                    len: read as u32,
+                },
+            )?;
+            conn.write_all(&chunk[..read])?;
+        }
+        offset += read as u64;
+    }
+    send(conn, &Message::FileEnd)
+}
+
+/// Receives a file `send_file` sends into `file`, at most `max` bytes
+/// long; the file is made as long as announced (holes where nothing came).
+pub fn receive_file(conn: &mut impl Read, file: &File, max: u64) -> Result<u64, WireError> {
+    let bytes = match receive(conn)? {
+        Message::File { bytes } if bytes <= max => bytes,
+        Message::File { bytes } => return Err(WireError::Bad(format!("a file of {bytes} bytes (at most {max})"))),
+        Message::Failed { reason } => return Err(WireError::Bad(format!("a failure: {reason}"))),
+        other => return Err(WireError::Bad(format!("{other:?} where a file was due"))),
+    };
+    if file.metadata()?.len() < bytes {
+        file.set_len(bytes)?;
+    }
+    let mut chunk = vec![0u8; MAX_SEGMENT];
+    loop {
+        match receive(conn)? {
+            Message::Segment { offset, len }
+                if len as usize <= MAX_SEGMENT
+                    && offset.checked_add(u64::from(len)).is_some_and(|end| end <= bytes) =>
+            {
+                let data = &mut chunk[..len as usize];
+                conn.read_exact(data)?;
+                file.write_all_at(data, offset)?;
+            }
+            Message::Segment { offset, len } => {
+                return Err(WireError::Bad(format!(
+                    "a segment of {len} bytes at {offset} in a file of {bytes}"
+                )))
+            }
+            Message::FileEnd => return Ok(bytes),
+            other => return Err(WireError::Bad(format!("{other:?} inside a file"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_file_arrives_whole_and_its_zeros_do_not_travel() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("a");
+        let mut bytes = vec![0u8; 3 * MAX_SEGMENT + 100];
+        bytes[10] = 1;
+        bytes[3 * MAX_SEGMENT + 99] = 7;
+        std::fs::write(&source, &bytes).unwrap();
+        let mut wire = Vec::new();
+        let file = File::open(&source).unwrap();
+        send_file(&mut wire, &file, 0, bytes.len() as u64, true).unwrap();
+        assert!(
+            wire.len() < 2 * MAX_SEGMENT + 1000,
+            "zero chunks were sent: {}",
+            wire.len()
+        );
+        let copy = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("b"))
+            .unwrap();
+        let got = receive_file(&mut wire.as_slice(), &copy, 1 << 30).unwrap();
+        assert_eq!(got, bytes.len() as u64);
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_segment_past_the_announced_size_or_an_oversized_message_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = File::create(dir.path().join("b")).unwrap();
+        let mut wire = Vec::new();
+        send(&mut wire, &Message::File { bytes: 10 }).unwrap();
+        send(&mut wire, &Message::Segment { offset: 8, len: 4 }).unwrap();
+        wire.extend_from_slice(&[1, 2, 3, 4]);
+        let err = receive_file(&mut wire.as_slice(), &copy, 100).unwrap_err();
+        assert!(err.to_string().contains("a segment of 4 bytes at 8"), "{err}");
+
+        let mut wire = Vec::new();
+        send(&mut wire, &Message::File { bytes: 1000 }).unwrap();
+        let err = receive_file(&mut wire.as_slice(), &copy, 100).unwrap_err();
+        assert!(err.to_string().contains("at most 100"), "{err}");
+
+        let huge = ((MAX_MESSAGE + 1) as u32).to_le_bytes();
+        let err = receive(&mut &huge[..]).unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
+        assert!(matches!(
+            receive(&mut &b"\x03\x00\x00\x00{x}"[..]),
+            Err(WireError::Bad(_))
+        ));
+        // The copy was never written past what it announced.
+        assert!(std::fs::metadata(dir.path().join("b")).unwrap().len() <= 10);
+    }
+}
