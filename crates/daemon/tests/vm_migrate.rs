@@ -239,6 +239,79 @@ fn a_running_container_moves_to_another_hulld_and_back_and_counts_on_without_a_g
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_move_to_another_hulld_given_up_cancelled_or_losing_that_hulld_leaves_the_container_running_where_it_was() {
+    let dest_port = free_port();
+    let dest_listen = format!("127.0.0.1:{dest_port}");
+    let (source, _registry, image) = Hulld::with_busybox("vm-migrate-keep").unwrap();
+    let mut dest = Hulld::start_with("vm-migrate-lose", &["--migration-listen", &dest_listen]).unwrap();
+    ok(&dest.docker(&["pull", "-q", &image]));
+    let counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
+    let id = ok(&source.docker(&["run", "-d", "--network", "none", &image, "sh", "-c", counter]))
+        .trim()
+        .to_string();
+    eventually("the container counts", || counted(&source, &id).len() >= 30);
+    // A move that keeps going while the test acts on it: a budget of 1 ms
+    // is never met (the guest counts).
+    let start_move = || {
+        let source_socket = source.socket.clone();
+        let (id, to) = (id.clone(), dest_listen.clone());
+        std::thread::spawn(move || {
+            let mut hull = std::process::Command::new(testkit::boot::workspace_binary("hull").unwrap());
+            hull.args(["migrate", &id, "--to", &to, "--downtime", "1"])
+                .arg("-H")
+                .arg(format!("unix://{}", source_socket.display()));
+            hull.output().unwrap()
+        })
+    };
+    let arriving = |dest: &Hulld| !dest.processes_of("hull-vmm").is_empty();
+    let counts_on_here = |what: &str| {
+        let before = counted(&source, &id).len();
+        eventually(what, || counted(&source, &id).len() >= before + 20);
+        assert_eq!(source.inspect("{{.State.Status}}", &id), "running");
+    };
+
+    // Past its deadline the move is given up.
+    let (status, report) = migrate(&source, &id, &format!("to={dest_listen}&downtime=1&timeout=2"));
+    assert!(status.contains(" 409 "), "{status} {report}");
+    assert!(report["message"].as_str().unwrap().contains("runs on"), "{report}");
+    counts_on_here("it counts on after a move given up");
+    dest.assert_no_leftovers();
+
+    // Cancelled by its user.
+    let moving = start_move();
+    eventually("a VMM waits for the VM at the destination", || arriving(&dest));
+    let cancel = hull_cli(&source, &["migrate", "--cancel", &id]).output().unwrap();
+    assert!(cancel.status.success(), "{}", text(&cancel.stderr));
+    let out = moving.join().unwrap();
+    assert!(!out.status.success(), "the cancelled move says so");
+    assert!(text(&out.stderr).contains("cancelled"), "{}", text(&out.stderr));
+    counts_on_here("it counts on after a cancelled move");
+    dest.assert_no_leftovers();
+
+    // The destination's hulld dies mid-move: its half-arrived VM ends with it.
+    let moving = start_move();
+    eventually("a VMM waits for the VM at the destination", || arriving(&dest));
+    dest.kill();
+    let out = moving.join().unwrap();
+    assert!(!out.status.success(), "the move to a dead hulld fails");
+    counts_on_here("it counts on after its destination died");
+    eventually("the half-arrived VM ends", || !arriving(&dest));
+    dest.assert_no_leftovers();
+    dest.start_again().unwrap();
+    assert!(!all_ids(&dest).contains(&id));
+
+    ok(&source.docker(&["stop", "-t", "1", &id]));
+    let numbers = counted(&source, &id);
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "every number once, across three moves that did not happen"
+    );
+    source.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
 fn the_log_has_every_number_once_across_moves_bad_requests_are_refused_and_a_move_is_cancelled() {
     let (hulld, _registry, image) = Hulld::with_busybox("vm-migrate-log").unwrap();
     // Counts as fast as it can to a fixed end: many frames are in flight
@@ -382,6 +455,147 @@ fn a_tcp_connection_to_a_published_port_stays_open_across_a_move() {
     drop((conn, reader));
     ok(&hulld.docker(&["rm", "-f", &id]));
     hulld.assert_no_leftovers();
+}
+
+/// Runs `script` with sh; it must succeed.
+fn sh(script: &str) {
+    let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+}
+
+/// Network namespaces a test made, deleted however it ends.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread in network namespace `name` (a socket made there
+/// stays there).
+fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) of this thread alone into a namespace file we hold open.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_tcp_client_keeps_its_connection_to_a_container_moved_to_another_host_on_a_spanning_network() {
+    // Host A is this namespace; host B and a client are namespaces of
+    // their own, B linked to A by an underlay of its own.
+    let tag = std::process::id() % 100_000;
+    let (host_b, client) = (format!("hxmb{tag}"), format!("hxmc{tag}"));
+    let _namespaces = Namespaces(vec![host_b.clone(), client.clone()]);
+    for name in [&host_b, &client] {
+        sh(&format!("ip netns add {name}; ip -n {name} link set lo up"));
+    }
+    sh(&format!(
+        "ip link add ua{tag} type veth peer name ub{tag} netns {host_b}; \
+         ip addr add 198.51.100.1/24 dev ua{tag}; ip link set ua{tag} up; \
+         ip -n {host_b} addr add 198.51.100.2/24 dev ub{tag}; ip -n {host_b} link set ub{tag} up"
+    ));
+    let (source, _registry, image) = Hulld::with_busybox("vm-migrate-span-a").unwrap();
+    let dest = Hulld::start_in_netns(
+        "vm-migrate-span-b",
+        &host_b,
+        &["--migration-listen", "198.51.100.2:2734", "--migration-insecure"],
+    )
+    .unwrap();
+    // The image, as a user without a registry brings it.
+    let saved = source.work.join("box.tar");
+    ok(&source.docker(&["save", "-o", saved.to_str().unwrap(), &image]));
+    ok(&dest.docker(&["load", "-i", saved.to_str().unwrap()]));
+    // One network on both hosts: one subnet and VNI, each host its own range.
+    for (hulld, range, peer) in [
+        (&source, "10.91.0.0/26", "198.51.100.2"),
+        (&dest, "10.91.0.64/26", "198.51.100.1"),
+    ] {
+        ok(&hulld.docker(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.91.0.0/24",
+            "--ip-range",
+            range,
+            "-o",
+            "hull.vxlan.id=91",
+            "-o",
+            &format!("hull.vxlan.peers={peer}"),
+            "app",
+        ]));
+    }
+    let server = ["busybox", "nc", "-l", "-p", "7000", "-e", "busybox", "cat"];
+    let mut args = vec!["run", "-d", "--name", "echo", "--network", "app", &image];
+    args.extend(server);
+    let id = ok(&source.docker(&args)).trim().to_string();
+    let address = source.inspect("{{.NetworkSettings.Networks.app.IPAddress}}", &id);
+    let mac = source.inspect("{{.NetworkSettings.Networks.app.MacAddress}}", &id);
+    // The client: a machine on host A's side of the network.
+    let bridge = ok(&source.docker(&[
+        "network",
+        "inspect",
+        "app",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+    ]))
+    .trim()
+    .to_string();
+    sh(&format!(
+        "ip link add cl{tag} type veth peer name cc{tag} netns {client}; \
+         ip link set cl{tag} master {bridge} mtu 1450 up; \
+         ip -n {client} addr add 10.91.0.200/24 dev cc{tag}; ip -n {client} link set cc{tag} mtu 1450 up"
+    ));
+    let server_at = format!("{address}:7000");
+    let (mut conn, mut reader, first) = in_netns(&client, move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the echo server never answered on {server_at}"
+            );
+            let Ok(mut conn) = std::net::TcpStream::connect(&server_at) else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut back = String::new();
+            let sent = conn.write_all(b"before\n").is_ok();
+            if sent && reader.read_line(&mut back).is_ok() && !back.is_empty() {
+                break (conn, reader, back);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert_eq!(first, "before\n");
+    let (status, report) = migrate(&source, &id, "to=198.51.100.2&downtime=2000");
+    assert!(status.contains(" 200 "), "{status} {report}");
+    eprintln!("moved to host B: {report}");
+    // The same connection, to the same server process, now on host B:
+    // its frames cross the VXLAN both ways.
+    assert_eq!(echo(&mut conn, &mut reader, "after"), "after\n");
+    assert_eq!(echo(&mut conn, &mut reader, "and on"), "and on\n");
+    assert_eq!(
+        dest.inspect("{{.NetworkSettings.Networks.app.IPAddress}}", &id),
+        address
+    );
+    assert_eq!(dest.inspect("{{.NetworkSettings.Networks.app.MacAddress}}", &id), mac);
+    assert_eq!(ok(&dest.docker(&["exec", &id, "echo", "on B"])), "on B\n");
+    assert!(!all_ids(&source).contains(&id));
+    drop((conn, reader));
+    ok(&dest.docker(&["rm", "-f", &id]));
+    source.assert_no_leftovers();
+    dest.assert_no_leftovers();
 }
 
 /// A raw socket that sees every frame on one host interface (all

@@ -365,7 +365,12 @@ impl ContainerDir {
         command
             .arg(&self.path)
             .arg(&self.id)
-            .stdin(Stdio::null())
+            // An arriving container's lifeline: its end before the VM
+            // resumed here (hulld gone) ends the arrival.
+            .stdin(match arriving {
+                Some(_) => Stdio::piped(),
+                None => Stdio::null(),
+            })
             // The shim writes `shim::RUNNING` here once the process runs.
             .stdout(Stdio::piped())
             .stderr(err_file)
@@ -399,6 +404,7 @@ impl ContainerDir {
         };
         Ok(Starting {
             dir: self.clone(),
+            lifeline: child.stdin.take(),
             child,
             report: Report::new(stdout),
             errors,
@@ -412,15 +418,17 @@ const SHIM_ARRIVING_FD: i32 = 3;
 /// A supervisor started, not yet running the container's process.
 pub struct Starting {
     dir: ContainerDir,
+    /// Held until the arriving container runs (`shim::supervise`).
+    lifeline: Option<std::process::ChildStdin>,
     child: std::process::Child,
     report: Report,
     errors: PathBuf,
 }
 
 impl Starting {
-    /// The supervisor's process.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Whether the supervisor has ended.
+    pub fn ended(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Ends the supervisor (and with it its VM) before its container ran.
@@ -433,6 +441,7 @@ impl Starting {
     pub fn until_running(self) -> Result<RunState, ContainerError> {
         let Starting {
             dir,
+            lifeline,
             mut child,
             mut report,
             errors,
@@ -454,6 +463,8 @@ impl Starting {
                 Heard::Nothing => {}
             }
         };
+        // Running (or not): the arrival no longer hangs on hulld.
+        drop(lifeline);
         if ran {
             // Its state was written before the byte.
             return match dir.state() {

@@ -137,6 +137,7 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
         if let Ok(mut waiting) = shared.resume.lock() {
             *waiting = Some(told);
         }
+        watch_lifeline(shared.resume.clone());
         crate::run::Arrival {
             conn,
             image_disk: dir.arriving_image_disk(),
@@ -237,6 +238,27 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
         }
     }
     Ok(code)
+}
+
+/// Ends an arrival whose hulld went away before the VM resumed here:
+/// standard input is a pipe hulld holds until then; at its end, the word
+/// the arrival waits for (`resume`) can no longer come, and the arrival
+/// ends, taking its VMM with it (the source's VM runs on there).
+fn watch_lifeline(resume: Arc<Mutex<Option<std::sync::mpsc::Sender<u64>>>>) {
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        loop {
+            // SAFETY: reads into a valid buffer from fd 0.
+            let read = unsafe { libc::read(libc::STDIN_FILENO, sink.as_mut_ptr().cast(), sink.len()) };
+            let interrupted = read < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+            if read == 0 || (read < 0 && !interrupted) {
+                break;
+            }
+        }
+        if let Ok(mut waiting) = resume.lock() {
+            waiting.take();
+        }
+    });
 }
 
 /// Tells `ContainerDir::start`, on standard output (a pipe), that the

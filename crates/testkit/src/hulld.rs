@@ -20,6 +20,8 @@ pub struct Hulld {
     /// The name of this hulld's nftables table and bridges (`HULL_NET_NAME`),
     /// its own so that it never touches the host's hull.
     pub net_name: String,
+    /// The network namespace hulld runs in (another "host"), if not ours.
+    pub netns: Option<String>,
 }
 
 /// A network name no other test hulld of this machine has.
@@ -42,6 +44,17 @@ impl Hulld {
 
     /// The same, with environment variables of its own.
     pub fn start_with_env(name: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Hulld> {
+        Hulld::start_as(name, extra_args, env, None)
+    }
+
+    /// A hulld in network namespace `netns` (made by the test): another
+    /// host, with its own addresses, bridges and firewall. The docker CLI
+    /// still reaches it on its unix socket.
+    pub fn start_in_netns(name: &str, netns: &str, extra_args: &[&str]) -> Result<Hulld> {
+        Hulld::start_as(name, extra_args, &[], Some(netns))
+    }
+
+    fn start_as(name: &str, extra_args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Result<Hulld> {
         runtime::network::host::load_modules();
         let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
@@ -60,6 +73,7 @@ impl Hulld {
             work,
             data,
             net_name: unique_net_name(),
+            netns: netns.map(str::to_string),
         };
         hulld.spawn()?;
         Ok(hulld)
@@ -70,7 +84,17 @@ impl Hulld {
             .create(true)
             .append(true)
             .open(self.work.join("hulld.log"))?;
-        let child = Command::new(crate::boot::workspace_binary("hulld")?)
+        let hulld = crate::boot::workspace_binary("hulld")?;
+        let mut command = match &self.netns {
+            // `ip netns exec` execs hulld: the child's PID is hulld's.
+            Some(netns) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", netns]).arg(hulld);
+                ip
+            }
+            None => Command::new(hulld),
+        };
+        let child = command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--data-dir")
@@ -107,6 +131,20 @@ impl Hulld {
     /// Stops hulld (SIGTERM) and starts it again; containers keep running.
     pub fn restart(&mut self) -> Result<()> {
         self.stop_daemon();
+        self.spawn()
+    }
+
+    /// Kills hulld outright (SIGKILL), as a crash would; its containers'
+    /// supervisors live on. `start_again` brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts hulld again after `kill`.
+    pub fn start_again(&mut self) -> Result<()> {
         self.spawn()
     }
 

@@ -166,8 +166,17 @@ fn take(
         .recv_timeout(STEP_TIMEOUT)
         .map_err(|_| "the source did not open the data connection".to_string())?;
     *shim = Some(dir.start_arriving(OwnedFd::from(conn)).map_err(|e| e.to_string())?);
-    // The source's VMM sends the VM now, until it runs here or the move is off.
-    let _ = control.set_read_timeout(Some(MOVE_TIMEOUT));
+    // The source's VMM sends the VM now, until it runs here or the move is
+    // off: a supervisor that ends meanwhile (its VMM failed) ends it too.
+    let deadline = std::time::Instant::now() + MOVE_TIMEOUT;
+    while !readable(control, Duration::from_millis(500)) {
+        if shim.as_mut().is_none_or(|s| s.ended()) {
+            return Err("the VM did not arrive: its supervisor here ended".into());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the source said nothing for the whole move".into());
+        }
+    }
     let output_frames = match wire::receive(control).map_err(failed)? {
         Message::Moved { output_frames } => output_frames,
         Message::Failed { reason } => return Err(format!("the source gave up: {reason}")),
@@ -313,4 +322,16 @@ fn tell_resume(dir: &ContainerDir, output_frames: u64) -> Result<(), String> {
             Err(e) => return Err(format!("the arriving container's supervisor: {e}")),
         }
     }
+}
+
+/// Whether `conn` has something to read (or its end) within `timeout`.
+fn readable(conn: &TcpStream, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) > 0 }
 }
