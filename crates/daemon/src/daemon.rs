@@ -35,6 +35,9 @@ pub struct Daemon {
     /// Arriving containers' data connections, on their way to the move
     /// that waits for them.
     pub arrivals: crate::migrate::arriving::Arrivals,
+    /// How this hulld reaches other hosts' (set once at start; plain TCP
+    /// on loopback only until then).
+    migration: std::sync::OnceLock<crate::migrate::link::Security>,
 }
 
 impl Daemon {
@@ -52,7 +55,20 @@ impl Daemon {
             log_watcher: crate::follow::LogWatcher::start(),
             departing: Default::default(),
             arrivals: Default::default(),
+            migration: Default::default(),
         })
+    }
+
+    /// Says how this hulld reaches other hosts' hullds (once, at start).
+    pub fn set_migration_security(&self, security: crate::migrate::link::Security) {
+        let _ = self.migration.set(security);
+    }
+
+    pub fn migration_security(&self) -> crate::migrate::link::Security {
+        self.migration
+            .get()
+            .cloned()
+            .unwrap_or(crate::migrate::link::Security::Plain { insecure: false })
     }
 
     /// Marks container `id` as leaving for another host (`true`) or as

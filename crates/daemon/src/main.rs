@@ -65,10 +65,11 @@ struct Args {
     /// (port 2734 is what `to` assumes when it names none).
     #[arg(long, value_name = "ADDRESS:PORT")]
     migration_listen: Option<std::net::SocketAddr>,
-    /// Allow --migration-listen on an address other than loopback: moves
-    /// are not encrypted yet, so only where the network between the hosts
-    /// is trusted.
-    #[arg(long, requires = "migration_listen")]
+    /// Without TLS certificates, move containers to and from other hosts
+    /// over plain TCP beyond loopback: only where the network between the
+    /// hosts is trusted (with --tlscacert/--tlscert/--tlskey, moves use
+    /// mutual TLS and this is not needed).
+    #[arg(long)]
     migration_insecure: bool,
 }
 
@@ -129,8 +130,18 @@ async fn serve(args: Args) -> Result<()> {
         args.socket.display(),
         data.display()
     );
+    daemon.set_migration_security(match (&args.tlscacert, &args.tlscert, &args.tlskey) {
+        (Some(ca), Some(cert), Some(key)) => daemon::migrate::link::Security::tls(&tls::TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })?,
+        _ => daemon::migrate::link::Security::Plain {
+            insecure: args.migration_insecure,
+        },
+    });
     if let Some(address) = args.migration_listen {
-        daemon::migrate::arriving::listen(daemon.clone(), address, args.migration_insecure)?;
+        daemon::migrate::arriving::listen(daemon.clone(), address)?;
     }
     let router = api::router(daemon);
     let (stop, stopping) = tokio::sync::watch::channel(false);

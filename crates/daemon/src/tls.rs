@@ -64,6 +64,28 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// A client's TLS settings with the same files: servers checked against
+/// the CA, this host's certificate as the client's (a hulld moving a
+/// container to another host's).
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certificates(&files.ca)? {
+        roots
+            .add(ca)
+            .with_context(|| format!("the CA certificate in {}", files.ca.display()))?;
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certificates(&files.cert)?, key)
+        .context("the certificate and key do not go together")?;
+    Ok(Arc::new(config))
+}
+
 /// Serves the API on `listener` over TLS until hulld stops. A connection
 /// over the cap is closed before its handshake.
 pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, connections: Connections) {

@@ -490,12 +490,27 @@ fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'stati
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
-fn a_tcp_client_keeps_its_connection_to_a_container_moved_to_another_host_on_a_spanning_network() {
+fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_host_on_a_spanning_network() {
     // Host A is this namespace; host B and a client are namespaces of
     // their own, B linked to A by an underlay of its own.
     let tag = std::process::id() % 100_000;
     let (host_b, client) = (format!("hxmb{tag}"), format!("hxmc{tag}"));
     let _namespaces = Namespaces(vec![host_b.clone(), client.clone()]);
+    // The hosts move containers over mutual TLS: certificates of one CA,
+    // each naming its host's address.
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = testkit::certs::Certs::new(certs_dir.path()).unwrap();
+    certs.host("a", "198.51.100.1").unwrap();
+    certs.host("b", "198.51.100.2").unwrap();
+    let args = |host: &str, extra: &[&str]| {
+        let mut args = certs.hulld_args(host);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    // Host A's hulld first: it loads the network modules (veth among them).
+    let source_args = args("a", &[]);
+    let source_args: Vec<&str> = source_args.iter().map(String::as_str).collect();
+    let (source, _registry, image) = Hulld::with_busybox_args("vm-migrate-span-a", &source_args).unwrap();
     for name in [&host_b, &client] {
         sh(&format!("ip netns add {name}; ip -n {name} link set lo up"));
     }
@@ -504,13 +519,9 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_to_another_host_on_a_s
          ip addr add 198.51.100.1/24 dev ua{tag}; ip link set ua{tag} up; \
          ip -n {host_b} addr add 198.51.100.2/24 dev ub{tag}; ip -n {host_b} link set ub{tag} up"
     ));
-    let (source, _registry, image) = Hulld::with_busybox("vm-migrate-span-a").unwrap();
-    let dest = Hulld::start_in_netns(
-        "vm-migrate-span-b",
-        &host_b,
-        &["--migration-listen", "198.51.100.2:2734", "--migration-insecure"],
-    )
-    .unwrap();
+    let dest_args = args("b", &["--migration-listen", "198.51.100.2:2734"]);
+    let dest_args: Vec<&str> = dest_args.iter().map(String::as_str).collect();
+    let dest = Hulld::start_in_netns("vm-migrate-span-b", &host_b, &dest_args).unwrap();
     // The image, as a user without a registry brings it.
     let saved = source.work.join("box.tar");
     ok(&source.docker(&["save", "-o", saved.to_str().unwrap(), &image]));

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod boot;
+pub mod certs;
 pub mod guest;
 pub mod hulld;
 pub mod oci;

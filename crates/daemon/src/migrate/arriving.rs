@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -34,10 +35,10 @@ const MAX_WRITABLE_DISK: u64 = 1 << 40;
 
 /// Data connections on their way to the arrival that gave out their token.
 #[derive(Default)]
-pub struct Arrivals(Mutex<HashMap<String, mpsc::SyncSender<TcpStream>>>);
+pub struct Arrivals(Mutex<HashMap<String, mpsc::SyncSender<UnixStream>>>);
 
 impl Arrivals {
-    fn expect(&self, token: &str) -> mpsc::Receiver<TcpStream> {
+    fn expect(&self, token: &str) -> mpsc::Receiver<UnixStream> {
         let (tx, rx) = mpsc::sync_channel(1);
         if let Ok(mut waiting) = self.0.lock() {
             waiting.insert(token.to_string(), tx);
@@ -52,22 +53,16 @@ impl Arrivals {
     }
 
     /// Hands `conn` to the arrival waiting for `token`; false if none is.
-    fn hand_over(&self, token: &str, conn: TcpStream) -> bool {
+    fn hand_over(&self, token: &str, conn: UnixStream) -> bool {
         let waiting = self.0.lock().ok().and_then(|mut w| w.remove(token));
         waiting.is_some_and(|tx| tx.send(conn).is_ok())
     }
 }
 
-/// Binds `address` for other hosts' hullds. The migration stream carries a
-/// container's memory: in the clear only on loopback, or when the user
-/// says so (`insecure`).
-pub fn listen(daemon: Arc<Daemon>, address: SocketAddr, insecure: bool) -> anyhow::Result<()> {
-    if !address.ip().is_loopback() && !insecure {
-        anyhow::bail!(
-            "--migration-listen {address}: moves between hosts are not encrypted yet, so only a loopback address is \
-             allowed unless --migration-insecure says the network between the hosts is trusted"
-        );
-    }
+/// Binds `address` for other hosts' hullds (with mutual TLS, or plain
+/// where `link::Security` allows it).
+pub fn listen(daemon: Arc<Daemon>, address: SocketAddr) -> anyhow::Result<()> {
+    daemon.migration_security().check_listener(address)?;
     let listener = TcpListener::bind(address).map_err(|e| anyhow::anyhow!("binding {address}: {e}"))?;
     tracing::info!("taking containers moved from other hosts on tcp://{address}");
     std::thread::Builder::new()
@@ -87,8 +82,14 @@ pub fn listen(daemon: Arc<Daemon>, address: SocketAddr, insecure: bool) -> anyho
     Ok(())
 }
 
-fn serve(daemon: &Arc<Daemon>, mut conn: TcpStream) {
-    let peer = conn.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
+    // Networks' name servers are tasks on hulld's runtime.
+    let _runtime = daemon.handle.enter();
+    let peer = tcp.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let mut conn = match daemon.migration_security().accept(tcp, &daemon.handle) {
+        Ok(conn) => conn,
+        Err(e) => return tracing::warn!("a migration connection from {peer} refused: {e}"),
+    };
     let _ = conn.set_read_timeout(Some(FIRST_MESSAGE_TIMEOUT));
     match wire::receive(&mut conn) {
         Ok(Message::Offer(offer)) => {
@@ -118,7 +119,7 @@ struct Prepared {
     record: crate::store::ContainerRecord,
 }
 
-fn arrive(daemon: &Arc<Daemon>, control: &mut TcpStream, offer: Offer) -> Result<(), String> {
+fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Result<(), String> {
     let prepared = match prepare(daemon, offer) {
         Ok(prepared) => prepared,
         Err(reason) => {
@@ -145,10 +146,10 @@ fn arrive(daemon: &Arc<Daemon>, control: &mut TcpStream, offer: Offer) -> Result
 
 fn take(
     daemon: &Arc<Daemon>,
-    control: &mut TcpStream,
+    control: &mut UnixStream,
     prepared: &Prepared,
     token: &str,
-    data: mpsc::Receiver<TcpStream>,
+    data: mpsc::Receiver<UnixStream>,
     shim: &mut Option<runtime::container::Starting>,
 ) -> Result<(), String> {
     let failed = |e: wire::WireError| e.to_string();
@@ -325,7 +326,7 @@ fn tell_resume(dir: &ContainerDir, output_frames: u64) -> Result<(), String> {
 }
 
 /// Whether `conn` has something to read (or its end) within `timeout`.
-fn readable(conn: &TcpStream, timeout: Duration) -> bool {
+fn readable(conn: &UnixStream, timeout: Duration) -> bool {
     use std::os::fd::AsRawFd;
     let mut poll = libc::pollfd {
         fd: conn.as_raw_fd(),

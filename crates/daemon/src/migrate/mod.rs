@@ -9,6 +9,7 @@
 //! gives a move under way up.
 
 pub mod arriving;
+pub mod link;
 mod outgoing;
 pub mod wire;
 
@@ -95,9 +96,15 @@ pub async fn migrate(
             let _ = lines.send(json!({ "Progress": progress_json(&p) }));
         };
         let outcome = match &to {
-            Some((_, address)) => {
-                outgoing::move_to(&daemon, &record, &dir, *address, downtime_ms, max_seconds, &mut told)
-            }
+            Some((name, address)) => outgoing::move_to(
+                &daemon,
+                &record,
+                &dir,
+                (name, *address),
+                downtime_ms,
+                max_seconds,
+                &mut told,
+            ),
             None => dir
                 .connect()
                 .and_then(|mut conn| conn.migrate(downtime_ms, max_seconds, None, &mut told))

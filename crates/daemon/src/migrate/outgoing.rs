@@ -7,8 +7,9 @@
 //! container runs there, the container is forgotten here. Until the VM
 //! has left, any failure leaves it running here, untouched.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,6 @@ use crate::store::ContainerRecord;
 
 /// The port other hosts' hullds take containers on when `to` names none.
 pub const DEFAULT_PORT: u16 = 2734;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the other host may take between steps (checking the offer,
 /// taking the files, resuming the container).
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -45,12 +45,26 @@ pub fn resolve(to: &str) -> Result<SocketAddr, ApiError> {
         .ok_or_else(|| bad("it names no address".into()))
 }
 
-/// Moves the running container `record` (in `dir`) to the hulld at `to`.
+/// The host part of `HOST[:PORT]` (what the other hulld's certificate names).
+fn host_of(to: &str) -> &str {
+    match to.parse::<SocketAddr>() {
+        Ok(_) => to
+            .rsplit_once(':')
+            .map_or(to, |(host, _)| host.trim_start_matches('[').trim_end_matches(']')),
+        Err(_) if to.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {
+            to.rsplit_once(':').map_or(to, |(host, _)| host)
+        }
+        Err(_) => to,
+    }
+}
+
+/// Moves the running container `record` (in `dir`) to the hulld at `to`
+/// (as the user named it, and its address).
 pub fn move_to(
     daemon: &Arc<Daemon>,
     record: &ContainerRecord,
     dir: &ContainerDir,
-    to: SocketAddr,
+    (to_name, to): (&str, SocketAddr),
     downtime_ms: u32,
     max_seconds: u32,
     progress: &mut dyn FnMut(MigrationProgress),
@@ -80,8 +94,13 @@ pub fn move_to(
         .map_err(|e| ApiError::internal(format!("the writable disk: {e}")))?
         .len();
     let image_disk = running_image_disk(daemon, dir, &spec)?;
-    let mut control = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| unreachable(e.to_string()))?;
-    let _ = control.set_nodelay(true);
+    let security = daemon.migration_security();
+    let connect = || {
+        security
+            .connect(to, host_of(to_name), &daemon.handle)
+            .map_err(unreachable)
+    };
+    let mut control = connect()?;
     let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
     let offer = Offer {
         version: wire::VERSION,
@@ -107,8 +126,7 @@ pub fn move_to(
     let log = std::fs::File::open(dir.log_path()).map_err(|e| ApiError::internal(format!("the log: {e}")))?;
     let logged = log.metadata().map_err(ApiError::internal)?.len();
     wire::send_file(&mut control, &log, 0, logged, false).map_err(failed)?;
-    let mut data = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| unreachable(e.to_string()))?;
-    let _ = data.set_nodelay(true);
+    let mut data = connect()?;
     wire::send(&mut data, &Message::Data { token }).map_err(failed)?;
     daemon.set_departing(&record.id, true);
     let moved = dir
@@ -138,7 +156,7 @@ pub fn move_to(
 /// supervisor here wrote meanwhile, and waits for its word that the
 /// container runs there.
 fn finish(
-    control: &mut TcpStream,
+    control: &mut UnixStream,
     report: &MigrationReport,
     log: &std::fs::File,
     sent: u64,

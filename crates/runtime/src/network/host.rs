@@ -25,6 +25,7 @@ pub fn load_modules() {
         "tun",
         "veth",
         "bridge",
+        "vxlan",
         "nf_tables",
         "nft_chain_nat",
         "nft_nat",
