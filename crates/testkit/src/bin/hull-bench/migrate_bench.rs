@@ -20,7 +20,9 @@
 //! /containers/{id}/migrate`, as `hull migrate` asks it): an idle busybox
 //! container of each size, moved `runs` times, its own report's downtime,
 //! total time and bytes (the new VMM's start and the agent's return are in
-//! its total), beside the QEMU idle row of the same size from this run.
+//! its total), beside the QEMU idle row of the same size from this run;
+//! and the same container moved between two hullds on loopback and back
+//! (`to=HOST`), both holding the template.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -155,8 +157,11 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
             rows.push(report_row(mib, load, &hull, &qemu)?);
         }
         eprintln!("migrate {mib} MiB container: {runs} moves through hulld");
-        let moves = container_moves(mib, runs, downtime_ms)?;
-        rows.push(container_row(mib, &moves, &rows)?);
+        let moves = container_moves(mib, runs, downtime_ms, false)?;
+        rows.push(container_row(mib, &moves, &rows, false)?);
+        eprintln!("migrate {mib} MiB container: {runs} moves between two hullds");
+        let moves = container_moves(mib, runs, downtime_ms, true)?;
+        rows.push(container_row(mib, &moves, &rows, true)?);
     }
     let _ = std::fs::remove_dir_all(&work);
     let report = json!({
@@ -230,13 +235,33 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
 }
 
 /// An idle container of `mib` moved `runs` times through hulld; each move
-/// checked (the container prints on and `docker exec` reaches it).
-fn container_moves(mib: u32, runs: usize, downtime_ms: u32) -> Result<Vec<Moved>> {
+/// checked (the container prints on and `docker exec` reaches it). With
+/// `between_hulls`, to another hulld (its own data, run directory and
+/// firewall names, on loopback) and back, in turn.
+fn container_moves(mib: u32, runs: usize, downtime_ms: u32, between_hulls: bool) -> Result<Vec<Moved>> {
     use testkit::hulld::{text, Hulld};
-    let (hulld, _registry, image) = Hulld::with_busybox("bench-migrate")?;
+    let port = |p: u16| format!("127.0.0.1:{p}");
+    let free_port = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let listens = [port(free_port()?), port(free_port()?)];
+    let args: Vec<&str> = match between_hulls {
+        true => vec!["--migration-listen", &listens[0]],
+        false => Vec::new(),
+    };
+    let (first, _registry, image) = Hulld::with_busybox_args("bench-migrate", &args)?;
+    let second = match between_hulls {
+        true => {
+            let second = Hulld::start_with("bench-migrate-to", &["--migration-listen", &listens[1]])?;
+            let pulled = second.docker(&["pull", "-q", &image]);
+            if !pulled.status.success() {
+                bail!("docker pull on the second hulld: {}", text(&pulled.stderr));
+            }
+            Some(second)
+        }
+        false => None,
+    };
     let name = "moving";
     let script = format!("while true; do echo {ALIVE}; sleep 0.5; done");
-    let started = hulld.docker(&[
+    let started = first.docker(&[
         "run",
         "-d",
         "--name",
@@ -251,10 +276,10 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32) -> Result<Vec<Moved>
     if !started.status.success() {
         bail!("docker run: {}", text(&started.stderr));
     }
-    let alive = || text(&hulld.docker(&["logs", name]).stdout).matches(ALIVE).count();
-    let goes_on = |after: usize| -> Result<()> {
+    let alive = |hulld: &Hulld| text(&hulld.docker(&["logs", name]).stdout).matches(ALIVE).count();
+    let goes_on = |hulld: &Hulld, after: usize| -> Result<()> {
         let deadline = Instant::now() + LIMIT;
-        while alive() <= after || !hulld.docker(&["exec", name, "true"]).status.success() {
+        while alive(hulld) <= after || !hulld.docker(&["exec", name, "true"]).status.success() {
             if Instant::now() > deadline {
                 bail!("the container did not go on after its move:\n{}", hulld.log());
             }
@@ -262,13 +287,19 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32) -> Result<Vec<Moved>
         }
         Ok(())
     };
-    goes_on(0)?;
+    goes_on(&first, 0)?;
     let mut moves = Vec::new();
     for run in 1..=runs {
         eprintln!("migrate {mib} MiB container move {run}/{runs}");
-        let before = alive();
-        let (head, body) = hulld.raw(&format!(
-            "POST /containers/{name}/migrate?downtime={downtime_ms} HTTP/1.1\r\nHost: hull\r\n\
+        // Where it is, and where it goes (`to`: none within one host).
+        let (from, to, query) = match &second {
+            Some(second) if run % 2 == 1 => (&first, second, format!("&to={}", listens[1])),
+            Some(second) => (second, &first, format!("&to={}", listens[0])),
+            None => (&first, &first, String::new()),
+        };
+        let before = alive(from);
+        let (head, body) = from.raw(&format!(
+            "POST /containers/{name}/migrate?downtime={downtime_ms}{query} HTTP/1.1\r\nHost: hull\r\n\
              Content-Length: 0\r\nConnection: close\r\n\r\n"
         ));
         let report: Value = serde_json::from_str(body.trim()).unwrap_or_default();
@@ -281,7 +312,7 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32) -> Result<Vec<Moved>
                 body.trim()
             );
         };
-        goes_on(before)?;
+        goes_on(to, before)?;
         moves.push(Moved {
             converged: true,
             downtime: Duration::from_millis(downtime),
@@ -290,12 +321,26 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32) -> Result<Vec<Moved>
             bytes,
         });
     }
-    let _ = hulld.docker(&["rm", "-f", name]);
+    for hulld in std::iter::once(&first).chain(second.as_ref()) {
+        let _ = hulld.docker(&["rm", "-f", name]);
+    }
     Ok(moves)
 }
 
 /// The container's row, with the ratio to QEMU's idle guest of the same size.
-fn container_row(mib: u32, moves: &[Moved], rows: &[Value]) -> Result<Value> {
+fn container_row(mib: u32, moves: &[Moved], rows: &[Value], between_hulls: bool) -> Result<Value> {
+    let (label, what) = match between_hulls {
+        true => (
+            "between hullds",
+            "a busybox container moved between two hullds on loopback and back (POST /containers/{id}/migrate?to=HOST): \
+             the VM's stream (its own pages: both hullds have the template) and its writable disk; the image disk \
+             and log go beside it, not counted here",
+        ),
+        false => (
+            "container",
+            "a busybox container moved to a new VMM on its host through hulld (POST /containers/{id}/migrate)",
+        ),
+    };
     let downtime = Summary::of(&moves.iter().map(|m| m.downtime).collect::<Vec<_>>()).context("no moves")?;
     let total = Summary::of(&moves.iter().map(|m| m.total).collect::<Vec<_>>()).context("no moves")?;
     let mut sent: Vec<u64> = moves.iter().map(|m| m.bytes).collect();
@@ -304,7 +349,7 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value]) -> Result<Value> {
     println!(
         "{mib:>5} MiB {:<11} {:<9} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
         "idle",
-        "container",
+        label,
         downtime.median_ms,
         downtime.p95_ms,
         total.median_ms,
@@ -316,17 +361,14 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value]) -> Result<Value> {
         .and_then(|r| r["peers"]["qemu"]["downtime"]["median_ms"].as_f64());
     let ratio = qemu_idle.filter(|q| *q > 0.0).map(|q| downtime.median_ms / q);
     if let Some(ratio) = ratio {
-        println!(
-            "{:>28} downtime {ratio:.2}x QEMU's idle guest of the same size (this run)",
-            "container"
-        );
+        println!("{label:>28} downtime {ratio:.2}x QEMU's idle guest of the same size (this run)");
     }
     Ok(json!({
         "memory_mib": mib,
         "load": "idle",
-        "what": "a busybox container moved to a new VMM on its host through hulld (POST /containers/{id}/migrate)",
+        "what": what,
         "peers": {
-            "hull_container": {
+            (if between_hulls { "hull_container_between_hullds" } else { "hull_container" }): {
                 "moves": moves.len(),
                 "downtime": downtime.to_json(),
                 "total": total.to_json(),
