@@ -44,24 +44,33 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// certificates required and verified against the CA.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(files)?), provider.clone())
+            .build()
+            .context("setting up client certificate verification")?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(&files.cert)?, key(files)?)
+        .context("the server certificate and key do not go together")?;
+    Ok(Arc::new(config))
+}
+
+/// The CA's certificates, the only roots trusted.
+fn roots(files: &TlsFiles) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in certificates(&files.ca)? {
         roots
             .add(ca)
             .with_context(|| format!("the CA certificate in {}", files.ca.display()))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("setting up client certificate verification")?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("choosing TLS versions")?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certificates(&files.cert)?, key)
-        .context("the server certificate and key do not go together")?;
-    Ok(Arc::new(config))
+    Ok(roots)
+}
+
+fn key(files: &TlsFiles) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading the private key from {}", files.key.display()))
 }
 
 /// A client's TLS settings with the same files: servers checked against
@@ -69,19 +78,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
 /// container to another host's).
 pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in certificates(&files.ca)? {
-        roots
-            .add(ca)
-            .with_context(|| format!("the CA certificate in {}", files.ca.display()))?;
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("choosing TLS versions")?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certificates(&files.cert)?, key)
+        .with_root_certificates(roots(files)?)
+        .with_client_auth_cert(certificates(&files.cert)?, key(files)?)
         .context("the certificate and key do not go together")?;
     Ok(Arc::new(config))
 }

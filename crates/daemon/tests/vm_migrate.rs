@@ -169,6 +169,18 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     let (source, _registry, image) =
         Hulld::with_busybox_args("vm-migrate-src", &["--migration-listen", &source_listen]).unwrap();
     let dest = Hulld::start_with("vm-migrate-dst", &["--migration-listen", &dest_listen]).unwrap();
+    // Another host has no template of the source's (it would boot its own,
+    // another VM): the first move sends it, and it is kept.
+    std::fs::remove_dir_all(dest.data.join("templates")).unwrap();
+    let arrived_templates = || -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        std::fs::read_dir(dest.data.join("templates-arrived"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+            .collect()
+    };
     let counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
     let id = ok(&source.docker(&[
         "run",
@@ -206,6 +218,7 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     let mut hosts = [&source, &dest];
     let listens = [&source_listen, &dest_listen];
     // Back and forth, ten moves.
+    let mut sent_template = Vec::new();
     for round in 0..10 {
         let (from, to) = (hosts[0], hosts[1]);
         let before = counted(from, &id).len() as u64;
@@ -213,6 +226,15 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         eprintln!("move {round}: {report}");
         assert!(status.contains(" 200 "), "move {round}: {status} {report}");
         assert_eq!(report["OutputFramesLost"], 0, "{report}");
+        // The template goes once, with the first move: the source's own
+        // (the same identity) and the kept one serve the later moves.
+        match round {
+            0 => assert!(report["TemplateBytes"].as_u64().is_some_and(|b| b > 0), "{report}"),
+            _ => assert!(report["TemplateBytes"].is_null(), "{report}"),
+        }
+        // Only the clone's own pages: each side maps the template (the
+        // whole guest's would be tens of thousands).
+        assert!(report["PagesSent"].as_u64().unwrap() < 6000, "{report}");
         // Only the destination has it now: same ID, name, labels, running.
         assert!(!all_ids(from).contains(&id), "move {round}: still listed where it was");
         assert!(all_ids(to).contains(&id), "move {round}: not listed where it went");
@@ -232,7 +254,16 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         );
         assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/kept"])), "kept\n");
         hosts.swap(0, 1);
+        if round == 0 {
+            sent_template = arrived_templates();
+            assert_eq!(sent_template.len(), 1, "the template the first move sent is kept");
+        }
     }
+    assert_eq!(arrived_templates(), sent_template, "the template was sent once");
+    assert!(
+        !dest.data.join("templates").exists(),
+        "the destination booted no template"
+    );
     ok(&source.docker(&["stop", "-t", "1", &id]));
     assert_eq!(source.inspect("{{.State.Status}}", &id), "exited");
     ok(&source.docker(&["rm", &id]));
@@ -272,6 +303,11 @@ fn a_move_to_another_hulld_given_up_cancelled_or_losing_that_hulld_leaves_the_co
         eventually(what, || counted(&source, &id).len() >= before + 20);
         assert_eq!(source.inspect("{{.State.Status}}", &id), "running");
     };
+
+    // No hulld takes containers there: nothing moves.
+    let (status, report) = migrate(&source, &id, &format!("to=127.0.0.1:{}", free_port()));
+    assert!(status.contains(" 502 "), "{status} {report}");
+    counts_on_here("it counts on after a move to no one");
 
     // Past its deadline the move is given up.
     let (status, report) = migrate(&source, &id, &format!("to={dest_listen}&downtime=1&timeout=2"));
@@ -331,8 +367,13 @@ fn the_log_has_every_number_once_across_moves_bad_requests_are_refused_and_a_mov
     assert_eq!(numbers, (1..=3000).collect::<Vec<_>>(), "no number lost or repeated");
 
     // Bad requests get Docker's codes and a reason.
-    let (status, _) = migrate(&hulld, &id, "to=elsewhere");
-    assert!(status.contains(" 501 "), "{status}");
+    let (status, report) = migrate(&hulld, &id, "to=no.such.host.invalid");
+    assert!(status.contains(" 400 "), "{status} {report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("invalid \"to\""),
+        "{report}"
+    );
+
     let (status, report) = migrate(&hulld, &id, "downtime=soon");
     assert!(status.contains(" 400 "), "{status} {report}");
     let (status, _) = migrate(&hulld, "nosuchcontainer", "");
@@ -399,6 +440,27 @@ fn the_log_has_every_number_once_across_moves_bad_requests_are_refused_and_a_mov
 }
 
 /// A line sent on `conn` and the echo read back.
+/// A connection to the echo server at `address` and its first line back,
+/// once it listens (until then the guest resets).
+fn connect_echo(address: String) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>, String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the echo server never answered on {address}");
+        let Ok(mut conn) = std::net::TcpStream::connect(&address) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut back = String::new();
+        let sent = conn.write_all(b"before\n").is_ok();
+        if sent && reader.read_line(&mut back).is_ok() && !back.is_empty() {
+            return (conn, reader, back);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn echo(conn: &mut std::net::TcpStream, reader: &mut std::io::BufReader<std::net::TcpStream>, line: &str) -> String {
     conn.write_all(format!("{line}\n").as_bytes()).unwrap();
     let mut back = String::new();
@@ -418,23 +480,7 @@ fn a_tcp_connection_to_a_published_port_stays_open_across_a_move() {
     args.extend(server);
     let id = ok(&hulld.docker(&args)).trim().to_string();
     let address = hulld.inspect("{{.NetworkSettings.IPAddress}}", &id);
-    // Connect once the server listens (until then the guest resets).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut conn, mut reader, first) = loop {
-        assert!(Instant::now() < deadline, "the echo server never answered");
-        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        };
-        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-        let mut back = String::new();
-        let sent = conn.write_all(b"before\n").is_ok();
-        if sent && reader.read_line(&mut back).is_ok() && !back.is_empty() {
-            break (conn, reader, back);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (mut conn, mut reader, first) = connect_echo(format!("127.0.0.1:{port}"));
     assert_eq!(first, "before\n");
     // What reaches the host on the container's tap: the new VMM announces
     // the guest's MAC there (RARP) once the guest runs in it.
@@ -570,27 +616,7 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
          ip -n {client} addr add 10.91.0.200/24 dev cc{tag}; ip -n {client} link set cc{tag} mtu 1450 up"
     ));
     let server_at = format!("{address}:7000");
-    let (mut conn, mut reader, first) = in_netns(&client, move || {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "the echo server never answered on {server_at}"
-            );
-            let Ok(mut conn) = std::net::TcpStream::connect(&server_at) else {
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            };
-            conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-            let mut back = String::new();
-            let sent = conn.write_all(b"before\n").is_ok();
-            if sent && reader.read_line(&mut back).is_ok() && !back.is_empty() {
-                break (conn, reader, back);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let (mut conn, mut reader, first) = in_netns(&client, move || connect_echo(server_at));
     assert_eq!(first, "before\n");
     let (status, report) = migrate(&source, &id, "to=198.51.100.2&downtime=2000");
     assert!(status.contains(" 200 "), "{status} {report}");

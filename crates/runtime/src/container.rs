@@ -176,6 +176,25 @@ impl ContainerDir {
         self.path.join("image.arrived.ext4")
     }
 
+    /// The template an arriving VM is a clone of, as hulld found it
+    /// (`set_arriving_template`), if any.
+    pub fn arriving_template(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.path.join(ARRIVING_TEMPLATE)).ok()?;
+        Some(PathBuf::from(text.trim_end())).filter(|dir| dir.is_dir())
+    }
+
+    /// Forgets what the VM that arrived from another host ran on.
+    pub fn forget_arrival(&self) {
+        let _ = std::fs::remove_file(self.arriving_image_disk());
+        let _ = std::fs::remove_file(self.path.join(ARRIVING_TEMPLATE));
+    }
+
+    /// Records the template directory an arriving VM is a clone of.
+    pub fn set_arriving_template(&self, dir: &Path) -> Result<(), ContainerError> {
+        image::store::write_atomic(&self.path.join(ARRIVING_TEMPLATE), dir.as_os_str().as_encoded_bytes())
+            .map_err(io("recording the arriving VM's template"))
+    }
+
     /// Makes the directory and records `spec` (and the image it uses).
     pub fn create(&self, spec: &ContainerSpec) -> Result<(), ContainerError> {
         std::fs::create_dir_all(&self.path).map_err(io(format!("creating {}", self.path.display())))?;
@@ -411,6 +430,9 @@ impl ContainerDir {
         })
     }
 }
+
+/// The file naming an arriving VM's template directory.
+const ARRIVING_TEMPLATE: &str = "template.arrived";
 
 /// Where an arriving container's supervisor finds its connection.
 const SHIM_ARRIVING_FD: i32 = 3;

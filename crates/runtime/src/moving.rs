@@ -236,7 +236,8 @@ pub(crate) struct MoveKit<'a> {
     /// The VM's devices, as its VMM was started with them (without taps).
     pub files: VmFiles<'a>,
     pub request: &'a RunRequest,
-    pub template: Option<&'a crate::template::Template>,
+    /// The template directory the VM is a clone of (mapped by the new VMM).
+    pub template: Option<&'a Path>,
     /// The VM's socket directory (its jail).
     pub sockets: &'a Path,
 }
@@ -368,19 +369,8 @@ pub(crate) fn move_vm(
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     };
-    moves.carry_on_over(&link)?;
-    let request = VmmRequest::Migrate {
-        downtime_ms: asked.downtime_ms,
-        max_seconds: asked.max_seconds,
-        // This host sees the disks: they stay where they are.
-        send_disks: false,
-    };
-    // From here input the old connection may no longer take is kept for
-    // the new one (`Steer::reconnect`), until the move ends either way.
-    steer.set_moving(true);
-    let _moving = Moving(steer);
-    let asked_vmm = vmm::control::ask_following(&control, &request, Some(&link), &mut |p| asked.progress(p));
-    let mut report = migrated(asked_vmm, moves)?;
+    // This host sees the disks: they stay where they are.
+    let mut report = send_vm(&control, &link, asked, moves, steer, false)?;
     report.vmm_pid = next.process.id();
     drop(link);
     // The old VMM ends now: what it passed on from the agent comes first.
@@ -393,13 +383,7 @@ pub(crate) fn move_vm(
     let _ = conn.set_read_timeout(Some(NEW_VMM_PATIENCE));
     let rejoined = crate::rejoin::rejoin(&mut conn, *frames).map_err(|e| e.to_string())?;
     let _ = conn.set_read_timeout(None);
-    if rejoined.lost > 0 {
-        let note = format!(
-            "hull: {} frames of the container's output were lost while its VM moved\n",
-            rejoined.lost
-        );
-        attachment.output(OutputStream::Stderr, note.as_bytes());
-    }
+    crate::rejoin::note_lost(&rejoined, attachment);
     report.output_frames_lost = rejoined.lost;
     *frames = rejoined.from;
     let writer = conn.try_clone().map_err(|e| format!("the agent's connection: {e}"))?;
@@ -414,6 +398,31 @@ pub(crate) fn move_vm(
     staging.settle(kit.files.uds, kit.files.control);
     attachment.vm_ready(report.vmm_pid);
     Ok(Moved::Running(report))
+}
+
+/// Has the VMM on `control` send its VM over `link` (shut down by a
+/// cancel), its read-write disks too with `send_disks`; the report, or
+/// why the VM did not move (it runs on where it was).
+fn send_vm(
+    control: &UnixStream,
+    link: &UnixStream,
+    asked: &MoveRequest,
+    moves: &Moves,
+    steer: &Steer,
+    send_disks: bool,
+) -> Result<MigrationReport, String> {
+    moves.carry_on_over(link)?;
+    let request = VmmRequest::Migrate {
+        downtime_ms: asked.downtime_ms,
+        max_seconds: asked.max_seconds,
+        send_disks,
+    };
+    // From here input the old connection may no longer take is kept for
+    // the new one (`Steer::reconnect`), until the move ends either way.
+    steer.set_moving(true);
+    let _moving = Moving(steer);
+    let answer = vmm::control::ask_following(control, &request, Some(link), &mut |p| asked.progress(p));
+    migrated(answer, moves)
 }
 
 /// The report of a VMM's answer to `Migrate`, or why the VM did not move.
@@ -465,17 +474,8 @@ fn move_away(
     let control = UnixStream::connect(kit.files.control).map_err(|e| format!("reaching the container's VMM: {e}"))?;
     // `cancel` shuts this down: the connection is a socket of any family.
     let link = UnixStream::from(away.try_clone().map_err(|e| format!("the migration connection: {e}"))?);
-    moves.carry_on_over(&link)?;
-    let request = VmmRequest::Migrate {
-        downtime_ms: asked.downtime_ms,
-        max_seconds: asked.max_seconds,
-        // The other host does not see this one's files.
-        send_disks: true,
-    };
-    steer.set_moving(true);
-    let _moving = Moving(steer);
-    let answer = vmm::control::ask_following(&control, &request, Some(away), &mut |p| asked.progress(p));
-    let mut report = migrated(answer, moves)?;
+    // The other host does not see this one's files.
+    let mut report = send_vm(&control, &link, asked, moves, steer, true)?;
     drop(link);
     // What the VMM here passed on from the agent before the VM left: all
     // of it is this host's to keep, up to the connection's end.

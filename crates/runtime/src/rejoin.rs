@@ -80,6 +80,18 @@ pub fn rejoin(conn: &mut UnixStream, output_frames: u64) -> Result<Rejoined, Rej
     })
 }
 
+/// Says in the container's output how many of its frames the agent no
+/// longer had when it came back (none, almost always).
+pub(crate) fn note_lost(rejoined: &Rejoined, attachment: &mut dyn crate::run::Attachment) {
+    if rejoined.lost > 0 {
+        let note = format!(
+            "hull: {} frames of the container's output were lost while its VM moved\n",
+            rejoined.lost
+        );
+        attachment.output(crate::run::OutputStream::Stderr, note.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -427,7 +427,9 @@ pub fn run_in(
     if available < MIN_HOST_AVAILABLE_MIB {
         return Err(RunError::HostMemory { available });
     }
-    let mut template = match request.cold_boot {
+    // A VM from another host is a clone of the template hulld found for
+    // it (or of none); a fresh one of this host's.
+    let mut template = match request.cold_boot || arrival.is_some() {
         true => None,
         false => Some(crate::template::ensure(
             &guest,
@@ -544,11 +546,16 @@ pub fn run_in(
         ..move_files.clone()
     };
 
+    // What a move within this host maps: the template this VM is a clone of.
+    let clone_of = match &arrival {
+        Some(arrival) => arrival.template.clone(),
+        None => template.as_ref().map(|t| t.dir.clone()),
+    };
     let (mut vmm, conn, resume_from) = match arrival {
         Some(arrival) => {
             let start = VmStart::Arriving {
                 conn: &arrival.conn,
-                template: template.as_ref(),
+                template: arrival.template.as_deref(),
             };
             let mut vmm = vm.start_as(request, start)?;
             // Only the VMM holds the connection now: its end is the source's sign.
@@ -633,7 +640,7 @@ pub fn run_in(
         moves: moves.as_ref(),
         files: move_files,
         request,
-        template: template.as_ref(),
+        template: clone_of.as_deref(),
         sockets,
     };
     let talking = match resume_from {
@@ -716,6 +723,9 @@ pub struct Arrival {
     /// How many of the run connection's frames the source read: once the
     /// source's supervisor has read them all, hulld sends the number.
     pub resume: std::sync::mpsc::Receiver<u64>,
+    /// The template (this host's, or one the source sent) the VM is a
+    /// clone of: mapped, only the clone's own pages travel.
+    pub template: Option<PathBuf>,
 }
 
 /// Waits for the number of frames the source read, while the VM arrives
@@ -757,13 +767,7 @@ fn rejoin_arrived(
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
     let rejoined = crate::rejoin::rejoin(&mut conn, frames).map_err(|e| lost(e.to_string()))?;
     let _ = conn.set_read_timeout(None);
-    if rejoined.lost > 0 {
-        let note = format!(
-            "hull: {} frames of the container's output were lost while its VM moved\n",
-            rejoined.lost
-        );
-        attachment.output(OutputStream::Stderr, note.as_bytes());
-    }
+    crate::rejoin::note_lost(&rejoined, attachment);
     let writer = conn.try_clone().map_err(io("the agent's connection"))?;
     let steer = Steer::continuing(writer, rejoined.agent.input_frames);
     attachment.started(steer.clone());
@@ -799,13 +803,13 @@ pub(crate) enum VmStart<'a> {
     /// through `listen` (the template, mapped, spares sending its pages).
     Incoming {
         listen: &'a Path,
-        template: Option<&'a crate::template::Template>,
+        template: Option<&'a Path>,
     },
     /// From another host, over `conn` (hulld's connection to that host's
     /// hulld); its read-write disks come with it into this VM's files.
     Arriving {
         conn: &'a std::os::fd::OwnedFd,
-        template: Option<&'a crate::template::Template>,
+        template: Option<&'a Path>,
     },
 }
 
@@ -856,7 +860,7 @@ impl<'a> VmFiles<'a> {
             VmStart::Incoming { listen, template } => {
                 command.arg("--incoming").arg(listen);
                 if let Some(template) = template {
-                    command.arg("--template").arg(&template.dir);
+                    command.arg("--template").arg(template);
                 }
             }
             VmStart::Arriving { conn, template } => {
@@ -866,7 +870,7 @@ impl<'a> VmFiles<'a> {
                     .arg("--receive-disks")
                     .pass_fd(conn.as_raw_fd(), ARRIVING_FD);
                 if let Some(template) = template {
-                    command.arg("--template").arg(&template.dir);
+                    command.arg("--template").arg(template);
                 }
             }
             VmStart::Fresh(Some(template)) => {

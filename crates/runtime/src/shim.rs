@@ -142,6 +142,7 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
             conn,
             image_disk: dir.arriving_image_disk(),
             resume,
+            template: dir.arriving_template(),
         }
     });
     let pid = std::process::id();
@@ -217,8 +218,9 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
     }
     supervised.log.flush();
     if arrived {
-        // The next run is a fresh VM, on its image's own disk.
-        let _ = std::fs::remove_file(dir.arriving_image_disk());
+        // The next run is a fresh VM, on its image's own disk, cloned from
+        // this host's template.
+        dir.forget_arrival();
     }
     // The VM is gone: its disks are free before anyone reads "exited".
     drop(disks);

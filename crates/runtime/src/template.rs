@@ -320,3 +320,96 @@ pub fn remove(name: &str) -> Result<(), TemplateError> {
     }
     std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
 }
+
+/// A template's identity between hosts: the SHA-256 of its saved state
+/// (hex), which differs between any two saved VMs, as a migration's hello
+/// names the template a clone came from.
+pub fn identity(dir: &Path) -> Option<String> {
+    vmm::snapshot::snapshot_id(dir).ok().map(hex::encode)
+}
+
+/// This host's template for the shape, if it has been made (none is made).
+pub fn existing(memory_mib: u64, cpus: u8) -> Option<Template> {
+    let guest = Guest::current().ok()?;
+    let vmm = crate::sibling_binary("hull-vmm")?;
+    let record = TemplateRecord::for_inputs(&guest, &vmm, memory_mib, cpus).ok()?;
+    let name = record.name();
+    let dir = templates_dir().join(&name);
+    vmm::snapshot::state_path(&dir)
+        .is_file()
+        .then_some(Template { name, dir, record })
+}
+
+/// Where templates other hosts sent live, by identity.
+fn arrived_root() -> PathBuf {
+    crate::data_dir().join("templates-arrived")
+}
+
+fn valid_identity(identity: &str) -> bool {
+    identity.len() == 64 && identity.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A template of this identity and shape on this host: its own (made
+/// here) or one another host sent (`keep_arrived`).
+pub fn find_by_identity(identity: &str, memory_mib: u64, cpus: u8) -> Option<PathBuf> {
+    if !valid_identity(identity) {
+        return None;
+    }
+    if let Some(own) = existing(memory_mib, cpus).filter(|t| identity_matches(&t.dir, identity)) {
+        return Some(own.dir);
+    }
+    let arrived = arrived_root().join(identity);
+    vmm::snapshot::memory_path(&arrived)
+        .metadata()
+        .is_ok_and(|m| m.len() == memory_mib << 20)
+        .then_some(arrived)
+        .filter(|dir| identity_matches(dir, identity))
+}
+
+fn identity_matches(dir: &Path, identity: &str) -> bool {
+    self::identity(dir).is_some_and(|found| found == identity)
+}
+
+/// A fresh directory to receive the template `identity` into, for the
+/// arriving container `container` (its state and memory files, as
+/// `vmm::snapshot` names them); `keep_arrived` takes it. Err for an
+/// identity that is not one.
+pub fn arriving_dir(identity: &str, container: &str) -> Result<PathBuf, String> {
+    if !valid_identity(identity) {
+        return Err(format!("\"{identity}\" is not a template identity"));
+    }
+    let staging = arrived_root().join(format!(".{identity}.{container}.tmp"));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+    Ok(staging)
+}
+
+/// Keeps the template received into `staging` if it is what it claims
+/// (its state hashes to `identity`, its memory is `memory_mib`): from
+/// then on clones of it that move here send only their own pages.
+pub fn keep_arrived(staging: &Path, identity: &str, memory_mib: u64) -> Result<PathBuf, String> {
+    let refuse = |why: String| {
+        let _ = std::fs::remove_dir_all(staging);
+        Err(why)
+    };
+    if !identity_matches(staging, identity) {
+        return refuse(format!("the template sent is not {identity}"));
+    }
+    let memory = vmm::snapshot::memory_path(staging)
+        .metadata()
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if memory != memory_mib << 20 {
+        return refuse(format!(
+            "the template sent has {memory} bytes of memory, not {memory_mib} MiB"
+        ));
+    }
+    let dir = arrived_root().join(identity);
+    if dir.exists() {
+        // Another arrival kept the same one meanwhile.
+        let _ = std::fs::remove_dir_all(staging);
+        return Ok(dir);
+    }
+    std::fs::rename(staging, &dir).map_err(|e| format!("keeping the template: {e}"))?;
+    Ok(dir)
+}

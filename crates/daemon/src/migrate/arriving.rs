@@ -32,6 +32,8 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(3700);
 const MAX_IMAGE_DISK: u64 = 64 << 30;
 const MAX_LOG: u64 = 16 << 30;
 const MAX_WRITABLE_DISK: u64 = 1 << 40;
+/// A template's saved state (vCPUs, chips, devices) is a few KiB.
+const MAX_TEMPLATE_STATE: u64 = 64 << 20;
 
 /// Data connections on their way to the arrival that gave out their token.
 #[derive(Default)]
@@ -117,6 +119,15 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
 struct Prepared {
     dir: ContainerDir,
     record: crate::store::ContainerRecord,
+    memory_mib: u64,
+    /// The source VM's template: found here, or to be sent (its identity).
+    template: Template,
+}
+
+enum Template {
+    None,
+    Here(std::path::PathBuf),
+    Wanted(String),
 }
 
 fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Result<(), String> {
@@ -156,8 +167,20 @@ fn take(
     let dir = &prepared.dir;
     let record = &prepared.record;
     daemon.container_event_of(record, "migrate", &[("phase", "start")]);
-    wire::send(control, &Message::Accepted { token: token.into() }).map_err(failed)?;
+    let accepted = Message::Accepted {
+        token: token.into(),
+        send_template: matches!(prepared.template, Template::Wanted(_)),
+    };
+    wire::send(control, &accepted).map_err(failed)?;
     let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
+    let template = match &prepared.template {
+        Template::None => None,
+        Template::Here(dir) => Some(dir.clone()),
+        Template::Wanted(identity) => Some(receive_template(control, identity, prepared)?),
+    };
+    if let Some(template) = template {
+        dir.set_arriving_template(&template).map_err(|e| e.to_string())?;
+    }
     let image_disk = new_file(&dir.arriving_image_disk())?;
     wire::receive_file(control, &image_disk, MAX_IMAGE_DISK).map_err(failed)?;
     drop(image_disk);
@@ -206,6 +229,7 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         mut spec,
         networks,
         writable_bytes,
+        template,
     } = offer;
     if version != wire::VERSION {
         return Err(format!(
@@ -296,7 +320,43 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         let _ = dir.remove();
         return Err(reason);
     }
-    Ok(Prepared { dir, record })
+    let template = match template {
+        None => Template::None,
+        Some(identity) => match runtime::template::find_by_identity(&identity, spec.memory_mib, spec.cpus) {
+            Some(dir) => Template::Here(dir),
+            None => Template::Wanted(identity),
+        },
+    };
+    Ok(Prepared {
+        dir,
+        record,
+        memory_mib: spec.memory_mib,
+        template,
+    })
+}
+
+/// Takes the template the source's VM is a clone of (its state, then its
+/// memory) and keeps it, checked against its identity, for every clone of
+/// it that comes later.
+fn receive_template(
+    control: &mut UnixStream,
+    identity: &str,
+    prepared: &Prepared,
+) -> Result<std::path::PathBuf, String> {
+    let failed = |e: wire::WireError| e.to_string();
+    let staging = runtime::template::arriving_dir(identity, &prepared.record.id)?;
+    let received = (|| {
+        let state = new_file(&vmm::snapshot::state_path(&staging))?;
+        wire::receive_file(control, &state, MAX_TEMPLATE_STATE).map_err(failed)?;
+        let memory = new_file(&vmm::snapshot::memory_path(&staging))?;
+        wire::receive_file(control, &memory, prepared.memory_mib << 20).map_err(failed)?;
+        Ok::<_, String>(())
+    })();
+    if let Err(e) = received {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    runtime::template::keep_arrived(&staging, identity, prepared.memory_mib)
 }
 
 fn new_file(path: &std::path::Path) -> Result<std::fs::File, String> {

@@ -104,23 +104,28 @@ pub async fn migrate(
                 downtime_ms,
                 max_seconds,
                 &mut told,
-            ),
+            )
+            .map(|moved| {
+                let mut json = report_json(&record.id, &moved.report);
+                json["To"] = json!(name);
+                json["TemplateBytes"] = json!(moved.template_bytes);
+                json["ImageDiskBytes"] = json!(moved.image_disk_bytes);
+                json["LogBytes"] = json!(moved.log_bytes);
+                json
+            }),
             None => dir
                 .connect()
                 .and_then(|mut conn| conn.migrate(downtime_ms, max_seconds, None, &mut told))
+                .map(|report| report_json(&record.id, &report))
                 .map_err(ApiError::from),
         };
         match outcome {
-            Ok(report) => {
+            Ok(json) => {
                 let to_host = to.as_ref().map(|(name, _)| name.as_str());
                 let extra: Vec<(&str, &str)> = std::iter::once(("phase", "finish"))
                     .chain(to_host.map(|t| ("to", t)))
                     .collect();
                 daemon.container_event_of(&record, "migrate", &extra);
-                let mut json = report_json(&record.id, &report);
-                if let Some(to) = to_host {
-                    json["To"] = json!(to);
-                }
                 Ok(json)
             }
             Err(e) => {

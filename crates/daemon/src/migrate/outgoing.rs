@@ -68,7 +68,7 @@ pub fn move_to(
     downtime_ms: u32,
     max_seconds: u32,
     progress: &mut dyn FnMut(MigrationProgress),
-) -> Result<MigrationReport, ApiError> {
+) -> Result<Moved, ApiError> {
     let spec = dir.spec()?;
     if spec.image.is_none() || spec.rootfs.is_some() {
         return Err(ApiError::conflict(
@@ -102,16 +102,18 @@ pub fn move_to(
     };
     let mut control = connect()?;
     let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
+    let template = running_template(dir, &spec);
     let offer = Offer {
         version: wire::VERSION,
         record: record.clone(),
         spec,
         networks,
         writable_bytes,
+        template: template.as_deref().and_then(runtime::template::identity),
     };
     wire::send(&mut control, &Message::Offer(Box::new(offer))).map_err(failed)?;
-    let token = match wire::receive(&mut control).map_err(failed)? {
-        Message::Accepted { token } => token,
+    let (token, send_template) = match wire::receive(&mut control).map_err(failed)? {
+        Message::Accepted { token, send_template } => (token, send_template),
         Message::Refused { reason } | Message::Failed { reason } => {
             return Err(ApiError::conflict(format!(
                 "the hulld at {to} cannot take the container: {reason}"
@@ -119,13 +121,20 @@ pub fn move_to(
         }
         other => return Err(unreachable(format!("it answered {other:?}"))),
     };
+    let template_bytes = match send_template {
+        true => {
+            let template = template.ok_or_else(|| unreachable("it asked for a template there is not".into()))?;
+            Some(send_template_files(&mut control, &template).map_err(failed)?)
+        }
+        false => None,
+    };
     // Read-only while the VM runs: a plain copy.
     let disk = std::fs::File::open(&image_disk).map_err(|e| ApiError::internal(format!("the image disk: {e}")))?;
     let disk_bytes = disk.metadata().map_err(ApiError::internal)?.len();
-    wire::send_file(&mut control, &disk, 0, disk_bytes, true).map_err(failed)?;
+    let image_disk_bytes = wire::send_file(&mut control, &disk, 0, disk_bytes, true).map_err(failed)?;
     let log = std::fs::File::open(dir.log_path()).map_err(|e| ApiError::internal(format!("the log: {e}")))?;
     let logged = log.metadata().map_err(ApiError::internal)?.len();
-    wire::send_file(&mut control, &log, 0, logged, false).map_err(failed)?;
+    let mut log_bytes = wire::send_file(&mut control, &log, 0, logged, false).map_err(failed)?;
     let mut data = connect()?;
     wire::send(&mut data, &Message::Data { token }).map_err(failed)?;
     daemon.set_departing(&record.id, true);
@@ -144,23 +153,38 @@ pub fn move_to(
     let resumed = finish(&mut control, &report, &log, logged);
     wait_ended(dir);
     let _ = daemon.discard(&record.id, false);
-    resumed.map_err(|e| {
+    log_bytes += resumed.map_err(|e| {
         ApiError::internal(format!(
             "the VM left for {to}, but the hulld there did not say the container runs: {e}"
         ))
     })?;
-    Ok(report)
+    Ok(Moved {
+        report,
+        template_bytes,
+        image_disk_bytes,
+        log_bytes,
+    })
+}
+
+/// What a move to another host took: the VM's stream, and the files
+/// hulld sent beside it.
+pub struct Moved {
+    pub report: MigrationReport,
+    /// The template's, when the destination lacked it.
+    pub template_bytes: Option<u64>,
+    pub image_disk_bytes: u64,
+    pub log_bytes: u64,
 }
 
 /// Tells the other host how far the output got, with the log the
 /// supervisor here wrote meanwhile, and waits for its word that the
-/// container runs there.
+/// container runs there; the log's bytes sent.
 fn finish(
     control: &mut UnixStream,
     report: &MigrationReport,
     log: &std::fs::File,
     sent: u64,
-) -> Result<(), wire::WireError> {
+) -> Result<u64, wire::WireError> {
     wire::send(
         control,
         &Message::Moved {
@@ -168,9 +192,9 @@ fn finish(
         },
     )?;
     let logged = log.metadata()?.len();
-    wire::send_file(control, log, sent, logged.max(sent), false)?;
+    let bytes = wire::send_file(control, log, sent, logged.max(sent), false)?;
     match wire::receive(control)? {
-        Message::Resumed => Ok(()),
+        Message::Resumed => Ok(bytes),
         Message::Failed { reason } => Err(wire::WireError::Bad(format!("a failure: {reason}"))),
         other => Err(wire::WireError::Bad(format!("{other:?}"))),
     }
@@ -190,6 +214,35 @@ fn running_image_disk(
     let id = spec.image.as_ref().ok_or_else(|| ApiError::internal("no image"))?;
     let image = daemon.images.image(id)?;
     image::disk::image_disk(&daemon.images, &image).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The template directory the container's VM is a clone of: the one it
+/// arrived with from another host, or this host's of its shape (a
+/// template made again since the VM started is another one: the
+/// destination then maps nothing and every page travels).
+fn running_template(dir: &ContainerDir, spec: &runtime::container::ContainerSpec) -> Option<std::path::PathBuf> {
+    if let Some(arrived) = dir.arriving_template() {
+        return Some(arrived);
+    }
+    match spec.cold_boot {
+        true => None,
+        false => runtime::template::existing(spec.memory_mib, spec.cpus).map(|t| t.dir),
+    }
+}
+
+/// A template's state and memory (its zero pages left out), as the
+/// destination keeps it; the bytes that went.
+fn send_template_files(control: &mut UnixStream, template: &std::path::Path) -> Result<u64, wire::WireError> {
+    let mut sent = 0;
+    for (path, sparse) in [
+        (vmm::snapshot::state_path(template), false),
+        (vmm::snapshot::memory_path(template), true),
+    ] {
+        let file = std::fs::File::open(&path)?;
+        let bytes = file.metadata()?.len();
+        sent += wire::send_file(control, &file, 0, bytes, sparse)?;
+    }
+    Ok(sent)
 }
 
 /// Waits for the supervisor here to end (its VM left).

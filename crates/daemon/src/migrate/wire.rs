@@ -32,6 +32,10 @@ pub struct Offer {
     pub networks: Vec<NetworkName>,
     /// Its writable disk's size (its content comes in the VM's stream).
     pub writable_bytes: u64,
+    /// The identity of the template its VM is a clone of
+    /// (`runtime::template::identity`), if it is one.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,10 +48,13 @@ pub struct NetworkName {
 pub enum Message {
     /// Source → destination, first on the control connection.
     Offer(Box<Offer>),
-    /// Destination → source: send the files, then open the data connection
-    /// with this token.
+    /// Destination → source: send the files (first the template, if this
+    /// host lacks it: its state, then its memory), then open the data
+    /// connection with this token.
     Accepted {
         token: String,
+        #[serde(default)]
+        send_template: bool,
     },
     /// Destination → source: the container cannot come (why).
     Refused {
@@ -116,31 +123,61 @@ pub fn receive(conn: &mut impl Read) -> Result<Message, WireError> {
     serde_json::from_slice(&body).map_err(|e| WireError::Bad(format!("a message that does not parse: {e}")))
 }
 
-/// Sends bytes `from..to` of `file` (to is its length or less); chunks of
-/// zeros are left out when `sparse` (the receiver's file starts as a hole).
-pub fn send_file(conn: &mut impl Write, file: &File, from: u64, to: u64, sparse: bool) -> Result<(), WireError> {
+/// Sends bytes `from..to` of `file` (to is its length or less); pages of
+/// zeros are left out when `sparse` (the receiver's file starts as a
+/// hole). The bytes that went.
+pub fn send_file(conn: &mut impl Write, file: &File, from: u64, to: u64, sparse: bool) -> Result<u64, WireError> {
     send(conn, &Message::File { bytes: to })?;
     let mut chunk = vec![0u8; MAX_SEGMENT];
     let mut offset = from;
+    let mut sent = 0;
     while offset < to {
         let want = (to - offset).min(MAX_SEGMENT as u64) as usize;
         let read = file.read_at(&mut chunk[..want], offset)?;
         if read == 0 {
             break; // the file shrank (a log rotated): what there was is sent
         }
-        if !(sparse && chunk[..read].iter().all(|&b| b == 0)) {
-            send(
-                conn,
-                &Message::Segment {
-                    offset,
-                    len: read as u32,
-                },
-            )?;
-            conn.write_all(&chunk[..read])?;
+        let data = &chunk[..read];
+        match sparse {
+            // Runs of pages that are not all zeros.
+            true => {
+                let mut start = None;
+                for (index, page) in data.chunks(PAGE).enumerate() {
+                    let zero = page.iter().all(|&b| b == 0);
+                    match (start, zero) {
+                        (None, false) => start = Some(index * PAGE),
+                        (Some(first), true) => {
+                            sent += send_segment(conn, offset + first as u64, &data[first..index * PAGE])?;
+                            start = None;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(first) = start {
+                    sent += send_segment(conn, offset + first as u64, &data[first..])?;
+                }
+            }
+            false => sent += send_segment(conn, offset, data)?,
         }
         offset += read as u64;
     }
-    send(conn, &Message::FileEnd)
+    send(conn, &Message::FileEnd)?;
+    Ok(sent)
+}
+
+/// The granularity at which zeros are left out.
+const PAGE: usize = 4096;
+
+fn send_segment(conn: &mut impl Write, offset: u64, data: &[u8]) -> Result<u64, WireError> {
+    send(
+        conn,
+        &Message::Segment {
+            offset,
+            len: data.len() as u32,
+        },
+    )?;
+    conn.write_all(data)?;
+    Ok(data.len() as u64)
 }
 
 /// Receives a file `send_file` sends into `file`, at most `max` bytes
@@ -188,10 +225,14 @@ mod tests {
         let mut bytes = vec![0u8; 3 * MAX_SEGMENT + 100];
         bytes[10] = 1;
         bytes[3 * MAX_SEGMENT + 99] = 7;
+        // Scattered pages in one segment's worth: only they travel.
+        bytes[MAX_SEGMENT + 5 * PAGE] = 3;
+        bytes[MAX_SEGMENT + 9 * PAGE + 17] = 4;
         std::fs::write(&source, &bytes).unwrap();
         let mut wire = Vec::new();
         let file = File::open(&source).unwrap();
-        send_file(&mut wire, &file, 0, bytes.len() as u64, true).unwrap();
+        let sent = send_file(&mut wire, &file, 0, bytes.len() as u64, true).unwrap();
+        assert_eq!(sent, 4 * PAGE as u64, "the four pages that are not zeros");
         assert!(
             wire.len() < 2 * MAX_SEGMENT + 1000,
             "zero chunks were sent: {}",
