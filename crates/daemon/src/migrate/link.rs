@@ -138,3 +138,27 @@ where
     });
     Ok(ours)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_tcp_only_on_loopback_unless_the_user_trusts_the_network() {
+        let strict = Security::Plain { insecure: false };
+        assert!(strict.check_listener("127.0.0.1:2734".parse().unwrap()).is_ok());
+        let refused = strict.check_listener("0.0.0.0:2734".parse().unwrap()).unwrap_err();
+        assert!(refused.to_string().contains("--migration-insecure"), "{refused}");
+        let trusting = Security::Plain { insecure: true };
+        assert!(trusting.check_listener("0.0.0.0:2734".parse().unwrap()).is_ok());
+        // The source keeps the same rule, before anything is sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        assert!(strict.connect(address, "127.0.0.1", runtime.handle()).is_ok());
+        assert!(!strict.plain_allowed("192.0.2.1".parse().unwrap()));
+    }
+}

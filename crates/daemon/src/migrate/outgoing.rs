@@ -252,3 +252,22 @@ fn wait_ended(dir: &ContainerDir) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_other_host_is_named_with_or_without_its_port() {
+        assert_eq!(resolve("127.0.0.1").unwrap(), "127.0.0.1:2734".parse().unwrap());
+        assert_eq!(resolve("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(resolve("[::1]:9").unwrap(), "[::1]:9".parse().unwrap());
+        assert!(resolve("127.0.0.1:99999").is_err());
+        assert!(resolve("").is_err());
+        assert_eq!(host_of("198.51.100.2"), "198.51.100.2");
+        assert_eq!(host_of("198.51.100.2:2734"), "198.51.100.2");
+        assert_eq!(host_of("[::1]:2734"), "::1");
+        assert_eq!(host_of("b.example:2734"), "b.example");
+        assert_eq!(host_of("b.example"), "b.example");
+    }
+}
