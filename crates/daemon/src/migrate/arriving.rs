@@ -287,8 +287,12 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
     let mut leased = Vec::new();
     let mut lease_all = || -> Result<(), String> {
         for (endpoint, wanted) in spec.network.endpoints.iter_mut().zip(&networks) {
-            let network = runtime::network::find(&wanted.name)
-                .ok()
+            // The default network is made on first need, as a start makes it.
+            let found = match wanted.name == runtime::network::DEFAULT_NETWORK {
+                true => runtime::network::ensure_default().ok(),
+                false => runtime::network::find(&wanted.name).ok(),
+            };
+            let network = found
                 .filter(|n| n.name == wanted.name)
                 .ok_or_else(|| format!("network \"{}\" is not on this host: create it here first", wanted.name))?;
             if network.subnet.to_string() != wanted.subnet {

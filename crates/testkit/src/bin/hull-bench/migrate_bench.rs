@@ -261,11 +261,19 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32, between_hulls: bool)
     };
     let name = "moving";
     let script = format!("while true; do echo {ALIVE}; sleep 0.5; done");
+    // Two hullds on one host's network stack cannot have one default
+    // network (their bridges take different subnets): no network there.
+    let network = match between_hulls {
+        true => "none",
+        false => "bridge",
+    };
     let started = first.docker(&[
         "run",
         "-d",
         "--name",
         name,
+        "--network",
+        network,
         "-m",
         &format!("{mib}m"),
         &image,
@@ -344,7 +352,7 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value], files: Option<&[u64]
     let (label, what) = match between_hulls {
         true => (
             "between hullds",
-            "a busybox container moved between two hullds on loopback and back (POST /containers/{id}/migrate?to=HOST): \
+            "a busybox container (--network none) moved between two hullds on loopback and back (POST /containers/{id}/migrate?to=HOST): \
              the VM's stream (its own pages: both hullds have the template) and its writable disk; the image disk \
              and log go beside it (files_bytes)",
         ),
