@@ -375,12 +375,22 @@ pub fn create_planned(plan: &VolumePlan) -> Result<Vec<VolumeMount>, ApiError> {
 /// Removes a removed container's anonymous volumes (`docker rm -v`, and
 /// `--rm`), unless another container uses them too.
 pub fn remove_anonymous(daemon: &Daemon, mounts: &[VolumeMount]) {
+    remove_unused(daemon, mounts, |record| record.anonymous);
+}
+
+/// Removes the volumes a container that moved to another host took with
+/// it (their data is there now), unless another container here uses them.
+pub fn remove_moved(daemon: &Daemon, mounts: &[VolumeMount]) {
+    remove_unused(daemon, mounts, |_| true);
+}
+
+fn remove_unused(daemon: &Daemon, mounts: &[VolumeMount], which: impl Fn(&VolumeRecord) -> bool) {
     let users = users(daemon).unwrap_or_default();
     for mount in mounts {
-        let anonymous = volume::get(&mount.name).ok().flatten().is_some_and(|r| r.anonymous);
-        if anonymous && !users.contains_key(&mount.name) {
+        let chosen = volume::get(&mount.name).ok().flatten().is_some_and(|r| which(&r));
+        if chosen && !users.contains_key(&mount.name) {
             if let Err(e) = volume::remove(&mount.name) {
-                tracing::warn!("removing anonymous volume {}: {e}", mount.name);
+                tracing::warn!("removing volume {}: {e}", mount.name);
             }
         }
     }

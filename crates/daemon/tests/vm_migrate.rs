@@ -182,6 +182,16 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
             .collect()
     };
     let counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
+    // Its disk volume goes with it.
+    ok(&source.docker(&[
+        "volume",
+        "create",
+        "-o",
+        "type=disk",
+        "--label",
+        "kind=travelling",
+        "data",
+    ]));
     let id = ok(&source.docker(&[
         "run",
         "-d",
@@ -191,6 +201,8 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         "none",
         "--label",
         "app=counter",
+        "-v",
+        "data:/data",
         &image,
         "sh",
         "-c",
@@ -214,7 +226,14 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     assert!(!all_ids(&dest).contains(&id));
     ok(&dest.docker(&["pull", "-q", &image]));
     // Data in its writable layer goes with it.
-    ok(&source.docker(&["exec", &id, "sh", "-c", "echo kept > /kept"]));
+    ok(&source.docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo kept > /kept; echo stored > /data/stored; sync",
+    ]));
+    let volumes = |hulld: &Hulld| ok(&hulld.docker(&["volume", "ls", "-q"]));
     let mut hosts = [&source, &dest];
     let listens = [&source_listen, &dest_listen];
     // Back and forth, ten moves.
@@ -253,6 +272,15 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
             "move {round}: every number once, across the hosts"
         );
         assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/kept"])), "kept\n");
+        assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/data/stored"])), "stored\n");
+        // The volume is where its data is: there, with its labels, and no
+        // longer here.
+        assert_eq!(volumes(to).trim(), "data", "move {round}");
+        assert_eq!(volumes(from).trim(), "", "move {round}");
+        assert_eq!(
+            ok(&to.docker(&["volume", "inspect", "--format", "{{.Labels.kind}}", "data"])).trim(),
+            "travelling"
+        );
         hosts.swap(0, 1);
         if round == 0 {
             sent_template = arrived_templates();

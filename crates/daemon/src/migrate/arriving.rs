@@ -122,6 +122,8 @@ struct Prepared {
     memory_mib: u64,
     /// The source VM's template: found here, or to be sent (its identity).
     template: Template,
+    /// The volumes made for it (their content comes in the VM's stream).
+    volumes: Vec<String>,
 }
 
 enum Template {
@@ -150,6 +152,9 @@ fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Resul
         }
         prepared.dir.kill_hard();
         let _ = daemon.discard(&prepared.record.id, false);
+        for name in &prepared.volumes {
+            let _ = runtime::volume::remove(name);
+        }
         daemon.container_event_of(&prepared.record, "migrate", &[("phase", "failed")]);
     }
     arrived
@@ -230,6 +235,7 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         networks,
         writable_bytes,
         template,
+        volumes,
     } = offer;
     if version != wire::VERSION {
         return Err(format!(
@@ -257,9 +263,10 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
     let Some(image) = spec.image.clone().filter(|_| spec.rootfs.is_none()) else {
         return Err("only a container of an image can move to another host".into());
     };
-    if !spec.volumes.is_empty() || !spec.binds.is_empty() {
-        return Err("a container with volumes or bind mounts cannot move to another host yet".into());
+    if !spec.binds.is_empty() {
+        return Err("a container with bind mounts cannot move to another host".into());
     }
+    check_volumes(&spec.volumes, &volumes)?;
     if daemon.images.image(&image).is_err() {
         return Err(format!(
             "image {} ({image}) is not on this host: pull it here first",
@@ -314,14 +321,32 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         }
         return Err(reason);
     }
-    let made = dir.create(&spec).map_err(|e| e.to_string()).and_then(|()| {
-        new_file(&dir.writable_disk())?
-            .set_len(writable_bytes)
-            .map_err(|e| format!("the writable disk: {e}"))
-    });
+    let mut made_volumes = Vec::new();
+    let made = dir
+        .create(&spec)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            new_file(&dir.writable_disk())?
+                .set_len(writable_bytes)
+                .map_err(|e| format!("the writable disk: {e}"))
+        })
+        .and_then(|()| {
+            for volume in &volumes {
+                let kind = runtime::volume::VolumeKind::Disk;
+                match runtime::volume::create(&volume.name, volume.labels.clone(), volume.anonymous, kind) {
+                    Ok((_, true)) => made_volumes.push(volume.name.clone()),
+                    Ok((_, false)) => return Err(format!("a volume named {} is on this host already", volume.name)),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        });
     if let Err(reason) = made {
         crate::networking::release(&id, &spec.network);
         let _ = dir.remove();
+        for name in &made_volumes {
+            let _ = runtime::volume::remove(name);
+        }
         return Err(reason);
     }
     let template = match template {
@@ -336,7 +361,34 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         record,
         memory_mib: spec.memory_mib,
         template,
+        volumes: made_volumes,
     })
+}
+
+/// The offered volumes are the spec's, disk volumes, and new here (the
+/// data of one this host has would be overwritten).
+fn check_volumes(
+    mounts: &[runtime::volume::VolumeMount],
+    offered: &[runtime::volume::VolumeRecord],
+) -> Result<(), String> {
+    if mounts.len() != offered.len() || mounts.iter().zip(offered).any(|(m, v)| m.name != v.name) {
+        return Err("the volumes offered are not the container's".into());
+    }
+    for volume in offered {
+        if !runtime::volume::valid_name(&volume.name) {
+            return Err(format!("\"{}\" is not a volume name", volume.name));
+        }
+        if volume.kind != runtime::volume::VolumeKind::Disk {
+            return Err(format!(
+                "volume {} is shared: only disk volumes move between hosts",
+                volume.name
+            ));
+        }
+        if runtime::volume::get(&volume.name).ok().flatten().is_some() {
+            return Err(format!("a volume named {} is on this host already", volume.name));
+        }
+    }
+    Ok(())
 }
 
 /// Takes the template the source's VM is a clone of (its state, then its

@@ -75,10 +75,24 @@ pub fn move_to(
             "only a container of an image can move to another host".to_string(),
         ));
     }
-    if !spec.volumes.is_empty() || !spec.binds.is_empty() {
+    if !spec.binds.is_empty() {
         return Err(ApiError::conflict(
-            "a container with volumes or bind mounts cannot move to another host yet".to_string(),
+            "a container with bind mounts cannot move to another host: its files are this host's".to_string(),
         ));
+    }
+    // Disk volumes go in the VM's stream; a shared volume's files are this host's.
+    let mut volumes = Vec::new();
+    for mount in &spec.volumes {
+        let volume = runtime::volume::get(&mount.name)?
+            .ok_or_else(|| ApiError::internal(format!("volume {} is gone", mount.name)))?;
+        if volume.kind == runtime::volume::VolumeKind::Shared {
+            return Err(ApiError::conflict(format!(
+                "volume {} is shared (its files are this host's): a container with it cannot move to another host \
+                 yet; disk volumes (docker volume create -o type=disk) move with it",
+                mount.name
+            )));
+        }
+        volumes.push(volume);
     }
     let unreachable = |e: String| ApiError::new(StatusCode::BAD_GATEWAY, format!("the hulld at {to}: {e}"));
     let failed = |e: wire::WireError| unreachable(e.to_string());
@@ -110,6 +124,7 @@ pub fn move_to(
         networks,
         writable_bytes,
         template: template.as_deref().and_then(runtime::template::identity),
+        volumes,
     };
     wire::send(&mut control, &Message::Offer(Box::new(offer))).map_err(failed)?;
     let (token, send_template) = match wire::receive(&mut control).map_err(failed)? {
@@ -152,7 +167,9 @@ pub fn move_to(
     // The VM has left: the container is the other host's from here.
     let resumed = finish(&mut control, &report, &log, logged);
     wait_ended(dir);
+    let moved_volumes = dir.spec().map(|s| s.volumes).unwrap_or_default();
     let _ = daemon.discard(&record.id, false);
+    crate::volumes::remove_moved(daemon, &moved_volumes);
     log_bytes += resumed.map_err(|e| {
         ApiError::internal(format!(
             "the VM left for {to}, but the hulld there did not say the container runs: {e}"

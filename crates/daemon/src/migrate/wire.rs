@@ -36,6 +36,9 @@ pub struct Offer {
     /// (`runtime::template::identity`), if it is one.
     #[serde(default)]
     pub template: Option<String>,
+    /// Its volumes (disk volumes: their content comes in the VM's stream).
+    #[serde(default)]
+    pub volumes: Vec<runtime::volume::VolumeRecord>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
