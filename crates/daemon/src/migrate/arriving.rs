@@ -143,9 +143,13 @@ fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Resul
     let token = crate::containers::random_hex(16);
     let data = daemon.arrivals.expect(&token);
     let mut shim = None;
-    let arrived = take(daemon, control, &prepared, &token, data, &mut shim);
+    let mut committed = false;
+    let arrived = take(daemon, control, &prepared, &token, data, &mut shim, &mut committed);
     daemon.arrivals.forget(&token);
-    if arrived.is_err() {
+    // Once the VM has left the source the container is this host's,
+    // whatever fails after: it is kept (stored, watched, restarted by its
+    // policy if it ends), never thrown away.
+    if arrived.is_err() && !committed {
         // Its supervisor ends with the VM it did not get; then its files go.
         if let Some(starting) = shim {
             starting.abandon();
@@ -167,6 +171,7 @@ fn take(
     token: &str,
     data: mpsc::Receiver<UnixStream>,
     shim: &mut Option<runtime::container::Starting>,
+    committed: &mut bool,
 ) -> Result<(), String> {
     let failed = |e: wire::WireError| e.to_string();
     let dir = &prepared.dir;
@@ -211,17 +216,45 @@ fn take(
         Message::Failed { reason } => return Err(format!("the source gave up: {reason}")),
         other => return Err(format!("the source sent {other:?} during the move")),
     };
+    *committed = true;
     let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
-    // The output the source read after the log so far.
-    wire::receive_file(control, &log, MAX_LOG).map_err(failed)?;
+    // The output the source read after the log so far (lost, only those
+    // lines are).
+    if let Err(e) = wire::receive_file(control, &log, MAX_LOG) {
+        tracing::warn!("container {}: the end of its log from the source: {e}", record.id);
+    }
     drop(log);
-    daemon.containers.insert(record).map_err(|e| e.to_string())?;
-    tell_resume(dir, output_frames)?;
-    let starting = shim.take().ok_or("the supervisor is gone")?;
-    starting.until_running().map_err(|e| e.to_string())?;
+    store(daemon, record)?;
+    let resumed = tell_resume(dir, output_frames).and_then(|()| {
+        let starting = shim.take().ok_or("the supervisor is gone")?;
+        starting.until_running().map_err(|e| e.to_string())
+    });
+    // Watched however it went: one that ended meets its restart policy.
     daemon.watch(&record.id);
+    resumed?;
     daemon.container_event_of(record, "migrate", &[("phase", "finish")]);
     wire::send(control, &Message::Resumed).map_err(failed)
+}
+
+/// Stores the arrived container's record; under a name of its own if
+/// another container took its name here during the move (it runs).
+fn store(daemon: &Daemon, record: &crate::store::ContainerRecord) -> Result<(), String> {
+    match daemon.containers.insert(record) {
+        Err(crate::store::StoreError::NameInUse { .. }) => {
+            let renamed = crate::store::ContainerRecord {
+                name: format!("{}_{}", record.name, &record.id[..12]),
+                ..record.clone()
+            };
+            tracing::warn!(
+                "container {}: its name {} was taken during the move; it is {} here",
+                record.id,
+                record.name,
+                renamed.name
+            );
+            daemon.containers.insert(&renamed).map_err(|e| e.to_string())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 /// Checks the offer against this host and makes the container's place:
