@@ -32,6 +32,10 @@ pub struct Daemon {
     pub log_watcher: crate::follow::LogWatcher,
     /// Containers moving to another host: their end here is no death.
     departing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Containers that moved to another host, and where (the name the
+    /// user gave, and its address): their execs here are taken back
+    /// through that host's hulld.
+    moved_to: std::sync::Mutex<std::collections::HashMap<String, (String, std::net::SocketAddr)>>,
     /// Arriving containers' data connections, on their way to the move
     /// that waits for them.
     pub arrivals: crate::migrate::arriving::Arrivals,
@@ -54,6 +58,7 @@ impl Daemon {
             streams,
             log_watcher: crate::follow::LogWatcher::start(),
             departing: Default::default(),
+            moved_to: Default::default(),
             arrivals: Default::default(),
             migration: Default::default(),
         })
@@ -82,8 +87,20 @@ impl Daemon {
         }
     }
 
-    fn is_departing(&self, id: &str) -> bool {
+    pub fn is_departing(&self, id: &str) -> bool {
         self.departing.lock().is_ok_and(|set| set.contains(id))
+    }
+
+    /// Records that container `id` runs on the host `to` now.
+    pub fn set_moved_to(&self, id: &str, to: (String, std::net::SocketAddr)) {
+        if let Ok(mut moved) = self.moved_to.lock() {
+            moved.insert(id.to_string(), to);
+        }
+    }
+
+    /// Where container `id` went, if it moved to another host.
+    pub fn moved_to(&self, id: &str) -> Option<(String, std::net::SocketAddr)> {
+        self.moved_to.lock().ok()?.get(id).cloned()
     }
 
     /// Whether container `id` waits to be restarted under its policy.
@@ -277,6 +294,7 @@ impl Daemon {
     /// also the anonymous volumes it alone used (`rm -v`, `--rm`).
     pub fn remove(&self, id: &str, code: i32, anonymous_volumes: bool) -> Result<(), ApiError> {
         let record = self.discard(id, anonymous_volumes)?;
+        self.execs.forget_container(id);
         if let Some(record) = record {
             self.container_event_with_code(&record, "destroy", &[], Some(code));
         }
@@ -285,7 +303,8 @@ impl Daemon {
 
     /// Forgets a container that is not running here (it ended, or runs on
     /// another host now): its files, its addresses and ports, its record;
-    /// the record it had.
+    /// the record it had. Its execs stay (those of a container that moved
+    /// go on through the other host).
     pub fn discard(&self, id: &str, anonymous_volumes: bool) -> Result<Option<ContainerRecord>, ApiError> {
         let record = self.containers.find(id).ok();
         let spec = ContainerDir::new(id).spec().ok();
@@ -300,7 +319,6 @@ impl Daemon {
         self.containers.remove(id)?;
         self.set_restarting(id, false);
         self.health.forget(id);
-        self.execs.forget_container(id);
         if anonymous_volumes {
             crate::volumes::remove_anonymous(self, &volumes);
         }

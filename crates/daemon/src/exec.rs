@@ -338,10 +338,11 @@ pub async fn start(
     {
         let daemon = daemon.clone();
         let id = id.clone();
+        let container = exec.container.clone();
         let link = guest.clone();
         daemon.execs.update(&id, |e| e.guest = Some(link.clone()));
         tokio::task::spawn_blocking(move || {
-            relay_guest_output(reader, &link, &out_tx, &daemon, &id, tty);
+            relay_guest_output(reader, &link, &out_tx, &daemon, (&id, &container), tty);
             drop(slot);
         });
     }
@@ -397,8 +398,8 @@ fn relay_guest_output(
     mut reader: UnixStream,
     link: &ExecLink,
     out: &mpsc::Sender<Bytes>,
-    daemon: &Daemon,
-    id: &str,
+    daemon: &Arc<Daemon>,
+    (id, container): (&str, &str),
     tty: bool,
 ) {
     let encode = |stderr: bool, data: &[u8]| -> Bytes {
@@ -432,7 +433,9 @@ fn relay_guest_output(
                 break;
             }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => match link.resume(received) {
+            Ok(None) | Err(_) => match link.resume_through(received, &|| {
+                crate::migrate::agent_relay::reach_agent(daemon, container)
+            }) {
                 Some(resumed) => {
                     if resumed.lost > 0 {
                         let note = format!(

@@ -646,6 +646,18 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
     let server_at = format!("{address}:7000");
     let (mut conn, mut reader, first) = in_netns(&client, move || connect_echo(server_at));
     assert_eq!(first, "before\n");
+    // An exec started on host A: its process goes on at host B, and its
+    // client, still connected to A's hulld, is taken back through B's.
+    let mut exec = source
+        .docker_command(&["exec", "-i", &id, "sh", "-c", "while read l; do echo got $l; done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exec_in = exec.stdin.take().unwrap();
+    let mut exec_out = std::io::BufReader::new(exec.stdout.take().unwrap()).lines();
+    exec_in.write_all(b"before\n").unwrap();
+    assert_eq!(exec_out.next().unwrap().unwrap(), "got before");
     let (status, report) = migrate(&source, &id, "to=198.51.100.2&downtime=2000");
     assert!(status.contains(" 200 "), "{status} {report}");
     eprintln!("moved to host B: {report}");
@@ -659,6 +671,10 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
     );
     assert_eq!(dest.inspect("{{.NetworkSettings.Networks.app.MacAddress}}", &id), mac);
     assert_eq!(ok(&dest.docker(&["exec", &id, "echo", "on B"])), "on B\n");
+    exec_in.write_all(b"after\n").unwrap();
+    assert_eq!(exec_out.next().unwrap().unwrap(), "got after");
+    drop(exec_in);
+    assert!(exec.wait().unwrap().success(), "the exec ends well, on host B");
     assert!(!all_ids(&source).contains(&id));
     drop((conn, reader));
     ok(&dest.docker(&["rm", "-f", &id]));

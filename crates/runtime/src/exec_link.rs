@@ -79,15 +79,34 @@ impl ExecLink {
     }
 
     /// Takes the exec back after its connection ended without its status,
-    /// `received` of the agent's frames read. `None` if the container no
-    /// longer runs, the exec has no session, or the agent does not know it.
+    /// `received` of the agent's frames read, through the VM's socket on
+    /// this host. `None` if the container no longer runs, the exec has no
+    /// session, or the agent does not know it.
     pub fn resume(&self, received: u64) -> Option<Resumed> {
+        self.resume_through(received, &|| match self.dir.is_running() {
+            true => crate::agent_link::connect_to(&self.dir).map_or(Reached::NotYet, Reached::Agent),
+            false => Reached::Gone,
+        })
+    }
+
+    /// `resume`, reaching the agent with `reach` (asked again at each try:
+    /// the container may be on its way to another host, then reached
+    /// through that host's hulld).
+    pub fn resume_through(&self, received: u64, reach: &dyn Fn() -> Reached) -> Option<Resumed> {
         if self.session == 0 {
             return None;
         }
         let deadline = Instant::now() + RESUME_PATIENCE;
-        while Instant::now() < deadline && self.dir.is_running() {
-            match self.try_resume(received) {
+        while Instant::now() < deadline {
+            let conn = match reach() {
+                Reached::Agent(conn) => conn,
+                Reached::NotYet => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Reached::Gone => return None,
+            };
+            match self.try_resume(conn, received) {
                 Ok(resumed) => return Some(resumed),
                 // The agent does not know the session: the exec is gone.
                 Err(Attempt::Refused) => return None,
@@ -97,8 +116,7 @@ impl ExecLink {
         None
     }
 
-    fn try_resume(&self, received: u64) -> Result<Resumed, Attempt> {
-        let mut conn = crate::agent_link::connect_to(&self.dir).map_err(|_| Attempt::Retry)?;
+    fn try_resume(&self, mut conn: UnixStream, received: u64) -> Result<Resumed, Attempt> {
         conn.set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|_| Attempt::Retry)?;
         let claim = Control::ResumeExec {
@@ -144,4 +162,14 @@ impl ExecLink {
 enum Attempt {
     Retry,
     Refused,
+}
+
+/// Where an exec's agent is, for one try at taking the exec back.
+pub enum Reached {
+    /// A connection to the agent's exec port.
+    Agent(UnixStream),
+    /// Not reachable now (the VM is moving): try again.
+    NotYet,
+    /// The container is gone: the exec with it.
+    Gone,
 }

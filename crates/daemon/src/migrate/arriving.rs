@@ -104,6 +104,12 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
                 }
             }
         }
+        Ok(Message::AgentRelay { id }) => {
+            let _ = conn.set_read_timeout(None);
+            if let Err(e) = super::agent_relay::serve(daemon, conn, &id) {
+                tracing::warn!("relaying an exec of container {id} for {peer}: {e}");
+            }
+        }
         Ok(Message::Data { token }) => {
             let _ = conn.set_read_timeout(None);
             if !daemon.arrivals.hand_over(&token, conn) {

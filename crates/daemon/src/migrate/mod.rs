@@ -8,6 +8,7 @@
 //! JSON line before the report; `POST /containers/{id}/migrate/cancel`
 //! gives a move under way up.
 
+pub mod agent_relay;
 pub mod arriving;
 pub mod link;
 mod outgoing;

@@ -46,7 +46,7 @@ pub fn resolve(to: &str) -> Result<SocketAddr, ApiError> {
 }
 
 /// The host part of `HOST[:PORT]` (what the other hulld's certificate names).
-fn host_of(to: &str) -> &str {
+pub(super) fn host_of(to: &str) -> &str {
     match to.parse::<SocketAddr>() {
         Ok(_) => to
             .rsplit_once(':')
@@ -166,6 +166,8 @@ pub fn move_to(
     };
     // The VM has left: the container is the other host's from here.
     let resumed = finish(&mut control, &report, &log, logged);
+    // Its execs here are taken back through the other host from now on.
+    daemon.set_moved_to(&record.id, (to_name.to_string(), to));
     wait_ended(dir);
     let moved_volumes = dir.spec().map(|s| s.volumes).unwrap_or_default();
     let _ = daemon.discard(&record.id, false);

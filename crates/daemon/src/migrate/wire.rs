@@ -90,6 +90,15 @@ pub enum Message {
     Failed {
         reason: String,
     },
+    /// Source → destination, first on a connection of its own: relay this
+    /// connection to the exec port of container `id`'s agent (an exec
+    /// that began at the source is taken back: the first frame must be
+    /// `Control::ResumeExec`).
+    AgentRelay {
+        id: String,
+    },
+    /// Destination → source: the relay is ready.
+    Relaying,
 }
 
 #[derive(Debug, thiserror::Error)]
