@@ -32,10 +32,9 @@ pub struct Daemon {
     pub log_watcher: crate::follow::LogWatcher,
     /// Containers moving to another host: their end here is no death.
     departing: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Containers that moved to another host, and where (the name the
-    /// user gave, and its address): their execs here are taken back
-    /// through that host's hulld.
-    moved_to: std::sync::Mutex<std::collections::HashMap<String, (String, std::net::SocketAddr)>>,
+    /// Containers that moved to another host, and where: their execs here
+    /// are taken back through that host's hulld.
+    moved_to: std::sync::Mutex<std::collections::HashMap<String, crate::migrate::link::Peer>>,
     /// Arriving containers' data connections, on their way to the move
     /// that waits for them.
     pub arrivals: crate::migrate::arriving::Arrivals,
@@ -92,14 +91,14 @@ impl Daemon {
     }
 
     /// Records that container `id` runs on the host `to` now.
-    pub fn set_moved_to(&self, id: &str, to: (String, std::net::SocketAddr)) {
+    pub fn set_moved_to(&self, id: &str, to: crate::migrate::link::Peer) {
         if let Ok(mut moved) = self.moved_to.lock() {
             moved.insert(id.to_string(), to);
         }
     }
 
     /// Where container `id` went, if it moved to another host.
-    pub fn moved_to(&self, id: &str) -> Option<(String, std::net::SocketAddr)> {
+    pub fn moved_to(&self, id: &str) -> Option<crate::migrate::link::Peer> {
         self.moved_to.lock().ok()?.get(id).cloned()
     }
 

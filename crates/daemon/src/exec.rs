@@ -317,7 +317,7 @@ pub async fn start(
     let guest = blocking(move || {
         let session = spec.session;
         let request = Frame::Control(Control::Exec(Box::new(spec)));
-        ExecLink::open(dir.clone(), session, &request).map_err(|e| {
+        ExecLink::open(&dir, session, &request).map_err(|e| {
             // The CLI shows a failed upgrade as its status alone: say why here.
             tracing::warn!("exec in {}: the agent could not be reached: {e}", dir.id);
             ApiError::conflict(format!("container is not running: {e}"))
@@ -433,7 +433,7 @@ fn relay_guest_output(
                 break;
             }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => match link.resume_through(received, &|| {
+            Ok(None) | Err(_) => match link.resume(received, &|| {
                 crate::migrate::agent_relay::reach_agent(daemon, container)
             }) {
                 Some(resumed) => {

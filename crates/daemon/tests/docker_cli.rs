@@ -500,7 +500,6 @@ fn images_are_saved_loaded_pruned_and_counted() {
     assert_eq!(ok(&hulld.docker(&["images", "-q"])), "", "nothing used it any more");
 }
 
-/// `openssl` with `args` in `dir`, which must succeed.
 /// Serves `body` once over HTTP on loopback; the URL to fetch it from.
 fn serve_once(body: Vec<u8>) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -641,128 +640,22 @@ fn images_are_imported_from_tarballs_files_and_urls_with_changes() {
     assert!(partial.is_empty(), "scratch files left behind: {partial:?}");
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
-}
-
-/// A CA (`NAME-ca.pem`) and, signed by it, a certificate for `subject`
-/// (`NAME-cert.pem`, `NAME-key.pem`) with `extension` (an extfile line).
-fn certificate(dir: &std::path::Path, name: &str, subject: &str, extension: &str) {
-    let (ca_key, ca) = (format!("{name}-ca-key.pem"), format!("{name}-ca.pem"));
-    let (key, csr, cert) = (
-        format!("{name}-key.pem"),
-        format!("{name}.csr"),
-        format!("{name}-cert.pem"),
-    );
-    openssl(dir, &["genrsa", "-out", &ca_key, "2048"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &ca_key,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=hull test CA",
-            "-out",
-            &ca,
-        ],
-    );
-    openssl(dir, &["genrsa", "-out", &key, "2048"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={subject}"),
-            "-out",
-            &csr,
-        ],
-    );
-    std::fs::write(dir.join(format!("{name}.ext")), extension).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &cert,
-        ],
-    );
-}
-
 #[test]
 fn the_api_is_served_over_tls_to_clients_with_a_certificate() {
     let certs = std::env::temp_dir().join(format!("hulld-tls-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&certs);
-    std::fs::create_dir_all(&certs).unwrap();
-    certificate(
-        &certs,
-        "server",
-        "127.0.0.1",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    // The client's certificate is signed by the server's CA, as dockerd's set-up has it.
-    openssl(&certs, &["genrsa", "-out", "key.pem", "2048"]);
-    openssl(
-        &certs,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "key.pem",
-            "-subj",
-            "/CN=client",
-            "-out",
-            "client.csr",
-        ],
-    );
-    std::fs::write(certs.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        &certs,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "server-ca.pem",
-            "-CAkey",
-            "server-ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "cert.pem",
-        ],
-    );
-    std::fs::copy(certs.join("server-ca.pem"), certs.join("ca.pem")).unwrap();
+    let ca = testkit::certs::Certs::new(&certs).unwrap();
+    ca.issue("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    // The client's certificate is signed by the server's CA, as dockerd's
+    // set-up has it, under the names DOCKER_CERT_PATH has for it.
+    ca.issue("client", "extendedKeyUsage=clientAuth\n").unwrap();
+    std::fs::rename(certs.join("client-cert.pem"), certs.join("cert.pem")).unwrap();
+    std::fs::rename(certs.join("client-key.pem"), certs.join("key.pem")).unwrap();
     // A stranger: a client certificate from another CA.
-    certificate(&certs, "stranger", "stranger", "extendedKeyUsage=clientAuth\n");
+    testkit::certs::Certs::new(&certs.join("stranger"))
+        .and_then(|stranger| stranger.issue("stranger", "extendedKeyUsage=clientAuth\n"))
+        .unwrap();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -818,9 +711,9 @@ fn the_api_is_served_over_tls_to_clients_with_a_certificate() {
                 "--tlscacert",
                 &path("ca.pem"),
                 "--tlscert",
-                &path("stranger-cert.pem"),
+                &path("stranger/stranger-cert.pem"),
                 "--tlskey",
-                &path("stranger-key.pem"),
+                &path("stranger/stranger-key.pem"),
                 "version",
             ],
         ),

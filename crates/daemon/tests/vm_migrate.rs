@@ -38,6 +38,30 @@ fn hull_cli(hulld: &Hulld, args: &[&str]) -> std::process::Command {
     hull
 }
 
+/// A `docker exec -i` in container `id` echoing each line it reads as
+/// "got LINE", its first line answered: the process, its input and its
+/// output's lines.
+fn echoing_exec(
+    hulld: &Hulld,
+    id: &str,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    let mut exec = hulld
+        .docker_command(&["exec", "-i", id, "sh", "-c", "while read l; do echo got $l; done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = exec.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(exec.stdout.take().unwrap()).lines();
+    input.write_all(b"before\n").unwrap();
+    assert_eq!(output.next().unwrap().unwrap(), "got before");
+    (exec, input, output)
+}
+
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
@@ -75,16 +99,7 @@ fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut echo_exec = hulld
-        .docker_command(&["exec", "-i", &id, "sh", "-c", "while read l; do echo got $l; done"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut echo_in = echo_exec.stdin.take().unwrap();
-    let mut echoed = std::io::BufReader::new(echo_exec.stdout.take().unwrap()).lines();
-    echo_in.write_all(b"before\n").unwrap();
-    assert_eq!(echoed.next().unwrap().unwrap(), "got before");
+    let (mut echo_exec, mut echo_in, mut echoed) = echoing_exec(&hulld, &id);
     let mut vmm_pids = Vec::new();
     for round in 0..2 {
         let before = counted(&hulld, &id).len() as u64;
@@ -648,16 +663,7 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
     assert_eq!(first, "before\n");
     // An exec started on host A: its process goes on at host B, and its
     // client, still connected to A's hulld, is taken back through B's.
-    let mut exec = source
-        .docker_command(&["exec", "-i", &id, "sh", "-c", "while read l; do echo got $l; done"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut exec_in = exec.stdin.take().unwrap();
-    let mut exec_out = std::io::BufReader::new(exec.stdout.take().unwrap()).lines();
-    exec_in.write_all(b"before\n").unwrap();
-    assert_eq!(exec_out.next().unwrap().unwrap(), "got before");
+    let (mut exec, mut exec_in, mut exec_out) = echoing_exec(&source, &id);
     let (status, report) = migrate(&source, &id, "to=198.51.100.2&downtime=2000");
     assert!(status.contains(" 200 "), "{status} {report}");
     eprintln!("moved to host B: {report}");

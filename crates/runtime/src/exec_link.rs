@@ -1,7 +1,8 @@
 //! The host's side of an exec's connection to the agent, kept across a move
 //! of the container's VM to a new VMM: the old VMM's connections end with
 //! it, so the host connects again through the VM's socket (the new VMM's
-//! once the move is done) and claims the exec by its session
+//! once the move is done; another host's hulld's after a move there:
+//! the caller says how, `Reached`) and claims the exec by its session
 //! (`Control::ResumeExec`), saying how many of its frames it read. The
 //! agent answers with how many of the host's it read and sends again what
 //! the host lacks; the host sends again what the agent lacks. Nothing of
@@ -25,8 +26,6 @@ const RESUME_PATIENCE: Duration = Duration::from_secs(120);
 
 #[derive(Debug)]
 pub struct ExecLink {
-    /// The container: its VM's socket reaches whichever VMM runs the VM.
-    dir: ContainerDir,
     session: u64,
     writer: Mutex<Writer>,
 }
@@ -48,12 +47,11 @@ pub struct Resumed {
 impl ExecLink {
     /// Sends `request` (the exec) to the agent of the container `dir`; the
     /// link and the connection's reading half.
-    pub fn open(dir: ContainerDir, session: u64, request: &Frame) -> std::io::Result<(ExecLink, UnixStream)> {
-        let mut conn = crate::agent_link::connect_to(&dir)?;
+    pub fn open(dir: &ContainerDir, session: u64, request: &Frame) -> std::io::Result<(ExecLink, UnixStream)> {
+        let mut conn = crate::agent_link::connect_to(dir)?;
         write_frame(&mut conn, request).map_err(std::io::Error::other)?;
         let reader = conn.try_clone()?;
         let link = ExecLink {
-            dir,
             session,
             writer: Mutex::new(Writer {
                 conn,
@@ -79,20 +77,12 @@ impl ExecLink {
     }
 
     /// Takes the exec back after its connection ended without its status,
-    /// `received` of the agent's frames read, through the VM's socket on
-    /// this host. `None` if the container no longer runs, the exec has no
-    /// session, or the agent does not know it.
-    pub fn resume(&self, received: u64) -> Option<Resumed> {
-        self.resume_through(received, &|| match self.dir.is_running() {
-            true => crate::agent_link::connect_to(&self.dir).map_or(Reached::NotYet, Reached::Agent),
-            false => Reached::Gone,
-        })
-    }
-
-    /// `resume`, reaching the agent with `reach` (asked again at each try:
-    /// the container may be on its way to another host, then reached
-    /// through that host's hulld).
-    pub fn resume_through(&self, received: u64, reach: &dyn Fn() -> Reached) -> Option<Resumed> {
+    /// `received` of the agent's frames read, reaching the agent with
+    /// `reach` (asked again at each try: the VM may be moving to a new VMM
+    /// here, or to another host, then reached through that host's hulld).
+    /// `None` if the container is gone, the exec has no session, or the
+    /// agent does not know it.
+    pub fn resume(&self, received: u64, reach: &dyn Fn() -> Reached) -> Option<Resumed> {
         if self.session == 0 {
             return None;
         }

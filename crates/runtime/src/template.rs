@@ -135,17 +135,26 @@ fn lock() -> Result<std::fs::File, TemplateError> {
 /// The template for these inputs, made first if there is none.
 pub fn ensure(guest: &Guest, vmm: &Path, memory_mib: u64, cpus: u8) -> Result<Template, TemplateError> {
     let record = TemplateRecord::for_inputs(guest, vmm, memory_mib, cpus)?;
-    let name = record.name();
-    let dir = templates_dir().join(&name);
-    if vmm::snapshot::state_path(&dir).is_file() {
-        return Ok(Template { name, dir, record });
+    if let Some(template) = made(&record) {
+        return Ok(template);
     }
     let _lock = lock()?;
     // Another hull may have made it while we waited for the lock.
-    if vmm::snapshot::state_path(&dir).is_file() {
-        return Ok(Template { name, dir, record });
+    if let Some(template) = made(&record) {
+        return Ok(template);
     }
     build(guest, vmm, record)
+}
+
+/// The template of `record`'s inputs, if it has been made.
+fn made(record: &TemplateRecord) -> Option<Template> {
+    let name = record.name();
+    let dir = templates_dir().join(&name);
+    vmm::snapshot::state_path(&dir).is_file().then(|| Template {
+        name,
+        dir,
+        record: record.clone(),
+    })
 }
 
 /// Makes the template for these inputs anew (replacing any).
@@ -332,12 +341,7 @@ pub fn identity(dir: &Path) -> Option<String> {
 pub fn existing(memory_mib: u64, cpus: u8) -> Option<Template> {
     let guest = Guest::current().ok()?;
     let vmm = crate::sibling_binary("hull-vmm")?;
-    let record = TemplateRecord::for_inputs(&guest, &vmm, memory_mib, cpus).ok()?;
-    let name = record.name();
-    let dir = templates_dir().join(&name);
-    vmm::snapshot::state_path(&dir)
-        .is_file()
-        .then_some(Template { name, dir, record })
+    made(&TemplateRecord::for_inputs(&guest, &vmm, memory_mib, cpus).ok()?)
 }
 
 /// Where templates other hosts sent live, by identity.

@@ -1,5 +1,6 @@
 //! Certificates for tests, made with the openssl CLI: a CA of the test's
-//! own and, for each host, a certificate naming its IP address, good as a
+//! own (`ca.pem`) and certificates it signs (`NAME-cert.pem`,
+//! `NAME-key.pem`): for a host, one naming its IP address, good as a
 //! server's and as a client's (as hullds moving containers use them).
 
 use std::path::{Path, PathBuf};
@@ -71,11 +72,17 @@ impl Certs {
 
     /// A certificate for host `name` at `ip`, signed by the CA.
     pub fn host(&self, name: &str, ip: &str) -> Result<()> {
+        self.issue(
+            name,
+            &format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        )
+    }
+
+    /// A certificate for `name` with `extensions` (openssl extfile lines),
+    /// signed by the CA.
+    pub fn issue(&self, name: &str, extensions: &str) -> Result<()> {
         key_and_request(&self.dir, name, &format!("/CN={name}"))?;
-        std::fs::write(
-            self.dir.join(format!("{name}.ext")),
-            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n"),
-        )?;
+        std::fs::write(self.dir.join(format!("{name}.ext")), extensions)?;
         openssl(
             &self.dir,
             &[

@@ -6,7 +6,6 @@
 //! of an exec (`Control::ResumeExec`, by a session number the agent gave
 //! out): a peer cannot start anything through it.
 
-use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use proto::{read_frame, write_frame, Control, Frame};
 use runtime::container::ContainerDir;
 use runtime::exec_link::Reached;
 
+use super::link::Peer;
 use super::wire::{self, Message};
 use crate::daemon::Daemon;
 
@@ -26,7 +26,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// moving).
 pub fn reach_agent(daemon: &Arc<Daemon>, id: &str) -> Reached {
     if let Some(to) = daemon.moved_to(id) {
-        return connect(daemon, to, id).map_or(Reached::NotYet, Reached::Agent);
+        return connect(daemon, &to, id).map_or(Reached::NotYet, Reached::Agent);
     }
     let dir = ContainerDir::new(id);
     match (dir.is_running(), daemon.is_departing(id)) {
@@ -36,10 +36,9 @@ pub fn reach_agent(daemon: &Arc<Daemon>, id: &str) -> Reached {
     }
 }
 
-/// A connection to container `id`'s agent through the hulld at `to`.
-fn connect(daemon: &Arc<Daemon>, (name, address): (String, SocketAddr), id: &str) -> Result<UnixStream, String> {
-    let security = daemon.migration_security();
-    let mut link = security.connect(address, super::outgoing::host_of(&name), &daemon.handle)?;
+/// A connection to container `id`'s agent through the hulld `peer`.
+fn connect(daemon: &Arc<Daemon>, peer: &Peer, id: &str) -> Result<UnixStream, String> {
+    let mut link = daemon.migration_security().connect(peer, &daemon.handle)?;
     let failed = |e: wire::WireError| e.to_string();
     link.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
     wire::send(&mut link, &Message::AgentRelay { id: id.to_string() }).map_err(failed)?;

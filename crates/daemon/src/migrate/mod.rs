@@ -73,7 +73,7 @@ pub async fn migrate(
         .to
         .as_deref()
         .filter(|t| !t.is_empty())
-        .map(|to| Ok::<_, ApiError>((to.to_string(), outgoing::resolve(to)?)))
+        .map(link::resolve)
         .transpose()?;
     let downtime_ms = number(query.downtime.as_deref(), "downtime", DEFAULT_DOWNTIME_MS, 1..=60_000)?;
     let max_seconds = number(query.timeout.as_deref(), "timeout", DEFAULT_MAX_SECONDS, 1..=3600)?;
@@ -97,23 +97,16 @@ pub async fn migrate(
             let _ = lines.send(json!({ "Progress": progress_json(&p) }));
         };
         let outcome = match &to {
-            Some((name, address)) => outgoing::move_to(
-                &daemon,
-                &record,
-                &dir,
-                (name, *address),
-                downtime_ms,
-                max_seconds,
-                &mut told,
-            )
-            .map(|moved| {
-                let mut json = report_json(&record.id, &moved.report);
-                json["To"] = json!(name);
-                json["TemplateBytes"] = json!(moved.template_bytes);
-                json["ImageDiskBytes"] = json!(moved.image_disk_bytes);
-                json["LogBytes"] = json!(moved.log_bytes);
-                json
-            }),
+            Some(peer) => {
+                outgoing::move_to(&daemon, &record, &dir, peer, downtime_ms, max_seconds, &mut told).map(|moved| {
+                    let mut json = report_json(&record.id, &moved.report);
+                    json["To"] = json!(peer.named);
+                    json["TemplateBytes"] = json!(moved.template_bytes);
+                    json["ImageDiskBytes"] = json!(moved.image_disk_bytes);
+                    json["LogBytes"] = json!(moved.log_bytes);
+                    json
+                })
+            }
             None => dir
                 .connect()
                 .and_then(|mut conn| conn.migrate(downtime_ms, max_seconds, None, &mut told))
@@ -122,7 +115,7 @@ pub async fn migrate(
         };
         match outcome {
             Ok(json) => {
-                let to_host = to.as_ref().map(|(name, _)| name.as_str());
+                let to_host = to.as_ref().map(|peer| peer.named.as_str());
                 let extra: Vec<(&str, &str)> = std::iter::once(("phase", "finish"))
                     .chain(to_host.map(|t| ("to", t)))
                     .collect();

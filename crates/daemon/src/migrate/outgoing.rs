@@ -7,7 +7,6 @@
 //! container runs there, the container is forgotten here. Until the VM
 //! has left, any failure leaves it running here, untouched.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -17,54 +16,24 @@ use axum::http::StatusCode;
 use proto::{MigrationProgress, MigrationReport};
 use runtime::container::ContainerDir;
 
+use super::link::Peer;
 use super::wire::{self, Message, NetworkName, Offer};
 use crate::api::ApiError;
 use crate::daemon::Daemon;
 use crate::store::ContainerRecord;
 
-/// The port other hosts' hullds take containers on when `to` names none.
-pub const DEFAULT_PORT: u16 = 2734;
 /// How long the other host may take between steps (checking the offer,
 /// taking the files, resuming the container).
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the supervisor here may take to end once its VM left.
 const SUPERVISOR_END: Duration = Duration::from_secs(30);
 
-/// `HOST[:PORT]` as the other host's migration address.
-pub fn resolve(to: &str) -> Result<SocketAddr, ApiError> {
-    let bad = |why: String| ApiError::bad_request(format!("invalid \"to\" {to:?}: {why}"));
-    let with_port = match to.parse::<SocketAddr>() {
-        Ok(address) => return Ok(address),
-        Err(_) if to.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => to.to_string(),
-        Err(_) => format!("{to}:{DEFAULT_PORT}"),
-    };
-    with_port
-        .to_socket_addrs()
-        .map_err(|e| bad(e.to_string()))?
-        .next()
-        .ok_or_else(|| bad("it names no address".into()))
-}
-
-/// The host part of `HOST[:PORT]` (what the other hulld's certificate names).
-pub(super) fn host_of(to: &str) -> &str {
-    match to.parse::<SocketAddr>() {
-        Ok(_) => to
-            .rsplit_once(':')
-            .map_or(to, |(host, _)| host.trim_start_matches('[').trim_end_matches(']')),
-        Err(_) if to.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {
-            to.rsplit_once(':').map_or(to, |(host, _)| host)
-        }
-        Err(_) => to,
-    }
-}
-
-/// Moves the running container `record` (in `dir`) to the hulld at `to`
-/// (as the user named it, and its address).
+/// Moves the running container `record` (in `dir`) to the hulld `peer`.
 pub fn move_to(
     daemon: &Arc<Daemon>,
     record: &ContainerRecord,
     dir: &ContainerDir,
-    (to_name, to): (&str, SocketAddr),
+    peer: &Peer,
     downtime_ms: u32,
     max_seconds: u32,
     progress: &mut dyn FnMut(MigrationProgress),
@@ -94,6 +63,7 @@ pub fn move_to(
         }
         volumes.push(volume);
     }
+    let to = peer.address;
     let unreachable = |e: String| ApiError::new(StatusCode::BAD_GATEWAY, format!("the hulld at {to}: {e}"));
     let failed = |e: wire::WireError| unreachable(e.to_string());
     let mut networks = Vec::new();
@@ -109,14 +79,12 @@ pub fn move_to(
         .len();
     let image_disk = running_image_disk(daemon, dir, &spec)?;
     let security = daemon.migration_security();
-    let connect = || {
-        security
-            .connect(to, host_of(to_name), &daemon.handle)
-            .map_err(unreachable)
-    };
+    let connect = || security.connect(peer, &daemon.handle).map_err(unreachable);
     let mut control = connect()?;
     let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
     let template = running_template(dir, &spec);
+    // The disk volumes that go with it: its copies here go once it runs there.
+    let mounts = spec.volumes.clone();
     let offer = Offer {
         version: wire::VERSION,
         record: record.clone(),
@@ -167,11 +135,10 @@ pub fn move_to(
     // The VM has left: the container is the other host's from here.
     let resumed = finish(&mut control, &report, &log, logged);
     // Its execs here are taken back through the other host from now on.
-    daemon.set_moved_to(&record.id, (to_name.to_string(), to));
+    daemon.set_moved_to(&record.id, peer.clone());
     wait_ended(dir);
-    let moved_volumes = dir.spec().map(|s| s.volumes).unwrap_or_default();
     let _ = daemon.discard(&record.id, false);
-    crate::volumes::remove_moved(daemon, &moved_volumes);
+    crate::volumes::remove_moved(daemon, &mounts);
     log_bytes += resumed.map_err(|e| {
         ApiError::internal(format!(
             "the VM left for {to}, but the hulld there did not say the container runs: {e}"
@@ -269,24 +236,5 @@ fn wait_ended(dir: &ContainerDir) {
     let deadline = Instant::now() + SUPERVISOR_END;
     while dir.is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_other_host_is_named_with_or_without_its_port() {
-        assert_eq!(resolve("127.0.0.1").unwrap(), "127.0.0.1:2734".parse().unwrap());
-        assert_eq!(resolve("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
-        assert_eq!(resolve("[::1]:9").unwrap(), "[::1]:9".parse().unwrap());
-        assert!(resolve("127.0.0.1:99999").is_err());
-        assert!(resolve("").is_err());
-        assert_eq!(host_of("198.51.100.2"), "198.51.100.2");
-        assert_eq!(host_of("198.51.100.2:2734"), "198.51.100.2");
-        assert_eq!(host_of("[::1]:2734"), "::1");
-        assert_eq!(host_of("b.example:2734"), "b.example");
-        assert_eq!(host_of("b.example"), "b.example");
     }
 }
