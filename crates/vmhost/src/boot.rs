@@ -292,7 +292,8 @@ impl Drop for RunDir {
     }
 }
 
-/// Run directories of vmhost processes that were killed before cleaning up.
+/// Run directories (and their QMP sockets, `vmhost-run-PID-N.qmp`) of
+/// vmhost processes that were killed before cleaning up.
 fn remove_stale_run_dirs() {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -305,9 +306,13 @@ fn remove_stale_run_dirs() {
         else {
             continue;
         };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = fs::remove_dir_all(entry.path());
+        if Path::new("/proc").join(pid).exists() {
+            continue;
         }
+        let _ = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => fs::remove_dir_all(entry.path()),
+            _ => fs::remove_file(entry.path()),
+        };
     }
 }
 
