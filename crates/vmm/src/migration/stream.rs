@@ -6,7 +6,9 @@
 //! the payload, and a CRC-32 of all three: a frame that is cut, flipped or
 //! foreign is refused before a byte of it is used. Each kind has its own
 //! largest payload, so a peer cannot make the other allocate more than one
-//! state's worth. Page data travels raw; everything else is postcard.
+//! state's worth. Page data travels raw or as one LZ4 block a frame
+//! (`put_pages`; a block must unpack to exactly the pages it names, and is
+//! read as a `Pages` frame); everything else is postcard.
 
 use std::io::{self, Read, Write};
 
@@ -17,8 +19,8 @@ use serde::{Deserialize, Serialize};
 /// snapshot file's digest (its frame has a CRC); the destination answers
 /// each round's end (`RoundIn`). 4: the hello names the NICs on taps. 5:
 /// disks travel (`Disk`, `DiskZeros`; the hello names them), and the
-/// hello carries the guest's MACs.
-pub const VERSION: u32 = 5;
+/// hello carries the guest's MACs. 6: pages may travel LZ4-compressed.
+pub const VERSION: u32 = 6;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
@@ -181,11 +183,14 @@ mod kind {
     pub const ROUND_IN: u8 = 12;
     pub const DISK: u8 = 13;
     pub const DISK_ZEROS: u8 = 14;
+    pub const PAGES_LZ4: u8 = 15;
 }
 
 fn max_payload(kind: u8) -> Result<usize, StreamError> {
     Ok(match kind {
         kind::PAGES => 8 + MAX_PAGES_PER_FRAME * PAGE_SIZE,
+        // Sent only when smaller than the pages themselves.
+        kind::PAGES_LZ4 => LZ4_HEADER + MAX_PAGES_PER_FRAME * PAGE_SIZE,
         kind::STATE => MAX_STATE,
         kind::DISK => DISK_HEADER + MAX_DISK_BYTES,
         kind::HELLO..=kind::DISK_ZEROS => MAX_SMALL,
@@ -195,6 +200,9 @@ fn max_payload(kind: u8) -> Result<usize, StreamError> {
 
 /// A disk frame's disk number and offset, before its data.
 const DISK_HEADER: usize = 1 + 8;
+/// A compressed pages frame's first page number and page count, before
+/// its LZ4 block.
+const LZ4_HEADER: usize = 8 + 2;
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
     postcard::to_stdvec(value).map_err(|e| StreamError::Malformed(e.to_string()))
@@ -254,7 +262,30 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
         Frame::Resumed => (kind::RESUMED, Vec::new().into(), &[]),
         Frame::Abort { reason } => (kind::ABORT, encode(reason)?.into(), &[]),
     };
-    let len = payload.len() + pages.len();
+    put_parts(w, kind, &payload, pages)
+}
+
+/// Writes a `Pages` frame of `data` (whole pages from page `first`),
+/// as one LZ4 block when `compress` asks for it and the block is smaller;
+/// returns the bytes that saved.
+pub fn put_pages(w: &mut impl Write, first: u64, data: Vec<u8>, compress: bool) -> Result<u64, StreamError> {
+    let pages = data.len() / PAGE_SIZE;
+    if compress && (1..=MAX_PAGES_PER_FRAME).contains(&pages) && data.len() % PAGE_SIZE == 0 {
+        let block = lz4_flex::block::compress(&data);
+        if LZ4_HEADER + block.len() < 8 + data.len() {
+            let mut header = first.to_le_bytes().to_vec();
+            header.extend_from_slice(&(pages as u16).to_le_bytes());
+            put_parts(w, kind::PAGES_LZ4, &header, &block)?;
+            return Ok((8 + data.len() - LZ4_HEADER - block.len()) as u64);
+        }
+    }
+    put_frame(w, &Frame::Pages { first, data })?;
+    Ok(0)
+}
+
+/// Writes a frame of `kind` whose payload is `head` then `tail`.
+fn put_parts(w: &mut impl Write, kind: u8, head: &[u8], tail: &[u8]) -> Result<(), StreamError> {
+    let len = head.len() + tail.len();
     let max = max_payload(kind)?;
     if len > max {
         return Err(StreamError::Oversized { kind, len, max });
@@ -264,11 +295,11 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
     header[1..].copy_from_slice(&(len as u32).to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header);
-    crc.update(&payload);
-    crc.update(pages);
+    crc.update(head);
+    crc.update(tail);
     w.write_all(&header)?;
-    w.write_all(&payload)?;
-    w.write_all(pages)?;
+    w.write_all(head)?;
+    w.write_all(tail)?;
     w.write_all(&crc.finalize().to_le_bytes())?;
     Ok(())
 }
@@ -328,6 +359,34 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             Frame::Pages {
                 first: u64::from_le_bytes(*first),
                 data: data.to_vec(),
+            }
+        }
+        kind::PAGES_LZ4 => {
+            let (first, block) = payload
+                .split_first_chunk::<8>()
+                .ok_or_else(|| StreamError::Malformed("a compressed pages frame without its page number".into()))?;
+            let (pages, block) = block
+                .split_first_chunk::<2>()
+                .ok_or_else(|| StreamError::Malformed("a compressed pages frame without its page count".into()))?;
+            let pages = usize::from(u16::from_le_bytes(*pages));
+            if !(1..=MAX_PAGES_PER_FRAME).contains(&pages) {
+                return Err(StreamError::Malformed(format!(
+                    "a compressed pages frame of {pages} pages"
+                )));
+            }
+            let mut data = vec![0u8; pages * PAGE_SIZE];
+            match lz4_flex::block::decompress_into(block, &mut data) {
+                Ok(n) if n == data.len() => {}
+                Ok(n) => {
+                    return Err(StreamError::Malformed(format!(
+                        "a compressed pages frame of {pages} pages unpacks to {n} bytes"
+                    )))
+                }
+                Err(e) => return Err(StreamError::Malformed(format!("a compressed pages frame: {e}"))),
+            }
+            Frame::Pages {
+                first: u64::from_le_bytes(*first),
+                data,
             }
         }
         kind::ZEROS => {
@@ -524,5 +583,93 @@ mod tests {
             read_frame(&mut frame.as_slice()),
             Err(StreamError::Malformed(_))
         ));
+    }
+
+    /// A hand-made frame of `kind` around `payload`, with its checksum.
+    fn hand_made(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![kind];
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(payload);
+        let crc = crc32fast::hash(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame
+    }
+
+    #[test]
+    fn compressible_pages_travel_as_a_smaller_block_and_read_back_as_they_were() {
+        // Pages like a guest kernel's: mostly zeros, some structure.
+        let mut data = vec![0u8; 3 * PAGE_SIZE];
+        for (i, b) in data.iter_mut().enumerate().step_by(61) {
+            *b = (i % 251) as u8;
+        }
+        let mut bytes = Vec::new();
+        put_pages(&mut bytes, 7, data.clone(), true).unwrap();
+        assert_eq!(bytes[0], kind::PAGES_LZ4);
+        assert!(bytes.len() < data.len() / 2, "{} bytes for {}", bytes.len(), data.len());
+        let read = read_frame(&mut bytes.as_slice()).unwrap();
+        assert_eq!(
+            read,
+            Some(Frame::Pages {
+                first: 7,
+                data: data.clone()
+            })
+        );
+        // Uncompressed when not asked for, or when LZ4 gains nothing.
+        let mut raw = Vec::new();
+        put_pages(&mut raw, 7, data, false).unwrap();
+        assert_eq!(raw[0], kind::PAGES);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..PAGE_SIZE)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect();
+        let mut noisy = Vec::new();
+        put_pages(&mut noisy, 1, noise.clone(), true).unwrap();
+        assert_eq!(noisy[0], kind::PAGES);
+        assert_eq!(
+            read_frame(&mut noisy.as_slice()).unwrap(),
+            Some(Frame::Pages { first: 1, data: noise })
+        );
+    }
+
+    #[test]
+    fn a_compressed_block_must_unpack_to_exactly_the_pages_it_names() {
+        let block = lz4_flex::block::compress(&[5u8; 2 * PAGE_SIZE]);
+        let frame = |pages: u16, block: &[u8]| {
+            let mut payload = 3u64.to_le_bytes().to_vec();
+            payload.extend_from_slice(&pages.to_le_bytes());
+            payload.extend_from_slice(block);
+            hand_made(kind::PAGES_LZ4, &payload)
+        };
+        let good = frame(2, &block);
+        assert_eq!(
+            read_frame(&mut good.as_slice()).unwrap(),
+            Some(Frame::Pages {
+                first: 3,
+                data: vec![5; 2 * PAGE_SIZE]
+            })
+        );
+        // Fewer or more pages than the block holds, none, too many, a
+        // damaged block, no count: each refused, nothing panics.
+        let mut damaged = block.clone();
+        damaged.truncate(block.len() / 2);
+        for bad in [
+            frame(1, &block),
+            frame(3, &block),
+            frame(0, &block),
+            frame(MAX_PAGES_PER_FRAME as u16 + 1, &block),
+            frame(2, &damaged),
+            frame(2, &[0xff; 40]),
+            hand_made(kind::PAGES_LZ4, &3u64.to_le_bytes()),
+        ] {
+            assert!(matches!(
+                read_frame(&mut bad.as_slice()),
+                Err(StreamError::Malformed(_))
+            ));
+        }
     }
 }
