@@ -5,10 +5,17 @@
 
 use crate::hulld_api::{escape, post, post_lines};
 
-pub fn run(container: &str, to: Option<&str>, downtime_ms: u32, host: Option<String>) -> anyhow::Result<bool> {
+pub fn run(
+    container: &str,
+    to: Option<&str>,
+    downtime_ms: u32,
+    compress: bool,
+    host: Option<String>,
+) -> anyhow::Result<bool> {
     let mut target = format!(
-        "/containers/{}/migrate?downtime={downtime_ms}&progress=1",
-        escape(container)
+        "/containers/{}/migrate?downtime={downtime_ms}&compress={}&progress=1",
+        escape(container),
+        u8::from(compress)
     );
     if let Some(to) = to {
         target.push_str(&format!("&to={}", escape(to)));
@@ -20,7 +27,7 @@ pub fn run(container: &str, to: Option<&str>, downtime_ms: u32, host: Option<Str
         let field = |v: &serde_json::Value, name: &str| v[name].as_u64().unwrap_or(0);
         if let Some(p) = value.get("Progress") {
             eprintln!(
-                "round {}: {:.1} MiB sent at {:.0} MB/s; {} pages dirtied ({:.1} MB/s); downtime now {} ms{}",
+                "round {}: {:.1} MiB sent, {:.0} MB/s of memory; {} pages dirtied ({:.1} MB/s); downtime now {} ms{}",
                 field(p, "Round"),
                 mib(field(p, "BytesSent")),
                 field(p, "Bandwidth") as f64 / 1e6,

@@ -43,6 +43,9 @@ pub enum VmmRequest {
         max_seconds: u32,
         #[serde(default)]
         send_disks: bool,
+        /// Pages and disk data travel as they are, without LZ4.
+        #[serde(default)]
+        uncompressed: bool,
     },
     /// Lend the taps the VM's NICs are on: answered with `Taps` and, in the
     /// same message (`SCM_RIGHTS`), a descriptor of each, in slot order

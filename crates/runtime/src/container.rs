@@ -581,20 +581,20 @@ impl ShimConnection {
     }
 
     /// Moves the container's VM to a new VMM on this host while it runs
-    /// (live migration), within `downtime_ms` of pause and `max_seconds`;
-    /// or, with `away`, to another host over that connection (its hulld's
-    /// to the other host's, where a VMM waits for the VM), its disks with it.
+    /// (live migration), within `limits`; or, with `away`, to another host
+    /// over that connection (its hulld's to the other host's, where a VMM
+    /// waits for the VM), its disks with it.
     pub fn migrate(
         &mut self,
-        downtime_ms: u32,
-        max_seconds: u32,
+        limits: proto::MoveLimits,
         away: Option<&std::os::fd::OwnedFd>,
         progress: &mut dyn FnMut(proto::MigrationProgress),
     ) -> Result<proto::MigrationReport, ContainerError> {
         self.send(&Frame::Control(Control::Migrate {
-            downtime_ms,
-            max_seconds,
+            downtime_ms: limits.downtime_ms,
+            max_seconds: limits.max_seconds,
             away: away.is_some(),
+            uncompressed: !limits.compress,
         }))?;
         if let Some(link) = away {
             use vmm_sys_util::sock_ctrl_msg::ScmSocket;

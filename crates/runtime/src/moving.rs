@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::vmm_control::{VmmReply, VmmRequest};
-use proto::{MigrationProgress, MigrationReport};
+use proto::{MigrationProgress, MigrationReport, MoveLimits};
 
 use crate::run::{Attachment, Followed, OutputStream, RunRequest, Steer, VmFiles, VmStart, Vmm};
 
@@ -62,8 +62,7 @@ enum Told {
 
 /// One client's request, answered once (after its rounds' progress).
 pub struct MoveRequest {
-    downtime_ms: u32,
-    max_seconds: u32,
+    limits: MoveLimits,
     /// To another host, over this connection (hulld's, to the other
     /// host's hulld); `None`: to a new VMM on this host.
     away: Option<std::os::fd::OwnedFd>,
@@ -96,18 +95,12 @@ impl Moves {
     /// round's progress goes to `progress` meanwhile.
     pub fn ask(
         &self,
-        downtime_ms: u32,
-        max_seconds: u32,
+        limits: MoveLimits,
         away: Option<std::os::fd::OwnedFd>,
         progress: &mut dyn FnMut(MigrationProgress),
     ) -> Result<MigrationReport, String> {
         let (answer, outcome) = mpsc::channel();
-        let request = MoveRequest {
-            downtime_ms,
-            max_seconds,
-            away,
-            answer,
-        };
+        let request = MoveRequest { limits, away, answer };
         self.0
             .queue
             .lock()
@@ -413,9 +406,10 @@ fn send_vm(
 ) -> Result<MigrationReport, String> {
     moves.carry_on_over(link)?;
     let request = VmmRequest::Migrate {
-        downtime_ms: asked.downtime_ms,
-        max_seconds: asked.max_seconds,
+        downtime_ms: asked.limits.downtime_ms,
+        max_seconds: asked.limits.max_seconds,
         send_disks,
+        uncompressed: !asked.limits.compress,
     };
     // From here input the old connection may no longer take is kept for
     // the new one (`Steer::reconnect`), until the move ends either way.

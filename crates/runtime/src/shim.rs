@@ -327,7 +327,13 @@ fn serve(listener: UnixListener, shared: Shared) {
                         downtime_ms,
                         max_seconds,
                         away,
+                        uncompressed,
                     }) => {
+                        let limits = proto::MoveLimits {
+                            downtime_ms,
+                            max_seconds,
+                            compress: !uncompressed,
+                        };
                         // To another host: the connection to it follows the frame.
                         let link = match away {
                             true => match receive_fd(&conn) {
@@ -343,7 +349,7 @@ fn serve(listener: UnixListener, shared: Shared) {
                         let mut told = |p| {
                             let _ = write_frame(&mut conn, &Frame::Control(Control::MigrationProgress(p)));
                         };
-                        let answer = match shared.moves.ask(downtime_ms, max_seconds, link, &mut told) {
+                        let answer = match shared.moves.ask(limits, link, &mut told) {
                             Ok(report) => Control::Migrated(report),
                             Err(message) => Control::Failed { message, exit_code: 1 },
                         };

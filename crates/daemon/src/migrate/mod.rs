@@ -44,6 +44,19 @@ pub struct MigrateQuery {
     /// `1`: stream each pre-copy round's progress as a JSON line, then the
     /// report (or `error`), as `docker pull` streams.
     progress: Option<String>,
+    /// `0`: the VM's pages and disks travel without LZ4 (a link faster
+    /// than LZ4 on a core); `1`, the default: compressed.
+    compress: Option<String>,
+}
+
+/// A yes/no query parameter: `1`/`true` or `0`/`false`, `default` if absent.
+fn switch(value: Option<&str>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match value {
+        None | Some("") => Ok(default),
+        Some("1" | "true" | "True") => Ok(true),
+        Some("0" | "false" | "False") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!("invalid {name} \"{other}\": 1 or 0"))),
+    }
 }
 
 fn number(
@@ -78,6 +91,11 @@ pub async fn migrate(
     let downtime_ms = number(query.downtime.as_deref(), "downtime", DEFAULT_DOWNTIME_MS, 1..=60_000)?;
     let max_seconds = number(query.timeout.as_deref(), "timeout", DEFAULT_MAX_SECONDS, 1..=3600)?;
     let progress = crate::api::flag(&query.progress);
+    let limits = proto::MoveLimits {
+        downtime_ms,
+        max_seconds,
+        compress: switch(query.compress.as_deref(), "compress", true)?,
+    };
     let (record, dir) = {
         let daemon = daemon.clone();
         blocking(move || {
@@ -97,19 +115,17 @@ pub async fn migrate(
             let _ = lines.send(json!({ "Progress": progress_json(&p) }));
         };
         let outcome = match &to {
-            Some(peer) => {
-                outgoing::move_to(&daemon, &record, &dir, peer, downtime_ms, max_seconds, &mut told).map(|moved| {
-                    let mut json = report_json(&record.id, &moved.report);
-                    json["To"] = json!(peer.named);
-                    json["TemplateBytes"] = json!(moved.template_bytes);
-                    json["ImageDiskBytes"] = json!(moved.image_disk_bytes);
-                    json["LogBytes"] = json!(moved.log_bytes);
-                    json
-                })
-            }
+            Some(peer) => outgoing::move_to(&daemon, &record, &dir, peer, limits, &mut told).map(|moved| {
+                let mut json = report_json(&record.id, &moved.report);
+                json["To"] = json!(peer.named);
+                json["TemplateBytes"] = json!(moved.template_bytes);
+                json["ImageDiskBytes"] = json!(moved.image_disk_bytes);
+                json["LogBytes"] = json!(moved.log_bytes);
+                json
+            }),
             None => dir
                 .connect()
-                .and_then(|mut conn| conn.migrate(downtime_ms, max_seconds, None, &mut told))
+                .and_then(|mut conn| conn.migrate(limits, None, &mut told))
                 .map(|report| report_json(&record.id, &report))
                 .map_err(ApiError::from),
         };
@@ -209,4 +225,23 @@ fn report_json(id: &str, report: &MigrationReport) -> Value {
         "OutputFramesLost": report.output_frames_lost,
         "VmmPid": report.vmm_pid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compress_is_on_unless_turned_off_and_anything_else_is_refused() {
+        assert!(switch(None, "compress", true).unwrap());
+        assert!(switch(Some(""), "compress", true).unwrap());
+        assert!(switch(Some("1"), "compress", false).unwrap());
+        assert!(!switch(Some("0"), "compress", true).unwrap());
+        assert!(!switch(Some("false"), "compress", true).unwrap());
+        let refused = switch(Some("lz4"), "compress", true).unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.message.as_str()),
+            (400, "invalid compress \"lz4\": 1 or 0")
+        );
+    }
 }

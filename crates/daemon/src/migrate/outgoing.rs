@@ -34,8 +34,7 @@ pub fn move_to(
     record: &ContainerRecord,
     dir: &ContainerDir,
     peer: &Peer,
-    downtime_ms: u32,
-    max_seconds: u32,
+    limits: proto::MoveLimits,
     progress: &mut dyn FnMut(MigrationProgress),
 ) -> Result<Moved, ApiError> {
     let spec = dir.spec()?;
@@ -123,7 +122,7 @@ pub fn move_to(
     daemon.set_departing(&record.id, true);
     let moved = dir
         .connect()
-        .and_then(|mut shim| shim.migrate(downtime_ms, max_seconds, Some(&OwnedFd::from(data)), progress));
+        .and_then(|mut shim| shim.migrate(limits, Some(&OwnedFd::from(data)), progress));
     let report = match moved {
         Ok(report) => report,
         Err(e) => {

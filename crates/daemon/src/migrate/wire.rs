@@ -1,6 +1,7 @@
 //! What two hullds say to each other to move a container (`to=HOST`):
 //! length-prefixed JSON messages on a control connection, files (the image
-//! disk, the log) as bounded segments on it, and a second connection that
+//! disk, the log) as bounded segments on it (LZ4 blocks where that makes
+//! them smaller), and a second connection that
 //! carries the VMs' own migration stream (`vmm::migration`) unchanged.
 //! Everything from the peer is untrusted: each message and segment is
 //! bounded before it is read, and offsets are checked against the size
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::ContainerRecord;
 
 /// This protocol's version; a peer speaking another is refused.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest message (an offer carries a container's record and spec).
 const MAX_MESSAGE: usize = 1 << 20;
 /// The largest file segment.
@@ -72,10 +73,13 @@ pub enum Message {
     File {
         bytes: u64,
     },
-    /// `len` bytes for `offset` follow, raw.
+    /// `len` bytes for `offset` follow: raw, or as an LZ4 block of
+    /// `packed` bytes (fewer than `len`).
     Segment {
         offset: u64,
         len: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packed: Option<u32>,
     },
     FileEnd,
     /// Source → destination: the VM left, and the source read this many
@@ -180,16 +184,23 @@ pub fn send_file(conn: &mut impl Write, file: &File, from: u64, to: u64, sparse:
 /// The granularity at which zeros are left out.
 const PAGE: usize = 4096;
 
+/// Sends one segment, as an LZ4 block if that is smaller; the bytes that went.
 fn send_segment(conn: &mut impl Write, offset: u64, data: &[u8]) -> Result<u64, WireError> {
+    let block = lz4_flex::block::compress(data);
+    let (packed, bytes) = match block.len() < data.len() {
+        true => (Some(block.len() as u32), block.as_slice()),
+        false => (None, data),
+    };
     send(
         conn,
         &Message::Segment {
             offset,
             len: data.len() as u32,
+            packed,
         },
     )?;
-    conn.write_all(data)?;
-    Ok(data.len() as u64)
+    conn.write_all(bytes)?;
+    Ok(bytes.len() as u64)
 }
 
 /// Receives a file `send_file` sends into `file`, at most `max` bytes
@@ -205,17 +216,33 @@ pub fn receive_file(conn: &mut impl Read, file: &File, max: u64) -> Result<u64, 
         file.set_len(bytes)?;
     }
     let mut chunk = vec![0u8; MAX_SEGMENT];
+    let mut block = Vec::new();
     loop {
         match receive(conn)? {
-            Message::Segment { offset, len }
+            Message::Segment { offset, len, packed }
                 if len as usize <= MAX_SEGMENT
-                    && offset.checked_add(u64::from(len)).is_some_and(|end| end <= bytes) =>
+                    && offset.checked_add(u64::from(len)).is_some_and(|end| end <= bytes)
+                    && packed.is_none_or(|packed| packed < len) =>
             {
                 let data = &mut chunk[..len as usize];
-                conn.read_exact(data)?;
+                match packed {
+                    None => conn.read_exact(data)?,
+                    Some(packed) => {
+                        block.resize(packed as usize, 0);
+                        conn.read_exact(&mut block)?;
+                        match lz4_flex::block::decompress_into(&block, data) {
+                            Ok(n) if n == data.len() => {}
+                            _ => {
+                                return Err(WireError::Bad(format!(
+                                    "a segment of {len} bytes at {offset} whose LZ4 block does not unpack to it"
+                                )))
+                            }
+                        }
+                    }
+                }
                 file.write_all_at(data, offset)?;
             }
-            Message::Segment { offset, len } => {
+            Message::Segment { offset, len, .. } => {
                 return Err(WireError::Bad(format!(
                     "a segment of {len} bytes at {offset} in a file of {bytes}"
                 )))
@@ -244,8 +271,9 @@ mod tests {
         let mut wire = Vec::new();
         let file = File::open(&source).unwrap();
         let sent = send_file(&mut wire, &file, 0, bytes.len() as u64, true).unwrap();
-        // Three whole pages and the file's last 100 bytes.
-        assert_eq!(sent, 3 * PAGE as u64 + 100, "only the pages that are not zeros");
+        // Three whole pages and the file's last 100 bytes, each nearly all
+        // zeros: as LZ4 blocks, a few dozen bytes each.
+        assert!(sent < PAGE as u64, "{sent} bytes for the pages that are not zeros");
         assert!(
             wire.len() < 2 * MAX_SEGMENT + 1000,
             "zero chunks were sent: {}",
@@ -264,12 +292,66 @@ mod tests {
     }
 
     #[test]
+    fn segments_lz4_does_not_shrink_go_raw_and_a_block_must_unpack_to_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("a");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..3 * PAGE)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect();
+        std::fs::write(&source, &noise).unwrap();
+        let mut wire = Vec::new();
+        let sent = send_file(&mut wire, &File::open(&source).unwrap(), 0, noise.len() as u64, false).unwrap();
+        assert_eq!(sent, noise.len() as u64, "noise goes as it is");
+        let copy = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("b"))
+            .unwrap();
+        receive_file(&mut wire.as_slice(), &copy, 1 << 20).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), noise);
+
+        let block = lz4_flex::block::compress(&[6u8; 1000]);
+        for (len, packed, bytes) in [
+            (999, block.len(), block.clone()),      // unpacks to more
+            (1001, block.len(), block.clone()),     // to fewer
+            (1000, block.len(), vec![0xf0; 20]),    // not LZ4
+            (100, 100, vec![0; 100]),               // "packed" no smaller
+            (1000, block.len() - 1, block.clone()), // cut short
+        ] {
+            let mut wire = Vec::new();
+            send(&mut wire, &Message::File { bytes: 4096 }).unwrap();
+            let packed = Some(packed as u32);
+            send(&mut wire, &Message::Segment { offset: 0, len, packed }).unwrap();
+            wire.extend_from_slice(&bytes);
+            send(&mut wire, &Message::FileEnd).unwrap();
+            let err = receive_file(&mut wire.as_slice(), &copy, 1 << 20).unwrap_err();
+            assert!(err.to_string().contains("a segment of"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_segment_past_the_announced_size_or_an_oversized_message_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let copy = File::create(dir.path().join("b")).unwrap();
         let mut wire = Vec::new();
         send(&mut wire, &Message::File { bytes: 10 }).unwrap();
-        send(&mut wire, &Message::Segment { offset: 8, len: 4 }).unwrap();
+        send(
+            &mut wire,
+            &Message::Segment {
+                offset: 8,
+                len: 4,
+                packed: None,
+            },
+        )
+        .unwrap();
         wire.extend_from_slice(&[1, 2, 3, 4]);
         let err = receive_file(&mut wire.as_slice(), &copy, 100).unwrap_err();
         assert!(err.to_string().contains("a segment of 4 bytes at 8"), "{err}");

@@ -12,7 +12,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use super::pages::PageSet;
-use super::stream::{put_frame, Frame, StreamError, MAX_DISK_BYTES};
+use super::stream::{put_disk, put_frame, Frame, StreamError, MAX_DISK_BYTES};
 use super::MigrationError;
 use crate::devices::virtio::block::written::{WrittenChunks, CHUNK};
 
@@ -76,8 +76,16 @@ impl OutgoingDisk {
 
     /// Sends `chunks` as the file holds them now; zero chunks are left out
     /// when the destination's copy is known to be zero there (`skip_zeros`),
-    /// else sent as `DiskZeros`.
-    pub fn send(&self, w: &mut impl Write, chunks: &PageSet, skip_zeros: bool) -> Result<(), MigrationError> {
+    /// else sent as `DiskZeros`. Data goes as LZ4 blocks with `compress`
+    /// where they are smaller; returns the bytes that saved.
+    pub fn send(
+        &self,
+        w: &mut impl Write,
+        chunks: &PageSet,
+        skip_zeros: bool,
+        compress: bool,
+    ) -> Result<u64, MigrationError> {
+        let mut saved = 0;
         let mut data: Vec<u8> = Vec::with_capacity(MAX_DISK_BYTES);
         let mut data_at = 0;
         let mut zeros_at = 0;
@@ -99,7 +107,7 @@ impl OutgoingDisk {
                 if !data.is_empty()
                     && (zero || data_at + data.len() as u64 != offset || data.len() + len > MAX_DISK_BYTES)
                 {
-                    self.flush_data(w, data_at, &mut data)?;
+                    saved += self.flush_data(w, data_at, &mut data, compress)?;
                 }
                 if zeros > 0 && (!zero || zeros_at + zeros != offset) {
                     self.flush_zeros(w, zeros_at, &mut zeros)?;
@@ -121,21 +129,23 @@ impl OutgoingDisk {
                 }
             }
         }
-        self.flush_data(w, data_at, &mut data)?;
+        saved += self.flush_data(w, data_at, &mut data, compress)?;
         self.flush_zeros(w, zeros_at, &mut zeros)?;
-        Ok(())
+        Ok(saved)
     }
 
-    fn flush_data(&self, w: &mut impl Write, offset: u64, data: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn flush_data(
+        &self,
+        w: &mut impl Write,
+        offset: u64,
+        data: &mut Vec<u8>,
+        compress: bool,
+    ) -> Result<u64, StreamError> {
         if data.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let frame = Frame::Disk {
-            disk: self.disk,
-            offset,
-            data: std::mem::replace(data, Vec::with_capacity(MAX_DISK_BYTES)),
-        };
-        put_frame(w, &frame)
+        let data = std::mem::replace(data, Vec::with_capacity(MAX_DISK_BYTES));
+        put_disk(w, self.disk, offset, data, compress)
     }
 
     fn flush_zeros(&self, w: &mut impl Write, offset: u64, bytes: &mut u64) -> Result<(), StreamError> {

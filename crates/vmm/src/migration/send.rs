@@ -253,9 +253,10 @@ fn send_disks(
     source: &dyn Source,
     chunk_sets: &[PageSet],
     skip_zeros: bool,
+    batch: &mut Batch,
 ) -> Result<(), MigrationError> {
     for (disk, chunks) in source.disks().iter().zip(chunk_sets) {
-        disk.send(w, chunks, skip_zeros)?;
+        batch.saved += disk.send(w, chunks, skip_zeros, batch.compress)?;
     }
     Ok(())
 }
@@ -350,7 +351,7 @@ fn precopy_and_switch<C: Read + Write>(
         let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
         send_pages(&mut out, source, &set, skip_zeros, &mut batch)?;
         // The destination's copies start empty: zeros need not go first.
-        send_disks(&mut out, source, &chunk_sets, round == 0)?;
+        send_disks(&mut out, source, &chunk_sets, round == 0, &mut batch)?;
         write_frame(
             &mut out,
             &Frame::RoundEnd {
@@ -454,7 +455,7 @@ fn precopy_and_switch<C: Read + Write>(
     };
     let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
     send_pages(&mut out, source, &set, false, &mut batch)?;
-    send_disks(&mut out, source, &chunk_sets, false)?;
+    send_disks(&mut out, source, &chunk_sets, false, &mut batch)?;
     // Sent now: a destination on another core takes them while this one
     // captures the state.
     out.flush().map_err(StreamError::Io)?;

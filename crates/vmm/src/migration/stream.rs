@@ -6,9 +6,10 @@
 //! the payload, and a CRC-32 of all three: a frame that is cut, flipped or
 //! foreign is refused before a byte of it is used. Each kind has its own
 //! largest payload, so a peer cannot make the other allocate more than one
-//! state's worth. Page data travels raw or as one LZ4 block a frame
-//! (`put_pages`; a block must unpack to exactly the pages it names, and is
-//! read as a `Pages` frame); everything else is postcard.
+//! state's worth. Page and disk data travel raw or as one LZ4 block a
+//! frame (`put_pages`, `put_disk`; a block must unpack to exactly the
+//! bytes its frame names, and is read as a `Pages` or `Disk` frame);
+//! everything else is postcard.
 
 use std::io::{self, Read, Write};
 
@@ -19,7 +20,8 @@ use serde::{Deserialize, Serialize};
 /// snapshot file's digest (its frame has a CRC); the destination answers
 /// each round's end (`RoundIn`). 4: the hello names the NICs on taps. 5:
 /// disks travel (`Disk`, `DiskZeros`; the hello names them), and the
-/// hello carries the guest's MACs. 6: pages may travel LZ4-compressed.
+/// hello carries the guest's MACs. 6: pages and disk data may travel
+/// LZ4-compressed.
 pub const VERSION: u32 = 6;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
@@ -184,6 +186,7 @@ mod kind {
     pub const DISK: u8 = 13;
     pub const DISK_ZEROS: u8 = 14;
     pub const PAGES_LZ4: u8 = 15;
+    pub const DISK_LZ4: u8 = 16;
 }
 
 fn max_payload(kind: u8) -> Result<usize, StreamError> {
@@ -193,6 +196,7 @@ fn max_payload(kind: u8) -> Result<usize, StreamError> {
         kind::PAGES_LZ4 => LZ4_HEADER + MAX_PAGES_PER_FRAME * PAGE_SIZE,
         kind::STATE => MAX_STATE,
         kind::DISK => DISK_HEADER + MAX_DISK_BYTES,
+        kind::DISK_LZ4 => DISK_LZ4_HEADER + MAX_DISK_BYTES,
         kind::HELLO..=kind::DISK_ZEROS => MAX_SMALL,
         other => return Err(StreamError::UnknownKind(other)),
     })
@@ -203,6 +207,9 @@ const DISK_HEADER: usize = 1 + 8;
 /// A compressed pages frame's first page number and page count, before
 /// its LZ4 block.
 const LZ4_HEADER: usize = 8 + 2;
+/// A compressed disk frame's disk number, offset and length, before its
+/// LZ4 block.
+const DISK_LZ4_HEADER: usize = DISK_HEADER + 4;
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
     postcard::to_stdvec(value).map_err(|e| StreamError::Malformed(e.to_string()))
@@ -270,7 +277,7 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
 /// returns the bytes that saved.
 pub fn put_pages(w: &mut impl Write, first: u64, data: Vec<u8>, compress: bool) -> Result<u64, StreamError> {
     let pages = data.len() / PAGE_SIZE;
-    if compress && (1..=MAX_PAGES_PER_FRAME).contains(&pages) && data.len() % PAGE_SIZE == 0 {
+    if compress && (1..=MAX_PAGES_PER_FRAME).contains(&pages) && data.len().is_multiple_of(PAGE_SIZE) {
         let block = lz4_flex::block::compress(&data);
         if LZ4_HEADER + block.len() < 8 + data.len() {
             let mut header = first.to_le_bytes().to_vec();
@@ -281,6 +288,37 @@ pub fn put_pages(w: &mut impl Write, first: u64, data: Vec<u8>, compress: bool) 
     }
     put_frame(w, &Frame::Pages { first, data })?;
     Ok(0)
+}
+
+/// Writes a `Disk` frame of `data` for byte `offset` of disk `disk`, as
+/// one LZ4 block when `compress` asks for it and the block is smaller;
+/// returns the bytes that saved.
+pub fn put_disk(w: &mut impl Write, disk: u8, offset: u64, data: Vec<u8>, compress: bool) -> Result<u64, StreamError> {
+    if compress && !data.is_empty() && data.len() <= MAX_DISK_BYTES {
+        let block = lz4_flex::block::compress(&data);
+        if DISK_LZ4_HEADER + block.len() < DISK_HEADER + data.len() {
+            let mut header = vec![disk];
+            header.extend_from_slice(&offset.to_le_bytes());
+            header.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            put_parts(w, kind::DISK_LZ4, &header, &block)?;
+            return Ok((DISK_HEADER + data.len() - DISK_LZ4_HEADER - block.len()) as u64);
+        }
+    }
+    put_frame(w, &Frame::Disk { disk, offset, data })?;
+    Ok(0)
+}
+
+/// The `len` bytes LZ4 `block` must unpack to exactly (`what` names the
+/// frame in the error).
+fn unpack(block: &[u8], len: usize, what: &str) -> Result<Vec<u8>, StreamError> {
+    let mut data = vec![0u8; len];
+    match lz4_flex::block::decompress_into(block, &mut data) {
+        Ok(n) if n == len => Ok(data),
+        Ok(n) => Err(StreamError::Malformed(format!(
+            "{what} unpacks to {n} bytes, not {len}"
+        ))),
+        Err(e) => Err(StreamError::Malformed(format!("{what}: {e}"))),
+    }
 }
 
 /// Writes a frame of `kind` whose payload is `head` then `tail`.
@@ -374,19 +412,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
                     "a compressed pages frame of {pages} pages"
                 )));
             }
-            let mut data = vec![0u8; pages * PAGE_SIZE];
-            match lz4_flex::block::decompress_into(block, &mut data) {
-                Ok(n) if n == data.len() => {}
-                Ok(n) => {
-                    return Err(StreamError::Malformed(format!(
-                        "a compressed pages frame of {pages} pages unpacks to {n} bytes"
-                    )))
-                }
-                Err(e) => return Err(StreamError::Malformed(format!("a compressed pages frame: {e}"))),
-            }
             Frame::Pages {
                 first: u64::from_le_bytes(*first),
-                data,
+                data: unpack(block, pages * PAGE_SIZE, "a compressed pages frame")?,
             }
         }
         kind::ZEROS => {
@@ -408,6 +436,25 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
                 disk,
                 offset: u64::from_le_bytes(offset),
                 data,
+            }
+        }
+        kind::DISK_LZ4 => {
+            let (header, block) = payload
+                .split_first_chunk::<DISK_LZ4_HEADER>()
+                .ok_or_else(|| StreamError::Malformed("a compressed disk frame without its header".into()))?;
+            let (disk, rest) = (header[0], &header[1..]);
+            let (offset, len) = rest.split_at(8);
+            let offset = u64::from_le_bytes(offset.try_into().unwrap_or_default());
+            let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+            if !(1..=MAX_DISK_BYTES).contains(&len) {
+                return Err(StreamError::Malformed(format!(
+                    "a compressed disk frame of {len} bytes"
+                )));
+            }
+            Frame::Disk {
+                disk,
+                offset,
+                data: unpack(block, len, "a compressed disk frame")?,
             }
         }
         kind::DISK_ZEROS => {
@@ -665,6 +712,49 @@ mod tests {
             frame(2, &damaged),
             frame(2, &[0xff; 40]),
             hand_made(kind::PAGES_LZ4, &3u64.to_le_bytes()),
+        ] {
+            assert!(matches!(
+                read_frame(&mut bad.as_slice()),
+                Err(StreamError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn compressed_disk_data_reads_back_as_it_was_and_a_bad_block_is_refused() {
+        let mut data = vec![0u8; 64 << 10];
+        data[..11].copy_from_slice(b"ext4 header");
+        let mut bytes = Vec::new();
+        let saved = put_disk(&mut bytes, 1, 8192, data.clone(), true).unwrap();
+        assert_eq!(bytes[0], kind::DISK_LZ4);
+        assert_eq!(
+            saved as usize,
+            DISK_HEADER + data.len() + HEADER + TRAILER - bytes.len()
+        );
+        let read = read_frame(&mut bytes.as_slice()).unwrap();
+        assert_eq!(
+            read,
+            Some(Frame::Disk {
+                disk: 1,
+                offset: 8192,
+                data: data.clone()
+            })
+        );
+        let block = lz4_flex::block::compress(&data);
+        let frame = |len: u32, block: &[u8]| {
+            let mut payload = vec![1];
+            payload.extend_from_slice(&8192u64.to_le_bytes());
+            payload.extend_from_slice(&len.to_le_bytes());
+            payload.extend_from_slice(block);
+            hand_made(kind::DISK_LZ4, &payload)
+        };
+        for bad in [
+            frame(data.len() as u32 - 1, &block),
+            frame(data.len() as u32 + 1, &block),
+            frame(0, &block),
+            frame(MAX_DISK_BYTES as u32 + 1, &block),
+            frame(data.len() as u32, &block[..block.len() / 2]),
+            hand_made(kind::DISK_LZ4, &[1, 2, 3]),
         ] {
             assert!(matches!(
                 read_frame(&mut bad.as_slice()),

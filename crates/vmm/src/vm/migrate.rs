@@ -211,8 +211,7 @@ fn prepare_link(conn: &File) -> std::io::Result<()> {
 pub(super) fn migrate(
     vmm: &mut Vmm,
     conn: File,
-    downtime_ms: u32,
-    max_seconds: u32,
+    limits: proto::MoveLimits,
     send_disks: bool,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
@@ -226,7 +225,7 @@ pub(super) fn migrate(
     };
     let result = match vmm.devices.migration_blocker() {
         Some(why) => Err(format!("this VM cannot be migrated: {why}")),
-        None => migrate_with(vmm, &pagemap, conn, downtime_ms, max_seconds, send_disks, progress),
+        None => migrate_with(vmm, &pagemap, conn, limits, send_disks, progress),
     };
     vmm.pagemap = Ok(pagemap);
     result
@@ -236,8 +235,7 @@ fn migrate_with(
     vmm: &mut Vmm,
     pagemap: &Pagemap,
     conn: File,
-    downtime_ms: u32,
-    max_seconds: u32,
+    limits: proto::MoveLimits,
     send_disks: bool,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
@@ -283,8 +281,9 @@ fn migrate_with(
         guest_macs: vmm.devices.guest_macs(),
     };
     let limits = Limits {
-        downtime: Duration::from_millis(u64::from(downtime_ms)),
-        max_time: Duration::from_secs(u64::from(max_seconds)),
+        downtime: Duration::from_millis(u64::from(limits.downtime_ms)),
+        max_time: Duration::from_secs(u64::from(limits.max_seconds)),
+        compress: limits.compress,
         ..Limits::default()
     };
     let mut conn = conn;

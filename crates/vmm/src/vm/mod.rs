@@ -268,11 +268,19 @@ impl Vmm<'_> {
                 downtime_ms,
                 max_seconds,
                 send_disks,
+                uncompressed,
             } => match fd {
-                Some(conn) => migrate::migrate(self, conn, downtime_ms, max_seconds, send_disks, &mut |progress| {
-                    let _ = early.send((VmmReply::Progress(progress), Vec::new()));
-                })
-                .unwrap_or_else(|reason| VmmReply::Failed { reason }),
+                Some(conn) => {
+                    let limits = proto::MoveLimits {
+                        downtime_ms,
+                        max_seconds,
+                        compress: !uncompressed,
+                    };
+                    migrate::migrate(self, conn, limits, send_disks, &mut |progress| {
+                        let _ = early.send((VmmReply::Progress(progress), Vec::new()));
+                    })
+                    .unwrap_or_else(|reason| VmmReply::Failed { reason })
+                }
                 None => VmmReply::Failed {
                     reason: "no connection descriptor came with the request".into(),
                 },

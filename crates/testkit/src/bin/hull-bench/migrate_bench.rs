@@ -14,7 +14,8 @@
 //! destination (QEMU's from its STOP and RESUME events; its own figure,
 //! which ends at the source's last byte, is reported beside it). Each run checks
 //! that the guest goes on at the destination (a failed peer looks fast).
-//! Runs are interleaved; medians and p95.
+//! Runs are interleaved; medians and p95. hull-vmm runs twice: as it
+//! runs by default (pages as LZ4 blocks) and without LZ4 (`hull_vmm_raw`).
 //!
 //! Then a whole container's move through hulld (`POST
 //! /containers/{id}/migrate`, as `hull migrate` asks it): an idle busybox
@@ -133,18 +134,21 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
         for load in [Load::Idle, Load::Dirtying, Load::Continuous] {
             let initramfs =
                 guest::busybox_initramfs(&kernel, &work.join(format!("{}.cpio", load.name())), &load.script())?;
-            let (mut hull, mut qemu) = (Vec::new(), Vec::new());
+            let (mut hull, mut hull_raw, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
             for run in 1..=runs {
                 eprintln!("migrate {mib} MiB {} run {run}/{runs}", load.name());
                 let dir = work.join(format!("{mib}-{}-{run}", load.name()));
                 std::fs::create_dir_all(&dir)?;
-                hull.push(hull_run(
-                    &kernel.vmlinuz(),
-                    &initramfs,
-                    mib,
-                    downtime_ms,
-                    &dir.join("hull"),
-                )?);
+                for (compress, moves) in [(true, &mut hull), (false, &mut hull_raw)] {
+                    moves.push(hull_run(
+                        &kernel.vmlinuz(),
+                        &initramfs,
+                        mib,
+                        downtime_ms,
+                        compress,
+                        &dir.join(format!("hull-{compress}")),
+                    )?);
+                }
                 qemu.push(qemu_run(
                     &kernel.vmlinuz(),
                     &initramfs,
@@ -154,7 +158,8 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
                 )?);
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            rows.push(report_row(mib, load, &hull, &qemu)?);
+            let peers = [("hull_vmm", &hull), ("hull_vmm_raw", &hull_raw), ("qemu", &qemu)];
+            rows.push(report_row(mib, load, &peers)?);
         }
         eprintln!("migrate {mib} MiB container: {runs} moves through hulld");
         let (moves, _) = container_moves(mib, runs, downtime_ms, false)?;
@@ -168,7 +173,8 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
         "bench": "migrate",
         "what": "live migration of a running busybox guest (Debian cloud kernel, 1 vCPU) between two VMMs on one host, over a unix socket",
         "downtime_budget_ms": downtime_ms,
-        "hull_vmm": "auto-converge",
+        "hull_vmm": "auto-converge, pages as LZ4 blocks (the default)",
+        "hull_vmm_raw": "auto-converge, pages as they are (compress=0)",
         "qemu": "QEMU's defaults but the downtime limit: no auto-converge, migrate unix:",
         "kernel": kernel.release,
         "environment": bench::environment(),
@@ -180,7 +186,8 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
     Ok(())
 }
 
-fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Value> {
+/// A load's row: each peer's moves (`hull_vmm_raw`: without LZ4).
+fn report_row(mib: u32, load: Load, runs: &[(&str, &Vec<Moved>)]) -> Result<Value> {
     let summary =
         |moved: &[Moved], pick: fn(&Moved) -> Duration| Summary::of(&moved.iter().map(pick).collect::<Vec<_>>());
     let bytes = |moved: &[Moved]| -> Vec<u64> {
@@ -189,11 +196,11 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
         b
     };
     let mut peers = serde_json::Map::new();
-    for (name, moved) in [("hull_vmm", hull), ("qemu", qemu)] {
+    for &(name, moved) in runs {
         let converged: Vec<Moved> = moved.iter().filter(|m| m.converged).cloned().collect();
         if converged.is_empty() {
             println!(
-                "{mib:>5} MiB {:<11} {name:<9} did not converge within {} s ({} runs, cancelled)",
+                "{mib:>5} MiB {:<11} {name:<12} did not converge within {} s ({} runs, cancelled)",
                 load.name(),
                 CONVERGE_LIMIT.as_secs(),
                 moved.len()
@@ -207,7 +214,7 @@ fn report_row(mib: u32, load: Load, hull: &[Moved], qemu: &[Moved]) -> Result<Va
         let sent = bytes(moved);
         let median_bytes = sent[sent.len() / 2];
         println!(
-            "{mib:>5} MiB {:<11} {name:<9} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
+            "{mib:>5} MiB {:<11} {name:<12} downtime median {:>7.1} ms p95 {:>7.1} ms   total median {:>8.1} ms   sent median {:>7.2} MiB",
             load.name(),
             downtime.median_ms,
             downtime.p95_ms,
@@ -450,7 +457,8 @@ fn check_alive_and_end(mut destination: Child, log: &Path, who: &str) -> Result<
     result
 }
 
-fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &Path) -> Result<Moved> {
+/// One hull-vmm to hull-vmm move; `compress`: LZ4 on the pages.
+fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, compress: bool, dir: &Path) -> Result<Moved> {
     std::fs::create_dir_all(dir)?;
     let (control, incoming, dest_log) = (dir.join("source.ctl"), dir.join("in.sock"), dir.join("dest.log"));
     let mut source = boot::hull_vmm_command(kernel, initramfs, mib)?;
@@ -478,6 +486,7 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
             downtime_ms,
             max_seconds: CONVERGE_LIMIT.as_secs() as u32,
             send_disks: false,
+            uncompressed: !compress,
         };
         let reply = vmm::control::ask(&control, &request, Some(&link))?;
         if let proto::vmm_control::VmmReply::Failed { .. } = reply {
