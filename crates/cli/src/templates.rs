@@ -14,11 +14,13 @@ pub fn create(memory_mib: u64, cpus: u8) -> anyhow::Result<bool> {
 }
 
 pub fn list() -> anyhow::Result<bool> {
+    let templates = template::list();
+    let width = templates.iter().map(|t| t.name.len()).max().unwrap_or(0).max(28);
     println!(
-        "{:<28} {:>8} {:>5} {:>12} {:<20}",
+        "{:<width$} {:>8} {:>5} {:>12} {:<20}",
         "NAME", "MEMORY", "CPUS", "DISK", "KERNEL"
     );
-    for t in template::list() {
+    for t in templates {
         let (memory, cpus, kernel) = match &t.record {
             Some(r) => (
                 format!("{}MiB", r.memory_mib),
@@ -28,10 +30,19 @@ pub fn list() -> anyhow::Result<bool> {
                     .file_name()
                     .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
             ),
+            // Sent by another host with a container that moved here.
+            None if t.name.starts_with("arrived/") => (
+                format!("{}MiB", t.memory_size >> 20),
+                "-".into(),
+                "(from another host)".into(),
+            ),
             None => ("?".into(), "?".into(), "(damaged)".into()),
         };
         let disk = format!("{:.1}MiB", t.memory_bytes as f64 / (1 << 20) as f64);
-        println!("{:<28} {:>8} {:>5} {:>12} {:<20}", t.name, memory, cpus, disk, kernel);
+        println!(
+            "{:<width$} {:>8} {:>5} {:>12} {:<20}",
+            t.name, memory, cpus, disk, kernel
+        );
     }
     Ok(true)
 }

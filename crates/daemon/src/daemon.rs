@@ -158,6 +158,7 @@ impl Daemon {
     /// The firewall is made to say exactly what the running containers
     /// publish (a supervisor killed with its VM left its ports behind).
     pub fn recover(self: &Arc<Self>) -> Result<usize, ApiError> {
+        crate::migrate::arriving::sweep_half_arrived(self);
         let mut running = 0;
         for record in self.containers.all()? {
             if ContainerDir::new(&record.id).is_running() {

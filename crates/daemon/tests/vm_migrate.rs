@@ -307,6 +307,28 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         !dest.data.join("templates").exists(),
         "the destination booted no template"
     );
+    // `hull template ls` there lists it; `hull template rm` removes it.
+    let identity = sent_template[0].0.file_name().unwrap().to_string_lossy().into_owned();
+    let hull_there = |args: &[&str]| {
+        let mut hull = std::process::Command::new(testkit::boot::workspace_binary("hull").unwrap());
+        hull.args(args).env("HULL_DATA_DIR", &dest.data).output().unwrap()
+    };
+    let listed = text(&hull_there(&["template", "ls"]).stdout);
+    let line = listed
+        .lines()
+        .find(|l| l.contains(&identity))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with(&format!("arrived/{identity}"))
+            && line.contains("256MiB")
+            && line.contains("(from another host)"),
+        "{listed}"
+    );
+    let removed = hull_there(&["template", "rm", &format!("arrived/{identity}")]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert!(arrived_templates().is_empty());
+    assert!(!text(&hull_there(&["template", "ls"]).stdout).contains(&identity));
     ok(&source.docker(&["stop", "-t", "1", &id]));
     assert_eq!(source.inspect("{{.State.Status}}", &id), "exited");
     ok(&source.docker(&["rm", &id]));
@@ -379,8 +401,15 @@ fn a_move_to_another_hulld_given_up_cancelled_or_losing_that_hulld_leaves_the_co
     counts_on_here("it counts on after its destination died");
     eventually("the half-arrived VM ends", || !arriving(&dest));
     dest.assert_no_leftovers();
+    // Its directory is there until that hulld starts again, which removes it.
+    let half_arrived = dest.data.join("containers").join(&id);
+    assert!(
+        half_arrived.exists(),
+        "the half-arrived container left nothing to clean"
+    );
     dest.start_again().unwrap();
     assert!(!all_ids(&dest).contains(&id));
+    assert!(!half_arrived.exists(), "the half-arrived container's directory stays");
 
     ok(&source.docker(&["stop", "-t", "1", &id]));
     let numbers = counted(&source, &id);

@@ -189,6 +189,30 @@ impl ContainerDir {
         let _ = std::fs::remove_file(self.path.join(ARRIVING_TEMPLATE));
     }
 
+    /// Marks the directory as a container still arriving from another
+    /// host, made here with `volumes`: a hulld that starts and finds it so
+    /// marked, with no record of the container, died in the middle of the
+    /// move and removes it (`pending_arrival`).
+    pub fn mark_arriving(&self, volumes: &[String]) -> Result<(), ContainerError> {
+        let bytes = serde_json::to_vec(volumes).map_err(|e| ContainerError::Damaged {
+            path: self.path.join(ARRIVAL_PENDING),
+            detail: e.to_string(),
+        })?;
+        image::store::write_atomic(&self.path.join(ARRIVAL_PENDING), &bytes)
+            .map_err(io("marking the container as arriving"))
+    }
+
+    /// The volumes made for a container still arriving, if it is one.
+    pub fn pending_arrival(&self) -> Option<Vec<String>> {
+        let bytes = std::fs::read(self.path.join(ARRIVAL_PENDING)).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// The container has arrived: it is this host's, recorded.
+    pub fn arrival_done(&self) {
+        let _ = std::fs::remove_file(self.path.join(ARRIVAL_PENDING));
+    }
+
     /// Records the template directory an arriving VM is a clone of.
     pub fn set_arriving_template(&self, dir: &Path) -> Result<(), ContainerError> {
         image::store::write_atomic(&self.path.join(ARRIVING_TEMPLATE), dir.as_os_str().as_encoded_bytes())
@@ -433,6 +457,8 @@ impl ContainerDir {
 
 /// The file naming an arriving VM's template directory.
 const ARRIVING_TEMPLATE: &str = "template.arrived";
+/// Marks a container still arriving from another host (`mark_arriving`).
+const ARRIVAL_PENDING: &str = "arrival-pending.json";
 
 /// Where an arriving container's supervisor finds its connection.
 const SHIM_ARRIVING_FD: i32 = 3;

@@ -290,40 +290,56 @@ fn remove_stale(root: &Path, record: &TemplateRecord, keep: &str) {
 /// A template on disk, for `hull template ls`.
 #[derive(Debug, Clone)]
 pub struct TemplateInfo {
+    /// Its directory's name; `arrived/IDENTITY` for one another host sent
+    /// with a container that moved here (it has no record).
     pub name: String,
     pub record: Option<TemplateRecord>,
     /// Bytes the memory file really occupies on disk.
     pub memory_bytes: u64,
+    /// Its guest memory's size.
+    pub memory_size: u64,
 }
+
+/// The name prefix of templates other hosts sent.
+const ARRIVED: &str = "arrived/";
 
 pub fn list() -> Vec<TemplateInfo> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(templates_dir()).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.path().is_dir() {
-            continue;
+    for (root, prefix) in [(templates_dir(), ""), (arrived_root(), ARRIVED)] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            let record = std::fs::read(entry.path().join(RECORD))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let memory = std::fs::metadata(vmm::snapshot::memory_path(&entry.path()));
+            out.push(TemplateInfo {
+                name: format!("{prefix}{name}"),
+                record,
+                memory_bytes: memory.as_ref().map_or(0, |m| m.blocks() * 512),
+                memory_size: memory.map_or(0, |m| m.len()),
+            });
         }
-        let record = std::fs::read(entry.path().join(RECORD))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let memory_bytes = std::fs::metadata(vmm::snapshot::memory_path(&entry.path())).map_or(0, |m| m.blocks() * 512);
-        out.push(TemplateInfo {
-            name,
-            record,
-            memory_bytes,
-        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
-/// Removes the template `name`. Running clones keep their mapped memory.
+/// Removes the template `name` (`arrived/IDENTITY` for one another host
+/// sent). Running clones keep their mapped memory.
 pub fn remove(name: &str) -> Result<(), TemplateError> {
-    if name.is_empty() || name.starts_with('.') || name.contains('/') || name == "lock" {
+    let (root, own) = match name.strip_prefix(ARRIVED) {
+        Some(identity) if valid_identity(identity) => (arrived_root(), identity),
+        Some(_) => return Err(TemplateError::NotFound(name.into())),
+        None => (templates_dir(), name),
+    };
+    if own.is_empty() || own.starts_with('.') || own.contains('/') || own == "lock" {
         return Err(TemplateError::NotFound(name.into()));
     }
     let _lock = lock()?;
-    let dir = templates_dir().join(name);
+    let dir = root.join(own);
     if !dir.is_dir() {
         return Err(TemplateError::NotFound(name.into()));
     }

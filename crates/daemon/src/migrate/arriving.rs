@@ -231,6 +231,7 @@ fn take(
     }
     drop(log);
     store(daemon, record)?;
+    dir.arrival_done();
     let resumed = tell_resume(dir, output_frames).and_then(|()| {
         let starting = shim.take().ok_or("the supervisor is gone")?;
         starting.until_running().map_err(|e| e.to_string())
@@ -240,6 +241,35 @@ fn take(
     resumed?;
     daemon.container_event_of(record, "migrate", &[("phase", "finish")]);
     wire::send(control, &Message::Resumed).map_err(failed)
+}
+
+/// Removes what a hulld that died in the middle of a move left of a
+/// container still arriving (its directory, addresses and new volumes;
+/// its supervisor ended with that hulld): the source kept the container,
+/// unless the VM had left it, and then it is lost either way. Called as
+/// hulld starts.
+pub fn sweep_half_arrived(daemon: &Arc<Daemon>) {
+    let Ok(entries) = std::fs::read_dir(runtime::containers_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let dir = ContainerDir::new(&id);
+        let Some(volumes) = dir.pending_arrival() else {
+            continue;
+        };
+        if daemon.containers.find(&id).is_ok() {
+            // Recorded before hulld died: it arrived.
+            dir.arrival_done();
+            continue;
+        }
+        tracing::warn!("container {id}: removing what a move here left when hulld stopped in its middle");
+        dir.kill_hard();
+        let _ = daemon.discard(&id, false);
+        for name in &volumes {
+            let _ = runtime::volume::remove(name);
+        }
+    }
 }
 
 /// Stores the arrived container's record; under a name of its own if
@@ -361,8 +391,10 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         return Err(reason);
     }
     let mut made_volumes = Vec::new();
+    let offered: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
     let made = dir
         .create(&spec)
+        .and_then(|()| dir.mark_arriving(&offered))
         .map_err(|e| e.to_string())
         .and_then(|()| {
             new_file(&dir.writable_disk())?
