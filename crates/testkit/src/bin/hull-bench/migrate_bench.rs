@@ -5,11 +5,13 @@
 //! for hardware, and the emulated test host is 20-50x slower), with the
 //! same kernel, busybox guest and memory size:
 //! downtime, total time and bytes sent, for a guest that is idle, one that
-//! rewrites a 32 MiB tmpfs file over and over with a short rest, and one
-//! that rewrites 64 MiB with no rest (each VMM gets `CONVERGE_LIMIT`: a
-//! migration still going then is cancelled and counted as not converged;
-//! inside vmhost the emulated guest writes slower than the link carries,
-//! so both converge). Downtime is the
+//! rewrites a 32 MiB tmpfs file over and over with a short rest, one
+//! that rewrites 64 MiB with no rest (these two write zeros, which both
+//! VMMs send as a flag: inside vmhost both converge), and one that copies
+//! 32 MiB of random bytes over and over, faster than the link carries
+//! them (each VMM gets `CONVERGE_LIMIT`: a migration still going then is
+//! cancelled and counted as not converged; QEMU, without auto-converge as
+//! its users run it, is expected not to). Downtime is the
 //! same window for both: the source's pause to the guest running at the
 //! destination (QEMU's from its STOP and RESUME events; its own figure,
 //! which ends at the source's last byte, is reported beside it). Each run checks
@@ -55,6 +57,10 @@ enum Load {
     Dirtying,
     /// Rewrites a 64 MiB file on a tmpfs without a rest.
     Continuous,
+    /// Copies 32 MiB of random bytes over and over on a tmpfs: pages that
+    /// are neither zeros nor compressible, written faster than the link
+    /// carries them.
+    Random,
 }
 
 impl Load {
@@ -63,6 +69,16 @@ impl Load {
             Load::Idle => "idle",
             Load::Dirtying => "dirtying",
             Load::Continuous => "continuous",
+            Load::Random => "random",
+        }
+    }
+
+    /// How long the guest runs its load before it is moved.
+    fn warmup(self) -> Duration {
+        match self {
+            // Its 32 MiB of random bytes are made first.
+            Load::Random => Duration::from_secs(12),
+            _ => Duration::from_secs(2),
         }
     }
 
@@ -78,6 +94,11 @@ impl Load {
                 "$B mkdir -p /scratch; $B mount -t tmpfs -o size=96m tmpfs /scratch; \
                  while true; do $B dd if=/dev/zero of=/scratch/buffer bs=1M count=64 2>/dev/null; \
                  echo {ALIVE}; done"
+            ),
+            Load::Random => format!(
+                "$B mkdir -p /scratch; $B mount -t tmpfs -o size=80m tmpfs /scratch; \
+                 $B dd if=/dev/urandom of=/scratch/source bs=1M count=32 2>/dev/null; \
+                 while true; do $B cp /scratch/source /scratch/copy; echo {ALIVE}; done"
             ),
         }
     }
@@ -131,7 +152,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
     std::fs::create_dir_all(&work)?;
     let mut rows = Vec::new();
     for &mib in sizes {
-        for load in [Load::Idle, Load::Dirtying, Load::Continuous] {
+        for load in [Load::Idle, Load::Dirtying, Load::Continuous, Load::Random] {
             let initramfs =
                 guest::busybox_initramfs(&kernel, &work.join(format!("{}.cpio", load.name())), &load.script())?;
             let (mut hull, mut hull_raw, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
@@ -146,6 +167,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
                         mib,
                         downtime_ms,
                         compress,
+                        load.warmup(),
                         &dir.join(format!("hull-{compress}")),
                     )?);
                 }
@@ -154,6 +176,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
                     &initramfs,
                     mib,
                     downtime_ms,
+                    load.warmup(),
                     &dir.join("qemu"),
                 )?);
                 let _ = std::fs::remove_dir_all(&dir);
@@ -458,7 +481,15 @@ fn check_alive_and_end(mut destination: Child, log: &Path, who: &str) -> Result<
 }
 
 /// One hull-vmm to hull-vmm move; `compress`: LZ4 on the pages.
-fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, compress: bool, dir: &Path) -> Result<Moved> {
+fn hull_run(
+    kernel: &Path,
+    initramfs: &Path,
+    mib: u32,
+    downtime_ms: u32,
+    compress: bool,
+    warmup: Duration,
+    dir: &Path,
+) -> Result<Moved> {
     std::fs::create_dir_all(dir)?;
     let (control, incoming, dest_log) = (dir.join("source.ctl"), dir.join("in.sock"), dir.join("dest.log"));
     let mut source = boot::hull_vmm_command(kernel, initramfs, mib)?;
@@ -479,7 +510,7 @@ fn hull_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, compres
         let mut destination = destination.spawn().context("starting the destination hull-vmm")?;
         wait_for(&incoming)?;
         // The load runs a while first.
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(warmup);
         let link = UnixStream::connect(&incoming)?;
         let control = UnixStream::connect(&control)?;
         let request = proto::vmm_control::VmmRequest::Migrate {
@@ -606,7 +637,14 @@ impl Qmp {
     }
 }
 
-fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &Path) -> Result<Moved> {
+fn qemu_run(
+    kernel: &Path,
+    initramfs: &Path,
+    mib: u32,
+    downtime_ms: u32,
+    warmup: Duration,
+    dir: &Path,
+) -> Result<Moved> {
     std::fs::create_dir_all(dir)?;
     let (source_qmp, dest_qmp) = (dir.join("source.qmp"), dir.join("dest.qmp"));
     let (incoming, dest_log): (PathBuf, PathBuf) = (dir.join("in.sock"), dir.join("dest.log"));
@@ -628,7 +666,7 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, dir: &P
         wait_for(&incoming)?;
         let mut arriving = Qmp::connect(&dest_qmp)?;
         let mut qmp = Qmp::connect(&source_qmp)?;
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(warmup);
         qmp.execute("migrate-set-parameters", json!({ "downtime-limit": downtime_ms }))?;
         qmp.execute("migrate", json!({ "uri": format!("unix:{}", incoming.display()) }))?;
         let deadline = Instant::now() + CONVERGE_LIMIT;
