@@ -218,6 +218,12 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         "app=counter",
         "-v",
         "data:/data",
+        // Its log rotates every few seconds, during moves too: the files
+        // it rotated into go with it, and none of its lines is lost.
+        "--log-opt",
+        "max-size=16k",
+        "--log-opt",
+        "max-file=1000",
         &image,
         "sh",
         "-c",
@@ -303,6 +309,12 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         }
     }
     assert_eq!(arrived_templates(), sent_template, "the template was sent once");
+    let rotated = std::fs::read_dir(source.data.join("containers").join(&id))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".log."))
+        .count();
+    assert!(rotated >= 5, "{rotated} rotated log files came back with it");
     assert!(
         !dest.data.join("templates").exists(),
         "the destination booted no template"

@@ -52,6 +52,40 @@ pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The log's rotated files as they are numbered: `LOG.1` (the newest),
+/// `LOG.2`…
+fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    (1..)
+        .map(|n| rotated_path(path, n))
+        .take_while(|p| p.exists())
+        .collect()
+}
+
+/// The log's files that hold what was written before its current file,
+/// oldest first (`LOG.k` … `LOG.1`).
+pub fn older_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = rotated_files(path);
+    files.reverse();
+    files
+}
+
+/// The files of a log no longer written that hold what was written after
+/// the file with inode `inode` (rotated since), oldest first, the log
+/// itself last; none if that file is still the log; every one if it was
+/// rotated out. The caller holds that file open (its inode is then not
+/// another file's).
+pub fn newer_than(path: &Path, inode: u64) -> Vec<PathBuf> {
+    let inode_of = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).ok();
+    if inode_of(path) == Some(inode) {
+        return Vec::new();
+    }
+    let rotated = rotated_files(path);
+    let ours = rotated.iter().position(|p| inode_of(p) == Some(inode));
+    let mut newer: Vec<PathBuf> = rotated[..ours.unwrap_or(rotated.len())].iter().rev().cloned().collect();
+    newer.push(path.to_path_buf());
+    newer
+}
+
 fn open_for_append(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -174,9 +208,8 @@ impl LogReader {
         // rather than losing them.
         let current = LogReader::open(path, 0)?;
         let mut entries = Vec::new();
-        let rotated = (1..).take_while(|&n| rotated_path(path, n).exists()).count() as u32;
-        for n in (1..=rotated).rev() {
-            if let Some(mut old) = LogReader::open(&rotated_path(path, n), 0)? {
+        for older in older_files(path) {
+            if let Some(mut old) = LogReader::open(&older, 0)? {
                 entries.extend(old.read_file());
             }
         }
@@ -224,10 +257,7 @@ impl LogReader {
     fn newer_files(&self) -> Vec<LogReader> {
         let inode_of = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).ok();
         for _ in 0..10 {
-            let rotated: Vec<PathBuf> = (1..)
-                .map(|n| rotated_path(&self.path, n))
-                .take_while(|p| p.exists())
-                .collect();
+            let rotated = rotated_files(&self.path);
             let ours = rotated.iter().position(|p| inode_of(p) == Some(self.inode));
             let newer = &rotated[..ours.unwrap_or(rotated.len())];
             let opened: Vec<LogReader> = newer
@@ -399,6 +429,42 @@ mod tests {
         let mut all = vec!["first\n".to_string()];
         all.extend((0..120).map(|i| format!("line {i}\n")));
         assert_eq!(followed, all);
+    }
+
+    #[test]
+    fn the_files_before_and_after_a_file_of_the_log_are_found_by_its_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let mut log = LogWriter::open(&path, &rotating(100, 6)).unwrap();
+        let mut write = |n: usize| {
+            for i in 0..n {
+                log.write(OutputStream::Stdout, format!("a line of the log, {i}\n").as_bytes());
+            }
+        };
+        write(10);
+        let older = older_files(&path);
+        assert!(older.len() >= 2, "{older:?}");
+        assert_eq!(older[0], rotated_path(&path, older.len() as u32), "oldest first");
+        assert_eq!(older.last(), Some(&rotated_path(&path, 1)));
+        // Held open, as a reader holds it: its inode is not reused once
+        // it is rotated out.
+        let held = File::open(&path).unwrap();
+        let was_current = held.metadata().unwrap().ino();
+        assert!(
+            newer_than(&path, was_current).is_empty(),
+            "still the log: nothing newer"
+        );
+        write(4);
+        // Rotated since: it is LOG.k now; LOG.k-1 … LOG.1 and LOG came after.
+        let k = (1..6).find(|&n| inode(&rotated_path(&path, n)) == was_current).unwrap();
+        assert!(k >= 1);
+        let mut after: Vec<PathBuf> = (1..k).rev().map(|n| rotated_path(&path, n)).collect();
+        after.push(path.clone());
+        assert_eq!(newer_than(&path, was_current), after);
+        write(30);
+        // Rotated out of the kept files: every file is newer.
+        assert_eq!(newer_than(&path, was_current).len(), 6);
     }
 
     #[test]

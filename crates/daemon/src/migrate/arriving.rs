@@ -31,6 +31,8 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(3700);
 /// The largest image disk and log taken from a peer.
 const MAX_IMAGE_DISK: u64 = 64 << 30;
 const MAX_LOG: u64 = 16 << 30;
+/// The most files a log rotated into that a container brings.
+const MAX_ROTATED_LOGS: u32 = 1000;
 const MAX_WRITABLE_DISK: u64 = 1 << 40;
 /// A template's saved state (vCPUs, chips, devices) is a few KiB.
 const MAX_TEMPLATE_STATE: u64 = 64 << 20;
@@ -200,6 +202,7 @@ fn take(
     let image_disk = new_file(&dir.arriving_image_disk())?;
     wire::receive_file(control, &image_disk, MAX_IMAGE_DISK).map_err(failed)?;
     drop(image_disk);
+    receive_older_logs(control, dir)?;
     let log = new_file(&dir.log_path())?;
     wire::receive_file(control, &log, MAX_LOG).map_err(failed)?;
     let conn = data
@@ -241,6 +244,23 @@ fn take(
     resumed?;
     daemon.container_event_of(record, "migrate", &[("phase", "finish")]);
     wire::send(control, &Message::Resumed).map_err(failed)
+}
+
+/// Takes the files the log rotated into at the source, oldest first, as
+/// `LOG.k` … `LOG.1`.
+fn receive_older_logs(control: &mut UnixStream, dir: &ContainerDir) -> Result<(), String> {
+    let count = match wire::receive(control).map_err(|e| e.to_string())? {
+        Message::RotatedLogs { count } if count <= MAX_ROTATED_LOGS => count,
+        Message::RotatedLogs { count } => {
+            return Err(format!("{count} rotated log files (at most {MAX_ROTATED_LOGS})"))
+        }
+        other => return Err(format!("the source sent {other:?} where its rotated logs were due")),
+    };
+    for n in (1..=count).rev() {
+        let file = new_file(&runtime::container_log::rotated_path(&dir.log_path(), n))?;
+        wire::receive_file(control, &file, MAX_LOG).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Removes what a hulld that died in the middle of a move left of a

@@ -115,8 +115,9 @@ pub fn move_to(
     let disk_bytes = disk.metadata().map_err(ApiError::internal)?.len();
     let image_disk_bytes = wire::send_file(&mut control, &disk, 0, disk_bytes, true).map_err(failed)?;
     let log = std::fs::File::open(dir.log_path()).map_err(|e| ApiError::internal(format!("the log: {e}")))?;
+    let mut log_bytes = send_older_logs(&mut control, dir, &log).map_err(failed)?;
     let logged = log.metadata().map_err(ApiError::internal)?.len();
-    let mut log_bytes = wire::send_file(&mut control, &log, 0, logged, false).map_err(failed)?;
+    log_bytes += wire::send_file(&mut control, &log, 0, logged, false).map_err(failed)?;
     let mut data = connect()?;
     wire::send(&mut data, &Message::Data { token }).map_err(failed)?;
     daemon.set_departing(&record.id, true);
@@ -132,7 +133,7 @@ pub fn move_to(
         }
     };
     // The VM has left: the container is the other host's from here.
-    let resumed = finish(&mut control, &report, &log, logged);
+    let resumed = finish(&mut control, &report, dir, &log, logged);
     // Its execs here are taken back through the other host from now on.
     daemon.set_moved_to(&record.id, peer.clone());
     wait_ended(dir);
@@ -161,23 +162,59 @@ pub struct Moved {
     pub log_bytes: u64,
 }
 
+/// Sends the files the log (open as `log`) rotated into, oldest first;
+/// their bytes.
+fn send_older_logs(control: &mut UnixStream, dir: &ContainerDir, log: &std::fs::File) -> Result<u64, wire::WireError> {
+    use std::os::unix::fs::MetadataExt;
+    let current = log.metadata()?.ino();
+    // Opened before any is sent; one the log became since it was opened is
+    // not older than it.
+    let older: Vec<std::fs::File> = runtime::container_log::older_files(&dir.log_path())
+        .iter()
+        .filter_map(|path| std::fs::File::open(path).ok())
+        .filter(|file| file.metadata().is_ok_and(|m| m.ino() != current))
+        .collect();
+    wire::send(
+        control,
+        &Message::RotatedLogs {
+            count: older.len() as u32,
+        },
+    )?;
+    let mut bytes = 0;
+    for file in &older {
+        bytes += wire::send_file(control, file, 0, file.metadata()?.len(), false)?;
+    }
+    Ok(bytes)
+}
+
 /// Tells the other host how far the output got, with the log the
-/// supervisor here wrote meanwhile, and waits for its word that the
+/// supervisor here wrote meanwhile (from `sent` on in `log`, then in the
+/// files the log rotated into since), and waits for its word that the
 /// container runs there; the log's bytes sent.
 fn finish(
     control: &mut UnixStream,
     report: &MigrationReport,
+    dir: &ContainerDir,
     log: &std::fs::File,
     sent: u64,
 ) -> Result<u64, wire::WireError> {
+    use std::os::unix::fs::MetadataExt;
     wire::send(
         control,
         &Message::Moved {
             output_frames: report.output_frames,
         },
     )?;
-    let logged = log.metadata()?.len();
-    let bytes = wire::send_file(control, log, sent, logged.max(sent), false)?;
+    let meta = log.metadata()?;
+    let newer: Vec<std::fs::File> = runtime::container_log::newer_than(&dir.log_path(), meta.ino())
+        .iter()
+        .filter_map(|path| std::fs::File::open(path).ok())
+        .collect();
+    let mut parts = vec![(log, sent, meta.len().max(sent))];
+    for file in &newer {
+        parts.push((file, 0, file.metadata()?.len()));
+    }
+    let bytes = wire::send_joined(control, sent, &parts)?;
     match wire::receive(control)? {
         Message::Resumed => Ok(bytes),
         Message::Failed { reason } => Err(wire::WireError::Bad(format!("a failure: {reason}"))),

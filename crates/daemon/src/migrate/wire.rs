@@ -82,6 +82,11 @@ pub enum Message {
         packed: Option<u32>,
     },
     FileEnd,
+    /// Source → destination, before the log: `count` files the log
+    /// rotated into follow, oldest first (each a `File`).
+    RotatedLogs {
+        count: u32,
+    },
     /// Source → destination: the VM left, and the source read this many
     /// of its run connection's frames (the destination resumes from
     /// there); the rest of the log follows as a file.
@@ -144,9 +149,40 @@ pub fn receive(conn: &mut impl Read) -> Result<Message, WireError> {
 /// hole). The bytes that went.
 pub fn send_file(conn: &mut impl Write, file: &File, from: u64, to: u64, sparse: bool) -> Result<u64, WireError> {
     send(conn, &Message::File { bytes: to })?;
+    let sent = send_range(conn, file, from, to, from, sparse)?;
+    send(conn, &Message::FileEnd)?;
+    Ok(sent)
+}
+
+/// Sends `parts` (a file and a range of its bytes) one after another as
+/// one file, of which the receiver holds the bytes before `at` already.
+/// The bytes that went.
+pub fn send_joined(conn: &mut impl Write, at: u64, parts: &[(&File, u64, u64)]) -> Result<u64, WireError> {
+    let length = |&(_, from, to): &(&File, u64, u64)| to.saturating_sub(from);
+    let total = at + parts.iter().map(length).sum::<u64>();
+    send(conn, &Message::File { bytes: total })?;
+    let (mut place, mut sent) = (at, 0);
+    for part @ (file, from, to) in parts {
+        sent += send_range(conn, file, *from, *to, place, false)?;
+        place += length(part);
+    }
+    send(conn, &Message::FileEnd)?;
+    Ok(sent)
+}
+
+/// Sends bytes `from..to` of `file` as segments placed from `place` on.
+fn send_range(
+    conn: &mut impl Write,
+    file: &File,
+    from: u64,
+    to: u64,
+    place: u64,
+    sparse: bool,
+) -> Result<u64, WireError> {
     let mut chunk = vec![0u8; MAX_SEGMENT];
     let mut offset = from;
     let mut sent = 0;
+    let at = |offset: u64| place + (offset - from);
     while offset < to {
         let want = (to - offset).min(MAX_SEGMENT as u64) as usize;
         let read = file.read_at(&mut chunk[..want], offset)?;
@@ -163,21 +199,20 @@ pub fn send_file(conn: &mut impl Write, file: &File, from: u64, to: u64, sparse:
                     match (start, zero) {
                         (None, false) => start = Some(index * PAGE),
                         (Some(first), true) => {
-                            sent += send_segment(conn, offset + first as u64, &data[first..index * PAGE])?;
+                            sent += send_segment(conn, at(offset + first as u64), &data[first..index * PAGE])?;
                             start = None;
                         }
                         _ => {}
                     }
                 }
                 if let Some(first) = start {
-                    sent += send_segment(conn, offset + first as u64, &data[first..])?;
+                    sent += send_segment(conn, at(offset + first as u64), &data[first..])?;
                 }
             }
-            false => sent += send_segment(conn, offset, data)?,
+            false => sent += send_segment(conn, at(offset), data)?,
         }
         offset += read as u64;
     }
-    send(conn, &Message::FileEnd)?;
     Ok(sent)
 }
 
@@ -335,6 +370,31 @@ mod tests {
             let err = receive_file(&mut wire.as_slice(), &copy, 1 << 20).unwrap_err();
             assert!(err.to_string().contains("a segment of"), "{err}");
         }
+    }
+
+    #[test]
+    fn files_joined_land_one_after_another_past_what_the_receiver_has() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "hello world").unwrap();
+        std::fs::write(dir.path().join("b"), "and more").unwrap();
+        let (a, b) = (
+            File::open(dir.path().join("a")).unwrap(),
+            File::open(dir.path().join("b")).unwrap(),
+        );
+        let mut wire = Vec::new();
+        let sent = send_joined(&mut wire, 6, &[(&a, 6, 11), (&b, 0, 8)]).unwrap();
+        assert!(sent <= 13, "{sent}");
+        std::fs::write(dir.path().join("copy"), "hello ").unwrap();
+        let copy = File::options()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("copy"))
+            .unwrap();
+        assert_eq!(receive_file(&mut wire.as_slice(), &copy, 100).unwrap(), 19);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("copy")).unwrap(),
+            "hello worldand more"
+        );
     }
 
     #[test]
