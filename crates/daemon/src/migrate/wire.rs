@@ -398,6 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_targets_seed_is_a_file_that_lands() {
+        // Rotated logs (none), a file of a raw and an LZ4 segment, then Moved.
+        let seed = include_bytes!("../../../../fuzz/seeds/migration_wire/file");
+        let mut input = &seed[..];
+        assert!(matches!(receive(&mut input).unwrap(), Message::RotatedLogs { count: 0 }));
+        let dir = tempfile::tempdir().unwrap();
+        let copy = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("copy"))
+            .unwrap();
+        assert_eq!(receive_file(&mut input, &copy, 1 << 20).unwrap(), 8192);
+        let bytes = std::fs::read(dir.path().join("copy")).unwrap();
+        assert_eq!(&bytes[..4], b"log\n");
+        assert_eq!(&bytes[4096..4126], &[b'a'; 30][..]);
+        assert!(matches!(receive(&mut input).unwrap(), Message::Moved { output_frames: 3 }));
+    }
+
+    #[test]
     fn a_segment_past_the_announced_size_or_an_oversized_message_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let copy = File::create(dir.path().join("b")).unwrap();
