@@ -21,6 +21,8 @@ pub struct Daemon {
     pub handle: tokio::runtime::Handle,
     /// Name service on each user-defined network's gateway.
     pub dns: crate::dns::DnsServers,
+    /// Names other hosts serve on networks that span them.
+    pub remote_names: crate::span_names::RemoteNames,
     /// Containers that ended and wait out their restart policy's delay:
     /// Docker's "restarting" state.
     restarting: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -52,6 +54,7 @@ impl Daemon {
             events_log: crate::events::EventLog::default(),
             handle: tokio::runtime::Handle::current(),
             dns: crate::dns::DnsServers::default(),
+            remote_names: Default::default(),
             restarting: Default::default(),
             health: Default::default(),
             streams,

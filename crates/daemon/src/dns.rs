@@ -4,6 +4,8 @@
 //! resolve each other by name, short ID and network alias (compose's
 //! service names are aliases) while they run; every other name is relayed
 //! to the host's own resolvers (loopback ones too: hulld runs on the host).
+//! On a network that spans hosts, names the other hosts sent are answered
+//! too (`span_names`).
 //! Messages are parsed and built with `hickory-proto`; a query hulld cannot
 //! parse is dropped, never answered from a guess.
 
@@ -104,6 +106,12 @@ async fn serve(daemon: Arc<Daemon>, network: NetworkRecord, socket: Arc<UdpSocke
     }
 }
 
+/// The names of the running containers on network `network_id` (what this
+/// host tells the other hosts of a spanning network).
+pub fn names_on(daemon: &Daemon, network_id: &str) -> HashMap<String, Ipv4Addr> {
+    names_for(daemon, network_id, std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
 /// The names a container asking from `client` on network `network_id`
 /// may resolve: those of the running containers on any network it is on
 /// (as Docker's resolver answers), each name, short ID and alias in lower
@@ -175,12 +183,18 @@ async fn answer(
             .await
             .ok()?
     };
-    if let Some(address) = names.get(&wanted) {
+    // This host's containers first, then those other hosts of a spanning
+    // network sent.
+    let found = names
+        .get(&wanted)
+        .copied()
+        .or_else(|| daemon.remote_names.lookup(&network.id, &wanted));
+    if let Some(address) = found {
         response.metadata.authoritative = true;
         // A container's own name has an IPv4 address only: an empty
         // answer for other types (not NXDOMAIN, and not a 5 s wait).
         if question.query_type() == RecordType::A {
-            response.add_answer(Record::from_rdata(question.name().clone(), TTL, RData::A(A(*address))));
+            response.add_answer(Record::from_rdata(question.name().clone(), TTL, RData::A(A(address))));
         }
         return response.to_vec().ok();
     }

@@ -29,6 +29,7 @@ pub mod network_connect;
 pub mod networking;
 pub mod networks;
 pub mod slots;
+pub mod span_names;
 pub mod store;
 pub mod streams;
 pub mod system;

@@ -143,6 +143,7 @@ async fn serve(args: Args) -> Result<()> {
     if let Some(address) = args.migration_listen {
         daemon::migrate::arriving::listen(daemon.clone(), address)?;
     }
+    daemon::span_names::share(daemon.clone());
     let router = api::router(daemon);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let header_timeout = std::time::Duration::from_secs(args.header_timeout);

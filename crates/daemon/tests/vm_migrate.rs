@@ -641,7 +641,9 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
         args
     };
     // Host A's hulld first: it loads the network modules (veth among them).
-    let source_args = args("a", &[]);
+    // It listens too: host B tells it the names of its containers on the
+    // network both share.
+    let source_args = args("a", &["--migration-listen", "198.51.100.1:2734"]);
     let source_args: Vec<&str> = source_args.iter().map(String::as_str).collect();
     let (source, _registry, image) = Hulld::with_busybox_args("vm-migrate-span-a", &source_args).unwrap();
     for name in [&host_b, &client] {
@@ -717,6 +719,21 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
         address
     );
     assert_eq!(dest.inspect("{{.NetworkSettings.Networks.app.MacAddress}}", &id), mac);
+    // Its name on the network: host A, which it left, answers it from
+    // what host B sends (a client on A's side asks A's name server).
+    let resolved = |name: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &client, "busybox", "nslookup", name, "10.91.0.1"])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    eventually("host A resolves the moved container by its name", || {
+        resolved("echo")
+            .lines()
+            .any(|l| l.starts_with("Address") && l.trim_end().ends_with(&address))
+    });
+    assert!(!resolved("nosuchcontainer").contains(&address));
     assert_eq!(ok(&dest.docker(&["exec", &id, "echo", "on B"])), "on B\n");
     exec_in.write_all(b"after\n").unwrap();
     assert_eq!(exec_out.next().unwrap().unwrap(), "got after");

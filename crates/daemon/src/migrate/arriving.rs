@@ -90,6 +90,9 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
     // Networks' name servers are tasks on hulld's runtime.
     let _runtime = daemon.handle.enter();
     let peer = tcp.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let Ok(conn_peer_ip) = tcp.peer_addr().map(|a| a.ip()) else {
+        return;
+    };
     let mut conn = match daemon.migration_security().accept(tcp, &daemon.handle) {
         Ok(conn) => conn,
         Err(e) => return tracing::warn!("a migration connection from {peer} refused: {e}"),
@@ -116,6 +119,12 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
             let _ = conn.set_read_timeout(None);
             if !daemon.arrivals.hand_over(&token, conn) {
                 tracing::warn!("a migration data connection from {peer} with an unknown token");
+            }
+        }
+        Ok(Message::Names { network, subnet, names }) => {
+            let from = conn_peer_ip;
+            if let Err(e) = crate::span_names::take(daemon, from, &network, &subnet, names) {
+                tracing::debug!("names from {peer} not taken: {e}");
             }
         }
         Ok(other) => tracing::warn!("{peer} opened a migration connection with {other:?}"),

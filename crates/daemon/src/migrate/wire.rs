@@ -108,6 +108,14 @@ pub enum Message {
     },
     /// Destination → source: the relay is ready.
     Relaying,
+    /// A host to another, first and alone on a connection of its own: the
+    /// names of its running containers on its network `network`
+    /// (`subnet`), which spans both (`span_names`).
+    Names {
+        network: String,
+        subnet: String,
+        names: Vec<(String, std::net::Ipv4Addr)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -402,7 +410,10 @@ mod tests {
         // Rotated logs (none), a file of a raw and an LZ4 segment, then Moved.
         let seed = include_bytes!("../../../../fuzz/seeds/migration_wire/file");
         let mut input = &seed[..];
-        assert!(matches!(receive(&mut input).unwrap(), Message::RotatedLogs { count: 0 }));
+        assert!(matches!(
+            receive(&mut input).unwrap(),
+            Message::RotatedLogs { count: 0 }
+        ));
         let dir = tempfile::tempdir().unwrap();
         let copy = File::options()
             .read(true)
@@ -415,7 +426,10 @@ mod tests {
         let bytes = std::fs::read(dir.path().join("copy")).unwrap();
         assert_eq!(&bytes[..4], b"log\n");
         assert_eq!(&bytes[4096..4126], &[b'a'; 30][..]);
-        assert!(matches!(receive(&mut input).unwrap(), Message::Moved { output_frames: 3 }));
+        assert!(matches!(
+            receive(&mut input).unwrap(),
+            Message::Moved { output_frames: 3 }
+        ));
     }
 
     #[test]
