@@ -12,6 +12,10 @@ use runtime::network::Policy;
 use crate::api::ApiError;
 use crate::store::{ContainerRecord, ContainerStore};
 
+/// How many containers that moved to other hosts hulld remembers the
+/// destination of (for their execs still attached here).
+const MOVED_TO_KEPT: usize = 4096;
+
 pub struct Daemon {
     pub containers: ContainerStore,
     pub images: Arc<image::Store>,
@@ -36,7 +40,8 @@ pub struct Daemon {
     departing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Containers that moved to another host, and where: their execs here
     /// are taken back through that host's hulld.
-    moved_to: std::sync::Mutex<std::collections::HashMap<String, crate::migrate::link::Peer>>,
+    /// At most `MOVED_TO_KEPT`, the oldest forgotten first.
+    moved_to: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, crate::migrate::link::Peer)>>,
     /// Arriving containers' data connections, on their way to the move
     /// that waits for them.
     pub arrivals: crate::migrate::arriving::Arrivals,
@@ -96,13 +101,26 @@ impl Daemon {
     /// Records that container `id` runs on the host `to` now.
     pub fn set_moved_to(&self, id: &str, to: crate::migrate::link::Peer) {
         if let Ok(mut moved) = self.moved_to.lock() {
-            moved.insert(id.to_string(), to);
+            if moved.len() >= MOVED_TO_KEPT {
+                let oldest = moved.iter().min_by_key(|(_, (at, _))| *at).map(|(id, _)| id.clone());
+                if let Some(oldest) = oldest {
+                    moved.remove(&oldest);
+                }
+            }
+            moved.insert(id.to_string(), (std::time::Instant::now(), to));
+        }
+    }
+
+    /// Container `id` is on this host (again): its execs are reached here.
+    pub fn forget_moved_to(&self, id: &str) {
+        if let Ok(mut moved) = self.moved_to.lock() {
+            moved.remove(id);
         }
     }
 
     /// Where container `id` went, if it moved to another host.
     pub fn moved_to(&self, id: &str) -> Option<crate::migrate::link::Peer> {
-        self.moved_to.lock().ok()?.get(id).cloned()
+        self.moved_to.lock().ok()?.get(id).map(|(_, peer)| peer.clone())
     }
 
     /// Whether container `id` waits to be restarted under its policy.

@@ -640,20 +640,19 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
         args.extend(extra.iter().map(|a| a.to_string()));
         args
     };
-    // Host A's hulld first: it loads the network modules (veth among them).
-    // It listens too: host B tells it the names of its containers on the
-    // network both share.
-    let source_args = args("a", &["--migration-listen", "198.51.100.1:2734"]);
-    let source_args: Vec<&str> = source_args.iter().map(String::as_str).collect();
-    let (source, _registry, image) = Hulld::with_busybox_args("vm-migrate-span-a", &source_args).unwrap();
     for name in [&host_b, &client] {
         sh(&format!("ip netns add {name}; ip -n {name} link set lo up"));
     }
     sh(&format!(
-        "ip link add ua{tag} type veth peer name ub{tag} netns {host_b}; \
+        "modprobe veth; ip link add ua{tag} type veth peer name ub{tag} netns {host_b}; \
          ip addr add 198.51.100.1/24 dev ua{tag}; ip link set ua{tag} up; \
          ip -n {host_b} addr add 198.51.100.2/24 dev ub{tag}; ip -n {host_b} link set ub{tag} up"
     ));
+    // Host A listens too: it takes the container back, and host B tells it
+    // the names of its containers on the network both share.
+    let source_args = args("a", &["--migration-listen", "198.51.100.1:2734"]);
+    let source_args: Vec<&str> = source_args.iter().map(String::as_str).collect();
+    let (source, _registry, image) = Hulld::with_busybox_args("vm-migrate-span-a", &source_args).unwrap();
     let dest_args = args("b", &["--migration-listen", "198.51.100.2:2734"]);
     let dest_args: Vec<&str> = dest_args.iter().map(String::as_str).collect();
     let dest = Hulld::start_in_netns("vm-migrate-span-b", &host_b, &dest_args).unwrap();
@@ -737,11 +736,19 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
     assert_eq!(ok(&dest.docker(&["exec", &id, "echo", "on B"])), "on B\n");
     exec_in.write_all(b"after\n").unwrap();
     assert_eq!(exec_out.next().unwrap().unwrap(), "got after");
-    drop(exec_in);
-    assert!(exec.wait().unwrap().success(), "the exec ends well, on host B");
     assert!(!all_ids(&source).contains(&id));
+    // And back to host A: the connection, and the exec whose client never
+    // left A's hulld (now reached on A again, not through B), go on.
+    let (status, report) = migrate(&dest, &id, "to=198.51.100.1&downtime=2000");
+    assert!(status.contains(" 200 "), "{status} {report}");
+    assert_eq!(echo(&mut conn, &mut reader, "home"), "home\n");
+    exec_in.write_all(b"home\n").unwrap();
+    assert_eq!(exec_out.next().unwrap().unwrap(), "got home");
+    drop(exec_in);
+    assert!(exec.wait().unwrap().success(), "the exec ends well, back on host A");
+    assert!(!all_ids(&dest).contains(&id));
     drop((conn, reader));
-    ok(&dest.docker(&["rm", "-f", &id]));
+    ok(&source.docker(&["rm", "-f", &id]));
     source.assert_no_leftovers();
     dest.assert_no_leftovers();
 }

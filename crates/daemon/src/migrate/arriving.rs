@@ -244,6 +244,8 @@ fn take(
     drop(log);
     store(daemon, record)?;
     dir.arrival_done();
+    // Back on a host it once left: its execs are reached here again.
+    daemon.forget_moved_to(&record.id);
     let resumed = tell_resume(dir, output_frames).and_then(|()| {
         let starting = shim.take().ok_or("the supervisor is gone")?;
         starting.until_running().map_err(|e| e.to_string())
