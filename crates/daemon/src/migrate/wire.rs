@@ -300,6 +300,17 @@ pub fn receive_file(conn: &mut impl Read, file: &File, max: u64) -> Result<u64, 
 mod tests {
     use super::*;
 
+    /// A new empty file to receive into.
+    fn empty_file(path: &std::path::Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap()
+    }
+
     #[test]
     fn a_sparse_file_arrives_whole_and_its_zeros_do_not_travel() {
         let dir = tempfile::tempdir().unwrap();
@@ -322,13 +333,7 @@ mod tests {
             "zero chunks were sent: {}",
             wire.len()
         );
-        let copy = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("b"))
-            .unwrap();
+        let copy = empty_file(&dir.path().join("b"));
         let got = receive_file(&mut wire.as_slice(), &copy, 1 << 30).unwrap();
         assert_eq!(got, bytes.len() as u64);
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), bytes);
@@ -338,26 +343,12 @@ mod tests {
     fn segments_lz4_does_not_shrink_go_raw_and_a_block_must_unpack_to_its_segment() {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("a");
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..3 * PAGE)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 32) as u8
-            })
-            .collect();
+        let noise = hex::decode(crate::containers::random_hex(3 * PAGE)).unwrap();
         std::fs::write(&source, &noise).unwrap();
         let mut wire = Vec::new();
         let sent = send_file(&mut wire, &File::open(&source).unwrap(), 0, noise.len() as u64, false).unwrap();
         assert_eq!(sent, noise.len() as u64, "noise goes as it is");
-        let copy = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("b"))
-            .unwrap();
+        let copy = empty_file(&dir.path().join("b"));
         receive_file(&mut wire.as_slice(), &copy, 1 << 20).unwrap();
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), noise);
 
@@ -415,13 +406,7 @@ mod tests {
             Message::RotatedLogs { count: 0 }
         ));
         let dir = tempfile::tempdir().unwrap();
-        let copy = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("copy"))
-            .unwrap();
+        let copy = empty_file(&dir.path().join("copy"));
         assert_eq!(receive_file(&mut input, &copy, 1 << 20).unwrap(), 8192);
         let bytes = std::fs::read(dir.path().join("copy")).unwrap();
         assert_eq!(&bytes[..4], b"log\n");
