@@ -112,6 +112,15 @@ enum Bench {
         /// 50 ms, is for hardware, not the emulated test host).
         #[arg(long, default_value_t = 300)]
         downtime_ms: u32,
+        /// The rows to run: idle, dirtying, continuous, random, slow-link
+        /// (random bytes over an 8 MB/s link) and container (the container
+        /// moves through hulld).
+        #[arg(
+            long,
+            default_value = "idle,dirtying,continuous,random,slow-link,container",
+            value_delimiter = ','
+        )]
+        loads: Vec<String>,
     },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
@@ -135,7 +144,8 @@ fn main() -> Result<()> {
             runs,
             memory,
             downtime_ms,
-        } => migrate_bench::migrate_bench(runs, &memory, downtime_ms),
+            loads,
+        } => migrate_bench::migrate_bench(runs, &memory, downtime_ms, &loads),
         Bench::Fs {
             runs,
             seconds,

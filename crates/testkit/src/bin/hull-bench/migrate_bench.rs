@@ -16,6 +16,9 @@
 //! destination (QEMU's from its STOP and RESUME events; its own figure,
 //! which ends at the source's last byte, is reported beside it). Each run checks
 //! that the guest goes on at the destination (a failed peer looks fast).
+//! The random-bytes guest runs again over a link paced at 8 MB/s (a relay
+//! between the VMMs, the same for both): the row where a VMM without
+//! auto-converge cannot finish.
 //! Runs are interleaved; medians and p95. hull-vmm runs twice: as it
 //! runs by default (pages as LZ4 blocks) and without LZ4 (`hull_vmm_raw`).
 //!
@@ -61,7 +64,14 @@ enum Load {
     /// are neither zeros nor compressible, written faster than the link
     /// carries them.
     Random,
+    /// The same over a link of `SLOW_LINK` bytes a second (a relay between
+    /// the VMMs paces what the source sends): far slower than the guest
+    /// writes.
+    SlowLink,
 }
+
+/// The slow link's rate: 8 MB/s (64 Mbit/s).
+const SLOW_LINK: u64 = 8_000_000;
 
 impl Load {
     fn name(self) -> &'static str {
@@ -70,6 +80,25 @@ impl Load {
             Load::Dirtying => "dirtying",
             Load::Continuous => "continuous",
             Load::Random => "random",
+            Load::SlowLink => "slow-link",
+        }
+    }
+
+    fn all() -> [Load; 5] {
+        [
+            Load::Idle,
+            Load::Dirtying,
+            Load::Continuous,
+            Load::Random,
+            Load::SlowLink,
+        ]
+    }
+
+    /// The link's rate, if it is paced.
+    fn link_limit(self) -> Option<u64> {
+        match self {
+            Load::SlowLink => Some(SLOW_LINK),
+            _ => None,
         }
     }
 
@@ -77,7 +106,7 @@ impl Load {
     fn warmup(self) -> Duration {
         match self {
             // Its 32 MiB of random bytes are made first.
-            Load::Random => Duration::from_secs(12),
+            Load::Random | Load::SlowLink => Duration::from_secs(12),
             _ => Duration::from_secs(2),
         }
     }
@@ -95,7 +124,7 @@ impl Load {
                  while true; do $B dd if=/dev/zero of=/scratch/buffer bs=1M count=64 2>/dev/null; \
                  echo {ALIVE}; done"
             ),
-            Load::Random => format!(
+            Load::Random | Load::SlowLink => format!(
                 "$B mkdir -p /scratch; $B mount -t tmpfs -o size=80m tmpfs /scratch; \
                  $B dd if=/dev/urandom of=/scratch/source bs=1M count=32 2>/dev/null; \
                  while true; do $B cp /scratch/source /scratch/copy; echo {ALIVE}; done"
@@ -131,7 +160,16 @@ impl Moved {
     }
 }
 
-pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()> {
+/// `loads`: the rows to run, by load name, and `container` for the
+/// container rows.
+pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32, loads: &[String]) -> Result<()> {
+    let wanted = |name: &str| loads.iter().any(|l| l == name);
+    if let Some(unknown) = loads
+        .iter()
+        .find(|l| l.as_str() != "container" && !Load::all().iter().any(|load| load.name() == l.as_str()))
+    {
+        bail!("no load {unknown:?}: idle, dirtying, continuous, random, slow-link or container");
+    }
     if !matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
         println!("no hardware KVM here: running the migration benchmark inside vmhost");
         let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
@@ -143,6 +181,8 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
             sizes.join(","),
             "--downtime-ms".into(),
             downtime_ms.to_string(),
+            "--loads".into(),
+            loads.join(","),
         ])?;
         return Ok(());
     }
@@ -152,7 +192,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
     std::fs::create_dir_all(&work)?;
     let mut rows = Vec::new();
     for &mib in sizes {
-        for load in [Load::Idle, Load::Dirtying, Load::Continuous, Load::Random] {
+        for load in Load::all().into_iter().filter(|l| wanted(l.name())) {
             let initramfs =
                 guest::busybox_initramfs(&kernel, &work.join(format!("{}.cpio", load.name())), &load.script())?;
             let (mut hull, mut hull_raw, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
@@ -167,7 +207,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
                         mib,
                         downtime_ms,
                         compress,
-                        load.warmup(),
+                        load,
                         &dir.join(format!("hull-{compress}")),
                     )?);
                 }
@@ -176,13 +216,16 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32) -> Result<()>
                     &initramfs,
                     mib,
                     downtime_ms,
-                    load.warmup(),
+                    load,
                     &dir.join("qemu"),
                 )?);
                 let _ = std::fs::remove_dir_all(&dir);
             }
             let peers = [("hull_vmm", &hull), ("hull_vmm_raw", &hull_raw), ("qemu", &qemu)];
             rows.push(report_row(mib, load, &peers)?);
+        }
+        if !wanted("container") {
+            continue;
         }
         eprintln!("migrate {mib} MiB container: {runs} moves through hulld");
         let (moves, _) = container_moves(mib, runs, downtime_ms, false)?;
@@ -431,6 +474,44 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value], files: Option<&[u64]
     }))
 }
 
+/// Where the source connects to reach the destination listening on
+/// `incoming`: that socket, or with `limit` a relay in `dir` that passes
+/// the source's bytes on at `limit` bytes a second (the answers unpaced),
+/// for one connection.
+fn link_to(incoming: &Path, limit: Option<u64>, dir: &Path) -> Result<PathBuf> {
+    let Some(limit) = limit else {
+        return Ok(incoming.to_path_buf());
+    };
+    let relay = dir.join("slow-link.sock");
+    let _ = std::fs::remove_file(&relay);
+    let listener = std::os::unix::net::UnixListener::bind(&relay)?;
+    let incoming = incoming.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut source, _) = listener.accept()?;
+        let mut destination = UnixStream::connect(&incoming)?;
+        let (mut answers_in, mut answers_out) = (destination.try_clone()?, source.try_clone()?);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut answers_in, &mut answers_out);
+            let _ = answers_out.shutdown(std::net::Shutdown::Write);
+        });
+        let started = Instant::now();
+        let (mut passed, mut buf) = (0u64, vec![0u8; 64 << 10]);
+        loop {
+            let n = std::io::Read::read(&mut source, &mut buf)?;
+            if n == 0 {
+                return destination.shutdown(std::net::Shutdown::Write);
+            }
+            destination.write_all(&buf[..n])?;
+            passed += n as u64;
+            let due = Duration::from_secs_f64(passed as f64 / limit as f64);
+            if let Some(early) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(early);
+            }
+        }
+    });
+    Ok(relay)
+}
+
 /// Waits until `path` exists.
 fn wait_for(path: &Path) -> Result<()> {
     let deadline = Instant::now() + LIMIT;
@@ -487,7 +568,7 @@ fn hull_run(
     mib: u32,
     downtime_ms: u32,
     compress: bool,
-    warmup: Duration,
+    load: Load,
     dir: &Path,
 ) -> Result<Moved> {
     std::fs::create_dir_all(dir)?;
@@ -509,9 +590,10 @@ fn hull_run(
     let (run, moved) = timed_boot_with(source, LIMIT, |pid| -> Result<(proto::vmm_control::VmmReply, Child)> {
         let mut destination = destination.spawn().context("starting the destination hull-vmm")?;
         wait_for(&incoming)?;
+        let to = link_to(&incoming, load.link_limit(), dir)?;
         // The load runs a while first.
-        std::thread::sleep(warmup);
-        let link = UnixStream::connect(&incoming)?;
+        std::thread::sleep(load.warmup());
+        let link = UnixStream::connect(&to)?;
         let control = UnixStream::connect(&control)?;
         let request = proto::vmm_control::VmmRequest::Migrate {
             downtime_ms,
@@ -637,14 +719,7 @@ impl Qmp {
     }
 }
 
-fn qemu_run(
-    kernel: &Path,
-    initramfs: &Path,
-    mib: u32,
-    downtime_ms: u32,
-    warmup: Duration,
-    dir: &Path,
-) -> Result<Moved> {
+fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, load: Load, dir: &Path) -> Result<Moved> {
     std::fs::create_dir_all(dir)?;
     let (source_qmp, dest_qmp) = (dir.join("source.qmp"), dir.join("dest.qmp"));
     let (incoming, dest_log): (PathBuf, PathBuf) = (dir.join("in.sock"), dir.join("dest.log"));
@@ -666,9 +741,10 @@ fn qemu_run(
         wait_for(&incoming)?;
         let mut arriving = Qmp::connect(&dest_qmp)?;
         let mut qmp = Qmp::connect(&source_qmp)?;
-        std::thread::sleep(warmup);
+        let to = link_to(&incoming, load.link_limit(), dir)?;
+        std::thread::sleep(load.warmup());
         qmp.execute("migrate-set-parameters", json!({ "downtime-limit": downtime_ms }))?;
-        qmp.execute("migrate", json!({ "uri": format!("unix:{}", incoming.display()) }))?;
+        qmp.execute("migrate", json!({ "uri": format!("unix:{}", to.display()) }))?;
         let deadline = Instant::now() + CONVERGE_LIMIT;
         let status = loop {
             let status = qmp.execute("query-migrate", json!({}))?;
