@@ -89,10 +89,10 @@ pub fn listen(daemon: Arc<Daemon>, address: SocketAddr) -> anyhow::Result<()> {
 fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
     // Networks' name servers are tasks on hulld's runtime.
     let _runtime = daemon.handle.enter();
-    let peer = tcp.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-    let Ok(conn_peer_ip) = tcp.peer_addr().map(|a| a.ip()) else {
+    let Ok(peer_address) = tcp.peer_addr() else {
         return;
     };
+    let peer = peer_address.to_string();
     let mut conn = match daemon.migration_security().accept(tcp, &daemon.handle) {
         Ok(conn) => conn,
         Err(e) => return tracing::warn!("a migration connection from {peer} refused: {e}"),
@@ -122,8 +122,7 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
             }
         }
         Ok(Message::Names { network, subnet, names }) => {
-            let from = conn_peer_ip;
-            if let Err(e) = crate::span_names::take(daemon, from, &network, &subnet, names) {
+            if let Err(e) = crate::span_names::take(daemon, peer_address.ip(), &network, &subnet, names) {
                 tracing::debug!("names from {peer} not taken: {e}");
             }
         }
