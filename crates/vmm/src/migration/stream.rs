@@ -230,7 +230,12 @@ fn decode_hello(payload: &[u8]) -> Result<Hello, StreamError> {
 
 /// Writes one frame and flushes `w`: the peer gets it now.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
-    put_frame(w, frame)?;
+    // One write: on an unbuffered socket each of a frame's parts would
+    // wake the peer for a few bytes (Ready, Go and Resumed are in the
+    // downtime).
+    let mut whole = Vec::new();
+    put_frame(&mut whole, frame)?;
+    w.write_all(&whole)?;
     w.flush()?;
     Ok(())
 }
