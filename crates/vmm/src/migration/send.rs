@@ -69,6 +69,29 @@ const THROTTLE_FIRST: u8 = 20;
 const THROTTLE_STEP: u8 = 10;
 const THROTTLE_MAX: u8 = 99;
 
+/// The throttle for a guest still outrunning the link under `current`:
+/// a step up, or at once what would bring its writes under half the
+/// link's rate if that is more (on a slow link, stepping 20, 30, ... 99
+/// two rounds a step took minutes). Under a throttle the guest runs
+/// (100 - current)% of the time, so its unthrottled rate is estimated
+/// back from `dirty_rate`; pages rewritten within a round count once,
+/// so that estimate is low, never high: the throttle never overshoots
+/// what the rates seen call for.
+pub(super) fn next_throttle(current: u8, dirty_rate: f64, link: f64) -> u8 {
+    let step = match current {
+        0 => THROTTLE_FIRST,
+        t => t.saturating_add(THROTTLE_STEP),
+    }
+    .min(THROTTLE_MAX);
+    let running = f64::from(100 - current.min(THROTTLE_MAX)) / 100.0;
+    let unthrottled = dirty_rate / running;
+    if !(unthrottled.is_finite() && unthrottled > 0.0 && link.is_finite() && link > 0.0) {
+        return step;
+    }
+    let needed = (100.0 * (1.0 - link / (2.0 * unthrottled))).ceil();
+    step.max(needed.clamp(0.0, f64::from(THROTTLE_MAX)) as u8)
+}
+
 /// The running VM as the sender sees it.
 pub trait Source {
     fn memory(&self) -> &GuestMemoryMmap;
@@ -422,10 +445,7 @@ fn precopy_and_switch<C: Read + Write>(
             false => 0,
         };
         if rounds_not_shrinking >= 2 && throttle < THROTTLE_MAX {
-            throttle = match throttle {
-                0 => THROTTLE_FIRST,
-                t => t.saturating_add(THROTTLE_STEP).min(THROTTLE_MAX),
-            };
+            throttle = next_throttle(throttle, dirty_bytes as f64 / elapsed.as_secs_f64(), link);
             max_throttle = max_throttle.max(throttle);
             source.throttle(throttle);
             rounds_not_shrinking = 0;
