@@ -63,6 +63,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, VmError> {
     register_memory(&vm, &memory, config.memory_mib)?;
     trace::mark("memory mapped");
     let devices = DeviceManager::new(&vm, config, &memory, saved.as_ref())?;
+    trace::mark("devices and their eventfds made");
 
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let vcpus = (0..config.vcpus)
