@@ -7,12 +7,17 @@ mod rules;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/seccomp/rules.rs");
-    // The rules name x86_64's system calls and KVM's ioctls from this
-    // build host's libc: they are right only for an x86_64 target built
-    // on x86_64.
-    let target = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    if target != "x86_64" || std::env::consts::ARCH != "x86_64" {
-        panic!("hull-vmm's seccomp filters are for x86_64 built on x86_64 (target {target})");
+    // The rules name system calls and constants from the `libc` crate as
+    // built for this build host: they are right only for a 64-bit x86_64
+    // Linux target (not x32) built on x86_64 Linux.
+    let cfg = |key: &str| std::env::var(key).unwrap_or_default();
+    let target = [
+        cfg("CARGO_CFG_TARGET_ARCH"),
+        cfg("CARGO_CFG_TARGET_OS"),
+        cfg("CARGO_CFG_TARGET_POINTER_WIDTH"),
+    ];
+    if target != ["x86_64", "linux", "64"] || std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
+        panic!("hull-vmm's seccomp filters are for 64-bit x86_64 Linux built on x86_64 Linux (target {target:?})");
     }
     let programs: Vec<_> = rules::Filter::ALL
         .iter()

@@ -73,10 +73,11 @@ const THROTTLE_MAX: u8 = 99;
 /// a step up, or at once what would bring its writes under half the
 /// link's rate if that is more (on a slow link, stepping 20, 30, ... 99
 /// two rounds a step took minutes). Under a throttle the guest runs
-/// (100 - current)% of the time, so its unthrottled rate is estimated
-/// back from `dirty_rate`; pages rewritten within a round count once,
-/// so that estimate is low, never high: the throttle never overshoots
-/// what the rates seen call for.
+/// about (100 - current)% of the time, so its unthrottled rate is
+/// estimated back from `dirty_rate`: pages rewritten within a round count
+/// once, which makes the estimate low; the duty cycle advancing only
+/// between pages (`Source::tick`), a long wait on the link can leave the
+/// guest running longer than its share, which makes it high.
 pub(super) fn next_throttle(current: u8, dirty_rate: f64, link: f64) -> u8 {
     let step = match current {
         0 => THROTTLE_FIRST,

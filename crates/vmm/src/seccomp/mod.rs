@@ -1,6 +1,8 @@
 //! Seccomp filters, one per kind of hull-vmm thread, each allowing only the
 //! system calls that thread makes (with the `ioctl` requests and socket
-//! domain it uses pinned down by argument conditions).
+//! domain it uses pinned down by argument conditions). The rules live in
+//! `rules`, which the build script compiles to BPF once; a VMM only
+//! decodes them.
 //!
 //! Every thread installs its filter itself, as its first act: vCPU, device
 //! and control threads before they touch the guest or a client, the VMM

@@ -119,11 +119,10 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         // Nothing left that can fail: the source may let go, and the guest
         // runs here from its `Go` on.
         crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;
-        // Said before the release, which cannot fail: once released, the
-        // guest's vCPUs may keep this thread off its core for a while,
-        // and the source's downtime ends when the guest runs, not when
-        // this thread next runs. Best effort: it only completes the
-        // source's report.
+        // Said just before the release, which cannot fail: the source's
+        // downtime ends as the vCPUs are told to run (as QEMU's RESUME
+        // event does), not whenever this thread next gets its core back
+        // from them. Best effort: it only completes the source's report.
         let _ = crate::migration::receive::resumed(&mut source);
         gate.release();
         trace::mark("migration: go; the guest runs here");
