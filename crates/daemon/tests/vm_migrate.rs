@@ -462,19 +462,63 @@ fn the_log_has_every_number_once_across_moves_bad_requests_are_refused_and_a_mov
     assert!(status.contains(" 400 "), "{status} {report}");
     let (status, _) = migrate(&hulld, "nosuchcontainer", "");
     assert!(status.contains(" 404 "), "{status}");
-    // A container that shares a host directory is not moved (its open files there stay).
+    // A container sharing a host directory moves with the file it holds
+    // open there: it goes on appending to it through the new VMM, with no
+    // number lost or repeated, and finds what the host writes after.
     let shared = std::env::temp_dir().join(format!("vm-migrate-share-{}", std::process::id()));
     std::fs::create_dir_all(&shared).unwrap();
     let bind = format!("{}:/shared", shared.display());
-    let sharing = ok(&hulld.docker(&["run", "-d", "--network", "none", "-v", &bind, &image, "sleep", "600"]))
-        .trim()
-        .to_string();
+    let appender =
+        "cd /shared; exec 3>>log; i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo $i >&3; sleep 0.02; done; sleep 600";
+    let sharing = ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-v",
+        &bind,
+        &image,
+        "sh",
+        "-c",
+        appender,
+    ]))
+    .trim()
+    .to_string();
+    let logged = || -> Vec<u64> {
+        let text = std::fs::read_to_string(shared.join("log")).unwrap_or_default();
+        text.lines().filter_map(|line| line.parse().ok()).collect()
+    };
+    eventually("the container appends to the shared file", || logged().len() >= 20);
+    let (status, report) = migrate(&hulld, &sharing, "downtime=2000");
+    assert!(status.contains(" 200 "), "{status} {report}");
+    let moved_at = logged().len();
+    assert!(moved_at < 300, "the move ended after the writer: {moved_at}");
+    eventually("the writer ends through the new VMM", || logged().len() >= 300);
+    assert_eq!(logged(), (1..=300).collect::<Vec<_>>(), "no line lost or repeated");
+    std::fs::write(shared.join("after"), "written on the host after the move").unwrap();
+    assert_eq!(
+        ok(&hulld.docker(&["exec", &sharing, "cat", "/shared/after"])),
+        "written on the host after the move"
+    );
+    // A file it holds open whose name is gone cannot be opened again by
+    // name: that move is refused, naming why, and it runs on.
+    ok(&hulld.docker(&[
+        "exec",
+        "-d",
+        &sharing,
+        "sh",
+        "-c",
+        "exec 4</shared/after; rm /shared/after; sleep 600",
+    ]));
+    eventually("the held file is deleted", || !shared.join("after").exists());
     let (status, report) = migrate(&hulld, &sharing, "downtime=2000");
     assert!(status.contains(" 409 "), "{status} {report}");
     assert!(
-        report["message"].as_str().unwrap().contains("shares host directories"),
+        report["message"].as_str().unwrap().contains("deleted or moved away"),
         "{report}"
     );
+    let log = ok(&hulld.docker(&["exec", &sharing, "cat", "/shared/log"]));
+    assert!(log.ends_with("\n300\n"), "{log}");
     ok(&hulld.docker(&["rm", "-f", &id, &sharing]));
     let _ = std::fs::remove_dir_all(&shared);
 

@@ -249,8 +249,40 @@ impl DeviceManager {
     }
 
     /// Why the VM's devices cannot move to another VMM, if one cannot.
-    pub fn migration_blocker(&self) -> Option<&'static str> {
+    pub fn migration_blocker(&self) -> Option<String> {
         self.virtio.iter().find_map(|d| lock(&d.transport).migration_blocker())
+    }
+
+    /// What each device's host side holds that moves with the VM
+    /// (`VirtioDevice::backend_state`), by slot; devices with nothing are
+    /// left out. The VM is paused.
+    pub fn backend_states(&self) -> Result<Vec<(u32, Vec<u8>)>, String> {
+        let mut states = Vec::new();
+        for (slot, device) in (0..).zip(&self.virtio) {
+            let state = lock(&device.transport).backend_state()?;
+            if !state.is_empty() {
+                states.push((slot, state));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Gives each device what its source's `backend_states` said of it,
+    /// before the guest runs here (each slot once, and only a device of
+    /// the type that keeps such state takes it).
+    pub fn restore_backend_states(&self, states: &[(u32, Vec<u8>)]) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for (slot, state) in states {
+            let device = usize::try_from(*slot)
+                .ok()
+                .and_then(|slot| self.virtio.get(slot))
+                .filter(|_| seen.insert(*slot))
+                .ok_or_else(|| format!("a device state for slot {slot}, which this VM has not (or twice)"))?;
+            lock(&device.transport)
+                .restore_backend_state(state)
+                .map_err(|e| format!("device {slot}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The VM's disks, in the guest's order (vda, vdb, ...).

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 /// each round's end (`RoundIn`). 4: the hello names the NICs on taps. 5:
 /// disks travel (`Disk`, `DiskZeros`; the hello names them), and the
 /// hello carries the guest's MACs. 6: pages and disk data may travel
-/// LZ4-compressed.
-pub const VERSION: u32 = 6;
+/// LZ4-compressed. 7: the state carries the devices' host sides (the
+/// shared directories' open files and inodes).
+pub const VERSION: u32 = 7;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).

@@ -132,17 +132,23 @@ fn restore_registers_and_chips<'a>(
 }
 
 /// A migrated VM's state, arrived, given to the VM made before it came
-/// (its vCPUs' CPUID already set): vCPUs, chips, and devices (whose
-/// threads are parked).
+/// (its vCPUs' CPUID already set): vCPUs, chips, and devices and their
+/// host sides (whose threads are parked).
 pub(super) fn apply_state<'a>(
     vm: &VmFd,
     devices: &DeviceManager,
     vcpus: impl IntoIterator<Item = &'a VcpuFd>,
     config: &VmConfig,
-    state: &VmState,
+    arrived: &super::incoming::Arrived,
 ) -> Result<(), VmError> {
+    let state = &arrived.state;
     restore_registers_and_chips(vm, vcpus, state)?;
     devices.apply_state(config, state)?;
+    // The shares' open files are opened again here, before `Ready`: one
+    // that cannot be refuses the VM, which runs on at its source.
+    devices
+        .restore_backend_states(&arrived.backends)
+        .map_err(|e| VmError::Migration(format!("refused the VM: {e}")))?;
     devices.announce_restore();
     devices.announce_arrival();
     trace::mark("migration: the state is applied");

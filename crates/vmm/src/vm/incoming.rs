@@ -185,6 +185,13 @@ fn disk_shapes(config: &VmConfig) -> Result<Vec<DiskShape>, VmError> {
         .collect()
 }
 
+/// A migrated VM's state, arrived: what a snapshot holds, and what its
+/// devices' host sides held by slot (`DeviceManager::backend_states`).
+pub(super) struct Arrived {
+    pub state: VmState,
+    pub backends: Vec<(u32, Vec<u8>)>,
+}
+
 /// Takes the pages into `memory` (and the disks that travel into the
 /// devices' files) and then the VM's state, checked against `config`. On
 /// an error the source is told.
@@ -193,7 +200,7 @@ pub(super) fn receive(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     devices: &DeviceManager,
-) -> Result<VmState, VmError> {
+) -> Result<Arrived, VmError> {
     let taken = incoming_disks(config, devices).and_then(|disks| take(conn, memory, config, &disks));
     if let Err(e) = &taken {
         receive::abort(conn, &e.to_string());
@@ -219,18 +226,23 @@ fn take(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     disks: &IncomingDisks,
-) -> Result<VmState, VmError> {
+) -> Result<Arrived, VmError> {
     let arrived = receive_memory(conn, memory, config.memory_mib << 20, disks, &mut |round, pages| {
         eprintln!("hull-vmm: migration round {round} in: {pages} pages")
     })
     .map_err(failed)?;
     crate::trace::mark("migration: the state is in");
-    let state = snapshot::decode_unsealed(&arrived.state, "the migrated VM's state")?;
+    let moved: super::migrate::MovedState = postcard::from_bytes(&arrived.state)
+        .map_err(|e| VmError::Migration(format!("the migrated VM's state cannot be decoded: {e}")))?;
+    let state = snapshot::decode_unsealed(&moved.vm, "the migrated VM's state")?;
     super::builder::check_shape(&state, config)?;
     crate::trace::mark("migration: the state is decoded");
     eprintln!(
         "hull-vmm: the VM arrived: {} pages in {} rounds",
         arrived.pages, arrived.rounds
     );
-    Ok(state)
+    Ok(Arrived {
+        state,
+        backends: moved.backends,
+    })
 }

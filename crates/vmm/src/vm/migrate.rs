@@ -14,9 +14,18 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use super::Vmm;
 use crate::migration::pagemap::Pagemap;
 use crate::migration::send::{self, Limits, Progress, Source};
-use crate::migration::stream::{DiskShape, Hello, VmShape, PAGE_SIZE, VERSION};
+use crate::migration::stream::{DiskShape, Hello, VmShape, MAX_STATE, PAGE_SIZE, VERSION};
 use crate::migration::{disks, OutgoingDisk, PageSet};
 use crate::{persist, snapshot, vcpu_state};
+
+/// What a migration's `State` frame carries: the VM's state as a snapshot
+/// holds it, and what devices' host sides hold of the guest's view, by
+/// slot (`DeviceManager::backend_states`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct MovedState {
+    pub vm: Vec<u8>,
+    pub backends: Vec<(u32, Vec<u8>)>,
+}
 
 /// The throttle's period: a throttled guest stands still for its share
 /// of every such slice.
@@ -158,8 +167,22 @@ impl Source for Outgoing<'_, '_> {
             self.vmm.config.memory_mib,
         )
         .map_err(|e| e.to_string())?;
+        // The shares' open files and inodes, by name (none of this host's
+        // descriptors can go); a file that cannot be found again fails the
+        // move here, with the guest still paused on this side.
+        let backends = self.vmm.devices.backend_states()?;
         crate::trace::mark("migration: state captured, encoding");
-        snapshot::encode_unsealed(&state).map_err(|e| e.to_string())
+        let vm = snapshot::encode_unsealed(&state).map_err(|e| e.to_string())?;
+        let moved = postcard::to_stdvec(&MovedState { vm, backends }).map_err(|e| e.to_string())?;
+        if moved.len() > MAX_STATE {
+            return Err(format!(
+                "the VM's state is {} MiB; a migration carries at most {} MiB (its shared directories hold too \
+                 many inodes or listings)",
+                moved.len() >> 20,
+                MAX_STATE >> 20
+            ));
+        }
+        Ok(moved)
     }
 }
 

@@ -112,10 +112,15 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         // Its state goes in under a filter installed now, not in the
         // downtime; the VMM's own goes on top once the guest runs.
         seccomp::install(&seccomp::arrival_filter()?, ThreadKind::Vmm);
-        let state = incoming::receive(&mut source, &built.memory, config, &devices)?;
+        let arrived = incoming::receive(&mut source, &built.memory, config, &devices)?;
         let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
-        builder::apply_state(&built.vm, &devices, vcpu_fds.iter().map(|fd| &**fd), config, &state)?;
+        let applied = builder::apply_state(&built.vm, &devices, vcpu_fds.iter().map(|fd| &**fd), config, &arrived);
         drop(vcpu_fds);
+        if let Err(e) = applied {
+            // The source runs on: it is told why.
+            crate::migration::receive::abort(&mut source, &e.to_string());
+            return Err(e);
+        }
         // Nothing left that can fail: the source may let go, and the guest
         // runs here from its `Go` on.
         crate::migration::receive::ready(&mut source).map_err(|e| VmError::Migration(e.to_string()))?;

@@ -246,8 +246,18 @@ impl MmioTransport {
     }
 
     /// Why the device cannot move (`VirtioDevice::migration_blocker`).
-    pub fn migration_blocker(&self) -> Option<&'static str> {
+    pub fn migration_blocker(&self) -> Option<String> {
         self.device.migration_blocker()
+    }
+
+    /// See `VirtioDevice::backend_state`.
+    pub fn backend_state(&self) -> Result<Vec<u8>, String> {
+        self.device.backend_state()
+    }
+
+    /// See `VirtioDevice::restore_backend_state`.
+    pub fn restore_backend_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.device.restore_backend_state(state)
     }
 
     /// See `VirtioDevice::guest_mac`.

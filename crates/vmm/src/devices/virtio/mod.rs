@@ -163,8 +163,19 @@ pub trait VirtioDevice: Send {
     }
     /// Why the device's state cannot move with its VM to another VMM, if
     /// it cannot.
-    fn migration_blocker(&self) -> Option<&'static str> {
+    fn migration_blocker(&self) -> Option<String> {
         None
+    }
+    /// What the device's host side holds of the guest's view that must
+    /// move with the VM to another VMM (virtio-fs's open files), taken
+    /// while it is parked; empty when there is nothing.
+    fn backend_state(&self) -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+    /// Takes what `backend_state` gave on the source, before the guest
+    /// runs here.
+    fn restore_backend_state(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err("this device has no state of its own to take".into())
     }
     /// The address the guest sends from (a NIC's), if it has sent.
     fn guest_mac(&self) -> Option<[u8; 6]> {

@@ -20,6 +20,11 @@
 //! Inodes the guest holds open, and those whose name is gone (removed or
 //! renamed over), are never closed.
 //!
+//! File handles are numbered here too ([`OpenHandle`]): the guest's `fh`
+//! names the node, the passthrough's handle and the open flags, so that a
+//! VMM the VM moves to can open each file again under the number the guest
+//! holds (`persist`).
+//!
 //! Requests come one at a time (the device is served by one thread through
 //! `&mut`), so a descriptor resolved for a request stays open until the
 //! request ends.
@@ -38,7 +43,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::api::BackendFileSystem;
 
 /// The root's inode, the same on both sides.
-const ROOT: u64 = 1;
+pub(super) const ROOT: u64 = 1;
 
 fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
@@ -46,27 +51,38 @@ fn errno(code: i32) -> io::Error {
 
 /// Which host file an inode is: device, inode number and file type (a
 /// number reused for a file of another type is another file).
-type HostId = (u64, u64, u32);
+pub(super) type HostId = (u64, u64, u32);
 
-fn host_id(attr: &stat64) -> HostId {
+pub(super) fn host_id(attr: &stat64) -> HostId {
     (attr.st_dev, attr.st_ino, attr.st_mode & libc::S_IFMT)
 }
 
-struct Node {
+pub(super) struct Node {
     /// The passthrough's inode while it is open (holding one reference).
-    inner: Option<u64>,
+    pub(super) inner: Option<u64>,
     /// The directory and name the guest last found it by; `None` once that
     /// name is gone.
-    place: Option<(u64, CString)>,
-    host: HostId,
+    pub(super) place: Option<(u64, CString)>,
+    pub(super) host: HostId,
     /// The guest's lookup count (FUSE's `nlookup`).
-    guest_refs: u64,
+    pub(super) guest_refs: u64,
     /// Handles the guest holds on it.
-    opens: u64,
+    pub(super) opens: u64,
     /// Nodes whose `place` is in this directory.
-    children: u64,
+    pub(super) children: u64,
     /// Its key in `Table::closable`, while it is there.
-    used: Option<u64>,
+    pub(super) used: Option<u64>,
+}
+
+/// A file or directory the guest holds open, under its `fh`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OpenHandle {
+    pub(super) node: u64,
+    /// The passthrough's handle.
+    pub(super) inner: u64,
+    /// The open(2) flags the guest asked for.
+    pub(super) flags: u32,
+    pub(super) dir: bool,
 }
 
 impl Node {
@@ -76,21 +92,25 @@ impl Node {
 }
 
 #[derive(Default)]
-struct Table {
-    nodes: HashMap<u64, Node>,
-    by_host: HashMap<HostId, u64>,
-    by_place: HashMap<(u64, CString), u64>,
+pub(super) struct Table {
+    pub(super) nodes: HashMap<u64, Node>,
+    pub(super) by_host: HashMap<HostId, u64>,
+    pub(super) by_place: HashMap<(u64, CString), u64>,
     /// Open nodes that may be closed, least recently used first.
-    closable: BTreeMap<u64, u64>,
-    clock: u64,
-    next_id: u64,
-    open: usize,
+    pub(super) closable: BTreeMap<u64, u64>,
+    pub(super) clock: u64,
+    pub(super) next_id: u64,
+    pub(super) open: usize,
+    /// The guest's file handles.
+    pub(super) handles: HashMap<u64, OpenHandle>,
+    pub(super) next_handle: u64,
 }
 
 impl Table {
-    fn new(root_attr: HostId) -> Table {
+    pub(super) fn new(root_attr: HostId) -> Table {
         let mut table = Table {
             next_id: ROOT + 1,
+            next_handle: 1,
             open: 1,
             ..Table::default()
         };
@@ -111,7 +131,7 @@ impl Table {
     }
 
     /// Marks `id` as just used, and files it where its closability says.
-    fn touch(&mut self, id: u64) {
+    pub(super) fn touch(&mut self, id: u64) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         if let Some(used) = node.used.take() {
             self.closable.remove(&used);
@@ -126,7 +146,7 @@ impl Table {
     /// Moves `id` to `place` (or nowhere), keeping the parents' child
     /// counts and the place index right; the parents it leaves go to `gone`
     /// (for `collect`).
-    fn set_place(&mut self, id: u64, place: Option<(u64, CString)>, gone: &mut Vec<u64>) {
+    pub(super) fn set_place(&mut self, id: u64, place: Option<(u64, CString)>, gone: &mut Vec<u64>) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         let old = std::mem::replace(&mut node.place, place.clone());
         if let Some(key) = old {
@@ -233,7 +253,7 @@ impl Table {
 /// A file system whose inodes hold host descriptors only while recently
 /// used (see the module's documentation).
 pub struct BoundedInodes<F> {
-    inner: F,
+    pub(super) inner: F,
     most_open: usize,
     table: Mutex<Table>,
 }
@@ -250,13 +270,23 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
         })
     }
 
+    /// Puts `table` in place of one the guest has not used (`persist`).
+    pub(super) fn replace_table(&self, table: Table) -> Result<(), String> {
+        let mut ours = self.table();
+        if ours.nodes.len() > 1 || !ours.handles.is_empty() {
+            return Err("the share is in use already".into());
+        }
+        *ours = table;
+        Ok(())
+    }
+
     /// How many of the passthrough's inodes are open.
     #[cfg(test)]
     pub fn open_inodes(&self) -> usize {
         self.table().open
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+    pub(super) fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -269,7 +299,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
 
     /// The passthrough's inode for guest inode `id`, opened again if it was
     /// closed.
-    fn resolve(&self, ctx: &Context, id: u64) -> io::Result<u64> {
+    pub(super) fn resolve(&self, ctx: &Context, id: u64) -> io::Result<u64> {
         // The closed nodes from `id` up to the nearest open one.
         let mut chain: Vec<(u64, CString, HostId)> = Vec::new();
         let mut base = {
@@ -422,6 +452,49 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
         self.forget_inner(ctx, forget);
     }
 
+    /// Numbers the passthrough's handle `inner` (if any) on guest inode
+    /// `node` for the guest, and counts it as an open of the node.
+    fn hand_out(&self, ctx: &Context, node: u64, inner: Option<u64>, flags: u32, dir: bool) -> Option<u64> {
+        let fh = inner.map(|inner| {
+            let mut table = self.table();
+            let fh = table.next_handle;
+            table.next_handle += 1;
+            table.handles.insert(
+                fh,
+                OpenHandle {
+                    node,
+                    inner,
+                    flags,
+                    dir,
+                },
+            );
+            fh
+        });
+        self.opened(ctx, node, 1);
+        fh
+    }
+
+    /// The passthrough's handle behind the guest's `fh` on inode `node`.
+    fn inner_handle(&self, node: u64, fh: u64) -> io::Result<u64> {
+        match self.table().handles.get(&fh) {
+            Some(open) if open.node == node => Ok(open.inner),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    fn inner_handle_opt(&self, node: u64, fh: Option<u64>) -> io::Result<Option<u64>> {
+        fh.map(|fh| self.inner_handle(node, fh)).transpose()
+    }
+
+    /// Takes the guest's `fh` on `node` back: the passthrough's handle.
+    fn take_handle(&self, node: u64, fh: u64) -> io::Result<u64> {
+        let mut table = self.table();
+        match table.handles.get(&fh) {
+            Some(open) if open.node == node => Ok(table.handles.remove(&fh).map_or(0, |open| open.inner)),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
     fn forget_many(&self, ctx: &Context, requests: impl IntoIterator<Item = (u64, u64)>) {
         let mut forget = Vec::new();
         self.forget_later(requests, &mut forget);
@@ -489,6 +562,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         handle: Option<Self::Handle>,
     ) -> io::Result<(stat64, Duration)> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle_opt(inode, handle)?;
         self.inner.getattr(ctx, inner, handle)
     }
 
@@ -501,6 +575,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle_opt(inode, handle)?;
         self.inner.setattr(ctx, inner, attr, handle, valid)
     }
 
@@ -598,9 +673,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
         let inner = self.resolve(ctx, inode)?;
-        let opened = self.inner.open(ctx, inner, flags, fuse_flags)?;
-        self.opened(ctx, inode, 1);
-        Ok(opened)
+        let (handle, options, passthrough) = self.inner.open(ctx, inner, flags, fuse_flags)?;
+        let handle = self.hand_out(ctx, inode, handle, flags, false);
+        Ok((handle, options, passthrough))
     }
 
     fn create(
@@ -611,9 +686,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         let dir = self.resolve(ctx, parent)?;
+        let flags = args.flags;
         let (entry, handle, options, passthrough) = self.inner.create(ctx, dir, name, args)?;
         let entry = self.adopt(ctx, entry, parent, name);
-        self.opened(ctx, entry.inode, 1);
+        let handle = self.hand_out(ctx, entry.inode, handle, flags, false);
         Ok((entry, handle, options, passthrough))
     }
 
@@ -629,6 +705,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         flags: u32,
     ) -> io::Result<usize> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.read(ctx, inner, handle, w, size, offset, lock_owner, flags)
     }
 
@@ -646,6 +723,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.write(
             ctx,
             inner,
@@ -662,11 +740,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
 
     fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.flush(ctx, inner, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.fsync(ctx, inner, datasync, handle)
     }
 
@@ -680,6 +760,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         length: u64,
     ) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.fallocate(ctx, inner, handle, mode, offset, length)
     }
 
@@ -694,6 +775,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.take_handle(inode, handle)?;
         let released = self
             .inner
             .release(ctx, inner, flags, handle, flush, flock_release, lock_owner);
@@ -733,9 +815,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
         let inner = self.resolve(ctx, inode)?;
-        let opened = self.inner.opendir(ctx, inner, flags)?;
-        self.opened(ctx, inode, 1);
-        Ok(opened)
+        let (handle, options) = self.inner.opendir(ctx, inner, flags)?;
+        Ok((self.hand_out(ctx, inode, handle, flags, true), options))
     }
 
     fn readdir(
@@ -748,6 +829,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.readdir(ctx, inner, handle, size, offset, add_entry)
     }
 
@@ -761,6 +843,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         // Forgotten once the passthrough's call is over, not inside it.
         let mut forget = Vec::new();
         let listed = self
@@ -782,6 +865,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
 
     fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.take_handle(inode, handle)?;
         let released = self.inner.releasedir(ctx, inner, flags, handle);
         self.opened(ctx, inode, -1);
         released
@@ -789,6 +873,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
 
     fn fsyncdir(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.fsyncdir(ctx, inner, datasync, handle)
     }
 
@@ -806,6 +891,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         whence: u32,
     ) -> io::Result<u64> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.lseek(ctx, inner, handle, offset, whence)
     }
 
@@ -819,6 +905,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         flags: u32,
     ) -> io::Result<FileLock> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.getlk(ctx, inner, handle, owner, lock, flags)
     }
 
@@ -832,6 +919,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         flags: u32,
     ) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.setlk(ctx, inner, handle, owner, lock, flags)
     }
 
@@ -845,6 +933,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         flags: u32,
     ) -> io::Result<()> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.setlkw(ctx, inner, handle, owner, lock, flags)
     }
 
@@ -859,6 +948,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         out_size: u32,
     ) -> io::Result<IoctlData<'_>> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.ioctl(ctx, inner, handle, flags, cmd, data, out_size)
     }
 
@@ -877,6 +967,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for BoundedInodes<F> {
         events: u32,
     ) -> io::Result<u32> {
         let inner = self.resolve(ctx, inode)?;
+        let handle = self.inner_handle(inode, handle)?;
         self.inner.poll(ctx, inner, handle, khandle, flags, events)
     }
 

@@ -14,6 +14,7 @@
 
 mod bounded_inodes;
 mod bridge;
+mod persist;
 mod replay;
 mod single_file;
 mod stable_dirs;
@@ -25,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fuse_backend_rs::abi::fuse_abi::FsOptions;
+use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::{Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
@@ -76,10 +79,25 @@ pub struct Share {
     pub read_only: bool,
 }
 
+/// What one share is served by.
+type ShareFs = stable_dirs::StableDirs<bounded_inodes::BoundedInodes<PassthroughFs<()>>>;
+
+/// What moves with the VM to another VMM (`persist`): the options the
+/// guest's FUSE_INIT offered, if it mounted the shares, and each share's
+/// view.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FsState {
+    init: Option<u64>,
+    shares: Vec<persist::ShareState>,
+}
+
 pub struct Fs {
     /// `None` while nothing is shared: requests are not served (only a
     /// guest that mounts the tag by itself sends any).
     server: Option<Server<Arc<Vfs>>>,
+    vfs: Option<Arc<Vfs>>,
+    /// The shares' host paths, for messages.
+    shown: Vec<String>,
     /// Detached mounts of the shares, kept open for the VM's life.
     _mounts: Vec<File>,
     bridge: bridge::Bridge,
@@ -115,6 +133,8 @@ impl Fs {
         if shares.is_empty() {
             return Ok(Fs {
                 server: None,
+                vfs: None,
+                shown: Vec::new(),
                 _mounts: Vec::new(),
                 bridge: bridge::Bridge::default(),
             });
@@ -166,12 +186,34 @@ impl Fs {
                 })?;
             mounts.push(mount);
         }
+        let vfs = Arc::new(vfs);
         Ok(Fs {
-            server: Some(Server::new(Arc::new(vfs))),
+            server: Some(Server::new(vfs.clone())),
+            vfs: Some(vfs),
+            shown: shares.iter().map(|share| share.path.display().to_string()).collect(),
             _mounts: mounts,
             bridge: bridge::Bridge::default(),
         })
     }
+}
+
+impl Fs {
+    /// Share `index`'s file system, as mounted in the VFS.
+    fn share(&self, index: usize) -> Result<Arc<fuse_backend_rs::api::BackFileSystem>, String> {
+        let vfs = self.vfs.as_ref().ok_or("nothing is shared")?;
+        match vfs.get_rootfs(&format!("/{index}")) {
+            Ok(Some((fs, _))) => Ok(fs),
+            Ok(None) => Err(format!("share {index} is not mounted")),
+            Err(e) => Err(format!("share {index}: {e:?}")),
+        }
+    }
+}
+
+/// The layers hull serves a share with, under the VFS's box.
+fn served<'a>(fs: &'a Arc<fuse_backend_rs::api::BackFileSystem>, shown: &str) -> Result<&'a ShareFs, String> {
+    fs.as_any()
+        .downcast_ref::<ShareFs>()
+        .ok_or_else(|| format!("{shown} is not served as hull serves a share"))
 }
 
 /// The passthrough file system holds a descriptor per inode the guest has
@@ -271,12 +313,59 @@ impl VirtioDevice for Fs {
         self.server.is_some()
     }
 
-    /// The guest's view of the shares (its inodes and open files) lives in
-    /// this VMM's tables, which do not travel yet.
-    fn migration_blocker(&self) -> Option<&'static str> {
-        self.server
-            .is_some()
-            .then_some("it shares host directories (virtio-fs), whose open files cannot move to another VMM yet")
+    /// The guest's view of the shares: its inodes, open files and
+    /// listings, by name (`persist`).
+    fn backend_state(&self) -> Result<Vec<u8>, String> {
+        let Some(vfs) = &self.vfs else { return Ok(Vec::new()) };
+        let init = vfs.initialized().then(|| vfs.options().in_opts.bits());
+        let mut shares = Vec::new();
+        for (index, shown) in self.shown.iter().enumerate() {
+            let share = self.share(index)?;
+            let fs = served(&share, shown)?;
+            let inodes = fs.inner().save().map_err(|e| format!("{shown}: {e}"))?;
+            shares.push(persist::ShareState {
+                inodes,
+                listings: fs.save_listings(),
+            });
+        }
+        postcard::to_stdvec(&FsState { init, shares }).map_err(|e| e.to_string())
+    }
+
+    /// Checked as a move begins, not only at its end.
+    fn migration_blocker(&self) -> Option<String> {
+        (0..self.shown.len()).find_map(|index| {
+            let share = self.share(index).ok()?;
+            let shown = &self.shown[index];
+            let why = served(&share, shown).ok()?.inner().unmovable()?;
+            Some(format!("{shown}: {why}"))
+        })
+    }
+
+    fn restore_backend_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let state: FsState = postcard::from_bytes(bytes).map_err(|e| format!("the shared directories' state: {e}"))?;
+        let Some(vfs) = &self.vfs else {
+            return Err("the VM shared directories where it ran; none are shared with it here".into());
+        };
+        if state.shares.len() != self.shown.len() {
+            return Err(format!(
+                "the VM shared {} directories where it ran; {} are shared with it here",
+                state.shares.len(),
+                self.shown.len()
+            ));
+        }
+        if let Some(offered) = state.init {
+            // The guest's session goes on: no new FUSE_INIT comes.
+            vfs.init(FsOptions::from_bits_truncate(offered))
+                .map_err(|e| format!("the shared directories' FUSE session: {e}"))?;
+        }
+        for (index, (saved, shown)) in state.shares.into_iter().zip(&self.shown).enumerate() {
+            let share = self.share(index)?;
+            let fs = served(&share, shown)?;
+            fs.inner().restore(saved.inodes, shown)?;
+            fs.restore_listings(saved.listings)
+                .map_err(|e| format!("{shown}: {e}"))?;
+        }
+        Ok(())
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], memory: &GuestMemoryMmap) -> bool {
@@ -341,6 +430,12 @@ mod tests {
 
     /// Serves one request; returns the reply's length and error field.
     fn serve(fs: &mut Fs, bytes: &[u8]) -> (u32, i32) {
+        let (error, reply) = answer(fs, bytes);
+        (reply.len() as u32 + 16, error)
+    }
+
+    /// Serves one request; returns the reply's error field and body.
+    fn answer(fs: &mut Fs, bytes: &[u8]) -> (i32, Vec<u8>) {
         let memory = memory();
         memory.write_slice(bytes, GuestAddress(0x8000)).unwrap();
         let mut queues = vec![
@@ -354,7 +449,65 @@ mod tests {
         let len: u32 = memory.read_obj(GuestAddress(0x9000)).unwrap();
         let error: i32 = memory.read_obj(GuestAddress(0x9004)).unwrap();
         assert_eq!(used_len(&memory, &queues[1], 0), len);
-        (len, error)
+        let mut body = vec![0u8; len.saturating_sub(16) as usize];
+        memory.read_slice(&mut body, GuestAddress(0x9010)).unwrap();
+        (error, body)
+    }
+
+    fn u64_at(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+    }
+
+    /// The guest's session (its INIT, the inodes it looked up, a file it
+    /// holds open) goes on in a device made by another VMM over the same
+    /// directory, through the whole FUSE stack.
+    #[test]
+    fn a_guest_s_session_goes_on_in_another_vmm_s_device() {
+        const LOOKUP: u32 = 1;
+        const GETATTR: u32 = 3;
+        const OPEN: u32 = 14;
+        const READ: u32 = 15;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data"), "kept across the move").unwrap();
+        let shares = [Share {
+            path: dir.path().to_path_buf(),
+            read_only: false,
+        }];
+        let mut from = Fs::new(&shares).unwrap();
+        assert_eq!(serve(&mut from, &request(FUSE_INIT, 0, &init_body())).1, 0);
+        let (error, entry) = answer(&mut from, &request(LOOKUP, 1, b"0\0"));
+        assert_eq!(error, 0);
+        let (error, entry) = answer(&mut from, &request(LOOKUP, u64_at(&entry, 0), b"data\0"));
+        assert_eq!(error, 0);
+        let data = u64_at(&entry, 0);
+        let (error, opened) = answer(&mut from, &request(OPEN, data, &[0u8; 8]));
+        assert_eq!(error, 0);
+        let fh = u64_at(&opened, 0);
+        let state = from.backend_state().unwrap();
+
+        // A device that was not given the state knows none of it.
+        let mut fresh = Fs::new(&shares).unwrap();
+        assert_ne!(serve(&mut fresh, &request(GETATTR, data, &[0u8; 16])).1, 0);
+        let mut to = Fs::new(&shares).unwrap();
+        to.restore_backend_state(&state).unwrap();
+        let (error, attr) = answer(&mut to, &request(GETATTR, data, &[0u8; 16]));
+        assert_eq!(error, 0);
+        // fuse_attr_out: valid, valid_nsec and padding, then ino and size.
+        assert_eq!(u64_at(&attr, 24), 20);
+        let mut read = Vec::new();
+        read.extend(fh.to_le_bytes());
+        read.extend(0u64.to_le_bytes());
+        read.extend(100u32.to_le_bytes());
+        read.extend([0u8; 20]);
+        let (error, bytes) = answer(&mut to, &request(READ, data, &read));
+        assert_eq!(error, 0);
+        assert_eq!(bytes, b"kept across the move");
+        // Another VM's state (no shares) and garbage are refused.
+        assert!(Fs::new(&[]).unwrap().restore_backend_state(&state).is_err());
+        assert!(Fs::new(&shares)
+            .unwrap()
+            .restore_backend_state(b"\xff\xff\xff")
+            .is_err());
     }
 
     #[test]

@@ -34,16 +34,16 @@ use super::single_file::OnlyFile;
 /// The most entries one listing holds (a larger directory is listed up to
 /// here); the most listings open at once (a guest opening directories
 /// without end gets ENFILE).
-const MAX_ENTRIES: usize = 1 << 20;
-const MAX_LISTINGS: usize = 4096;
+pub(super) const MAX_ENTRIES: usize = 1 << 20;
+pub(super) const MAX_LISTINGS: usize = 4096;
 /// How much the passthrough file system is asked for at a time while a
 /// listing is read.
 const READ_CHUNK: u32 = 64 * 1024;
 
-struct Listed {
-    ino: u64,
-    type_: u32,
-    name: CString,
+pub(super) struct Listed {
+    pub(super) ino: u64,
+    pub(super) type_: u32,
+    pub(super) name: CString,
 }
 
 /// Open listings by (directory inode, handle).
@@ -76,7 +76,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> StableDirs<F> {
         self.only.as_ref().map_or(Ok(()), |only| only.lookup(parent, name))
     }
 
-    fn listings(&self) -> std::sync::MutexGuard<'_, Listings> {
+    /// The file system it serves listings of.
+    pub(super) fn inner(&self) -> &F {
+        &self.inner
+    }
+
+    pub(super) fn listings(&self) -> std::sync::MutexGuard<'_, Listings> {
         self.listings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
