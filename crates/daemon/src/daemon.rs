@@ -48,6 +48,8 @@ pub struct Daemon {
     /// How this hulld reaches other hosts' (set once at start; plain TCP
     /// on loopback only until then).
     migration: std::sync::OnceLock<crate::migrate::link::Security>,
+    /// Directories every host sees at the same path (`--shared-storage`).
+    shared_storage: std::sync::OnceLock<Vec<std::path::PathBuf>>,
 }
 
 impl Daemon {
@@ -68,12 +70,23 @@ impl Daemon {
             moved_to: Default::default(),
             arrivals: Default::default(),
             migration: Default::default(),
+            shared_storage: Default::default(),
         })
     }
 
     /// Says how this hulld reaches other hosts' hullds (once, at start).
     pub fn set_migration_security(&self, security: crate::migrate::link::Security) {
         let _ = self.migration.set(security);
+    }
+
+    /// Names the directories every host sees at the same path, resolved
+    /// (`migrate::shared_storage`).
+    pub fn set_shared_storage(&self, dirs: Vec<std::path::PathBuf>) {
+        let _ = self.shared_storage.set(dirs);
+    }
+
+    pub fn shared_storage(&self) -> Vec<std::path::PathBuf> {
+        self.shared_storage.get().cloned().unwrap_or_default()
     }
 
     pub fn migration_security(&self) -> crate::migrate::link::Security {

@@ -71,6 +71,12 @@ struct Args {
     /// mutual TLS and this is not needed).
     #[arg(long)]
     migration_insecure: bool,
+    /// A directory every host this one moves containers to or from sees at
+    /// the same path (NFS, a cluster file system); repeatable. A container
+    /// whose bind mounts all lie under one moves between hosts, its files
+    /// staying where they are.
+    #[arg(long, value_name = "DIR")]
+    shared_storage: Vec<std::path::PathBuf>,
 }
 
 /// The API socket's group when there is one of this name (dockerd's is `docker`).
@@ -140,6 +146,7 @@ async fn serve(args: Args) -> Result<()> {
             insecure: args.migration_insecure,
         },
     });
+    daemon.set_shared_storage(daemon::migrate::shared_storage::resolve(&args.shared_storage)?);
     if let Some(address) = args.migration_listen {
         daemon::migrate::arriving::listen(daemon.clone(), address)?;
     }

@@ -1,9 +1,10 @@
 //! The destination's side of a move between hosts (`hulld
 //! --migration-listen`): another host's hulld offers a running container
 //! (`wire::Offer`); this one checks it can take it (no such container or
-//! name here, the image pulled, networks of the same names and subnets, the
-//! same addresses free on them), makes its directory with an empty writable
-//! disk, takes the source's image disk and log so far, and starts the
+//! name here, networks of the same names and subnets, the same addresses
+//! free on them, bind mounts only under its shared storage), makes its
+//! directory with an empty writable disk, takes the source's template and
+//! image if it lacks them, its image disk and log so far, and starts the
 //! container's supervisor on the data connection: its VMM takes the VM
 //! and the disks from the source's. Once the source says the VM left (and
 //! how far its output had got), the record is stored and the supervisor
@@ -30,6 +31,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 const MOVE_TIMEOUT: Duration = Duration::from_secs(3700);
 /// The largest image disk and log taken from a peer.
 const MAX_IMAGE_DISK: u64 = 64 << 30;
+/// The largest image (a `docker save` tar) taken from a peer.
+const MAX_IMAGE: u64 = 64 << 30;
 const MAX_LOG: u64 = 16 << 30;
 /// The most files a log rotated into that a container brings.
 const MAX_ROTATED_LOGS: u32 = 1000;
@@ -140,6 +143,8 @@ struct Prepared {
     template: Template,
     /// The volumes made for it (their content comes in the VM's stream).
     volumes: Vec<String>,
+    /// Its image's ID, when this host lacks the image (the source sends it).
+    image_wanted: Option<image::digest::Digest>,
 }
 
 enum Template {
@@ -196,6 +201,7 @@ fn take(
     let accepted = Message::Accepted {
         token: token.into(),
         send_template: matches!(prepared.template, Template::Wanted(_)),
+        send_image: prepared.image_wanted.is_some(),
     };
     wire::send(control, &accepted).map_err(failed)?;
     let _ = control.set_read_timeout(Some(STEP_TIMEOUT));
@@ -206,6 +212,9 @@ fn take(
     };
     if let Some(template) = template {
         dir.set_arriving_template(&template).map_err(|e| e.to_string())?;
+    }
+    if let Some(image) = &prepared.image_wanted {
+        receive_image(daemon, control, image)?;
     }
     let image_disk = new_file(&dir.arriving_image_disk())?;
     wire::receive_file(control, &image_disk, MAX_IMAGE_DISK).map_err(failed)?;
@@ -362,16 +371,14 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
     let Some(image) = spec.image.clone().filter(|_| spec.rootfs.is_none()) else {
         return Err("only a container of an image can move to another host".into());
     };
-    if !spec.binds.is_empty() {
-        return Err("a container with bind mounts cannot move to another host".into());
+    // Its files stay where they are: only under what this host's
+    // operator named shared, whatever the source says.
+    if let Some(why) = super::shared_storage::refuse(&spec.binds, &daemon.shared_storage()) {
+        return Err(format!("on this host, {why}"));
     }
     check_volumes(&spec.volumes, &volumes)?;
-    if daemon.images.image(&image).is_err() {
-        return Err(format!(
-            "image {} ({image}) is not on this host: pull it here first",
-            record.image
-        ));
-    }
+    // An image this host lacks comes from the source (`take`).
+    let image_wanted = daemon.images.image(&image).is_err();
     if writable_bytes == 0 || writable_bytes > MAX_WRITABLE_DISK {
         return Err(format!("a writable disk of {writable_bytes} bytes"));
     }
@@ -463,6 +470,7 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         memory_mib: spec.memory_mib,
         template,
         volumes: made_volumes,
+        image_wanted: image_wanted.then_some(image),
     })
 }
 
@@ -514,6 +522,22 @@ fn receive_template(
         return Err(e);
     }
     runtime::template::keep_arrived(&staging, identity, prepared.memory_mib)
+}
+
+/// Takes the container's image, image `id`, as the source saved it (a
+/// tar, untrusted: `image::load` unpacks it safely and checks every
+/// layer's digest); it must be that image.
+fn receive_image(daemon: &Arc<Daemon>, control: &mut UnixStream, id: &image::digest::Digest) -> Result<(), String> {
+    let tar =
+        super::scratch_file(&daemon.images.root().join("partial")).map_err(|e| format!("the image's tar: {e}"))?;
+    wire::receive_file(control, &tar, MAX_IMAGE).map_err(|e| e.to_string())?;
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tar));
+    let loaded = image::load::load(&daemon.images, std::path::Path::new(&path))
+        .map_err(|e| format!("the image the source sent: {e}"))?;
+    if !loaded.iter().any(|image| image.record.id == *id) {
+        return Err(format!("the source sent another image than the container's ({id})"));
+    }
+    Ok(())
 }
 
 fn new_file(path: &std::path::Path) -> Result<std::fs::File, String> {

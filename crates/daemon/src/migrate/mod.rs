@@ -12,8 +12,10 @@ pub mod agent_relay;
 pub mod arriving;
 pub mod link;
 mod outgoing;
+pub mod shared_storage;
 pub mod wire;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -27,6 +29,21 @@ use tokio::sync::mpsc;
 
 use crate::api::{blocking, ApiError};
 use crate::daemon::Daemon;
+
+/// A file in `dir` that no name reaches (gone when closed): an image's
+/// tar on its way to or from another host.
+fn scratch_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("move.{}.tar", crate::containers::random_hex(8)));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
 
 /// The downtime budget when the request names none, as the issue and QEMU's
 /// tuned setups use (QEMU's own default is 300 ms).
@@ -119,6 +136,7 @@ pub async fn migrate(
                 let mut json = report_json(&record.id, &moved.report);
                 json["To"] = json!(peer.named);
                 json["TemplateBytes"] = json!(moved.template_bytes);
+                json["ImageBytes"] = json!(moved.image_bytes);
                 json["ImageDiskBytes"] = json!(moved.image_disk_bytes);
                 json["LogBytes"] = json!(moved.log_bytes);
                 json

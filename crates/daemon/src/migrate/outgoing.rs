@@ -1,6 +1,7 @@
 //! The source's side of a move between hosts (`to=HOST`): offers the
-//! container to the other host's hulld, sends it the image disk the VM
-//! runs on and the log so far, opens the data connection and hands it to
+//! container to the other host's hulld, sends it the template and the image
+//! if it lacks them, the image disk the VM runs on and the log so far,
+//! opens the data connection and hands it to
 //! the container's supervisor, whose VMM sends the VM and its writable
 //! disk over it. Once the VM has left, the rest of the log and how far
 //! the output had got go to the other host, and when it says the
@@ -43,10 +44,8 @@ pub fn move_to(
             "only a container of an image can move to another host".to_string(),
         ));
     }
-    if !spec.binds.is_empty() {
-        return Err(ApiError::conflict(
-            "a container with bind mounts cannot move to another host: its files are this host's".to_string(),
-        ));
+    if let Some(why) = super::shared_storage::refuse(&spec.binds, &daemon.shared_storage()) {
+        return Err(ApiError::conflict(why));
     }
     // Disk volumes go in the VM's stream; a shared volume's files are this host's.
     let mut volumes = Vec::new();
@@ -77,6 +76,7 @@ pub fn move_to(
         .map_err(|e| ApiError::internal(format!("the writable disk: {e}")))?
         .len();
     let image_disk = running_image_disk(daemon, dir, &spec)?;
+    let image_id = spec.image.clone();
     let security = daemon.migration_security();
     let connect = || security.connect(peer, &daemon.handle).map_err(unreachable);
     let mut control = connect()?;
@@ -94,8 +94,12 @@ pub fn move_to(
         volumes,
     };
     wire::send(&mut control, &Message::Offer(Box::new(offer))).map_err(failed)?;
-    let (token, send_template) = match wire::receive(&mut control).map_err(failed)? {
-        Message::Accepted { token, send_template } => (token, send_template),
+    let (token, send_template, send_image) = match wire::receive(&mut control).map_err(failed)? {
+        Message::Accepted {
+            token,
+            send_template,
+            send_image,
+        } => (token, send_template, send_image),
         Message::Refused { reason } | Message::Failed { reason } => {
             return Err(ApiError::conflict(format!(
                 "the hulld at {to} cannot take the container: {reason}"
@@ -107,6 +111,13 @@ pub fn move_to(
         true => {
             let template = template.ok_or_else(|| unreachable("it asked for a template there is not".into()))?;
             Some(send_template_files(&mut control, &template).map_err(failed)?)
+        }
+        false => None,
+    };
+    let image_bytes = match send_image {
+        true => {
+            let id = image_id.ok_or_else(|| unreachable("it asked for an image there is not".into()))?;
+            Some(send_image_tar(daemon, record, &id, &mut control)?)
         }
         false => None,
     };
@@ -147,6 +158,7 @@ pub fn move_to(
     Ok(Moved {
         report,
         template_bytes,
+        image_bytes,
         image_disk_bytes,
         log_bytes,
     })
@@ -158,6 +170,8 @@ pub struct Moved {
     pub report: MigrationReport,
     /// The template's, when the destination lacked it.
     pub template_bytes: Option<u64>,
+    /// The image's (a `docker save` tar), when the destination lacked it.
+    pub image_bytes: Option<u64>,
     pub image_disk_bytes: u64,
     pub log_bytes: u64,
 }
@@ -250,6 +264,33 @@ fn running_template(dir: &ContainerDir, spec: &runtime::container::ContainerSpec
         true => None,
         false => runtime::template::existing(spec.memory_mib, spec.cpus).map(|t| t.dir),
     }
+}
+
+/// The container's image as `docker save` writes it (under the name the
+/// container was made with, if that still names it), for a destination
+/// that lacks it; the bytes that went.
+fn send_image_tar(
+    daemon: &Arc<Daemon>,
+    record: &ContainerRecord,
+    id: &image::digest::Digest,
+    control: &mut UnixStream,
+) -> Result<u64, ApiError> {
+    let image = daemon.images.image(id)?;
+    let named = daemon
+        .images
+        .resolve(&record.image)
+        .is_ok_and(|by_name| by_name.id == image.id && record.image != id.to_string());
+    let item = image::save::SaveItem {
+        record: image,
+        tags: named.then(|| record.image.clone()).into_iter().collect(),
+    };
+    let tar = super::scratch_file(&daemon.images.root().join("partial")).map_err(ApiError::internal)?;
+    let mut out = std::io::BufWriter::new(&tar);
+    image::save::save(&daemon.images, &[item], &mut out)?;
+    std::io::Write::flush(&mut out).map_err(ApiError::internal)?;
+    drop(out);
+    let bytes = tar.metadata().map_err(ApiError::internal)?.len();
+    wire::send_file(control, &tar, 0, bytes, false).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
 /// A template's state and memory (its zero pages left out), as the

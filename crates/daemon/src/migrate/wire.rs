@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::ContainerRecord;
 
-/// This protocol's version; a peer speaking another is refused.
-pub const VERSION: u32 = 2;
+/// This protocol's version; a peer speaking another is refused. 3: the
+/// image goes too when the destination lacks it (`send_image`).
+pub const VERSION: u32 = 3;
 /// The largest message (an offer carries a container's record and spec).
 const MAX_MESSAGE: usize = 1 << 20;
 /// The largest file segment.
@@ -53,12 +54,15 @@ pub enum Message {
     /// Source → destination, first on the control connection.
     Offer(Box<Offer>),
     /// Destination → source: send the files (first the template, if this
-    /// host lacks it: its state, then its memory), then open the data
+    /// host lacks it: its state, then its memory; then the image as a
+    /// `docker save` tar, if this host lacks it), then open the data
     /// connection with this token.
     Accepted {
         token: String,
         #[serde(default)]
         send_template: bool,
+        #[serde(default)]
+        send_image: bool,
     },
     /// Destination → source: the container cannot come (why).
     Refused {

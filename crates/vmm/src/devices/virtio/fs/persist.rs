@@ -126,6 +126,22 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
         ))
     }
 
+    /// Puts what the guest wrote through its open files on the storage:
+    /// a VMM on another host opens them again (NFS shows another client a
+    /// write only once it is flushed).
+    pub(super) fn sync_writable(&self) -> io::Result<()> {
+        let open: Vec<(u64, OpenHandle)> = self.table().handles.iter().map(|(&fh, open)| (fh, *open)).collect();
+        let ctx = Context::default();
+        for (_, open) in open {
+            if open.dir || open.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+                continue;
+            }
+            let inner = self.resolve(&ctx, open.node)?;
+            self.inner.fsync(&ctx, inner, true, open.inner)?;
+        }
+        Ok(())
+    }
+
     /// The table, for the VMM the VM moves to; refused (naming the file)
     /// if a file the guest holds open can no longer be found by name.
     pub(super) fn save(&self) -> Result<InodesState, String> {
@@ -178,11 +194,6 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
             .getattr(&ctx, ROOT, None)
             .map_err(|e| format!("{shown}: {e}"))?;
         let ours = host_id(&ours);
-        if (ours.1, ours.2) != (saved.root.1, saved.root.2) {
-            return Err(format!(
-                "{shown} is not the directory the container shared where it ran (another inode)"
-            ));
-        }
         // Another host's device number for the same storage: the share's
         // own files are named by this host's (files on mounts below it
         // cannot be told apart and will read as stale).
@@ -191,6 +202,11 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
             false => host,
         };
         let table = build_table(&saved, ours, dev).map_err(|e| format!("{shown}: the moved table: {e}"))?;
+        if (ours.1, ours.2) != (saved.root.1, saved.root.2) {
+            return Err(format!(
+                "{shown} is not the directory the container shared where it ran (another inode)"
+            ));
+        }
         self.replace_table(table).map_err(|e| format!("{shown}: {e}"))?;
         // Opened again in the order the guest opened them.
         for open in &saved.handles {
@@ -459,6 +475,7 @@ mod tests {
         assert_eq!(first.len(), 4);
         let rest_before = names(&from, a, dir_fh, 4, usize::MAX);
 
+        from.inner().sync_writable().unwrap();
         let to = moved(&from, tree.path()).unwrap();
         // The guest's numbers name the same files: its handle answers, and
         // its inodes are the host files they were.
