@@ -29,7 +29,7 @@ impl From<VolumeError> for ApiError {
             VolumeError::InvalidName(_) => StatusCode::BAD_REQUEST,
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
             VolumeError::InUse(_) | VolumeError::SharedInUse(_) => StatusCode::CONFLICT,
-            VolumeError::TooManyDisks(_) => StatusCode::BAD_REQUEST,
+            VolumeError::TooManyDisks(_) | VolumeError::Device { .. } => StatusCode::BAD_REQUEST,
             VolumeError::Damaged { .. } | VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -43,7 +43,13 @@ fn volume_json(record: &VolumeRecord) -> Value {
             json!({"type": "disk"}),
             "ext4 disk, for one running container at a time",
         ),
-        VolumeKind::Shared => (json!({}), "directory, shared through virtio-fs"),
+        VolumeKind::Shared => match &record.device {
+            Some(device) => (
+                json!({"type": "none", "o": "bind", "device": device}),
+                "host directory, shared through virtio-fs",
+            ),
+            None => (json!({}), "directory, shared through virtio-fs"),
+        },
     };
     json!({
         "Name": record.name,
@@ -97,6 +103,8 @@ pub struct VolumeRequest {
     pub anonymous: bool,
     pub labels: BTreeMap<String, String>,
     pub kind: VolumeKind,
+    /// A host directory the volume is (`-o type=none -o o=bind -o device=DIR`).
+    pub device: Option<std::path::PathBuf>,
 }
 
 impl VolumeRequest {
@@ -112,20 +120,7 @@ impl VolumeRequest {
                 body.driver
             )));
         }
-        // Docker's local driver takes mount options; hull's takes one: an
-        // ext4 disk instead of a shared directory.
-        let mut kind = VolumeKind::Shared;
-        for (option, value) in body.driver_opts.unwrap_or_default() {
-            match (option.as_str(), value.as_str()) {
-                ("type", "disk") => kind = VolumeKind::Disk,
-                ("type", "" | "shared") => kind = VolumeKind::Shared,
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "volume option {option}={value} is not supported: hull's local volumes are shared directories, or with type=disk ext4 disks for one running container"
-                    )))
-                }
-            }
-        }
+        let (kind, device) = volume_kind(body.driver_opts.unwrap_or_default())?;
         let (name, anonymous) = match body.name.as_str() {
             "" => (crate::containers::random_hex(32), true),
             name if volume::valid_name(name) => (name.to_string(), false),
@@ -136,18 +131,55 @@ impl VolumeRequest {
             anonymous,
             labels: body.labels.unwrap_or_default(),
             kind,
+            device,
         })
+    }
+}
+
+/// What the local driver's options ask for. Docker's are mount(8)'s; hull
+/// takes `type=disk` (an ext4 disk instead of a shared directory) and
+/// Docker's bind of a host directory, `type=none`, `o=bind` and
+/// `device=DIR` together.
+fn volume_kind(options: HashMap<String, String>) -> Result<(VolumeKind, Option<std::path::PathBuf>), ApiError> {
+    let unsupported = |option: &str, value: &str| {
+        ApiError::bad_request(format!(
+            "volume option {option}={value} is not supported: hull's local volumes are shared directories, with \
+             type=disk ext4 disks for one running container, or with type=none,o=bind,device=DIR a host directory"
+        ))
+    };
+    let mut kind = VolumeKind::Shared;
+    let (mut none, mut bind, mut device) = (false, false, None);
+    for (option, value) in &options {
+        match (option.as_str(), value.as_str()) {
+            ("type", "disk") => kind = VolumeKind::Disk,
+            ("type", "" | "shared") => kind = VolumeKind::Shared,
+            ("type", "none") => none = true,
+            ("o", "bind" | "rbind") => bind = true,
+            ("device", dir) => device = Some(dir),
+            (option, value) => return Err(unsupported(option, value)),
+        }
+    }
+    match (none, bind, device) {
+        (false, false, None) => Ok((kind, None)),
+        (true, true, Some(dir)) if dir.starts_with('/') => Ok((VolumeKind::Shared, Some(dir.into()))),
+        (true, true, Some(dir)) => Err(ApiError::bad_request(format!(
+            "volume option device={dir}: a host directory's absolute path is expected"
+        ))),
+        _ => Err(ApiError::bad_request(
+            "a host directory as a volume takes all three of type=none, o=bind and device=DIR".to_string(),
+        )),
     }
 }
 
 pub async fn create(body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = VolumeRequest::parse(&body)?;
     let (record, _) = blocking(move || {
-        Ok(volume::create(
+        Ok(volume::create_on(
             &request.name,
             request.labels,
             request.anonymous,
             request.kind,
+            request.device.as_deref(),
         )?)
     })
     .await?;

@@ -841,6 +841,55 @@ fn volumes_are_created_listed_inspected_pruned_and_removed() {
         1,
         "not supported",
     );
+    // Docker's local driver binding a host directory: the volume is that
+    // directory, and removing the volume leaves it.
+    let device = hulld.work.join("device");
+    std::fs::create_dir_all(&device).unwrap();
+    std::fs::write(device.join("kept"), "mine").unwrap();
+    let device_opt = format!("device={}", device.display());
+    ok(&hulld.docker(&[
+        "volume",
+        "create",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        &device_opt,
+        "hostdir",
+    ]));
+    let inspected = ok(&hulld.docker(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{.Mountpoint}} {{.Options.type}} {{.Options.o}} {{.Options.device}}",
+        "hostdir",
+    ]));
+    let real = std::fs::canonicalize(&device).unwrap();
+    assert_eq!(inspected, format!("{0} none bind {0}\n", real.display()));
+    for (options, why) in [
+        (vec!["-o", "type=none", "-o", "o=bind"], "all three"),
+        (vec!["-o", "o=bind", "-o", &device_opt], "all three"),
+        (
+            vec!["-o", "type=none", "-o", "o=bind", "-o", "device=relative"],
+            "absolute",
+        ),
+        (
+            vec!["-o", "type=none", "-o", "o=bind", "-o", "device=/no/such/dir"],
+            "No such file",
+        ),
+        (
+            vec!["-o", "type=nfs", "-o", "o=addr=1.2.3.4", "-o", "device=:/x"],
+            "not supported",
+        ),
+    ] {
+        let mut args = vec!["volume", "create"];
+        args.extend(options);
+        args.push("badbind");
+        fails(&hulld.docker(&args), 1, why);
+    }
+    ok(&hulld.docker(&["volume", "rm", "hostdir"]));
+    assert_eq!(std::fs::read_to_string(device.join("kept")).unwrap(), "mine");
 
     // A container refers to its volumes: not removable (unless forced),
     // and not pruned; a host directory is bound (a file is refused).

@@ -185,6 +185,8 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     // directory), named shared on both: a bind mount under it moves.
     let storage = std::env::temp_dir().join(format!("vm-migrate-storage-{}", std::process::id()));
     std::fs::create_dir_all(storage.join("app")).unwrap();
+    std::fs::create_dir_all(storage.join("vol")).unwrap();
+    std::fs::write(storage.join("vol/hello"), "from the shared storage\n").unwrap();
     let storage_arg = storage.display().to_string();
     let (source, _registry, image) = Hulld::with_busybox_args(
         "vm-migrate-src",
@@ -212,6 +214,20 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     // storage: that file stays open across the hosts.
     let counter = "exec 3>>/shared/count; i=0; while :; do i=$((i+1)); echo $i; echo $i >&3; sleep 0.01; done";
     let shared_bind = format!("{}:/shared", storage.join("app").display());
+    // And a volume of a directory there (Docker's local driver's bind):
+    // its definition goes with it, its files stay.
+    let device = format!("device={}", storage.join("vol").display());
+    ok(&source.docker(&[
+        "volume",
+        "create",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        &device,
+        "onstorage",
+    ]));
     // Its disk volume goes with it.
     ok(&source.docker(&[
         "volume",
@@ -235,6 +251,8 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         "data:/data",
         "-v",
         &shared_bind,
+        "-v",
+        "onstorage:/vol",
         // Its log rotates every few seconds, during moves too: the files
         // it rotated into go with it, and none of its lines is lost.
         "--log-opt",
@@ -304,7 +322,11 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/data/stored"])), "stored\n");
         // The volume is where its data is: there, with its labels, and no
         // longer here.
-        assert_eq!(volumes(to).trim(), "data", "move {round}");
+        assert_eq!(volumes(to).trim(), "data\nonstorage", "move {round}");
+        assert_eq!(
+            ok(&to.docker(&["exec", &id, "cat", "/vol/hello"])),
+            "from the shared storage\n"
+        );
         assert_eq!(volumes(from).trim(), "", "move {round}");
         assert_eq!(
             ok(&to.docker(&["volume", "inspect", "--format", "{{.Labels.kind}}", "data"])).trim(),

@@ -4,6 +4,9 @@
 //!   `_data`, that every running container mounting the volume shares
 //!   through its VM's virtio-fs device, and that the host sees at the
 //!   volume's `Mountpoint`;
+//!   With Docker's local-driver options `-o type=none -o o=bind -o
+//!   device=DIR` that directory is a host directory of the user's instead
+//!   (`device`): removing the volume leaves it;
 //! - **disk** (`docker volume create -o type=disk`): an ext4 disk attached
 //!   to a container's VM as one more virtio-blk disk, for block-device speed
 //!   and a journal of its own. One running VM at a time may use it: a disk
@@ -39,6 +42,8 @@ pub enum VolumeError {
     TooManyDisks(usize),
     #[error("volume {name}: {detail}")]
     Damaged { name: String, detail: String },
+    #[error("volume device {device}: {detail}")]
+    Device { device: String, detail: String },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -63,6 +68,10 @@ pub struct VolumeRecord {
     /// Volumes made before shared ones existed are disks.
     #[serde(default)]
     pub kind: VolumeKind,
+    /// A shared volume's data in a host directory of the user's (Docker's
+    /// `-o type=none -o o=bind -o device=DIR`), resolved when made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<PathBuf>,
 }
 
 /// How a volume keeps its data.
@@ -115,9 +124,10 @@ pub fn disk_path(name: &str) -> Result<PathBuf, VolumeError> {
 /// disk volume's disk (Docker's `Mountpoint`).
 pub fn mountpoint(record: &VolumeRecord) -> PathBuf {
     let dir = volumes_dir().join(&record.name);
-    match record.kind {
-        VolumeKind::Disk => dir.join(DISK),
-        VolumeKind::Shared => dir.join(DATA),
+    match (record.kind, &record.device) {
+        (VolumeKind::Disk, _) => dir.join(DISK),
+        (VolumeKind::Shared, Some(device)) => device.clone(),
+        (VolumeKind::Shared, None) => dir.join(DATA),
     }
 }
 
@@ -145,7 +155,32 @@ pub fn create(
     anonymous: bool,
     kind: VolumeKind,
 ) -> Result<(VolumeRecord, bool), VolumeError> {
+    create_on(name, labels, anonymous, kind, None)
+}
+
+/// [`create`], a shared volume's data in host directory `device` (which
+/// must be one) when given.
+pub fn create_on(
+    name: &str,
+    labels: BTreeMap<String, String>,
+    anonymous: bool,
+    kind: VolumeKind,
+    device: Option<&Path>,
+) -> Result<(VolumeRecord, bool), VolumeError> {
     let dir = dir_of(name)?;
+    let device = device
+        .map(|device| match std::fs::canonicalize(device) {
+            Ok(real) if real.is_dir() && kind == VolumeKind::Shared => Ok(real),
+            Ok(_) => Err(VolumeError::Device {
+                device: device.display().to_string(),
+                detail: "not a directory (a bind-mounted volume is a shared one of a directory)".into(),
+            }),
+            Err(e) => Err(VolumeError::Device {
+                device: device.display().to_string(),
+                detail: e.to_string(),
+            }),
+        })
+        .transpose()?;
     if let Some(existing) = get(name)? {
         return Ok((existing, false));
     }
@@ -160,6 +195,7 @@ pub fn create(
         labels,
         anonymous,
         kind,
+        device: device.clone(),
     };
     let built = (|| {
         std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
@@ -168,6 +204,7 @@ pub fn create(
                 name: name.to_string(),
                 detail: e.to_string(),
             })?,
+            VolumeKind::Shared if device.is_some() => {}
             VolumeKind::Shared => {
                 let data = tmp.join(DATA);
                 std::fs::create_dir(&data).map_err(io(format!("creating {}", data.display())))?;

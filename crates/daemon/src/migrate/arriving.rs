@@ -376,7 +376,7 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
     if let Some(why) = super::shared_storage::refuse(&spec.binds, &daemon.shared_storage()) {
         return Err(format!("on this host, {why}"));
     }
-    check_volumes(&spec.volumes, &volumes)?;
+    check_volumes(&spec.volumes, &volumes, &daemon.shared_storage())?;
     // An image this host lacks comes from the source (`take`).
     let image_wanted = daemon.images.image(&image).is_err();
     if writable_bytes == 0 || writable_bytes > MAX_WRITABLE_DISK {
@@ -440,9 +440,11 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
         })
         .and_then(|()| {
             for volume in &volumes {
-                let kind = runtime::volume::VolumeKind::Disk;
-                match runtime::volume::create(&volume.name, volume.labels.clone(), volume.anonymous, kind) {
+                let (kind, device) = (volume.kind, volume.device.as_deref());
+                match runtime::volume::create_on(&volume.name, volume.labels.clone(), volume.anonymous, kind, device) {
                     Ok((_, true)) => made_volumes.push(volume.name.clone()),
+                    // The same directory's volume, kept here (checked above).
+                    Ok((here, false)) if device.is_some() && here.device.as_deref() == device => {}
                     Ok((_, false)) => return Err(format!("a volume named {} is on this host already", volume.name)),
                     Err(e) => return Err(e.to_string()),
                 }
@@ -479,6 +481,7 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
 fn check_volumes(
     mounts: &[runtime::volume::VolumeMount],
     offered: &[runtime::volume::VolumeRecord],
+    storage: &[std::path::PathBuf],
 ) -> Result<(), String> {
     if mounts.len() != offered.len() || mounts.iter().zip(offered).any(|(m, v)| m.name != v.name) {
         return Err("the volumes offered are not the container's".into());
@@ -487,14 +490,30 @@ fn check_volumes(
         if !runtime::volume::valid_name(&volume.name) {
             return Err(format!("\"{}\" is not a volume name", volume.name));
         }
-        if volume.kind != runtime::volume::VolumeKind::Disk {
-            return Err(format!(
-                "volume {} is shared: only disk volumes move between hosts",
-                volume.name
-            ));
-        }
-        if runtime::volume::get(&volume.name).ok().flatten().is_some() {
-            return Err(format!("a volume named {} is on this host already", volume.name));
+        let here = runtime::volume::get(&volume.name).ok().flatten();
+        match (volume.kind, &volume.device) {
+            (runtime::volume::VolumeKind::Disk, _) if here.is_some() => {
+                return Err(format!("a volume named {} is on this host already", volume.name));
+            }
+            (runtime::volume::VolumeKind::Disk, _) => {}
+            // A directory both hosts see: the same volume here, or made.
+            (runtime::volume::VolumeKind::Shared, Some(device))
+                if super::shared_storage::on_shared(device, storage) =>
+            {
+                if here.is_some_and(|here| here.device.as_ref() != Some(device)) {
+                    return Err(format!(
+                        "a volume named {} is on this host already, not of {}",
+                        volume.name,
+                        device.display()
+                    ));
+                }
+            }
+            (runtime::volume::VolumeKind::Shared, _) => {
+                return Err(format!(
+                    "volume {} is shared and not on this host's shared storage (hulld --shared-storage)",
+                    volume.name
+                ));
+            }
         }
     }
     Ok(())

@@ -47,15 +47,23 @@ pub fn move_to(
     if let Some(why) = super::shared_storage::refuse(&spec.binds, &daemon.shared_storage()) {
         return Err(ApiError::conflict(why));
     }
-    // Disk volumes go in the VM's stream; a shared volume's files are this host's.
+    // Disk volumes go in the VM's stream; a shared volume's files are this
+    // host's, unless it is a directory on storage both hosts see.
+    let storage = daemon.shared_storage();
     let mut volumes = Vec::new();
     for mount in &spec.volumes {
         let volume = runtime::volume::get(&mount.name)?
             .ok_or_else(|| ApiError::internal(format!("volume {} is gone", mount.name)))?;
-        if volume.kind == runtime::volume::VolumeKind::Shared {
+        let on_shared = volume
+            .device
+            .as_deref()
+            .is_some_and(|device| super::shared_storage::on_shared(device, &storage));
+        if volume.kind == runtime::volume::VolumeKind::Shared && !on_shared {
             return Err(ApiError::conflict(format!(
-                "volume {} is shared (its files are this host's): a container with it cannot move to another host \
-                 yet; disk volumes (docker volume create -o type=disk) move with it",
+                "volume {} is shared (its files are this host's): a container with it cannot move to another \
+                 host; disk volumes (docker volume create -o type=disk) move with it, and so does a volume of a \
+                 directory on storage both hosts see (-o type=none -o o=bind -o device=DIR, under a directory \
+                 named on both with hulld --shared-storage)",
                 mount.name
             )));
         }

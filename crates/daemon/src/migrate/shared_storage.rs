@@ -7,7 +7,7 @@
 //! own list, so a peer host cannot have it share a directory its operator
 //! did not name.
 
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use runtime::bind::BindMount;
 
@@ -27,29 +27,29 @@ pub fn resolve(dirs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 /// here, if one cannot: each must be an absolute path with no `.` or `..`
 /// and no symbolic link in it, under one of `storage`.
 pub fn refuse(binds: &[BindMount], storage: &[PathBuf]) -> Option<String> {
-    binds.iter().find_map(|bind| {
-        let plain = bind.source.is_absolute()
-            && bind
-                .source
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        let resolved = plain && std::fs::canonicalize(&bind.source).is_ok_and(|real| real == bind.source);
-        let shared = resolved && storage.iter().any(|dir| bind.source.starts_with(dir));
-        (!shared).then(|| {
-            format!(
-                "bind mount {} is not on storage this host shares with others: a container's bind mounts move \
-                 between hosts only from under a directory every host sees at the same path, named on both with \
-                 hulld --shared-storage DIR",
-                bind.source.display()
-            )
-        })
+    binds.iter().find(|bind| !on_shared(&bind.source, storage)).map(|bind| {
+        format!(
+            "bind mount {} is not on storage this host shares with others: a container's bind mounts move \
+             between hosts only from under a directory every host sees at the same path, named on both with \
+             hulld --shared-storage DIR",
+            bind.source.display()
+        )
     })
+}
+
+/// Whether `path` is an absolute path with no `.` or `..` and no symbolic
+/// link in it, under one of `storage`.
+pub fn on_shared(path: &Path, storage: &[PathBuf]) -> bool {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let resolved = plain && std::fs::canonicalize(path).is_ok_and(|real| real == path);
+    resolved && storage.iter().any(|dir| path.starts_with(dir))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn bind(source: &Path) -> BindMount {
