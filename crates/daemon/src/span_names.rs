@@ -98,15 +98,22 @@ pub fn share(daemon: Arc<Daemon>) {
     let spawned = std::thread::Builder::new()
         .name("span-names".into())
         .spawn(move || loop {
-            for network in runtime::network::list().unwrap_or_default() {
-                if network.vxlan.is_some() && std::path::Path::new("/sys/class/net").join(&network.bridge).exists() {
-                    share_network(&daemon, &network);
-                }
-            }
+            share_now(&daemon);
             std::thread::sleep(SHARE_EVERY);
         });
     if let Err(e) = spawned {
         tracing::warn!("no names shared with other hosts: {e}");
+    }
+}
+
+/// Sends this host's names on every spanning network to its peers now (a
+/// container just arrived: the host it left learns its name is here at
+/// once, not at the next round).
+pub fn share_now(daemon: &Arc<Daemon>) {
+    for network in runtime::network::list().unwrap_or_default() {
+        if network.vxlan.is_some() && std::path::Path::new("/sys/class/net").join(&network.bridge).exists() {
+            share_network(daemon, &network);
+        }
     }
 }
 

@@ -46,6 +46,10 @@ pub enum VmmRequest {
         /// Pages and disk data travel as they are, without LZ4.
         #[serde(default)]
         uncompressed: bool,
+        /// The destination is on this host and opens the same files: the
+        /// pause puts nothing on storage (one page cache serves both).
+        #[serde(default)]
+        same_host: bool,
     },
     /// Lend the taps the VM's NICs are on: answered with `Taps` and, in the
     /// same message (`SCM_RIGHTS`), a descriptor of each, in slot order

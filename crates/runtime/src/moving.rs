@@ -410,6 +410,8 @@ fn send_vm(
         max_seconds: asked.limits.max_seconds,
         send_disks,
         uncompressed: !asked.limits.compress,
+        // The disks travel exactly when the VM leaves this host.
+        same_host: !send_disks,
     };
     // From here input the old connection may no longer take is kept for
     // the new one (`Steer::reconnect`), until the move ends either way.

@@ -262,6 +262,13 @@ fn take(
     daemon.watch(&record.id);
     resumed?;
     daemon.container_event_of(record, "migrate", &[("phase", "finish")]);
+    // Its names go to the other hosts now (the one it left answers for it
+    // from what this host sends), not at the next round; on a thread of
+    // their own: a peer that does not answer must not hold the move.
+    let sharing = daemon.clone();
+    let _ = std::thread::Builder::new()
+        .name("span-names-now".into())
+        .spawn(move || crate::span_names::share_now(&sharing));
     wire::send(control, &Message::Resumed).map_err(failed)
 }
 

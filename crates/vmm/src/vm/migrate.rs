@@ -52,6 +52,16 @@ struct Outgoing<'v, 'a> {
     msrs: Vec<u32>,
     /// The disks whose content travels.
     disks: Vec<OutgoingDisk>,
+    same_host: bool,
+}
+
+/// Where a VM goes: whether its read-write disks' content travels (the
+/// destination has empty copies), and whether the destination is on this
+/// host (it opens the same files, through the same page cache).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Route {
+    pub send_disks: bool,
+    pub same_host: bool,
 }
 
 impl Outgoing<'_, '_> {
@@ -152,13 +162,16 @@ impl Source for Outgoing<'_, '_> {
     }
 
     fn state(&mut self) -> Result<Vec<u8>, String> {
-        // What the guest was told is written must be on the disks the next
-        // host opens, not in this host's page cache.
-        self.vmm
-            .devices
-            .flush()
-            .map_err(|e| format!("flushing the disks: {e}"))?;
-        crate::trace::mark("migration: disks flushed");
+        // What the guest was told is written must be on the disks (and
+        // shared files) the next host opens, not in this host's page cache;
+        // a VMM on this host reads that cache.
+        if !self.same_host {
+            self.vmm
+                .devices
+                .flush()
+                .map_err(|e| format!("flushing the disks: {e}"))?;
+            crate::trace::mark("migration: disks flushed");
+        }
         let state = persist::capture(
             self.vmm.vm,
             self.vmm.devices,
@@ -235,7 +248,7 @@ pub(super) fn migrate(
     vmm: &mut Vmm,
     conn: File,
     limits: proto::MoveLimits,
-    send_disks: bool,
+    route: Route,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
     // Borrowed for the migration, given back if it fails.
@@ -248,7 +261,7 @@ pub(super) fn migrate(
     };
     let result = match vmm.devices.migration_blocker() {
         Some(why) => Err(format!("this VM cannot be migrated: {why}")),
-        None => migrate_with(vmm, &pagemap, conn, limits, send_disks, progress),
+        None => migrate_with(vmm, &pagemap, conn, limits, route, progress),
     };
     vmm.pagemap = Ok(pagemap);
     result
@@ -259,9 +272,10 @@ fn migrate_with(
     pagemap: &Pagemap,
     conn: File,
     limits: proto::MoveLimits,
-    send_disks: bool,
+    route: Route,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
+    let send_disks = route.send_disks;
     let disk_handles = vmm.devices.disks().map_err(|e| format!("the VM's disks: {e}"))?;
     let disk_shapes = disk_handles
         .iter()
@@ -323,6 +337,7 @@ fn migrate_with(
         held: false,
         msrs,
         disks,
+        same_host: route.same_host,
     };
     let report = send::send(
         &mut conn,

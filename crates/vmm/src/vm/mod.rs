@@ -277,6 +277,7 @@ impl Vmm<'_> {
                 max_seconds,
                 send_disks,
                 uncompressed,
+                same_host,
             } => match fd {
                 Some(conn) => {
                     let limits = proto::MoveLimits {
@@ -284,7 +285,8 @@ impl Vmm<'_> {
                         max_seconds,
                         compress: !uncompressed,
                     };
-                    migrate::migrate(self, conn, limits, send_disks, &mut |progress| {
+                    let route = migrate::Route { send_disks, same_host };
+                    migrate::migrate(self, conn, limits, route, &mut |progress| {
                         let _ = early.send((VmmReply::Progress(progress), Vec::new()));
                     })
                     .unwrap_or_else(|reason| VmmReply::Failed { reason })

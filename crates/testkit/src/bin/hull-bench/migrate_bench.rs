@@ -600,6 +600,8 @@ fn hull_run(
             max_seconds: CONVERGE_LIMIT.as_secs() as u32,
             send_disks: false,
             uncompressed: !compress,
+            // As if to another host: the disks are flushed in the pause, as QEMU does.
+            same_host: false,
         };
         let reply = vmm::control::ask(&control, &request, Some(&link))?;
         if let proto::vmm_control::VmmReply::Failed { .. } = reply {

@@ -130,9 +130,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
     /// a VMM on another host opens them again (NFS shows another client a
     /// write only once it is flushed).
     pub(super) fn sync_writable(&self) -> io::Result<()> {
-        let open: Vec<(u64, OpenHandle)> = self.table().handles.iter().map(|(&fh, open)| (fh, *open)).collect();
+        let handles: Vec<OpenHandle> = self.table().handles.values().copied().collect();
         let ctx = Context::default();
-        for (_, open) in open {
+        for open in handles {
             if open.dir || open.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
                 continue;
             }
