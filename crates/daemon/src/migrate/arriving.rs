@@ -214,7 +214,7 @@ fn take(
         dir.set_arriving_template(&template).map_err(|e| e.to_string())?;
     }
     if let Some(image) = &prepared.image_wanted {
-        receive_image(daemon, control, image)?;
+        receive_image(daemon, control, image, &record.image)?;
     }
     let image_disk = new_file(&dir.arriving_image_disk())?;
     wire::receive_file(control, &image_disk, MAX_IMAGE_DISK).map_err(failed)?;
@@ -552,14 +552,26 @@ fn receive_template(
 
 /// Takes the container's image, image `id`, as the source saved it (a
 /// tar, untrusted: `image::load` unpacks it safely and checks every
-/// layer's digest); it must be that image.
-fn receive_image(daemon: &Arc<Daemon>, control: &mut UnixStream, id: &image::digest::Digest) -> Result<(), String> {
+/// layer's digest); it must be that image. The name it comes under
+/// (`named`, the container's) keeps any other image it names here.
+fn receive_image(
+    daemon: &Arc<Daemon>,
+    control: &mut UnixStream,
+    id: &image::digest::Digest,
+    named: &str,
+) -> Result<(), String> {
+    let named_here = daemon.images.resolve(named).ok().map(|image| image.id);
     let tar =
         super::scratch_file(&daemon.images.root().join("partial")).map_err(|e| format!("the image's tar: {e}"))?;
     wire::receive_file(control, &tar, MAX_IMAGE).map_err(|e| e.to_string())?;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tar));
     let loaded = image::load::load(&daemon.images, std::path::Path::new(&path))
         .map_err(|e| format!("the image the source sent: {e}"))?;
+    if let Some(other) = named_here.filter(|other| other != id) {
+        if let Err(e) = daemon.images.tag(&other.to_string(), named) {
+            tracing::warn!("keeping {named} on image {other} after a move brought another: {e}");
+        }
+    }
     if !loaded.iter().any(|image| image.record.id == *id) {
         return Err(format!("the source sent another image than the container's ({id})"));
     }
