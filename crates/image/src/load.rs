@@ -55,23 +55,38 @@ struct SaveEntry {
     layers: Vec<String>,
 }
 
-/// Loads every image in `input` (a tar file, or a directory).
+/// Loads every image in `input` (a tar file, or a directory), under the
+/// names it carries.
 pub fn load(store: &Store, input: &Path) -> Result<Vec<Loaded>, LoadError> {
+    load_as(store, input, true)
+}
+
+/// [`load`], the names it carries ignored: what another host sends takes
+/// no name of this one's.
+pub fn load_untagged(store: &Store, input: &Path) -> Result<Vec<Loaded>, LoadError> {
+    load_as(store, input, false)
+}
+
+/// Numbers this process's loads, whose scratch files must not meet.
+static NEXT_LOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn load_as(store: &Store, input: &Path, keep_tags: bool) -> Result<Vec<Loaded>, LoadError> {
+    let token = NEXT_LOAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let meta = fs::metadata(input).map_err(io_err(format!("reading {}", input.display())))?;
     if meta.is_dir() {
-        return load_dir(store, input);
+        return load_dir(store, input, keep_tags, token);
     }
     // A tar is unpacked (safely: it is untrusted) into a scratch directory.
     let scratch = store
         .root()
         .join("partial")
-        .join(format!("load.{}", std::process::id()));
+        .join(format!("load.{}.{token}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
     let result = File::open(input)
         .map_err(io_err(format!("opening {}", input.display())))
         .and_then(|file| Ok(unpack::apply_layer(&scratch, file)?))
-        .and_then(|_| load_dir(store, &scratch));
+        .and_then(|_| load_dir(store, &scratch, keep_tags, token));
     let _ = fs::remove_dir_all(&scratch);
     result
 }
@@ -79,6 +94,10 @@ pub fn load(store: &Store, input: &Path) -> Result<Vec<Loaded>, LoadError> {
 struct Layout<'a> {
     root: &'a Path,
     store: &'a Store,
+    /// Whether the images take the names the input carries.
+    keep_tags: bool,
+    /// This load's number, in its scratch files' names.
+    token: u64,
 }
 
 impl Layout<'_> {
@@ -125,8 +144,9 @@ impl Layout<'_> {
             detail: e.to_string(),
         })?;
         let tmp = self.store.root().join("partial").join(format!(
-            "import.{}.{}",
+            "import.{}.{}.{}",
             std::process::id(),
+            self.token,
             relative.replace('/', "_")
         ));
         let mut out = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -171,8 +191,13 @@ impl Layout<'_> {
     }
 }
 
-fn load_dir(store: &Store, root: &Path) -> Result<Vec<Loaded>, LoadError> {
-    let layout = Layout { root, store };
+fn load_dir(store: &Store, root: &Path, keep_tags: bool, token: u64) -> Result<Vec<Loaded>, LoadError> {
+    let layout = Layout {
+        root,
+        store,
+        keep_tags,
+        token,
+    };
     if root.join("manifest.json").is_file() {
         load_docker_save(&layout)
     } else if root.join("index.json").is_file() {
@@ -202,7 +227,10 @@ fn load_docker_save(layout: &Layout) -> Result<Vec<Loaded>, LoadError> {
         }
         // The classic format has no manifest: write the one a registry would serve.
         let manifest_digest = write_manifest(layout.store, &config_bytes, &config_digest, &layers)?;
-        let tags = normalize_tags(entry.repo_tags.unwrap_or_default())?;
+        let tags = match layout.keep_tags {
+            true => normalize_tags(entry.repo_tags.unwrap_or_default())?,
+            false => Vec::new(),
+        };
         loaded.push(finish(
             layout.store,
             &config,
@@ -267,7 +295,7 @@ fn load_oci_layout(layout: &Layout) -> Result<Vec<Loaded>, LoadError> {
         }
         let tags = match name {
             // A bare tag in an OCI layout has no repository to go with it.
-            Some(name) if name.contains('/') || name.contains(':') => normalize_tags(vec![name])?,
+            Some(name) if layout.keep_tags && (name.contains('/') || name.contains(':')) => normalize_tags(vec![name])?,
             _ => Vec::new(),
         };
         loaded.push(finish(layout.store, &config, config_digest, digest, layers, tags)?);

@@ -499,6 +499,9 @@ fn check_volumes(
         }
         let here = runtime::volume::get(&volume.name).ok().flatten();
         match (volume.kind, &volume.device) {
+            (runtime::volume::VolumeKind::Disk, Some(_)) => {
+                return Err(format!("volume {} is a disk with a host directory", volume.name));
+            }
             (runtime::volume::VolumeKind::Disk, _) if here.is_some() => {
                 return Err(format!("a volume named {} is on this host already", volume.name));
             }
@@ -552,28 +555,33 @@ fn receive_template(
 
 /// Takes the container's image, image `id`, as the source saved it (a
 /// tar, untrusted: `image::load` unpacks it safely and checks every
-/// layer's digest); it must be that image. The name it comes under
-/// (`named`, the container's) keeps any other image it names here.
+/// layer's digest); it must be that image. The names the tar carries are
+/// not taken (a peer must not repoint this host's names); the container's
+/// (`named`) is given to it only if free here.
 fn receive_image(
     daemon: &Arc<Daemon>,
     control: &mut UnixStream,
     id: &image::digest::Digest,
     named: &str,
 ) -> Result<(), String> {
-    let named_here = daemon.images.resolve(named).ok().map(|image| image.id);
     let tar =
         super::scratch_file(&daemon.images.root().join("partial")).map_err(|e| format!("the image's tar: {e}"))?;
     wire::receive_file(control, &tar, MAX_IMAGE).map_err(|e| e.to_string())?;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tar));
-    let loaded = image::load::load(&daemon.images, std::path::Path::new(&path))
+    let loaded = image::load::load_untagged(&daemon.images, std::path::Path::new(&path))
         .map_err(|e| format!("the image the source sent: {e}"))?;
-    if let Some(other) = named_here.filter(|other| other != id) {
-        if let Err(e) = daemon.images.tag(&other.to_string(), named) {
-            tracing::warn!("keeping {named} on image {other} after a move brought another: {e}");
-        }
-    }
     if !loaded.iter().any(|image| image.record.id == *id) {
         return Err(format!("the source sent another image than the container's ({id})"));
+    }
+    // The container was made by the image's ID: no name to give.
+    let by_id = id
+        .to_string()
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.starts_with(named.trim_start_matches("sha256:")));
+    if !by_id && daemon.images.resolve(named).is_err() {
+        if let Err(e) = daemon.images.tag(&id.to_string(), named) {
+            tracing::warn!("naming the image a move brought {named}: {e}");
+        }
     }
     Ok(())
 }

@@ -169,7 +169,7 @@ impl Source for Outgoing<'_, '_> {
             self.vmm
                 .devices
                 .flush()
-                .map_err(|e| format!("flushing the disks: {e}"))?;
+                .map_err(|e| format!("flushing the disks and shared files: {e}"))?;
             crate::trace::mark("migration: disks flushed");
         }
         let state = persist::capture(

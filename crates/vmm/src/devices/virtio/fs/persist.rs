@@ -256,8 +256,13 @@ fn build_table(saved: &InodesState, root: HostId, dev: impl Fn(HostId) -> HostId
             saved.handles.len()
         ));
     }
-    if saved.next_id > 1 << 56 || saved.next_handle == 0 {
+    // Room to count on from there without overflowing (the VFS packs a
+    // share's inode numbers below 1 << 56).
+    if saved.next_id >= 1 << 55 || saved.next_handle == 0 || saved.next_handle >= 1 << 62 {
         return Err("its counters are out of range".into());
+    }
+    if saved.nodes.iter().any(|node| node.guest_refs >= 1 << 32) {
+        return Err("a node's lookup count is out of range".into());
     }
     let mut table = Table::new(root);
     table.next_id = saved.next_id.max(ROOT + 1);
@@ -575,6 +580,10 @@ mod tests {
         });
         with("handle on an unknown node", &|s| s.handles[0].node = 77);
         with("huge counters", &|s| s.next_id = u64::MAX);
+        with("a handle counter about to overflow", &|s| s.next_handle = u64::MAX);
+        with("a lookup count about to overflow", &|s| {
+            s.nodes[0].guest_refs = u64::MAX
+        });
         for (what, state) in cases {
             let refused = share(tree.path()).inner().restore(state, "the share");
             assert!(refused.is_err(), "{what} was taken");
