@@ -198,22 +198,26 @@ impl Fs {
 }
 
 impl Fs {
-    /// Share `index`'s file system, as mounted in the VFS.
-    fn share(&self, index: usize) -> Result<Arc<fuse_backend_rs::api::BackFileSystem>, String> {
-        let vfs = self.vfs.as_ref().ok_or("nothing is shared")?;
-        match vfs.get_rootfs(&format!("/{index}")) {
-            Ok(Some((fs, _))) => Ok(fs),
-            Ok(None) => Err(format!("share {index} is not mounted")),
-            Err(e) => Err(format!("share {index}: {e:?}")),
+    /// `each` on every share's file system as mounted in the VFS (the
+    /// layers hull serves it with, under the VFS's box) and its host
+    /// path, in order (`/0`, `/1`, ...); none when nothing is shared.
+    fn each_share<T>(&self, mut each: impl FnMut(&ShareFs, &str) -> Result<T, String>) -> Result<Vec<T>, String> {
+        let Some(vfs) = &self.vfs else { return Ok(Vec::new()) };
+        let mut results = Vec::with_capacity(self.shown.len());
+        for (index, shown) in self.shown.iter().enumerate() {
+            let fs = match vfs.get_rootfs(&format!("/{index}")) {
+                Ok(Some((fs, _))) => fs,
+                Ok(None) => return Err(format!("share {index} is not mounted")),
+                Err(e) => return Err(format!("share {index}: {e:?}")),
+            };
+            let served = fs
+                .as_any()
+                .downcast_ref::<ShareFs>()
+                .ok_or_else(|| format!("{shown} is not served as hull serves a share"))?;
+            results.push(each(served, shown)?);
         }
+        Ok(results)
     }
-}
-
-/// The layers hull serves a share with, under the VFS's box.
-fn served<'a>(fs: &'a Arc<fuse_backend_rs::api::BackFileSystem>, shown: &str) -> Result<&'a ShareFs, String> {
-    fs.as_any()
-        .downcast_ref::<ShareFs>()
-        .ok_or_else(|| format!("{shown} is not served as hull serves a share"))
 }
 
 /// The passthrough file system holds a descriptor per inode the guest has
@@ -318,38 +322,27 @@ impl VirtioDevice for Fs {
     fn backend_state(&self) -> Result<Vec<u8>, String> {
         let Some(vfs) = &self.vfs else { return Ok(Vec::new()) };
         let init = vfs.initialized().then(|| vfs.options().in_opts.bits());
-        let mut shares = Vec::new();
-        for (index, shown) in self.shown.iter().enumerate() {
-            let share = self.share(index)?;
-            let fs = served(&share, shown)?;
-            let inodes = fs.inner().save().map_err(|e| format!("{shown}: {e}"))?;
-            shares.push(persist::ShareState {
-                inodes,
+        let shares = self.each_share(|fs, shown| {
+            Ok(persist::ShareState {
+                inodes: fs.inner().save().map_err(|e| format!("{shown}: {e}"))?,
                 listings: fs.save_listings(),
-            });
-        }
+            })
+        })?;
         postcard::to_stdvec(&FsState { init, shares }).map_err(|e| e.to_string())
     }
 
     /// What the guest wrote through the files it holds open, on the
     /// storage the next host opens them from.
     fn flush(&mut self) -> std::io::Result<()> {
-        for index in 0..self.shown.len() {
-            let share = self.share(index).map_err(std::io::Error::other)?;
-            let fs = served(&share, &self.shown[index]).map_err(std::io::Error::other)?;
-            fs.inner().sync_writable()?;
-        }
-        Ok(())
+        self.each_share(|fs, shown| fs.inner().sync_writable().map_err(|e| format!("{shown}: {e}")))
+            .map(drop)
+            .map_err(std::io::Error::other)
     }
 
     /// Checked as a move begins, not only at its end.
     fn migration_blocker(&self) -> Option<String> {
-        (0..self.shown.len()).find_map(|index| {
-            let share = self.share(index).ok()?;
-            let shown = &self.shown[index];
-            let why = served(&share, shown).ok()?.inner().unmovable()?;
-            Some(format!("{shown}: {why}"))
-        })
+        let blockers = self.each_share(|fs, shown| Ok(fs.inner().unmovable().map(|why| format!("{shown}: {why}"))));
+        blockers.ok()?.into_iter().flatten().next()
     }
 
     fn restore_backend_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -369,13 +362,13 @@ impl VirtioDevice for Fs {
             vfs.init(FsOptions::from_bits_truncate(offered))
                 .map_err(|e| format!("the shared directories' FUSE session: {e}"))?;
         }
-        for (index, (saved, shown)) in state.shares.into_iter().zip(&self.shown).enumerate() {
-            let share = self.share(index)?;
-            let fs = served(&share, shown)?;
+        // As many as there are shares (checked above), in their order.
+        let mut saved = state.shares.into_iter();
+        self.each_share(|fs, shown| {
+            let saved = saved.next().ok_or("fewer states than shares")?;
             fs.inner().restore(saved.inodes, shown)?;
-            fs.restore_listings(saved.listings)
-                .map_err(|e| format!("{shown}: {e}"))?;
-        }
+            fs.restore_listings(saved.listings).map_err(|e| format!("{shown}: {e}"))
+        })?;
         Ok(())
     }
 
