@@ -2,13 +2,15 @@
 //! The destination's side of a migration: the input as the stream a source
 //! sends into a 64-page guest, either raw or cut into frames that carry a
 //! valid checksum (kind, a 16-bit length, the payload), so that it gets past
-//! the CRC to the frame decoders, the page bounds checks and a travelling
-//! 256 KiB disk's (disk 1; disk 0 does not travel).
+//! the CRC to the frame decoders, the page bounds checks, a travelling
+//! 256 KiB disk's (disk 1; disk 0 does not travel) and a travelling shared
+//! directory's (share 1, a directory of the run's own: nothing the input
+//! names may land outside it).
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::migration::receive::receive_memory;
-use vmm::migration::IncomingDisks;
+use vmm::migration::{IncomingDisks, IncomingTrees};
 
 const GUEST_BYTES: u64 = 64 * 4096;
 const DISK_BYTES: u64 = 256 << 10;
@@ -27,6 +29,16 @@ fn disks() -> &'static IncomingDisks {
             .expect("the fuzz disk");
         let _ = std::fs::remove_file(&path);
         IncomingDisks::new(vec![None, Some((file, DISK_BYTES))]).expect("the fuzz disk")
+    })
+}
+
+/// The run's own directory that share 1's files go into.
+fn tree() -> &'static std::path::Path {
+    static TREE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("hull-fuzz-tree-{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("the fuzz tree");
+        path
     })
 }
 
@@ -52,7 +64,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_BYTES as usize)]).expect("guest memory");
     let mut link = Link(stream.as_slice());
-    let _ = receive_memory(&mut link, &memory, GUEST_BYTES, disks(), &mut |_, _| {});
+    let root = std::fs::File::open(tree()).expect("the fuzz tree");
+    let mut trees = IncomingTrees::new(vec![None, Some(root.into())]);
+    let _ = receive_memory(&mut link, &memory, GUEST_BYTES, disks(), &mut trees, &mut |_, _| {});
 });
 
 /// The source's side of the link: the stream to read; what the

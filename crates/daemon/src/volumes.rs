@@ -73,7 +73,7 @@ fn labels_of(record: &VolumeRecord) -> BTreeMap<String, String> {
 }
 
 /// The volumes each container uses: volume name → container IDs.
-fn users(daemon: &Daemon) -> Result<HashMap<String, Vec<String>>, ApiError> {
+pub fn users(daemon: &Daemon) -> Result<HashMap<String, Vec<String>>, ApiError> {
     let mut users: HashMap<String, Vec<String>> = HashMap::new();
     for record in daemon.containers.all()? {
         let Ok(spec) = ContainerDir::new(&record.id).spec() else {

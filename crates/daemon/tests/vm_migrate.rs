@@ -211,8 +211,11 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
             .collect()
     };
     // It also appends each number to a file it holds open on the shared
-    // storage: that file stays open across the hosts.
-    let counter = "exec 3>>/shared/count; i=0; while :; do i=$((i+1)); echo $i; echo $i >&3; sleep 0.01; done";
+    // storage: that file stays open across the hosts. And to one it holds
+    // open in a volume of hull's own, whose files only the host it is on
+    // sees: they travel with it.
+    let counter = "exec 3>>/shared/count 4>>/local/count; i=0; \
+                   while :; do i=$((i+1)); echo $i; echo $i >&3; echo $i >&4; sleep 0.01; done";
     let shared_bind = format!("{}:/shared", storage.join("app").display());
     // And a volume of a directory there (Docker's local driver's bind):
     // its definition goes with it, its files stay.
@@ -253,6 +256,8 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         &shared_bind,
         "-v",
         "onstorage:/vol",
+        "-v",
+        "local:/local",
         // Its log rotates every few seconds, during moves too: the files
         // it rotated into go with it, and none of its lines is lost.
         "--log-opt",
@@ -277,6 +282,15 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         "-c",
         "echo kept > /kept; echo stored > /data/stored; sync",
     ]));
+    // A tree in the volume of its own: a link, an owner, a mode.
+    ok(&source.docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "mkdir -p /local/dir/sub && echo tree > /local/dir/sub/f && ln -s sub/f /local/dir/link \
+         && chown 1:2 /local/dir/sub/f && chmod 640 /local/dir/sub/f",
+    ]));
     let volumes = |hulld: &Hulld| ok(&hulld.docker(&["volume", "ls", "-q"]));
     let mut hosts = [&source, &dest];
     let listens = [&source_listen, &dest_listen];
@@ -284,6 +298,9 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     let mut sent_template = Vec::new();
     for round in 0..10 {
         let (from, to) = (hosts[0], hosts[1]);
+        if round == 5 {
+            ok(&from.docker(&["exec", &id, "sh", "-c", "rm /local/dir/link && echo five > /local/five"]));
+        }
         let before = counted(from, &id).len() as u64;
         let (status, report) = migrate(from, &id, &format!("to={}&downtime=2000", listens[1 - round % 2]));
         eprintln!("move {round}: {report}");
@@ -322,7 +339,21 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/data/stored"])), "stored\n");
         // The volume is where its data is: there, with its labels, and no
         // longer here.
-        assert_eq!(volumes(to).trim(), "data\nonstorage", "move {round}");
+        assert_eq!(volumes(to).trim(), "data\nlocal\nonstorage", "move {round}");
+        // The volume of its own came with its files, as they were.
+        let tree = ok(&to.docker(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "stat -c '%a %u:%g' /local/dir/sub/f; cat /local/dir/sub/f; \
+             readlink /local/dir/link || echo no link; cat /local/five 2>/dev/null || echo no five",
+        ]));
+        let expected = match round {
+            0..=4 => "640 1:2\ntree\nsub/f\nno five\n",
+            _ => "640 1:2\ntree\nno link\nfive\n",
+        };
+        assert_eq!(tree, expected, "move {round}");
         assert_eq!(
             ok(&to.docker(&["exec", &id, "cat", "/vol/hello"])),
             "from the shared storage\n"
@@ -379,6 +410,14 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
     assert!(removed.status.success(), "{}", text(&removed.stderr));
     assert!(arrived_templates().is_empty());
     assert!(!text(&hull_there(&["template", "ls"]).stdout).contains(&identity));
+    // The file it held open in its own volume, carried ten times: every
+    // number once.
+    let local: Vec<u64> = ok(&source.docker(&["exec", &id, "cat", "/local/count"]))
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    assert!(local.len() > 100, "{} numbers in /local/count", local.len());
+    assert_eq!(local, (1..=local.len() as u64).collect::<Vec<_>>());
     ok(&source.docker(&["stop", "-t", "1", &id]));
     assert_eq!(source.inspect("{{.State.Status}}", &id), "exited");
     // The file it held open on the shared storage: every number once,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// The longest request or reply line either side accepts.
 pub const MAX_LINE: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmmRequest {
     /// Stop every vCPU and device thread; the reply comes once all have stopped.
@@ -50,6 +50,11 @@ pub enum VmmRequest {
         /// pause puts nothing on storage (one page cache serves both).
         #[serde(default)]
         same_host: bool,
+        /// The shared directories (by number: `/0` is 0) whose files
+        /// travel too, into the destination's empty ones (a volume only
+        /// this host sees).
+        #[serde(default)]
+        send_shares: Vec<u8>,
     },
     /// Lend the taps the VM's NICs are on: answered with `Taps` and, in the
     /// same message (`SCM_RIGHTS`), a descriptor of each, in slot order

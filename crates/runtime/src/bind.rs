@@ -110,6 +110,19 @@ pub fn check(binds: &[BindMount], volume_targets: &[&str]) -> Result<(), String>
 pub struct Share {
     pub mount: BindMount,
     pub fill_if_empty: bool,
+    /// Its files are this host's alone (a volume of hull's own): they go
+    /// with the VM when it moves to another host.
+    pub travels: bool,
+}
+
+/// The numbers (as the VM's virtio-fs numbers them: `/0` is 0) of the
+/// shares whose files travel with the VM to another host.
+pub fn travelling(shares: &[Share]) -> Vec<u8> {
+    (0..)
+        .zip(shares)
+        .filter(|(_, share)| share.travels)
+        .map(|(index, _)| index)
+        .collect()
 }
 
 impl Share {
@@ -172,6 +185,7 @@ mod tests {
         let file = dir.join("file");
         std::fs::write(&file, b"x").unwrap();
         let share = |source: &std::path::Path| Share {
+            travels: false,
             mount: BindMount::parse(source.to_str().unwrap(), "/f", "")
                 .unwrap()
                 .resolve(MissingSource::Refuse)

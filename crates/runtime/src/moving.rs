@@ -363,7 +363,7 @@ pub(crate) fn move_vm(
         }
     };
     // This host sees the disks: they stay where they are.
-    let mut report = send_vm(&control, &link, asked, moves, steer, false)?;
+    let mut report = send_vm(&control, &link, asked, moves, steer, None)?;
     report.vmm_pid = next.process.id();
     drop(link);
     // The old VMM ends now: what it passed on from the agent comes first.
@@ -394,24 +394,27 @@ pub(crate) fn move_vm(
 }
 
 /// Has the VMM on `control` send its VM over `link` (shut down by a
-/// cancel), its read-write disks too with `send_disks`; the report, or
-/// why the VM did not move (it runs on where it was).
+/// cancel), to another host with `send_shares` (the VM's shares): its
+/// read-write disks and the shares only this host sees go too. The
+/// report, or why the VM did not move (it runs on where it was).
 fn send_vm(
     control: &UnixStream,
     link: &UnixStream,
     asked: &MoveRequest,
     moves: &Moves,
     steer: &Steer,
-    send_disks: bool,
+    send_shares: Option<&[crate::bind::Share]>,
 ) -> Result<MigrationReport, String> {
     moves.carry_on_over(link)?;
+    // The disks, and the directories only this host sees, travel exactly
+    // when the VM leaves this host.
     let request = VmmRequest::Migrate {
         downtime_ms: asked.limits.downtime_ms,
         max_seconds: asked.limits.max_seconds,
-        send_disks,
+        send_disks: send_shares.is_some(),
         uncompressed: !asked.limits.compress,
-        // The disks travel exactly when the VM leaves this host.
-        same_host: !send_disks,
+        same_host: send_shares.is_none(),
+        send_shares: send_shares.map(crate::bind::travelling).unwrap_or_default(),
     };
     // From here input the old connection may no longer take is kept for
     // the new one (`Steer::reconnect`), until the move ends either way.
@@ -471,7 +474,7 @@ fn move_away(
     // `cancel` shuts this down: the connection is a socket of any family.
     let link = UnixStream::from(away.try_clone().map_err(|e| format!("the migration connection: {e}"))?);
     // The other host does not see this one's files.
-    let mut report = send_vm(&control, &link, asked, moves, steer, true)?;
+    let mut report = send_vm(&control, &link, asked, moves, steer, Some(kit.files.shares))?;
     drop(link);
     // What the VMM here passed on from the agent before the VM left: all
     // of it is this host's to keep, up to the connection's end.

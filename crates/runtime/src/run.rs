@@ -479,6 +479,7 @@ pub fn run_in(
         .map(|bind| crate::bind::Share {
             mount: bind.clone(),
             fill_if_empty: false,
+            travels: false,
         })
         .collect();
     // A disk volume is this VM's alone while it runs; a shared one is
@@ -492,11 +493,12 @@ pub fn run_in(
             VolumeKind::Disk => disk_volumes.push(mount.clone()),
             VolumeKind::Shared => shares.push(crate::bind::Share {
                 mount: crate::bind::BindMount {
-                    source: crate::volume::mountpoint(&record),
+                    source: crate::volume::share_source(&record)?,
                     target: mount.target.clone(),
                     read_only: mount.read_only,
                 },
                 fill_if_empty: true,
+                travels: record.device.is_none(),
             }),
         }
     }
@@ -823,7 +825,7 @@ pub(crate) struct VmFiles<'a> {
     /// One per spare slot: volumes' disks, then empty placeholders.
     volumes: &'a [PathBuf],
     /// The directories its virtio-fs shares.
-    shares: &'a [crate::bind::Share],
+    pub(crate) shares: &'a [crate::bind::Share],
     pub(crate) uds: &'a Path,
     /// The VMM's control channel (`proto::vmm_control`).
     pub(crate) control: &'a Path,
@@ -869,6 +871,11 @@ impl<'a> VmFiles<'a> {
                     .arg(ARRIVING_FD.to_string())
                     .arg("--receive-disks")
                     .pass_fd(conn.as_raw_fd(), ARRIVING_FD);
+                // A volume of the source host's own comes with the VM,
+                // into this host's empty one.
+                for share in crate::bind::travelling(self.shares) {
+                    command.arg("--receive-share").arg(share.to_string());
+                }
                 if let Some(template) = template {
                     command.arg("--template").arg(template);
                 }

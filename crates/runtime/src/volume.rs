@@ -131,6 +131,17 @@ pub fn mountpoint(record: &VolumeRecord) -> PathBuf {
     }
 }
 
+/// The directory a VM shares for a shared volume, with no symbolic link
+/// in its path (hull-vmm refuses one): a device is resolved when the
+/// volume is made; hull's own data directory may be reached through one.
+pub fn share_source(record: &VolumeRecord) -> Result<PathBuf, VolumeError> {
+    let mountpoint = mountpoint(record);
+    match record.device {
+        Some(_) => Ok(mountpoint),
+        None => std::fs::canonicalize(&mountpoint).map_err(io(format!("resolving {}", mountpoint.display()))),
+    }
+}
+
 /// The volume's record, or `None` if there is no such volume.
 pub fn get(name: &str) -> Result<Option<VolumeRecord>, VolumeError> {
     let path = dir_of(name)?.join(RECORD);

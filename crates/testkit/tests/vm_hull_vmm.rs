@@ -539,6 +539,7 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
             send_disks: true,
             uncompressed: false,
             same_host: false,
+            send_shares: Vec::new(),
         };
         let reply = vmm::control::ask(&control, &request, Some(&link)).unwrap();
         if !matches!(reply, VmmReply::Migrated { .. }) {
@@ -696,6 +697,7 @@ fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {
         // The other migration test's stream is compressed: this one's not.
         uncompressed: true,
         same_host: false,
+        send_shares: Vec::new(),
     };
     let reply = vmm::control::ask(&source_control, &request, Some(&link)).unwrap();
     let source_status = source.wait().unwrap();

@@ -296,6 +296,39 @@ impl DeviceManager {
         Ok(disks)
     }
 
+    /// A descriptor of each of shared directories `shares` (virtio-fs's).
+    pub fn share_roots(&self, shares: &[u8]) -> Result<Vec<File>, String> {
+        let fs = self
+            .virtio
+            .iter()
+            .find(|device| lock(&device.transport).device_type() == crate::devices::virtio::TYPE_FS);
+        shares
+            .iter()
+            .map(|&share| match fs {
+                Some(fs) => lock(&fs.transport)
+                    .share_root(share)
+                    .map_err(|e| format!("shared directory {share}: {e}")),
+                None => Err("the VM shares no directory".into()),
+            })
+            .collect()
+    }
+
+    /// The shared directories whose files come with a VM migrating here,
+    /// each with a descriptor of its directory.
+    pub fn receiving_roots(&self) -> Result<Vec<(u8, File)>, String> {
+        let mut roots = Vec::new();
+        for device in &self.virtio {
+            let transport = lock(&device.transport);
+            for share in transport.receiving_shares() {
+                let root = transport
+                    .share_root(share)
+                    .map_err(|e| format!("shared directory {share}: {e}"))?;
+                roots.push((share, root));
+            }
+        }
+        Ok(roots)
+    }
+
     /// A descriptor of each NIC's tap, by slot (the NICs on nothing left out).
     pub fn lend_taps(&self) -> std::io::Result<Vec<(u8, File)>> {
         let mut taps = Vec::new();

@@ -483,8 +483,10 @@ fn prepare(daemon: &Arc<Daemon>, offer: Offer) -> Result<Prepared, String> {
     })
 }
 
-/// The offered volumes are the spec's, disk volumes, and new here (the
-/// data of one this host has would be overwritten).
+/// The offered volumes are the spec's: disk volumes and volumes of the
+/// source's own, new here (their files come in the VM's stream; the data
+/// of one this host has would be overwritten), or volumes of a directory
+/// on this host's shared storage.
 fn check_volumes(
     mounts: &[runtime::volume::VolumeMount],
     offered: &[runtime::volume::VolumeRecord],
@@ -518,12 +520,18 @@ fn check_volumes(
                     ));
                 }
             }
-            (runtime::volume::VolumeKind::Shared, _) => {
+            (runtime::volume::VolumeKind::Shared, Some(_)) => {
                 return Err(format!(
-                    "volume {} is shared and not on this host's shared storage (hulld --shared-storage)",
+                    "volume {} is a directory not on this host's shared storage (hulld --shared-storage)",
                     volume.name
                 ));
             }
+            // A volume of the source's own: its files come in the VM's
+            // stream, into a new, empty one.
+            (runtime::volume::VolumeKind::Shared, None) if here.is_some() => {
+                return Err(format!("a volume named {} is on this host already", volume.name));
+            }
+            (runtime::volume::VolumeKind::Shared, None) => {}
         }
     }
     Ok(())

@@ -47,24 +47,38 @@ pub fn move_to(
     if let Some(why) = super::shared_storage::refuse(&spec.binds, &daemon.shared_storage()) {
         return Err(ApiError::conflict(why));
     }
-    // Disk volumes go in the VM's stream; a shared volume's files are this
-    // host's, unless it is a directory on storage both hosts see.
+    // Disk volumes go in the VM's stream, and so do the files of a volume
+    // of hull's own, with its only user; a volume of a directory stays
+    // where it is, on storage both hosts see.
     let storage = daemon.shared_storage();
+    let users = crate::volumes::users(daemon)?;
     let mut volumes = Vec::new();
     for mount in &spec.volumes {
         let volume = runtime::volume::get(&mount.name)?
             .ok_or_else(|| ApiError::internal(format!("volume {} is gone", mount.name)))?;
-        let on_shared = volume
-            .device
-            .as_deref()
-            .is_some_and(|device| super::shared_storage::on_shared(device, &storage));
-        if volume.kind == runtime::volume::VolumeKind::Shared && !on_shared {
+        if let Some(device) = &volume.device {
+            if !super::shared_storage::on_shared(device, &storage) {
+                return Err(ApiError::conflict(format!(
+                    "volume {} is the directory {}, which is not on storage this host shares with others: a \
+                     volume of a directory moves between hosts only from under a directory every host sees at \
+                     the same path, named on both with hulld --shared-storage DIR",
+                    mount.name,
+                    device.display()
+                )));
+            }
+        }
+        let others: Vec<&String> = users
+            .get(&mount.name)
+            .into_iter()
+            .flatten()
+            .filter(|id| **id != record.id)
+            .collect();
+        if volume.device.is_none() && !others.is_empty() {
             return Err(ApiError::conflict(format!(
-                "volume {} is shared (its files are this host's): a container with it cannot move to another \
-                 host; disk volumes (docker volume create -o type=disk) move with it, and so does a volume of a \
-                 directory on storage both hosts see (-o type=none -o o=bind -o device=DIR, under a directory \
-                 named on both with hulld --shared-storage)",
-                mount.name
+                "volume {} is also used by container {} on this host: a volume's files move to another host \
+                 only with its one container (remove the others, or use a volume of a directory on shared \
+                 storage)",
+                mount.name, others[0]
             )));
         }
         volumes.push(volume);

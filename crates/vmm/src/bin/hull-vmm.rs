@@ -49,6 +49,11 @@ struct Args {
     /// the source fills as it sends the VM (it comes from another host).
     #[arg(long, requires = "arriving")]
     receive_disks: bool,
+    /// With --incoming: the Nth --share (from 0) is an empty directory
+    /// that the source fills with its files as it sends the VM (a volume
+    /// only the source's host sees; repeatable).
+    #[arg(long = "receive-share", requires = "arriving")]
+    receive_shares: Vec<usize>,
     /// Make a template: save the VM into this directory when its agent asks.
     #[arg(long)]
     snapshot_to: Option<PathBuf>,
@@ -146,6 +151,7 @@ fn parse_share(spec: &str) -> Result<Share, String> {
     Ok(Share {
         path: path.into(),
         read_only,
+        receives: false,
     })
 }
 
@@ -219,6 +225,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut shares = args.shares;
+    for &index in &args.receive_shares {
+        match shares.get_mut(index) {
+            Some(share) => share.receives = true,
+            None => {
+                eprintln!("hull-vmm: --receive-share {index}: there are {} --share", shares.len());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let start = match (args.restore, args.kernel) {
         _ if args.incoming.is_some() || args.incoming_fd.is_some() => Start::Incoming {
             from: match (args.incoming, args.incoming_fd) {
@@ -251,7 +267,7 @@ fn main() -> ExitCode {
         console_echo: args.console,
         disks: args.disks,
         nics,
-        shares: (args.fs || !args.shares.is_empty()).then_some(args.shares),
+        shares: (args.fs || !shares.is_empty()).then_some(shares),
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,

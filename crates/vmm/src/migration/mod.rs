@@ -1,7 +1,8 @@
 //! Live migration of a running VM between two hull-vmm processes: the
 //! stream they speak (`stream`), sets of guest pages (`pages`), what the
 //! host kernel knows of them (`pagemap`: written pages), the source's pre-copy and switch-over (`send`) and the
-//! destination's side (`receive`).
+//! destination's side (`receive`), the disks (`disks`) and shared
+//! directories (`trees`) that travel with a VM.
 //!
 //! The stream carries memory and an opaque state blob; what the state is
 //! (vCPUs, interrupt controllers, devices: the snapshot's `VmState`) and
@@ -13,11 +14,13 @@ pub mod pages;
 pub mod receive;
 pub mod send;
 pub mod stream;
+pub mod trees;
 
 pub use disks::{IncomingDisks, OutgoingDisk};
 pub use pages::PageSet;
 pub use send::{Limits, Progress, Report, Source};
 pub use stream::{Hello, StreamError};
+pub use trees::{IncomingTrees, OutgoingTree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
@@ -33,6 +36,8 @@ pub enum MigrationError {
     OutOfRange { first: u64, count: u64, pages: u64 },
     #[error("a disk: {0}")]
     Disk(String),
+    #[error("a shared directory that travels: {0}")]
+    Tree(String),
     #[error("guest memory: {0}")]
     Memory(String),
     #[error("the dirty-page log: {0}")]

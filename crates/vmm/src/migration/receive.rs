@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::disks::IncomingDisks;
 use super::send::unexpected;
 use super::stream::{read_frame, write_frame, DiskShape, Frame, Hello, VmShape, Welcome, PAGE_SIZE, VERSION};
+use super::trees::IncomingTrees;
 use super::MigrationError;
 use crate::devices::virtio::DeviceKind;
 
@@ -133,14 +134,16 @@ pub struct Incoming {
     pub pages: u64,
 }
 
-/// Takes pages into `memory` and disk data into `disks` until the source
-/// is done (the disks then synced), answering each round's end once its
+/// Takes pages into `memory`, disk data into `disks` and shared
+/// directories' files into `trees` until the source is done (the disks
+/// and directories then synced), answering each round's end once its
 /// pages are in; progress (round, pages it sent) goes to `progress`.
 pub fn receive_memory<C: Read + Write>(
     conn: &mut C,
     memory: &GuestMemoryMmap,
     memory_bytes: u64,
     disks: &IncomingDisks,
+    trees: &mut IncomingTrees,
     progress: &mut dyn FnMut(u32, u64),
 ) -> Result<Incoming, MigrationError> {
     let guest_pages = memory_bytes / PAGE_SIZE as u64;
@@ -184,6 +187,8 @@ pub fn receive_memory<C: Read + Write>(
             }
             Some(Frame::Disk { disk, offset, data }) => disks.write(disk, offset, &data)?,
             Some(Frame::DiskZeros { disk, offset, bytes }) => disks.zero(disk, offset, bytes)?,
+            Some(Frame::TreeEntry(entry)) => trees.entry(entry)?,
+            Some(Frame::TreeData { share, offset, data }) => trees.data(share, offset, &data)?,
             Some(Frame::RoundEnd { round, pages }) => {
                 write_frame(input.get_mut(), &Frame::RoundIn { round })?;
                 incoming.rounds = round.saturating_add(1);
@@ -197,13 +202,19 @@ pub fn receive_memory<C: Read + Write>(
             Some(Frame::Done) => match state.take() {
                 Some(bytes) => {
                     disks.sync()?;
+                    trees.finish()?;
                     incoming.state = bytes;
                     return Ok(incoming);
                 }
                 None => return Err(MigrationError::Unexpected("done before the VM state".into())),
             },
             Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
-            other => return Err(unexpected("pages, disk data, a round's end, the state or done", other)),
+            other => {
+                return Err(unexpected(
+                    "pages, disk data, shared files, a round's end, the state or done",
+                    other,
+                ))
+            }
         }
     }
 }

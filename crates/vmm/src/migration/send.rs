@@ -25,6 +25,7 @@ use super::pages::PageSet;
 use super::stream::{
     put_frame, put_pages, read_frame, write_frame, Frame, Hello, StreamError, Welcome, MAX_PAGES_PER_FRAME, PAGE_SIZE,
 };
+use super::trees::{OutgoingTree, TreeChanges};
 use super::MigrationError;
 use crate::devices::virtio::block::written::CHUNK;
 
@@ -117,6 +118,10 @@ pub trait Source {
     /// same files).
     fn disks(&self) -> &[OutgoingDisk] {
         &[]
+    }
+    /// The shared directories whose files travel with the VM.
+    fn trees(&mut self) -> &mut [OutgoingTree] {
+        &mut []
     }
 }
 
@@ -285,6 +290,35 @@ fn send_disks(
     Ok(())
 }
 
+/// Sends each travelling tree's `changes` (in `Source::trees`' order).
+fn send_trees(
+    w: &mut impl Write,
+    source: &mut dyn Source,
+    changes: &[TreeChanges],
+    batch: &mut Batch,
+) -> Result<(), MigrationError> {
+    for (tree, changes) in source.trees().iter_mut().zip(changes) {
+        batch.saved += tree.send(w, changes, batch.compress)?.saved;
+    }
+    Ok(())
+}
+
+/// What changed in each travelling tree since it was last sent.
+fn tree_changes(source: &mut dyn Source) -> Result<Vec<TreeChanges>, MigrationError> {
+    source
+        .trees()
+        .iter()
+        .map(|tree| {
+            tree.changes()
+                .map_err(|e| MigrationError::Tree(format!("walking shared directory {}: {e}", tree.share)))
+        })
+        .collect()
+}
+
+fn tree_bytes(changes: &[TreeChanges]) -> u64 {
+    changes.iter().map(TreeChanges::bytes).sum()
+}
+
 /// The bytes of disk the chunk sets stand for (at most: a last chunk may be short).
 fn chunk_bytes(chunk_sets: &[PageSet]) -> u64 {
     chunk_sets.iter().map(|s| s.count() * CHUNK).sum()
@@ -352,6 +386,8 @@ fn precopy_and_switch<C: Read + Write>(
             .map_err(|e| MigrationError::Disk(format!("disk {}'s extents: {e}", disk.disk)))?;
         chunk_sets.push(allocated);
     }
+    // Each tree whole, first (its destination is empty).
+    let mut tree_sets = tree_changes(source)?;
     let mut skip_zeros = !has_template;
     let mut batch = Batch::new(limits.compress);
     let mut total_bytes = 0;
@@ -376,6 +412,7 @@ fn precopy_and_switch<C: Read + Write>(
         send_pages(&mut out, source, &set, skip_zeros, &mut batch)?;
         // The destination's copies start empty: zeros need not go first.
         send_disks(&mut out, source, &chunk_sets, round == 0, &mut batch)?;
+        send_trees(&mut out, source, &tree_sets, &mut batch)?;
         write_frame(
             &mut out,
             &Frame::RoundEnd {
@@ -402,11 +439,12 @@ fn precopy_and_switch<C: Read + Write>(
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
         let next_chunks: Vec<PageSet> = source.disks().iter().map(OutgoingDisk::written_since).collect();
+        let next_trees = tree_changes(source)?;
         total_bytes += bytes;
         skip_zeros = false;
         let elapsed = round_started.elapsed().max(Duration::from_micros(100));
         let bandwidth = link;
-        let dirty_bytes = next.count() * PAGE_SIZE as u64 + chunk_bytes(&next_chunks);
+        let dirty_bytes = next.count() * PAGE_SIZE as u64 + chunk_bytes(&next_chunks) + tree_bytes(&next_trees);
         let expected_downtime = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth);
         progress(&Progress {
             round,
@@ -418,10 +456,11 @@ fn precopy_and_switch<C: Read + Write>(
             expected_downtime_ms: expected_downtime.as_millis() as u64,
             throttle,
         });
-        let set_bytes = set.count() * PAGE_SIZE as u64 + chunk_bytes(&chunk_sets);
+        let set_bytes = set.count() * PAGE_SIZE as u64 + chunk_bytes(&chunk_sets) + tree_bytes(&tree_sets);
         let shrinking = dirty_bytes * 4 < set_bytes * 3 && dirty_bytes > SMALL_ENOUGH * PAGE_SIZE as u64;
         set = next;
         chunk_sets = next_chunks;
+        tree_sets = next_trees;
         round += 1;
         // Within the budget, a set still shrinking by a quarter a round
         // (an idle guest's) is worth another round: what is left is sent
@@ -469,6 +508,9 @@ fn precopy_and_switch<C: Read + Write>(
     for (disk, chunks) in source.disks().iter().zip(&mut chunk_sets) {
         chunks.add(&disk.written_since());
     }
+    // Walked again: what changed since the last walk, and what it found
+    // and was not sent (the guest stands still now).
+    let tree_sets = tree_changes(source)?;
     crate::trace::mark("migration: last dirty pages read");
     let mut counted = Counted {
         inner: &mut *conn,
@@ -477,6 +519,7 @@ fn precopy_and_switch<C: Read + Write>(
     let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
     send_pages(&mut out, source, &set, false, &mut batch)?;
     send_disks(&mut out, source, &chunk_sets, false, &mut batch)?;
+    send_trees(&mut out, source, &tree_sets, &mut batch)?;
     // Sent now: a destination on another core takes them while this one
     // captures the state.
     out.flush().map_err(StreamError::Io)?;
@@ -528,6 +571,8 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Zeros { .. } => "zero pages",
         Frame::Disk { .. } => "disk data",
         Frame::DiskZeros { .. } => "disk zeros",
+        Frame::TreeEntry(_) => "a shared directory's entry",
+        Frame::TreeData { .. } => "a shared directory's file data",
         Frame::RoundEnd { .. } => "a round's end",
         Frame::RoundIn { .. } => "a round's receipt",
         Frame::State(_) => "the VM state",

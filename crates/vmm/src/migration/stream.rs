@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 /// disks travel (`Disk`, `DiskZeros`; the hello names them), and the
 /// hello carries the guest's MACs. 6: pages and disk data may travel
 /// LZ4-compressed. 7: the state carries the devices' host sides (the
-/// shared directories' open files and inodes).
-pub const VERSION: u32 = 7;
+/// shared directories' open files and inodes). 8: shared directories
+/// may travel (`TreeEntry`, `TreeData`; the hello names them).
+pub const VERSION: u32 = 8;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
@@ -70,6 +71,10 @@ pub struct VmShape {
     pub nics_on_taps: Vec<u8>,
     /// Its disks, in the guest's order.
     pub disks: Vec<DiskShape>,
+    /// The shared directories (by number, `/0` is 0) whose files travel
+    /// in the stream (`TreeEntry`, `TreeData`) into the destination's
+    /// (empty) directory; the others both hosts see.
+    pub travelling_shares: Vec<u8>,
 }
 
 /// One of a VM's disks as both sides must agree on it.
@@ -121,6 +126,15 @@ pub enum Frame {
         disk: u8,
         offset: u64,
         bytes: u64,
+    },
+    /// An entry of a shared directory that travels (`trees`).
+    TreeEntry(super::trees::TreeEntry),
+    /// `data` at byte `offset` of the file the last `TreeEntry` of share
+    /// `share` announced.
+    TreeData {
+        share: u8,
+        offset: u64,
+        data: Vec<u8>,
     },
     /// The end of a pre-copy round, which sent `pages`.
     RoundEnd {
@@ -188,6 +202,9 @@ mod kind {
     pub const DISK_ZEROS: u8 = 14;
     pub const PAGES_LZ4: u8 = 15;
     pub const DISK_LZ4: u8 = 16;
+    pub const TREE_ENTRY: u8 = 17;
+    pub const TREE_DATA: u8 = 18;
+    pub const TREE_DATA_LZ4: u8 = 19;
 }
 
 fn max_payload(kind: u8) -> Result<usize, StreamError> {
@@ -196,14 +213,15 @@ fn max_payload(kind: u8) -> Result<usize, StreamError> {
         // Sent only when smaller than the pages themselves.
         kind::PAGES_LZ4 => LZ4_HEADER + MAX_PAGES_PER_FRAME * PAGE_SIZE,
         kind::STATE => MAX_STATE,
-        kind::DISK => DISK_HEADER + MAX_DISK_BYTES,
-        kind::DISK_LZ4 => DISK_LZ4_HEADER + MAX_DISK_BYTES,
-        kind::HELLO..=kind::DISK_ZEROS => MAX_SMALL,
+        kind::DISK | kind::TREE_DATA => DISK_HEADER + MAX_DISK_BYTES,
+        kind::DISK_LZ4 | kind::TREE_DATA_LZ4 => DISK_LZ4_HEADER + MAX_DISK_BYTES,
+        kind::HELLO..=kind::DISK_ZEROS | kind::TREE_ENTRY => MAX_SMALL,
         other => return Err(StreamError::UnknownKind(other)),
     })
 }
 
-/// A disk frame's disk number and offset, before its data.
+/// A disk (or tree data) frame's disk (share) number and offset, before
+/// its data.
 const DISK_HEADER: usize = 1 + 8;
 /// A compressed pages frame's first page number and page count, before
 /// its LZ4 block.
@@ -257,14 +275,9 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
             (kind::PAGES, first.to_le_bytes().to_vec().into(), data.as_slice())
         }
         Frame::Zeros { first, count } => (kind::ZEROS, encode(&(first, count))?.into(), &[]),
-        Frame::Disk { disk, offset, data } => {
-            if data.is_empty() || data.len() > MAX_DISK_BYTES {
-                return Err(StreamError::Malformed(format!("{} bytes of disk", data.len())));
-            }
-            let mut header = vec![*disk];
-            header.extend_from_slice(&offset.to_le_bytes());
-            (kind::DISK, header.into(), data.as_slice())
-        }
+        Frame::Disk { disk, offset, data } => chunk_parts(kind::DISK, *disk, *offset, data)?,
+        Frame::TreeData { share, offset, data } => chunk_parts(kind::TREE_DATA, *share, *offset, data)?,
+        Frame::TreeEntry(entry) => (kind::TREE_ENTRY, encode(entry)?.into(), &[]),
         Frame::DiskZeros { disk, offset, bytes } => (kind::DISK_ZEROS, encode(&(disk, offset, bytes))?.into(), &[]),
         Frame::RoundEnd { round, pages } => (kind::ROUND_END, encode(&(round, pages))?.into(), &[]),
         Frame::RoundIn { round } => (kind::ROUND_IN, encode(round)?.into(), &[]),
@@ -296,21 +309,62 @@ pub fn put_pages(w: &mut impl Write, first: u64, data: Vec<u8>, compress: bool) 
     Ok(0)
 }
 
+/// A frame's kind, the head of its payload, and the rest (written from
+/// where it is).
+type Parts<'d> = (u8, std::borrow::Cow<'static, [u8]>, &'d [u8]);
+
+/// A disk or tree data frame's kind, header and data.
+fn chunk_parts(kind: u8, id: u8, offset: u64, data: &[u8]) -> Result<Parts<'_>, StreamError> {
+    if data.is_empty() || data.len() > MAX_DISK_BYTES {
+        return Err(StreamError::Malformed(format!(
+            "{} bytes of disk or file data",
+            data.len()
+        )));
+    }
+    let mut header = vec![id];
+    header.extend_from_slice(&offset.to_le_bytes());
+    Ok((kind, header.into(), data))
+}
+
 /// Writes a `Disk` frame of `data` for byte `offset` of disk `disk`, as
 /// one LZ4 block when `compress` asks for it and the block is smaller;
 /// returns the bytes that saved.
 pub fn put_disk(w: &mut impl Write, disk: u8, offset: u64, data: Vec<u8>, compress: bool) -> Result<u64, StreamError> {
+    put_chunk(w, (kind::DISK, kind::DISK_LZ4), disk, offset, data, compress)
+}
+
+/// The same for a `TreeData` frame of share `share`'s file.
+pub fn put_tree_data(
+    w: &mut impl Write,
+    share: u8,
+    offset: u64,
+    data: Vec<u8>,
+    compress: bool,
+) -> Result<u64, StreamError> {
+    put_chunk(w, (kind::TREE_DATA, kind::TREE_DATA_LZ4), share, offset, data, compress)
+}
+
+/// `data` at `offset` of `id` as a frame of the kinds given (raw, LZ4).
+fn put_chunk(
+    w: &mut impl Write,
+    (raw, packed): (u8, u8),
+    id: u8,
+    offset: u64,
+    data: Vec<u8>,
+    compress: bool,
+) -> Result<u64, StreamError> {
     if compress && !data.is_empty() && data.len() <= MAX_DISK_BYTES {
         let block = lz4_flex::block::compress(&data);
         if DISK_LZ4_HEADER + block.len() < DISK_HEADER + data.len() {
-            let mut header = vec![disk];
+            let mut header = vec![id];
             header.extend_from_slice(&offset.to_le_bytes());
             header.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            put_parts(w, kind::DISK_LZ4, &header, &block)?;
+            put_parts(w, packed, &header, &block)?;
             return Ok((DISK_HEADER + data.len() - DISK_LZ4_HEADER - block.len()) as u64);
         }
     }
-    put_frame(w, &Frame::Disk { disk, offset, data })?;
+    let (kind, head, tail) = chunk_parts(raw, id, offset, &data)?;
+    put_parts(w, kind, &head, tail)?;
     Ok(0)
 }
 
@@ -427,42 +481,11 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             let (first, count) = decode(&payload)?;
             Frame::Zeros { first, count }
         }
-        kind::DISK => {
-            if payload.len() <= DISK_HEADER {
-                return Err(StreamError::Malformed("a disk frame without data".into()));
-            }
-            let disk = payload[0];
-            let mut offset = [0u8; 8];
-            offset.copy_from_slice(&payload[1..DISK_HEADER]);
-            // The data stays in the buffer it was read into (up to 1 MiB:
-            // moved down in place, not allocated again).
-            let mut data = payload;
-            data.drain(..DISK_HEADER);
-            Frame::Disk {
-                disk,
-                offset: u64::from_le_bytes(offset),
-                data,
-            }
-        }
-        kind::DISK_LZ4 => {
-            let (header, block) = payload
-                .split_first_chunk::<DISK_LZ4_HEADER>()
-                .ok_or_else(|| StreamError::Malformed("a compressed disk frame without its header".into()))?;
-            let (disk, rest) = (header[0], &header[1..]);
-            let (offset, len) = rest.split_at(8);
-            let offset = u64::from_le_bytes(offset.try_into().unwrap_or_default());
-            let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
-            if !(1..=MAX_DISK_BYTES).contains(&len) {
-                return Err(StreamError::Malformed(format!(
-                    "a compressed disk frame of {len} bytes"
-                )));
-            }
-            Frame::Disk {
-                disk,
-                offset,
-                data: unpack(block, len, "a compressed disk frame")?,
-            }
-        }
+        kind::DISK => chunk_frame(true, read_chunk(payload)?),
+        kind::TREE_DATA => chunk_frame(false, read_chunk(payload)?),
+        kind::DISK_LZ4 => chunk_frame(true, read_packed_chunk(&payload)?),
+        kind::TREE_DATA_LZ4 => chunk_frame(false, read_packed_chunk(&payload)?),
+        kind::TREE_ENTRY => Frame::TreeEntry(decode(&payload)?),
         kind::DISK_ZEROS => {
             let (disk, offset, bytes) = decode(&payload)?;
             Frame::DiskZeros { disk, offset, bytes }
@@ -486,6 +509,50 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
     }))
 }
 
+/// A disk's frame, or a shared directory's file data.
+fn chunk_frame(disk: bool, (id, offset, data): (u8, u64, Vec<u8>)) -> Frame {
+    match disk {
+        true => Frame::Disk { disk: id, offset, data },
+        false => Frame::TreeData {
+            share: id,
+            offset,
+            data,
+        },
+    }
+}
+
+/// A raw disk or tree data frame's number, offset and data.
+fn read_chunk(payload: Vec<u8>) -> Result<(u8, u64, Vec<u8>), StreamError> {
+    if payload.len() <= DISK_HEADER {
+        return Err(StreamError::Malformed("a disk or file data frame without data".into()));
+    }
+    let id = payload[0];
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&payload[1..DISK_HEADER]);
+    // The data stays in the buffer it was read into (up to 1 MiB: moved
+    // down in place, not allocated again).
+    let mut data = payload;
+    data.drain(..DISK_HEADER);
+    Ok((id, u64::from_le_bytes(offset), data))
+}
+
+/// A compressed disk or tree data frame's number, offset and data.
+fn read_packed_chunk(payload: &[u8]) -> Result<(u8, u64, Vec<u8>), StreamError> {
+    let (header, block) = payload
+        .split_first_chunk::<DISK_LZ4_HEADER>()
+        .ok_or_else(|| StreamError::Malformed("a compressed disk or file data frame without its header".into()))?;
+    let (id, rest) = (header[0], &header[1..]);
+    let (offset, len) = rest.split_at(8);
+    let offset = u64::from_le_bytes(offset.try_into().unwrap_or_default());
+    let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+    if !(1..=MAX_DISK_BYTES).contains(&len) {
+        return Err(StreamError::Malformed(format!(
+            "a compressed disk or file data frame of {len} bytes"
+        )));
+    }
+    Ok((id, offset, unpack(block, len, "a compressed disk or file data frame")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +572,7 @@ mod tests {
                         read_only: false,
                         travels: true,
                     }],
+                    travelling_shares: vec![1],
                 },
                 template: Some([7; 32]),
                 guest_macs: vec![(0, [2, 0x42, 0xac, 0x11, 0, 2])],
@@ -525,6 +593,16 @@ mod tests {
                 disk: 0,
                 offset: 1 << 20,
                 bytes: 1 << 16,
+            },
+            Frame::TreeEntry(super::super::trees::TreeEntry {
+                share: 1,
+                path: b"data/log".to_vec(),
+                kind: super::super::trees::EntryKind::Remove,
+            }),
+            Frame::TreeData {
+                share: 1,
+                offset: 4096,
+                data: vec![9; 100],
             },
             Frame::RoundEnd { round: 2, pages: 17 },
             Frame::RoundIn { round: 2 },

@@ -163,6 +163,7 @@ fn shape() -> VmShape {
         devices: vec![2, 19, 4, 1],
         nics_on_taps: vec![0],
         disks: vec![],
+        travelling_shares: vec![],
     }
 }
 
@@ -187,7 +188,14 @@ fn destination(
         let hello = read_hello(&mut conn)?;
         let check = check_hello(&hello, &shape()).map(|_| template.is_some() && hello.template == template);
         welcome(&mut conn, check)?;
-        let incoming = receive_memory(&mut conn, &memory, BYTES, &IncomingDisks::default(), &mut |_, _| {})?;
+        let incoming = receive_memory(
+            &mut conn,
+            &memory,
+            BYTES,
+            &IncomingDisks::default(),
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+        )?;
         ready(&mut conn)?;
         resumed(&mut conn)?;
         Ok((memory, incoming.state))
@@ -346,7 +354,15 @@ fn the_dirty_log_is_read_only_once_the_destination_holds_the_round() {
             "the dirty log was read before the receipt"
         );
         write_frame(&mut there, &Frame::RoundIn { round: 0 }).unwrap();
-        receive_memory(&mut there, &memory, BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap();
+        receive_memory(
+            &mut there,
+            &memory,
+            BYTES,
+            &IncomingDisks::default(),
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
         ready(&mut there).unwrap();
         resumed(&mut there).unwrap();
     });
@@ -490,7 +506,15 @@ fn a_destination_that_fails_after_the_state_leaves_the_source_running() {
         let hello = read_hello(&mut there).unwrap();
         welcome(&mut there, Ok(false)).unwrap();
         assert_eq!(hello.shape, shape());
-        receive_memory(&mut there, &memory(), BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap();
+        receive_memory(
+            &mut there,
+            &memory(),
+            BYTES,
+            &IncomingDisks::default(),
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
         receive::abort(&mut there, "restoring the vCPUs failed");
     });
     let (report, _) = migrate_whole(&guest, &mut here, &Limits::default());
@@ -542,7 +566,15 @@ fn hostile_sources_are_refused_without_touching_memory_beyond_the_guest() {
             write_frame(&mut source, frame).unwrap();
         }
         source.shutdown(std::net::Shutdown::Write).unwrap();
-        let err = receive_memory(&mut there, &memory, BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap_err();
+        let err = receive_memory(
+            &mut there,
+            &memory,
+            BYTES,
+            &IncomingDisks::default(),
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(expected), "{frames:?}: {err}");
     }
 }
@@ -556,7 +588,15 @@ fn a_destination_that_hangs_after_the_state_leaves_the_source_running() {
     let dest = thread::spawn(move || {
         read_hello(&mut there).unwrap();
         welcome(&mut there, Ok(false)).unwrap();
-        receive_memory(&mut there, &memory(), BYTES, &IncomingDisks::default(), &mut |_, _| {}).unwrap();
+        receive_memory(
+            &mut there,
+            &memory(),
+            BYTES,
+            &IncomingDisks::default(),
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
         // Never says Ready; keeps the connection open a while.
         thread::sleep(Duration::from_secs(2));
     });
@@ -638,7 +678,14 @@ fn a_disk_travels_with_its_guest_and_writes_made_meanwhile_are_sent_again() {
         welcome(&mut there, check_hello(&hello, &shape()).map(|_| false))?;
         let disks = IncomingDisks::new(vec![Some((dest_file, disk_bytes))]).unwrap();
         let memory = memory();
-        receive_memory(&mut there, &memory, BYTES, &disks, &mut |_, _| {})?;
+        receive_memory(
+            &mut there,
+            &memory,
+            BYTES,
+            &disks,
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+        )?;
         ready(&mut there)?;
         resumed(&mut there)?;
         Ok::<_, MigrationError>(memory)
@@ -734,7 +781,15 @@ fn the_fuzz_targets_disk_seed_is_a_whole_stream_that_lands() {
     let disks = IncomingDisks::new(vec![None, Some((copy.1.try_clone().unwrap(), 256 << 10))]).unwrap();
     copy.1.write_all_at(&[9; 4096], 8192).unwrap();
     let memory = memory();
-    let incoming = receive_memory(&mut SeedLink(&seed[1..]), &memory, BYTES, &disks, &mut |_, _| {}).unwrap();
+    let incoming = receive_memory(
+        &mut SeedLink(&seed[1..]),
+        &memory,
+        BYTES,
+        &disks,
+        &mut IncomingTrees::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(incoming.state, b"state");
     assert_eq!(page_of(&memory, 2), vec![7; PAGE_SIZE]);
     let mut bytes = vec![0u8; 12288];
@@ -755,6 +810,7 @@ fn the_fuzz_targets_compressed_seed_is_a_stream_that_lands() {
         &memory,
         BYTES,
         &IncomingDisks::default(),
+        &mut IncomingTrees::default(),
         &mut |_, _| {},
     )
     .unwrap();
@@ -781,4 +837,188 @@ fn a_guest_far_faster_than_the_link_is_throttled_at_once_to_what_the_link_carrie
     // No rate to go by: a step.
     assert_eq!(next_throttle(0, 0.0, 8.0 * mb), 20);
     assert_eq!(next_throttle(30, f64::NAN, 8.0 * mb), 40);
+}
+
+/// A guest whose shared directory travels: for its first three looks at
+/// the dirty log, each time, it has written files in it (a log appended
+/// to, a file a look, the oldest of those removed).
+struct WithTree {
+    guest: AsSource,
+    trees: Vec<OutgoingTree>,
+    dir: std::path::PathBuf,
+    looks: u32,
+}
+
+impl WithTree {
+    fn write(&mut self) {
+        use std::io::Write;
+        // A look every 30 ms: files stop being too recent to trust.
+        thread::sleep(Duration::from_millis(30));
+        if self.guest.0.lock().unwrap().paused || self.looks == 3 {
+            return;
+        }
+        self.looks += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        writeln!(log, "look {}", self.looks).unwrap();
+        std::fs::create_dir_all(self.dir.join("looks")).unwrap();
+        std::fs::write(
+            self.dir.join(format!("looks/{}", self.looks)),
+            vec![self.looks as u8; 5000],
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(self.dir.join(format!("looks/{}", self.looks.saturating_sub(3))));
+    }
+}
+
+impl Source for WithTree {
+    fn memory(&self) -> &GuestMemoryMmap {
+        self.guest.memory()
+    }
+    fn start_dirty_log(&mut self) -> std::io::Result<()> {
+        self.guest.start_dirty_log()
+    }
+    fn take_dirty(&mut self) -> std::io::Result<PageSet> {
+        self.write();
+        self.guest.take_dirty()
+    }
+    fn stop_dirty_log(&mut self) {
+        self.guest.stop_dirty_log()
+    }
+    fn pause(&mut self) -> Result<(), String> {
+        self.guest.pause()
+    }
+    fn resume(&mut self) {
+        self.guest.resume()
+    }
+    fn throttle(&mut self, percent: u8) {
+        self.guest.throttle(percent)
+    }
+    fn state(&mut self) -> Result<Vec<u8>, String> {
+        self.guest.state()
+    }
+    fn trees(&mut self) -> &mut [OutgoingTree] {
+        &mut self.trees
+    }
+}
+
+/// Every file below `dir` (relative path, content), sorted.
+fn files_below(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(at) = dirs.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push((
+                    path.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&path).unwrap(),
+                )),
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_travelling_directory_arrives_as_the_paused_guest_left_it() {
+    let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(from.path().join("before"), "there before the move").unwrap();
+    let guest = Guest::new(0);
+    let guest_memory = guest.lock().unwrap().memory.clone();
+    let mut source = WithTree {
+        guest: AsSource(guest.clone(), guest_memory, Vec::new()),
+        trees: vec![OutgoingTree::new(0, std::fs::File::open(from.path()).unwrap()).unwrap()],
+        dir: from.path().to_path_buf(),
+        looks: 0,
+    };
+    let mut with_tree = hello(None);
+    with_tree.shape.travelling_shares = vec![0];
+    let expected = with_tree.shape.clone();
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let into = std::fs::File::open(to.path()).unwrap();
+    let dest = thread::spawn(move || -> Result<(), MigrationError> {
+        let hello = read_hello(&mut there)?;
+        welcome(&mut there, check_hello(&hello, &expected).map(|_| false))?;
+        let mut trees = IncomingTrees::new(vec![Some(into.into())]);
+        receive_memory(
+            &mut there,
+            &memory(),
+            BYTES,
+            &IncomingDisks::default(),
+            &mut trees,
+            &mut |_, _| {},
+        )?;
+        ready(&mut there)?;
+        resumed(&mut there)
+    });
+    // Rounds until nothing is left: the files written in each.
+    let limits = Limits {
+        downtime: Duration::ZERO,
+        ..Limits::default()
+    };
+    let report = send::send(
+        &mut here,
+        &mut source,
+        with_tree,
+        &|_| Ok(PageSet::full(PAGES)),
+        &limits,
+        &mut |_| {},
+    );
+    assert!(report.unwrap().rounds >= 3);
+    dest.join().unwrap().unwrap();
+    assert_eq!(source.looks, 3);
+    let arrived = files_below(to.path());
+    assert_eq!(arrived, files_below(from.path()));
+    assert!(arrived.iter().any(|(name, _)| name == "before"));
+    assert_eq!(
+        arrived.iter().find(|(name, _)| name == "log").unwrap().1,
+        (1..=source.looks)
+            .map(|n| format!("look {n}\n"))
+            .collect::<String>()
+            .into_bytes()
+    );
+}
+
+#[test]
+fn the_tree_fuzz_seed_makes_files_in_the_travelling_share_only() {
+    let seed = include_bytes!("../../../../fuzz/seeds/migration_stream/tree");
+    assert_eq!(seed[1], 17, "the seed begins with a tree entry");
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::File::open(dir.path()).unwrap();
+    let mut trees = IncomingTrees::new(vec![None, Some(root.into())]);
+    // It ends before the state: the stream is cut, after its entries.
+    let cut = receive_memory(
+        &mut SeedLink(&seed[1..]),
+        &memory(),
+        BYTES,
+        &IncomingDisks::default(),
+        &mut trees,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(cut.to_string().contains("closed the stream"), "{cut}");
+    assert_eq!(std::fs::read(dir.path().join("dir/file")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read_link(dir.path().join("dir/link")).unwrap(),
+        std::path::Path::new("file")
+    );
+    assert!(!dir.path().join("dir/gone").exists());
+    // Into a share that does not travel: refused.
+    let mut none = IncomingTrees::default();
+    let refused = receive_memory(
+        &mut SeedLink(&seed[1..]),
+        &memory(),
+        BYTES,
+        &IncomingDisks::default(),
+        &mut none,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(refused.to_string().contains("does not travel"), "{refused}");
 }

@@ -168,11 +168,13 @@ mod tests {
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());
             eprintln!("{}: {} system calls", kind.label(), allowed_count(kind));
-            // The file server does what a whole file system's clients ask.
-            let most = if kind == ThreadKind::Device(DeviceKind::Fs) {
-                60
-            } else {
-                45
+            // The file server does what a whole file system's clients ask;
+            // the VMM thread also walks or writes the shared directories
+            // that travel with a migrating VM.
+            let most = match kind {
+                ThreadKind::Device(DeviceKind::Fs) => 60,
+                ThreadKind::Vmm => 55,
+                _ => 45,
             };
             assert!(allowed_count(kind) <= most, "{kind:?}: {}", allowed_count(kind));
         }

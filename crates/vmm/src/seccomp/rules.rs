@@ -153,6 +153,18 @@ fn syscalls(kind: Filter) -> Vec<i64> {
             // /proc/self/pagemap's entries.
             libc::SYS_read,
             libc::SYS_pread64,
+            // Shared directories that travel: walked and read on the
+            // source, written on the destination, every path beneath the
+            // share's directory (openat2).
+            libc::SYS_openat2,
+            libc::SYS_getdents64,
+            libc::SYS_readlinkat,
+            libc::SYS_symlinkat,
+            libc::SYS_fchown,
+            libc::SYS_fchownat,
+            libc::SYS_fchmod,
+            libc::SYS_utimensat,
+            libc::SYS_syncfs,
         ],
         Filter::Vcpu => &[],
         Filter::Block => &[

@@ -15,7 +15,7 @@ use super::{IncomingFrom, Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
 use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
 use crate::migration::stream::{DiskShape, SlotMacs, VmShape};
-use crate::migration::{disks, IncomingDisks, MigrationError};
+use crate::migration::{disks, IncomingDisks, IncomingTrees, MigrationError};
 use crate::snapshot::{self, VmState};
 
 /// How long the source may stay silent before this side gives up.
@@ -138,6 +138,7 @@ fn hello(
         devices: crate::device_manager::layout(config),
         nics_on_taps: crate::device_manager::nics_on_taps(config),
         disks: disk_shapes(config)?,
+        travelling_shares: receiving_shares(config),
     };
     if let Err(reason) = check_hello(&hello, &made) {
         let _ = welcome(conn, Err(reason.clone()));
@@ -161,6 +162,15 @@ fn receives_disks(config: &VmConfig) -> bool {
             ..
         }
     )
+}
+
+/// The shared directories whose files come with the VM, by number.
+fn receiving_shares(config: &VmConfig) -> Vec<u8> {
+    (0..)
+        .zip(config.shares.iter().flatten())
+        .filter(|(_, share)| share.receives)
+        .map(|(index, _)| index)
+        .collect()
 }
 
 /// The disks `config` gives, as the source's hello must name them.
@@ -201,7 +211,9 @@ pub(super) fn receive(
     config: &VmConfig,
     devices: &DeviceManager,
 ) -> Result<Arrived, VmError> {
-    let taken = incoming_disks(config, devices).and_then(|disks| take(conn, memory, config, &disks));
+    let taken = incoming_disks(config, devices)
+        .and_then(|disks| Ok((disks, incoming_trees(devices)?)))
+        .and_then(|(disks, mut trees)| take(conn, memory, config, &disks, &mut trees));
     if let Err(e) = &taken {
         receive::abort(conn, &e.to_string());
     }
@@ -221,15 +233,34 @@ fn incoming_disks(config: &VmConfig, devices: &DeviceManager) -> Result<Incoming
     IncomingDisks::new(copies).map_err(disk_err)
 }
 
+/// The shared directories the source fills, by share number.
+fn incoming_trees(devices: &DeviceManager) -> Result<IncomingTrees, VmError> {
+    let mut roots: Vec<Option<std::os::fd::OwnedFd>> = Vec::new();
+    for (share, root) in devices.receiving_roots().map_err(VmError::Migration)? {
+        let at = usize::from(share);
+        if roots.len() <= at {
+            roots.resize_with(at + 1, || None);
+        }
+        roots[at] = Some(root.into());
+    }
+    Ok(IncomingTrees::new(roots))
+}
+
 fn take(
     conn: &mut std::fs::File,
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     disks: &IncomingDisks,
+    trees: &mut IncomingTrees,
 ) -> Result<Arrived, VmError> {
-    let arrived = receive_memory(conn, memory, config.memory_mib << 20, disks, &mut |round, pages| {
-        eprintln!("hull-vmm: migration round {round} in: {pages} pages")
-    })
+    let arrived = receive_memory(
+        conn,
+        memory,
+        config.memory_mib << 20,
+        disks,
+        trees,
+        &mut |round, pages| eprintln!("hull-vmm: migration round {round} in: {pages} pages"),
+    )
     .map_err(failed)?;
     crate::trace::mark("migration: the state is in");
     let moved: super::migrate::MovedState = postcard::from_bytes(&arrived.state)

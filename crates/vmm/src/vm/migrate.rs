@@ -15,7 +15,7 @@ use super::Vmm;
 use crate::migration::pagemap::Pagemap;
 use crate::migration::send::{self, Limits, Progress, Source};
 use crate::migration::stream::{DiskShape, Hello, VmShape, MAX_STATE, PAGE_SIZE, VERSION};
-use crate::migration::{disks, OutgoingDisk, PageSet};
+use crate::migration::{disks, OutgoingDisk, OutgoingTree, PageSet};
 use crate::{persist, snapshot, vcpu_state};
 
 /// What a migration's `State` frame carries: the VM's state as a snapshot
@@ -52,16 +52,20 @@ struct Outgoing<'v, 'a> {
     msrs: Vec<u32>,
     /// The disks whose content travels.
     disks: Vec<OutgoingDisk>,
+    /// The shared directories whose files travel.
+    trees: Vec<OutgoingTree>,
     same_host: bool,
 }
 
 /// Where a VM goes: whether its read-write disks' content travels (the
-/// destination has empty copies), and whether the destination is on this
-/// host (it opens the same files, through the same page cache).
+/// destination has empty copies), whether the destination is on this
+/// host (it opens the same files, through the same page cache), and
+/// which shared directories' files travel (into empty ones).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Route {
+pub(super) struct Route<'s> {
     pub send_disks: bool,
     pub same_host: bool,
+    pub send_shares: &'s [u8],
 }
 
 impl Outgoing<'_, '_> {
@@ -161,6 +165,10 @@ impl Source for Outgoing<'_, '_> {
         &self.disks
     }
 
+    fn trees(&mut self) -> &mut [OutgoingTree] {
+        &mut self.trees
+    }
+
     fn state(&mut self) -> Result<Vec<u8>, String> {
         // What the guest was told is written must be on the disks (and
         // shared files) the next host opens, not in this host's page cache;
@@ -251,6 +259,9 @@ pub(super) fn migrate(
     route: Route,
     progress: &mut dyn FnMut(proto::MigrationProgress),
 ) -> Result<VmmReply, String> {
+    if route.same_host && !route.send_shares.is_empty() {
+        return Err("shared directories travel only to another host".into());
+    }
     // Borrowed for the migration, given back if it fails.
     let pagemap = match std::mem::replace(&mut vmm.pagemap, Err("a migration is under way".into())) {
         Ok(pagemap) => pagemap,
@@ -295,6 +306,13 @@ fn migrate_with(
             written: d.written,
         })
         .collect();
+    let trees = vmm
+        .devices
+        .share_roots(route.send_shares)?
+        .into_iter()
+        .zip(route.send_shares)
+        .map(|(root, &share)| OutgoingTree::new(share, root).map_err(|e| format!("shared directory {share}: {e}")))
+        .collect::<Result<Vec<_>, String>>()?;
     let memory_bytes = vmm.config.memory_mib << 20;
     let clone_of = vmm.clone_of;
     let pages = memory_bytes / PAGE_SIZE as u64;
@@ -313,6 +331,7 @@ fn migrate_with(
             devices: vmm.devices.device_types(),
             nics_on_taps: vmm.devices.nics_on_taps(),
             disks: disk_shapes,
+            travelling_shares: route.send_shares.to_vec(),
         },
         template: clone_of,
         guest_macs: vmm.devices.guest_macs(),
@@ -337,6 +356,7 @@ fn migrate_with(
         held: false,
         msrs,
         disks,
+        trees,
         same_host: route.same_host,
     };
     let report = send::send(

@@ -278,6 +278,7 @@ impl Vmm<'_> {
                 send_disks,
                 uncompressed,
                 same_host,
+                send_shares,
             } => match fd {
                 Some(conn) => {
                     let limits = proto::MoveLimits {
@@ -285,7 +286,11 @@ impl Vmm<'_> {
                         max_seconds,
                         compress: !uncompressed,
                     };
-                    let route = migrate::Route { send_disks, same_host };
+                    let route = migrate::Route {
+                        send_disks,
+                        same_host,
+                        send_shares: &send_shares,
+                    };
                     migrate::migrate(self, conn, limits, route, &mut |progress| {
                         let _ = early.send((VmmReply::Progress(progress), Vec::new()));
                     })

@@ -240,6 +240,8 @@ fn measure(
     )?;
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared)?;
+    // hull-vmm shares a path with no symbolic link in it.
+    let shared = shared.canonicalize()?;
     let disk = work.join("disk.ext4");
     let made = Command::new("truncate").args(["-s", "1G"]).arg(&disk).status()?;
     let mkfs = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk).status()?;

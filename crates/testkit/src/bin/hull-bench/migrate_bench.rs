@@ -602,6 +602,7 @@ fn hull_run(
             uncompressed: !compress,
             // As if to another host: the disks are flushed in the pause, as QEMU does.
             same_host: false,
+            send_shares: Vec::new(),
         };
         let reply = vmm::control::ask(&control, &request, Some(&link))?;
         if let proto::vmm_control::VmmReply::Failed { .. } = reply {

@@ -245,6 +245,16 @@ impl MmioTransport {
         self.device.disk()
     }
 
+    /// See `VirtioDevice::share_root`.
+    pub fn share_root(&self, share: u8) -> std::io::Result<std::fs::File> {
+        self.device.share_root(share)
+    }
+
+    /// See `VirtioDevice::receiving_shares`.
+    pub fn receiving_shares(&self) -> Vec<u8> {
+        self.device.receiving_shares()
+    }
+
     /// Why the device cannot move (`VirtioDevice::migration_blocker`).
     pub fn migration_blocker(&self) -> Option<String> {
         self.device.migration_blocker()

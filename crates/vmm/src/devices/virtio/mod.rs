@@ -161,6 +161,18 @@ pub trait VirtioDevice: Send {
     fn disk(&self) -> std::io::Result<Option<block::DiskHandle>> {
         Ok(None)
     }
+    /// A descriptor of shared directory `share` (virtio-fs's), whose files
+    /// travel with a migrating VM.
+    fn share_root(&self, _share: u8) -> std::io::Result<std::fs::File> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this device shares no directory",
+        ))
+    }
+    /// The shared directories whose files come with a VM migrating here.
+    fn receiving_shares(&self) -> Vec<u8> {
+        Vec::new()
+    }
     /// Why the device's state cannot move with its VM to another VMM, if
     /// it cannot.
     fn migration_blocker(&self) -> Option<String> {

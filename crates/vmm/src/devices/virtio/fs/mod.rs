@@ -7,7 +7,9 @@
 //! A VM has one virtio-fs device (tag [`TAG`]) from boot, so every clone of
 //! a template has it; the directories it shares are given when the clone
 //! starts and appear in the guest as `/0`, `/1`, ... of that one file
-//! system. Each is opened as a detached mount of its own (`open_tree`),
+//! system. Each is reached by a path with no symbolic link in it (one
+//! `openat2`: a path on storage others write cannot be redirected after
+//! hulld checked it) and opened as a detached mount of its own (`open_tree`),
 //! `nodev`, `nosuid` and, for `:ro`, read-only: the host kernel refuses a
 //! write, whatever the guest does, and device nodes a guest makes cannot
 //! be opened through it.
@@ -36,20 +38,67 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 
+/// `path` opened for reference only (`O_PATH`), refused if a symbolic
+/// link is anywhere in it: hull gives resolved paths, and a share's path
+/// may lie on storage others write (another host's hulld checked it on
+/// shared storage), so a link swapped in after that check must not lead
+/// the share elsewhere. One `openat2` resolves it atomically.
+fn open_without_symlinks(path: &Path) -> std::io::Result<File> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: open_how is plain data; zero is "no flags".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid C string and open_how of the size passed; the
+    // returned descriptor is ours.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                std::io::Error::other("a symbolic link is in the path (a share is given by its resolved path)")
+            }
+            _ => e,
+        });
+    }
+    // SAFETY: openat2 returned a new descriptor.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
 /// What is served for `path`: the directory itself, or a file's
-/// directory and the file that alone is seen in it.
-fn split_file(path: &Path) -> std::io::Result<(PathBuf, Option<single_file::OnlyFile>)> {
-    if !std::fs::metadata(path)?.is_file() {
-        return Ok((path.to_path_buf(), None));
+/// directory and the file that alone is seen in it. The directory comes
+/// back open (`O_PATH`), reached with no symbolic link.
+fn split_file(path: &Path) -> std::io::Result<(File, Option<single_file::OnlyFile>)> {
+    let opened = open_without_symlinks(path)?;
+    let seen = opened.metadata()?;
+    if seen.is_dir() {
+        return Ok((opened, None));
     }
-    let file = path.canonicalize()?;
-    match (file.parent(), file.file_name()) {
-        (Some(dir), Some(name)) => {
-            let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).map_err(std::io::Error::other)?;
-            Ok((dir.to_path_buf(), Some(single_file::OnlyFile::new(name))))
-        }
-        _ => Err(std::io::Error::other("a file without a directory")),
+    if !seen.is_file() {
+        return Err(std::io::Error::other("neither a directory nor a file"));
     }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("a file without a directory"));
+    };
+    let dir = open_without_symlinks(dir)?;
+    let name = CString::new(name.as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // The name in the directory opened must still be the file seen.
+    // SAFETY: a zeroed stat for fstatat to fill; a valid C string.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let found = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut stat, libc::AT_SYMLINK_NOFOLLOW) };
+    use std::os::unix::fs::MetadataExt;
+    if found != 0 || stat.st_ino != seen.ino() || stat.st_dev != seen.dev() {
+        return Err(std::io::Error::other("the file changed while it was opened"));
+    }
+    Ok((dir, Some(single_file::OnlyFile::new(name))))
 }
 
 /// The tag the guest mounts (`mount -t virtiofs hull /dir`).
@@ -77,6 +126,9 @@ const QUEUE_SIZES: &[u16] = &[128, 256];
 pub struct Share {
     pub path: PathBuf,
     pub read_only: bool,
+    /// Its files come with a VM migrating here (into this empty
+    /// directory), not from storage both hosts see.
+    pub receives: bool,
 }
 
 /// What one share is served by.
@@ -100,6 +152,11 @@ pub struct Fs {
     shown: Vec<String>,
     /// Detached mounts of the shares, kept open for the VM's life.
     _mounts: Vec<File>,
+    /// Each share's directory as the host sees it (`O_PATH`; writable
+    /// under a read-only share), and whether one file of it is shared.
+    roots: Vec<(File, bool)>,
+    /// The shares whose files come with a migrating VM.
+    receiving: Vec<u8>,
     bridge: bridge::Bridge,
 }
 
@@ -136,6 +193,8 @@ impl Fs {
                 vfs: None,
                 shown: Vec::new(),
                 _mounts: Vec::new(),
+                roots: Vec::new(),
+                receiving: Vec::new(),
                 bridge: bridge::Bridge::default(),
             });
         }
@@ -152,6 +211,7 @@ impl Fs {
         });
         let per_share = open_inodes / shares.len();
         let mut mounts = Vec::new();
+        let mut roots = Vec::new();
         for (index, share) in shares.iter().enumerate() {
             let shown = share.path.display().to_string();
             let open_err = |source| ShareError::Open {
@@ -160,6 +220,7 @@ impl Fs {
             };
             let (dir, only) = split_file(&share.path).map_err(open_err)?;
             let mount = detached_mount(&dir, share.read_only).map_err(open_err)?;
+            roots.push((dir, only.is_some()));
             // Through the magic link, then `.`: passthrough opens its root
             // with O_NOFOLLOW, which only the last component obeys.
             let root = format!("/proc/self/fd/{}/.", mount.as_raw_fd());
@@ -192,6 +253,12 @@ impl Fs {
             vfs: Some(vfs),
             shown: shares.iter().map(|share| share.path.display().to_string()).collect(),
             _mounts: mounts,
+            roots,
+            receiving: (0..)
+                .zip(shares)
+                .filter(|(_, share)| share.receives)
+                .map(|(index, _)| index)
+                .collect(),
             bridge: bridge::Bridge::default(),
         })
     }
@@ -248,17 +315,21 @@ fn raise_open_files_limit() {
     }
 }
 
-/// `path` as a mount of its own that belongs to no namespace's tree:
-/// `nodev`, `nosuid`, read-only if asked, the host's mounts untouched.
-fn detached_mount(path: &Path, read_only: bool) -> std::io::Result<File> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: a valid C string; the returned descriptor is ours.
+/// The directory `dir` as a mount of its own that belongs to no
+/// namespace's tree: `nodev`, `nosuid`, read-only if asked, the host's
+/// mounts untouched.
+fn detached_mount(dir: &File, read_only: bool) -> std::io::Result<File> {
+    // SAFETY: an empty C string with AT_EMPTY_PATH names `dir` itself; the
+    // returned descriptor is ours.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE
+                | libc::OPEN_TREE_CLOEXEC
+                | libc::AT_RECURSIVE as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint,
         )
     };
     if fd < 0 {
@@ -339,6 +410,21 @@ impl VirtioDevice for Fs {
             .map_err(std::io::Error::other)
     }
 
+    fn share_root(&self, share: u8) -> std::io::Result<File> {
+        match self.roots.get(usize::from(share)) {
+            Some((dir, false)) => dir.try_clone(),
+            Some((_, true)) => Err(std::io::Error::other(format!(
+                "{} is one file: only a directory's files travel",
+                self.shown[usize::from(share)]
+            ))),
+            None => Err(std::io::Error::other(format!("the VM shares no directory {share}"))),
+        }
+    }
+
+    fn receiving_shares(&self) -> Vec<u8> {
+        self.receiving.clone()
+    }
+
     /// Checked as a move begins, not only at its end.
     fn migration_blocker(&self) -> Option<String> {
         let blockers = self.each_share(|fs, shown| Ok(fs.inner().unmovable().map(|why| format!("{shown}: {why}"))));
@@ -363,10 +449,11 @@ impl VirtioDevice for Fs {
                 .map_err(|e| format!("the shared directories' FUSE session: {e}"))?;
         }
         // As many as there are shares (checked above), in their order.
-        let mut saved = state.shares.into_iter();
+        let mut saved = state.shares.into_iter().enumerate();
         self.each_share(|fs, shown| {
-            let saved = saved.next().ok_or("fewer states than shares")?;
-            fs.inner().restore(saved.inodes, shown)?;
+            let (index, saved) = saved.next().ok_or("fewer states than shares")?;
+            let copied_to = self.receiving.contains(&(index as u8)).then(|| &self.roots[index].0);
+            fs.inner().restore(saved.inodes, shown, copied_to)?;
             fs.restore_listings(saved.listings).map_err(|e| format!("{shown}: {e}"))
         })?;
         Ok(())
@@ -476,6 +563,7 @@ mod tests {
         let shares = [Share {
             path: dir.path().to_path_buf(),
             read_only: false,
+            receives: false,
         }];
         let mut from = Fs::new(&shares).unwrap();
         assert_eq!(serve(&mut from, &request(FUSE_INIT, 0, &init_body())).1, 0);
@@ -529,9 +617,43 @@ mod tests {
         let shares = [Share {
             path: dir.path().to_path_buf(),
             read_only: false,
+            receives: false,
         }];
         let refused = Fs::new(&shares).unwrap().restore_backend_state(seed).unwrap_err();
         assert!(refused.contains("not the directory"), "{refused}");
+    }
+
+    #[test]
+    fn a_share_s_path_is_taken_with_no_symbolic_link_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let real = root.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("app.conf"), "x").unwrap();
+        std::os::unix::fs::symlink(&real, root.join("dir-link")).unwrap();
+        std::os::unix::fs::symlink(real.join("app.conf"), root.join("file-link")).unwrap();
+        let share = |path: PathBuf| {
+            Fs::new(&[Share {
+                path,
+                read_only: true,
+                receives: false,
+            }])
+        };
+        for linked in [
+            root.join("dir-link"),
+            root.join("dir-link/app.conf"),
+            root.join("file-link"),
+        ] {
+            match share(linked.clone()) {
+                Err(ShareError::Open { source, .. }) => {
+                    assert!(source.to_string().contains("symbolic link"), "{linked:?}: {source}")
+                }
+                Err(e) => panic!("{linked:?}: {e}"),
+                Ok(_) => panic!("{linked:?} was shared through a symbolic link"),
+            }
+        }
+        share(real.clone()).unwrap();
+        share(real.join("app.conf")).unwrap();
     }
 
     #[test]
@@ -541,6 +663,7 @@ mod tests {
         let mut fs = Fs::new(&[Share {
             path: dir.clone(),
             read_only: false,
+            receives: false,
         }])
         .unwrap();
         let (len, error) = serve(&mut fs, &request(FUSE_INIT, 0, &init_body()));

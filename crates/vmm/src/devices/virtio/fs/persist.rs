@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
 
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
@@ -187,22 +188,27 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
     /// Takes a table `save` made on the source, into this share that the
     /// guest has not used yet, and opens again every file the guest holds
     /// open. `shown` names the share in errors.
-    pub(super) fn restore(&self, saved: InodesState, shown: &str) -> Result<(), String> {
+    /// `copied_to`: the share's directory here, when its files travelled
+    /// into it (a copy: each node is known here by its name, not by the
+    /// source's inode).
+    pub(super) fn restore(&self, saved: InodesState, shown: &str, copied_to: Option<&File>) -> Result<(), String> {
         let ctx = Context::default();
         let (ours, _) = self
             .inner
             .getattr(&ctx, ROOT, None)
             .map_err(|e| format!("{shown}: {e}"))?;
         let ours = host_id(&ours);
+        let copied = copied_to.map(|root| identities_here(&saved, root, ours));
         // Another host's device number for the same storage: the share's
         // own files are named by this host's (files on mounts below it
         // cannot be told apart and will read as stale).
-        let dev = |host: HostId| match host.0 == saved.root.0 {
-            true => (ours.0, host.1, host.2),
-            false => host,
+        let dev = |host: HostId| match &copied {
+            Some(here) => here.get(&host).copied().unwrap_or(host),
+            None if host.0 == saved.root.0 => (ours.0, host.1, host.2),
+            None => host,
         };
         let table = build_table(&saved, ours, dev).map_err(|e| format!("{shown}: the moved table: {e}"))?;
-        if (ours.1, ours.2) != (saved.root.1, saved.root.2) {
+        if copied.is_none() && (ours.1, ours.2) != (saved.root.1, saved.root.2) {
             return Err(format!(
                 "{shown} is not the directory the container shared where it ran (another inode)"
             ));
@@ -243,6 +249,41 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> BoundedInodes<F> {
         }
         Ok(())
     }
+}
+
+/// What each node of `saved` is on this host, found by its name below
+/// `root` (never through a symbolic link): the source's identity to this
+/// host's. A node whose name is gone here keeps the source's (and reads
+/// as stale).
+fn identities_here(saved: &InodesState, root: &File, ours: HostId) -> HashMap<HostId, HostId> {
+    let places: HashMap<u64, &(u64, Vec<u8>)> = saved
+        .nodes
+        .iter()
+        .filter_map(|node| Some((node.id, node.place.as_ref()?)))
+        .collect();
+    let mut here = HashMap::from([(saved.root, ours)]);
+    for node in &saved.nodes {
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut at = node.id;
+        let mut length = 0;
+        while at != ROOT && length <= crate::migration::trees::MAX_PATH {
+            let Some((parent, name)) = places.get(&at) else { break };
+            names.push(name);
+            length += name.len() + 1;
+            at = *parent;
+        }
+        if at != ROOT || names.is_empty() {
+            continue;
+        }
+        names.reverse();
+        let path = names.join(&b'/');
+        let found = crate::migration::trees::open_beneath(root, &path, rustix::fs::OFlags::PATH)
+            .and_then(|fd| Ok(rustix::fs::fstat(&fd)?));
+        if let Ok(stat) = found {
+            here.insert(node.host, (stat.st_dev, stat.st_ino, stat.st_mode & libc::S_IFMT));
+        }
+    }
+    here
 }
 
 /// A table of closed nodes from what arrived, checked; the open counts
@@ -438,7 +479,7 @@ mod tests {
         .unwrap();
         let state: ShareState = postcard::from_bytes(&bytes).unwrap();
         let to = share(dir);
-        to.inner().restore(state.inodes, "the share")?;
+        to.inner().restore(state.inodes, "the share", None)?;
         to.restore_listings(state.listings)?;
         Ok(to)
     }
@@ -527,7 +568,7 @@ mod tests {
         let from = share(tree.path());
         from.lookup(&ctx(), ROOT, c".").unwrap();
         let saved = from.inner().save().unwrap();
-        let refused = share(other.path()).inner().restore(saved, "/srv").unwrap_err();
+        let refused = share(other.path()).inner().restore(saved, "/srv", None).unwrap_err();
         assert!(refused.contains("/srv is not the directory"), "{refused}");
     }
 
@@ -585,12 +626,16 @@ mod tests {
             s.nodes[0].guest_refs = u64::MAX
         });
         for (what, state) in cases {
-            let refused = share(tree.path()).inner().restore(state, "the share");
+            let refused = share(tree.path()).inner().restore(state, "the share", None);
             assert!(refused.is_err(), "{what} was taken");
         }
         // The unchanged table is taken, once: a share in use takes none.
         let to = share(tree.path());
-        to.inner().restore(good.clone(), "the share").unwrap();
-        assert!(to.inner().restore(good, "the share").unwrap_err().contains("in use"));
+        to.inner().restore(good.clone(), "the share", None).unwrap();
+        assert!(to
+            .inner()
+            .restore(good, "the share", None)
+            .unwrap_err()
+            .contains("in use"));
     }
 }
