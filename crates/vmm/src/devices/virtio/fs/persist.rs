@@ -374,23 +374,32 @@ fn build_table(saved: &InodesState, root: HostId, dev: impl Fn(HostId) -> HostId
             node.children = count;
         }
     }
-    // No cycles: every placed node reaches the root.
+    // No cycles: every placed node reaches the root. Each node is walked
+    // over once: a chain ends at a node already known to reach the root
+    // or not (one without a place, or above it), and a node seen twice in
+    // one chain is a cycle.
     let mut rooted: HashSet<u64> = HashSet::from([ROOT]);
+    let mut stranded: HashSet<u64> = HashSet::new();
     for &id in table.nodes.keys() {
         let mut chain = Vec::new();
+        let mut on_chain = HashSet::new();
         let mut at = id;
-        while !rooted.contains(&at) {
+        while !rooted.contains(&at) && !stranded.contains(&at) {
             let Some((parent, _)) = table.nodes.get(&at).and_then(|node| node.place.as_ref()) else {
                 break;
             };
-            chain.push(at);
-            if chain.len() > table.nodes.len() {
+            if !on_chain.insert(at) {
                 return Err(format!("node {id}'s places form a cycle"));
             }
+            chain.push(at);
             at = *parent;
         }
-        if rooted.contains(&at) {
-            rooted.extend(chain);
+        match rooted.contains(&at) {
+            true => rooted.extend(chain),
+            false => {
+                stranded.insert(at);
+                stranded.extend(chain);
+            }
         }
     }
     let mut fhs = HashSet::new();
@@ -637,5 +646,26 @@ mod tests {
             .restore(good, "the share", None)
             .unwrap_err()
             .contains("in use"));
+    }
+
+    #[test]
+    fn a_long_chain_of_nodes_is_checked_in_one_walk() {
+        // 200,000 nodes, each the parent of the next, the top one without a
+        // place: every node's walk would climb the whole chain again.
+        let tree = tempfile::tempdir().unwrap();
+        let mut state = share(tree.path()).inner().save().unwrap();
+        const LONG: u64 = 200_000;
+        for id in 2..2 + LONG {
+            state.nodes.push(NodeState {
+                id,
+                place: (id > 2).then(|| (id - 1, b"d".to_vec())),
+                host: (1, id, libc::S_IFDIR),
+                guest_refs: 1,
+            });
+        }
+        state.next_id = 2 + LONG;
+        let started = std::time::Instant::now();
+        share(tree.path()).inner().restore(state, "the share", None).unwrap();
+        eprintln!("{LONG} chained nodes checked in {:?}", started.elapsed());
     }
 }
