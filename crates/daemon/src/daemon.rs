@@ -40,8 +40,10 @@ pub struct Daemon {
     departing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Containers that moved to another host, and where: their execs here
     /// are taken back through that host's hulld.
-    /// At most `MOVED_TO_KEPT`, the oldest forgotten first.
-    moved_to: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, crate::migrate::link::Peer)>>,
+    moved_to: ByContainer<crate::migrate::link::Peer>,
+    /// Containers that came from another host, and from where: only that
+    /// host's hulld relays to their attached clients (`attach_relay`).
+    arrived_from: ByContainer<std::net::IpAddr>,
     /// Arriving containers' data connections, on their way to the move
     /// that waits for them.
     pub arrivals: crate::migrate::arriving::Arrivals,
@@ -68,6 +70,7 @@ impl Daemon {
             log_watcher: crate::follow::LogWatcher::start(),
             departing: Default::default(),
             moved_to: Default::default(),
+            arrived_from: Default::default(),
             arrivals: Default::default(),
             migration: Default::default(),
             shared_storage: Default::default(),
@@ -113,27 +116,30 @@ impl Daemon {
 
     /// Records that container `id` runs on the host `to` now.
     pub fn set_moved_to(&self, id: &str, to: crate::migrate::link::Peer) {
-        if let Ok(mut moved) = self.moved_to.lock() {
-            if moved.len() >= MOVED_TO_KEPT {
-                let oldest = moved.iter().min_by_key(|(_, (at, _))| *at).map(|(id, _)| id.clone());
-                if let Some(oldest) = oldest {
-                    moved.remove(&oldest);
-                }
-            }
-            moved.insert(id.to_string(), (std::time::Instant::now(), to));
-        }
+        self.moved_to.insert(id, to);
     }
 
     /// Container `id` is on this host (again): its execs are reached here.
     pub fn forget_moved_to(&self, id: &str) {
-        if let Ok(mut moved) = self.moved_to.lock() {
-            moved.remove(id);
-        }
+        self.moved_to.remove(id);
     }
 
     /// Where container `id` went, if it moved to another host.
     pub fn moved_to(&self, id: &str) -> Option<crate::migrate::link::Peer> {
-        self.moved_to.lock().ok()?.get(id).map(|(_, peer)| peer.clone())
+        self.moved_to.get(id)
+    }
+
+    /// Records (`Some`) or forgets the host container `id` is arriving from.
+    pub fn set_arrived_from(&self, id: &str, from: Option<std::net::IpAddr>) {
+        match from {
+            Some(from) => self.arrived_from.insert(id, from),
+            None => self.arrived_from.remove(id),
+        }
+    }
+
+    /// The host container `id` came from, if it came from another.
+    pub fn arrived_from(&self, id: &str) -> Option<std::net::IpAddr> {
+        self.arrived_from.get(id)
     }
 
     /// Whether container `id` waits to be restarted under its policy.
@@ -358,6 +364,40 @@ impl Daemon {
         }
         self.set_departing(id, false);
         Ok(record)
+    }
+}
+
+/// Something known of containers by ID, at most `MOVED_TO_KEPT` of them,
+/// the oldest forgotten first.
+struct ByContainer<V>(std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, V)>>);
+
+impl<V> Default for ByContainer<V> {
+    fn default() -> Self {
+        ByContainer(Default::default())
+    }
+}
+
+impl<V: Clone> ByContainer<V> {
+    fn insert(&self, id: &str, value: V) {
+        if let Ok(mut known) = self.0.lock() {
+            if known.len() >= MOVED_TO_KEPT && !known.contains_key(id) {
+                let oldest = known.iter().min_by_key(|(_, (at, _))| *at).map(|(id, _)| id.clone());
+                if let Some(oldest) = oldest {
+                    known.remove(&oldest);
+                }
+            }
+            known.insert(id.to_string(), (std::time::Instant::now(), value));
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut known) = self.0.lock() {
+            known.remove(id);
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<V> {
+        self.0.lock().ok()?.get(id).map(|(_, value)| value.clone())
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::api::{blocking, flag, hijacked, stream_type, streaming, ApiError};
 use crate::client_input::{ClientInput, InputSink};
 use crate::daemon::Daemon;
+use crate::migrate::attach_relay::{Position, Skip};
 
 /// How often an attached client's input waits for the container's
 /// supervisor to be reachable (right after start).
@@ -160,20 +161,24 @@ pub async fn logs(
         if let Some(n) = tail {
             first.drain(..first.len().saturating_sub(n));
         }
+        let mut place = Place::default();
+        entries.iter().for_each(|e| place.sent.record(e));
         let follow = follow && dir.is_running();
-        Ok((first, follow.then_some((reader, dir, selection))))
+        Ok((first, follow.then_some((reader, dir, selection, place))))
     })
     .await?;
     let (tx, rx) = mpsc::channel(64);
+    let id = record.id.clone();
     tokio::spawn(async move {
         for chunk in first {
             if tx.send(Ok(chunk.into())).await.is_err() {
                 return;
             }
         }
-        if let Some((reader, dir, selection)) = reader {
+        if let Some((reader, dir, selection, mut place)) = reader {
             let _slot = slot;
-            follow_log(reader, &dir.log_path(), 0, &selection, &tx, watch, ending).await;
+            follow_log(reader, &dir.log_path(), 0, &selection, &tx, watch, ending, &mut place).await;
+            follow_moves(daemon, id, selection, tx, place).await;
         }
     });
     Ok(streaming(
@@ -182,11 +187,13 @@ pub async fn logs(
     ))
 }
 
-/// When a follower is done: its container's die or destroy event, or (for
-/// `logs -f`, whose container was running) a look now and then that finds
+/// When a follower is done: its container's die or destroy event, its move
+/// to another host, or (for `logs -f`, whose container was running) a look
+/// now and then that finds
 /// it no longer running.
 struct Ending {
     events: tokio::sync::broadcast::Receiver<crate::events::DockerEvent>,
+    daemon: Arc<Daemon>,
     id: String,
     running: Option<ContainerDir>,
     over: bool,
@@ -197,9 +204,10 @@ struct Ending {
 const RUNNING_CHECK: Duration = Duration::from_secs(5);
 
 impl Ending {
-    fn new(daemon: &Daemon, id: &str, running: Option<ContainerDir>) -> Ending {
+    fn new(daemon: &Arc<Daemon>, id: &str, running: Option<ContainerDir>) -> Ending {
         Ending {
             events: daemon.events_log.subscribe(),
+            daemon: daemon.clone(),
             id: id.to_string(),
             running,
             over: false,
@@ -211,7 +219,12 @@ impl Ending {
         use tokio::sync::broadcast::error::RecvError;
         tokio::select! {
             event = self.events.recv() => match event {
-                Ok(e) => self.over = e.is_container(&self.id, "die") || e.is_container(&self.id, "destroy"),
+                // Its end here, or its move to another host.
+                Ok(e) => {
+                    self.over = e.is_container(&self.id, "die")
+                        || e.is_container(&self.id, "destroy")
+                        || (e.is_container(&self.id, "migrate") && self.daemon.moved_to(&self.id).is_some())
+                }
                 Err(RecvError::Closed) => self.over = true,
                 Err(RecvError::Lagged(_)) => self.check(),
             },
@@ -226,9 +239,120 @@ impl Ending {
     }
 }
 
+/// A follower's place in its container's log: what it sent, and what to
+/// skip when it reads a log again (the container's on another host, or
+/// back here after a move).
+#[derive(Debug, Default)]
+struct Place {
+    sent: Position,
+    skip: Skip,
+}
+
+/// Sends `entry` if it is past `place` and `selection` wants it; false
+/// once the client is gone.
+async fn send_entry(entry: &LogEntry, selection: &Selection, tx: &Chunks, place: &mut Place) -> bool {
+    if !place.skip.is_new(entry) {
+        return true;
+    }
+    place.sent.record(entry);
+    match selection.encode(entry) {
+        Some(chunk) => tx.send(Ok(chunk.into())).await.is_ok(),
+        None => true,
+    }
+}
+
+/// How long a follower waits for its container to run again somewhere
+/// after the host it followed it on lets it go (a move back here).
+const MOVE_WAIT: Duration = Duration::from_secs(30);
+
+/// After `follow_log` ended: while the container runs on another host
+/// (`hull migrate --to`), its output goes on from the hulld there
+/// (`attach_relay`), and when it comes back here, from its log here, each
+/// from the entry after the last one sent, until it ends or the client
+/// goes.
+async fn follow_moves(daemon: Arc<Daemon>, id: String, selection: Selection, tx: Chunks, mut place: Place) {
+    // Since when the container could not be reached after a relay ended
+    // (a move back here is settling).
+    let mut after_relay: Option<std::time::Instant> = None;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let dir = ContainerDir::new(&id);
+        if let Some(peer) = daemon.moved_to(&id) {
+            place.skip = place.sent.skipper();
+            if relay_output(&daemon, &peer, &id, &selection, &tx, &mut place).await {
+                after_relay = Some(std::time::Instant::now());
+                continue;
+            }
+        } else if after_relay.is_some() && dir.is_running() {
+            // Back here.
+            after_relay = None;
+            place.skip = place.sent.skipper();
+            let ending = Ending::new(&daemon, &id, Some(dir.clone()));
+            let watch = daemon.log_watcher.watch(&dir.path);
+            follow_log(None, &dir.log_path(), 0, &selection, &tx, watch, ending, &mut place).await;
+            continue;
+        }
+        // It ended here (the common case: no waiting), or cannot be
+        // reached where it went, or is settling after a move.
+        if after_relay.is_none() && !daemon.is_departing(&id) {
+            return;
+        }
+        if after_relay.get_or_insert_with(std::time::Instant::now).elapsed() > MOVE_WAIT {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Container `id`'s output from the hulld `peer`, past `place`, until that
+/// stream ends; false if it could not be had.
+async fn relay_output(
+    daemon: &Arc<Daemon>,
+    peer: &crate::migrate::link::Peer,
+    id: &str,
+    selection: &Selection,
+    tx: &Chunks,
+    place: &mut Place,
+) -> bool {
+    let (daemon, to, who, after) = (daemon.clone(), peer.clone(), id.to_string(), place.sent.clone());
+    let connected =
+        tokio::task::spawn_blocking(move || crate::migrate::attach_relay::connect(&daemon, &to, &who, false, after))
+            .await;
+    let mut link = match connected {
+        Ok(Ok(link)) => link,
+        Ok(Err(e)) => {
+            tracing::debug!("container {id}'s output from {}: {e}", peer.address);
+            return false;
+        }
+        Err(_) => return false,
+    };
+    let (batches_tx, mut batches) = mpsc::channel::<Vec<LogEntry>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        match crate::migrate::wire::receive(&mut link) {
+            Ok(crate::migrate::wire::Message::LogEntries(entries)) => {
+                if batches_tx.blocking_send(entries).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    });
+    while let Some(entries) = batches.recv().await {
+        for entry in &entries {
+            if !send_entry(entry, selection, tx, place).await {
+                return true;
+            }
+        }
+    }
+    true
+}
+
 /// Sends a log's new entries as they are written until `ending` says the
 /// container ended (then what is left) or the client goes away. `reader`
 /// is opened at `offset` of `log` once the log exists.
+#[allow(clippy::too_many_arguments)]
 async fn follow_log(
     reader: impl Into<Option<LogReader>>,
     log: &std::path::Path,
@@ -237,6 +361,7 @@ async fn follow_log(
     tx: &Chunks,
     mut watch: crate::follow::LogWatch,
     mut ending: Ending,
+    place: &mut Place,
 ) {
     let mut reader = reader.into();
     loop {
@@ -246,10 +371,8 @@ async fn follow_log(
         }
         if let Some(reader) = reader.as_mut() {
             for entry in reader.read_new() {
-                if let Some(chunk) = selection.encode(&entry) {
-                    if tx.send(Ok(chunk.into())).await.is_err() {
-                        return;
-                    }
+                if !send_entry(&entry, selection, tx, place).await {
+                    return;
                 }
             }
         }
@@ -354,6 +477,8 @@ pub async fn attach(
                 detached: detached.clone(),
             };
             let supervisor = SupervisorInput {
+                daemon: daemon.clone(),
+                id: id.clone(),
                 dir: dir.clone(),
                 ended: ended.clone(),
                 conn: None,
@@ -361,10 +486,20 @@ pub async fn attach(
             tokio::spawn(crate::client_input::pump(client_in, input, supervisor));
         }
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        let (moves, who) = (daemon.clone(), id.clone());
         tokio::spawn(async move {
             let log = dir.log_path();
             match live {
-                true => follow_log(None, &log, offset, &selection, &tx, watch, ending).await,
+                true => {
+                    let mut place = Place::default();
+                    if offset > 0 {
+                        // Attached now: what the log held already is not
+                        // the client's, wherever it is read again.
+                        place.sent = Position::now();
+                    }
+                    follow_log(None, &log, offset, &selection, &tx, watch, ending, &mut place).await;
+                    follow_moves(moves, who, selection, tx, place).await;
+                }
                 // Only what was written so far.
                 false => {
                     let entries = LogReader::open(&log, offset)
@@ -425,26 +560,91 @@ const LEFT_CHECK: Duration = Duration::from_secs(2);
 /// The container's supervisor as the sink of an attached client's input.
 /// It is reached at the first frame: the container may not have started
 /// yet.
+/// An attached client's input: to the container's supervisor here, or,
+/// once the container moved to another host, through the hulld there
+/// (`attach_relay`).
 struct SupervisorInput {
+    daemon: Arc<Daemon>,
+    id: String,
     dir: ContainerDir,
     ended: Arc<AtomicBool>,
     conn: Option<tokio::net::UnixStream>,
 }
 
+impl SupervisorInput {
+    /// Where the container takes input now; `None` once it ended, or
+    /// when the host it went to has not taken it for `MOVE_WAIT` (it may
+    /// be on its way back here meanwhile).
+    async fn reach(&self) -> Option<tokio::net::UnixStream> {
+        let mut refused_since: Option<std::time::Instant> = None;
+        loop {
+            if self.ended.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(peer) = self.daemon.moved_to(&self.id) {
+                let (daemon, id) = (self.daemon.clone(), self.id.clone());
+                let relayed = tokio::task::spawn_blocking(move || {
+                    let link = crate::migrate::attach_relay::connect(&daemon, &peer, &id, true, Position::default())?;
+                    link.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(link)
+                })
+                .await;
+                match relayed {
+                    Ok(Ok(link)) => return tokio::net::UnixStream::from_std(link).ok(),
+                    Ok(Err(e)) if refused_since.is_none() => {
+                        tracing::debug!("container {}'s input through the host it went to: {e}", self.id)
+                    }
+                    _ => {}
+                }
+                if refused_since.get_or_insert_with(std::time::Instant::now).elapsed() > MOVE_WAIT {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            if let Ok(conn) = tokio::net::UnixStream::connect(self.dir.socket_path()).await {
+                return Some(conn);
+            }
+            tokio::time::sleep(CONNECT_RETRY).await;
+        }
+    }
+}
+
+/// Whether the other end of `conn` has closed it (nothing is ever read
+/// from it otherwise).
+fn let_go(conn: &tokio::net::UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    match conn.try_read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 impl InputSink for SupervisorInput {
     async fn send(&mut self, frame: &proto::Frame) -> bool {
-        while self.conn.is_none() {
-            if self.ended.load(Ordering::SeqCst) {
-                return false;
-            }
-            match tokio::net::UnixStream::connect(self.dir.socket_path()).await {
-                Ok(s) => self.conn = Some(s),
-                Err(_) => tokio::time::sleep(CONNECT_RETRY).await,
-            }
-        }
         let mut bytes = Vec::new();
-        let Some(conn) = self.conn.as_mut() else { return false };
-        proto::write_frame(&mut bytes, frame).is_ok() && conn.write_all(&bytes).await.is_ok()
+        if proto::write_frame(&mut bytes, frame).is_err() {
+            return false;
+        }
+        // A connection its other end let go of (the supervisor ended, or
+        // the host the container went to let it go as it left): a write
+        // could still land in its buffer and be lost.
+        if self.conn.as_ref().is_some_and(let_go) {
+            self.conn = None;
+        }
+        // A write that fails: the container may have moved; reached again.
+        for _ in 0..3 {
+            if self.conn.is_none() {
+                self.conn = self.reach().await;
+            }
+            let Some(conn) = self.conn.as_mut() else { return false };
+            if conn.write_all(&bytes).await.is_ok() {
+                return true;
+            }
+            self.conn = None;
+        }
+        false
     }
 
     async fn finish(&mut self, eof: bool) {

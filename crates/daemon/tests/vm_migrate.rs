@@ -728,6 +728,27 @@ fn a_tcp_connection_to_a_published_port_stays_open_across_a_move() {
     hulld.assert_no_leftovers();
 }
 
+/// The lines `out` gives, as they come.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next of `lines`, which must come within a minute (`waited_for`
+/// says what for).
+fn next_line(lines: &std::sync::mpsc::Receiver<String>, waited_for: &str) -> String {
+    lines
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("no line came for \"{waited_for}\": {e}"))
+}
+
 /// Runs `script` with sh; it must succeed.
 fn sh(script: &str) {
     let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
@@ -817,10 +838,38 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
             "app",
         ]));
     }
-    let server = ["busybox", "nc", "-l", "-p", "7000", "-e", "busybox", "cat"];
-    let mut args = vec!["run", "-d", "--name", "echo", "--network", "app", &image];
-    args.extend(server);
+    // A TCP echo server, and the container's own standard input echoed
+    // (`-i`: a client attaches to it).
+    let server = "busybox nc -l -p 7000 -e busybox cat & while read l; do echo stdin $l; done";
+    let args = vec![
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "echo",
+        "--network",
+        "app",
+        &image,
+        "sh",
+        "-c",
+        server,
+    ];
     let id = ok(&source.docker(&args)).trim().to_string();
+    // A client attached on host A, typing to the container and reading it.
+    let mut attached = source
+        .docker_command(&["attach", "--sig-proxy=false", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut typed = attached.stdin.take().unwrap();
+    let shown = lines_of(attached.stdout.take().unwrap());
+    let mut type_line = |line: &str| {
+        typed.write_all(format!("{line}\n").as_bytes()).unwrap();
+        typed.flush().unwrap();
+    };
+    type_line("one");
+    assert_eq!(next_line(&shown, "stdin one"), "stdin one");
     let address = source.inspect("{{.NetworkSettings.Networks.app.IPAddress}}", &id);
     let mac = source.inspect("{{.NetworkSettings.Networks.app.MacAddress}}", &id);
     // The client: a machine on host A's side of the network.
@@ -878,6 +927,10 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
     assert_eq!(ok(&dest.docker(&["exec", &id, "echo", "on B"])), "on B\n");
     exec_in.write_all(b"after\n").unwrap();
     assert_eq!(exec_out.next().unwrap().unwrap(), "got after");
+    // The client attached on host A types on, and reads the container's
+    // output from host B (through B's hulld), nothing lost or repeated.
+    type_line("two");
+    assert_eq!(next_line(&shown, "stdin two"), "stdin two");
     assert!(!all_ids(&source).contains(&id));
     // And back to host A: the connection, and the exec whose client never
     // left A's hulld (now reached on A again, not through B), go on.
@@ -886,6 +939,10 @@ fn a_tcp_client_keeps_its_connection_to_a_container_moved_over_tls_to_another_ho
     assert_eq!(echo(&mut conn, &mut reader, "home"), "home\n");
     exec_in.write_all(b"home\n").unwrap();
     assert_eq!(exec_out.next().unwrap().unwrap(), "got home");
+    type_line("three");
+    assert_eq!(next_line(&shown, "stdin three"), "stdin three");
+    let _ = attached.kill();
+    let _ = attached.wait();
     drop(exec_in);
     assert!(exec.wait().unwrap().success(), "the exec ends well, back on host A");
     assert!(!all_ids(&dest).contains(&id));

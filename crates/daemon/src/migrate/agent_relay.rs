@@ -38,10 +38,16 @@ pub fn reach_agent(daemon: &Arc<Daemon>, id: &str) -> Reached {
 
 /// A connection to container `id`'s agent through the hulld `peer`.
 fn connect(daemon: &Arc<Daemon>, peer: &Peer, id: &str) -> Result<UnixStream, String> {
+    open_relay(daemon, peer, &Message::AgentRelay { id: id.to_string() })
+}
+
+/// A connection to the hulld `peer` that asked it for the relay `ask`,
+/// and was answered `Relaying`.
+pub(super) fn open_relay(daemon: &Arc<Daemon>, peer: &Peer, ask: &Message) -> Result<UnixStream, String> {
     let mut link = daemon.migration_security().connect(peer, &daemon.handle)?;
     let failed = |e: wire::WireError| e.to_string();
     link.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
-    wire::send(&mut link, &Message::AgentRelay { id: id.to_string() }).map_err(failed)?;
+    wire::send(&mut link, ask).map_err(failed)?;
     match wire::receive(&mut link).map_err(failed)? {
         Message::Relaying => {}
         Message::Failed { reason } => return Err(reason),
@@ -54,19 +60,7 @@ fn connect(daemon: &Arc<Daemon>, peer: &Peer, id: &str) -> Result<UnixStream, St
 /// The destination's side: relays `link` to the agent of container `id`
 /// (running here) once its first frame proves to be an exec's claim.
 pub fn serve(daemon: &Arc<Daemon>, mut link: UnixStream, id: &str) -> Result<(), String> {
-    let running = daemon
-        .containers
-        .find(id)
-        .ok()
-        .filter(|r| r.id == id)
-        .map(|r| ContainerDir::new(&r.id))
-        .filter(ContainerDir::is_running);
-    let Some(dir) = running else {
-        let reason = format!("no container {id} runs here");
-        let _ = wire::send(&mut link, &Message::Failed { reason: reason.clone() });
-        return Err(reason);
-    };
-    wire::send(&mut link, &Message::Relaying).map_err(|e| e.to_string())?;
+    let dir = accept_relay(daemon, &mut link, id, |_| true)?;
     link.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
     let claim = match read_frame(&mut link) {
         Ok(Some(claim @ Frame::Control(Control::ResumeExec { .. }))) => claim,
@@ -76,6 +70,30 @@ pub fn serve(daemon: &Arc<Daemon>, mut link: UnixStream, id: &str) -> Result<(),
     let mut agent = runtime::agent_link::connect_to(&dir).map_err(|e| format!("the agent: {e}"))?;
     write_frame(&mut agent, &claim).map_err(|e| e.to_string())?;
     splice(link, agent).map_err(|e| e.to_string())
+}
+
+/// Answers a relay's ask on `link` for container `id`: `Relaying` if it
+/// runs here and `allowed`, else `Failed`; its directory.
+pub(super) fn accept_relay(
+    daemon: &Daemon,
+    link: &mut UnixStream,
+    id: &str,
+    allowed: impl Fn(&crate::store::ContainerRecord) -> bool,
+) -> Result<ContainerDir, String> {
+    let running = daemon
+        .containers
+        .find(id)
+        .ok()
+        .filter(|r| r.id == id && allowed(r))
+        .map(|r| ContainerDir::new(&r.id))
+        .filter(ContainerDir::is_running);
+    let Some(dir) = running else {
+        let reason = format!("no container {id} runs here");
+        let _ = wire::send(link, &Message::Failed { reason: reason.clone() });
+        return Err(reason);
+    };
+    wire::send(link, &Message::Relaying).map_err(|e| e.to_string())?;
+    Ok(dir)
 }
 
 /// Copies both ways until either side ends, then ends the other.

@@ -104,7 +104,7 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
     match wire::receive(&mut conn) {
         Ok(Message::Offer(offer)) => {
             let id = offer.record.id.clone();
-            match arrive(daemon, &mut conn, *offer) {
+            match arrive(daemon, &mut conn, *offer, peer_address.ip()) {
                 Ok(()) => tracing::info!("container {id} arrived from {peer}"),
                 Err(reason) => {
                     tracing::warn!("container {id} from {peer} did not arrive: {reason}");
@@ -116,6 +116,12 @@ fn serve(daemon: &Arc<Daemon>, tcp: TcpStream) {
             let _ = conn.set_read_timeout(None);
             if let Err(e) = super::agent_relay::serve(daemon, conn, &id) {
                 tracing::warn!("relaying an exec of container {id} for {peer}: {e}");
+            }
+        }
+        Ok(Message::AttachRelay { id, input, after }) => {
+            let _ = conn.set_read_timeout(None);
+            if let Err(e) = super::attach_relay::serve(daemon, conn, peer_address.ip(), &id, input, after) {
+                tracing::debug!("relaying an attached client of container {id} for {peer}: {e}");
             }
         }
         Ok(Message::Data { token }) => {
@@ -153,7 +159,7 @@ enum Template {
     Wanted(String),
 }
 
-fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Result<(), String> {
+fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer, from: std::net::IpAddr) -> Result<(), String> {
     let prepared = match prepare(daemon, offer) {
         Ok(prepared) => prepared,
         Err(reason) => {
@@ -161,6 +167,9 @@ fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Resul
             return Err(reason);
         }
     };
+    // Its clients attached there go on through this host from the moment
+    // it runs here.
+    daemon.set_arrived_from(&prepared.record.id, Some(from));
     let token = crate::containers::random_hex(16);
     let data = daemon.arrivals.expect(&token);
     let mut shim = None;
@@ -181,6 +190,7 @@ fn arrive(daemon: &Arc<Daemon>, control: &mut UnixStream, offer: Offer) -> Resul
             let _ = runtime::volume::remove(name);
         }
         daemon.container_event_of(&prepared.record, "migrate", &[("phase", "failed")]);
+        daemon.set_arrived_from(&prepared.record.id, None);
     }
     arrived
 }

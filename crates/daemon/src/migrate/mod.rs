@@ -10,6 +10,7 @@
 
 pub mod agent_relay;
 pub mod arriving;
+pub mod attach_relay;
 pub mod link;
 mod outgoing;
 pub mod shared_storage;

@@ -110,6 +110,18 @@ pub enum Message {
     AgentRelay {
         id: String,
     },
+    /// Source → destination, first on a connection of its own: for a
+    /// client attached at the source, container `id`'s log entries from
+    /// `after` on as they come (`LogEntries`), or with `input`, the
+    /// client's standard input (`Stdin`/`StdinEof` frames) to it.
+    AttachRelay {
+        id: String,
+        input: bool,
+        after: super::attach_relay::Position,
+    },
+    /// Destination → source: entries of the container's log (none: it
+    /// runs on, quiet).
+    LogEntries(Vec<runtime::container_log::LogEntry>),
     /// Destination → source: the relay is ready.
     Relaying,
     /// A host to another, first and alone on a connection of its own: the
