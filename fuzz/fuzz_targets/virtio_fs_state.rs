@@ -18,7 +18,8 @@ fn shared_dir() -> &'static PathBuf {
         let dir = hull_fuzz::scratch_dir().join(format!("hull-fuzz-fs-state-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).expect("making the shared directory");
         std::fs::write(dir.join("sub/file"), b"contents").expect("a file to share");
-        dir
+        // hull-vmm shares a path with no symbolic link in it.
+        dir.canonicalize().expect("resolving the shared directory")
     })
 }
 
@@ -26,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let share = Share {
         path: shared_dir().clone(),
         read_only: false,
+        receives: false,
     };
     let mut fs = Fs::with_open_inodes(&[share], 4).expect("sharing the scratch directory");
     let _ = fs.restore_backend_state(data);
