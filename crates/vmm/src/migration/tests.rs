@@ -991,17 +991,19 @@ fn the_tree_fuzz_seed_makes_files_in_the_travelling_share_only() {
     assert_eq!(seed[1], 17, "the seed begins with a tree entry");
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::File::open(dir.path()).unwrap();
-    let mut trees = IncomingTrees::new(vec![None, Some(root.into())]);
+    let taken = |trees: &mut IncomingTrees| {
+        receive_memory(
+            &mut SeedLink(&seed[1..]),
+            &memory(),
+            BYTES,
+            &IncomingDisks::default(),
+            trees,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+    };
     // It ends before the state: the stream is cut, after its entries.
-    let cut = receive_memory(
-        &mut SeedLink(&seed[1..]),
-        &memory(),
-        BYTES,
-        &IncomingDisks::default(),
-        &mut trees,
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let cut = taken(&mut IncomingTrees::new(vec![None, Some(root.into())]));
     assert!(cut.to_string().contains("closed the stream"), "{cut}");
     assert_eq!(std::fs::read(dir.path().join("dir/file")).unwrap(), b"hello");
     assert_eq!(
@@ -1010,15 +1012,6 @@ fn the_tree_fuzz_seed_makes_files_in_the_travelling_share_only() {
     );
     assert!(!dir.path().join("dir/gone").exists());
     // Into a share that does not travel: refused.
-    let mut none = IncomingTrees::default();
-    let refused = receive_memory(
-        &mut SeedLink(&seed[1..]),
-        &memory(),
-        BYTES,
-        &IncomingDisks::default(),
-        &mut none,
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let refused = taken(&mut IncomingTrees::default());
     assert!(refused.to_string().contains("does not travel"), "{refused}");
 }
