@@ -8,7 +8,7 @@
 
 use std::io::{BufReader, Read, Write};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::disks::IncomingDisks;
 use super::send::unexpected;
@@ -181,7 +181,13 @@ pub fn receive_memory<C: Read + Write>(
             Some(Frame::Zeros { first, count }) => {
                 let at = in_guest(first, u64::from(count))?;
                 for page in 0..u64::from(count) {
-                    write(&zeros, GuestAddress(at.0 + page * PAGE_SIZE as u64))?;
+                    let page_at = GuestAddress(at.0 + page * PAGE_SIZE as u64);
+                    // A page already zero here (never written, or zeroed by
+                    // an earlier round) is only read: no write, no copy of a
+                    // template's page made.
+                    if !already_zero(memory, page_at) {
+                        write(&zeros, page_at)?;
+                    }
                 }
                 incoming.pages = incoming.pages.saturating_add(u64::from(count));
             }
@@ -217,6 +223,19 @@ pub fn receive_memory<C: Read + Write>(
             }
         }
     }
+}
+
+/// Whether the guest page at `at` (in range) holds only zeros.
+fn already_zero(memory: &GuestMemoryMmap, at: GuestAddress) -> bool {
+    let Ok(slice) = memory.get_slice(at, PAGE_SIZE) else {
+        return false;
+    };
+    let guard = slice.ptr_guard();
+    // SAFETY: the slice is PAGE_SIZE bytes of one region of `memory`, which
+    // outlives the borrow, and nothing writes guest memory while a
+    // migration's pages arrive (the VM's threads stand parked until `Go`).
+    let page = unsafe { std::slice::from_raw_parts(guard.as_ptr(), PAGE_SIZE) };
+    super::send::is_zero(page)
 }
 
 /// Tells the source the VM is ready to run here and waits for its `Go`:

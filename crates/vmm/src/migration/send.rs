@@ -103,6 +103,15 @@ pub trait Source {
     /// The pages written since the last call (or the start), clearing the
     /// log — except the last call, with the guest paused, which need not.
     fn take_dirty(&mut self) -> std::io::Result<PageSet>;
+    /// Before the pause: parks whatever writes guest memory but the
+    /// vCPUs and starts a log that holds the vCPUs' writes alone, cheap to
+    /// read; `take_dirty` then scans everything once with the guest
+    /// running, and once paused reads only that log. Ok(false): not
+    /// supported (the pause scans everything).
+    fn narrow_dirty_log(&mut self) -> std::io::Result<bool> {
+        Ok(false)
+    }
+    /// Ends every log (a narrowed one too); the guest runs at full speed.
     fn stop_dirty_log(&mut self);
     /// Stops every vCPU and device (the guest stands still).
     fn pause(&mut self) -> Result<(), String>;
@@ -174,6 +183,11 @@ struct Batch {
     /// The bytes LZ4 kept off the link.
     saved: u64,
     compress: bool,
+    /// A page frame being made, when LZ4 packs it (timed apart from the link).
+    packed: Vec<u8>,
+    /// The time LZ4 took over how many bytes of pages.
+    packing: Duration,
+    packed_input: u64,
 }
 
 impl Batch {
@@ -187,11 +201,14 @@ impl Batch {
             zero_pages: 0,
             saved: 0,
             compress,
+            packed: Vec::new(),
+            packing: Duration::ZERO,
+            packed_input: 0,
         }
     }
 
     fn page(&mut self, w: &mut impl Write, page: u64, bytes: &[u8], skip_zeros: bool) -> Result<(), StreamError> {
-        let zero = bytes.iter().all(|&b| b == 0);
+        let zero = is_zero(bytes);
         if zero && skip_zeros {
             return self.flush(w);
         }
@@ -223,7 +240,16 @@ impl Batch {
     fn flush_data(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
         if !self.data.is_empty() {
             let data = std::mem::replace(&mut self.data, Vec::with_capacity(MAX_PAGES_PER_FRAME * PAGE_SIZE));
-            self.saved += put_pages(w, self.first, data, self.compress)?;
+            if !self.compress {
+                put_pages(w, self.first, data, false)?;
+                return Ok(());
+            }
+            let (started, input) = (Instant::now(), data.len() as u64);
+            self.packed.clear();
+            self.saved += put_pages(&mut self.packed, self.first, data, true)?;
+            self.packing += started.elapsed();
+            self.packed_input += input;
+            w.write_all(&self.packed).map_err(StreamError::Io)?;
         }
         Ok(())
     }
@@ -245,6 +271,36 @@ impl Batch {
     fn flush(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
         self.flush_data(w)?;
         self.flush_zeros(w)
+    }
+}
+
+/// Whether every byte of `bytes` is zero (eight at a time).
+pub(super) fn is_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    words.all(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])) == 0) && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// The link's measured rates, for deciding whether LZ4 pays in the pause.
+#[derive(Default)]
+struct Rates {
+    /// Bytes a second on the wire, the time LZ4 took left out (the best round's).
+    wire: f64,
+    /// What LZ4 made of what it was given, over every round.
+    packed_out: u64,
+    packed_in: u64,
+}
+
+impl Rates {
+    /// Whether the pause's pages go faster as LZ4 blocks: packing a byte
+    /// and sending what is left of it takes less than sending it.
+    fn lz4_pays(&self, batch: &Batch) -> bool {
+        let packing = batch.packing.as_secs_f64();
+        if self.wire <= 0.0 || packing <= 0.0 || self.packed_in == 0 || batch.packed_input == 0 {
+            return true;
+        }
+        let lz4_rate = batch.packed_input as f64 / packing;
+        let kept = self.packed_out as f64 / self.packed_in as f64;
+        1.0 / lz4_rate + kept / self.wire < 1.0 / self.wire
     }
 }
 
@@ -400,10 +456,12 @@ fn precopy_and_switch<C: Read + Write>(
     // sent to the destination's receipt. A small round spends most of its
     // time on a round trip and would make the link look slower than it is.
     let mut link = 1.0f64;
+    let mut rates = Rates::default();
     loop {
         let round_started = Instant::now();
         let pages_before = batch.pages_sent;
         let saved_before = batch.saved;
+        let packing_before = batch.packing;
         let mut counted = Counted {
             inner: &mut *conn,
             written: 0,
@@ -434,6 +492,12 @@ fn precopy_and_switch<C: Read + Write>(
         // What the round carried before LZ4: estimates are of pages to go.
         let carried = bytes + (batch.saved - saved_before);
         link = link.max(carried as f64 / delivering.as_secs_f64());
+        let on_wire = delivering.saturating_sub(batch.packing - packing_before);
+        rates.wire = rates
+            .wire
+            .max(bytes as f64 / on_wire.max(Duration::from_micros(100)).as_secs_f64());
+        rates.packed_in += carried;
+        rates.packed_out += bytes;
         source.tick();
         let next = source
             .take_dirty()
@@ -494,8 +558,27 @@ fn precopy_and_switch<C: Read + Write>(
 
     // Switch-over: the guest stands still from here.
     source.throttle(0);
+    // The costly last scan of every page before the pause, if the source
+    // can log the guest's writes alone meanwhile; if not, it is in the pause.
+    match source.narrow_dirty_log() {
+        Ok(true) => {
+            set.add(
+                &source
+                    .take_dirty()
+                    .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
+            );
+            crate::trace::mark("migration: written pages scanned, devices parked");
+        }
+        Ok(false) => {}
+        Err(e) => eprintln!("hull-vmm: the pause scans every page: {e}"),
+    }
+    // On a link faster than LZ4 packs, the pause sends pages as they are.
+    batch.compress = batch.compress && rates.lz4_pays(&batch);
     let paused_at = Instant::now();
-    crate::trace::mark("migration: pausing");
+    crate::trace::mark(match batch.compress {
+        true => "migration: pausing (the last pages as LZ4 blocks)",
+        false => "migration: pausing (the last pages as they are)",
+    });
     source.pause().map_err(MigrationError::Source)?;
     crate::trace::mark("migration: paused");
     *paused = true;

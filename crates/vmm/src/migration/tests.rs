@@ -210,12 +210,35 @@ fn migrate(
     limits: &Limits,
 ) -> (Result<Report, MigrationError>, Vec<Progress>) {
     let memory = guest.lock().unwrap().memory.clone();
-    let mut source = AsSource(guest.clone(), memory, Vec::new());
+    migrate_from(
+        &mut AsSource(guest.clone(), memory, Vec::new()),
+        conn,
+        template,
+        first_round,
+        limits,
+    )
+}
+
+fn migrate_from(
+    source: &mut dyn Source,
+    conn: &mut UnixStream,
+    template: Option<[u8; 32]>,
+    first_round: &dyn Fn(bool) -> std::io::Result<PageSet>,
+    limits: &Limits,
+) -> (Result<Report, MigrationError>, Vec<Progress>) {
     let mut rounds = Vec::new();
-    let result = send::send(conn, &mut source, hello(template), first_round, limits, &mut |p| {
+    let result = send::send(conn, source, hello(template), first_round, limits, &mut |p| {
         rounds.push(*p)
     });
     (result, rounds)
+}
+
+/// Time enough for any guest of these tests to converge.
+fn generous() -> Limits {
+    Limits {
+        downtime: Duration::from_secs(5),
+        ..Limits::default()
+    }
 }
 
 /// `migrate` to a destination without the template: every page goes.
@@ -238,11 +261,7 @@ fn a_running_guest_arrives_whole_and_zero_pages_stay_home() {
     let guest = Guest::new(40);
     let (mut here, there) = UnixStream::pair().unwrap();
     let dest = destination(there, memory(), None);
-    let limits = Limits {
-        downtime: Duration::from_secs(5),
-        ..Limits::default()
-    };
-    let (report, rounds) = migrate_whole(&guest, &mut here, &limits);
+    let (report, rounds) = migrate_whole(&guest, &mut here, &generous());
     let report = report.unwrap();
     let (arrived, state) = dest.join().unwrap().unwrap();
     assert_eq!(state, b"vcpus and devices");
@@ -1014,4 +1033,70 @@ fn the_tree_fuzz_seed_makes_files_in_the_travelling_share_only() {
     // Into a share that does not travel: refused.
     let refused = taken(&mut IncomingTrees::default());
     assert!(refused.to_string().contains("does not travel"), "{refused}");
+}
+
+/// A source whose devices park before the pause (`narrow_dirty_log`): the
+/// calls it gets, in order.
+struct Narrowing(AsSource, Vec<&'static str>);
+
+impl Source for Narrowing {
+    fn memory(&self) -> &GuestMemoryMmap {
+        self.0.memory()
+    }
+    fn start_dirty_log(&mut self) -> std::io::Result<()> {
+        self.0.start_dirty_log()
+    }
+    fn take_dirty(&mut self) -> std::io::Result<PageSet> {
+        self.1.push("take");
+        self.0.take_dirty()
+    }
+    fn narrow_dirty_log(&mut self) -> std::io::Result<bool> {
+        self.1.push("narrow");
+        Ok(true)
+    }
+    fn stop_dirty_log(&mut self) {
+        self.0.stop_dirty_log()
+    }
+    fn pause(&mut self) -> Result<(), String> {
+        self.1.push("pause");
+        self.0.pause()
+    }
+    fn resume(&mut self) {
+        self.0.resume()
+    }
+    fn throttle(&mut self, percent: u8) {
+        self.0.throttle(percent)
+    }
+    fn state(&mut self) -> Result<Vec<u8>, String> {
+        self.0.state()
+    }
+}
+
+#[test]
+fn a_source_that_narrows_its_log_scans_before_the_pause_and_reads_the_log_once_in_it() {
+    let guest = Guest::new(40);
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    let memory = guest.lock().unwrap().memory.clone();
+    let mut source = Narrowing(AsSource(guest.clone(), memory, Vec::new()), Vec::new());
+    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &generous());
+    let report = report.unwrap();
+    let (arrived, _) = dest.join().unwrap().unwrap();
+    assert!(report.confirmed);
+    // The guest wrote between the narrowed scan and the pause: those pages came too.
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    let calls = &source.1;
+    let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
+    assert_eq!(&calls[narrowed..], ["narrow", "take", "pause", "take"], "{calls:?}");
+}
+
+#[test]
+fn zero_checks_see_a_single_set_byte_anywhere() {
+    let mut page = vec![0u8; PAGE_SIZE + 5];
+    assert!(send::is_zero(&page));
+    for at in [0, 7, 8, PAGE_SIZE - 1, PAGE_SIZE + 4] {
+        page[at] = 1;
+        assert!(!send::is_zero(&page), "byte {at}");
+        page[at] = 0;
+    }
 }

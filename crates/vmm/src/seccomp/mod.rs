@@ -179,6 +179,9 @@ mod tests {
             assert!(allowed_count(kind) <= most, "{kind:?}: {}", allowed_count(kind));
         }
         assert_eq!(rules::KVM_RUN(), 0xae80);
+        // As the kernel's headers number them.
+        assert_eq!(rules::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
+        assert_eq!(rules::KVM_GET_DIRTY_LOG(), 0x4010_ae42);
     }
 
     #[test]

@@ -83,6 +83,8 @@ ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
 ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
 // A migrated VM's state, put in by the VMM thread on arrival.
+ioctl_iow_nr!(KVM_SET_USER_MEMORY_REGION, KVMIO, 0x46, kvm_userspace_memory_region);
+ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
 ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
 ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
@@ -269,6 +271,10 @@ fn restricted(kind: Filter) -> Vec<(i64, u8, Vec<u64>)> {
             KVM_CHECK_EXTENSION(),
             // A migration's state: the MSRs to save.
             KVM_GET_MSR_INDEX_LIST(),
+            // A migration's last scan: KVM logs the guest's writes (the
+            // memory slot's flags change) and the pause reads that log.
+            KVM_SET_USER_MEMORY_REGION(),
+            KVM_GET_DIRTY_LOG(),
         ],
         // Non-blocking connections.
         Filter::Vsock => vec![libc::FIONBIO],

@@ -4,6 +4,12 @@
 //! read and cleared with every vCPU and device thread parked (so no write
 //! falls between the two); pauses and the throttle's duty cycle go
 //! through the pause gate; the state is what a snapshot captures.
+//!
+//! Reading every page's soft-dirty bit costs time in proportion to the
+//! memory the guest has touched, so the last full scan is made before the
+//! pause, with the device threads parked (no VMM write can follow it) and
+//! KVM's dirty log on (it holds the guest's own writes from before the
+//! scan to the pause): the pause then reads only KVM's bitmap.
 
 use std::fs::File;
 use std::time::{Duration, Instant};
@@ -55,6 +61,10 @@ struct Outgoing<'v, 'a> {
     /// The shared directories whose files travel.
     trees: Vec<OutgoingTree>,
     same_host: bool,
+    /// Set while the device threads are parked and KVM logs the guest's
+    /// writes: how many queue notifies vCPUs had served then (one served
+    /// since means the VMM wrote memory KVM's log did not see).
+    narrowed: Option<u64>,
 }
 
 /// Where a VM goes: whether its read-write disks' content travels (the
@@ -79,6 +89,60 @@ impl Outgoing<'_, '_> {
             self.vmm.gate.release();
         }
     }
+
+    /// Turns KVM's dirty log of guest memory on or off (it starts empty).
+    fn log_guest_writes(&self, on: bool) -> std::io::Result<()> {
+        for (slot, region) in self.vmm.memory.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(std::io::Error::other)?;
+            let region = kvm_bindings::kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: if on { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            };
+            // SAFETY: the slot as `builder::register_memory` made it, over
+            // the same mapping; only its flags change.
+            unsafe { self.vmm.vm.set_user_memory_region(region) }.map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// The pages KVM logged as the guest's writes since the last call.
+    fn guest_writes(&self) -> std::io::Result<PageSet> {
+        let mut dirty = PageSet::empty((self.vmm.config.memory_mib << 20) / PAGE_SIZE as u64);
+        let mut first_page = 0;
+        for (slot, region) in self.vmm.memory.iter().enumerate() {
+            let words = self
+                .vmm
+                .vm
+                .get_dirty_log(slot as u32, region.len() as usize)
+                .map_err(std::io::Error::other)?;
+            let pages = region.len() / PAGE_SIZE as u64;
+            for page in PageSet::from_words(words, pages)
+                .runs()
+                .into_iter()
+                .flat_map(|(f, n)| f..f + n)
+            {
+                dirty.insert(first_page + page);
+            }
+            first_page += pages;
+        }
+        Ok(dirty)
+    }
+
+    /// Ends the narrowed log: KVM's off, the device threads let go
+    /// (unless the guest stands still: `resume` lets everything go).
+    fn widen(&mut self) {
+        if self.narrowed.take().is_some() {
+            let _ = self.log_guest_writes(false);
+            if !self.paused {
+                self.vmm.gate.release();
+            }
+        }
+    }
 }
 
 impl Source for Outgoing<'_, '_> {
@@ -97,6 +161,17 @@ impl Source for Outgoing<'_, '_> {
     }
 
     fn take_dirty(&mut self) -> std::io::Result<PageSet> {
+        if let Some(served_then) = self.narrowed {
+            if !self.paused {
+                // The last full scan: the guest's writes during it are in KVM's log.
+                return self.pagemap.soft_dirty();
+            }
+            let mut dirty = self.guest_writes()?;
+            if crate::devices::virtio::mmio::served_by_vcpus() != served_then {
+                dirty.add(&self.pagemap.soft_dirty()?);
+            }
+            return Ok(dirty);
+        }
         if self.paused {
             // The last scan: the guest stands still until it moves or
             // resumes here, and a new migration clears the bits when its log
@@ -113,7 +188,27 @@ impl Source for Outgoing<'_, '_> {
         taken
     }
 
-    fn stop_dirty_log(&mut self) {}
+    fn narrow_dirty_log(&mut self) -> std::io::Result<bool> {
+        let gate = self.vmm.gate;
+        let device_threads = self.vmm.members - self.vmm.vcpus.len();
+        gate.request_devices();
+        if !gate.wait_parked(device_threads, super::PAUSE_TIMEOUT, || {}) {
+            gate.release();
+            return Err(std::io::Error::other("the device threads did not park"));
+        }
+        let served = crate::devices::virtio::mmio::served_by_vcpus();
+        if let Err(e) = self.log_guest_writes(true) {
+            let _ = self.log_guest_writes(false);
+            gate.release();
+            return Err(e);
+        }
+        self.narrowed = Some(served);
+        Ok(true)
+    }
+
+    fn stop_dirty_log(&mut self) {
+        self.widen();
+    }
 
     fn pause(&mut self) -> Result<(), String> {
         self.vmm.pause().map_err(|e| e.to_string())?;
@@ -358,6 +453,7 @@ fn migrate_with(
         disks,
         trees,
         same_host: route.same_host,
+        narrowed: None,
     };
     let report = send::send(
         &mut conn,
