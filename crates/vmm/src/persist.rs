@@ -44,6 +44,7 @@ pub fn capture(
     for vcpu in vcpus {
         vcpu_states.push(vcpu_state::save(&lock(&vcpu.fd), msr_indices)?);
     }
+    crate::trace::mark("state: vCPUs read");
     let chip = |chip_id| -> Result<kvm_bindings::kvm_irqchip, VmError> {
         let mut chip = kvm_bindings::kvm_irqchip {
             chip_id,

@@ -143,7 +143,9 @@ pub(super) fn apply_state<'a>(
 ) -> Result<(), VmError> {
     let state = &arrived.state;
     restore_registers_and_chips(vm, vcpus, state)?;
+    trace::mark("migration: vCPUs and chips set");
     devices.apply_state(config, state)?;
+    trace::mark("migration: devices set");
     // The shares' open files are opened again here, before `Ready`: one
     // that cannot be refuses the VM, which runs on at its source.
     devices
