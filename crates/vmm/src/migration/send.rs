@@ -155,15 +155,29 @@ pub struct Report {
     pub confirmed: bool,
 }
 
-/// Counts the bytes written through it.
+/// Counts the bytes written through it, and the time the writes took
+/// (the link's share of a round: the rest is reading pages and packing).
 struct Counted<'a, S> {
     inner: &'a mut S,
     written: u64,
+    writing: Duration,
+}
+
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: &'a mut S) -> Self {
+        Counted {
+            inner,
+            written: 0,
+            writing: Duration::ZERO,
+        }
+    }
 }
 
 impl<S: Write> Write for Counted<'_, S> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let started = Instant::now();
         let n = self.inner.write(buf)?;
+        self.writing += started.elapsed();
         self.written += n as u64;
         Ok(n)
     }
@@ -283,7 +297,7 @@ pub(super) fn is_zero(bytes: &[u8]) -> bool {
 /// The link's measured rates, for deciding whether LZ4 pays in the pause.
 #[derive(Default)]
 struct Rates {
-    /// Bytes a second on the wire, the time LZ4 took left out (the best round's).
+    /// Bytes a second on the wire, reading and packing pages left out (the best round's).
     wire: f64,
     /// What LZ4 made of what it was given, over every round.
     packed_out: u64,
@@ -461,11 +475,7 @@ fn precopy_and_switch<C: Read + Write>(
         let round_started = Instant::now();
         let pages_before = batch.pages_sent;
         let saved_before = batch.saved;
-        let packing_before = batch.packing;
-        let mut counted = Counted {
-            inner: &mut *conn,
-            written: 0,
-        };
+        let mut counted = Counted::new(&mut *conn);
         let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
         send_pages(&mut out, source, &set, skip_zeros, &mut batch)?;
         // The destination's copies start empty: zeros need not go first.
@@ -479,7 +489,8 @@ fn precopy_and_switch<C: Read + Write>(
             },
         )?;
         drop(out);
-        let bytes = counted.written;
+        let (bytes, writing) = (counted.written, counted.writing);
+        let waiting = Instant::now();
         // Once the destination holds the round, nothing is left in flight:
         // the time so far is the link's, and a pause from here waits for
         // no backlog.
@@ -488,11 +499,12 @@ fn precopy_and_switch<C: Read + Write>(
             Some(Frame::Abort { reason }) => return Err(MigrationError::Aborted(reason)),
             other => return Err(unexpected("the round's receipt", other)),
         }
+        // The link's own time: writes that waited for it, then its last bytes in.
+        let on_wire = writing + waiting.elapsed();
         let delivering = round_started.elapsed().max(Duration::from_micros(100));
         // What the round carried before LZ4: estimates are of pages to go.
         let carried = bytes + (batch.saved - saved_before);
         link = link.max(carried as f64 / delivering.as_secs_f64());
-        let on_wire = delivering.saturating_sub(batch.packing - packing_before);
         rates.wire = rates
             .wire
             .max(bytes as f64 / on_wire.max(Duration::from_micros(100)).as_secs_f64());
@@ -595,10 +607,7 @@ fn precopy_and_switch<C: Read + Write>(
     // and was not sent (the guest stands still now).
     let tree_sets = tree_changes(source)?;
     crate::trace::mark("migration: last dirty pages read");
-    let mut counted = Counted {
-        inner: &mut *conn,
-        written: 0,
-    };
+    let mut counted = Counted::new(&mut *conn);
     let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
     send_pages(&mut out, source, &set, false, &mut batch)?;
     send_disks(&mut out, source, &chunk_sets, false, &mut batch)?;
