@@ -55,11 +55,12 @@ pub fn run(
         None => String::new(),
     };
     println!(
-        "{container}: moved{whither} in {} ms ({} rounds, {:.1} MiB sent); downtime {} ms",
+        "{container}: moved{whither} in {} ms ({} rounds, {:.1} MiB sent); downtime {} ms (its I/O waited {} ms)",
         field("TotalMs"),
         field("Rounds"),
         mib(field("BytesSent")),
-        field("DowntimeMs")
+        field("DowntimeMs"),
+        field("IoPauseMs")
     );
     Ok(true)
 }

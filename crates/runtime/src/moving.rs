@@ -436,6 +436,7 @@ fn migrated(
             pages_sent,
             total_ms,
             downtime_ms,
+            io_pause_ms,
             max_throttle,
             ..
         }) => Ok(MigrationReport {
@@ -444,6 +445,7 @@ fn migrated(
             pages_sent,
             total_ms,
             downtime_ms,
+            io_pause_ms,
             max_throttle,
             ..MigrationReport::default()
         }),

@@ -557,6 +557,7 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         bytes_sent,
         pages_sent,
         downtime_ms,
+        io_pause_ms,
         rounds,
         ..
     } = reply
@@ -564,6 +565,13 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         let _ = dest.kill();
         panic!("{reply:?}\n{console}\n{}", dest_stderr());
     };
+    // The last scan of written pages ran before the pause, with the
+    // devices parked and KVM logging the guest's writes (no fallback).
+    assert!(!console.contains("the pause scans every page"), "{console}");
+    assert!(
+        io_pause_ms >= downtime_ms,
+        "I/O {io_pause_ms} ms, downtime {downtime_ms} ms"
+    );
     assert_eq!(
         run.status.code(),
         Some(5),

@@ -150,6 +150,9 @@ pub struct Report {
     pub total: Duration,
     /// From the pause to the destination's word that it runs the guest.
     pub downtime: Duration,
+    /// The downtime and, before it, the last scan of written pages with
+    /// the devices parked (the guest's I/O waits for both).
+    pub io_pause: Duration,
     pub max_throttle: u8,
     /// False if the link broke after `Go`: the destination may or may not run it.
     pub confirmed: bool,
@@ -572,6 +575,7 @@ fn precopy_and_switch<C: Read + Write>(
     source.throttle(0);
     // The costly last scan of every page before the pause, if the source
     // can log the guest's writes alone meanwhile; if not, it is in the pause.
+    let narrowed_at = Instant::now();
     match source.narrow_dirty_log() {
         Ok(true) => {
             set.add(
@@ -643,6 +647,7 @@ fn precopy_and_switch<C: Read + Write>(
         zero_pages: batch.zero_pages,
         total: started.elapsed(),
         downtime: paused_at.elapsed(),
+        io_pause: narrowed_at.elapsed(),
         max_throttle,
         confirmed,
     })

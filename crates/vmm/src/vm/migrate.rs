@@ -8,8 +8,9 @@
 //! Reading every page's soft-dirty bit costs time in proportion to the
 //! memory the guest has touched, so the last full scan is made before the
 //! pause, with the device threads parked (no VMM write can follow it) and
-//! KVM's dirty log on (it holds the guest's own writes from before the
-//! scan to the pause): the pause then reads only KVM's bitmap.
+//! KVM's dirty log (on since the migration began, emptied as the devices
+//! park) holding the guest's own writes from before the scan to the
+//! pause: the pause then reads only KVM's bitmap.
 
 use std::fs::File;
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ struct Outgoing<'v, 'a> {
     /// writes: how many queue notifies vCPUs had served then (one served
     /// since means the VMM wrote memory KVM's log did not see).
     narrowed: Option<u64>,
+    /// KVM logs the guest's writes (from the migration's start).
+    kvm_log: bool,
 }
 
 /// Where a VM goes: whether its read-write disks' content travels (the
@@ -136,14 +139,14 @@ impl Outgoing<'_, '_> {
         Ok(dirty)
     }
 
-    /// Ends the narrowed log: KVM's off, the device threads let go
+    /// Ends KVM's log and the narrowed one: the device threads let go
     /// (unless the guest stands still: `resume` lets everything go).
     fn widen(&mut self) {
-        if self.narrowed.take().is_some() {
+        if std::mem::take(&mut self.kvm_log) {
             let _ = self.log_guest_writes(false);
-            if !self.paused {
-                self.vmm.gate.release();
-            }
+        }
+        if self.narrowed.take().is_some() && !self.paused {
+            self.vmm.gate.release();
         }
     }
 }
@@ -157,6 +160,11 @@ impl Source for Outgoing<'_, '_> {
         self.pagemap.check_soft_dirty()?;
         self.stop_world()?;
         let split = self.pagemap.split_huge_pages();
+        // KVM's log is turned on now, with the guest out of KVM_RUN (a
+        // memory slot's change waits for every vCPU to leave it: tens of
+        // ms with a busy guest on one emulated CPU); it is read only at
+        // the switch-over, so each page faults once, at its first write.
+        self.kvm_log = self.log_guest_writes(true).is_ok();
         self.restart_world();
         split?;
         // Writes from here on show; round 0 reads every page after this.
@@ -192,6 +200,9 @@ impl Source for Outgoing<'_, '_> {
     }
 
     fn narrow_dirty_log(&mut self) -> std::io::Result<bool> {
+        if !self.kvm_log {
+            return Ok(false);
+        }
         let gate = self.vmm.gate;
         let device_threads = self.vmm.members - self.vmm.vcpus.len();
         gate.request_devices();
@@ -200,11 +211,12 @@ impl Source for Outgoing<'_, '_> {
             return Err(std::io::Error::other("the device threads did not park"));
         }
         let served = crate::devices::virtio::mmio::served_by_vcpus();
-        if let Err(e) = self.log_guest_writes(true) {
-            let _ = self.log_guest_writes(false);
+        // Read to empty it: from here it holds what the guest writes.
+        if let Err(e) = self.guest_writes() {
             gate.release();
             return Err(e);
         }
+        crate::trace::mark("migration: devices parked, KVM's log emptied");
         self.narrowed = Some(served);
         Ok(true)
     }
@@ -457,6 +469,7 @@ fn migrate_with(
         trees,
         same_host: route.same_host,
         narrowed: None,
+        kvm_log: false,
     };
     let report = send::send(
         &mut conn,
@@ -488,6 +501,7 @@ fn migrate_with(
         zero_pages: report.zero_pages,
         total_ms: report.total.as_millis() as u64,
         downtime_ms: report.downtime.as_millis() as u64,
+        io_pause_ms: report.io_pause.as_millis() as u64,
         max_throttle: report.max_throttle,
         confirmed: report.confirmed,
     })
