@@ -202,6 +202,12 @@ pub(super) fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap, VmError> {
 }
 
 fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap, mib: u64) -> Result<(), VmError> {
+    set_memory_slots(vm, memory, mib, 0)
+}
+
+/// Gives KVM guest memory's slots, one per region, with `flags` (a
+/// migration turns `KVM_MEM_LOG_DIRTY_PAGES` on and off on the same slots).
+pub(super) fn set_memory_slots(vm: &VmFd, memory: &GuestMemoryMmap, mib: u64, flags: u32) -> Result<(), VmError> {
     for (slot, region) in memory.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -214,10 +220,11 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap, mib: u64) -> Result<(), 
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
-            flags: 0,
+            flags,
         };
         // SAFETY: the mapping is owned by `memory`, which outlives the VM's use of it
-        // (the process exits when the VM stops).
+        // (the process exits when the VM stops); a slot made again over the
+        // same mapping changes only its flags.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(())

@@ -98,22 +98,9 @@ impl Outgoing<'_, '_> {
 
     /// Turns KVM's dirty log of guest memory on or off (it starts empty).
     fn log_guest_writes(&self, on: bool) -> std::io::Result<()> {
-        for (slot, region) in self.vmm.memory.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(std::io::Error::other)?;
-            let region = kvm_bindings::kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: if on { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
-            };
-            // SAFETY: the slot as `builder::register_memory` made it, over
-            // the same mapping; only its flags change.
-            unsafe { self.vmm.vm.set_user_memory_region(region) }.map_err(std::io::Error::other)?;
-        }
-        Ok(())
+        let flags = if on { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        super::builder::set_memory_slots(self.vmm.vm, self.vmm.memory, self.vmm.config.memory_mib, flags)
+            .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
     /// The pages KVM logged as the guest's writes since the last call.
