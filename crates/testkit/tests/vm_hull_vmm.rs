@@ -464,6 +464,14 @@ fn a_jailed_vmm_dies_with_its_starter_and_its_cgroup_is_cleared() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The reader's counts in one VMM's console log.
+fn reads(log: &std::path::Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("reads ")?.parse().ok())
+        .collect()
+}
+
 /// The console lines of `logs` read as one stream (a line may begin in one
 /// VMM's log and end in the next one's).
 fn ticks(logs: &[&std::path::Path]) -> Vec<u32> {
@@ -495,9 +503,18 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         copy.set_len(disk_bytes).unwrap();
         copy.write_all_at(&[0xee; 64 << 10], 0).unwrap();
     }
+    // A read-only disk both VMMs are given (it does not travel), read
+    // without a pause: its queue is notified all through the move, also
+    // after the source's device thread parked. Nothing else uses it, so a
+    // notify lost in the move would leave its reader waiting for ever.
+    let read_disk = dir.join("read.raw");
+    std::fs::write(&read_disk, vec![0x3c_u8; 1 << 20]).unwrap();
+    let read_only = format!("{}:ro", read_disk.display());
     // The guest counts for as long as it runs, and writes every tenth
     // number to a sector of its own on its disk (sector 9 on).
-    let script = "i=0; while true; do i=$((i+1)); echo tick $i; \
+    let script = "(j=0; while true; do $B dd if=/dev/vdb of=/dev/null bs=4096 count=32 iflag=direct 2>/dev/null; \
+                  j=$((j+1)); echo reads $j; done) & \
+                  i=0; while true; do i=$((i+1)); echo tick $i; \
                   if [ $((i % 10)) -eq 0 ]; then echo disk $i | $B dd of=/dev/vda bs=512 seek=$((i / 10 + 8)) conv=fsync 2>/dev/null; fi; \
                   $B sleep 0.05; done";
     let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
@@ -507,6 +524,7 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
     source
         .arg("--disk")
         .arg(&disk)
+        .args(["--disk", &read_only])
         .args(["--net-slots", "1"])
         .arg("--control-socket")
         .arg(&source_ctl)
@@ -519,6 +537,7 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         .args(["--memory", "256", "--net-slots", "1", "--receive-disks"])
         .arg("--disk")
         .arg(&dest_disk)
+        .args(["--disk", &read_only])
         .arg("--serial-log")
         .arg(&dest_log)
         .stderr(std::fs::File::create(&dest_err).unwrap());
@@ -582,10 +601,14 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
     eprintln!("migrated in {rounds} rounds: {pages_sent} pages, {bytes_sent} bytes, downtime {downtime_ms} ms");
     // The zero pages of a 256 MiB guest stayed home.
     assert!(bytes_sent < 200 << 20, "{bytes_sent}");
-    // It counts on at the destination, past two writes to its disk.
+    // It counts on at the destination, past two writes to its disk, and
+    // reads on from the other disk.
     let moved_at = *ticks(&[&source_log]).last().unwrap();
+    let read_at = reads(&source_log).last().copied().unwrap_or(0);
     let deadline = std::time::Instant::now() + LIMIT;
-    while ticks(&[&dest_log]).last().is_none_or(|&t| t < moved_at + 25) {
+    while ticks(&[&dest_log]).last().is_none_or(|&t| t < moved_at + 25)
+        || reads(&dest_log).last().is_none_or(|&r| r < read_at + 3)
+    {
         assert!(
             dest.try_wait().unwrap().is_none(),
             "the destination ended:\n{}",
@@ -593,7 +616,9 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         );
         assert!(
             std::time::Instant::now() < deadline,
-            "the guest stopped counting:\n{}",
+            "the guest stopped counting (ticks {:?}) or reading (reads {:?} after {read_at}):\n{}",
+            ticks(&[&dest_log]).last(),
+            reads(&dest_log).last(),
             dest_stderr()
         );
         std::thread::sleep(Duration::from_millis(100));

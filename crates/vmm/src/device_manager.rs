@@ -135,6 +135,16 @@ impl DeviceManager {
         }
     }
 
+    /// A moved VM's devices look at every queue once, as if notified: the
+    /// guest may have notified a queue after the source's device thread
+    /// parked (the notify stayed in the source's eventfd), and it waits on
+    /// that request without notifying again.
+    pub fn serve_pending_queues(&self) {
+        for event in self.virtio.iter().flat_map(|d| &d.queue_events) {
+            let _ = event.write(1);
+        }
+    }
+
     /// Where each virtio device sits, for the ACPI tables.
     pub fn slots(&self) -> Vec<MmioSlot> {
         self.virtio.iter().map(|d| d.slot).collect()
