@@ -135,26 +135,24 @@ impl DeviceManager {
         }
     }
 
-    /// A moved VM's devices look at every queue once, as if notified: the
-    /// guest may have notified a queue after the source's device thread
-    /// parked (the notify stayed in the source's eventfd), and it waits on
-    /// that request without notifying again.
-    pub fn serve_pending_queues(&self) {
-        for event in self.virtio.iter().flat_map(|d| &d.queue_events) {
-            let _ = event.write(1);
-        }
-    }
-
     /// Where each virtio device sits, for the ACPI tables.
     pub fn slots(&self) -> Vec<MmioSlot> {
         self.virtio.iter().map(|d| d.slot).collect()
     }
 
-    /// After a restore, once the irqchip is back (so no interrupt is lost):
-    /// tells drivers whose device configuration changed.
+    /// After a restore or a move, once the irqchip is back (so no
+    /// interrupt is lost): tells drivers whose device configuration
+    /// changed, and has every queue looked at once, as if notified. The
+    /// guest may have notified a queue after its old device thread parked
+    /// (the notify stayed in the old eventfd), and it waits on that
+    /// request without notifying again. The device threads see it when
+    /// they start or are released.
     pub fn announce_restore(&self) {
         for device in &self.virtio {
             lock(&device.transport).announce_restore(device.config_changed.load(Ordering::SeqCst));
+            for event in &device.queue_events {
+                let _ = event.write(1);
+            }
         }
     }
 

@@ -131,7 +131,6 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         let _ = crate::migration::receive::resumed(&mut source);
         gate.release();
         trace::mark("migration: go; the guest runs here");
-        devices.serve_pending_queues();
         // The network learns the guest's new port now, not when it next speaks.
         devices.announce_moved(&built.announce);
     }
