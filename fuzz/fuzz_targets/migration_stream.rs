@@ -8,7 +8,8 @@
 //! names may land outside it).
 
 use libfuzzer_sys::fuzz_target;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use vmm::guest_memory::GuestMemoryMmap;
 use vmm::migration::receive::receive_memory;
 use vmm::migration::{IncomingDisks, IncomingTrees};
 
@@ -62,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
         }
         stream
     };
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_BYTES as usize)]).expect("guest memory");
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_BYTES as usize)]).expect("guest memory");
     let mut link = Link(stream.as_slice());
     let root = std::fs::File::open(tree()).expect("the fuzz tree");
     let mut trees = IncomingTrees::new(vec![None, Some(root.into())]);

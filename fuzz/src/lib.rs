@@ -3,7 +3,8 @@
 
 use arbitrary::{Result, Unstructured};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::guest_memory::GuestMemoryMmap;
 
 const MEM_SIZE: usize = 0x10_0000;
 /// Queue `i`'s rings sit in slot `i` (descriptors, avail, used: 4 KiB each).

@@ -55,12 +55,11 @@ pub fn run(
         None => String::new(),
     };
     println!(
-        "{container}: moved{whither} in {} ms ({} rounds, {:.1} MiB sent); downtime {} ms (its I/O waited {} ms)",
+        "{container}: moved{whither} in {} ms ({} rounds, {:.1} MiB sent); downtime {} ms",
         field("TotalMs"),
         field("Rounds"),
         mib(field("BytesSent")),
-        field("DowntimeMs"),
-        field("IoPauseMs")
+        field("DowntimeMs")
     );
     Ok(true)
 }

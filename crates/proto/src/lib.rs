@@ -299,10 +299,6 @@ pub struct MigrationReport {
     pub total_ms: u64,
     /// From the source's pause to the guest running in the new VMM.
     pub downtime_ms: u64,
-    /// How long the guest's I/O waited: the downtime, and before it the
-    /// last scan of written pages, for which the devices park first.
-    #[serde(default)]
-    pub io_pause_ms: u64,
     /// The most the vCPUs were throttled to converge, in percent.
     pub max_throttle: u8,
     /// Output frames the agent no longer had when it came back (0: none lost).

@@ -80,9 +80,6 @@ pub enum VmmReply {
         zero_pages: u64,
         total_ms: u64,
         downtime_ms: u64,
-        /// The downtime and, before it, the devices' wait for the last scan.
-        #[serde(default)]
-        io_pause_ms: u64,
         max_throttle: u8,
         confirmed: bool,
     },

@@ -436,7 +436,6 @@ fn migrated(
             pages_sent,
             total_ms,
             downtime_ms,
-            io_pause_ms,
             max_throttle,
             ..
         }) => Ok(MigrationReport {
@@ -445,7 +444,6 @@ fn migrated(
             pages_sent,
             total_ms,
             downtime_ms,
-            io_pause_ms,
             max_throttle,
             ..MigrationReport::default()
         }),

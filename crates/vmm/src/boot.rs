@@ -4,10 +4,11 @@
 use std::fs::File;
 use std::path::Path;
 
+use crate::guest_memory::GuestMemoryMmap;
 use linux_loader::configurator::{linux::LinuxBootConfigurator, BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::{bzimage::BzImage, load_cmdline, Cmdline, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::*;
 

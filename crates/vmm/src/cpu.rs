@@ -1,9 +1,10 @@
 //! vCPU set-up for the Linux 64-bit boot protocol: CPUID, MSRs, long mode with
 //! identity-mapped page tables, registers, FPU and the local APIC.
 
+use crate::guest_memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::*;
 

@@ -15,6 +15,7 @@ pub mod control;
 pub mod cpu;
 pub mod device_manager;
 pub mod devices;
+pub mod guest_memory;
 pub mod host;
 pub mod jail;
 pub mod layout;

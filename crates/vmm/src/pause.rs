@@ -5,10 +5,6 @@
 //! wakes the device threads (each polls a waker eventfd), then waits until
 //! all of them have parked. Parked vCPU threads have released their vCPU,
 //! so the VMM thread can read its state (a snapshot, a migration).
-//!
-//! The device threads alone can also be parked while the vCPUs run on (a
-//! migration's last scan of written pages: from then on the guest's own
-//! writes are all KVM sees, and its dirty log holds them).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -20,8 +16,6 @@ use vmm_sys_util::eventfd::EventFd;
 pub struct PauseGate {
     /// Read on every vCPU exit and device event: the fast path.
     requested: AtomicBool,
-    /// The device threads only: the vCPUs run on.
-    devices_requested: AtomicBool,
     parked: Mutex<usize>,
     changed: Condvar,
     /// One per device thread, written to get it out of `epoll_wait`.
@@ -54,35 +48,12 @@ impl PauseGate {
         }
     }
 
-    /// Asks the device threads alone to park (`wait_parked` with their
-    /// number); `request` later parks the vCPUs too, `release` lets all go.
-    pub fn request_devices(&self) {
-        self.devices_requested.store(true, Ordering::SeqCst);
-        for waker in lock(&self.wakers).iter() {
-            let _ = waker.write(1);
-        }
-    }
-
-    /// Whether a device thread is to park.
-    pub fn devices_requested(&self) -> bool {
-        self.requested() || self.devices_requested.load(Ordering::SeqCst)
-    }
-
-    /// Called by a vCPU that saw a request: blocks until the VM resumes.
+    /// Called by a member that saw a request: blocks until the VM resumes.
     pub fn park(&self) {
-        self.park_while(Self::requested);
-    }
-
-    /// Called by a device thread that saw `devices_requested`.
-    pub fn park_device(&self) {
-        self.park_while(Self::devices_requested);
-    }
-
-    fn park_while(&self, held: impl Fn(&Self) -> bool) {
         let mut parked = lock(&self.parked);
         *parked += 1;
         self.changed.notify_all();
-        while held(self) {
+        while self.requested() {
             parked = self.changed.wait(parked).unwrap_or_else(|e| e.into_inner());
         }
         *parked -= 1;
@@ -114,7 +85,6 @@ impl PauseGate {
     pub fn release(&self) {
         let _parked = lock(&self.parked);
         self.requested.store(false, Ordering::SeqCst);
-        self.devices_requested.store(false, Ordering::SeqCst);
         self.changed.notify_all();
     }
 }
@@ -152,35 +122,5 @@ mod tests {
             !gate.wait_parked(1, Duration::from_millis(5), || {}),
             "nobody parked now"
         );
-    }
-
-    #[test]
-    fn device_threads_park_alone_and_stay_parked_through_a_full_pause() {
-        let gate = Arc::new(PauseGate::new());
-        let waker = gate.waker().unwrap();
-        let device = {
-            let gate = gate.clone();
-            std::thread::spawn(move || {
-                while waker.read().is_err() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                assert!(gate.devices_requested());
-                gate.park_device();
-            })
-        };
-        gate.request_devices();
-        assert!(!gate.requested(), "the vCPUs run on");
-        assert!(gate.wait_parked(1, Duration::from_secs(10), || {}));
-        // A vCPU parks on the full request, beside the device thread.
-        gate.request();
-        let vcpu = {
-            let gate = gate.clone();
-            std::thread::spawn(move || gate.park())
-        };
-        assert!(gate.wait_parked(2, Duration::from_secs(10), || {}));
-        gate.release();
-        device.join().unwrap();
-        vcpu.join().unwrap();
-        assert!(!gate.devices_requested());
     }
 }

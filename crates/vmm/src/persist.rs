@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use crate::guest_memory::GuestMemoryMmap;
 use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
 
 use crate::device_manager::{lock, DeviceManager};
 use crate::snapshot::{self, VmState};

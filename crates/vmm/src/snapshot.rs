@@ -14,14 +14,16 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::guest_memory::{GuestMemoryMmap, GuestRegionMmap};
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 pub use crate::devices::serial::SerialRegs;
 pub use crate::devices::virtio::persist::{DeviceState, QueueRegs};
@@ -296,7 +298,8 @@ pub fn map_memory(dir: &Path, mib: u64) -> Result<GuestMemoryMmap, SnapshotError
         path: path.display().to_string(),
         detail,
     };
-    let region = MmapRegionBuilder::new(expected as usize)
+    // With a bitmap as long as the region (`new` would give an empty one).
+    let region = MmapRegionBuilder::new_with_bitmap(expected as usize, AtomicBitmap::with_len(expected as usize))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
         .with_file_offset(FileOffset::new(file, 0))
@@ -443,7 +446,7 @@ mod tests {
     #[test]
     fn memory_is_sparse_and_mapped_copy_on_write() {
         let dir = scratch();
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         use vm_memory::Bytes;
         memory.write_slice(b"template", GuestAddress(0x3000)).unwrap();
         write_memory(&dir, &memory).unwrap();

@@ -240,7 +240,6 @@ fn report_json(id: &str, report: &MigrationReport) -> Value {
         "PagesSent": report.pages_sent,
         "TotalMs": report.total_ms,
         "DowntimeMs": report.downtime_ms,
-        "IoPauseMs": report.io_pause_ms,
         "MaxThrottle": report.max_throttle,
         "OutputFramesLost": report.output_frames_lost,
         "VmmPid": report.vmm_pid,

@@ -8,7 +8,8 @@
 
 use std::io::{BufReader, Read, Write};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use crate::guest_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disks::IncomingDisks;
 use super::send::unexpected;

@@ -18,7 +18,8 @@
 use std::io::{BufWriter, Read, Write};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::guest_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::disks::OutgoingDisk;
 use super::pages::PageSet;
@@ -103,10 +104,9 @@ pub trait Source {
     /// The pages written since the last call (or the start), clearing the
     /// log — except the last call, with the guest paused, which need not.
     fn take_dirty(&mut self) -> std::io::Result<PageSet>;
-    /// Before the pause: parks whatever writes guest memory but the
-    /// vCPUs and starts a log that holds the vCPUs' writes alone, cheap to
+    /// Before the pause: starts logs of every write that are cheap to
     /// read; `take_dirty` then scans everything once with the guest
-    /// running, and once paused reads only that log. Ok(false): not
+    /// running, and once paused reads only those logs. Ok(false): not
     /// supported (the pause scans everything).
     fn narrow_dirty_log(&mut self) -> std::io::Result<bool> {
         Ok(false)
@@ -150,9 +150,6 @@ pub struct Report {
     pub total: Duration,
     /// From the pause to the destination's word that it runs the guest.
     pub downtime: Duration,
-    /// The downtime and, before it, the last scan of written pages with
-    /// the devices parked (the guest's I/O waits for both).
-    pub io_pause: Duration,
     pub max_throttle: u8,
     /// False if the link broke after `Go`: the destination may or may not run it.
     pub confirmed: bool,
@@ -575,7 +572,6 @@ fn precopy_and_switch<C: Read + Write>(
     source.throttle(0);
     // The costly last scan of every page before the pause, if the source
     // can log the guest's writes alone meanwhile; if not, it is in the pause.
-    let narrowed_at = Instant::now();
     match source.narrow_dirty_log() {
         Ok(true) => {
             set.add(
@@ -583,7 +579,7 @@ fn precopy_and_switch<C: Read + Write>(
                     .take_dirty()
                     .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
             );
-            crate::trace::mark("migration: written pages scanned, devices parked");
+            crate::trace::mark("migration: written pages scanned");
         }
         Ok(false) => {}
         Err(e) => eprintln!("hull-vmm: the pause scans every page: {e}"),
@@ -647,7 +643,6 @@ fn precopy_and_switch<C: Read + Write>(
         zero_pages: batch.zero_pages,
         total: started.elapsed(),
         downtime: paused_at.elapsed(),
-        io_pause: narrowed_at.elapsed(),
         max_throttle,
         confirmed,
     })

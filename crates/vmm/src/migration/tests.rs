@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::guest_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::receive::{check_hello, read_hello, ready, receive_memory, resumed, welcome};
 use super::stream::{read_frame, write_frame, Frame, VmShape, PAGE_SIZE, VERSION};
@@ -1035,8 +1036,8 @@ fn the_tree_fuzz_seed_makes_files_in_the_travelling_share_only() {
     assert!(refused.to_string().contains("does not travel"), "{refused}");
 }
 
-/// A source whose devices park before the pause (`narrow_dirty_log`): the
-/// calls it gets, in order.
+/// A source that logs every write cheaply from just before its last full
+/// scan (`narrow_dirty_log`): the calls it gets, in order.
 struct Narrowing(AsSource, Vec<&'static str>);
 
 impl Source for Narrowing {

@@ -2,9 +2,10 @@
 //! in-kernel irqchip and PIT, guest memory, the devices and the vCPUs, all
 //! set and not yet running.
 
+use crate::guest_memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{kvm_err, Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
@@ -195,7 +196,7 @@ pub(super) fn check_shape(state: &VmState, config: &VmConfig) -> Result<(), VmEr
 
 pub(super) fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap, VmError> {
     let size = (mib << 20) as usize;
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| VmError::Memory {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| VmError::Memory {
         mib,
         detail: e.to_string(),
     })

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vm_memory::GuestMemoryMmap;
+use crate::guest_memory::GuestMemoryMmap;
 
 use super::{IncomingFrom, Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;

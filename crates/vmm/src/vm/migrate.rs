@@ -7,23 +7,24 @@
 //!
 //! Reading every page's soft-dirty bit costs time in proportion to the
 //! memory the guest has touched, so the last full scan is made before the
-//! pause, with the device threads parked (no VMM write can follow it) and
-//! KVM's dirty log (on since the migration began, emptied as the devices
-//! park) holding the guest's own writes from before the scan to the
-//! pause: the pause then reads only KVM's bitmap.
+//! pause, with the guest and its devices running on: KVM's dirty log (on
+//! since the migration began) and the VMM's own record of its writes
+//! (`guest_memory`), both emptied just before the scan, hold what is
+//! written from then to the pause, which reads only those two bitmaps.
 
 use std::fs::File;
 use std::time::{Duration, Instant};
 
+use crate::guest_memory::GuestMemoryMmap;
 use proto::vmm_control::VmmReply;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::Vmm;
 use crate::migration::pagemap::Pagemap;
 use crate::migration::send::{self, Limits, Progress, Source};
 use crate::migration::stream::{DiskShape, Hello, VmShape, MAX_STATE, PAGE_SIZE, VERSION};
 use crate::migration::{disks, OutgoingDisk, OutgoingTree, PageSet};
-use crate::{persist, snapshot, vcpu_state};
+use crate::{guest_memory, persist, snapshot, vcpu_state};
 
 /// What a migration's `State` frame carries: the VM's state as a snapshot
 /// holds it, and what devices' host sides hold of the guest's view, by
@@ -65,10 +66,9 @@ struct Outgoing<'v, 'a> {
     /// The shared directories whose files travel.
     trees: Vec<OutgoingTree>,
     same_host: bool,
-    /// Set while the device threads are parked and KVM logs the guest's
-    /// writes: how many queue notifies vCPUs had served then (one served
-    /// since means the VMM wrote memory KVM's log did not see).
-    narrowed: Option<u64>,
+    /// Set once KVM's log and the VMM's record were emptied for the last
+    /// full scan: from then on they hold every write.
+    narrowed: bool,
     /// KVM logs the guest's writes (from the migration's start).
     kvm_log: bool,
 }
@@ -126,14 +126,11 @@ impl Outgoing<'_, '_> {
         Ok(dirty)
     }
 
-    /// Ends KVM's log and the narrowed one: the device threads let go
-    /// (unless the guest stands still: `resume` lets everything go).
+    /// Ends KVM's log (and so the narrowed one).
     fn widen(&mut self) {
+        self.narrowed = false;
         if std::mem::take(&mut self.kvm_log) {
             let _ = self.log_guest_writes(false);
-        }
-        if self.narrowed.take().is_some() && !self.paused {
-            self.vmm.gate.release();
         }
     }
 }
@@ -159,15 +156,14 @@ impl Source for Outgoing<'_, '_> {
     }
 
     fn take_dirty(&mut self) -> std::io::Result<PageSet> {
-        if let Some(served_then) = self.narrowed {
+        if self.narrowed {
             if !self.paused {
-                // The last full scan: the guest's writes during it are in KVM's log.
+                // The last full scan: what is written during it is in the
+                // two logs.
                 return self.pagemap.soft_dirty();
             }
             let mut dirty = self.guest_writes()?;
-            if crate::devices::virtio::mmio::served_by_vcpus() != served_then {
-                dirty.add(&self.pagemap.soft_dirty()?);
-            }
+            dirty.add(&guest_memory::take_vmm_writes(self.vmm.memory));
             return Ok(dirty);
         }
         if self.paused {
@@ -190,21 +186,13 @@ impl Source for Outgoing<'_, '_> {
         if !self.kvm_log {
             return Ok(false);
         }
-        let gate = self.vmm.gate;
-        let device_threads = self.vmm.members - self.vmm.vcpus.len();
-        gate.request_devices();
-        if !gate.wait_parked(device_threads, super::PAUSE_TIMEOUT, || {}) {
-            gate.release();
-            return Err(std::io::Error::other("the device threads did not park"));
-        }
-        let served = crate::devices::virtio::mmio::served_by_vcpus();
-        // Read to empty it: from here it holds what the guest writes.
-        if let Err(e) = self.guest_writes() {
-            gate.release();
-            return Err(e);
-        }
-        crate::trace::mark("migration: devices parked, KVM's log emptied");
-        self.narrowed = Some(served);
+        // Both read to empty them: from here they hold every write. (The
+        // VMM marks a page after writing it: a mark emptied here is of a
+        // write made before the scan that follows.)
+        self.guest_writes()?;
+        guest_memory::take_vmm_writes(self.vmm.memory);
+        crate::trace::mark("migration: KVM's log and the VMM's record emptied");
+        self.narrowed = true;
         Ok(true)
     }
 
@@ -455,7 +443,7 @@ fn migrate_with(
         disks,
         trees,
         same_host: route.same_host,
-        narrowed: None,
+        narrowed: false,
         kvm_log: false,
     };
     let report = send::send(
@@ -488,7 +476,6 @@ fn migrate_with(
         zero_pages: report.zero_pages,
         total_ms: report.total.as_millis() as u64,
         downtime_ms: report.downtime.as_millis() as u64,
-        io_pause_ms: report.io_pause.as_millis() as u64,
         max_throttle: report.max_throttle,
         confirmed: report.confirmed,
     })

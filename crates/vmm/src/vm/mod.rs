@@ -184,7 +184,7 @@ struct Vmm<'a> {
     devices: &'a DeviceManager,
     vm: &'a kvm_ioctls::VmFd,
     kvm: &'a kvm_ioctls::Kvm,
-    memory: &'a vm_memory::GuestMemoryMmap,
+    memory: &'a crate::guest_memory::GuestMemoryMmap,
     /// What a migration reads of guest pages, or why there is none.
     pagemap: Result<crate::migration::pagemap::Pagemap, String>,
     /// The identity of the template this VM is a clone of, if it is one.

@@ -14,10 +14,7 @@
 //! its users run it, is expected not to). Downtime is the
 //! same window for both: the source's pause to the guest running at the
 //! destination (QEMU's from its STOP and RESUME events; its own figure,
-//! which ends at the source's last byte, is reported beside it; hull-vmm's
-//! devices park for its last scan of written pages just before its
-//! vCPUs do, and how long the guest's I/O waited in all is reported
-//! beside its downtime). Each run checks
+//! which ends at the source's last byte, is reported beside it). Each run checks
 //! that the guest goes on at the destination (a failed peer looks fast).
 //! The random-bytes guest runs again over a link paced at 8 MB/s (a relay
 //! between the VMMs, the same for both): the row where a VMM without
@@ -146,9 +143,6 @@ struct Moved {
     /// QEMU's own downtime figure, which ends when the source has sent its
     /// last bytes: it leaves out the destination's load and start.
     reported_downtime: Option<Duration>,
-    /// hull-vmm's: how long the guest's I/O waited (its devices park for
-    /// the last scan of written pages, before the downtime).
-    io_pause: Option<Duration>,
     total: Duration,
     bytes: u64,
 }
@@ -160,7 +154,6 @@ impl Moved {
             converged: false,
             downtime: Duration::ZERO,
             reported_downtime: None,
-            io_pause: None,
             total: CONVERGE_LIMIT,
             bytes: 0,
         }
@@ -301,9 +294,6 @@ fn report_row(mib: u32, load: Load, runs: &[(&str, &Vec<Moved>)]) -> Result<Valu
             "bytes_sent_median": median_bytes,
             "bytes_sent": sent,
         });
-        if let Some(io_pause) = io_pause_summary(name, moved) {
-            peer["io_pause"] = io_pause;
-        }
         let reported: Vec<Duration> = moved.iter().filter_map(|m| m.reported_downtime).collect();
         if let Some(reported) = Summary::of(&reported) {
             println!(
@@ -315,16 +305,6 @@ fn report_row(mib: u32, load: Load, runs: &[(&str, &Vec<Moved>)]) -> Result<Valu
         peers.insert(name.into(), peer);
     }
     Ok(json!({ "memory_mib": mib, "load": load.name(), "peers": peers }))
-}
-
-/// The I/O pause's summary, printed under `name`'s row, if the runs have one.
-fn io_pause_summary(name: &str, moved: &[Moved]) -> Option<Value> {
-    let io_pause = Summary::of(&moved.iter().filter_map(|m| m.io_pause).collect::<Vec<_>>())?;
-    println!(
-        "{:>28} its I/O waited (the last scan, then the downtime) median {:>7.1} ms p95 {:>7.1} ms",
-        name, io_pause.median_ms, io_pause.p95_ms
-    );
-    Some(io_pause.to_json())
 }
 
 /// An idle container of `mib` moved `runs` times through hulld; each move
@@ -428,7 +408,6 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32, between_hulls: bool)
             converged: true,
             downtime: Duration::from_millis(downtime),
             reported_downtime: None,
-            io_pause: field("IoPauseMs").map(Duration::from_millis),
             total: Duration::from_millis(total),
             bytes,
         });
@@ -477,7 +456,6 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value], files: Option<&[u64]
     if let Some(ratio) = ratio {
         println!("{label:>28} downtime {ratio:.2}x QEMU's idle guest of the same size (this run)");
     }
-    let io_pause = io_pause_summary(label, moves);
     Ok(json!({
         "memory_mib": mib,
         "load": "idle",
@@ -490,7 +468,6 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value], files: Option<&[u64]
                 "bytes_sent_median": median_bytes,
                 "bytes_sent": sent,
                 "downtime_vs_qemu_idle": ratio,
-                "io_pause": io_pause,
                 "files_bytes": files,
             }
         }
@@ -651,7 +628,6 @@ fn hull_run(
     }
     let proto::vmm_control::VmmReply::Migrated {
         downtime_ms,
-        io_pause_ms,
         total_ms,
         bytes_sent,
         confirmed: true,
@@ -668,7 +644,6 @@ fn hull_run(
         converged: true,
         downtime: Duration::from_millis(downtime_ms),
         reported_downtime: None,
-        io_pause: Some(Duration::from_millis(io_pause_ms)),
         total: Duration::from_millis(total_ms),
         bytes: bytes_sent,
     })
@@ -820,8 +795,6 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, load: L
         converged: true,
         downtime: stopped_to_running,
         reported_downtime: Some(Duration::from_millis(downtime)),
-        // QEMU stops the guest's devices with its vCPUs: the downtime.
-        io_pause: None,
         total: Duration::from_millis(total),
         bytes,
     })

@@ -1,11 +1,10 @@
 //! The virtio-mmio transport (version 2): the register window the guest
 //! driver programs, queue set-up, feature negotiation, status, interrupts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::guest_memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::{read_config, Interrupt, VirtioDevice};
 
@@ -15,17 +14,6 @@ const VENDOR: u32 = 0x4c55_4848; // "HHUL"
 
 /// The register a driver writes a queue's index to when it has work for it.
 pub const QUEUE_NOTIFY: u64 = 0x050;
-
-/// Queue notifies and status writes served by a vCPU thread (a notify
-/// with no ioeventfd to match it): the one way a vCPU makes the VMM write
-/// guest memory, which KVM's dirty log does not see. A migration that
-/// parked the device threads and trusts that log checks it.
-static SERVED_BY_VCPUS: AtomicU64 = AtomicU64::new(0);
-
-/// How many queue notifies and status writes vCPU threads have served.
-pub fn served_by_vcpus() -> u64 {
-    SERVED_BY_VCPUS.load(Ordering::SeqCst)
-}
 
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
@@ -149,9 +137,6 @@ impl MmioTransport {
         }
         let Ok(raw) = <[u8; 4]>::try_from(data) else { return };
         let value = u32::from_le_bytes(raw);
-        if matches!(offset, QUEUE_NOTIFY | 0x070) {
-            SERVED_BY_VCPUS.fetch_add(1, Ordering::SeqCst);
-        }
         match offset {
             0x014 => self.device_features_select = value,
             0x020 => {

@@ -14,8 +14,8 @@ pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::guest_memory::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// The feature bit every modern (non-legacy) device offers.
@@ -216,10 +216,11 @@ pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
 #[cfg(test)]
 pub(crate) mod testing {
     //! Guest memory with a mock split queue, for feeding devices hostile chains.
+    use crate::guest_memory::GuestMemoryMmap;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
 
     pub const QUEUE_SIZE: u16 = 16;
     pub const MEM_SIZE: usize = 0x10_0000;

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::guest_memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::mmio::MmioTransport;
 use super::{Interrupt, VirtioDevice};

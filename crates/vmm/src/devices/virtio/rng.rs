@@ -1,7 +1,8 @@
 //! virtio-rng: entropy from the host's getrandom(2).
 
+use crate::guest_memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::{VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 

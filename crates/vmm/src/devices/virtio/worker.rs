@@ -104,8 +104,8 @@ fn serve(epoll: &Epoll, waker: &EventFd, devices: &[Served], gate: &PauseGate) {
                 }
             }
         }
-        if gate.devices_requested() {
-            gate.park_device();
+        if gate.requested() {
+            gate.park();
         }
     }
 }

@@ -10,10 +10,11 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::guest_memory::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::bitmap::{Bitmap, BitmapSlice, BS};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::bitmap::{AtomicBitmap, BitmapSlice, BS};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use written::WrittenChunks;
@@ -111,10 +112,6 @@ impl Block {
                 }
                 let buffers = guest_buffers(memory, data)?;
                 self.transfer(&buffers, sector * SECTOR, Direction::Read)?;
-                for buffer in &buffers {
-                    // Device writes into guest memory count as dirty (for migration's log).
-                    buffer.bitmap().mark_dirty(0, buffer.len());
-                }
                 Ok((VIRTIO_BLK_S_OK, total as u32))
             }
             VIRTIO_BLK_T_OUT => {
@@ -155,6 +152,23 @@ impl Block {
     /// Moves the whole of `buffers` between guest memory and the file at
     /// `offset`, resuming after short transfers.
     fn transfer(
+        &self,
+        buffers: &[VolatileSlice<impl BitmapSlice>],
+        offset: u64,
+        direction: Direction,
+    ) -> Result<(), RequestError> {
+        let moved = self.move_data(buffers, offset, direction);
+        if let Direction::Read = direction {
+            // The kernel wrote the buffers behind vm-memory's back: marked
+            // after it did (a mark before could be taken before the write).
+            for buffer in buffers {
+                buffer.bitmap().mark_dirty(0, buffer.len());
+            }
+        }
+        moved
+    }
+
+    fn move_data(
         &self,
         buffers: &[VolatileSlice<impl BitmapSlice>],
         offset: u64,
@@ -224,7 +238,7 @@ enum Direction {
 fn guest_buffers<'m>(
     memory: &'m GuestMemoryMmap,
     data: &[Descriptor],
-) -> Result<Vec<VolatileSlice<'m, BS<'m, ()>>>, RequestError> {
+) -> Result<Vec<VolatileSlice<'m, BS<'m, AtomicBitmap>>>, RequestError> {
     let mut buffers = Vec::with_capacity(data.len());
     for d in data {
         for slice in memory.get_slices(d.addr(), d.len() as usize) {
@@ -332,6 +346,40 @@ mod tests {
         let mut queue = queue_with(memory, descs);
         assert!(block.process_queue(0, std::slice::from_mut(&mut queue), memory));
         used_len(memory, &queue, 0)
+    }
+
+    #[test]
+    fn what_a_read_puts_in_guest_memory_is_recorded_and_what_a_write_takes_is_not() {
+        use crate::guest_memory::take_vmm_writes;
+        let (mut block, path) = disk("marks", false);
+        let memory = memory();
+        let serve = |block: &mut Block, kind: u32| {
+            header(&memory, kind, 2);
+            let mut queue = queue_with(
+                &memory,
+                &[
+                    desc(0x8000, 16, NEXT, 1),
+                    desc(0x9000, 1024, NEXT | if kind == VIRTIO_BLK_T_IN { WRITE } else { 0 }, 2),
+                    desc(0xa000, 1, WRITE, 0),
+                ],
+            );
+            take_vmm_writes(&memory);
+            assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &memory));
+            (take_vmm_writes(&memory), queue.used_ring() / 0x1000)
+        };
+        // preadv(2) fills the buffer behind vm-memory's back: marked all the same.
+        let (written, used_ring) = serve(&mut block, VIRTIO_BLK_T_IN);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(0x9000 + 600)).unwrap(), 3);
+        assert!(
+            written.contains(0x9) && written.contains(0xa),
+            "the data and the status"
+        );
+        assert!(written.contains(used_ring));
+        assert!(!written.contains(0x8), "the header was only read");
+        let (written, _) = serve(&mut block, VIRTIO_BLK_T_OUT);
+        assert!(!written.contains(0x9), "a write request's data was only read");
+        assert!(written.contains(0xa));
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

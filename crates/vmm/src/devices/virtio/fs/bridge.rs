@@ -4,10 +4,11 @@
 //! mapping and a 0.17 queue that mirrors the transport's queue for one
 //! round of requests. When fuse-backend-rs moves to 0.18 it goes away.
 
+use crate::guest_memory::{mark_written, GuestMemoryMmap};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::{Queue, QueueT};
 use virtio_queue_fuse::{Queue as FuseQueue, QueueT as _};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vm_memory_fuse::{GuestAddress as FuseAddress, GuestMemoryMmap as FuseMemory, GuestRegionMmap, MmapRegion};
 
 /// The most requests served per notify before the others wait their turn
@@ -39,6 +40,12 @@ impl Bridge {
                 break;
             };
             let head = chain.head_index();
+            // What the server may write: the chain's device-writable buffers.
+            let writable: Vec<(u64, u32)> = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr().0, d.len()))
+                .collect();
             let written = match (
                 Reader::from_descriptor_chain(fuse_memory, chain.clone()),
                 VirtioFsWriter::new(fuse_memory, chain),
@@ -46,10 +53,23 @@ impl Bridge {
                 (Ok(reader), Ok(writer)) => handle(reader, writer),
                 _ => 0,
             };
+            // The server wrote through the 0.17 view, which keeps no record.
+            for (addr, len) in writable {
+                mark_written(memory, GuestAddress(addr), len as usize);
+            }
             if mirror.add_used(fuse_memory, head, written as u32).is_err() {
                 break;
             }
             used = true;
+        }
+        if used {
+            // The used ring, as the mirror wrote it: flags, index, the
+            // elements and the event index.
+            mark_written(
+                memory,
+                GuestAddress(queue.used_ring()),
+                6 + 8 * usize::from(queue.size()),
+            );
         }
         queue.set_next_avail(mirror.next_avail());
         queue.set_next_used(mirror.next_used());

@@ -28,13 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::guest_memory::GuestMemoryMmap;
 use fuse_backend_rs::abi::fuse_abi::FsOptions;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::{Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use super::{VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1};
 
@@ -536,7 +536,13 @@ mod tests {
                 &[desc(0x8000, bytes.len() as u32, NEXT, 1), desc(0x9000, 4096, WRITE, 0)],
             ),
         ];
+        crate::guest_memory::take_vmm_writes(&memory);
         assert!(fs.process_queue(1, &mut queues, &memory));
+        // The server writes through another view of guest memory: its
+        // reply and the used ring are recorded all the same, not the request.
+        let written = crate::guest_memory::take_vmm_writes(&memory);
+        assert!(written.contains(0x9) && written.contains(queues[1].used_ring() / 0x1000));
+        assert!(!written.contains(0x8));
         let len: u32 = memory.read_obj(GuestAddress(0x9000)).unwrap();
         let error: i32 = memory.read_obj(GuestAddress(0x9004)).unwrap();
         assert_eq!(used_len(&memory, &queues[1], 0), len);
