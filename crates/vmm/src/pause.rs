@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+/// How often a pause knocks the vCPUs that have not parked yet.
+const KICK_EVERY: Duration = Duration::from_millis(1);
+
 #[derive(Default)]
 pub struct PauseGate {
     /// Read on every vCPU exit and device event: the fast path.
@@ -60,21 +63,28 @@ impl PauseGate {
         self.changed.notify_all();
     }
 
-    /// Waits until `members` threads have parked, calling `kick` every
-    /// millisecond meanwhile (to knock vCPUs out of `KVM_RUN`).
+    /// Waits until `members` threads have parked, calling `kick` at once
+    /// and then every millisecond (to knock vCPUs out of `KVM_RUN`; not
+    /// again as each device thread parks: a signal to a vCPU is a VM exit).
     pub fn wait_parked(&self, members: usize, timeout: Duration, mut kick: impl FnMut()) -> bool {
         let deadline = Instant::now() + timeout;
+        let mut next_kick = Instant::now();
         let mut parked = lock(&self.parked);
         while *parked < members {
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return false;
             }
-            drop(parked);
-            kick();
-            parked = lock(&self.parked);
+            if now >= next_kick {
+                drop(parked);
+                kick();
+                next_kick = now + KICK_EVERY;
+                parked = lock(&self.parked);
+                continue;
+            }
             parked = self
                 .changed
-                .wait_timeout(parked, Duration::from_millis(1))
+                .wait_timeout(parked, next_kick - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
