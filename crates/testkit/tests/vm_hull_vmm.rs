@@ -464,30 +464,33 @@ fn a_jailed_vmm_dies_with_its_starter_and_its_cgroup_is_cleared() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The reader's passes in the console lines of `logs` (read as one
-/// stream, as `ticks`): each pass's number and the checksum of what it read.
-fn reads(logs: &[&std::path::Path]) -> Vec<(u32, String)> {
+/// The console lines of `logs` read as one stream (a line may begin in one
+/// VMM's log and end in the next one's).
+fn console_lines(logs: &[&std::path::Path]) -> Vec<String> {
     let text: String = logs
         .iter()
         .map(|l| std::fs::read_to_string(l).unwrap_or_default())
         .collect();
-    text.lines()
+    text.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// The reader's passes in `logs`: each pass's number and the checksum of
+/// what it read.
+fn reads(logs: &[&std::path::Path]) -> Vec<(u32, String)> {
+    console_lines(logs)
+        .iter()
         .filter_map(|l| {
-            let (pass, sum) = l.trim().strip_prefix("reads ")?.split_once(' ')?;
+            let (pass, sum) = l.strip_prefix("reads ")?.split_once(' ')?;
             Some((pass.parse().ok()?, sum.to_string()))
         })
         .collect()
 }
 
-/// The console lines of `logs` read as one stream (a line may begin in one
-/// VMM's log and end in the next one's).
+/// The counter's ticks in `logs`.
 fn ticks(logs: &[&std::path::Path]) -> Vec<u32> {
-    let text: String = logs
+    console_lines(logs)
         .iter()
-        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-        .collect();
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
         .collect()
 }
 

@@ -37,15 +37,13 @@ pub fn take_vmm_writes(memory: &GuestMemoryMmap) -> PageSet {
     let pages = end / PAGE_SIZE as u64;
     let mut written = PageSet::empty(pages);
     for region in memory.iter() {
-        let first = region.start_addr().0 / PAGE_SIZE as u64;
-        let region_pages = region.len() / PAGE_SIZE as u64;
         // The mapping's own bitmap (the region's trait method gives a slice of it).
         let words = std::ops::Deref::deref(region).bitmap().get_and_reset();
-        for (f, n) in PageSet::from_words(words, region_pages).runs() {
-            for page in f..f + n {
-                written.insert(first + page);
-            }
-        }
+        written.add_region(
+            region.start_addr().0 / PAGE_SIZE as u64,
+            words,
+            region.len() / PAGE_SIZE as u64,
+        );
     }
     written
 }

@@ -74,6 +74,26 @@ impl PageSet {
         self.clear_tail();
     }
 
+    /// Adds a memory region's bitmap (KVM's layout, `pages` long) whose
+    /// page 0 is this set's page `first` (pages past the end are dropped).
+    pub fn add_region(&mut self, first: u64, words: Vec<u64>, pages: u64) {
+        let region = PageSet::from_words(words, pages);
+        if first.is_multiple_of(64) {
+            // Word for word (every region of a hull VM starts so).
+            let at = (first / 64) as usize;
+            for (mine, theirs) in self.words.iter_mut().skip(at).zip(&region.words) {
+                *mine |= theirs;
+            }
+            self.clear_tail();
+            return;
+        }
+        for (start, count) in region.runs() {
+            for page in start..start + count {
+                self.insert(first + page);
+            }
+        }
+    }
+
     /// The set's pages in order, as runs `(first, count)` of consecutive pages.
     pub fn runs(&self) -> Vec<(u64, u64)> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -119,5 +139,16 @@ mod tests {
         let mut union = PageSet::empty(70);
         union.add(&PageSet::full(200));
         assert_eq!(union, PageSet::full(70));
+    }
+
+    #[test]
+    fn regions_bitmaps_land_at_their_first_page() {
+        let mut set = PageSet::empty(300);
+        set.add_region(128, vec![0b1011], 4);
+        set.add_region(0, vec![1 << 63, u64::MAX], 70);
+        set.add_region(250, vec![0b11, 1], 65);
+        assert_eq!(set.runs(), vec![(63, 7), (128, 2), (131, 1), (250, 2)]);
+        set.add_region(298, vec![u64::MAX], 64);
+        assert_eq!(set.count(), 14, "pages past the end are dropped");
     }
 }

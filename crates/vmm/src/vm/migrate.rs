@@ -114,13 +114,7 @@ impl Outgoing<'_, '_> {
                 .get_dirty_log(slot as u32, region.len() as usize)
                 .map_err(std::io::Error::other)?;
             let pages = region.len() / PAGE_SIZE as u64;
-            for page in PageSet::from_words(words, pages)
-                .runs()
-                .into_iter()
-                .flat_map(|(f, n)| f..f + n)
-            {
-                dirty.insert(first_page + page);
-            }
+            dirty.add_region(first_page, words, pages);
             first_page += pages;
         }
         Ok(dirty)
