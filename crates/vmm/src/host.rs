@@ -89,6 +89,14 @@ pub fn classify_at(paths: &HostPaths) -> HostKvm {
             evidence: format!("{} is loaded", paths.sys_module.join("kvm_pvm").display()),
         };
     }
+    // A vendor's module (loaded, or built in: it still has parameters)
+    // says so without /proc/cpuinfo, which the kernel writes out for every
+    // CPU on each read (milliseconds of every restore under emulation).
+    for (module, vendor) in [("kvm_intel", "Intel VT-x"), ("kvm_amd", "AMD-V")] {
+        if paths.sys_module.join(module).exists() {
+            return HostKvm::Hardware { vendor };
+        }
+    }
     let cpuinfo = std::fs::read_to_string(paths.cpuinfo).unwrap_or_default();
     let flags: Vec<&str> = cpuinfo
         .lines()
@@ -147,11 +155,15 @@ mod tests {
 
     impl FakeHost {
         fn new(name: &str, kvm: bool, pvm_module: bool, flags: &str) -> FakeHost {
+            FakeHost::with_modules(name, kvm, if pvm_module { &["kvm_pvm"] } else { &[] }, flags)
+        }
+
+        fn with_modules(name: &str, kvm: bool, modules: &[&str], flags: &str) -> FakeHost {
             let dir = std::env::temp_dir().join(format!("hull-hostkvm-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(dir.join("module/kvm")).unwrap();
-            if pvm_module {
-                fs::create_dir_all(dir.join("module/kvm_pvm")).unwrap();
+            for module in modules {
+                fs::create_dir_all(dir.join("module").join(module)).unwrap();
             }
             if kvm {
                 fs::write(dir.join("kvm"), "").unwrap();
@@ -189,6 +201,22 @@ mod tests {
             FakeHost::new("vmx", true, false, "vmx").classify(),
             HostKvm::Hardware { vendor: "Intel VT-x" }
         );
+    }
+
+    #[test]
+    fn a_vendor_module_is_enough_and_pvm_still_wins() {
+        assert_eq!(
+            FakeHost::with_modules("amdmod", true, &["kvm_amd"], "").classify(),
+            HostKvm::Hardware { vendor: "AMD-V" }
+        );
+        assert_eq!(
+            FakeHost::with_modules("intelmod", true, &["kvm_intel"], "").classify(),
+            HostKvm::Hardware { vendor: "Intel VT-x" }
+        );
+        assert!(matches!(
+            FakeHost::with_modules("pvmamd", true, &["kvm_pvm", "kvm_amd"], "svm").classify(),
+            HostKvm::Pvm { .. }
+        ));
     }
 
     #[test]
