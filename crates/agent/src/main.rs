@@ -23,6 +23,7 @@ mod mounts;
 mod network;
 mod pid_namespace;
 mod report;
+mod steps;
 mod terminal;
 mod user;
 mod vsock;
@@ -176,30 +177,36 @@ fn serve(conn: File) {
         Ok(other) => return fail(&sink, format!("expected a run request, got {other:?}"), 125),
         Err(e) => return fail(&sink, format!("reading the run request: {e}"), 125),
     };
+    let steps = steps::Steps::new(spec.trace);
     if let Err(e) = machine::reseed(&spec.entropy) {
         return fail(&sink, format!("reseeding the guest's random generator: {e}"), 125);
     }
     if let Err(e) = machine::set_clock(spec.wall_clock_ns) {
         console(&format!("setting the clock: {e}"));
     }
+    steps.done("reseeded, clock set");
     if let Err(e) = machine::wait_for_disks(&spec) {
         return fail(&sink, format!("waiting for the disks: {e}"), 125);
     }
+    steps.done("the disks have their sizes");
     if let Err(e) = mounts::container_root(&spec, ROOT) {
         return fail(&sink, format!("preparing the root filesystem: {e}"), 125);
     }
     if let Err(e) = mounts::volumes(&spec, ROOT) {
         return fail(&sink, e.to_string(), 125);
     }
+    steps.done("mounted");
     if let Err(e) = limits::container_group(spec.pids_limit) {
         return fail(&sink, format!("making the container's cgroup: {e}"), 125);
     }
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));
     }
+    steps.done("cgroup and hostname");
     if let Err(e) = network::setup(&spec, ROOT) {
         return fail(&sink, format!("setting up the network: {e}"), 125);
     }
+    steps.done("network");
     let reaper = Reaper::start();
     if spec.process.argv.is_empty() {
         return hold(&sink, input, reaper);
@@ -209,23 +216,29 @@ fn serve(conn: File) {
         Ok(process) => process,
         Err((message, code)) => return fail(&sink, message, code),
     };
+    steps.done("the command spawned");
     {
         let reaper = reaper.clone();
         thread::spawn(move || serve_execs(reaper));
     }
     let ending = reaper.clone();
-    relay(&mut process, &sink, input, &reaper, move || end_container(&ending));
+    relay(&mut process, &sink, input, &reaper, move || {
+        steps.done("the command ended");
+        end_container(&ending, steps);
+    });
 }
 
 /// The container ends with its main process: nothing else survives it, and
 /// its writes are on the disks before the host hears of the end, so the
 /// host may end the VM then without waiting for the guest to power off.
-fn end_container(reaper: &Reaper) {
+fn end_container(reaper: &Reaper, steps: steps::Steps) {
     // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     reaper.wait_childless(std::time::Duration::from_secs(1));
+    steps.done("no other process left");
     // SAFETY: sync takes no arguments.
     unsafe { libc::sync() };
+    steps.done("synced");
 }
 
 /// A run without a command: the container's filesystems, mounted, are
@@ -243,7 +256,7 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
             Ok(Some(_)) => {}
         }
     }
-    end_container(&reaper);
+    end_container(&reaper, steps::Steps::new(false));
     send(
         sink,
         &Frame::Control(Control::Exited {

@@ -282,6 +282,8 @@ fn parse_user(text: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // HULL_VMM_TRACE=1: `hull run`'s phases beside its hull-vmm's.
+    vmm::trace::start_as("hull");
     runtime::private_files();
     match Cli::parse().command {
         Command::Host => host(),

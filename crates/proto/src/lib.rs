@@ -118,6 +118,10 @@ pub struct RunSpec {
     /// forwards signals to it, reaps orphans and exits with its status.
     #[serde(default)]
     pub init: bool,
+    /// The agent prints when each step of the start and of the end is
+    /// done on the console (the host's `HULL_VMM_TRACE`).
+    #[serde(default)]
+    pub trace: bool,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -660,6 +664,7 @@ mod tests {
             pids_limit: Some(64),
             pid_host: true,
             init: true,
+            trace: true,
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));

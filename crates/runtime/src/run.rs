@@ -419,6 +419,7 @@ pub fn run_in(
     nic: Option<crate::network::attach::Attached>,
     arrival: Option<Arrival>,
 ) -> Result<i32, RunError> {
+    vmm::trace::mark("run: starting");
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
     let vmm_binary = crate::sibling_binary("hull-vmm").ok_or(RunError::NoVmm)?;
@@ -438,6 +439,7 @@ pub fn run_in(
             request.cpus,
         )?),
     };
+    vmm::trace::mark("run: template found");
     // Holding runs no command, whatever the image's says.
     let overrides = match request.hold {
         true => Overrides {
@@ -553,6 +555,7 @@ pub fn run_in(
         Some(arrival) => arrival.template.clone(),
         None => template.as_ref().map(|t| t.dir.clone()),
     };
+    vmm::trace::mark("run: files ready, starting hull-vmm");
     let (mut vmm, conn, resume_from) = match arrival {
         Some(arrival) => {
             let start = VmStart::Arriving {
@@ -582,6 +585,7 @@ pub fn run_in(
             (vmm, conn, None)
         }
     };
+    vmm::trace::mark("run: the agent said hello");
     drop(listener);
     let _ = std::fs::remove_file(&agent_socket);
     attachment.vm_ready(vmm.process.id());
@@ -671,6 +675,7 @@ pub fn run_in(
     // The agent reported only once the guest's disks were synced, so the VM
     // ends now, without waiting for the guest kernel to power off.
     drop(vmm);
+    vmm::trace::mark("run: the VM ended");
     Ok(status)
 }
 
@@ -1132,10 +1137,12 @@ fn converse(
         pids_limit: request.pids_limit.filter(|_| !request.hold),
         pid_host: request.pid_host,
         init: request.init,
+        trace: vmm::trace::enabled(),
     };
     if !send(&mut sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));
     }
+    vmm::trace::mark("run: Run sent");
     let steer = Steer::new(sink);
     attachment.started(steer.clone());
     Ok((input, steer))
@@ -1163,9 +1170,13 @@ pub fn follow(
             Frame::Stdout(data) => attachment.output(OutputStream::Stdout, &data),
             Frame::Stderr(data) => attachment.output(OutputStream::Stderr, &data),
             Frame::Control(Control::Exited { code, signal }) => {
-                return Ok(Followed::Ended(Some(proto::shell_status(code, signal))))
+                vmm::trace::mark("run: the agent reports the end");
+                return Ok(Followed::Ended(Some(proto::shell_status(code, signal))));
             }
-            Frame::Control(Control::Started { pid }) => attachment.running(pid),
+            Frame::Control(Control::Started { pid }) => {
+                vmm::trace::mark("run: the command runs");
+                attachment.running(pid)
+            }
             Frame::Control(Control::Failed { message, exit_code }) => {
                 attachment.output(OutputStream::Stderr, format!("hull: {message}\n").as_bytes());
                 attachment.failed(&message);

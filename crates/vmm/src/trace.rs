@@ -31,14 +31,23 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 static ORIGIN: OnceLock<Option<Instant>> = OnceLock::new();
+/// Who marks: the process's name in each line.
+static WHO: OnceLock<&'static str> = OnceLock::new();
 
 /// Starts the clock (call first thing in `main`); marks are relative to it.
 pub fn start() {
+    start_as("hull-vmm");
+}
+
+/// As `start`, for another of hull's processes (`hull`, `hull-shim`): its
+/// marks say `name` and line up with hull-vmm's by their monotonic times.
+pub fn start_as(name: &'static str) {
+    WHO.get_or_init(|| name);
     ORIGIN.get_or_init(|| std::env::var_os(TRACE_ENV).map(|_| Instant::now()));
     let spawned = std::env::var(SPAWNED_ENV).ok().and_then(|ns| ns.parse::<u64>().ok());
     if let (true, Some(spawned)) = (enabled(), spawned) {
         let ms = monotonic_ns().saturating_sub(spawned) as f64 / 1e6;
-        eprintln!("hull-vmm trace: main reached {ms:.3} ms after the spawn");
+        eprintln!("{} trace: main reached {ms:.3} ms after the spawn", who());
     }
 }
 
@@ -54,7 +63,8 @@ pub fn enabled() -> bool {
 pub fn mark(phase: &str) {
     if let Some(Some(origin)) = ORIGIN.get() {
         let line = format!(
-            "hull-vmm trace: {:>9.3} ms {phase} (monotonic {:.3} ms, thread cpu {:.3} ms)\n",
+            "{} trace: {:>9.3} ms {phase} (monotonic {:.3} ms, thread cpu {:.3} ms)\n",
+            who(),
             origin.elapsed().as_secs_f64() * 1000.0,
             monotonic_ns() as f64 / 1e6,
             thread_cpu_ns() as f64 / 1e6
@@ -63,4 +73,8 @@ pub fn mark(phase: &str) {
         // cost little beside the phases it times.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
+}
+
+fn who() -> &'static str {
+    WHO.get().copied().unwrap_or("hull-vmm")
 }

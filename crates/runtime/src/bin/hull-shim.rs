@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    vmm::trace::start_as("hull-shim");
     runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (dir, id, arriving) = match args.as_slice() {

@@ -75,6 +75,14 @@ pub(crate) fn timed(command: &mut Command) -> Result<Duration> {
     if !out.status.success() {
         bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // Traced (HULL_VMM_TRACE), the command's phases, and those of the
+    // hull-vmm it ran with HULL_DEBUG_CONSOLE, are shown.
+    if std::env::var_os(vmm::trace::TRACE_ENV).is_some() {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|line| line.contains(" trace: "))
+            .for_each(|line| eprintln!("{line}"));
+    }
     Ok(start.elapsed())
 }
 
