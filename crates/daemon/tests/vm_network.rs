@@ -707,6 +707,11 @@ networks:
             .current_dir(&dir)
             .env("DOCKER_HOST", format!("unix://{}", hulld.socket.display()))
             .env("COMPOSE_INTERACTIVE_NO_CLI", "1")
+            // The first start in a fresh data directory boots the template;
+            // in the emulated test host, beside another test host, that
+            // has taken longer than compose's 60 s for one request (CI,
+            // 2026-12-05: both starts "Read timed out", nothing failed).
+            .env("COMPOSE_HTTP_TIMEOUT", "300")
             .output()
             .expect("docker-compose (Debian's package) runs")
     };
