@@ -92,7 +92,7 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
 
 /// The host's memory in bytes (`MemTotal`).
 pub fn host_memory_bytes() -> u64 {
-    vmm::host::meminfo_mib("MemTotal").unwrap_or(0) * 1024 * 1024
+    vmm::host::memory_total_mib().unwrap_or(0) * 1024 * 1024
 }
 
 /// Opens (creating) `path` and takes an exclusive flock on it, waiting for

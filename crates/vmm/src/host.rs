@@ -49,6 +49,18 @@ impl Default for HostPaths<'static> {
     }
 }
 
+/// The host's RAM in MiB (`MemTotal`), from sysinfo(2): one call, where
+/// reading /proc/meminfo has the kernel format all of it (every VM start
+/// pays for it).
+pub fn memory_total_mib() -> Option<u64> {
+    // SAFETY: sysinfo fills the zeroed struct it is given.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    Some((info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1))) >> 20)
+}
+
 /// A /proc/meminfo field (e.g. `MemTotal`) in MiB, if the kernel reports it.
 pub fn meminfo_mib(field: &str) -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -201,6 +213,11 @@ mod tests {
             FakeHost::new("vmx", true, false, "vmx").classify(),
             HostKvm::Hardware { vendor: "Intel VT-x" }
         );
+    }
+
+    #[test]
+    fn the_hosts_memory_is_meminfos_total() {
+        assert_eq!(memory_total_mib(), meminfo_mib("MemTotal"));
     }
 
     #[test]

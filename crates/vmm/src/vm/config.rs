@@ -119,17 +119,6 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
-/// The host's RAM (MemTotal) from sysinfo(2): one call, where reading
-/// /proc/meminfo has the kernel format all of it (every VM start pays it).
-fn host_memory_mib() -> u64 {
-    // SAFETY: sysinfo fills the zeroed struct it is given.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return u64::MAX;
-    }
-    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1))) >> 20
-}
-
 /// Checks a configuration before anything is allocated.
 pub fn validate(config: &VmConfig) -> Result<(), VmError> {
     validate_shape(config.memory_mib, config.vcpus)
@@ -137,7 +126,7 @@ pub fn validate(config: &VmConfig) -> Result<(), VmError> {
 
 /// Checks a VM's memory size and vCPU count.
 pub fn validate_shape(memory_mib: u64, vcpus: u8) -> Result<(), VmError> {
-    let max = (MAX_MEMORY >> 20).min(host_memory_mib());
+    let max = (MAX_MEMORY >> 20).min(crate::host::memory_total_mib().unwrap_or(u64::MAX));
     if !(MIN_MEMORY_MIB..=max).contains(&memory_mib) {
         return Err(VmError::MemorySize {
             requested: memory_mib,
@@ -148,13 +137,4 @@ pub fn validate_shape(memory_mib: u64, vcpus: u8) -> Result<(), VmError> {
         return Err(VmError::VcpuCount { vcpus, max: MAX_VCPUS });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn host_memory_is_meminfos_total() {
-        let meminfo = crate::host::meminfo_mib("MemTotal").expect("MemTotal");
-        assert_eq!(super::host_memory_mib(), meminfo);
-    }
 }
