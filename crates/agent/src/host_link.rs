@@ -337,6 +337,13 @@ mod tests {
         (File::from(std::os::fd::OwnedFd::from(agent)), host)
     }
 
+    /// The host goes away. Shut down, not only closed: a process that a
+    /// test beside this one forks meanwhile holds a copy of the descriptor
+    /// until it execs, and the agent's writes would still go through.
+    fn hang_up(host: UnixStream) {
+        host.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+
     fn frames(host: &mut UnixStream) -> Vec<Frame> {
         host.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut got = Vec::new();
@@ -352,7 +359,7 @@ mod tests {
         let link = HostLink::resumable(agent);
         assert!(link.send(&Frame::Stdout(b"0".to_vec())));
         assert_eq!(frames(&mut host), vec![Frame::Stdout(b"0".to_vec())]);
-        drop(host);
+        hang_up(host);
         // Written into a closed connection: queued, not lost.
         assert!(link.send(&Frame::Stdout(b"1".to_vec())));
         assert!(link.send(&Frame::Stderr(b"2".to_vec())));
@@ -381,7 +388,7 @@ mod tests {
         assert!(link.send(&out(0)) && link.send(&out(1)));
         // The old host read frame 0; frame 1 was lost in flight.
         assert_eq!(read_frame(&mut first_host).unwrap(), Some(out(0)));
-        drop(first_host);
+        hang_up(first_host);
         assert!(link.send(&out(2)), "queued while the host is away");
         let (agent, mut host) = pair();
         *NEXT_HOST.lock().unwrap() = Some(agent);
@@ -426,7 +433,7 @@ mod tests {
         let out = |n: u8| Frame::Stdout(vec![n]);
         assert!(link.send(&out(0)));
         assert_eq!(read_frame(&mut first_host).unwrap(), Some(out(0)));
-        drop(first_host);
+        hang_up(first_host);
         assert!(link.send(&out(1)), "queued while the host is away");
         let (agent, mut host) = pair();
         let claimer = link.clone();
@@ -451,7 +458,7 @@ mod tests {
     fn an_exec_link_ends_with_its_connection() {
         let (agent, host) = pair();
         let link = HostLink::plain(agent);
-        drop(host);
+        hang_up(host);
         assert!(!link.send(&Frame::Stdout(b"x".to_vec())));
         assert!(link.ended());
         assert_eq!(link.lock().unwrap().sent.bytes(), 0);
