@@ -33,6 +33,11 @@ pub const SNAPSHOT_PORT: u16 = 0x0f00;
 pub const SNAPSHOT_REQUEST: u8 = 0x5a;
 /// The kernel command-line word that tells the agent it boots a template.
 pub const TEMPLATE_CMDLINE_FLAG: &str = "hull.template";
+/// The overlay's upper and work directories at the top of a container's
+/// writable disk: the host formats the disk with them, the agent mounts
+/// the overlay from them.
+pub const WRITABLE_UPPER: &str = "upper";
+pub const WRITABLE_WORK: &str = "work";
 /// Largest frame either side accepts (kind byte + payload).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Stream data is sent in chunks of at most this much.

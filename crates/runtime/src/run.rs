@@ -468,7 +468,7 @@ pub fn run_in(
 
     let writable = dir.join("rw.ext4");
     if !writable.exists() {
-        crate::writable::create(&writable)?;
+        crate::writable::create(&writable, crate::writable::DiskKind::Layer)?;
     }
     crate::volume::check_mounts(&request.volumes).map_err(RunError::Mounts)?;
     let volume_targets: Vec<&str> = request.volumes.iter().map(|v| v.target.as_str()).collect();

@@ -208,35 +208,37 @@ pub fn create_on(
         kind,
         device: device.clone(),
     };
-    let built = (|| {
-        std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        match kind {
-            VolumeKind::Disk => crate::writable::create(&tmp.join(DISK)).map_err(|e| VolumeError::Damaged {
+    let built =
+        (|| {
+            std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+            match kind {
+                VolumeKind::Disk => crate::writable::create(&tmp.join(DISK), crate::writable::DiskKind::Volume)
+                    .map_err(|e| VolumeError::Damaged {
+                        name: name.to_string(),
+                        detail: e.to_string(),
+                    })?,
+                VolumeKind::Shared if device.is_some() => {}
+                VolumeKind::Shared => {
+                    let data = tmp.join(DATA);
+                    std::fs::create_dir(&data).map_err(io(format!("creating {}", data.display())))?;
+                    // Containers' users write here; the data directory keeps the
+                    // volume's own mode (0700) from exposing it to the host's.
+                    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                        .map_err(io(format!("creating {}", data.display())))?;
+                }
+            }
+            let json = serde_json::to_vec_pretty(&record).map_err(|e| VolumeError::Damaged {
                 name: name.to_string(),
                 detail: e.to_string(),
-            })?,
-            VolumeKind::Shared if device.is_some() => {}
-            VolumeKind::Shared => {
-                let data = tmp.join(DATA);
-                std::fs::create_dir(&data).map_err(io(format!("creating {}", data.display())))?;
-                // Containers' users write here; the data directory keeps the
-                // volume's own mode (0700) from exposing it to the host's.
-                std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                    .map_err(io(format!("creating {}", data.display())))?;
+            })?;
+            image::store::write_atomic(&tmp.join(RECORD), &json).map_err(io("writing the volume record"))?;
+            match std::fs::rename(&tmp, &dir) {
+                Ok(()) => Ok(true),
+                // Someone made it meanwhile: theirs stands.
+                Err(_) if dir.join(RECORD).is_file() => Ok(false),
+                Err(e) => Err(io(format!("moving the volume to {}", dir.display()))(e)),
             }
-        }
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| VolumeError::Damaged {
-            name: name.to_string(),
-            detail: e.to_string(),
-        })?;
-        image::store::write_atomic(&tmp.join(RECORD), &json).map_err(io("writing the volume record"))?;
-        match std::fs::rename(&tmp, &dir) {
-            Ok(()) => Ok(true),
-            // Someone made it meanwhile: theirs stands.
-            Err(_) if dir.join(RECORD).is_file() => Ok(false),
-            Err(e) => Err(io(format!("moving the volume to {}", dir.display()))(e)),
-        }
-    })();
+        })();
     let _ = std::fs::remove_dir_all(&tmp);
     match built? {
         true => Ok((record, true)),

@@ -3,6 +3,7 @@
 //! few MiB of metadata and then only what it writes.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -11,20 +12,65 @@ use image::disk::{mkfs_ext4, DiskError};
 /// Apparent size of a container's writable layer.
 pub const WRITABLE_MIB: u64 = 8192;
 
-fn template() -> PathBuf {
-    crate::data_dir().join(format!("writable-{WRITABLE_MIB}M.ext4"))
+/// What a new disk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    /// A container's writable layer: the overlay's upper and work
+    /// directories are there already, so the guest makes neither at start.
+    Layer,
+    /// A volume: empty.
+    Volume,
 }
 
-/// Creates the writable disk at `path`.
-pub fn create(path: &Path) -> Result<(), DiskError> {
-    let template = template();
+fn template(kind: DiskKind) -> PathBuf {
+    // Not `writable-*.ext4`: that is an earlier hull's template, whose
+    // inode tables the guest had to zero.
+    let name = match kind {
+        DiskKind::Layer => format!("layer-{WRITABLE_MIB}M.ext4"),
+        DiskKind::Volume => format!("volume-{WRITABLE_MIB}M.ext4"),
+    };
+    crate::data_dir().join(name)
+}
+
+/// Formats the template for `kind` disks, once per data directory.
+fn make_template(kind: DiskKind, template: &Path) -> Result<(), DiskError> {
+    let tmp = image::store::temp_sibling(template);
+    let contents = match kind {
+        DiskKind::Volume => None,
+        DiskKind::Layer => {
+            let dir = tmp.with_extension("d");
+            let made = (|| {
+                let _ = std::fs::remove_dir_all(&dir);
+                for sub in [proto::WRITABLE_UPPER, proto::WRITABLE_WORK] {
+                    std::fs::create_dir_all(dir.join(sub))?;
+                    std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o755))?;
+                }
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            })();
+            made.map_err(|e| DiskError::Mkfs {
+                path: dir.clone(),
+                detail: format!("making the layer's directories: {e}"),
+            })?;
+            Some(dir)
+        }
+    };
+    let formatted = mkfs_ext4(contents.as_deref(), &tmp, WRITABLE_MIB, "hull-rw");
+    if let Some(dir) = &contents {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    formatted?;
+    std::fs::rename(&tmp, template).map_err(|e| DiskError::Mkfs {
+        path: template.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// Creates a new `kind` disk at `path`.
+pub fn create(path: &Path, kind: DiskKind) -> Result<(), DiskError> {
+    let template = template(kind);
     if !template.is_file() {
-        let tmp = image::store::temp_sibling(&template);
-        mkfs_ext4(None, &tmp, WRITABLE_MIB, "hull-rw")?;
-        std::fs::rename(&tmp, &template).map_err(|e| DiskError::Mkfs {
-            path: template.clone(),
-            detail: e.to_string(),
-        })?;
+        make_template(kind, &template)?;
+        let _ = std::fs::remove_file(crate::data_dir().join(format!("writable-{WRITABLE_MIB}M.ext4")));
     }
     // Under a temporary name first: an interrupted copy is never taken for
     // a container's disk.
@@ -120,6 +166,49 @@ mod tests {
         // An existing file is never overwritten.
         assert!(copy_sparse(&from, &to).is_err());
         assert_eq!(std::fs::read(&to).unwrap().len(), 64 << 20);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn e2fs_tool(tool: &str, args: &[&str], disk: &Path) -> String {
+        let out = std::process::Command::new(tool).args(args).arg(disk).output().unwrap();
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_layer_has_the_overlays_directories_and_neither_kind_leaves_tables_to_zero() {
+        let dir = std::env::temp_dir().join(format!("hull-writable-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (kind, dirs) in [(DiskKind::Layer, true), (DiskKind::Volume, false)] {
+            let disk = dir.join(format!("{kind:?}.ext4"));
+            make_template(kind, &disk).unwrap();
+            let top = e2fs_tool("debugfs", &["-R", "ls -l /"], &disk);
+            for sub in [proto::WRITABLE_UPPER, proto::WRITABLE_WORK] {
+                let there = top
+                    .lines()
+                    .any(|l| l.contains(" 40755 ") && l.ends_with(&format!(" {sub}")));
+                assert_eq!(there, dirs, "{kind:?}: {sub} in\n{top}");
+            }
+            // Every group's inode table is marked zeroed: the guest's
+            // ext4lazyinit has nothing to write.
+            let groups = e2fs_tool("dumpe2fs", &[], &disk);
+            let headers: Vec<&str> = groups
+                .lines()
+                .filter(|l| l.starts_with("Group ") && l.contains("(Blocks"))
+                .collect();
+            assert_eq!(headers.len(), (WRITABLE_MIB / 128) as usize, "{kind:?}");
+            assert!(
+                headers.iter().all(|l| l.contains("ITABLE_ZEROED")),
+                "{kind:?}: {headers:?}"
+            );
+            assert!(!groups.contains("resize_inode"), "{kind:?}");
+            let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&disk).unwrap()) * 512;
+            assert!(
+                allocated < 1 << 20,
+                "{kind:?}: the template allocated {allocated} bytes"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -358,7 +358,7 @@ impl Restore {
     /// own holding its sockets, as the runtime does.
     fn spawn(&self, name: &str, jailed: bool) -> Result<PendingClone> {
         let writable = self.dir.join(format!("{name}.ext4"));
-        runtime::writable::create(&writable)?;
+        runtime::writable::create(&writable, runtime::writable::DiskKind::Layer)?;
         let sockets = self.dir.join(name);
         std::fs::create_dir_all(&sockets)?;
         let uds = sockets.join("vsock.sock");

@@ -78,7 +78,7 @@ pub fn pull_and_disk(runs: usize) -> Result<()> {
         // One more container costs its writable disk (the image disk is shared).
         let scratch = data.join("rw-probe.ext4");
         std::env::set_var("HULL_DATA_DIR", &data);
-        runtime::writable::create(&scratch)?;
+        runtime::writable::create(&scratch, runtime::writable::DiskKind::Layer)?;
         extra_container_bytes = image::disk::allocated_bytes(&scratch);
         std::env::remove_var("HULL_DATA_DIR");
 
