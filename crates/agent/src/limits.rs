@@ -16,9 +16,8 @@ const CONTAINER: &str = "/sys/fs/cgroup/container";
 /// The container group's `cgroup.procs`, open for the children to join it.
 static CONTAINER_PROCS: OnceLock<File> = OnceLock::new();
 
-/// Makes the container's group, which every process started from now on
-/// joins, bounded to `pids_max` tasks if given.
-pub fn container_group(pids_max: Option<u64>) -> io::Result<()> {
+/// Mounts the cgroup2 hierarchy; done once at boot, so every clone has it.
+pub fn mount_hierarchy() -> io::Result<()> {
     std::fs::create_dir_all(CGROUP_ROOT)?;
     let cgroup2 = |path: &str| std::ffi::CString::new(path).map_err(io::Error::other);
     let (source, target, fstype) = (cgroup2("cgroup2")?, cgroup2(CGROUP_ROOT)?, cgroup2("cgroup2")?);
@@ -29,6 +28,15 @@ pub fn container_group(pids_max: Option<u64>) -> io::Result<()> {
         if e.raw_os_error() != Some(libc::EBUSY) {
             return Err(e);
         }
+    }
+    Ok(())
+}
+
+/// Makes the container's group, which every process started from now on
+/// joins, bounded to `pids_max` tasks if given.
+pub fn container_group(pids_max: Option<u64>) -> io::Result<()> {
+    if !std::path::Path::new(CGROUP_ROOT).join("cgroup.procs").exists() {
+        mount_hierarchy()?;
     }
     match std::fs::create_dir(CONTAINER) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),

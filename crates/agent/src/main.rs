@@ -74,6 +74,12 @@ fn main() {
         console(&format!("early mounts failed: {e}"));
     }
     load_modules();
+    if let Err(e) = limits::mount_hierarchy() {
+        console(&format!("mounting the cgroup hierarchy: {e}"));
+    }
+    if let Err(e) = network::loopback() {
+        console(&format!("loopback: {e}"));
+    }
     machine::snapshot_point();
     match vsock::connect_host(proto::AGENT_PORT) {
         Ok(conn) => serve(conn),
@@ -177,36 +183,36 @@ fn serve(conn: File) {
         Ok(other) => return fail(&sink, format!("expected a run request, got {other:?}"), 125),
         Err(e) => return fail(&sink, format!("reading the run request: {e}"), 125),
     };
-    let steps = steps::Steps::new(spec.trace);
+    steps::start(spec.trace);
     if let Err(e) = machine::reseed(&spec.entropy) {
         return fail(&sink, format!("reseeding the guest's random generator: {e}"), 125);
     }
     if let Err(e) = machine::set_clock(spec.wall_clock_ns) {
         console(&format!("setting the clock: {e}"));
     }
-    steps.done("reseeded, clock set");
+    steps::done("reseeded, clock set");
     if let Err(e) = machine::wait_for_disks(&spec) {
         return fail(&sink, format!("waiting for the disks: {e}"), 125);
     }
-    steps.done("the disks have their sizes");
+    steps::done("the disks have their sizes");
     if let Err(e) = mounts::container_root(&spec, ROOT) {
         return fail(&sink, format!("preparing the root filesystem: {e}"), 125);
     }
     if let Err(e) = mounts::volumes(&spec, ROOT) {
         return fail(&sink, e.to_string(), 125);
     }
-    steps.done("mounted");
+    steps::done("mounted");
     if let Err(e) = limits::container_group(spec.pids_limit) {
         return fail(&sink, format!("making the container's cgroup: {e}"), 125);
     }
     if let Err(e) = sethostname(&spec.hostname) {
         console(&format!("sethostname: {e}"));
     }
-    steps.done("cgroup and hostname");
+    steps::done("cgroup and hostname");
     if let Err(e) = network::setup(&spec, ROOT) {
         return fail(&sink, format!("setting up the network: {e}"), 125);
     }
-    steps.done("network");
+    steps::done("network");
     let reaper = Reaper::start();
     if spec.process.argv.is_empty() {
         return hold(&sink, input, reaper);
@@ -216,29 +222,34 @@ fn serve(conn: File) {
         Ok(process) => process,
         Err((message, code)) => return fail(&sink, message, code),
     };
-    steps.done("the command spawned");
+    steps::done("the command spawned");
     {
         let reaper = reaper.clone();
         thread::spawn(move || serve_execs(reaper));
     }
     let ending = reaper.clone();
+    let sync = !spec.disposable;
     relay(&mut process, &sink, input, &reaper, move || {
-        steps.done("the command ended");
-        end_container(&ending, steps);
+        steps::done("the command ended");
+        end_container(&ending, sync);
+        steps::print();
     });
 }
 
 /// The container ends with its main process: nothing else survives it, and
-/// its writes are on the disks before the host hears of the end, so the
-/// host may end the VM then without waiting for the guest to power off.
-fn end_container(reaper: &Reaper, steps: steps::Steps) {
+/// its writes are on the disks before the host hears of the end (`sync`,
+/// unless the host throws them away), so the host may end the VM then
+/// without waiting for the guest to power off.
+fn end_container(reaper: &Reaper, sync: bool) {
     // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     reaper.wait_childless(std::time::Duration::from_secs(1));
-    steps.done("no other process left");
-    // SAFETY: sync takes no arguments.
-    unsafe { libc::sync() };
-    steps.done("synced");
+    steps::done("no other process left");
+    if sync {
+        // SAFETY: sync takes no arguments.
+        unsafe { libc::sync() };
+        steps::done("synced");
+    }
 }
 
 /// A run without a command: the container's filesystems, mounted, are
@@ -256,7 +267,7 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
             Ok(Some(_)) => {}
         }
     }
-    end_container(&reaper, steps::Steps::new(false));
+    end_container(&reaper, true);
     send(
         sink,
         &Frame::Control(Control::Exited {
@@ -578,7 +589,10 @@ fn serve_exec(conn: File, reaper: Reaper) {
             return wait_for_host_close(&sink, input);
         }
         Ok(Some(Frame::Control(Control::Diff))) => {
-            let changes = archive::changes(std::path::Path::new(mounts::UPPER), std::path::Path::new(mounts::IMAGE));
+            let changes = archive::changes(
+                std::path::Path::new(&mounts::upper()),
+                std::path::Path::new(mounts::IMAGE),
+            );
             for part in changes.chunks(proto::MAX_CHANGES) {
                 send(&sink, &Frame::Control(Control::Changes { changes: part.to_vec() }));
             }
@@ -594,7 +608,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
             }
             let out = std::io::BufWriter::with_capacity(proto::CHUNK, StdoutFrames(&sink));
             let written = archive::write_layer(
-                std::path::Path::new(mounts::UPPER),
+                std::path::Path::new(&mounts::upper()),
                 std::path::Path::new(mounts::IMAGE),
                 out,
             );

@@ -46,7 +46,12 @@ pub fn early() -> io::Result<()> {
 
 /// The image's filesystem and the container's writes: the overlay's layers.
 pub const IMAGE: &str = "/mnt/image";
-pub const UPPER: &str = "/mnt/rw/upper";
+const WRITABLE: &str = "/mnt/rw";
+
+/// The overlay's upper layer: the container's own changes.
+pub fn upper() -> String {
+    format!("{WRITABLE}/{}", proto::WRITABLE_UPPER)
+}
 
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
@@ -54,20 +59,42 @@ const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | li
 /// tmpfs) as the overlay's upper layer at `root`, and the kernel
 /// filesystems a container expects inside it.
 pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
-    mount(&spec.root_device, IMAGE, &spec.root_fstype, libc::MS_RDONLY, "")?;
+    // Never written, so an ext4 image has no journal to replay: not loading
+    // it is a cheaper mount.
+    let image_options = if spec.root_fstype == "ext4" { "noload" } else { "" };
+    mount(
+        &spec.root_device,
+        IMAGE,
+        &spec.root_fstype,
+        libc::MS_RDONLY,
+        image_options,
+    )?;
+    crate::steps::done("the image disk mounted");
     match &spec.rw_device {
-        Some(device) => mount(device, "/mnt/rw", "ext4", libc::MS_NOATIME, "")?,
-        None => mount("tmpfs", "/mnt/rw", "tmpfs", 0, "mode=0755")?,
+        // Inode tables are zero already (the host formats the disk so); a
+        // disk from an older hull would otherwise have the kernel write
+        // them all out while the container runs.
+        Some(device) => mount(device, WRITABLE, "ext4", libc::MS_NOATIME, "noinit_itable")?,
+        None => mount("tmpfs", WRITABLE, "tmpfs", 0, "mode=0755")?,
     }
-    std::fs::create_dir_all(UPPER)?;
-    std::fs::create_dir_all("/mnt/rw/work")?;
+    crate::steps::done("the writable disk mounted");
+    let upper = upper();
+    let work = format!("{WRITABLE}/{}", proto::WRITABLE_WORK);
+    // Made by the host's format; a tmpfs or an older disk has them made here.
+    for dir in [&upper, &work] {
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::create_dir(dir)?;
+        }
+    }
+    crate::steps::done("the overlay's directories there");
     mount(
         "overlay",
         root,
         "overlay",
         0,
-        &format!("lowerdir={IMAGE},upperdir={UPPER},workdir=/mnt/rw/work"),
+        &format!("lowerdir={IMAGE},upperdir={upper},workdir={work}"),
     )?;
+    crate::steps::done("the overlay mounted");
     let inside = |p: &str| format!("{root}{p}");
     mount("proc", &inside("/proc"), "proc", NOSUID_NODEV_NOEXEC, "")?;
     mount(

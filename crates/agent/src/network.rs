@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,26 @@ struct Nic {
 /// The NICs as they are set now: what a later change starts from.
 static CURRENT: Mutex<Vec<Nic>> = Mutex::new(Vec::new());
 
+/// Whether loopback came up before the template's snapshot: then every
+/// clone has it up, and a container without NICs needs no netlink at all.
+static LOOPBACK_UP: AtomicBool = AtomicBool::new(false);
+
+/// Brings loopback up; done once at boot, so every clone starts with it.
+pub fn loopback() -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+    set_loopback_up(&mut nl)?;
+    LOOPBACK_UP.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+fn set_loopback_up(nl: &mut Netlink) -> Result<(), String> {
+    let lo = nl
+        .link_index("lo")
+        .map_err(|e| format!("lo: {e}"))?
+        .ok_or("the guest has no loopback interface")?;
+    nl.set_up(lo).map_err(|e| format!("lo: {e}"))
+}
+
 /// Sets up the guest's network for `spec` and the files over the
 /// container's root at `root`. Everything the host sent is checked before
 /// anything is changed.
@@ -51,15 +72,16 @@ pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
         files.push(("resolv.conf", resolv));
     }
 
-    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
-    let lo = nl
-        .link_index("lo")
-        .map_err(|e| format!("lo: {e}"))?
-        .ok_or("the guest has no loopback interface")?;
-    nl.set_up(lo).map_err(|e| format!("lo: {e}"))?;
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-    change_nics(&mut nl, &current, &nics)?;
-    *current = nics;
+    let loopback_up = LOOPBACK_UP.load(Ordering::Relaxed);
+    if !(loopback_up && current.is_empty() && nics.is_empty()) {
+        let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+        if !loopback_up {
+            set_loopback_up(&mut nl)?;
+        }
+        change_nics(&mut nl, &current, &nics)?;
+        *current = nics;
+    }
     write_files(root, &files)
 }
 

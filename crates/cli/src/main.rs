@@ -461,6 +461,8 @@ fn run(args: RunArgs) -> ExitCode {
         capabilities,
         pid_host: args.pid.is_some(),
         init: args.init,
+        // Its run directory, writable disk included, goes when it ends.
+        disposable: true,
     };
     match runtime::run::run(&request) {
         Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(255)),

@@ -214,6 +214,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         capabilities: request.capabilities,
         pid_host: request.pid_host,
         init: request.init,
+        auto_remove: record.host_config.auto_remove,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);

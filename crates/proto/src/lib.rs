@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 17;
+pub const PROTOCOL_VERSION: u32 = 18;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -127,6 +127,12 @@ pub struct RunSpec {
     /// done on the console (the host's `HULL_VMM_TRACE`).
     #[serde(default)]
     pub trace: bool,
+    /// Nothing the guest writes outlives the command: the host throws the
+    /// writable disk away then and there are no volumes or shared
+    /// directories (`hull run`, `docker run --rm`), so the end needs no
+    /// `sync`.
+    #[serde(default)]
+    pub disposable: bool,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -670,6 +676,7 @@ mod tests {
             pid_host: true,
             init: true,
             trace: true,
+            disposable: true,
         }))));
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));

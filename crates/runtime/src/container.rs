@@ -62,6 +62,9 @@ pub struct ContainerSpec {
     /// Docker's `--init`.
     #[serde(default)]
     pub init: bool,
+    /// Removed with its disk when its command ends (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,6 +70,10 @@ pub struct RunRequest {
     pub pid_host: bool,
     /// A small init starts the command (`--init`, `proto::RunSpec::init`).
     pub init: bool,
+    /// The writable disk is thrown away when the command ends (`hull run`,
+    /// `docker run --rm`): without volumes or binds, the guest's end skips
+    /// its `sync` (`proto::RunSpec::disposable`).
+    pub disposable: bool,
 }
 
 /// Which of the command's output streams a chunk came from.
@@ -1105,6 +1109,7 @@ fn converse(
         Ok(other) => return Err(lost(format!("expected the agent's hello, got {other:?}"))),
         Err(e) => return Err(lost(e.to_string())),
     }
+    let disposable = request.disposable && !request.hold && guest_devices.mounts.is_empty();
     let hostname = hostname.to_string();
     let mut env = process.env.clone();
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
@@ -1135,6 +1140,7 @@ fn converse(
         network: guest_devices.network,
         // A held VM runs only hull's own file operations.
         pids_limit: request.pids_limit.filter(|_| !request.hold),
+        disposable,
         pid_host: request.pid_host,
         init: request.init,
         trace: vmm::trace::enabled(),

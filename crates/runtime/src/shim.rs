@@ -307,6 +307,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
         capabilities: spec.capabilities.clone(),
         pid_host: spec.pid_host,
         init: spec.init,
+        disposable: spec.auto_remove,
     })
 }
 

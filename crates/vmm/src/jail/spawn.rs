@@ -433,8 +433,10 @@ impl Drop for VmmProcess {
             let _ = self.kill();
             let _ = self.wait();
         }
+        crate::trace::mark("VMM process reaped");
         if let Some(cgroup) = &self.cgroup {
             cgroup::remove(cgroup);
+            crate::trace::mark("its cgroup removed");
         }
     }
 }
