@@ -42,11 +42,10 @@ impl DnsServers {
         if network.is_default() {
             return; // Docker's default bridge has no name service
         }
-        if self
-            .0
-            .lock()
-            .is_ok_and(|s| s.get(&network.id).is_some_and(|t| !t.is_finished()))
-        {
+        // Held from the check to the insert: two starts at once (two
+        // containers of one network) bind once, not once and then fail.
+        let Ok(mut servers) = self.0.lock() else { return };
+        if servers.get(&network.id).is_some_and(|t| !t.is_finished()) {
             return;
         }
         if let Err(e) = runtime::network::host::ensure_bridge(network) {
@@ -65,10 +64,8 @@ impl DnsServers {
             }
         };
         let task = daemon.handle.spawn(serve(daemon.clone(), network.clone(), socket));
-        if let Ok(mut servers) = self.0.lock() {
-            if let Some(old) = servers.insert(network.id.clone(), task) {
-                old.abort();
-            }
+        if let Some(old) = servers.insert(network.id.clone(), task) {
+            old.abort();
         }
     }
 
