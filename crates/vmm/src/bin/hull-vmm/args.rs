@@ -111,7 +111,7 @@ impl Args {
             net_tap: None,
             net_fd: Vec::new(),
             net_slots: 0,
-            net_mac: parse_mac("02:68:75:6c:6c:01").map_err(Stop::Bad)?,
+            net_mac: DEFAULT_MAC,
             fs: false,
             shares: Vec::new(),
             control_socket: None,
@@ -284,6 +284,9 @@ fn parse_net_fd(spec: &str) -> Result<(u8, i32), String> {
     Ok((slot, fd))
 }
 
+/// NIC 0's MAC unless `--net-mac` names one: 02:68:75:6c:6c:01 ("hull").
+const DEFAULT_MAC: [u8; 6] = [0x02, 0x68, 0x75, 0x6c, 0x6c, 0x01];
+
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
         .split(':')
@@ -311,7 +314,7 @@ mod tests {
 
     #[test]
     fn mac_addresses_are_six_unicast_bytes() {
-        assert_eq!(parse_mac("02:68:75:6c:6c:01"), Ok([2, 0x68, 0x75, 0x6c, 0x6c, 1]));
+        assert_eq!(parse_mac("02:68:75:6c:6c:01"), Ok(DEFAULT_MAC));
         assert!(parse_mac("02:68:75:6c:6c").is_err());
         assert!(parse_mac("02:68:75:6c:6c:01:02").is_err());
         assert!(parse_mac("zz:68:75:6c:6c:01").is_err());
