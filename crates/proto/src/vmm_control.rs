@@ -1,7 +1,8 @@
 //! The control channel of one `hull-vmm`: a unix socket on which the VM's
 //! supervisor asks the VMM to pause, resume or describe the VM, to plug
-//! a NIC into a tap, or to migrate the VM over a connection (the tap's or
-//! the connection's descriptor passed with the request).
+//! a NIC into a tap or a disk into an empty slot, or to migrate the VM
+//! over a connection (the tap's, the disk's or the connection's
+//! descriptor passed with the request).
 //!
 //! A message is one line of JSON. The VMM answers each request with one
 //! reply, in order, on the same connection. Lines are bounded
@@ -29,6 +30,14 @@ pub enum VmmRequest {
     PlugNic { slot: u8 },
     /// Plug NIC `slot` into nothing.
     UnplugNic { slot: u8 },
+    /// Put the disk whose descriptor comes with this request into empty
+    /// disk slot `slot` (the guest's vda is 0) while the VM runs: the
+    /// guest sees that disk's size appear. Opened read-only, the guest
+    /// cannot write it.
+    PlugDisk { slot: u8 },
+    /// Take the disk `PlugDisk` put into `slot` out again (the guest has
+    /// stopped using it); a disk the VM started with stays.
+    UnplugDisk { slot: u8 },
     /// Send the running VM to another hull-vmm over the connection whose
     /// descriptor comes with this request; switch over once the rest fits
     /// in `downtime_ms`, give up after `max_seconds` (the VM runs on here).

@@ -124,6 +124,84 @@ fn disks_and_entropy_reach_the_guest_through_acpi_described_virtio_mmio() {
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_disk_plugged_into_an_empty_slot_appears_in_the_running_guest_and_goes_again() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("plug-disk");
+    let (empty, disk) = (dir.join("empty.disk"), dir.join("plugged.raw"));
+    std::fs::write(&empty, b"").unwrap();
+    let mut content = b"hull-plugged!".to_vec();
+    content.resize(1 << 20, 0);
+    std::fs::write(&disk, &content).unwrap();
+    let script = "size() { $B cat /sys/block/vda/size; }; echo slot-size=$(size); \
+                  while [ $(size) = 0 ]; do $B sleep 0.1; done; \
+                  echo plugged-size=$(size) head=$($B head -c 13 /dev/vda); \
+                  echo write=$(echo x | $B dd of=/dev/vda bs=512 count=1 conv=fsync 2>&1 >/dev/null | $B head -1 | $B cut -c1-9); \
+                  echo read-it-all; while [ $(size) != 0 ]; do $B sleep 0.1; done; \
+                  echo unplugged-size=$(size); $B poweroff -f";
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let (socket, log) = (dir.join("vmm.ctl"), dir.join("console.log"));
+    let mut command = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    command
+        .arg("--disk")
+        .arg(&empty)
+        .arg("--control-socket")
+        .arg(&socket)
+        .arg("--serial-log")
+        .arg(&log);
+    let wait_for = |marker: &str| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains(marker) {
+            assert!(std::time::Instant::now() < deadline, "no {marker} on the console");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (run, replies) = timed_boot_with(command, LIMIT, |_| {
+        wait_for("slot-size=0");
+        let stream = UnixStream::connect(&socket).unwrap();
+        let ask = |request: VmmRequest, fd: Option<&std::fs::File>| vmm::control::ask(&stream, &request, fd).unwrap();
+        // Opened read-only: the guest may read it, not write it.
+        let plugged = ask(
+            VmmRequest::PlugDisk { slot: 0 },
+            Some(&std::fs::File::open(&disk).unwrap()),
+        );
+        let again = ask(
+            VmmRequest::PlugDisk { slot: 0 },
+            Some(&std::fs::File::open(&disk).unwrap()),
+        );
+        let no_slot = ask(
+            VmmRequest::PlugDisk { slot: 9 },
+            Some(&std::fs::File::open(&disk).unwrap()),
+        );
+        wait_for("read-it-all");
+        let unplugged = ask(VmmRequest::UnplugDisk { slot: 0 }, None::<&std::fs::File>);
+        (plugged, again, no_slot, unplugged)
+    })
+    .unwrap();
+    let console = run.console.join("\n");
+    assert_eq!(run.status.code(), Some(0), "{console}");
+    let (plugged, again, no_slot, unplugged) = replies;
+    assert_eq!((plugged, unplugged), (VmmReply::Done, VmmReply::Done), "{console}");
+    assert!(
+        matches!(&again, VmmReply::Failed { reason } if reason.contains("holds a disk already")),
+        "{again:?}"
+    );
+    assert!(
+        matches!(&no_slot, VmmReply::Failed { reason } if reason.contains("no disk slot 9")),
+        "{no_slot:?}"
+    );
+    assert!(console.contains("plugged-size=2048 head=hull-plugged!"), "{console}");
+    // dd's own error, and the kernel's: the host refused the write.
+    assert!(
+        console.contains("write=dd: ") && console.contains("I/O error, dev vda"),
+        "a read-only plug took a write:\n{console}"
+    );
+    assert!(console.contains("unplugged-size=0"), "{console}");
+    assert_eq!(std::fs::read(&disk).unwrap(), content, "the read-only disk changed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
 fn a_nic_on_a_host_tap_carries_frames_both_ways() {
     use std::io::Read;
     use std::process::Command;

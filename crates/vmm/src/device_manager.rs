@@ -247,6 +247,20 @@ impl DeviceManager {
         })
     }
 
+    /// Plugs `disk` into empty disk slot `slot` (the guest's vda is 0), or
+    /// takes a disk plugged so out again, while the guest runs.
+    pub fn plug_disk(&self, slot: u8, disk: Option<File>) -> Result<(), VmError> {
+        let device = self
+            .virtio
+            .iter()
+            .filter(|d| lock(&d.transport).device_type() == TYPE_BLOCK)
+            .nth(usize::from(slot))
+            .ok_or(VmError::NoSuchDisk(slot))?;
+        lock(&device.transport)
+            .plug(disk)
+            .map_err(|source| VmError::PlugDisk { slot, source })
+    }
+
     /// The NICs, by slot (the guest's eth0 is slot 0).
     fn nics(&self) -> impl Iterator<Item = (u8, &VirtioSlot)> {
         let nics = self

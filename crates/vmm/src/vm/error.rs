@@ -36,6 +36,10 @@ pub enum VmError {
     Share(#[from] crate::devices::virtio::fs::ShareError),
     #[error("the VM has no NIC {0}")]
     NoSuchNic(u8),
+    #[error("the VM has no disk slot {0}")]
+    NoSuchDisk(u8),
+    #[error("disk slot {slot}: {source}")]
+    PlugDisk { slot: u8, source: std::io::Error },
     #[error("control socket {path}: {source}")]
     Control { path: String, source: std::io::Error },
     #[error("{count} devices asked for; at most {max} fit")]

@@ -258,6 +258,16 @@ impl Vmm<'_> {
                 },
             },
             VmmRequest::UnplugNic { slot } => done(self.devices.plug_nic(slot, None)),
+            VmmRequest::PlugDisk { .. } | VmmRequest::UnplugDisk { .. } if self.gate.requested() => VmmReply::Failed {
+                reason: "the VM is paused: resume it to change its disks".into(),
+            },
+            VmmRequest::PlugDisk { slot } => match fd {
+                Some(disk) => done(self.devices.plug_disk(slot, Some(disk))),
+                None => VmmReply::Failed {
+                    reason: "no disk descriptor came with the request".into(),
+                },
+            },
+            VmmRequest::UnplugDisk { slot } => done(self.devices.plug_disk(slot, None)),
             // For the VMM the VM is about to migrate to on this host.
             VmmRequest::Taps => match self.devices.lend_taps() {
                 Ok(taps) => {

@@ -229,9 +229,18 @@ impl MmioTransport {
         self.device.backend_fd()
     }
 
-    /// Plugs the device's host side into `backend` (`VirtioDevice::plug`).
+    /// Plugs the device's host side into `backend` (`VirtioDevice::plug`);
+    /// a configuration it changes (a disk's size) is announced to the driver.
     pub fn plug(&mut self, backend: Option<std::fs::File>) -> std::io::Result<()> {
-        self.device.plug(backend)
+        let before = self.device.config();
+        self.device.plug(backend)?;
+        if self.device.config() != before {
+            self.config_generation = self.config_generation.wrapping_add(1);
+            if self.driver_ok() {
+                self.interrupt.signal_config_change();
+            }
+        }
+        Ok(())
     }
 
     /// A descriptor of what the device's host side is plugged into
@@ -365,5 +374,33 @@ mod tests {
         t.write(0x30, &99u32.to_le_bytes());
         assert_eq!(read32(&mut t, 0x34), 0, "no such queue");
         t.write(0x50, &99u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_disk_plugged_while_running_is_announced_as_a_config_change() {
+        let dir = std::env::temp_dir().join(format!("hull-mmio-plug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (empty, disk) = (dir.join("empty"), dir.join("disk"));
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&disk, vec![7u8; 4096]).unwrap();
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let block = super::super::block::Block::open(&empty, false).unwrap();
+        let mut t = MmioTransport::new(Box::new(block), memory(), interrupt);
+        t.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        assert_eq!(read32(&mut t, 0x100), 0, "no sectors");
+
+        t.plug(Some(std::fs::File::open(&disk).unwrap())).unwrap();
+        assert_eq!(read32(&mut t, 0x100), 8, "8 sectors");
+        assert_eq!(read32(&mut t, 0xfc), 1, "the generation moved on");
+        assert_ne!(read32(&mut t, 0x60) & super::super::INT_CONFIG, 0);
+
+        // A refused plug changes nothing and says nothing.
+        t.write(0x64, &u32::MAX.to_le_bytes());
+        assert!(t.plug(Some(std::fs::File::open(&disk).unwrap())).is_err());
+        assert_eq!((read32(&mut t, 0xfc), read32(&mut t, 0x60)), (1, 0));
+
+        t.plug(None).unwrap();
+        assert_eq!((read32(&mut t, 0x100), read32(&mut t, 0xfc)), (0, 2));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

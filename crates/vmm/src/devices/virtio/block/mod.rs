@@ -2,6 +2,8 @@
 //! with fdatasync(2). Data moves between the file and guest memory with one
 //! preadv(2)/pwritev(2) per request, straight into the guest's buffers.
 //! While a migration copies the disk, writes are logged (`written`).
+//! An empty slot (a zero-length file) takes a disk while the guest runs
+//! (`plug`): the driver sees its capacity change, as on a resize.
 
 pub mod written;
 
@@ -48,10 +50,17 @@ pub fn whole_sectors(bytes: u64) -> u64 {
 
 pub struct Block {
     file: File,
+    /// Writes are refused (the file may be open for reading only).
     read_only: bool,
+    /// What the driver was told at its start: fixed, as features are.
+    read_only_feature: bool,
     sectors: u64,
     id: [u8; ID_BYTES],
     written: Arc<WrittenChunks>,
+    /// The slot's own empty file while a disk plugged into the running VM
+    /// is in its place (the VM's configuration, which a migration's
+    /// destination is given, does not name that disk).
+    unplugged: Option<File>,
 }
 
 /// A disk as a migration copies it: a descriptor of its file of its own,
@@ -78,10 +87,56 @@ impl Block {
         Ok(Block {
             file,
             read_only,
+            read_only_feature: read_only,
             sectors,
             id,
             written: Arc::new(WrittenChunks::new(sectors * SECTOR)),
+            unplugged: None,
         })
+    }
+
+    /// Puts `file` in this empty slot (its access mode decides whether the
+    /// guest may write it), or, with `None`, takes a disk plugged so out
+    /// again (the slot reads as empty). A disk the VM started with stays.
+    fn plug_disk(&mut self, file: Option<File>) -> std::io::Result<()> {
+        let refused = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+        match file {
+            Some(file) => {
+                if self.sectors > 0 || self.unplugged.is_some() {
+                    return Err(refused("the slot holds a disk already"));
+                }
+                let metadata = file.metadata()?;
+                if !metadata.is_file() {
+                    return Err(refused("a disk must be a regular file"));
+                }
+                let read_only = match access_mode(&file)? {
+                    libc::O_RDONLY => true,
+                    libc::O_RDWR => false,
+                    _ => return Err(refused("the disk's file is open for writing only")),
+                };
+                let sectors = metadata.len() / SECTOR;
+                if sectors == 0 {
+                    return Err(refused("the disk is empty"));
+                }
+                self.unplugged = Some(std::mem::replace(&mut self.file, file));
+                self.read_only = read_only;
+                self.sectors = sectors;
+                self.id = [0; ID_BYTES];
+                self.written = Arc::new(WrittenChunks::new(sectors * SECTOR));
+            }
+            None => {
+                let empty = self
+                    .unplugged
+                    .take()
+                    .ok_or_else(|| refused("the slot holds no disk plugged while the VM ran"))?;
+                // The plugged file is closed; the slot reads as empty again.
+                self.file = empty;
+                self.read_only = self.read_only_feature;
+                self.sectors = 0;
+                self.written = Arc::new(WrittenChunks::new(0));
+            }
+        }
+        Ok(())
     }
 
     /// Serves one request; returns (status, bytes written into guest buffers).
@@ -224,6 +279,16 @@ impl Block {
     }
 }
 
+/// `O_RDONLY`, `O_WRONLY` or `O_RDWR`: how `file` was opened.
+fn access_mode(file: &File) -> std::io::Result<i32> {
+    // SAFETY: F_GETFL on a descriptor `file` owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    match flags {
+        -1 => Err(std::io::Error::last_os_error()),
+        flags => Ok(flags & libc::O_ACCMODE),
+    }
+}
+
 /// Which way a transfer goes, seen from the guest.
 #[derive(Clone, Copy)]
 enum Direction {
@@ -273,12 +338,22 @@ impl VirtioDevice for Block {
         TYPE_BLOCK
     }
 
+    fn plug(&mut self, backend: Option<File>) -> std::io::Result<()> {
+        self.plug_disk(backend)
+    }
+
+    fn migration_blocker(&self) -> Option<String> {
+        self.unplugged
+            .is_some()
+            .then(|| "a disk was plugged into the VM while it ran (a container joined to its network)".into())
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
 
     fn features(&self) -> u64 {
-        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        let ro = if self.read_only_feature { VIRTIO_BLK_F_RO } else { 0 };
         VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | ro
     }
 
@@ -561,5 +636,87 @@ mod tests {
         }
         assert_eq!(std::fs::read(&path).unwrap().len(), 8 * 512, "the disk is intact");
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// One sector read at `sector` into 0x9000; its status.
+    fn read_sector(block: &mut Block, memory: &GuestMemoryMmap, sector: u64) -> u8 {
+        header(memory, VIRTIO_BLK_T_IN, sector);
+        request(
+            block,
+            memory,
+            &[
+                desc(0x8000, 16, NEXT, 1),
+                desc(0x9000, 512, NEXT | WRITE, 2),
+                desc(0xa000, 1, WRITE, 0),
+            ],
+        );
+        status(memory)
+    }
+
+    #[test]
+    fn an_empty_slot_takes_a_disk_while_running_and_gives_it_back() {
+        let empty_path = std::env::temp_dir().join(format!("hull-blk-empty-{}", std::process::id()));
+        std::fs::write(&empty_path, b"").unwrap();
+        let mut slot = Block::open(&empty_path, false).unwrap();
+        let features = slot.features();
+        let memory = memory();
+        assert_ne!(
+            read_sector(&mut slot, &memory, 0),
+            VIRTIO_BLK_S_OK,
+            "an empty slot has no sectors"
+        );
+        assert_eq!(slot.migration_blocker(), None);
+
+        // Opened read-only: the guest reads it and cannot write it.
+        let (_, path) = disk("plugged", false);
+        slot.plug(Some(File::open(&path).unwrap())).unwrap();
+        assert_eq!(slot.config()[..8], 8u64.to_le_bytes(), "its capacity");
+        assert_eq!(slot.features(), features, "features stay as negotiated");
+        assert_eq!(read_sector(&mut slot, &memory, 6), VIRTIO_BLK_S_OK);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(0x9000 + 9)).unwrap(), 6);
+        header(&memory, VIRTIO_BLK_T_OUT, 1);
+        request(
+            &mut slot,
+            &memory,
+            &[
+                desc(0x8000, 16, NEXT, 1),
+                desc(0x9000, 512, NEXT, 2),
+                desc(0xa000, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(status(&memory), VIRTIO_BLK_S_IOERR, "a read-only plug refuses writes");
+        assert!(
+            slot.migration_blocker().is_some(),
+            "the VM's configuration does not name it"
+        );
+
+        // One disk a slot; a second is refused and changes nothing.
+        let refused = slot.plug(Some(File::open(&path).unwrap())).unwrap_err();
+        assert!(refused.to_string().contains("holds a disk already"), "{refused}");
+        assert_eq!(read_sector(&mut slot, &memory, 7), VIRTIO_BLK_S_OK);
+
+        slot.plug(None).unwrap();
+        assert_eq!(slot.config()[..8], 0u64.to_le_bytes());
+        assert_ne!(read_sector(&mut slot, &memory, 0), VIRTIO_BLK_S_OK);
+        assert_eq!(slot.migration_blocker(), None);
+        assert!(slot.plug(None).is_err(), "nothing plugged to take out");
+
+        // Read-write this time; an empty file and a directory are no disks.
+        let rw = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        slot.plug(Some(rw)).unwrap();
+        assert!(!slot.read_only);
+        slot.plug(None).unwrap();
+        assert!(slot.plug(Some(File::open(&empty_path).unwrap())).is_err());
+        assert!(slot.plug(Some(File::open(std::env::temp_dir()).unwrap())).is_err());
+        let write_only = OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(slot.plug(Some(write_only)).is_err());
+
+        // A disk the VM started with is not taken out.
+        let (mut started_with, other) = disk("started", true);
+        assert!(started_with.plug(None).is_err());
+        assert!(started_with.plug(Some(File::open(&path).unwrap())).is_err());
+        for p in [empty_path, path, other] {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 }
