@@ -17,6 +17,7 @@ mod archive;
 mod host_changes;
 mod host_link;
 mod init;
+mod joined;
 mod limits;
 mod machine;
 mod mounts;
@@ -567,6 +568,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
             return;
         }
         Ok(Some(Frame::Control(Control::Exec(spec)))) => (spec, Pids::Container),
+        Ok(Some(Frame::Control(Control::Join(spec)))) => return joined::run(*spec, &sink, input, &reaper),
         Ok(Some(Frame::Control(Control::Stats))) => {
             send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
             return wait_for_host_close(&sink, input);
@@ -634,6 +636,7 @@ fn serve_exec(conn: File, reaper: Reaper) {
                     // owners, modes and device files as they are.
                     capabilities: proto::capabilities::ALL.iter().map(|c| c.to_string()).collect(),
                     session: 0,
+                    container: String::new(),
                 }),
                 // In the container's namespace: after the chroot its
                 // `/proc/self/exe` is looked up in the container's /proc,
@@ -708,7 +711,14 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
     let Some(program) = spec.argv.first() else {
         return Err(("no command given".into(), 125));
     };
-    let root = std::path::Path::new(ROOT);
+    // The VM's own container's root, or a joined one's.
+    let root_path = match spec.container.as_str() {
+        "" => ROOT.to_string(),
+        joined => {
+            joined::running_root(joined).ok_or_else(|| (format!("no container {joined} runs in this VM"), 125))?
+        }
+    };
+    let root = std::path::Path::new(&root_path);
     let cwd = root.join(spec.cwd.trim_start_matches('/'));
     // Like Docker, a missing working directory is created.
     if let Err(e) = std::fs::create_dir_all(&cwd) {
@@ -746,7 +756,7 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
     let mut terminal = None;
     match spec.tty {
         Some(size) => {
-            let pty = terminal::open(&format!("{ROOT}/dev/pts"), size)
+            let pty = terminal::open(&format!("{root_path}/dev/pts"), size)
                 .map_err(|e| (format!("opening a terminal: {e}"), 125))?;
             let slave = |file: &File| file.try_clone().map_err(|e| (format!("opening a terminal: {e}"), 125));
             command
@@ -764,12 +774,12 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
     let dropped = dropped_capabilities(&spec.capabilities).map_err(|e| (e, 125))?;
     let (uid, gid, groups) = (identity.uid, identity.gid, identity.groups);
     let cwd = CString::new(spec.cwd.as_str()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
+    let chroot_to = CString::new(root_path.as_str()).map_err(|_| ("root contains NUL".to_string(), 125))?;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
             limits::join_in_child()?;
-            let root = c"/mnt/root";
-            if libc::chroot(root.as_ptr()) != 0 {
+            if libc::chroot(chroot_to.as_ptr()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // PID 1 of a namespace of its own: a /proc of that namespace,
@@ -805,8 +815,8 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
         });
     }
     let _spawning = SPAWN_LOCK.lock();
-    let entered =
-        pid_namespace::enter(pids).map_err(|e| (format!("entering the container's PID namespace: {e}"), 125))?;
+    let entered = pid_namespace::enter(pids, &spec.container)
+        .map_err(|e| (format!("entering the container's PID namespace: {e}"), 125))?;
     let spawned = command.spawn();
     drop(entered);
     let child = spawned.map_err(|e| match e.kind() {
@@ -816,7 +826,7 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
         _ => (format!("exec: \"{program}\": {e}"), 126),
     })?;
     if pids == Pids::New {
-        if let Err(e) = pid_namespace::remember_container(child.id()) {
+        if let Err(e) = pid_namespace::remember_container(&spec.container, child.id()) {
             console(&format!(
                 "the container's PID namespace: {e}; its execs start in the VM's"
             ));

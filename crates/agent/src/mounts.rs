@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use proto::{MountSource, MountSpec, RunSpec};
 
-fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+pub(crate) fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"));
     let (source_c, target_c, fstype_c, data_c) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     // A missing mount point is made a directory; a file stays one (a
@@ -46,7 +46,8 @@ pub fn early() -> io::Result<()> {
 
 /// The image's filesystem and the container's writes: the overlay's layers.
 pub const IMAGE: &str = "/mnt/image";
-const WRITABLE: &str = "/mnt/rw";
+/// Where the VM's writable disk is mounted.
+pub(crate) const WRITABLE: &str = "/mnt/rw";
 
 /// The overlay's upper layer: the container's own changes.
 pub fn upper() -> String {
@@ -95,6 +96,11 @@ pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
         &format!("lowerdir={IMAGE},upperdir={upper},workdir={work}"),
     )?;
     crate::steps::done("the overlay mounted");
+    kernel_filesystems(root)
+}
+
+/// The kernel filesystems a container expects, inside its `root`.
+pub fn kernel_filesystems(root: &str) -> io::Result<()> {
     let inside = |p: &str| format!("{root}{p}");
     mount("proc", &inside("/proc"), "proc", NOSUID_NODEV_NOEXEC, "")?;
     mount(

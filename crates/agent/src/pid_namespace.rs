@@ -8,6 +8,7 @@
 //! `unshare`/`setns` change for that thread alone: the spawning thread
 //! switches for one spawn, under the spawn lock, and switches back.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Mutex, OnceLock};
@@ -24,8 +25,9 @@ pub enum Pids {
     Vm,
 }
 
-/// The container's namespace, once its command started in one.
-static CONTAINER: Mutex<Option<File>> = Mutex::new(None);
+/// Each container's namespace, once its command started in one: the VM's
+/// own container under "", a joined one under its ID.
+static CONTAINERS: Mutex<BTreeMap<String, File>> = Mutex::new(BTreeMap::new());
 
 fn vm_namespace() -> std::io::Result<&'static File> {
     static VM: OnceLock<File> = OnceLock::new();
@@ -51,8 +53,9 @@ pub struct Entered {
     switched: bool,
 }
 
-/// Makes this thread's next children start where `pids` says.
-pub fn enter(pids: Pids) -> std::io::Result<Entered> {
+/// Makes this thread's next children start where `pids` says (`Container`:
+/// `container`'s namespace, "" being the VM's own container).
+pub fn enter(pids: Pids, container: &str) -> std::io::Result<Entered> {
     // Opened first: the way back must be there before leaving.
     vm_namespace()?;
     match pids {
@@ -65,8 +68,8 @@ pub fn enter(pids: Pids) -> std::io::Result<Entered> {
             Ok(Entered { switched: true })
         }
         Pids::Container => {
-            let container = CONTAINER.lock().unwrap_or_else(|e| e.into_inner());
-            match container.as_ref() {
+            let containers = CONTAINERS.lock().unwrap_or_else(|e| e.into_inner());
+            match containers.get(container) {
                 Some(namespace) => {
                     set_for_children(namespace)?;
                     Ok(Entered { switched: true })
@@ -92,10 +95,18 @@ impl Drop for Entered {
     }
 }
 
-/// Keeps the namespace the container's command `pid` (a PID of the VM's
+/// Keeps the namespace `container`'s command `pid` (a PID of the VM's
 /// namespace) started in, for its execs.
-pub fn remember_container(pid: u32) -> std::io::Result<()> {
+pub fn remember_container(container: &str, pid: u32) -> std::io::Result<()> {
     let namespace = File::open(format!("/proc/{pid}/ns/pid"))?;
-    *CONTAINER.lock().unwrap_or_else(|e| e.into_inner()) = Some(namespace);
+    CONTAINERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(container.to_string(), namespace);
     Ok(())
+}
+
+/// `container` (a joined one) has ended: its namespace is not entered again.
+pub fn forget_container(container: &str) {
+    CONTAINERS.lock().unwrap_or_else(|e| e.into_inner()).remove(container);
 }

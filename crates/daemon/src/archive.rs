@@ -56,6 +56,7 @@ impl Reach {
 /// operation if it is stopped (blocking: that VM starts first).
 pub(crate) fn reach(daemon: &Daemon, reference: &str) -> Result<Reach, ApiError> {
     let record = daemon.containers.find(reference)?;
+    crate::containers::needs_own_vm(&record.id, "reaching the container's files (cp, diff, export, commit)")?;
     let dir = ContainerDir::new(&record.id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

@@ -87,6 +87,16 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
             anonymous.push(path);
         }
     }
+    // On another's network, it runs in that container's VM.
+    let joins = match request.network.joins() {
+        Some(target) => {
+            let target = joined_vm(daemon, target, &request)?;
+            // Its image's VOLUMEs stay in its own writable layer.
+            anonymous.clear();
+            Some(target)
+        }
+        None => None,
+    };
     let volumes = crate::volumes::plan(&request.binds, &request.mounts, &anonymous)?;
     request
         .network
@@ -100,7 +110,11 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         Some(name) => name,
         None => unused_generated_name(daemon)?,
     };
-    let hostname = request.hostname.take().unwrap_or_else(|| id[..12].to_string());
+    let hostname = match &joins {
+        // The VM's, which it shares.
+        Some(target) => ContainerDir::new(target).spec()?.hostname,
+        None => request.hostname.take().unwrap_or_else(|| id[..12].to_string()),
+    };
     let raw = &request.raw;
     let mut docker_config = raw.clone();
     if let Some(object) = docker_config.as_object_mut() {
@@ -164,9 +178,10 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         record.process_env = process.env;
         record.host_config.links = Some(links.stored);
     }
-    record.host_config.network_mode = match request.network.is_default_mode() {
-        true => "bridge".to_string(),
-        false => crate::networking::mode_name(&network),
+    record.host_config.network_mode = match (&joins, request.network.is_default_mode()) {
+        (Some(target), _) => format!("container:{target}"),
+        (None, true) => "bridge".to_string(),
+        (None, false) => crate::networking::mode_name(&network),
     };
     let binds = match crate::volumes::resolve_binds(&volumes) {
         Ok(binds) => binds,
@@ -215,6 +230,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         pid_host: request.pid_host,
         init: request.init,
         auto_remove: record.host_config.auto_remove,
+        joins,
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);
@@ -226,6 +242,35 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
     tracing::info!("created container {id} ({})", record.name);
     daemon.container_event_of(&record, "create", &[]);
     Ok(id)
+}
+
+/// The container whose VM a container on `target`'s network runs in:
+/// `target`'s own, or the one `target` itself joined. What such a
+/// container cannot have of its own is refused (dockerd's words where it
+/// refuses too).
+fn joined_vm(daemon: &Daemon, target: &str, request: &CreateRequest) -> Result<String, ApiError> {
+    if request.hostname.is_some() {
+        return Err(ApiError::bad_request(
+            "conflicting options: hostname and the network mode",
+        ));
+    }
+    if !request.links.is_empty() {
+        return Err(ApiError::bad_request(
+            "conflicting options: container type network can't be used with links. This would result in undefined behavior",
+        ));
+    }
+    if !request.binds.is_empty() || !request.mounts.is_empty() || !request.anonymous_volumes.is_empty() {
+        return Err(ApiError::bad_request(
+            "volumes and bind mounts are not supported yet for a container on another container's network: it runs in that container's VM, whose disk slots and shares are fixed when it starts",
+        ));
+    }
+    if request.pids_limit.is_some() {
+        return Err(ApiError::bad_request(
+            "--pids-limit is not supported for a container on another container's network: it shares that container's process limit",
+        ));
+    }
+    let record = daemon.containers.find(target)?;
+    Ok(ContainerDir::new(&record.id).spec()?.joins.unwrap_or(record.id))
 }
 
 /// The client's HostConfig with what Docker fills in and tools read.
@@ -722,10 +767,22 @@ fn resume_for_signal(daemon: &Daemon, record: &ContainerRecord, dir: &ContainerD
     }
 }
 
+/// Refuses `what` for a container that runs in another container's VM
+/// (on its network): it has no VM of its own to act on.
+pub(crate) fn needs_own_vm(id: &str, what: &str) -> Result<(), ApiError> {
+    match ContainerDir::new(id).spec().ok().and_then(|spec| spec.joins) {
+        Some(target) => Err(ApiError::conflict(format!(
+            "{what} is not supported for container {id}: it runs in container {target}'s VM, on its network (--network container:), and has no VM of its own"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `pause` (true) or `unpause`: the whole VM stops or goes on.
 fn set_paused(daemon: &Daemon, reference: &str, paused: bool) -> Result<Response, ApiError> {
     let (record, state) = lookup(daemon, reference)?;
     let id = &record.id;
+    needs_own_vm(id, if paused { "pause" } else { "unpause" })?;
     match &state {
         Some(s) if s.status == RunStatus::Running && s.paused == paused => {
             let already = if paused { "already paused" } else { "not paused" };

@@ -246,6 +246,13 @@ impl Daemon {
 
     fn start_once(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let dir = ContainerDir::new(id);
+        if let Some(target) = dir.spec()?.joins {
+            if !ContainerDir::new(&target).is_running() {
+                return Err(ApiError::conflict(format!(
+                    "cannot join network of a non running container: {target}"
+                )));
+            }
+        }
         crate::links::check_at_start(self, &self.containers.find(id)?, &dir.spec()?.network)?;
         // A volume another VM has is refused here, with a 409, rather than
         // by the supervisor after it started (it checks again, race-free).

@@ -203,6 +203,7 @@ pub async fn create(
         capabilities: record.host_config.capabilities(),
         // Its connection is taken back through the new VMM when the VM moves.
         session: rand_session(),
+        container: joined_id(&record.id),
     };
     let id = crate::containers::random_hex(32);
     let exec = ExecRecord::new(&id, &record.id, spec, (body.detach_keys, detach_keys));
@@ -269,6 +270,15 @@ pub async fn resize(
 #[serde(rename_all = "PascalCase", default)]
 pub struct StartBody {
     detach: bool,
+}
+
+/// How an exec names container `id` to its VM's agent: by its ID if it
+/// runs in another container's VM (on that one's network), else "".
+pub fn joined_id(id: &str) -> String {
+    match ContainerDir::new(id).spec().ok().and_then(|spec| spec.joins) {
+        Some(_) => id.to_string(),
+        None => String::new(),
+    }
 }
 
 /// Sends the first request on a new agent connection (`connection`, from
@@ -472,6 +482,7 @@ mod tests {
             tty: None,
             capabilities: Vec::new(),
             session: 0,
+            container: String::new(),
         };
         ExecRecord::new(id, container, spec, (String::new(), Vec::new()))
     }

@@ -277,6 +277,7 @@ fn probe(dir: &ContainerDir, record: &ContainerRecord, check: &HealthCheck) -> P
         tty: None,
         capabilities: record.host_config.capabilities(),
         session: 0,
+        container: crate::exec::joined_id(&record.id),
     };
     let (exit_code, output) = match run(dir, spec, check.timeout) {
         Ok(result) => result,

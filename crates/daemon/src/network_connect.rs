@@ -27,6 +27,11 @@ pub async fn connect(
     let body = ConnectBody::parse(&body)?;
     crate::api::blocking(move || {
         let (record, container, dir, spec) = parties(&daemon, &reference, &body.container)?;
+        if spec.joins.is_some() {
+            return Err(ApiError::bad_request(
+                "container sharing network namespace with another container or host cannot be connected to any other network",
+            ));
+        }
         if spec.network.on(&record.id).is_some() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

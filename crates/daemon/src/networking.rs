@@ -34,7 +34,7 @@ pub struct PortBindingBody {
     pub host_port: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct EndpointBody {
     #[serde(rename = "IPAMConfig")]
@@ -43,7 +43,7 @@ pub struct EndpointBody {
     pub mac_address: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct IpamBody {
     #[serde(rename = "IPv4Address")]
@@ -289,6 +289,8 @@ enum Mode {
     None,
     Default,
     Named(String),
+    /// Another container's network (`container:NAME`): its VM's.
+    Container(String),
 }
 
 /// A create request's networking, parsed and checked: nothing is looked
@@ -330,11 +332,14 @@ impl NetworkIntent {
                     "--network host is not supported: every hull container is a VM with its own network stack",
                 ))
             }
-            m if m.starts_with("container:") => {
-                return Err(ApiError::bad_request(
-                    "--network container:NAME is not supported yet by hull (each container is its own VM)",
-                ))
-            }
+            m if m.starts_with("container:") => match &m["container:".len()..] {
+                "" => {
+                    return Err(ApiError::bad_request(
+                        "invalid --network: container: names no container",
+                    ))
+                }
+                name => Mode::Container(name.to_string()),
+            },
             "" | "default" | "bridge" => Mode::Default,
             name => Mode::Named(name.to_string()),
         };
@@ -344,6 +349,9 @@ impl NetworkIntent {
             return Err(ApiError::bad_request(
                 "conflicting options: port publishing and the container type network mode",
             ));
+        }
+        if matches!(mode, Mode::Container(_)) {
+            joined_conflicts(request, endpoints, config_mac)?;
         }
         let policy = match labels.get(POLICY_LABEL) {
             Some(level) => level.parse().map_err(ApiError::bad_request)?,
@@ -403,6 +411,62 @@ impl NetworkIntent {
     pub fn is_default_mode(&self) -> bool {
         self.mode_text.is_empty()
     }
+
+    /// The container whose network this one joins (`container:NAME`).
+    pub fn joins(&self) -> Option<&str> {
+        match &self.mode {
+            Mode::Container(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// What a container on another's network cannot have of its own, refused
+/// with dockerd's words: that container's network settings are its.
+fn joined_conflicts(
+    request: &NetworkRequest,
+    endpoints: &HashMap<String, EndpointBody>,
+    config_mac: &str,
+) -> Result<(), ApiError> {
+    let conflict = |what: &str| Err(ApiError::bad_request(format!("conflicting options: {what}")));
+    if request.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || request.publish_all_ports {
+        return conflict("port publishing and the container type network mode");
+    }
+    if request.dns.as_ref().is_some_and(|d| !d.is_empty())
+        || request.dns_search.as_ref().is_some_and(|d| !d.is_empty())
+        || request.dns_options.as_ref().is_some_and(|d| !d.is_empty())
+    {
+        return conflict("dns and the network mode");
+    }
+    if request.extra_hosts.as_ref().is_some_and(|h| !h.is_empty()) {
+        return conflict("custom host-to-IP mapping and the network mode");
+    }
+    if !config_mac.is_empty() || endpoints.values().any(|e| !e.mac_address.is_empty()) {
+        return conflict("mac-address and the network mode");
+    }
+    // The CLI sends an empty endpoint for the mode itself.
+    if endpoints.keys().any(|name| *name != request.network_mode) {
+        return Err(ApiError::bad_request(
+            "Container sharing network namespace with another container or host cannot be connected to any other network",
+        ));
+    }
+    if endpoints
+        .values()
+        .any(|e| e.aliases.as_ref().is_some_and(|a| !a.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            "network-scoped alias is supported only for containers in user defined networks",
+        ));
+    }
+    if endpoints
+        .values()
+        .any(|e| e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            "user specified IP address is supported only when connecting to networks with user configured subnets",
+        ));
+    }
+    Ok(())
 }
 
 /// The network `intent` asks for, its address leased to `id` and its host
@@ -429,7 +493,8 @@ pub fn plan(id: &str, intent: &NetworkIntent) -> Result<ContainerNetwork, ApiErr
         policy: intent.policy,
     };
     let primary: NetworkRecord = match &intent.mode {
-        Mode::None => return Ok(net),
+        // The VM it joins has the network: this container has none of its own.
+        Mode::None | Mode::Container(_) => return Ok(net),
         Mode::Default => network::ensure_default()?,
         Mode::Named(name) => network::find(name)?,
     };
@@ -655,6 +720,77 @@ mod tests {
     fn port_mappings(request: &NetworkRequest, exposed: &[String]) -> Result<Vec<PortMapping>, ApiError> {
         let intent = NetworkIntent::parse(request, &HashMap::new(), "", exposed, &HashMap::new())?;
         super::port_mappings(&intent.ports, &intent.bound, intent.publish_all, &intent.exposed)
+    }
+
+    #[test]
+    fn another_containers_network_takes_nothing_of_its_own() {
+        let parse = |request: NetworkRequest, endpoints: &[(&str, EndpointBody)], mac: &str| {
+            let endpoints = endpoints.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            NetworkIntent::parse(&request, &endpoints, mac, &[], &HashMap::new())
+        };
+        let joining = |request: NetworkRequest| NetworkRequest {
+            network_mode: "container:web".into(),
+            ..request
+        };
+        let intent = parse(joining(NetworkRequest::default()), &[], "").unwrap();
+        assert_eq!(intent.joins(), Some("web"));
+        // The CLI's empty endpoint for the mode itself is no network of its own.
+        let intent = parse(
+            joining(NetworkRequest::default()),
+            &[("container:web", EndpointBody::default())],
+            "",
+        );
+        assert_eq!(intent.unwrap().joins(), Some("web"));
+        assert_eq!(parse(NetworkRequest::default(), &[], "").unwrap().joins(), None);
+
+        let refused = |request: NetworkRequest, endpoints: &[(&str, EndpointBody)], mac: &str, expected: &str| {
+            let e = parse(request, endpoints, mac).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(expected), "{}", e.message);
+        };
+        refused(joining(bindings(&[("80/tcp", "", "8080")])), &[], "", "port publishing");
+        let publish_all = NetworkRequest {
+            publish_all_ports: true,
+            ..Default::default()
+        };
+        refused(joining(publish_all), &[], "", "port publishing");
+        let dns = NetworkRequest {
+            dns: Some(vec!["1.1.1.1".into()]),
+            ..Default::default()
+        };
+        refused(joining(dns), &[], "", "dns and the network mode");
+        let hosts = NetworkRequest {
+            extra_hosts: Some(vec!["a:10.0.0.1".into()]),
+            ..Default::default()
+        };
+        refused(joining(hosts), &[], "", "host-to-IP mapping");
+        refused(
+            joining(NetworkRequest::default()),
+            &[],
+            "02:42:ac:11:00:02",
+            "mac-address",
+        );
+        refused(
+            joining(NetworkRequest::default()),
+            &[("front", EndpointBody::default())],
+            "",
+            "cannot be connected to any other network",
+        );
+        let aliased = EndpointBody {
+            aliases: Some(vec!["a".into()]),
+            ..Default::default()
+        };
+        refused(
+            joining(NetworkRequest::default()),
+            &[("container:web", aliased)],
+            "",
+            "network-scoped alias",
+        );
+        let nameless = NetworkRequest {
+            network_mode: "container:".into(),
+            ..Default::default()
+        };
+        refused(nameless, &[], "", "names no container");
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub async fn update(
                 "Restart policy cannot be updated because AutoRemove is enabled for the container",
             ));
         }
+        if update.cpu.is_some() || update.memory_mib.is_some() || update.pids_limit.is_some() {
+            crate::containers::needs_own_vm(&record.id, "changing CPU, memory or pids limits")?;
+        }
         let dir = ContainerDir::new(&record.id);
         let spec = dir.spec()?;
         let memory_mib = update.memory_mib.unwrap_or(spec.memory_mib);

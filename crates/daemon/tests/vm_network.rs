@@ -547,6 +547,144 @@ fn running_containers_join_and_leave_networks() {
     ok(&hulld.docker(&["network", "rm", "front", "back"]));
 }
 
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
+    let (hulld, registry, image) = with_box_image("vm-joined", json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}));
+    // Another image (same files, another config): its disk is plugged into the running VM.
+    let other = testkit::oci::busybox_image(json!({"Cmd": ["sh"], "Env": ["PATH=/bin"], "Labels": {"other": "1"}}));
+    let other = testkit::oci::push_image(&registry, &hulld.work, other, "test/other:v1").unwrap();
+    ok(&hulld.docker(&["pull", "-q", &other]));
+    let web = ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        &image,
+        "sh",
+        "-c",
+        "busybox mkdir -p /www && echo served-by-web > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]));
+    let web = web.trim().to_string();
+    let web_ip = hulld.inspect("{{.NetworkSettings.IPAddress}}", "web");
+    let web_host = hulld.inspect("{{.Config.Hostname}}", "web");
+
+    // A container of web's image, attached, removed at its end: web's
+    // localhost, address and hostname are its own.
+    let joined = hulld.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:web",
+        &image,
+        "sh",
+        "-c",
+        "busybox wget -qO- http://127.0.0.1/; busybox hostname; busybox ip -o -4 addr; ls /www 2>&1; echo pid1=$(busybox cat /proc/1/comm)",
+    ]);
+    let said = format!("{}{}", text(&joined.stdout), text(&joined.stderr));
+    eprintln!("a container on web's network said:\n{said}");
+    assert!(joined.status.success(), "{said}");
+    assert!(said.contains("served-by-web"), "web's localhost: {said}");
+    assert!(
+        said.contains(&format!("{web_host}\n")),
+        "web's hostname {web_host}: {said}"
+    );
+    assert!(
+        said.contains(&format!("inet {web_ip}/")),
+        "web's address {web_ip}: {said}"
+    );
+    assert!(said.contains("No such file"), "a root of its own: {said}");
+    assert!(said.contains("pid1=sh"), "a PID namespace of its own: {said}");
+
+    // Another image's: its disk is plugged into web's VM while it runs.
+    // Detached, exec'd into, stopped, started.
+    let vdc = || {
+        hulld.inspect("{{.State.Running}}", "web") == "true" && {
+            let size = hulld.docker(&["exec", "web", "busybox", "cat", "/sys/block/vdc/size"]);
+            text(&size.stdout).trim() != "0"
+        }
+    };
+    assert!(!vdc(), "web's spare slot starts empty");
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "side",
+        "--network",
+        "container:web",
+        &other,
+        "sh",
+        "-c",
+        "echo side-up; exec busybox sleep 600",
+    ]));
+    assert_eq!(
+        hulld.inspect("{{.HostConfig.NetworkMode}}", "side"),
+        format!("container:{web}")
+    );
+    assert_eq!(hulld.inspect("{{.NetworkSettings.IPAddress}}", "side"), "");
+    let exec = |script: &str| {
+        let out = hulld.docker(&["exec", "side", "sh", "-c", script]);
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    };
+    assert!(exec("busybox wget -qO- http://127.0.0.1/").contains("served-by-web"));
+    assert!(
+        exec("echo mine > /mine; cat /proc/1/cmdline").contains("sleep"),
+        "its own PID 1"
+    );
+    let web_sees = hulld.docker(&["exec", "web", "ls", "/mine"]);
+    assert!(!web_sees.status.success(), "side's files are not web's");
+    eventually("side's output in its log", || {
+        text(&hulld.docker(&["logs", "side"]).stdout).contains("side-up")
+    });
+
+    // What it cannot have: dockerd's refusals, and what needs a VM of its own.
+    let refused = |args: &[&str], expected: &str| {
+        let out = hulld.docker(args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{args:?}: {err}");
+    };
+    refused(
+        &["run", "--network", "container:web", "-p", "8081:80", &image, "true"],
+        "conflicting options: port publishing",
+    );
+    refused(
+        &[
+            "create",
+            "--network",
+            "container:web",
+            "--hostname",
+            "h",
+            &image,
+            "true",
+        ],
+        "conflicting options: hostname",
+    );
+    refused(
+        &["create", "--network", "container:nosuch", &image, "true"],
+        "No such container",
+    );
+    refused(&["pause", "side"], "runs in container");
+    refused(
+        &["network", "connect", "bridge", "side"],
+        "cannot be connected to any other network",
+    );
+
+    assert!(vdc(), "side's image disk is in web's VM");
+    ok(&hulld.docker(&["stop", "-t", "1", "side"]));
+    assert_eq!(hulld.inspect("{{.State.Running}}", "side"), "false");
+    eventually("side's disk to be unplugged", || !vdc());
+    ok(&hulld.docker(&["start", "side"]));
+    assert!(exec("cat /mine").contains("mine"), "its writes kept across a restart");
+
+    // Its VM ends with web: so does it; it cannot start without it.
+    ok(&hulld.docker(&["stop", "-t", "1", "web"]));
+    eventually("side to end with web's VM", || {
+        hulld.inspect("{{.State.Running}}", "side") == "false"
+    });
+    refused(&["start", "side"], "cannot join network of a non running container");
+    ok(&hulld.docker(&["rm", "-f", "side", "web"]));
+}
+
 fn inspect_network_bridge(hulld: &Hulld, network: &str) -> String {
     ok(&hulld.docker(&[
         "network",

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 18;
+pub const PROTOCOL_VERSION: u32 = 19;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -73,6 +73,35 @@ pub struct ProcessSpec {
     /// 0: the exec ends with its connection.
     #[serde(default)]
     pub session: u64,
+    /// For an exec: the container of the VM it runs in, a joined one's ID
+    /// (`Join`); empty: the VM's own container.
+    #[serde(default)]
+    pub container: String,
+}
+
+/// Host → agent: a second container in this VM, sharing its network
+/// (Docker's `--network container:NAME`): a root of its own (its image's
+/// disk, plugged into the VM while it runs, or the VM's own image; its
+/// writes in a directory of the VM's writable disk), a PID namespace of its
+/// own, the VM's network, hosts and DNS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// The joined container's ID (lowercase hex): its directories in the
+    /// guest, and what its execs name.
+    pub id: String,
+    /// The guest's device of its image's disk (`/dev/vdc`); `None`: the
+    /// VM's own container's image.
+    pub image_device: Option<String>,
+    pub process: ProcessSpec,
+    /// Under the small init (`--init`).
+    #[serde(default)]
+    pub init: bool,
+}
+
+/// Whether `id` can name a joined container: 1 to 64 lowercase hex digits
+/// (it becomes part of paths in the guest).
+pub fn valid_container_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A terminal's size in characters (0 × 0: unknown).
@@ -378,6 +407,10 @@ pub enum Control {
     Run(Box<RunSpec>),
     /// Host → agent, first on an exec connection: run this process too.
     Exec(Box<ProcessSpec>),
+    /// Host → agent, first on an exec connection: run a joined container
+    /// (`JoinSpec`); its frames then go as an exec's do (`Started`, output,
+    /// `Exited` or `Failed`), and its root is taken down when it ends.
+    Join(Box<JoinSpec>),
     /// Host → agent, first on an exec connection: report CPU and memory.
     Stats,
     /// Agent → host: the answer to `Stats`.
@@ -616,6 +649,7 @@ mod tests {
             tty: Some(TerminalSize { rows: 24, cols: 80 }),
             capabilities: capabilities::docker_default(),
             session: 0,
+            container: String::new(),
         };
         round_trip(Frame::Control(Control::Run(Box::new(RunSpec {
             process: process.clone(),
@@ -736,6 +770,15 @@ mod tests {
             write_frame(&mut big, &Frame::Stdout(vec![0; MAX_FRAME])),
             Err(ProtoError::Oversized(_))
         ));
+    }
+
+    #[test]
+    fn joined_container_ids_are_hex_only() {
+        assert!(valid_container_id("0123456789abcdef"));
+        assert!(valid_container_id(&"a".repeat(64)));
+        for bad in ["", "../x", "ABC", "a/b", "a b", &"a".repeat(65)] {
+            assert!(!valid_container_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

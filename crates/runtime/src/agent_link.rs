@@ -29,10 +29,14 @@ pub fn connect(vsock: &Path, alive: &dyn Fn() -> bool) -> std::io::Result<UnixSt
     }
 }
 
-/// `connect` to a running container's agent through its VM's socket,
-/// waiting while the container runs.
+/// `connect` to a running container's agent through its VM's socket (the
+/// VM it joined, for a container on another's network), waiting while the
+/// container runs.
 pub fn connect_to(dir: &crate::container::ContainerDir) -> std::io::Result<UnixStream> {
-    connect(&dir.socket_dir().join("vsock.sock"), &|| dir.is_running())
+    let vm = dir.vm_dir();
+    connect(&vm.socket_dir().join("vsock.sock"), &|| {
+        dir.is_running() && vm.is_running()
+    })
 }
 
 fn try_connect(vsock: &Path) -> std::io::Result<UnixStream> {

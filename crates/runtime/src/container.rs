@@ -65,6 +65,10 @@ pub struct ContainerSpec {
     /// Removed with its disk when its command ends (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// The container (its ID) in whose VM this one runs, on its network
+    /// (`--network container:NAME`); `None`: a VM of its own.
+    #[serde(default)]
+    pub joins: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +355,26 @@ impl ContainerDir {
         match tap {
             Some(tap) => self.ask_vmm(VmmRequest::PlugNic { slot }, Some(tap)),
             None => self.ask_vmm(VmmRequest::UnplugNic { slot }, None),
+        }
+    }
+
+    /// The container whose VM this one runs in: itself, or the one whose
+    /// network it joined (`ContainerSpec::joins`).
+    pub fn vm_dir(&self) -> ContainerDir {
+        match self.spec().ok().and_then(|spec| spec.joins) {
+            Some(target) => ContainerDir::new(&target),
+            None => self.clone(),
+        }
+    }
+
+    /// Puts `disk` into empty disk slot `slot` of the running container's
+    /// VM (a container joining its network brings its image so), or takes
+    /// a disk put there out again.
+    pub fn plug_disk(&self, slot: u8, disk: Option<&std::fs::File>) -> Result<(), ContainerError> {
+        use proto::vmm_control::VmmRequest;
+        match disk {
+            Some(disk) => self.ask_vmm(VmmRequest::PlugDisk { slot }, Some(disk)),
+            None => self.ask_vmm(VmmRequest::UnplugDisk { slot }, None),
         }
     }
 

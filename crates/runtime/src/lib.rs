@@ -12,6 +12,7 @@ pub mod container_log;
 pub mod exec_link;
 pub mod guest;
 pub mod held;
+pub mod join;
 pub mod log_config;
 pub mod moving;
 pub mod network;

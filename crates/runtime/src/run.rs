@@ -102,7 +102,7 @@ struct Steering {
 }
 
 impl Steer {
-    fn new(conn: UnixStream) -> Steer {
+    pub(crate) fn new(conn: UnixStream) -> Steer {
         Steer::continuing(conn, 0)
     }
 
@@ -1110,24 +1110,9 @@ fn converse(
         Err(e) => return Err(lost(e.to_string())),
     }
     let disposable = request.disposable && !request.hold && guest_devices.mounts.is_empty();
-    let hostname = hostname.to_string();
-    let mut env = process.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.insert(1.min(env.len()), format!("HOSTNAME={hostname}"));
-    }
     let spec = RunSpec {
-        process: ProcessSpec {
-            argv: process.argv.clone(),
-            env,
-            cwd: process.workdir.clone(),
-            user: process.user.clone(),
-            groups: process.groups.clone(),
-            stdin: request.interactive,
-            tty: request.tty,
-            capabilities: request.capabilities.clone(),
-            session: 0,
-        },
-        hostname,
+        process: process_spec(request, process, hostname),
+        hostname: hostname.to_string(),
         root_device: "/dev/vda".into(),
         root_fstype: "ext4".into(),
         rw_device: Some("/dev/vdb".into()),
@@ -1152,6 +1137,27 @@ fn converse(
     let steer = Steer::new(sink);
     attachment.started(steer.clone());
     Ok((input, steer))
+}
+
+/// The command `request` runs, as the agent is told it: the process, its
+/// streams and capabilities, `HOSTNAME` set to `hostname` unless given.
+pub(crate) fn process_spec(request: &RunRequest, process: &Process, hostname: &str) -> ProcessSpec {
+    let mut env = process.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.insert(1.min(env.len()), format!("HOSTNAME={hostname}"));
+    }
+    ProcessSpec {
+        argv: process.argv.clone(),
+        env,
+        cwd: process.workdir.clone(),
+        user: process.user.clone(),
+        groups: process.groups.clone(),
+        stdin: request.interactive,
+        tty: request.tty,
+        capabilities: request.capabilities.clone(),
+        session: 0,
+        container: String::new(),
+    }
 }
 
 /// Passes the run connection's frames to `attachment` until the command

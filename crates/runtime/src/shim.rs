@@ -157,6 +157,9 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
         vmm_pid: 0,
         paused: false,
     };
+    if let Some(target) = &spec.joins {
+        return supervise_joined(dir, &spec, target, state, listener, shared);
+    }
     // Its network first: a port that is taken fails the start, as in Docker.
     let nic = match crate::network::attach::Attached::new(&dir.id, &spec.network) {
         Ok(nic) => nic,
@@ -200,6 +203,55 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
         )
         .map_err(|e| e.to_string())
     });
+    if arrived {
+        // The next run is a fresh VM, on its image's own disk, cloned from
+        // this host's template.
+        dir.forget_arrival();
+    }
+    // The VM is gone: its disks are free before anyone reads "exited".
+    drop(disks);
+    finish(dir, supervised, result, state, &shared)
+}
+
+/// A container on another's network: it runs in that container's VM
+/// (`join`), with no VM, network or disks of its own to start.
+fn supervise_joined(
+    dir: &ContainerDir,
+    spec: &crate::container::ContainerSpec,
+    target: &str,
+    state: RunState,
+    listener: UnixListener,
+    shared: Shared,
+) -> Result<i32, ContainerError> {
+    dir.write_state(&state)?;
+    {
+        let shared = shared.clone();
+        std::thread::spawn(move || serve(listener, shared));
+    }
+    let mut supervised = Supervised {
+        log: LogWriter::open(&dir.log_path(), &spec.log).map_err(|source| ContainerError::Io {
+            what: "opening the container log".into(),
+            source,
+        })?,
+        shared: shared.clone(),
+        dir: dir.clone(),
+        state: state.clone(),
+        failure: None,
+        departed: false,
+    };
+    let result = crate::join::join_in(dir, spec, target, &mut supervised);
+    finish(dir, supervised, result, state, &shared)
+}
+
+/// Records how the container's run ended (`result`: its status, or why
+/// it could not run) and tells the clients.
+fn finish(
+    dir: &ContainerDir,
+    mut supervised: Supervised,
+    result: Result<i32, String>,
+    mut state: RunState,
+    shared: &Shared,
+) -> Result<i32, ContainerError> {
     let code = match result {
         Ok(code) => code,
         Err(message) => {
@@ -217,13 +269,6 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
         state.error = DEPARTED.into();
     }
     supervised.log.flush();
-    if arrived {
-        // The next run is a fresh VM, on its image's own disk, cloned from
-        // this host's template.
-        dir.forget_arrival();
-    }
-    // The VM is gone: its disks are free before anyone reads "exited".
-    drop(disks);
     state.status = RunStatus::Exited;
     state.vmm_pid = 0;
     state.exit_code = Some(code);

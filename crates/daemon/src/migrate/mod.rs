@@ -118,6 +118,7 @@ pub async fn migrate(
         let daemon = daemon.clone();
         blocking(move || {
             let record = daemon.containers.find(&id)?;
+            crate::containers::needs_own_vm(&record.id, "migration")?;
             let dir = ContainerDir::new(&record.id);
             movable(&record.id, &dir)?;
             Ok((record, dir))

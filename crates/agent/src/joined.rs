@@ -1,0 +1,165 @@
+//! Containers that join this VM's network (Docker's `--network
+//! container:NAME`): a VM has one network stack, so a second container
+//! sharing it runs in the same VM, beside the VM's own container.
+//!
+//! Each has a root of its own: its image's disk (plugged into the running
+//! VM by the host; or the VM's own image) under an overlay whose writes go
+//! to a directory of the VM's writable disk, kept while the VM lives, so a
+//! restart of the joined container finds them. It has its own PID
+//! namespace, and the VM's own container's `/etc/hosts`, `/etc/resolv.conf`
+//! and `/etc/hostname` bound in, so a change of the VM's networks shows in
+//! both. When its command ends, its root is taken down and the host
+//! unplugs its disk.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use proto::JoinSpec;
+
+use crate::mounts;
+use crate::pid_namespace::{self, Pids};
+
+/// Where each joined container's image and root are mounted.
+const JOINED: &str = "/mnt/joined";
+/// How long a plugged disk may take to show its size in the guest.
+const DISK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The joined containers whose roots are up.
+static RUNNING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn root(id: &str) -> String {
+    format!("{JOINED}/{id}/root")
+}
+
+/// The root of joined container `id`, if it runs (its execs start there).
+pub fn running_root(id: &str) -> Option<String> {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    running.contains(id).then(|| root(id))
+}
+
+/// Runs joined container `spec` on the exec connection it came on: its
+/// frames go as an exec's, and its root is taken down when it ends.
+pub fn run(mut spec: JoinSpec, sink: &crate::Sink, input: File, reaper: &crate::Reaper) {
+    let refuse = |message: String, code: i32, input: File| {
+        crate::fail(sink, message, code);
+        crate::wait_for_host_close(sink, input);
+    };
+    if !proto::valid_container_id(&spec.id) {
+        return refuse(format!("{:?} is no container ID", spec.id), 125, input);
+    }
+    let started = RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(spec.id.clone());
+    if !started {
+        return refuse(format!("container {} runs in this VM already", spec.id), 125, input);
+    }
+    if let Err(e) = prepare(&spec) {
+        take_down(&spec.id);
+        return refuse(format!("preparing the container's root: {e}"), 125, input);
+    }
+    spec.process.container = spec.id.clone();
+    let mut process = match crate::spawn(&spec.process, Pids::New, spec.init) {
+        Ok(process) => process,
+        Err((message, code)) => {
+            take_down(&spec.id);
+            return refuse(message, code, input);
+        }
+    };
+    let id = spec.id.clone();
+    // Its PID namespace ends with its command; its mounts then go.
+    crate::relay(&mut process, sink, input, reaper, move || take_down(&id));
+}
+
+/// Mounts the container's image, its overlay and the kernel filesystems,
+/// and binds the VM's network files into it.
+fn prepare(spec: &JoinSpec) -> io::Result<()> {
+    let base = format!("{JOINED}/{}", spec.id);
+    let lower = match &spec.image_device {
+        Some(device) => {
+            wait_for_disk(device)?;
+            let image = format!("{base}/image");
+            mounts::mount(device, &image, "ext4", libc::MS_RDONLY, "noload")?;
+            image
+        }
+        None => mounts::IMAGE.to_string(),
+    };
+    let writes = format!("{}/joined/{}", mounts::WRITABLE, spec.id);
+    let (upper, work) = (format!("{writes}/upper"), format!("{writes}/work"));
+    for dir in [&upper, &work] {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = root(&spec.id);
+    mounts::mount(
+        "overlay",
+        &root,
+        "overlay",
+        0,
+        &format!("lowerdir={lower},upperdir={upper},workdir={work}"),
+    )?;
+    mounts::kernel_filesystems(&root)?;
+    for file in ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"] {
+        let source = format!("{}{file}", crate::ROOT);
+        if std::fs::metadata(&source).is_ok_and(|m| m.is_file()) {
+            let target = format!("{root}{file}");
+            plain_file_at(&target)?;
+            mounts::mount(&source, &target, "", libc::MS_BIND, "")?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `path` a regular file of its own: the image's may be a symbolic
+/// link, which a bind mount would follow out of the container's root.
+fn plain_file_at(path: &str) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    File::create(path).map(|_| ())
+}
+
+/// Waits until `device` (`/dev/vdX`, plugged just now) shows its size:
+/// the driver learns of it from a configuration change, a moment later.
+fn wait_for_disk(device: &str) -> io::Result<()> {
+    let name = device
+        .strip_prefix("/dev/")
+        .filter(|n| n.len() == 3 && n.starts_with("vd") && n.as_bytes()[2].is_ascii_lowercase())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{device:?} is no virtio disk")))?;
+    let deadline = Instant::now() + DISK_PATIENCE;
+    loop {
+        let size = std::fs::read_to_string(format!("/sys/block/{name}/size")).unwrap_or_default();
+        if size.trim().parse::<u64>().is_ok_and(|sectors| sectors > 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{device} did not appear within {} s", DISK_PATIENCE.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Takes joined container `id`'s root and image down (lazily: a process
+/// still ending lets go of them after), so the host may unplug its disk.
+fn take_down(id: &str) {
+    pid_namespace::forget_container(id);
+    let base = format!("{JOINED}/{id}");
+    for mount in [root(id), format!("{base}/image")] {
+        if let Ok(path) = std::ffi::CString::new(mount) {
+            // SAFETY: umount2 with a NUL-terminated path.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+}
