@@ -573,8 +573,8 @@ fn serve_exec(conn: File, reaper: Reaper) {
             send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
             return wait_for_host_close(&sink, input);
         }
-        Ok(Some(Frame::Control(Control::Top))) => {
-            let processes = report::processes();
+        Ok(Some(Frame::Control(Control::Top { container }))) => {
+            let processes = report::processes(&pid_namespace::members(&container));
             send(&sink, &Frame::Control(Control::Processes { processes }));
             return wait_for_host_close(&sink, input);
         }

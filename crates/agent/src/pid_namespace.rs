@@ -106,6 +106,49 @@ pub fn remember_container(container: &str, pid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Which of the VM's processes are `container`'s.
+pub enum Members {
+    /// Those in this PID namespace (its inode).
+    In(u64),
+    /// All but those in these (the joined containers'): a container
+    /// without a namespace of its own (`--pid host`) is the VM's.
+    NotIn(Vec<u64>),
+}
+
+impl Members {
+    /// Whether process `pid` (of the VM's namespace) is one of them.
+    pub fn has(&self, pid: u32) -> bool {
+        let namespace = std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
+        match (self, namespace) {
+            (Members::In(inode), Ok(ns)) => ns == *inode,
+            (Members::NotIn(others), Ok(ns)) => !others.contains(&ns),
+            (_, Err(_)) => false,
+        }
+    }
+}
+
+/// The processes that are `container`'s ("" being the VM's own).
+pub fn members(container: &str) -> Members {
+    use std::os::unix::fs::MetadataExt;
+    let containers = CONTAINERS.lock().unwrap_or_else(|e| e.into_inner());
+    let inode = |file: &File| file.metadata().map(|m| m.ino()).ok();
+    match containers.get(container).and_then(inode) {
+        Some(ns) => Members::In(ns),
+        None if container.is_empty() => Members::NotIn(
+            containers
+                .iter()
+                .filter(|(name, _)| !name.is_empty())
+                .filter_map(|(_, file)| inode(file))
+                .collect(),
+        ),
+        // A joined container that no longer runs has no processes.
+        None => Members::In(0),
+    }
+}
+
 /// `container` (a joined one) has ended: its namespace is not entered again.
 pub fn forget_container(container: &str) {
     CONTAINERS.lock().unwrap_or_else(|e| e.into_inner()).remove(container);

@@ -48,7 +48,8 @@ pub fn stats() -> GuestStats {
     };
     stats.memory_total = kib("MemTotal:");
     stats.memory_available = kib("MemAvailable:");
-    stats.processes = processes().len() as u32;
+    // The VM's, as its memory and CPU are.
+    stats.processes = processes(&crate::pid_namespace::Members::NotIn(Vec::new())).len() as u32;
     (stats.disk_read_bytes, stats.disk_write_bytes) =
         disk_bytes(&fs::read_to_string("/proc/diskstats").unwrap_or_default());
     stats
@@ -74,9 +75,8 @@ fn disk_bytes(diskstats: &str) -> (u64, u64) {
     (read, written)
 }
 
-/// The container's processes: every process but the agent (PID 1) and
-/// kernel threads.
-pub fn processes() -> Vec<GuestProcess> {
+/// The processes of `members`, but the agent (PID 1) and kernel threads.
+pub fn processes(members: &crate::pid_namespace::Members) -> Vec<GuestProcess> {
     let boot_time = fs::read_to_string("/proc/stat")
         .unwrap_or_default()
         .lines()
@@ -90,7 +90,7 @@ pub fn processes() -> Vec<GuestProcess> {
         .collect();
     pids.sort_unstable();
     pids.into_iter()
-        .filter(|&pid| pid > 2)
+        .filter(|&pid| pid > 2 && members.has(pid))
         .filter_map(|pid| process(pid, boot_time))
         .take(MAX_PROCESSES)
         .collect()
@@ -182,11 +182,19 @@ mod tests {
         assert!(stats.online_cpus >= 1 && stats.cpu_total_ns >= stats.cpu_busy_ns);
         assert!(stats.memory_total > 0 && stats.memory_available <= stats.memory_total);
         let me = std::process::id();
-        let listed = processes();
+        let listed = processes(&crate::pid_namespace::Members::NotIn(Vec::new()));
         let mine = listed
             .iter()
             .find(|p| p.pid == me)
             .expect("this test process is listed");
+        // By namespace: this one's holds it, another (none has inode 0) not.
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+        let in_ours = processes(&crate::pid_namespace::Members::In(ours));
+        assert!(in_ours.iter().any(|p| p.pid == me));
+        assert!(processes(&crate::pid_namespace::Members::In(0)).is_empty());
+        let not_ours = processes(&crate::pid_namespace::Members::NotIn(vec![ours]));
+        assert!(!not_ours.iter().any(|p| p.pid == me));
         assert!(
             mine.command.contains("hull_agent") || mine.command.contains("report"),
             "{mine:?}"

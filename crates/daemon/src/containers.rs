@@ -778,6 +778,20 @@ pub(crate) fn needs_own_vm(id: &str, what: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The names of the running containers on `id`'s network, in its VM.
+pub(crate) fn running_in_vm_of(daemon: &Daemon, id: &str) -> Result<Vec<String>, ApiError> {
+    Ok(daemon
+        .containers
+        .all()?
+        .into_iter()
+        .filter(|r| {
+            let dir = ContainerDir::new(&r.id);
+            dir.spec().is_ok_and(|s| s.joins.as_deref() == Some(id)) && dir.is_running()
+        })
+        .map(|r| r.name)
+        .collect())
+}
+
 /// `pause` (true) or `unpause`: the whole VM stops or goes on.
 fn set_paused(daemon: &Daemon, reference: &str, paused: bool) -> Result<Response, ApiError> {
     let (record, state) = lookup(daemon, reference)?;

@@ -70,7 +70,12 @@ pub async fn top(
                 "Container {} is paused: its processes are read from inside the VM, unpause it first",
                 record.id
             ))),
-            Some(s) if s.status == RunStatus::Running => match ask_agent(&dir, Control::Top)? {
+            Some(s) if s.status == RunStatus::Running => match ask_agent(
+                &dir,
+                Control::Top {
+                    container: crate::exec::joined_id(&record.id),
+                },
+            )? {
                 Control::Processes { processes } => Ok(processes),
                 other => Err(ApiError::internal(format!("the agent answered {other:?}"))),
             },

@@ -664,6 +664,26 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
         "No such container",
     );
     refused(&["pause", "side"], "runs in container");
+    // Each lists its own processes; neither VM moves while they share it.
+    let top = |name: &str| text(&hulld.docker(&["top", name]).stdout);
+    let (side_top, web_top) = (top("side"), top("web"));
+    assert!(side_top.contains("sleep") && !side_top.contains("httpd"), "{side_top}");
+    assert!(web_top.contains("httpd") && !web_top.contains("sleep"), "{web_top}");
+    let migrate = |id: &str| {
+        hulld.raw(&format!(
+            "POST /containers/{id}/migrate HTTP/1.1\r\nHost: hull\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+    };
+    let (head, body) = migrate("side");
+    assert!(
+        head.starts_with("HTTP/1.1 409") && body.contains("runs in container"),
+        "{head}{body}"
+    );
+    let (head, body) = migrate("web");
+    assert!(
+        head.starts_with("HTTP/1.1 409") && body.contains("(side)"),
+        "{head}{body}"
+    );
     refused(
         &["network", "connect", "bridge", "side"],
         "cannot be connected to any other network",

@@ -415,8 +415,12 @@ pub enum Control {
     Stats,
     /// Agent → host: the answer to `Stats`.
     StatsReport(GuestStats),
-    /// Host → agent, first on an exec connection: list the processes.
-    Top,
+    /// Host → agent, first on an exec connection: list the processes of
+    /// `container` (a joined one's ID; empty: the VM's own container).
+    Top {
+        #[serde(default)]
+        container: String,
+    },
     /// Agent → host: the answer to `Top` (at most `MAX_PROCESSES`).
     Processes { processes: Vec<GuestProcess> },
     /// Host → agent, first on an exec connection: a file operation in the

@@ -119,6 +119,14 @@ pub async fn migrate(
         blocking(move || {
             let record = daemon.containers.find(&id)?;
             crate::containers::needs_own_vm(&record.id, "migration")?;
+            let guests = crate::containers::running_in_vm_of(&daemon, &record.id)?;
+            if !guests.is_empty() {
+                return Err(ApiError::conflict(format!(
+                    "container {} cannot move while containers on its network run in its VM ({}): stop them first",
+                    record.name,
+                    guests.join(", ")
+                )));
+            }
             let dir = ContainerDir::new(&record.id);
             movable(&record.id, &dir)?;
             Ok((record, dir))
