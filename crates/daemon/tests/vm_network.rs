@@ -851,6 +851,10 @@ services:
       web:
         condition: service_healthy
     command: sh -c 'find() {{ {lookup}; }}; until [ -n "$$(find web)" ]; do sleep 1; done; printf "GET / HTTP/1.0\r\n\r\n" | busybox nc -w 5 $$(find web) 80; exec sleep 1000'
+  sidecar:
+    image: {image}
+    network_mode: "service:web"
+    command: sh -c 'until busybox wget -qO- http://127.0.0.1/; do sleep 1; done; exec sleep 1000'
 networks:
   back: {{}}
 "#
@@ -879,12 +883,16 @@ networks:
     assert_eq!(hulld.inspect("{{.State.Health.Status}}", "proj_web_1"), "healthy");
     let ps = compose(&["ps"]);
     let listed = text(&ps.stdout);
-    for service in ["proj_web_1", "proj_waiter_1", "proj_client_1"] {
+    for service in ["proj_web_1", "proj_waiter_1", "proj_client_1", "proj_sidecar_1"] {
         assert!(listed.contains(service), "{service} in {listed}");
     }
     assert!(listed.contains("0.0.0.0:8090->80/tcp"), "{listed}");
     eventually("the client to fetch from web by name", || {
         text(&compose(&["logs", "client"]).stdout).contains("from-web")
+    });
+    // In web's VM: web's localhost is its own.
+    eventually("the sidecar to fetch from web's localhost", || {
+        text(&compose(&["logs", "sidecar"]).stdout).contains("from-web")
     });
     eventually("the waiter to find every service", || {
         text(&compose(&["logs", "waiter"]).stdout).contains("all-found")
