@@ -10,8 +10,8 @@
 //! vsock connection; signals from the host are delivered; orphans are
 //! reaped; the exit status (or killing signal) is reported; then the VM
 //! powers off. While the command runs, the agent listens on vsock port
-//! `EXEC_PORT` for more processes in the container (`docker exec`), one
-//! connection each.
+//! `EXEC_PORT` for more processes in the container (`docker exec`) and for
+//! containers that join the VM's network (`joined`), one connection each.
 
 mod archive;
 mod host_changes;
