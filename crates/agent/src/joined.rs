@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use proto::JoinSpec;
 
-use crate::mounts;
 use crate::pid_namespace::{self, Pids};
+use crate::{mounts, network};
 
 /// Where each joined container's image and root are mounted.
 const JOINED: &str = "/mnt/joined";
@@ -101,30 +101,16 @@ fn prepare(spec: &JoinSpec) -> io::Result<()> {
         &format!("lowerdir={lower},upperdir={upper},workdir={work}"),
     )?;
     mounts::kernel_filesystems(&root)?;
-    for file in ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"] {
-        let source = format!("{}{file}", crate::ROOT);
-        if std::fs::metadata(&source).is_ok_and(|m| m.is_file()) {
-            let target = format!("{root}{file}");
-            plain_file_at(&target)?;
-            mounts::mount(&source, &target, "", libc::MS_BIND, "")?;
+    // The VM's own files, as its own container has them bound (a link in
+    // the image is replaced, never followed).
+    for name in network::GENERATED_FILES {
+        let source = std::path::Path::new(network::FILES).join(name);
+        if source.is_file() {
+            let target = network::mount_point(std::path::Path::new(&root), name)?;
+            network::bind(&source, &target)?;
         }
     }
     Ok(())
-}
-
-/// Makes `path` a regular file of its own: the image's may be a symbolic
-/// link, which a bind mount would follow out of the container's root.
-fn plain_file_at(path: &str) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => return Ok(()),
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path)?,
-        Ok(_) => std::fs::remove_file(path)?,
-        Err(_) => {}
-    }
-    if let Some(parent) = std::path::Path::new(path).parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    File::create(path).map(|_| ())
 }
 
 /// Waits until `device` (`/dev/vdX`, plugged just now) shows its size:
@@ -162,4 +148,20 @@ fn take_down(id: &str) {
         }
     }
     RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_virtio_disks_are_waited_for() {
+        for bad in ["/dev/sda", "/dev/vd", "/dev/vdaa", "vdc", "/dev/../vdc", "/dev/vdC"] {
+            assert_eq!(
+                wait_for_disk(bad).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{bad}"
+            );
+        }
+    }
 }

@@ -17,7 +17,9 @@ use netlink::Netlink;
 use proto::{GuestInterface, GuestNetwork, HostEntry, RunSpec};
 
 /// Where the generated files are kept (the agent's root, not the container's).
-const FILES: &str = "/run/hull/net";
+pub(crate) const FILES: &str = "/run/hull/net";
+/// The files the agent writes there and binds over a container's `/etc/`.
+pub(crate) const GENERATED_FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
 
 /// virtio_net probes its devices once the agent loads it: a NIC may show up
 /// a moment after the agent asks for it.
@@ -382,7 +384,7 @@ fn hostname_file(hostname: &str) -> Result<String, String> {
 /// Makes `root/etc/name` a file to mount over (and `/etc` a directory) if
 /// it is not: a symlink there is replaced, never followed, so the mount
 /// stays inside the container.
-fn mount_point(root: &Path, name: &str) -> io::Result<PathBuf> {
+pub(crate) fn mount_point(root: &Path, name: &str) -> io::Result<PathBuf> {
     let etc = root.join("etc");
     match fs::symlink_metadata(&etc) {
         Ok(meta) if meta.is_dir() => {}
@@ -404,7 +406,7 @@ fn mount_point(root: &Path, name: &str) -> io::Result<PathBuf> {
     Ok(target)
 }
 
-fn bind(source: &Path, target: &Path) -> io::Result<()> {
+pub(crate) fn bind(source: &Path, target: &Path) -> io::Result<()> {
     let c = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other);
     let (source, target) = (c(source)?, c(target)?);
     // SAFETY: both paths are NUL-terminated strings alive for the call; a

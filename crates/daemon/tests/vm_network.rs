@@ -579,7 +579,7 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
         &image,
         "sh",
         "-c",
-        "busybox wget -qO- http://127.0.0.1/; busybox hostname; busybox ip -o -4 addr; ls /www 2>&1; echo pid1=$(busybox cat /proc/1/comm)",
+        "busybox wget -qO- http://127.0.0.1/; busybox hostname; busybox ip -o -4 addr; ls /www 2>&1; echo pid1=$(busybox cat /proc/1/comm) etc-hostname=$(busybox cat /etc/hostname); busybox grep -c \"$(busybox hostname)\" /etc/hosts",
     ]);
     let said = format!("{}{}", text(&joined.stdout), text(&joined.stderr));
     eprintln!("a container on web's network said:\n{said}");
@@ -595,6 +595,10 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
     );
     assert!(said.contains("No such file"), "a root of its own: {said}");
     assert!(said.contains("pid1=sh"), "a PID namespace of its own: {said}");
+    assert!(
+        said.contains(&format!("etc-hostname={web_host}\n1\n")),
+        "web's hosts files: {said}"
+    );
 
     // Another image's: its disk is plugged into web's VM while it runs.
     // Detached, exec'd into, stopped, started.
