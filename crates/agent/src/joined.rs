@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,8 +71,44 @@ pub fn run(mut spec: JoinSpec, sink: &crate::Sink, input: File, reaper: &crate::
         }
     };
     let id = spec.id.clone();
+    // Its supervisor on the host is its lifeline: when that connection
+    // ends (the supervisor killed, `docker rm -f`), so does the container.
+    // A pidfd: the process may be gone and its PID reused by then.
+    let lifeline = pidfd(process.child.id()).map(|pidfd| {
+        Box::new(move || {
+            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }) as Box<dyn FnOnce() + Send>
+    });
     // Its PID namespace ends with its command; its mounts then go.
-    crate::relay(&mut process, sink, input, reaper, move || take_down(&id));
+    crate::relay_until_hangup(&mut process, sink, input, reaper, move || take_down(&id), lifeline);
+}
+
+/// A descriptor of process `pid` that stays its own (`pidfd_open(2)`).
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    match fd {
+        fd if fd >= 0 => {
+            // SAFETY: a descriptor just returned to us alone.
+            Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        }
+        _ => {
+            crate::console(&format!(
+                "container process {pid}: no pidfd ({}): it outlives a lost host",
+                io::Error::last_os_error()
+            ));
+            None
+        }
+    }
 }
 
 /// Mounts the container's image, its overlay and the kernel filesystems,
@@ -80,7 +117,7 @@ fn prepare(spec: &JoinSpec) -> io::Result<()> {
     let base = format!("{JOINED}/{}", spec.id);
     let lower = match &spec.image_device {
         Some(device) => {
-            wait_for_disk(device)?;
+            wait_for_disk(device, spec.image_sectors)?;
             let image = format!("{base}/image");
             mounts::mount(device, &image, "ext4", libc::MS_RDONLY, "noload")?;
             image
@@ -100,7 +137,7 @@ fn prepare(spec: &JoinSpec) -> io::Result<()> {
         0,
         &format!("lowerdir={lower},upperdir={upper},workdir={work}"),
     )?;
-    mounts::kernel_filesystems(&root)?;
+    mounts::confined_kernel_filesystems(&root)?;
     // The VM's own files, as its own container has them bound (a link in
     // the image is replaced, never followed).
     for name in network::GENERATED_FILES {
@@ -113,9 +150,10 @@ fn prepare(spec: &JoinSpec) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until `device` (`/dev/vdX`, plugged just now) shows its size:
-/// the driver learns of it from a configuration change, a moment later.
-fn wait_for_disk(device: &str) -> io::Result<()> {
+/// Waits until `device` (`/dev/vdX`, plugged just now) shows its size,
+/// `sectors` (any but 0 if not given): the driver learns of it from a
+/// configuration change, a moment later.
+fn wait_for_disk(device: &str, sectors: u64) -> io::Result<()> {
     let name = device
         .strip_prefix("/dev/")
         .filter(|n| n.len() == 3 && n.starts_with("vd") && n.as_bytes()[2].is_ascii_lowercase())
@@ -123,7 +161,8 @@ fn wait_for_disk(device: &str) -> io::Result<()> {
     let deadline = Instant::now() + DISK_PATIENCE;
     loop {
         let size = std::fs::read_to_string(format!("/sys/block/{name}/size")).unwrap_or_default();
-        if size.trim().parse::<u64>().is_ok_and(|sectors| sectors > 0) {
+        let shown = size.trim().parse::<u64>().unwrap_or(0);
+        if shown > 0 && (sectors == 0 || shown == sectors) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -139,6 +178,8 @@ fn wait_for_disk(device: &str) -> io::Result<()> {
 /// Takes joined container `id`'s root and image down (lazily: a process
 /// still ending lets go of them after), so the host may unplug its disk.
 fn take_down(id: &str) {
+    // Out of `RUNNING` first: no exec may start in it from here.
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     pid_namespace::forget_container(id);
     let base = format!("{JOINED}/{id}");
     for mount in [root(id), format!("{base}/image")] {
@@ -147,7 +188,6 @@ fn take_down(id: &str) {
             unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
         }
     }
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
 }
 
 #[cfg(test)]
@@ -158,7 +198,7 @@ mod tests {
     fn only_virtio_disks_are_waited_for() {
         for bad in ["/dev/sda", "/dev/vd", "/dev/vdaa", "vdc", "/dev/../vdc", "/dev/vdC"] {
             assert_eq!(
-                wait_for_disk(bad).unwrap_err().kind(),
+                wait_for_disk(bad, 0).unwrap_err().kind(),
                 io::ErrorKind::InvalidInput,
                 "{bad}"
             );

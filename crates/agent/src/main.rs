@@ -285,6 +285,19 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
 /// device, so this returns once the host, having read everything, closes
 /// the connection (or after 10 s).
 fn relay(process: &mut Spawned, sink: &Sink, input: File, reaper: &Reaper, on_exit: impl FnOnce()) {
+    relay_until_hangup(process, sink, input, reaper, on_exit, None)
+}
+
+/// `relay`, running `on_hangup` once the host's side of the connection
+/// has ended (after the process's end too: then it must do no harm).
+fn relay_until_hangup(
+    process: &mut Spawned,
+    sink: &Sink,
+    input: File,
+    reaper: &Reaper,
+    on_exit: impl FnOnce(),
+    on_hangup: Option<Box<dyn FnOnce() + Send>>,
+) {
     let child = &mut process.child;
     let pid = child.id();
     send(sink, &Frame::Control(Control::Started { pid }));
@@ -324,6 +337,9 @@ fn relay(process: &mut Spawned, sink: &Sink, input: File, reaper: &Reaper, on_ex
     let link = sink.clone();
     thread::spawn(move || {
         input_to.serve(&link, input);
+        if let Some(hangup) = on_hangup {
+            hangup();
+        }
         let _ = host_gone.send(());
     });
     let (code, signal) = reaper.wait_for(pid);

@@ -99,33 +99,108 @@ pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
     kernel_filesystems(root)
 }
 
-/// The kernel filesystems a container expects, inside its `root`.
+/// The kernel filesystems a container expects, inside its `root`; its
+/// `/dev` the VM's (the VM's own container owns the VM).
 pub fn kernel_filesystems(root: &str) -> io::Result<()> {
-    let inside = |p: &str| format!("{root}{p}");
-    mount("proc", &inside("/proc"), "proc", NOSUID_NODEV_NOEXEC, "")?;
+    kernel_filesystems_with(root, Dev::Vm)
+}
+
+/// The same for a second container in the VM (`joined`): no mount point
+/// may be a symbolic link (its image must not aim a mount at the VM's own
+/// container or the agent), and its `/dev` is a tmpfs of its own with the
+/// usual devices only, not the VM's, whose disks hold the other
+/// container's files.
+pub fn confined_kernel_filesystems(root: &str) -> io::Result<()> {
+    kernel_filesystems_with(root, Dev::Own)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dev {
+    Vm,
+    Own,
+}
+
+/// The devices a container's own `/dev` has, as Docker's default:
+/// (name, major, minor).
+const CONTAINER_DEVICES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn kernel_filesystems_with(root: &str, dev: Dev) -> io::Result<()> {
+    let inside = |p: &str| -> io::Result<String> {
+        if dev == Dev::Own {
+            no_link_on_the_way(root, p)?;
+        }
+        Ok(format!("{root}{p}"))
+    };
+    mount("proc", &inside("/proc")?, "proc", NOSUID_NODEV_NOEXEC, "")?;
     mount(
         "sysfs",
-        &inside("/sys"),
+        &inside("/sys")?,
         "sysfs",
         NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
         "",
     )?;
-    mount("devtmpfs", &inside("/dev"), "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
+    match dev {
+        Dev::Vm => mount("devtmpfs", &inside("/dev")?, "devtmpfs", libc::MS_NOSUID, "mode=0755")?,
+        Dev::Own => {
+            let dev = inside("/dev")?;
+            mount("tmpfs", &dev, "tmpfs", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0755")?;
+            for (name, major, minor) in CONTAINER_DEVICES {
+                let node = std::ffi::CString::new(format!("{dev}/{name}")).map_err(io::Error::other)?;
+                // SAFETY: a NUL-terminated path in the tmpfs just mounted.
+                if unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (link, to) in [
+                ("ptmx", "pts/ptmx"),
+                ("fd", "/proc/self/fd"),
+                ("stdin", "/proc/self/fd/0"),
+                ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"),
+            ] {
+                std::os::unix::fs::symlink(to, format!("{dev}/{link}"))?;
+            }
+        }
+    }
     mount(
         "devpts",
-        &inside("/dev/pts"),
+        &inside("/dev/pts")?,
         "devpts",
         libc::MS_NOSUID | libc::MS_NOEXEC,
         "newinstance,ptmxmode=0666,mode=0620",
     )?;
-    mount("shm", &inside("/dev/shm"), "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")?;
+    mount("shm", &inside("/dev/shm")?, "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")?;
     mount(
         "tmpfs",
-        &inside("/tmp"),
+        &inside("/tmp")?,
         "tmpfs",
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=1777",
     )?;
+    Ok(())
+}
+
+/// Refuses `path` under `root` when it, or a directory on the way to it,
+/// is a symbolic link: a mount there would land where the link points,
+/// resolved outside the container's root.
+fn no_link_on_the_way(root: &str, path: &str) -> io::Result<()> {
+    let mut at = std::path::PathBuf::from(root);
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the image's {path} is a symbolic link: no mount goes there"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -337,4 +412,30 @@ fn bind_share(volume: &MountSpec, fill_if_empty: bool) -> io::Result<()> {
         mount("", &volume.target, "", flags, "")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_point_through_a_link_is_refused() {
+        let root = std::env::temp_dir().join(format!("hull-mounts-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(root.join("real/pts")).unwrap();
+        // An image aiming /dev and /tmp elsewhere (another container's root, say).
+        std::os::unix::fs::symlink(root.join("real"), root.join("dev")).unwrap();
+        std::os::unix::fs::symlink("/somewhere/else", root.join("tmp")).unwrap();
+        let root_text = root.to_str().unwrap();
+        assert!(no_link_on_the_way(root_text, "/proc").is_ok());
+        assert!(
+            no_link_on_the_way(root_text, "/sys").is_ok(),
+            "missing is made, not followed"
+        );
+        for linked in ["/dev", "/dev/pts", "/tmp"] {
+            let e = no_link_on_the_way(root_text, linked).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{linked}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

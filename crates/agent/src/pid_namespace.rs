@@ -74,7 +74,12 @@ pub fn enter(pids: Pids, container: &str) -> std::io::Result<Entered> {
                     set_for_children(namespace)?;
                     Ok(Entered { switched: true })
                 }
-                None => Ok(Entered { switched: false }),
+                // The VM's own container without one runs in the VM's
+                // (`--pid host`); a joined one always has its own.
+                None if container.is_empty() => Ok(Entered { switched: false }),
+                None => Err(std::io::Error::other(format!(
+                    "container {container} has no PID namespace in this VM"
+                ))),
             }
         }
     }

@@ -264,10 +264,17 @@ fn joined_vm(daemon: &Daemon, target: &str, request: &CreateRequest) -> Result<S
             "volumes and bind mounts are not supported yet for a container on another container's network: it runs in that container's VM, whose disk slots and shares are fixed when it starts",
         ));
     }
-    if request.pids_limit.is_some() {
-        return Err(ApiError::bad_request(
-            "--pids-limit is not supported for a container on another container's network: it shares that container's process limit",
-        ));
+    let memory_given = request.raw["HostConfig"]["Memory"].as_i64().is_some_and(|m| m > 0);
+    let limits = [
+        (request.pids_limit.is_some(), "--pids-limit"),
+        (request.cpu_limit_millis.is_some(), "--cpus"),
+        (memory_given, "--memory"),
+        (request.pid_host, "--pid host"),
+    ];
+    if let Some((_, flag)) = limits.iter().find(|(given, _)| *given) {
+        return Err(ApiError::bad_request(format!(
+            "{flag} is not supported for a container on another container's network: it shares that container's VM, its processes and its limits"
+        )));
     }
     let record = daemon.containers.find(target)?;
     Ok(ContainerDir::new(&record.id).spec()?.joins.unwrap_or(record.id))
@@ -770,7 +777,7 @@ fn resume_for_signal(daemon: &Daemon, record: &ContainerRecord, dir: &ContainerD
 /// Refuses `what` for a container that runs in another container's VM
 /// (on its network): it has no VM of its own to act on.
 pub(crate) fn needs_own_vm(id: &str, what: &str) -> Result<(), ApiError> {
-    match ContainerDir::new(id).spec().ok().and_then(|spec| spec.joins) {
+    match ContainerDir::new(id).joins() {
         Some(target) => Err(ApiError::conflict(format!(
             "{what} is not supported for container {id}: it runs in container {target}'s VM, on its network (--network container:), and has no VM of its own"
         ))),

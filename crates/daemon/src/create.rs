@@ -185,11 +185,15 @@ impl CreateRequest {
         }
         let host = body.host_config;
         let pid_host = pid_mode(&host.pid_mode)?;
-        let capabilities = proto::capabilities::resolve(
-            host.cap_add.as_deref().unwrap_or_default(),
-            host.cap_drop.as_deref().unwrap_or_default(),
-        )
-        .map_err(ApiError::bad_request)?;
+        let mut cap_drop = host.cap_drop.clone().unwrap_or_default();
+        // In another container's VM, a device node made would reach that
+        // VM's disks, which hold the other container's files: not without
+        // an explicit --cap-add (one both added and dropped is kept).
+        if network.joins().is_some() {
+            cap_drop.push("MKNOD".into());
+        }
+        let capabilities = proto::capabilities::resolve(host.cap_add.as_deref().unwrap_or_default(), &cap_drop)
+            .map_err(ApiError::bad_request)?;
         let log = runtime::log_config::LogConfig::parse(
             host.log_config.driver.as_deref().unwrap_or(""),
             &host.log_config.config.clone().unwrap_or_default(),

@@ -248,9 +248,7 @@ impl Daemon {
         let dir = ContainerDir::new(id);
         if let Some(target) = dir.spec()?.joins {
             if !ContainerDir::new(&target).is_running() {
-                return Err(ApiError::conflict(format!(
-                    "cannot join network of a non running container: {target}"
-                )));
+                return Err(ApiError::conflict(runtime::join::not_running(&target)));
             }
         }
         crate::links::check_at_start(self, &self.containers.find(id)?, &dir.spec()?.network)?;

@@ -275,7 +275,7 @@ pub struct StartBody {
 /// How an exec names container `id` to its VM's agent: by its ID if it
 /// runs in another container's VM (on that one's network), else "".
 pub fn joined_id(id: &str) -> String {
-    match ContainerDir::new(id).spec().ok().and_then(|spec| spec.joins) {
+    match ContainerDir::new(id).joins() {
         Some(_) => id.to_string(),
         None => String::new(),
     }

@@ -579,7 +579,7 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
         &image,
         "sh",
         "-c",
-        "busybox wget -qO- http://127.0.0.1/; busybox hostname; busybox ip -o -4 addr; ls /www 2>&1; echo pid1=$(busybox cat /proc/1/comm) etc-hostname=$(busybox cat /etc/hostname); busybox grep -c \"$(busybox hostname)\" /etc/hosts",
+        "busybox wget -qO- http://127.0.0.1/; busybox hostname; busybox ip -o -4 addr; ls /www 2>&1; echo pid1=$(busybox cat /proc/1/comm) etc-hostname=$(busybox cat /etc/hostname); busybox grep -c \"$(busybox hostname)\" /etc/hosts; echo dev: $(ls /dev); busybox mknod /vdb b 254 16 2>&1; echo done",
     ]);
     let said = format!("{}{}", text(&joined.stdout), text(&joined.stderr));
     eprintln!("a container on web's network said:\n{said}");
@@ -598,6 +598,16 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
     assert!(
         said.contains(&format!("etc-hostname={web_host}\n1\n")),
         "web's hosts files: {said}"
+    );
+    // The VM's disks hold web's files: out of its reach.
+    let dev = said.lines().find(|l| l.starts_with("dev:")).unwrap_or_default();
+    assert!(
+        dev.contains("null") && dev.contains("pts") && !dev.contains("vd"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Operation not permitted"),
+        "mknod without CAP_MKNOD: {said}"
     );
 
     // Another image's: its disk is plugged into web's VM while it runs.
@@ -700,13 +710,47 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
     ok(&hulld.docker(&["start", "side"]));
     assert!(exec("cat /mine").contains("mine"), "its writes kept across a restart");
 
+    // Its supervisor is its lifeline: removed by force (the supervisor
+    // killed), its processes go from the VM, and its slot is taken back
+    // for the next container.
+    let vm_processes = || {
+        let out = hulld.docker(&["stats", "--no-stream", "--format", "{{.PIDs}}", "web"]);
+        text(&out.stdout).trim().parse::<u32>().unwrap_or(0)
+    };
+    let with_side = vm_processes();
+    ok(&hulld.docker(&["rm", "-f", "side"]));
+    eventually("side's processes to go with its supervisor", || {
+        let now = vm_processes();
+        now > 0 && now < with_side
+    });
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "side2",
+        "--network",
+        "container:web",
+        &other,
+        "busybox",
+        "sleep",
+        "600",
+    ]));
+    let vdd = hulld.docker(&["exec", "web", "busybox", "cat", "/sys/block/vdd/size"]);
+    assert!(vdc() && text(&vdd.stdout).trim() == "0", "side's slot reused");
+
     // Its VM ends with web: so does it; it cannot start without it.
     ok(&hulld.docker(&["stop", "-t", "1", "web"]));
-    eventually("side to end with web's VM", || {
-        hulld.inspect("{{.State.Running}}", "side") == "false"
+    eventually("side2 to end with web's VM", || {
+        hulld.inspect("{{.State.Running}}", "side2") == "false"
     });
-    refused(&["start", "side"], "cannot join network of a non running container");
-    ok(&hulld.docker(&["rm", "-f", "side", "web"]));
+    assert!(
+        hulld
+            .inspect("{{.State.Error}}", "side2")
+            .contains("the VM it ran in ended"),
+        "why it ended"
+    );
+    refused(&["start", "side2"], "cannot join network of a non running container");
+    ok(&hulld.docker(&["rm", "-f", "side2", "web"]));
 }
 
 fn inspect_network_bridge(hulld: &Hulld, network: &str) -> String {

@@ -92,6 +92,11 @@ pub struct JoinSpec {
     /// The guest's device of its image's disk (`/dev/vdc`); `None`: the
     /// VM's own container's image.
     pub image_device: Option<String>,
+    /// That disk's size in 512-byte sectors, as the guest must see it
+    /// before it mounts the disk (a slot just emptied may still show the
+    /// size of the disk that was there).
+    #[serde(default)]
+    pub image_sectors: u64,
     pub process: ProcessSpec,
     /// Under the small init (`--init`).
     #[serde(default)]

@@ -279,8 +279,11 @@ impl ContainerDir {
             state.error = "the container's supervisor (hull-shim) was killed".into();
         }
         state.paused = state.status == RunStatus::Running
-            && self.vmm_of(&state).is_some()
-            && self.socket_dir().join(crate::run::PAUSED_MARKER).exists();
+            && match self.joins() {
+                // Its processes stand still with the VM it runs in.
+                Some(vm) => matches!(ContainerDir::new(&vm).state(), Ok(Some(s)) if s.paused),
+                None => self.vmm_of(&state).is_some() && self.socket_dir().join(crate::run::PAUSED_MARKER).exists(),
+            };
         Ok(Some(state))
     }
 
@@ -358,10 +361,16 @@ impl ContainerDir {
         }
     }
 
+    /// The container in whose VM this one runs, on its network, if any
+    /// (`ContainerSpec::joins`).
+    pub fn joins(&self) -> Option<String> {
+        self.spec().ok().and_then(|spec| spec.joins)
+    }
+
     /// The container whose VM this one runs in: itself, or the one whose
     /// network it joined (`ContainerSpec::joins`).
     pub fn vm_dir(&self) -> ContainerDir {
-        match self.spec().ok().and_then(|spec| spec.joins) {
+        match self.joins() {
             Some(target) => ContainerDir::new(&target),
             None => self.clone(),
         }

@@ -23,6 +23,11 @@ const SPARE_SLOTS: std::ops::Range<u8> = 2..2 + crate::volume::MAX_PER_CONTAINER
 /// container ends with when the VM it ran in ends under it.
 const KILLED: i32 = 137;
 
+/// Why a container cannot start on `target`'s network now (dockerd's words).
+pub fn not_running(target: &str) -> String {
+    format!("cannot join network of a non running container: {target}")
+}
+
 /// Runs container `dir` (`spec`) in the VM of the running container
 /// `target` until its command ends: its exit status.
 pub fn join_in(
@@ -33,7 +38,7 @@ pub fn join_in(
 ) -> Result<i32, String> {
     let vm = ContainerDir::new(target);
     if !vm.is_running() {
-        return Err(format!("cannot join network of a non running container: {target}"));
+        return Err(not_running(target));
     }
     let vm_spec = vm.spec().map_err(|e| e.to_string())?;
     let request = crate::shim::request_for(spec)?;
@@ -44,23 +49,25 @@ pub fn join_in(
     let config = image::config::load(&store, &record.id).map_err(|e| e.to_string())?;
     let process = image::config::process(Some(&config), &request.overrides).map_err(|e| e.to_string())?;
     // One image, one disk: the VM's own serves both.
-    let slot = match vm_spec.image == spec.image {
-        true => None,
+    let (slot, image_sectors) = match vm_spec.image == spec.image {
+        true => (None, 0),
         false => {
             let disk = image::disk::image_disk(&store, record).map_err(|e| e.to_string())?;
-            let disk = File::open(&disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
-            Some(plug(&vm, &disk, target)?)
+            let opened = File::open(&disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
+            let bytes = opened.metadata().map_err(|e| format!("{}: {e}", disk.display()))?.len();
+            (Some(plug(&vm, &opened, &dir.id)?), bytes / 512)
         }
     };
     let join = JoinSpec {
         id: dir.id.clone(),
-        image_device: slot.map(|slot| format!("/dev/vd{}", char::from(b'a' + slot))),
+        image_device: slot.map(crate::run::guest_disk),
+        image_sectors,
         process: crate::run::process_spec(&request, &process, &vm_spec.hostname),
         init: spec.init,
     };
     let ended = run_joined(&vm, join, attachment);
     if let Some(slot) = slot {
-        if let Err(e) = vm.plug_disk(slot, None) {
+        if let Err(e) = unplug(&vm, slot) {
             // The VM may have ended under it: then there is nothing to unplug.
             if vm.is_running() {
                 eprintln!("hull-shim: unplugging disk slot {slot} of container {target}: {e}");
@@ -70,23 +77,82 @@ pub fn join_in(
     ended
 }
 
-/// Plugs `disk` (read-only) into the first empty spare slot of `vm`.
-fn plug(vm: &ContainerDir, disk: &File, target: &str) -> Result<u8, String> {
+/// Where `vm`'s directory records which container's disk is in which
+/// spare slot (`SLOT` holding its ID), so the slot of one whose
+/// supervisor was killed before it could unplug is taken back.
+fn owners(vm: &ContainerDir) -> std::path::PathBuf {
+    vm.path.join("joined-slots")
+}
+
+/// Holds the owners' record while it and the slots change.
+fn lock_owners(vm: &ContainerDir) -> Result<File, String> {
+    let dir = owners(vm);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::lock_file(&dir.join(".lock"), true).map_err(|e| format!("locking {}: {e}", dir.display()))
+}
+
+/// Plugs `disk` (read-only) into the first empty spare slot of `vm`, for
+/// container `owner`.
+fn plug(vm: &ContainerDir, disk: &File, owner: &str) -> Result<u8, String> {
+    let _held = lock_owners(vm)?;
+    take_back_locked(vm);
     for slot in SPARE_SLOTS {
         match vm.plug_disk(slot, Some(disk)) {
-            Ok(()) => return Ok(slot),
+            Ok(()) => {
+                let record = owners(vm).join(slot.to_string());
+                if let Err(e) = image::store::write_atomic(&record, owner.as_bytes()) {
+                    let _ = vm.plug_disk(slot, None);
+                    return Err(format!("recording disk slot {slot}: {e}"));
+                }
+                return Ok(slot);
+            }
             Err(crate::container::ContainerError::Control(reason)) if reason.contains("holds a disk already") => {}
-            Err(e) => return Err(format!("bringing the image's disk into container {target}'s VM: {e}")),
+            Err(e) => return Err(format!("bringing the image's disk into container {}'s VM: {e}", vm.id)),
         }
     }
     Err(format!(
-        "container {target}'s VM has no disk slot left for this container's image (it has {} spare ones, for its disk volumes and for containers on its network with images of their own)",
+        "container {}'s VM has no disk slot left for this container's image (it has {} spare ones, for its disk volumes and for containers on its network with images of their own)",
+        vm.id,
         SPARE_SLOTS.len()
     ))
 }
 
+fn unplug(vm: &ContainerDir, slot: u8) -> Result<(), String> {
+    let _held = lock_owners(vm)?;
+    let unplugged = vm.plug_disk(slot, None).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(owners(vm).join(slot.to_string()));
+    unplugged
+}
+
+/// Takes back the spare slots of `vm` whose containers no longer run (a
+/// supervisor killed before it unplugged): before a plug, and before the
+/// VM moves (a plugged disk keeps it from moving).
+pub fn take_back_slots(vm: &ContainerDir) {
+    if let Ok(_held) = lock_owners(vm) {
+        take_back_locked(vm);
+    }
+}
+
+fn take_back_locked(vm: &ContainerDir) {
+    let Ok(entries) = std::fs::read_dir(owners(vm)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(slot) = entry.file_name().to_str().and_then(|n| n.parse::<u8>().ok()) else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if SPARE_SLOTS.contains(&slot) && !ContainerDir::new(owner.trim()).is_running() {
+            // Refused if the VM is another one by now (nothing plugged there).
+            let _ = vm.plug_disk(slot, None);
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Sends `join` to the VM's agent and follows the container to its end.
 fn run_joined(vm: &ContainerDir, join: JoinSpec, attachment: &mut dyn Attachment) -> Result<i32, String> {
+    let target = &vm.id;
     let mut conn = crate::agent_link::connect_to(vm).map_err(|e| format!("reaching the VM's agent: {e}"))?;
     write_frame(&mut conn, &Frame::Control(Control::Join(Box::new(join))))
         .map_err(|e| format!("asking the VM's agent: {e}"))?;
@@ -96,7 +162,10 @@ fn run_joined(vm: &ContainerDir, join: JoinSpec, attachment: &mut dyn Attachment
     match follow(&mut input, attachment, &mut frames, None) {
         Ok(Followed::Ended(Some(code))) => Ok(code),
         // The VM's agent went with its VM.
-        Ok(Followed::Ended(None)) | Err(_) => Ok(KILLED),
+        Ok(Followed::Ended(None)) | Err(_) => {
+            attachment.failed(&format!("the VM it ran in ended (container {target})"));
+            Ok(KILLED)
+        }
         Ok(Followed::MoveAsked(_)) => Err("a container on another's network does not move on its own".into()),
     }
 }

@@ -613,8 +613,8 @@ pub fn run_in(
         },
     ];
     let mut mounts = Vec::new();
-    for ((mount, path), letter) in disk_volumes.iter().zip(&volume_disks).zip('c'..) {
-        let device = format!("/dev/vd{letter}");
+    for ((mount, path), slot) in disk_volumes.iter().zip(&volume_disks).zip(2..) {
+        let device = guest_disk(slot);
         disks.push(proto::DiskSize {
             device: device.clone(),
             sectors: sectors(path)?,
@@ -1137,6 +1137,11 @@ fn converse(
     let steer = Steer::new(sink);
     attachment.started(steer.clone());
     Ok((input, steer))
+}
+
+/// The guest's name of disk slot `slot`: vda, vdb, ... in slot order.
+pub(crate) fn guest_disk(slot: u8) -> String {
+    format!("/dev/vd{}", char::from(b'a'.saturating_add(slot)))
 }
 
 /// The command `request` runs, as the agent is told it: the process, its

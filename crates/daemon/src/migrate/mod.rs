@@ -120,6 +120,8 @@ pub async fn migrate(
             let record = daemon.containers.find(&id)?;
             crate::containers::needs_own_vm(&record.id, "migration")?;
             let guests = crate::containers::running_in_vm_of(&daemon, &record.id)?;
+            // Disks of containers that ran in it and were killed go first.
+            runtime::join::take_back_slots(&ContainerDir::new(&record.id));
             if !guests.is_empty() {
                 return Err(ApiError::conflict(format!(
                     "container {} cannot move while containers on its network run in its VM ({}): stop them first",

@@ -258,8 +258,10 @@ impl Vmm<'_> {
                 },
             },
             VmmRequest::UnplugNic { slot } => done(self.devices.plug_nic(slot, None)),
-            VmmRequest::PlugDisk { .. } | VmmRequest::UnplugDisk { .. } if self.gate.requested() => VmmReply::Failed {
-                reason: "the VM is paused: resume it to change its disks".into(),
+            // Taking one out changes only the host's side (a container
+            // that used it ended); the guest hears when it runs again.
+            VmmRequest::PlugDisk { .. } if self.gate.requested() => VmmReply::Failed {
+                reason: "the VM is paused: resume it to plug a disk into it".into(),
             },
             VmmRequest::PlugDisk { slot } => match fd {
                 Some(disk) => done(self.devices.plug_disk(slot, Some(disk))),
