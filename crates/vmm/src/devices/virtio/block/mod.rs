@@ -475,17 +475,7 @@ mod tests {
         assert_eq!(memory.read_obj::<u8>(GuestAddress(0x9000 + 100)).unwrap(), 3);
 
         memory.write_slice(&[0xab; 512], GuestAddress(0x9000)).unwrap();
-        header(&memory, VIRTIO_BLK_T_OUT, 5);
-        request(
-            &mut block,
-            &memory,
-            &[
-                desc(0x8000, 16, NEXT, 1),
-                desc(0x9000, 512, NEXT, 2),
-                desc(0xa000, 1, WRITE, 0),
-            ],
-        );
-        assert_eq!(status(&memory), VIRTIO_BLK_S_OK);
+        assert_eq!(write_sector(&mut block, &memory, 5), VIRTIO_BLK_S_OK);
         assert_eq!(std::fs::read(&path).unwrap()[5 * 512 + 7], 0xab);
 
         // One request over buffers of odd sizes, one of them empty: one
@@ -653,6 +643,21 @@ mod tests {
         status(memory)
     }
 
+    /// One sector written at `sector` from 0x9000; its status.
+    fn write_sector(block: &mut Block, memory: &GuestMemoryMmap, sector: u64) -> u8 {
+        header(memory, VIRTIO_BLK_T_OUT, sector);
+        request(
+            block,
+            memory,
+            &[
+                desc(0x8000, 16, NEXT, 1),
+                desc(0x9000, 512, NEXT, 2),
+                desc(0xa000, 1, WRITE, 0),
+            ],
+        );
+        status(memory)
+    }
+
     #[test]
     fn an_empty_slot_takes_a_disk_while_running_and_gives_it_back() {
         let empty_path = std::env::temp_dir().join(format!("hull-blk-empty-{}", std::process::id()));
@@ -674,17 +679,11 @@ mod tests {
         assert_eq!(slot.features(), features, "features stay as negotiated");
         assert_eq!(read_sector(&mut slot, &memory, 6), VIRTIO_BLK_S_OK);
         assert_eq!(memory.read_obj::<u8>(GuestAddress(0x9000 + 9)).unwrap(), 6);
-        header(&memory, VIRTIO_BLK_T_OUT, 1);
-        request(
-            &mut slot,
-            &memory,
-            &[
-                desc(0x8000, 16, NEXT, 1),
-                desc(0x9000, 512, NEXT, 2),
-                desc(0xa000, 1, WRITE, 0),
-            ],
+        assert_eq!(
+            write_sector(&mut slot, &memory, 1),
+            VIRTIO_BLK_S_IOERR,
+            "a read-only plug refuses writes"
         );
-        assert_eq!(status(&memory), VIRTIO_BLK_S_IOERR, "a read-only plug refuses writes");
         assert!(
             slot.migration_blocker().is_some(),
             "the VM's configuration does not name it"
