@@ -4,7 +4,9 @@
 //! `docker run --rm IMAGE true` through hulld (a microVM per container,
 //! cloned from the template), beside `podman run --rm` of the same root
 //! filesystem as an image in podman's overlay store, on its default network
-//! (a plain container, no VM); and `docker exec CTR true`.
+//! (a plain container, no VM); `docker exec CTR true`; and `docker run
+//! --rm --network container:CTR` (in CTR's VM, with CTR's image and with
+//! another whose disk is plugged into that VM).
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -31,11 +33,21 @@ pub fn docker_bench(runs: usize) -> Result<()> {
         busybox_image(json!({"Cmd": ["sh"]})),
         "bench/box:v1",
     )?;
-    timed(
-        hulld
-            .docker_command(&["pull", "-q", &image])
-            .stdout(std::process::Stdio::null()),
+    // Another image of the same files, for a container on another's
+    // network whose disk is plugged into that VM.
+    let other = push_image(
+        &registry,
+        &hulld.work,
+        busybox_image(json!({"Cmd": ["sh"], "Labels": {"other": "1"}})),
+        "bench/other:v1",
     )?;
+    for pulled in [&image, &other] {
+        timed(
+            hulld
+                .docker_command(&["pull", "-q", pulled])
+                .stdout(std::process::Stdio::null()),
+        )?;
+    }
     // The first run makes the template; it is not measured.
     let template = timed(&mut hulld.docker_command(&["run", "--rm", &image, "true"]))?;
 
@@ -82,12 +94,35 @@ pub fn docker_bench(runs: usize) -> Result<()> {
     for _ in 0..runs {
         exec.push(timed(&mut hulld.docker_command(&["exec", "target", "true"]))?);
     }
+    // A container on target's network runs in target's VM: no VM to
+    // start; another image's disk is plugged into it for the run.
+    let (mut joined, mut joined_other) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        joined.push(timed(&mut hulld.docker_command(&[
+            "run",
+            "--rm",
+            "--network",
+            "container:target",
+            &image,
+            "true",
+        ]))?);
+        joined_other.push(timed(&mut hulld.docker_command(&[
+            "run",
+            "--rm",
+            "--network",
+            "container:target",
+            &other,
+            "true",
+        ]))?);
+    }
     timed(
         hulld
             .docker_command(&["rm", "-f", "target"])
             .stdout(std::process::Stdio::null()),
     )?;
     let exec = Summary::of(&exec).context("no runs")?;
+    let joined = Summary::of(&joined).context("no runs")?;
+    let joined_other = Summary::of(&joined_other).context("no runs")?;
     let docker = Summary::of(&docker).context("no runs")?;
     let detached = Summary::of(&detached).context("no runs")?;
     let peer = Summary::of(&peer);
@@ -114,6 +149,14 @@ pub fn docker_bench(runs: usize) -> Result<()> {
         }
     };
     print_line("docker exec CTR true (hulld)", &exec);
+    print_line(
+        "docker run --rm --network container:CTR IMAGE true (in CTR's VM)",
+        &joined,
+    );
+    print_line(
+        "docker run --rm --network container:CTR OTHER true (its disk plugged)",
+        &joined_other,
+    );
     let path = bench::write_report(
         "docker",
         &json!({
@@ -126,6 +169,8 @@ pub fn docker_bench(runs: usize) -> Result<()> {
             "ratio_docker_to_podman": ratio,
             "first_run_with_template_ms": template.as_millis() as u64,
             "docker_exec_true": exec.to_json(),
+            "docker_run_rm_true_in_another_containers_vm": joined.to_json(),
+            "docker_run_rm_true_in_another_containers_vm_other_image": joined_other.to_json(),
         }),
     )?;
     println!("report: {}", path.display());
