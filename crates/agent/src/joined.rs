@@ -111,6 +111,33 @@ fn pidfd(pid: u32) -> Option<OwnedFd> {
     }
 }
 
+/// Removes joined container `id`'s writes from the VM's writable disk (it
+/// was removed); it may still be ending (its supervisor killed a moment
+/// ago), so that is waited for, briefly.
+pub fn forget(id: &str) -> io::Result<()> {
+    if !proto::valid_container_id(id) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no container ID"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_root(id).is_some() {
+        if Instant::now() > deadline {
+            return Err(io::Error::other("it still runs in this VM"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match std::fs::remove_dir_all(format!("{}/joined/{id}", mounts::WRITABLE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    // On the disk, not only in the guest's cache: the host may read it.
+    let disk = File::open(mounts::WRITABLE)?;
+    // SAFETY: syncfs on a descriptor we own.
+    match unsafe { libc::syncfs(disk.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Mounts the container's image, its overlay and the kernel filesystems,
 /// and binds the VM's network files into it.
 fn prepare(spec: &JoinSpec) -> io::Result<()> {

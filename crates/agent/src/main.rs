@@ -585,6 +585,13 @@ fn serve_exec(conn: File, reaper: Reaper) {
         }
         Ok(Some(Frame::Control(Control::Exec(spec)))) => (spec, Pids::Container),
         Ok(Some(Frame::Control(Control::Join(spec)))) => return joined::run(*spec, &sink, input, &reaper),
+        Ok(Some(Frame::Control(Control::ForgetJoined { id }))) => {
+            match joined::forget(&id) {
+                Ok(()) => succeeded(&sink),
+                Err(e) => fail(&sink, format!("removing container {id}'s writes: {e}"), 1),
+            }
+            return wait_for_host_close(&sink, input);
+        }
         Ok(Some(Frame::Control(Control::Stats))) => {
             send(&sink, &Frame::Control(Control::StatsReport(report::stats())));
             return wait_for_host_close(&sink, input);

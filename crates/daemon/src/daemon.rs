@@ -354,6 +354,9 @@ impl Daemon {
         let record = self.containers.find(id).ok();
         let spec = ContainerDir::new(id).spec().ok();
         let volumes = spec.as_ref().map(|s| s.volumes.clone()).unwrap_or_default();
+        if let Some(vm) = spec.as_ref().and_then(|s| s.joins.as_deref()) {
+            forget_joined(vm, id);
+        }
         ContainerDir::new(id).remove()?;
         if let Some(spec) = &spec {
             crate::networking::release(id, &spec.network);
@@ -369,6 +372,24 @@ impl Daemon {
         }
         self.set_departing(id, false);
         Ok(record)
+    }
+}
+
+/// Tells the running VM of container `vm` that container `id`, which ran
+/// in it, is gone: its writes on that VM's disk go too. A VM that does not
+/// run keeps them until its own container is removed.
+fn forget_joined(vm: &str, id: &str) {
+    let vm = ContainerDir::new(vm);
+    if !vm.is_running() {
+        return;
+    }
+    let forget = proto::Control::ForgetJoined { id: id.to_string() };
+    if let Err(e) = crate::monitor::ask_agent(&vm, forget) {
+        tracing::warn!(
+            "container {id}'s writes stay in container {}'s VM: {}",
+            vm.id,
+            e.message
+        );
     }
 }
 

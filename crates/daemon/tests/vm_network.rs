@@ -718,7 +718,15 @@ fn a_container_on_anothers_network_runs_in_its_vm_with_a_root_of_its_own() {
         text(&out.stdout).trim().parse::<u32>().unwrap_or(0)
     };
     let with_side = vm_processes();
+    // Its writes live on web's disk (synced, to be read from the host)
+    // until it is removed.
+    let side_id = hulld.inspect("{{.Id}}", "side");
+    ok(&hulld.docker(&["exec", "side", "busybox", "sync"]));
+    let web_disk = hulld.data.join("containers").join(&web).join("rw.ext4");
+    let joined_on_disk = || text(&sh(&format!("debugfs -R 'ls /joined' {}", web_disk.display())).stdout);
+    assert!(joined_on_disk().contains(&side_id), "{}", joined_on_disk());
     ok(&hulld.docker(&["rm", "-f", "side"]));
+    assert!(!joined_on_disk().contains(&side_id), "side's writes went with it");
     eventually("side's processes to go with its supervisor", || {
         let now = vm_processes();
         now > 0 && now < with_side

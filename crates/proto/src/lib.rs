@@ -416,6 +416,10 @@ pub enum Control {
     /// (`JoinSpec`); its frames then go as an exec's do (`Started`, output,
     /// `Exited` or `Failed`), and its root is taken down when it ends.
     Join(Box<JoinSpec>),
+    /// Host → agent, first on an exec connection: joined container `id`
+    /// (`Join`) is removed, so its writes on the VM's writable disk go.
+    /// Answered with `Exited` (code 0) or `Failed`.
+    ForgetJoined { id: String },
     /// Host → agent, first on an exec connection: report CPU and memory.
     Stats,
     /// Agent → host: the answer to `Stats`.
