@@ -177,29 +177,18 @@ fn prepare(spec: &JoinSpec) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until `device` (`/dev/vdX`, plugged just now) shows its size,
-/// `sectors` (any but 0 if not given): the driver learns of it from a
-/// configuration change, a moment later.
+/// Waits until `device` (`/dev/vdX`, plugged just now) shows `sectors`:
+/// the driver learns of it from a configuration change, a moment later.
 fn wait_for_disk(device: &str, sectors: u64) -> io::Result<()> {
-    let name = device
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    device
         .strip_prefix("/dev/")
         .filter(|n| n.len() == 3 && n.starts_with("vd") && n.as_bytes()[2].is_ascii_lowercase())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{device:?} is no virtio disk")))?;
-    let deadline = Instant::now() + DISK_PATIENCE;
-    loop {
-        let size = std::fs::read_to_string(format!("/sys/block/{name}/size")).unwrap_or_default();
-        let shown = size.trim().parse::<u64>().unwrap_or(0);
-        if shown > 0 && (sectors == 0 || shown == sectors) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{device} did not appear within {} s", DISK_PATIENCE.as_secs()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        .ok_or_else(|| invalid(format!("{device:?} is no virtio disk")))?;
+    if sectors == 0 {
+        return Err(invalid(format!("no size given for {device}")));
     }
+    crate::machine::wait_for_disk_size(device, sectors, Instant::now() + DISK_PATIENCE)
 }
 
 /// Takes joined container `id`'s root and image down (lazily: a process
@@ -225,10 +214,12 @@ mod tests {
     fn only_virtio_disks_are_waited_for() {
         for bad in ["/dev/sda", "/dev/vd", "/dev/vdaa", "vdc", "/dev/../vdc", "/dev/vdC"] {
             assert_eq!(
-                wait_for_disk(bad, 0).unwrap_err().kind(),
+                wait_for_disk(bad, 8).unwrap_err().kind(),
                 io::ErrorKind::InvalidInput,
                 "{bad}"
             );
         }
+        let sizeless = wait_for_disk("/dev/vdc", 0).unwrap_err();
+        assert_eq!(sizeless.kind(), io::ErrorKind::InvalidInput);
     }
 }

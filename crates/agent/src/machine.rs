@@ -77,28 +77,32 @@ pub fn set_clock(unix_ns: u64) -> io::Result<()> {
 pub fn wait_for_disks(spec: &RunSpec) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     for disk in &spec.disks {
-        let name = disk.device.trim_start_matches("/dev/");
-        let path = format!("/sys/block/{name}/size");
-        loop {
-            let size = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
-            if size == Some(disk.sectors) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "{} still has {} sectors, not {}",
-                        disk.device,
-                        size.map_or("unknown".into(), |s| s.to_string()),
-                        disk.sectors
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        wait_for_disk_size(&disk.device, disk.sectors, deadline)?;
     }
     Ok(())
+}
+
+/// Waits until `device` (`/dev/vdX`) shows `sectors`, until `deadline`: a
+/// disk swapped or plugged under the driver shows its size a moment later.
+pub fn wait_for_disk_size(device: &str, sectors: u64, deadline: Instant) -> io::Result<()> {
+    let name = device.trim_start_matches("/dev/");
+    let path = format!("/sys/block/{name}/size");
+    loop {
+        let size = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if size == Some(sectors) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{device} still has {} sectors, not {sectors}",
+                    size.map_or("unknown".into(), |s| s.to_string()),
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }

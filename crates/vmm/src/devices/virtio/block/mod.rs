@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(memory.read_obj::<u8>(GuestAddress(0x9000 + 100)).unwrap(), 3);
 
         memory.write_slice(&[0xab; 512], GuestAddress(0x9000)).unwrap();
-        assert_eq!(write_sector(&mut block, &memory, 5), VIRTIO_BLK_S_OK);
+        assert_eq!(one_sector(&mut block, &memory, VIRTIO_BLK_T_OUT, 5), VIRTIO_BLK_S_OK);
         assert_eq!(std::fs::read(&path).unwrap()[5 * 512 + 7], 0xab);
 
         // One request over buffers of odd sizes, one of them empty: one
@@ -628,30 +628,17 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
-    /// One sector read at `sector` into 0x9000; its status.
-    fn read_sector(block: &mut Block, memory: &GuestMemoryMmap, sector: u64) -> u8 {
-        header(memory, VIRTIO_BLK_T_IN, sector);
+    /// One sector read (`VIRTIO_BLK_T_IN`, into 0x9000) or written
+    /// (`VIRTIO_BLK_T_OUT`, from 0x9000) at `sector`; its status.
+    fn one_sector(block: &mut Block, memory: &GuestMemoryMmap, kind: u32, sector: u64) -> u8 {
+        let data = if kind == VIRTIO_BLK_T_IN { NEXT | WRITE } else { NEXT };
+        header(memory, kind, sector);
         request(
             block,
             memory,
             &[
                 desc(0x8000, 16, NEXT, 1),
-                desc(0x9000, 512, NEXT | WRITE, 2),
-                desc(0xa000, 1, WRITE, 0),
-            ],
-        );
-        status(memory)
-    }
-
-    /// One sector written at `sector` from 0x9000; its status.
-    fn write_sector(block: &mut Block, memory: &GuestMemoryMmap, sector: u64) -> u8 {
-        header(memory, VIRTIO_BLK_T_OUT, sector);
-        request(
-            block,
-            memory,
-            &[
-                desc(0x8000, 16, NEXT, 1),
-                desc(0x9000, 512, NEXT, 2),
+                desc(0x9000, 512, data, 2),
                 desc(0xa000, 1, WRITE, 0),
             ],
         );
@@ -666,7 +653,7 @@ mod tests {
         let features = slot.features();
         let memory = memory();
         assert_ne!(
-            read_sector(&mut slot, &memory, 0),
+            one_sector(&mut slot, &memory, VIRTIO_BLK_T_IN, 0),
             VIRTIO_BLK_S_OK,
             "an empty slot has no sectors"
         );
@@ -677,10 +664,10 @@ mod tests {
         slot.plug(Some(File::open(&path).unwrap())).unwrap();
         assert_eq!(slot.config()[..8], 8u64.to_le_bytes(), "its capacity");
         assert_eq!(slot.features(), features, "features stay as negotiated");
-        assert_eq!(read_sector(&mut slot, &memory, 6), VIRTIO_BLK_S_OK);
+        assert_eq!(one_sector(&mut slot, &memory, VIRTIO_BLK_T_IN, 6), VIRTIO_BLK_S_OK);
         assert_eq!(memory.read_obj::<u8>(GuestAddress(0x9000 + 9)).unwrap(), 6);
         assert_eq!(
-            write_sector(&mut slot, &memory, 1),
+            one_sector(&mut slot, &memory, VIRTIO_BLK_T_OUT, 1),
             VIRTIO_BLK_S_IOERR,
             "a read-only plug refuses writes"
         );
@@ -692,11 +679,11 @@ mod tests {
         // One disk a slot; a second is refused and changes nothing.
         let refused = slot.plug(Some(File::open(&path).unwrap())).unwrap_err();
         assert!(refused.to_string().contains("holds a disk already"), "{refused}");
-        assert_eq!(read_sector(&mut slot, &memory, 7), VIRTIO_BLK_S_OK);
+        assert_eq!(one_sector(&mut slot, &memory, VIRTIO_BLK_T_IN, 7), VIRTIO_BLK_S_OK);
 
         slot.plug(None).unwrap();
         assert_eq!(slot.config()[..8], 0u64.to_le_bytes());
-        assert_ne!(read_sector(&mut slot, &memory, 0), VIRTIO_BLK_S_OK);
+        assert_ne!(one_sector(&mut slot, &memory, VIRTIO_BLK_T_IN, 0), VIRTIO_BLK_S_OK);
         assert_eq!(slot.migration_blocker(), None);
         assert!(slot.plug(None).is_err(), "nothing plugged to take out");
 
