@@ -793,7 +793,7 @@ pub(crate) fn running_in_vm_of(daemon: &Daemon, id: &str) -> Result<Vec<String>,
         .into_iter()
         .filter(|r| {
             let dir = ContainerDir::new(&r.id);
-            dir.spec().is_ok_and(|s| s.joins.as_deref() == Some(id)) && dir.is_running()
+            dir.joins().as_deref() == Some(id) && dir.is_running()
         })
         .map(|r| r.name)
         .collect())

@@ -246,19 +246,20 @@ impl Daemon {
 
     fn start_once(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
         let dir = ContainerDir::new(id);
-        if let Some(target) = dir.spec()?.joins {
-            if !ContainerDir::new(&target).is_running() {
-                return Err(ApiError::conflict(runtime::join::not_running(&target)));
+        let spec = dir.spec()?;
+        if let Some(target) = &spec.joins {
+            if !ContainerDir::new(target).is_running() {
+                return Err(ApiError::conflict(runtime::join::not_running(target)));
             }
         }
-        crate::links::check_at_start(self, &self.containers.find(id)?, &dir.spec()?.network)?;
+        crate::links::check_at_start(self, &self.containers.find(id)?, &spec.network)?;
         // A volume another VM has is refused here, with a 409, rather than
         // by the supervisor after it started (it checks again, race-free).
-        for mount in dir.spec()?.volumes {
+        for mount in &spec.volumes {
             drop(runtime::volume::lock(&mount.name)?);
         }
         // Its networks' names are served before its guest can ask.
-        for endpoint in dir.spec()?.network.endpoints {
+        for endpoint in &spec.network.endpoints {
             if let Ok(network) = runtime::network::load(&endpoint.network_id) {
                 self.dns.start(self, &network);
             }

@@ -279,10 +279,13 @@ impl ContainerDir {
             state.error = "the container's supervisor (hull-shim) was killed".into();
         }
         state.paused = state.status == RunStatus::Running
-            && match self.joins() {
-                // Its processes stand still with the VM it runs in.
-                Some(vm) => matches!(ContainerDir::new(&vm).state(), Ok(Some(s)) if s.paused),
-                None => self.vmm_of(&state).is_some() && self.socket_dir().join(crate::run::PAUSED_MARKER).exists(),
+            && match self.vmm_of(&state) {
+                Some(_) => self.socket_dir().join(crate::run::PAUSED_MARKER).exists(),
+                // No VMM of its own (yet, or ever: it runs in another
+                // container's VM and stands still with it).
+                None => self
+                    .joins()
+                    .is_some_and(|vm| matches!(ContainerDir::new(&vm).state(), Ok(Some(s)) if s.paused)),
             };
         Ok(Some(state))
     }
