@@ -33,8 +33,14 @@ pub enum VmmRequest {
     /// Put the disk whose descriptor comes with this request into empty
     /// disk slot `slot` (the guest's vda is 0) while the VM runs: the
     /// guest sees that disk's size appear. Opened read-only, the guest
-    /// cannot write it.
-    PlugDisk { slot: u8 },
+    /// cannot write it. `lasting`: the disk stays for the VM's life, as
+    /// one it started with (a standby VM given its container's disks): it
+    /// cannot be taken out and a migration takes it as a disk of the VM's.
+    PlugDisk {
+        slot: u8,
+        #[serde(default)]
+        lasting: bool,
+    },
     /// Take the disk `PlugDisk` put into `slot` out again (the guest has
     /// stopped using it); a disk the VM started with stays.
     UnplugDisk { slot: u8 },

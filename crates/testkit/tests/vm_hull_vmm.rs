@@ -161,15 +161,24 @@ fn a_disk_plugged_into_an_empty_slot_appears_in_the_running_guest_and_goes_again
         let ask = |request: VmmRequest, fd: Option<&std::fs::File>| vmm::control::ask(&stream, &request, fd).unwrap();
         // Opened read-only: the guest may read it, not write it.
         let plugged = ask(
-            VmmRequest::PlugDisk { slot: 0 },
+            VmmRequest::PlugDisk {
+                slot: 0,
+                lasting: false,
+            },
             Some(&std::fs::File::open(&disk).unwrap()),
         );
         let again = ask(
-            VmmRequest::PlugDisk { slot: 0 },
+            VmmRequest::PlugDisk {
+                slot: 0,
+                lasting: false,
+            },
             Some(&std::fs::File::open(&disk).unwrap()),
         );
         let no_slot = ask(
-            VmmRequest::PlugDisk { slot: 9 },
+            VmmRequest::PlugDisk {
+                slot: 9,
+                lasting: false,
+            },
             Some(&std::fs::File::open(&disk).unwrap()),
         );
         wait_for("read-it-all");

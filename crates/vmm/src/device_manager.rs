@@ -248,17 +248,25 @@ impl DeviceManager {
     }
 
     /// Plugs `disk` into empty disk slot `slot` (the guest's vda is 0), or
-    /// takes a disk plugged so out again, while the guest runs.
-    pub fn plug_disk(&self, slot: u8, disk: Option<File>) -> Result<(), VmError> {
+    /// takes a disk plugged so out again, while the guest runs. A
+    /// `lasting` disk becomes the slot's own, as if the VM started with it.
+    pub fn plug_disk(&self, slot: u8, disk: Option<File>, lasting: bool) -> Result<(), VmError> {
         let device = self
             .virtio
             .iter()
             .filter(|d| lock(&d.transport).device_type() == TYPE_BLOCK)
             .nth(usize::from(slot))
             .ok_or(VmError::NoSuchDisk(slot))?;
-        lock(&device.transport)
+        let mut transport = lock(&device.transport);
+        transport
             .plug(disk)
-            .map_err(|source| VmError::PlugDisk { slot, source })
+            .map_err(|source| VmError::PlugDisk { slot, source })?;
+        if lasting {
+            transport
+                .keep_plugged()
+                .map_err(|source| VmError::PlugDisk { slot, source })?;
+        }
+        Ok(())
     }
 
     /// The NICs, by slot (the guest's eth0 is slot 0).

@@ -263,13 +263,13 @@ impl Vmm<'_> {
             VmmRequest::PlugDisk { .. } if self.gate.requested() => VmmReply::Failed {
                 reason: "the VM is paused: resume it to plug a disk into it".into(),
             },
-            VmmRequest::PlugDisk { slot } => match fd {
-                Some(disk) => done(self.devices.plug_disk(slot, Some(disk))),
+            VmmRequest::PlugDisk { slot, lasting } => match fd {
+                Some(disk) => done(self.devices.plug_disk(slot, Some(disk), lasting)),
                 None => VmmReply::Failed {
                     reason: "no disk descriptor came with the request".into(),
                 },
             },
-            VmmRequest::UnplugDisk { slot } => done(self.devices.plug_disk(slot, None)),
+            VmmRequest::UnplugDisk { slot } => done(self.devices.plug_disk(slot, None, false)),
             // For the VMM the VM is about to migrate to on this host.
             VmmRequest::Taps => match self.devices.lend_taps() {
                 Ok(taps) => {

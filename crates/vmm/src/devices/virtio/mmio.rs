@@ -243,6 +243,11 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// Keeps what `plug` put in place for good (`VirtioDevice::keep_plugged`).
+    pub fn keep_plugged(&mut self) -> std::io::Result<()> {
+        self.device.keep_plugged()
+    }
+
     /// A descriptor of what the device's host side is plugged into
     /// (`VirtioDevice::lend_backend`).
     pub fn lend_backend(&self) -> std::io::Result<Option<std::fs::File>> {

@@ -196,6 +196,15 @@ pub trait VirtioDevice: Send {
     /// The VM has just moved here: tells the network the guest's `mac` is
     /// behind this device now (a NIC's RARP announcement).
     fn announce(&mut self, _mac: [u8; 6]) {}
+    /// Makes what `plug` just put in place the device's own, as if the VM
+    /// had started with it: it cannot be taken out, nor does it stop a
+    /// migration (a disk the VM's supervisor names to the destination).
+    fn keep_plugged(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this device keeps nothing plugged",
+        ))
+    }
     /// Whether its host side is plugged into something (a NIC's tap); a
     /// device that cannot be unplugged always is.
     fn plugged(&self) -> bool {

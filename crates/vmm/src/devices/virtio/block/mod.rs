@@ -342,6 +342,14 @@ impl VirtioDevice for Block {
         self.plug_disk(backend)
     }
 
+    fn keep_plugged(&mut self) -> std::io::Result<()> {
+        // The slot's empty file goes: the disk is the slot's now.
+        self.unplugged
+            .take()
+            .map(drop)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no disk was plugged into the slot"))
+    }
+
     fn migration_blocker(&self) -> Option<String> {
         self.unplugged
             .is_some()
@@ -696,6 +704,17 @@ mod tests {
         assert!(slot.plug(Some(File::open(std::env::temp_dir()).unwrap())).is_err());
         let write_only = OpenOptions::new().write(true).open(&path).unwrap();
         assert!(slot.plug(Some(write_only)).is_err());
+
+        // Kept for good (a standby VM's disks): it no longer stops a
+        // migration and stays in its slot.
+        assert!(slot.keep_plugged().is_err(), "nothing plugged to keep");
+        let rw = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        slot.plug(Some(rw)).unwrap();
+        slot.keep_plugged().unwrap();
+        assert_eq!(slot.migration_blocker(), None);
+        assert!(slot.plug(None).is_err(), "a kept disk is not taken out");
+        assert_eq!(slot.config()[..8], 8u64.to_le_bytes());
+        assert_eq!(one_sector(&mut slot, &memory, VIRTIO_BLK_T_OUT, 2), VIRTIO_BLK_S_OK);
 
         // A disk the VM started with is not taken out.
         let (mut started_with, other) = disk("started", true);
