@@ -12,7 +12,7 @@ use crate::api::ApiError;
 use crate::networking::{EndpointBody, NetworkIntent, NetworkRequest};
 
 /// A VM's size when the client names none.
-const DEFAULT_MEMORY_MIB: u64 = 256;
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]

@@ -77,6 +77,12 @@ struct Args {
     /// staying where they are.
     #[arg(long, value_name = "DIR")]
     shared_storage: Vec<std::path::PathBuf>,
+    /// VMs kept started and ready, per VM shape containers run with, for
+    /// the next containers to start in (`docker start` then waits for the
+    /// container's own set-up only); 0: every container starts its VM.
+    /// Each costs what an idle container's VM does.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=16))]
+    standby_vms: u8,
 }
 
 /// The API socket's group when there is one of this name (dockerd's is `docker`).
@@ -115,6 +121,9 @@ async fn serve(args: Args) -> Result<()> {
     let daemon = daemon::daemon::Daemon::new(containers, images, slots::StreamSlots::new(args.max_streams as usize));
     let running = daemon.recover().map_err(|e| anyhow::anyhow!(e.message))?;
     dns::start_all(&daemon);
+    runtime::standby::enable(usize::from(args.standby_vms));
+    // The default shape's, when its template is made already.
+    runtime::standby::keep_warm(daemon::create::DEFAULT_MEMORY_MIB, 1);
 
     let tls = match (args.tls_listen, &args.tlscacert, &args.tlscert, &args.tlskey) {
         (Some(address), Some(ca), Some(cert), Some(key)) => {

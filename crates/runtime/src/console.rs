@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,11 @@ pub fn log_max() -> u64 {
         .map_or(CONSOLE_LOG_MAX, |max| max.max(4096))
 }
 
-/// The copying thread of one VM's console.
-pub struct ConsoleKeeper(Option<JoinHandle<()>>);
+/// The copying thread of one VM's console, and where its log is.
+pub struct ConsoleKeeper {
+    thread: Option<JoinHandle<()>>,
+    log: Arc<Mutex<PathBuf>>,
+}
 
 impl ConsoleKeeper {
     /// Starts keeping what arrives on `source` in `log` (truncated first,
@@ -36,21 +40,40 @@ impl ConsoleKeeper {
             true => RotatingLog::append(log.to_path_buf(), log_max())?,
             false => RotatingLog::create(log.to_path_buf(), log_max())?,
         };
+        let log = writer.path.clone();
         let thread = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || writer.copy_from(source))?;
-        Ok(ConsoleKeeper(Some(thread)))
+        Ok(ConsoleKeeper {
+            thread: Some(thread),
+            log,
+        })
+    }
+
+    /// Moves the log to `to` (same file system) while the VM runs: a
+    /// standby VM's console becomes its container's. What `to` held of an
+    /// earlier run goes.
+    pub fn move_to(&self, to: &Path) -> std::io::Result<()> {
+        let mut path = self
+            .log
+            .lock()
+            .map_err(|_| std::io::Error::other("the console keeper failed"))?;
+        std::fs::rename(&*path, to)?;
+        let _ = std::fs::remove_file(rotated(to));
+        let _ = std::fs::rename(rotated(&path), rotated(to));
+        *path = to.to_path_buf();
+        Ok(())
     }
 
     /// Waits (up to `grace`) until everything the ended VM wrote is in the
     /// log, so that its tail explains the end.
     pub fn settle(&mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        while self.0.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if self.0.as_ref().is_some_and(JoinHandle::is_finished) {
-            let _ = self.0.take().map(JoinHandle::join);
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            let _ = self.thread.take().map(JoinHandle::join);
         }
     }
 }
@@ -76,7 +99,8 @@ pub fn pipe() -> std::io::Result<(File, OwnedFd)> {
 
 /// A log file that is moved to `NAME.1` once it holds `max` bytes.
 struct RotatingLog {
-    path: PathBuf,
+    /// Shared with the keeper, which may move it (`ConsoleKeeper::move_to`).
+    path: Arc<Mutex<PathBuf>>,
     file: Option<File>,
     written: u64,
     max: u64,
@@ -88,7 +112,7 @@ impl RotatingLog {
         // A rotated file of an earlier run is not this run's.
         let _ = std::fs::remove_file(rotated(&path));
         Ok(RotatingLog {
-            path,
+            path: Arc::new(Mutex::new(path)),
             file: Some(file),
             written: 0,
             max,
@@ -99,7 +123,7 @@ impl RotatingLog {
         let file = File::options().create(true).append(true).open(&path)?;
         let written = file.metadata()?.len();
         Ok(RotatingLog {
-            path,
+            path: Arc::new(Mutex::new(path)),
             file: Some(file),
             written,
             max,
@@ -138,8 +162,12 @@ impl RotatingLog {
     }
 
     fn rotate(&mut self) {
-        self.file = std::fs::rename(&self.path, rotated(&self.path))
-            .and_then(|()| File::create(&self.path))
+        let Ok(path) = self.path.lock() else {
+            self.file = None;
+            return;
+        };
+        self.file = std::fs::rename(&*path, rotated(&path))
+            .and_then(|()| File::create(&*path))
             .ok();
         self.written = 0;
     }
@@ -180,7 +208,7 @@ mod tests {
         write.write_all(b"[    0.000000] Linux version\n").unwrap();
         drop(write);
         keeper.settle(Duration::from_secs(10));
-        assert!(keeper.0.is_none(), "the thread ended at the hang-up");
+        assert!(keeper.thread.is_none(), "the thread ended at the hang-up");
         assert_eq!(std::fs::read(&path).unwrap(), b"[    0.000000] Linux version\n");
         // The VM moved to a new VMM: its console goes on in the same log.
         let (read, write) = pipe().unwrap();
@@ -188,5 +216,29 @@ mod tests {
         File::from(write).write_all(b"moved\n").unwrap();
         keeper.settle(Duration::from_secs(10));
         assert_eq!(std::fs::read(&path).unwrap(), b"[    0.000000] Linux version\nmoved\n");
+    }
+
+    #[test]
+    fn a_moved_log_goes_on_and_rotates_where_it_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let standby = dir.path().join("standby.log");
+        let container = dir.path().join("console.log");
+        std::fs::write(rotated(&container), "an earlier run").unwrap();
+        let (read, write) = pipe().unwrap();
+        let mut writer = RotatingLog::create(standby.clone(), 8).unwrap();
+        let keeper = ConsoleKeeper {
+            thread: None,
+            log: writer.path.clone(),
+        };
+        writer.write(b"restored");
+        keeper.move_to(&container).unwrap();
+        assert!(!standby.exists());
+        assert!(!rotated(&container).exists(), "an earlier run's rotated file goes");
+        let copier = std::thread::spawn(move || writer.copy_from(read));
+        File::from(write).write_all(b"ran").unwrap();
+        copier.join().unwrap();
+        assert_eq!(std::fs::read(rotated(&container)).unwrap(), b"restored");
+        assert_eq!(std::fs::read(&container).unwrap(), b"ran");
+        assert!(!standby.exists() && !rotated(&standby).exists());
     }
 }

@@ -385,7 +385,7 @@ impl ContainerDir {
     pub fn plug_disk(&self, slot: u8, disk: Option<&std::fs::File>) -> Result<(), ContainerError> {
         use proto::vmm_control::VmmRequest;
         match disk {
-            Some(disk) => self.ask_vmm(VmmRequest::PlugDisk { slot }, Some(disk)),
+            Some(disk) => self.ask_vmm(VmmRequest::PlugDisk { slot, lasting: false }, Some(disk)),
             None => self.ask_vmm(VmmRequest::UnplugDisk { slot }, None),
         }
     }
@@ -428,7 +428,17 @@ impl ContainerDir {
     /// could not start. The state returned may already say "exited": the
     /// command ran and ended.
     pub fn start(&self) -> Result<RunState, ContainerError> {
-        self.spawn_supervisor(None)?.until_running()
+        let spec = self.spec()?;
+        // A standby VM if one is ready: the VM's start is then not waited for.
+        let starting = match crate::standby::claim(self, &spec) {
+            Some(starting) => starting,
+            None => self.spawn_supervisor(None)?,
+        };
+        let state = starting.until_running();
+        if spec.joins.is_none() && !spec.cold_boot {
+            crate::standby::keep_warm(spec.memory_mib, spec.cpus);
+        }
+        state
     }
 
     /// Starts the supervisor of a container whose running VM comes from
@@ -440,10 +450,9 @@ impl ContainerDir {
     }
 
     fn spawn_supervisor(&self, arriving: Option<std::os::fd::OwnedFd>) -> Result<Starting, ContainerError> {
-        let shim = crate::sibling_binary("hull-shim").ok_or(ContainerError::NoShim)?;
         let errors = self.path.join("shim.err");
         let err_file = std::fs::File::create(&errors).map_err(io("creating the supervisor's error log"))?;
-        let mut command = Command::new(shim);
+        let mut command = shim_command().map_err(|_| ContainerError::NoShim)?;
         command
             .arg(&self.path)
             .arg(&self.id)
@@ -455,26 +464,18 @@ impl ContainerDir {
             })
             // The shim writes `shim::RUNNING` here once the process runs.
             .stdout(Stdio::piped())
-            .stderr(err_file)
-            .env("HULL_DATA_DIR", crate::data_dir());
+            .stderr(err_file);
         let arriving_fd = arriving.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        if arriving_fd.is_some() {
+        if let Some(fd) = arriving_fd {
             command.arg("--arriving-fd").arg(SHIM_ARRIVING_FD.to_string());
-        }
-        // SAFETY: setsid and dup2 are async-signal-safe; the supervisor gets
-        // its own session so that nothing aimed at hulld's terminal or group
-        // reaches it, and the arriving connection at a known number
-        // (dup2 leaves the copy open across exec).
-        unsafe {
-            command.pre_exec(move || {
-                libc::setsid();
-                if let Some(fd) = arriving_fd {
-                    if libc::dup2(fd, SHIM_ARRIVING_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            // SAFETY: dup2 is async-signal-safe; it puts the arriving
+            // connection at a known number (the copy stays open across exec).
+            unsafe {
+                command.pre_exec(move || match libc::dup2(fd, SHIM_ARRIVING_FD) {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    _ => Ok(()),
+                });
+            }
         }
         let mut child = command.spawn().map_err(io("starting hull-shim"))?;
         // The supervisor has its copy.
@@ -484,14 +485,25 @@ impl ContainerDir {
             let _ = child.wait();
             return Err(ContainerError::ShimFailed("no pipe to hear it on".into()));
         };
-        Ok(Starting {
-            dir: self.clone(),
-            lifeline: child.stdin.take(),
-            child,
-            report: Report::new(stdout),
-            errors,
-        })
+        let lifeline = child.stdin.take();
+        Ok(Starting::new(self.clone(), lifeline, child, Report::new(stdout)))
     }
+}
+
+/// `hull-shim`, ready to be given its arguments: in a session of its own,
+/// so that nothing aimed at hulld's terminal or group reaches it.
+pub(crate) fn shim_command() -> Result<Command, String> {
+    let shim = crate::sibling_binary("hull-shim").ok_or("hull-shim not found beside this binary")?;
+    let mut command = Command::new(shim);
+    command.env("HULL_DATA_DIR", crate::data_dir());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    Ok(command)
 }
 
 /// The file naming an arriving VM's template directory.
@@ -513,6 +525,22 @@ pub struct Starting {
 }
 
 impl Starting {
+    pub(crate) fn new(
+        dir: ContainerDir,
+        lifeline: Option<std::process::ChildStdin>,
+        child: std::process::Child,
+        report: Report,
+    ) -> Starting {
+        let errors = dir.path.join("shim.err");
+        Starting {
+            dir,
+            lifeline,
+            child,
+            report,
+            errors,
+        }
+    }
+
     /// Whether the supervisor has ended.
     pub fn ended(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
@@ -544,10 +572,10 @@ impl Starting {
                 Heard::Running => break true,
                 Heard::Closed => break false,
                 // A supervisor gone while a child of its holds the pipe.
-                Heard::Nothing if !matches!(child.try_wait(), Ok(None)) => {
+                Heard::Nothing | Heard::Standing if !matches!(child.try_wait(), Ok(None)) => {
                     break report.read(Duration::ZERO) == Heard::Running
                 }
-                Heard::Nothing => {}
+                Heard::Nothing | Heard::Standing => {}
             }
         };
         // Running (or not): the arrival no longer hangs on hulld.
@@ -751,17 +779,19 @@ pub fn now_rfc3339() -> String {
 
 /// What a starting supervisor said on its report pipe.
 #[derive(Debug, PartialEq, Eq)]
-enum Heard {
+pub(crate) enum Heard {
     Running,
+    /// A standby's VM is ready (`standby::STANDING`).
+    Standing,
     Closed,
     Nothing,
 }
 
 /// The read end of a supervisor's report pipe (non-blocking).
-struct Report(std::process::ChildStdout);
+pub(crate) struct Report(std::process::ChildStdout);
 
 impl Report {
-    fn new(pipe: std::process::ChildStdout) -> Report {
+    pub(crate) fn new(pipe: std::process::ChildStdout) -> Report {
         use std::os::unix::io::AsRawFd;
         // SAFETY: F_GETFL/F_SETFL on a pipe this process owns.
         unsafe {
@@ -772,12 +802,13 @@ impl Report {
     }
 
     /// Waits up to `timeout` for the supervisor's word.
-    fn read(&mut self, timeout: Duration) -> Heard {
+    pub(crate) fn read(&mut self, timeout: Duration) -> Heard {
         crate::run::wait_readable(&self.0, timeout);
         let mut bytes = [0u8; 16];
         match self.0.read(&mut bytes) {
             Ok(0) => Heard::Closed,
             Ok(n) if bytes[..n].contains(&crate::shim::RUNNING[0]) => Heard::Running,
+            Ok(n) if bytes[..n].contains(&crate::standby::STANDING) => Heard::Standing,
             Ok(_) => Heard::Nothing,
             Err(e)
                 if matches!(

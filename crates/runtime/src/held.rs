@@ -59,7 +59,15 @@ impl HeldContainer {
         let run = {
             let (path, sockets, id) = (dir.path.clone(), sockets.clone(), dir.id.clone());
             std::thread::spawn(move || {
-                crate::run::run_in(&path, &sockets, &id, &request, &mut Handover(Some(tx)), None, None)
+                crate::run::run_in(
+                    &path,
+                    &sockets,
+                    &id,
+                    &request,
+                    &mut Handover(Some(tx)),
+                    None,
+                    crate::run::GivenVm::None,
+                )
             })
         };
         match rx.recv() {

@@ -21,6 +21,7 @@ pub mod rootfs;
 pub mod run;
 pub mod share_watch;
 pub mod shim;
+pub mod standby;
 pub mod template;
 pub mod usage;
 pub mod volume;

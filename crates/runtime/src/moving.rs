@@ -343,7 +343,7 @@ pub(crate) fn move_vm(
         listen: &staging.incoming,
         template: kit.template,
     };
-    let mut next = files.start_as(kit.request, start).map_err(|e| e.to_string())?;
+    let mut next = files.start_as(kit.request.shape(), start).map_err(|e| e.to_string())?;
     // Only the VMMs hold the taps now (a NIC unplugged later takes its tap away).
     drop(taps);
     // The socket's name appears at bind(2), before listen(2): until then

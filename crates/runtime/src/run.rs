@@ -251,6 +251,8 @@ pub enum RunError {
     NoVmm,
     #[error("{0}")]
     Template(#[from] crate::template::TemplateError),
+    #[error("the standby VM could not be given the container: {0}")]
+    Standby(String),
     #[error("the template could not be restored: {0}")]
     BadSnapshot(String),
     #[error("the host has {available} MiB of memory available; starting another VM needs at least {MIN_HOST_AVAILABLE_MIB} MiB")]
@@ -293,7 +295,7 @@ impl Drop for RunDir {
 /// removed, `vmm::jail::VmmProcess`).
 pub(crate) struct Vmm {
     pub(crate) process: vmm::jail::VmmProcess,
-    console: ConsoleKeeper,
+    pub(crate) console: ConsoleKeeper,
 }
 
 impl Vmm {
@@ -333,7 +335,7 @@ pub fn open_to_jailed_vmm(path: &Path, mode: u32) -> Result<(), RunError> {
 /// Whether VMMs are jailed: always when started by root (the only one who
 /// can hand them a uid of their own); `HULL_JAIL=0` turns it off, to tell
 /// whether a problem comes from the jail.
-fn jailing() -> bool {
+pub(crate) fn jailing() -> bool {
     // SAFETY: geteuid has no preconditions.
     std::env::var_os("HULL_JAIL").is_none_or(|v| v != "0") && unsafe { libc::geteuid() == 0 }
 }
@@ -381,7 +383,7 @@ pub fn run(request: &RunRequest) -> Result<i32, RunError> {
             stdin: request.interactive,
         },
         None,
-        None,
+        GivenVm::None,
     )
 }
 
@@ -414,6 +416,15 @@ impl Attachment for Terminal {
 /// already there is kept, so a restarted container sees its earlier writes.
 /// `nic` is the VM's place on its network if the caller made it already
 /// (to report a failure as a failed start); otherwise it is made here.
+/// A running VM the container is to be run in, rather than a new one.
+pub enum GivenVm {
+    None,
+    /// From another host.
+    Arriving(Arrival),
+    /// A standby's, if it fits the container (`standby::WarmVm::fits`).
+    Standby(crate::standby::WarmVm),
+}
+
 pub fn run_in(
     dir: &Path,
     sockets: &Path,
@@ -421,8 +432,13 @@ pub fn run_in(
     request: &RunRequest,
     attachment: &mut dyn Attachment,
     nic: Option<crate::network::attach::Attached>,
-    arrival: Option<Arrival>,
+    given: GivenVm,
 ) -> Result<i32, RunError> {
+    let (arrival, warm) = match given {
+        GivenVm::None => (None, None),
+        GivenVm::Arriving(arrival) => (Some(arrival), None),
+        GivenVm::Standby(warm) => (None, Some(warm)),
+    };
     vmm::trace::mark("run: starting");
     vmm::host::require_guest_capable()?;
     let guest = Guest::current()?;
@@ -525,15 +541,8 @@ pub fn run_in(
         true => sockets.join("console.log"),
         false => dir.join("console.log"),
     };
-    let agent_socket = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
-    let _ = std::fs::remove_file(&agent_socket);
-    let listener = UnixListener::bind(&agent_socket).map_err(io("vsock listener"))?;
-    listener.set_nonblocking(true).map_err(io("vsock listener"))?;
     let jailed = jailing();
-    if jailed {
-        open_to_jailed_vmm(sockets, 0o710)?;
-        open_to_jailed_vmm(&agent_socket, 0o660)?;
-    }
+    let listener = agent_listener(&uds, jailed)?;
     // A move starts a VMM like this one, on the taps the running VMM lends
     // it then (`moving`): its NICs may have changed since.
     let move_files = VmFiles {
@@ -560,29 +569,51 @@ pub fn run_in(
         None => template.as_ref().map(|t| t.dir.clone()),
     };
     vmm::trace::mark("run: files ready, starting hull-vmm");
-    let (mut vmm, conn, resume_from) = match arrival {
-        Some(arrival) => {
+    // A standby VM serves only a container it was made for (`WarmVm::fits`);
+    // one that does not, or fails to take the container's disks and taps,
+    // ends here and leaves the socket directory to a VM of the container's own.
+    let template_dir = template.as_ref().map(|t| t.dir.as_path());
+    let taken = match warm {
+        Some(warm) if arrival.is_none() && warm.fits(request, template_dir) => {
+            match warm.take_over(&vm, request.shape()) {
+                Ok(taken) => Some(taken),
+                Err(e) => {
+                    eprintln!("hull: {e}; starting a VM of the container's own");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if taken.is_none() {
+        for leftover in [&uds, &control] {
+            let _ = std::fs::remove_file(leftover);
+        }
+    }
+    let (mut vmm, conn, resume_from) = match (arrival, taken) {
+        (None, Some((vmm, conn))) => (vmm, conn, None),
+        (Some(arrival), _) => {
             let start = VmStart::Arriving {
                 conn: &arrival.conn,
                 template: arrival.template.as_deref(),
             };
-            let mut vmm = vm.start_as(request, start)?;
+            let mut vmm = vm.start_as(request.shape(), start)?;
             // Only the VMM holds the connection now: its end is the source's sign.
             drop(arrival.conn);
             let frames = await_resume(&arrival.resume, &mut vmm)?;
-            let conn = wait_for_agent(&listener, &mut vmm, ARRIVAL_PATIENCE, &console_log)?;
+            let conn = wait_for_agent(&listener.0, &mut vmm, ARRIVAL_PATIENCE, &console_log)?;
             (vmm, conn, Some(frames))
         }
-        None => {
-            let mut vmm = vm.start(request, template.as_ref())?;
-            let conn = match wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log) {
+        (None, None) => {
+            let mut vmm = vm.start(request.shape(), template.as_ref())?;
+            let conn = match wait_for_agent(&listener.0, &mut vmm, request.boot_timeout, &console_log) {
                 // A damaged or outdated template: make it again, once.
                 Err(RunError::BadSnapshot(reason)) if template.is_some() => {
                     let old = template.take().ok_or(RunError::NoVmm)?;
                     eprintln!("hull: template {} is unusable ({reason}); making it again", old.name);
                     let fresh = crate::template::rebuild(&old, &guest, &vmm_binary)?;
-                    vmm = vm.start(request, Some(&fresh))?;
-                    wait_for_agent(&listener, &mut vmm, request.boot_timeout, &console_log)?
+                    vmm = vm.start(request.shape(), Some(&fresh))?;
+                    wait_for_agent(&listener.0, &mut vmm, request.boot_timeout, &console_log)?
                 }
                 other => other?,
             };
@@ -591,7 +622,6 @@ pub fn run_in(
     };
     vmm::trace::mark("run: the agent said hello");
     drop(listener);
-    let _ = std::fs::remove_file(&agent_socket);
     attachment.vm_ready(vmm.process.id());
     // Only the VMM holds the taps now, so a NIC it unplugs takes its tap away.
     nic.close_taps();
@@ -805,6 +835,25 @@ fn host_available_mib() -> u64 {
     vmm::host::meminfo_mib("MemAvailable").unwrap_or(u64::MAX)
 }
 
+/// What a VM is given of the host: its memory, vCPUs and CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub(crate) memory_mib: u64,
+    pub(crate) cpus: u8,
+    /// `RunRequest::cpu_limit_millis`.
+    pub(crate) cpu_limit_millis: Option<u32>,
+}
+
+impl RunRequest {
+    pub(crate) fn shape(&self) -> Shape {
+        Shape {
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            cpu_limit_millis: self.cpu_limit_millis,
+        }
+    }
+}
+
 /// How a container's VMM gets its VM.
 #[derive(Clone, Copy)]
 pub(crate) enum VmStart<'a> {
@@ -827,12 +876,12 @@ pub(crate) enum VmStart<'a> {
 /// Everything one container VM is started with.
 #[derive(Clone)]
 pub(crate) struct VmFiles<'a> {
-    binary: &'a Path,
-    guest: &'a Guest,
-    disk: &'a Path,
-    writable: &'a Path,
+    pub(crate) binary: &'a Path,
+    pub(crate) guest: &'a Guest,
+    pub(crate) disk: &'a Path,
+    pub(crate) writable: &'a Path,
     /// One per spare slot: volumes' disks, then empty placeholders.
-    volumes: &'a [PathBuf],
+    pub(crate) volumes: &'a [PathBuf],
     /// The directories its virtio-fs shares.
     pub(crate) shares: &'a [crate::bind::Share],
     pub(crate) uds: &'a Path,
@@ -856,11 +905,11 @@ impl<'a> VmFiles<'a> {
     }
 
     /// Starts `hull-vmm`: a clone of `template`, or a cold boot without one.
-    fn start(&self, request: &RunRequest, template: Option<&crate::template::Template>) -> Result<Vmm, RunError> {
-        self.start_as(request, VmStart::Fresh(template))
+    pub(crate) fn start(&self, shape: Shape, template: Option<&crate::template::Template>) -> Result<Vmm, RunError> {
+        self.start_as(shape, VmStart::Fresh(template))
     }
 
-    pub(crate) fn start_as(&self, request: &RunRequest, start: VmStart) -> Result<Vmm, RunError> {
+    pub(crate) fn start_as(&self, shape: Shape, start: VmStart) -> Result<Vmm, RunError> {
         // HULL_DEBUG_CONSOLE=1: the whole guest console on our stderr, live.
         let debug_console = std::env::var_os("HULL_DEBUG_CONSOLE").is_some();
         let mut command = vmm::jail::VmmCommand::new(self.binary);
@@ -908,9 +957,9 @@ impl<'a> VmFiles<'a> {
         }
         command
             .arg("--memory")
-            .arg(request.memory_mib.to_string())
+            .arg(shape.memory_mib.to_string())
             .arg("--cpus")
-            .arg(request.cpus.to_string())
+            .arg(shape.cpus.to_string())
             .arg("--disk")
             .arg(format!("{}:ro", self.disk.display()))
             .arg("--disk")
@@ -940,7 +989,7 @@ impl<'a> VmFiles<'a> {
             .arg("--control-socket")
             .arg(self.control);
         if self.jailed {
-            let limits = vmm::jail::Limits::new(request.memory_mib, request.cpus, request.cpu_limit_millis)?;
+            let limits = vmm::jail::Limits::new(shape.memory_mib, shape.cpus, shape.cpu_limit_millis)?;
             // The VM's socket directory holds everything it reaches after it is built.
             command.jail(self.uds.parent().unwrap_or(Path::new("/")), limits);
         }
@@ -973,6 +1022,31 @@ impl<'a> VmFiles<'a> {
             console: keeper,
         })
     }
+}
+
+/// The listener the agent's first connection comes to (`uds` and the
+/// agent's port), made ready for a jailed VMM; its socket goes with it.
+pub(crate) struct AgentListener(pub(crate) UnixListener, PathBuf);
+
+impl Drop for AgentListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+pub(crate) fn agent_listener(uds: &Path, jailed: bool) -> Result<AgentListener, RunError> {
+    let path = PathBuf::from(format!("{}_{}", uds.display(), proto::AGENT_PORT));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io("vsock listener"))?;
+    let listener = AgentListener(listener, path);
+    listener.0.set_nonblocking(true).map_err(io("vsock listener"))?;
+    if jailed {
+        if let Some(sockets) = uds.parent() {
+            open_to_jailed_vmm(sockets, 0o710)?;
+        }
+        open_to_jailed_vmm(&listener.1, 0o660)?;
+    }
+    Ok(listener)
 }
 
 pub(crate) fn wait_for_agent(

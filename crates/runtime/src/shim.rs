@@ -116,14 +116,32 @@ pub const DEPARTED: &str = "the container moved to another host";
 /// connection (hulld's, from that host's hulld), with the source's image
 /// disk copied into the container's directory (`ContainerDir::arriving_image_disk`).
 pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> Result<i32, ContainerError> {
+    supervise_with(dir, arriving, None)
+}
+
+/// Runs the container in `dir` to its end in `warm`, a standby's VM whose
+/// socket directory is the container's already (`standby::serve`).
+pub(crate) fn supervise_warm(dir: &ContainerDir, warm: crate::standby::WarmVm) -> Result<i32, ContainerError> {
+    supervise_with(dir, None, Some(warm))
+}
+
+fn supervise_with(
+    dir: &ContainerDir,
+    arriving: Option<std::os::fd::OwnedFd>,
+    warm: Option<crate::standby::WarmVm>,
+) -> Result<i32, ContainerError> {
     let spec = dir.spec()?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| ContainerError::Io { what, source }
     };
     let socket = dir.socket_path();
-    let _ = std::fs::remove_dir_all(dir.socket_dir());
-    std::fs::create_dir_all(dir.socket_dir()).map_err(io("creating the socket directory"))?;
+    // A container on another's network has no VM of its own to be given.
+    let warm = warm.filter(|_| spec.joins.is_none());
+    if warm.is_none() {
+        let _ = std::fs::remove_dir_all(dir.socket_dir());
+        std::fs::create_dir_all(dir.socket_dir()).map_err(io("creating the socket directory"))?;
+    }
     let listener = UnixListener::bind(&socket).map_err(io("binding the supervisor's socket"))?;
     let shared = Shared {
         control: Arc::default(),
@@ -199,7 +217,11 @@ pub fn supervise(dir: &ContainerDir, arriving: Option<std::os::fd::OwnedFd>) -> 
             &request,
             &mut supervised,
             Some(nic),
-            arrival,
+            match (arrival, warm) {
+                (Some(arrival), _) => crate::run::GivenVm::Arriving(arrival),
+                (None, Some(warm)) => crate::run::GivenVm::Standby(warm),
+                (None, None) => crate::run::GivenVm::None,
+            },
         )
         .map_err(|e| e.to_string())
     });

@@ -100,6 +100,13 @@ impl Hulld {
             .arg("--data-dir")
             .arg(&self.data)
             .args(&self.extra_args)
+            // Standby VMs only where a test asks for them (`vm_standby`):
+            // an idle VM beside every test's would share the test host's
+            // one vCPU with the VMs under test.
+            .args(match self.extra_args.iter().any(|a| a.starts_with("--standby-vms")) {
+                true => &[][..],
+                false => &["--standby-vms", "0"][..],
+            })
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("HULL_RUN_DIR", self.work.join("run"))
             .env("HULL_NET_NAME", &self.net_name)

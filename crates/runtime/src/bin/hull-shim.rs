@@ -1,6 +1,8 @@
 //! `hull-shim DIR ID [--arriving-fd N]`: supervises one hulld container
 //! (see `runtime::shim`); with `--arriving-fd`, one whose running VM comes
 //! from another host on that (inherited) connection.
+//! `hull-shim --standby NAME MEMORY CPUS`: a standby VM, which supervises
+//! the container hulld gives it (see `runtime::standby`).
 
 use std::process::ExitCode;
 
@@ -8,6 +10,21 @@ fn main() -> ExitCode {
     vmm::trace::start_as("hull-shim");
     runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, name, memory, cpus] = args.as_slice() {
+        if flag == "--standby" {
+            let (Ok(memory), Ok(cpus)) = (memory.parse::<u64>(), cpus.parse::<u8>()) else {
+                eprintln!("hull-shim: --standby NAME MEMORY_MIB CPUS takes numbers");
+                return ExitCode::from(2);
+            };
+            return match runtime::standby::serve(name, memory, cpus) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hull-shim: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let (dir, id, arriving) = match args.as_slice() {
         [dir, id] => (dir, id, None),
         [dir, id, flag, fd] if flag == "--arriving-fd" => match fd.parse::<i32>() {

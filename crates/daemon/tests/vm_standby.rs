@@ -1,0 +1,182 @@
+//! VM tests of standby VMs (`hulld --standby-vms N`, `runtime::standby`):
+//! a container started while one stands ready runs in it (its disks and
+//! taps plugged into that running VM), and works as one started in a VM
+//! of its own does: its address and published port, its writes kept
+//! across a restart, exec, pause, a CPU limit, a move to a new VMM; the
+//! standby is replaced after each claim; a container it cannot serve (a
+//! volume) starts a VM of its own; nothing of it outlives hulld.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use testkit::hulld::{eventually, ok, text, Hulld};
+
+/// The standbys standing ready in `data`.
+fn standing(data: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data.join("standby")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(runtime::standby::STANDING_MARKER).exists())
+        .collect()
+}
+
+/// Container `name`'s VMM, as its supervisor recorded it.
+fn vmm_pid(hulld: &Hulld, name: &str) -> u32 {
+    let id = hulld.inspect("{{.Id}}", name);
+    let dir = runtime::container::ContainerDir {
+        id: id.clone(),
+        path: hulld.data.join("containers").join(&id),
+    };
+    let state = dir.state().unwrap().expect("a running container's state");
+    assert_ne!(state.vmm_pid, 0, "its VMM is recorded");
+    state.vmm_pid
+}
+
+fn vmm_command_line(hulld: &Hulld, name: &str) -> String {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vmm_pid(hulld, name))).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+}
+
+/// Standby supervisors (`hull-shim --standby`) of the hulld whose data
+/// directory is `data` (named in their environment).
+fn standby_supervisors(data: &Path) -> Vec<u32> {
+    let wanted = format!("HULL_DATA_DIR={}", data.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("--standby")
+                && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes())
+        })
+        .collect()
+}
+
+/// Whether container `name` runs in a VM that stood by before it started.
+fn in_standby_vm(hulld: &Hulld, name: &str) -> bool {
+    vmm_command_line(hulld, name).contains("/standby/")
+}
+
+fn curl(url: &str) -> String {
+    let out = Command::new("curl").args(["-sS", "-m", "5", url]).output().unwrap();
+    text(&out.stdout)
+}
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
+    let (mut hulld, _registry, image) = Hulld::with_busybox_args("vm-standby", &["--standby-vms", "1"]).unwrap();
+    ok(&hulld.docker(&["pull", "-q", &image]));
+    // The first container makes (or finds) the template; a standby of its
+    // shape follows it.
+    assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
+    eventually("a standby VM to stand ready", || standing(&hulld.data).len() == 1);
+    let first_standby = standing(&hulld.data).remove(0);
+
+    // run -d returns once the command runs, in the standby's VM: its
+    // image and writable disks and its tap were plugged into it.
+    let web = ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "--cpus",
+        "0.5",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello from web > /www/index.html && echo started && exec busybox httpd -f -p 80 -h /www",
+    ]));
+    let web = web.trim().to_string();
+    assert!(in_standby_vm(&hulld, "web"), "{}", vmm_command_line(&hulld, "web"));
+    assert!(!first_standby.exists(), "the claimed standby's own files went");
+    // At once: pause and exec find it running.
+    ok(&hulld.docker(&["pause", "web"]));
+    assert_eq!(hulld.inspect("{{.State.Status}}", "web"), "paused");
+    ok(&hulld.docker(&["unpause", "web"]));
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "web", "cat", "/www/index.html"])),
+        "hello from web\n"
+    );
+    let address = hulld.inspect("{{.NetworkSettings.IPAddress}}", "web");
+    assert!(address.parse::<std::net::Ipv4Addr>().is_ok(), "IPAddress {address:?}");
+    let inside = ok(&hulld.docker(&["exec", "web", "sh", "-c", "ip -4 addr show eth0"]));
+    assert!(inside.contains(&format!("inet {address}/")), "{inside}");
+    eventually("the published port to serve", || {
+        curl("http://127.0.0.1:8080/") == "hello from web\n"
+    });
+    assert_eq!(ok(&hulld.docker(&["logs", "web"])), "started\n");
+    // Its CPU limit is on the standby's VMM's cgroup.
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", vmm_pid(&hulld, "web"))).unwrap();
+    let group = cgroup.trim().strip_prefix("0::").unwrap().to_string();
+    let cpu_max = std::fs::read_to_string(format!("/sys/fs/cgroup{group}/cpu.max")).unwrap();
+    assert_eq!(cpu_max.trim(), "50000 100000");
+    // Its console log is the container's (a quiet guest writes nothing there).
+    assert!(hulld.data.join("containers").join(&web).join("console.log").is_file());
+
+    // A new standby stands ready for the next container.
+    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+
+    // Its writes are on its own writable disk: kept across a restart, which
+    // takes the next standby.
+    ok(&hulld.docker(&["exec", "web", "sh", "-c", "echo kept > /www/note"]));
+    ok(&hulld.docker(&["stop", "-t", "1", "web"]));
+    ok(&hulld.docker(&["start", "web"]));
+    assert!(in_standby_vm(&hulld, "web"));
+    assert_eq!(ok(&hulld.docker(&["exec", "web", "cat", "/www/note"])), "kept\n");
+    eventually("the published port to serve again", || {
+        curl("http://127.0.0.1:8080/note") == "kept\n"
+    });
+
+    // It moves to a new VMM like any container: its disks are its VM's own.
+    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+    let (head, body) = hulld.raw(&format!(
+        "POST /containers/{web}/migrate HTTP/1.1\r\nHost: hull\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    assert!(!in_standby_vm(&hulld, "web"), "a VMM of its own now");
+    assert_eq!(ok(&hulld.docker(&["exec", "web", "cat", "/www/note"])), "kept\n");
+    assert_eq!(curl("http://127.0.0.1:8080/"), "hello from web\n");
+
+    // A container with a volume gets a VM of its own; the standby stays.
+    let out = ok(&hulld.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        &image,
+        "sh",
+        "-c",
+        "echo in-volume > /data/f && cat /data/f",
+    ]));
+    assert_eq!(out, "in-volume\n");
+    assert_eq!(standing(&hulld.data).len(), 1, "the standby was not taken");
+
+    // A command that cannot start in a standby fails as in a VM of its own.
+    let missing = hulld.docker(&["run", "-d", &image, "no-such-command"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", text(&missing.stderr));
+
+    // --rm in a standby leaves nothing.
+    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+    assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "done"])), "done\n");
+    ok(&hulld.docker(&["rm", "-f", "web"]));
+    let removed = hulld.docker(&["ps", "-aq", "--filter", "status=exited"]);
+    for id in text(&removed.stdout).lines() {
+        ok(&hulld.docker(&["rm", id]));
+    }
+    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+
+    // The standby ends with hulld: no VMM or supervisor of it is left.
+    assert_eq!(standby_supervisors(&hulld.data).len(), 1);
+    hulld.kill();
+    eventually("the standby to end with hulld", || {
+        hulld.processes_of("hull-(vmm|shim)").is_empty() && standby_supervisors(&hulld.data).is_empty()
+    });
+}

@@ -1,0 +1,377 @@
+//! Standby VMs: a clone of the template restored, jailed and with its
+//! agent up before any container asks for one (as Kata's VM cache keeps
+//! VMs ready), so that `docker start` and `run -d` wait for the container's
+//! own set-up only, not for a VM to start.
+//!
+//! hulld keeps `enable`'s number of them per VM shape it has started
+//! containers of (`keep_warm`). Each is a `hull-shim --standby NAME MEMORY
+//! CPUS` (`serve`): it starts its VM with every disk slot empty and every
+//! NIC on nothing, says `STANDING` on its report pipe, and waits on
+//! standard input, a pipe hulld holds, for a container's ID. Its end
+//! without one (hulld gone) ends it. Given an ID (`claim`), it becomes that
+//! container's supervisor (`shim::supervise_warm`): the container's disks
+//! are plugged in for good, its taps into its NICs, and the agent runs its
+//! command. A container the standby cannot serve (volumes, bind mounts,
+//! another shape, a template remade meanwhile) starts a VM of its own.
+
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use proto::vmm_control::{VmmReply, VmmRequest};
+
+use crate::container::{ContainerDir, Heard, Report, Starting};
+use crate::run::{RunError, Shape, VmFiles, Vmm};
+
+/// The byte a standby writes on its report pipe once its VM is ready.
+pub(crate) const STANDING: u8 = b'W';
+
+/// The file in a standby's directory (`DATA/standby/NAME/`) while it
+/// stands ready.
+pub const STANDING_MARKER: &str = "standing";
+
+/// A standby's VM, running, its agent's hello not yet read.
+pub struct WarmVm {
+    pub(crate) vmm: Vmm,
+    pub(crate) conn: UnixStream,
+    /// The template it is a clone of.
+    pub(crate) template: PathBuf,
+    pub(crate) memory_mib: u64,
+    pub(crate) cpus: u8,
+}
+
+impl WarmVm {
+    /// Whether it can be `request`'s VM, a clone of `template`: no
+    /// directories to share (its virtio-fs was started sharing none), no
+    /// volumes, the same shape.
+    pub(crate) fn fits(&self, request: &crate::run::RunRequest, template: Option<&Path>) -> bool {
+        template == Some(self.template.as_path())
+            && request.memory_mib == self.memory_mib
+            && request.cpus == self.cpus
+            && request.volumes.is_empty()
+            && request.binds.is_empty()
+            && !request.hold
+            && !request.cold_boot
+    }
+
+    /// Gives the VM the container's disks and taps (`files`) and its CPU
+    /// limit (`shape`): the VMM and the agent's connection.
+    pub(crate) fn take_over(self, files: &VmFiles, shape: Shape) -> Result<(Vmm, UnixStream), RunError> {
+        let failed = |what: String| RunError::Standby(what);
+        let control =
+            UnixStream::connect(files.control).map_err(|e| failed(format!("its VMM's control channel: {e}")))?;
+        let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
+        let ask = |request: VmmRequest, fd: &File| match vmm::control::ask(&control, &request, Some(fd)) {
+            Ok(VmmReply::Done) => Ok(()),
+            Ok(VmmReply::Failed { reason }) => Err(failed(format!("{request:?}: {reason}"))),
+            Ok(other) => Err(failed(format!("{request:?}: unexpected reply {other:?}"))),
+            Err(e) => Err(failed(format!("{request:?}: {e}"))),
+        };
+        let open = |path: &Path, write: bool| {
+            File::options()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map_err(|e| failed(format!("{}: {e}", path.display())))
+        };
+        // The image read-only, as the VM would have started with it.
+        ask(
+            VmmRequest::PlugDisk { slot: 0, lasting: true },
+            &open(files.disk, false)?,
+        )?;
+        ask(
+            VmmRequest::PlugDisk { slot: 1, lasting: true },
+            &open(files.writable, true)?,
+        )?;
+        for (slot, tap) in &files.taps {
+            ask(VmmRequest::PlugNic { slot: *slot }, tap)?;
+        }
+        if shape.cpu_limit_millis.is_some() {
+            let cgroup = self
+                .vmm
+                .process
+                .cgroup()
+                .ok_or_else(|| failed("its VMM has no cgroup for the CPU limit".into()))?;
+            std::fs::write(cgroup.join("cpu.max"), vmm::jail::cpu_max(shape.cpu_limit_millis))
+                .map_err(|e| failed(format!("setting its CPU limit: {e}")))?;
+        }
+        Ok((self.vmm, self.conn))
+    }
+}
+
+/// Where standby `name` keeps its files (its console, its empty disks).
+fn files_dir(name: &str) -> PathBuf {
+    crate::data_dir().join("standby").join(name)
+}
+
+/// Standby `name`'s socket directory, the root its VMM is jailed in;
+/// renamed to the container's socket directory when claimed.
+fn sockets_dir(name: &str) -> PathBuf {
+    crate::run_dir().join("standby").join(name)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// `hull-shim --standby NAME MEMORY CPUS`: starts a standby VM, waits to be
+/// claimed, then supervises the container it was given to its end.
+pub fn serve(name: &str, memory_mib: u64, cpus: u8) -> Result<(), String> {
+    if !valid_name(name) {
+        return Err(format!("'{name}' is no standby name"));
+    }
+    let files = files_dir(name);
+    let sockets = sockets_dir(name);
+    let result = stand_by(&files, &sockets, memory_mib, cpus);
+    match result {
+        Ok(Some((dir, warm))) => {
+            let _ = std::fs::remove_dir_all(&files);
+            crate::shim::supervise_warm(&dir, warm)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        other => {
+            let _ = std::fs::remove_dir_all(&files);
+            let _ = std::fs::remove_dir_all(&sockets);
+            other.map(drop)
+        }
+    }
+}
+
+/// Starts the VM and waits for a claim: the container, its VM, or `None`
+/// when hulld went away first.
+fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<Option<(ContainerDir, WarmVm)>, String> {
+    let text = |e: RunError| e.to_string();
+    let template = crate::template::existing(memory_mib, cpus)
+        .ok_or_else(|| format!("no template of {memory_mib} MiB and {cpus} vCPUs to clone"))?;
+    let guest = crate::guest::Guest::current().map_err(|e| e.to_string())?;
+    let binary = crate::sibling_binary("hull-vmm").ok_or("hull-vmm not found beside hull-shim")?;
+    for dir in [files, sockets] {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    // Its own empty disks, which the container's take the place of.
+    let image_slot = files.join("image-slot");
+    let writable_slot = files.join("writable-slot");
+    for slot in [&image_slot, &writable_slot] {
+        File::create(slot).map_err(|e| format!("{}: {e}", slot.display()))?;
+    }
+    let volumes = crate::volume::slot_disks(&[]).map_err(|e| e.to_string())?;
+    let uds = sockets.join("vsock.sock");
+    let control = sockets.join(crate::run::VMM_CONTROL_SOCKET);
+    let console_log = files.join("console.log");
+    let listener = crate::run::agent_listener(&uds, true).map_err(text)?;
+    let vm = VmFiles {
+        binary: &binary,
+        guest: &guest,
+        disk: &image_slot,
+        writable: &writable_slot,
+        volumes: &volumes,
+        shares: &[],
+        uds: &uds,
+        control: &control,
+        console_log: &console_log,
+        taps: Vec::new(),
+        jailed: true,
+    };
+    let shape = Shape {
+        memory_mib,
+        cpus,
+        cpu_limit_millis: None,
+    };
+    let mut vmm = vm.start(shape, Some(&template)).map_err(text)?;
+    let conn =
+        crate::run::wait_for_agent(&listener.0, &mut vmm, crate::shim::boot_timeout(), &console_log).map_err(text)?;
+    drop(listener);
+    // SAFETY: a one-byte write from a valid buffer to fd 1 (the report pipe).
+    unsafe { libc::write(libc::STDOUT_FILENO, [STANDING].as_ptr().cast(), 1) };
+    // For those who watch the host (tests, benchmarks): it stands ready.
+    let _ = File::create(files.join(STANDING_MARKER));
+    let mut line = String::new();
+    let read = std::io::stdin().lock().take_line(&mut line);
+    if read == 0 {
+        return Ok(None);
+    }
+    let id = line.trim();
+    if !proto::valid_container_id(id) {
+        return Err(format!("claimed for '{id}', which is no container ID"));
+    }
+    let dir = ContainerDir::new(id);
+    // The container's from now on: its console, the supervisor's errors,
+    // and the VM's sockets, under the container's names.
+    let moved = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|e| format!("moving {} to {}: {e}", from.display(), to.display()))
+    };
+    vmm.console
+        .move_to(&dir.path.join("console.log"))
+        .map_err(|e| format!("moving the console log: {e}"))?;
+    let errors = files.join("shim.err");
+    if errors.exists() {
+        moved(&errors, &dir.path.join("shim.err"))?;
+    }
+    let _ = std::fs::remove_dir_all(dir.socket_dir());
+    if let Some(parent) = dir.socket_dir().parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    moved(sockets, &dir.socket_dir())?;
+    let warm = WarmVm {
+        vmm,
+        conn,
+        template: template.dir,
+        memory_mib,
+        cpus,
+    };
+    Ok(Some((dir, warm)))
+}
+
+/// Reads one line (at most 256 bytes); 0 at the end of input.
+trait TakeLine {
+    fn take_line(&mut self, line: &mut String) -> usize;
+}
+
+impl<R: BufRead> TakeLine for R {
+    fn take_line(&mut self, line: &mut String) -> usize {
+        let mut limited = std::io::Read::take(self, 256);
+        limited.read_line(line).unwrap_or(0)
+    }
+}
+
+/// One standby, as hulld holds it.
+struct Standby {
+    memory_mib: u64,
+    cpus: u8,
+    child: Child,
+    /// Its claim channel, and its life: closing it ends an unclaimed standby.
+    claim: ChildStdin,
+    report: Report,
+    standing: bool,
+}
+
+impl Standby {
+    fn spawn(name: String, memory_mib: u64, cpus: u8) -> Result<Standby, String> {
+        let files = files_dir(&name);
+        std::fs::create_dir_all(&files).map_err(|e| format!("creating {}: {e}", files.display()))?;
+        let errors = File::create(files.join("shim.err")).map_err(|e| format!("the standby's error log: {e}"))?;
+        let mut command = crate::container::shim_command()?;
+        command
+            .arg("--standby")
+            .arg(&name)
+            .arg(memory_mib.to_string())
+            .arg(cpus.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(errors);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting a standby hull-shim: {e}"))?;
+        let (Some(claim), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("no pipes to the standby".into());
+        };
+        Ok(Standby {
+            memory_mib,
+            cpus,
+            child,
+            claim,
+            report: Report::new(stdout),
+            standing: false,
+        })
+    }
+
+    /// Whether its VM is ready (and it still runs).
+    fn standing(&mut self) -> bool {
+        if !self.standing {
+            self.standing = self.report.read(Duration::ZERO) == Heard::Standing;
+        }
+        self.standing && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Whether it still runs (one that ended is reaped here).
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+struct Pool {
+    per_shape: usize,
+    standbys: Vec<Standby>,
+    next: u64,
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+/// Keeps `per_shape` standby VMs for each shape containers start with
+/// (hulld; 0: none). Only jailed VMMs stand by: a VMM not jailed names its
+/// sockets by their paths, which a claim renames. Leftovers of an earlier
+/// hulld are removed.
+pub fn enable(per_shape: usize) {
+    let per_shape = if crate::run::jailing() { per_shape } else { 0 };
+    for root in [crate::data_dir().join("standby"), crate::run_dir().join("standby")] {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    if let Ok(mut pool) = POOL.lock() {
+        *pool = (per_shape > 0).then(|| Pool {
+            per_shape,
+            standbys: Vec::new(),
+            next: 0,
+        });
+    }
+}
+
+/// Tops the standbys of this shape up to the number `enable` asked for,
+/// if its template is made (a first run makes it).
+pub fn keep_warm(memory_mib: u64, cpus: u8) {
+    let Ok(mut guard) = POOL.lock() else { return };
+    let Some(pool) = guard.as_mut() else { return };
+    pool.standbys.retain_mut(Standby::alive);
+    let have = pool
+        .standbys
+        .iter()
+        .filter(|s| (s.memory_mib, s.cpus) == (memory_mib, cpus))
+        .count();
+    if have >= pool.per_shape || crate::template::existing(memory_mib, cpus).is_none() {
+        return;
+    }
+    for _ in have..pool.per_shape {
+        pool.next += 1;
+        let name = format!("{}-{}", std::process::id(), pool.next);
+        match Standby::spawn(name, memory_mib, cpus) {
+            Ok(standby) => pool.standbys.push(standby),
+            Err(e) => {
+                eprintln!("hulld: no standby VM: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands `dir`'s container to a standby VM of its shape that is ready, if
+/// there is one and the container can use it: its supervisor, starting.
+pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) -> Option<Starting> {
+    if !spec.volumes.is_empty() || !spec.binds.is_empty() || spec.cold_boot || spec.joins.is_some() {
+        return None;
+    }
+    let mut guard = POOL.lock().ok()?;
+    let pool = guard.as_mut()?;
+    let index = pool
+        .standbys
+        .iter_mut()
+        .position(|s| (s.memory_mib, s.cpus) == (spec.memory_mib, spec.cpus) && s.standing())?;
+    let Standby {
+        child,
+        mut claim,
+        report,
+        ..
+    } = pool.standbys.swap_remove(index);
+    drop(guard);
+    if writeln!(claim, "{}", dir.id).is_err() {
+        return None;
+    }
+    // Held until the command runs, as an arrival's lifeline is.
+    Some(Starting::new(dir.clone(), Some(claim), child, report))
+}
