@@ -245,6 +245,7 @@ impl Daemon {
     }
 
     fn start_once(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        vmm::trace::mark("start: asked");
         let dir = ContainerDir::new(id);
         let spec = dir.spec()?;
         if let Some(target) = &spec.joins {
@@ -265,8 +266,10 @@ impl Daemon {
             }
         }
         dir.start()?;
+        vmm::trace::mark("start: the command runs");
         self.container_event(id, "start", &[]);
         self.watch(id);
+        vmm::trace::mark("start: answered");
         Ok(())
     }
 

@@ -89,6 +89,7 @@ struct Args {
 const DEFAULT_GROUP: &str = "hull";
 
 fn main() -> Result<()> {
+    vmm::trace::start_as("hulld");
     runtime::private_files();
     let args = Args::parse();
     if let Some(dir) = &args.data_dir {

@@ -436,7 +436,8 @@ impl ContainerDir {
         };
         let state = starting.until_running();
         if spec.joins.is_none() && !spec.cold_boot {
-            crate::standby::keep_warm(spec.memory_mib, spec.cpus);
+            // Apart, so that the answer does not wait for the next one's spawn.
+            std::thread::spawn(move || crate::standby::keep_warm(spec.memory_mib, spec.cpus));
         }
         state
     }
@@ -834,6 +835,20 @@ mod tests {
         assert!(process_alive(me, start));
         assert!(!process_alive(me, start + 1));
         assert!(!process_alive(u32::MAX - 1, start));
+    }
+
+    #[test]
+    fn a_report_pipe_tells_standing_then_running_then_its_end() {
+        let mut child = Command::new("sh")
+            .args(["-c", "printf W; sleep 0.3; printf R"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut report = Report::new(child.stdout.take().unwrap());
+        assert_eq!(report.read(Duration::from_secs(10)), Heard::Standing);
+        assert_eq!(report.read(Duration::from_secs(10)), Heard::Running);
+        child.wait().unwrap();
+        assert_eq!(report.read(Duration::from_secs(10)), Heard::Closed);
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn supervise_with(
     if let Some(target) = &spec.joins {
         return supervise_joined(dir, &spec, target, state, listener, shared);
     }
+    vmm::trace::mark("supervise: socket bound");
     // Its network first: a port that is taken fails the start, as in Docker.
     let nic = match crate::network::attach::Attached::new(&dir.id, &spec.network) {
         Ok(nic) => nic,
@@ -190,6 +191,7 @@ fn supervise_with(
             return Ok(125);
         }
     };
+    vmm::trace::mark("supervise: network attached");
     // Written before the VM starts, so that hulld can stop a container
     // whose guest is still booting.
     dir.write_state(&state)?;

@@ -17,6 +17,7 @@
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::Mutex;
@@ -103,6 +104,27 @@ impl WarmVm {
     }
 }
 
+/// A standby's niceness until it is claimed (the lowest priority).
+const BACKGROUND_NICENESS: i32 = 19;
+
+/// Sets the niceness of every thread of process `pid` (0: only the
+/// calling thread, whose children and threads to come inherit it).
+fn set_niceness(pid: u32, niceness: i32) {
+    let threads: Vec<u32> = match pid {
+        0 => vec![0],
+        pid => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse().ok())
+            .collect(),
+    };
+    for thread in threads {
+        // SAFETY: setpriority on a thread ID; an ended thread only fails.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, niceness) };
+    }
+}
+
 /// Where standby `name` keeps its files (its console, its empty disks).
 fn files_dir(name: &str) -> PathBuf {
     crate::data_dir().join("standby").join(name)
@@ -146,12 +168,17 @@ pub fn serve(name: &str, memory_mib: u64, cpus: u8) -> Result<(), String> {
 /// when hulld went away first.
 fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<Option<(ContainerDir, WarmVm)>, String> {
     let text = |e: RunError| e.to_string();
+    // Made in the background: the VM it restores (which inherits this)
+    // takes CPU only when the containers running have none to use.
+    set_niceness(0, BACKGROUND_NICENESS);
     let template = crate::template::existing(memory_mib, cpus)
         .ok_or_else(|| format!("no template of {memory_mib} MiB and {cpus} vCPUs to clone"))?;
     let guest = crate::guest::Guest::current().map_err(|e| e.to_string())?;
     let binary = crate::sibling_binary("hull-vmm").ok_or("hull-vmm not found beside hull-shim")?;
+    // hulld made `files` (it holds this supervisor's errors); the
+    // sockets are this VM's alone.
+    let _ = std::fs::remove_dir_all(sockets);
     for dir in [files, sockets] {
-        let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     // Its own empty disks, which the container's take the place of.
@@ -195,6 +222,11 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
     let read = std::io::stdin().lock().take_line(&mut line);
     if read == 0 {
         return Ok(None);
+    }
+    vmm::trace::mark("standby: claimed");
+    // The container's VM now: as any other's.
+    for pid in [std::process::id(), vmm.process.id()] {
+        set_niceness(pid, 0);
     }
     let id = line.trim();
     if !proto::valid_container_id(id) {
@@ -257,6 +289,14 @@ impl Standby {
         std::fs::create_dir_all(&files).map_err(|e| format!("creating {}: {e}", files.display()))?;
         let errors = File::create(files.join("shim.err")).map_err(|e| format!("the standby's error log: {e}"))?;
         let mut command = crate::container::shim_command()?;
+        // SAFETY: setpriority is async-signal-safe. Background from its
+        // exec on (`stand_by` says why).
+        unsafe {
+            command.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS);
+                Ok(())
+            });
+        }
         command
             .arg("--standby")
             .arg(&name)
@@ -374,4 +414,30 @@ pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) 
     }
     // Held until the command runs, as an arrival's lifeline is.
     Some(Starting::new(dir.clone(), Some(claim), child, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_names_are_plain() {
+        assert!(valid_name("1234-5"));
+        for bad in ["", "../x", "a/b", "a b", &"x".repeat(33)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_claim_is_one_bounded_line() {
+        let mut input = std::io::Cursor::new(b"abc\nrest".to_vec());
+        let mut line = String::new();
+        assert_eq!(input.take_line(&mut line), 4);
+        assert_eq!(line, "abc\n");
+        let mut endless = std::io::Cursor::new(vec![b'a'; 10_000]);
+        let mut line = String::new();
+        assert_eq!(endless.take_line(&mut line), 256, "no more than 256 bytes");
+        let mut empty = std::io::Cursor::new(Vec::new());
+        assert_eq!(empty.take_line(&mut String::new()), 0, "the end of input");
+    }
 }

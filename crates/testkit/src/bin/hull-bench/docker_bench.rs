@@ -6,7 +6,13 @@
 //! filesystem as an image in podman's overlay store, on its default network
 //! (a plain container, no VM); `docker exec CTR true`; and `docker run
 //! --rm --network container:CTR` (in CTR's VM, with CTR's image and with
-//! another whose disk is plugged into that VM).
+//! another whose disk is plugged into that VM). `run --rm` and `run -d`
+//! are measured twice: taking a standby VM that stands ready (hulld's
+//! default, `--standby-vms 1`; each run waits until the standby the last
+//! one took is replaced) and starting a VM of their own (a second hulld,
+//! `--standby-vms 0`). `docker create` and `docker start` are timed apart
+//! too: before `start` waited for the command to run, `run -d` was the
+//! create and a start that returned once the supervisor was spawned.
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -25,7 +31,7 @@ pub fn docker_bench(runs: usize) -> Result<()> {
         inside_vmhost(vec!["docker".into(), "--runs".into(), runs.to_string()])?;
         return Ok(());
     }
-    let hulld = Hulld::start("bench")?;
+    let hulld = Hulld::start_with("bench", &["--standby-vms", "1"])?;
     let registry = Registry::start("bench-docker", None)?;
     let image = push_image(
         &registry,
@@ -57,21 +63,58 @@ pub fn docker_bench(runs: usize) -> Result<()> {
     unpack_rootfs(&image::disk::image_disk(&store, &record)?, &rootfs)?;
     let podman = Podman::with_rootfs(&hulld.work, &rootfs)?;
 
+    // Containers in VMs of their own: a hulld without standby VMs, on the
+    // same template (linked from the cache the first run filled).
+    testkit::template_cache::keep(&hulld.data);
+    let own = Hulld::start_with("bench-own", &["--standby-vms", "0"])?;
+    timed(
+        own.docker_command(&["pull", "-q", &image])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    timed(&mut own.docker_command(&["run", "--rm", &image, "true"]))?;
+
     let (mut docker, mut detached, mut peer, mut peer_no_network) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut own_docker, mut own_detached, mut created, mut started) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let quiet = std::process::Stdio::null;
     for i in 1..=runs {
         eprintln!("docker bench: run {i}/{runs}");
-        docker.push(timed(&mut hulld.docker_command(&["run", "--rm", &image, "true"]))?);
+        standing(&hulld)?;
+        docker.push(in_standby(
+            &hulld,
+            &mut hulld.docker_command(&["run", "--rm", &image, "true"]),
+        )?);
         let name = format!("d{i}");
-        detached.push(timed(
+        standing(&hulld)?;
+        detached.push(in_standby(
+            &hulld,
             hulld
                 .docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"])
-                .stdout(std::process::Stdio::null()),
+                .stdout(quiet()),
         )?);
-        timed(
+        timed(hulld.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
+        // run -d in two steps.
+        standing(&hulld)?;
+        let name = format!("c{i}");
+        created.push(timed(
             hulld
-                .docker_command(&["rm", "-f", &name])
-                .stdout(std::process::Stdio::null()),
-        )?;
+                .docker_command(&["create", "--name", &name, &image, "sleep", "60"])
+                .stdout(quiet()),
+        )?);
+        started.push(in_standby(
+            &hulld,
+            hulld.docker_command(&["start", &name]).stdout(quiet()),
+        )?);
+        timed(hulld.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
+        // A VM of its own.
+        standing(&hulld)?;
+        own_docker.push(timed(&mut own.docker_command(&["run", "--rm", &image, "true"]))?);
+        let name = format!("o{i}");
+        own_detached.push(timed(
+            own.docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"])
+                .stdout(quiet()),
+        )?);
+        timed(own.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
+        standing(&hulld)?;
         if let Some(podman) = &podman {
             peer.push(timed(&mut podman.run_rm(true, &["true"]))?);
             // Where podman's time goes: without its network set-up.
@@ -125,14 +168,22 @@ pub fn docker_bench(runs: usize) -> Result<()> {
     let joined_other = Summary::of(&joined_other).context("no runs")?;
     let docker = Summary::of(&docker).context("no runs")?;
     let detached = Summary::of(&detached).context("no runs")?;
+    let own_docker = Summary::of(&own_docker).context("no runs")?;
+    let own_detached = Summary::of(&own_detached).context("no runs")?;
+    let created = Summary::of(&created).context("no runs")?;
+    let started = Summary::of(&started).context("no runs")?;
     let peer = Summary::of(&peer);
     let peer_no_network = Summary::of(&peer_no_network);
 
     let environment = bench::environment();
     println!("environment: {environment}");
     println!("first docker run (makes the template): {:.1} s", template.as_secs_f64());
-    print_line("docker run --rm IMAGE true (hulld)", &docker);
-    print_line("docker run -d IMAGE sleep 60 (hulld)", &detached);
+    print_line("docker run --rm IMAGE true (hulld, a standby VM)", &docker);
+    print_line("docker run -d IMAGE sleep 60 (hulld, a standby VM)", &detached);
+    print_line("docker create IMAGE sleep 60 (hulld)", &created);
+    print_line("docker start CTR (hulld, a standby VM)", &started);
+    print_line("docker run --rm IMAGE true (hulld, a VM of its own)", &own_docker);
+    print_line("docker run -d IMAGE sleep 60 (hulld, a VM of its own)", &own_detached);
     let ratio = match &peer {
         Some(p) => {
             print_line("peer: podman run --rm (no VM)", p);
@@ -164,6 +215,10 @@ pub fn docker_bench(runs: usize) -> Result<()> {
             "runs": runs,
             "docker_run_rm_true": docker.to_json(),
             "docker_run_detached": detached.to_json(),
+            "docker_create": created.to_json(),
+            "docker_start": started.to_json(),
+            "docker_run_rm_true_own_vm": own_docker.to_json(),
+            "docker_run_detached_own_vm": own_detached.to_json(),
             "podman_run_rm_true": peer.as_ref().map(Summary::to_json),
             "podman_run_rm_true_no_network": peer_no_network.as_ref().map(Summary::to_json),
             "ratio_docker_to_podman": ratio,
@@ -175,4 +230,49 @@ pub fn docker_bench(runs: usize) -> Result<()> {
     )?;
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// Waits until `hulld`'s standby VM stands ready (the one the last
+/// container took is replaced), so that a run neither misses it nor
+/// shares the CPU with its start.
+fn standing(hulld: &Hulld) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let ready = std::fs::read_dir(hulld.data.join("standby"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join(runtime::standby::STANDING_MARKER).exists());
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no standby VM stood ready within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Times `command`, which starts a container, and checks that the
+/// standby `standing` waited for was taken (else the row would measure
+/// a VM of the container's own).
+fn in_standby(hulld: &Hulld, command: &mut std::process::Command) -> Result<std::time::Duration> {
+    let before = standby_names(hulld);
+    let took = timed(command)?;
+    anyhow::ensure!(
+        before.iter().any(|name| !standby_names(hulld).contains(name)),
+        "the container did not take the standby VM"
+    );
+    Ok(took)
+}
+
+fn standby_names(hulld: &Hulld) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(hulld.data.join("standby"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(runtime::standby::STANDING_MARKER).exists())
+        .map(|e| e.file_name())
+        .collect()
 }
