@@ -78,8 +78,8 @@ fn main() {
     if let Err(e) = limits::mount_hierarchy() {
         console(&format!("mounting the cgroup hierarchy: {e}"));
     }
-    if let Err(e) = network::loopback() {
-        console(&format!("loopback: {e}"));
+    if let Err(e) = network::prepare() {
+        console(&format!("network: {e}"));
     }
     machine::snapshot_point();
     match vsock::connect_host(proto::AGENT_PORT) {

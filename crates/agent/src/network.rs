@@ -43,12 +43,36 @@ static CURRENT: Mutex<Vec<Nic>> = Mutex::new(Vec::new());
 /// clone has it up, and a container without NICs needs no netlink at all.
 static LOOPBACK_UP: AtomicBool = AtomicBool::new(false);
 
-/// Brings loopback up; done once at boot, so every clone starts with it.
-pub fn loopback() -> Result<(), String> {
+/// The netlink socket, opened once at boot: a clone finds it open (the
+/// guest kernel's state is the template's), as it finds loopback up.
+static NETLINK: Mutex<Option<Netlink>> = Mutex::new(None);
+
+/// The NICs the guest had at the template's snapshot, in slot order: every
+/// clone has the template's devices, so it need not look for them again.
+static NICS_AT_BOOT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Brings loopback up, opens netlink and notes the NICs; done once at boot,
+/// so every clone starts with them.
+pub fn prepare() -> Result<(), String> {
     let mut nl = Netlink::open().map_err(|e| e.to_string())?;
     set_loopback_up(&mut nl)?;
     LOOPBACK_UP.store(true, Ordering::Relaxed);
+    *NETLINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(nl);
+    let nics = virtio_nics().map_err(|e| format!("listing the NICs: {e}"))?;
+    *NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()) = nics;
     Ok(())
+}
+
+/// Runs `change` on the netlink socket (opened now if boot did not).
+fn with_netlink<T>(change: impl FnOnce(&mut Netlink) -> Result<T, String>) -> Result<T, String> {
+    let mut kept = NETLINK.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.is_none() {
+        *kept = Some(Netlink::open().map_err(|e| e.to_string())?);
+    }
+    match kept.as_mut() {
+        Some(nl) => change(nl),
+        None => Err("no netlink socket".into()),
+    }
 }
 
 fn set_loopback_up(nl: &mut Netlink) -> Result<(), String> {
@@ -77,11 +101,12 @@ pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
     let loopback_up = LOOPBACK_UP.load(Ordering::Relaxed);
     if !(loopback_up && current.is_empty() && nics.is_empty()) {
-        let mut nl = Netlink::open().map_err(|e| e.to_string())?;
-        if !loopback_up {
-            set_loopback_up(&mut nl)?;
-        }
-        change_nics(&mut nl, &current, &nics)?;
+        with_netlink(|nl| {
+            if !loopback_up {
+                set_loopback_up(nl)?;
+            }
+            change_nics(nl, &current, &nics)
+        })?;
         *current = nics;
     }
     write_files(root, &files)
@@ -97,9 +122,8 @@ pub fn reconfigure(network: &GuestNetwork, root: &str) -> Result<(), String> {
     if let Some(resolv) = resolv_conf(network)? {
         files.push(("resolv.conf", resolv));
     }
-    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-    change_nics(&mut nl, &current, &nics)?;
+    with_netlink(|nl| change_nics(nl, &current, &nics))?;
     *current = nics;
     write_files(root, &files)
 }
@@ -234,6 +258,10 @@ fn configure(nl: &mut Netlink, name: &str, nic: &Nic) -> Result<(), netlink::Net
 /// The guest's virtio-net NICs in slot order, once there are at least
 /// `count` of them (or after `NIC_WAIT`).
 fn wait_for_nics(count: usize) -> Result<Vec<String>, String> {
+    let at_boot = NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if at_boot.len() >= count {
+        return Ok(at_boot);
+    }
     let deadline = Instant::now() + NIC_WAIT;
     loop {
         let nics = virtio_nics().map_err(|e| format!("listing the NICs: {e}"))?;
