@@ -173,6 +173,10 @@ impl ContainerDir {
     pub fn socket_path(&self) -> PathBuf {
         self.socket_dir().join("shim.sock")
     }
+    /// What its supervisor wrote on its standard error.
+    pub(crate) fn supervisor_errors(&self) -> PathBuf {
+        self.path.join("shim.err")
+    }
     pub fn writable_disk(&self) -> PathBuf {
         self.path.join("rw.ext4")
     }
@@ -451,8 +455,8 @@ impl ContainerDir {
     }
 
     fn spawn_supervisor(&self, arriving: Option<std::os::fd::OwnedFd>) -> Result<Starting, ContainerError> {
-        let errors = self.path.join("shim.err");
-        let err_file = std::fs::File::create(&errors).map_err(io("creating the supervisor's error log"))?;
+        let err_file =
+            std::fs::File::create(self.supervisor_errors()).map_err(io("creating the supervisor's error log"))?;
         let mut command = shim_command().map_err(|_| ContainerError::NoShim)?;
         command
             .arg(&self.path)
@@ -522,7 +526,6 @@ pub struct Starting {
     lifeline: Option<std::process::ChildStdin>,
     child: std::process::Child,
     report: Report,
-    errors: PathBuf,
 }
 
 impl Starting {
@@ -532,13 +535,11 @@ impl Starting {
         child: std::process::Child,
         report: Report,
     ) -> Starting {
-        let errors = dir.path.join("shim.err");
         Starting {
             dir,
             lifeline,
             child,
             report,
-            errors,
         }
     }
 
@@ -560,7 +561,6 @@ impl Starting {
             lifeline,
             mut child,
             mut report,
-            errors,
         } = self;
         let pid = child.id();
         // Nothing is polled meanwhile (a state file read twenty times a
@@ -608,7 +608,7 @@ impl Starting {
             }),
             _ => {
                 let mut text = String::new();
-                let _ = std::fs::File::open(&errors).and_then(|mut f| f.read_to_string(&mut text));
+                let _ = std::fs::File::open(dir.supervisor_errors()).and_then(|mut f| f.read_to_string(&mut text));
                 Err(ContainerError::ShimFailed(text.trim().to_string()))
             }
         }

@@ -434,6 +434,7 @@ pub fn run_in(
     nic: Option<crate::network::attach::Attached>,
     given: GivenVm,
 ) -> Result<i32, RunError> {
+    let given_standby = matches!(given, GivenVm::Standby(_));
     let (arrival, warm) = match given {
         GivenVm::None => (None, None),
         GivenVm::Arriving(arrival) => (Some(arrival), None),
@@ -585,7 +586,7 @@ pub fn run_in(
         }
         _ => None,
     };
-    if taken.is_none() {
+    if given_standby && taken.is_none() {
         for leftover in [&uds, &control] {
             let _ = std::fs::remove_file(leftover);
         }

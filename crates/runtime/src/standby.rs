@@ -104,21 +104,19 @@ impl WarmVm {
     }
 }
 
+/// The standby supervisor's standard error, in its files directory.
+const SUPERVISOR_ERRORS: &str = "shim.err";
+
 /// A standby's niceness until it is claimed (the lowest priority).
 const BACKGROUND_NICENESS: i32 = 19;
 
-/// Sets the niceness of every thread of process `pid` (0: only the
-/// calling thread, whose children and threads to come inherit it).
+/// Sets the niceness of every thread of process `pid`.
 fn set_niceness(pid: u32, niceness: i32) {
-    let threads: Vec<u32> = match pid {
-        0 => vec![0],
-        pid => std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|t| t.file_name().to_str()?.parse().ok())
-            .collect(),
-    };
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok());
     for thread in threads {
         // SAFETY: setpriority on a thread ID; an ended thread only fails.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, niceness) };
@@ -168,9 +166,6 @@ pub fn serve(name: &str, memory_mib: u64, cpus: u8) -> Result<(), String> {
 /// when hulld went away first.
 fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<Option<(ContainerDir, WarmVm)>, String> {
     let text = |e: RunError| e.to_string();
-    // Made in the background: the VM it restores (which inherits this)
-    // takes CPU only when the containers running have none to use.
-    set_niceness(0, BACKGROUND_NICENESS);
     let template = crate::template::existing(memory_mib, cpus)
         .ok_or_else(|| format!("no template of {memory_mib} MiB and {cpus} vCPUs to clone"))?;
     let guest = crate::guest::Guest::current().map_err(|e| e.to_string())?;
@@ -219,7 +214,7 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
     // For those who watch the host (tests, benchmarks): it stands ready.
     let _ = File::create(files.join(STANDING_MARKER));
     let mut line = String::new();
-    let read = std::io::stdin().lock().take_line(&mut line);
+    let read = read_claim(std::io::stdin().lock(), &mut line);
     if read == 0 {
         return Ok(None);
     }
@@ -241,9 +236,9 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
     vmm.console
         .move_to(&dir.path.join("console.log"))
         .map_err(|e| format!("moving the console log: {e}"))?;
-    let errors = files.join("shim.err");
+    let errors = files.join(SUPERVISOR_ERRORS);
     if errors.exists() {
-        moved(&errors, &dir.path.join("shim.err"))?;
+        moved(&errors, &dir.supervisor_errors())?;
     }
     let _ = std::fs::remove_dir_all(dir.socket_dir());
     if let Some(parent) = dir.socket_dir().parent() {
@@ -260,16 +255,10 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
     Ok(Some((dir, warm)))
 }
 
-/// Reads one line (at most 256 bytes); 0 at the end of input.
-trait TakeLine {
-    fn take_line(&mut self, line: &mut String) -> usize;
-}
-
-impl<R: BufRead> TakeLine for R {
-    fn take_line(&mut self, line: &mut String) -> usize {
-        let mut limited = std::io::Read::take(self, 256);
-        limited.read_line(line).unwrap_or(0)
-    }
+/// Reads one line (at most 256 bytes) of `input` into `line`; 0 at the
+/// end of input.
+fn read_claim(input: impl BufRead, line: &mut String) -> usize {
+    std::io::Read::take(input, 256).read_line(line).unwrap_or(0)
 }
 
 /// One standby, as hulld holds it.
@@ -287,10 +276,12 @@ impl Standby {
     fn spawn(name: String, memory_mib: u64, cpus: u8) -> Result<Standby, String> {
         let files = files_dir(&name);
         std::fs::create_dir_all(&files).map_err(|e| format!("creating {}: {e}", files.display()))?;
-        let errors = File::create(files.join("shim.err")).map_err(|e| format!("the standby's error log: {e}"))?;
+        let errors =
+            File::create(files.join(SUPERVISOR_ERRORS)).map_err(|e| format!("the standby's error log: {e}"))?;
         let mut command = crate::container::shim_command()?;
-        // SAFETY: setpriority is async-signal-safe. Background from its
-        // exec on (`stand_by` says why).
+        // SAFETY: setpriority is async-signal-safe. Made in the background
+        // from its exec on: the VM it restores (which inherits this) takes
+        // CPU only when the containers running have none to use.
         unsafe {
             command.pre_exec(|| {
                 libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS);
@@ -430,14 +421,15 @@ mod tests {
 
     #[test]
     fn a_claim_is_one_bounded_line() {
-        let mut input = std::io::Cursor::new(b"abc\nrest".to_vec());
         let mut line = String::new();
-        assert_eq!(input.take_line(&mut line), 4);
+        assert_eq!(read_claim(&b"abc\nrest"[..], &mut line), 4);
         assert_eq!(line, "abc\n");
-        let mut endless = std::io::Cursor::new(vec![b'a'; 10_000]);
         let mut line = String::new();
-        assert_eq!(endless.take_line(&mut line), 256, "no more than 256 bytes");
-        let mut empty = std::io::Cursor::new(Vec::new());
-        assert_eq!(empty.take_line(&mut String::new()), 0, "the end of input");
+        assert_eq!(
+            read_claim(&[b'a'; 10_000][..], &mut line),
+            256,
+            "no more than 256 bytes"
+        );
+        assert_eq!(read_claim(&b""[..], &mut String::new()), 0, "the end of input");
     }
 }
