@@ -6,22 +6,10 @@
 //! standby is replaced after each claim; a container it cannot serve (a
 //! volume) starts a VM of its own; nothing of it outlives hulld.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use testkit::hulld::{eventually, ok, text, Hulld};
-
-/// The standbys standing ready in `data`.
-fn standing(data: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(data.join("standby")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join(runtime::standby::STANDING_MARKER).exists())
-        .collect()
-}
 
 /// Container `name`'s VMM, as its supervisor recorded it.
 fn vmm_pid(hulld: &Hulld, name: &str) -> u32 {
@@ -75,8 +63,8 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     // The first container makes (or finds) the template; a standby of its
     // shape follows it.
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
-    eventually("a standby VM to stand ready", || standing(&hulld.data).len() == 1);
-    let first_standby = standing(&hulld.data).remove(0);
+    eventually("a standby VM to stand ready", || hulld.standing_standbys().len() == 1);
+    let first_standby = hulld.standing_standbys().remove(0);
 
     // run -d returns once the command runs, in the standby's VM: its
     // image and writable disks and its tap were plugged into it.
@@ -122,7 +110,7 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     assert!(hulld.data.join("containers").join(&web).join("console.log").is_file());
 
     // A new standby stands ready for the next container.
-    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
 
     // Its writes are on its own writable disk: kept across a restart, which
     // takes the next standby.
@@ -136,7 +124,7 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     });
 
     // It moves to a new VMM like any container: its disks are its VM's own.
-    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
     let (head, body) = hulld.raw(&format!(
         "POST /containers/{web}/migrate HTTP/1.1\r\nHost: hull\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     ));
@@ -157,21 +145,21 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
         "echo in-volume > /data/f && cat /data/f",
     ]));
     assert_eq!(out, "in-volume\n");
-    assert_eq!(standing(&hulld.data).len(), 1, "the standby was not taken");
+    assert_eq!(hulld.standing_standbys().len(), 1, "the standby was not taken");
 
     // A command that cannot start in a standby fails as in a VM of its own.
     let missing = hulld.docker(&["run", "-d", &image, "no-such-command"]);
     assert_eq!(missing.status.code(), Some(127), "{}", text(&missing.stderr));
 
     // --rm in a standby leaves nothing.
-    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "done"])), "done\n");
     ok(&hulld.docker(&["rm", "-f", "web"]));
     let removed = hulld.docker(&["ps", "-aq", "--filter", "status=exited"]);
     for id in text(&removed.stdout).lines() {
         ok(&hulld.docker(&["rm", id]));
     }
-    eventually("the next standby VM", || standing(&hulld.data).len() == 1);
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
 
     // The standby ends with hulld: no VMM or supervisor of it is left.
     assert_eq!(standby_supervisors(&hulld.data).len(), 1);

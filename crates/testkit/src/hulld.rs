@@ -274,6 +274,18 @@ impl Hulld {
             .to_string()
     }
 
+    /// The standby VMs standing ready (`hulld --standby-vms`): their
+    /// directories, `DATA/standby/NAME`.
+    pub fn standing_standbys(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data.join("standby"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join(runtime::standby::STANDING_MARKER).exists())
+            .collect()
+    }
+
     /// The supervisors (hull-shim) of containers that still run.
     pub fn running_supervisors(&self) -> Vec<u32> {
         supervisors(&self.data)

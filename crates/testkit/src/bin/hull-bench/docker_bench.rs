@@ -238,12 +238,7 @@ pub fn docker_bench(runs: usize) -> Result<()> {
 fn standing(hulld: &Hulld) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let ready = std::fs::read_dir(hulld.data.join("standby"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.path().join(runtime::standby::STANDING_MARKER).exists());
-        if ready {
+        if !hulld.standing_standbys().is_empty() {
             return Ok(());
         }
         anyhow::ensure!(
@@ -258,21 +253,11 @@ fn standing(hulld: &Hulld) -> Result<()> {
 /// standby `standing` waited for was taken (else the row would measure
 /// a VM of the container's own).
 fn in_standby(hulld: &Hulld, command: &mut std::process::Command) -> Result<std::time::Duration> {
-    let before = standby_names(hulld);
+    let before = hulld.standing_standbys();
     let took = timed(command)?;
     anyhow::ensure!(
-        before.iter().any(|name| !standby_names(hulld).contains(name)),
+        before.iter().any(|standby| !standby.exists()),
         "the container did not take the standby VM"
     );
     Ok(took)
-}
-
-fn standby_names(hulld: &Hulld) -> Vec<std::ffi::OsString> {
-    std::fs::read_dir(hulld.data.join("standby"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join(runtime::standby::STANDING_MARKER).exists())
-        .map(|e| e.file_name())
-        .collect()
 }
