@@ -396,11 +396,14 @@ impl Drop for Hulld {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(200));
-        // This hulld's own table and default bridge (taps went with the VMs).
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.net_name])
-            .stderr(Stdio::null())
-            .status();
+        // This hulld's own tables (NAT and ports; policies) and default
+        // bridge (taps went with the VMs).
+        for family in ["ip", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &self.net_name])
+                .stderr(Stdio::null())
+                .status();
+        }
         for entry in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // The default bridge (NAME0) and user networks' (NAME-xxxxxx).
