@@ -4,15 +4,16 @@
 //! own set-up only, not for a VM to start.
 //!
 //! hulld keeps `enable`'s number of them per VM shape it has started
-//! containers of (`keep_warm`). Each is a `hull-shim --standby NAME MEMORY
-//! CPUS` (`serve`): it starts its VM with every disk slot empty and every
-//! NIC on nothing, says `STANDING` on its report pipe, and waits on
-//! standard input, a pipe hulld holds, for a container's ID. Its end
-//! without one (hulld gone) ends it. Given an ID (`claim`), it becomes that
-//! container's supervisor (`shim::supervise_warm`): the container's disks
-//! are plugged in for good, its taps into its NICs, and the agent runs its
-//! command. A container the standby cannot serve (volumes, bind mounts,
-//! another shape, a template remade meanwhile) starts a VM of its own.
+//! containers of (`keep_warm`), for the last `MAX_SHAPES` shapes. Each is
+//! a `hull-shim --standby NAME MEMORY CPUS` (`serve`): it starts its VM
+//! with every disk slot empty and every NIC on nothing, says `STANDING` on
+//! its report pipe, and waits on standard input, a pipe hulld holds, for a
+//! container's ID. Its end without one (hulld gone) ends it. Given an ID
+//! (`claim`), it becomes that container's supervisor
+//! (`shim::supervise_warm`): the container's disks are plugged in for
+//! good, its taps into its NICs, and the agent runs its command. A
+//! container the standby cannot serve (volumes, bind mounts, another
+//! shape, a template remade meanwhile) starts a VM of its own.
 
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -326,12 +327,37 @@ impl Standby {
     fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    fn shape(&self) -> (u64, u8) {
+        (self.memory_mib, self.cpus)
+    }
+
+    /// Ends it unclaimed: its claim channel closes, and it is reaped apart.
+    fn end(self) {
+        let Standby { mut child, claim, .. } = self;
+        drop(claim);
+        std::thread::spawn(move || child.wait());
+    }
 }
+
+/// The most shapes (memory, vCPUs) with standbys at once: each costs idle
+/// VMs, so the shape started longest ago gives its standbys up.
+const MAX_SHAPES: usize = 4;
 
 struct Pool {
     per_shape: usize,
     standbys: Vec<Standby>,
     next: u64,
+    /// The shapes kept warm, the one started last at the end.
+    shapes: Vec<(u64, u8)>,
+}
+
+/// Marks `shape` as started last in `shapes`; the shape that no longer
+/// fits under `MAX_SHAPES`, if one does not.
+fn touch(shapes: &mut Vec<(u64, u8)>, shape: (u64, u8)) -> Option<(u64, u8)> {
+    shapes.retain(|s| *s != shape);
+    shapes.push(shape);
+    (shapes.len() > MAX_SHAPES).then(|| shapes.remove(0))
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -350,6 +376,7 @@ pub fn enable(per_shape: usize) {
             per_shape,
             standbys: Vec::new(),
             next: 0,
+            shapes: Vec::new(),
         });
     }
 }
@@ -360,11 +387,14 @@ pub fn keep_warm(memory_mib: u64, cpus: u8) {
     let Ok(mut guard) = POOL.lock() else { return };
     let Some(pool) = guard.as_mut() else { return };
     pool.standbys.retain_mut(Standby::alive);
-    let have = pool
-        .standbys
-        .iter()
-        .filter(|s| (s.memory_mib, s.cpus) == (memory_mib, cpus))
-        .count();
+    if let Some(oldest) = touch(&mut pool.shapes, (memory_mib, cpus)) {
+        let (leaving, kept) = std::mem::take(&mut pool.standbys)
+            .into_iter()
+            .partition(|s| s.shape() == oldest);
+        pool.standbys = kept;
+        leaving.into_iter().for_each(Standby::end);
+    }
+    let have = pool.standbys.iter().filter(|s| s.shape() == (memory_mib, cpus)).count();
     if have >= pool.per_shape || crate::template::existing(memory_mib, cpus).is_none() {
         return;
     }
@@ -392,7 +422,7 @@ pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) 
     let index = pool
         .standbys
         .iter_mut()
-        .position(|s| (s.memory_mib, s.cpus) == (spec.memory_mib, spec.cpus) && s.standing())?;
+        .position(|s| s.shape() == (spec.memory_mib, spec.cpus) && s.standing())?;
     let Standby {
         child,
         mut claim,
@@ -417,6 +447,19 @@ mod tests {
         for bad in ["", "../x", "a/b", "a b", &"x".repeat(33)] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_shape_started_longest_ago_gives_way() {
+        let mut shapes = Vec::new();
+        for memory in 1..=MAX_SHAPES as u64 {
+            assert_eq!(touch(&mut shapes, (memory, 1)), None);
+        }
+        // Started again: the latest, so (2, 1) is now the oldest.
+        assert_eq!(touch(&mut shapes, (1, 1)), None);
+        assert_eq!(touch(&mut shapes, (99, 2)), Some((2, 1)));
+        assert_eq!(shapes.len(), MAX_SHAPES);
+        assert_eq!(shapes.last(), Some(&(99, 2)));
     }
 
     #[test]
