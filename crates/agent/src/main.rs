@@ -748,6 +748,7 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
         return Err((format!("working directory {}: {e}", spec.cwd), 125));
     }
     let identity = user::resolve(root, &spec.user, &spec.groups).map_err(|e| (e, 125))?;
+    steps::done("spawn: the user resolved");
     let mut command = match init {
         // `/proc/self/exe` is looked up in the container's /proc, after
         // the chroot: it is this agent, which runs the command as the init.

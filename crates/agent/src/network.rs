@@ -108,6 +108,7 @@ pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
             change_nics(nl, &current, &nics)
         })?;
         *current = nics;
+        crate::steps::done("network: NICs set");
     }
     write_files(root, &files)
 }
