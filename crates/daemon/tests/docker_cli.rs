@@ -34,6 +34,10 @@ fn with_box_image_args(name: &str, args: &[&str]) -> (Hulld, Registry, String) {
 #[test]
 fn the_cli_negotiates_the_api_and_reads_the_system() {
     let hulld = Hulld::start("system").unwrap();
+    // The first command after the start (issue 17 saw `docker logs UNKNOWN`
+    // exit 1 with nothing printed; the CLI prints every error it gets, so
+    // only an unread or closed stderr is silent).
+    fails(&hulld.docker(&["logs", "UNKNOWN"]), 1, "No such container: UNKNOWN");
     let version = ok(&hulld.docker(&["version"]));
     assert!(version.contains("Server: hull"), "{version}");
     assert!(version.contains("1.51 (minimum version 1.24)"), "{version}");
