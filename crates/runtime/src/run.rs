@@ -229,7 +229,7 @@ const ARRIVAL_PATIENCE: Duration = Duration::from_secs(3600);
 /// hull-vmm's exit status for a snapshot it cannot use.
 const VMM_EXIT_BAD_SNAPSHOT: i32 = 3;
 /// Below this much available host memory no new VM is started.
-const MIN_HOST_AVAILABLE_MIB: u64 = 64;
+pub(crate) const MIN_HOST_AVAILABLE_MIB: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -584,7 +584,11 @@ pub fn run_in(
                 }
             }
         }
-        _ => None,
+        // Ended now (its VMM killed and reaped), not when this start ends.
+        unfit => {
+            drop(unfit);
+            None
+        }
     };
     if given_standby && taken.is_none() {
         for leftover in [&uds, &control] {
@@ -832,7 +836,7 @@ fn sectors(disk: &Path) -> Result<u64, RunError> {
         / 512)
 }
 
-fn host_available_mib() -> u64 {
+pub(crate) fn host_available_mib() -> u64 {
     vmm::host::meminfo_mib("MemAvailable").unwrap_or(u64::MAX)
 }
 

@@ -92,6 +92,10 @@ impl WarmVm {
         for (slot, tap) in &files.taps {
             ask(VmmRequest::PlugNic { slot: *slot }, tap)?;
         }
+        if let Some(cgroup) = self.vmm.process.cgroup() {
+            // A container's VM now: its CPU share is any VM's again.
+            set_cpu_weight(cgroup, FOREGROUND_CPU_WEIGHT);
+        }
         if shape.cpu_limit_millis.is_some() {
             let cgroup = self
                 .vmm
@@ -110,6 +114,17 @@ const SUPERVISOR_ERRORS: &str = "shim.err";
 
 /// A standby's niceness until it is claimed (the lowest priority).
 const BACKGROUND_NICENESS: i32 = 19;
+
+/// A standby VMM's `cpu.weight` until it is claimed (the least), and any
+/// VM's (the kernel's default). Niceness ranks threads within a cgroup
+/// only; each VMM has a cgroup of its own, weighed against the others'.
+const BACKGROUND_CPU_WEIGHT: u32 = 1;
+const FOREGROUND_CPU_WEIGHT: u32 = 100;
+
+/// Best effort: a kernel without the cpu controller leaves it at niceness.
+fn set_cpu_weight(cgroup: &Path, weight: u32) {
+    let _ = std::fs::write(cgroup.join("cpu.weight"), weight.to_string());
+}
 
 /// Sets the niceness of every thread of process `pid`.
 fn set_niceness(pid: u32, niceness: i32) {
@@ -155,10 +170,27 @@ pub fn serve(name: &str, memory_mib: u64, cpus: u8) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
-        other => {
+        // Unclaimed, hulld gone: nothing of it stays.
+        Ok(None) => {
             let _ = std::fs::remove_dir_all(&files);
             let _ = std::fs::remove_dir_all(&sockets);
-            other.map(drop)
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&sockets);
+            match files.join(SUPERVISOR_ERRORS).exists() {
+                // Unclaimed: its files (the error it ends with, its
+                // console) stay for hulld, which reports and removes them.
+                true => {
+                    let _ = std::fs::remove_file(files.join(STANDING_MARKER));
+                }
+                // Claimed (its error log is the container's now): hulld
+                // hears of it as the container's start failing.
+                false => {
+                    let _ = std::fs::remove_dir_all(&files);
+                }
+            }
+            Err(e)
         }
     }
 }
@@ -207,6 +239,9 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
         cpu_limit_millis: None,
     };
     let mut vmm = vm.start(shape, Some(&template)).map_err(text)?;
+    if let Some(cgroup) = vmm.process.cgroup() {
+        set_cpu_weight(cgroup, BACKGROUND_CPU_WEIGHT);
+    }
     let conn =
         crate::run::wait_for_agent(&listener.0, &mut vmm, crate::shim::boot_timeout(), &console_log).map_err(text)?;
     drop(listener);
@@ -229,18 +264,19 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
         return Err(format!("claimed for '{id}', which is no container ID"));
     }
     let dir = ContainerDir::new(id);
-    // The container's from now on: its console, the supervisor's errors,
+    // The container's from now on: the supervisor's errors (first, so that
+    // what fails next is told to hulld as the container's), its console,
     // and the VM's sockets, under the container's names.
     let moved = |from: &Path, to: &Path| {
         std::fs::rename(from, to).map_err(|e| format!("moving {} to {}: {e}", from.display(), to.display()))
     };
-    vmm.console
-        .move_to(&dir.path.join("console.log"))
-        .map_err(|e| format!("moving the console log: {e}"))?;
     let errors = files.join(SUPERVISOR_ERRORS);
     if errors.exists() {
         moved(&errors, &dir.supervisor_errors())?;
     }
+    vmm.console
+        .move_to(&dir.path.join("console.log"))
+        .map_err(|e| format!("moving the console log: {e}"))?;
     let _ = std::fs::remove_dir_all(dir.socket_dir());
     if let Some(parent) = dir.socket_dir().parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
@@ -264,8 +300,11 @@ fn read_claim(input: impl BufRead, line: &mut String) -> usize {
 
 /// One standby, as hulld holds it.
 struct Standby {
+    name: String,
     memory_mib: u64,
     cpus: u8,
+    /// The template it was started to clone; one remade since ends it.
+    template: PathBuf,
     child: Child,
     /// Its claim channel, and its life: closing it ends an unclaimed standby.
     claim: ChildStdin,
@@ -274,7 +313,7 @@ struct Standby {
 }
 
 impl Standby {
-    fn spawn(name: String, memory_mib: u64, cpus: u8) -> Result<Standby, String> {
+    fn spawn(name: String, memory_mib: u64, cpus: u8, template: PathBuf) -> Result<Standby, String> {
         let files = files_dir(&name);
         std::fs::create_dir_all(&files).map_err(|e| format!("creating {}: {e}", files.display()))?;
         let errors =
@@ -306,8 +345,10 @@ impl Standby {
             return Err("no pipes to the standby".into());
         };
         Ok(Standby {
+            name,
             memory_mib,
             cpus,
+            template,
             child,
             claim,
             report: Report::new(stdout),
@@ -323,21 +364,45 @@ impl Standby {
         self.standing && matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Whether it still runs (one that ended is reaped here).
+    /// Whether it still runs. One that ended unclaimed is reaped here,
+    /// and what it said before it ended goes to hulld's log.
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let status = match self.child.try_wait() {
+            Ok(None) => return true,
+            Ok(Some(status)) => status.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let files = files_dir(&self.name);
+        let said = std::fs::read(files.join(SUPERVISOR_ERRORS)).unwrap_or_default();
+        let said = String::from_utf8_lossy(&said[said.len().saturating_sub(2000)..]).into_owned();
+        eprintln!(
+            "hulld: standby VM {} ({} MiB, {} vCPUs) ended unclaimed ({status}): {}",
+            self.name,
+            self.memory_mib,
+            self.cpus,
+            said.trim()
+        );
+        let _ = std::fs::remove_dir_all(files);
+        let _ = std::fs::remove_dir_all(sockets_dir(&self.name));
+        false
     }
 
     fn shape(&self) -> (u64, u8) {
         (self.memory_mib, self.cpus)
     }
 
-    /// Ends it unclaimed: its claim channel closes, and it is reaped apart.
+    /// Ends it unclaimed: its claim channel closes (it removes its own
+    /// files then), and it is reaped apart.
     fn end(self) {
-        let Standby { mut child, claim, .. } = self;
+        let Standby { child, claim, .. } = self;
         drop(claim);
-        std::thread::spawn(move || child.wait());
+        reap_apart(child);
     }
+}
+
+/// Waits for `child` to end on a thread of its own (no zombie is left).
+fn reap_apart(mut child: Child) {
+    std::thread::spawn(move || child.wait());
 }
 
 /// The most shapes (memory, vCPUs) with standbys at once: each costs idle
@@ -394,14 +459,27 @@ pub fn keep_warm(memory_mib: u64, cpus: u8) {
         pool.standbys = kept;
         leaving.into_iter().for_each(Standby::end);
     }
-    let have = pool.standbys.iter().filter(|s| s.shape() == (memory_mib, cpus)).count();
-    if have >= pool.per_shape || crate::template::existing(memory_mib, cpus).is_none() {
+    let Some(template) = crate::template::existing(memory_mib, cpus) else {
         return;
-    }
+    };
+    // Those of a template remade since (a new hull-vmm, kernel or agent)
+    // would serve no container.
+    let (outdated, current): (Vec<_>, Vec<_>) = std::mem::take(&mut pool.standbys)
+        .into_iter()
+        .partition(|s| s.shape() == (memory_mib, cpus) && s.template != template.dir);
+    pool.standbys = current;
+    outdated.into_iter().for_each(Standby::end);
+    let have = pool.standbys.iter().filter(|s| s.shape() == (memory_mib, cpus)).count();
     for _ in have..pool.per_shape {
+        // An idle VM never takes the memory a container's would need.
+        let available = crate::run::host_available_mib();
+        if available < crate::run::MIN_HOST_AVAILABLE_MIB + memory_mib {
+            eprintln!("hulld: no standby VM of {memory_mib} MiB: the host has {available} MiB available");
+            return;
+        }
         pool.next += 1;
         let name = format!("{}-{}", std::process::id(), pool.next);
-        match Standby::spawn(name, memory_mib, cpus) {
+        match Standby::spawn(name, memory_mib, cpus, template.dir.clone()) {
             Ok(standby) => pool.standbys.push(standby),
             Err(e) => {
                 eprintln!("hulld: no standby VM: {e}");
@@ -430,7 +508,11 @@ pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) 
         ..
     } = pool.standbys.swap_remove(index);
     drop(guard);
-    if writeln!(claim, "{}", dir.id).is_err() {
+    // What a standby that fails before it supervises says is read from
+    // here: not what the container's last supervisor said.
+    if File::create(dir.supervisor_errors()).is_err() || writeln!(claim, "{}", dir.id).is_err() {
+        drop(claim);
+        reap_apart(child);
         return None;
     }
     // Held until the command runs, as an arrival's lifeline is.
