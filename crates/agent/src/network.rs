@@ -59,8 +59,22 @@ pub fn prepare() -> Result<(), String> {
     LOOPBACK_UP.store(true, Ordering::Relaxed);
     *NETLINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(nl);
     let nics = virtio_nics().map_err(|e| format!("listing the NICs: {e}"))?;
-    *NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()) = nics;
+    // Only a whole list: one taken while a NIC was still being probed
+    // would put the others in the wrong slots in every clone.
+    if nics.len() == virtio_net_devices() {
+        *NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()) = nics;
+    }
     Ok(())
+}
+
+/// How many virtio devices are NICs (virtio device ID 1), probed or not.
+fn virtio_net_devices() -> usize {
+    fs::read_dir("/sys/bus/virtio/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == "0x0001"))
+        .count()
 }
 
 /// Runs `change` on the netlink socket (opened now if boot did not).
@@ -105,7 +119,9 @@ pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
             if !loopback_up {
                 set_loopback_up(nl)?;
             }
-            change_nics(nl, &current, &nics)
+            // The VM's first set-up: nothing has run that could have
+            // renamed its NICs since boot.
+            change_nics(nl, &current, &nics, current.is_empty())
         })?;
         *current = nics;
         crate::steps::done("network: NICs set");
@@ -124,7 +140,8 @@ pub fn reconfigure(network: &GuestNetwork, root: &str) -> Result<(), String> {
         files.push(("resolv.conf", resolv));
     }
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
-    with_netlink(|nl| change_nics(nl, &current, &nics))?;
+    // The container may have renamed its NICs: they are looked for again.
+    with_netlink(|nl| change_nics(nl, &current, &nics, false))?;
     *current = nics;
     write_files(root, &files)
 }
@@ -143,11 +160,11 @@ fn checked_nics(network: &GuestNetwork) -> Result<Vec<Nic>, String> {
 /// Takes the NICs from `old` to `new` settings. NICs that leave, or whose
 /// addresses change, are cleared and set down first (their routes go with
 /// them), so a default route moving to another NIC finds its place free.
-fn change_nics(nl: &mut Netlink, old: &[Nic], new: &[Nic]) -> Result<(), String> {
+fn change_nics(nl: &mut Netlink, old: &[Nic], new: &[Nic], boot_names: bool) -> Result<(), String> {
     let Some(last) = old.iter().chain(new).map(|nic| nic.slot).max() else {
         return Ok(());
     };
-    let names = wait_for_nics(usize::from(last) + 1)?;
+    let names = wait_for_nics(usize::from(last) + 1, boot_names)?;
     let name = |nic: &Nic| &names[usize::from(nic.slot)];
     let now = |nic: &Nic| new.iter().find(|n| n.slot == nic.slot);
     let before = |nic: &Nic| old.iter().find(|o| o.slot == nic.slot);
@@ -258,10 +275,12 @@ fn configure(nl: &mut Netlink, name: &str, nic: &Nic) -> Result<(), netlink::Net
 
 /// The guest's virtio-net NICs in slot order, once there are at least
 /// `count` of them (or after `NIC_WAIT`).
-fn wait_for_nics(count: usize) -> Result<Vec<String>, String> {
-    let at_boot = NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if at_boot.len() >= count {
-        return Ok(at_boot);
+fn wait_for_nics(count: usize, boot_names: bool) -> Result<Vec<String>, String> {
+    if boot_names {
+        let at_boot = NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if at_boot.len() >= count {
+            return Ok(at_boot);
+        }
     }
     let deadline = Instant::now() + NIC_WAIT;
     loop {
