@@ -45,6 +45,30 @@ fn standby_supervisors(data: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// File `name` of process `pid`'s cgroup (each VMM has its own).
+fn cgroup_file(pid: u32, name: &str) -> String {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let group = cgroup.trim().strip_prefix("0::").unwrap().to_string();
+    let text = std::fs::read_to_string(format!("/sys/fs/cgroup{group}/{name}")).unwrap();
+    text.trim().to_string()
+}
+
+/// The VMMs of `hulld`'s standby VMs, claimed or not (their disks' paths
+/// name `DATA/standby/`).
+fn standby_vmms(hulld: &Hulld) -> Vec<u32> {
+    let files = format!("{}/standby/", hulld.data.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            comm.trim() == "hull-vmm" && String::from_utf8_lossy(&cmdline).contains(&files)
+        })
+        .collect()
+}
+
 /// Whether container `name` runs in a VM that stood by before it started.
 fn in_standby_vm(hulld: &Hulld, name: &str) -> bool {
     vmm_command_line(hulld, name).contains("/standby/")
@@ -65,6 +89,10 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     assert_eq!(ok(&hulld.docker(&["run", "--rm", &image, "echo", "first"])), "first\n");
     eventually("a standby VM to stand ready", || hulld.standing_standbys().len() == 1);
     let first_standby = hulld.standing_standbys().remove(0);
+    // Until claimed it weighs least beside the VMs of containers.
+    let standing = standby_vmms(&hulld);
+    assert_eq!(standing.len(), 1, "{standing:?}");
+    assert_eq!(cgroup_file(standing[0], "cpu.weight"), "1");
 
     // run -d returns once the command runs, in the standby's VM: its
     // image and writable disks and its tap were plugged into it.
@@ -101,11 +129,10 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
         curl("http://127.0.0.1:8080/") == "hello from web\n"
     });
     assert_eq!(ok(&hulld.docker(&["logs", "web"])), "started\n");
-    // Its CPU limit is on the standby's VMM's cgroup.
-    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", vmm_pid(&hulld, "web"))).unwrap();
-    let group = cgroup.trim().strip_prefix("0::").unwrap().to_string();
-    let cpu_max = std::fs::read_to_string(format!("/sys/fs/cgroup{group}/cpu.max")).unwrap();
-    assert_eq!(cpu_max.trim(), "50000 100000");
+    // Its CPU limit is on the standby's VMM's cgroup, and its weight is
+    // any VM's again.
+    assert_eq!(cgroup_file(vmm_pid(&hulld, "web"), "cpu.max"), "50000 100000");
+    assert_eq!(cgroup_file(vmm_pid(&hulld, "web"), "cpu.weight"), "100");
     // Its console log is the container's (a quiet guest writes nothing there).
     assert!(hulld.data.join("containers").join(&web).join("console.log").is_file());
 
