@@ -28,21 +28,27 @@ fn vmm_command_line(hulld: &Hulld, name: &str) -> String {
     String::from_utf8_lossy(&cmdline).replace('\0', " ")
 }
 
-/// Standby supervisors (`hull-shim --standby`) of the hulld whose data
-/// directory is `data` (named in their environment).
-fn standby_supervisors(data: &Path) -> Vec<u32> {
-    let wanted = format!("HULL_DATA_DIR={}", data.display());
+/// The processes of this host for which `keep(pid, command line)` holds.
+fn processes(keep: impl Fn(u32, &str) -> bool) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
+        .filter(|&pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains("--standby")
-                && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes())
+            keep(pid, &String::from_utf8_lossy(&cmdline))
         })
         .collect()
+}
+
+/// Standby supervisors (`hull-shim --standby`) of the hulld whose data
+/// directory is `data` (named in their environment).
+fn standby_supervisors(data: &Path) -> Vec<u32> {
+    let wanted = format!("HULL_DATA_DIR={}", data.display());
+    processes(|pid, cmdline| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        cmdline.contains("--standby") && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes())
+    })
 }
 
 /// File `name` of process `pid`'s cgroup (each VMM has its own).
@@ -57,16 +63,10 @@ fn cgroup_file(pid: u32, name: &str) -> String {
 /// name `DATA/standby/`).
 fn standby_vmms(hulld: &Hulld) -> Vec<u32> {
     let files = format!("{}/standby/", hulld.data.display());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            comm.trim() == "hull-vmm" && String::from_utf8_lossy(&cmdline).contains(&files)
-        })
-        .collect()
+    processes(|pid, cmdline| {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        comm.trim() == "hull-vmm" && cmdline.contains(&files)
+    })
 }
 
 /// Whether container `name` runs in a VM that stood by before it started.
