@@ -400,6 +400,13 @@ impl Standby {
     }
 }
 
+/// Ends (unclaimed) the standbys for which `leaving` holds.
+fn end_where(standbys: &mut Vec<Standby>, leaving: impl Fn(&Standby) -> bool) {
+    let (ended, kept): (Vec<_>, Vec<_>) = std::mem::take(standbys).into_iter().partition(|s| leaving(s));
+    *standbys = kept;
+    ended.into_iter().for_each(Standby::end);
+}
+
 /// Waits for `child` to end on a thread of its own (no zombie is left).
 fn reap_apart(mut child: Child) {
     std::thread::spawn(move || child.wait());
@@ -453,22 +460,16 @@ pub fn keep_warm(memory_mib: u64, cpus: u8) {
     let Some(pool) = guard.as_mut() else { return };
     pool.standbys.retain_mut(Standby::alive);
     if let Some(oldest) = touch(&mut pool.shapes, (memory_mib, cpus)) {
-        let (leaving, kept) = std::mem::take(&mut pool.standbys)
-            .into_iter()
-            .partition(|s| s.shape() == oldest);
-        pool.standbys = kept;
-        leaving.into_iter().for_each(Standby::end);
+        end_where(&mut pool.standbys, |s| s.shape() == oldest);
     }
     let Some(template) = crate::template::existing(memory_mib, cpus) else {
         return;
     };
     // Those of a template remade since (a new hull-vmm, kernel or agent)
     // would serve no container.
-    let (outdated, current): (Vec<_>, Vec<_>) = std::mem::take(&mut pool.standbys)
-        .into_iter()
-        .partition(|s| s.shape() == (memory_mib, cpus) && s.template != template.dir);
-    pool.standbys = current;
-    outdated.into_iter().for_each(Standby::end);
+    end_where(&mut pool.standbys, |s| {
+        s.shape() == (memory_mib, cpus) && s.template != template.dir
+    });
     let have = pool.standbys.iter().filter(|s| s.shape() == (memory_mib, cpus)).count();
     for _ in have..pool.per_shape {
         // An idle VM never takes the memory a container's would need.
