@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use testkit::hulld::{eventually, ok, text, Hulld};
+use testkit::hulld::{cgroup_dir, eventually, ok, text, Hulld};
 
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
@@ -444,15 +444,17 @@ fn docker_run_in_the_foreground_and_detached() {
 fn vmm_cgroup(id16: &str) -> std::path::PathBuf {
     let marker = format!("/c/{id16}");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         if !cmdline.contains("hull-vmm") || !cmdline.contains(&marker) {
             continue;
         }
-        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
         // The jailed VMM, born in its own group.
-        if let Some(path) = cgroup.trim().strip_prefix("0::").filter(|p| p.contains("/hull/vmm-")) {
-            return std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        if let Some(dir) = cgroup_dir(pid).filter(|d| d.to_string_lossy().contains("/hull/vmm-")) {
+            return dir;
         }
     }
     panic!("no jailed hull-vmm of container {id16}");

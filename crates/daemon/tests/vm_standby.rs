@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use testkit::hulld::{eventually, ok, text, Hulld};
+use testkit::hulld::{cgroup_dir, eventually, ok, text, Hulld};
 
 /// Container `name`'s VMM, as its supervisor recorded it.
 fn vmm_pid(hulld: &Hulld, name: &str) -> u32 {
@@ -53,10 +53,8 @@ fn standby_supervisors(data: &Path) -> Vec<u32> {
 
 /// File `name` of process `pid`'s cgroup (each VMM has its own).
 fn cgroup_file(pid: u32, name: &str) -> String {
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let group = cgroup.trim().strip_prefix("0::").unwrap().to_string();
-    let text = std::fs::read_to_string(format!("/sys/fs/cgroup{group}/{name}")).unwrap();
-    text.trim().to_string()
+    let dir = cgroup_dir(pid).unwrap_or_else(|| panic!("process {pid} has no cgroup"));
+    std::fs::read_to_string(dir.join(name)).unwrap().trim().to_string()
 }
 
 /// The VMMs of `hulld`'s standby VMs, claimed or not (their disks' paths

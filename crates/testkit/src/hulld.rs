@@ -428,6 +428,13 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Process `pid`'s cgroup directory under /sys/fs/cgroup (cgroup v2).
+pub fn cgroup_dir(pid: u32) -> Option<PathBuf> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroup.trim().strip_prefix("0::")?;
+    Some(Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')))
+}
+
 /// Bytes as text, for assertions on a command's output.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
