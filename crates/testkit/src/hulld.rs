@@ -362,6 +362,37 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What a failing test shows of a guest's console: a kernel oops from its
+/// first line (the kind of fault is named there, the register dump comes
+/// after), and the console's last 25 lines.
+fn console_excerpt(text: &str) -> String {
+    const OOPS: [&str; 8] = [
+        "BUG: ",
+        "Oops",
+        "general protection fault",
+        "double fault",
+        "invalid opcode",
+        "Kernel panic",
+        "WARNING: ",
+        "traps: ",
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines.len().saturating_sub(25);
+    let mut excerpt = String::new();
+    if let Some(first) = lines.iter().position(|l| OOPS.iter().any(|o| l.contains(o))) {
+        let from = first.saturating_sub(3);
+        let to = (first + 60).min(last);
+        if from < to {
+            excerpt = format!(
+                "(from line {}, a kernel oops)\n{}\n[…]\n",
+                from + 1,
+                lines[from..to].join("\n")
+            );
+        }
+    }
+    excerpt + &format!("(last {} lines)\n", lines.len() - last) + &lines[last..].join("\n")
+}
+
 impl Hulld {
     /// On a failing test: what hulld and each container's guest said last,
     /// since the docker CLI shows only the status of some failures (an exec
@@ -375,10 +406,11 @@ impl Hulld {
         for entry in std::fs::read_dir(containers).into_iter().flatten().flatten() {
             let console = entry.path().join("console.log");
             if console.exists() {
+                let text = std::fs::read_to_string(&console).unwrap_or_default();
                 eprintln!(
-                    "== container {} console, last 25 lines\n{}",
+                    "== container {} console\n{}",
                     entry.file_name().to_string_lossy(),
-                    tail(&console, 25)
+                    console_excerpt(&text)
                 );
             }
         }
@@ -450,4 +482,24 @@ pub fn ok(out: &Output) -> String {
         text(&out.stderr)
     );
     text(&out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_excerpt;
+
+    #[test]
+    fn a_console_excerpt_shows_an_oops_from_its_first_line() {
+        let mut console: Vec<String> = (0..200).map(|i| format!("[{i}] booting")).collect();
+        console[100] = "[100] BUG: unable to handle page fault for address: 0000000000001234".into();
+        let excerpt = console_excerpt(&console.join("\n"));
+        assert!(excerpt.contains("[97] booting\n[98] booting\n[99] booting\n[100] BUG: unable"));
+        assert!(excerpt.contains("[159] booting\n[…]"));
+        assert!(excerpt.contains("(last 25 lines)\n[175] booting") && excerpt.ends_with("[199] booting"));
+        assert!(!excerpt.contains("[96] booting"));
+        // Without an oops, or with one among the last lines: the tail alone.
+        let quiet = console_excerpt(&console[150..].join("\n"));
+        assert!(quiet.starts_with("(last 25 lines)\n[175] booting"), "{quiet}");
+        assert_eq!(console_excerpt(""), "(last 0 lines)\n");
+    }
 }
