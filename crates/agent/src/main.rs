@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use pid_namespace::Pids;
-use proto::{read_frame, write_frame, Control, Frame, ProcessSpec, ProtoError, CHUNK, PROTOCOL_VERSION};
+use proto::{read_frame, write_frame, Control, Frame, GuestNetwork, ProcessSpec, ProtoError, CHUNK, PROTOCOL_VERSION};
 
 /// Where the container's root filesystem is assembled.
 const ROOT: &str = "/mnt/root";
@@ -87,6 +87,18 @@ fn main() {
         Err(e) => console(&format!("cannot reach the host over vsock: {e}")),
     }
     power_off();
+}
+
+/// What a container's start sets up in the VM outside its root: its NICs,
+/// its cgroup, the hostname.
+fn set_up_the_machine(network: &GuestNetwork, pids_limit: Option<u64>, hostname: &str) -> Result<(), String> {
+    network::set_nics(network).map_err(|e| format!("setting up the network: {e}"))?;
+    limits::container_group(pids_limit).map_err(|e| format!("making the container's cgroup: {e}"))?;
+    if let Err(e) = sethostname(hostname) {
+        console(&format!("sethostname: {e}"));
+    }
+    steps::done("cgroup and hostname");
+    Ok(())
 }
 
 fn console(message: &str) {
@@ -192,6 +204,17 @@ fn serve(conn: File) {
         console(&format!("setting the clock: {e}"));
     }
     steps::done("reseeded, clock set");
+    // The NICs, cgroup and hostname need nothing of the container's root:
+    // they are set while the disks are read (the vCPU would otherwise wait
+    // on each read).
+    let beside_the_disks = {
+        let (network, pids_limit, hostname) = (
+            spec.network.clone().unwrap_or_default(),
+            spec.pids_limit,
+            spec.hostname.clone(),
+        );
+        thread::spawn(move || set_up_the_machine(&network, pids_limit, &hostname))
+    };
     if let Err(e) = machine::wait_for_disks(&spec) {
         return fail(&sink, format!("waiting for the disks: {e}"), 125);
     }
@@ -203,14 +226,13 @@ fn serve(conn: File) {
         return fail(&sink, e.to_string(), 125);
     }
     steps::done("mounted");
-    if let Err(e) = limits::container_group(spec.pids_limit) {
-        return fail(&sink, format!("making the container's cgroup: {e}"), 125);
+    let machine = beside_the_disks
+        .join()
+        .unwrap_or_else(|_| Err("the thread setting up the NICs and cgroup panicked".into()));
+    if let Err(e) = machine {
+        return fail(&sink, e, 125);
     }
-    if let Err(e) = sethostname(&spec.hostname) {
-        console(&format!("sethostname: {e}"));
-    }
-    steps::done("cgroup and hostname");
-    if let Err(e) = network::setup(&spec, ROOT) {
+    if let Err(e) = network::write_etc_files(&spec, ROOT) {
         return fail(&sink, format!("setting up the network: {e}"), 125);
     }
     steps::done("network");

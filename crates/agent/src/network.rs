@@ -97,21 +97,11 @@ fn set_loopback_up(nl: &mut Netlink) -> Result<(), String> {
     nl.set_up(lo).map_err(|e| format!("lo: {e}"))
 }
 
-/// Sets up the guest's network for `spec` and the files over the
-/// container's root at `root`. Everything the host sent is checked before
-/// anything is changed.
-pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
-    let none = GuestNetwork::default();
-    let network = spec.network.as_ref().unwrap_or(&none);
+/// Sets up the guest's NICs for `network`: needs nothing of the container's
+/// root, so the agent runs it while the disks are mounted. The NICs' settings
+/// are checked whole before any is changed.
+pub fn set_nics(network: &GuestNetwork) -> Result<(), String> {
     let nics = checked_nics(network)?;
-    let mut files = vec![
-        ("hosts", hosts_file(&network.hosts)?),
-        ("hostname", hostname_file(&spec.hostname)?),
-    ];
-    if let Some(resolv) = resolv_conf(network)? {
-        files.push(("resolv.conf", resolv));
-    }
-
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
     let loopback_up = LOOPBACK_UP.load(Ordering::Relaxed);
     if !(loopback_up && current.is_empty() && nics.is_empty()) {
@@ -125,6 +115,21 @@ pub fn setup(spec: &RunSpec, root: &str) -> Result<(), String> {
         })?;
         *current = nics;
         crate::steps::done("network: NICs set");
+    }
+    Ok(())
+}
+
+/// Writes /etc/hosts, /etc/hostname and /etc/resolv.conf for `spec` over
+/// the container's root at `root`.
+pub fn write_etc_files(spec: &RunSpec, root: &str) -> Result<(), String> {
+    let none = GuestNetwork::default();
+    let network = spec.network.as_ref().unwrap_or(&none);
+    let mut files = vec![
+        ("hosts", hosts_file(&network.hosts)?),
+        ("hostname", hostname_file(&spec.hostname)?),
+    ];
+    if let Some(resolv) = resolv_conf(network)? {
+        files.push(("resolv.conf", resolv));
     }
     write_files(root, &files)
 }
