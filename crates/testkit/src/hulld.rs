@@ -358,8 +358,12 @@ fn supervisors(data: &Path) -> Vec<u32> {
 /// The last `lines` lines of the file at `path` (empty if unreadable).
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    last(&text.lines().collect::<Vec<_>>(), lines).join("\n")
+}
+
+/// The last `count` of `lines`.
+fn last<'a>(lines: &'a [&'a str], count: usize) -> &'a [&'a str] {
+    &lines[lines.len().saturating_sub(count)..]
 }
 
 /// What a failing test shows of a guest's console: a kernel oops from its
@@ -377,11 +381,11 @@ fn console_excerpt(text: &str) -> String {
         "traps: ",
     ];
     let lines: Vec<&str> = text.lines().collect();
-    let last = lines.len().saturating_sub(25);
+    let tail = last(&lines, 25);
     let mut excerpt = String::new();
     if let Some(first) = lines.iter().position(|l| OOPS.iter().any(|o| l.contains(o))) {
         let from = first.saturating_sub(3);
-        let to = (first + 60).min(last);
+        let to = (first + 60).min(lines.len() - tail.len());
         if from < to {
             excerpt = format!(
                 "(from line {}, a kernel oops)\n{}\n[…]\n",
@@ -390,7 +394,7 @@ fn console_excerpt(text: &str) -> String {
             );
         }
     }
-    excerpt + &format!("(last {} lines)\n", lines.len() - last) + &lines[last..].join("\n")
+    excerpt + &format!("(last {} lines)\n", tail.len()) + &tail.join("\n")
 }
 
 impl Hulld {
