@@ -142,12 +142,14 @@ fn fail(sink: &Sink, message: String, exit_code: i32) {
     send(sink, &Frame::Control(Control::Failed { message, exit_code }));
 }
 
-/// Says hello to the host and waits for its request. A connection reset
-/// meanwhile means the VM was moved to another host (its VMM resets the
-/// guest's vsock transport): the agent, holding no container yet, says
-/// hello again to the host it is on now. The connection, its writing half
-/// and the host's first frame.
-fn await_request(mut conn: File) -> Option<(Sink, File, Result<Option<Frame>, ProtoError>)> {
+/// Says hello to the host and waits for its request, mounting or
+/// unmounting a standby's root meanwhile as the host asks (`prepared`
+/// then says whether one is mounted). A connection reset meanwhile means
+/// the VM was moved to another host (its VMM resets the guest's vsock
+/// transport): the agent, holding no container yet, says hello again to
+/// the host it is on now. The connection, its writing half and the host's
+/// first frame after those.
+fn await_request(mut conn: File, prepared: &mut bool) -> Option<(Sink, File, Result<Option<Frame>, ProtoError>)> {
     loop {
         let mut input = match conn.try_clone() {
             Ok(input) => input,
@@ -164,7 +166,10 @@ fn await_request(mut conn: File) -> Option<(Sink, File, Result<Option<Frame>, Pr
         let said = write_frame(&mut conn, &Frame::Control(hello));
         let greeted = said.is_ok();
         let first = match said {
-            Ok(()) => read_frame(&mut input),
+            Ok(()) => {
+                let first = read_frame(&mut input);
+                prepare_until_run(&mut conn, &mut input, first, prepared)
+            }
             Err(e) => Err(e),
         };
         let reset = matches!(&first, Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset);
@@ -186,8 +191,54 @@ fn await_request(mut conn: File) -> Option<(Sink, File, Result<Option<Frame>, Pr
     }
 }
 
+/// Answers the host's `Prepare` and `Release` of a standby's root, each
+/// in turn, from `frame` on: the first other frame (the request).
+fn prepare_until_run(
+    conn: &mut File,
+    input: &mut File,
+    mut frame: Result<Option<Frame>, ProtoError>,
+    prepared: &mut bool,
+) -> Result<Option<Frame>, ProtoError> {
+    loop {
+        let failed = |message: String| Control::Failed {
+            message,
+            exit_code: 125,
+        };
+        let reply = match &frame {
+            Ok(Some(Frame::Control(Control::Prepare(root)))) => match prepare(root) {
+                Ok(()) => Control::Prepared,
+                Err(message) => failed(message),
+            },
+            Ok(Some(Frame::Control(Control::Release))) => match mounts::release_layers(ROOT) {
+                Ok(()) => Control::Released,
+                Err(e) => failed(e.to_string()),
+            },
+            _ => return frame,
+        };
+        *prepared = matches!(reply, Control::Prepared);
+        write_frame(conn, &Frame::Control(reply))?;
+        frame = read_frame(input);
+    }
+}
+
+/// Mounts a standby's root as the host asked (`Control::Prepare`); on
+/// failure, nothing of it stays mounted.
+fn prepare(root: &proto::PreparedRoot) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mounted = root
+        .disks
+        .iter()
+        .try_for_each(|disk| machine::wait_for_disk_size(&disk.device, disk.sectors, deadline))
+        .and_then(|()| mounts::layers(&root.root_device, &root.root_fstype, Some(&root.rw_device), ROOT));
+    mounted.map_err(|e| {
+        let _ = mounts::release_layers(ROOT);
+        format!("preparing the root filesystem: {e}")
+    })
+}
+
 fn serve(conn: File) {
-    let Some((sink, input, first)) = await_request(conn) else {
+    let mut prepared = false;
+    let Some((sink, input, first)) = await_request(conn, &mut prepared) else {
         return;
     };
     let spec = match first {
@@ -219,7 +270,7 @@ fn serve(conn: File) {
         return fail(&sink, format!("waiting for the disks: {e}"), 125);
     }
     steps::done("the disks have their sizes");
-    if let Err(e) = mounts::container_root(&spec, ROOT) {
+    if let Err(e) = mounts::container_root(&spec, ROOT, prepared) {
         return fail(&sink, format!("preparing the root filesystem: {e}"), 125);
     }
     if let Err(e) = mounts::volumes(&spec, ROOT) {

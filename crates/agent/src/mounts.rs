@@ -57,21 +57,25 @@ pub fn upper() -> String {
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// Mounts the image disk read-only with the container's writable disk (or a
-/// tmpfs) as the overlay's upper layer at `root`, and the kernel
-/// filesystems a container expects inside it.
-pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
+/// tmpfs) as the overlay's upper layer at `root` (unless a standby's
+/// `Prepare` did so already: `prepared`), and the kernel filesystems a
+/// container expects inside it.
+pub fn container_root(spec: &RunSpec, root: &str, prepared: bool) -> io::Result<()> {
+    if !prepared {
+        layers(&spec.root_device, &spec.root_fstype, spec.rw_device.as_deref(), root)?;
+    }
+    kernel_filesystems(root)
+}
+
+/// The image disk read-only, the writable disk (or a tmpfs) and their
+/// overlay at `root`.
+pub fn layers(root_device: &str, root_fstype: &str, rw_device: Option<&str>, root: &str) -> io::Result<()> {
     // Never written, so an ext4 image has no journal to replay: not loading
     // it is a cheaper mount.
-    let image_options = if spec.root_fstype == "ext4" { "noload" } else { "" };
-    mount(
-        &spec.root_device,
-        IMAGE,
-        &spec.root_fstype,
-        libc::MS_RDONLY,
-        image_options,
-    )?;
+    let image_options = if root_fstype == "ext4" { "noload" } else { "" };
+    mount(root_device, IMAGE, root_fstype, libc::MS_RDONLY, image_options)?;
     crate::steps::done("the image disk mounted");
-    match &spec.rw_device {
+    match rw_device {
         // Inode tables are zero already (the host formats the disk so); a
         // disk from an older hull would otherwise have the kernel write
         // them all out while the container runs.
@@ -96,7 +100,24 @@ pub fn container_root(spec: &RunSpec, root: &str) -> io::Result<()> {
         &format!("lowerdir={IMAGE},upperdir={upper},workdir={work}"),
     )?;
     crate::steps::done("the overlay mounted");
-    kernel_filesystems(root)
+    Ok(())
+}
+
+/// Unmounts what `layers` mounted at `root`, the overlay first; what is
+/// not mounted is passed over. Once this returns, nothing holds the disks:
+/// the host may take them out.
+pub fn release_layers(root: &str) -> io::Result<()> {
+    for target in [root, WRITABLE, IMAGE] {
+        let target_c = CString::new(target).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: a valid NUL-terminated path for the call's duration.
+        if unsafe { libc::umount2(target_c.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(io::Error::new(e.kind(), format!("unmounting {target}: {e}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The kernel filesystems a container expects, inside its `root`; its

@@ -124,7 +124,7 @@ async fn serve(args: Args) -> Result<()> {
     dns::start_all(&daemon);
     runtime::standby::enable(usize::from(args.standby_vms));
     // The default shape's, when its template is made already.
-    runtime::standby::keep_warm(daemon::create::DEFAULT_MEMORY_MIB, 1);
+    runtime::standby::keep_warm(daemon::create::DEFAULT_MEMORY_MIB, 1, None);
 
     let tls = match (args.tls_listen, &args.tlscacert, &args.tlscert, &args.tlskey) {
         (Some(address), Some(ca), Some(cert), Some(key)) => {

@@ -6,6 +6,7 @@
 //! standby is replaced after each claim; a container it cannot serve (a
 //! volume) starts a VM of its own; nothing of it outlives hulld.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -91,6 +92,12 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     let standing = standby_vmms(&hulld);
     assert_eq!(standing.len(), 1, "{standing:?}");
     assert_eq!(cgroup_file(standing[0], "cpu.weight"), "1");
+    // Its root is ready: the image the first container ran, and a writable
+    // disk of its own, mounted by its agent.
+    let prepared = first_standby.join("writable");
+    let prepared_inode = std::fs::metadata(&prepared)
+        .unwrap_or_else(|e| panic!("{}: {e}", prepared.display()))
+        .ino();
 
     // run -d returns once the command runs, in the standby's VM: its
     // image and writable disks and its tap were plugged into it.
@@ -111,6 +118,11 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     let web = web.trim().to_string();
     assert!(in_standby_vm(&hulld, "web"), "{}", vmm_command_line(&hulld, "web"));
     assert!(!first_standby.exists(), "the claimed standby's own files went");
+    // A new container of that image took the prepared root whole.
+    let web_dir = hulld.data.join("containers").join(&web);
+    let writable_inode = || std::fs::metadata(web_dir.join("rw.ext4")).unwrap().ino();
+    assert_eq!(writable_inode(), prepared_inode, "the standby's writable disk is web's");
+    assert!(!web_dir.join("standby-rw.ext4").exists());
     // At once: pause and exec find it running.
     ok(&hulld.docker(&["pause", "web"]));
     assert_eq!(hulld.inspect("{{.State.Status}}", "web"), "paused");
@@ -143,6 +155,9 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     ok(&hulld.docker(&["stop", "-t", "1", "web"]));
     ok(&hulld.docker(&["start", "web"]));
     assert!(in_standby_vm(&hulld, "web"));
+    // Its own writable disk, not the standby's prepared one (given back).
+    assert_eq!(writable_inode(), prepared_inode);
+    assert!(!web_dir.join("standby-rw.ext4").exists());
     assert_eq!(ok(&hulld.docker(&["exec", "web", "cat", "/www/note"])), "kept\n");
     eventually("the published port to serve again", || {
         curl("http://127.0.0.1:8080/note") == "kept\n"

@@ -83,14 +83,21 @@ pub fn ext4_size_mib(bytes: u64, entries: u64) -> u64 {
     (bytes + bytes / 4 + entries * 8192) / (1 << 20) + 64
 }
 
+/// The read-only disk for `record`'s layers, if it is built.
+pub fn built_image_disk(store: &Store, record: &ImageRecord) -> Option<PathBuf> {
+    let chain = record.chain_id()?;
+    let disk = store.disks_dir().join(format!("{}.ext4", chain.hex()));
+    disk.is_file().then_some(disk)
+}
+
 /// The read-only disk for `record`'s layers, building it on first use.
 pub fn image_disk(store: &Store, record: &ImageRecord) -> Result<PathBuf, DiskError> {
+    if let Some(disk) = built_image_disk(store, record) {
+        return Ok(disk);
+    }
     let chain = record.chain_id().ok_or(DiskError::NoLayers)?;
     let disks = store.disks_dir();
     let disk = disks.join(format!("{}.ext4", chain.hex()));
-    if disk.is_file() {
-        return Ok(disk);
-    }
     // One builder per disk; others wait for it and then use its result.
     let lock_path = disks.join(format!("{}.building", chain.hex()));
     let lock = File::create(&lock_path).map_err(io(format!("creating {}", lock_path.display())))?;

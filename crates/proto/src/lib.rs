@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 19;
+pub const PROTOCOL_VERSION: u32 = 20;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -167,6 +167,18 @@ pub struct RunSpec {
     /// `sync`.
     #[serde(default)]
     pub disposable: bool,
+}
+
+/// A container root a standby VM mounts before its container is known
+/// (`Control::Prepare`): an image's disk, a fresh writable disk, their
+/// overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedRoot {
+    pub root_device: String,
+    pub root_fstype: String,
+    pub rw_device: String,
+    /// The two disks' sizes, waited for as `RunSpec::disks` are.
+    pub disks: Vec<DiskSize>,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -408,7 +420,20 @@ pub enum Control {
     /// connection's from number `from` on (frames the host lacks that the
     /// agent no longer keeps are lost: then `from` is above what it asked).
     Replay { from: u64 },
-    /// Host → agent: run this.
+    /// Host → agent, before `Run` (a standby VM): mount this root's image
+    /// and writable disks and their overlay now, so that the `Run` that
+    /// follows finds them mounted. Answered with `Prepared` or `Failed`.
+    Prepare(Box<PreparedRoot>),
+    /// Agent → host: the root `Prepare` named is mounted.
+    Prepared,
+    /// Host → agent, before `Run`: the prepared root is not the
+    /// container's; unmount it (its disks are about to be taken out).
+    /// Answered with `Released` or `Failed`.
+    Release,
+    /// Agent → host: nothing of the prepared root is mounted any more.
+    Released,
+    /// Host → agent: run this. After a `Prepare` (not released), the root
+    /// mounted then is the container's.
     Run(Box<RunSpec>),
     /// Host → agent, first on an exec connection: run this process too.
     Exec(Box<ProcessSpec>),
@@ -725,6 +750,18 @@ mod tests {
             trace: true,
             disposable: true,
         }))));
+        round_trip(Frame::Control(Control::Prepare(Box::new(PreparedRoot {
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+            rw_device: "/dev/vdb".into(),
+            disks: vec![DiskSize {
+                device: "/dev/vdb".into(),
+                sectors: 16,
+            }],
+        }))));
+        for control in [Control::Prepared, Control::Release, Control::Released] {
+            round_trip(Frame::Control(control));
+        }
         round_trip(Frame::Control(Control::Exec(Box::new(process))));
         round_trip(Frame::Control(Control::Resize { rows: 40, cols: 100 }));
         round_trip(Frame::Control(Control::Archive(ArchiveOp::Put {

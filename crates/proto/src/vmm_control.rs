@@ -44,6 +44,9 @@ pub enum VmmRequest {
     /// Take the disk `PlugDisk` put into `slot` out again (the guest has
     /// stopped using it); a disk the VM started with stays.
     UnplugDisk { slot: u8 },
+    /// The disk `PlugDisk` put into `slot` stays for the VM's life, as a
+    /// `lasting` plug's does (a standby VM's prepared disks, claimed).
+    KeepDisk { slot: u8 },
     /// Send the running VM to another hull-vmm over the connection whose
     /// descriptor comes with this request; switch over once the rest fits
     /// in `downtime_ms`, give up after `max_seconds` (the VM runs on here).

@@ -441,7 +441,10 @@ impl ContainerDir {
         let state = starting.until_running();
         if spec.joins.is_none() && !spec.cold_boot {
             // Apart, so that the answer does not wait for the next one's spawn.
-            std::thread::spawn(move || crate::standby::keep_warm(spec.memory_mib, spec.cpus));
+            std::thread::spawn(move || {
+                let image = crate::standby::image_disk(&spec);
+                crate::standby::keep_warm(spec.memory_mib, spec.cpus, image)
+            });
         }
         state
     }

@@ -488,6 +488,14 @@ pub fn run_in(
     }
 
     let writable = dir.join("rw.ext4");
+    // A standby VM serves only a container it was made for (`WarmVm::fits`);
+    // one that does not ends here (its VMM killed and reaped) and leaves
+    // the socket directory to a VM of the container's own.
+    let template_dir = template.as_ref().map(|t| t.dir.clone());
+    let warm = warm.filter(|warm| arrival.is_none() && warm.fits(request, template_dir.as_deref()));
+    // A new container of the image a standby's root was prepared from
+    // takes that root, its writable disk included.
+    let adopted = warm.as_ref().is_some_and(|warm| warm.adopt_root(&disk, &writable));
     if !writable.exists() {
         crate::writable::create(&writable, crate::writable::DiskKind::Layer)?;
     }
@@ -570,33 +578,24 @@ pub fn run_in(
         None => template.as_ref().map(|t| t.dir.clone()),
     };
     vmm::trace::mark("run: files ready, starting hull-vmm");
-    // A standby VM serves only a container it was made for (`WarmVm::fits`);
-    // one that does not, or fails to take the container's disks and taps,
-    // ends here and leaves the socket directory to a VM of the container's own.
-    let template_dir = template.as_ref().map(|t| t.dir.as_path());
-    let taken = match warm {
-        Some(warm) if arrival.is_none() && warm.fits(request, template_dir) => {
-            match warm.take_over(&vm, request.shape()) {
-                Ok(taken) => Some(taken),
-                Err(e) => {
-                    eprintln!("hull: {e}; starting a VM of the container's own");
-                    None
-                }
-            }
-        }
-        // Ended now (its VMM killed and reaped), not when this start ends.
-        unfit => {
-            drop(unfit);
+    // A standby VM that fails to take the container's disks and taps ends
+    // here too.
+    let taken = warm.and_then(|warm| match warm.take_over(&vm, request.shape(), adopted) {
+        Ok(taken) => Some(taken),
+        Err(e) => {
+            eprintln!("hull: {e}; starting a VM of the container's own");
             None
         }
-    };
+    });
     if given_standby && taken.is_none() {
         for leftover in [&uds, &control] {
             let _ = std::fs::remove_file(leftover);
         }
     }
+    // Whether the agent's hello was read already (a standby's, preparing its root).
+    let greeted = matches!(taken, Some((_, _, true)));
     let (mut vmm, conn, resume_from) = match (arrival, taken) {
-        (None, Some((vmm, conn))) => (vmm, conn, None),
+        (None, Some((vmm, conn, _))) => (vmm, conn, None),
         (Some(arrival), _) => {
             let start = VmStart::Arriving {
                 conn: &arrival.conn,
@@ -690,7 +689,9 @@ pub fn run_in(
     };
     let talking = match resume_from {
         Some(frames) => rejoin_arrived(conn, frames, attachment),
-        None => converse(conn, request, &process, &hostname, guest_devices, attachment).map(|(i, s)| (i, s, 0)),
+        None => {
+            converse(conn, greeted, request, &process, &hostname, guest_devices, attachment).map(|(i, s)| (i, s, 0))
+        }
     };
     let followed = talking.and_then(|(mut input, steer, first_frame)| {
         let status = follow_moving(&kit, &mut input, &steer, &mut vmm, first_frame, attachment);
@@ -1155,10 +1156,12 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
     unsafe { libc::poll(&mut ready, 1, ms) };
 }
 
-/// Greets the agent and sends it the command: the run connection's
-/// reading half, and the way to steer the command.
+/// Greets the agent (unless its hello was read: `greeted`) and sends it
+/// the command: the run connection's reading half, and the way to steer
+/// the command.
 fn converse(
     conn: UnixStream,
+    greeted: bool,
     request: &RunRequest,
     process: &Process,
     hostname: &str,
@@ -1172,21 +1175,23 @@ fn converse(
     let mut input = conn.try_clone().map_err(io("vsock connection"))?;
     let mut sink = conn;
     let send = |sink: &mut UnixStream, frame: &Frame| -> bool { write_frame(sink, frame).is_ok() };
-    match read_frame(&mut input) {
-        Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == PROTOCOL_VERSION => {}
-        Ok(Some(Frame::Control(Control::Hello { version, .. }))) => {
-            let message = format!("protocol version {PROTOCOL_VERSION} required");
-            send(
-                &mut sink,
-                &Frame::Control(Control::Failed {
-                    message,
-                    exit_code: 125,
-                }),
-            );
-            return Err(RunError::Version { agent: version });
+    if !greeted {
+        match read_frame(&mut input) {
+            Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == PROTOCOL_VERSION => {}
+            Ok(Some(Frame::Control(Control::Hello { version, .. }))) => {
+                let message = format!("protocol version {PROTOCOL_VERSION} required");
+                send(
+                    &mut sink,
+                    &Frame::Control(Control::Failed {
+                        message,
+                        exit_code: 125,
+                    }),
+                );
+                return Err(RunError::Version { agent: version });
+            }
+            Ok(other) => return Err(lost(format!("expected the agent's hello, got {other:?}"))),
+            Err(e) => return Err(lost(e.to_string())),
         }
-        Ok(other) => return Err(lost(format!("expected the agent's hello, got {other:?}"))),
-        Err(e) => return Err(lost(e.to_string())),
     }
     let disposable = request.disposable && !request.hold && guest_devices.mounts.is_empty();
     let spec = RunSpec {

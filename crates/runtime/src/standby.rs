@@ -14,6 +14,17 @@
 //! good, its taps into its NICs, and the agent runs its command. A
 //! container the standby cannot serve (volumes, bind mounts, another
 //! shape, a template remade meanwhile) starts a VM of its own.
+//!
+//! A standby started for an image (the image the last container of its
+//! shape started from: `hull-shim --standby NAME MEMORY CPUS IMAGE_DISK`)
+//! also has its root ready: that image's disk and a fresh writable disk
+//! plugged in and mounted under their overlay by the agent
+//! (`Control::Prepare`). A new container of that image takes the whole
+//! root, its writable disk included, and its start is left with the
+//! kernel filesystems, the network and the command's spawn. Any other
+//! container (another image, a restart with its own writable disk) has
+//! the agent unmount the prepared root (`Control::Release`) and its own
+//! disks plugged in instead.
 
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -25,6 +36,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use proto::vmm_control::{VmmReply, VmmRequest};
+use proto::{Control, Frame};
 
 use crate::container::{ContainerDir, Heard, Report, Starting};
 use crate::run::{RunError, Shape, VmFiles, Vmm};
@@ -36,7 +48,8 @@ pub(crate) const STANDING: u8 = b'W';
 /// stands ready.
 pub const STANDING_MARKER: &str = "standing";
 
-/// A standby's VM, running, its agent's hello not yet read.
+/// A standby's VM, running; its agent's hello not yet read unless its
+/// root was prepared.
 pub struct WarmVm {
     pub(crate) vmm: Vmm,
     pub(crate) conn: UnixStream,
@@ -44,6 +57,63 @@ pub struct WarmVm {
     pub(crate) template: PathBuf,
     pub(crate) memory_mib: u64,
     pub(crate) cpus: u8,
+    pub(crate) prepared: Option<PreparedRoot>,
+}
+
+/// A standby's root, mounted in its VM before its container was known.
+pub(crate) struct PreparedRoot {
+    /// The image disk's file, as (device, inode): a container's must be
+    /// that very file.
+    image: (u64, u64),
+    /// The fresh writable disk under the overlay, in the claiming
+    /// container's directory under a name of its own until a container
+    /// takes it (`adopt_root`).
+    writable: PathBuf,
+}
+
+/// The standby's writable disk, in the container's directory once claimed.
+const PREPARED_WRITABLE: &str = "standby-rw.ext4";
+
+/// Identifies a file across renames: (device, inode).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The VMM's answer to `request` (with the descriptor `fd`), as a standby's error.
+fn ask_vmm(control: &UnixStream, request: VmmRequest, fd: Option<&File>) -> Result<(), RunError> {
+    let failed = |what: String| RunError::Standby(what);
+    match vmm::control::ask(control, &request, fd) {
+        Ok(VmmReply::Done) => Ok(()),
+        Ok(VmmReply::Failed { reason }) => Err(failed(format!("{request:?}: {reason}"))),
+        Ok(other) => Err(failed(format!("{request:?}: unexpected reply {other:?}"))),
+        Err(e) => Err(failed(format!("{request:?}: {e}"))),
+    }
+}
+
+fn open_disk(path: &Path, write: bool) -> Result<File, RunError> {
+    File::options()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|e| RunError::Standby(format!("{}: {e}", path.display())))
+}
+
+/// One exchange with the agent before its container's `Run`: `request`
+/// sent, `reply` awaited (at most 30 s).
+fn ask_agent(conn: &UnixStream, request: Control, reply: &Control) -> Result<(), String> {
+    let mut writer = conn;
+    proto::write_frame(&mut writer, &Frame::Control(request.clone())).map_err(|e| format!("{request:?}: {e}"))?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = conn;
+    let heard = proto::read_frame(&mut reader);
+    let _ = conn.set_read_timeout(None);
+    match heard {
+        Ok(Some(Frame::Control(heard))) if heard == *reply => Ok(()),
+        Ok(Some(Frame::Control(Control::Failed { message, .. }))) => Err(format!("the agent: {message}")),
+        Ok(other) => Err(format!("{request:?}: the agent answered {other:?}")),
+        Err(e) => Err(format!("{request:?}: {e}")),
+    }
 }
 
 impl WarmVm {
@@ -60,37 +130,66 @@ impl WarmVm {
             && !request.cold_boot
     }
 
+    /// Whether its prepared root can be the root of a new container whose
+    /// image disk is `disk` and whose writable disk, not made yet, would be
+    /// `writable`: then the standby's writable disk is put there.
+    pub(crate) fn adopt_root(&self, disk: &Path, writable: &Path) -> bool {
+        let Some(prepared) = &self.prepared else {
+            return false;
+        };
+        // A link, not a rename: a writable disk there already (a restart's)
+        // is never replaced.
+        file_identity(disk) == Some(prepared.image) && std::fs::hard_link(&prepared.writable, writable).is_ok()
+    }
+
     /// Gives the VM the container's disks and taps (`files`) and its CPU
-    /// limit (`shape`): the VMM and the agent's connection.
-    pub(crate) fn take_over(self, files: &VmFiles, shape: Shape) -> Result<(Vmm, UnixStream), RunError> {
+    /// limit (`shape`): its prepared root kept if it is the container's
+    /// (`adopted`), else given back. The VMM, the agent's connection, and
+    /// whether its hello was read already.
+    pub(crate) fn take_over(
+        self,
+        files: &VmFiles,
+        shape: Shape,
+        adopted: bool,
+    ) -> Result<(Vmm, UnixStream, bool), RunError> {
         let failed = |what: String| RunError::Standby(what);
         let control =
             UnixStream::connect(files.control).map_err(|e| failed(format!("its VMM's control channel: {e}")))?;
         let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
-        let ask = |request: VmmRequest, fd: &File| match vmm::control::ask(&control, &request, Some(fd)) {
-            Ok(VmmReply::Done) => Ok(()),
-            Ok(VmmReply::Failed { reason }) => Err(failed(format!("{request:?}: {reason}"))),
-            Ok(other) => Err(failed(format!("{request:?}: unexpected reply {other:?}"))),
-            Err(e) => Err(failed(format!("{request:?}: {e}"))),
-        };
-        let open = |path: &Path, write: bool| {
-            File::options()
-                .read(true)
-                .write(write)
-                .open(path)
-                .map_err(|e| failed(format!("{}: {e}", path.display())))
-        };
-        // The image read-only, as the VM would have started with it.
-        ask(
-            VmmRequest::PlugDisk { slot: 0, lasting: true },
-            &open(files.disk, false)?,
-        )?;
-        ask(
-            VmmRequest::PlugDisk { slot: 1, lasting: true },
-            &open(files.writable, true)?,
-        )?;
+        let greeted = self.prepared.is_some();
+        if let Some(prepared) = &self.prepared {
+            let _ = std::fs::remove_file(&prepared.writable);
+            if !adopted {
+                ask_agent(&self.conn, Control::Release, &Control::Released).map_err(failed)?;
+                for slot in [0, 1] {
+                    ask_vmm(&control, VmmRequest::UnplugDisk { slot }, None)?;
+                }
+            }
+        }
+        if greeted && adopted {
+            for slot in [0, 1] {
+                ask_vmm(&control, VmmRequest::KeepDisk { slot }, None)?;
+            }
+        } else {
+            // The image read-only, as the VM would have started with it.
+            let image = open_disk(files.disk, false)?;
+            ask_vmm(&control, VmmRequest::PlugDisk { slot: 0, lasting: true }, Some(&image))?;
+            let writable = open_disk(files.writable, true)?;
+            ask_vmm(
+                &control,
+                VmmRequest::PlugDisk { slot: 1, lasting: true },
+                Some(&writable),
+            )?;
+        }
+        self.given(&control, files, shape)
+            .map(|(vmm, conn)| (vmm, conn, greeted))
+    }
+
+    /// Gives the VM the container's taps and CPU limit.
+    fn given(self, control: &UnixStream, files: &VmFiles, shape: Shape) -> Result<(Vmm, UnixStream), RunError> {
+        let failed = |what: String| RunError::Standby(what);
         for (slot, tap) in &files.taps {
-            ask(VmmRequest::PlugNic { slot: *slot }, tap)?;
+            ask_vmm(control, VmmRequest::PlugNic { slot: *slot }, Some(tap))?;
         }
         if let Some(cgroup) = self.vmm.process.cgroup() {
             // A container's VM now: its CPU share is any VM's again.
@@ -154,15 +253,16 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// `hull-shim --standby NAME MEMORY CPUS`: starts a standby VM, waits to be
-/// claimed, then supervises the container it was given to its end.
-pub fn serve(name: &str, memory_mib: u64, cpus: u8) -> Result<(), String> {
+/// `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK]`: starts a standby VM
+/// (its root prepared from `image`), waits to be claimed, then supervises
+/// the container it was given to its end.
+pub fn serve(name: &str, memory_mib: u64, cpus: u8, image: Option<&Path>) -> Result<(), String> {
     if !valid_name(name) {
         return Err(format!("'{name}' is no standby name"));
     }
     let files = files_dir(name);
     let sockets = sockets_dir(name);
-    let result = stand_by(&files, &sockets, memory_mib, cpus);
+    let result = stand_by(&files, &sockets, memory_mib, cpus, image);
     match result {
         Ok(Some((dir, warm))) => {
             let _ = std::fs::remove_dir_all(&files);
@@ -197,7 +297,13 @@ pub fn serve(name: &str, memory_mib: u64, cpus: u8) -> Result<(), String> {
 
 /// Starts the VM and waits for a claim: the container, its VM, or `None`
 /// when hulld went away first.
-fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<Option<(ContainerDir, WarmVm)>, String> {
+fn stand_by(
+    files: &Path,
+    sockets: &Path,
+    memory_mib: u64,
+    cpus: u8,
+    image: Option<&Path>,
+) -> Result<Option<(ContainerDir, WarmVm)>, String> {
     let text = |e: RunError| e.to_string();
     let template = crate::template::existing(memory_mib, cpus)
         .ok_or_else(|| format!("no template of {memory_mib} MiB and {cpus} vCPUs to clone"))?;
@@ -215,6 +321,8 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
     for slot in [&image_slot, &writable_slot] {
         File::create(slot).map_err(|e| format!("{}: {e}", slot.display()))?;
     }
+    // A prepared root's writable disk, beside its slot's empty file.
+    let prepared_writable = files.join("writable");
     let volumes = crate::volume::slot_disks(&[]).map_err(|e| e.to_string())?;
     let uds = sockets.join("vsock.sock");
     let control = sockets.join(crate::run::VMM_CONTROL_SOCKET);
@@ -245,6 +353,10 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
     let conn =
         crate::run::wait_for_agent(&listener.0, &mut vmm, crate::shim::boot_timeout(), &console_log).map_err(text)?;
     drop(listener);
+    let mut prepared = match image {
+        Some(image) => Some(prepare_root(&control, &conn, image, &prepared_writable)?),
+        None => None,
+    };
     // SAFETY: a one-byte write from a valid buffer to fd 1 (the report pipe).
     unsafe { libc::write(libc::STDOUT_FILENO, [STANDING].as_ptr().cast(), 1) };
     // For those who watch the host (tests, benchmarks): it stands ready.
@@ -282,14 +394,58 @@ fn stand_by(files: &Path, sockets: &Path, memory_mib: u64, cpus: u8) -> Result<O
         std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     }
     moved(sockets, &dir.socket_dir())?;
+    if let Some(prepared) = &mut prepared {
+        let writable = dir.path.join(PREPARED_WRITABLE);
+        moved(&prepared.writable, &writable)?;
+        prepared.writable = writable;
+    }
     let warm = WarmVm {
         vmm,
         conn,
         template: template.dir,
         memory_mib,
         cpus,
+        prepared,
     };
     Ok(Some((dir, warm)))
+}
+
+/// Has the agent of a standby's VM, just up (its hello unread), mount
+/// `image` and the fresh writable disk `writable` (its slots' disks now)
+/// under their overlay.
+fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path) -> Result<PreparedRoot, String> {
+    let text = |e: RunError| e.to_string();
+    crate::writable::create(writable, crate::writable::DiskKind::Layer).map_err(|e| e.to_string())?;
+    let control = UnixStream::connect(control).map_err(|e| format!("its VMM's control channel: {e}"))?;
+    let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
+    let image_file = open_disk(image, false).map_err(text)?;
+    let identity = file_identity(image).ok_or_else(|| format!("{}: gone", image.display()))?;
+    let mut disks = Vec::new();
+    for (slot, file) in [(0u8, image_file), (1, open_disk(writable, true).map_err(text)?)] {
+        let bytes = file.metadata().map_err(|e| e.to_string())?.len();
+        ask_vmm(&control, VmmRequest::PlugDisk { slot, lasting: false }, Some(&file)).map_err(text)?;
+        disks.push(proto::DiskSize {
+            device: crate::run::guest_disk(slot),
+            sectors: bytes / 512,
+        });
+    }
+    let mut reader = conn;
+    match proto::read_frame(&mut reader) {
+        Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == proto::PROTOCOL_VERSION => {}
+        other => return Err(format!("expected the agent's hello, got {other:?}")),
+    }
+    let root = proto::PreparedRoot {
+        root_device: crate::run::guest_disk(0),
+        root_fstype: "ext4".into(),
+        rw_device: crate::run::guest_disk(1),
+        disks,
+    };
+    ask_agent(conn, Control::Prepare(Box::new(root)), &Control::Prepared)?;
+    vmm::trace::mark("standby: root prepared");
+    Ok(PreparedRoot {
+        image: identity,
+        writable: writable.to_path_buf(),
+    })
 }
 
 /// Reads one line (at most 256 bytes) of `input` into `line`; 0 at the
@@ -305,6 +461,8 @@ struct Standby {
     cpus: u8,
     /// The template it was started to clone; one remade since ends it.
     template: PathBuf,
+    /// The image disk its root was prepared from.
+    image: Option<PathBuf>,
     child: Child,
     /// Its claim channel, and its life: closing it ends an unclaimed standby.
     claim: ChildStdin,
@@ -313,7 +471,13 @@ struct Standby {
 }
 
 impl Standby {
-    fn spawn(name: String, memory_mib: u64, cpus: u8, template: PathBuf) -> Result<Standby, String> {
+    fn spawn(
+        name: String,
+        memory_mib: u64,
+        cpus: u8,
+        template: PathBuf,
+        image: Option<PathBuf>,
+    ) -> Result<Standby, String> {
         let files = files_dir(&name);
         std::fs::create_dir_all(&files).map_err(|e| format!("creating {}: {e}", files.display()))?;
         let errors =
@@ -333,6 +497,7 @@ impl Standby {
             .arg(&name)
             .arg(memory_mib.to_string())
             .arg(cpus.to_string())
+            .args(&image)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(errors);
@@ -349,6 +514,7 @@ impl Standby {
             memory_mib,
             cpus,
             template,
+            image,
             child,
             claim,
             report: Report::new(stdout),
@@ -422,6 +588,9 @@ struct Pool {
     next: u64,
     /// The shapes kept warm, the one started last at the end.
     shapes: Vec<(u64, u8)>,
+    /// The image disk the last container of each shape started from: the
+    /// next standbys of that shape have their roots prepared from it.
+    images: Vec<((u64, u8), PathBuf)>,
 }
 
 /// Marks `shape` as started last in `shapes`; the shape that no longer
@@ -449,19 +618,29 @@ pub fn enable(per_shape: usize) {
             standbys: Vec::new(),
             next: 0,
             shapes: Vec::new(),
+            images: Vec::new(),
         });
     }
 }
 
 /// Tops the standbys of this shape up to the number `enable` asked for,
-/// if its template is made (a first run makes it).
-pub fn keep_warm(memory_mib: u64, cpus: u8) {
+/// if its template is made (a first run makes it); those it starts have
+/// their roots prepared from `image`, the image disk a container of this
+/// shape just started from (`None`: the last one given).
+pub fn keep_warm(memory_mib: u64, cpus: u8, image: Option<PathBuf>) {
     let Ok(mut guard) = POOL.lock() else { return };
     let Some(pool) = guard.as_mut() else { return };
     pool.standbys.retain_mut(Standby::alive);
-    if let Some(oldest) = touch(&mut pool.shapes, (memory_mib, cpus)) {
+    let shape = (memory_mib, cpus);
+    if let Some(oldest) = touch(&mut pool.shapes, shape) {
         end_where(&mut pool.standbys, |s| s.shape() == oldest);
+        pool.images.retain(|(s, _)| *s != oldest);
     }
+    if let Some(image) = image {
+        pool.images.retain(|(s, _)| *s != shape);
+        pool.images.push((shape, image));
+    }
+    let image = pool.images.iter().find(|(s, _)| *s == shape).map(|(_, i)| i.clone());
     let Some(template) = crate::template::existing(memory_mib, cpus) else {
         return;
     };
@@ -480,7 +659,7 @@ pub fn keep_warm(memory_mib: u64, cpus: u8) {
         }
         pool.next += 1;
         let name = format!("{}-{}", std::process::id(), pool.next);
-        match Standby::spawn(name, memory_mib, cpus, template.dir.clone()) {
+        match Standby::spawn(name, memory_mib, cpus, template.dir.clone(), image.clone()) {
             Ok(standby) => pool.standbys.push(standby),
             Err(e) => {
                 eprintln!("hulld: no standby VM: {e}");
@@ -491,17 +670,23 @@ pub fn keep_warm(memory_mib: u64, cpus: u8) {
 }
 
 /// Hands `dir`'s container to a standby VM of its shape that is ready, if
-/// there is one and the container can use it: its supervisor, starting.
+/// there is one and the container can use it: its supervisor, starting. A
+/// new container takes one whose root was prepared from its image first.
 pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) -> Option<Starting> {
     if !spec.volumes.is_empty() || !spec.binds.is_empty() || spec.cold_boot || spec.joins.is_some() {
         return None;
     }
+    let image = match dir.writable_disk().exists() {
+        true => None,
+        false => image_disk(spec),
+    };
     let mut guard = POOL.lock().ok()?;
     let pool = guard.as_mut()?;
-    let index = pool
-        .standbys
-        .iter_mut()
-        .position(|s| s.shape() == (spec.memory_mib, spec.cpus) && s.standing())?;
+    let mut standing: Vec<usize> = (0..pool.standbys.len())
+        .filter(|&i| pool.standbys[i].shape() == (spec.memory_mib, spec.cpus) && pool.standbys[i].standing())
+        .collect();
+    standing.sort_by_key(|&i| image.is_none() || pool.standbys[i].image != image);
+    let index = *standing.first()?;
     let Standby {
         child,
         mut claim,
@@ -518,6 +703,13 @@ pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) 
     }
     // Held until the command runs, as an arrival's lifeline is.
     Some(Starting::new(dir.clone(), Some(claim), child, report))
+}
+
+/// The built disk of `spec`'s image, if it has one.
+pub(crate) fn image_disk(spec: &crate::container::ContainerSpec) -> Option<PathBuf> {
+    let store = image::Store::open(&crate::data_dir()).ok()?;
+    let record = store.image(spec.image.as_ref()?).ok()?;
+    image::disk::built_image_disk(&store, &record)
 }
 
 #[cfg(test)]

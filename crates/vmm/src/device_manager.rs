@@ -251,13 +251,7 @@ impl DeviceManager {
     /// takes a disk plugged so out again, while the guest runs. A
     /// `lasting` disk becomes the slot's own, as if the VM started with it.
     pub fn plug_disk(&self, slot: u8, disk: Option<File>, lasting: bool) -> Result<(), VmError> {
-        let device = self
-            .virtio
-            .iter()
-            .filter(|d| lock(&d.transport).device_type() == TYPE_BLOCK)
-            .nth(usize::from(slot))
-            .ok_or(VmError::NoSuchDisk(slot))?;
-        let mut transport = lock(&device.transport);
+        let mut transport = lock(&self.disk(slot)?.transport);
         transport
             .plug(disk)
             .map_err(|source| VmError::PlugDisk { slot, source })?;
@@ -267,6 +261,23 @@ impl DeviceManager {
                 .map_err(|source| VmError::PlugDisk { slot, source })?;
         }
         Ok(())
+    }
+
+    /// Makes the disk plugged into `slot` while the guest ran the slot's
+    /// own, as a `lasting` plug does.
+    pub fn keep_disk(&self, slot: u8) -> Result<(), VmError> {
+        lock(&self.disk(slot)?.transport)
+            .keep_plugged()
+            .map_err(|source| VmError::PlugDisk { slot, source })
+    }
+
+    /// Disk slot `slot` (the guest's vda is 0).
+    fn disk(&self, slot: u8) -> Result<&VirtioSlot, VmError> {
+        self.virtio
+            .iter()
+            .filter(|d| lock(&d.transport).device_type() == TYPE_BLOCK)
+            .nth(usize::from(slot))
+            .ok_or(VmError::NoSuchDisk(slot))
     }
 
     /// The NICs, by slot (the guest's eth0 is slot 0).

@@ -1,8 +1,9 @@
 //! `hull-shim DIR ID [--arriving-fd N]`: supervises one hulld container
 //! (see `runtime::shim`); with `--arriving-fd`, one whose running VM comes
 //! from another host on that (inherited) connection.
-//! `hull-shim --standby NAME MEMORY CPUS`: a standby VM, which supervises
-//! the container hulld gives it (see `runtime::standby`).
+//! `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK]`: a standby VM (its
+//! root prepared from that image disk), which supervises the container
+//! hulld gives it (see `runtime::standby`).
 
 use std::process::ExitCode;
 
@@ -10,13 +11,14 @@ fn main() -> ExitCode {
     vmm::trace::start_as("hull-shim");
     runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, name, memory, cpus] = args.as_slice() {
-        if flag == "--standby" {
+    if let [flag, name, memory, cpus, image @ ..] = args.as_slice() {
+        if flag == "--standby" && image.len() <= 1 {
             let (Ok(memory), Ok(cpus)) = (memory.parse::<u64>(), cpus.parse::<u8>()) else {
-                eprintln!("hull-shim: --standby NAME MEMORY_MIB CPUS takes numbers");
+                eprintln!("hull-shim: --standby NAME MEMORY_MIB CPUS [IMAGE_DISK] takes numbers");
                 return ExitCode::from(2);
             };
-            return match runtime::standby::serve(name, memory, cpus) {
+            let image = image.first().map(std::path::Path::new);
+            return match runtime::standby::serve(name, memory, cpus, image) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hull-shim: {e}");

@@ -270,6 +270,7 @@ impl Vmm<'_> {
                 },
             },
             VmmRequest::UnplugDisk { slot } => done(self.devices.plug_disk(slot, None, false)),
+            VmmRequest::KeepDisk { slot } => done(self.devices.keep_disk(slot)),
             // For the VMM the VM is about to migrate to on this host.
             VmmRequest::Taps => match self.devices.lend_taps() {
                 Ok(taps) => {
