@@ -81,7 +81,7 @@ fn curl(url: &str) -> String {
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
-    let (mut hulld, _registry, image) = Hulld::with_busybox_args("vm-standby", &["--standby-vms", "1"]).unwrap();
+    let (mut hulld, registry, image) = Hulld::with_busybox_args("vm-standby", &["--standby-vms", "1"]).unwrap();
     ok(&hulld.docker(&["pull", "-q", &image]));
     // The first container makes (or finds) the template; a standby of its
     // shape follows it.
@@ -172,6 +172,42 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     assert!(!in_standby_vm(&hulld, "web"), "a VMM of its own now");
     assert_eq!(ok(&hulld.docker(&["exec", "web", "cat", "/www/note"])), "kept\n");
     assert_eq!(curl("http://127.0.0.1:8080/"), "hello from web\n");
+
+    // A new container of another image in a standby prepared from the
+    // first: the prepared root is given back, and its own image and
+    // writable disk are plugged in; the next standby is prepared from it.
+    let other = testkit::oci::busybox_image_with(
+        testkit::oci::LayerBuilder::new()
+            .file("usr/bin/marker", b"other\n")
+            .build(),
+    );
+    let other = testkit::oci::push_image(&registry, &hulld.work, other, "test/standby-other:v1").unwrap();
+    ok(&hulld.docker(&["pull", "-q", &other]));
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
+    let prepared_for_busybox = hulld.standing_standbys().remove(0).join("writable");
+    let prepared_inode = std::fs::metadata(&prepared_for_busybox).unwrap().ino();
+    let side = ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "side",
+        &other,
+        "sh",
+        "-c",
+        "echo mine > /note && exec sleep 600",
+    ]));
+    assert!(in_standby_vm(&hulld, "side"));
+    let side_dir = hulld.data.join("containers").join(side.trim());
+    assert_ne!(
+        std::fs::metadata(side_dir.join("rw.ext4")).unwrap().ino(),
+        prepared_inode
+    );
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "side", "cat", "/usr/bin/marker", "/note"])),
+        "other\nmine\n"
+    );
+    ok(&hulld.docker(&["rm", "-f", "side"]));
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
 
     // A container with a volume gets a VM of its own; the standby stays.
     let out = ok(&hulld.docker(&[

@@ -91,6 +91,17 @@ pub fn docker_bench(runs: usize) -> Result<()> {
                 .docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"])
                 .stdout(quiet()),
         )?);
+        if std::env::var_os("HULL_VMM_TRACE").is_some() {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            timed(hulld.docker_command(&["stop", "-t", "1", &name]).stdout(quiet()))?;
+            let id = hulld.inspect("{{.Id}}", &name);
+            let out = testkit::bench::bench_dir().join(format!("trace-{name}"));
+            std::fs::create_dir_all(&out)?;
+            for f in ["shim.err", "console.log"] {
+                let _ = std::fs::copy(hulld.data.join("containers").join(&id).join(f), out.join(f));
+            }
+            std::fs::write(out.join("hulld.log"), hulld.log())?;
+        }
         timed(hulld.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
         // run -d in two steps.
         standing(&hulld)?;
