@@ -209,7 +209,7 @@ fn prepare_until_run(
                 Ok(()) => Control::Prepared,
                 Err(message) => failed(message),
             },
-            Ok(Some(Frame::Control(Control::Release))) => match mounts::release_layers(ROOT) {
+            Ok(Some(Frame::Control(Control::Release))) => match mounts::release_root(ROOT) {
                 Ok(()) => Control::Released,
                 Err(e) => failed(e.to_string()),
             },
@@ -229,9 +229,10 @@ fn prepare(root: &proto::PreparedRoot) -> Result<(), String> {
         .disks
         .iter()
         .try_for_each(|disk| machine::wait_for_disk_size(&disk.device, disk.sectors, deadline))
-        .and_then(|()| mounts::layers(&root.root_device, &root.root_fstype, Some(&root.rw_device), ROOT));
+        .and_then(|()| mounts::layers(&root.root_device, &root.root_fstype, Some(&root.rw_device), ROOT))
+        .and_then(|()| mounts::kernel_filesystems(ROOT));
     mounted.map_err(|e| {
-        let _ = mounts::release_layers(ROOT);
+        let _ = mounts::release_root(ROOT);
         format!("preparing the root filesystem: {e}")
     })
 }

@@ -57,13 +57,14 @@ pub fn upper() -> String {
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// Mounts the image disk read-only with the container's writable disk (or a
-/// tmpfs) as the overlay's upper layer at `root` (unless a standby's
-/// `Prepare` did so already: `prepared`), and the kernel filesystems a
-/// container expects inside it.
+/// tmpfs) as the overlay's upper layer at `root`, and the kernel
+/// filesystems a container expects inside it, unless a standby's `Prepare`
+/// did so already (`prepared`).
 pub fn container_root(spec: &RunSpec, root: &str, prepared: bool) -> io::Result<()> {
-    if !prepared {
-        layers(&spec.root_device, &spec.root_fstype, spec.rw_device.as_deref(), root)?;
+    if prepared {
+        return Ok(());
     }
+    layers(&spec.root_device, &spec.root_fstype, spec.rw_device.as_deref(), root)?;
     kernel_filesystems(root)
 }
 
@@ -103,12 +104,15 @@ pub fn layers(root_device: &str, root_fstype: &str, rw_device: Option<&str>, roo
     Ok(())
 }
 
-/// Unmounts what `layers` mounted at `root`, the overlay first; what is
-/// not mounted is passed over. Once this returns, nothing holds the disks:
-/// the host may take them out.
-pub fn release_layers(root: &str) -> io::Result<()> {
-    for target in [root, WRITABLE, IMAGE] {
-        let target_c = CString::new(target).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+/// Unmounts what `container_root` mounted at `root`, the last mounted
+/// first; what is not mounted is passed over. Once this returns, nothing
+/// holds the disks: the host may take them out.
+pub fn release_root(root: &str) -> io::Result<()> {
+    let inside = KERNEL_MOUNT_POINTS.iter().rev().map(|p| format!("{root}{p}"));
+    let layers = [root, WRITABLE, IMAGE].map(String::from);
+    for target in inside.chain(layers) {
+        let target_c =
+            CString::new(target.as_str()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
         // SAFETY: a valid NUL-terminated path for the call's duration.
         if unsafe { libc::umount2(target_c.as_ptr(), 0) } != 0 {
             let e = io::Error::last_os_error();
@@ -134,6 +138,9 @@ pub fn kernel_filesystems(root: &str) -> io::Result<()> {
 pub fn confined_kernel_filesystems(root: &str) -> io::Result<()> {
     kernel_filesystems_with(root, Dev::Own)
 }
+
+/// Where `kernel_filesystems_with` mounts, in its order (for `release_root`).
+const KERNEL_MOUNT_POINTS: [&str; 6] = ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dev {

@@ -421,8 +421,8 @@ pub enum Control {
     /// agent no longer keeps are lost: then `from` is above what it asked).
     Replay { from: u64 },
     /// Host → agent, before `Run` (a standby VM): mount this root's image
-    /// and writable disks and their overlay now, so that the `Run` that
-    /// follows finds them mounted. Answered with `Prepared` or `Failed`.
+    /// and writable disks, their overlay and the kernel filesystems in it
+    /// now, so that the `Run` that follows finds them mounted. Answered with `Prepared` or `Failed`.
     Prepare(Box<PreparedRoot>),
     /// Agent → host: the root `Prepare` named is mounted.
     Prepared,
