@@ -234,7 +234,12 @@ fn prepare(root: &proto::PreparedRoot) -> Result<(), String> {
     mounted.map_err(|e| {
         let _ = mounts::release_root(ROOT);
         format!("preparing the root filesystem: {e}")
-    })
+    })?;
+    // Whatever container comes: its NICs are up already.
+    if let Err(e) = network::raise_nics() {
+        console(&format!("network: {e}"));
+    }
+    Ok(())
 }
 
 fn serve(conn: File) {

@@ -51,6 +51,73 @@ static NETLINK: Mutex<Option<Netlink>> = Mutex::new(None);
 /// clone has the template's devices, so it need not look for them again.
 static NICS_AT_BOOT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// The NICs a standby's `Prepare` brought up ahead (`raise_nics`), by boot
+/// name, each with the IPv6 address generation mode it had: raised with
+/// none (its MAC is still the template's), and given it back by the
+/// container's set-up once its MAC is set, which makes its link-local
+/// address from that MAC.
+static RAISED: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
+
+/// `IN6_ADDR_GEN_MODE_NONE`: no link-local address when the link comes up.
+const NO_LINK_LOCAL: &str = "1";
+
+fn addr_gen_mode(nic: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{nic}/addr_gen_mode")
+}
+
+/// Brings every NIC up before a container is known (a standby's
+/// `Prepare`): filling a NIC's receive ring on the way up is the dearest
+/// step of a container's network set-up in a clone (each buffer is memory
+/// the clone touches first). Nothing reaches the NICs meanwhile: a
+/// standby's are on nothing.
+pub fn raise_nics() -> Result<(), String> {
+    let names = NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut raised = Vec::new();
+    let result = with_netlink(|nl| {
+        for name in names {
+            let failed = |e: &dyn std::fmt::Display| format!("raising {name}: {e}");
+            let mode_path = addr_gen_mode(&name);
+            let mode = fs::read_to_string(&mode_path).ok().map(|m| m.trim().to_string());
+            if mode.is_some() {
+                fs::write(&mode_path, NO_LINK_LOCAL).map_err(|e| failed(&e))?;
+            }
+            let index = nl
+                .link_index(&name)
+                .map_err(|e| failed(&e))?
+                .ok_or_else(|| failed(&"no such interface"))?;
+            let up = nl.set_up(index).map_err(|e| failed(&e));
+            raised.push((name, mode));
+            up?;
+        }
+        Ok(())
+    });
+    RAISED.lock().unwrap_or_else(|e| e.into_inner()).extend(raised);
+    result
+}
+
+/// After the container's first NIC set-up: each NIC raised ahead gets its
+/// IPv6 address generation mode back (a NIC the container uses then makes
+/// its link-local address from its own MAC); one it does not use goes down.
+fn settle_raised(nl: &mut Netlink, used: &[Nic]) -> Result<(), String> {
+    let boot_names = NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut raised = RAISED.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, mode) in raised.drain(..) {
+        let slot = boot_names.iter().position(|n| *n == name);
+        let in_use = used.iter().any(|nic| Some(usize::from(nic.slot)) == slot);
+        if let Some(mode) = mode {
+            fs::write(addr_gen_mode(&name), mode).map_err(|e| format!("{name}: {e}"))?;
+        }
+        if !in_use {
+            // Down, it keeps no address: a later `network connect` sets its
+            // MAC before it comes up again.
+            if let Some(index) = nl.link_index(&name).map_err(|e| format!("{name}: {e}"))? {
+                nl.set_down(index).map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Brings loopback up, opens netlink and notes the NICs; done once at boot,
 /// so every clone starts with them.
 pub fn prepare() -> Result<(), String> {
@@ -104,14 +171,16 @@ pub fn set_nics(network: &GuestNetwork) -> Result<(), String> {
     let nics = checked_nics(network)?;
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
     let loopback_up = LOOPBACK_UP.load(Ordering::Relaxed);
-    if !(loopback_up && current.is_empty() && nics.is_empty()) {
+    let raised = !RAISED.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+    if !(loopback_up && current.is_empty() && nics.is_empty() && !raised) {
         with_netlink(|nl| {
             if !loopback_up {
                 set_loopback_up(nl)?;
             }
             // The VM's first set-up: nothing has run that could have
             // renamed its NICs since boot.
-            change_nics(nl, &current, &nics, current.is_empty())
+            change_nics(nl, &current, &nics, current.is_empty())?;
+            settle_raised(nl, &nics)
         })?;
         *current = nics;
         crate::steps::done("network: NICs set");

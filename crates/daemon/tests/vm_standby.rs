@@ -73,6 +73,25 @@ fn in_standby_vm(hulld: &Hulld, name: &str) -> bool {
     vmm_command_line(hulld, name).contains("/standby/")
 }
 
+/// `/proc/net/if_inet6`'s spelling of the link-local address Linux makes
+/// from `mac` (EUI-64).
+fn link_local(mac: &str) -> String {
+    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    assert_eq!(bytes.len(), 6, "{mac}");
+    let eui = [
+        bytes[0] ^ 2,
+        bytes[1],
+        bytes[2],
+        0xff,
+        0xfe,
+        bytes[3],
+        bytes[4],
+        bytes[5],
+    ];
+    let hex: String = eui.iter().map(|b| format!("{b:02x}")).collect();
+    format!("fe80000000000000{hex}")
+}
+
 fn curl(url: &str) -> String {
     let out = Command::new("curl").args(["-sS", "-m", "5", url]).output().unwrap();
     text(&out.stdout)
@@ -131,6 +150,11 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
         ok(&hulld.docker(&["exec", "web", "cat", "/www/index.html"])),
         "hello from web\n"
     );
+    // Its NIC came up before the claim (with no IPv6 address then): its
+    // link-local address is made from its own MAC, as in a VM of its own.
+    let mac = hulld.inspect("{{.NetworkSettings.MacAddress}}", "web");
+    let inet6 = ok(&hulld.docker(&["exec", "web", "cat", "/proc/net/if_inet6"]));
+    assert!(inet6.contains(&link_local(&mac)), "{mac}: {inet6}");
     let address = hulld.inspect("{{.NetworkSettings.IPAddress}}", "web");
     assert!(address.parse::<std::net::Ipv4Addr>().is_ok(), "IPAddress {address:?}");
     let inside = ok(&hulld.docker(&["exec", "web", "sh", "-c", "ip -4 addr show eth0"]));
@@ -207,6 +231,29 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
         "other\nmine\n"
     );
     ok(&hulld.docker(&["rm", "-f", "side"]));
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
+
+    // Without a network its NICs are down again, with no address.
+    eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
+    ok(&hulld.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--network",
+        "none",
+        &image,
+        "sleep",
+        "600",
+    ]));
+    assert!(in_standby_vm(&hulld, "quiet"));
+    assert_eq!(
+        ok(&hulld.docker(&["exec", "quiet", "cat", "/sys/class/net/eth0/operstate"])),
+        "down\n"
+    );
+    let inet6 = ok(&hulld.docker(&["exec", "quiet", "cat", "/proc/net/if_inet6"]));
+    assert!(!inet6.contains("eth0"), "{inet6}");
+    ok(&hulld.docker(&["rm", "-f", "quiet"]));
     eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
 
     // A container with a volume gets a VM of its own; the standby stays.

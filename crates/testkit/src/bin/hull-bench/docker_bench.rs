@@ -101,6 +101,8 @@ pub fn docker_bench(runs: usize) -> Result<()> {
                 let _ = std::fs::copy(hulld.data.join("containers").join(&id).join(f), out.join(f));
             }
             std::fs::write(out.join("hulld.log"), hulld.log())?;
+            let v6 = hulld.docker(&["run", "--rm", &image, "cat", "/proc/net/if_inet6"]);
+            std::fs::write(out.join("inet6"), &v6.stdout)?;
         }
         timed(hulld.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
         // run -d in two steps.
