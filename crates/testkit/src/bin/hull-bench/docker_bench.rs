@@ -13,6 +13,9 @@
 //! `--standby-vms 0`). `docker create` and `docker start` are timed apart
 //! too: before `start` waited for the command to run, `run -d` was the
 //! create and a start that returned once the supervisor was spawned.
+//! Under `HULL_VMM_TRACE=1` each standby `run -d` container is stopped
+//! (not timed) and its supervisor's, agent's and hulld's step marks are
+//! kept under `target/bench/trace-dN/`.
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -101,8 +104,6 @@ pub fn docker_bench(runs: usize) -> Result<()> {
                 let _ = std::fs::copy(hulld.data.join("containers").join(&id).join(f), out.join(f));
             }
             std::fs::write(out.join("hulld.log"), hulld.log())?;
-            let v6 = hulld.docker(&["run", "--rm", &image, "cat", "/proc/net/if_inet6"]);
-            std::fs::write(out.join("inet6"), &v6.stdout)?;
         }
         timed(hulld.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
         // run -d in two steps.
