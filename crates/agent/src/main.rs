@@ -235,9 +235,12 @@ fn prepare(root: &proto::PreparedRoot) -> Result<(), String> {
         let _ = mounts::release_root(ROOT);
         format!("preparing the root filesystem: {e}")
     })?;
-    // Whatever container comes: its NICs are up already.
+    // Whatever container comes: its NICs are up and its cgroup made already.
     if let Err(e) = network::raise_nics() {
         console(&format!("network: {e}"));
+    }
+    if let Err(e) = limits::container_group(None) {
+        console(&format!("making the container's cgroup: {e}"));
     }
     Ok(())
 }
