@@ -149,7 +149,10 @@ fn fail(sink: &Sink, message: String, exit_code: i32) {
 /// transport): the agent, holding no container yet, says hello again to
 /// the host it is on now. The connection, its writing half and the host's
 /// first frame after those.
-fn await_request(mut conn: File, prepared: &mut bool) -> Option<(Sink, File, Result<Option<Frame>, ProtoError>)> {
+fn await_request(
+    mut conn: File,
+    prepared: &mut mounts::Prepared,
+) -> Option<(Sink, File, Result<Option<Frame>, ProtoError>)> {
     loop {
         let mut input = match conn.try_clone() {
             Ok(input) => input,
@@ -197,7 +200,7 @@ fn prepare_until_run(
     conn: &mut File,
     input: &mut File,
     mut frame: Result<Option<Frame>, ProtoError>,
-    prepared: &mut bool,
+    prepared: &mut mounts::Prepared,
 ) -> Result<Option<Frame>, ProtoError> {
     loop {
         let failed = |message: String| Control::Failed {
@@ -206,35 +209,36 @@ fn prepare_until_run(
         };
         let reply = match &frame {
             Ok(Some(Frame::Control(Control::Prepare(root)))) => match prepare(root) {
-                Ok(()) => Control::Prepared,
+                Ok(mounted) => {
+                    *prepared = mounted;
+                    Control::Prepared
+                }
                 Err(message) => failed(message),
             },
-            Ok(Some(Frame::Control(Control::Release))) => match mounts::release_root(ROOT) {
-                Ok(()) => Control::Released,
+            Ok(Some(Frame::Control(Control::Release))) => match mounts::release_root(ROOT, *prepared) {
+                Ok(()) => {
+                    *prepared = mounts::Prepared::Nothing;
+                    Control::Released
+                }
                 Err(e) => failed(e.to_string()),
             },
             _ => return frame,
         };
-        *prepared = matches!(reply, Control::Prepared);
         write_frame(conn, &Frame::Control(reply))?;
         frame = read_frame(input);
     }
 }
 
-/// Mounts a standby's root as the host asked (`Control::Prepare`); on
-/// failure, nothing of it stays mounted.
-fn prepare(root: &proto::PreparedRoot) -> Result<(), String> {
+/// Mounts a standby's root as the host asked (`Control::Prepare`): how
+/// much of it; on failure, nothing of it stays mounted.
+fn prepare(root: &proto::PreparedRoot) -> Result<mounts::Prepared, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mounted = root
         .disks
         .iter()
         .try_for_each(|disk| machine::wait_for_disk_size(&disk.device, disk.sectors, deadline))
-        .and_then(|()| mounts::layers(&root.root_device, &root.root_fstype, Some(&root.rw_device), ROOT))
-        .and_then(|()| mounts::kernel_filesystems(ROOT));
-    mounted.map_err(|e| {
-        let _ = mounts::release_root(ROOT);
-        format!("preparing the root filesystem: {e}")
-    })?;
+        .and_then(|()| mounts::prepare_root(&root.root_device, &root.root_fstype, &root.rw_device, ROOT));
+    let mounted = mounted.map_err(|e| format!("preparing the root filesystem: {e}"))?;
     // Whatever container comes: its NICs are up and its cgroup made already.
     if let Err(e) = network::raise_nics() {
         console(&format!("network: {e}"));
@@ -242,11 +246,11 @@ fn prepare(root: &proto::PreparedRoot) -> Result<(), String> {
     if let Err(e) = limits::container_group(None) {
         console(&format!("making the container's cgroup: {e}"));
     }
-    Ok(())
+    Ok(mounted)
 }
 
 fn serve(conn: File) {
-    let mut prepared = false;
+    let mut prepared = mounts::Prepared::Nothing;
     let Some((sink, input, first)) = await_request(conn, &mut prepared) else {
         return;
     };

@@ -56,16 +56,48 @@ pub fn upper() -> String {
 
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
+/// How much of a container's root a standby's `Prepare` mounted ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prepared {
+    #[default]
+    Nothing,
+    /// The image, the writable disk and their overlay.
+    Layers,
+    /// Those and the kernel filesystems inside.
+    Whole,
+}
+
 /// Mounts the image disk read-only with the container's writable disk (or a
 /// tmpfs) as the overlay's upper layer at `root`, and the kernel
-/// filesystems a container expects inside it, unless a standby's `Prepare`
-/// did so already (`prepared`).
-pub fn container_root(spec: &RunSpec, root: &str, prepared: bool) -> io::Result<()> {
-    if prepared {
-        return Ok(());
+/// filesystems a container expects inside it, but what a standby's
+/// `Prepare` mounted already (`prepared`).
+pub fn container_root(spec: &RunSpec, root: &str, prepared: Prepared) -> io::Result<()> {
+    if prepared == Prepared::Nothing {
+        layers(&spec.root_device, &spec.root_fstype, spec.rw_device.as_deref(), root)?;
     }
-    layers(&spec.root_device, &spec.root_fstype, spec.rw_device.as_deref(), root)?;
-    kernel_filesystems(root)
+    match prepared {
+        Prepared::Whole => Ok(()),
+        _ => kernel_filesystems(root),
+    }
+}
+
+/// A standby's root, before its container is known: the layers, and the
+/// kernel filesystems unless a mount point in the image is reached through
+/// a symbolic link (a mount there would land outside the root, where the
+/// container that takes the VM, maybe of another image, would find it:
+/// such an image's container mounts them itself). On failure, nothing of
+/// it stays mounted.
+pub fn prepare_root(root_device: &str, root_fstype: &str, rw_device: &str, root: &str) -> io::Result<Prepared> {
+    let undone = |e: io::Error, mounted: Prepared| {
+        let _ = release_root(root, mounted);
+        e
+    };
+    layers(root_device, root_fstype, Some(rw_device), root).map_err(|e| undone(e, Prepared::Layers))?;
+    if KERNEL_MOUNT_POINTS.iter().any(|p| no_link_on_the_way(root, p).is_err()) {
+        return Ok(Prepared::Layers);
+    }
+    kernel_filesystems(root).map_err(|e| undone(e, Prepared::Whole))?;
+    Ok(Prepared::Whole)
 }
 
 /// The image disk read-only, the writable disk (or a tmpfs) and their
@@ -104,24 +136,32 @@ pub fn layers(root_device: &str, root_fstype: &str, rw_device: Option<&str>, roo
     Ok(())
 }
 
-/// Unmounts what `container_root` mounted at `root`, the last mounted
-/// first; what is not mounted is passed over. Once this returns, nothing
+/// Unmounts what `prepare_root` mounted at `root` (`prepared`), the last
+/// mounted first; what is not mounted is passed over, and every mount is
+/// tried (the first failure is returned). Once this returns `Ok`, nothing
 /// holds the disks: the host may take them out.
-pub fn release_root(root: &str) -> io::Result<()> {
-    let inside = KERNEL_MOUNT_POINTS.iter().rev().map(|p| format!("{root}{p}"));
+pub fn release_root(root: &str, prepared: Prepared) -> io::Result<()> {
+    // Only mounted (and so checked free of links) are the kernel mount
+    // points unmounted: one through a link would unmount the agent's own.
+    let kernel = KERNEL_MOUNT_POINTS
+        .iter()
+        .rev()
+        .filter(|_| prepared == Prepared::Whole)
+        .map(|p| format!("{root}{p}"));
     let layers = [root, WRITABLE, IMAGE].map(String::from);
-    for target in inside.chain(layers) {
+    let mut first_failure = None;
+    for target in kernel.chain(layers) {
         let target_c =
             CString::new(target.as_str()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
         // SAFETY: a valid NUL-terminated path for the call's duration.
-        if unsafe { libc::umount2(target_c.as_ptr(), 0) } != 0 {
+        if unsafe { libc::umount2(target_c.as_ptr(), libc::UMOUNT_NOFOLLOW) } != 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(io::Error::new(e.kind(), format!("unmounting {target}: {e}")));
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) && first_failure.is_none() {
+                first_failure = Some(io::Error::new(e.kind(), format!("unmounting {target}: {e}")));
             }
         }
     }
-    Ok(())
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// The kernel filesystems a container expects, inside its `root`; its

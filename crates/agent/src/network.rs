@@ -81,13 +81,13 @@ pub fn raise_nics() -> Result<(), String> {
             if mode.is_some() {
                 fs::write(&mode_path, NO_LINK_LOCAL).map_err(|e| failed(&e))?;
             }
+            // Noted at once: whatever fails next, the start gives it back.
+            raised.push((name.clone(), mode));
             let index = nl
                 .link_index(&name)
                 .map_err(|e| failed(&e))?
                 .ok_or_else(|| failed(&"no such interface"))?;
-            let up = nl.set_up(index).map_err(|e| failed(&e));
-            raised.push((name, mode));
-            up?;
+            nl.set_up(index).map_err(|e| failed(&e))?;
         }
         Ok(())
     });
@@ -108,8 +108,10 @@ fn settle_raised(nl: &mut Netlink, used: &[Nic]) -> Result<(), String> {
             fs::write(addr_gen_mode(&name), mode).map_err(|e| format!("{name}: {e}"))?;
         }
         if !in_use {
-            // Down, it keeps no address: a later `network connect` sets its
-            // MAC before it comes up again.
+            // Down after the mode is back: going down takes every address
+            // away, the link-local one just made from the template's MAC
+            // (on a NIC plugged into nothing) included; a later `network
+            // connect` sets the NIC's MAC before it comes up again.
             if let Some(index) = nl.link_index(&name).map_err(|e| format!("{name}: {e}"))? {
                 nl.set_down(index).map_err(|e| format!("{name}: {e}"))?;
             }

@@ -592,6 +592,12 @@ pub fn run_in(
             let _ = std::fs::remove_file(leftover);
         }
     }
+    // A root taken from a standby that then failed: its writable disk was
+    // mounted by a guest now killed; the container's VM gets a fresh one.
+    if adopted && taken.is_none() {
+        let _ = std::fs::remove_file(&writable);
+        crate::writable::create(&writable, crate::writable::DiskKind::Layer)?;
+    }
     // Whether the agent's hello was read already (a standby's, preparing its root).
     let greeted = matches!(taken, Some((_, _, true)));
     let (mut vmm, conn, resume_from) = match (arrival, taken) {

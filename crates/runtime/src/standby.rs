@@ -74,6 +74,14 @@ pub(crate) struct PreparedRoot {
 /// The standby's writable disk, in the container's directory once claimed.
 const PREPARED_WRITABLE: &str = "standby-rw.ext4";
 
+impl Drop for PreparedRoot {
+    /// Its writable disk's own name goes with it, whatever became of the
+    /// VM (a container that took the root holds the disk as `rw.ext4`).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.writable);
+    }
+}
+
 /// Identifies a file across renames: (device, inode).
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -99,12 +107,16 @@ fn open_disk(path: &Path, write: bool) -> Result<File, RunError> {
         .map_err(|e| RunError::Standby(format!("{}: {e}", path.display())))
 }
 
+/// How long a standby's agent may take to answer before its container's
+/// `Run`.
+const AGENT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// One exchange with the agent before its container's `Run`: `request`
-/// sent, `reply` awaited (at most 30 s).
+/// sent, `reply` awaited (at most `AGENT_PATIENCE`).
 fn ask_agent(conn: &UnixStream, request: Control, reply: &Control) -> Result<(), String> {
     let mut writer = conn;
     proto::write_frame(&mut writer, &Frame::Control(request.clone())).map_err(|e| format!("{request:?}: {e}"))?;
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = conn.set_read_timeout(Some(AGENT_PATIENCE));
     let mut reader = conn;
     let heard = proto::read_frame(&mut reader);
     let _ = conn.set_read_timeout(None);
@@ -157,8 +169,7 @@ impl WarmVm {
             UnixStream::connect(files.control).map_err(|e| failed(format!("its VMM's control channel: {e}")))?;
         let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
         let greeted = self.prepared.is_some();
-        if let Some(prepared) = &self.prepared {
-            let _ = std::fs::remove_file(&prepared.writable);
+        if self.prepared.is_some() {
             if !adopted {
                 ask_agent(&self.conn, Control::Release, &Control::Released).map_err(failed)?;
                 for slot in [0, 1] {
@@ -190,10 +201,6 @@ impl WarmVm {
         let failed = |what: String| RunError::Standby(what);
         for (slot, tap) in &files.taps {
             ask_vmm(control, VmmRequest::PlugNic { slot: *slot }, Some(tap))?;
-        }
-        if let Some(cgroup) = self.vmm.process.cgroup() {
-            // A container's VM now: its CPU share is any VM's again.
-            set_cpu_weight(cgroup, FOREGROUND_CPU_WEIGHT);
         }
         if shape.cpu_limit_millis.is_some() {
             let cgroup = self
@@ -367,9 +374,13 @@ fn stand_by(
         return Ok(None);
     }
     vmm::trace::mark("standby: claimed");
-    // The container's VM now: as any other's.
+    // The container's VM now: as any other's (before its root is given
+    // back and its disks plugged, which its guest must do at full speed).
     for pid in [std::process::id(), vmm.process.id()] {
         set_niceness(pid, 0);
+    }
+    if let Some(cgroup) = vmm.process.cgroup() {
+        set_cpu_weight(cgroup, FOREGROUND_CPU_WEIGHT);
     }
     let id = line.trim();
     if !proto::valid_container_id(id) {
@@ -419,7 +430,11 @@ fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path
     let control = UnixStream::connect(control).map_err(|e| format!("its VMM's control channel: {e}"))?;
     let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
     let image_file = open_disk(image, false).map_err(text)?;
-    let identity = file_identity(image).ok_or_else(|| format!("{}: gone", image.display()))?;
+    let identity = {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = image_file.metadata().map_err(|e| format!("{}: {e}", image.display()))?;
+        (metadata.dev(), metadata.ino())
+    };
     let mut disks = Vec::new();
     for (slot, file) in [(0u8, image_file), (1, open_disk(writable, true).map_err(text)?)] {
         let bytes = file.metadata().map_err(|e| e.to_string())?.len();
@@ -430,7 +445,10 @@ fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path
         });
     }
     let mut reader = conn;
-    match proto::read_frame(&mut reader) {
+    let _ = conn.set_read_timeout(Some(AGENT_PATIENCE));
+    let hello = proto::read_frame(&mut reader);
+    let _ = conn.set_read_timeout(None);
+    match hello {
         Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == proto::PROTOCOL_VERSION => {}
         other => return Err(format!("expected the agent's hello, got {other:?}")),
     }
@@ -640,7 +658,14 @@ pub fn keep_warm(memory_mib: u64, cpus: u8, image: Option<PathBuf>) {
         pool.images.retain(|(s, _)| *s != shape);
         pool.images.push((shape, image));
     }
+    // An image removed since has no disk to prepare a root from.
+    pool.images.retain(|(_, image)| image.is_file());
     let image = pool.images.iter().find(|(s, _)| *s == shape).map(|(_, i)| i.clone());
+    // Once the shape's image is known, standbys started before (with no
+    // root prepared: hulld's own start) give way to ones prepared from it.
+    if image.is_some() {
+        end_where(&mut pool.standbys, |s| s.shape() == shape && s.image.is_none());
+    }
     let Some(template) = crate::template::existing(memory_mib, cpus) else {
         return;
     };

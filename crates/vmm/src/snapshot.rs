@@ -342,20 +342,15 @@ mod tests {
         }
     }
 
-    fn scratch() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "hull-snap-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory of the test's own, removed when dropped.
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("hull-snap-").tempdir().unwrap()
     }
 
     #[test]
     fn state_round_trips() {
-        let dir = scratch();
+        let scratch = scratch();
+        let dir = scratch.path();
         write_state(&dir, &sample()).unwrap();
         let back = read_state(&dir).unwrap();
         assert_eq!(back.clock.clock, 12345);
@@ -364,7 +359,8 @@ mod tests {
 
     #[test]
     fn damaged_state_files_are_refused() {
-        let dir = scratch();
+        let scratch = scratch();
+        let dir = scratch.path();
         write_state(&dir, &sample()).unwrap();
         let path = state_path(&dir);
         let good = std::fs::read(&path).unwrap();
@@ -394,7 +390,8 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_known_by_its_state_digest() {
-        let dir = scratch();
+        let scratch = scratch();
+        let dir = scratch.path();
         write_state(&dir, &sample()).unwrap();
         let id = snapshot_id(&dir).unwrap();
         assert_eq!(&id[..], &encode_state(&sample()).unwrap()[20..52]);
@@ -432,7 +429,8 @@ mod tests {
 
     #[test]
     fn state_bytes_decode_like_the_file() {
-        let dir = scratch();
+        let scratch = scratch();
+        let dir = scratch.path();
         write_state(&dir, &sample()).unwrap();
         let bytes = std::fs::read(state_path(&dir)).unwrap();
         assert_eq!(decode_state(&bytes, "x").unwrap().devices, sample().devices);
@@ -445,7 +443,8 @@ mod tests {
 
     #[test]
     fn memory_is_sparse_and_mapped_copy_on_write() {
-        let dir = scratch();
+        let scratch = scratch();
+        let dir = scratch.path();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         use vm_memory::Bytes;
         memory.write_slice(b"template", GuestAddress(0x3000)).unwrap();
