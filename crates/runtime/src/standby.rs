@@ -169,12 +169,10 @@ impl WarmVm {
             UnixStream::connect(files.control).map_err(|e| failed(format!("its VMM's control channel: {e}")))?;
         let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
         let greeted = self.prepared.is_some();
-        if self.prepared.is_some() {
-            if !adopted {
-                ask_agent(&self.conn, Control::Release, &Control::Released).map_err(failed)?;
-                for slot in [0, 1] {
-                    ask_vmm(&control, VmmRequest::UnplugDisk { slot }, None)?;
-                }
+        if greeted && !adopted {
+            ask_agent(&self.conn, Control::Release, &Control::Released).map_err(failed)?;
+            for slot in [0, 1] {
+                ask_vmm(&control, VmmRequest::UnplugDisk { slot }, None)?;
             }
         }
         if greeted && adopted {

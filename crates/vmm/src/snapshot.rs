@@ -351,8 +351,8 @@ mod tests {
     fn state_round_trips() {
         let scratch = scratch();
         let dir = scratch.path();
-        write_state(&dir, &sample()).unwrap();
-        let back = read_state(&dir).unwrap();
+        write_state(dir, &sample()).unwrap();
+        let back = read_state(dir).unwrap();
         assert_eq!(back.clock.clock, 12345);
         assert_eq!(back.devices, sample().devices);
     }
@@ -361,51 +361,51 @@ mod tests {
     fn damaged_state_files_are_refused() {
         let scratch = scratch();
         let dir = scratch.path();
-        write_state(&dir, &sample()).unwrap();
-        let path = state_path(&dir);
+        write_state(dir, &sample()).unwrap();
+        let path = state_path(dir);
         let good = std::fs::read(&path).unwrap();
 
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(read_state(&dir), Err(SnapshotError::Corrupted(_))));
+        assert!(matches!(read_state(dir), Err(SnapshotError::Corrupted(_))));
 
         std::fs::write(&path, &good[..good.len() - 3]).unwrap();
-        assert!(matches!(read_state(&dir), Err(SnapshotError::Truncated(_))));
+        assert!(matches!(read_state(dir), Err(SnapshotError::Truncated(_))));
 
         let mut old = good.clone();
         old[8..12].copy_from_slice(&0u32.to_le_bytes());
         std::fs::write(&path, &old).unwrap();
-        let err = read_state(&dir).unwrap_err();
+        let err = read_state(dir).unwrap_err();
         assert!(err.to_string().contains("format version 0"), "{err}");
 
         std::fs::write(&path, b"hello").unwrap();
-        assert!(matches!(read_state(&dir), Err(SnapshotError::NotASnapshot(_))));
+        assert!(matches!(read_state(dir), Err(SnapshotError::NotASnapshot(_))));
 
         let mut huge = good.clone();
         huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
-        assert!(matches!(read_state(&dir), Err(SnapshotError::Corrupted(_))));
+        assert!(matches!(read_state(dir), Err(SnapshotError::Corrupted(_))));
     }
 
     #[test]
     fn a_snapshot_is_known_by_its_state_digest() {
         let scratch = scratch();
         let dir = scratch.path();
-        write_state(&dir, &sample()).unwrap();
-        let id = snapshot_id(&dir).unwrap();
+        write_state(dir, &sample()).unwrap();
+        let id = snapshot_id(dir).unwrap();
         assert_eq!(&id[..], &encode_state(&sample()).unwrap()[20..52]);
-        assert_eq!(read_state_with_id(&dir).unwrap().1, id);
+        assert_eq!(read_state_with_id(dir).unwrap().1, id);
         let mut other = sample();
         other.clock.clock += 1;
-        write_state(&dir, &other).unwrap();
-        assert_ne!(snapshot_id(&dir).unwrap(), id);
+        write_state(dir, &other).unwrap();
+        assert_ne!(snapshot_id(dir).unwrap(), id);
         std::fs::write(
-            state_path(&dir),
+            state_path(dir),
             b"not a snapshot, but long enough to hold a header......",
         )
         .unwrap();
-        assert!(matches!(snapshot_id(&dir), Err(SnapshotError::NotASnapshot(_))));
+        assert!(matches!(snapshot_id(dir), Err(SnapshotError::NotASnapshot(_))));
     }
 
     #[test]
@@ -431,8 +431,8 @@ mod tests {
     fn state_bytes_decode_like_the_file() {
         let scratch = scratch();
         let dir = scratch.path();
-        write_state(&dir, &sample()).unwrap();
-        let bytes = std::fs::read(state_path(&dir)).unwrap();
+        write_state(dir, &sample()).unwrap();
+        let bytes = std::fs::read(state_path(dir)).unwrap();
         assert_eq!(decode_state(&bytes, "x").unwrap().devices, sample().devices);
         assert!(matches!(decode_state(&[], "x"), Err(SnapshotError::NotASnapshot(_))));
         assert!(matches!(
@@ -448,21 +448,21 @@ mod tests {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         use vm_memory::Bytes;
         memory.write_slice(b"template", GuestAddress(0x3000)).unwrap();
-        write_memory(&dir, &memory).unwrap();
-        let meta = std::fs::metadata(memory_path(&dir)).unwrap();
+        write_memory(dir, &memory).unwrap();
+        let meta = std::fs::metadata(memory_path(dir)).unwrap();
         assert_eq!(meta.len(), 1 << 20);
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 < 1 << 20, "zero pages are holes");
 
-        let clone = map_memory(&dir, 1).unwrap();
+        let clone = map_memory(dir, 1).unwrap();
         let mut buf = [0u8; 8];
         clone.read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
         assert_eq!(&buf, b"template");
         clone.write_slice(b"clone-1!", GuestAddress(0x3000)).unwrap();
-        let again = map_memory(&dir, 1).unwrap();
+        let again = map_memory(dir, 1).unwrap();
         again.read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
         assert_eq!(&buf, b"template", "a clone's writes stay private");
 
-        assert!(matches!(map_memory(&dir, 2), Err(SnapshotError::MemorySize { .. })));
+        assert!(matches!(map_memory(dir, 2), Err(SnapshotError::MemorySize { .. })));
     }
 }
