@@ -143,11 +143,11 @@ pub fn layers(root_device: &str, root_fstype: &str, rw_device: Option<&str>, roo
 pub fn release_root(root: &str, prepared: Prepared) -> io::Result<()> {
     // Only mounted (and so checked free of links) are the kernel mount
     // points unmounted: one through a link would unmount the agent's own.
-    let kernel = KERNEL_MOUNT_POINTS
-        .iter()
-        .rev()
-        .filter(|_| prepared == Prepared::Whole)
-        .map(|p| format!("{root}{p}"));
+    let kernel: &[&str] = match prepared {
+        Prepared::Whole => &KERNEL_MOUNT_POINTS,
+        _ => &[],
+    };
+    let kernel = kernel.iter().rev().map(|p| format!("{root}{p}"));
     let layers = [root, WRITABLE, IMAGE].map(String::from);
     let mut first_failure = None;
     for target in kernel.chain(layers) {

@@ -1162,6 +1162,33 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
     unsafe { libc::poll(&mut ready, 1, ms) };
 }
 
+/// Reads the agent's hello on `conn`; an agent of another protocol
+/// version is told so and refused.
+pub(crate) fn await_hello(conn: &UnixStream) -> Result<(), RunError> {
+    let (mut input, mut sink) = (conn, conn);
+    match read_frame(&mut input) {
+        Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == PROTOCOL_VERSION => Ok(()),
+        Ok(Some(Frame::Control(Control::Hello { version, .. }))) => {
+            let message = format!("protocol version {PROTOCOL_VERSION} required");
+            let _ = write_frame(
+                &mut sink,
+                &Frame::Control(Control::Failed {
+                    message,
+                    exit_code: 125,
+                }),
+            );
+            Err(RunError::Version { agent: version })
+        }
+        other => Err(RunError::Lost {
+            detail: match other {
+                Ok(other) => format!("expected the agent's hello, got {other:?}"),
+                Err(e) => e.to_string(),
+            },
+            console: String::new(),
+        }),
+    }
+}
+
 /// Greets the agent (unless its hello was read: `greeted`) and sends it
 /// the command: the run connection's reading half, and the way to steer
 /// the command.
@@ -1178,26 +1205,11 @@ fn converse(
         detail,
         console: String::new(),
     };
-    let mut input = conn.try_clone().map_err(io("vsock connection"))?;
+    let input = conn.try_clone().map_err(io("vsock connection"))?;
     let mut sink = conn;
     let send = |sink: &mut UnixStream, frame: &Frame| -> bool { write_frame(sink, frame).is_ok() };
     if !greeted {
-        match read_frame(&mut input) {
-            Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == PROTOCOL_VERSION => {}
-            Ok(Some(Frame::Control(Control::Hello { version, .. }))) => {
-                let message = format!("protocol version {PROTOCOL_VERSION} required");
-                send(
-                    &mut sink,
-                    &Frame::Control(Control::Failed {
-                        message,
-                        exit_code: 125,
-                    }),
-                );
-                return Err(RunError::Version { agent: version });
-            }
-            Ok(other) => return Err(lost(format!("expected the agent's hello, got {other:?}"))),
-            Err(e) => return Err(lost(e.to_string())),
-        }
+        await_hello(&sink)?;
     }
     let disposable = request.disposable && !request.hold && guest_devices.mounts.is_empty();
     let spec = RunSpec {

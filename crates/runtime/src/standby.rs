@@ -83,9 +83,17 @@ impl Drop for PreparedRoot {
 }
 
 /// Identifies a file across renames: (device, inode).
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
+fn file_identity(metadata: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    (metadata.dev(), metadata.ino())
+}
+
+/// A standby VMM's control channel, at `path`.
+fn control_channel(path: &Path) -> Result<UnixStream, RunError> {
+    let control =
+        UnixStream::connect(path).map_err(|e| RunError::Standby(format!("its VMM's control channel: {e}")))?;
+    let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
+    Ok(control)
 }
 
 /// The VMM's answer to `request` (with the descriptor `fd`), as a standby's error.
@@ -151,7 +159,8 @@ impl WarmVm {
         };
         // A link, not a rename: a writable disk there already (a restart's)
         // is never replaced.
-        file_identity(disk) == Some(prepared.image) && std::fs::hard_link(&prepared.writable, writable).is_ok()
+        std::fs::metadata(disk).is_ok_and(|m| file_identity(&m) == prepared.image)
+            && std::fs::hard_link(&prepared.writable, writable).is_ok()
     }
 
     /// Gives the VM the container's disks and taps (`files`) and its CPU
@@ -165,21 +174,19 @@ impl WarmVm {
         adopted: bool,
     ) -> Result<(Vmm, UnixStream, bool), RunError> {
         let failed = |what: String| RunError::Standby(what);
-        let control =
-            UnixStream::connect(files.control).map_err(|e| failed(format!("its VMM's control channel: {e}")))?;
-        let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
+        let control = control_channel(files.control)?;
         let greeted = self.prepared.is_some();
-        if greeted && !adopted {
-            ask_agent(&self.conn, Control::Release, &Control::Released).map_err(failed)?;
-            for slot in [0, 1] {
-                ask_vmm(&control, VmmRequest::UnplugDisk { slot }, None)?;
-            }
-        }
-        if greeted && adopted {
+        if adopted {
             for slot in [0, 1] {
                 ask_vmm(&control, VmmRequest::KeepDisk { slot }, None)?;
             }
         } else {
+            if greeted {
+                ask_agent(&self.conn, Control::Release, &Control::Released).map_err(failed)?;
+                for slot in [0, 1] {
+                    ask_vmm(&control, VmmRequest::UnplugDisk { slot }, None)?;
+                }
+            }
             // The image read-only, as the VM would have started with it.
             let image = open_disk(files.disk, false)?;
             ask_vmm(&control, VmmRequest::PlugDisk { slot: 0, lasting: true }, Some(&image))?;
@@ -190,15 +197,8 @@ impl WarmVm {
                 Some(&writable),
             )?;
         }
-        self.given(&control, files, shape)
-            .map(|(vmm, conn)| (vmm, conn, greeted))
-    }
-
-    /// Gives the VM the container's taps and CPU limit.
-    fn given(self, control: &UnixStream, files: &VmFiles, shape: Shape) -> Result<(Vmm, UnixStream), RunError> {
-        let failed = |what: String| RunError::Standby(what);
         for (slot, tap) in &files.taps {
-            ask_vmm(control, VmmRequest::PlugNic { slot: *slot }, Some(tap))?;
+            ask_vmm(&control, VmmRequest::PlugNic { slot: *slot }, Some(tap))?;
         }
         if shape.cpu_limit_millis.is_some() {
             let cgroup = self
@@ -209,7 +209,7 @@ impl WarmVm {
             std::fs::write(cgroup.join("cpu.max"), vmm::jail::cpu_max(shape.cpu_limit_millis))
                 .map_err(|e| failed(format!("setting its CPU limit: {e}")))?;
         }
-        Ok((self.vmm, self.conn))
+        Ok((self.vmm, self.conn, greeted))
     }
 }
 
@@ -425,14 +425,9 @@ fn stand_by(
 fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path) -> Result<PreparedRoot, String> {
     let text = |e: RunError| e.to_string();
     crate::writable::create(writable, crate::writable::DiskKind::Layer).map_err(|e| e.to_string())?;
-    let control = UnixStream::connect(control).map_err(|e| format!("its VMM's control channel: {e}"))?;
-    let _ = control.set_read_timeout(Some(Duration::from_secs(15)));
+    let control = control_channel(control).map_err(text)?;
     let image_file = open_disk(image, false).map_err(text)?;
-    let identity = {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = image_file.metadata().map_err(|e| format!("{}: {e}", image.display()))?;
-        (metadata.dev(), metadata.ino())
-    };
+    let identity = file_identity(&image_file.metadata().map_err(|e| format!("{}: {e}", image.display()))?);
     let mut disks = Vec::new();
     for (slot, file) in [(0u8, image_file), (1, open_disk(writable, true).map_err(text)?)] {
         let bytes = file.metadata().map_err(|e| e.to_string())?.len();
@@ -442,14 +437,10 @@ fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path
             sectors: bytes / 512,
         });
     }
-    let mut reader = conn;
     let _ = conn.set_read_timeout(Some(AGENT_PATIENCE));
-    let hello = proto::read_frame(&mut reader);
+    let hello = crate::run::await_hello(conn);
     let _ = conn.set_read_timeout(None);
-    match hello {
-        Ok(Some(Frame::Control(Control::Hello { version, .. }))) if version == proto::PROTOCOL_VERSION => {}
-        other => return Err(format!("expected the agent's hello, got {other:?}")),
-    }
+    hello.map_err(text)?;
     let root = proto::PreparedRoot {
         root_device: crate::run::guest_disk(0),
         root_fstype: "ext4".into(),
@@ -705,11 +696,15 @@ pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) 
     };
     let mut guard = POOL.lock().ok()?;
     let pool = guard.as_mut()?;
-    let mut standing: Vec<usize> = (0..pool.standbys.len())
-        .filter(|&i| pool.standbys[i].shape() == (spec.memory_mib, spec.cpus) && pool.standbys[i].standing())
-        .collect();
-    standing.sort_by_key(|&i| image.is_none() || pool.standbys[i].image != image);
-    let index = *standing.first()?;
+    let (index, _) = pool
+        .standbys
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let ready = s.shape() == (spec.memory_mib, spec.cpus) && s.standing();
+            ready.then_some((i, s))
+        })
+        .min_by_key(|(_, s)| image.is_none() || s.image != image)?;
     let Standby {
         child,
         mut claim,
