@@ -88,8 +88,14 @@ pub fn run(mut spec: JoinSpec, sink: &crate::Sink, input: File, reaper: &crate::
             };
         }) as Box<dyn FnOnce() + Send>
     });
-    // Its PID namespace ends with its command; its mounts then go.
-    crate::relay_until_hangup(&mut process, sink, input, reaper, move || take_down(&id), lifeline);
+    // Its PID namespace ends with its command; its mounts then go. Killed
+    // as the VM's own container ended, it ends with the VM: the host hears
+    // that from the connection's end, not as an exit of its own.
+    let ended = move || {
+        take_down(&id);
+        !crate::vm_ending()
+    };
+    crate::relay_until_hangup(&mut process, sink, input, reaper, ended, lifeline);
 }
 
 /// A descriptor of process `pid` that stays its own (`pidfd_open(2)`).

@@ -323,11 +323,21 @@ fn serve(conn: File) {
     });
 }
 
+/// Set once the VM's own container has ended and the VM is going: what
+/// dies then was killed by that end, not by its own doing.
+static VM_ENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the VM is going (its own container ended).
+fn vm_ending() -> bool {
+    VM_ENDING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The container ends with its main process: nothing else survives it, and
 /// its writes are on the disks before the host hears of the end (`sync`,
 /// unless the host throws them away), so the host may end the VM then
 /// without waiting for the guest to power off.
 fn end_container(reaper: &Reaper, sync: bool) {
+    VM_ENDING.store(true, std::sync::atomic::Ordering::SeqCst);
     // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     reaper.wait_childless(std::time::Duration::from_secs(1));
@@ -371,17 +381,23 @@ fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
 /// device, so this returns once the host, having read everything, closes
 /// the connection (or after 10 s).
 fn relay(process: &mut Spawned, sink: &Sink, input: File, reaper: &Reaper, on_exit: impl FnOnce()) {
-    relay_until_hangup(process, sink, input, reaper, on_exit, None)
+    let reported = || {
+        on_exit();
+        true
+    };
+    relay_until_hangup(process, sink, input, reaper, reported, None)
 }
 
 /// `relay`, running `on_hangup` once the host's side of the connection
-/// has ended (after the process's end too: then it must do no harm).
+/// has ended (after the process's end too: then it must do no harm). The
+/// end is reported only if `on_exit` says so: otherwise the host learns of
+/// it as the connection ends.
 fn relay_until_hangup(
     process: &mut Spawned,
     sink: &Sink,
     input: File,
     reaper: &Reaper,
-    on_exit: impl FnOnce(),
+    on_exit: impl FnOnce() -> bool,
     on_hangup: Option<Box<dyn FnOnce() + Send>>,
 ) {
     let child = &mut process.child;
@@ -429,7 +445,7 @@ fn relay_until_hangup(
         let _ = host_gone.send(());
     });
     let (code, signal) = reaper.wait_for(pid);
-    on_exit();
+    let report = on_exit();
     // Output still buffered is sent first; a terminal may be held open by
     // something the process left running, so that wait is bounded.
     let pumps_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -444,7 +460,9 @@ fn relay_until_hangup(
             break;
         }
     }
-    send(sink, &Frame::Control(Control::Exited { code, signal }));
+    if report {
+        send(sink, &Frame::Control(Control::Exited { code, signal }));
+    }
     if host_gone_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
         console("the host did not close the connection");
     }
