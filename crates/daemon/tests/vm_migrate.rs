@@ -29,6 +29,22 @@ fn counted(hulld: &Hulld, id: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Asserts `numbers` are 1, 2, 3, ... each once; a failure names the
+/// first line that breaks the run and the lines around it (the whole list,
+/// thousands of numbers, would push the reason out of CI's excerpt).
+fn assert_counted_once(numbers: &[u64], what: &str) {
+    if let Some(at) = (0..numbers.len()).find(|&i| numbers[i] != i as u64 + 1) {
+        let around = &numbers[at.saturating_sub(3)..(at + 4).min(numbers.len())];
+        panic!(
+            "{what}: line {} of {} is {}, not {}; lines around it: {around:?}",
+            at + 1,
+            numbers.len(),
+            numbers[at],
+            at + 1
+        );
+    }
+}
+
 /// `hull ARGS` against this hulld.
 fn hull_cli(hulld: &Hulld, args: &[&str]) -> std::process::Command {
     let mut hull = std::process::Command::new(testkit::boot::workspace_binary("hull").unwrap());
@@ -146,11 +162,7 @@ fn a_running_container_moves_to_a_new_vmm_twice_and_counts_on_without_a_gap() {
     ok(&hulld.docker(&["unpause", &id]));
     ok(&hulld.docker(&["stop", "-t", "1", &id]));
     let numbers = counted(&hulld, &id);
-    assert_eq!(
-        numbers,
-        (1..=numbers.len() as u64).collect::<Vec<_>>(),
-        "every number once, across both moves"
-    );
+    assert_counted_once(&numbers, "every number once, across both moves");
     ok(&hulld.docker(&["rm", &id]));
     let _ = events.kill();
     let seen = text(&events.wait_with_output().unwrap().stdout);
@@ -303,7 +315,11 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         }
         let before = counted(from, &id).len() as u64;
         let (status, report) = migrate(from, &id, &format!("to={}&downtime=2000", listens[1 - round % 2]));
-        eprintln!("move {round}: {report}");
+        // One short line a move: a failure's message must fit CI's excerpt.
+        eprintln!(
+            "move {round}: {} ms down, {} ms, {} bytes",
+            report["DowntimeMs"], report["TotalMs"], report["BytesSent"]
+        );
         assert!(status.contains(" 200 "), "move {round}: {status} {report}");
         assert_eq!(report["OutputFramesLost"], 0, "{report}");
         // The template goes once, with the first move: the source's own
@@ -330,11 +346,7 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
             counted(to, &id).len() as u64 >= before + 30
         });
         let numbers = counted(to, &id);
-        assert_eq!(
-            numbers,
-            (1..=numbers.len() as u64).collect::<Vec<_>>(),
-            "move {round}: every number once, across the hosts"
-        );
+        assert_counted_once(&numbers, &format!("move {round}: every number once, across the hosts"));
         assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/kept"])), "kept\n");
         assert_eq!(ok(&to.docker(&["exec", &id, "cat", "/data/stored"])), "stored\n");
         // The volume is where its data is: there, with its labels, and no
@@ -417,7 +429,7 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         .map(|line| line.parse().unwrap())
         .collect();
     assert!(local.len() > 100, "{} numbers in /local/count", local.len());
-    assert_eq!(local, (1..=local.len() as u64).collect::<Vec<_>>());
+    assert_counted_once(&local, "every number once in /local/count");
     ok(&source.docker(&["stop", "-t", "1", &id]));
     assert_eq!(source.inspect("{{.State.Status}}", &id), "exited");
     // The file it held open on the shared storage: every number once,
@@ -432,7 +444,7 @@ fn a_running_container_moves_to_another_hulld_and_back_ten_times_and_counts_on_w
         "{} written",
         written.len()
     );
-    assert_eq!(written, (1..=written.len() as u64).collect::<Vec<_>>());
+    assert_counted_once(&written, "every number once in the file on shared storage");
     ok(&source.docker(&["rm", &id]));
     let _ = std::fs::remove_dir_all(&storage);
     source.assert_no_leftovers();
@@ -516,11 +528,7 @@ fn a_move_to_another_hulld_given_up_cancelled_or_losing_that_hulld_leaves_the_co
 
     ok(&source.docker(&["stop", "-t", "1", &id]));
     let numbers = counted(&source, &id);
-    assert_eq!(
-        numbers,
-        (1..=numbers.len() as u64).collect::<Vec<_>>(),
-        "every number once, across three moves that did not happen"
-    );
+    assert_counted_once(&numbers, "every number once, across three moves that did not happen");
     source.assert_no_leftovers();
 }
 
