@@ -23,6 +23,7 @@ mod machine;
 mod mounts;
 mod network;
 mod pid_namespace;
+mod read_ahead;
 mod report;
 mod steps;
 mod terminal;
@@ -215,13 +216,15 @@ fn prepare_until_run(
                 }
                 Err(message) => failed(message),
             },
-            Ok(Some(Frame::Control(Control::Release))) => match mounts::release_root(ROOT, *prepared) {
-                Ok(()) => {
-                    *prepared = mounts::Prepared::Nothing;
-                    Control::Released
+            Ok(Some(Frame::Control(Control::Release))) => {
+                match network::unbind_ahead(ROOT).and_then(|()| mounts::release_root(ROOT, *prepared)) {
+                    Ok(()) => {
+                        *prepared = mounts::Prepared::Nothing;
+                        Control::Released
+                    }
+                    Err(e) => failed(e.to_string()),
                 }
-                Err(e) => failed(e.to_string()),
-            },
+            }
             _ => return frame,
         };
         write_frame(conn, &Frame::Control(reply))?;
@@ -245,6 +248,12 @@ fn prepare(root: &proto::PreparedRoot) -> Result<mounts::Prepared, String> {
     }
     if let Err(e) = limits::container_group(None) {
         console(&format!("making the container's cgroup: {e}"));
+    }
+    if let Err(e) = network::bind_ahead(ROOT) {
+        console(&format!("binding /etc files ahead: {e}"));
+    }
+    if let Err(e) = read_ahead::command(ROOT, &root.command_paths) {
+        console(&format!("reading the command ahead: {e}"));
     }
     Ok(mounted)
 }

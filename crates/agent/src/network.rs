@@ -304,6 +304,43 @@ fn write_files(root: &str, files: &[(&str, String)]) -> Result<(), String> {
     Ok(())
 }
 
+/// The files every start writes whatever its network (`/etc/hosts` and
+/// `/etc/hostname`), bound into a standby's prepared root while it stands
+/// by: a start then only writes them. Making the mount points (the
+/// overlay's copy-up of `/etc`) and the binds is most of that step.
+const ALWAYS_WRITTEN: [&str; 2] = ["hosts", "hostname"];
+
+/// Binds `ALWAYS_WRITTEN` (empty until a start writes them) into the
+/// prepared root at `root`. On failure nothing of it stays (a file left
+/// would pass for bound): the start binds them itself.
+pub fn bind_ahead(root: &str) -> Result<(), String> {
+    let files: Vec<(&str, String)> = ALWAYS_WRITTEN.iter().map(|name| (*name, String::new())).collect();
+    write_files(root, &files).inspect_err(|_| {
+        let _ = unbind_ahead(root);
+    })
+}
+
+/// Takes back what `bind_ahead` bound (a prepared root given back): the
+/// binds and their files, so a later start binds its own.
+pub fn unbind_ahead(root: &str) -> io::Result<()> {
+    for name in ALWAYS_WRITTEN {
+        let source = Path::new(FILES).join(name);
+        if !source.exists() {
+            continue;
+        }
+        let target = CString::new(format!("{root}/etc/{name}")).map_err(io::Error::other)?;
+        // SAFETY: a NUL-terminated path alive for the call.
+        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        fs::remove_file(&source)?;
+    }
+    Ok(())
+}
+
 /// Checks one interface from the host.
 fn nic(interface: &GuestInterface) -> Result<Nic, String> {
     let addresses = interface

@@ -92,6 +92,23 @@ fn link_local(mac: &str) -> String {
     format!("fe80000000000000{hex}")
 }
 
+/// Container `name`'s /etc/hostname and /etc/hosts name it, each bound
+/// over its root once.
+fn assert_own_etc_files(hulld: &Hulld, name: &str) {
+    let hostname = hulld.inspect("{{.Config.Hostname}}", name);
+    assert_eq!(
+        ok(&hulld.docker(&["exec", name, "cat", "/etc/hostname"])),
+        format!("{hostname}\n")
+    );
+    let hosts = ok(&hulld.docker(&["exec", name, "cat", "/etc/hosts"]));
+    assert!(hosts.contains(&hostname), "{hosts}");
+    let mounts = ok(&hulld.docker(&["exec", name, "cat", "/proc/mounts"]));
+    for file in ["/etc/hosts", "/etc/hostname"] {
+        let binds = mounts.lines().filter(|l| l.split(' ').nth(1) == Some(file)).count();
+        assert_eq!(binds, 1, "{file} in {mounts}");
+    }
+}
+
 fn curl(url: &str) -> String {
     let out = Command::new("curl").args(["-sS", "-m", "5", url]).output().unwrap();
     text(&out.stdout)
@@ -112,6 +129,19 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
         standing.len() == 1 && standing[0].join("writable").exists()
     });
     let first_standby = hulld.standing_standbys().remove(0);
+    // It was told where the last container's command is looked for (as
+    // execvp looks), to read it ahead.
+    let told: Vec<String> = standby_supervisors(&hulld.data)
+        .iter()
+        .map(|pid| {
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned()
+        })
+        .collect();
+    assert!(
+        told.iter()
+            .any(|cmdline| cmdline.split('\0').any(|arg| arg.ends_with("/echo"))),
+        "{told:?}"
+    );
     // Until claimed it weighs least beside the VMs of containers.
     let standing = standby_vmms(&hulld);
     assert_eq!(standing.len(), 1, "{standing:?}");
@@ -147,6 +177,8 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     let writable_inode = || std::fs::metadata(web_dir.join("rw.ext4")).unwrap().ino();
     assert_eq!(writable_inode(), prepared_inode, "the standby's writable disk is web's");
     assert!(!web_dir.join("standby-rw.ext4").exists());
+    // Its /etc/hosts and /etc/hostname, bound while it stood by, are its own.
+    assert_own_etc_files(&hulld, "web");
     // At once: pause and exec find it running.
     ok(&hulld.docker(&["pause", "web"]));
     assert_eq!(hulld.inspect("{{.State.Status}}", "web"), "paused");
@@ -236,6 +268,8 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
         ok(&hulld.docker(&["exec", "side", "cat", "/usr/bin/marker", "/note"])),
         "other\nmine\n"
     );
+    // The files bound ahead went with the root given back: its are bound once.
+    assert_own_etc_files(&hulld, "side");
     ok(&hulld.docker(&["rm", "-f", "side"]));
     eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
 

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 20;
+pub const PROTOCOL_VERSION: u32 = 21;
 /// The vsock port the agent connects out to on the host (CID 2).
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port the agent listens on, once the container runs, for more
@@ -179,6 +179,11 @@ pub struct PreparedRoot {
     pub rw_device: String,
     /// The two disks' sizes, waited for as `RunSpec::disks` are.
     pub disks: Vec<DiskSize>,
+    /// Where the next container's command is likely looked for (the last
+    /// one's, by execvp's search): the first regular file found there in
+    /// the image is read into the page cache, so its exec reads no disk.
+    #[serde(default)]
+    pub command_paths: Vec<String>,
 }
 
 /// How the guest's network is set up before the command starts.
@@ -758,6 +763,7 @@ mod tests {
                 device: "/dev/vdb".into(),
                 sectors: 16,
             }],
+            command_paths: vec!["/bin/sh".into()],
         }))));
         for control in [Control::Prepared, Control::Release, Control::Released] {
             round_trip(Frame::Control(control));

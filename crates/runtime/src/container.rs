@@ -442,8 +442,8 @@ impl ContainerDir {
         if spec.joins.is_none() && !spec.cold_boot {
             // Apart, so that the answer does not wait for the next one's spawn.
             std::thread::spawn(move || {
-                let image = crate::standby::image_disk(&spec);
-                crate::standby::keep_warm(spec.memory_mib, spec.cpus, image)
+                let root = crate::standby::RootPlan::like(&spec);
+                crate::standby::keep_warm(spec.memory_mib, spec.cpus, root)
             });
         }
         state

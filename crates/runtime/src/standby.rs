@@ -16,10 +16,12 @@
 //! shape, a template remade meanwhile) starts a VM of its own.
 //!
 //! A standby started for an image (the image the last container of its
-//! shape started from: `hull-shim --standby NAME MEMORY CPUS IMAGE_DISK`)
-//! also has its root ready: that image's disk and a fresh writable disk
-//! plugged in and mounted under their overlay by the agent
-//! (`Control::Prepare`). A new container of that image takes the whole
+//! shape started from: `hull-shim --standby NAME MEMORY CPUS IMAGE_DISK
+//! [COMMAND_PATH...]`) also has its root ready: that image's disk and a
+//! fresh writable disk plugged in and mounted under their overlay by the
+//! agent (`Control::Prepare`), with the program that container ran (the
+//! first of the paths it was looked for under) read into the guest's page
+//! cache. A new container of that image takes the whole
 //! root, its writable disk included, and its start is left with the
 //! kernel filesystems, the network and the command's spawn. Any other
 //! container (another image, a restart with its own writable disk) has
@@ -261,13 +263,13 @@ fn valid_name(name: &str) -> bool {
 /// `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK]`: starts a standby VM
 /// (its root prepared from `image`), waits to be claimed, then supervises
 /// the container it was given to its end.
-pub fn serve(name: &str, memory_mib: u64, cpus: u8, image: Option<&Path>) -> Result<(), String> {
+pub fn serve(name: &str, memory_mib: u64, cpus: u8, root: Option<&RootPlan>) -> Result<(), String> {
     if !valid_name(name) {
         return Err(format!("'{name}' is no standby name"));
     }
     let files = files_dir(name);
     let sockets = sockets_dir(name);
-    let result = stand_by(&files, &sockets, memory_mib, cpus, image);
+    let result = stand_by(&files, &sockets, memory_mib, cpus, root);
     match result {
         Ok(Some((dir, warm))) => {
             let _ = std::fs::remove_dir_all(&files);
@@ -307,7 +309,7 @@ fn stand_by(
     sockets: &Path,
     memory_mib: u64,
     cpus: u8,
-    image: Option<&Path>,
+    root: Option<&RootPlan>,
 ) -> Result<Option<(ContainerDir, WarmVm)>, String> {
     let text = |e: RunError| e.to_string();
     let template = crate::template::existing(memory_mib, cpus)
@@ -358,8 +360,8 @@ fn stand_by(
     let conn =
         crate::run::wait_for_agent(&listener.0, &mut vmm, crate::shim::boot_timeout(), &console_log).map_err(text)?;
     drop(listener);
-    let mut prepared = match image {
-        Some(image) => Some(prepare_root(&control, &conn, image, &prepared_writable)?),
+    let mut prepared = match root {
+        Some(root) => Some(prepare_root(&control, &conn, root, &prepared_writable)?),
         None => None,
     };
     // SAFETY: a one-byte write from a valid buffer to fd 1 (the report pipe).
@@ -420,10 +422,11 @@ fn stand_by(
 }
 
 /// Has the agent of a standby's VM, just up (its hello unread), mount
-/// `image` and the fresh writable disk `writable` (its slots' disks now)
-/// under their overlay.
-fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path) -> Result<PreparedRoot, String> {
+/// `root`'s image and the fresh writable disk `writable` (its slots' disks
+/// now) under their overlay, and read its command ahead.
+fn prepare_root(control: &Path, conn: &UnixStream, root: &RootPlan, writable: &Path) -> Result<PreparedRoot, String> {
     let text = |e: RunError| e.to_string();
+    let image = &root.image;
     crate::writable::create(writable, crate::writable::DiskKind::Layer).map_err(|e| e.to_string())?;
     let control = control_channel(control).map_err(text)?;
     let image_file = open_disk(image, false).map_err(text)?;
@@ -446,6 +449,7 @@ fn prepare_root(control: &Path, conn: &UnixStream, image: &Path, writable: &Path
         root_fstype: "ext4".into(),
         rw_device: crate::run::guest_disk(1),
         disks,
+        command_paths: root.command_paths.clone(),
     };
     ask_agent(conn, Control::Prepare(Box::new(root)), &Control::Prepared)?;
     vmm::trace::mark("standby: root prepared");
@@ -483,7 +487,7 @@ impl Standby {
         memory_mib: u64,
         cpus: u8,
         template: PathBuf,
-        image: Option<PathBuf>,
+        root: Option<RootPlan>,
     ) -> Result<Standby, String> {
         let files = files_dir(&name);
         std::fs::create_dir_all(&files).map_err(|e| format!("creating {}: {e}", files.display()))?;
@@ -504,7 +508,7 @@ impl Standby {
             .arg(&name)
             .arg(memory_mib.to_string())
             .arg(cpus.to_string())
-            .args(&image)
+            .args(root.iter().flat_map(RootPlan::args))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(errors);
@@ -521,7 +525,7 @@ impl Standby {
             memory_mib,
             cpus,
             template,
-            image,
+            image: root.map(|r| r.image),
             child,
             claim,
             report: Report::new(stdout),
@@ -595,9 +599,10 @@ struct Pool {
     next: u64,
     /// The shapes kept warm, the one started last at the end.
     shapes: Vec<(u64, u8)>,
-    /// The image disk the last container of each shape started from: the
-    /// next standbys of that shape have their roots prepared from it.
-    images: Vec<((u64, u8), PathBuf)>,
+    /// The image disk the last container of each shape started from, and
+    /// where its command was found: the next standbys of that shape have
+    /// their roots prepared from it.
+    roots: Vec<((u64, u8), RootPlan)>,
 }
 
 /// Marks `shape` as started last in `shapes`; the shape that no longer
@@ -625,34 +630,34 @@ pub fn enable(per_shape: usize) {
             standbys: Vec::new(),
             next: 0,
             shapes: Vec::new(),
-            images: Vec::new(),
+            roots: Vec::new(),
         });
     }
 }
 
 /// Tops the standbys of this shape up to the number `enable` asked for,
 /// if its template is made (a first run makes it); those it starts have
-/// their roots prepared from `image`, the image disk a container of this
-/// shape just started from (`None`: the last one given).
-pub fn keep_warm(memory_mib: u64, cpus: u8, image: Option<PathBuf>) {
+/// their roots prepared as `root` says, from what a container of this
+/// shape just started with (`None`: the last one given).
+pub fn keep_warm(memory_mib: u64, cpus: u8, root: Option<RootPlan>) {
     let Ok(mut guard) = POOL.lock() else { return };
     let Some(pool) = guard.as_mut() else { return };
     pool.standbys.retain_mut(Standby::alive);
     let shape = (memory_mib, cpus);
     if let Some(oldest) = touch(&mut pool.shapes, shape) {
         end_where(&mut pool.standbys, |s| s.shape() == oldest);
-        pool.images.retain(|(s, _)| *s != oldest);
+        pool.roots.retain(|(s, _)| *s != oldest);
     }
-    if let Some(image) = image {
-        pool.images.retain(|(s, _)| *s != shape);
-        pool.images.push((shape, image));
+    if let Some(root) = root {
+        pool.roots.retain(|(s, _)| *s != shape);
+        pool.roots.push((shape, root));
     }
     // An image removed since has no disk to prepare a root from.
-    pool.images.retain(|(_, image)| image.is_file());
-    let image = pool.images.iter().find(|(s, _)| *s == shape).map(|(_, i)| i.clone());
+    pool.roots.retain(|(_, root)| root.image.is_file());
+    let root = pool.roots.iter().find(|(s, _)| *s == shape).map(|(_, r)| r.clone());
     // Once the shape's image is known, standbys started before (with no
     // root prepared: hulld's own start) give way to ones prepared from it.
-    if image.is_some() {
+    if root.is_some() {
         end_where(&mut pool.standbys, |s| s.shape() == shape && s.image.is_none());
     }
     let Some(template) = crate::template::existing(memory_mib, cpus) else {
@@ -673,7 +678,7 @@ pub fn keep_warm(memory_mib: u64, cpus: u8, image: Option<PathBuf>) {
         }
         pool.next += 1;
         let name = format!("{}-{}", std::process::id(), pool.next);
-        match Standby::spawn(name, memory_mib, cpus, template.dir.clone(), image.clone()) {
+        match Standby::spawn(name, memory_mib, cpus, template.dir.clone(), root.clone()) {
             Ok(standby) => pool.standbys.push(standby),
             Err(e) => {
                 eprintln!("hulld: no standby VM: {e}");
@@ -730,6 +735,69 @@ pub(crate) fn image_disk(spec: &crate::container::ContainerSpec) -> Option<PathB
     image::disk::built_image_disk(&store, &record)
 }
 
+/// How a standby's root is prepared: from an image's disk, with the
+/// program found first under `command_paths` read ahead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootPlan {
+    pub image: PathBuf,
+    pub command_paths: Vec<String>,
+}
+
+/// At most this many paths are searched for a command (PATH's directories).
+pub const MAX_COMMAND_PATHS: usize = 32;
+
+impl RootPlan {
+    /// The plan for the next container like `spec` (just started): its
+    /// image's disk, and where its command is looked for. `None` without a
+    /// built image disk.
+    pub(crate) fn like(spec: &crate::container::ContainerSpec) -> Option<RootPlan> {
+        let image = image_disk(spec)?;
+        let command_paths = crate::shim::request_for(spec)
+            .ok()
+            .and_then(|request| match request.source {
+                crate::run::Source::Image(record) => {
+                    let store = image::Store::open(&crate::data_dir()).ok()?;
+                    let config = image::config::load(&store, &record.id).ok()?;
+                    image::config::process(Some(&config), &request.overrides).ok()
+                }
+                crate::run::Source::Rootfs(_) => None,
+            })
+            .map(|process| command_paths(&process.argv, &process.env))
+            .unwrap_or_default();
+        Some(RootPlan { image, command_paths })
+    }
+
+    /// As `hull-shim --standby` takes it after the shape.
+    fn args(&self) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+        std::iter::once(self.image.clone().into_os_string()).chain(self.command_paths.iter().map(Into::into))
+    }
+}
+
+/// Where `argv`'s program is looked for in the container's root, in
+/// order, as execvp(3) looks: itself when it names an absolute path, otherwise under
+/// each directory of `env`'s PATH (Docker's default PATH without one).
+pub fn command_paths(argv: &[String], env: &[String]) -> Vec<String> {
+    let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+        return Vec::new();
+    };
+    if program.contains('/') {
+        // One relative to the working directory is not looked for.
+        return match program.starts_with('/') {
+            true => vec![program.clone()],
+            false => Vec::new(),
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
+        .take(MAX_COMMAND_PATHS)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,5 +835,30 @@ mod tests {
             "no more than 256 bytes"
         );
         assert_eq!(read_claim(&b""[..], &mut String::new()), 0, "the end of input");
+    }
+
+    #[test]
+    fn a_command_is_looked_for_as_execvp_looks() {
+        let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_paths(
+                &strings(&["sleep", "60"]),
+                &strings(&["A=1", "PATH=/usr/bin:bin:/bin/"])
+            ),
+            strings(&["/usr/bin/sleep", "/bin/sleep"]),
+            "relative PATH entries are passed over"
+        );
+        assert_eq!(command_paths(&strings(&["/app/run"]), &[]), strings(&["/app/run"]));
+        assert!(command_paths(&strings(&["./run"]), &[]).is_empty());
+        assert_eq!(command_paths(&strings(&["sh"]), &[]).len(), 6, "Docker's default PATH");
+        assert!(command_paths(&[], &[]).is_empty());
+        assert!(command_paths(&strings(&[""]), &[]).is_empty());
+        let long_path = format!("PATH={}", vec!["/d"; 100].join(":"));
+        assert_eq!(command_paths(&strings(&["x"]), &[long_path]).len(), MAX_COMMAND_PATHS);
+        let plan = RootPlan {
+            image: "/data/disk.ext4".into(),
+            command_paths: strings(&["/bin/sh"]),
+        };
+        assert_eq!(plan.args().collect::<Vec<_>>(), ["/data/disk.ext4", "/bin/sh"]);
     }
 }

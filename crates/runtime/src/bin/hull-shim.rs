@@ -1,8 +1,9 @@
 //! `hull-shim DIR ID [--arriving-fd N]`: supervises one hulld container
 //! (see `runtime::shim`); with `--arriving-fd`, one whose running VM comes
 //! from another host on that (inherited) connection.
-//! `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK]`: a standby VM (its
-//! root prepared from that image disk), which supervises the container
+//! `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK [COMMAND_PATH...]]`: a
+//! standby VM (its root prepared from that image disk, the command found
+//! first under those paths read ahead), which supervises the container
 //! hulld gives it (see `runtime::standby`).
 
 use std::process::ExitCode;
@@ -12,13 +13,18 @@ fn main() -> ExitCode {
     runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, name, memory, cpus, image @ ..] = args.as_slice() {
-        if flag == "--standby" && image.len() <= 1 {
+        if flag == "--standby" && image.len() <= 1 + runtime::standby::MAX_COMMAND_PATHS {
             let (Ok(memory), Ok(cpus)) = (memory.parse::<u64>(), cpus.parse::<u8>()) else {
-                eprintln!("hull-shim: --standby NAME MEMORY_MIB CPUS [IMAGE_DISK] takes numbers");
+                eprintln!("hull-shim: --standby NAME MEMORY_MIB CPUS [IMAGE_DISK [COMMAND_PATH...]] takes numbers");
                 return ExitCode::from(2);
             };
-            let image = image.first().map(std::path::Path::new);
-            return match runtime::standby::serve(name, memory, cpus, image) {
+            let root = image
+                .split_first()
+                .map(|(image, command_paths)| runtime::standby::RootPlan {
+                    image: image.into(),
+                    command_paths: command_paths.to_vec(),
+                });
+            return match runtime::standby::serve(name, memory, cpus, root.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hull-shim: {e}");
