@@ -260,9 +260,9 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK]`: starts a standby VM
-/// (its root prepared from `image`), waits to be claimed, then supervises
-/// the container it was given to its end.
+/// `hull-shim --standby NAME MEMORY CPUS [IMAGE_DISK [COMMAND_PATH...]]`:
+/// starts a standby VM (its root prepared as `root` says), waits to be
+/// claimed, then supervises the container it was given to its end.
 pub fn serve(name: &str, memory_mib: u64, cpus: u8, root: Option<&RootPlan>) -> Result<(), String> {
     if !valid_name(name) {
         return Err(format!("'{name}' is no standby name"));
@@ -751,17 +751,12 @@ impl RootPlan {
     /// image's disk, and where its command is looked for. `None` without a
     /// built image disk.
     pub(crate) fn like(spec: &crate::container::ContainerSpec) -> Option<RootPlan> {
-        let image = image_disk(spec)?;
-        let command_paths = crate::shim::request_for(spec)
+        let store = image::Store::open(&crate::data_dir()).ok()?;
+        let record = store.image(spec.image.as_ref()?).ok()?;
+        let image = image::disk::built_image_disk(&store, &record)?;
+        let command_paths = image::config::load(&store, &record.id)
             .ok()
-            .and_then(|request| match request.source {
-                crate::run::Source::Image(record) => {
-                    let store = image::Store::open(&crate::data_dir()).ok()?;
-                    let config = image::config::load(&store, &record.id).ok()?;
-                    image::config::process(Some(&config), &request.overrides).ok()
-                }
-                crate::run::Source::Rootfs(_) => None,
-            })
+            .and_then(|config| image::config::process(Some(&config), &spec.overrides).ok())
             .map(|process| command_paths(&process.argv, &process.env))
             .unwrap_or_default();
         Some(RootPlan { image, command_paths })
