@@ -74,7 +74,7 @@ pub fn run(mut spec: JoinSpec, sink: &crate::Sink, input: File, reaper: &crate::
     // Its supervisor on the host is its lifeline: when that connection
     // ends (the supervisor killed, `docker rm -f`), so does the container.
     // A pidfd: the process may be gone and its PID reused by then.
-    let lifeline = pidfd(process.child.id()).map(|pidfd| {
+    let lifeline = pidfd(process.child.pid).map(|pidfd| {
         Box::new(move || {
             // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
             unsafe {

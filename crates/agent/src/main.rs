@@ -18,6 +18,7 @@ mod host_changes;
 mod host_link;
 mod init;
 mod joined;
+mod launch;
 mod limits;
 mod machine;
 mod mounts;
@@ -33,8 +34,7 @@ mod vsock;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -321,7 +321,7 @@ fn serve(conn: File) {
     steps::done("the command spawned");
     {
         let reaper = reaper.clone();
-        thread::spawn(move || serve_execs(reaper));
+        thread::spawn(move || serve_execs_after(reaper, settle_raised_nics));
     }
     let ending = reaper.clone();
     let sync = !spec.disposable;
@@ -330,6 +330,12 @@ fn serve(conn: File) {
         end_container(&ending, sync);
         steps::print();
     });
+}
+
+fn settle_raised_nics() {
+    if let Err(e) = network::settle_raised_nics() {
+        console(&format!("settling the NICs raised ahead: {e}"));
+    }
 }
 
 /// Set once the VM's own container has ended and the VM is going: what
@@ -363,6 +369,7 @@ fn end_container(reaper: &Reaper, sync: bool) {
 /// container's files this way), until the host says it is done (end of
 /// input, or closing).
 fn hold(sink: &Sink, mut input: File, reaper: Reaper) {
+    settle_raised_nics();
     {
         let reaper = reaper.clone();
         thread::spawn(move || serve_execs(reaper));
@@ -410,7 +417,7 @@ fn relay_until_hangup(
     on_hangup: Option<Box<dyn FnOnce() + Send>>,
 ) {
     let child = &mut process.child;
-    let pid = child.id();
+    let pid = child.pid;
     send(sink, &Frame::Control(Control::Started { pid }));
     let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
@@ -643,10 +650,17 @@ impl Reaper {
 
 /// Accepts exec connections from the host for as long as the command runs.
 fn serve_execs(reaper: Reaper) {
+    serve_execs_after(reaper, || {});
+}
+
+/// `serve_execs`, running `meanwhile` once it listens: an exec asked for
+/// then waits in the backlog, not refused.
+fn serve_execs_after(reaper: Reaper, meanwhile: impl FnOnce()) {
     let listener = match vsock::listen(proto::EXEC_PORT) {
         Ok(listener) => listener,
         Err(e) => return console(&format!("exec listener: {e}")),
     };
+    meanwhile();
     loop {
         match vsock::accept(&listener) {
             Ok(conn) => {
@@ -837,7 +851,7 @@ fn wait_for_host_close(sink: &Sink, mut input: File) {
 
 /// A started process, and the agent's side of its terminal if it has one.
 struct Spawned {
-    child: Child,
+    child: launch::Launched,
     terminal: Option<File>,
 }
 
@@ -862,59 +876,51 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
     }
     let identity = user::resolve(root, &spec.user, &spec.groups).map_err(|e| (e, 125))?;
     steps::done("spawn: the user resolved");
-    let mut command = match init {
-        // `/proc/self/exe` is looked up in the container's /proc, after
-        // the chroot: it is this agent, which runs the command as the init.
-        true => {
-            let mut command = Command::new("/proc/self/exe");
-            let line = init::command_line(&spec.argv);
-            command.arg0(&line[0]).args(&line[1..]);
-            command
-        }
-        false => {
-            let mut command = Command::new(program);
-            command.args(&spec.argv[1..]);
-            command
-        }
+    // `/proc/self/exe` is looked up in the container's /proc, after the
+    // chroot: it is this agent, which runs the command as the init.
+    let (path, argv) = match init {
+        true => ("/proc/self/exe", init::command_line(&spec.argv)),
+        false => (program.as_str(), spec.argv.clone()),
     };
-    command.env_clear();
-    for entry in &spec.env {
-        if let Some((key, value)) = entry.split_once('=') {
-            command.env(key, value);
-        }
-    }
+    let mut env: Vec<String> = spec.env.iter().filter(|e| e.contains('=')).cloned().collect();
     // Like Docker, HOME comes from the user's passwd entry unless it was set.
     if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
-        command.env("HOME", &identity.home);
+        env.push(format!("HOME={}", identity.home));
     }
     if spec.tty.is_some() && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
-        command.env("TERM", "xterm");
+        env.push("TERM=xterm".into());
     }
     let mut terminal = None;
-    match spec.tty {
+    let stdio = match spec.tty {
         Some(size) => {
             let pty = terminal::open(&format!("{root_path}/dev/pts"), size)
                 .map_err(|e| (format!("opening a terminal: {e}"), 125))?;
             let slave = |file: &File| file.try_clone().map_err(|e| (format!("opening a terminal: {e}"), 125));
-            command
-                .stdin(slave(&pty.slave)?)
-                .stdout(slave(&pty.slave)?)
-                .stderr(pty.slave);
+            let stdio = [
+                launch::Io::Fd(slave(&pty.slave)?.into()),
+                launch::Io::Fd(slave(&pty.slave)?.into()),
+                launch::Io::Fd(pty.slave.into()),
+            ];
             terminal = Some(pty.master);
+            stdio
         }
-        None => {
-            command.stdout(Stdio::piped()).stderr(Stdio::piped());
-            command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() });
-        }
-    }
+        None => [
+            if spec.stdin { launch::Io::Pipe } else { launch::Io::Null },
+            launch::Io::Pipe,
+            launch::Io::Pipe,
+        ],
+    };
     let with_terminal = terminal.is_some();
     let dropped = dropped_capabilities(&spec.capabilities).map_err(|e| (e, 125))?;
     let (uid, gid, groups) = (identity.uid, identity.gid, identity.groups);
     let cwd = CString::new(spec.cwd.as_str()).map_err(|_| ("working directory contains NUL".to_string(), 125))?;
     let chroot_to = CString::new(root_path.as_str()).map_err(|_| ("root contains NUL".to_string(), 125))?;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
+    // Runs in the child, on the agent's memory: raw system calls only
+    // (`launch`). Credentials by syscall, not glibc's wrappers, which
+    // would have every thread of the agent take them.
+    let set_up = move || -> std::io::Result<()> {
+        // SAFETY: system calls on NUL-terminated strings and arrays of our own.
+        unsafe {
             limits::join_in_child()?;
             if libc::chroot(chroot_to.as_ptr()) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -943,27 +949,33 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
             // While still root with every capability: what the process may
             // not keep leaves its bounding set, so no exec brings it back.
             drop_capabilities(&dropped)?;
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
-            // Signals the agent ignores must not stay ignored in the command.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            Ok(())
-        });
-    }
+        }
+        Ok(())
+    };
     let _spawning = SPAWN_LOCK.lock();
     let entered = pid_namespace::enter(pids, &spec.container)
         .map_err(|e| (format!("entering the container's PID namespace: {e}"), 125))?;
-    let spawned = command.spawn();
+    let launched = launch::launch(path, &argv[0], &argv[1..], &env, stdio, &set_up);
     drop(entered);
-    let child = spawned.map_err(|e| match e.kind() {
-        // Docker's words: its CLI and SDKs map them to exit statuses 127 and 126.
-        std::io::ErrorKind::NotFound => (format!("exec: \"{program}\": executable file not found in $PATH"), 127),
-        std::io::ErrorKind::PermissionDenied => (format!("exec: \"{program}\": permission denied"), 126),
-        _ => (format!("exec: \"{program}\": {e}"), 126),
-    })?;
+    let child = launched.map_err(
+        |launch::LaunchError { error, in_set_up }| match (in_set_up, error.kind()) {
+            (true, _) => (format!("starting \"{program}\": {error}"), 126),
+            // Docker's words: its CLI and SDKs map them to exit statuses 127 and 126.
+            (false, std::io::ErrorKind::NotFound) => {
+                (format!("exec: \"{program}\": executable file not found in $PATH"), 127)
+            }
+            (false, std::io::ErrorKind::PermissionDenied) => (format!("exec: \"{program}\": permission denied"), 126),
+            (false, _) => (format!("exec: \"{program}\": {error}"), 126),
+        },
+    )?;
     if pids == Pids::New {
-        if let Err(e) = pid_namespace::remember_container(&spec.container, child.id()) {
+        if let Err(e) = pid_namespace::remember_container(&spec.container, child.pid) {
             console(&format!(
                 "the container's PID namespace: {e}; its execs start in the VM's"
             ));

@@ -95,9 +95,23 @@ pub fn raise_nics() -> Result<(), String> {
     result
 }
 
-/// After the container's first NIC set-up: each NIC raised ahead gets its
-/// IPv6 address generation mode back (a NIC the container uses then makes
-/// its link-local address from its own MAC); one it does not use goes down.
+/// Once the container's command runs (off its start's path: a tentative
+/// IPv6 link-local address a moment later changes nothing a program sees,
+/// nor does a NIC it has no address on going down then): each NIC raised
+/// ahead gets its IPv6 address generation mode back (a NIC the container
+/// uses then makes its link-local address from its own MAC); one it does
+/// not use goes down. The NICs in use are the current ones, so a `network
+/// connect` that came first is kept.
+pub fn settle_raised_nics() -> Result<(), String> {
+    let current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    if RAISED.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        return Ok(());
+    }
+    with_netlink(|nl| settle_raised(nl, &current))?;
+    crate::steps::done("network: NICs raised ahead settled");
+    Ok(())
+}
+
 fn settle_raised(nl: &mut Netlink, used: &[Nic]) -> Result<(), String> {
     let boot_names = NICS_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut raised = RAISED.lock().unwrap_or_else(|e| e.into_inner());
@@ -180,9 +194,9 @@ pub fn set_nics(network: &GuestNetwork) -> Result<(), String> {
                 set_loopback_up(nl)?;
             }
             // The VM's first set-up: nothing has run that could have
-            // renamed its NICs since boot.
-            change_nics(nl, &current, &nics, current.is_empty())?;
-            settle_raised(nl, &nics)
+            // renamed its NICs since boot. NICs raised ahead are settled
+            // once the command runs (`settle_raised_nics`).
+            change_nics(nl, &current, &nics, current.is_empty())
         })?;
         *current = nics;
         crate::steps::done("network: NICs set");
