@@ -486,6 +486,7 @@ pub fn run_in(
     if request.hold {
         process.argv.clear();
     }
+    vmm::trace::mark("run: image config read");
 
     let writable = dir.join("rw.ext4");
     // A standby VM serves only a container it was made for (`WarmVm::fits`);
@@ -534,6 +535,7 @@ pub fn run_in(
         }
     }
     let volume_disks = crate::volume::slot_disks(&disk_volumes)?;
+    vmm::trace::mark("run: disks and volumes checked");
     // The published ports live as long as this VM; the taps as long as
     // its VMM holds them.
     let mut nic = match nic {
@@ -685,6 +687,7 @@ pub fn run_in(
         mounts,
         network: crate::network::guest_network(&request.network, &hostname)?,
     };
+    vmm::trace::mark("run: the guest's devices described");
     let moves = attachment.moves();
     let kit = crate::moving::MoveKit {
         moves: moves.as_ref(),
@@ -1212,6 +1215,7 @@ fn converse(
         await_hello(&sink)?;
     }
     let disposable = request.disposable && !request.hold && guest_devices.mounts.is_empty();
+    vmm::trace::mark("run: greeted");
     let spec = RunSpec {
         process: process_spec(request, process, hostname),
         hostname: hostname.to_string(),
@@ -1232,6 +1236,7 @@ fn converse(
         init: request.init,
         trace: vmm::trace::enabled(),
     };
+    vmm::trace::mark("run: Run made");
     if !send(&mut sink, &Frame::Control(Control::Run(Box::new(spec)))) {
         return Err(lost("sending the command".into()));
     }

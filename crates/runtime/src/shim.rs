@@ -131,6 +131,7 @@ fn supervise_with(
     warm: Option<crate::standby::WarmVm>,
 ) -> Result<i32, ContainerError> {
     let spec = dir.spec()?;
+    vmm::trace::mark("supervise: spec read");
     let io = |what: &str| {
         let what = what.to_string();
         move |source| ContainerError::Io { what, source }

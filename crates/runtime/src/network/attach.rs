@@ -32,7 +32,9 @@ impl Attached {
         for endpoint in &network.endpoints {
             attached.taps.push((endpoint.slot, tap_for(id, endpoint)?));
         }
+        vmm::trace::mark("network: taps made");
         firewall::ensure_current(&super::list().map_err(|e| e.to_string())?)?;
+        vmm::trace::mark("network: firewall current");
         if network.policy != super::Policy::Open {
             super::policy::apply_to(id, network)?;
             attached.policed = Some((id.to_string(), network.clone()));
