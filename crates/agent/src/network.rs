@@ -255,6 +255,7 @@ fn change_nics(nl: &mut Netlink, old: &[Nic], new: &[Nic], boot_names: bool) -> 
         return Ok(());
     };
     let names = wait_for_nics(usize::from(last) + 1, boot_names)?;
+    crate::steps::done("network: the NICs found");
     let name = |nic: &Nic| &names[usize::from(nic.slot)];
     let now = |nic: &Nic| new.iter().find(|n| n.slot == nic.slot);
     let before = |nic: &Nic| old.iter().find(|o| o.slot == nic.slot);
@@ -386,14 +387,17 @@ fn configure(nl: &mut Netlink, name: &str, nic: &Nic) -> Result<(), netlink::Net
     // Clones share their template's MAC, so each sets its own, before the
     // link is up.
     nl.set_mac(index, nic.mac)?;
+    crate::steps::done("network: a NIC's MAC set");
     // 0: the host leaves the NIC's own MTU.
     if nic.mtu != 0 {
         nl.set_mtu(index, nic.mtu)?;
     }
     nl.set_up(index)?;
+    crate::steps::done("network: a NIC up");
     for &(address, prefix_len) in &nic.addresses {
         nl.add_address(index, address, prefix_len)?;
     }
+    crate::steps::done("network: a NIC's addresses added");
     if let Some(gateway) = nic.gateway {
         nl.add_default_route(gateway, index)?;
     }

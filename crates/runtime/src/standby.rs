@@ -273,6 +273,7 @@ pub fn serve(name: &str, memory_mib: u64, cpus: u8, root: Option<&RootPlan>) -> 
     match result {
         Ok(Some((dir, warm))) => {
             let _ = std::fs::remove_dir_all(&files);
+            vmm::trace::mark("standby: its own files removed");
             crate::shim::supervise_warm(&dir, warm)
                 .map(drop)
                 .map_err(|e| e.to_string())
@@ -382,6 +383,7 @@ fn stand_by(
     if let Some(cgroup) = vmm.process.cgroup() {
         set_cpu_weight(cgroup, FOREGROUND_CPU_WEIGHT);
     }
+    vmm::trace::mark("standby: at full speed");
     let id = line.trim();
     if !proto::valid_container_id(id) {
         return Err(format!("claimed for '{id}', which is no container ID"));
@@ -410,6 +412,7 @@ fn stand_by(
         moved(&prepared.writable, &writable)?;
         prepared.writable = writable;
     }
+    vmm::trace::mark("standby: its files the container's");
     let warm = WarmVm {
         vmm,
         conn,

@@ -29,6 +29,7 @@ impl Attached {
         let Some(primary) = network.primary() else {
             return Ok(attached);
         };
+        vmm::trace::mark("network: attaching");
         for endpoint in &network.endpoints {
             attached.taps.push((endpoint.slot, tap_for(id, endpoint)?));
         }

@@ -93,6 +93,23 @@ pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, String> {
     Ok(index)
 }
 
+/// The bridge a container's tap joins. One up as a bridge is taken as it
+/// is: hulld made sure of it when it started or first used the network
+/// since boot (`ensure_bridge`, seven requests and two sysctl writes: 12
+/// ms of a start in a nested guest, against one lookup). A VXLAN
+/// network's is made sure of every time (its port may have gone).
+fn bridge_for_tap(nl: &mut Netlink, network: &NetworkRecord) -> Result<u32, String> {
+    if network.vxlan.is_none() {
+        let found = nl
+            .link(&network.bridge)
+            .map_err(|e| format!("finding bridge {}: {e}", network.bridge))?;
+        if let Some(link) = found.filter(|link| link.up && link.kind.as_deref() == Some("bridge")) {
+            return Ok(link.index);
+        }
+    }
+    ensure_bridge(network)
+}
+
 /// Deletes the link `name`, a network's bridge or VXLAN port (gone already is fine).
 pub fn remove_link(name: &str) -> Result<(), String> {
     let mut nl = open()?;
@@ -105,10 +122,10 @@ pub fn remove_link(name: &str) -> Result<(), String> {
 /// A tap for NIC `slot` of container `id`'s VM, on `network`'s bridge
 /// and up (non-blocking, as hull-vmm wants it).
 pub fn open_tap(network: &NetworkRecord, id: &str, slot: u8) -> Result<(String, File), String> {
-    let bridge = ensure_bridge(network)?;
+    let mut nl = open()?;
+    let bridge = bridge_for_tap(&mut nl, network)?;
     let name = tap_name(id, slot);
     let tap = vmm::devices::virtio::net::open_tap(&name).map_err(|e| format!("creating tap {name}: {e}"))?;
-    let mut nl = open()?;
     let index = nl
         .link_index(&name)
         .map_err(|e| format!("finding tap {name}: {e}"))?
