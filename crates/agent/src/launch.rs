@@ -113,9 +113,7 @@ pub fn launch(
         errno: AtomicI32::new(0),
         in_set_up: AtomicI32::new(0),
     };
-    let mut stack = vec![0u8; CHILD_STACK];
-    // The stack grows down from its end, 16-byte aligned.
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let stack = ChildStack::new().map_err(early)?;
 
     // No signal handler may run on the child's stack before it execs.
     // SAFETY: sigset_t values of our own; the mask is restored below.
@@ -131,7 +129,7 @@ pub fn launch(
     let pid = unsafe {
         libc::clone(
             child_main,
-            top as *mut libc::c_void,
+            stack.top(),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             &plan as *const Plan as *mut libc::c_void,
         )
@@ -160,6 +158,62 @@ pub fn launch(
         stdout: agent_out,
         stderr: agent_err,
     })
+}
+
+/// The child's stack, mapped apart with an inaccessible page below it: a
+/// child that ran past it would fault there, not write over the agent's
+/// heap.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<ChildStack> {
+        let guard = page_size();
+        let len = CHILD_STACK + guard;
+        // SAFETY: a new private anonymous mapping, unmapped on drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// Where the child's stack starts: it grows down from the end, 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        ((self.base as usize + self.len) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, no longer used (the child has
+        // exec'd or exited when `launch` drops it).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => 4096,
+    }
 }
 
 /// The places `program` is tried, as `execvp` does: itself if it has a
@@ -302,6 +356,20 @@ mod tests {
         unsafe { libc::waitpid(launched.pid as i32, &mut status, 0) };
         assert_eq!((out.as_str(), err.as_str()), ("sh hello\n", "oops\n"));
         assert_eq!(libc::WEXITSTATUS(status), 3);
+    }
+
+    #[test]
+    fn the_childs_stack_has_an_inaccessible_page_below_it() {
+        let stack = ChildStack::new().unwrap();
+        let base = stack.base as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let guard = maps
+            .lines()
+            .find(|line| line.starts_with(&format!("{base:x}-")))
+            .unwrap_or_else(|| panic!("no mapping at {base:x}"));
+        assert_eq!(guard.split_whitespace().nth(1), Some("---p"), "{guard}");
+        let top = stack.top() as usize;
+        assert!(top.is_multiple_of(16) && top <= base + stack.len && top > base + page_size());
     }
 
     #[test]
