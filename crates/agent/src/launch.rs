@@ -13,7 +13,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The child's stack: set-up and `execve` need little.
 const CHILD_STACK: usize = 128 * 1024;
@@ -62,18 +62,17 @@ struct Plan<'a> {
     set_up: SetUp<'a>,
     /// The child's errno, and whether it came from the set-up; 0 while none.
     errno: AtomicI32,
-    in_set_up: AtomicI32,
+    in_set_up: AtomicBool,
 }
 
-/// Starts `program` with `args` (its argv after `arg0`) and `env` (whole
+/// Starts `program` with `argv` (its name for itself first) and `env` (whole
 /// `KEY=VALUE` entries) on the streams `stdio`. A program without a slash
 /// is looked for along the PATH of `env`, after the set-up (in the
 /// container's root). The caller reaps the child (and a child whose exec
 /// failed has exited already).
 pub fn launch(
     program: &str,
-    arg0: &str,
-    args: &[String],
+    argv: &[String],
     env: &[String],
     stdio: [Io; 3],
     set_up: SetUp,
@@ -81,16 +80,14 @@ pub fn launch(
     let early = |error: io::Error| LaunchError { error, in_set_up: true };
     let nul = |_| early(io::Error::new(io::ErrorKind::InvalidInput, "an argument contains NUL"));
     let candidates = candidates(program, env).map_err(nul)?;
-    let argv_owned: Vec<CString> = std::iter::once(arg0)
-        .chain(args.iter().map(String::as_str))
-        .map(CString::new)
-        .collect::<Result<_, _>>()
-        .map_err(nul)?;
-    let env_owned: Vec<CString> = env
-        .iter()
-        .map(|e| CString::new(e.as_str()))
-        .collect::<Result<_, _>>()
-        .map_err(nul)?;
+    let c_strings = |strings: &[String]| {
+        strings
+            .iter()
+            .map(|s| CString::new(s.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(nul)
+    };
+    let (argv_owned, env_owned) = (c_strings(argv)?, c_strings(env)?);
     let null_terminated = |strings: &[CString]| {
         strings
             .iter()
@@ -111,7 +108,7 @@ pub fn launch(
         stdio: [child_in.as_raw_fd(), child_out.as_raw_fd(), child_err.as_raw_fd()],
         set_up,
         errno: AtomicI32::new(0),
-        in_set_up: AtomicI32::new(0),
+        in_set_up: AtomicBool::new(false),
     };
     let stack = ChildStack::new().map_err(early)?;
 
@@ -149,7 +146,7 @@ pub fn launch(
         unsafe { libc::waitpid(pid, &mut status, 0) };
         return Err(LaunchError {
             error: io::Error::from_raw_os_error(errno),
-            in_set_up: plan.in_set_up.load(Ordering::SeqCst) != 0,
+            in_set_up: plan.in_set_up.load(Ordering::SeqCst),
         });
     }
     Ok(Launched {
@@ -268,7 +265,7 @@ extern "C" fn child_main(plan: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `launch` passes its Plan, alive until this child execs or exits.
     let plan = unsafe { &*(plan as *const Plan) };
     let fail = |errno: i32, in_set_up: bool| -> libc::c_int {
-        plan.in_set_up.store(in_set_up as i32, Ordering::SeqCst);
+        plan.in_set_up.store(in_set_up, Ordering::SeqCst);
         plan.errno.store(errno.max(1), Ordering::SeqCst);
         // SAFETY: ends this child without running the agent's exit handlers.
         unsafe { libc::_exit(127) }
@@ -340,8 +337,11 @@ mod tests {
         let set_up = || Ok(());
         let launched = launch(
             "sh",
-            "sh",
-            &["-c".into(), "echo \"$0 $GREETING\"; echo oops >&2; exit 3".into()],
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo \"$0 $GREETING\"; echo oops >&2; exit 3".into(),
+            ],
             &["GREETING=hello".into(), "PATH=/nowhere:/bin:/usr/bin".into()],
             [Io::Null, Io::Pipe, Io::Pipe],
             &set_up,
@@ -377,8 +377,7 @@ mod tests {
         let fine = || Ok(());
         let missing = launch(
             "no-such-program-here",
-            "x",
-            &[],
+            &["x".into()],
             &["PATH=/bin".into()],
             [Io::Null, Io::Null, Io::Null],
             &fine,
@@ -388,9 +387,15 @@ mod tests {
         assert_eq!(missing.error.kind(), io::ErrorKind::NotFound);
         assert!(!missing.in_set_up);
         let refuse = || Err(io::Error::from_raw_os_error(libc::EPERM));
-        let refused = launch("/bin/true", "true", &[], &[], [Io::Null, Io::Null, Io::Null], &refuse)
-            .err()
-            .unwrap();
+        let refused = launch(
+            "/bin/true",
+            &["true".into()],
+            &[],
+            [Io::Null, Io::Null, Io::Null],
+            &refuse,
+        )
+        .err()
+        .unwrap();
         assert_eq!(refused.error.raw_os_error(), Some(libc::EPERM));
         assert!(refused.in_set_up);
     }

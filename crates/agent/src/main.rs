@@ -961,7 +961,7 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
     let _spawning = SPAWN_LOCK.lock();
     let entered = pid_namespace::enter(pids, &spec.container)
         .map_err(|e| (format!("entering the container's PID namespace: {e}"), 125))?;
-    let launched = launch::launch(path, &argv[0], &argv[1..], &env, stdio, &set_up);
+    let launched = launch::launch(path, &argv, &env, stdio, &set_up);
     drop(entered);
     let child = launched.map_err(
         |launch::LaunchError { error, in_set_up }| match (in_set_up, error.kind()) {
