@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
@@ -104,6 +105,43 @@ impl Netlink {
         }
     }
 
+    /// The index of the link named `name` if it is up; `None` if it is
+    /// down or missing. Asked with the kernel's interface ioctls on this
+    /// socket: a link request's reply carries the whole link (statistics,
+    /// a bridge's dozens of settings), which costs far more to parse.
+    pub fn index_if_up(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        check_name(name)?;
+        // SAFETY: ifreq is plain data; all zeroes is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (to, from) in request.ifr_name.iter_mut().zip(name.bytes()) {
+            *to = from as libc::c_char;
+        }
+        let ask = |request: &mut libc::ifreq, what: libc::c_ulong| {
+            // SAFETY: an ioctl on our socket with a valid, NUL-terminated ifreq.
+            match unsafe { libc::ioctl(self.socket.as_raw_fd(), what, request as *mut libc::ifreq) } {
+                0 => Ok(true),
+                _ => match io::Error::last_os_error() {
+                    e if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+                    e => Err(NetlinkError::Kernel {
+                        request: "looking up a link's flags and index",
+                        source: e,
+                    }),
+                },
+            }
+        };
+        if !ask(&mut request, libc::SIOCGIFFLAGS)? {
+            return Ok(None);
+        }
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        let flags = i32::from(unsafe { request.ifr_ifru.ifru_flags });
+        if flags & libc::IFF_UP == 0 || !ask(&mut request, libc::SIOCGIFINDEX)? {
+            return Ok(None);
+        }
+        // SAFETY: SIOCGIFINDEX filled the index member.
+        let index = unsafe { request.ifr_ifru.ifru_ifindex };
+        Ok(u32::try_from(index).ok())
+    }
+
     /// The index of the link named `name`, if there is one.
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
         Ok(self.link(name)?.map(|link| link.index))
@@ -194,6 +232,13 @@ impl Netlink {
         let mut message = link_message(index);
         message.attributes.push(LinkAttribute::Controller(master));
         self.set_link("setting a link's master", message)
+    }
+
+    /// Makes the link named `name` a port of the bridge `master`, with
+    /// the bridge's `mtu`, and up: one request (the kernel applies the MTU
+    /// before the master and the flags last, as the three apart would).
+    pub fn join_bridge(&mut self, name: &str, master: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.set_link("joining a link to a bridge", port_of(name, master, mtu)?)
     }
 
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
@@ -481,6 +526,17 @@ fn link_message(index: u32) -> LinkMessage {
     message
 }
 
+/// The link named `name` (index 0: the kernel finds it by its name) made
+/// a port of `master`, with `mtu`, and up.
+fn port_of(name: &str, master: u32, mtu: u32) -> Result<LinkMessage, NetlinkError> {
+    check_name(name)?;
+    let mut message = up_down(0, true);
+    message.attributes.push(LinkAttribute::IfName(name.into()));
+    message.attributes.push(LinkAttribute::Mtu(mtu));
+    message.attributes.push(LinkAttribute::Controller(master));
+    Ok(message)
+}
+
 fn up_down(index: u32, up: bool) -> LinkMessage {
     let mut message = link_message(index);
     message.header.change_mask = LinkFlags::Up;
@@ -602,6 +658,32 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> NetlinkMessage<RouteNetlinkMessage> {
         NetlinkMessage::deserialize(bytes).unwrap()
+    }
+
+    #[test]
+    fn an_up_link_is_found_by_its_flags_and_index() {
+        let nl = Netlink::open().unwrap();
+        // Loopback is up and first in every network namespace.
+        assert_eq!(nl.index_if_up("lo").unwrap(), Some(1));
+        assert_eq!(nl.index_if_up("hull-none").unwrap(), None);
+        assert!(nl.index_if_up("").is_err());
+    }
+
+    #[test]
+    fn a_port_is_named_sized_mastered_and_raised_in_one_message() {
+        let message = port_of("hvabc", 7, 1450).unwrap();
+        assert_eq!(message.header.index, 0);
+        assert_eq!(message.header.flags, LinkFlags::Up);
+        assert_eq!(message.header.change_mask, LinkFlags::Up);
+        assert_eq!(
+            message.attributes,
+            vec![
+                LinkAttribute::IfName("hvabc".into()),
+                LinkAttribute::Mtu(1450),
+                LinkAttribute::Controller(7),
+            ]
+        );
+        assert!(port_of("a-name-longer-than-ifnamsiz", 7, 1500).is_err());
     }
 
     #[test]

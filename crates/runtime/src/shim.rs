@@ -100,6 +100,10 @@ impl Attachment for Supervised {
     }
 
     fn vm_ready(&mut self, vmm_pid: u32) {
+        // A standby's was recorded with the container's first state.
+        if self.state.vmm_pid == vmm_pid {
+            return;
+        }
         // Recorded so that hulld can pause and resume the whole VM.
         self.state.vmm_pid = vmm_pid;
         if let Err(e) = self.dir.write_state(&self.state) {
@@ -173,7 +177,8 @@ fn supervise_with(
         finished_at: None,
         exit_code: None,
         error: String::new(),
-        vmm_pid: 0,
+        // A standby's VMM runs already: one state write instead of two.
+        vmm_pid: warm.as_ref().map_or(0, |warm| warm.vmm.process.id()),
         paused: false,
     };
     if let Some(target) = &spec.joins {

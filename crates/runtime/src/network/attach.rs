@@ -30,11 +30,12 @@ impl Attached {
             return Ok(attached);
         };
         vmm::trace::mark("network: attaching");
+        let networks = super::list().map_err(|e| e.to_string())?;
         for endpoint in &network.endpoints {
-            attached.taps.push((endpoint.slot, tap_for(id, endpoint)?));
+            attached.taps.push((endpoint.slot, tap_for(id, endpoint, &networks)?));
         }
         vmm::trace::mark("network: taps made");
-        firewall::ensure_current(&super::list().map_err(|e| e.to_string())?)?;
+        firewall::ensure_current(&networks)?;
         vmm::trace::mark("network: firewall current");
         if network.policy != super::Policy::Open {
             super::policy::apply_to(id, network)?;
@@ -61,18 +62,28 @@ impl Attached {
     }
 }
 
-/// A tap on `endpoint`'s network for NIC `endpoint.slot` of container `id`.
-fn tap_for(id: &str, endpoint: &super::Endpoint) -> Result<File, String> {
-    let record = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
-    Ok(host::open_tap(&record, id, endpoint.slot)?.1)
+/// A tap on `endpoint`'s network (one of `networks`, all there are) for
+/// NIC `endpoint.slot` of container `id`.
+fn tap_for(id: &str, endpoint: &super::Endpoint, networks: &[super::NetworkRecord]) -> Result<File, String> {
+    let loaded;
+    let record = match networks.iter().find(|record| record.id == endpoint.network_id) {
+        Some(record) => record,
+        // Gone or damaged: reading it says which.
+        None => {
+            loaded = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
+            &loaded
+        }
+    };
+    Ok(host::open_tap(record, id, endpoint.slot)?.1)
 }
 
 /// Readies a running container (`id`, networked as `network`, which
 /// already lists `endpoint`) for one more network: its network's rules and
 /// its policy on the new NIC. Returns the tap, for the VMM to plug in.
 pub fn join(id: &str, endpoint: &super::Endpoint, network: &ContainerNetwork) -> Result<File, String> {
-    let tap = tap_for(id, endpoint)?;
-    firewall::ensure_current(&super::list().map_err(|e| e.to_string())?)?;
+    let networks = super::list().map_err(|e| e.to_string())?;
+    let tap = tap_for(id, endpoint, &networks)?;
+    firewall::ensure_current(&networks)?;
     if network.policy != super::Policy::Open {
         super::policy::apply_to(id, network)?;
     }
