@@ -82,6 +82,9 @@ fn main() {
     if let Err(e) = network::prepare() {
         console(&format!("network: {e}"));
     }
+    if let Err(e) = pid_namespace::warm_up() {
+        console(&format!("making a PID namespace ahead: {e}"));
+    }
     machine::snapshot_point();
     match vsock::connect_host(proto::AGENT_PORT) {
         Ok(conn) => serve(conn),

@@ -25,6 +25,22 @@ pub enum Pids {
     Vm,
 }
 
+/// Makes and drops one PID namespace before the template's snapshot, on a
+/// thread of its own: the kernel's first namespace below the VM's makes
+/// the cache its PIDs come from, which every clone's first start would
+/// otherwise make again.
+pub fn warm_up() -> std::io::Result<()> {
+    std::thread::spawn(|| {
+        // SAFETY: unshare of this short-lived thread's pid_for_children only.
+        match unsafe { libc::unshare(libc::CLONE_NEWPID) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the thread making a PID namespace panicked")))
+}
+
 /// Each container's namespace, once its command started in one: the VM's
 /// own container under "", a joined one under its ID.
 static CONTAINERS: Mutex<BTreeMap<String, File>> = Mutex::new(BTreeMap::new());

@@ -685,7 +685,7 @@ pub fn run_in(
     let guest_devices = GuestDevices {
         disks,
         mounts,
-        network: crate::network::guest_network(&request.network, &hostname)?,
+        network: nic.guest_network(&request.network, &hostname),
     };
     vmm::trace::mark("run: the guest's devices described");
     let moves = attachment.moves();

@@ -11,6 +11,8 @@ use super::{firewall, host, ports, ContainerNetwork, PortMapping};
 pub struct Attached {
     /// One per network, with the NIC slot it goes to.
     taps: Vec<(u8, File)>,
+    /// The networks, in the endpoints' order.
+    records: Vec<super::NetworkRecord>,
     _reservations: Vec<ports::Reservation>,
     published: Option<(Vec<PortMapping>, Ipv4Addr)>,
     /// The container and its network, while it has a policy's rules.
@@ -22,6 +24,7 @@ impl Attached {
     pub fn new(id: &str, network: &ContainerNetwork) -> Result<Attached, String> {
         let mut attached = Attached {
             taps: Vec::new(),
+            records: Vec::new(),
             _reservations: Vec::new(),
             published: None,
             policed: None,
@@ -32,7 +35,11 @@ impl Attached {
         vmm::trace::mark("network: attaching");
         let networks = super::list().map_err(|e| e.to_string())?;
         for endpoint in &network.endpoints {
-            attached.taps.push((endpoint.slot, tap_for(id, endpoint, &networks)?));
+            let record = record_of(endpoint, &networks)?;
+            attached
+                .taps
+                .push((endpoint.slot, host::open_tap(&record, id, endpoint.slot)?.1));
+            attached.records.push(record);
         }
         vmm::trace::mark("network: taps made");
         firewall::ensure_current(&networks)?;
@@ -55,6 +62,11 @@ impl Attached {
         self.taps.iter().map(|(slot, tap)| (*slot, tap))
     }
 
+    /// What the guest is told of `network` (the one attached) as `hostname`.
+    pub fn guest_network(&self, network: &ContainerNetwork, hostname: &str) -> Option<proto::GuestNetwork> {
+        super::guest_network_on(network, hostname, &self.records)
+    }
+
     /// Lets go of the taps once the VM runs on them: each lives exactly as
     /// long as the VMM holds it.
     pub fn close_taps(&mut self) {
@@ -62,19 +74,13 @@ impl Attached {
     }
 }
 
-/// A tap on `endpoint`'s network (one of `networks`, all there are) for
-/// NIC `endpoint.slot` of container `id`.
-fn tap_for(id: &str, endpoint: &super::Endpoint, networks: &[super::NetworkRecord]) -> Result<File, String> {
-    let loaded;
-    let record = match networks.iter().find(|record| record.id == endpoint.network_id) {
-        Some(record) => record,
+/// `endpoint`'s network, from `networks` (all there are).
+fn record_of(endpoint: &super::Endpoint, networks: &[super::NetworkRecord]) -> Result<super::NetworkRecord, String> {
+    match networks.iter().find(|record| record.id == endpoint.network_id) {
+        Some(record) => Ok(record.clone()),
         // Gone or damaged: reading it says which.
-        None => {
-            loaded = super::load(&endpoint.network_id).map_err(|e| e.to_string())?;
-            &loaded
-        }
-    };
-    Ok(host::open_tap(record, id, endpoint.slot)?.1)
+        None => super::load(&endpoint.network_id).map_err(|e| e.to_string()),
+    }
 }
 
 /// Readies a running container (`id`, networked as `network`, which
@@ -82,7 +88,7 @@ fn tap_for(id: &str, endpoint: &super::Endpoint, networks: &[super::NetworkRecor
 /// its policy on the new NIC. Returns the tap, for the VMM to plug in.
 pub fn join(id: &str, endpoint: &super::Endpoint, network: &ContainerNetwork) -> Result<File, String> {
     let networks = super::list().map_err(|e| e.to_string())?;
-    let tap = tap_for(id, endpoint, &networks)?;
+    let tap = host::open_tap(&record_of(endpoint, &networks)?, id, endpoint.slot)?.1;
     firewall::ensure_current(&networks)?;
     if network.policy != super::Policy::Open {
         super::policy::apply_to(id, network)?;

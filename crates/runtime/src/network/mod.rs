@@ -641,14 +641,24 @@ pub fn leases(network_id: &str) -> Vec<(Ipv4Addr, String)> {
 
 /// The guest's side of a container's network, for the agent.
 pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Option<proto::GuestNetwork>, NetworkError> {
-    if network.endpoints.is_empty() {
-        return Ok(None);
-    }
     let records = network
         .endpoints
         .iter()
         .map(|e| load(&e.network_id))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(guest_network_on(network, hostname, &records))
+}
+
+/// `guest_network` with each endpoint's network read already (`records`,
+/// in the endpoints' order).
+pub fn guest_network_on(
+    network: &ContainerNetwork,
+    hostname: &str,
+    records: &[NetworkRecord],
+) -> Option<proto::GuestNetwork> {
+    if network.endpoints.is_empty() {
+        return None;
+    }
     let mut hosts = Vec::new();
     for endpoint in &network.endpoints {
         let mut names = vec![hostname.to_string()];
@@ -662,7 +672,7 @@ pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Optio
     // User-defined networks have hulld's name service on their gateway
     // (each answers for every network the asking container is on); the
     // default bridge uses the host's resolvers, as in Docker.
-    let named = network.endpoints.iter().zip(&records).find(|(_, r)| !r.is_default());
+    let named = network.endpoints.iter().zip(records).find(|(_, r)| !r.is_default());
     let nameservers = match (network.dns.is_empty(), named) {
         (false, _) => network.dns.clone(),
         (true, Some((_, record))) => vec![record.gateway.to_string()],
@@ -672,13 +682,13 @@ pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Optio
     let routed = network
         .endpoints
         .iter()
-        .zip(&records)
+        .zip(records)
         .find(|(_, r)| !r.internal)
         .map(|(e, _)| e.slot);
     let interfaces = network
         .endpoints
         .iter()
-        .zip(&records)
+        .zip(records)
         .map(|(endpoint, record)| proto::GuestInterface {
             slot: endpoint.slot,
             mac: endpoint.mac.clone(),
@@ -687,13 +697,13 @@ pub fn guest_network(network: &ContainerNetwork, hostname: &str) -> Result<Optio
             mtu: record.mtu(),
         })
         .collect();
-    Ok(Some(proto::GuestNetwork {
+    Some(proto::GuestNetwork {
         interfaces,
         hosts,
         nameservers,
         search: network.dns_search.clone(),
         dns_options: network.dns_options.clone(),
-    }))
+    })
 }
 
 #[cfg(test)]
