@@ -22,6 +22,9 @@ pub struct Hulld {
     pub net_name: String,
     /// The network namespace hulld runs in (another "host"), if not ours.
     pub netns: Option<String>,
+    /// Another build's hulld (`start_build`), run with only the arguments
+    /// it was given; this workspace's if `None`.
+    build: Option<PathBuf>,
 }
 
 /// A network name no other test hulld of this machine has.
@@ -54,7 +57,31 @@ impl Hulld {
         Hulld::start_as(name, extra_args, &[], Some(netns))
     }
 
+    /// A hulld of another build, for a benchmark's baseline: `release`
+    /// is that build's `target/release` (its hulld, hull-shim and hull-vmm),
+    /// beside which `test-guest` holds its guest (`hull setup` of that
+    /// build, with HULL_DATA_DIR there). It gets no argument of this
+    /// build's (an older hulld may know none of them) but `extra_args`.
+    pub fn start_build(name: &str, release: &Path, extra_args: &[&str]) -> Result<Hulld> {
+        let guest = release
+            .parent()
+            .map(|target| target.join("test-guest").join("guest.json"))
+            .filter(|guest| guest.is_file())
+            .with_context(|| format!("no test-guest/guest.json beside {}", release.display()))?;
+        Hulld::start_from(name, extra_args, &[], None, Some((release, &guest)))
+    }
+
     fn start_as(name: &str, extra_args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Result<Hulld> {
+        Hulld::start_from(name, extra_args, env, netns, None)
+    }
+
+    fn start_from(
+        name: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        build: Option<(&Path, &Path)>,
+    ) -> Result<Hulld> {
         runtime::network::host::load_modules();
         let work = std::env::temp_dir().join(format!("hulld-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
@@ -62,9 +89,17 @@ impl Hulld {
         std::fs::create_dir_all(&data)?;
         // The tests' guest (kernel, initramfs), when there is one: tests
         // that start no VM need none.
-        let guest = crate::test_guest_dir().join("guest.json");
-        let _ = std::fs::copy(guest, data.join("guest.json"));
-        crate::template_cache::seed(&data);
+        match build {
+            // Its own guest, and templates it makes itself.
+            Some((_, guest)) => {
+                std::fs::copy(guest, data.join("guest.json"))?;
+            }
+            None => {
+                let guest = crate::test_guest_dir().join("guest.json");
+                let _ = std::fs::copy(guest, data.join("guest.json"));
+                crate::template_cache::seed(&data);
+            }
+        }
         let mut hulld = Hulld {
             child: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
@@ -74,6 +109,7 @@ impl Hulld {
             data,
             net_name: unique_net_name(),
             netns: netns.map(str::to_string),
+            build: build.map(|(release, _)| release.to_path_buf()),
         };
         hulld.spawn()?;
         Ok(hulld)
@@ -84,7 +120,10 @@ impl Hulld {
             .create(true)
             .append(true)
             .open(self.work.join("hulld.log"))?;
-        let hulld = crate::boot::workspace_binary("hulld")?;
+        let hulld = match &self.build {
+            Some(release) => release.join("hulld"),
+            None => crate::boot::workspace_binary("hulld")?,
+        };
         let mut command = match &self.netns {
             // `ip netns exec` execs hulld: the child's PID is hulld's.
             Some(netns) => {
@@ -103,10 +142,12 @@ impl Hulld {
             // Standby VMs only where a test asks for them (`vm_standby`):
             // an idle VM beside every test's would share the test host's
             // one vCPU with the VMs under test.
-            .args(match self.extra_args.iter().any(|a| a.starts_with("--standby-vms")) {
-                true => &[][..],
-                false => &["--standby-vms", "0"][..],
-            })
+            .args(
+                match self.build.is_some() || self.extra_args.iter().any(|a| a.starts_with("--standby-vms")) {
+                    true => &[][..],
+                    false => &["--standby-vms", "0"][..],
+                },
+            )
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("HULL_RUN_DIR", self.work.join("run"))
             .env("HULL_NET_NAME", &self.net_name)

@@ -62,6 +62,12 @@ enum Bench {
     Docker {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Another build's `target/release` (its guest set up into the
+        /// `test-guest` beside it): its hulld's `docker run -d` is timed in
+        /// the same runs, alternating with this build's, for a ratio that
+        /// the test host's speed from one boot to the next does not move.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Networking: what it adds to `docker run`, iperf3 throughput beside a
     /// veth pair, a published port under wrk beside podman -p, and a
@@ -138,7 +144,7 @@ fn main() -> Result<()> {
         Bench::Vmhost { runs } => vmhost_bench(runs),
         Bench::Image { runs } => image_bench::pull_and_disk(runs),
         Bench::ImageRun { runs } => image_bench::run_true(runs),
-        Bench::Docker { runs } => docker_bench::docker_bench(runs),
+        Bench::Docker { runs, baseline } => docker_bench::docker_bench(runs, baseline.as_deref()),
         Bench::Net { runs } => net_bench::net_bench(runs),
         Bench::Migrate {
             runs,
