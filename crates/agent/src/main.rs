@@ -258,6 +258,9 @@ fn prepare(root: &proto::PreparedRoot) -> Result<mounts::Prepared, String> {
     if let Err(e) = read_ahead::command(ROOT, &root.command_paths) {
         console(&format!("reading the command ahead: {e}"));
     }
+    if let Err(e) = read_ahead::files(ROOT, &read_ahead::ALWAYS_READ) {
+        console(&format!("reading the user and group files ahead: {e}"));
+    }
     Ok(mounted)
 }
 

@@ -40,6 +40,22 @@ pub fn command(root: &str, candidates: &[String]) -> io::Result<Option<String>> 
     Ok(None)
 }
 
+/// What every start reads of its image, whatever its command: the user's
+/// and the groups' entries (`user::resolve`).
+pub const ALWAYS_READ: [&str; 2] = ["/etc/passwd", "/etc/group"];
+
+/// Reads each of `paths` that is a regular file in the image mounted at
+/// `root` into the page cache.
+pub fn files(root: &str, paths: &[&str]) -> io::Result<()> {
+    let root_dir = open_dir(root)?;
+    for path in paths {
+        if let Some(mut file) = open_regular(&root_dir, path) {
+            read_whole(&mut file)?;
+        }
+    }
+    Ok(())
+}
+
 fn open_dir(path: &str) -> io::Result<File> {
     let path = CString::new(path).map_err(io::Error::other)?;
     // SAFETY: a NUL-terminated path alive for the call.
@@ -168,6 +184,21 @@ mod tests {
         std::fs::write(root.path().join("usr/bin/fifo"), b"#!/bin/sh\n").unwrap();
         let found = command(dir, &paths(&["/bin/fifo", "/usr/bin", "/usr/bin/fifo"])).unwrap();
         assert_eq!(found.as_deref(), Some("/usr/bin/fifo"));
+    }
+
+    #[test]
+    fn files_missing_or_not_regular_are_passed_over() {
+        let root = root();
+        let dir = root.path().to_str().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        // An image's /etc/group a FIFO: read ahead, it would block the standby.
+        let fifo = CString::new(root.path().join("etc/group").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path alive for the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        files(dir, &ALWAYS_READ).unwrap();
+        std::fs::write(root.path().join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+        files(dir, &ALWAYS_READ).unwrap();
+        assert!(files("/nonexistent-root", &ALWAYS_READ).is_err());
     }
 
     #[test]
