@@ -63,6 +63,9 @@ struct Plan<'a> {
     /// The child's errno, and whether it came from the set-up; 0 while none.
     errno: AtomicI32,
     in_set_up: AtomicBool,
+    /// Set just before the first `execve`: a child that ended without it
+    /// died in its set-up (by a signal: every other way out sets `errno`).
+    exec_reached: AtomicBool,
 }
 
 /// Starts `program` with `argv` (its name for itself first) and `env` (whole
@@ -109,6 +112,7 @@ pub fn launch(
         set_up,
         errno: AtomicI32::new(0),
         in_set_up: AtomicBool::new(false),
+        exec_reached: AtomicBool::new(false),
     };
     let stack = ChildStack::new().map_err(early)?;
 
@@ -139,14 +143,23 @@ pub fn launch(
         return Err(early(clone_error));
     }
     let errno = plan.errno.load(Ordering::SeqCst);
-    if errno != 0 {
+    if errno != 0 || !plan.exec_reached.load(Ordering::SeqCst) {
         // It has exited: reap it here, before anyone else takes its status.
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid out-pointer.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(LaunchError {
-            error: io::Error::from_raw_os_error(errno),
-            in_set_up: plan.in_set_up.load(Ordering::SeqCst),
+        return Err(match errno {
+            0 => LaunchError {
+                error: io::Error::other(match libc::WIFSIGNALED(status) {
+                    true => format!("killed by signal {} before it ran", libc::WTERMSIG(status)),
+                    false => format!("ended before it ran (status {status:#x})"),
+                }),
+                in_set_up: true,
+            },
+            errno => LaunchError {
+                error: io::Error::from_raw_os_error(errno),
+                in_set_up: plan.in_set_up.load(Ordering::SeqCst),
+            },
         });
     }
     Ok(Launched {
@@ -298,6 +311,7 @@ extern "C" fn child_main(plan: *mut libc::c_void) -> libc::c_int {
     // As execvp: a directory where it is not, or cannot be searched, is
     // passed over; a program found but not executable is reported as such.
     let mut denied = false;
+    plan.exec_reached.store(true, Ordering::SeqCst);
     for candidate in &plan.candidates {
         // SAFETY: NUL-terminated strings and null-terminated arrays of them.
         unsafe { libc::execve(candidate.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
@@ -398,5 +412,21 @@ mod tests {
         .unwrap();
         assert_eq!(refused.error.raw_os_error(), Some(libc::EPERM));
         assert!(refused.in_set_up);
+    }
+
+    #[test]
+    fn a_child_killed_in_its_set_up_is_no_start() {
+        // Raw syscalls: the child shares the test thread's TLS, so glibc's
+        // raise() would name that thread.
+        // SAFETY: kill of the calling process (the child) by its own PID.
+        let die = || unsafe {
+            libc::syscall(libc::SYS_kill, libc::syscall(libc::SYS_getpid), libc::SIGKILL);
+            Ok(())
+        };
+        let killed = launch("/bin/true", &["true".into()], &[], [Io::Null, Io::Null, Io::Null], &die)
+            .err()
+            .unwrap();
+        assert!(killed.in_set_up);
+        assert_eq!(killed.error.to_string(), "killed by signal 9 before it ran");
     }
 }
