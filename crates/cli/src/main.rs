@@ -437,6 +437,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let request = runtime::run::RunRequest {
         source,
+        process: None,
         overrides: image::config::Overrides {
             entrypoint,
             cmd: rest.collect(),

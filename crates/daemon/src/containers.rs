@@ -101,7 +101,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
     request
         .network
         .expose(&image_config.and_then(|c| c.exposed_ports().clone()).unwrap_or_default())?;
-    let process =
+    let mut process =
         image::config::process(Some(&config), &request.overrides).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let id = random_hex(32);
@@ -173,9 +173,9 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
     if !links.stored.is_empty() {
         network.extra_hosts.extend(links.hosts);
         request.overrides.env = links.env.into_iter().chain(request.overrides.env).collect();
-        let process = image::config::process(Some(&config), &request.overrides)
+        process = image::config::process(Some(&config), &request.overrides)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        record.process_env = process.env;
+        record.process_env = process.env.clone();
         record.host_config.links = Some(links.stored);
     }
     record.host_config.network_mode = match (&joins, request.network.is_default_mode()) {
@@ -231,6 +231,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         init: request.init,
         auto_remove: record.host_config.auto_remove,
         joins,
+        process: Some(process),
     };
     if let Err(e) = ContainerDir::new(&id).create(&spec) {
         let _ = daemon.containers.remove(&id);

@@ -27,7 +27,7 @@ pub struct Overrides {
 }
 
 /// The container's process, ready for the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Process {
     pub argv: Vec<String>,
     pub env: Vec<String>,

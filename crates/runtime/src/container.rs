@@ -69,6 +69,12 @@ pub struct ContainerSpec {
     /// (`--network container:NAME`); `None`: a VM of its own.
     #[serde(default)]
     pub joins: Option<String>,
+    /// Its command, environment, working directory and user: the image's
+    /// config under `overrides`, resolved at create as Docker fixes them
+    /// then (a start need not read the image's config). `None` in a spec
+    /// written before, whose start resolves them.
+    #[serde(default)]
+    pub process: Option<image::config::Process>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -830,6 +836,26 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_keeps_its_resolved_process_and_one_from_before_has_none() {
+        let mut spec: ContainerSpec = serde_json::from_value(serde_json::json!({
+            "image": null, "rootfs": "/r", "memory_mib": 256, "cpus": 1,
+            "overrides": {"entrypoint": null, "cmd": [], "env": [], "workdir": null, "user": null},
+            "hostname": "h", "open_stdin": false, "cold_boot": false,
+        }))
+        .unwrap();
+        assert_eq!(spec.process, None);
+        spec.process = Some(image::config::Process {
+            argv: vec!["sleep".into(), "60".into()],
+            env: vec!["PATH=/bin".into()],
+            workdir: "/".into(),
+            user: "1:2".into(),
+            groups: vec!["wheel".into()],
+        });
+        let again: ContainerSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(again.process, spec.process);
+    }
 
     #[test]
     fn our_own_process_is_alive_and_a_wrong_start_time_is_not() {

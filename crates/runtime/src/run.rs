@@ -38,6 +38,9 @@ pub struct RunRequest {
     /// Command line, environment, working directory and user, each
     /// overriding the image's config.
     pub overrides: Overrides,
+    /// The image's config and `overrides` resolved already (a container's,
+    /// at its create); `None`: resolved here from the image's config.
+    pub process: Option<image::config::Process>,
     pub memory_mib: u64,
     pub cpus: u8,
     /// CPU time the VM may take, in thousandths of a CPU (its jail's
@@ -473,8 +476,11 @@ pub fn run_in(
         Source::Rootfs(path) => (rootfs::disk_for(path)?, image::config::process(None, &overrides)?),
         Source::Image(record) => {
             let store = image::Store::open(&crate::data_dir())?;
-            let config = image::config::load(&store, &record.id)?;
-            let process = image::config::process(Some(&config), &overrides)?;
+            // Held or not, the same environment, directory and user.
+            let process = match &request.process {
+                Some(process) => process.clone(),
+                None => image::config::process(Some(&image::config::load(&store, &record.id)?), &overrides)?,
+            };
             let disk = match &arrival {
                 // The source's own bytes: the guest's page cache holds its blocks.
                 Some(arrival) => arrival.image_disk.clone(),

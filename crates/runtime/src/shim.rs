@@ -366,6 +366,7 @@ pub(crate) fn request_for(spec: &crate::container::ContainerSpec) -> Result<RunR
     Ok(RunRequest {
         source,
         overrides: spec.overrides.clone(),
+        process: spec.process.clone(),
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
         cpu_limit_millis: spec.cpu_limit_millis,
