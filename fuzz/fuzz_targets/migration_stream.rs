@@ -20,7 +20,7 @@ const DISK_BYTES: u64 = 256 << 10;
 fn disks() -> &'static IncomingDisks {
     static DISKS: std::sync::OnceLock<IncomingDisks> = std::sync::OnceLock::new();
     DISKS.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("hull-fuzz-disk-{}", std::process::id()));
+        let path = hull_fuzz::scratch_dir().join(format!("hull-fuzz-disk-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -37,7 +37,7 @@ fn disks() -> &'static IncomingDisks {
 fn tree() -> &'static std::path::Path {
     static TREE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     TREE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("hull-fuzz-tree-{}", std::process::id()));
+        let path = hull_fuzz::scratch_dir().join(format!("hull-fuzz-tree-{}", std::process::id()));
         std::fs::create_dir_all(&path).expect("the fuzz tree");
         path
     })

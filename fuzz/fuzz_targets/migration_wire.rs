@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 fn scratch() -> &'static File {
     static FILE: OnceLock<File> = OnceLock::new();
     FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("hull-fuzz-wire-{}", std::process::id()));
+        let path = hull_fuzz::scratch_dir().join(format!("hull-fuzz-wire-{}", std::process::id()));
         let file = File::options()
             .read(true)
             .write(true)
