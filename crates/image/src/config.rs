@@ -67,6 +67,20 @@ pub fn set_env(env: &mut Vec<String>, entry: &str) {
 
 /// Applies `overrides` to the image's config (None: a bare rootfs without
 /// one).
+/// The process of a container of image `id`: `resolved`, what its create
+/// resolved already, else the image's config under `overrides`.
+pub fn process_of(
+    store: &Store,
+    id: &Digest,
+    resolved: Option<&Process>,
+    overrides: &Overrides,
+) -> Result<Process, ConfigError> {
+    match resolved {
+        Some(process) => Ok(process.clone()),
+        None => process(Some(&load(store, id)?), overrides),
+    }
+}
+
 pub fn process(image: Option<&ImageConfiguration>, overrides: &Overrides) -> Result<Process, ConfigError> {
     let config = image.and_then(|i| i.config().as_ref());
     let entrypoint = match &overrides.entrypoint {

@@ -46,8 +46,8 @@ pub fn join_in(
         return Err("a container on another's network runs an image".into());
     };
     let store = image::Store::open(&crate::data_dir()).map_err(|e| e.to_string())?;
-    let config = image::config::load(&store, &record.id).map_err(|e| e.to_string())?;
-    let process = image::config::process(Some(&config), &request.overrides).map_err(|e| e.to_string())?;
+    let process = image::config::process_of(&store, &record.id, request.process.as_ref(), &request.overrides)
+        .map_err(|e| e.to_string())?;
     // One image, one disk: the VM's own serves both.
     let (slot, image_sectors) = match vm_spec.image == spec.image {
         true => (None, 0),

@@ -477,10 +477,8 @@ pub fn run_in(
         Source::Image(record) => {
             let store = image::Store::open(&crate::data_dir())?;
             // Held or not, the same environment, directory and user.
-            let process = match &request.process {
-                Some(process) => process.clone(),
-                None => image::config::process(Some(&image::config::load(&store, &record.id)?), &overrides)?,
-            };
+            // A held one's resolved process serves too: its argv is cleared below.
+            let process = image::config::process_of(&store, &record.id, request.process.as_ref(), &overrides)?;
             let disk = match &arrival {
                 // The source's own bytes: the guest's page cache holds its blocks.
                 Some(arrival) => arrival.image_disk.clone(),

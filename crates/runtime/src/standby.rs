@@ -757,9 +757,8 @@ impl RootPlan {
         let store = image::Store::open(&crate::data_dir()).ok()?;
         let record = store.image(spec.image.as_ref()?).ok()?;
         let image = image::disk::built_image_disk(&store, &record)?;
-        let command_paths = image::config::load(&store, &record.id)
+        let command_paths = image::config::process_of(&store, &record.id, spec.process.as_ref(), &spec.overrides)
             .ok()
-            .and_then(|config| image::config::process(Some(&config), &spec.overrides).ok())
             .map(|process| command_paths(&process.argv, &process.env))
             .unwrap_or_default();
         Some(RootPlan { image, command_paths })
