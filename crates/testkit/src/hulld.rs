@@ -22,8 +22,8 @@ pub struct Hulld {
     pub net_name: String,
     /// The network namespace hulld runs in (another "host"), if not ours.
     pub netns: Option<String>,
-    /// Another build's hulld (`start_build`), run with only the arguments
-    /// it was given; this workspace's if `None`.
+    /// Another build's `target/release` (`start_build`), whose hulld runs
+    /// with no argument of ours; this workspace's if `None`.
     build: Option<PathBuf>,
 }
 
@@ -60,15 +60,15 @@ impl Hulld {
     /// A hulld of another build, for a benchmark's baseline: `release`
     /// is that build's `target/release` (its hulld, hull-shim and hull-vmm),
     /// beside which `test-guest` holds its guest (`hull setup` of that
-    /// build, with HULL_DATA_DIR there). It gets no argument of this
-    /// build's (an older hulld may know none of them) but `extra_args`.
-    pub fn start_build(name: &str, release: &Path, extra_args: &[&str]) -> Result<Hulld> {
+    /// build, with HULL_DATA_DIR there). It gets no argument but its
+    /// socket and data directory: an older hulld may know none of ours.
+    pub fn start_build(name: &str, release: &Path) -> Result<Hulld> {
         let guest = release
             .parent()
             .map(|target| target.join("test-guest").join("guest.json"))
             .filter(|guest| guest.is_file())
             .with_context(|| format!("no test-guest/guest.json beside {}", release.display()))?;
-        Hulld::start_from(name, extra_args, &[], None, Some((release, &guest)))
+        Hulld::start_from(name, &[], &[], None, Some((release, &guest)))
     }
 
     fn start_as(name: &str, extra_args: &[&str], env: &[(&str, &str)], netns: Option<&str>) -> Result<Hulld> {

@@ -95,7 +95,7 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
     timed(&mut own.docker_command(&["run", "--rm", &image, "true"]))?;
     let base = match &baseline {
         Some(release) => {
-            let base = Hulld::start_build("bench-base", release, &[])?;
+            let base = Hulld::start_build("bench-base", release)?;
             timed(
                 base.docker_command(&["pull", "-q", &image])
                     .stdout(std::process::Stdio::null()),
