@@ -57,7 +57,8 @@ impl Default for Limits {
 }
 
 /// Rounds past the first that fits the downtime budget, while the dirty
-/// set still shrinks; and a set too small to be worth another.
+/// set still shrinks (as many again once the log is narrowed); and a set
+/// too small to be worth another.
 const EXTRA_ROUNDS: u32 = 4;
 const SMALL_ENOUGH: u64 = 64;
 
@@ -106,8 +107,9 @@ pub trait Source {
     fn take_dirty(&mut self) -> std::io::Result<PageSet>;
     /// Before the pause: starts logs of every write that are cheap to
     /// read; `take_dirty` then scans everything once with the guest
-    /// running, and once paused reads only those logs. Ok(false): not
-    /// supported (the pause scans everything).
+    /// running, and after that (the last rounds, and once paused) reads
+    /// only those logs. Ok(false): not supported (the pause scans
+    /// everything).
     fn narrow_dirty_log(&mut self) -> std::io::Result<bool> {
         Ok(false)
     }
@@ -475,6 +477,8 @@ fn precopy_and_switch<C: Read + Write>(
     let mut max_throttle = 0u8;
     let mut rounds_not_shrinking = 0;
     let mut extra_rounds = 0;
+    // Whether the log is narrowed: the rounds from then on read cheap logs.
+    let mut narrowed = false;
     // The link's throughput: the best a round reached, from its first page
     // sent to the destination's receipt. A small round spends most of its
     // time on a round trip and would make the link look slower than it is.
@@ -550,10 +554,20 @@ fn precopy_and_switch<C: Read + Write>(
         // Within the budget, a set still shrinking by a quarter a round
         // (an idle guest's) is worth another round: what is left is sent
         // with the guest paused, at a rate the estimate overstates.
-        if expected_downtime <= limits.downtime && (!shrinking || extra_rounds == EXTRA_ROUNDS) {
-            break;
+        let fits = expected_downtime <= limits.downtime;
+        if fits && (!shrinking || extra_rounds == EXTRA_ROUNDS) {
+            // The costly last scan of every page runs now, with the guest
+            // running, and the rounds go on from cheap logs while they
+            // shrink: the pause sends only the last short round's writes,
+            // not that scan's and the round's before it.
+            if narrowed || !narrow_and_scan(source, &mut set)? {
+                break;
+            }
+            narrowed = true;
+            extra_rounds = 0;
+            continue;
         }
-        if expected_downtime <= limits.downtime {
+        if fits {
             extra_rounds += 1;
         }
         if started.elapsed() >= limits.max_time || round >= limits.max_rounds {
@@ -578,29 +592,23 @@ fn precopy_and_switch<C: Read + Write>(
     }
 
     // Switch-over: the guest stands still from here.
-    source.throttle(0);
-    // The costly last scan of every page before the pause, if the source
-    // can log the guest's writes alone meanwhile; if not, it is in the pause.
-    match source.narrow_dirty_log() {
-        Ok(true) => {
-            set.add(
-                &source
-                    .take_dirty()
-                    .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
-            );
-            crate::trace::mark("migration: written pages scanned");
-        }
-        Ok(false) => {}
-        Err(e) => eprintln!("hull-vmm: the pause scans every page: {e}"),
-    }
     // On a link faster than LZ4 packs, the pause sends pages as they are.
     batch.compress = batch.compress && rates.lz4_pays(&batch);
+    if crate::trace::enabled() {
+        crate::trace::mark(&format!(
+            "migration: pausing after {round} rounds, {} pages left ({})",
+            set.count(),
+            match batch.compress {
+                true => "as LZ4 blocks",
+                false => "as they are",
+            }
+        ));
+    }
     let paused_at = Instant::now();
-    crate::trace::mark(match batch.compress {
-        true => "migration: pausing (the last pages as LZ4 blocks)",
-        false => "migration: pausing (the last pages as they are)",
-    });
     source.pause().map_err(MigrationError::Source)?;
+    // Lifted once paused: a guest the throttle holds now stays held into
+    // the pause, rather than run a slice first.
+    source.throttle(0);
     crate::trace::mark("migration: paused");
     *paused = true;
     set.add(
@@ -655,6 +663,28 @@ fn precopy_and_switch<C: Read + Write>(
         max_throttle,
         confirmed,
     })
+}
+
+/// Narrows the source's log and adds its last full scan (made with the
+/// guest running) to `set`; false if the source cannot narrow it (its
+/// pause then scans everything).
+fn narrow_and_scan(source: &mut dyn Source, set: &mut PageSet) -> Result<bool, MigrationError> {
+    match source.narrow_dirty_log() {
+        Ok(true) => {
+            set.add(
+                &source
+                    .take_dirty()
+                    .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
+            );
+            crate::trace::mark("migration: written pages scanned");
+            Ok(true)
+        }
+        Ok(false) => Ok(false),
+        Err(e) => {
+            eprintln!("hull-vmm: the pause scans every page: {e}");
+            Ok(false)
+        }
+    }
 }
 
 pub(super) fn unexpected(wanted: &str, got: Option<Frame>) -> MigrationError {

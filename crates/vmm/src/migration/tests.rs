@@ -1074,7 +1074,7 @@ impl Source for Narrowing {
 }
 
 #[test]
-fn a_source_that_narrows_its_log_scans_before_the_pause_and_reads_the_log_once_in_it() {
+fn a_source_that_narrows_its_log_scans_then_sends_a_round_from_the_log_before_the_pause() {
     let guest = Guest::new(40);
     let (mut here, there) = UnixStream::pair().unwrap();
     let dest = destination(there, memory(), None);
@@ -1088,7 +1088,34 @@ fn a_source_that_narrows_its_log_scans_before_the_pause_and_reads_the_log_once_i
     assert_same_memory(&guest.lock().unwrap().memory, &arrived);
     let calls = &source.1;
     let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
-    assert_eq!(&calls[narrowed..], ["narrow", "take", "pause", "take"], "{calls:?}");
+    // The scan, a round whose writes come from the cheap log (40 pages: too
+    // few for another), and the log read once in the pause.
+    assert_eq!(&calls[narrowed..], ["narrow", "take", "take", "pause", "take"], "{calls:?}");
+}
+
+#[test]
+fn rounds_go_on_from_the_narrowed_log_while_they_shrink() {
+    let guest = Guest::new(1000);
+    guest.lock().unwrap().settling = true;
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    let memory = guest.lock().unwrap().memory.clone();
+    let mut source = Narrowing(AsSource(guest.clone(), memory, Vec::new()), Vec::new());
+    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &generous());
+    assert!(report.unwrap().confirmed);
+    let (arrived, _) = dest.join().unwrap().unwrap();
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    let calls = &source.1;
+    let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
+    let takes = calls[narrowed..]
+        .iter()
+        .take_while(|&&c| c != "pause")
+        .filter(|&&c| c == "take")
+        .count();
+    // The scan, then rounds while the halving writes stay above 64 pages
+    // (500 scanned, then 250, 125, 62).
+    assert_eq!(takes, 4, "{calls:?}");
+    assert_eq!(calls.last(), Some(&"take"), "{calls:?}");
 }
 
 #[test]

@@ -69,6 +69,8 @@ struct Outgoing<'v, 'a> {
     /// Set once KVM's log and the VMM's record were emptied for the last
     /// full scan: from then on they hold every write.
     narrowed: bool,
+    /// That last full scan is done: the logs are read instead.
+    scanned: bool,
     /// KVM logs the guest's writes (from the migration's start).
     kvm_log: bool,
 }
@@ -123,6 +125,7 @@ impl Outgoing<'_, '_> {
     /// Ends KVM's log (and so the narrowed one).
     fn widen(&mut self) {
         self.narrowed = false;
+        self.scanned = false;
         if std::mem::take(&mut self.kvm_log) {
             let _ = self.log_guest_writes(false);
         }
@@ -151,13 +154,21 @@ impl Source for Outgoing<'_, '_> {
 
     fn take_dirty(&mut self) -> std::io::Result<PageSet> {
         if self.narrowed {
-            if !self.paused {
+            if !std::mem::replace(&mut self.scanned, true) {
                 // The last full scan: what is written during it is in the
                 // two logs.
                 return self.pagemap.soft_dirty();
             }
             let mut dirty = self.guest_writes()?;
-            dirty.add(&guest_memory::take_vmm_writes(self.vmm.memory));
+            let vmm_writes = guest_memory::take_vmm_writes(self.vmm.memory);
+            if crate::trace::enabled() {
+                crate::trace::mark(&format!(
+                    "migration: the logs read: {} pages by the guest, {} by the VMM",
+                    dirty.count(),
+                    vmm_writes.count()
+                ));
+            }
+            dirty.add(&vmm_writes);
             return Ok(dirty);
         }
         if self.paused {
@@ -438,6 +449,7 @@ fn migrate_with(
         trees,
         same_host: route.same_host,
         narrowed: false,
+        scanned: false,
         kvm_log: false,
     };
     let report = send::send(
