@@ -145,6 +145,8 @@ struct Moved {
     reported_downtime: Option<Duration>,
     total: Duration,
     bytes: u64,
+    /// hull-vmm's highest auto-converge throttle (percent), if it reports one.
+    max_throttle: Option<u8>,
 }
 
 impl Moved {
@@ -156,6 +158,7 @@ impl Moved {
             reported_downtime: None,
             total: CONVERGE_LIMIT,
             bytes: 0,
+            max_throttle: None,
         }
     }
 }
@@ -302,6 +305,11 @@ fn report_row(mib: u32, load: Load, runs: &[(&str, &Vec<Moved>)]) -> Result<Valu
             );
             peer["reported_downtime"] = reported.to_json();
         }
+        let throttles: Vec<u8> = moved.iter().filter_map(|m| m.max_throttle).collect();
+        if !throttles.is_empty() {
+            println!("{:>28} auto-converge's highest throttle per run: {throttles:?} %", name);
+            peer["max_throttle"] = json!(throttles);
+        }
         peers.insert(name.into(), peer);
     }
     Ok(json!({ "memory_mib": mib, "load": load.name(), "peers": peers }))
@@ -410,6 +418,7 @@ fn container_moves(mib: u32, runs: usize, downtime_ms: u32, between_hulls: bool)
             reported_downtime: None,
             total: Duration::from_millis(total),
             bytes,
+            max_throttle: None,
         });
     }
     for hulld in std::iter::once(&first).chain(second.as_ref()) {
@@ -630,6 +639,7 @@ fn hull_run(
         downtime_ms,
         total_ms,
         bytes_sent,
+        max_throttle,
         confirmed: true,
         ..
     } = reply
@@ -646,6 +656,7 @@ fn hull_run(
         reported_downtime: None,
         total: Duration::from_millis(total_ms),
         bytes: bytes_sent,
+        max_throttle: Some(max_throttle),
     })
 }
 
@@ -797,5 +808,6 @@ fn qemu_run(kernel: &Path, initramfs: &Path, mib: u32, downtime_ms: u32, load: L
         reported_downtime: Some(Duration::from_millis(downtime)),
         total: Duration::from_millis(total),
         bytes,
+        max_throttle: None,
     })
 }
