@@ -76,8 +76,10 @@ pub async fn create(
 }
 
 fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String, ApiError> {
+    vmm::trace::mark("create: asked");
     let image = daemon.images.resolve(&request.image)?;
     let config = image::config::load(&daemon.images, &image.id).map_err(ApiError::internal)?;
+    vmm::trace::mark("create: image config");
     let image_config = config.config().as_ref();
     // `-v /path` and the image's own VOLUMEs become anonymous volumes where
     // no named one is mounted.
@@ -160,7 +162,9 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         process_workdir: process.workdir.clone(),
         process_user: process.user.clone(),
     };
+    vmm::trace::mark("create: record");
     let mut network = crate::networking::plan(&id, &request.network)?;
+    vmm::trace::mark("create: network planned");
     // Links add names and (on the default bridge) variables before the
     // container's own environment, which wins over them.
     let links = match crate::links::resolve(daemon, &request.links, &record.name, &network) {
@@ -197,6 +201,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
             return Err(e);
         }
     };
+    vmm::trace::mark("create: volumes");
     let inserted = loop {
         match daemon.containers.insert(&record) {
             // A create running beside this one took the same generated name
@@ -210,6 +215,7 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         crate::networking::release(&id, &network);
         return Err(e.into());
     }
+    vmm::trace::mark("create: inserted");
     let spec = ContainerSpec {
         image: Some(image.id),
         rootfs: None,
@@ -240,8 +246,10 @@ fn create_blocking(daemon: &Daemon, mut request: CreateRequest) -> Result<String
         crate::networking::release(&id, &spec.network);
         return Err(e.into());
     }
+    vmm::trace::mark("create: written");
     tracing::info!("created container {id} ({})", record.name);
     daemon.container_event_of(&record, "create", &[]);
+    vmm::trace::mark("create: answered");
     Ok(id)
 }
 
