@@ -605,7 +605,10 @@ pub async fn start(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) ->
         if is_running(&state) {
             return Ok(empty(StatusCode::NOT_MODIFIED));
         }
-        daemon.containers.modify(&record.id, |r| r.manually_stopped = false)?;
+        // A store commit (two fsyncs) only when there is something to change.
+        if record.manually_stopped {
+            daemon.containers.modify(&record.id, |r| r.manually_stopped = false)?;
+        }
         daemon.start(&record.id)?;
         Ok(empty(StatusCode::NO_CONTENT))
     })
