@@ -6,8 +6,10 @@
 //! the guest runs with dirty logging on. Each later round sends the pages
 //! written during the one before. Once what is left would take no longer
 //! than the downtime budget at the bandwidth measured, and has stopped
-//! shrinking (a few rounds more at most), the guest is paused, the last
-//! dirty pages and the VM's state go, and the source waits for the
+//! shrinking (a few rounds more at most), the source scans every page one
+//! last time and the rounds go on from logs that are cheap to read
+//! (`Source::narrow_dirty_log`) while they shrink; then the guest is
+//! paused, the last dirty pages and the VM's state go, and the source waits for the
 //! destination to say it holds everything (`Ready`). Only then does
 //! it send `Go`, after which it never runs the guest again: a VM is never
 //! running on both hosts (if `Go` is lost, it runs on neither, and a
@@ -488,6 +490,7 @@ fn precopy_and_switch<C: Read + Write>(
         let round_started = Instant::now();
         let pages_before = batch.pages_sent;
         let saved_before = batch.saved;
+        let zeros_before = batch.zero_pages;
         let mut counted = Counted::new(&mut *conn);
         let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
         send_pages(&mut out, source, &set, skip_zeros, &mut batch)?;
@@ -515,13 +518,17 @@ fn precopy_and_switch<C: Read + Write>(
         // The link's own time: writes that waited for it, then its last bytes in.
         let on_wire = writing + waiting.elapsed();
         let delivering = round_started.elapsed().max(Duration::from_micros(100));
-        // What the round carried before LZ4: estimates are of pages to go.
-        let carried = bytes + (batch.saved - saved_before);
+        // What the round carried before LZ4, its zero pages (a flag on the
+        // wire) counted whole: estimates are of pages to go, whatever they
+        // hold. Counted as the few bytes they are, a guest rewriting zeros
+        // looked like one outrunning the link, and was throttled.
+        let packed_in = bytes + (batch.saved - saved_before);
+        let carried = packed_in + (batch.zero_pages - zeros_before) * PAGE_SIZE as u64;
         link = link.max(carried as f64 / delivering.as_secs_f64());
         rates.wire = rates
             .wire
             .max(bytes as f64 / on_wire.max(Duration::from_micros(100)).as_secs_f64());
-        rates.packed_in += carried;
+        rates.packed_in += packed_in;
         rates.packed_out += bytes;
         source.tick();
         let next = source
@@ -555,12 +562,29 @@ fn precopy_and_switch<C: Read + Write>(
         // (an idle guest's) is worth another round: what is left is sent
         // with the guest paused, at a rate the estimate overstates.
         let fits = expected_downtime <= limits.downtime;
+        if narrowed {
+            // The last rounds, from the cheap logs: on while they fit and
+            // shrink, a few at most.
+            if !fits || !shrinking || extra_rounds == EXTRA_ROUNDS {
+                break;
+            }
+            extra_rounds += 1;
+            continue;
+        }
         if fits && (!shrinking || extra_rounds == EXTRA_ROUNDS) {
+            // The guest runs at full speed from here: a held phase of the
+            // throttle must not run on into the pause, where the downtime
+            // would not count it.
+            let outran_the_link = throttle > 0;
+            throttle = 0;
+            source.throttle(0);
             // The costly last scan of every page runs now, with the guest
-            // running, and the rounds go on from cheap logs while they
-            // shrink: the pause sends only the last short round's writes,
-            // not that scan's and the round's before it.
-            if narrowed || !narrow_and_scan(source, &mut set)? {
+            // running. A guest that does not outrun the link then gets
+            // rounds from cheap logs while they shrink: the pause sends
+            // only the last short round's writes, not that scan's and the
+            // round's before it. One that does would write more during a
+            // round than it sends.
+            if !narrow_and_scan(source, &mut set)? || outran_the_link {
                 break;
             }
             narrowed = true;
@@ -606,9 +630,6 @@ fn precopy_and_switch<C: Read + Write>(
     }
     let paused_at = Instant::now();
     source.pause().map_err(MigrationError::Source)?;
-    // Lifted once paused: a guest the throttle holds now stays held into
-    // the pause, rather than run a slice first.
-    source.throttle(0);
     crate::trace::mark("migration: paused");
     *paused = true;
     set.add(

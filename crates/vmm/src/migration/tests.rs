@@ -52,6 +52,8 @@ struct Guest {
     writes_per_look: u64,
     /// A guest settling down (going idle): half as many writes each look.
     settling: bool,
+    /// It writes zero pages (which go as a flag).
+    writes_zeros: bool,
     next_page: u64,
     counter: u8,
     /// The sender's looks at the dirty log.
@@ -77,6 +79,7 @@ impl Guest {
             throttle: 0,
             writes_per_look,
             settling: false,
+            writes_zeros: false,
             next_page: 0,
             counter: 0,
             looks: 0,
@@ -93,7 +96,7 @@ impl Guest {
         for _ in 0..writes {
             self.counter = self.counter.wrapping_add(1).max(1);
             let page = self.next_page % PAGES;
-            fill(&self.memory, page, self.counter);
+            fill(&self.memory, page, if self.writes_zeros { 0 } else { self.counter });
             if self.logging {
                 self.written.insert(page);
             }
@@ -448,12 +451,58 @@ fn a_guest_outrunning_the_link_is_throttled_until_it_converges() {
     // Up by at least QEMU's steps (more when the rates seen call for it:
     // `next_throttle`), never down, until the pause lifts it.
     let (last, raised) = throttles.split_last().unwrap();
-    assert_eq!(*last, 0, "unthrottled once paused");
+    assert_eq!(*last, 0, "unthrottled at the switch-over");
     assert!(raised[0] >= 20, "{throttles:?}");
     assert!(
         raised.windows(2).all(|w| w[1] >= w[0].saturating_add(10).min(99)),
         "{throttles:?}"
     );
+}
+
+#[test]
+fn a_guest_writing_zero_pages_is_not_taken_for_one_outrunning_the_link() {
+    // 600 zero pages, then half as many each look: what a round sends
+    // (counted whole) is twice what the guest writes meanwhile.
+    let guest = Guest::new(600);
+    guest.lock().unwrap().settling = true;
+    guest.lock().unwrap().writes_zeros = true;
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    // Nothing fits until the guest is idle: every round is weighed.
+    let limits = Limits {
+        downtime: Duration::ZERO,
+        ..Limits::default()
+    };
+    let (report, rounds) = migrate_whole(&guest, &mut here, &limits);
+    let report = report.unwrap();
+    let (arrived, _) = dest.join().unwrap().unwrap();
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    assert!(rounds.len() > 3, "{rounds:?}");
+    assert_eq!(report.max_throttle, 0, "{rounds:?}");
+}
+
+#[test]
+fn a_throttled_guest_pauses_after_the_narrowed_scan_without_more_rounds() {
+    // 90 pages a look: none at 99% throttle, 90 again once it is lifted.
+    let guest = Guest::new(90);
+    let (mut here, there) = UnixStream::pair().unwrap();
+    let dest = destination(there, memory(), None);
+    let memory = guest.lock().unwrap().memory.clone();
+    let mut source = Narrowing(AsSource(guest.clone(), memory, Vec::new()), Vec::new());
+    let limits = Limits {
+        downtime: Duration::ZERO,
+        ..Limits::default()
+    };
+    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
+    assert_eq!(report.unwrap().max_throttle, 99);
+    let (arrived, _) = dest.join().unwrap().unwrap();
+    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    let calls = &source.1;
+    let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
+    assert_eq!(&calls[narrowed..], ["narrow", "take", "pause", "take"], "{calls:?}");
+    // Lifted before the scan: no held phase runs on into the pause.
+    assert_eq!(guest.lock().unwrap().throttles.last(), Some(&0));
+    assert_eq!(calls[..narrowed].last(), Some(&"unthrottle"), "{calls:?}");
 }
 
 #[test]
@@ -1066,6 +1115,9 @@ impl Source for Narrowing {
         self.0.resume()
     }
     fn throttle(&mut self, percent: u8) {
+        if percent == 0 {
+            self.1.push("unthrottle");
+        }
         self.0.throttle(percent)
     }
     fn state(&mut self) -> Result<Vec<u8>, String> {
@@ -1090,7 +1142,11 @@ fn a_source_that_narrows_its_log_scans_then_sends_a_round_from_the_log_before_th
     let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
     // The scan, a round whose writes come from the cheap log (40 pages: too
     // few for another), and the log read once in the pause.
-    assert_eq!(&calls[narrowed..], ["narrow", "take", "take", "pause", "take"], "{calls:?}");
+    assert_eq!(
+        &calls[narrowed..],
+        ["narrow", "take", "take", "pause", "take"],
+        "{calls:?}"
+    );
 }
 
 #[test]
