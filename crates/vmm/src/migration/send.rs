@@ -564,8 +564,11 @@ fn precopy_and_switch<C: Read + Write>(
         let fits = expected_downtime <= limits.downtime;
         if narrowed {
             // The last rounds, from the cheap logs: on while they fit and
-            // shrink, a few at most.
-            if !fits || !shrinking || extra_rounds == EXTRA_ROUNDS {
+            // shrink, a few at most. The first one also waited for the
+            // scan, and so let the guest write more: it is not held
+            // against them unless what it left is already small.
+            let small = dirty_bytes <= SMALL_ENOUGH * PAGE_SIZE as u64;
+            if !fits || small || extra_rounds == EXTRA_ROUNDS || (!shrinking && extra_rounds > 0) {
                 break;
             }
             extra_rounds += 1;
