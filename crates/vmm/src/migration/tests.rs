@@ -430,21 +430,28 @@ fn a_guest_settling_down_gets_more_rounds_while_its_dirty_set_shrinks() {
     assert_eq!(last_sets, [(1, 40), (5, 37)]);
 }
 
-#[test]
-fn a_guest_outrunning_the_link_is_throttled_until_it_converges() {
-    // 90 pages a look: none at 99% throttle.
-    let guest = Guest::new(90);
+/// `migrate_whole` with no downtime allowed (only a guest writing nothing
+/// fits), checked to arrive whole.
+fn migrate_without_downtime(guest: &Arc<Mutex<Guest>>) -> (Report, Vec<Progress>) {
     let (mut here, there) = UnixStream::pair().unwrap();
     let dest = destination(there, memory(), None);
-    // No downtime at all: only a guest throttled to a standstill converges.
     let limits = Limits {
         downtime: Duration::ZERO,
         ..Limits::default()
     };
-    let (report, rounds) = migrate_whole(&guest, &mut here, &limits);
+    let (report, rounds) = migrate_whole(guest, &mut here, &limits);
     let report = report.unwrap();
     let (arrived, _) = dest.join().unwrap().unwrap();
     assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    (report, rounds)
+}
+
+#[test]
+fn a_guest_outrunning_the_link_is_throttled_until_it_converges() {
+    // 90 pages a look: none at 99% throttle.
+    let guest = Guest::new(90);
+    // Only a guest throttled to a standstill converges.
+    let (report, rounds) = migrate_without_downtime(&guest);
     assert_eq!(report.max_throttle, 99, "{rounds:?}");
     assert!(rounds.windows(2).all(|w| w[0].throttle <= w[1].throttle));
     let throttles = guest.lock().unwrap().throttles.clone();
@@ -466,17 +473,8 @@ fn a_guest_writing_zero_pages_is_not_taken_for_one_outrunning_the_link() {
     let guest = Guest::new(600);
     guest.lock().unwrap().settling = true;
     guest.lock().unwrap().writes_zeros = true;
-    let (mut here, there) = UnixStream::pair().unwrap();
-    let dest = destination(there, memory(), None);
     // Nothing fits until the guest is idle: every round is weighed.
-    let limits = Limits {
-        downtime: Duration::ZERO,
-        ..Limits::default()
-    };
-    let (report, rounds) = migrate_whole(&guest, &mut here, &limits);
-    let report = report.unwrap();
-    let (arrived, _) = dest.join().unwrap().unwrap();
-    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
+    let (report, rounds) = migrate_without_downtime(&guest);
     assert!(rounds.len() > 3, "{rounds:?}");
     assert_eq!(report.max_throttle, 0, "{rounds:?}");
 }
