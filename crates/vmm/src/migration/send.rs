@@ -125,6 +125,10 @@ pub trait Source {
     fn throttle(&mut self, percent: u8);
     /// Called between frames: a throttled source keeps its duty cycle here.
     fn tick(&mut self) {}
+    /// Just before the pause, everything running: puts what was written
+    /// so far on the storage the destination opens, so that the flush in
+    /// the pause (`state`) finds little left to do.
+    fn flush_ahead(&mut self) {}
     /// The paused VM's state, encoded for the destination.
     fn state(&mut self) -> Result<Vec<u8>, String>;
     /// The disks that travel with the VM (none: the destination sees the
@@ -422,10 +426,10 @@ pub fn send<C: Read + Write>(
 ) -> Result<Report, MigrationError> {
     let mut paused = false;
     let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, &mut paused);
+    source.stop_dirty_log();
     source.disks().iter().for_each(|d| d.written.stop());
     if let Err(e) = &result {
         // The guest first: telling the destination may block on the link.
-        source.stop_dirty_log();
         source.throttle(0);
         if paused {
             source.resume();
@@ -618,6 +622,7 @@ fn precopy_and_switch<C: Read + Write>(
         }
     }
 
+    source.flush_ahead();
     // Switch-over: the guest stands still from here.
     // On a link faster than LZ4 packs, the pause sends pages as they are.
     batch.compress = batch.compress && rates.lz4_pays(&batch);
@@ -640,7 +645,8 @@ fn precopy_and_switch<C: Read + Write>(
             .take_dirty()
             .map_err(|e| MigrationError::DirtyLog(e.to_string()))?,
     );
-    source.stop_dirty_log();
+    // The logs stay on until the end (`send`): turning KVM's off changes a
+    // memory slot, work in proportion to the guest's memory, not for the pause.
     for (disk, chunks) in source.disks().iter().zip(&mut chunk_sets) {
         chunks.add(&disk.written_since());
     }
