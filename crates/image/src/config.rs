@@ -65,8 +65,6 @@ pub fn set_env(env: &mut Vec<String>, entry: &str) {
     env.push(entry.to_string());
 }
 
-/// Applies `overrides` to the image's config (None: a bare rootfs without
-/// one).
 /// The process of a container of image `id`: `resolved`, what its create
 /// resolved already, else the image's config under `overrides`.
 pub fn process_of(
@@ -81,6 +79,8 @@ pub fn process_of(
     }
 }
 
+/// Applies `overrides` to the image's config (None: a bare rootfs without
+/// one).
 pub fn process(image: Option<&ImageConfiguration>, overrides: &Overrides) -> Result<Process, ConfigError> {
     let config = image.and_then(|i| i.config().as_ref());
     let entrypoint = match &overrides.entrypoint {
