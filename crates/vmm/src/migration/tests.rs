@@ -483,20 +483,12 @@ fn a_guest_writing_zero_pages_is_not_taken_for_one_outrunning_the_link() {
 fn a_throttled_guest_pauses_after_the_narrowed_scan_without_more_rounds() {
     // 90 pages a look: none at 99% throttle, 90 again once it is lifted.
     let guest = Guest::new(90);
-    let (mut here, there) = UnixStream::pair().unwrap();
-    let dest = destination(there, memory(), None);
-    let memory = guest.lock().unwrap().memory.clone();
-    let mut source = Narrowing(AsSource(guest.clone(), memory, Vec::new()), Vec::new());
     let limits = Limits {
         downtime: Duration::ZERO,
         ..Limits::default()
     };
-    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &limits);
-    assert_eq!(report.unwrap().max_throttle, 99);
-    let (arrived, _) = dest.join().unwrap().unwrap();
-    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
-    let calls = &source.1;
-    let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
+    let (report, calls, narrowed) = migrate_narrowing(&guest, &limits);
+    assert_eq!(report.max_throttle, 99);
     assert_eq!(&calls[narrowed..], ["narrow", "take", "pause", "take"], "{calls:?}");
     // Lifted before the scan: no held phase runs on into the pause.
     assert_eq!(guest.lock().unwrap().throttles.last(), Some(&0));
@@ -1123,21 +1115,30 @@ impl Source for Narrowing {
     }
 }
 
-#[test]
-fn a_source_that_narrows_its_log_scans_then_sends_a_round_from_the_log_before_the_pause() {
-    let guest = Guest::new(40);
+/// `guest` migrated whole as a `Narrowing` source under `limits`, checked
+/// to arrive as it is: the report, the source's calls, and where the
+/// narrowing is among them.
+fn migrate_narrowing(guest: &Arc<Mutex<Guest>>, limits: &Limits) -> (Report, Vec<&'static str>, usize) {
     let (mut here, there) = UnixStream::pair().unwrap();
     let dest = destination(there, memory(), None);
     let memory = guest.lock().unwrap().memory.clone();
     let mut source = Narrowing(AsSource(guest.clone(), memory, Vec::new()), Vec::new());
-    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &generous());
+    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), limits);
     let report = report.unwrap();
     let (arrived, _) = dest.join().unwrap().unwrap();
-    assert!(report.confirmed);
-    // The guest wrote between the narrowed scan and the pause: those pages came too.
     assert_same_memory(&guest.lock().unwrap().memory, &arrived);
-    let calls = &source.1;
+    let calls = source.1;
     let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
+    (report, calls, narrowed)
+}
+
+#[test]
+fn a_source_that_narrows_its_log_scans_then_sends_a_round_from_the_log_before_the_pause() {
+    let guest = Guest::new(40);
+    // The guest wrote between the narrowed scan and the pause: those pages
+    // came too (the helper compares the memory).
+    let (report, calls, narrowed) = migrate_narrowing(&guest, &generous());
+    assert!(report.confirmed);
     // The scan, a round whose writes come from the cheap log (40 pages: too
     // few for another), and the log read once in the pause.
     assert_eq!(
@@ -1151,16 +1152,8 @@ fn a_source_that_narrows_its_log_scans_then_sends_a_round_from_the_log_before_th
 fn rounds_go_on_from_the_narrowed_log_while_they_shrink() {
     let guest = Guest::new(1000);
     guest.lock().unwrap().settling = true;
-    let (mut here, there) = UnixStream::pair().unwrap();
-    let dest = destination(there, memory(), None);
-    let memory = guest.lock().unwrap().memory.clone();
-    let mut source = Narrowing(AsSource(guest.clone(), memory, Vec::new()), Vec::new());
-    let (report, _) = migrate_from(&mut source, &mut here, None, &|_| Ok(PageSet::full(PAGES)), &generous());
-    assert!(report.unwrap().confirmed);
-    let (arrived, _) = dest.join().unwrap().unwrap();
-    assert_same_memory(&guest.lock().unwrap().memory, &arrived);
-    let calls = &source.1;
-    let narrowed = calls.iter().position(|&c| c == "narrow").expect("narrowed");
+    let (report, calls, narrowed) = migrate_narrowing(&guest, &generous());
+    assert!(report.confirmed);
     let takes = calls[narrowed..]
         .iter()
         .take_while(|&&c| c != "pause")
