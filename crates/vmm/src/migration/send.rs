@@ -230,50 +230,70 @@ impl Batch {
         }
     }
 
-    fn page(&mut self, w: &mut impl Write, page: u64, bytes: &[u8], skip_zeros: bool) -> Result<(), StreamError> {
-        let zero = is_zero(bytes);
-        if zero && skip_zeros {
-            return self.flush(w);
-        }
-        self.pages_sent += 1;
-        if zero {
-            self.flush_data(w)?;
-            if self.zeros > 0 && self.zeros_first + u64::from(self.zeros) != page {
-                self.flush_zeros(w)?;
-            }
-            if self.zeros == 0 {
-                self.zeros_first = page;
-            }
-            self.zeros += 1;
-            self.zero_pages += 1;
-            return Ok(());
-        }
-        self.flush_zeros(w)?;
+    /// Adds guest page `page`, read from `memory` straight into the frame
+    /// being made (one copy; a zero page is taken back out of it).
+    fn page(
+        &mut self,
+        w: &mut impl Write,
+        memory: &GuestMemoryMmap,
+        page: u64,
+        skip_zeros: bool,
+    ) -> Result<(), MigrationError> {
+        // A page that does not follow the frame's (or finds it full) ends
+        // it, zero or not: a zero page ends it too.
         let next = self.first + (self.data.len() / PAGE_SIZE) as u64;
         if !self.data.is_empty() && (next != page || self.data.len() == MAX_PAGES_PER_FRAME * PAGE_SIZE) {
             self.flush_data(w)?;
         }
-        if self.data.is_empty() {
-            self.first = page;
+        let at = self.data.len();
+        self.data.resize(at + PAGE_SIZE, 0);
+        // The guest may be writing this page as it is read: then it is in
+        // the dirty log again and goes again in the next round.
+        memory
+            .read_slice(&mut self.data[at..], GuestAddress(page * PAGE_SIZE as u64))
+            .map_err(|e| MigrationError::Memory(format!("reading guest page {page}: {e}")))?;
+        let zero = is_zero(&self.data[at..]);
+        if !zero {
+            self.flush_zeros(w)?;
+            if at == 0 {
+                self.first = page;
+            }
+            self.pages_sent += 1;
+            return Ok(());
         }
-        self.data.extend_from_slice(bytes);
+        self.data.truncate(at);
+        if skip_zeros {
+            return Ok(self.flush(w)?);
+        }
+        self.pages_sent += 1;
+        self.flush_data(w)?;
+        if self.zeros > 0 && self.zeros_first + u64::from(self.zeros) != page {
+            self.flush_zeros(w)?;
+        }
+        if self.zeros == 0 {
+            self.zeros_first = page;
+        }
+        self.zeros += 1;
+        self.zero_pages += 1;
         Ok(())
     }
 
+    /// Writes the frame being made; its buffer is kept for the next.
     fn flush_data(&mut self, w: &mut impl Write) -> Result<(), StreamError> {
-        if !self.data.is_empty() {
-            let data = std::mem::replace(&mut self.data, Vec::with_capacity(MAX_PAGES_PER_FRAME * PAGE_SIZE));
-            if !self.compress {
-                put_pages(w, self.first, data, false)?;
-                return Ok(());
-            }
-            let (started, input) = (Instant::now(), data.len() as u64);
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        if !self.compress {
+            put_pages(w, self.first, &self.data, false)?;
+        } else {
+            let (started, input) = (Instant::now(), self.data.len() as u64);
             self.packed.clear();
-            self.saved += put_pages(&mut self.packed, self.first, data, true)?;
+            self.saved += put_pages(&mut self.packed, self.first, &self.data, true)?;
             self.packing += started.elapsed();
             self.packed_input += input;
             w.write_all(&self.packed).map_err(StreamError::Io)?;
         }
+        self.data.clear();
         Ok(())
     }
 
@@ -345,16 +365,9 @@ fn send_pages(
     skip_zeros: bool,
     batch: &mut Batch,
 ) -> Result<(), MigrationError> {
-    let mut page_bytes = vec![0u8; PAGE_SIZE];
     for (first, count) in set.runs() {
         for page in first..first + count {
-            // The guest may be writing this page as it is read: then it is in
-            // the dirty log again and goes again in the next round.
-            source
-                .memory()
-                .read_slice(&mut page_bytes, GuestAddress(page * PAGE_SIZE as u64))
-                .map_err(|e| MigrationError::Memory(format!("reading guest page {page}: {e}")))?;
-            batch.page(w, page, &page_bytes, skip_zeros)?;
+            batch.page(w, source.memory(), page, skip_zeros)?;
             // A throttled guest's duty cycle is kept by the clock, not by
             // how many pages go (late rounds send few).
             source.tick();
@@ -426,7 +439,8 @@ pub fn send<C: Read + Write>(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, MigrationError> {
     let mut paused = false;
-    let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, &mut paused);
+    let result = precopy_and_switch(conn, source, hello, first_round, limits, progress, &mut paused)
+        .map_err(|e| its_reason(conn, e));
     source.stop_dirty_log();
     source.disks().iter().for_each(|d| d.written.stop());
     if let Err(e) = &result {
@@ -441,6 +455,34 @@ pub fn send<C: Read + Write>(
     }
     result
 }
+
+/// A destination that gives up says why and hangs up, maybe while this
+/// side still writes (the pause sends the state first, and it may refuse
+/// that while the last pages come): a write then fails on a closed
+/// connection, and the reason it left is read instead of the broken pipe.
+fn its_reason(conn: &mut impl Read, failed: MigrationError) -> MigrationError {
+    let MigrationError::Stream(StreamError::Io(e)) = &failed else {
+        return failed;
+    };
+    if !matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    ) {
+        return failed;
+    }
+    // Frames it sent before (a round's `RoundIn`) may come first.
+    for _ in 0..MAX_ROUNDS_IN_FLIGHT {
+        match read_frame(conn) {
+            Ok(Some(Frame::Abort { reason })) => return MigrationError::Aborted(reason),
+            Ok(Some(Frame::RoundIn { .. })) => continue,
+            _ => break,
+        }
+    }
+    failed
+}
+
+/// At most how many frames `its_reason` reads past to find the reason.
+const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
 /// `send`'s work; `paused` says whether the guest stands still when it fails.
 fn precopy_and_switch<C: Read + Write>(

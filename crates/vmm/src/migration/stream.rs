@@ -294,10 +294,13 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
 /// Writes a `Pages` frame of `data` (whole pages from page `first`),
 /// as one LZ4 block when `compress` asks for it and the block is smaller;
 /// returns the bytes that saved.
-pub fn put_pages(w: &mut impl Write, first: u64, data: Vec<u8>, compress: bool) -> Result<u64, StreamError> {
+pub fn put_pages(w: &mut impl Write, first: u64, data: &[u8], compress: bool) -> Result<u64, StreamError> {
     let pages = data.len() / PAGE_SIZE;
-    if compress && (1..=MAX_PAGES_PER_FRAME).contains(&pages) && data.len().is_multiple_of(PAGE_SIZE) {
-        let block = lz4_flex::block::compress(&data);
+    if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) || pages > MAX_PAGES_PER_FRAME {
+        return Err(StreamError::Malformed(format!("{} bytes of pages", data.len())));
+    }
+    if compress {
+        let block = lz4_flex::block::compress(data);
         if LZ4_HEADER + block.len() < 8 + data.len() {
             let mut header = first.to_le_bytes().to_vec();
             header.extend_from_slice(&(pages as u16).to_le_bytes());
@@ -305,7 +308,7 @@ pub fn put_pages(w: &mut impl Write, first: u64, data: Vec<u8>, compress: bool) 
             return Ok((8 + data.len() - LZ4_HEADER - block.len()) as u64);
         }
     }
-    put_frame(w, &Frame::Pages { first, data })?;
+    put_parts(w, kind::PAGES, &first.to_le_bytes(), data)?;
     Ok(0)
 }
 
@@ -427,13 +430,25 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
     if len > max {
         return Err(StreamError::Oversized { kind, len, max });
     }
-    let mut payload = vec![0u8; len];
+    // Bulk data (pages, a disk's or a file's bytes) is read into a buffer
+    // of its own, apart from the few bytes ahead of it: it is then neither
+    // copied nor moved down before it is used.
+    let head = match kind {
+        kind::PAGES => 8,
+        kind::DISK | kind::TREE_DATA => DISK_HEADER,
+        _ => len,
+    }
+    .min(len);
+    let mut payload = vec![0u8; head];
     read_exact(r, &mut payload)?;
+    let mut data = vec![0u8; len - head];
+    read_exact(r, &mut data)?;
     let mut trailer = [0u8; TRAILER];
     read_exact(r, &mut trailer)?;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header);
     crc.update(&payload);
+    crc.update(&data);
     if crc.finalize() != u32::from_le_bytes(trailer) {
         return Err(StreamError::Checksum);
     }
@@ -445,18 +460,17 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
         kind::HELLO => Frame::Hello(decode_hello(&payload)?),
         kind::WELCOME => Frame::Welcome(decode(&payload)?),
         kind::PAGES => {
-            let (first, data) = payload
-                .split_first_chunk::<8>()
-                .ok_or_else(|| StreamError::Malformed("a pages frame without its page number".into()))?;
-            if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+            let first = <[u8; 8]>::try_from(payload.as_slice())
+                .map_err(|_| StreamError::Malformed("a pages frame without its page number".into()))?;
+            if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) {
                 return Err(StreamError::Malformed(format!(
                     "a pages frame of {} bytes (not whole pages)",
                     data.len()
                 )));
             }
             Frame::Pages {
-                first: u64::from_le_bytes(*first),
-                data: data.to_vec(),
+                first: u64::from_le_bytes(first),
+                data,
             }
         }
         kind::PAGES_LZ4 => {
@@ -481,8 +495,8 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             let (first, count) = decode(&payload)?;
             Frame::Zeros { first, count }
         }
-        kind::DISK => chunk_frame(true, read_chunk(payload)?),
-        kind::TREE_DATA => chunk_frame(false, read_chunk(payload)?),
+        kind::DISK => chunk_frame(true, read_chunk(&payload, data)?),
+        kind::TREE_DATA => chunk_frame(false, read_chunk(&payload, data)?),
         kind::DISK_LZ4 => chunk_frame(true, read_packed_chunk(&payload)?),
         kind::TREE_DATA_LZ4 => chunk_frame(false, read_packed_chunk(&payload)?),
         kind::TREE_ENTRY => Frame::TreeEntry(decode(&payload)?),
@@ -521,19 +535,16 @@ fn chunk_frame(disk: bool, (id, offset, data): (u8, u64, Vec<u8>)) -> Frame {
     }
 }
 
-/// A raw disk or tree data frame's number, offset and data.
-fn read_chunk(payload: Vec<u8>) -> Result<(u8, u64, Vec<u8>), StreamError> {
-    if payload.len() <= DISK_HEADER {
+/// A raw disk or tree data frame's number, offset (`head`) and data.
+fn read_chunk(head: &[u8], data: Vec<u8>) -> Result<(u8, u64, Vec<u8>), StreamError> {
+    let Some((&id, offset)) = head.split_first() else {
         return Err(StreamError::Malformed("a disk or file data frame without data".into()));
+    };
+    let offset = <[u8; 8]>::try_from(offset);
+    match offset {
+        Ok(offset) if !data.is_empty() => Ok((id, u64::from_le_bytes(offset), data)),
+        _ => Err(StreamError::Malformed("a disk or file data frame without data".into())),
     }
-    let id = payload[0];
-    let mut offset = [0u8; 8];
-    offset.copy_from_slice(&payload[1..DISK_HEADER]);
-    // The data stays in the buffer it was read into (up to 1 MiB: moved
-    // down in place, not allocated again).
-    let mut data = payload;
-    data.drain(..DISK_HEADER);
-    Ok((id, u64::from_le_bytes(offset), data))
 }
 
 /// A compressed disk or tree data frame's number, offset and data.
@@ -734,7 +745,7 @@ mod tests {
             *b = (i % 251) as u8;
         }
         let mut bytes = Vec::new();
-        put_pages(&mut bytes, 7, data.clone(), true).unwrap();
+        put_pages(&mut bytes, 7, &data, true).unwrap();
         assert_eq!(bytes[0], kind::PAGES_LZ4);
         assert!(bytes.len() < data.len() / 2, "{} bytes for {}", bytes.len(), data.len());
         let read = read_frame(&mut bytes.as_slice()).unwrap();
@@ -747,7 +758,7 @@ mod tests {
         );
         // Uncompressed when not asked for, or when LZ4 gains nothing.
         let mut raw = Vec::new();
-        put_pages(&mut raw, 7, data, false).unwrap();
+        put_pages(&mut raw, 7, &data, false).unwrap();
         assert_eq!(raw[0], kind::PAGES);
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let noise: Vec<u8> = (0..PAGE_SIZE)
@@ -759,7 +770,7 @@ mod tests {
             })
             .collect();
         let mut noisy = Vec::new();
-        put_pages(&mut noisy, 1, noise.clone(), true).unwrap();
+        put_pages(&mut noisy, 1, &noise, true).unwrap();
         assert_eq!(noisy[0], kind::PAGES);
         assert_eq!(
             read_frame(&mut noisy.as_slice()).unwrap(),

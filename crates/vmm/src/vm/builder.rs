@@ -121,7 +121,10 @@ fn set_cpuids(vcpus: &[VcpuFd], cpuid: &kvm_bindings::CpuId, config: &VmConfig) 
 
 /// A restored or migrated VM's vCPU registers and in-kernel chips, once
 /// the vCPUs have their CPUID. None of it reads guest memory: a migrated
-/// VM's are set while its last pages still arrive.
+/// VM's are set while its last pages still arrive. (KVM writes one thing
+/// there: the wall clock's struct, as the MSR naming it is set; a last
+/// page may bring the source's copy back, which the guest read at boot
+/// only.)
 pub(super) fn restore_registers_and_chips<'a>(
     vm: &VmFd,
     vcpus: impl IntoIterator<Item = &'a VcpuFd>,
