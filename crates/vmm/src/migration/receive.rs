@@ -147,22 +147,6 @@ pub fn receive_memory<C: Read + Write>(
     trees: &mut IncomingTrees,
     progress: &mut dyn FnMut(u32, u64),
 ) -> Result<Incoming, MigrationError> {
-    receive_memory_and_state(conn, memory, memory_bytes, disks, trees, progress, &mut |_| Ok(()))
-}
-
-/// As `receive_memory`, handing the VM's state to `state_came` the moment
-/// it comes: with the guest paused, a source sends it ahead of the last
-/// pages, so that the state is set while those pages arrive. An error
-/// there (the state refused) ends the migration.
-pub fn receive_memory_and_state<C: Read + Write>(
-    conn: &mut C,
-    memory: &GuestMemoryMmap,
-    memory_bytes: u64,
-    disks: &IncomingDisks,
-    trees: &mut IncomingTrees,
-    progress: &mut dyn FnMut(u32, u64),
-    state_came: &mut dyn FnMut(&[u8]) -> Result<(), String>,
-) -> Result<Incoming, MigrationError> {
     let guest_pages = memory_bytes / PAGE_SIZE as u64;
     let in_guest = |first: u64, count: u64| -> Result<GuestAddress, MigrationError> {
         match first.checked_add(count) {
@@ -217,10 +201,7 @@ pub fn receive_memory_and_state<C: Read + Write>(
                 incoming.rounds = round.saturating_add(1);
                 progress(round, pages);
             }
-            Some(Frame::State(bytes)) if state.is_none() => {
-                state_came(&bytes).map_err(MigrationError::Refused)?;
-                state = Some(bytes);
-            }
+            Some(Frame::State(bytes)) if state.is_none() => state = Some(bytes),
             // The source waits for `Ready` now: nothing may follow.
             Some(Frame::Done) if !input.buffer().is_empty() => {
                 return Err(MigrationError::Unexpected("more after done".into()))

@@ -9,8 +9,7 @@
 //! shrinking (a few rounds more at most), the source scans every page one
 //! last time and the rounds go on from logs that are cheap to read
 //! (`Source::narrow_dirty_log`) while they shrink; then the guest is
-//! paused, the VM's state and then the last dirty pages go (the destination
-//! sets the state while the pages come), and the source waits for the
+//! paused, the last dirty pages and the VM's state go, and the source waits for the
 //! destination to say it holds everything (`Ready`). Only then does
 //! it send `Go`, after which it never runs the guest again: a VM is never
 //! running on both hosts (if `Go` is lost, it runs on neither, and a
@@ -457,9 +456,9 @@ pub fn send<C: Read + Write>(
 }
 
 /// A destination that gives up says why and hangs up, maybe while this
-/// side still writes (the pause sends the state first, and it may refuse
-/// that while the last pages come): a write then fails on a closed
-/// connection, and the reason it left is read instead of the broken pipe.
+/// side still writes (a round's pages it cannot take): a write then fails
+/// on a closed connection, and the reason it left is read instead of the
+/// broken pipe.
 fn its_reason(conn: &mut impl Read, failed: MigrationError) -> MigrationError {
     let MigrationError::Stream(StreamError::Io(e)) = &failed else {
         return failed;
@@ -683,18 +682,6 @@ fn precopy_and_switch<C: Read + Write>(
     source.pause().map_err(MigrationError::Source)?;
     crate::trace::mark("migration: paused");
     *paused = true;
-    // The state goes first: the destination decodes it and sets the vCPUs
-    // and chips (its longest step in the downtime) while the last pages
-    // are read and sent here, rather than after them.
-    let state = source.state().map_err(MigrationError::Source)?;
-    if crate::trace::enabled() {
-        crate::trace::mark(&format!("migration: state encoded, {} bytes", state.len()));
-    }
-    let mut counted = Counted::new(&mut *conn);
-    let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
-    put_frame(&mut out, &Frame::State(state))?;
-    out.flush().map_err(StreamError::Io)?;
-    crate::trace::mark("migration: state sent");
     set.add(
         &source
             .take_dirty()
@@ -709,12 +696,23 @@ fn precopy_and_switch<C: Read + Write>(
     // and was not sent (the guest stands still now).
     let tree_sets = tree_changes(source)?;
     crate::trace::mark("migration: last dirty pages read");
+    let mut counted = Counted::new(&mut *conn);
+    let mut out = BufWriter::with_capacity(OUT_BUFFER, &mut counted);
     send_pages(&mut out, source, &set, false, &mut batch)?;
     send_disks(&mut out, source, &chunk_sets, false, &mut batch)?;
     send_trees(&mut out, source, &tree_sets, &mut batch)?;
+    // Sent now: a destination on another core takes them while this one
+    // captures the state.
+    out.flush().map_err(StreamError::Io)?;
+    crate::trace::mark("migration: last pages sent");
+    let state = source.state().map_err(MigrationError::Source)?;
+    if crate::trace::enabled() {
+        crate::trace::mark(&format!("migration: state encoded, {} bytes", state.len()));
+    }
+    put_frame(&mut out, &Frame::State(state))?;
     write_frame(&mut out, &Frame::Done)?;
     drop(out);
-    crate::trace::mark("migration: last pages sent");
+    crate::trace::mark("migration: state sent");
     total_bytes += counted.written;
     match read_frame(conn)? {
         Some(Frame::Ready) => {}

@@ -120,12 +120,8 @@ fn set_cpuids(vcpus: &[VcpuFd], cpuid: &kvm_bindings::CpuId, config: &VmConfig) 
 }
 
 /// A restored or migrated VM's vCPU registers and in-kernel chips, once
-/// the vCPUs have their CPUID. None of it reads guest memory: a migrated
-/// VM's are set while its last pages still arrive. (KVM writes one thing
-/// there: the wall clock's struct, as the MSR naming it is set; a last
-/// page may bring the source's copy back, which the guest read at boot
-/// only.)
-pub(super) fn restore_registers_and_chips<'a>(
+/// the vCPUs have their CPUID.
+fn restore_registers_and_chips<'a>(
     vm: &VmFd,
     vcpus: impl IntoIterator<Item = &'a VcpuFd>,
     state: &VmState,
@@ -136,15 +132,20 @@ pub(super) fn restore_registers_and_chips<'a>(
     persist::restore_vm_state(vm, state)
 }
 
-/// The rest of a migrated VM's state, once every page is in (its vCPUs
-/// and chips already set): devices and their host sides (whose threads
-/// are parked).
-pub(super) fn apply_device_state(
+/// A migrated VM's state, arrived, given to the VM made before it came
+/// (its vCPUs' CPUID already set): vCPUs, chips, and devices and their
+/// host sides (whose threads are parked).
+pub(super) fn apply_state<'a>(
+    vm: &VmFd,
     devices: &DeviceManager,
+    vcpus: impl IntoIterator<Item = &'a VcpuFd>,
     config: &VmConfig,
     arrived: &super::incoming::Arrived,
 ) -> Result<(), VmError> {
-    devices.apply_state(config, &arrived.state)?;
+    let state = &arrived.state;
+    restore_registers_and_chips(vm, vcpus, state)?;
+    trace::mark("migration: vCPUs and chips set");
+    devices.apply_state(config, state)?;
     trace::mark("migration: devices set");
     // The shares' open files are opened again here, before `Ready`: one
     // that cannot be refuses the VM, which runs on at its source.

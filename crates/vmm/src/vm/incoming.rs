@@ -13,7 +13,7 @@ use crate::guest_memory::GuestMemoryMmap;
 
 use super::{IncomingFrom, Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
-use crate::migration::receive::{self, check_hello, read_hello, receive_memory_and_state, welcome};
+use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
 use crate::migration::stream::{DiskShape, SlotMacs, VmShape};
 use crate::migration::{disks, IncomingDisks, IncomingTrees, MigrationError};
 use crate::snapshot::{self, VmState};
@@ -203,20 +203,17 @@ pub(super) struct Arrived {
 }
 
 /// Takes the pages into `memory` (and the disks that travel into the
-/// devices' files) and the VM's state, checked against `config`; the
-/// state goes to `set_state` as soon as it comes, ahead of the pause's
-/// last pages (its devices' part is left for once every page is in). On
+/// devices' files) and then the VM's state, checked against `config`. On
 /// an error the source is told.
 pub(super) fn receive(
     conn: &mut std::fs::File,
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     devices: &DeviceManager,
-    set_state: &mut dyn FnMut(&VmState) -> Result<(), VmError>,
 ) -> Result<Arrived, VmError> {
     let taken = incoming_disks(config, devices)
         .and_then(|disks| Ok((disks, incoming_trees(devices)?)))
-        .and_then(|(disks, mut trees)| take(conn, memory, config, &disks, &mut trees, set_state));
+        .and_then(|(disks, mut trees)| take(conn, memory, config, &disks, &mut trees));
     if let Err(e) = &taken {
         receive::abort(conn, &e.to_string());
     }
@@ -255,42 +252,26 @@ fn take(
     config: &VmConfig,
     disks: &IncomingDisks,
     trees: &mut IncomingTrees,
-    set_state: &mut dyn FnMut(&VmState) -> Result<(), VmError>,
 ) -> Result<Arrived, VmError> {
-    let mut decoded = None;
-    let arrived = receive_memory_and_state(
+    let arrived = receive_memory(
         conn,
         memory,
         config.memory_mib << 20,
         disks,
         trees,
         &mut |round, pages| eprintln!("hull-vmm: migration round {round} in: {pages} pages"),
-        &mut |bytes| {
-            crate::trace::mark("migration: the state is in");
-            let state = decode(bytes, config).map_err(|e| e.to_string())?;
-            set_state(&state.state).map_err(|e| e.to_string())?;
-            decoded = Some(state);
-            Ok(())
-        },
     )
     .map_err(failed)?;
-    crate::trace::mark("migration: the last pages are in");
-    eprintln!(
-        "hull-vmm: the VM arrived: {} pages in {} rounds",
-        arrived.pages, arrived.rounds
-    );
-    // `receive_memory_and_state` ends only after the state.
-    decoded.ok_or_else(|| VmError::Migration("the source sent no VM state".into()))
-}
-
-/// The migrated VM's state, as the source's `MovedState` encoded it,
-/// checked against `config`.
-fn decode(bytes: &[u8], config: &VmConfig) -> Result<Arrived, VmError> {
-    let moved: super::migrate::MovedState = postcard::from_bytes(bytes)
+    crate::trace::mark("migration: the state is in");
+    let moved: super::migrate::MovedState = postcard::from_bytes(&arrived.state)
         .map_err(|e| VmError::Migration(format!("the migrated VM's state cannot be decoded: {e}")))?;
     let state = snapshot::decode_unsealed(&moved.vm, "the migrated VM's state")?;
     super::builder::check_shape(&state, config)?;
     crate::trace::mark("migration: the state is decoded");
+    eprintln!(
+        "hull-vmm: the VM arrived: {} pages in {} rounds",
+        arrived.pages, arrived.rounds
+    );
     Ok(Arrived {
         state,
         backends: moved.backends,

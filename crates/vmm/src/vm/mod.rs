@@ -112,13 +112,11 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         // Its state goes in under a filter installed now, not in the
         // downtime; the VMM's own goes on top once the guest runs.
         seccomp::install(&seccomp::arrival_filter()?, ThreadKind::Vmm);
-        let arrived = incoming::receive(&mut source, &built.memory, config, &devices, &mut |state| {
-            let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
-            builder::restore_registers_and_chips(&built.vm, vcpu_fds.iter().map(|fd| &**fd), state)?;
-            trace::mark("migration: vCPUs and chips set");
-            Ok(())
-        })?;
-        if let Err(e) = builder::apply_device_state(&devices, config, &arrived) {
+        let arrived = incoming::receive(&mut source, &built.memory, config, &devices)?;
+        let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
+        let applied = builder::apply_state(&built.vm, &devices, vcpu_fds.iter().map(|fd| &**fd), config, &arrived);
+        drop(vcpu_fds);
+        if let Err(e) = applied {
             // The source runs on: it is told why.
             crate::migration::receive::abort(&mut source, &e.to_string());
             return Err(e);
