@@ -68,14 +68,24 @@ pub fn qemu_command_on(machine: &str, kernel: &Path, initramfs: &Path, memory_mi
 
 /// `hull-vmm` booting `kernel`, its console on stderr (add `--disk` and more to it).
 pub fn hull_vmm_command(kernel: &Path, initramfs: &Path, memory_mib: u32) -> Result<Command> {
-    let mut cmd = Command::new(workspace_binary("hull-vmm")?);
+    Ok(hull_vmm_command_of(
+        &workspace_binary("hull-vmm")?,
+        kernel,
+        initramfs,
+        memory_mib,
+    ))
+}
+
+/// As `hull_vmm_command`, with the hull-vmm binary `vmm` (another build's).
+pub fn hull_vmm_command_of(vmm: &Path, kernel: &Path, initramfs: &Path, memory_mib: u32) -> Command {
+    let mut cmd = Command::new(vmm);
     cmd.arg("--kernel")
         .arg(kernel)
         .arg("--initrd")
         .arg(initramfs)
         .args(["--cmdline", CMDLINE, "--console", "--memory"])
         .arg(memory_mib.to_string());
-    Ok(cmd)
+    cmd
 }
 
 /// Runs a VMM until it exits, timing spawn to the guest's ready marker.

@@ -127,6 +127,10 @@ enum Bench {
             value_delimiter = ','
         )]
         loads: Vec<String>,
+        /// An earlier hull-vmm binary to measure beside this one (both
+        /// ends of its moves, pages as LZ4 blocks), in the same runs.
+        #[arg(long)]
+        baseline_vmm: Option<std::path::PathBuf>,
     },
     /// `hull run IMAGE true` end to end with the image in the store (needs
     /// hardware KVM: `image` runs it inside vmhost where there is none).
@@ -151,7 +155,8 @@ fn main() -> Result<()> {
             memory,
             downtime_ms,
             loads,
-        } => migrate_bench::migrate_bench(runs, &memory, downtime_ms, &loads),
+            baseline_vmm,
+        } => migrate_bench::migrate_bench(runs, &memory, downtime_ms, &loads, baseline_vmm.as_deref()),
         Bench::Fs {
             runs,
             seconds,

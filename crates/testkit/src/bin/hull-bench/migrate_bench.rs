@@ -20,7 +20,10 @@
 //! between the VMMs, the same for both): the row where a VMM without
 //! auto-converge cannot finish.
 //! Runs are interleaved; medians and p95. hull-vmm runs twice: as it
-//! runs by default (pages as LZ4 blocks) and without LZ4 (`hull_vmm_raw`).
+//! runs by default (pages as LZ4 blocks) and without LZ4 (`hull_vmm_raw`);
+//! with `--baseline-vmm PATH`, another build's hull-vmm runs a third time
+//! in each run (`hull_vmm_baseline`, LZ4), for a change's effect measured
+//! in one boot of the test host (its speed moves from one to the next).
 //!
 //! Then a whole container's move through hulld (`POST
 //! /containers/{id}/migrate`, as `hull migrate` asks it): an idle busybox
@@ -165,7 +168,13 @@ impl Moved {
 
 /// `loads`: the rows to run, by load name, and `container` for the
 /// container rows.
-pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32, loads: &[String]) -> Result<()> {
+pub fn migrate_bench(
+    runs: usize,
+    sizes: &[u32],
+    downtime_ms: u32,
+    loads: &[String],
+    baseline: Option<&Path>,
+) -> Result<()> {
     let wanted = |name: &str| loads.iter().any(|l| l == name);
     if let Some(unknown) = loads
         .iter()
@@ -176,7 +185,7 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32, loads: &[Stri
     if !matches!(vmm::host::classify(), HostKvm::Hardware { .. }) {
         println!("no hardware KVM here: running the migration benchmark inside vmhost");
         let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
-        inside_vmhost(vec![
+        let mut args = vec![
             "migrate".into(),
             "--runs".into(),
             runs.to_string(),
@@ -186,7 +195,11 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32, loads: &[Stri
             downtime_ms.to_string(),
             "--loads".into(),
             loads.join(","),
-        ])?;
+        ];
+        if let Some(path) = baseline {
+            args.extend(["--baseline-vmm".into(), path.canonicalize()?.display().to_string()]);
+        }
+        inside_vmhost(args)?;
         return Ok(());
     }
     let kernel = guest::cloud_kernel()?;
@@ -199,19 +212,26 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32, loads: &[Stri
             let initramfs =
                 guest::busybox_initramfs(&kernel, &work.join(format!("{}.cpio", load.name())), &load.script())?;
             let (mut hull, mut hull_raw, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
+            let mut earlier = Vec::new();
             for run in 1..=runs {
                 eprintln!("migrate {mib} MiB {} run {run}/{runs}", load.name());
                 let dir = work.join(format!("{mib}-{}-{run}", load.name()));
                 std::fs::create_dir_all(&dir)?;
-                for (compress, moves) in [(true, &mut hull), (false, &mut hull_raw)] {
+                let ours = boot::workspace_binary("hull-vmm")?;
+                let mut builds: Vec<(&Path, bool, &mut Vec<Moved>)> =
+                    vec![(&ours, true, &mut hull), (&ours, false, &mut hull_raw)];
+                if let Some(path) = baseline {
+                    builds.push((path, true, &mut earlier));
+                }
+                for (at, (vmm, compress, moves)) in builds.into_iter().enumerate() {
                     moves.push(hull_run(
-                        &kernel.vmlinuz(),
-                        &initramfs,
+                        vmm,
+                        (&kernel.vmlinuz(), &initramfs),
                         mib,
                         downtime_ms,
                         compress,
                         load,
-                        &dir.join(format!("hull-{compress}")),
+                        &dir.join(format!("hull-{at}")),
                     )?);
                 }
                 qemu.push(qemu_run(
@@ -224,7 +244,10 @@ pub fn migrate_bench(runs: usize, sizes: &[u32], downtime_ms: u32, loads: &[Stri
                 )?);
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            let peers = [("hull_vmm", &hull), ("hull_vmm_raw", &hull_raw), ("qemu", &qemu)];
+            let mut peers = vec![("hull_vmm", &hull), ("hull_vmm_raw", &hull_raw), ("qemu", &qemu)];
+            if baseline.is_some() {
+                peers.push(("hull_vmm_baseline", &earlier));
+            }
             rows.push(report_row(mib, load, &peers)?);
         }
         if !wanted("container") {
@@ -570,10 +593,11 @@ fn check_alive_and_end(mut destination: Child, log: &Path, who: &str) -> Result<
     result
 }
 
-/// One hull-vmm to hull-vmm move; `compress`: LZ4 on the pages.
+/// One move from a hull-vmm to another, both the binary `vmm`;
+/// `compress`: LZ4 on the pages.
 fn hull_run(
-    kernel: &Path,
-    initramfs: &Path,
+    vmm: &Path,
+    (kernel, initramfs): (&Path, &Path),
     mib: u32,
     downtime_ms: u32,
     compress: bool,
@@ -582,9 +606,9 @@ fn hull_run(
 ) -> Result<Moved> {
     std::fs::create_dir_all(dir)?;
     let (control, incoming, dest_log) = (dir.join("source.ctl"), dir.join("in.sock"), dir.join("dest.log"));
-    let mut source = boot::hull_vmm_command(kernel, initramfs, mib)?;
+    let mut source = boot::hull_vmm_command_of(vmm, kernel, initramfs, mib);
     source.arg("--control-socket").arg(&control);
-    let mut destination = Command::new(boot::workspace_binary("hull-vmm")?);
+    let mut destination = Command::new(vmm);
     destination
         .arg("--incoming")
         .arg(&incoming)
