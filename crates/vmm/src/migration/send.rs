@@ -469,19 +469,12 @@ fn its_reason(conn: &mut impl Read, failed: MigrationError) -> MigrationError {
     ) {
         return failed;
     }
-    // Frames it sent before (a round's `RoundIn`) may come first.
-    for _ in 0..MAX_ROUNDS_IN_FLIGHT {
-        match read_frame(conn) {
-            Ok(Some(Frame::Abort { reason })) => return MigrationError::Aborted(reason),
-            Ok(Some(Frame::RoundIn { .. })) => continue,
-            _ => break,
-        }
+    // The round trip before each round leaves nothing else unread.
+    match read_frame(conn) {
+        Ok(Some(Frame::Abort { reason })) => MigrationError::Aborted(reason),
+        _ => failed,
     }
-    failed
 }
-
-/// At most how many frames `its_reason` reads past to find the reason.
-const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
 /// `send`'s work; `paused` says whether the guest stands still when it fails.
 fn precopy_and_switch<C: Read + Write>(

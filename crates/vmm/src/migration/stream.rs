@@ -268,12 +268,7 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
     let (kind, payload, pages): (u8, std::borrow::Cow<[u8]>, &[u8]) = match frame {
         Frame::Hello(hello) => (kind::HELLO, encode(hello)?.into(), &[]),
         Frame::Welcome(welcome) => (kind::WELCOME, encode(welcome)?.into(), &[]),
-        Frame::Pages { first, data } => {
-            if data.is_empty() || data.len() % PAGE_SIZE != 0 || data.len() > MAX_PAGES_PER_FRAME * PAGE_SIZE {
-                return Err(StreamError::Malformed(format!("{} bytes of pages", data.len())));
-            }
-            (kind::PAGES, first.to_le_bytes().to_vec().into(), data.as_slice())
-        }
+        Frame::Pages { first, data } => return put_pages(w, *first, data, false).map(|_| ()),
         Frame::Zeros { first, count } => (kind::ZEROS, encode(&(first, count))?.into(), &[]),
         Frame::Disk { disk, offset, data } => chunk_parts(kind::DISK, *disk, *offset, data)?,
         Frame::TreeData { share, offset, data } => chunk_parts(kind::TREE_DATA, *share, *offset, data)?,
@@ -537,12 +532,11 @@ fn chunk_frame(disk: bool, (id, offset, data): (u8, u64, Vec<u8>)) -> Frame {
 
 /// A raw disk or tree data frame's number, offset (`head`) and data.
 fn read_chunk(head: &[u8], data: Vec<u8>) -> Result<(u8, u64, Vec<u8>), StreamError> {
-    let Some((&id, offset)) = head.split_first() else {
-        return Err(StreamError::Malformed("a disk or file data frame without data".into()));
-    };
-    let offset = <[u8; 8]>::try_from(offset);
-    match offset {
-        Ok(offset) if !data.is_empty() => Ok((id, u64::from_le_bytes(offset), data)),
+    let parsed = head
+        .split_first()
+        .and_then(|(&id, offset)| Some((id, <[u8; 8]>::try_from(offset).ok()?)));
+    match parsed {
+        Some((id, offset)) if !data.is_empty() => Ok((id, u64::from_le_bytes(offset), data)),
         _ => Err(StreamError::Malformed("a disk or file data frame without data".into())),
     }
 }

@@ -206,6 +206,7 @@ pub fn migrate_bench(
     let work = std::env::temp_dir().join(format!("hull-bench-migrate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
+    let ours = boot::workspace_binary("hull-vmm")?;
     let mut rows = Vec::new();
     for &mib in sizes {
         for load in Load::all().into_iter().filter(|l| wanted(l.name())) {
@@ -217,7 +218,6 @@ pub fn migrate_bench(
                 eprintln!("migrate {mib} MiB {} run {run}/{runs}", load.name());
                 let dir = work.join(format!("{mib}-{}-{run}", load.name()));
                 std::fs::create_dir_all(&dir)?;
-                let ours = boot::workspace_binary("hull-vmm")?;
                 let mut builds: Vec<(&Path, bool, &mut Vec<Moved>)> =
                     vec![(&ours, true, &mut hull), (&ours, false, &mut hull_raw)];
                 if let Some(path) = baseline {
