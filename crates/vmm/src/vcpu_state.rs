@@ -7,7 +7,13 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use crate::cpu::{self, kvm, CpuError};
 use crate::snapshot::VcpuState;
 
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_ADJUST: u32 = 0x3b;
 const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// KVM's first kvmclock MSRs (wall clock, system time).
+const MSR_KVM_CLOCK_LEGACY: std::ops::RangeInclusive<u32> = 0x11..=0x12;
+/// KVM's paravirtual MSRs (kvmclock, steal time, async PF, PV EOI, ...).
+const MSR_KVM_PARAVIRT: std::ops::RangeInclusive<u32> = 0x4b56_4d00..=0x4b56_4dff;
 
 /// The MSRs KVM can save for a vCPU.
 pub fn msr_indices(kvm_fd: &Kvm) -> Result<Vec<u32>, CpuError> {
@@ -73,6 +79,29 @@ pub fn set_cpuid(vcpu: &VcpuFd, base_cpuid: &CpuId, id: u8, count: u8) -> Result
 /// The rest of a restore, once the CPUID is set: state whose meaning
 /// depends on it, events last.
 pub fn restore_registers(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), CpuError> {
+    set_registers(vcpu, state, true)
+}
+
+/// What of `restore_registers` can be done ahead and done again with
+/// nothing of the first left over (a migration's early state): not the
+/// local APIC (its timer would run), nor the MSRs of time (KVM takes a TSC
+/// written twice within a second as one write, to keep vCPUs in step) or
+/// those that make KVM write guest memory (kvmclock's pages, steal time,
+/// async page faults).
+pub fn rehearse_registers(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), CpuError> {
+    set_registers(vcpu, state, false)
+}
+
+/// Whether setting MSR `index` starts a timer, moves the TSC or has KVM
+/// write guest memory.
+fn msr_of_time_or_memory(index: u32) -> bool {
+    matches!(index, MSR_IA32_TSC | MSR_IA32_TSC_ADJUST | MSR_IA32_TSC_DEADLINE)
+        || MSR_KVM_CLOCK_LEGACY.contains(&index)
+        || MSR_KVM_PARAVIRT.contains(&index)
+}
+
+/// `restore_registers`; only what may be set twice unless `whole`.
+fn set_registers(vcpu: &VcpuFd, state: &VcpuState, whole: bool) -> Result<(), CpuError> {
     vcpu.set_mp_state(state.mp_state).map_err(kvm("KVM_SET_MP_STATE"))?;
     vcpu.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;
     vcpu.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
@@ -82,12 +111,17 @@ pub fn restore_registers(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), CpuErro
     vcpu.set_xcrs(&state.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
     vcpu.set_debug_regs(&state.debugregs)
         .map_err(kvm("KVM_SET_DEBUGREGS"))?;
-    vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+    if whole {
+        vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+    }
     // KVM reads a TSC deadline against the guest's TSC: that must be
     // restored first, or the timer fires at a wrong time, maybe never
     // (Firecracker #4099). KVM's index list happens to have that order;
     // this does not rely on it.
     let mut msrs = state.msrs.clone();
+    if !whole {
+        msrs.retain(|&(index, _)| !msr_of_time_or_memory(index));
+    }
     msrs.sort_by_key(|&(index, _)| index == MSR_IA32_TSC_DEADLINE);
     for chunk in msrs.chunks(KVM_MAX_MSR_ENTRIES) {
         let written = vcpu.set_msrs(&cpu::msr_list(chunk)?).map_err(kvm("KVM_SET_MSRS"))?;

@@ -138,7 +138,8 @@ pub struct Incoming {
 /// Takes pages into `memory`, disk data into `disks` and shared
 /// directories' files into `trees` until the source is done (the disks
 /// and directories then synced), answering each round's end once its
-/// pages are in; progress (round, pages it sent) goes to `progress`.
+/// pages are in; progress (round, pages it sent) goes to `progress`. An
+/// early state is taken and not looked at (`receive_memory_with`).
 pub fn receive_memory<C: Read + Write>(
     conn: &mut C,
     memory: &GuestMemoryMmap,
@@ -146,6 +147,22 @@ pub fn receive_memory<C: Read + Write>(
     disks: &IncomingDisks,
     trees: &mut IncomingTrees,
     progress: &mut dyn FnMut(u32, u64),
+) -> Result<Incoming, MigrationError> {
+    receive_memory_with(conn, memory, memory_bytes, disks, trees, progress, &mut |_| Ok(()))
+}
+
+/// `receive_memory`, the source's early state (ahead of any page) given
+/// to `early_state`, which says why the VM cannot be taken if it cannot:
+/// the source then hears it at round 0's end, before the rest of its
+/// memory travels.
+pub fn receive_memory_with<C: Read + Write>(
+    conn: &mut C,
+    memory: &GuestMemoryMmap,
+    memory_bytes: u64,
+    disks: &IncomingDisks,
+    trees: &mut IncomingTrees,
+    progress: &mut dyn FnMut(u32, u64),
+    early_state: &mut dyn FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<Incoming, MigrationError> {
     let guest_pages = memory_bytes / PAGE_SIZE as u64;
     let in_guest = |first: u64, count: u64| -> Result<GuestAddress, MigrationError> {
@@ -170,6 +187,7 @@ pub fn receive_memory<C: Read + Write>(
         pages: 0,
     };
     let mut state = None;
+    let mut early = false;
     // Many frames a read: a source's late rounds are runs of small frames.
     let mut input = BufReader::with_capacity(IN_BUFFER, &mut *conn);
     loop {
@@ -202,6 +220,11 @@ pub fn receive_memory<C: Read + Write>(
                 progress(round, pages);
             }
             Some(Frame::State(bytes)) if state.is_none() => state = Some(bytes),
+            // Once, first: what it is for is a refusal before the pages.
+            Some(Frame::EarlyState(bytes)) if !early && incoming.rounds == 0 && incoming.pages == 0 => {
+                early = true;
+                early_state(&bytes).map_err(MigrationError::Refused)?;
+            }
             // The source waits for `Ready` now: nothing may follow.
             Some(Frame::Done) if !input.buffer().is_empty() => {
                 return Err(MigrationError::Unexpected("more after done".into()))

@@ -131,6 +131,12 @@ pub trait Source {
     fn flush_ahead(&mut self) {}
     /// The paused VM's state, encoded for the destination.
     fn state(&mut self) -> Result<Vec<u8>, String>;
+    /// The state as it stood when `start_dirty_log` began the log (the
+    /// guest stood still for it then), encoded as `state` encodes it, if
+    /// it was taken: it goes ahead of the pages (`Frame::EarlyState`).
+    fn early_state(&mut self) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
     /// The disks that travel with the VM (none: the destination sees the
     /// same files).
     fn disks(&self) -> &[OutgoingDisk] {
@@ -499,6 +505,11 @@ fn precopy_and_switch<C: Read + Write>(
         .start_dirty_log()
         .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
     let mut set = first_round(has_template).map_err(|e| MigrationError::Source(format!("the VM's own pages: {e}")))?;
+    // A destination that cannot take the VM's state says so now, before
+    // the memory travels (its answer is read at round 0's end).
+    if let Some(early) = source.early_state().map_err(MigrationError::Source)? {
+        write_frame(conn, &Frame::EarlyState(early))?;
+    }
     // The disks' writes are logged from before their first pass reads them.
     let mut chunk_sets = Vec::new();
     for disk in source.disks() {
@@ -772,6 +783,7 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::RoundEnd { .. } => "a round's end",
         Frame::RoundIn { .. } => "a round's receipt",
         Frame::State(_) => "the VM state",
+        Frame::EarlyState(_) => "the VM's early state",
         Frame::Done => "done",
         Frame::Ready => "ready",
         Frame::Go => "go",

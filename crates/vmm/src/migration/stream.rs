@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 /// hello carries the guest's MACs. 6: pages and disk data may travel
 /// LZ4-compressed. 7: the state carries the devices' host sides (the
 /// shared directories' open files and inodes). 8: shared directories
-/// may travel (`TreeEntry`, `TreeData`; the hello names them).
-pub const VERSION: u32 = 8;
+/// may travel (`TreeEntry`, `TreeData`; the hello names them). 9: the
+/// state as the pre-copy began goes ahead of the pages (`EarlyState`).
+pub const VERSION: u32 = 9;
 /// Guest pages are this big on x86-64.
 pub const PAGE_SIZE: usize = 4096;
 /// At most this many pages travel in one `Pages` frame (1 MiB).
@@ -150,6 +151,12 @@ pub enum Frame {
     },
     /// The paused VM's state, opaque to the stream.
     State(Vec<u8>),
+    /// The VM's state as it stood when the pre-copy began, ahead of any
+    /// page: the destination takes it as it will take `State` (decoded,
+    /// checked, its vCPUs' registers set but not run), so that a VM it
+    /// cannot take is refused before its memory travels. `State`
+    /// replaces it.
+    EarlyState(Vec<u8>),
     /// The source sent everything.
     Done,
     /// The destination holds the whole VM and would run it on `Go`.
@@ -205,6 +212,7 @@ mod kind {
     pub const TREE_ENTRY: u8 = 17;
     pub const TREE_DATA: u8 = 18;
     pub const TREE_DATA_LZ4: u8 = 19;
+    pub const EARLY_STATE: u8 = 20;
 }
 
 fn max_payload(kind: u8) -> Result<usize, StreamError> {
@@ -212,7 +220,7 @@ fn max_payload(kind: u8) -> Result<usize, StreamError> {
         kind::PAGES => 8 + MAX_PAGES_PER_FRAME * PAGE_SIZE,
         // Sent only when smaller than the pages themselves.
         kind::PAGES_LZ4 => LZ4_HEADER + MAX_PAGES_PER_FRAME * PAGE_SIZE,
-        kind::STATE => MAX_STATE,
+        kind::STATE | kind::EARLY_STATE => MAX_STATE,
         kind::DISK | kind::TREE_DATA => DISK_HEADER + MAX_DISK_BYTES,
         kind::DISK_LZ4 | kind::TREE_DATA_LZ4 => DISK_LZ4_HEADER + MAX_DISK_BYTES,
         kind::HELLO..=kind::DISK_ZEROS | kind::TREE_ENTRY => MAX_SMALL,
@@ -277,6 +285,7 @@ pub fn put_frame(w: &mut impl Write, frame: &Frame) -> Result<(), StreamError> {
         Frame::RoundEnd { round, pages } => (kind::ROUND_END, encode(&(round, pages))?.into(), &[]),
         Frame::RoundIn { round } => (kind::ROUND_IN, encode(round)?.into(), &[]),
         Frame::State(bytes) => (kind::STATE, bytes.as_slice().into(), &[]),
+        Frame::EarlyState(bytes) => (kind::EARLY_STATE, bytes.as_slice().into(), &[]),
         Frame::Done => (kind::DONE, Vec::new().into(), &[]),
         Frame::Ready => (kind::READY, Vec::new().into(), &[]),
         Frame::Go => (kind::GO, Vec::new().into(), &[]),
@@ -507,6 +516,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, StreamError> {
             round: decode(&payload)?,
         },
         kind::STATE => Frame::State(payload),
+        kind::EARLY_STATE => Frame::EarlyState(payload),
         kind::DONE => empty(Frame::Done)?,
         kind::READY => empty(Frame::Ready)?,
         kind::GO => empty(Frame::Go)?,
@@ -612,6 +622,7 @@ mod tests {
             Frame::RoundEnd { round: 2, pages: 17 },
             Frame::RoundIn { round: 2 },
             Frame::State(vec![1, 2, 3]),
+            Frame::EarlyState(vec![4, 5]),
             Frame::Done,
             Frame::Ready,
             Frame::Go,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::guest_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::receive::{check_hello, read_hello, ready, receive_memory, resumed, welcome};
+use super::receive::{abort, check_hello, read_hello, ready, receive_memory, receive_memory_with, resumed, welcome};
 use super::stream::{read_frame, write_frame, Frame, VmShape, PAGE_SIZE, VERSION};
 use super::*;
 use crate::devices::virtio::block::written::{WrittenChunks, CHUNK};
@@ -60,6 +60,8 @@ struct Guest {
     looks: u32,
     /// A disk the guest writes a chunk of at each look, and zeros another.
     disk: Option<(std::fs::File, Arc<WrittenChunks>)>,
+    /// Its state as the log starts, sent ahead of the pages if any.
+    early_state: Option<Vec<u8>>,
 }
 
 impl Guest {
@@ -84,6 +86,7 @@ impl Guest {
             counter: 0,
             looks: 0,
             disk: None,
+            early_state: None,
         }))
     }
 
@@ -153,6 +156,9 @@ impl Source for AsSource {
     }
     fn state(&mut self) -> Result<Vec<u8>, String> {
         Ok(b"vcpus and devices".to_vec())
+    }
+    fn early_state(&mut self) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.lock().unwrap().early_state.take())
     }
     fn disks(&self) -> &[OutgoingDisk] {
         &self.2
@@ -642,6 +648,15 @@ fn hostile_sources_are_refused_without_touching_memory_beyond_the_guest() {
         (vec![Frame::Done], "before the VM state"),
         (vec![Frame::State(vec![1]), Frame::State(vec![2])], "out of order"),
         (vec![Frame::Go], "out of order"),
+        // Only ahead of every page, once.
+        (
+            vec![Frame::Zeros { first: 0, count: 1 }, Frame::EarlyState(vec![1])],
+            "early state where",
+        ),
+        (
+            vec![Frame::EarlyState(vec![1]), Frame::EarlyState(vec![1])],
+            "early state where",
+        ),
         (vec![Frame::State(vec![1]), Frame::Done, Frame::Go], "more after done"),
         (vec![], "closed the stream"),
     ];
@@ -1201,4 +1216,64 @@ fn zero_checks_see_a_single_set_byte_anywhere() {
         assert!(!send::is_zero(&page), "byte {at}");
         page[at] = 0;
     }
+}
+
+/// A guest with an early state, moved to a destination that checks it
+/// with `check`: the source's outcome, the early states the destination
+/// was given, and whether its memory was still untouched when it
+/// finished (or gave up).
+fn migrate_checked_early(
+    check: fn(&[u8]) -> Result<(), String>,
+) -> (Result<Report, MigrationError>, Vec<Vec<u8>>, bool) {
+    let guest = Guest::new(40);
+    guest.lock().unwrap().early_state = Some(b"as it began".to_vec());
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let dest = thread::spawn(move || {
+        let memory = memory();
+        let hello = read_hello(&mut there).unwrap();
+        welcome(&mut there, check_hello(&hello, &shape()).map(|_| false)).unwrap();
+        let mut early = Vec::new();
+        let taken = receive_memory_with(
+            &mut there,
+            &memory,
+            BYTES,
+            &IncomingDisks::default(),
+            &mut IncomingTrees::default(),
+            &mut |_, _| {},
+            &mut |state| {
+                early.push(state.to_vec());
+                check(state)
+            },
+        );
+        match taken {
+            Ok(_) => {
+                ready(&mut there).unwrap();
+                resumed(&mut there).unwrap();
+            }
+            Err(e) => abort(&mut there, &e.to_string()),
+        }
+        let untouched = (0..PAGES).all(|page| page_of(&memory, page).iter().all(|&b| b == 0));
+        (early, untouched)
+    });
+    let (report, _) = migrate_whole(&guest, &mut here, &generous());
+    let (early, untouched) = dest.join().unwrap();
+    (report, early, untouched)
+}
+
+#[test]
+fn the_early_state_goes_ahead_of_the_pages() {
+    let (report, early, untouched) = migrate_checked_early(|_| Ok(()));
+    assert!(report.unwrap().confirmed);
+    assert_eq!(early, [b"as it began".to_vec()]);
+    assert!(!untouched, "the guest's pages came too");
+}
+
+#[test]
+fn a_destination_that_cannot_take_the_early_state_refuses_the_vm_before_its_pages() {
+    let (report, early, untouched) = migrate_checked_early(|_| Err("KVM refused MSR 0x4b564d02".into()));
+    let err = report.unwrap_err();
+    assert!(matches!(err, MigrationError::Aborted(_)), "{err}");
+    assert!(err.to_string().contains("KVM refused MSR 0x4b564d02"), "{err}");
+    assert_eq!(early.len(), 1);
+    assert!(untouched, "a page was taken before the early state was refused");
 }

@@ -132,6 +132,21 @@ fn restore_registers_and_chips<'a>(
     persist::restore_vm_state(vm, state)
 }
 
+/// A migrated VM's state as it began (`Frame::EarlyState`), taken while
+/// the pages come: what of it can be set twice is set into the vCPUs (not
+/// run), where `apply_state` will set the pause's state over it. A state
+/// this host's KVM refuses so refuses the VM before its memory travels.
+pub(super) fn rehearse_state<'a>(
+    vcpus: impl IntoIterator<Item = &'a VcpuFd>,
+    early: &super::incoming::Arrived,
+) -> Result<(), VmError> {
+    for (vcpu, saved_vcpu) in vcpus.into_iter().zip(&early.state.vcpus) {
+        vcpu_state::rehearse_registers(vcpu, saved_vcpu)?;
+    }
+    trace::mark("migration: early state set");
+    Ok(())
+}
+
 /// A migrated VM's state, arrived, given to the VM made before it came
 /// (its vCPUs' CPUID already set): vCPUs, chips, and devices and their
 /// host sides (whose threads are parked).

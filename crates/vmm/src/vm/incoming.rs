@@ -13,7 +13,7 @@ use crate::guest_memory::GuestMemoryMmap;
 
 use super::{IncomingFrom, Start, VmConfig, VmError};
 use crate::device_manager::DeviceManager;
-use crate::migration::receive::{self, check_hello, read_hello, receive_memory, welcome};
+use crate::migration::receive::{self, check_hello, read_hello, receive_memory_with, welcome};
 use crate::migration::stream::{DiskShape, SlotMacs, VmShape};
 use crate::migration::{disks, IncomingDisks, IncomingTrees, MigrationError};
 use crate::snapshot::{self, VmState};
@@ -203,17 +203,21 @@ pub(super) struct Arrived {
 }
 
 /// Takes the pages into `memory` (and the disks that travel into the
-/// devices' files) and then the VM's state, checked against `config`. On
-/// an error the source is told.
+/// devices' files) and then the VM's state, checked against `config`. The
+/// source's early state, ahead of the pages, is decoded and checked the
+/// same way and given to `rehearse` (which sets what it can of it, the
+/// guest not run): an error there refuses the VM before its memory
+/// travels. On an error the source is told.
 pub(super) fn receive(
     conn: &mut std::fs::File,
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     devices: &DeviceManager,
+    rehearse: &mut dyn FnMut(&Arrived) -> Result<(), VmError>,
 ) -> Result<Arrived, VmError> {
     let taken = incoming_disks(config, devices)
         .and_then(|disks| Ok((disks, incoming_trees(devices)?)))
-        .and_then(|(disks, mut trees)| take(conn, memory, config, &disks, &mut trees));
+        .and_then(|(disks, mut trees)| take(conn, memory, config, &disks, &mut trees, rehearse));
     if let Err(e) = &taken {
         receive::abort(conn, &e.to_string());
     }
@@ -252,26 +256,38 @@ fn take(
     config: &VmConfig,
     disks: &IncomingDisks,
     trees: &mut IncomingTrees,
+    rehearse: &mut dyn FnMut(&Arrived) -> Result<(), VmError>,
 ) -> Result<Arrived, VmError> {
-    let arrived = receive_memory(
+    let arrived = receive_memory_with(
         conn,
         memory,
         config.memory_mib << 20,
         disks,
         trees,
         &mut |round, pages| eprintln!("hull-vmm: migration round {round} in: {pages} pages"),
+        &mut |early| {
+            decode(early, config)
+                .and_then(|early| rehearse(&early))
+                .map_err(|e| format!("its state as the migration began: {e}"))
+        },
     )
     .map_err(failed)?;
     crate::trace::mark("migration: the state is in");
-    let moved: super::migrate::MovedState = postcard::from_bytes(&arrived.state)
-        .map_err(|e| VmError::Migration(format!("the migrated VM's state cannot be decoded: {e}")))?;
-    let state = snapshot::decode_unsealed(&moved.vm, "the migrated VM's state")?;
-    super::builder::check_shape(&state, config)?;
+    let state = decode(&arrived.state, config)?;
     crate::trace::mark("migration: the state is decoded");
     eprintln!(
         "hull-vmm: the VM arrived: {} pages in {} rounds",
         arrived.pages, arrived.rounds
     );
+    Ok(state)
+}
+
+/// A state the source encoded (`MovedState`), checked against `config`.
+fn decode(bytes: &[u8], config: &VmConfig) -> Result<Arrived, VmError> {
+    let moved: super::migrate::MovedState = postcard::from_bytes(bytes)
+        .map_err(|e| VmError::Migration(format!("the migrated VM's state cannot be decoded: {e}")))?;
+    let state = snapshot::decode_unsealed(&moved.vm, "the migrated VM's state")?;
+    super::builder::check_shape(&state, config)?;
     Ok(Arrived {
         state,
         backends: moved.backends,

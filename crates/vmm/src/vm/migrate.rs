@@ -73,6 +73,8 @@ struct Outgoing<'v, 'a> {
     scanned: bool,
     /// KVM logs the guest's writes (from the migration's start).
     kvm_log: bool,
+    /// The state as the log began, until it is sent ahead of the pages.
+    early: Option<Result<Vec<u8>, String>>,
 }
 
 /// Where a VM goes: whether its read-write disks' content travels (the
@@ -122,6 +124,34 @@ impl Outgoing<'_, '_> {
         Ok(dirty)
     }
 
+    /// The VM's state (it stands still) as the destination takes it.
+    fn encoded_state(&self) -> Result<Vec<u8>, String> {
+        let state = persist::capture(
+            self.vmm.vm,
+            self.vmm.devices,
+            self.vmm.vcpus,
+            &self.msrs,
+            self.vmm.config.memory_mib,
+        )
+        .map_err(|e| e.to_string())?;
+        // The shares' open files and inodes, by name (none of this host's
+        // descriptors can go); a file that cannot be found again fails the
+        // move here, with the guest still paused on this side.
+        let backends = self.vmm.devices.backend_states()?;
+        crate::trace::mark("migration: state captured, encoding");
+        let vm = snapshot::encode_unsealed(&state).map_err(|e| e.to_string())?;
+        let moved = postcard::to_stdvec(&MovedState { vm, backends }).map_err(|e| e.to_string())?;
+        if moved.len() > MAX_STATE {
+            return Err(format!(
+                "the VM's state is {} MiB; a migration carries at most {} MiB (its shared directories hold too \
+                 many inodes or listings)",
+                moved.len() >> 20,
+                MAX_STATE >> 20
+            ));
+        }
+        Ok(moved)
+    }
+
     /// Ends KVM's log (and so the narrowed one).
     fn widen(&mut self) {
         self.narrowed = false;
@@ -146,6 +176,9 @@ impl Source for Outgoing<'_, '_> {
         // ms with a busy guest on one emulated CPU); it is read only at
         // the switch-over, so each page faults once, at its first write.
         self.kvm_log = self.log_guest_writes(true).is_ok();
+        // The guest stands still here anyway: its state is taken for the
+        // destination to check (and rehearse) before the memory travels.
+        self.early = Some(self.encoded_state());
         self.restart_world();
         split?;
         // Writes from here on show; round 0 reads every page after this.
@@ -266,6 +299,10 @@ impl Source for Outgoing<'_, '_> {
         }
     }
 
+    fn early_state(&mut self) -> Result<Option<Vec<u8>>, String> {
+        self.early.take().transpose()
+    }
+
     fn state(&mut self) -> Result<Vec<u8>, String> {
         // What the guest was told is written must be on the disks (and
         // shared files) the next host opens, not in this host's page cache;
@@ -277,30 +314,7 @@ impl Source for Outgoing<'_, '_> {
                 .map_err(|e| format!("flushing the disks and shared files: {e}"))?;
             crate::trace::mark("migration: disks flushed");
         }
-        let state = persist::capture(
-            self.vmm.vm,
-            self.vmm.devices,
-            self.vmm.vcpus,
-            &self.msrs,
-            self.vmm.config.memory_mib,
-        )
-        .map_err(|e| e.to_string())?;
-        // The shares' open files and inodes, by name (none of this host's
-        // descriptors can go); a file that cannot be found again fails the
-        // move here, with the guest still paused on this side.
-        let backends = self.vmm.devices.backend_states()?;
-        crate::trace::mark("migration: state captured, encoding");
-        let vm = snapshot::encode_unsealed(&state).map_err(|e| e.to_string())?;
-        let moved = postcard::to_stdvec(&MovedState { vm, backends }).map_err(|e| e.to_string())?;
-        if moved.len() > MAX_STATE {
-            return Err(format!(
-                "the VM's state is {} MiB; a migration carries at most {} MiB (its shared directories hold too \
-                 many inodes or listings)",
-                moved.len() >> 20,
-                MAX_STATE >> 20
-            ));
-        }
-        Ok(moved)
+        self.encoded_state()
     }
 }
 
@@ -458,6 +472,7 @@ fn migrate_with(
         narrowed: false,
         scanned: false,
         kvm_log: false,
+        early: None,
     };
     let report = send::send(
         &mut conn,

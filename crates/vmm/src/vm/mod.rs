@@ -112,8 +112,11 @@ pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
         // Its state goes in under a filter installed now, not in the
         // downtime; the VMM's own goes on top once the guest runs.
         seccomp::install(&seccomp::arrival_filter()?, ThreadKind::Vmm);
-        let arrived = incoming::receive(&mut source, &built.memory, config, &devices)?;
-        let vcpu_fds: Vec<_> = vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect();
+        let vcpu_fds = || -> Vec<_> { vcpus.iter().map(|vcpu| crate::device_manager::lock(&vcpu.fd)).collect() };
+        let arrived = incoming::receive(&mut source, &built.memory, config, &devices, &mut |early| {
+            builder::rehearse_state(vcpu_fds().iter().map(|fd| &**fd), early)
+        })?;
+        let vcpu_fds = vcpu_fds();
         let applied = builder::apply_state(&built.vm, &devices, vcpu_fds.iter().map(|fd| &**fd), config, &arrived);
         drop(vcpu_fds);
         if let Err(e) = applied {
