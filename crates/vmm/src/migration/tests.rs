@@ -195,21 +195,34 @@ fn destination(
     template: Option<[u8; 32]>,
 ) -> thread::JoinHandle<Result<(GuestMemoryMmap, Vec<u8>), MigrationError>> {
     thread::spawn(move || {
-        let hello = read_hello(&mut conn)?;
-        let check = check_hello(&hello, &shape()).map(|_| template.is_some() && hello.template == template);
-        welcome(&mut conn, check)?;
-        let incoming = receive_memory(
-            &mut conn,
-            &memory,
-            BYTES,
-            &IncomingDisks::default(),
-            &mut IncomingTrees::default(),
-            &mut |_, _| {},
-        )?;
-        ready(&mut conn)?;
-        resumed(&mut conn)?;
-        Ok((memory, incoming.state))
+        let state = take_all(&mut conn, &memory, template, &mut |_| Ok(()))?;
+        Ok((memory, state))
     })
+}
+
+/// A destination's side, from the hello to `Resumed`, the source's early
+/// state given to `early_state`: the state that came.
+fn take_all(
+    conn: &mut UnixStream,
+    memory: &GuestMemoryMmap,
+    template: Option<[u8; 32]>,
+    early_state: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+) -> Result<Vec<u8>, MigrationError> {
+    let hello = read_hello(conn)?;
+    let check = check_hello(&hello, &shape()).map(|_| template.is_some() && hello.template == template);
+    welcome(conn, check)?;
+    let incoming = receive_memory_with(
+        conn,
+        memory,
+        BYTES,
+        &IncomingDisks::default(),
+        &mut IncomingTrees::default(),
+        &mut |_, _| {},
+        early_state,
+    )?;
+    ready(conn)?;
+    resumed(conn)?;
+    Ok(incoming.state)
 }
 
 fn migrate(
@@ -1230,27 +1243,14 @@ fn migrate_checked_early(
     let (mut here, mut there) = UnixStream::pair().unwrap();
     let dest = thread::spawn(move || {
         let memory = memory();
-        let hello = read_hello(&mut there).unwrap();
-        welcome(&mut there, check_hello(&hello, &shape()).map(|_| false)).unwrap();
         let mut early = Vec::new();
-        let taken = receive_memory_with(
-            &mut there,
-            &memory,
-            BYTES,
-            &IncomingDisks::default(),
-            &mut IncomingTrees::default(),
-            &mut |_, _| {},
-            &mut |state| {
-                early.push(state.to_vec());
-                check(state)
-            },
-        );
-        match taken {
-            Ok(_) => {
-                ready(&mut there).unwrap();
-                resumed(&mut there).unwrap();
-            }
-            Err(e) => abort(&mut there, &e.to_string()),
+        let taken = take_all(&mut there, &memory, None, &mut |state| {
+            early.push(state.to_vec());
+            check(state)
+        });
+        // As a VMM does: the source hears why.
+        if let Err(e) = taken {
+            abort(&mut there, &e.to_string());
         }
         let untouched = (0..PAGES).all(|page| page_of(&memory, page).iter().all(|&b| b == 0));
         (early, untouched)
