@@ -11,6 +11,7 @@ pub mod guest;
 pub mod hulld;
 pub mod oci;
 pub mod own_dirs;
+pub mod paced_link;
 pub mod template_cache;
 
 use std::path::PathBuf;

@@ -779,6 +779,111 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The paced link's rate: far below what a guest copying memory writes.
+const SLOW_LINK: u64 = 8 << 20;
+
+#[test]
+#[ignore = "VM test: boots real guests; run through scripts/test"]
+fn a_guest_outrunning_a_slow_link_is_throttled_until_it_moves_and_counts_on() {
+    let kernel = guest::cloud_kernel().unwrap();
+    let dir = scratch("converge");
+    // 8 MiB of random bytes (neither zero nor compressible) copied over
+    // and over, faster than the link, beside a counter.
+    let script = "$B mkdir -p /scratch; $B mount -t tmpfs -o size=32m tmpfs /scratch; \
+                  $B dd if=/dev/urandom of=/scratch/source bs=1M count=8 2>/dev/null; \
+                  (while true; do $B cp /scratch/source /scratch/copy; done) & \
+                  i=0; while true; do i=$((i+1)); echo tick $i; $B sleep 0.05; done";
+    let initramfs = guest::busybox_initramfs(&kernel, &dir.join("g.cpio"), script).unwrap();
+    let (control, source_log) = (dir.join("source.ctl"), dir.join("source.log"));
+    let (incoming, dest_log, dest_err) = (dir.join("incoming.sock"), dir.join("dest.log"), dir.join("dest.err"));
+    let mut source = hull_vmm_command(&kernel.vmlinuz(), &initramfs, 256).unwrap();
+    source
+        .arg("--control-socket")
+        .arg(&control)
+        .arg("--serial-log")
+        .arg(&source_log);
+    let mut destination = std::process::Command::new(testkit::boot::workspace_binary("hull-vmm").unwrap());
+    destination
+        .arg("--incoming")
+        .arg(&incoming)
+        .args(["--memory", "256"])
+        .arg("--serial-log")
+        .arg(&dest_log)
+        .stderr(std::fs::File::create(&dest_err).unwrap());
+    let (_run, (reply, mut dest)) = timed_boot_with(source, LIMIT, |pid| {
+        let dest = destination.spawn().unwrap();
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !(incoming.exists() && ticks(&[&source_log]).len() >= 20) {
+            assert!(std::time::Instant::now() < deadline, "neither counting nor listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let relay = testkit::paced_link::paced_relay(&incoming, SLOW_LINK, &dir.join("slow-link.sock")).unwrap();
+        let link = UnixStream::connect(&relay).unwrap();
+        let control = UnixStream::connect(&control).unwrap();
+        // hull's default budget: what is left of 8 MiB rewritten over and
+        // over never fits it unless the guest is slowed.
+        let request = VmmRequest::Migrate {
+            downtime_ms: 50,
+            max_seconds: 250,
+            send_disks: false,
+            uncompressed: false,
+            same_host: false,
+            send_shares: Vec::new(),
+        };
+        let reply = vmm::control::ask(&control, &request, Some(&link)).unwrap();
+        if !matches!(reply, VmmReply::Migrated { .. }) {
+            // SAFETY: kill(2) of the VMM this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        (reply, dest)
+    })
+    .unwrap();
+    let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
+    let VmmReply::Migrated {
+        confirmed,
+        max_throttle,
+        rounds,
+        total_ms,
+        downtime_ms,
+        ..
+    } = reply
+    else {
+        let _ = dest.kill();
+        panic!("{reply:?}\n{}", dest_stderr());
+    };
+    eprintln!("moved over {SLOW_LINK} bytes/s: {rounds} rounds, {total_ms} ms, downtime {downtime_ms} ms, throttled up to {max_throttle}%");
+    assert!(confirmed, "the destination said it runs the VM");
+    assert!(
+        max_throttle > 0,
+        "a guest outrunning the link moved without auto-converge"
+    );
+    // It counts on at the destination, every number once.
+    let moved_at = *ticks(&[&source_log]).last().unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while ticks(&[&dest_log]).last().is_none_or(|&t| t < moved_at + 20) {
+        assert!(
+            dest.try_wait().unwrap().is_none(),
+            "the destination ended:\n{}",
+            dest_stderr()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest stopped counting:\n{}",
+            dest_stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dest.kill().unwrap();
+    dest.wait().unwrap();
+    let all = ticks(&[&source_log, &dest_log]);
+    assert_eq!(
+        all,
+        (1..=*all.last().unwrap()).collect::<Vec<_>>(),
+        "no tick lost or repeated across the move (moved at {moved_at})"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn an_idle_clone_moves_as_its_own_pages_to_a_host_with_its_template() {

@@ -511,37 +511,14 @@ fn container_row(mib: u32, moves: &[Moved], rows: &[Value], files: Option<&[u64]
 /// the source's bytes on at `limit` bytes a second (the answers unpaced),
 /// for one connection.
 fn link_to(incoming: &Path, limit: Option<u64>, dir: &Path) -> Result<PathBuf> {
-    let Some(limit) = limit else {
-        return Ok(incoming.to_path_buf());
-    };
-    let relay = dir.join("slow-link.sock");
-    let _ = std::fs::remove_file(&relay);
-    let listener = std::os::unix::net::UnixListener::bind(&relay)?;
-    let incoming = incoming.to_path_buf();
-    std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut source, _) = listener.accept()?;
-        let mut destination = UnixStream::connect(&incoming)?;
-        let (mut answers_in, mut answers_out) = (destination.try_clone()?, source.try_clone()?);
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut answers_in, &mut answers_out);
-            let _ = answers_out.shutdown(std::net::Shutdown::Write);
-        });
-        let started = Instant::now();
-        let (mut passed, mut buf) = (0u64, vec![0u8; 64 << 10]);
-        loop {
-            let n = std::io::Read::read(&mut source, &mut buf)?;
-            if n == 0 {
-                return destination.shutdown(std::net::Shutdown::Write);
-            }
-            destination.write_all(&buf[..n])?;
-            passed += n as u64;
-            let due = Duration::from_secs_f64(passed as f64 / limit as f64);
-            if let Some(early) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(early);
-            }
-        }
-    });
-    Ok(relay)
+    match limit {
+        Some(limit) => Ok(testkit::paced_link::paced_relay(
+            incoming,
+            limit,
+            &dir.join("slow-link.sock"),
+        )?),
+        None => Ok(incoming.to_path_buf()),
+    }
 }
 
 /// Waits until `path` exists.
