@@ -587,6 +587,61 @@ fn ticks(logs: &[&std::path::Path]) -> Vec<u32> {
         .collect()
 }
 
+/// A counting guest's move from a source VMM (its control socket and its
+/// console log) to a destination listening at `incoming`.
+struct Moving<'a> {
+    incoming: &'a std::path::Path,
+    control: &'a std::path::Path,
+    source_log: &'a std::path::Path,
+}
+
+impl Moving<'_> {
+    /// Boots `source`, starts `destination`, and once the guest has
+    /// counted a second asks the source for `request` over a connection
+    /// to `link(incoming)` (that socket, or a relay to it). The source's
+    /// run, its reply, and the destination (the source is killed if it
+    /// did not migrate: its guest would count on for ever).
+    fn run(
+        &self,
+        source: std::process::Command,
+        destination: &mut std::process::Command,
+        link: impl FnOnce(&std::path::Path) -> std::path::PathBuf,
+        request: &VmmRequest,
+    ) -> (testkit::boot::BootRun, VmmReply, std::process::Child) {
+        let (run, (reply, dest)) = timed_boot_with(source, LIMIT, |pid| {
+            let dest = destination.spawn().unwrap();
+            let deadline = std::time::Instant::now() + LIMIT;
+            while !(self.incoming.exists() && ticks(&[self.source_log]).len() >= 20) {
+                assert!(std::time::Instant::now() < deadline, "neither counting nor listening");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let link = UnixStream::connect(link(self.incoming)).unwrap();
+            let control = UnixStream::connect(self.control).unwrap();
+            let reply = vmm::control::ask(&control, request, Some(&link)).unwrap();
+            if !matches!(reply, VmmReply::Migrated { .. }) {
+                // SAFETY: kill(2) of the VMM this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            (reply, dest)
+        })
+        .unwrap();
+        (run, reply, dest)
+    }
+}
+
+/// Every number the guest counted, at the source and then at the
+/// destination, came once (it moved after `moved_at`): the last one.
+fn assert_counted_once(source_log: &std::path::Path, dest_log: &std::path::Path, moved_at: u32) -> u32 {
+    let all = ticks(&[source_log, dest_log]);
+    let last = *all.last().unwrap();
+    assert_eq!(
+        all,
+        (1..=last).collect::<Vec<_>>(),
+        "no tick lost or repeated across the move (moved at {moved_at})"
+    );
+    last
+}
+
 #[test]
 #[ignore = "VM test: boots real guests; run through scripts/test"]
 fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a_gap() {
@@ -662,34 +717,22 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         .arg("--serial-log")
         .arg(&dest_log)
         .stderr(std::fs::File::create(&dest_err).unwrap());
-    let (run, (reply, mut dest)) = timed_boot_with(source, LIMIT, |pid| {
-        let dest = destination.spawn().unwrap();
-        let deadline = std::time::Instant::now() + LIMIT;
-        while !(incoming.exists() && ticks(&[&source_log]).len() >= 20) {
-            assert!(std::time::Instant::now() < deadline, "neither counting nor listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let link = UnixStream::connect(&incoming).unwrap();
-        let control = UnixStream::connect(&source_ctl).unwrap();
-        // The test host is an emulated machine, 20-50x slower than hardware:
-        // its budget is 50 ms's share of that.
-        let request = VmmRequest::Migrate {
-            downtime_ms: 2000,
-            max_seconds: 250,
-            send_disks: true,
-            uncompressed: false,
-            same_host: false,
-            send_shares: Vec::new(),
-        };
-        let reply = vmm::control::ask(&control, &request, Some(&link)).unwrap();
-        if !matches!(reply, VmmReply::Migrated { .. }) {
-            // The guest would count on at the source for ever.
-            // SAFETY: kill(2) of the VMM this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        (reply, dest)
-    })
-    .unwrap();
+    // The test host is an emulated machine, 20-50x slower than hardware:
+    // its budget is 50 ms's share of that.
+    let request = VmmRequest::Migrate {
+        downtime_ms: 2000,
+        max_seconds: 250,
+        send_disks: true,
+        uncompressed: false,
+        same_host: false,
+        send_shares: Vec::new(),
+    };
+    let moving = Moving {
+        incoming: &incoming,
+        control: &source_ctl,
+        source_log: &source_log,
+    };
+    let (run, reply, mut dest) = moving.run(source, &mut destination, |to| to.to_path_buf(), &request);
     let console = run.console.join("\n");
     let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
     let VmmReply::Migrated {
@@ -749,12 +792,7 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
             "pass {pass} (moved after pass {read_at})"
         );
     }
-    let all = ticks(&[&source_log, &dest_log]);
-    assert_eq!(
-        all,
-        (1..=*all.last().unwrap()).collect::<Vec<_>>(),
-        "no tick lost or repeated across the move (moved at {moved_at})"
-    );
+    let last = assert_counted_once(&source_log, &dest_log, moved_at);
     // The destination's copy holds what the source's had (what the guest
     // wrote there, before and during the move) and what it wrote since.
     let copy = std::fs::read(&dest_disk).unwrap();
@@ -764,7 +802,6 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         copy[4 << 20..(4 << 20) + kept.len()] == kept[..],
         "the source disk's data did not travel"
     );
-    let last = *all.last().unwrap();
     for n in (10..last.saturating_sub(10)).step_by(10) {
         let sector = (n as usize / 10 + 8) * 512;
         let text = String::from_utf8_lossy(&copy[sector..sector + 16]);
@@ -810,34 +847,28 @@ fn a_guest_outrunning_a_slow_link_is_throttled_until_it_moves_and_counts_on() {
         .arg("--serial-log")
         .arg(&dest_log)
         .stderr(std::fs::File::create(&dest_err).unwrap());
-    let (_run, (reply, mut dest)) = timed_boot_with(source, LIMIT, |pid| {
-        let dest = destination.spawn().unwrap();
-        let deadline = std::time::Instant::now() + LIMIT;
-        while !(incoming.exists() && ticks(&[&source_log]).len() >= 20) {
-            assert!(std::time::Instant::now() < deadline, "neither counting nor listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let relay = testkit::paced_link::paced_relay(&incoming, SLOW_LINK, &dir.join("slow-link.sock")).unwrap();
-        let link = UnixStream::connect(&relay).unwrap();
-        let control = UnixStream::connect(&control).unwrap();
-        // hull's default budget: what is left of 8 MiB rewritten over and
-        // over never fits it unless the guest is slowed.
-        let request = VmmRequest::Migrate {
-            downtime_ms: 50,
-            max_seconds: 250,
-            send_disks: false,
-            uncompressed: false,
-            same_host: false,
-            send_shares: Vec::new(),
-        };
-        let reply = vmm::control::ask(&control, &request, Some(&link)).unwrap();
-        if !matches!(reply, VmmReply::Migrated { .. }) {
-            // SAFETY: kill(2) of the VMM this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        (reply, dest)
-    })
-    .unwrap();
+    // hull's default budget: what is left of 8 MiB rewritten over and
+    // over never fits it unless the guest is slowed.
+    let request = VmmRequest::Migrate {
+        downtime_ms: 50,
+        max_seconds: 250,
+        send_disks: false,
+        uncompressed: false,
+        same_host: false,
+        send_shares: Vec::new(),
+    };
+    let moving = Moving {
+        incoming: &incoming,
+        control: &control,
+        source_log: &source_log,
+    };
+    let relay = dir.join("slow-link.sock");
+    let (_run, reply, mut dest) = moving.run(
+        source,
+        &mut destination,
+        |to| testkit::paced_link::paced_relay(to, SLOW_LINK, &relay).unwrap(),
+        &request,
+    );
     let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
     let VmmReply::Migrated {
         confirmed,
@@ -875,12 +906,7 @@ fn a_guest_outrunning_a_slow_link_is_throttled_until_it_moves_and_counts_on() {
     }
     dest.kill().unwrap();
     dest.wait().unwrap();
-    let all = ticks(&[&source_log, &dest_log]);
-    assert_eq!(
-        all,
-        (1..=*all.last().unwrap()).collect::<Vec<_>>(),
-        "no tick lost or repeated across the move (moved at {moved_at})"
-    );
+    assert_counted_once(&source_log, &dest_log, moved_at);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
