@@ -118,30 +118,29 @@ fn declare_maps(maps: (&str, &str), key_type: &[&str]) -> [Value; 2] {
     [declare(maps.0, "ipv4_addr"), declare(maps.1, "inet_service")]
 }
 
-/// Where the mark of the rules last made is kept: the run directory, which
-/// a reboot empties along with the kernel's tables.
-fn stamp_dir() -> std::path::PathBuf {
-    crate::run_dir().join("net")
+/// The mark of the rules last made: in the run directory, which a reboot
+/// empties along with the kernel's tables.
+fn stamp_path() -> std::path::PathBuf {
+    crate::run_dir().join("net").join("rules")
 }
 
-/// A name for the per-network rules of `networks` in this table.
+/// What the per-network rules of `networks` in this table were made from,
+/// exactly (a mark compared whole, not a digest: nothing to collide).
 fn stamp(networks: &[NetworkRecord]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    hash.update(super::host_name());
+    let mut stamp = format!("{}\n", super::host_name());
     for n in networks {
-        hash.update(format!(
+        stamp.push_str(&format!(
             "{} {} {} {} {}\n",
             n.id, n.bridge, n.subnet, n.gateway, n.internal
         ));
     }
-    format!("rules-{}", hex::encode(&hash.finalize()[..8]))
+    stamp
 }
 
 /// `ensure`, unless the rules for exactly these networks were made since
 /// boot: a VM's start then spends no `nft` run on them.
 pub fn ensure_current(networks: &[NetworkRecord]) -> Result<(), String> {
-    if stamp_dir().join(stamp(networks)).exists() {
+    if std::fs::read_to_string(stamp_path()).is_ok_and(|made| made == stamp(networks)) {
         return Ok(());
     }
     ensure(networks)
@@ -151,12 +150,12 @@ pub fn ensure_current(networks: &[NetworkRecord]) -> Result<(), String> {
 /// per-network rules from `networks`.
 pub fn ensure(networks: &[NetworkRecord]) -> Result<(), String> {
     ensure_rules(networks)?;
-    let dir = stamp_dir();
-    for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let _ = std::fs::remove_file(old.path());
-    }
     // Only a mark: failing to write it costs an `nft` run next time.
-    let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(dir.join(stamp(networks)), b""));
+    let path = stamp_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = image::store::write_atomic(&path, stamp(networks).as_bytes());
     Ok(())
 }
 
@@ -373,7 +372,10 @@ mod tests {
             let ip: Ipv4Addr = "10.99.0.2".parse().unwrap();
             ensure(std::slice::from_ref(&network)).unwrap();
             ensure(std::slice::from_ref(&network)).unwrap(); // idempotent
-            assert!(stamp_dir().join(stamp(std::slice::from_ref(&network))).exists());
+            assert_eq!(
+                std::fs::read_to_string(stamp_path()).unwrap(),
+                stamp(std::slice::from_ref(&network))
+            );
             ensure_current(std::slice::from_ref(&network)).unwrap();
             publish(&ports, ip).unwrap();
             let after_publish = listed();
