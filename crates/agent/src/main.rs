@@ -279,6 +279,7 @@ fn serve(conn: File) {
     if let Err(e) = machine::reseed(&spec.entropy) {
         return fail(&sink, format!("reseeding the guest's random generator: {e}"), 125);
     }
+    steps::done("reseeded");
     if let Err(e) = machine::set_clock(spec.wall_clock_ns) {
         console(&format!("setting the clock: {e}"));
     }
@@ -967,8 +968,10 @@ fn spawn(spec: &ProcessSpec, pids: Pids, init: bool) -> Result<Spawned, (String,
     let _spawning = SPAWN_LOCK.lock();
     let entered = pid_namespace::enter(pids, &spec.container)
         .map_err(|e| (format!("entering the container's PID namespace: {e}"), 125))?;
+    steps::done("spawn: its PID namespace entered");
     let launched = launch::launch(path, &argv, &env, stdio, &set_up);
     drop(entered);
+    steps::done("spawn: launched");
     let child = launched.map_err(
         |launch::LaunchError { error, in_set_up }| match (in_set_up, error.kind()) {
             (true, _) => (format!("starting \"{program}\": {error}"), 126),

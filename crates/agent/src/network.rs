@@ -213,8 +213,11 @@ pub fn write_etc_files(spec: &RunSpec, root: &str) -> Result<(), String> {
         ("hosts", hosts_file(&network.hosts)?),
         ("hostname", hostname_file(&spec.hostname)?),
     ];
-    if let Some(resolv) = resolv_conf(network)? {
-        files.push(("resolv.conf", resolv));
+    match resolv_conf(network)? {
+        Some(resolv) => files.push(("resolv.conf", resolv)),
+        // Bound ahead for a container with nameservers: this one has the
+        // image's own file back.
+        None => unbind(root, "resolv.conf").map_err(|e| format!("/etc/resolv.conf: {e}"))?,
     }
     write_files(root, &files)
 }
@@ -310,26 +313,43 @@ fn write_files(root: &str, files: &[(&str, String)]) -> Result<(), String> {
         let source = Path::new(FILES).join(name);
         let mounted = source.exists();
         fs::write(&source, contents).map_err(|e| format!("{}: {e}", source.display()))?;
+        crate::steps::done("/etc: a file written");
         if !mounted {
             mount_point(Path::new(root), name)
                 .and_then(|target| bind(&source, &target))
                 .map_err(|e| format!("/etc/{name}: {e}"))?;
+            crate::steps::done("/etc: a file bound");
         }
     }
     Ok(())
 }
 
-/// The files every start writes whatever its network (`/etc/hosts` and
-/// `/etc/hostname`), bound into a standby's prepared root while it stands
-/// by: a start then only writes them. Making the mount points (the
-/// overlay's copy-up of `/etc`) and the binds is most of that step.
-const ALWAYS_WRITTEN: [&str; 2] = ["hosts", "hostname"];
+/// The files bound into a standby's prepared root while it stands by
+/// (empty until a start writes them): making the mount points (the
+/// overlay's copy-up of `/etc`) and the binds is most of that step. Every
+/// start writes `hosts` and `hostname`, and `resolv.conf` unless the
+/// container has no nameservers (then it is unbound again).
+const BOUND_AHEAD: [&str; 3] = GENERATED_FILES;
 
-/// Binds `ALWAYS_WRITTEN` (empty until a start writes them) into the
-/// prepared root at `root`. On failure nothing of it stays (a file left
-/// would pass for bound): the start binds them itself.
+/// What `mount_point` replaced in the prepared root for a file bound
+/// ahead: put back if the file is unbound (`None`: it made the file).
+static REPLACED_AHEAD: Mutex<Vec<(&str, Option<PathBuf>)>> = Mutex::new(Vec::new());
+
+/// Binds `BOUND_AHEAD` into the prepared root at `root`. On failure
+/// nothing of it stays (a file left would pass for bound): the start binds
+/// them itself.
 pub fn bind_ahead(root: &str) -> Result<(), String> {
-    let files: Vec<(&str, String)> = ALWAYS_WRITTEN.iter().map(|name| (*name, String::new())).collect();
+    let mut replaced = Vec::new();
+    for name in BOUND_AHEAD {
+        let target = Path::new(root).join("etc").join(name);
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(meta) if meta.is_symlink() => replaced.push((name, fs::read_link(&target).ok())),
+            _ => replaced.push((name, None)),
+        }
+    }
+    *REPLACED_AHEAD.lock().unwrap_or_else(|e| e.into_inner()) = replaced;
+    let files: Vec<(&str, String)> = BOUND_AHEAD.iter().map(|name| (*name, String::new())).collect();
     write_files(root, &files).inspect_err(|_| {
         let _ = unbind_ahead(root);
     })
@@ -338,20 +358,33 @@ pub fn bind_ahead(root: &str) -> Result<(), String> {
 /// Takes back what `bind_ahead` bound (a prepared root given back): the
 /// binds and their files, so a later start binds its own.
 pub fn unbind_ahead(root: &str) -> io::Result<()> {
-    for name in ALWAYS_WRITTEN {
-        let source = Path::new(FILES).join(name);
-        if !source.exists() {
-            continue;
+    BOUND_AHEAD.iter().try_for_each(|name| unbind(root, name))
+}
+
+/// Unbinds generated file `name` from the container's `/etc` at `root`, if
+/// bound, and puts back what its mount point replaced there.
+fn unbind(root: &str, name: &str) -> io::Result<()> {
+    let source = Path::new(FILES).join(name);
+    if !source.exists() {
+        return Ok(());
+    }
+    let target_path = Path::new(root).join("etc").join(name);
+    let target = CString::new(target_path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a NUL-terminated path alive for the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
         }
-        let target = CString::new(format!("{root}/etc/{name}")).map_err(io::Error::other)?;
-        // SAFETY: a NUL-terminated path alive for the call.
-        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
-            }
+    }
+    fs::remove_file(&source)?;
+    let mut replaced = REPLACED_AHEAD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(index) = replaced.iter().position(|(made, _)| *made == name) {
+        let (_, link) = replaced.remove(index);
+        fs::remove_file(&target_path)?;
+        if let Some(link) = link {
+            std::os::unix::fs::symlink(link, &target_path)?;
         }
-        fs::remove_file(&source)?;
     }
     Ok(())
 }

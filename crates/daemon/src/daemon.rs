@@ -265,6 +265,7 @@ impl Daemon {
                 self.dns.start(self, &network);
             }
         }
+        vmm::trace::mark("start: checked");
         dir.start()?;
         vmm::trace::mark("start: the command runs");
         self.container_event(id, "start", &[]);

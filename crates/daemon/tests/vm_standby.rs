@@ -92,8 +92,8 @@ fn link_local(mac: &str) -> String {
     format!("fe80000000000000{hex}")
 }
 
-/// Container `name`'s /etc/hostname and /etc/hosts name it, each bound
-/// over its root once.
+/// Container `name`'s /etc/hostname and /etc/hosts name it, its
+/// /etc/resolv.conf has its nameservers, each bound over its root once.
 fn assert_own_etc_files(hulld: &Hulld, name: &str) {
     let hostname = hulld.inspect("{{.Config.Hostname}}", name);
     assert_eq!(
@@ -102,8 +102,10 @@ fn assert_own_etc_files(hulld: &Hulld, name: &str) {
     );
     let hosts = ok(&hulld.docker(&["exec", name, "cat", "/etc/hosts"]));
     assert!(hosts.contains(&hostname), "{hosts}");
+    let resolv = ok(&hulld.docker(&["exec", name, "cat", "/etc/resolv.conf"]));
+    assert!(resolv.starts_with("nameserver "), "{resolv}");
     let mounts = ok(&hulld.docker(&["exec", name, "cat", "/proc/mounts"]));
-    for file in ["/etc/hosts", "/etc/hostname"] {
+    for file in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
         let binds = mounts.lines().filter(|l| l.split(' ').nth(1) == Some(file)).count();
         assert_eq!(binds, 1, "{file} in {mounts}");
     }
@@ -292,6 +294,17 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     );
     let inet6 = ok(&hulld.docker(&["exec", "quiet", "cat", "/proc/net/if_inet6"]));
     assert!(!inet6.contains("eth0"), "{inet6}");
+    // Without nameservers the image's resolv.conf stays (this one has
+    // none): the one bound ahead is gone, mount and file.
+    let mounts = ok(&hulld.docker(&["exec", "quiet", "cat", "/proc/mounts"]));
+    assert!(!mounts.contains("/etc/resolv.conf"), "{mounts}");
+    assert!(
+        !hulld
+            .docker(&["exec", "quiet", "sh", "-c", "test -e /etc/resolv.conf"])
+            .status
+            .success(),
+        "an /etc/resolv.conf the image lacks"
+    );
     ok(&hulld.docker(&["rm", "-f", "quiet"]));
     eventually("the next standby VM", || hulld.standing_standbys().len() == 1);
 

@@ -201,9 +201,11 @@ fn supervise_with(
     // Written before the VM starts, so that hulld can stop a container
     // whose guest is still booting.
     dir.write_state(&state)?;
+    vmm::trace::mark("supervise: state written");
     // The disks are this run's alone (a held container may have them for a
     // moment: then this waits).
     let disks = dir.lock_disks(true)?;
+    vmm::trace::mark("supervise: disks locked");
     {
         let shared = shared.clone();
         std::thread::spawn(move || serve(listener, shared));
@@ -217,6 +219,7 @@ fn supervise_with(
         failure: None,
         departed: false,
     };
+    vmm::trace::mark("supervise: log open");
     let result = request_for(&spec).and_then(|request| {
         crate::run::run_in(
             &dir.path,

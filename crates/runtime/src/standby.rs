@@ -741,6 +741,7 @@ pub(crate) fn claim(dir: &ContainerDir, spec: &crate::container::ContainerSpec) 
         reap_apart(child);
         return None;
     }
+    vmm::trace::mark("start: a standby claimed");
     // Held until the command runs, as an arrival's lifeline is.
     Some(Starting::new(dir.clone(), Some(claim), child, report))
 }
