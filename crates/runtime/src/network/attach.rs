@@ -34,6 +34,7 @@ impl Attached {
         };
         vmm::trace::mark("network: attaching");
         let networks = super::list().map_err(|e| e.to_string())?;
+        vmm::trace::mark("network: the networks read");
         for endpoint in &network.endpoints {
             let record = record_of(endpoint, &networks)?;
             attached

@@ -125,8 +125,10 @@ pub fn remove_link(name: &str) -> Result<(), String> {
 pub fn open_tap(network: &NetworkRecord, id: &str, slot: u8) -> Result<(String, File), String> {
     let mut nl = open()?;
     let bridge = bridge_for_tap(&mut nl, network)?;
+    vmm::trace::mark("network: its bridge found");
     let name = tap_name(id, slot);
     let tap = vmm::devices::virtio::net::open_tap(&name).map_err(|e| format!("creating tap {name}: {e}"))?;
+    vmm::trace::mark("network: a tap made");
     nl.join_bridge(&name, bridge, network.mtu())
         .map_err(|e| format!("attaching tap {name} to {}: {e}", network.bridge))?;
     Ok((name, tap))
