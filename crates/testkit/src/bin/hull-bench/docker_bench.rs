@@ -17,7 +17,8 @@
 //! one's and its `docker run -d` is timed in each run right after this
 //! build's (once this one's standby stands again), for issue 17's "within
 //! 10% of before" in one boot of the test host: its speed moves 10-15%
-//! from one boot to the next.
+//! from one boot to the next, and within one bench too, so each run's
+//! pair is compared as well (the median of the run-by-run ratios).
 //! Under `HULL_VMM_TRACE=1` each standby `run -d` container is stopped
 //! (not timed) and its supervisor's, agent's and hulld's step marks are
 //! kept under `target/bench/trace-dN/`.
@@ -223,6 +224,9 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
     let joined = Summary::of(&joined).context("no runs")?;
     let joined_other = Summary::of(&joined_other).context("no runs")?;
     let docker = Summary::of(&docker).context("no runs")?;
+    // Each run's own against the baseline's timed right after it: the
+    // test host's speed drifts by more than 10% within a bench.
+    let paired = paired_ratios(&detached, &base_detached);
     let detached = Summary::of(&detached).context("no runs")?;
     let own_docker = Summary::of(&own_docker).context("no runs")?;
     let own_detached = Summary::of(&own_detached).context("no runs")?;
@@ -262,6 +266,12 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
         println!("docker run -d (a standby VM) / the baseline's: {ratio:.2} (issue 17: <= 1.10)");
         ratio
     });
+    if let Some((median, low, high)) = spread(&paired) {
+        println!(
+            "the same, run by run (each run -d over the baseline's right after it): median {median:.2}, from {low:.2} to {high:.2} (n={})",
+            paired.len()
+        );
+    }
     print_line("docker exec CTR true (hulld)", &exec);
     print_line(
         "docker run --rm --network container:CTR IMAGE true (in CTR's VM)",
@@ -293,11 +303,34 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
                 "build": build,
                 "docker_run_detached": base_detached.as_ref().map(Summary::to_json),
                 "ratio_docker_run_detached": base_ratio,
+                "paired_ratios_docker_run_detached": paired,
+                "median_paired_ratio_docker_run_detached": spread(&paired).map(|(median, _, _)| median),
             })),
         }),
     )?;
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// `ours[i] / base[i]` for each run that has both.
+fn paired_ratios(ours: &[std::time::Duration], base: &[std::time::Duration]) -> Vec<f64> {
+    ours.iter()
+        .zip(base)
+        .map(|(ours, base)| ours.as_secs_f64() / base.as_secs_f64())
+        .collect()
+}
+
+/// The median, lowest and highest of `values`; `None` without any.
+fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    Some((median, sorted[0], sorted[n - 1]))
 }
 
 /// Waits until `hulld`'s standby VM stands ready (the one the last
