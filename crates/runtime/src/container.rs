@@ -447,7 +447,10 @@ impl ContainerDir {
         let state = starting.until_running();
         if spec.joins.is_none() && !spec.cold_boot {
             // Apart, so that the answer does not wait for the next one's spawn.
-            crate::standby::keep_warm_in_background(spec);
+            std::thread::spawn(move || {
+                let root = crate::standby::RootPlan::like(&spec);
+                crate::standby::keep_warm(spec.memory_mib, spec.cpus, root)
+            });
         }
         state
     }

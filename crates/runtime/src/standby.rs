@@ -638,20 +638,6 @@ pub fn enable(per_shape: usize) {
     }
 }
 
-/// `keep_warm` for containers like `spec` (just started), on a thread of
-/// its own at the lowest priority: making the
-/// next standby (finding its root, forking its supervisor) is background
-/// work, and takes no CPU from the start that called for it, whose answer
-/// and client still run.
-pub(crate) fn keep_warm_in_background(spec: crate::container::ContainerSpec) {
-    std::thread::spawn(move || {
-        // SAFETY: setpriority on this thread's own ID (a thread's niceness
-        // is its own on Linux); the thread ends with this closure.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKGROUND_NICENESS) };
-        keep_warm(spec.memory_mib, spec.cpus, RootPlan::like(&spec))
-    });
-}
-
 /// Tops the standbys of this shape up to the number `enable` asked for,
 /// if its template is made (a first run makes it); those it starts have
 /// their roots prepared as `root` says, from what a container of this
