@@ -593,21 +593,35 @@ struct Moving<'a> {
     incoming: &'a std::path::Path,
     control: &'a std::path::Path,
     source_log: &'a std::path::Path,
+    /// The destination's standard error, shown if the move fails.
+    dest_err: &'a std::path::Path,
+}
+
+/// The source's report of a move that completed (`VmmReply::Migrated`).
+struct Migrated {
+    rounds: u32,
+    bytes_sent: u64,
+    pages_sent: u64,
+    total_ms: u64,
+    downtime_ms: u64,
+    max_throttle: u8,
+    confirmed: bool,
 }
 
 impl Moving<'_> {
     /// Boots `source`, starts `destination`, and once the guest has
     /// counted a second asks the source for `request` over a connection
     /// to `link(incoming)` (that socket, or a relay to it). The source's
-    /// run, its reply, and the destination (the source is killed if it
-    /// did not migrate: its guest would count on for ever).
+    /// run, its report, and the destination. A source that did not
+    /// migrate is killed (its guest would count on for ever), so is the
+    /// destination, and the test fails with the reply and both sides' output.
     fn run(
         &self,
         source: std::process::Command,
         destination: &mut std::process::Command,
         link: impl FnOnce(&std::path::Path) -> std::path::PathBuf,
         request: &VmmRequest,
-    ) -> (testkit::boot::BootRun, VmmReply, std::process::Child) {
+    ) -> (testkit::boot::BootRun, Migrated, std::process::Child) {
         let (run, (reply, dest)) = timed_boot_with(source, LIMIT, |pid| {
             let dest = destination.spawn().unwrap();
             let deadline = std::time::Instant::now() + LIMIT;
@@ -625,7 +639,35 @@ impl Moving<'_> {
             (reply, dest)
         })
         .unwrap();
-        (run, reply, dest)
+        let VmmReply::Migrated {
+            rounds,
+            bytes_sent,
+            pages_sent,
+            total_ms,
+            downtime_ms,
+            max_throttle,
+            confirmed,
+            ..
+        } = reply
+        else {
+            let mut dest = dest;
+            let _ = dest.kill();
+            panic!(
+                "{reply:?}\n{}\n{}",
+                run.console.join("\n"),
+                std::fs::read_to_string(self.dest_err).unwrap_or_default()
+            );
+        };
+        let moved = Migrated {
+            rounds,
+            bytes_sent,
+            pages_sent,
+            total_ms,
+            downtime_ms,
+            max_throttle,
+            confirmed,
+        };
+        (run, moved, dest)
     }
 }
 
@@ -731,22 +773,19 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         incoming: &incoming,
         control: &source_ctl,
         source_log: &source_log,
+        dest_err: &dest_err,
     };
-    let (run, reply, mut dest) = moving.run(source, &mut destination, |to| to.to_path_buf(), &request);
+    let (run, moved, mut dest) = moving.run(source, &mut destination, |to| to.to_path_buf(), &request);
     let console = run.console.join("\n");
     let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
-    let VmmReply::Migrated {
+    let Migrated {
         confirmed,
         bytes_sent,
         pages_sent,
         downtime_ms,
         rounds,
         ..
-    } = reply
-    else {
-        let _ = dest.kill();
-        panic!("{reply:?}\n{console}\n{}", dest_stderr());
-    };
+    } = moved;
     // The last scan of written pages ran before the pause, KVM and the
     // VMM logging every write meanwhile (no fallback).
     assert!(!console.contains("the pause scans every page"), "{console}");
@@ -861,27 +900,24 @@ fn a_guest_outrunning_a_slow_link_is_throttled_until_it_moves_and_counts_on() {
         incoming: &incoming,
         control: &control,
         source_log: &source_log,
+        dest_err: &dest_err,
     };
     let relay = dir.join("slow-link.sock");
-    let (_run, reply, mut dest) = moving.run(
+    let (_run, moved, mut dest) = moving.run(
         source,
         &mut destination,
         |to| testkit::paced_link::paced_relay(to, SLOW_LINK, &relay).unwrap(),
         &request,
     );
     let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
-    let VmmReply::Migrated {
+    let Migrated {
         confirmed,
         max_throttle,
         rounds,
         total_ms,
         downtime_ms,
         ..
-    } = reply
-    else {
-        let _ = dest.kill();
-        panic!("{reply:?}\n{}", dest_stderr());
-    };
+    } = moved;
     eprintln!("moved over {SLOW_LINK} bytes/s: {rounds} rounds, {total_ms} ms, downtime {downtime_ms} ms, throttled up to {max_throttle}%");
     assert!(confirmed, "the destination said it runs the VM");
     assert!(
