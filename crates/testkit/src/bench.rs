@@ -15,6 +15,16 @@ pub struct Summary {
     pub max_ms: f64,
 }
 
+/// The median of `sorted` (ascending, not empty): its middle value, or
+/// the mean of its two middle ones.
+pub fn median_of_sorted(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    match n % 2 {
+        1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 impl Summary {
     pub fn of(samples: &[Duration]) -> Option<Summary> {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
@@ -23,11 +33,7 @@ impl Summary {
         }
         ms.sort_by(f64::total_cmp);
         let n = ms.len();
-        let median = if n % 2 == 1 {
-            ms[n / 2]
-        } else {
-            (ms[n / 2 - 1] + ms[n / 2]) / 2.0
-        };
+        let median = median_of_sorted(&ms);
         let p95 = ms[((n as f64 * 0.95).ceil() as usize).clamp(1, n) - 1];
         Some(Summary {
             samples: n,

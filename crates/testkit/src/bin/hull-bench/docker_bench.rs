@@ -324,13 +324,8 @@ fn paired_ratios(ours: &[std::time::Duration], base: &[std::time::Duration]) -> 
 fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = match n {
-        0 => return None,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    };
-    Some((median, sorted[0], sorted[n - 1]))
+    let (&lowest, &highest) = (sorted.first()?, sorted.last()?);
+    Some((bench::median_of_sorted(&sorted), lowest, highest))
 }
 
 /// Waits until `hulld`'s standby VM stands ready (the one the last
