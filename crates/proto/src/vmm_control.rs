@@ -112,6 +112,33 @@ pub enum VmmReply {
     },
 }
 
+impl VmmReply {
+    /// What a completed move's reply (`Migrated`) reports, for the
+    /// container's record; `None` for any other reply.
+    pub fn migration_report(&self) -> Option<crate::MigrationReport> {
+        match *self {
+            VmmReply::Migrated {
+                rounds,
+                bytes_sent,
+                pages_sent,
+                total_ms,
+                downtime_ms,
+                max_throttle,
+                ..
+            } => Some(crate::MigrationReport {
+                rounds,
+                bytes_sent,
+                pages_sent,
+                total_ms,
+                downtime_ms,
+                max_throttle,
+                ..Default::default()
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("a control line longer than {MAX_LINE} bytes")]
@@ -165,6 +192,34 @@ pub fn read_message<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completed_move_reports_what_it_took() {
+        let reply = VmmReply::Migrated {
+            rounds: 3,
+            bytes_sent: 4096,
+            pages_sent: 1,
+            zero_pages: 7,
+            total_ms: 90,
+            downtime_ms: 12,
+            max_throttle: 20,
+            confirmed: true,
+        };
+        let report = reply.migration_report().unwrap();
+        assert_eq!(
+            (
+                report.rounds,
+                report.bytes_sent,
+                report.pages_sent,
+                report.total_ms,
+                report.downtime_ms,
+                report.max_throttle
+            ),
+            (3, 4096, 1, 90, 12, 20)
+        );
+        assert_eq!(report.vmm_pid, 0, "not the reply's to say");
+        assert_eq!(VmmReply::Done.migration_report(), None);
+    }
 
     #[test]
     fn messages_round_trip_one_per_line() {

@@ -429,24 +429,10 @@ fn migrated(
     answer: Result<VmmReply, proto::vmm_control::ControlError>,
     moves: &Moves,
 ) -> Result<MigrationReport, String> {
+    if let Some(report) = answer.as_ref().ok().and_then(VmmReply::migration_report) {
+        return Ok(report);
+    }
     match answer {
-        Ok(VmmReply::Migrated {
-            rounds,
-            bytes_sent,
-            pages_sent,
-            total_ms,
-            downtime_ms,
-            max_throttle,
-            ..
-        }) => Ok(MigrationReport {
-            rounds,
-            bytes_sent,
-            pages_sent,
-            total_ms,
-            downtime_ms,
-            max_throttle,
-            ..MigrationReport::default()
-        }),
         _ if moves.was_cancelled() => Err(CANCELLED.into()),
         Ok(VmmReply::Failed { reason }) => Err(format!("the VM did not move (it runs on): {reason}")),
         Ok(other) => Err(format!("the VM did not move (it runs on): the VMM answered {other:?}")),

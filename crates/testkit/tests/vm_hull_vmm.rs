@@ -597,31 +597,21 @@ struct Moving<'a> {
     dest_err: &'a std::path::Path,
 }
 
-/// The source's report of a move that completed (`VmmReply::Migrated`).
-struct Migrated {
-    rounds: u32,
-    bytes_sent: u64,
-    pages_sent: u64,
-    total_ms: u64,
-    downtime_ms: u64,
-    max_throttle: u8,
-    confirmed: bool,
-}
-
 impl Moving<'_> {
     /// Boots `source`, starts `destination`, and once the guest has
     /// counted a second asks the source for `request` over a connection
     /// to `link(incoming)` (that socket, or a relay to it). The source's
-    /// run, its report, and the destination. A source that did not
-    /// migrate is killed (its guest would count on for ever), so is the
-    /// destination, and the test fails with the reply and both sides' output.
+    /// run, its report, and the destination, which said it runs the VM.
+    /// A source that did not migrate is killed (its guest would count on
+    /// for ever), so is the destination, and the test fails with the
+    /// reply and both sides' output.
     fn run(
         &self,
         source: std::process::Command,
         destination: &mut std::process::Command,
         link: impl FnOnce(&std::path::Path) -> std::path::PathBuf,
         request: &VmmRequest,
-    ) -> (testkit::boot::BootRun, Migrated, std::process::Child) {
+    ) -> (testkit::boot::BootRun, proto::MigrationReport, std::process::Child) {
         let (run, (reply, dest)) = timed_boot_with(source, LIMIT, |pid| {
             let dest = destination.spawn().unwrap();
             let deadline = std::time::Instant::now() + LIMIT;
@@ -639,17 +629,7 @@ impl Moving<'_> {
             (reply, dest)
         })
         .unwrap();
-        let VmmReply::Migrated {
-            rounds,
-            bytes_sent,
-            pages_sent,
-            total_ms,
-            downtime_ms,
-            max_throttle,
-            confirmed,
-            ..
-        } = reply
-        else {
+        let Some(report) = reply.migration_report() else {
             let mut dest = dest;
             let _ = dest.kill();
             panic!(
@@ -658,16 +638,11 @@ impl Moving<'_> {
                 std::fs::read_to_string(self.dest_err).unwrap_or_default()
             );
         };
-        let moved = Migrated {
-            rounds,
-            bytes_sent,
-            pages_sent,
-            total_ms,
-            downtime_ms,
-            max_throttle,
-            confirmed,
-        };
-        (run, moved, dest)
+        assert!(
+            matches!(reply, VmmReply::Migrated { confirmed: true, .. }),
+            "the destination said it runs the VM"
+        );
+        (run, report, dest)
     }
 }
 
@@ -778,8 +753,7 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
     let (run, moved, mut dest) = moving.run(source, &mut destination, |to| to.to_path_buf(), &request);
     let console = run.console.join("\n");
     let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
-    let Migrated {
-        confirmed,
+    let proto::MigrationReport {
         bytes_sent,
         pages_sent,
         downtime_ms,
@@ -795,7 +769,6 @@ fn a_running_guest_migrates_with_its_disk_to_another_vmm_and_counts_on_without_a
         "the source ends once the VM moved:\n{console}"
     );
     assert!(console.contains("migrated"), "{console}");
-    assert!(confirmed, "the destination said it runs the VM");
     eprintln!("migrated in {rounds} rounds: {pages_sent} pages, {bytes_sent} bytes, downtime {downtime_ms} ms");
     // The zero pages of a 256 MiB guest stayed home.
     assert!(bytes_sent < 200 << 20, "{bytes_sent}");
@@ -910,8 +883,7 @@ fn a_guest_outrunning_a_slow_link_is_throttled_until_it_moves_and_counts_on() {
         &request,
     );
     let dest_stderr = || std::fs::read_to_string(&dest_err).unwrap_or_default();
-    let Migrated {
-        confirmed,
+    let proto::MigrationReport {
         max_throttle,
         rounds,
         total_ms,
@@ -919,7 +891,6 @@ fn a_guest_outrunning_a_slow_link_is_throttled_until_it_moves_and_counts_on() {
         ..
     } = moved;
     eprintln!("moved over {SLOW_LINK} bytes/s: {rounds} rounds, {total_ms} ms, downtime {downtime_ms} ms, throttled up to {max_throttle}%");
-    assert!(confirmed, "the destination said it runs the VM");
     assert!(
         max_throttle > 0,
         "a guest outrunning the link moved without auto-converge"
