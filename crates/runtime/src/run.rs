@@ -425,7 +425,7 @@ pub enum GivenVm {
     /// From another host.
     Arriving(Arrival),
     /// A standby's, if it fits the container (`standby::WarmVm::fits`).
-    Standby(crate::standby::WarmVm),
+    Standby(Box<crate::standby::WarmVm>),
 }
 
 pub fn run_in(
@@ -441,7 +441,7 @@ pub fn run_in(
     let (arrival, warm) = match given {
         GivenVm::None => (None, None),
         GivenVm::Arriving(arrival) => (Some(arrival), None),
-        GivenVm::Standby(warm) => (None, Some(warm)),
+        GivenVm::Standby(warm) => (None, Some(*warm)),
     };
     vmm::trace::mark("run: starting");
     vmm::host::require_guest_capable()?;
@@ -454,9 +454,16 @@ pub fn run_in(
     }
     // A VM from another host is a clone of the template hulld found for
     // it (or of none); a fresh one of this host's.
-    let mut template = match request.cold_boot || arrival.is_some() {
-        true => None,
-        false => Some(crate::template::ensure(
+    // A standby's is the one its VM is a clone of, if still current.
+    let standby_template = warm
+        .as_ref()
+        .map(|warm| &warm.template)
+        .filter(|t| (t.record.memory_mib, t.record.cpus) == (request.memory_mib, request.cpus))
+        .filter(|t| crate::template::still_current(t, &guest, &vmm_binary));
+    let mut template = match (request.cold_boot || arrival.is_some(), standby_template) {
+        (true, _) => None,
+        (false, Some(template)) => Some(template.clone()),
+        (false, None) => Some(crate::template::ensure(
             &guest,
             &vmm_binary,
             request.memory_mib,

@@ -230,7 +230,7 @@ fn supervise_with(
             Some(nic),
             match (arrival, warm) {
                 (Some(arrival), _) => crate::run::GivenVm::Arriving(arrival),
-                (None, Some(warm)) => crate::run::GivenVm::Standby(warm),
+                (None, Some(warm)) => crate::run::GivenVm::Standby(Box::new(warm)),
                 (None, None) => crate::run::GivenVm::None,
             },
         )

@@ -56,7 +56,7 @@ pub struct WarmVm {
     pub(crate) vmm: Vmm,
     pub(crate) conn: UnixStream,
     /// The template it is a clone of.
-    pub(crate) template: PathBuf,
+    pub(crate) template: crate::template::Template,
     pub(crate) memory_mib: u64,
     pub(crate) cpus: u8,
     pub(crate) prepared: Option<PreparedRoot>,
@@ -143,7 +143,7 @@ impl WarmVm {
     /// directories to share (its virtio-fs was started sharing none), no
     /// volumes, the same shape.
     pub(crate) fn fits(&self, request: &crate::run::RunRequest, template: Option<&Path>) -> bool {
-        template == Some(self.template.as_path())
+        template == Some(self.template.dir.as_path())
             && request.memory_mib == self.memory_mib
             && request.cpus == self.cpus
             && request.volumes.is_empty()
@@ -416,7 +416,7 @@ fn stand_by(
     let warm = WarmVm {
         vmm,
         conn,
-        template: template.dir,
+        template,
         memory_mib,
         cpus,
         prepared,

@@ -157,6 +157,16 @@ fn made(record: &TemplateRecord) -> Option<Template> {
     })
 }
 
+/// Whether `template` is still the one for its shape, as `ensure` would
+/// find it: its inputs unchanged (three `stat`s, no hashing) and its
+/// snapshot there. A standby's start asks this of the template its VM is
+/// a clone of.
+pub fn still_current(template: &Template, guest: &Guest, vmm: &Path) -> bool {
+    let (memory_mib, cpus) = (template.record.memory_mib, template.record.cpus);
+    TemplateRecord::for_inputs(guest, vmm, memory_mib, cpus).is_ok_and(|record| record == template.record)
+        && vmm::snapshot::state_path(&template.dir).is_file()
+}
+
 /// Makes the template for these inputs anew (replacing any).
 pub fn create(guest: &Guest, vmm: &Path, memory_mib: u64, cpus: u8) -> Result<Template, TemplateError> {
     let record = TemplateRecord::for_inputs(guest, vmm, memory_mib, cpus)?;
@@ -432,4 +442,42 @@ pub fn keep_arrived(staging: &Path, identity: &str, memory_mib: u64) -> Result<P
     }
     std::fs::rename(staging, &dir).map_err(|e| format!("keeping the template: {e}"))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_stays_current_until_an_input_or_its_snapshot_changes() {
+        let dir = std::env::temp_dir().join(format!("hull-template-current-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("template")).unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let guest = Guest {
+            kernel_release: "6.1.0".into(),
+            kernel: file("vmlinuz", b"kernel"),
+            initramfs: file("initrd", b"initramfs"),
+        };
+        let vmm = file("hull-vmm", b"vmm");
+        let record = TemplateRecord::for_inputs(&guest, &vmm, 256, 1).unwrap();
+        let template = Template {
+            name: record.name(),
+            dir: dir.join("template"),
+            record,
+        };
+        // No snapshot yet: not a made template.
+        assert!(!still_current(&template, &guest, &vmm));
+        std::fs::write(vmm::snapshot::state_path(&template.dir), b"state").unwrap();
+        assert!(still_current(&template, &guest, &vmm));
+        // A new hull-vmm (another size, another file) makes another template.
+        std::fs::remove_file(&vmm).unwrap();
+        file("hull-vmm", b"a newer vmm");
+        assert!(!still_current(&template, &guest, &vmm));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
