@@ -504,19 +504,16 @@ impl ContainerDir {
     }
 }
 
-/// `hull-shim`, ready to be given its arguments: in a session of its own,
-/// so that nothing aimed at hulld's terminal or group reaches it.
+/// `hull-shim`, ready to be given its arguments. It makes a session of
+/// its own as it starts (so that nothing aimed at hulld's terminal or
+/// group reaches it): nothing runs between fork and exec, so the spawn is
+/// a `posix_spawn`, which does not copy hulld's page tables (a fork would,
+/// and hulld's threads would then fault on every page they write, while
+/// it answers the start).
 pub(crate) fn shim_command() -> Result<Command, String> {
     let shim = crate::sibling_binary("hull-shim").ok_or("hull-shim not found beside this binary")?;
     let mut command = Command::new(shim);
     command.env("HULL_DATA_DIR", crate::data_dir());
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
     Ok(command)
 }
 

@@ -31,7 +31,6 @@
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::Mutex;
@@ -264,6 +263,11 @@ fn valid_name(name: &str) -> bool {
 /// starts a standby VM (its root prepared as `root` says), waits to be
 /// claimed, then supervises the container it was given to its end.
 pub fn serve(name: &str, memory_mib: u64, cpus: u8, root: Option<&RootPlan>) -> Result<(), String> {
+    // In the background from its start (before any thread is made, so
+    // that all inherit it): the VM it restores takes CPU only when the
+    // containers running have none to use.
+    // SAFETY: setpriority on this thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS) };
     if !valid_name(name) {
         return Err(format!("'{name}' is no standby name"));
     }
@@ -497,15 +501,6 @@ impl Standby {
         let errors =
             File::create(files.join(SUPERVISOR_ERRORS)).map_err(|e| format!("the standby's error log: {e}"))?;
         let mut command = crate::container::shim_command()?;
-        // SAFETY: setpriority is async-signal-safe. Made in the background
-        // from its exec on: the VM it restores (which inherits this) takes
-        // CPU only when the containers running have none to use.
-        unsafe {
-            command.pre_exec(|| {
-                libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS);
-                Ok(())
-            });
-        }
         command
             .arg("--standby")
             .arg(&name)

@@ -9,6 +9,10 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A session of its own (hulld spawns it without one: `shim_command`),
+    // so that nothing aimed at hulld's terminal or group reaches it.
+    // SAFETY: setsid takes no arguments; it fails harmlessly for a group leader.
+    unsafe { libc::setsid() };
     vmm::trace::start_as("hull-shim");
     runtime::private_files();
     let args: Vec<String> = std::env::args().skip(1).collect();
