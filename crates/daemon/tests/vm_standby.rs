@@ -52,6 +52,22 @@ fn standby_supervisors(data: &Path) -> Vec<u32> {
     })
 }
 
+/// Field `field` (1-based, as proc(5) counts) of `/proc/PID/stat`.
+fn stat_field(pid: u32, field: usize) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_whitespace()
+        .nth(field - 3)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Its niceness, and whether it leads a session of its own.
+fn niceness_and_own_session(pid: u32) -> (String, bool) {
+    (stat_field(pid, 19), stat_field(pid, 6) == pid.to_string())
+}
+
 /// File `name` of process `pid`'s cgroup (each VMM has its own).
 fn cgroup_file(pid: u32, name: &str) -> String {
     let dir = cgroup_dir(pid).unwrap_or_else(|| panic!("process {pid} has no cgroup"));
@@ -148,6 +164,12 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     let standing = standby_vmms(&hulld);
     assert_eq!(standing.len(), 1, "{standing:?}");
     assert_eq!(cgroup_file(standing[0], "cpu.weight"), "1");
+    // ... and its supervisor and VMM are at the lowest priority; hulld
+    // spawned the supervisor without a fork, and it made its own session.
+    let supervisors = standby_supervisors(&hulld.data);
+    assert_eq!(supervisors.len(), 1, "{supervisors:?}");
+    assert_eq!(niceness_and_own_session(supervisors[0]), ("19".to_string(), true));
+    assert_eq!(stat_field(standing[0], 19), "19");
     // Its root is ready: the image the first container ran, and a writable
     // disk of its own, mounted by its agent.
     let prepared = first_standby.join("writable");
@@ -206,6 +228,8 @@ fn a_container_started_while_a_standby_vm_stands_ready_runs_in_it() {
     // any VM's again.
     assert_eq!(cgroup_file(vmm_pid(&hulld, "web"), "cpu.max"), "50000 100000");
     assert_eq!(cgroup_file(vmm_pid(&hulld, "web"), "cpu.weight"), "100");
+    assert_eq!(stat_field(vmm_pid(&hulld, "web"), 19), "0");
+    assert_eq!(niceness_and_own_session(supervisors[0]), ("0".to_string(), true));
     // Its console log is the container's (a quiet guest writes nothing there).
     assert!(hulld.data.join("containers").join(&web).join("console.log").is_file());
 
