@@ -263,11 +263,6 @@ fn valid_name(name: &str) -> bool {
 /// starts a standby VM (its root prepared as `root` says), waits to be
 /// claimed, then supervises the container it was given to its end.
 pub fn serve(name: &str, memory_mib: u64, cpus: u8, root: Option<&RootPlan>) -> Result<(), String> {
-    // In the background from its start (before any thread is made, so
-    // that all inherit it): the VM it restores takes CPU only when the
-    // containers running have none to use.
-    // SAFETY: setpriority on this thread.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS) };
     if !valid_name(name) {
         return Err(format!("'{name}' is no standby name"));
     }
@@ -601,6 +596,9 @@ struct Pool {
     /// where its command was found: the next standbys of that shape have
     /// their roots prepared from it.
     roots: Vec<((u64, u8), RootPlan)>,
+    /// A shape for each standby being started (`keep_warm`), not in
+    /// `standbys` yet.
+    starting: Vec<(u64, u8)>,
 }
 
 /// Marks `shape` as started last in `shapes`; the shape that no longer
@@ -629,6 +627,7 @@ pub fn enable(per_shape: usize) {
             next: 0,
             shapes: Vec::new(),
             roots: Vec::new(),
+            starting: Vec::new(),
         });
     }
 }
@@ -638,10 +637,59 @@ pub fn enable(per_shape: usize) {
 /// their roots prepared as `root` says, from what a container of this
 /// shape just started with (`None`: the last one given).
 pub fn keep_warm(memory_mib: u64, cpus: u8, root: Option<RootPlan>) {
-    let Ok(mut guard) = POOL.lock() else { return };
-    let Some(pool) = guard.as_mut() else { return };
-    pool.standbys.retain_mut(Standby::alive);
     let shape = (memory_mib, cpus);
+    let template = crate::template::existing(memory_mib, cpus);
+    // Decided under the pool's lock; started without it, so that no claim
+    // waits while a standby's supervisor is spawned at the lowest priority.
+    let Some((names, template, root)) = plan(shape, template, root) else {
+        return;
+    };
+    let planned = names.len();
+    let started: Vec<Standby> = at_lowest_priority(|| {
+        let mut started = Vec::new();
+        for name in names {
+            // An idle VM never takes the memory a container's would need.
+            let available = crate::run::host_available_mib();
+            if available < crate::run::MIN_HOST_AVAILABLE_MIB + memory_mib {
+                eprintln!("hulld: no standby VM of {memory_mib} MiB: the host has {available} MiB available");
+                break;
+            }
+            match Standby::spawn(name, memory_mib, cpus, template.dir.clone(), root.clone()) {
+                Ok(standby) => started.push(standby),
+                Err(e) => {
+                    eprintln!("hulld: no standby VM: {e}");
+                    break;
+                }
+            }
+        }
+        started
+    });
+    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    match guard.as_mut() {
+        Some(pool) => {
+            for _ in 0..planned {
+                if let Some(i) = pool.starting.iter().position(|s| *s == shape) {
+                    pool.starting.swap_remove(i);
+                }
+            }
+            pool.standbys.extend(started);
+        }
+        // Standbys were turned off meanwhile.
+        None => started.into_iter().for_each(Standby::end),
+    }
+}
+
+/// The pool's bookkeeping for `keep_warm`: the names of the standbys of
+/// `shape` to start (counted as starting from now on), the template they
+/// clone and the root they prepare; `None` when there is nothing to start.
+fn plan(
+    shape: (u64, u8),
+    template: Option<crate::template::Template>,
+    root: Option<RootPlan>,
+) -> Option<(Vec<String>, crate::template::Template, Option<RootPlan>)> {
+    let mut guard = POOL.lock().ok()?;
+    let pool = guard.as_mut()?;
+    pool.standbys.retain_mut(Standby::alive);
     if let Some(oldest) = touch(&mut pool.shapes, shape) {
         end_where(&mut pool.standbys, |s| s.shape() == oldest);
         pool.roots.retain(|(s, _)| *s != oldest);
@@ -658,32 +706,44 @@ pub fn keep_warm(memory_mib: u64, cpus: u8, root: Option<RootPlan>) {
     if root.is_some() {
         end_where(&mut pool.standbys, |s| s.shape() == shape && s.image.is_none());
     }
-    let Some(template) = crate::template::existing(memory_mib, cpus) else {
-        return;
-    };
+    let template = template?;
     // Those of a template remade since (a new hull-vmm, kernel or agent)
     // would serve no container.
-    end_where(&mut pool.standbys, |s| {
-        s.shape() == (memory_mib, cpus) && s.template != template.dir
-    });
-    let have = pool.standbys.iter().filter(|s| s.shape() == (memory_mib, cpus)).count();
+    end_where(&mut pool.standbys, |s| s.shape() == shape && s.template != template.dir);
+    let have = pool.standbys.iter().filter(|s| s.shape() == shape).count()
+        + pool.starting.iter().filter(|s| **s == shape).count();
+    let mut names = Vec::new();
     for _ in have..pool.per_shape {
-        // An idle VM never takes the memory a container's would need.
-        let available = crate::run::host_available_mib();
-        if available < crate::run::MIN_HOST_AVAILABLE_MIB + memory_mib {
-            eprintln!("hulld: no standby VM of {memory_mib} MiB: the host has {available} MiB available");
-            return;
-        }
         pool.next += 1;
-        let name = format!("{}-{}", std::process::id(), pool.next);
-        match Standby::spawn(name, memory_mib, cpus, template.dir.clone(), root.clone()) {
-            Ok(standby) => pool.standbys.push(standby),
-            Err(e) => {
-                eprintln!("hulld: no standby VM: {e}");
-                return;
-            }
-        }
+        names.push(format!("{}-{}", std::process::id(), pool.next));
+        pool.starting.push(shape);
     }
+    (!names.is_empty()).then_some((names, template, root))
+}
+
+/// Runs `work` on this thread at niceness `BACKGROUND_NICENESS`, then puts
+/// its niceness back. What it spawns inherits the niceness: a standby's
+/// supervisor is in the background from its exec on, without hulld
+/// forking itself to set it in the child.
+fn at_lowest_priority<T>(work: impl FnOnce() -> T) -> T {
+    // SAFETY: gettid and get/setpriority on this thread only.
+    let thread = unsafe { libc::gettid() } as libc::id_t;
+    // SAFETY: as above; errno is cleared first, as getpriority(2) asks.
+    let before = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, thread)
+    };
+    // SAFETY: as above.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, BACKGROUND_NICENESS) };
+    let result = work();
+    // SAFETY: as above (hulld runs as root: it may raise it back).
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, before) } != 0 {
+        eprintln!(
+            "hulld: a thread's niceness back to {before}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    result
 }
 
 /// Hands `dir`'s container to a standby VM of its shape that is ready, if
