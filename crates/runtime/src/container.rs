@@ -448,7 +448,7 @@ impl ContainerDir {
         if spec.joins.is_none() && !spec.cold_boot {
             // Apart, so that the answer does not wait for the next one's spawn.
             std::thread::spawn(move || {
-                let root = crate::standby::RootPlan::like(&spec);
+                let root = crate::standby::at_lowest_priority(|| crate::standby::RootPlan::like(&spec));
                 crate::standby::keep_warm(spec.memory_mib, spec.cpus, root)
             });
         }

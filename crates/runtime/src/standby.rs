@@ -638,9 +638,12 @@ pub fn enable(per_shape: usize) {
 /// shape just started with (`None`: the last one given).
 pub fn keep_warm(memory_mib: u64, cpus: u8, root: Option<RootPlan>) {
     let shape = (memory_mib, cpus);
-    let template = crate::template::existing(memory_mib, cpus);
-    // Decided under the pool's lock; started without it, so that no claim
-    // waits while a standby's supervisor is spawned at the lowest priority.
+    // What needs no lock is done at the lowest priority too: the start
+    // that called for it is still being answered.
+    let template = at_lowest_priority(|| crate::template::existing(memory_mib, cpus));
+    // Decided under the pool's lock (at the caller's priority); started
+    // without it, so that no claim waits while a standby's supervisor is
+    // spawned at the lowest priority.
     let Some((names, template, root)) = plan(shape, template, root) else {
         return;
     };
@@ -725,7 +728,7 @@ fn plan(
 /// its niceness back. What it spawns inherits the niceness: a standby's
 /// supervisor is in the background from its exec on, without hulld
 /// forking itself to set it in the child.
-fn at_lowest_priority<T>(work: impl FnOnce() -> T) -> T {
+pub(crate) fn at_lowest_priority<T>(work: impl FnOnce() -> T) -> T {
     // SAFETY: gettid and get/setpriority on this thread only.
     let thread = unsafe { libc::gettid() } as libc::id_t;
     // SAFETY: as above; errno is cleared first, as getpriority(2) asks.
