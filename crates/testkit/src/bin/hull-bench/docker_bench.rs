@@ -14,8 +14,9 @@
 //! too: before `start` waited for the command to run, `run -d` was the
 //! create and a start that returned once the supervisor was spawned.
 //! With `--baseline RELEASE_DIR`, another build's hulld runs beside this
-//! one's and its `docker run -d` is timed in each run right after this
-//! build's (once this one's standby stands again), for issue 17's "within
+//! one's and its `docker run -d` is timed in each run right after or
+//! right before this build's, in turn (once this one's standby stands
+//! again), for issue 17's "within
 //! 10% of before" in one boot of the test host: its speed moves 10-15%
 //! from one boot to the next, and within one bench too, so each run's
 //! pair is compared as well (the median of the run-by-run ratios).
@@ -112,6 +113,19 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
     let (mut docker, mut detached, mut peer, mut peer_no_network) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut own_docker, mut own_detached, mut created, mut started) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let quiet = std::process::Stdio::null;
+    // The baseline's `run -d`: after this build's standby stands again,
+    // so that its making is not in the baseline's time.
+    let time_base = |i: usize| -> Result<Option<std::time::Duration>> {
+        let Some(base) = &base else { return Ok(None) };
+        standing(&hulld)?;
+        let name = format!("b{i}");
+        let took = timed(
+            base.docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"])
+                .stdout(quiet()),
+        )?;
+        timed(base.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
+        Ok(Some(took))
+    };
     for i in 1..=runs {
         eprintln!("docker bench: run {i}/{runs}");
         standing(&hulld)?;
@@ -119,6 +133,12 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
             &hulld,
             &mut hulld.docker_command(&["run", "--rm", &image, "true"]),
         )?);
+        // Each pair in turn the other way round: neither build is always
+        // timed right after the same step.
+        let base_first = i % 2 == 0;
+        if base_first {
+            base_detached.extend(time_base(i)?);
+        }
         let name = format!("d{i}");
         standing(&hulld)?;
         detached.push(in_standby(
@@ -139,15 +159,8 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
             std::fs::write(out.join("hulld.log"), hulld.log())?;
         }
         timed(hulld.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
-        if let Some(base) = &base {
-            // Once this build's standby is back: its making is not in the baseline's time.
-            standing(&hulld)?;
-            let name = format!("b{i}");
-            base_detached.push(timed(
-                base.docker_command(&["run", "-d", "--name", &name, &image, "sleep", "60"])
-                    .stdout(quiet()),
-            )?);
-            timed(base.docker_command(&["rm", "-f", &name]).stdout(quiet()))?;
+        if !base_first {
+            base_detached.extend(time_base(i)?);
         }
         // run -d in two steps.
         standing(&hulld)?;
