@@ -237,7 +237,7 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
     let joined = Summary::of(&joined).context("no runs")?;
     let joined_other = Summary::of(&joined_other).context("no runs")?;
     let docker = Summary::of(&docker).context("no runs")?;
-    // Each run's own against the baseline's timed right after it: the
+    // Each run's own against the baseline's timed beside it (before or after, in turn): the
     // test host's speed drifts by more than 10% within a bench.
     let paired = paired_ratios(&detached, &base_detached);
     let detached = Summary::of(&detached).context("no runs")?;
@@ -281,7 +281,7 @@ pub fn docker_bench(runs: usize, baseline: Option<&Path>) -> Result<()> {
     });
     if let Some((median, low, high)) = spread(&paired) {
         println!(
-            "the same, run by run (each run -d over the baseline's right after it): median {median:.2}, from {low:.2} to {high:.2} (n={})",
+            "the same, run by run (each run -d over the baseline's timed beside it, before and after in turn): median {median:.2}, from {low:.2} to {high:.2} (n={})",
             paired.len()
         );
     }
