@@ -445,7 +445,7 @@ impl ContainerDir {
             None => self.spawn_supervisor(None)?,
         };
         let state = starting.until_running();
-        if spec.joins.is_none() && !spec.cold_boot {
+        if spec.joins.is_none() && !spec.cold_boot && crate::standby::enabled() {
             // Apart, so that the answer does not wait for the next one's spawn.
             std::thread::spawn(move || {
                 let root = crate::standby::at_lowest_priority(|| crate::standby::RootPlan::like(&spec));

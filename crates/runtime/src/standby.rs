@@ -632,11 +632,22 @@ pub fn enable(per_shape: usize) {
     }
 }
 
+/// Whether hulld keeps standby VMs (`enable` was given a number, and
+/// VMMs are jailed).
+pub fn enabled() -> bool {
+    POOL.lock().is_ok_and(|pool| pool.is_some())
+}
+
 /// Tops the standbys of this shape up to the number `enable` asked for,
 /// if its template is made (a first run makes it); those it starts have
 /// their roots prepared as `root` says, from what a container of this
 /// shape just started with (`None`: the last one given).
 pub fn keep_warm(memory_mib: u64, cpus: u8, root: Option<RootPlan>) {
+    // Nothing at the lowest priority for a pool there is not: a hulld not
+    // root could not give its thread its priority back.
+    if !enabled() {
+        return;
+    }
     let shape = (memory_mib, cpus);
     // What needs no lock is done at the lowest priority too: the start
     // that called for it is still being answered.
